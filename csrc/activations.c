@@ -1,0 +1,179 @@
+/* Activation functions, forward and backward. Backward uses the output y where that is exact, and
+ * the input z only for the few functions whose derivative cannot be read off y. */
+#include <math.h>
+#include "fastnn.h"
+
+#define SELU_ALPHA 1.6732632423543772848170429916717f
+#define SELU_SCALE 1.0507009873554804934193349852946f
+#define INV_SQRT2 0.70710678118654752440f
+#define INV_SQRT_2PI 0.39894228040143267794f
+
+int fnn_activation_needs_input(int act) {
+    return act == FNN_SOFTPLUS || act == FNN_GELU || act == FNN_SILU;
+}
+
+static inline float sigmoidf(float x) {
+    if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
+    float e = expf(x);
+    return e / (1.0f + e);
+}
+
+static inline float softplusf(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
+
+/* Elementwise activations on a flat range. */
+static void act_forward_flat(int act, float alpha, const float *z, float *y, size_t n,
+                             int n_threads) {
+    ptrdiff_t i, len = (ptrdiff_t)n;
+    int nt = fnn_threads(n, n_threads);
+    (void)nt;
+    switch (act) {
+    case FNN_LINEAR:
+        if (y != z) for (i = 0; i < len; i++) y[i] = z[i];
+        break;
+    case FNN_RELU:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++) y[i] = z[i] > 0.0f ? z[i] : 0.0f;
+        break;
+    case FNN_SIGMOID:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++) y[i] = sigmoidf(z[i]);
+        break;
+    case FNN_TANH:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++) y[i] = tanhf(z[i]);
+        break;
+    case FNN_SOFTPLUS:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++) y[i] = softplusf(z[i]);
+        break;
+    case FNN_SOFTSIGN:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++) y[i] = z[i] / (1.0f + fabsf(z[i]));
+        break;
+    case FNN_SELU:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++)
+            y[i] = z[i] > 0.0f ? SELU_SCALE * z[i] : SELU_SCALE * SELU_ALPHA * expm1f(z[i]);
+        break;
+    case FNN_ELU:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++) y[i] = z[i] > 0.0f ? z[i] : alpha * expm1f(z[i]);
+        break;
+    case FNN_EXPONENTIAL:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++) y[i] = expf(z[i]);
+        break;
+    case FNN_LEAKY_RELU:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++) y[i] = z[i] > 0.0f ? z[i] : alpha * z[i];
+        break;
+    case FNN_GELU:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++) y[i] = 0.5f * z[i] * (1.0f + erff(z[i] * INV_SQRT2));
+        break;
+    case FNN_SILU:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++) y[i] = z[i] * sigmoidf(z[i]);
+        break;
+    }
+}
+
+/* Numerically stable row-wise softmax: subtract the row max before exponentiating. */
+static void softmax_rows(const float *z, float *y, size_t rows, size_t cols, int n_threads) {
+    ptrdiff_t r;
+    int nt = fnn_threads(rows * cols, n_threads);
+    (void)nt;
+    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+    for (r = 0; r < (ptrdiff_t)rows; r++) {
+        const float *zr = z + (size_t)r * cols;
+        float *yr = y + (size_t)r * cols;
+        float m = zr[0], s = 0.0f;
+        for (size_t c = 1; c < cols; c++) m = fmaxf(m, zr[c]);
+        for (size_t c = 0; c < cols; c++) { yr[c] = expf(zr[c] - m); s += yr[c]; }
+        float inv = 1.0f / s;
+        for (size_t c = 0; c < cols; c++) yr[c] *= inv;
+    }
+}
+
+void fnn_act_forward(int act, float alpha, const float *z, float *y, size_t rows, size_t cols,
+                     int n_threads) {
+    if (act == FNN_SOFTMAX) softmax_rows(z, y, rows, cols, n_threads);
+    else act_forward_flat(act, alpha, z, y, rows * cols, n_threads);
+}
+
+void fnn_act_backward(int act, float alpha, const float *z, const float *y, const float *dy,
+                      float *dz, size_t rows, size_t cols, int n_threads) {
+    size_t n = rows * cols;
+    ptrdiff_t i, len = (ptrdiff_t)n;
+    int nt = fnn_threads(n, n_threads);
+    (void)nt;
+    switch (act) {
+    case FNN_LINEAR:
+        if (dz != dy) for (i = 0; i < len; i++) dz[i] = dy[i];
+        break;
+    case FNN_RELU:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++) dz[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+        break;
+    case FNN_SIGMOID:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++) dz[i] = dy[i] * y[i] * (1.0f - y[i]);
+        break;
+    case FNN_TANH:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++) dz[i] = dy[i] * (1.0f - y[i] * y[i]);
+        break;
+    case FNN_SOFTMAX: {
+        ptrdiff_t r;
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (r = 0; r < (ptrdiff_t)rows; r++) {
+            const float *yr = y + (size_t)r * cols, *dyr = dy + (size_t)r * cols;
+            float *dzr = dz + (size_t)r * cols;
+            float dot = 0.0f;
+            for (size_t c = 0; c < cols; c++) dot += dyr[c] * yr[c];
+            for (size_t c = 0; c < cols; c++) dzr[c] = yr[c] * (dyr[c] - dot);
+        }
+        break;
+    }
+    case FNN_SOFTPLUS:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++) dz[i] = dy[i] * sigmoidf(z[i]);
+        break;
+    case FNN_SOFTSIGN:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++) { float t = 1.0f - fabsf(y[i]); dz[i] = dy[i] * t * t; }
+        break;
+    case FNN_SELU:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++)
+            dz[i] = y[i] > 0.0f ? dy[i] * SELU_SCALE : dy[i] * (y[i] + SELU_SCALE * SELU_ALPHA);
+        break;
+    case FNN_ELU:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++) dz[i] = y[i] > 0.0f ? dy[i] : dy[i] * (y[i] + alpha);
+        break;
+    case FNN_EXPONENTIAL:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++) dz[i] = dy[i] * y[i];
+        break;
+    case FNN_LEAKY_RELU:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++) dz[i] = y[i] > 0.0f ? dy[i] : dy[i] * alpha;
+        break;
+    case FNN_GELU:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++) {
+            float x = z[i];
+            float cdf = 0.5f * (1.0f + erff(x * INV_SQRT2));
+            dz[i] = dy[i] * (cdf + x * INV_SQRT_2PI * expf(-0.5f * x * x));
+        }
+        break;
+    case FNN_SILU:
+        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (i = 0; i < len; i++) {
+            float s = sigmoidf(z[i]);
+            dz[i] = dy[i] * s * (1.0f + z[i] * (1.0f - s));
+        }
+        break;
+    }
+}

@@ -1,0 +1,79 @@
+/* fastnn C kernels: plain C99, no Python. Every kernel writes into caller-owned buffers (no
+ * allocation), takes sizes explicitly, and takes n_threads last. Reductions run in a fixed order
+ * so results are identical for any thread count. */
+#ifndef FASTNN_H
+#define FASTNN_H
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* Activation ids, shared with fastnn/activations.py (keep in sync). */
+enum {
+    FNN_LINEAR = 0, FNN_RELU = 1, FNN_SIGMOID = 2, FNN_TANH = 3, FNN_SOFTMAX = 4,
+    FNN_SOFTPLUS = 5, FNN_SOFTSIGN = 6, FNN_SELU = 7, FNN_ELU = 8, FNN_EXPONENTIAL = 9,
+    FNN_LEAKY_RELU = 10, FNN_GELU = 11, FNN_SILU = 12, FNN_N_ACTIVATIONS = 13
+};
+
+/* Below this many elements a loop runs on one thread: waking a team costs more than it saves. */
+#define FNN_PARALLEL_MIN 32768
+
+/* Threads to use for a loop over `work` elements. */
+static inline int fnn_threads(size_t work, int n_threads) {
+    return (n_threads > 1 && work >= FNN_PARALLEL_MIN) ? n_threads : 1;
+}
+
+/* activations.c */
+int fnn_activation_needs_input(int act);
+void fnn_act_forward(int act, float alpha, const float *z, float *y,
+                     size_t rows, size_t cols, int n_threads);
+void fnn_act_backward(int act, float alpha, const float *z, const float *y, const float *dy,
+                      float *dz, size_t rows, size_t cols, int n_threads);
+
+/* dense.c */
+void fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, float *y,
+                          size_t rows, size_t cols, int n_threads);
+void fnn_column_sum(const float *a, float *out, size_t rows, size_t cols, int n_threads);
+
+/* loss.c: each fills per-row losses (row_loss) and the gradient with respect to the logits or
+ * predictions, scaled per row by scale * (weights ? weights[r] : 1). Returns 0, or -1 when a
+ * sparse label is out of range (nothing past the bad row is touched). */
+int fnn_softmax_xent_sparse(const float *probs, const int32_t *labels, const float *weights,
+                            float scale, float *row_loss, float *grad,
+                            size_t rows, size_t cols, int n_threads);
+int fnn_softmax_xent_dense(const float *probs, const float *targets, const float *weights,
+                           float scale, float *row_loss, float *grad,
+                           size_t rows, size_t cols, int n_threads);
+int fnn_sigmoid_bxent(const float *probs, const float *targets, const float *weights,
+                      float scale, float *row_loss, float *grad,
+                      size_t rows, size_t cols, int n_threads);
+int fnn_squared_error(const float *pred, const float *targets, const float *weights,
+                      float scale, float *row_loss, float *grad,
+                      size_t rows, size_t cols, int n_threads);
+int fnn_absolute_error(const float *pred, const float *targets, const float *weights,
+                       float scale, float *row_loss, float *grad,
+                       size_t rows, size_t cols, int n_threads);
+
+/* optim.c: in-place updates of one flat parameter buffer. */
+void fnn_sgd(float *w, const float *g, float *m, size_t n, float lr, float momentum,
+             int nesterov, int n_threads);
+void fnn_adam(float *w, const float *g, float *m, float *v, float *vmax, size_t n,
+              float alpha, float beta1, float beta2, float eps, int n_threads);
+void fnn_rmsprop(float *w, const float *g, float *v, float *mom, float *mg, size_t n,
+                 float lr, float rho, float momentum, float eps, int n_threads);
+void fnn_adagrad(float *w, const float *g, float *acc, size_t n, float lr, float eps,
+                 int n_threads);
+void fnn_adadelta(float *w, const float *g, float *acc_g, float *acc_dx, size_t n, float lr,
+                  float rho, float eps, int n_threads);
+void fnn_adamax(float *w, const float *g, float *m, float *u, size_t n, float alpha,
+                float beta1, float beta2, float eps, int n_threads);
+void fnn_nadam(float *w, const float *g, float *m, float *v, size_t n, float lr,
+               float beta1, float beta2, float eps, float mu_t, float mu_t1,
+               float u_prod, float u_prod_t1, float beta2_power, int n_threads);
+void fnn_ftrl(float *w, const float *g, float *acc, float *lin, size_t n, float lr,
+              float lr_power, float l1, float l2, float l2_shrinkage, float beta,
+              int n_threads);
+
+#endif

@@ -1,0 +1,158 @@
+/* Optimizer updates, one pass over a flat parameter buffer, with Keras 3's update rules
+ * (keras/src/optimizers/). Per-step scalars (bias corrections) are computed by the caller. */
+#include <math.h>
+#include "fastnn.h"
+
+#define PARALLEL_FOR \
+    _Pragma("omp parallel for num_threads(nt) if(nt > 1) schedule(static)")
+
+void fnn_sgd(float *w, const float *g, float *m, size_t n, float lr, float momentum,
+             int nesterov, int n_threads) {
+    ptrdiff_t i, len = (ptrdiff_t)n;
+    int nt = fnn_threads(n, n_threads);
+    (void)nt;
+    if (!m) {
+        PARALLEL_FOR
+        for (i = 0; i < len; i++) w[i] -= lr * g[i];
+    } else if (nesterov) {
+        PARALLEL_FOR
+        for (i = 0; i < len; i++) {
+            m[i] = momentum * m[i] - lr * g[i];
+            w[i] += momentum * m[i] - lr * g[i];
+        }
+    } else {
+        PARALLEL_FOR
+        for (i = 0; i < len; i++) {
+            m[i] = momentum * m[i] - lr * g[i];
+            w[i] += m[i];
+        }
+    }
+}
+
+/* alpha = lr * sqrt(1 - beta2^t) / (1 - beta1^t); vmax (AMSGrad) may be NULL. */
+void fnn_adam(float *w, const float *g, float *m, float *v, float *vmax, size_t n,
+              float alpha, float beta1, float beta2, float eps, int n_threads) {
+    ptrdiff_t i, len = (ptrdiff_t)n;
+    int nt = fnn_threads(n, n_threads);
+    float c1 = 1.0f - beta1, c2 = 1.0f - beta2;
+    (void)nt;
+    if (vmax) {
+        PARALLEL_FOR
+        for (i = 0; i < len; i++) {
+            m[i] += (g[i] - m[i]) * c1;
+            v[i] += (g[i] * g[i] - v[i]) * c2;
+            vmax[i] = fmaxf(vmax[i], v[i]);
+            w[i] -= alpha * m[i] / (sqrtf(vmax[i]) + eps);
+        }
+    } else {
+        PARALLEL_FOR
+        for (i = 0; i < len; i++) {
+            m[i] += (g[i] - m[i]) * c1;
+            v[i] += (g[i] * g[i] - v[i]) * c2;
+            w[i] -= alpha * m[i] / (sqrtf(v[i]) + eps);
+        }
+    }
+}
+
+/* mom (momentum > 0) and mg (centered) may be NULL. Epsilon sits inside the square root. */
+void fnn_rmsprop(float *w, const float *g, float *v, float *mom, float *mg, size_t n,
+                 float lr, float rho, float momentum, float eps, int n_threads) {
+    ptrdiff_t i, len = (ptrdiff_t)n;
+    int nt = fnn_threads(n, n_threads);
+    (void)nt;
+    PARALLEL_FOR
+    for (i = 0; i < len; i++) {
+        v[i] = rho * v[i] + (1.0f - rho) * g[i] * g[i];
+        float denom = v[i] + eps;
+        if (mg) {
+            mg[i] = rho * mg[i] + (1.0f - rho) * g[i];
+            denom -= mg[i] * mg[i];
+        }
+        float step = lr * g[i] / sqrtf(denom);
+        if (mom) {
+            mom[i] = momentum * mom[i] + step;
+            w[i] -= mom[i];
+        } else {
+            w[i] -= step;
+        }
+    }
+}
+
+void fnn_adagrad(float *w, const float *g, float *acc, size_t n, float lr, float eps,
+                 int n_threads) {
+    ptrdiff_t i, len = (ptrdiff_t)n;
+    int nt = fnn_threads(n, n_threads);
+    (void)nt;
+    PARALLEL_FOR
+    for (i = 0; i < len; i++) {
+        acc[i] += g[i] * g[i];
+        w[i] -= lr * g[i] / sqrtf(acc[i] + eps);
+    }
+}
+
+void fnn_adadelta(float *w, const float *g, float *acc_g, float *acc_dx, size_t n, float lr,
+                  float rho, float eps, int n_threads) {
+    ptrdiff_t i, len = (ptrdiff_t)n;
+    int nt = fnn_threads(n, n_threads);
+    (void)nt;
+    PARALLEL_FOR
+    for (i = 0; i < len; i++) {
+        acc_g[i] = rho * acc_g[i] + (1.0f - rho) * g[i] * g[i];
+        float dx = -sqrtf(acc_dx[i] + eps) * g[i] / sqrtf(acc_g[i] + eps);
+        acc_dx[i] = rho * acc_dx[i] + (1.0f - rho) * dx * dx;
+        w[i] += lr * dx;
+    }
+}
+
+/* alpha = lr / (1 - beta1^t). */
+void fnn_adamax(float *w, const float *g, float *m, float *u, size_t n, float alpha,
+                float beta1, float beta2, float eps, int n_threads) {
+    ptrdiff_t i, len = (ptrdiff_t)n;
+    int nt = fnn_threads(n, n_threads);
+    (void)nt;
+    PARALLEL_FOR
+    for (i = 0; i < len; i++) {
+        m[i] += (g[i] - m[i]) * (1.0f - beta1);
+        u[i] = fmaxf(beta2 * u[i], fabsf(g[i]));
+        w[i] -= alpha * m[i] / (u[i] + eps);
+    }
+}
+
+/* mu_t, mu_t1: momentum schedule at steps t and t+1; u_prod = prod of mu up to t, u_prod_t1 =
+ * u_prod * mu_t1; beta2_power = beta2^t. */
+void fnn_nadam(float *w, const float *g, float *m, float *v, size_t n, float lr,
+               float beta1, float beta2, float eps, float mu_t, float mu_t1,
+               float u_prod, float u_prod_t1, float beta2_power, int n_threads) {
+    ptrdiff_t i, len = (ptrdiff_t)n;
+    int nt = fnn_threads(n, n_threads);
+    float a = mu_t1 / (1.0f - u_prod_t1), b = (1.0f - mu_t) / (1.0f - u_prod);
+    float vc = 1.0f / (1.0f - beta2_power);
+    (void)nt;
+    PARALLEL_FOR
+    for (i = 0; i < len; i++) {
+        m[i] += (g[i] - m[i]) * (1.0f - beta1);
+        v[i] += (g[i] * g[i] - v[i]) * (1.0f - beta2);
+        float m_hat = a * m[i] + b * g[i];
+        w[i] -= lr * m_hat / (sqrtf(v[i] * vc) + eps);
+    }
+}
+
+void fnn_ftrl(float *w, const float *g, float *acc, float *lin, size_t n, float lr,
+              float lr_power, float l1, float l2, float l2_shrinkage, float beta,
+              int n_threads) {
+    ptrdiff_t i, len = (ptrdiff_t)n;
+    int nt = fnn_threads(n, n_threads);
+    float l2_reg = l2 + beta / (2.0f * lr);
+    (void)nt;
+    PARALLEL_FOR
+    for (i = 0; i < len; i++) {
+        float gi = g[i] + 2.0f * l2_shrinkage * w[i];
+        float new_acc = acc[i] + g[i] * g[i];
+        float p_new = powf(new_acc, -lr_power), p_old = powf(acc[i], -lr_power);
+        lin[i] += gi - (p_new - p_old) / lr * w[i];
+        float quadratic = p_new / lr + 2.0f * l2_reg;
+        float clipped = fminf(fmaxf(lin[i], -l1), l1);
+        w[i] = (clipped - lin[i]) / quadratic;
+        acc[i] = new_acc;
+    }
+}

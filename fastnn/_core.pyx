@@ -1,0 +1,402 @@
+# cython: language_level=3
+"""The compiled core: typed-memoryview wrappers over the C kernels in csrc/, plus GEMM through
+scipy's BLAS (scipy.linalg.cython_blas, so nothing needs linking). Every wrapper checks sizes
+before any memory is touched and releases the GIL around the work. Arrays are float32 and
+C-contiguous; the Python backend (fastnn/backend/cpu.py) guarantees that."""
+from libc.stdint cimport int32_t
+from scipy.linalg.cython_blas cimport sgemm
+
+cdef extern from "fastnn.h" nogil:
+    int FNN_N_ACTIVATIONS
+    int fnn_activation_needs_input(int act)
+    void fnn_act_forward(int act, float alpha, const float *z, float *y, size_t rows,
+                         size_t cols, int n_threads)
+    void fnn_act_backward(int act, float alpha, const float *z, const float *y,
+                          const float *dy, float *dz, size_t rows, size_t cols, int n_threads)
+    void fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, float *y,
+                              size_t rows, size_t cols, int n_threads)
+    void fnn_column_sum(const float *a, float *out, size_t rows, size_t cols, int n_threads)
+    int fnn_softmax_xent_sparse(const float *probs, const int32_t *labels,
+                                const float *weights, float scale, float *row_loss,
+                                float *grad, size_t rows, size_t cols, int n_threads)
+    int fnn_softmax_xent_dense(const float *probs, const float *targets, const float *weights,
+                               float scale, float *row_loss, float *grad, size_t rows,
+                               size_t cols, int n_threads)
+    int fnn_sigmoid_bxent(const float *probs, const float *targets, const float *weights,
+                          float scale, float *row_loss, float *grad, size_t rows, size_t cols,
+                          int n_threads)
+    int fnn_squared_error(const float *pred, const float *targets, const float *weights,
+                          float scale, float *row_loss, float *grad, size_t rows, size_t cols,
+                          int n_threads)
+    int fnn_absolute_error(const float *pred, const float *targets, const float *weights,
+                           float scale, float *row_loss, float *grad, size_t rows, size_t cols,
+                           int n_threads)
+    void fnn_sgd(float *w, const float *g, float *m, size_t n, float lr, float momentum,
+                 int nesterov, int n_threads)
+    void fnn_adam(float *w, const float *g, float *m, float *v, float *vmax, size_t n,
+                  float alpha, float beta1, float beta2, float eps, int n_threads)
+    void fnn_rmsprop(float *w, const float *g, float *v, float *mom, float *mg, size_t n,
+                     float lr, float rho, float momentum, float eps, int n_threads)
+    void fnn_adagrad(float *w, const float *g, float *acc, size_t n, float lr, float eps,
+                     int n_threads)
+    void fnn_adadelta(float *w, const float *g, float *acc_g, float *acc_dx, size_t n,
+                      float lr, float rho, float eps, int n_threads)
+    void fnn_adamax(float *w, const float *g, float *m, float *u, size_t n, float alpha,
+                    float beta1, float beta2, float eps, int n_threads)
+    void fnn_nadam(float *w, const float *g, float *m, float *v, size_t n, float lr,
+                   float beta1, float beta2, float eps, float mu_t, float mu_t1,
+                   float u_prod, float u_prod_t1, float beta2_power, int n_threads)
+    void fnn_ftrl(float *w, const float *g, float *acc, float *lin, size_t n, float lr,
+                  float lr_power, float l1, float l2, float l2_shrinkage, float beta,
+                  int n_threads)
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int fnn_max_threads(void) { return omp_get_max_threads(); }
+    static const int fnn_openmp = 1;
+    #else
+    static int fnn_max_threads(void) { return 1; }
+    static const int fnn_openmp = 0;
+    #endif
+    """
+    int fnn_max_threads()
+    const int fnn_openmp
+
+cdef int _n_threads = fnn_max_threads()
+
+OPENMP = bool(fnn_openmp)
+
+
+def get_num_threads():
+    return _n_threads
+
+
+def set_num_threads(int n):
+    global _n_threads
+    if n < 1:
+        raise ValueError(f"n_threads must be >= 1, got {n}")
+    _n_threads = n if fnn_openmp else 1
+
+
+def activation_needs_input(int act):
+    _check_act(act)
+    return bool(fnn_activation_needs_input(act))
+
+
+cdef inline int _check_act(int act) except -1:
+    if act < 0 or act >= FNN_N_ACTIVATIONS:
+        raise ValueError(f"unknown activation id {act}")
+    return 0
+
+
+cdef inline int _same_shape(name, tuple got, tuple want) except -1:
+    if got != want:
+        raise ValueError(f"{name}: expected shape {want}, got {got}")
+    return 0
+
+
+cdef tuple _shape2(const float[:, ::1] a):
+    return (a.shape[0], a.shape[1])
+
+
+cdef void _sgemm(bint trans_a, bint trans_b, int m, int n, int k, float alpha,
+                 const float *a, int lda, const float *b, int ldb, float beta,
+                 float *c, int ldc) noexcept nogil:
+    # Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+    cdef char ta = b'T' if trans_a else b'N'
+    cdef char tb = b'T' if trans_b else b'N'
+    sgemm(&tb, &ta, &n, &m, &k, &alpha, <float *>b, &ldb, <float *>a, &lda, &beta, c, &ldc)
+
+
+def gemm(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out,
+         bint trans_a=False, bint trans_b=False, float alpha=1.0, float beta=0.0):
+    """out = alpha * op(a) @ op(b) + beta * out, row-major, op = transpose when asked."""
+    cdef int m = a.shape[1] if trans_a else a.shape[0]
+    cdef int k = a.shape[0] if trans_a else a.shape[1]
+    cdef int kb = b.shape[1] if trans_b else b.shape[0]
+    cdef int n = b.shape[0] if trans_b else b.shape[1]
+    if k != kb:
+        raise ValueError(f"gemm: inner dimensions differ ({k} vs {kb})")
+    _same_shape("gemm out", _shape2(out), (m, n))
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        for i in range(m):
+            for j in range(n):
+                out[i, j] = beta * out[i, j] if beta != 0 else 0
+        return
+    with nogil:
+        _sgemm(trans_a, trans_b, m, n, k, alpha, &a[0, 0], a.shape[1], &b[0, 0], b.shape[1],
+               beta, &out[0, 0], n)
+
+
+def act_forward(int act, float alpha, const float[:, ::1] z, float[:, ::1] y):
+    _check_act(act)
+    _same_shape("activation output", _shape2(y), _shape2(z))
+    if z.shape[0] == 0 or z.shape[1] == 0:
+        return
+    with nogil:
+        fnn_act_forward(act, alpha, &z[0, 0], &y[0, 0], z.shape[0], z.shape[1], _n_threads)
+
+
+def act_backward(int act, float alpha, const float[:, ::1] z, const float[:, ::1] y,
+                 const float[:, ::1] dy, float[:, ::1] dz):
+    """dz = dy * act'(z); z may be None for activations whose derivative is read off y."""
+    _check_act(act)
+    cdef tuple shape = _shape2(y)
+    _same_shape("dy", _shape2(dy), shape)
+    _same_shape("dz", _shape2(dz), shape)
+    cdef const float *zp = NULL
+    if fnn_activation_needs_input(act):
+        if z is None:
+            raise ValueError("this activation's backward pass needs its input z")
+        _same_shape("z", _shape2(z), shape)
+    if shape[0] == 0 or shape[1] == 0:
+        return
+    if z is not None:
+        zp = &z[0, 0]
+    with nogil:
+        fnn_act_backward(act, alpha, zp, &y[0, 0], &dy[0, 0], &dz[0, 0], y.shape[0],
+                         y.shape[1], _n_threads)
+
+
+def column_sum(const float[:, ::1] a, float[::1] out):
+    if out.shape[0] != a.shape[1]:
+        raise ValueError(f"column_sum out: expected ({a.shape[1]},), got ({out.shape[0]},)")
+    if a.shape[1] == 0:
+        return
+    if a.shape[0] == 0:
+        out[:] = 0
+        return
+    with nogil:
+        fnn_column_sum(&a[0, 0], &out[0], a.shape[0], a.shape[1], _n_threads)
+
+
+def dense_forward(const float[:, ::1] x, const float[:, ::1] kernel, const float[::1] bias,
+                  float[:, ::1] z, float[:, ::1] y, int act, float alpha):
+    """z = x @ kernel + bias; y = act(z). y may be z itself when act's backward only needs y."""
+    _check_act(act)
+    cdef int rows = x.shape[0], d_in = x.shape[1], d_out = kernel.shape[1]
+    _same_shape("kernel", _shape2(kernel), (d_in, d_out))
+    _same_shape("z", _shape2(z), (rows, d_out))
+    _same_shape("y", _shape2(y), (rows, d_out))
+    if bias is not None and bias.shape[0] != d_out:
+        raise ValueError(f"bias: expected ({d_out},), got ({bias.shape[0]},)")
+    if rows == 0 or d_out == 0:
+        return
+    if d_in == 0:
+        raise ValueError("dense_forward: input has no features")
+    cdef const float *bp = NULL if bias is None else &bias[0]
+    with nogil:
+        _sgemm(False, False, rows, d_out, d_in, 1.0, &x[0, 0], d_in, &kernel[0, 0], d_out,
+               0.0, &z[0, 0], d_out)
+        fnn_bias_act_forward(act, alpha, &z[0, 0], bp, &y[0, 0], rows, d_out, _n_threads)
+
+
+def dense_backward(const float[:, ::1] x, const float[:, ::1] kernel, const float[:, ::1] z,
+                   const float[:, ::1] y, const float[:, ::1] dy, float[:, ::1] dz,
+                   float[:, ::1] d_kernel, float[::1] d_bias, float[:, ::1] dx,
+                   int act, float alpha):
+    """From dy = dL/dy: dz = dy * act'(z) (dz may be dy when act is linear), d_kernel = x^T dz,
+    d_bias = column sums of dz, dx = dz kernel^T (skipped when dx is None)."""
+    _check_act(act)
+    cdef int rows = x.shape[0], d_in = x.shape[1], d_out = kernel.shape[1]
+    cdef tuple out_shape = (rows, d_out)
+    _same_shape("kernel", _shape2(kernel), (d_in, d_out))
+    _same_shape("y", _shape2(y), out_shape)
+    _same_shape("dy", _shape2(dy), out_shape)
+    _same_shape("dz", _shape2(dz), out_shape)
+    _same_shape("d_kernel", _shape2(d_kernel), (d_in, d_out))
+    if d_bias is not None and d_bias.shape[0] != d_out:
+        raise ValueError(f"d_bias: expected ({d_out},), got ({d_bias.shape[0]},)")
+    if dx is not None:
+        _same_shape("dx", _shape2(dx), (rows, d_in))
+    cdef const float *zp = NULL
+    if fnn_activation_needs_input(act):
+        if z is None:
+            raise ValueError("this activation's backward pass needs its input z")
+        _same_shape("z", _shape2(z), out_shape)
+        zp = &z[0, 0]
+    if rows == 0 or d_in == 0 or d_out == 0:
+        raise ValueError("dense_backward: empty batch or layer")
+    cdef float *dbp = NULL if d_bias is None else &d_bias[0]
+    cdef float *dxp = NULL if dx is None else &dx[0, 0]
+    with nogil:
+        fnn_act_backward(act, alpha, zp, &y[0, 0], &dy[0, 0], &dz[0, 0], rows, d_out,
+                         _n_threads)
+        _sgemm(True, False, d_in, d_out, rows, 1.0, &x[0, 0], d_in, &dz[0, 0], d_out,
+               0.0, &d_kernel[0, 0], d_out)
+        if dbp != NULL:
+            fnn_column_sum(&dz[0, 0], dbp, rows, d_out, _n_threads)
+        if dxp != NULL:
+            _sgemm(False, True, rows, d_in, d_out, 1.0, &dz[0, 0], d_out, &kernel[0, 0], d_out,
+                   0.0, dxp, d_in)
+
+
+cdef double _ordered_sum(const float[::1] v) noexcept nogil:
+    cdef double s = 0
+    cdef Py_ssize_t i
+    for i in range(v.shape[0]):
+        s += v[i]
+    return s
+
+
+cdef int _check_loss_args(const float[:, ::1] pred, const float[::1] weights,
+                          float[::1] row_loss, float[:, ::1] grad) except -1:
+    cdef int rows = pred.shape[0]
+    if row_loss.shape[0] != rows:
+        raise ValueError(f"row_loss: expected ({rows},), got ({row_loss.shape[0]},)")
+    if weights is not None and weights.shape[0] != rows:
+        raise ValueError(f"sample_weight: expected ({rows},), got ({weights.shape[0]},)")
+    if grad is not None:
+        _same_shape("grad", _shape2(grad), _shape2(pred))
+    if rows == 0 or pred.shape[1] == 0:
+        raise ValueError("loss: empty predictions")
+    return 0
+
+
+def softmax_xent_sparse(const float[:, ::1] probs, const int32_t[::1] labels,
+                        const float[::1] weights, float scale, float[::1] row_loss,
+                        float[:, ::1] grad):
+    """Sparse categorical cross-entropy on softmax outputs; grad (may be None) is with respect
+    to the logits: scale * w * (p - onehot). Returns the ordered sum of weighted row losses."""
+    _check_loss_args(probs, weights, row_loss, grad)
+    if labels.shape[0] != probs.shape[0]:
+        raise ValueError(f"labels: expected ({probs.shape[0]},), got ({labels.shape[0]},)")
+    cdef const float *wp = NULL if weights is None else &weights[0]
+    cdef float *gp = NULL if grad is None else &grad[0, 0]
+    cdef int status
+    with nogil:
+        status = fnn_softmax_xent_sparse(&probs[0, 0], &labels[0], wp, scale, &row_loss[0], gp,
+                                         probs.shape[0], probs.shape[1], _n_threads)
+    if status != 0:
+        raise ValueError(f"labels must be integers in [0, {probs.shape[1]})")
+    return _ordered_sum(row_loss)
+
+
+ctypedef int (*dense_loss_fn)(const float *, const float *, const float *, float, float *,
+                              float *, size_t, size_t, int) noexcept nogil
+
+
+cdef double _dense_loss(dense_loss_fn fn, const float[:, ::1] pred, const float[:, ::1] targets,
+                        const float[::1] weights, float scale, float[::1] row_loss,
+                        float[:, ::1] grad) except? -1:
+    _check_loss_args(pred, weights, row_loss, grad)
+    _same_shape("targets", _shape2(targets), _shape2(pred))
+    cdef const float *wp = NULL if weights is None else &weights[0]
+    cdef float *gp = NULL if grad is None else &grad[0, 0]
+    with nogil:
+        fn(&pred[0, 0], &targets[0, 0], wp, scale, &row_loss[0], gp, pred.shape[0],
+           pred.shape[1], _n_threads)
+    return _ordered_sum(row_loss)
+
+
+def softmax_xent_dense(probs, targets, weights, float scale, row_loss, grad):
+    return _dense_loss(fnn_softmax_xent_dense, probs, targets, weights, scale, row_loss, grad)
+
+
+def sigmoid_bxent(probs, targets, weights, float scale, row_loss, grad):
+    return _dense_loss(fnn_sigmoid_bxent, probs, targets, weights, scale, row_loss, grad)
+
+
+def squared_error(pred, targets, weights, float scale, row_loss, grad):
+    return _dense_loss(fnn_squared_error, pred, targets, weights, scale, row_loss, grad)
+
+
+def absolute_error(pred, targets, weights, float scale, row_loss, grad):
+    return _dense_loss(fnn_absolute_error, pred, targets, weights, scale, row_loss, grad)
+
+
+cdef inline int _check_slot(name, const float[::1] w, const float[::1] s) except -1:
+    if s is not None and s.shape[0] != w.shape[0]:
+        raise ValueError(f"{name}: expected ({w.shape[0]},), got ({s.shape[0]},)")
+    return 0
+
+
+cdef inline float *_ptr(float[::1] a) noexcept:
+    return NULL if a is None or a.shape[0] == 0 else &a[0]
+
+
+def sgd_update(float[::1] w, const float[::1] g, float[::1] m, float lr, float momentum,
+               bint nesterov):
+    _check_slot("grad", w, g); _check_slot("momentum", w, m)
+    if w.shape[0] == 0:
+        return
+    cdef float *mp = _ptr(m)
+    with nogil:
+        fnn_sgd(&w[0], &g[0], mp, w.shape[0], lr, momentum, nesterov, _n_threads)
+
+
+def adam_update(float[::1] w, const float[::1] g, float[::1] m, float[::1] v, float[::1] vmax,
+                float alpha, float beta1, float beta2, float eps):
+    _check_slot("grad", w, g); _check_slot("m", w, m); _check_slot("v", w, v)
+    _check_slot("vhat", w, vmax)
+    if w.shape[0] == 0:
+        return
+    cdef float *vmp = _ptr(vmax)
+    with nogil:
+        fnn_adam(&w[0], &g[0], &m[0], &v[0], vmp, w.shape[0], alpha, beta1, beta2, eps,
+                 _n_threads)
+
+
+def rmsprop_update(float[::1] w, const float[::1] g, float[::1] v, float[::1] mom,
+                   float[::1] mg, float lr, float rho, float momentum, float eps):
+    _check_slot("grad", w, g); _check_slot("velocity", w, v)
+    _check_slot("momentum", w, mom); _check_slot("average_gradient", w, mg)
+    if w.shape[0] == 0:
+        return
+    cdef float *momp = _ptr(mom)
+    cdef float *mgp = _ptr(mg)
+    with nogil:
+        fnn_rmsprop(&w[0], &g[0], &v[0], momp, mgp, w.shape[0], lr, rho, momentum,
+                    eps, _n_threads)
+
+
+def adagrad_update(float[::1] w, const float[::1] g, float[::1] acc, float lr, float eps):
+    _check_slot("grad", w, g); _check_slot("accumulator", w, acc)
+    if w.shape[0] == 0:
+        return
+    with nogil:
+        fnn_adagrad(&w[0], &g[0], &acc[0], w.shape[0], lr, eps, _n_threads)
+
+
+def adadelta_update(float[::1] w, const float[::1] g, float[::1] acc_g, float[::1] acc_dx,
+                    float lr, float rho, float eps):
+    _check_slot("grad", w, g); _check_slot("accumulated_grad", w, acc_g)
+    _check_slot("accumulated_delta_var", w, acc_dx)
+    if w.shape[0] == 0:
+        return
+    with nogil:
+        fnn_adadelta(&w[0], &g[0], &acc_g[0], &acc_dx[0], w.shape[0], lr, rho, eps, _n_threads)
+
+
+def adamax_update(float[::1] w, const float[::1] g, float[::1] m, float[::1] u, float alpha,
+                  float beta1, float beta2, float eps):
+    _check_slot("grad", w, g); _check_slot("m", w, m); _check_slot("u", w, u)
+    if w.shape[0] == 0:
+        return
+    with nogil:
+        fnn_adamax(&w[0], &g[0], &m[0], &u[0], w.shape[0], alpha, beta1, beta2, eps, _n_threads)
+
+
+def nadam_update(float[::1] w, const float[::1] g, float[::1] m, float[::1] v, float lr,
+                 float beta1, float beta2, float eps, float mu_t, float mu_t1, float u_prod,
+                 float u_prod_t1, float beta2_power):
+    _check_slot("grad", w, g); _check_slot("m", w, m); _check_slot("v", w, v)
+    if w.shape[0] == 0:
+        return
+    with nogil:
+        fnn_nadam(&w[0], &g[0], &m[0], &v[0], w.shape[0], lr, beta1, beta2, eps, mu_t, mu_t1,
+                  u_prod, u_prod_t1, beta2_power, _n_threads)
+
+
+def ftrl_update(float[::1] w, const float[::1] g, float[::1] acc, float[::1] lin, float lr,
+                float lr_power, float l1, float l2, float l2_shrinkage, float beta):
+    _check_slot("grad", w, g); _check_slot("accumulator", w, acc); _check_slot("linear", w, lin)
+    if w.shape[0] == 0:
+        return
+    with nogil:
+        fnn_ftrl(&w[0], &g[0], &acc[0], &lin[0], w.shape[0], lr, lr_power, l1, l2,
+                 l2_shrinkage, beta, _n_threads)

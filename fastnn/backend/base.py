@@ -1,0 +1,276 @@
+"""The NumPy reference backend: the specification of every op.
+
+Every method is written against `self.xp` so the same code runs on NumPy and CuPy. Fast backends
+subclass `Ops`, override hot methods with the same signature, and must agree with these results
+within float32 tolerance (tests/test_ops.py checks each one).
+
+Conventions: float32 arrays; `out=` arguments are written in place and returned; activations are
+given by integer id (fastnn.activations.ID) plus a float parameter `alpha` (the negative slope of
+leaky_relu, the alpha of elu).
+"""
+import numpy
+
+from .. import activations as A
+
+_SELU_ALPHA = 1.6732632423543772848170429916717
+_SELU_SCALE = 1.0507009873554804934193349852946
+EPSILON = 1e-7
+
+
+class Ops:
+    name = "numpy"
+    xp = numpy
+
+    # ---- memory ---------------------------------------------------------------------------
+    def alloc(self, shape, dtype="float32"):
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def empty(self, shape, dtype="float32"):
+        return self.xp.empty(shape, dtype=dtype)
+
+    def asarray(self, x, dtype="float32"):
+        return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=dtype))
+
+    def to_numpy(self, x):
+        return numpy.asarray(x)
+
+    def _out(self, out, like, shape=None):
+        return self.xp.empty(like.shape if shape is None else shape, "float32") if out is None \
+            else out
+
+    # ---- GEMM -----------------------------------------------------------------------------
+    def gemm(self, a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+        """out = alpha * op(a) @ op(b) + beta * out (row-major; op transposes when asked)."""
+        a = a.T if trans_a else a
+        b = b.T if trans_b else b
+        res = alpha * (a @ b)
+        if out is None:
+            return res.astype("float32", copy=False)
+        if beta:
+            res += beta * out
+        out[...] = res
+        return out
+
+    # ---- activations ----------------------------------------------------------------------
+    def act_forward(self, act, alpha, z, out=None):
+        xp = self.xp
+        y = self._out(out, z)
+        if act == A.LINEAR:
+            y[...] = z
+        elif act == A.RELU:
+            xp.maximum(z, 0, out=y)
+        elif act == A.SIGMOID:
+            y[...] = 0.5 * (1.0 + xp.tanh(0.5 * z))
+        elif act == A.TANH:
+            xp.tanh(z, out=y)
+        elif act == A.SOFTMAX:
+            e = xp.exp(z - z.max(axis=-1, keepdims=True))
+            y[...] = e / e.sum(axis=-1, keepdims=True)
+        elif act == A.SOFTPLUS:
+            y[...] = xp.logaddexp(z, 0.0)
+        elif act == A.SOFTSIGN:
+            y[...] = z / (1.0 + xp.abs(z))
+        elif act == A.SELU:
+            y[...] = _SELU_SCALE * xp.where(z > 0, z, _SELU_ALPHA * xp.expm1(xp.minimum(z, 0)))
+        elif act == A.ELU:
+            y[...] = xp.where(z > 0, z, alpha * xp.expm1(xp.minimum(z, 0)))
+        elif act == A.EXPONENTIAL:
+            xp.exp(z, out=y)
+        elif act == A.LEAKY_RELU:
+            y[...] = xp.where(z > 0, z, alpha * z)
+        elif act == A.GELU:
+            y[...] = 0.5 * z * (1.0 + self._erf(z / numpy.sqrt(2.0)))
+        elif act == A.SILU:
+            y[...] = z * (0.5 * (1.0 + xp.tanh(0.5 * z)))
+        else:
+            raise ValueError(f"unknown activation id {act}")
+        return y
+
+    def act_backward(self, act, alpha, z, y, dy, out=None):
+        """dz = dy * act'(z). z is needed only where A.NEEDS_INPUT says so (else may be None)."""
+        xp = self.xp
+        dz = self._out(out, dy)
+        if act == A.LINEAR:
+            dz[...] = dy
+        elif act == A.RELU:
+            dz[...] = xp.where(y > 0, dy, 0)
+        elif act == A.SIGMOID:
+            dz[...] = dy * y * (1 - y)
+        elif act == A.TANH:
+            dz[...] = dy * (1 - y * y)
+        elif act == A.SOFTMAX:
+            dz[...] = y * (dy - (dy * y).sum(axis=-1, keepdims=True))
+        elif act == A.SOFTPLUS:
+            dz[...] = dy * (0.5 * (1.0 + xp.tanh(0.5 * z)))
+        elif act == A.SOFTSIGN:
+            dz[...] = dy * (1 - xp.abs(y)) ** 2
+        elif act == A.SELU:
+            dz[...] = dy * xp.where(y > 0, _SELU_SCALE, y + _SELU_SCALE * _SELU_ALPHA)
+        elif act == A.ELU:
+            dz[...] = dy * xp.where(y > 0, 1.0, y + alpha)
+        elif act == A.EXPONENTIAL:
+            dz[...] = dy * y
+        elif act == A.LEAKY_RELU:
+            dz[...] = dy * xp.where(y > 0, 1.0, alpha)
+        elif act == A.GELU:
+            cdf = 0.5 * (1.0 + self._erf(z / numpy.sqrt(2.0)))
+            dz[...] = dy * (cdf + z * xp.exp(-0.5 * z * z) / numpy.sqrt(2 * numpy.pi))
+        elif act == A.SILU:
+            s = 0.5 * (1.0 + xp.tanh(0.5 * z))
+            dz[...] = dy * s * (1 + z * (1 - s))
+        else:
+            raise ValueError(f"unknown activation id {act}")
+        return dz
+
+    def _erf(self, x):
+        import scipy.special
+        return self.xp.asarray(scipy.special.erf(x))
+
+    # ---- dense ----------------------------------------------------------------------------
+    def column_sum(self, a, out=None):
+        res = a.sum(axis=0)
+        if out is None:
+            return res.astype("float32", copy=False)
+        out[...] = res
+        return out
+
+    def dense_forward(self, x, kernel, bias, act, alpha, z=None, y=None):
+        """z = x @ kernel + bias, y = act(z). Returns (z, y); y may be the same array as z."""
+        z = self.gemm(x, kernel, out=z)
+        if bias is not None:
+            z += bias
+        y = self.act_forward(act, alpha, z, out=y)
+        return z, y
+
+    def dense_backward(self, x, kernel, z, y, dy, act, alpha, d_kernel, d_bias, dx=None,
+                       dz=None):
+        """Writes d_kernel and d_bias; returns dx (None when dx is not wanted: pass dx=False)."""
+        dz = self.act_backward(act, alpha, z, y, dy, out=dz)
+        self.gemm(x, dz, out=d_kernel, trans_a=True)
+        if d_bias is not None:
+            self.column_sum(dz, out=d_bias)
+        if dx is False:
+            return None
+        return self.gemm(dz, kernel, out=dx, trans_b=True)
+
+    # ---- losses (value + gradient in one pass) ----------------------------------------------
+    # Each returns the sum over rows of weight[r] * loss_r and, when grad is given, writes the
+    # gradient of (scale * that sum): with respect to the logits for the softmax/sigmoid
+    # cross-entropies, with respect to the predictions for the errors.
+    def _weighted(self, per_row, weights):
+        return per_row if weights is None else per_row * weights
+
+    def softmax_xent_sparse(self, probs, labels, weights, scale, grad=None):
+        xp = self.xp
+        rows, cols = probs.shape
+        labels = xp.asarray(labels)
+        if labels.shape != (rows,):
+            raise ValueError(f"labels: expected ({rows},), got {labels.shape}")
+        if rows and (labels.min() < 0 or labels.max() >= cols):
+            raise ValueError(f"labels must be integers in [0, {cols})")
+        p = probs / probs.sum(axis=-1, keepdims=True)
+        picked = p[xp.arange(rows), labels]
+        per_row = self._weighted(-xp.log(xp.clip(picked, EPSILON, 1 - EPSILON)), weights)
+        if grad is not None:
+            k = scale * (xp.ones(rows, "float32") if weights is None else weights)
+            grad[...] = probs * k[:, None]
+            grad[xp.arange(rows), labels] -= k
+        return float(per_row.astype("float64").sum())
+
+    def softmax_xent_dense(self, probs, targets, weights, scale, grad=None):
+        xp = self.xp
+        p = xp.clip(probs / probs.sum(axis=-1, keepdims=True), EPSILON, 1 - EPSILON)
+        per_row = self._weighted(-(targets * xp.log(p)).sum(axis=-1), weights)
+        if grad is not None:
+            k = scale * (1.0 if weights is None else weights[:, None])
+            grad[...] = k * (probs * targets.sum(axis=-1, keepdims=True) - targets)
+        return float(per_row.astype("float64").sum())
+
+    def sigmoid_bxent(self, probs, targets, weights, scale, grad=None):
+        xp = self.xp
+        q = xp.clip(probs, EPSILON, 1 - EPSILON)
+        per_elem = -(targets * xp.log(q) + (1 - targets) * xp.log(1 - q))
+        per_row = self._weighted(per_elem.mean(axis=-1), weights)
+        if grad is not None:
+            k = scale / probs.shape[-1] * (1.0 if weights is None else weights[:, None])
+            grad[...] = k * (probs - targets)
+        return float(per_row.astype("float64").sum())
+
+    def squared_error(self, pred, targets, weights, scale, grad=None):
+        d = pred - targets
+        per_row = self._weighted((d * d).mean(axis=-1), weights)
+        if grad is not None:
+            k = 2 * scale / pred.shape[-1] * (1.0 if weights is None else weights[:, None])
+            grad[...] = k * d
+        return float(per_row.astype("float64").sum())
+
+    def absolute_error(self, pred, targets, weights, scale, grad=None):
+        d = pred - targets
+        per_row = self._weighted(self.xp.abs(d).mean(axis=-1), weights)
+        if grad is not None:
+            k = scale / pred.shape[-1] * (1.0 if weights is None else weights[:, None])
+            grad[...] = k * self.xp.sign(d)
+        return float(per_row.astype("float64").sum())
+
+    # ---- optimizer updates (in place on flat float32 buffers; Keras 3 rules) ----------------
+    def sgd_update(self, w, g, m, lr, momentum, nesterov):
+        if m is None:
+            w -= lr * g
+            return
+        m[...] = momentum * m - lr * g
+        w += (momentum * m - lr * g) if nesterov else m
+
+    def adam_update(self, w, g, m, v, vmax, alpha, beta1, beta2, eps):
+        m += (g - m) * (1 - beta1)
+        v += (g * g - v) * (1 - beta2)
+        if vmax is not None:
+            self.xp.maximum(vmax, v, out=vmax)
+            v = vmax
+        w -= alpha * m / (self.xp.sqrt(v) + eps)
+
+    def rmsprop_update(self, w, g, v, mom, mg, lr, rho, momentum, eps):
+        v[...] = rho * v + (1 - rho) * g * g
+        denom = v + eps
+        if mg is not None:
+            mg[...] = rho * mg + (1 - rho) * g
+            denom = denom - mg * mg
+        step = lr * g / self.xp.sqrt(denom)
+        if mom is not None:
+            mom[...] = momentum * mom + step
+            w -= mom
+        else:
+            w -= step
+
+    def adagrad_update(self, w, g, acc, lr, eps):
+        acc += g * g
+        w -= lr * g / self.xp.sqrt(acc + eps)
+
+    def adadelta_update(self, w, g, acc_g, acc_dx, lr, rho, eps):
+        sqrt = self.xp.sqrt
+        acc_g[...] = rho * acc_g + (1 - rho) * g * g
+        dx = -sqrt(acc_dx + eps) * g / sqrt(acc_g + eps)
+        acc_dx[...] = rho * acc_dx + (1 - rho) * dx * dx
+        w += lr * dx
+
+    def adamax_update(self, w, g, m, u, alpha, beta1, beta2, eps):
+        m += (g - m) * (1 - beta1)
+        self.xp.maximum(beta2 * u, self.xp.abs(g), out=u)
+        w -= alpha * m / (u + eps)
+
+    def nadam_update(self, w, g, m, v, lr, beta1, beta2, eps, mu_t, mu_t1, u_prod, u_prod_t1,
+                     beta2_power):
+        m += (g - m) * (1 - beta1)
+        v += (g * g - v) * (1 - beta2)
+        m_hat = mu_t1 * m / (1 - u_prod_t1) + (1 - mu_t) * g / (1 - u_prod)
+        w -= lr * m_hat / (self.xp.sqrt(v / (1 - beta2_power)) + eps)
+
+    def ftrl_update(self, w, g, acc, lin, lr, lr_power, l1, l2, l2_shrinkage, beta):
+        xp = self.xp
+        l2_reg = l2 + beta / (2 * lr)
+        g_used = g + 2 * l2_shrinkage * w
+        new_acc = acc + g * g
+        p_new, p_old = new_acc ** -lr_power, acc ** -lr_power
+        lin += g_used - (p_new - p_old) / lr * w
+        quadratic = p_new / lr + 2 * l2_reg
+        w[...] = (xp.clip(lin, -l1, l1) - lin) / quadratic
+        acc[...] = new_acc

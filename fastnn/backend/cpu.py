@@ -1,0 +1,118 @@
+"""CpuOps: the reference Ops with the hot methods replaced by the compiled core (fastnn._core).
+
+Arrays reaching the kernels are float32 and C-contiguous; activations of any rank are viewed as
+2-D (rows, last axis), which is free for contiguous arrays."""
+import numpy as np
+
+from .. import _core
+from .base import Ops
+
+
+def _as2d(a):
+    return a.reshape(-1, a.shape[-1]) if a.ndim != 2 else a
+
+
+def _f32(a):
+    if a is None or (a.dtype == np.float32 and a.flags.c_contiguous):
+        return a
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+class CpuOps(Ops):
+    name = "cpu"
+
+    def gemm(self, a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+        a, b = _f32(a), _f32(b)
+        if out is None:
+            m = a.shape[1] if trans_a else a.shape[0]
+            n = b.shape[0] if trans_b else b.shape[1]
+            out = np.empty((m, n), np.float32)
+        _core.gemm(a, b, out, trans_a, trans_b, alpha, beta)
+        return out
+
+    def act_forward(self, act, alpha, z, out=None):
+        z = _f32(z)
+        y = np.empty_like(z) if out is None else out
+        _core.act_forward(act, alpha, _as2d(z), _as2d(y))
+        return y
+
+    def act_backward(self, act, alpha, z, y, dy, out=None):
+        y, dy = _f32(y), _f32(dy)
+        dz = np.empty_like(dy) if out is None else out
+        z2 = None if z is None else _as2d(_f32(z))
+        _core.act_backward(act, alpha, z2, _as2d(y), _as2d(dy), _as2d(dz))
+        return dz
+
+    def column_sum(self, a, out=None):
+        a = _as2d(_f32(a))
+        out = np.empty(a.shape[1], np.float32) if out is None else out
+        _core.column_sum(a, out)
+        return out
+
+    def dense_forward(self, x, kernel, bias, act, alpha, z=None, y=None):
+        x = _f32(x)
+        shape = (x.shape[0], kernel.shape[1])
+        z = np.empty(shape, np.float32) if z is None else z
+        y = np.empty(shape, np.float32) if y is None else y
+        _core.dense_forward(x, kernel, bias, z, y, act, alpha)
+        return z, y
+
+    def dense_backward(self, x, kernel, z, y, dy, act, alpha, d_kernel, d_bias, dx=None,
+                       dz=None):
+        dy = _f32(dy)
+        dz = np.empty_like(dy) if dz is None else dz
+        if dx is False:
+            dx = None
+        elif dx is None:
+            dx = np.empty((x.shape[0], kernel.shape[0]), np.float32)
+        _core.dense_backward(_f32(x), kernel, z, y, dy, dz, d_kernel, d_bias, dx, act, alpha)
+        return dx
+
+    def softmax_xent_sparse(self, probs, labels, weights, scale, grad=None):
+        probs = _f32(probs)
+        labels = np.ascontiguousarray(labels, dtype=np.int32)
+        row_loss = np.empty(probs.shape[0], np.float32)
+        return _core.softmax_xent_sparse(probs, labels, _f32(weights), scale, row_loss, grad)
+
+    def _dense_loss(self, fn, pred, targets, weights, scale, grad):
+        pred = _f32(pred)
+        row_loss = np.empty(pred.shape[0], np.float32)
+        return fn(pred, _f32(targets), _f32(weights), scale, row_loss, grad)
+
+    def softmax_xent_dense(self, probs, targets, weights, scale, grad=None):
+        return self._dense_loss(_core.softmax_xent_dense, probs, targets, weights, scale, grad)
+
+    def sigmoid_bxent(self, probs, targets, weights, scale, grad=None):
+        return self._dense_loss(_core.sigmoid_bxent, probs, targets, weights, scale, grad)
+
+    def squared_error(self, pred, targets, weights, scale, grad=None):
+        return self._dense_loss(_core.squared_error, pred, targets, weights, scale, grad)
+
+    def absolute_error(self, pred, targets, weights, scale, grad=None):
+        return self._dense_loss(_core.absolute_error, pred, targets, weights, scale, grad)
+
+    def sgd_update(self, w, g, m, lr, momentum, nesterov):
+        _core.sgd_update(w, g, m, lr, momentum, nesterov)
+
+    def adam_update(self, w, g, m, v, vmax, alpha, beta1, beta2, eps):
+        _core.adam_update(w, g, m, v, vmax, alpha, beta1, beta2, eps)
+
+    def rmsprop_update(self, w, g, v, mom, mg, lr, rho, momentum, eps):
+        _core.rmsprop_update(w, g, v, mom, mg, lr, rho, momentum, eps)
+
+    def adagrad_update(self, w, g, acc, lr, eps):
+        _core.adagrad_update(w, g, acc, lr, eps)
+
+    def adadelta_update(self, w, g, acc_g, acc_dx, lr, rho, eps):
+        _core.adadelta_update(w, g, acc_g, acc_dx, lr, rho, eps)
+
+    def adamax_update(self, w, g, m, u, alpha, beta1, beta2, eps):
+        _core.adamax_update(w, g, m, u, alpha, beta1, beta2, eps)
+
+    def nadam_update(self, w, g, m, v, lr, beta1, beta2, eps, mu_t, mu_t1, u_prod, u_prod_t1,
+                     beta2_power):
+        _core.nadam_update(w, g, m, v, lr, beta1, beta2, eps, mu_t, mu_t1, u_prod, u_prod_t1,
+                           beta2_power)
+
+    def ftrl_update(self, w, g, acc, lin, lr, lr_power, l1, l2, l2_shrinkage, beta):
+        _core.ftrl_update(w, g, acc, lin, lr, lr_power, l1, l2, l2_shrinkage, beta)

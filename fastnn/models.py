@@ -1,0 +1,654 @@
+"""Sequential: Keras's model API (compile / fit / evaluate / predict / summary / save) over a
+stack of fastnn layers.
+
+All trainable weights live in one flat float32 buffer (the parameter arena) and their gradients
+in another; layers hold views into them. The optimizer therefore updates the whole model in one
+fused kernel call per step, and a steady-state step allocates nothing large: batches are gathered
+into reused buffers and layers keep their activations in per-shape workspaces."""
+import math
+
+import numpy as np
+
+from . import callbacks as callbacks_module
+from . import losses as losses_module
+from . import metrics as metrics_module
+from . import optimizers as optimizers_module
+from .backend import get_ops, unique_name
+from .layers import InputLayer, Layer
+
+
+def _resolve_verbose(verbose):
+    if verbose == "auto":
+        return 1
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
+    return int(verbose)
+
+
+def _check_batch_size(batch_size, arg="batch_size"):
+    if batch_size is None:
+        return 32
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ValueError(f"{arg} must be a positive int, got {batch_size!r}")
+    return int(batch_size)
+
+
+def _shape_str(shape):
+    return "(" + ", ".join("None" if d is None else str(d) for d in shape) + \
+        ("," if len(shape) == 1 else "") + ")"
+
+
+class Sequential:
+    def __init__(self, layers=None, trainable=True, name=None):
+        self.name = name or unique_name("sequential")
+        self.trainable = trainable
+        self._layers = []
+        self._input_shape = None        # the model's input shape without the batch axis
+        self._input_name = None
+        self._output_shape = None
+        self.built = False
+        self.optimizer = None
+        self.loss = None
+        self.compiled = False
+        self._metric_specs = []
+        self._metrics = None
+        self.stop_training = False
+        self.history = None
+        self._arena_key = None
+        self._params = self._grads = None
+        self._batch_buffers = {}
+        for layer in layers or []:
+            self.add(layer)
+
+    # ---- structure -------------------------------------------------------------------------
+    @property
+    def layers(self):
+        return list(self._layers)
+
+    def add(self, layer):
+        if isinstance(layer, InputLayer):
+            if self._layers:
+                raise ValueError("An Input/InputLayer can only be the first item of Sequential")
+            self._input_shape = layer.input_shape_arg
+            self._input_name = layer.name
+        elif isinstance(layer, Layer):
+            if layer in self._layers:
+                raise ValueError(f"Layer {layer.name!r} is already in model {self.name!r}")
+            if not self._layers and self._input_shape is None and \
+                    layer.input_shape_arg is not None:
+                self._input_shape = layer.input_shape_arg
+            self._layers.append(layer)
+        else:
+            raise TypeError(f"Sequential.add expects a fastnn layer, got {type(layer).__name__}")
+        self.built = False
+        if self._input_shape is not None:
+            self.build()
+
+    def pop(self):
+        if not self._layers:
+            raise IndexError("There are no layers in the model to pop")
+        layer = self._layers.pop()
+        self.built = False
+        if self._input_shape is not None and self._layers:
+            self.build()
+        return layer
+
+    def build(self, input_shape=None):
+        if input_shape is not None:
+            self._input_shape = tuple(input_shape)[1:]
+        if self._input_shape is None:
+            raise ValueError(f"Model {self.name!r} cannot be built: give the first layer "
+                             "input_shape=..., start with Input(shape=...), or call "
+                             "build((None, ...)) or fit() first")
+        shape = (None,) + tuple(self._input_shape)
+        for layer in self._layers:
+            if layer.built and layer.input_shape[1:] != shape[1:]:
+                raise ValueError(f"Layer {layer.name!r} was built for input shape "
+                                 f"{layer.input_shape}, but receives {shape}")
+            layer._maybe_build(shape)
+            shape = layer.compute_output_shape(shape)
+        self._output_shape = shape
+        self.built = True
+        self._pack_parameters()
+
+    def _pack_parameters(self):
+        """Move every trainable weight into one flat buffer (and gradients into another)."""
+        entries = [(layer, name) for layer in self._layers if layer.trainable
+                   for name in layer._trainable_names]
+        key = tuple((id(layer), name, layer._vars[name].shape) for layer, name in entries)
+        if key == self._arena_key:
+            return
+        ops = get_ops()
+        sizes = [layer._vars[name].size for layer, name in entries]
+        params, grads = ops.empty((sum(sizes),)), ops.alloc((sum(sizes),))
+        start = 0
+        for (layer, name), size in zip(entries, sizes):
+            shape = layer._vars[name].shape
+            layer._rebind(name, params[start:start + size].reshape(shape),
+                          grads[start:start + size].reshape(shape))
+            start += size
+        self._params, self._grads, self._sizes = params, grads, sizes
+        self._arena_key = key
+        self._first_trainable = next((i for i, layer in enumerate(self._layers)
+                                      if layer.trainable and layer._trainable_names),
+                                     len(self._layers))
+
+    def _ensure_built(self, x_shape):
+        if not self.built:
+            self.build((None,) + tuple(x_shape[1:]))
+
+    @property
+    def input_shape(self):
+        return None if self._input_shape is None else (None,) + tuple(self._input_shape)
+
+    @property
+    def output_shape(self):
+        if not self.built:
+            raise AttributeError(f"Model {self.name!r} has not been built yet")
+        return self._output_shape
+
+    def get_layer(self, name=None, index=None):
+        if index is not None:
+            if name is not None:
+                raise ValueError("Provide only a layer name or a layer index, not both")
+            if not -len(self._layers) <= index < len(self._layers):
+                raise ValueError(f"Was asked to retrieve layer at index {index} but model "
+                                 f"only has {len(self._layers)} layers")
+            return self._layers[index]
+        for layer in self._layers:
+            if layer.name == name:
+                return layer
+        raise ValueError(f"No such layer: {name}. Existing layers are: "
+                         f"{[layer.name for layer in self._layers]}")
+
+    # ---- weights ---------------------------------------------------------------------------
+    @property
+    def weights(self):
+        return [w for layer in self._layers for w in layer.weights]
+
+    @property
+    def trainable_weights(self):
+        if not self.trainable:
+            return []
+        return [w for layer in self._layers for w in layer.trainable_weights]
+
+    @property
+    def non_trainable_weights(self):
+        if not self.trainable:
+            return self.weights
+        return [w for layer in self._layers for w in layer.non_trainable_weights]
+
+    def get_weights(self):
+        return [w.copy() for w in self.weights]
+
+    def set_weights(self, weights):
+        weights = list(weights)
+        expected = sum(len(layer.weights) for layer in self._layers)
+        if len(weights) != expected:
+            raise ValueError(f"Model {self.name!r} expects {expected} weight arrays, "
+                             f"but set_weights received {len(weights)}")
+        # Check every shape before writing anything, so a bad list leaves the model unchanged.
+        start = 0
+        for layer in self._layers:
+            n = len(layer.weights)
+            for name, old, new in zip(layer.weight_names, layer.weights, weights[start:start + n]):
+                if np.shape(new) != old.shape:
+                    raise ValueError(f"Layer {layer.name!r} weight {name!r}: expected shape "
+                                     f"{old.shape}, received {np.shape(new)}")
+            start += n
+        start = 0
+        for layer in self._layers:
+            n = len(layer.weights)
+            layer.set_weights(weights[start:start + n])
+            start += n
+
+    def count_params(self):
+        if not self.built:
+            raise ValueError(f"You tried to call count_params on model {self.name!r}, but the "
+                             "model has not been built yet")
+        return int(sum(layer.count_params() for layer in self._layers))
+
+    # ---- compile ---------------------------------------------------------------------------
+    def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None,
+                weighted_metrics=None, run_eagerly=False, steps_per_execution=1,
+                jit_compile="auto", auto_scale_loss=True):
+        if isinstance(loss, (list, dict)) or isinstance(metrics, dict):
+            raise ValueError("Sequential models have one output: pass a single loss and a list "
+                             "of metrics")
+        self.optimizer = optimizers_module.get(optimizer)
+        self.loss = None if loss is None else losses_module.get(loss)
+        if metrics is not None and not isinstance(metrics, (list, tuple)):
+            metrics = [metrics]
+        if weighted_metrics:
+            raise ValueError("weighted_metrics are not supported by fastnn yet")
+        self._metric_specs = list(metrics or [])
+        for spec in self._metric_specs:   # fail now on unknown names, not after an epoch
+            if not (isinstance(spec, str) and spec.lower() in ("accuracy", "acc")):
+                metrics_module.get(spec)
+        self._metrics = None
+        self.compiled = True
+        self.stop_training = False
+
+    def _check_compiled(self, method):
+        if not self.compiled or self.loss is None:
+            raise ValueError(f"You must call compile() with a loss before using {method}() "
+                             f"on model {self.name!r}")
+
+    def _build_metrics(self, y_shape):
+        if self._metrics is None:
+            self._metrics = [metrics_module.get(spec, y_shape, self._output_shape)
+                             for spec in self._metric_specs]
+            self._loss_tracker = metrics_module.Mean("loss")
+        return self._metrics
+
+    @property
+    def metrics_names(self):
+        return ["loss"] + [m.name for m in (self._metrics or [])]
+
+    def reset_metrics(self):
+        for m in (self._metrics or []) + ([self._loss_tracker] if self._metrics is not None
+                                          else []):
+            m.reset_state()
+
+    def _logs(self, prefix=""):
+        logs = {prefix + "loss": self._loss_tracker.result()}
+        for m in self._metrics:
+            logs[prefix + m.name] = m.result()
+        return dict(sorted(logs.items()))
+
+    # ---- data ------------------------------------------------------------------------------
+    def _prepare_x(self, x, arg="x"):
+        if x is None:
+            raise ValueError(f"{arg} is required")
+        x = np.asarray(x)
+        if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+            raise TypeError(f"{arg} must be a numeric array, got dtype {x.dtype}")
+        if x.ndim == 0 or x.shape[0] == 0:
+            raise ValueError(f"{arg} is empty (shape {x.shape}): need at least one sample")
+        if not self.built and self._input_shape is None:
+            self.build((None,) + x.shape[1:])
+        expected = (None,) + tuple(self._input_shape)
+        if x.shape[1:] != expected[1:]:
+            first = self._layers[0].name if self._layers else self.name
+            hint = ""
+            if x.ndim == len(expected) - 1 and x.shape[1:] == expected[1:-1] and \
+                    expected[-1] == 1:
+                hint = f" (add the channel axis: {arg}.reshape({arg}.shape + (1,)))"
+            raise ValueError(f"{arg} has shape {x.shape}, but model {self.name!r} (first layer "
+                             f"{first!r}) expects input shape {_shape_str(expected)}{hint}")
+        if not self.built:
+            self.build()
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+        if not np.isfinite(x).all():
+            raise ValueError(f"{arg} contains NaN or inf values")
+        return x
+
+    def _prepare_xy(self, x, y, sample_weight=None, class_weight=None, arg="x"):
+        x = self._prepare_x(x, arg)
+        if y is None:
+            raise ValueError("y is required to train or evaluate")
+        y_arg = "y" if arg == "x" else arg.replace("x", "y")
+        if np.shape(y)[:1] != x.shape[:1]:
+            raise ValueError(f"{arg} and {y_arg} must have the same number of samples, got "
+                             f"{x.shape[0]} and {np.shape(y)[0] if np.ndim(y) else 'a scalar'}")
+        y_shape = np.shape(y)
+        targets = self.loss.prepare_targets(y, self._output_shape)
+        weights = None
+        if sample_weight is not None:
+            weights = np.ascontiguousarray(sample_weight, dtype=np.float32).reshape(-1)
+            if weights.shape != (x.shape[0],) or not np.isfinite(weights).all():
+                raise ValueError(f"sample_weight must hold one finite weight per sample, shape "
+                                 f"({x.shape[0]},), got {np.shape(sample_weight)}")
+        if class_weight is not None:
+            labels = targets.reshape(len(targets), -1)
+            labels = labels[:, 0] if labels.shape[1] == 1 and targets.dtype != np.int32 \
+                else (labels.argmax(axis=1) if targets.dtype != np.int32 else labels[:, 0])
+            cw = np.array([class_weight.get(int(c), 1.0) for c in labels], np.float32)
+            weights = cw if weights is None else weights * cw
+        return x, targets, weights, y_shape
+
+    def _gather(self, key, source, idx):
+        if idx is None:
+            return source
+        if isinstance(idx, slice):
+            return source[idx]
+        buf = self._batch_buffers.get(key)
+        shape = (len(idx),) + source.shape[1:]
+        if buf is None or buf.shape != shape or buf.dtype != source.dtype:
+            buf = self._batch_buffers[key] = np.empty(shape, source.dtype)
+        return np.take(source, idx, axis=0, out=buf)
+
+    # ---- steps -----------------------------------------------------------------------------
+    def _forward(self, x, training):
+        for layer in self._layers:
+            x = layer.forward(x, training)
+        return x
+
+    def _loss_mode(self):
+        return self.loss.mode(getattr(self._layers[-1], "act_id", None) if self._layers
+                              else None)
+
+    def _backward(self, grad, mode):
+        layers, stop = self._layers, self._first_trainable
+        last = len(layers) - 1
+        dy = grad
+        for i in range(last, stop - 1, -1):
+            if i == last and mode != "outputs":
+                dy = layers[i].backward(dy, need_dx=i > stop, preactivation=True)
+            else:
+                dy = layers[i].backward(dy, need_dx=i > stop)
+
+    def _loss_and_grad(self, out, y, w, want_grad):
+        out2 = out.reshape(-1, out.shape[-1])
+        n = out2.shape[0]
+        scale = 1.0 / n if self.loss.reduction == "sum_over_batch_size" else 1.0
+        grad = None
+        if want_grad:
+            grad = self._batch_buffers.get("grad")
+            if grad is None or grad.shape != out2.shape:
+                grad = self._batch_buffers["grad"] = get_ops().empty(out2.shape)
+        y2 = y.reshape(n, -1) if y.dtype != np.int32 else y.reshape(-1)
+        total = self.loss.value_and_grad(out2, y2, w, scale, grad, self._mode)
+        return total, grad, n
+
+    def _train_step(self, x, y, w):
+        out = self._forward(x, training=True)
+        total, grad, n = self._loss_and_grad(out, y, w, True)
+        if not math.isfinite(total):
+            self._loss_tracker.update_with_sum(total, n)
+            return out
+        self._backward(grad.reshape(out.shape), self._mode)
+        self.optimizer.apply(self._params, self._grads)
+        self._loss_tracker.update_with_sum(total * scale_back(self.loss, n), n)
+        for m in self._metrics:
+            m.update_state(y, out)
+        return out
+
+    def _test_step(self, x, y, w):
+        out = self._forward(x, training=False)
+        total, _, n = self._loss_and_grad(out, y, w, False)
+        self._loss_tracker.update_with_sum(total * scale_back(self.loss, n), n)
+        for m in self._metrics:
+            m.update_state(y, out)
+
+    def _prepare_training(self):
+        self._pack_parameters()
+        self.optimizer.build(self._sizes)
+        self._mode = self._loss_mode()
+
+    # ---- fit / evaluate / predict ------------------------------------------------------------
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+            validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
+            sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
+            validation_batch_size=None, validation_freq=1):
+        self._check_compiled("fit")
+        verbose = _resolve_verbose(verbose)
+        batch_size = _check_batch_size(batch_size)
+        val_batch_size = _check_batch_size(validation_batch_size or batch_size,
+                                           "validation_batch_size")
+        if not isinstance(epochs, (int, np.integer)) or epochs < 0:
+            raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+        if not 0 <= validation_split < 1:
+            raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+        if shuffle not in (True, False, "batch"):
+            raise ValueError(f"shuffle must be True, False or 'batch', got {shuffle!r}")
+        x, y, w, y_shape = self._prepare_xy(x, y, sample_weight, class_weight)
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or \
+                    len(validation_data) not in (2, 3):
+                raise ValueError("validation_data must be a tuple (x_val, y_val) or "
+                                 "(x_val, y_val, sample_weight_val)")
+            vw = validation_data[2] if len(validation_data) == 3 else None
+            val = self._prepare_xy(validation_data[0], validation_data[1], vw, arg="x_val")[:3]
+        elif validation_split:
+            n = x.shape[0]
+            split_at = int(math.floor(n * (1.0 - validation_split)))
+            if split_at == 0 or split_at == n:
+                raise ValueError(f"validation_split={validation_split} leaves an empty "
+                                 f"{'training' if split_at == 0 else 'validation'} set for "
+                                 f"{n} samples")
+            val = (x[split_at:], y[split_at:], None if w is None else w[split_at:])
+            x, y = x[:split_at], y[:split_at]
+            w = None if w is None else w[:split_at]
+            _warn_single_class(val[1])
+        n = x.shape[0]
+        steps = math.ceil(n / batch_size)
+        if steps_per_epoch is not None:
+            steps = min(steps, int(steps_per_epoch))
+        self._build_metrics(y_shape)
+        self._prepare_training()
+        cbs = callbacks_module.CallbackList(callbacks, add_history=True,
+                                            add_progbar=verbose != 0, model=self,
+                                            verbose=verbose, epochs=epochs, steps=steps)
+        from .utils import get_rng
+        rng = get_rng()
+        self.stop_training = False
+        cbs.on_train_begin()
+        logs = {}
+        for epoch in range(initial_epoch, epochs):
+            self.reset_metrics()
+            cbs.on_epoch_begin(epoch)
+            order = None
+            if shuffle is True:
+                order = rng.permutation(n)
+            elif shuffle == "batch":
+                order = np.arange(n)
+                for s in range(0, n, batch_size):
+                    rng.shuffle(order[s:s + batch_size])
+            for step in range(steps):
+                cbs.on_train_batch_begin(step)
+                start, stop = step * batch_size, min(n, (step + 1) * batch_size)
+                idx = slice(start, stop) if order is None else order[start:stop]
+                self._train_step(self._gather("x", x, idx), self._gather("y", y, idx),
+                                 None if w is None else self._gather("w", w, idx))
+                cbs.on_train_batch_end(step, self._logs())
+                if self.stop_training:
+                    break
+            logs = self._logs()
+            if val is not None and _should_validate(epoch, validation_freq):
+                val_logs = self._evaluate_arrays(*val, val_batch_size, validation_steps, None)
+                logs.update({"val_" + k: v for k, v in val_logs.items()})
+                logs = dict(sorted(logs.items()))
+            cbs.on_epoch_end(epoch, logs)
+            if self.stop_training:
+                break
+        cbs.on_train_end(logs)
+        return self.history
+
+    def _evaluate_arrays(self, x, y, w, batch_size, steps, cbs):
+        """Run the test loop and return its logs. Training metrics are saved and restored so a
+        validation pass inside fit does not disturb them."""
+        saved = [(m.total, m.count) for m in self._metrics + [self._loss_tracker]]
+        self.reset_metrics()
+        n = x.shape[0]
+        total_steps = math.ceil(n / batch_size)
+        if steps is not None:
+            total_steps = min(total_steps, int(steps))
+        for step in range(total_steps):
+            if cbs:
+                cbs.on_test_batch_begin(step)
+            sl = slice(step * batch_size, min(n, (step + 1) * batch_size))
+            self._test_step(x[sl], y[sl], None if w is None else w[sl])
+            if cbs:
+                cbs.on_test_batch_end(step, self._logs())
+        logs = self._logs()
+        for m, (total, count) in zip(self._metrics + [self._loss_tracker], saved):
+            m.total, m.count = total, count
+        return logs
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
+                 steps=None, callbacks=None, return_dict=False):
+        self._check_compiled("evaluate")
+        verbose = _resolve_verbose(verbose)
+        batch_size = _check_batch_size(batch_size)
+        x, y, w, y_shape = self._prepare_xy(x, y, sample_weight)
+        self._build_metrics(y_shape)
+        self._pack_parameters()
+        self._mode = self._loss_mode()
+        n_steps = math.ceil(x.shape[0] / batch_size) if steps is None else int(steps)
+        cbs = callbacks_module.CallbackList(callbacks, add_progbar=verbose != 0, model=self,
+                                            verbose=verbose, epochs=1, steps=n_steps)
+        cbs.on_test_begin()
+        logs = self._evaluate_arrays(x, y, w, batch_size, steps, cbs)
+        cbs.on_test_end(logs)
+        if return_dict:
+            return logs
+        if not self._metrics:
+            return logs["loss"]
+        return [logs["loss"]] + [logs[m.name] for m in self._metrics]
+
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        verbose = _resolve_verbose(verbose)
+        batch_size = _check_batch_size(batch_size)
+        x = self._prepare_x(x)
+        n = x.shape[0]
+        n_steps = math.ceil(n / batch_size)
+        if steps is not None:
+            n_steps = min(n_steps, int(steps))
+            n = min(n, n_steps * batch_size)
+        out = np.empty((n,) + tuple(self._output_shape[1:]), np.float32)
+        cbs = callbacks_module.CallbackList(callbacks, add_progbar=verbose != 0, model=self,
+                                            verbose=verbose, epochs=1, steps=n_steps)
+        cbs.on_predict_begin()
+        ops = get_ops()
+        for step in range(n_steps):
+            cbs.on_predict_batch_begin(step)
+            sl = slice(step * batch_size, min(n, (step + 1) * batch_size))
+            out[sl] = ops.to_numpy(self._forward(x[sl], training=False))
+            cbs.on_predict_batch_end(step, {"outputs": out[sl]})
+        cbs.on_predict_end()
+        return out
+
+    def __call__(self, x, training=False):
+        x = self._prepare_x(x)
+        return np.array(get_ops().to_numpy(self._forward(x, training=bool(training))))
+
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None,
+                       return_dict=False):
+        self._check_compiled("train_on_batch")
+        x, y, w, y_shape = self._prepare_xy(x, y, sample_weight, class_weight)
+        self._build_metrics(y_shape)
+        self._prepare_training()
+        self._train_step(x, y, w)
+        return self._batch_result(return_dict)
+
+    def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
+        self._check_compiled("test_on_batch")
+        x, y, w, y_shape = self._prepare_xy(x, y, sample_weight)
+        self._build_metrics(y_shape)
+        self._mode = self._loss_mode()
+        self.reset_metrics()
+        self._test_step(x, y, w)
+        return self._batch_result(return_dict)
+
+    def predict_on_batch(self, x):
+        return self(x)
+
+    def _batch_result(self, return_dict):
+        logs = self._logs()
+        if return_dict:
+            return logs
+        if not self._metrics:
+            return logs["loss"]
+        return [logs["loss"]] + [logs[m.name] for m in self._metrics]
+
+    # ---- summary, config, saving -------------------------------------------------------------
+    def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False,
+                show_trainable=False, layer_range=None):
+        from .summary import print_summary
+        rows, shape = [], self.input_shape
+        for layer in self._layers:
+            label = f"{layer.name} ({type(layer).__name__})"
+            if layer.built and shape is not None:
+                shape = layer.compute_output_shape(shape)
+                rows.append((label, _shape_str(shape), layer.count_params(), layer.trainable))
+            else:
+                rows.append((label, "?", "0 (unbuilt)", layer.trainable))
+        trainable = sum(w.size for w in self.trainable_weights)
+        non_trainable = sum(w.size for w in self.non_trainable_weights)
+        opt = self.optimizer.count_params() if self.optimizer is not None and \
+            self.optimizer.built else None
+        print_summary(self.name, rows, trainable, non_trainable, optimizer_count=opt,
+                      line_length=line_length, positions=positions, print_fn=print_fn,
+                      show_trainable=show_trainable)
+
+    def get_config(self):
+        layers = []
+        if self._input_shape is not None:
+            layers.append({"module": "keras.layers", "class_name": "InputLayer",
+                           "config": {"batch_shape": [None, *self._input_shape],
+                                      "dtype": "float32", "sparse": False,
+                                      "name": self._input_name or "input_layer"},
+                           "registered_name": None})
+        for layer in self._layers:
+            entry = {"module": "keras.layers", "class_name": type(layer).__name__,
+                     "config": layer.get_config(), "registered_name": None}
+            if layer.built:
+                entry["build_config"] = {"input_shape": list(layer.input_shape)}
+            layers.append(entry)
+        config = {"name": self.name, "trainable": self.trainable, "dtype": "float32",
+                  "layers": layers}
+        if self._input_shape is not None:
+            config["build_input_shape"] = [None, *self._input_shape]
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        from .layers import get_class
+        model = cls(name=config.get("name"), trainable=config.get("trainable", True))
+        for entry in config["layers"]:
+            layer_cls = get_class(entry["class_name"])
+            model.add(layer_cls.from_config(entry["config"]))
+        if not model.built and config.get("build_input_shape"):
+            model.build(tuple(config["build_input_shape"]))
+        return model
+
+    def to_json(self, **kwargs):
+        import json
+        return json.dumps({"module": "keras", "class_name": "Sequential",
+                           "config": self.get_config(), "registered_name": None}, **kwargs)
+
+    def save(self, filepath, overwrite=True, **kwargs):
+        from .saving import save_model
+        save_model(self, filepath, overwrite=overwrite, **kwargs)
+
+    def save_weights(self, filepath, overwrite=True):
+        from .saving import save_weights
+        save_weights(self, filepath, overwrite=overwrite)
+
+    def load_weights(self, filepath):
+        from .saving import load_weights
+        load_weights(self, filepath)
+
+
+def scale_back(loss, n):
+    """Factor from a batch's loss sum to its tracker contribution: Keras tracks the reduced batch
+    loss weighted by the batch size (mean: sum/n * n; sum: sum * n)."""
+    return 1.0 if loss.reduction == "sum_over_batch_size" else float(n)
+
+
+def _should_validate(epoch, freq):
+    if isinstance(freq, int):
+        return (epoch + 1) % freq == 0
+    return (epoch + 1) in freq
+
+
+def _warn_single_class(y_val):
+    """validation_split takes the last fraction unshuffled; warn when that slice is one class."""
+    import warnings
+    labels = y_val.reshape(len(y_val), -1)
+    labels = labels[:, 0] if labels.shape[1] == 1 else labels.argmax(axis=1)
+    if len(y_val) > 1 and np.unique(labels).size == 1:
+        warnings.warn("validation_split takes the LAST fraction of the data before shuffling, "
+                      "and that slice holds a single class; shuffle x and y first",
+                      stacklevel=3)
+
+
+def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
+    """Load a model saved with Sequential.save (.keras or legacy .h5)."""
+    from .saving import load_model as _load
+    return _load(filepath, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
+

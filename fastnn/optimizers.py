@@ -1,0 +1,381 @@
+"""Optimizers with Keras 3's names, defaults and update rules (keras/src/optimizers/).
+
+An optimizer updates ONE flat float32 buffer holding every trainable weight of the model (the
+model's parameter arena), so a training step costs one fused kernel call whatever the number of
+layers. Its slot variables (moments, accumulators) are flat buffers of the same length; for
+saving they are sliced per weight and interleaved in Keras's order (m_0, v_0, m_1, v_1, ...)."""
+import math
+
+import numpy as np
+
+from .backend import get_ops
+
+
+class Optimizer:
+    slot_names = ()
+
+    def __init__(self, learning_rate=0.001, weight_decay=None, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None, use_ema=False, ema_momentum=0.99,
+                 ema_overwrite_frequency=None, loss_scale_factor=None,
+                 gradient_accumulation_steps=None, name=None, lr=None, **kwargs):
+        if kwargs:
+            raise TypeError(f"{type(self).__name__}: unexpected keyword argument(s) "
+                            f"{sorted(kwargs)}")
+        if lr is not None:
+            learning_rate = lr
+        if sum(v is not None for v in (clipnorm, clipvalue, global_clipnorm)) > 1:
+            raise ValueError("Only one of clipnorm, clipvalue and global_clipnorm can be set")
+        for arg, val in (("use_ema", use_ema), ("loss_scale_factor", loss_scale_factor),
+                         ("gradient_accumulation_steps", gradient_accumulation_steps)):
+            if val:
+                raise ValueError(f"{type(self).__name__}: {arg} is not supported by fastnn yet")
+        self.name = name or _snake(type(self).__name__)
+        self.learning_rate = learning_rate
+        self.weight_decay, self.clipnorm, self.clipvalue = weight_decay, clipnorm, clipvalue
+        self.global_clipnorm = global_clipnorm
+        self.iterations = 0
+        self.slots = {}
+        self._sizes = None
+
+    # learning_rate: a float, or a schedule called with the iteration count.
+    @property
+    def learning_rate(self):
+        lr = self._learning_rate
+        return float(lr(self.iterations)) if callable(lr) else lr
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        if not callable(value):
+            value = float(value)
+            if not value > 0 and value != 0:
+                raise ValueError(f"learning_rate must be a non-negative float, got {value!r}")
+        self._learning_rate = value
+
+    lr = learning_rate
+
+    @property
+    def built(self):
+        return self._sizes is not None
+
+    def build(self, sizes):
+        """Create the slots for weights of the given sizes (laid out back to back)."""
+        sizes = [int(s) for s in sizes]
+        if sizes == self._sizes:
+            return
+        n = sum(sizes)
+        ops = get_ops()
+        self.slots = {name: ops.alloc((n,)) + self._slot_init(name) for name in self.active_slots()}
+        self._sizes = sizes
+        self.iterations = 0
+
+    def active_slots(self):
+        return self.slot_names
+
+    def _slot_init(self, name):
+        return 0.0
+
+    def apply(self, params, grads):
+        """One step on the flat parameter buffer, given the flat gradient buffer."""
+        ops = get_ops()
+        self._transform_gradients(grads)
+        lr = self.learning_rate
+        if self.weight_decay:
+            params -= params * np.float32(lr * self.weight_decay)
+        self._update(ops, params, grads, lr, self.iterations + 1)
+        self.iterations += 1
+
+    def _transform_gradients(self, grads):
+        xp = get_ops().xp
+        if self.clipvalue is not None:
+            xp.clip(grads, -self.clipvalue, self.clipvalue, out=grads)
+        elif self.global_clipnorm is not None:
+            norm = float(xp.sqrt((grads.astype("float64") ** 2).sum()))
+            if norm > self.global_clipnorm:
+                grads *= np.float32(self.global_clipnorm / norm)
+        elif self.clipnorm is not None:
+            start = 0
+            for size in self._sizes:
+                g = grads[start:start + size]
+                norm = float(xp.sqrt((g.astype("float64") ** 2).sum()))
+                if norm > self.clipnorm:
+                    g *= np.float32(self.clipnorm / norm)
+                start += size
+
+    # -- state, in Keras's variable order ------------------------------------------------------
+    def variables(self):
+        """[iterations, learning_rate, then per weight its slots interleaved], as NumPy arrays."""
+        out = [np.array(self.iterations, np.int64), np.array(self.learning_rate, np.float32)]
+        start = 0
+        for size in self._sizes or []:
+            for name in self.active_slots():
+                out.append(get_ops().to_numpy(self.slots[name][start:start + size]).copy())
+            start += size
+        return out
+
+    def set_variables(self, values):
+        expected = 2 + len(self._sizes or []) * len(self.active_slots())
+        if len(values) != expected:
+            raise ValueError(f"{self.name}: expected {expected} optimizer variables, "
+                             f"got {len(values)}")
+        self.iterations = int(values[0])
+        if not callable(self._learning_rate):
+            self.learning_rate = float(values[1])
+        k, start = 2, 0
+        for size in self._sizes:
+            for name in self.active_slots():
+                v = np.asarray(values[k]).reshape(-1)
+                if v.size != size:
+                    raise ValueError(f"{self.name}: slot {name} of weight has {v.size} values, "
+                                     f"expected {size}")
+                self.slots[name][start:start + size] = v
+                k += 1
+            start += size
+
+    def count_params(self):
+        return 2 + sum(s.size for s in self.slots.values())
+
+    def get_config(self):
+        lr = self._learning_rate
+        return {"name": self.name, "learning_rate": lr if not callable(lr) else None,
+                "weight_decay": self.weight_decay, "clipnorm": self.clipnorm,
+                "global_clipnorm": self.global_clipnorm, "clipvalue": self.clipvalue,
+                "use_ema": False, "ema_momentum": 0.99, "ema_overwrite_frequency": None,
+                "loss_scale_factor": None, "gradient_accumulation_steps": None}
+
+    @classmethod
+    def from_config(cls, config):
+        config = {k: v for k, v in config.items()
+                  if k not in ("use_ema", "ema_momentum", "ema_overwrite_frequency",
+                               "loss_scale_factor", "gradient_accumulation_steps")}
+        return cls(**config)
+
+
+def _snake(name):
+    import re
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+class SGD(Optimizer):
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        if not 0 <= momentum <= 1:
+            raise ValueError(f"momentum must be a float in [0, 1], got {momentum!r}")
+        self.momentum, self.nesterov = float(momentum), bool(nesterov)
+
+    def active_slots(self):
+        return ("momentum",) if self.momentum != 0 else ()
+
+    def _update(self, ops, w, g, lr, t):
+        ops.sgd_update(w, g, self.slots.get("momentum"), lr, self.momentum, self.nesterov)
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
+
+
+class Adam(Optimizer):
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                 amsgrad=False, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.beta_1, self.beta_2, self.epsilon, self.amsgrad = beta_1, beta_2, epsilon, amsgrad
+
+    def active_slots(self):
+        return ("momentum", "velocity", "velocity_hat") if self.amsgrad else \
+            ("momentum", "velocity")
+
+    def _update(self, ops, w, g, lr, t):
+        alpha = lr * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
+        ops.adam_update(w, g, self.slots["momentum"], self.slots["velocity"],
+                        self.slots.get("velocity_hat"), alpha, self.beta_1, self.beta_2,
+                        self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon, "amsgrad": self.amsgrad}
+
+
+class AdamW(Adam):
+    def __init__(self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999,
+                 epsilon=1e-7, amsgrad=False, **kwargs):
+        super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
+                         epsilon=epsilon, amsgrad=amsgrad, weight_decay=weight_decay, **kwargs)
+
+
+class RMSprop(Optimizer):
+    def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7,
+                 centered=False, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.rho, self.momentum, self.epsilon, self.centered = rho, momentum, epsilon, centered
+
+    def active_slots(self):
+        return ("velocity",) + (("momentum",) if self.momentum > 0 else ()) + \
+            (("average_gradient",) if self.centered else ())
+
+    def _update(self, ops, w, g, lr, t):
+        s = self.slots
+        ops.rmsprop_update(w, g, s["velocity"], s.get("momentum"), s.get("average_gradient"),
+                           lr, self.rho, self.momentum, self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "rho": self.rho, "momentum": self.momentum,
+                "epsilon": self.epsilon, "centered": self.centered}
+
+
+class Adagrad(Optimizer):
+    slot_names = ("accumulator",)
+
+    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7,
+                 **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.initial_accumulator_value, self.epsilon = initial_accumulator_value, epsilon
+
+    def _slot_init(self, name):
+        return self.initial_accumulator_value
+
+    def _update(self, ops, w, g, lr, t):
+        ops.adagrad_update(w, g, self.slots["accumulator"], lr, self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon,
+                "initial_accumulator_value": self.initial_accumulator_value}
+
+
+class Adadelta(Optimizer):
+    slot_names = ("accumulated_grad", "accumulated_delta_var")
+
+    def __init__(self, learning_rate=0.001, rho=0.95, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.rho, self.epsilon = rho, epsilon
+
+    def _update(self, ops, w, g, lr, t):
+        ops.adadelta_update(w, g, self.slots["accumulated_grad"],
+                            self.slots["accumulated_delta_var"], lr, self.rho, self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}
+
+
+class Adamax(Optimizer):
+    slot_names = ("momentum", "norm")
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+
+    def _update(self, ops, w, g, lr, t):
+        ops.adamax_update(w, g, self.slots["momentum"], self.slots["norm"],
+                          lr / (1 - self.beta_1 ** t), self.beta_1, self.beta_2, self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon}
+
+
+class Nadam(Optimizer):
+    slot_names = ("momentum", "velocity")
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+        self._u_product = 1.0
+
+    def build(self, sizes):
+        was = self._sizes
+        super().build(sizes)
+        if was != self._sizes:
+            self._u_product = 1.0
+
+    def _mu(self, t):
+        return self.beta_1 * (1.0 - 0.5 * 0.96 ** t)
+
+    def _update(self, ops, w, g, lr, t):
+        mu_t, mu_t1 = self._mu(t), self._mu(t + 1)
+        self._u_product *= mu_t
+        ops.nadam_update(w, g, self.slots["momentum"], self.slots["velocity"], lr, self.beta_1,
+                         self.beta_2, self.epsilon, mu_t, mu_t1, self._u_product,
+                         self._u_product * mu_t1, self.beta_2 ** t)
+
+    def variables(self):
+        # Keras creates u_product after the slots, so it comes last.
+        return super().variables() + [np.array(self._u_product, np.float32)]
+
+    def set_variables(self, values):
+        values = list(values)
+        self._u_product = float(values.pop())
+        super().set_variables(values)
+
+    def count_params(self):
+        return super().count_params() + 1
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "epsilon": self.epsilon}
+
+
+class Ftrl(Optimizer):
+    slot_names = ("accumulator", "linear")
+
+    def __init__(self, learning_rate=0.001, learning_rate_power=-0.5,
+                 initial_accumulator_value=0.1, l1_regularization_strength=0.0,
+                 l2_regularization_strength=0.0, l2_shrinkage_regularization_strength=0.0,
+                 beta=0.0, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        for arg, val in (("initial_accumulator_value", initial_accumulator_value),
+                         ("l1_regularization_strength", l1_regularization_strength),
+                         ("l2_regularization_strength", l2_regularization_strength),
+                         ("l2_shrinkage_regularization_strength",
+                          l2_shrinkage_regularization_strength)):
+            if val < 0:
+                raise ValueError(f"`{arg}` needs to be positive or zero. Received: {arg}={val}.")
+        if learning_rate_power > 0:
+            raise ValueError("`learning_rate_power` needs to be negative or zero. Received: "
+                             f"learning_rate_power={learning_rate_power}.")
+        self.learning_rate_power = learning_rate_power
+        self.initial_accumulator_value = initial_accumulator_value
+        self.l1_regularization_strength = l1_regularization_strength
+        self.l2_regularization_strength = l2_regularization_strength
+        self.l2_shrinkage_regularization_strength = l2_shrinkage_regularization_strength
+        self.beta = beta
+
+    def _slot_init(self, name):
+        return self.initial_accumulator_value if name == "accumulator" else 0.0
+
+    def _update(self, ops, w, g, lr, t):
+        ops.ftrl_update(w, g, self.slots["accumulator"], self.slots["linear"], lr,
+                        self.learning_rate_power, self.l1_regularization_strength,
+                        self.l2_regularization_strength,
+                        self.l2_shrinkage_regularization_strength, self.beta)
+
+    def get_config(self):
+        return {**super().get_config(), "learning_rate_power": self.learning_rate_power,
+                "initial_accumulator_value": self.initial_accumulator_value,
+                "l1_regularization_strength": self.l1_regularization_strength,
+                "l2_regularization_strength": self.l2_regularization_strength,
+                "l2_shrinkage_regularization_strength":
+                    self.l2_shrinkage_regularization_strength,
+                "beta": self.beta}
+
+
+_BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad,
+            "adadelta": Adadelta, "adamax": Adamax, "nadam": Nadam, "ftrl": Ftrl}
+_CLASSES = {c.__name__: c for c in _BY_NAME.values()}
+
+
+def get(identifier):
+    if isinstance(identifier, Optimizer):
+        return identifier
+    if isinstance(identifier, str):
+        cls = _BY_NAME.get(identifier.lower()) or _CLASSES.get(identifier)
+        if cls is None:
+            raise ValueError(f"Unknown optimizer {identifier!r}. Valid names: "
+                             f"{', '.join(sorted(_BY_NAME))}")
+        return cls()
+    if isinstance(identifier, type) and issubclass(identifier, Optimizer):
+        return identifier()
+    if isinstance(identifier, dict):
+        return _CLASSES[identifier["class_name"]].from_config(identifier.get("config", {}))
+    raise ValueError(f"Could not interpret optimizer {identifier!r}")
+
+
+def serialize(opt):
+    return {"module": "keras.optimizers", "class_name": type(opt).__name__,
+            "config": opt.get_config(), "registered_name": None}

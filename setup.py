@@ -1,0 +1,80 @@
+"""Build the single compiled extension, fastnn._core (fastnn/_core.pyx + csrc/*.c).
+
+OpenMP is probed with a tiny test compile and left out when the compiler cannot use it, or when
+FASTNN_NO_OPENMP=1 is set. No -march=native: wheels must run on any x86-64/aarch64 machine.
+"""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+
+from setuptools import Extension, setup
+
+
+def _compiler_kind():
+    if sys.platform == "win32":
+        return "msvc"
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    return "clang" if "clang" in cc or sys.platform == "darwin" else "gcc"
+
+
+def _openmp_flags():
+    """Return (compile_args, link_args) for OpenMP, or ([], []) when it is off or unusable."""
+    if os.environ.get("FASTNN_NO_OPENMP", "0") not in ("", "0"):
+        return [], []
+    kind = _compiler_kind()
+    if kind == "msvc":
+        return ["/openmp"], []
+    if kind == "clang" and sys.platform == "darwin":
+        candidates = [(["-Xpreprocessor", "-fopenmp"], ["-lomp"])]
+    else:
+        candidates = [(["-fopenmp"], ["-fopenmp"])]
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()
+    for cflags, lflags in candidates:
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "probe.c")
+            with open(src, "w") as f:
+                f.write("#include <omp.h>\nint main(void){return omp_get_max_threads() < 1;}\n")
+            try:
+                r = subprocess.run(cc + cflags + [src, "-o", os.path.join(tmp, "probe")] + lflags,
+                                   capture_output=True)
+            except OSError:
+                continue
+            if r.returncode == 0:
+                return cflags, lflags
+    print("fastnn: OpenMP not available, building single-threaded kernels", file=sys.stderr)
+    return [], []
+
+
+def _extensions():
+    import numpy
+    omp_c, omp_l = _openmp_flags()
+    if _compiler_kind() == "msvc":
+        opt = ["/O2", "/fp:precise"]
+    else:
+        opt = ["-O3", "-std=c99", "-fno-math-errno", "-Wall", "-Wno-unused-function",
+               "-Wno-unreachable-code"]
+    macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+              ("FASTNN_OPENMP", "1" if omp_c else "0")]
+    return [Extension(
+        "fastnn._core",
+        sources=["fastnn/_core.pyx"] + sorted(glob.glob("csrc/*.c")),
+        include_dirs=["csrc", numpy.get_include()],
+        define_macros=macros,
+        extra_compile_args=opt + omp_c,
+        extra_link_args=omp_l,
+    )]
+
+
+def _cythonize(exts):
+    from Cython.Build import cythonize
+    return cythonize(exts, language_level=3, compiler_directives={
+        "boundscheck": False, "wraparound": False, "cdivision": True,
+        "initializedcheck": False, "embedsignature": True,
+    })
+
+
+setup(ext_modules=_cythonize(_extensions()))

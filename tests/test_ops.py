@@ -1,0 +1,305 @@
+"""Every compiled CpuOps op against the NumPy reference Ops, the reference against finite
+differences, and thread-count determinism."""
+import inspect
+
+import numpy as np
+import pytest
+
+from fastnn import _core
+from fastnn import activations as A
+from fastnn.backend.base import Ops
+from fastnn.backend.cpu import CpuOps
+
+REF, CPU = Ops(), CpuOps()
+ACTS = [(A.LINEAR, 0.0), (A.RELU, 0.0), (A.SIGMOID, 0.0), (A.TANH, 0.0), (A.SOFTMAX, 0.0),
+        (A.SOFTPLUS, 0.0), (A.SOFTSIGN, 0.0), (A.SELU, 0.0), (A.ELU, 1.0),
+        (A.EXPONENTIAL, 0.0), (A.LEAKY_RELU, 0.2), (A.GELU, 0.0), (A.SILU, 0.0)]
+ACT_IDS = [f"act{a}" for a, _ in ACTS]
+
+
+def f32(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def test_cpu_ops_keep_reference_signatures():
+    for name, fn in inspect.getmembers(CpuOps, inspect.isfunction):
+        if name.startswith("_") or not hasattr(Ops, name):
+            continue
+        assert inspect.signature(fn) == inspect.signature(getattr(Ops, name)), name
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (64, 300), (3, 0)])
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+def test_gemm_matches_numpy(rng, shape, ta, tb):
+    m, k = shape
+    n = 5
+    a = f32(rng, *((k, m) if ta else (m, k)))
+    b = f32(rng, *((n, k) if tb else (k, n)))
+    c0 = f32(rng, m, n)
+    want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b) * 0.5 + 2.0 * c0
+    got = c0.copy()
+    CPU.gemm(a, b, out=got, trans_a=ta, trans_b=tb, alpha=0.5, beta=2.0)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    ref = c0.copy()
+    REF.gemm(a, b, out=ref, trans_a=ta, trans_b=tb, alpha=0.5, beta=2.0)
+    np.testing.assert_allclose(ref, want, rtol=1e-4, atol=1e-4)
+
+
+def test_gemm_rejects_bad_shapes(rng):
+    with pytest.raises(ValueError, match="inner dimensions"):
+        CPU.gemm(f32(rng, 3, 4), f32(rng, 5, 2))
+    with pytest.raises(ValueError, match="out"):
+        CPU.gemm(f32(rng, 3, 4), f32(rng, 4, 2), out=np.empty((3, 3), np.float32))
+
+
+@pytest.mark.parametrize("act,alpha", ACTS, ids=ACT_IDS)
+def test_activation_forward_backward_match_reference(rng, act, alpha):
+    z = f32(rng, 9, 17, scale=3.0)
+    z[0, :4] = [0.0, -50.0, 50.0, 1e-3]
+    y_ref = REF.act_forward(act, alpha, z)
+    y = CPU.act_forward(act, alpha, z)
+    np.testing.assert_allclose(y, y_ref, rtol=2e-5, atol=1e-6)
+    dy = f32(rng, 9, 17)
+    dz_ref = REF.act_backward(act, alpha, z, y_ref, dy)
+    dz = CPU.act_backward(act, alpha, z if act in A.NEEDS_INPUT else None, y, dy)
+    np.testing.assert_allclose(dz, dz_ref, rtol=2e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("act,alpha", ACTS, ids=ACT_IDS)
+def test_activation_backward_matches_finite_differences(rng, act, alpha):
+    z = rng.standard_normal((4, 6))
+    z[np.abs(z) < 0.05] = 0.3  # keep clear of kinks (relu, leaky_relu, elu, selu at 0)
+    dy = rng.standard_normal((4, 6))
+    ops64 = Ops()
+
+    def f(zz):
+        return (ops64.act_forward(act, alpha, zz, out=np.empty_like(zz)) * dy).sum()
+
+    eps = 1e-6
+    num = np.zeros_like(z)
+    for idx in np.ndindex(z.shape):
+        zp, zm = z.copy(), z.copy()
+        zp[idx] += eps
+        zm[idx] -= eps
+        num[idx] = (f(zp) - f(zm)) / (2 * eps)
+    y = ops64.act_forward(act, alpha, z, out=np.empty_like(z))
+    ana = ops64.act_backward(act, alpha, z, y, dy, out=np.empty_like(z))
+    np.testing.assert_allclose(ana, num, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("act,alpha", [(A.RELU, 0.0), (A.SOFTMAX, 0.0), (A.GELU, 0.0),
+                                       (A.LINEAR, 0.0)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_forward_backward_match_reference(rng, act, alpha, bias):
+    x, k = f32(rng, 33, 20), f32(rng, 20, 11)
+    b = f32(rng, 11) if bias else None
+    z_ref, y_ref = REF.dense_forward(x, k, b, act, alpha)
+    z_ref, y_ref = z_ref.copy(), y_ref.copy()
+    z, y = CPU.dense_forward(x, k, b, act, alpha)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-5)
+    dy = f32(rng, 33, 11)
+    dk_ref, db_ref = np.empty_like(k), (np.empty(11, np.float32) if bias else None)
+    dx_ref = REF.dense_backward(x, k, z_ref, y_ref, dy.copy(), act, alpha, dk_ref, db_ref)
+    dk, db = np.empty_like(k), (np.empty(11, np.float32) if bias else None)
+    dx = CPU.dense_backward(x, k, z, y, dy.copy(), act, alpha, dk, db)
+    np.testing.assert_allclose(dk, dk_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4)
+    if bias:
+        np.testing.assert_allclose(db, db_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_dense_gradients_match_finite_differences(rng):
+    x = rng.standard_normal((5, 4))
+    k = rng.standard_normal((4, 3))
+    b = rng.standard_normal(3)
+    dy = rng.standard_normal((5, 3))
+    ops = Ops()
+
+    def loss(kk, bb, xx):
+        return (np.tanh(xx @ kk + bb) * dy).sum()
+
+    z, y = ops.dense_forward(x, k, b, A.TANH, 0.0, z=np.empty((5, 3)), y=np.empty((5, 3)))
+    dk, db = np.empty_like(k), np.empty_like(b)
+    dx = ops.dense_backward(x, k, z, y, dy.copy(), A.TANH, 0.0, dk, db, dx=np.empty_like(x))
+    eps = 1e-6
+    for arr, grad in ((k, dk), (b, db), (x, dx)):
+        num = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            old = arr[idx]
+            arr[idx] = old + eps
+            lp = loss(k, b, x)
+            arr[idx] = old - eps
+            lm = loss(k, b, x)
+            arr[idx] = old
+            num[idx] = (lp - lm) / (2 * eps)
+        np.testing.assert_allclose(grad, num, rtol=1e-5, atol=1e-7)
+
+
+def _logits_loss_fd(loss_of_logits, z, eps=1e-4):
+    num = np.zeros_like(z)
+    for idx in np.ndindex(z.shape):
+        zp, zm = z.copy(), z.copy()
+        zp[idx] += eps
+        zm[idx] -= eps
+        num[idx] = (loss_of_logits(zp) - loss_of_logits(zm)) / (2 * eps)
+    return num
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_softmax_xent_sparse(rng, weighted):
+    z = rng.standard_normal((6, 5))
+    labels = rng.integers(0, 5, 6).astype(np.int32)
+    w = rng.random(6).astype(np.float32) if weighted else None
+    p = REF.act_forward(A.SOFTMAX, 0, z.astype(np.float32))
+    g_ref, g = np.empty_like(p), np.empty_like(p)
+    v_ref = REF.softmax_xent_sparse(p, labels, w, 1 / 6, g_ref)
+    v = CPU.softmax_xent_sparse(p, labels, w, 1 / 6, g)
+    assert v == pytest.approx(v_ref, rel=1e-5)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-7)
+    # value = -sum w log softmax(z)[label]; gradient w.r.t. logits
+    ww = np.ones(6) if w is None else w.astype(np.float64)
+
+    def f(zz):
+        lp = zz - zz.max(1, keepdims=True)
+        lp = lp - np.log(np.exp(lp).sum(1, keepdims=True))
+        return -(ww * lp[np.arange(6), labels]).sum() / 6
+
+    assert v / 6 == pytest.approx(f(z), rel=1e-5)
+    np.testing.assert_allclose(g, _logits_loss_fd(f, z), rtol=1e-3, atol=1e-6)
+
+
+def test_softmax_xent_sparse_rejects_bad_labels():
+    p = np.full((2, 3), 1 / 3, np.float32)
+    for ops in (REF, CPU):
+        with pytest.raises(ValueError, match="labels"):
+            ops.softmax_xent_sparse(p, np.array([0, 3], np.int32), None, 1.0, None)
+        with pytest.raises(ValueError, match="labels"):
+            ops.softmax_xent_sparse(p, np.array([-1, 0], np.int32), None, 1.0, None)
+
+
+def test_softmax_xent_dense_and_clipping(rng):
+    z = rng.standard_normal((4, 3)).astype(np.float32)
+    z[0] = [40, -40, 0]           # probability ~0 for a target class: value is clipped at 1e-7
+    t = np.eye(3, dtype=np.float32)[[1, 0, 2, 1]]
+    p = REF.act_forward(A.SOFTMAX, 0, z)
+    g_ref, g = np.empty_like(p), np.empty_like(p)
+    v_ref = REF.softmax_xent_dense(p, t, None, 0.25, g_ref)
+    v = CPU.softmax_xent_dense(p, t, None, 0.25, g)
+    assert v == pytest.approx(v_ref, rel=1e-5)
+    assert -np.log(1e-7) == pytest.approx(-np.log(np.clip(p[0, 1], 1e-7, 1)), rel=1e-6)
+    np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(g, 0.25 * (p - t), rtol=1e-5, atol=1e-7)
+
+
+def test_sigmoid_bxent_mse_mae_match_reference_and_fd(rng):
+    z = rng.standard_normal((5, 2))
+    t = rng.integers(0, 2, (5, 2)).astype(np.float32)
+    p = REF.act_forward(A.SIGMOID, 0, z.astype(np.float32))
+    for name in ("sigmoid_bxent", "squared_error", "absolute_error"):
+        g_ref, g = np.empty_like(p), np.empty_like(p)
+        v_ref = getattr(REF, name)(p, t, None, 0.2, g_ref)
+        v = getattr(CPU, name)(p, t, None, 0.2, g)
+        assert v == pytest.approx(v_ref, rel=1e-5), name
+        np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-7)
+
+    def bce(zz):
+        q = 1 / (1 + np.exp(-zz))
+        return -(t * np.log(q) + (1 - t) * np.log(1 - q)).mean(1).sum() * 0.2
+
+    g = np.empty_like(p)
+    CPU.sigmoid_bxent(p, t, None, 0.2, g)
+    np.testing.assert_allclose(g, _logits_loss_fd(bce, z), rtol=1e-3, atol=1e-6)
+    pp = p.astype(np.float64)
+
+    def mse(q):
+        return ((q - t) ** 2).mean(1).sum() * 0.2
+
+    CPU.squared_error(p, t, None, 0.2, g)
+    np.testing.assert_allclose(g, _logits_loss_fd(mse, pp), rtol=1e-3, atol=1e-6)
+
+
+OPTIMIZER_CASES = {
+    "sgd": ("sgd_update", lambda n: [np.zeros(n, np.float32), 0.1, 0.9, False]),
+    "sgd_nesterov": ("sgd_update", lambda n: [np.zeros(n, np.float32), 0.1, 0.9, True]),
+    "sgd_plain": ("sgd_update", lambda n: [None, 0.1, 0.0, False]),
+    "adam": ("adam_update", lambda n: [np.zeros(n, np.float32), np.zeros(n, np.float32), None,
+                                       0.01, 0.9, 0.999, 1e-7]),
+    "amsgrad": ("adam_update", lambda n: [np.zeros(n, np.float32), np.zeros(n, np.float32),
+                                          np.zeros(n, np.float32), 0.01, 0.9, 0.999, 1e-7]),
+    "rmsprop": ("rmsprop_update", lambda n: [np.zeros(n, np.float32), None, None, 0.01, 0.9,
+                                             0.0, 1e-7]),
+    "rmsprop_centered_momentum": ("rmsprop_update", lambda n: [
+        np.zeros(n, np.float32), np.zeros(n, np.float32), np.zeros(n, np.float32), 0.01, 0.9,
+        0.5, 1e-7]),
+    "adagrad": ("adagrad_update", lambda n: [np.full(n, 0.1, np.float32), 0.01, 1e-7]),
+    "adadelta": ("adadelta_update", lambda n: [np.zeros(n, np.float32),
+                                               np.zeros(n, np.float32), 1.0, 0.95, 1e-7]),
+    "adamax": ("adamax_update", lambda n: [np.zeros(n, np.float32), np.zeros(n, np.float32),
+                                           0.01, 0.9, 0.999, 1e-7]),
+    "nadam": ("nadam_update", lambda n: [np.zeros(n, np.float32), np.zeros(n, np.float32),
+                                         0.01, 0.9, 0.999, 1e-7, 0.9 * 0.52, 0.9 * 0.5392,
+                                         0.9 * 0.52, 0.9 * 0.52 * 0.9 * 0.5392, 0.999]),
+    "ftrl": ("ftrl_update", lambda n: [np.full(n, 0.1, np.float32), np.zeros(n, np.float32),
+                                       0.1, -0.5, 0.01, 0.01, 0.0, 0.0]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPTIMIZER_CASES))
+def test_optimizer_kernels_match_reference(rng, case):
+    method, make = OPTIMIZER_CASES[case]
+    n = 50_000  # above the OpenMP threshold
+    w0 = f32(rng, n)
+    args_ref, args_cpu = make(n), make(n)
+    w_ref, w_cpu = w0.copy(), w0.copy()
+    for _ in range(3):
+        g = f32(rng, n)
+        getattr(REF, method)(w_ref, g, *args_ref)
+        getattr(CPU, method)(w_cpu, g, *args_cpu)
+    np.testing.assert_allclose(w_cpu, w_ref, rtol=1e-5, atol=1e-6)
+    for a, b in zip(args_ref, args_cpu):
+        if isinstance(a, np.ndarray):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_optimizer_kernel_checks_sizes():
+    w = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="grad"):
+        CPU.sgd_update(w, np.zeros(3, np.float32), None, 0.1, 0.0, False)
+    with pytest.raises(ValueError, match="m"):
+        CPU.adam_update(w, np.zeros(4, np.float32), np.zeros(5, np.float32),
+                        np.zeros(4, np.float32), None, 0.1, 0.9, 0.999, 1e-7)
+
+
+@pytest.mark.skipif(not _core.OPENMP, reason="built without OpenMP")
+def test_results_identical_for_one_and_two_threads(rng):
+    x, k = f32(rng, 512, 256), f32(rng, 256, 128)
+    b = f32(rng, 128)
+    dy = f32(rng, 512, 128)
+    t = rng.integers(0, 128, 512).astype(np.int32)
+    results = []
+    before = _core.get_num_threads()
+    try:
+        for n in (1, 2):
+            _core.set_num_threads(n)
+            z, y = CPU.dense_forward(x, k, b, A.SOFTMAX, 0.0)
+            g = np.empty_like(y)
+            v = CPU.softmax_xent_sparse(y, t, None, 1 / 512, g)
+            dk, db = np.empty_like(k), np.empty_like(b)
+            dx = CPU.dense_backward(x, k, z, y, dy.copy(), A.SOFTMAX, 0.0, dk, db)
+            w = f32(np.random.default_rng(0), 100_000)
+            m, vv = np.zeros_like(w), np.zeros_like(w)
+            CPU.adam_update(w, w * 0.5, m, vv, None, 0.01, 0.9, 0.999, 1e-7)
+            results.append((y.copy(), v, dk, db, dx, w))
+    finally:
+        _core.set_num_threads(before)
+    for a, b_ in zip(*results):
+        np.testing.assert_array_equal(a, b_)
+
+
+def test_set_num_threads_validates():
+    import fastnn
+    with pytest.raises(ValueError):
+        fastnn.set_num_threads(0)
+    with pytest.raises(TypeError):
+        fastnn.set_num_threads(1.5)
