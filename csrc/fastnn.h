@@ -25,6 +25,15 @@ static inline int fnn_threads(size_t work, int n_threads) {
     return (n_threads > 1 && work >= FNN_PARALLEL_MIN) ? n_threads : 1;
 }
 
+/* gemm.c: the Fortran BLAS sgemm signature, and the row-major, block-parallel GEMM. */
+typedef void (*fnn_sgemm_t)(char *transa, char *transb, int *m, int *n, int *k, float *alpha,
+                            float *a, int *lda, float *b, int *ldb, float *beta, float *c,
+                            int *ldc);
+void fnn_set_sgemm(fnn_sgemm_t f);
+int fnn_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
+             const float *a, int lda, const float *b, int ldb, float beta,
+             float *c, int ldc, int n_threads);
+
 /* activations.c */
 int fnn_activation_needs_input(int act);
 void fnn_act_forward(int act, float alpha, const float *z, float *y,

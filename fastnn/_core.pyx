@@ -8,6 +8,11 @@ from scipy.linalg.cython_blas cimport sgemm
 
 cdef extern from "fastnn.h" nogil:
     int FNN_N_ACTIVATIONS
+    ctypedef void (*fnn_sgemm_t)(char *, char *, int *, int *, int *, float *, float *, int *,
+                                 float *, int *, float *, float *, int *)
+    void fnn_set_sgemm(fnn_sgemm_t f)
+    int fnn_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a,
+                 int lda, const float *b, int ldb, float beta, float *c, int ldc, int n_threads)
     int fnn_activation_needs_input(int act)
     void fnn_act_forward(int act, float alpha, const float *z, float *y, size_t rows,
                          size_t cols, int n_threads)
@@ -65,6 +70,7 @@ cdef extern from *:
     const int fnn_openmp
 
 cdef int _n_threads = fnn_max_threads()
+fnn_set_sgemm(<fnn_sgemm_t>sgemm)
 
 OPENMP = bool(fnn_openmp)
 
@@ -104,10 +110,7 @@ cdef tuple _shape2(const float[:, ::1] a):
 cdef void _sgemm(bint trans_a, bint trans_b, int m, int n, int k, float alpha,
                  const float *a, int lda, const float *b, int ldb, float beta,
                  float *c, int ldc) noexcept nogil:
-    # Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
-    cdef char ta = b'T' if trans_a else b'N'
-    cdef char tb = b'T' if trans_b else b'N'
-    sgemm(&tb, &ta, &n, &m, &k, &alpha, <float *>b, &ldb, <float *>a, &lda, &beta, c, &ldc)
+    fnn_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, _n_threads)
 
 
 def gemm(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out,

@@ -1,0 +1,59 @@
+/* GEMM dispatch: row-major C = alpha op(A) op(B) + beta C through the Fortran sgemm handed to
+ * fnn_set_sgemm (scipy's BLAS, set once by _core.pyx), split into output blocks run on fastnn's
+ * own OpenMP threads. The BLAS itself runs single-threaded so the two thread pools never compete.
+ * The block split depends only on the shapes, never on the thread count, so results are
+ * bit-identical for any number of threads. */
+#include "fastnn.h"
+
+static fnn_sgemm_t blas_sgemm = 0;
+
+void fnn_set_sgemm(fnn_sgemm_t f) { blas_sgemm = f; }
+
+/* Multiply-adds per block: big enough to amortise a BLAS call and its packing. */
+#define GEMM_BLOCK_WORK (1u << 19)
+#define GEMM_MIN_BLOCK 64
+#define GEMM_MAX_BLOCKS 64
+
+static void gemm_block(int trans_a, int trans_b, int m, int n, int k, float alpha,
+                       const float *a, int lda, const float *b, int ldb, float beta,
+                       float *c, int ldc) {
+    /* Row-major C^T = op(B)^T op(A)^T in column-major terms: swap the operands. */
+    char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
+    blas_sgemm(&tb, &ta, &n, &m, &k, &alpha, (float *)b, &ldb, (float *)a, &lda, &beta, c, &ldc);
+}
+
+int fnn_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
+             const float *a, int lda, const float *b, int ldb, float beta,
+             float *c, int ldc, int n_threads) {
+    if (!blas_sgemm) return -1;
+    if (m <= 0 || n <= 0) return 0;
+    double work = (double)m * n * (k > 0 ? k : 1);
+    int split_rows = m >= n;
+    int dim = split_rows ? m : n;
+    int blocks = (int)(work / GEMM_BLOCK_WORK);
+    if (blocks > dim / GEMM_MIN_BLOCK) blocks = dim / GEMM_MIN_BLOCK;
+    if (blocks > GEMM_MAX_BLOCKS) blocks = GEMM_MAX_BLOCKS;
+    if (blocks <= 1 || k <= 0) {
+        gemm_block(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return 0;
+    }
+    /* Block edges on multiples of 16 keep the BLAS micro-kernels on their fast paths. */
+    int step = ((dim + blocks - 1) / blocks + 15) & ~15;
+    blocks = (dim + step - 1) / step;
+    int nt = n_threads < blocks ? n_threads : blocks;
+    int i;
+    (void)nt;
+    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+    for (i = 0; i < blocks; i++) {
+        int lo = i * step, len = dim - lo < step ? dim - lo : step;
+        if (split_rows) {
+            const float *ai = trans_a ? a + lo : a + (size_t)lo * lda;
+            gemm_block(trans_a, trans_b, len, n, k, alpha, ai, lda, b, ldb, beta,
+                       c + (size_t)lo * ldc, ldc);
+        } else {
+            const float *bi = trans_b ? b + (size_t)lo * ldb : b + lo;
+            gemm_block(trans_a, trans_b, m, len, k, alpha, a, lda, bi, ldb, beta, c + lo, ldc);
+        }
+    }
+    return 0;
+}
