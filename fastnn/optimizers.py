@@ -12,7 +12,9 @@ from .backend import get_ops
 
 
 class Optimizer:
-    slot_names = ()
+    # Slot variables as Keras creates them: each group is one add_optimizer_variables call,
+    # whose variables Keras interleaves per weight (m_0, v_0, m_1, v_1); groups follow in turn.
+    slot_groups = ()
 
     def __init__(self, learning_rate=0.001, weight_decay=None, clipnorm=None, clipvalue=None,
                  global_clipnorm=None, use_ema=False, ema_momentum=0.99,
@@ -64,12 +66,13 @@ class Optimizer:
             return
         n = sum(sizes)
         ops = get_ops()
-        self.slots = {name: ops.alloc((n,)) + self._slot_init(name) for name in self.active_slots()}
+        self.slots = {name: ops.alloc((n,)) + self._slot_init(name)
+                      for group in self.active_slot_groups() for name in group}
         self._sizes = sizes
         self.iterations = 0
 
-    def active_slots(self):
-        return self.slot_names
+    def active_slot_groups(self):
+        return self.slot_groups
 
     def _slot_init(self, name):
         return 0.0
@@ -105,31 +108,34 @@ class Optimizer:
     def variables(self):
         """[iterations, learning_rate, then per weight its slots interleaved], as NumPy arrays."""
         out = [np.array(self.iterations, np.int64), np.array(self.learning_rate, np.float32)]
-        start = 0
-        for size in self._sizes or []:
-            for name in self.active_slots():
-                out.append(get_ops().to_numpy(self.slots[name][start:start + size]).copy())
-            start += size
+        for name, start, size in self._slot_order():
+            out.append(get_ops().to_numpy(self.slots[name][start:start + size]).copy())
         return out
 
+    def _slot_order(self):
+        """(slot name, offset, size) in Keras's variable order."""
+        order = []
+        for group in self.active_slot_groups():
+            start = 0
+            for size in self._sizes or []:
+                order.extend((name, start, size) for name in group)
+                start += size
+        return order
+
     def set_variables(self, values):
-        expected = 2 + len(self._sizes or []) * len(self.active_slots())
-        if len(values) != expected:
-            raise ValueError(f"{self.name}: expected {expected} optimizer variables, "
+        order = self._slot_order()
+        if len(values) != 2 + len(order):
+            raise ValueError(f"{self.name}: expected {2 + len(order)} optimizer variables, "
                              f"got {len(values)}")
+        for (name, start, size), value in zip(order, values[2:]):
+            if np.size(value) != size:
+                raise ValueError(f"{self.name}: slot {name!r} has {np.size(value)} values, "
+                                 f"expected {size}")
         self.iterations = int(values[0])
         if not callable(self._learning_rate):
             self.learning_rate = float(values[1])
-        k, start = 2, 0
-        for size in self._sizes:
-            for name in self.active_slots():
-                v = np.asarray(values[k]).reshape(-1)
-                if v.size != size:
-                    raise ValueError(f"{self.name}: slot {name} of weight has {v.size} values, "
-                                     f"expected {size}")
-                self.slots[name][start:start + size] = v
-                k += 1
-            start += size
+        for (name, start, size), value in zip(order, values[2:]):
+            self.slots[name][start:start + size] = np.asarray(value).reshape(-1)
 
     def count_params(self):
         return 2 + sum(s.size for s in self.slots.values())
@@ -162,8 +168,8 @@ class SGD(Optimizer):
             raise ValueError(f"momentum must be a float in [0, 1], got {momentum!r}")
         self.momentum, self.nesterov = float(momentum), bool(nesterov)
 
-    def active_slots(self):
-        return ("momentum",) if self.momentum != 0 else ()
+    def active_slot_groups(self):
+        return (("momentum",),) if self.momentum != 0 else ()
 
     def _update(self, ops, w, g, lr, t):
         ops.sgd_update(w, g, self.slots.get("momentum"), lr, self.momentum, self.nesterov)
@@ -178,9 +184,8 @@ class Adam(Optimizer):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta_1, self.beta_2, self.epsilon, self.amsgrad = beta_1, beta_2, epsilon, amsgrad
 
-    def active_slots(self):
-        return ("momentum", "velocity", "velocity_hat") if self.amsgrad else \
-            ("momentum", "velocity")
+    def active_slot_groups(self):
+        return (("momentum", "velocity"),) + ((("velocity_hat",),) if self.amsgrad else ())
 
     def _update(self, ops, w, g, lr, t):
         alpha = lr * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
@@ -206,9 +211,9 @@ class RMSprop(Optimizer):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.rho, self.momentum, self.epsilon, self.centered = rho, momentum, epsilon, centered
 
-    def active_slots(self):
-        return ("velocity",) + (("momentum",) if self.momentum > 0 else ()) + \
-            (("average_gradient",) if self.centered else ())
+    def active_slot_groups(self):
+        return (("velocity",),) + ((("momentum",),) if self.momentum > 0 else ()) + \
+            ((("average_gradient",),) if self.centered else ())
 
     def _update(self, ops, w, g, lr, t):
         s = self.slots
@@ -221,7 +226,7 @@ class RMSprop(Optimizer):
 
 
 class Adagrad(Optimizer):
-    slot_names = ("accumulator",)
+    slot_groups = (("accumulator",),)
 
     def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7,
                  **kwargs):
@@ -240,7 +245,7 @@ class Adagrad(Optimizer):
 
 
 class Adadelta(Optimizer):
-    slot_names = ("accumulated_grad", "accumulated_delta_var")
+    slot_groups = (("accumulated_grad", "accumulated_delta_var"),)
 
     def __init__(self, learning_rate=0.001, rho=0.95, epsilon=1e-7, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
@@ -255,7 +260,7 @@ class Adadelta(Optimizer):
 
 
 class Adamax(Optimizer):
-    slot_names = ("momentum", "norm")
+    slot_groups = (("momentum", "norm"),)
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
@@ -271,7 +276,7 @@ class Adamax(Optimizer):
 
 
 class Nadam(Optimizer):
-    slot_names = ("momentum", "velocity")
+    slot_groups = (("momentum", "velocity"),)
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
@@ -312,7 +317,7 @@ class Nadam(Optimizer):
 
 
 class Ftrl(Optimizer):
-    slot_names = ("accumulator", "linear")
+    slot_groups = (("accumulator", "linear"),)
 
     def __init__(self, learning_rate=0.001, learning_rate_power=-0.5,
                  initial_accumulator_value=0.1, l1_regularization_strength=0.0,

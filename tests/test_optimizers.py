@@ -1,0 +1,132 @@
+"""Optimizers: Keras 3 defaults, and update rules checked step by step against Keras 3 itself
+(torch backend) when it is installed, and against the written-out formulas always."""
+import math
+import os
+
+import numpy as np
+import pytest
+
+from fastnn import optimizers
+from fastnn.backend import use_backend
+
+CASES = [
+    ("SGD", {}), ("SGD", {"momentum": 0.9}), ("SGD", {"momentum": 0.9, "nesterov": True}),
+    ("Adam", {}), ("Adam", {"amsgrad": True}), ("AdamW", {}),
+    ("RMSprop", {}), ("RMSprop", {"momentum": 0.5, "centered": True}),
+    ("Adagrad", {}), ("Adadelta", {"learning_rate": 1.0}), ("Adamax", {}), ("Nadam", {}),
+    ("Ftrl", {"l1_regularization_strength": 0.01, "l2_regularization_strength": 0.01}),
+    ("Adam", {"clipnorm": 0.5}), ("SGD", {"clipvalue": 0.1}), ("Adam", {"global_clipnorm": 1.0}),
+    ("SGD", {"weight_decay": 0.1}),
+]
+CASE_IDS = [f"{n}-{'-'.join(map(str, k.items()))}" for n, k in CASES]
+
+
+def _steps(seed=0, n_steps=5, shapes=((3, 4), (4,))):
+    rng = np.random.default_rng(seed)
+    w0 = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(n_steps)]
+    return w0, grads
+
+
+def run_fastnn(name, kwargs, w0, grads, backend="cpu"):
+    with use_backend(backend):
+        opt = getattr(optimizers, name)(**kwargs)
+        sizes = [w.size for w in w0]
+        params = np.concatenate([w.ravel() for w in w0]).astype(np.float32)
+        opt.build(sizes)
+        for g in grads:
+            opt.apply(params, np.concatenate([x.ravel() for x in g]).astype(np.float32))
+        out, start = [], 0
+        for w in w0:
+            out.append(params[start:start + w.size].reshape(w.shape))
+            start += w.size
+        return out, opt
+
+
+def run_keras(name, kwargs, w0, grads):
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    if keras.backend.backend() != "torch":
+        pytest.skip("reference runs on Keras's torch backend")
+    opt = getattr(keras.optimizers, name)(**kwargs)
+    variables = [keras.Variable(w.copy()) for w in w0]
+    for g in grads:
+        opt.apply_gradients(zip([keras.ops.convert_to_tensor(x) for x in g], variables))
+    return [np.asarray(keras.ops.convert_to_numpy(v)) for v in variables], opt
+
+
+@pytest.mark.parametrize("name,kwargs", CASES, ids=CASE_IDS)
+def test_matches_keras3_step_by_step(name, kwargs):
+    w0, grads = _steps()
+    ours, opt = run_fastnn(name, kwargs, w0, grads)
+    ref, kopt = run_keras(name, kwargs, w0, grads)
+    for a, b in zip(ours, ref):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+    # Same variables in the same (interleaved) order, with the same values.
+    kvars = [np.asarray(v.numpy() if hasattr(v, "numpy") else v) for v in kopt.variables]
+    ovars = opt.variables()
+    assert len(ovars) == len(kvars)
+    for a, b in zip(ovars, kvars):
+        np.testing.assert_allclose(np.asarray(a, np.float64).ravel(),
+                                   np.asarray(b, np.float64).ravel(), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("name,kwargs", CASES, ids=CASE_IDS)
+def test_reference_and_cpu_backends_agree(name, kwargs):
+    w0, grads = _steps(seed=3)
+    cpu, _ = run_fastnn(name, kwargs, w0, grads, "cpu")
+    ref, _ = run_fastnn(name, kwargs, w0, grads, "numpy")
+    for a, b in zip(cpu, ref):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_adam_formula_written_out():
+    w0, grads = _steps(n_steps=3, shapes=((5,),))
+    ours, _ = run_fastnn("Adam", {"learning_rate": 0.01}, w0, grads)
+    w, m, v = w0[0].astype(np.float64), 0.0, 0.0
+    for t, (g,) in enumerate(grads, start=1):
+        alpha = 0.01 * math.sqrt(1 - 0.999 ** t) / (1 - 0.9 ** t)
+        m = m + (g - m) * 0.1
+        v = v + (g * g - v) * 0.001
+        w = w - alpha * m / (np.sqrt(v) + 1e-7)
+    np.testing.assert_allclose(ours[0], w, rtol=1e-5)
+
+
+def test_rmsprop_epsilon_inside_sqrt():
+    w0, grads = _steps(n_steps=1, shapes=((4,),))
+    ours, _ = run_fastnn("RMSprop", {}, w0, grads)
+    g = grads[0][0].astype(np.float64)
+    v = 0.1 * g * g
+    np.testing.assert_allclose(ours[0], w0[0] - 0.001 * g / np.sqrt(v + 1e-7), rtol=1e-5)
+
+
+def test_keras_defaults():
+    assert optimizers.SGD().learning_rate == 0.01
+    assert optimizers.get("rmsprop").get_config()["rho"] == 0.9
+    adam = optimizers.get("adam").get_config()
+    assert (adam["learning_rate"], adam["beta_1"], adam["beta_2"], adam["epsilon"]) == \
+        (0.001, 0.9, 0.999, 1e-7)
+    assert optimizers.Adagrad().initial_accumulator_value == 0.1
+    assert optimizers.Adadelta().rho == 0.95
+    assert optimizers.AdamW().weight_decay == 0.004
+    for name in ("sgd", "rmsprop", "adam", "adagrad", "adadelta", "adamax", "nadam", "ftrl"):
+        assert optimizers.get(name).name == name
+
+
+def test_lr_alias_and_errors():
+    assert optimizers.Adam(lr=0.5).learning_rate == 0.5
+    with pytest.raises(ValueError, match="Unknown optimizer 'adamm'.*adam"):
+        optimizers.get("adamm")
+    with pytest.raises(ValueError, match="momentum"):
+        optimizers.SGD(momentum=1.5)
+    with pytest.raises(TypeError, match="bogus"):
+        optimizers.Adam(bogus=1)
+
+
+def test_learning_rate_schedule_callable():
+    opt = optimizers.SGD(learning_rate=lambda step: 0.1 / (1 + step))
+    opt.build([2])
+    w = np.ones(2, np.float32)
+    opt.apply(w, np.ones(2, np.float32))
+    opt.apply(w, np.ones(2, np.float32))
+    np.testing.assert_allclose(w, 1 - 0.1 - 0.05, rtol=1e-6)
