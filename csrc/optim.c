@@ -1,7 +1,13 @@
 /* Optimizer updates, one pass over a flat parameter buffer, with Keras 3's update rules
  * (keras/src/optimizers/). Per-step scalars (bias corrections) are computed by the caller. */
+#include <float.h>
 #include <math.h>
 #include "fastnn.h"
+
+/* Moments of weights whose gradient is zero (dead units) decay geometrically into the subnormal
+ * range, where float arithmetic is ~100x slower. Flush them to zero, as TensorFlow's
+ * flush-to-zero CPU mode does. */
+static inline float flush(float x) { return fabsf(x) < FLT_MIN ? 0.0f : x; }
 
 #define PARALLEL_FOR \
     _Pragma("omp parallel for num_threads(nt) if(nt > 1) schedule(static)")
@@ -17,13 +23,13 @@ void fnn_sgd(float *w, const float *g, float *m, size_t n, float lr, float momen
     } else if (nesterov) {
         PARALLEL_FOR
         for (i = 0; i < len; i++) {
-            m[i] = momentum * m[i] - lr * g[i];
+            m[i] = flush(momentum * m[i] - lr * g[i]);
             w[i] += momentum * m[i] - lr * g[i];
         }
     } else {
         PARALLEL_FOR
         for (i = 0; i < len; i++) {
-            m[i] = momentum * m[i] - lr * g[i];
+            m[i] = flush(momentum * m[i] - lr * g[i]);
             w[i] += m[i];
         }
     }
@@ -39,16 +45,16 @@ void fnn_adam(float *w, const float *g, float *m, float *v, float *vmax, size_t 
     if (vmax) {
         PARALLEL_FOR
         for (i = 0; i < len; i++) {
-            m[i] += (g[i] - m[i]) * c1;
-            v[i] += (g[i] * g[i] - v[i]) * c2;
+            m[i] = flush(m[i] + (g[i] - m[i]) * c1);
+            v[i] = flush(v[i] + (g[i] * g[i] - v[i]) * c2);
             vmax[i] = fmaxf(vmax[i], v[i]);
             w[i] -= alpha * m[i] / (sqrtf(vmax[i]) + eps);
         }
     } else {
         PARALLEL_FOR
         for (i = 0; i < len; i++) {
-            m[i] += (g[i] - m[i]) * c1;
-            v[i] += (g[i] * g[i] - v[i]) * c2;
+            m[i] = flush(m[i] + (g[i] - m[i]) * c1);
+            v[i] = flush(v[i] + (g[i] * g[i] - v[i]) * c2);
             w[i] -= alpha * m[i] / (sqrtf(v[i]) + eps);
         }
     }
@@ -62,7 +68,7 @@ void fnn_rmsprop(float *w, const float *g, float *v, float *mom, float *mg, size
     (void)nt;
     PARALLEL_FOR
     for (i = 0; i < len; i++) {
-        v[i] = rho * v[i] + (1.0f - rho) * g[i] * g[i];
+        v[i] = flush(rho * v[i] + (1.0f - rho) * g[i] * g[i]);
         float denom = v[i] + eps;
         if (mg) {
             mg[i] = rho * mg[i] + (1.0f - rho) * g[i];
@@ -70,7 +76,7 @@ void fnn_rmsprop(float *w, const float *g, float *v, float *mom, float *mg, size
         }
         float step = lr * g[i] / sqrtf(denom);
         if (mom) {
-            mom[i] = momentum * mom[i] + step;
+            mom[i] = flush(momentum * mom[i] + step);
             w[i] -= mom[i];
         } else {
             w[i] -= step;
@@ -97,9 +103,9 @@ void fnn_adadelta(float *w, const float *g, float *acc_g, float *acc_dx, size_t 
     (void)nt;
     PARALLEL_FOR
     for (i = 0; i < len; i++) {
-        acc_g[i] = rho * acc_g[i] + (1.0f - rho) * g[i] * g[i];
+        acc_g[i] = flush(rho * acc_g[i] + (1.0f - rho) * g[i] * g[i]);
         float dx = -sqrtf(acc_dx[i] + eps) * g[i] / sqrtf(acc_g[i] + eps);
-        acc_dx[i] = rho * acc_dx[i] + (1.0f - rho) * dx * dx;
+        acc_dx[i] = flush(rho * acc_dx[i] + (1.0f - rho) * dx * dx);
         w[i] += lr * dx;
     }
 }
@@ -112,8 +118,8 @@ void fnn_adamax(float *w, const float *g, float *m, float *u, size_t n, float al
     (void)nt;
     PARALLEL_FOR
     for (i = 0; i < len; i++) {
-        m[i] += (g[i] - m[i]) * (1.0f - beta1);
-        u[i] = fmaxf(beta2 * u[i], fabsf(g[i]));
+        m[i] = flush(m[i] + (g[i] - m[i]) * (1.0f - beta1));
+        u[i] = flush(fmaxf(beta2 * u[i], fabsf(g[i])));
         w[i] -= alpha * m[i] / (u[i] + eps);
     }
 }
@@ -130,8 +136,8 @@ void fnn_nadam(float *w, const float *g, float *m, float *v, size_t n, float lr,
     (void)nt;
     PARALLEL_FOR
     for (i = 0; i < len; i++) {
-        m[i] += (g[i] - m[i]) * (1.0f - beta1);
-        v[i] += (g[i] * g[i] - v[i]) * (1.0f - beta2);
+        m[i] = flush(m[i] + (g[i] - m[i]) * (1.0f - beta1));
+        v[i] = flush(v[i] + (g[i] * g[i] - v[i]) * (1.0f - beta2));
         float m_hat = a * m[i] + b * g[i];
         w[i] -= lr * m_hat / (sqrtf(v[i] * vc) + eps);
     }

@@ -162,11 +162,11 @@ class SparseCategoricalCrossentropy(Loss):
                 raise ValueError(f"{self.name}: y contains NaN or inf values")
             if not (np.round(y) == y).all():
                 raise ValueError(f"{self.name}: labels y must be integers, got non-integer "
-                                 f"values such as {y[np.round(y) != y][0]!r}")
+                                 f"values such as {y[np.round(y) != y][0].item()!r}")
         elif y.dtype.kind not in "iub":
             raise TypeError(f"{self.name}: labels y must be integers, got dtype {y.dtype}")
         if y.size and (y.min() < 0 or y.max() >= classes):
-            bad = y[(y < 0) | (y >= classes)][0]
+            bad = y[(y < 0) | (y >= classes)][0].item()
             raise ValueError(f"{self.name}: labels must be in [0, {classes}) for a model with "
                              f"{classes} outputs, got label {bad!r}")
         return np.ascontiguousarray(y, dtype=np.int32)

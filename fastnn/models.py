@@ -279,9 +279,9 @@ class Sequential:
                              f"{first!r}) expects input shape {_shape_str(expected)}{hint}")
         if not self.built:
             self.build()
-        if x.dtype != np.float32 or not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x, dtype=np.float32)
-        if not np.isfinite(x).all():
+        # Batches are converted to float32 as they are gathered (no full-size copy); only a
+        # cheap NaN/inf scan runs over the whole array here (min/max propagate NaN).
+        if x.dtype.kind == "f" and not (np.isfinite(x.min()) and np.isfinite(x.max())):
             raise ValueError(f"{arg} contains NaN or inf values")
         return x
 
@@ -309,16 +309,31 @@ class Sequential:
             weights = cw if weights is None else weights * cw
         return x, targets, weights, y_shape
 
-    def _gather(self, key, source, idx):
-        if idx is None:
-            return source
-        if isinstance(idx, slice):
-            return source[idx]
+    def _buffer(self, key, shape, dtype=np.float32):
         buf = self._batch_buffers.get(key)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._batch_buffers[key] = np.empty(shape, dtype)
+        return buf
+
+    def _gather(self, key, source, idx):
+        """Rows idx (a slice or an index array) of source as a C-contiguous float32 array
+        (int32 for sparse labels), in a buffer reused from step to step."""
+        dtype = np.int32 if source.dtype == np.int32 else np.float32
+        if isinstance(idx, slice):
+            rows = source[idx]
+            if rows.dtype == dtype and rows.flags.c_contiguous:
+                return rows
+            buf = self._buffer(key, rows.shape, dtype)
+            np.copyto(buf, rows, casting="unsafe")
+            return buf
         shape = (len(idx),) + source.shape[1:]
-        if buf is None or buf.shape != shape or buf.dtype != source.dtype:
-            buf = self._batch_buffers[key] = np.empty(shape, source.dtype)
-        return np.take(source, idx, axis=0, out=buf)
+        buf = self._buffer(key, shape, dtype)
+        if source.dtype == dtype and source.flags.c_contiguous:
+            return np.take(source, idx, axis=0, out=buf)
+        raw = self._buffer(key + "_raw", shape, source.dtype)
+        np.take(source, idx, axis=0, out=raw)
+        np.copyto(buf, raw, casting="unsafe")
+        return buf
 
     # ---- steps -----------------------------------------------------------------------------
     def _forward(self, x, training):
@@ -471,7 +486,7 @@ class Sequential:
             if cbs:
                 cbs.on_test_batch_begin(step)
             sl = slice(step * batch_size, min(n, (step + 1) * batch_size))
-            self._test_step(x[sl], y[sl], None if w is None else w[sl])
+            self._test_step(self._gather("x", x, sl), y[sl], None if w is None else w[sl])
             if cbs:
                 cbs.on_test_batch_end(step, self._logs())
         logs = self._logs()
@@ -517,13 +532,14 @@ class Sequential:
         for step in range(n_steps):
             cbs.on_predict_batch_begin(step)
             sl = slice(step * batch_size, min(n, (step + 1) * batch_size))
-            out[sl] = ops.to_numpy(self._forward(x[sl], training=False))
+            out[sl] = ops.to_numpy(self._forward(self._gather("x", x, sl), training=False))
             cbs.on_predict_batch_end(step, {"outputs": out[sl]})
         cbs.on_predict_end()
         return out
 
     def __call__(self, x, training=False):
         x = self._prepare_x(x)
+        x = self._gather("call", x, slice(None))
         return np.array(get_ops().to_numpy(self._forward(x, training=bool(training))))
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None,
@@ -532,7 +548,7 @@ class Sequential:
         x, y, w, y_shape = self._prepare_xy(x, y, sample_weight, class_weight)
         self._build_metrics(y_shape)
         self._prepare_training()
-        self._train_step(x, y, w)
+        self._train_step(self._gather("x", x, slice(None)), y, w)
         return self._batch_result(return_dict)
 
     def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
@@ -541,7 +557,7 @@ class Sequential:
         self._build_metrics(y_shape)
         self._mode = self._loss_mode()
         self.reset_metrics()
-        self._test_step(x, y, w)
+        self._test_step(self._gather("x", x, slice(None)), y, w)
         return self._batch_result(return_dict)
 
     def predict_on_batch(self, x):
