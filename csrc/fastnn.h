@@ -46,6 +46,36 @@ void fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, flo
                           size_t rows, size_t cols, int n_threads);
 void fnn_column_sum(const float *a, float *out, size_t rows, size_t cols, int n_threads);
 
+/* conv.c, pool.c: NHWC geometry of a convolution or pooling window. pad_top/pad_left are the
+ * leading pads; taps outside the image are skipped (zero for im2col). */
+typedef struct {
+    int n, h, w, c;        /* input batch, height, width, channels */
+    int kh, kw, sh, sw;    /* window and strides */
+    int pad_top, pad_left;
+    int oh, ow;            /* output height and width */
+} fnn_conv_geom;
+
+void fnn_im2col(const float *x, float *cols, const fnn_conv_geom *g, int n_threads);
+void fnn_col2im(const float *cols, float *x, const fnn_conv_geom *g, int n_threads);
+void fnn_maxpool_forward(const float *x, float *y, int32_t *argmax, const fnn_conv_geom *g,
+                         int n_threads);
+void fnn_maxpool_backward(const float *dy, const int32_t *argmax, float *dx,
+                          const fnn_conv_geom *g, int n_threads);
+void fnn_avgpool_forward(const float *x, float *y, const fnn_conv_geom *g, int n_threads);
+void fnn_avgpool_backward(const float *dy, float *dx, const fnn_conv_geom *g, int n_threads);
+
+/* norm.c */
+void fnn_bn_stats(const float *x, float *mean, float *var, size_t rows, size_t cols,
+                  int n_threads);
+void fnn_bn_apply(const float *x, const float *mean, const float *var, const float *gamma,
+                  const float *beta, float eps, float *y, size_t rows, size_t cols,
+                  int n_threads);
+void fnn_bn_backward(const float *x, const float *dy, const float *mean, const float *var,
+                     const float *gamma, float eps, float *dx, float *d_gamma, float *d_beta,
+                     size_t rows, size_t cols, int n_threads);
+void fnn_bn_update_moving(float *moving_mean, float *moving_var, const float *mean,
+                          const float *var, float momentum, size_t cols);
+
 /* loss.c: each fills per-row losses (row_loss) and the gradient with respect to the logits or
  * predictions, scaled per row by scale * (weights ? weights[r] : 1). Returns 0, or -1 when a
  * sparse label is out of range (nothing past the bad row is touched). */

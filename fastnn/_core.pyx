@@ -36,6 +36,26 @@ cdef extern from "fastnn.h" nogil:
     int fnn_absolute_error(const float *pred, const float *targets, const float *weights,
                            float scale, float *row_loss, float *grad, size_t rows, size_t cols,
                            int n_threads)
+    ctypedef struct fnn_conv_geom:
+        int n, h, w, c, kh, kw, sh, sw, pad_top, pad_left, oh, ow
+    void fnn_im2col(const float *x, float *cols, const fnn_conv_geom *g, int n_threads)
+    void fnn_col2im(const float *cols, float *x, const fnn_conv_geom *g, int n_threads)
+    void fnn_maxpool_forward(const float *x, float *y, int32_t *argmax, const fnn_conv_geom *g,
+                             int n_threads)
+    void fnn_maxpool_backward(const float *dy, const int32_t *argmax, float *dx,
+                              const fnn_conv_geom *g, int n_threads)
+    void fnn_avgpool_forward(const float *x, float *y, const fnn_conv_geom *g, int n_threads)
+    void fnn_avgpool_backward(const float *dy, float *dx, const fnn_conv_geom *g, int n_threads)
+    void fnn_bn_stats(const float *x, float *mean, float *var, size_t rows, size_t cols,
+                      int n_threads)
+    void fnn_bn_apply(const float *x, const float *mean, const float *var, const float *gamma,
+                      const float *beta, float eps, float *y, size_t rows, size_t cols,
+                      int n_threads)
+    void fnn_bn_backward(const float *x, const float *dy, const float *mean, const float *var,
+                         const float *gamma, float eps, float *dx, float *d_gamma,
+                         float *d_beta, size_t rows, size_t cols, int n_threads)
+    void fnn_bn_update_moving(float *moving_mean, float *moving_var, const float *mean,
+                              const float *var, float momentum, size_t cols)
     void fnn_sgd(float *w, const float *g, float *m, size_t n, float lr, float momentum,
                  int nesterov, int n_threads)
     void fnn_adam(float *w, const float *g, float *m, float *v, float *vmax, size_t n,
@@ -403,3 +423,150 @@ def ftrl_update(float[::1] w, const float[::1] g, float[::1] acc, float[::1] lin
     with nogil:
         fnn_ftrl(&w[0], &g[0], &acc[0], &lin[0], w.shape[0], lr, lr_power, l1, l2,
                  l2_shrinkage, beta, _n_threads)
+
+
+# ---- convolution, pooling, batch normalization -------------------------------------------------
+cdef fnn_conv_geom _geom(tuple x_shape, tuple window) except *:
+    """window = (kh, kw, sh, sw, pad_top, pad_left, oh, ow), validated against x_shape."""
+    cdef fnn_conv_geom g
+    if len(window) != 8:
+        raise ValueError("window must be (kh, kw, sh, sw, pad_top, pad_left, oh, ow)")
+    g.n, g.h, g.w, g.c = x_shape
+    g.kh, g.kw, g.sh, g.sw, g.pad_top, g.pad_left, g.oh, g.ow = window
+    if min(g.kh, g.kw, g.sh, g.sw, g.oh, g.ow) < 1 or g.pad_top < 0 or g.pad_left < 0:
+        raise ValueError(f"invalid window {window}")
+    return g
+
+
+cdef tuple _shape4(const float[:, :, :, ::1] a):
+    return (a.shape[0], a.shape[1], a.shape[2], a.shape[3])
+
+
+def im2col(const float[:, :, :, ::1] x, tuple window, float[:, ::1] cols):
+    cdef fnn_conv_geom g = _geom(_shape4(x), window)
+    _same_shape("cols", _shape2(cols), (g.n * g.oh * g.ow, g.kh * g.kw * g.c))
+    if cols.shape[0] == 0 or cols.shape[1] == 0:
+        return
+    with nogil:
+        fnn_im2col(&x[0, 0, 0, 0], &cols[0, 0], &g, _n_threads)
+
+
+def col2im(const float[:, ::1] cols, tuple window, float[:, :, :, ::1] x):
+    cdef fnn_conv_geom g = _geom(_shape4(x), window)
+    _same_shape("cols", _shape2(cols), (g.n * g.oh * g.ow, g.kh * g.kw * g.c))
+    if x.shape[0] == 0 or cols.shape[1] == 0:
+        return
+    with nogil:
+        fnn_col2im(&cols[0, 0], &x[0, 0, 0, 0], &g, _n_threads)
+
+
+def maxpool_forward(const float[:, :, :, ::1] x, tuple window, float[:, :, :, ::1] y,
+                    int32_t[:, :, :, ::1] argmax):
+    cdef fnn_conv_geom g = _geom(_shape4(x), window)
+    cdef tuple out = (g.n, g.oh, g.ow, g.c)
+    _same_shape("y", _shape4(y), out)
+    _same_shape("argmax", (argmax.shape[0], argmax.shape[1], argmax.shape[2], argmax.shape[3]),
+                out)
+    if g.n == 0 or g.c == 0:
+        return
+    with nogil:
+        fnn_maxpool_forward(&x[0, 0, 0, 0], &y[0, 0, 0, 0], &argmax[0, 0, 0, 0], &g, _n_threads)
+
+
+def maxpool_backward(const float[:, :, :, ::1] dy, const int32_t[:, :, :, ::1] argmax,
+                     tuple window, float[:, :, :, ::1] dx):
+    cdef fnn_conv_geom g = _geom(_shape4(dx), window)
+    cdef tuple out = (g.n, g.oh, g.ow, g.c)
+    _same_shape("dy", _shape4(dy), out)
+    _same_shape("argmax", (argmax.shape[0], argmax.shape[1], argmax.shape[2], argmax.shape[3]),
+                out)
+    if g.n == 0 or g.c == 0:
+        return
+    cdef Py_ssize_t limit = <Py_ssize_t>g.h * g.w * g.c
+    cdef Py_ssize_t i, total = <Py_ssize_t>g.n * g.oh * g.ow * g.c
+    cdef const int32_t *a = &argmax[0, 0, 0, 0]
+    for i in range(total):   # the scatter trusts these indices: check them first
+        if a[i] < 0 or a[i] >= limit:
+            raise ValueError("argmax holds an index outside the input image")
+    with nogil:
+        fnn_maxpool_backward(&dy[0, 0, 0, 0], a, &dx[0, 0, 0, 0], &g, _n_threads)
+
+
+def avgpool_forward(const float[:, :, :, ::1] x, tuple window, float[:, :, :, ::1] y):
+    cdef fnn_conv_geom g = _geom(_shape4(x), window)
+    _same_shape("y", _shape4(y), (g.n, g.oh, g.ow, g.c))
+    if g.n == 0 or g.c == 0:
+        return
+    with nogil:
+        fnn_avgpool_forward(&x[0, 0, 0, 0], &y[0, 0, 0, 0], &g, _n_threads)
+
+
+def avgpool_backward(const float[:, :, :, ::1] dy, tuple window, float[:, :, :, ::1] dx):
+    cdef fnn_conv_geom g = _geom(_shape4(dx), window)
+    _same_shape("dy", _shape4(dy), (g.n, g.oh, g.ow, g.c))
+    if g.n == 0 or g.c == 0:
+        return
+    with nogil:
+        fnn_avgpool_backward(&dy[0, 0, 0, 0], &dx[0, 0, 0, 0], &g, _n_threads)
+
+
+cdef int _check_channels(name, const float[::1] v, Py_ssize_t cols) except -1:
+    if v is not None and v.shape[0] != cols:
+        raise ValueError(f"{name}: expected ({cols},), got ({v.shape[0]},)")
+    return 0
+
+
+def bn_stats(const float[:, ::1] x, float[::1] mean, float[::1] var):
+    _check_channels("mean", mean, x.shape[1]); _check_channels("var", var, x.shape[1])
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError("batch normalization of an empty batch")
+    with nogil:
+        fnn_bn_stats(&x[0, 0], &mean[0], &var[0], x.shape[0], x.shape[1], _n_threads)
+
+
+def bn_apply(const float[:, ::1] x, const float[::1] mean, const float[::1] var,
+             const float[::1] gamma, const float[::1] beta, float eps, float[:, ::1] y):
+    cdef Py_ssize_t c = x.shape[1]
+    _check_channels("mean", mean, c); _check_channels("var", var, c)
+    _check_channels("gamma", gamma, c); _check_channels("beta", beta, c)
+    if mean is None or var is None:
+        raise ValueError("mean and var are required")
+    _same_shape("y", _shape2(y), _shape2(x))
+    if x.shape[0] == 0 or c == 0:
+        return
+    cdef const float *gp = NULL if gamma is None else &gamma[0]
+    cdef const float *bp = NULL if beta is None else &beta[0]
+    with nogil:
+        fnn_bn_apply(&x[0, 0], &mean[0], &var[0], gp, bp, eps, &y[0, 0], x.shape[0], c,
+                     _n_threads)
+
+
+def bn_backward(const float[:, ::1] x, const float[:, ::1] dy, const float[::1] mean,
+                const float[::1] var, const float[::1] gamma, float eps, float[:, ::1] dx,
+                float[::1] d_gamma, float[::1] d_beta):
+    cdef Py_ssize_t c = x.shape[1]
+    _check_channels("mean", mean, c); _check_channels("var", var, c)
+    _check_channels("gamma", gamma, c); _check_channels("d_gamma", d_gamma, c)
+    _check_channels("d_beta", d_beta, c)
+    if mean is None or var is None:
+        raise ValueError("mean and var are required")
+    _same_shape("dy", _shape2(dy), _shape2(x))
+    _same_shape("dx", _shape2(dx), _shape2(x))
+    if x.shape[0] == 0 or c == 0:
+        raise ValueError("batch normalization of an empty batch")
+    cdef const float *gp = NULL if gamma is None else &gamma[0]
+    cdef float *dgp = NULL if d_gamma is None else &d_gamma[0]
+    cdef float *dbp = NULL if d_beta is None else &d_beta[0]
+    with nogil:
+        fnn_bn_backward(&x[0, 0], &dy[0, 0], &mean[0], &var[0], gp, eps, &dx[0, 0], dgp, dbp,
+                        x.shape[0], c, _n_threads)
+
+
+def bn_update_moving(float[::1] moving_mean, float[::1] moving_var, const float[::1] mean,
+                     const float[::1] var, float momentum):
+    cdef Py_ssize_t c = moving_mean.shape[0]
+    _check_channels("moving_variance", moving_var, c)
+    _check_channels("mean", mean, c); _check_channels("var", var, c)
+    if c == 0:
+        return
+    fnn_bn_update_moving(&moving_mean[0], &moving_var[0], &mean[0], &var[0], momentum, c)

@@ -144,11 +144,11 @@ class Layer:
     def output_shape(self):
         return self.compute_output_shape(self.input_shape)
 
-    def _buffer(self, key, shape):
+    def _buffer(self, key, shape, dtype="float32"):
         """A scratch array reused across steps of the same shape (kernels never allocate)."""
         buf = self._workspace.get(key)
         if buf is None or buf.shape != shape:
-            buf = self._workspace[key] = get_ops().empty(shape)
+            buf = self._workspace[key] = get_ops().empty(shape, dtype)
         return buf
 
     # ---- computation ---------------------------------------------------------------------
@@ -392,8 +392,340 @@ class Dropout(Layer):
                 "noise_shape": None}
 
 
+def _pair(value, arg, layer):
+    """An int or a pair of ints -> a validated (positive) pair."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (int(value), int(value))
+    try:
+        a, b = value
+        value = (int(a), int(b))
+    except (TypeError, ValueError):
+        raise ValueError(f"{layer}: {arg} must be an int or a tuple of 2 ints, got "
+                         f"{value!r}") from None
+    if min(value) < 1:
+        raise ValueError(f"{layer}: {arg} must be positive, got {value}")
+    return value
+
+
+def _padding(value, layer):
+    if not isinstance(value, str) or value.lower() not in ("valid", "same"):
+        raise ValueError(f"{layer}: padding must be 'valid' or 'same', got {value!r}")
+    return value.lower()
+
+
+def _window(layer, input_shape, size, strides, padding):
+    """TensorFlow's output size and leading pads: (kh, kw, sh, sw, pt, pl, oh, ow)."""
+    if len(input_shape) != 4:
+        hint = ""
+        if len(input_shape) == 3:
+            hint = (f"; add the channel axis, e.g. x.reshape(-1, {input_shape[1]}, "
+                    f"{input_shape[2]}, 1)")
+        raise ValueError(f"{type(layer).__name__} layer {layer.name!r} expects 4-D input "
+                         f"(batch, height, width, channels), got shape {tuple(input_shape)}"
+                         f"{hint}")
+    h, w = input_shape[1], input_shape[2]
+    if h is None or w is None or input_shape[3] is None:
+        raise ValueError(f"Layer {layer.name!r} needs known height, width and channels, got "
+                         f"{tuple(input_shape)}")
+    (kh, kw), (sh, sw) = size, strides
+    if padding == "valid":
+        if kh > h or kw > w:
+            raise ValueError(f"Layer {layer.name!r}: window {size} is larger than its input "
+                             f"{(h, w)} with padding='valid'")
+        oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
+        return (kh, kw, sh, sw, 0, 0, oh, ow)
+    oh, ow = -(-h // sh), -(-w // sw)
+    pad_h, pad_w = max((oh - 1) * sh + kh - h, 0), max((ow - 1) * sw + kw - w, 0)
+    return (kh, kw, sh, sw, pad_h // 2, pad_w // 2, oh, ow)
+
+
+class Conv2D(Layer):
+    """2-D convolution, channels_last, kernel (kh, kw, in, filters): im2col + one GEMM with the
+    bias and activation fused; backward is two GEMMs + col2im."""
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None,
+                 dilation_rate=(1, 1), groups=1, activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, activity_regularizer=None,
+                 kernel_constraint=None, bias_constraint=None, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(filters, (int, np.integer)) or isinstance(filters, bool) or \
+                filters < 1:
+            raise ValueError(f"{self.name}: filters must be a positive int, got {filters!r}")
+        self.filters = int(filters)
+        self.kernel_size = _pair(kernel_size, "kernel_size", self.name)
+        self.strides = _pair(strides, "strides", self.name)
+        self.padding = _padding(padding, self.name)
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"{self.name}: only data_format='channels_last' is supported")
+        if _pair(dilation_rate, "dilation_rate", self.name) != (1, 1) or groups != 1:
+            raise ValueError(f"{self.name}: dilation_rate and groups other than 1 are not "
+                             "supported by fastnn yet")
+        for arg, val in (("kernel_regularizer", kernel_regularizer),
+                         ("bias_regularizer", bias_regularizer),
+                         ("activity_regularizer", activity_regularizer),
+                         ("kernel_constraint", kernel_constraint),
+                         ("bias_constraint", bias_constraint)):
+            if val is not None:
+                raise ValueError(f"{self.name}: {arg} is not supported by fastnn yet")
+        self.activation = activations.get(activation)
+        self.act_id, self.act_alpha = activations.kernel_id(self.activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+
+    def build(self, input_shape):
+        self.window = _window(self, input_shape, self.kernel_size, self.strides, self.padding)
+        kh, kw = self.kernel_size
+        self.add_weight("kernel", (kh, kw, input_shape[3], self.filters),
+                        self.kernel_initializer)
+        if self.use_bias:
+            self.add_weight("bias", (self.filters,), self.bias_initializer)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        w = _window(self, input_shape, self.kernel_size, self.strides, self.padding)
+        return (input_shape[0], w[6], w[7], self.filters)
+
+    def forward(self, x, training=False):
+        kh, kw, _, _, _, _, oh, ow = self.window
+        n, c = x.shape[0], x.shape[3]
+        rows = n * oh * ow
+        cols = self._buffer("cols", (rows, kh * kw * c))
+        z = self._buffer("z", (rows, self.filters))
+        y = self._buffer("y", (rows, self.filters)) \
+            if self.act_id in activations.NEEDS_INPUT else z
+        get_ops().conv2d_forward(x, self.kernel, self._vars.get("bias"), self.act_id,
+                                 self.act_alpha, self.window, cols=cols, z=z, y=y)
+        self._x_shape, self._cols, self._z, self._y = x.shape, cols, z, y
+        return y.reshape(n, oh, ow, self.filters)
+
+    def backward(self, dy, need_dx=True, preactivation=False):
+        dy2 = dy.reshape(-1, self.filters)
+        act = activations.LINEAR if preactivation else self.act_id
+        dx = self._buffer("dx", self._x_shape) if need_dx else False
+        dcols = self._buffer("dcols", self._cols.shape) if need_dx else None
+        return get_ops().conv2d_backward(self._cols, self.kernel, self._z, self._y, dy2, act,
+                                         self.act_alpha, self.window, self._x_shape,
+                                         self.grads["kernel"], self.grads.get("bias"),
+                                         dx=dx, dcols=dcols)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters,
+                "kernel_size": self.kernel_size, "strides": self.strides,
+                "padding": self.padding, "data_format": "channels_last",
+                "dilation_rate": (1, 1), "groups": 1,
+                "activation": activations.serialize(self.activation), "use_bias": self.use_bias,
+                "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": None, "bias_regularizer": None,
+                "activity_regularizer": None, "kernel_constraint": None,
+                "bias_constraint": None}
+
+
+class _Pooling2D(Layer):
+    def __init__(self, pool_size=(2, 2), strides=None, padding="valid", data_format=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.pool_size = _pair(pool_size, "pool_size", self.name)
+        self.strides = self.pool_size if strides is None else _pair(strides, "strides",
+                                                                     self.name)
+        self.padding = _padding(padding, self.name)
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"{self.name}: only data_format='channels_last' is supported")
+
+    def build(self, input_shape):
+        self.window = _window(self, input_shape, self.pool_size, self.strides, self.padding)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        w = _window(self, input_shape, self.pool_size, self.strides, self.padding)
+        return (input_shape[0], w[6], w[7], input_shape[3])
+
+    def _out_shape(self, x):
+        return (x.shape[0], self.window[6], self.window[7], x.shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "pool_size": self.pool_size, "strides": self.strides,
+                "padding": self.padding, "data_format": "channels_last"}
+
+
+class MaxPooling2D(_Pooling2D):
+    def forward(self, x, training=False):
+        shape = self._out_shape(x)
+        y, argmax = get_ops().maxpool_forward(
+            x, self.window, y=self._buffer("y", shape),
+            argmax=self._buffer("argmax", shape, "int32"))
+        self._x_shape, self._argmax = x.shape, argmax
+        return y
+
+    def backward(self, dy, need_dx=True):
+        if not need_dx:
+            return None
+        return get_ops().maxpool_backward(dy, self._argmax, self.window, self._x_shape,
+                                          dx=self._buffer("dx", self._x_shape))
+
+
+class AveragePooling2D(_Pooling2D):
+    def forward(self, x, training=False):
+        self._x_shape = x.shape
+        return get_ops().avgpool_forward(x, self.window, y=self._buffer("y", self._out_shape(x)))
+
+    def backward(self, dy, need_dx=True):
+        if not need_dx:
+            return None
+        return get_ops().avgpool_backward(dy, self.window, self._x_shape,
+                                          dx=self._buffer("dx", self._x_shape))
+
+
+class _GlobalPooling2D(Layer):
+    """Global pooling is pooling with one window covering the whole image."""
+
+    def __init__(self, data_format=None, keepdims=False, **kwargs):
+        super().__init__(**kwargs)
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"{self.name}: only data_format='channels_last' is supported")
+        self.keepdims = keepdims
+
+    def build(self, input_shape):
+        self.window = _window(self, input_shape, (input_shape[1], input_shape[2]), (1, 1),
+                              "valid")
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1, 1, input_shape[3]) if self.keepdims else \
+            (input_shape[0], input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "data_format": "channels_last",
+                "keepdims": self.keepdims}
+
+    def _finish(self, y):
+        return y if self.keepdims else y.reshape(y.shape[0], y.shape[3])
+
+
+class GlobalAveragePooling2D(_GlobalPooling2D):
+    def forward(self, x, training=False):
+        self._x_shape = x.shape
+        shape = (x.shape[0], 1, 1, x.shape[3])
+        return self._finish(get_ops().avgpool_forward(x, self.window,
+                                                      y=self._buffer("y", shape)))
+
+    def backward(self, dy, need_dx=True):
+        if not need_dx:
+            return None
+        dy = dy.reshape(dy.shape[0], 1, 1, -1)
+        return get_ops().avgpool_backward(dy, self.window, self._x_shape,
+                                          dx=self._buffer("dx", self._x_shape))
+
+
+class GlobalMaxPooling2D(_GlobalPooling2D):
+    def forward(self, x, training=False):
+        shape = (x.shape[0], 1, 1, x.shape[3])
+        y, self._argmax = get_ops().maxpool_forward(
+            x, self.window, y=self._buffer("y", shape),
+            argmax=self._buffer("argmax", shape, "int32"))
+        self._x_shape = x.shape
+        return self._finish(y)
+
+    def backward(self, dy, need_dx=True):
+        if not need_dx:
+            return None
+        return get_ops().maxpool_backward(dy.reshape(dy.shape[0], 1, 1, -1), self._argmax,
+                                          self.window, self._x_shape,
+                                          dx=self._buffer("dx", self._x_shape))
+
+
+class BatchNormalization(Layer):
+    """Normalizes over every axis but the last (2-D and 4-D NHWC inputs). Training uses batch
+    statistics and updates the moving ones Keras's way; inference uses the moving ones."""
+
+    def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
+                 beta_initializer="zeros", gamma_initializer="ones",
+                 moving_mean_initializer="zeros", moving_variance_initializer="ones",
+                 beta_regularizer=None, gamma_regularizer=None, beta_constraint=None,
+                 gamma_constraint=None, synchronized=False, **kwargs):
+        super().__init__(**kwargs)
+        if axis not in (-1, [-1], (-1,)):
+            raise ValueError(f"{self.name}: only axis=-1 (channels_last) is supported, "
+                             f"got {axis!r}")
+        if any(v is not None for v in (beta_regularizer, gamma_regularizer, beta_constraint,
+                                       gamma_constraint)):
+            raise ValueError(f"{self.name}: regularizers and constraints are not supported "
+                             "by fastnn yet")
+        self.axis, self.momentum, self.epsilon = -1, float(momentum), float(epsilon)
+        self.center, self.scale = center, scale
+        self.initializers = {"gamma": initializers.get(gamma_initializer),
+                             "beta": initializers.get(beta_initializer),
+                             "moving_mean": initializers.get(moving_mean_initializer),
+                             "moving_variance": initializers.get(moving_variance_initializer)}
+
+    def build(self, input_shape):
+        c = input_shape[-1]
+        if c is None:
+            raise ValueError(f"{self.name}: the channel axis must be known")
+        if self.scale:
+            self.add_weight("gamma", (c,), self.initializers["gamma"])
+        if self.center:
+            self.add_weight("beta", (c,), self.initializers["beta"])
+        self.add_weight("moving_mean", (c,), self.initializers["moving_mean"], trainable=False)
+        self.add_weight("moving_variance", (c,), self.initializers["moving_variance"],
+                        trainable=False)
+        super().build(input_shape)
+
+    def forward(self, x, training=False):
+        ops = get_ops()
+        x2 = x.reshape(-1, x.shape[-1])
+        gamma, beta = self._vars.get("gamma"), self._vars.get("beta")
+        self._batch_stats = bool(training) and self.trainable
+        if self._batch_stats:
+            c = x2.shape[1]
+            mean, var = ops.batchnorm_stats(x2, self._buffer("mean", (c,)),
+                                            self._buffer("var", (c,)))
+            ops.batchnorm_update_moving(self.moving_mean, self.moving_variance, mean, var,
+                                        self.momentum)
+        else:
+            mean, var = self.moving_mean, self.moving_variance
+        y = ops.batchnorm_apply(x2, mean, var, gamma, beta, self.epsilon,
+                                out=self._buffer("y", x2.shape))
+        self._x2, self._mean, self._var = x2, mean, var
+        return y.reshape(x.shape)
+
+    def backward(self, dy, need_dx=True):
+        ops = get_ops()
+        dy2 = dy.reshape(self._x2.shape)
+        gamma = self._vars.get("gamma")
+        if self._batch_stats:
+            dx = ops.batchnorm_backward(self._x2, dy2, self._mean, self._var, gamma,
+                                        self.epsilon, dx=dy2, d_gamma=self.grads.get("gamma"),
+                                        d_beta=self.grads.get("beta"))
+        else:   # frozen / inference statistics: an affine map
+            dx = ops.batchnorm_apply(dy2, ops.xp.zeros_like(self._mean), self._var, gamma, None,
+                                     self.epsilon, out=dy2)
+        return dx.reshape(dy.shape)
+
+    def get_config(self):
+        return {**super().get_config(), "axis": -1, "momentum": self.momentum,
+                "epsilon": self.epsilon, "center": self.center, "scale": self.scale,
+                **{f"{k}_initializer": initializers.serialize(v)
+                   for k, v in self.initializers.items()},
+                "beta_regularizer": None, "gamma_regularizer": None, "beta_constraint": None,
+                "gamma_constraint": None, "synchronized": False}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("beta_initializer", "gamma_initializer", "moving_mean_initializer",
+                    "moving_variance_initializer"):
+            if isinstance(config.get(key), dict):
+                config[key] = initializers.get(config[key])
+        return super().from_config(config)
+
+
 _CLASSES = {c.__name__: c for c in (InputLayer, Dense, Activation, ReLU, Softmax, LeakyReLU,
-                                     Flatten, Dropout)}
+                                     Flatten, Dropout, Conv2D, MaxPooling2D, AveragePooling2D,
+                                     GlobalAveragePooling2D, GlobalMaxPooling2D,
+                                     BatchNormalization)}
 
 
 def get_class(name):

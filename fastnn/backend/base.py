@@ -153,6 +153,157 @@ class Ops:
             return None
         return self.gemm(dz, kernel, out=dx, trans_b=True)
 
+    # ---- convolution (im2col + the dense ops), pooling, batch normalization -----------------
+    # A window is (kh, kw, sh, sw, pad_top, pad_left, oh, ow); images are NHWC.
+    def _padded(self, x, window, fill):
+        kh, kw, sh, sw, pt, pl, oh, ow = window
+        n, h, w, c = x.shape
+        ph, pw = (oh - 1) * sh + kh, (ow - 1) * sw + kw   # extent the windows reach
+        xp = self.xp.full((n, max(ph, h + pt), max(pw, w + pl), c), fill, dtype=x.dtype)
+        xp[:, pt:pt + h, pl:pl + w] = x
+        return xp
+
+    def _taps(self, window):
+        kh, kw, sh, sw, pt, pl, oh, ow = window
+        for ky in range(kh):
+            for kx in range(kw):
+                yield ky, kx, (slice(None), slice(ky, ky + (oh - 1) * sh + 1, sh),
+                               slice(kx, kx + (ow - 1) * sw + 1, sw))
+
+    def im2col(self, x, window, out=None):
+        kh, kw, sh, sw, pt, pl, oh, ow = window
+        n, c = x.shape[0], x.shape[3]
+        xp = self._padded(x, window, 0.0)
+        cols = self.xp.empty((n, oh, ow, kh, kw, c), x.dtype)
+        for ky, kx, sl in self._taps(window):
+            cols[:, :, :, ky, kx, :] = xp[sl]
+        cols = cols.reshape(n * oh * ow, kh * kw * c)
+        if out is None:
+            return cols
+        out[...] = cols
+        return out
+
+    def col2im(self, cols, window, x_shape, out=None):
+        kh, kw, sh, sw, pt, pl, oh, ow = window
+        n, h, w, c = x_shape
+        acc = self._padded(self.xp.zeros(x_shape, cols.dtype), window, 0.0)
+        cols = cols.reshape(n, oh, ow, kh, kw, c)
+        for ky, kx, sl in self._taps(window):
+            acc[sl] += cols[:, :, :, ky, kx, :]
+        res = acc[:, pt:pt + h, pl:pl + w]
+        if out is None:
+            return self.xp.ascontiguousarray(res)
+        out[...] = res
+        return out
+
+    def conv2d_forward(self, x, kernel, bias, act, alpha, window, cols=None, z=None, y=None):
+        """z = im2col(x) @ kernel(kh*kw*c, filters) + bias; y = act(z). Returns (cols, z, y)
+        with z, y as (n*oh*ow, filters)."""
+        cols = self.im2col(x, window, out=cols)
+        z, y = self.dense_forward(cols, kernel.reshape(-1, kernel.shape[-1]), bias, act, alpha,
+                                  z=z, y=y)
+        return cols, z, y
+
+    def conv2d_backward(self, cols, kernel, z, y, dy, act, alpha, window, x_shape, d_kernel,
+                        d_bias, dx=None, dcols=None):
+        """dy is (n*oh*ow, filters) and may be overwritten. Writes d_kernel, d_bias; returns dx
+        (None when dx=False)."""
+        filters = kernel.shape[-1]
+        dcols = self.dense_backward(cols, kernel.reshape(-1, filters), z, y, dy, act, alpha,
+                                    d_kernel.reshape(-1, filters), d_bias,
+                                    dx=False if dx is False else dcols, dz=dy)
+        if dx is False:
+            return None
+        return self.col2im(dcols, window, x_shape, out=dx)
+
+    def maxpool_forward(self, x, window, y=None, argmax=None):
+        """Returns (y, argmax); argmax holds each output's flat index inside its input image."""
+        xp = self.xp
+        kh, kw, sh, sw, pt, pl, oh, ow = window
+        n, h, w, c = x.shape
+        pad = self._padded(x, window, -xp.inf)
+        flat = xp.arange(h * w * c, dtype="int64").reshape(1, h, w, c)
+        idx = self._padded(flat.astype("float64"), window, -1.0).astype("int64")
+        best = xp.full((n, oh, ow, c), -xp.inf, x.dtype)
+        arg = xp.zeros((n, oh, ow, c), "int64")
+        for _, _, sl in self._taps(window):
+            v = pad[sl]
+            take = v > best
+            best = xp.where(take, v, best)
+            arg = xp.where(take, xp.broadcast_to(idx[sl], v.shape), arg)
+        y = best if y is None else self._assign(y, best)
+        argmax = arg.astype("int32") if argmax is None else self._assign(argmax, arg)
+        return y, argmax
+
+    def _assign(self, out, value):
+        out[...] = value
+        return out
+
+    def maxpool_backward(self, dy, argmax, window, x_shape, dx=None):
+        n = x_shape[0]
+        per_image = int(numpy.prod(x_shape[1:]))
+        flat = self.xp.zeros((n, per_image), dy.dtype)
+        rows = self.xp.repeat(self.xp.arange(n), argmax[0].size)
+        self.xp.add.at(flat, (rows, argmax.reshape(-1)), dy.reshape(-1))
+        res = flat.reshape(x_shape)
+        return res if dx is None else self._assign(dx, res)
+
+    def _window_counts(self, x_shape, window):
+        ones = self.xp.ones((1,) + tuple(x_shape[1:3]) + (1,), "float32")
+        pad = self._padded(ones, window, 0.0)
+        return sum(pad[sl] for _, _, sl in self._taps(window))
+
+    def avgpool_forward(self, x, window, y=None):
+        pad = self._padded(x, window, 0.0)
+        total = sum(pad[sl] for _, _, sl in self._taps(window))
+        res = total / self._window_counts(x.shape, window)
+        return res if y is None else self._assign(y, res)
+
+    def avgpool_backward(self, dy, window, x_shape, dx=None):
+        kh, kw, sh, sw, pt, pl, oh, ow = window
+        n, h, w, c = x_shape
+        share = dy / self._window_counts(x_shape, window)
+        acc = self._padded(self.xp.zeros(x_shape, dy.dtype), window, 0.0)
+        for _, _, sl in self._taps(window):
+            acc[sl] += share
+        res = acc[:, pt:pt + h, pl:pl + w]
+        return self.xp.ascontiguousarray(res) if dx is None else self._assign(dx, res)
+
+    def batchnorm_stats(self, x, mean=None, var=None):
+        """Per-channel mean and biased variance over the rows of a (rows, channels) array."""
+        m = x.astype("float64").mean(axis=0)
+        v = ((x - m) ** 2).mean(axis=0)
+        mean = m.astype(x.dtype) if mean is None else self._assign(mean, m)
+        var = v.astype(x.dtype) if var is None else self._assign(var, v)
+        return mean, var
+
+    def batchnorm_apply(self, x, mean, var, gamma, beta, eps, out=None):
+        scale = 1.0 / self.xp.sqrt(var + eps)
+        if gamma is not None:
+            scale = scale * gamma
+        res = (x - mean) * scale + (0.0 if beta is None else beta)
+        return res.astype(x.dtype) if out is None else self._assign(out, res)
+
+    def batchnorm_backward(self, x, dy, mean, var, gamma, eps, dx=None, d_gamma=None,
+                           d_beta=None):
+        """Training-mode gradient through the batch statistics; dx may be dy itself."""
+        inv = 1.0 / self.xp.sqrt(var.astype("float64") + eps)
+        xhat = (x - mean) * inv
+        sum_dy = dy.astype("float64").sum(axis=0)
+        sum_dy_xhat = (dy * xhat).sum(axis=0)
+        g = 1.0 if gamma is None else gamma
+        rows = x.shape[0]
+        res = g * inv * (dy - sum_dy / rows - xhat * sum_dy_xhat / rows)
+        if d_gamma is not None:
+            d_gamma[...] = sum_dy_xhat
+        if d_beta is not None:
+            d_beta[...] = sum_dy
+        return res.astype(x.dtype) if dx is None else self._assign(dx, res)
+
+    def batchnorm_update_moving(self, moving_mean, moving_var, mean, var, momentum):
+        moving_mean[...] = moving_mean * momentum + mean * (1 - momentum)
+        moving_var[...] = moving_var * momentum + var * (1 - momentum)
+
     # ---- losses (value + gradient in one pass) ----------------------------------------------
     # Each returns the sum over rows of weight[r] * loss_r and, when grad is given, writes the
     # gradient of (scale * that sum): with respect to the logits for the softmax/sigmoid

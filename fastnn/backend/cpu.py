@@ -72,6 +72,67 @@ class CpuOps(Ops):
         _core.dense_backward(_f32(x), kernel, z, y, dy, dz, d_kernel, d_bias, dx, act, alpha)
         return dx
 
+    def im2col(self, x, window, out=None):
+        kh, kw, sh, sw, pt, pl, oh, ow = window
+        x = _f32(x)
+        if out is None:
+            out = np.empty((x.shape[0] * oh * ow, kh * kw * x.shape[3]), np.float32)
+        _core.im2col(x, tuple(window), out)
+        return out
+
+    def col2im(self, cols, window, x_shape, out=None):
+        out = np.empty(x_shape, np.float32) if out is None else out
+        _core.col2im(_f32(cols), tuple(window), out)
+        return out
+
+    def maxpool_forward(self, x, window, y=None, argmax=None):
+        x = _f32(x)
+        shape = (x.shape[0], window[6], window[7], x.shape[3])
+        y = np.empty(shape, np.float32) if y is None else y
+        argmax = np.empty(shape, np.int32) if argmax is None else argmax
+        _core.maxpool_forward(x, tuple(window), y, argmax)
+        return y, argmax
+
+    def maxpool_backward(self, dy, argmax, window, x_shape, dx=None):
+        dx = np.empty(x_shape, np.float32) if dx is None else dx
+        _core.maxpool_backward(_f32(dy), argmax, tuple(window), dx)
+        return dx
+
+    def avgpool_forward(self, x, window, y=None):
+        x = _f32(x)
+        y = np.empty((x.shape[0], window[6], window[7], x.shape[3]), np.float32) \
+            if y is None else y
+        _core.avgpool_forward(x, tuple(window), y)
+        return y
+
+    def avgpool_backward(self, dy, window, x_shape, dx=None):
+        dx = np.empty(x_shape, np.float32) if dx is None else dx
+        _core.avgpool_backward(_f32(dy), tuple(window), dx)
+        return dx
+
+    def batchnorm_stats(self, x, mean=None, var=None):
+        x = _f32(x)
+        mean = np.empty(x.shape[1], np.float32) if mean is None else mean
+        var = np.empty(x.shape[1], np.float32) if var is None else var
+        _core.bn_stats(x, mean, var)
+        return mean, var
+
+    def batchnorm_apply(self, x, mean, var, gamma, beta, eps, out=None):
+        x = _f32(x)
+        out = np.empty_like(x) if out is None else out
+        _core.bn_apply(x, mean, var, gamma, beta, eps, out)
+        return out
+
+    def batchnorm_backward(self, x, dy, mean, var, gamma, eps, dx=None, d_gamma=None,
+                           d_beta=None):
+        x, dy = _f32(x), _f32(dy)
+        dx = np.empty_like(x) if dx is None else dx
+        _core.bn_backward(x, dy, mean, var, gamma, eps, dx, d_gamma, d_beta)
+        return dx
+
+    def batchnorm_update_moving(self, moving_mean, moving_var, mean, var, momentum):
+        _core.bn_update_moving(moving_mean, moving_var, mean, var, momentum)
+
     def softmax_xent_sparse(self, probs, labels, weights, scale, grad=None):
         probs = _f32(probs)
         labels = np.ascontiguousarray(labels, dtype=np.int32)

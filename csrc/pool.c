@@ -1,0 +1,100 @@
+/* NHWC pooling. Max pooling saves, for each output, the flat index (within its image) of the
+ * input it took, and backward scatters through those indices. Average pooling divides by the
+ * number of in-image taps (padding is not counted, as in TensorFlow). Parallel over images. */
+#include <math.h>
+#include <string.h>
+#include "fastnn.h"
+
+void fnn_maxpool_forward(const float *x, float *y, int32_t *argmax, const fnn_conv_geom *g,
+                         int n_threads) {
+    const size_t in_img = (size_t)g->h * g->w * g->c, out_img = (size_t)g->oh * g->ow * g->c;
+    int nt = fnn_threads((size_t)g->n * out_img * g->kh * g->kw, n_threads);
+    ptrdiff_t b;
+    (void)nt;
+    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+    for (b = 0; b < g->n; b++) {
+        const float *img = x + (size_t)b * in_img;
+        float *out = y + (size_t)b * out_img;
+        int32_t *arg = argmax + (size_t)b * out_img;
+        for (int oy = 0; oy < g->oh; oy++)
+            for (int ox = 0; ox < g->ow; ox++) {
+                float *o = out + ((size_t)oy * g->ow + ox) * g->c;
+                int32_t *a = arg + ((size_t)oy * g->ow + ox) * g->c;
+                for (int ci = 0; ci < g->c; ci++) { o[ci] = -INFINITY; a[ci] = -1; }
+                for (int ky = 0; ky < g->kh; ky++) {
+                    int iy = oy * g->sh + ky - g->pad_top;
+                    if (iy < 0 || iy >= g->h) continue;
+                    for (int kx = 0; kx < g->kw; kx++) {
+                        int ix = ox * g->sw + kx - g->pad_left;
+                        if (ix < 0 || ix >= g->w) continue;
+                        int32_t base = (int32_t)(((size_t)iy * g->w + ix) * g->c);
+                        const float *s = img + base;
+                        for (int ci = 0; ci < g->c; ci++)
+                            if (s[ci] > o[ci] || a[ci] < 0) { o[ci] = s[ci]; a[ci] = base + ci; }
+                    }
+                }
+            }
+    }
+}
+
+void fnn_maxpool_backward(const float *dy, const int32_t *argmax, float *dx,
+                          const fnn_conv_geom *g, int n_threads) {
+    const size_t in_img = (size_t)g->h * g->w * g->c, out_img = (size_t)g->oh * g->ow * g->c;
+    int nt = fnn_threads((size_t)g->n * (in_img + out_img), n_threads);
+    ptrdiff_t b;
+    (void)nt;
+    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+    for (b = 0; b < g->n; b++) {
+        float *img = dx + (size_t)b * in_img;
+        const float *d = dy + (size_t)b * out_img;
+        const int32_t *a = argmax + (size_t)b * out_img;
+        memset(img, 0, sizeof(float) * in_img);
+        for (size_t i = 0; i < out_img; i++) img[a[i]] += d[i];
+    }
+}
+
+/* Average pooling; backward=1 turns it into the adjoint: spread dy over the window into dx. */
+static void avgpool(const float *src, float *dst, const fnn_conv_geom *g, int backward,
+                    int n_threads) {
+    const size_t in_img = (size_t)g->h * g->w * g->c, out_img = (size_t)g->oh * g->ow * g->c;
+    int nt = fnn_threads((size_t)g->n * out_img * g->kh * g->kw, n_threads);
+    ptrdiff_t b;
+    (void)nt;
+    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+    for (b = 0; b < g->n; b++) {
+        const float *in = src + (size_t)b * (backward ? out_img : in_img);
+        float *out = dst + (size_t)b * (backward ? in_img : out_img);
+        if (backward) memset(out, 0, sizeof(float) * in_img);
+        for (int oy = 0; oy < g->oh; oy++)
+            for (int ox = 0; ox < g->ow; ox++) {
+                int y0 = oy * g->sh - g->pad_top, x0 = ox * g->sw - g->pad_left;
+                int y1 = y0 + g->kh, x1 = x0 + g->kw;
+                if (y0 < 0) y0 = 0;
+                if (x0 < 0) x0 = 0;
+                if (y1 > g->h) y1 = g->h;
+                if (x1 > g->w) x1 = g->w;
+                float inv = 1.0f / (float)((y1 - y0) * (x1 - x0));
+                size_t o = ((size_t)oy * g->ow + ox) * g->c;
+                if (!backward)
+                    for (int ci = 0; ci < g->c; ci++) out[o + ci] = 0.0f;
+                for (int iy = y0; iy < y1; iy++)
+                    for (int ix = x0; ix < x1; ix++) {
+                        size_t i = ((size_t)iy * g->w + ix) * g->c;
+                        if (backward)
+                            for (int ci = 0; ci < g->c; ci++) out[i + ci] += in[o + ci] * inv;
+                        else
+                            for (int ci = 0; ci < g->c; ci++) out[o + ci] += in[i + ci];
+                    }
+                if (!backward)
+                    for (int ci = 0; ci < g->c; ci++) out[o + ci] *= inv;
+            }
+    }
+}
+
+void fnn_avgpool_forward(const float *x, float *y, const fnn_conv_geom *g, int n_threads) {
+    avgpool(x, y, g, 0, n_threads);
+}
+
+void fnn_avgpool_backward(const float *dy, float *dx, const fnn_conv_geom *g, int n_threads) {
+    avgpool(dy, dx, g, 1, n_threads);
+}
