@@ -182,7 +182,10 @@ class Layer:
 
 class InputLayer(Layer):
     def __init__(self, shape=None, batch_size=None, dtype=None, name=None, batch_shape=None,
-                 input_shape=None, **kwargs):
+                 input_shape=None, sparse=None, ragged=None, optional=False, **kwargs):
+        for arg, val in (("sparse", sparse), ("ragged", ragged), ("optional", optional)):
+            if val:
+                raise ValueError(f"InputLayer: {arg}=True is not supported by fastnn")
         if shape is None and batch_shape is None and input_shape is None:
             raise ValueError("InputLayer needs shape=(...), e.g. shape=(784,)")
         if batch_shape is not None:

@@ -213,7 +213,9 @@ class Sequential:
     def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None,
                 weighted_metrics=None, run_eagerly=False, steps_per_execution=1,
                 jit_compile="auto", auto_scale_loss=True):
-        if isinstance(loss, (list, dict)) or isinstance(metrics, dict):
+        serialized = isinstance(loss, dict) and "class_name" in loss     # from a saved file
+        if isinstance(loss, list) or (isinstance(loss, dict) and not serialized) or \
+                isinstance(metrics, dict):
             raise ValueError("Sequential models have one output: pass a single loss and a list "
                              "of metrics")
         self.optimizer = optimizers_module.get(optimizer)
@@ -440,6 +442,7 @@ class Sequential:
                                             verbose=verbose, epochs=epochs, steps=steps)
         from .utils import get_rng
         rng = get_rng()
+        batch_logs = cbs.wants("on_train_batch_end")     # build per-step logs only if read
         self.stop_training = False
         cbs.on_train_begin()
         logs = {}
@@ -459,7 +462,7 @@ class Sequential:
                 idx = slice(start, stop) if order is None else order[start:stop]
                 self._train_step(self._gather("x", x, idx), self._gather("y", y, idx),
                                  None if w is None else self._gather("w", w, idx))
-                cbs.on_train_batch_end(step, self._logs())
+                cbs.on_train_batch_end(step, self._logs() if batch_logs else None)
                 if self.stop_training:
                     break
             logs = self._logs()
@@ -482,12 +485,13 @@ class Sequential:
         total_steps = math.ceil(n / batch_size)
         if steps is not None:
             total_steps = min(total_steps, int(steps))
+        batch_logs = cbs is not None and cbs.wants("on_test_batch_end")
         for step in range(total_steps):
             if cbs:
                 cbs.on_test_batch_begin(step)
             sl = slice(step * batch_size, min(n, (step + 1) * batch_size))
             self._test_step(self._gather("x", x, sl), y[sl], None if w is None else w[sl])
-            if cbs:
+            if batch_logs:
                 cbs.on_test_batch_end(step, self._logs())
         logs = self._logs()
         for m, (total, count) in zip(self._metrics + [self._loss_tracker], saved):
@@ -578,16 +582,23 @@ class Sequential:
         rows, shape = [], self.input_shape
         for layer in self._layers:
             label = f"{layer.name} ({type(layer).__name__})"
+            flag = layer.trainable if layer.weights else None
             if layer.built and shape is not None:
                 shape = layer.compute_output_shape(shape)
-                rows.append((label, _shape_str(shape), layer.count_params(), layer.trainable))
+                rows.append((label, _shape_str(shape), layer.count_params(), flag))
             else:
-                rows.append((label, "?", "0 (unbuilt)", layer.trainable))
+                rows.append((label, "?", "0 (unbuilt)", flag))
+        if layer_range is not None:
+            names = [layer.name for layer in self._layers]
+            if len(layer_range) != 2 or any(n not in names for n in layer_range):
+                raise ValueError(f"layer_range must be two layer names of {names}, got "
+                                 f"{layer_range!r}")
+            rows = rows[names.index(layer_range[0]):names.index(layer_range[1]) + 1]
         trainable = sum(w.size for w in self.trainable_weights)
         non_trainable = sum(w.size for w in self.non_trainable_weights)
-        opt = self.optimizer.count_params() if self.optimizer is not None and \
+        optimizer_params = self.optimizer.count_params() if self.optimizer is not None and \
             self.optimizer.built else None
-        print_summary(self.name, rows, trainable, non_trainable, optimizer_count=opt,
+        print_summary(self.name, rows, trainable, non_trainable, optimizer_params,
                       line_length=line_length, positions=positions, print_fn=print_fn,
                       show_trainable=show_trainable)
 

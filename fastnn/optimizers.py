@@ -132,7 +132,10 @@ class Optimizer:
                 raise ValueError(f"{self.name}: slot {name!r} has {np.size(value)} values, "
                                  f"expected {size}")
         self.iterations = int(values[0])
-        if not callable(self._learning_rate):
+        # The variable is float32; the exact rate comes from the config. Take the variable's only
+        # where it disagrees (a rate changed during training and saved without a config).
+        if not callable(self._learning_rate) and \
+                np.float32(self._learning_rate) != np.float32(values[1]):
             self.learning_rate = float(values[1])
         for (name, start, size), value in zip(order, values[2:]):
             self.slots[name][start:start + size] = np.asarray(value).reshape(-1)

@@ -28,7 +28,10 @@ def rng():
 
 
 @pytest.fixture(autouse=True)
-def _fresh_names():
+def _fresh_session():
+    """Every test starts with fresh layer names and a fixed seed, so none depends on luck."""
     from fastnn.backend import clear_session
+    from fastnn.utils import set_random_seed
     clear_session()
+    set_random_seed(20261125)
     yield

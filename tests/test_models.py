@@ -43,7 +43,7 @@ def test_build_modes_and_names():
 
 def test_fit_history_keys_and_learning(rng):
     x, y = blobs(rng)
-    m = small_model()
+    m = small_model(optimizer=keras.optimizers.Adam(0.02))
     hist = m.fit(x, y, epochs=5, batch_size=16, validation_split=0.25, verbose=0)
     assert list(hist.history) == ["accuracy", "loss", "val_accuracy", "val_loss"]
     assert hist.epoch == [0, 1, 2, 3, 4]

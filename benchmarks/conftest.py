@@ -1,0 +1,37 @@
+"""pytest-benchmark settings for benchmarks/ (not part of the test suite: testpaths is tests/).
+
+    PYTHONPATH=. python -m pytest benchmarks -q -p no:cacheprovider --benchmark-only [--bench-rounds N]
+
+The Keras peer runs on TensorFlow when it is installed (the stack of Keras' own published
+numbers), else on torch; KERAS_BACKEND set by the caller wins."""
+import importlib.util
+import os
+import sys
+
+import pytest
+
+# The project runs pytest with --import-mode=importlib, which puts no test folder on sys.path.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import mlp_workloads as wl  # noqa: E402
+
+os.environ.setdefault("KERAS_BACKEND",
+                      "tensorflow" if importlib.util.find_spec("tensorflow") else "torch")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--bench-rounds", type=int, default=3,
+                     help="timed epochs per training benchmark (after one warm-up epoch)")
+
+
+@pytest.fixture(scope="session")
+def rounds(request):
+    return request.config.getoption("--bench-rounds")
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    d = wl.data_dir()
+    if d is None:
+        pytest.skip("MNIST not found: set FASTNN_DATA_DIR to the folder of the gzipped IDX files")
+    return wl.load_mnist_train(d)

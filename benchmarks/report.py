@@ -1,0 +1,195 @@
+"""Run the benchmark suite, one subprocess per system, and print a markdown report.
+
+    PYTHONPATH=. python benchmarks/report.py [--rounds N] [--json out.json]
+
+Each system (sgemm, fastnn, torch, keras) runs as its own `pytest --benchmark-json` child, so no
+framework's thread pools or allocator share a process with another's, and each child's peak RSS
+comes from os.wait4. A system that is not installed shows as "skipped"; one that fails shows as
+"error", with pytest's one-line reason printed under the table."""
+import argparse
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import mlp_workloads as wl  # noqa: E402
+
+# system -> (test file, -k expression)
+SYSTEMS = {
+    "sgemm": ("test_bench_sgemm.py", "test_sgemm"),
+    "fastnn": ("test_bench_mlp.py", "fastnn"),
+    "torch": ("test_bench_mlp.py", "torch"),
+    "keras": ("test_bench_mlp.py", "keras"),
+}
+LABEL = {"fastnn": "fastnn", "torch": "PyTorch", "keras": "Keras"}
+
+
+def run_system(name, rounds, tmp):
+    """Run one system's benchmarks; returns dict(rc, benchmarks, notes, rss_mib, wall_s)."""
+    path, expr = SYSTEMS[name]
+    out_json, log = os.path.join(tmp, f"{name}.json"), os.path.join(tmp, f"{name}.log")
+    cmd = [sys.executable, "-m", "pytest", os.path.join(HERE, path), "-k", expr, "-q", "-rfEs",
+           "-p", "no:cacheprovider", "--benchmark-only", f"--benchmark-json={out_json}",
+           f"--bench-rounds={rounds}"]
+    print(f"[report] {name}: running ...", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    with open(log, "wb") as f:
+        # wide COLUMNS: pytest cuts the one-line failure reasons to the terminal width
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, COLUMNS="400"))
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    text = open(log, errors="replace").read()
+    notes = [ln for ln in text.splitlines() if ln.startswith(("FAILED", "ERROR", "SKIPPED"))]
+    if proc.returncode not in (0, 5) and not notes:
+        notes = text.strip().splitlines()[-5:]
+    benches = json.load(open(out_json))["benchmarks"] if os.path.exists(out_json) else []
+    print(f"[report] {name}: rc={proc.returncode}, {len(benches)} results, {wall:.0f} s",
+          file=sys.stderr, flush=True)
+    return dict(rc=proc.returncode, benchmarks=benches, notes=notes, wall_s=round(wall, 1),
+                rss_mib=round(usage.ru_maxrss / 1024, 1))
+
+
+def cpu_model():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def version(dist):
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def fmt(v, spec=".3f"):
+    return "–" if v is None else format(v, spec) if isinstance(v, float) else str(v)
+
+
+def ratio(a, b):
+    return None if a is None or b is None else a / b
+
+
+def build_report(runs, rounds):
+    # medians and metadata per (workload, system)
+    epoch, info = {}, {}
+    for system, run in runs.items():
+        for b in run["benchmarks"]:
+            if b["extra_info"].get("workload"):
+                epoch[b["extra_info"]["workload"], system] = b["stats"]["median"]
+                info[system] = b["extra_info"]
+    gemm = {tuple(b["extra_info"]["shape"]): b for b in runs.get("sgemm", {}).get("benchmarks", [])}
+    gflops = {s: b["extra_info"]["flop"] / b["stats"]["median"] / 1e9 for s, b in gemm.items()}
+    peak = max(gflops.values(), default=None)
+
+    def cell(workload, system):
+        if (workload, system) in epoch:
+            return epoch[workload, system]
+        run = runs.get(system)
+        return None if run is None else "error" if run["rc"] not in (0, 5) else "skipped"
+
+    lines = [f"## fastnn benchmark: one training epoch on MNIST (60k), median of {rounds} rounds", "",
+             "| workload | fastnn median s | PyTorch median s | Keras median s | PyTorch/fastnn "
+             "| Keras/fastnn | FLOP floor s | fastnn ÷ floor |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    results = {}
+    for w in wl.WORKLOADS:
+        f, t, k = (cell(w, s) for s in ("fastnn", "torch", "keras"))
+        num = lambda v: v if isinstance(v, float) else None  # noqa: E731
+        floor = wl.epoch_gemm_flops(w) / 1e9 / peak if peak else None
+        row = dict(fastnn=f, torch=t, keras=k, torch_over_fastnn=ratio(num(t), num(f)),
+                   keras_over_fastnn=ratio(num(k), num(f)), floor_s=floor,
+                   fastnn_over_floor=ratio(num(f), floor))
+        results[w] = row
+        lines.append(f"| {w} ({wl.describe(w)}) | " + " | ".join(
+            fmt(row[c], ".2f" if "over" in c else ".3f") for c in row) + " |")
+    lines += ["", "FLOP floor = training GEMM FLOPs per epoch (forward 2·B·in·out per layer, "
+              "backward twice that, less the first layer's input gradient) / peak measured sgemm "
+              "GFLOP/s below."]
+
+    if gflops:
+        lines += ["", "### sgemm (fastnn._core.gemm, median)", "",
+                  "| M x K x N | GFLOP/s |", "|---|---:|"]
+        lines += [f"| {gemm[s]['extra_info']['label']} | {g:.1f} |" for s, g in gflops.items()]
+        lines += ["", f"Peak measured: **{peak:.1f} GFLOP/s**.", "",
+                  "| workload | GEMM GFLOP / epoch | GEMM-only s / epoch at the per-shape rates above |",
+                  "|---|---:|---:|"]
+        for w in wl.WORKLOADS:
+            steps = wl.N_TRAIN / wl.BATCH
+            t = sum(gemm[s]["stats"]["median"] for s in wl.train_gemms(w) if s in gemm) * steps
+            lines.append(f"| {w} | {wl.epoch_gemm_flops(w) / 1e9:.2f} | {t:.3f} |")
+
+    kinfo = info.get("keras", {})
+    keras_backend = (f"{kinfo['backend']} {kinfo['backend_version']}" if kinfo
+                     else os.environ.get("KERAS_BACKEND", "tensorflow" if version("tensorflow")
+                                         or version("tensorflow-cpu") else "torch") + " (not run)")
+    env = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "cpu": cpu_model(), "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": platform.python_version(), "numpy": version("numpy"),
+        "fastnn": info.get("fastnn", {}).get("version") or _fastnn_version(),
+        "fastnn_threads": info.get("fastnn", {}).get("threads"),
+        "blas": next(iter(gemm.values()))["extra_info"].get("blas") if gemm else None,
+        "torch": version("torch"), "torch_threads": info.get("torch", {}).get("threads"),
+        "keras": version("keras"), "keras_backend": keras_backend,
+        "pytest_benchmark": version("pytest-benchmark"),
+    }
+    lines += ["", "### Peak RSS per system (whole pytest child, incl. the 60k MNIST arrays)", "",
+              "| system | peak RSS MiB | child wall s | status |", "|---|---:|---:|---|"]
+    lines += [f"| {s} | {r['rss_mib']:.0f} | {r['wall_s']:.0f} | "
+              f"{'ok' if r['rc'] == 0 and r['benchmarks'] else 'skipped' if r['rc'] in (0, 5) else 'error'} |"
+              for s, r in runs.items()]
+    lines += ["", "### Environment", ""] + [f"- {k}: {fmt(v)}" for k, v in env.items()]
+    notes = [f"- {s}: {n}" for s, r in runs.items() for n in r["notes"]]
+    if notes:
+        lines += ["", "### Skips and failures", ""] + notes
+    data = dict(env=env, rounds=rounds, epoch=results, sgemm_gflops={
+        gemm[s]["extra_info"]["label"]: g for s, g in gflops.items()}, peak_gflops=peak,
+        systems={s: {k: r[k] for k in ("rc", "rss_mib", "wall_s", "notes")} for s, r in runs.items()},
+        benchmarks=[dict(name=b["name"], group=b["group"], extra_info=b["extra_info"],
+                         stats={k: b["stats"][k] for k in ("min", "median", "mean", "stddev", "rounds")})
+                    for r in runs.values() for b in r["benchmarks"]])
+    return "\n".join(lines), data
+
+
+def _fastnn_version():
+    try:
+        import fastnn
+        return fastnn.__version__
+    except Exception as e:  # noqa: BLE001 -- report, don't crash
+        return f"not importable ({e})"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3, help="timed epochs per training benchmark")
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--systems", default=",".join(SYSTEMS),
+                    help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    args = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="fastnn-bench-") as tmp:
+        runs = {s: run_system(s, args.rounds, tmp) for s in args.systems.split(",")}
+    text, data = build_report(runs, args.rounds)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(data, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Keras's utilities: to_categorical, set_random_seed; plus fastnn's one random Generator and a
+history plot."""
+import random
+
+import numpy as np
+
+_rng = None
+
+
+def get_rng():
+    """The Generator behind initialisation, shuffling and dropout (seeded by set_random_seed)."""
+    global _rng
+    if _rng is None:
+        _rng = np.random.default_rng()
+    return _rng
+
+
+def set_random_seed(seed):
+    """Fix every source of randomness fastnn uses (and Python's and NumPy's global ones, as
+    keras.utils.set_random_seed does), so a script gives identical results run to run."""
+    global _rng
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    _rng = np.random.default_rng(seed)
+
+
+def to_categorical(x, num_classes=None):
+    """Integer class vector -> one-hot float matrix, keras.utils.to_categorical's rules: a
+    trailing axis of size 1 is dropped, num_classes defaults to max(x) + 1."""
+    arr = np.asarray(x)
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise ValueError("to_categorical expects integer class labels; x holds "
+                             "non-integer or non-finite values")
+    elif arr.dtype.kind not in "iub":
+        raise TypeError(f"to_categorical expects integer class labels, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    shape = arr.shape
+    if len(shape) > 1 and shape[-1] == 1:
+        shape = shape[:-1]
+    flat = arr.reshape(-1)
+    if num_classes is None:
+        num_classes = int(flat.max()) + 1 if flat.size else 0
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
+            or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if flat.size and (flat.min() < 0 or flat.max() >= num_classes):
+        raise ValueError(f"to_categorical: labels must lie in [0, {num_classes - 1}], got "
+                         f"values from {flat.min()} to {flat.max()}")
+    out = np.zeros((flat.size, num_classes))
+    out[np.arange(flat.size), flat] = 1.0
+    return out.reshape(shape + (num_classes,))
+
+
+def plot_history(history, path=None, title=None):
+    """Plot loss (and every metric, with its val_ twin) per epoch from a History or its dict.
+    Saves a PNG when `path` is given; returns the matplotlib Figure."""
+    logs = getattr(history, "history", history)
+    if not isinstance(logs, dict) or not logs:
+        raise ValueError("plot_history expects a History (or its .history dict) with at least "
+                         "one logged value")
+    names = [k for k in logs if not k.startswith("val_")]
+    names.sort(key=lambda k: (k != "loss", k))
+    epochs = getattr(history, "epoch", None) or list(range(len(logs[names[0]])))
+    epochs = [e + 1 for e in epochs]
+    from matplotlib.ticker import MaxNLocator
+    size = (5 * len(names), 3.8)
+    if path is None:    # for display (a notebook): pyplot's current backend
+        import matplotlib.pyplot as plt
+        fig = plt.figure(figsize=size)
+    else:               # for a file: no pyplot, so no GUI backend on a headless machine
+        from matplotlib.figure import Figure
+        fig = Figure(figsize=size)
+    axes = fig.subplots(1, len(names), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        ax.plot(epochs[:len(logs[name])], logs[name], "o-", label=f"training {name}")
+        if "val_" + name in logs:
+            ax.plot(epochs[:len(logs["val_" + name])], logs["val_" + name], "s--",
+                    label=f"validation {name}")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=100)
+    return fig
