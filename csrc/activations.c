@@ -32,7 +32,7 @@ static void act_forward_flat(int act, float alpha, const float *z, float *y, siz
         break;
     case FNN_RELU:
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) y[i] = z[i] > 0.0f ? z[i] : 0.0f;
+        for (i = 0; i < len; i++) { float v = z[i]; y[i] = v > 0.0f ? v : 0.0f; }
         break;
     case FNN_SIGMOID:
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
@@ -65,7 +65,7 @@ static void act_forward_flat(int act, float alpha, const float *z, float *y, siz
         break;
     case FNN_LEAKY_RELU:
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) y[i] = z[i] > 0.0f ? z[i] : alpha * z[i];
+        for (i = 0; i < len; i++) { float v = z[i]; y[i] = v > 0.0f ? v : alpha * v; }
         break;
     case FNN_GELU:
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
@@ -113,7 +113,7 @@ void fnn_act_backward(int act, float alpha, const float *z, const float *y, cons
         break;
     case FNN_RELU:
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) dz[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+        for (i = 0; i < len; i++) { float g = dy[i]; dz[i] = y[i] > 0.0f ? g : 0.0f; }
         break;
     case FNN_SIGMOID:
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
@@ -145,12 +145,17 @@ void fnn_act_backward(int act, float alpha, const float *z, const float *y, cons
         break;
     case FNN_SELU:
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++)
-            dz[i] = y[i] > 0.0f ? dy[i] * SELU_SCALE : dy[i] * (y[i] + SELU_SCALE * SELU_ALPHA);
+        for (i = 0; i < len; i++) {
+            float g = dy[i], v = y[i];   /* plain loads first: the select then vectorizes */
+            dz[i] = v > 0.0f ? g * SELU_SCALE : g * (v + SELU_SCALE * SELU_ALPHA);
+        }
         break;
     case FNN_ELU:
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) dz[i] = y[i] > 0.0f ? dy[i] : dy[i] * (y[i] + alpha);
+        for (i = 0; i < len; i++) {
+            float g = dy[i], v = y[i];
+            dz[i] = v > 0.0f ? g : g * (v + alpha);
+        }
         break;
     case FNN_EXPONENTIAL:
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
@@ -158,7 +163,7 @@ void fnn_act_backward(int act, float alpha, const float *z, const float *y, cons
         break;
     case FNN_LEAKY_RELU:
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) dz[i] = y[i] > 0.0f ? dy[i] : dy[i] * alpha;
+        for (i = 0; i < len; i++) { float g = dy[i]; dz[i] = y[i] > 0.0f ? g : g * alpha; }
         break;
     case FNN_GELU:
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)

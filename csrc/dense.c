@@ -20,23 +20,23 @@ void fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, flo
 }
 
 /* out[c] = sum over rows of a[r, c], accumulated in row order (same result for any thread
- * count: threads split the columns, never the rows). */
+ * count: threads split the columns, never the rows). Each thread streams its column block
+ * row by row, so the matrix is read once, in order, however many columns it has. */
+#define COLSUM_BLOCK 64
+
 void fnn_column_sum(const float *a, float *out, size_t rows, size_t cols, int n_threads) {
-    int nt = fnn_threads(rows * cols, n_threads);
+    ptrdiff_t blocks = (ptrdiff_t)((cols + COLSUM_BLOCK - 1) / COLSUM_BLOCK), b;
+    int nt = blocks > 1 ? fnn_threads(rows * cols, n_threads) : 1;
     (void)nt;
-    if (nt > 1 && cols >= 64) {
-        ptrdiff_t c;
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (c = 0; c < (ptrdiff_t)cols; c++) {
-            float s = 0.0f;
-            for (size_t r = 0; r < rows; r++) s += a[r * cols + (size_t)c];
-            out[c] = s;
+    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+    for (b = 0; b < blocks; b++) {
+        size_t c0 = (size_t)b * COLSUM_BLOCK;
+        size_t width = cols - c0 < COLSUM_BLOCK ? cols - c0 : COLSUM_BLOCK;
+        float acc[COLSUM_BLOCK] = {0};
+        for (size_t r = 0; r < rows; r++) {
+            const float *ar = a + r * cols + c0;
+            for (size_t c = 0; c < width; c++) acc[c] += ar[c];
         }
-        return;
-    }
-    for (size_t c = 0; c < cols; c++) out[c] = 0.0f;
-    for (size_t r = 0; r < rows; r++) {
-        const float *ar = a + r * cols;
-        for (size_t c = 0; c < cols; c++) out[c] += ar[c];
+        for (size_t c = 0; c < width; c++) out[c0 + c] = acc[c];
     }
 }

@@ -11,7 +11,7 @@ void fnn_set_sgemm(fnn_sgemm_t f) { blas_sgemm = f; }
 
 /* Multiply-adds per block: big enough to amortise a BLAS call and its packing. */
 #define GEMM_BLOCK_WORK (1u << 19)
-#define GEMM_MIN_BLOCK 64
+#define GEMM_MIN_BLOCK 32
 #define GEMM_MAX_BLOCKS 64
 
 static void gemm_block(int trans_a, int trans_b, int m, int n, int k, float alpha,
@@ -37,15 +37,18 @@ int fnn_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
         gemm_block(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         return 0;
     }
-    /* Block edges on multiples of 16 keep the BLAS micro-kernels on their fast paths. */
-    int step = ((dim + blocks - 1) / blocks + 15) & ~15;
-    blocks = (dim + step - 1) / step;
+    /* Blocks are whole 16-wide panels (the BLAS micro-kernels' fast path), dealt out as evenly
+     * as the panels allow, and an even number of them so two or four threads share alike. */
+    int panels = (dim + 15) / 16;
+    if (blocks > panels) blocks = panels;
+    if (blocks > 2) blocks &= ~1;
     int nt = n_threads < blocks ? n_threads : blocks;
     int i;
     (void)nt;
-    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static, 1)
     for (i = 0; i < blocks; i++) {
-        int lo = i * step, len = dim - lo < step ? dim - lo : step;
+        int p0 = (int)((long)panels * i / blocks), p1 = (int)((long)panels * (i + 1) / blocks);
+        int lo = p0 * 16, hi = p1 * 16 < dim ? p1 * 16 : dim, len = hi - lo;
         if (split_rows) {
             const float *ai = trans_a ? a + lo : a + (size_t)lo * lda;
             gemm_block(trans_a, trans_b, len, n, k, alpha, ai, lda, b, ldb, beta,

@@ -5,34 +5,55 @@
 #include <string.h>
 #include "fastnn.h"
 
+/* Fold one tap's channels into the running maximum; ties keep the earlier tap. restrict and a
+ * plain count let the compiler vectorize it as a branch-free select. */
+static inline void max_tap(float *restrict o, int32_t *restrict a, const float *restrict s,
+                           int32_t base, int c) {
+    for (int ci = 0; ci < c; ci++) {
+        float v = s[ci], cur = o[ci];
+        int32_t take = -(int32_t)(v > cur);     /* all ones where the tap wins */
+        o[ci] = v > cur ? v : cur;
+        a[ci] = (a[ci] & ~take) | ((base + ci) & take);
+    }
+}
+
 void fnn_maxpool_forward(const float *x, float *y, int32_t *argmax, const fnn_conv_geom *g,
                          int n_threads) {
-    const size_t in_img = (size_t)g->h * g->w * g->c, out_img = (size_t)g->oh * g->ow * g->c;
-    int nt = fnn_threads((size_t)g->n * out_img * g->kh * g->kw, n_threads);
+    const fnn_conv_geom G = *g;   /* a local copy: stores through argmax cannot alias it */
+    const size_t in_img = (size_t)G.h * G.w * G.c, out_img = (size_t)G.oh * G.ow * G.c;
+    int nt = fnn_threads((size_t)G.n * out_img * G.kh * G.kw, n_threads);
     ptrdiff_t b;
     (void)nt;
     #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (b = 0; b < g->n; b++) {
+    for (b = 0; b < G.n; b++) {
         const float *img = x + (size_t)b * in_img;
         float *out = y + (size_t)b * out_img;
         int32_t *arg = argmax + (size_t)b * out_img;
-        for (int oy = 0; oy < g->oh; oy++)
-            for (int ox = 0; ox < g->ow; ox++) {
-                float *o = out + ((size_t)oy * g->ow + ox) * g->c;
-                int32_t *a = arg + ((size_t)oy * g->ow + ox) * g->c;
-                for (int ci = 0; ci < g->c; ci++) { o[ci] = -INFINITY; a[ci] = -1; }
-                for (int ky = 0; ky < g->kh; ky++) {
-                    int iy = oy * g->sh + ky - g->pad_top;
-                    if (iy < 0 || iy >= g->h) continue;
-                    for (int kx = 0; kx < g->kw; kx++) {
-                        int ix = ox * g->sw + kx - g->pad_left;
-                        if (ix < 0 || ix >= g->w) continue;
-                        int32_t base = (int32_t)(((size_t)iy * g->w + ix) * g->c);
-                        const float *s = img + base;
-                        for (int ci = 0; ci < g->c; ci++)
-                            if (s[ci] > o[ci] || a[ci] < 0) { o[ci] = s[ci]; a[ci] = base + ci; }
+        for (int oy = 0; oy < G.oh; oy++)
+            for (int ox = 0; ox < G.ow; ox++) {
+                float *o = out + ((size_t)oy * G.ow + ox) * G.c;
+                int32_t *a = arg + ((size_t)oy * G.ow + ox) * G.c;
+                int first = 1;
+                for (int ky = 0; ky < G.kh; ky++) {
+                    int iy = oy * G.sh + ky - G.pad_top;
+                    if (iy < 0 || iy >= G.h) continue;
+                    for (int kx = 0; kx < G.kw; kx++) {
+                        int ix = ox * G.sw + kx - G.pad_left;
+                        if (ix < 0 || ix >= G.w) continue;
+                        int32_t base = (int32_t)(((size_t)iy * G.w + ix) * G.c);
+                        if (first) {    /* the first in-image tap seeds the maximum */
+                            for (int ci = 0; ci < G.c; ci++) {
+                                o[ci] = img[base + ci];
+                                a[ci] = base + ci;
+                            }
+                            first = 0;
+                        } else {
+                            max_tap(o, a, img + base, base, G.c);
+                        }
                     }
                 }
+                if (first)      /* no in-image tap: impossible for a valid geometry */
+                    for (int ci = 0; ci < G.c; ci++) { o[ci] = -INFINITY; a[ci] = 0; }
             }
     }
 }

@@ -299,3 +299,34 @@ def test_clear_session_resets_names():
     Sequential([Dense(1)])
     keras.backend.clear_session()
     assert Sequential([Dense(1)]).name == "sequential"
+
+
+
+def test_training_is_bit_identical_for_any_thread_count():
+    """Every parallel kernel (GEMM blocks, im2col, pooling, BN, column sums, optimizer) splits
+    work by shape only and reduces in a fixed order, so threads never change a result."""
+    from fastnn import _core
+    from fastnn.layers import BatchNormalization, Conv2D, MaxPooling2D
+    from fastnn.utils import set_random_seed
+    if not _core.OPENMP:
+        pytest.skip("built without OpenMP")
+    rng = np.random.default_rng(0)
+    x = rng.random((96, 16, 16, 3), dtype=np.float32)
+    y = rng.integers(0, 10, 96)
+    results = []
+    before = keras.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            keras.set_num_threads(threads)
+            set_random_seed(3)
+            m = Sequential([Conv2D(32, 3, activation="relu", input_shape=(16, 16, 3)),
+                            MaxPooling2D(), Flatten(), BatchNormalization(),
+                            Dense(256, activation="selu"), Dense(10, activation="softmax")])
+            m.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+            m.fit(x, y, batch_size=32, epochs=2, verbose=0)
+            results.append(m.get_weights() + [m.predict(x, verbose=0)])
+    finally:
+        keras.set_num_threads(before)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
