@@ -57,8 +57,8 @@ def _extensions():
     else:
         # -fno-trapping-math: we never read FP exception flags, and it lets the compiler turn
         # the selects of relu/elu/selu/maxpool into branch-free vector code.
-        opt = ["-O3", "-std=c99", "-fno-math-errno", "-fno-trapping-math", "-Wall",
-               "-Wno-unused-function", "-Wno-unreachable-code"]
+        opt = ["-O3", "-std=c99", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off",
+               "-Wall", "-Wno-unused-function", "-Wno-unreachable-code"]
     macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
               ("FASTNN_OPENMP", "1" if omp_c else "0")]
     return [Extension(

@@ -21,6 +21,7 @@ static inline float sigmoidf(float x) {
 static inline float softplusf(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
 
 /* Elementwise activations on a flat range. */
+FNN_DISPATCH
 static void act_forward_flat(int act, float alpha, const float *z, float *y, size_t n,
                              int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
@@ -79,6 +80,7 @@ static void act_forward_flat(int act, float alpha, const float *z, float *y, siz
 }
 
 /* Numerically stable row-wise softmax: subtract the row max before exponentiating. */
+FNN_DISPATCH
 static void softmax_rows(const float *z, float *y, size_t rows, size_t cols, int n_threads) {
     ptrdiff_t r;
     int nt = fnn_threads(rows * cols, n_threads);
@@ -101,6 +103,7 @@ void fnn_act_forward(int act, float alpha, const float *z, float *y, size_t rows
     else act_forward_flat(act, alpha, z, y, rows * cols, n_threads);
 }
 
+FNN_DISPATCH
 void fnn_act_backward(int act, float alpha, const float *z, const float *y, const float *dy,
                       float *dz, size_t rows, size_t cols, int n_threads) {
     size_t n = rows * cols;

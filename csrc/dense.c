@@ -4,6 +4,7 @@
 
 /* z += bias (broadcast over rows), then y = act(z). y may alias z when the activation's backward
  * pass does not need z. */
+FNN_DISPATCH
 void fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, float *y,
                           size_t rows, size_t cols, int n_threads) {
     if (bias) {
@@ -24,6 +25,7 @@ void fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, flo
  * row by row, so the matrix is read once, in order, however many columns it has. */
 #define COLSUM_BLOCK 64
 
+FNN_DISPATCH
 void fnn_column_sum(const float *a, float *out, size_t rows, size_t cols, int n_threads) {
     ptrdiff_t blocks = (ptrdiff_t)((cols + COLSUM_BLOCK - 1) / COLSUM_BLOCK), b;
     int nt = blocks > 1 ? fnn_threads(rows * cols, n_threads) : 1;

@@ -17,6 +17,17 @@ enum {
     FNN_LEAKY_RELU = 10, FNN_GELU = 11, FNN_SILU = 12, FNN_N_ACTIVATIONS = 13
 };
 
+/* Hot elementwise kernels are compiled for AVX-512, AVX2 and baseline x86-64, and the loader
+ * picks the best the CPU has (GCC function multiversioning through glibc's ifunc), so a portable
+ * wheel still runs wide vectors. Every version gives bit-identical results: FMA contraction is
+ * off (-ffp-contract=off) and float reductions are never reordered by the vectorizer. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__) && \
+    !defined(FASTNN_NO_DISPATCH)
+#define FNN_DISPATCH __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FNN_DISPATCH
+#endif
+
 /* Below this many elements a loop runs on one thread: waking a team costs more than it saves. */
 #define FNN_PARALLEL_MIN 32768
 

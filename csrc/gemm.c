@@ -12,7 +12,7 @@ void fnn_set_sgemm(fnn_sgemm_t f) { blas_sgemm = f; }
 /* Multiply-adds per block: big enough to amortise a BLAS call and its packing. */
 #define GEMM_BLOCK_WORK (1u << 19)
 #define GEMM_MIN_BLOCK 32
-#define GEMM_MAX_BLOCKS 64
+#define GEMM_MAX_BLOCKS 16
 
 static void gemm_block(int trans_a, int trans_b, int m, int n, int k, float alpha,
                        const float *a, int lda, const float *b, int ldb, float beta,

@@ -7,6 +7,7 @@
 #define BN_BLOCK 16   /* channels per work item: contiguous, vectorisable inner loops */
 
 /* mean[c] and biased var[c] over rows, two-pass. */
+FNN_DISPATCH
 void fnn_bn_stats(const float *x, float *mean, float *var, size_t rows, size_t cols,
                   int n_threads) {
     ptrdiff_t blk, n_blk = (ptrdiff_t)((cols + BN_BLOCK - 1) / BN_BLOCK);
@@ -37,6 +38,7 @@ void fnn_bn_stats(const float *x, float *mean, float *var, size_t rows, size_t c
 
 /* y = gamma * (x - mean) * inv_std + beta, with inv_std = 1/sqrt(var + eps). gamma/beta may be
  * NULL (scale=False / center=False). */
+FNN_DISPATCH
 void fnn_bn_apply(const float *x, const float *mean, const float *var, const float *gamma,
                   const float *beta, float eps, float *y, size_t rows, size_t cols,
                   int n_threads) {
@@ -57,6 +59,7 @@ void fnn_bn_apply(const float *x, const float *mean, const float *var, const flo
 /* Training-mode backward. With xhat = (x - mean) * inv_std:
  * d_beta = sum dy, d_gamma = sum dy * xhat,
  * dx = gamma * inv_std / M * (M dy - d_beta - xhat * d_gamma). dx may alias dy. */
+FNN_DISPATCH
 void fnn_bn_backward(const float *x, const float *dy, const float *mean, const float *var,
                      const float *gamma, float eps, float *dx, float *d_gamma, float *d_beta,
                      size_t rows, size_t cols, int n_threads) {

@@ -12,6 +12,7 @@ static inline float flush(float x) { return fabsf(x) < FLT_MIN ? 0.0f : x; }
 #define PARALLEL_FOR \
     _Pragma("omp parallel for num_threads(nt) if(nt > 1) schedule(static)")
 
+FNN_DISPATCH
 void fnn_sgd(float *w, const float *g, float *m, size_t n, float lr, float momentum,
              int nesterov, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
@@ -36,6 +37,7 @@ void fnn_sgd(float *w, const float *g, float *m, size_t n, float lr, float momen
 }
 
 /* alpha = lr * sqrt(1 - beta2^t) / (1 - beta1^t); vmax (AMSGrad) may be NULL. */
+FNN_DISPATCH
 void fnn_adam(float *w, const float *g, float *m, float *v, float *vmax, size_t n,
               float alpha, float beta1, float beta2, float eps, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
@@ -61,6 +63,7 @@ void fnn_adam(float *w, const float *g, float *m, float *v, float *vmax, size_t 
 }
 
 /* mom (momentum > 0) and mg (centered) may be NULL. Epsilon sits inside the square root. */
+FNN_DISPATCH
 void fnn_rmsprop(float *w, const float *g, float *v, float *mom, float *mg, size_t n,
                  float lr, float rho, float momentum, float eps, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
@@ -84,6 +87,7 @@ void fnn_rmsprop(float *w, const float *g, float *v, float *mom, float *mg, size
     }
 }
 
+FNN_DISPATCH
 void fnn_adagrad(float *w, const float *g, float *acc, size_t n, float lr, float eps,
                  int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
@@ -96,6 +100,7 @@ void fnn_adagrad(float *w, const float *g, float *acc, size_t n, float lr, float
     }
 }
 
+FNN_DISPATCH
 void fnn_adadelta(float *w, const float *g, float *acc_g, float *acc_dx, size_t n, float lr,
                   float rho, float eps, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
@@ -111,6 +116,7 @@ void fnn_adadelta(float *w, const float *g, float *acc_g, float *acc_dx, size_t 
 }
 
 /* alpha = lr / (1 - beta1^t). */
+FNN_DISPATCH
 void fnn_adamax(float *w, const float *g, float *m, float *u, size_t n, float alpha,
                 float beta1, float beta2, float eps, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
@@ -126,6 +132,7 @@ void fnn_adamax(float *w, const float *g, float *m, float *u, size_t n, float al
 
 /* mu_t, mu_t1: momentum schedule at steps t and t+1; u_prod = prod of mu up to t, u_prod_t1 =
  * u_prod * mu_t1; beta2_power = beta2^t. */
+FNN_DISPATCH
 void fnn_nadam(float *w, const float *g, float *m, float *v, size_t n, float lr,
                float beta1, float beta2, float eps, float mu_t, float mu_t1,
                float u_prod, float u_prod_t1, float beta2_power, int n_threads) {
@@ -143,6 +150,7 @@ void fnn_nadam(float *w, const float *g, float *m, float *v, size_t n, float lr,
     }
 }
 
+FNN_DISPATCH
 void fnn_ftrl(float *w, const float *g, float *acc, float *lin, size_t n, float lr,
               float lr_power, float l1, float l2, float l2_shrinkage, float beta,
               int n_threads) {

@@ -17,6 +17,7 @@ static inline void max_tap(float *restrict o, int32_t *restrict a, const float *
     }
 }
 
+FNN_DISPATCH
 void fnn_maxpool_forward(const float *x, float *y, int32_t *argmax, const fnn_conv_geom *g,
                          int n_threads) {
     const fnn_conv_geom G = *g;   /* a local copy: stores through argmax cannot alias it */
@@ -75,6 +76,7 @@ void fnn_maxpool_backward(const float *dy, const int32_t *argmax, float *dx,
 }
 
 /* Average pooling; backward=1 turns it into the adjoint: spread dy over the window into dx. */
+FNN_DISPATCH
 static void avgpool(const float *src, float *dst, const fnn_conv_geom *g, int backward,
                     int n_threads) {
     const size_t in_img = (size_t)g->h * g->w * g->c, out_img = (size_t)g->oh * g->ow * g->c;
