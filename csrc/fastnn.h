@@ -36,11 +36,20 @@ static inline int fnn_threads(size_t work, int n_threads) {
     return (n_threads > 1 && work >= FNN_PARALLEL_MIN) ? n_threads : 1;
 }
 
-/* gemm.c: the Fortran BLAS sgemm signature, and the row-major, block-parallel GEMM. */
+/* gemm.c: the Fortran BLAS sgemm, found at run time (fastnn/backend/blas.py): LP64 (int) or
+ * ILP64 (int64) sizes, plus the BLAS's thread-count setter and getter when it has them. */
 typedef void (*fnn_sgemm_t)(char *transa, char *transb, int *m, int *n, int *k, float *alpha,
                             float *a, int *lda, float *b, int *ldb, float *beta, float *c,
                             int *ldc);
-void fnn_set_sgemm(fnn_sgemm_t f);
+typedef void (*fnn_sgemm64_t)(char *transa, char *transb, int64_t *m, int64_t *n, int64_t *k,
+                              float *alpha, float *a, int64_t *lda, float *b, int64_t *ldb,
+                              float *beta, float *c, int64_t *ldc);
+typedef void (*fnn_blas_set_threads_t)(int n);
+typedef int (*fnn_blas_get_threads_t)(void);
+void fnn_set_blas(void *sgemm, int ilp64, void *set_threads, void *get_threads);
+int fnn_blas_ready(void);
+/* Row-major C = alpha op(A) op(B) + beta C, split into blocks on fastnn's threads. Returns -1
+ * when no BLAS is set. */
 int fnn_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
              const float *a, int lda, const float *b, int ldb, float beta,
              float *c, int ldc, int n_threads);

@@ -1,13 +1,25 @@
 /* GEMM dispatch: row-major C = alpha op(A) op(B) + beta C through the Fortran sgemm handed to
- * fnn_set_sgemm (scipy's BLAS, set once by _core.pyx), split into output blocks run on fastnn's
- * own OpenMP threads. The BLAS itself runs single-threaded so the two thread pools never compete.
+ * fnn_set_blas (NumPy's bundled OpenBLAS when it has one, else SciPy's; see
+ * fastnn/backend/blas.py), split into output blocks run on fastnn's own OpenMP threads. The BLAS
+ * runs single-threaded while fastnn calls it (its thread count is set to 1 and restored), so the
+ * two thread pools never compete and the user's own NumPy keeps its threads.
  * The block split depends only on the shapes, never on the thread count, so results are
  * bit-identical for any number of threads. */
 #include "fastnn.h"
 
-static fnn_sgemm_t blas_sgemm = 0;
+static fnn_sgemm_t sgemm32 = 0;
+static fnn_sgemm64_t sgemm64 = 0;
+static fnn_blas_set_threads_t blas_set_threads = 0;
+static fnn_blas_get_threads_t blas_get_threads = 0;
 
-void fnn_set_sgemm(fnn_sgemm_t f) { blas_sgemm = f; }
+void fnn_set_blas(void *sgemm, int ilp64, void *set_threads, void *get_threads) {
+    sgemm32 = ilp64 ? 0 : (fnn_sgemm_t)sgemm;
+    sgemm64 = ilp64 ? (fnn_sgemm64_t)sgemm : 0;
+    blas_set_threads = (fnn_blas_set_threads_t)set_threads;
+    blas_get_threads = (fnn_blas_get_threads_t)get_threads;
+}
+
+int fnn_blas_ready(void) { return sgemm32 != 0 || sgemm64 != 0; }
 
 /* Multiply-adds per block: big enough to amortise a BLAS call and its packing. */
 #define GEMM_BLOCK_WORK (1u << 19)
@@ -19,14 +31,19 @@ static void gemm_block(int trans_a, int trans_b, int m, int n, int k, float alph
                        float *c, int ldc) {
     /* Row-major C^T = op(B)^T op(A)^T in column-major terms: swap the operands. */
     char ta = trans_a ? 'T' : 'N', tb = trans_b ? 'T' : 'N';
-    blas_sgemm(&tb, &ta, &n, &m, &k, &alpha, (float *)b, &ldb, (float *)a, &lda, &beta, c, &ldc);
+    if (sgemm64) {
+        int64_t m8 = m, n8 = n, k8 = k, lda8 = lda, ldb8 = ldb, ldc8 = ldc;
+        sgemm64(&tb, &ta, &n8, &m8, &k8, &alpha, (float *)b, &ldb8, (float *)a, &lda8, &beta,
+                c, &ldc8);
+    } else {
+        sgemm32(&tb, &ta, &n, &m, &k, &alpha, (float *)b, &ldb, (float *)a, &lda, &beta, c,
+                &ldc);
+    }
 }
 
-int fnn_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
-             const float *a, int lda, const float *b, int ldb, float beta,
-             float *c, int ldc, int n_threads) {
-    if (!blas_sgemm) return -1;
-    if (m <= 0 || n <= 0) return 0;
+static void gemm_blocks(int trans_a, int trans_b, int m, int n, int k, float alpha,
+                        const float *a, int lda, const float *b, int ldb, float beta,
+                        float *c, int ldc, int n_threads) {
     double work = (double)m * n * (k > 0 ? k : 1);
     int split_rows = m >= n;
     int dim = split_rows ? m : n;
@@ -35,7 +52,7 @@ int fnn_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
     if (blocks > GEMM_MAX_BLOCKS) blocks = GEMM_MAX_BLOCKS;
     if (blocks <= 1 || k <= 0) {
         gemm_block(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-        return 0;
+        return;
     }
     /* Blocks are whole 16-wide panels (the BLAS micro-kernels' fast path), dealt out as evenly
      * as the panels allow, and an even number of them so two or four threads share alike. */
@@ -58,5 +75,16 @@ int fnn_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
             gemm_block(trans_a, trans_b, m, len, k, alpha, a, lda, bi, ldb, beta, c + lo, ldc);
         }
     }
+}
+
+int fnn_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
+             const float *a, int lda, const float *b, int ldb, float beta,
+             float *c, int ldc, int n_threads) {
+    if (!fnn_blas_ready()) return -1;
+    if (m <= 0 || n <= 0) return 0;
+    int saved = blas_get_threads ? blas_get_threads() : 1;
+    if (blas_set_threads && saved != 1) blas_set_threads(1);
+    gemm_blocks(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, n_threads);
+    if (blas_set_threads && saved != 1) blas_set_threads(saved);
     return 0;
 }

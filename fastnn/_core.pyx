@@ -1,16 +1,15 @@
 # cython: language_level=3
 """The compiled core: typed-memoryview wrappers over the C kernels in csrc/, plus GEMM through
-scipy's BLAS (scipy.linalg.cython_blas, so nothing needs linking). Every wrapper checks sizes
-before any memory is touched and releases the GIL around the work. Arrays are float32 and
-C-contiguous; the Python backend (fastnn/backend/cpu.py) guarantees that."""
+a BLAS found at run time (NumPy's or SciPy's bundled OpenBLAS, see fastnn/backend/blas.py), so
+nothing links against a BLAS. Every wrapper checks sizes before any memory is touched and
+releases the GIL around the work. Arrays are float32 and C-contiguous; the Python backend
+(fastnn/backend/cpu.py) guarantees that."""
 from libc.stdint cimport int32_t
-from scipy.linalg.cython_blas cimport sgemm
 
 cdef extern from "fastnn.h" nogil:
     int FNN_N_ACTIVATIONS
-    ctypedef void (*fnn_sgemm_t)(char *, char *, int *, int *, int *, float *, float *, int *,
-                                 float *, int *, float *, float *, int *)
-    void fnn_set_sgemm(fnn_sgemm_t f)
+    void fnn_set_blas(void *sgemm, int ilp64, void *set_threads, void *get_threads)
+    int fnn_blas_ready()
     int fnn_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a,
                  int lda, const float *b, int ldb, float beta, float *c, int ldc, int n_threads)
     int fnn_activation_needs_input(int act)
@@ -90,9 +89,23 @@ cdef extern from *:
     const int fnn_openmp
 
 cdef int _n_threads = fnn_max_threads()
-fnn_set_sgemm(<fnn_sgemm_t>sgemm)
 
 OPENMP = bool(fnn_openmp)
+
+
+def set_blas(size_t sgemm, bint ilp64, size_t set_threads=0, size_t get_threads=0):
+    """Use the Fortran sgemm at address `sgemm` (ILP64 sizes when ilp64) for every GEMM, with
+    the BLAS's thread-count setter/getter (addresses, or 0) to keep it single-threaded."""
+    if sgemm == 0:
+        raise ValueError("set_blas: the sgemm address is NULL")
+    fnn_set_blas(<void *>sgemm, ilp64, <void *>set_threads, <void *>get_threads)
+
+
+cdef inline int _need_blas() except -1:
+    if not fnn_blas_ready():
+        from .backend import blas
+        blas.install()
+    return 0
 
 
 def get_num_threads():
@@ -136,6 +149,7 @@ cdef void _sgemm(bint trans_a, bint trans_b, int m, int n, int k, float alpha,
 def gemm(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out,
          bint trans_a=False, bint trans_b=False, float alpha=1.0, float beta=0.0):
     """out = alpha * op(a) @ op(b) + beta * out, row-major, op = transpose when asked."""
+    _need_blas()
     cdef int m = a.shape[1] if trans_a else a.shape[0]
     cdef int k = a.shape[0] if trans_a else a.shape[1]
     cdef int kb = b.shape[1] if trans_b else b.shape[0]
@@ -200,6 +214,7 @@ def column_sum(const float[:, ::1] a, float[::1] out):
 def dense_forward(const float[:, ::1] x, const float[:, ::1] kernel, const float[::1] bias,
                   float[:, ::1] z, float[:, ::1] y, int act, float alpha):
     """z = x @ kernel + bias; y = act(z). y may be z itself when act's backward only needs y."""
+    _need_blas()
     _check_act(act)
     cdef int rows = x.shape[0], d_in = x.shape[1], d_out = kernel.shape[1]
     _same_shape("kernel", _shape2(kernel), (d_in, d_out))
@@ -224,6 +239,7 @@ def dense_backward(const float[:, ::1] x, const float[:, ::1] kernel, const floa
                    int act, float alpha):
     """From dy = dL/dy: dz = dy * act'(z) (dz may be dy when act is linear), d_kernel = x^T dz,
     d_bias = column sums of dz, dx = dz kernel^T (skipped when dx is None)."""
+    _need_blas()
     _check_act(act)
     cdef int rows = x.shape[0], d_in = x.shape[1], d_out = kernel.shape[1]
     cdef tuple out_shape = (rows, d_out)

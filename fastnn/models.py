@@ -330,10 +330,13 @@ class Sequential:
             return buf
         shape = (len(idx),) + source.shape[1:]
         buf = self._buffer(key, shape, dtype)
+        # mode="clip": with the default "raise", numpy gathers into a temporary and copies it
+        # into `out`, a batch-sized allocation per step. The indices are a permutation of
+        # range(n), so clipping never changes them.
         if source.dtype == dtype and source.flags.c_contiguous:
-            return np.take(source, idx, axis=0, out=buf)
+            return np.take(source, idx, axis=0, out=buf, mode="clip")
         raw = self._buffer(key + "_raw", shape, source.dtype)
-        np.take(source, idx, axis=0, out=raw)
+        np.take(source, idx, axis=0, out=raw, mode="clip")
         np.copyto(buf, raw, casting="unsafe")
         return buf
 

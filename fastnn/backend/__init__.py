@@ -82,11 +82,13 @@ def show_config(file=None):
     import sys
     import numpy as np
     from .. import __version__, _core
+    from .blas import blas_info
     lines = [
         f"fastnn {__version__}",
         f"backend: {get_ops().name}",
         f"openmp: {'on' if _core.OPENMP else 'off'}",
         f"threads: {_core.get_num_threads()}",
+        f"blas: {blas_info()}",
         f"numpy {np.__version__}",
     ]
     print("\n".join(lines), file=file or sys.stdout)

@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import _core
 from .base import Ops
-from .blas import set_blas_threads
+from . import blas
 
 
 def _as2d(a):
@@ -23,7 +23,7 @@ class CpuOps(Ops):
     name = "cpu"
 
     def __init__(self):
-        set_blas_threads(1)
+        blas.install()
 
     def gemm(self, a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
         a, b = _f32(a), _f32(b)
