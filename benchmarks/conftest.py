@@ -12,7 +12,7 @@ import pytest
 
 # The project runs pytest with --import-mode=importlib, which puts no test folder on sys.path.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import mlp_workloads as wl  # noqa: E402
+import workloads as wl  # noqa: E402
 
 os.environ.setdefault("KERAS_BACKEND",
                       "tensorflow" if importlib.util.find_spec("tensorflow") else "torch")
@@ -21,7 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def pytest_addoption(parser):
     parser.addoption("--bench-rounds", type=int, default=3,
-                     help="timed epochs per training benchmark (after one warm-up epoch)")
+                     help="timed rounds per training benchmark (after one warm-up round)")
 
 
 @pytest.fixture(scope="session")

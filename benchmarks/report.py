@@ -19,14 +19,14 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import mlp_workloads as wl  # noqa: E402
+import workloads as wl  # noqa: E402
 
 # system -> (test file, -k expression)
 SYSTEMS = {
     "sgemm": ("test_bench_sgemm.py", "test_sgemm"),
-    "fastnn": ("test_bench_mlp.py", "fastnn"),
-    "torch": ("test_bench_mlp.py", "torch"),
-    "keras": ("test_bench_mlp.py", "keras"),
+    "fastnn": ("test_bench_train.py", "fastnn"),
+    "torch": ("test_bench_train.py", "torch"),
+    "keras": ("test_bench_train.py", "keras"),
 }
 LABEL = {"fastnn": "fastnn", "torch": "PyTorch", "keras": "Keras"}
 
@@ -85,52 +85,59 @@ def ratio(a, b):
 
 def build_report(runs, rounds):
     # medians and metadata per (workload, system)
-    epoch, info = {}, {}
+    med, info = {}, {}
     for system, run in runs.items():
         for b in run["benchmarks"]:
             if b["extra_info"].get("workload"):
-                epoch[b["extra_info"]["workload"], system] = b["stats"]["median"]
+                med[b["extra_info"]["workload"], system] = b["stats"]["median"]
                 info[system] = b["extra_info"]
     gemm = {tuple(b["extra_info"]["shape"]): b for b in runs.get("sgemm", {}).get("benchmarks", [])}
     gflops = {s: b["extra_info"]["flop"] / b["stats"]["median"] / 1e9 for s, b in gemm.items()}
     peak = max(gflops.values(), default=None)
 
-    def cell(workload, system):
-        if (workload, system) in epoch:
-            return epoch[workload, system]
+    def cell(workload, system, scale):
+        if (workload, system) in med:
+            return med[workload, system] * scale
         run = runs.get(system)
         return None if run is None else "error" if run["rc"] not in (0, 5) else "skipped"
 
-    lines = [f"## fastnn benchmark: one training epoch on MNIST (60k), median of {rounds} rounds", "",
-             "| workload | fastnn median s | PyTorch median s | Keras median s | PyTorch/fastnn "
+    lines = [f"## fastnn benchmark: training on MNIST, batch {wl.BATCH}, median of {rounds} rounds",
+             "", "| workload | timed | fastnn s | PyTorch s | Keras s | PyTorch/fastnn "
              "| Keras/fastnn | FLOP floor s | fastnn ÷ floor |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     results = {}
+    num = lambda v: v if isinstance(v, float) else None  # noqa: E731
     for w in wl.WORKLOADS:
-        f, t, k = (cell(w, s) for s in ("fastnn", "torch", "keras"))
-        num = lambda v: v if isinstance(v, float) else None  # noqa: E731
-        floor = wl.epoch_gemm_flops(w) / 1e9 / peak if peak else None
-        row = dict(fastnn=f, torch=t, keras=k, torch_over_fastnn=ratio(num(t), num(f)),
-                   keras_over_fastnn=ratio(num(k), num(f)), floor_s=floor,
-                   fastnn_over_floor=ratio(num(f), floor))
-        results[w] = row
-        lines.append(f"| {w} ({wl.describe(w)}) | " + " | ".join(
-            fmt(row[c], ".2f" if "over" in c else ".3f") for c in row) + " |")
-    lines += ["", "FLOP floor = training GEMM FLOPs per epoch (forward 2·B·in·out per layer, "
-              "backward twice that, less the first layer's input gradient) / peak measured sgemm "
-              "GFLOP/s below."]
+        # one row for the timed round; a workload timed on fewer steps also gets a 60k-epoch row
+        scales = [(w, wl.timed(w), 1.0)]
+        if wl.epoch_scale(w) != 1:
+            scales.append((f"{w}_60k_epoch", f"×{wl.epoch_scale(w):g} = 60k epoch", wl.epoch_scale(w)))
+        for key, timed, scale in scales:
+            f, t, k = (cell(w, s, scale) for s in ("fastnn", "torch", "keras"))
+            flops = wl.train_gemm_flops(w, wl.WORKLOADS[w]["samples"] * scale)
+            floor = flops / 1e9 / peak if peak else None
+            row = dict(fastnn=f, torch=t, keras=k, torch_over_fastnn=ratio(num(t), num(f)),
+                       keras_over_fastnn=ratio(num(k), num(f)), floor_s=floor,
+                       fastnn_over_floor=ratio(num(f), floor))
+            results[key] = dict(workload=w, timed=timed, **row)
+            lines.append(f"| {w} ({wl.describe(w)}) | {timed} | " + " | ".join(
+                fmt(row[c], ".2f" if "over" in c else ".3f") for c in row) + " |")
+    lines += ["", "FLOP floor = training GEMM FLOPs (forward 2·B·in·out per layer, backward twice "
+              "that, less the first layer's input gradient; conv as im2col GEMMs) / peak measured "
+              "sgemm GFLOP/s below."]
 
     if gflops:
         lines += ["", "### sgemm (fastnn._core.gemm, median)", "",
-                  "| M x K x N | GFLOP/s |", "|---|---:|"]
-        lines += [f"| {gemm[s]['extra_info']['label']} | {g:.1f} |" for s, g in gflops.items()]
+                  "| M x K x N | GFLOP/s | used by |", "|---|---:|---|"]
+        lines += [f"| {gemm[s]['extra_info']['label']} | {g:.1f} | {', '.join(wl.shape_users(s))} |"
+                  for s, g in gflops.items()]
         lines += ["", f"Peak measured: **{peak:.1f} GFLOP/s**.", "",
-                  "| workload | GEMM GFLOP / epoch | GEMM-only s / epoch at the per-shape rates above |",
-                  "|---|---:|---:|"]
+                  "| workload | GEMM GFLOP / 60k epoch | GEMM-only s / 60k epoch at the per-shape "
+                  "rates above |", "|---|---:|---:|"]
         for w in wl.WORKLOADS:
             steps = wl.N_TRAIN / wl.BATCH
             t = sum(gemm[s]["stats"]["median"] for s in wl.train_gemms(w) if s in gemm) * steps
-            lines.append(f"| {w} | {wl.epoch_gemm_flops(w) / 1e9:.2f} | {t:.3f} |")
+            lines.append(f"| {w} | {wl.train_gemm_flops(w) / 1e9:.2f} | {t:.3f} |")
 
     kinfo = info.get("keras", {})
     keras_backend = (f"{kinfo['backend']} {kinfo['backend_version']}" if kinfo
@@ -157,7 +164,7 @@ def build_report(runs, rounds):
     notes = [f"- {s}: {n}" for s, r in runs.items() for n in r["notes"]]
     if notes:
         lines += ["", "### Skips and failures", ""] + notes
-    data = dict(env=env, rounds=rounds, epoch=results, sgemm_gflops={
+    data = dict(env=env, rounds=rounds, train=results, sgemm_gflops={
         gemm[s]["extra_info"]["label"]: g for s, g in gflops.items()}, peak_gflops=peak,
         systems={s: {k: r[k] for k in ("rc", "rss_mib", "wall_s", "notes")} for s, r in runs.items()},
         benchmarks=[dict(name=b["name"], group=b["group"], extra_info=b["extra_info"],
@@ -176,7 +183,7 @@ def _fastnn_version():
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3, help="timed epochs per training benchmark")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds per training benchmark")
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--systems", default=",".join(SYSTEMS),
                     help=f"comma-separated subset of {','.join(SYSTEMS)}")

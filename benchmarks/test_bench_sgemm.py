@@ -1,10 +1,10 @@
 """sgemm throughput of the BLAS path fastnn trains with (fastnn._core.gemm, with fastnn's
 backend initialised so the BLAS/OpenMP thread setup is the one a fit() sees), at every GEMM
-shape of the two MLP workloads and at 2048^3."""
+shape of the training workloads (two MLPs, the CNN) and at 2048^3."""
 import numpy as np
 import pytest
 
-import mlp_workloads as wl
+import workloads as wl
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,9 @@ def test_sgemm(benchmark, core, blas, shape):
     a = rng.standard_normal((k, m) if ta else (m, k), dtype=np.float32)
     b = rng.standard_normal((n, k) if tb else (k, n), dtype=np.float32)
     out = np.empty((m, n), np.float32)
-    benchmark.group = "sgemm 2048^3" if shape == wl.BIG else "sgemm at the MLP shapes"
+    benchmark.group = "sgemm 2048^3" if shape == wl.BIG else "sgemm at the training shapes"
     benchmark.extra_info.update(shape=list(shape), label=wl.gemm_label(*shape), flop=2 * m * k * n,
+                                workloads=wl.shape_users(shape),
                                 threads=core.get_num_threads(), blas=blas)
     benchmark(core.gemm, a, b, out, ta, tb, 1.0, 0.0)
     ta_, tb_ = (a.T if ta else a), (b.T if tb else b)

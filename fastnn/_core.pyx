@@ -84,13 +84,43 @@ cdef extern from *:
     static int fnn_max_threads(void) { return 1; }
     static const int fnn_openmp = 0;
     #endif
+    /* Build facts from setup.py (key=value|...), and the compiler's own version string. */
+    #ifndef FASTNN_BUILD_INFO
+    #define FASTNN_BUILD_INFO ""
+    #endif
+    #define FNN_STR_(x) #x
+    #define FNN_STR(x) FNN_STR_(x)
+    static const char *fnn_build_info = FASTNN_BUILD_INFO;
+    #if defined(_MSC_VER)
+    static const char *fnn_compiler_version = "MSVC " FNN_STR(_MSC_FULL_VER);
+    #elif defined(__clang__)
+    static const char *fnn_compiler_version = "clang " __clang_version__;
+    #elif defined(__GNUC__)
+    static const char *fnn_compiler_version = "gcc " __VERSION__;
+    #else
+    static const char *fnn_compiler_version = "unknown";
+    #endif
+    #ifdef _OPENMP
+    static const long fnn_openmp_version = _OPENMP;
+    #else
+    static const long fnn_openmp_version = 0;
+    #endif
     """
     int fnn_max_threads()
     const int fnn_openmp
+    const char *fnn_build_info
+    const char *fnn_compiler_version
+    const long fnn_openmp_version
 
 cdef int _n_threads = fnn_max_threads()
 
 OPENMP = bool(fnn_openmp)
+# How this extension was built: compiler, its version, the exact extra compile/link flags,
+# OpenMP as setup.py enabled it ("on"/"off") and the _OPENMP version macro (0 when off).
+BUILD_INFO = dict(item.split("=", 1) for item in fnn_build_info.decode("utf-8", "replace")
+                  .split("|") if "=" in item)
+BUILD_INFO["compiler_version"] = fnn_compiler_version.decode("utf-8", "replace").strip()
+BUILD_INFO["openmp_version"] = fnn_openmp_version
 
 
 def set_blas(size_t sgemm, bint ilp64, size_t set_threads=0, size_t get_threads=0):

@@ -1,7 +1,8 @@
 """Backend selection, threads and session state.
 
-`get_ops()` returns the active Ops: CpuOps (compiled core) by default, or the NumPy reference
-with FASTNN_BACKEND=numpy / set_backend("numpy"). Layers and optimizers call only these ops."""
+`get_ops()` returns the active Ops: CpuOps (compiled core) by default, the NumPy reference with
+FASTNN_BACKEND=numpy, or CupyOps (CUDA) with FASTNN_BACKEND=cuda|auto / set_backend(...).
+Layers and optimizers call only these ops."""
 import contextlib
 import os
 
@@ -9,25 +10,53 @@ _ops = None
 _name_counters = {}
 
 
+def _cuda_missing():
+    """None when CuPy is installed and sees a CUDA GPU, else what is missing. CuPy is imported
+    only once find_spec has found it, and nothing here raises (a broken install is 'missing')."""
+    import importlib.util
+    try:
+        if importlib.util.find_spec("cupy") is None:
+            return "CuPy is not installed (pip install 'fastnn[gpu]', or fastnn[gpu-cuda13])"
+        import cupy
+        if not cupy.cuda.is_available():
+            return f"CuPy {cupy.__version__} finds no usable CUDA GPU (no device or driver)"
+        return None
+    except Exception as exc:
+        return f"CuPy is installed but unusable ({type(exc).__name__}: {exc})"
+
+
 def _make_ops(name):
-    if name in ("cpu", None, ""):
+    name = (name or "auto").strip().lower()
+    if name == "auto":                  # the GPU when it is usable, else the compiled CPU core
+        name = "cuda" if _cuda_missing() is None else "cpu"
+    if name == "cpu":
         from .cpu import CpuOps
         return CpuOps()
     if name in ("numpy", "reference"):
         from .base import Ops
         return Ops()
-    raise ValueError(f"backend must be one of 'cpu', 'numpy'; got {name!r}")
+    if name in ("cuda", "gpu"):
+        missing = _cuda_missing()
+        if missing is not None:
+            raise RuntimeError(f"backend 'cuda' needs CuPy and an NVIDIA GPU: {missing}")
+        from .cupy import CupyOps
+        return CupyOps()
+    raise ValueError(f"backend must be one of 'cpu', 'cuda', 'numpy' (or 'auto'); got {name!r}")
 
 
 def get_ops():
     global _ops
     if _ops is None:
-        _ops = _make_ops(os.environ.get("FASTNN_BACKEND", "cpu").lower())
+        # Default "cpu" until layers and the training loop keep their arrays on the device
+        # (the CUDA ops are in place; models are not yet); FASTNN_BACKEND=auto picks the GPU.
+        _ops = _make_ops(os.environ.get("FASTNN_BACKEND", "cpu"))
     return _ops
 
 
 def set_backend(name):
-    """Select the backend for everything created or run from now on: 'cpu' or 'numpy'."""
+    """Select the backend for everything created or run from now on: 'cpu', 'cuda' (CuPy on an
+    NVIDIA GPU; RuntimeError saying what is missing when there is none), 'numpy' (the
+    reference) or 'auto' (cuda when usable, else cpu). The default is 'cpu'."""
     global _ops
     _ops = _make_ops(name)
     return _ops
@@ -77,18 +106,59 @@ def image_data_format():
     return "channels_last"
 
 
+def _gpu_status():
+    """CuPy and a CUDA GPU, as one phrase; imports CuPy only when it is installed, never fails."""
+    import importlib.util
+    try:
+        if importlib.util.find_spec("cupy") is None:
+            return "none (CuPy not installed)"
+        import cupy
+        n = cupy.cuda.runtime.getDeviceCount()
+        if n < 1:
+            return f"none (CuPy {cupy.__version__}, no CUDA device)"
+        name = cupy.cuda.runtime.getDeviceProperties(0)["name"]
+        name = name.decode() if isinstance(name, bytes) else name
+        return f"{n} x {name} (CuPy {cupy.__version__})"
+    except Exception as exc:        # a broken CUDA install must not break show_config
+        return f"none (CuPy installed but unusable: {type(exc).__name__}: {exc})"
+
+
+_OPENMP_VERSIONS = {200203: "2.0", 200505: "2.5", 200805: "3.0", 201107: "3.1", 201307: "4.0",
+                    201511: "4.5", 201811: "5.0", 202011: "5.1", 202111: "5.2"}
+
+
 def show_config(file=None):
-    """Print version, build, threads, BLAS and backend facts."""
+    """Print what fastnn is and how it was built: version, compiler and flags, OpenMP and its
+    threads, the BLAS behind the GEMMs, the backend, NumPy, and whether a GPU is usable."""
     import sys
     import numpy as np
     from .. import __version__, _core
-    from .blas import blas_info
-    lines = [
-        f"fastnn {__version__}",
-        f"backend: {get_ops().name}",
-        f"openmp: {'on' if _core.OPENMP else 'off'}",
-        f"threads: {_core.get_num_threads()}",
-        f"blas: {blas_info()}",
-        f"numpy {np.__version__}",
+    info = getattr(_core, "BUILD_INFO", {})     # {}: an extension built before BUILD_INFO
+    omp = info.get("openmp_version", 0)
+    flags = [f for f in info.get("cflags", "").split() if not f.startswith(("-W", "/W"))]
+    for var in ("env_CPPFLAGS", "env_CFLAGS"):
+        flags += info.get(var, "").split()
+    link = " ".join([info.get("ldflags", ""), info.get("env_LDFLAGS", "")]).strip()
+    try:
+        from .blas import blas_info
+        blas = blas_info()
+    except Exception as exc:
+        blas = f"unavailable ({exc})"
+    try:
+        backend = get_ops().name
+    except Exception as exc:
+        backend = f"unavailable ({exc})"
+    rows = [
+        ("fastnn", __version__),
+        ("compiler", info.get("compiler_version") or info.get("compiler", "unknown")),
+        ("flags", " ".join(flags) + (f" | link: {link}" if link else "")),
+        ("openmp", f"on (OpenMP {_OPENMP_VERSIONS.get(omp, omp)})" if _core.OPENMP else "off"),
+        ("threads", str(get_num_threads())),
+        ("blas", blas),
+        ("backend", backend),
+        ("numpy", np.__version__),
+        ("gpu", _gpu_status()),
     ]
-    print("\n".join(lines), file=file or sys.stdout)
+    width = max(len(key) for key, _ in rows) + 1
+    print("\n".join(f"{key + ':':>{width}} {value}" for key, value in rows),
+          file=file or sys.stdout)

@@ -1,0 +1,212 @@
+"""What the benchmarks run, shared by the pytest-benchmark suite and report.py: the MNIST loader,
+the workloads (two MLPs and the Keras tutorial CNN), the one Keras script per network (run by
+fastnn and by Keras 3), the PyTorch loop, and the GEMM shapes / FLOP counts of training. Nothing
+here imports a framework at module level, so report.py can use it without paying for (or being
+broken by) any of them."""
+import gzip
+import os
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BATCH = 32
+N_TRAIN = 60000
+
+# name -> input shape, Dense layer sizes (the first is the flattened input) and activations,
+# the conv layer as (image side, kernel side, filters) if any, optimizer, learning rate, and the
+# training samples of one timed round (the first `samples` images, one fit(epochs=1) over them).
+WORKLOADS = {
+    "mlp_adam": dict(input=(784,), sizes=(784, 128, 64, 10), acts=("relu", "relu", "softmax"),
+                     opt="adam", lr=1e-3, samples=N_TRAIN),
+    "mlp_sgd": dict(input=(784,), sizes=(784, 10, 10), acts=("sigmoid", "softmax"),
+                    opt="sgd", lr=0.01, samples=N_TRAIN),
+    # The CNN is timed on 300 steps (9,600 images); the report scales it to a 60k epoch.
+    # Its script and torch module are spelled out in keras_model / torch_model.
+    "cnn": dict(input=(28, 28, 1), conv=(28, 3, 64), sizes=(13 * 13 * 64, 200, 100, 10),
+                opt="sgd", lr=0.05, samples=300 * BATCH),
+}
+
+
+def describe(name):
+    w = WORKLOADS[name]
+    if "conv" in w:
+        _, k, filters = w["conv"]
+        net = f"conv{k}x{k}x{filters}-maxpool-" + "-".join(f"BN-{s}" for s in w["sizes"][1:])
+    else:
+        net = "-".join(map(str, w["sizes"]))
+    return f"{net} {w['opt'].upper()} b{BATCH}"
+
+
+def timed(name):
+    """What one timed round is, in words."""
+    samples = WORKLOADS[name]["samples"]
+    return "60k epoch" if samples == N_TRAIN else f"{samples // BATCH} steps"
+
+
+def epoch_scale(name):
+    """Factor from one timed round to a 60k-sample epoch (1 for the MLPs, 1875/300 for the CNN)."""
+    return N_TRAIN / WORKLOADS[name]["samples"]
+
+
+# ---------------------------------------------------------------- data
+def data_dir():
+    """FASTNN_DATA_DIR, else the project's shared/ checkout beside the repository."""
+    for d in (os.environ.get("FASTNN_DATA_DIR"), os.path.join(REPO, "..", "shared", "data", "mnist")):
+        if d and os.path.exists(os.path.join(d, "train-images-idx3-ubyte.gz")):
+            return os.path.abspath(d)
+    return None
+
+
+def _idx(path):
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    shape = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_mnist_train(directory):
+    """(x float32 (60000, 784) in [0, 1], y uint8 (60000,)) from the gzipped IDX files."""
+    x = _idx(os.path.join(directory, "train-images-idx3-ubyte.gz")).reshape(-1, 784)
+    y = _idx(os.path.join(directory, "train-labels-idx1-ubyte.gz"))
+    return x.astype(np.float32) / np.float32(255), y
+
+
+def workload_data(name, x, y):
+    """A workload's timed samples as views of the loaded set (no copy): x (n, 784) for the MLPs,
+    (n, 28, 28, 1) channels-last for the CNN, as a Keras user feeds them."""
+    w = WORKLOADS[name]
+    n = w["samples"]
+    return x[:n].reshape((n,) + w["input"]), y[:n]
+
+
+# ---------------------------------------------------------------- the three systems
+def keras_model(keras, name):
+    """The Keras script; `keras` is either `import keras` or `import fastnn as keras`."""
+    w = WORKLOADS[name]
+    layers = keras.layers
+    if name == "cnn":   # the classic Keras tutorial CNN, written as its users write it
+        model = keras.Sequential([
+            keras.Input((28, 28, 1)),
+            layers.Conv2D(64, 3, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.BatchNormalization(),
+            layers.Dense(200, activation="selu", kernel_initializer="lecun_normal"),
+            layers.BatchNormalization(),
+            layers.Dense(100, activation="selu", kernel_initializer="lecun_normal"),
+            layers.BatchNormalization(),
+            layers.Dense(10, activation="softmax"),
+        ])
+    else:
+        model = keras.Sequential([keras.Input(shape=w["input"])] + [
+            layers.Dense(units, activation=act) for units, act in zip(w["sizes"][1:], w["acts"])])
+    opt = (keras.optimizers.Adam if w["opt"] == "adam" else keras.optimizers.SGD)(learning_rate=w["lr"])
+    model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def keras_epoch(keras, name, x, y):
+    """Build + compile (untimed); the returned callable is one timed round: one epoch over x."""
+    model = keras_model(keras, name)
+    return lambda: model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
+
+
+def torch_model(name):
+    """The same network as a PyTorch user writes it, with logits out (CrossEntropyLoss does the
+    softmax). The CNN is NCHW; its BatchNorm1d layers get Keras' epsilon and momentum."""
+    from torch import nn
+    w = WORKLOADS[name]
+    if name == "cnn":
+        bn = dict(eps=1e-3, momentum=0.01)
+        return nn.Sequential(
+            nn.Conv2d(1, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+            nn.BatchNorm1d(10816, **bn), nn.Linear(10816, 200), nn.SELU(),
+            nn.BatchNorm1d(200, **bn), nn.Linear(200, 100), nn.SELU(),
+            nn.BatchNorm1d(100, **bn), nn.Linear(100, 10))
+    mods = []
+    for fan_in, fan_out, act in zip(w["sizes"], w["sizes"][1:], w["acts"]):
+        mods.append(nn.Linear(fan_in, fan_out))
+        if act != "softmax":
+            mods.append({"relu": nn.ReLU, "sigmoid": nn.Sigmoid}[act]())
+    return nn.Sequential(*mods)
+
+
+def torch_epoch(name, x, y):
+    """The PyTorch user's loop: CrossEntropyLoss, torch.optim, manual batching over a per-epoch
+    randperm; loss and accuracy are accumulated as Keras' fit(metrics=['accuracy']) does.
+    Channels-last images are transposed to NCHW once, untimed."""
+    import torch
+    from torch import nn
+    w = WORKLOADS[name]
+    model = torch_model(name)
+    opt = (torch.optim.Adam if w["opt"] == "adam" else torch.optim.SGD)(model.parameters(), lr=w["lr"])
+    loss_fn = nn.CrossEntropyLoss()
+    if x.ndim == 4:
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    X, Y = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+
+    def epoch():
+        model.train()
+        perm = torch.randperm(len(X))
+        total_loss, correct = torch.zeros(()), torch.zeros((), dtype=torch.int64)
+        for i in range(0, len(X), BATCH):
+            idx = perm[i:i + BATCH]
+            xb, yb = X[idx], Y[idx]
+            opt.zero_grad()
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                total_loss += loss * len(idx)
+                correct += (logits.argmax(1) == yb).sum()
+        return total_loss.item() / len(X), correct.item() / len(X)
+    return epoch
+
+
+# ---------------------------------------------------------------- GEMM shapes and FLOPs
+def train_gemms(name, batch=BATCH):
+    """The GEMMs of one training step as (m, k, n, trans_a, trans_b) with Keras' (in, out)
+    kernels. Conv (valid, stride 1) as im2col: forward cols(B*oh*ow, k*k) @ W(k*k, filters) and
+    weight grad cols^T @ dy; it is the first layer, so it has no input grad. Dense: forward x@W,
+    weight grad x^T@dy, input grad dy@W^T, which the first Dense of the MLPs skips but the CNN's
+    needs (the BatchNormalization and conv layers before it train)."""
+    w = WORKLOADS[name]
+    out = []
+    if "conv" in w:
+        side, k, filters = w["conv"]
+        pixels = batch * (side - k + 1) ** 2
+        out += [(pixels, k * k, filters, False, False), (k * k, pixels, filters, True, False)]
+    for i, (fan_in, fan_out) in enumerate(zip(w["sizes"], w["sizes"][1:])):
+        out.append((batch, fan_in, fan_out, False, False))
+        out.append((fan_in, batch, fan_out, True, False))
+        if i > 0 or "conv" in w:
+            out.append((batch, fan_out, fan_in, False, True))
+    return out
+
+
+def gemm_label(m, k, n, ta=False, tb=False):
+    return f"{m}x{k}x{n}" + (" (A^T)" if ta else "") + (" (B^T)" if tb else "")
+
+
+def train_gemm_flops(name, n=N_TRAIN):
+    """Training GEMM FLOPs over n samples (default: one 60k epoch), 2*m*k*n per GEMM above.
+    Every term is linear in the batch size, so count per sample."""
+    return n * sum(2 * m * k * n_ for m, k, n_, _, _ in train_gemms(name, batch=1))
+
+
+BIG = (2048, 2048, 2048, False, False)
+
+
+def sgemm_shapes():
+    """Every distinct GEMM of the workloads, then the large square one."""
+    shapes = []
+    for name in WORKLOADS:
+        shapes += [s for s in train_gemms(name) if s not in shapes]
+    return shapes + [BIG]
+
+
+def shape_users(shape):
+    """The workloads that train with this GEMM shape."""
+    return [name for name in WORKLOADS if shape in train_gemms(name)]

@@ -1,0 +1,323 @@
+"""CupyOps: the reference Ops on an NVIDIA GPU through CuPy.
+
+The reference (base.Ops) is written against `self.xp`, so with xp=cupy every op already runs on
+the device; the hot ones are overridden here with cuBLAS and the CUDA kernels of kernels.cu,
+compiled by NVRTC on first use (once per process; CuPy keeps the binary in its disk cache).
+
+Each override does its argument handling (dtype, contiguity, shapes, output buffers) and then
+either launches its kernel (`self.kernels`, true with CuPy) or, with xp=numpy on a machine
+without a GPU, computes into the same buffers through the reference. Only `_launch` and
+`_launch_gemm` need CUDA; tests/test_backends.py exercises everything else on any machine and
+also runs kernels.cu itself, compiled for the CPU, through a stand-in `_launch`.
+"""
+import functools
+import os
+
+import numpy
+
+from .base import Ops
+
+_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.cu")
+_BLOCK = 256
+_MAX_BLOCKS = 1 << 16
+# int32 indices in the kernels: keep every array and every grid-stride index below 2**31.
+MAX_ELEMENTS = 2**31 - 1 - _BLOCK * _MAX_BLOCKS
+
+i32, f32 = numpy.int32, numpy.float32
+
+
+@functools.lru_cache(maxsize=None)
+def _module():
+    import cupy
+    with open(_SOURCE, encoding="utf-8") as f:
+        return cupy.RawModule(code=f.read(), options=("-std=c++14",))
+
+
+@functools.lru_cache(maxsize=None)
+def _function(name, device_id):       # a loaded kernel belongs to one device
+    return _module().get_function(name)
+
+
+def _geom(x_shape, window):
+    """The GEOM arguments of kernels.cu: h, w, c, kh, kw, sh, sw, pt, pl, oh, ow."""
+    kh, kw, sh, sw, pt, pl, oh, ow = window
+    return tuple(i32(v) for v in (x_shape[1], x_shape[2], x_shape[3], kh, kw, sh, sw, pt, pl,
+                                  oh, ow))
+
+
+class CupyOps(Ops):
+    name = "cuda"
+
+    def __init__(self, xp=None):
+        if xp is None:
+            import cupy as xp
+        self.xp = xp
+        self.kernels = xp is not numpy      # CUDA kernels need CuPy arrays
+
+    # ---- the only CUDA-specific calls ------------------------------------------------------
+    def _launch(self, kernel, n, *args):
+        """Run kernels.cu's `kernel` over n work items. Arguments are arrays (C-contiguous,
+        float32 or int32), None (a null pointer) or numpy.int32 / numpy.float32 scalars: a
+        kernel has no type information, so a Python int or float would be passed wrongly."""
+        _check_launch(kernel, n, args)
+        if n == 0:
+            return
+        fn = _function(kernel, self.xp.cuda.runtime.getDevice())
+        blocks = min((n + _BLOCK - 1) // _BLOCK, _MAX_BLOCKS)
+        fn((blocks,), (_BLOCK,), (i32(n),) + args)
+
+    def _launch_gemm(self, a, b, out, trans_a, trans_b, alpha, beta):
+        import cupy.cublas
+        cupy.cublas.gemm("T" if trans_a else "N", "T" if trans_b else "N", a, b, out=out,
+                         alpha=alpha, beta=beta)
+
+    # ---- memory ---------------------------------------------------------------------------
+    def to_numpy(self, x):
+        return numpy.asarray(x) if self.xp is numpy else self.xp.asnumpy(x)   # a .get()
+
+    # asarray (inherited) is xp.asarray: it copies host data to the device.
+
+    def _dev(self, a, dtype=numpy.float32):
+        """a as a C-contiguous array of xp (the kernels index flat memory): no copy when it is
+        one already; host data crosses to the device here."""
+        if a is None:
+            return None
+        a = self.xp.asarray(a, dtype=dtype)
+        return a if a.flags.c_contiguous else self.xp.ascontiguousarray(a)
+
+    def _f32(self, a):
+        return self._dev(a, numpy.float32)
+
+    def _buf(self, out, shape, name, dtype=numpy.float32):
+        """A new output buffer, or the caller's after checking it can be written flat."""
+        shape = tuple(int(d) for d in shape)
+        if out is None:
+            return self.xp.empty(shape, dtype)
+        if tuple(out.shape) != shape or out.dtype != dtype or not out.flags.c_contiguous:
+            raise ValueError(f"{name}: expected a C-contiguous {numpy.dtype(dtype).name} array "
+                             f"of shape {shape}, got {out.dtype} {tuple(out.shape)}"
+                             f"{'' if out.flags.c_contiguous else ' (not contiguous)'}")
+        return out
+
+    def _erf(self, x):
+        if self.xp is numpy:
+            return super()._erf(x)
+        import cupyx.scipy.special
+        return cupyx.scipy.special.erf(x)
+
+    # ---- GEMM -----------------------------------------------------------------------------
+    def gemm(self, a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
+        a, b = self._f32(a), self._f32(b)
+        if a.ndim != 2 or b.ndim != 2:
+            raise ValueError(f"gemm: a and b must be 2-D, got shapes {a.shape} and {b.shape}")
+        m, k = a.shape[::-1] if trans_a else a.shape
+        k2, n = b.shape[::-1] if trans_b else b.shape
+        if k != k2:
+            raise ValueError(f"gemm: inner dimensions differ: op(a) is ({m}, {k}), op(b) is "
+                             f"({k2}, {n})")
+        if out is None:
+            out, beta = self.xp.empty((m, n), numpy.float32), 0.0
+        elif tuple(out.shape) != (m, n) or out.dtype != numpy.float32:
+            raise ValueError(f"gemm: out must be float32 of shape ({m}, {n}), got {out.dtype} "
+                             f"{tuple(out.shape)}")
+        if not self.kernels:
+            return super().gemm(a, b, out, trans_a, trans_b, alpha, beta)
+        if m and n and k:
+            self._launch_gemm(a, b, out, trans_a, trans_b, alpha, beta)
+        elif beta:              # an empty inner dimension: cuBLAS rejects its leading dims
+            out *= f32(beta)
+        else:
+            out.fill(0)
+        return out
+
+    # ---- convolution and pooling ----------------------------------------------------------
+    def im2col(self, x, window, out=None):
+        kh, kw, sh, sw, pt, pl, oh, ow = window
+        x = self._f32(x)
+        out = self._buf(out, (x.shape[0] * oh * ow, kh * kw * x.shape[3]), "out")
+        if not self.kernels:
+            return super().im2col(x, window, out=out)
+        self._launch("im2col", out.size, x, out, *_geom(x.shape, window))
+        return out
+
+    def col2im(self, cols, window, x_shape, out=None):
+        cols = self._f32(cols)
+        out = self._buf(out, x_shape, "out")
+        if not self.kernels:
+            return super().col2im(cols, window, x_shape, out=out)
+        self._launch("col2im", out.size, cols, out, *_geom(x_shape, window))
+        return out
+
+    def maxpool_forward(self, x, window, y=None, argmax=None):
+        x = self._f32(x)
+        shape = (x.shape[0], window[6], window[7], x.shape[3])
+        y = self._buf(y, shape, "y")
+        argmax = self._buf(argmax, shape, "argmax", numpy.int32)
+        if not self.kernels:
+            return super().maxpool_forward(x, window, y=y, argmax=argmax)
+        self._launch("maxpool_forward", y.size, x, y, argmax, *_geom(x.shape, window))
+        return y, argmax
+
+    def maxpool_backward(self, dy, argmax, window, x_shape, dx=None):
+        dy = self._f32(dy)
+        argmax = self._dev(argmax, numpy.int32)
+        dx = self._buf(dx, x_shape, "dx")
+        if not self.kernels:
+            return super().maxpool_backward(dy, argmax, window, x_shape, dx=dx)
+        self._launch("maxpool_backward", dx.size, dy, argmax, dx, *_geom(x_shape, window))
+        return dx
+
+    # ---- batch normalization --------------------------------------------------------------
+    def _column_sums(self, x, dy, center):
+        """Per-channel (sum a, sum b) of kernels.cu's bn_partials, reduced over its chunks."""
+        rows, c = x.shape
+        chunks = max(1, min(rows, 1024, 65536 // max(c, 1)))    # fixed by shape: deterministic
+        part = self.xp.empty((2, chunks, c), numpy.float32)
+        self._launch("bn_partials", chunks * c, x, dy, center, i32(rows), i32(c), part[0],
+                     part[1])
+        return part.sum(axis=1)
+
+    def batchnorm_stats(self, x, mean=None, var=None):
+        x = self._f32(x)
+        mean = self._buf(mean, x.shape[1:], "mean")
+        var = self._buf(var, x.shape[1:], "var")
+        if not self.kernels:
+            return super().batchnorm_stats(x, mean, var)
+        rows = x.shape[0]
+        mean[...] = self._column_sums(x, None, None)[0] / f32(rows)
+        var[...] = self._column_sums(x, None, mean)[1] / f32(rows)   # two passes: no cancellation
+        return mean, var
+
+    def batchnorm_apply(self, x, mean, var, gamma, beta, eps, out=None):
+        x = self._f32(x)
+        out = self._buf(out, x.shape, "out")
+        if not self.kernels:
+            return super().batchnorm_apply(x, mean, var, gamma, beta, eps, out=out)
+        f = self._f32
+        self._launch("bn_apply", x.size, x, f(mean), f(var), f(gamma), f(beta), f32(eps),
+                     i32(x.shape[1]), out)
+        return out
+
+    def batchnorm_backward(self, x, dy, mean, var, gamma, eps, dx=None, d_gamma=None,
+                           d_beta=None):
+        x, dy = self._f32(x), self._f32(dy)
+        dx = self._buf(dx, x.shape, "dx")
+        if not self.kernels:
+            return super().batchnorm_backward(x, dy, mean, var, gamma, eps, dx=dx,
+                                              d_gamma=d_gamma, d_beta=d_beta)
+        mean, var = self._f32(mean), self._f32(var)
+        sum_dy, sum_dy_xc = self._column_sums(x, dy, mean)      # before dx overwrites dy
+        if d_gamma is not None:
+            d_gamma[...] = sum_dy_xc / self.xp.sqrt(var + f32(eps))
+        if d_beta is not None:
+            d_beta[...] = sum_dy
+        self._launch("bn_backward", x.size, x, dy, mean, var, self._f32(gamma), sum_dy,
+                     sum_dy_xc, f32(eps), i32(x.shape[0]), i32(x.shape[1]), dx)
+        return dx
+
+    # ---- losses ---------------------------------------------------------------------------
+    def _loss_args(self, probs, targets, weights, grad):
+        probs, weights = self._f32(probs), self._f32(weights)
+        rows = probs.shape[0]
+        if weights is not None and tuple(weights.shape) != (rows,):
+            raise ValueError(f"weights: expected ({rows},), got {tuple(weights.shape)}")
+        if grad is not None:
+            self._buf(grad, probs.shape, "grad")
+        targets = None if targets is None else self._f32(targets)
+        if targets is not None and targets.shape != probs.shape:
+            raise ValueError(f"targets: expected {tuple(probs.shape)}, got "
+                             f"{tuple(targets.shape)}")
+        return probs, targets, weights
+
+    def _total(self, row_loss):
+        return float(row_loss.astype(numpy.float64).sum())     # one device-to-host copy
+
+    def softmax_xent_sparse(self, probs, labels, weights, scale, grad=None):
+        xp = self.xp
+        probs, _, weights = self._loss_args(probs, None, weights, grad)
+        rows, cols = probs.shape
+        labels = self._dev(labels, numpy.int32)
+        if labels.shape != (rows,):
+            raise ValueError(f"labels: expected ({rows},), got {labels.shape}")
+        if rows and bool(((labels < 0) | (labels >= cols)).any()):
+            raise ValueError(f"labels must be integers in [0, {cols})")
+        if not self.kernels:
+            return super().softmax_xent_sparse(probs, labels, weights, scale, grad)
+        row_loss = xp.empty(rows, numpy.float32)
+        self._launch("xent_sparse_rows", rows, probs, labels, weights, i32(cols), row_loss)
+        if grad is not None:
+            self._launch("xent_sparse_grad", probs.size, probs, labels, weights, f32(scale),
+                         i32(cols), grad)
+        return self._total(row_loss)
+
+    def softmax_xent_dense(self, probs, targets, weights, scale, grad=None):
+        probs, targets, weights = self._loss_args(probs, targets, weights, grad)
+        if not self.kernels:
+            return super().softmax_xent_dense(probs, targets, weights, scale, grad)
+        rows, cols = probs.shape
+        per_row = self.xp.empty((2, rows), numpy.float32)
+        row_loss, row_tsum = per_row[0], per_row[1]
+        self._launch("xent_dense_rows", rows, probs, targets, weights, i32(cols), row_loss,
+                     row_tsum)
+        if grad is not None:
+            self._launch("xent_dense_grad", probs.size, probs, targets, row_tsum, weights,
+                         f32(scale), i32(cols), grad)
+        return self._total(row_loss)
+
+    def sigmoid_bxent(self, probs, targets, weights, scale, grad=None):
+        probs, targets, weights = self._loss_args(probs, targets, weights, grad)
+        if not self.kernels:
+            return super().sigmoid_bxent(probs, targets, weights, scale, grad)
+        rows, cols = probs.shape
+        row_loss = self.xp.empty(rows, numpy.float32)
+        self._launch("bxent_rows", rows, probs, targets, weights, i32(cols), row_loss)
+        if grad is not None:
+            self._launch("bxent_grad", probs.size, probs, targets, weights,
+                         f32(scale / cols), i32(cols), grad)
+        return self._total(row_loss)
+
+    # ---- optimizer updates ----------------------------------------------------------------
+    def _state(self, w, **arrays):
+        """Check that w and its state buffers are flat-writable float32 of one shape."""
+        self._buf(w, w.shape, "w")
+        for name, a in arrays.items():
+            if a is not None:
+                self._buf(a, w.shape, name)
+
+    def sgd_update(self, w, g, m, lr, momentum, nesterov):
+        g = self._f32(g)
+        self._state(w, g=g, m=m)
+        if not self.kernels:
+            return super().sgd_update(w, g, m, lr, momentum, nesterov)
+        self._launch("sgd_update", w.size, w, g, m, f32(lr), f32(momentum), i32(bool(nesterov)))
+
+    def adam_update(self, w, g, m, v, vmax, alpha, beta1, beta2, eps):
+        g = self._f32(g)
+        self._state(w, g=g, m=m, v=v, vmax=vmax)
+        if not self.kernels:
+            return super().adam_update(w, g, m, v, vmax, alpha, beta1, beta2, eps)
+        self._launch("adam_update", w.size, w, g, m, v, vmax, f32(alpha), f32(1 - beta1),
+                     f32(1 - beta2), f32(eps))
+
+    def rmsprop_update(self, w, g, v, mom, mg, lr, rho, momentum, eps):
+        g = self._f32(g)
+        self._state(w, g=g, v=v, mom=mom, mg=mg)
+        if not self.kernels:
+            return super().rmsprop_update(w, g, v, mom, mg, lr, rho, momentum, eps)
+        self._launch("rmsprop_update", w.size, w, g, v, mom, mg, f32(lr), f32(rho),
+                     f32(1 - rho), f32(momentum), f32(eps))
+
+
+def _check_launch(kernel, n, args):
+    """Refuse what a kernel would misread: sizes past int32, Python scalars, strided arrays."""
+    if n > MAX_ELEMENTS:
+        raise ValueError(f"{kernel}: {n} work items; the CUDA backend handles at most "
+                         f"{MAX_ELEMENTS} per op (int32 indices)")
+    for k, a in enumerate(args):
+        if a is None or type(a) in (numpy.int32, numpy.float32):
+            continue
+        if not hasattr(a, "flags") or not a.flags.c_contiguous or \
+                a.dtype not in (numpy.float32, numpy.int32) or a.size > MAX_ELEMENTS:
+            raise TypeError(f"{kernel}: argument {k} must be a C-contiguous float32/int32 "
+                            f"array of under 2**31 elements, None, numpy.int32 or "
+                            f"numpy.float32; got {type(a).__name__}")

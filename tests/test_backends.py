@@ -1,0 +1,639 @@
+"""Every backend against the NumPy reference Ops, gradients against finite differences, method
+signatures, and backend selection.
+
+Backends: the reference `Ops`, `CpuOps`, and CupyOps three ways: "cuda-logic" (xp=numpy: its
+argument handling and buffers, the reference computing), "cuda-host" (its kernel path with
+kernels.cu compiled for the CPU by the C++ compiler and run as a grid of emulated threads, so the
+CUDA source's indexing and arithmetic are checked without a GPU; cuBLAS is stood in for by the
+reference GEMM), and "cuda" (CuPy on a real GPU; marked gpu, skipped without one)."""
+import ctypes
+import importlib.machinery
+import inspect
+import os
+import re
+import shutil
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+import fastnn.backend as backend
+from fastnn import activations as A
+from fastnn.backend.base import Ops
+from fastnn.backend.cpu import CpuOps
+from fastnn.backend import cupy as cupy_backend
+from fastnn.backend.cupy import CupyOps
+
+REF = Ops()
+KERNELS_CU = cupy_backend._SOURCE
+
+
+@pytest.fixture(autouse=True)
+def _skip_gpu_without_one(request):
+    """Tests marked gpu need CuPy and a CUDA device; skip them (with the reason) elsewhere."""
+    if request.node.get_closest_marker("gpu"):
+        missing = backend._cuda_missing()
+        if missing:
+            pytest.skip(f"no usable GPU: {missing}")
+
+
+# ---- kernels.cu on the CPU ------------------------------------------------------------------
+# The shim turns the CUDA qualifiers into nothing and the thread coordinates into globals that
+# the launcher below sets before each call: one call per emulated thread, in a shuffled order.
+_SHIM = r"""
+#include <math.h>
+#include <string.h>
+#define __global__
+#define __device__
+#define __forceinline__ inline
+struct fnn_dim3 { unsigned x, y, z; };
+extern "C" { fnn_dim3 blockIdx, threadIdx, blockDim, gridDim; }
+static inline float __int_as_float(int i) { float f; memcpy(&f, &i, sizeof f); return f; }
+"""
+
+
+class _Dim3(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_uint), ("y", ctypes.c_uint), ("z", ctypes.c_uint)]
+
+
+@pytest.fixture(scope="session")
+def host_kernels(tmp_path_factory):
+    cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
+    if not cxx:
+        pytest.skip("no C++ compiler to build kernels.cu for the CPU")
+    tmp = tmp_path_factory.mktemp("kernels")
+    (tmp / "shim.h").write_text(_SHIM)
+    lib = tmp / "kernels_host.so"
+    proc = subprocess.run([cxx, "-std=c++14", "-O1", "-Wall", "-Wextra", "-shared",
+                           "-fPIC", "-include", str(tmp / "shim.h"), "-x", "c++", KERNELS_CU,
+                           "-o", str(lib)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return ctypes.CDLL(str(lib))
+
+
+class HostKernelOps(CupyOps):
+    """CupyOps's kernel path on NumPy arrays, kernels.cu running on the CPU."""
+    name = "cuda-host"
+    GRID, BLOCK = 5, 3      # 15 emulated threads: every grid-stride loop runs its stride
+
+    def __init__(self, lib, seed=0):
+        super().__init__(np)
+        self.kernels = True
+        self.lib, self.order = lib, np.random.default_rng(seed)
+        self.dims = {k: _Dim3.in_dll(lib, k) for k in ("blockIdx", "threadIdx", "blockDim",
+                                                         "gridDim")}
+
+    def _launch(self, kernel, n, *args):
+        cupy_backend._check_launch(kernel, n, args)
+        if n == 0:                          # as CupyOps._launch: nothing to launch
+            return
+        fn = getattr(self.lib, kernel)
+        cargs = [ctypes.c_int(n)] + [_c_arg(a) for a in args]
+        self.dims["blockDim"].x, self.dims["gridDim"].x = self.BLOCK, self.GRID
+        for t in self.order.permutation(self.GRID * self.BLOCK):
+            self.dims["blockIdx"].x, self.dims["threadIdx"].x = divmod(int(t), self.BLOCK)
+            fn(*cargs)
+
+    def _launch_gemm(self, a, b, out, trans_a, trans_b, alpha, beta):
+        REF.gemm(a, b, out, trans_a, trans_b, alpha, beta)     # stands in for cuBLAS
+
+
+def _c_arg(a):
+    if a is None:
+        return ctypes.c_void_p(None)
+    if isinstance(a, np.int32):
+        return ctypes.c_int(int(a))
+    if isinstance(a, np.float32):
+        return ctypes.c_float(float(a))
+    assert isinstance(a, np.ndarray)
+    return ctypes.c_void_p(a.ctypes.data)
+
+
+BACKENDS = ["reference", "cpu", "cuda-logic", "cuda-host",
+            pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def _make_ops(name, request):
+    if name == "reference":
+        return Ops()
+    if name == "cpu":
+        return CpuOps()
+    if name == "cuda-logic":
+        return CupyOps(xp=np)
+    if name == "cuda-host":
+        return HostKernelOps(request.getfixturevalue("host_kernels"))
+    return CupyOps()
+
+
+@pytest.fixture(params=BACKENDS)
+def ops(request):
+    return _make_ops(request.param, request)
+
+
+@pytest.fixture(params=BACKENDS[2:])
+def cuda_ops(request):
+    """The CupyOps paths only (finite differences, argument checks)."""
+    return _make_ops(request.param, request)
+
+
+def put(ops, a):
+    return ops.xp.asarray(a)
+
+
+def get(ops, a):
+    return None if a is None else ops.to_numpy(a)
+
+
+def f32(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def window(h, w, size, strides, padding):
+    """TensorFlow's geometry, as fastnn.layers computes it: (kh, kw, sh, sw, pt, pl, oh, ow)."""
+    (kh, kw), (sh, sw) = size, strides
+    if padding == "valid":
+        return (kh, kw, sh, sw, 0, 0, (h - kh) // sh + 1, (w - kw) // sw + 1)
+    oh, ow = -(-h // sh), -(-w // sw)
+    ph, pw = max((oh - 1) * sh + kh - h, 0), max((ow - 1) * sw + kw - w, 0)
+    return (kh, kw, sh, sw, ph // 2, pw // 2, oh, ow)
+
+
+CONV = [((7, 9), (3, 3), (1, 1)), ((7, 9), (3, 2), (2, 2)), ((6, 5), (1, 1), (2, 1)),
+        ((5, 8), (4, 4), (2, 3))]
+POOL = [((7, 9), (2, 2), (2, 2)), ((7, 9), (3, 3), (2, 2)), ((6, 7), (2, 2), (1, 1)),
+        ((5, 5), (3, 2), (1, 2))]
+GEOM_IDS = [f"{hw[0]}x{hw[1]}-k{k[0]}{k[1]}-s{s[0]}{s[1]}" for hw, k, s in CONV]
+POOL_IDS = [f"{hw[0]}x{hw[1]}-k{k[0]}{k[1]}-s{s[0]}{s[1]}" for hw, k, s in POOL]
+
+
+# ---- signatures -------------------------------------------------------------------------------
+@pytest.mark.parametrize("cls", [CpuOps, CupyOps, HostKernelOps])
+def test_backends_keep_reference_signatures(cls):
+    public = {n: f for n, f in inspect.getmembers(cls, inspect.isfunction)
+              if not n.startswith("_")}
+    assert set(public) <= {n for n in dir(Ops) if not n.startswith("_")}, \
+        "a public method the reference does not have"
+    for name, fn in public.items():
+        assert inspect.signature(fn) == inspect.signature(getattr(Ops, name)), name
+
+
+def test_every_launched_kernel_exists_and_strides_over_the_grid():
+    with open(KERNELS_CU) as f:
+        cu = re.sub(r"//[^\n]*", "", f.read())
+    with open(cupy_backend.__file__) as f:
+        py = f.read()
+    bodies = re.split(r'extern "C" __global__ void ', cu)[1:]
+    defined = {b.split("(", 1)[0] for b in bodies}
+    launched = set(re.findall(r'_launch\(\s*"(\w+)"', py))
+    assert launched and launched <= defined, launched - defined
+    for body in bodies:
+        assert "GRID_STRIDE_LOOP(" in body, body.split("(", 1)[0]
+        assert "atomic" not in body and "__syncthreads" not in body
+
+
+# ---- GEMM -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (3, 0), (0, 4)])
+@pytest.mark.parametrize("ta", [False, True])
+@pytest.mark.parametrize("tb", [False, True])
+def test_gemm(ops, rng, shape, ta, tb):
+    m, k = shape
+    n = 5
+    a = f32(rng, *((k, m) if ta else (m, k)))
+    b = f32(rng, *((n, k) if tb else (k, n)))
+    c0 = f32(rng, m, n)
+    want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b)
+    out = put(ops, c0.copy())
+    res = ops.gemm(put(ops, a), put(ops, b), out=out, trans_a=ta, trans_b=tb, alpha=0.5,
+                   beta=2.0)
+    np.testing.assert_allclose(get(ops, res), 0.5 * want + 2.0 * c0, rtol=1e-4, atol=1e-4)
+    fresh = ops.gemm(put(ops, a), put(ops, b), trans_a=ta, trans_b=tb)
+    np.testing.assert_allclose(get(ops, fresh), want, rtol=1e-4, atol=1e-4)
+
+
+def test_cuda_gemm_checks_shapes(cuda_ops, rng):
+    with pytest.raises(ValueError, match="inner dimensions"):
+        cuda_ops.gemm(put(cuda_ops, f32(rng, 3, 4)), put(cuda_ops, f32(rng, 5, 2)))
+    with pytest.raises(ValueError, match="out"):
+        cuda_ops.gemm(put(cuda_ops, f32(rng, 3, 4)), put(cuda_ops, f32(rng, 4, 2)),
+                      out=cuda_ops.empty((3, 3)))
+
+
+# ---- convolution ------------------------------------------------------------------------------
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("hw,k,s", CONV, ids=GEOM_IDS)
+def test_im2col_col2im(ops, rng, hw, k, s, padding):
+    win = window(*hw, k, s, padding)
+    x = f32(rng, 2, *hw, 3)
+    cols_ref = REF.im2col(x, win)
+    cols = ops.im2col(put(ops, x), win)
+    np.testing.assert_array_equal(get(ops, cols), cols_ref)
+    into = ops.empty(cols_ref.shape)
+    assert ops.im2col(put(ops, x), win, out=into) is into
+    dcols = f32(rng, *cols_ref.shape)
+    want = REF.col2im(dcols, win, x.shape)
+    np.testing.assert_allclose(get(ops, ops.col2im(put(ops, dcols), win, x.shape)), want,
+                               rtol=1e-5, atol=1e-5)
+    dx = ops.empty(x.shape)
+    assert ops.col2im(put(ops, dcols), win, x.shape, out=dx) is dx
+    np.testing.assert_allclose(get(ops, dx), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("act", [A.RELU, A.GELU])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("hw,k,s", CONV[:2], ids=GEOM_IDS[:2])
+def test_conv2d_forward_backward(ops, rng, hw, k, s, padding, act):
+    win = window(*hw, k, s, padding)
+    x, kern, bias = f32(rng, 2, *hw, 3), f32(rng, *k, 3, 4), f32(rng, 4)
+    cols_r, z_r, y_r = (a.copy() for a in REF.conv2d_forward(x, kern, bias, act, 0.0, win))
+    cols, z, y = ops.conv2d_forward(put(ops, x), put(ops, kern), put(ops, bias), act, 0.0, win,
+                                    z=ops.empty(z_r.shape), y=ops.empty(z_r.shape))
+    np.testing.assert_allclose(get(ops, y), y_r, rtol=1e-4, atol=1e-5)
+    dy = f32(rng, *z_r.shape)
+    dk_r, db_r = np.empty_like(kern), np.empty_like(bias)
+    dx_r = REF.conv2d_backward(cols_r, kern, z_r, y_r, dy.copy(), act, 0.0, win, x.shape, dk_r,
+                               db_r)
+    dk, db = ops.empty(kern.shape), ops.empty(bias.shape)
+    dx = ops.conv2d_backward(cols, put(ops, kern), z, y, put(ops, dy), act, 0.0, win, x.shape,
+                             dk, db, dx=ops.empty(x.shape), dcols=ops.empty(cols_r.shape))
+    for got, want in ((dx, dx_r), (dk, dk_r), (db, db_r)):
+        np.testing.assert_allclose(get(ops, got), want, rtol=1e-4, atol=1e-4)
+
+
+def _numeric_grad(loss, x, eps):
+    num = np.zeros(x.shape)
+    for idx in np.ndindex(x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += eps
+        xm[idx] -= eps
+        num[idx] = (loss(xp) - loss(xm)) / (2 * eps)
+    return num
+
+
+def test_conv2d_gradients_match_finite_differences(cuda_ops, rng):
+    """A linear loss of a linear op: central differences are exact up to float32 rounding."""
+    ops = cuda_ops
+    win = window(5, 6, (3, 2), (2, 1), "same")
+    x, kern = f32(rng, 2, 5, 6, 2), f32(rng, 3, 2, 2, 3)
+    r = f32(rng, 2 * win[6] * win[7], 3)
+
+    def loss(xx, kk):
+        _, _, y = ops.conv2d_forward(put(ops, xx.astype(np.float32)),
+                                     put(ops, kk.astype(np.float32)), None, A.LINEAR, 0.0, win)
+        return float((get(ops, y).astype(np.float64) * r).sum())
+
+    cols, z, y = ops.conv2d_forward(put(ops, x), put(ops, kern), None, A.LINEAR, 0.0, win)
+    dk = ops.empty(kern.shape)
+    dx = ops.conv2d_backward(cols, put(ops, kern), z, y, put(ops, r.copy()), A.LINEAR, 0.0,
+                             win, x.shape, dk, None)
+    np.testing.assert_allclose(get(ops, dx), _numeric_grad(lambda v: loss(v, kern), x, 0.25),
+                               rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(get(ops, dk), _numeric_grad(lambda v: loss(x, v), kern, 0.25),
+                               rtol=1e-3, atol=1e-3)
+
+
+# ---- pooling ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("hw,k,s", POOL, ids=POOL_IDS)
+def test_pooling(ops, rng, hw, k, s, padding, ties):
+    win = window(*hw, k, s, padding)
+    x = rng.integers(0, 3, (2, *hw, 3)).astype(np.float32) if ties else f32(rng, 2, *hw, 3)
+    y_r, arg_r = REF.maxpool_forward(x, win)
+    y, arg = ops.maxpool_forward(put(ops, x), win, y=ops.empty(y_r.shape),
+                                 argmax=ops.empty(y_r.shape, "int32"))
+    np.testing.assert_array_equal(get(ops, y), y_r)
+    np.testing.assert_array_equal(get(ops, arg), arg_r)   # ties: the earlier tap, everywhere
+    dy = f32(rng, *y_r.shape)
+    dx_r = REF.maxpool_backward(dy, arg_r, win, x.shape)
+    dx = ops.maxpool_backward(put(ops, dy), arg, win, x.shape, dx=ops.empty(x.shape))
+    np.testing.assert_allclose(get(ops, dx), dx_r, rtol=1e-6, atol=1e-6)
+    a_r = REF.avgpool_forward(x, win)
+    np.testing.assert_allclose(get(ops, ops.avgpool_forward(put(ops, x), win)), a_r, rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(get(ops, ops.avgpool_backward(put(ops, dy), win, x.shape)),
+                               REF.avgpool_backward(dy, win, x.shape), rtol=1e-5, atol=1e-6)
+
+
+def test_global_max_pooling(ops, rng):
+    x = f32(rng, 3, 5, 7, 4)
+    win = window(5, 7, (5, 7), (1, 1), "valid")
+    y_r, arg_r = REF.maxpool_forward(x, win)
+    y, arg = ops.maxpool_forward(put(ops, x), win)
+    np.testing.assert_array_equal(get(ops, y), y_r)
+    dy = f32(rng, *y_r.shape)
+    np.testing.assert_allclose(get(ops, ops.maxpool_backward(put(ops, dy), arg, win, x.shape)),
+                               REF.maxpool_backward(dy, arg_r, win, x.shape))
+
+
+def test_maxpool_gradient_matches_finite_differences(cuda_ops, rng):
+    """Overlapping windows (3x3, stride 2, same): an input can be the max of several windows."""
+    ops = cuda_ops
+    win = window(6, 7, (3, 3), (2, 2), "same")
+    x = (rng.permutation(2 * 6 * 7 * 2).reshape(2, 6, 7, 2) * 0.1).astype(np.float32)
+    r = f32(rng, 2, win[6], win[7], 2)
+
+    def loss(xx):
+        return float((get(ops, ops.maxpool_forward(put(ops, xx.astype(np.float32)), win)[0])
+                      .astype(np.float64) * r).sum())
+
+    _, arg = ops.maxpool_forward(put(ops, x), win)
+    dx = ops.maxpool_backward(put(ops, r), arg, win, x.shape)
+    np.testing.assert_allclose(get(ops, dx), _numeric_grad(loss, x, 0.02), rtol=1e-3, atol=1e-4)
+
+
+# ---- batch normalization ----------------------------------------------------------------------
+@pytest.mark.parametrize("affine", [True, False])
+def test_batchnorm(ops, rng, affine):
+    x = f32(rng, 37, 5, scale=2.0) + 3.0
+    gamma, beta = (f32(rng, 5), f32(rng, 5)) if affine else (None, None)
+    m_r, v_r = REF.batchnorm_stats(x)
+    mean, var = ops.batchnorm_stats(put(ops, x), ops.empty((5,)), ops.empty((5,)))
+    np.testing.assert_allclose(get(ops, mean), m_r, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(get(ops, var), v_r, rtol=1e-5, atol=1e-6)
+    g, b = (None, None) if not affine else (put(ops, gamma), put(ops, beta))
+    y = ops.batchnorm_apply(put(ops, x), mean, var, g, b, 1e-3, out=ops.empty(x.shape))
+    np.testing.assert_allclose(get(ops, y), REF.batchnorm_apply(x, m_r, v_r, gamma, beta, 1e-3),
+                               rtol=1e-5, atol=1e-5)
+    dy = f32(rng, 37, 5)
+    dg_r, db_r = np.empty(5, np.float32), np.empty(5, np.float32)
+    dx_r = REF.batchnorm_backward(x, dy, m_r, v_r, gamma, 1e-3, d_gamma=dg_r, d_beta=db_r)
+    dg, db = ops.empty((5,)), ops.empty((5,))
+    dy_dev = put(ops, dy.copy())
+    dx = ops.batchnorm_backward(put(ops, x), dy_dev, mean, var, g, 1e-3, dx=dy_dev, d_gamma=dg,
+                                d_beta=db)                       # dx written over dy, as layers do
+    np.testing.assert_allclose(get(ops, dx), dx_r, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(get(ops, dg), dg_r, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(get(ops, db), db_r, rtol=1e-4, atol=1e-5)
+    mm, mv = put(ops, np.zeros(5, np.float32)), put(ops, np.ones(5, np.float32))
+    ops.batchnorm_update_moving(mm, mv, mean, var, 0.9)
+    np.testing.assert_allclose(get(ops, mm), 0.1 * m_r, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(get(ops, mv), 0.9 + 0.1 * v_r, rtol=1e-5, atol=1e-6)
+
+
+def test_batchnorm_gradient_matches_finite_differences(cuda_ops, rng):
+    ops = cuda_ops
+    x, gamma, r = f32(rng, 12, 3) + 1.0, f32(rng, 3), f32(rng, 12, 3)
+
+    def loss(xx):
+        xx = put(ops, xx.astype(np.float32))
+        mean, var = ops.batchnorm_stats(xx)
+        y = ops.batchnorm_apply(xx, mean, var, put(ops, gamma), None, 1e-3)
+        return float((get(ops, y).astype(np.float64) * r).sum())
+
+    mean, var = ops.batchnorm_stats(put(ops, x))
+    dg = ops.empty((3,))
+    dx = ops.batchnorm_backward(put(ops, x), put(ops, r), mean, var, put(ops, gamma), 1e-3,
+                                d_gamma=dg)
+    np.testing.assert_allclose(get(ops, dx), _numeric_grad(loss, x, 1e-2), rtol=2e-2, atol=2e-3)
+    xhat = (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-3)
+    np.testing.assert_allclose(get(ops, dg), (r * xhat).sum(0), rtol=1e-4, atol=1e-4)
+
+
+# ---- losses -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("weighted", [False, True])
+def test_losses(ops, rng, weighted):
+    rows, cols = 9, 7
+    z = f32(rng, rows, cols, scale=2.0)
+    z[0, 0] = 30.0                                    # a probability that gets clipped
+    p = REF.act_forward(A.SOFTMAX, 0.0, z)
+    labels = rng.integers(0, cols, rows).astype(np.int32)
+    onehot = np.eye(cols, dtype=np.float32)[labels]
+    soft = rng.random((rows, cols)).astype(np.float32)  # targets that do not sum to one
+    w = rng.random(rows).astype(np.float32) if weighted else None
+    q = REF.act_forward(A.SIGMOID, 0.0, z)
+    cases = [("softmax_xent_sparse", p, labels), ("softmax_xent_dense", p, onehot),
+             ("softmax_xent_dense", p, soft), ("sigmoid_bxent", q, onehot),
+             ("squared_error", q, soft), ("absolute_error", q, soft)]
+    for name, probs, t in cases:
+        g_r = np.empty_like(probs)
+        v_r = getattr(REF, name)(probs, t, w, 1 / rows, g_r)
+        g = ops.empty(probs.shape)
+        v = getattr(ops, name)(put(ops, probs), put(ops, t), None if w is None else put(ops, w),
+                               1 / rows, g)
+        assert v == pytest.approx(v_r, rel=1e-5), name
+        np.testing.assert_allclose(get(ops, g), g_r, rtol=1e-5, atol=1e-7, err_msg=name)
+        assert getattr(ops, name)(put(ops, probs), put(ops, t), None, 0.5) == \
+            pytest.approx(getattr(REF, name)(probs, t, None, 0.5), rel=1e-5)
+
+
+def test_cuda_losses_validate_arguments(cuda_ops):
+    p = cuda_ops.asarray(np.full((2, 3), 1 / 3, np.float32))
+    for bad in ([0, 3], [-1, 0]):
+        with pytest.raises(ValueError, match="labels"):
+            cuda_ops.softmax_xent_sparse(p, put(cuda_ops, np.array(bad, np.int32)), None, 1.0)
+    with pytest.raises(ValueError, match="labels"):
+        cuda_ops.softmax_xent_sparse(p, put(cuda_ops, np.zeros(3, np.int32)), None, 1.0)
+    with pytest.raises(ValueError, match="grad"):
+        cuda_ops.sigmoid_bxent(p, p, None, 1.0, grad=cuda_ops.empty((3, 2)))
+    with pytest.raises(ValueError, match="weights"):
+        cuda_ops.softmax_xent_dense(p, p, cuda_ops.empty((3,)), 1.0)
+
+
+@pytest.mark.parametrize("kind", ["sparse", "dense", "bxent"])
+def test_loss_gradients_match_finite_differences(cuda_ops, rng, kind):
+    """The fused gradients are those of the loss with respect to the logits."""
+    ops = cuda_ops
+    z = f32(rng, 4, 5)
+    labels = np.array([0, 3, 4, 1], np.int32)
+    w = np.array([1.0, 0.5, 2.0, 1.5], np.float32)
+    t = np.eye(5, dtype=np.float32)[labels] if kind != "bxent" else \
+        rng.integers(0, 2, (4, 5)).astype(np.float32)
+    act, method = {"sparse": (A.SOFTMAX, "softmax_xent_sparse"),
+                   "dense": (A.SOFTMAX, "softmax_xent_dense"),
+                   "bxent": (A.SIGMOID, "sigmoid_bxent")}[kind]
+    target = put(ops, labels if kind == "sparse" else t)
+
+    def loss(zz):
+        probs = ops.act_forward(act, 0.0, put(ops, zz.astype(np.float32)))
+        return getattr(ops, method)(probs, target, put(ops, w), 0.25) * 0.25
+
+    g = ops.empty(z.shape)
+    getattr(ops, method)(ops.act_forward(act, 0.0, put(ops, z)), target, put(ops, w), 0.25, g)
+    np.testing.assert_allclose(get(ops, g), _numeric_grad(loss, z, 1e-2), rtol=1e-2, atol=1e-3)
+
+
+# ---- dense ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("act", [A.RELU, A.SOFTMAX, A.GELU])
+def test_dense_forward_backward(ops, rng, act):
+    x, k, b = f32(rng, 33, 20), f32(rng, 20, 11), f32(rng, 11)
+    z_r, y_r = (a.copy() for a in REF.dense_forward(x, k, b, act, 0.0))
+    z, y = ops.dense_forward(put(ops, x), put(ops, k), put(ops, b), act, 0.0,
+                             z=ops.empty((33, 11)), y=ops.empty((33, 11)))
+    np.testing.assert_allclose(get(ops, y), y_r, rtol=1e-4, atol=1e-5)
+    dy = f32(rng, 33, 11)
+    dk_r, db_r = np.empty_like(k), np.empty_like(b)
+    dx_r = REF.dense_backward(x, k, z_r, y_r, dy.copy(), act, 0.0, dk_r, db_r)
+    dk, db = ops.empty(k.shape), ops.empty(b.shape)
+    dx = ops.dense_backward(put(ops, x), put(ops, k), z, y, put(ops, dy), act, 0.0, dk, db,
+                            dx=ops.empty(x.shape))
+    for got, want in ((dx, dx_r), (dk, dk_r), (db, db_r)):
+        np.testing.assert_allclose(get(ops, got), want, rtol=1e-4, atol=1e-4)
+
+
+# ---- optimizers -------------------------------------------------------------------------------
+def _zeros(n):
+    return np.zeros(n, np.float32)
+
+
+OPTIMIZERS = {
+    "sgd": ("sgd_update", lambda n: [None, 0.1, 0.0, False]),
+    "sgd_momentum": ("sgd_update", lambda n: [_zeros(n), 0.1, 0.9, False]),
+    "sgd_nesterov": ("sgd_update", lambda n: [_zeros(n), 0.1, 0.9, True]),
+    "adam": ("adam_update", lambda n: [_zeros(n), _zeros(n), None, 0.01, 0.9, 0.999, 1e-7]),
+    "amsgrad": ("adam_update", lambda n: [_zeros(n), _zeros(n), _zeros(n), 0.01, 0.9, 0.999,
+                                          1e-7]),
+    "rmsprop": ("rmsprop_update", lambda n: [_zeros(n), None, None, 0.01, 0.9, 0.0, 1e-7]),
+    "rmsprop_momentum": ("rmsprop_update", lambda n: [_zeros(n), _zeros(n), None, 0.01, 0.9,
+                                                      0.5, 1e-7]),
+    "rmsprop_centered": ("rmsprop_update", lambda n: [_zeros(n), _zeros(n), _zeros(n), 0.01,
+                                                      0.9, 0.5, 1e-7]),
+    "adagrad": ("adagrad_update", lambda n: [np.full(n, 0.1, np.float32), 0.01, 1e-7]),
+    "adadelta": ("adadelta_update", lambda n: [_zeros(n), _zeros(n), 1.0, 0.95, 1e-7]),
+    "adamax": ("adamax_update", lambda n: [_zeros(n), _zeros(n), 0.01, 0.9, 0.999, 1e-7]),
+    "nadam": ("nadam_update", lambda n: [_zeros(n), _zeros(n), 0.01, 0.9, 0.999, 1e-7, 0.468,
+                                         0.485, 0.468, 0.227, 0.999]),
+    "ftrl": ("ftrl_update", lambda n: [np.full(n, 0.1, np.float32), _zeros(n), 0.1, -0.5, 0.01,
+                                       0.01, 0.0, 0.0]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OPTIMIZERS))
+def test_optimizer_updates(ops, rng, case):
+    method, make = OPTIMIZERS[case]
+    n = 1001
+    w0 = f32(rng, n)
+    args_ref = make(n)
+    args = [put(ops, a.copy()) if isinstance(a, np.ndarray) else a for a in make(n)]
+    w_ref, w = w0.copy(), put(ops, w0.copy())
+    for _ in range(3):
+        g = f32(rng, n)
+        getattr(REF, method)(w_ref, g, *args_ref)
+        getattr(ops, method)(w, put(ops, g), *args)
+    np.testing.assert_allclose(get(ops, w), w_ref, rtol=1e-5, atol=1e-6)
+    for want, got in zip(args_ref, args):
+        if isinstance(want, np.ndarray):
+            np.testing.assert_allclose(get(ops, got), want, rtol=1e-5, atol=1e-6)
+
+
+def test_cuda_optimizer_checks_buffers(cuda_ops):
+    w = cuda_ops.alloc((4,))
+    with pytest.raises(ValueError, match="g:"):
+        cuda_ops.sgd_update(w, cuda_ops.alloc((3,)), None, 0.1, 0.0, False)
+    with pytest.raises(ValueError, match="m:"):
+        cuda_ops.adam_update(w, cuda_ops.alloc((4,)), cuda_ops.alloc((5,)), cuda_ops.alloc((4,)),
+                             None, 0.1, 0.9, 0.999, 1e-7)
+
+
+def test_launch_refuses_what_a_kernel_would_misread():
+    x = np.zeros(4, np.float32)
+    for bad in (0.5, 3, np.zeros(4), np.zeros((4, 4), np.float32).T):
+        with pytest.raises(TypeError):
+            cupy_backend._check_launch("k", 4, (x, bad))
+    with pytest.raises(ValueError, match="at most"):
+        cupy_backend._check_launch("k", 2**31, (x,))
+    cupy_backend._check_launch("k", 4, (x, None, np.int32(1), np.float32(1.0)))
+
+
+def test_to_numpy_and_asarray(ops):
+    x = ops.asarray([[1, 2], [3, 4]])
+    assert isinstance(x, ops.xp.ndarray) and x.dtype == np.float32
+    back = ops.to_numpy(x)
+    assert type(back) is np.ndarray
+    np.testing.assert_array_equal(back, [[1, 2], [3, 4]])
+
+
+# ---- selection --------------------------------------------------------------------------------
+def _fake_cupy(monkeypatch, available):
+    """A stand-in `cupy` module: find_spec finds it and cuda.is_available() answers `available`
+    (or raises it, when it is an exception)."""
+    fake = types.ModuleType("cupy")
+    fake.__spec__ = importlib.machinery.ModuleSpec("cupy", None)
+    fake.__version__ = "0.0-fake"
+
+    def is_available():
+        if isinstance(available, Exception):
+            raise available
+        return available
+
+    fake.cuda = types.SimpleNamespace(is_available=is_available)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    return fake
+
+
+@pytest.fixture
+def fresh_backend(monkeypatch):
+    """get_ops() starts unselected; the previous backend comes back afterwards."""
+    monkeypatch.setattr(backend, "_ops", None)
+    monkeypatch.delenv("FASTNN_BACKEND", raising=False)
+    return monkeypatch
+
+
+@pytest.mark.parametrize("value,name", [("cpu", "cpu"), ("CPU", "cpu"), ("numpy", "numpy"),
+                                        ("reference", "numpy")])
+def test_fastnn_backend_variable(fresh_backend, value, name):
+    fresh_backend.setenv("FASTNN_BACKEND", value)
+    assert backend.get_ops().name == name
+
+
+def test_unknown_backend_is_refused(fresh_backend):
+    fresh_backend.setenv("FASTNN_BACKEND", "tpu")
+    with pytest.raises(ValueError, match="'cpu', 'cuda', 'numpy'"):
+        backend.get_ops()
+    with pytest.raises(ValueError, match="tpu"):
+        backend.set_backend("tpu")
+
+
+def test_default_is_cpu_without_cupy(fresh_backend):
+    import importlib.util
+    real = importlib.util.find_spec
+    fresh_backend.setattr(importlib.util, "find_spec",
+                          lambda name, *a: None if name == "cupy" else real(name, *a))
+    assert backend.get_ops().name == "cpu"
+    with pytest.raises(RuntimeError, match="CuPy is not installed"):
+        backend.set_backend("cuda")
+    fresh_backend.setenv("FASTNN_BACKEND", "cuda")
+    fresh_backend.setattr(backend, "_ops", None)
+    with pytest.raises(RuntimeError, match="CuPy is not installed"):
+        backend.get_ops()
+
+
+@pytest.mark.parametrize("available", [False, RuntimeError("cudaErrorInsufficientDriver")])
+def test_default_is_cpu_when_cupy_has_no_gpu(fresh_backend, available):
+    _fake_cupy(fresh_backend, available)
+    assert backend.get_ops().name == "cpu"
+    with pytest.raises(RuntimeError, match="needs CuPy and an NVIDIA GPU: .*(no usable CUDA "
+                                           "GPU|unusable)"):
+        backend.set_backend("cuda")
+
+
+def test_auto_picks_cuda_when_cupy_sees_a_gpu(fresh_backend):
+    fake = _fake_cupy(fresh_backend, True)
+    # The default stays the CPU until models keep their arrays on the device.
+    assert backend.get_ops().name == "cpu"
+    fresh_backend.setattr(backend, "_ops", None)
+    fresh_backend.setenv("FASTNN_BACKEND", "auto")
+    ops = backend.get_ops()
+    assert isinstance(ops, CupyOps) and ops.name == "cuda" and ops.xp is fake and ops.kernels
+    assert isinstance(backend.set_backend("cuda"), CupyOps)
+    with backend.use_backend("cpu"):
+        assert backend.get_ops().name == "cpu"
+    assert backend.get_ops().name == "cuda"
+
+
+def test_importing_fastnn_does_not_import_cupy(tmp_path):
+    """A `cupy` that fails when imported sits first on the path: importing fastnn (and its GPU
+    backend module) must not touch it, and the default backend falls back to the CPU."""
+    (tmp_path / "cupy").mkdir()
+    (tmp_path / "cupy" / "__init__.py").write_text("raise ImportError('cupy was imported')\n")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(backend.__file__))))
+    code = ("import sys, fastnn, fastnn.layers, fastnn.models, fastnn.backend.cupy\n"
+            "assert 'cupy' not in sys.modules, 'imported'\n"
+            "from fastnn.backend import get_ops\n"
+            "print(get_ops().name)\n")
+    env = {k: v for k, v in os.environ.items() if k != "FASTNN_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), root])
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "cpu"
