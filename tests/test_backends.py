@@ -634,6 +634,9 @@ def test_importing_fastnn_does_not_import_cupy(tmp_path):
             "print(get_ops().name)\n")
     env = {k: v for k, v in os.environ.items() if k != "FASTNN_BACKEND"}
     env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), root])
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    # cwd=tmp_path: `python -c` puts the working directory first on sys.path, and a source
+    # checkout there (without its compiled extension) must not shadow the fastnn under test.
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "cpu"
