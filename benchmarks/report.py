@@ -23,19 +23,20 @@ import workloads as wl  # noqa: E402
 
 # system -> (test file, -k expression)
 SYSTEMS = {
-    "sgemm": ("test_bench_sgemm.py", "test_sgemm"),
-    "fastnn": ("test_bench_train.py", "fastnn"),
-    "torch": ("test_bench_train.py", "torch"),
-    "keras": ("test_bench_train.py", "keras"),
+    "sgemm": (("test_bench_sgemm.py",), "test_sgemm"),
+    "fastnn": (("test_bench_train.py", "test_bench_inference.py"), "fastnn and not import"),
+    "torch": (("test_bench_train.py", "test_bench_inference.py"), "torch and not import"),
+    "keras": (("test_bench_train.py", "test_bench_inference.py"), "keras and not import"),
+    "imports": (("test_bench_inference.py",), "test_import"),
 }
 LABEL = {"fastnn": "fastnn", "torch": "PyTorch", "keras": "Keras"}
 
 
 def run_system(name, rounds, tmp):
     """Run one system's benchmarks; returns dict(rc, benchmarks, notes, rss_mib, wall_s)."""
-    path, expr = SYSTEMS[name]
+    paths, expr = SYSTEMS[name]
     out_json, log = os.path.join(tmp, f"{name}.json"), os.path.join(tmp, f"{name}.log")
-    cmd = [sys.executable, "-m", "pytest", os.path.join(HERE, path), "-k", expr, "-q", "-rfEs",
+    cmd = [sys.executable, "-m", "pytest", *(os.path.join(HERE, p) for p in paths), "-k", expr, "-q", "-rfEs",
            "-p", "no:cacheprovider", "--benchmark-only", f"--benchmark-json={out_json}",
            f"--bench-rounds={rounds}"]
     print(f"[report] {name}: running ...", file=sys.stderr, flush=True)
@@ -139,6 +140,8 @@ def build_report(runs, rounds):
             t = sum(gemm[s]["stats"]["median"] for s in wl.train_gemms(w) if s in gemm) * steps
             lines.append(f"| {w} | {wl.train_gemm_flops(w) / 1e9:.2f} | {t:.3f} |")
 
+    lines += _inference_tables(runs)
+
     kinfo = info.get("keras", {})
     keras_backend = (f"{kinfo['backend']} {kinfo['backend_version']}" if kinfo
                      else os.environ.get("KERAS_BACKEND", "tensorflow" if version("tensorflow")
@@ -171,6 +174,40 @@ def build_report(runs, rounds):
                          stats={k: b["stats"][k] for k in ("min", "median", "mean", "stddev", "rounds")})
                     for r in runs.values() for b in r["benchmarks"]])
     return "\n".join(lines), data
+
+
+def _inference_tables(runs):
+    """predict throughput / latency per system, and whole-process import times."""
+    pred, imports = {}, {}
+    for system, run in runs.items():
+        for b in run["benchmarks"]:
+            e = b["extra_info"]
+            if e.get("predict"):
+                pred[e["predict"], system] = (b["stats"]["median"], e["samples"])
+            if e.get("import_"):
+                imports[e["import_"]] = b["stats"]["median"]
+    lines = []
+    if pred:
+        lines += ["", "### predict (784-128-64-10 MLP)", "",
+                  "| case | fastnn | PyTorch | Keras | fastnn/PyTorch | fastnn/Keras |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for case in ("batch32", "batch1024", "one_predict", "one_call"):
+            vals = [pred.get((case, s)) for s in ("fastnn", "torch", "keras")]
+            if case.startswith("one"):     # latency: lower is better, shown in microseconds
+                cells = [fmt(v[0] * 1e6, ".0f") + " µs" if v else "–" for v in vals]
+                speed = [ratio(v[0], vals[0][0]) if v and vals[0] else None for v in vals[1:]]
+            else:                          # throughput: samples per second
+                cells = [f"{v[1] / v[0]:,.0f}/s" if v else "–" for v in vals]
+                speed = [ratio(v[0], vals[0][0]) if v and vals[0] else None for v in vals[1:]]
+            lines.append(f"| {case} | " + " | ".join(cells) + " | " +
+                         " | ".join(fmt(r, ".2f") + "×" if r else "–" for r in speed) + " |")
+        lines += ["", "fastnn/peer = how many times faster fastnn is (same run)."]
+    if imports:
+        lines += ["", "### import, whole process (median of 5)", "", "| import | s | ÷ numpy |",
+                  "|---|---:|---:|"]
+        base = imports.get("numpy")
+        lines += [f"| {k} | {v:.3f} | {fmt(ratio(v, base), '.2f')} |" for k, v in imports.items()]
+    return lines
 
 
 def _fastnn_version():
