@@ -20,13 +20,6 @@ _EXPORTS = {
 
 
 def __getattr__(name):
-    if name == "_core":     # reached only when the compiled extension failed to import
-        import os
-        raise ImportError(
-            f"fastnn's compiled core (fastnn._core) is missing in {os.path.dirname(__file__)}. "
-            "This is probably a source checkout shadowing the installed fastnn (Python puts the "
-            "current folder first on sys.path): run from another folder, or build the checkout "
-            "in place with `pip install -e .`")
     if name in _SUBMODULES:
         return importlib.import_module(f"{__name__}.{name}")
     if name in _EXPORTS:

@@ -4,7 +4,15 @@ Arrays reaching the kernels are float32 and C-contiguous; activations of any ran
 2-D (rows, last axis), which is free for contiguous arrays."""
 import numpy as np
 
-from .. import _core
+try:
+    from .. import _core
+except ImportError as exc:    # a source checkout without its extension, most likely
+    import os
+    _where = os.path.dirname(os.path.dirname(__file__))
+    raise ImportError(
+        f"fastnn's compiled core (fastnn._core) is missing in {_where}: probably a source checkout shadowing the installed fastnn (Python puts the current "
+        "folder first on sys.path). Run from another folder, or build the checkout in place with "
+        f"`pip install -e .` ({exc})") from exc
 from .base import Ops
 from . import blas
 
