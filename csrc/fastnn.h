@@ -48,6 +48,11 @@ typedef void (*fnn_blas_set_threads_t)(int n);
 typedef int (*fnn_blas_get_threads_t)(void);
 void fnn_set_blas(void *sgemm, int ilp64, void *set_threads, void *get_threads);
 int fnn_blas_ready(void);
+/* Multiply-adds per GEMM block: big enough to amortise a BLAS call and its packing; a GEMM with
+ * less than twice this runs on one thread. */
+#define FNN_GEMM_BLOCK_WORK (1u << 19)
+int fnn_blas_pin(void);            /* BLAS to one thread; returns the count to restore */
+void fnn_blas_restore(int saved);
 /* Row-major C = alpha op(A) op(B) + beta C, split into blocks on fastnn's threads. Returns -1
  * when no BLAS is set. */
 int fnn_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
@@ -61,10 +66,26 @@ void fnn_act_forward(int act, float alpha, const float *z, float *y,
 void fnn_act_backward(int act, float alpha, const float *z, const float *y, const float *dy,
                       float *dz, size_t rows, size_t cols, int n_threads);
 
-/* dense.c */
+/* dense.c: one Dense layer with a Keras (in, out) kernel; bias and gradients may be NULL. */
+typedef struct {
+    int d_in, d_out, act;
+    float alpha;
+    const float *kernel, *bias;
+    float *d_kernel, *d_bias;
+} fnn_dense;
+
 void fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, float *y,
                           size_t rows, size_t cols, int n_threads);
 void fnn_column_sum(const float *a, float *out, size_t rows, size_t cols, int n_threads);
+/* z = x kernel + bias, y = act(z) (y may be z). Returns -1 when no BLAS is set. */
+int fnn_dense_forward(const fnn_dense *layer, const float *x, float *z, float *y, int rows,
+                      int n_threads);
+/* From dy: dz = dy act'(z) (act may differ from layer->act: LINEAR when a loss already gave
+ * dL/dz; dz may be dy), d_kernel = x^T dz, d_bias = column sums, dx = dz kernel^T (dx may be
+ * NULL). z may be NULL when act's derivative is read off y. */
+int fnn_dense_backward(const fnn_dense *layer, int act, const float *x, const float *z,
+                       const float *y, const float *dy, float *dz, float *dx, int rows,
+                       int n_threads);
 
 /* conv.c, pool.c: NHWC geometry of a convolution or pooling window. pad_top/pad_left are the
  * leading pads; taps outside the image are skipped (zero for im2col). */
@@ -134,5 +155,60 @@ void fnn_nadam(float *w, const float *g, float *m, float *v, size_t n, float lr,
 void fnn_ftrl(float *w, const float *g, float *acc, float *lin, size_t n, float lr,
               float lr_power, float l1, float l2, float l2_shrinkage, float beta,
               int n_threads);
+
+/* One optimizer step by kind: scalars[0] is the decoupled weight decay factor (lr * decay, 0
+ * for none), then the kind's own scalars in the order of its kernel's arguments above (SGD's
+ * nesterov as 0/1); slots in the same order, unused ones NULL. */
+enum {
+    FNN_OPT_SGD = 0, FNN_OPT_ADAM = 1, FNN_OPT_RMSPROP = 2, FNN_OPT_ADAGRAD = 3,
+    FNN_OPT_ADADELTA = 4, FNN_OPT_ADAMAX = 5, FNN_OPT_NADAM = 6, FNN_OPT_FTRL = 7,
+    FNN_N_OPTIMIZERS = 8
+};
+#define FNN_OPT_SLOTS 3
+#define FNN_OPT_SCALARS 10
+int fnn_optimizer_scalars(int kind);
+void fnn_optimizer_step(int kind, float *w, const float *g, float *const *slots, size_t n,
+                        const float *scalars, int n_threads);
+
+/* stack.c: a Sequential of Dense layers run batch after batch in C (see stack.c). */
+enum { FNN_LOSS_SPARSE_XENT = 0, FNN_LOSS_XENT = 1, FNN_LOSS_BXENT = 2, FNN_LOSS_MSE = 3,
+       FNN_LOSS_MAE = 4, FNN_N_LOSSES = 5 };
+enum { FNN_METRIC_NONE = 0, FNN_METRIC_SPARSE_ACC = 1, FNN_METRIC_ACC = 2,
+       FNN_METRIC_BINARY_ACC = 3 };
+enum { FNN_SRC_F32 = 0, FNN_SRC_F64 = 1, FNN_SRC_U8 = 2 };
+
+typedef struct {
+    int n_layers, batch;               /* workspaces hold `batch` rows */
+    const fnn_dense *layers;
+    float *const *z, *const *y;        /* per layer, batch x d_out; y[i] may equal z[i] */
+    float *const *dx;                  /* per layer, batch x d_in (dx[0] unused) */
+    float *x_buf;                      /* 2 x batch x d_in: two gather buffers */
+    float *target_buf, *weight_buf, *row_loss, *grad;
+    int32_t *label_buf;
+    int loss, fused;                   /* fused: grad is dL/dlogits of the last activation */
+    int mean_reduction, metric;
+    float threshold;                   /* binary accuracy */
+    int opt;
+    float *params, *grads;             /* the flat parameter arena and its gradient */
+    float *const *slots;
+    size_t n_params;
+} fnn_stack;
+
+typedef struct {
+    const void *x;                     /* rows x x_len, FNN_SRC_* */
+    int x_type;
+    int64_t rows, x_len;
+    const int32_t *labels;             /* sparse targets, or */
+    const float *targets;              /* rows x target_len */
+    int64_t target_len;
+    const float *weights;              /* per-row sample weights, may be NULL */
+    const int64_t *order;              /* row order (a permutation), NULL for 0, 1, 2, ... */
+} fnn_stack_data;
+
+int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, int64_t start,
+                      int64_t n_steps, const float *scalars, double *sums, int *status,
+                      int n_threads);
+int fnn_stack_predict(const fnn_stack *s, const fnn_stack_data *d, float *out, int64_t start,
+                      int64_t rows, int n_threads);
 
 #endif

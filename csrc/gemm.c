@@ -21,8 +21,18 @@ void fnn_set_blas(void *sgemm, int ilp64, void *set_threads, void *get_threads) 
 
 int fnn_blas_ready(void) { return sgemm32 != 0 || sgemm64 != 0; }
 
-/* Multiply-adds per block: big enough to amortise a BLAS call and its packing. */
-#define GEMM_BLOCK_WORK (1u << 19)
+/* Runs of many GEMMs (fnn_stack_run) set the BLAS to one thread once around the whole run;
+ * fnn_gemm then finds it at 1 and leaves it alone. */
+int fnn_blas_pin(void) {
+    int saved = blas_get_threads ? blas_get_threads() : 1;
+    if (blas_set_threads && saved != 1) blas_set_threads(1);
+    return saved;
+}
+
+void fnn_blas_restore(int saved) {
+    if (blas_set_threads && saved != 1) blas_set_threads(saved);
+}
+
 #define GEMM_MIN_BLOCK 32
 #define GEMM_MAX_BLOCKS 16
 
@@ -47,7 +57,7 @@ static void gemm_blocks(int trans_a, int trans_b, int m, int n, int k, float alp
     double work = (double)m * n * (k > 0 ? k : 1);
     int split_rows = m >= n;
     int dim = split_rows ? m : n;
-    int blocks = (int)(work / GEMM_BLOCK_WORK);
+    int blocks = (int)(work / FNN_GEMM_BLOCK_WORK);
     if (blocks > dim / GEMM_MIN_BLOCK) blocks = dim / GEMM_MIN_BLOCK;
     if (blocks > GEMM_MAX_BLOCKS) blocks = GEMM_MAX_BLOCKS;
     if (blocks <= 1 || k <= 0) {

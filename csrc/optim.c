@@ -170,3 +170,48 @@ void fnn_ftrl(float *w, const float *g, float *acc, float *lin, size_t n, float 
         acc[i] = new_acc;
     }
 }
+
+/* Scalars after the weight decay factor, per kind (see fnn_optimizer_step). */
+static const int kind_scalars[FNN_N_OPTIMIZERS] = {3, 4, 4, 2, 3, 4, 9, 6};
+
+int fnn_optimizer_scalars(int kind) {
+    return kind >= 0 && kind < FNN_N_OPTIMIZERS ? 1 + kind_scalars[kind] : -1;
+}
+
+/* Keras's decoupled weight decay, w -= w * (lr * decay), before the update. */
+static void weight_decay(float *w, size_t n, float factor, int n_threads) {
+    ptrdiff_t i, len = (ptrdiff_t)n;
+    int nt = fnn_threads(n, n_threads);
+    (void)nt;
+    PARALLEL_FOR
+    for (i = 0; i < len; i++) w[i] -= w[i] * factor;
+}
+
+void fnn_optimizer_step(int kind, float *w, const float *g, float *const *slots, size_t n,
+                        const float *s, int n_threads) {
+    if (s[0] != 0.0f) weight_decay(w, n, s[0], n_threads);
+    s++;
+    switch (kind) {
+    case FNN_OPT_SGD:
+        fnn_sgd(w, g, slots[0], n, s[0], s[1], s[2] != 0.0f, n_threads); break;
+    case FNN_OPT_ADAM:
+        fnn_adam(w, g, slots[0], slots[1], slots[2], n, s[0], s[1], s[2], s[3], n_threads);
+        break;
+    case FNN_OPT_RMSPROP:
+        fnn_rmsprop(w, g, slots[0], slots[1], slots[2], n, s[0], s[1], s[2], s[3], n_threads);
+        break;
+    case FNN_OPT_ADAGRAD:
+        fnn_adagrad(w, g, slots[0], n, s[0], s[1], n_threads); break;
+    case FNN_OPT_ADADELTA:
+        fnn_adadelta(w, g, slots[0], slots[1], n, s[0], s[1], s[2], n_threads); break;
+    case FNN_OPT_ADAMAX:
+        fnn_adamax(w, g, slots[0], slots[1], n, s[0], s[1], s[2], s[3], n_threads); break;
+    case FNN_OPT_NADAM:
+        fnn_nadam(w, g, slots[0], slots[1], n, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
+                  s[8], n_threads);
+        break;
+    case FNN_OPT_FTRL:
+        fnn_ftrl(w, g, slots[0], slots[1], n, s[0], s[1], s[2], s[3], s[4], s[5], n_threads);
+        break;
+    }
+}

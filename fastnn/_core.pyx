@@ -4,7 +4,8 @@ a BLAS found at run time (NumPy's or SciPy's bundled OpenBLAS, see fastnn/backen
 nothing links against a BLAS. Every wrapper checks sizes before any memory is touched and
 releases the GIL around the work. Arrays are float32 and C-contiguous; the Python backend
 (fastnn/backend/cpu.py) guarantees that."""
-from libc.stdint cimport int32_t
+from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdlib cimport calloc, free
 
 cdef extern from "fastnn.h" nogil:
     int FNN_N_ACTIVATIONS
@@ -20,6 +21,18 @@ cdef extern from "fastnn.h" nogil:
     void fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, float *y,
                               size_t rows, size_t cols, int n_threads)
     void fnn_column_sum(const float *a, float *out, size_t rows, size_t cols, int n_threads)
+    ctypedef struct fnn_dense:
+        int d_in, d_out, act
+        float alpha
+        const float *kernel
+        const float *bias
+        float *d_kernel
+        float *d_bias
+    int fnn_dense_forward(const fnn_dense *layer, const float *x, float *z, float *y, int rows,
+                          int n_threads)
+    int fnn_dense_backward(const fnn_dense *layer, int act, const float *x, const float *z,
+                           const float *y, const float *dy, float *dz, float *dx, int rows,
+                           int n_threads)
     int fnn_softmax_xent_sparse(const float *probs, const int32_t *labels,
                                 const float *weights, float scale, float *row_loss,
                                 float *grad, size_t rows, size_t cols, int n_threads)
@@ -73,6 +86,43 @@ cdef extern from "fastnn.h" nogil:
     void fnn_ftrl(float *w, const float *g, float *acc, float *lin, size_t n, float lr,
                   float lr_power, float l1, float l2, float l2_shrinkage, float beta,
                   int n_threads)
+    int FNN_OPT_SLOTS, FNN_N_OPTIMIZERS, FNN_N_LOSSES, FNN_LOSS_SPARSE_XENT
+    int FNN_METRIC_NONE, FNN_METRIC_BINARY_ACC
+    int FNN_SRC_F32, FNN_SRC_F64, FNN_SRC_U8
+    int fnn_optimizer_scalars(int kind)
+    ctypedef struct fnn_stack:
+        int n_layers, batch
+        const fnn_dense *layers
+        float **z
+        float **y
+        float **dx
+        float *x_buf
+        float *target_buf
+        float *weight_buf
+        float *row_loss
+        float *grad
+        int32_t *label_buf
+        int loss, fused, mean_reduction, metric
+        float threshold
+        int opt
+        float *params
+        float *grads
+        float **slots
+        size_t n_params
+    ctypedef struct fnn_stack_data:
+        const void *x
+        int x_type
+        int64_t rows, x_len
+        const int32_t *labels
+        const float *targets
+        int64_t target_len
+        const float *weights
+        const int64_t *order
+    int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, int64_t start,
+                          int64_t n_steps, const float *scalars, double *sums, int *status,
+                          int n_threads)
+    int fnn_stack_predict(const fnn_stack *s, const fnn_stack_data *d, float *out,
+                          int64_t start, int64_t rows, int n_threads)
 
 cdef extern from *:
     """
@@ -256,11 +306,13 @@ def dense_forward(const float[:, ::1] x, const float[:, ::1] kernel, const float
         return
     if d_in == 0:
         raise ValueError("dense_forward: input has no features")
-    cdef const float *bp = NULL if bias is None else &bias[0]
+    cdef fnn_dense layer
+    layer.d_in, layer.d_out, layer.act, layer.alpha = d_in, d_out, act, alpha
+    layer.kernel, layer.bias, layer.d_kernel, layer.d_bias = &kernel[0, 0], NULL, NULL, NULL
+    if bias is not None:
+        layer.bias = &bias[0]
     with nogil:
-        _sgemm(False, False, rows, d_out, d_in, 1.0, &x[0, 0], d_in, &kernel[0, 0], d_out,
-               0.0, &z[0, 0], d_out)
-        fnn_bias_act_forward(act, alpha, &z[0, 0], bp, &y[0, 0], rows, d_out, _n_threads)
+        fnn_dense_forward(&layer, &x[0, 0], &z[0, 0], &y[0, 0], rows, _n_threads)
 
 
 def dense_backward(const float[:, ::1] x, const float[:, ::1] kernel, const float[:, ::1] z,
@@ -290,18 +342,15 @@ def dense_backward(const float[:, ::1] x, const float[:, ::1] kernel, const floa
         zp = &z[0, 0]
     if rows == 0 or d_in == 0 or d_out == 0:
         raise ValueError("dense_backward: empty batch or layer")
-    cdef float *dbp = NULL if d_bias is None else &d_bias[0]
+    cdef fnn_dense layer
+    layer.d_in, layer.d_out, layer.act, layer.alpha = d_in, d_out, act, alpha
+    layer.kernel, layer.bias, layer.d_kernel, layer.d_bias = &kernel[0, 0], NULL, &d_kernel[0, 0], NULL
+    if d_bias is not None:
+        layer.d_bias = &d_bias[0]
     cdef float *dxp = NULL if dx is None else &dx[0, 0]
     with nogil:
-        fnn_act_backward(act, alpha, zp, &y[0, 0], &dy[0, 0], &dz[0, 0], rows, d_out,
-                         _n_threads)
-        _sgemm(True, False, d_in, d_out, rows, 1.0, &x[0, 0], d_in, &dz[0, 0], d_out,
-               0.0, &d_kernel[0, 0], d_out)
-        if dbp != NULL:
-            fnn_column_sum(&dz[0, 0], dbp, rows, d_out, _n_threads)
-        if dxp != NULL:
-            _sgemm(False, True, rows, d_in, d_out, 1.0, &dz[0, 0], d_out, &kernel[0, 0], d_out,
-                   0.0, dxp, d_in)
+        fnn_dense_backward(&layer, act, &x[0, 0], zp, &y[0, 0], &dy[0, 0], &dz[0, 0], dxp, rows,
+                           _n_threads)
 
 
 cdef double _ordered_sum(const float[::1] v) noexcept nogil:
@@ -616,3 +665,206 @@ def bn_update_moving(float[::1] moving_mean, float[::1] moving_var, const float[
     if c == 0:
         return
     fnn_bn_update_moving(&moving_mean[0], &moving_var[0], &mean[0], &var[0], momentum, c)
+
+
+# ---- a whole Dense stack run in C (csrc/stack.c; built and driven by fastnn/stack.py) ----------
+cdef inline float *_fptr(a) except? NULL:
+    """Address of a C-contiguous float32 NumPy array (None -> NULL)."""
+    if a is None:
+        return NULL
+    cdef float[::1] flat = a.reshape(-1)
+    return &flat[0] if flat.shape[0] else NULL
+
+
+cdef class DenseStack:
+    """A Sequential of Dense layers with its workspaces, for `batch` rows. layers: tuples
+    (kernel, bias, d_kernel, d_bias, act, alpha) of float32 arrays (bias/d_bias may be None,
+    gradients None for inference). Training stacks also get loss, metric and optimizer."""
+    cdef fnn_stack s
+    cdef fnn_dense *dense
+    cdef float **bufs                 # z[n], y[n], dx[n]
+    cdef float *slot_ptrs[8]
+    cdef list keep                    # every array the pointers above point into
+    cdef public int d_in, d_out, n_scalars, batch, loss
+    cdef public bint train
+
+    def __cinit__(self, list layers, int batch, bint train=False, int loss=0, bint fused=False,
+                  bint mean_reduction=True, int metric=0, float threshold=0.5, int opt=0,
+                  params=None, grads=None, slots=()):
+        import numpy as np
+        cdef int n = len(layers), i
+        if n == 0 or batch < 1:
+            raise ValueError("DenseStack needs at least one layer and a positive batch")
+        self.dense = <fnn_dense *>calloc(n, sizeof(fnn_dense))
+        self.bufs = <float **>calloc(3 * n, sizeof(float *))
+        if self.dense == NULL or self.bufs == NULL:
+            raise MemoryError()
+        self.keep = []
+        self.batch, self.train, self.loss = batch, train, loss
+        prev = None
+        for i, (kernel, bias, d_kernel, d_bias, act, alpha) in enumerate(layers):
+            _check_act(act)
+            for name, a in (("kernel", kernel), ("bias", bias), ("d_kernel", d_kernel),
+                            ("d_bias", d_bias)):
+                if a is not None and (a.dtype != np.float32 or not a.flags.c_contiguous):
+                    raise ValueError(f"layer {i} {name}: must be C-contiguous float32")
+            if kernel.ndim != 2 or (prev is not None and kernel.shape[0] != prev):
+                raise ValueError(f"layer {i} kernel: expected ({prev}, units), got {kernel.shape}")
+            d_in, d_out = kernel.shape
+            if bias is not None and bias.shape != (d_out,):
+                raise ValueError(f"layer {i} bias: expected ({d_out},), got {bias.shape}")
+            if train and (d_kernel is None or d_kernel.shape != kernel.shape or
+                          (bias is None) != (d_bias is None) or
+                          (d_bias is not None and d_bias.shape != (d_out,))):
+                raise ValueError(f"layer {i}: gradients must match the kernel and bias")
+            z = np.empty((batch, d_out), np.float32)
+            y = np.empty_like(z) if train and fnn_activation_needs_input(act) else z
+            dx = np.empty((batch, d_in), np.float32) if train and i > 0 else None
+            self.keep += [kernel, bias, d_kernel, d_bias, z, y, dx]
+            self.dense[i].d_in, self.dense[i].d_out = d_in, d_out
+            self.dense[i].act, self.dense[i].alpha = act, alpha
+            self.dense[i].kernel, self.dense[i].bias = _fptr(kernel), _fptr(bias)
+            if train:
+                self.dense[i].d_kernel, self.dense[i].d_bias = _fptr(d_kernel), _fptr(d_bias)
+            self.bufs[i], self.bufs[n + i], self.bufs[2 * n + i] = _fptr(z), _fptr(y), _fptr(dx)
+            prev = d_out
+        self.d_in, self.d_out = self.dense[0].d_in, self.dense[n - 1].d_out
+        self.s.n_layers, self.s.batch, self.s.layers = n, batch, self.dense
+        self.s.z, self.s.y, self.s.dx = self.bufs, self.bufs + n, self.bufs + 2 * n
+        x_buf = np.empty((2, batch, self.d_in), np.float32)     # gathers alternate
+        self.keep.append(x_buf)
+        self.s.x_buf = _fptr(x_buf)
+        if not train:
+            return
+        if not 0 <= loss < FNN_N_LOSSES:
+            raise ValueError(f"unknown loss kind {loss}")
+        if not FNN_METRIC_NONE <= metric <= FNN_METRIC_BINARY_ACC:
+            raise ValueError(f"unknown metric kind {metric}")
+        if metric == FNN_METRIC_BINARY_ACC and self.d_out != 1:
+            raise ValueError("binary accuracy runs in C for one output column only")
+        self.n_scalars = fnn_optimizer_scalars(opt)
+        if self.n_scalars < 0:
+            raise ValueError(f"unknown optimizer kind {opt}")
+        if params is None or grads is None or params.dtype != np.float32 or \
+                grads.shape != params.shape or grads.dtype != np.float32 or params.ndim != 1 \
+                or not params.flags.c_contiguous or not grads.flags.c_contiguous:
+            raise ValueError("params and grads must be flat float32 arrays of one length")
+        slots = list(slots)
+        if len(slots) > FNN_OPT_SLOTS:
+            raise ValueError(f"at most {FNN_OPT_SLOTS} optimizer slots")
+        for i in range(FNN_OPT_SLOTS):
+            slot = slots[i] if i < len(slots) else None
+            if slot is not None and (slot.shape != params.shape or slot.dtype != np.float32 or
+                                     not slot.flags.c_contiguous):
+                raise ValueError(f"optimizer slot {i}: expected float32 {params.shape}")
+            self.slot_ptrs[i] = _fptr(slot)
+            self.keep.append(slot)
+        target_buf = np.empty((batch, self.d_out), np.float32)
+        labels = np.empty(batch, np.int32)
+        weight_buf, row_loss = np.empty(batch, np.float32), np.empty(batch, np.float32)
+        grad = np.empty((batch, self.d_out), np.float32)
+        self.keep += [params, grads, target_buf, labels, weight_buf, row_loss, grad]
+        cdef int32_t[::1] label_view = labels
+        self.s.target_buf, self.s.label_buf = _fptr(target_buf), &label_view[0]
+        self.s.weight_buf, self.s.row_loss, self.s.grad = (_fptr(weight_buf), _fptr(row_loss),
+                                                           _fptr(grad))
+        self.s.loss, self.s.fused, self.s.mean_reduction = loss, fused, mean_reduction
+        self.s.metric, self.s.threshold, self.s.opt = metric, threshold, opt
+        self.s.params, self.s.grads, self.s.slots = _fptr(params), _fptr(grads), self.slot_ptrs
+        self.s.n_params = params.shape[0]
+
+    def __dealloc__(self):
+        free(self.dense)
+        free(self.bufs)
+
+    cdef int _data(self, fnn_stack_data *d, x, y, weights, order) except -1:
+        """Check the source arrays against the stack and point d at them."""
+        import numpy as np
+        if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != self.d_in or \
+                not x.flags.c_contiguous:
+            raise ValueError(f"x: expected a C-contiguous array of shape (n, {self.d_in}), got "
+                             f"{getattr(x, 'shape', type(x).__name__)}")
+        kinds = {np.dtype(np.float32): FNN_SRC_F32, np.dtype(np.float64): FNN_SRC_F64,
+                 np.dtype(np.uint8): FNN_SRC_U8}
+        if x.dtype not in kinds:
+            raise ValueError(f"x: dtype must be float32, float64 or uint8, got {x.dtype}")
+        cdef int64_t n = x.shape[0]
+        d.x, d.x_type, d.rows, d.x_len = <const void *><size_t>x.ctypes.data, kinds[x.dtype], n, \
+            self.d_in
+        d.labels, d.targets, d.weights, d.order, d.target_len = NULL, NULL, NULL, NULL, 0
+        cdef const int32_t[::1] lab
+        cdef const float[:, ::1] tgt
+        cdef const float[::1] wv
+        cdef const int64_t[::1] ov
+        if self.train:
+            if self.loss == FNN_LOSS_SPARSE_XENT:
+                lab = y
+                if lab.shape[0] != n:
+                    raise ValueError(f"y: expected int32 labels of shape ({n},)")
+                d.labels = &lab[0]
+            else:
+                tgt = y
+                if tgt.shape[0] != n or tgt.shape[1] != self.d_out:
+                    raise ValueError(f"y: expected float32 targets of shape ({n}, {self.d_out})")
+                d.targets, d.target_len = &tgt[0, 0], self.d_out
+            if weights is not None:
+                wv = weights
+                if wv.shape[0] != n:
+                    raise ValueError(f"sample_weight: expected ({n},)")
+                d.weights = &wv[0]
+        if order is not None:
+            ov = order
+            if ov.shape[0] != n:
+                raise ValueError(f"order: expected ({n},)")
+            d.order = &ov[0]
+        return 0
+
+    def run(self, x, y, weights, order, int64_t start, int64_t n_steps, bint train,
+            const float[:, ::1] scalars, double[::1] sums):
+        """Run batches start .. start + n_steps - 1 of the epoch (see fnn_stack_run); returns
+        (steps run, status)."""
+        cdef fnn_stack_data d
+        if not self.train:
+            raise ValueError("this DenseStack was built for inference only")
+        self._data(&d, x, y, weights, order)
+        if start < 0 or n_steps < 1 or (start + n_steps - 1) * self.batch >= d.rows:
+            raise ValueError(f"steps {start}..{start + n_steps - 1} of batch {self.batch} lie "
+                             f"outside {d.rows} rows")
+        if sums.shape[0] != 4:
+            raise ValueError("sums: expected (4,)")
+        if train and (scalars is None or scalars.shape[0] < n_steps or
+                      scalars.shape[1] != self.n_scalars):
+            raise ValueError(f"scalars: expected ({n_steps}, {self.n_scalars})")
+        cdef int64_t first = start * self.batch, last = min(d.rows, (start + n_steps) * self.batch)
+        cdef int64_t i, bad = -1
+        if d.order != NULL:
+            with nogil:
+                for i in range(first, last):
+                    if d.order[i] < 0 or d.order[i] >= d.rows:
+                        bad = i
+                        break
+            if bad >= 0:
+                raise ValueError(f"order[{bad}] = {d.order[bad]} is not a row of x")
+        cdef int status = 0
+        cdef int64_t done
+        cdef const float *sp = &scalars[0, 0] if train else NULL
+        with nogil:
+            done = fnn_stack_run(&self.s, &d, train, start, n_steps, sp, &sums[0], &status,
+                                 _n_threads)
+        if status == -2:
+            raise ValueError(f"labels must be integers in [0, {self.d_out})")
+        return done, status     # status -3: NaN or inf in the batch after the `done` run
+
+    def predict(self, x, float[:, ::1] out, int64_t start):
+        """Outputs of rows start .. start + len(out) - 1 of x into out."""
+        cdef fnn_stack_data d
+        self._data(&d, x, None, None, None)
+        if out.shape[1] != self.d_out or start < 0 or start + out.shape[0] > d.rows:
+            raise ValueError(f"out: expected (rows, {self.d_out}) within {d.rows} rows of x")
+        if out.shape[0] == 0:
+            return
+        cdef int status
+        with nogil:
+            status = fnn_stack_predict(&self.s, &d, &out[0, 0], start, out.shape[0], _n_threads)
+        if status == -3:
+            raise ValueError("x contains NaN or inf values")

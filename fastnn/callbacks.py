@@ -121,6 +121,13 @@ class CallbackList:
     def wants(self, hook):
         return bool(self._batch_hooks[hook])
 
+    def per_batch(self, kind):
+        """Whether a callback must see every batch of kind train/test/predict. The progress bar
+        redraws on a clock, so it does with one call per run of batches."""
+        return any(not getattr(getattr(fn, "__self__", None), "coarse_batches", False)
+                   for when in ("begin", "end")
+                   for fn in self._batch_hooks[f"on_{kind}_batch_{when}"])
+
     def _batch(self, hook, batch, logs):
         for fn in self._batch_hooks[hook]:
             fn(batch, logs)
@@ -196,6 +203,7 @@ class History(Callback):
 
 class ProgbarLogger(Callback):
     """Prints Keras's progress bar; added automatically when verbose != 0."""
+    coarse_batches = True    # see CallbackList.per_batch
 
     def __init__(self):
         super().__init__()

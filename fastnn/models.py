@@ -15,6 +15,7 @@ from . import metrics as metrics_module
 from . import optimizers as optimizers_module
 from .backend import get_ops, unique_name
 from .layers import InputLayer, Layer
+from .stack import DenseRunner
 
 
 def _resolve_verbose(verbose):
@@ -281,11 +282,14 @@ class Sequential:
                              f"{first!r}) expects input shape {_shape_str(expected)}{hint}")
         if not self.built:
             self.build()
-        # Batches are converted to float32 as they are gathered (no full-size copy); only a
-        # cheap NaN/inf scan runs over the whole array here (min/max propagate NaN).
+        return x
+
+    @staticmethod
+    def _check_finite(x, arg="x"):
+        """The general path's NaN/inf check, one scan of the whole array before its first batch
+        (min/max propagate NaN). The fused path checks each batch as it gathers it instead."""
         if x.dtype.kind == "f" and not (np.isfinite(x.min()) and np.isfinite(x.max())):
             raise ValueError(f"{arg} contains NaN or inf values")
-        return x
 
     def _prepare_xy(self, x, y, sample_weight=None, class_weight=None, arg="x"):
         x = self._prepare_x(x, arg)
@@ -449,6 +453,12 @@ class Sequential:
         self.stop_training = False
         cbs.on_train_begin()
         logs = {}
+        runner = DenseRunner.for_model(self, training=True)
+        if runner is not None and not runner.accepts(x):
+            runner = None
+        per_step = cbs.per_batch("train")
+        if runner is None:
+            self._check_finite(x)
         for epoch in range(initial_epoch, epochs):
             self.reset_metrics()
             cbs.on_epoch_begin(epoch)
@@ -459,7 +469,13 @@ class Sequential:
                 order = np.arange(n)
                 for s in range(0, n, batch_size):
                     rng.shuffle(order[s:s + batch_size])
-            for step in range(steps):
+            if runner is not None:
+                runner.run_epoch(x, y, w, order, steps, batch_size, True, cbs, per_step,
+                                 self._logs)
+                steps_run = 0       # the loop below is the general path
+            else:
+                steps_run = steps
+            for step in range(steps_run):
                 cbs.on_train_batch_begin(step)
                 start, stop = step * batch_size, min(n, (step + 1) * batch_size)
                 idx = slice(start, stop) if order is None else order[start:stop]
@@ -470,7 +486,8 @@ class Sequential:
                     break
             logs = self._logs()
             if val is not None and _should_validate(epoch, validation_freq):
-                val_logs = self._evaluate_arrays(*val, val_batch_size, validation_steps, None)
+                val_logs = self._evaluate_arrays(*val, val_batch_size, validation_steps, None,
+                                                 arg="x_val")
                 logs.update({"val_" + k: v for k, v in val_logs.items()})
                 logs = dict(sorted(logs.items()))
             cbs.on_epoch_end(epoch, logs)
@@ -479,7 +496,7 @@ class Sequential:
         cbs.on_train_end(logs)
         return self.history
 
-    def _evaluate_arrays(self, x, y, w, batch_size, steps, cbs):
+    def _evaluate_arrays(self, x, y, w, batch_size, steps, cbs, arg="x"):
         """Run the test loop and return its logs. Training metrics are saved and restored so a
         validation pass inside fit does not disturb them."""
         saved = [(m.total, m.count) for m in self._metrics + [self._loss_tracker]]
@@ -489,6 +506,13 @@ class Sequential:
         if steps is not None:
             total_steps = min(total_steps, int(steps))
         batch_logs = cbs is not None and cbs.wants("on_test_batch_end")
+        runner = DenseRunner.for_model(self, training=False)
+        if runner is not None and runner.accepts(x):
+            runner.run_epoch(x, y, w, None, total_steps, batch_size, False, cbs,
+                             cbs is not None and cbs.per_batch("test"), self._logs, arg)
+            total_steps = 0         # the loop below is the general path
+        else:
+            self._check_finite(x, arg)
         for step in range(total_steps):
             if cbs:
                 cbs.on_test_batch_begin(step)
@@ -536,6 +560,12 @@ class Sequential:
                                             verbose=verbose, epochs=1, steps=n_steps)
         cbs.on_predict_begin()
         ops = get_ops()
+        runner = DenseRunner.for_model(self, training=None)
+        if runner is not None and runner.accepts(x):
+            runner.predict(x[:n], out, batch_size, cbs, cbs.per_batch("predict"))
+            n_steps = 0             # the loop below is the general path
+        else:
+            self._check_finite(x)
         for step in range(n_steps):
             cbs.on_predict_batch_begin(step)
             sl = slice(step * batch_size, min(n, (step + 1) * batch_size))
@@ -546,6 +576,11 @@ class Sequential:
 
     def __call__(self, x, training=False):
         x = self._prepare_x(x)
+        runner = None if training else DenseRunner.for_model(self, training=None)
+        if runner is not None and runner.accepts(x):
+            return runner.predict(x, np.empty((x.shape[0],) + tuple(self._output_shape[1:]),
+                                              np.float32), x.shape[0])
+        self._check_finite(x)
         x = self._gather("call", x, slice(None))
         return np.array(get_ops().to_numpy(self._forward(x, training=bool(training))))
 
@@ -555,6 +590,7 @@ class Sequential:
         x, y, w, y_shape = self._prepare_xy(x, y, sample_weight, class_weight)
         self._build_metrics(y_shape)
         self._prepare_training()
+        self._check_finite(x)
         self._train_step(self._gather("x", x, slice(None)), y, w)
         return self._batch_result(return_dict)
 
@@ -564,6 +600,7 @@ class Sequential:
         self._build_metrics(y_shape)
         self._mode = self._loss_mode()
         self.reset_metrics()
+        self._check_finite(x)
         self._test_step(self._gather("x", x, slice(None)), y, w)
         return self._batch_result(return_dict)
 

@@ -84,8 +84,51 @@ class Optimizer:
         lr = self.learning_rate
         if self.weight_decay:
             params -= params * np.float32(lr * self.weight_decay)
-        self._update(ops, params, grads, lr, self.iterations + 1)
+        self._update(ops, params, grads, self._scalars(lr, self.iterations + 1))
         self.iterations += 1
+
+    # -- the fused path (fastnn/stack.py): the same scalars, precomputed for a run of steps -----
+    scalars_vary = False    # whether _scalars depends on the step (not only on lr)
+
+    def _scalars(self, lr, t):
+        """The update kernel's per-step scalars at step t (1-based) with learning rate lr, in
+        the kernel's argument order. Called exactly once per step (Nadam advances state)."""
+        raise NotImplementedError
+
+    def _step_state(self):
+        return ()
+
+    def _set_step_state(self, state):
+        pass
+
+    def fused_slots(self):
+        """Slot buffers in the C kernel's order (csrc/optim.c), None for unused ones."""
+        return ()
+
+    def fused_scalars(self, n_steps):
+        """(float32 array (n_steps, 1 + k): weight decay factor then _scalars per step, the
+        state after each step). Leaves the optimizer unchanged; see fused_commit."""
+        saved, base = self._step_state(), self.iterations
+        rows, states = [], []
+        if not self.scalars_vary and not callable(self._learning_rate):
+            n_steps, repeat = 1, n_steps       # one row serves every step
+        else:
+            repeat = 1
+        for j in range(n_steps):
+            lr = self._learning_rate
+            lr = float(lr(base + j)) if callable(lr) else lr
+            decay = np.float32(lr * self.weight_decay) if self.weight_decay else 0.0
+            rows.append((decay,) + tuple(self._scalars(lr, base + j + 1)))
+            states.append(self._step_state())
+        self._set_step_state(saved)
+        scalars = np.array(rows, np.float32).reshape(n_steps, -1)
+        return (np.repeat(scalars, repeat, axis=0), states * repeat)
+
+    def fused_commit(self, states, updates):
+        """Advance as if `updates` steps had run through apply()."""
+        if updates > 0:
+            self._set_step_state(states[updates - 1])
+            self.iterations += updates
 
     def _transform_gradients(self, grads):
         xp = get_ops().xp
@@ -174,14 +217,22 @@ class SGD(Optimizer):
     def active_slot_groups(self):
         return (("momentum",),) if self.momentum != 0 else ()
 
-    def _update(self, ops, w, g, lr, t):
-        ops.sgd_update(w, g, self.slots.get("momentum"), lr, self.momentum, self.nesterov)
+    def _scalars(self, lr, t):
+        return lr, self.momentum, float(self.nesterov)
+
+    def fused_slots(self):
+        return (self.slots.get("momentum"),)
+
+    def _update(self, ops, w, g, s):
+        ops.sgd_update(w, g, self.slots.get("momentum"), s[0], s[1], bool(s[2]))
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
 
 
 class Adam(Optimizer):
+    scalars_vary = True
+
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
                  amsgrad=False, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
@@ -190,11 +241,15 @@ class Adam(Optimizer):
     def active_slot_groups(self):
         return (("momentum", "velocity"),) + ((("velocity_hat",),) if self.amsgrad else ())
 
-    def _update(self, ops, w, g, lr, t):
+    def _scalars(self, lr, t):
         alpha = lr * math.sqrt(1 - self.beta_2 ** t) / (1 - self.beta_1 ** t)
-        ops.adam_update(w, g, self.slots["momentum"], self.slots["velocity"],
-                        self.slots.get("velocity_hat"), alpha, self.beta_1, self.beta_2,
-                        self.epsilon)
+        return alpha, self.beta_1, self.beta_2, self.epsilon
+
+    def fused_slots(self):
+        return self.slots["momentum"], self.slots["velocity"], self.slots.get("velocity_hat")
+
+    def _update(self, ops, w, g, s):
+        ops.adam_update(w, g, *self.fused_slots(), *s)
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
@@ -218,10 +273,15 @@ class RMSprop(Optimizer):
         return (("velocity",),) + ((("momentum",),) if self.momentum > 0 else ()) + \
             ((("average_gradient",),) if self.centered else ())
 
-    def _update(self, ops, w, g, lr, t):
+    def _scalars(self, lr, t):
+        return lr, self.rho, self.momentum, self.epsilon
+
+    def fused_slots(self):
         s = self.slots
-        ops.rmsprop_update(w, g, s["velocity"], s.get("momentum"), s.get("average_gradient"),
-                           lr, self.rho, self.momentum, self.epsilon)
+        return s["velocity"], s.get("momentum"), s.get("average_gradient")
+
+    def _update(self, ops, w, g, s):
+        ops.rmsprop_update(w, g, *self.fused_slots(), *s)
 
     def get_config(self):
         return {**super().get_config(), "rho": self.rho, "momentum": self.momentum,
@@ -239,8 +299,14 @@ class Adagrad(Optimizer):
     def _slot_init(self, name):
         return self.initial_accumulator_value
 
-    def _update(self, ops, w, g, lr, t):
-        ops.adagrad_update(w, g, self.slots["accumulator"], lr, self.epsilon)
+    def _scalars(self, lr, t):
+        return lr, self.epsilon
+
+    def fused_slots(self):
+        return (self.slots["accumulator"],)
+
+    def _update(self, ops, w, g, s):
+        ops.adagrad_update(w, g, *self.fused_slots(), *s)
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon,
@@ -254,24 +320,36 @@ class Adadelta(Optimizer):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.rho, self.epsilon = rho, epsilon
 
-    def _update(self, ops, w, g, lr, t):
-        ops.adadelta_update(w, g, self.slots["accumulated_grad"],
-                            self.slots["accumulated_delta_var"], lr, self.rho, self.epsilon)
+    def _scalars(self, lr, t):
+        return lr, self.rho, self.epsilon
+
+    def fused_slots(self):
+        return self.slots["accumulated_grad"], self.slots["accumulated_delta_var"]
+
+    def _update(self, ops, w, g, s):
+        ops.adadelta_update(w, g, *self.fused_slots(), *s)
 
     def get_config(self):
         return {**super().get_config(), "rho": self.rho, "epsilon": self.epsilon}
 
 
 class Adamax(Optimizer):
+    scalars_vary = True
+
     slot_groups = (("momentum", "norm"),)
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
         self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
 
-    def _update(self, ops, w, g, lr, t):
-        ops.adamax_update(w, g, self.slots["momentum"], self.slots["norm"],
-                          lr / (1 - self.beta_1 ** t), self.beta_1, self.beta_2, self.epsilon)
+    def _scalars(self, lr, t):
+        return lr / (1 - self.beta_1 ** t), self.beta_1, self.beta_2, self.epsilon
+
+    def fused_slots(self):
+        return self.slots["momentum"], self.slots["norm"]
+
+    def _update(self, ops, w, g, s):
+        ops.adamax_update(w, g, *self.fused_slots(), *s)
 
     def get_config(self):
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
@@ -279,6 +357,8 @@ class Adamax(Optimizer):
 
 
 class Nadam(Optimizer):
+    scalars_vary = True
+
     slot_groups = (("momentum", "velocity"),)
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7, **kwargs):
@@ -295,12 +375,23 @@ class Nadam(Optimizer):
     def _mu(self, t):
         return self.beta_1 * (1.0 - 0.5 * 0.96 ** t)
 
-    def _update(self, ops, w, g, lr, t):
+    def _scalars(self, lr, t):
         mu_t, mu_t1 = self._mu(t), self._mu(t + 1)
         self._u_product *= mu_t
-        ops.nadam_update(w, g, self.slots["momentum"], self.slots["velocity"], lr, self.beta_1,
-                         self.beta_2, self.epsilon, mu_t, mu_t1, self._u_product,
-                         self._u_product * mu_t1, self.beta_2 ** t)
+        return (lr, self.beta_1, self.beta_2, self.epsilon, mu_t, mu_t1, self._u_product,
+                self._u_product * mu_t1, self.beta_2 ** t)
+
+    def _step_state(self):
+        return self._u_product
+
+    def _set_step_state(self, state):
+        self._u_product = state
+
+    def fused_slots(self):
+        return self.slots["momentum"], self.slots["velocity"]
+
+    def _update(self, ops, w, g, s):
+        ops.nadam_update(w, g, *self.fused_slots(), *s)
 
     def variables(self):
         # Keras creates u_product after the slots, so it comes last.
@@ -347,11 +438,16 @@ class Ftrl(Optimizer):
     def _slot_init(self, name):
         return self.initial_accumulator_value if name == "accumulator" else 0.0
 
-    def _update(self, ops, w, g, lr, t):
-        ops.ftrl_update(w, g, self.slots["accumulator"], self.slots["linear"], lr,
-                        self.learning_rate_power, self.l1_regularization_strength,
-                        self.l2_regularization_strength,
-                        self.l2_shrinkage_regularization_strength, self.beta)
+    def _scalars(self, lr, t):
+        return (lr, self.learning_rate_power, self.l1_regularization_strength,
+                self.l2_regularization_strength, self.l2_shrinkage_regularization_strength,
+                self.beta)
+
+    def fused_slots(self):
+        return self.slots["accumulator"], self.slots["linear"]
+
+    def _update(self, ops, w, g, s):
+        ops.ftrl_update(w, g, *self.fused_slots(), *s)
 
     def get_config(self):
         return {**super().get_config(), "learning_rate_power": self.learning_rate_power,

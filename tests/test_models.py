@@ -58,9 +58,9 @@ def test_validation_split_takes_last_fraction_unshuffled(rng):
     seen = []
     orig = m._evaluate_arrays
 
-    def spy(xv, yv, *args):
+    def spy(xv, yv, *args, **kwargs):
         seen.append((xv.copy(), yv.copy()))
-        return orig(xv, yv, *args)
+        return orig(xv, yv, *args, **kwargs)
 
     m._evaluate_arrays = spy
     m.fit(x, y, epochs=1, validation_split=0.3, verbose=0)

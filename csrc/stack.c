@@ -1,0 +1,269 @@
+/* A Sequential of Dense layers run batch after batch in C: gather the batch's rows, forward,
+ * loss, backward, one optimizer step, metric counts, then the next batch, with no Python in
+ * between. Each piece is the kernel the layer-by-layer path calls, in the same order, so both
+ * paths give bit-identical results; this one only removes the per-step interpreter work, which
+ * is most of a small model's step. The caller (fastnn/stack.py through _core.DenseStack) checks
+ * every size before any pointer gets here. */
+#include <math.h>
+#include <string.h>
+#include "fastnn.h"
+
+/* Row `i` of the run's order. */
+static inline int64_t row_at(const fnn_stack_data *d, int64_t i) {
+    return d->order ? d->order[i] : i;
+}
+
+/* Whether every value is finite (exponent bits not all ones), branch-free so it vectorizes. */
+static int all_finite(const float *p, size_t n) {
+    uint32_t bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, p + i, sizeof bits);
+        bad |= (bits & 0x7f800000u) == 0x7f800000u;
+    }
+    return !bad;
+}
+
+/* Rows [first, first + rows) of the order, converted to float32 into x_buf (the C cast, as
+ * NumPy's astype). A contiguous float32 run is used where it lies, without a copy. NULL when a
+ * value is NaN or infinite (after the cast: a double too big for float32 counts); checking
+ * each batch as it is read replaces a scan of the whole array before training. */
+static const float *gather_x(const fnn_stack_data *d, float *dst_buf, int64_t first, int rows) {
+    size_t len = (size_t)d->x_len;
+    if (!d->order && d->x_type == FNN_SRC_F32) {
+        const float *x = (const float *)d->x + (size_t)first * len;
+        return all_finite(x, (size_t)rows * len) ? x : NULL;
+    }
+    for (int r = 0; r < rows; r++) {
+        size_t src = (size_t)row_at(d, first + r) * len;
+        float *dst = dst_buf + (size_t)r * len;
+        if (d->x_type == FNN_SRC_F32) {
+            memcpy(dst, (const float *)d->x + src, len * sizeof(float));
+        } else if (d->x_type == FNN_SRC_F64) {
+            const double *x = (const double *)d->x + src;
+            for (size_t c = 0; c < len; c++) dst[c] = (float)x[c];
+        } else {
+            const uint8_t *x = (const uint8_t *)d->x + src;
+            for (size_t c = 0; c < len; c++) dst[c] = (float)x[c];
+        }
+    }
+    return d->x_type == FNN_SRC_U8 || all_finite(dst_buf, (size_t)rows * len) ? dst_buf : NULL;
+}
+
+/* The batch's targets and sample weights into their buffers (NULL when absent). */
+static void gather_targets(const fnn_stack *s, const fnn_stack_data *d, int64_t first, int rows,
+                           const int32_t **labels, const float **targets,
+                           const float **weights) {
+    size_t len = (size_t)d->target_len;
+    *labels = NULL;
+    *targets = NULL;
+    *weights = NULL;
+    for (int r = 0; r < rows; r++) {
+        int64_t src = row_at(d, first + r);
+        if (d->labels) s->label_buf[r] = d->labels[src];
+        else memcpy(s->target_buf + (size_t)r * len, d->targets + (size_t)src * len,
+                    len * sizeof(float));
+        if (d->weights) s->weight_buf[r] = d->weights[src];
+    }
+    if (d->labels) *labels = s->label_buf;
+    else *targets = s->target_buf;
+    if (d->weights) *weights = s->weight_buf;
+}
+
+/* NumPy's argmax: the first maximum, or the first NaN when there is one. */
+static size_t argmax(const float *p, size_t n) {
+    size_t best = 0;
+    if (isnan(p[0])) return 0;
+    for (size_t c = 1; c < n; c++) {
+        if (isnan(p[c])) return c;
+        if (p[c] > p[best]) best = c;
+    }
+    return best;
+}
+
+/* Correct predictions in the batch, for Keras's accuracy metrics. */
+static double count_correct(const fnn_stack *s, const float *out, size_t cols, int rows,
+                            const int32_t *labels, const float *targets) {
+    double correct = 0;
+    for (int r = 0; r < rows; r++) {
+        const float *p = out + (size_t)r * cols;
+        if (s->metric == FNN_METRIC_SPARSE_ACC)
+            correct += argmax(p, cols) == (size_t)labels[r];
+        else if (s->metric == FNN_METRIC_ACC)
+            correct += argmax(p, cols) == argmax(targets + (size_t)r * cols, cols);
+        else
+            correct += (p[0] > s->threshold) == (targets[r] > 0.5f);
+    }
+    return correct;
+}
+
+static int loss_value_and_grad(const fnn_stack *s, const float *out, int rows, size_t cols,
+                               const int32_t *labels, const float *targets,
+                               const float *weights, float scale, float *grad, int n_threads) {
+    switch (s->loss) {
+    case FNN_LOSS_SPARSE_XENT:
+        return fnn_softmax_xent_sparse(out, labels, weights, scale, s->row_loss, grad,
+                                       (size_t)rows, cols, n_threads);
+    case FNN_LOSS_XENT:
+        return fnn_softmax_xent_dense(out, targets, weights, scale, s->row_loss, grad,
+                                      (size_t)rows, cols, n_threads);
+    case FNN_LOSS_BXENT:
+        return fnn_sigmoid_bxent(out, targets, weights, scale, s->row_loss, grad, (size_t)rows,
+                                 cols, n_threads);
+    case FNN_LOSS_MSE:
+        return fnn_squared_error(out, targets, weights, scale, s->row_loss, grad, (size_t)rows,
+                                 cols, n_threads);
+    default:
+        return fnn_absolute_error(out, targets, weights, scale, s->row_loss, grad,
+                                  (size_t)rows, cols, n_threads);
+    }
+}
+
+/* Forward through every layer; returns the last layer's output. */
+static const float *forward(const fnn_stack *s, const float *x, int rows, int n_threads) {
+    for (int i = 0; i < s->n_layers; i++) {
+        fnn_dense_forward(&s->layers[i], x, s->z[i], s->y[i], rows, n_threads);
+        x = s->y[i];
+    }
+    return x;
+}
+
+static void backward(const fnn_stack *s, const float *x, int rows, int n_threads) {
+    float *dy = s->grad;
+    for (int i = s->n_layers - 1; i >= 0; i--) {
+        const fnn_dense *layer = &s->layers[i];
+        int act = (i == s->n_layers - 1 && s->fused) ? FNN_LINEAR : layer->act;
+        const float *z = fnn_activation_needs_input(act) ? s->z[i] : NULL;
+        float *dx = i > 0 ? s->dx[i] : NULL;
+        fnn_dense_backward(layer, act, i > 0 ? s->y[i - 1] : x, z, s->y[i], dy, dy, dx, rows,
+                           n_threads);
+        dy = dx;
+    }
+}
+
+/* One batch: forward, loss, metric counts and, training, backward and the optimizer step with
+ * this step's scalars. Returns 0; -1 when the loss is not finite (its raw value is added to
+ * sums[0..1] and nothing else happens); -2 for a label out of range (nothing happens). */
+static int run_batch(const fnn_stack *s, const fnn_stack_data *d, const float *x, int64_t first,
+                     int rows, int train, const float *scalars, double *sums, int n_threads) {
+    const int32_t *labels;
+    const float *targets, *weights;
+    size_t cols = (size_t)s->layers[s->n_layers - 1].d_out;
+    gather_targets(s, d, first, rows, &labels, &targets, &weights);
+    const float *out = forward(s, x, rows, n_threads);
+    float scale = s->mean_reduction ? (float)(1.0 / rows) : 1.0f;
+    if (loss_value_and_grad(s, out, rows, cols, labels, targets, weights, scale,
+                            train ? s->grad : NULL, n_threads) != 0)
+        return -2;
+    double total = 0;
+    for (int r = 0; r < rows; r++) total += s->row_loss[r];
+    if (train && !isfinite(total)) {
+        sums[0] += total;
+        sums[1] += rows;
+        return -1;
+    }
+    sums[0] += total * (s->mean_reduction ? 1.0 : (double)rows);
+    sums[1] += rows;
+    if (s->metric != FNN_METRIC_NONE) {
+        sums[2] += count_correct(s, out, cols, rows, labels, targets);
+        sums[3] += rows;
+    }
+    if (train) {
+        backward(s, x, rows, n_threads);
+        fnn_optimizer_step(s->opt, s->params, s->grads, s->slots, s->n_params, scalars,
+                           n_threads);
+    }
+    return 0;
+}
+
+/* Gathering a batch means reading its rows from memory, at one core's share of the bandwidth
+ * (a random 100 KB batch of MNIST takes as long as a small model's whole step). When every
+ * kernel of a step runs on one thread anyway (small layers), a second thread gathers the next
+ * batch meanwhile. */
+static int overlap_gather(const fnn_stack *s, const fnn_stack_data *d, int n_threads) {
+    if (n_threads < 2 || (!d->order && d->x_type == FNN_SRC_F32)) return 0;
+    for (int i = 0; i < s->n_layers; i++) {
+        const fnn_dense *layer = &s->layers[i];
+        if ((double)s->batch * layer->d_in * layer->d_out >= 2.0 * FNN_GEMM_BLOCK_WORK ||
+            (size_t)s->batch * (size_t)layer->d_out >= FNN_PARALLEL_MIN)
+            return 0;
+    }
+    return s->n_params < FNN_PARALLEL_MIN;
+}
+
+/* n_steps batches of s->batch rows of the order, from batch `start` on (the last may be short),
+ * training (one optimizer step per batch, with its row of `scalars`) or evaluating. sums
+ * accumulates as the Python loss tracker and metric do: [0] += batch loss (x n for sum
+ * reduction), [1] += n, [2] += correct, [3] += n. Returns the steps run: a batch whose loss is
+ * not finite ends the run after adding its raw loss to sums[0..1], before its update; *status
+ * is -1 then, -2 for a label out of range and -3 for a NaN or infinite input (both before the
+ * batch touches anything), else 0. */
+int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, int64_t start,
+                      int64_t n_steps, const float *scalars, double *sums, int *status,
+                      int n_threads) {
+    int n_scalars = fnn_optimizer_scalars(s->opt), rc = 0, buf = 0;
+    int overlap = overlap_gather(s, d, n_threads);
+    size_t buf_len = (size_t)s->batch * (size_t)s->layers[0].d_in;
+    int saved = fnn_blas_pin();
+    int64_t step, first = start * s->batch;
+    int rows = (int)(d->rows - first < s->batch ? d->rows - first : s->batch);
+    const float *x = gather_x(d, s->x_buf, first, rows);
+    *status = 0;
+    for (step = 0; step < n_steps; step++) {
+        if (!x) {
+            *status = -3;
+            break;
+        }
+        int64_t next_first = first + rows;
+        int has_next = step + 1 < n_steps;
+        int next_rows = (int)(d->rows - next_first < s->batch ? d->rows - next_first : s->batch);
+        float *next_buf = s->x_buf + (buf ^ 1) * buf_len;
+        const float *next = NULL, *sc = train ? scalars + step * n_scalars : NULL;
+        if (overlap && has_next) {
+            #pragma omp parallel sections num_threads(2)
+            {
+                #pragma omp section
+                rc = run_batch(s, d, x, first, rows, train, sc, sums, 1);
+                #pragma omp section
+                next = gather_x(d, next_buf, next_first, next_rows);
+            }
+        } else {
+            rc = run_batch(s, d, x, first, rows, train, sc, sums, n_threads);
+            if (has_next && rc == 0) next = gather_x(d, next_buf, next_first, next_rows);
+        }
+        if (rc != 0) {
+            *status = rc;
+            step += rc == -1;
+            break;
+        }
+        x = next;
+        first = next_first;
+        rows = next_rows;
+        buf ^= 1;
+    }
+    fnn_blas_restore(saved);
+    return step;
+}
+
+/* Outputs of rows [start, start + rows) (in order) into out (rows x d_out), batch by batch, the
+ * last layer writing straight into out. Returns 0, or -3 at a batch holding NaN or inf. */
+int fnn_stack_predict(const fnn_stack *s, const fnn_stack_data *d, float *out, int64_t start,
+                      int64_t rows, int n_threads) {
+    const fnn_dense *last = &s->layers[s->n_layers - 1];
+    int saved = fnn_blas_pin();
+    for (int64_t done = 0; done < rows; done += s->batch) {
+        int n = (int)(rows - done < s->batch ? rows - done : s->batch);
+        const float *x = gather_x(d, s->x_buf, start + done, n);
+        if (!x) {
+            fnn_blas_restore(saved);
+            return -3;
+        }
+        for (int i = 0; i < s->n_layers; i++) {
+            float *y = i == s->n_layers - 1 ? out + (size_t)done * (size_t)last->d_out : s->y[i];
+            fnn_dense_forward(&s->layers[i], x, y, y, n, n_threads);
+            x = y;
+        }
+    }
+    fnn_blas_restore(saved);
+    return 0;
+}

@@ -1,0 +1,219 @@
+"""The fused path: a Sequential of Dense layers trained, evaluated and run batch after batch in C
+(csrc/stack.c through _core.DenseStack), with Python called once per chunk of batches instead of
+several times per layer per batch.
+
+It runs the same kernels in the same order as the layer-by-layer path, so results are
+bit-identical; `DenseRunner.for_model` returns None (and fit/evaluate/predict take the general
+path) for anything it does not cover: other layers, frozen layers, the GPU backend, gradient
+clipping, losses or metrics without a C kernel. Set FASTNN_FUSED=0 to turn it off."""
+import os
+import time
+
+import numpy as np
+
+from . import losses as L
+from . import metrics as M
+from . import optimizers as O
+from .backend import get_ops
+
+# How long one chunk of batches runs before Python gets control back (progress bar, Ctrl-C).
+CHUNK_SECONDS = 0.05
+
+_LOSS_KINDS = {L.SparseCategoricalCrossentropy: 0, L.CategoricalCrossentropy: 1,
+               L.BinaryCrossentropy: 2, L.MeanSquaredError: 3, L.MeanAbsoluteError: 4}
+_OPTIMIZER_KINDS = {O.SGD: 0, O.Adam: 1, O.AdamW: 1, O.RMSprop: 2, O.Adagrad: 3,
+                    O.Adadelta: 4, O.Adamax: 5, O.Nadam: 6, O.Ftrl: 7}
+_CACHE_SIZE = 4
+
+
+def enabled():
+    return os.environ.get("FASTNN_FUSED", "1") != "0"
+
+
+def _dense_layers(model):
+    """The model's Dense layers when it is [Flatten], Dense, Dense, ... all trainable; else None."""
+    from .layers import Dense, Flatten
+    layers = model._layers
+    if layers and type(layers[0]) is Flatten:
+        layers = layers[1:]
+    if not layers or not all(type(layer) is Dense and layer.trainable for layer in layers):
+        return None
+    return layers
+
+
+def _metric_kind(model, sparse_targets):
+    """C metric kind for the compiled metrics (at most one accuracy), or None."""
+    ms = model._metrics or []
+    if not ms:
+        return 0, 0.5
+    if len(ms) > 1:
+        return None
+    m, width = ms[0], model._output_shape[-1]
+    if type(m) is M.SparseCategoricalAccuracy and sparse_targets:
+        return 1, 0.5
+    if type(m) is M.CategoricalAccuracy and not sparse_targets:
+        return 2, 0.5
+    if type(m) is M.BinaryAccuracy and width == 1 and not sparse_targets:
+        return 3, float(m.threshold)
+    return None
+
+
+class DenseRunner:
+    """Drives DenseStacks for one model: picks chunk sizes, keeps the Python-side state (loss
+    tracker, metric, optimizer iterations) exactly where the per-step loop would leave it."""
+
+    def __init__(self, model, layers):
+        self.model, self.layers = model, layers
+        self._stacks = {}
+        self._chunk = {}
+
+    @classmethod
+    def for_model(cls, model, training):
+        """The model's runner, or None when the fused path does not cover it. training also
+        requires the loss, metric and optimizer to have C kernels."""
+        if not enabled() or get_ops().name != "cpu" or not model.trainable:
+            return None
+        layers = _dense_layers(model)
+        if layers is None:
+            return None
+        if training is not None:
+            loss = model.loss
+            if type(loss) not in _LOSS_KINDS or loss.from_logits or \
+                    model._loss_mode() not in ("fused", "outputs") or \
+                    (model._loss_mode() == "outputs" and loss.partner is not None):
+                return None
+            if _metric_kind(model, type(loss) is L.SparseCategoricalCrossentropy) is None:
+                return None
+            opt = model.optimizer
+            if training and (type(opt) not in _OPTIMIZER_KINDS or opt.clipnorm is not None or
+                             opt.clipvalue is not None or opt.global_clipnorm is not None):
+                return None
+        runner = getattr(model, "_dense_runner", None)
+        if runner is None or runner.layers != layers:
+            runner = model._dense_runner = cls(model, layers)
+        return runner
+
+    # ---- stacks ------------------------------------------------------------------------------
+    def _stack(self, batch, training):
+        """A DenseStack for `batch` rows: inference only (training None), evaluation (False)
+        or training (True). Cached while the weights, optimizer state and loss stay the same."""
+        from . import _core
+        model = self.model
+        key = [batch, training] + [(id(layer.kernel), id(layer._vars.get("bias")), layer.act_id,
+                                    layer.act_alpha) for layer in self.layers]
+        kwargs = {}
+        if training is not None:
+            loss = model.loss
+            sparse = type(loss) is L.SparseCategoricalCrossentropy
+            metric, threshold = _metric_kind(model, sparse)
+            kwargs = dict(loss=_LOSS_KINDS[type(loss)], fused=model._loss_mode() == "fused",
+                          mean_reduction=loss.reduction == "sum_over_batch_size",
+                          metric=metric, threshold=threshold, params=model._params,
+                          grads=model._grads)
+            if training:
+                opt = model.optimizer
+                kwargs.update(opt=_OPTIMIZER_KINDS[type(opt)], slots=opt.fused_slots())
+            key += [id(loss), metric, threshold, id(model._params), kwargs.get("opt"),
+                    tuple(map(id, kwargs.get("slots", ())))]
+        key = tuple(key)
+        stack = self._stacks.get(key)
+        if stack is None:
+            layers = [(layer.kernel, layer._vars.get("bias"),
+                       layer.grads.get("kernel") if training is not None else None,
+                       layer.grads.get("bias") if training is not None else None,
+                       layer.act_id, layer.act_alpha) for layer in self.layers]
+            stack = _core.DenseStack(layers, batch, training is not None, **kwargs)
+            if len(self._stacks) >= _CACHE_SIZE:
+                self._stacks.pop(next(iter(self._stacks)))
+            self._stacks[key] = stack
+        return stack
+
+    def _x2d(self, x):
+        """x as (rows, features) without a copy, or None when the C gather cannot read it."""
+        x2 = x.reshape(x.shape[0], -1) if x.ndim != 2 else x
+        if x2.shape[1] != self.layers[0].kernel.shape[0] or not x2.flags.c_contiguous or \
+                x2.dtype not in (np.float32, np.float64, np.uint8):
+            return None
+        return x2
+
+    def accepts(self, x):
+        return self._x2d(x) is not None
+
+    # ---- chunks ------------------------------------------------------------------------------
+    def _next_chunk(self, kind, remaining, per_step):
+        """Steps for the next chunk: one when a callback reads every batch, else as many as
+        fit in CHUNK_SECONDS at the last measured speed, growing from one."""
+        if per_step:
+            return 1
+        n = self._chunk.get(kind, 1)
+        return max(1, min(n, remaining))
+
+    def _measured(self, kind, steps, seconds):
+        n = self._chunk.get(kind, 1)
+        if steps >= n:      # a full chunk: resize towards the target time
+            n = max(1, min(4 * n, int(n * CHUNK_SECONDS / max(seconds, 1e-6))))
+        self._chunk[kind] = n
+
+    # ---- training and evaluation -----------------------------------------------------------
+    def run_epoch(self, x, y, w, order, steps, batch, training, cbs, per_step, logs_fn,
+                  arg="x"):
+        """Steps 0 .. steps-1 of one epoch (training) or one evaluation pass, calling the
+        batch-end hook after each chunk. Returns False when a callback stopped training."""
+        model = self.model
+        stack = self._stack(batch, bool(training))
+        x2 = self._x2d(x)
+        trackers = [model._loss_tracker] + list(model._metrics)
+        hook = "on_train_batch_end" if training else "on_test_batch_end"
+        wants_end = cbs is not None and cbs.wants(hook)
+        begin = "on_train_batch_begin" if training else "on_test_batch_begin"
+        opt = model.optimizer
+        step = 0
+        while step < steps:
+            n = self._next_chunk(training, steps - step, per_step)
+            if per_step and cbs is not None:
+                getattr(cbs, begin)(step)
+            sums = np.array([trackers[0].total, trackers[0].count] +
+                            ([trackers[1].total, trackers[1].count] if len(trackers) > 1
+                             else [0.0, 0.0]))
+            scalars = states = None
+            if training:
+                scalars, states = opt.fused_scalars(n)
+            start = time.perf_counter()
+            done, status = stack.run(x2, y, w, order, step, n, bool(training), scalars, sums)
+            self._measured(training, done, time.perf_counter() - start)
+            trackers[0].total, trackers[0].count = float(sums[0]), float(sums[1])
+            if len(trackers) > 1:
+                trackers[1].total, trackers[1].count = float(sums[2]), float(sums[3])
+            if training:
+                opt.fused_commit(states, done - (status == -1))
+            step += done
+            if status == -3:
+                raise ValueError(f"{arg} contains NaN or inf values (in batch {step + 1} of "
+                                 f"{steps}, after {step} {'trained' if training else 'run'})")
+            if wants_end:
+                getattr(cbs, hook)(step - 1, logs_fn())
+            if training and model.stop_training:
+                return False
+        return True
+
+    def predict(self, x, out, batch, cbs=None, per_step=False):
+        """Outputs for every row of x into out (rows, units), chunk by chunk."""
+        stack = self._stack(batch, None)
+        x2, out2 = self._x2d(x), out.reshape(out.shape[0], -1)
+        n = x2.shape[0]
+        steps = -(-n // batch)
+        wants_end = cbs is not None and cbs.wants("on_predict_batch_end")
+        step = 0
+        while step < steps:
+            k = self._next_chunk("predict", steps - step, per_step)
+            if per_step and cbs is not None:
+                cbs.on_predict_batch_begin(step)
+            lo, hi = step * batch, min(n, (step + k) * batch)
+            start = time.perf_counter()
+            stack.predict(x2, out2[lo:hi], lo)
+            self._measured("predict", k, time.perf_counter() - start)
+            step += k
+            if wants_end:
+                cbs.on_predict_batch_end(step - 1, {"outputs": out[lo:hi]})
+        return out
+

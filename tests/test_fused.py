@@ -1,0 +1,280 @@
+"""The fused Dense-stack path (fastnn/stack.py, csrc/stack.c) against the layer-by-layer path:
+every result must be bit-identical, since both run the same kernels in the same order."""
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import callbacks, layers, losses, optimizers
+from fastnn.stack import DenseRunner
+
+
+def _data(n=203, d=20, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = (x[:, :classes].argmax(axis=1) + (x[:, -1] > 1)) % classes
+    return x, y.astype(np.int64)
+
+
+def _model(out=3, out_act="softmax", hidden=("relu", "tanh"), input_shape=(20,), flatten=False):
+    fastnn.utils.set_random_seed(7)
+    stack = [fastnn.Input(input_shape)] + ([layers.Flatten()] if flatten else [])
+    stack += [layers.Dense(16, activation=a) for a in hidden]
+    return fastnn.Sequential(stack + [layers.Dense(out, activation=out_act)])
+
+
+def _train(monkeypatch, fused, build, compile_kw, x, y, fit_kw=None, check_path=True):
+    """compile_kw: a dict, or a function returning one (a fresh optimizer for each run)."""
+    monkeypatch.setenv("FASTNN_FUSED", "1" if fused else "0")
+    model = build()
+    model.compile(**(compile_kw() if callable(compile_kw) else compile_kw))
+    hist = model.fit(x, y, verbose=0, **{"batch_size": 16, "epochs": 2, **(fit_kw or {})})
+    if check_path:
+        assert (DenseRunner.for_model(model, training=True) is not None) == fused
+    state = dict(history=hist.history, weights=model.get_weights(),
+                 optimizer=[np.asarray(v) for v in model.optimizer.variables()],
+                 predict=model.predict(x, batch_size=7, verbose=0), call=model(x[:5]),
+                 evaluate=model.evaluate(x, y, batch_size=9, verbose=0))
+    return state
+
+
+def _assert_same(a, b):
+    assert a["history"] == b["history"]
+    for key in ("weights", "optimizer"):
+        assert len(a[key]) == len(b[key])
+        for p, q in zip(a[key], b[key]):
+            np.testing.assert_array_equal(p, q)
+    for key in ("predict", "call"):
+        np.testing.assert_array_equal(a[key], b[key])
+    assert a["evaluate"] == b["evaluate"]
+
+
+def _both(monkeypatch, build, compile_kw, x, y, fit_kw=None):
+    fused = _train(monkeypatch, True, build, compile_kw, x, y, fit_kw)
+    general = _train(monkeypatch, False, build, compile_kw, x, y, fit_kw)
+    _assert_same(fused, general)
+    return fused
+
+
+OPTIMIZERS = [
+    lambda: "adam", lambda: "sgd", lambda: "rmsprop", lambda: "nadam", lambda: "adamax",
+    lambda: "adagrad", lambda: "adadelta", lambda: optimizers.Ftrl(0.1, l1_regularization_strength=0.01),
+    lambda: optimizers.SGD(0.05, momentum=0.9, nesterov=True),
+    lambda: optimizers.SGD(0.05, momentum=0.5),
+    lambda: optimizers.RMSprop(momentum=0.5, centered=True),
+    lambda: optimizers.AdamW(amsgrad=True),
+    lambda: optimizers.Adam(learning_rate=lambda t: 0.01 / (1.0 + 0.1 * t)),
+]
+
+
+@pytest.mark.parametrize("make_opt", OPTIMIZERS)
+def test_every_optimizer_matches_the_general_path(monkeypatch, make_opt):
+    x, y = _data()
+    state = _both(monkeypatch, _model, lambda: dict(optimizer=make_opt(),
+                                                    loss="sparse_categorical_crossentropy",
+                                                    metrics=["accuracy"]), x, y,
+                  dict(validation_split=0.2))
+    assert set(state["history"]) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert np.isfinite(state["history"]["loss"]).all()
+
+
+@pytest.mark.parametrize("case", ["onehot_smoothing", "binary", "mse", "mae_sum", "weights",
+                                  "class_weight", "no_shuffle", "batch_shuffle", "float64",
+                                  "uint8", "flatten", "no_metric", "steps_per_epoch"])
+def test_losses_metrics_and_data_match_the_general_path(monkeypatch, case):
+    x, y = _data()
+    build, compile_kw = _model, dict(optimizer="adam", loss="sparse_categorical_crossentropy",
+                                     metrics=["accuracy"])
+    fit_kw = {}
+    if case == "onehot_smoothing":
+        y = np.eye(3, dtype=np.float32)[y]
+        compile_kw["loss"] = losses.CategoricalCrossentropy(label_smoothing=0.1)
+    elif case == "binary":
+        y = (y == 1).astype(np.float32)
+        build = lambda: _model(out=1, out_act="sigmoid")   # noqa: E731
+        compile_kw["loss"] = "binary_crossentropy"
+        compile_kw["metrics"] = [fastnn.metrics.BinaryAccuracy(threshold=0.3)]
+    elif case == "mse":
+        y = np.eye(3, dtype=np.float32)[y]
+        build = lambda: _model(out_act=None)               # noqa: E731
+        compile_kw.update(loss="mse", metrics=["categorical_accuracy"])
+    elif case == "mae_sum":
+        y = np.eye(3, dtype=np.float32)[y]
+        build = lambda: _model(out_act="relu")             # noqa: E731
+        compile_kw.update(loss=losses.MeanAbsoluteError(reduction="sum"), metrics=[])
+    elif case == "weights":
+        fit_kw["sample_weight"] = np.linspace(0.1, 2.0, len(x))
+    elif case == "class_weight":
+        fit_kw["class_weight"] = {0: 0.5, 1: 2.0, 2: 1.0}
+    elif case == "no_shuffle":
+        fit_kw["shuffle"] = False
+    elif case == "batch_shuffle":
+        fit_kw["shuffle"] = "batch"
+    elif case == "float64":
+        x = x.astype(np.float64) * 1.0001
+    elif case == "uint8":
+        x = (np.abs(x) * 40).astype(np.uint8)
+    elif case == "flatten":
+        x = x.reshape(-1, 4, 5)
+        build = lambda: _model(input_shape=(4, 5), flatten=True)   # noqa: E731
+    elif case == "no_metric":
+        compile_kw["metrics"] = None
+    elif case == "steps_per_epoch":
+        fit_kw["steps_per_epoch"] = 5
+    _both(monkeypatch, build, compile_kw, x, y, fit_kw)
+
+
+def test_unsupported_models_take_the_general_path(monkeypatch):
+    monkeypatch.setenv("FASTNN_FUSED", "1")
+    x, y = _data()
+    dropout = fastnn.Sequential([fastnn.Input((20,)), layers.Dense(8, activation="relu"),
+                                 layers.Dropout(0.2), layers.Dense(3, activation="softmax")])
+    logits = _model(out_act=None)
+    frozen = _model()
+    frozen.layers[0].trainable = False
+    clipped = _model()
+    for model, kw in ((dropout, {}), (logits, dict(loss=losses.SparseCategoricalCrossentropy(
+            from_logits=True))), (frozen, {}), (clipped, dict(optimizer=optimizers.Adam(
+                clipnorm=1.0))), (_model(), dict(metrics=["accuracy", "acc"]))):
+        model.compile(**{"optimizer": "adam", "loss": "sparse_categorical_crossentropy",
+                         "metrics": ["accuracy"], **kw})
+        model.fit(x, y, epochs=1, verbose=0)
+        assert DenseRunner.for_model(model, training=True) is None
+    model = _model()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    monkeypatch.setenv("FASTNN_FUSED", "0")
+    assert DenseRunner.for_model(model, training=True) is None
+
+
+class _Recorder(callbacks.Callback):
+    def __init__(self, stop_at=None):
+        super().__init__()
+        self.seen, self.stop_at = [], stop_at
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seen.append((batch, dict(logs)))
+        if batch == self.stop_at:
+            self.model.stop_training = True
+
+
+@pytest.mark.parametrize("stop_at", [None, 4])
+def test_per_batch_callbacks_see_every_batch(monkeypatch, stop_at):
+    x, y = _data()
+    runs = []
+    for fused in (True, False):
+        monkeypatch.setenv("FASTNN_FUSED", "1" if fused else "0")
+        model = _model()
+        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        rec = _Recorder(stop_at)
+        hist = model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[rec])
+        runs.append((rec.seen, hist.history, model.optimizer.iterations))
+    assert runs[0] == runs[1]
+    assert [b for b, _ in runs[0][0]] == (list(range(13)) * 2 if stop_at is None
+                                          else list(range(5)))
+
+
+def test_progress_bar_alone_lets_batches_run_in_chunks(monkeypatch, capsys):
+    monkeypatch.setenv("FASTNN_FUSED", "1")
+    x, y = _data(2000)
+    model = _model()
+    model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    cbs = callbacks.CallbackList([], add_progbar=True, model=model, verbose=1, epochs=1,
+                                 steps=10)
+    assert cbs.wants("on_train_batch_end") and not cbs.per_batch("train")
+    assert callbacks.CallbackList([_Recorder()], model=model).per_batch("train")
+    model.fit(x, y, epochs=3, verbose=1)
+    out = capsys.readouterr().out
+    assert "Epoch 3/3" in out and "63/63" in out and "accuracy:" in out
+    assert max(model._dense_runner._chunk.values()) > 1
+
+
+def test_nan_input_raises_with_the_argument_name(monkeypatch):
+    monkeypatch.setenv("FASTNN_FUSED", "1")
+    x, y = _data()
+    model = _model()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    bad = x.copy()
+    bad[150, 3] = np.nan
+    with pytest.raises(ValueError, match=r"^x contains NaN or inf"):
+        model.fit(bad, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    assert model.optimizer.iterations == 9           # the batches before row 150 trained
+    with pytest.raises(ValueError, match="x_val contains NaN or inf"):
+        model.fit(x, y, epochs=1, verbose=0, validation_data=(bad, y))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model.predict(bad, verbose=0)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model.evaluate(np.where(bad > 1, np.inf, x), y, verbose=0)
+    big = x.astype(np.float64)
+    big[0, 0] = 1e300       # finite as a double, inf as the float32 the model computes in
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model.predict(big, verbose=0)
+
+
+def test_non_finite_loss_matches_the_general_path(monkeypatch):
+    x, y = _data()
+    x[100:] *= 1e18     # outputs saturate and the clipped loss turns inf/NaN on the way
+    compile_kw = lambda: dict(optimizer=optimizers.SGD(1e6),   # noqa: E731
+                              loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    runs = [_train(monkeypatch, fused, _model, compile_kw, x, y, dict(shuffle=False),
+                   check_path=False) for fused in (True, False)]
+    h = runs[0]["history"]["loss"]
+    assert len(h) == 2
+    a, b = runs
+    assert np.array_equal(np.array(a["history"]["loss"]), np.array(b["history"]["loss"]),
+                          equal_nan=True)
+    for p, q in zip(a["weights"], b["weights"]):
+        np.testing.assert_array_equal(p, q)
+    np.testing.assert_array_equal(a["optimizer"][0], b["optimizer"][0])
+
+
+def test_thread_count_does_not_change_the_fused_results(monkeypatch):
+    monkeypatch.setenv("FASTNN_FUSED", "1")
+    x, y = _data(300, d=784)
+    results = []
+    before = fastnn.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            fastnn.set_num_threads(threads)
+            model = _model(input_shape=(784,), hidden=("sigmoid",))      # the overlap path
+            model.compile("sgd", "sparse_categorical_crossentropy", metrics=["accuracy"])
+            model.fit(x, y, epochs=1, verbose=0)
+            results.append(model.get_weights())
+    finally:
+        fastnn.set_num_threads(before)
+    for other in results[1:]:
+        for p, q in zip(results[0], other):
+            np.testing.assert_array_equal(p, q)
+
+
+def test_dense_stack_checks_its_arguments():
+    from fastnn import _core
+    k1, k2 = np.zeros((4, 5), np.float32), np.zeros((6, 2), np.float32)
+    with pytest.raises(ValueError, match=r"layer 1 kernel: expected \(5, units\)"):
+        _core.DenseStack([(k1, None, None, None, 0, 0.0), (k2, None, None, None, 0, 0.0)], 8)
+    with pytest.raises(ValueError, match="C-contiguous float32"):
+        _core.DenseStack([(k1.astype(np.float64), None, None, None, 0, 0.0)], 8)
+    with pytest.raises(ValueError, match="gradients must match"):
+        _core.DenseStack([(k1, None, None, None, 0, 0.0)], 8, train=True)
+    stack = _core.DenseStack([(k1, None, None, None, 1, 0.0)], 8)
+    with pytest.raises(ValueError, match=r"x: expected a C-contiguous array of shape \(n, 4\)"):
+        stack.predict(np.zeros((3, 5), np.float32), np.zeros((3, 5), np.float32), 0)
+    with pytest.raises(ValueError, match="dtype must be float32, float64 or uint8"):
+        stack.predict(np.zeros((3, 4), np.int16), np.zeros((3, 5), np.float32), 0)
+    with pytest.raises(ValueError, match="within 3 rows"):
+        stack.predict(np.zeros((3, 4), np.float32), np.zeros((3, 5), np.float32), 1)
+    params = np.zeros(20, np.float32)
+    grads = np.zeros(20, np.float32)
+    kern, dk = params.reshape(4, 5), grads.reshape(4, 5)
+    train = _core.DenseStack([(kern, None, dk, None, 4, 0.0)], 2, train=True, loss=0,
+                             fused=True, params=params, grads=grads)
+    x, y, sums = np.zeros((4, 4), np.float32), np.zeros(4, np.int32), np.zeros(4)
+    scal = np.zeros((2, 4), np.float32)
+    with pytest.raises(ValueError, match=r"order\[1\] = 9 is not a row of x"):
+        train.run(x, y, None, np.array([0, 9, 1, 2]), 0, 2, True, scal, sums)
+    with pytest.raises(ValueError, match="outside 4 rows"):
+        train.run(x, y, None, None, 1, 2, True, scal, sums)
+    with pytest.raises(ValueError, match=r"labels must be integers in \[0, 5\)"):
+        train.run(x, np.array([0, 7, 1, 1], np.int32), None, None, 0, 1, True, scal, sums)
+    with pytest.raises(ValueError, match=r"scalars: expected \(2, 4\)"):
+        train.run(x, y, None, None, 0, 2, True, scal[:1], sums)
+    assert train.run(x, y, None, None, 0, 2, True, scal, sums) == (2, 0)
+    assert sums[1] == 4
