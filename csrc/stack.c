@@ -13,10 +13,16 @@ static inline int64_t row_at(const fnn_stack_data *d, int64_t i) {
     return d->order ? d->order[i] : i;
 }
 
-/* Whether every value is finite (exponent bits not all ones), branch-free so it vectorizes. */
-static int all_finite(const float *p, size_t n) {
+/* Whether every value is finite (exponent bits not all ones), branch-free so it vectorizes;
+ * a large batch is split over the threads (it is read from memory). */
+FNN_DISPATCH
+static int all_finite(const float *p, size_t n, int n_threads) {
     uint32_t bad = 0;
-    for (size_t i = 0; i < n; i++) {
+    ptrdiff_t i, len = (ptrdiff_t)n;
+    int nt = fnn_threads(n / 8, n_threads);
+    (void)nt;
+    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static) reduction(|:bad)
+    for (i = 0; i < len; i++) {
         uint32_t bits;
         memcpy(&bits, p + i, sizeof bits);
         bad |= (bits & 0x7f800000u) == 0x7f800000u;
@@ -28,11 +34,12 @@ static int all_finite(const float *p, size_t n) {
  * NumPy's astype). A contiguous float32 run is used where it lies, without a copy. NULL when a
  * value is NaN or infinite (after the cast: a double too big for float32 counts); checking
  * each batch as it is read replaces a scan of the whole array before training. */
-static const float *gather_x(const fnn_stack_data *d, float *dst_buf, int64_t first, int rows) {
+static const float *gather_x(const fnn_stack_data *d, float *dst_buf, int64_t first, int rows,
+                             int n_threads) {
     size_t len = (size_t)d->x_len;
     if (!d->order && d->x_type == FNN_SRC_F32) {
         const float *x = (const float *)d->x + (size_t)first * len;
-        return all_finite(x, (size_t)rows * len) ? x : NULL;
+        return all_finite(x, (size_t)rows * len, n_threads) ? x : NULL;
     }
     for (int r = 0; r < rows; r++) {
         size_t src = (size_t)row_at(d, first + r) * len;
@@ -47,7 +54,7 @@ static const float *gather_x(const fnn_stack_data *d, float *dst_buf, int64_t fi
             for (size_t c = 0; c < len; c++) dst[c] = (float)x[c];
         }
     }
-    return d->x_type == FNN_SRC_U8 || all_finite(dst_buf, (size_t)rows * len) ? dst_buf : NULL;
+    return d->x_type == FNN_SRC_U8 || all_finite(dst_buf, (size_t)rows * len, 1) ? dst_buf : NULL;
 }
 
 /* The batch's targets and sample weights into their buffers (NULL when absent). */
@@ -207,7 +214,7 @@ int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, in
     int saved = fnn_blas_pin();
     int64_t step, first = start * s->batch;
     int rows = (int)(d->rows - first < s->batch ? d->rows - first : s->batch);
-    const float *x = gather_x(d, s->x_buf, first, rows);
+    const float *x = gather_x(d, s->x_buf, first, rows, n_threads);
     *status = 0;
     for (step = 0; step < n_steps; step++) {
         if (!x) {
@@ -225,11 +232,12 @@ int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, in
                 #pragma omp section
                 rc = run_batch(s, d, x, first, rows, train, sc, sums, 1);
                 #pragma omp section
-                next = gather_x(d, next_buf, next_first, next_rows);
+                next = gather_x(d, next_buf, next_first, next_rows, 1);
             }
         } else {
             rc = run_batch(s, d, x, first, rows, train, sc, sums, n_threads);
-            if (has_next && rc == 0) next = gather_x(d, next_buf, next_first, next_rows);
+            if (has_next && rc == 0)
+                next = gather_x(d, next_buf, next_first, next_rows, n_threads);
         }
         if (rc != 0) {
             *status = rc;
@@ -253,7 +261,7 @@ int fnn_stack_predict(const fnn_stack *s, const fnn_stack_data *d, float *out, i
     int saved = fnn_blas_pin();
     for (int64_t done = 0; done < rows; done += s->batch) {
         int n = (int)(rows - done < s->batch ? rows - done : s->batch);
-        const float *x = gather_x(d, s->x_buf, start + done, n);
+        const float *x = gather_x(d, s->x_buf, start + done, n, n_threads);
         if (!x) {
             fnn_blas_restore(saved);
             return -3;
