@@ -1,6 +1,7 @@
 /* Activation functions, forward and backward. Backward uses the output y where that is exact, and
  * the input z only for the few functions whose derivative cannot be read off y. */
 #include <math.h>
+#include <string.h>
 #include "fastnn.h"
 
 #define SELU_ALPHA 1.6732632423543772848170429916717f
@@ -12,10 +13,45 @@ int fnn_activation_needs_input(int act) {
     return act == FNN_SOFTPLUS || act == FNN_GELU || act == FNN_SILU;
 }
 
+/* exp(x) for the kernels: Cody-Waite reduction x = n ln2 + r and Cephes's degree-6 polynomial
+ * for e^r (under 1 ulp from the exact value over the float range, subnormals included: see
+ * tests/test_ops.py),
+ * in plain float and integer operations so GCC vectorizes it (glibc's expf is a scalar call)
+ * and every ISA clone computes the same bits. NaN stays NaN; overflow gives inf. */
+static inline float vexpf(float x) {
+    x = x > 89.0f ? 89.0f : x;             /* beyond these, +inf and 0 anyway; NaN passes */
+    x = x < -104.0f ? -104.0f : x;
+    float fx = (x == x ? x : 0.0f) * 1.44269504088896341f + 0.5f;   /* n from a number */
+    /* n = floor(fx) without a float-to-int conversion (which stops GCC vectorizing here):
+     * adding 1.5 * 2^23 leaves round(fx) in the low mantissa bits. */
+    float j = fx + 12582912.0f, nf = j - 12582912.0f;
+    uint32_t jb;
+    memcpy(&jb, &j, sizeof jb);
+    int32_t n = (int32_t)(jb - 0x4B400000u), down = nf > fx;
+    n -= down;
+    nf -= (float)down;
+    float r = x - nf * 0.693359375f;
+    r = r - nf * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    /* 2^n in two normal factors, so results in the subnormal range round once, correctly */
+    int32_t n1 = n / 2, n2 = n - n1;
+    uint32_t b1 = (uint32_t)(n1 + 127) << 23, b2 = (uint32_t)(n2 + 127) << 23;
+    float s1, s2;
+    memcpy(&s1, &b1, sizeof s1);
+    memcpy(&s2, &b2, sizeof s2);
+    return p * s1 * s2;
+}
+
+/* Branch-free, so the loop vectorizes: exp of -|x| never overflows. */
 static inline float sigmoidf(float x) {
-    if (x >= 0.0f) return 1.0f / (1.0f + expf(-x));
-    float e = expf(x);
-    return e / (1.0f + e);
+    float e = vexpf(-fabsf(x));
+    return x >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
 }
 
 static inline float softplusf(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
@@ -62,7 +98,7 @@ static void act_forward_flat(int act, float alpha, const float *z, float *y, siz
         break;
     case FNN_EXPONENTIAL:
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) y[i] = expf(z[i]);
+        for (i = 0; i < len; i++) y[i] = vexpf(z[i]);
         break;
     case FNN_LEAKY_RELU:
         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
@@ -91,7 +127,8 @@ static void softmax_rows(const float *z, float *y, size_t rows, size_t cols, int
         float *yr = y + (size_t)r * cols;
         float m = zr[0], s = 0.0f;
         for (size_t c = 1; c < cols; c++) m = fmaxf(m, zr[c]);
-        for (size_t c = 0; c < cols; c++) { yr[c] = expf(zr[c] - m); s += yr[c]; }
+        for (size_t c = 0; c < cols; c++) yr[c] = vexpf(zr[c] - m);
+        for (size_t c = 0; c < cols; c++) s += yr[c];
         float inv = 1.0f / s;
         for (size_t c = 0; c < cols; c++) yr[c] *= inv;
     }
