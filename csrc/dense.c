@@ -20,26 +20,45 @@ void fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, flo
     fnn_act_forward(act, alpha, z, y, rows, cols, n_threads);
 }
 
-/* out[c] = sum over rows of a[r, c], accumulated in row order (same result for any thread
- * count: threads split the columns, never the rows). Each thread streams its column block
- * row by row, so the matrix is read once, in order, however many columns it has. */
+/* out[c] = sum over rows of a[r, c]. Each work item streams a block of up to 64 columns over a
+ * run of rows, so the matrix is read once, in order. A tall matrix of one column block (a
+ * convolution's bias gradient: 21632 x 64) is cut into row runs, each summed in row order and the runs
+ * added in order. The cut depends on the shape only, so results are the same for any thread
+ * count. */
 #define COLSUM_BLOCK 64
+#define COLSUM_MAX_RUNS 16
+#define COLSUM_RUN_WORK 65536
 
 FNN_DISPATCH
 void fnn_column_sum(const float *a, float *out, size_t rows, size_t cols, int n_threads) {
-    ptrdiff_t blocks = (ptrdiff_t)((cols + COLSUM_BLOCK - 1) / COLSUM_BLOCK), b;
-    int nt = blocks > 1 ? fnn_threads(rows * cols, n_threads) : 1;
+    ptrdiff_t blocks = (ptrdiff_t)((cols + COLSUM_BLOCK - 1) / COLSUM_BLOCK), item;
+    ptrdiff_t runs = blocks > 1 ? 1 : (ptrdiff_t)(rows * cols / COLSUM_RUN_WORK);
+    if (runs > COLSUM_MAX_RUNS) runs = COLSUM_MAX_RUNS;
+    if (runs > (ptrdiff_t)rows) runs = (ptrdiff_t)rows;
+    if (runs < 1) runs = 1;
+    float partial[COLSUM_MAX_RUNS][COLSUM_BLOCK];
+    int nt = blocks * runs > 1 ? fnn_threads(rows * cols, n_threads) : 1;
     (void)nt;
     #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (b = 0; b < blocks; b++) {
+    for (item = 0; item < blocks * runs; item++) {
+        ptrdiff_t b = item / runs, run = item % runs;
         size_t c0 = (size_t)b * COLSUM_BLOCK;
         size_t width = cols - c0 < COLSUM_BLOCK ? cols - c0 : COLSUM_BLOCK;
+        size_t r0 = rows * (size_t)run / (size_t)runs, r1 = rows * (size_t)(run + 1) / (size_t)runs;
         float acc[COLSUM_BLOCK] = {0};
-        for (size_t r = 0; r < rows; r++) {
+        for (size_t r = r0; r < r1; r++) {
             const float *ar = a + r * cols + c0;
             for (size_t c = 0; c < width; c++) acc[c] += ar[c];
         }
-        for (size_t c = 0; c < width; c++) out[c0 + c] = acc[c];
+        float *dst = runs > 1 ? partial[run] : out + c0;
+        for (size_t c = 0; c < width; c++) dst[c] = acc[c];
+    }
+    if (runs > 1) {     /* one column block */
+        for (size_t c = 0; c < cols; c++) {
+            float sum = partial[0][c];
+            for (ptrdiff_t run = 1; run < runs; run++) sum += partial[run][c];
+            out[c] = sum;
+        }
     }
 }
 

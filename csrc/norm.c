@@ -37,21 +37,33 @@ void fnn_bn_stats(const float *x, float *mean, float *var, size_t rows, size_t c
 }
 
 /* y = gamma * (x - mean) * inv_std + beta, with inv_std = 1/sqrt(var + eps). gamma/beta may be
- * NULL (scale=False / center=False). */
+ * NULL (scale=False / center=False). Each thread computes a chunk's per-channel scale once and
+ * applies it to its rows, so the square root and division run per channel, not per element. */
+#define BN_CHUNK 512
+
 FNN_DISPATCH
 void fnn_bn_apply(const float *x, const float *mean, const float *var, const float *gamma,
                   const float *beta, float eps, float *y, size_t rows, size_t cols,
                   int n_threads) {
-    ptrdiff_t r;
     int nt = fnn_threads(rows * cols, n_threads);
     (void)nt;
-    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (r = 0; r < (ptrdiff_t)rows; r++) {
-        const float *xr = x + (size_t)r * cols;
-        float *yr = y + (size_t)r * cols;
-        for (size_t c = 0; c < cols; c++) {
-            float a = (gamma ? gamma[c] : 1.0f) / sqrtf(var[c] + eps);
-            yr[c] = (xr[c] - mean[c]) * a + (beta ? beta[c] : 0.0f);
+    #pragma omp parallel num_threads(nt) if(nt > 1)
+    {
+        float scale[BN_CHUNK], shift[BN_CHUNK];
+        for (size_t c0 = 0; c0 < cols; c0 += BN_CHUNK) {
+            size_t width = cols - c0 < BN_CHUNK ? cols - c0 : BN_CHUNK;
+            for (size_t c = 0; c < width; c++) {
+                scale[c] = (gamma ? gamma[c0 + c] : 1.0f) / sqrtf(var[c0 + c] + eps);
+                shift[c] = beta ? beta[c0 + c] : 0.0f;
+            }
+            const float *m = mean + c0;
+            ptrdiff_t r;
+            #pragma omp for schedule(static) nowait
+            for (r = 0; r < (ptrdiff_t)rows; r++) {
+                const float *xr = x + (size_t)r * cols + c0;
+                float *yr = y + (size_t)r * cols + c0;
+                for (size_t c = 0; c < width; c++) yr[c] = (xr[c] - m[c]) * scale[c] + shift[c];
+            }
         }
     }
 }

@@ -59,19 +59,48 @@ void fnn_maxpool_forward(const float *x, float *y, int32_t *argmax, const fnn_co
     }
 }
 
+/* dx = dy at each window's argmax, 0 elsewhere. When no two windows share an input (stride >=
+ * pool size, the usual 2x2/2), every tap is written once by a branch-free select, so nothing
+ * is zeroed first unless the windows leave gaps; overlapping windows scatter-add. */
+FNN_DISPATCH
 void fnn_maxpool_backward(const float *dy, const int32_t *argmax, float *dx,
                           const fnn_conv_geom *g, int n_threads) {
-    const size_t in_img = (size_t)g->h * g->w * g->c, out_img = (size_t)g->oh * g->ow * g->c;
-    int nt = fnn_threads((size_t)g->n * (in_img + out_img), n_threads);
+    const fnn_conv_geom G = *g;
+    const size_t in_img = (size_t)G.h * G.w * G.c, out_img = (size_t)G.oh * G.ow * G.c;
+    int disjoint = G.sh >= G.kh && G.sw >= G.kw;
+    int tiled = disjoint && G.sh == G.kh && G.sw == G.kw && G.pad_top == 0 &&
+                G.pad_left == 0 && G.oh * G.sh == G.h && G.ow * G.sw == G.w;
+    int nt = fnn_threads((size_t)G.n * (in_img + out_img), n_threads);
     ptrdiff_t b;
     (void)nt;
     #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (b = 0; b < g->n; b++) {
+    for (b = 0; b < G.n; b++) {
         float *img = dx + (size_t)b * in_img;
         const float *d = dy + (size_t)b * out_img;
         const int32_t *a = argmax + (size_t)b * out_img;
-        memset(img, 0, sizeof(float) * in_img);
-        for (size_t i = 0; i < out_img; i++) img[a[i]] += d[i];
+        if (!tiled) memset(img, 0, sizeof(float) * in_img);
+        if (!disjoint) {
+            for (size_t i = 0; i < out_img; i++) img[a[i]] += d[i];
+            continue;
+        }
+        for (int oy = 0; oy < G.oh; oy++)
+            for (int ox = 0; ox < G.ow; ox++) {
+                size_t o = ((size_t)oy * G.ow + ox) * G.c;
+                for (int ky = 0; ky < G.kh; ky++) {
+                    int iy = oy * G.sh + ky - G.pad_top;
+                    if (iy < 0 || iy >= G.h) continue;
+                    for (int kx = 0; kx < G.kw; kx++) {
+                        int ix = ox * G.sw + kx - G.pad_left;
+                        if (ix < 0 || ix >= G.w) continue;
+                        int32_t base = (int32_t)(((size_t)iy * G.w + ix) * G.c);
+                        float *restrict out = img + base;
+                        const float *restrict dr = d + o;
+                        const int32_t *restrict ar = a + o;
+                        for (int ci = 0; ci < G.c; ci++)
+                            out[ci] = ar[ci] == base + ci ? dr[ci] : 0.0f;
+                    }
+                }
+            }
     }
 }
 
