@@ -16,7 +16,9 @@ REF, CPU = Ops(), CpuOps()
 # (input hw, kernel, stride, padding): odd sizes, strides 1 and 2, both paddings.
 GEOMETRIES = [((7, 6), (3, 3), (1, 1), "valid"), ((7, 6), (3, 3), (2, 2), "same"),
               ((5, 5), (2, 2), (2, 2), "valid"), ((6, 7), (3, 2), (2, 1), "same"),
-              ((4, 4), (1, 1), (1, 1), "valid"), ((5, 3), (3, 3), (1, 1), "same")]
+              ((4, 4), (1, 1), (1, 1), "valid"), ((5, 3), (3, 3), (1, 1), "same"),
+              # windows that tile the input exactly, and windows with gaps between them
+              ((6, 8), (2, 2), (2, 2), "valid"), ((8, 7), (2, 2), (3, 3), "valid")]
 GEO_IDS = [f"{g[0]}-{g[1]}-{g[2]}-{g[3]}" for g in GEOMETRIES]
 
 

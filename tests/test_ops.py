@@ -46,6 +46,49 @@ def test_gemm_matches_numpy(rng, shape, ta, tb):
     np.testing.assert_allclose(ref, want, rtol=1e-4, atol=1e-4)
 
 
+# Shapes that fastnn splits over its threads by rows, by columns and along K (the partial
+# products summed in order): the last two are the tutorial CNN's wide Dense forward and its
+# convolution's weight gradient.
+SPLIT_SHAPES = [(784, 32, 128), (32, 784, 128), (32, 10816, 200), (9, 21632, 64)]
+
+
+@pytest.mark.parametrize("m,k,n", SPLIT_SHAPES)
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True)])
+def test_split_gemms_match_numpy_for_any_thread_count(rng, m, k, n, ta, tb):
+    a = f32(rng, *((k, m) if ta else (m, k)))
+    b = f32(rng, *((n, k) if tb else (k, n)))
+    c0 = f32(rng, m, n)
+    want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b) * 0.5 + 2.0 * c0
+    before = _core.get_num_threads()
+    got = []
+    try:
+        for threads in (1, 2):
+            _core.set_num_threads(threads)
+            out = c0.copy()
+            CPU.gemm(a, b, out=out, trans_a=ta, trans_b=tb, alpha=0.5, beta=2.0)
+            got.append(out)
+    finally:
+        _core.set_num_threads(before)
+    np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=2e-5 * np.sqrt(k))
+    np.testing.assert_array_equal(got[0], got[1])
+
+
+@pytest.mark.parametrize("rows,cols", [(21632, 64), (5000, 3), (32, 200), (7, 1)])
+def test_column_sum_matches_numpy_for_any_thread_count(rng, rows, cols):
+    a = f32(rng, rows, cols)
+    before = _core.get_num_threads()
+    got = []
+    try:
+        for threads in (1, 2):
+            _core.set_num_threads(threads)
+            got.append(CPU.column_sum(a))
+    finally:
+        _core.set_num_threads(before)
+    np.testing.assert_allclose(got[0], a.astype(np.float64).sum(0), rtol=1e-5,
+                               atol=1e-5 * np.sqrt(rows))
+    np.testing.assert_array_equal(got[0], got[1])
+
+
 def test_gemm_rejects_bad_shapes(rng):
     with pytest.raises(ValueError, match="inner dimensions"):
         CPU.gemm(f32(rng, 3, 4), f32(rng, 5, 2))
