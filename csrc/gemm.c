@@ -150,6 +150,39 @@ static void gemm_blocks(int trans_a, int trans_b, int m, int n, int k, float alp
     }
 }
 
+/* C = alpha A B^T + beta C with few rows and many columns: a wide layer's input gradient,
+ * dz @ W^T (32x200x10816). The BLAS streams the kernel W faster as the left operand, so each
+ * block of columns is computed transposed, C^T = B A^T, on the stack, and transposed into C
+ * (0.93 -> 0.72 ms on two cores, the transposes included). */
+#define GEMM_T_BLOCK 16384
+
+static int wide_abt(int trans_a, int trans_b, int m, int n) {
+    return !trans_a && trans_b && m <= 64 && n >= 32 * m;
+}
+
+static void gemm_wide_abt(int m, int n, int k, float alpha, const float *a, int lda,
+                          const float *b, int ldb, float beta, float *c, int ldc,
+                          int n_threads) {
+    int cols = (GEMM_T_BLOCK / m) & ~15;
+    int blocks = (n + cols - 1) / cols, i;
+    int nt = (double)m * n * k < 2.0 * FNN_GEMM_BLOCK_WORK ? 1
+             : n_threads < blocks ? n_threads : blocks;
+    (void)nt;
+    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+    for (i = 0; i < blocks; i++) {
+        float t[GEMM_T_BLOCK];
+        int lo = i * cols, len = n - lo < cols ? n - lo : cols;
+        gemm_block(0, 1, len, m, k, alpha, b + (size_t)lo * ldb, ldb, a, lda, 0.0f, t, m);
+        for (int r = 0; r < m; r++) {
+            float *cr = c + (size_t)r * ldc + lo;
+            if (beta == 0.0f)
+                for (int j = 0; j < len; j++) cr[j] = t[(size_t)j * m + r];
+            else
+                for (int j = 0; j < len; j++) cr[j] = t[(size_t)j * m + r] + beta * cr[j];
+        }
+    }
+}
+
 int fnn_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
              const float *a, int lda, const float *b, int ldb, float beta,
              float *c, int ldc, int n_threads) {
@@ -157,7 +190,10 @@ int fnn_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
     if (m <= 0 || n <= 0) return 0;
     int saved = blas_get_threads ? blas_get_threads() : 1;
     if (blas_set_threads && saved != 1) blas_set_threads(1);
-    gemm_blocks(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, n_threads);
+    if (k > 0 && wide_abt(trans_a, trans_b, m, n))
+        gemm_wide_abt(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, n_threads);
+    else
+        gemm_blocks(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, n_threads);
     if (blas_set_threads && saved != 1) blas_set_threads(saved);
     return 0;
 }

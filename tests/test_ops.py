@@ -47,9 +47,11 @@ def test_gemm_matches_numpy(rng, shape, ta, tb):
 
 
 # Shapes that fastnn splits over its threads by rows, by columns and along K (the partial
-# products summed in order): the last two are the tutorial CNN's wide Dense forward and its
-# convolution's weight gradient.
-SPLIT_SHAPES = [(784, 32, 128), (32, 784, 128), (32, 10816, 200), (9, 21632, 64)]
+# products summed in order): the tutorial CNN's wide Dense forward and its convolution's weight
+# gradient; the last, with B transposed, is the wide Dense layer's input gradient, computed
+# transposed block by block.
+SPLIT_SHAPES = [(784, 32, 128), (32, 784, 128), (32, 10816, 200), (9, 21632, 64),
+                (32, 200, 10816)]
 
 
 @pytest.mark.parametrize("m,k,n", SPLIT_SHAPES)
@@ -71,6 +73,9 @@ def test_split_gemms_match_numpy_for_any_thread_count(rng, m, k, n, ta, tb):
         _core.set_num_threads(before)
     np.testing.assert_allclose(got[0], want, rtol=1e-4, atol=2e-5 * np.sqrt(k))
     np.testing.assert_array_equal(got[0], got[1])
+    out = np.full((m, n), np.nan, np.float32)      # beta=0: the old values are never read
+    CPU.gemm(a, b, out=out, trans_a=ta, trans_b=tb)
+    np.testing.assert_allclose(out, (want - 2.0 * c0) * 2, rtol=1e-4, atol=4e-5 * np.sqrt(k))
 
 
 @pytest.mark.parametrize("rows,cols", [(21632, 64), (5000, 3), (32, 200), (7, 1)])
