@@ -63,10 +63,12 @@ void fnn_column_sum(const float *a, float *out, size_t rows, size_t cols, int n_
 }
 
 int fnn_dense_forward(const fnn_dense *layer, const float *x, float *z, float *y, int rows,
-                      int n_threads) {
+                      int training, int n_threads) {
     int d_in = layer->d_in, d_out = layer->d_out;
-    if (fnn_gemm(0, 0, rows, d_out, d_in, 1.0f, x, d_in, layer->kernel, d_out, 0.0f, z, d_out,
-                 n_threads) != 0)
+    int blocks = training ? fnn_gemm_row_blocks(rows, d_in, d_out) : 0;
+    if (fnn_gemm_ex(0, 0, rows, d_out, d_in, 1.0f, x, d_in, layer->kernel, d_out, 0.0f, z,
+                    d_out, blocks ? FNN_SPLIT_K : FNN_SPLIT_AUTO, blocks, NULL,
+                    n_threads) != 0)
         return -1;
     fnn_bias_act_forward(layer->act, layer->alpha, z, layer->bias, y, (size_t)rows,
                          (size_t)d_out, n_threads);
@@ -75,15 +77,17 @@ int fnn_dense_forward(const fnn_dense *layer, const float *x, float *z, float *y
 
 int fnn_dense_backward(const fnn_dense *layer, int act, const float *x, const float *z,
                        const float *y, const float *dy, float *dz, float *dx, int rows,
-                       int n_threads) {
+                       const fnn_rows_done *kernel_done, int n_threads) {
     int d_in = layer->d_in, d_out = layer->d_out;
+    int blocks = fnn_gemm_row_blocks(rows, d_in, d_out);
+    if (!fnn_blas_ready()) return -1;
     fnn_act_backward(act, layer->alpha, z, y, dy, dz, (size_t)rows, (size_t)d_out, n_threads);
-    if (fnn_gemm(1, 0, d_in, d_out, rows, 1.0f, x, d_in, dz, d_out, 0.0f, layer->d_kernel,
-                 d_out, n_threads) != 0)
-        return -1;
-    if (layer->d_bias) fnn_column_sum(dz, layer->d_bias, (size_t)rows, (size_t)d_out, n_threads);
+    /* dx first: it needs the kernel as it was, and kernel_done may update it. */
     if (dx)
         fnn_gemm(0, 1, rows, d_in, d_out, 1.0f, dz, d_out, layer->kernel, d_out, 0.0f, dx, d_in,
                  n_threads);
+    fnn_gemm_ex(1, 0, d_in, d_out, rows, 1.0f, x, d_in, dz, d_out, 0.0f, layer->d_kernel, d_out,
+                blocks ? FNN_SPLIT_ROWS : FNN_SPLIT_AUTO, blocks, kernel_done, n_threads);
+    if (layer->d_bias) fnn_column_sum(dz, layer->d_bias, (size_t)rows, (size_t)d_out, n_threads);
     return 0;
 }

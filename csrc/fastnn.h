@@ -58,6 +58,25 @@ void fnn_blas_restore(int saved);
 int fnn_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
              const float *a, int lda, const float *b, int ldb, float beta,
              float *c, int ldc, int n_threads);
+/* Work to do on rows [lo, hi) of C once they are final, with up to n_threads threads. */
+typedef struct {
+    void (*fn)(void *ctx, int lo, int hi, int n_threads);
+    void *ctx;
+} fnn_rows_done;
+/* fnn_gemm with the split chosen by the caller: FNN_SPLIT_K or FNN_SPLIT_ROWS in `blocks`
+ * blocks (the same 16-panel boundaries along K or M, block i on thread i % threads), or
+ * FNN_SPLIT_AUTO (blocks ignored; a forced split that does not fit falls back to it). Then
+ * `done` (may be NULL) on every row of C: block by block, on the thread that computed the
+ * block, for a row split; else once at the end. */
+enum { FNN_SPLIT_AUTO = 0, FNN_SPLIT_K = 1, FNN_SPLIT_ROWS = 2 };
+int fnn_gemm_ex(int trans_a, int trans_b, int m, int n, int k, float alpha,
+                const float *a, int lda, const float *b, int ldb, float beta,
+                float *c, int ldc, int split, int blocks, const fnn_rows_done *done,
+                int n_threads);
+/* Blocks for a Dense layer's training GEMMs split along its input rows: the forward pass
+ * along K, the kernel gradient along M, at the same boundaries, so each thread keeps its rows
+ * of the kernel (and its gradient and optimizer state) in its own cache. 0: no split. */
+int fnn_gemm_row_blocks(int rows, int d_in, int d_out);
 
 /* activations.c */
 int fnn_activation_needs_input(int act);
@@ -77,15 +96,17 @@ typedef struct {
 void fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, float *y,
                           size_t rows, size_t cols, int n_threads);
 void fnn_column_sum(const float *a, float *out, size_t rows, size_t cols, int n_threads);
-/* z = x kernel + bias, y = act(z) (y may be z). Returns -1 when no BLAS is set. */
+/* z = x kernel + bias, y = act(z) (y may be z). Training splits the GEMM along the kernel's
+ * rows as the backward pass does (fnn_gemm_row_blocks). Returns -1 when no BLAS is set. */
 int fnn_dense_forward(const fnn_dense *layer, const float *x, float *z, float *y, int rows,
-                      int n_threads);
+                      int training, int n_threads);
 /* From dy: dz = dy act'(z) (act may differ from layer->act: LINEAR when a loss already gave
- * dL/dz; dz may be dy), d_kernel = x^T dz, d_bias = column sums, dx = dz kernel^T (dx may be
- * NULL). z may be NULL when act's derivative is read off y. */
+ * dL/dz; dz may be dy), dx = dz kernel^T (dx may be NULL), d_kernel = x^T dz, then
+ * kernel_done (may be NULL) on its finished rows, d_bias = column sums. z may be NULL when
+ * act's derivative is read off y. */
 int fnn_dense_backward(const fnn_dense *layer, int act, const float *x, const float *z,
                        const float *y, const float *dy, float *dz, float *dx, int rows,
-                       int n_threads);
+                       const fnn_rows_done *kernel_done, int n_threads);
 
 /* conv.c, pool.c: NHWC geometry of a convolution or pooling window. pad_top/pad_left are the
  * leading pads; taps outside the image are skipped (zero for im2col). */
@@ -192,6 +213,10 @@ typedef struct {
     float *params, *grads;             /* the flat parameter arena and its gradient */
     float *const *slots;
     size_t n_params;
+    /* Where each layer's kernel starts in the arena (its bias follows), when the layers tile
+     * the arena in order; NULL otherwise. Then each layer's parameters are updated as soon as
+     * their gradient is final, in the backward pass, instead of in one pass at the end. */
+    const size_t *kernel_at;
 } fnn_stack;
 
 typedef struct {

@@ -72,6 +72,80 @@ static void panel_range(int dim, int blocks, int i, int *lo, int *hi) {
     *hi = p1 * 16 < dim ? p1 * 16 : dim;
 }
 
+/* Blocks of a K-split of this shape: its partial products live on the caller's stack. */
+static int k_split_blocks(int m, int n, int k, int blocks) {
+    double sc = (double)m * n;
+    if ((double)(blocks - 1) * sc > GEMM_SPLIT_SCRATCH) blocks = 1 + (int)(GEMM_SPLIT_SCRATCH / sc);
+    return panel_blocks(k, blocks, GEMM_MIN_K_BLOCK);
+}
+
+static int work_blocks(int m, int n, int k) {
+    int blocks = (int)((double)m * n * (k > 0 ? k : 1) / FNN_GEMM_BLOCK_WORK);
+    return blocks > GEMM_MAX_BLOCKS ? GEMM_MAX_BLOCKS : blocks;
+}
+
+int fnn_gemm_row_blocks(int rows, int d_in, int d_out) {
+    int blocks = work_blocks(rows, d_out, d_in);
+    if (blocks <= 1) return 0;
+    blocks = k_split_blocks(rows, d_out, d_in, blocks);
+    return blocks > 1 ? blocks : 0;
+}
+
+/* C summed from `blocks` partial products over K ranges, added in block order. */
+static void gemm_split_k(int trans_a, int trans_b, int m, int n, int k, float alpha,
+                         const float *a, int lda, const float *b, int ldb, float beta,
+                         float *c, int ldc, int blocks, int n_threads) {
+    float partial[GEMM_SPLIT_SCRATCH];
+    int nt = n_threads < blocks ? n_threads : blocks, i;
+    size_t len = (size_t)m * n;
+    (void)nt;
+    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static, 1)
+    for (i = 0; i < blocks; i++) {
+        int lo, hi;
+        panel_range(k, blocks, i, &lo, &hi);
+        const float *ai = trans_a ? a + (size_t)lo * lda : a + lo;
+        const float *bi = trans_b ? b + lo : b + (size_t)lo * ldb;
+        if (i == 0)
+            gemm_block(trans_a, trans_b, m, n, hi - lo, alpha, ai, lda, bi, ldb, beta, c, ldc);
+        else
+            gemm_block(trans_a, trans_b, m, n, hi - lo, alpha, ai, lda, bi, ldb, 0.0f,
+                       partial + (i - 1) * len, n);
+    }
+    for (int r = 0; r < m; r++) {
+        float *cr = c + (size_t)r * ldc;
+        for (int p = 0; p < blocks - 1; p++) {
+            const float *pr = partial + p * len + (size_t)r * n;
+            for (int j = 0; j < n; j++) cr[j] += pr[j];
+        }
+    }
+}
+
+/* C in `blocks` blocks of rows (split_rows) or columns, block i on thread i % threads; `done`
+ * runs on each finished row block on its thread. */
+static void gemm_split_mn(int trans_a, int trans_b, int m, int n, int k, float alpha,
+                          const float *a, int lda, const float *b, int ldb, float beta,
+                          float *c, int ldc, int split_rows, int blocks,
+                          const fnn_rows_done *done, int n_threads) {
+    int dim = split_rows ? m : n;
+    int nt = n_threads < blocks ? n_threads : blocks, i;
+    (void)nt;
+    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static, 1)
+    for (i = 0; i < blocks; i++) {
+        int lo, hi;
+        panel_range(dim, blocks, i, &lo, &hi);
+        int len = hi - lo;
+        if (split_rows) {
+            const float *ai = trans_a ? a + lo : a + (size_t)lo * lda;
+            gemm_block(trans_a, trans_b, len, n, k, alpha, ai, lda, b, ldb, beta,
+                       c + (size_t)lo * ldc, ldc);
+            if (done) done->fn(done->ctx, lo, hi, 1);
+        } else {
+            const float *bi = trans_b ? b + (size_t)lo * ldb : b + lo;
+            gemm_block(trans_a, trans_b, m, len, k, alpha, a, lda, bi, ldb, beta, c + lo, ldc);
+        }
+    }
+}
+
 /* The output is split by rows (M), by columns (N) or, when K is the long side, along K into
  * partial products summed in block order. Each block's BLAS call packs its share of both
  * operands, so the split picked is the one that moves the fewest floats in all, P blocks:
@@ -80,74 +154,31 @@ static void panel_range(int dim, int blocks, int i, int *lo, int *hi) {
  * kernels, which the float count does not see. At batch 32 K is picked for a wide first layer
  * (32x10816x200: 0.86 -> 0.75 ms on two cores) and a convolution's weight gradient
  * (9x21632x64: one thread -> two). It depends on the shape only, never on the thread count. */
-static void gemm_blocks(int trans_a, int trans_b, int m, int n, int k, float alpha,
-                        const float *a, int lda, const float *b, int ldb, float beta,
-                        float *c, int ldc, int n_threads) {
-    double work = (double)m * n * (k > 0 ? k : 1);
-    int blocks = (int)(work / FNN_GEMM_BLOCK_WORK);
-    if (blocks > GEMM_MAX_BLOCKS) blocks = GEMM_MAX_BLOCKS;
-    if (blocks <= 1 || k <= 0) {
-        gemm_block(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-        return;
-    }
-    double sa = (double)m * k, sb = (double)k * n, sc = (double)m * n;
-    int split_rows = m >= n;
-    int mn_blocks = panel_blocks(split_rows ? m : n, blocks, GEMM_MIN_BLOCK);
-    double mn_cost = (split_rows ? sa + mn_blocks * sb : mn_blocks * sa + sb) + sc;
-    int k_blocks = blocks;
-    if ((double)(k_blocks - 1) * sc > GEMM_SPLIT_SCRATCH)
-        k_blocks = 1 + (int)(GEMM_SPLIT_SCRATCH / sc);
-    k_blocks = panel_blocks(k, k_blocks, GEMM_MIN_K_BLOCK);
-    double k_cost = sa + sb + (2.0 * k_blocks - 1) * sc;
-    int i;
-    if (k_blocks > 1 && (mn_blocks <= 1 || 1.5 * k_cost < mn_cost)) {
-        float partial[GEMM_SPLIT_SCRATCH];
-        int nt = n_threads < k_blocks ? n_threads : k_blocks;
-        size_t len = (size_t)m * n;
-        (void)nt;
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static, 1)
-        for (i = 0; i < k_blocks; i++) {
-            int lo, hi;
-            panel_range(k, k_blocks, i, &lo, &hi);
-            const float *ai = trans_a ? a + (size_t)lo * lda : a + lo;
-            const float *bi = trans_b ? b + lo : b + (size_t)lo * ldb;
-            if (i == 0)
-                gemm_block(trans_a, trans_b, m, n, hi - lo, alpha, ai, lda, bi, ldb, beta, c,
-                           ldc);
-            else
-                gemm_block(trans_a, trans_b, m, n, hi - lo, alpha, ai, lda, bi, ldb, 0.0f,
-                           partial + (i - 1) * len, n);
-        }
-        for (int r = 0; r < m; r++) {
-            float *cr = c + (size_t)r * ldc;
-            for (int p = 0; p < k_blocks - 1; p++) {
-                const float *pr = partial + p * len + (size_t)r * n;
-                for (int j = 0; j < n; j++) cr[j] += pr[j];
-            }
-        }
-        return;
-    }
-    if (mn_blocks <= 1) {
-        gemm_block(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-        return;
-    }
-    int dim = split_rows ? m : n;
-    int nt = n_threads < mn_blocks ? n_threads : mn_blocks;
-    (void)nt;
-    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static, 1)
-    for (i = 0; i < mn_blocks; i++) {
-        int lo, hi;
-        panel_range(dim, mn_blocks, i, &lo, &hi);
-        int len = hi - lo;
-        if (split_rows) {
-            const float *ai = trans_a ? a + lo : a + (size_t)lo * lda;
-            gemm_block(trans_a, trans_b, len, n, k, alpha, ai, lda, b, ldb, beta,
-                       c + (size_t)lo * ldc, ldc);
+static void gemm_auto(int trans_a, int trans_b, int m, int n, int k, float alpha,
+                      const float *a, int lda, const float *b, int ldb, float beta,
+                      float *c, int ldc, const fnn_rows_done *done, int n_threads) {
+    int blocks = work_blocks(m, n, k);
+    if (blocks > 1 && k > 0) {
+        double sa = (double)m * k, sb = (double)k * n, sc = (double)m * n;
+        int split_rows = m >= n;
+        int mn_blocks = panel_blocks(split_rows ? m : n, blocks, GEMM_MIN_BLOCK);
+        double mn_cost = (split_rows ? sa + mn_blocks * sb : mn_blocks * sa + sb) + sc;
+        int k_blocks = k_split_blocks(m, n, k, blocks);
+        double k_cost = sa + sb + (2.0 * k_blocks - 1) * sc;
+        if (k_blocks > 1 && (mn_blocks <= 1 || 1.5 * k_cost < mn_cost)) {
+            gemm_split_k(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                         k_blocks, n_threads);
+        } else if (mn_blocks > 1) {
+            gemm_split_mn(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                          split_rows, mn_blocks, done, n_threads);
+            if (split_rows) return;       /* done ran block by block */
         } else {
-            const float *bi = trans_b ? b + (size_t)lo * ldb : b + lo;
-            gemm_block(trans_a, trans_b, m, len, k, alpha, a, lda, bi, ldb, beta, c + lo, ldc);
+            gemm_block(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         }
+    } else {
+        gemm_block(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     }
+    if (done) done->fn(done->ctx, 0, m, n_threads);
 }
 
 /* C = alpha A B^T + beta C with few rows and many columns: a wide layer's input gradient,
@@ -183,17 +214,36 @@ static void gemm_wide_abt(int m, int n, int k, float alpha, const float *a, int 
     }
 }
 
-int fnn_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
-             const float *a, int lda, const float *b, int ldb, float beta,
-             float *c, int ldc, int n_threads) {
+int fnn_gemm_ex(int trans_a, int trans_b, int m, int n, int k, float alpha,
+                const float *a, int lda, const float *b, int ldb, float beta,
+                float *c, int ldc, int split, int blocks, const fnn_rows_done *done,
+                int n_threads) {
     if (!fnn_blas_ready()) return -1;
     if (m <= 0 || n <= 0) return 0;
     int saved = blas_get_threads ? blas_get_threads() : 1;
     if (blas_set_threads && saved != 1) blas_set_threads(1);
-    if (k > 0 && wide_abt(trans_a, trans_b, m, n))
+    if (split == FNN_SPLIT_K && k > 0 && blocks > 1 && blocks <= k &&
+        (double)(blocks - 1) * m * n <= GEMM_SPLIT_SCRATCH) {
+        gemm_split_k(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, blocks,
+                     n_threads);
+        if (done) done->fn(done->ctx, 0, m, n_threads);
+    } else if (split == FNN_SPLIT_ROWS && k > 0 && blocks > 1 && blocks <= (m + 15) / 16) {
+        gemm_split_mn(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 1,
+                      blocks, done, n_threads);
+    } else if (k > 0 && wide_abt(trans_a, trans_b, m, n)) {
         gemm_wide_abt(m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, n_threads);
-    else
-        gemm_blocks(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, n_threads);
+        if (done) done->fn(done->ctx, 0, m, n_threads);
+    } else {
+        gemm_auto(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, done,
+                  n_threads);
+    }
     if (blas_set_threads && saved != 1) blas_set_threads(saved);
     return 0;
+}
+
+int fnn_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha,
+             const float *a, int lda, const float *b, int ldb, float beta,
+             float *c, int ldc, int n_threads) {
+    return fnn_gemm_ex(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                       FNN_SPLIT_AUTO, 0, NULL, n_threads);
 }

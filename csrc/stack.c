@@ -127,23 +127,57 @@ static int loss_value_and_grad(const fnn_stack *s, const float *out, int rows, s
 }
 
 /* Forward through every layer; returns the last layer's output. */
-static const float *forward(const fnn_stack *s, const float *x, int rows, int n_threads) {
+static const float *forward(const fnn_stack *s, const float *x, int rows, int training,
+                            int n_threads) {
     for (int i = 0; i < s->n_layers; i++) {
-        fnn_dense_forward(&s->layers[i], x, s->z[i], s->y[i], rows, n_threads);
+        fnn_dense_forward(&s->layers[i], x, s->z[i], s->y[i], rows, training, n_threads);
         x = s->y[i];
     }
     return x;
 }
 
-static void backward(const fnn_stack *s, const float *x, int rows, int n_threads) {
+/* The optimizer step, with this step's scalars, on params [at, at + len) of the arena. */
+static void update_range(const fnn_stack *s, const float *scalars, size_t at, size_t len,
+                         int n_threads) {
+    float *slots[FNN_OPT_SLOTS];
+    for (int j = 0; j < FNN_OPT_SLOTS; j++) slots[j] = s->slots[j] ? s->slots[j] + at : NULL;
+    fnn_optimizer_step(s->opt, s->params + at, s->grads + at, slots, len, scalars, n_threads);
+}
+
+typedef struct {
+    const fnn_stack *s;
+    const float *scalars;
+    size_t kernel_at;
+    int cols;
+} kernel_update;
+
+static void update_kernel_rows(void *ctx, int lo, int hi, int n_threads) {
+    const kernel_update *u = (const kernel_update *)ctx;
+    update_range(u->s, u->scalars, u->kernel_at + (size_t)lo * u->cols,
+                 (size_t)(hi - lo) * u->cols, n_threads);
+}
+
+/* Backward through every layer. With scalars (the layers tiling the arena), each layer's
+ * parameters take their optimizer step as soon as their gradients are final: the kernel's rows
+ * block by block, on the thread that computed their gradient and holds those rows of the
+ * kernel and optimizer state in its cache (the forward pass split the same rows the same way),
+ * after the layer's input gradient has used the old kernel. The update is elementwise, so this
+ * is the arithmetic of one step over the arena after the whole backward pass. */
+static void backward(const fnn_stack *s, const float *x, int rows, const float *scalars,
+                     int n_threads) {
     float *dy = s->grad;
     for (int i = s->n_layers - 1; i >= 0; i--) {
         const fnn_dense *layer = &s->layers[i];
         int act = (i == s->n_layers - 1 && s->fused) ? FNN_LINEAR : layer->act;
         const float *z = fnn_activation_needs_input(act) ? s->z[i] : NULL;
         float *dx = i > 0 ? s->dx[i] : NULL;
+        kernel_update u = {s, scalars, scalars ? s->kernel_at[i] : 0, layer->d_out};
+        fnn_rows_done done = {update_kernel_rows, &u};
         fnn_dense_backward(layer, act, i > 0 ? s->y[i - 1] : x, z, s->y[i], dy, dy, dx, rows,
-                           n_threads);
+                           scalars ? &done : NULL, n_threads);
+        if (scalars && layer->d_bias)
+            update_range(s, scalars, u.kernel_at + (size_t)layer->d_in * layer->d_out,
+                         (size_t)layer->d_out, n_threads);
         dy = dx;
     }
 }
@@ -157,7 +191,7 @@ static int run_batch(const fnn_stack *s, const fnn_stack_data *d, const float *x
     const float *targets, *weights;
     size_t cols = (size_t)s->layers[s->n_layers - 1].d_out;
     gather_targets(s, d, first, rows, &labels, &targets, &weights);
-    const float *out = forward(s, x, rows, n_threads);
+    const float *out = forward(s, x, rows, train, n_threads);
     float scale = s->mean_reduction ? (float)(1.0 / rows) : 1.0f;
     if (loss_value_and_grad(s, out, rows, cols, labels, targets, weights, scale,
                             train ? s->grad : NULL, n_threads) != 0)
@@ -175,8 +209,10 @@ static int run_batch(const fnn_stack *s, const fnn_stack_data *d, const float *x
         sums[2] += count_correct(s, out, cols, rows, labels, targets);
         sums[3] += rows;
     }
-    if (train) {
-        backward(s, x, rows, n_threads);
+    if (train && s->kernel_at) {
+        backward(s, x, rows, scalars, n_threads);
+    } else if (train) {
+        backward(s, x, rows, NULL, n_threads);
         fnn_optimizer_step(s->opt, s->params, s->grads, s->slots, s->n_params, scalars,
                            n_threads);
     }
@@ -268,7 +304,7 @@ int fnn_stack_predict(const fnn_stack *s, const fnn_stack_data *d, float *out, i
         }
         for (int i = 0; i < s->n_layers; i++) {
             float *y = i == s->n_layers - 1 ? out + (size_t)done * (size_t)last->d_out : s->y[i];
-            fnn_dense_forward(&s->layers[i], x, y, y, n, n_threads);
+            fnn_dense_forward(&s->layers[i], x, y, y, n, 0, n_threads);
             x = y;
         }
     }

@@ -11,6 +11,7 @@ cdef extern from "fastnn.h" nogil:
     int FNN_N_ACTIVATIONS
     void fnn_set_blas(void *sgemm, int ilp64, void *set_threads, void *get_threads)
     int fnn_blas_ready()
+    int fnn_gemm_row_blocks(int rows, int d_in, int d_out)
     int fnn_gemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a,
                  int lda, const float *b, int ldb, float beta, float *c, int ldc, int n_threads)
     int fnn_activation_needs_input(int act)
@@ -29,10 +30,12 @@ cdef extern from "fastnn.h" nogil:
         float *d_kernel
         float *d_bias
     int fnn_dense_forward(const fnn_dense *layer, const float *x, float *z, float *y, int rows,
-                          int n_threads)
+                          int training, int n_threads)
+    ctypedef struct fnn_rows_done:
+        pass
     int fnn_dense_backward(const fnn_dense *layer, int act, const float *x, const float *z,
                            const float *y, const float *dy, float *dz, float *dx, int rows,
-                           int n_threads)
+                           const fnn_rows_done *kernel_done, int n_threads)
     int fnn_softmax_xent_sparse(const float *probs, const int32_t *labels,
                                 const float *weights, float scale, float *row_loss,
                                 float *grad, size_t rows, size_t cols, int n_threads)
@@ -109,6 +112,7 @@ cdef extern from "fastnn.h" nogil:
         float *grads
         float **slots
         size_t n_params
+        const size_t *kernel_at
     ctypedef struct fnn_stack_data:
         const void *x
         int x_type
@@ -249,6 +253,11 @@ def gemm(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out,
                beta, &out[0, 0], n)
 
 
+def gemm_row_blocks(int rows, int d_in, int d_out):
+    """Blocks of a Dense layer's training GEMMs split along its input rows (0: none)."""
+    return fnn_gemm_row_blocks(rows, d_in, d_out)
+
+
 def act_forward(int act, float alpha, const float[:, ::1] z, float[:, ::1] y):
     _check_act(act)
     _same_shape("activation output", _shape2(y), _shape2(z))
@@ -292,8 +301,9 @@ def column_sum(const float[:, ::1] a, float[::1] out):
 
 
 def dense_forward(const float[:, ::1] x, const float[:, ::1] kernel, const float[::1] bias,
-                  float[:, ::1] z, float[:, ::1] y, int act, float alpha):
-    """z = x @ kernel + bias; y = act(z). y may be z itself when act's backward only needs y."""
+                  float[:, ::1] z, float[:, ::1] y, int act, float alpha, bint training=False):
+    """z = x @ kernel + bias; y = act(z). y may be z itself when act's backward only needs y.
+    training splits the GEMM as the layer's backward pass does (see fnn_gemm_row_blocks)."""
     _need_blas()
     _check_act(act)
     cdef int rows = x.shape[0], d_in = x.shape[1], d_out = kernel.shape[1]
@@ -312,7 +322,7 @@ def dense_forward(const float[:, ::1] x, const float[:, ::1] kernel, const float
     if bias is not None:
         layer.bias = &bias[0]
     with nogil:
-        fnn_dense_forward(&layer, &x[0, 0], &z[0, 0], &y[0, 0], rows, _n_threads)
+        fnn_dense_forward(&layer, &x[0, 0], &z[0, 0], &y[0, 0], rows, training, _n_threads)
 
 
 def dense_backward(const float[:, ::1] x, const float[:, ::1] kernel, const float[:, ::1] z,
@@ -350,7 +360,7 @@ def dense_backward(const float[:, ::1] x, const float[:, ::1] kernel, const floa
     cdef float *dxp = NULL if dx is None else &dx[0, 0]
     with nogil:
         fnn_dense_backward(&layer, act, &x[0, 0], zp, &y[0, 0], &dy[0, 0], &dz[0, 0], dxp, rows,
-                           _n_threads)
+                           NULL, _n_threads)
 
 
 cdef double _ordered_sum(const float[::1] v) noexcept nogil:
@@ -684,6 +694,7 @@ cdef class DenseStack:
     cdef fnn_dense *dense
     cdef float **bufs                 # z[n], y[n], dx[n]
     cdef float *slot_ptrs[8]
+    cdef size_t *kernel_at            # each layer's kernel offset in the arena, or NULL
     cdef list keep                    # every array the pointers above point into
     cdef public int d_in, d_out, n_scalars, batch, loss
     cdef public bint train
@@ -772,10 +783,41 @@ cdef class DenseStack:
         self.s.metric, self.s.threshold, self.s.opt = metric, threshold, opt
         self.s.params, self.s.grads, self.s.slots = _fptr(params), _fptr(grads), self.slot_ptrs
         self.s.n_params = params.shape[0]
+        self._find_kernels(layers, params, grads)
+
+    cdef _find_kernels(self, list layers, params, grads):
+        """Point s.kernel_at at each layer's kernel offset when the layers' parameters tile the
+        arena in order (kernel, bias, next kernel, ...) and their gradients tile grads alike:
+        then fnn_stack_run updates each layer during the backward pass."""
+        cdef size_t at = 0, n = len(layers), i
+        offsets = []
+        base, gbase = params.ctypes.data, grads.ctypes.data
+        for kernel, bias, d_kernel, d_bias, _, _ in layers:
+            offsets.append(at)
+            for a, g in ((kernel, d_kernel), (bias, d_bias)):
+                if a is None:
+                    continue
+                if a.ctypes.data != base + 4 * at or g.ctypes.data != gbase + 4 * at:
+                    return
+                at += a.size
+        if at != <size_t>params.shape[0]:
+            return
+        self.kernel_at = <size_t *>calloc(n, sizeof(size_t))
+        if self.kernel_at == NULL:
+            raise MemoryError()
+        for i in range(n):
+            self.kernel_at[i] = offsets[i]
+        self.s.kernel_at = self.kernel_at
+
+    @property
+    def updates_in_backward(self):
+        """Whether training updates each layer during the backward pass (_find_kernels)."""
+        return self.kernel_at != NULL
 
     def __dealloc__(self):
         free(self.dense)
         free(self.bufs)
+        free(self.kernel_at)
 
     cdef int _data(self, fnn_stack_data *d, x, y, weights, order) except -1:
         """Check the source arrays against the stack and point d at them."""

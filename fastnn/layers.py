@@ -250,7 +250,7 @@ class Dense(Layer):
         y = self._buffer("y", (rows, self.units)) if self.act_id in activations.NEEDS_INPUT \
             else z
         get_ops().dense_forward(x2, self.kernel, self._vars.get("bias"), self.act_id,
-                                self.act_alpha, z=z, y=y)
+                                self.act_alpha, z=z, y=y, training=bool(training))
         self._x, self._z, self._y = x2, z, y
         return y.reshape(lead + (self.units,))
 

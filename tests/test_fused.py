@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import fastnn
-from fastnn import callbacks, layers, losses, optimizers
+from fastnn import _core, callbacks, layers, losses, optimizers
 from fastnn.stack import DenseRunner
 
 
@@ -278,3 +278,46 @@ def test_dense_stack_checks_its_arguments():
         train.run(x, y, None, None, 0, 2, True, scal[:1], sums)
     assert train.run(x, y, None, None, 0, 2, True, scal, sums) == (2, 0)
     assert sums[1] == 4
+
+
+def _wide_model():
+    fastnn.utils.set_random_seed(3)
+    return fastnn.Sequential([fastnn.Input((300,)), layers.Dense(256, activation="relu"),
+                              layers.Dense(10, activation="softmax")])
+
+
+@pytest.mark.parametrize("make_opt", [lambda: "adam", lambda: optimizers.AdamW(weight_decay=0.05),
+                                      lambda: optimizers.SGD(0.05, momentum=0.9)])
+def test_wide_layers_update_during_backward_exactly_as_the_general_path(monkeypatch, make_opt):
+    """300 -> 256 at batch 32 is big enough for the row-split training GEMMs, with each block of
+    the kernel taking its optimizer step in the backward pass (decoupled weight decay
+    included); the layer path updates everything after the backward pass."""
+    x, y = _data(n=200, d=300, classes=10)
+    compile_kw = lambda: dict(optimizer=make_opt(), loss="sparse_categorical_crossentropy",  # noqa: E731
+                              metrics=["accuracy"])
+    fused = _train(monkeypatch, True, _wide_model, compile_kw, x, y, dict(batch_size=32))
+    _assert_same(fused, _train(monkeypatch, False, _wide_model, compile_kw, x, y,
+                               dict(batch_size=32)))
+    model = _wide_model()
+    model.compile(**compile_kw())
+    monkeypatch.setenv("FASTNN_FUSED", "1")
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    stacks = [s for (batch, training, *_), s in model._dense_runner._stacks.items() if training]
+    assert stacks and all(s.updates_in_backward for s in stacks)
+    assert _core.gemm_row_blocks(32, 300, 256) >= 2      # the row split is in use
+
+
+@pytest.mark.skipif(not _core.OPENMP, reason="built without OpenMP")
+def test_wide_layers_train_identically_on_one_and_two_threads(monkeypatch):
+    x, y = _data(n=200, d=300, classes=10)
+    before = fastnn.get_num_threads()
+    states = []
+    try:
+        for n in (1, 2):
+            fastnn.set_num_threads(n)
+            states.append(_train(monkeypatch, True, _wide_model,
+                                 dict(optimizer="adam", loss="sparse_categorical_crossentropy",
+                                      metrics=["accuracy"]), x, y, dict(batch_size=32)))
+    finally:
+        fastnn.set_num_threads(before)
+    _assert_same(*states)

@@ -134,8 +134,9 @@ class Ops:
         out[...] = res
         return out
 
-    def dense_forward(self, x, kernel, bias, act, alpha, z=None, y=None):
-        """z = x @ kernel + bias, y = act(z). Returns (z, y); y may be the same array as z."""
+    def dense_forward(self, x, kernel, bias, act, alpha, z=None, y=None, training=False):
+        """z = x @ kernel + bias, y = act(z). Returns (z, y); y may be the same array as z.
+        training lets a backend split the GEMM the way the backward pass will (CpuOps)."""
         z = self.gemm(x, kernel, out=z)
         if bias is not None:
             z += bias

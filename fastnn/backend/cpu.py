@@ -61,12 +61,12 @@ class CpuOps(Ops):
         _core.column_sum(a, out)
         return out
 
-    def dense_forward(self, x, kernel, bias, act, alpha, z=None, y=None):
+    def dense_forward(self, x, kernel, bias, act, alpha, z=None, y=None, training=False):
         x = _f32(x)
         shape = (x.shape[0], kernel.shape[1])
         z = np.empty(shape, np.float32) if z is None else z
         y = np.empty(shape, np.float32) if y is None else y
-        _core.dense_forward(x, kernel, bias, z, y, act, alpha)
+        _core.dense_forward(x, kernel, bias, z, y, act, alpha, training)
         return z, y
 
     def dense_backward(self, x, kernel, z, y, dy, act, alpha, d_kernel, d_bias, dx=None,
