@@ -38,6 +38,8 @@ void fnn_blas_restore(int saved) {
 /* A K-split keeps its partial products on the caller's stack: at most this many floats. */
 #define GEMM_SPLIT_SCRATCH 16384
 #define GEMM_MIN_K_BLOCK 64
+/* Multiply-adds up to which OpenBLAS (SkylakeX and later) runs sgemm without packing. */
+#define GEMM_SMALL_WORK 1000000.0
 
 static void gemm_block(int trans_a, int trans_b, int m, int n, int k, float alpha,
                        const float *a, int lda, const float *b, int ldb, float beta,
@@ -150,10 +152,10 @@ static void gemm_split_mn(int trans_a, int trans_b, int m, int n, int k, float a
  * partial products summed in block order. Each block's BLAS call packs its share of both
  * operands, so the split picked is the one that moves the fewest floats in all, P blocks:
  * M: A + P B + C, N: P A + B + C, K: A + B + (2P - 1) C (the partials, then their sum).
- * K must win clearly: small M/N blocks (32x784x32) take OpenBLAS's unpacked small-matrix
- * kernels, which the float count does not see. At batch 32 K is picked for a wide first layer
- * (32x10816x200: 0.86 -> 0.75 ms on two cores) and a convolution's weight gradient
- * (9x21632x64: one thread -> two). It depends on the shape only, never on the thread count. */
+ * Except that M/N blocks small enough for OpenBLAS's unpacked small-matrix kernels (32x784x32)
+ * beat any K-split, which the float count does not see. At batch 32 K is picked for a wide
+ * first layer (32x10816x200: 0.86 -> 0.75 ms on two cores) and a convolution's weight gradient
+ * (9x21632x64: 0.39 -> 0.29 ms). It depends on the shape only, never on the thread count. */
 static void gemm_auto(int trans_a, int trans_b, int m, int n, int k, float alpha,
                       const float *a, int lda, const float *b, int ldb, float beta,
                       float *c, int ldc, const fnn_rows_done *done, int n_threads) {
@@ -165,7 +167,8 @@ static void gemm_auto(int trans_a, int trans_b, int m, int n, int k, float alpha
         double mn_cost = (split_rows ? sa + mn_blocks * sb : mn_blocks * sa + sb) + sc;
         int k_blocks = k_split_blocks(m, n, k, blocks);
         double k_cost = sa + sb + (2.0 * k_blocks - 1) * sc;
-        if (k_blocks > 1 && (mn_blocks <= 1 || 1.5 * k_cost < mn_cost)) {
+        int small_blocks = mn_blocks > 1 && (double)m * n * k / mn_blocks <= GEMM_SMALL_WORK;
+        if (k_blocks > 1 && (mn_blocks <= 1 || (!small_blocks && k_cost < mn_cost))) {
             gemm_split_k(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
                          k_blocks, n_threads);
         } else if (mn_blocks > 1) {
