@@ -3,21 +3,32 @@
 #include "fastnn.h"
 
 /* z += bias (broadcast over rows), then y = act(z). y may alias z when the activation's backward
- * pass does not need z. */
+ * pass does not need z. Both happen chunk by chunk of rows (~64 KB), so each chunk is still in
+ * L1/L2 when its activation runs: one pass over a large output (a convolution's) instead of
+ * two. The activation is row-wise, so chunking gives the same values. */
+#define BIAS_ACT_CHUNK 16384
+
 FNN_DISPATCH
 void fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, float *y,
                           size_t rows, size_t cols, int n_threads) {
-    if (bias) {
-        ptrdiff_t r;
-        int nt = fnn_threads(rows * cols, n_threads);
-        (void)nt;
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (r = 0; r < (ptrdiff_t)rows; r++) {
-            float *zr = z + (size_t)r * cols;
+    if (!bias) {
+        fnn_act_forward(act, alpha, z, y, rows, cols, n_threads);
+        return;
+    }
+    size_t chunk = cols >= BIAS_ACT_CHUNK ? 1 : BIAS_ACT_CHUNK / cols;
+    ptrdiff_t chunks = (ptrdiff_t)((rows + chunk - 1) / chunk), i;
+    int nt = chunks > 1 ? fnn_threads(rows * cols, n_threads) : 1;
+    (void)nt;
+    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+    for (i = 0; i < chunks; i++) {
+        size_t r0 = (size_t)i * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
+        for (size_t r = r0; r < r1; r++) {
+            float *zr = z + r * cols;
             for (size_t c = 0; c < cols; c++) zr[c] += bias[c];
         }
+        fnn_act_forward(act, alpha, z + r0 * cols, y + r0 * cols, r1 - r0, cols,
+                        nt > 1 ? 1 : n_threads);
     }
-    fnn_act_forward(act, alpha, z, y, rows, cols, n_threads);
 }
 
 /* out[c] = sum over rows of a[r, c]. Each work item streams a block of up to 64 columns over a

@@ -64,7 +64,7 @@ typedef struct {
     void *ctx;
 } fnn_rows_done;
 /* fnn_gemm with the split chosen by the caller: FNN_SPLIT_K or FNN_SPLIT_ROWS in `blocks`
- * blocks (the same 16-panel boundaries along K or M, block i on thread i % threads), or
+ * blocks (the same 16-panel boundaries along K or M, the same blocks to the same thread), or
  * FNN_SPLIT_AUTO (blocks ignored; a forced split that does not fit falls back to it). Then
  * `done` (may be NULL) on every row of C: block by block, on the thread that computed the
  * block, for a row split; else once at the end. */

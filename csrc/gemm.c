@@ -101,7 +101,7 @@ static void gemm_split_k(int trans_a, int trans_b, int m, int n, int k, float al
     int nt = n_threads < blocks ? n_threads : blocks, i;
     size_t len = (size_t)m * n;
     (void)nt;
-    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static, 1)
+    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
     for (i = 0; i < blocks; i++) {
         int lo, hi;
         panel_range(k, blocks, i, &lo, &hi);
@@ -122,8 +122,10 @@ static void gemm_split_k(int trans_a, int trans_b, int m, int n, int k, float al
     }
 }
 
-/* C in `blocks` blocks of rows (split_rows) or columns, block i on thread i % threads; `done`
- * runs on each finished row block on its thread. */
+/* C in `blocks` blocks of rows (split_rows) or columns, dealt to the threads in contiguous
+ * runs (static schedule), so a thread's rows are the ones the elementwise kernels after it
+ * (bias, activation, pooling: static over rows) give the same thread; `done` runs on each
+ * finished row block on its thread. */
 static void gemm_split_mn(int trans_a, int trans_b, int m, int n, int k, float alpha,
                           const float *a, int lda, const float *b, int ldb, float beta,
                           float *c, int ldc, int split_rows, int blocks,
@@ -131,7 +133,7 @@ static void gemm_split_mn(int trans_a, int trans_b, int m, int n, int k, float a
     int dim = split_rows ? m : n;
     int nt = n_threads < blocks ? n_threads : blocks, i;
     (void)nt;
-    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static, 1)
+    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
     for (i = 0; i < blocks; i++) {
         int lo, hi;
         panel_range(dim, blocks, i, &lo, &hi);
