@@ -18,7 +18,9 @@ GEOMETRIES = [((7, 6), (3, 3), (1, 1), "valid"), ((7, 6), (3, 3), (2, 2), "same"
               ((5, 5), (2, 2), (2, 2), "valid"), ((6, 7), (3, 2), (2, 1), "same"),
               ((4, 4), (1, 1), (1, 1), "valid"), ((5, 3), (3, 3), (1, 1), "same"),
               # windows that tile the input exactly, and windows with gaps between them
-              ((6, 8), (2, 2), (2, 2), "valid"), ((8, 7), (2, 2), (3, 3), "valid")]
+              ((6, 8), (2, 2), (2, 2), "valid"), ((8, 7), (2, 2), (3, 3), "valid"),
+              # padding above and below only: im2col's row-at-a-time path with zero rows
+              ((6, 8), (3, 1), (1, 1), "same")]
 GEO_IDS = [f"{g[0]}-{g[1]}-{g[2]}-{g[3]}" for g in GEOMETRIES]
 
 
