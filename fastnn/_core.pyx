@@ -788,8 +788,13 @@ cdef class DenseStack:
     cdef _find_kernels(self, list layers, params, grads):
         """Point s.kernel_at at each layer's kernel offset when the layers' parameters tile the
         arena in order (kernel, bias, next kernel, ...) and their gradients tile grads alike:
-        then fnn_stack_run updates each layer during the backward pass."""
+        then fnn_stack_run updates each layer during the backward pass. Only worth it when a
+        layer's training GEMMs split along its rows (its blocks are then updated where they
+        are cached); small stacks keep one update pass over the arena."""
         cdef size_t at = 0, n = len(layers), i
+        if not any(fnn_gemm_row_blocks(self.batch, k.shape[0], k.shape[1]) > 1
+                   for k, *_ in layers):
+            return
         offsets = []
         base, gbase = params.ctypes.data, grads.ctypes.data
         for kernel, bias, d_kernel, d_bias, _, _ in layers:
