@@ -33,9 +33,9 @@ void fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, flo
 
 /* out[c] = sum over rows of a[r, c]. Each work item streams a block of up to 64 columns over a
  * run of rows, so the matrix is read once, in order. A tall matrix of one column block (a
- * convolution's bias gradient: 21632 x 64) is cut into row runs, each summed in row order and the runs
- * added in order. The cut depends on the shape only, so results are the same for any thread
- * count. */
+ * convolution's bias gradient: 21632 x 64) is cut into row runs, each summed in row order, and
+ * the runs are added in order. The cut depends on the shape only, so results are the same for
+ * any thread count. */
 #define COLSUM_BLOCK 64
 #define COLSUM_MAX_RUNS 16
 #define COLSUM_RUN_WORK 65536

@@ -293,8 +293,10 @@ def test_wide_layers_update_during_backward_exactly_as_the_general_path(monkeypa
     the kernel taking its optimizer step in the backward pass (decoupled weight decay
     included); the layer path updates everything after the backward pass."""
     x, y = _data(n=200, d=300, classes=10)
-    compile_kw = lambda: dict(optimizer=make_opt(), loss="sparse_categorical_crossentropy",  # noqa: E731
-                              metrics=["accuracy"])
+    def compile_kw():
+        return dict(optimizer=make_opt(), loss="sparse_categorical_crossentropy",
+                    metrics=["accuracy"])
+
     fused = _train(monkeypatch, True, _wide_model, compile_kw, x, y, dict(batch_size=32))
     _assert_same(fused, _train(monkeypatch, False, _wide_model, compile_kw, x, y,
                                dict(batch_size=32)))
