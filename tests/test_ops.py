@@ -48,10 +48,12 @@ def test_gemm_matches_numpy(rng, shape, ta, tb):
 
 # Shapes that fastnn splits over its threads by rows, by columns and along K (the partial
 # products summed in order): the tutorial CNN's wide Dense forward and its convolution's weight
-# gradient; the last, with B transposed, is the wide Dense layer's input gradient, computed
-# transposed block by block.
+# gradient; (32, 200, 10816) with B transposed is the wide Dense layer's input gradient,
+# computed transposed block by block.
 SPLIT_SHAPES = [(784, 32, 128), (32, 784, 128), (32, 10816, 200), (9, 21632, 64),
-                (32, 200, 10816)]
+                (32, 200, 10816),
+                # packed-size blocks: fewer row blocks, and a 2 x 4 grid for a square output
+                (1024, 784, 128), (512, 512, 512)]
 
 
 @pytest.mark.parametrize("m,k,n", SPLIT_SHAPES)
