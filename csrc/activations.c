@@ -68,49 +68,49 @@ static void act_forward_flat(int act, float alpha, const float *z, float *y, siz
         if (y != z) for (i = 0; i < len; i++) y[i] = z[i];
         break;
     case FNN_RELU:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) { float v = z[i]; y[i] = v > 0.0f ? v : 0.0f; }
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) { float v = z[i]; y[i] = v > 0.0f ? v : 0.0f; });
         break;
     case FNN_SIGMOID:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) y[i] = sigmoidf(z[i]);
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) y[i] = sigmoidf(z[i]););
         break;
     case FNN_TANH:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) y[i] = tanhf(z[i]);
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) y[i] = tanhf(z[i]););
         break;
     case FNN_SOFTPLUS:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) y[i] = softplusf(z[i]);
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) y[i] = softplusf(z[i]););
         break;
     case FNN_SOFTSIGN:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) y[i] = z[i] / (1.0f + fabsf(z[i]));
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) y[i] = z[i] / (1.0f + fabsf(z[i])););
         break;
     case FNN_SELU:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++)
-            y[i] = z[i] > 0.0f ? SELU_SCALE * z[i] : SELU_SCALE * SELU_ALPHA * expm1f(z[i]);
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++)
+                y[i] = z[i] > 0.0f ? SELU_SCALE * z[i] : SELU_SCALE * SELU_ALPHA * expm1f(z[i]););
         break;
     case FNN_ELU:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) y[i] = z[i] > 0.0f ? z[i] : alpha * expm1f(z[i]);
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) y[i] = z[i] > 0.0f ? z[i] : alpha * expm1f(z[i]););
         break;
     case FNN_EXPONENTIAL:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) y[i] = vexpf(z[i]);
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) y[i] = vexpf(z[i]););
         break;
     case FNN_LEAKY_RELU:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) { float v = z[i]; y[i] = v > 0.0f ? v : alpha * v; }
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) { float v = z[i]; y[i] = v > 0.0f ? v : alpha * v; });
         break;
     case FNN_GELU:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) y[i] = 0.5f * z[i] * (1.0f + erff(z[i] * INV_SQRT2));
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) y[i] = 0.5f * z[i] * (1.0f + erff(z[i] * INV_SQRT2)););
         break;
     case FNN_SILU:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) y[i] = z[i] * sigmoidf(z[i]);
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) y[i] = z[i] * sigmoidf(z[i]););
         break;
     }
 }
@@ -121,17 +121,17 @@ static void softmax_rows(const float *z, float *y, size_t rows, size_t cols, int
     ptrdiff_t r;
     int nt = fnn_threads(rows * cols, n_threads);
     (void)nt;
-    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (r = 0; r < (ptrdiff_t)rows; r++) {
-        const float *zr = z + (size_t)r * cols;
-        float *yr = y + (size_t)r * cols;
-        float m = zr[0], s = 0.0f;
-        for (size_t c = 1; c < cols; c++) m = fmaxf(m, zr[c]);
-        for (size_t c = 0; c < cols; c++) yr[c] = vexpf(zr[c] - m);
-        for (size_t c = 0; c < cols; c++) s += yr[c];
-        float inv = 1.0f / s;
-        for (size_t c = 0; c < cols; c++) yr[c] *= inv;
-    }
+    FNN_PARALLEL_FOR(schedule(static),
+        for (r = 0; r < (ptrdiff_t)rows; r++) {
+            const float *zr = z + (size_t)r * cols;
+            float *yr = y + (size_t)r * cols;
+            float m = zr[0], s = 0.0f;
+            for (size_t c = 1; c < cols; c++) m = fmaxf(m, zr[c]);
+            for (size_t c = 0; c < cols; c++) yr[c] = vexpf(zr[c] - m);
+            for (size_t c = 0; c < cols; c++) s += yr[c];
+            float inv = 1.0f / s;
+            for (size_t c = 0; c < cols; c++) yr[c] *= inv;
+        });
 }
 
 void fnn_act_forward(int act, float alpha, const float *z, float *y, size_t rows, size_t cols,
@@ -152,73 +152,73 @@ void fnn_act_backward(int act, float alpha, const float *z, const float *y, cons
         if (dz != dy) for (i = 0; i < len; i++) dz[i] = dy[i];
         break;
     case FNN_RELU:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) { float g = dy[i]; dz[i] = y[i] > 0.0f ? g : 0.0f; }
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) { float g = dy[i]; dz[i] = y[i] > 0.0f ? g : 0.0f; });
         break;
     case FNN_SIGMOID:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) dz[i] = dy[i] * y[i] * (1.0f - y[i]);
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) dz[i] = dy[i] * y[i] * (1.0f - y[i]););
         break;
     case FNN_TANH:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) dz[i] = dy[i] * (1.0f - y[i] * y[i]);
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) dz[i] = dy[i] * (1.0f - y[i] * y[i]););
         break;
     case FNN_SOFTMAX: {
         ptrdiff_t r;
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (r = 0; r < (ptrdiff_t)rows; r++) {
-            const float *yr = y + (size_t)r * cols, *dyr = dy + (size_t)r * cols;
-            float *dzr = dz + (size_t)r * cols;
-            float dot = 0.0f;
-            for (size_t c = 0; c < cols; c++) dot += dyr[c] * yr[c];
-            for (size_t c = 0; c < cols; c++) dzr[c] = yr[c] * (dyr[c] - dot);
-        }
+        FNN_PARALLEL_FOR(schedule(static),
+            for (r = 0; r < (ptrdiff_t)rows; r++) {
+                const float *yr = y + (size_t)r * cols, *dyr = dy + (size_t)r * cols;
+                float *dzr = dz + (size_t)r * cols;
+                float dot = 0.0f;
+                for (size_t c = 0; c < cols; c++) dot += dyr[c] * yr[c];
+                for (size_t c = 0; c < cols; c++) dzr[c] = yr[c] * (dyr[c] - dot);
+            });
         break;
     }
     case FNN_SOFTPLUS:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) dz[i] = dy[i] * sigmoidf(z[i]);
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) dz[i] = dy[i] * sigmoidf(z[i]););
         break;
     case FNN_SOFTSIGN:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) { float t = 1.0f - fabsf(y[i]); dz[i] = dy[i] * t * t; }
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) { float t = 1.0f - fabsf(y[i]); dz[i] = dy[i] * t * t; });
         break;
     case FNN_SELU:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) {
-            float g = dy[i], v = y[i];   /* plain loads first: the select then vectorizes */
-            dz[i] = v > 0.0f ? g * SELU_SCALE : g * (v + SELU_SCALE * SELU_ALPHA);
-        }
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) {
+                float g = dy[i], v = y[i];   /* plain loads first: the select then vectorizes */
+                dz[i] = v > 0.0f ? g * SELU_SCALE : g * (v + SELU_SCALE * SELU_ALPHA);
+            });
         break;
     case FNN_ELU:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) {
-            float g = dy[i], v = y[i];
-            dz[i] = v > 0.0f ? g : g * (v + alpha);
-        }
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) {
+                float g = dy[i], v = y[i];
+                dz[i] = v > 0.0f ? g : g * (v + alpha);
+            });
         break;
     case FNN_EXPONENTIAL:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) dz[i] = dy[i] * y[i];
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) dz[i] = dy[i] * y[i];);
         break;
     case FNN_LEAKY_RELU:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) { float g = dy[i]; dz[i] = y[i] > 0.0f ? g : g * alpha; }
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) { float g = dy[i]; dz[i] = y[i] > 0.0f ? g : g * alpha; });
         break;
     case FNN_GELU:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) {
-            float x = z[i];
-            float cdf = 0.5f * (1.0f + erff(x * INV_SQRT2));
-            dz[i] = dy[i] * (cdf + x * INV_SQRT_2PI * expf(-0.5f * x * x));
-        }
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) {
+                float x = z[i];
+                float cdf = 0.5f * (1.0f + erff(x * INV_SQRT2));
+                dz[i] = dy[i] * (cdf + x * INV_SQRT_2PI * expf(-0.5f * x * x));
+            });
         break;
     case FNN_SILU:
-        #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-        for (i = 0; i < len; i++) {
-            float s = sigmoidf(z[i]);
-            dz[i] = dy[i] * s * (1.0f + z[i] * (1.0f - s));
-        }
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) {
+                float s = sigmoidf(z[i]);
+                dz[i] = dy[i] * s * (1.0f + z[i] * (1.0f - s));
+            });
         break;
     }
 }

@@ -19,16 +19,16 @@ void fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, flo
     ptrdiff_t chunks = (ptrdiff_t)((rows + chunk - 1) / chunk), i;
     int nt = chunks > 1 ? fnn_threads(rows * cols, n_threads) : 1;
     (void)nt;
-    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (i = 0; i < chunks; i++) {
-        size_t r0 = (size_t)i * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
-        for (size_t r = r0; r < r1; r++) {
-            float *zr = z + r * cols;
-            for (size_t c = 0; c < cols; c++) zr[c] += bias[c];
-        }
-        fnn_act_forward(act, alpha, z + r0 * cols, y + r0 * cols, r1 - r0, cols,
-                        nt > 1 ? 1 : n_threads);
-    }
+    FNN_PARALLEL_FOR(schedule(static),
+        for (i = 0; i < chunks; i++) {
+            size_t r0 = (size_t)i * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
+            for (size_t r = r0; r < r1; r++) {
+                float *zr = z + r * cols;
+                for (size_t c = 0; c < cols; c++) zr[c] += bias[c];
+            }
+            fnn_act_forward(act, alpha, z + r0 * cols, y + r0 * cols, r1 - r0, cols,
+                            nt > 1 ? 1 : n_threads);
+        });
 }
 
 /* out[c] = sum over rows of a[r, c]. Each work item streams a block of up to 64 columns over a
@@ -50,20 +50,21 @@ void fnn_column_sum(const float *a, float *out, size_t rows, size_t cols, int n_
     float partial[COLSUM_MAX_RUNS][COLSUM_BLOCK];
     int nt = blocks * runs > 1 ? fnn_threads(rows * cols, n_threads) : 1;
     (void)nt;
-    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (item = 0; item < blocks * runs; item++) {
-        ptrdiff_t b = item / runs, run = item % runs;
-        size_t c0 = (size_t)b * COLSUM_BLOCK;
-        size_t width = cols - c0 < COLSUM_BLOCK ? cols - c0 : COLSUM_BLOCK;
-        size_t r0 = rows * (size_t)run / (size_t)runs, r1 = rows * (size_t)(run + 1) / (size_t)runs;
-        float acc[COLSUM_BLOCK] = {0};
-        for (size_t r = r0; r < r1; r++) {
-            const float *ar = a + r * cols + c0;
-            for (size_t c = 0; c < width; c++) acc[c] += ar[c];
-        }
-        float *dst = runs > 1 ? partial[run] : out + c0;
-        for (size_t c = 0; c < width; c++) dst[c] = acc[c];
-    }
+    FNN_PARALLEL_FOR(schedule(static),
+        for (item = 0; item < blocks * runs; item++) {
+            ptrdiff_t b = item / runs, run = item % runs;
+            size_t c0 = (size_t)b * COLSUM_BLOCK;
+            size_t width = cols - c0 < COLSUM_BLOCK ? cols - c0 : COLSUM_BLOCK;
+            size_t r0 = rows * (size_t)run / (size_t)runs;
+            size_t r1 = rows * (size_t)(run + 1) / (size_t)runs;
+            float acc[COLSUM_BLOCK] = {0};
+            for (size_t r = r0; r < r1; r++) {
+                const float *ar = a + r * cols + c0;
+                for (size_t c = 0; c < width; c++) acc[c] += ar[c];
+            }
+            float *dst = runs > 1 ? partial[run] : out + c0;
+            for (size_t c = 0; c < width; c++) dst[c] = acc[c];
+        });
     if (runs > 1) {     /* one column block */
         for (size_t c = 0; c < cols; c++) {
             float sum = partial[0][c];

@@ -9,9 +9,6 @@
  * flush-to-zero CPU mode does. */
 static inline float flush(float x) { return fabsf(x) < FLT_MIN ? 0.0f : x; }
 
-#define PARALLEL_FOR \
-    _Pragma("omp parallel for num_threads(nt) if(nt > 1) schedule(static)")
-
 FNN_DISPATCH
 void fnn_sgd(float *w, const float *g, float *m, size_t n, float lr, float momentum,
              int nesterov, int n_threads) {
@@ -19,20 +16,20 @@ void fnn_sgd(float *w, const float *g, float *m, size_t n, float lr, float momen
     int nt = fnn_threads(n, n_threads);
     (void)nt;
     if (!m) {
-        PARALLEL_FOR
-        for (i = 0; i < len; i++) w[i] -= lr * g[i];
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) w[i] -= lr * g[i];);
     } else if (nesterov) {
-        PARALLEL_FOR
-        for (i = 0; i < len; i++) {
-            m[i] = flush(momentum * m[i] - lr * g[i]);
-            w[i] += momentum * m[i] - lr * g[i];
-        }
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) {
+                m[i] = flush(momentum * m[i] - lr * g[i]);
+                w[i] += momentum * m[i] - lr * g[i];
+            });
     } else {
-        PARALLEL_FOR
-        for (i = 0; i < len; i++) {
-            m[i] = flush(momentum * m[i] - lr * g[i]);
-            w[i] += m[i];
-        }
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) {
+                m[i] = flush(momentum * m[i] - lr * g[i]);
+                w[i] += m[i];
+            });
     }
 }
 
@@ -45,20 +42,20 @@ void fnn_adam(float *w, const float *g, float *m, float *v, float *vmax, size_t 
     float c1 = 1.0f - beta1, c2 = 1.0f - beta2;
     (void)nt;
     if (vmax) {
-        PARALLEL_FOR
-        for (i = 0; i < len; i++) {
-            m[i] = flush(m[i] + (g[i] - m[i]) * c1);
-            v[i] = flush(v[i] + (g[i] * g[i] - v[i]) * c2);
-            vmax[i] = fmaxf(vmax[i], v[i]);
-            w[i] -= alpha * m[i] / (sqrtf(vmax[i]) + eps);
-        }
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) {
+                m[i] = flush(m[i] + (g[i] - m[i]) * c1);
+                v[i] = flush(v[i] + (g[i] * g[i] - v[i]) * c2);
+                vmax[i] = fmaxf(vmax[i], v[i]);
+                w[i] -= alpha * m[i] / (sqrtf(vmax[i]) + eps);
+            });
     } else {
-        PARALLEL_FOR
-        for (i = 0; i < len; i++) {
-            m[i] = flush(m[i] + (g[i] - m[i]) * c1);
-            v[i] = flush(v[i] + (g[i] * g[i] - v[i]) * c2);
-            w[i] -= alpha * m[i] / (sqrtf(v[i]) + eps);
-        }
+        FNN_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) {
+                m[i] = flush(m[i] + (g[i] - m[i]) * c1);
+                v[i] = flush(v[i] + (g[i] * g[i] - v[i]) * c2);
+                w[i] -= alpha * m[i] / (sqrtf(v[i]) + eps);
+            });
     }
 }
 
@@ -69,22 +66,22 @@ void fnn_rmsprop(float *w, const float *g, float *v, float *mom, float *mg, size
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
-    PARALLEL_FOR
-    for (i = 0; i < len; i++) {
-        v[i] = flush(rho * v[i] + (1.0f - rho) * g[i] * g[i]);
-        float denom = v[i] + eps;
-        if (mg) {
-            mg[i] = rho * mg[i] + (1.0f - rho) * g[i];
-            denom -= mg[i] * mg[i];
-        }
-        float step = lr * g[i] / sqrtf(denom);
-        if (mom) {
-            mom[i] = flush(momentum * mom[i] + step);
-            w[i] -= mom[i];
-        } else {
-            w[i] -= step;
-        }
-    }
+    FNN_PARALLEL_FOR(schedule(static),
+        for (i = 0; i < len; i++) {
+            v[i] = flush(rho * v[i] + (1.0f - rho) * g[i] * g[i]);
+            float denom = v[i] + eps;
+            if (mg) {
+                mg[i] = rho * mg[i] + (1.0f - rho) * g[i];
+                denom -= mg[i] * mg[i];
+            }
+            float step = lr * g[i] / sqrtf(denom);
+            if (mom) {
+                mom[i] = flush(momentum * mom[i] + step);
+                w[i] -= mom[i];
+            } else {
+                w[i] -= step;
+            }
+        });
 }
 
 FNN_DISPATCH
@@ -93,11 +90,11 @@ void fnn_adagrad(float *w, const float *g, float *acc, size_t n, float lr, float
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
-    PARALLEL_FOR
-    for (i = 0; i < len; i++) {
-        acc[i] += g[i] * g[i];
-        w[i] -= lr * g[i] / sqrtf(acc[i] + eps);
-    }
+    FNN_PARALLEL_FOR(schedule(static),
+        for (i = 0; i < len; i++) {
+            acc[i] += g[i] * g[i];
+            w[i] -= lr * g[i] / sqrtf(acc[i] + eps);
+        });
 }
 
 FNN_DISPATCH
@@ -106,13 +103,13 @@ void fnn_adadelta(float *w, const float *g, float *acc_g, float *acc_dx, size_t 
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
-    PARALLEL_FOR
-    for (i = 0; i < len; i++) {
-        acc_g[i] = flush(rho * acc_g[i] + (1.0f - rho) * g[i] * g[i]);
-        float dx = -sqrtf(acc_dx[i] + eps) * g[i] / sqrtf(acc_g[i] + eps);
-        acc_dx[i] = flush(rho * acc_dx[i] + (1.0f - rho) * dx * dx);
-        w[i] += lr * dx;
-    }
+    FNN_PARALLEL_FOR(schedule(static),
+        for (i = 0; i < len; i++) {
+            acc_g[i] = flush(rho * acc_g[i] + (1.0f - rho) * g[i] * g[i]);
+            float dx = -sqrtf(acc_dx[i] + eps) * g[i] / sqrtf(acc_g[i] + eps);
+            acc_dx[i] = flush(rho * acc_dx[i] + (1.0f - rho) * dx * dx);
+            w[i] += lr * dx;
+        });
 }
 
 /* alpha = lr / (1 - beta1^t). */
@@ -122,12 +119,12 @@ void fnn_adamax(float *w, const float *g, float *m, float *u, size_t n, float al
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
-    PARALLEL_FOR
-    for (i = 0; i < len; i++) {
-        m[i] = flush(m[i] + (g[i] - m[i]) * (1.0f - beta1));
-        u[i] = flush(fmaxf(beta2 * u[i], fabsf(g[i])));
-        w[i] -= alpha * m[i] / (u[i] + eps);
-    }
+    FNN_PARALLEL_FOR(schedule(static),
+        for (i = 0; i < len; i++) {
+            m[i] = flush(m[i] + (g[i] - m[i]) * (1.0f - beta1));
+            u[i] = flush(fmaxf(beta2 * u[i], fabsf(g[i])));
+            w[i] -= alpha * m[i] / (u[i] + eps);
+        });
 }
 
 /* mu_t, mu_t1: momentum schedule at steps t and t+1; u_prod = prod of mu up to t, u_prod_t1 =
@@ -141,13 +138,13 @@ void fnn_nadam(float *w, const float *g, float *m, float *v, size_t n, float lr,
     float a = mu_t1 / (1.0f - u_prod_t1), b = (1.0f - mu_t) / (1.0f - u_prod);
     float vc = 1.0f / (1.0f - beta2_power);
     (void)nt;
-    PARALLEL_FOR
-    for (i = 0; i < len; i++) {
-        m[i] = flush(m[i] + (g[i] - m[i]) * (1.0f - beta1));
-        v[i] = flush(v[i] + (g[i] * g[i] - v[i]) * (1.0f - beta2));
-        float m_hat = a * m[i] + b * g[i];
-        w[i] -= lr * m_hat / (sqrtf(v[i] * vc) + eps);
-    }
+    FNN_PARALLEL_FOR(schedule(static),
+        for (i = 0; i < len; i++) {
+            m[i] = flush(m[i] + (g[i] - m[i]) * (1.0f - beta1));
+            v[i] = flush(v[i] + (g[i] * g[i] - v[i]) * (1.0f - beta2));
+            float m_hat = a * m[i] + b * g[i];
+            w[i] -= lr * m_hat / (sqrtf(v[i] * vc) + eps);
+        });
 }
 
 FNN_DISPATCH
@@ -158,17 +155,17 @@ void fnn_ftrl(float *w, const float *g, float *acc, float *lin, size_t n, float 
     int nt = fnn_threads(n, n_threads);
     float l2_reg = l2 + beta / (2.0f * lr);
     (void)nt;
-    PARALLEL_FOR
-    for (i = 0; i < len; i++) {
-        float gi = g[i] + 2.0f * l2_shrinkage * w[i];
-        float new_acc = acc[i] + g[i] * g[i];
-        float p_new = powf(new_acc, -lr_power), p_old = powf(acc[i], -lr_power);
-        lin[i] += gi - (p_new - p_old) / lr * w[i];
-        float quadratic = p_new / lr + 2.0f * l2_reg;
-        float clipped = fminf(fmaxf(lin[i], -l1), l1);
-        w[i] = (clipped - lin[i]) / quadratic;
-        acc[i] = new_acc;
-    }
+    FNN_PARALLEL_FOR(schedule(static),
+        for (i = 0; i < len; i++) {
+            float gi = g[i] + 2.0f * l2_shrinkage * w[i];
+            float new_acc = acc[i] + g[i] * g[i];
+            float p_new = powf(new_acc, -lr_power), p_old = powf(acc[i], -lr_power);
+            lin[i] += gi - (p_new - p_old) / lr * w[i];
+            float quadratic = p_new / lr + 2.0f * l2_reg;
+            float clipped = fminf(fmaxf(lin[i], -l1), l1);
+            w[i] = (clipped - lin[i]) / quadratic;
+            acc[i] = new_acc;
+        });
 }
 
 /* Scalars after the weight decay factor, per kind (see fnn_optimizer_step). */
@@ -183,8 +180,8 @@ static void weight_decay(float *w, size_t n, float factor, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
-    PARALLEL_FOR
-    for (i = 0; i < len; i++) w[i] -= w[i] * factor;
+    FNN_PARALLEL_FOR(schedule(static),
+        for (i = 0; i < len; i++) w[i] -= w[i] * factor;);
 }
 
 void fnn_optimizer_step(int kind, float *w, const float *g, float *const *slots, size_t n,

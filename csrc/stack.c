@@ -21,12 +21,12 @@ static int all_finite(const float *p, size_t n, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n / 8, n_threads);
     (void)nt;
-    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static) reduction(|:bad)
-    for (i = 0; i < len; i++) {
-        uint32_t bits;
-        memcpy(&bits, p + i, sizeof bits);
-        bad |= (bits & 0x7f800000u) == 0x7f800000u;
-    }
+    FNN_PARALLEL_FOR(schedule(static) reduction(|:bad),
+        for (i = 0; i < len; i++) {
+            uint32_t bits;
+            memcpy(&bits, p + i, sizeof bits);
+            bad |= (bits & 0x7f800000u) == 0x7f800000u;
+        });
     return !bad;
 }
 
