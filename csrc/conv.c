@@ -33,42 +33,42 @@ void fnn_im2col(const float *x, float *cols, const fnn_conv_geom *g, int n_threa
     int nt = fnn_threads((size_t)g->n * img_rows * row_len, n_threads);
     ptrdiff_t b;
     (void)nt;
-    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (b = 0; b < g->n; b++) {
-        const float *img = x + (size_t)b * g->h * g->w * g->c;
-        float *out = cols + (size_t)b * img_rows * row_len;
-        for (int oy = 0; oy < g->oh; oy++) {
-            if (inside_x) {
-                im2col_inner_row(img, out, g, oy, row_len);
-                continue;
-            }
-            for (int ox = 0; ox < g->ow; ox++) {
-                float *dst = out + ((size_t)oy * g->ow + ox) * row_len;
-                for (int ky = 0; ky < g->kh; ky++) {
-                    int iy = oy * g->sh + ky - g->pad_top;
-                    float *d = dst + (size_t)ky * g->kw * g->c;
-                    if (iy < 0 || iy >= g->h) {
-                        memset(d, 0, sizeof(float) * g->kw * g->c);
-                        continue;
-                    }
-                    int ix0 = ox * g->sw - g->pad_left;
-                    if (ix0 >= 0 && ix0 + g->kw <= g->w) {   /* the whole row is inside */
-                        memcpy(d, img + ((size_t)iy * g->w + ix0) * g->c,
-                               sizeof(float) * g->kw * g->c);
-                        continue;
-                    }
-                    for (int kx = 0; kx < g->kw; kx++) {
-                        int ix = ix0 + kx;
-                        if (ix < 0 || ix >= g->w)
-                            memset(d + (size_t)kx * g->c, 0, sizeof(float) * g->c);
-                        else
-                            memcpy(d + (size_t)kx * g->c, img + ((size_t)iy * g->w + ix) * g->c,
-                                   sizeof(float) * g->c);
+    FNN_PARALLEL_FOR(schedule(static),
+        for (b = 0; b < g->n; b++) {
+            const float *img = x + (size_t)b * g->h * g->w * g->c;
+            float *out = cols + (size_t)b * img_rows * row_len;
+            for (int oy = 0; oy < g->oh; oy++) {
+                if (inside_x) {
+                    im2col_inner_row(img, out, g, oy, row_len);
+                    continue;
+                }
+                for (int ox = 0; ox < g->ow; ox++) {
+                    float *dst = out + ((size_t)oy * g->ow + ox) * row_len;
+                    for (int ky = 0; ky < g->kh; ky++) {
+                        int iy = oy * g->sh + ky - g->pad_top;
+                        float *d = dst + (size_t)ky * g->kw * g->c;
+                        if (iy < 0 || iy >= g->h) {
+                            memset(d, 0, sizeof(float) * g->kw * g->c);
+                            continue;
+                        }
+                        int ix0 = ox * g->sw - g->pad_left;
+                        if (ix0 >= 0 && ix0 + g->kw <= g->w) {   /* the whole row is inside */
+                            memcpy(d, img + ((size_t)iy * g->w + ix0) * g->c,
+                                   sizeof(float) * g->kw * g->c);
+                            continue;
+                        }
+                        for (int kx = 0; kx < g->kw; kx++) {
+                            int ix = ix0 + kx;
+                            if (ix < 0 || ix >= g->w)
+                                memset(d + (size_t)kx * g->c, 0, sizeof(float) * g->c);
+                            else
+                                memcpy(d + (size_t)kx * g->c, img + ((size_t)iy * g->w + ix) * g->c,
+                                       sizeof(float) * g->c);
+                        }
                     }
                 }
             }
-        }
-    }
+        });
 }
 
 void fnn_col2im(const float *cols, float *x, const fnn_conv_geom *g, int n_threads) {
@@ -78,26 +78,26 @@ void fnn_col2im(const float *cols, float *x, const fnn_conv_geom *g, int n_threa
     int nt = fnn_threads((size_t)g->n * img_rows * row_len, n_threads);
     ptrdiff_t b;
     (void)nt;
-    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (b = 0; b < g->n; b++) {
-        float *img = x + (size_t)b * img_size;
-        const float *src_img = cols + (size_t)b * img_rows * row_len;
-        memset(img, 0, sizeof(float) * img_size);
-        for (int oy = 0; oy < g->oh; oy++) {
-            for (int ox = 0; ox < g->ow; ox++) {
-                const float *src = src_img + ((size_t)oy * g->ow + ox) * row_len;
-                for (int ky = 0; ky < g->kh; ky++) {
-                    int iy = oy * g->sh + ky - g->pad_top;
-                    if (iy < 0 || iy >= g->h) continue;
-                    for (int kx = 0; kx < g->kw; kx++) {
-                        int ix = ox * g->sw + kx - g->pad_left;
-                        if (ix < 0 || ix >= g->w) continue;
-                        float *d = img + ((size_t)iy * g->w + ix) * g->c;
-                        const float *s = src + ((size_t)ky * g->kw + kx) * g->c;
-                        for (int ci = 0; ci < g->c; ci++) d[ci] += s[ci];
+    FNN_PARALLEL_FOR(schedule(static),
+        for (b = 0; b < g->n; b++) {
+            float *img = x + (size_t)b * img_size;
+            const float *src_img = cols + (size_t)b * img_rows * row_len;
+            memset(img, 0, sizeof(float) * img_size);
+            for (int oy = 0; oy < g->oh; oy++) {
+                for (int ox = 0; ox < g->ow; ox++) {
+                    const float *src = src_img + ((size_t)oy * g->ow + ox) * row_len;
+                    for (int ky = 0; ky < g->kh; ky++) {
+                        int iy = oy * g->sh + ky - g->pad_top;
+                        if (iy < 0 || iy >= g->h) continue;
+                        for (int kx = 0; kx < g->kw; kx++) {
+                            int ix = ox * g->sw + kx - g->pad_left;
+                            if (ix < 0 || ix >= g->w) continue;
+                            float *d = img + ((size_t)iy * g->w + ix) * g->c;
+                            const float *s = src + ((size_t)ky * g->kw + kx) * g->c;
+                            for (int ci = 0; ci < g->c; ci++) d[ci] += s[ci];
+                        }
                     }
                 }
             }
-        }
-    }
+        });
 }

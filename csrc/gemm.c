@@ -113,18 +113,18 @@ static void gemm_split_k(int trans_a, int trans_b, int m, int n, int k, float al
     int nt = n_threads < blocks ? n_threads : blocks, i;
     size_t len = (size_t)m * n;
     (void)nt;
-    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (i = 0; i < blocks; i++) {
-        int lo, hi;
-        panel_range(k, blocks, i, &lo, &hi);
-        const float *ai = trans_a ? a + (size_t)lo * lda : a + lo;
-        const float *bi = trans_b ? b + lo : b + (size_t)lo * ldb;
-        if (i == 0)
-            gemm_block(trans_a, trans_b, m, n, hi - lo, alpha, ai, lda, bi, ldb, beta, c, ldc);
-        else
-            gemm_block(trans_a, trans_b, m, n, hi - lo, alpha, ai, lda, bi, ldb, 0.0f,
-                       partial + (i - 1) * len, n);
-    }
+    FNN_PARALLEL_FOR(schedule(static),
+        for (i = 0; i < blocks; i++) {
+            int lo, hi;
+            panel_range(k, blocks, i, &lo, &hi);
+            const float *ai = trans_a ? a + (size_t)lo * lda : a + lo;
+            const float *bi = trans_b ? b + lo : b + (size_t)lo * ldb;
+            if (i == 0)
+                gemm_block(trans_a, trans_b, m, n, hi - lo, alpha, ai, lda, bi, ldb, beta, c, ldc);
+            else
+                gemm_block(trans_a, trans_b, m, n, hi - lo, alpha, ai, lda, bi, ldb, 0.0f,
+                           partial + (i - 1) * len, n);
+        });
     for (int r = 0; r < m; r++) {
         float *cr = c + (size_t)r * ldc;
         for (int p = 0; p < blocks - 1; p++) {
@@ -145,21 +145,21 @@ static void gemm_split_mn(int trans_a, int trans_b, int m, int n, int k, float a
     int dim = split_rows ? m : n;
     int nt = n_threads < blocks ? n_threads : blocks, i;
     (void)nt;
-    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (i = 0; i < blocks; i++) {
-        int lo, hi;
-        panel_range(dim, blocks, i, &lo, &hi);
-        int len = hi - lo;
-        if (split_rows) {
-            const float *ai = trans_a ? a + lo : a + (size_t)lo * lda;
-            gemm_block(trans_a, trans_b, len, n, k, alpha, ai, lda, b, ldb, beta,
-                       c + (size_t)lo * ldc, ldc);
-            if (done) done->fn(done->ctx, lo, hi, 1);
-        } else {
-            const float *bi = trans_b ? b + (size_t)lo * ldb : b + lo;
-            gemm_block(trans_a, trans_b, m, len, k, alpha, a, lda, bi, ldb, beta, c + lo, ldc);
-        }
-    }
+    FNN_PARALLEL_FOR(schedule(static),
+        for (i = 0; i < blocks; i++) {
+            int lo, hi;
+            panel_range(dim, blocks, i, &lo, &hi);
+            int len = hi - lo;
+            if (split_rows) {
+                const float *ai = trans_a ? a + lo : a + (size_t)lo * lda;
+                gemm_block(trans_a, trans_b, len, n, k, alpha, ai, lda, b, ldb, beta,
+                           c + (size_t)lo * ldc, ldc);
+                if (done) done->fn(done->ctx, lo, hi, 1);
+            } else {
+                const float *bi = trans_b ? b + (size_t)lo * ldb : b + lo;
+                gemm_block(trans_a, trans_b, m, len, k, alpha, a, lda, bi, ldb, beta, c + lo, ldc);
+            }
+        });
 }
 
 /* C in a pm x pn grid of blocks (big outputs: each block packs 1/pm of A and 1/pn of B
@@ -170,16 +170,16 @@ static void gemm_split_2d(int trans_a, int trans_b, int m, int n, int k, float a
                           float *c, int ldc, int pm, int pn, int n_threads) {
     int blocks = pm * pn, nt = n_threads < blocks ? n_threads : blocks, i;
     (void)nt;
-    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (i = 0; i < blocks; i++) {
-        int m0, m1, n0, n1;
-        panel_range(m, pm, i / pn, &m0, &m1);
-        panel_range(n, pn, i % pn, &n0, &n1);
-        const float *ai = trans_a ? a + m0 : a + (size_t)m0 * lda;
-        const float *bi = trans_b ? b + (size_t)n0 * ldb : b + n0;
-        gemm_block(trans_a, trans_b, m1 - m0, n1 - n0, k, alpha, ai, lda, bi, ldb, beta,
-                   c + (size_t)m0 * ldc + n0, ldc);
-    }
+    FNN_PARALLEL_FOR(schedule(static),
+        for (i = 0; i < blocks; i++) {
+            int m0, m1, n0, n1;
+            panel_range(m, pm, i / pn, &m0, &m1);
+            panel_range(n, pn, i % pn, &n0, &n1);
+            const float *ai = trans_a ? a + m0 : a + (size_t)m0 * lda;
+            const float *bi = trans_b ? b + (size_t)n0 * ldb : b + n0;
+            gemm_block(trans_a, trans_b, m1 - m0, n1 - n0, k, alpha, ai, lda, bi, ldb, beta,
+                       c + (size_t)m0 * ldc + n0, ldc);
+        });
 }
 
 /* The grid pm x pn = blocks that packs the fewest floats (pn A + pm B), or pn = 1. */
@@ -262,19 +262,19 @@ static void gemm_wide_abt(int m, int n, int k, float alpha, const float *a, int 
     int nt = (double)m * n * k < 2.0 * FNN_GEMM_BLOCK_WORK ? 1
              : n_threads < blocks ? n_threads : blocks;
     (void)nt;
-    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (i = 0; i < blocks; i++) {
-        float t[GEMM_T_BLOCK];
-        int lo = i * cols, len = n - lo < cols ? n - lo : cols;
-        gemm_block(0, 1, len, m, k, alpha, b + (size_t)lo * ldb, ldb, a, lda, 0.0f, t, m);
-        for (int r = 0; r < m; r++) {
-            float *cr = c + (size_t)r * ldc + lo;
-            if (beta == 0.0f)
-                for (int j = 0; j < len; j++) cr[j] = t[(size_t)j * m + r];
-            else
-                for (int j = 0; j < len; j++) cr[j] = t[(size_t)j * m + r] + beta * cr[j];
-        }
-    }
+    FNN_PARALLEL_FOR(schedule(static),
+        for (i = 0; i < blocks; i++) {
+            float t[GEMM_T_BLOCK];
+            int lo = i * cols, len = n - lo < cols ? n - lo : cols;
+            gemm_block(0, 1, len, m, k, alpha, b + (size_t)lo * ldb, ldb, a, lda, 0.0f, t, m);
+            for (int r = 0; r < m; r++) {
+                float *cr = c + (size_t)r * ldc + lo;
+                if (beta == 0.0f)
+                    for (int j = 0; j < len; j++) cr[j] = t[(size_t)j * m + r];
+                else
+                    for (int j = 0; j < len; j++) cr[j] = t[(size_t)j * m + r] + beta * cr[j];
+            }
+        });
 }
 
 int fnn_gemm_ex(int trans_a, int trans_b, int m, int n, int k, float alpha,

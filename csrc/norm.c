@@ -13,27 +13,27 @@ void fnn_bn_stats(const float *x, float *mean, float *var, size_t rows, size_t c
     ptrdiff_t blk, n_blk = (ptrdiff_t)((cols + BN_BLOCK - 1) / BN_BLOCK);
     int nt = fnn_threads(rows * cols, n_threads);
     (void)nt;
-    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (blk = 0; blk < n_blk; blk++) {
-        size_t c0 = (size_t)blk * BN_BLOCK, c1 = c0 + BN_BLOCK < cols ? c0 + BN_BLOCK : cols;
-        double s[BN_BLOCK] = {0}, q[BN_BLOCK] = {0};
-        for (size_t r = 0; r < rows; r++) {
-            const float *xr = x + r * cols;
-            for (size_t c = c0; c < c1; c++) s[c - c0] += xr[c];
-        }
-        for (size_t c = c0; c < c1; c++) s[c - c0] /= (double)rows;
-        for (size_t r = 0; r < rows; r++) {
-            const float *xr = x + r * cols;
-            for (size_t c = c0; c < c1; c++) {
-                double d = xr[c] - s[c - c0];
-                q[c - c0] += d * d;
+    FNN_PARALLEL_FOR(schedule(static),
+        for (blk = 0; blk < n_blk; blk++) {
+            size_t c0 = (size_t)blk * BN_BLOCK, c1 = c0 + BN_BLOCK < cols ? c0 + BN_BLOCK : cols;
+            double s[BN_BLOCK] = {0}, q[BN_BLOCK] = {0};
+            for (size_t r = 0; r < rows; r++) {
+                const float *xr = x + r * cols;
+                for (size_t c = c0; c < c1; c++) s[c - c0] += xr[c];
             }
-        }
-        for (size_t c = c0; c < c1; c++) {
-            mean[c] = (float)s[c - c0];
-            var[c] = (float)(q[c - c0] / (double)rows);
-        }
-    }
+            for (size_t c = c0; c < c1; c++) s[c - c0] /= (double)rows;
+            for (size_t r = 0; r < rows; r++) {
+                const float *xr = x + r * cols;
+                for (size_t c = c0; c < c1; c++) {
+                    double d = xr[c] - s[c - c0];
+                    q[c - c0] += d * d;
+                }
+            }
+            for (size_t c = c0; c < c1; c++) {
+                mean[c] = (float)s[c - c0];
+                var[c] = (float)(q[c - c0] / (double)rows);
+            }
+        });
 }
 
 /* y = gamma * (x - mean) * inv_std + beta, with inv_std = 1/sqrt(var + eps). gamma/beta may be
@@ -78,36 +78,36 @@ void fnn_bn_backward(const float *x, const float *dy, const float *mean, const f
     ptrdiff_t blk, n_blk = (ptrdiff_t)((cols + BN_BLOCK - 1) / BN_BLOCK);
     int nt = fnn_threads(rows * cols, n_threads);
     (void)nt;
-    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (blk = 0; blk < n_blk; blk++) {
-        size_t c0 = (size_t)blk * BN_BLOCK, c1 = c0 + BN_BLOCK < cols ? c0 + BN_BLOCK : cols;
-        double sd[BN_BLOCK] = {0}, sdx[BN_BLOCK] = {0};
-        float inv[BN_BLOCK], ginv[BN_BLOCK], k1[BN_BLOCK], k2[BN_BLOCK];
-        for (size_t c = c0; c < c1; c++) inv[c - c0] = 1.0f / sqrtf(var[c] + eps);
-        for (size_t r = 0; r < rows; r++) {
-            const float *xr = x + r * cols, *dr = dy + r * cols;
-            for (size_t c = c0; c < c1; c++) {
-                sd[c - c0] += dr[c];
-                sdx[c - c0] += (double)dr[c] * ((xr[c] - mean[c]) * inv[c - c0]);
+    FNN_PARALLEL_FOR(schedule(static),
+        for (blk = 0; blk < n_blk; blk++) {
+            size_t c0 = (size_t)blk * BN_BLOCK, c1 = c0 + BN_BLOCK < cols ? c0 + BN_BLOCK : cols;
+            double sd[BN_BLOCK] = {0}, sdx[BN_BLOCK] = {0};
+            float inv[BN_BLOCK], ginv[BN_BLOCK], k1[BN_BLOCK], k2[BN_BLOCK];
+            for (size_t c = c0; c < c1; c++) inv[c - c0] = 1.0f / sqrtf(var[c] + eps);
+            for (size_t r = 0; r < rows; r++) {
+                const float *xr = x + r * cols, *dr = dy + r * cols;
+                for (size_t c = c0; c < c1; c++) {
+                    sd[c - c0] += dr[c];
+                    sdx[c - c0] += (double)dr[c] * ((xr[c] - mean[c]) * inv[c - c0]);
+                }
             }
-        }
-        for (size_t c = c0; c < c1; c++) {
-            float g = gamma ? gamma[c] : 1.0f;
-            if (d_gamma) d_gamma[c] = (float)sdx[c - c0];
-            if (d_beta) d_beta[c] = (float)sd[c - c0];
-            k1[c - c0] = (float)(sd[c - c0] / (double)rows);
-            k2[c - c0] = (float)(sdx[c - c0] / (double)rows);
-            ginv[c - c0] = g * inv[c - c0];
-        }
-        for (size_t r = 0; r < rows; r++) {
-            const float *xr = x + r * cols, *dr = dy + r * cols;
-            float *out = dx + r * cols;
             for (size_t c = c0; c < c1; c++) {
-                float xhat = (xr[c] - mean[c]) * inv[c - c0];
-                out[c] = ginv[c - c0] * (dr[c] - k1[c - c0] - xhat * k2[c - c0]);
+                float g = gamma ? gamma[c] : 1.0f;
+                if (d_gamma) d_gamma[c] = (float)sdx[c - c0];
+                if (d_beta) d_beta[c] = (float)sd[c - c0];
+                k1[c - c0] = (float)(sd[c - c0] / (double)rows);
+                k2[c - c0] = (float)(sdx[c - c0] / (double)rows);
+                ginv[c - c0] = g * inv[c - c0];
             }
-        }
-    }
+            for (size_t r = 0; r < rows; r++) {
+                const float *xr = x + r * cols, *dr = dy + r * cols;
+                float *out = dx + r * cols;
+                for (size_t c = c0; c < c1; c++) {
+                    float xhat = (xr[c] - mean[c]) * inv[c - c0];
+                    out[c] = ginv[c - c0] * (dr[c] - k1[c - c0] - xhat * k2[c - c0]);
+                }
+            }
+        });
 }
 
 /* moving = moving * momentum + batch * (1 - momentum), Keras's update. */

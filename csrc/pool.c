@@ -25,38 +25,38 @@ void fnn_maxpool_forward(const float *x, float *y, int32_t *argmax, const fnn_co
     int nt = fnn_threads((size_t)G.n * out_img * G.kh * G.kw, n_threads);
     ptrdiff_t b;
     (void)nt;
-    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (b = 0; b < G.n; b++) {
-        const float *img = x + (size_t)b * in_img;
-        float *out = y + (size_t)b * out_img;
-        int32_t *arg = argmax + (size_t)b * out_img;
-        for (int oy = 0; oy < G.oh; oy++)
-            for (int ox = 0; ox < G.ow; ox++) {
-                float *o = out + ((size_t)oy * G.ow + ox) * G.c;
-                int32_t *a = arg + ((size_t)oy * G.ow + ox) * G.c;
-                int first = 1;
-                for (int ky = 0; ky < G.kh; ky++) {
-                    int iy = oy * G.sh + ky - G.pad_top;
-                    if (iy < 0 || iy >= G.h) continue;
-                    for (int kx = 0; kx < G.kw; kx++) {
-                        int ix = ox * G.sw + kx - G.pad_left;
-                        if (ix < 0 || ix >= G.w) continue;
-                        int32_t base = (int32_t)(((size_t)iy * G.w + ix) * G.c);
-                        if (first) {    /* the first in-image tap seeds the maximum */
-                            for (int ci = 0; ci < G.c; ci++) {
-                                o[ci] = img[base + ci];
-                                a[ci] = base + ci;
+    FNN_PARALLEL_FOR(schedule(static),
+        for (b = 0; b < G.n; b++) {
+            const float *img = x + (size_t)b * in_img;
+            float *out = y + (size_t)b * out_img;
+            int32_t *arg = argmax + (size_t)b * out_img;
+            for (int oy = 0; oy < G.oh; oy++)
+                for (int ox = 0; ox < G.ow; ox++) {
+                    float *o = out + ((size_t)oy * G.ow + ox) * G.c;
+                    int32_t *a = arg + ((size_t)oy * G.ow + ox) * G.c;
+                    int first = 1;
+                    for (int ky = 0; ky < G.kh; ky++) {
+                        int iy = oy * G.sh + ky - G.pad_top;
+                        if (iy < 0 || iy >= G.h) continue;
+                        for (int kx = 0; kx < G.kw; kx++) {
+                            int ix = ox * G.sw + kx - G.pad_left;
+                            if (ix < 0 || ix >= G.w) continue;
+                            int32_t base = (int32_t)(((size_t)iy * G.w + ix) * G.c);
+                            if (first) {    /* the first in-image tap seeds the maximum */
+                                for (int ci = 0; ci < G.c; ci++) {
+                                    o[ci] = img[base + ci];
+                                    a[ci] = base + ci;
+                                }
+                                first = 0;
+                            } else {
+                                max_tap(o, a, img + base, base, G.c);
                             }
-                            first = 0;
-                        } else {
-                            max_tap(o, a, img + base, base, G.c);
                         }
                     }
+                    if (first)      /* no in-image tap: impossible for a valid geometry */
+                        for (int ci = 0; ci < G.c; ci++) { o[ci] = -INFINITY; a[ci] = 0; }
                 }
-                if (first)      /* no in-image tap: impossible for a valid geometry */
-                    for (int ci = 0; ci < G.c; ci++) { o[ci] = -INFINITY; a[ci] = 0; }
-            }
-    }
+        });
 }
 
 /* dx = dy at each window's argmax, 0 elsewhere. When no two windows share an input (stride >=
@@ -73,35 +73,35 @@ void fnn_maxpool_backward(const float *dy, const int32_t *argmax, float *dx,
     int nt = fnn_threads((size_t)G.n * (in_img + out_img), n_threads);
     ptrdiff_t b;
     (void)nt;
-    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (b = 0; b < G.n; b++) {
-        float *img = dx + (size_t)b * in_img;
-        const float *d = dy + (size_t)b * out_img;
-        const int32_t *a = argmax + (size_t)b * out_img;
-        if (!tiled) memset(img, 0, sizeof(float) * in_img);
-        if (!disjoint) {
-            for (size_t i = 0; i < out_img; i++) img[a[i]] += d[i];
-            continue;
-        }
-        for (int oy = 0; oy < G.oh; oy++)
-            for (int ox = 0; ox < G.ow; ox++) {
-                size_t o = ((size_t)oy * G.ow + ox) * G.c;
-                for (int ky = 0; ky < G.kh; ky++) {
-                    int iy = oy * G.sh + ky - G.pad_top;
-                    if (iy < 0 || iy >= G.h) continue;
-                    for (int kx = 0; kx < G.kw; kx++) {
-                        int ix = ox * G.sw + kx - G.pad_left;
-                        if (ix < 0 || ix >= G.w) continue;
-                        int32_t base = (int32_t)(((size_t)iy * G.w + ix) * G.c);
-                        float *restrict out = img + base;
-                        const float *restrict dr = d + o;
-                        const int32_t *restrict ar = a + o;
-                        for (int ci = 0; ci < G.c; ci++)
-                            out[ci] = ar[ci] == base + ci ? dr[ci] : 0.0f;
+    FNN_PARALLEL_FOR(schedule(static),
+        for (b = 0; b < G.n; b++) {
+            float *img = dx + (size_t)b * in_img;
+            const float *d = dy + (size_t)b * out_img;
+            const int32_t *a = argmax + (size_t)b * out_img;
+            if (!tiled) memset(img, 0, sizeof(float) * in_img);
+            if (!disjoint) {
+                for (size_t i = 0; i < out_img; i++) img[a[i]] += d[i];
+                continue;
+            }
+            for (int oy = 0; oy < G.oh; oy++)
+                for (int ox = 0; ox < G.ow; ox++) {
+                    size_t o = ((size_t)oy * G.ow + ox) * G.c;
+                    for (int ky = 0; ky < G.kh; ky++) {
+                        int iy = oy * G.sh + ky - G.pad_top;
+                        if (iy < 0 || iy >= G.h) continue;
+                        for (int kx = 0; kx < G.kw; kx++) {
+                            int ix = ox * G.sw + kx - G.pad_left;
+                            if (ix < 0 || ix >= G.w) continue;
+                            int32_t base = (int32_t)(((size_t)iy * G.w + ix) * G.c);
+                            float *restrict out = img + base;
+                            const float *restrict dr = d + o;
+                            const int32_t *restrict ar = a + o;
+                            for (int ci = 0; ci < G.c; ci++)
+                                out[ci] = ar[ci] == base + ci ? dr[ci] : 0.0f;
+                        }
                     }
                 }
-            }
-    }
+        });
 }
 
 /* Average pooling; backward=1 turns it into the adjoint: spread dy over the window into dx. */
@@ -112,35 +112,35 @@ static void avgpool(const float *src, float *dst, const fnn_conv_geom *g, int ba
     int nt = fnn_threads((size_t)g->n * out_img * g->kh * g->kw, n_threads);
     ptrdiff_t b;
     (void)nt;
-    #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (b = 0; b < g->n; b++) {
-        const float *in = src + (size_t)b * (backward ? out_img : in_img);
-        float *out = dst + (size_t)b * (backward ? in_img : out_img);
-        if (backward) memset(out, 0, sizeof(float) * in_img);
-        for (int oy = 0; oy < g->oh; oy++)
-            for (int ox = 0; ox < g->ow; ox++) {
-                int y0 = oy * g->sh - g->pad_top, x0 = ox * g->sw - g->pad_left;
-                int y1 = y0 + g->kh, x1 = x0 + g->kw;
-                if (y0 < 0) y0 = 0;
-                if (x0 < 0) x0 = 0;
-                if (y1 > g->h) y1 = g->h;
-                if (x1 > g->w) x1 = g->w;
-                float inv = 1.0f / (float)((y1 - y0) * (x1 - x0));
-                size_t o = ((size_t)oy * g->ow + ox) * g->c;
-                if (!backward)
-                    for (int ci = 0; ci < g->c; ci++) out[o + ci] = 0.0f;
-                for (int iy = y0; iy < y1; iy++)
-                    for (int ix = x0; ix < x1; ix++) {
-                        size_t i = ((size_t)iy * g->w + ix) * g->c;
-                        if (backward)
-                            for (int ci = 0; ci < g->c; ci++) out[i + ci] += in[o + ci] * inv;
-                        else
-                            for (int ci = 0; ci < g->c; ci++) out[o + ci] += in[i + ci];
-                    }
-                if (!backward)
-                    for (int ci = 0; ci < g->c; ci++) out[o + ci] *= inv;
-            }
-    }
+    FNN_PARALLEL_FOR(schedule(static),
+        for (b = 0; b < g->n; b++) {
+            const float *in = src + (size_t)b * (backward ? out_img : in_img);
+            float *out = dst + (size_t)b * (backward ? in_img : out_img);
+            if (backward) memset(out, 0, sizeof(float) * in_img);
+            for (int oy = 0; oy < g->oh; oy++)
+                for (int ox = 0; ox < g->ow; ox++) {
+                    int y0 = oy * g->sh - g->pad_top, x0 = ox * g->sw - g->pad_left;
+                    int y1 = y0 + g->kh, x1 = x0 + g->kw;
+                    if (y0 < 0) y0 = 0;
+                    if (x0 < 0) x0 = 0;
+                    if (y1 > g->h) y1 = g->h;
+                    if (x1 > g->w) x1 = g->w;
+                    float inv = 1.0f / (float)((y1 - y0) * (x1 - x0));
+                    size_t o = ((size_t)oy * g->ow + ox) * g->c;
+                    if (!backward)
+                        for (int ci = 0; ci < g->c; ci++) out[o + ci] = 0.0f;
+                    for (int iy = y0; iy < y1; iy++)
+                        for (int ix = x0; ix < x1; ix++) {
+                            size_t i = ((size_t)iy * g->w + ix) * g->c;
+                            if (backward)
+                                for (int ci = 0; ci < g->c; ci++) out[i + ci] += in[o + ci] * inv;
+                            else
+                                for (int ci = 0; ci < g->c; ci++) out[o + ci] += in[i + ci];
+                        }
+                    if (!backward)
+                        for (int ci = 0; ci < g->c; ci++) out[o + ci] *= inv;
+                }
+        });
 }
 
 void fnn_avgpool_forward(const float *x, float *y, const fnn_conv_geom *g, int n_threads) {
