@@ -323,3 +323,20 @@ def test_wide_layers_train_identically_on_one_and_two_threads(monkeypatch):
     finally:
         fastnn.set_num_threads(before)
     _assert_same(*states)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_bad_value_in_a_large_shuffled_batch_raises(monkeypatch, dtype):
+    """Batches of 32 x 600 are gathered on all threads; each row is checked as it is copied."""
+    monkeypatch.setenv("FASTNN_FUSED", "1")
+    x, y = _data(n=256, d=600, classes=10)
+    x = x.astype(dtype)
+    fastnn.utils.set_random_seed(1)
+    model = fastnn.Sequential([fastnn.Input((600,)), layers.Dense(8, activation="relu"),
+                               layers.Dense(10, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)        # clean data trains
+    bad = x.copy()
+    bad[201, 599] = np.nan if dtype == np.float32 else 1e300   # 1e300: inf as float32
+    with pytest.raises(ValueError, match=r"^x contains NaN or inf"):
+        model.fit(bad, y, batch_size=32, epochs=1, verbose=0, shuffle=True)
