@@ -64,15 +64,17 @@ class Layer:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def add_weight(self, name, shape, initializer="zeros", trainable=True):
-        value = np.ascontiguousarray(initializers.get(initializer)(tuple(shape)),
-                                     dtype=np.float32)
+        """A weight initialized on the host (one random stream on every backend) and kept
+        where the backend computes: on the GPU, it crosses once, here."""
+        value = np.asarray(initializers.get(initializer)(tuple(shape)))
         if value.shape != tuple(shape):
             raise ValueError(f"{self.name}: initializer returned shape {value.shape} for "
                              f"weight {name!r}, expected {tuple(shape)}")
-        self._vars[name] = value
+        ops = get_ops()
+        value = self._vars[name] = ops.asarray(value)
         (self._trainable_names if trainable else self._non_trainable_names).append(name)
         if trainable:
-            self.grads[name] = np.zeros(shape, np.float32)
+            self.grads[name] = ops.alloc(tuple(shape))
         return value
 
     def _rebind(self, name, array, grad=None):
@@ -101,7 +103,9 @@ class Layer:
         return self._trainable_names + self._non_trainable_names
 
     def get_weights(self):
-        return [w.copy() for w in self.weights]
+        """The weights as NumPy arrays (copies), wherever they live."""
+        to_numpy = get_ops().to_numpy
+        return [np.array(to_numpy(w)) for w in self.weights]
 
     def set_weights(self, weights):
         weights = list(weights)
@@ -110,14 +114,16 @@ class Layer:
             raise ValueError(f"Layer {self.name!r} expects {len(current)} weights, but "
                              f"set_weights received {len(weights)}")
         arrays = []
+        device_array = get_ops().xp.ndarray
         for name, new, old in zip(self.weight_names, weights, current):
-            new = np.asarray(new)
+            new = new if isinstance(new, device_array) else np.asarray(new)
             if new.shape != old.shape:
                 raise ValueError(f"Layer {self.name!r} weight {name!r}: expected shape "
                                  f"{old.shape}, received {new.shape}")
             arrays.append(new)
+        ops = get_ops()
         for new, old in zip(arrays, current):
-            old[...] = new
+            old[...] = ops.asarray(new)
 
     def count_params(self):
         return int(sum(w.size for w in self.weights))
@@ -147,7 +153,7 @@ class Layer:
     def _buffer(self, key, shape, dtype="float32"):
         """A scratch array reused across steps of the same shape (kernels never allocate)."""
         buf = self._workspace.get(key)
-        if buf is None or buf.shape != shape:
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
             buf = self._workspace[key] = get_ops().empty(shape, dtype)
         return buf
 
@@ -159,9 +165,10 @@ class Layer:
         return dy
 
     def __call__(self, x, training=False):
-        x = get_ops().asarray(x)
+        ops = get_ops()
+        x = ops.asarray(x)
         self._maybe_build((None,) + x.shape[1:])
-        return np.array(self.forward(x, training))
+        return np.array(ops.to_numpy(self.forward(x, training)))
 
     # ---- config ----------------------------------------------------------------------------
     def get_config(self):
@@ -367,26 +374,20 @@ class Dropout(Layer):
         if not training or self.rate == 0:
             return x
         from .utils import get_rng
-        rng = self._rng or get_rng()
-        u = self._buffer("u", x.shape)
-        rng.random(out=u, dtype=np.float32)
-        # Inverted dropout: the mask holds 0 or 1/(1-rate).
-        mask = self._mask = np.greater_equal(u, self.rate, out=self._buffer_bool(x.shape))
+        ops = get_ops()
+        u = ops.random_uniform(self._rng or get_rng(), self._buffer("u", x.shape))
+        # Inverted dropout: keep where u >= rate, scaled by 1/(1-rate).
+        mask = self._mask = ops.xp.greater_equal(u, self.rate, out=self._buffer("mask", x.shape,
+                                                                               bool))
         y = self._buffer("y", x.shape)
-        np.multiply(x, mask, out=y)
+        ops.xp.multiply(x, mask, out=y)
         y *= np.float32(1.0 / (1.0 - self.rate))
         return y
-
-    def _buffer_bool(self, shape):
-        buf = self._workspace.get("mask")
-        if buf is None or buf.shape != shape:
-            buf = self._workspace["mask"] = np.empty(shape, bool)
-        return buf
 
     def backward(self, dy, need_dx=True):
         if self._mask is None:
             return dy
-        np.multiply(dy, self._mask, out=dy)
+        get_ops().xp.multiply(dy, self._mask, out=dy)
         dy *= np.float32(1.0 / (1.0 - self.rate))
         return dy
 

@@ -78,7 +78,10 @@ class Loss:
         w = None if sample_weight is None else \
             np.ascontiguousarray(np.broadcast_to(sample_weight, y_pred2.shape[:1]), np.float32)
         mode = "logits" if (self.from_logits and self.partner is not None) else "fused"
-        total = self.value_and_grad(y_pred2, y_true2, w, 1.0, None, mode)
+        ops = get_ops()      # where the backend computes (one crossing each on a GPU)
+        y_pred2, y_true2 = ops.asarray(y_pred2), ops.asarray(y_true2, y_true2.dtype)
+        w = None if w is None else ops.asarray(w)
+        total = float(self.value_and_grad(y_pred2, y_true2, w, 1.0, None, mode))
         return total / y_pred2.shape[0] if self.reduction == "sum_over_batch_size" else total
 
     def _outputs_value_and_grad(self, ops, y_pred, y_true, weights, scale, grad):
@@ -129,7 +132,7 @@ class CategoricalCrossentropy(Loss):
             # d p_j / d y_k = (delta_jk - p_j) / s
             grad[...] = (dp - (dp * p).sum(axis=-1, keepdims=True)) / s * \
                 (scale * (w if weights is None else w[:, None]))
-        return float((per_row * w).sum())
+        return ops._total(per_row * w)
 
     def get_config(self):
         return {**super().get_config(), "from_logits": self.from_logits,
@@ -175,8 +178,9 @@ class SparseCategoricalCrossentropy(Loss):
         return ops.softmax_xent_sparse(p, t.reshape(-1), w, scale, grad)
 
     def _outputs_value_and_grad(self, ops, y_pred, y_true, weights, scale, grad):
-        onehot = np.zeros(y_pred.shape, np.float32)
-        onehot[np.arange(len(y_true)), y_true.reshape(-1)] = 1
+        xp = ops.xp
+        onehot = xp.zeros(y_pred.shape, np.float32)
+        onehot[xp.arange(len(y_true)), y_true.reshape(-1)] = 1
         return CategoricalCrossentropy._outputs_value_and_grad(
             self, ops, y_pred, onehot, weights, scale, grad)
 
@@ -216,7 +220,7 @@ class BinaryCrossentropy(Loss):
         if grad is not None:
             k = scale / y_pred.shape[-1] * (w if weights is None else w[:, None])
             grad[...] = k * inside * (q - y_true) / (q * (1 - q))
-        return float((per_row * w).sum())
+        return ops._total(per_row * w)
 
     def get_config(self):
         return {**super().get_config(), "from_logits": self.from_logits,

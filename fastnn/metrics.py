@@ -1,6 +1,20 @@
 """Metrics as running (sample-weighted) means over an epoch, with Keras's names; `accuracy` is
-resolved by shapes exactly as keras/src/trainers/compile_utils.py does."""
+resolved by shapes exactly as keras/src/trainers/compile_utils.py does.
+
+On a GPU the running total stays on the device (no sync per batch); result() reads it."""
 import numpy as np
+
+from .backend import get_ops
+
+
+def _together(*arrays):
+    """The arrays as they are when all live where the backend computes, else all on the host
+    (user code may pass lists or NumPy arrays)."""
+    ops = get_ops()
+    if all(isinstance(a, ops.xp.ndarray) for a in arrays):
+        return arrays
+    return tuple(np.asarray(ops.to_numpy(a) if isinstance(a, ops.xp.ndarray) else a)
+                 for a in arrays)
 
 
 class Metric:
@@ -15,17 +29,28 @@ class Metric:
         self.count = 0.0
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        values = self.per_sample(np.asarray(y_true), np.asarray(y_pred))
         if sample_weight is None:
-            self.total += float(values.sum())
+            y_true, y_pred = _together(y_true, y_pred)
+            values = self.per_sample(y_true, y_pred)
+            self.total += values.sum()
             self.count += values.shape[0]
         else:
-            w = np.asarray(sample_weight, np.float64).reshape(-1)
-            self.total += float((values * w).sum())
-            self.count += float(w.sum())
+            y_true, y_pred, w = _together(y_true, y_pred, sample_weight)
+            values = self.per_sample(y_true, y_pred)
+            w = w.astype(np.float64).reshape(-1)
+            self.total += (values * w).sum()
+            self.count += w.sum()
 
     def result(self):
-        return self.total / self.count if self.count else 0.0
+        """The running mean as a float (on a GPU this waits for the device)."""
+        return float(self.peek())
+
+    def peek(self):
+        """The running mean without waiting: a 0-d device array on a GPU, which float()
+        reads later (the progress bar does, when it redraws)."""
+        if isinstance(self.count, (int, float)) and not self.count:     # host count: no wait
+            return 0.0
+        return self.total / self.count
 
     def get_config(self):
         return {"name": self.name}
@@ -85,7 +110,7 @@ class MeanAbsoluteError(Metric):
 
     def per_sample(self, y_true, y_pred):
         y_pred = y_pred.reshape(y_pred.shape[0], -1)
-        return np.abs(y_pred - y_true.reshape(y_pred.shape)).mean(axis=-1)
+        return abs(y_pred - y_true.reshape(y_pred.shape)).mean(axis=-1)
 
 
 _BY_NAME = {

@@ -181,7 +181,7 @@ class Sequential:
         return [w for layer in self._layers for w in layer.non_trainable_weights]
 
     def get_weights(self):
-        return [w.copy() for w in self.weights]
+        return [w for layer in self._layers for w in layer.get_weights()]
 
     def set_weights(self, weights):
         weights = list(weights)
@@ -254,10 +254,13 @@ class Sequential:
                                           else []):
             m.reset_state()
 
-    def _logs(self, prefix=""):
-        logs = {prefix + "loss": self._loss_tracker.result()}
+    def _logs(self, prefix="", wait=True):
+        """The running loss and metrics: floats, or with wait=False values that float() reads
+        later (0-d device arrays on a GPU), for a progress bar that redraws on a clock."""
+        read = (lambda m: m.result()) if wait else (lambda m: m.peek())
+        logs = {prefix + "loss": read(self._loss_tracker)}
         for m in self._metrics:
-            logs[prefix + m.name] = m.result()
+            logs[prefix + m.name] = read(m)
         return dict(sorted(logs.items()))
 
     # ---- data ------------------------------------------------------------------------------
@@ -287,9 +290,29 @@ class Sequential:
     @staticmethod
     def _check_finite(x, arg="x"):
         """The general path's NaN/inf check, one scan of the whole array before its first batch
-        (min/max propagate NaN). The fused path checks each batch as it gathers it instead."""
-        if x.dtype.kind == "f" and not (np.isfinite(x.min()) and np.isfinite(x.max())):
+        (min/max propagate NaN). The fused path checks each batch as it gathers it instead.
+        Arrays on a device were checked on the host before they crossed (_to_device)."""
+        if isinstance(x, np.ndarray) and x.dtype.kind == "f" and \
+                not (np.isfinite(x.min()) and np.isfinite(x.max())):
             raise ValueError(f"{arg} contains NaN or inf values")
+
+    def _to_device(self, x, y=None, w=None, arg="x"):
+        """Check x, then put x, y, w where the backend computes. On a device backend (GPU) each
+        array crosses once, whole, as the dtype of its batches, when together they fit in half
+        the free device memory; otherwise they stay on the host and each batch crosses once."""
+        self._check_finite(x, arg)
+        ops = get_ops()
+        arrays = [a for a in (x, y, w) if isinstance(a, np.ndarray)]
+        if not ops.is_device or not arrays:
+            return x, y, w
+        batch_dtype = {id(a): np.int32 if a.dtype == np.int32 else np.float32 for a in arrays}
+        size = sum(a.size * 4 for a in arrays)
+        free = ops.free_memory()
+        if free is not None and size > free // 2:
+            return x, y, w
+        return tuple(None if a is None else
+                     ops.asarray(a, batch_dtype[id(a)]) if isinstance(a, np.ndarray) else a
+                     for a in (x, y, w))
 
     def _prepare_xy(self, x, y, sample_weight=None, class_weight=None, arg="x"):
         x = self._prepare_x(x, arg)
@@ -323,7 +346,21 @@ class Sequential:
 
     def _gather(self, key, source, idx):
         """Rows idx (a slice or an index array) of source as a C-contiguous float32 array
-        (int32 for sparse labels), in a buffer reused from step to step."""
+        (int32 for sparse labels), in a buffer reused from step to step, where the backend
+        computes. Data on the device is gathered there (idx then is a device array)."""
+        ops = get_ops()
+        if ops.is_device and isinstance(source, ops.xp.ndarray):
+            if isinstance(idx, slice):
+                return source[idx]      # whole rows of a C-contiguous array: contiguous
+            buf = self._batch_buffers.get(key)
+            shape = (len(idx),) + source.shape[1:]
+            if buf is None or buf.shape != shape or buf.dtype != source.dtype:
+                buf = self._batch_buffers[key] = ops.empty(shape, source.dtype)
+            return ops.xp.take(source, idx, axis=0, out=buf)
+        batch = self._gather_host(key, source, idx)
+        return ops.asarray(batch, batch.dtype) if ops.is_device else batch
+
+    def _gather_host(self, key, source, idx):
         dtype = np.int32 if source.dtype == np.int32 else np.float32
         if isinstance(idx, slice):
             rows = source[idx]
@@ -380,7 +417,9 @@ class Sequential:
     def _train_step(self, x, y, w):
         out = self._forward(x, training=True)
         total, grad, n = self._loss_and_grad(out, y, w, True)
-        if not math.isfinite(total):
+        # A non-finite loss skips the update. A device backend returns the total as a device
+        # scalar and is not checked here: reading it would stall every step on the GPU.
+        if isinstance(total, float) and not math.isfinite(total):
             self._loss_tracker.update_with_sum(total, n)
             return out
         self._backward(grad.reshape(out.shape), self._mode)
@@ -457,8 +496,12 @@ class Sequential:
         if runner is not None and not runner.accepts(x):
             runner = None
         per_step = cbs.per_batch("train")
+        ops = get_ops()
         if runner is None:
-            self._check_finite(x)
+            x, y, w = self._to_device(x, y, w)
+            if val is not None and ops.is_device:
+                val = self._to_device(*val, arg="x_val")
+        on_device = ops.is_device and isinstance(x, ops.xp.ndarray)
         for epoch in range(initial_epoch, epochs):
             self.reset_metrics()
             cbs.on_epoch_begin(epoch)
@@ -475,13 +518,15 @@ class Sequential:
                 steps_run = 0       # the loop below is the general path
             else:
                 steps_run = steps
+                if order is not None and on_device:
+                    order = ops.asarray(order, np.int64)      # crosses once per epoch
             for step in range(steps_run):
                 cbs.on_train_batch_begin(step)
                 start, stop = step * batch_size, min(n, (step + 1) * batch_size)
                 idx = slice(start, stop) if order is None else order[start:stop]
                 self._train_step(self._gather("x", x, idx), self._gather("y", y, idx),
                                  None if w is None else self._gather("w", w, idx))
-                cbs.on_train_batch_end(step, self._logs() if batch_logs else None)
+                cbs.on_train_batch_end(step, self._logs(wait=per_step) if batch_logs else None)
                 if self.stop_training:
                     break
             logs = self._logs()
@@ -512,14 +557,16 @@ class Sequential:
                              cbs is not None and cbs.per_batch("test"), self._logs, arg)
             total_steps = 0         # the loop below is the general path
         else:
-            self._check_finite(x, arg)
+            x, y, w = self._to_device(x, y, w, arg)
+        wait = cbs is not None and cbs.per_batch("test")
         for step in range(total_steps):
             if cbs:
                 cbs.on_test_batch_begin(step)
             sl = slice(step * batch_size, min(n, (step + 1) * batch_size))
-            self._test_step(self._gather("x", x, sl), y[sl], None if w is None else w[sl])
+            self._test_step(self._gather("x", x, sl), self._gather("y", y, sl),
+                            None if w is None else self._gather("w", w, sl))
             if batch_logs:
-                cbs.on_test_batch_end(step, self._logs())
+                cbs.on_test_batch_end(step, self._logs(wait=wait))
         logs = self._logs()
         for m, (total, count) in zip(self._metrics + [self._loss_tracker], saved):
             m.total, m.count = total, count
@@ -565,12 +612,21 @@ class Sequential:
             runner.predict(x[:n], out, batch_size, cbs, cbs.per_batch("predict"))
             n_steps = 0             # the loop below is the general path
         else:
-            self._check_finite(x)
+            x = self._to_device(x[:n])[0]
+        # On a device the outputs collect there and cross once, at the end.
+        device_out = ops.empty(out.shape) if ops.is_device and n_steps and \
+            isinstance(x, ops.xp.ndarray) else out
         for step in range(n_steps):
             cbs.on_predict_batch_begin(step)
             sl = slice(step * batch_size, min(n, (step + 1) * batch_size))
-            out[sl] = ops.to_numpy(self._forward(self._gather("x", x, sl), training=False))
-            cbs.on_predict_batch_end(step, {"outputs": out[sl]})
+            y = self._forward(self._gather("x", x, sl), training=False)
+            if device_out is out:
+                out[sl] = ops.to_numpy(y)
+            else:
+                device_out[sl] = y
+            cbs.on_predict_batch_end(step, {"outputs": device_out[sl]})
+        if device_out is not out:
+            out[...] = ops.to_numpy(device_out)
         cbs.on_predict_end()
         return out
 
@@ -580,8 +636,7 @@ class Sequential:
         if runner is not None and runner.accepts(x):
             return runner.predict(x, np.empty((x.shape[0],) + tuple(self._output_shape[1:]),
                                               np.float32), x.shape[0])
-        self._check_finite(x)
-        x = self._gather("call", x, slice(None))
+        x = self._gather("call", self._to_device(x)[0], slice(None))
         return np.array(get_ops().to_numpy(self._forward(x, training=bool(training))))
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None,
@@ -590,8 +645,9 @@ class Sequential:
         x, y, w, y_shape = self._prepare_xy(x, y, sample_weight, class_weight)
         self._build_metrics(y_shape)
         self._prepare_training()
-        self._check_finite(x)
-        self._train_step(self._gather("x", x, slice(None)), y, w)
+        x, y, w = self._to_device(x, y, w)
+        self._train_step(self._gather("x", x, slice(None)), self._gather("y", y, slice(None)),
+                         None if w is None else self._gather("w", w, slice(None)))
         return self._batch_result(return_dict)
 
     def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
@@ -600,8 +656,9 @@ class Sequential:
         self._build_metrics(y_shape)
         self._mode = self._loss_mode()
         self.reset_metrics()
-        self._check_finite(x)
-        self._test_step(self._gather("x", x, slice(None)), y, w)
+        x, y, w = self._to_device(x, y, w)
+        self._test_step(self._gather("x", x, slice(None)), self._gather("y", y, slice(None)),
+                        None if w is None else self._gather("w", w, slice(None)))
         return self._batch_result(return_dict)
 
     def predict_on_batch(self, x):

@@ -131,21 +131,24 @@ class Optimizer:
             self.iterations += updates
 
     def _transform_gradients(self, grads):
+        """Keras's clipping, computed where the gradients are (no device-to-host read): a norm
+        above the limit scales by limit / norm, one at or below it by exactly 1."""
         xp = get_ops().xp
         if self.clipvalue is not None:
             xp.clip(grads, -self.clipvalue, self.clipvalue, out=grads)
         elif self.global_clipnorm is not None:
-            norm = float(xp.sqrt((grads.astype("float64") ** 2).sum()))
-            if norm > self.global_clipnorm:
-                grads *= np.float32(self.global_clipnorm / norm)
+            grads *= self._clip_factor(xp, grads, self.global_clipnorm)
         elif self.clipnorm is not None:
             start = 0
             for size in self._sizes:
                 g = grads[start:start + size]
-                norm = float(xp.sqrt((g.astype("float64") ** 2).sum()))
-                if norm > self.clipnorm:
-                    g *= np.float32(self.clipnorm / norm)
+                g *= self._clip_factor(xp, g, self.clipnorm)
                 start += size
+
+    @staticmethod
+    def _clip_factor(xp, g, limit):
+        norm = xp.sqrt((g.astype("float64") ** 2).sum())
+        return (limit / xp.maximum(norm, limit)).astype("float32")
 
     # -- state, in Keras's variable order ------------------------------------------------------
     def variables(self):
@@ -180,8 +183,9 @@ class Optimizer:
         if not callable(self._learning_rate) and \
                 np.float32(self._learning_rate) != np.float32(values[1]):
             self.learning_rate = float(values[1])
+        ops = get_ops()
         for (name, start, size), value in zip(order, values[2:]):
-            self.slots[name][start:start + size] = np.asarray(value).reshape(-1)
+            self.slots[name][start:start + size] = ops.asarray(np.asarray(value).reshape(-1))
 
     def count_params(self):
         return 2 + sum(s.size for s in self.slots.values())

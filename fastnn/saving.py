@@ -60,8 +60,8 @@ def _layer_keys(model):
 def _model_arrays(model, include_optimizer=True):
     arrays = {}
     for key, layer in zip(_layer_keys(model), model.layers):
-        for i, w in enumerate(layer.weights):
-            arrays[f"layers/{key}/vars/{i}"] = np.asarray(w)
+        for i, w in enumerate(layer.get_weights()):      # NumPy copies, from any backend
+            arrays[f"layers/{key}/vars/{i}"] = w
     opt = model.optimizer
     if include_optimizer and opt is not None and opt.built:
         for i, v in enumerate(opt.variables()):
@@ -183,8 +183,8 @@ def _write_legacy_h5(model, tmp, include_optimizer, h5py):
             lg = g.create_group(layer.name)
             names = [f"{layer.name}/{n}" for n in layer.weight_names]
             lg.attrs["weight_names"] = [n.encode() for n in names]
-            for name, w in zip(names, layer.weights):
-                lg.create_dataset(name, data=np.asarray(w))
+            for name, w in zip(names, layer.get_weights()):
+                lg.create_dataset(name, data=w)
         opt = model.optimizer
         if include_optimizer and opt is not None and opt.built:
             og = f.create_group("optimizer_weights")

@@ -6,12 +6,10 @@ argument handling and buffers, the reference computing), "cuda-host" (its kernel
 kernels.cu compiled for the CPU by the C++ compiler and run as a grid of emulated threads, so the
 CUDA source's indexing and arithmetic are checked without a GPU; cuBLAS is stood in for by the
 reference GEMM), and "cuda" (CuPy on a real GPU; marked gpu, skipped without one)."""
-import ctypes
 import importlib.machinery
 import inspect
 import os
 import re
-import shutil
 import subprocess
 import sys
 import types
@@ -25,90 +23,10 @@ from fastnn.backend.base import Ops
 from fastnn.backend.cpu import CpuOps
 from fastnn.backend import cupy as cupy_backend
 from fastnn.backend.cupy import CupyOps
+from host_kernels import HostKernelOps
 
 REF = Ops()
 KERNELS_CU = cupy_backend._SOURCE
-
-
-@pytest.fixture(autouse=True)
-def _skip_gpu_without_one(request):
-    """Tests marked gpu need CuPy and a CUDA device; skip them (with the reason) elsewhere."""
-    if request.node.get_closest_marker("gpu"):
-        missing = backend._cuda_missing()
-        if missing:
-            pytest.skip(f"no usable GPU: {missing}")
-
-
-# ---- kernels.cu on the CPU ------------------------------------------------------------------
-# The shim turns the CUDA qualifiers into nothing and the thread coordinates into globals that
-# the launcher below sets before each call: one call per emulated thread, in a shuffled order.
-_SHIM = r"""
-#include <math.h>
-#include <string.h>
-#define __global__
-#define __device__
-#define __forceinline__ inline
-struct fnn_dim3 { unsigned x, y, z; };
-extern "C" { fnn_dim3 blockIdx, threadIdx, blockDim, gridDim; }
-static inline float __int_as_float(int i) { float f; memcpy(&f, &i, sizeof f); return f; }
-"""
-
-
-class _Dim3(ctypes.Structure):
-    _fields_ = [("x", ctypes.c_uint), ("y", ctypes.c_uint), ("z", ctypes.c_uint)]
-
-
-@pytest.fixture(scope="session")
-def host_kernels(tmp_path_factory):
-    cxx = shutil.which(os.environ.get("CXX", "c++")) or shutil.which("g++")
-    if not cxx:
-        pytest.skip("no C++ compiler to build kernels.cu for the CPU")
-    tmp = tmp_path_factory.mktemp("kernels")
-    (tmp / "shim.h").write_text(_SHIM)
-    lib = tmp / "kernels_host.so"
-    proc = subprocess.run([cxx, "-std=c++14", "-O1", "-Wall", "-Wextra", "-shared",
-                           "-fPIC", "-include", str(tmp / "shim.h"), "-x", "c++", KERNELS_CU,
-                           "-o", str(lib)], capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    return ctypes.CDLL(str(lib))
-
-
-class HostKernelOps(CupyOps):
-    """CupyOps's kernel path on NumPy arrays, kernels.cu running on the CPU."""
-    name = "cuda-host"
-    GRID, BLOCK = 5, 3      # 15 emulated threads: every grid-stride loop runs its stride
-
-    def __init__(self, lib, seed=0):
-        super().__init__(np)
-        self.kernels = True
-        self.lib, self.order = lib, np.random.default_rng(seed)
-        self.dims = {k: _Dim3.in_dll(lib, k) for k in ("blockIdx", "threadIdx", "blockDim",
-                                                         "gridDim")}
-
-    def _launch(self, kernel, n, *args):
-        cupy_backend._check_launch(kernel, n, args)
-        if n == 0:                          # as CupyOps._launch: nothing to launch
-            return
-        fn = getattr(self.lib, kernel)
-        cargs = [ctypes.c_int(n)] + [_c_arg(a) for a in args]
-        self.dims["blockDim"].x, self.dims["gridDim"].x = self.BLOCK, self.GRID
-        for t in self.order.permutation(self.GRID * self.BLOCK):
-            self.dims["blockIdx"].x, self.dims["threadIdx"].x = divmod(int(t), self.BLOCK)
-            fn(*cargs)
-
-    def _launch_gemm(self, a, b, out, trans_a, trans_b, alpha, beta):
-        REF.gemm(a, b, out, trans_a, trans_b, alpha, beta)     # stands in for cuBLAS
-
-
-def _c_arg(a):
-    if a is None:
-        return ctypes.c_void_p(None)
-    if isinstance(a, np.int32):
-        return ctypes.c_int(int(a))
-    if isinstance(a, np.float32):
-        return ctypes.c_float(float(a))
-    assert isinstance(a, np.ndarray)
-    return ctypes.c_void_p(a.ctypes.data)
 
 
 BACKENDS = ["reference", "cpu", "cuda-logic", "cuda-host",
@@ -610,12 +528,14 @@ def test_default_is_cpu_when_cupy_has_no_gpu(fresh_backend, available):
 
 def test_auto_picks_cuda_when_cupy_sees_a_gpu(fresh_backend):
     fake = _fake_cupy(fresh_backend, True)
-    # The default stays the CPU until models keep their arrays on the device.
+    ops = backend.get_ops()         # the default: the GPU when CuPy sees one
+    assert isinstance(ops, CupyOps) and ops.name == "cuda" and ops.xp is fake and ops.kernels
+    fresh_backend.setattr(backend, "_ops", None)
+    fresh_backend.setenv("FASTNN_BACKEND", "cpu")
     assert backend.get_ops().name == "cpu"
     fresh_backend.setattr(backend, "_ops", None)
     fresh_backend.setenv("FASTNN_BACKEND", "auto")
-    ops = backend.get_ops()
-    assert isinstance(ops, CupyOps) and ops.name == "cuda" and ops.xp is fake and ops.kernels
+    assert backend.get_ops().name == "cuda"
     assert isinstance(backend.set_backend("cuda"), CupyOps)
     with backend.use_backend("cpu"):
         assert backend.get_ops().name == "cpu"

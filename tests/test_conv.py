@@ -10,6 +10,7 @@ from fastnn.backend.cpu import CpuOps
 from fastnn.layers import (AveragePooling2D, BatchNormalization, Conv2D, Dense, Flatten,
                            GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D)
 from fastnn.models import Sequential
+from onbackend import get, put
 
 REF, CPU = Ops(), CpuOps()
 
@@ -156,20 +157,21 @@ def test_conv2d_matches_torch(rng, torch, k, s, padding, hw):
     model.compile(optimizer="sgd", loss="mse")
     conv = model.layers[0]
     x = rng.standard_normal((2, *hw, 3)).astype(np.float32)
-    y = conv.forward(x, training=True)
+    y = get(conv.forward(put(x), training=True))
     xt = _nchw(torch, x)
-    wt = torch.tensor(conv.kernel.transpose(3, 2, 0, 1).astype(np.float64), requires_grad=True)
-    bt = torch.tensor(conv.bias.astype(np.float64), requires_grad=True)
+    kernel, bias = conv.get_weights()
+    wt = torch.tensor(kernel.transpose(3, 2, 0, 1).astype(np.float64), requires_grad=True)
+    bt = torch.tensor(bias.astype(np.float64), requires_grad=True)
     yt = torch.nn.functional.conv2d(xt, wt, bt, stride=s,
                                     padding="same" if padding == "same" else 0)
     np.testing.assert_allclose(y, _nhwc(yt), rtol=1e-4, atol=1e-5)
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    dx = conv.backward(dy.copy())
+    dx = get(conv.backward(put(dy)))
     (yt * torch.tensor(dy.transpose(0, 3, 1, 2), dtype=torch.float64)).sum().backward()
     np.testing.assert_allclose(dx, _nhwc(xt.grad), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(conv.grads["kernel"],
+    np.testing.assert_allclose(get(conv.grads["kernel"]),
                                wt.grad.numpy().transpose(2, 3, 1, 0), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(conv.grads["bias"], bt.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(get(conv.grads["bias"]), bt.grad.numpy(), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("cls,fn", [(MaxPooling2D, "max_pool2d"), (AveragePooling2D, "avg_pool2d")])
@@ -178,12 +180,12 @@ def test_pooling_matches_torch(rng, torch, cls, fn, size, stride, hw):
     layer = cls(size, stride)
     layer.build((None, *hw, 3))
     x = rng.standard_normal((2, *hw, 3)).astype(np.float32)
-    y = layer.forward(x, training=True)
+    y = get(layer.forward(put(x), training=True))
     xt = _nchw(torch, x)
     yt = getattr(torch.nn.functional, fn)(xt, size, stride)
     np.testing.assert_allclose(y, _nhwc(yt), rtol=1e-5, atol=1e-6)
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    dx = layer.backward(dy)
+    dx = get(layer.backward(put(dy)))
     (yt * torch.tensor(dy.transpose(0, 3, 1, 2), dtype=torch.float64)).sum().backward()
     np.testing.assert_allclose(dx, _nhwc(xt.grad), rtol=1e-5, atol=1e-6)
 
@@ -193,27 +195,29 @@ def test_batchnorm_matches_torch(rng, torch):
     bn.build((None, 5, 4, 3))
     bn.set_weights([rng.random(3) + 0.5, rng.standard_normal(3), np.zeros(3), np.ones(3)])
     x = rng.standard_normal((4, 5, 4, 3)).astype(np.float32) * 2 + 1
-    y = bn.forward(x, training=True)
+    y = get(bn.forward(put(x), training=True))
     xt = _nchw(torch, x)
     tbn = torch.nn.BatchNorm2d(3, eps=1e-3, momentum=0.01).double()
+    gamma, beta = bn.get_weights()[:2]
     with torch.no_grad():
-        tbn.weight.copy_(torch.tensor(bn.gamma))
-        tbn.bias.copy_(torch.tensor(bn.beta))
+        tbn.weight.copy_(torch.tensor(gamma))
+        tbn.bias.copy_(torch.tensor(beta))
     yt = tbn(xt)
     np.testing.assert_allclose(y, _nhwc(yt), rtol=1e-4, atol=1e-5)
     dy = rng.standard_normal(y.shape).astype(np.float32)
-    dx = bn.backward(dy.copy())
+    dx = get(bn.backward(put(dy)))
     (yt * torch.tensor(dy.transpose(0, 3, 1, 2), dtype=torch.float64)).sum().backward()
     np.testing.assert_allclose(dx, _nhwc(xt.grad), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(bn.grads["gamma"], tbn.weight.grad.numpy(), rtol=1e-4)
-    np.testing.assert_allclose(bn.grads["beta"], tbn.bias.grad.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(get(bn.grads["gamma"]), tbn.weight.grad.numpy(), rtol=1e-4)
+    np.testing.assert_allclose(get(bn.grads["beta"]), tbn.bias.grad.numpy(), rtol=1e-4)
     # Keras's moving update uses the biased batch variance (PyTorch's uses the unbiased one).
     xv = x.reshape(-1, 3).astype(np.float64)
-    np.testing.assert_allclose(bn.moving_mean, 0.01 * xv.mean(0), rtol=1e-4)
-    np.testing.assert_allclose(bn.moving_variance, 0.99 + 0.01 * xv.var(0), rtol=1e-5)
+    moving_mean, moving_variance = bn.get_weights()[2:]
+    np.testing.assert_allclose(moving_mean, 0.01 * xv.mean(0), rtol=1e-4)
+    np.testing.assert_allclose(moving_variance, 0.99 + 0.01 * xv.var(0), rtol=1e-5)
     # Inference uses the moving statistics.
-    y_inf = bn.forward(x, training=False)
-    want = (x - bn.moving_mean) / np.sqrt(bn.moving_variance + 1e-3) * bn.gamma + bn.beta
+    y_inf = get(bn.forward(put(x), training=False))
+    want = (x - moving_mean) / np.sqrt(moving_variance + 1e-3) * gamma + beta
     np.testing.assert_allclose(y_inf, want, rtol=1e-4, atol=1e-5)
 
 
@@ -261,8 +265,8 @@ def test_global_pooling(rng):
     gap, gmp = GlobalAveragePooling2D(), GlobalMaxPooling2D()
     np.testing.assert_allclose(gap(x), x.mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(gmp(x), x.max(axis=(1, 2)), rtol=1e-6)
-    gap.forward(x, training=True)
-    dx = gap.backward(np.ones((2, 5), np.float32))
+    gap.forward(put(x), training=True)
+    dx = get(gap.backward(put(np.ones((2, 5), np.float32))))
     np.testing.assert_allclose(dx, np.full(x.shape, 1 / 12), rtol=1e-6)
 
 

@@ -7,6 +7,9 @@ import fastnn
 from fastnn import _core, callbacks, layers, losses, optimizers
 from fastnn.stack import DenseRunner
 
+# The fused Dense-stack path is the CPU backend's (csrc/stack.c).
+pytestmark = pytest.mark.cpu_backend
+
 
 def _data(n=203, d=20, classes=3, seed=0):
     rng = np.random.default_rng(seed)

@@ -7,6 +7,7 @@ import pytest
 
 from fastnn import activations as A
 from fastnn import losses, metrics
+from onbackend import get, put
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +86,15 @@ def test_fused_and_logits_gradients_are_logit_gradients(rng, loss_cls, partner):
 
     def value(zz):
         p = ref.act_forward(partner, 0, zz, out=np.empty_like(zz))
-        return loss.value_and_grad(p.astype(np.float32), y, None, 1.0, None, "fused") / 5
+        return float(loss.value_and_grad(put(p, np.float32), put(y), None, 1.0, None,
+                                         "fused")) / 5
 
     p = ref.act_forward(partner, 0, z.astype(np.float32))
     for mode, inp in (("fused", p), ("logits", z.astype(np.float32))):
         obj = loss_cls(from_logits=(mode == "logits"))
-        g = np.empty((5, 3), np.float32)
-        obj.value_and_grad(inp, y, None, 1 / 5, g, mode)
-        np.testing.assert_allclose(g, _fd(value, z), rtol=2e-3, atol=2e-5)
+        g = put(np.empty((5, 3), np.float32))
+        obj.value_and_grad(put(inp), put(y), None, 1 / 5, g, mode)
+        np.testing.assert_allclose(get(g), _fd(value, z), rtol=2e-3, atol=2e-5)
 
 
 @pytest.mark.parametrize("loss_cls", [losses.CategoricalCrossentropy,
@@ -102,13 +104,14 @@ def test_output_gradients_match_finite_differences(rng, loss_cls):
     p = rng.uniform(0.1, 0.9, (4, 3)).astype(np.float32)
     y = np.eye(3, dtype=np.float32)[[0, 2, 1, 1]]
     loss = loss_cls()
-    g = np.empty_like(p)
-    loss.value_and_grad(p, y, None, 0.25, g, "outputs")
+    g = put(np.empty_like(p))
+    loss.value_and_grad(put(p), put(y), None, 0.25, g, "outputs")
 
     def value(pp):
-        return loss.value_and_grad(pp.astype(np.float32), y, None, 1.0, None, "outputs") / 4
+        return float(loss.value_and_grad(put(pp, np.float32), put(y), None, 1.0, None,
+                                         "outputs")) / 4
 
-    np.testing.assert_allclose(g, _fd(value, p, 1e-3), rtol=5e-3, atol=1e-4)
+    np.testing.assert_allclose(get(g), _fd(value, p, 1e-3), rtol=5e-3, atol=1e-4)
 
 
 def test_get_names_aliases_and_errors():

@@ -18,6 +18,9 @@ import pytest
 
 import fastnn as keras
 
+# Host allocations of the CPU backend's step (a GPU allocates from its own pool).
+pytestmark = pytest.mark.cpu_backend
+
 BATCH, START, STOP = 32, 2, 22
 BOUND_KIB = 16
 

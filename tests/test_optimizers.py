@@ -8,6 +8,7 @@ import pytest
 
 from fastnn import optimizers
 from fastnn.backend import use_backend
+from onbackend import get, put
 
 CASES = [
     ("SGD", {}), ("SGD", {"momentum": 0.9}), ("SGD", {"momentum": 0.9, "nesterov": True}),
@@ -126,7 +127,7 @@ def test_lr_alias_and_errors():
 def test_learning_rate_schedule_callable():
     opt = optimizers.SGD(learning_rate=lambda step: 0.1 / (1 + step))
     opt.build([2])
-    w = np.ones(2, np.float32)
-    opt.apply(w, np.ones(2, np.float32))
-    opt.apply(w, np.ones(2, np.float32))
-    np.testing.assert_allclose(w, 1 - 0.1 - 0.05, rtol=1e-6)
+    w = put(np.ones(2, np.float32))
+    opt.apply(w, put(np.ones(2, np.float32)))
+    opt.apply(w, put(np.ones(2, np.float32)))
+    np.testing.assert_allclose(get(w), 1 - 0.1 - 0.05, rtol=1e-6)

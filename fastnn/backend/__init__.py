@@ -1,8 +1,9 @@
 """Backend selection, threads and session state.
 
-`get_ops()` returns the active Ops: CpuOps (compiled core) by default, the NumPy reference with
-FASTNN_BACKEND=numpy, or CupyOps (CUDA) with FASTNN_BACKEND=cuda|auto / set_backend(...).
-Layers and optimizers call only these ops."""
+`get_ops()` returns the active Ops, chosen once: by default CupyOps (CUDA) when CuPy imports and
+sees a GPU, else CpuOps (the compiled core); FASTNN_BACKEND=cpu|cuda|numpy|auto or
+set_backend(...) choose explicitly. Layers and optimizers call only these ops, and keep their
+arrays where the ops compute (on the GPU: weights, gradients, optimizer state, batches)."""
 import contextlib
 import os
 
@@ -47,16 +48,15 @@ def _make_ops(name):
 def get_ops():
     global _ops
     if _ops is None:
-        # Default "cpu" until layers and the training loop keep their arrays on the device
-        # (the CUDA ops are in place; models are not yet); FASTNN_BACKEND=auto picks the GPU.
-        _ops = _make_ops(os.environ.get("FASTNN_BACKEND", "cpu"))
+        _ops = _make_ops(os.environ.get("FASTNN_BACKEND", "auto"))
     return _ops
 
 
 def set_backend(name):
     """Select the backend for everything created or run from now on: 'cpu', 'cuda' (CuPy on an
     NVIDIA GPU; RuntimeError saying what is missing when there is none), 'numpy' (the
-    reference) or 'auto' (cuda when usable, else cpu). The default is 'cpu'."""
+    reference) or 'auto' (cuda when usable, else cpu), the default. Select it before building
+    models: a model's weights stay on the backend they were created on."""
     global _ops
     _ops = _make_ops(name)
     return _ops

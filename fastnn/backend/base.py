@@ -20,6 +20,7 @@ EPSILON = 1e-7
 class Ops:
     name = "numpy"
     xp = numpy
+    is_device = False       # arrays of xp live apart from the host's (a GPU): data must cross
 
     # ---- memory ---------------------------------------------------------------------------
     def alloc(self, shape, dtype="float32"):
@@ -33,6 +34,10 @@ class Ops:
 
     def to_numpy(self, x):
         return numpy.asarray(x)
+
+    def free_memory(self):
+        """Bytes the backend's memory can still give out; None: not tracked (host memory)."""
+        return None
 
     def _out(self, out, like, shape=None):
         return self.xp.empty(like.shape if shape is None else shape, "float32") if out is None \
@@ -124,7 +129,7 @@ class Ops:
 
     def _erf(self, x):
         import scipy.special
-        return self.xp.asarray(scipy.special.erf(x))
+        return self.xp.asarray(scipy.special.erf(self.to_numpy(x)))
 
     # ---- dense ----------------------------------------------------------------------------
     def column_sum(self, a, out=None):
@@ -309,25 +314,36 @@ class Ops:
     # Each returns the sum over rows of weight[r] * loss_r and, when grad is given, writes the
     # gradient of (scale * that sum): with respect to the logits for the softmax/sigmoid
     # cross-entropies, with respect to the predictions for the errors.
+    def _total(self, per_row):
+        """The loss total as the backend returns it: a float here; a device backend returns a
+        0-d device array (float() reads it) so that a training step never waits on the host."""
+        return float(per_row.astype("float64").sum())
+
     def _weighted(self, per_row, weights):
         return per_row if weights is None else per_row * weights
 
     def softmax_xent_sparse(self, probs, labels, weights, scale, grad=None):
         xp = self.xp
         rows, cols = probs.shape
+        on_host = isinstance(labels, numpy.ndarray)
         labels = xp.asarray(labels)
         if labels.shape != (rows,):
             raise ValueError(f"labels: expected ({rows},), got {labels.shape}")
-        if rows and (labels.min() < 0 or labels.max() >= cols):
+        valid = (labels >= 0) & (labels < cols)
+        # Host labels are checked; on a device that would cost a sync, so a bad label makes its
+        # row's loss NaN instead (as kernels.cu does).
+        if on_host and rows and not valid.all():
             raise ValueError(f"labels must be integers in [0, {cols})")
+        safe = xp.where(valid, labels, 0)
         p = probs / probs.sum(axis=-1, keepdims=True)
-        picked = p[xp.arange(rows), labels]
-        per_row = self._weighted(-xp.log(xp.clip(picked, EPSILON, 1 - EPSILON)), weights)
+        picked = p[xp.arange(rows), safe]
+        per_row = xp.where(valid, -xp.log(xp.clip(picked, EPSILON, 1 - EPSILON)), xp.nan)
+        per_row = self._weighted(per_row, weights)
         if grad is not None:
             k = scale * (xp.ones(rows, "float32") if weights is None else weights)
             grad[...] = probs * k[:, None]
-            grad[xp.arange(rows), labels] -= k
-        return float(per_row.astype("float64").sum())
+            grad[xp.arange(rows), safe] -= k
+        return self._total(per_row)
 
     def softmax_xent_dense(self, probs, targets, weights, scale, grad=None):
         xp = self.xp
@@ -336,7 +352,7 @@ class Ops:
         if grad is not None:
             k = scale * (1.0 if weights is None else weights[:, None])
             grad[...] = k * (probs * targets.sum(axis=-1, keepdims=True) - targets)
-        return float(per_row.astype("float64").sum())
+        return self._total(per_row)
 
     def sigmoid_bxent(self, probs, targets, weights, scale, grad=None):
         xp = self.xp
@@ -346,7 +362,7 @@ class Ops:
         if grad is not None:
             k = scale / probs.shape[-1] * (1.0 if weights is None else weights[:, None])
             grad[...] = k * (probs - targets)
-        return float(per_row.astype("float64").sum())
+        return self._total(per_row)
 
     def squared_error(self, pred, targets, weights, scale, grad=None):
         d = pred - targets
@@ -354,7 +370,7 @@ class Ops:
         if grad is not None:
             k = 2 * scale / pred.shape[-1] * (1.0 if weights is None else weights[:, None])
             grad[...] = k * d
-        return float(per_row.astype("float64").sum())
+        return self._total(per_row)
 
     def absolute_error(self, pred, targets, weights, scale, grad=None):
         d = pred - targets
@@ -362,7 +378,13 @@ class Ops:
         if grad is not None:
             k = scale / pred.shape[-1] * (1.0 if weights is None else weights[:, None])
             grad[...] = k * self.xp.sign(d)
-        return float(per_row.astype("float64").sum())
+        return self._total(per_row)
+
+    # ---- random numbers ---------------------------------------------------------------------
+    def random_uniform(self, rng, out):
+        """Fill the float32 array out with uniform [0, 1) draws from the NumPy Generator rng."""
+        rng.random(out=out, dtype=numpy.float32)
+        return out
 
     # ---- optimizer updates (in place on flat float32 buffers; Keras 3 rules) ----------------
     def sgd_update(self, w, g, m, lr, momentum, nesterov):

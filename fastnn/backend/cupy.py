@@ -47,12 +47,16 @@ def _geom(x_shape, window):
 
 class CupyOps(Ops):
     name = "cuda"
+    is_device = True
 
-    def __init__(self, xp=None):
+    def __init__(self, xp=None, kernels=None):
         if xp is None:
             import cupy as xp
         self.xp = xp
-        self.kernels = xp is not numpy      # CUDA kernels need CuPy arrays
+        # CUDA kernels need CuPy arrays; kernels=False computes through the reference instead
+        # (how tests run this class's logic on any array module).
+        self.kernels = (xp is not numpy) if kernels is None else bool(kernels)
+        self._device_rngs = {}
 
     # ---- the only CUDA-specific calls ------------------------------------------------------
     def _launch(self, kernel, n, *args):
@@ -77,6 +81,13 @@ class CupyOps(Ops):
 
     # asarray (inherited) is xp.asarray: it copies host data to the device.
 
+    def free_memory(self):
+        """Bytes the device can still give out (CuPy's pool included); None when unknown."""
+        if not hasattr(self.xp, "cuda"):       # NumPy or a test stand-in
+            return None
+        free = self.xp.cuda.runtime.memGetInfo()[0]
+        return free + self.xp.get_default_memory_pool().free_bytes()
+
     def _dev(self, a, dtype=numpy.float32):
         """a as a C-contiguous array of xp (the kernels index flat memory): no copy when it is
         one already; host data crosses to the device here."""
@@ -100,7 +111,7 @@ class CupyOps(Ops):
         return out
 
     def _erf(self, x):
-        if self.xp is numpy:
+        if not hasattr(self.xp, "cuda"):      # NumPy or a test stand-in: the reference's erf
             return super()._erf(x)
         import cupyx.scipy.special
         return cupyx.scipy.special.erf(x)
@@ -230,17 +241,20 @@ class CupyOps(Ops):
         return probs, targets, weights
 
     def _total(self, row_loss):
-        return float(row_loss.astype(numpy.float64).sum())     # one device-to-host copy
+        return row_loss.astype(numpy.float64).sum()     # stays on the device: no sync
 
     def softmax_xent_sparse(self, probs, labels, weights, scale, grad=None):
         xp = self.xp
         probs, _, weights = self._loss_args(probs, None, weights, grad)
         rows, cols = probs.shape
+        if isinstance(labels, numpy.ndarray) and rows and labels.size and \
+                (labels.min() < 0 or labels.max() >= cols):
+            # Checked here only while on the host: on the device it would cost a sync per
+            # batch; there an out-of-range label makes its row's loss NaN (kernels.cu).
+            raise ValueError(f"labels must be integers in [0, {cols})")
         labels = self._dev(labels, numpy.int32)
         if labels.shape != (rows,):
             raise ValueError(f"labels: expected ({rows},), got {labels.shape}")
-        if rows and bool(((labels < 0) | (labels >= cols)).any()):
-            raise ValueError(f"labels must be integers in [0, {cols})")
         if not self.kernels:
             return super().softmax_xent_sparse(probs, labels, weights, scale, grad)
         row_loss = xp.empty(rows, numpy.float32)
@@ -275,6 +289,18 @@ class CupyOps(Ops):
             self._launch("bxent_grad", probs.size, probs, targets, weights,
                          f32(scale / cols), i32(cols), grad)
         return self._total(row_loss)
+
+    # ---- random numbers -------------------------------------------------------------------
+    def random_uniform(self, rng, out):
+        """Fill out with uniform [0, 1) floats from a device generator that the host generator
+        rng seeds on first use: reproducible under set_random_seed, with no host copy."""
+        entry = self._device_rngs.get(id(rng))
+        if entry is None or entry[0] is not rng:        # keep rng: its id stays unique
+            seed = int(rng.integers(2**63))
+            entry = self._device_rngs[id(rng)] = (rng, self.xp.random.default_rng(seed))
+        out = self._buf(out, out.shape, "out")
+        entry[1].random(out.shape, numpy.float32, out=out)
+        return out
 
     # ---- optimizer updates ----------------------------------------------------------------
     def _state(self, w, **arrays):

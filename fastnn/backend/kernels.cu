@@ -204,9 +204,11 @@ extern "C" __global__ void xent_sparse_rows(int n, const float *__restrict__ pro
         const float *p = probs + r * cols;
         float s = 0.0f;
         for (int j = 0; j < cols; j++) s += p[j];
-        int label = labels[r];                  // checked on the host; guarded against bad reads
-        float picked = (label >= 0 && label < cols) ? p[label] / s : 0.0f;
-        float loss = -logf(clip_prob(picked));
+        // Labels read from the host are checked there; a device label out of range makes the
+        // row's loss NaN instead of a read out of bounds (checking it would cost a sync).
+        int label = labels[r];
+        bool valid = label >= 0 && label < cols;
+        float loss = valid ? -logf(clip_prob(p[label] / s)) : __int_as_float(0x7fc00000);
         row_loss[r] = weights ? loss * weights[r] : loss;
     }
 }
