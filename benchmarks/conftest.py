@@ -17,6 +17,9 @@ import workloads as wl  # noqa: E402
 os.environ.setdefault("KERAS_BACKEND",
                       "tensorflow" if importlib.util.find_spec("tensorflow") else "torch")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# fastnn against CPU peers on the CPU, even where a GPU would be picked by default;
+# test_bench_gpu.py selects the CUDA backend itself.
+os.environ.setdefault("FASTNN_BACKEND", "cpu")
 
 
 def pytest_addoption(parser):

@@ -28,6 +28,7 @@ SYSTEMS = {
     "torch": (("test_bench_train.py", "test_bench_inference.py"), "torch and not import"),
     "keras": (("test_bench_train.py", "test_bench_inference.py"), "keras and not import"),
     "imports": (("test_bench_inference.py",), "test_import"),
+    "gpu": (("test_bench_gpu.py",), "test_train_gpu"),
 }
 LABEL = {"fastnn": "fastnn", "torch": "PyTorch", "keras": "Keras"}
 
@@ -141,6 +142,7 @@ def build_report(runs, rounds):
             lines.append(f"| {w} | {wl.train_gemm_flops(w) / 1e9:.2f} | {t:.3f} |")
 
     lines += _inference_tables(runs)
+    lines += _gpu_table(runs)
 
     kinfo = info.get("keras", {})
     keras_backend = (f"{kinfo['backend']} {kinfo['backend_version']}" if kinfo
@@ -174,6 +176,29 @@ def build_report(runs, rounds):
                          stats={k: b["stats"][k] for k in ("min", "median", "mean", "stddev", "rounds")})
                     for r in runs.values() for b in r["benchmarks"]])
     return "\n".join(lines), data
+
+
+def _gpu_table(runs):
+    """fastnn CUDA against PyTorch CUDA, or why there is no such table."""
+    run = runs.get("gpu")
+    if run is None:
+        return []
+    med, gpu = {}, None
+    for b in run["benchmarks"]:
+        e = b["extra_info"]
+        med[e["gpu_workload"], e["system"]] = b["stats"]["median"]
+        gpu = e.get("gpu", gpu)
+    if not med:
+        reason = next((n for n in run["notes"] if "SKIPPED" in n), "no results")
+        return ["", f"### GPU: not run ({reason})"]
+    lines = ["", f"### GPU training ({gpu}), median s per round", "",
+             "| workload | timed | fastnn CUDA s | PyTorch CUDA s | PyTorch/fastnn |",
+             "|---|---|---:|---:|---:|"]
+    for w in ("mlp_adam", "cnn"):
+        f, t = med.get((w, "fastnn_cuda")), med.get((w, "torch_cuda"))
+        lines.append(f"| {w} ({wl.describe(w)}) | {wl.timed(w)} | {fmt(f)} | {fmt(t)} | "
+                     f"{fmt(ratio(t, f), '.2f')} |")
+    return lines
 
 
 def _inference_tables(runs):

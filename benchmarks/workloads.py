@@ -132,24 +132,27 @@ def torch_model(name):
     return nn.Sequential(*mods)
 
 
-def torch_epoch(name, x, y):
+def torch_epoch(name, x, y, device="cpu"):
     """The PyTorch user's loop: CrossEntropyLoss, torch.optim, manual batching over a per-epoch
     randperm; loss and accuracy are accumulated as Keras' fit(metrics=['accuracy']) does.
-    Channels-last images are transposed to NCHW once, untimed."""
+    Channels-last images are transposed to NCHW once, untimed. device="cuda": the model and
+    the whole data set on the GPU (moved once, untimed), read back once per epoch."""
     import torch
     from torch import nn
     w = WORKLOADS[name]
-    model = torch_model(name)
+    model = torch_model(name).to(device)
     opt = (torch.optim.Adam if w["opt"] == "adam" else torch.optim.SGD)(model.parameters(), lr=w["lr"])
     loss_fn = nn.CrossEntropyLoss()
     if x.ndim == 4:
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-    X, Y = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+    X = torch.from_numpy(x).to(device)
+    Y = torch.from_numpy(y.astype(np.int64)).to(device)
 
     def epoch():
         model.train()
-        perm = torch.randperm(len(X))
-        total_loss, correct = torch.zeros(()), torch.zeros((), dtype=torch.int64)
+        perm = torch.randperm(len(X), device=device)
+        total_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
         for i in range(0, len(X), BATCH):
             idx = perm[i:i + BATCH]
             xb, yb = X[idx], Y[idx]

@@ -221,3 +221,25 @@ def test_a_device_label_out_of_range_makes_the_loss_nan(device):
     assert np.isnan(float(total))
     with pytest.raises(ValueError, match=r"labels must be integers in \[0, 4\)"):
         device.softmax_xent_sparse(probs, np.array([0, 4, 1], np.int32), None, 1.0)
+
+
+def test_data_too_big_for_the_device_crosses_batch_by_batch(device, rng, monkeypatch):
+    """When x, y do not fit in half the free device memory they stay on the host: each batch
+    is gathered there and crosses once, and training gives the same result."""
+    _counted(device)
+    x, y = _data(rng, (12,))
+
+    def train(free):
+        monkeypatch.setattr(device, "free_memory", lambda: free)
+        keras.utils.set_random_seed(5)
+        model = _mlp(dropout=False)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        fake_cupy.reset_counts()
+        history = model.fit(x, y, batch_size=16, epochs=1, verbose=0).history
+        return history["loss"], dict(fake_cupy.counts)
+
+    resident, counts = train(None)
+    assert counts["uploads"] == 3
+    streamed, counts = train(2 * (x.nbytes + y.size * 4) - 1)
+    assert counts == {"uploads": 2 * 6, "downloads": 0, "syncs": 1}     # x and y, 6 batches
+    np.testing.assert_allclose(streamed, resident, rtol=1e-6)

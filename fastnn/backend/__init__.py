@@ -27,6 +27,9 @@ def _cuda_missing():
 
 
 def _make_ops(name):
+    from .base import Ops
+    if isinstance(name, Ops):           # an instance, made by the caller
+        return name
     name = (name or "auto").strip().lower()
     if name == "auto":                  # the GPU when it is usable, else the compiled CPU core
         name = "cuda" if _cuda_missing() is None else "cpu"
@@ -55,7 +58,8 @@ def get_ops():
 def set_backend(name):
     """Select the backend for everything created or run from now on: 'cpu', 'cuda' (CuPy on an
     NVIDIA GPU; RuntimeError saying what is missing when there is none), 'numpy' (the
-    reference) or 'auto' (cuda when usable, else cpu), the default. Select it before building
+    reference) or 'auto' (cuda when usable, else cpu), the default; or an Ops instance.
+    Select it before building
     models: a model's weights stay on the backend they were created on."""
     global _ops
     _ops = _make_ops(name)
