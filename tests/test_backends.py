@@ -372,6 +372,31 @@ def test_loss_gradients_match_finite_differences(cuda_ops, rng, kind):
     np.testing.assert_allclose(get(ops, g), _numeric_grad(loss, z, 1e-2), rtol=1e-2, atol=1e-3)
 
 
+# ---- activations ------------------------------------------------------------------------------
+ALL_ACTS = [(A.LINEAR, 0.0), (A.RELU, 0.0), (A.SIGMOID, 0.0), (A.TANH, 0.0), (A.SOFTMAX, 0.0),
+            (A.SOFTPLUS, 0.0), (A.SOFTSIGN, 0.0), (A.SELU, 0.0), (A.ELU, 0.7),
+            (A.EXPONENTIAL, 0.0), (A.LEAKY_RELU, 0.2), (A.GELU, 0.0), (A.SILU, 0.0)]
+
+
+@pytest.mark.parametrize("act,alpha", ALL_ACTS, ids=[str(a) for a, _ in ALL_ACTS])
+def test_every_activation_forward_and_backward(ops, rng, act, alpha):
+    z = f32(rng, 7, 6, scale=3.0)
+    z[0, :3] = (0.0, -30.0, 30.0)          # the kink and the saturated tails
+    y_r = REF.act_forward(act, alpha, z)
+    dy = f32(rng, 7, 6)
+    dz_r = REF.act_backward(act, alpha, z, y_r, dy.copy())
+    y = ops.act_forward(act, alpha, put(ops, z), out=ops.empty(z.shape))
+    np.testing.assert_allclose(get(ops, y), y_r, rtol=2e-5, atol=1e-6)
+    dz = ops.act_backward(act, alpha, put(ops, z), put(ops, y_r), put(ops, dy),
+                          out=ops.empty(z.shape))
+    np.testing.assert_allclose(get(ops, dz), dz_r, rtol=2e-5, atol=1e-6)
+
+
+def test_unknown_activation_id_is_refused(ops):
+    with pytest.raises(ValueError, match="unknown activation id 99"):
+        ops.act_forward(99, 0.0, put(ops, np.ones((2, 2), np.float32)))
+
+
 # ---- dense ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("act", [A.RELU, A.SOFTMAX, A.GELU])
 def test_dense_forward_backward(ops, rng, act):

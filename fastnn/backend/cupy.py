@@ -15,6 +15,7 @@ import os
 
 import numpy
 
+from .. import activations as A
 from .base import Ops
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.cu")
@@ -57,6 +58,7 @@ class CupyOps(Ops):
         # (how tests run this class's logic on any array module).
         self.kernels = (xp is not numpy) if kernels is None else bool(kernels)
         self._device_rngs = {}
+        self._ones = {}         # rows -> a (1, rows) vector of ones, for column sums
 
     # ---- the only CUDA-specific calls ------------------------------------------------------
     def _launch(self, kernel, n, *args):
@@ -140,6 +142,60 @@ class CupyOps(Ops):
         else:
             out.fill(0)
         return out
+
+    def column_sum(self, a, out=None):
+        """Sums over the rows as one cuBLAS call: ones(1, rows) @ a."""
+        a = self._f32(a)
+        out = self._buf(out, a.shape[1:], "out")
+        if not self.kernels:
+            return super().column_sum(a, out=out)
+        rows = a.shape[0]
+        ones = self._ones.get(rows)
+        if ones is None:
+            ones = self._ones[rows] = self.xp.ones((1, rows), numpy.float32)
+        self.gemm(ones, a, out=out.reshape(1, -1))
+        return out
+
+    # ---- activations and dense layers: bias and activation in one kernel -------------------
+    def _act_launch(self, act, alpha, z, bias, y):
+        if not 0 <= act <= A.SILU:
+            raise ValueError(f"unknown activation id {act}")
+        cols = z.shape[-1] if z.ndim else 1
+        if act == A.SOFTMAX:
+            self._launch("softmax_rows", z.size // max(cols, 1), z, bias, i32(cols), y)
+        else:
+            self._launch("bias_act", z.size, z, bias, i32(cols), i32(act), f32(alpha), y)
+
+    def act_forward(self, act, alpha, z, out=None):
+        z = self._f32(z)
+        y = self._buf(out, z.shape, "out")
+        if not self.kernels:
+            return super().act_forward(act, alpha, z, out=y)
+        self._act_launch(act, alpha, z, None, y)
+        return y
+
+    def act_backward(self, act, alpha, z, y, dy, out=None):
+        y, dy = self._f32(y), self._f32(dy)
+        z = self._f32(z) if act in A.NEEDS_INPUT else None
+        dz = self._buf(out, dy.shape, "out")
+        if not self.kernels:
+            return super().act_backward(act, alpha, z, y, dy, out=dz)
+        if not 0 <= act <= A.SILU:
+            raise ValueError(f"unknown activation id {act}")
+        if act == A.SOFTMAX:
+            cols = dy.shape[-1]
+            self._launch("softmax_grad_rows", dy.size // max(cols, 1), y, dy, i32(cols), dz)
+        else:
+            self._launch("act_grad", dy.size, z, y, dy, i32(act), f32(alpha), dz)
+        return dz
+
+    def dense_forward(self, x, kernel, bias, act, alpha, z=None, y=None, training=False):
+        if not self.kernels:
+            return super().dense_forward(x, kernel, bias, act, alpha, z=z, y=y)
+        z = self.gemm(x, kernel, out=z)
+        y = self._buf(y, z.shape, "y")
+        self._act_launch(act, alpha, z, self._f32(bias), y)
+        return z, y
 
     # ---- convolution and pooling ----------------------------------------------------------
     def im2col(self, x, window, out=None):

@@ -5,7 +5,7 @@
 // keeps every array below 2**31 - 2**24 elements so the loop index cannot overflow. Optional arrays
 // arrive as null pointers. No shared memory, atomics or block synchronisation: each work item
 // writes its own outputs only, so results do not depend on the launch shape or on scheduling
-// (tests/test_backends.py also runs this file on the CPU with one "thread").
+// (tests/host_kernels.py also builds this file for the CPU and runs it as a grid of threads).
 //
 // Images are NHWC. A window geometry is (h, w, c) of the input, then kh, kw (window), sh, sw
 // (strides), pt, pl (leading padding) and oh, ow (output size), as in fastnn/backend/base.py.
@@ -130,6 +130,94 @@ extern "C" __global__ void maxpool_backward(int n, const float *__restrict__ dy,
                 if (argmax[o] == self_idx) acc += dy[o];
             }
         dx[i] = acc;
+    }
+}
+
+// ---- activations (ids as in fastnn/activations.py), with the dense layer's bias fused in ------
+enum { LINEAR, RELU, SIGMOID, TANH, SOFTMAX, SOFTPLUS, SOFTSIGN, SELU, ELU, EXPONENTIAL,
+       LEAKY_RELU, GELU, SILU };
+#define SELU_ALPHA 1.6732632423543772848170429916717f
+#define SELU_SCALE 1.0507009873554804934193349852946f
+
+__device__ __forceinline__ float sigmoid_of(float z) { return 0.5f * (1.0f + tanhf(0.5f * z)); }
+
+__device__ float act_value(int act, float z, float alpha) {
+    switch (act) {
+    case RELU: return z > 0.0f || z != z ? z : 0.0f;        // NaN passes, as numpy.maximum
+    case SIGMOID: return sigmoid_of(z);
+    case TANH: return tanhf(z);
+    case SOFTPLUS: return fmaxf(z, 0.0f) + log1pf(expf(-fabsf(z)));
+    case SOFTSIGN: return z / (1.0f + fabsf(z));
+    case SELU: return SELU_SCALE * (z > 0.0f ? z : SELU_ALPHA * expm1f(fminf(z, 0.0f)));
+    case ELU: return z > 0.0f ? z : alpha * expm1f(fminf(z, 0.0f));
+    case EXPONENTIAL: return expf(z);
+    case LEAKY_RELU: return z > 0.0f ? z : alpha * z;
+    case GELU: return 0.5f * z * (1.0f + erff(z * 0.70710678118654752f));
+    case SILU: return z * sigmoid_of(z);
+    default: return z;                                       // LINEAR
+    }
+}
+
+// d act / dz from the output y (and the input z, for the ids in activations.NEEDS_INPUT).
+__device__ float act_slope(int act, float z, float y, float alpha) {
+    switch (act) {
+    case SIGMOID: return y * (1.0f - y);
+    case TANH: return 1.0f - y * y;
+    case SOFTPLUS: return sigmoid_of(z);
+    case SOFTSIGN: { float t = 1.0f - fabsf(y); return t * t; }
+    case SELU: return y > 0.0f ? SELU_SCALE : y + SELU_SCALE * SELU_ALPHA;
+    case ELU: return y > 0.0f ? 1.0f : y + alpha;
+    case EXPONENTIAL: return y;
+    case LEAKY_RELU: return y > 0.0f ? 1.0f : alpha;
+    case GELU: return 0.5f * (1.0f + erff(z * 0.70710678118654752f)) +
+                      z * expf(-0.5f * z * z) * 0.39894228040143268f;
+    case SILU: { float s = sigmoid_of(z); return s * (1.0f + z * (1.0f - s)); }
+    default: return 1.0f;                                    // LINEAR
+    }
+}
+
+// z += bias (per column, when given), y = act(z); y may be z. Elementwise ids only.
+extern "C" __global__ void bias_act(int n, float *z, const float *bias, int cols, int act,
+                                    float alpha, float *y) {
+    GRID_STRIDE_LOOP(i, n) {
+        float v = z[i];
+        if (bias) z[i] = v = v + bias[i % cols];
+        y[i] = act_value(act, v, alpha);
+    }
+}
+
+// One thread per row: z += bias (when given), y = softmax(z); y may be z.
+extern "C" __global__ void softmax_rows(int n, float *z, const float *bias, int cols, float *y) {
+    GRID_STRIDE_LOOP(r, n) {
+        float *zr = z + r * cols, *yr = y + r * cols;
+        float top = -__int_as_float(0x7f800000);       // -inf
+        for (int j = 0; j < cols; j++) {
+            if (bias) zr[j] += bias[j];
+            top = fmaxf(top, zr[j]);
+        }
+        float s = 0.0f;
+        for (int j = 0; j < cols; j++) s += (yr[j] = expf(zr[j] - top));
+        for (int j = 0; j < cols; j++) yr[j] /= s;
+    }
+}
+
+// dz = dy * act'(z); dz may be dy. ReLU passes dy where y > 0 (an inf gradient stays inf).
+extern "C" __global__ void act_grad(int n, const float *z, const float *y, const float *dy,
+                                    int act, float alpha, float *dz) {
+    GRID_STRIDE_LOOP(i, n) {
+        float zi = z ? z[i] : 0.0f;
+        dz[i] = act == RELU ? (y[i] > 0.0f ? dy[i] : 0.0f) : dy[i] * act_slope(act, zi, y[i], alpha);
+    }
+}
+
+// One thread per row: dz = y * (dy - sum(dy * y)); dz may be dy.
+extern "C" __global__ void softmax_grad_rows(int n, const float *y, const float *dy, int cols,
+                                             float *dz) {
+    GRID_STRIDE_LOOP(r, n) {
+        const float *yr = y + r * cols, *dyr = dy + r * cols;
+        float dot = 0.0f;
+        for (int j = 0; j < cols; j++) dot += dyr[j] * yr[j];
+        for (int j = 0; j < cols; j++) dz[r * cols + j] = yr[j] * (dyr[j] - dot);
     }
 }
 
