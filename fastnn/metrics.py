@@ -32,13 +32,13 @@ class Metric:
         if sample_weight is None:
             y_true, y_pred = _together(y_true, y_pred)
             values = self.per_sample(y_true, y_pred)
-            self.total += values.sum()
+            self.total += values.astype(np.float64).sum()
             self.count += values.shape[0]
         else:
             y_true, y_pred, w = _together(y_true, y_pred, sample_weight)
             values = self.per_sample(y_true, y_pred)
             w = w.astype(np.float64).reshape(-1)
-            self.total += (values * w).sum()
+            self.total += (values.astype(np.float64) * w).sum()
             self.count += w.sum()
 
     def result(self):
@@ -50,7 +50,7 @@ class Metric:
         reads later (the progress bar does, when it redraws)."""
         if isinstance(self.count, (int, float)) and not self.count:     # host count: no wait
             return 0.0
-        return self.total / self.count
+        return self.total / (self.count + (self.count == 0))   # a device count of 0 gives 0
 
     def get_config(self):
         return {"name": self.name}

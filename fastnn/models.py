@@ -352,6 +352,7 @@ class Sequential:
         if ops.is_device and isinstance(source, ops.xp.ndarray):
             if isinstance(idx, slice):
                 return source[idx]      # whole rows of a C-contiguous array: contiguous
+            key = "device_" + key       # never a host buffer of the same name
             buf = self._batch_buffers.get(key)
             shape = (len(idx),) + source.shape[1:]
             if buf is None or buf.shape != shape or buf.dtype != source.dtype:
@@ -613,9 +614,10 @@ class Sequential:
             n_steps = 0             # the loop below is the general path
         else:
             x = self._to_device(x[:n])[0]
-        # On a device the outputs collect there and cross once, at the end.
+        # On a device the outputs collect there and cross once, at the end, unless a callback
+        # reads every batch's outputs (it gets them as NumPy arrays).
         device_out = ops.empty(out.shape) if ops.is_device and n_steps and \
-            isinstance(x, ops.xp.ndarray) else out
+            isinstance(x, ops.xp.ndarray) and not cbs.per_batch("predict") else out
         for step in range(n_steps):
             cbs.on_predict_batch_begin(step)
             sl = slice(step * batch_size, min(n, (step + 1) * batch_size))

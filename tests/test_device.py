@@ -243,3 +243,39 @@ def test_data_too_big_for_the_device_crosses_batch_by_batch(device, rng, monkeyp
     streamed, counts = train(2 * (x.nbytes + y.size * 4) - 1)
     assert counts == {"uploads": 2 * 6, "downloads": 0, "syncs": 1}     # x and y, 6 batches
     np.testing.assert_allclose(streamed, resident, rtol=1e-6)
+
+
+def test_large_host_arrays_cross_in_slices(device, rng, monkeypatch):
+    _counted(device)
+    import fastnn.backend.cupy as cupy_backend
+    monkeypatch.setattr(cupy_backend, "_STAGING_BYTES", 1000)
+    x = rng.standard_normal((50, 12))              # float64, 4.8 kB: slices of 10 rows
+    fake_cupy.reset_counts()
+    on_device = device.asarray(x)
+    assert fake_cupy.counts["uploads"] == 5 and on_device.dtype == np.float32
+    np.testing.assert_array_equal(device.to_numpy(on_device), x.astype(np.float32))
+
+
+def test_a_callback_reading_every_predict_batch_gets_numpy(device, rng):
+    x, _ = _data(rng, (12,))
+    model = _mlp(dropout=False)
+    seen = []
+    cb = keras.callbacks.LambdaCallback(
+        on_predict_batch_end=lambda b, logs: seen.append(logs["outputs"]))
+    out = model.predict(x, batch_size=32, verbose=0, callbacks=[cb])
+    assert len(seen) == 3 and all(type(o) is np.ndarray for o in seen)
+    np.testing.assert_array_equal(np.concatenate(seen), out)
+
+
+def test_host_and_device_batches_never_share_a_buffer(device, rng, monkeypatch):
+    """A fit streaming from the host, then one from the device, on one model."""
+    x, y = _data(rng, (12,))
+    model = _mlp(dropout=False)
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    monkeypatch.setattr(device, "free_memory", lambda: 0)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    monkeypatch.setattr(device, "free_memory", lambda: None)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    monkeypatch.setattr(device, "free_memory", lambda: 0)
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    assert np.isfinite(model.history.history["loss"]).all()

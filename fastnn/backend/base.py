@@ -342,7 +342,7 @@ class Ops:
         if grad is not None:
             k = scale * (xp.ones(rows, "float32") if weights is None else weights)
             grad[...] = probs * k[:, None]
-            grad[xp.arange(rows), safe] -= k
+            grad[xp.arange(rows), safe] -= xp.where(valid, k, 0)    # as kernels.cu
         return self._total(per_row)
 
     def softmax_xent_dense(self, probs, targets, weights, scale, grad=None):

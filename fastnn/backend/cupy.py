@@ -19,6 +19,7 @@ from .. import activations as A
 from .base import Ops
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.cu")
+_STAGING_BYTES = 64 << 20
 _BLOCK = 256
 _MAX_BLOCKS = 1 << 16
 # int32 indices in the kernels: keep every array and every grid-stride index below 2**31.
@@ -81,7 +82,16 @@ class CupyOps(Ops):
     def to_numpy(self, x):
         return numpy.asarray(x) if self.xp is numpy else self.xp.asnumpy(x)   # a .get()
 
-    # asarray (inherited) is xp.asarray: it copies host data to the device.
+    def asarray(self, x, dtype="float32"):
+        """x on the device. Host arrays over 64 MiB cross in 64 MiB slices: CuPy stages a copy
+        in pinned host memory the size of what crosses, and keeps that memory afterwards."""
+        if not isinstance(x, numpy.ndarray) or x.nbytes <= _STAGING_BYTES or x.ndim == 0:
+            return super().asarray(x, dtype)
+        out = self.xp.empty(x.shape, dtype)
+        rows = max(1, _STAGING_BYTES // max(1, x[:1].nbytes))
+        for start in range(0, len(x), rows):
+            out[start:start + rows] = super().asarray(x[start:start + rows], dtype)
+        return out
 
     def free_memory(self):
         """Bytes the device can still give out (CuPy's pool included); None when unknown."""
