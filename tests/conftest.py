@@ -7,7 +7,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))    # tests' helper modules
 DATA_DIR = os.environ.get("FASTNN_DATA_DIR")
 # FASTNN_TEST_BACKEND=fake-cuda runs every test on CupyOps over tests/fake_cupy.py: the GPU
-# backend's logic with "device" arrays NumPy cannot read, on a machine without a GPU.
+# backend's logic with "device" arrays NumPy cannot read, on a machine without a GPU;
+# fake-kernels does the same through its CUDA kernels (kernels.cu built for the CPU).
 TEST_BACKEND = os.environ.get("FASTNN_TEST_BACKEND", "")
 
 
@@ -69,9 +70,14 @@ def _fresh_session(monkeypatch, request):
     set_random_seed(20261125)
     if TEST_BACKEND == "fake-cuda":
         monkeypatch.setattr(fastnn.backend, "_ops", fake_cuda_ops())
+    elif TEST_BACKEND == "fake-kernels":
+        import fake_cupy
+        from host_kernels import HostKernelOps
+        lib = request.getfixturevalue("host_kernels")
+        monkeypatch.setattr(fastnn.backend, "_ops", HostKernelOps(lib, xp=fake_cupy))
     elif TEST_BACKEND:
-        raise pytest.UsageError(f"FASTNN_TEST_BACKEND must be 'fake-cuda' or unset, got "
-                                f"{TEST_BACKEND!r}")
+        raise pytest.UsageError(f"FASTNN_TEST_BACKEND must be 'fake-cuda', 'fake-kernels' or "
+                                f"unset, got {TEST_BACKEND!r}")
     if request.node.get_closest_marker("cpu_backend") and fastnn.backend.get_ops().name != "cpu":
         pytest.skip(f"tests the CPU backend's own path; the active backend is "
                     f"{fastnn.backend.get_ops().name!r}")
