@@ -32,13 +32,13 @@ class Metric:
         if sample_weight is None:
             y_true, y_pred = _together(y_true, y_pred)
             values = self.per_sample(y_true, y_pred)
-            self.total += values.astype(np.float64).sum()
+            self.total += values.astype(np.float64, copy=False).sum()
             self.count += values.shape[0]
         else:
             y_true, y_pred, w = _together(y_true, y_pred, sample_weight)
             values = self.per_sample(y_true, y_pred)
             w = w.astype(np.float64).reshape(-1)
-            self.total += (values.astype(np.float64) * w).sum()
+            self.total += (values.astype(np.float64, copy=False) * w).sum()
             self.count += w.sum()
 
     def result(self):

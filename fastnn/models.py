@@ -425,7 +425,7 @@ class Sequential:
             return out
         self._backward(grad.reshape(out.shape), self._mode)
         self.optimizer.apply(self._params, self._grads)
-        self._loss_tracker.update_with_sum(total * scale_back(self.loss, n), n)
+        self._loss_tracker.update_with_sum(_scaled(total, scale_back(self.loss, n)), n)
         for m in self._metrics:
             m.update_state(y, out)
         return out
@@ -433,7 +433,7 @@ class Sequential:
     def _test_step(self, x, y, w):
         out = self._forward(x, training=False)
         total, _, n = self._loss_and_grad(out, y, w, False)
-        self._loss_tracker.update_with_sum(total * scale_back(self.loss, n), n)
+        self._loss_tracker.update_with_sum(_scaled(total, scale_back(self.loss, n)), n)
         for m in self._metrics:
             m.update_state(y, out)
 
@@ -754,6 +754,10 @@ def scale_back(loss, n):
     """Factor from a batch's loss sum to its tracker contribution: Keras tracks the reduced batch
     loss weighted by the batch size (mean: sum/n * n; sum: sum * n)."""
     return 1.0 if loss.reduction == "sum_over_batch_size" else float(n)
+
+
+def _scaled(total, factor):
+    return total if factor == 1.0 else total * factor     # on a GPU, * 1.0 is a kernel launch
 
 
 def _should_validate(epoch, freq):
