@@ -97,7 +97,14 @@ def _extensions():
 
 
 def _cythonize(exts):
-    from Cython.Build import cythonize
+    try:
+        from Cython.Build import cythonize
+    except ImportError:     # no Cython (an offline machine): the C it generated before, if any
+        if not os.path.exists("fastnn/_core.c"):
+            raise
+        for ext in exts:
+            ext.sources = ["fastnn/_core.c" if s.endswith(".pyx") else s for s in ext.sources]
+        return exts
     return cythonize(exts, language_level=3, compiler_directives={
         "boundscheck": False, "wraparound": False, "cdivision": True,
         "initializedcheck": False, "embedsignature": True,

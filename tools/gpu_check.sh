@@ -14,6 +14,7 @@ export FASTNN_DATA_DIR="${FASTNN_DATA_DIR:-../shared/data/mnist}"
   python -c "import numpy, cupy, torch; print('numpy', numpy.__version__, 'cupy', cupy.__version__, 'torch', torch.__version__, torch.cuda.is_available())"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 } 2>&1 | tee "$out/versions.txt"
+# Without Cython there, setup.py compiles fastnn/_core.c: carry it (run build_ext here first).
 python setup.py build_ext --inplace -q > "$out/build.log" 2>&1 || { tail -20 "$out/build.log"; exit 1; }
 python -c "import fastnn; fastnn.show_config()" 2>&1 | tee "$out/config.txt"
 # Tests import the source tree (PYTHONPATH) instead of an installed fastnn.
