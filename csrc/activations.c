@@ -13,6 +13,12 @@ int fnn_activation_needs_input(int act) {
     return act == FNN_SOFTPLUS || act == FNN_GELU || act == FNN_SILU;
 }
 
+/* Non-decreasing, so max pooling commutes with it (activations.MONOTONE). */
+int fnn_activation_monotone(int act, float alpha) {
+    return act != FNN_SOFTMAX && act != FNN_GELU && act != FNN_SILU && act >= 0 &&
+           act < FNN_N_ACTIVATIONS && alpha >= 0.0f;
+}
+
 /* exp(x) for the kernels: Cody-Waite reduction x = n ln2 + r and Cephes's degree-6 polynomial
  * for e^r (under 1 ulp from the exact value over the float range, subnormals included: see
  * tests/test_ops.py),

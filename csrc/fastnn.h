@@ -94,6 +94,7 @@ int fnn_gemm_row_blocks(int rows, int d_in, int d_out);
 
 /* activations.c */
 int fnn_activation_needs_input(int act);
+int fnn_activation_monotone(int act, float alpha);
 void fnn_act_forward(int act, float alpha, const float *z, float *y,
                      size_t rows, size_t cols, int n_threads);
 void fnn_act_backward(int act, float alpha, const float *z, const float *y, const float *dy,
@@ -137,8 +138,26 @@ void fnn_maxpool_forward(const float *x, float *y, int32_t *argmax, const fnn_co
                          int n_threads);
 void fnn_maxpool_backward(const float *dy, const int32_t *argmax, float *dx,
                           const fnn_conv_geom *g, int n_threads);
+int fnn_indices_in_range(const int32_t *idx, size_t n, int32_t limit, int n_threads);
 void fnn_avgpool_forward(const float *x, float *y, const fnn_conv_geom *g, int n_threads);
 void fnn_avgpool_backward(const float *dy, float *dx, const fnn_conv_geom *g, int n_threads);
+
+/* convpool.c: Conv2D + MaxPooling2D in cache-sized chunks of images. conv is the convolution's
+ * geometry (input x), pool the pooling's (input: the convolution output, c = filters). The plan
+ * gives the groups and images per chunk: work holds groups x chunk convolution outputs
+ * (oh*ow*filters floats per image), dcols_work groups x chunk im2col blocks, partials
+ * (groups - 1) weight gradients. cols (n*oh*ow x kh*kw*c) is written forward and read
+ * backward; dy (the pooled gradient) is overwritten. bias, d_bias, d_kernel, dx may be NULL.
+ * Return -1 without a BLAS, -2 when a needed workspace is NULL. */
+void fnn_conv_pool_plan(int n, size_t image_floats, int *groups, int *chunk);
+int fnn_conv_pool_forward(const float *x, const float *kernel, const float *bias, int act,
+                          float alpha, const fnn_conv_geom *conv, const fnn_conv_geom *pool,
+                          float *cols, float *work, float *y, int32_t *argmax, int n_threads);
+int fnn_conv_pool_backward(const float *cols, const float *kernel, const float *y,
+                           const int32_t *argmax, float *dy, int act, float alpha,
+                           const fnn_conv_geom *conv, const fnn_conv_geom *pool,
+                           float *d_kernel, float *d_bias, float *dx, float *work,
+                           float *dcols_work, float *partials, int n_threads);
 
 /* norm.c */
 void fnn_bn_stats(const float *x, float *mean, float *var, size_t rows, size_t cols,

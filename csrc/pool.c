@@ -17,6 +17,15 @@ static inline void max_tap(float *restrict o, int32_t *restrict a, const float *
     }
 }
 
+/* The first in-image tap seeds a window's maximum. */
+static inline void seed_tap(float *restrict o, int32_t *restrict a, const float *restrict s,
+                            int32_t base, int c) {
+    for (int ci = 0; ci < c; ci++) {
+        o[ci] = s[ci];
+        a[ci] = base + ci;
+    }
+}
+
 FNN_DISPATCH
 void fnn_maxpool_forward(const float *x, float *y, int32_t *argmax, const fnn_conv_geom *g,
                          int n_threads) {
@@ -42,11 +51,8 @@ void fnn_maxpool_forward(const float *x, float *y, int32_t *argmax, const fnn_co
                             int ix = ox * G.sw + kx - G.pad_left;
                             if (ix < 0 || ix >= G.w) continue;
                             int32_t base = (int32_t)(((size_t)iy * G.w + ix) * G.c);
-                            if (first) {    /* the first in-image tap seeds the maximum */
-                                for (int ci = 0; ci < G.c; ci++) {
-                                    o[ci] = img[base + ci];
-                                    a[ci] = base + ci;
-                                }
+                            if (first) {
+                                seed_tap(o, a, img + base, base, G.c);
                                 first = 0;
                             } else {
                                 max_tap(o, a, img + base, base, G.c);
@@ -57,6 +63,19 @@ void fnn_maxpool_forward(const float *x, float *y, int32_t *argmax, const fnn_co
                         for (int ci = 0; ci < G.c; ci++) { o[ci] = -INFINITY; a[ci] = 0; }
                 }
         });
+}
+
+/* Whether every index lies in [0, limit): the scatter of a backward pass trusts them.
+ * Branch-free, so it vectorizes. */
+FNN_DISPATCH
+int fnn_indices_in_range(const int32_t *idx, size_t n, int32_t limit, int n_threads) {
+    uint32_t bad = 0;
+    ptrdiff_t i, len = (ptrdiff_t)n;
+    int nt = fnn_threads(n, n_threads);
+    (void)nt;
+    FNN_PARALLEL_FOR(schedule(static) reduction(|:bad),
+        for (i = 0; i < len; i++) bad |= (uint32_t)idx[i] >= (uint32_t)limit;);
+    return !bad;
 }
 
 /* dx = dy at each window's argmax, 0 elsewhere. When no two windows share an input (stride >=

@@ -9,6 +9,7 @@ from libc.stdlib cimport calloc, free
 
 cdef extern from "fastnn.h" nogil:
     int FNN_N_ACTIVATIONS
+    int FNN_SOFTMAX
     void fnn_set_blas(void *sgemm, int ilp64, void *set_threads, void *get_threads)
     int fnn_blas_ready()
     int fnn_gemm_row_blocks(int rows, int d_in, int d_out)
@@ -59,8 +60,20 @@ cdef extern from "fastnn.h" nogil:
                              int n_threads)
     void fnn_maxpool_backward(const float *dy, const int32_t *argmax, float *dx,
                               const fnn_conv_geom *g, int n_threads)
+    int fnn_indices_in_range(const int32_t *idx, size_t n, int32_t limit, int n_threads)
     void fnn_avgpool_forward(const float *x, float *y, const fnn_conv_geom *g, int n_threads)
     void fnn_avgpool_backward(const float *dy, float *dx, const fnn_conv_geom *g, int n_threads)
+    int fnn_activation_monotone(int act, float alpha)
+    void fnn_conv_pool_plan(int n, size_t image_floats, int *groups, int *chunk)
+    int fnn_conv_pool_forward(const float *x, const float *kernel, const float *bias, int act,
+                              float alpha, const fnn_conv_geom *conv, const fnn_conv_geom *pool,
+                              float *cols, float *work, float *y, int32_t *argmax,
+                              int n_threads)
+    int fnn_conv_pool_backward(const float *cols, const float *kernel, const float *y,
+                               const int32_t *argmax, float *dy, int act, float alpha,
+                               const fnn_conv_geom *conv, const fnn_conv_geom *pool,
+                               float *d_kernel, float *d_bias, float *dx, float *work,
+                               float *dcols_work, float *partials, int n_threads)
     void fnn_bn_stats(const float *x, float *mean, float *var, size_t rows, size_t cols,
                       int n_threads)
     void fnn_bn_apply(const float *x, const float *mean, const float *var, const float *gamma,
@@ -565,6 +578,18 @@ def col2im(const float[:, ::1] cols, tuple window, float[:, :, :, ::1] x):
         fnn_col2im(&cols[0, 0], &x[0, 0, 0, 0], &g, _n_threads)
 
 
+cdef int _check_argmax(const int32_t *a, size_t n, Py_ssize_t limit, where) except -1:
+    """The scatter of a pooling backward pass trusts these indices: check them first."""
+    cdef int ok
+    if limit > 2147483647:
+        raise ValueError(f"pooling input too large for int32 indices ({limit} per image)")
+    with nogil:
+        ok = fnn_indices_in_range(a, n, <int32_t>limit, _n_threads)
+    if not ok:
+        raise ValueError(f"argmax holds an index outside {where}")
+    return 0
+
+
 def maxpool_forward(const float[:, :, :, ::1] x, tuple window, float[:, :, :, ::1] y,
                     int32_t[:, :, :, ::1] argmax):
     cdef fnn_conv_geom g = _geom(_shape4(x), window)
@@ -587,12 +612,9 @@ def maxpool_backward(const float[:, :, :, ::1] dy, const int32_t[:, :, :, ::1] a
                 out)
     if g.n == 0 or g.c == 0:
         return
-    cdef Py_ssize_t limit = <Py_ssize_t>g.h * g.w * g.c
-    cdef Py_ssize_t i, total = <Py_ssize_t>g.n * g.oh * g.ow * g.c
     cdef const int32_t *a = &argmax[0, 0, 0, 0]
-    for i in range(total):   # the scatter trusts these indices: check them first
-        if a[i] < 0 or a[i] >= limit:
-            raise ValueError("argmax holds an index outside the input image")
+    _check_argmax(a, <size_t>g.n * g.oh * g.ow * g.c, <Py_ssize_t>g.h * g.w * g.c,
+                  "the input image")
     with nogil:
         fnn_maxpool_backward(&dy[0, 0, 0, 0], a, &dx[0, 0, 0, 0], &g, _n_threads)
 
@@ -614,6 +636,121 @@ def avgpool_backward(const float[:, :, :, ::1] dy, tuple window, float[:, :, :, 
     with nogil:
         fnn_avgpool_backward(&dy[0, 0, 0, 0], &dx[0, 0, 0, 0], &g, _n_threads)
 
+
+
+# ---- convolution + max pooling, fused ------------------------------------------------------
+def conv_pool_plan(int n, int oh, int ow, int filters):
+    """(groups, images per chunk) of conv_pool_forward/backward over n images whose
+    convolution output is oh x ow x filters: the workspaces hold groups x chunk images."""
+    cdef int groups, chunk
+    fnn_conv_pool_plan(n, <size_t>oh * ow * filters, &groups, &chunk)
+    return groups, chunk
+
+
+cdef int _conv_pool_geoms(tuple x_shape, tuple conv_window, tuple pool_window, int filters,
+                          fnn_conv_geom *conv, fnn_conv_geom *pool) except -1:
+    conv[0] = _geom(x_shape, conv_window)
+    pool[0] = _geom((conv.n, conv.oh, conv.ow, filters), pool_window)
+    if conv.n == 0 or conv.c == 0 or filters == 0:
+        raise ValueError("conv_pool: empty batch, input channels or filters")
+    return 0
+
+
+cdef int _check_conv_pool_act(int act, float alpha, bint backward) except -1:
+    _check_act(act)
+    if not fnn_activation_monotone(act, alpha):
+        raise ValueError(f"conv_pool: activation id {act} (alpha {alpha}) is not "
+                         "non-decreasing, so max pooling does not commute with it; run the "
+                         "convolution and the pooling unfused")
+    if backward and fnn_activation_needs_input(act):
+        raise ValueError(f"conv_pool_backward: activation id {act} needs its input; run the "
+                         "convolution and the pooling unfused")
+    return 0
+
+
+cdef int _check_work(name, const float[:, ::1] a, Py_ssize_t rows, Py_ssize_t cols) except -1:
+    if a is None or a.shape[0] < rows or a.shape[1] != cols:
+        got = None if a is None else _shape2(a)
+        raise ValueError(f"{name}: expected at least ({rows}, {cols}) (see conv_pool_plan), "
+                         f"got {got}")
+    return 0
+
+
+def conv_pool_forward(const float[:, :, :, ::1] x, const float[:, ::1] kernel,
+                      const float[::1] bias, int act, float alpha, tuple conv_window,
+                      tuple pool_window, float[:, ::1] cols, float[:, ::1] work,
+                      float[:, :, :, ::1] y, int32_t[:, :, :, ::1] argmax):
+    """y, argmax = maxpool(act(im2col(x) @ kernel + bias)), a cache-sized chunk of images at a
+    time; cols (n*oh*ow, kh*kw*c) keeps the columns for backward, work is scratch."""
+    _need_blas()
+    _check_conv_pool_act(act, alpha, False)
+    cdef fnn_conv_geom conv, pool
+    cdef int filters = kernel.shape[1]
+    _conv_pool_geoms(_shape4(x), conv_window, pool_window, filters, &conv, &pool)
+    cdef Py_ssize_t kdim = conv.kh * conv.kw * conv.c, pixels = conv.oh * conv.ow
+    cdef int groups, chunk
+    groups, chunk = conv_pool_plan(conv.n, conv.oh, conv.ow, filters)
+    _same_shape("kernel", _shape2(kernel), (kdim, filters))
+    _check_channels("bias", bias, filters)
+    _same_shape("cols", _shape2(cols), (conv.n * pixels, kdim))
+    _check_work("work", work, groups * chunk * pixels, filters)
+    cdef tuple out = (pool.n, pool.oh, pool.ow, filters)
+    _same_shape("y", _shape4(y), out)
+    _same_shape("argmax", (argmax.shape[0], argmax.shape[1], argmax.shape[2], argmax.shape[3]),
+                out)
+    cdef const float *bp = NULL if bias is None else &bias[0]
+    with nogil:
+        fnn_conv_pool_forward(&x[0, 0, 0, 0], &kernel[0, 0], bp, act, alpha, &conv, &pool,
+                              &cols[0, 0], &work[0, 0], &y[0, 0, 0, 0], &argmax[0, 0, 0, 0],
+                              _n_threads)
+
+
+def conv_pool_backward(const float[:, ::1] cols, const float[:, ::1] kernel,
+                       const float[:, :, :, ::1] y, const int32_t[:, :, :, ::1] argmax,
+                       float[:, :, :, ::1] dy, int act, float alpha, tuple conv_window,
+                       tuple pool_window, tuple x_shape, float[:, ::1] d_kernel,
+                       float[::1] d_bias, float[:, :, :, ::1] dx, float[:, ::1] work,
+                       float[:, ::1] dcols_work, float[:, ::1] partials):
+    """From dy (the pooled gradient, overwritten with its gradient through act): d_kernel,
+    d_bias and dx (each skipped when None) of conv_pool_forward. act's derivative must be
+    readable off its output (not softplus, gelu, silu or softmax)."""
+    _need_blas()
+    _check_conv_pool_act(act, alpha, True)
+    cdef fnn_conv_geom conv, pool
+    cdef int filters = kernel.shape[1]
+    _conv_pool_geoms(x_shape, conv_window, pool_window, filters, &conv, &pool)
+    cdef Py_ssize_t kdim = conv.kh * conv.kw * conv.c, pixels = conv.oh * conv.ow
+    cdef int groups, chunk
+    groups, chunk = conv_pool_plan(conv.n, conv.oh, conv.ow, filters)
+    _same_shape("kernel", _shape2(kernel), (kdim, filters))
+    _same_shape("cols", _shape2(cols), (conv.n * pixels, kdim))
+    cdef tuple out = (pool.n, pool.oh, pool.ow, filters)
+    _same_shape("y", _shape4(y), out)
+    _same_shape("dy", _shape4(dy), out)
+    _same_shape("argmax", (argmax.shape[0], argmax.shape[1], argmax.shape[2], argmax.shape[3]),
+                out)
+    _check_channels("d_bias", d_bias, filters)
+    if d_kernel is not None:
+        _same_shape("d_kernel", _shape2(d_kernel), (kdim, filters))
+        if groups > 1:
+            _check_work("partials", partials, (groups - 1) * kdim, filters)
+    if dx is not None:
+        _same_shape("dx", _shape4(dx), x_shape)
+        _check_work("dcols_work", dcols_work, groups * chunk * pixels, kdim)
+    if d_kernel is not None or dx is not None:
+        _check_work("work", work, groups * chunk * pixels, filters)
+    cdef const int32_t *a = &argmax[0, 0, 0, 0]
+    _check_argmax(a, <size_t>pool.n * pool.oh * pool.ow * filters, pixels * filters,
+                  "the convolution output")
+    cdef float *dkp = NULL if d_kernel is None else &d_kernel[0, 0]
+    cdef float *dbp = NULL if d_bias is None else &d_bias[0]
+    cdef float *dxp = NULL if dx is None else &dx[0, 0, 0, 0]
+    cdef float *wp = NULL if work is None else &work[0, 0]
+    cdef float *dcp = NULL if dcols_work is None else &dcols_work[0, 0]
+    cdef float *pp = NULL if partials is None else &partials[0, 0]
+    with nogil:
+        fnn_conv_pool_backward(&cols[0, 0], &kernel[0, 0], &y[0, 0, 0, 0], a, &dy[0, 0, 0, 0],
+                               act, alpha, &conv, &pool, dkp, dbp, dxp, wp, dcp, pp, _n_threads)
 
 cdef int _check_channels(name, const float[::1] v, Py_ssize_t cols) except -1:
     if v is not None and v.shape[0] != cols:

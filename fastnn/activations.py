@@ -6,6 +6,9 @@ import numpy as np
 LINEAR, RELU, SIGMOID, TANH, SOFTMAX, SOFTPLUS, SOFTSIGN, SELU, ELU, EXPONENTIAL, \
     LEAKY_RELU, GELU, SILU = range(13)
 NEEDS_INPUT = frozenset({SOFTPLUS, GELU, SILU})
+# Non-decreasing (for alpha >= 0): max pooling commutes with these.
+MONOTONE = frozenset({LINEAR, RELU, SIGMOID, TANH, SOFTPLUS, SOFTSIGN, SELU, ELU, EXPONENTIAL,
+                      LEAKY_RELU})
 
 
 def _apply(act, x, alpha=0.0):

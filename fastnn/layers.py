@@ -570,6 +570,61 @@ class MaxPooling2D(_Pooling2D):
                                           dx=self._buffer("dx", self._x_shape))
 
 
+class ConvPool:
+    """A Conv2D and the MaxPooling2D right after it, run as one step (ops.conv2d_maxpool_*):
+    on the CPU a few images at a time, so the convolution's output never leaves the cache.
+    Sequential runs such pairs through it; each layer keeps its weights, gradients and
+    config. The activation must be non-decreasing (pooling then commutes with it) and its
+    derivative readable off its output (the pooled value is the output at its argmax):
+    gelu, silu, softplus and softmax stay unfused."""
+
+    def __init__(self, conv, pool):
+        self.conv, self.pool = conv, pool
+
+    @staticmethod
+    def fuses(conv, pool):
+        return (type(conv) is Conv2D and type(pool) is MaxPooling2D and
+                conv.act_id in activations.MONOTONE and conv.act_alpha >= 0 and
+                conv.act_id not in activations.NEEDS_INPUT)
+
+    def _plan(self, n):
+        conv = self.conv
+        _, _, _, _, _, _, oh, ow = conv.window
+        groups, chunk = get_ops().conv_pool_plan(n, oh, ow, conv.filters)
+        return groups, groups * chunk * oh * ow
+
+    def forward(self, x, training=False):
+        conv, pool = self.conv, self.pool
+        kh, kw, _, _, _, _, oh, ow = conv.window
+        n, kdim, filters = x.shape[0], kh * kw * x.shape[3], conv.filters
+        _, work_rows = self._plan(n)
+        shape = (n, pool.window[6], pool.window[7], filters)
+        cols = conv._buffer("cols", (n * oh * ow, kdim))
+        y, argmax = get_ops().conv2d_maxpool_forward(
+            x, conv.kernel.reshape(kdim, filters), conv._vars.get("bias"), conv.act_id,
+            conv.act_alpha, conv.window, pool.window, cols=cols,
+            work=conv._buffer("pool_work", (work_rows, filters)),
+            y=pool._buffer("y", shape), argmax=pool._buffer("argmax", shape, "int32"))
+        self._x_shape, self._cols, self._y, self._argmax = x.shape, cols, y, argmax
+        return y
+
+    def backward(self, dy, need_dx=True):
+        conv = self.conv
+        kdim, filters = self._cols.shape[1], conv.filters
+        groups, work_rows = self._plan(self._x_shape[0])
+        d_kernel = conv.grads["kernel"].reshape(kdim, filters)
+        partials = conv._buffer("pool_partials", ((groups - 1) * kdim, filters)) \
+            if groups > 1 else None
+        return get_ops().conv2d_maxpool_backward(
+            self._cols, conv.kernel.reshape(kdim, filters), self._y, self._argmax, dy,
+            conv.act_id, conv.act_alpha, conv.window, self.pool.window, self._x_shape,
+            d_kernel, conv.grads.get("bias"),
+            dx=conv._buffer("dx", self._x_shape) if need_dx else None,
+            work=conv._buffer("pool_work", (work_rows, filters)),
+            dcols_work=conv._buffer("pool_dcols", (work_rows, kdim)) if need_dx else None,
+            partials=partials)
+
+
 class AveragePooling2D(_Pooling2D):
     def forward(self, x, training=False):
         self._x_shape = x.shape

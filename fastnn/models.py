@@ -14,7 +14,7 @@ from . import losses as losses_module
 from . import metrics as metrics_module
 from . import optimizers as optimizers_module
 from .backend import get_ops, unique_name
-from .layers import InputLayer, Layer
+from .layers import ConvPool, InputLayer, Layer
 from .stack import DenseRunner
 
 
@@ -111,7 +111,21 @@ class Sequential:
             shape = layer.compute_output_shape(shape)
         self._output_shape = shape
         self.built = True
+        self._steps = self._plan_steps()
         self._pack_parameters()
+
+    def _plan_steps(self):
+        """(first, last, runner) per step of the forward pass: a layer, or a Conv2D and the
+        MaxPooling2D after it run as one (layers.ConvPool)."""
+        steps, layers, i = [], self._layers, 0
+        while i < len(layers):
+            if i + 1 < len(layers) and ConvPool.fuses(layers[i], layers[i + 1]):
+                steps.append((i, i + 1, ConvPool(layers[i], layers[i + 1])))
+                i += 2
+            else:
+                steps.append((i, i, layers[i]))
+                i += 1
+        return steps
 
     def _pack_parameters(self):
         """Move every trainable weight into one flat buffer (and gradients into another)."""
@@ -384,8 +398,8 @@ class Sequential:
 
     # ---- steps -----------------------------------------------------------------------------
     def _forward(self, x, training):
-        for layer in self._layers:
-            x = layer.forward(x, training)
+        for _, _, step in self._steps:
+            x = step.forward(x, training)
         return x
 
     def _loss_mode(self):
@@ -393,14 +407,15 @@ class Sequential:
                               else None)
 
     def _backward(self, grad, mode):
-        layers, stop = self._layers, self._first_trainable
-        last = len(layers) - 1
+        stop, last = self._first_trainable, len(self._layers) - 1
         dy = grad
-        for i in range(last, stop - 1, -1):
-            if i == last and mode != "outputs":
-                dy = layers[i].backward(dy, need_dx=i > stop, preactivation=True)
+        for first, end, step in reversed(self._steps):
+            if end < stop:
+                break
+            if end == last and mode != "outputs":
+                dy = step.backward(dy, need_dx=first > stop, preactivation=True)
             else:
-                dy = layers[i].backward(dy, need_dx=i > stop)
+                dy = step.backward(dy, need_dx=first > stop)
 
     def _loss_and_grad(self, out, y, w, want_grad):
         out2 = out.reshape(-1, out.shape[-1])

@@ -23,6 +23,7 @@ from fastnn.backend.base import Ops
 from fastnn.backend.cpu import CpuOps
 from fastnn.backend import cupy as cupy_backend
 from fastnn.backend.cupy import CupyOps
+from gradcheck import numeric_grad
 from host_kernels import HostKernelOps
 
 REF = Ops()
@@ -179,16 +180,6 @@ def test_conv2d_forward_backward(ops, rng, hw, k, s, padding, act):
         np.testing.assert_allclose(get(ops, got), want, rtol=1e-4, atol=1e-4)
 
 
-def _numeric_grad(loss, x, eps):
-    num = np.zeros(x.shape)
-    for idx in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[idx] += eps
-        xm[idx] -= eps
-        num[idx] = (loss(xp) - loss(xm)) / (2 * eps)
-    return num
-
-
 def test_conv2d_gradients_match_finite_differences(cuda_ops, rng):
     """A linear loss of a linear op: central differences are exact up to float32 rounding."""
     ops = cuda_ops
@@ -205,9 +196,9 @@ def test_conv2d_gradients_match_finite_differences(cuda_ops, rng):
     dk = ops.empty(kern.shape)
     dx = ops.conv2d_backward(cols, put(ops, kern), z, y, put(ops, r.copy()), A.LINEAR, 0.0,
                              win, x.shape, dk, None)
-    np.testing.assert_allclose(get(ops, dx), _numeric_grad(lambda v: loss(v, kern), x, 0.25),
+    np.testing.assert_allclose(get(ops, dx), numeric_grad(lambda v: loss(v, kern), x, 0.25),
                                rtol=1e-3, atol=1e-3)
-    np.testing.assert_allclose(get(ops, dk), _numeric_grad(lambda v: loss(x, v), kern, 0.25),
+    np.testing.assert_allclose(get(ops, dk), numeric_grad(lambda v: loss(x, v), kern, 0.25),
                                rtol=1e-3, atol=1e-3)
 
 
@@ -258,7 +249,7 @@ def test_maxpool_gradient_matches_finite_differences(cuda_ops, rng):
 
     _, arg = ops.maxpool_forward(put(ops, x), win)
     dx = ops.maxpool_backward(put(ops, r), arg, win, x.shape)
-    np.testing.assert_allclose(get(ops, dx), _numeric_grad(loss, x, 0.02), rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(get(ops, dx), numeric_grad(loss, x, 0.02), rtol=1e-3, atol=1e-4)
 
 
 # ---- batch normalization ----------------------------------------------------------------------
@@ -304,7 +295,7 @@ def test_batchnorm_gradient_matches_finite_differences(cuda_ops, rng):
     dg = ops.empty((3,))
     dx = ops.batchnorm_backward(put(ops, x), put(ops, r), mean, var, put(ops, gamma), 1e-3,
                                 d_gamma=dg)
-    np.testing.assert_allclose(get(ops, dx), _numeric_grad(loss, x, 1e-2), rtol=2e-2, atol=2e-3)
+    np.testing.assert_allclose(get(ops, dx), numeric_grad(loss, x, 1e-2), rtol=2e-2, atol=2e-3)
     xhat = (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-3)
     np.testing.assert_allclose(get(ops, dg), (r * xhat).sum(0), rtol=1e-4, atol=1e-4)
 
@@ -369,7 +360,7 @@ def test_loss_gradients_match_finite_differences(cuda_ops, rng, kind):
 
     g = ops.empty(z.shape)
     getattr(ops, method)(ops.act_forward(act, 0.0, put(ops, z)), target, put(ops, w), 0.25, g)
-    np.testing.assert_allclose(get(ops, g), _numeric_grad(loss, z, 1e-2), rtol=1e-2, atol=1e-3)
+    np.testing.assert_allclose(get(ops, g), numeric_grad(loss, z, 1e-2), rtol=1e-2, atol=1e-3)
 
 
 # ---- activations ------------------------------------------------------------------------------

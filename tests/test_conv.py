@@ -11,6 +11,7 @@ from fastnn.layers import (AveragePooling2D, BatchNormalization, Conv2D, Dense, 
                            GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D)
 from fastnn.models import Sequential
 from onbackend import get, put
+from gradcheck import numeric_grad
 
 REF, CPU = Ops(), CpuOps()
 
@@ -63,13 +64,7 @@ def test_maxpool_backward_rejects_bad_indices(rng):
 
 
 def _fd(f, x, eps=1e-5):
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[idx] += eps
-        xm[idx] -= eps
-        g[idx] = (f(xp) - f(xm)) / (2 * eps)
-    return g
+    return numeric_grad(f, x, eps)
 
 
 @pytest.mark.parametrize("hw,k,s,padding", GEOMETRIES[:4], ids=GEO_IDS[:4])

@@ -9,6 +9,7 @@ from fastnn import _core
 from fastnn import activations as A
 from fastnn.backend.base import Ops
 from fastnn.backend.cpu import CpuOps
+from gradcheck import numeric_grad
 
 REF, CPU = Ops(), CpuOps()
 ACTS = [(A.LINEAR, 0.0), (A.RELU, 0.0), (A.SIGMOID, 0.0), (A.TANH, 0.0), (A.SOFTMAX, 0.0),
@@ -186,16 +187,6 @@ def test_dense_gradients_match_finite_differences(rng):
         np.testing.assert_allclose(grad, num, rtol=1e-5, atol=1e-7)
 
 
-def _logits_loss_fd(loss_of_logits, z, eps=1e-4):
-    num = np.zeros_like(z)
-    for idx in np.ndindex(z.shape):
-        zp, zm = z.copy(), z.copy()
-        zp[idx] += eps
-        zm[idx] -= eps
-        num[idx] = (loss_of_logits(zp) - loss_of_logits(zm)) / (2 * eps)
-    return num
-
-
 @pytest.mark.parametrize("weighted", [False, True])
 def test_softmax_xent_sparse(rng, weighted):
     z = rng.standard_normal((6, 5))
@@ -216,7 +207,7 @@ def test_softmax_xent_sparse(rng, weighted):
         return -(ww * lp[np.arange(6), labels]).sum() / 6
 
     assert v / 6 == pytest.approx(f(z), rel=1e-5)
-    np.testing.assert_allclose(g, _logits_loss_fd(f, z), rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(g, numeric_grad(f, z, 1e-4), rtol=1e-3, atol=1e-6)
 
 
 def test_softmax_xent_sparse_rejects_bad_labels():
@@ -259,14 +250,14 @@ def test_sigmoid_bxent_mse_mae_match_reference_and_fd(rng):
 
     g = np.empty_like(p)
     CPU.sigmoid_bxent(p, t, None, 0.2, g)
-    np.testing.assert_allclose(g, _logits_loss_fd(bce, z), rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(g, numeric_grad(bce, z, 1e-4), rtol=1e-3, atol=1e-6)
     pp = p.astype(np.float64)
 
     def mse(q):
         return ((q - t) ** 2).mean(1).sum() * 0.2
 
     CPU.squared_error(p, t, None, 0.2, g)
-    np.testing.assert_allclose(g, _logits_loss_fd(mse, pp), rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(g, numeric_grad(mse, pp, 1e-4), rtol=1e-3, atol=1e-6)
 
 
 OPTIMIZER_CASES = {

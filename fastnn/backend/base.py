@@ -222,6 +222,51 @@ class Ops:
             return None
         return self.col2im(dcols, window, x_shape, out=dx)
 
+    # A Conv2D and the MaxPooling2D after it as one step. A backend may run it a chunk of
+    # images at a time (CpuOps: the convolution output stays in cache); conv_pool_plan says how
+    # the workspaces are sized: `work` holds groups x chunk convolution outputs, `dcols_work`
+    # as many im2col blocks, `partials` (groups - 1) kernel gradients. Here: one chunk.
+    def conv_pool_plan(self, n, oh, ow, filters):
+        """(groups, images per chunk) of conv2d_maxpool_forward/backward over n images."""
+        return 1, n
+
+    def conv2d_maxpool_forward(self, x, kernel, bias, act, alpha, conv_window, pool_window,
+                               cols, work, y, argmax):
+        """y, argmax = maxpool(act(im2col(x) @ kernel + bias)) with kernel (kh*kw*c, filters)
+        and cols (n*oh*ow, kh*kw*c) kept for backward, computed as act(maxpool(z) + bias):
+        act must be non-decreasing (activations.MONOTONE). Returns (y, argmax)."""
+        n, (oh, ow), filters = x.shape[0], conv_window[6:], kernel.shape[-1]
+        z = work[:n * oh * ow]
+        self.conv2d_forward(x, kernel, None, A.LINEAR, alpha, conv_window, cols=cols, z=z, y=z)
+        y, argmax = self.maxpool_forward(z.reshape(n, oh, ow, filters), pool_window, y=y,
+                                         argmax=argmax)
+        if bias is not None:
+            y += bias
+        return self.act_forward(act, alpha, y, out=y), argmax
+
+    def conv2d_maxpool_backward(self, cols, kernel, y, argmax, dy, act, alpha, conv_window,
+                                pool_window, x_shape, d_kernel, d_bias, dx=None, work=None,
+                                dcols_work=None, partials=None):
+        """From dy (pooled; overwritten): d_kernel, d_bias, dx (each skipped when None) of
+        conv2d_maxpool_forward. act's derivative must be readable off its output: the
+        pooled value is the activation's output at its argmax. Returns dx."""
+        n, (oh, ow), filters = x_shape[0], conv_window[6:], kernel.shape[-1]
+        if act != A.LINEAR:
+            dy = self.act_backward(act, alpha, None, y, dy, out=dy)
+        if d_bias is not None:
+            self.column_sum(dy.reshape(-1, filters), out=d_bias)
+        if d_kernel is None and dx is None:
+            return None
+        dz = self.maxpool_backward(dy, argmax, pool_window, (n, oh, ow, filters),
+                                   dx=work[:n * oh * ow].reshape(n, oh, ow, filters))
+        dz = dz.reshape(-1, filters)
+        if d_kernel is not None:
+            self.gemm(cols, dz, out=d_kernel, trans_a=True)
+        if dx is None:
+            return None
+        dcols = self.gemm(dz, kernel, out=dcols_work[:n * oh * ow], trans_b=True)
+        return self.col2im(dcols, conv_window, x_shape, out=dx)
+
     def maxpool_forward(self, x, window, y=None, argmax=None):
         """Returns (y, argmax); argmax holds each output's flat index inside its input image."""
         xp = self.xp

@@ -93,6 +93,23 @@ class CpuOps(Ops):
         _core.col2im(_f32(cols), tuple(window), out)
         return out
 
+    def conv_pool_plan(self, n, oh, ow, filters):
+        return _core.conv_pool_plan(n, oh, ow, filters)
+
+    def conv2d_maxpool_forward(self, x, kernel, bias, act, alpha, conv_window, pool_window,
+                               cols, work, y, argmax):
+        _core.conv_pool_forward(_f32(x), _f32(kernel), _f32(bias), act, alpha,
+                                tuple(conv_window), tuple(pool_window), cols, work, y, argmax)
+        return y, argmax
+
+    def conv2d_maxpool_backward(self, cols, kernel, y, argmax, dy, act, alpha, conv_window,
+                                pool_window, x_shape, d_kernel, d_bias, dx=None, work=None,
+                                dcols_work=None, partials=None):
+        _core.conv_pool_backward(cols, _f32(kernel), y, argmax, dy, act, alpha,
+                                 tuple(conv_window), tuple(pool_window), tuple(x_shape),
+                                 d_kernel, d_bias, dx, work, dcols_work, partials)
+        return dx
+
     def maxpool_forward(self, x, window, y=None, argmax=None):
         x = _f32(x)
         shape = (x.shape[0], window[6], window[7], x.shape[3])
