@@ -89,7 +89,7 @@ int fnn_dense_forward(const fnn_dense *layer, const float *x, float *z, float *y
 
 int fnn_dense_backward(const fnn_dense *layer, int act, const float *x, const float *z,
                        const float *y, const float *dy, float *dz, float *dx, int rows,
-                       const fnn_rows_done *kernel_done, int n_threads) {
+                       float kernel_step, const fnn_rows_done *kernel_done, int n_threads) {
     int d_in = layer->d_in, d_out = layer->d_out;
     int blocks = fnn_gemm_row_blocks(rows, d_in, d_out);
     if (!fnn_blas_ready()) return -1;
@@ -98,7 +98,9 @@ int fnn_dense_backward(const fnn_dense *layer, int act, const float *x, const fl
     if (dx)
         fnn_gemm(0, 1, rows, d_in, d_out, 1.0f, dz, d_out, layer->kernel, d_out, 0.0f, dx, d_in,
                  n_threads);
-    fnn_gemm_ex(1, 0, d_in, d_out, rows, 1.0f, x, d_in, dz, d_out, 0.0f, layer->d_kernel, d_out,
+    /* kernel_step: d_kernel -= kernel_step x^T dz, the SGD step in the GEMM's output pass */
+    fnn_gemm_ex(1, 0, d_in, d_out, rows, kernel_step > 0 ? -kernel_step : 1.0f, x, d_in, dz,
+                d_out, kernel_step > 0 ? 1.0f : 0.0f, layer->d_kernel, d_out,
                 blocks ? FNN_SPLIT_ROWS : FNN_SPLIT_AUTO, blocks, kernel_done, n_threads);
     if (layer->d_bias) fnn_column_sum(dz, layer->d_bias, (size_t)rows, (size_t)d_out, n_threads);
     return 0;

@@ -118,10 +118,12 @@ int fnn_dense_forward(const fnn_dense *layer, const float *x, float *z, float *y
 /* From dy: dz = dy act'(z) (act may differ from layer->act: LINEAR when a loss already gave
  * dL/dz; dz may be dy), dx = dz kernel^T (dx may be NULL), d_kernel = x^T dz, then
  * kernel_done (may be NULL) on its finished rows, d_bias = column sums. z may be NULL when
- * act's derivative is read off y. */
+ * act's derivative is read off y. kernel_step > 0 makes it d_kernel -= kernel_step x^T dz
+ * instead: with d_kernel pointing at the kernel itself, the plain SGD step in place (dx has
+ * used the kernel as it was by then). */
 int fnn_dense_backward(const fnn_dense *layer, int act, const float *x, const float *z,
                        const float *y, const float *dy, float *dz, float *dx, int rows,
-                       const fnn_rows_done *kernel_done, int n_threads);
+                       float kernel_step, const fnn_rows_done *kernel_done, int n_threads);
 
 /* conv.c, pool.c: NHWC geometry of a convolution or pooling window. pad_top/pad_left are the
  * leading pads; taps outside the image are skipped (zero for im2col). */

@@ -182,7 +182,7 @@ static void backward(const fnn_stack *s, const float *x, int rows, const float *
         float *dx = i > 0 ? s->dx[i] : NULL;
         kernel_update u = {s, scalars, scalars ? s->kernel_at[i] : 0, layer->d_out};
         fnn_rows_done done = {update_kernel_rows, &u};
-        fnn_dense_backward(layer, act, i > 0 ? s->y[i - 1] : x, z, s->y[i], dy, dy, dx, rows,
+        fnn_dense_backward(layer, act, i > 0 ? s->y[i - 1] : x, z, s->y[i], dy, dy, dx, rows, 0.0f,
                            scalars ? &done : NULL, n_threads);
         if (scalars && layer->d_bias)
             update_range(s, scalars, u.kernel_at + (size_t)layer->d_in * layer->d_out,

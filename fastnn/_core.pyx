@@ -36,7 +36,7 @@ cdef extern from "fastnn.h" nogil:
         pass
     int fnn_dense_backward(const fnn_dense *layer, int act, const float *x, const float *z,
                            const float *y, const float *dy, float *dz, float *dx, int rows,
-                           const fnn_rows_done *kernel_done, int n_threads)
+                           float kernel_step, const fnn_rows_done *kernel_done, int n_threads)
     int fnn_softmax_xent_sparse(const float *probs, const int32_t *labels,
                                 const float *weights, float scale, float *row_loss,
                                 float *grad, size_t rows, size_t cols, int n_threads)
@@ -341,9 +341,11 @@ def dense_forward(const float[:, ::1] x, const float[:, ::1] kernel, const float
 def dense_backward(const float[:, ::1] x, const float[:, ::1] kernel, const float[:, ::1] z,
                    const float[:, ::1] y, const float[:, ::1] dy, float[:, ::1] dz,
                    float[:, ::1] d_kernel, float[::1] d_bias, float[:, ::1] dx,
-                   int act, float alpha):
+                   int act, float alpha, float kernel_step=0.0):
     """From dy = dL/dy: dz = dy * act'(z) (dz may be dy when act is linear), d_kernel = x^T dz,
-    d_bias = column sums of dz, dx = dz kernel^T (skipped when dx is None)."""
+    d_bias = column sums of dz, dx = dz kernel^T (skipped when dx is None). kernel_step > 0:
+    d_kernel -= kernel_step * x^T dz instead (pass the kernel as d_kernel for the plain SGD
+    step in place; dx is computed from the kernel before it changes)."""
     _need_blas()
     _check_act(act)
     cdef int rows = x.shape[0], d_in = x.shape[1], d_out = kernel.shape[1]
@@ -365,6 +367,8 @@ def dense_backward(const float[:, ::1] x, const float[:, ::1] kernel, const floa
         zp = &z[0, 0]
     if rows == 0 or d_in == 0 or d_out == 0:
         raise ValueError("dense_backward: empty batch or layer")
+    if not kernel_step >= 0 or kernel_step == float("inf"):
+        raise ValueError(f"kernel_step must be a finite float >= 0, got {kernel_step}")
     cdef fnn_dense layer
     layer.d_in, layer.d_out, layer.act, layer.alpha = d_in, d_out, act, alpha
     layer.kernel, layer.bias, layer.d_kernel, layer.d_bias = &kernel[0, 0], NULL, &d_kernel[0, 0], NULL
@@ -373,7 +377,7 @@ def dense_backward(const float[:, ::1] x, const float[:, ::1] kernel, const floa
     cdef float *dxp = NULL if dx is None else &dx[0, 0]
     with nogil:
         fnn_dense_backward(&layer, act, &x[0, 0], zp, &y[0, 0], &dy[0, 0], &dz[0, 0], dxp, rows,
-                           NULL, _n_threads)
+                           kernel_step, NULL, _n_threads)
 
 
 cdef double _ordered_sum(const float[::1] v) noexcept nogil:

@@ -261,14 +261,17 @@ class Dense(Layer):
         self._x, self._z, self._y = x2, z, y
         return y.reshape(lead + (self.units,))
 
-    def backward(self, dy, need_dx=True, preactivation=False):
-        """preactivation=True: dy is already dL/dz (a loss fused with this activation)."""
+    def backward(self, dy, need_dx=True, preactivation=False, kernel_step=0.0):
+        """preactivation=True: dy is already dL/dz (a loss fused with this activation).
+        kernel_step > 0: the kernel takes the plain SGD step kernel -= kernel_step * gradient
+        in place, inside the weight-gradient GEMM; its gradient is not stored."""
         dy2 = dy.reshape(-1, self.units)
         act = activations.LINEAR if preactivation else self.act_id
         dx = self._buffer("dx", self._x.shape) if need_dx else False
         dx = get_ops().dense_backward(self._x, self.kernel, self._z, self._y, dy2, act,
                                       self.act_alpha, self.grads["kernel"],
-                                      self.grads.get("bias"), dx=dx, dz=dy2)
+                                      self.grads.get("bias"), dx=dx, dz=dy2,
+                                      kernel_step=kernel_step)
         return None if dx is None else dx.reshape(dy.shape[:-1] + (self._x.shape[1],))
 
     def get_config(self):

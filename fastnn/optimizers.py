@@ -77,15 +77,31 @@ class Optimizer:
     def _slot_init(self, name):
         return 0.0
 
-    def apply(self, params, grads):
-        """One step on the flat parameter buffer, given the flat gradient buffer."""
+    def apply(self, params, grads, ranges=None):
+        """One step on the flat parameter buffer, given the flat gradient buffer; with ranges,
+        only on those (start, stop) spans of it: the rest took this step's plain_step_lr()
+        step in place, as its layers computed their gradients."""
         ops = get_ops()
-        self._transform_gradients(grads)
         lr = self.learning_rate
-        if self.weight_decay:
-            params -= params * np.float32(lr * self.weight_decay)
-        self._update(ops, params, grads, self._scalars(lr, self.iterations + 1))
+        scalars = self._scalars(lr, self.iterations + 1)
+        if ranges is None:
+            self._transform_gradients(grads)
+            if self.weight_decay:
+                params -= params * np.float32(lr * self.weight_decay)
+            self._update(ops, params, grads, scalars)
+        else:
+            if self.plain_step_lr() is None:
+                raise RuntimeError(f"{type(self).__name__}: a step by ranges needs a plain SGD "
+                                   "step (plain_step_lr)")
+            for start, stop in ranges:
+                self._update(ops, params[start:stop], grads[start:stop], scalars)
         self.iterations += 1
+
+    def plain_step_lr(self):
+        """The learning rate when this step is exactly w -= lr * g for every weight, with no
+        state, decay or clipping (plain SGD), so that a layer can take it in place as it
+        computes its gradient (Dense: inside the weight-gradient GEMM); else None."""
+        return None
 
     # -- the fused path (fastnn/stack.py): the same scalars, precomputed for a run of steps -----
     scalars_vary = False    # whether _scalars depends on the step (not only on lr)
@@ -229,6 +245,12 @@ class SGD(Optimizer):
 
     def _update(self, ops, w, g, s):
         ops.sgd_update(w, g, self.slots.get("momentum"), s[0], s[1], bool(s[2]))
+
+    def plain_step_lr(self):
+        if self.momentum or self.weight_decay or self.clipnorm is not None or \
+                self.clipvalue is not None or self.global_clipnorm is not None:
+            return None
+        return self.learning_rate
 
     def get_config(self):
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}

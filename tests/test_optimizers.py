@@ -131,3 +131,94 @@ def test_learning_rate_schedule_callable():
     opt.apply(w, put(np.ones(2, np.float32)))
     opt.apply(w, put(np.ones(2, np.float32)))
     np.testing.assert_allclose(get(w), 1 - 0.1 - 0.05, rtol=1e-6)
+
+
+# ---- the plain SGD step taken in place by big Dense kernels (Optimizer.plain_step_lr) --------
+def test_plain_step_lr_only_for_stateless_unclipped_sgd():
+    assert optimizers.SGD(0.05).plain_step_lr() == pytest.approx(0.05)
+    assert optimizers.SGD(0.05, nesterov=True).plain_step_lr() == pytest.approx(0.05)
+    for opt in (optimizers.SGD(0.05, momentum=0.9), optimizers.SGD(0.05, weight_decay=0.01),
+                optimizers.SGD(0.05, clipnorm=1.0), optimizers.SGD(0.05, clipvalue=0.5),
+                optimizers.SGD(0.05, global_clipnorm=1.0), optimizers.Adam(),
+                optimizers.RMSprop()):
+        assert opt.plain_step_lr() is None, opt.get_config()
+    schedule = optimizers.SGD(lambda step: 0.1 / (1 + step))
+    schedule.iterations = 3
+    assert schedule.plain_step_lr() == pytest.approx(0.025)
+    adam = optimizers.Adam()
+    adam.build([4])
+    with pytest.raises(RuntimeError, match="plain SGD"):
+        adam.apply(np.zeros(4, np.float32), np.ones(4, np.float32), ranges=[(0, 2)])
+
+
+@pytest.mark.parametrize("ops_name", ["reference", "cpu"])
+def test_dense_backward_kernel_step_is_the_sgd_step(rng, ops_name):
+    from fastnn.backend.base import Ops
+    from fastnn.backend.cpu import CpuOps
+    from fastnn import activations as A
+    ops = Ops() if ops_name == "reference" else CpuOps()
+    x = rng.standard_normal((32, 300)).astype(np.float32)
+    kernel = rng.standard_normal((300, 250)).astype(np.float32)
+    z = rng.standard_normal((32, 250)).astype(np.float32)
+    y = np.maximum(z, 0)
+    dy = rng.standard_normal((32, 250)).astype(np.float32)
+    dk, db = np.empty_like(kernel), np.empty(250, np.float32)
+    dx = ops.dense_backward(x, kernel, z, y, dy.copy(), A.RELU, 0.0, dk, db)
+    stepped, untouched = kernel.copy(), np.full_like(kernel, 7.0)
+    db2 = np.empty_like(db)
+    dx2 = ops.dense_backward(x, stepped, z, y, dy.copy(), A.RELU, 0.0, untouched, db2,
+                             kernel_step=0.05)
+    np.testing.assert_array_equal(dx2, dx)          # from the kernel as it was
+    np.testing.assert_array_equal(db2, db)
+    assert (untouched == 7.0).all()
+    np.testing.assert_allclose(stepped, kernel - np.float32(0.05) * dk, rtol=1e-6, atol=1e-6)
+
+
+def _bn_mlp():
+    from fastnn.layers import BatchNormalization, Dense
+    from fastnn.models import Sequential
+    return Sequential([Dense(300, activation="relu", input_shape=(256,)),  # 76,800 weights
+                       BatchNormalization(), Dense(10, activation="softmax")])
+
+
+@pytest.mark.parametrize("lr", [0.1, "schedule"])
+def test_in_place_sgd_step_trains_like_the_optimizer_pass(rng, monkeypatch, lr):
+    from fastnn import models
+    from fastnn.utils import set_random_seed
+    x = rng.standard_normal((96, 256)).astype(np.float32)
+    y = rng.integers(0, 10, 96)
+    results = []
+    for in_place in (True, False):
+        if not in_place:
+            monkeypatch.setattr(models, "IN_PLACE_MIN_WEIGHTS", 10 ** 12)
+        set_random_seed(5)
+        model = _bn_mlp()
+        rate = (lambda step: 0.2 / (1 + 0.1 * step)) if lr == "schedule" else lr
+        model.compile(optimizer=optimizers.SGD(rate), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        hist = model.fit(x, y, batch_size=16, epochs=3, verbose=0).history
+        assert len(model._in_place_layers) == in_place
+        results.append((hist["loss"], model.get_weights(), model.optimizer.iterations))
+    (l1, w1, it1), (l2, w2, it2) = results
+    assert it1 == it2 == 18
+    np.testing.assert_allclose(l1, l2, rtol=1e-5)
+    for a, b in zip(w1, w2):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_in_place_step_is_not_taken_with_momentum_or_a_frozen_layer(rng):
+    x = rng.standard_normal((32, 256)).astype(np.float32)
+    y = rng.integers(0, 10, 32)
+    model = _bn_mlp()
+    model.compile(optimizer=optimizers.SGD(0.1, momentum=0.9),
+                  loss="sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=16, verbose=0)
+    assert model.optimizer.plain_step_lr() is None     # the optimizer pass does it all
+    frozen = _bn_mlp()
+    frozen.layers[0].trainable = False
+    before = frozen.layers[0].get_weights()
+    frozen.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    frozen.fit(x, y, batch_size=16, verbose=0)
+    assert not frozen._in_place_layers
+    for a, b in zip(before, frozen.layers[0].get_weights()):
+        np.testing.assert_array_equal(a, b)

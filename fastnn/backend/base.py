@@ -149,15 +149,19 @@ class Ops:
         return z, y
 
     def dense_backward(self, x, kernel, z, y, dy, act, alpha, d_kernel, d_bias, dx=None,
-                       dz=None):
-        """Writes d_kernel and d_bias; returns dx (None when dx is not wanted: pass dx=False)."""
+                       dz=None, kernel_step=0.0):
+        """Writes d_kernel and d_bias; returns dx (None when dx is not wanted: pass dx=False).
+        kernel_step > 0: the kernel takes the plain SGD step kernel -= kernel_step * x^T dz
+        in place (after dx used it as it was) and d_kernel is not written."""
         dz = self.act_backward(act, alpha, z, y, dy, out=dz)
-        self.gemm(x, dz, out=d_kernel, trans_a=True)
         if d_bias is not None:
             self.column_sum(dz, out=d_bias)
-        if dx is False:
-            return None
-        return self.gemm(dz, kernel, out=dx, trans_b=True)
+        dx = None if dx is False else self.gemm(dz, kernel, out=dx, trans_b=True)
+        if kernel_step:
+            self.gemm(x, dz, out=kernel, trans_a=True, alpha=-kernel_step, beta=1.0)
+        else:
+            self.gemm(x, dz, out=d_kernel, trans_a=True)
+        return dx
 
     # ---- convolution (im2col + the dense ops), pooling, batch normalization -----------------
     # A window is (kh, kw, sh, sw, pad_top, pad_left, oh, ow); images are NHWC.

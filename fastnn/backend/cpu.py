@@ -70,14 +70,15 @@ class CpuOps(Ops):
         return z, y
 
     def dense_backward(self, x, kernel, z, y, dy, act, alpha, d_kernel, d_bias, dx=None,
-                       dz=None):
+                       dz=None, kernel_step=0.0):
         dy = _f32(dy)
         dz = np.empty_like(dy) if dz is None else dz
         if dx is False:
             dx = None
         elif dx is None:
             dx = np.empty((x.shape[0], kernel.shape[0]), np.float32)
-        _core.dense_backward(_f32(x), kernel, z, y, dy, dz, d_kernel, d_bias, dx, act, alpha)
+        _core.dense_backward(_f32(x), kernel, z, y, dy, dz, kernel if kernel_step else d_kernel,
+                             d_bias, dx, act, alpha, kernel_step)
         return dx
 
     def im2col(self, x, window, out=None):
