@@ -49,10 +49,11 @@ def test_gemm_matches_numpy(rng, shape, ta, tb):
 
 # Shapes that fastnn splits over its threads by rows, by columns and along K (the partial
 # products summed in order): the tutorial CNN's wide Dense forward and its convolution's weight
-# gradient; (32, 200, 10816) with B transposed is the wide Dense layer's input gradient,
-# computed transposed block by block.
+# gradient, both along K in runs for the BLAS's unpacked kernels; (32, 200, 10816) with B
+# transposed is the wide Dense layer's input gradient, computed transposed block by block from
+# A^T (and (16, 2048, 1024), whose A^T is too big to transpose on the stack, from A).
 SPLIT_SHAPES = [(784, 32, 128), (32, 784, 128), (32, 10816, 200), (9, 21632, 64),
-                (32, 200, 10816),
+                (32, 200, 10816), (16, 2048, 1024),
                 # packed-size blocks: fewer row blocks, and a 2 x 4 grid for a square output
                 (1024, 784, 128), (512, 512, 512)]
 
