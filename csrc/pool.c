@@ -26,6 +26,26 @@ static inline void seed_tap(float *restrict o, int32_t *restrict a, const float 
     }
 }
 
+/* A 2x2 window whole inside the image (the usual pooling): its four taps compared in
+ * registers, with the same tie rule as max_tap (the earlier tap wins). */
+static inline void max_2x2(float *restrict o, int32_t *restrict a, const float *restrict s0,
+                           const float *restrict s1, const float *restrict s2,
+                           const float *restrict s3, int32_t b0, int32_t b1, int32_t b2,
+                           int32_t b3, int c) {
+    for (int ci = 0; ci < c; ci++) {
+        float m = s0[ci];
+        int32_t k = b0 + ci;
+        k = s1[ci] > m ? b1 + ci : k;
+        m = s1[ci] > m ? s1[ci] : m;
+        k = s2[ci] > m ? b2 + ci : k;
+        m = s2[ci] > m ? s2[ci] : m;
+        k = s3[ci] > m ? b3 + ci : k;
+        m = s3[ci] > m ? s3[ci] : m;
+        o[ci] = m;
+        a[ci] = k;
+    }
+}
+
 FNN_DISPATCH
 void fnn_maxpool_forward(const float *x, float *y, int32_t *argmax, const fnn_conv_geom *g,
                          int n_threads) {
@@ -43,6 +63,15 @@ void fnn_maxpool_forward(const float *x, float *y, int32_t *argmax, const fnn_co
                 for (int ox = 0; ox < G.ow; ox++) {
                     float *o = out + ((size_t)oy * G.ow + ox) * G.c;
                     int32_t *a = arg + ((size_t)oy * G.ow + ox) * G.c;
+                    int y0 = oy * G.sh - G.pad_top, x0 = ox * G.sw - G.pad_left;
+                    if (G.kh == 2 && G.kw == 2 && y0 >= 0 && x0 >= 0 && y0 + 2 <= G.h &&
+                        x0 + 2 <= G.w) {
+                        int32_t b0 = (int32_t)(((size_t)y0 * G.w + x0) * G.c);
+                        int32_t b2 = b0 + (int32_t)((size_t)G.w * G.c);
+                        max_2x2(o, a, img + b0, img + b0 + G.c, img + b2, img + b2 + G.c, b0,
+                                b0 + G.c, b2, b2 + G.c, G.c);
+                        continue;
+                    }
                     int first = 1;
                     for (int ky = 0; ky < G.kh; ky++) {
                         int iy = oy * G.sh + ky - G.pad_top;
