@@ -5,30 +5,73 @@
 #include "fastnn.h"
 
 #define BN_BLOCK 256  /* channels per work item: each row's run is 1 KB, which the prefetchers stream */
+/* A single block of channels over many rows (a convolution's 21632 x 64) is cut into up to
+ * BN_MAX_RUNS runs of rows, each summed in row order, the runs added in order: the cut depends
+ * on the shape only, so results are the same for any thread count. */
+#define BN_MAX_RUNS 16
+#define BN_RUN_WORK 65536
+
+static ptrdiff_t row_runs(size_t rows, size_t cols) {
+    if (cols > BN_BLOCK) return 1;
+    size_t runs = rows * cols / BN_RUN_WORK;
+    if (runs > BN_MAX_RUNS) runs = BN_MAX_RUNS;
+    if (runs > rows) runs = rows;
+    return runs < 1 ? 1 : (ptrdiff_t)runs;
+}
+
+/* Channels [c0, c1) over rows [r0, r1): s += x, or with mean, s += (x - mean)^2. */
+static void sum_rows(const float *x, const double *mean, size_t cols, size_t c0, size_t c1,
+                     size_t r0, size_t r1, double *s) {
+    for (size_t r = r0; r < r1; r++) {
+        const float *xr = x + r * cols;
+        if (mean) {
+            for (size_t c = c0; c < c1; c++) {
+                double d = xr[c] - mean[c - c0];
+                s[c - c0] += d * d;
+            }
+        } else {
+            for (size_t c = c0; c < c1; c++) s[c - c0] += xr[c];
+        }
+    }
+}
 
 /* mean[c] and biased var[c] over rows, two-pass. */
 FNN_DISPATCH
 void fnn_bn_stats(const float *x, float *mean, float *var, size_t rows, size_t cols,
                   int n_threads) {
     ptrdiff_t blk, n_blk = (ptrdiff_t)((cols + BN_BLOCK - 1) / BN_BLOCK);
+    ptrdiff_t runs = row_runs(rows, cols);
     int nt = fnn_threads(rows * cols, n_threads);
     (void)nt;
+    if (runs > 1) {     /* one block of channels: both passes split into runs of rows */
+        double part[BN_MAX_RUNS][BN_BLOCK] = {{0}}, m[BN_BLOCK] = {0}, q[BN_BLOCK] = {0};
+        for (int pass = 0; pass < 2; pass++) {
+            ptrdiff_t run;
+            FNN_PARALLEL_FOR(schedule(static),
+                for (run = 0; run < runs; run++) {
+                    for (size_t c = 0; c < cols; c++) part[run][c] = 0;
+                    sum_rows(x, pass ? m : NULL, cols, 0, cols, rows * run / runs,
+                             rows * (run + 1) / runs, part[run]);
+                });
+            double *dst = pass ? q : m;
+            for (ptrdiff_t r = 0; r < runs; r++)
+                for (size_t c = 0; c < cols; c++) dst[c] += part[r][c];
+            if (!pass)
+                for (size_t c = 0; c < cols; c++) m[c] /= (double)rows;
+        }
+        for (size_t c = 0; c < cols; c++) {
+            mean[c] = (float)m[c];
+            var[c] = (float)(q[c] / (double)rows);
+        }
+        return;
+    }
     FNN_PARALLEL_FOR(schedule(static),
         for (blk = 0; blk < n_blk; blk++) {
             size_t c0 = (size_t)blk * BN_BLOCK, c1 = c0 + BN_BLOCK < cols ? c0 + BN_BLOCK : cols;
             double s[BN_BLOCK] = {0}, q[BN_BLOCK] = {0};
-            for (size_t r = 0; r < rows; r++) {
-                const float *xr = x + r * cols;
-                for (size_t c = c0; c < c1; c++) s[c - c0] += xr[c];
-            }
+            sum_rows(x, NULL, cols, c0, c1, 0, rows, s);
             for (size_t c = c0; c < c1; c++) s[c - c0] /= (double)rows;
-            for (size_t r = 0; r < rows; r++) {
-                const float *xr = x + r * cols;
-                for (size_t c = c0; c < c1; c++) {
-                    double d = xr[c] - s[c - c0];
-                    q[c - c0] += d * d;
-                }
-            }
+            sum_rows(x, s, cols, c0, c1, 0, rows, q);
             for (size_t c = c0; c < c1; c++) {
                 mean[c] = (float)s[c - c0];
                 var[c] = (float)(q[c - c0] / (double)rows);
@@ -68,6 +111,47 @@ void fnn_bn_apply(const float *x, const float *mean, const float *var, const flo
     }
 }
 
+/* Channels [c0, c1) over rows [r0, r1): sd += dy, sdx += dy * xhat. */
+static void grad_sums(const float *x, const float *dy, const float *mean, const float *inv,
+                      size_t cols, size_t c0, size_t c1, size_t r0, size_t r1, double *sd,
+                      double *sdx) {
+    for (size_t r = r0; r < r1; r++) {
+        const float *xr = x + r * cols, *dr = dy + r * cols;
+        for (size_t c = c0; c < c1; c++) {
+            sd[c - c0] += dr[c];
+            sdx[c - c0] += (double)dr[c] * ((xr[c] - mean[c]) * inv[c - c0]);
+        }
+    }
+}
+
+/* dx on channels [c0, c1) of rows [r0, r1), from the per-channel factors. */
+static void grad_apply(const float *x, const float *dy, const float *mean, const float *inv,
+                       const float *ginv, const float *k1, const float *k2, float *dx,
+                       size_t cols, size_t c0, size_t c1, size_t r0, size_t r1) {
+    for (size_t r = r0; r < r1; r++) {
+        const float *xr = x + r * cols, *dr = dy + r * cols;
+        float *out = dx + r * cols;
+        for (size_t c = c0; c < c1; c++) {
+            float xhat = (xr[c] - mean[c]) * inv[c - c0];
+            out[c] = ginv[c - c0] * (dr[c] - k1[c - c0] - xhat * k2[c - c0]);
+        }
+    }
+}
+
+/* The per-channel factors of dx (and d_gamma, d_beta) from the sums over all rows. */
+static void grad_factors(const double *sd, const double *sdx, const float *gamma,
+                         const float *inv, size_t c0, size_t c1, size_t rows, float *d_gamma,
+                         float *d_beta, float *ginv, float *k1, float *k2) {
+    for (size_t c = c0; c < c1; c++) {
+        float g = gamma ? gamma[c] : 1.0f;
+        if (d_gamma) d_gamma[c] = (float)sdx[c - c0];
+        if (d_beta) d_beta[c] = (float)sd[c - c0];
+        k1[c - c0] = (float)(sd[c - c0] / (double)rows);
+        k2[c - c0] = (float)(sdx[c - c0] / (double)rows);
+        ginv[c - c0] = g * inv[c - c0];
+    }
+}
+
 /* Training-mode backward. With xhat = (x - mean) * inv_std:
  * d_beta = sum dy, d_gamma = sum dy * xhat,
  * dx = gamma * inv_std / M * (M dy - d_beta - xhat * d_gamma). dx may alias dy. */
@@ -76,37 +160,40 @@ void fnn_bn_backward(const float *x, const float *dy, const float *mean, const f
                      const float *gamma, float eps, float *dx, float *d_gamma, float *d_beta,
                      size_t rows, size_t cols, int n_threads) {
     ptrdiff_t blk, n_blk = (ptrdiff_t)((cols + BN_BLOCK - 1) / BN_BLOCK);
+    ptrdiff_t runs = row_runs(rows, cols);
     int nt = fnn_threads(rows * cols, n_threads);
     (void)nt;
+    if (runs > 1) {     /* one block of channels: the sums and dx split into runs of rows */
+        double psd[BN_MAX_RUNS][BN_BLOCK] = {{0}}, psdx[BN_MAX_RUNS][BN_BLOCK] = {{0}};
+        double sd[BN_BLOCK] = {0}, sdx[BN_BLOCK] = {0};
+        float inv[BN_BLOCK], ginv[BN_BLOCK], k1[BN_BLOCK], k2[BN_BLOCK];
+        ptrdiff_t run;
+        for (size_t c = 0; c < cols; c++) inv[c] = 1.0f / sqrtf(var[c] + eps);
+        FNN_PARALLEL_FOR(schedule(static),
+            for (run = 0; run < runs; run++)
+                grad_sums(x, dy, mean, inv, cols, 0, cols, rows * run / runs,
+                          rows * (run + 1) / runs, psd[run], psdx[run]););
+        for (ptrdiff_t r = 0; r < runs; r++)
+            for (size_t c = 0; c < cols; c++) {
+                sd[c] += psd[r][c];
+                sdx[c] += psdx[r][c];
+            }
+        grad_factors(sd, sdx, gamma, inv, 0, cols, rows, d_gamma, d_beta, ginv, k1, k2);
+        FNN_PARALLEL_FOR(schedule(static),
+            for (run = 0; run < runs; run++)
+                grad_apply(x, dy, mean, inv, ginv, k1, k2, dx, cols, 0, cols,
+                           rows * run / runs, rows * (run + 1) / runs););
+        return;
+    }
     FNN_PARALLEL_FOR(schedule(static),
         for (blk = 0; blk < n_blk; blk++) {
             size_t c0 = (size_t)blk * BN_BLOCK, c1 = c0 + BN_BLOCK < cols ? c0 + BN_BLOCK : cols;
             double sd[BN_BLOCK] = {0}, sdx[BN_BLOCK] = {0};
             float inv[BN_BLOCK], ginv[BN_BLOCK], k1[BN_BLOCK], k2[BN_BLOCK];
             for (size_t c = c0; c < c1; c++) inv[c - c0] = 1.0f / sqrtf(var[c] + eps);
-            for (size_t r = 0; r < rows; r++) {
-                const float *xr = x + r * cols, *dr = dy + r * cols;
-                for (size_t c = c0; c < c1; c++) {
-                    sd[c - c0] += dr[c];
-                    sdx[c - c0] += (double)dr[c] * ((xr[c] - mean[c]) * inv[c - c0]);
-                }
-            }
-            for (size_t c = c0; c < c1; c++) {
-                float g = gamma ? gamma[c] : 1.0f;
-                if (d_gamma) d_gamma[c] = (float)sdx[c - c0];
-                if (d_beta) d_beta[c] = (float)sd[c - c0];
-                k1[c - c0] = (float)(sd[c - c0] / (double)rows);
-                k2[c - c0] = (float)(sdx[c - c0] / (double)rows);
-                ginv[c - c0] = g * inv[c - c0];
-            }
-            for (size_t r = 0; r < rows; r++) {
-                const float *xr = x + r * cols, *dr = dy + r * cols;
-                float *out = dx + r * cols;
-                for (size_t c = c0; c < c1; c++) {
-                    float xhat = (xr[c] - mean[c]) * inv[c - c0];
-                    out[c] = ginv[c - c0] * (dr[c] - k1[c - c0] - xhat * k2[c - c0]);
-                }
-            }
+            grad_sums(x, dy, mean, inv, cols, c0, c1, 0, rows, sd, sdx);
+            grad_factors(sd, sdx, gamma, inv, c0, c1, rows, d_gamma, d_beta, ginv, k1, k2);
+            grad_apply(x, dy, mean, inv, ginv, k1, k2, dx, cols, c0, c1, 0, rows);
         });
 }
 

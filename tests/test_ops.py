@@ -367,3 +367,38 @@ def test_kernel_exp_is_within_one_ulp_over_the_float_range():
     assert np.abs(y[sub] - exact[sub]).max() < np.finfo(np.float32).smallest_subnormal
     np.testing.assert_array_equal(np.isinf(y), np.isinf(nearest))
     assert np.isnan(y[-10]) and y[-9] == np.inf and y[-8] == 0.0 and y[-7] == y[-6] == 1.0
+
+
+# Batch norm over wide batches (channel blocks) and tall ones (a convolution's N*H*W rows of
+# few channels: runs of rows summed in order).
+@pytest.mark.parametrize("rows,cols", [(32, 10816), (21632, 64), (5000, 3), (7, 300)])
+def test_batchnorm_matches_numpy_for_any_thread_count(rng, rows, cols):
+    x = f32(rng, rows, cols) * 2 + 1
+    dy = f32(rng, rows, cols)
+    gamma = f32(rng, cols) + 1
+    eps = 1e-3
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean(0), x64.var(0)
+    xhat = (x64 - mean) / np.sqrt(var + eps)
+    d_beta, d_gamma = dy.sum(0, dtype=np.float64), (dy * xhat).sum(0)
+    dx_want = gamma / np.sqrt(var + eps) / rows * (rows * dy - d_beta - xhat * d_gamma)
+    before = _core.get_num_threads()
+    got = []
+    try:
+        for threads in (1, 2, 3):
+            _core.set_num_threads(threads)
+            m, v = CPU.batchnorm_stats(x)
+            dg, db = np.empty(cols, np.float32), np.empty(cols, np.float32)
+            dx = CPU.batchnorm_backward(x, dy, m, v, gamma, eps, d_gamma=dg, d_beta=db)
+            got.append((m, v, dx, dg, db))
+    finally:
+        _core.set_num_threads(before)
+    m, v, dx, dg, db = got[0]
+    np.testing.assert_allclose(m, mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(v, var, rtol=1e-5)
+    np.testing.assert_allclose(db, d_beta, rtol=1e-4, atol=1e-4 * np.sqrt(rows))
+    np.testing.assert_allclose(dg, d_gamma, rtol=1e-4, atol=1e-4 * np.sqrt(rows))
+    np.testing.assert_allclose(dx, dx_want, rtol=1e-3, atol=1e-4)
+    for other in got[1:]:
+        for a, b in zip(got[0], other):
+            np.testing.assert_array_equal(a, b)
