@@ -38,6 +38,19 @@ static void group_range(int n, int g, int i, int *lo, int *hi) {
     *hi = (int)((long)n * (i + 1) / g);
 }
 
+/* Per-image sizes: convolution output pixels, im2col row length, input and pooled floats. */
+typedef struct {
+    int n, filters;
+    size_t pixels, kdim, in_img, out_img;
+} sizes;
+
+static sizes sizes_of(const fnn_conv_geom *conv, const fnn_conv_geom *pool) {
+    sizes z = {conv->n, pool->c, (size_t)conv->oh * conv->ow,
+               (size_t)conv->kh * conv->kw * conv->c, (size_t)conv->h * conv->w * conv->c,
+               (size_t)pool->oh * pool->ow * pool->c};
+    return z;
+}
+
 static fnn_conv_geom with_images(const fnn_conv_geom *g, int n) {
     fnn_conv_geom out = *g;
     out.n = n;
@@ -48,10 +61,9 @@ int fnn_conv_pool_forward(const float *x, const float *kernel, const float *bias
                           float alpha, const fnn_conv_geom *conv, const fnn_conv_geom *pool,
                           float *cols, float *work, float *y, int32_t *argmax, int n_threads) {
     if (!fnn_blas_ready()) return -1;
-    const int n = conv->n, filters = pool->c;
-    const size_t pixels = (size_t)conv->oh * conv->ow, kdim = (size_t)conv->kh * conv->kw * conv->c;
-    const size_t in_img = (size_t)conv->h * conv->w * conv->c;
-    const size_t out_img = (size_t)pool->oh * pool->ow * filters;
+    const sizes sz = sizes_of(conv, pool);
+    const int n = sz.n, filters = sz.filters;
+    const size_t pixels = sz.pixels, kdim = sz.kdim, in_img = sz.in_img, out_img = sz.out_img;
     int groups, chunk;
     fnn_conv_pool_plan(n, pixels * filters, &groups, &chunk);
     int nt = fnn_threads((size_t)n * pixels * filters, n_threads), i;
@@ -85,10 +97,9 @@ int fnn_conv_pool_backward(const float *cols, const float *kernel, const float *
                            float *d_kernel, float *d_bias, float *dx, float *work,
                            float *dcols_work, float *partials, int n_threads) {
     if (!fnn_blas_ready()) return -1;
-    const int n = conv->n, filters = pool->c;
-    const size_t pixels = (size_t)conv->oh * conv->ow, kdim = (size_t)conv->kh * conv->kw * conv->c;
-    const size_t in_img = (size_t)conv->h * conv->w * conv->c;
-    const size_t out_img = (size_t)pool->oh * pool->ow * filters;
+    const sizes sz = sizes_of(conv, pool);
+    const int n = sz.n, filters = sz.filters;
+    const size_t pixels = sz.pixels, kdim = sz.kdim, in_img = sz.in_img, out_img = sz.out_img;
     const size_t k_len = kdim * filters;
     int groups, chunk;
     fnn_conv_pool_plan(n, pixels * filters, &groups, &chunk);
