@@ -1,10 +1,13 @@
 /* Batch normalization over the rows of a (rows, channels) array (NHWC images are
- * (N*H*W, C)). Statistics accumulate in double, each channel over rows in order; threads split
- * the channels, so results do not depend on the thread count. */
+ * (N*H*W, C)). Each channel's sums run over rows in order: BN_FLOAT_RUN rows at a time in
+ * float, each such partial sum then added to a double total (double for every element made
+ * them compute-bound). Threads split the channels, so results do not depend on the thread
+ * count. */
 #include <math.h>
 #include "fastnn.h"
 
 #define BN_BLOCK 256  /* channels per work item: each row's run is 1 KB, which the prefetchers stream */
+#define BN_FLOAT_RUN 8  /* rows summed in float before their sum joins the double total */
 /* A single block of channels over many rows (a convolution's 21632 x 64) is cut into up to
  * BN_MAX_RUNS runs of rows, each summed in row order, the runs added in order: the cut depends
  * on the shape only, so results are the same for any thread count. */
@@ -19,19 +22,26 @@ static ptrdiff_t row_runs(size_t rows, size_t cols) {
     return runs < 1 ? 1 : (ptrdiff_t)runs;
 }
 
-/* Channels [c0, c1) over rows [r0, r1): s += x, or with mean, s += (x - mean)^2. */
-static void sum_rows(const float *x, const double *mean, size_t cols, size_t c0, size_t c1,
-                     size_t r0, size_t r1, double *s) {
-    for (size_t r = r0; r < r1; r++) {
-        const float *xr = x + r * cols;
-        if (mean) {
-            for (size_t c = c0; c < c1; c++) {
-                double d = xr[c] - mean[c - c0];
-                s[c - c0] += d * d;
+/* Channels [c0, c1) over rows [r0, r1): s += x, or with mean (of channels c0..), s += (x - mean)^2. */
+FNN_INLINE void sum_rows(const float *x, const float *mean, size_t cols, size_t c0, size_t c1,
+                         size_t r0, size_t r1, double *s) {
+    float part[BN_BLOCK];
+    size_t width = c1 - c0;
+    for (size_t r = r0; r < r1; r += BN_FLOAT_RUN) {
+        size_t end = r1 - r < BN_FLOAT_RUN ? r1 : r + BN_FLOAT_RUN;
+        for (size_t c = 0; c < width; c++) part[c] = 0.0f;
+        for (size_t rr = r; rr < end; rr++) {
+            const float *xr = x + rr * cols + c0;
+            if (mean) {
+                for (size_t c = 0; c < width; c++) {
+                    float d = xr[c] - mean[c];
+                    part[c] += d * d;
+                }
+            } else {
+                for (size_t c = 0; c < width; c++) part[c] += xr[c];
             }
-        } else {
-            for (size_t c = c0; c < c1; c++) s[c - c0] += xr[c];
         }
+        for (size_t c = 0; c < width; c++) s[c] += part[c];
     }
 }
 
@@ -50,19 +60,16 @@ void fnn_bn_stats(const float *x, float *mean, float *var, size_t rows, size_t c
             FNN_PARALLEL_FOR(schedule(static),
                 for (run = 0; run < runs; run++) {
                     for (size_t c = 0; c < cols; c++) part[run][c] = 0;
-                    sum_rows(x, pass ? m : NULL, cols, 0, cols, rows * run / runs,
+                    sum_rows(x, pass ? mean : NULL, cols, 0, cols, rows * run / runs,
                              rows * (run + 1) / runs, part[run]);
                 });
             double *dst = pass ? q : m;
             for (ptrdiff_t r = 0; r < runs; r++)
                 for (size_t c = 0; c < cols; c++) dst[c] += part[r][c];
             if (!pass)
-                for (size_t c = 0; c < cols; c++) m[c] /= (double)rows;
+                for (size_t c = 0; c < cols; c++) mean[c] = (float)(m[c] / (double)rows);
         }
-        for (size_t c = 0; c < cols; c++) {
-            mean[c] = (float)m[c];
-            var[c] = (float)(q[c] / (double)rows);
-        }
+        for (size_t c = 0; c < cols; c++) var[c] = (float)(q[c] / (double)rows);
         return;
     }
     FNN_PARALLEL_FOR(schedule(static),
@@ -70,12 +77,9 @@ void fnn_bn_stats(const float *x, float *mean, float *var, size_t rows, size_t c
             size_t c0 = (size_t)blk * BN_BLOCK, c1 = c0 + BN_BLOCK < cols ? c0 + BN_BLOCK : cols;
             double s[BN_BLOCK] = {0}, q[BN_BLOCK] = {0};
             sum_rows(x, NULL, cols, c0, c1, 0, rows, s);
-            for (size_t c = c0; c < c1; c++) s[c - c0] /= (double)rows;
-            sum_rows(x, s, cols, c0, c1, 0, rows, q);
-            for (size_t c = c0; c < c1; c++) {
-                mean[c] = (float)s[c - c0];
-                var[c] = (float)(q[c - c0] / (double)rows);
-            }
+            for (size_t c = c0; c < c1; c++) mean[c] = (float)(s[c - c0] / (double)rows);
+            sum_rows(x, mean + c0, cols, c0, c1, 0, rows, q);
+            for (size_t c = c0; c < c1; c++) var[c] = (float)(q[c - c0] / (double)rows);
         });
 }
 
@@ -112,20 +116,31 @@ void fnn_bn_apply(const float *x, const float *mean, const float *var, const flo
 }
 
 /* Channels [c0, c1) over rows [r0, r1): sd += dy, sdx += dy * xhat. */
-static void grad_sums(const float *x, const float *dy, const float *mean, const float *inv,
-                      size_t cols, size_t c0, size_t c1, size_t r0, size_t r1, double *sd,
-                      double *sdx) {
-    for (size_t r = r0; r < r1; r++) {
-        const float *xr = x + r * cols, *dr = dy + r * cols;
-        for (size_t c = c0; c < c1; c++) {
-            sd[c - c0] += dr[c];
-            sdx[c - c0] += (double)dr[c] * ((xr[c] - mean[c]) * inv[c - c0]);
+FNN_INLINE void grad_sums(const float *x, const float *dy, const float *mean, const float *inv,
+                          size_t cols, size_t c0, size_t c1, size_t r0, size_t r1, double *sd,
+                          double *sdx) {
+    float pd[BN_BLOCK], pdx[BN_BLOCK];
+    size_t width = c1 - c0;
+    const float *m = mean + c0;
+    for (size_t r = r0; r < r1; r += BN_FLOAT_RUN) {
+        size_t end = r1 - r < BN_FLOAT_RUN ? r1 : r + BN_FLOAT_RUN;
+        for (size_t c = 0; c < width; c++) pd[c] = pdx[c] = 0.0f;
+        for (size_t rr = r; rr < end; rr++) {
+            const float *xr = x + rr * cols + c0, *dr = dy + rr * cols + c0;
+            for (size_t c = 0; c < width; c++) {
+                pd[c] += dr[c];
+                pdx[c] += dr[c] * ((xr[c] - m[c]) * inv[c]);
+            }
+        }
+        for (size_t c = 0; c < width; c++) {
+            sd[c] += pd[c];
+            sdx[c] += pdx[c];
         }
     }
 }
 
 /* dx on channels [c0, c1) of rows [r0, r1), from the per-channel factors. */
-static void grad_apply(const float *x, const float *dy, const float *mean, const float *inv,
+FNN_INLINE void grad_apply(const float *x, const float *dy, const float *mean, const float *inv,
                        const float *ginv, const float *k1, const float *k2, float *dx,
                        size_t cols, size_t c0, size_t c1, size_t r0, size_t r1) {
     for (size_t r = r0; r < r1; r++) {
@@ -139,7 +154,7 @@ static void grad_apply(const float *x, const float *dy, const float *mean, const
 }
 
 /* The per-channel factors of dx (and d_gamma, d_beta) from the sums over all rows. */
-static void grad_factors(const double *sd, const double *sdx, const float *gamma,
+FNN_INLINE void grad_factors(const double *sd, const double *sdx, const float *gamma,
                          const float *inv, size_t c0, size_t c1, size_t rows, float *d_gamma,
                          float *d_beta, float *ginv, float *k1, float *k2) {
     for (size_t c = c0; c < c1; c++) {
