@@ -19,14 +19,9 @@ int fnn_activation_monotone(int act, float alpha) {
            act < FNN_N_ACTIVATIONS && alpha >= 0.0f;
 }
 
-/* exp(x) for the kernels: Cody-Waite reduction x = n ln2 + r and Cephes's degree-6 polynomial
- * for e^r (under 1 ulp from the exact value over the float range, subnormals included: see
- * tests/test_ops.py),
- * in plain float and integer operations so GCC vectorizes it (glibc's expf is a scalar call)
- * and every ISA clone computes the same bits. NaN stays NaN; overflow gives inf. */
-static inline float vexpf(float x) {
-    x = x > 89.0f ? 89.0f : x;             /* beyond these, +inf and 0 anyway; NaN passes */
-    x = x < -104.0f ? -104.0f : x;
+/* x = n ln2 + r with n = floor(x log2(e) + 0.5), |r| <= ln2/2 (Cody-Waite: ln2 in two parts,
+ * the first exact in float). A NaN x gives n = 0 and r = NaN. */
+static inline float exp_reduce(float x, int32_t *n_out) {
     float fx = (x == x ? x : 0.0f) * 1.44269504088896341f + 0.5f;   /* n from a number */
     /* n = floor(fx) without a float-to-int conversion (which stops GCC vectorizing here):
      * adding 1.5 * 2^23 leaves round(fx) in the low mantissa bits. */
@@ -34,10 +29,29 @@ static inline float vexpf(float x) {
     uint32_t jb;
     memcpy(&jb, &j, sizeof jb);
     int32_t n = (int32_t)(jb - 0x4B400000u), down = nf > fx;
-    n -= down;
+    *n_out = n - down;
     nf -= (float)down;
     float r = x - nf * 0.693359375f;
-    r = r - nf * -2.12194440e-4f;
+    return r - nf * -2.12194440e-4f;
+}
+
+/* 2^n as a float, for n in the normal exponent range [-126, 127]. */
+static inline float exp2_int(int32_t n) {
+    uint32_t b = (uint32_t)(n + 127) << 23;
+    float s;
+    memcpy(&s, &b, sizeof s);
+    return s;
+}
+
+/* exp(x) for the kernels: Cephes's degree-6 polynomial for e^r after exp_reduce (under 1 ulp
+ * from the exact value over the float range, subnormals included: see tests/test_ops.py), in
+ * plain float and integer operations so GCC vectorizes it (glibc's expf is a scalar call) and
+ * every ISA clone computes the same bits. NaN stays NaN; overflow gives inf. */
+static inline float vexpf(float x) {
+    x = x > 89.0f ? 89.0f : x;             /* beyond these, +inf and 0 anyway; NaN passes */
+    x = x < -104.0f ? -104.0f : x;
+    int32_t n;
+    float r = exp_reduce(x, &n);
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
@@ -46,12 +60,33 @@ static inline float vexpf(float x) {
     p = p * r + 5.0000001201e-1f;
     p = p * (r * r) + r + 1.0f;
     /* 2^n in two normal factors, so results in the subnormal range round once, correctly */
-    int32_t n1 = n / 2, n2 = n - n1;
-    uint32_t b1 = (uint32_t)(n1 + 127) << 23, b2 = (uint32_t)(n2 + 127) << 23;
-    float s1, s2;
-    memcpy(&s1, &b1, sizeof s1);
-    memcpy(&s2, &b2, sizeof s2);
-    return p * s1 * s2;
+    int32_t n1 = n / 2;
+    return p * exp2_int(n1) * exp2_int(n - n1);
+}
+
+/* e^x - 1 for x <= 0 (a positive x counts as 0), accurate near 0 where exp(x) - 1 cancels:
+ * e^x - 1 = 2^n expm1(r) + (2^n - 1), with 2^n - 1 exact and expm1(r) = r + r^2 q(r), q a
+ * degree-5 fit on |r| <= ln2/2 (under 1 ulp overall: tests/test_ops.py). Vectorizes like
+ * vexpf, where glibc's expm1f is a scalar call (SELU, ELU, tanh). NaN stays NaN. */
+static inline float vexpm1f_neg(float x) {
+    x = x > 0.0f ? 0.0f : x;
+    x = x < -30.0f ? -30.0f : x;           /* below, the result rounds to -1 anyway */
+    int32_t n;
+    float r = exp_reduce(x, &n);
+    float q = 1.985159033e-4f;
+    q = q * r + 1.394097926e-3f;
+    q = q * r + 8.333378471e-3f;
+    q = q * r + 4.166635498e-2f;
+    q = q * r + 1.666666716e-1f;
+    q = q * r + 0.5f;
+    float s = exp2_int(n), y = s * ((r * r) * q + r) + (s - 1.0f);
+    return x == 0.0f ? x : y;              /* keeps -0 as -0 */
+}
+
+/* tanh from e^(-2|x|) - 1 = u: |tanh x| = -u / (u + 2), no cancellation near 0. */
+static inline float vtanhf(float x) {
+    float u = vexpm1f_neg(-2.0f * fabsf(x));
+    return copysignf(-u / (u + 2.0f), x);
 }
 
 /* Branch-free, so the loop vectorizes: exp of -|x| never overflows. */
@@ -83,7 +118,7 @@ static void act_forward_flat(int act, float alpha, const float *z, float *y, siz
         break;
     case FNN_TANH:
         FNN_PARALLEL_FOR(schedule(static),
-            for (i = 0; i < len; i++) y[i] = tanhf(z[i]););
+            for (i = 0; i < len; i++) y[i] = vtanhf(z[i]););
         break;
     case FNN_SOFTPLUS:
         FNN_PARALLEL_FOR(schedule(static),
@@ -96,11 +131,12 @@ static void act_forward_flat(int act, float alpha, const float *z, float *y, siz
     case FNN_SELU:
         FNN_PARALLEL_FOR(schedule(static),
             for (i = 0; i < len; i++)
-                y[i] = z[i] > 0.0f ? SELU_SCALE * z[i] : SELU_SCALE * SELU_ALPHA * expm1f(z[i]););
+                y[i] = z[i] > 0.0f ? SELU_SCALE * z[i] :
+                               SELU_SCALE * SELU_ALPHA * vexpm1f_neg(z[i]););
         break;
     case FNN_ELU:
         FNN_PARALLEL_FOR(schedule(static),
-            for (i = 0; i < len; i++) y[i] = z[i] > 0.0f ? z[i] : alpha * expm1f(z[i]););
+            for (i = 0; i < len; i++) y[i] = z[i] > 0.0f ? z[i] : alpha * vexpm1f_neg(z[i]););
         break;
     case FNN_EXPONENTIAL:
         FNN_PARALLEL_FOR(schedule(static),

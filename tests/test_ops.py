@@ -369,6 +369,39 @@ def test_kernel_exp_is_within_one_ulp_over_the_float_range():
     assert np.isnan(y[-10]) and y[-9] == np.inf and y[-8] == 0.0 and y[-7] == y[-6] == 1.0
 
 
+def _ulps(y, exact):
+    """|y - exact| in units of the last place of the float32 nearest to exact."""
+    return np.abs(y - exact) / np.spacing(np.abs(exact.astype(np.float32))).astype(np.float64)
+
+
+def test_kernel_expm1_and_tanh_accuracy():
+    """ELU (alpha 1: e^x - 1 for x <= 0), SELU and tanh run the kernels' vectorized e^x - 1
+    (csrc/activations.c): under 1 ulp for ELU's e^x - 1 down to tiny |x| where exp(x) - 1 would
+    cancel, under 3 ulp for tanh (NumPy's float32 tanh: ~1.4), odd symmetry, and IEEE edges."""
+    from fastnn import activations as A
+    rng = np.random.default_rng(0)
+    neg = np.concatenate([-np.logspace(-40, np.log10(40), 400_001).astype(np.float32),
+                          rng.uniform(-0.5, 0.0, 400_000).astype(np.float32)])
+    y = np.empty_like(neg)
+    _core.act_forward(A.ELU, 1.0, neg.reshape(1, -1), y.reshape(1, -1))
+    assert _ulps(y, np.expm1(neg.astype(np.float64))).max() < 1.0
+    _core.act_forward(A.SELU, 0.0, neg.reshape(1, -1), y.reshape(1, -1))
+    selu = 1.0507009873554805 * 1.6732632423543772 * np.expm1(neg.astype(np.float64))
+    assert _ulps(y, selu).max() < 2.0
+    x = np.concatenate([neg, -neg, np.linspace(-12, 12, 200_001, dtype=np.float32)])
+    t = np.empty_like(x)
+    _core.act_forward(A.TANH, 0.0, x.reshape(1, -1), t.reshape(1, -1))
+    assert _ulps(t, np.tanh(x.astype(np.float64))).max() < 3.0
+    np.testing.assert_array_equal(t[:neg.size], -t[neg.size:2 * neg.size])
+    edges = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-38, -1e-38, 100.0], np.float32)
+    for act, want in ((A.TANH, [np.nan, 1, -1, 0, -0.0, 1e-38, -1e-38, 1]),
+                      (A.ELU, [np.nan, np.inf, -1, 0, -0.0, 1e-38, -1e-38, 100])):
+        out = np.empty_like(edges)
+        _core.act_forward(act, 1.0, edges.reshape(1, -1), out.reshape(1, -1))
+        np.testing.assert_array_equal(out, np.array(want, np.float32))
+        np.testing.assert_array_equal(np.signbit(out), np.signbit(np.array(want, np.float32)))
+
+
 # Batch norm over wide batches (channel blocks) and tall ones (a convolution's N*H*W rows of
 # few channels: runs of rows summed in order).
 @pytest.mark.parametrize("rows,cols", [(32, 10816), (21632, 64), (5000, 3), (7, 300)])
