@@ -402,6 +402,42 @@ def test_kernel_expm1_and_tanh_accuracy():
         np.testing.assert_array_equal(np.signbit(out), np.signbit(np.array(want, np.float32)))
 
 
+def test_kernel_softplus_and_gelu_accuracy():
+    """softplus (log1p as 2 atanh) and GELU (the normal CDF through erf below t = 0.6 and erfc
+    above) run vectorized kernels: softplus under 3 ulp, GELU under 6 ulp wherever |GELU(x)| >
+    1e-30, the lower tail included (where 1 + erf(x / sqrt 2) in float32 would cancel to
+    nothing), and IEEE edges as x * Phi(x) gives them."""
+    from scipy.special import ndtr
+    from fastnn import activations as A
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.linspace(-100, 100, 400_001), -np.logspace(-30, 2, 40_001),
+                        np.logspace(-30, 2, 40_001), rng.uniform(-6, 6, 200_000)]).astype(np.float32)
+    y = np.empty_like(x)
+    x64 = x.astype(np.float64)
+    _core.act_forward(A.SOFTPLUS, 0.0, x.reshape(1, -1), y.reshape(1, -1))
+    assert _ulps(y, np.logaddexp(0.0, x64)).max() < 3.0
+    _core.act_forward(A.GELU, 0.0, x.reshape(1, -1), y.reshape(1, -1))
+    exact = x64 * ndtr(x64)
+    big = np.abs(exact) > 1e-30
+    assert _ulps(y[big], exact[big]).max() < 6.0
+    assert np.abs(y[~big] - exact[~big]).max() < 1e-30
+    dz, dy = np.empty_like(x), np.ones_like(x)
+    _core.act_backward(A.GELU, 0.0, x.reshape(1, -1), y.reshape(1, -1), dy.reshape(1, -1),
+                       dz.reshape(1, -1))
+    np.testing.assert_allclose(dz, ndtr(x64) + x64 * np.exp(-0.5 * x64 ** 2) / np.sqrt(2 * np.pi),
+                               rtol=1e-4, atol=3e-7)
+    edges = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-38, -1e-38], np.float32)
+    for act, want in ((A.SOFTPLUS, [np.nan, np.inf, 0, np.log(2), np.log(2), np.log(2),
+                                    np.log(2)]),
+                      (A.GELU, [np.nan, np.inf, np.nan, 0, -0.0, 5e-39, -5e-39])):
+        out = np.empty_like(edges)
+        _core.act_forward(act, 0.0, edges.reshape(1, -1), out.reshape(1, -1))
+        want = np.array(want, np.float32)
+        np.testing.assert_array_equal(out, want)
+        number = ~np.isnan(want)
+        np.testing.assert_array_equal(np.signbit(out[number]), np.signbit(want[number]))
+
+
 # Batch norm over wide batches (channel blocks) and tall ones (a convolution's N*H*W rows of
 # few channels: runs of rows summed in order).
 @pytest.mark.parametrize("rows,cols", [(32, 10816), (21632, 64), (5000, 3), (7, 300)])
