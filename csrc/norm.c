@@ -22,7 +22,8 @@ static ptrdiff_t row_runs(size_t rows, size_t cols) {
     return runs < 1 ? 1 : (ptrdiff_t)runs;
 }
 
-/* Channels [c0, c1) over rows [r0, r1): s += x, or with mean (of channels c0..), s += (x - mean)^2. */
+/* Channels [c0, c1) over rows [r0, r1): s += x, or with mean (from channel c0 on),
+ * s += (x - mean)^2. */
 FNN_INLINE void sum_rows(const float *x, const float *mean, size_t cols, size_t c0, size_t c1,
                          size_t r0, size_t r1, double *s) {
     float part[BN_BLOCK];
@@ -140,9 +141,9 @@ FNN_INLINE void grad_sums(const float *x, const float *dy, const float *mean, co
 }
 
 /* dx on channels [c0, c1) of rows [r0, r1), from the per-channel factors. */
-FNN_INLINE void grad_apply(const float *x, const float *dy, const float *mean, const float *inv,
-                       const float *ginv, const float *k1, const float *k2, float *dx,
-                       size_t cols, size_t c0, size_t c1, size_t r0, size_t r1) {
+FNN_INLINE void grad_apply(const float *x, const float *dy, const float *mean,
+                           const float *inv, const float *ginv, const float *k1, const float *k2,
+                           float *dx, size_t cols, size_t c0, size_t c1, size_t r0, size_t r1) {
     for (size_t r = r0; r < r1; r++) {
         const float *xr = x + r * cols, *dr = dy + r * cols;
         float *out = dx + r * cols;
@@ -155,8 +156,8 @@ FNN_INLINE void grad_apply(const float *x, const float *dy, const float *mean, c
 
 /* The per-channel factors of dx (and d_gamma, d_beta) from the sums over all rows. */
 FNN_INLINE void grad_factors(const double *sd, const double *sdx, const float *gamma,
-                         const float *inv, size_t c0, size_t c1, size_t rows, float *d_gamma,
-                         float *d_beta, float *ginv, float *k1, float *k2) {
+                             const float *inv, size_t c0, size_t c1, size_t rows,
+                             float *d_gamma, float *d_beta, float *ginv, float *k1, float *k2) {
     for (size_t c = c0; c < c1; c++) {
         float g = gamma ? gamma[c] : 1.0f;
         if (d_gamma) d_gamma[c] = (float)sdx[c - c0];
