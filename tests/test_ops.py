@@ -411,7 +411,8 @@ def test_kernel_softplus_and_gelu_accuracy():
     from fastnn import activations as A
     rng = np.random.default_rng(0)
     x = np.concatenate([np.linspace(-100, 100, 400_001), -np.logspace(-30, 2, 40_001),
-                        np.logspace(-30, 2, 40_001), rng.uniform(-6, 6, 200_000)]).astype(np.float32)
+                        np.logspace(-30, 2, 40_001), rng.uniform(-6, 6, 200_000)])
+    x = x.astype(np.float32)
     y = np.empty_like(x)
     x64 = x.astype(np.float64)
     _core.act_forward(A.SOFTPLUS, 0.0, x.reshape(1, -1), y.reshape(1, -1))
