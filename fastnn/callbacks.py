@@ -118,6 +118,11 @@ class CallbackList:
                 self._batch_hooks[hook] = [getattr(cb, hook) for cb in self.callbacks
                                            if _overrides(cb, hook)]
 
+    @property
+    def history(self):
+        """This run's History callback (fit returns it), or None."""
+        return next((cb for cb in self.callbacks if isinstance(cb, History)), None)
+
     def wants(self, hook):
         return bool(self._batch_hooks[hook])
 
@@ -193,6 +198,8 @@ class History(Callback):
 
     def on_train_begin(self, logs=None):
         self.epoch = []
+        if self.model is not None:      # fit(epochs=0) returns this fit's (empty) History
+            self.model.history = self
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch.append(epoch)

@@ -1,11 +1,13 @@
 """Layers with Keras 3's names, arguments, weight shapes and weight order.
 
 Contract (see shared/design/ARCHITECTURE.md): __init__ stores the config; build(input_shape)
-creates the weights; forward(x, training) returns the output and keeps what backward needs;
+creates the weights; forward(x, training) returns the output and keeps what backward needs in
+the calling thread's state (_state(): one model may be called from several threads at once);
 backward(dy, need_dx) writes the weight gradients into self.grads and returns dx. backward may
 overwrite dy in place (it is the next layer's scratch buffer). Shapes exclude nothing: the batch
 axis is None in shapes given to build()."""
 import re
+import threading
 
 import numpy as np
 
@@ -13,21 +15,58 @@ from . import activations, initializers
 from .backend import get_ops, unique_name
 
 
+def _finite(value, arg, layer, low=None):
+    """A finite float (> low when given), or an error naming the layer and the argument."""
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{layer}: {arg} must be a number, got {value!r}") from None
+    if not np.isfinite(value) or (low is not None and not value > low):
+        bound = "" if low is None else f" greater than {low}"
+        raise ValueError(f"{layer}: {arg} must be a finite number{bound}, got {value!r}")
+    return value
+
+
 def _snake_case(name):
     name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 def _shape_tuple(shape, arg="input_shape"):
-    if isinstance(shape, int):
+    if _is_int(shape):
         shape = (shape,)
     try:
-        shape = tuple(None if d is None else int(d) for d in shape)
-    except (TypeError, ValueError):
+        shape = tuple(shape)
+    except TypeError:
         raise TypeError(f"{arg} must be a tuple of ints, got {shape!r}") from None
+    if not all(d is None or _is_int(d) for d in shape):    # never truncate 4.7 to 4
+        raise TypeError(f"{arg} must be a tuple of ints (or None), got {shape!r}")
+    shape = tuple(None if d is None else int(d) for d in shape)
     if any(d is not None and d < 1 for d in shape):
         raise ValueError(f"{arg} dimensions must be positive, got {shape}")
     return shape
+
+
+_BUILD_LOCK = threading.RLock()
+
+
+class _ThreadState:
+    """One thread's forward state and workspace for a layer (Layer._state)."""
+
+    def __init__(self):
+        self.workspace = {}
+
+
+def _thread_state(local):
+    try:
+        return local.state
+    except AttributeError:
+        local.state = _ThreadState()
+        return local.state
 
 
 class Layer:
@@ -54,7 +93,7 @@ class Layer:
         self._non_trainable_names = []
         self.grads = {}
         self._build_shape = None
-        self._workspace = {}
+        self._thread = threading.local()
 
     # ---- weights --------------------------------------------------------------------------
     def __getattr__(self, name):
@@ -135,7 +174,9 @@ class Layer:
 
     def _maybe_build(self, input_shape):
         if not self.built:
-            self.build(tuple(input_shape))
+            with _BUILD_LOCK:       # two threads' first calls build it once
+                if not self.built:
+                    self.build(tuple(input_shape))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -150,11 +191,17 @@ class Layer:
     def output_shape(self):
         return self.compute_output_shape(self.input_shape)
 
+    def _state(self):
+        """This thread's forward state (what backward reads) and scratch buffers: several
+        threads may run one layer at once, each with its own."""
+        return _thread_state(self._thread)
+
     def _buffer(self, key, shape, dtype="float32"):
         """A scratch array reused across steps of the same shape (kernels never allocate)."""
-        buf = self._workspace.get(key)
+        workspace = self._state().workspace
+        buf = workspace.get(key)
         if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = self._workspace[key] = get_ops().empty(shape, dtype)
+            buf = workspace[key] = get_ops().empty(shape, dtype)
         return buf
 
     # ---- computation ---------------------------------------------------------------------
@@ -249,6 +296,7 @@ class Dense(Layer):
         return tuple(input_shape[:-1]) + (self.units,)
 
     def forward(self, x, training=False):
+        st = self._state()
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         rows = x2.shape[0]
@@ -258,21 +306,22 @@ class Dense(Layer):
             else z
         get_ops().dense_forward(x2, self.kernel, self._vars.get("bias"), self.act_id,
                                 self.act_alpha, z=z, y=y, training=bool(training))
-        self._x, self._z, self._y = x2, z, y
+        st._x, st._z, st._y = x2, z, y
         return y.reshape(lead + (self.units,))
 
     def backward(self, dy, need_dx=True, preactivation=False, kernel_step=0.0):
         """preactivation=True: dy is already dL/dz (a loss fused with this activation).
         kernel_step > 0: the kernel takes the plain SGD step kernel -= kernel_step * gradient
         in place, inside the weight-gradient GEMM; its gradient is not stored."""
+        st = self._state()
         dy2 = dy.reshape(-1, self.units)
         act = activations.LINEAR if preactivation else self.act_id
-        dx = self._buffer("dx", self._x.shape) if need_dx else False
-        dx = get_ops().dense_backward(self._x, self.kernel, self._z, self._y, dy2, act,
+        dx = self._buffer("dx", st._x.shape) if need_dx else False
+        dx = get_ops().dense_backward(st._x, self.kernel, st._z, st._y, dy2, act,
                                       self.act_alpha, self.grads["kernel"],
                                       self.grads.get("bias"), dx=dx, dz=dy2,
                                       kernel_step=kernel_step)
-        return None if dx is None else dx.reshape(dy.shape[:-1] + (self._x.shape[1],))
+        return None if dx is None else dx.reshape(dy.shape[:-1] + (st._x.shape[1],))
 
     def get_config(self):
         config = super().get_config()
@@ -294,15 +343,17 @@ class Activation(Layer):
         self.act_id, self.act_alpha = activations.kernel_id(self.activation)
 
     def forward(self, x, training=False):
+        st = self._state()
         ops = get_ops()
         y = ops.act_forward(self.act_id, self.act_alpha, x, out=self._buffer("y", x.shape))
-        self._x, self._y = x, y
+        st._x, st._y = x, y
         return y
 
     def backward(self, dy, need_dx=True, preactivation=False):
+        st = self._state()
         if preactivation:
             return dy
-        return get_ops().act_backward(self.act_id, self.act_alpha, self._x, self._y, dy,
+        return get_ops().act_backward(self.act_id, self.act_alpha, st._x, st._y, dy,
                                       out=dy)
 
     def get_config(self):
@@ -332,7 +383,8 @@ class Softmax(Activation):
 class LeakyReLU(Activation):
     def __init__(self, negative_slope=0.3, **kwargs):
         super().__init__("leaky_relu", **kwargs)
-        self.negative_slope = self.act_alpha = float(negative_slope)
+        self.negative_slope = self.act_alpha = _finite(negative_slope, "negative_slope",
+                                                       self.name)
 
     def get_config(self):
         return {**Layer.get_config(self), "negative_slope": self.negative_slope}
@@ -352,11 +404,13 @@ class Flatten(Layer):
         return (input_shape[0], size)
 
     def forward(self, x, training=False):
-        self._in_shape = x.shape
+        st = self._state()
+        st._in_shape = x.shape
         return x.reshape(x.shape[0], -1)
 
     def backward(self, dy, need_dx=True):
-        return dy.reshape(self._in_shape)
+        st = self._state()
+        return dy.reshape(st._in_shape)
 
     def get_config(self):
         return {**super().get_config(), "data_format": "channels_last"}
@@ -373,14 +427,15 @@ class Dropout(Layer):
         self._rng = np.random.default_rng(seed) if seed is not None else None
 
     def forward(self, x, training=False):
-        self._mask = None
+        st = self._state()
+        st._mask = None
         if not training or self.rate == 0:
             return x
         from .utils import get_rng
         ops = get_ops()
         u = ops.random_uniform(self._rng or get_rng(), self._buffer("u", x.shape))
         # Inverted dropout: keep where u >= rate, scaled by 1/(1-rate).
-        mask = self._mask = ops.xp.greater_equal(u, self.rate, out=self._buffer("mask", x.shape,
+        mask = st._mask = ops.xp.greater_equal(u, self.rate, out=self._buffer("mask", x.shape,
                                                                                bool))
         y = self._buffer("y", x.shape)
         ops.xp.multiply(x, mask, out=y)
@@ -388,9 +443,10 @@ class Dropout(Layer):
         return y
 
     def backward(self, dy, need_dx=True):
-        if self._mask is None:
+        st = self._state()
+        if st._mask is None:
             return dy
-        get_ops().xp.multiply(dy, self._mask, out=dy)
+        get_ops().xp.multiply(dy, st._mask, out=dy)
         dy *= np.float32(1.0 / (1.0 - self.rate))
         return dy
 
@@ -401,14 +457,16 @@ class Dropout(Layer):
 
 def _pair(value, arg, layer):
     """An int or a pair of ints -> a validated (positive) pair."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        value = (int(value), int(value))
+    if _is_int(value):
+        value = (value, value)
     try:
         a, b = value
-        value = (int(a), int(b))
     except (TypeError, ValueError):
+        a = b = None
+    if not (_is_int(a) and _is_int(b)):
         raise ValueError(f"{layer}: {arg} must be an int or a tuple of 2 ints, got "
-                         f"{value!r}") from None
+                         f"{value!r}")
+    value = (int(a), int(b))
     if min(value) < 1:
         raise ValueError(f"{layer}: {arg} must be positive, got {value}")
     return value
@@ -495,6 +553,7 @@ class Conv2D(Layer):
         return (input_shape[0], w[6], w[7], self.filters)
 
     def forward(self, x, training=False):
+        st = self._state()
         kh, kw, _, _, _, _, oh, ow = self.window
         n, c = x.shape[0], x.shape[3]
         rows = n * oh * ow
@@ -504,16 +563,17 @@ class Conv2D(Layer):
             if self.act_id in activations.NEEDS_INPUT else z
         get_ops().conv2d_forward(x, self.kernel, self._vars.get("bias"), self.act_id,
                                  self.act_alpha, self.window, cols=cols, z=z, y=y)
-        self._x_shape, self._cols, self._z, self._y = x.shape, cols, z, y
+        st._x_shape, st._cols, st._z, st._y = x.shape, cols, z, y
         return y.reshape(n, oh, ow, self.filters)
 
     def backward(self, dy, need_dx=True, preactivation=False):
+        st = self._state()
         dy2 = dy.reshape(-1, self.filters)
         act = activations.LINEAR if preactivation else self.act_id
-        dx = self._buffer("dx", self._x_shape) if need_dx else False
-        dcols = self._buffer("dcols", self._cols.shape) if need_dx else None
-        return get_ops().conv2d_backward(self._cols, self.kernel, self._z, self._y, dy2, act,
-                                         self.act_alpha, self.window, self._x_shape,
+        dx = self._buffer("dx", st._x_shape) if need_dx else False
+        dcols = self._buffer("dcols", st._cols.shape) if need_dx else None
+        return get_ops().conv2d_backward(st._cols, self.kernel, st._z, st._y, dy2, act,
+                                         self.act_alpha, self.window, st._x_shape,
                                          self.grads["kernel"], self.grads.get("bias"),
                                          dx=dx, dcols=dcols)
 
@@ -559,18 +619,20 @@ class _Pooling2D(Layer):
 
 class MaxPooling2D(_Pooling2D):
     def forward(self, x, training=False):
+        st = self._state()
         shape = self._out_shape(x)
         y, argmax = get_ops().maxpool_forward(
             x, self.window, y=self._buffer("y", shape),
             argmax=self._buffer("argmax", shape, "int32"))
-        self._x_shape, self._argmax = x.shape, argmax
+        st._x_shape, st._argmax = x.shape, argmax
         return y
 
     def backward(self, dy, need_dx=True):
+        st = self._state()
         if not need_dx:
             return None
-        return get_ops().maxpool_backward(dy, self._argmax, self.window, self._x_shape,
-                                          dx=self._buffer("dx", self._x_shape))
+        return get_ops().maxpool_backward(dy, st._argmax, self.window, st._x_shape,
+                                          dx=self._buffer("dx", st._x_shape))
 
 
 class ConvPool:
@@ -583,6 +645,10 @@ class ConvPool:
 
     def __init__(self, conv, pool):
         self.conv, self.pool = conv, pool
+        self._thread = threading.local()
+
+    def _state(self):
+        return _thread_state(self._thread)
 
     @staticmethod
     def fuses(conv, pool):
@@ -597,6 +663,7 @@ class ConvPool:
         return groups, groups * chunk * oh * ow
 
     def forward(self, x, training=False):
+        st = self._state()
         conv, pool = self.conv, self.pool
         kh, kw, _, _, _, _, oh, ow = conv.window
         n, kdim, filters = x.shape[0], kh * kw * x.shape[3], conv.filters
@@ -608,21 +675,22 @@ class ConvPool:
             conv.act_alpha, conv.window, pool.window, cols=cols,
             work=conv._buffer("pool_work", (work_rows, filters)),
             y=pool._buffer("y", shape), argmax=pool._buffer("argmax", shape, "int32"))
-        self._x_shape, self._cols, self._y, self._argmax = x.shape, cols, y, argmax
+        st._x_shape, st._cols, st._y, st._argmax = x.shape, cols, y, argmax
         return y
 
     def backward(self, dy, need_dx=True):
+        st = self._state()
         conv = self.conv
-        kdim, filters = self._cols.shape[1], conv.filters
-        groups, work_rows = self._plan(self._x_shape[0])
+        kdim, filters = st._cols.shape[1], conv.filters
+        groups, work_rows = self._plan(st._x_shape[0])
         d_kernel = conv.grads["kernel"].reshape(kdim, filters)
         partials = conv._buffer("pool_partials", ((groups - 1) * kdim, filters)) \
             if groups > 1 else None
         return get_ops().conv2d_maxpool_backward(
-            self._cols, conv.kernel.reshape(kdim, filters), self._y, self._argmax, dy,
-            conv.act_id, conv.act_alpha, conv.window, self.pool.window, self._x_shape,
+            st._cols, conv.kernel.reshape(kdim, filters), st._y, st._argmax, dy,
+            conv.act_id, conv.act_alpha, conv.window, self.pool.window, st._x_shape,
             d_kernel, conv.grads.get("bias"),
-            dx=conv._buffer("dx", self._x_shape) if need_dx else None,
+            dx=conv._buffer("dx", st._x_shape) if need_dx else None,
             work=conv._buffer("pool_work", (work_rows, filters)),
             dcols_work=conv._buffer("pool_dcols", (work_rows, kdim)) if need_dx else None,
             partials=partials)
@@ -630,14 +698,16 @@ class ConvPool:
 
 class AveragePooling2D(_Pooling2D):
     def forward(self, x, training=False):
-        self._x_shape = x.shape
+        st = self._state()
+        st._x_shape = x.shape
         return get_ops().avgpool_forward(x, self.window, y=self._buffer("y", self._out_shape(x)))
 
     def backward(self, dy, need_dx=True):
+        st = self._state()
         if not need_dx:
             return None
-        return get_ops().avgpool_backward(dy, self.window, self._x_shape,
-                                          dx=self._buffer("dx", self._x_shape))
+        return get_ops().avgpool_backward(dy, self.window, st._x_shape,
+                                          dx=self._buffer("dx", st._x_shape))
 
 
 class _GlobalPooling2D(Layer):
@@ -668,34 +738,38 @@ class _GlobalPooling2D(Layer):
 
 class GlobalAveragePooling2D(_GlobalPooling2D):
     def forward(self, x, training=False):
-        self._x_shape = x.shape
+        st = self._state()
+        st._x_shape = x.shape
         shape = (x.shape[0], 1, 1, x.shape[3])
         return self._finish(get_ops().avgpool_forward(x, self.window,
                                                       y=self._buffer("y", shape)))
 
     def backward(self, dy, need_dx=True):
+        st = self._state()
         if not need_dx:
             return None
         dy = dy.reshape(dy.shape[0], 1, 1, -1)
-        return get_ops().avgpool_backward(dy, self.window, self._x_shape,
-                                          dx=self._buffer("dx", self._x_shape))
+        return get_ops().avgpool_backward(dy, self.window, st._x_shape,
+                                          dx=self._buffer("dx", st._x_shape))
 
 
 class GlobalMaxPooling2D(_GlobalPooling2D):
     def forward(self, x, training=False):
+        st = self._state()
         shape = (x.shape[0], 1, 1, x.shape[3])
-        y, self._argmax = get_ops().maxpool_forward(
+        y, st._argmax = get_ops().maxpool_forward(
             x, self.window, y=self._buffer("y", shape),
             argmax=self._buffer("argmax", shape, "int32"))
-        self._x_shape = x.shape
+        st._x_shape = x.shape
         return self._finish(y)
 
     def backward(self, dy, need_dx=True):
+        st = self._state()
         if not need_dx:
             return None
-        return get_ops().maxpool_backward(dy.reshape(dy.shape[0], 1, 1, -1), self._argmax,
-                                          self.window, self._x_shape,
-                                          dx=self._buffer("dx", self._x_shape))
+        return get_ops().maxpool_backward(dy.reshape(dy.shape[0], 1, 1, -1), st._argmax,
+                                          self.window, st._x_shape,
+                                          dx=self._buffer("dx", st._x_shape))
 
 
 class BatchNormalization(Layer):
@@ -715,7 +789,10 @@ class BatchNormalization(Layer):
                                        gamma_constraint)):
             raise ValueError(f"{self.name}: regularizers and constraints are not supported "
                              "by fastnn yet")
-        self.axis, self.momentum, self.epsilon = -1, float(momentum), float(epsilon)
+        self.momentum = _finite(momentum, "momentum", self.name)
+        if not 0 <= self.momentum <= 1:
+            raise ValueError(f"{self.name}: momentum must be in [0, 1], got {momentum!r}")
+        self.axis, self.epsilon = -1, _finite(epsilon, "epsilon", self.name, low=0)
         self.center, self.scale = center, scale
         self.initializers = {"gamma": initializers.get(gamma_initializer),
                              "beta": initializers.get(beta_initializer),
@@ -736,11 +813,12 @@ class BatchNormalization(Layer):
         super().build(input_shape)
 
     def forward(self, x, training=False):
+        st = self._state()
         ops = get_ops()
         x2 = x.reshape(-1, x.shape[-1])
         gamma, beta = self._vars.get("gamma"), self._vars.get("beta")
-        self._batch_stats = bool(training) and self.trainable
-        if self._batch_stats:
+        st._batch_stats = bool(training) and self.trainable
+        if st._batch_stats:
             c = x2.shape[1]
             mean, var = ops.batchnorm_stats(x2, self._buffer("mean", (c,)),
                                             self._buffer("var", (c,)))
@@ -750,19 +828,20 @@ class BatchNormalization(Layer):
             mean, var = self.moving_mean, self.moving_variance
         y = ops.batchnorm_apply(x2, mean, var, gamma, beta, self.epsilon,
                                 out=self._buffer("y", x2.shape))
-        self._x2, self._mean, self._var = x2, mean, var
+        st._x2, st._mean, st._var = x2, mean, var
         return y.reshape(x.shape)
 
     def backward(self, dy, need_dx=True):
+        st = self._state()
         ops = get_ops()
-        dy2 = dy.reshape(self._x2.shape)
+        dy2 = dy.reshape(st._x2.shape)
         gamma = self._vars.get("gamma")
-        if self._batch_stats:
-            dx = ops.batchnorm_backward(self._x2, dy2, self._mean, self._var, gamma,
+        if st._batch_stats:
+            dx = ops.batchnorm_backward(st._x2, dy2, st._mean, st._var, gamma,
                                         self.epsilon, dx=dy2, d_gamma=self.grads.get("gamma"),
                                         d_beta=self.grads.get("beta"))
         else:   # frozen / inference statistics: an affine map
-            dx = ops.batchnorm_apply(dy2, ops.xp.zeros_like(self._mean), self._var, gamma, None,
+            dx = ops.batchnorm_apply(dy2, ops.xp.zeros_like(st._mean), st._var, gamma, None,
                                      self.epsilon, out=dy2)
         return dx.reshape(dy.shape)
 

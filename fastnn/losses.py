@@ -4,7 +4,8 @@ A loss turns model outputs and targets into a value and a gradient in one backen
 model's last activation is the loss's natural partner (softmax for the categorical
 cross-entropies, sigmoid for binary cross-entropy) the gradient is taken with respect to the
 logits (p - y): exact and stable, as Keras's TF backend does through `_keras_logits`. The value is
-always computed Keras's way, from probabilities clipped to [1e-7, 1 - 1e-7]."""
+computed Keras's way: from probabilities clipped to [1e-7, 1 - 1e-7], or with from_logits=True
+exactly from the logits (log-sum-exp), never clipped."""
 import numpy as np
 
 from . import activations as A
@@ -16,8 +17,9 @@ _REDUCTIONS = ("sum_over_batch_size", "sum")
 
 def _float_targets(y, name="y"):
     y = np.asarray(y)
-    if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
-        raise TypeError(f"{name} must be numeric, got dtype {y.dtype}")
+    if y.dtype.kind not in "biuf":      # complex too: its imaginary part would be dropped
+        raise TypeError(f"{name} must be real numbers (bool, int or float), got dtype "
+                        f"{y.dtype}")
     y = np.ascontiguousarray(y, dtype=np.float32)
     if not np.isfinite(y).all():
         raise ValueError(f"{name} contains NaN or inf values")
@@ -62,8 +64,10 @@ class Loss:
         (when given), where input is the logits in 'fused'/'logits' mode, else y_pred."""
         ops = get_ops()
         if mode == "logits":
-            y_pred = ops.act_forward(self.partner, 0.0, y_pred)
-            return self._kernel(ops, y_pred, y_true, weights, scale, grad)
+            if grad is not None:    # (p - y) from the fused kernel; its clipped value unused
+                self._kernel(ops, ops.act_forward(self.partner, 0.0, y_pred), y_true, weights,
+                             scale, grad)
+            return self._logits_total(ops, y_pred, y_true, weights)
         if mode == "fused" or self.partner is None:
             return self._kernel(ops, y_pred, y_true, weights, scale, grad)
         return self._outputs_value_and_grad(ops, y_pred, y_true, weights, scale, grad)
@@ -116,6 +120,9 @@ class CategoricalCrossentropy(Loss):
 
     def _kernel(self, ops, p, t, w, scale, grad):
         return ops.softmax_xent_dense(p, t, w, scale, grad)
+
+    def _logits_total(self, ops, z, t, w):
+        return ops.softmax_xent_logits_total(z, t, w, sparse=False)
 
     def _outputs_value_and_grad(self, ops, y_pred, y_true, weights, scale, grad):
         # Outputs are probabilities that did not come from softmax: differentiate the clipped
@@ -177,6 +184,9 @@ class SparseCategoricalCrossentropy(Loss):
     def _kernel(self, ops, p, t, w, scale, grad):
         return ops.softmax_xent_sparse(p, t.reshape(-1), w, scale, grad)
 
+    def _logits_total(self, ops, z, t, w):
+        return ops.softmax_xent_logits_total(z, t, w, sparse=True)
+
     def _outputs_value_and_grad(self, ops, y_pred, y_true, weights, scale, grad):
         xp = ops.xp
         onehot = xp.zeros(y_pred.shape, np.float32)
@@ -210,6 +220,9 @@ class BinaryCrossentropy(Loss):
 
     def _kernel(self, ops, p, t, w, scale, grad):
         return ops.sigmoid_bxent(p, t, w, scale, grad)
+
+    def _logits_total(self, ops, z, t, w):
+        return ops.sigmoid_bxent_logits_total(z, t, w)
 
     def _outputs_value_and_grad(self, ops, y_pred, y_true, weights, scale, grad):
         xp = ops.xp

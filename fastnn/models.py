@@ -5,7 +5,9 @@ All trainable weights live in one flat float32 buffer (the parameter arena) and 
 in another; layers hold views into them. The optimizer therefore updates the whole model in one
 fused kernel call per step, and a steady-state step allocates nothing large: batches are gathered
 into reused buffers and layers keep their activations in per-shape workspaces."""
+import functools
 import math
+import threading
 
 import numpy as np
 
@@ -14,8 +16,8 @@ from . import losses as losses_module
 from . import metrics as metrics_module
 from . import optimizers as optimizers_module
 from .backend import get_ops, unique_name
-from .layers import ConvPool, Dense, InputLayer, Layer
-from .stack import DenseRunner
+from .layers import ConvPool, Dense, InputLayer, Layer, _thread_state
+from .stack import DenseRunner, NonFiniteInput
 
 
 # A Dense kernel of at least this many weights takes a plain SGD step inside its weight-gradient
@@ -41,6 +43,46 @@ def _check_batch_size(batch_size, arg="batch_size"):
     return int(batch_size)
 
 
+def _training(method):
+    """fit / train_on_batch: one at a time per model. A second thread's call raises at once
+    (waiting would train on weights the first one is still changing)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        if not self._train_lock.acquire(blocking=False):
+            raise RuntimeError(f"Model {self.name!r} is already being trained (fit or "
+                               f"train_on_batch) by another call: a model trains in one "
+                               f"thread at a time")
+        try:
+            with self._metrics_lock:
+                return method(self, *args, **kwargs)
+        finally:
+            self._train_lock.release()
+    return run
+
+
+def _metered(method):
+    """evaluate / test_on_batch accumulate into the model's compiled metrics: calls from
+    several threads take turns (predict and __call__ run in parallel)."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self._metrics_lock:
+            return method(self, *args, **kwargs)
+    return run
+
+
+def _check_steps(steps, arg):
+    """None (the whole data) or a positive int: a run of zero steps would report numbers
+    computed from nothing."""
+    if steps is None:
+        return None
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"{arg} must be None or a positive int, got {steps!r}")
+    return int(steps)
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _shape_str(shape):
     return "(" + ", ".join("None" if d is None else str(d) for d in shape) + \
         ("," if len(shape) == 1 else "") + ")"
@@ -64,7 +106,10 @@ class Sequential:
         self.history = None
         self._arena_key = None
         self._params = self._grads = None
-        self._batch_buffers = {}
+        self._thread = threading.local()         # per-thread batch buffers (_batch_buffers)
+        self._train_lock = threading.Lock()      # one fit / train_on_batch at a time
+        self._metrics_lock = threading.RLock()   # the compiled metrics: one run at a time
+        self._build_lock = threading.RLock()
         for layer in layers or []:
             self.add(layer)
 
@@ -102,6 +147,10 @@ class Sequential:
         return layer
 
     def build(self, input_shape=None):
+        with self._build_lock:      # concurrent first calls build once, in turn
+            self._build(input_shape)
+
+    def _build(self, input_shape):
         if input_shape is not None:
             self._input_shape = tuple(input_shape)[1:]
         if self._input_shape is None:
@@ -284,15 +333,26 @@ class Sequential:
             logs[prefix + m.name] = read(m)
         return dict(sorted(logs.items()))
 
+    @property
+    def _batch_buffers(self):
+        """This thread's batch buffers, reused from step to step."""
+        return _thread_state(self._thread).workspace
+
     # ---- data ------------------------------------------------------------------------------
     def _prepare_x(self, x, arg="x"):
         if x is None:
             raise ValueError(f"{arg} is required")
         x = np.asarray(x)
-        if x.dtype == object or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-            raise TypeError(f"{arg} must be a numeric array, got dtype {x.dtype}")
+        if x.dtype.kind not in "biuf":
+            raise TypeError(f"{arg} must be a real numeric array (bool, int or float), got "
+                            f"dtype {x.dtype}")
         if x.ndim == 0 or x.shape[0] == 0:
             raise ValueError(f"{arg} is empty (shape {x.shape}): need at least one sample")
+        if 0 in x.shape[1:]:
+            raise ValueError(f"{arg} has shape {x.shape}: every axis after the batch axis must "
+                             f"be at least 1 long")
+        if not self._layers:
+            raise ValueError(f"Model {self.name!r} has no layers: add some before calling it")
         if not self.built and self._input_shape is None:
             self.build((None,) + x.shape[1:])
         expected = (None,) + tuple(self._input_shape)
@@ -313,9 +373,14 @@ class Sequential:
         """The general path's NaN/inf check, one scan of the whole array before its first batch
         (min/max propagate NaN). The fused path checks each batch as it gathers it instead.
         Arrays on a device were checked on the host before they crossed (_to_device)."""
-        if isinstance(x, np.ndarray) and x.dtype.kind == "f" and \
-                not (np.isfinite(x.min()) and np.isfinite(x.max())):
-            raise ValueError(f"{arg} contains NaN or inf values")
+        if isinstance(x, np.ndarray) and x.dtype.kind == "f":
+            lo, hi = x.min(), x.max()
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                raise ValueError(f"{arg} contains NaN or inf values")
+            if x.dtype.itemsize > 4 and max(-lo, hi) > _FLOAT32_MAX:
+                raise ValueError(f"{arg} holds values beyond float32's range (largest "
+                                 f"magnitude {max(-lo, hi):.4g} > {_FLOAT32_MAX:.4g}): they "
+                                 f"would become inf")
 
     def _to_device(self, x, y=None, w=None, arg="x"):
         """Check x, then put x, y, w where the backend computes. On a device backend (GPU) each
@@ -352,6 +417,7 @@ class Sequential:
                 raise ValueError(f"sample_weight must hold one finite weight per sample, shape "
                                  f"({x.shape[0]},), got {np.shape(sample_weight)}")
         if class_weight is not None:
+            _check_class_weight(class_weight)
             labels = targets.reshape(len(targets), -1)
             labels = labels[:, 0] if labels.shape[1] == 1 and targets.dtype != np.int32 \
                 else (labels.argmax(axis=1) if targets.dtype != np.int32 else labels[:, 0])
@@ -469,6 +535,18 @@ class Sequential:
         self._mode = self._loss_mode()
         self._plan_in_place()
 
+    def _training_state(self, rng):
+        """A copy of all that a fit changes before its first epoch ends: weights, optimizer
+        state, the random generator (restored if the fused path finds a bad input)."""
+        return (self._params.copy(), self.optimizer.snapshot(), rng,
+                rng.bit_generator.state)
+
+    def _restore_training_state(self, state):
+        params, optimizer, rng, rng_state = state
+        self._params[...] = params
+        self.optimizer.restore(optimizer)
+        rng.bit_generator.state = rng_state
+
     def _plan_in_place(self):
         """The Dense layers whose kernel takes a plain SGD step in place, and the spans of the
         parameter buffer the optimizer then updates itself: all the rest."""
@@ -484,6 +562,7 @@ class Sequential:
         self._in_place_layers, self._apply_ranges = frozenset(layers), ranges
 
     # ---- fit / evaluate / predict ------------------------------------------------------------
+    @_training
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
             sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
@@ -493,8 +572,14 @@ class Sequential:
         batch_size = _check_batch_size(batch_size)
         val_batch_size = _check_batch_size(validation_batch_size or batch_size,
                                            "validation_batch_size")
-        if not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or \
+                epochs < 0:
             raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+        if isinstance(initial_epoch, bool) or \
+                not isinstance(initial_epoch, (int, np.integer)) or initial_epoch < 0:
+            raise ValueError(f"initial_epoch must be a non-negative int, got {initial_epoch!r}")
+        steps_per_epoch = _check_steps(steps_per_epoch, "steps_per_epoch")
+        validation_steps = _check_steps(validation_steps, "validation_steps")
         if not 0 <= validation_split < 1:
             raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
         if shuffle not in (True, False, "batch"):
@@ -520,9 +605,10 @@ class Sequential:
             w = None if w is None else w[:split_at]
             _warn_single_class(val[1])
         n = x.shape[0]
+        batch_size = min(batch_size, n)       # one batch of everything: the same steps
         steps = math.ceil(n / batch_size)
         if steps_per_epoch is not None:
-            steps = min(steps, int(steps_per_epoch))
+            steps = min(steps, steps_per_epoch)
         self._build_metrics(y_shape)
         self._prepare_training()
         cbs = callbacks_module.CallbackList(callbacks, add_history=True,
@@ -531,19 +617,28 @@ class Sequential:
         from .utils import get_rng
         rng = get_rng()
         batch_logs = cbs.wants("on_train_batch_end")     # build per-step logs only if read
-        self.stop_training = False
-        cbs.on_train_begin()
-        logs = {}
         runner = DenseRunner.for_model(self, training=True)
         if runner is not None and not runner.accepts(x):
             runner = None
         per_step = cbs.per_batch("train")
         ops = get_ops()
+        # Every input is checked before anything changes. The fused path checks each batch as
+        # it gathers it; when its first epoch reads every row and no callback sees single
+        # batches, a bad value is found there and the fit rolls back to this state instead
+        # (a separate scan would cost as much as a small model's epoch).
+        rollback = None
         if runner is None:
             x, y, w = self._to_device(x, y, w)
-            if val is not None and ops.is_device:
-                val = self._to_device(*val, arg="x_val")
+        elif per_step or steps * batch_size < n:
+            self._check_finite(x)
+        else:
+            rollback = self._training_state(rng)
+        if val is not None:
+            val = self._to_device(*val, arg="x_val")
         on_device = ops.is_device and isinstance(x, ops.xp.ndarray)
+        self.stop_training = False
+        cbs.on_train_begin()
+        logs = {}
         for epoch in range(initial_epoch, epochs):
             self.reset_metrics()
             cbs.on_epoch_begin(epoch)
@@ -555,8 +650,15 @@ class Sequential:
                 for s in range(0, n, batch_size):
                     rng.shuffle(order[s:s + batch_size])
             if runner is not None:
-                runner.run_epoch(x, y, w, order, steps, batch_size, True, cbs, per_step,
-                                 self._logs)
+                try:
+                    runner.run_epoch(x, y, w, order, steps, batch_size, True, cbs, per_step,
+                                     self._logs)
+                except NonFiniteInput as exc:
+                    if rollback is None:
+                        raise
+                    self._restore_training_state(rollback)
+                    raise NonFiniteInput(f"{exc}; the model is unchanged") from None
+                rollback = None     # every row has been read
                 steps_run = 0       # the loop below is the general path
             else:
                 steps_run = steps
@@ -581,7 +683,7 @@ class Sequential:
             if self.stop_training:
                 break
         cbs.on_train_end(logs)
-        return self.history
+        return cbs.history
 
     def _evaluate_arrays(self, x, y, w, batch_size, steps, cbs, arg="x"):
         """Run the test loop and return its logs. Training metrics are saved and restored so a
@@ -589,6 +691,7 @@ class Sequential:
         saved = [(m.total, m.count) for m in self._metrics + [self._loss_tracker]]
         self.reset_metrics()
         n = x.shape[0]
+        batch_size = min(batch_size, n)
         total_steps = math.ceil(n / batch_size)
         if steps is not None:
             total_steps = min(total_steps, int(steps))
@@ -614,16 +717,21 @@ class Sequential:
             m.total, m.count = total, count
         return logs
 
+    @_metered
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
                  steps=None, callbacks=None, return_dict=False):
         self._check_compiled("evaluate")
         verbose = _resolve_verbose(verbose)
         batch_size = _check_batch_size(batch_size)
+        steps = _check_steps(steps, "steps")
         x, y, w, y_shape = self._prepare_xy(x, y, sample_weight)
+        batch_size = min(batch_size, x.shape[0])
         self._build_metrics(y_shape)
         self._pack_parameters()
         self._mode = self._loss_mode()
-        n_steps = math.ceil(x.shape[0] / batch_size) if steps is None else int(steps)
+        n_steps = math.ceil(x.shape[0] / batch_size)
+        if steps is not None:
+            n_steps = min(n_steps, steps)
         cbs = callbacks_module.CallbackList(callbacks, add_progbar=verbose != 0, model=self,
                                             verbose=verbose, epochs=1, steps=n_steps)
         cbs.on_test_begin()
@@ -638,11 +746,13 @@ class Sequential:
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         verbose = _resolve_verbose(verbose)
         batch_size = _check_batch_size(batch_size)
+        steps = _check_steps(steps, "steps")
         x = self._prepare_x(x)
         n = x.shape[0]
+        batch_size = min(batch_size, n)
         n_steps = math.ceil(n / batch_size)
         if steps is not None:
-            n_steps = min(n_steps, int(steps))
+            n_steps = min(n_steps, steps)
             n = min(n, n_steps * batch_size)
         out = np.empty((n,) + tuple(self._output_shape[1:]), np.float32)
         cbs = callbacks_module.CallbackList(callbacks, add_progbar=verbose != 0, model=self,
@@ -682,6 +792,7 @@ class Sequential:
         x = self._gather("call", self._to_device(x)[0], slice(None))
         return np.array(get_ops().to_numpy(self._forward(x, training=bool(training))))
 
+    @_training
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None,
                        return_dict=False):
         self._check_compiled("train_on_batch")
@@ -693,6 +804,7 @@ class Sequential:
                          None if w is None else self._gather("w", w, slice(None)))
         return self._batch_result(return_dict)
 
+    @_metered
     def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
         self._check_compiled("test_on_batch")
         x, y, w, y_shape = self._prepare_xy(x, y, sample_weight)
@@ -799,6 +911,19 @@ def scale_back(loss, n):
 
 def _scaled(total, factor):
     return total if factor == 1.0 else total * factor     # on a GPU, * 1.0 is a kernel launch
+
+
+def _check_class_weight(class_weight):
+    if not isinstance(class_weight, dict):
+        raise TypeError(f"class_weight must be a dict {{class index: weight}}, got "
+                        f"{type(class_weight).__name__}")
+    for label, weight in class_weight.items():
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)) or label < 0:
+            raise ValueError(f"class_weight keys must be class indices (ints >= 0), got "
+                             f"{label!r}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float, np.number)) or \
+                not math.isfinite(weight):
+            raise ValueError(f"class_weight[{label}] must be a finite number, got {weight!r}")
 
 
 def _should_validate(epoch, freq):

@@ -97,6 +97,17 @@ class Optimizer:
                 self._update(ops, params[start:stop], grads[start:stop], scalars)
         self.iterations += 1
 
+    def snapshot(self):
+        """A copy of the whole state (slots, iterations, step state), for restore()."""
+        return ({name: slot.copy() for name, slot in self.slots.items()}, self.iterations,
+                self._step_state())
+
+    def restore(self, state):
+        slots, self.iterations, step_state = state
+        for name, slot in slots.items():
+            self.slots[name][...] = slot
+        self._set_step_state(step_state)
+
     def plain_step_lr(self):
         """The learning rate when this step is exactly w -= lr * g for every weight, with no
         state, decay or clipping (plain SGD), so that a layer can take it in place as it

@@ -7,6 +7,7 @@ bit-identical; `DenseRunner.for_model` returns None (and fit/evaluate/predict ta
 path) for anything it does not cover: other layers, frozen layers, the GPU backend, gradient
 clipping, losses or metrics without a C kernel. Set FASTNN_FUSED=0 to turn it off."""
 import os
+import threading
 import time
 
 import numpy as np
@@ -24,6 +25,10 @@ _LOSS_KINDS = {L.SparseCategoricalCrossentropy: 0, L.CategoricalCrossentropy: 1,
 _OPTIMIZER_KINDS = {O.SGD: 0, O.Adam: 1, O.AdamW: 1, O.RMSprop: 2, O.Adagrad: 3,
                     O.Adadelta: 4, O.Adamax: 5, O.Nadam: 6, O.Ftrl: 7}
 _CACHE_SIZE = 4
+
+
+class NonFiniteInput(ValueError):
+    """A batch held NaN or inf (found as it was gathered, before it was used)."""
 
 
 def enabled():
@@ -64,8 +69,15 @@ class DenseRunner:
 
     def __init__(self, model, layers):
         self.model, self.layers = model, layers
-        self._stacks = {}
+        self._thread = threading.local()    # each thread runs its own DenseStacks (workspaces)
         self._chunk = {}
+
+    @property
+    def _stacks(self):
+        stacks = getattr(self._thread, "stacks", None)
+        if stacks is None:
+            stacks = self._thread.stacks = {}
+        return stacks
 
     @classmethod
     def for_model(cls, model, training):
@@ -188,8 +200,8 @@ class DenseRunner:
                 opt.fused_commit(states, done - (status == -1))
             step += done
             if status == -3:
-                raise ValueError(f"{arg} contains NaN or inf values (in batch {step + 1} of "
-                                 f"{steps}, after {step} {'trained' if training else 'run'})")
+                raise NonFiniteInput(f"{arg} contains NaN or inf values (in batch {step + 1} "
+                                     f"of {steps})")
             if wants_end:
                 getattr(cbs, hook)(step - 1, logs_fn())
             if training and model.stop_training:

@@ -197,9 +197,26 @@ def test_nan_input_raises_with_the_argument_name(monkeypatch):
     model.compile("adam", "sparse_categorical_crossentropy")
     bad = x.copy()
     bad[150, 3] = np.nan
-    with pytest.raises(ValueError, match=r"^x contains NaN or inf"):
-        model.fit(bad, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
-    assert model.optimizer.iterations == 9           # the batches before row 150 trained
+    model.fit(x[:32], y[:32], batch_size=16, epochs=1, verbose=0)
+    before, slots = model.get_weights(), model.optimizer.snapshot()[0]
+    rng_state = fastnn.utils.get_rng().bit_generator.state
+    for shuffle in (False, True):
+        with pytest.raises(ValueError, match=r"^x contains NaN or inf.*model is unchanged"):
+            model.fit(bad, y, batch_size=16, epochs=2, verbose=0, shuffle=shuffle)
+        # Found in the first epoch's gather, after earlier batches trained: all rolled back.
+        assert model.optimizer.iterations == 2
+        for p, q in zip(before, model.get_weights()):
+            np.testing.assert_array_equal(p, q)
+        for name, slot in model.optimizer.snapshot()[0].items():
+            np.testing.assert_array_equal(slot, slots[name])
+        assert fastnn.utils.get_rng().bit_generator.state == rng_state
+    # An epoch that does not read every row, or a callback that sees single batches: the
+    # whole array is checked first.
+    with pytest.raises(ValueError, match=r"^x contains NaN or inf values$"):
+        model.fit(bad, y, batch_size=16, epochs=1, verbose=0, steps_per_epoch=3)
+    with pytest.raises(ValueError, match=r"^x contains NaN or inf values$"):
+        model.fit(bad, y, batch_size=16, verbose=0, callbacks=[_Recorder()])
+    assert model.optimizer.iterations == 2
     with pytest.raises(ValueError, match="x_val contains NaN or inf"):
         model.fit(x, y, epochs=1, verbose=0, validation_data=(bad, y))
     with pytest.raises(ValueError, match="NaN or inf"):

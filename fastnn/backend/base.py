@@ -413,6 +413,32 @@ class Ops:
             grad[...] = k * (probs - targets)
         return self._total(per_row)
 
+    # The value of a from_logits loss, exactly (log-sum-exp, no clipping), as Keras computes
+    # it; its gradient is the fused kernel's (p - y) above.
+    def softmax_xent_logits_total(self, logits, targets, weights, sparse):
+        """Sum over rows of weight * -sum(targets * log_softmax(logits)); sparse: targets are
+        integer labels (an out-of-range label gives NaN, as the sparse kernel does)."""
+        xp = self.xp
+        top = logits.max(axis=-1, keepdims=True)
+        log_p = logits - (top + xp.log(xp.exp(logits - top).sum(axis=-1, keepdims=True)))
+        if sparse:
+            rows, cols = logits.shape
+            labels = xp.asarray(targets).reshape(-1)
+            valid = (labels >= 0) & (labels < cols)
+            picked = log_p[xp.arange(rows), xp.where(valid, labels, 0)]
+            per_row = xp.where(valid, -picked, xp.nan)
+        else:
+            per_row = -(targets * log_p).sum(axis=-1)
+        return self._total(self._weighted(per_row, weights))
+
+    def sigmoid_bxent_logits_total(self, logits, targets, weights):
+        """Sum over rows of weight * the mean over the last axis of the binary cross-entropy of
+        sigmoid(logits): max(z, 0) - z t + log(1 + e^-|z|), stable for any z."""
+        xp = self.xp
+        per_elem = xp.maximum(logits, 0) - logits * targets + \
+            xp.log1p(xp.exp(-xp.abs(logits)))
+        return self._total(self._weighted(per_elem.mean(axis=-1), weights))
+
     def squared_error(self, pred, targets, weights, scale, grad=None):
         d = pred - targets
         per_row = self._weighted((d * d).mean(axis=-1), weights)
