@@ -1,0 +1,277 @@
+"""Reverse-mode automatic differentiation for code written with `fastnn.ops`: the `call` of a
+custom layer or of a subclassed model, run eagerly.
+
+A `Tensor` holds an array (NumPy, or CuPy on a GPU backend) and, when it was computed from
+tensors that need gradients, the op's backward and its inputs. `gradients(output, leaves)` walks
+that record once in reverse topological order: each op's backward gets the gradient of its
+output and returns one per input; gradients of a tensor used several times add up; gradients
+over broadcast axes are summed back to the input's shape.
+
+Nothing is differentiated silently wrong: a NumPy function called on a tensor that needs
+gradients is routed to the `fastnn.ops` op of the same name when there is one, and raises
+otherwise; so does turning such a tensor into a NumPy array (`ops.convert_to_numpy` detaches it
+explicitly)."""
+import contextlib
+import threading
+
+
+from .backend import get_ops
+
+_state = threading.local()       # per thread: whether ops record their backward
+# fastnn.ops registers its ops here (name -> function): Tensor's operators and NumPy calls on
+# tensors dispatch through it, so this module does not import fastnn.ops.
+OPS = {}
+
+
+def _recording():
+    return getattr(_state, "enabled", True)
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Run ops without recording (inference, optimizer steps)."""
+    previous = _recording()
+    _state.enabled = False
+    try:
+        yield
+    finally:
+        _state.enabled = previous
+
+
+class Tensor:
+    """An array and, when it needs gradients, how it was computed (`parents`, `backward`).
+    Its operators (+, *, @, [], <, ...) are the fastnn.ops ops of the same meaning.
+    A leaf that needs gradients (a weight, or an input whose gradient is wanted) has no
+    backward; `gradients` returns its gradient, or adds it into `grad` when that is an array."""
+    __slots__ = ("value", "parents", "backward", "requires_grad", "grad", "name")
+    __array_priority__ = 1000        # NumPy's binary operators defer to the reflected ones here
+
+    def __init__(self, value, requires_grad=False, grad=None, name=None, parents=(),
+                 backward=None):
+        self.value = value
+        self.requires_grad = requires_grad
+        self.grad = grad
+        self.name = name
+        self.parents = parents
+        self.backward = backward
+
+    # ---- array-like ------------------------------------------------------------------------
+    shape = property(lambda self: self.value.shape)
+    dtype = property(lambda self: self.value.dtype)
+    ndim = property(lambda self: self.value.ndim)
+    size = property(lambda self: self.value.size)
+
+    def __len__(self):
+        return len(self.value)
+
+    def __repr__(self):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"<fastnn.Tensor shape={self.shape} dtype={self.dtype}{grad}>"
+
+    def numpy(self):
+        return OPS["convert_to_numpy"](self)
+
+    def __array__(self, dtype=None, copy=None):
+        if self.requires_grad and _recording():
+            raise TypeError("This tensor needs gradients; NumPy would drop them. Compute with "
+                            "fastnn.ops, or read its value with fastnn.ops.convert_to_numpy(x)")
+        value = get_ops().to_numpy(self.value)
+        return value if dtype is None else value.astype(dtype, copy=False)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        op = OPS.get(_UFUNC_OPS.get(ufunc.__name__))
+        if method == "__call__" and op is not None and not kwargs:
+            return op(*inputs)
+        return _untracked(f"numpy.{ufunc.__name__}", inputs, lambda *a: getattr(ufunc, method)(
+            *a, **kwargs))
+
+    def __array_function__(self, func, types, args, kwargs):
+        op = OPS.get(func.__name__) if func.__name__ in _ARRAY_FUNCTION_OPS else None
+        if op is not None:
+            return op(*args, **kwargs)
+        return _untracked(f"numpy.{func.__name__}", args, lambda *a: func(*a, **kwargs))
+
+    # ---- operators: the ops of the same meaning ----------------------------------------------
+    def __add__(self, other):
+        return OPS["add"](self, other)
+
+    def __radd__(self, other):
+        return OPS["add"](other, self)
+
+    def __sub__(self, other):
+        return OPS["subtract"](self, other)
+
+    def __rsub__(self, other):
+        return OPS["subtract"](other, self)
+
+    def __mul__(self, other):
+        return OPS["multiply"](self, other)
+
+    def __rmul__(self, other):
+        return OPS["multiply"](other, self)
+
+    def __truediv__(self, other):
+        return OPS["divide"](self, other)
+
+    def __rtruediv__(self, other):
+        return OPS["divide"](other, self)
+
+    def __matmul__(self, other):
+        return OPS["matmul"](self, other)
+
+    def __rmatmul__(self, other):
+        return OPS["matmul"](other, self)
+
+    def __pow__(self, other):
+        return OPS["power"](self, other)
+
+    def __rpow__(self, other):
+        return OPS["power"](other, self)
+
+    def __neg__(self):
+        return OPS["negative"](self)
+
+    def __abs__(self):
+        return OPS["abs"](self)
+
+    def __getitem__(self, index):
+        return OPS["get_item"](self, index)
+
+    def __lt__(self, other):
+        return OPS["less"](self, other)
+
+    def __le__(self, other):
+        return OPS["less_equal"](self, other)
+
+    def __gt__(self, other):
+        return OPS["greater"](self, other)
+
+    def __ge__(self, other):
+        return OPS["greater_equal"](self, other)
+
+    def __eq__(self, other):
+        return OPS["equal"](self, other)
+
+    def __ne__(self, other):
+        return OPS["not_equal"](self, other)
+
+    __hash__ = object.__hash__
+
+    @property
+    def T(self):
+        return OPS["transpose"](self)
+
+
+# NumPy ufuncs and functions that mean the same as a fastnn.ops op (by that op's name).
+_UFUNC_OPS = {"add": "add", "subtract": "subtract", "multiply": "multiply",
+              "true_divide": "divide", "divide": "divide", "negative": "negative",
+              "square": "square", "sqrt": "sqrt", "exp": "exp", "log": "log", "absolute": "abs",
+              "maximum": "maximum", "minimum": "minimum", "power": "power", "matmul": "matmul",
+              "tanh": "tanh", "log1p": "log1p", "expm1": "expm1", "sin": "sin", "cos": "cos",
+              "less": "less", "less_equal": "less_equal", "greater": "greater",
+              "greater_equal": "greater_equal", "equal": "equal", "not_equal": "not_equal",
+              "sign": "sign", "floor": "floor", "round": "round"}
+_ARRAY_FUNCTION_OPS = {"sum", "mean", "max", "min", "reshape", "transpose", "expand_dims",
+                       "squeeze", "concatenate", "stack", "where", "clip", "matmul", "dot",
+                       "argmax", "argmin", "square", "sqrt", "exp", "log", "abs", "maximum",
+                       "minimum", "var", "std", "zeros_like", "ones_like"}
+
+
+def _untracked(name, args, run):
+    """A NumPy call fastnn.ops has no op for: fine on values, an error on a tensor that needs
+    gradients (the gradient would be lost without a word)."""
+    flat = [a for arg in args for a in (arg if isinstance(arg, (list, tuple)) else (arg,))]
+    if any(isinstance(a, Tensor) and a.requires_grad for a in flat) and _recording():
+        raise TypeError(f"{name} cannot differentiate a fastnn tensor: write it with "
+                        f"fastnn.ops (see dir(fastnn.ops))")
+    plain = [[value_of(a) for a in arg] if isinstance(arg, (list, tuple)) else value_of(arg)
+             for arg in args]
+    return run(*plain)
+
+
+def value_of(x):
+    """The array inside a Tensor, or x itself."""
+    return x.value if isinstance(x, Tensor) else x
+
+
+def record(value, inputs, backward):
+    """The result of an op: a Tensor that remembers `backward` (gradient of the output ->
+    one gradient or None per input) when some input needs gradients and recording is on;
+    else a Tensor without history when some input was a Tensor; else the plain array."""
+    if _recording() and any(isinstance(t, Tensor) and t.requires_grad for t in inputs):
+        return Tensor(value, requires_grad=True, parents=tuple(inputs), backward=backward)
+    if any(isinstance(t, Tensor) for t in inputs):
+        return Tensor(value)
+    return value
+
+
+def unbroadcast(g, shape):
+    """g summed over the axes along which an input of `shape` was broadcast."""
+    if g.shape == tuple(shape):
+        return g
+    extra = g.ndim - len(shape)
+    if extra > 0:
+        g = g.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, d in enumerate(shape) if d == 1 and g.shape[i] != 1)
+    return g.sum(axis=axes, keepdims=True) if axes else g
+
+
+def _order(output):
+    """The tensors that need gradients, reachable from output, outputs first (every tensor
+    after all tensors computed from it). Iterative: deep graphs do not hit the recursion
+    limit."""
+    seen, order, stack = set(), [], [(output, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.append((node, True))
+        for parent in node.parents:
+            if isinstance(parent, Tensor) and parent.requires_grad and id(parent) not in seen:
+                stack.append((parent, False))
+    return order[::-1]
+
+
+def gradients(output, leaves=(), seed=None):
+    """Back-propagate from `output` (seed: its gradient, ones by default). Returns the
+    gradients of `leaves` (None for a leaf the output does not depend on); a leaf whose `grad`
+    is an array also gets its gradient added there (+=), as weights shared by several calls
+    accumulate."""
+    if not isinstance(output, Tensor) or not output.requires_grad:
+        raise ValueError("gradients: the output does not depend on any tensor that needs "
+                         "gradients")
+    xp = get_ops().xp
+    if seed is None:
+        seed = xp.ones_like(output.value)
+    else:
+        seed = xp.asarray(value_of(seed))
+        if seed.size != output.size:
+            raise ValueError(f"gradients: seed has shape {seed.shape}, the output {output.shape}")
+        seed = seed.reshape(output.shape)
+    grads = {id(output): seed}
+    wanted = {id(leaf): None for leaf in leaves}
+    for node in _order(output):
+        g = grads.pop(id(node), None)
+        if g is None:
+            continue
+        if node.backward is None:       # a leaf
+            if isinstance(node.grad, xp.ndarray):
+                node.grad += g
+            if id(node) in wanted:
+                wanted[id(node)] = g
+            continue
+        with no_grad():
+            parent_grads = node.backward(g)
+        for parent, pg in zip(node.parents, parent_grads):
+            if pg is None or not isinstance(parent, Tensor) or not parent.requires_grad:
+                continue
+            pg = unbroadcast(pg, parent.shape)
+            if pg.dtype != parent.dtype:
+                pg = pg.astype(parent.dtype)
+            have = grads.get(id(parent))
+            grads[id(parent)] = pg if have is None else have + pg
+    return [wanted[id(leaf)] for leaf in leaves]

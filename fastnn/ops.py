@@ -1,0 +1,507 @@
+"""`fastnn.ops`: Keras 3's `keras.ops` names for the array operations custom layers and
+subclassed models are written with. Each takes arrays or `fastnn.autodiff.Tensor`s: on plain
+arrays it returns an array (computed where the backend computes: NumPy, or CuPy on a GPU); on
+tensors that need gradients it also records its backward, written here beside its forward, for
+`fastnn.autodiff.gradients`. Floats stay float32 as in Keras; Python scalars take the other
+operand's dtype."""
+import numpy as np
+
+from . import autodiff
+from .autodiff import Tensor, record, unbroadcast, value_of
+from .backend import get_ops
+
+
+def _xp():
+    return get_ops().xp
+
+
+def _array(x, dtype=None):
+    """x's value as a backend array (Python scalars stay scalars, so they take the other
+    operand's dtype)."""
+    x = value_of(x)
+    if isinstance(x, (int, float, bool)) and dtype is None:
+        return x
+    xp = _xp()
+    if isinstance(x, xp.ndarray):
+        return x if dtype is None or x.dtype == dtype else x.astype(dtype)
+    if isinstance(x, np.ndarray):
+        return get_ops().asarray(x, x.dtype if dtype is None else dtype)
+    a = np.asarray(x)
+    if dtype is None and a.dtype == np.float64:
+        a = a.astype(np.float32)        # Keras's floatx for Python and NumPy float literals
+    return get_ops().asarray(a, a.dtype if dtype is None else dtype)
+
+
+def _shape(x):
+    return np.shape(value_of(x)) if not isinstance(value_of(x), (int, float, bool)) else ()
+
+
+# ---- conversion ----------------------------------------------------------------------------
+def convert_to_tensor(x, dtype=None):
+    """x as a backend array (a Tensor is returned as it is, cast when dtype differs)."""
+    if isinstance(x, Tensor):
+        return x if dtype is None or x.dtype == dtype else cast(x, dtype)
+    value = _array(x, dtype)
+    return value if not isinstance(value, (int, float, bool)) else _array(np.asarray(value),
+                                                                          dtype)
+
+
+def convert_to_numpy(x):
+    """x's value as a NumPy array (detached: no gradient flows through it)."""
+    return np.asarray(get_ops().to_numpy(value_of(x)))
+
+
+def stop_gradient(x):
+    return Tensor(value_of(x)) if isinstance(x, Tensor) else x
+
+
+def cast(x, dtype):
+    a = _array(x)
+    out = a.astype(dtype)
+    floating = np.dtype(dtype).kind == "f"
+    return record(out, (x,), lambda g: (g.astype(a.dtype) if floating else None,))
+
+
+def shape(x):
+    return tuple(_shape(x))
+
+
+# ---- elementwise arithmetic ------------------------------------------------------------------
+def add(x1, x2):
+    a, b = _array(x1), _array(x2)
+    return record(a + b, (x1, x2), lambda g: (g, g))
+
+
+def subtract(x1, x2):
+    a, b = _array(x1), _array(x2)
+    return record(a - b, (x1, x2), lambda g: (g, -g))
+
+
+def multiply(x1, x2):
+    a, b = _array(x1), _array(x2)
+    return record(a * b, (x1, x2), lambda g: (g * b, g * a))
+
+
+def divide(x1, x2):
+    a, b = _array(x1), _array(x2)
+    out = a / b
+    return record(out, (x1, x2), lambda g: (g / b, -g * out / b))
+
+
+def negative(x):
+    a = _array(x)
+    return record(-a, (x,), lambda g: (-g,))
+
+
+def power(x1, x2):
+    a, b = _array(x1), _array(x2)
+    xp = _xp()
+    out = a ** b
+    return record(out, (x1, x2), lambda g: (
+        g * b * a ** (b - 1),
+        g * out * xp.log(xp.where(a > 0, a, 1)) if isinstance(x2, Tensor) else None))
+
+
+def square(x):
+    a = _array(x)
+    return record(a * a, (x,), lambda g: (2 * g * a,))
+
+
+def sqrt(x):
+    out = _xp().sqrt(_array(x))
+    return record(out, (x,), lambda g: (g / (2 * out),))
+
+
+def exp(x):
+    out = _xp().exp(_array(x))
+    return record(out, (x,), lambda g: (g * out,))
+
+
+def expm1(x):
+    a = _array(x)
+    out = _xp().expm1(a)
+    return record(out, (x,), lambda g: (g * (out + 1),))
+
+
+def log(x):
+    a = _array(x)
+    return record(_xp().log(a), (x,), lambda g: (g / a,))
+
+
+def log1p(x):
+    a = _array(x)
+    return record(_xp().log1p(a), (x,), lambda g: (g / (1 + a),))
+
+
+def abs(x):
+    a = _array(x)
+    return record(_xp().abs(a), (x,), lambda g: (g * _xp().sign(a),))
+
+
+absolute = abs
+
+
+def sin(x):
+    a = _array(x)
+    return record(_xp().sin(a), (x,), lambda g: (g * _xp().cos(a),))
+
+
+def cos(x):
+    a = _array(x)
+    return record(_xp().cos(a), (x,), lambda g: (-g * _xp().sin(a),))
+
+
+def _select(x1, x2, take_first, out):
+    """The gradient of an elementwise choice: to x1 where take_first, else to x2 (ties go to
+    x1, as in the first argument of NumPy's maximum)."""
+    return record(out, (x1, x2), lambda g: (g * take_first, g * ~take_first))
+
+
+def maximum(x1, x2):
+    a, b = _array(x1), _array(x2)
+    return _select(x1, x2, _xp().asarray(a >= b), _xp().maximum(a, b))
+
+
+def minimum(x1, x2):
+    a, b = _array(x1), _array(x2)
+    return _select(x1, x2, _xp().asarray(a <= b), _xp().minimum(a, b))
+
+
+def clip(x, x_min, x_max):
+    a = _array(x)
+    inside = (a >= value_of(x_min)) & (a <= value_of(x_max))
+    return record(_xp().clip(a, value_of(x_min), value_of(x_max)), (x,),
+                  lambda g: (g * inside,))
+
+
+def where(condition, x1=None, x2=None):
+    c = _array(condition)
+    xp = _xp()
+    if x1 is None and x2 is None:
+        return xp.nonzero(c)
+    a, b = _array(x1), _array(x2)
+    c = xp.asarray(c).astype(bool)
+    out = xp.where(c, a, b)
+    return record(out, (condition, x1, x2), lambda g: (None, g * c, g * ~c))
+
+
+def sign(x):
+    return record(_xp().sign(_array(x)), (x,), lambda g: (None,))
+
+
+def floor(x):
+    return record(_xp().floor(_array(x)), (x,), lambda g: (None,))
+
+
+def round(x, decimals=0):
+    return record(_xp().round(_array(x), decimals), (x,), lambda g: (None,))
+
+
+# ---- comparisons and logic (no gradient) ----------------------------------------------------
+def _compare(fn):
+    def op(x1, x2):
+        out = fn(_array(x1), _array(x2))
+        return Tensor(out) if isinstance(x1, Tensor) or isinstance(x2, Tensor) else out
+    op.__name__ = fn.__name__
+    return op
+
+
+equal = _compare(lambda a, b: a == b)
+not_equal = _compare(lambda a, b: a != b)
+less = _compare(lambda a, b: a < b)
+less_equal = _compare(lambda a, b: a <= b)
+greater = _compare(lambda a, b: a > b)
+greater_equal = _compare(lambda a, b: a >= b)
+for _op, _name in ((equal, "equal"), (not_equal, "not_equal"), (less, "less"),
+                   (less_equal, "less_equal"), (greater, "greater"),
+                   (greater_equal, "greater_equal")):
+    _op.__name__ = _name
+
+
+def logical_and(x1, x2):
+    return _xp().logical_and(_array(x1), _array(x2))
+
+
+def logical_or(x1, x2):
+    return _xp().logical_or(_array(x1), _array(x2))
+
+
+def logical_not(x):
+    return _xp().logical_not(_array(x))
+
+
+# ---- reductions ----------------------------------------------------------------------------
+def _axes(axis, ndim):
+    if axis is None:
+        return tuple(range(ndim))
+    axis = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    return tuple(int(a) % ndim for a in axis)
+
+
+def _expand(g, axes, keepdims):
+    """A reduced gradient with the reduced axes put back (length 1), to broadcast."""
+    if keepdims:
+        return g
+    for a in sorted(axes):
+        g = _xp().expand_dims(g, a)
+    return g
+
+
+def sum(x, axis=None, keepdims=False):
+    a = _array(x)
+    axes = _axes(axis, a.ndim)
+    return record(a.sum(axis=axes, keepdims=keepdims), (x,),
+                  lambda g: (_xp().broadcast_to(_expand(g, axes, keepdims), a.shape),))
+
+
+def mean(x, axis=None, keepdims=False):
+    a = _array(x)
+    axes = _axes(axis, a.ndim)
+    count = int(np.prod([a.shape[i] for i in axes], dtype=np.int64))
+    out = a.mean(axis=axes, keepdims=keepdims)
+    if a.dtype.kind != "f":
+        out = out.astype(np.float32)
+    return record(out, (x,), lambda g: (
+        _xp().broadcast_to(_expand(g, axes, keepdims) / count, a.shape),))
+
+
+def var(x, axis=None, keepdims=False):
+    centered = subtract(x, mean(x, axis=axis, keepdims=True))
+    return mean(square(centered), axis=axis, keepdims=keepdims)
+
+
+def std(x, axis=None, keepdims=False):
+    return sqrt(var(x, axis=axis, keepdims=keepdims))
+
+
+def _extreme(reduce):
+    def op(x, axis=None, keepdims=False, initial=None):
+        a = _array(x)
+        axes = _axes(axis, a.ndim)
+        out = reduce(a, axis=axes, keepdims=True)
+        if initial is not None:
+            out = _xp().maximum(out, initial) if reduce is _xp().max else \
+                _xp().minimum(out, initial)
+
+        def backward(g):
+            # Ties share the gradient equally, as TensorFlow and JAX do.
+            hit = (a == out)
+            return (_expand(g, axes, keepdims) * hit / hit.sum(axis=axes, keepdims=True),)
+        return record(out if keepdims else out.squeeze(axis=axes), (x,), backward)
+    return op
+
+
+def max(x, axis=None, keepdims=False, initial=None):
+    return _extreme(_xp().max)(x, axis, keepdims, initial)
+
+
+def min(x, axis=None, keepdims=False, initial=None):
+    return _extreme(_xp().min)(x, axis, keepdims, initial)
+
+
+def argmax(x, axis=None, keepdims=False):
+    out = _xp().argmax(_array(x), axis=axis, keepdims=keepdims)
+    return Tensor(out) if isinstance(x, Tensor) else out
+
+
+def argmin(x, axis=None, keepdims=False):
+    out = _xp().argmin(_array(x), axis=axis, keepdims=keepdims)
+    return Tensor(out) if isinstance(x, Tensor) else out
+
+
+# ---- linear algebra -----------------------------------------------------------------------
+def matmul(x1, x2):
+    a, b = _array(x1), _array(x2)
+    xp = _xp()
+    out = xp.matmul(a, b)
+
+    def backward(g):
+        # 1-D operands act as a row (left) or a column (right) vector.
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        # the gradient in the shape of a2 @ b2 (same elements as the output's)
+        g2 = g.reshape(np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]) +
+                       (a2.shape[-2], b2.shape[-1]))
+        ga = xp.matmul(g2, xp.swapaxes(b2, -1, -2))
+        gb = xp.matmul(xp.swapaxes(a2, -1, -2), g2)
+        if a.ndim == 1:
+            ga = ga.squeeze(-2)
+        if b.ndim == 1:
+            gb = gb.squeeze(-1)
+        return unbroadcast(ga, a.shape), unbroadcast(gb, b.shape)
+    return record(out, (x1, x2), backward)
+
+
+def dot(x1, x2):
+    if _array(x1).ndim <= 2 and _array(x2).ndim <= 2:
+        return matmul(x1, x2)
+    raise ValueError("dot: fastnn supports 1-D and 2-D operands; use matmul for batches")
+
+
+# ---- shapes ----------------------------------------------------------------------------------
+def reshape(x, newshape):
+    a = _array(x)
+    return record(a.reshape(newshape), (x,), lambda g: (g.reshape(a.shape),))
+
+
+def transpose(x, axes=None):
+    a = _array(x)
+    out = a.transpose(axes)
+    inverse = None if axes is None else tuple(np.argsort(axes))
+    return record(out, (x,), lambda g: (g.transpose(inverse),))
+
+
+def expand_dims(x, axis):
+    a = _array(x)
+    return record(_xp().expand_dims(a, axis), (x,), lambda g: (g.reshape(a.shape),))
+
+
+def squeeze(x, axis=None):
+    a = _array(x)
+    return record(a.squeeze(axis=axis), (x,), lambda g: (g.reshape(a.shape),))
+
+
+def concatenate(xs, axis=0):
+    arrays = [_array(x) for x in xs]
+    out = _xp().concatenate(arrays, axis=axis)
+    ax = axis % out.ndim
+    edges = np.concatenate([[0], np.cumsum([a.shape[ax] for a in arrays])])
+    return record(out, tuple(xs), lambda g: tuple(
+        g[(slice(None),) * ax + (slice(int(lo), int(hi)),)]
+        for lo, hi in zip(edges[:-1], edges[1:])))
+
+
+def stack(xs, axis=0):
+    arrays = [_array(x) for x in xs]
+    out = _xp().stack(arrays, axis=axis)
+    ax = axis % out.ndim
+    return record(out, tuple(xs), lambda g: tuple(
+        g[(slice(None),) * ax + (i,)] for i in range(len(arrays))))
+
+
+def _index(i):
+    i = value_of(i)
+    return get_ops().asarray(i, i.dtype) if isinstance(i, np.ndarray) else i
+
+
+def get_item(x, index):
+    a = _array(x)
+    # index arrays go where the data is (a GPU array takes device indices)
+    index = tuple(map(_index, index)) if isinstance(index, tuple) else _index(index)
+
+    def backward(g):
+        out = _xp().zeros_like(a)
+        _xp().add.at(out, index, g)       # repeated indices add up
+        return (out,)
+    return record(a[index], (x,), backward)
+
+
+# ---- construction (no gradient) ---------------------------------------------------------------
+def zeros(shape, dtype="float32"):
+    return _xp().zeros(shape, dtype)
+
+
+def ones(shape, dtype="float32"):
+    return _xp().ones(shape, dtype)
+
+
+def zeros_like(x, dtype=None):
+    return _xp().zeros_like(_array(x), dtype=dtype)
+
+
+def ones_like(x, dtype=None):
+    return _xp().ones_like(_array(x), dtype=dtype)
+
+
+def arange(start, stop=None, step=1, dtype=None):
+    return _xp().arange(start, stop, step, dtype=dtype)
+
+
+def one_hot(x, num_classes, axis=-1, dtype="float32"):
+    labels = _array(x)
+    xp = _xp()
+    out = (xp.expand_dims(labels, -1) == xp.arange(num_classes)).astype(dtype)
+    return out if axis == -1 else xp.moveaxis(out, -1, axis)
+
+
+# ---- activations (Keras's definitions) ------------------------------------------------------
+def relu(x):
+    a = _array(x)
+    return record(_xp().maximum(a, 0), (x,), lambda g: (g * (a > 0),))
+
+
+def leaky_relu(x, negative_slope=0.2):
+    a = _array(x)
+    slope = _xp().where(a > 0, 1, negative_slope).astype(a.dtype)
+    return record(a * slope, (x,), lambda g: (g * slope,))
+
+
+def sigmoid(x):
+    a = _array(x)
+    xp = _xp()
+    # exp of a non-positive number only: no overflow for large |x|
+    e = xp.exp(-xp.abs(a))
+    out = xp.where(a >= 0, 1 / (1 + e), e / (1 + e)).astype(a.dtype)
+    return record(out, (x,), lambda g: (g * out * (1 - out),))
+
+
+def tanh(x):
+    out = _xp().tanh(_array(x))
+    return record(out, (x,), lambda g: (g * (1 - out * out),))
+
+
+def softplus(x):
+    a = _array(x)
+    xp = _xp()
+    out = xp.maximum(a, 0) + xp.log1p(xp.exp(-xp.abs(a)))
+    return record(out, (x,), lambda g: (g / (1 + xp.exp(-a)),))
+
+
+def silu(x):
+    return multiply(x, sigmoid(x))
+
+
+swish = silu
+
+
+def elu(x, alpha=1.0):
+    a = _array(x)
+    xp = _xp()
+    neg = alpha * xp.expm1(xp.minimum(a, 0))
+    out = xp.where(a > 0, a, neg)
+    return record(out, (x,), lambda g: (g * xp.where(a > 0, 1, neg + alpha),))
+
+
+def softmax(x, axis=-1):
+    a = _array(x)
+    xp = _xp()
+    e = xp.exp(a - a.max(axis=axis, keepdims=True))
+    out = e / e.sum(axis=axis, keepdims=True)
+    return record(out, (x,), lambda g: (
+        out * (g - (g * out).sum(axis=axis, keepdims=True)),))
+
+
+def log_softmax(x, axis=-1):
+    a = _array(x)
+    xp = _xp()
+    shifted = a - a.max(axis=axis, keepdims=True)
+    out = shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+    return record(out, (x,), lambda g: (
+        g - xp.exp(out) * g.sum(axis=axis, keepdims=True),))
+
+
+def logsumexp(x, axis=None, keepdims=False):
+    a = _array(x)
+    xp = _xp()
+    axes = _axes(axis, a.ndim)
+    top = a.max(axis=axes, keepdims=True)
+    out = top + xp.log(xp.exp(a - top).sum(axis=axes, keepdims=True))
+    return record(out if keepdims else out.squeeze(axis=axes), (x,), lambda g: (
+        _expand(g, axes, keepdims) * xp.exp(a - out),))
+
+
+__all__ = sorted(name for name, value in dict(globals()).items()
+                 if callable(value) and not name.startswith("_") and
+                 getattr(value, "__module__", None) == __name__ and
+                 name not in ("record", "unbroadcast", "value_of"))
+autodiff.OPS.update((name, globals()[name]) for name in __all__)
