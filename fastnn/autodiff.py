@@ -14,7 +14,6 @@ explicitly)."""
 import contextlib
 import threading
 
-
 from .backend import get_ops
 
 _state = threading.local()       # per thread: whether ops record their backward
