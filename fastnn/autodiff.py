@@ -23,18 +23,28 @@ OPS = {}
 
 
 def _recording():
-    return getattr(_state, "enabled", True)
+    return getattr(_state, "enabled", False)
 
 
 @contextlib.contextmanager
-def no_grad():
-    """Run ops without recording (inference, optimizer steps)."""
+def _recording_set(enabled):
     previous = _recording()
-    _state.enabled = False
+    _state.enabled = enabled
     try:
         yield
     finally:
         _state.enabled = previous
+
+
+def tape():
+    """Record ops in this thread (as TensorFlow's GradientTape does): inside, ops on tensors
+    that need gradients remember their backward; outside, they only compute."""
+    return _recording_set(True)
+
+
+def no_grad():
+    """Run ops without recording, even inside a tape."""
+    return _recording_set(False)
 
 
 class Tensor:
@@ -274,3 +284,37 @@ def gradients(output, leaves=(), seed=None):
             have = grads.get(id(parent))
             grads[id(parent)] = pg if have is None else have + pg
     return [wanted[id(leaf)] for leaf in leaves]
+
+
+class Variable(Tensor):
+    """A layer's weight as `add_weight` returns it: a leaf tensor that reads the layer's
+    current array (weights move into the model's parameter buffer when it is built) and adds
+    its gradient into the layer's gradient buffer. Keras's Variable API: numpy(), assign()."""
+    __slots__ = ("_layer", "_key", "trainable")
+
+    def __init__(self, layer, key, trainable):
+        self._layer, self._key, self.trainable = layer, key, trainable
+        super().__init__(None, name=key)
+
+    value = property(lambda self: self._layer._vars[self._key],
+                     lambda self, value: None)     # Tensor.__init__ sets it; the layer owns it
+    requires_grad = property(lambda self: self.trainable and self._layer.trainable,
+                             lambda self, value: None)
+    grad = property(lambda self: self._layer.grads.get(self._key), lambda self, value: None)
+    parents = property(lambda self: (), lambda self, value: None)
+    backward = property(lambda self: None, lambda self, value: None)
+
+    @property
+    def path(self):
+        return f"{self._layer.name}/{self._key}"
+
+    def assign(self, value):
+        """Write value into the weight (same shape), where the backend keeps it."""
+        value = get_ops().asarray(value_of(value))
+        if value.shape != self.value.shape:
+            raise ValueError(f"Variable {self.path!r}: cannot assign shape {value.shape} to "
+                             f"shape {self.value.shape}")
+        self.value[...] = value
+
+    def __repr__(self):
+        return f"<fastnn.Variable path={self.path} shape={self.shape} dtype={self.dtype}>"

@@ -6,12 +6,14 @@ the calling thread's state (_state(): one model may be called from several threa
 backward(dy, need_dx) writes the weight gradients into self.grads and returns dx. backward may
 overwrite dy in place (it is the next layer's scratch buffer). Shapes exclude nothing: the batch
 axis is None in shapes given to build()."""
+import inspect
 import re
 import threading
 
 import numpy as np
 
 from . import activations, initializers
+from .autodiff import Tensor, Variable, gradients, no_grad, tape, value_of
 from .backend import get_ops, unique_name
 
 
@@ -54,6 +56,14 @@ def _shape_tuple(shape, arg="input_shape"):
 _BUILD_LOCK = threading.RLock()
 
 
+def _accepts_training(call):
+    try:
+        params = inspect.signature(call).parameters
+    except (TypeError, ValueError):
+        return False
+    return "training" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
 class _ThreadState:
     """One thread's forward state and workspace for a layer (Layer._state)."""
 
@@ -94,27 +104,56 @@ class Layer:
         self.grads = {}
         self._build_shape = None
         self._thread = threading.local()
+        self._variables = {}
+
+    @property
+    def _user_call(self):
+        """Whether this is a user's layer: it defines call() (run on the autodiff tape)
+        instead of the fused forward/backward of fastnn's own layers."""
+        return type(self).call is not Layer.call
 
     # ---- weights --------------------------------------------------------------------------
     def __getattr__(self, name):
+        # A user's layer gets its weights as Variables (so that call() is differentiated
+        # through them); fastnn's layers pass the arrays to their kernels.
         vars_ = self.__dict__.get("_vars")
         if vars_ is not None and name in vars_:
-            return vars_[name]
+            return self._variables[name] if self._user_call else vars_[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-    def add_weight(self, name, shape, initializer="zeros", trainable=True):
-        """A weight initialized on the host (one random stream on every backend) and kept
-        where the backend computes: on the GPU, it crosses once, here."""
-        value = np.asarray(initializers.get(initializer)(tuple(shape)))
-        if value.shape != tuple(shape):
+    def add_weight(self, shape=None, initializer=None, dtype=None, trainable=True,
+                   autocast=True, regularizer=None, constraint=None, aggregation="none",
+                   overwrite_with_gradient=False, name=None):
+        """Keras's add_weight: a weight initialized on the host (one random stream on every
+        backend) and kept where the backend computes. Returns it as a Variable."""
+        if dtype not in (None, "float32", np.float32):
+            raise ValueError(f"Layer {self.name!r}: add_weight(dtype={dtype!r}): fastnn keeps "
+                             "weights in float32")
+        for arg, value in (("regularizer", regularizer), ("constraint", constraint)):
+            if value is not None:
+                raise ValueError(f"Layer {self.name!r}: add_weight({arg}=...) is not "
+                                 "supported by fastnn yet")
+        if overwrite_with_gradient or aggregation not in ("none", "mean", None):
+            raise ValueError(f"Layer {self.name!r}: add_weight(aggregation={aggregation!r}, "
+                             f"overwrite_with_gradient={overwrite_with_gradient!r}) is not "
+                             "supported by fastnn")
+        shape = _shape_tuple(() if shape is None else shape, "shape")
+        if name is None:
+            name = "variable" if "variable" not in self._vars else \
+                f"variable_{len(self._vars)}"
+        if name in self._vars:
+            raise ValueError(f"Layer {self.name!r} already has a weight named {name!r}")
+        value = np.asarray(initializers.get(initializer or "glorot_uniform")(shape))
+        if value.shape != shape:
             raise ValueError(f"{self.name}: initializer returned shape {value.shape} for "
-                             f"weight {name!r}, expected {tuple(shape)}")
+                             f"weight {name!r}, expected {shape}")
         ops = get_ops()
-        value = self._vars[name] = ops.asarray(value)
+        self._vars[name] = ops.asarray(value)
         (self._trainable_names if trainable else self._non_trainable_names).append(name)
         if trainable:
-            self.grads[name] = ops.alloc(tuple(shape))
-        return value
+            self.grads[name] = ops.alloc(shape)
+        variable = self._variables[name] = Variable(self, name, bool(trainable))
+        return variable
 
     def _rebind(self, name, array, grad=None):
         """Move a weight (and its gradient) into caller-owned storage, e.g. a flat arena."""
@@ -177,9 +216,21 @@ class Layer:
             with _BUILD_LOCK:       # two threads' first calls build it once
                 if not self.built:
                     self.build(tuple(input_shape))
+                    # a user's build() need not call super().build()
+                    self._build_shape, self.built = tuple(input_shape), True
 
     def compute_output_shape(self, input_shape):
-        return tuple(input_shape)
+        """The output shape for an input shape: the same, or for a user's layer, as its
+        call() computes it on one sample of zeros (Keras traces it symbolically)."""
+        if not self._user_call:
+            return tuple(input_shape)
+        known = self.__dict__.setdefault("_probed_shapes", {})     # call() runs once a shape
+        key = tuple(input_shape[1:])
+        if key not in known:
+            probe = get_ops().alloc((1,) + key)
+            with no_grad():
+                known[key] = tuple(np.shape(value_of(self._run_call(probe, False)))[1:])
+        return (input_shape[0],) + known[key]
 
     @property
     def input_shape(self):
@@ -205,11 +256,59 @@ class Layer:
         return buf
 
     # ---- computation ---------------------------------------------------------------------
-    def forward(self, x, training=False):
-        return x
+    def call(self, inputs, training=None):
+        """A user's layer computes here, with fastnn.ops (differentiated by fastnn.autodiff).
+        fastnn's own layers implement forward/backward with fused kernels instead."""
+        raise NotImplementedError(
+            f"Layer {self.name!r} ({type(self).__name__}) defines no call(): a Layer subclass "
+            "computes its output in call(self, inputs) (written with fastnn.ops)")
 
-    def backward(self, dy, need_dx=True):
-        return dy
+    def _run_call(self, x, training):
+        kwargs = {}
+        if _accepts_training(type(self).call):
+            kwargs["training"] = bool(training)
+        return self.call(x, **kwargs)
+
+    def forward(self, x, training=False):
+        """A user's call(), on the tape when training (backward then needs it)."""
+        if not self._user_call:
+            self.call(x)                    # raises: a layer that computes nothing
+        st = self._state()
+        st.tape = None
+        if not training:
+            with no_grad():
+                out = self._run_call(x, False)
+        else:
+            for name in self._trainable_names:      # this step's gradients add up from zero
+                self.grads[name][...] = 0
+            inputs = Tensor(x, requires_grad=True)
+            with tape():
+                out = self._run_call(inputs, True)
+            st.tape = (inputs, out)
+        y = value_of(out)
+        ops = get_ops()
+        if not isinstance(y, ops.xp.ndarray) or y.dtype != np.float32:
+            y = ops.asarray(np.asarray(y) if not isinstance(y, ops.xp.ndarray) else y,
+                            np.float32)
+        if y.shape[:1] != x.shape[:1]:
+            raise ValueError(f"Layer {self.name!r}: call() returned shape {y.shape} for an "
+                             f"input of shape {x.shape}; the batch axis must be kept")
+        return y if y.flags.c_contiguous else ops.xp.ascontiguousarray(y)
+
+    def backward(self, dy, need_dx=True, **fused):
+        """The gradient of a user's call(): its weights' gradients are added to their buffers
+        (zeroed in forward); returns the input's. `fused` hints of fastnn's layers (the loss's
+        pre-activation gradient) do not apply: dy is the gradient of call()'s output."""
+        st = self._state()
+        inputs, out = st.tape
+        st.tape = None
+        if not (isinstance(out, Tensor) and out.requires_grad):
+            return get_ops().xp.zeros_like(inputs.value) if need_dx else None
+        (dx,) = gradients(out, [inputs], seed=dy.reshape(out.shape))
+        if not need_dx:
+            return None
+        return get_ops().xp.zeros_like(inputs.value) if dx is None else \
+            dx.astype(np.float32, copy=False)
 
     def __call__(self, x, training=False):
         ops = get_ops()
@@ -287,9 +386,10 @@ class Dense(Layer):
         if len(input_shape) < 2 or input_shape[-1] is None:
             raise ValueError(f"Dense layer {self.name!r} needs a known last input dimension, "
                              f"got input shape {tuple(input_shape)}")
-        self.add_weight("kernel", (input_shape[-1], self.units), self.kernel_initializer)
+        self.add_weight(name="kernel", shape=(input_shape[-1], self.units),
+                        initializer=self.kernel_initializer)
         if self.use_bias:
-            self.add_weight("bias", (self.units,), self.bias_initializer)
+            self.add_weight(name="bias", shape=(self.units,), initializer=self.bias_initializer)
         super().build(input_shape)
 
     def compute_output_shape(self, input_shape):
@@ -542,10 +642,11 @@ class Conv2D(Layer):
     def build(self, input_shape):
         self.window = _window(self, input_shape, self.kernel_size, self.strides, self.padding)
         kh, kw = self.kernel_size
-        self.add_weight("kernel", (kh, kw, input_shape[3], self.filters),
-                        self.kernel_initializer)
+        self.add_weight(name="kernel", shape=(kh, kw, input_shape[3], self.filters),
+                        initializer=self.kernel_initializer)
         if self.use_bias:
-            self.add_weight("bias", (self.filters,), self.bias_initializer)
+            self.add_weight(name="bias", shape=(self.filters,),
+                            initializer=self.bias_initializer)
         super().build(input_shape)
 
     def compute_output_shape(self, input_shape):
@@ -803,13 +904,12 @@ class BatchNormalization(Layer):
         c = input_shape[-1]
         if c is None:
             raise ValueError(f"{self.name}: the channel axis must be known")
-        if self.scale:
-            self.add_weight("gamma", (c,), self.initializers["gamma"])
-        if self.center:
-            self.add_weight("beta", (c,), self.initializers["beta"])
-        self.add_weight("moving_mean", (c,), self.initializers["moving_mean"], trainable=False)
-        self.add_weight("moving_variance", (c,), self.initializers["moving_variance"],
-                        trainable=False)
+        for name, wanted, trainable in (("gamma", self.scale, True), ("beta", self.center, True),
+                                        ("moving_mean", True, False),
+                                        ("moving_variance", True, False)):
+            if wanted:
+                self.add_weight(name=name, shape=(c,), initializer=self.initializers[name],
+                                trainable=trainable)
         super().build(input_shape)
 
     def forward(self, x, training=False):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fastnn import ops
-from fastnn.autodiff import Tensor, gradients, no_grad
+from fastnn.autodiff import Tensor, gradients, no_grad, tape
 from fastnn.backend import get_ops
 from gradcheck import numeric_grad
 
@@ -22,7 +22,8 @@ def _check(f, *arrays, positive=False, eps=1e-6, tol=1e-6):
     out = _host(f(*[get_ops().asarray(a, a.dtype) for a in arrays]))
     r = RNG.standard_normal(out.shape)
     leaves = [Tensor(get_ops().asarray(a, a.dtype), requires_grad=True) for a in arrays]
-    y = f(*leaves)
+    with tape():
+        y = f(*leaves)
     np.testing.assert_allclose(_host(y), out, rtol=1e-12, atol=1e-12)
     grads = gradients(y, leaves, seed=get_ops().asarray(r, np.float64))
     for i, (a, g) in enumerate(zip(arrays, grads)):
@@ -95,7 +96,9 @@ def test_reductions(op, axis, keepdims):
 
 def test_max_ties_share_the_gradient():
     x = Tensor(get_ops().asarray(np.array([1.0, 3.0, 3.0]), np.float64), requires_grad=True)
-    (g,) = gradients(ops.max(x), [x])
+    with tape():
+        y = ops.max(x)
+    (g,) = gradients(y, [x])
     np.testing.assert_array_equal(_host(g), [0.0, 0.5, 0.5])
 
 
@@ -152,8 +155,9 @@ def test_fan_out_and_shared_leaves_accumulate():
     buffer = get_ops().asarray(np.full((4, 3), 10.0), np.float64)
     w = Tensor(get_ops().asarray(w_value, np.float64), requires_grad=True, grad=buffer)
     x1, x2 = _a(2, 4), _a(5, 4)
-    h = ops.tanh(ops.matmul(get_ops().asarray(x1, np.float64), w))
-    y = ops.sum(h * h) + ops.sum(ops.matmul(get_ops().asarray(x2, np.float64), w))
+    with tape():
+        h = ops.tanh(ops.matmul(get_ops().asarray(x1, np.float64), w))
+        y = ops.sum(h * h) + ops.sum(ops.matmul(get_ops().asarray(x2, np.float64), w))
     (g,) = gradients(y, [w])
     t = np.tanh(x1 @ w_value)
     expected = x1.T @ (2 * t * (1 - t * t)) + x2.T @ np.ones((5, 3))
@@ -164,9 +168,11 @@ def test_fan_out_and_shared_leaves_accumulate():
 def test_deep_graph_does_not_recurse():
     x = Tensor(get_ops().asarray(np.ones(3), np.float64), requires_grad=True)
     y = x
-    for _ in range(5000):
-        y = y * 1.0001
-    (g,) = gradients(ops.sum(y), [x])
+    with tape():
+        for _ in range(5000):
+            y = y * 1.0001
+        y = ops.sum(y)
+    (g,) = gradients(y, [x])
     np.testing.assert_allclose(_host(g), 1.0001 ** 5000, rtol=1e-9)
 
 
@@ -182,18 +188,22 @@ def test_plain_arrays_stay_arrays_and_float_literals_are_float32():
 def test_numpy_calls_on_tensors_use_the_ops_or_refuse():
     a = _a(3, 4)
     x = Tensor(get_ops().asarray(a, np.float64), requires_grad=True)
-    y = np.exp(x) + np.sum(x, axis=0)          # routed to ops.exp and ops.sum
-    assert isinstance(y, Tensor) and y.requires_grad
-    (g,) = gradients(ops.sum(y), [x])
+    with tape():
+        y = np.exp(x) + np.sum(x, axis=0)          # routed to ops.exp and ops.sum
+        assert isinstance(y, Tensor) and y.requires_grad
+        y = ops.sum(y)
+        with pytest.raises(TypeError, match="cannot differentiate"):
+            np.fft.fft(x)
+        with pytest.raises(TypeError, match="needs gradients"):
+            np.asarray(x)
+        np.testing.assert_array_equal(ops.convert_to_numpy(x), a)
+        with no_grad():
+            assert not ops.exp(x).requires_grad
+            np.asarray(x)                            # not recording: just the values
+    (g,) = gradients(y, [x])
     np.testing.assert_allclose(_host(g), np.exp(a) + 3, rtol=1e-12)
-    with pytest.raises(TypeError, match="cannot differentiate"):
-        np.fft.fft(x)
-    with pytest.raises(TypeError, match="needs gradients"):
-        np.asarray(x)
-    np.testing.assert_array_equal(ops.convert_to_numpy(x), a)
-    with no_grad():
-        assert not ops.exp(x).requires_grad
-        np.asarray(x)                            # outside recording: just the values
+    assert not ops.exp(x).requires_grad              # outside a tape nothing is recorded
+    np.testing.assert_array_equal(np.asarray(x), a)
 
 
 def test_gradients_needs_a_recorded_output():
