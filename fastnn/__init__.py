@@ -13,7 +13,7 @@ _SUBMODULES = {
 }
 # Public names re-exported at the top level, as Keras does: name -> submodule.
 _EXPORTS = {
-    "Sequential": "models", "Input": "layers",
+    "Sequential": "models", "Model": "models", "Input": "layers",
     "set_num_threads": "backend", "get_num_threads": "backend", "set_backend": "backend",
     "show_config": "backend",
 }

@@ -26,6 +26,11 @@ def _recording():
     return getattr(_state, "enabled", False)
 
 
+def is_recording():
+    """Whether ops called in this thread now record their backward (inside tape())."""
+    return _recording()
+
+
 @contextlib.contextmanager
 def _recording_set(enabled):
     previous = _recording()

@@ -6,6 +6,7 @@ the calling thread's state (_state(): one model may be called from several threa
 backward(dy, need_dx) writes the weight gradients into self.grads and returns dx. backward may
 overwrite dy in place (it is the next layer's scratch buffer). Shapes exclude nothing: the batch
 axis is None in shapes given to build()."""
+import contextlib
 import inspect
 import re
 import threading
@@ -13,7 +14,7 @@ import threading
 import numpy as np
 
 from . import activations, initializers
-from .autodiff import Tensor, Variable, gradients, no_grad, tape, value_of
+from .autodiff import Tensor, Variable, gradients, is_recording, no_grad, tape, value_of
 from .backend import get_ops, unique_name
 
 
@@ -72,11 +73,32 @@ class _ThreadState:
 
 
 def _thread_state(local):
+    """The state of this thread's current call of a layer: `local.slot` numbers the calls of
+    one layer within one forward pass of a model (a layer called twice keeps two states until
+    backward); 0 outside such a pass."""
+    states = getattr(local, "states", None)
+    if states is None:
+        states = local.states = [_ThreadState()]
+    slot = getattr(local, "slot", 0)
+    while len(states) <= slot:
+        states.append(_ThreadState())
+    return states[slot]
+
+
+# The forward pass a model is running in this thread: how many times each layer has been
+# called in it (each call gets its own state), and which layers belong to the model.
+_PASS = threading.local()
+
+
+@contextlib.contextmanager
+def forward_pass(layers, training):
+    """A model's forward pass over `layers` (its layers and theirs, at any depth); layers
+    called in it without training= take the pass's, as in Keras."""
+    _PASS.counts, _PASS.layers, _PASS.training = {}, {id(layer) for layer in layers}, training
     try:
-        return local.state
-    except AttributeError:
-        local.state = _ThreadState()
-        return local.state
+        yield _PASS.counts
+    finally:
+        _PASS.counts = _PASS.layers = _PASS.training = None
 
 
 class Layer:
@@ -310,11 +332,67 @@ class Layer:
         return get_ops().xp.zeros_like(inputs.value) if dx is None else \
             dx.astype(np.float32, copy=False)
 
-    def __call__(self, x, training=False):
+    def __call__(self, x, training=None):
+        if training is None:
+            training = bool(getattr(_PASS, "training", None))
+        if isinstance(x, Tensor):
+            return self._call_on_tensor(x, training)
         ops = get_ops()
         x = ops.asarray(x)
         self._maybe_build((None,) + x.shape[1:])
         return np.array(ops.to_numpy(self.forward(x, training)))
+
+    def _call_on_tensor(self, x, training):
+        """A call inside a model's call() (or on any tensor): a user's layer runs inline on
+        the caller's tape; one of fastnn's is one node, its fused backward the node's."""
+        self._maybe_build((None,) + tuple(x.shape[1:]))
+        counts = getattr(_PASS, "counts", None)
+        if counts is not None and id(self) not in _PASS.layers:
+            raise ValueError(f"Layer {self.name!r} is called in a model's call() but is not "
+                             "one of its layers: create layers in __init__ and keep them as "
+                             "attributes (self.dense = Dense(...)), so that their weights "
+                             "are trained")
+        if self._user_call:
+            return self._run_call(x, training)
+        slot = 0
+        if counts is not None:
+            slot = counts.get(id(self), 0)
+            counts[id(self)] = slot + 1
+        local = self._thread
+        local.slot = slot
+        try:
+            y = self.forward(x.value, bool(training))
+        finally:
+            local.slot = 0
+        trains = bool(training) and self.trainable and bool(self._trainable_names)
+        if not is_recording() or not (x.requires_grad or trains):
+            return Tensor(y)
+
+        def backward(g):
+            local.slot = slot
+            try:
+                # A layer called more than once adds up its calls' weight gradients (its
+                # kernels write them; the model zeroed them before the pass).
+                shared = counts is not None and counts.get(id(self), 1) > 1
+                saved = [self.grads[n].copy() for n in self._trainable_names] if shared \
+                    else ()
+                dx = self.backward(g.copy(), need_dx=x.requires_grad)    # dy is overwritten
+                for name, earlier in zip(self._trainable_names, saved):
+                    self.grads[name] += earlier
+            finally:
+                local.slot = 0
+            return (dx,)
+        return Tensor(y, requires_grad=True, parents=(x,), backward=backward)
+
+    def _sublayers(self):
+        """The layers this layer holds as attributes (a user's composite layer), any depth."""
+        found = []
+        for value in self.__dict__.values():
+            for item in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(item, Layer) and item is not self and item not in found:
+                    found.append(item)
+                    found.extend(x for x in item._sublayers() if x not in found)
+        return found
 
     # ---- config ----------------------------------------------------------------------------
     def get_config(self):

@@ -16,7 +16,9 @@ from . import losses as losses_module
 from . import metrics as metrics_module
 from . import optimizers as optimizers_module
 from .backend import get_ops, unique_name
-from .layers import ConvPool, Dense, InputLayer, Layer, _thread_state
+from .autodiff import Tensor, gradients, no_grad, tape, value_of
+from .layers import (ConvPool, Dense, InputLayer, Layer, _accepts_training, _snake_case,
+                     _thread_state, forward_pass)
 from .stack import DenseRunner, NonFiniteInput
 
 
@@ -88,9 +90,46 @@ def _shape_str(shape):
         ("," if len(shape) == 1 else "") + ")"
 
 
-class Sequential:
-    def __init__(self, layers=None, trainable=True, name=None):
-        self.name = name or unique_name("sequential")
+class Model:
+    """Keras's Model. Subclass it with layers made in __init__ and a call(self, inputs,
+    training=None) written with them and fastnn.ops: the call runs on the autodiff tape
+    (fastnn's layers are one node each, with their fused backward). Sequential is the chain
+    of layers built on the same trainer. The functional form Model(inputs, outputs) is not
+    implemented yet."""
+
+    def __init__(self, *args, name=None, trainable=True, **kwargs):
+        if args or "inputs" in kwargs or "outputs" in kwargs:
+            raise NotImplementedError(
+                "fastnn.Model(inputs, outputs), the functional API, is not implemented yet: "
+                "use Sequential, or subclass fastnn.Model with layers made in __init__ and a "
+                "call(self, inputs) method")
+        if kwargs:
+            raise TypeError(f"Model: unexpected keyword argument(s) {sorted(kwargs)}")
+        if not self._subclassed:
+            raise TypeError("fastnn.Model is used by subclassing it: define call(self, "
+                            "inputs, training=None) (or use Sequential)")
+        self._setup(name or unique_name(_snake_case(type(self).__name__)), trainable)
+
+    @property
+    def _subclassed(self):
+        return type(self).call is not Model.call
+
+    def call(self, inputs, training=None):
+        raise NotImplementedError(f"Model {self.name!r} ({type(self).__name__}) defines no "
+                                  "call(self, inputs)")
+
+    def __setattr__(self, name, value):
+        # Layers a subclass assigns become its layers (in order), as Keras tracks them.
+        if not name.startswith("_") and type(self).call is not Model.call:
+            items = value if isinstance(value, (list, tuple)) else [value]
+            tracked = self.__dict__.setdefault("_tracked", [])
+            for item in items:
+                if isinstance(item, Layer) and item not in tracked:
+                    tracked.append(item)
+        object.__setattr__(self, name, value)
+
+    def _setup(self, name, trainable):
+        self.name = name
         self.trainable = trainable
         self._layers = []
         self._input_shape = None        # the model's input shape without the batch axis
@@ -110,41 +149,22 @@ class Sequential:
         self._train_lock = threading.Lock()      # one fit / train_on_batch at a time
         self._metrics_lock = threading.RLock()   # the compiled metrics: one run at a time
         self._build_lock = threading.RLock()
-        for layer in layers or []:
-            self.add(layer)
 
     # ---- structure -------------------------------------------------------------------------
     @property
     def layers(self):
-        return list(self._layers)
+        """The model's layers: a Sequential's in order; a subclass's as it assigned them."""
+        return list(self.__dict__.get("_tracked", [])) if self._subclassed else \
+            list(self._layers)
 
-    def add(self, layer):
-        if isinstance(layer, InputLayer):
-            if self._layers:
-                raise ValueError("An Input/InputLayer can only be the first item of Sequential")
-            self._input_shape = layer.input_shape_arg
-            self._input_name = layer.name
-        elif isinstance(layer, Layer):
-            if layer in self._layers:
-                raise ValueError(f"Layer {layer.name!r} is already in model {self.name!r}")
-            if not self._layers and self._input_shape is None and \
-                    layer.input_shape_arg is not None:
-                self._input_shape = layer.input_shape_arg
-            self._layers.append(layer)
-        else:
-            raise TypeError(f"Sequential.add expects a fastnn layer, got {type(layer).__name__}")
-        self.built = False
-        if self._input_shape is not None:
-            self.build()
-
-    def pop(self):
-        if not self._layers:
-            raise IndexError("There are no layers in the model to pop")
-        layer = self._layers.pop()
-        self.built = False
-        if self._input_shape is not None and self._layers:
-            self.build()
-        return layer
+    def _all_layers(self):
+        """A subclass's layers and the layers inside them, each once: whose weights train."""
+        found = []
+        for layer in self.__dict__.get("_tracked", []):
+            for item in [layer] + layer._sublayers():
+                if item not in found:
+                    found.append(item)
+        return found
 
     def build(self, input_shape=None):
         with self._build_lock:      # concurrent first calls build once, in turn
@@ -157,6 +177,15 @@ class Sequential:
             raise ValueError(f"Model {self.name!r} cannot be built: give the first layer "
                              "input_shape=..., start with Input(shape=...), or call "
                              "build((None, ...)) or fit() first")
+        if self._subclassed:    # built by calling it once, as Keras does
+            self._layers = self._all_layers()
+            out = self._run_call(get_ops().alloc((1,) + tuple(self._input_shape)), False)
+            self._layers = self._all_layers()       # call() may have built inner layers
+            self._output_shape = (None,) + tuple(out.shape[1:])
+            self._steps = []
+            self.built = True
+            self._pack_parameters()
+            return
         shape = (None,) + tuple(self._input_shape)
         for layer in self._layers:
             if layer.built and layer.input_shape[1:] != shape[1:]:
@@ -351,7 +380,7 @@ class Sequential:
         if 0 in x.shape[1:]:
             raise ValueError(f"{arg} has shape {x.shape}: every axis after the batch axis must "
                              f"be at least 1 long")
-        if not self._layers:
+        if not self._layers and not self._subclassed:
             raise ValueError(f"Model {self.name!r} has no layers: add some before calling it")
         if not self.built and self._input_shape is None:
             self.build((None,) + x.shape[1:])
@@ -471,17 +500,49 @@ class Sequential:
 
     # ---- steps -----------------------------------------------------------------------------
     def _forward(self, x, training):
+        if self._subclassed:
+            return self._run_call(x, training)
         for _, _, step in self._steps:
             x = step.forward(x, training)
         return x
 
+    def _run_call(self, x, training):
+        """A subclass's call() on a batch: when training, on the tape (its gradients start
+        from zero; _backward reads the output this thread recorded)."""
+        state = _thread_state(self._thread)
+        state.output = None
+        kwargs = {"training": bool(training)} if _accepts_training(type(self).call) else {}
+        with forward_pass(self._layers, bool(training)):
+            if training:
+                self._grads[...] = 0
+                with tape():
+                    out = state.output = self.call(Tensor(x), **kwargs)
+            else:
+                with no_grad():
+                    out = self.call(Tensor(x), **kwargs)
+        y = value_of(out)
+        ops = get_ops()
+        if not isinstance(y, ops.xp.ndarray) or y.dtype != np.float32 or \
+                not y.flags.c_contiguous:
+            y = ops.xp.ascontiguousarray(ops.asarray(y, np.float32))
+        if y.ndim == 0 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"Model {self.name!r}: call() returned shape {y.shape} for a batch "
+                             f"of {x.shape[0]}; the batch axis must be kept")
+        return y
+
     def _loss_mode(self):
-        return self.loss.mode(getattr(self._layers[-1], "act_id", None) if self._layers
-                              else None)
+        return self.loss.mode(getattr(self._layers[-1], "act_id", None)
+                              if self._layers and not self._subclassed else None)
 
     def _backward(self, grad, mode, kernel_step=None):
         """kernel_step: the plain SGD step's learning rate, which the layers in
         _in_place_layers then take in place."""
+        if self._subclassed:
+            state = _thread_state(self._thread)
+            out, state.output = state.output, None
+            if isinstance(out, Tensor) and out.requires_grad:
+                gradients(out, seed=grad.reshape(out.shape))
+            return
         stop, last = self._first_trainable, len(self._layers) - 1
         dy = grad
         for first, end, step in reversed(self._steps):
@@ -551,7 +612,7 @@ class Sequential:
         """The Dense layers whose kernel takes a plain SGD step in place, and the spans of the
         parameter buffer the optimizer then updates itself: all the rest."""
         layers = [layer for layer in self._layers if type(layer) is Dense and layer.trainable
-                  and layer.kernel.size >= IN_PLACE_MIN_WEIGHTS]
+                  and layer.kernel.size >= IN_PLACE_MIN_WEIGHTS and not self._subclassed]
         ranges, at = [], 0
         for start, stop in sorted(self._spans[id(layer), "kernel"] for layer in layers):
             if start > at:
@@ -832,16 +893,22 @@ class Sequential:
                 show_trainable=False, layer_range=None):
         from .summary import print_summary
         rows, shape = [], self.input_shape
-        for layer in self._layers:
+        if self._subclassed:    # no chain to follow: shapes unknown, as Keras prints them
+            shape = None
+        for layer in self.layers:
             label = f"{layer.name} ({type(layer).__name__})"
             flag = layer.trainable if layer.weights else None
+            if self._subclassed:
+                rows.append((label, "?", layer.count_params() if layer.built else
+                             "0 (unbuilt)", flag))
+                continue
             if layer.built and shape is not None:
                 shape = layer.compute_output_shape(shape)
                 rows.append((label, _shape_str(shape), layer.count_params(), flag))
             else:
                 rows.append((label, "?", "0 (unbuilt)", flag))
         if layer_range is not None:
-            names = [layer.name for layer in self._layers]
+            names = [layer.name for layer in self.layers]
             if len(layer_range) != 2 or any(n not in names for n in layer_range):
                 raise ValueError(f"layer_range must be two layer names of {names}, got "
                                  f"{layer_range!r}")
@@ -855,6 +922,11 @@ class Sequential:
                       show_trainable=show_trainable)
 
     def get_config(self):
+        if self._subclassed:
+            raise NotImplementedError(
+                f"Model {self.name!r} ({type(self).__name__}) is a subclass without "
+                "get_config(): it cannot be saved as a whole model; save_weights() and "
+                "load_weights() keep its weights")
         layers = []
         if self._input_shape is not None:
             layers.append({"module": "keras.layers", "class_name": "InputLayer",
@@ -901,6 +973,43 @@ class Sequential:
     def load_weights(self, filepath):
         from .saving import load_weights
         load_weights(self, filepath)
+
+
+class Sequential(Model):
+    """A chain of layers: Keras's Sequential."""
+
+    def __init__(self, layers=None, trainable=True, name=None):
+        self._setup(name or unique_name("sequential"), trainable)
+        for layer in layers or []:
+            self.add(layer)
+
+    def add(self, layer):
+        if isinstance(layer, InputLayer):
+            if self._layers:
+                raise ValueError("An Input/InputLayer can only be the first item of Sequential")
+            self._input_shape = layer.input_shape_arg
+            self._input_name = layer.name
+        elif isinstance(layer, Layer):
+            if layer in self._layers:
+                raise ValueError(f"Layer {layer.name!r} is already in model {self.name!r}")
+            if not self._layers and self._input_shape is None and \
+                    layer.input_shape_arg is not None:
+                self._input_shape = layer.input_shape_arg
+            self._layers.append(layer)
+        else:
+            raise TypeError(f"Sequential.add expects a fastnn layer, got {type(layer).__name__}")
+        self.built = False
+        if self._input_shape is not None:
+            self.build()
+
+    def pop(self):
+        if not self._layers:
+            raise IndexError("There are no layers in the model to pop")
+        layer = self._layers.pop()
+        self.built = False
+        if self._input_shape is not None and self._layers:
+            self.build()
+        return layer
 
 
 def scale_back(loss, n):

@@ -83,7 +83,8 @@ class DenseRunner:
     def for_model(cls, model, training):
         """The model's runner, or None when the fused path does not cover it. training also
         requires the loss, metric and optimizer to have C kernels."""
-        if not enabled() or get_ops().name != "cpu" or not model.trainable:
+        if not enabled() or get_ops().name != "cpu" or not model.trainable or \
+                model._subclassed:
             return None
         layers = _dense_layers(model)
         if layers is None:
