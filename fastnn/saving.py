@@ -339,16 +339,12 @@ def _check_layer_entry(entry, path):
         raise C.prefixed(exc, f"{path}.config ({class_name})") from None
 
 
-def _check_model_config(config, root):
-    """config.json's top level (or a legacy .h5's model_config) and the Sequential config in it."""
-    C.expect_dict(config, root)
-    class_name = C.get_key(config, "class_name", root)
-    if class_name != "Sequential":
-        C.expect_str(class_name, f"{root}.class_name")
-        C.fail_value(f"{root}.class_name", '"Sequential" (fastnn loads Sequential models '
-                     "only)", class_name)
-    path = f"{root}.config"
-    cfg = C.expect_dict(C.get_key(config, "config", root), path)
+def check_sequential_config(cfg, path="config"):
+    """Check a Sequential config (what Sequential.get_config returns; Sequential.from_config's
+    argument) without building anything: every malformed entry raises TypeError / ValueError
+    naming its path under `path` and the value; class names resolve only against fastnn's own
+    layers."""
+    C.expect_dict(cfg, path)
     if "name" in cfg:
         C.expect_str(cfg["name"], f"{path}.name", none_ok=True)
     if "trainable" in cfg:
@@ -362,6 +358,17 @@ def _check_model_config(config, root):
             C.fail_value(f"{path}.build_input_shape", "a shape with a batch axis", shape)
     for i, entry in enumerate(C.expect_list(C.get_key(cfg, "layers", path), f"{path}.layers")):
         _check_layer_entry(entry, f"{path}.layers[{i}]")
+
+
+def _check_model_config(config, root):
+    """config.json's top level (or a legacy .h5's model_config) and the Sequential config in it."""
+    C.expect_dict(config, root)
+    class_name = C.get_key(config, "class_name", root)
+    if class_name != "Sequential":
+        C.expect_str(class_name, f"{root}.class_name")
+        C.fail_value(f"{root}.class_name", '"Sequential" (fastnn loads Sequential models '
+                     "only)", class_name)
+    check_sequential_config(C.get_key(config, "config", root), f"{root}.config")
     if config.get("build_config") is not None:
         C.expect_dict(config["build_config"], f"{root}.build_config")
 

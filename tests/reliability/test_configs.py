@@ -302,3 +302,47 @@ def test_optimizer_ema_keys_at_defaults_are_accepted_others_refused():
     with pytest.raises(ValueError, match="gradient_accumulation_steps"):
         optimizers.deserialize({"class_name": "Adam",
                                 "config": {**cfg, "gradient_accumulation_steps": 4}})
+
+
+# ---- every layer fastnn has passes the checks (they must never refuse a config fastnn wrote) ---
+def every_layer_model():
+    from fastnn import layers as L
+    conv = Sequential([
+        L.Input(shape=(8, 8, 2)),
+        L.Conv2D(4, 3, strides=1, padding="same", activation="relu",
+                 kernel_initializer={"class_name": "HeNormal", "config": {"seed": 1}}),
+        L.BatchNormalization(), L.MaxPooling2D(2), L.Conv2D(4, (2, 2)), L.ReLU(),
+        L.AveragePooling2D(pool_size=(1, 1), strides=(1, 1)), L.LeakyReLU(negative_slope=0.1),
+        L.GlobalAveragePooling2D(), L.Dropout(0.25, seed=3), L.Dense(5, activation="tanh"),
+        L.BatchNormalization(), L.Activation("gelu"), L.Dense(3), L.Softmax()])
+    flat = Sequential([L.Dense(4, input_shape=(6, 2), use_bias=False,
+                               kernel_initializer="lecun_uniform"),
+                       L.Flatten(), L.Dense(2, bias_initializer="ones")])
+    pool = Sequential([L.Input(shape=(4, 4, 1)), L.GlobalMaxPooling2D(keepdims=True),
+                       L.Flatten(), L.Dense(1, activation="sigmoid")])
+    return [conv, flat, pool]
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_every_layer_round_trips_through_the_checks(tmp_path, suffix):
+    from fastnn.saving import check_sequential_config
+    rng = np.random.default_rng(0)
+    for i, m in enumerate(every_layer_model()):
+        check_sequential_config(m.get_config())
+        m.compile(optimizers.SGD(0.01, momentum=0.9), "mse", metrics=["mae"])
+        x = rng.random((4,) + m.input_shape[1:], np.float32)
+        m.fit(x, rng.random((4,) + m.output_shape[1:], np.float32), verbose=0)
+        path = tmp_path / f"m{i}{suffix}"
+        m.save(path)
+        m2 = load_model(path)
+        np.testing.assert_array_equal(m.predict(x, verbose=0), m2.predict(x, verbose=0))
+        for a, b in zip(m.optimizer.variables(), m2.optimizer.variables()):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_check_sequential_config_names_the_path():
+    from fastnn.saving import check_sequential_config
+    cfg = Sequential([Dense(3, input_shape=(2,))]).get_config()
+    cfg["layers"][1]["config"]["units"] = "3"
+    with pytest.raises(TypeError, match=r"^config\.layers\[1\]\.config\.units: "):
+        check_sequential_config(cfg)
