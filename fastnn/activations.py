@@ -1,5 +1,7 @@
 """Activation functions by Keras name. Each function works on arrays (like keras.activations.*);
 layers run them through the backend's fused kernels using the integer ids below."""
+import types
+
 import numpy as np
 
 # Ids shared with csrc/fastnn.h (keep in sync).
@@ -88,7 +90,8 @@ _DEFAULT_ALPHA = {ELU: 1.0, LEAKY_RELU: 0.2}
 
 
 def get(identifier):
-    """A name, None (linear) or one of the functions above -> that function."""
+    """A name, None (linear), Keras's serialized form of one ({"class_name": "function",
+    "config": "relu", ...}) or one of the functions above -> that function."""
     if identifier is None:
         return linear
     if isinstance(identifier, str):
@@ -97,10 +100,35 @@ def get(identifier):
             raise ValueError(f"Unknown activation {identifier!r}. Valid names: "
                              f"{', '.join(sorted(_BY_NAME))}")
         return fn
-    if identifier in _IDS:
+    if isinstance(identifier, dict):
+        return deserialize(identifier)
+    if isinstance(identifier, types.FunctionType) and identifier in _IDS:
         return identifier
-    raise ValueError(f"Unsupported activation {identifier!r}: pass one of the names "
+    from ._config import short
+    raise ValueError(f"Unsupported activation {short(identifier)}: pass one of the names "
                      f"{', '.join(sorted(_BY_NAME))} (custom callables have no fused kernel)")
+
+
+def deserialize(config, custom_objects=None, path="activation"):
+    """Keras's serialized activation: {"module": "keras.activations", "class_name": "function",
+    "config": "relu", "registered_name": "relu"} (or just the name) -> the function. Only
+    fastnn's own activations resolve; nothing named in `config` is imported."""
+    from ._config import expect_str, fail_value, object_spec
+    if isinstance(config, str):
+        return get(config)
+    if not isinstance(config, dict):
+        from ._config import fail_type
+        fail_type(path, "an activation name or its serialized form", config)
+    if "class_name" in config and config["class_name"] == "function":
+        expect_str(config.get("config"), f"{path}.config")
+        name = config["config"]
+    else:
+        name, inner = object_spec(config, path, "activation")
+        if inner:
+            fail_value(f"{path}.config", "no config for a built-in activation", inner)
+    if name.lower() not in _BY_NAME:
+        fail_value(path, f"one of the activations {', '.join(sorted(_BY_NAME))}", name)
+    return _BY_NAME[name.lower()]
 
 
 def serialize(fn):

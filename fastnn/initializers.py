@@ -110,7 +110,7 @@ class TruncatedNormal(Initializer):
 
 class VarianceScaling(Initializer):
     def __init__(self, scale=1.0, mode="fan_in", distribution="truncated_normal", seed=None):
-        if scale <= 0:
+        if not scale > 0:   # NaN too
             raise ValueError(f"scale must be positive, got {scale}")
         if mode not in ("fan_in", "fan_out", "fan_avg"):
             raise ValueError(f"mode must be 'fan_in', 'fan_out' or 'fan_avg', got {mode!r}")
@@ -177,12 +177,42 @@ def get(identifier):
                              f"{', '.join(sorted(_BY_NAME))}")
         return cls()
     if isinstance(identifier, dict):
-        return _CLASSES[identifier["class_name"]].from_config(identifier.get("config", {}))
+        return deserialize(identifier)
     if isinstance(identifier, type) and issubclass(identifier, Initializer):
         return identifier()
     if callable(identifier):
         return identifier
-    raise ValueError(f"Could not interpret initializer {identifier!r}")
+    from ._config import short
+    raise ValueError(f"Could not interpret initializer {short(identifier)}")
+
+
+def _seed(value, path):
+    from ._config import expect_int
+    expect_int(value, path, minimum=0, none_ok=True)
+
+
+def deserialize(config, custom_objects=None, path="initializer"):
+    """Keras's serialized initializer {"class_name": "GlorotUniform", "config": {"seed": null},
+    ...} -> the initializer. Every key of its config must be an argument of that class, of the
+    right type; errors name the key (as `path`.config.key) and the value. Only fastnn's own
+    classes resolve; nothing named in `config` is imported."""
+    from ._config import check_kwargs, expect_str, fail_value, object_spec, prefixed
+    if isinstance(config, str):
+        try:
+            return get(config)
+        except ValueError as exc:
+            raise prefixed(exc, path) from None
+    class_name, cfg = object_spec(config, path, "initializer")
+    cls = _CLASSES.get(class_name) or _BY_NAME.get(class_name.lower())
+    if cls is None:
+        fail_value(f"{path}.class_name", "one of the initializers "
+                   f"{', '.join(sorted(_CLASSES))}", class_name)
+    check_kwargs(cls, cfg, f"{path}.config",
+                 checks={"seed": _seed, "mode": expect_str, "distribution": expect_str})
+    try:
+        return cls.from_config(cfg)
+    except (TypeError, ValueError) as exc:
+        raise prefixed(exc, f"{path}.config") from None
 
 
 def serialize(init):

@@ -227,9 +227,15 @@ class Optimizer:
 
     @classmethod
     def from_config(cls, config):
-        config = {k: v for k, v in config.items()
-                  if k not in ("use_ema", "ema_momentum", "ema_overwrite_frequency",
-                               "loss_scale_factor", "gradient_accumulation_steps")}
+        # Keras writes these keys in every optimizer config; drop them only where they are at
+        # a value that changes nothing, so that one fastnn does not implement still raises.
+        config = dict(config)
+        if not config.get("use_ema"):
+            for key in ("use_ema", "ema_momentum", "ema_overwrite_frequency"):
+                config.pop(key, None)
+        for key in ("loss_scale_factor", "gradient_accumulation_steps"):
+            if key in config and config[key] is None:
+                del config[key]
         return cls(**config)
 
 
@@ -513,8 +519,44 @@ def get(identifier):
     if isinstance(identifier, type) and issubclass(identifier, Optimizer):
         return identifier()
     if isinstance(identifier, dict):
-        return _CLASSES[identifier["class_name"]].from_config(identifier.get("config", {}))
-    raise ValueError(f"Could not interpret optimizer {identifier!r}")
+        return deserialize(identifier)
+    from ._config import short
+    raise ValueError(f"Could not interpret optimizer {short(identifier)}")
+
+
+def _learning_rate(value, path):
+    from ._config import expect_number, fail_type
+    if isinstance(value, dict):
+        fail_type(path, "a number (learning-rate schedules are not supported by fastnn's "
+                  "file loader yet)", value)
+    expect_number(value, path)
+
+
+def deserialize(config, custom_objects=None, path="optimizer"):
+    """Keras's serialized optimizer {"class_name": "Adam", "config": {...}, ...} (or a name)
+    -> the optimizer. Every key of its config must be an argument of that class, of the right
+    type; errors name the key (as `path`.config.key) and the value. Only fastnn's own classes
+    resolve; nothing named in `config` is imported."""
+    from ._config import check_kwargs, expect_int, fail_value, object_spec, prefixed
+    if isinstance(config, str):
+        try:
+            return get(config)
+        except ValueError as exc:
+            raise prefixed(exc, path) from None
+    class_name, cfg = object_spec(config, path, "optimizer")
+    cls = _CLASSES.get(class_name) or _BY_NAME.get(class_name.lower())
+    if cls is None:
+        fail_value(f"{path}.class_name", f"one of the optimizers {', '.join(sorted(_CLASSES))}",
+                   class_name)
+    check_kwargs(cls, cfg, f"{path}.config", checks={
+        "learning_rate": _learning_rate,
+        "lr": lambda v, p: None if v is None else _learning_rate(v, p),
+        "ema_overwrite_frequency": lambda v, p: expect_int(v, p, 1, none_ok=True),
+        "gradient_accumulation_steps": lambda v, p: expect_int(v, p, 1, none_ok=True)})
+    try:
+        return cls.from_config(cfg)
+    except (TypeError, ValueError) as exc:
+        raise prefixed(exc, f"{path}.config") from None
 
 
 def serialize(opt):

@@ -2,21 +2,48 @@
 
 Layouts follow Keras 3 (shared/design/KERAS_SEMANTICS.md §11): a .keras file is a zip holding
 metadata.json, config.json and model.weights.h5 (datasets at layers/<snake_class>[_k]/vars/<i>
-and optimizer/vars/<i>). Without h5py the weights go to model.weights.npz with the same keys.
-Every file is written to a temporary name beside the target and renamed into place, so a crash
-mid-save never leaves a truncated file where a good one was."""
+and optimizer/vars/<i>), members stored uncompressed as Keras stores them. Without h5py the
+weights go to model.weights.npz with the same keys (save, load_model and load_weights all read
+it, with or without h5py).
+
+The file guarantees (docs/reliability.md, "Files"):
+- Atomic: a file is written to a temporary `.fastnn-<host>-<pid>-<token>.tmp` beside the target,
+  fsynced (and the folder too, where the OS allows), then renamed into place: a crash or SIGKILL
+  mid-save leaves the old file or none, never a truncated one. Temporary files a killed save left
+  behind are removed by the next save or load in that folder (only ours: only that name pattern,
+  and only where the writer's process is gone, or after STALE_TEMP_AGE_S).
+- The new file gets the mode open(path, "w") would give it (0o666 & ~umask).
+- Streaming: weights are written one array at a time (to a temporary weights file, then copied
+  into the zip in chunks), so a save needs O(largest array) memory beyond the model, not O(state).
+- A load reads JSON members only up to MAX_JSON_BYTES, reads no weights member larger than the
+  model's config implies, checks each array's shape and dtype before reading it, and reports an
+  unreadable file with the OS's own error, a damaged one as "truncated or corrupt", a malformed
+  config as a TypeError/ValueError naming the key. It never unpickles, imports or calls anything
+  named in a file."""
 import datetime
-import io
+import errno
+import hashlib
 import json
+import math
 import os
+import re
+import secrets
+import socket
+import stat
 import tempfile
+import time
 import zipfile
+import zlib
 
 import numpy as np
 
 from . import __version__
+from . import _config as C
 
 KERAS_VERSION = "3.15.1"   # the Keras format version these files follow
+MAX_JSON_BYTES = 64 << 20  # config.json / metadata.json / a legacy .h5's config attributes
+STALE_TEMP_AGE_S = 3600    # a temp file this old is stale whoever wrote it
+_COPY_CHUNK = 1 << 20
 
 
 def _h5py(required_for):
@@ -28,23 +55,117 @@ def _h5py(required_for):
     return h5py
 
 
+def _has_h5py():
+    try:
+        import h5py  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ---- temporary files and atomic writes -------------------------------------------------------
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+_TEMP_RE = re.compile(r"^\.fastnn-([0-9a-f]{8})-(\d+)-[0-9a-f]+\.tmp$")
+_OLD_TEMP_RE = re.compile(r"^\.fastnn-[a-z0-9_]{8}\.tmp$")   # tempfile.mkstemp's, before
+
+
+def _new_temp(folder):
+    """(fd, path) of a new empty file named for this host and process, created as open(path,
+    "w") would create it (mode 0o666 & ~umask). Raises the OS's error when the folder is
+    missing or not writable."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | \
+        getattr(os, "O_CLOEXEC", 0)
+    while True:
+        path = os.path.join(folder, f".fastnn-{_HOST}-{os.getpid()}-{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+
+
+def _pid_alive(pid):
+    if pid == os.getpid():
+        return True
+    if os.name != "posix":
+        return True       # os.kill(pid, 0) is not a probe on Windows; the age rule applies
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
+def _clean_stale_temps(folder):
+    """Remove temporary files of ours that a killed save left in `folder`: our name pattern
+    only, regular files only, and only when the writer (same host, pid in the name) is gone or
+    the file is older than STALE_TEMP_AGE_S. A live save's files are never touched."""
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return
+    now = time.time()
+    for name in names:
+        m = _TEMP_RE.match(name)
+        if m is None and not _OLD_TEMP_RE.match(name):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            dead = m is not None and m.group(1) == _HOST and not _pid_alive(int(m.group(2)))
+            if dead or now - st.st_mtime > STALE_TEMP_AGE_S:
+                os.remove(path)
+        except OSError:
+            pass    # gone already (another cleaner), or not ours to remove
+
+
+def _fsync_dir(folder):
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass        # some filesystems cannot sync a folder
+    finally:
+        os.close(fd)
+
+
 def _atomic_write(filepath, write, overwrite):
+    """write(tmp, folder) fills a temporary file beside `filepath`; it is fsynced and renamed
+    over `filepath` only once complete."""
     filepath = os.fspath(filepath)
+    if os.path.isdir(filepath):
+        raise IsADirectoryError(errno.EISDIR, "Cannot save a model over a directory", filepath)
     if os.path.exists(filepath) and not overwrite:
         raise FileExistsError(f"{filepath} exists; pass overwrite=True to replace it")
     folder = os.path.dirname(os.path.abspath(filepath))
-    fd, tmp = tempfile.mkstemp(prefix=".fastnn-", suffix=".tmp", dir=folder)
-    os.close(fd)
+    _clean_stale_temps(folder)
+    fd, tmp = _new_temp(folder)
     try:
-        write(tmp)
+        write(tmp, folder)
+        os.fsync(fd)
+        os.close(fd)
+        fd = None
         os.replace(tmp, filepath)
     except BaseException:
-        if os.path.exists(tmp):
+        if fd is not None:
+            os.close(fd)
+        try:
             os.remove(tmp)
+        except OSError:
+            pass
         raise
+    _fsync_dir(folder)
 
 
-# ---- flat {path: array} views of a model's state -----------------------------------------------
+# ---- a model's state, one array at a time, in Keras's layout ----------------------------------
 def _layer_keys(model):
     """Keras names layer groups by class (dense, dense_1, ...), not by layer.name."""
     from .layers import _snake_case
@@ -57,49 +178,46 @@ def _layer_keys(model):
     return keys
 
 
-def _model_arrays(model, include_optimizer=True):
-    arrays = {}
+def _optimizer_variables(opt):
+    """opt.variables() one at a time, as views where the backend allows (no copy of all the
+    slots at once)."""
+    from .optimizers import Optimizer
+    if type(opt).variables is not Optimizer.variables or not hasattr(opt, "_slot_order"):
+        yield from opt.variables()
+        return
+    from .backend import get_ops
+    to_numpy = get_ops().to_numpy
+    yield np.array(opt.iterations, np.int64)
+    yield np.array(opt.learning_rate, np.float32)
+    for name, start, size in opt._slot_order():
+        yield to_numpy(opt.slots[name][start:start + size])
+
+
+def _iter_arrays(model, include_optimizer=True):
+    """(key, array) for every weight, then every optimizer variable, one at a time."""
+    from .backend import get_ops
+    to_numpy = get_ops().to_numpy
     for key, layer in zip(_layer_keys(model), model.layers):
-        for i, w in enumerate(layer.get_weights()):      # NumPy copies, from any backend
-            arrays[f"layers/{key}/vars/{i}"] = w
+        for i, w in enumerate(layer.weights):
+            yield f"layers/{key}/vars/{i}", to_numpy(w)
     opt = model.optimizer
     if include_optimizer and opt is not None and opt.built:
-        for i, v in enumerate(opt.variables()):
-            arrays[f"optimizer/vars/{i}"] = v
-    return arrays
+        for i, v in enumerate(_optimizer_variables(opt)):
+            yield f"optimizer/vars/{i}", v
 
 
-def _restore_arrays(model, arrays, source):
-    weights = []
-    for key, layer in zip(_layer_keys(model), model.layers):
-        for i in range(len(layer.weights)):
-            path = f"layers/{key}/vars/{i}"
-            if path not in arrays:
-                raise ValueError(f"{source}: missing weight {path} for layer {layer.name!r}")
-            weights.append(np.asarray(arrays[path]))
-    model.set_weights(weights)
-    opt_keys = sorted((k for k in arrays if k.startswith("optimizer/vars/")),
-                      key=lambda k: int(k.rsplit("/", 1)[1]))
-    if opt_keys and model.optimizer is not None:
-        model._pack_parameters()
-        model.optimizer.build(model._sizes)
-        model.optimizer.set_variables([np.asarray(arrays[k]) for k in opt_keys])
-
-
-def _write_h5(path, arrays, h5py):
+def _write_h5(path, items, h5py):
     with h5py.File(path, "w") as f:
-        for key, value in arrays.items():
+        for key, value in items:
             f.create_dataset(key, data=value)
 
 
-def _read_h5(path_or_file, h5py):
-    arrays = {}
-    with h5py.File(path_or_file, "r") as f:
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset):
-                arrays[name] = obj[()]
-        f.visititems(visit)
-    return arrays
+def _write_npz(path, items):
+    """np.savez's layout (members <key>.npy), written one array at a time."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, value in items:
+            with zf.open(key + ".npy", "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
 
 
 # ---- config --------------------------------------------------------------------------------------
@@ -121,49 +239,256 @@ def _model_config(model):
             "compile_config": _compile_config(model)}
 
 
-def _model_from_config(config, compile):
+def _check_dtype(value, path):
+    """A layer's dtype: null, "float32", or Keras's policy object naming float32."""
+    if value is None or value == "float32":
+        return
+    if isinstance(value, dict):
+        name, cfg = C.object_spec(value, path, "dtype policy")
+        if name in ("DTypePolicy", "FloatDTypePolicy") and cfg.get("name") == "float32":
+            return
+    C.fail_value(path, 'dtype "float32" (the only one fastnn computes in)', value)
+
+
+def _check_activation(value, path):
+    from . import activations
+    if isinstance(value, dict):
+        activations.deserialize(value, path=path)
+        return
+    try:
+        activations.get(value)
+    except (TypeError, ValueError) as exc:
+        raise C.prefixed(exc, path) from None
+
+
+def _check_initializer(value, path):
+    from . import initializers
+    if isinstance(value, dict):
+        initializers.deserialize(value, path=path)
+        return
+    if not isinstance(value, str):
+        C.fail_type(path, "an initializer name or its serialized form (a JSON object)", value)
+    try:
+        initializers.get(value)
+    except ValueError as exc:
+        raise C.prefixed(exc, path) from None
+
+
+def _number(value, path):
+    C.expect_number(value, path)
+
+
+def _bool_or_none(value, path):
+    if value is not None:
+        C.expect_bool(value, path)
+
+
+# The JSON type of every layer argument fastnn reads; the layer's constructor then checks the
+# value itself (and rejects unknown keys, naming them).
+_LAYER_KEYS = {
+    "name": lambda v, p: C.expect_str(v, p), "trainable": C.expect_bool, "dtype": _check_dtype,
+    "units": lambda v, p: C.expect_int(v, p, 1), "filters": lambda v, p: C.expect_int(v, p, 1),
+    "activation": _check_activation, "use_bias": C.expect_bool, "center": C.expect_bool,
+    "scale": C.expect_bool, "keepdims": C.expect_bool, "sparse": _bool_or_none,
+    "ragged": _bool_or_none, "optional": _bool_or_none,
+    "kernel_size": lambda v, p: C.expect_ints(v, p, 1),
+    "strides": lambda v, p: v is None or C.expect_ints(v, p, 1),
+    "pool_size": lambda v, p: C.expect_ints(v, p, 1),
+    "dilation_rate": lambda v, p: C.expect_ints(v, p, 1),
+    "groups": lambda v, p: C.expect_int(v, p, 1),
+    "axis": C.expect_ints, "padding": C.expect_str,
+    "data_format": lambda v, p: C.expect_str(v, p, none_ok=True),
+    "rate": _number, "momentum": _number, "epsilon": _number, "negative_slope": _number,
+    "seed": lambda v, p: C.expect_int(v, p, 0, none_ok=True),
+    "noise_shape": lambda v, p: C.expect_shape(v, p),
+    "batch_shape": C.expect_shape, "batch_input_shape": C.expect_shape,
+    "input_shape": C.expect_shape, "shape": C.expect_shape,
+    "batch_size": lambda v, p: C.expect_int(v, p, 1, none_ok=True),
+    "input_dim": lambda v, p: C.expect_int(v, p, 1),
+    **{f"{k}_initializer": _check_initializer
+       for k in ("kernel", "bias", "beta", "gamma", "moving_mean", "moving_variance")},
+}
+
+
+def _check_layer_entry(entry, path):
+    """One entry of config.layers: its class resolves against fastnn's layers only, every key
+    has the right type, and its constructor accepts it (a dry run: building nothing)."""
+    from . import layers
+    C.expect_dict(entry, path)
+    class_name = C.expect_str(C.get_key(entry, "class_name", path), f"{path}.class_name")
+    for key in ("module", "registered_name"):
+        if key in entry:
+            C.expect_str(entry[key], f"{path}.{key}", none_ok=True)
+    try:
+        cls = layers.get_class(class_name)
+    except ValueError as exc:
+        raise C.prefixed(exc, f"{path}.class_name") from None
+    cfg = C.expect_dict(C.get_key(entry, "config", path), f"{path}.config")
+    if "build_config" in entry and entry["build_config"] is not None:
+        C.expect_dict(entry["build_config"], f"{path}.build_config")
+    for key, value in cfg.items():
+        check = _LAYER_KEYS.get(key)
+        if check is not None:
+            check(value, f"{path}.config.{key}")
+    trial = dict(cfg)
+    if not trial.get("name"):
+        trial["name"] = "fastnn_config_check"     # no automatic name is used up by the dry run
+    try:
+        cls.from_config(trial)
+    except (TypeError, ValueError) as exc:
+        raise C.prefixed(exc, f"{path}.config ({class_name})") from None
+
+
+def check_sequential_config(cfg, path="config"):
+    """Check a Sequential config (what Sequential.get_config returns; Sequential.from_config's
+    argument) without building anything: every malformed entry raises TypeError / ValueError
+    naming its path under `path` and the value; class names resolve only against fastnn's own
+    layers."""
+    C.expect_dict(cfg, path)
+    if "name" in cfg:
+        C.expect_str(cfg["name"], f"{path}.name", none_ok=True)
+    if "trainable" in cfg:
+        C.expect_bool(cfg["trainable"], f"{path}.trainable")
+    if "dtype" in cfg:
+        _check_dtype(cfg["dtype"], f"{path}.dtype")
+    shape = cfg.get("build_input_shape")
+    if shape is not None:
+        C.expect_shape(shape, f"{path}.build_input_shape")
+        if not shape:
+            C.fail_value(f"{path}.build_input_shape", "a shape with a batch axis", shape)
+    for i, entry in enumerate(C.expect_list(C.get_key(cfg, "layers", path), f"{path}.layers")):
+        _check_layer_entry(entry, f"{path}.layers[{i}]")
+
+
+def _check_model_config(config, root):
+    """config.json's top level (or a legacy .h5's model_config) and the Sequential config in it."""
+    C.expect_dict(config, root)
+    class_name = C.get_key(config, "class_name", root)
+    if class_name != "Sequential":
+        C.expect_str(class_name, f"{root}.class_name")
+        C.fail_value(f"{root}.class_name", '"Sequential" (fastnn loads Sequential models '
+                     "only)", class_name)
+    check_sequential_config(C.get_key(config, "config", root), f"{root}.config")
+    if config.get("build_config") is not None:
+        C.expect_dict(config["build_config"], f"{root}.build_config")
+
+
+def _compile_args(cc, path):
+    """compile_config -> the arguments of model.compile, each checked and resolved, with errors
+    naming the key."""
+    from . import losses, optimizers
+    C.expect_dict(cc, path)
+    optimizer = optimizers.deserialize(C.get_key(cc, "optimizer", path),
+                                       path=f"{path}.optimizer")
+    spec, loss = cc.get("loss"), None
+    if spec is not None:
+        where = f"{path}.loss"
+        if isinstance(spec, dict):
+            class_name, cfg = C.object_spec(spec, where, "loss")
+            cls = losses._CLASSES.get(class_name)
+            if cls is None:
+                C.fail_value(f"{where}.class_name",
+                             f"one of the losses {', '.join(sorted(losses._CLASSES))}",
+                             class_name)
+            C.check_kwargs(cls, cfg, f"{where}.config", checks={
+                "ignore_class": lambda v, p: C.expect_int(v, p, none_ok=True),
+                "axis": C.expect_int})
+        else:
+            C.expect_str(spec, where)
+        try:
+            loss = losses.get(spec)
+        except (TypeError, ValueError) as exc:
+            raise C.prefixed(exc, where) from None
+    metrics = cc.get("metrics")
+    if metrics is not None:
+        for i, m in enumerate(C.expect_list(metrics, f"{path}.metrics")):
+            C.expect_str(m, f"{path}.metrics[{i}]")
+    for key in ("loss_weights", "weighted_metrics"):
+        if cc.get(key) not in (None, [], {}):
+            C.fail_value(f"{path}.{key}", f"null ({key} are not supported by fastnn yet)",
+                         cc[key])
+    return {"optimizer": optimizer, "loss": loss, "metrics": metrics}
+
+
+def _model_from_config(config, compile, root="config.json", cc_root=None):
+    """A model from config.json's content (root names it in errors; cc_root names where the
+    compile config sits, by default root.compile_config); every malformed entry raises, naming
+    its path, before anything is built."""
     from .models import Sequential
-    if config.get("class_name") != "Sequential":
-        raise ValueError(f"Only Sequential models can be loaded, got {config.get('class_name')}")
-    model = Sequential.from_config(config["config"])
+    _check_model_config(config, root)
+    cc_root = cc_root or f"{root}.compile_config"
+    args = None
     cc = config.get("compile_config")
+    if cc is not None and not isinstance(cc, dict):
+        C.fail_type(cc_root, "a JSON object or null", cc)
     if compile and cc:
-        model.compile(optimizer=cc["optimizer"], loss=cc["loss"], metrics=cc.get("metrics"))
+        args = _compile_args(cc, cc_root)
+    try:
+        model = Sequential.from_config(config["config"])
+    except (TypeError, ValueError) as exc:
+        raise C.prefixed(exc, f"{root}.config") from None
+    if args is not None:
+        try:
+            model.compile(**args)
+        except (TypeError, ValueError) as exc:
+            raise C.prefixed(exc, cc_root) from None
     return model
 
 
-# ---- public API ------------------------------------------------------------------------------------
-def save_model(model, filepath, overwrite=True, include_optimizer=True, **kwargs):
+# ---- public API: saving --------------------------------------------------------------------------
+def save_model(model, filepath, overwrite=True, include_optimizer=True, zipped=None,
+               save_format=None, **kwargs):
+    if kwargs:
+        raise ValueError("The following argument(s) are not supported: "
+                         f"{sorted(kwargs)}")
+    if not isinstance(include_optimizer, bool):
+        raise TypeError(f"include_optimizer must be True or False, got {include_optimizer!r}")
     path = os.fspath(filepath)
+    if zipped is False:
+        raise ValueError("zipped=False (an unzipped folder) is not supported by fastnn; save to "
+                         "a .keras file")
     if path.endswith(".keras"):
-        _atomic_write(path, lambda tmp: _write_keras_zip(model, tmp, include_optimizer),
-                      overwrite)
+        if save_format not in (None, "keras"):
+            raise ValueError(f"save_format={save_format!r} does not match the .keras file "
+                             f"{path!r}")
+        _atomic_write(path, lambda tmp, folder: _write_keras_zip(model, tmp, folder,
+                                                                 include_optimizer), overwrite)
     elif path.endswith((".h5", ".hdf5")):
+        if save_format not in (None, "h5"):
+            raise ValueError(f"save_format={save_format!r} does not match the .h5 file {path!r}")
         h5py = _h5py("saving to .h5")
-        _atomic_write(path, lambda tmp: _write_legacy_h5(model, tmp, include_optimizer, h5py),
-                      overwrite)
+        _atomic_write(path, lambda tmp, folder: _write_legacy_h5(model, tmp, include_optimizer,
+                                                                 h5py), overwrite)
     else:
         raise ValueError(f"Invalid filepath extension for saving: {path!r}. Use a path ending "
                          "in .keras (or the legacy .h5)")
 
 
-def _write_keras_zip(model, tmp, include_optimizer):
-    arrays = _model_arrays(model, include_optimizer)
+def _write_keras_zip(model, tmp, folder, include_optimizer):
     metadata = {"keras_version": KERAS_VERSION, "fastnn_version": __version__,
                 "date_saved": datetime.datetime.now().strftime("%Y-%m-%d@%H:%M:%S")}
-    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("metadata.json", json.dumps(metadata))
-        zf.writestr("config.json", json.dumps(_model_config(model)))
-        try:
-            import h5py
-        except ImportError:
-            buf = io.BytesIO()
-            np.savez(buf, **arrays)
-            zf.writestr("model.weights.npz", buf.getvalue())
+    config = json.dumps(_model_config(model))
+    items = _iter_arrays(model, include_optimizer)
+    # The weights file (HDF5 or npz) needs a seekable file: it is written one array at a time to
+    # a second temporary file, then copied into the zip in chunks.
+    fd, weights_tmp = _new_temp(folder)
+    os.close(fd)
+    try:
+        if _has_h5py():
+            member = "model.weights.h5"
+            _write_h5(weights_tmp, items, _h5py("saving .keras"))
         else:
-            buf = io.BytesIO()
-            _write_h5(buf, arrays, h5py)
-            zf.writestr("model.weights.h5", buf.getvalue())
+            member = "model.weights.npz"
+            _write_npz(weights_tmp, items)
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            zf.writestr("metadata.json", json.dumps(metadata))
+            zf.writestr("config.json", config)
+            zf.write(weights_tmp, member)
+    finally:
+        try:
+            os.remove(weights_tmp)
+        except OSError:
+            pass
 
 
 def _write_legacy_h5(model, tmp, include_optimizer, h5py):
@@ -179,72 +504,23 @@ def _write_legacy_h5(model, tmp, include_optimizer, h5py):
         g.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
         g.attrs["backend"] = "fastnn"
         g.attrs["keras_version"] = KERAS_VERSION
+        from .backend import get_ops
+        to_numpy = get_ops().to_numpy
         for layer in model.layers:
             lg = g.create_group(layer.name)
             names = [f"{layer.name}/{n}" for n in layer.weight_names]
             lg.attrs["weight_names"] = [n.encode() for n in names]
-            for name, w in zip(names, layer.get_weights()):
-                lg.create_dataset(name, data=w)
+            for name, w in zip(names, layer.weights):
+                lg.create_dataset(name, data=to_numpy(w))
         opt = model.optimizer
         if include_optimizer and opt is not None and opt.built:
             og = f.create_group("optimizer_weights")
-            values = opt.variables()
-            names = [f"optimizer/vars/{i}" for i in range(len(values))]
+            n = 2 + len(opt._slot_order()) if hasattr(opt, "_slot_order") else \
+                len(opt.variables())
+            names = [f"optimizer/vars/{i}" for i in range(n)]
             og.attrs["weight_names"] = [n.encode() for n in names]
-            for name, v in zip(names, values):
+            for name, v in zip(names, _optimizer_variables(opt)):
                 og.create_dataset(name, data=v)
-
-
-def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
-    path = os.fspath(filepath)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"No file or directory found at {path}")
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
-            if "config.json" not in names:
-                raise ValueError(f"{path} is not a .keras model file (no config.json)")
-            config = json.loads(zf.read("config.json"))
-            if "model.weights.h5" in names:
-                arrays = _read_h5(io.BytesIO(zf.read("model.weights.h5")),
-                                  _h5py("loading this .keras file"))
-            elif "model.weights.npz" in names:
-                with np.load(io.BytesIO(zf.read("model.weights.npz"))) as npz:
-                    arrays = {k: npz[k] for k in npz.files}
-            else:
-                raise ValueError(f"{path} holds no model.weights.h5 or model.weights.npz")
-        model = _model_from_config(config, compile)
-        _restore_arrays(model, arrays, path)
-        return model
-    if path.endswith((".h5", ".hdf5")):
-        return _load_legacy_h5(path, compile, _h5py("loading .h5 files"))
-    raise ValueError(f"File format not supported: {path!r}. fastnn loads .keras and .h5 files")
-
-
-def _load_legacy_h5(path, compile, h5py):
-    with h5py.File(path, "r") as f:
-        config = json.loads(_attr(f.attrs["model_config"]))
-        training = f.attrs.get("training_config")
-        config["compile_config"] = json.loads(_attr(training)) if training is not None else None
-        model = _model_from_config(config, compile)
-        g = f["model_weights"]
-        weights = []
-        for layer, name in zip(model.layers, [_attr(n) for n in g.attrs["layer_names"]]):
-            lg = g[name]
-            for wname in lg.attrs["weight_names"]:
-                weights.append(lg[_attr(wname)][()])
-        model.set_weights(weights)
-        if compile and "optimizer_weights" in f and model.optimizer is not None:
-            og = f["optimizer_weights"]
-            values = [og[_attr(n)][()] for n in og.attrs["weight_names"]]
-            model._pack_parameters()
-            model.optimizer.build(model._sizes)
-            model.optimizer.set_variables(values)
-    return model
-
-
-def _attr(value):
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def save_weights(model, filepath, overwrite=True):
@@ -252,18 +528,376 @@ def save_weights(model, filepath, overwrite=True):
     if not path.endswith(".weights.h5"):
         raise ValueError(f"The filename must end in `.weights.h5`. Received: filepath={path}")
     h5py = _h5py("save_weights")
-    arrays = _model_arrays(model, include_optimizer=False)
-    _atomic_write(path, lambda tmp: _write_h5(tmp, arrays, h5py), overwrite)
+    _atomic_write(path, lambda tmp, folder: _write_h5(
+        tmp, _iter_arrays(model, include_optimizer=False), h5py), overwrite)
+
+
+# ---- public API: loading -------------------------------------------------------------------------
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _open_checked(path):
+    """Open `path` for reading: a missing, unreadable or directory path raises the OS's own
+    error (FileNotFoundError, PermissionError, IsADirectoryError), naming the path. Cleans our
+    stale temporary files in its folder first."""
+    _clean_stale_temps(os.path.dirname(os.path.abspath(path)))
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "Is a directory, not a model file", path)
+    return open(path, "rb")
+
+
+class _FileError(ValueError):
+    """A file fastnn can read but whose content is wrong for the model (shapes, sizes)."""
+
+
+def _corrupt(path, what, detail):
+    return _FileError(f"truncated or corrupt {what}: {path}: {detail}")
+
+
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError,
+               NotImplementedError, RuntimeError, OSError, ValueError, KeyError)
+
+
+def _read_json_member(zf, name, path):
+    """A JSON member of the zip, read up to MAX_JSON_BYTES whatever its header claims."""
+    info = zf.getinfo(name)
+    if info.file_size > MAX_JSON_BYTES:
+        raise ValueError(f"{path}: {name} inflates to {info.file_size} bytes, more than the "
+                         f"{MAX_JSON_BYTES} a model config may have")
+    try:
+        with zf.open(info) as f:
+            data = f.read(MAX_JSON_BYTES + 1)
+    except _ZIP_ERRORS as exc:
+        raise _corrupt(path, ".keras archive", f"{name}: {exc}") from None
+    if len(data) > MAX_JSON_BYTES:
+        raise ValueError(f"{path}: {name} inflates to more than the {MAX_JSON_BYTES} bytes a "
+                         "model config may have")
+    return _parse_json(data, f"{path}: {name}")
+
+
+def _parse_json(data, where):
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError(f"{where}: JSON nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{where}: not valid JSON ({exc})") from None
+
+
+def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
+    """Load a .keras (zip) or legacy .h5 file. Never unpickles, imports or calls anything the
+    file names (safe_mode is always on: fastnn has no Lambda layers to unlock)."""
+    path = os.fspath(filepath)
+    if custom_objects is not None and not isinstance(custom_objects, dict):
+        raise TypeError(f"custom_objects must be a dict or None, got {custom_objects!r}")
+    with _open_checked(path) as f:
+        head = f.read(8)
+    if head[:4] in _ZIP_MAGIC or path.endswith(".keras"):
+        return _load_keras_zip(path, compile)
+    if path.endswith((".h5", ".hdf5")) or head == _HDF5_MAGIC:
+        return _load_legacy_h5(path, compile, _h5py("loading .h5 files"))
+    raise ValueError(f"File format not supported: {path!r} is neither a .keras (zip) archive "
+                     "nor an HDF5 file. fastnn loads .keras and legacy .h5 files")
+
+
+def _open_zip(path):
+    try:
+        return zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise _corrupt(path, ".keras archive", exc) from None
+
+
+def _weights_member(zf, path):
+    names = set(zf.namelist())
+    for name in ("model.weights.h5", "model.weights.npz"):
+        if name in names:
+            return zf.getinfo(name)
+    raise ValueError(f"{path}: the archive holds no model.weights.h5 or model.weights.npz")
+
+
+def _load_keras_zip(path, compile):
+    with _open_zip(path) as zf:
+        if "config.json" not in set(zf.namelist()):
+            raise ValueError(f"{path} is not a .keras model file (no config.json)")
+        config = _read_json_member(zf, "config.json", path)
+        info = _weights_member(zf, path)   # before building anything: fail fast
+        if info.filename.endswith(".h5"):
+            _h5py(f"loading {path} (its weights are model.weights.h5)")
+        try:
+            model = _model_from_config(config, compile)
+        except (TypeError, ValueError) as exc:
+            raise C.prefixed(exc, path) from None
+        spec = _expected(model, include_optimizer=compile)
+        arrays = _read_weights_member(zf, info, path, spec)
+    _restore(model, arrays, path, spec)
+    return model
+
+
+# -- reading weights: only what the model expects, each shape checked before its data is read --
+def _expected(model, include_optimizer):
+    """{key: (shape, owner)} for the layer weights; optimizer variables as {key: size}."""
+    layers = {}
+    for key, layer in zip(_layer_keys(model), model.layers):
+        for i, (name, w) in enumerate(zip(layer.weight_names, layer.weights)):
+            layers[f"layers/{key}/vars/{i}"] = (tuple(w.shape), f"{layer.name}/{name}")
+    opt_sizes = None
+    opt = model.optimizer if include_optimizer else None
+    if opt is not None:
+        model._pack_parameters()
+        sizes = [int(s) for s in model._sizes]
+        # Keras's order (Optimizer._slot_order): per slot group, per weight, its slots.
+        opt_sizes = [1, 1] + [s for group in opt.active_slot_groups() for s in sizes
+                              for _ in group]
+    return {"layers": layers, "optimizer": opt_sizes}
+
+
+def _member_budget(spec):
+    """The most bytes a weights member may inflate to for this model: its arrays as float64
+    (a generous bound on any dtype Keras writes), plus the optimizer's, plus format overhead."""
+    n = sum(math.prod(shape) for shape, _ in spec["layers"].values())
+    n_arrays = len(spec["layers"])
+    if spec["optimizer"] is not None:
+        n += sum(spec["optimizer"])
+        n_arrays += len(spec["optimizer"])
+    else:
+        n *= 4      # the file may hold optimizer slots we will not read (up to 3 per weight)
+        n_arrays *= 4
+    return 8 * n + (1 << 20) + 4096 * (n_arrays + 1)
+
+
+def _read_weights_member(zf, info, path, spec):
+    budget = _member_budget(spec)
+    if info.file_size > budget:
+        raise _FileError(f"{path}: {info.filename} inflates to {info.file_size} bytes, more "
+                         f"than the {budget} this model's config allows (a damaged or crafted "
+                         "file)")
+    # Copy it (bounded) to an anonymous temporary file, which h5py and np.load can seek in.
+    with tempfile.TemporaryFile() as tf:
+        try:
+            with zf.open(info) as src:
+                copied = 0
+                while chunk := src.read(_COPY_CHUNK):
+                    copied += len(chunk)
+                    if copied > budget:
+                        raise _FileError(f"{path}: {info.filename} inflates to more than the "
+                                         f"{budget} bytes this model's config allows")
+                    tf.write(chunk)
+        except _FileError:
+            raise
+        except _ZIP_ERRORS as exc:
+            raise _corrupt(path, ".keras archive", f"{info.filename}: {exc}") from None
+        tf.seek(0)
+        where = f"{path}: {info.filename}"
+        if info.filename.endswith(".h5"):
+            return _read_h5_expected(tf, where, spec, _h5py("loading this .keras file"))
+        return _read_npz_expected(tf, where, spec)
+
+
+def _check_array_header(shape, dtype, key, where, spec):
+    if dtype.kind not in "fiu":
+        raise _FileError(f"{where}: {key} has dtype {dtype}, not a real number type")
+    if key in spec["layers"]:
+        want, owner = spec["layers"][key]
+        if tuple(shape) != want:
+            raise _FileError(f"{where}: {key} ({owner}) has shape {tuple(shape)}, the model "
+                             f"expects {want}")
+    else:
+        i = int(key.rsplit("/", 1)[1])
+        sizes = spec["optimizer"]
+        if i >= len(sizes):
+            raise _FileError(f"{where}: {key}: the optimizer has only {len(sizes)} variables")
+        if math.prod(shape) != sizes[i]:
+            raise _FileError(f"{where}: {key} has shape {tuple(shape)} ({math.prod(shape)} "
+                             f"values), the optimizer expects {sizes[i]}")
+
+
+_OPT_KEY = re.compile(r"^optimizer/vars/(0|[1-9]\d{0,8})$")
+
+
+def _wanted_keys(keys, where, spec):
+    """The keys to read: every layer key must be one the model has; optimizer keys are read
+    only when the optimizer is restored."""
+    for key in keys:
+        if key.startswith("layers/") and key not in spec["layers"]:
+            raise _FileError(f"{where}: holds {key}, which the model built from the config "
+                             "does not have (a different model's weights?)")
+    wanted = [k for k in keys if k in spec["layers"]]
+    if spec["optimizer"] is not None:
+        opt = [k for k in keys if _OPT_KEY.match(k)]
+        wanted += sorted(opt, key=lambda k: int(k.rsplit("/", 1)[1]))
+    return wanted
+
+
+def _read_h5_expected(file, where, spec, h5py):
+    arrays = {}
+    try:
+        with h5py.File(file, "r") as f:
+            keys = []
+            f.visititems(lambda name, obj: keys.append(name)
+                         if isinstance(obj, h5py.Dataset) else None)
+            for key in _wanted_keys(keys, where, spec):
+                ds = f[key]
+                _check_array_header(ds.shape, ds.dtype, key, where, spec)
+                arrays[key] = ds[()]
+    except _FileError:
+        raise
+    except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
+        raise _corrupt(where, "HDF5 weights", exc) from None
+    return arrays
+
+
+def _read_npz_expected(file, where, spec):
+    arrays = {}
+    try:
+        with zipfile.ZipFile(file) as zf:
+            members = {n[:-4]: zf.getinfo(n) for n in zf.namelist() if n.endswith(".npy")}
+            for key in _wanted_keys(list(members), where, spec):
+                with zf.open(members[key]) as f:
+                    version = np.lib.format.read_magic(f)
+                    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                    if read_header is None:
+                        raise _FileError(f"{where}: {key}: .npy format {version} is not read")
+                    shape, fortran, dtype = read_header(f)
+                    _check_array_header(shape, dtype, key, where, spec)
+                    if members[key].file_size > 8 * math.prod(shape) + 65536:
+                        raise _FileError(f"{where}: {key} is larger than its shape {shape}")
+                with zf.open(members[key]) as f:
+                    arrays[key] = np.lib.format.read_array(f, allow_pickle=False)
+    except _FileError:
+        raise
+    except _ZIP_ERRORS + (TypeError,) as exc:
+        raise _corrupt(where, "npz weights", exc) from None
+    return arrays
+
+
+def _restore(model, arrays, source, spec):
+    """Set the weights (every one checked first: a bad file leaves the model unchanged), then
+    the optimizer's variables."""
+    weights = []
+    for key, (shape, owner) in spec["layers"].items():
+        if key not in arrays:
+            raise _FileError(f"{source}: missing weight {key} ({owner})")
+        weights.append(np.asarray(arrays[key]))
+    opt_keys = [k for k in arrays if k.startswith("optimizer/vars/")]
+    if opt_keys and spec["optimizer"] is not None and len(opt_keys) != len(spec["optimizer"]):
+        raise _FileError(f"{source}: {len(opt_keys)} optimizer variables, the optimizer "
+                         f"expects {len(spec['optimizer'])}")
+    model.set_weights(weights)
+    if opt_keys and spec["optimizer"] is not None:
+        model._pack_parameters()
+        model.optimizer.build(model._sizes)
+        model.optimizer.set_variables([np.asarray(arrays[k]) for k in
+                                       sorted(opt_keys, key=lambda k: int(k.rsplit("/", 1)[1]))])
+
+
+# -- legacy .h5 ------------------------------------------------------------------------------------
+def _json_attr(attrs, name, where):
+    try:
+        size = attrs.get_id(name).get_storage_size()
+    except (KeyError, AttributeError):
+        size = 0
+    if size > MAX_JSON_BYTES:
+        raise _FileError(f"{where}: attribute {name} holds {size} bytes, more than the "
+                         f"{MAX_JSON_BYTES} a model config may have")
+    return _parse_json(_attr(attrs[name]), f"{where}: attribute {name}")
+
+
+def _load_legacy_h5(path, compile, h5py):
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise _corrupt(path, "HDF5 file", exc) from None
+    with f:
+        try:
+            if "model_config" not in f.attrs:
+                raise _FileError(f"{path}: an HDF5 file without a model_config attribute (a "
+                                 "weights file? use model.load_weights)")
+            config = _json_attr(f.attrs, "model_config", path)
+            if not isinstance(config, dict):
+                C.fail_type("model_config", "a JSON object", config)
+            training = _json_attr(f.attrs, "training_config", path) \
+                if "training_config" in f.attrs else None
+            config["compile_config"] = training
+            model = _model_from_config(config, compile, "model_config", "training_config")
+        except (TypeError, ValueError) as exc:
+            raise C.prefixed(exc, path) from None
+        except (OSError, KeyError, RuntimeError) as exc:
+            raise _corrupt(path, "HDF5 file", exc) from None
+        spec = _expected(model, include_optimizer=compile)
+        try:
+            weights, opt_values = _read_legacy_weights(f, model, path, spec, compile)
+        except _FileError:
+            raise
+        except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
+            raise _corrupt(path, "HDF5 file", exc) from None
+    model.set_weights(weights)
+    if opt_values is not None:
+        model._pack_parameters()
+        model.optimizer.build(model._sizes)
+        model.optimizer.set_variables(opt_values)
+    return model
+
+
+def _read_legacy_weights(f, model, path, spec, compile):
+    if "model_weights" not in f:
+        raise _FileError(f"{path}: no model_weights group")
+    g = f["model_weights"]
+    names = [_attr(n) for n in g.attrs["layer_names"]]
+    if len(names) != len(model.layers):
+        raise _FileError(f"{path}: model_weights lists {len(names)} layers, the config "
+                         f"{len(model.layers)}")
+    weights = []
+    for layer, name in zip(model.layers, names):
+        lg = g[name]
+        wnames = [_attr(n) for n in lg.attrs["weight_names"]]
+        if len(wnames) != len(layer.weights):
+            raise _FileError(f"{path}: layer {name!r} has {len(wnames)} weights in the file, "
+                             f"the model expects {len(layer.weights)}")
+        for wname, w in zip(wnames, layer.weights):
+            ds = lg[wname]
+            if ds.dtype.kind not in "fiu" or tuple(ds.shape) != tuple(w.shape):
+                raise _FileError(f"{path}: {name}/{wname} is {ds.dtype} {tuple(ds.shape)}, the "
+                                 f"model expects float32 {tuple(w.shape)}")
+            weights.append(ds[()])
+    opt_values = None
+    if compile and "optimizer_weights" in f and spec["optimizer"] is not None:
+        og = f["optimizer_weights"]
+        onames = [_attr(n) for n in og.attrs["weight_names"]]
+        sizes = spec["optimizer"]
+        if len(onames) != len(sizes):
+            raise _FileError(f"{path}: {len(onames)} optimizer variables, the optimizer "
+                             f"expects {len(sizes)}")
+        opt_values = []
+        for oname, size in zip(onames, sizes):
+            ds = og[oname]
+            if ds.dtype.kind not in "fiu" or math.prod(ds.shape) != size:
+                raise _FileError(f"{path}: optimizer variable {oname} is {ds.dtype} "
+                                 f"{tuple(ds.shape)}, the optimizer expects {size} values")
+            opt_values.append(ds[()])
+    return weights, opt_values
+
+
+def _attr(value):
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def load_weights(model, filepath):
+    """Weights from a .weights.h5 file or from a .keras archive (its model.weights.h5, or the
+    model.weights.npz fastnn writes without h5py). Every array is checked before any is set."""
     path = os.fspath(filepath)
-    if path.endswith(".keras"):
-        with zipfile.ZipFile(path) as zf:
-            arrays = _read_h5(io.BytesIO(zf.read("model.weights.h5")), _h5py("load_weights"))
-    elif path.endswith(".weights.h5"):
-        arrays = _read_h5(path, _h5py("load_weights"))
-    else:
+    if not path.endswith((".keras", ".weights.h5")):
         raise ValueError(f"load_weights expects a .weights.h5 or .keras file, got {path!r}")
-    arrays = {k: v for k, v in arrays.items() if k.startswith("layers/")}
-    _restore_arrays(model, arrays, path)
+    with _open_checked(path):
+        pass
+    spec = _expected(model, include_optimizer=False)
+    if path.endswith(".keras"):
+        with _open_zip(path) as zf:
+            info = _weights_member(zf, path)
+            if info.filename.endswith(".h5"):
+                _h5py(f"load_weights from {path} (its weights are model.weights.h5)")
+            arrays = _read_weights_member(zf, info, path, spec)
+    else:
+        arrays = _read_h5_expected(path, path, spec, _h5py("load_weights"))
+    _restore(model, arrays, path, spec)

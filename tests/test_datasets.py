@@ -148,19 +148,31 @@ def test_ungzipped_idx_form(tmp_path, monkeypatch, full):
     assert_same_data(data, full)
 
 
+def pin_to(monkeypatch, data):
+    """Make `data` (e.g. the sample) the data set load_data() accepts, as the real pins make it
+    accept MNIST only."""
+    arrays = (*data[0], *data[1])
+    monkeypatch.setattr(mnist, "SHAPES", {n: a.shape for n, a in zip(IDX_NAMES, arrays)})
+    monkeypatch.setattr(mnist, "IDX_SHA256", {n: hashlib.sha256(idx_bytes(a)).hexdigest()
+                                              for n, a in zip(IDX_NAMES, arrays)})
+
+
 def test_data_dir_comes_before_cache(tmp_path, monkeypatch, sample):
-    (x_train, y_train), (x_test, y_test) = sample
+    pin_to(monkeypatch, sample)
     write_idx_set(cache(), sample)
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    np.savez(data_dir / "mnist.npz", x_train=x_train[:100], y_train=y_train[:100],
-             x_test=x_test[:10], y_test=y_test[:10])
+    (data_dir / "mnist.npz").write_bytes(npz_bytes(sample))
+    reads, read_idx = [], mnist._read_idx
+    monkeypatch.setattr(mnist, "_read_idx", lambda p, ndim: reads.append(p) or read_idx(p, ndim))
     monkeypatch.setenv("FASTNN_DATA_DIR", str(data_dir))
-    assert_keras_form(mnist.load_data(download=False), 100, 10)
+    assert_same_data(mnist.load_data(download=False), sample)
+    assert reads == []   # the data dir's npz, not the cache's IDX files
     monkeypatch.delenv("FASTNN_DATA_DIR")
     data = mnist.load_data(download=False)  # now the cache's IDX files
     assert_keras_form(data, 4000, 1000)
     assert_same_data(data, sample)
+    assert len(reads) == 4 and all(p.startswith(cache()) for p in reads)
 
 
 # ---------------------------------------------------------------- the bundled sample

@@ -6,6 +6,13 @@
 for Keras's `mnist.npz` or the four IDX files (gzipped or not), and otherwise
 3. downloads into the cache: Keras's mnist.npz, else the IDX files from the mirrors torchvision
    uses. A download is checked against a pinned SHA-256 before it is moved into the cache.
+Whatever the source, the data must be MNIST itself: 60000 + 10000 uint8 28x28 images, labels
+0-9, and the SHA-256 of each array's IDX form equal to the canonical one (a Keras mnist.npz whose
+file hash is Keras's pin passes at once). A cached copy is re-checked on every load, as Keras's
+get_file does (a file already checked in this process, unchanged since - same inode, size,
+mtime and ctime - is not hashed again); a damaged or different cached copy is downloaded again
+when download=True, else reported. A file in $FASTNN_DATA_DIR that is not MNIST is reported,
+naming it.
 `load_sample()` returns the small subset bundled with fastnn; it needs no files and no network.
 
 MNIST is by Yann LeCun, Corinna Cortes and Christopher J.C. Burges, under CC BY-SA 3.0.
@@ -21,6 +28,7 @@ import tempfile
 import time
 import zipfile
 import zlib
+from contextlib import nullcontext
 from urllib.request import urlopen
 
 import numpy as np
@@ -51,6 +59,22 @@ class DataNotFoundError(FileNotFoundError):
     """MNIST is not on this machine and could not be downloaded."""
 
 
+class NotMNISTError(ValueError):
+    """A local file is readable but does not hold the MNIST data set."""
+
+
+SHAPES = {"train-images-idx3-ubyte": (60000, 28, 28), "train-labels-idx1-ubyte": (60000,),
+          "t10k-images-idx3-ubyte": (10000, 28, 28), "t10k-labels-idx1-ubyte": (10000,)}
+_NPZ_KEYS = dict(zip(("x_train", "y_train", "x_test", "y_test"), SHAPES))
+# Files whose content was verified in this process: (path, dev, inode, size, mtime, ctime).
+_verified = set()
+
+
+def _file_key(path, st):
+    return (os.path.abspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+            st.st_ctime_ns)
+
+
 def cache_dir():
     """Where downloads go and are looked for: $FASTNN_HOME/datasets, default ~/.fastnn/datasets."""
     home = os.environ.get("FASTNN_HOME") or os.path.join("~", ".fastnn")
@@ -70,11 +94,27 @@ def load_data(path="mnist.npz", download=True, timeout=None):
     """
     data_dir = os.environ.get("FASTNN_DATA_DIR")
     cache = cache_dir()
-    for folder in (data_dir, cache):
-        data = _load_folder(os.path.expanduser(folder), path) if folder else None
+    errors = []
+    if data_dir:
+        data = _load_folder(os.path.expanduser(data_dir), path)
         if data is not None:
             return data
-    errors = []
+    try:
+        data = _load_folder(cache, path)
+    except ValueError as exc:     # damaged, or not MNIST: Keras's get_file downloads it again
+        outside = os.path.dirname(os.path.abspath(os.path.join(cache, path))) != \
+            os.path.abspath(cache)
+        if outside:           # an absolute `path` of the user's: reported, never removed
+            raise
+        if not download:
+            raise ValueError(f"{exc}\nThis is fastnn's download cache: delete the file, or call "
+                             "load_data(download=True) to download MNIST again.") from None
+        removed = _remove_cached(cache, path)
+        errors.append(f"the cached copy was damaged or not MNIST ({exc}); removed "
+                      f"{', '.join(removed)}")
+        data = None
+    if data is not None:
+        return data
     if not download:
         errors.append("not attempted (download=False)")
     elif _download(cache, path, timeout, errors):
@@ -82,11 +122,26 @@ def load_data(path="mnist.npz", download=True, timeout=None):
     raise DataNotFoundError(_not_found_message(data_dir, cache, path, errors))
 
 
+def _remove_cached(cache, npz_name):
+    """Remove the form of the data set _load_folder read from the cache (it failed its checks)."""
+    npz = os.path.join(cache, npz_name)
+    paths = [npz] if os.path.isfile(npz) else [
+        os.path.join(cache, name + ext) for name in IDX_SHA256 for ext in (".gz", "")]
+    removed = []
+    for p in paths:
+        try:
+            os.remove(p)
+            removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def load_sample():
     """The sample bundled with fastnn, in the form `load_data()` returns: the first 4,000 training
     and the first 1,000 test digits of MNIST (see MNIST_SAMPLE_LICENSE.txt beside this module)."""
     with importlib.resources.files(__package__).joinpath(SAMPLE_FILE).open("rb") as f:
-        return _load_npz(f, SAMPLE_FILE)
+        return _load_npz(f, SAMPLE_FILE, canonical=False)
 
 
 def load_data_or_sample(download=True, timeout=15.0):
@@ -112,24 +167,85 @@ def _load_folder(folder, npz_name="mnist.npz"):
         if not found:
             return None
         paths[name] = found[0]
-    arrays = [_read_idx(p, 3 if "images" in name else 1) for name, p in paths.items()]
-    return _checked(*arrays, folder)
+    arrays, verify = [], []
+    for name, p in paths.items():
+        array, raw, key = _read_idx(p, 3 if "images" in name else 1)
+        arrays.append(array)
+        verify.append((name, p, raw, key))
+    data = _checked(*arrays, folder)
+    for (name, p, raw, key), array in zip(verify, arrays):
+        _check_mnist(name, array, p)
+        if key not in _verified:
+            _check_digest(name, hashlib.sha256(raw).hexdigest(), p)
+    _verified.update(key for _, _, _, key in verify)
+    return data
 
 
-def _load_npz(file, name):
+def _load_npz(file, name, canonical=True):
+    """The arrays of a .npz file; with `canonical`, checked to be MNIST's (a file whose SHA-256 is
+    Keras's pin at once, any other array by array)."""
+    key = trusted = None
     try:
-        with np.load(file, allow_pickle=False) as f:
-            arrays = [f[key] for key in ("x_train", "y_train", "x_test", "y_test")]
+        with (open(file, "rb") if canonical else nullcontext(file)) as fh:
+            if canonical:
+                key = _file_key(name, os.fstat(fh.fileno()))
+                trusted = key in _verified or _sha256_file(fh) == NPZ_SHA256
+                fh.seek(0)
+            with np.load(fh, allow_pickle=False) as f:
+                arrays = [f[k] for k in _NPZ_KEYS]
     except (KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
         raise ValueError(f"{name}: not a readable MNIST .npz file ({exc})") from exc
-    return _checked(*arrays, name)
+    data = _checked(*arrays, name)
+    if canonical and not trusted:
+        for (k, idx_name), array in zip(_NPZ_KEYS.items(), arrays):
+            _check_mnist(idx_name, array, f"{name} ({k})")
+            digest = hashlib.sha256(_idx_header(array))
+            digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+            _check_digest(idx_name, digest.hexdigest(), f"{name} ({k})")
+    if canonical:
+        _verified.add(key)
+    return data
+
+
+def _sha256_file(f):
+    digest = hashlib.sha256()
+    while chunk := f.read(1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _idx_header(array):
+    return struct.pack(">I", 0x800 + array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+
+
+def _check_mnist(name, array, source):
+    """Shape and label range of MNIST's `name` array (cheap checks with clear messages)."""
+    if array.shape != SHAPES[name]:
+        raise NotMNISTError(f"{source}: not the MNIST data set: {name} has shape {array.shape}, "
+                            f"MNIST's is {SHAPES[name]}")
+    if "labels" in name and array.size and array.max() > 9:
+        raise NotMNISTError(f"{source}: not the MNIST data set: label {int(array.max())} "
+                            "outside 0-9")
+
+
+def _check_digest(name, digest, source):
+    if digest != IDX_SHA256[name]:
+        raise NotMNISTError(f"{source}: not the MNIST data set: the content of {name} has "
+                            f"SHA-256 {digest}, MNIST's is {IDX_SHA256[name]} (a modified or "
+                            "different data set)")
 
 
 def _read_idx(path, ndim):
-    """An IDX file of uint8 data with `ndim` dimensions (magic 2051 images, 2049 labels)."""
+    """(array, raw bytes, file key) of an IDX file of uint8 data with `ndim` dimensions (magic
+    2051 images, 2049 labels)."""
     try:
-        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-            raw = f.read()
+        with open(path, "rb") as fh:
+            key = _file_key(path, os.fstat(fh.fileno()))
+            if path.endswith(".gz"):
+                with gzip.GzipFile(fileobj=fh) as f:
+                    raw = f.read()
+            else:
+                raw = fh.read()
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
         raise ValueError(f"{path}: corrupt or truncated gzip file ({exc})") from exc
     header = 4 + 4 * ndim
@@ -141,7 +257,7 @@ def _read_idx(path, ndim):
         raise ValueError(f"{path}: header says {shape}, i.e. {int(np.prod(shape))} bytes of "
                          f"data, but the file has {len(raw) - header} (truncated or corrupt)")
     # frombuffer views the immutable bytes: copy for a writable array.
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape).copy()
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape).copy(), raw, key
 
 
 def _checked(x_train, y_train, x_test, y_test, source):
