@@ -402,7 +402,12 @@ class Layer:
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config.pop("dtype", None)
+        dtype = config.pop("dtype", None)
+        if isinstance(dtype, dict):     # Keras 3's DTypePolicy entry
+            dtype = (dtype.get("config") or {}).get("name")
+        if dtype not in (None, "float32"):
+            raise ValueError(f"{cls.__name__}.from_config: dtype {dtype!r} is not supported: "
+                             "fastnn computes in float32")
         if "batch_shape" in config and cls is not InputLayer:
             config["batch_input_shape"] = config.pop("batch_shape")
         return cls(**config)

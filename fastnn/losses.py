@@ -9,6 +9,7 @@ exactly from the logits (log-sum-exp), never clipped."""
 import numpy as np
 
 from . import activations as A
+from ._config import check_kwargs, expect_int, fail_value, object_spec, prefixed
 from .backend import get_ops
 from .backend.base import EPSILON
 
@@ -293,9 +294,31 @@ def get(identifier):
     if callable(identifier) and hasattr(identifier, "loss_class"):
         return identifier.loss_class()
     if isinstance(identifier, dict):
-        return _CLASSES[identifier["class_name"]].from_config(identifier.get("config", {}))
+        return deserialize(identifier)
     raise ValueError(f"Unsupported loss {identifier!r}: pass one of "
                      f"{', '.join(sorted(_BY_NAME))} or a fastnn.losses class")
+
+
+def deserialize(config, custom_objects=None, path="loss"):
+    """A loss from its serialized form (a name, or {"class_name": ..., "config": {...}}):
+    every malformed entry raises naming its path under `path` and the value."""
+    if isinstance(config, str):
+        try:
+            return get(config)
+        except ValueError as exc:
+            raise prefixed(exc, path) from None
+    class_name, cfg = object_spec(config, path, "loss")
+    cls = _CLASSES.get(class_name) or _BY_NAME.get(class_name.lower())
+    if cls is None:
+        fail_value(f"{path}.class_name", f"one of the losses {', '.join(sorted(_CLASSES))}",
+                   class_name)
+    check_kwargs(cls, cfg, f"{path}.config",
+                 checks={"ignore_class": lambda v, p: expect_int(v, p, none_ok=True),
+                         "axis": expect_int})
+    try:
+        return cls.from_config(cfg)
+    except (TypeError, ValueError) as exc:
+        raise prefixed(exc, f"{path}.config") from None
 
 
 def serialize(loss):

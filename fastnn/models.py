@@ -949,6 +949,8 @@ class Model:
     @classmethod
     def from_config(cls, config):
         from .layers import get_class
+        from .saving import check_sequential_config
+        check_sequential_config(config)     # a malformed entry raises naming its key
         model = cls(name=config.get("name"), trainable=config.get("trainable", True))
         for entry in config["layers"]:
             layer_cls = get_class(entry["class_name"])

@@ -222,3 +222,29 @@ def test_empty_sequential_cannot_fit_or_predict():
 def test_layer_arguments_are_validated(make, arg):
     with pytest.raises((ValueError, TypeError), match=arg):
         make()
+
+
+# ---- configs given directly (files are checked by saving; tests/reliability/test_configs.py) ----
+@pytest.mark.parametrize("config, key", [
+    ({"class_name": "NoSuchLoss", "config": {}}, "class_name"),
+    ({"config": {}}, "class_name"),
+    ({"class_name": "SparseCategoricalCrossentropy", "config": {"from_logits": True,
+                                                               "eval": "1"}}, "eval"),
+    ({"class_name": "BinaryCrossentropy", "config": []}, "config"),
+])
+def test_losses_get_names_the_bad_key(config, key):
+    with pytest.raises((ValueError, TypeError), match=key):
+        losses.get(config)
+
+
+def test_sequential_from_config_and_layer_dtype_are_checked():
+    with pytest.raises((ValueError, TypeError), match="layers"):
+        fastnn.Sequential.from_config({"name": "m", "layers": {"eval": 1}})
+    with pytest.raises((ValueError, TypeError), match="units"):
+        fastnn.Sequential.from_config({"name": "m", "layers": [
+            {"class_name": "Dense", "config": {"units": "8"}}]})
+    with pytest.raises(ValueError, match="float64"):
+        Dense.from_config({"units": 3, "dtype": "float64"})
+    layer = Dense.from_config({"units": 3, "dtype": {"module": "keras", "class_name":
+                                                    "DTypePolicy", "config": {"name": "float32"}}})
+    assert layer.units == 3
