@@ -14,8 +14,10 @@ import threading
 import numpy as np
 
 from . import activations, initializers
+from . import ops as array_ops
 from .autodiff import Tensor, Variable, gradients, is_recording, no_grad, tape, value_of
 from .backend import get_ops, unique_name
+from .graph import KerasTensor, Node, flatten, is_symbolic
 
 
 def _finite(value, arg, layer, low=None):
@@ -127,6 +129,7 @@ class Layer:
         self._build_shape = None
         self._thread = threading.local()
         self._variables = {}
+        self._inbound_nodes = []        # this layer's calls on symbolic tensors
 
     @property
     def _user_call(self):
@@ -247,12 +250,14 @@ class Layer:
         if not self._user_call:
             return tuple(input_shape)
         known = self.__dict__.setdefault("_probed_shapes", {})     # call() runs once a shape
-        key = tuple(input_shape[1:])
+        several = bool(input_shape) and isinstance(input_shape[0], (tuple, list))
+        key = tuple(tuple(s[1:]) for s in input_shape) if several else tuple(input_shape[1:])
         if key not in known:
-            probe = get_ops().alloc((1,) + key)
+            alloc = get_ops().alloc
+            probe = [alloc((1,) + k) for k in key] if several else alloc((1,) + key)
             with no_grad():
                 known[key] = tuple(np.shape(value_of(self._run_call(probe, False)))[1:])
-        return (input_shape[0],) + known[key]
+        return (None,) + known[key]
 
     @property
     def input_shape(self):
@@ -333,14 +338,61 @@ class Layer:
             dx.astype(np.float32, copy=False)
 
     def __call__(self, x, training=None):
+        if is_symbolic(x):
+            return self._call_symbolic(x)
         if training is None:
             training = bool(getattr(_PASS, "training", None))
         if isinstance(x, Tensor):
             return self._call_on_tensor(x, training)
+        if isinstance(x, (list, tuple)):        # several inputs: a merge layer, a user's
+            return self._call_on_list(x, training)
         ops = get_ops()
         x = ops.asarray(x)
         self._maybe_build((None,) + x.shape[1:])
         return np.array(ops.to_numpy(self.forward(x, training)))
+
+    def _call_symbolic(self, x):
+        """Build the graph: a node for this call, returning its symbolic output."""
+        several = isinstance(x, (list, tuple))
+        inputs = flatten(x)
+        if not all(isinstance(t, KerasTensor) for t in inputs):
+            raise TypeError(f"Layer {self.name!r}: a functional call takes symbolic tensors "
+                            "(from fastnn.Input or other layers' calls) only")
+        shape = [t.shape for t in inputs] if several else inputs[0].shape
+        self._maybe_build(shape)
+        node = Node(self, inputs, [self.compute_output_shape(shape)])
+        node.several = several
+        self._inbound_nodes.append(node)
+        return node.outputs[0]
+
+    def _call_on_list(self, xs, training):
+        if not self._user_call:
+            raise TypeError(f"Layer {self.name!r} ({type(self).__name__}) takes one input, "
+                            f"got a list of {len(xs)}")
+        if any(isinstance(t, Tensor) for t in xs):      # inside a model's call(): the tape
+            self._maybe_build([tuple(t.shape) for t in xs])
+            return self._run_call(list(xs), training)
+        ops = get_ops()
+        xs = [ops.asarray(t) for t in xs]
+        self._maybe_build([(None,) + tuple(t.shape[1:]) for t in xs])
+        with no_grad():
+            return np.array(ops.to_numpy(value_of(self._run_call(xs, training))))
+
+    @property
+    def output(self):
+        """The symbolic output of this layer's first call in a functional model."""
+        if not self._inbound_nodes:
+            raise AttributeError(f"Layer {self.name!r} has never been called on a symbolic "
+                                 "tensor, so it has no defined output")
+        return self._inbound_nodes[0].outputs[0]
+
+    @property
+    def input(self):
+        if not self._inbound_nodes:
+            raise AttributeError(f"Layer {self.name!r} has never been called on a symbolic "
+                                 "tensor, so it has no defined input")
+        node = self._inbound_nodes[0]
+        return node.inputs if node.several else node.inputs[0]
 
     def _call_on_tensor(self, x, training):
         """A call inside a model's call() (or on any tensor): a user's layer runs inline on
@@ -431,6 +483,11 @@ class InputLayer(Layer):
         super().__init__(name=name, dtype=dtype, **kwargs)
         self.input_shape_arg = _shape_tuple(shape, "shape")
         self.batch_size = batch_size
+        node = Node(self, [], [(batch_size,) + self.input_shape_arg])
+        node.several = False
+        node.outputs[0].name = self.name
+        self._inbound_nodes.append(node)
+        self.built, self._build_shape = True, (batch_size,) + self.input_shape_arg
 
     def get_config(self):
         return {"batch_shape": [None, *self.input_shape_arg], "dtype": "float32",
@@ -438,9 +495,10 @@ class InputLayer(Layer):
 
 
 def Input(shape=None, batch_size=None, dtype=None, name=None, batch_shape=None):
-    """A symbolic input for Sequential([Input(shape=...), ...]); holds only the shape."""
+    """A model's symbolic input: call layers on it to build a functional model, or put it
+    first in a Sequential. Its shape has the batch axis first (None unless batch_size)."""
     return InputLayer(shape=shape, batch_size=batch_size, dtype=dtype, name=name,
-                      batch_shape=batch_shape)
+                      batch_shape=batch_shape).output
 
 
 class Dense(Layer):
@@ -1046,10 +1104,132 @@ class BatchNormalization(Layer):
         return super().from_config(config)
 
 
-_CLASSES = {c.__name__: c for c in (InputLayer, Dense, Activation, ReLU, Softmax, LeakyReLU,
-                                     Flatten, Dropout, Conv2D, MaxPooling2D, AveragePooling2D,
-                                     GlobalAveragePooling2D, GlobalMaxPooling2D,
-                                     BatchNormalization)}
+class _Merge(Layer):
+    """A layer of several inputs of one shape (Keras's merging layers), computed with
+    fastnn.ops: on the tape inside a model, so its gradients come from autodiff."""
+    min_inputs = 2
+
+    def build(self, input_shape):
+        shapes = list(input_shape) if input_shape and isinstance(input_shape[0], (tuple, list)) \
+            else None
+        if shapes is None or len(shapes) < self.min_inputs:
+            raise ValueError(f"{type(self).__name__} layer {self.name!r} takes a list of at "
+                             f"least {self.min_inputs} inputs, got {input_shape!r}")
+        self._check_shapes([tuple(s) for s in shapes])
+        super().build(input_shape)
+
+    def _check_shapes(self, shapes):
+        if any(s[1:] != shapes[0][1:] for s in shapes):
+            raise ValueError(f"{type(self).__name__} layer {self.name!r} needs inputs of one "
+                             f"shape, got {shapes}")
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0])
+
+    def call(self, inputs):
+        out = inputs[0]
+        for x in inputs[1:]:
+            out = self._merge(out, x)
+        return out
+
+
+class Add(_Merge):
+    def _merge(self, a, b):
+        return array_ops.add(a, b)
+
+
+class Subtract(_Merge):
+    def build(self, input_shape):
+        if len(input_shape) != 2:
+            raise ValueError(f"Subtract layer {self.name!r} takes exactly 2 inputs, got "
+                             f"{len(input_shape)}")
+        super().build(input_shape)
+
+    def _merge(self, a, b):
+        return array_ops.subtract(a, b)
+
+
+class Multiply(_Merge):
+    def _merge(self, a, b):
+        return array_ops.multiply(a, b)
+
+
+class Maximum(_Merge):
+    def _merge(self, a, b):
+        return array_ops.maximum(a, b)
+
+
+class Minimum(_Merge):
+    def _merge(self, a, b):
+        return array_ops.minimum(a, b)
+
+
+class Average(_Merge):
+    def call(self, inputs):
+        return array_ops.multiply(_sum(inputs), 1.0 / len(inputs))
+
+
+class Concatenate(_Merge):
+    def __init__(self, axis=-1, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+            raise ValueError(f"Concatenate: axis must be an int, got {axis!r}")
+        self.axis = int(axis)
+
+    def _check_shapes(self, shapes):
+        rank = len(shapes[0])
+        if not -rank < self.axis < rank or self.axis == 0 or self.axis == -rank:
+            raise ValueError(f"Concatenate layer {self.name!r}: axis {self.axis} is not a "
+                             f"feature axis of inputs of rank {rank}")
+        axis = self.axis % rank
+        if any(len(s) != rank or s[1:axis] + s[axis + 1:] != shapes[0][1:axis] +
+               shapes[0][axis + 1:] for s in shapes):
+            raise ValueError(f"Concatenate layer {self.name!r} needs inputs whose shapes "
+                             f"match except along axis {self.axis}, got {shapes}")
+
+    def compute_output_shape(self, input_shape):
+        shapes = [tuple(s) for s in input_shape]
+        axis = self.axis % len(shapes[0])
+        sizes = [s[axis] for s in shapes]
+        total = None if None in sizes else sum(sizes)
+        return shapes[0][:axis] + (total,) + shapes[0][axis + 1:]
+
+    def call(self, inputs):
+        return array_ops.concatenate(list(inputs), axis=self.axis)
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis}
+
+
+def _sum(inputs):
+    out = inputs[0]
+    for x in inputs[1:]:
+        out = array_ops.add(out, x)
+    return out
+
+
+def _merge_function(cls):
+    def merge(inputs, **kwargs):
+        return cls(**kwargs)(inputs)
+    merge.__name__ = cls.__name__.lower()
+    merge.__doc__ = f"The {cls.__name__} layer as a function: {cls.__name__}(**kwargs)(inputs)."
+    return merge
+
+
+add = _merge_function(Add)
+subtract = _merge_function(Subtract)
+multiply = _merge_function(Multiply)
+maximum = _merge_function(Maximum)
+minimum = _merge_function(Minimum)
+average = _merge_function(Average)
+concatenate = _merge_function(Concatenate)
+
+
+_CLASSES = {c.__name__: c for c in (Add, Subtract, Multiply, Maximum, Minimum, Average,
+                                     Concatenate, InputLayer, Dense, Activation, ReLU, Softmax,
+                                     LeakyReLU, Flatten, Dropout, Conv2D, MaxPooling2D,
+                                     AveragePooling2D, GlobalAveragePooling2D,
+                                     GlobalMaxPooling2D, BatchNormalization)}
 
 
 def get_class(name):

@@ -17,6 +17,7 @@ from . import metrics as metrics_module
 from . import optimizers as optimizers_module
 from .backend import get_ops, unique_name
 from .autodiff import Tensor, gradients, no_grad, tape, value_of
+from .graph import KerasTensor, flatten, is_symbolic, nodes_between
 from .layers import (ConvPool, Dense, InputLayer, Layer, _accepts_training, _snake_case,
                      _thread_state, forward_pass)
 from .stack import DenseRunner, NonFiniteInput
@@ -94,15 +95,15 @@ class Model:
     """Keras's Model. Subclass it with layers made in __init__ and a call(self, inputs,
     training=None) written with them and fastnn.ops: the call runs on the autodiff tape
     (fastnn's layers are one node each, with their fused backward). Sequential is the chain
-    of layers built on the same trainer. The functional form Model(inputs, outputs) is not
-    implemented yet."""
+    of layers built on the same trainer. Model(inputs, outputs) makes a functional model
+    (Functional) from symbolic tensors."""
+
+    def __new__(cls, *args, **kwargs):
+        if cls is Model and (args or "inputs" in kwargs or "outputs" in kwargs):
+            return object.__new__(Functional)
+        return object.__new__(cls)
 
     def __init__(self, *args, name=None, trainable=True, **kwargs):
-        if args or "inputs" in kwargs or "outputs" in kwargs:
-            raise NotImplementedError(
-                "fastnn.Model(inputs, outputs), the functional API, is not implemented yet: "
-                "use Sequential, or subclass fastnn.Model with layers made in __init__ and a "
-                "call(self, inputs) method")
         if kwargs:
             raise TypeError(f"Model: unexpected keyword argument(s) {sorted(kwargs)}")
         if not self._subclassed:
@@ -977,6 +978,113 @@ class Model:
         load_weights(self, filepath)
 
 
+class Functional(Model):
+    """Model(inputs, outputs): the layers called between fastnn.Input tensors and the
+    outputs, run in graph order on the autodiff tape (shared layers and fan-out included)."""
+
+    def __init__(self, inputs, outputs, name=None, trainable=True):
+        self._setup(name or unique_name("functional"), trainable)
+        ins, outs = flatten(inputs), flatten(outputs)
+        for arg, tensors in (("inputs", ins), ("outputs", outs)):
+            bad = [t for t in tensors if not isinstance(t, KerasTensor)]
+            if bad or not tensors:
+                raise TypeError(f"Model({arg}=...) takes symbolic tensors (fastnn.Input and "
+                                f"layer calls on it), got {bad[0] if bad else tensors!r}")
+        for t in ins:
+            if not isinstance(t.node.layer, InputLayer):
+                raise ValueError(f"Model inputs must come from fastnn.Input(); {t.name} is "
+                                 f"the output of layer {t.node.layer.name!r}")
+        self.inputs, self.outputs = ins, outs
+        self._nodes = nodes_between(ins, outs)
+        layers = [t.node.layer for t in ins]
+        for node in self._nodes:
+            if node.layer not in layers:
+                layers.append(node.layer)
+        self._tracked = layers
+        if len(ins) == 1:
+            self.build((None,) + tuple(ins[0].shape[1:]))
+
+    @property
+    def input(self):
+        return self.inputs[0] if len(self.inputs) == 1 else self.inputs
+
+    @property
+    def output(self):
+        return self.outputs[0] if len(self.outputs) == 1 else self.outputs
+
+    def call(self, inputs, training=None):
+        given = inputs if len(self.inputs) > 1 else [inputs]
+        if len(given) != len(self.inputs):
+            raise ValueError(f"Model {self.name!r} takes {len(self.inputs)} inputs, got "
+                             f"{len(given)}")
+        values = {id(tensor): value for tensor, value in zip(self.inputs, given)}
+        for node in self._nodes:
+            args = [values[id(t)] for t in node.inputs]
+            values[id(node.outputs[0])] = node.layer(args if node.several else args[0],
+                                                     training=training)
+        outs = [values[id(t)] for t in self.outputs]
+        return outs[0] if len(outs) == 1 else outs
+
+    def _one_input_and_output(self, method):
+        if len(self.inputs) > 1 or len(self.outputs) > 1:
+            raise NotImplementedError(
+                f"Model {self.name!r} has {len(self.inputs)} inputs and {len(self.outputs)} "
+                f"outputs: {method}() of models with several inputs or outputs is not "
+                "implemented yet; call the model on a list of arrays: model([a, b])")
+
+    def fit(self, *args, **kwargs):
+        self._one_input_and_output("fit")
+        return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        self._one_input_and_output("evaluate")
+        return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        self._one_input_and_output("predict")
+        return super().predict(*args, **kwargs)
+
+    def train_on_batch(self, *args, **kwargs):
+        self._one_input_and_output("train_on_batch")
+        return super().train_on_batch(*args, **kwargs)
+
+    def test_on_batch(self, *args, **kwargs):
+        self._one_input_and_output("test_on_batch")
+        return super().test_on_batch(*args, **kwargs)
+
+    def __call__(self, x, training=False):
+        if is_symbolic(x):
+            raise NotImplementedError(f"Model {self.name!r}: calling a model on symbolic "
+                                      "tensors (a model as a layer of another) is not "
+                                      "implemented yet")
+        if len(self.inputs) == 1 and len(self.outputs) == 1:
+            return super().__call__(x, training)
+        given = x if len(self.inputs) > 1 else [x]
+        if not isinstance(given, (list, tuple)) or len(given) != len(self.inputs):
+            raise ValueError(f"Model {self.name!r} takes a list of {len(self.inputs)} arrays")
+        ops = get_ops()
+        arrays = []
+        for tensor, value in zip(self.inputs, given):
+            value = np.asarray(value)
+            if value.dtype.kind not in "biuf":
+                raise TypeError(f"{tensor.name} must be a real numeric array, got dtype "
+                                f"{value.dtype}")
+            if value.shape[1:] != tuple(tensor.shape[1:]):
+                raise ValueError(f"Input {tensor.name!r} expects shape {tensor.shape}, got "
+                                 f"{value.shape}")
+            self._check_finite(value, tensor.name)
+            arrays.append(Tensor(ops.asarray(value, np.float32)))
+        with self._build_lock:
+            if not self.built:
+                self._layers = self._all_layers()
+                self.built = True
+        with forward_pass(self._layers, bool(training)), no_grad():
+            out = self.call(arrays if len(arrays) > 1 else arrays[0], training=bool(training))
+        outs = out if isinstance(out, list) else [out]
+        results = [np.array(ops.to_numpy(value_of(o))) for o in outs]
+        return results if isinstance(out, list) else results[0]
+
+
 class Sequential(Model):
     """A chain of layers: Keras's Sequential."""
 
@@ -986,6 +1094,8 @@ class Sequential(Model):
             self.add(layer)
 
     def add(self, layer):
+        if isinstance(layer, KerasTensor) and isinstance(layer.node.layer, InputLayer):
+            layer = layer.node.layer            # Sequential([fastnn.Input(shape), ...])
         if isinstance(layer, InputLayer):
             if self._layers:
                 raise ValueError("An Input/InputLayer can only be the first item of Sequential")

@@ -1,0 +1,162 @@
+"""The functional API: fastnn.Input, layers called on symbolic tensors, Model(inputs, outputs).
+Checked against the same chain as a Sequential, and against finite differences for residual
+(fan-out) and shared-layer graphs."""
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import layers as L
+from fastnn.layers import Dense, Input
+from test_subclassing import _fd_check
+
+
+def _data(n=48, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, d)).astype(np.float32), rng.integers(0, 3, n)
+
+
+def test_symbolic_tensors_and_model_attributes():
+    inputs = Input(shape=(6,), name="features")
+    assert inputs.shape == (None, 6) and inputs.dtype == "float32" and inputs.name == "features"
+    h = Dense(8, activation="relu", name="hidden")(inputs)
+    assert h.shape == (None, 8)
+    outputs = Dense(3, activation="softmax", name="probs")(h)
+    model = fastnn.Model(inputs=inputs, outputs=outputs, name="net")
+    assert isinstance(model, fastnn.Model) and model.name == "net"
+    assert model.input is inputs and model.output is outputs
+    assert [type(layer).__name__ for layer in model.layers] == ["InputLayer", "Dense", "Dense"]
+    assert model.get_layer("hidden").output is h
+    assert model.count_params() == 6 * 8 + 8 + 8 * 3 + 3
+    with pytest.raises(TypeError, match="no values"):
+        np.asarray(inputs)
+
+
+def test_functional_chain_matches_sequential():
+    x, y = _data()
+    fastnn.utils.set_random_seed(2)
+    seq = fastnn.Sequential([Input(shape=(6,)), Dense(8, activation="relu"),
+                             Dense(3, activation="softmax")])
+    inputs = Input(shape=(6,))
+    outputs = Dense(3, activation="softmax")(Dense(8, activation="relu")(inputs))
+    model = fastnn.Model(inputs, outputs)
+    model.set_weights(seq.get_weights())
+    np.testing.assert_array_equal(model.predict(x, verbose=0), seq.predict(x, verbose=0))
+    for m in (seq, model):
+        m.compile(fastnn.optimizers.SGD(0.1), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    h1 = seq.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False).history
+    h2 = model.fit(x, y, batch_size=16, epochs=3, verbose=0, shuffle=False).history
+    np.testing.assert_allclose(h1["loss"], h2["loss"], rtol=1e-4)
+    for a, b in zip(seq.get_weights(), model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+    assert model.evaluate(x, y, verbose=0)[0] == pytest.approx(
+        seq.evaluate(x, y, verbose=0)[0], rel=1e-3)
+
+
+def test_residual_block_gradients():
+    """x -> h -> Dense -> Add([.., h]) -> out: h feeds two layers (fan-out)."""
+    fastnn.utils.set_random_seed(4)
+    inputs = Input(shape=(4,))
+    h = Dense(3, activation="tanh")(inputs)
+    r = Dense(3, activation="sigmoid")(h)
+    joined = L.add([h, r])
+    both = L.concatenate([joined, L.multiply([h, r])])
+    model = fastnn.Model(inputs, Dense(2)(both))
+    assert both.shape == (None, 6)
+    rng = np.random.default_rng(4)
+    _fd_check(model, rng.standard_normal((5, 4)).astype(np.float32),
+              rng.standard_normal((5, 2)).astype(np.float32))
+
+
+def test_shared_layer_gradients_and_average():
+    fastnn.utils.set_random_seed(5)
+    inputs = Input(shape=(3,))
+    shared = Dense(3, activation="tanh")
+    a = shared(inputs)
+    b = shared(Dense(3)(a))                   # the same layer, a second time
+    model = fastnn.Model(inputs, Dense(1)(L.average([a, b, L.subtract([a, b])])))
+    assert model.count_params() == 12 + 12 + 4
+    rng = np.random.default_rng(5)
+    _fd_check(model, rng.standard_normal((6, 3)).astype(np.float32),
+              rng.standard_normal((6, 1)).astype(np.float32))
+
+
+def test_feature_extraction_from_a_trained_model():
+    x, y = _data()
+    inputs = Input(shape=(6,))
+    h = Dense(5, activation="relu", name="features")(inputs)
+    model = fastnn.Model(inputs, Dense(3, activation="softmax")(h))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=2, verbose=0)
+    extractor = fastnn.Model(model.input, model.get_layer("features").output)
+    kernel, bias = model.get_layer("features").get_weights()
+    np.testing.assert_allclose(extractor.predict(x, verbose=0),
+                               np.maximum(x @ kernel + bias, 0), rtol=1e-5, atol=1e-6)
+
+
+def test_several_inputs_and_outputs_run_when_called():
+    a_in, b_in = Input(shape=(4,), name="a"), Input(shape=(2,), name="b")
+    shared = Dense(3)
+    joined = L.concatenate([shared(a_in), Dense(3)(b_in)])
+    model = fastnn.Model([a_in, b_in], [Dense(1)(joined), joined])
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((5, 4)), rng.standard_normal((5, 2))
+    out, features = model([a, b])
+    assert out.shape == (5, 1) and features.shape == (5, 6)
+    k, bias = shared.get_weights()
+    np.testing.assert_allclose(features[:, :3], a @ k + bias, rtol=1e-5, atol=1e-6)
+    model.compile("sgd", "mse")
+    with pytest.raises(NotImplementedError, match="several inputs or outputs"):
+        model.fit([a, b], np.zeros((5, 1)), verbose=0)
+
+
+def test_graph_errors():
+    a, b = Input(shape=(4,)), Input(shape=(4,))
+    out = Dense(2)(L.add([a, b]))
+    with pytest.raises(ValueError, match="Graph disconnected"):
+        fastnn.Model(a, out)
+    h = Dense(4)(a)
+    with pytest.raises(ValueError, match="must come from fastnn.Input"):
+        fastnn.Model(h, Dense(2)(h))
+    with pytest.raises(ValueError, match="one shape"):
+        L.add([a, Input(shape=(3,))])
+    with pytest.raises(ValueError, match="at least 2"):
+        L.Add()([a])
+    with pytest.raises(ValueError, match="match except along axis"):
+        L.concatenate([Input(shape=(2, 3)), Input(shape=(3, 3))], axis=-1)
+
+
+def test_merge_layers_on_arrays():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    b = np.ones((2, 3), np.float32) * 2
+    np.testing.assert_array_equal(L.Add()([a, b]), a + b)
+    np.testing.assert_array_equal(L.Subtract()([a, b]), a - b)
+    np.testing.assert_array_equal(L.Multiply()([a, b]), a * b)
+    np.testing.assert_array_equal(L.Maximum()([a, b]), np.maximum(a, b))
+    np.testing.assert_array_equal(L.Minimum()([a, b]), np.minimum(a, b))
+    np.testing.assert_allclose(L.Average()([a, b]), (a + b) / 2)
+    np.testing.assert_array_equal(L.Concatenate(axis=1)([a, b]), np.concatenate([a, b], 1))
+
+
+def _residual(K, L):
+    inputs = K.Input(shape=(6,))
+    h = L.Dense(8, activation="relu")(inputs)
+    r = L.Dense(8, activation="tanh")(h)
+    joined = L.concatenate([L.add([h, r]), L.multiply([h, r])])
+    return K.Model(inputs, L.Dense(3, activation="softmax")(joined))
+
+
+def test_same_functional_model_as_keras():
+    keras = pytest.importorskip("keras")
+    x, y = _data(n=32)
+    theirs = _residual(keras, keras.layers)
+    ours = _residual(fastnn, L)
+    ours.set_weights([np.asarray(w) for w in theirs.get_weights()])
+    np.testing.assert_allclose(ours.predict(x, verbose=0),
+                               np.asarray(theirs.predict(x, verbose=0)), rtol=1e-5, atol=1e-6)
+    for m, K in ((theirs, keras), (ours, fastnn)):
+        m.compile(K.optimizers.SGD(0.5), "sparse_categorical_crossentropy")
+    theirs.train_on_batch(x, y)
+    ours.train_on_batch(x, y)
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-4, atol=1e-5)
