@@ -1001,8 +1001,38 @@ class Functional(Model):
             if node.layer not in layers:
                 layers.append(node.layer)
         self._tracked = layers
+        self._chain = self._as_chain()
+        if self._chain is not None:     # trains as a Sequential does (fused paths included)
+            self._layers = list(self._chain)
         if len(ins) == 1:
             self.build((None,) + tuple(ins[0].shape[1:]))
+
+    def _as_chain(self):
+        """The layers in order when the graph is a chain (one input, one output, each node
+        reading the previous one's output, each layer called once), else None."""
+        if len(self.inputs) != 1 or len(self.outputs) != 1:
+            return None
+        previous, chain = self.inputs[0], []
+        for node in self._nodes:
+            if node.several or node.inputs[0] is not previous or node.layer in chain or \
+                    len(node.layer._inbound_nodes) != 1:
+                return None
+            chain.append(node.layer)
+            previous = node.outputs[0]
+        return chain if previous is self.outputs[0] else None
+
+    @property
+    def _subclassed(self):
+        return self.__dict__.get("_chain") is None
+
+    @property
+    def layers(self):
+        return list(self._tracked)
+
+    def get_config(self):
+        raise NotImplementedError(f"Model {self.name!r}: saving functional models (their "
+                                  "config) is not implemented yet; save_weights() and "
+                                  "load_weights() keep their weights")
 
     @property
     def input(self):

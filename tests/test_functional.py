@@ -160,3 +160,33 @@ def test_same_functional_model_as_keras():
     ours.train_on_batch(x, y)
     for a, b in zip(ours.get_weights(), theirs.get_weights()):
         np.testing.assert_allclose(a, np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_which_models_run_fused():
+    """Fused paths are chosen in one place (the chain plan): Sequential chains and functional
+    chains get them; graphs with fan-out or shared layers and subclassed models run on the
+    tape."""
+    from fastnn.layers import ConvPool
+    from fastnn.stack import DenseRunner
+
+    def compiled(model):
+        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        return model
+
+    def dense_chain(K):
+        inputs = K.Input(shape=(6,))
+        return compiled(K.Model(inputs, Dense(3, activation="softmax")(
+            Dense(8, activation="relu")(inputs))))
+
+    seq = compiled(fastnn.Sequential([Input(shape=(6,)), Dense(8, activation="relu"),
+                                      Dense(3, activation="softmax")]))
+    chain = dense_chain(fastnn)
+    inputs = Input(shape=(6,))
+    h = Dense(8)(inputs)
+    residual = compiled(fastnn.Model(inputs, Dense(3, activation="softmax")(L.add([h, h]))))
+    for model, fused in ((seq, True), (chain, True), (residual, False)):
+        assert (DenseRunner.for_model(model, training=True) is not None) == fused
+    image = Input(shape=(8, 8, 1))
+    conv = fastnn.Model(image, Dense(3)(L.Flatten()(L.MaxPooling2D()(
+        L.Conv2D(4, 3, activation="relu")(image)))))
+    assert any(isinstance(step, ConvPool) for _, _, step in conv._steps)
