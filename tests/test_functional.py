@@ -162,6 +162,7 @@ def test_same_functional_model_as_keras():
         np.testing.assert_allclose(a, np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.cpu_backend
 def test_which_models_run_fused():
     """Fused paths are chosen in one place (the chain plan): Sequential chains and functional
     chains get them; graphs with fan-out or shared layers and subclassed models run on the
