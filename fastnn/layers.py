@@ -7,6 +7,7 @@ backward(dy, need_dx) writes the weight gradients into self.grads and returns dx
 overwrite dy in place (it is the next layer's scratch buffer). Shapes exclude nothing: the batch
 axis is None in shapes given to build()."""
 import contextlib
+import functools
 import inspect
 import re
 import threading
@@ -59,7 +60,9 @@ def _shape_tuple(shape, arg="input_shape"):
 _BUILD_LOCK = threading.RLock()
 
 
+@functools.lru_cache(maxsize=None)
 def _accepts_training(call):
+    """Whether a call() method takes training= (read once per method)."""
     try:
         params = inspect.signature(call).parameters
     except (TypeError, ValueError):
