@@ -53,32 +53,46 @@ def is_symbolic(structure):
 
 
 def nodes_between(inputs, outputs):
-    """The nodes that compute `outputs` from `inputs`, each after the nodes it reads from.
-    Raises (as Keras's "graph disconnected") when an output needs a tensor that is not
-    computed from the inputs."""
+    """The nodes that compute `outputs` from `inputs` (the inputs' own nodes included), and
+    the layers, both in Keras's order: by depth from the outputs, deepest first, ties in the
+    order a walk from the outputs (each node's inputs left to right) first meets them. Each
+    node comes after the nodes it reads from. Raises as Keras does ("Graph disconnected")
+    when an output needs a tensor that the inputs do not compute."""
     input_ids = {id(t) for t in inputs}
-    order, done, visiting = [], set(), set()
+    first_seen, post_order, finished, in_progress = {}, [], set(), set()
     for output in outputs:
         stack = [(output, False)]
         while stack:
             tensor, expanded = stack.pop()
             node = tensor.node
-            if id(tensor) in input_ids or id(node) in done:
-                continue
-            if node is None or not node.inputs:
-                raise ValueError(f"Graph disconnected: {tensor.name} (shape {tensor.shape}) is "
-                                 "needed for the outputs but is not computed from the model's "
-                                 f"inputs {[t.name for t in inputs]}")
             if expanded:
-                visiting.discard(id(node))
-                done.add(id(node))
-                order.append(node)
+                in_progress.discard(id(node))
+                finished.add(id(node))
+                post_order.append(node)
                 continue
-            visiting.add(id(node))
+            if id(node) in finished:
+                continue
+            if id(node) in in_progress:
+                raise ValueError(f"The graph has a cycle through {tensor.name}")
+            if not node.inputs and id(tensor) not in input_ids:
+                raise ValueError(f"Graph disconnected: {tensor.name} (shape {tensor.shape}) is "
+                                 "needed for the outputs but is not one of the model's "
+                                 f"inputs {[t.name for t in inputs]}")
+            first_seen.setdefault(id(node.layer), len(first_seen))
+            in_progress.add(id(node))
             stack.append((tensor, True))
-            for parent in node.inputs:
-                if parent.node is not None and id(parent.node) in visiting and \
-                        id(parent) not in input_ids:
-                    raise ValueError(f"The graph has a cycle through {parent.name}")
-                stack.append((parent, False))
-    return order
+            if id(tensor) not in input_ids:
+                stack.extend((parent, False) for parent in reversed(node.inputs))
+    node_depth, layer_depth = {}, {}
+    for node in reversed(post_order):
+        depth = max(node_depth.setdefault(id(node), 0), layer_depth.get(id(node.layer), 0))
+        layer_depth[id(node.layer)] = node_depth[id(node)] = depth
+        for parent in node.inputs:
+            node_depth[id(parent.node)] = max(depth + 1, node_depth.get(id(parent.node), 0))
+    nodes = sorted(post_order, key=lambda n: -node_depth[id(n)])
+    layers = []
+    for node in post_order:
+        if node.layer not in layers:
+            layers.append(node.layer)
+    layers.sort(key=lambda layer: (-layer_depth[id(layer)], first_seen[id(layer)]))
+    return nodes, layers

@@ -893,6 +893,23 @@ class Model:
     def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False,
                 show_trainable=False, layer_range=None):
         from .summary import print_summary
+        rows, connected = self._summary_rows()
+        if layer_range is not None:
+            names = [layer.name for layer in self.layers]
+            if len(layer_range) != 2 or any(n not in names for n in layer_range):
+                raise ValueError(f"layer_range must be two layer names of {names}, got "
+                                 f"{layer_range!r}")
+            rows = rows[names.index(layer_range[0]):names.index(layer_range[1]) + 1]
+        trainable = sum(w.size for w in self.trainable_weights)
+        non_trainable = sum(w.size for w in self.non_trainable_weights)
+        optimizer_params = self.optimizer.count_params() if self.optimizer is not None and \
+            self.optimizer.built else None
+        print_summary(self.name, rows, trainable, non_trainable, optimizer_params,
+                      line_length=line_length, positions=positions, print_fn=print_fn,
+                      show_trainable=show_trainable, connected=connected)
+
+    def _summary_rows(self):
+        """summary()'s rows, and whether they have a "Connected to" column."""
         rows, shape = [], self.input_shape
         if self._subclassed:    # no chain to follow: shapes unknown, as Keras prints them
             shape = None
@@ -908,19 +925,7 @@ class Model:
                 rows.append((label, _shape_str(shape), layer.count_params(), flag))
             else:
                 rows.append((label, "?", "0 (unbuilt)", flag))
-        if layer_range is not None:
-            names = [layer.name for layer in self.layers]
-            if len(layer_range) != 2 or any(n not in names for n in layer_range):
-                raise ValueError(f"layer_range must be two layer names of {names}, got "
-                                 f"{layer_range!r}")
-            rows = rows[names.index(layer_range[0]):names.index(layer_range[1]) + 1]
-        trainable = sum(w.size for w in self.trainable_weights)
-        non_trainable = sum(w.size for w in self.non_trainable_weights)
-        optimizer_params = self.optimizer.count_params() if self.optimizer is not None and \
-            self.optimizer.built else None
-        print_summary(self.name, rows, trainable, non_trainable, optimizer_params,
-                      line_length=line_length, positions=positions, print_fn=print_fn,
-                      show_trainable=show_trainable)
+        return rows, False
 
     def get_config(self):
         if self._subclassed:
@@ -995,17 +1000,15 @@ class Functional(Model):
                 raise ValueError(f"Model inputs must come from fastnn.Input(); {t.name} is "
                                  f"the output of layer {t.node.layer.name!r}")
         self.inputs, self.outputs = ins, outs
-        self._nodes = nodes_between(ins, outs)
-        layers = [t.node.layer for t in ins]
-        for node in self._nodes:
-            if node.layer not in layers:
-                layers.append(node.layer)
-        self._tracked = layers
+        nodes, self._tracked = nodes_between(ins, outs)
+        self._nodes = [node for node in nodes if node.inputs]     # not the inputs' own
         self._chain = self._as_chain()
-        if self._chain is not None:     # trains as a Sequential does (fused paths included)
-            self._layers = list(self._chain)
+        # a chain trains as a Sequential does (fused paths included)
+        self._layers = list(self._chain) if self._chain is not None else self._all_layers()
         if len(ins) == 1:
             self.build((None,) + tuple(ins[0].shape[1:]))
+        else:               # every layer was built by its symbolic call
+            self.built = True
 
     def _as_chain(self):
         """The layers in order when the graph is a chain (one input, one output, each node
@@ -1028,6 +1031,23 @@ class Functional(Model):
     @property
     def layers(self):
         return list(self._tracked)
+
+    def _summary_rows(self):
+        """Keras's functional table: each layer's last output shape and, unless the graph is
+        a chain, what each of its calls reads (layer[node][tensor])."""
+        connected, rows = self._chain is None, []
+        for layer in self.layers:
+            nodes = layer._inbound_nodes
+            row = (f"{layer.name} ({type(layer).__name__})",
+                   _shape_str(nodes[-1].outputs[0].shape) if nodes else "?",
+                   layer.count_params() if layer.built else "0 (unbuilt)",
+                   layer.trainable if layer.weights else None)
+            if connected:
+                links = [f"{t.node.layer.name}[{t.node.layer._inbound_nodes.index(t.node)}]"
+                         f"[{t.index}]" for node in nodes for t in node.inputs]
+                row += (", ".join(links) or "-",)
+            rows.append(row)
+        return rows, connected
 
     def get_config(self):
         raise NotImplementedError(f"Model {self.name!r}: saving functional models (their "
@@ -1104,10 +1124,6 @@ class Functional(Model):
                                  f"{value.shape}")
             self._check_finite(value, tensor.name)
             arrays.append(Tensor(ops.asarray(value, np.float32)))
-        with self._build_lock:
-            if not self.built:
-                self._layers = self._all_layers()
-                self.built = True
         with forward_pass(self._layers, bool(training)), no_grad():
             out = self.call(arrays if len(arrays) > 1 else arrays[0], training=bool(training))
         outs = out if isinstance(out, list) else [out]

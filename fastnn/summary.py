@@ -38,7 +38,9 @@ def column_widths(line_length, positions):
 
 
 def _cell_lines(text, width, align):
-    lines = textwrap.wrap(text, width, break_on_hyphens=False) or [""]
+    # rich wraps at spaces and cuts a word longer than the column with an ellipsis
+    lines = textwrap.wrap(text, width, break_on_hyphens=False, break_long_words=False) or [""]
+    lines = [line if len(line) <= width else line[:width - 1] + "…" for line in lines]
     if align == "right":
         return [line.rjust(width) for line in lines]
     if align == "center":
@@ -61,12 +63,19 @@ def _rule(widths, left, mid, right, fill):
 
 
 def format_summary(name, rows, trainable, non_trainable, optimizer_params=None,
-                   line_length=None, positions=None, show_trainable=False):
+                   line_length=None, positions=None, show_trainable=False, connected=False):
     """rows: (layer label, output shape text, param count or text, trainable flag or None for
-    weightless layers). Returns the summary text, lines joined with newlines."""
-    default = 88
-    positions = list(positions or [0.45, 0.80, 1.0])
-    header, aligns = ["Layer (type)", "Output Shape", "Param #"], ["left", "left", "right"]
+    weightless layers[, connected-to text when `connected`: a graph that is not a chain]).
+    Returns the summary text, lines joined with newlines."""
+    if connected:
+        default = 108
+        positions = list(positions or [0.3, 0.56, 0.74, 1.0])
+        header = ["Layer (type)", "Output Shape", "Param #", "Connected to"]
+        aligns = ["left", "left", "right", "left"]
+    else:
+        default = 88
+        positions = list(positions or [0.45, 0.80, 1.0])
+        header, aligns = ["Layer (type)", "Output Shape", "Param #"], ["left", "left", "right"]
     if show_trainable:
         default += 12
         positions = [p * 0.90 for p in positions] + [1.0]
@@ -77,12 +86,13 @@ def format_summary(name, rows, trainable, non_trainable, optimizer_params=None,
     # Headers are cut with an ellipsis rather than wrapped, as rich does.
     heads = [h if len(h) <= w else h[:w - 1] + "…" for h, w in zip(header, widths)]
     lines = [f'Model: "{name}"', _rule(widths, "┏", "┳", "┓", "━")]
-    lines += _row(heads, widths, ["left", "left", "right", "center"], bar="┃")
+    lines += _row(heads, widths, aligns[:3] + ["left"] * connected + ["center"], bar="┃")
     lines.append(_rule(widths, "┡", "╇", "┩", "━"))
-    for i, (label, shape, params, flag) in enumerate(rows):
+    for i, (label, shape, params, flag, *links) in enumerate(rows):
         if i:
             lines.append(_rule(widths, "├", "┼", "┤", "─"))
         cells = [label, shape, f"{params:,}" if isinstance(params, int) else str(params)]
+        cells += links[:1] if connected else []
         if show_trainable:
             cells.append("-" if flag is None else "Y" if flag else "N")
         lines += _row(cells, widths, aligns)
@@ -99,9 +109,10 @@ def format_summary(name, rows, trainable, non_trainable, optimizer_params=None,
 
 
 def print_summary(name, rows, trainable, non_trainable, optimizer_params=None,
-                  line_length=None, positions=None, print_fn=None, show_trainable=False):
+                  line_length=None, positions=None, print_fn=None, show_trainable=False,
+                  connected=False):
     text = format_summary(name, rows, trainable, non_trainable, optimizer_params, line_length,
-                          positions, show_trainable)
+                          positions, show_trainable, connected)
     if print_fn is not None:
         print_fn(text)      # one call with the whole table, as Keras does
     else:

@@ -191,3 +191,37 @@ def test_which_models_run_fused():
     conv = fastnn.Model(image, Dense(3)(L.Flatten()(L.MaxPooling2D()(
         L.Conv2D(4, 3, activation="relu")(image)))))
     assert any(isinstance(step, ConvPool) for _, _, step in conv._steps)
+
+
+def _graph(K, L, kind):
+    """The same graph in fastnn and in Keras, with explicit names (each framework counts
+    automatic names on its own)."""
+    if kind == "chain":
+        inputs = K.Input(shape=(6,), name="x")
+        return K.Model(inputs, L.Dense(3, name="out")(L.Dense(8, name="h")(inputs)),
+                       name="chain")
+    if kind == "residual":
+        inputs = K.Input(shape=(6,), name="x")
+        h = L.Dense(8, activation="relu", name="h")(inputs)
+        r = L.Dense(8, activation="tanh", name="a_rather_long_layer_name")(h)
+        joined = L.Concatenate(name="joined")([L.Add(name="sum")([h, r]),
+                                               L.Multiply(name="product")([h, r])])
+        return K.Model(inputs, L.Dense(3, name="out")(joined), name="residual")
+    a, b = K.Input(shape=(4,), name="a"), K.Input(shape=(4,), name="b")
+    shared = L.Dense(3, name="shared")
+    out = L.Subtract(name="diff")([shared(a), shared(b)])
+    return K.Model([a, b], [L.Dense(1, name="score")(out), out], name="siamese")
+
+
+@pytest.mark.parametrize("kind", ["chain", "residual", "siamese"])
+@pytest.mark.parametrize("show_trainable", [False, True])
+def test_summary_matches_keras(monkeypatch, kind, show_trainable):
+    keras = pytest.importorskip("keras")
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def text(model):
+        lines = []
+        model.summary(print_fn=lambda line, **kw: lines.append(line),
+                      show_trainable=show_trainable)
+        return "\n".join(lines)
+    assert text(_graph(fastnn, L, kind)) == text(_graph(keras, keras.layers, kind))
