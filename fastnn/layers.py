@@ -1228,11 +1228,191 @@ average = _merge_function(Average)
 concatenate = _merge_function(Concatenate)
 
 
-_CLASSES = {c.__name__: c for c in (Add, Subtract, Multiply, Maximum, Minimum, Average,
-                                     Concatenate, InputLayer, Dense, Activation, ReLU, Softmax,
-                                     LeakyReLU, Flatten, Dropout, Conv2D, MaxPooling2D,
-                                     AveragePooling2D, GlobalAveragePooling2D,
-                                     GlobalMaxPooling2D, BatchNormalization)}
+# ---- shape layers: computed with fastnn.ops (differentiated by autodiff) --------------------
+def _pairs(value, arg, layer):
+    """Keras's 2-D padding/cropping argument: an int, (h, w), or ((top, bottom), (left,
+    right)), as ((top, bottom), (left, right)) of non-negative ints."""
+    if _is_int(value):
+        value = ((value, value), (value, value))
+    try:
+        a, b = value
+        if _is_int(a) and _is_int(b):
+            value = ((a, a), (b, b))
+        (t, bo), (le, r) = value
+        value = ((int(t), int(bo)), (int(le), int(r)))
+        ok = all(_is_int(v) for v in (t, bo, le, r)) and min(t, bo, le, r) >= 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{layer}: {arg} must be an int, a tuple of 2 ints or a tuple of 2 "
+                         f"tuples of 2 non-negative ints, got {value!r}")
+    return value
+
+
+class _ShapeLayer(Layer):
+    """A layer that only moves values (no weights), written with fastnn.ops."""
+
+    def _check_rank(self, input_shape, rank):
+        if len(input_shape) != rank:
+            raise ValueError(f"{type(self).__name__} layer {self.name!r} expects inputs of "
+                             f"rank {rank}, got shape {tuple(input_shape)}")
+
+
+class Identity(_ShapeLayer):
+    def call(self, inputs):
+        return inputs
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+
+class Reshape(_ShapeLayer):
+    def __init__(self, target_shape, **kwargs):
+        super().__init__(**kwargs)
+        target = tuple(target_shape) if not _is_int(target_shape) else (target_shape,)
+        if not all(_is_int(d) and (d > 0 or d == -1) for d in target) or \
+                sum(d == -1 for d in target) > 1:
+            raise ValueError(f"Reshape: target_shape must be positive ints with at most one "
+                             f"-1, got {target_shape!r}")
+        self.target_shape = tuple(int(d) for d in target)
+
+    def compute_output_shape(self, input_shape):
+        size = int(np.prod(input_shape[1:], dtype=np.int64))
+        known = int(np.prod([d for d in self.target_shape if d != -1], dtype=np.int64))
+        if -1 in self.target_shape:
+            if size % known:
+                raise ValueError(f"Reshape layer {self.name!r}: cannot reshape "
+                                 f"{tuple(input_shape)} to {self.target_shape}")
+            target = tuple(size // known if d == -1 else d for d in self.target_shape)
+        else:
+            target = self.target_shape
+        if int(np.prod(target, dtype=np.int64)) != size:
+            raise ValueError(f"Reshape layer {self.name!r}: total size of the new shape "
+                             f"{self.target_shape} must equal that of {tuple(input_shape)}")
+        return (input_shape[0],) + target
+
+    def call(self, inputs):
+        target = self.compute_output_shape((None,) + tuple(inputs.shape[1:]))[1:]
+        return array_ops.reshape(inputs, (inputs.shape[0],) + target)
+
+    def get_config(self):
+        return {**super().get_config(), "target_shape": list(self.target_shape)}
+
+
+class Permute(_ShapeLayer):
+    def __init__(self, dims, **kwargs):
+        super().__init__(**kwargs)
+        dims = tuple(dims)
+        if sorted(dims) != list(range(1, len(dims) + 1)):
+            raise ValueError(f"Permute: dims must be a permutation of 1..{len(dims)}, got "
+                             f"{dims!r}")
+        self.dims = dims
+
+    def compute_output_shape(self, input_shape):
+        self._check_rank(input_shape, len(self.dims) + 1)
+        return (input_shape[0],) + tuple(input_shape[d] for d in self.dims)
+
+    def call(self, inputs):
+        return array_ops.transpose(inputs, (0,) + self.dims)
+
+    def get_config(self):
+        return {**super().get_config(), "dims": list(self.dims)}
+
+
+class RepeatVector(_ShapeLayer):
+    def __init__(self, n, **kwargs):
+        super().__init__(**kwargs)
+        if not _is_int(n) or n < 1:
+            raise ValueError(f"RepeatVector: n must be a positive int, got {n!r}")
+        self.n = int(n)
+
+    def compute_output_shape(self, input_shape):
+        self._check_rank(input_shape, 2)
+        return (input_shape[0], self.n, input_shape[1])
+
+    def call(self, inputs):
+        return array_ops.repeat(array_ops.expand_dims(inputs, 1), self.n, axis=1)
+
+    def get_config(self):
+        return {**super().get_config(), "n": self.n}
+
+
+class ZeroPadding2D(_ShapeLayer):
+    def __init__(self, padding=(1, 1), data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"{self.name}: only data_format='channels_last' is supported")
+        self.padding = _pairs(padding, "padding", self.name)
+
+    def compute_output_shape(self, input_shape):
+        self._check_rank(input_shape, 4)
+        (t, b), (le, r) = self.padding
+        return (input_shape[0], input_shape[1] + t + b, input_shape[2] + le + r,
+                input_shape[3])
+
+    def call(self, inputs):
+        return array_ops.pad(inputs, [(0, 0), self.padding[0], self.padding[1], (0, 0)])
+
+    def get_config(self):
+        return {**super().get_config(), "padding": [list(p) for p in self.padding],
+                "data_format": "channels_last"}
+
+
+class Cropping2D(_ShapeLayer):
+    def __init__(self, cropping=((0, 0), (0, 0)), data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"{self.name}: only data_format='channels_last' is supported")
+        self.cropping = _pairs(cropping, "cropping", self.name)
+
+    def compute_output_shape(self, input_shape):
+        self._check_rank(input_shape, 4)
+        (t, b), (le, r) = self.cropping
+        h, w = input_shape[1] - t - b, input_shape[2] - le - r
+        if h < 1 or w < 1:
+            raise ValueError(f"Cropping2D layer {self.name!r}: cropping {self.cropping} "
+                             f"leaves nothing of {tuple(input_shape)}")
+        return (input_shape[0], h, w, input_shape[3])
+
+    def call(self, inputs):
+        (t, b), (le, r) = self.cropping
+        h, w = inputs.shape[1], inputs.shape[2]
+        return array_ops.get_item(inputs, (slice(None), slice(t, h - b), slice(le, w - r)))
+
+    def get_config(self):
+        return {**super().get_config(), "cropping": [list(c) for c in self.cropping],
+                "data_format": "channels_last"}
+
+
+class UpSampling2D(_ShapeLayer):
+    def __init__(self, size=(2, 2), data_format=None, interpolation="nearest", **kwargs):
+        super().__init__(**kwargs)
+        if data_format not in (None, "channels_last"):
+            raise ValueError(f"{self.name}: only data_format='channels_last' is supported")
+        if interpolation != "nearest":
+            raise ValueError(f"{self.name}: interpolation={interpolation!r} is not supported "
+                             "by fastnn yet (only 'nearest')")
+        self.size = _pair(size, "size", self.name)
+
+    def compute_output_shape(self, input_shape):
+        self._check_rank(input_shape, 4)
+        return (input_shape[0], input_shape[1] * self.size[0], input_shape[2] * self.size[1],
+                input_shape[3])
+
+    def call(self, inputs):
+        rows = array_ops.repeat(inputs, self.size[0], axis=1)
+        return array_ops.repeat(rows, self.size[1], axis=2)
+
+    def get_config(self):
+        return {**super().get_config(), "size": list(self.size), "data_format": "channels_last",
+                "interpolation": "nearest"}
+
+
+_CLASSES = {c.__name__: c for c in (
+    InputLayer, Dense, Activation, ReLU, Softmax, LeakyReLU, Flatten, Dropout, Conv2D,
+    MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D,
+    BatchNormalization, Add, Subtract, Multiply, Maximum, Minimum, Average, Concatenate,
+    Identity, Reshape, Permute, RepeatVector, ZeroPadding2D, Cropping2D, UpSampling2D)}
 
 
 def get_class(name):

@@ -379,6 +379,54 @@ def stack(xs, axis=0):
         g[(slice(None),) * ax + (i,)] for i in range(len(arrays))))
 
 
+def pad(x, pad_width, mode="constant", constant_values=0):
+    a = _array(x)
+    if mode != "constant":
+        raise ValueError(f"pad: only mode='constant' is supported, got {mode!r}")
+    widths = np.broadcast_to(np.asarray(pad_width, dtype=np.int64), (a.ndim, 2))
+    if (widths < 0).any():
+        raise ValueError(f"pad: pad_width must be non-negative, got {pad_width!r}")
+    out = _xp().pad(a, [tuple(int(v) for v in w) for w in widths],
+                    constant_values=constant_values)
+    inner = tuple(slice(int(lo), int(lo) + n) for (lo, _), n in zip(widths, a.shape))
+    return record(out, (x,), lambda g: (g[inner],))
+
+
+def repeat(x, repeats, axis=None):
+    a = _array(x)
+    if not isinstance(repeats, (int, np.integer)):
+        raise ValueError("repeat: fastnn supports one repeat count for every element")
+    if axis is None:
+        a_flat, ax = a.reshape(-1), 0
+    else:
+        a_flat, ax = a, axis % a.ndim
+    out = _xp().repeat(a_flat, repeats, axis=ax)
+
+    def backward(g):
+        shape = a_flat.shape[:ax] + (a_flat.shape[ax], int(repeats)) + a_flat.shape[ax + 1:]
+        return (g.reshape(shape).sum(axis=ax + 1).reshape(a.shape),)
+    return record(out, (x,), backward)
+
+
+def tile(x, repeats):
+    a = _array(x)
+    reps = (repeats,) if isinstance(repeats, (int, np.integer)) else tuple(repeats)
+    reps = (1,) * (a.ndim - len(reps)) + reps
+    if len(reps) != a.ndim:
+        raise ValueError(f"tile: {len(reps)} repeats for an array of rank {a.ndim}")
+    out = _xp().tile(a, reps)
+
+    def backward(g):
+        split = [d for r, n in zip(reps, a.shape) for d in (r, n)]
+        return (g.reshape(split).sum(axis=tuple(range(0, 2 * a.ndim, 2))),)
+    return record(out, (x,), backward)
+
+
+def broadcast_to(x, shape):
+    a = _array(x)
+    return record(_xp().broadcast_to(a, shape), (x,), lambda g: (unbroadcast(g, a.shape),))
+
+
 def _index(i):
     i = value_of(i)
     return get_ops().asarray(i, i.dtype) if isinstance(i, np.ndarray) else i

@@ -209,3 +209,16 @@ def test_numpy_calls_on_tensors_use_the_ops_or_refuse():
 def test_gradients_needs_a_recorded_output():
     with pytest.raises(ValueError, match="does not depend"):
         gradients(Tensor(np.ones(2)), [])
+
+
+def test_pad_repeat_tile_broadcast():
+    a = _a(2, 3, 4)
+    _check(lambda x: ops.pad(x, [(0, 0), (1, 2), (2, 0)]), a)
+    _check(lambda x: ops.repeat(x, 2, axis=1), a)
+    _check(lambda x: ops.repeat(x, 3), a)
+    _check(lambda x: ops.tile(x, (1, 2, 3)), a)
+    _check(lambda x: ops.broadcast_to(x, (5, 2, 3, 4)), a)
+    np.testing.assert_array_equal(_host(ops.pad(get_ops().asarray(a, a.dtype), 1)),
+                                  np.pad(a, 1))
+    np.testing.assert_array_equal(_host(ops.tile(get_ops().asarray(a, a.dtype), 2)),
+                                  np.tile(a, 2))

@@ -1,0 +1,87 @@
+"""Shape layers (Reshape, Permute, RepeatVector, ZeroPadding2D, Cropping2D, UpSampling2D,
+Identity): outputs against NumPy (and Keras 3 where installed), output shapes, gradients
+through a model against finite differences, argument errors."""
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import layers as L
+from test_subclassing import _fd_check
+
+RNG = np.random.default_rng(0)
+IMAGES = RNG.standard_normal((2, 4, 5, 3)).astype(np.float32)
+VECTORS = RNG.standard_normal((2, 6)).astype(np.float32)
+
+CASES = [
+    ("Reshape", dict(target_shape=(3, -1)), VECTORS, lambda x: x.reshape(2, 3, 2)),
+    ("Reshape", dict(target_shape=(5, 12)), IMAGES, lambda x: x.reshape(2, 5, 12)),
+    ("Permute", dict(dims=(3, 1, 2)), IMAGES, lambda x: x.transpose(0, 3, 1, 2)),
+    ("RepeatVector", dict(n=3), VECTORS, lambda x: np.repeat(x[:, None], 3, axis=1)),
+    ("ZeroPadding2D", dict(padding=((1, 2), (0, 3))), IMAGES,
+     lambda x: np.pad(x, [(0, 0), (1, 2), (0, 3), (0, 0)])),
+    ("ZeroPadding2D", dict(padding=2), IMAGES,
+     lambda x: np.pad(x, [(0, 0), (2, 2), (2, 2), (0, 0)])),
+    ("Cropping2D", dict(cropping=((1, 0), (2, 1))), IMAGES, lambda x: x[:, 1:, 2:4]),
+    ("Cropping2D", dict(cropping=1), IMAGES, lambda x: x[:, 1:3, 1:4]),
+    ("UpSampling2D", dict(size=(2, 3)), IMAGES,
+     lambda x: np.repeat(np.repeat(x, 2, axis=1), 3, axis=2)),
+    ("Identity", dict(), IMAGES, lambda x: x),
+]
+
+
+@pytest.mark.parametrize("name, kwargs, x, ref", CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_shape_layer_outputs(name, kwargs, x, ref):
+    layer = getattr(L, name)(**kwargs)
+    out = layer(x)
+    np.testing.assert_array_equal(out, ref(x))
+    assert layer.compute_output_shape((None,) + x.shape[1:]) == (None,) + out.shape[1:]
+    keras = pytest.importorskip("keras")
+    theirs = getattr(keras.layers, name)(**kwargs)
+    np.testing.assert_array_equal(out, np.asarray(theirs(x)))
+    symbolic = layer(L.Input(shape=x.shape[1:]))
+    assert symbolic.shape == (None,) + out.shape[1:]
+    assert type(layer).from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+def test_gradients_through_shape_layers():
+    fastnn.utils.set_random_seed(0)
+    inputs = L.Input(shape=(3, 4, 2))
+    h = L.Conv2D(2, 2, activation="tanh")(L.ZeroPadding2D(((1, 0), (0, 1)))(inputs))
+    h = L.UpSampling2D((1, 2))(L.Cropping2D(((0, 1), (1, 0)))(h))
+    h = L.Permute((2, 1, 3))(h)
+    h = L.Reshape((-1,))(h)
+    model = fastnn.Model(inputs, L.Dense(2)(L.Flatten()(L.RepeatVector(2)(h))))
+    rng = np.random.default_rng(1)
+    _fd_check(model, rng.standard_normal((3, 3, 4, 2)).astype(np.float32),
+              rng.standard_normal((3, 2)).astype(np.float32))
+
+
+def test_shape_layers_in_a_sequential():
+    model = fastnn.Sequential([L.Input(shape=(6,)), L.Reshape((2, 3)), L.Permute((2, 1)),
+                               L.Flatten(), L.Dense(2)])
+    model.compile("sgd", "mse")
+    history = model.fit(VECTORS, np.zeros((2, 2)), epochs=3, verbose=0)
+    assert history.history["loss"][2] < history.history["loss"][0]
+
+
+@pytest.mark.parametrize("make, arg", [
+    (lambda: L.Reshape((2, -1, -1)), "target_shape"),
+    (lambda: L.Permute((1, 1)), "dims"),
+    (lambda: L.RepeatVector(0), "n"),
+    (lambda: L.ZeroPadding2D(-1), "padding"),
+    (lambda: L.Cropping2D((1, 2, 3)), "cropping"),
+    (lambda: L.UpSampling2D(interpolation="bilinear"), "interpolation"),
+])
+def test_shape_layer_arguments(make, arg):
+    with pytest.raises(ValueError, match=arg):
+        make()
+
+
+def test_shape_layer_shape_errors():
+    with pytest.raises(ValueError, match="total size"):
+        L.Reshape((4, 4))(L.Input(shape=(6,)))
+    with pytest.raises(ValueError, match="leaves nothing"):
+        L.Cropping2D(2)(L.Input(shape=(4, 4, 1)))
+    with pytest.raises(ValueError, match="rank 4"):
+        L.ZeroPadding2D()(L.Input(shape=(4, 4)))
