@@ -5,7 +5,12 @@ that each node comes after the nodes producing its inputs; the functional Model 
 that order on the autodiff tape (fastnn.models.Functional)."""
 import numpy as np
 
+from .autodiff import OPS
 from .backend import unique_name
+
+# fastnn.layers registers here how an op called on symbolic tensors becomes a graph node (a
+# layer that runs the op), so that neither fastnn.ops nor this module imports fastnn.layers.
+symbolic_op = None
 
 
 class KerasTensor:
@@ -29,13 +34,44 @@ class KerasTensor:
         raise TypeError(f"{self.name} is a symbolic input of a functional model (shape "
                         f"{self.shape}): it has no values; call the model on arrays")
 
+    __hash__ = object.__hash__
+
+
+def _operator(op, reflected=False):
+    def method(self, *other):
+        args = (other[0], self) if reflected else (self,) + other
+        return OPS[op](*args)
+    return method
+
+
+# Python operators on symbolic tensors: the fastnn.ops ops, which become graph nodes.
+for _name, _op, _reflected in (
+        ("__add__", "add", False), ("__radd__", "add", True),
+        ("__sub__", "subtract", False), ("__rsub__", "subtract", True),
+        ("__mul__", "multiply", False), ("__rmul__", "multiply", True),
+        ("__truediv__", "divide", False), ("__rtruediv__", "divide", True),
+        ("__matmul__", "matmul", False), ("__rmatmul__", "matmul", True),
+        ("__pow__", "power", False), ("__rpow__", "power", True),
+        ("__neg__", "negative", False), ("__abs__", "abs", False),
+        ("__getitem__", "get_item", False)):
+    setattr(KerasTensor, _name, _operator(_op, _reflected))
+
+
+def has_symbolic(args):
+    """Whether call arguments hold a symbolic tensor (directly or in a list or tuple)."""
+    for a in args:
+        if isinstance(a, KerasTensor) or (isinstance(a, (list, tuple)) and
+                                          any(isinstance(b, KerasTensor) for b in a)):
+            return True
+    return False
+
 
 class Node:
     """One call of a layer while building a functional model."""
 
     def __init__(self, layer, inputs, output_shapes):
         self.layer, self.inputs = layer, list(inputs)
-        self.outputs = [KerasTensor(shape, name=unique_name(layer.name), node=self, index=i)
+        self.outputs = [KerasTensor(shape, node=self, index=i)
                         for i, shape in enumerate(output_shapes)]
 
 

@@ -18,6 +18,7 @@ from . import activations, initializers
 from . import ops as array_ops
 from .autodiff import Tensor, Variable, gradients, is_recording, no_grad, tape, value_of
 from .backend import get_ops, unique_name
+from . import graph as graph_module
 from .graph import KerasTensor, Node, flatten, is_symbolic
 
 
@@ -1406,6 +1407,46 @@ class UpSampling2D(_ShapeLayer):
     def get_config(self):
         return {**super().get_config(), "size": list(self.size), "data_format": "channels_last",
                 "interpolation": "nearest"}
+
+
+class _OpLayer(Layer):
+    """A fastnn.ops op called on symbolic tensors while building a functional model: one
+    node of the graph, running the op on the tensors its call receives."""
+
+    def __init__(self, fn, args, kwargs):
+        super().__init__(name=unique_name(fn.__name__))
+        self._fn, self._args, self._kwargs = fn, args, kwargs
+
+    def call(self, inputs):
+        tensors = iter(inputs)
+
+        def fill(value):
+            if isinstance(value, KerasTensor):
+                return next(tensors)
+            if isinstance(value, (list, tuple)) and \
+                    any(isinstance(v, KerasTensor) for v in value):
+                return type(value)(next(tensors) if isinstance(v, KerasTensor) else v
+                                   for v in value)
+            return value
+        args = [fill(a) for a in self._args]
+        return self._fn(*args, **{k: fill(v) for k, v in self._kwargs.items()})
+
+
+@functools.lru_cache(maxsize=None)
+def _op_layer_class(op_name):
+    """The op layer class for one op, named as Keras names its Operation (add -> Add)."""
+    camel = "".join(part.title() for part in op_name.split("_"))
+    return type(camel, (_OpLayer,), {"__module__": __name__})
+
+
+def _symbolic_op(fn, args, kwargs):
+    tensors = flatten([a for a in list(args) + list(kwargs.values())
+                       if isinstance(a, (KerasTensor, list, tuple))])
+    layer = _op_layer_class(fn.__name__)(fn, args, kwargs)
+    return layer([t for t in tensors if isinstance(t, KerasTensor)])
+
+
+graph_module.symbolic_op = _symbolic_op
 
 
 _CLASSES = {c.__name__: c for c in (

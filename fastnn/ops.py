@@ -4,9 +4,11 @@ arrays it returns an array (computed where the backend computes: NumPy, or CuPy 
 tensors that need gradients it also records its backward, written here beside its forward, for
 `fastnn.autodiff.gradients`. Floats stay float32 as in Keras; Python scalars take the other
 operand's dtype."""
+import functools
+
 import numpy as np
 
-from . import autodiff
+from . import autodiff, graph
 from .autodiff import Tensor, record, unbroadcast, value_of
 from .backend import get_ops
 
@@ -552,4 +554,19 @@ __all__ = sorted(name for name, value in dict(globals()).items()
                  if callable(value) and not name.startswith("_") and
                  getattr(value, "__module__", None) == __name__ and
                  name not in ("record", "unbroadcast", "value_of"))
+
+
+def _graph_aware(fn):
+    """fn, which on symbolic tensors (a functional model being built) becomes a graph node,
+    as keras.ops do."""
+    @functools.wraps(fn)
+    def op(*args, **kwargs):
+        if graph.has_symbolic(args) or graph.has_symbolic(kwargs.values()):
+            return graph.symbolic_op(fn, args, kwargs)
+        return fn(*args, **kwargs)
+    return op
+
+
+for _name in __all__:
+    globals()[_name] = _graph_aware(globals()[_name])
 autodiff.OPS.update((name, globals()[name]) for name in __all__)

@@ -225,3 +225,31 @@ def test_summary_matches_keras(monkeypatch, kind, show_trainable):
                       show_trainable=show_trainable)
         return "\n".join(lines)
     assert text(_graph(fastnn, L, kind)) == text(_graph(keras, keras.layers, kind))
+
+
+def _with_ops(K, layers, ops):
+    inputs = K.Input(shape=(4,), name="x")
+    h = layers.Dense(3, activation="tanh", name="h")(inputs)
+    out = ops.relu(h) * 2.0 + ops.sum(h * h, axis=-1, keepdims=True) - h[:, :1]
+    return K.Model(inputs, layers.Dense(2, name="out")(out), name="with_ops")
+
+
+def test_ops_on_symbolic_tensors_become_nodes(monkeypatch):
+    fastnn.utils.set_random_seed(6)
+    model = _with_ops(fastnn, L, fastnn.ops)
+    x = np.random.default_rng(6).standard_normal((5, 4)).astype(np.float32)
+    (k1, b1), (k2, b2) = model.get_layer("h").get_weights(), model.get_layer("out").get_weights()
+    h = np.tanh(x @ k1 + b1)
+    expected = (np.maximum(h, 0) * 2 + (h * h).sum(-1, keepdims=True) - h[:, :1]) @ k2 + b2
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    _fd_check(model, x, np.random.default_rng(7).standard_normal((5, 2)).astype(np.float32))
+    keras = pytest.importorskip("keras")
+    monkeypatch.setenv("COLUMNS", "200")
+    texts = []
+    fastnn.backend.clear_session()      # automatic op names count from zero, as in Keras
+    keras.backend.clear_session()
+    for m in (_with_ops(fastnn, L, fastnn.ops), _with_ops(keras, keras.layers, keras.ops)):
+        lines = []
+        m.summary(print_fn=lambda line, **kw: lines.append(line))
+        texts.append("\n".join(lines))
+    assert texts[0] == texts[1]
