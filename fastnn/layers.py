@@ -97,14 +97,16 @@ _PASS = threading.local()
 
 
 @contextlib.contextmanager
-def forward_pass(layers, training):
+def forward_pass(layers, training, preactivation=None):
     """A model's forward pass over `layers` (its layers and theirs, at any depth); layers
-    called in it without training= take the pass's, as in Keras."""
+    called in it without training= take the pass's, as in Keras. `preactivation`: the output
+    layer, whose backward then gets the gradient of its pre-activation (a fused loss)."""
     _PASS.counts, _PASS.layers, _PASS.training = {}, {id(layer) for layer in layers}, training
+    _PASS.preactivation = preactivation
     try:
         yield _PASS.counts
     finally:
-        _PASS.counts = _PASS.layers = _PASS.training = None
+        _PASS.counts = _PASS.layers = _PASS.training = _PASS.preactivation = None
 
 
 class Layer:
@@ -423,6 +425,7 @@ class Layer:
         trains = bool(training) and self.trainable and bool(self._trainable_names)
         if not is_recording() or not (x.requires_grad or trains):
             return Tensor(y)
+        fused = {"preactivation": True} if getattr(_PASS, "preactivation", None) is self else {}
 
         def backward(g):
             local.slot = slot
@@ -432,7 +435,7 @@ class Layer:
                 shared = counts is not None and counts.get(id(self), 1) > 1
                 saved = [self.grads[n].copy() for n in self._trainable_names] if shared \
                     else ()
-                dx = self.backward(g.copy(), need_dx=x.requires_grad)    # dy is overwritten
+                dx = self.backward(g.copy(), need_dx=x.requires_grad, **fused)  # overwrites dy
                 for name, earlier in zip(self._trainable_names, saved):
                     self.grads[name] += earlier
             finally:

@@ -11,6 +11,7 @@ import threading
 
 import numpy as np
 
+from . import activations
 from . import callbacks as callbacks_module
 from . import losses as losses_module
 from . import metrics as metrics_module
@@ -513,7 +514,9 @@ class Model:
         state = _thread_state(self._thread)
         state.output = None
         kwargs = {"training": bool(training)} if _accepts_training(type(self).call) else {}
-        with forward_pass(self._layers, bool(training)):
+        preactivation = self._output_layer() \
+            if training and getattr(self, "_preactivation_grad", False) else None
+        with forward_pass(self._layers, bool(training), preactivation):
             if training:
                 self._grads[...] = 0
                 with tape():
@@ -531,9 +534,19 @@ class Model:
                              f"of {x.shape[0]}; the batch axis must be kept")
         return y
 
+    def _output_layer(self):
+        """The layer whose activation makes the output (None when unknown: a subclass)."""
+        return self._layers[-1] if self._layers and not self._subclassed else None
+
     def _loss_mode(self):
-        return self.loss.mode(getattr(self._layers[-1], "act_id", None)
-                              if self._layers and not self._subclassed else None)
+        return self.loss.mode(getattr(self._output_layer(), "act_id", None))
+
+    def _gradient_is_preactivation(self):
+        """Whether the loss's gradient is already that of the output layer's pre-activation:
+        softmax/sigmoid fused with their cross-entropy, or logits from a linear layer (from
+        a non-linear one, backward still takes the activation's derivative, as Keras does)."""
+        act = getattr(self._output_layer(), "act_id", None)
+        return self._mode == "fused" or (self._mode == "logits" and act == activations.LINEAR)
 
     def _backward(self, grad, mode, kernel_step=None):
         """kernel_step: the plain SGD step's learning rate, which the layers in
@@ -551,7 +564,7 @@ class Model:
                 break
             kwargs = {"kernel_step": kernel_step} \
                 if kernel_step and step in self._in_place_layers else {}
-            if end == last and mode != "outputs":
+            if end == last and self._preactivation_grad:
                 kwargs["preactivation"] = True
             dy = step.backward(dy, need_dx=first > stop, **kwargs)
 
@@ -595,6 +608,7 @@ class Model:
         self._pack_parameters()
         self.optimizer.build(self._sizes)
         self._mode = self._loss_mode()
+        self._preactivation_grad = self._gradient_is_preactivation()
         self._plan_in_place()
 
     def _training_state(self, rng):
@@ -1031,6 +1045,15 @@ class Functional(Model):
     @property
     def layers(self):
         return list(self._tracked)
+
+    def _output_layer(self):
+        if self._chain is not None:
+            return super()._output_layer()
+        layer = self.outputs[0].node.layer if len(self.outputs) == 1 else None
+        # fastnn's own layer, called once: its backward can start from the pre-activation
+        if layer is None or layer._user_call or len(layer._inbound_nodes) != 1:
+            return None
+        return layer
 
     def _summary_rows(self):
         """Keras's functional table: each layer's last output shape and, unless the graph is

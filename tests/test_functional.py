@@ -253,3 +253,31 @@ def test_ops_on_symbolic_tensors_become_nodes(monkeypatch):
         m.summary(print_fn=lambda line, **kw: lines.append(line))
         texts.append("\n".join(lines))
     assert texts[0] == texts[1]
+
+
+@pytest.mark.parametrize("kind", ["sequential", "graph"])
+@pytest.mark.parametrize("activation, from_logits", [("softmax", False), ("linear", True),
+                                                     ("softmax", True), ("tanh", True)])
+def test_one_step_equals_keras_for_every_loss_mode(kind, activation, from_logits):
+    """The loss's gradient enters the output layer before or after its activation as the
+    loss and that activation require (softmax with from_logits=True is differentiated
+    through the softmax, as Keras does)."""
+    keras = pytest.importorskip("keras")
+    x, y = _data(n=16)
+
+    def build(K, layers):
+        inputs = K.Input(shape=(6,))
+        h = layers.Dense(5, activation="relu")(inputs)
+        if kind == "graph":
+            h = layers.add([h, layers.Dense(5)(h)])
+        model = K.Model(inputs, layers.Dense(3, activation=activation)(h))
+        model.compile(K.optimizers.SGD(0.5),
+                      K.losses.SparseCategoricalCrossentropy(from_logits=from_logits))
+        return model
+
+    theirs, ours = build(keras, keras.layers), build(fastnn, L)
+    ours.set_weights([np.asarray(w) for w in theirs.get_weights()])
+    theirs.train_on_batch(x, y)
+    ours.train_on_batch(x, y)
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-4, atol=1e-5)
