@@ -178,21 +178,25 @@ static void backward(const fnn_stack *s, const float *x, int rows, const float *
                      float kernel_step, int n_threads) {
     float *dy = s->grad;
     for (int i = s->n_layers - 1; i >= 0; i--) {
-        fnn_dense layer = s->layers[i];
-        int act = (i == s->n_layers - 1 && s->fused) ? FNN_LINEAR : layer.act;
+        const fnn_dense *layer = &s->layers[i];
+        int act = (i == s->n_layers - 1 && s->fused) ? FNN_LINEAR : layer->act;
         const float *z = fnn_activation_needs_input(act) ? s->z[i] : NULL;
         float *dx = i > 0 ? s->dx[i] : NULL;
         int in_place = kernel_step > 0 && s->in_place_at && s->in_place_at[i] >= 0;
-        kernel_update u = {s, scalars, scalars ? s->kernel_at[i] : 0, layer.d_out};
+        kernel_update u = {s, scalars, scalars ? s->kernel_at[i] : 0, layer->d_out};
         fnn_rows_done done = {update_kernel_rows, &u};
-        if (in_place)       /* the kernel lies in the arena, which the stack may write */
-            layer.d_kernel = s->params + s->in_place_at[i];
-        fnn_dense_backward(&layer, act, i > 0 ? s->y[i - 1] : x, z, s->y[i], dy, dy, dx, rows,
+        fnn_dense own;
+        if (in_place) {     /* the kernel lies in the arena, which the stack may write */
+            own = *layer;
+            own.d_kernel = s->params + s->in_place_at[i];
+            layer = &own;
+        }
+        fnn_dense_backward(layer, act, i > 0 ? s->y[i - 1] : x, z, s->y[i], dy, dy, dx, rows,
                            in_place ? kernel_step : 0.0f,
                            scalars && !in_place ? &done : NULL, n_threads);
-        if (scalars && layer.d_bias)
-            update_range(s, scalars, u.kernel_at + (size_t)layer.d_in * layer.d_out,
-                         (size_t)layer.d_out, n_threads);
+        if (scalars && layer->d_bias)
+            update_range(s, scalars, u.kernel_at + (size_t)layer->d_in * layer->d_out,
+                         (size_t)layer->d_out, n_threads);
         dy = dx;
     }
 }
