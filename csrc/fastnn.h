@@ -235,6 +235,12 @@ int fnn_optimizer_scalars(int kind);
 void fnn_optimizer_step(int kind, float *w, const float *g, float *const *slots, size_t n,
                         const float *scalars, int n_threads);
 
+/* A Dense kernel of at least this many weights takes a plain SGD step inside its weight-gradient
+ * GEMM (C = -lr x^T dz + C): no gradient written, no second pass over a kernel that no longer
+ * fits in cache. The fused stack and the layer-by-layer path (fastnn/models.py, through
+ * fastnn._core.IN_PLACE_MIN_WEIGHTS) use this one threshold, so both give identical weights. */
+#define FNN_IN_PLACE_MIN_WEIGHTS 65536
+
 /* stack.c: a Sequential of Dense layers run batch after batch in C (see stack.c). */
 enum { FNN_LOSS_SPARSE_XENT = 0, FNN_LOSS_XENT = 1, FNN_LOSS_BXENT = 2, FNN_LOSS_MSE = 3,
        FNN_LOSS_MAE = 4, FNN_N_LOSSES = 5 };
@@ -261,6 +267,15 @@ typedef struct {
      * the arena in order; NULL otherwise. Then each layer's parameters are updated as soon as
      * their gradient is final, in the backward pass, instead of in one pass at the end. */
     const size_t *kernel_at;
+    /* Plain SGD (no momentum, no weight decay) takes its step inside the weight-gradient GEMM
+     * for each kernel of at least FNN_IN_PLACE_MIN_WEIGHTS weights, as the layer-by-layer path
+     * does (fastnn/models.py): in_place_at[i] is layer i's kernel offset in the arena, or -1
+     * when its kernel takes the usual step; NULL when no layer qualifies. update_spans holds
+     * n_update_spans [start, stop) pairs of the arena that the optimizer then updates itself:
+     * everything but those kernels. */
+    const int64_t *in_place_at;
+    const size_t *update_spans;
+    int n_update_spans;
 } fnn_stack;
 
 typedef struct {

@@ -22,31 +22,66 @@ static ptrdiff_t row_runs(size_t rows, size_t cols) {
     return runs < 1 ? 1 : (ptrdiff_t)runs;
 }
 
-/* Channels [c0, c1) over rows [r0, r1): s += x, or with mean (from channel c0 on),
- * s += (x - mean)^2. */
-FNN_INLINE void sum_rows(const float *x, const float *mean, size_t cols, size_t c0, size_t c1,
-                         size_t r0, size_t r1, double *s) {
-    float part[BN_BLOCK];
+/* Channels [c0, c1) over rows [r0, r1): s += x - ref, or squared, s += (x - ref)^2; ref is
+ * indexed from channel c0 on. The mean's pass takes the first row as ref (a shifted sum: a
+ * constant channel sums to exactly 0, so its mean is exactly the constant and its variance
+ * exactly 0, however large the values), the variance's pass the mean. */
+FNN_INLINE void sum_rows(const float *x, const float *ref, int square, size_t cols, size_t c0,
+                         size_t c1, size_t r0, size_t r1, double *s) {
+    float part[BN_BLOCK], k[BN_BLOCK];
     size_t width = c1 - c0;
+    for (size_t c = 0; c < width; c++) k[c] = ref[c];
     for (size_t r = r0; r < r1; r += BN_FLOAT_RUN) {
         size_t end = r1 - r < BN_FLOAT_RUN ? r1 : r + BN_FLOAT_RUN;
         for (size_t c = 0; c < width; c++) part[c] = 0.0f;
         for (size_t rr = r; rr < end; rr++) {
             const float *xr = x + rr * cols + c0;
-            if (mean) {
+            if (square) {
                 for (size_t c = 0; c < width; c++) {
-                    float d = xr[c] - mean[c];
+                    float d = xr[c] - k[c];
                     part[c] += d * d;
                 }
             } else {
-                for (size_t c = 0; c < width; c++) part[c] += xr[c];
+                for (size_t c = 0; c < width; c++) part[c] += xr[c] - k[c];
             }
         }
         for (size_t c = 0; c < width; c++) s[c] += part[c];
     }
 }
 
-/* mean[c] and biased var[c] over rows, two-pass. */
+/* The sums above run in float over BN_FLOAT_RUN rows, which overflows for values (or deviations
+ * from the mean) past ~1e37 even where the mean and the variance fit in float. A channel whose
+ * total came out infinite or NaN is summed again, alone and in row order, with every term
+ * scaled by 2^-BN_RESCALE first (exact: a power of two) and the total scaled back in double;
+ * terms too small to survive the scaling are negligible beside the ones that overflowed. A real
+ * inf or NaN in the input stays one. Normal data never takes this path. */
+#define BN_RESCALE 70
+
+static double rescaled_sum(const float *x, size_t cols, size_t c, size_t rows, float ref,
+                           int square) {
+    const float scale = ldexpf(1.0f, -BN_RESCALE), ref_scaled = ref * scale;
+    double total = 0.0;
+    for (size_t r = 0; r < rows; r += BN_FLOAT_RUN) {
+        size_t end = rows - r < BN_FLOAT_RUN ? rows : r + BN_FLOAT_RUN;
+        float part = 0.0f;
+        for (size_t rr = r; rr < end; rr++) {
+            float d = x[rr * cols + c] * scale - ref_scaled;
+            part += square ? d * d : d;
+        }
+        total += part;
+    }
+    return ldexp(total, square ? 2 * BN_RESCALE : BN_RESCALE);
+}
+
+/* Whether every total is finite, branch-free (x - x is 0 for finite x, NaN for inf or NaN). */
+FNN_INLINE int all_finite(const double *s, size_t n) {
+    double acc = 0.0;
+    for (size_t i = 0; i < n; i++) acc += s[i] - s[i];
+    return acc == 0.0;
+}
+
+/* mean[c] and biased var[c] over rows, two-pass: mean = x[0] + sum(x - x[0]) / rows, then
+ * var = sum((x - mean)^2) / rows. */
 FNN_DISPATCH
 void fnn_bn_stats(const float *x, float *mean, float *var, size_t rows, size_t cols,
                   int n_threads) {
@@ -61,14 +96,19 @@ void fnn_bn_stats(const float *x, float *mean, float *var, size_t rows, size_t c
             FNN_PARALLEL_FOR(schedule(static),
                 for (run = 0; run < runs; run++) {
                     for (size_t c = 0; c < cols; c++) part[run][c] = 0;
-                    sum_rows(x, pass ? mean : NULL, cols, 0, cols, rows * run / runs,
+                    sum_rows(x, pass ? mean : x, pass, cols, 0, cols, rows * run / runs,
                              rows * (run + 1) / runs, part[run]);
                 });
             double *dst = pass ? q : m;
             for (ptrdiff_t r = 0; r < runs; r++)
                 for (size_t c = 0; c < cols; c++) dst[c] += part[r][c];
+            if (!all_finite(dst, cols))
+                for (size_t c = 0; c < cols; c++)
+                    if (!isfinite(dst[c]))
+                        dst[c] = rescaled_sum(x, cols, c, rows, pass ? mean[c] : x[c], pass);
             if (!pass)
-                for (size_t c = 0; c < cols; c++) mean[c] = (float)(m[c] / (double)rows);
+                for (size_t c = 0; c < cols; c++)
+                    mean[c] = (float)((double)x[c] + m[c] / (double)rows);
         }
         for (size_t c = 0; c < cols; c++) var[c] = (float)(q[c] / (double)rows);
         return;
@@ -77,9 +117,17 @@ void fnn_bn_stats(const float *x, float *mean, float *var, size_t rows, size_t c
         for (blk = 0; blk < n_blk; blk++) {
             size_t c0 = (size_t)blk * BN_BLOCK, c1 = c0 + BN_BLOCK < cols ? c0 + BN_BLOCK : cols;
             double s[BN_BLOCK] = {0}, q[BN_BLOCK] = {0};
-            sum_rows(x, NULL, cols, c0, c1, 0, rows, s);
-            for (size_t c = c0; c < c1; c++) mean[c] = (float)(s[c - c0] / (double)rows);
-            sum_rows(x, mean + c0, cols, c0, c1, 0, rows, q);
+            sum_rows(x, x + c0, 0, cols, c0, c1, 0, rows, s);
+            if (!all_finite(s, c1 - c0))
+                for (size_t c = c0; c < c1; c++)
+                    if (!isfinite(s[c - c0])) s[c - c0] = rescaled_sum(x, cols, c, rows, x[c], 0);
+            for (size_t c = c0; c < c1; c++)
+                mean[c] = (float)((double)x[c] + s[c - c0] / (double)rows);
+            sum_rows(x, mean + c0, 1, cols, c0, c1, 0, rows, q);
+            if (!all_finite(q, c1 - c0))
+                for (size_t c = c0; c < c1; c++)
+                    if (!isfinite(q[c - c0]))
+                        q[c - c0] = rescaled_sum(x, cols, c, rows, mean[c], 1);
             for (size_t c = c0; c < c1; c++) var[c] = (float)(q[c - c0] / (double)rows);
         });
 }

@@ -171,24 +171,42 @@ static void update_kernel_rows(void *ctx, int lo, int hi, int n_threads) {
  * block by block, on the thread that computed their gradient and holds those rows of the
  * kernel and optimizer state in its cache (the forward pass split the same rows the same way),
  * after the layer's input gradient has used the old kernel. The update is elementwise, so this
- * is the arithmetic of one step over the arena after the whole backward pass. */
+ * is the arithmetic of one step over the arena after the whole backward pass. kernel_step > 0
+ * (plain SGD): the kernels in s->in_place_at take the step w -= kernel_step * x^T dz inside
+ * their weight-gradient GEMM instead, exactly as the layer-by-layer path does. */
 static void backward(const fnn_stack *s, const float *x, int rows, const float *scalars,
-                     int n_threads) {
+                     float kernel_step, int n_threads) {
     float *dy = s->grad;
     for (int i = s->n_layers - 1; i >= 0; i--) {
         const fnn_dense *layer = &s->layers[i];
         int act = (i == s->n_layers - 1 && s->fused) ? FNN_LINEAR : layer->act;
         const float *z = fnn_activation_needs_input(act) ? s->z[i] : NULL;
         float *dx = i > 0 ? s->dx[i] : NULL;
+        int in_place = kernel_step > 0 && s->in_place_at && s->in_place_at[i] >= 0;
         kernel_update u = {s, scalars, scalars ? s->kernel_at[i] : 0, layer->d_out};
         fnn_rows_done done = {update_kernel_rows, &u};
-        fnn_dense_backward(layer, act, i > 0 ? s->y[i - 1] : x, z, s->y[i], dy, dy, dx, rows, 0.0f,
-                           scalars ? &done : NULL, n_threads);
+        fnn_dense own;
+        if (in_place) {     /* the kernel lies in the arena, which the stack may write */
+            own = *layer;
+            own.d_kernel = s->params + s->in_place_at[i];
+            layer = &own;
+        }
+        fnn_dense_backward(layer, act, i > 0 ? s->y[i - 1] : x, z, s->y[i], dy, dy, dx, rows,
+                           in_place ? kernel_step : 0.0f,
+                           scalars && !in_place ? &done : NULL, n_threads);
         if (scalars && layer->d_bias)
             update_range(s, scalars, u.kernel_at + (size_t)layer->d_in * layer->d_out,
                          (size_t)layer->d_out, n_threads);
         dy = dx;
     }
+}
+
+/* The plain SGD learning rate of this step's scalars when the step is exactly w -= lr * g
+ * (SGD, no weight decay, no momentum) and some kernel takes it in place; else 0. */
+static float plain_step(const fnn_stack *s, const float *scalars) {
+    if (!s->in_place_at || s->opt != FNN_OPT_SGD || scalars[0] != 0.0f || scalars[2] != 0.0f)
+        return 0.0f;
+    return scalars[1] > 0.0f ? scalars[1] : 0.0f;
 }
 
 /* One batch: forward, loss, metric counts and, training, backward and the optimizer step with
@@ -218,10 +236,16 @@ static int run_batch(const fnn_stack *s, const fnn_stack_data *d, const float *x
         sums[2] += count_correct(s, out, cols, rows, labels, targets);
         sums[3] += rows;
     }
+    float step = train ? plain_step(s, scalars) : 0.0f;
     if (train && s->kernel_at) {
-        backward(s, x, rows, scalars, n_threads);
+        backward(s, x, rows, scalars, step, n_threads);
+    } else if (train && step > 0) {     /* the rest of the arena, around the in-place kernels */
+        backward(s, x, rows, NULL, step, n_threads);
+        for (int j = 0; j < s->n_update_spans; j++)
+            update_range(s, scalars, s->update_spans[2 * j],
+                         s->update_spans[2 * j + 1] - s->update_spans[2 * j], n_threads);
     } else if (train) {
-        backward(s, x, rows, NULL, n_threads);
+        backward(s, x, rows, NULL, 0.0f, n_threads);
         fnn_optimizer_step(s->opt, s->params, s->grads, s->slots, s->n_params, scalars,
                            n_threads);
     }

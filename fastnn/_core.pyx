@@ -9,6 +9,8 @@ from libc.stdlib cimport calloc, free
 
 cdef extern from "fastnn.h" nogil:
     int FNN_N_ACTIVATIONS
+    int FNN_IN_PLACE_MIN_WEIGHTS
+    int FNN_OPT_SGD, FNN_OPT_RMSPROP
     int FNN_SOFTMAX
     void fnn_set_blas(void *sgemm, int ilp64, void *set_threads, void *get_threads)
     int fnn_blas_ready()
@@ -126,6 +128,9 @@ cdef extern from "fastnn.h" nogil:
         float **slots
         size_t n_params
         const size_t *kernel_at
+        const int64_t *in_place_at
+        const size_t *update_spans
+        int n_update_spans
     ctypedef struct fnn_stack_data:
         const void *x
         int x_type
@@ -227,6 +232,165 @@ cdef inline int _check_act(int act) except -1:
     return 0
 
 
+# ---- the boundary: every array is checked, and named, before any pointer is taken ---------------
+# Arrays arrive as plain objects and are viewed through these helpers, which turn Cython's
+# anonymous buffer errors ("Buffer dtype mismatch") into a TypeError/ValueError naming the
+# argument, what was expected and what came. The check is the typed-memoryview acquisition
+# itself (O(1)); the description is only built on the error path. `name` is "function: arg".
+
+cdef str _describe(a):
+    if a is None:
+        return "None"
+    dt, shape = getattr(a, "dtype", None), getattr(a, "shape", None)
+    if dt is None or shape is None:
+        return f"an object of type {type(a).__name__}"
+    text = f"{dt} array of shape {tuple(shape)}"
+    flags = getattr(a, "flags", None)
+    if flags is not None:
+        if not flags.c_contiguous:
+            text += ", not C-contiguous"
+        if not flags.writeable:
+            text += ", read-only"
+    return text
+
+
+cdef int _bad(str name, a, str dtype, int ndim, bint writable, exc) except -1:
+    """Raise the error for `a`, which did not convert to a C-contiguous `ndim`-D `dtype` view."""
+    want = f"a C-contiguous {ndim}-D {dtype} array" + (" (writable)" if writable else "")
+    got = _describe(a)
+    if a is None:
+        raise TypeError(f"{name}: expected {want}, got None")
+    dt, shape = getattr(a, "dtype", None), getattr(a, "shape", None)
+    if dt is None or shape is None:
+        raise TypeError(f"{name}: expected {want}, got {got}")
+    if str(dt) != dtype:
+        raise TypeError(f"{name}: expected {want}, got {got} (dtype {dt})")
+    if len(shape) != ndim:
+        raise ValueError(f"{name}: expected {want}, got {got} ({len(shape)}-D)")
+    raise ValueError(f"{name}: expected {want}, got {got} ({exc})")
+
+
+cdef const float[::1] _cf1(str name, a, bint required) except *:
+    if a is None:
+        if required:
+            _bad(name, a, "float32", 1, False, None)
+        return None
+    try:
+        return a
+    except Exception as e:
+        _bad(name, a, "float32", 1, False, e)
+
+
+cdef float[::1] _f1(str name, a, bint required) except *:
+    if a is None:
+        if required:
+            _bad(name, a, "float32", 1, True, None)
+        return None
+    try:
+        return a
+    except Exception as e:
+        _bad(name, a, "float32", 1, True, e)
+
+
+cdef const float[:, ::1] _cf2(str name, a, bint required) except *:
+    if a is None:
+        if required:
+            _bad(name, a, "float32", 2, False, None)
+        return None
+    try:
+        return a
+    except Exception as e:
+        _bad(name, a, "float32", 2, False, e)
+
+
+cdef float[:, ::1] _f2(str name, a, bint required) except *:
+    if a is None:
+        if required:
+            _bad(name, a, "float32", 2, True, None)
+        return None
+    try:
+        return a
+    except Exception as e:
+        _bad(name, a, "float32", 2, True, e)
+
+
+cdef const float[:, :, :, ::1] _cf4(str name, a, bint required) except *:
+    if a is None:
+        if required:
+            _bad(name, a, "float32", 4, False, None)
+        return None
+    try:
+        return a
+    except Exception as e:
+        _bad(name, a, "float32", 4, False, e)
+
+
+cdef float[:, :, :, ::1] _f4(str name, a, bint required) except *:
+    if a is None:
+        if required:
+            _bad(name, a, "float32", 4, True, None)
+        return None
+    try:
+        return a
+    except Exception as e:
+        _bad(name, a, "float32", 4, True, e)
+
+
+cdef const int32_t[::1] _ci1(str name, a, bint required) except *:
+    if a is None:
+        if required:
+            _bad(name, a, "int32", 1, False, None)
+        return None
+    try:
+        return a
+    except Exception as e:
+        _bad(name, a, "int32", 1, False, e)
+
+
+cdef const int32_t[:, :, :, ::1] _ci4(str name, a, bint required) except *:
+    if a is None:
+        if required:
+            _bad(name, a, "int32", 4, False, None)
+        return None
+    try:
+        return a
+    except Exception as e:
+        _bad(name, a, "int32", 4, False, e)
+
+
+cdef int32_t[:, :, :, ::1] _i4(str name, a, bint required) except *:
+    if a is None:
+        if required:
+            _bad(name, a, "int32", 4, True, None)
+        return None
+    try:
+        return a
+    except Exception as e:
+        _bad(name, a, "int32", 4, True, e)
+
+
+cdef const int64_t[::1] _ci64(str name, a, bint required) except *:
+    if a is None:
+        if required:
+            _bad(name, a, "int64", 1, False, None)
+        return None
+    try:
+        return a
+    except Exception as e:
+        _bad(name, a, "int64", 1, False, e)
+
+
+cdef double[::1] _d1(str name, a, bint required) except *:
+    if a is None:
+        if required:
+            _bad(name, a, "float64", 1, True, None)
+        return None
+    try:
+        return a
+    except Exception as e:
+        _bad(name, a, "float64", 1, True, e)
+
+
 cdef inline int _same_shape(name, tuple got, tuple want) except -1:
     if got != want:
         raise ValueError(f"{name}: expected shape {want}, got {got}")
@@ -237,149 +401,339 @@ cdef tuple _shape2(const float[:, ::1] a):
     return (a.shape[0], a.shape[1])
 
 
+cdef tuple _shape4(const float[:, :, :, ::1] a):
+    return (a.shape[0], a.shape[1], a.shape[2], a.shape[3])
+
+
+cdef tuple _ishape4(const int32_t[:, :, :, ::1] a):
+    return (a.shape[0], a.shape[1], a.shape[2], a.shape[3])
+
+
+cdef long long INT_MAX = 2147483647
+
+cdef inline int _fits_int(name, Py_ssize_t v) except -1:
+    """A size the C kernels take as `int` (the BLAS's LP64 sizes, geometry fields)."""
+    if v > INT_MAX:
+        raise ValueError(f"{name}: {v} is too large (at most {INT_MAX})")
+    return 0
+
+
+# Overlap of two buffers, by address range (the arrays are contiguous, so their ranges are
+# exactly the memory they touch). `_disjoint` rejects any overlap; `_same_or_disjoint` lets an
+# output be exactly an input (same start, same size: an elementwise kernel designed in place)
+# and rejects a partial overlap, which would read values the kernel has already written.
+cdef inline bint _overlaps(const void *p, size_t pn, const void *q, size_t qn) noexcept nogil:
+    cdef const char *a = <const char *>p
+    cdef const char *b = <const char *>q
+    return p != NULL and q != NULL and pn > 0 and qn > 0 and a < b + qn and b < a + pn
+
+
+cdef int _disjoint(name, const void *p, size_t pn, other, const void *q,
+                   size_t qn) except -1:
+    if _overlaps(p, pn, q, qn):
+        raise ValueError(f"{name} shares memory with {other}: this kernel does not work in "
+                         "place; pass a separate output array")
+    return 0
+
+
+cdef int _same_or_disjoint(name, const void *p, size_t pn, other, const void *q,
+                           size_t qn) except -1:
+    if _overlaps(p, pn, q, qn) and not (p == q and pn == qn):
+        raise ValueError(f"{name} partly overlaps {other}: an output may be exactly an input "
+                         "array or separate from it, not a shifted view of it")
+    return 0
+
+
+cdef int _all_disjoint(str fn, list outs, list ins=[]) except -1:
+    """outs, ins: (name, address, bytes). No output may overlap another output or an input
+    (inputs may overlap each other: they are only read)."""
+    cdef Py_ssize_t i, j
+    for i in range(len(outs)):
+        for j in range(i + 1, len(outs)):
+            _disjoint(f"{fn}: {outs[i][0]}", <const void *><size_t>outs[i][1], outs[i][2],
+                      outs[j][0], <const void *><size_t>outs[j][1], outs[j][2])
+        for j in range(len(ins)):
+            _disjoint(f"{fn}: {outs[i][0]}", <const void *><size_t>outs[i][1], outs[i][2],
+                      ins[j][0], <const void *><size_t>ins[j][1], ins[j][2])
+    return 0
+
+
+cdef inline const void *_p1(const float[::1] a) noexcept:
+    return NULL if a is None or a.shape[0] == 0 else <const void *>&a[0]
+
+
+cdef inline size_t _n1(const float[::1] a) noexcept:
+    return 0 if a is None else 4 * <size_t>a.shape[0]
+
+
+cdef inline const void *_p2(const float[:, ::1] a) noexcept:
+    return NULL if a is None or a.shape[0] == 0 or a.shape[1] == 0 else <const void *>&a[0, 0]
+
+
+cdef inline size_t _n2(const float[:, ::1] a) noexcept:
+    return 0 if a is None else 4 * <size_t>a.shape[0] * <size_t>a.shape[1]
+
+
+cdef inline const void *_p4(const float[:, :, :, ::1] a) noexcept:
+    if a is None or a.shape[0] == 0 or a.shape[1] == 0 or a.shape[2] == 0 or a.shape[3] == 0:
+        return NULL
+    return <const void *>&a[0, 0, 0, 0]
+
+
+cdef inline size_t _n4(const float[:, :, :, ::1] a) noexcept:
+    return 0 if a is None else \
+        4 * <size_t>a.shape[0] * <size_t>a.shape[1] * <size_t>a.shape[2] * <size_t>a.shape[3]
+
+
+cdef inline const void *_pi4(const int32_t[:, :, :, ::1] a) noexcept:
+    if a is None or a.shape[0] == 0 or a.shape[1] == 0 or a.shape[2] == 0 or a.shape[3] == 0:
+        return NULL
+    return <const void *>&a[0, 0, 0, 0]
+
+
+cdef inline size_t _ni4(const int32_t[:, :, :, ::1] a) noexcept:
+    return 0 if a is None else \
+        4 * <size_t>a.shape[0] * <size_t>a.shape[1] * <size_t>a.shape[2] * <size_t>a.shape[3]
+
+
+# ---- GEMM ----------------------------------------------------------------------------------------
 cdef void _sgemm(bint trans_a, bint trans_b, int m, int n, int k, float alpha,
                  const float *a, int lda, const float *b, int ldb, float beta,
                  float *c, int ldc) noexcept nogil:
     fnn_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, _n_threads)
 
 
-def gemm(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] out,
-         bint trans_a=False, bint trans_b=False, float alpha=1.0, float beta=0.0):
-    """out = alpha * op(a) @ op(b) + beta * out, row-major, op = transpose when asked."""
+def gemm(a, b, out, bint trans_a=False, bint trans_b=False, float alpha=1.0, float beta=0.0):
+    """out = alpha * op(a) @ op(b) + beta * out, row-major, op = transpose when asked. out must
+    not share memory with a or b."""
+    cdef const float[:, ::1] A = _cf2("gemm: a", a, True)
+    cdef const float[:, ::1] B = _cf2("gemm: b", b, True)
+    cdef float[:, ::1] C = _f2("gemm: out", out, True)
     _need_blas()
-    cdef int m = a.shape[1] if trans_a else a.shape[0]
-    cdef int k = a.shape[0] if trans_a else a.shape[1]
-    cdef int kb = b.shape[1] if trans_b else b.shape[0]
-    cdef int n = b.shape[0] if trans_b else b.shape[1]
+    cdef Py_ssize_t m = A.shape[1] if trans_a else A.shape[0]
+    cdef Py_ssize_t k = A.shape[0] if trans_a else A.shape[1]
+    cdef Py_ssize_t kb = B.shape[1] if trans_b else B.shape[0]
+    cdef Py_ssize_t n = B.shape[0] if trans_b else B.shape[1]
     if k != kb:
-        raise ValueError(f"gemm: inner dimensions differ ({k} vs {kb})")
-    _same_shape("gemm out", _shape2(out), (m, n))
+        raise ValueError(f"gemm: inner dimensions differ (a gives {k}, b gives {kb})")
+    _same_shape("gemm: out", _shape2(C), (m, n))
+    _fits_int("gemm: a's rows", A.shape[0]); _fits_int("gemm: a's columns", A.shape[1])
+    _fits_int("gemm: b's rows", B.shape[0]); _fits_int("gemm: b's columns", B.shape[1])
     if m == 0 or n == 0:
         return
+    _disjoint("gemm: out", _p2(C), _n2(C), "a", _p2(A), _n2(A))
+    _disjoint("gemm: out", _p2(C), _n2(C), "b", _p2(B), _n2(B))
+    cdef Py_ssize_t i, j
     if k == 0:
-        for i in range(m):
-            for j in range(n):
-                out[i, j] = beta * out[i, j] if beta != 0 else 0
+        with nogil:
+            for i in range(m):
+                for j in range(n):
+                    C[i, j] = beta * C[i, j] if beta != 0 else 0
         return
     with nogil:
-        _sgemm(trans_a, trans_b, m, n, k, alpha, &a[0, 0], a.shape[1], &b[0, 0], b.shape[1],
-               beta, &out[0, 0], n)
+        _sgemm(trans_a, trans_b, <int>m, <int>n, <int>k, alpha, &A[0, 0], <int>A.shape[1],
+               &B[0, 0], <int>B.shape[1], beta, &C[0, 0], <int>n)
 
 
 def gemm_row_blocks(int rows, int d_in, int d_out):
     """Blocks of a Dense layer's training GEMMs split along its input rows (0: none)."""
+    if rows < 0 or d_in < 0 or d_out < 0:
+        raise ValueError(f"gemm_row_blocks: sizes must be >= 0, got ({rows}, {d_in}, {d_out})")
     return fnn_gemm_row_blocks(rows, d_in, d_out)
 
 
-def act_forward(int act, float alpha, const float[:, ::1] z, float[:, ::1] y):
+# ---- activations, dense layers -------------------------------------------------------------------
+def act_forward(int act, float alpha, z, y):
+    """y = act(z); y may be z itself (in place), not a shifted view of it."""
     _check_act(act)
-    _same_shape("activation output", _shape2(y), _shape2(z))
-    if z.shape[0] == 0 or z.shape[1] == 0:
+    cdef const float[:, ::1] Z = _cf2("act_forward: z", z, True)
+    cdef float[:, ::1] Y = _f2("act_forward: y", y, True)
+    _same_shape("act_forward: y", _shape2(Y), _shape2(Z))
+    if Z.shape[0] == 0 or Z.shape[1] == 0:
         return
+    _same_or_disjoint("act_forward: y", _p2(Y), _n2(Y), "z", _p2(Z), _n2(Z))
     with nogil:
-        fnn_act_forward(act, alpha, &z[0, 0], &y[0, 0], z.shape[0], z.shape[1], _n_threads)
+        fnn_act_forward(act, alpha, &Z[0, 0], &Y[0, 0], Z.shape[0], Z.shape[1], _n_threads)
 
 
-def act_backward(int act, float alpha, const float[:, ::1] z, const float[:, ::1] y,
-                 const float[:, ::1] dy, float[:, ::1] dz):
-    """dz = dy * act'(z); z may be None for activations whose derivative is read off y."""
+def act_backward(int act, float alpha, z, y, dy, dz):
+    """dz = dy * act'(z); z may be None for activations whose derivative is read off y. dz may
+    be exactly dy, y or z (in place)."""
     _check_act(act)
-    cdef tuple shape = _shape2(y)
-    _same_shape("dy", _shape2(dy), shape)
-    _same_shape("dz", _shape2(dz), shape)
+    cdef bint need_z = fnn_activation_needs_input(act)
+    cdef const float[:, ::1] Z = _cf2("act_backward: z", z, need_z)
+    cdef const float[:, ::1] Y = _cf2("act_backward: y", y, True)
+    cdef const float[:, ::1] DY = _cf2("act_backward: dy", dy, True)
+    cdef float[:, ::1] DZ = _f2("act_backward: dz", dz, True)
+    cdef tuple shape = _shape2(Y)
+    _same_shape("act_backward: dy", _shape2(DY), shape)
+    _same_shape("act_backward: dz", _shape2(DZ), shape)
     cdef const float *zp = NULL
-    if fnn_activation_needs_input(act):
-        if z is None:
-            raise ValueError("this activation's backward pass needs its input z")
-        _same_shape("z", _shape2(z), shape)
+    if Z is not None:
+        _same_shape("act_backward: z", _shape2(Z), shape)
     if shape[0] == 0 or shape[1] == 0:
         return
-    if z is not None:
-        zp = &z[0, 0]
+    if Z is not None:
+        zp = &Z[0, 0]
+    cdef const void *dzp = _p2(DZ)
+    cdef size_t nb = _n2(DZ)
+    _same_or_disjoint("act_backward: dz", dzp, nb, "dy", _p2(DY), nb)
+    _same_or_disjoint("act_backward: dz", dzp, nb, "y", _p2(Y), nb)
+    _same_or_disjoint("act_backward: dz", dzp, nb, "z", _p2(Z), _n2(Z))
     with nogil:
-        fnn_act_backward(act, alpha, zp, &y[0, 0], &dy[0, 0], &dz[0, 0], y.shape[0],
-                         y.shape[1], _n_threads)
+        fnn_act_backward(act, alpha, zp, &Y[0, 0], &DY[0, 0], &DZ[0, 0], Y.shape[0],
+                         Y.shape[1], _n_threads)
 
 
-def column_sum(const float[:, ::1] a, float[::1] out):
-    if out.shape[0] != a.shape[1]:
-        raise ValueError(f"column_sum out: expected ({a.shape[1]},), got ({out.shape[0]},)")
-    if a.shape[1] == 0:
+def column_sum(a, out):
+    cdef const float[:, ::1] A = _cf2("column_sum: a", a, True)
+    cdef float[::1] O = _f1("column_sum: out", out, True)
+    if O.shape[0] != A.shape[1]:
+        raise ValueError(f"column_sum: out: expected shape ({A.shape[1]},), got "
+                         f"({O.shape[0]},)")
+    if A.shape[1] == 0:
         return
-    if a.shape[0] == 0:
-        out[:] = 0
+    if A.shape[0] == 0:
+        O[:] = 0
         return
+    _disjoint("column_sum: out", _p1(O), _n1(O), "a", _p2(A), _n2(A))
     with nogil:
-        fnn_column_sum(&a[0, 0], &out[0], a.shape[0], a.shape[1], _n_threads)
+        fnn_column_sum(&A[0, 0], &O[0], A.shape[0], A.shape[1], _n_threads)
 
 
-def dense_forward(const float[:, ::1] x, const float[:, ::1] kernel, const float[::1] bias,
-                  float[:, ::1] z, float[:, ::1] y, int act, float alpha, bint training=False):
+def dense_forward(x, kernel, bias, z, y, int act, float alpha, bint training=False):
     """z = x @ kernel + bias; y = act(z). y may be z itself when act's backward only needs y.
     training splits the GEMM as the layer's backward pass does (see fnn_gemm_row_blocks)."""
-    _need_blas()
     _check_act(act)
-    cdef int rows = x.shape[0], d_in = x.shape[1], d_out = kernel.shape[1]
-    _same_shape("kernel", _shape2(kernel), (d_in, d_out))
-    _same_shape("z", _shape2(z), (rows, d_out))
-    _same_shape("y", _shape2(y), (rows, d_out))
-    if bias is not None and bias.shape[0] != d_out:
-        raise ValueError(f"bias: expected ({d_out},), got ({bias.shape[0]},)")
+    cdef const float[:, ::1] X = _cf2("dense_forward: x", x, True)
+    cdef const float[:, ::1] K = _cf2("dense_forward: kernel", kernel, True)
+    cdef const float[::1] B = _cf1("dense_forward: bias", bias, False)
+    cdef float[:, ::1] Z = _f2("dense_forward: z", z, True)
+    cdef float[:, ::1] Y = _f2("dense_forward: y", y, True)
+    _need_blas()
+    cdef Py_ssize_t rows = X.shape[0], d_in = X.shape[1], d_out = K.shape[1]
+    _same_shape("dense_forward: kernel", _shape2(K), (d_in, d_out))
+    _same_shape("dense_forward: z", _shape2(Z), (rows, d_out))
+    _same_shape("dense_forward: y", _shape2(Y), (rows, d_out))
+    if B is not None and B.shape[0] != d_out:
+        raise ValueError(f"dense_forward: bias: expected shape ({d_out},), got ({B.shape[0]},)")
+    _fits_int("dense_forward: x's rows", rows); _fits_int("dense_forward: x's columns", d_in)
+    _fits_int("dense_forward: kernel's columns", d_out)
     if rows == 0 or d_out == 0:
         return
     if d_in == 0:
-        raise ValueError("dense_forward: input has no features")
+        raise ValueError("dense_forward: x has no features (shape (rows, 0))")
+    cdef const void *zp = _p2(Z)
+    cdef const void *yp = _p2(Y)
+    cdef size_t nb = _n2(Z)
+    _same_or_disjoint("dense_forward: y", yp, nb, "z", zp, nb)
+    _disjoint("dense_forward: z", zp, nb, "x", _p2(X), _n2(X))
+    _disjoint("dense_forward: z", zp, nb, "kernel", _p2(K), _n2(K))
+    _disjoint("dense_forward: z", zp, nb, "bias", _p1(B), _n1(B))
+    if yp != zp:
+        _disjoint("dense_forward: y", yp, nb, "x", _p2(X), _n2(X))
+        _disjoint("dense_forward: y", yp, nb, "kernel", _p2(K), _n2(K))
+        _disjoint("dense_forward: y", yp, nb, "bias", _p1(B), _n1(B))
     cdef fnn_dense layer
-    layer.d_in, layer.d_out, layer.act, layer.alpha = d_in, d_out, act, alpha
-    layer.kernel, layer.bias, layer.d_kernel, layer.d_bias = &kernel[0, 0], NULL, NULL, NULL
-    if bias is not None:
-        layer.bias = &bias[0]
+    layer.d_in, layer.d_out, layer.act, layer.alpha = <int>d_in, <int>d_out, act, alpha
+    layer.kernel, layer.bias, layer.d_kernel, layer.d_bias = &K[0, 0], NULL, NULL, NULL
+    if B is not None:
+        layer.bias = &B[0]
     with nogil:
-        fnn_dense_forward(&layer, &x[0, 0], &z[0, 0], &y[0, 0], rows, training, _n_threads)
+        fnn_dense_forward(&layer, &X[0, 0], &Z[0, 0], &Y[0, 0], <int>rows, training, _n_threads)
 
 
-def dense_backward(const float[:, ::1] x, const float[:, ::1] kernel, const float[:, ::1] z,
-                   const float[:, ::1] y, const float[:, ::1] dy, float[:, ::1] dz,
-                   float[:, ::1] d_kernel, float[::1] d_bias, float[:, ::1] dx,
-                   int act, float alpha, float kernel_step=0.0):
-    """From dy = dL/dy: dz = dy * act'(z) (dz may be dy when act is linear), d_kernel = x^T dz,
+def dense_backward(x, kernel, z, y, dy, dz, d_kernel, d_bias, dx, int act, float alpha,
+                   float kernel_step=0.0):
+    """From dy = dL/dy: dz = dy * act'(z) (dz may be dy, y or z itself), d_kernel = x^T dz,
     d_bias = column sums of dz, dx = dz kernel^T (skipped when dx is None). kernel_step > 0:
     d_kernel -= kernel_step * x^T dz instead (pass the kernel as d_kernel for the plain SGD
     step in place; dx is computed from the kernel before it changes)."""
-    _need_blas()
     _check_act(act)
-    cdef int rows = x.shape[0], d_in = x.shape[1], d_out = kernel.shape[1]
+    cdef bint need_z = fnn_activation_needs_input(act)
+    cdef const float[:, ::1] X = _cf2("dense_backward: x", x, True)
+    cdef const float[:, ::1] K = _cf2("dense_backward: kernel", kernel, True)
+    cdef const float[:, ::1] Z = _cf2("dense_backward: z", z, need_z)
+    cdef const float[:, ::1] Y = _cf2("dense_backward: y", y, True)
+    cdef const float[:, ::1] DY = _cf2("dense_backward: dy", dy, True)
+    cdef float[:, ::1] DZ = _f2("dense_backward: dz", dz, True)
+    cdef float[:, ::1] DK = _f2("dense_backward: d_kernel", d_kernel, True)
+    cdef float[::1] DB = _f1("dense_backward: d_bias", d_bias, False)
+    cdef float[:, ::1] DX = _f2("dense_backward: dx", dx, False)
+    _need_blas()
+    cdef Py_ssize_t rows = X.shape[0], d_in = X.shape[1], d_out = K.shape[1]
     cdef tuple out_shape = (rows, d_out)
-    _same_shape("kernel", _shape2(kernel), (d_in, d_out))
-    _same_shape("y", _shape2(y), out_shape)
-    _same_shape("dy", _shape2(dy), out_shape)
-    _same_shape("dz", _shape2(dz), out_shape)
-    _same_shape("d_kernel", _shape2(d_kernel), (d_in, d_out))
-    if d_bias is not None and d_bias.shape[0] != d_out:
-        raise ValueError(f"d_bias: expected ({d_out},), got ({d_bias.shape[0]},)")
-    if dx is not None:
-        _same_shape("dx", _shape2(dx), (rows, d_in))
-    cdef const float *zp = NULL
-    if fnn_activation_needs_input(act):
-        if z is None:
-            raise ValueError("this activation's backward pass needs its input z")
-        _same_shape("z", _shape2(z), out_shape)
-        zp = &z[0, 0]
+    _same_shape("dense_backward: kernel", _shape2(K), (d_in, d_out))
+    _same_shape("dense_backward: y", _shape2(Y), out_shape)
+    _same_shape("dense_backward: dy", _shape2(DY), out_shape)
+    _same_shape("dense_backward: dz", _shape2(DZ), out_shape)
+    _same_shape("dense_backward: d_kernel", _shape2(DK), (d_in, d_out))
+    if DB is not None and DB.shape[0] != d_out:
+        raise ValueError(f"dense_backward: d_bias: expected shape ({d_out},), got "
+                         f"({DB.shape[0]},)")
+    if DX is not None:
+        _same_shape("dense_backward: dx", _shape2(DX), (rows, d_in))
+    if Z is not None:
+        _same_shape("dense_backward: z", _shape2(Z), out_shape)
+    _fits_int("dense_backward: x's rows", rows); _fits_int("dense_backward: x's columns", d_in)
+    _fits_int("dense_backward: kernel's columns", d_out)
     if rows == 0 or d_in == 0 or d_out == 0:
-        raise ValueError("dense_backward: empty batch or layer")
+        raise ValueError(f"dense_backward: empty batch or layer (x {_shape2(X)}, kernel "
+                         f"{_shape2(K)})")
     if not kernel_step >= 0 or kernel_step == float("inf"):
-        raise ValueError(f"kernel_step must be a finite float >= 0, got {kernel_step}")
+        raise ValueError(f"dense_backward: kernel_step must be a finite float >= 0, got "
+                         f"{kernel_step}")
+    # dz: elementwise from dy (and y, z), then read by both GEMMs: it may be exactly one of
+    # those, never x or the kernel. dx, d_kernel, d_bias: written while other buffers are read.
+    cdef const void *dzp = _p2(DZ)
+    cdef size_t nz = _n2(DZ)
+    _same_or_disjoint("dense_backward: dz", dzp, nz, "dy", _p2(DY), nz)
+    _same_or_disjoint("dense_backward: dz", dzp, nz, "y", _p2(Y), nz)
+    _same_or_disjoint("dense_backward: dz", dzp, nz, "z", _p2(Z), _n2(Z))
+    _disjoint("dense_backward: dz", dzp, nz, "x", _p2(X), _n2(X))
+    _disjoint("dense_backward: dz", dzp, nz, "kernel", _p2(K), _n2(K))
+    cdef const void *dkp = _p2(DK)
+    cdef size_t nk = _n2(DK)
+    if kernel_step > 0:     # the designed in-place step: d_kernel is the kernel itself
+        _same_or_disjoint("dense_backward: d_kernel", dkp, nk, "kernel", _p2(K), _n2(K))
+    else:
+        _disjoint("dense_backward: d_kernel", dkp, nk, "kernel", _p2(K), _n2(K))
+    _disjoint("dense_backward: d_kernel", dkp, nk, "x", _p2(X), _n2(X))
+    _disjoint("dense_backward: d_kernel", dkp, nk, "dz", dzp, nz)
+    _disjoint("dense_backward: d_kernel", dkp, nk, "dy", _p2(DY), _n2(DY))
+    _disjoint("dense_backward: d_kernel", dkp, nk, "y", _p2(Y), _n2(Y))
+    _disjoint("dense_backward: d_kernel", dkp, nk, "z", _p2(Z), _n2(Z))
+    _disjoint("dense_backward: d_kernel", dkp, nk, "d_bias", _p1(DB), _n1(DB))
+    _disjoint("dense_backward: d_kernel", dkp, nk, "dx", _p2(DX), _n2(DX))
+    _disjoint("dense_backward: d_bias", _p1(DB), _n1(DB), "dz", dzp, nz)
+    _disjoint("dense_backward: d_bias", _p1(DB), _n1(DB), "dx", _p2(DX), _n2(DX))
+    _disjoint("dense_backward: d_bias", _p1(DB), _n1(DB), "kernel", _p2(K), _n2(K))
+    _disjoint("dense_backward: d_bias", _p1(DB), _n1(DB), "x", _p2(X), _n2(X))
+    _disjoint("dense_backward: d_bias", _p1(DB), _n1(DB), "dy", _p2(DY), _n2(DY))
+    _disjoint("dense_backward: d_bias", _p1(DB), _n1(DB), "y", _p2(Y), _n2(Y))
+    _disjoint("dense_backward: d_bias", _p1(DB), _n1(DB), "z", _p2(Z), _n2(Z))
+    cdef const void *dxp_ = _p2(DX)
+    cdef size_t nx = _n2(DX)
+    if DX is not None:
+        _disjoint("dense_backward: dx", dxp_, nx, "x", _p2(X), _n2(X))
+        _disjoint("dense_backward: dx", dxp_, nx, "kernel", _p2(K), _n2(K))
+        _disjoint("dense_backward: dx", dxp_, nx, "dz", dzp, nz)
+        _disjoint("dense_backward: dx", dxp_, nx, "dy", _p2(DY), _n2(DY))
+        _disjoint("dense_backward: dx", dxp_, nx, "y", _p2(Y), _n2(Y))
+        _disjoint("dense_backward: dx", dxp_, nx, "z", _p2(Z), _n2(Z))
     cdef fnn_dense layer
-    layer.d_in, layer.d_out, layer.act, layer.alpha = d_in, d_out, act, alpha
-    layer.kernel, layer.bias, layer.d_kernel, layer.d_bias = &kernel[0, 0], NULL, &d_kernel[0, 0], NULL
-    if d_bias is not None:
-        layer.d_bias = &d_bias[0]
-    cdef float *dxp = NULL if dx is None else &dx[0, 0]
+    layer.d_in, layer.d_out, layer.act, layer.alpha = <int>d_in, <int>d_out, act, alpha
+    layer.kernel, layer.bias, layer.d_kernel, layer.d_bias = &K[0, 0], NULL, &DK[0, 0], NULL
+    if DB is not None:
+        layer.d_bias = &DB[0]
+    cdef const float *zp = NULL if Z is None else &Z[0, 0]
+    cdef float *dxp = NULL if DX is None else &DX[0, 0]
     with nogil:
-        fnn_dense_backward(&layer, act, &x[0, 0], zp, &y[0, 0], &dy[0, 0], &dz[0, 0], dxp, rows,
-                           kernel_step, NULL, _n_threads)
+        fnn_dense_backward(&layer, act, &X[0, 0], zp, &Y[0, 0], &DY[0, 0], &DZ[0, 0], dxp,
+                           <int>rows, kernel_step, NULL, _n_threads)
 
 
+# ---- losses --------------------------------------------------------------------------------------
 cdef double _ordered_sum(const float[::1] v) noexcept nogil:
     cdef double s = 0
     cdef Py_ssize_t i
@@ -388,75 +742,124 @@ cdef double _ordered_sum(const float[::1] v) noexcept nogil:
     return s
 
 
-cdef int _check_loss_args(const float[:, ::1] pred, const float[::1] weights,
+cdef int _check_loss_args(str fn, const float[:, ::1] pred, const float[::1] weights,
                           float[::1] row_loss, float[:, ::1] grad) except -1:
-    cdef int rows = pred.shape[0]
+    cdef Py_ssize_t rows = pred.shape[0]
     if row_loss.shape[0] != rows:
-        raise ValueError(f"row_loss: expected ({rows},), got ({row_loss.shape[0]},)")
+        raise ValueError(f"{fn}: row_loss: expected shape ({rows},), got "
+                         f"({row_loss.shape[0]},)")
     if weights is not None and weights.shape[0] != rows:
-        raise ValueError(f"sample_weight: expected ({rows},), got ({weights.shape[0]},)")
+        raise ValueError(f"{fn}: weights: expected shape ({rows},), got ({weights.shape[0]},)")
     if grad is not None:
-        _same_shape("grad", _shape2(grad), _shape2(pred))
+        _same_shape(f"{fn}: grad", _shape2(grad), _shape2(pred))
     if rows == 0 or pred.shape[1] == 0:
-        raise ValueError("loss: empty predictions")
+        raise ValueError(f"{fn}: empty predictions (shape {_shape2(pred)})")
+    # outputs: row_loss and grad, written while pred, targets and weights are read
+    cdef const void *lp = _p1(row_loss)
+    cdef size_t ln = _n1(row_loss)
+    _disjoint(f"{fn}: row_loss", lp, ln, "the predictions", _p2(pred), _n2(pred))
+    _disjoint(f"{fn}: row_loss", lp, ln, "weights", _p1(weights), _n1(weights))
+    _disjoint(f"{fn}: row_loss", lp, ln, "grad", _p2(grad), _n2(grad))
+    _disjoint(f"{fn}: grad", _p2(grad), _n2(grad), "the predictions", _p2(pred), _n2(pred))
+    _disjoint(f"{fn}: grad", _p2(grad), _n2(grad), "weights", _p1(weights), _n1(weights))
     return 0
 
 
-def softmax_xent_sparse(const float[:, ::1] probs, const int32_t[::1] labels,
-                        const float[::1] weights, float scale, float[::1] row_loss,
-                        float[:, ::1] grad):
+def softmax_xent_sparse(probs, labels, weights, float scale, row_loss, grad):
     """Sparse categorical cross-entropy on softmax outputs; grad (may be None) is with respect
     to the logits: scale * w * (p - onehot). Returns the ordered sum of weighted row losses."""
-    _check_loss_args(probs, weights, row_loss, grad)
-    if labels.shape[0] != probs.shape[0]:
-        raise ValueError(f"labels: expected ({probs.shape[0]},), got ({labels.shape[0]},)")
-    cdef const float *wp = NULL if weights is None else &weights[0]
-    cdef float *gp = NULL if grad is None else &grad[0, 0]
+    cdef const float[:, ::1] P = _cf2("softmax_xent_sparse: probs", probs, True)
+    cdef const int32_t[::1] L = _ci1("softmax_xent_sparse: labels", labels, True)
+    cdef const float[::1] W = _cf1("softmax_xent_sparse: weights", weights, False)
+    cdef float[::1] R = _f1("softmax_xent_sparse: row_loss", row_loss, True)
+    cdef float[:, ::1] G = _f2("softmax_xent_sparse: grad", grad, False)
+    _check_loss_args("softmax_xent_sparse", P, W, R, G)
+    if L.shape[0] != P.shape[0]:
+        raise ValueError(f"softmax_xent_sparse: labels: expected shape ({P.shape[0]},), got "
+                         f"({L.shape[0]},)")
+    cdef size_t ln = 4 * <size_t>L.shape[0]
+    _disjoint("softmax_xent_sparse: row_loss", _p1(R), _n1(R), "labels", &L[0], ln)
+    _disjoint("softmax_xent_sparse: grad", _p2(G), _n2(G), "labels", &L[0], ln)
+    cdef const float *wp = NULL if W is None else &W[0]
+    cdef float *gp = NULL if G is None else &G[0, 0]
     cdef int status
     with nogil:
-        status = fnn_softmax_xent_sparse(&probs[0, 0], &labels[0], wp, scale, &row_loss[0], gp,
-                                         probs.shape[0], probs.shape[1], _n_threads)
+        status = fnn_softmax_xent_sparse(&P[0, 0], &L[0], wp, scale, &R[0], gp,
+                                         P.shape[0], P.shape[1], _n_threads)
     if status != 0:
-        raise ValueError(f"labels must be integers in [0, {probs.shape[1]})")
-    return _ordered_sum(row_loss)
+        raise ValueError(f"softmax_xent_sparse: labels must be integers in [0, {P.shape[1]})")
+    return _ordered_sum(R)
 
 
 ctypedef int (*dense_loss_fn)(const float *, const float *, const float *, float, float *,
                               float *, size_t, size_t, int) noexcept nogil
 
 
-cdef double _dense_loss(dense_loss_fn fn, const float[:, ::1] pred, const float[:, ::1] targets,
-                        const float[::1] weights, float scale, float[::1] row_loss,
-                        float[:, ::1] grad) except? -1:
-    _check_loss_args(pred, weights, row_loss, grad)
-    _same_shape("targets", _shape2(targets), _shape2(pred))
-    cdef const float *wp = NULL if weights is None else &weights[0]
-    cdef float *gp = NULL if grad is None else &grad[0, 0]
+cdef double _dense_loss(str fn_name, dense_loss_fn fn, pred, targets, weights, float scale,
+                        row_loss, grad) except? -1:
+    cdef const float[:, ::1] P = _cf2(fn_name + ": pred", pred, True)
+    cdef const float[:, ::1] T = _cf2(fn_name + ": targets", targets, True)
+    cdef const float[::1] W = _cf1(fn_name + ": weights", weights, False)
+    cdef float[::1] R = _f1(fn_name + ": row_loss", row_loss, True)
+    cdef float[:, ::1] G = _f2(fn_name + ": grad", grad, False)
+    _check_loss_args(fn_name, P, W, R, G)
+    _same_shape(fn_name + ": targets", _shape2(T), _shape2(P))
+    _disjoint(fn_name + ": row_loss", _p1(R), _n1(R), "targets", _p2(T), _n2(T))
+    _disjoint(fn_name + ": grad", _p2(G), _n2(G), "targets", _p2(T), _n2(T))
+    cdef const float *wp = NULL if W is None else &W[0]
+    cdef float *gp = NULL if G is None else &G[0, 0]
     with nogil:
-        fn(&pred[0, 0], &targets[0, 0], wp, scale, &row_loss[0], gp, pred.shape[0],
-           pred.shape[1], _n_threads)
-    return _ordered_sum(row_loss)
+        fn(&P[0, 0], &T[0, 0], wp, scale, &R[0], gp, P.shape[0], P.shape[1], _n_threads)
+    return _ordered_sum(R)
 
 
 def softmax_xent_dense(probs, targets, weights, float scale, row_loss, grad):
-    return _dense_loss(fnn_softmax_xent_dense, probs, targets, weights, scale, row_loss, grad)
+    return _dense_loss("softmax_xent_dense", fnn_softmax_xent_dense, probs, targets, weights,
+                       scale, row_loss, grad)
 
 
 def sigmoid_bxent(probs, targets, weights, float scale, row_loss, grad):
-    return _dense_loss(fnn_sigmoid_bxent, probs, targets, weights, scale, row_loss, grad)
+    return _dense_loss("sigmoid_bxent", fnn_sigmoid_bxent, probs, targets, weights, scale,
+                       row_loss, grad)
 
 
 def squared_error(pred, targets, weights, float scale, row_loss, grad):
-    return _dense_loss(fnn_squared_error, pred, targets, weights, scale, row_loss, grad)
+    return _dense_loss("squared_error", fnn_squared_error, pred, targets, weights, scale,
+                       row_loss, grad)
 
 
 def absolute_error(pred, targets, weights, float scale, row_loss, grad):
-    return _dense_loss(fnn_absolute_error, pred, targets, weights, scale, row_loss, grad)
+    return _dense_loss("absolute_error", fnn_absolute_error, pred, targets, weights, scale,
+                       row_loss, grad)
 
 
-cdef inline int _check_slot(name, const float[::1] w, const float[::1] s) except -1:
-    if s is not None and s.shape[0] != w.shape[0]:
-        raise ValueError(f"{name}: expected ({w.shape[0]},), got ({s.shape[0]},)")
+# ---- optimizer updates ---------------------------------------------------------------------------
+# w (updated), g (read) and the slots (updated; a required slot may not be None, an optional
+# one is None or w's size) are all separate buffers of one length.
+cdef int _check_update(str fn, float[::1] w, const float[::1] g, tuple names, tuple slots,
+                       tuple required) except -1:
+    cdef Py_ssize_t n = w.shape[0], i, j
+    cdef float[::1] s
+    cdef list ptrs = [(<size_t>_p1(w), "w"), (<size_t>_p1(g), "g")]
+    if g.shape[0] != n:
+        raise ValueError(f"{fn}: g (the gradient): expected shape ({n},) like w, got "
+                         f"({g.shape[0]},)")
+    for i in range(len(slots)):
+        s = slots[i]
+        if s is None:
+            continue
+        if s.shape[0] != n:
+            raise ValueError(f"{fn}: {names[i]}: expected shape ({n},) like w, got "
+                             f"({s.shape[0]},)")
+        ptrs.append((<size_t>_p1(s), names[i]))
+    if n == 0:
+        return 0
+    cdef size_t nb = 4 * <size_t>n
+    for i in range(len(ptrs)):
+        for j in range(i + 1, len(ptrs)):
+            if ptrs[i][0] != 0 and ptrs[j][0] != 0:
+                _disjoint(f"{fn}: {ptrs[i][1]}", <const void *><size_t>ptrs[i][0], nb,
+                          ptrs[j][1], <const void *><size_t>ptrs[j][0], nb)
     return 0
 
 
@@ -464,122 +867,183 @@ cdef inline float *_ptr(float[::1] a) noexcept:
     return NULL if a is None or a.shape[0] == 0 else &a[0]
 
 
-def sgd_update(float[::1] w, const float[::1] g, float[::1] m, float lr, float momentum,
-               bint nesterov):
-    _check_slot("grad", w, g); _check_slot("momentum", w, m)
-    if w.shape[0] == 0:
+def sgd_update(w, g, m, float lr, float momentum, bint nesterov):
+    """m (the momentum slot) is required when momentum != 0, else unused (may be None)."""
+    cdef float[::1] W = _f1("sgd_update: w", w, True)
+    cdef const float[::1] G = _cf1("sgd_update: g", g, True)
+    cdef float[::1] M = _f1("sgd_update: m", m, momentum != 0)
+    _check_update("sgd_update", W, G, ("m",), (M,), (momentum != 0,))
+    if W.shape[0] == 0:
         return
-    cdef float *mp = _ptr(m)
+    cdef float *mp = _ptr(M)
     with nogil:
-        fnn_sgd(&w[0], &g[0], mp, w.shape[0], lr, momentum, nesterov, _n_threads)
+        fnn_sgd(&W[0], &G[0], mp, W.shape[0], lr, momentum, nesterov, _n_threads)
 
 
-def adam_update(float[::1] w, const float[::1] g, float[::1] m, float[::1] v, float[::1] vmax,
-                float alpha, float beta1, float beta2, float eps):
-    _check_slot("grad", w, g); _check_slot("m", w, m); _check_slot("v", w, v)
-    _check_slot("vhat", w, vmax)
-    if w.shape[0] == 0:
+def adam_update(w, g, m, v, vmax, float alpha, float beta1, float beta2, float eps):
+    """vmax (AMSGrad's slot) may be None."""
+    cdef float[::1] W = _f1("adam_update: w", w, True)
+    cdef const float[::1] G = _cf1("adam_update: g", g, True)
+    cdef float[::1] M = _f1("adam_update: m", m, True)
+    cdef float[::1] V = _f1("adam_update: v", v, True)
+    cdef float[::1] VM = _f1("adam_update: vmax", vmax, False)
+    _check_update("adam_update", W, G, ("m", "v", "vmax"), (M, V, VM), ())
+    if W.shape[0] == 0:
         return
-    cdef float *vmp = _ptr(vmax)
+    cdef float *vmp = _ptr(VM)
     with nogil:
-        fnn_adam(&w[0], &g[0], &m[0], &v[0], vmp, w.shape[0], alpha, beta1, beta2, eps,
+        fnn_adam(&W[0], &G[0], &M[0], &V[0], vmp, W.shape[0], alpha, beta1, beta2, eps,
                  _n_threads)
 
 
-def rmsprop_update(float[::1] w, const float[::1] g, float[::1] v, float[::1] mom,
-                   float[::1] mg, float lr, float rho, float momentum, float eps):
-    _check_slot("grad", w, g); _check_slot("velocity", w, v)
-    _check_slot("momentum", w, mom); _check_slot("average_gradient", w, mg)
-    if w.shape[0] == 0:
+def rmsprop_update(w, g, v, mom, mg, float lr, float rho, float momentum, float eps):
+    """mom is required when momentum > 0 (else unused); mg (centered) may be None."""
+    cdef float[::1] W = _f1("rmsprop_update: w", w, True)
+    cdef const float[::1] G = _cf1("rmsprop_update: g", g, True)
+    cdef float[::1] V = _f1("rmsprop_update: v", v, True)
+    cdef float[::1] MOM = _f1("rmsprop_update: mom", mom, momentum > 0)
+    cdef float[::1] MG = _f1("rmsprop_update: mg", mg, False)
+    _check_update("rmsprop_update", W, G, ("v", "mom", "mg"), (V, MOM, MG), ())
+    if W.shape[0] == 0:
         return
-    cdef float *momp = _ptr(mom)
-    cdef float *mgp = _ptr(mg)
+    cdef float *momp = _ptr(MOM)
+    cdef float *mgp = _ptr(MG)
     with nogil:
-        fnn_rmsprop(&w[0], &g[0], &v[0], momp, mgp, w.shape[0], lr, rho, momentum,
+        fnn_rmsprop(&W[0], &G[0], &V[0], momp, mgp, W.shape[0], lr, rho, momentum,
                     eps, _n_threads)
 
 
-def adagrad_update(float[::1] w, const float[::1] g, float[::1] acc, float lr, float eps):
-    _check_slot("grad", w, g); _check_slot("accumulator", w, acc)
-    if w.shape[0] == 0:
+def adagrad_update(w, g, acc, float lr, float eps):
+    cdef float[::1] W = _f1("adagrad_update: w", w, True)
+    cdef const float[::1] G = _cf1("adagrad_update: g", g, True)
+    cdef float[::1] A = _f1("adagrad_update: acc", acc, True)
+    _check_update("adagrad_update", W, G, ("acc",), (A,), ())
+    if W.shape[0] == 0:
         return
     with nogil:
-        fnn_adagrad(&w[0], &g[0], &acc[0], w.shape[0], lr, eps, _n_threads)
+        fnn_adagrad(&W[0], &G[0], &A[0], W.shape[0], lr, eps, _n_threads)
 
 
-def adadelta_update(float[::1] w, const float[::1] g, float[::1] acc_g, float[::1] acc_dx,
-                    float lr, float rho, float eps):
-    _check_slot("grad", w, g); _check_slot("accumulated_grad", w, acc_g)
-    _check_slot("accumulated_delta_var", w, acc_dx)
-    if w.shape[0] == 0:
+def adadelta_update(w, g, acc_g, acc_dx, float lr, float rho, float eps):
+    cdef float[::1] W = _f1("adadelta_update: w", w, True)
+    cdef const float[::1] G = _cf1("adadelta_update: g", g, True)
+    cdef float[::1] AG = _f1("adadelta_update: acc_g", acc_g, True)
+    cdef float[::1] AD = _f1("adadelta_update: acc_dx", acc_dx, True)
+    _check_update("adadelta_update", W, G, ("acc_g", "acc_dx"), (AG, AD), ())
+    if W.shape[0] == 0:
         return
     with nogil:
-        fnn_adadelta(&w[0], &g[0], &acc_g[0], &acc_dx[0], w.shape[0], lr, rho, eps, _n_threads)
+        fnn_adadelta(&W[0], &G[0], &AG[0], &AD[0], W.shape[0], lr, rho, eps, _n_threads)
 
 
-def adamax_update(float[::1] w, const float[::1] g, float[::1] m, float[::1] u, float alpha,
-                  float beta1, float beta2, float eps):
-    _check_slot("grad", w, g); _check_slot("m", w, m); _check_slot("u", w, u)
-    if w.shape[0] == 0:
+def adamax_update(w, g, m, u, float alpha, float beta1, float beta2, float eps):
+    cdef float[::1] W = _f1("adamax_update: w", w, True)
+    cdef const float[::1] G = _cf1("adamax_update: g", g, True)
+    cdef float[::1] M = _f1("adamax_update: m", m, True)
+    cdef float[::1] U = _f1("adamax_update: u", u, True)
+    _check_update("adamax_update", W, G, ("m", "u"), (M, U), ())
+    if W.shape[0] == 0:
         return
     with nogil:
-        fnn_adamax(&w[0], &g[0], &m[0], &u[0], w.shape[0], alpha, beta1, beta2, eps, _n_threads)
+        fnn_adamax(&W[0], &G[0], &M[0], &U[0], W.shape[0], alpha, beta1, beta2, eps,
+                   _n_threads)
 
 
-def nadam_update(float[::1] w, const float[::1] g, float[::1] m, float[::1] v, float lr,
-                 float beta1, float beta2, float eps, float mu_t, float mu_t1, float u_prod,
-                 float u_prod_t1, float beta2_power):
-    _check_slot("grad", w, g); _check_slot("m", w, m); _check_slot("v", w, v)
-    if w.shape[0] == 0:
+def nadam_update(w, g, m, v, float lr, float beta1, float beta2, float eps, float mu_t,
+                 float mu_t1, float u_prod, float u_prod_t1, float beta2_power):
+    cdef float[::1] W = _f1("nadam_update: w", w, True)
+    cdef const float[::1] G = _cf1("nadam_update: g", g, True)
+    cdef float[::1] M = _f1("nadam_update: m", m, True)
+    cdef float[::1] V = _f1("nadam_update: v", v, True)
+    _check_update("nadam_update", W, G, ("m", "v"), (M, V), ())
+    if W.shape[0] == 0:
         return
     with nogil:
-        fnn_nadam(&w[0], &g[0], &m[0], &v[0], w.shape[0], lr, beta1, beta2, eps, mu_t, mu_t1,
+        fnn_nadam(&W[0], &G[0], &M[0], &V[0], W.shape[0], lr, beta1, beta2, eps, mu_t, mu_t1,
                   u_prod, u_prod_t1, beta2_power, _n_threads)
 
 
-def ftrl_update(float[::1] w, const float[::1] g, float[::1] acc, float[::1] lin, float lr,
-                float lr_power, float l1, float l2, float l2_shrinkage, float beta):
-    _check_slot("grad", w, g); _check_slot("accumulator", w, acc); _check_slot("linear", w, lin)
-    if w.shape[0] == 0:
+def ftrl_update(w, g, acc, lin, float lr, float lr_power, float l1, float l2,
+                float l2_shrinkage, float beta):
+    cdef float[::1] W = _f1("ftrl_update: w", w, True)
+    cdef const float[::1] G = _cf1("ftrl_update: g", g, True)
+    cdef float[::1] A = _f1("ftrl_update: acc", acc, True)
+    cdef float[::1] L = _f1("ftrl_update: lin", lin, True)
+    _check_update("ftrl_update", W, G, ("acc", "lin"), (A, L), ())
+    if W.shape[0] == 0:
         return
     with nogil:
-        fnn_ftrl(&w[0], &g[0], &acc[0], &lin[0], w.shape[0], lr, lr_power, l1, l2,
+        fnn_ftrl(&W[0], &G[0], &A[0], &L[0], W.shape[0], lr, lr_power, l1, l2,
                  l2_shrinkage, beta, _n_threads)
 
 
 # ---- convolution, pooling, batch normalization -------------------------------------------------
-cdef fnn_conv_geom _geom(tuple x_shape, tuple window) except *:
-    """window = (kh, kw, sh, sw, pad_top, pad_left, oh, ow), validated against x_shape."""
+cdef fnn_conv_geom _geom(str fn, tuple x_shape, window) except *:
+    """window = (kh, kw, sh, sw, pad_top, pad_left, oh, ow), validated against x_shape in 64-bit
+    arithmetic: every window overlaps the image (at least one tap inside it), and every index
+    the kernels compute, (o - 1) * s + k, fits their int."""
     cdef fnn_conv_geom g
-    if len(window) != 8:
-        raise ValueError("window must be (kh, kw, sh, sw, pad_top, pad_left, oh, ow)")
-    g.n, g.h, g.w, g.c = x_shape
-    g.kh, g.kw, g.sh, g.sw, g.pad_top, g.pad_left, g.oh, g.ow = window
-    if min(g.kh, g.kw, g.sh, g.sw, g.oh, g.ow) < 1 or g.pad_top < 0 or g.pad_left < 0:
-        raise ValueError(f"invalid window {window}")
+    if not isinstance(window, tuple) or len(window) != 8:
+        raise ValueError(f"{fn}: window must be a tuple (kh, kw, sh, sw, pad_top, pad_left, "
+                         f"oh, ow), got {window!r}")
+    cdef long long kh, kw, sh, sw, pt, pl, oh, ow, n, h, w, c
+    try:
+        kh, kw, sh, sw, pt, pl, oh, ow = window
+    except (TypeError, OverflowError) as e:
+        raise type(e)(f"{fn}: window {window!r}: {e}") from None
+    n, h, w, c = x_shape
+    if min(kh, kw, sh, sw, oh, ow) < 1 or pt < 0 or pl < 0:
+        raise ValueError(f"{fn}: invalid window {window}: sizes and strides must be >= 1, "
+                         "pads >= 0")
+    if max(kh, kw, sh, sw, pt, pl, oh, ow, n, h, w, c) > INT_MAX:
+        raise ValueError(f"{fn}: window {window} or input shape {x_shape} exceeds {INT_MAX}")
+    if h < 1 or w < 1:
+        raise ValueError(f"{fn}: input shape {x_shape} has no pixels")
+    if pt >= kh or pl >= kw or (oh - 1) * sh - pt >= h or (ow - 1) * sw - pl >= w:
+        raise ValueError(f"{fn}: window {window} does not fit input shape {x_shape}: some "
+                         "windows lie wholly outside the image (pads must be smaller than the "
+                         "window, and the last window must start inside the image)")
+    if (oh - 1) * sh + kh > INT_MAX or (ow - 1) * sw + kw > INT_MAX:
+        raise ValueError(f"{fn}: window {window}: (oh - 1) * sh + kh or (ow - 1) * sw + kw "
+                         f"exceeds {INT_MAX}")
+    g.n, g.h, g.w, g.c = <int>n, <int>h, <int>w, <int>c
+    g.kh, g.kw, g.sh, g.sw, g.pad_top, g.pad_left, g.oh, g.ow = \
+        <int>kh, <int>kw, <int>sh, <int>sw, <int>pt, <int>pl, <int>oh, <int>ow
     return g
 
 
-cdef tuple _shape4(const float[:, :, :, ::1] a):
-    return (a.shape[0], a.shape[1], a.shape[2], a.shape[3])
+cdef int _pool_indices_fit(str fn, const fnn_conv_geom *g) except -1:
+    """Max pooling stores each tap's flat index within its image as int32."""
+    if <long long>g.h * g.w * g.c > INT_MAX:
+        raise ValueError(f"{fn}: an image of {g.h} x {g.w} x {g.c} has too many values for "
+                         "int32 argmax indices")
+    return 0
 
 
-def im2col(const float[:, :, :, ::1] x, tuple window, float[:, ::1] cols):
-    cdef fnn_conv_geom g = _geom(_shape4(x), window)
-    _same_shape("cols", _shape2(cols), (g.n * g.oh * g.ow, g.kh * g.kw * g.c))
-    if cols.shape[0] == 0 or cols.shape[1] == 0:
+def im2col(x, window, cols):
+    cdef const float[:, :, :, ::1] X = _cf4("im2col: x", x, True)
+    cdef float[:, ::1] C = _f2("im2col: cols", cols, True)
+    cdef fnn_conv_geom g = _geom("im2col", _shape4(X), window)
+    _same_shape("im2col: cols", _shape2(C), (<Py_ssize_t>g.n * g.oh * g.ow,
+                                             <Py_ssize_t>g.kh * g.kw * g.c))
+    if C.shape[0] == 0 or C.shape[1] == 0:
         return
+    _disjoint("im2col: cols", _p2(C), _n2(C), "x", _p4(X), _n4(X))
     with nogil:
-        fnn_im2col(&x[0, 0, 0, 0], &cols[0, 0], &g, _n_threads)
+        fnn_im2col(&X[0, 0, 0, 0], &C[0, 0], &g, _n_threads)
 
 
-def col2im(const float[:, ::1] cols, tuple window, float[:, :, :, ::1] x):
-    cdef fnn_conv_geom g = _geom(_shape4(x), window)
-    _same_shape("cols", _shape2(cols), (g.n * g.oh * g.ow, g.kh * g.kw * g.c))
-    if x.shape[0] == 0 or cols.shape[1] == 0:
+def col2im(cols, window, x):
+    cdef const float[:, ::1] C = _cf2("col2im: cols", cols, True)
+    cdef float[:, :, :, ::1] X = _f4("col2im: x", x, True)
+    cdef fnn_conv_geom g = _geom("col2im", _shape4(X), window)
+    _same_shape("col2im: cols", _shape2(C), (<Py_ssize_t>g.n * g.oh * g.ow,
+                                             <Py_ssize_t>g.kh * g.kw * g.c))
+    if X.shape[0] == 0 or C.shape[1] == 0:
         return
+    _disjoint("col2im: x", _p4(X), _n4(X), "cols", _p2(C), _n2(C))
     with nogil:
-        fnn_col2im(&cols[0, 0], &x[0, 0, 0, 0], &g, _n_threads)
+        fnn_col2im(&C[0, 0], &X[0, 0, 0, 0], &g, _n_threads)
 
 
 cdef int _check_argmax(const int32_t *a, size_t n, Py_ssize_t limit, where) except -1:
@@ -594,80 +1058,101 @@ cdef int _check_argmax(const int32_t *a, size_t n, Py_ssize_t limit, where) exce
     return 0
 
 
-def maxpool_forward(const float[:, :, :, ::1] x, tuple window, float[:, :, :, ::1] y,
-                    int32_t[:, :, :, ::1] argmax):
-    cdef fnn_conv_geom g = _geom(_shape4(x), window)
+def maxpool_forward(x, window, y, argmax):
+    cdef const float[:, :, :, ::1] X = _cf4("maxpool_forward: x", x, True)
+    cdef float[:, :, :, ::1] Y = _f4("maxpool_forward: y", y, True)
+    cdef int32_t[:, :, :, ::1] A = _i4("maxpool_forward: argmax", argmax, True)
+    cdef fnn_conv_geom g = _geom("maxpool_forward", _shape4(X), window)
+    _pool_indices_fit("maxpool_forward", &g)
     cdef tuple out = (g.n, g.oh, g.ow, g.c)
-    _same_shape("y", _shape4(y), out)
-    _same_shape("argmax", (argmax.shape[0], argmax.shape[1], argmax.shape[2], argmax.shape[3]),
-                out)
+    _same_shape("maxpool_forward: y", _shape4(Y), out)
+    _same_shape("maxpool_forward: argmax", _ishape4(A), out)
     if g.n == 0 or g.c == 0:
         return
+    _disjoint("maxpool_forward: y", _p4(Y), _n4(Y), "x", _p4(X), _n4(X))
+    _disjoint("maxpool_forward: argmax", _pi4(A), _ni4(A), "x", _p4(X), _n4(X))
+    _disjoint("maxpool_forward: argmax", _pi4(A), _ni4(A), "y", _p4(Y), _n4(Y))
     with nogil:
-        fnn_maxpool_forward(&x[0, 0, 0, 0], &y[0, 0, 0, 0], &argmax[0, 0, 0, 0], &g, _n_threads)
+        fnn_maxpool_forward(&X[0, 0, 0, 0], &Y[0, 0, 0, 0], &A[0, 0, 0, 0], &g, _n_threads)
 
 
-def maxpool_backward(const float[:, :, :, ::1] dy, const int32_t[:, :, :, ::1] argmax,
-                     tuple window, float[:, :, :, ::1] dx):
-    cdef fnn_conv_geom g = _geom(_shape4(dx), window)
+def maxpool_backward(dy, argmax, window, dx):
+    cdef const float[:, :, :, ::1] DY = _cf4("maxpool_backward: dy", dy, True)
+    cdef const int32_t[:, :, :, ::1] A = _ci4("maxpool_backward: argmax", argmax, True)
+    cdef float[:, :, :, ::1] DX = _f4("maxpool_backward: dx", dx, True)
+    cdef fnn_conv_geom g = _geom("maxpool_backward", _shape4(DX), window)
+    _pool_indices_fit("maxpool_backward", &g)
     cdef tuple out = (g.n, g.oh, g.ow, g.c)
-    _same_shape("dy", _shape4(dy), out)
-    _same_shape("argmax", (argmax.shape[0], argmax.shape[1], argmax.shape[2], argmax.shape[3]),
-                out)
+    _same_shape("maxpool_backward: dy", _shape4(DY), out)
+    _same_shape("maxpool_backward: argmax", _ishape4(A), out)
     if g.n == 0 or g.c == 0:
         return
-    cdef const int32_t *a = &argmax[0, 0, 0, 0]
+    _disjoint("maxpool_backward: dx", _p4(DX), _n4(DX), "dy", _p4(DY), _n4(DY))
+    _disjoint("maxpool_backward: dx", _p4(DX), _n4(DX), "argmax", _pi4(A), _ni4(A))
+    cdef const int32_t *a = &A[0, 0, 0, 0]
     _check_argmax(a, <size_t>g.n * g.oh * g.ow * g.c, <Py_ssize_t>g.h * g.w * g.c,
                   "the input image")
     with nogil:
-        fnn_maxpool_backward(&dy[0, 0, 0, 0], a, &dx[0, 0, 0, 0], &g, _n_threads)
+        fnn_maxpool_backward(&DY[0, 0, 0, 0], a, &DX[0, 0, 0, 0], &g, _n_threads)
 
 
-def avgpool_forward(const float[:, :, :, ::1] x, tuple window, float[:, :, :, ::1] y):
-    cdef fnn_conv_geom g = _geom(_shape4(x), window)
-    _same_shape("y", _shape4(y), (g.n, g.oh, g.ow, g.c))
+def avgpool_forward(x, window, y):
+    cdef const float[:, :, :, ::1] X = _cf4("avgpool_forward: x", x, True)
+    cdef float[:, :, :, ::1] Y = _f4("avgpool_forward: y", y, True)
+    cdef fnn_conv_geom g = _geom("avgpool_forward", _shape4(X), window)
+    _same_shape("avgpool_forward: y", _shape4(Y), (g.n, g.oh, g.ow, g.c))
     if g.n == 0 or g.c == 0:
         return
+    _disjoint("avgpool_forward: y", _p4(Y), _n4(Y), "x", _p4(X), _n4(X))
     with nogil:
-        fnn_avgpool_forward(&x[0, 0, 0, 0], &y[0, 0, 0, 0], &g, _n_threads)
+        fnn_avgpool_forward(&X[0, 0, 0, 0], &Y[0, 0, 0, 0], &g, _n_threads)
 
 
-def avgpool_backward(const float[:, :, :, ::1] dy, tuple window, float[:, :, :, ::1] dx):
-    cdef fnn_conv_geom g = _geom(_shape4(dx), window)
-    _same_shape("dy", _shape4(dy), (g.n, g.oh, g.ow, g.c))
+def avgpool_backward(dy, window, dx):
+    cdef const float[:, :, :, ::1] DY = _cf4("avgpool_backward: dy", dy, True)
+    cdef float[:, :, :, ::1] DX = _f4("avgpool_backward: dx", dx, True)
+    cdef fnn_conv_geom g = _geom("avgpool_backward", _shape4(DX), window)
+    _same_shape("avgpool_backward: dy", _shape4(DY), (g.n, g.oh, g.ow, g.c))
     if g.n == 0 or g.c == 0:
         return
+    _disjoint("avgpool_backward: dx", _p4(DX), _n4(DX), "dy", _p4(DY), _n4(DY))
     with nogil:
-        fnn_avgpool_backward(&dy[0, 0, 0, 0], &dx[0, 0, 0, 0], &g, _n_threads)
-
+        fnn_avgpool_backward(&DY[0, 0, 0, 0], &DX[0, 0, 0, 0], &g, _n_threads)
 
 
 # ---- convolution + max pooling, fused ------------------------------------------------------
 def conv_pool_plan(int n, int oh, int ow, int filters):
     """(groups, images per chunk) of conv_pool_forward/backward over n images whose
     convolution output is oh x ow x filters: the workspaces hold groups x chunk images."""
+    if n < 0 or oh < 0 or ow < 0 or filters < 0:
+        raise ValueError(f"conv_pool_plan: sizes must be >= 0, got ({n}, {oh}, {ow}, "
+                         f"{filters})")
     cdef int groups, chunk
     fnn_conv_pool_plan(n, <size_t>oh * ow * filters, &groups, &chunk)
     return groups, chunk
 
 
-cdef int _conv_pool_geoms(tuple x_shape, tuple conv_window, tuple pool_window, int filters,
+cdef int _conv_pool_geoms(str fn, tuple x_shape, conv_window, pool_window, Py_ssize_t filters,
                           fnn_conv_geom *conv, fnn_conv_geom *pool) except -1:
-    conv[0] = _geom(x_shape, conv_window)
-    pool[0] = _geom((conv.n, conv.oh, conv.ow, filters), pool_window)
+    conv[0] = _geom(fn, x_shape, conv_window)
+    _fits_int(f"{fn}: filters", filters)
+    pool[0] = _geom(fn + " (pooling)", (conv.n, conv.oh, conv.ow, filters), pool_window)
+    _pool_indices_fit(fn, pool)
     if conv.n == 0 or conv.c == 0 or filters == 0:
-        raise ValueError("conv_pool: empty batch, input channels or filters")
+        raise ValueError(f"{fn}: empty batch, input channels or filters")
+    _fits_int(f"{fn}: im2col rows (n * oh * ow)", <Py_ssize_t>conv.n * conv.oh * conv.ow)
+    _fits_int(f"{fn}: im2col columns (kh * kw * c)", <Py_ssize_t>conv.kh * conv.kw * conv.c)
     return 0
 
 
-cdef int _check_conv_pool_act(int act, float alpha, bint backward) except -1:
+cdef int _check_conv_pool_act(str fn, int act, float alpha, bint backward) except -1:
     _check_act(act)
     if not fnn_activation_monotone(act, alpha):
-        raise ValueError(f"conv_pool: activation id {act} (alpha {alpha}) is not "
+        raise ValueError(f"{fn}: activation id {act} (alpha {alpha}) is not "
                          "non-decreasing, so max pooling does not commute with it; run the "
                          "convolution and the pooling unfused")
     if backward and fnn_activation_needs_input(act):
-        raise ValueError(f"conv_pool_backward: activation id {act} needs its input; run the "
+        raise ValueError(f"{fn}: activation id {act} needs its input; run the "
                          "convolution and the pooling unfused")
     return 0
 
@@ -680,151 +1165,238 @@ cdef int _check_work(name, const float[:, ::1] a, Py_ssize_t rows, Py_ssize_t co
     return 0
 
 
-def conv_pool_forward(const float[:, :, :, ::1] x, const float[:, ::1] kernel,
-                      const float[::1] bias, int act, float alpha, tuple conv_window,
-                      tuple pool_window, float[:, ::1] cols, float[:, ::1] work,
-                      float[:, :, :, ::1] y, int32_t[:, :, :, ::1] argmax):
+def conv_pool_forward(x, kernel, bias, int act, float alpha, conv_window, pool_window, cols,
+                      work, y, argmax):
     """y, argmax = maxpool(act(im2col(x) @ kernel + bias)), a cache-sized chunk of images at a
     time; cols (n*oh*ow, kh*kw*c) keeps the columns for backward, work is scratch."""
+    cdef str fn = "conv_pool_forward"
+    cdef const float[:, :, :, ::1] X = _cf4("conv_pool_forward: x", x, True)
+    cdef const float[:, ::1] K = _cf2("conv_pool_forward: kernel", kernel, True)
+    cdef const float[::1] B = _cf1("conv_pool_forward: bias", bias, False)
+    cdef float[:, ::1] C = _f2("conv_pool_forward: cols", cols, True)
+    cdef float[:, ::1] WK = _f2("conv_pool_forward: work", work, True)
+    cdef float[:, :, :, ::1] Y = _f4("conv_pool_forward: y", y, True)
+    cdef int32_t[:, :, :, ::1] A = _i4("conv_pool_forward: argmax", argmax, True)
     _need_blas()
-    _check_conv_pool_act(act, alpha, False)
+    _check_conv_pool_act(fn, act, alpha, False)
     cdef fnn_conv_geom conv, pool
-    cdef int filters = kernel.shape[1]
-    _conv_pool_geoms(_shape4(x), conv_window, pool_window, filters, &conv, &pool)
-    cdef Py_ssize_t kdim = conv.kh * conv.kw * conv.c, pixels = conv.oh * conv.ow
+    cdef Py_ssize_t filters = K.shape[1]
+    _conv_pool_geoms(fn, _shape4(X), conv_window, pool_window, filters, &conv, &pool)
+    cdef Py_ssize_t kdim = <Py_ssize_t>conv.kh * conv.kw * conv.c
+    cdef Py_ssize_t pixels = <Py_ssize_t>conv.oh * conv.ow
     cdef int groups, chunk
-    groups, chunk = conv_pool_plan(conv.n, conv.oh, conv.ow, filters)
-    _same_shape("kernel", _shape2(kernel), (kdim, filters))
-    _check_channels("bias", bias, filters)
-    _same_shape("cols", _shape2(cols), (conv.n * pixels, kdim))
-    _check_work("work", work, groups * chunk * pixels, filters)
+    groups, chunk = conv_pool_plan(conv.n, conv.oh, conv.ow, <int>filters)
+    _same_shape("conv_pool_forward: kernel", _shape2(K), (kdim, filters))
+    if B is not None and B.shape[0] != filters:
+        raise ValueError(f"conv_pool_forward: bias: expected shape ({filters},), got "
+                         f"({B.shape[0]},)")
+    _same_shape("conv_pool_forward: cols", _shape2(C), (conv.n * pixels, kdim))
+    _check_work("conv_pool_forward: work", WK, <Py_ssize_t>groups * chunk * pixels, filters)
     cdef tuple out = (pool.n, pool.oh, pool.ow, filters)
-    _same_shape("y", _shape4(y), out)
-    _same_shape("argmax", (argmax.shape[0], argmax.shape[1], argmax.shape[2], argmax.shape[3]),
-                out)
-    cdef const float *bp = NULL if bias is None else &bias[0]
+    _same_shape("conv_pool_forward: y", _shape4(Y), out)
+    _same_shape("conv_pool_forward: argmax", _ishape4(A), out)
+    _all_disjoint(fn, [("cols", <size_t>_p2(C), _n2(C)), ("work", <size_t>_p2(WK), _n2(WK)),
+                       ("y", <size_t>_p4(Y), _n4(Y)), ("argmax", <size_t>_pi4(A), _ni4(A))],
+                  [("x", <size_t>_p4(X), _n4(X)), ("kernel", <size_t>_p2(K), _n2(K)),
+                   ("bias", <size_t>_p1(B), _n1(B))])
+    cdef const float *bp = NULL if B is None else &B[0]
     with nogil:
-        fnn_conv_pool_forward(&x[0, 0, 0, 0], &kernel[0, 0], bp, act, alpha, &conv, &pool,
-                              &cols[0, 0], &work[0, 0], &y[0, 0, 0, 0], &argmax[0, 0, 0, 0],
+        fnn_conv_pool_forward(&X[0, 0, 0, 0], &K[0, 0], bp, act, alpha, &conv, &pool,
+                              &C[0, 0], &WK[0, 0], &Y[0, 0, 0, 0], &A[0, 0, 0, 0],
                               _n_threads)
 
 
-def conv_pool_backward(const float[:, ::1] cols, const float[:, ::1] kernel,
-                       const float[:, :, :, ::1] y, const int32_t[:, :, :, ::1] argmax,
-                       float[:, :, :, ::1] dy, int act, float alpha, tuple conv_window,
-                       tuple pool_window, tuple x_shape, float[:, ::1] d_kernel,
-                       float[::1] d_bias, float[:, :, :, ::1] dx, float[:, ::1] work,
-                       float[:, ::1] dcols_work, float[:, ::1] partials):
+def conv_pool_backward(cols, kernel, y, argmax, dy, int act, float alpha, conv_window,
+                       pool_window, x_shape, d_kernel, d_bias, dx, work, dcols_work,
+                       partials):
     """From dy (the pooled gradient, overwritten with its gradient through act): d_kernel,
     d_bias and dx (each skipped when None) of conv_pool_forward. act's derivative must be
     readable off its output (not softplus, gelu, silu or softmax)."""
+    cdef str fn = "conv_pool_backward"
+    cdef const float[:, ::1] C = _cf2("conv_pool_backward: cols", cols, True)
+    cdef const float[:, ::1] K = _cf2("conv_pool_backward: kernel", kernel, True)
+    cdef const float[:, :, :, ::1] Y = _cf4("conv_pool_backward: y", y, True)
+    cdef const int32_t[:, :, :, ::1] A = _ci4("conv_pool_backward: argmax", argmax, True)
+    cdef float[:, :, :, ::1] DY = _f4("conv_pool_backward: dy", dy, True)
+    cdef float[:, ::1] DK = _f2("conv_pool_backward: d_kernel", d_kernel, False)
+    cdef float[::1] DB = _f1("conv_pool_backward: d_bias", d_bias, False)
+    cdef float[:, :, :, ::1] DX = _f4("conv_pool_backward: dx", dx, False)
+    cdef float[:, ::1] WK = _f2("conv_pool_backward: work", work, False)
+    cdef float[:, ::1] DCW = _f2("conv_pool_backward: dcols_work", dcols_work, False)
+    cdef float[:, ::1] PT = _f2("conv_pool_backward: partials", partials, False)
     _need_blas()
-    _check_conv_pool_act(act, alpha, True)
+    _check_conv_pool_act(fn, act, alpha, True)
+    if not isinstance(x_shape, tuple) or len(x_shape) != 4:
+        raise ValueError(f"conv_pool_backward: x_shape must be a 4-tuple, got {x_shape!r}")
+    for v in x_shape:
+        if not isinstance(v, int) or v < 0:
+            raise ValueError(f"conv_pool_backward: x_shape must hold sizes >= 0, got "
+                             f"{x_shape!r}")
     cdef fnn_conv_geom conv, pool
-    cdef int filters = kernel.shape[1]
-    _conv_pool_geoms(x_shape, conv_window, pool_window, filters, &conv, &pool)
-    cdef Py_ssize_t kdim = conv.kh * conv.kw * conv.c, pixels = conv.oh * conv.ow
+    cdef Py_ssize_t filters = K.shape[1]
+    _conv_pool_geoms(fn, x_shape, conv_window, pool_window, filters, &conv, &pool)
+    cdef Py_ssize_t kdim = <Py_ssize_t>conv.kh * conv.kw * conv.c
+    cdef Py_ssize_t pixels = <Py_ssize_t>conv.oh * conv.ow
     cdef int groups, chunk
-    groups, chunk = conv_pool_plan(conv.n, conv.oh, conv.ow, filters)
-    _same_shape("kernel", _shape2(kernel), (kdim, filters))
-    _same_shape("cols", _shape2(cols), (conv.n * pixels, kdim))
+    groups, chunk = conv_pool_plan(conv.n, conv.oh, conv.ow, <int>filters)
+    _same_shape("conv_pool_backward: kernel", _shape2(K), (kdim, filters))
+    _same_shape("conv_pool_backward: cols", _shape2(C), (conv.n * pixels, kdim))
     cdef tuple out = (pool.n, pool.oh, pool.ow, filters)
-    _same_shape("y", _shape4(y), out)
-    _same_shape("dy", _shape4(dy), out)
-    _same_shape("argmax", (argmax.shape[0], argmax.shape[1], argmax.shape[2], argmax.shape[3]),
-                out)
-    _check_channels("d_bias", d_bias, filters)
-    if d_kernel is not None:
-        _same_shape("d_kernel", _shape2(d_kernel), (kdim, filters))
+    _same_shape("conv_pool_backward: y", _shape4(Y), out)
+    _same_shape("conv_pool_backward: dy", _shape4(DY), out)
+    _same_shape("conv_pool_backward: argmax", _ishape4(A), out)
+    if DB is not None and DB.shape[0] != filters:
+        raise ValueError(f"conv_pool_backward: d_bias: expected shape ({filters},), got "
+                         f"({DB.shape[0]},)")
+    cdef Py_ssize_t work_rows = <Py_ssize_t>groups * chunk * pixels
+    if DK is not None:
+        _same_shape("conv_pool_backward: d_kernel", _shape2(DK), (kdim, filters))
         if groups > 1:
-            _check_work("partials", partials, (groups - 1) * kdim, filters)
-    if dx is not None:
-        _same_shape("dx", _shape4(dx), x_shape)
-        _check_work("dcols_work", dcols_work, groups * chunk * pixels, kdim)
-    if d_kernel is not None or dx is not None:
-        _check_work("work", work, groups * chunk * pixels, filters)
-    cdef const int32_t *a = &argmax[0, 0, 0, 0]
+            _check_work("conv_pool_backward: partials", PT, (groups - 1) * kdim, filters)
+    if DX is not None:
+        _same_shape("conv_pool_backward: dx", _shape4(DX), x_shape)
+        _check_work("conv_pool_backward: dcols_work", DCW, work_rows, kdim)
+    if DK is not None or DX is not None:
+        _check_work("conv_pool_backward: work", WK, work_rows, filters)
+    _all_disjoint(fn, [("dy", <size_t>_p4(DY), _n4(DY)),
+                       ("d_kernel", <size_t>_p2(DK), _n2(DK)),
+                       ("d_bias", <size_t>_p1(DB), _n1(DB)), ("dx", <size_t>_p4(DX), _n4(DX)),
+                       ("work", <size_t>_p2(WK), _n2(WK)),
+                       ("dcols_work", <size_t>_p2(DCW), _n2(DCW)),
+                       ("partials", <size_t>_p2(PT), _n2(PT))],
+                  [("cols", <size_t>_p2(C), _n2(C)), ("kernel", <size_t>_p2(K), _n2(K)),
+                   ("y", <size_t>_p4(Y), _n4(Y)), ("argmax", <size_t>_pi4(A), _ni4(A))])
+    cdef const int32_t *a = &A[0, 0, 0, 0]
     _check_argmax(a, <size_t>pool.n * pool.oh * pool.ow * filters, pixels * filters,
                   "the convolution output")
-    cdef float *dkp = NULL if d_kernel is None else &d_kernel[0, 0]
-    cdef float *dbp = NULL if d_bias is None else &d_bias[0]
-    cdef float *dxp = NULL if dx is None else &dx[0, 0, 0, 0]
-    cdef float *wp = NULL if work is None else &work[0, 0]
-    cdef float *dcp = NULL if dcols_work is None else &dcols_work[0, 0]
-    cdef float *pp = NULL if partials is None else &partials[0, 0]
+    cdef float *dkp = NULL if DK is None else &DK[0, 0]
+    cdef float *dbp = NULL if DB is None else &DB[0]
+    cdef float *dxp = NULL if DX is None else &DX[0, 0, 0, 0]
+    cdef float *wp = NULL if WK is None else &WK[0, 0]
+    cdef float *dcp = NULL if DCW is None else &DCW[0, 0]
+    cdef float *pp = NULL if PT is None else &PT[0, 0]
     with nogil:
-        fnn_conv_pool_backward(&cols[0, 0], &kernel[0, 0], &y[0, 0, 0, 0], a, &dy[0, 0, 0, 0],
+        fnn_conv_pool_backward(&C[0, 0], &K[0, 0], &Y[0, 0, 0, 0], a, &DY[0, 0, 0, 0],
                                act, alpha, &conv, &pool, dkp, dbp, dxp, wp, dcp, pp, _n_threads)
+
 
 cdef int _check_channels(name, const float[::1] v, Py_ssize_t cols) except -1:
     if v is not None and v.shape[0] != cols:
-        raise ValueError(f"{name}: expected ({cols},), got ({v.shape[0]},)")
+        raise ValueError(f"{name}: expected shape ({cols},), got ({v.shape[0]},)")
     return 0
 
 
-def bn_stats(const float[:, ::1] x, float[::1] mean, float[::1] var):
-    _check_channels("mean", mean, x.shape[1]); _check_channels("var", var, x.shape[1])
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError("batch normalization of an empty batch")
+def bn_stats(x, mean, var):
+    cdef const float[:, ::1] X = _cf2("bn_stats: x", x, True)
+    cdef float[::1] M = _f1("bn_stats: mean", mean, True)
+    cdef float[::1] V = _f1("bn_stats: var", var, True)
+    _check_channels("bn_stats: mean", M, X.shape[1])
+    _check_channels("bn_stats: var", V, X.shape[1])
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"bn_stats: batch normalization of an empty batch (x {_shape2(X)})")
+    _all_disjoint("bn_stats", [("mean", <size_t>_p1(M), _n1(M)), ("var", <size_t>_p1(V), _n1(V))],
+                  [("x", <size_t>_p2(X), _n2(X))])
     with nogil:
-        fnn_bn_stats(&x[0, 0], &mean[0], &var[0], x.shape[0], x.shape[1], _n_threads)
+        fnn_bn_stats(&X[0, 0], &M[0], &V[0], X.shape[0], X.shape[1], _n_threads)
 
 
-def bn_apply(const float[:, ::1] x, const float[::1] mean, const float[::1] var,
-             const float[::1] gamma, const float[::1] beta, float eps, float[:, ::1] y):
-    cdef Py_ssize_t c = x.shape[1]
-    _check_channels("mean", mean, c); _check_channels("var", var, c)
-    _check_channels("gamma", gamma, c); _check_channels("beta", beta, c)
-    if mean is None or var is None:
-        raise ValueError("mean and var are required")
-    _same_shape("y", _shape2(y), _shape2(x))
-    if x.shape[0] == 0 or c == 0:
+def bn_apply(x, mean, var, gamma, beta, float eps, y):
+    """y = gamma (x - mean) / sqrt(var + eps) + beta; y may be x itself (in place)."""
+    cdef const float[:, ::1] X = _cf2("bn_apply: x", x, True)
+    cdef const float[::1] M = _cf1("bn_apply: mean", mean, True)
+    cdef const float[::1] V = _cf1("bn_apply: var", var, True)
+    cdef const float[::1] GA = _cf1("bn_apply: gamma", gamma, False)
+    cdef const float[::1] BE = _cf1("bn_apply: beta", beta, False)
+    cdef float[:, ::1] Y = _f2("bn_apply: y", y, True)
+    cdef Py_ssize_t c = X.shape[1]
+    _check_channels("bn_apply: mean", M, c); _check_channels("bn_apply: var", V, c)
+    _check_channels("bn_apply: gamma", GA, c); _check_channels("bn_apply: beta", BE, c)
+    _same_shape("bn_apply: y", _shape2(Y), _shape2(X))
+    if X.shape[0] == 0 or c == 0:
         return
-    cdef const float *gp = NULL if gamma is None else &gamma[0]
-    cdef const float *bp = NULL if beta is None else &beta[0]
+    _same_or_disjoint("bn_apply: y", _p2(Y), _n2(Y), "x", _p2(X), _n2(X))
+    for other, p, nb in (("mean", <size_t>_p1(M), _n1(M)), ("var", <size_t>_p1(V), _n1(V)),
+                         ("gamma", <size_t>_p1(GA), _n1(GA)), ("beta", <size_t>_p1(BE), _n1(BE))):
+        _disjoint("bn_apply: y", _p2(Y), _n2(Y), other, <const void *><size_t>p, nb)
+    cdef const float *gp = NULL if GA is None else &GA[0]
+    cdef const float *bp = NULL if BE is None else &BE[0]
     with nogil:
-        fnn_bn_apply(&x[0, 0], &mean[0], &var[0], gp, bp, eps, &y[0, 0], x.shape[0], c,
+        fnn_bn_apply(&X[0, 0], &M[0], &V[0], gp, bp, eps, &Y[0, 0], X.shape[0], c,
                      _n_threads)
 
 
-def bn_backward(const float[:, ::1] x, const float[:, ::1] dy, const float[::1] mean,
-                const float[::1] var, const float[::1] gamma, float eps, float[:, ::1] dx,
-                float[::1] d_gamma, float[::1] d_beta):
-    cdef Py_ssize_t c = x.shape[1]
-    _check_channels("mean", mean, c); _check_channels("var", var, c)
-    _check_channels("gamma", gamma, c); _check_channels("d_gamma", d_gamma, c)
-    _check_channels("d_beta", d_beta, c)
-    if mean is None or var is None:
-        raise ValueError("mean and var are required")
-    _same_shape("dy", _shape2(dy), _shape2(x))
-    _same_shape("dx", _shape2(dx), _shape2(x))
-    if x.shape[0] == 0 or c == 0:
-        raise ValueError("batch normalization of an empty batch")
-    cdef const float *gp = NULL if gamma is None else &gamma[0]
-    cdef float *dgp = NULL if d_gamma is None else &d_gamma[0]
-    cdef float *dbp = NULL if d_beta is None else &d_beta[0]
+def bn_backward(x, dy, mean, var, gamma, float eps, dx, d_gamma, d_beta):
+    """Training-mode backward; dx may be dy itself (in place)."""
+    cdef const float[:, ::1] X = _cf2("bn_backward: x", x, True)
+    cdef const float[:, ::1] DY = _cf2("bn_backward: dy", dy, True)
+    cdef const float[::1] M = _cf1("bn_backward: mean", mean, True)
+    cdef const float[::1] V = _cf1("bn_backward: var", var, True)
+    cdef const float[::1] GA = _cf1("bn_backward: gamma", gamma, False)
+    cdef float[:, ::1] DX = _f2("bn_backward: dx", dx, True)
+    cdef float[::1] DG = _f1("bn_backward: d_gamma", d_gamma, False)
+    cdef float[::1] DB = _f1("bn_backward: d_beta", d_beta, False)
+    cdef Py_ssize_t c = X.shape[1]
+    _check_channels("bn_backward: mean", M, c); _check_channels("bn_backward: var", V, c)
+    _check_channels("bn_backward: gamma", GA, c)
+    _check_channels("bn_backward: d_gamma", DG, c)
+    _check_channels("bn_backward: d_beta", DB, c)
+    _same_shape("bn_backward: dy", _shape2(DY), _shape2(X))
+    _same_shape("bn_backward: dx", _shape2(DX), _shape2(X))
+    if X.shape[0] == 0 or c == 0:
+        raise ValueError(f"bn_backward: batch normalization of an empty batch (x {_shape2(X)})")
+    _same_or_disjoint("bn_backward: dx", _p2(DX), _n2(DX), "dy", _p2(DY), _n2(DY))
+    _all_disjoint("bn_backward", [("dx", <size_t>_p2(DX), _n2(DX)),
+                                  ("d_gamma", <size_t>_p1(DG), _n1(DG)),
+                                  ("d_beta", <size_t>_p1(DB), _n1(DB))],
+                  [("x", <size_t>_p2(X), _n2(X)), ("mean", <size_t>_p1(M), _n1(M)),
+                   ("var", <size_t>_p1(V), _n1(V)), ("gamma", <size_t>_p1(GA), _n1(GA))])
+    _disjoint("bn_backward: d_gamma", _p1(DG), _n1(DG), "dy", _p2(DY), _n2(DY))
+    _disjoint("bn_backward: d_beta", _p1(DB), _n1(DB), "dy", _p2(DY), _n2(DY))
+    cdef const float *gp = NULL if GA is None else &GA[0]
+    cdef float *dgp = NULL if DG is None else &DG[0]
+    cdef float *dbp = NULL if DB is None else &DB[0]
     with nogil:
-        fnn_bn_backward(&x[0, 0], &dy[0, 0], &mean[0], &var[0], gp, eps, &dx[0, 0], dgp, dbp,
-                        x.shape[0], c, _n_threads)
+        fnn_bn_backward(&X[0, 0], &DY[0, 0], &M[0], &V[0], gp, eps, &DX[0, 0], dgp, dbp,
+                        X.shape[0], c, _n_threads)
 
 
-def bn_update_moving(float[::1] moving_mean, float[::1] moving_var, const float[::1] mean,
-                     const float[::1] var, float momentum):
-    cdef Py_ssize_t c = moving_mean.shape[0]
-    _check_channels("moving_variance", moving_var, c)
-    _check_channels("mean", mean, c); _check_channels("var", var, c)
+def bn_update_moving(moving_mean, moving_var, mean, var, float momentum):
+    cdef float[::1] MM = _f1("bn_update_moving: moving_mean", moving_mean, True)
+    cdef float[::1] MV = _f1("bn_update_moving: moving_var", moving_var, True)
+    cdef const float[::1] M = _cf1("bn_update_moving: mean", mean, True)
+    cdef const float[::1] V = _cf1("bn_update_moving: var", var, True)
+    cdef Py_ssize_t c = MM.shape[0]
+    _check_channels("bn_update_moving: moving_var", MV, c)
+    _check_channels("bn_update_moving: mean", M, c)
+    _check_channels("bn_update_moving: var", V, c)
     if c == 0:
         return
-    fnn_bn_update_moving(&moving_mean[0], &moving_var[0], &mean[0], &var[0], momentum, c)
+    _all_disjoint("bn_update_moving", [("moving_mean", <size_t>_p1(MM), _n1(MM)),
+                                       ("moving_var", <size_t>_p1(MV), _n1(MV))],
+                  [("mean", <size_t>_p1(M), _n1(M)), ("var", <size_t>_p1(V), _n1(V))])
+    with nogil:
+        fnn_bn_update_moving(&MM[0], &MV[0], &M[0], &V[0], momentum, c)
 
 
 # ---- a whole Dense stack run in C (csrc/stack.c; built and driven by fastnn/stack.py) ----------
+IN_PLACE_MIN_WEIGHTS = FNN_IN_PLACE_MIN_WEIGHTS
+
+# Optimizer slots each kind needs (the rest are optional, see fnn_optimizer_step): SGD's
+# momentum slot and RMSprop's second one are needed only with momentum, checked per step.
+cdef int[8] _REQUIRED_SLOTS = [0, 2, 1, 1, 2, 2, 2, 2]
+
+
 cdef inline float *_fptr(a) except? NULL:
     """Address of a C-contiguous float32 NumPy array (None -> NULL)."""
     if a is None:
         return NULL
     cdef float[::1] flat = a.reshape(-1)
     return &flat[0] if flat.shape[0] else NULL
+
+
+cdef inline size_t _addr(a):
+    """Address of a NumPy array's data (0 for None)."""
+    return 0 if a is None else <size_t>a.ctypes.data
 
 
 cdef class DenseStack:
@@ -836,6 +1408,8 @@ cdef class DenseStack:
     cdef float **bufs                 # z[n], y[n], dx[n]
     cdef float *slot_ptrs[8]
     cdef size_t *kernel_at            # each layer's kernel offset in the arena, or NULL
+    cdef int64_t *in_place_at         # see fnn_stack.in_place_at
+    cdef size_t *update_spans
     cdef list keep                    # every array the pointers above point into
     cdef public int d_in, d_out, n_scalars, batch, loss
     cdef public bint train
@@ -845,8 +1419,14 @@ cdef class DenseStack:
                   params=None, grads=None, slots=()):
         import numpy as np
         cdef int n = len(layers), i
+        cdef const float[:, ::1] kv
+        cdef const float[::1] bv
+        cdef float[:, ::1] dkv
+        cdef float[::1] dbv, pv, gv, sv
+        cdef Py_ssize_t d_in, d_out
         if n == 0 or batch < 1:
-            raise ValueError("DenseStack needs at least one layer and a positive batch")
+            raise ValueError(f"DenseStack: needs at least one layer and a batch >= 1, got "
+                             f"{n} layers, batch {batch}")
         self.dense = <fnn_dense *>calloc(n, sizeof(fnn_dense))
         self.bufs = <float **>calloc(3 * n, sizeof(float *))
         if self.dense == NULL or self.bufs == NULL:
@@ -854,26 +1434,47 @@ cdef class DenseStack:
         self.keep = []
         self.batch, self.train, self.loss = batch, train, loss
         prev = None
-        for i, (kernel, bias, d_kernel, d_bias, act, alpha) in enumerate(layers):
+        for i in range(n):
+            spec = layers[i]
+            if not isinstance(spec, tuple) or len(spec) != 6:
+                raise TypeError(f"DenseStack: layer {i}: expected a tuple (kernel, bias, "
+                                f"d_kernel, d_bias, act, alpha), got {type(spec).__name__}")
+            kernel, bias, d_kernel, d_bias, act, alpha = spec
             _check_act(act)
-            for name, a in (("kernel", kernel), ("bias", bias), ("d_kernel", d_kernel),
-                            ("d_bias", d_bias)):
-                if a is not None and (a.dtype != np.float32 or not a.flags.c_contiguous):
-                    raise ValueError(f"layer {i} {name}: must be C-contiguous float32")
-            if kernel.ndim != 2 or (prev is not None and kernel.shape[0] != prev):
-                raise ValueError(f"layer {i} kernel: expected ({prev}, units), got {kernel.shape}")
-            d_in, d_out = kernel.shape
-            if bias is not None and bias.shape != (d_out,):
-                raise ValueError(f"layer {i} bias: expected ({d_out},), got {bias.shape}")
-            if train and (d_kernel is None or d_kernel.shape != kernel.shape or
-                          (bias is None) != (d_bias is None) or
-                          (d_bias is not None and d_bias.shape != (d_out,))):
-                raise ValueError(f"layer {i}: gradients must match the kernel and bias")
+            kv = _cf2(f"DenseStack: layer {i} kernel", kernel, True)
+            bv = _cf1(f"DenseStack: layer {i} bias", bias, False)
+            d_in, d_out = kv.shape[0], kv.shape[1]
+            if prev is not None and d_in != prev:
+                raise ValueError(f"DenseStack: layer {i} kernel: expected ({prev}, units), got "
+                                 f"{(d_in, d_out)}")
+            if d_in == 0 or d_out == 0:
+                raise ValueError(f"DenseStack: layer {i} kernel: empty shape {(d_in, d_out)}")
+            _fits_int(f"DenseStack: layer {i} kernel rows", d_in)
+            _fits_int(f"DenseStack: layer {i} kernel columns", d_out)
+            if bv is not None and bv.shape[0] != d_out:
+                raise ValueError(f"DenseStack: layer {i} bias: expected shape ({d_out},), got "
+                                 f"({bv.shape[0]},)")
+            if train:
+                dkv = _f2(f"DenseStack: layer {i} d_kernel", d_kernel, True)
+                dbv = _f1(f"DenseStack: layer {i} d_bias", d_bias, bias is not None)
+                if dkv.shape[0] != d_in or dkv.shape[1] != d_out:
+                    raise ValueError(f"DenseStack: layer {i} d_kernel: expected shape "
+                                     f"{(d_in, d_out)}, got {(dkv.shape[0], dkv.shape[1])}")
+                if bias is None and dbv is not None:
+                    raise ValueError(f"DenseStack: layer {i}: d_bias given without a bias")
+                if dbv is not None and dbv.shape[0] != d_out:
+                    raise ValueError(f"DenseStack: layer {i} d_bias: expected shape ({d_out},), "
+                                     f"got ({dbv.shape[0]},)")
+                _all_disjoint(f"DenseStack: layer {i}",
+                              [("d_kernel", <size_t>_p2(dkv), _n2(dkv)),
+                               ("d_bias", <size_t>_p1(dbv), _n1(dbv))],
+                              [("kernel", <size_t>_p2(kv), _n2(kv)),
+                               ("bias", <size_t>_p1(bv), _n1(bv))])
             z = np.empty((batch, d_out), np.float32)
             y = np.empty_like(z) if train and fnn_activation_needs_input(act) else z
             dx = np.empty((batch, d_in), np.float32) if train and i > 0 else None
             self.keep += [kernel, bias, d_kernel, d_bias, z, y, dx]
-            self.dense[i].d_in, self.dense[i].d_out = d_in, d_out
+            self.dense[i].d_in, self.dense[i].d_out = <int>d_in, <int>d_out
             self.dense[i].act, self.dense[i].alpha = act, alpha
             self.dense[i].kernel, self.dense[i].bias = _fptr(kernel), _fptr(bias)
             if train:
@@ -889,28 +1490,38 @@ cdef class DenseStack:
         if not train:
             return
         if not 0 <= loss < FNN_N_LOSSES:
-            raise ValueError(f"unknown loss kind {loss}")
+            raise ValueError(f"DenseStack: unknown loss kind {loss}")
         if not FNN_METRIC_NONE <= metric <= FNN_METRIC_BINARY_ACC:
-            raise ValueError(f"unknown metric kind {metric}")
+            raise ValueError(f"DenseStack: unknown metric kind {metric}")
         if metric == FNN_METRIC_BINARY_ACC and self.d_out != 1:
-            raise ValueError("binary accuracy runs in C for one output column only")
+            raise ValueError("DenseStack: binary accuracy runs in C for one output column only")
         self.n_scalars = fnn_optimizer_scalars(opt)
         if self.n_scalars < 0:
-            raise ValueError(f"unknown optimizer kind {opt}")
-        if params is None or grads is None or params.dtype != np.float32 or \
-                grads.shape != params.shape or grads.dtype != np.float32 or params.ndim != 1 \
-                or not params.flags.c_contiguous or not grads.flags.c_contiguous:
-            raise ValueError("params and grads must be flat float32 arrays of one length")
+            raise ValueError(f"DenseStack: unknown optimizer kind {opt}")
+        pv = _f1("DenseStack: params", params, True)
+        gv = _f1("DenseStack: grads", grads, True)
+        if gv.shape[0] != pv.shape[0]:
+            raise ValueError(f"DenseStack: grads: expected shape ({pv.shape[0]},) like params, "
+                             f"got ({gv.shape[0]},)")
+        if not isinstance(slots, (tuple, list)):
+            raise TypeError(f"DenseStack: slots: expected a tuple of arrays, got "
+                            f"{type(slots).__name__}")
         slots = list(slots)
         if len(slots) > FNN_OPT_SLOTS:
-            raise ValueError(f"at most {FNN_OPT_SLOTS} optimizer slots")
+            raise ValueError(f"DenseStack: slots: at most {FNN_OPT_SLOTS} optimizer slots, got "
+                             f"{len(slots)}")
+        outs = [("params", <size_t>_p1(pv), _n1(pv)), ("grads", <size_t>_p1(gv), _n1(gv))]
         for i in range(FNN_OPT_SLOTS):
             slot = slots[i] if i < len(slots) else None
-            if slot is not None and (slot.shape != params.shape or slot.dtype != np.float32 or
-                                     not slot.flags.c_contiguous):
-                raise ValueError(f"optimizer slot {i}: expected float32 {params.shape}")
-            self.slot_ptrs[i] = _fptr(slot)
+            sv = _f1(f"DenseStack: optimizer slot {i}", slot, i < _REQUIRED_SLOTS[opt])
+            if sv is not None and sv.shape[0] != pv.shape[0]:
+                raise ValueError(f"DenseStack: optimizer slot {i}: expected shape "
+                                 f"({pv.shape[0]},) like params, got ({sv.shape[0]},)")
+            self.slot_ptrs[i] = NULL if sv is None else _fptr(slot)
+            if sv is not None:
+                outs.append((f"optimizer slot {i}", <size_t>_p1(sv), _n1(sv)))
             self.keep.append(slot)
+        _all_disjoint("DenseStack", outs)
         target_buf = np.empty((batch, self.d_out), np.float32)
         labels = np.empty(batch, np.int32)
         weight_buf, row_loss = np.empty(batch, np.float32), np.empty(batch, np.float32)
@@ -923,8 +1534,10 @@ cdef class DenseStack:
         self.s.loss, self.s.fused, self.s.mean_reduction = loss, fused, mean_reduction
         self.s.metric, self.s.threshold, self.s.opt = metric, threshold, opt
         self.s.params, self.s.grads, self.s.slots = _fptr(params), _fptr(grads), self.slot_ptrs
-        self.s.n_params = params.shape[0]
+        self.s.n_params = pv.shape[0]
         self._find_kernels(layers, params, grads)
+        if opt == FNN_OPT_SGD:
+            self._find_in_place(layers, params)
 
     cdef _find_kernels(self, list layers, params, grads):
         """Point s.kernel_at at each layer's kernel offset when the layers' parameters tile the
@@ -955,27 +1568,74 @@ cdef class DenseStack:
             self.kernel_at[i] = offsets[i]
         self.s.kernel_at = self.kernel_at
 
+    cdef _find_in_place(self, list layers, params):
+        """The kernels of at least IN_PLACE_MIN_WEIGHTS weights, which lie in the arena: with
+        plain SGD they take their step inside their weight-gradient GEMM, as the layer-by-layer
+        path does (fastnn/models.py), so both give bit-identical weights."""
+        cdef size_t n = len(layers), i, base = _addr(params), size = 4 * <size_t>params.shape[0]
+        spans = []
+        at = []
+        for kernel, *_ in layers:
+            a = _addr(kernel)
+            if kernel.size >= FNN_IN_PLACE_MIN_WEIGHTS and base <= a and \
+                    a + 4 * kernel.size <= base + size and (a - base) % 4 == 0:
+                at.append((a - base) // 4)
+                spans.append(((a - base) // 4, (a - base) // 4 + kernel.size))
+            else:
+                at.append(-1)
+        if not spans:
+            return
+        rest, pos = [], 0
+        for start, stop in sorted(spans):
+            if start < pos:
+                return      # overlapping kernels: leave every update to the optimizer
+            if start > pos:
+                rest.append((pos, start))
+            pos = stop
+        if pos < <size_t>params.shape[0]:
+            rest.append((pos, params.shape[0]))
+        self.in_place_at = <int64_t *>calloc(n, sizeof(int64_t))
+        self.update_spans = <size_t *>calloc(2 * len(rest) + 1, sizeof(size_t))
+        if self.in_place_at == NULL or self.update_spans == NULL:
+            raise MemoryError()
+        for i in range(n):
+            self.in_place_at[i] = at[i]
+        for i in range(len(rest)):
+            self.update_spans[2 * i], self.update_spans[2 * i + 1] = rest[i]
+        self.s.in_place_at, self.s.update_spans = self.in_place_at, self.update_spans
+        self.s.n_update_spans = len(rest)
+
     @property
     def updates_in_backward(self):
         """Whether training updates each layer during the backward pass (_find_kernels)."""
         return self.kernel_at != NULL
 
+    @property
+    def in_place_layers(self):
+        """The layers whose kernel takes a plain SGD step inside its GEMM (_find_in_place)."""
+        if self.in_place_at == NULL:
+            return ()
+        return tuple(i for i in range(self.s.n_layers) if self.in_place_at[i] >= 0)
+
     def __dealloc__(self):
         free(self.dense)
         free(self.bufs)
         free(self.kernel_at)
+        free(self.in_place_at)
+        free(self.update_spans)
 
     cdef int _data(self, fnn_stack_data *d, x, y, weights, order) except -1:
         """Check the source arrays against the stack and point d at them."""
         import numpy as np
         if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != self.d_in or \
                 not x.flags.c_contiguous:
-            raise ValueError(f"x: expected a C-contiguous array of shape (n, {self.d_in}), got "
-                             f"{getattr(x, 'shape', type(x).__name__)}")
+            raise ValueError(f"DenseStack: x: expected a C-contiguous array of shape (n, "
+                             f"{self.d_in}), got {_describe(x)}")
         kinds = {np.dtype(np.float32): FNN_SRC_F32, np.dtype(np.float64): FNN_SRC_F64,
                  np.dtype(np.uint8): FNN_SRC_U8}
         if x.dtype not in kinds:
-            raise ValueError(f"x: dtype must be float32, float64 or uint8, got {x.dtype}")
+            raise TypeError(f"DenseStack: x: dtype must be float32, float64 or uint8, got "
+                            f"{x.dtype}")
         cdef int64_t n = x.shape[0]
         d.x, d.x_type, d.rows, d.x_len = <const void *><size_t>x.ctypes.data, kinds[x.dtype], n, \
             self.d_in
@@ -986,43 +1646,62 @@ cdef class DenseStack:
         cdef const int64_t[::1] ov
         if self.train:
             if self.loss == FNN_LOSS_SPARSE_XENT:
-                lab = y
+                lab = _ci1("DenseStack: y (int32 labels)", y, True)
                 if lab.shape[0] != n:
-                    raise ValueError(f"y: expected int32 labels of shape ({n},)")
-                d.labels = &lab[0]
+                    raise ValueError(f"DenseStack: y: expected int32 labels of shape ({n},), "
+                                     f"got ({lab.shape[0]},)")
+                d.labels = &lab[0] if n else NULL
             else:
-                tgt = y
+                tgt = _cf2("DenseStack: y (float32 targets)", y, True)
                 if tgt.shape[0] != n or tgt.shape[1] != self.d_out:
-                    raise ValueError(f"y: expected float32 targets of shape ({n}, {self.d_out})")
-                d.targets, d.target_len = &tgt[0, 0], self.d_out
+                    raise ValueError(f"DenseStack: y: expected float32 targets of shape ({n}, "
+                                     f"{self.d_out}), got {_shape2(tgt)}")
+                d.targets, d.target_len = (&tgt[0, 0] if n else NULL), self.d_out
             if weights is not None:
-                wv = weights
+                wv = _cf1("DenseStack: sample_weight", weights, True)
                 if wv.shape[0] != n:
-                    raise ValueError(f"sample_weight: expected ({n},)")
-                d.weights = &wv[0]
+                    raise ValueError(f"DenseStack: sample_weight: expected shape ({n},), got "
+                                     f"({wv.shape[0]},)")
+                d.weights = &wv[0] if n else NULL
         if order is not None:
-            ov = order
+            ov = _ci64("DenseStack: order", order, True)
             if ov.shape[0] != n:
-                raise ValueError(f"order: expected ({n},)")
-            d.order = &ov[0]
+                raise ValueError(f"DenseStack: order: expected shape ({n},), got "
+                                 f"({ov.shape[0]},)")
+            d.order = &ov[0] if n else NULL
         return 0
 
     def run(self, x, y, weights, order, int64_t start, int64_t n_steps, bint train,
-            const float[:, ::1] scalars, double[::1] sums):
+            scalars, sums):
         """Run batches start .. start + n_steps - 1 of the epoch (see fnn_stack_run); returns
         (steps run, status)."""
         cdef fnn_stack_data d
         if not self.train:
-            raise ValueError("this DenseStack was built for inference only")
+            raise ValueError("DenseStack.run: this DenseStack was built for inference only")
         self._data(&d, x, y, weights, order)
-        if start < 0 or n_steps < 1 or (start + n_steps - 1) * self.batch >= d.rows:
-            raise ValueError(f"steps {start}..{start + n_steps - 1} of batch {self.batch} lie "
-                             f"outside {d.rows} rows")
-        if sums.shape[0] != 4:
-            raise ValueError("sums: expected (4,)")
-        if train and (scalars is None or scalars.shape[0] < n_steps or
-                      scalars.shape[1] != self.n_scalars):
-            raise ValueError(f"scalars: expected ({n_steps}, {self.n_scalars})")
+        # Python integers: start * batch cannot overflow here
+        if start < 0 or n_steps < 1 or (start + n_steps - 1) * <object>self.batch >= d.rows:
+            raise ValueError(f"DenseStack.run: steps {start}..{start + n_steps - 1} of batch "
+                             f"{self.batch} lie outside {d.rows} rows")
+        cdef double[::1] S = _d1("DenseStack.run: sums", sums, True)
+        if S.shape[0] != 4:
+            raise ValueError(f"DenseStack.run: sums: expected shape (4,), got ({S.shape[0]},)")
+        cdef const float[:, ::1] SC = _cf2("DenseStack.run: scalars", scalars, train)
+        if train and (SC.shape[0] < n_steps or SC.shape[1] != self.n_scalars):
+            raise ValueError(f"DenseStack.run: scalars: expected ({n_steps}, {self.n_scalars}), "
+                             f"got {_shape2(SC)}")
+        cdef int64_t j
+        if train and self.s.opt == FNN_OPT_SGD and self.slot_ptrs[0] == NULL:
+            for j in range(n_steps):
+                if SC[j, 2] != 0:
+                    raise ValueError("DenseStack.run: SGD with momentum needs its momentum "
+                                     "slot (slots[0])")
+        if train and self.s.opt == FNN_OPT_RMSPROP and self.slot_ptrs[1] == NULL:
+            for j in range(n_steps):
+                if SC[j, 3] > 0:
+                    raise ValueError("DenseStack.run: RMSprop with momentum needs its momentum "
+                                     "slot (slots[1])")
+        _disjoint("DenseStack.run: sums", &S[0], 32, "x", d.x, <size_t>x.nbytes)
         cdef int64_t first = start * self.batch, last = min(d.rows, (start + n_steps) * self.batch)
         cdef int64_t i, bad = -1
         if d.order != NULL:
@@ -1032,27 +1711,39 @@ cdef class DenseStack:
                         bad = i
                         break
             if bad >= 0:
-                raise ValueError(f"order[{bad}] = {d.order[bad]} is not a row of x")
+                raise ValueError(f"DenseStack.run: order[{bad}] = {d.order[bad]} is not a row "
+                                 "of x")
         cdef int status = 0
         cdef int64_t done
-        cdef const float *sp = &scalars[0, 0] if train else NULL
+        cdef const float *sp = &SC[0, 0] if train else NULL
         with nogil:
-            done = fnn_stack_run(&self.s, &d, train, start, n_steps, sp, &sums[0], &status,
+            done = fnn_stack_run(&self.s, &d, train, start, n_steps, sp, &S[0], &status,
                                  _n_threads)
         if status == -2:
             raise ValueError(f"labels must be integers in [0, {self.d_out})")
         return done, status     # status -3: NaN or inf in the batch after the `done` run
 
-    def predict(self, x, float[:, ::1] out, int64_t start):
+    def predict(self, x, out, int64_t start):
         """Outputs of rows start .. start + len(out) - 1 of x into out."""
         cdef fnn_stack_data d
         self._data(&d, x, None, None, None)
-        if out.shape[1] != self.d_out or start < 0 or start + out.shape[0] > d.rows:
-            raise ValueError(f"out: expected (rows, {self.d_out}) within {d.rows} rows of x")
-        if out.shape[0] == 0:
+        cdef float[:, ::1] O = _f2("DenseStack.predict: out", out, True)
+        if O.shape[1] != self.d_out or start < 0 or start + O.shape[0] > d.rows:
+            raise ValueError(f"DenseStack.predict: out: expected (rows, {self.d_out}) within "
+                             f"{d.rows} rows of x from row {start}, got {_shape2(O)}")
+        if O.shape[0] == 0:
             return
+        cdef const void *op = _p2(O)
+        cdef size_t on = _n2(O)
+        cdef int i
+        _disjoint("DenseStack.predict: out", op, on, "x", d.x, <size_t>x.nbytes)
+        for i in range(self.s.n_layers):
+            _disjoint("DenseStack.predict: out", op, on, f"layer {i}'s kernel",
+                      self.dense[i].kernel, 4 * <size_t>self.dense[i].d_in * self.dense[i].d_out)
+            _disjoint("DenseStack.predict: out", op, on, f"layer {i}'s bias",
+                      self.dense[i].bias, 4 * <size_t>self.dense[i].d_out)
         cdef int status
         with nogil:
-            status = fnn_stack_predict(&self.s, &d, &out[0, 0], start, out.shape[0], _n_threads)
+            status = fnn_stack_predict(&self.s, &d, &O[0, 0], start, O.shape[0], _n_threads)
         if status == -3:
             raise ValueError("x contains NaN or inf values")

@@ -26,8 +26,12 @@ from .stack import DenseRunner, NonFiniteInput
 
 # A Dense kernel of at least this many weights takes a plain SGD step inside its weight-gradient
 # GEMM (Optimizer.plain_step_lr): no gradient written, no second pass of the optimizer over a
-# kernel that no longer fits in cache (10816x200: GEMM + step 0.93 -> 0.49 ms).
-IN_PLACE_MIN_WEIGHTS = 1 << 16
+# kernel that no longer fits in cache (10816x200: GEMM + step 0.93 -> 0.49 ms). The fused C
+# stack uses the same threshold (csrc/fastnn.h), so both paths give identical weights.
+try:
+    from ._core import IN_PLACE_MIN_WEIGHTS
+except ImportError:     # no compiled core (the NumPy / CuPy backends still run)
+    IN_PLACE_MIN_WEIGHTS = 1 << 16
 
 
 def _resolve_verbose(verbose):

@@ -270,14 +270,14 @@ def test_dense_stack_checks_its_arguments():
     k1, k2 = np.zeros((4, 5), np.float32), np.zeros((6, 2), np.float32)
     with pytest.raises(ValueError, match=r"layer 1 kernel: expected \(5, units\)"):
         _core.DenseStack([(k1, None, None, None, 0, 0.0), (k2, None, None, None, 0, 0.0)], 8)
-    with pytest.raises(ValueError, match="C-contiguous float32"):
+    with pytest.raises(TypeError, match="layer 0 kernel: expected a C-contiguous 2-D float32"):
         _core.DenseStack([(k1.astype(np.float64), None, None, None, 0, 0.0)], 8)
-    with pytest.raises(ValueError, match="gradients must match"):
+    with pytest.raises(TypeError, match="layer 0 d_kernel: .* got None"):
         _core.DenseStack([(k1, None, None, None, 0, 0.0)], 8, train=True)
     stack = _core.DenseStack([(k1, None, None, None, 1, 0.0)], 8)
     with pytest.raises(ValueError, match=r"x: expected a C-contiguous array of shape \(n, 4\)"):
         stack.predict(np.zeros((3, 5), np.float32), np.zeros((3, 5), np.float32), 0)
-    with pytest.raises(ValueError, match="dtype must be float32, float64 or uint8"):
+    with pytest.raises(TypeError, match="dtype must be float32, float64 or uint8"):
         stack.predict(np.zeros((3, 4), np.int16), np.zeros((3, 5), np.float32), 0)
     with pytest.raises(ValueError, match="within 3 rows"):
         stack.predict(np.zeros((3, 4), np.float32), np.zeros((3, 5), np.float32), 1)
