@@ -1208,6 +1208,60 @@ class Concatenate(_Merge):
         return {**super().get_config(), "axis": self.axis}
 
 
+class Dot(_Merge):
+    """The dot product of two inputs along an axis of each (batch by batch), as Keras's Dot:
+    the output keeps the other axes of the first input, then those of the second; a result
+    with no axis left is (batch, 1). normalize=True takes the cosine (each input scaled to
+    unit L2 norm along its dot axis first)."""
+
+    def __init__(self, axes, normalize=False, **kwargs):
+        super().__init__(**kwargs)
+        pair = (axes, axes) if _is_int(axes) else tuple(axes)
+        if len(pair) != 2 or not all(_is_int(a) for a in pair):
+            raise ValueError(f"Dot: axes must be an int or a tuple of 2 ints, got {axes!r}")
+        self.axes, self.normalize = tuple(int(a) for a in pair), bool(normalize)
+
+    def _axes_for(self, shapes):
+        return tuple(a % len(s) for a, s in zip(self.axes, shapes))
+
+    def _check_shapes(self, shapes):
+        if len(shapes) != 2:
+            raise ValueError(f"Dot layer {self.name!r} takes exactly 2 inputs, got {len(shapes)}")
+        a1, a2 = self._axes_for(shapes)
+        if 0 in (a1, a2) or shapes[0][a1] != shapes[1][a2]:
+            raise ValueError(f"Dot layer {self.name!r}: axes {self.axes} of inputs {shapes} "
+                             "must be feature axes of equal length")
+
+    def compute_output_shape(self, input_shape):
+        s1, s2 = (tuple(s) for s in input_shape)
+        a1, a2 = self._axes_for((s1, s2))
+        rest = s1[1:a1] + s1[a1 + 1:] + s2[1:a2] + s2[a2 + 1:]
+        return (s1[0],) + (rest or (1,))
+
+    def call(self, inputs):
+        x1, x2 = inputs
+        a1, a2 = self._axes_for((x1.shape, x2.shape))
+        if self.normalize:
+            x1, x2 = _l2_normalize(x1, a1), _l2_normalize(x2, a2)
+        # x1 with its dot axis last, x2 with its dot axis first after the batch: one batched
+        # matrix product of (batch, rest1, n) and (batch, n, rest2)
+        t1 = array_ops.transpose(x1, [i for i in range(x1.ndim) if i != a1] + [a1])
+        t2 = array_ops.transpose(x2, [0, a2] + [i for i in range(1, x2.ndim) if i != a2])
+        n, batch = x1.shape[a1], x1.shape[0]
+        out = array_ops.matmul(array_ops.reshape(t1, (batch, -1, n)),
+                               array_ops.reshape(t2, (batch, n, -1)))
+        shape = self.compute_output_shape((tuple(x1.shape), tuple(x2.shape)))
+        return array_ops.reshape(out, (batch,) + shape[1:])
+
+    def get_config(self):
+        return {**super().get_config(), "axes": list(self.axes), "normalize": self.normalize}
+
+
+def _l2_normalize(x, axis):
+    squares = array_ops.sum(array_ops.square(x), axis=axis, keepdims=True)
+    return array_ops.divide(x, array_ops.sqrt(array_ops.maximum(squares, 1e-12)))
+
+
 def _sum(inputs):
     out = inputs[0]
     for x in inputs[1:]:
@@ -1230,6 +1284,11 @@ maximum = _merge_function(Maximum)
 minimum = _merge_function(Minimum)
 average = _merge_function(Average)
 concatenate = _merge_function(Concatenate)
+
+
+def dot(inputs, axes=-1, **kwargs):
+    """The Dot layer as a function: Dot(axes, **kwargs)(inputs)."""
+    return Dot(axes=axes, **kwargs)(inputs)
 
 
 # ---- shape layers: computed with fastnn.ops (differentiated by autodiff) --------------------
@@ -1455,7 +1514,7 @@ graph_module.symbolic_op = _symbolic_op
 _CLASSES = {c.__name__: c for c in (
     InputLayer, Dense, Activation, ReLU, Softmax, LeakyReLU, Flatten, Dropout, Conv2D,
     MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D,
-    BatchNormalization, Add, Subtract, Multiply, Maximum, Minimum, Average, Concatenate,
+    BatchNormalization, Add, Subtract, Multiply, Maximum, Minimum, Average, Concatenate, Dot,
     Identity, Reshape, Permute, RepeatVector, ZeroPadding2D, Cropping2D, UpSampling2D)}
 
 

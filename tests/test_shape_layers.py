@@ -85,3 +85,41 @@ def test_shape_layer_shape_errors():
         L.Cropping2D(2)(L.Input(shape=(4, 4, 1)))
     with pytest.raises(ValueError, match="rank 4"):
         L.ZeroPadding2D()(L.Input(shape=(4, 4)))
+
+
+@pytest.mark.parametrize("shapes, axes, normalize", [
+    (((2, 5), (2, 5)), 1, False), (((2, 5), (2, 5)), -1, True),
+    (((2, 3, 4), (2, 4, 5)), (2, 1), False), (((2, 3, 4), (2, 3, 6)), (1, 1), False),
+    (((2, 3, 4), (2, 5, 4)), (2, 2), True)])
+def test_dot_matches_numpy_and_keras(shapes, axes, normalize):
+    a = RNG.standard_normal(shapes[0]).astype(np.float32)
+    b = RNG.standard_normal(shapes[1]).astype(np.float32)
+    a1, a2 = (axes, axes) if isinstance(axes, int) else axes
+    a1, a2 = a1 % a.ndim, a2 % b.ndim
+    na, nb = a, b
+    if normalize:
+        na = a / np.sqrt((a * a).sum(a1, keepdims=True))
+        nb = b / np.sqrt((b * b).sum(a2, keepdims=True))
+    expected = np.stack([np.tensordot(na[i], nb[i], axes=(a1 - 1, a2 - 1))
+                         for i in range(len(a))]).reshape(len(a), -1)
+    out = L.Dot(axes=axes, normalize=normalize)([a, b])
+    np.testing.assert_allclose(out.reshape(len(a), -1), expected, rtol=1e-5, atol=1e-6)
+    symbolic = L.dot([L.Input(shape=shapes[0][1:]), L.Input(shape=shapes[1][1:])], axes=axes,
+                     normalize=normalize)
+    assert symbolic.shape == (None,) + out.shape[1:]
+    keras = pytest.importorskip("keras")
+    theirs = np.asarray(keras.layers.Dot(axes=axes, normalize=normalize)([a, b]))
+    np.testing.assert_allclose(out, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_dot_gradients():
+    fastnn.utils.set_random_seed(3)
+    inputs = L.Input(shape=(4,))
+    left = L.Reshape((2, 3))(L.Dense(6)(inputs))
+    right = L.Reshape((3, 2))(L.Dense(6, activation="tanh")(inputs))
+    product = L.Dot(axes=(2, 1))([left, right])
+    cosine = L.Dot(axes=1, normalize=True)([L.Dense(3)(inputs), L.Dense(3)(inputs)])
+    model = fastnn.Model(inputs, L.concatenate([L.Flatten()(product), cosine]))
+    rng = np.random.default_rng(3)
+    _fd_check(model, rng.standard_normal((4, 4)).astype(np.float32),
+              rng.standard_normal((4, 5)).astype(np.float32))
