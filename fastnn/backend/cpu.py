@@ -10,8 +10,9 @@ except ImportError as exc:    # a source checkout without its extension, most li
     import os
     _where = os.path.dirname(os.path.dirname(__file__))
     raise ImportError(
-        f"fastnn's compiled core (fastnn._core) is missing in {_where}: probably a source checkout shadowing the installed fastnn (Python puts the current "
-        "folder first on sys.path). Run from another folder, or build the checkout in place with "
+        f"fastnn's compiled core (fastnn._core) is missing in {_where}: probably a source "
+        "checkout shadowing the installed fastnn (Python puts the current folder first on "
+        "sys.path). Run from another folder, or build the checkout in place with "
         f"`pip install -e .` ({exc})") from exc
 from .base import Ops
 from . import blas
@@ -21,10 +22,23 @@ def _as2d(a):
     return a.reshape(-1, a.shape[-1]) if a.ndim != 2 else a
 
 
-def _f32(a):
-    if a is None or (a.dtype == np.float32 and a.flags.c_contiguous):
+def _f32(a, name):
+    """a as a C-contiguous float32 array; a missing (None) required argument is a TypeError
+    naming it (the kernels check everything else)."""
+    _required(a, name)
+    if a.dtype == np.float32 and a.flags.c_contiguous:
         return a
     return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _required(a, name):
+    if a is None:
+        raise TypeError(f"{name}: expected a float32 array, got None")
+    return a
+
+
+def _f32_or_none(a, name):
+    return None if a is None else _f32(a, name)
 
 
 class CpuOps(Ops):
@@ -34,7 +48,7 @@ class CpuOps(Ops):
         blas.install()
 
     def gemm(self, a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
-        a, b = _f32(a), _f32(b)
+        a, b = _f32(a, "a"), _f32(b, "b")
         if out is None:
             m = a.shape[1] if trans_a else a.shape[0]
             n = b.shape[0] if trans_b else b.shape[1]
@@ -43,26 +57,26 @@ class CpuOps(Ops):
         return out
 
     def act_forward(self, act, alpha, z, out=None):
-        z = _f32(z)
+        z = _f32(z, "z")
         y = np.empty_like(z) if out is None else out
         _core.act_forward(act, alpha, _as2d(z), _as2d(y))
         return y
 
     def act_backward(self, act, alpha, z, y, dy, out=None):
-        y, dy = _f32(y), _f32(dy)
+        y, dy = _f32(y, "y"), _f32(dy, "dy")
         dz = np.empty_like(dy) if out is None else out
-        z2 = None if z is None else _as2d(_f32(z))
+        z2 = None if z is None else _as2d(_f32(z, "z"))
         _core.act_backward(act, alpha, z2, _as2d(y), _as2d(dy), _as2d(dz))
         return dz
 
     def column_sum(self, a, out=None):
-        a = _as2d(_f32(a))
+        a = _as2d(_f32(a, "a"))
         out = np.empty(a.shape[1], np.float32) if out is None else out
         _core.column_sum(a, out)
         return out
 
     def dense_forward(self, x, kernel, bias, act, alpha, z=None, y=None, training=False):
-        x = _f32(x)
+        x, kernel = _f32(x, "x"), _f32(kernel, "kernel")
         shape = (x.shape[0], kernel.shape[1])
         z = np.empty(shape, np.float32) if z is None else z
         y = np.empty(shape, np.float32) if y is None else y
@@ -71,19 +85,21 @@ class CpuOps(Ops):
 
     def dense_backward(self, x, kernel, z, y, dy, act, alpha, d_kernel, d_bias, dx=None,
                        dz=None, kernel_step=0.0):
-        dy = _f32(dy)
+        # the kernel itself, never a copy: plain SGD updates it in place (kernel_step)
+        x, dy, kernel = _f32(x, "x"), _f32(dy, "dy"), _required(kernel, "kernel")
         dz = np.empty_like(dy) if dz is None else dz
         if dx is False:
             dx = None
         elif dx is None:
             dx = np.empty((x.shape[0], kernel.shape[0]), np.float32)
-        _core.dense_backward(_f32(x), kernel, z, y, dy, dz, kernel if kernel_step else d_kernel,
-                             d_bias, dx, act, alpha, kernel_step)
+        _core.dense_backward(x, kernel, z, y, dy, dz,
+                             kernel if kernel_step else d_kernel, d_bias, dx, act, alpha,
+                             kernel_step)
         return dx
 
     def im2col(self, x, window, out=None):
         kh, kw, sh, sw, pt, pl, oh, ow = window
-        x = _f32(x)
+        x = _f32(x, "x")
         if out is None:
             out = np.empty((x.shape[0] * oh * ow, kh * kw * x.shape[3]), np.float32)
         _core.im2col(x, tuple(window), out)
@@ -91,7 +107,7 @@ class CpuOps(Ops):
 
     def col2im(self, cols, window, x_shape, out=None):
         out = np.empty(x_shape, np.float32) if out is None else out
-        _core.col2im(_f32(cols), tuple(window), out)
+        _core.col2im(_f32(cols, "cols"), tuple(window), out)
         return out
 
     def conv_pool_plan(self, n, oh, ow, filters):
@@ -99,20 +115,21 @@ class CpuOps(Ops):
 
     def conv2d_maxpool_forward(self, x, kernel, bias, act, alpha, conv_window, pool_window,
                                cols, work, y, argmax):
-        _core.conv_pool_forward(_f32(x), _f32(kernel), _f32(bias), act, alpha,
-                                tuple(conv_window), tuple(pool_window), cols, work, y, argmax)
+        _core.conv_pool_forward(_f32(x, "x"), _f32(kernel, "kernel"),
+                                _f32_or_none(bias, "bias"), act, alpha, tuple(conv_window),
+                                tuple(pool_window), cols, work, y, argmax)
         return y, argmax
 
     def conv2d_maxpool_backward(self, cols, kernel, y, argmax, dy, act, alpha, conv_window,
                                 pool_window, x_shape, d_kernel, d_bias, dx=None, work=None,
                                 dcols_work=None, partials=None):
-        _core.conv_pool_backward(cols, _f32(kernel), y, argmax, dy, act, alpha,
+        _core.conv_pool_backward(cols, _f32(kernel, "kernel"), y, argmax, dy, act, alpha,
                                  tuple(conv_window), tuple(pool_window), tuple(x_shape),
                                  d_kernel, d_bias, dx, work, dcols_work, partials)
         return dx
 
     def maxpool_forward(self, x, window, y=None, argmax=None):
-        x = _f32(x)
+        x = _f32(x, "x")
         shape = (x.shape[0], window[6], window[7], x.shape[3])
         y = np.empty(shape, np.float32) if y is None else y
         argmax = np.empty(shape, np.int32) if argmax is None else argmax
@@ -121,11 +138,11 @@ class CpuOps(Ops):
 
     def maxpool_backward(self, dy, argmax, window, x_shape, dx=None):
         dx = np.empty(x_shape, np.float32) if dx is None else dx
-        _core.maxpool_backward(_f32(dy), argmax, tuple(window), dx)
+        _core.maxpool_backward(_f32(dy, "dy"), argmax, tuple(window), dx)
         return dx
 
     def avgpool_forward(self, x, window, y=None):
-        x = _f32(x)
+        x = _f32(x, "x")
         y = np.empty((x.shape[0], window[6], window[7], x.shape[3]), np.float32) \
             if y is None else y
         _core.avgpool_forward(x, tuple(window), y)
@@ -133,25 +150,25 @@ class CpuOps(Ops):
 
     def avgpool_backward(self, dy, window, x_shape, dx=None):
         dx = np.empty(x_shape, np.float32) if dx is None else dx
-        _core.avgpool_backward(_f32(dy), tuple(window), dx)
+        _core.avgpool_backward(_f32(dy, "dy"), tuple(window), dx)
         return dx
 
     def batchnorm_stats(self, x, mean=None, var=None):
-        x = _f32(x)
+        x = _f32(x, "x")
         mean = np.empty(x.shape[1], np.float32) if mean is None else mean
         var = np.empty(x.shape[1], np.float32) if var is None else var
         _core.bn_stats(x, mean, var)
         return mean, var
 
     def batchnorm_apply(self, x, mean, var, gamma, beta, eps, out=None):
-        x = _f32(x)
+        x = _f32(x, "x")
         out = np.empty_like(x) if out is None else out
         _core.bn_apply(x, mean, var, gamma, beta, eps, out)
         return out
 
     def batchnorm_backward(self, x, dy, mean, var, gamma, eps, dx=None, d_gamma=None,
                            d_beta=None):
-        x, dy = _f32(x), _f32(dy)
+        x, dy = _f32(x, "x"), _f32(dy, "dy")
         dx = np.empty_like(x) if dx is None else dx
         _core.bn_backward(x, dy, mean, var, gamma, eps, dx, d_gamma, d_beta)
         return dx
@@ -160,15 +177,17 @@ class CpuOps(Ops):
         _core.bn_update_moving(moving_mean, moving_var, mean, var, momentum)
 
     def softmax_xent_sparse(self, probs, labels, weights, scale, grad=None):
-        probs = _f32(probs)
+        probs = _f32(probs, "probs")
         labels = np.ascontiguousarray(labels, dtype=np.int32)
         row_loss = np.empty(probs.shape[0], np.float32)
-        return _core.softmax_xent_sparse(probs, labels, _f32(weights), scale, row_loss, grad)
+        return _core.softmax_xent_sparse(probs, labels, _f32_or_none(weights, "weights"), scale,
+                                         row_loss, grad)
 
     def _dense_loss(self, fn, pred, targets, weights, scale, grad):
-        pred = _f32(pred)
+        pred = _f32(pred, "pred")
         row_loss = np.empty(pred.shape[0], np.float32)
-        return fn(pred, _f32(targets), _f32(weights), scale, row_loss, grad)
+        return fn(pred, _f32(targets, "targets"), _f32_or_none(weights, "weights"), scale,
+                  row_loss, grad)
 
     def softmax_xent_dense(self, probs, targets, weights, scale, grad=None):
         return self._dense_loss(_core.softmax_xent_dense, probs, targets, weights, scale, grad)

@@ -248,3 +248,28 @@ def test_sequential_from_config_and_layer_dtype_are_checked():
     layer = Dense.from_config({"units": 3, "dtype": {"module": "keras", "class_name":
                                                     "DTypePolicy", "config": {"name": "float32"}}})
     assert layer.units == 3
+
+
+@pytest.mark.cpu_backend
+def test_cpu_ops_name_a_missing_array():
+    """Every method CpuOps defines (the compiled core's Python side) raises TypeError or
+    ValueError naming the argument when a required array is None, never AttributeError."""
+    import inspect
+    from fastnn.backend.cpu import CpuOps
+    ops = CpuOps()
+    checked = 0
+    for name, fn in vars(CpuOps).items():
+        if name.startswith("_") or not callable(fn) or name in ("conv_pool_plan",):
+            continue
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.name != "self" and p.default is p.empty]
+        for i, missing in enumerate(params):
+            if missing.name in ("act", "alpha", "window", "x_shape", "scale", "eps",
+                                "momentum", "conv_window", "pool_window", "lr", "nesterov"):
+                continue
+            args = [None if j == i else np.ones((4, 4), np.float32) for j in range(len(params))]
+            try:
+                getattr(ops, name)(*args)
+            except (TypeError, ValueError, OverflowError):
+                checked += 1
+    assert checked > 40
