@@ -583,7 +583,16 @@ class Model:
                 grad = self._batch_buffers["grad"] = get_ops().empty(out2.shape)
         y2 = y.reshape(n, -1) if y.dtype != np.int32 else y.reshape(-1)
         total = self.loss.value_and_grad(out2, y2, w, scale, grad, self._mode)
-        return total, grad, n
+        return _scaled(total, scale_back(self.loss, n)), \
+            None if grad is None else grad.reshape(out.shape), n
+
+    def _track(self, total, n, y, out):
+        """Add a batch's loss (as the tracker counts it) and, given y, its metrics."""
+        self._loss_tracker.update_with_sum(total, n)
+        if y is None:       # a skipped step (non-finite loss)
+            return
+        for m in self._metrics:
+            m.update_state(y, out)
 
     def _train_step(self, x, y, w):
         out = self._forward(x, training=True)
@@ -591,22 +600,18 @@ class Model:
         # A non-finite loss skips the update. A device backend returns the total as a device
         # scalar and is not checked here: reading it would stall every step on the GPU.
         if isinstance(total, float) and not math.isfinite(total):
-            self._loss_tracker.update_with_sum(total, n)
+            self._track(total, n, None, None)
             return out
         lr = self.optimizer.plain_step_lr() if self._in_place_layers else None
-        self._backward(grad.reshape(out.shape), self._mode, lr)
+        self._backward(grad, self._mode, lr)
         self.optimizer.apply(self._params, self._grads, self._apply_ranges if lr else None)
-        self._loss_tracker.update_with_sum(_scaled(total, scale_back(self.loss, n)), n)
-        for m in self._metrics:
-            m.update_state(y, out)
+        self._track(total, n, y, out)
         return out
 
     def _test_step(self, x, y, w):
         out = self._forward(x, training=False)
         total, _, n = self._loss_and_grad(out, y, w, False)
-        self._loss_tracker.update_with_sum(_scaled(total, scale_back(self.loss, n)), n)
-        for m in self._metrics:
-            m.update_state(y, out)
+        self._track(total, n, y, out)
 
     def _prepare_training(self):
         self._pack_parameters()

@@ -12,12 +12,12 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "core_fuzz_worker.py")
-ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
 def _env():
+    # The installed fastnn, as the tests import it (never the source tree: it has no
+    # compiled core unless built in place).
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
     env.setdefault("OMP_NUM_THREADS", "2")
     return env
 

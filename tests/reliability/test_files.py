@@ -7,6 +7,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import zipfile
@@ -18,7 +19,6 @@ import fastnn.saving as saving
 from fastnn.layers import Dense
 from fastnn.models import Sequential, load_model
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SUFFIXES = [".keras", ".h5"]
 
 
@@ -31,9 +31,11 @@ def small_model(seed=0, units=8):
 
 
 def run_python(code, timeout=300, **kwargs):
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    # The installed fastnn, as the tests import it: not from the checkout that `python -c`
+    # would put first on sys.path if it ran there (a source tree has no compiled core).
+    kwargs.setdefault("cwd", tempfile.gettempdir())
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=timeout, env=env, **kwargs)
+                          text=True, timeout=timeout, env=dict(os.environ), **kwargs)
 
 
 def temps(folder):
@@ -306,12 +308,12 @@ KILL_SCRIPT = """
 @pytest.mark.skipif(os.name != "posix", reason="SIGKILL")
 def test_killed_save_is_atomic_and_its_temps_are_cleaned(tmp_path):
     path = tmp_path / "big.keras"
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ)
     seen_temp = 0
     for attempt in range(3):
         proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(KILL_SCRIPT), str(path)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=env)
+                                env=env, cwd=tmp_path)
         try:
             assert proc.stdout.readline().strip() == "saved", proc.stderr.read()
             deadline = time.monotonic() + 60
