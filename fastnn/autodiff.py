@@ -230,11 +230,11 @@ def unbroadcast(g, shape):
     return g.sum(axis=axes, keepdims=True) if axes else g
 
 
-def _order(output):
-    """The tensors that need gradients, reachable from output, outputs first (every tensor
-    after all tensors computed from it). Iterative: deep graphs do not hit the recursion
-    limit."""
-    seen, order, stack = set(), [], [(output, False)]
+def _order(outputs):
+    """The tensors that need gradients, reachable from the outputs, outputs first (every
+    tensor after all tensors computed from it). Iterative: deep graphs do not hit the
+    recursion limit."""
+    seen, order, stack = set(), [], [(output, False) for output in reversed(outputs)]
     while stack:
         node, expanded = stack.pop()
         if expanded:
@@ -251,24 +251,32 @@ def _order(output):
 
 
 def gradients(output, leaves=(), seed=None):
-    """Back-propagate from `output` (seed: its gradient, ones by default). Returns the
-    gradients of `leaves` (None for a leaf the output does not depend on); a leaf whose `grad`
-    is an array also gets its gradient added there (+=), as weights shared by several calls
-    accumulate."""
-    if not isinstance(output, Tensor) or not output.requires_grad:
-        raise ValueError("gradients: the output does not depend on any tensor that needs "
-                         "gradients")
+    """Back-propagate from `output` (a tensor, or a list of them; seed: its gradient, or one
+    per output; ones by default). Returns the gradients of `leaves` (None for a leaf the
+    outputs do not depend on); a leaf whose `grad` is an array also gets its gradient added
+    there (+=), as weights shared by several calls accumulate."""
+    outputs = list(output) if isinstance(output, (list, tuple)) else [output]
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * len(outputs)
+    if len(seeds) != len(outputs):
+        raise ValueError(f"gradients: {len(seeds)} seeds for {len(outputs)} outputs")
     xp = get_ops().xp
-    if seed is None:
-        seed = xp.ones_like(output.value)
-    else:
-        seed = xp.asarray(value_of(seed))
-        if seed.size != output.size:
-            raise ValueError(f"gradients: seed has shape {seed.shape}, the output {output.shape}")
-        seed = seed.reshape(output.shape)
-    grads = {id(output): seed}
+    grads = {}
+    for out, g in zip(outputs, seeds):
+        if not isinstance(out, Tensor) or not out.requires_grad:
+            raise ValueError("gradients: the output does not depend on any tensor that needs "
+                             "gradients")
+        if g is None:
+            g = xp.ones_like(out.value)
+        else:
+            g = xp.asarray(value_of(g))
+            if g.size != out.size:
+                raise ValueError(f"gradients: seed has shape {g.shape}, the output "
+                                 f"{out.shape}")
+            g = g.reshape(out.shape)
+        have = grads.get(id(out))
+        grads[id(out)] = g if have is None else have + g
     wanted = {id(leaf): None for leaf in leaves}
-    for node in _order(output):
+    for node in _order(outputs):
         g = grads.pop(id(node), None)
         if g is None:
             continue

@@ -78,6 +78,11 @@ def _metered(method):
     return run
 
 
+def _width(shape):
+    """The number of values of one sample of a (batch, ...) shape."""
+    return int(np.prod(shape[1:], dtype=np.int64))
+
+
 def _check_steps(steps, arg):
     """None (the whole data) or a positive int: a run of zero steps would report numbers
     computed from nothing."""
@@ -350,23 +355,39 @@ class Model:
             self._loss_tracker = metrics_module.Mean("loss")
         return self._metrics
 
+    def _trackers(self):
+        """What a run reports, in Keras's order: the loss, then (several outputs) each
+        output's loss, then the metrics."""
+        if self._metrics is None:
+            return []
+        return [self._loss_tracker] + self.__dict__.get("_output_loss_trackers", []) + \
+            list(self._metrics)
+
     @property
     def metrics_names(self):
-        return ["loss"] + [m.name for m in (self._metrics or [])]
+        return [m.name for m in self._trackers()] or ["loss"]
 
     def reset_metrics(self):
-        for m in (self._metrics or []) + ([self._loss_tracker] if self._metrics is not None
-                                          else []):
+        for m in self._trackers():
             m.reset_state()
 
     def _logs(self, prefix="", wait=True):
         """The running loss and metrics: floats, or with wait=False values that float() reads
         later (0-d device arrays on a GPU), for a progress bar that redraws on a clock."""
         read = (lambda m: m.result()) if wait else (lambda m: m.peek())
-        logs = {prefix + "loss": read(self._loss_tracker)}
-        for m in self._metrics:
-            logs[prefix + m.name] = read(m)
-        return dict(sorted(logs.items()))
+        return dict(sorted((prefix + m.name, read(m)) for m in self._trackers()))
+
+    def _results(self, logs):
+        """evaluate()'s list (or the loss alone), in Keras's order."""
+        names = [m.name for m in self._trackers()]
+        return logs["loss"] if len(names) == 1 else [logs[name] for name in names]
+
+    def _prepare_targets(self, y, n, arg, y_arg):
+        """(targets as the loss reads them, y's shape for the metrics)."""
+        if np.shape(y)[:1] != (n,):
+            raise ValueError(f"{arg} and {y_arg} must have the same number of samples, got "
+                             f"{n} and {np.shape(y)[0] if np.ndim(y) else 'a scalar'}")
+        return self.loss.prepare_targets(y, self._output_shape), np.shape(y)
 
     @property
     def _batch_buffers(self):
@@ -440,11 +461,7 @@ class Model:
         if y is None:
             raise ValueError("y is required to train or evaluate")
         y_arg = "y" if arg == "x" else arg.replace("x", "y")
-        if np.shape(y)[:1] != x.shape[:1]:
-            raise ValueError(f"{arg} and {y_arg} must have the same number of samples, got "
-                             f"{x.shape[0]} and {np.shape(y)[0] if np.ndim(y) else 'a scalar'}")
-        y_shape = np.shape(y)
-        targets = self.loss.prepare_targets(y, self._output_shape)
+        targets, y_shape = self._prepare_targets(y, x.shape[0], arg, y_arg)
         weights = None
         if sample_weight is not None:
             weights = np.ascontiguousarray(sample_weight, dtype=np.float32).reshape(-1)
@@ -453,6 +470,9 @@ class Model:
                                  f"({x.shape[0]},), got {np.shape(sample_weight)}")
         if class_weight is not None:
             _check_class_weight(class_weight)
+            if self.__dict__.get("_output_losses") is not None:
+                raise ValueError("class_weight is not supported for models with several "
+                                 "outputs (as in Keras); pass sample_weight")
             labels = targets.reshape(len(targets), -1)
             labels = labels[:, 0] if labels.shape[1] == 1 and targets.dtype != np.int32 \
                 else (labels.argmax(axis=1) if targets.dtype != np.int32 else labels[:, 0])
@@ -528,8 +548,12 @@ class Model:
             else:
                 with no_grad():
                     out = self.call(Tensor(x), **kwargs)
-        y = value_of(out)
         ops = get_ops()
+        if isinstance(out, (list, tuple)):      # several outputs: side by side, row by row
+            y = ops.xp.concatenate([ops.asarray(value_of(o), np.float32).reshape(
+                len(value_of(o)), -1) for o in out], axis=1)
+        else:
+            y = value_of(out)
         if not isinstance(y, ops.xp.ndarray) or y.dtype != np.float32 or \
                 not y.flags.c_contiguous:
             y = ops.xp.ascontiguousarray(ops.asarray(y, np.float32))
@@ -558,8 +582,11 @@ class Model:
         if self._subclassed:
             state = _thread_state(self._thread)
             out, state.output = state.output, None
-            if isinstance(out, Tensor) and out.requires_grad:
-                gradients(out, seed=grad.reshape(out.shape))
+            outs, grads = (out, grad) if isinstance(out, (list, tuple)) else ([out], [grad])
+            pairs = [(o, g.reshape(o.shape)) for o, g in zip(outs, grads)
+                     if g is not None and isinstance(o, Tensor) and o.requires_grad]
+            if pairs:
+                gradients([o for o, _ in pairs], seed=[g for _, g in pairs])
             return
         stop, last = self._first_trainable, len(self._layers) - 1
         dy = grad
@@ -688,7 +715,8 @@ class Model:
             val = (x[split_at:], y[split_at:], None if w is None else w[split_at:])
             x, y = x[:split_at], y[:split_at]
             w = None if w is None else w[:split_at]
-            _warn_single_class(val[1])
+            if self.__dict__.get("_output_losses") is None:    # one output
+                _warn_single_class(val[1])
         n = x.shape[0]
         batch_size = min(batch_size, n)       # one batch of everything: the same steps
         steps = math.ceil(n / batch_size)
@@ -773,7 +801,7 @@ class Model:
     def _evaluate_arrays(self, x, y, w, batch_size, steps, cbs, arg="x"):
         """Run the test loop and return its logs. Training metrics are saved and restored so a
         validation pass inside fit does not disturb them."""
-        saved = [(m.total, m.count) for m in self._metrics + [self._loss_tracker]]
+        saved = [(m.total, m.count) for m in self._trackers()]
         self.reset_metrics()
         n = x.shape[0]
         batch_size = min(batch_size, n)
@@ -798,7 +826,7 @@ class Model:
             if batch_logs:
                 cbs.on_test_batch_end(step, self._logs(wait=wait))
         logs = self._logs()
-        for m, (total, count) in zip(self._metrics + [self._loss_tracker], saved):
+        for m, (total, count) in zip(self._trackers(), saved):
             m.total, m.count = total, count
         return logs
 
@@ -824,9 +852,7 @@ class Model:
         cbs.on_test_end(logs)
         if return_dict:
             return logs
-        if not self._metrics:
-            return logs["loss"]
-        return [logs["loss"]] + [logs[m.name] for m in self._metrics]
+        return self._results(logs)
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         verbose = _resolve_verbose(verbose)
@@ -908,9 +934,7 @@ class Model:
         logs = self._logs()
         if return_dict:
             return logs
-        if not self._metrics:
-            return logs["loss"]
-        return [logs["loss"]] + [logs[m.name] for m in self._metrics]
+        return self._results(logs)
 
     # ---- summary, config, saving -------------------------------------------------------------
     def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False,
@@ -1028,10 +1052,14 @@ class Functional(Model):
         self._chain = self._as_chain()
         # a chain trains as a Sequential does (fused paths included)
         self._layers = list(self._chain) if self._chain is not None else self._all_layers()
-        if len(ins) == 1:
-            self.build((None,) + tuple(ins[0].shape[1:]))
-        else:               # every layer was built by its symbolic call
-            self.built = True
+        # Several inputs (outputs) reach the trainer side by side in one array of rows, each
+        # flattened: the data path (shuffling, batches, checks, devices) stays the one path.
+        self._input_widths = [_width(t.shape) for t in ins]
+        self._output_widths = [_width(t.shape) for t in outs]
+        self.output_names = [t.node.layer.name for t in outs]
+        self.input_names = [t.name for t in ins]
+        self.build((None,) + (tuple(ins[0].shape[1:]) if len(ins) == 1 else
+                              (sum(self._input_widths),)))
 
     def _as_chain(self):
         """The layers in order when the graph is a chain (one input, one output, each node
@@ -1095,6 +1123,8 @@ class Functional(Model):
         return self.outputs[0] if len(self.outputs) == 1 else self.outputs
 
     def call(self, inputs, training=None):
+        if len(self.inputs) > 1 and not isinstance(inputs, (list, tuple)):
+            inputs = self._split_inputs(inputs)         # the trainer's side-by-side batch
         given = inputs if len(self.inputs) > 1 else [inputs]
         if len(given) != len(self.inputs):
             raise ValueError(f"Model {self.name!r} takes {len(self.inputs)} inputs, got "
@@ -1107,32 +1137,191 @@ class Functional(Model):
         outs = [values[id(t)] for t in self.outputs]
         return outs[0] if len(outs) == 1 else outs
 
-    def _one_input_and_output(self, method):
-        if len(self.inputs) > 1 or len(self.outputs) > 1:
-            raise NotImplementedError(
-                f"Model {self.name!r} has {len(self.inputs)} inputs and {len(self.outputs)} "
-                f"outputs: {method}() of models with several inputs or outputs is not "
-                "implemented yet; call the model on a list of arrays: model([a, b])")
+    # ---- several inputs and outputs ---------------------------------------------------------
+    def _split_inputs(self, packed):
+        """A side-by-side batch of the inputs (a tensor or an array) as one tensor each."""
+        xp, values, at = get_ops().xp, value_of(packed), 0
+        parts = []
+        for tensor, width in zip(self.inputs, self._input_widths):
+            part = xp.ascontiguousarray(values[:, at:at + width])
+            parts.append(Tensor(part.reshape((len(part),) + tuple(tensor.shape[1:]))))
+            at += width
+        return parts
 
-    def fit(self, *args, **kwargs):
-        self._one_input_and_output("fit")
-        return super().fit(*args, **kwargs)
+    def _split_outputs(self, packed):
+        """The model's side-by-side output rows as one array per output."""
+        xp, at, parts = get_ops().xp, 0, []
+        for tensor, width in zip(self.outputs, self._output_widths):
+            part = xp.ascontiguousarray(packed[:, at:at + width])
+            parts.append(part.reshape((len(part),) + tuple(tensor.shape[1:])))
+            at += width
+        return parts
 
-    def evaluate(self, *args, **kwargs):
-        self._one_input_and_output("evaluate")
-        return super().evaluate(*args, **kwargs)
+    def _structure(self, data, names, what, arg):
+        """data given for several inputs/outputs (a list, tuple or dict by name) as a list."""
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(names))
+            if unknown:
+                raise ValueError(f"{arg}: unknown {what} {unknown}; model {self.name!r} has "
+                                 f"{names}")
+            return [data.get(name) for name in names]
+        if len(names) == 1:
+            return [data]
+        if not isinstance(data, (list, tuple)) or len(data) != len(names):
+            raise ValueError(f"{arg}: model {self.name!r} has {len(names)} {what}s {names}: "
+                             f"pass a list of {len(names)} arrays or a dict by name")
+        return list(data)
 
-    def predict(self, *args, **kwargs):
-        self._one_input_and_output("predict")
-        return super().predict(*args, **kwargs)
+    def _prepare_x(self, x, arg="x"):
+        if len(self.inputs) == 1 or x is None:
+            return super()._prepare_x(x, arg)
+        arrays = []
+        for tensor, value in zip(self.inputs, self._structure(x, self.input_names, "input", arg)):
+            name = f"{arg}[{tensor.name!r}]"
+            if value is None:
+                raise ValueError(f"{name} is required")
+            value = np.asarray(value)
+            if value.dtype.kind not in "biuf":
+                raise TypeError(f"{name} must be a real numeric array, got dtype {value.dtype}")
+            if value.ndim == 0 or value.shape[1:] != tuple(tensor.shape[1:]):
+                raise ValueError(f"{name} has shape {value.shape}, but input {tensor.name!r} "
+                                 f"expects {_shape_str(tensor.shape)}")
+            if arrays and len(value) != len(arrays[0]):
+                raise ValueError(f"{arg}: the inputs have different numbers of samples: "
+                                 f"{[len(a) for a in arrays] + [len(value)]}")
+            self._check_finite(value, name)
+            arrays.append(value.reshape(len(value), -1))
+        return super()._prepare_x(np.concatenate(arrays, axis=1).astype(np.float32), arg)
 
-    def train_on_batch(self, *args, **kwargs):
-        self._one_input_and_output("train_on_batch")
-        return super().train_on_batch(*args, **kwargs)
+    def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None,
+                **kwargs):
+        if len(self.outputs) == 1:
+            self._output_losses = None
+            return super().compile(optimizer, loss, loss_weights, metrics, **kwargs)
+        names = self.output_names
+        serialized = isinstance(loss, dict) and "class_name" in loss
+        losses = [loss] * len(names) if loss is None or serialized or \
+            not isinstance(loss, (list, tuple, dict)) else \
+            self._structure(loss, names, "output", "loss")
+        weights = [1.0] * len(names) if loss_weights is None else \
+            self._structure(loss_weights, names, "output", "loss_weights")
+        if metrics is None:
+            specs = [[] for _ in names]
+        elif isinstance(metrics, dict):
+            specs = self._structure(metrics, names, "output", "metrics")
+        elif isinstance(metrics, (list, tuple)) and len(metrics) == len(names) and \
+                all(m is None or isinstance(m, (list, tuple)) for m in metrics):
+            specs = list(metrics)
+        else:
+            raise ValueError(f"Invalid metrics for model {self.name!r}: with several outputs, "
+                             f"pass a dict by output name or a list (one list per output) "
+                             f"matching {names}")
+        specs = [[] if m is None else list(m) if isinstance(m, (list, tuple)) else [m]
+                 for m in specs]
+        super().compile(optimizer, next((x for x in losses if x is not None), None), None,
+                        [spec for group in specs for spec in group], **kwargs)
+        self._output_losses = [None if x is None else losses_module.get(x) for x in losses]
+        self._loss_weights = [float(w if w is not None else 1.0) for w in weights]
+        self._output_metric_specs = specs
 
-    def test_on_batch(self, *args, **kwargs):
-        self._one_input_and_output("test_on_batch")
-        return super().test_on_batch(*args, **kwargs)
+    def _build_metrics(self, y_shape):
+        if self.__dict__.get("_output_losses") is None:
+            return super()._build_metrics(y_shape)
+        if self._metrics is None:
+            self._loss_tracker = metrics_module.Mean("loss")
+            self._output_loss_trackers = [metrics_module.Mean(f"{name}_loss")
+                                          for name, loss in zip(self.output_names,
+                                                                self._output_losses) if loss]
+            self._metrics, self._metric_outputs = [], []
+            for i, (name, specs) in enumerate(zip(self.output_names,
+                                                  self._output_metric_specs)):
+                for spec in specs:
+                    metric = metrics_module.get(spec, y_shape[i], self.outputs[i].shape)
+                    metric.name = f"{name}_{metric.name}"
+                    self._metrics.append(metric)
+                    self._metric_outputs.append(i)
+        return self._metrics
+
+    def _prepare_targets(self, y, n, arg, y_arg):
+        if self.__dict__.get("_output_losses") is None:
+            return super()._prepare_targets(y, n, arg, y_arg)
+        columns, shapes = [], []
+        self._target_widths = []
+        for i, (name, value) in enumerate(zip(self.output_names, self._structure(
+                y, self.output_names, "output", y_arg))):
+            loss = self._output_losses[i]
+            if value is None or loss is None:
+                if loss is not None:
+                    raise ValueError(f"{y_arg}[{name!r}] is required: output {name!r} has a "
+                                     "loss")
+                columns.append(np.zeros((n, 0), np.float32))
+                shapes.append(None)
+                self._target_widths.append(0)
+                continue
+            if np.shape(value)[:1] != (n,):
+                raise ValueError(f"{arg} and {y_arg}[{name!r}] must have the same number of "
+                                 f"samples, got {n} and {np.shape(value)[:1]}")
+            shapes.append(np.shape(value))
+            targets = loss.prepare_targets(value, self.outputs[i].shape)
+            columns.append(targets.reshape(n, -1).astype(np.float32))
+            self._target_widths.append(columns[-1].shape[1])
+        return np.ascontiguousarray(np.concatenate(columns, axis=1)), shapes
+
+    def _split_targets(self, y):
+        at, parts = 0, []
+        for i, width in enumerate(self._target_widths):
+            part = y[:, at:at + width]
+            at += width
+            loss = self._output_losses[i]
+            if loss is None:
+                parts.append(None)
+            elif type(loss) is losses_module.SparseCategoricalCrossentropy:
+                parts.append(get_ops().xp.ascontiguousarray(part.reshape(-1)).astype(np.int32))
+            else:
+                parts.append(get_ops().xp.ascontiguousarray(part).reshape(
+                    (len(part),) + tuple(self.outputs[i].shape[1:-1]) + (-1,)))
+        return parts
+
+    def _loss_and_grad(self, out, y, w, want_grad):
+        if self.__dict__.get("_output_losses") is None:
+            return super()._loss_and_grad(out, y, w, want_grad)
+        n, total, grads, totals = out.shape[0], 0.0, [], []
+        for i, (o, t) in enumerate(zip(self._split_outputs(out), self._split_targets(y))):
+            loss, weight = self._output_losses[i], self._loss_weights[i]
+            if loss is None:
+                grads.append(None)
+                continue
+            o2 = o.reshape(-1, o.shape[-1])
+            rows = o2.shape[0]
+            if w is not None and rows != n:
+                raise ValueError(f"sample_weight: output {self.output_names[i]!r} has "
+                                 f"{rows // n} values per sample; weights apply to one")
+            scale = (1.0 / rows if loss.reduction == "sum_over_batch_size" else 1.0) * weight
+            grad = get_ops().empty(o2.shape) if want_grad else None
+            t2 = t.reshape(-1) if t.dtype == np.int32 else t.reshape(rows, -1)
+            value = _scaled(loss.value_and_grad(o2, t2, w, scale, grad, loss.mode(None)),
+                            scale_back(loss, rows))
+            totals.append(value)
+            total = total + weight * value
+            grads.append(None if grad is None else grad.reshape(o.shape))
+        self._batch_output_totals = totals      # for _track, in this (locked) run
+        return total, grads, n
+
+    def _track(self, total, n, y, out):
+        if self.__dict__.get("_output_losses") is None:
+            return super()._track(total, n, y, out)
+        self._loss_tracker.update_with_sum(total, n)
+        for tracker, value in zip(self._output_loss_trackers, self._batch_output_totals):
+            tracker.update_with_sum(value, n)
+        if y is None:
+            return
+        outs, targets = self._split_outputs(out), self._split_targets(y)
+        for metric, i in zip(self._metrics, self._metric_outputs):
+            metric.update_state(targets[i], outs[i])
+
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        out = super().predict(x, batch_size, verbose, steps, callbacks)
+        return out if len(self.outputs) == 1 else self._split_outputs(out)
 
     def __call__(self, x, training=False):
         if is_symbolic(x):

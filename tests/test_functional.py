@@ -105,8 +105,8 @@ def test_several_inputs_and_outputs_run_when_called():
     assert out.shape == (5, 1) and features.shape == (5, 6)
     k, bias = shared.get_weights()
     np.testing.assert_allclose(features[:, :3], a @ k + bias, rtol=1e-5, atol=1e-6)
-    model.compile("sgd", "mse")
-    with pytest.raises(NotImplementedError, match="several inputs or outputs"):
+    with pytest.raises(ValueError, match="2 outputs"):
+        model.compile("sgd", "mse")
         model.fit([a, b], np.zeros((5, 1)), verbose=0)
 
 
@@ -281,3 +281,75 @@ def test_one_step_equals_keras_for_every_loss_mode(kind, activation, from_logits
     ours.train_on_batch(x, y)
     for a, b in zip(ours.get_weights(), theirs.get_weights()):
         np.testing.assert_allclose(a, np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def _two_by_two(K, layers):
+    a, b = K.Input(shape=(4,), name="a"), K.Input(shape=(3,), name="b")
+    shared = layers.Dense(5, activation="tanh", name="shared")
+    h = layers.concatenate([shared(layers.Dense(5, name="pa")(a)), shared(layers.Dense(5,
+                                                                              name="pb")(b))])
+    return K.Model([a, b], [layers.Dense(3, activation="softmax", name="cls")(h),
+                            layers.Dense(2, name="reg")(h)], name="two_by_two")
+
+
+def _two_by_two_data(n=24):
+    rng = np.random.default_rng(8)
+    return ([rng.standard_normal((n, 4)).astype(np.float32),
+             rng.standard_normal((n, 3)).astype(np.float32)],
+            [rng.integers(0, 3, n), rng.standard_normal((n, 2)).astype(np.float32)])
+
+
+def test_several_inputs_and_outputs_train_as_in_keras():
+    keras = pytest.importorskip("keras")
+    x, y = _two_by_two_data()
+    models = []
+    for K, layers in ((keras, keras.layers), (fastnn, L)):
+        model = _two_by_two(K, layers)
+        model.compile(K.optimizers.SGD(0.1),
+                      loss=["sparse_categorical_crossentropy", "mse"], loss_weights=[1.0, 0.5],
+                      metrics=[["accuracy"], ["mae"]])
+        models.append(model)
+    theirs, ours = models
+    ours.set_weights([np.asarray(w) for w in theirs.get_weights()])
+    kw = dict(batch_size=8, epochs=2, verbose=0, shuffle=False, validation_split=0.25)
+    h_theirs, h_ours = theirs.fit(x, y, **kw).history, ours.fit(x, y, **kw).history
+    assert sorted(h_ours) == sorted(h_theirs)
+    for key in h_theirs:
+        np.testing.assert_allclose(h_ours[key], h_theirs[key], rtol=1e-4, atol=1e-6,
+                                   err_msg=key)
+    for p, q in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(p, np.asarray(q), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ours.evaluate(x, y, verbose=0),
+                               theirs.evaluate(x, y, verbose=0), rtol=1e-4)
+    by_name = ({"a": x[0], "b": x[1]}, {"cls": y[0], "reg": y[1]})
+    ours_dict = ours.evaluate(*by_name, verbose=0, return_dict=True)
+    theirs_dict = theirs.evaluate(*by_name, verbose=0, return_dict=True)
+    assert sorted(ours_dict) == sorted(theirs_dict)
+    for key in theirs_dict:
+        assert ours_dict[key] == pytest.approx(float(theirs_dict[key]), rel=1e-4)
+    predicted = ours.predict(x, verbose=0)
+    for p, q in zip(predicted, theirs.predict(x, verbose=0)):
+        np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-6)
+    for p, q in zip(predicted, ours(x)):
+        np.testing.assert_allclose(p, q, rtol=1e-6)
+
+
+def test_several_outputs_loss_by_name_and_errors():
+    x, y = _two_by_two_data()
+    model = _two_by_two(fastnn, L)
+    model.compile("adam", loss={"cls": "sparse_categorical_crossentropy"},
+                  metrics={"cls": "accuracy"})
+    history = model.fit(x, {"cls": y[0]}, epochs=2, verbose=0).history
+    assert sorted(history) == ["cls_accuracy", "cls_loss", "loss"]
+    assert history["loss"] == history["cls_loss"]
+    with pytest.raises(ValueError, match="unknown output"):
+        model.fit(x, {"nope": y[0]}, verbose=0)
+    with pytest.raises(ValueError, match=r"x\['a'\] has shape"):
+        model.fit([x[0][:, :2], x[1]], y[:1], verbose=0)
+    with pytest.raises(ValueError, match="different numbers of samples"):
+        model.predict([x[0][:5], x[1]], verbose=0)
+    with pytest.raises(ValueError, match="Invalid metrics"):
+        model.compile("sgd", loss="mse", metrics=["mae"])
+    with pytest.raises(ValueError, match="class_weight"):
+        model.compile("sgd", loss=["sparse_categorical_crossentropy", "mse"])
+        model.fit(x, y, class_weight={0: 1.0}, verbose=0)
