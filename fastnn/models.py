@@ -226,7 +226,9 @@ class Model:
         """Move every trainable weight into one flat buffer (and gradients into another)."""
         entries = [(layer, name) for layer in self._layers if layer.trainable
                    for name in layer._trainable_names]
-        key = tuple((id(layer), name, layer._vars[name].shape) for layer, name in entries)
+        # The arrays themselves: a layer shared with another model lives in whichever model
+        # packed it last, and this model then packs it again (its values carried over).
+        key = tuple((id(layer), name, id(layer._vars[name])) for layer, name in entries)
         if key == self._arena_key:
             return
         ops = get_ops()

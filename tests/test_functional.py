@@ -353,3 +353,25 @@ def test_several_outputs_loss_by_name_and_errors():
     with pytest.raises(ValueError, match="class_weight"):
         model.compile("sgd", loss=["sparse_categorical_crossentropy", "mse"])
         model.fit(x, y, class_weight={0: 1.0}, verbose=0)
+
+
+def test_layers_shared_by_two_models_keep_training():
+    """A feature extractor built from a model's layers packs them into its own parameter
+    buffer; training the first model afterwards still trains them (both see one set of
+    weights)."""
+    x, y = _data()
+    inputs = Input(shape=(6,))
+    h = Dense(5, activation="relu", name="features")(inputs)
+    model = fastnn.Model(inputs, Dense(3, activation="softmax")(h))
+    model.compile(fastnn.optimizers.SGD(0.5), "sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=1, verbose=0)
+    extractor = fastnn.Model(model.input, model.get_layer("features").output)
+    extractor.compile(fastnn.optimizers.SGD(0.5), "mse")
+    extractor.fit(x, np.zeros((len(x), 5)), epochs=1, verbose=0)
+    before = model.get_layer("features").get_weights()[0].copy()
+    model.fit(x, y, epochs=1, verbose=0)
+    after = model.get_layer("features").get_weights()[0]
+    assert not np.array_equal(before, after)
+    kernel, bias = model.get_layer("features").get_weights()
+    np.testing.assert_allclose(extractor.predict(x, verbose=0), np.maximum(x @ kernel + bias, 0),
+                               rtol=1e-5, atol=1e-6)
