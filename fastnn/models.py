@@ -18,7 +18,7 @@ from . import metrics as metrics_module
 from . import optimizers as optimizers_module
 from .backend import get_ops, unique_name
 from .autodiff import Tensor, gradients, no_grad, tape, value_of
-from .graph import KerasTensor, flatten, is_symbolic, nodes_between
+from .graph import KerasTensor, Node, flatten, is_symbolic, nodes_between
 from .layers import (ConvPool, Dense, InputLayer, Layer, _accepts_training, _snake_case,
                      _thread_state, forward_pass)
 from .stack import DenseRunner, NonFiniteInput
@@ -169,13 +169,59 @@ class Model:
             list(self._layers)
 
     def _all_layers(self):
-        """A subclass's layers and the layers inside them, each once: whose weights train."""
+        """A subclass's layers and the layers inside them (and inside models used as layers),
+        each once: whose weights train."""
         found = []
         for layer in self.__dict__.get("_tracked", []):
             for item in [layer] + layer._sublayers():
-                if item not in found:
+                if isinstance(item, Layer) and item not in found:
                     found.append(item)
         return found
+
+    def _sublayers(self):
+        """The layers of this model used as a layer of another."""
+        return self._all_layers() if self._subclassed else list(self._layers)
+
+    @property
+    def trainable(self):
+        return self.__dict__.get("_trainable", True)
+
+    @trainable.setter
+    def trainable(self, value):
+        """Freezing a model freezes its layers, as in Keras (transfer learning: a base model
+        frozen inside a new one)."""
+        self.__dict__["_trainable"] = bool(value)
+        for layer in self.__dict__.get("_layers", []) + self.__dict__.get("_tracked", []):
+            if isinstance(layer, (Layer, Model)) and layer is not self:
+                layer.trainable = bool(value)
+
+    # ---- a model used as a layer of another ---------------------------------------------------
+    @property
+    def _inbound_nodes(self):
+        return self.__dict__.setdefault("_nodes_as_layer", [])
+
+    def _call_as_layer(self, x, training):
+        """This model inside another's graph: symbolic tensors make a node; a tensor (the
+        outer model running on its tape) runs this model's layers there, one node each."""
+        if is_symbolic(x):
+            if isinstance(x, (list, tuple)) or len(getattr(self, "outputs", [None])) > 1:
+                raise NotImplementedError(f"Model {self.name!r}: a model with several inputs "
+                                          "or outputs used as a layer is not supported yet")
+            if not self.built:
+                self.build(x.shape)
+            elif tuple(x.shape[1:]) != tuple(self._input_shape):
+                raise ValueError(f"Model {self.name!r} expects input shape "
+                                 f"{_shape_str(self.input_shape)}, got {_shape_str(x.shape)}")
+            node = Node(self, [x], [self._output_shape])
+            node.several = False
+            self._inbound_nodes.append(node)
+            return node.outputs[0]
+        if self._subclassed:
+            kwargs = {"training": training} if _accepts_training(type(self).call) else {}
+            return self.call(x, **kwargs)
+        for layer in self._layers:
+            x = layer(x, training=training)
+        return x
 
     def build(self, input_shape=None):
         with self._build_lock:      # concurrent first calls build once, in turn
@@ -897,6 +943,8 @@ class Model:
         return out
 
     def __call__(self, x, training=False):
+        if is_symbolic(x) or isinstance(x, Tensor):
+            return self._call_as_layer(x, training)
         x = self._prepare_x(x)
         runner = None if training else DenseRunner.for_model(self, training=None)
         if runner is not None and runner.accepts(x):
@@ -1071,7 +1119,7 @@ class Functional(Model):
         previous, chain = self.inputs[0], []
         for node in self._nodes:
             if node.several or node.inputs[0] is not previous or node.layer in chain or \
-                    len(node.layer._inbound_nodes) != 1:
+                    len(node.layer._inbound_nodes) != 1 or not isinstance(node.layer, Layer):
                 return None
             chain.append(node.layer)
             previous = node.outputs[0]
@@ -1090,7 +1138,7 @@ class Functional(Model):
             return super()._output_layer()
         layer = self.outputs[0].node.layer if len(self.outputs) == 1 else None
         # fastnn's own layer, called once: its backward can start from the pre-activation
-        if layer is None or layer._user_call or len(layer._inbound_nodes) != 1:
+        if not isinstance(layer, Layer) or layer._user_call or len(layer._inbound_nodes) != 1:
             return None
         return layer
 
@@ -1326,11 +1374,8 @@ class Functional(Model):
         return out if len(self.outputs) == 1 else self._split_outputs(out)
 
     def __call__(self, x, training=False):
-        if is_symbolic(x):
-            raise NotImplementedError(f"Model {self.name!r}: calling a model on symbolic "
-                                      "tensors (a model as a layer of another) is not "
-                                      "implemented yet")
-        if len(self.inputs) == 1 and len(self.outputs) == 1:
+        if len(self.inputs) == 1 and len(self.outputs) == 1 or is_symbolic(x) or \
+                isinstance(x, Tensor):
             return super().__call__(x, training)
         given = x if len(self.inputs) > 1 else [x]
         if not isinstance(given, (list, tuple)) or len(given) != len(self.inputs):

@@ -200,6 +200,8 @@ def _graph(K, L, kind):
         inputs = K.Input(shape=(6,), name="x")
         return K.Model(inputs, L.Dense(3, name="out")(L.Dense(8, name="h")(inputs)),
                        name="chain")
+    if kind == "nested":
+        return _nested(K, L)[1]
     if kind == "residual":
         inputs = K.Input(shape=(6,), name="x")
         h = L.Dense(8, activation="relu", name="h")(inputs)
@@ -213,7 +215,7 @@ def _graph(K, L, kind):
     return K.Model([a, b], [L.Dense(1, name="score")(out), out], name="siamese")
 
 
-@pytest.mark.parametrize("kind", ["chain", "residual", "siamese"])
+@pytest.mark.parametrize("kind", ["chain", "residual", "siamese", "nested"])
 @pytest.mark.parametrize("show_trainable", [False, True])
 def test_summary_matches_keras(monkeypatch, kind, show_trainable):
     keras = pytest.importorskip("keras")
@@ -224,6 +226,8 @@ def test_summary_matches_keras(monkeypatch, kind, show_trainable):
         model.summary(print_fn=lambda line, **kw: lines.append(line),
                       show_trainable=show_trainable)
         return "\n".join(lines)
+    fastnn.backend.clear_session()      # automatic names count from zero, as in Keras
+    keras.backend.clear_session()
     assert text(_graph(fastnn, L, kind)) == text(_graph(keras, keras.layers, kind))
 
 
@@ -375,3 +379,41 @@ def test_layers_shared_by_two_models_keep_training():
     kernel, bias = model.get_layer("features").get_weights()
     np.testing.assert_allclose(extractor.predict(x, verbose=0), np.maximum(x @ kernel + bias, 0),
                                rtol=1e-5, atol=1e-6)
+
+
+def _nested(K, layers):
+    base = K.Sequential([K.Input(shape=(6,)), layers.Dense(8, activation="relu", name="b1"),
+                         layers.Dense(4, activation="tanh", name="b2")], name="base")
+    inputs = K.Input(shape=(6,), name="x")
+    features = base(inputs)
+    out = layers.Dense(3, activation="softmax", name="head")(layers.add([features, features]))
+    return base, K.Model(inputs, out, name="outer")
+
+
+def test_a_model_as_a_layer_trains_and_freezes():
+    keras = pytest.importorskip("keras")
+    x, y = _data(n=32)
+    (kbase, theirs), (base, ours) = _nested(keras, keras.layers), _nested(fastnn, L)
+    assert [type(layer).__name__ for layer in ours.layers] == \
+        [type(layer).__name__ for layer in theirs.layers]
+    ours.set_weights([np.asarray(w) for w in theirs.get_weights()])
+    for model, K in ((theirs, keras), (ours, fastnn)):
+        model.compile(K.optimizers.SGD(0.3), "sparse_categorical_crossentropy")
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+    for p, q in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(p, np.asarray(q), rtol=1e-4, atol=1e-5)
+    # Frozen base (transfer learning): only the head trains.
+    for b in (kbase, base):
+        b.trainable = False
+    for model, K in ((theirs, keras), (ours, fastnn)):
+        model.compile(K.optimizers.SGD(0.3), "sparse_categorical_crossentropy")
+    frozen = base.get_weights()
+    for model in (theirs, ours):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    for p, q in zip(base.get_weights(), frozen):
+        np.testing.assert_array_equal(p, q)
+    for p, q in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(p, np.asarray(q), rtol=1e-4, atol=1e-5)
+    assert len(ours.trainable_weights) == len(theirs.trainable_weights) == 2
+    np.testing.assert_allclose(base.predict(x, verbose=0),
+                               np.asarray(kbase.predict(x, verbose=0)), rtol=1e-4, atol=1e-5)
