@@ -183,14 +183,14 @@ def _bn_mlp():
 
 @pytest.mark.parametrize("lr", [0.1, "schedule"])
 def test_in_place_sgd_step_trains_like_the_optimizer_pass(rng, monkeypatch, lr):
-    from fastnn import models
+    from fastnn import trainer
     from fastnn.utils import set_random_seed
     x = rng.standard_normal((96, 256)).astype(np.float32)
     y = rng.integers(0, 10, 96)
     results = []
     for in_place in (True, False):
         if not in_place:
-            monkeypatch.setattr(models, "IN_PLACE_MIN_WEIGHTS", 10 ** 12)
+            monkeypatch.setattr(trainer, "IN_PLACE_MIN_WEIGHTS", 10 ** 12)
         set_random_seed(5)
         model = _bn_mlp()
         rate = (lambda step: 0.2 / (1 + 0.1 * step)) if lr == "schedule" else lr
