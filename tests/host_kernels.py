@@ -7,6 +7,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+import threading
 
 import numpy as np
 
@@ -59,6 +60,9 @@ class HostKernelOps(CupyOps):
         self.lib, self.order = lib, np.random.default_rng(seed)
         self.dims = {k: _Dim3.in_dll(lib, k) for k in ("blockIdx", "threadIdx", "blockDim",
                                                          "gridDim")}
+        # The emulated thread coordinates are globals: one launch at a time (a GPU runs
+        # launches from several host threads by itself).
+        self._launching = threading.Lock()
 
     def _launch(self, kernel, n, *args):
         cupy_backend._check_launch(kernel, n, args)
@@ -66,10 +70,11 @@ class HostKernelOps(CupyOps):
             return
         fn = getattr(self.lib, kernel)
         cargs = [ctypes.c_int(n)] + [_c_arg(a) for a in args]
-        self.dims["blockDim"].x, self.dims["gridDim"].x = self.BLOCK, self.GRID
-        for t in self.order.permutation(self.GRID * self.BLOCK):
-            self.dims["blockIdx"].x, self.dims["threadIdx"].x = divmod(int(t), self.BLOCK)
-            fn(*cargs)
+        with self._launching:
+            self.dims["blockDim"].x, self.dims["gridDim"].x = self.BLOCK, self.GRID
+            for t in self.order.permutation(self.GRID * self.BLOCK):
+                self.dims["blockIdx"].x, self.dims["threadIdx"].x = divmod(int(t), self.BLOCK)
+                fn(*cargs)
 
     def _launch_gemm(self, a, b, out, trans_a, trans_b, alpha, beta):
         # stands in for cuBLAS

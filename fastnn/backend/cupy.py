@@ -245,13 +245,14 @@ class CupyOps(Ops):
         return dx
 
     # ---- batch normalization --------------------------------------------------------------
-    def _column_sums(self, x, dy, center):
-        """Per-channel (sum a, sum b) of kernels.cu's bn_partials, reduced over its chunks."""
+    def _column_sums(self, x, dy, center, scale=1.0):
+        """Per-channel (sum a, sum b) * scale of kernels.cu's bn_partials, reduced over its
+        chunks."""
         rows, c = x.shape
         chunks = max(1, min(rows, 1024, 65536 // max(c, 1)))    # fixed by shape: deterministic
         part = self.xp.empty((2, chunks, c), numpy.float32)
-        self._launch("bn_partials", chunks * c, x, dy, center, i32(rows), i32(c), part[0],
-                     part[1])
+        self._launch("bn_partials", chunks * c, x, dy, center, i32(rows), i32(c), f32(scale),
+                     part[0], part[1])
         return part.sum(axis=1)
 
     def batchnorm_stats(self, x, mean=None, var=None):
@@ -261,8 +262,10 @@ class CupyOps(Ops):
         if not self.kernels:
             return super().batchnorm_stats(x, mean, var)
         rows = x.shape[0]
-        mean[...] = self._column_sums(x, None, None)[0] / f32(rows)
-        var[...] = self._column_sums(x, None, mean)[1] / f32(rows)   # two passes: no cancellation
+        # two passes (no cancellation), each partial already divided by rows (no overflow
+        # for a variance near float32's limit)
+        mean[...] = self._column_sums(x, None, None, 1.0 / rows)[0]
+        var[...] = self._column_sums(x, None, mean, 1.0 / rows)[1]
         return mean, var
 
     def batchnorm_apply(self, x, mean, var, gamma, beta, eps, out=None):

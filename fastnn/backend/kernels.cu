@@ -224,12 +224,14 @@ extern "C" __global__ void softmax_grad_rows(int n, const float *y, const float 
 // ---- batch normalization over the rows of a (rows, c) array ----------------------------------
 // n = chunks * c partial sums: thread (k, ch) walks rows k, k + chunks, ... of channel ch (adjacent
 // threads read adjacent channels) and accumulates in double. With dy null it sums d and d*d, with
-// dy it sums dy and dy*d, where d = x - center[ch] (center null: 0). The caller adds the chunks,
-// so the reduction order is fixed by the shapes alone.
+// dy it sums dy and dy*d, where d = x - center[ch] (center null: 0); each partial is stored times
+// `scale` (1/rows for means: a variance near float's limit has float partial sums). The caller
+// adds the chunks, so the reduction order is fixed by the shapes alone.
 extern "C" __global__ void bn_partials(int n, const float *__restrict__ x,
                                        const float *__restrict__ dy,
                                        const float *__restrict__ center, int rows, int c,
-                                       float *__restrict__ part_a, float *__restrict__ part_b) {
+                                       float scale, float *__restrict__ part_a,
+                                       float *__restrict__ part_b) {
     int chunks = n / c;
     GRID_STRIDE_LOOP(i, n) {
         int ch = i % c, k = i / c;
@@ -241,8 +243,8 @@ extern "C" __global__ void bn_partials(int n, const float *__restrict__ x,
             a += e;
             b += (double)e * d;
         }
-        part_a[i] = (float)a;
-        part_b[i] = (float)b;
+        part_a[i] = (float)(a * scale);
+        part_b[i] = (float)(b * scale);
     }
 }
 
