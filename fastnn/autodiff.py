@@ -41,10 +41,27 @@ def _recording_set(enabled):
         _state.enabled = previous
 
 
+class Tape:
+    """The nodes a tape() block made, in the order it made them: a valid order to walk back
+    (gradients(order=tape.nodes)), with no search of the graph."""
+
+    def __init__(self):
+        self.nodes = []
+
+
+@contextlib.contextmanager
 def tape():
     """Record ops in this thread (as TensorFlow's GradientTape does): inside, ops on tensors
-    that need gradients remember their backward; outside, they only compute."""
-    return _recording_set(True)
+    that need gradients remember their backward; outside, they only compute. A tape opened
+    inside another records into it."""
+    previous = _recording(), getattr(_state, "tape", None)
+    _state.enabled = True
+    if previous[1] is None:
+        _state.tape = Tape()
+    try:
+        yield _state.tape
+    finally:
+        _state.enabled, _state.tape = previous
 
 
 def no_grad():
@@ -208,12 +225,22 @@ def value_of(x):
     return x.value if isinstance(x, Tensor) else x
 
 
+def node(value, parents, backward):
+    """A recorded result: a Tensor computed from `parents` whose gradients `backward` gives
+    (the gradient of this tensor -> one gradient or None per parent), on the open tape."""
+    out = Tensor(value, requires_grad=True, parents=tuple(parents), backward=backward)
+    active = getattr(_state, "tape", None)
+    if active is not None:
+        active.nodes.append(out)
+    return out
+
+
 def record(value, inputs, backward):
     """The result of an op: a Tensor that remembers `backward` (gradient of the output ->
     one gradient or None per input) when some input needs gradients and recording is on;
     else a Tensor without history when some input was a Tensor; else the plain array."""
     if _recording() and any(isinstance(t, Tensor) and t.requires_grad for t in inputs):
-        return Tensor(value, requires_grad=True, parents=tuple(inputs), backward=backward)
+        return node(value, inputs, backward)
     if any(isinstance(t, Tensor) for t in inputs):
         return Tensor(value)
     return value
@@ -250,11 +277,12 @@ def _order(outputs):
     return order[::-1]
 
 
-def gradients(output, leaves=(), seed=None):
+def gradients(output, leaves=(), seed=None, order=None):
     """Back-propagate from `output` (a tensor, or a list of them; seed: its gradient, or one
     per output; ones by default). Returns the gradients of `leaves` (None for a leaf the
     outputs do not depend on); a leaf whose `grad` is an array also gets its gradient added
-    there (+=), as weights shared by several calls accumulate."""
+    there (+=), as weights shared by several calls accumulate. `order`: the nodes of the
+    tape that made the outputs (Tape.nodes), walked back instead of searching the graph."""
     outputs = list(output) if isinstance(output, (list, tuple)) else [output]
     seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * len(outputs)
     if len(seeds) != len(outputs):
@@ -276,7 +304,23 @@ def gradients(output, leaves=(), seed=None):
         have = grads.get(id(out))
         grads[id(out)] = g if have is None else have + g
     wanted = {id(leaf): None for leaf in leaves}
-    for node in _order(outputs):
+    if order is None:
+        _backpropagate(_order(outputs), grads, wanted, xp)
+    else:
+        # The tape's nodes, newest first, then what is left: the leaves (weights, inputs),
+        # and any node from before the tape, in graph order.
+        pending = {id(o): o for o in outputs}
+        _backpropagate(reversed(order), grads, wanted, xp, pending)
+        if grads:
+            _backpropagate(_order([pending[k] for k in grads]), grads, wanted, xp)
+    return [wanted[id(leaf)] for leaf in leaves]
+
+
+def _backpropagate(nodes, grads, wanted, xp, pending=None):
+    """Each node's gradient (in `grads`, by id) through its backward into its parents';
+    a leaf's into its grad buffer and `wanted`. pending: id -> tensor of the gradients
+    still in `grads` (kept when the nodes walked may not reach every one)."""
+    for node in nodes:
         g = grads.pop(id(node), None)
         if g is None:
             continue
@@ -296,7 +340,8 @@ def gradients(output, leaves=(), seed=None):
                 pg = pg.astype(parent.dtype)
             have = grads.get(id(parent))
             grads[id(parent)] = pg if have is None else have + pg
-    return [wanted[id(leaf)] for leaf in leaves]
+            if pending is not None:
+                pending[id(parent)] = parent
 
 
 class Variable(Tensor):

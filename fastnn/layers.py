@@ -17,6 +17,7 @@ import numpy as np
 from . import activations, initializers
 from . import ops as array_ops
 from .autodiff import Tensor, Variable, gradients, is_recording, no_grad, tape, value_of
+from .autodiff import node as autodiff_node
 from .backend import get_ops, unique_name
 from . import graph as graph_module
 from .graph import KerasTensor, Node, flatten, is_symbolic
@@ -441,7 +442,7 @@ class Layer:
             finally:
                 local.slot = 0
             return (dx,)
-        return Tensor(y, requires_grad=True, parents=(x,), backward=backward)
+        return autodiff_node(y, (x,), backward)
 
     def _sublayers(self):
         """The layers this layer holds as attributes (a user's composite layer), any depth."""

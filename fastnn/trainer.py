@@ -325,8 +325,9 @@ class Trainer:
         with forward_pass(self._layers, bool(training), preactivation):
             if training:
                 self._grads[...] = 0
-                with tape():
+                with tape() as recorded:
                     out = state.output = self.call(Tensor(x), **kwargs)
+                state.tape_nodes = recorded.nodes
             else:
                 with no_grad():
                     out = self.call(Tensor(x), **kwargs)
@@ -367,8 +368,9 @@ class Trainer:
             outs, grads = (out, grad) if isinstance(out, (list, tuple)) else ([out], [grad])
             pairs = [(o, g.reshape(o.shape)) for o, g in zip(outs, grads)
                      if g is not None and isinstance(o, Tensor) and o.requires_grad]
+            nodes, state.tape_nodes = state.__dict__.get("tape_nodes"), None
             if pairs:
-                gradients([o for o, _ in pairs], seed=[g for _, g in pairs])
+                gradients([o for o, _ in pairs], seed=[g for _, g in pairs], order=nodes)
             return
         stop, last = self._first_trainable, len(self._layers) - 1
         dy = grad

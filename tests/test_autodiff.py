@@ -222,3 +222,22 @@ def test_pad_repeat_tile_broadcast():
                                   np.pad(a, 1))
     np.testing.assert_array_equal(_host(ops.tile(get_ops().asarray(a, a.dtype), 2)),
                                   np.tile(a, 2))
+
+
+def test_walking_the_tape_equals_searching_the_graph():
+    """gradients(order=tape.nodes) walks the tape back instead of searching the graph; the
+    result is the same, leaves and a tensor made before the tape included."""
+    a, b = _a(3, 4), _a(4, 2)
+    results = []
+    for use_order in (False, True):
+        x = Tensor(get_ops().asarray(a, np.float64), requires_grad=True)
+        w = Tensor(get_ops().asarray(b, np.float64), requires_grad=True)
+        with tape():
+            early = ops.tanh(x)                 # made on an earlier tape
+        with tape() as recorded:
+            h = ops.matmul(early, w)
+            y = ops.sum(h * h) + ops.sum(ops.exp(h) * ops.mean(early))
+        order = recorded.nodes if use_order else None
+        results.append([_host(g) for g in gradients(y, [x, w], order=order)])
+    for p, q in zip(*results):
+        np.testing.assert_allclose(p, q, rtol=1e-12)
