@@ -103,11 +103,17 @@ def forward_pass(layers, training, preactivation=None):
     called in it without training= take the pass's, as in Keras. `preactivation`: the output
     layer, whose backward then gets the gradient of its pre-activation (a fused loss)."""
     _PASS.counts, _PASS.layers, _PASS.training = {}, {id(layer) for layer in layers}, training
-    _PASS.preactivation = preactivation
+    _PASS.preactivation, _PASS.losses = preactivation, []
     try:
         yield _PASS.counts
     finally:
         _PASS.counts = _PASS.layers = _PASS.training = _PASS.preactivation = None
+        _PASS.losses = None
+
+
+def added_losses():
+    """The losses layers added (add_loss) in this thread's model forward pass so far."""
+    return list(getattr(_PASS, "losses", None) or [])
 
 
 class Layer:
@@ -187,6 +193,20 @@ class Layer:
         variable = self._variables[name] = Variable(self, name, bool(trainable))
         return variable
 
+    def add_loss(self, loss):
+        """Add a scalar (a tensor computed with fastnn.ops, or a number) to the loss of the
+        model this layer runs in, as Keras's add_loss (an activity penalty, say)."""
+        losses = getattr(_PASS, "losses", None)
+        if losses is None:
+            raise RuntimeError(
+                f"Layer {self.name!r}: add_loss() counts only inside a model built with the "
+                "functional API or by subclassing fastnn.Model (a Sequential's layers, and "
+                "layers called on their own, have no loss to add to yet)")
+        if np.size(value_of(loss)) != 1:
+            raise ValueError(f"Layer {self.name!r}: add_loss() takes a scalar, got shape "
+                             f"{np.shape(value_of(loss))}")
+        losses.append(loss)
+
     def _rebind(self, name, array, grad=None):
         """Move a weight (and its gradient) into caller-owned storage, e.g. a flat arena."""
         array[...] = self._vars[name]
@@ -262,8 +282,12 @@ class Layer:
         if key not in known:
             alloc = get_ops().alloc
             probe = [alloc((1,) + k) for k in key] if several else alloc((1,) + key)
-            with no_grad():
-                known[key] = tuple(np.shape(value_of(self._run_call(probe, False)))[1:])
+            previous, _PASS.losses = getattr(_PASS, "losses", None), []   # a probe's go nowhere
+            try:
+                with no_grad():
+                    known[key] = tuple(np.shape(value_of(self._run_call(probe, False)))[1:])
+            finally:
+                _PASS.losses = previous
         return (None,) + known[key]
 
     @property

@@ -419,7 +419,8 @@ class Functional(Model):
         previous, chain = self.inputs[0], []
         for node in self._nodes:
             if node.several or node.inputs[0] is not previous or node.layer in chain or \
-                    len(node.layer._inbound_nodes) != 1 or not isinstance(node.layer, Layer):
+                    len(node.layer._inbound_nodes) != 1 or not isinstance(node.layer, Layer) \
+                    or node.layer._user_call:     # (its call() may add_loss: the tape path)
                 return None
             chain.append(node.layer)
             previous = node.outputs[0]

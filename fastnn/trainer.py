@@ -20,7 +20,7 @@ from . import optimizers as optimizers_module
 from .autodiff import Tensor, gradients, no_grad, tape, value_of
 from .backend import get_ops
 from .graph import is_symbolic
-from .layers import Dense, _accepts_training, _thread_state, forward_pass
+from .layers import Dense, _accepts_training, _thread_state, added_losses, forward_pass
 from .stack import DenseRunner, NonFiniteInput
 
 # A Dense kernel of at least this many weights takes a plain SGD step inside its weight-gradient
@@ -331,6 +331,7 @@ class Trainer:
             else:
                 with no_grad():
                     out = self.call(Tensor(x), **kwargs)
+            state.added_losses = added_losses()
         ops = get_ops()
         if isinstance(out, (list, tuple)):      # several outputs: side by side, row by row
             y = ops.xp.concatenate([ops.asarray(value_of(o), np.float32).reshape(
@@ -369,6 +370,9 @@ class Trainer:
             pairs = [(o, g.reshape(o.shape)) for o, g in zip(outs, grads)
                      if g is not None and isinstance(o, Tensor) and o.requires_grad]
             nodes, state.tape_nodes = state.__dict__.get("tape_nodes"), None
+            ones = get_ops().xp.ones((), np.float32)
+            pairs += [(loss, ones) for loss in state.__dict__.get("added_losses") or ()
+                      if isinstance(loss, Tensor) and loss.requires_grad]
             if pairs:
                 gradients([o for o, _ in pairs], seed=[g for _, g in pairs], order=nodes)
             return
@@ -405,9 +409,24 @@ class Trainer:
         for m in self._metrics:
             m.update_state(y, out)
 
+    def _added_loss(self, n):
+        """What add_loss() added in this thread's last forward pass, as the loss tracker
+        counts it (a batch's value, n times)."""
+        losses = _thread_state(self._thread).__dict__.get("added_losses") or ()
+        if not losses:
+            return 0.0
+        return n * sum(float(get_ops().to_numpy(value_of(loss)).reshape(())) for loss in losses)
+
+    @property
+    def losses(self):
+        """The losses add_loss() added in this thread's last forward pass (floats)."""
+        return [float(get_ops().to_numpy(value_of(loss)).reshape(()))
+                for loss in _thread_state(self._thread).__dict__.get("added_losses") or ()]
+
     def _train_step(self, x, y, w):
         out = self._forward(x, training=True)
         total, grad, n = self._loss_and_grad(out, y, w, True)
+        total = total + self._added_loss(n)
         # A non-finite loss skips the update. A device backend returns the total as a device
         # scalar and is not checked here: reading it would stall every step on the GPU.
         if isinstance(total, float) and not math.isfinite(total):
@@ -422,6 +441,7 @@ class Trainer:
     def _test_step(self, x, y, w):
         out = self._forward(x, training=False)
         total, _, n = self._loss_and_grad(out, y, w, False)
+        total = total + self._added_loss(n)
         self._track(total, n, y, out)
 
     def _prepare_training(self):

@@ -207,3 +207,47 @@ def test_custom_layer_after_flatten_on_images():
     x = np.random.default_rng(0).standard_normal((10, 4, 4)).astype(np.float32)
     history = model.fit(x, np.zeros((10, 2)), epochs=3, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+def _penalized(K, layers, ops_module):
+    class Penalty(layers.Layer):
+        """The identity, adding 0.01 * mean(x^2) to the model's loss."""
+
+        def call(self, inputs):
+            self.add_loss(0.01 * ops_module.mean(ops_module.square(inputs)))
+            return inputs
+
+    inputs = K.Input(shape=(6,))
+    h = Penalty()(layers.Dense(8, activation="tanh")(inputs))
+    return K.Model(inputs, layers.Dense(3, activation="softmax")(h))
+
+
+def test_add_loss_counts_in_the_loss_and_its_gradient():
+    keras = pytest.importorskip("keras")
+    x, y = _data(n=32)
+    theirs = _penalized(keras, keras.layers, keras.ops)
+    ours = _penalized(fastnn, fastnn.layers, ops)
+    ours.set_weights([np.asarray(w) for w in theirs.get_weights()])
+    for model, K in ((theirs, keras), (ours, fastnn)):
+        model.compile(K.optimizers.SGD(0.5), "sparse_categorical_crossentropy")
+    assert ours.evaluate(x, y, verbose=0) == pytest.approx(
+        float(theirs.evaluate(x, y, verbose=0)), rel=1e-5)
+    h_theirs = theirs.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False).history
+    h_ours = ours.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False).history
+    np.testing.assert_allclose(h_ours["loss"], h_theirs["loss"], rtol=1e-4)
+    for p, q in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(p, np.asarray(q), rtol=1e-4, atol=1e-5)
+    assert len(ours.losses) == 1 and ours.losses[0] > 0
+
+
+def test_add_loss_outside_a_graph_model_raises():
+    class Penalty(Layer):
+        def call(self, inputs):
+            self.add_loss(ops.sum(inputs))
+            return inputs
+
+    model = fastnn.Sequential([Input(shape=(6,)), Penalty(), Dense(2)])
+    model.compile("sgd", "mse")
+    x, _ = _data()
+    with pytest.raises(RuntimeError, match="add_loss"):
+        model.fit(x, np.zeros((64, 2)), verbose=0)
