@@ -1,5 +1,6 @@
 """One model called from several Python threads at once: every caller gets its own right
-answer (predict, __call__, evaluate), on the fused Dense-stack, general and conv paths; a
+answer (predict, __call__, evaluate), on the fused Dense-stack, general and conv paths, a
+graph with a shared layer and a subclassed model (both on the autodiff tape); a
 second concurrent fit on one model raises instead of training on weights another call is
 changing."""
 import threading
@@ -20,9 +21,27 @@ def _models():
                                  BatchNormalization(), Dense(5, activation="softmax")])
     conv = fastnn.Sequential([Input(shape=(8, 8, 2)), Conv2D(4, 3, activation="relu"),
                               MaxPooling2D(), Flatten(), Dense(5, activation="softmax")])
-    for m in (fused, general, conv):
+    inputs = Input(shape=(20,))
+    h = Dense(16, activation="relu")(inputs)
+    shared = Dense(16, activation="tanh")
+    graph = fastnn.Model(inputs, Dense(5, activation="softmax")(
+        fastnn.layers.add([shared(h), shared(shared(h))])))
+
+    class Subclassed(fastnn.Model):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = Dense(12, activation="relu"), Dense(5, activation="softmax")
+
+        def call(self, x):
+            return self.b(self.a(x) * 2.0)
+
+    subclassed = Subclassed()
+    subclassed.build((None, 20))
+    models = {"fused": fused, "general": general, "conv": conv, "graph": graph,
+              "subclassed": subclassed}
+    for m in models.values():
         m.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
-    return {"fused": fused, "general": general, "conv": conv}
+    return models
 
 
 def _inputs(name, rng, n):
@@ -36,12 +55,13 @@ def test_concurrent_inference_matches_sequential(threads):
     rng = np.random.default_rng(1)
     # Cases of different sizes, so concurrent calls want differently shaped workspaces.
     cases = []
-    for i in range(48):
-        name = ("fused", "general", "conv")[i % 3]
+    names = ("fused", "general", "conv", "graph", "subclassed")
+    for i in range(60):
+        name = names[i % len(names)]
         n = int(rng.integers(1, 70))
         x = _inputs(name, rng, n)
         y = rng.integers(0, 5, n)
-        kind = ("predict", "call", "evaluate")[(i // 3) % 3]
+        kind = ("predict", "call", "evaluate")[(i // len(names)) % 3]
         cases.append((name, kind, x, y, int(rng.integers(1, 40))))
 
     def run(case):
