@@ -369,12 +369,12 @@ class Layer:
             dx.astype(np.float32, copy=False)
 
     def __call__(self, x, training=None):
-        if is_symbolic(x):
-            return self._call_symbolic(x)
         if training is None:
             training = bool(getattr(_PASS, "training", None))
-        if isinstance(x, Tensor):
+        if isinstance(x, Tensor):       # inside a model's forward pass: the common case
             return self._call_on_tensor(x, training)
+        if is_symbolic(x):
+            return self._call_symbolic(x)
         if isinstance(x, (list, tuple)):        # several inputs: a merge layer, a user's
             return self._call_on_list(x, training)
         ops = get_ops()
@@ -401,7 +401,8 @@ class Layer:
             raise TypeError(f"Layer {self.name!r} ({type(self).__name__}) takes one input, "
                             f"got a list of {len(xs)}")
         if any(isinstance(t, Tensor) for t in xs):      # inside a model's call(): the tape
-            self._maybe_build([tuple(t.shape) for t in xs])
+            if not self.built:
+                self._maybe_build([tuple(t.shape) for t in xs])
             return self._run_call(list(xs), training)
         ops = get_ops()
         xs = [ops.asarray(t) for t in xs]
