@@ -2,9 +2,8 @@
 the workloads (two MLPs and the Keras tutorial CNN; the graph workloads of issue 15: a deep
 functional chain, a residual MLP and a user-written Layer subclass), the one Keras script per
 network (run by fastnn and by Keras 3), the PyTorch loop, and the GEMM shapes / FLOP counts of
-training. Nothing
-here imports a framework at module level, so report.py can use it without paying for (or being
-broken by) any of them."""
+training. Nothing here imports a framework at module level, so report.py can use it without
+paying for (or being broken by) any of them."""
 import gzip
 import os
 
