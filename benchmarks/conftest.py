@@ -25,11 +25,19 @@ os.environ.setdefault("FASTNN_BACKEND", "cpu")
 def pytest_addoption(parser):
     parser.addoption("--bench-rounds", type=int, default=3,
                      help="timed rounds per training benchmark (after one warm-up round)")
+    parser.addoption("--bench-samples", type=int, default=None,
+                     help="smoke test only: train on at most this many samples per round "
+                          "(the times are then not the workloads' and not comparable)")
 
 
 @pytest.fixture(scope="session")
 def rounds(request):
     return request.config.getoption("--bench-rounds")
+
+
+@pytest.fixture(scope="session")
+def samples_cap(request):
+    return request.config.getoption("--bench-samples")
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,7 @@
 """Run the benchmark suite, one subprocess per system, and print a markdown report.
 
-    PYTHONPATH=. python benchmarks/report.py [--rounds N] [--json out.json]
+    PYTHONPATH=. python benchmarks/report.py [--rounds N] [--json out.json] [--systems ...]
+                                             [--workloads deep_mlp,resnet_mlp,custom_dense]
 
 Each system (sgemm, fastnn, torch, keras) runs as its own `pytest --benchmark-json` child, so no
 framework's thread pools or allocator share a process with another's, and each child's peak RSS
@@ -33,13 +34,21 @@ SYSTEMS = {
 LABEL = {"fastnn": "fastnn", "torch": "PyTorch", "keras": "Keras"}
 
 
-def run_system(name, rounds, tmp):
-    """Run one system's benchmarks; returns dict(rc, benchmarks, notes, rss_mib, wall_s)."""
+# the systems that a --workloads selection narrows (their tests' ids name the workload)
+TRAINING = ("fastnn", "torch", "keras")
+
+
+def run_system(name, rounds, tmp, workloads=None, samples=None):
+    """Run one system's benchmarks; returns dict(rc, benchmarks, notes, rss_mib, wall_s).
+    `workloads`: only the tests whose ids name one of these (training systems only);
+    `samples`: the smoke-test cap on each round's samples (--bench-samples)."""
     paths, expr = SYSTEMS[name]
+    if workloads and name in TRAINING:
+        expr = f"({expr}) and ({' or '.join(workloads)})"
     out_json, log = os.path.join(tmp, f"{name}.json"), os.path.join(tmp, f"{name}.log")
     cmd = [sys.executable, "-m", "pytest", *(os.path.join(HERE, p) for p in paths), "-k", expr, "-q", "-rfEs",
            "-p", "no:cacheprovider", "--benchmark-only", f"--benchmark-json={out_json}",
-           f"--bench-rounds={rounds}"]
+           f"--bench-rounds={rounds}"] + ([f"--bench-samples={samples}"] if samples else [])
     print(f"[report] {name}: running ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     with open(log, "wb") as f:
@@ -85,14 +94,18 @@ def ratio(a, b):
     return None if a is None or b is None else a / b
 
 
-def build_report(runs, rounds):
+def build_report(runs, rounds, workloads=None, samples=None):
+    """The markdown and the JSON data. `workloads`: the selection (None: all), whose rows only
+    are shown; `samples`: the smoke-test cap, flagged in the header."""
     # medians and metadata per (workload, system)
     med, info = {}, {}
     for system, run in runs.items():
         for b in run["benchmarks"]:
-            if b["extra_info"].get("workload"):
-                med[b["extra_info"]["workload"], system] = b["stats"]["median"]
-                info[system] = b["extra_info"]
+            e = b["extra_info"]
+            if e.get("workload"):
+                med[e["workload"], system] = b["stats"]["median"]
+            if e.get("workload") or e.get("graph_workload"):
+                info[system] = e
     gemm = {tuple(b["extra_info"]["shape"]): b for b in runs.get("sgemm", {}).get("benchmarks", [])}
     gflops = {s: b["extra_info"]["flop"] / b["stats"]["median"] / 1e9 for s, b in gemm.items()}
     peak = max(gflops.values(), default=None)
@@ -103,13 +116,19 @@ def build_report(runs, rounds):
         run = runs.get(system)
         return None if run is None else "error" if run["rc"] not in (0, 5) else "skipped"
 
-    lines = [f"## fastnn benchmark: training on MNIST, batch {wl.BATCH}, median of {rounds} rounds",
-             "", "| workload | timed | fastnn s | PyTorch s | Keras s | PyTorch/fastnn "
-             "| Keras/fastnn | FLOP floor s | fastnn ÷ floor |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"## fastnn benchmark: training on MNIST, batch {wl.BATCH}, median of {rounds} rounds"]
+    if samples:
+        lines += ["", f"**Smoke run:** each round trained on at most {samples} samples, so the "
+                  "times below are not the workloads' rounds (the *timed* column) and mean "
+                  "nothing as speeds."]
+    seed = [w for w in wl.WORKLOADS if workloads is None or w in workloads]
+    if seed:
+        lines += ["", "| workload | timed | fastnn s | PyTorch s | Keras s | PyTorch/fastnn "
+                  "| Keras/fastnn | FLOP floor s | fastnn ÷ floor |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     results = {}
     num = lambda v: v if isinstance(v, float) else None  # noqa: E731
-    for w in wl.WORKLOADS:
+    for w in seed:
         # one row for the timed round; a workload timed on fewer steps also gets a 60k-epoch row
         scales = [(w, wl.timed(w), 1.0)]
         if wl.epoch_scale(w) != 1:
@@ -124,9 +143,12 @@ def build_report(runs, rounds):
             results[key] = dict(workload=w, timed=timed, **row)
             lines.append(f"| {w} ({wl.describe(w)}) | {timed} | " + " | ".join(
                 fmt(row[c], ".2f" if "over" in c else ".3f") for c in row) + " |")
-    lines += ["", "FLOP floor = training GEMM FLOPs (forward 2·B·in·out per layer, backward twice "
-              "that, less the first layer's input gradient; conv as im2col GEMMs) / peak measured "
-              "sgemm GFLOP/s below."]
+    if seed:
+        lines += ["", "FLOP floor = training GEMM FLOPs (forward 2·B·in·out per layer, backward "
+                  "twice that, less the first layer's input gradient; conv as im2col GEMMs) / peak "
+                  "measured sgemm GFLOP/s below."]
+    graph_lines, graphs = _graph_table(runs, workloads)
+    lines += graph_lines
 
     if gflops:
         lines += ["", "### sgemm (fastnn._core.gemm, median)", "",
@@ -136,7 +158,7 @@ def build_report(runs, rounds):
         lines += ["", f"Peak measured: **{peak:.1f} GFLOP/s**.", "",
                   "| workload | GEMM GFLOP / 60k epoch | GEMM-only s / 60k epoch at the per-shape "
                   "rates above | fastnn ÷ GEMM-only |", "|---|---:|---:|---:|"]
-        for w in wl.WORKLOADS:
+        for w in seed:
             steps = wl.N_TRAIN / wl.BATCH
             t = sum(gemm[s]["stats"]["median"] for s in wl.train_gemms(w) if s in gemm) * steps
             key = w if wl.epoch_scale(w) == 1 else f"{w}_60k_epoch"
@@ -173,13 +195,80 @@ def build_report(runs, rounds):
     notes = [f"- {s}: {n}" for s, r in runs.items() for n in r["notes"]]
     if notes:
         lines += ["", "### Skips and failures", ""] + notes
-    data = dict(env=env, rounds=rounds, train=results, sgemm_gflops={
+    data = dict(env=env, rounds=rounds, samples_cap=samples, train=results, graphs=graphs,
+                sgemm_gflops={
         gemm[s]["extra_info"]["label"]: g for s, g in gflops.items()}, peak_gflops=peak,
         systems={s: {k: r[k] for k in ("rc", "rss_mib", "wall_s", "notes")} for s, r in runs.items()},
         benchmarks=[dict(name=b["name"], group=b["group"], extra_info=b["extra_info"],
                          stats={k: b["stats"][k] for k in ("min", "median", "mean", "stddev", "rounds")})
                     for r in runs.values() for b in r["benchmarks"]])
     return "\n".join(lines), data
+
+
+GRAPH_VARIANT_LABEL = {"functional": "functional", "sequential": "Sequential (fastnn only)",
+                       "custom": "Layer subclass (ops)", "builtin": "built-in Dense"}
+
+
+def _graph_table(runs, workloads=None):
+    """The graph workloads (issue 15): per way of writing the network, the median per system,
+    PyTorch/fastnn and Keras/fastnn, and fastnn's functional/Sequential and custom/built-in."""
+    med = {}
+    for system, run in runs.items():
+        for b in run["benchmarks"]:
+            e = b["extra_info"]
+            if e.get("graph_workload"):
+                med[e["graph_workload"], e["variant"], system] = b["stats"]["median"]
+    names = [w for w in wl.GRAPH_WORKLOADS if workloads is None or w in workloads]
+    if not names or not any(s in runs for s in TRAINING):
+        return [], {}
+
+    def cell(w, variant, system):
+        if (w, variant, system) in med:
+            return med[w, variant, system]
+        run = runs.get(system)
+        if run is None or system not in wl.GRAPH_WORKLOADS[w]["variants"][variant]:
+            return None
+        return "error" if run["rc"] not in (0, 5) else "skipped"
+
+    num = lambda v: v if isinstance(v, float) else None  # noqa: E731
+    lines = ["", "### Graphs and custom layers (issue 15), median s per round", "",
+             "| workload | written as | timed | fastnn s | PyTorch s | Keras s | PyTorch/fastnn "
+             "| Keras/fastnn | functional/Sequential | custom/built-in |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows, peers = {}, []
+    for w in names:
+        for variant in wl.GRAPH_WORKLOADS[w]["variants"]:
+            f, t, k = (cell(w, variant, s) for s in TRAINING)
+            other = {"functional": "sequential", "custom": "builtin"}.get(variant)
+            base = num(cell(w, other, "fastnn")) if other in wl.GRAPH_WORKLOADS[w]["variants"] \
+                else None
+            row = dict(fastnn=f, torch=t, keras=k, torch_over_fastnn=ratio(num(t), num(f)),
+                       keras_over_fastnn=ratio(num(k), num(f)),
+                       functional_over_sequential=ratio(num(f), base) if other == "sequential"
+                       else None,
+                       custom_over_builtin=ratio(num(f), base) if other == "builtin" else None)
+            rows[f"{w}/{variant}"] = dict(workload=w, variant=variant, timed=wl.timed(w),
+                                          epoch_scale=wl.epoch_scale(w), **row)
+            lines.append(f"| {w} ({wl.describe(w)}) | {GRAPH_VARIANT_LABEL[variant]} | "
+                         f"{wl.timed(w)} | " + " | ".join(
+                             fmt(row[c], ".2f" if "over" in c else ".3f") for c in row) + " |")
+            if other == "builtin":   # the same ratio for the peers, for scale
+                for system in ("torch", "keras"):
+                    r = ratio(num(cell(w, variant, system)), num(cell(w, other, system)))
+                    if r is not None:
+                        peers.append(f"{LABEL[system]} {r:.2f}")
+                        rows[f"{w}/{variant}"][f"{system}_custom_over_builtin"] = r
+    scales = sorted({wl.epoch_scale(w) for w in names})
+    lines += ["", "PyTorch/fastnn, Keras/fastnn: how many times faster fastnn is. "
+              "functional/Sequential: fastnn's functional chain over the same chain as a "
+              "Sequential (issue 15: ~1, the same fused path). custom/built-in: fastnn with the "
+              "hidden layers as a Layer subclass written in ops (autodiff tape) over the built-in "
+              "Dense (issue 15: at most 3)" + (f"; the same ratio for {', '.join(peers)}" if peers
+                                               else "") +
+              ". Issue 15 asks ≥ 3× PyTorch for deep_mlp and resnet_mlp. "
+              f"A 60k-sample epoch is ×{'/'.join(f'{x:g}' for x in scales)} these times "
+              "(the JSON has the ratios; they do not change)."]
+    return lines, rows
 
 
 def _gpu_table(runs):
@@ -253,10 +342,20 @@ def main(argv=None):
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--systems", default=",".join(SYSTEMS),
                     help=f"comma-separated subset of {','.join(SYSTEMS)}")
+    known = list(wl.WORKLOADS) + list(wl.GRAPH_WORKLOADS) + ["predict"]
+    ap.add_argument("--workloads", help="comma-separated subset of " + ",".join(known) +
+                    " (training systems only; default: all)")
+    ap.add_argument("--samples", type=int,
+                    help="smoke test: at most this many samples per round (times not comparable)")
     args = ap.parse_args(argv)
+    workloads = args.workloads.split(",") if args.workloads else None
+    bad = [w for w in workloads or () if w not in known]
+    if bad:
+        ap.error(f"unknown workload(s) {bad}; known: {known}")
     with tempfile.TemporaryDirectory(prefix="fastnn-bench-") as tmp:
-        runs = {s: run_system(s, args.rounds, tmp) for s in args.systems.split(",")}
-    text, data = build_report(runs, args.rounds)
+        runs = {s: run_system(s, args.rounds, tmp, workloads, args.samples)
+                for s in args.systems.split(",")}
+    text, data = build_report(runs, args.rounds, workloads, args.samples)
     print(text)
     if args.json:
         with open(args.json, "w") as f:

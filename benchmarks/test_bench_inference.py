@@ -26,9 +26,9 @@ def _keras_model():
     return wl.keras_model(keras, "mlp_adam"), keras.__version__
 
 
-def _keras_like(model, case, x):
+def _keras_like(model, case, x, to_numpy=np.asarray):
     if case == "one_call":
-        return lambda: np.asarray(model(x[:1]))
+        return lambda: to_numpy(model(x[:1]))
     batch = CASES[case] or 32
     return lambda: model.predict(x if CASES[case] else x[:1], batch_size=batch, verbose=0)
 
@@ -57,7 +57,10 @@ def test_predict(benchmark, mnist, rounds, case, system):
         fn, ver = _torch(case, x)
     else:
         model, ver = _fastnn_model() if system == "fastnn" else _keras_model()
-        fn = _keras_like(model, case, x)
+        # Keras on torch returns a tensor that requires grad, which np.asarray refuses;
+        # keras.ops.convert_to_numpy is what a Keras user calls on any backend
+        to_numpy = np.asarray if system == "fastnn" else sys.modules["keras"].ops.convert_to_numpy
+        fn = _keras_like(model, case, x, to_numpy)
     benchmark.group = f"predict {case}"
     benchmark.extra_info.update(predict=case, system=system, version=ver,
                                 samples=N_PREDICT if CASES[case] else 1)

@@ -1,8 +1,9 @@
 """What the benchmarks run, shared by the pytest-benchmark suite and report.py: the MNIST loader,
-the workloads (two MLPs and the Keras tutorial CNN), the one Keras script per network (run by
-fastnn and by Keras 3), the PyTorch loop, and the GEMM shapes / FLOP counts of training. Nothing
-here imports a framework at module level, so report.py can use it without paying for (or being
-broken by) any of them."""
+the workloads (two MLPs and the Keras tutorial CNN; the graph workloads of issue 15: a deep
+functional chain, a residual MLP and a user-written Layer subclass), the one Keras script per
+network (run by fastnn and by Keras 3), the PyTorch loop, and the GEMM shapes / FLOP counts of
+training. Nothing here imports a framework at module level, so report.py can use it without
+paying for (or being broken by) any of them."""
 import gzip
 import os
 
@@ -26,9 +27,40 @@ WORKLOADS = {
                 opt="sgd", lr=0.05, samples=300 * BATCH),
 }
 
+# The graph workloads (issue 15: per-node overhead and custom layers), each timed like the CNN on
+# 300 steps (one fit(epochs=1) over the first 9,600 images), Adam lr 1e-3. `variants` maps each
+# way of writing the network to the systems that time it:
+# - deep_mlp: a 20-layer Dense(64, relu) chain as a functional model; fastnn also times it as a
+#   Sequential (the functional chain should take the same fused path: ratio ~1).
+# - resnet_mlp: 10 residual blocks h = h + Dense(64)(Dense(64, relu)(h)), functional.
+# - custom_dense: mlp_adam's network with its two hidden Dense layers as a user's
+#   keras.layers.Layer subclass (add_weight + keras.ops), and with the built-in Dense.
+# PyTorch runs the equivalent torch.nn module for each (torch_model).
+GRAPH_STEPS = 300
+GRAPH_WORKLOADS = {
+    "deep_mlp": dict(input=(784,), net="784-64x20(relu)-10(softmax)", opt="adam", lr=1e-3,
+                     samples=GRAPH_STEPS * BATCH,
+                     variants={"functional": ("fastnn", "torch", "keras"),
+                               "sequential": ("fastnn",)}),
+    "resnet_mlp": dict(input=(784,), net="784-64(relu)-10x[64(relu)-64-add]-10(softmax)",
+                       opt="adam", lr=1e-3, samples=GRAPH_STEPS * BATCH,
+                       variants={"functional": ("fastnn", "torch", "keras")}),
+    "custom_dense": dict(input=(784,), net="784-128(relu)-64(relu)-10(softmax)", opt="adam",
+                         lr=1e-3, samples=GRAPH_STEPS * BATCH,
+                         variants={"custom": ("fastnn", "torch", "keras"),
+                                   "builtin": ("fastnn", "torch", "keras")}),
+}
+
+
+def spec(name):
+    """A workload's entry, seed (WORKLOADS) or graph (GRAPH_WORKLOADS)."""
+    return WORKLOADS[name] if name in WORKLOADS else GRAPH_WORKLOADS[name]
+
 
 def describe(name):
-    w = WORKLOADS[name]
+    w = spec(name)
+    if "net" in w:
+        return f"{w['net']} {w['opt'].upper()} b{BATCH}"
     if "conv" in w:
         _, k, filters = w["conv"]
         net = f"conv{k}x{k}x{filters}-maxpool-" + "-".join(f"BN-{s}" for s in w["sizes"][1:])
@@ -39,13 +71,14 @@ def describe(name):
 
 def timed(name):
     """What one timed round is, in words."""
-    samples = WORKLOADS[name]["samples"]
+    samples = spec(name)["samples"]
     return "60k epoch" if samples == N_TRAIN else f"{samples // BATCH} steps"
 
 
 def epoch_scale(name):
-    """Factor from one timed round to a 60k-sample epoch (1 for the MLPs, 1875/300 for the CNN)."""
-    return N_TRAIN / WORKLOADS[name]["samples"]
+    """Factor from one timed round to a 60k-sample epoch (1 for the MLPs, 1875/300 for the CNN
+    and the graph workloads)."""
+    return N_TRAIN / spec(name)["samples"]
 
 
 # ---------------------------------------------------------------- data
@@ -75,17 +108,20 @@ def load_mnist_train(directory):
 def workload_data(name, x, y):
     """A workload's timed samples as views of the loaded set (no copy): x (n, 784) for the MLPs,
     (n, 28, 28, 1) channels-last for the CNN, as a Keras user feeds them."""
-    w = WORKLOADS[name]
+    w = spec(name)
     n = w["samples"]
     return x[:n].reshape((n,) + w["input"]), y[:n]
 
 
 # ---------------------------------------------------------------- the three systems
-def keras_model(keras, name):
-    """The Keras script; `keras` is either `import keras` or `import fastnn as keras`."""
-    w = WORKLOADS[name]
+def keras_model(keras, name, variant=None):
+    """The Keras script; `keras` is either `import keras` or `import fastnn as keras`.
+    `variant` picks how a graph workload is written (GRAPH_WORKLOADS[name]["variants"])."""
+    w = spec(name)
     layers = keras.layers
-    if name == "cnn":   # the classic Keras tutorial CNN, written as its users write it
+    if name in GRAPH_WORKLOADS:
+        model = _graph_keras_model(keras, name, variant)
+    elif name == "cnn":   # the classic Keras tutorial CNN, written as its users write it
         model = keras.Sequential([
             keras.Input((28, 28, 1)),
             layers.Conv2D(64, 3, activation="relu"),
@@ -106,16 +142,81 @@ def keras_model(keras, name):
     return model
 
 
-def keras_epoch(keras, name, x, y):
+def _graph_keras_model(keras, name, variant):
+    """The graph workloads, written as a Keras user writes them (functional API, Layer
+    subclass); the same code builds the fastnn and the Keras model."""
+    layers = keras.layers
+    if variant not in GRAPH_WORKLOADS[name]["variants"]:
+        raise ValueError(f"{name}: no variant {variant!r}")
+    if name == "deep_mlp" and variant == "sequential":
+        return keras.Sequential([keras.Input(shape=(784,))] +
+                                [layers.Dense(64, activation="relu") for _ in range(20)] +
+                                [layers.Dense(10, activation="softmax")])
+    if name == "deep_mlp":
+        inputs = keras.Input(shape=(784,))
+        h = inputs
+        for _ in range(20):
+            h = layers.Dense(64, activation="relu")(h)
+        outputs = layers.Dense(10, activation="softmax")(h)
+        return keras.Model(inputs, outputs)
+    if name == "resnet_mlp":
+        inputs = keras.Input(shape=(784,))
+        h = layers.Dense(64, activation="relu")(inputs)
+        for _ in range(10):
+            r = layers.Dense(64, activation="relu")(h)
+            r = layers.Dense(64)(r)
+            h = layers.add([h, r])
+        outputs = layers.Dense(10, activation="softmax")(h)
+        return keras.Model(inputs, outputs)
+    # custom_dense: mlp_adam's network, its hidden layers the user's layer or the built-in one
+    if variant == "custom":
+        hidden = _relu_dense_class(keras)
+    else:
+        def hidden(units):
+            return layers.Dense(units, activation="relu")
+    return keras.Sequential([keras.Input(shape=(784,)), hidden(128), hidden(64),
+                             layers.Dense(10, activation="softmax")])
+
+
+def _relu_dense_class(keras):
+    """A Dense + relu layer as the Keras guide writes a custom layer: weights from add_weight in
+    build(), call() in keras.ops (fastnn.ops under fastnn, differentiated by its tape)."""
+    ops = keras.ops
+
+    class ReluDense(keras.layers.Layer):
+        def __init__(self, units, **kwargs):
+            super().__init__(**kwargs)
+            self.units = units
+
+        def build(self, input_shape):
+            self.kernel = self.add_weight(shape=(input_shape[-1], self.units),
+                                          initializer="glorot_uniform", name="kernel")
+            self.bias = self.add_weight(shape=(self.units,), initializer="zeros", name="bias")
+
+        def call(self, inputs):
+            return ops.relu(ops.matmul(inputs, self.kernel) + self.bias)
+
+        def compute_output_shape(self, input_shape):
+            return tuple(input_shape[:-1]) + (self.units,)
+
+        def get_config(self):
+            return {**super().get_config(), "units": self.units}
+
+    return ReluDense
+
+
+def keras_epoch(keras, name, x, y, variant=None):
     """Build + compile (untimed); the returned callable is one timed round: one epoch over x."""
-    model = keras_model(keras, name)
+    model = keras_model(keras, name, variant)
     return lambda: model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)
 
 
-def torch_model(name):
+def torch_model(name, variant=None):
     """The same network as a PyTorch user writes it, with logits out (CrossEntropyLoss does the
     softmax). The CNN is NCHW; its BatchNorm1d layers get Keras' epsilon and momentum."""
     from torch import nn
+    if name in GRAPH_WORKLOADS:
+        return _graph_torch_model(name, variant)
     w = WORKLOADS[name]
     if name == "cnn":
         bn = dict(eps=1e-3, momentum=0.01)
@@ -132,15 +233,54 @@ def torch_model(name):
     return nn.Sequential(*mods)
 
 
-def torch_epoch(name, x, y, device="cpu"):
+def _graph_torch_model(name, variant):
+    """The graph workloads as torch.nn modules: the deep chain as nn.Sequential, the residual
+    blocks as a small nn.Module, the custom layer as an nn.Module with its own Parameters and
+    forward (torch's default initializers elsewhere)."""
+    import torch
+    from torch import nn
+    if variant not in GRAPH_WORKLOADS[name]["variants"]:
+        raise ValueError(f"{name}: no variant {variant!r}")
+    if name == "deep_mlp":
+        mods = [nn.Linear(784, 64), nn.ReLU()]
+        for _ in range(19):
+            mods += [nn.Linear(64, 64), nn.ReLU()]
+        return nn.Sequential(*mods, nn.Linear(64, 10))
+    if name == "resnet_mlp":
+        class Block(nn.Module):
+            def __init__(self, width):
+                super().__init__()
+                self.fc1, self.fc2 = nn.Linear(width, width), nn.Linear(width, width)
+
+            def forward(self, h):
+                return h + self.fc2(torch.relu(self.fc1(h)))
+
+        return nn.Sequential(nn.Linear(784, 64), nn.ReLU(), *[Block(64) for _ in range(10)],
+                             nn.Linear(64, 10))
+    if variant == "builtin":
+        return torch_model("mlp_adam")
+
+    class ReluDense(nn.Module):
+        def __init__(self, fan_in, units):
+            super().__init__()
+            self.kernel = nn.Parameter(nn.init.xavier_uniform_(torch.empty(fan_in, units)))
+            self.bias = nn.Parameter(torch.zeros(units))
+
+        def forward(self, x):
+            return torch.relu(x @ self.kernel + self.bias)
+
+    return nn.Sequential(ReluDense(784, 128), ReluDense(128, 64), nn.Linear(64, 10))
+
+
+def torch_epoch(name, x, y, device="cpu", variant=None):
     """The PyTorch user's loop: CrossEntropyLoss, torch.optim, manual batching over a per-epoch
     randperm; loss and accuracy are accumulated as Keras' fit(metrics=['accuracy']) does.
     Channels-last images are transposed to NCHW once, untimed. device="cuda": the model and
     the whole data set on the GPU (moved once, untimed), read back once per epoch."""
     import torch
     from torch import nn
-    w = WORKLOADS[name]
-    model = torch_model(name).to(device)
+    w = spec(name)
+    model = torch_model(name, variant).to(device)
     opt = (torch.optim.Adam if w["opt"] == "adam" else torch.optim.SGD)(model.parameters(), lr=w["lr"])
     loss_fn = nn.CrossEntropyLoss()
     if x.ndim == 4:
