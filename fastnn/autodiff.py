@@ -239,11 +239,13 @@ def record(value, inputs, backward):
     """The result of an op: a Tensor that remembers `backward` (gradient of the output ->
     one gradient or None per input) when some input needs gradients and recording is on;
     else a Tensor without history when some input was a Tensor; else the plain array."""
-    if _recording() and any(isinstance(t, Tensor) and t.requires_grad for t in inputs):
-        return node(value, inputs, backward)
-    if any(isinstance(t, Tensor) for t in inputs):
-        return Tensor(value)
-    return value
+    tensors = False
+    for t in inputs:
+        if isinstance(t, Tensor):
+            if t.requires_grad and getattr(_state, "enabled", False):
+                return node(value, inputs, backward)
+            tensors = True
+    return Tensor(value) if tensors else value
 
 
 def unbroadcast(g, shape):
@@ -304,44 +306,65 @@ def gradients(output, leaves=(), seed=None, order=None):
         have = grads.get(id(out))
         grads[id(out)] = g if have is None else have + g
     wanted = {id(leaf): None for leaf in leaves}
-    if order is None:
-        _backpropagate(_order(outputs), grads, wanted, xp)
-    else:
-        # The tape's nodes, newest first, then what is left: the leaves (weights, inputs),
-        # and any node from before the tape, in graph order.
-        pending = {id(o): o for o in outputs}
-        _backpropagate(reversed(order), grads, wanted, xp, pending)
-        if grads:
-            _backpropagate(_order([pending[k] for k in grads]), grads, wanted, xp)
+    previous, _state.wanted = getattr(_state, "wanted", None), wanted
+    try:
+        if order is None:
+            _backpropagate(_order(outputs), grads, wanted, xp)
+        else:
+            # The tape's nodes, newest first, then what is left: the leaves (weights,
+            # inputs), and any node from before the tape, in graph order.
+            pending = {id(o): o for o in outputs}
+            _backpropagate(reversed(order), grads, wanted, xp, pending)
+            rest = [pending[k] for k in grads]
+            if any(t.backward is not None for t in rest):
+                rest = _order(rest)
+            _backpropagate(rest, grads, wanted, xp)     # leaves alone need no order
+    finally:
+        _state.wanted = previous
     return [wanted[id(leaf)] for leaf in leaves]
+
+
+def grad_sink(x):
+    """The gradient buffer a backward may add x's gradient into itself (then returning None
+    for it), when x is a weight whose gradient in this backward pass goes nowhere else: a
+    GEMM accumulates into it directly instead of writing a temporary that is then added."""
+    if not isinstance(x, Variable) or not x.requires_grad:
+        return None
+    wanted = getattr(_state, "wanted", None)
+    buf = x.grad
+    if wanted is None or id(x) in wanted or buf is None or not buf.flags.c_contiguous:
+        return None
+    return buf
 
 
 def _backpropagate(nodes, grads, wanted, xp, pending=None):
     """Each node's gradient (in `grads`, by id) through its backward into its parents';
     a leaf's into its grad buffer and `wanted`. pending: id -> tensor of the gradients
     still in `grads` (kept when the nodes walked may not reach every one)."""
-    for node in nodes:
-        g = grads.pop(id(node), None)
-        if g is None:
-            continue
-        if node.backward is None:       # a leaf
-            if isinstance(node.grad, xp.ndarray):
-                node.grad += g
-            if id(node) in wanted:
-                wanted[id(node)] = g
-            continue
-        with no_grad():
-            parent_grads = node.backward(g)
-        for parent, pg in zip(node.parents, parent_grads):
-            if pg is None or not isinstance(parent, Tensor) or not parent.requires_grad:
+    with no_grad():         # backward computes values; it records nothing
+        for node in nodes:
+            g = grads.pop(id(node), None)
+            if g is None:
                 continue
-            pg = unbroadcast(pg, parent.shape)
-            if pg.dtype != parent.dtype:
-                pg = pg.astype(parent.dtype)
-            have = grads.get(id(parent))
-            grads[id(parent)] = pg if have is None else have + pg
-            if pending is not None:
-                pending[id(parent)] = parent
+            backward = node.backward
+            if backward is None:       # a leaf
+                if isinstance(node.grad, xp.ndarray):
+                    node.grad += g
+                if id(node) in wanted:
+                    wanted[id(node)] = g
+                continue
+            for parent, pg in zip(node.parents, backward(g)):
+                if pg is None or not isinstance(parent, Tensor) or not parent.requires_grad:
+                    continue
+                if pg.shape != parent.shape:
+                    pg = unbroadcast(pg, parent.shape)
+                if pg.dtype != parent.dtype:
+                    pg = pg.astype(parent.dtype)
+                key = id(parent)
+                have = grads.get(key)
+                grads[key] = pg if have is None else have + pg
+                if pending is not None:
+                    pending[key] = parent
 
 
 class Variable(Tensor):

@@ -328,45 +328,56 @@ class Layer:
         return self.call(x, **kwargs)
 
     def forward(self, x, training=False):
-        """A user's call(), on the tape when training (backward then needs it)."""
+        """A user's call() (fastnn's call()-based layers' too) on an array, or a list of
+        them; on its own tape when training (backward then needs it)."""
         if not self._user_call:
             self.call(x)                    # raises: a layer that computes nothing
         st = self._state()
         st.tape = None
+        several = isinstance(x, (list, tuple))
+        first = x[0] if several else x
         if not training:
             with no_grad():
                 out = self._run_call(x, False)
         else:
             for name in self._trainable_names:      # this step's gradients add up from zero
                 self.grads[name][...] = 0
-            inputs = Tensor(x, requires_grad=True)
-            with tape():
+            inputs = [Tensor(v, requires_grad=True) for v in x] if several else \
+                Tensor(x, requires_grad=True)
+            with tape() as recorded:
                 out = self._run_call(inputs, True)
-            st.tape = (inputs, out)
+            st.tape = (inputs, out, recorded.nodes)
         y = value_of(out)
         ops = get_ops()
         if not isinstance(y, ops.xp.ndarray) or y.dtype != np.float32:
             y = ops.asarray(np.asarray(y) if not isinstance(y, ops.xp.ndarray) else y,
                             np.float32)
-        if y.shape[:1] != x.shape[:1]:
+        if y.shape[:1] != first.shape[:1]:
             raise ValueError(f"Layer {self.name!r}: call() returned shape {y.shape} for an "
-                             f"input of shape {x.shape}; the batch axis must be kept")
+                             f"input of shape {first.shape}; the batch axis must be kept")
         return y if y.flags.c_contiguous else ops.xp.ascontiguousarray(y)
 
     def backward(self, dy, need_dx=True, **fused):
         """The gradient of a user's call(): its weights' gradients are added to their buffers
-        (zeroed in forward); returns the input's. `fused` hints of fastnn's layers (the loss's
+        (zeroed in forward); returns the input's (a list for a list of inputs; need_dx may
+        then be one flag per input). `fused` hints of fastnn's layers (the loss's
         pre-activation gradient) do not apply: dy is the gradient of call()'s output."""
         st = self._state()
-        inputs, out = st.tape
+        inputs, out, nodes = st.tape
         st.tape = None
-        if not (isinstance(out, Tensor) and out.requires_grad):
-            return get_ops().xp.zeros_like(inputs.value) if need_dx else None
-        (dx,) = gradients(out, [inputs], seed=dy.reshape(out.shape))
-        if not need_dx:
-            return None
-        return get_ops().xp.zeros_like(inputs.value) if dx is None else \
-            dx.astype(np.float32, copy=False)
+        several = isinstance(inputs, list)
+        tensors = inputs if several else [inputs]
+        needs = list(need_dx) if isinstance(need_dx, (list, tuple)) else \
+            [bool(need_dx)] * len(tensors)
+        for t, need in zip(tensors, needs):
+            t.requires_grad = need      # ops skip the costly gradients no one reads
+        dxs = [None] * len(tensors)
+        if isinstance(out, Tensor) and out.requires_grad:
+            dxs = gradients(out, tensors, seed=dy.reshape(out.shape), order=nodes)
+        xp = get_ops().xp
+        dxs = [None if not need else xp.zeros_like(t.value) if dx is None else
+               dx.astype(np.float32, copy=False) for t, dx, need in zip(tensors, dxs, needs)]
+        return dxs if several else dxs[0]
 
     def __call__(self, x, training=None):
         if training is None:
@@ -1057,9 +1068,11 @@ class BatchNormalization(Layer):
                  beta_regularizer=None, gamma_regularizer=None, beta_constraint=None,
                  gamma_constraint=None, synchronized=False, **kwargs):
         super().__init__(**kwargs)
-        if axis not in (-1, [-1], (-1,)):
-            raise ValueError(f"{self.name}: only axis=-1 (channels_last) is supported, "
-                             f"got {axis!r}")
+        if isinstance(axis, (list, tuple)) and len(axis) == 1:
+            axis = axis[0]
+        if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+            raise ValueError(f"{self.name}: axis must be an int (the channel axis), got "
+                             f"{axis!r}")
         if any(v is not None for v in (beta_regularizer, gamma_regularizer, beta_constraint,
                                        gamma_constraint)):
             raise ValueError(f"{self.name}: regularizers and constraints are not supported "
@@ -1067,7 +1080,7 @@ class BatchNormalization(Layer):
         self.momentum = _finite(momentum, "momentum", self.name)
         if not 0 <= self.momentum <= 1:
             raise ValueError(f"{self.name}: momentum must be in [0, 1], got {momentum!r}")
-        self.axis, self.epsilon = -1, _finite(epsilon, "epsilon", self.name, low=0)
+        self.axis, self.epsilon = int(axis), _finite(epsilon, "epsilon", self.name, low=0)
         self.center, self.scale = center, scale
         self.initializers = {"gamma": initializers.get(gamma_initializer),
                              "beta": initializers.get(beta_initializer),
@@ -1075,6 +1088,11 @@ class BatchNormalization(Layer):
                              "moving_variance": initializers.get(moving_variance_initializer)}
 
     def build(self, input_shape):
+        rank = len(input_shape)
+        if not -rank <= self.axis < rank or self.axis % rank != rank - 1:
+            raise ValueError(f"{self.name}: fastnn normalizes over the last axis (channels "
+                             f"last): axis must be -1 or {rank - 1} for inputs of shape "
+                             f"{tuple(input_shape)}, got {self.axis}")
         c = input_shape[-1]
         if c is None:
             raise ValueError(f"{self.name}: the channel axis must be known")
@@ -1120,7 +1138,7 @@ class BatchNormalization(Layer):
         return dx.reshape(dy.shape)
 
     def get_config(self):
-        return {**super().get_config(), "axis": -1, "momentum": self.momentum,
+        return {**super().get_config(), "axis": self.axis, "momentum": self.momentum,
                 "epsilon": self.epsilon, "center": self.center, "scale": self.scale,
                 **{f"{k}_initializer": initializers.serialize(v)
                    for k, v in self.initializers.items()},
@@ -1169,6 +1187,21 @@ class _Merge(Layer):
 class Add(_Merge):
     def _merge(self, a, b):
         return array_ops.add(a, b)
+
+    # A functional graph's schedule (fastnn.schedule) runs Add without the tape: the sum,
+    # and the output's gradient handed to every input.
+    def forward(self, xs, training=False):
+        y = self._buffer("y", xs[0].shape)
+        get_ops().xp.add(xs[0], xs[1], out=y)
+        for x in xs[2:]:
+            y += x
+        self._state().inputs = len(xs)
+        return y
+
+    def backward(self, dy, need_dx=True):
+        needs = need_dx if isinstance(need_dx, (list, tuple)) else \
+            [need_dx] * self._state().inputs
+        return [dy if need else None for need in needs]
 
 
 class Subtract(_Merge):

@@ -11,6 +11,7 @@ from .autodiff import Tensor, no_grad, value_of
 from .backend import get_ops, unique_name
 from .graph import KerasTensor, Node, flatten, is_symbolic, nodes_between
 from .layers import ConvPool, InputLayer, Layer, _accepts_training, _snake_case, forward_pass
+from .schedule import Schedule
 from .trainer import Trainer, _scaled, _shape_str, scale_back
 
 
@@ -375,9 +376,9 @@ class Model(Trainer):
         from .saving import save_weights
         save_weights(self, filepath, overwrite=overwrite)
 
-    def load_weights(self, filepath):
+    def load_weights(self, filepath, skip_mismatch=False, by_name=False):
         from .saving import load_weights
-        load_weights(self, filepath)
+        load_weights(self, filepath, skip_mismatch=skip_mismatch, by_name=by_name)
 
 
 class Functional(Model):
@@ -402,6 +403,9 @@ class Functional(Model):
         self._chain = self._as_chain()
         # a chain trains as a Sequential does (fused paths included)
         self._layers = list(self._chain) if self._chain is not None else self._all_layers()
+        # any other graph of fastnn's own layers runs without the tape
+        self._schedule = None if self._chain is not None else \
+            Schedule.for_graph(ins, outs, self._nodes)
         # Several inputs (outputs) reach the trainer side by side in one array of rows, each
         # flattened: the data path (shuffling, batches, checks, devices) stays the one path.
         self._input_widths = [_width(t.shape) for t in ins]
@@ -489,6 +493,13 @@ class Functional(Model):
         return outs[0] if len(outs) == 1 else outs
 
     # ---- several inputs and outputs ---------------------------------------------------------
+    def _input_arrays(self, x):
+        """A batch (the trainer's side-by-side rows for several inputs) as one array per
+        input."""
+        if len(self.inputs) == 1:
+            return [x]
+        return [value_of(t) for t in self._split_inputs(x)]
+
     def _split_inputs(self, packed):
         """A side-by-side batch of the inputs (a tensor or an array) as one tensor each."""
         xp, values, at = get_ops().xp, value_of(packed), 0

@@ -8,7 +8,7 @@ import functools
 
 import numpy as np
 
-from . import autodiff, graph
+from . import activations as A, autodiff, graph
 from .autodiff import Tensor, record, unbroadcast, value_of
 from .backend import get_ops
 
@@ -32,6 +32,13 @@ def _array(x, dtype=None):
     if dtype is None and a.dtype == np.float64:
         a = a.astype(np.float32)        # Keras's floatx for Python and NumPy float literals
     return get_ops().asarray(a, a.dtype if dtype is None else dtype)
+
+
+def _on_kernels(a):
+    """Whether `a` goes through the backend's kernels (the GEMM and activation kernels the
+    built-in layers run): a float32 array of at least one axis, their one dtype. Other dtypes
+    take the array library's general path."""
+    return getattr(a, "dtype", None) == np.float32 and a.ndim >= 1
 
 
 def _shape(x):
@@ -314,6 +321,9 @@ def argmin(x, axis=None, keepdims=False):
 # ---- linear algebra -----------------------------------------------------------------------
 def matmul(x1, x2):
     a, b = _array(x1), _array(x2)
+    if _on_kernels(a) and _on_kernels(b) and b.ndim == 2 and a.ndim >= 2 and \
+            a.shape[-1] == b.shape[0]:
+        return _gemm_matmul(x1, x2, a, b)
     xp = _xp()
     out = xp.matmul(a, b)
 
@@ -324,13 +334,42 @@ def matmul(x1, x2):
         # the gradient in the shape of a2 @ b2 (same elements as the output's)
         g2 = g.reshape(np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2]) +
                        (a2.shape[-2], b2.shape[-1]))
-        ga = xp.matmul(g2, xp.swapaxes(b2, -1, -2))
-        gb = xp.matmul(xp.swapaxes(a2, -1, -2), g2)
-        if a.ndim == 1:
-            ga = ga.squeeze(-2)
-        if b.ndim == 1:
-            gb = gb.squeeze(-1)
-        return unbroadcast(ga, a.shape), unbroadcast(gb, b.shape)
+        ga = gb = None
+        if _wants_grad(x1):
+            ga = xp.matmul(g2, xp.swapaxes(b2, -1, -2))
+            ga = unbroadcast(ga.squeeze(-2) if a.ndim == 1 else ga, a.shape)
+        if _wants_grad(x2):
+            gb = xp.matmul(xp.swapaxes(a2, -1, -2), g2)
+            gb = unbroadcast(gb.squeeze(-1) if b.ndim == 1 else gb, b.shape)
+        return ga, gb
+    return record(out, (x1, x2), backward)
+
+
+def _wants_grad(x):
+    """Whether backward must compute x's gradient (asked when backward runs: a layer that
+    needs no gradient for its input turns it off after the forward pass). For the costly
+    gradients only; the others are cheaper to compute than to test."""
+    return isinstance(x, Tensor) and x.requires_grad
+
+
+def _gemm_matmul(x1, x2, a, b):
+    """(..., k) @ (k, n) in float32 (a layer's inputs times its kernel) on the backend's GEMM,
+    the one Dense runs: leading axes become rows, and the backward multiplies by the
+    transposes in place of copying them. Keeps NumPy's own BLAS threads from competing with
+    fastnn's."""
+    run = get_ops()
+    rows = a.reshape(-1, a.shape[-1])
+    out = run.gemm(rows, b).reshape(a.shape[:-1] + (b.shape[1],))
+
+    def backward(g):
+        g2 = g.reshape(-1, b.shape[1])
+        ga = run.gemm(g2, b, trans_b=True).reshape(a.shape) if _wants_grad(x1) else None
+        gb, sink = None, autodiff.grad_sink(x2)
+        if sink is not None and sink.dtype == np.float32:
+            run.gemm(rows, g2, out=sink, trans_a=True, beta=1.0)    # a weight's: added in place
+        elif _wants_grad(x2):
+            gb = run.gemm(rows, g2, trans_a=True)
+        return ga, gb
     return record(out, (x1, x2), backward)
 
 
@@ -475,19 +514,35 @@ def one_hot(x, num_classes, axis=-1, dtype="float32"):
 
 
 # ---- activations (Keras's definitions) ------------------------------------------------------
+# On float32 arrays the activations run the backend's activation kernels (the ones the built-in
+# layers fuse into Dense and Conv2D), forward and backward each one pass; other dtypes take the
+# NumPy formulas below them.
+def _kernel_activation(x, a, act, alpha=0.0):
+    run = get_ops()
+    out = run.act_forward(act, alpha, a)
+    z = a if act in A.NEEDS_INPUT else None
+    return record(out, (x,), lambda g: (run.act_backward(act, alpha, z, out, g),))
+
+
 def relu(x):
     a = _array(x)
+    if _on_kernels(a):
+        return _kernel_activation(x, a, A.RELU)
     return record(_xp().maximum(a, 0), (x,), lambda g: (g * (a > 0),))
 
 
 def leaky_relu(x, negative_slope=0.2):
     a = _array(x)
+    if _on_kernels(a):
+        return _kernel_activation(x, a, A.LEAKY_RELU, negative_slope)
     slope = _xp().where(a > 0, 1, negative_slope).astype(a.dtype)
     return record(a * slope, (x,), lambda g: (g * slope,))
 
 
 def sigmoid(x):
     a = _array(x)
+    if _on_kernels(a):
+        return _kernel_activation(x, a, A.SIGMOID)
     xp = _xp()
     # exp of a non-positive number only: no overflow for large |x|
     e = xp.exp(-xp.abs(a))
@@ -496,18 +551,26 @@ def sigmoid(x):
 
 
 def tanh(x):
-    out = _xp().tanh(_array(x))
+    a = _array(x)
+    if _on_kernels(a):
+        return _kernel_activation(x, a, A.TANH)
+    out = _xp().tanh(a)
     return record(out, (x,), lambda g: (g * (1 - out * out),))
 
 
 def softplus(x):
     a = _array(x)
+    if _on_kernels(a):
+        return _kernel_activation(x, a, A.SOFTPLUS)
     xp = _xp()
     out = xp.maximum(a, 0) + xp.log1p(xp.exp(-xp.abs(a)))
     return record(out, (x,), lambda g: (g / (1 + xp.exp(-a)),))
 
 
 def silu(x):
+    a = _array(x)
+    if _on_kernels(a):
+        return _kernel_activation(x, a, A.SILU)
     return multiply(x, sigmoid(x))
 
 
@@ -516,6 +579,8 @@ swish = silu
 
 def elu(x, alpha=1.0):
     a = _array(x)
+    if _on_kernels(a):
+        return _kernel_activation(x, a, A.ELU, float(alpha))
     xp = _xp()
     neg = alpha * xp.expm1(xp.minimum(a, 0))
     out = xp.where(a > 0, a, neg)
@@ -524,6 +589,8 @@ def elu(x, alpha=1.0):
 
 def softmax(x, axis=-1):
     a = _array(x)
+    if _on_kernels(a) and axis in (-1, a.ndim - 1):
+        return _kernel_activation(x, a, A.SOFTMAX)
     xp = _xp()
     e = xp.exp(a - a.max(axis=axis, keepdims=True))
     out = e / e.sum(axis=axis, keepdims=True)
@@ -561,7 +628,7 @@ def _graph_aware(fn):
     as keras.ops do."""
     @functools.wraps(fn)
     def op(*args, **kwargs):
-        if graph.has_symbolic(args) or graph.has_symbolic(kwargs.values()):
+        if graph.has_symbolic(args) or (kwargs and graph.has_symbolic(kwargs.values())):
             return graph.symbolic_op(fn, args, kwargs)
         return fn(*args, **kwargs)
     return op

@@ -307,7 +307,11 @@ class Trainer:
         return buf
 
     # ---- steps -----------------------------------------------------------------------------
+    _schedule = None        # a functional graph of fastnn's layers runs on it (Functional)
+
     def _forward(self, x, training):
+        if self._schedule is not None:
+            return self._run_schedule(x, training)
         if self._subclassed:
             return self._run_call(x, training)
         for _, _, step in self._steps:
@@ -332,8 +336,19 @@ class Trainer:
                 with no_grad():
                     out = self.call(Tensor(x), **kwargs)
             state.added_losses = added_losses()
+        return self._output_rows(out, x)
+
+    def _run_schedule(self, x, training):
+        """A functional graph of fastnn's own layers, on its schedule (no tape)."""
+        _thread_state(self._thread).added_losses = ()
+        outs = self._schedule.forward(self._input_arrays(x), bool(training))
+        return self._output_rows(outs if len(outs) > 1 else outs[0], x)
+
+    def _output_rows(self, out, x):
+        """A forward pass's output (a list for several: side by side, row by row) as one
+        contiguous float32 array of the batch's rows."""
         ops = get_ops()
-        if isinstance(out, (list, tuple)):      # several outputs: side by side, row by row
+        if isinstance(out, (list, tuple)):
             y = ops.xp.concatenate([ops.asarray(value_of(o), np.float32).reshape(
                 len(value_of(o)), -1) for o in out], axis=1)
         else:
@@ -363,6 +378,11 @@ class Trainer:
     def _backward(self, grad, mode, kernel_step=None):
         """kernel_step: the plain SGD step's learning rate, which the layers in
         _in_place_layers then take in place."""
+        if self._schedule is not None:
+            self._schedule.backward(grad if isinstance(grad, (list, tuple)) else [grad],
+                                    self._output_layer() if self._preactivation_grad
+                                    else None)
+            return
         if self._subclassed:
             state = _thread_state(self._thread)
             out, state.output = state.output, None

@@ -417,3 +417,73 @@ def test_a_model_as_a_layer_trains_and_freezes():
     assert len(ours.trainable_weights) == len(theirs.trainable_weights) == 2
     np.testing.assert_allclose(base.predict(x, verbose=0),
                                np.asarray(kbase.predict(x, verbose=0)), rtol=1e-4, atol=1e-5)
+
+
+def _scheduled_graphs():
+    """Graphs of fastnn's own layers: fan-out, a shared layer, a three-way Add, a frozen
+    layer, batch norm, several inputs and outputs, a softmax output (its loss fused)."""
+    inputs = Input(shape=(6,))
+    h = Dense(8, activation="relu")(inputs)
+    shared = Dense(8, activation="tanh")
+    a, b = shared(h), None
+    b = shared(Dense(8)(a))
+    frozen = Dense(8, activation="sigmoid", trainable=False)
+    s = L.add([h, a, b])
+    n = L.BatchNormalization()(frozen(s))
+    joined = L.concatenate([n, L.multiply([h, b])])
+    yield fastnn.Model(inputs, Dense(3, activation="softmax")(joined)), \
+        "sparse_categorical_crossentropy"
+    left, right = Input(shape=(4,)), Input(shape=(6,))
+    t = Dense(5, activation="relu")(right)
+    merged = L.concatenate([left, t])
+    yield fastnn.Model([left, right], [Dense(3, activation="softmax")(merged),
+                                       Dense(2)(L.subtract([t, t]) + t[:, :5] * 0.5)[:, :2]]), \
+        ["sparse_categorical_crossentropy", "mse"]
+
+
+def test_graphs_of_fastnn_layers_run_on_a_schedule_as_on_the_tape():
+    """A functional graph of fastnn's own layers runs on its Schedule (no tape); the tape
+    gives the same training, step by step."""
+    rng = np.random.default_rng(7)
+    for i, (model, loss) in enumerate(_scheduled_graphs()):
+        assert model._schedule is not None
+        multi = len(model.inputs) > 1
+        x = [rng.standard_normal((40, 4)).astype(np.float32),
+             rng.standard_normal((40, 6)).astype(np.float32)] if multi else \
+            rng.standard_normal((40, 6)).astype(np.float32)
+        y = [rng.integers(0, 3, 40), rng.standard_normal((40, 2)).astype(np.float32)] \
+            if multi else rng.integers(0, 3, 40)
+        w0, runs = model.get_weights(), []
+        for schedule in (model._schedule, None):
+            model._schedule = schedule
+            model.set_weights(w0)
+            model.compile(fastnn.optimizers.Adam(0.01), loss)
+            history = model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+            runs.append((history.history, model.get_weights(), model.predict(x, verbose=0)))
+        (h1, w1, p1), (h2, w2, p2) = runs
+        for key in h1:
+            np.testing.assert_allclose(h1[key], h2[key], rtol=1e-5, err_msg=f"graph {i} {key}")
+        for a, b in zip(w1, w2):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg=f"graph {i}")
+        for a, b in zip(p1 if multi else [p1], p2 if multi else [p2]):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_which_graphs_run_on_a_schedule():
+    """Chains take the Sequential plan; other graphs of fastnn's layers a Schedule; a graph
+    with a user's layer or a nested model keeps the tape (a user's call() may add losses or
+    call layers)."""
+    class Scale(L.Layer):
+        def call(self, x):
+            return x * 2.0
+
+    inputs = Input(shape=(6,))
+    chain = fastnn.Model(inputs, Dense(3)(Dense(4)(inputs)))
+    h = Dense(4)(inputs)
+    graph = fastnn.Model(inputs, L.add([h, Dense(4)(h)]))
+    user = fastnn.Model(inputs, L.add([h, Scale()(h)]))
+    base = fastnn.Sequential([Input(shape=(4,)), Dense(4)])
+    nested = fastnn.Model(inputs, L.add([h, base(h)]))
+    assert chain._schedule is None and chain._chain is not None
+    assert graph._schedule is not None
+    assert user._schedule is None and nested._schedule is None

@@ -1,0 +1,120 @@
+"""A functional model's graph run without the autodiff tape, when every node is one of
+fastnn's own layers: forward calls each node's layer in graph order; backward walks the nodes
+back once, each layer's fused backward taking its output's gradient (fan-out gradients added
+first) and returning its inputs'. No tensor objects, closures or graph search per step: the
+tape's per-node cost is gone, and nothing about the math changes (the same kernels run).
+
+A node's state lives in its layer's per-thread slot (a layer called twice, two slots), so
+several threads may run one schedule at once. Graphs with a user's layer (its call() may
+add_loss or call other layers) or a nested model keep the tape (Functional.call)."""
+from .layers import Layer
+
+
+class Schedule:
+    """The steps of a graph: (layer, input tensor ids, output tensor id, several inputs, slot,
+    which inputs need a gradient, whether the output needs one)."""
+
+    @classmethod
+    def for_graph(cls, inputs, outputs, nodes):
+        """A schedule, or None when some node needs the tape: a layer of the user's (or a
+        model used as a layer), or a node with several outputs."""
+        for node in nodes:
+            layer = node.layer
+            if not isinstance(layer, Layer) or type(layer).__module__ != Layer.__module__ \
+                    or len(node.outputs) != 1:
+                return None
+        return cls(inputs, outputs, nodes)
+
+    def __init__(self, inputs, outputs, nodes):
+        self.inputs = [id(t) for t in inputs]
+        self.outputs = [id(t) for t in outputs]
+        needs = {tid: False for tid in self.inputs}     # a model input needs no gradient
+        calls, self.steps = {}, []
+        for node in nodes:
+            layer = node.layer
+            slot = calls.get(id(layer), 0)
+            calls[id(layer)] = slot + 1
+            ins = [id(t) for t in node.inputs]
+            need_dx = [needs[t] for t in ins]
+            trains = layer.trainable and bool(layer._trainable_names)
+            out = id(node.outputs[0])
+            needs[out] = trains or any(need_dx)
+            self.steps.append((layer, ins, out, node.several, slot, need_dx, needs[out]))
+        self.shared = {id(layer) for layer in (node.layer for node in nodes)
+                       if calls[id(layer)] > 1}
+        self.layers = list({id(node.layer): node.layer for node in nodes}.values())
+
+    def forward(self, xs, training):
+        """The outputs (a list) for the input arrays `xs` (one per model input)."""
+        values = dict(zip(self.inputs, xs))
+        for layer, ins, out, several, slot, _, _ in self.steps:
+            local = layer._thread
+            local.slot = slot
+            try:
+                values[out] = layer.forward([values[t] for t in ins] if several
+                                            else values[ins[0]], training)
+            finally:
+                local.slot = 0
+        return [values[t] for t in self.outputs]
+
+    def backward(self, grads, preactivation=None):
+        """Back-propagate the outputs' gradients (one array or None per output) through this
+        thread's last training forward pass: every weight gradient is written (zero for a
+        layer no gradient reached). preactivation: the layer whose backward gets its
+        pre-activation's gradient (the loss fused with its activation)."""
+        pending, owners = {}, {}        # tensor id -> gradient; memory -> gradients using it
+        for tid, g in zip(self.outputs, grads):
+            if g is not None:
+                _add(pending, owners, tid, g)
+        written = set()
+        for layer, ins, out, several, slot, need_dx, needed in reversed(self.steps):
+            dy = pending.pop(out, None)
+            if dy is None or not needed:
+                continue
+            root = _root(dy)
+            owners[id(root)] -= 1
+            # The layer's backward may overwrite its dy (so no other gradient may share its
+            # memory) and its kernels read it row-major.
+            if owners[id(root)] or not dy.flags.c_contiguous:
+                dy = dy.copy()
+            kwargs = {"preactivation": True} if layer is preactivation else {}
+            local = layer._thread
+            local.slot = slot
+            try:
+                # A layer called more than once adds up its calls' weight gradients (its
+                # kernels write them).
+                saved = [layer.grads[n].copy() for n in layer._trainable_names] \
+                    if id(layer) in written and id(layer) in self.shared else ()
+                dx = layer.backward(dy, need_dx=need_dx if several else need_dx[0],
+                                    **kwargs)
+                for name, earlier in zip(layer._trainable_names, saved):
+                    layer.grads[name] += earlier
+            finally:
+                local.slot = 0
+            written.add(id(layer))
+            for tid, g, need in zip(ins, dx if several else [dx], need_dx):
+                if need and g is not None:
+                    _add(pending, owners, tid, g)
+        for layer in self.layers:       # no gradient reached it: its gradient is zero
+            if id(layer) not in written:
+                for name in layer._trainable_names:
+                    layer.grads[name][...] = 0
+
+
+def _root(a):
+    """The array owning a's memory (a itself, or the array a is a view of)."""
+    return a if a.base is None else a.base
+
+
+def _add(pending, owners, tid, g):
+    """Add g to tensor tid's gradient, counting which gradients share which memory."""
+    have = pending.get(tid)
+    if have is not None:
+        owners[id(_root(have))] -= 1
+        g = have + g
+    pending[tid] = g
+    key = id(_root(g))
+    owners[key] = owners.get(key, 0) + 1
+
+
+__all__ = ["Schedule"]
