@@ -883,14 +883,100 @@ def _attr(value):
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def load_weights(model, filepath):
-    """Weights from a .weights.h5 file or from a .keras archive (its model.weights.h5, or the
-    model.weights.npz fastnn writes without h5py). Every array is checked before any is set."""
+def _string_list(attrs, name):
+    """A list-of-strings attribute of Keras's legacy layout, which Keras splits into name0,
+    name1, ... when it is large; fixed- or variable-length strings."""
+    if name in attrs:
+        chunks = [attrs[name]]
+    else:
+        chunks, k = [], 0
+        while f"{name}{k}" in attrs:
+            chunks.append(attrs[f"{name}{k}"])
+            k += 1
+    return [_attr(v) for chunk in chunks for v in np.atleast_1d(chunk)]
+
+
+def _load_legacy_weights(model, path, h5py, by_name=False, skip_mismatch=False):
+    """Keras's legacy HDF5 weights (root attribute layer_names; per layer weight_names; the
+    arrays where weight_names says). As Keras: the layers that have weights, matched in
+    model.layers order by position (or by name with by_name=True); every count and shape
+    checked before any weight is set."""
+    layers = [layer for layer in model.layers if layer.weights]
+    plan = []
+    with h5py.File(path, "r") as f:
+        root = f
+        if "layer_names" not in f.attrs and "layer_names0" not in f.attrs and \
+                "model_weights" in f:
+            root = f["model_weights"]
+        names = _string_list(root.attrs, "layer_names")
+        if not names and "layer_names" not in root.attrs:
+            raise _FileError(f"{path}: not a Keras weights file (no layer_names attribute)")
+        saved = []
+        for name in names:
+            if name not in root:
+                raise _FileError(f"{path}: layer_names lists {name!r}, which has no group")
+            weight_names = _string_list(root[name].attrs, "weight_names")
+            if weight_names:
+                saved.append((name, root[name], weight_names))
+        if by_name:
+            by_layer = {layer.name: layer for layer in layers}
+            pairs = [(by_layer[name], entry) for entry in saved
+                     for name in [entry[0]] if name in by_layer]
+        else:
+            if len(saved) != len(layers):
+                raise ValueError(f"Layer count mismatch when loading weights from file "
+                                 f"{path}. Model expected {len(layers)} layers with weights, "
+                                 f"found {len(saved)} saved layers.")
+            pairs = list(zip(layers, saved))
+        for k, (layer, (name, group, weight_names)) in enumerate(pairs):
+            expected = layer.weights
+            if len(weight_names) != len(expected):
+                if skip_mismatch:
+                    continue
+                raise ValueError(f"Weight count mismatch for layer #{k} (named {layer.name} "
+                                 f"in the current model, {name} in the save file). Layer "
+                                 f"expects {len(expected)} weight(s). Received "
+                                 f"{len(weight_names)} saved weight(s)")
+            arrays = []
+            for weight_name, want in zip(weight_names, expected):
+                if weight_name not in group:
+                    raise _FileError(f"{path}: layer {name!r} lists weight {weight_name!r}, "
+                                     "which is not in the file")
+                ds = group[weight_name]
+                if tuple(ds.shape) != tuple(want.shape) or ds.dtype.kind not in "fiu":
+                    if skip_mismatch:
+                        arrays = None
+                        break
+                    raise ValueError(f"Shape mismatch in layer #{k} (named {layer.name}) for "
+                                     f"weight {weight_name}. Weight expects shape "
+                                     f"{tuple(want.shape)}. Received saved weight with shape "
+                                     f"{tuple(ds.shape)} ({ds.dtype})")
+                arrays.append(np.asarray(ds[()], dtype=np.float32))
+            if arrays is not None:
+                plan.append((layer, arrays))
+    for layer, arrays in plan:
+        layer.set_weights(arrays)
+
+
+def load_weights(model, filepath, skip_mismatch=False, by_name=False):
+    """Weights from a .weights.h5 file, a .keras archive (its model.weights.h5, or the
+    model.weights.npz fastnn writes without h5py), or Keras's legacy HDF5 layout (any other
+    .h5/.hdf5: the format of Keras's ImageNet weight files). Every array is checked before any
+    is set."""
     path = os.fspath(filepath)
-    if not path.endswith((".keras", ".weights.h5")):
-        raise ValueError(f"load_weights expects a .weights.h5 or .keras file, got {path!r}")
+    legacy = path.endswith((".h5", ".hdf5")) and not path.endswith(".weights.h5")
+    if not legacy and not path.endswith((".keras", ".weights.h5")):
+        raise ValueError(f"load_weights expects a .weights.h5, .keras, or legacy .h5/.hdf5 "
+                         f"file, got {path!r}")
     with _open_checked(path):
         pass
+    if legacy:
+        return _load_legacy_weights(model, path, _h5py("load_weights"), by_name,
+                                    skip_mismatch)
+    if by_name or skip_mismatch:
+        raise NotImplementedError(f"load_weights({path!r}): by_name and skip_mismatch are "
+                                  "implemented for legacy .h5 files only (Keras's by_name is "
+                                  "legacy-only too); load without them")
     spec = _expected(model, include_optimizer=False)
     if path.endswith(".keras"):
         with _open_zip(path) as zf:
