@@ -1,0 +1,1 @@
+"""Keras applications: pretrained models and their pre- and post-processing."""
