@@ -68,16 +68,6 @@ def get_file(fname=None, origin=None, untar=False, md5_hash=None, file_hash=None
         file_hash = str(file_hash).lower()
     algorithm = _resolve_algorithm(hash_algorithm, file_hash)
 
-    base = os.path.expanduser(os.fspath(cache_dir if cache_dir is not None else keras_home()))
-    try:    # Keras creates ~/.keras when it is imported; we create it on first use
-        os.makedirs(base, exist_ok=True)
-    except OSError:
-        pass
-    if not os.access(base, os.W_OK):
-        base = _tmp_keras_dir()
-    datadir = os.path.join(base, cache_subdir)     # an absolute cache_subdir replaces base
-    os.makedirs(datadir, exist_ok=True)
-
     provided = fname
     fname = os.fspath(fname) if fname is not None else ""
     if not fname:
@@ -89,6 +79,16 @@ def get_file(fname=None, origin=None, untar=False, md5_hash=None, file_hash=None
         raise ValueError("Paths are no longer accepted as the `fname` argument. To specify the "
                          "file's parent directory, use the `cache_dir` argument. "
                          f"Received: fname={fname}")
+
+    base = os.path.expanduser(os.fspath(cache_dir if cache_dir is not None else keras_home()))
+    try:    # Keras creates ~/.keras when it is imported; we create it on first use
+        os.makedirs(base, exist_ok=True)
+    except OSError:
+        pass
+    if not os.access(base, os.W_OK):
+        base = _tmp_keras_dir()
+    datadir = os.path.join(base, cache_subdir)     # an absolute cache_subdir replaces base
+    os.makedirs(datadir, exist_ok=True)
 
     # Keras's layout: with extract, the archive and the folder it unpacks into sit side by side.
     if extract or untar:

@@ -172,7 +172,8 @@ def test_unwritable_cache_dir_falls_back_to_tmp_keras(server, tmp_path, monkeypa
     assert path == str(fallback / "datasets" / "data.bin")
 
 
-def test_bad_arguments():
+def test_bad_arguments(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     with pytest.raises(ValueError, match='"origin"'):
         get_file("a.bin")
     with pytest.raises(ValueError, match="fname"):
@@ -181,6 +182,7 @@ def test_bad_arguments():
         get_file(origin="http://127.0.0.1:9/")
     with pytest.raises(ValueError, match="hash_algorithm"):
         get_file("a.bin", "http://127.0.0.1:9/a.bin", file_hash="0" * 64, hash_algorithm="sha1")
+    assert cache_files(tmp_path) == [] and os.listdir(tmp_path) == []     # nothing created
 
 
 def _tar_gz(members):
