@@ -1,5 +1,5 @@
-"""Keras's utilities: to_categorical, set_random_seed; plus fastnn's one random Generator and a
-history plot."""
+"""Keras's utilities: to_categorical, set_random_seed, get_file, load_img / img_to_array /
+array_to_img / save_img; plus fastnn's one random Generator and a history plot."""
 import random
 
 import numpy as np
@@ -91,3 +91,8 @@ def plot_history(history, path=None, title=None):
     if path is not None:
         fig.savefig(path, dpi=100)
     return fig
+
+
+# Keras's keras.utils file and image helpers (Pillow is imported only when an image function runs).
+from .downloads import get_file  # noqa: E402,F401
+from .images import array_to_img, img_to_array, load_img, save_img  # noqa: E402,F401
