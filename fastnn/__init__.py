@@ -8,8 +8,9 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "activations", "autodiff", "backend", "callbacks", "datasets", "initializers", "layers",
-    "losses", "metrics", "models", "ops", "optimizers", "utils", "saving",
+    "activations", "applications", "autodiff", "backend", "callbacks", "datasets",
+    "initializers", "layers", "losses", "metrics", "models", "ops", "optimizers", "utils",
+    "saving",
 }
 # Public names re-exported at the top level, as Keras does: name -> submodule.
 _EXPORTS = {

@@ -5,10 +5,12 @@ tensors that need gradients it also records its backward, written here beside it
 `fastnn.autodiff.gradients`. Floats stay float32 as in Keras; Python scalars take the other
 operand's dtype."""
 import functools
+import types
 
 import numpy as np
 
 from . import activations as A, autodiff, graph
+from . import images as _images
 from .autodiff import Tensor, record, unbroadcast, value_of
 from .backend import get_ops
 
@@ -637,3 +639,6 @@ def _graph_aware(fn):
 for _name in __all__:
     globals()[_name] = _graph_aware(globals()[_name])
 autodiff.OPS.update((name, globals()[name]) for name in __all__)
+
+# keras.ops.image: the image ops fastnn has (NumPy, on host arrays).
+image = types.SimpleNamespace(resize=_images.resize)

@@ -239,3 +239,26 @@ def test_module_paths():
     from fastnn.applications import resnet50
     assert resnet50.ResNet50 is ResNet50
     assert resnet.ResNet101 is ResNet101
+
+
+def test_command_line_classifies_images(seeded_weights, tmp_path):
+    """python -m fastnn.applications.resnet50 IMAGE...: the tutorial's top-3 per image (class
+    index from the Keras cache, weights from a file: nothing downloaded)."""
+    image_module = pytest.importorskip("PIL.Image")
+    home = tmp_path / "keras_home"
+    (home / "models").mkdir(parents=True)
+    with open(_fixture("imagenet_class_index.json"), "rb") as src:
+        (home / "models" / "imagenet_class_index.json").write_bytes(src.read())
+    pixels = np.load(_fixture("resnet50_images.npy"))
+    paths = [tmp_path / "square.png", tmp_path / "wide.png"]
+    image_module.fromarray(pixels[0]).save(paths[0])
+    image_module.fromarray(pixels[1][:160]).save(paths[1])    # 160x224: padded to a square
+    env = dict(os.environ, KERAS_HOME=str(home))
+    out = subprocess.run([sys.executable, "-m", "fastnn.applications.resnet50", str(paths[0]),
+                          str(paths[1]), "--weights", seeded_weights["keras3"]],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
+    lines = out.stdout.splitlines()
+    assert lines[0] == f"{paths[0]}:" and lines[4] == f"{paths[1]}:" and len(lines) == 8
+    expected = np.load(_fixture("resnet50_pred.npy"))[0]
+    assert lines[1] == f"  1. llama (n02437616) {expected[355]:.4f}"
+    assert [line.split()[1] for line in lines[1:4]] == ["llama", "joystick", "soap_dispenser"]

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 
+from .. import activations
 from ..downloads import get_file
 
 CLASS_INDEX_PATH = ("https://storage.googleapis.com/download.tensorflow.org/"
@@ -93,3 +94,46 @@ def _load_class_index():
         with open(path, encoding="utf-8") as f:
             _class_index = json.load(f)
     return _class_index
+
+
+def obtain_input_shape(input_shape, default_size, min_size, require_flatten, weights=None):
+    """The model's input shape (channels-last), checked as Keras checks it: ImageNet weights
+    with the classifier need exactly (default_size, default_size, 3); otherwise any shape of
+    three axes, at least min_size on each side, 3 channels for ImageNet weights; no shape
+    gives (None, None, 3), any image size (or the default size with the classifier)."""
+    default_shape = (default_size, default_size, 3)
+    if weights != "imagenet" and input_shape and len(input_shape) == 3:
+        default_shape = (default_size, default_size, input_shape[-1])
+    if weights == "imagenet" and require_flatten:
+        if input_shape is not None and tuple(input_shape) != default_shape:
+            raise ValueError("When setting `include_top=True` and loading `imagenet` weights, "
+                             f"`input_shape` should be {default_shape}.  Received: "
+                             f"input_shape={input_shape}")
+        return default_shape
+    if input_shape:
+        if len(input_shape) != 3:
+            raise ValueError("`input_shape` must be a tuple of three integers.")
+        if input_shape[-1] != 3 and weights == "imagenet":
+            raise ValueError(f"The input must have 3 channels; Received `input_shape="
+                             f"{input_shape}`")
+        if any(side is not None and side < min_size for side in input_shape[:2]):
+            raise ValueError(f"Input size must be at least {min_size}x{min_size}; Received: "
+                             f"input_shape={input_shape}")
+    else:
+        input_shape = default_shape if require_flatten else (None, None, 3)
+    if require_flatten and None in tuple(input_shape):
+        raise ValueError("If `include_top` is True, you should specify a static "
+                         f"`input_shape`. Received: input_shape={input_shape}")
+    return tuple(input_shape)
+
+
+def validate_activation(classifier_activation, weights):
+    """Pretrained weights go with a softmax or a linear classifier only (as Keras checks)."""
+    if weights is None:
+        return
+    fn = activations.get(classifier_activation)
+    if fn not in (activations.softmax, activations.linear):
+        raise ValueError("Only `None` and `softmax` activations are allowed for the "
+                         "`classifier_activation` argument when using pretrained weights, "
+                         "with `include_top=True`; Received: "
+                         f"classifier_activation={classifier_activation}")

@@ -1,9 +1,15 @@
 """Keras's ResNet50, ResNet101 and ResNet152 (`keras.applications.resnet`): the same layers,
 names, order and weights layout, so Keras's ImageNet weight files load as they are."""
-from .. import activations
+import os
+
+from ..downloads import get_file
 from ..layers import (Activation, Add, BatchNormalization, Conv2D, Dense, GlobalAveragePooling2D,
                       GlobalMaxPooling2D, Input, MaxPooling2D, ZeroPadding2D)
 from ..models import Model
+from .imagenet_utils import decode_predictions, obtain_input_shape, preprocess_input, \
+    validate_activation
+
+__all__ = ["ResNet50", "ResNet101", "ResNet152", "decode_predictions", "preprocess_input"]
 
 BASE_WEIGHTS_PATH = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
 # model -> md5 of its weights file with the classifier, and without ("notop")
@@ -19,7 +25,6 @@ def ResNet(stack_fn, include_top=True, weights="imagenet", input_tensor=None, in
            pooling=None, classes=1000, classifier_activation="softmax", name="resnet",
            weights_name=None):
     """A ResNet v1 whose residual stages `stack_fn` adds (Keras's ResNet function)."""
-    import os
     if not (weights in ("imagenet", None) or (isinstance(weights, (str, os.PathLike)) and
                                               os.path.exists(weights))):
         raise ValueError("The `weights` argument should be either `None` (random "
@@ -42,7 +47,7 @@ def ResNet(stack_fn, include_top=True, weights="imagenet", input_tensor=None, in
     x = stack_fn(x)
     if include_top:
         x = GlobalAveragePooling2D(name="avg_pool")(x)
-        _validate_activation(classifier_activation, weights)
+        validate_activation(classifier_activation, weights)
         x = Dense(classes, activation=classifier_activation, name="predictions")(x)
     elif pooling == "avg":
         x = GlobalAveragePooling2D(name="avg_pool")(x)
@@ -50,7 +55,6 @@ def ResNet(stack_fn, include_top=True, weights="imagenet", input_tensor=None, in
         x = GlobalMaxPooling2D(name="max_pool")(x)
     model = Model(inputs, x, name=name)
     if weights == "imagenet" and weights_name in WEIGHTS_HASHES:
-        from ..downloads import get_file
         suffix = "" if include_top else "_notop"
         file_name = f"{weights_name}_weights_tf_dim_ordering_tf_kernels{suffix}.h5"
         model.load_weights(get_file(file_name, BASE_WEIGHTS_PATH + file_name,
@@ -60,49 +64,6 @@ def ResNet(stack_fn, include_top=True, weights="imagenet", input_tensor=None, in
     elif weights is not None:
         model.load_weights(weights)
     return model
-
-
-def obtain_input_shape(input_shape, default_size, min_size, require_flatten, weights=None):
-    """The model's input shape (channels-last), checked as Keras checks it: ImageNet weights
-    with the classifier need exactly (default_size, default_size, 3); otherwise any shape of
-    three axes, at least min_size on each side, 3 channels for ImageNet weights; no shape
-    gives (None, None, 3), any image size (or the default size with the classifier)."""
-    default_shape = (default_size, default_size, 3)
-    if weights != "imagenet" and input_shape and len(input_shape) == 3:
-        default_shape = (default_size, default_size, input_shape[-1])
-    if weights == "imagenet" and require_flatten:
-        if input_shape is not None and tuple(input_shape) != default_shape:
-            raise ValueError("When setting `include_top=True` and loading `imagenet` weights, "
-                             f"`input_shape` should be {default_shape}.  Received: "
-                             f"input_shape={input_shape}")
-        return default_shape
-    if input_shape:
-        if len(input_shape) != 3:
-            raise ValueError("`input_shape` must be a tuple of three integers.")
-        if input_shape[-1] != 3 and weights == "imagenet":
-            raise ValueError(f"The input must have 3 channels; Received `input_shape="
-                             f"{input_shape}`")
-        if any(side is not None and side < min_size for side in input_shape[:2]):
-            raise ValueError(f"Input size must be at least {min_size}x{min_size}; Received: "
-                             f"input_shape={input_shape}")
-    else:
-        input_shape = default_shape if require_flatten else (None, None, 3)
-    if require_flatten and None in tuple(input_shape):
-        raise ValueError("If `include_top` is True, you should specify a static "
-                         f"`input_shape`. Received: input_shape={input_shape}")
-    return tuple(input_shape)
-
-
-def _validate_activation(classifier_activation, weights):
-    """Pretrained weights go with a softmax or a linear classifier only (as Keras checks)."""
-    if weights is None:
-        return
-    fn = activations.get(classifier_activation)
-    if fn not in (activations.softmax, activations.linear):
-        raise ValueError("Only `None` and `softmax` activations are allowed for the "
-                         "`classifier_activation` argument when using pretrained weights, "
-                         "with `include_top=True`; Received: "
-                         f"classifier_activation={classifier_activation}")
 
 
 def residual_block_v1(x, filters, kernel_size=3, stride=1, conv_shortcut=True, name=None):
