@@ -774,10 +774,12 @@ def _window(layer, input_shape, size, strides, padding):
                          f"(batch, height, width, channels), got shape {tuple(input_shape)}"
                          f"{hint}")
     h, w = input_shape[1], input_shape[2]
-    if h is None or w is None or input_shape[3] is None:
-        raise ValueError(f"Layer {layer.name!r} needs known height, width and channels, got "
+    if input_shape[3] is None:
+        raise ValueError(f"Layer {layer.name!r} needs a known number of channels, got "
                          f"{tuple(input_shape)}")
     (kh, kw), (sh, sw) = size, strides
+    if h is None or w is None:      # any image size: the window is set per batch (_window_at)
+        return (kh, kw, sh, sw, None, None, None, None)
     if padding == "valid":
         if kh > h or kw > w:
             raise ValueError(f"Layer {layer.name!r}: window {size} is larger than its input "
@@ -789,7 +791,28 @@ def _window(layer, input_shape, size, strides, padding):
     return (kh, kw, sh, sw, pad_h // 2, pad_w // 2, oh, ow)
 
 
-class Conv2D(Layer):
+class _Windowed:
+    """A layer with a sliding window (convolution, pooling): `window` is the one for the
+    input shape it was built for (None sizes where that shape leaves the image size open)."""
+
+    @property
+    def window(self):
+        return self.window_at(self.input_shape)
+
+
+def _window_at(layer, x_shape, size, strides, padding):
+    """The window for a batch of this shape (a model built for any image size meets several
+    sizes), cached on the layer."""
+    key = (x_shape[1], x_shape[2], size, strides)
+    cache = layer.__dict__.setdefault("_windows", {})
+    window = cache.get(key)
+    if window is None:
+        window = cache[key] = _window(layer, (None,) + tuple(x_shape[1:]), size, strides,
+                                      padding)
+    return window
+
+
+class Conv2D(_Windowed, Layer):
     """2-D convolution, channels_last, kernel (kh, kw, in, filters): im2col + one GEMM with the
     bias and activation fused; backward is two GEMMs + col2im."""
 
@@ -825,7 +848,7 @@ class Conv2D(Layer):
         self.bias_initializer = initializers.get(bias_initializer)
 
     def build(self, input_shape):
-        self.window = _window(self, input_shape, self.kernel_size, self.strides, self.padding)
+        _window(self, input_shape, self.kernel_size, self.strides, self.padding)  # checks
         kh, kw = self.kernel_size
         self.add_weight(name="kernel", shape=(kh, kw, input_shape[3], self.filters),
                         initializer=self.kernel_initializer)
@@ -838,9 +861,13 @@ class Conv2D(Layer):
         w = _window(self, input_shape, self.kernel_size, self.strides, self.padding)
         return (input_shape[0], w[6], w[7], self.filters)
 
+    def window_at(self, x_shape):
+        return _window_at(self, x_shape, self.kernel_size, self.strides, self.padding)
+
     def forward(self, x, training=False):
         st = self._state()
-        kh, kw, _, _, _, _, oh, ow = self.window
+        window = self.window_at(x.shape)
+        kh, kw, _, _, _, _, oh, ow = window
         n, c = x.shape[0], x.shape[3]
         rows = n * oh * ow
         cols = self._buffer("cols", (rows, kh * kw * c))
@@ -848,8 +875,8 @@ class Conv2D(Layer):
         y = self._buffer("y", (rows, self.filters)) \
             if self.act_id in activations.NEEDS_INPUT else z
         get_ops().conv2d_forward(x, self.kernel, self._vars.get("bias"), self.act_id,
-                                 self.act_alpha, self.window, cols=cols, z=z, y=y)
-        st._x_shape, st._cols, st._z, st._y = x.shape, cols, z, y
+                                 self.act_alpha, window, cols=cols, z=z, y=y)
+        st._x_shape, st._cols, st._z, st._y, st._window = x.shape, cols, z, y, window
         return y.reshape(n, oh, ow, self.filters)
 
     def backward(self, dy, need_dx=True, preactivation=False):
@@ -859,7 +886,7 @@ class Conv2D(Layer):
         dx = self._buffer("dx", st._x_shape) if need_dx else False
         dcols = self._buffer("dcols", st._cols.shape) if need_dx else None
         return get_ops().conv2d_backward(st._cols, self.kernel, st._z, st._y, dy2, act,
-                                         self.act_alpha, self.window, st._x_shape,
+                                         self.act_alpha, st._window, st._x_shape,
                                          self.grads["kernel"], self.grads.get("bias"),
                                          dx=dx, dcols=dcols)
 
@@ -876,7 +903,7 @@ class Conv2D(Layer):
                 "bias_constraint": None}
 
 
-class _Pooling2D(Layer):
+class _Pooling2D(_Windowed, Layer):
     def __init__(self, pool_size=(2, 2), strides=None, padding="valid", data_format=None,
                  **kwargs):
         super().__init__(**kwargs)
@@ -888,15 +915,18 @@ class _Pooling2D(Layer):
             raise ValueError(f"{self.name}: only data_format='channels_last' is supported")
 
     def build(self, input_shape):
-        self.window = _window(self, input_shape, self.pool_size, self.strides, self.padding)
+        _window(self, input_shape, self.pool_size, self.strides, self.padding)  # checks
         super().build(input_shape)
 
     def compute_output_shape(self, input_shape):
         w = _window(self, input_shape, self.pool_size, self.strides, self.padding)
         return (input_shape[0], w[6], w[7], input_shape[3])
 
-    def _out_shape(self, x):
-        return (x.shape[0], self.window[6], self.window[7], x.shape[3])
+    def window_at(self, x_shape):
+        return _window_at(self, x_shape, self.pool_size, self.strides, self.padding)
+
+    def _out_shape(self, x, window):
+        return (x.shape[0], window[6], window[7], x.shape[3])
 
     def get_config(self):
         return {**super().get_config(), "pool_size": self.pool_size, "strides": self.strides,
@@ -906,18 +936,19 @@ class _Pooling2D(Layer):
 class MaxPooling2D(_Pooling2D):
     def forward(self, x, training=False):
         st = self._state()
-        shape = self._out_shape(x)
+        window = self.window_at(x.shape)
+        shape = self._out_shape(x, window)
         y, argmax = get_ops().maxpool_forward(
-            x, self.window, y=self._buffer("y", shape),
+            x, window, y=self._buffer("y", shape),
             argmax=self._buffer("argmax", shape, "int32"))
-        st._x_shape, st._argmax = x.shape, argmax
+        st._x_shape, st._argmax, st._window = x.shape, argmax, window
         return y
 
     def backward(self, dy, need_dx=True):
         st = self._state()
         if not need_dx:
             return None
-        return get_ops().maxpool_backward(dy, st._argmax, self.window, st._x_shape,
+        return get_ops().maxpool_backward(dy, st._argmax, st._window, st._x_shape,
                                           dx=self._buffer("dx", st._x_shape))
 
 
@@ -942,39 +973,42 @@ class ConvPool:
                 conv.act_id in activations.MONOTONE and conv.act_alpha >= 0 and
                 conv.act_id not in activations.NEEDS_INPUT)
 
-    def _plan(self, n):
-        conv = self.conv
-        _, _, _, _, _, _, oh, ow = conv.window
-        groups, chunk = get_ops().conv_pool_plan(n, oh, ow, conv.filters)
+    def _plan(self, n, window):
+        _, _, _, _, _, _, oh, ow = window
+        groups, chunk = get_ops().conv_pool_plan(n, oh, ow, self.conv.filters)
         return groups, groups * chunk * oh * ow
 
     def forward(self, x, training=False):
         st = self._state()
         conv, pool = self.conv, self.pool
-        kh, kw, _, _, _, _, oh, ow = conv.window
+        window = conv.window_at(x.shape)
+        kh, kw, _, _, _, _, oh, ow = window
+        pool_window = pool.window_at((x.shape[0], oh, ow, conv.filters))
         n, kdim, filters = x.shape[0], kh * kw * x.shape[3], conv.filters
-        _, work_rows = self._plan(n)
-        shape = (n, pool.window[6], pool.window[7], filters)
+        _, work_rows = self._plan(n, window)
+        shape = (n, pool_window[6], pool_window[7], filters)
         cols = conv._buffer("cols", (n * oh * ow, kdim))
         y, argmax = get_ops().conv2d_maxpool_forward(
             x, conv.kernel.reshape(kdim, filters), conv._vars.get("bias"), conv.act_id,
-            conv.act_alpha, conv.window, pool.window, cols=cols,
+            conv.act_alpha, window, pool_window, cols=cols,
             work=conv._buffer("pool_work", (work_rows, filters)),
             y=pool._buffer("y", shape), argmax=pool._buffer("argmax", shape, "int32"))
         st._x_shape, st._cols, st._y, st._argmax = x.shape, cols, y, argmax
+        st._windows = window, pool_window
         return y
 
     def backward(self, dy, need_dx=True):
         st = self._state()
         conv = self.conv
+        window, pool_window = st._windows
         kdim, filters = st._cols.shape[1], conv.filters
-        groups, work_rows = self._plan(st._x_shape[0])
+        groups, work_rows = self._plan(st._x_shape[0], window)
         d_kernel = conv.grads["kernel"].reshape(kdim, filters)
         partials = conv._buffer("pool_partials", ((groups - 1) * kdim, filters)) \
             if groups > 1 else None
         return get_ops().conv2d_maxpool_backward(
             st._cols, conv.kernel.reshape(kdim, filters), st._y, st._argmax, dy,
-            conv.act_id, conv.act_alpha, conv.window, self.pool.window, st._x_shape,
+            conv.act_id, conv.act_alpha, window, pool_window, st._x_shape,
             d_kernel, conv.grads.get("bias"),
             dx=conv._buffer("dx", st._x_shape) if need_dx else None,
             work=conv._buffer("pool_work", (work_rows, filters)),
@@ -985,18 +1019,20 @@ class ConvPool:
 class AveragePooling2D(_Pooling2D):
     def forward(self, x, training=False):
         st = self._state()
-        st._x_shape = x.shape
-        return get_ops().avgpool_forward(x, self.window, y=self._buffer("y", self._out_shape(x)))
+        window = self.window_at(x.shape)
+        st._x_shape, st._window = x.shape, window
+        return get_ops().avgpool_forward(x, window,
+                                         y=self._buffer("y", self._out_shape(x, window)))
 
     def backward(self, dy, need_dx=True):
         st = self._state()
         if not need_dx:
             return None
-        return get_ops().avgpool_backward(dy, self.window, st._x_shape,
+        return get_ops().avgpool_backward(dy, st._window, st._x_shape,
                                           dx=self._buffer("dx", st._x_shape))
 
 
-class _GlobalPooling2D(Layer):
+class _GlobalPooling2D(_Windowed, Layer):
     """Global pooling is pooling with one window covering the whole image."""
 
     def __init__(self, data_format=None, keepdims=False, **kwargs):
@@ -1006,9 +1042,11 @@ class _GlobalPooling2D(Layer):
         self.keepdims = keepdims
 
     def build(self, input_shape):
-        self.window = _window(self, input_shape, (input_shape[1], input_shape[2]), (1, 1),
-                              "valid")
+        _window(self, input_shape, (input_shape[1], input_shape[2]), (1, 1), "valid")  # checks
         super().build(input_shape)
+
+    def window_at(self, x_shape):
+        return _window_at(self, x_shape, (x_shape[1], x_shape[2]), (1, 1), "valid")
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 1, 1, input_shape[3]) if self.keepdims else \
@@ -1025,9 +1063,9 @@ class _GlobalPooling2D(Layer):
 class GlobalAveragePooling2D(_GlobalPooling2D):
     def forward(self, x, training=False):
         st = self._state()
-        st._x_shape = x.shape
+        st._x_shape, st._window = x.shape, self.window_at(x.shape)
         shape = (x.shape[0], 1, 1, x.shape[3])
-        return self._finish(get_ops().avgpool_forward(x, self.window,
+        return self._finish(get_ops().avgpool_forward(x, st._window,
                                                       y=self._buffer("y", shape)))
 
     def backward(self, dy, need_dx=True):
@@ -1035,7 +1073,7 @@ class GlobalAveragePooling2D(_GlobalPooling2D):
         if not need_dx:
             return None
         dy = dy.reshape(dy.shape[0], 1, 1, -1)
-        return get_ops().avgpool_backward(dy, self.window, st._x_shape,
+        return get_ops().avgpool_backward(dy, st._window, st._x_shape,
                                           dx=self._buffer("dx", st._x_shape))
 
 
@@ -1043,8 +1081,9 @@ class GlobalMaxPooling2D(_GlobalPooling2D):
     def forward(self, x, training=False):
         st = self._state()
         shape = (x.shape[0], 1, 1, x.shape[3])
+        st._window = self.window_at(x.shape)
         y, st._argmax = get_ops().maxpool_forward(
-            x, self.window, y=self._buffer("y", shape),
+            x, st._window, y=self._buffer("y", shape),
             argmax=self._buffer("argmax", shape, "int32"))
         st._x_shape = x.shape
         return self._finish(y)
@@ -1054,7 +1093,7 @@ class GlobalMaxPooling2D(_GlobalPooling2D):
         if not need_dx:
             return None
         return get_ops().maxpool_backward(dy.reshape(dy.shape[0], 1, 1, -1), st._argmax,
-                                          self.window, st._x_shape,
+                                          st._window, st._x_shape,
                                           dx=self._buffer("dx", st._x_shape))
 
 
@@ -1371,6 +1410,11 @@ def _pairs(value, arg, layer):
     return value
 
 
+def _grown(size, by):
+    """An axis's size after adding `by` (an unknown size stays unknown)."""
+    return None if size is None else size + by
+
+
 class _ShapeLayer(Layer):
     """A layer that only moves values (no weights), written with fastnn.ops."""
 
@@ -1469,7 +1513,7 @@ class ZeroPadding2D(_ShapeLayer):
     def compute_output_shape(self, input_shape):
         self._check_rank(input_shape, 4)
         (t, b), (le, r) = self.padding
-        return (input_shape[0], input_shape[1] + t + b, input_shape[2] + le + r,
+        return (input_shape[0], _grown(input_shape[1], t + b), _grown(input_shape[2], le + r),
                 input_shape[3])
 
     def call(self, inputs):
@@ -1490,8 +1534,8 @@ class Cropping2D(_ShapeLayer):
     def compute_output_shape(self, input_shape):
         self._check_rank(input_shape, 4)
         (t, b), (le, r) = self.cropping
-        h, w = input_shape[1] - t - b, input_shape[2] - le - r
-        if h < 1 or w < 1:
+        h, w = _grown(input_shape[1], -t - b), _grown(input_shape[2], -le - r)
+        if (h is not None and h < 1) or (w is not None and w < 1):
             raise ValueError(f"Cropping2D layer {self.name!r}: cropping {self.cropping} "
                              f"leaves nothing of {tuple(input_shape)}")
         return (input_shape[0], h, w, input_shape[3])
@@ -1518,8 +1562,9 @@ class UpSampling2D(_ShapeLayer):
 
     def compute_output_shape(self, input_shape):
         self._check_rank(input_shape, 4)
-        return (input_shape[0], input_shape[1] * self.size[0], input_shape[2] * self.size[1],
-                input_shape[3])
+        h, w = input_shape[1], input_shape[2]
+        return (input_shape[0], None if h is None else h * self.size[0],
+                None if w is None else w * self.size[1], input_shape[3])
 
     def call(self, inputs):
         rows = array_ops.repeat(inputs, self.size[0], axis=1)

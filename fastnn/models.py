@@ -12,12 +12,12 @@ from .backend import get_ops, unique_name
 from .graph import KerasTensor, Node, flatten, is_symbolic, nodes_between
 from .layers import ConvPool, InputLayer, Layer, _accepts_training, _snake_case, forward_pass
 from .schedule import Schedule
-from .trainer import Trainer, _scaled, _shape_str, scale_back
+from .trainer import Trainer, _scaled, _shape_str, fits, scale_back
 
 
 def _width(shape):
-    """The number of values of one sample of a (batch, ...) shape."""
-    return int(np.prod(shape[1:], dtype=np.int64))
+    """The number of values of one sample of a (batch, ...) shape (None: not fixed)."""
+    return None if None in shape[1:] else int(np.prod(shape[1:], dtype=np.int64))
 
 
 class Model(Trainer):
@@ -128,7 +128,7 @@ class Model(Trainer):
                                           "or outputs used as a layer is not supported yet")
             if not self.built:
                 self.build(x.shape)
-            elif tuple(x.shape[1:]) != tuple(self._input_shape):
+            elif not fits(x.shape, self.input_shape):
                 raise ValueError(f"Model {self.name!r} expects input shape "
                                  f"{_shape_str(self.input_shape)}, got {_shape_str(x.shape)}")
             node = Node(self, [x], [self._output_shape])
@@ -211,6 +211,16 @@ class Model(Trainer):
         self._first_trainable = next((i for i, layer in enumerate(self._layers)
                                       if layer.trainable and layer._trainable_names),
                                      len(self._layers))
+
+    def _output_shape_for(self, x_shape):
+        """The output shape for inputs of this shape (a model open to any image size has
+        a different one per size)."""
+        if None not in self._output_shape[1:]:
+            return self._output_shape
+        shape = (None,) + tuple(x_shape[1:])
+        for layer in self._layers:
+            shape = layer.compute_output_shape(shape)
+        return shape
 
     def _ensure_built(self, x_shape):
         if not self.built:
@@ -410,6 +420,11 @@ class Functional(Model):
         # flattened: the data path (shuffling, batches, checks, devices) stays the one path.
         self._input_widths = [_width(t.shape) for t in ins]
         self._output_widths = [_width(t.shape) for t in outs]
+        if (len(ins) > 1 and None in self._input_widths) or \
+                (len(outs) > 1 and None in self._output_widths):
+            raise NotImplementedError(f"Model {self.name!r}: with several inputs or outputs, "
+                                      "fastnn needs every axis but the batch axis known "
+                                      "(give Input a full shape)")
         self.output_names = [t.node.layer.name for t in outs]
         self.input_names = [t.name for t in ins]
         self.build((None,) + (tuple(ins[0].shape[1:]) if len(ins) == 1 else
@@ -433,6 +448,28 @@ class Functional(Model):
     @property
     def _subclassed(self):
         return self.__dict__.get("_chain") is None
+
+    def _output_shape_for(self, x_shape):
+        if self._chain is not None or None not in self._output_shape[1:]:
+            return super()._output_shape_for(x_shape)
+        shapes = {id(self.inputs[0]): (None,) + tuple(x_shape[1:])}
+        for node in self._nodes:
+            ins = [shapes[id(t)] for t in node.inputs]
+            shapes[id(node.outputs[0])] = tuple(node.layer.compute_output_shape(
+                ins if node.several else ins[0]))
+        return shapes[id(self.outputs[0])]
+
+    def _build(self, input_shape):
+        if self._chain is not None:
+            return super()._build(input_shape)
+        # the graph knows its shapes: no probe call (which an open image size would refuse)
+        self._input_shape = tuple(input_shape)[1:]
+        self._layers = self._all_layers()
+        self._output_shape = self.outputs[0].shape if len(self.outputs) == 1 else \
+            (None, sum(self._output_widths))
+        self._steps = []
+        self.built = True
+        self._pack_parameters()
 
     @property
     def layers(self):

@@ -194,7 +194,7 @@ class Trainer:
         if not self.built and self._input_shape is None:
             self.build((None,) + x.shape[1:])
         expected = (None,) + tuple(self._input_shape)
-        if x.shape[1:] != expected[1:]:
+        if not fits(x.shape, expected):
             first = self._layers[0].name if self._layers else self.name
             hint = ""
             if x.ndim == len(expected) - 1 and x.shape[1:] == expected[1:-1] and \
@@ -689,7 +689,7 @@ class Trainer:
         if steps is not None:
             n_steps = min(n_steps, steps)
             n = min(n, n_steps * batch_size)
-        out = np.empty((n,) + tuple(self._output_shape[1:]), np.float32)
+        out = np.empty((n,) + tuple(self._output_shape_for(x.shape)[1:]), np.float32)
         cbs = callbacks_module.CallbackList(callbacks, add_progbar=verbose != 0, model=self,
                                             verbose=verbose, epochs=1, steps=n_steps)
         cbs.on_predict_begin()
@@ -767,6 +767,13 @@ def scale_back(loss, n):
     """Factor from a batch's loss sum to its tracker contribution: Keras tracks the reduced batch
     loss weighted by the batch size (mean: sum/n * n; sum: sum * n)."""
     return 1.0 if loss.reduction == "sum_over_batch_size" else float(n)
+
+
+def fits(shape, expected):
+    """Whether an array shape matches a model's (batch, ...) shape, where None (the batch
+    axis, an image size left open) matches any size."""
+    return len(shape) == len(expected) and all(
+        e is None or d == e for d, e in zip(shape[1:], expected[1:]))
 
 
 def _scaled(total, factor):

@@ -487,3 +487,31 @@ def test_which_graphs_run_on_a_schedule():
     assert chain._schedule is None and chain._chain is not None
     assert graph._schedule is not None
     assert user._schedule is None and nested._schedule is None
+
+
+def test_an_open_image_size_trains_and_predicts_at_any_size():
+    """Input(shape=(None, None, 3)): convolutions and pooling take each batch's size; the
+    summary shows None as Keras does; a Flatten needs the size and says so."""
+    for build in ("sequential", "functional"):
+        fastnn.utils.set_random_seed(8)
+        layers = [L.Conv2D(4, 3, padding="same", activation="relu"), L.MaxPooling2D(),
+                  L.Conv2D(3, 3, strides=2), L.GlobalAveragePooling2D(), Dense(2)]
+        if build == "sequential":
+            model = fastnn.Sequential([Input(shape=(None, None, 3))] + layers)
+        else:
+            inputs = h = Input(shape=(None, None, 3))
+            for layer in layers:
+                h = layer(h)
+            model = fastnn.Model(inputs, L.add([h, Dense(2)(h)]))
+        assert layers[0].compute_output_shape((None, None, None, 3)) == (None, None, None, 4)
+        model.compile(fastnn.optimizers.SGD(0.02), "mse")
+        rng = np.random.default_rng(8)
+        for size in ((12, 10), (9, 16)):
+            x = rng.standard_normal((4,) + size + (3,)).astype(np.float32)
+            y = rng.standard_normal((4, 2)).astype(np.float32)
+            loss0 = model.evaluate(x, y, verbose=0)
+            model.fit(x, y, epochs=5, batch_size=4, verbose=0)
+            assert model.evaluate(x, y, verbose=0) < loss0
+            assert model.predict(x, verbose=0).shape == (4, 2)
+    with pytest.raises(ValueError, match="known last input dimension"):
+        Dense(2)(L.Flatten()(Input(shape=(None, None, 3))))

@@ -190,7 +190,7 @@ def test_one_training_step_equals_keras():
         assert float(model.train_on_batch(x, y)) == pytest.approx(loss_keras, rel=1e-4)
         if not freeze_bn:
             continue
-        for layer in model.layers:
+        for layer in [layer for layer in model.layers if layer.weights]:
             ref = reference.get_layer(layer.name).get_weights()
             for name, a, b, w in zip(layer.weight_names, layer.get_weights(), ref,
                                      before[layer.name]):
@@ -262,3 +262,24 @@ def test_command_line_classifies_images(seeded_weights, tmp_path):
     expected = np.load(_fixture("resnet50_pred.npy"))[0]
     assert lines[1] == f"  1. llama (n02437616) {expected[355]:.4f}"
     assert [line.split()[1] for line in lines[1:4]] == ["llama", "joystick", "soap_dispenser"]
+
+
+def test_open_image_size_as_keras_builds_it():
+    """include_top=False without input_shape takes any image size, as in Keras: the same
+    numbers as a model built for each size."""
+    fastnn.utils.set_random_seed(6)
+    open_model = ResNet50(weights=None, include_top=False, pooling="avg")
+    assert open_model.input_shape == (None, None, None, 3)
+    assert open_model.output_shape == (None, 2048)
+    rng = np.random.default_rng(6)
+    for h, w in ((64, 64), (72, 40)):
+        fixed = ResNet50(weights=None, include_top=False, pooling="avg", input_shape=(h, w, 3))
+        fixed.set_weights(open_model.get_weights())
+        x = rng.standard_normal((2, h, w, 3)).astype(np.float32)
+        np.testing.assert_allclose(open_model.predict(x, verbose=0),
+                                   fixed.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    maps = ResNet50(weights=None, include_top=False)
+    assert maps.predict(rng.standard_normal((1, 100, 120, 3)).astype(np.float32),
+                        verbose=0).shape == (1, 4, 4, 2048)
+    with pytest.raises(ValueError, match="static `input_shape`"):
+        ResNet50(weights=None, input_shape=(None, None, 3))
