@@ -19,6 +19,7 @@ from . import ops as array_ops
 from .autodiff import Tensor, Variable, gradients, is_recording, no_grad, tape, value_of
 from .autodiff import node as autodiff_node
 from .backend import get_ops, unique_name
+from .backend.base import pointwise
 from . import graph as graph_module
 from .graph import KerasTensor, Node, flatten, is_symbolic
 
@@ -870,12 +871,13 @@ class Conv2D(_Windowed, Layer):
         kh, kw, _, _, _, _, oh, ow = window
         n, c = x.shape[0], x.shape[3]
         rows = n * oh * ow
-        cols = self._buffer("cols", (rows, kh * kw * c))
+        cols = None if pointwise(window) else self._buffer("cols", (rows, kh * kw * c))
         z = self._buffer("z", (rows, self.filters))
         y = self._buffer("y", (rows, self.filters)) \
             if self.act_id in activations.NEEDS_INPUT else z
-        get_ops().conv2d_forward(x, self.kernel, self._vars.get("bias"), self.act_id,
-                                 self.act_alpha, window, cols=cols, z=z, y=y)
+        cols, _, _ = get_ops().conv2d_forward(x, self.kernel, self._vars.get("bias"),
+                                              self.act_id, self.act_alpha, window, cols=cols,
+                                              z=z, y=y)
         st._x_shape, st._cols, st._z, st._y, st._window = x.shape, cols, z, y, window
         return y.reshape(n, oh, ow, self.filters)
 
@@ -884,7 +886,8 @@ class Conv2D(_Windowed, Layer):
         dy2 = dy.reshape(-1, self.filters)
         act = activations.LINEAR if preactivation else self.act_id
         dx = self._buffer("dx", st._x_shape) if need_dx else False
-        dcols = self._buffer("dcols", st._cols.shape) if need_dx else None
+        dcols = self._buffer("dcols", st._cols.shape) \
+            if need_dx and not pointwise(st._window) else None
         return get_ops().conv2d_backward(st._cols, self.kernel, st._z, st._y, dy2, act,
                                          self.act_alpha, st._window, st._x_shape,
                                          self.grads["kernel"], self.grads.get("bias"),

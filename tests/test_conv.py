@@ -146,7 +146,10 @@ def _nhwc(t):
 
 
 @pytest.mark.parametrize("k,s,padding,hw", [(3, 1, "valid", (7, 6)), (3, 2, "valid", (7, 7)),
-                                            (3, 1, "same", (6, 5)), (5, 1, "same", (7, 7))])
+                                            (3, 1, "same", (6, 5)), (5, 1, "same", (7, 7)),
+                                            # pointwise: im2col is the input itself
+                                            (1, 1, "valid", (5, 4)), (1, 1, "same", (3, 6)),
+                                            (1, 2, "valid", (5, 5))])
 def test_conv2d_matches_torch(rng, torch, k, s, padding, hw):
     model = Sequential([Conv2D(4, k, strides=s, padding=padding, input_shape=(*hw, 3))])
     model.compile(optimizer="sgd", loss="mse")

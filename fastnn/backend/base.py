@@ -17,6 +17,12 @@ _SELU_SCALE = 1.0507009873554804934193349852946
 EPSILON = 1e-7
 
 
+def pointwise(window):
+    """Whether a convolution window is 1x1 with stride 1 and no padding: its im2col matrix
+    is the input itself."""
+    return tuple(window[:6]) == (1, 1, 1, 1, 0, 0)
+
+
 class Ops:
     name = "numpy"
     xp = numpy
@@ -208,8 +214,11 @@ class Ops:
 
     def conv2d_forward(self, x, kernel, bias, act, alpha, window, cols=None, z=None, y=None):
         """z = im2col(x) @ kernel(kh*kw*c, filters) + bias; y = act(z). Returns (cols, z, y)
-        with z, y as (n*oh*ow, filters)."""
-        cols = self.im2col(x, window, out=cols)
+        with z, y as (n*oh*ow, filters). A pointwise window's im2col is x itself: no copy."""
+        if pointwise(window) and x.flags.c_contiguous:
+            cols = x.reshape(-1, x.shape[-1])
+        else:
+            cols = self.im2col(x, window, out=cols)
         z, y = self.dense_forward(cols, kernel.reshape(-1, kernel.shape[-1]), bias, act, alpha,
                                   z=z, y=y)
         return cols, z, y
@@ -217,14 +226,18 @@ class Ops:
     def conv2d_backward(self, cols, kernel, z, y, dy, act, alpha, window, x_shape, d_kernel,
                         d_bias, dx=None, dcols=None):
         """dy is (n*oh*ow, filters) and may be overwritten. Writes d_kernel, d_bias; returns dx
-        (None when dx=False)."""
+        (None when dx=False). A pointwise window's gradient goes straight into dx."""
         filters = kernel.shape[-1]
+        direct = pointwise(window) and dx is not False
+        if direct:
+            dx = self.empty(x_shape) if dx is None else dx
+            dcols = dx.reshape(-1, x_shape[-1])
         dcols = self.dense_backward(cols, kernel.reshape(-1, filters), z, y, dy, act, alpha,
                                     d_kernel.reshape(-1, filters), d_bias,
                                     dx=False if dx is False else dcols, dz=dy)
         if dx is False:
             return None
-        return self.col2im(dcols, window, x_shape, out=dx)
+        return dx if direct else self.col2im(dcols, window, x_shape, out=dx)
 
     # A Conv2D and the MaxPooling2D after it as one step. A backend may run it a chunk of
     # images at a time (CpuOps: the convolution output stays in cache); conv_pool_plan says how
