@@ -1522,6 +1522,29 @@ class ZeroPadding2D(_ShapeLayer):
     def call(self, inputs):
         return array_ops.pad(inputs, [(0, 0), self.padding[0], self.padding[1], (0, 0)])
 
+    # A functional graph's schedule (fastnn.schedule) runs it without the tape, into a
+    # buffer kept across batches: its border is zeroed once, only the inside is copied.
+    def forward(self, x, training=False):
+        (t, b), (le, r) = self.padding
+        n, h, w, c = x.shape
+        st = self._state()
+        y = self._buffer("y", (n, h + t + b, w + le + r, c))
+        if st.__dict__.get("_zeroed") is not y:
+            y[...] = 0
+            st._zeroed = y
+        y[:, t:t + h, le:le + w] = x
+        st._x_shape = x.shape
+        return y
+
+    def backward(self, dy, need_dx=True):
+        if not need_dx:
+            return None
+        (t, _), (le, _) = self.padding
+        _, h, w, _ = self._state()._x_shape
+        dx = self._buffer("dx", self._state()._x_shape)
+        dx[...] = dy[:, t:t + h, le:le + w]
+        return dx
+
     def get_config(self):
         return {**super().get_config(), "padding": [list(p) for p in self.padding],
                 "data_format": "channels_last"}

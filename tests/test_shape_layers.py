@@ -123,3 +123,25 @@ def test_dot_gradients():
     rng = np.random.default_rng(3)
     _fd_check(model, rng.standard_normal((4, 4)).astype(np.float32),
               rng.standard_normal((4, 5)).astype(np.float32))
+
+
+def test_zero_padding_inside_a_graph_keeps_zero_borders_and_gradients():
+    """On the schedule ZeroPadding2D pads into a buffer kept across batches (its border
+    zeroed once): batches of another size, and the gradient through it to a layer before."""
+    fastnn.utils.set_random_seed(3)
+    inputs = L.Input(shape=(None, None, 2))
+    h = L.ZeroPadding2D(((2, 1), (0, 1)))(L.Conv2D(3, 1, activation="tanh")(inputs))
+    model = fastnn.Model(inputs, L.Dense(2)(L.GlobalMaxPooling2D()(L.Conv2D(2, 2)(h))))
+    assert model._schedule is not None
+    rng = np.random.default_rng(3)
+    pad = model.layers[2]
+    for size in ((3, 4), (5, 2), (3, 4)):
+        x = rng.standard_normal((2,) + size + (2,)).astype(np.float32)
+        model.predict(x, verbose=0)
+        y = pad._state().workspace["y"]
+        assert not y[:, :2].any() and not y[:, -1:].any() and not y[:, :, -1:].any()
+    fixed_inputs = L.Input(shape=(3, 4, 2))
+    h = L.ZeroPadding2D(((2, 1), (0, 1)))(L.Conv2D(3, 1, activation="tanh")(fixed_inputs))
+    fixed = fastnn.Model(fixed_inputs, L.Dense(2)(L.Flatten()(L.Conv2D(2, 2)(h))))
+    _fd_check(fixed, rng.standard_normal((3, 3, 4, 2)).astype(np.float32),
+              rng.standard_normal((3, 2)).astype(np.float32))
