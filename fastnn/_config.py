@@ -183,6 +183,20 @@ def check_kwargs(cls, config, path, checks=None):
     return config
 
 
+def without_defaults(config, defaults, owner):
+    """config without the keys Keras writes for features fastnn does not implement, each at
+    the value that leaves the math unchanged (Keras's default); any other value raises,
+    naming the owner, the key and the value: nothing is silently ignored."""
+    config = dict(config)
+    for key, default in defaults.items():
+        if key in config:
+            value = config.pop(key)
+            if value != default:
+                raise ValueError(f"{owner}: {key}={short(value)} is not supported by fastnn "
+                                 f"(only {default!r}, Keras's default)")
+    return config
+
+
 def prefixed(exc, prefix):
     """The same kind of error (TypeError or ValueError) with `prefix: ` before its message."""
     kind = TypeError if isinstance(exc, TypeError) else ValueError

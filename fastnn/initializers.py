@@ -196,7 +196,8 @@ def deserialize(config, custom_objects=None, path="initializer"):
     ...} -> the initializer. Every key of its config must be an argument of that class, of the
     right type; errors name the key (as `path`.config.key) and the value. Only fastnn's own
     classes resolve; nothing named in `config` is imported."""
-    from ._config import check_kwargs, expect_str, fail_value, object_spec, prefixed
+    from ._config import (check_kwargs, expect_str, fail_value, object_spec, prefixed,
+                          without_defaults)
     if isinstance(config, str):
         try:
             return get(config)
@@ -207,6 +208,9 @@ def deserialize(config, custom_objects=None, path="initializer"):
     if cls is None:
         fail_value(f"{path}.class_name", "one of the initializers "
                    f"{', '.join(sorted(_CLASSES))}", class_name)
+    if issubclass(cls, VarianceScaling):     # Keras 3.15's fan axes: None is the usual fan
+        cfg = without_defaults(cfg, {"input_axes": None, "output_axes": None},
+                               f"{path}.config ({class_name})")
     check_kwargs(cls, cfg, f"{path}.config",
                  checks={"seed": _seed, "mode": expect_str, "distribution": expect_str})
     try:

@@ -15,6 +15,7 @@ import threading
 import numpy as np
 
 from . import activations, initializers
+from ._config import without_defaults
 from . import ops as array_ops
 from .autodiff import Tensor, Variable, gradients, is_recording, no_grad, tape, value_of
 from .autodiff import node as autodiff_node
@@ -118,6 +119,10 @@ def added_losses():
 
 
 class Layer:
+    # Keys Keras 3 writes in this layer's config for features fastnn does not implement, at
+    # the values that leave the math unchanged (from_config accepts those, refuses others).
+    _KERAS_DEFAULTS = {}
+
     def __init__(self, trainable=True, name=None, dtype=None, input_shape=None,
                  input_dim=None, batch_input_shape=None, batch_size=None, **kwargs):
         if kwargs:
@@ -507,6 +512,8 @@ class Layer:
                              "fastnn computes in float32")
         if "batch_shape" in config and cls is not InputLayer:
             config["batch_input_shape"] = config.pop("batch_shape")
+        config = without_defaults(config, cls._KERAS_DEFAULTS,
+                                  f"{cls.__name__} {config.get('name')!r}")
         return cls(**config)
 
     def __repr__(self):
@@ -547,6 +554,8 @@ def Input(shape=None, batch_size=None, dtype=None, name=None, batch_shape=None):
 
 
 class Dense(Layer):
+    _KERAS_DEFAULTS = {"quantization_config": None, "lora_rank": None, "lora_alpha": None}
+
     def __init__(self, units, activation=None, use_bias=True,
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  kernel_regularizer=None, bias_regularizer=None, activity_regularizer=None,
@@ -814,6 +823,8 @@ def _window_at(layer, x_shape, size, strides, padding):
 
 
 class Conv2D(_Windowed, Layer):
+    _KERAS_DEFAULTS = {"lora_rank": None, "lora_alpha": None}
+
     """2-D convolution, channels_last, kernel (kh, kw, in, filters): im2col + one GEMM with the
     bias and activation fused; backward is two GEMMs + col2im."""
 
@@ -1103,6 +1114,8 @@ class GlobalMaxPooling2D(_GlobalPooling2D):
 class BatchNormalization(Layer):
     """Normalizes over every axis but the last (2-D and 4-D NHWC inputs). Training uses batch
     statistics and updates the moving ones Keras's way; inference uses the moving ones."""
+
+    _KERAS_DEFAULTS = {"renorm": False, "renorm_clipping": None, "renorm_momentum": 0.99}
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones",

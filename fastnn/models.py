@@ -1,6 +1,7 @@
 """Keras's models: Model (subclass it with layers and a call()), Functional (Model(inputs,
 outputs): a graph of layer calls), Sequential (a chain of layers). Their structure, weights,
 summary and config live here; compile / fit / evaluate / predict in fastnn.trainer."""
+import json
 import threading
 
 import numpy as np
@@ -10,9 +11,24 @@ from . import metrics as metrics_module
 from .autodiff import Tensor, no_grad, value_of
 from .backend import get_ops, unique_name
 from .graph import KerasTensor, Node, flatten, is_symbolic, nodes_between
-from .layers import ConvPool, InputLayer, Layer, _accepts_training, _snake_case, forward_pass
+from .layers import (ConvPool, InputLayer, Layer, _CLASSES as _LAYER_CLASSES,
+                     _accepts_training, _snake_case, forward_pass, get_class)
 from .schedule import Schedule
 from .trainer import Trainer, _scaled, _shape_str, fits, scale_back
+
+
+def _layer_entry(layer):
+    """A layer as Keras serializes it in a model's config."""
+    entry = {"module": "keras.layers", "class_name": type(layer).__name__,
+             "config": layer.get_config(), "registered_name": None}
+    if layer.built and not isinstance(layer, InputLayer):
+        entry["build_config"] = {"input_shape": _as_lists(layer.input_shape)}
+    return entry
+
+
+def _as_lists(shape):
+    """A shape, or a list of shapes, as JSON lists."""
+    return [_as_lists(s) if isinstance(s, (list, tuple)) else s for s in shape]
 
 
 def _width(shape):
@@ -207,7 +223,10 @@ class Model(Trainer):
             self._spans[id(layer), name] = (start, start + size)
             start += size
         self._params, self._grads, self._sizes = params, grads, sizes
-        self._arena_key = key
+        self._shapes = [layer._vars[name].shape for layer, name in entries]
+        # the arrays now in the buffer (the key above named the ones before the move)
+        self._arena_key = tuple((id(layer), name, id(layer._vars[name]))
+                                for layer, name in entries)
         self._first_trainable = next((i for i, layer in enumerate(self._layers)
                                       if layer.trainable and layer._trainable_names),
                                      len(self._layers))
@@ -348,12 +367,7 @@ class Model(Trainer):
                                       "dtype": "float32", "sparse": False,
                                       "name": self._input_name or "input_layer"},
                            "registered_name": None})
-        for layer in self._layers:
-            entry = {"module": "keras.layers", "class_name": type(layer).__name__,
-                     "config": layer.get_config(), "registered_name": None}
-            if layer.built:
-                entry["build_config"] = {"input_shape": list(layer.input_shape)}
-            layers.append(entry)
+        layers += [_layer_entry(layer) for layer in self._layers]
         config = {"name": self.name, "trainable": self.trainable, "dtype": "float32",
                   "layers": layers}
         if self._input_shape is not None:
@@ -362,7 +376,8 @@ class Model(Trainer):
 
     @classmethod
     def from_config(cls, config):
-        from .layers import get_class
+        if "input_layers" in config and not issubclass(cls, Sequential):
+            return Functional.from_config(config)       # keras.Model.from_config does too
         from .saving import check_sequential_config
         check_sequential_config(config)     # a malformed entry raises naming its key
         model = cls(name=config.get("name"), trainable=config.get("trainable", True))
@@ -374,9 +389,8 @@ class Model(Trainer):
         return model
 
     def to_json(self, **kwargs):
-        import json
-        return json.dumps({"module": "keras", "class_name": "Sequential",
-                           "config": self.get_config(), "registered_name": None}, **kwargs)
+        from .saving import model_entry
+        return json.dumps(model_entry(self, compiled=False), **kwargs)
 
     def save(self, filepath, overwrite=True, **kwargs):
         from .saving import save_model
@@ -502,9 +516,89 @@ class Functional(Model):
         return rows, connected
 
     def get_config(self):
-        raise NotImplementedError(f"Model {self.name!r}: saving functional models (their "
-                                  "config) is not implemented yet; save_weights() and "
-                                  "load_weights() keep their weights")
+        """Keras's Functional config: every layer with its config and the calls it makes
+        here (inbound_nodes: the tensors each call reads, as keras_history [layer, node,
+        tensor]), and the input and output tensors."""
+        mine = {id(node) for node in self._nodes} | {id(t.node) for t in self.inputs}
+        index = {}      # a node -> its index among its layer's calls in this model
+        for layer in self._tracked:
+            kept = [node for node in layer._inbound_nodes if id(node) in mine]
+            index.update((id(node), i) for i, node in enumerate(kept))
+
+        def history(t):
+            return [t.node.layer.name, index[id(t.node)], t.index]
+
+        def tensor(t):
+            return {"class_name": "__keras_tensor__",
+                    "config": {"shape": list(t.shape), "dtype": t.dtype,
+                               "keras_history": history(t)}}
+        layers = []
+        for layer in self._tracked:
+            if isinstance(layer, Model) or type(layer).__module__ != Layer.__module__ or \
+                    type(layer).__name__ not in _LAYER_CLASSES:
+                raise NotImplementedError(
+                    f"Model {self.name!r}: layer {layer.name!r} ({type(layer).__name__}) "
+                    "cannot be written to a config yet (nested models, ops on symbolic "
+                    "tensors and custom layers); save_weights() keeps the weights")
+            entry = _layer_entry(layer)
+            entry["name"] = layer.name
+            entry["inbound_nodes"] = [
+                {"args": [[tensor(t) for t in node.inputs] if node.several
+                          else tensor(node.inputs[0])], "kwargs": {}}
+                for node in layer._inbound_nodes if id(node) in mine and node.inputs]
+            layers.append(entry)
+
+        def ends(tensors):
+            specs = [history(t) for t in tensors]
+            return specs[0] if len(specs) == 1 else specs
+        return {"name": self.name, "trainable": self.trainable, "layers": layers,
+                "input_layers": ends(self.inputs), "output_layers": ends(self.outputs)}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        """The model get_config describes: its layers made from their configs, then called
+        on each other's outputs as the inbound_nodes say (in as many passes as a call on a
+        later layer's output needs)."""
+        from .saving import check_functional_config
+        check_functional_config(config)
+        made, outputs, pending = {}, {}, []
+        for entry in config["layers"]:
+            layer = get_class(entry["class_name"]).from_config(entry["config"])
+            made[entry["name"]] = layer
+            if isinstance(layer, InputLayer):
+                outputs[entry["name"], 0] = [layer.output]
+            pending += [(entry["name"], node) for node in entry.get("inbound_nodes", [])]
+        calls = {}      # a layer -> how many of its calls are made (they run in order)
+        while pending:
+            waiting = []
+            for name, node in pending:
+                arg = node["args"][0]
+                specs = arg if isinstance(arg, list) else [arg]
+                keys = [tuple(spec["config"]["keras_history"]) for spec in specs]
+                index = calls.get(name, 0)
+                if any((k[0], k[1]) not in outputs for k in keys) or \
+                        any(n == name for n, _ in waiting):
+                    waiting.append((name, node))
+                    continue
+                tensors = [outputs[k[0], k[1]][k[2]] for k in keys]
+                outputs[name, index] = [made[name](tensors if isinstance(arg, list)
+                                                   else tensors[0])]
+                calls[name] = index + 1
+            if len(waiting) == len(pending):
+                raise ValueError(f"config: the calls of {[n for n, _ in waiting]} read "
+                                 "tensors no layer makes (a cycle, or a missing layer)")
+            pending = waiting
+
+        def ends(spec):
+            specs = spec if spec and isinstance(spec[0], list) else [spec]
+            tensors = [outputs[s[0], s[1]][s[2]] for s in specs]
+            return tensors if len(tensors) > 1 else tensors[0]
+        return cls(ends(config["input_layers"]), ends(config["output_layers"]),
+                   name=config.get("name"), trainable=config.get("trainable", True))
+
+    def to_json(self, **kwargs):
+        from .saving import model_entry
+        return json.dumps(model_entry(self, compiled=False), **kwargs)
 
     @property
     def input(self):
@@ -788,7 +882,15 @@ class Sequential(Model):
 
 
 def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
-    """Load a model saved with Sequential.save (.keras or legacy .h5)."""
+    """Load a model (Sequential or functional) from a .keras or legacy .h5 file, Keras's or
+    fastnn's."""
     from .saving import load_model as _load
     return _load(filepath, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
+
+
+def model_from_json(json_string, custom_objects=None):
+    """The model a to_json() string describes (its layers, not its weights), as Keras's
+    keras.models.model_from_json. Class names resolve only against fastnn's own layers."""
+    from .saving import model_from_config_entry
+    return model_from_config_entry(json.loads(json_string), root="json")
 

@@ -178,19 +178,26 @@ def _layer_keys(model):
     return keys
 
 
-def _optimizer_variables(opt):
-    """opt.variables() one at a time, as views where the backend allows (no copy of all the
-    slots at once)."""
+def _optimizer_variables(opt, shapes):
+    """opt.variables() one at a time, each slot in the shape of its weight (`shapes`, in the
+    order of the parameter buffer) as Keras keeps it, as views where the backend allows (no
+    copy of all the slots at once)."""
     from .optimizers import Optimizer
-    if type(opt).variables is not Optimizer.variables or not hasattr(opt, "_slot_order"):
-        yield from opt.variables()
-        return
     from .backend import get_ops
     to_numpy = get_ops().to_numpy
+    offsets = np.cumsum([0] + [math.prod(shape) for shape in shapes])
+    shape_at = {int(start): shape for start, shape in zip(offsets, shapes)}
+    if type(opt).variables is not Optimizer.variables or not hasattr(opt, "_slot_order"):
+        values = opt.variables()        # iterations, learning rate, slots in _slot_order
+        order = opt._slot_order() if hasattr(opt, "_slot_order") else []
+        shaped = [np.asarray(v).reshape(shape_at[start]) if np.size(v) == size else v
+                  for v, (_, start, size) in zip(values[2:], order)]
+        yield from values[:2] + shaped + values[2 + len(shaped):]
+        return
     yield np.array(opt.iterations, np.int64)
     yield np.array(opt.learning_rate, np.float32)
     for name, start, size in opt._slot_order():
-        yield to_numpy(opt.slots[name][start:start + size])
+        yield to_numpy(opt.slots[name][start:start + size]).reshape(shape_at[start])
 
 
 def _iter_arrays(model, include_optimizer=True):
@@ -202,7 +209,8 @@ def _iter_arrays(model, include_optimizer=True):
             yield f"layers/{key}/vars/{i}", to_numpy(w)
     opt = model.optimizer
     if include_optimizer and opt is not None and opt.built:
-        for i, v in enumerate(_optimizer_variables(opt)):
+        model._pack_parameters()
+        for i, v in enumerate(_optimizer_variables(opt, model._shapes)):
             yield f"optimizer/vars/{i}", v
 
 
@@ -232,11 +240,25 @@ def _compile_config(model):
             "run_eagerly": False, "steps_per_execution": 1, "jit_compile": False}
 
 
+def model_entry(model, compiled=True):
+    """A model as Keras serializes it (config.json, to_json): its class, config, build
+    config and (compiled=True) compile config."""
+    from .models import Sequential
+    if isinstance(model, Sequential):
+        entry = {"module": "keras", "class_name": "Sequential", "config": model.get_config(),
+                 "registered_name": None,
+                 "build_config": {"input_shape": list(model.input_shape or []) or None}}
+    else:
+        entry = {"module": "keras.src.models.functional", "class_name": "Functional",
+                 "config": model.get_config(), "registered_name": "Functional",
+                 "build_config": {"input_shape": None}}
+    if compiled:
+        entry["compile_config"] = _compile_config(model)
+    return entry
+
+
 def _model_config(model):
-    return {"module": "keras", "class_name": "Sequential", "config": model.get_config(),
-            "registered_name": None,
-            "build_config": {"input_shape": list(model.input_shape or []) or None},
-            "compile_config": _compile_config(model)}
+    return model_entry(model)
 
 
 def _check_dtype(value, path):
@@ -285,6 +307,18 @@ def _bool_or_none(value, path):
 
 # The JSON type of every layer argument fastnn reads; the layer's constructor then checks the
 # value itself (and rejects unknown keys, naming them).
+def _check_padding(value, path):
+    """A convolution's padding name, or ZeroPadding2D's / Cropping2D's sizes: an int, a pair,
+    or a pair of pairs."""
+    if isinstance(value, str):
+        return
+    if isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+        for i, pair in enumerate(value):
+            C.expect_ints(pair, f"{path}[{i}]", 0)
+    else:
+        C.expect_ints(value, path, 0)
+
+
 _LAYER_KEYS = {
     "name": lambda v, p: C.expect_str(v, p), "trainable": C.expect_bool, "dtype": _check_dtype,
     "units": lambda v, p: C.expect_int(v, p, 1), "filters": lambda v, p: C.expect_int(v, p, 1),
@@ -296,7 +330,7 @@ _LAYER_KEYS = {
     "pool_size": lambda v, p: C.expect_ints(v, p, 1),
     "dilation_rate": lambda v, p: C.expect_ints(v, p, 1),
     "groups": lambda v, p: C.expect_int(v, p, 1),
-    "axis": C.expect_ints, "padding": C.expect_str,
+    "axis": C.expect_ints, "padding": _check_padding, "cropping": _check_padding,
     "data_format": lambda v, p: C.expect_str(v, p, none_ok=True),
     "rate": _number, "momentum": _number, "epsilon": _number, "negative_slope": _number,
     "seed": lambda v, p: C.expect_int(v, p, 0, none_ok=True),
@@ -360,15 +394,78 @@ def check_sequential_config(cfg, path="config"):
         _check_layer_entry(entry, f"{path}.layers[{i}]")
 
 
+def _history(value, path, layers):
+    """A keras_history [layer name, node index, tensor index] naming a layer of the config."""
+    C.expect_list(value, path)
+    if len(value) != 3:
+        C.fail_value(path, "[layer name, node index, tensor index]", value)
+    C.expect_str(value[0], f"{path}[0]")
+    C.expect_int(value[1], f"{path}[1]", 0)
+    C.expect_int(value[2], f"{path}[2]", 0)
+    if value[0] not in layers:
+        C.fail_value(f"{path}[0]", "the name of a layer in config.layers", value[0])
+
+
+def check_functional_config(cfg, path="config"):
+    """Check a Functional config (get_config's form; from_config's argument) without building
+    anything: layer entries as for Sequential, plus each call's input tensors and the model's
+    input and output tensors naming layers of the config."""
+    C.expect_dict(cfg, path)
+    if "name" in cfg:
+        C.expect_str(cfg["name"], f"{path}.name", none_ok=True)
+    if "trainable" in cfg:
+        C.expect_bool(cfg["trainable"], f"{path}.trainable")
+    entries = C.expect_list(C.get_key(cfg, "layers", path), f"{path}.layers")
+    names = set()
+    for i, entry in enumerate(entries):
+        _check_layer_entry(entry, f"{path}.layers[{i}]")
+        name = C.expect_str(C.get_key(entry, "name", f"{path}.layers[{i}]"),
+                            f"{path}.layers[{i}].name")
+        if name in names:
+            C.fail_value(f"{path}.layers[{i}].name", "a name no other layer has", name)
+        names.add(name)
+    for i, entry in enumerate(entries):
+        where = f"{path}.layers[{i}].inbound_nodes"
+        for j, node in enumerate(C.expect_list(entry.get("inbound_nodes", []), where)):
+            C.expect_dict(node, f"{where}[{j}]")
+            args = C.expect_list(C.get_key(node, "args", f"{where}[{j}]"), f"{where}[{j}].args")
+            if len(args) != 1:
+                C.fail_value(f"{where}[{j}].args", "one argument (a tensor or a list)", args)
+            kwargs = node.get("kwargs") or {}
+            C.expect_dict(kwargs, f"{where}[{j}].kwargs")
+            extra = {k: v for k, v in kwargs.items() if v is not None and
+                     not (k == "training" and v is False)}
+            if extra:
+                C.fail_value(f"{where}[{j}].kwargs", "no call arguments fastnn would ignore "
+                             "(mask, training=True, ...)", extra)
+            specs = args[0] if isinstance(args[0], list) else [args[0]]
+            for k, spec in enumerate(specs):
+                at = f"{where}[{j}].args[0]" + (f"[{k}]" if isinstance(args[0], list) else "")
+                C.expect_dict(spec, at)
+                if spec.get("class_name") != "__keras_tensor__":
+                    C.fail_value(f"{at}.class_name", '"__keras_tensor__"', spec.get("class_name"))
+                tensor = C.expect_dict(C.get_key(spec, "config", at), f"{at}.config")
+                _history(C.get_key(tensor, "keras_history", f"{at}.config"),
+                         f"{at}.config.keras_history", names)
+    for key in ("input_layers", "output_layers"):
+        value = C.expect_list(C.get_key(cfg, key, path), f"{path}.{key}")
+        for k, spec in enumerate(value if value and isinstance(value[0], list) else [value]):
+            _history(spec, f"{path}.{key}" + (f"[{k}]" if value and isinstance(value[0], list)
+                                                else ""), names)
+
+
 def _check_model_config(config, root):
-    """config.json's top level (or a legacy .h5's model_config) and the Sequential config in it."""
+    """config.json's top level (or a legacy .h5's model_config) and the model config in it."""
     C.expect_dict(config, root)
     class_name = C.get_key(config, "class_name", root)
-    if class_name != "Sequential":
+    if class_name not in ("Sequential", "Functional", "Model"):
         C.expect_str(class_name, f"{root}.class_name")
-        C.fail_value(f"{root}.class_name", '"Sequential" (fastnn loads Sequential models '
-                     "only)", class_name)
-    check_sequential_config(C.get_key(config, "config", root), f"{root}.config")
+        C.fail_value(f"{root}.class_name", '"Sequential" or "Functional" (fastnn loads '
+                     "these models)", class_name)
+    if class_name == "Sequential":
+        check_sequential_config(C.get_key(config, "config", root), f"{root}.config")
+    else:
+        check_functional_config(C.get_key(config, "config", root), f"{root}.config")
     if config.get("build_config") is not None:
         C.expect_dict(config["build_config"], f"{root}.build_config")
 
@@ -410,11 +507,16 @@ def _compile_args(cc, path):
     return {"optimizer": optimizer, "loss": loss, "metrics": metrics}
 
 
+def model_from_config_entry(entry, root="config"):
+    """A model (uncompiled) from its serialized entry ({"class_name": ..., "config": ...})."""
+    return _model_from_config(entry, compile=False, root=root)
+
+
 def _model_from_config(config, compile, root="config.json", cc_root=None):
     """A model from config.json's content (root names it in errors; cc_root names where the
     compile config sits, by default root.compile_config); every malformed entry raises, naming
     its path, before anything is built."""
-    from .models import Sequential
+    from .models import Functional, Sequential
     _check_model_config(config, root)
     cc_root = cc_root or f"{root}.compile_config"
     args = None
@@ -423,8 +525,9 @@ def _model_from_config(config, compile, root="config.json", cc_root=None):
         C.fail_type(cc_root, "a JSON object or null", cc)
     if compile and cc:
         args = _compile_args(cc, cc_root)
+    cls = Sequential if config["class_name"] == "Sequential" else Functional
     try:
-        model = Sequential.from_config(config["config"])
+        model = cls.from_config(config["config"])
     except (TypeError, ValueError) as exc:
         raise C.prefixed(exc, f"{root}.config") from None
     if args is not None:
@@ -495,10 +598,14 @@ def _write_legacy_h5(model, tmp, include_optimizer, h5py):
     with h5py.File(tmp, "w") as f:
         f.attrs["keras_version"] = KERAS_VERSION
         f.attrs["backend"] = "fastnn"
-        f.attrs["model_config"] = json.dumps({"class_name": "Sequential",
-                                              "config": model.get_config()})
+        entry = model_entry(model, compiled=False)
+        f.attrs["model_config"] = json.dumps({"class_name": entry["class_name"],
+                                              "config": entry["config"]})
         cc = _compile_config(model)
-        if cc:
+        if cc:      # the legacy layout names the optimizer optimizer_config, without module
+            optimizer = cc.pop("optimizer")
+            cc["optimizer_config"] = {"class_name": optimizer["class_name"],
+                                      "config": optimizer["config"]}
             f.attrs["training_config"] = json.dumps(cc)
         g = f.create_group("model_weights")
         g.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
@@ -519,7 +626,8 @@ def _write_legacy_h5(model, tmp, include_optimizer, h5py):
                 len(opt.variables())
             names = [f"optimizer/vars/{i}" for i in range(n)]
             og.attrs["weight_names"] = [n.encode() for n in names]
-            for name, v in zip(names, _optimizer_variables(opt)):
+            model._pack_parameters()
+            for name, v in zip(names, _optimizer_variables(opt, model._shapes)):
                 og.create_dataset(name, data=v)
 
 
@@ -819,6 +927,10 @@ def _load_legacy_h5(path, compile, h5py):
                 C.fail_type("model_config", "a JSON object", config)
             training = _json_attr(f.attrs, "training_config", path) \
                 if "training_config" in f.attrs else None
+            if isinstance(training, dict) and "optimizer_config" in training:
+                # the legacy layout's name for it (compile_config says "optimizer")
+                training = dict(training)
+                training["optimizer"] = training.pop("optimizer_config")
             config["compile_config"] = training
             model = _model_from_config(config, compile, "model_config", "training_config")
         except (TypeError, ValueError) as exc:

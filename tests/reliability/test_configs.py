@@ -69,7 +69,8 @@ CASES = [
     ("top-level-list", replace([]), "config.json"),
     ("top-level-string", replace("Sequential"), "config.json"),
     ("no-class_name", deleter(lambda c: c, "class_name"), "class_name"),
-    ("class_name-functional", setter(lambda c: c, "class_name", "Functional"), "Functional"),
+    ("class_name-functional", setter(lambda c: c, "class_name", "Functional"),
+     "missing key 'name'"),
     ("class_name-dict", setter(lambda c: c, "class_name", {"a": 1}), "class_name"),
     ("no-config", deleter(lambda c: c, "config"), "'config'"),
     ("config-list", setter(lambda c: c, "config", [1, 2]), "config.json.config"),
@@ -243,7 +244,7 @@ LEGACY_CASES = [
      "model_config.config.layers[1].config.units"),
     ("class", lambda mc, tc: mc["config"]["layers"][1].__setitem__("class_name", "eval"),
      "'eval'"),
-    ("optimizer", lambda mc, tc: tc["optimizer"]["config"].__setitem__("beta_1", "x"),
+    ("optimizer", lambda mc, tc: tc["optimizer_config"]["config"].__setitem__("beta_1", "x"),
      "training_config.optimizer.config.beta_1"),
     ("loss", lambda mc, tc: tc.__setitem__("loss", {"class_name": "eval"}), "'eval'"),
 ]

@@ -1,0 +1,139 @@
+"""Files Keras 3.15 wrote (the fixtures: a Sequential MLP, a CNN, a functional graph, in
+.keras, legacy .h5 and .weights.h5) load into fastnn with Keras's predictions and optimizer
+state; files fastnn writes load into Keras (where it is installed) with equal predictions and
+optimizer state, and a step of training after loading is the same step in both."""
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import fastnn
+
+pytest.importorskip("h5py")
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures", "keras")
+MODELS = {"mlp": ("Sequential", "Adam", 8), "cnn": ("Sequential", "RMSprop", 4),
+          "functional": ("Functional", "SGD", 2)}
+
+
+def _fixture(name):
+    path = os.path.join(FIXTURES, name)
+    if not os.path.exists(path):
+        pytest.skip(f"fixture {name} not found beside the checkout ({FIXTURES})")
+    return path
+
+
+def _batch(name):
+    return np.load(_fixture(f"{name}_x.npy")), np.load(_fixture(f"{name}_pred.npy"))
+
+
+@pytest.mark.parametrize("fmt", [".keras", ".h5", ".weights.h5"])
+@pytest.mark.parametrize("name", MODELS)
+def test_keras_files_load_with_their_predictions_and_state(name, fmt):
+    x, expected = _batch(name)
+    if fmt == ".weights.h5":
+        model = fastnn.models.load_model(_fixture(f"{name}.keras"), compile=False)
+        model.load_weights(_fixture(name + fmt))
+    else:
+        model = fastnn.models.load_model(_fixture(name + fmt))
+        kind, optimizer, steps = MODELS[name]
+        assert type(model).__name__ == kind
+        assert type(model.optimizer).__name__ == optimizer
+        assert model.optimizer.iterations == steps
+        assert model.loss is not None
+    np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-5)
+
+
+def test_functional_config_round_trip():
+    model = fastnn.models.load_model(_fixture("functional.keras"))
+    config = model.get_config()
+    assert [layer["name"] for layer in config["layers"]][:3] == ["image", "pad", "stem_conv"]
+    add = next(layer for layer in config["layers"] if layer["name"] == "add")
+    assert [a["config"]["keras_history"] for a in add["inbound_nodes"][0]["args"][0]] == \
+        [["branch_a", 0, 0], ["branch_b", 0, 0]]
+    assert config["input_layers"] == ["image", 0, 0]
+    clone = fastnn.Model.from_config(config)
+    clone.set_weights(model.get_weights())
+    x, expected = _batch("functional")
+    np.testing.assert_allclose(clone.predict(x, verbose=0), expected, atol=1e-5)
+    again = fastnn.models.model_from_json(model.to_json())
+    assert again.get_config() == config
+
+
+def test_shared_layers_and_several_outputs_round_trip(tmp_path):
+    """A layer called twice (node indices) and two outputs survive get_config/from_config
+    and a .keras file."""
+    fastnn.utils.set_random_seed(2)
+    a, b = fastnn.Input(shape=(4,), name="a"), fastnn.Input(shape=(4,), name="b")
+    shared = fastnn.layers.Dense(3, name="shared")
+    left, right = shared(a), shared(b)
+    out = fastnn.layers.Subtract(name="diff")([right, left])
+    model = fastnn.Model([a, b], [fastnn.layers.Dense(1, name="score")(out), out],
+                         name="siamese")
+    model.compile("adam", ["mse", "mse"])
+    rng = np.random.default_rng(2)
+    xs = [rng.standard_normal((5, 4)).astype(np.float32) for _ in range(2)]
+    model.fit(xs, [np.zeros((5, 1)), np.zeros((5, 3))], verbose=0)
+    path = tmp_path / "siamese.keras"
+    model.save(path)
+    loaded = fastnn.models.load_model(path)
+    diff = next(layer for layer in loaded.get_config()["layers"] if layer["name"] == "diff")
+    assert [a["config"]["keras_history"] for a in diff["inbound_nodes"][0]["args"][0]] == \
+        [["shared", 1, 0], ["shared", 0, 0]]
+    for p, q in zip(model.predict(xs, verbose=0), loaded.predict(xs, verbose=0)):
+        np.testing.assert_array_equal(p, q)
+    assert loaded.optimizer.iterations == model.optimizer.iterations
+
+
+def test_unsupported_keys_and_classes_are_named():
+    config = fastnn.models.load_model(_fixture("functional.keras")).get_config()
+    bn = next(layer for layer in config["layers"] if layer["name"] == "stem_bn")
+    bn["config"]["renorm"] = True
+    with pytest.raises(ValueError, match=r"layers\[3\].*stem_bn.*renorm=True"):
+        fastnn.Model.from_config(config)
+    bn["config"]["renorm"] = False
+    bn["class_name"] = "os.system"
+    with pytest.raises(ValueError, match="os.system"):
+        fastnn.Model.from_config(config)
+
+
+def test_keras_member_layout_of_a_saved_functional_model(tmp_path):
+    model = fastnn.models.load_model(_fixture("functional.keras"))
+    path = tmp_path / "f.keras"
+    model.save(path)
+    with zipfile.ZipFile(path) as zf:
+        assert sorted(zf.namelist()) == ["config.json", "metadata.json", "model.weights.h5"]
+
+
+@pytest.mark.parametrize("fmt", [".keras", ".h5"])
+@pytest.mark.parametrize("name", MODELS)
+def test_keras_opens_what_fastnn_writes_and_trains_on_alike(tmp_path, name, fmt):
+    """fastnn loads Keras's file and writes it again; Keras 3 loads that with equal
+    predictions and optimizer state (each slot in its weight's shape); one more training
+    step from the same batch moves both models' weights alike."""
+    keras = pytest.importorskip("keras")
+    x, expected = _batch(name)
+    model = fastnn.models.load_model(_fixture(f"{name}.keras"))
+    path = str(tmp_path / f"{name}{fmt}")
+    model.save(path)
+    theirs = keras.models.load_model(path)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(theirs.predict(x, verbose=0)),
+                               expected, atol=1e-5)
+    assert int(keras.ops.convert_to_numpy(theirs.optimizer.iterations)) == \
+        model.optimizer.iterations
+    if fmt == ".h5":
+        return      # Keras builds a legacy file's optimizer slots only when it trains
+    ours = [np.asarray(v) for v in fastnn.saving._optimizer_variables(model.optimizer,
+                                                                       model._shapes)]
+    for mine, var in zip(ours, theirs.optimizer.variables):
+        np.testing.assert_allclose(mine, keras.ops.convert_to_numpy(var), rtol=1e-6,
+                                   err_msg=var.path)
+    if name == "mlp":
+        return      # its Dropout draws other random numbers in each framework
+    y = np.arange(len(x)) % 5
+    model.train_on_batch(x, y)
+    theirs.train_on_batch(x, y)
+    # atol: the CNN's conv bias feeds a BatchNormalization, so its gradient is float noise
+    # that RMSprop scales up to steps of ~1e-5
+    for a, b in zip(model.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(a, keras.ops.convert_to_numpy(b), rtol=1e-4, atol=5e-5)
