@@ -1,12 +1,14 @@
 """Run the benchmark suite, one subprocess per system, and print a markdown report.
 
     PYTHONPATH=. python benchmarks/report.py [--rounds N] [--json out.json] [--systems ...]
-                                             [--workloads deep_mlp,resnet_mlp,custom_dense]
+                                             [--workloads deep_mlp,resnet_mlp,custom_dense,resnet50]
 
-Each system (sgemm, fastnn, torch, keras) runs as its own `pytest --benchmark-json` child, so no
-framework's thread pools or allocator share a process with another's, and each child's peak RSS
-comes from os.wait4. A system that is not installed shows as "skipped"; one that fails shows as
-"error", with pytest's one-line reason printed under the table."""
+Each system (sgemm, fastnn, torch, keras, resnet-fastnn, ...) runs as its own
+`pytest --benchmark-json` child, so no framework's thread pools or allocator share a process with
+another's, and each child's peak RSS comes from os.wait4 (for a resnet-* system: the peak of its
+ResNet-50 predict at batch 16, model and framework included). A system that is not installed
+shows as "skipped"; one that fails shows as "error", with pytest's one-line reason printed under
+the table."""
 import argparse
 import datetime
 import importlib.metadata
@@ -30,12 +32,26 @@ SYSTEMS = {
     "keras": (("test_bench_train.py", "test_bench_inference.py"), "keras and not import"),
     "imports": (("test_bench_inference.py",), "test_import"),
     "gpu": (("test_bench_gpu.py",), "test_train_gpu"),
+    "resnet-fastnn": (("test_bench_resnet.py",), "fastnn"),
+    "resnet-torch": (("test_bench_resnet.py",), "torch"),
+    "resnet-keras": (("test_bench_resnet.py",), "keras"),
 }
 LABEL = {"fastnn": "fastnn", "torch": "PyTorch", "keras": "Keras"}
 
 
 # the systems that a --workloads selection narrows (their tests' ids name the workload)
 TRAINING = ("fastnn", "torch", "keras")
+# ResNet-50 predict (issue 16), one child per peer; the `resnet50` workload selects them
+RESNET = {"resnet-fastnn": "fastnn", "resnet-torch": "torch", "resnet-keras": "keras"}
+
+
+def selected(system, workloads):
+    """Whether a --workloads selection (None: all) leaves this system anything to run."""
+    if workloads is None or system not in TRAINING and system not in RESNET:
+        return True
+    if system in RESNET:
+        return "resnet50" in workloads
+    return any(w != "resnet50" for w in workloads)
 
 
 def run_system(name, rounds, tmp, workloads=None, samples=None):
@@ -44,7 +60,7 @@ def run_system(name, rounds, tmp, workloads=None, samples=None):
     `samples`: the smoke-test cap on each round's samples (--bench-samples)."""
     paths, expr = SYSTEMS[name]
     if workloads and name in TRAINING:
-        expr = f"({expr}) and ({' or '.join(workloads)})"
+        expr = f"({expr}) and ({' or '.join(w for w in workloads if w != 'resnet50')})"
     out_json, log = os.path.join(tmp, f"{name}.json"), os.path.join(tmp, f"{name}.log")
     cmd = [sys.executable, "-m", "pytest", *(os.path.join(HERE, p) for p in paths), "-k", expr, "-q", "-rfEs",
            "-p", "no:cacheprovider", "--benchmark-only", f"--benchmark-json={out_json}",
@@ -106,6 +122,8 @@ def build_report(runs, rounds, workloads=None, samples=None):
                 med[e["workload"], system] = b["stats"]["median"]
             if e.get("workload") or e.get("graph_workload"):
                 info[system] = e
+            elif e.get("resnet_batch"):   # versions and threads when only ResNet-50 ran
+                info.setdefault(RESNET[system], e)
     gemm = {tuple(b["extra_info"]["shape"]): b for b in runs.get("sgemm", {}).get("benchmarks", [])}
     gflops = {s: b["extra_info"]["flop"] / b["stats"]["median"] / 1e9 for s, b in gemm.items()}
     peak = max(gflops.values(), default=None)
@@ -116,12 +134,14 @@ def build_report(runs, rounds, workloads=None, samples=None):
         run = runs.get(system)
         return None if run is None else "error" if run["rc"] not in (0, 5) else "skipped"
 
-    lines = [f"## fastnn benchmark: training on MNIST, batch {wl.BATCH}, median of {rounds} rounds"]
+    train = any(s in runs for s in TRAINING)
+    lines = [f"## fastnn benchmark: training on MNIST, batch {wl.BATCH}, median of {rounds} rounds"
+             if train else f"## fastnn benchmark, median of {rounds} rounds"]
     if samples:
         lines += ["", f"**Smoke run:** each round trained on at most {samples} samples, so the "
                   "times below are not the workloads' rounds (the *timed* column) and mean "
                   "nothing as speeds."]
-    seed = [w for w in wl.WORKLOADS if workloads is None or w in workloads]
+    seed = [w for w in wl.WORKLOADS if train and (workloads is None or w in workloads)]
     if seed:
         lines += ["", "| workload | timed | fastnn s | PyTorch s | Keras s | PyTorch/fastnn "
                   "| Keras/fastnn | FLOP floor s | fastnn ÷ floor |",
@@ -155,9 +175,10 @@ def build_report(runs, rounds, workloads=None, samples=None):
                   "| M x K x N | GFLOP/s | used by |", "|---|---:|---|"]
         lines += [f"| {gemm[s]['extra_info']['label']} | {g:.1f} | {', '.join(wl.shape_users(s))} |"
                   for s, g in gflops.items()]
-        lines += ["", f"Peak measured: **{peak:.1f} GFLOP/s**.", "",
-                  "| workload | GEMM GFLOP / 60k epoch | GEMM-only s / 60k epoch at the per-shape "
-                  "rates above | fastnn ÷ GEMM-only |", "|---|---:|---:|---:|"]
+        lines += ["", f"Peak measured: **{peak:.1f} GFLOP/s**."]
+        if seed:
+            lines += ["", "| workload | GEMM GFLOP / 60k epoch | GEMM-only s / 60k epoch at the "
+                      "per-shape rates above | fastnn ÷ GEMM-only |", "|---|---:|---:|---:|"]
         for w in seed:
             steps = wl.N_TRAIN / wl.BATCH
             t = sum(gemm[s]["stats"]["median"] for s in wl.train_gemms(w) if s in gemm) * steps
@@ -168,6 +189,8 @@ def build_report(runs, rounds, workloads=None, samples=None):
                          f"{fmt(over, '.2f')} |")
 
     lines += _inference_tables(runs)
+    resnet_lines, resnet = _resnet_table(runs, peak)
+    lines += resnet_lines
     lines += _gpu_table(runs)
 
     kinfo = info.get("keras", {})
@@ -186,7 +209,8 @@ def build_report(runs, rounds, workloads=None, samples=None):
         "keras": version("keras"), "keras_backend": keras_backend,
         "pytest_benchmark": version("pytest-benchmark"),
     }
-    lines += ["", "### Peak RSS per system (whole pytest child, incl. the 60k MNIST arrays)", "",
+    lines += ["", "### Peak RSS per system (whole pytest child; the training systems' include "
+              "the 60k MNIST arrays)", "",
               "| system | peak RSS MiB | child wall s | status |", "|---|---:|---:|---|"]
     lines += [f"| {s} | {r['rss_mib']:.0f} | {r['wall_s']:.0f} | "
               f"{'ok' if r['rc'] == 0 and r['benchmarks'] else 'skipped' if r['rc'] in (0, 5) else 'error'} |"
@@ -196,6 +220,7 @@ def build_report(runs, rounds, workloads=None, samples=None):
     if notes:
         lines += ["", "### Skips and failures", ""] + notes
     data = dict(env=env, rounds=rounds, samples_cap=samples, train=results, graphs=graphs,
+                resnet50=resnet,
                 sgemm_gflops={
         gemm[s]["extra_info"]["label"]: g for s, g in gflops.items()}, peak_gflops=peak,
         systems={s: {k: r[k] for k in ("rc", "rss_mib", "wall_s", "notes")} for s, r in runs.items()},
@@ -328,6 +353,57 @@ def _inference_tables(runs):
     return lines
 
 
+def _resnet_table(runs, peak):
+    """ResNet-50 predict (issue 16): img/s per system and batch size, fastnn's speed-ups, each
+    system's GFLOP/s and share of the peak sgemm rate, and each child's peak RSS."""
+    med, images, flop = {}, {}, wl.resnet50_flops()
+    for system, peer in RESNET.items():
+        for b in runs.get(system, {}).get("benchmarks", []):
+            e = b["extra_info"]
+            med[e["resnet_batch"], peer] = b["stats"]["median"]
+            images[e["resnet_batch"], peer] = e["images"]
+    if not any(s in runs for s in RESNET):
+        return [], {}
+
+    def status(peer):
+        run = runs.get(f"resnet-{peer}")
+        return "–" if run is None else "error" if run["rc"] not in (0, 5) else "skipped"
+
+    peers = tuple(RESNET.values())
+    rss = {p: runs[f"resnet-{p}"]["rss_mib"] if med.get((16, p)) else None for p in peers}
+    lines = ["", f"### ResNet-50 predict (224×224), {flop / 1e9:.2f} GFLOP per image", "",
+             "| batch | fastnn img/s | PyTorch img/s | Keras img/s | fastnn/PyTorch | fastnn/Keras "
+             "| fastnn GFLOP/s (% peak) | PyTorch GFLOP/s (% peak) | Keras GFLOP/s (% peak) "
+             "| peak RSS MiB at batch 16: fastnn / PyTorch / Keras |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    data = dict(flop_per_image=flop, sgemm_peak_gflops=peak,
+                peak_rss_mib_batch16={p: rss[p] for p in peers})
+    for batch in (1, 16):
+        ips = {p: images[batch, p] / med[batch, p] if (batch, p) in med else None for p in peers}
+        gf = {p: ips[p] * flop / 1e9 if ips[p] else None for p in peers}
+        row = {f"{p}_img_s": ips[p] for p in peers}
+        row.update(fastnn_over_torch=ratio(ips["fastnn"], ips["torch"]),
+                   fastnn_over_keras=ratio(ips["fastnn"], ips["keras"]))
+        row.update({f"{p}_gflops": gf[p] for p in peers})
+        row.update({f"{p}_share_of_sgemm_peak": ratio(gf[p], peak) for p in peers})
+        data[f"batch{batch}"] = row
+        cells = [f"{ips[p]:.2f}" if ips[p] else status(p) for p in peers]
+        cells += [f"{row[k]:.2f}×" if row[k] else "–"
+                  for k in ("fastnn_over_torch", "fastnn_over_keras")]
+        cells += [(f"{gf[p]:.0f}" + (f" ({gf[p] / peak:.0%})" if peak else "")) if gf[p] else "–"
+                  for p in peers]
+        cells.append(" / ".join(fmt(rss[p], ".0f") for p in peers) if batch == 16 else "")
+        lines.append(f"| {batch} | " + " | ".join(cells) + " |")
+    lines += ["", "A round is 16 images: one predict call of 16 at batch 16, 16 calls of one image "
+              "at batch 1 (fastnn and Keras `model.predict(x, batch_size=b, verbose=0)`, PyTorch "
+              "the module under `torch.no_grad()`, NCHW prepared untimed); img/s = 16 / median "
+              "round. fastnn/peer = how many times faster fastnn is. GFLOP/s counts the convs' "
+              "and the Dense's multiply-adds ×2; % peak is of the peak sgemm rate above "
+              + ("(sgemm not run: –)" if not peak else f"({peak:.1f} GFLOP/s)") + ". Peak RSS: "
+              "the whole child (interpreter, framework, model, batch 1 and 16), from os.wait4."]
+    return lines, data
+
+
 def _fastnn_version():
     try:
         import fastnn
@@ -342,9 +418,10 @@ def main(argv=None):
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--systems", default=",".join(SYSTEMS),
                     help=f"comma-separated subset of {','.join(SYSTEMS)}")
-    known = list(wl.WORKLOADS) + list(wl.GRAPH_WORKLOADS) + ["predict"]
+    known = list(wl.WORKLOADS) + list(wl.GRAPH_WORKLOADS) + ["predict", "resnet50"]
     ap.add_argument("--workloads", help="comma-separated subset of " + ",".join(known) +
-                    " (training systems only; default: all)")
+                    " (narrows the training systems; resnet50 selects the resnet-* systems; "
+                    "default: all)")
     ap.add_argument("--samples", type=int,
                     help="smoke test: at most this many samples per round (times not comparable)")
     args = ap.parse_args(argv)
@@ -354,7 +431,7 @@ def main(argv=None):
         ap.error(f"unknown workload(s) {bad}; known: {known}")
     with tempfile.TemporaryDirectory(prefix="fastnn-bench-") as tmp:
         runs = {s: run_system(s, args.rounds, tmp, workloads, args.samples)
-                for s in args.systems.split(",")}
+                for s in args.systems.split(",") if selected(s, workloads)}
     text, data = build_report(runs, args.rounds, workloads, args.samples)
     print(text)
     if args.json:

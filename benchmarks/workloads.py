@@ -1,9 +1,10 @@
 """What the benchmarks run, shared by the pytest-benchmark suite and report.py: the MNIST loader,
 the workloads (two MLPs and the Keras tutorial CNN; the graph workloads of issue 15: a deep
 functional chain, a residual MLP and a user-written Layer subclass), the one Keras script per
-network (run by fastnn and by Keras 3), the PyTorch loop, and the GEMM shapes / FLOP counts of
-training. Nothing here imports a framework at module level, so report.py can use it without
-paying for (or being broken by) any of them."""
+network (run by fastnn and by Keras 3), the PyTorch loop, the GEMM shapes / FLOP counts of
+training, and Keras's ResNet-50 (issue 16) in torch.nn with its FLOPs per image. Nothing here
+imports a framework at module level, so report.py can use it without paying for (or being
+broken by) any of them."""
 import gzip
 import os
 
@@ -353,3 +354,77 @@ def sgemm_shapes():
 def shape_users(shape):
     """The workloads that train with this GEMM shape."""
     return [name for name in WORKLOADS if shape in train_gemms(name)]
+
+
+# ---------------------------------------------------------------- ResNet-50 (issue 16)
+# Keras's ResNet-50 v1: per stage (filters, blocks, stride of the first block); each block's
+# output has 4 * filters channels.
+RESNET50_STAGES = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))
+RESNET50_PARAMS = 25_636_712   # keras.applications.ResNet50().count_params()
+
+
+def resnet50_convs(side=224):
+    """Every conv of Keras's ResNet-50, then its Dense, as (in channels, out channels, kernel,
+    stride, output side), in Keras's layer order."""
+    s = (side + 6 - 7) // 2 + 1          # conv1: ZeroPadding2D(3) + 7x7 stride-2 valid conv
+    convs = [(3, 64, 7, 2, s)]
+    s = (s + 2 - 3) // 2 + 1             # pool1: ZeroPadding2D(1) + 3x3 stride-2 max pool
+    cin = 64
+    for filters, blocks, stride in RESNET50_STAGES:
+        for b in range(blocks):
+            st = stride if b == 0 else 1
+            s = (s - 1) // st + 1        # Keras strides the 1x1 convs, not the 3x3
+            if b == 0:                   # the _0_conv shortcut
+                convs.append((cin, 4 * filters, 1, st, s))
+            convs += [(cin, filters, 1, st, s), (filters, filters, 3, 1, s),
+                      (filters, 4 * filters, 1, 1, s)]
+            cin = 4 * filters
+    return convs + [(cin, 1000, 1, 1, 1)]  # predictions: Dense after global average pooling
+
+
+def resnet50_flops(side=224):
+    """FLOPs of one image's forward pass: 2 * multiply-adds of every conv and the Dense
+    (7.72 GFLOP at 224x224; BN, pooling, activations and adds not counted)."""
+    return sum(2 * ci * co * k * k * s * s for ci, co, k, _, s in resnet50_convs(side))
+
+
+def resnet50_torch():
+    """Keras's ResNet-50 (applications.ResNet50) in plain torch.nn, NCHW, softmax out (the local
+    torchvision wheel does not load against the CPU torch). Unlike torchvision's v1.5, the
+    stride is on each stage's first 1x1 conv; conv biases on and BN eps 1.001e-5 as in Keras."""
+    from torch import nn
+
+    def conv_bn(cin, cout, k, stride=1):
+        return [nn.Conv2d(cin, cout, k, stride, padding=k // 2), nn.BatchNorm2d(cout, eps=1.001e-5)]
+
+    class Block(nn.Module):
+        def __init__(self, cin, filters, stride, shortcut):
+            super().__init__()
+            self.shortcut = (nn.Sequential(*conv_bn(cin, 4 * filters, 1, stride)) if shortcut
+                             else None)
+            self.body = nn.Sequential(*conv_bn(cin, filters, 1, stride), nn.ReLU(),
+                                      *conv_bn(filters, filters, 3), nn.ReLU(),
+                                      *conv_bn(filters, 4 * filters, 1))
+            self.relu = nn.ReLU()
+
+        def forward(self, x):
+            return self.relu((x if self.shortcut is None else self.shortcut(x)) + self.body(x))
+
+    # conv1's padding 3 is Keras's ZeroPadding2D(3) + valid conv; after a ReLU, max pool's
+    # -inf padding equals pool1's ZeroPadding2D(1)
+    mods, cin = [*conv_bn(3, 64, 7, 2), nn.ReLU(), nn.MaxPool2d(3, 2, padding=1)], 64
+    for filters, blocks, stride in RESNET50_STAGES:
+        for b in range(blocks):
+            mods.append(Block(cin, filters, stride if b == 0 else 1, shortcut=b == 0))
+            cin = 4 * filters
+    return nn.Sequential(*mods, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 1000),
+                         nn.Softmax(dim=1))
+
+
+def keras_param_count(module):
+    """A torch module's parameter count as Keras counts it: BatchNorm's running mean and
+    variance are (non-trainable) weights there."""
+    from torch import nn
+    return sum(p.numel() for p in module.parameters()) + sum(
+        m.running_mean.numel() + m.running_var.numel() for m in module.modules()
+        if isinstance(m, nn.BatchNorm2d))
