@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 
-from . import activations, initializers
+from . import activations, initializers, registry
 from ._config import without_defaults
 from . import ops as array_ops
 from .autodiff import Tensor, Variable, gradients, is_recording, no_grad, tape, value_of
@@ -1661,9 +1661,15 @@ _CLASSES = {c.__name__: c for c in (
     Identity, Reshape, Permute, RepeatVector, ZeroPadding2D, Cropping2D, UpSampling2D)}
 
 
-def get_class(name):
-    try:
+def get_class(name, registered_name=None):
+    """The layer class a config names: a custom class registered or passed as custom_objects
+    (fastnn.registry), else one of fastnn's own. Nothing else is imported."""
+    custom = registry.lookup(name, registered_name)
+    if custom is not None:
+        return custom
+    if name in _CLASSES:
         return _CLASSES[name]
-    except KeyError:
-        raise ValueError(f"Unknown layer class {name!r}; known: {', '.join(sorted(_CLASSES))}") \
-            from None
+    raise ValueError(f"Unknown layer class {name!r}: not one of fastnn's layers "
+                     f"({', '.join(sorted(_CLASSES))}) nor a registered custom object. "
+                     "Register your class with @fastnn.saving.register_keras_serializable(), "
+                     f"or pass custom_objects={{{name!r}: {name}}}")

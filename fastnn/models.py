@@ -1,12 +1,14 @@
 """Keras's models: Model (subclass it with layers and a call()), Functional (Model(inputs,
 outputs): a graph of layer calls), Sequential (a chain of layers). Their structure, weights,
 summary and config live here; compile / fit / evaluate / predict in fastnn.trainer."""
+import inspect
 import json
 import threading
 
 import numpy as np
 
 from . import losses as losses_module
+from . import registry
 from . import metrics as metrics_module
 from .autodiff import Tensor, no_grad, value_of
 from .backend import get_ops, unique_name
@@ -18,12 +20,31 @@ from .trainer import Trainer, _scaled, _shape_str, fits, scale_back
 
 
 def _layer_entry(layer):
-    """A layer as Keras serializes it in a model's config."""
-    entry = {"module": "keras.layers", "class_name": type(layer).__name__,
-             "config": layer.get_config(), "registered_name": None}
+    """A layer as Keras serializes it in a model's config (a user's class by its module and
+    registered name, which loading resolves through fastnn.registry)."""
+    cls = type(layer)
+    if cls.__module__ == Layer.__module__:
+        entry = {"module": "keras.layers", "class_name": cls.__name__,
+                 "config": layer.get_config(), "registered_name": None}
+    else:
+        if cls.get_config is Layer.get_config and _init_args(cls):
+            raise NotImplementedError(
+                f"Layer {layer.name!r} ({cls.__name__}) takes arguments "
+                f"{_init_args(cls)} but defines no get_config() returning them: define it "
+                "(as in Keras) so that the layer can be saved")
+        entry = {"module": cls.__module__, "class_name": cls.__name__,
+                 "config": layer.get_config(),
+                 "registered_name": registry.get_registered_name(cls)}
     if layer.built and not isinstance(layer, InputLayer):
         entry["build_config"] = {"input_shape": _as_lists(layer.input_shape)}
     return entry
+
+
+def _init_args(cls):
+    """The arguments a Layer subclass's constructor takes beyond Layer's own."""
+    base = set(inspect.signature(Layer.__init__).parameters)
+    return [name for name, p in inspect.signature(cls.__init__).parameters.items()
+            if name not in base and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
 
 
 def _as_lists(shape):
@@ -375,14 +396,20 @@ class Model(Trainer):
         return config
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config, custom_objects=None):
         if "input_layers" in config and not issubclass(cls, Sequential):
-            return Functional.from_config(config)       # keras.Model.from_config does too
+            # keras.Model.from_config of a functional config builds one too
+            return Functional.from_config(config, custom_objects)
+        with registry.custom_object_scope(custom_objects):
+            return cls._sequential_from_config(config)
+
+    @classmethod
+    def _sequential_from_config(cls, config):
         from .saving import check_sequential_config
         check_sequential_config(config)     # a malformed entry raises naming its key
         model = cls(name=config.get("name"), trainable=config.get("trainable", True))
         for entry in config["layers"]:
-            layer_cls = get_class(entry["class_name"])
+            layer_cls = get_class(entry["class_name"], entry.get("registered_name"))
             model.add(layer_cls.from_config(entry["config"]))
         if not model.built and config.get("build_input_shape"):
             model.build(tuple(config["build_input_shape"]))
@@ -534,12 +561,12 @@ class Functional(Model):
                                "keras_history": history(t)}}
         layers = []
         for layer in self._tracked:
-            if isinstance(layer, Model) or type(layer).__module__ != Layer.__module__ or \
-                    type(layer).__name__ not in _LAYER_CLASSES:
+            if isinstance(layer, Model) or (type(layer).__module__ == Layer.__module__ and
+                                            type(layer).__name__ not in _LAYER_CLASSES):
                 raise NotImplementedError(
                     f"Model {self.name!r}: layer {layer.name!r} ({type(layer).__name__}) "
-                    "cannot be written to a config yet (nested models, ops on symbolic "
-                    "tensors and custom layers); save_weights() keeps the weights")
+                    "cannot be written to a config yet (nested models and ops on symbolic "
+                    "tensors); save_weights() keeps the weights")
             entry = _layer_entry(layer)
             entry["name"] = layer.name
             entry["inbound_nodes"] = [
@@ -559,11 +586,17 @@ class Functional(Model):
         """The model get_config describes: its layers made from their configs, then called
         on each other's outputs as the inbound_nodes say (in as many passes as a call on a
         later layer's output needs)."""
+        with registry.custom_object_scope(custom_objects):
+            return cls._from_config(config)
+
+    @classmethod
+    def _from_config(cls, config):
         from .saving import check_functional_config
         check_functional_config(config)
         made, outputs, pending = {}, {}, []
         for entry in config["layers"]:
-            layer = get_class(entry["class_name"]).from_config(entry["config"])
+            layer = get_class(entry["class_name"],
+                              entry.get("registered_name")).from_config(entry["config"])
             made[entry["name"]] = layer
             if isinstance(layer, InputLayer):
                 outputs[entry["name"], 0] = [layer.output]
@@ -888,9 +921,23 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     return _load(filepath, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
 
 
+def clone_model(model, input_tensors=None, clone_function=None, call_function=None,
+                recursive=False):
+    """A new model of the same architecture with new layers (weights initialised afresh, as
+    Keras does: copy them with set_weights(model.get_weights())), from the model's config."""
+    for arg, value in (("input_tensors", input_tensors), ("clone_function", clone_function),
+                       ("call_function", call_function)):
+        if value is not None:
+            raise NotImplementedError(f"clone_model: {arg} is not supported by fastnn yet")
+    if recursive:
+        raise NotImplementedError("clone_model: recursive=True is not supported by fastnn yet")
+    return type(model).from_config(model.get_config())
+
+
 def model_from_json(json_string, custom_objects=None):
     """The model a to_json() string describes (its layers, not its weights), as Keras's
     keras.models.model_from_json. Class names resolve only against fastnn's own layers."""
     from .saving import model_from_config_entry
-    return model_from_config_entry(json.loads(json_string), root="json")
+    with registry.custom_object_scope(custom_objects):
+        return model_from_config_entry(json.loads(json_string), root="json")
 

@@ -39,6 +39,8 @@ import numpy as np
 
 from . import __version__
 from . import _config as C
+from . import registry
+from .registry import custom_object_scope, get_custom_objects, register_keras_serializable  # noqa: F401,E501
 
 KERAS_VERSION = "3.15.1"   # the Keras format version these files follow
 MAX_JSON_BYTES = 64 << 20  # config.json / metadata.json / a legacy .h5's config attributes
@@ -354,7 +356,7 @@ def _check_layer_entry(entry, path):
         if key in entry:
             C.expect_str(entry[key], f"{path}.{key}", none_ok=True)
     try:
-        cls = layers.get_class(class_name)
+        cls = layers.get_class(class_name, entry.get("registered_name"))
     except ValueError as exc:
         raise C.prefixed(exc, f"{path}.class_name") from None
     cfg = C.expect_dict(C.get_key(entry, "config", path), f"{path}.config")
@@ -697,14 +699,12 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     """Load a .keras (zip) or legacy .h5 file. Never unpickles, imports or calls anything the
     file names (safe_mode is always on: fastnn has no Lambda layers to unlock)."""
     path = os.fspath(filepath)
-    if custom_objects is not None and not isinstance(custom_objects, dict):
-        raise TypeError(f"custom_objects must be a dict or None, got {custom_objects!r}")
-    with _open_checked(path) as f:
+    with registry.custom_object_scope(custom_objects), _open_checked(path) as f:
         head = f.read(8)
-    if head[:4] in _ZIP_MAGIC or path.endswith(".keras"):
-        return _load_keras_zip(path, compile)
-    if path.endswith((".h5", ".hdf5")) or head == _HDF5_MAGIC:
-        return _load_legacy_h5(path, compile, _h5py("loading .h5 files"))
+        if head[:4] in _ZIP_MAGIC or path.endswith(".keras"):
+            return _load_keras_zip(path, compile)
+        if path.endswith((".h5", ".hdf5")) or head == _HDF5_MAGIC:
+            return _load_legacy_h5(path, compile, _h5py("loading .h5 files"))
     raise ValueError(f"File format not supported: {path!r} is neither a .keras (zip) archive "
                      "nor an HDF5 file. fastnn loads .keras and legacy .h5 files")
 

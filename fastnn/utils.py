@@ -96,3 +96,4 @@ def plot_history(history, path=None, title=None):
 # Keras's keras.utils file and image helpers (Pillow is imported only when an image function runs).
 from .downloads import get_file  # noqa: E402,F401
 from .images import array_to_img, img_to_array, load_img, save_img  # noqa: E402,F401
+from .registry import custom_object_scope, get_custom_objects, register_keras_serializable  # noqa: E402,F401,E501

@@ -137,3 +137,68 @@ def test_keras_opens_what_fastnn_writes_and_trains_on_alike(tmp_path, name, fmt)
     # that RMSprop scales up to steps of ~1e-5
     for a, b in zip(model.get_weights(), theirs.get_weights()):
         np.testing.assert_allclose(a, keras.ops.convert_to_numpy(b), rtol=1e-4, atol=5e-5)
+
+
+def test_custom_layers_register_save_and_load(tmp_path):
+    """A user's Layer subclass saves with its registered name and loads through the registry
+    or custom_objects; unregistered, the error says how to register it."""
+    @fastnn.saving.register_keras_serializable(package="fastnn_tests")
+    class Scale(fastnn.layers.Layer):
+        def __init__(self, factor=2.0, **kwargs):
+            super().__init__(**kwargs)
+            self.factor = factor
+
+        def build(self, input_shape):
+            self.w = self.add_weight(shape=(input_shape[-1],), initializer="ones", name="w")
+
+        def call(self, x):
+            return x * self.w * self.factor
+
+        def get_config(self):
+            return {**super().get_config(), "factor": self.factor}
+
+    class Unregistered(Scale):
+        pass
+
+    inputs = fastnn.Input(shape=(3,))
+    model = fastnn.Model(inputs, fastnn.layers.Dense(2)(Scale(3.0, name="scale")(inputs)))
+    model.compile("sgd", "mse")
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    model.fit(x, np.ones((2, 2)), verbose=0)
+    entry = model.get_config()["layers"][1]
+    assert entry["registered_name"] == "fastnn_tests>Scale" and entry["config"]["factor"] == 3.0
+    path = tmp_path / "custom.keras"
+    model.save(path)
+    loaded = fastnn.models.load_model(path)
+    assert type(loaded.get_layer("scale")) is Scale
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+    other = fastnn.Model(inputs, Unregistered(name="u")(inputs))
+    config = other.get_config()
+    with pytest.raises(ValueError, match="register_keras_serializable"):
+        fastnn.Model.from_config(config)
+    again = fastnn.Model.from_config(config, custom_objects={"Unregistered": Unregistered})
+    assert type(again.get_layer("u")) is Unregistered
+
+    class NoConfig(fastnn.layers.Layer):
+        def __init__(self, size, **kwargs):
+            super().__init__(**kwargs)
+            self.size = size
+
+        def call(self, x):
+            return x
+    with pytest.raises(NotImplementedError, match=r"\['size'\].*get_config"):
+        fastnn.Model(inputs, NoConfig(3)(inputs)).get_config()
+
+
+def test_clone_model_makes_new_layers_of_the_same_architecture():
+    model = fastnn.models.load_model(_fixture("functional.keras"))
+    clone = fastnn.models.clone_model(model)
+    assert clone is not model and clone.get_config() == model.get_config()
+    assert all(a is not b for a, b in zip(clone.layers, model.layers))
+    assert not np.allclose(clone.get_layer("predictions").get_weights()[0],
+                           model.get_layer("predictions").get_weights()[0])
+    clone.set_weights(model.get_weights())
+    x, expected = _batch("functional")
+    np.testing.assert_allclose(clone.predict(x, verbose=0), expected, atol=1e-5)
+    seq = fastnn.models.load_model(_fixture("mlp.keras"))
+    assert fastnn.models.clone_model(seq).get_config() == seq.get_config()
