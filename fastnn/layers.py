@@ -99,6 +99,20 @@ def _thread_state(local):
 _PASS = threading.local()
 
 
+_LENDER = threading.local()     # the buffer pool layers draw from in this thread, if any
+
+
+@contextlib.contextmanager
+def drawing_from(pool):
+    """Within the block, in this thread, layers take their buffers from `pool` (pool.take)
+    instead of keeping their own: an inference schedule's memory plan (fastnn.schedule)."""
+    previous, _LENDER.pool = getattr(_LENDER, "pool", None), pool
+    try:
+        yield
+    finally:
+        _LENDER.pool = previous
+
+
 @contextlib.contextmanager
 def forward_pass(layers, training, preactivation=None):
     """A model's forward pass over `layers` (its layers and theirs, at any depth); layers
@@ -312,7 +326,11 @@ class Layer:
         return _thread_state(self._thread)
 
     def _buffer(self, key, shape, dtype="float32"):
-        """A scratch array reused across steps of the same shape (kernels never allocate)."""
+        """A scratch array reused across steps of the same shape (kernels never allocate);
+        inside `drawing_from(pool)`, one the pool lends (shared with other layers)."""
+        pool = getattr(_LENDER, "pool", None)
+        if pool is not None:
+            return pool.take(shape, dtype)
         workspace = self._state().workspace
         buf = workspace.get(key)
         if buf is None or buf.shape != shape or buf.dtype != dtype:

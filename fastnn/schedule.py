@@ -7,7 +7,12 @@ tape's per-node cost is gone, and nothing about the math changes (the same kerne
 A node's state lives in its layer's per-thread slot (a layer called twice, two slots), so
 several threads may run one schedule at once. Graphs with a user's layer (its call() may
 add_loss or call other layers) or a nested model keep the tape (Functional.call)."""
-from .layers import Layer
+import threading
+
+import numpy as np
+
+from .backend import get_ops
+from .layers import Layer, drawing_from
 
 
 class Schedule:
@@ -43,19 +48,49 @@ class Schedule:
         self.shared = {id(layer) for layer in (node.layer for node in nodes)
                        if calls[id(layer)] > 1}
         self.layers = list({id(node.layer): node.layer for node in nodes}.values())
+        # how many steps read each tensor (the outputs are read once more, by the caller)
+        self.readers = {}
+        for _, ins, _, _, _, _, _ in self.steps:
+            for t in ins:
+                self.readers[t] = self.readers.get(t, 0) + 1
+        for t in self.outputs:
+            self.readers[t] = self.readers.get(t, 0) + 1
+        self._pools = threading.local()
 
     def forward(self, xs, training):
-        """The outputs (a list) for the input arrays `xs` (one per model input)."""
-        values = dict(zip(self.inputs, xs))
-        for layer, ins, out, several, slot, _, _ in self.steps:
-            local = layer._thread
-            local.slot = slot
-            try:
-                values[out] = layer.forward([values[t] for t in ins] if several
-                                            else values[ins[0]], training)
-            finally:
-                local.slot = 0
+        """The outputs (a list) for the input arrays `xs` (one per model input). Training
+        keeps every layer's buffers for backward; inference lends buffers from a pool, each
+        back to it once the last step reading it has run, so memory is the largest set of
+        tensors alive at once, not the sum of all of them."""
+        if training:
+            values = dict(zip(self.inputs, xs))
+            for step in self.steps:
+                self._run(step, values, training)
+            return [values[t] for t in self.outputs]
+        pool = self._pools.__dict__.setdefault("pool", Pool())
+        pool.reclaim()      # the last pass's outputs: the caller has read them
+        values, left = dict(zip(self.inputs, xs)), dict(self.readers)
+        with drawing_from(pool):
+            for step in self.steps:
+                lent = pool.lent()
+                self._run(step, values, training)
+                pool.keep(values[step[2]], since=lent)     # scratch goes back at once
+                for t in step[1]:
+                    left[t] -= 1
+                    if not left[t]:
+                        pool.give_back(values.pop(t))
         return [values[t] for t in self.outputs]
+
+    @staticmethod
+    def _run(step, values, training):
+        layer, ins, out, several, slot, _, _ = step
+        local = layer._thread
+        local.slot = slot
+        try:
+            values[out] = layer.forward([values[t] for t in ins] if several
+                                        else values[ins[0]], training)
+        finally:
+            local.slot = 0
 
     def backward(self, grads, preactivation=None):
         """Back-propagate the outputs' gradients (one array or None per output) through this
@@ -99,6 +134,62 @@ class Schedule:
             if id(layer) not in written:
                 for name in layer._trainable_names:
                     layer.grads[name][...] = 0
+
+
+class Pool:
+    """Flat buffers lent as arrays of any shape that fits (best fit by size, per dtype). A
+    buffer stays lent while any tensor alive in the pass views it."""
+
+    def __init__(self):
+        self.free, self.busy = [], {}       # free buffers; id(buffer) -> [buffer, users]
+        self.order = []                     # buffers lent in the step running now
+
+    def take(self, shape, dtype="float32"):
+        dtype, size = np.dtype(dtype), int(np.prod(shape, dtype=np.int64))
+        fits = [(b.size, i) for i, b in enumerate(self.free)
+                if b.dtype == dtype and size <= b.size <= 2 * size + 4096]
+        if fits:
+            buf = self.free.pop(min(fits)[1])       # the smallest that fits
+        else:
+            buf = get_ops().empty((max(size, 1),), dtype)
+        self.busy[id(buf)] = [buf, 1]
+        self.order.append(buf)
+        return buf[:size].reshape(shape)
+
+    def lent(self):
+        return len(self.order)
+
+    def keep(self, output, since):
+        """After a step: the buffers it took go back, except the one its output views (an
+        output viewing an earlier tensor's buffer, a reshape say, is one more user of it)."""
+        root = _root(output) if isinstance(output, get_ops().xp.ndarray) else None
+        taken = self.order[since:]
+        del self.order[since:]
+        for buf in taken:
+            if buf is not root:
+                self._release(buf)
+        if root is not None and id(root) in self.busy and all(b is not root for b in taken):
+            self.busy[id(root)][1] += 1
+
+    def give_back(self, tensor):
+        """A tensor no later step reads: its buffer goes back once nothing else views it."""
+        root = _root(tensor) if isinstance(tensor, get_ops().xp.ndarray) else None
+        if root is not None and id(root) in self.busy:
+            self._release(root)
+
+    def _release(self, buf):
+        entry = self.busy.get(id(buf))
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del self.busy[id(buf)]
+            self.free.append(buf)
+
+    def reclaim(self):
+        """Every buffer back (a new pass: the last one's tensors are all dead)."""
+        self.free += [entry[0] for entry in self.busy.values()]
+        self.busy, self.order = {}, []
 
 
 def _root(a):

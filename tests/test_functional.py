@@ -515,3 +515,41 @@ def test_an_open_image_size_trains_and_predicts_at_any_size():
             assert model.predict(x, verbose=0).shape == (4, 2)
     with pytest.raises(ValueError, match="known last input dimension"):
         Dense(2)(L.Flatten()(Input(shape=(None, None, 3))))
+
+
+def test_inference_on_a_schedule_lends_buffers_from_one_pool():
+    """predict on a schedule lends layers their buffers from a pool, each back once no later
+    step reads it: the same outputs as the tape, batch after batch (views of a live buffer,
+    a Flatten's or a Dropout's, keep it lent), with far less memory than every layer's own."""
+    fastnn.utils.set_random_seed(9)
+    inputs = Input(shape=(6, 6, 2))
+    a = L.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+    b = L.Dropout(0.5)(L.Conv2D(4, 1)(a))
+    c = L.add([a, b, L.Conv2D(4, 3, padding="same")(b)])
+    flat = L.Flatten()(L.MaxPooling2D()(c))
+    d = Dense(8, activation="tanh")(flat)
+    out = L.concatenate([d, Dense(3)(flat)])
+    model = fastnn.Model(inputs, [Dense(2)(out), L.Reshape((11, 1))(out)])
+    rng = np.random.default_rng(9)
+    batches = [rng.standard_normal((5, 6, 6, 2)).astype(np.float32) for _ in range(3)]
+    pooled = [model.predict(x, verbose=0) for x in batches + batches[:1]]
+    schedule, model._schedule = model._schedule, None
+    taped = [model.predict(x, verbose=0) for x in batches + batches[:1]]
+    model._schedule = schedule
+    for p, t in zip(pooled, taped):
+        for a_, b_ in zip(p, t):
+            np.testing.assert_allclose(a_, b_, rtol=1e-6, atol=1e-7)
+    for a_, b_ in zip(pooled[0], pooled[3]):        # the same batch again: the same answer
+        np.testing.assert_array_equal(a_, b_)
+
+
+def test_resnet_inference_memory_is_the_live_set():
+    from fastnn.applications import ResNet50
+    model = ResNet50(weights=None, include_top=False, input_shape=(64, 64, 3), pooling="avg")
+    x = np.random.default_rng(0).random((4, 64, 64, 3), dtype=np.float32)
+    model.predict(x, verbose=0)
+    pool = model._schedule._pools.pool
+    lent = sum(b.nbytes for b in pool.free + [e[0] for e in pool.busy.values()])
+    # every node's output, batch 4, float32: what each layer keeping its own would hold
+    every = sum(4 * int(np.prod(node.outputs[0].shape[1:])) * 4 for node in model._nodes)
+    assert lent < every / 4, (lent, every)
