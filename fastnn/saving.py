@@ -32,6 +32,7 @@ import socket
 import stat
 import tempfile
 import time
+import warnings
 import zipfile
 import zlib
 
@@ -803,11 +804,15 @@ def _read_weights_member(zf, info, path, spec):
 
 
 def _check_array_header(shape, dtype, key, where, spec):
+    """Raise unless the array may be read; False for a layer weight skip_mismatch skips."""
     if dtype.kind not in "fiu":
         raise _FileError(f"{where}: {key} has dtype {dtype}, not a real number type")
     if key in spec["layers"]:
         want, owner = spec["layers"][key]
         if tuple(shape) != want:
+            if spec.get("skip_mismatch"):
+                spec["skipped"].add(_layer_group(key))
+                return False
             raise _FileError(f"{where}: {key} ({owner}) has shape {tuple(shape)}, the model "
                              f"expects {want}")
     else:
@@ -823,11 +828,19 @@ def _check_array_header(shape, dtype, key, where, spec):
 _OPT_KEY = re.compile(r"^optimizer/vars/(0|[1-9]\d{0,8})$")
 
 
+def _layer_group(key):
+    """layers/<name>/vars/<i> -> layers/<name>/ (a layer's weights, skipped together)."""
+    return key.rsplit("/vars/", 1)[0] + "/"
+
+
 def _wanted_keys(keys, where, spec):
     """The keys to read: every layer key must be one the model has; optimizer keys are read
     only when the optimizer is restored."""
     for key in keys:
         if key.startswith("layers/") and key not in spec["layers"]:
+            if spec.get("skip_mismatch"):       # a weight the layer does not have
+                spec["skipped"].add(_layer_group(key))
+                continue
             raise _FileError(f"{where}: holds {key}, which the model built from the config "
                              "does not have (a different model's weights?)")
     wanted = [k for k in keys if k in spec["layers"]]
@@ -846,8 +859,8 @@ def _read_h5_expected(file, where, spec, h5py):
                          if isinstance(obj, h5py.Dataset) else None)
             for key in _wanted_keys(keys, where, spec):
                 ds = f[key]
-                _check_array_header(ds.shape, ds.dtype, key, where, spec)
-                arrays[key] = ds[()]
+                if _check_array_header(ds.shape, ds.dtype, key, where, spec) is not False:
+                    arrays[key] = ds[()]
     except _FileError:
         raise
     except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
@@ -868,7 +881,8 @@ def _read_npz_expected(file, where, spec):
                     if read_header is None:
                         raise _FileError(f"{where}: {key}: .npy format {version} is not read")
                     shape, fortran, dtype = read_header(f)
-                    _check_array_header(shape, dtype, key, where, spec)
+                    if _check_array_header(shape, dtype, key, where, spec) is False:
+                        continue
                     if members[key].file_size > 8 * math.prod(shape) + 65536:
                         raise _FileError(f"{where}: {key} is larger than its shape {shape}")
                 with zf.open(members[key]) as f:
@@ -883,8 +897,21 @@ def _read_npz_expected(file, where, spec):
 def _restore(model, arrays, source, spec):
     """Set the weights (every one checked first: a bad file leaves the model unchanged), then
     the optimizer's variables."""
-    weights = []
-    for key, (shape, owner) in spec["layers"].items():
+    weights, current = [], None
+    skipped = spec.get("skipped", set())
+    if spec.get("skip_mismatch"):     # a layer missing a weight is skipped whole
+        skipped |= {_layer_group(k) for k in spec["layers"] if k not in arrays}
+        skipped &= {_layer_group(k) for k in spec["layers"]}
+        current = model.get_weights()
+        if skipped:
+            names = sorted({spec["layers"][k][1].rsplit("/", 1)[0] for k in spec["layers"]
+                            if _layer_group(k) in skipped})
+            warnings.warn(f"load_weights({source}): skipped layers whose weights do not "
+                          f"match the file (skip_mismatch=True): {names}", stacklevel=3)
+    for i, (key, (shape, owner)) in enumerate(spec["layers"].items()):
+        if current is not None and _layer_group(key) in skipped:
+            weights.append(current[i])
+            continue
         if key not in arrays:
             raise _FileError(f"{source}: missing weight {key} ({owner})")
         weights.append(np.asarray(arrays[key]))
@@ -1085,11 +1112,12 @@ def load_weights(model, filepath, skip_mismatch=False, by_name=False):
     if legacy:
         return _load_legacy_weights(model, path, _h5py("load_weights"), by_name,
                                     skip_mismatch)
-    if by_name or skip_mismatch:
-        raise NotImplementedError(f"load_weights({path!r}): by_name and skip_mismatch are "
-                                  "implemented for legacy .h5 files only (Keras's by_name is "
-                                  "legacy-only too); load without them")
+    if by_name:
+        raise ValueError(f"load_weights({path!r}): by_name is for legacy .h5 files only, as "
+                         "in Keras")
     spec = _expected(model, include_optimizer=False)
+    if skip_mismatch:
+        spec.update(skip_mismatch=True, skipped=set())
     if path.endswith(".keras"):
         with _open_zip(path) as zf:
             info = _weights_member(zf, path)

@@ -202,3 +202,27 @@ def test_clone_model_makes_new_layers_of_the_same_architecture():
     np.testing.assert_allclose(clone.predict(x, verbose=0), expected, atol=1e-5)
     seq = fastnn.models.load_model(_fixture("mlp.keras"))
     assert fastnn.models.clone_model(seq).get_config() == seq.get_config()
+
+
+@pytest.mark.parametrize("fmt", [".weights.h5", ".keras"])
+def test_load_weights_skip_mismatch(tmp_path, fmt):
+    """skip_mismatch=True loads every layer that fits and keeps (with a warning naming
+    them) the layers whose weights do not; without it nothing is set."""
+    fastnn.utils.set_random_seed(4)
+    source = fastnn.Sequential([fastnn.Input(shape=(4,)), fastnn.layers.Dense(3, name="a"),
+                                fastnn.layers.Dense(2, name="b")])
+    path = str(tmp_path / f"w{fmt}")
+    source.save_weights(path) if fmt == ".weights.h5" else source.save(path)
+    target = fastnn.Sequential([fastnn.Input(shape=(4,)), fastnn.layers.Dense(3, name="a"),
+                                fastnn.layers.Dense(5, name="b")])
+    before = target.get_weights()
+    with pytest.raises(ValueError, match="shape"):
+        target.load_weights(path)
+    for a, b in zip(before, target.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.warns(UserWarning, match=r"\['b'\]"):
+        target.load_weights(path, skip_mismatch=True)
+    for a, b in zip(source.layers[0].get_weights(), target.layers[0].get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(before[2:], target.get_weights()[2:]):
+        np.testing.assert_array_equal(a, b)
