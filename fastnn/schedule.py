@@ -106,11 +106,11 @@ class Schedule:
             dy = pending.pop(out, None)
             if dy is None or not needed:
                 continue
-            root = _root(dy)
-            owners[id(root)] -= 1
+            key = get_ops().address(dy)
+            owners[key] -= 1
             # The layer's backward may overwrite its dy (so no other gradient may share its
             # memory) and its kernels read it row-major.
-            if owners[id(root)] or not dy.flags.c_contiguous:
+            if owners[key] or not dy.flags.c_contiguous:
                 dy = dy.copy()
             kwargs = {"preactivation": True} if layer is preactivation else {}
             local = layer._thread
@@ -138,11 +138,13 @@ class Schedule:
 
 class Pool:
     """Flat buffers lent as arrays of any shape that fits (best fit by size, per dtype). A
-    buffer stays lent while any tensor alive in the pass views it."""
+    buffer stays lent while any tensor alive in the pass views it; views are found by where
+    their data starts (Ops.address), which works the same on every backend."""
 
     def __init__(self):
-        self.free, self.busy = [], {}       # free buffers; id(buffer) -> [buffer, users]
-        self.order = []                     # buffers lent in the step running now
+        self.free = []
+        self.busy = {}          # start address -> [buffer, users, end address]
+        self.order = []         # start addresses of the buffers lent in the step running now
 
     def take(self, shape, dtype="float32"):
         dtype, size = np.dtype(dtype), int(np.prod(shape, dtype=np.int64))
@@ -152,39 +154,48 @@ class Pool:
             buf = self.free.pop(min(fits)[1])       # the smallest that fits
         else:
             buf = get_ops().empty((max(size, 1),), dtype)
-        self.busy[id(buf)] = [buf, 1]
-        self.order.append(buf)
+        start = get_ops().address(buf)
+        self.busy[start] = [buf, 1, start + buf.nbytes]
+        self.order.append(start)
         return buf[:size].reshape(shape)
 
     def lent(self):
         return len(self.order)
 
+    def _holder(self, tensor):
+        """The start address of the lent buffer a tensor's data lies in, or None."""
+        if not isinstance(tensor, get_ops().xp.ndarray):
+            return None
+        at = get_ops().address(tensor)
+        return next((start for start, (_, _, end) in self.busy.items() if start <= at < end),
+                    None)
+
     def keep(self, output, since):
-        """After a step: the buffers it took go back, except the one its output views (an
-        output viewing an earlier tensor's buffer, a reshape say, is one more user of it)."""
-        root = _root(output) if isinstance(output, get_ops().xp.ndarray) else None
+        """After a step: the buffers it took go back, except the one its output lies in (an
+        output inside an earlier tensor's buffer, a reshape say, is one more user of it)."""
+        holder = self._holder(output)
         taken = self.order[since:]
         del self.order[since:]
-        for buf in taken:
-            if buf is not root:
-                self._release(buf)
-        if root is not None and id(root) in self.busy and all(b is not root for b in taken):
-            self.busy[id(root)][1] += 1
+        for start in taken:
+            if start != holder:
+                self._release(start)
+        if holder is not None and holder not in taken:
+            self.busy[holder][1] += 1
 
     def give_back(self, tensor):
         """A tensor no later step reads: its buffer goes back once nothing else views it."""
-        root = _root(tensor) if isinstance(tensor, get_ops().xp.ndarray) else None
-        if root is not None and id(root) in self.busy:
-            self._release(root)
+        holder = self._holder(tensor)
+        if holder is not None:
+            self._release(holder)
 
-    def _release(self, buf):
-        entry = self.busy.get(id(buf))
+    def _release(self, start):
+        entry = self.busy.get(start)
         if entry is None:
             return
         entry[1] -= 1
         if entry[1] <= 0:
-            del self.busy[id(buf)]
-            self.free.append(buf)
+            del self.busy[start]
+            self.free.append(entry[0])
 
     def reclaim(self):
         """Every buffer back (a new pass: the last one's tensors are all dead)."""
@@ -192,19 +203,16 @@ class Pool:
         self.busy, self.order = {}, []
 
 
-def _root(a):
-    """The array owning a's memory (a itself, or the array a is a view of)."""
-    return a if a.base is None else a.base
-
-
 def _add(pending, owners, tid, g):
-    """Add g to tensor tid's gradient, counting which gradients share which memory."""
+    """Add g to tensor tid's gradient, counting the gradients whose data starts where (two
+    gradients that one array or its reshapes hold share that address)."""
+    address = get_ops().address
     have = pending.get(tid)
     if have is not None:
-        owners[id(_root(have))] -= 1
+        owners[address(have)] -= 1
         g = have + g
     pending[tid] = g
-    key = id(_root(g))
+    key = address(g)
     owners[key] = owners.get(key, 0) + 1
 
 

@@ -116,6 +116,9 @@ class FakeArray(np.lib.mixins.NDArrayOperatorsMixin):
     nbytes = property(lambda self: self._a.nbytes)
     itemsize = property(lambda self: self._a.itemsize)
     T = property(lambda self: FakeArray(self._a.T))
+    # CuPy's MemoryPointer: where the data starts on the device
+    data = property(lambda self: types.SimpleNamespace(
+        ptr=self._a.__array_interface__["data"][0]))
 
     def __getattr__(self, name):
         attr = getattr(self._a, name)

@@ -35,6 +35,10 @@ class Ops:
     def empty(self, shape, dtype="float32"):
         return self.xp.empty(shape, dtype=dtype)
 
+    def address(self, a):
+        """Where an array's data starts in memory (a view of a buffer's start shares it)."""
+        return a.__array_interface__["data"][0]
+
     def asarray(self, x, dtype="float32"):
         return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=dtype))
 
@@ -237,7 +241,9 @@ class Ops:
                                     dx=False if dx is False else dcols, dz=dy)
         if dx is False:
             return None
-        return dx if direct else self.col2im(dcols, window, x_shape, out=dx)
+        # (a backend may return its own array rather than fill the one it was given)
+        return dcols.reshape(x_shape) if direct else self.col2im(dcols, window, x_shape,
+                                                                 out=dx)
 
     # A Conv2D and the MaxPooling2D after it as one step. A backend may run it a chunk of
     # images at a time (CpuOps: the convolution output stays in cache); conv_pool_plan says how

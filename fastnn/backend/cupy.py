@@ -51,6 +51,9 @@ class CupyOps(Ops):
     name = "cuda"
     is_device = True
 
+    def address(self, a):
+        return a.data.ptr
+
     def __init__(self, xp=None, kernels=None):
         if xp is None:
             import cupy as xp
