@@ -226,3 +226,18 @@ def test_load_weights_skip_mismatch(tmp_path, fmt):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(before[2:], target.get_weights()[2:]):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["cnn", "functional"])
+def test_next_step_from_a_keras_file_is_keras_step(name):
+    """One more train_on_batch from Keras's file gives the weights Keras 3 gave (stored by
+    tests/data/make_keras_next_step.py, so this runs without Keras)."""
+    stored = np.load(os.path.join(os.path.dirname(__file__), "data", "keras_next_step.npz"))
+    model = fastnn.models.load_model(_fixture(f"{name}.keras"))
+    x, _ = _batch(name)
+    model.train_on_batch(x, np.arange(len(x)) % 5)
+    weights = model.get_weights()
+    assert len(weights) == len([k for k in stored.files if k.startswith(f"{name}/")])
+    for i, w in enumerate(weights):     # atol: see the conv-bias note above
+        np.testing.assert_allclose(w, stored[f"{name}/{i}"], rtol=1e-4, atol=5e-5,
+                                   err_msg=f"{name} weight {i}")
