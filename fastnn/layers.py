@@ -408,6 +408,11 @@ class Layer:
             training = bool(getattr(_PASS, "training", None))
         if isinstance(x, Tensor):       # inside a model's forward pass: the common case
             return self._call_on_tensor(x, training)
+        if getattr(_PASS, "counts", None) is not None and \
+                isinstance(x, get_ops().xp.ndarray):
+            # an array inside a model's forward pass (a user's call() returned one): still a
+            # node of the pass, or the layers after it would silently not train
+            return self._call_on_tensor(Tensor(x), training)
         if is_symbolic(x):
             return self._call_symbolic(x)
         if isinstance(x, (list, tuple)):        # several inputs: a merge layer, a user's
@@ -550,17 +555,30 @@ class InputLayer(Layer):
             shape = tuple(batch_shape)[1:]
         elif shape is None:
             shape = input_shape
-        super().__init__(name=name, dtype=dtype, **kwargs)
+        if isinstance(dtype, dict):     # Keras 3's DTypePolicy entry
+            dtype = (dtype.get("config") or {}).get("name")
+        try:
+            dtype = np.dtype("float32" if dtype is None else dtype)
+        except TypeError:
+            raise ValueError(f"InputLayer: dtype {dtype!r} is not a NumPy dtype") from None
+        if dtype != np.float32 and dtype.kind not in "iub":
+            raise ValueError(f"InputLayer: dtype must be float32 or an integer or bool type "
+                             f"(fastnn computes in float32), got {dtype.name!r}")
+        super().__init__(name=name, **kwargs)
         self.input_shape_arg = _shape_tuple(shape, "shape")
         self.batch_size = batch_size
+        # An integer input reaches the model's layers as it is (a user's layer, ops); fastnn's
+        # kernels read it as float32, as Keras promotes int @ float.
+        self.input_dtype = dtype.name
         node = Node(self, [], [(batch_size,) + self.input_shape_arg])
         node.several = False
         node.outputs[0].name = self.name
+        node.outputs[0].dtype = self.input_dtype
         self._inbound_nodes.append(node)
         self.built, self._build_shape = True, (batch_size,) + self.input_shape_arg
 
     def get_config(self):
-        return {"batch_shape": [None, *self.input_shape_arg], "dtype": "float32",
+        return {"batch_shape": [None, *self.input_shape_arg], "dtype": self.input_dtype,
                 "sparse": False, "name": self.name}
 
 

@@ -101,6 +101,7 @@ class Model(Trainer):
         self._layers = []
         self._input_shape = None        # the model's input shape without the batch axis
         self._input_name = None
+        self._input_dtype = "float32"     # an integer Input's batches stay integers
         self._output_shape = None
         self.built = False
         self.optimizer = None
@@ -385,7 +386,7 @@ class Model(Trainer):
         if self._input_shape is not None:
             layers.append({"module": "keras.layers", "class_name": "InputLayer",
                            "config": {"batch_shape": [None, *self._input_shape],
-                                      "dtype": "float32", "sparse": False,
+                                      "dtype": self._input_dtype, "sparse": False,
                                       "name": self._input_name or "input_layer"},
                            "registered_name": None})
         layers += [_layer_entry(layer) for layer in self._layers]
@@ -449,6 +450,11 @@ class Functional(Model):
                 raise ValueError(f"Model inputs must come from fastnn.Input(); {t.name} is "
                                  f"the output of layer {t.node.layer.name!r}")
         self.inputs, self.outputs = ins, outs
+        dtypes = {t.dtype for t in ins}
+        if len(ins) > 1 and dtypes != {"float32"}:
+            raise NotImplementedError(f"Model {self.name!r}: several inputs with integer "
+                                      f"dtypes ({sorted(dtypes)}) are not supported yet")
+        self._input_dtype = ins[0].dtype
         nodes, self._tracked = nodes_between(ins, outs)
         self._nodes = [node for node in nodes if node.inputs]     # not the inputs' own
         self._chain = self._as_chain()
@@ -891,6 +897,7 @@ class Sequential(Model):
                 raise ValueError("An Input/InputLayer can only be the first item of Sequential")
             self._input_shape = layer.input_shape_arg
             self._input_name = layer.name
+            self._input_dtype = layer.input_dtype
         elif isinstance(layer, Layer):
             if layer in self._layers:
                 raise ValueError(f"Layer {layer.name!r} is already in model {self.name!r}")

@@ -632,7 +632,13 @@ def _graph_aware(fn):
     def op(*args, **kwargs):
         if graph.has_symbolic(args) or (kwargs and graph.has_symbolic(kwargs.values())):
             return graph.symbolic_op(fn, args, kwargs)
-        return fn(*args, **kwargs)
+        out = fn(*args, **kwargs)
+        # an op without a gradient (one_hot, argmax, comparisons) keeps its result a tensor
+        # when it got one, so that the layers after it still run on the model's tape
+        if not isinstance(out, Tensor) and isinstance(out, _xp().ndarray) and \
+                fn.__name__ != "convert_to_numpy" and any(isinstance(a, Tensor) for a in args):
+            return Tensor(out)
+        return out
     return op
 
 

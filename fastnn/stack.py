@@ -84,7 +84,7 @@ class DenseRunner:
         """The model's runner, or None when the fused path does not cover it. training also
         requires the loss, metric and optimizer to have C kernels."""
         if not enabled() or get_ops().name != "cpu" or not model.trainable or \
-                model._subclassed:
+                model._subclassed or model._input_dtype != "float32":
             return None
         layers = _dense_layers(model)
         if layers is None:

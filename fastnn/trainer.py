@@ -230,6 +230,8 @@ class Trainer:
         if not ops.is_device or not arrays:
             return x, y, w
         batch_dtype = {id(a): np.int32 if a.dtype == np.int32 else np.float32 for a in arrays}
+        if isinstance(x, np.ndarray) and self._input_dtype != "float32":
+            batch_dtype[id(x)] = np.dtype(self._input_dtype)     # an integer Input
         size = sum(a.size * 4 for a in arrays)
         free = ops.free_memory()
         if free is not None and size > free // 2:
@@ -287,6 +289,8 @@ class Trainer:
 
     def _gather_host(self, key, source, idx):
         dtype = np.int32 if source.dtype == np.int32 else np.float32
+        if key in ("x", "call") and self._input_dtype != "float32":
+            dtype = np.dtype(self._input_dtype)         # an integer Input: no float cast
         if isinstance(idx, slice):
             rows = source[idx]
             if rows.dtype == dtype and rows.flags.c_contiguous:

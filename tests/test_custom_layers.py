@@ -251,3 +251,32 @@ def test_add_loss_outside_a_graph_model_raises():
     x, _ = _data()
     with pytest.raises(RuntimeError, match="add_loss"):
         model.fit(x, np.zeros((64, 2)), verbose=0)
+
+
+def test_layers_after_a_gradient_free_layer_still_train():
+    """A user's layer whose output carries no gradient (one_hot of its input, or an array it
+    made itself) must not stop the layers after it from training: they were silently frozen
+    (their calls ran outside the tape)."""
+    class OneHot(Layer):
+        def call(self, x):
+            return ops.reshape(ops.one_hot(ops.cast(x, "int32"), 5), (-1, 15))
+
+        def compute_output_shape(self, input_shape):
+            return (input_shape[0], 15)
+
+    class Detached(Layer):
+        def call(self, x):
+            return ops.convert_to_numpy(x) * 1.0
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 5, (32, 3)).astype(np.float32)
+    y = (x[:, 0] > 2).astype(np.int64)
+    for first in (OneHot, Detached):
+        fastnn.utils.set_random_seed(0)
+        inputs = Input(shape=(3,))
+        model = fastnn.Model(inputs, Dense(2, activation="softmax")(first()(inputs)))
+        model.compile(fastnn.optimizers.Adam(0.05), "sparse_categorical_crossentropy")
+        before = model.get_weights()[0].copy()
+        losses = model.fit(x, y, epochs=10, batch_size=8, verbose=0).history["loss"]
+        assert not np.allclose(model.get_weights()[0], before), first.__name__
+        assert losses[-1] < 0.7 * losses[0], first.__name__

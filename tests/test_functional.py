@@ -553,3 +553,39 @@ def test_resnet_inference_memory_is_the_live_set():
     # every node's output, batch 4, float32: what each layer keeping its own would hold
     every = sum(4 * int(np.prod(node.outputs[0].shape[1:])) * 4 for node in model._nodes)
     assert lent < every / 4, (lent, every)
+
+
+def test_integer_inputs_reach_the_model_as_integers():
+    """Input(dtype="int32"): a symbolic int32 tensor; batches stay integers (a user's layer
+    sees them as such: here it one-hot encodes them), fastnn's layers read them as float32
+    (Keras promotes int @ float); the dtype survives get_config and a .keras file."""
+    seen = []
+
+    class OneHot(L.Layer):
+        def call(self, x):
+            seen.append(str(x.dtype))
+            return fastnn.ops.reshape(fastnn.ops.one_hot(x, 5), (-1, 15))
+
+        def compute_output_shape(self, input_shape):
+            return (input_shape[0], 15)
+
+    tokens = Input(shape=(3,), dtype="int32", name="tokens")
+    assert tokens.dtype == "int32"
+    model = fastnn.Model(tokens, Dense(2, activation="softmax")(OneHot()(tokens)))
+    plain = fastnn.Sequential([Input(shape=(3,), dtype="int64"), Dense(2)])
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 5, (32, 3))
+    y = (x[:, 0] > 2).astype(np.int64)
+    model.compile(fastnn.optimizers.Adam(0.05), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    history = model.fit(x, y, epochs=20, batch_size=8, verbose=0)
+    assert set(seen) == {"int32"} and history.history["accuracy"][-1] == 1.0
+    plain.compile("sgd", "mse")
+    plain.fit(x, rng.standard_normal((32, 2)), verbose=0)
+    np.testing.assert_allclose(plain.predict(x, verbose=0),
+                               x.astype(np.float32) @ plain.layers[0].get_weights()[0] +
+                               plain.layers[0].get_weights()[1], rtol=1e-5, atol=1e-5)
+    assert plain.get_config()["layers"][0]["config"]["dtype"] == "int64"
+    assert model.get_config()["layers"][0]["config"]["dtype"] == "int32"
+    with pytest.raises(ValueError, match="dtype must be float32 or an integer"):
+        Input(shape=(3,), dtype="float64")
