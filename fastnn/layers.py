@@ -409,10 +409,11 @@ class Layer:
         if isinstance(x, Tensor):       # inside a model's forward pass: the common case
             return self._call_on_tensor(x, training)
         if getattr(_PASS, "counts", None) is not None and \
-                isinstance(x, get_ops().xp.ndarray):
-            # an array inside a model's forward pass (a user's call() returned one): still a
-            # node of the pass, or the layers after it would silently not train
-            return self._call_on_tensor(Tensor(x), training)
+                isinstance(x, (np.ndarray, get_ops().xp.ndarray)):
+            # an array inside a model's forward pass (a user's call() returned one, maybe on
+            # the host): still a node of the pass, or the layers after it would silently not
+            # train
+            return self._call_on_tensor(Tensor(get_ops().asarray(x, x.dtype)), training)
         if is_symbolic(x):
             return self._call_symbolic(x)
         if isinstance(x, (list, tuple)):        # several inputs: a merge layer, a user's
