@@ -83,7 +83,7 @@ int fnn_conv_pool_forward(const float *x, const float *kernel, const float *bias
                 fnn_gemm(0, 0, m * (int)pixels, filters, (int)kdim, 1.0f, c, (int)kdim, kernel,
                          filters, 0.0f, z, filters, 1);
                 fnn_maxpool_forward(z, yc, argmax + (size_t)b * out_img, &pg, 1);
-                fnn_bias_act_forward(act, alpha, yc, bias, yc,
+                fnn_bias_act_forward(act, alpha, yc, bias, NULL, NULL, yc,
                                      (size_t)m * pool->oh * pool->ow, (size_t)filters, 1);
             }
         });

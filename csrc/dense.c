@@ -1,19 +1,38 @@
 /* The dense layer's work outside the GEMMs (which go through BLAS from _core.pyx): the fused
  * bias + activation epilogue of the forward pass and the bias gradient of the backward pass. */
+#include <math.h>
+#include <stdlib.h>
+
 #include "fastnn.h"
 
-/* z += bias (broadcast over rows), then y = act(z). y may alias z when the activation's backward
- * pass does not need z. Both happen chunk by chunk of rows (~64 KB), so each chunk is still in
- * L1/L2 when its activation runs: one pass over a large output (a convolution's) instead of
- * two. The activation is row-wise, so chunking gives the same values. */
+/* The forward epilogue of a GEMM's output z (rows x cols), per element of column c:
+ *   v = z + bias[c];  v = (v - mean[c]) * gamma[c] / sqrt(var[c] + eps) + beta[c] (norm);
+ *   v += residual;    y = act(v)
+ * each part optional (NULL): a Dense or Conv2D layer's bias and activation, and at inference
+ * the BatchNormalization, residual Add and Activation layers after it, in one pass instead of
+ * four. z holds v on return; y may alias z when the activation's backward does not need z.
+ * The arithmetic is the one the separate layers do, in their order. Rows go chunk by chunk
+ * (~64 KB), so a chunk is still in L1/L2 when its activation runs. Returns -1 when out of
+ * memory for the folded normalization factors. */
 #define BIAS_ACT_CHUNK 16384
 
 FNN_DISPATCH
-void fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, float *y,
-                          size_t rows, size_t cols, int n_threads) {
-    if (!bias) {
+int fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, const fnn_norm *norm,
+                         const float *residual, float *y, size_t rows, size_t cols,
+                         int n_threads) {
+    if (!bias && !norm && !residual) {
         fnn_act_forward(act, alpha, z, y, rows, cols, n_threads);
-        return;
+        return 0;
+    }
+    float *scale = NULL, *shift = NULL;
+    if (norm) {
+        scale = (float *)malloc(2 * cols * sizeof(float));
+        if (!scale) return -1;
+        shift = scale + cols;
+        for (size_t c = 0; c < cols; c++) {     /* as fnn_bn_apply computes them */
+            scale[c] = (norm->gamma ? norm->gamma[c] : 1.0f) / sqrtf(norm->var[c] + norm->eps);
+            shift[c] = norm->beta ? norm->beta[c] : 0.0f;
+        }
     }
     size_t chunk = cols >= BIAS_ACT_CHUNK ? 1 : BIAS_ACT_CHUNK / cols;
     ptrdiff_t chunks = (ptrdiff_t)((rows + chunk - 1) / chunk), i;
@@ -24,11 +43,23 @@ void fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, flo
             size_t r0 = (size_t)i * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
             for (size_t r = r0; r < r1; r++) {
                 float *zr = z + r * cols;
-                for (size_t c = 0; c < cols; c++) zr[c] += bias[c];
+                if (bias)
+                    for (size_t c = 0; c < cols; c++) zr[c] += bias[c];
+                if (norm) {
+                    const float *mean = norm->mean;
+                    for (size_t c = 0; c < cols; c++)
+                        zr[c] = (zr[c] - mean[c]) * scale[c] + shift[c];
+                }
+                if (residual) {
+                    const float *rr = residual + r * cols;
+                    for (size_t c = 0; c < cols; c++) zr[c] += rr[c];
+                }
             }
             fnn_act_forward(act, alpha, z + r0 * cols, y + r0 * cols, r1 - r0, cols,
                             nt > 1 ? 1 : n_threads);
         });
+    free(scale);
+    return 0;
 }
 
 /* out[c] = sum over rows of a[r, c]. Each work item streams a block of up to 64 columns over a
@@ -82,7 +113,7 @@ int fnn_dense_forward(const fnn_dense *layer, const float *x, float *z, float *y
                     d_out, blocks ? FNN_SPLIT_K : FNN_SPLIT_AUTO, blocks, NULL,
                     n_threads) != 0)
         return -1;
-    fnn_bias_act_forward(layer->act, layer->alpha, z, layer->bias, y, (size_t)rows,
+    fnn_bias_act_forward(layer->act, layer->alpha, z, layer->bias, NULL, NULL, y, (size_t)rows,
                          (size_t)d_out, n_threads);
     return 0;
 }

@@ -117,8 +117,16 @@ typedef struct {
     float *d_kernel, *d_bias;
 } fnn_dense;
 
-void fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, float *y,
-                          size_t rows, size_t cols, int n_threads);
+/* Inference BatchNormalization statistics and factors (gamma, beta may be NULL). */
+typedef struct {
+    const float *mean, *var, *gamma, *beta;
+    float eps;
+} fnn_norm;
+/* y = act(((z + bias) - mean) * gamma / sqrt(var + eps) + beta + residual), each part optional
+ * (NULL); z holds the value before the activation on return. -1: out of memory. */
+int fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, const fnn_norm *norm,
+                         const float *residual, float *y, size_t rows, size_t cols,
+                         int n_threads);
 void fnn_column_sum(const float *a, float *out, size_t rows, size_t cols, int n_threads);
 /* z = x kernel + bias, y = act(z) (y may be z). Training splits the GEMM along the kernel's
  * rows as the backward pass does (fnn_gemm_row_blocks). Returns -1 when no BLAS is set. */

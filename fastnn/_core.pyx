@@ -22,8 +22,15 @@ cdef extern from "fastnn.h" nogil:
                          size_t cols, int n_threads)
     void fnn_act_backward(int act, float alpha, const float *z, const float *y,
                           const float *dy, float *dz, size_t rows, size_t cols, int n_threads)
-    void fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, float *y,
-                              size_t rows, size_t cols, int n_threads)
+    ctypedef struct fnn_norm:
+        const float *mean
+        const float *var
+        const float *gamma
+        const float *beta
+        float eps
+    int fnn_bias_act_forward(int act, float alpha, float *z, const float *bias,
+                             const fnn_norm *norm, const float *residual, float *y, size_t rows,
+                             size_t cols, int n_threads)
     void fnn_column_sum(const float *a, float *out, size_t rows, size_t cols, int n_threads)
     ctypedef struct fnn_dense:
         int d_in, d_out, act
@@ -554,6 +561,59 @@ def act_forward(int act, float alpha, z, y):
     _same_or_disjoint("act_forward: y", _p2(Y), _n2(Y), "z", _p2(Z), _n2(Z))
     with nogil:
         fnn_act_forward(act, alpha, &Z[0, 0], &Y[0, 0], Z.shape[0], Z.shape[1], _n_threads)
+
+
+def bias_act_forward(int act, float alpha, z, y, bias=None, mean=None, var=None, gamma=None,
+                     beta=None, float eps=0.0, residual=None):
+    """A GEMM output's epilogue, each part optional: z += bias; with mean and var, z =
+    (z - mean) * gamma / sqrt(var + eps) + beta (inference BatchNormalization; gamma, beta
+    may be None); z += residual; y = act(z). y may be z itself."""
+    _check_act(act)
+    cdef float[:, ::1] Z = _f2("bias_act_forward: z", z, True)
+    cdef float[:, ::1] Y = _f2("bias_act_forward: y", y, True)
+    cdef const float[:, ::1] R = _cf2("bias_act_forward: residual", residual, False)
+    cdef bint norm = mean is not None or var is not None
+    cdef const float[::1] B = _cf1("bias_act_forward: bias", bias, False)
+    cdef const float[::1] M = _cf1("bias_act_forward: mean", mean, norm)
+    cdef const float[::1] V = _cf1("bias_act_forward: var", var, norm)
+    cdef const float[::1] G = _cf1("bias_act_forward: gamma", gamma, False)
+    cdef const float[::1] BE = _cf1("bias_act_forward: beta", beta, False)
+    cdef tuple shape = _shape2(Z)
+    cdef Py_ssize_t cols = Z.shape[1]
+    _same_shape("bias_act_forward: y", _shape2(Y), shape)
+    if R is not None:
+        _same_shape("bias_act_forward: residual", _shape2(R), shape)
+    for name, vec in (("bias", B), ("mean", M), ("var", V), ("gamma", G), ("beta", BE)):
+        if vec is not None and vec.shape[0] != cols:
+            raise ValueError(f"bias_act_forward: {name}: expected shape ({cols},), got "
+                             f"({vec.shape[0]},)")
+    if not eps >= 0:
+        raise ValueError(f"bias_act_forward: eps must be >= 0, got {eps}")
+    if shape[0] == 0 or cols == 0:
+        return
+    cdef size_t nb = _n2(Z)
+    _same_or_disjoint("bias_act_forward: y", _p2(Y), _n2(Y), "z", _p2(Z), nb)
+    outs = [("z", <size_t>_p2(Z), nb)] + \
+        ([("y", <size_t>_p2(Y), nb)] if _p2(Y) != _p2(Z) else [])
+    ins = [("residual", <size_t>_p2(R), _n2(R)), ("bias", <size_t>_p1(B), _n1(B)),
+           ("mean", <size_t>_p1(M), _n1(M)), ("var", <size_t>_p1(V), _n1(V)),
+           ("gamma", <size_t>_p1(G), _n1(G)), ("beta", <size_t>_p1(BE), _n1(BE))]
+    _all_disjoint("bias_act_forward", outs, ins)
+    cdef fnn_norm nm
+    nm.mean, nm.var, nm.gamma, nm.beta, nm.eps = NULL, NULL, NULL, NULL, eps
+    if norm:
+        nm.mean, nm.var = &M[0], &V[0]
+        nm.gamma = NULL if G is None else &G[0]
+        nm.beta = NULL if BE is None else &BE[0]
+    cdef const float *bp = NULL if B is None else &B[0]
+    cdef const float *rp = NULL if R is None else &R[0, 0]
+    cdef const fnn_norm *np_ = &nm if norm else NULL
+    cdef int rc
+    with nogil:
+        rc = fnn_bias_act_forward(act, alpha, &Z[0, 0], bp, np_, rp, &Y[0, 0], Z.shape[0], cols,
+                                  _n_threads)
+    if rc != 0:
+        raise MemoryError("bias_act_forward: out of memory")
 
 
 def act_backward(int act, float alpha, z, y, dy, dz):

@@ -641,6 +641,18 @@ class Dense(Layer):
         st._x, st._z, st._y = x2, z, y
         return y.reshape(lead + (self.units,))
 
+    def forward_fused(self, x, norm=None, residual=None, act=(activations.LINEAR, 0.0)):
+        """Inference only (a linear Dense): this layer, then in its GEMM's epilogue the
+        BatchNormalization statistics `norm` (mean, var, gamma, beta, eps), the residual Add
+        and the activation `act` (id, alpha) of the layers after it (fastnn.schedule)."""
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        z = self._buffer("z", (x2.shape[0], self.units))
+        get_ops().dense_forward(x2, self.kernel, self._vars.get("bias"), act[0], act[1], z=z,
+                                y=z, norm=norm,
+                                residual=None if residual is None else residual.reshape(z.shape))
+        return z.reshape(lead + (self.units,))
+
     def backward(self, dy, need_dx=True, preactivation=False, kernel_step=0.0):
         """preactivation=True: dy is already dL/dz (a loss fused with this activation).
         kernel_step > 0: the kernel takes the plain SGD step kernel -= kernel_step * gradient
@@ -928,6 +940,19 @@ class Conv2D(_Windowed, Layer):
                                               z=z, y=y)
         st._x_shape, st._cols, st._z, st._y, st._window = x.shape, cols, z, y, window
         return y.reshape(n, oh, ow, self.filters)
+
+    def forward_fused(self, x, norm=None, residual=None, act=(activations.LINEAR, 0.0)):
+        """Inference only (a linear Conv2D): as Dense.forward_fused."""
+        window = self.window_at(x.shape)
+        kh, kw, _, _, _, _, oh, ow = window
+        n, c = x.shape[0], x.shape[3]
+        rows = n * oh * ow
+        cols = None if pointwise(window) else self._buffer("cols", (rows, kh * kw * c))
+        z = self._buffer("z", (rows, self.filters))
+        get_ops().conv2d_forward(x, self.kernel, self._vars.get("bias"), act[0], act[1], window,
+                                 cols=cols, z=z, y=z, norm=norm,
+                                 residual=None if residual is None else residual.reshape(z.shape))
+        return z.reshape(n, oh, ow, self.filters)
 
     def backward(self, dy, need_dx=True, preactivation=False):
         st = self._state()

@@ -11,8 +11,9 @@ import threading
 
 import numpy as np
 
+from . import activations
 from .backend import get_ops
-from .layers import Layer, drawing_from
+from .layers import Activation, Add, BatchNormalization, Conv2D, Dense, Layer, drawing_from
 
 
 class Schedule:
@@ -55,13 +56,21 @@ class Schedule:
                 self.readers[t] = self.readers.get(t, 0) + 1
         for t in self.outputs:
             self.readers[t] = self.readers.get(t, 0) + 1
+        shapes = {id(t): tuple(t.shape) for node in nodes for t in node.inputs + node.outputs}
+        self.inference_steps = _fused(self.steps, self.outputs, shapes)
+        self.inference_readers = {}
+        for _, ins, _, _, _, _, _ in self.inference_steps:
+            for t in ins:
+                self.inference_readers[t] = self.inference_readers.get(t, 0) + 1
+        for t in self.outputs:
+            self.inference_readers[t] = self.inference_readers.get(t, 0) + 1
         self._pools = threading.local()
 
     def forward(self, xs, training):
         """The outputs (a list) for the input arrays `xs` (one per model input). Training
-        keeps every layer's buffers for backward; inference lends buffers from a pool, each
-        back to it once the last step reading it has run, so memory is the largest set of
-        tensors alive at once, not the sum of all of them."""
+        keeps every layer's buffers for backward; inference runs the fused steps (_fused)
+        and lends buffers from a pool, each back to it once the last step reading it has run,
+        so memory is the largest set of tensors alive at once, not the sum of all of them."""
         if training:
             values = dict(zip(self.inputs, xs))
             for step in self.steps:
@@ -69,9 +78,9 @@ class Schedule:
             return [values[t] for t in self.outputs]
         pool = self._pools.__dict__.setdefault("pool", Pool())
         pool.reclaim()      # the last pass's outputs: the caller has read them
-        values, left = dict(zip(self.inputs, xs)), dict(self.readers)
+        values, left = dict(zip(self.inputs, xs)), dict(self.inference_readers)
         with drawing_from(pool):
-            for step in self.steps:
+            for step in self.inference_steps:
                 lent = pool.lent()
                 self._run(step, values, training)
                 pool.keep(values[step[2]], since=lent)     # scratch goes back at once
@@ -134,6 +143,72 @@ class Schedule:
             if id(layer) not in written:
                 for name in layer._trainable_names:
                     layer.grads[name][...] = 0
+
+
+class _Fused:
+    """A linear Conv2D or Dense and, in its GEMM's epilogue, the BatchNormalization, residual
+    Add and activation that follow it: one inference step (forward_fused)."""
+
+    def __init__(self, layer, norm, residual, act):
+        self.layer, self.norm, self.residual, self.act = layer, norm, residual, act
+        self._thread = layer._thread
+
+    def forward(self, xs, training=False):
+        x, residual = (xs[0], xs[1]) if self.residual else (xs, None)
+        norm = self.norm
+        if norm is not None:
+            norm = (norm.moving_mean, norm.moving_variance, norm._vars.get("gamma"),
+                    norm._vars.get("beta"), norm.epsilon)
+        return self.layer.forward_fused(x, norm=norm, residual=residual, act=self.act)
+
+
+def _fused(steps, outputs, shapes):
+    """The inference steps: each chain Conv2D/Dense (linear) -> [BatchNormalization] ->
+    [Add with one other input of the same shape] -> [Activation or a subclass (ReLU, ...),
+    elementwise] whose inner
+    tensors have no other reader becomes one _Fused step, at the chain's last place (where
+    all its inputs exist). Every other step runs as it is."""
+    readers = {}
+    for k, (_, ins, _, _, _, _, _) in enumerate(steps):
+        for t in ins:
+            readers.setdefault(t, []).append(k)
+    outputs = set(outputs)
+
+    def sole_reader(t, kind):
+        at = readers.get(t, ())
+        if len(at) != 1 or t in outputs or at[0] in absorbed or \
+                not isinstance(steps[at[0]][0], kind):
+            return None
+        return at[0]
+
+    placed, absorbed = {}, set()
+    for k, (layer, ins, out, several, slot, need_dx, needed) in enumerate(steps):
+        if type(layer) not in (Conv2D, Dense) or several or k in absorbed or \
+                layer.act_id != activations.LINEAR:
+            continue
+        chain, t, norm, residual, act = [k], out, None, None, (activations.LINEAR, 0.0)
+        j = sole_reader(t, BatchNormalization)
+        if j is not None:
+            norm, t = steps[j][0], steps[j][2]
+            chain.append(j)
+        j = sole_reader(t, Add)
+        if j is not None and len(steps[j][1]) == 2:
+            other = [u for u in steps[j][1] if u != t]
+            if len(other) == 1 and shapes.get(other[0]) == shapes.get(t):
+                residual, t = other[0], steps[j][2]
+                chain.append(j)
+        j = sole_reader(t, Activation)
+        if j is not None and steps[j][0].act_id != activations.SOFTMAX:
+            act, t = (steps[j][0].act_id, steps[j][0].act_alpha), steps[j][2]
+            chain.append(j)
+        if len(chain) == 1:
+            continue
+        ins = ins + ([residual] if residual is not None else [])
+        placed[chain[-1]] = (_Fused(layer, norm, residual is not None, act), ins, t,
+                             residual is not None, slot, [False] * len(ins), False)
+        absorbed.update(chain)
+    return [placed.get(k, step) for k, step in enumerate(steps)
+            if k in placed or k not in absorbed]
 
 
 class Pool:

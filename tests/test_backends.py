@@ -252,6 +252,54 @@ def test_maxpool_gradient_matches_finite_differences(cuda_ops, rng):
     np.testing.assert_allclose(get(ops, dx), numeric_grad(loss, x, 0.02), rtol=1e-3, atol=1e-4)
 
 
+# ---- the GEMM epilogue: bias, inference batch norm, residual, activation ----------------------
+_EPILOGUE_ACTS = {A.LINEAR: lambda v: v, A.RELU: lambda v: np.maximum(v, 0), A.TANH: np.tanh,
+                  A.SIGMOID: lambda v: 1 / (1 + np.exp(-v)),
+                  A.LEAKY_RELU: lambda v: np.where(v > 0, v, 0.2 * v)}
+
+
+@pytest.mark.parametrize("act", sorted(_EPILOGUE_ACTS))
+@pytest.mark.parametrize("parts", ["bias", "norm", "bias+norm+residual", "norm(no gamma, beta)",
+                                   "residual", "none"])
+@pytest.mark.parametrize("in_place", [True, False])
+def test_bias_act_forward_epilogue(ops, rng, act, parts, in_place):
+    """z (rows, cols) + bias, then BatchNormalization with inference statistics, + residual,
+    then the activation: against the layers' formulas in float64."""
+    rows, cols, eps = 53, 7, 1e-3
+    z = f32(rng, rows, cols, scale=2.0)
+    bias = f32(rng, cols) if "bias" in parts else None
+    mean, var = f32(rng, cols), np.abs(f32(rng, cols)) + 0.1
+    gamma, beta = (None, None) if "no gamma" in parts else (f32(rng, cols), f32(rng, cols))
+    norm = (mean, var, gamma, beta, eps) if "norm" in parts else None
+    residual = f32(rng, rows, cols) if "residual" in parts else None
+    v = z.astype(np.float64) + (0 if bias is None else bias)
+    if norm is not None:
+        v = (v - mean) / np.sqrt(var.astype(np.float64) + eps) * (1 if gamma is None else gamma) \
+            + (0 if beta is None else beta)
+    v = v + (0 if residual is None else residual)
+    alpha = 0.2 if act == A.LEAKY_RELU else 0.0
+    zd = put(ops, z)
+    dev = None if norm is None else tuple(
+        None if a is None or isinstance(a, float) else put(ops, a) for a in norm[:4]) + (eps,)
+    y = ops.bias_act_forward(act, alpha, zd, y=None if in_place else ops.empty(z.shape),
+                             bias=None if bias is None else put(ops, bias), norm=dev,
+                             residual=None if residual is None else put(ops, residual))
+    np.testing.assert_allclose(get(ops, y), _EPILOGUE_ACTS[act](v), rtol=1e-5, atol=1e-5)
+    if not in_place:        # z keeps the value before the activation
+        np.testing.assert_allclose(get(ops, zd), v, rtol=1e-5, atol=1e-5)
+
+
+def test_bias_act_forward_checks_its_arguments(rng):
+    ops, z = CpuOps(), f32(rng, 6, 4)
+    with pytest.raises(ValueError, match="bias_act_forward: mean: expected shape \\(4,\\)"):
+        ops.bias_act_forward(A.RELU, 0.0, z, norm=(np.zeros(3, np.float32),
+                                                  np.ones(4, np.float32), None, None, 1e-3))
+    with pytest.raises(ValueError, match="bias_act_forward: residual"):
+        ops.bias_act_forward(A.RELU, 0.0, z, residual=np.zeros((6, 3), np.float32))
+    with pytest.raises(ValueError, match="residual"):
+        ops.bias_act_forward(A.RELU, 0.0, z, residual=z)
+
+
 # ---- batch normalization ----------------------------------------------------------------------
 @pytest.mark.parametrize("affine", [True, False])
 def test_batchnorm(ops, rng, affine):

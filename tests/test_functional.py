@@ -543,6 +543,60 @@ def test_inference_on_a_schedule_lends_buffers_from_one_pool():
         np.testing.assert_array_equal(a_, b_)
 
 
+def test_inference_fuses_normalization_residual_and_activation_into_the_gemm():
+    """At inference, a linear Conv2D/Dense and the BatchNormalization, residual Add and
+    activation after it run as one step (their math in the GEMM's epilogue), wherever the
+    tensors between them have no other reader; the outputs equal the tape's layer by layer.
+    Training keeps every layer's own step."""
+    from fastnn.schedule import _Fused
+    fastnn.utils.set_random_seed(10)
+    inputs = Input(shape=(6, 6, 3))
+    a = L.Activation("relu")(L.BatchNormalization()(L.Conv2D(4, 3, padding="same")(inputs)))
+    b = L.BatchNormalization()(L.Conv2D(4, 1, use_bias=False)(a))
+    c = L.ReLU()(L.add([b, a]))                                 # conv+bn+add+relu
+    d = L.Conv2D(4, 3, padding="same")(c)
+    e = L.BatchNormalization(center=False, scale=False)(d)      # d also an output: no fusion
+    f = L.LeakyReLU(negative_slope=0.1)(L.Conv2D(4, 3)(e))      # conv+activation
+    flat = L.Flatten()(f)
+    g = L.Activation("tanh")(L.BatchNormalization()(Dense(5)(flat)))   # dense+bn+tanh
+    h = L.Activation("softmax")(Dense(3)(g))                    # softmax: not in the epilogue
+    model = fastnn.Model(inputs, [h, d, L.add([Dense(5)(flat), g])])
+    rng = np.random.default_rng(10)
+    for layer in model.layers:      # statistics far from 0 and 1
+        if isinstance(layer, L.BatchNormalization):
+            c = layer.get_weights()[0].shape
+            layer.set_weights(([rng.uniform(0.5, 2.0, c), rng.standard_normal(c)]
+                               if layer.scale else []) +
+                              [rng.standard_normal(c), rng.uniform(0.2, 3.0, c)])
+    schedule = model._schedule
+    fused = [step[0] for step in schedule.inference_steps if isinstance(step[0], _Fused)]
+    parts = sorted((type(f.layer).__name__, f.norm is not None, f.residual, f.act[0])
+                   for f in fused)
+    from fastnn import activations as A
+    assert parts == sorted([("Conv2D", True, False, A.RELU), ("Conv2D", True, True, A.RELU),
+                            ("Conv2D", False, False, A.LEAKY_RELU),
+                            ("Dense", True, False, A.TANH),
+                            ("Dense", False, True, A.LINEAR)]), parts
+    assert len(schedule.steps) - len(schedule.inference_steps) == 2 + 3 + 1 + 2 + 1
+    x = rng.standard_normal((7, 6, 6, 3)).astype(np.float32)
+    fast = model.predict(x, verbose=0)
+    model._schedule = None
+    taped = model.predict(x, verbose=0)
+    model._schedule = schedule
+    for p, t in zip(fast, taped):
+        np.testing.assert_allclose(p, t, rtol=1e-5, atol=1e-5)
+    assert fast[2].std() > 0.1 and (fast[1] != 0).all()
+    # A BatchNormalization whose statistics change (one fit step) is read anew each call.
+    model.compile(fastnn.optimizers.SGD(0.1), ["sparse_categorical_crossentropy", "mse", "mse"])
+    model.fit(x, [np.arange(7) % 3, fast[1], fast[2]], batch_size=7, epochs=1, verbose=0)
+    fast = model.predict(x, verbose=0)
+    model._schedule = None
+    taped = model.predict(x, verbose=0)
+    model._schedule = schedule
+    for p, t in zip(fast, taped):
+        np.testing.assert_allclose(p, t, rtol=1e-5, atol=1e-5)
+
+
 def test_resnet_inference_memory_is_the_live_set():
     from fastnn.applications import ResNet50
     model = ResNet50(weights=None, include_top=False, input_shape=(64, 64, 3), pooling="avg")

@@ -149,13 +149,30 @@ class Ops:
         out[...] = res
         return out
 
-    def dense_forward(self, x, kernel, bias, act, alpha, z=None, y=None, training=False):
-        """z = x @ kernel + bias, y = act(z). Returns (z, y); y may be the same array as z.
-        training lets a backend split the GEMM the way the backward pass will (CpuOps)."""
-        z = self.gemm(x, kernel, out=z)
+    def bias_act_forward(self, act, alpha, z, y=None, bias=None, norm=None, residual=None):
+        """The epilogue of a GEMM's output z (rows, cols), each part optional: z += bias;
+        z = BatchNormalization of z with inference statistics norm = (mean, var, gamma, beta,
+        eps) (gamma, beta may be None); z += residual; y = act(z) (y may be z). The arithmetic
+        and order of the separate layers, in one pass over z. Returns y."""
         if bias is not None:
             z += bias
-        y = self.act_forward(act, alpha, z, out=y)
+        if norm is not None:
+            mean, var, gamma, beta, eps = norm
+            self.batchnorm_apply(z, mean, var, gamma, beta, eps, out=z)
+        if residual is not None:
+            z += residual
+        return self.act_forward(act, alpha, z, out=z if y is None else y)
+
+    def dense_forward(self, x, kernel, bias, act, alpha, z=None, y=None, training=False,
+                      norm=None, residual=None):
+        """z = x @ kernel + bias, y = act(z). Returns (z, y); y may be the same array as z.
+        training lets a backend split the GEMM the way the backward pass will (CpuOps).
+        Inference may fold the layers after it into the epilogue (bias_act_forward): norm, a
+        BatchNormalization's (mean, var, gamma, beta, eps), and residual, an Add's other
+        input, both applied before the activation."""
+        z = self.gemm(x, kernel, out=z)
+        y = self.bias_act_forward(act, alpha, z, y=self.xp.empty_like(z) if y is None else y,
+                                  bias=bias, norm=norm, residual=residual)
         return z, y
 
     def dense_backward(self, x, kernel, z, y, dy, act, alpha, d_kernel, d_bias, dx=None,
@@ -216,15 +233,17 @@ class Ops:
         out[...] = res
         return out
 
-    def conv2d_forward(self, x, kernel, bias, act, alpha, window, cols=None, z=None, y=None):
+    def conv2d_forward(self, x, kernel, bias, act, alpha, window, cols=None, z=None, y=None,
+                       norm=None, residual=None):
         """z = im2col(x) @ kernel(kh*kw*c, filters) + bias; y = act(z). Returns (cols, z, y)
-        with z, y as (n*oh*ow, filters). A pointwise window's im2col is x itself: no copy."""
+        with z, y as (n*oh*ow, filters). A pointwise window's im2col is x itself: no copy.
+        norm, residual: as dense_forward's."""
         if pointwise(window) and x.flags.c_contiguous:
             cols = x.reshape(-1, x.shape[-1])
         else:
             cols = self.im2col(x, window, out=cols)
         z, y = self.dense_forward(cols, kernel.reshape(-1, kernel.shape[-1]), bias, act, alpha,
-                                  z=z, y=y)
+                                  z=z, y=y, norm=norm, residual=residual)
         return cols, z, y
 
     def conv2d_backward(self, cols, kernel, z, y, dy, act, alpha, window, x_shape, d_kernel,

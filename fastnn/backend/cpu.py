@@ -62,6 +62,14 @@ class CpuOps(Ops):
         _core.act_forward(act, alpha, _as2d(z), _as2d(y))
         return y
 
+    def bias_act_forward(self, act, alpha, z, y=None, bias=None, norm=None, residual=None):
+        z = _required(z, "z")
+        y = z if y is None else y
+        mean, var, gamma, beta, eps = (None,) * 4 + (0.0,) if norm is None else norm
+        _core.bias_act_forward(act, alpha, _as2d(z), _as2d(y), bias, mean, var, gamma, beta, eps,
+                               None if residual is None else _as2d(_f32(residual, "residual")))
+        return y
+
     def act_backward(self, act, alpha, z, y, dy, out=None):
         y, dy = _f32(y, "y"), _f32(dy, "dy")
         dz = np.empty_like(dy) if out is None else out
@@ -75,11 +83,15 @@ class CpuOps(Ops):
         _core.column_sum(a, out)
         return out
 
-    def dense_forward(self, x, kernel, bias, act, alpha, z=None, y=None, training=False):
+    def dense_forward(self, x, kernel, bias, act, alpha, z=None, y=None, training=False,
+                      norm=None, residual=None):
         x, kernel = _f32(x, "x"), _f32(kernel, "kernel")
         shape = (x.shape[0], kernel.shape[1])
         z = np.empty(shape, np.float32) if z is None else z
         y = np.empty(shape, np.float32) if y is None else y
+        if norm is not None or residual is not None:
+            return super().dense_forward(x, kernel, bias, act, alpha, z=z, y=y, norm=norm,
+                                         residual=residual)
         _core.dense_forward(x, kernel, bias, z, y, act, alpha, training)
         return z, y
 

@@ -177,7 +177,26 @@ class CupyOps(Ops):
         if act == A.SOFTMAX:
             self._launch("softmax_rows", z.size // max(cols, 1), z, bias, i32(cols), y)
         else:
-            self._launch("bias_act", z.size, z, bias, i32(cols), i32(act), f32(alpha), y)
+            self._launch("bias_act_forward", z.size, z, bias, i32(cols), i32(act), f32(alpha), y,
+                         None, None, None, None, f32(0.0), None)
+
+    def bias_act_forward(self, act, alpha, z, y=None, bias=None, norm=None, residual=None):
+        if not self.kernels or act == A.SOFTMAX:
+            return super().bias_act_forward(act, alpha, z, y=y, bias=bias, norm=norm,
+                                            residual=residual)
+        y = z if y is None else y
+        mean = var = gamma = beta = None
+        eps = 0.0
+        if norm is not None:
+            mean, var, gamma, beta, eps = norm
+            mean, var, gamma, beta = (None if v is None else self._f32(v)
+                                      for v in (mean, var, gamma, beta))
+        if not 0 <= act <= A.SILU:
+            raise ValueError(f"unknown activation id {act}")
+        self._launch("bias_act_forward", z.size, z, self._f32(bias), i32(z.shape[-1]), i32(act),
+                     f32(alpha), y, mean, var, gamma, beta, f32(eps),
+                     None if residual is None else self._f32(residual))
+        return y
 
     def act_forward(self, act, alpha, z, out=None):
         z = self._f32(z)
@@ -202,9 +221,11 @@ class CupyOps(Ops):
             self._launch("act_grad", dy.size, z, y, dy, i32(act), f32(alpha), dz)
         return dz
 
-    def dense_forward(self, x, kernel, bias, act, alpha, z=None, y=None, training=False):
-        if not self.kernels:
-            return super().dense_forward(x, kernel, bias, act, alpha, z=z, y=y)
+    def dense_forward(self, x, kernel, bias, act, alpha, z=None, y=None, training=False,
+                      norm=None, residual=None):
+        if not self.kernels or norm is not None or residual is not None:
+            return super().dense_forward(x, kernel, bias, act, alpha, z=z, y=y, norm=norm,
+                                         residual=residual)
         z = self.gemm(x, kernel, out=z)
         y = self._buf(y, z.shape, "y")
         self._act_launch(act, alpha, z, self._f32(bias), y)

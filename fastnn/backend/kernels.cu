@@ -176,12 +176,22 @@ __device__ float act_slope(int act, float z, float y, float alpha) {
     }
 }
 
-// z += bias (per column, when given), y = act(z); y may be z. Elementwise ids only.
-extern "C" __global__ void bias_act(int n, float *z, const float *bias, int cols, int act,
-                                    float alpha, float *y) {
+// The epilogue of a GEMM's output, each part when given (per column c): z += bias;
+// z = (z - mean) * gamma / sqrt(var + eps) + beta (inference BatchNormalization); z += residual;
+// y = act(z); y may be z. Elementwise ids only.
+extern "C" __global__ void bias_act_forward(int n, float *z, const float *bias, int cols,
+                                            int act, float alpha, float *y, const float *mean,
+                                            const float *var, const float *gamma,
+                                            const float *beta, float eps,
+                                            const float *residual) {
     GRID_STRIDE_LOOP(i, n) {
+        int c = i % cols;
         float v = z[i];
-        if (bias) z[i] = v = v + bias[i % cols];
+        if (bias) v = v + bias[c];
+        if (mean) v = (v - mean[c]) * ((gamma ? gamma[c] : 1.0f) / sqrtf(var[c] + eps))
+                      + (beta ? beta[c] : 0.0f);
+        if (residual) v += residual[i];
+        if (bias || mean || residual) z[i] = v;
         y[i] = act_value(act, v, alpha);
     }
 }

@@ -201,6 +201,15 @@ def spec_bn_apply(rng):
         dict(x="in", mean="in", var="in", gamma="in?", beta="in?", y="out", same={("y", "x")})
 
 
+def spec_bias_act_forward(rng):
+    r, c = rng.integers(1, 6, 2)
+    return dict(act=int(rng.integers(0, 13)), alpha=0.1, z=f(rng, r, c), y=f(rng, r, c),
+                bias=f(rng, c), mean=f(rng, c), var=pos(rng, c), gamma=f(rng, c),
+                beta=f(rng, c), eps=1e-3, residual=f(rng, r, c)), \
+        dict(z="out", y="out", bias="in?", mean="in", var="in", gamma="in?", beta="in?",
+             residual="in?", same={("y", "z")}, ints={"act": True})
+
+
 def spec_bn_backward(rng):
     r, c = rng.integers(1, 6, 2)
     return dict(x=f(rng, r, c), dy=f(rng, r, c), mean=f(rng, c), var=pos(rng, c),
@@ -259,7 +268,7 @@ SPECS = {
     "maxpool_backward": spec_maxpool_backward, "avgpool_forward": spec_avgpool_forward,
     "avgpool_backward": spec_avgpool_backward, "conv_pool_forward": spec_conv_pool_forward,
     "conv_pool_backward": spec_conv_pool_backward, "bn_stats": spec_bn_stats,
-    "bn_apply": spec_bn_apply, "bn_backward": spec_bn_backward,
+    "bn_apply": spec_bn_apply, "bias_act_forward": spec_bias_act_forward, "bn_backward": spec_bn_backward,
     "bn_update_moving": spec_bn_update_moving, "gemm_row_blocks": spec_gemm_row_blocks,
     "conv_pool_plan": spec_conv_pool_plan, "activation_needs_input": spec_activation_needs_input,
 }
