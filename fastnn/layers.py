@@ -941,9 +941,24 @@ class Conv2D(_Windowed, Layer):
         st._x_shape, st._cols, st._z, st._y, st._window = x.shape, cols, z, y, window
         return y.reshape(n, oh, ow, self.filters)
 
-    def forward_fused(self, x, norm=None, residual=None, act=(activations.LINEAR, 0.0)):
-        """Inference only (a linear Conv2D): as Dense.forward_fused."""
-        window = self.window_at(x.shape)
+    def padded_window(self, x_shape, pad):
+        """The window over x that reads a ZeroPadding2D's `pad` ((top, bottom), (left, right))
+        around it as im2col's zeros, or None where some window would lie wholly in the
+        padding (the kernels refuse those)."""
+        (top, bottom), (left, right) = pad
+        n, h, w, c = x_shape
+        kh, kw, sh, sw, pt, pl, oh, ow = self.window_at((n, h + top + bottom,
+                                                          w + left + right, c))
+        pt, pl = pt + top, pl + left
+        if pt >= kh or pl >= kw or (oh - 1) * sh - pt >= h or (ow - 1) * sw - pl >= w:
+            return None
+        return (kh, kw, sh, sw, pt, pl, oh, ow)
+
+    def forward_fused(self, x, norm=None, residual=None, act=(activations.LINEAR, 0.0),
+                      window=None):
+        """Inference only (a linear Conv2D): as Dense.forward_fused; `window` may be a
+        padded_window."""
+        window = self.window_at(x.shape) if window is None else window
         kh, kw, _, _, _, _, oh, ow = window
         n, c = x.shape[0], x.shape[3]
         rows = n * oh * ow

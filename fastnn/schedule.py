@@ -13,7 +13,8 @@ import numpy as np
 
 from . import activations
 from .backend import get_ops
-from .layers import Activation, Add, BatchNormalization, Conv2D, Dense, Layer, drawing_from
+from .layers import Activation, Add, BatchNormalization, Conv2D, Dense, Layer, ZeroPadding2D, \
+    drawing_from
 
 
 class Schedule:
@@ -149,8 +150,9 @@ class _Fused:
     """A linear Conv2D or Dense and, in its GEMM's epilogue, the BatchNormalization, residual
     Add and activation that follow it: one inference step (forward_fused)."""
 
-    def __init__(self, layer, norm, residual, act):
+    def __init__(self, layer, norm, residual, act, pad=None):
         self.layer, self.norm, self.residual, self.act = layer, norm, residual, act
+        self.pad = pad      # a ZeroPadding2D before a Conv2D: im2col reads it as zeros
         self._thread = layer._thread
 
     def forward(self, xs, training=False):
@@ -159,15 +161,21 @@ class _Fused:
         if norm is not None:
             norm = (norm.moving_mean, norm.moving_variance, norm._vars.get("gamma"),
                     norm._vars.get("beta"), norm.epsilon)
-        return self.layer.forward_fused(x, norm=norm, residual=residual, act=self.act)
+        if self.pad is None:
+            return self.layer.forward_fused(x, norm=norm, residual=residual, act=self.act)
+        window = self.layer.padded_window(x.shape, self.pad.padding)
+        if window is None:
+            x = self.pad.forward(x)
+        return self.layer.forward_fused(x, norm=norm, residual=residual, act=self.act,
+                                        window=window)
 
 
 def _fused(steps, outputs, shapes):
-    """The inference steps: each chain Conv2D/Dense (linear) -> [BatchNormalization] ->
-    [Add with one other input of the same shape] -> [Activation or a subclass (ReLU, ...),
-    elementwise] whose inner
-    tensors have no other reader becomes one _Fused step, at the chain's last place (where
-    all its inputs exist). Every other step runs as it is."""
+    """The inference steps: each chain
+        [ZeroPadding2D ->] Conv2D or Dense (linear) -> [BatchNormalization] ->
+        [Add with one other input of the same shape] -> [Activation or a subclass, elementwise]
+    whose inner tensors have no other reader becomes one _Fused step, at the chain's last
+    place (where all its inputs exist). Every other step runs as it is."""
     readers = {}
     for k, (_, ins, _, _, _, _, _) in enumerate(steps):
         for t in ins:
@@ -181,12 +189,18 @@ def _fused(steps, outputs, shapes):
             return None
         return at[0]
 
+    producer = {step[2]: k for k, step in enumerate(steps)}
     placed, absorbed = {}, set()
     for k, (layer, ins, out, several, slot, need_dx, needed) in enumerate(steps):
         if type(layer) not in (Conv2D, Dense) or several or k in absorbed or \
                 layer.act_id != activations.LINEAR:
             continue
         chain, t, norm, residual, act = [k], out, None, None, (activations.LINEAR, 0.0)
+        pad, i = None, producer.get(ins[0])
+        if type(layer) is Conv2D and i is not None and sole_reader(ins[0], Conv2D) == k and \
+                type(steps[i][0]) is ZeroPadding2D and i not in absorbed:
+            pad, ins = steps[i][0], steps[i][1]
+            chain.insert(0, i)
         j = sole_reader(t, BatchNormalization)
         if j is not None:
             norm, t = steps[j][0], steps[j][2]
@@ -204,7 +218,7 @@ def _fused(steps, outputs, shapes):
         if len(chain) == 1:
             continue
         ins = ins + ([residual] if residual is not None else [])
-        placed[chain[-1]] = (_Fused(layer, norm, residual is not None, act), ins, t,
+        placed[chain[-1]] = (_Fused(layer, norm, residual is not None, act, pad), ins, t,
                              residual is not None, slot, [False] * len(ins), False)
         absorbed.update(chain)
     return [placed.get(k, step) for k, step in enumerate(steps)
