@@ -6,12 +6,18 @@ cross-entropies, sigmoid for binary cross-entropy) the gradient is taken with re
 logits (p - y): exact and stable, as Keras's TF backend does through `_keras_logits`. The value is
 computed Keras's way: from probabilities clipped to [1e-7, 1 - 1e-7], or with from_logits=True
 exactly from the logits (log-sum-exp), never clipped."""
+import inspect
+import re
+
 import numpy as np
 
 from . import activations as A
+from . import ops
 from ._config import check_kwargs, expect_int, fail_value, object_spec, prefixed
+from .autodiff import Tensor, gradients, tape, value_of
 from .backend import get_ops
 from .backend.base import EPSILON
+from .registry import get_registered_name
 
 _REDUCTIONS = ("sum_over_batch_size", "sum")
 
@@ -28,22 +34,33 @@ def _float_targets(y, name="y"):
 
 
 class Loss:
+    """A loss. fastnn's own compute value and gradient in one backend call (_kernel). A
+    subclass that defines call(y_true, y_pred), as a Keras user writes one, returning the loss
+    per sample with fastnn.ops, is differentiated by fastnn's autodiff."""
     partner = None  # the activation id this loss fuses with
 
-    def __init__(self, name=None, reduction="sum_over_batch_size", from_logits=False):
+    def __init__(self, name=None, reduction="sum_over_batch_size", from_logits=False,
+                 dtype=None):
         if reduction not in _REDUCTIONS:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-        self.name = name or self.default_name
+        if dtype not in (None, "float32", np.float32):
+            raise ValueError(f"{type(self).__name__}: dtype={dtype!r}: fastnn computes losses "
+                             "in float32")
+        self.name = name or getattr(self, "default_name", None) or \
+            re.sub(r"(?<!^)(?=[A-Z])", "_", type(self).__name__).lower()
         self.reduction = reduction
         self.from_logits = from_logits
 
     # -- targets ------------------------------------------------------------------------------
     def prepare_targets(self, y, output_shape):
-        """Validate and convert all targets once (before training): float32, shape of outputs."""
+        """Validate and convert all targets once (before training): float32, shape of outputs
+        (a loss with call() decides what its targets mean: any shape, a row per sample)."""
         y = _float_targets(y)
         width = output_shape[-1]
         if y.ndim == len(output_shape) - 1 and width == 1:
             y = y.reshape(y.shape + (1,))
+        if hasattr(self, "call"):
+            return y
         if y.shape[1:] != tuple(output_shape[1:]):
             raise ValueError(f"{self.name}: targets y must have shape (n, "
                              f"{', '.join(str(d) for d in output_shape[1:])}) to match the "
@@ -54,6 +71,8 @@ class Loss:
     def mode(self, last_activation):
         """How value_and_grad reads y_pred: 'fused' (probabilities from the partner activation,
         gradient taken w.r.t. its logits), 'logits' (raw scores), or 'outputs'."""
+        if hasattr(self, "call"):
+            return "outputs"
         if self.partner is not None and self.from_logits:
             return "logits"
         if self.partner is not None and last_activation == self.partner:
@@ -63,6 +82,8 @@ class Loss:
     def value_and_grad(self, y_pred, y_true, weights, scale, grad, mode):
         """Sum over rows of weight * per-sample loss; writes scale * d(sum)/d(input) into grad
         (when given), where input is the logits in 'fused'/'logits' mode, else y_pred."""
+        if hasattr(self, "call"):
+            return self._autodiff_value_and_grad(y_pred, y_true, weights, scale, grad)
         ops = get_ops()
         if mode == "logits":
             if grad is not None:    # (p - y) from the fused kernel; its clipped value unused
@@ -72,6 +93,38 @@ class Loss:
         if mode == "fused" or self.partner is None:
             return self._kernel(ops, y_pred, y_true, weights, scale, grad)
         return self._outputs_value_and_grad(ops, y_pred, y_true, weights, scale, grad)
+
+    def _autodiff_value_and_grad(self, y_pred, y_true, weights, scale, grad):
+        """value_and_grad of a loss with call(): its per-sample values reduced as Keras
+        reduces them, the gradient from fastnn's autodiff."""
+        rows = y_pred.shape[0]
+        if y_true.ndim == 2 and y_true.shape[1] == 1 and y_pred.shape[-1] != 1:
+            y_true = y_true[:, 0]       # a label per row, as the user's targets had it
+        out = Tensor(y_pred, requires_grad=grad is not None)
+        with tape():
+            per = self.call(Tensor(y_true), out)
+            if not isinstance(per, Tensor):
+                per = Tensor(get_ops().xp.asarray(per, dtype=np.float32))
+            if per.ndim == 0 or per.shape[0] != rows:
+                if weights is not None:
+                    raise ValueError(
+                        f"Loss {self.name!r} returned shape {tuple(per.shape)} for "
+                        f"{rows} samples: with sample_weight or class_weight it must return "
+                        "one value per sample (reduce only the last axis)")
+                # Keras reduces whatever comes back: its mean over elements, times the rows
+                # the trainer divides by again.
+            elif weights is not None:
+                per = per * ops.reshape(Tensor(weights), (rows,) + (1,) * (per.ndim - 1))
+            total = ops.sum(per)
+            if self.reduction == "sum_over_batch_size":
+                total = total * (rows / max(per.size, 1))
+        if grad is not None:
+            found = gradients(total, [out])[0] if total.requires_grad else None
+            if found is None:
+                grad[...] = 0
+            else:
+                grad[...] = found * scale
+        return float(value_of(total))
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         y_pred = _float_targets(y_pred, "y_pred")
@@ -255,12 +308,224 @@ class MeanAbsoluteError(Loss):
         return ops.absolute_error(p, t, w, scale, grad)
 
 
+# ---- losses written with fastnn.ops, differentiated by fastnn's autodiff --------------------
+# Keras 3's formulas (keras/src/losses/losses.py), each returning one value per sample (the last
+# axis reduced). The built-in ones below and any function a user passes share one path.
+def _same_rank(y_true, y_pred):
+    """Keras's squeeze_or_expand_to_same_rank: a trailing axis of 1 on one side only goes."""
+    if y_true.ndim == y_pred.ndim + 1 and y_true.shape[-1] == 1:
+        return ops.squeeze(y_true, -1), y_pred
+    if y_pred.ndim == y_true.ndim + 1 and y_pred.shape[-1] == 1:
+        return y_true, ops.squeeze(y_pred, -1)
+    return y_true, y_pred
+
+
+def huber(y_true, y_pred, delta=1.0):
+    y_true, y_pred = _same_rank(y_true, y_pred)
+    error = y_pred - y_true
+    abs_error = ops.abs(error)
+    return ops.mean(ops.where(abs_error <= delta, 0.5 * ops.square(error),
+                              delta * abs_error - 0.5 * delta * delta), axis=-1)
+
+
+def log_cosh(y_true, y_pred):
+    y_true, y_pred = _same_rank(y_true, y_pred)
+    x = y_pred - y_true
+    return ops.mean(x + ops.softplus(x * -2.0) - float(np.log(2.0)), axis=-1)
+
+
+def kl_divergence(y_true, y_pred):
+    y_true = ops.clip(y_true, EPSILON, 1.0)
+    y_pred = ops.clip(y_pred, EPSILON, 1.0)
+    return ops.sum(y_true * ops.log(y_true / y_pred), axis=-1)
+
+
+def poisson(y_true, y_pred):
+    return ops.mean(y_pred - y_true * ops.log(y_pred + EPSILON), axis=-1)
+
+
+def _hinge_labels(y_true):
+    """Binary 0/1 labels (the whole batch) as -1/1, as Keras converts them; others as they are."""
+    values = value_of(y_true)
+    binary = bool(((values == 0) | (values == 1)).all())
+    return 2.0 * y_true - 1.0 if binary else y_true
+
+
+def hinge(y_true, y_pred):
+    return ops.mean(ops.maximum(1.0 - _hinge_labels(y_true) * y_pred, 0.0), axis=-1)
+
+
+def squared_hinge(y_true, y_pred):
+    return ops.mean(ops.square(ops.maximum(1.0 - _hinge_labels(y_true) * y_pred, 0.0)), axis=-1)
+
+
+def categorical_hinge(y_true, y_pred):
+    pos = ops.sum(y_true * y_pred, axis=-1)
+    neg = ops.max((1.0 - y_true) * y_pred, axis=-1)
+    return ops.maximum(neg - pos + 1.0, 0.0)
+
+
+def mean_absolute_percentage_error(y_true, y_pred):
+    y_true, y_pred = _same_rank(y_true, y_pred)
+    diff = ops.abs((y_true - y_pred) / ops.maximum(ops.abs(y_true), EPSILON))
+    return 100.0 * ops.mean(diff, axis=-1)
+
+
+def mean_squared_logarithmic_error(y_true, y_pred):
+    y_true, y_pred = _same_rank(y_true, y_pred)
+    first = ops.log(ops.maximum(y_pred, EPSILON) + 1.0)
+    second = ops.log(ops.maximum(y_true, EPSILON) + 1.0)
+    return ops.mean(ops.square(first - second), axis=-1)
+
+
+def cosine_similarity(y_true, y_pred, axis=-1):
+    y_true, y_pred = _same_rank(y_true, y_pred)
+
+    def normalize(x):       # Keras's: x * min(rsqrt(sum(x^2)), 1 / epsilon)
+        return x * ops.minimum(1.0 / ops.sqrt(ops.sum(ops.square(x), axis=axis,
+                                                      keepdims=True)), 1.0 / EPSILON)
+    return -ops.sum(normalize(y_true) * normalize(y_pred), axis=axis)
+
+
+def _bce(y_true, y_pred):
+    y_pred = ops.clip(y_pred, EPSILON, 1.0 - EPSILON)
+    return -(y_true * ops.log(y_pred) + (1.0 - y_true) * ops.log(1.0 - y_pred))
+
+
+def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha=0.25,
+                              gamma=2.0, from_logits=False, label_smoothing=0.0, axis=-1):
+    if label_smoothing:
+        y_true = y_true * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    if from_logits:
+        y_pred = ops.sigmoid(y_pred)
+    p_t = y_true * y_pred + (1.0 - y_true) * (1.0 - y_pred)
+    focal = ops.power(1.0 - p_t, gamma) * _bce(y_true, y_pred)
+    if apply_class_balancing:
+        focal = (y_true * alpha + (1.0 - y_true) * (1.0 - alpha)) * focal
+    return ops.mean(focal, axis=axis)
+
+
+def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_logits=False,
+                                   label_smoothing=0.0, axis=-1):
+    if label_smoothing:
+        y_true = y_true * (1.0 - label_smoothing) + label_smoothing / y_true.shape[-1]
+    if from_logits:
+        y_pred = ops.softmax(y_pred, axis=axis)
+    output = ops.clip(y_pred / ops.sum(y_pred, axis=axis, keepdims=True), EPSILON,
+                      1.0 - EPSILON)
+    focal = alpha * ops.power(1.0 - output, gamma) * (-y_true * ops.log(output))
+    return ops.sum(focal, axis=axis)
+
+
+class LossFunctionWrapper(Loss):
+    """A loss given as a function fn(y_true, y_pred, **kwargs) of tensors, written with
+    fastnn.ops, returning the loss per sample (Keras's LossFunctionWrapper): its value and
+    gradient come from fastnn's autodiff. A Python function passed as `loss=` becomes one."""
+
+    def __init__(self, fn, reduction="sum_over_batch_size", name=None, dtype=None, **kwargs):
+        if not callable(fn):
+            raise TypeError(f"LossFunctionWrapper: fn must be callable, got {fn!r}")
+        super().__init__(name or getattr(fn, "__name__", None) or "loss", reduction,
+                         dtype=dtype)
+        self.fn, self._fn_kwargs = fn, kwargs
+
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred, **self._fn_kwargs)
+
+    def get_config(self):
+        return {**super().get_config(), **self._fn_kwargs}
+
+
+def _wrapper(fn, default_name, keep=(), **defaults):
+    """A Keras loss class over one of the functions above: its arguments, defaults and name;
+    `keep`: the arguments Keras writes in get_config (Huber, CosineSimilarity write none)."""
+    def __init__(self, *args, reduction="sum_over_batch_size", name=None, dtype=None,
+                 **kwargs):
+        names = list(defaults)
+        if len(args) > len(names):
+            raise TypeError(f"{type(self).__name__}() takes at most {len(names)} positional "
+                            f"arguments, got {len(args)}")
+        unknown = set(kwargs) - set(names)
+        if unknown:
+            raise TypeError(f"{type(self).__name__}() got unexpected keyword arguments "
+                            f"{sorted(unknown)}")
+        values = {**defaults, **dict(zip(names, args)), **kwargs}
+        if "label_smoothing" in values and not 0 <= values["label_smoothing"] <= 1:
+            raise ValueError(f"label_smoothing must be in [0, 1], got "
+                             f"{values['label_smoothing']}")
+        if "axis" in values and (isinstance(values["axis"], bool) or
+                                 not isinstance(values["axis"], (int, np.integer))):
+            raise ValueError(f"`axis` must be of type `int`. Received: axis={values['axis']}")
+        LossFunctionWrapper.__init__(self, fn, reduction=reduction, name=name or default_name,
+                                     dtype=dtype, **values)
+        for key, value in values.items():
+            setattr(self, key, value)
+        self.from_logits = values.get("from_logits", False)
+
+    def get_config(self):
+        return {**Loss.get_config(self), **{k: self._fn_kwargs[k] for k in keep}}
+
+    P = inspect.Parameter
+    __init__.__signature__ = inspect.Signature(
+        [P("self", P.POSITIONAL_OR_KEYWORD)] +
+        [P(k, P.POSITIONAL_OR_KEYWORD, default=v) for k, v in defaults.items()] +
+        [P("reduction", P.KEYWORD_ONLY, default="sum_over_batch_size"),
+         P("name", P.KEYWORD_ONLY, default=default_name),
+         P("dtype", P.KEYWORD_ONLY, default=None)])
+    return {"__init__": __init__, "get_config": get_config, "default_name": default_name}
+
+
+_FOCAL = ("from_logits", "label_smoothing", "axis", "alpha", "gamma")
+Huber = type("Huber", (LossFunctionWrapper,), _wrapper(huber, "huber_loss", delta=1.0))
+LogCosh = type("LogCosh", (LossFunctionWrapper,), _wrapper(log_cosh, "log_cosh"))
+KLDivergence = type("KLDivergence", (LossFunctionWrapper,),
+                    _wrapper(kl_divergence, "kl_divergence"))
+Poisson = type("Poisson", (LossFunctionWrapper,), _wrapper(poisson, "poisson"))
+Hinge = type("Hinge", (LossFunctionWrapper,), _wrapper(hinge, "hinge"))
+SquaredHinge = type("SquaredHinge", (LossFunctionWrapper,),
+                    _wrapper(squared_hinge, "squared_hinge"))
+CategoricalHinge = type("CategoricalHinge", (LossFunctionWrapper,),
+                        _wrapper(categorical_hinge, "categorical_hinge"))
+MeanAbsolutePercentageError = type(
+    "MeanAbsolutePercentageError", (LossFunctionWrapper,),
+    _wrapper(mean_absolute_percentage_error, "mean_absolute_percentage_error"))
+MeanSquaredLogarithmicError = type(
+    "MeanSquaredLogarithmicError", (LossFunctionWrapper,),
+    _wrapper(mean_squared_logarithmic_error, "mean_squared_logarithmic_error"))
+CosineSimilarity = type("CosineSimilarity", (LossFunctionWrapper,),
+                        _wrapper(cosine_similarity, "cosine_similarity", axis=-1))
+BinaryFocalCrossentropy = type(
+    "BinaryFocalCrossentropy", (LossFunctionWrapper,),
+    _wrapper(binary_focal_crossentropy, "binary_focal_crossentropy",
+             keep=_FOCAL + ("apply_class_balancing",), apply_class_balancing=False,
+             alpha=0.25, gamma=2.0, from_logits=False, label_smoothing=0.0, axis=-1))
+CategoricalFocalCrossentropy = type(
+    "CategoricalFocalCrossentropy", (LossFunctionWrapper,),
+    _wrapper(categorical_focal_crossentropy, "categorical_focal_crossentropy", keep=_FOCAL,
+             alpha=0.25, gamma=2.0, from_logits=False, label_smoothing=0.0, axis=-1))
+for _cls in (Huber, LogCosh, KLDivergence, Poisson, Hinge, SquaredHinge, CategoricalHinge,
+             MeanAbsolutePercentageError, MeanSquaredLogarithmicError, CosineSimilarity,
+             BinaryFocalCrossentropy, CategoricalFocalCrossentropy):
+    _cls.__module__ = __name__
+    _cls.__doc__ = f"Keras's {_cls.__name__}: the loss function {_cls.default_name!r} " \
+        "as a class (its arguments, defaults and reduction)."
+
+
 _BY_NAME = {
     "categorical_crossentropy": CategoricalCrossentropy,
     "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
     "binary_crossentropy": BinaryCrossentropy, "bce": BinaryCrossentropy,
     "mean_squared_error": MeanSquaredError, "mse": MeanSquaredError,
     "mean_absolute_error": MeanAbsoluteError, "mae": MeanAbsoluteError,
+    "huber": Huber, "log_cosh": LogCosh, "kl_divergence": KLDivergence, "kld": KLDivergence,
+    "poisson": Poisson, "hinge": Hinge, "squared_hinge": SquaredHinge,
+    "categorical_hinge": CategoricalHinge,
+    "mean_absolute_percentage_error": MeanAbsolutePercentageError,
+    "mape": MeanAbsolutePercentageError,
+    "mean_squared_logarithmic_error": MeanSquaredLogarithmicError,
+    "msle": MeanSquaredLogarithmicError, "cosine_similarity": CosineSimilarity,
+    "binary_focal_crossentropy": BinaryFocalCrossentropy,
+    "categorical_focal_crossentropy": CategoricalFocalCrossentropy,
 }
 _CLASSES = {c.__name__: c for c in set(_BY_NAME.values())}
 
@@ -293,6 +558,8 @@ def get(identifier):
         return identifier()
     if callable(identifier) and hasattr(identifier, "loss_class"):
         return identifier.loss_class()
+    if callable(identifier) and not isinstance(identifier, type):
+        return LossFunctionWrapper(identifier)
     if isinstance(identifier, dict):
         return deserialize(identifier)
     raise ValueError(f"Unsupported loss {identifier!r}: pass one of "
@@ -322,5 +589,16 @@ def deserialize(config, custom_objects=None, path="loss"):
 
 
 def serialize(loss):
+    """Keras's form: a fastnn loss as keras.losses' class; a function passed as the loss, or
+    a user's Loss subclass, by its (registered) name, as Keras writes them (loading those
+    needs them registered, as in Keras)."""
+    if type(loss) is LossFunctionWrapper:
+        fn = loss.fn
+        name = getattr(fn, "__name__", "loss")
+        return {"module": getattr(fn, "__module__", None), "class_name": "function",
+                "config": name, "registered_name": getattr(fn, "_registered_name", name)}
+    if type(loss).__module__ != __name__:
+        return {"module": type(loss).__module__, "class_name": type(loss).__name__,
+                "config": loss.get_config(), "registered_name": get_registered_name(loss)}
     return {"module": "keras.losses", "class_name": type(loss).__name__,
             "config": loss.get_config(), "registered_name": None}

@@ -40,7 +40,9 @@ class Ops:
         return a.__array_interface__["data"][0]
 
     def asarray(self, x, dtype="float32"):
-        return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=dtype))
+        a = self.xp.asarray(x, dtype=dtype)
+        # (ascontiguousarray would make a 0-d array 1-d)
+        return a if a.flags.c_contiguous else self.xp.ascontiguousarray(a)
 
     def to_numpy(self, x):
         return numpy.asarray(x)
