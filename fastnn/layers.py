@@ -1790,8 +1790,9 @@ class Rescaling(Layer):
 
 
 def _batches(data):
-    """adapt()'s data as (shape, iterator of float32 host batches): an array (one batch), or
-    an iterable of batches ((x, y) batches give x), as Keras's Normalization.adapt takes."""
+    """adapt()'s data, as Keras's Normalization.adapt takes it: (shape, None, the array) for
+    an array; (the first batch's shape, the other batches, the first) as float32 host arrays
+    for an iterable of batches ((x, y) batches give x)."""
     to_numpy = get_ops().to_numpy
     if isinstance(data, (np.ndarray, get_ops().xp.ndarray, Tensor)):
         array = np.asarray(to_numpy(value_of(data)))
@@ -1883,13 +1884,19 @@ class Normalization(Layer):
             for i in range(1, mean.ndim + 1):
                 expanded[keep[-i]] = mean.shape[-i]
             mean, variance = mean.reshape(expanded), variance.reshape(expanded)
+        try:
+            mean, variance = (np.broadcast_to(v, self._broadcast) for v in (mean, variance))
+        except ValueError:
+            raise ValueError(f"{self.name}: mean and variance of shape {np.shape(self.input_mean)}"
+                             f" do not broadcast to the kept axes {keep} of inputs of shape "
+                             f"{tuple(input_shape)} (shape {shape})") from None
         ops = get_ops()
-        self._constants = tuple(ops.asarray(np.ascontiguousarray(np.broadcast_to(
-            v, self._broadcast))) for v in (mean, variance))
+        self._constants = tuple(ops.asarray(np.ascontiguousarray(v)) for v in (mean, variance))
 
     def adapt(self, data):
         """Learn the mean and variance of `data`: an array, or an iterable of batches (Keras's
         streaming combination of each batch's mean and variance)."""
+        import itertools
         shape, rest, first = _batches(data)
         shape = tuple(shape)
         if not self.built:
@@ -1909,7 +1916,7 @@ class Normalization(Layer):
         else:
             mean = var = np.zeros(tuple(self._broadcast[d] for d in self._keep), np.float32)
             count = 0
-            for batch in _chain_first(first, rest):
+            for batch in itertools.chain([first], rest):
                 for d in self._keep:
                     if batch.shape[d] != self._build_shape[d]:
                         raise ValueError("adapt() yielded a batch with incompatible shape. "
@@ -1948,10 +1955,6 @@ class Normalization(Layer):
                 "mean": np.array(self.input_mean).tolist(),
                 "variance": np.array(self.input_variance).tolist()}
 
-
-def _chain_first(first, rest):
-    yield first
-    yield from rest
 
 
 class _ImageLayer(Layer):

@@ -254,6 +254,8 @@ def test_normalization_errors_are_keras_errors():
         L.Normalization(mean=[[1.0]], variance=[[1.0]])
     with pytest.raises(ValueError, match=r"range \[-ndim, ndim\)"):
         L.Normalization(axis=3)(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match="do not broadcast to the kept axes"):
+        L.Normalization(mean=[1.0, 2.0], variance=[1.0, 1.0])(np.zeros((2, 3), np.float32))
     with pytest.raises(ValueError, match="empty iterable"):
         L.Normalization().adapt([])
     with pytest.raises(TypeError, match="`.shape` attribute"):
@@ -340,6 +342,35 @@ def test_image_op_gradients_against_finite_differences(op, kwargs):
     from gradcheck import numeric_grad
     np.testing.assert_allclose(np.asarray(fastnn.ops.convert_to_numpy(grad)),
                                numeric_grad(f, x, 1e-4), rtol=1e-4, atol=1e-4)
+
+
+def test_summary_and_parameter_counts_are_keras_s(capsys):
+    keras = _keras()
+    keras.backend.clear_session()       # Keras's layer names count from 0 again, as ours do
+    x, _ = _data()
+
+    def build(m):
+        model = m.Sequential([m.Input(shape=(8, 10, 3)), m.layers.Rescaling(1 / 255.0),
+                              m.layers.Normalization(), m.layers.RandomFlip(),
+                              m.layers.Resizing(4, 4), m.layers.Flatten(), m.layers.Dense(2)])
+        model.layers[1].adapt(x)
+        model.summary()
+        return model
+    ours, theirs = build(fastnn), build(keras)
+    assert ours.count_params() == theirs.count_params() == 98 + 7
+    printed = capsys.readouterr().out.split("Model: ")
+    assert printed[1] == printed[2]
+
+
+def test_any_image_size_resized_in_a_functional_model():
+    inputs = L.Input(shape=(None, None, 3))
+    h = L.CenterCrop(4, 4)(L.Resizing(6, 5)(L.Rescaling(1 / 255.0)(inputs)))
+    model = fastnn.Model(inputs, L.Dense(2)(L.Flatten()(h)))
+    model.compile("sgd", "mse")
+    for shape in ((2, 9, 7, 3), (3, 5, 5, 3), (1, 20, 3, 3)):
+        x = RNG.uniform(0, 255, shape).astype(np.float32)
+        assert model.predict(x, verbose=0).shape == (shape[0], 2)
+        model.fit(x, np.zeros((shape[0], 2), np.float32), verbose=0)
 
 
 def test_random_layers_draw_in_fit_only():
