@@ -1965,6 +1965,13 @@ class _ImageLayer(Layer):
         from .images import _data_format
         self.data_format = _data_format(data_format)
 
+    def __call__(self, x, training=None):
+        if isinstance(x, (np.ndarray, get_ops().xp.ndarray)) and x.ndim == 3 and \
+                getattr(_PASS, "counts", None) is None:
+            # one image called on directly: a batch of one, as Keras takes it
+            return super().__call__(x[None], training)[0]
+        return super().__call__(x, training)
+
     @property
     def _hw(self):
         """The height and width axes."""
@@ -1974,7 +1981,8 @@ class _ImageLayer(Layer):
         if len(input_shape) != 4:
             raise ValueError(f"{type(self).__name__} layer {self.name!r} expects a batch of "
                              "images, a rank-4 input (batch, height, width, channels) "
-                             f"({self.data_format}); received input_shape={tuple(input_shape)}")
+                             f"({self.data_format}), or one image (rank 3) called on directly; "
+                             f"received input_shape={tuple(input_shape)}")
 
     def build(self, input_shape):
         self._check_images(input_shape)

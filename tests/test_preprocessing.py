@@ -481,9 +481,23 @@ def test_keras_raises_the_same_errors(name, args, kwargs):
     assert str(ours.value) == str(theirs.value)
 
 
-def test_image_layers_need_a_batch_of_images():
+def test_one_image_is_taken_as_keras_takes_it():
+    keras = _keras()
+    for name, kwargs in (("Resizing", dict(height=4, width=5)),
+                         ("CenterCrop", dict(height=8, width=5)),
+                         ("RandomRotation", dict(factor=(0.1, 0.1))),
+                         ("RandomZoom", dict(height_factor=(0.2, 0.2)))):
+        ours = getattr(L, name)(**kwargs)(IMAGES[0])
+        theirs = keras.ops.convert_to_numpy(getattr(keras.layers, name)(**kwargs)(IMAGES[0]))
+        assert ours.shape == theirs.shape
+        np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-4)
+
+
+def test_image_layers_need_images():
     with pytest.raises(ValueError, match="rank-4"):
-        L.RandomFlip()(np.zeros((2, 4, 4), np.float32))
+        L.RandomFlip()(np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match="rank-4"):
+        L.RandomFlip()(np.zeros((2, 4, 4, 1, 1), np.float32))
     with pytest.raises(ValueError, match="rank-4"):
         L.Resizing(2, 2)(L.Input(shape=(4, 4)))
 
