@@ -1969,7 +1969,7 @@ class _ImageLayer(Layer):
         if isinstance(x, (np.ndarray, get_ops().xp.ndarray)) and x.ndim == 3 and \
                 getattr(_PASS, "counts", None) is None:
             # one image called on directly: a batch of one, as Keras takes it
-            return super().__call__(x[None], training)[0]
+            return self(x[None], training)[0]
         return super().__call__(x, training)
 
     @property
@@ -2025,6 +2025,17 @@ class Resizing(_ImageLayer):
         self.pad_to_aspect_ratio = bool(pad_to_aspect_ratio)
         self.fill_value = _finite(fill_value, "fill_value", self.name)
         self.antialias = bool(antialias)
+
+    def __call__(self, x, training=None):
+        if isinstance(x, (np.ndarray, get_ops().xp.ndarray)) and x.dtype.kind in "iu" and \
+                x.ndim == 4 and getattr(_PASS, "counts", None) is None:
+            # integer images called on directly: resized, rounded and returned in their dtype
+            # (as Keras); Layer.__call__ would read them as float32
+            ops = get_ops()
+            self._maybe_build((None,) + x.shape[1:])
+            with no_grad():
+                return np.array(ops.to_numpy(self.call(ops.asarray(x, x.dtype))))
+        return super().__call__(x, training)
 
     def compute_output_shape(self, input_shape):
         return self._with_size(input_shape, self.height, self.width)

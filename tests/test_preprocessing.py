@@ -72,6 +72,11 @@ def test_integer_images_are_read_as_keras_reads_them():
         theirs = keras.Sequential([keras.Input(shape=(7, 9, 2), dtype="uint8"), make(keras)])
         expected = keras.ops.convert_to_numpy(theirs.predict(pixels, verbose=0))
         np.testing.assert_allclose(ours.predict(pixels, verbose=0), expected, atol=1e-4)
+    # called on directly, Resizing returns integer images in their dtype, as Keras
+    for image in (pixels, pixels[0]):
+        ours, theirs = L.Resizing(5, 4)(image), keras.layers.Resizing(5, 4)(image)
+        assert ours.dtype == np.uint8
+        np.testing.assert_array_equal(ours, keras.ops.convert_to_numpy(theirs))
 
 
 # ---- the random layers with a fixed factor: one transform, Keras's ------------------------
