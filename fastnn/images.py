@@ -7,6 +7,11 @@ resize computes what Keras 3 computes (checked against its torch backend): half-
 (edges clamped), antialias=True widens the bilinear (triangle) filter by the downscale factor;
 crop_to_aspect_ratio / pad_to_aspect_ratio cut or pad the input to the target's aspect ratio
 first (centred). Integer images are resized in float32 and rounded back.
+
+affine_transform samples each output pixel at an affine map of its position (nearest or
+bilinear, the fill modes of keras.ops.image.affine_transform), as Keras's torch backend does.
+Both run where their input is (NumPy, or the backend's device arrays) and have a backward
+(resize_backward, affine_transform_backward) for fastnn.ops.image's gradients.
 """
 import io
 import os
@@ -145,22 +150,69 @@ def save_img(path, x, data_format=None, file_format=None, scale=True, **kwargs):
     img.save(path, format=file_format, **kwargs)
 
 
-# ---------------------------------------------------------------- resize (NumPy)
-def resize(images, size, interpolation="bilinear", antialias=False, crop_to_aspect_ratio=False,
-           pad_to_aspect_ratio=False, fill_mode="constant", fill_value=0.0, data_format=None):
-    """Resize an image (3-D) or a batch (4-D) to size=(height, width): keras.ops.image.resize.
-    Returns an array of the input's dtype (float64 stays float64; other dtypes are resized in
-    float32, integers rounded back)."""
+# ---------------------------------------------------------------- resize, affine_transform
+def _array_module(x):
+    """NumPy for host data; the backend's array module (CuPy) for its device arrays. The
+    small index and weight tables are computed on the host and uploaded."""
+    from .backend import get_ops
+    xp = get_ops().xp
+    return xp if xp is not np and isinstance(x, xp.ndarray) else np
+
+
+def _batch_nhwc(x, data_format, what="images"):
+    """A 3-D or 4-D image array as a 4-D channels-last batch, and a function undoing that."""
+    if x.ndim not in (3, 4):
+        raise ValueError("Invalid images rank: expected rank 3 (single image) or rank 4 (batch "
+                         f"of images). Received input with shape: {what}.shape={x.shape}")
+    channels_first = _data_format(data_format) == "channels_first"
+    single = x.ndim == 3
+    if single:
+        x = x[None]
+    if channels_first:
+        x = x.transpose(0, 2, 3, 1)
+
+    def back(y):
+        if channels_first:
+            y = y.transpose(0, 3, 1, 2)
+        return y[0] if single else y
+    return x, back
+
+
+def _resize_plan(h, w, size, interpolation, antialias, crop_to_aspect_ratio,
+                 pad_to_aspect_ratio, dtype):
+    """What resize does to an (h, w) image, on the host: the crop box (top, left, height,
+    width) or the pads (rows, columns, each side), then per axis (2, then 1) the taps
+    (indices, weights) of each output pixel (weights None: nearest)."""
+    out_h, out_w = int(size[0]), int(size[1])
+    box = pads = None
+    if crop_to_aspect_ratio:
+        crop_h = max(min(h, int(w * out_h / out_w)), 1)
+        crop_w = max(min(w, int(h * out_w / out_h)), 1)
+        box = ((h - crop_h) // 2, (w - crop_w) // 2, crop_h, crop_w)
+        h, w = crop_h, crop_w
+    elif pad_to_aspect_ratio:
+        # Keras pads floor((padded - h) / 2) on each side, so an odd difference loses a row.
+        pad_h = (max(h, int(w * out_h / out_w)) - h) // 2
+        pad_w = (max(w, int(h * out_w / out_h)) - w) // 2
+        if pad_h or pad_w:
+            pads = (pad_h, pad_w)
+            h, w = h + 2 * pad_h, w + 2 * pad_w
+    steps = []
+    for axis, n_in, n_out in ((2, w, out_w), (1, h, out_h)):   # width first: torch's order
+        if interpolation == "nearest":
+            steps.append((axis, n_in, _nearest_index(n_in, n_out)[:, None], None))
+        else:
+            steps.append((axis, n_in) + _linear_taps(n_in, n_out, antialias, dtype))
+    return box, pads, steps
+
+
+def _check_resize(size, interpolation, crop_to_aspect_ratio, pad_to_aspect_ratio, fill_mode):
     if (not isinstance(size, (tuple, list, np.ndarray)) or len(size) != 2
             or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
                        for v in size)):
         raise ValueError(f"Expected `size` to be a tuple of 2 integers. Received: size={size}")
     if size[0] <= 0 or size[1] <= 0:
         raise ValueError(f"`size` must have positive height and width. Received: size={size}")
-    x = np.asarray(images)
-    if x.ndim not in (3, 4):
-        raise ValueError("Invalid images rank: expected rank 3 (single image) or rank 4 (batch "
-                         f"of images). Received input with shape: images.shape={x.shape}")
     if pad_to_aspect_ratio and crop_to_aspect_ratio:
         raise ValueError("Only one of `pad_to_aspect_ratio` & `crop_to_aspect_ratio` can be "
                          "`True`.")
@@ -171,45 +223,187 @@ def resize(images, size, interpolation="bilinear", antialias=False, crop_to_aspe
     if fill_mode != "constant":
         raise ValueError("Invalid value for argument `fill_mode`. Only `'constant'` is "
                          f"supported. Received: fill_mode={fill_mode}")
-    channels_first = _data_format(data_format) == "channels_first"
-    out_h, out_w = int(size[0]), int(size[1])
 
-    single = x.ndim == 3
-    if single:
-        x = x[None]
-    if channels_first:
-        x = x.transpose(0, 2, 3, 1)
+
+def resize(images, size, interpolation="bilinear", antialias=False, crop_to_aspect_ratio=False,
+           pad_to_aspect_ratio=False, fill_mode="constant", fill_value=0.0, data_format=None):
+    """Resize an image (3-D) or a batch (4-D) to size=(height, width): keras.ops.image.resize.
+    Returns an array of the input's dtype (float64 stays float64; other dtypes are resized in
+    float32, integers rounded back), where the input is (NumPy, or the backend's device)."""
+    _check_resize(size, interpolation, crop_to_aspect_ratio, pad_to_aspect_ratio, fill_mode)
+    xp = _array_module(images)
+    x, back = _batch_nhwc(images if xp is not np else np.asarray(images), data_format)
     out_dtype = x.dtype
     work = x if out_dtype in (np.float32, np.float64) else x.astype(np.float32)
-
-    h, w = work.shape[1:3]
-    if crop_to_aspect_ratio:
-        crop_h = max(min(h, int(w * out_h / out_w)), 1)
-        crop_w = max(min(w, int(h * out_w / out_h)), 1)
-        top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    box, pads, steps = _resize_plan(work.shape[1], work.shape[2], size, interpolation,
+                                    antialias, crop_to_aspect_ratio, pad_to_aspect_ratio,
+                                    work.dtype)
+    if box is not None:
+        top, left, crop_h, crop_w = box
         work = work[:, top:top + crop_h, left:left + crop_w]
-    elif pad_to_aspect_ratio:
-        # Keras pads floor((padded - h) / 2) on each side, so an odd difference loses a row.
-        pad_h = (max(h, int(w * out_h / out_w)) - h) // 2
-        pad_w = (max(w, int(h * out_w / out_h)) - w) // 2
-        if pad_h or pad_w:
-            work = np.pad(work, ((0, 0), (pad_h, pad_h), (pad_w, pad_w), (0, 0)),
-                          constant_values=work.dtype.type(fill_value))
-
-    for axis, n_out in ((2, out_w), (1, out_h)):     # width first: torch's order (rounding)
-        n_in = work.shape[axis]
-        if interpolation == "nearest":
-            work = np.take(work, _nearest_index(n_in, n_out), axis=axis)
+    elif pads is not None:
+        work = xp.pad(work, ((0, 0), (pads[0],) * 2, (pads[1],) * 2, (0, 0)),
+                      constant_values=work.dtype.type(fill_value))
+    for axis, _, idx, wts in steps:
+        if wts is None:
+            work = xp.take(work, xp.asarray(idx[:, 0]), axis=axis)
         else:
-            idx, wts = _linear_taps(n_in, n_out, antialias, work.dtype)
-            work = _apply_taps(work, axis, idx, wts)
-
+            work = _apply_taps(work, axis, idx, wts, xp)
     if out_dtype.kind in "iu":
-        work = np.round(work)
-    out = work.astype(out_dtype, copy=False)
-    if channels_first:
-        out = out.transpose(0, 3, 1, 2)
-    return out[0] if single else out
+        work = xp.round(work)
+    return back(work.astype(out_dtype, copy=False))
+
+
+def resize_backward(grad, input_shape, size, interpolation="bilinear", antialias=False,
+                    crop_to_aspect_ratio=False, pad_to_aspect_ratio=False, fill_mode="constant",
+                    fill_value=0.0, data_format=None):
+    """The gradient of resize (a linear map of its input) for its output's gradient `grad`:
+    each axis's taps transposed, then the pad cut off or the crop put back (zeros around)."""
+    xp = _array_module(grad)
+    g, _ = _batch_nhwc(grad, data_format, "grad")
+    like_input, back = _batch_nhwc(np.broadcast_to(np.bool_(0), tuple(input_shape)),
+                                   data_format)      # the input's shape, without its data
+    h, w = like_input.shape[1:3]
+    box, pads, steps = _resize_plan(h, w, size, interpolation, antialias, crop_to_aspect_ratio,
+                                    pad_to_aspect_ratio, g.dtype)
+    for axis, n_in, idx, wts in reversed(steps):
+        matrix = np.zeros((idx.shape[0], n_in), g.dtype)
+        rows = np.repeat(np.arange(idx.shape[0]), idx.shape[1])
+        np.add.at(matrix, (rows, idx.reshape(-1)), 1 if wts is None else wts.reshape(-1))
+        g = xp.moveaxis(xp.tensordot(g, xp.asarray(matrix), axes=([axis], [0])), -1, axis)
+    if box is not None:
+        top, left, crop_h, crop_w = box
+        g = xp.pad(g, ((0, 0), (top, h - top - crop_h), (left, w - left - crop_w), (0, 0)))
+    elif pads is not None:
+        g = g[:, pads[0]:pads[0] + h, pads[1]:pads[1] + w]
+    return back(xp.ascontiguousarray(g))
+
+
+AFFINE_INTERPOLATIONS = ("nearest", "bilinear")
+AFFINE_FILL_MODES = ("constant", "nearest", "wrap", "mirror", "reflect")
+
+
+def _mirror(index, size, xp):
+    """Keras's "mirror" index: reflected about the edge pixels' centres
+    (d c b | a b c d | c b a)."""
+    if size == 1:
+        return xp.zeros_like(index)
+    s = size - 1
+    return xp.abs((index + s) % (2 * s) - s)
+
+
+def _fixed_index(index, size, fill_mode, xp):
+    """An index inside [0, size) for every `index`, as fill_mode extends the image: "reflect"
+    about the edges (d c b a | a b c d | d c b a), "mirror", "wrap" around, "nearest" (and
+    "constant", whose outside taps read fill_value instead) clamped."""
+    if fill_mode == "wrap":
+        return index % size
+    if fill_mode == "mirror":
+        return _mirror(index, size, xp)
+    if fill_mode == "reflect":
+        return (_mirror(2 * index + 1, 2 * size + 1, xp) - 1) // 2
+    return xp.clip(index, 0, size - 1)
+
+
+def _affine_taps(shape, transform, interpolation, fill_mode, xp):
+    """The taps of affine_transform for a channels-last batch of `shape`: a list of (rows,
+    weights, valid), each (n, h, w): output pixel = sum of weights * (input row `rows` of the
+    batch seen as (n * h * w, c) where valid, else fill_value). weights is None for nearest
+    (1), valid None unless fill_mode is "constant". Output (x, y) reads the input at
+    (a0 x + a1 y + a2, b0 x + b1 y + b2), computed in float32 as Keras computes it."""
+    n, h, w = shape[:3]
+    t = xp.asarray(transform)
+    ys = xp.arange(h, dtype=np.float32)[None, :, None]
+    xs = xp.arange(w, dtype=np.float32)[None, None, :]
+    a0, a1, a2, b0, b1, b2 = (t[:, k, None, None] for k in range(6))
+    coords = ((ys * b1 + xs * b0) + b2, (ys * a1 + xs * a0) + a2)
+    per_axis = []
+    for coord, size in zip(coords, (h, w)):
+        if interpolation == "nearest":
+            nodes = [(xp.round(coord).astype(np.int64), None)]
+        else:
+            lower = xp.floor(coord)
+            upper_weight = coord - lower
+            index = lower.astype(np.int64)
+            nodes = [(index, 1 - upper_weight), (index + 1, upper_weight)]
+        per_axis.append([(_fixed_index(i, size, fill_mode, xp),
+                          ((i >= 0) & (i < size)) if fill_mode == "constant" else None, wt)
+                         for i, wt in nodes])
+    first = (xp.arange(n, dtype=np.int64) * (h * w))[:, None, None]
+    taps = []
+    for iy, vy, wy in per_axis[0]:
+        for ix, vx, wx in per_axis[1]:
+            weights = None if wy is None else wy * wx
+            valid = None if vy is None else vy & vx
+            taps.append((first + iy * w + ix, weights, valid))
+    return taps
+
+
+def _check_affine(transform, interpolation, fill_mode, batch):
+    if interpolation not in AFFINE_INTERPOLATIONS:
+        raise ValueError("Invalid value for argument `interpolation`. Expected of one "
+                         f"{set(AFFINE_INTERPOLATIONS)}. Received: interpolation={interpolation}")
+    if fill_mode not in AFFINE_FILL_MODES:
+        raise ValueError("Invalid value for argument `fill_mode`. Expected of one "
+                         f"{set(AFFINE_FILL_MODES)}. Received: fill_mode={fill_mode}")
+    from .backend import get_ops
+    t = np.asarray(get_ops().to_numpy(transform), np.float32)
+    if t.ndim not in (1, 2) or t.shape[-1] != 8:
+        raise ValueError("Invalid transform rank: expected rank 1 (single transform) or rank 2 "
+                         "(batch of transforms) of 8 values [a0, a1, a2, b0, b1, b2, c0, c1]. "
+                         f"Received input with shape: transform.shape={t.shape}")
+    t = np.broadcast_to(t.reshape(-1, 8), (batch, 8)) if t.ndim == 1 or len(t) == 1 else t
+    if len(t) != batch:
+        raise ValueError(f"affine_transform: {len(t)} transforms for a batch of {batch} images")
+    if np.any(t[:, 6:] != 0):
+        raise ValueError("affine_transform: fastnn applies affine transforms only: c0 and c1 "
+                         f"(the last two of the 8 values) must be 0. Received: {t[:, 6:]}")
+    return np.ascontiguousarray(t)
+
+
+def affine_transform(images, transform, interpolation="bilinear", fill_mode="constant",
+                     fill_value=0, data_format=None):
+    """keras.ops.image.affine_transform: each output pixel (x, y) of an image (3-D) or batch
+    (4-D) samples the input at (a0 x + a1 y + a2, b0 x + b1 y + b2) for its transform [a0, a1,
+    a2, b0, b1, b2, 0, 0] ("nearest" or "bilinear"); outside the image, fill_mode "constant"
+    reads fill_value, "nearest", "wrap", "mirror" and "reflect" extend the image as Keras does.
+    Returns the input's dtype (integers computed in float32 and rounded), where it is."""
+    xp = _array_module(images)
+    x, back = _batch_nhwc(images if xp is not np else np.asarray(images), data_format)
+    t = _check_affine(transform, interpolation, fill_mode, x.shape[0])
+    out_dtype = x.dtype
+    work = x if out_dtype.kind == "f" else x.astype(np.float32)
+    rows = work.reshape(-1, work.shape[3])
+    fill = work.dtype.type(fill_value)
+    out = None
+    for index, weights, valid in _affine_taps(x.shape, t, interpolation, fill_mode, xp):
+        term = rows[index]
+        if valid is not None:
+            term = xp.where(valid[..., None], term, fill)
+        if weights is not None:
+            term = weights[..., None].astype(work.dtype, copy=False) * term
+        out = term if out is None else out + term
+    if out_dtype.kind in "iub":
+        out = xp.round(out)
+    return back(out.astype(out_dtype, copy=False))
+
+
+def affine_transform_backward(grad, input_shape, transform, interpolation="bilinear",
+                              fill_mode="constant", fill_value=0, data_format=None):
+    """The gradient of affine_transform for its images (fill_value and the transform get
+    none): each tap's weights times `grad`, added back at the pixel it read."""
+    xp = _array_module(grad)
+    g, back = _batch_nhwc(grad, data_format, "grad")
+    like_input, _ = _batch_nhwc(np.broadcast_to(np.bool_(0), tuple(input_shape)), data_format)
+    t = _check_affine(transform, interpolation, fill_mode, g.shape[0])
+    c = g.shape[3]
+    dx = xp.zeros((int(np.prod(like_input.shape[:3])), c), g.dtype)
+    for index, weights, valid in _affine_taps(like_input.shape, t, interpolation, fill_mode, xp):
+        term = g if weights is None else weights[..., None].astype(g.dtype, copy=False) * g
+        if valid is not None:
+            term = xp.where(valid[..., None], term, g.dtype.type(0))
+        xp.add.at(dx, index.reshape(-1), term.reshape(-1, c))
+    return back(dx.reshape(like_input.shape))
 
 
 def _nearest_index(n_in, n_out):
@@ -250,11 +444,12 @@ def _triangle_taps(n_in, n_out, scale, dtype):
     return np.minimum(idx, n_in - 1), wts
 
 
-def _apply_taps(x, axis, idx, wts):
+def _apply_taps(x, axis, idx, wts, xp=np):
     shape = [1] * x.ndim
     shape[axis] = -1
     out = None
     for k in range(idx.shape[1]):
-        term = np.take(x, idx[:, k], axis=axis) * wts[:, k].reshape(shape)
+        term = xp.take(x, xp.asarray(idx[:, k]), axis=axis) * \
+            xp.asarray(np.ascontiguousarray(wts[:, k]).reshape(shape))
         out = term if out is None else out + term
     return out

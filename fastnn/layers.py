@@ -206,7 +206,7 @@ class Layer:
             raise ValueError(f"{self.name}: initializer returned shape {value.shape} for "
                              f"weight {name!r}, expected {shape}")
         ops = get_ops()
-        self._vars[name] = ops.asarray(value)
+        self._vars[name] = ops.asarray(value).reshape(shape)    # a 0-d weight stays 0-d
         (self._trainable_names if trainable else self._non_trainable_names).append(name)
         if trainable:
             self.grads[name] = ops.alloc(shape)
@@ -1750,3 +1750,596 @@ def get_class(name, registered_name=None):
                      f"({', '.join(sorted(_CLASSES))}) nor a registered custom object. "
                      "Register your class with @fastnn.saving.register_keras_serializable(), "
                      f"or pass custom_objects={{{name!r}: {name}}}")
+
+
+# =============================================================================================
+# ---- preprocessing layers (Keras's keras.layers preprocessing; issue 18, item 6) ------------
+# Written with fastnn.ops (differentiated by autodiff, run where the backend computes). The
+# random image layers transform only when training (a model's fit, or a direct call, as in
+# Keras); their random numbers come from `seed=` or fastnn.utils.set_random_seed's Generator.
+# RandomRotation, RandomZoom and RandomTranslation share ops.image.affine_transform.
+# =============================================================================================
+_EPSILON = 1e-7         # keras.backend.epsilon()
+
+
+def _float32(x):
+    """An input as float32 (an integer image, say), on the tape when it is a tensor."""
+    return x if getattr(x, "dtype", None) == np.float32 else array_ops.cast(x, "float32")
+
+
+def _number_or_numbers(value, arg, layer):
+    """A number, or a list/tuple of numbers (a per-channel value), as Keras takes them."""
+    if isinstance(value, dict) and value.get("class_name") == "__tuple__":
+        value = tuple(value["config"]["value"])       # Keras's JSON form of a tuple
+    if isinstance(value, (np.ndarray, np.generic)):
+        value = value.tolist()                        # (its config is JSON)
+    try:
+        array = np.asarray(value, np.float32)
+    except (TypeError, ValueError):
+        array = None
+    if array is None or array.ndim > 1 or isinstance(value, (str, bool)) or \
+            not np.all(np.isfinite(array)):
+        raise ValueError(f"{layer}: {arg} must be a finite number or a list of numbers, got "
+                         f"{value!r}")
+    return value
+
+
+class Rescaling(Layer):
+    """y = x * scale + offset, in float32 (scale and offset may be per-channel lists)."""
+
+    def __init__(self, scale, offset=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = _number_or_numbers(scale, "scale", self.name)
+        self.offset = _number_or_numbers(offset, "offset", self.name)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def call(self, inputs):
+        return array_ops.add(array_ops.multiply(_float32(inputs),
+                                                np.asarray(self.scale, np.float32)),
+                             np.asarray(self.offset, np.float32))
+
+    def get_config(self):
+        return {**super().get_config(), "scale": self.scale, "offset": self.offset}
+
+
+def _batches(data):
+    """adapt()'s data, as Keras's Normalization.adapt takes it: (shape, None, the array) for
+    an array; (the first batch's shape, the other batches, the first) as float32 host arrays
+    for an iterable of batches ((x, y) batches give x)."""
+    to_numpy = get_ops().to_numpy
+    if isinstance(data, (np.ndarray, get_ops().xp.ndarray, Tensor)):
+        array = np.asarray(to_numpy(value_of(data)))
+        return array.shape, None, array
+    if not hasattr(data, "__iter__"):
+        raise TypeError(f"Unsupported data type: {type(data)}. `adapt` supports `np.ndarray`, "
+                        "backend tensors, and iterables of batches (e.g. list, generator).")
+    batches = iter(data)
+    first = next(batches, None)
+    if first is None:
+        raise ValueError("adapt() received an empty iterable (no batches). Expected at least "
+                         "one batch. Pass a non-empty iterable of arrays or tensors, e.g. "
+                         "layer.adapt([x]) or layer.adapt(list_of_batches).")
+
+    def host(batch):
+        batch = batch[0] if isinstance(batch, tuple) else batch
+        if getattr(batch, "shape", None) is None:
+            raise TypeError("adapt() expects an iterable that yields arrays or tensors with a "
+                            f"`.shape` attribute (e.g. numpy arrays or backend tensors). Got an "
+                            f"element of type {type(batch).__name__}. Ensure each yielded "
+                            "element is array-like with a `.shape` attribute.")
+        return np.asarray(to_numpy(value_of(batch)), np.float32)
+    first = host(first)
+    return first.shape, (host(b) for b in batches), first
+
+
+class Normalization(Layer):
+    """(x - mean) / max(sqrt(variance), 1e-7) per index of the kept `axis` (invert=True: the
+    inverse), with mean and variance given or learned by adapt(). Weights (adapted layers
+    only, as Keras): mean, variance and count (int32; Keras's adapt leaves it 0)."""
+
+    def __init__(self, axis=-1, mean=None, variance=None, invert=False, **kwargs):
+        super().__init__(**kwargs)
+        if axis is None:
+            axis = ()
+        elif _is_int(axis):
+            axis = (axis,)
+        else:
+            try:
+                axis = tuple(axis)
+            except TypeError:
+                axis = None
+            if axis is None or not all(_is_int(a) for a in axis):
+                raise ValueError(f"{self.name}: axis must be an int, a tuple of ints or None, "
+                                 f"got {axis!r}")
+        self.axis = tuple(int(a) for a in axis)
+        self.input_mean, self.input_variance, self.invert = mean, variance, bool(invert)
+        if (mean is not None) != (variance is not None):
+            raise ValueError("When setting values directly, both `mean` and `variance` must be "
+                             f"set. Received: mean={mean} and variance={variance}")
+        if mean is not None:
+            if np.shape(mean) != np.shape(variance):
+                raise ValueError("When setting values directly, `mean` and `variance` must "
+                                 f"have the same shape. Received: mean shape {np.shape(mean)} "
+                                 f"and variance shape {np.shape(variance)}")
+            if len(np.shape(mean)) > len(self.axis):
+                raise ValueError("The rank of `mean` must be less than or equal to the number "
+                                 f"of axes ({len(self.axis)}). Received: mean shape "
+                                 f"{np.shape(mean)} for axis {self.axis}")
+        self._constants = None      # (mean, variance) in the broadcast shape, on the backend
+
+    def build(self, input_shape):
+        ndim = len(input_shape)
+        if any(a < -ndim or a >= ndim for a in self.axis):
+            raise ValueError("All `axis` values must be in the range [-ndim, ndim). Received "
+                             f"inputs with ndim={ndim}, while axis={self.axis}")
+        keep = tuple(sorted(a % ndim for a in self.axis))
+        for d in keep:
+            if input_shape[d] is None:
+                raise ValueError("All `axis` values to be kept must have a known shape. "
+                                 f"Received axis={self.axis}, inputs.shape={tuple(input_shape)}, "
+                                 f"with unknown axis at index {d}")
+        self._keep, self._reduce = keep, tuple(d for d in range(ndim) if d not in keep)
+        self._broadcast = tuple(input_shape[d] if d in keep else 1 for d in range(ndim))
+        shape = tuple(input_shape[d] for d in keep)
+        super().build(input_shape)
+        if self.input_mean is None:
+            self.add_weight(name="mean", shape=shape, initializer="zeros", trainable=False)
+            self.add_weight(name="variance", shape=shape, initializer="ones", trainable=False)
+            # Keras keeps the count as an int32 variable: so does fastnn (and its files)
+            self._vars["count"] = get_ops().xp.zeros((), np.int32)
+            self._non_trainable_names.append("count")
+            self._variables["count"] = Variable(self, "count", False)
+            return
+        mean = np.asarray(self.input_mean, np.float32)
+        variance = np.asarray(self.input_variance, np.float32)
+        if mean.ndim:       # the given values fill the last kept axes
+            expanded = [1] * ndim
+            for i in range(1, mean.ndim + 1):
+                expanded[keep[-i]] = mean.shape[-i]
+            mean, variance = mean.reshape(expanded), variance.reshape(expanded)
+        try:
+            mean, variance = (np.broadcast_to(v, self._broadcast) for v in (mean, variance))
+        except ValueError:
+            raise ValueError(f"{self.name}: mean and variance of shape {np.shape(self.input_mean)}"
+                             f" do not broadcast to the kept axes {keep} of inputs of shape "
+                             f"{tuple(input_shape)} (shape {shape})") from None
+        ops = get_ops()
+        self._constants = tuple(ops.asarray(np.ascontiguousarray(v)) for v in (mean, variance))
+
+    def adapt(self, data):
+        """Learn the mean and variance of `data`: an array, or an iterable of batches (Keras's
+        streaming combination of each batch's mean and variance)."""
+        import itertools
+        shape, rest, first = _batches(data)
+        shape = tuple(shape)
+        if not self.built:
+            self._maybe_build(shape)
+        else:
+            for d in self._keep:
+                if shape[d] != self._build_shape[d]:
+                    raise ValueError(f"The layer was built with input_shape={self._build_shape}"
+                                     ", but adapt() is being called with data with an "
+                                     f"incompatible shape, data.shape={shape}")
+        if self.input_mean is not None:
+            raise ValueError(f"{self.name}: adapt() learns the mean and variance of a layer "
+                             "created without them; this one was given mean= and variance=")
+        if rest is None:
+            mean = np.mean(first, axis=self._reduce)
+            var = np.var(first, axis=self._reduce)
+        else:
+            mean = var = np.zeros(tuple(self._broadcast[d] for d in self._keep), np.float32)
+            count = 0
+            for batch in itertools.chain([first], rest):
+                for d in self._keep:
+                    if batch.shape[d] != self._build_shape[d]:
+                        raise ValueError("adapt() yielded a batch with incompatible shape. "
+                                         f"Expected {self._build_shape}, got {batch.shape}.")
+                batch_mean = np.mean(batch, axis=self._reduce)
+                batch_var = np.var(batch, axis=self._reduce)
+                batch_count = int(np.prod([batch.shape[d] for d in self._reduce]))
+                count += batch_count
+                new_weight = batch_count / count
+                old_weight = 1.0 - new_weight
+                new_mean = mean * old_weight + batch_mean * new_weight
+                var = (var + (mean - new_mean) ** 2) * old_weight + \
+                    (batch_var + (batch_mean - new_mean) ** 2) * new_weight
+                mean = new_mean
+        ops = get_ops()
+        self._vars["mean"][...] = ops.asarray(np.asarray(mean, np.float32))
+        self._vars["variance"][...] = ops.asarray(np.asarray(var, np.float32))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def call(self, inputs):
+        if self._constants is not None:
+            mean, variance = self._constants
+        else:
+            mean = self._vars["mean"].reshape(self._broadcast)
+            variance = self._vars["variance"].reshape(self._broadcast)
+        std = get_ops().xp.maximum(get_ops().xp.sqrt(variance), np.float32(_EPSILON))
+        x = _float32(inputs)
+        if self.invert:
+            return array_ops.add(mean, array_ops.multiply(x, std))
+        return array_ops.divide(array_ops.subtract(x, mean), std)
+
+    def get_config(self):
+        return {**super().get_config(), "axis": list(self.axis), "invert": self.invert,
+                "mean": np.array(self.input_mean).tolist(),
+                "variance": np.array(self.input_variance).tolist()}
+
+
+
+class _ImageLayer(Layer):
+    """A preprocessing layer on batches of images (rank 4), channels_last or channels_first."""
+
+    def __init__(self, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        from .images import _data_format
+        self.data_format = _data_format(data_format)
+
+    def __call__(self, x, training=None):
+        if isinstance(x, (np.ndarray, get_ops().xp.ndarray)) and x.ndim == 3 and \
+                getattr(_PASS, "counts", None) is None:
+            # one image called on directly: a batch of one, as Keras takes it
+            return self(x[None], training)[0]
+        return super().__call__(x, training)
+
+    @property
+    def _hw(self):
+        """The height and width axes."""
+        return (1, 2) if self.data_format == "channels_last" else (2, 3)
+
+    def _check_images(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(f"{type(self).__name__} layer {self.name!r} expects a batch of "
+                             "images, a rank-4 input (batch, height, width, channels) "
+                             f"({self.data_format}), or one image (rank 3) called on directly; "
+                             f"received input_shape={tuple(input_shape)}")
+
+    def build(self, input_shape):
+        self._check_images(input_shape)
+        super().build(input_shape)
+
+    def _with_size(self, input_shape, height, width):
+        self._check_images(input_shape)
+        shape = list(input_shape)
+        shape[self._hw[0]], shape[self._hw[1]] = height, width
+        return tuple(shape)
+
+    def compute_output_shape(self, input_shape):
+        self._check_images(input_shape)
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "data_format": self.data_format}
+
+
+def _positive_int(value, arg, layer):
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{layer}: {arg} must be a positive int, got {value!r}")
+    return int(value)
+
+
+class Resizing(_ImageLayer):
+    """ops.image.resize to (height, width), as keras.layers.Resizing."""
+
+    def __init__(self, height, width, interpolation="bilinear", crop_to_aspect_ratio=False,
+                 pad_to_aspect_ratio=False, fill_mode="constant", fill_value=0.0,
+                 antialias=False, data_format=None, **kwargs):
+        super().__init__(data_format=data_format, **kwargs)
+        from .images import _check_resize
+        self.height = _positive_int(height, "height", self.name)
+        self.width = _positive_int(width, "width", self.name)
+        _check_resize((self.height, self.width), interpolation, crop_to_aspect_ratio,
+                      pad_to_aspect_ratio, fill_mode)
+        self.interpolation, self.fill_mode = interpolation, fill_mode
+        self.crop_to_aspect_ratio = bool(crop_to_aspect_ratio)
+        self.pad_to_aspect_ratio = bool(pad_to_aspect_ratio)
+        self.fill_value = _finite(fill_value, "fill_value", self.name)
+        self.antialias = bool(antialias)
+
+    def __call__(self, x, training=None):
+        if isinstance(x, (np.ndarray, get_ops().xp.ndarray)) and x.dtype.kind in "iu" and \
+                x.ndim == 4 and getattr(_PASS, "counts", None) is None:
+            # integer images called on directly: resized, rounded and returned in their dtype
+            # (as Keras); Layer.__call__ would read them as float32
+            ops = get_ops()
+            self._maybe_build((None,) + x.shape[1:])
+            with no_grad():
+                return np.array(ops.to_numpy(self.call(ops.asarray(x, x.dtype))))
+        return super().__call__(x, training)
+
+    def compute_output_shape(self, input_shape):
+        return self._with_size(input_shape, self.height, self.width)
+
+    def call(self, inputs):
+        return array_ops.image.resize(
+            inputs, (self.height, self.width), interpolation=self.interpolation,
+            antialias=self.antialias, crop_to_aspect_ratio=self.crop_to_aspect_ratio,
+            pad_to_aspect_ratio=self.pad_to_aspect_ratio, fill_mode=self.fill_mode,
+            fill_value=self.fill_value, data_format=self.data_format)
+
+    def get_config(self):
+        return {**super().get_config(), "height": self.height, "width": self.width,
+                "interpolation": self.interpolation,
+                "crop_to_aspect_ratio": self.crop_to_aspect_ratio,
+                "pad_to_aspect_ratio": self.pad_to_aspect_ratio, "fill_mode": self.fill_mode,
+                "fill_value": self.fill_value, "antialias": self.antialias}
+
+
+class CenterCrop(_ImageLayer):
+    """The central (height, width) window; an image smaller than that on a side is cropped to
+    the target's aspect ratio and resized (bilinear) instead, as Keras does."""
+
+    def __init__(self, height, width, data_format=None, **kwargs):
+        super().__init__(data_format=data_format, **kwargs)
+        self.height = _positive_int(height, "height", self.name)
+        self.width = _positive_int(width, "width", self.name)
+
+    def compute_output_shape(self, input_shape):
+        return self._with_size(input_shape, self.height, self.width)
+
+    def call(self, inputs):
+        x = _float32(inputs)
+        ha, wa = self._hw
+        h, w = x.shape[ha], x.shape[wa]
+        if h < self.height or w < self.width:
+            return array_ops.image.resize(x, (self.height, self.width), crop_to_aspect_ratio=True,
+                                          data_format=self.data_format)
+        index = [slice(None)] * 4
+        top, left = (h - self.height) // 2, (w - self.width) // 2
+        index[ha], index[wa] = slice(top, top + self.height), slice(left, left + self.width)
+        return array_ops.get_item(x, tuple(index))
+
+    def get_config(self):
+        return {**super().get_config(), "height": self.height, "width": self.width}
+
+
+def _factor(factor, bounds):
+    """keras's BaseImagePreprocessingLayer factor: a number f (-> (max(-|f|, low), |f|)) or
+    two numbers (sorted), inside bounds."""
+    message = ("The `factor` argument should be a number (or a list of two numbers) in the "
+               f"range [{bounds[0]}, {bounds[1]}]. Received: factor={factor}")
+    factor = factor or 0.0
+    if isinstance(factor, (tuple, list)):
+        if len(factor) != 2 or not all(isinstance(f, (int, float)) for f in factor) or \
+                factor[0] > bounds[1] or factor[1] < bounds[0]:
+            raise ValueError(message)
+        return tuple(sorted(factor))
+    if not isinstance(factor, (int, float)) or not bounds[0] <= factor <= bounds[1]:
+        raise ValueError(message)
+    return (max(-abs(factor), bounds[0]), abs(factor))
+
+
+def _axis_factor(factor, name, message, low_open):
+    """RandomZoom's and RandomTranslation's height/width factor: a number f (-> (-|f|, |f|))
+    or two numbers, each in [-1, 1] ((-1, 1] when low_open)."""
+    def check(number):
+        if not isinstance(number, (int, float)) or number > 1.0 or \
+                (number <= -1.0 if low_open else number < -1.0):
+            raise ValueError(message + f"Received: input_number={number}")
+    if isinstance(factor, (tuple, list)):
+        if len(factor) != 2:
+            raise ValueError(message + f"Received: {name}={factor}")
+        check(factor[0])
+        check(factor[1])
+        return tuple(sorted(factor))
+    if not isinstance(factor, (int, float)):
+        raise ValueError(message + f"Received: {name}={factor}")
+    check(factor)
+    return (-abs(factor), abs(factor))
+
+
+class _RandomImageLayer(_ImageLayer):
+    """A random augmentation: transforms only when training. As in Keras, a direct call
+    (outside a model, no training=) trains; a model's predict/evaluate do not."""
+
+    def __init__(self, seed=None, data_format=None, **kwargs):
+        super().__init__(data_format=data_format, **kwargs)
+        if seed is not None and (not _is_int(seed) or seed < 0):
+            raise ValueError(f"{self.name}: seed must be a non-negative int or None, got "
+                             f"{seed!r}")
+        self.seed = seed
+        self._rng = None if seed is None else np.random.default_rng(seed)
+
+    def __call__(self, x, training=None):
+        if training is None and getattr(_PASS, "counts", None) is None and \
+                not is_symbolic(x):
+            training = True
+        return super().__call__(x, training)
+
+    def _uniform(self, low, high, n):
+        """n float32 draws in [low, high) (exactly low when high == low), as Keras draws."""
+        from .utils import get_rng
+        u = (self._rng or get_rng()).random(n, dtype=np.float32)
+        return u * np.float32(high - low) + np.float32(low)
+
+    def call(self, inputs, training=False):
+        if not training:
+            return inputs
+        return self._transform(_float32(inputs))
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+class RandomFlip(_RandomImageLayer):
+    """Flips each image (probability 1/2) left-right ("horizontal"), top-bottom ("vertical"),
+    or both at once ("horizontal_and_vertical": one draw, as Keras)."""
+
+    MODES = ("horizontal", "vertical", "horizontal_and_vertical")
+
+    def __init__(self, mode="horizontal_and_vertical", seed=None, data_format=None, **kwargs):
+        super().__init__(seed=seed, data_format=data_format, **kwargs)
+        if mode not in self.MODES:
+            raise ValueError(f"{self.name}: mode must be one of {self.MODES}, got {mode!r}")
+        self.mode = mode
+
+    def _transform(self, x):
+        flips = self._uniform(0.0, 1.0, x.shape[0]) <= 0.5
+        mask = get_ops().asarray(flips.reshape(-1, 1, 1, 1), np.bool_)
+        ha, wa = self._hw
+        for axis, wanted in ((wa, "horizontal"), (ha, "vertical")):
+            if wanted in self.mode:
+                index = [slice(None)] * 4
+                index[axis] = slice(None, None, -1)
+                x = array_ops.where(mask, array_ops.get_item(x, tuple(index)), x)
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+class _AffineLayer(_RandomImageLayer):
+    """A random affine map of each image (one ops.image.affine_transform): the matrices come
+    from _matrices(n, height, width), float32 (n, 8) as Keras computes them."""
+
+    FILL_MODES = ("reflect", "wrap", "constant", "nearest")
+    INTERPOLATIONS = ("nearest", "bilinear")
+
+    def __init__(self, fill_mode="reflect", interpolation="bilinear", seed=None,
+                 fill_value=0.0, data_format=None, **kwargs):
+        super().__init__(seed=seed, data_format=data_format, **kwargs)
+        if fill_mode not in self.FILL_MODES:
+            raise NotImplementedError(f"Unknown `fill_mode` {fill_mode}. Expected of one "
+                                      f"{self.FILL_MODES}.")
+        if interpolation not in self.INTERPOLATIONS:
+            raise NotImplementedError(f"Unknown `interpolation` {interpolation}. Expected of "
+                                      f"one {self.INTERPOLATIONS}.")
+        self.fill_mode, self.interpolation = fill_mode, interpolation
+        self.fill_value = _finite(fill_value, "fill_value", self.name)
+
+    def _transform(self, x):
+        ha, wa = self._hw
+        matrices = self._matrices(x.shape[0], x.shape[ha], x.shape[wa])
+        return array_ops.image.affine_transform(
+            x, matrices, interpolation=self.interpolation, fill_mode=self.fill_mode,
+            fill_value=self.fill_value, data_format=self.data_format)
+
+    def get_config(self):
+        return {**super().get_config(), "fill_mode": self.fill_mode,
+                "interpolation": self.interpolation, "fill_value": self.fill_value}
+
+
+def _matrices(columns):
+    """(n, 8) float32 transforms from their columns (arrays of n, or numbers)."""
+    n = max(np.size(c) for c in columns)
+    return np.stack([np.broadcast_to(np.asarray(c, np.float32).reshape(-1), (n,))
+                     for c in columns] + [np.zeros(n, np.float32)] * 2, axis=1)
+
+
+class RandomRotation(_AffineLayer):
+    """Rotates each image about its centre by an angle drawn from factor * 360 degrees."""
+
+    def __init__(self, factor, fill_mode="reflect", interpolation="bilinear", seed=None,
+                 fill_value=0.0, data_format=None, **kwargs):
+        super().__init__(fill_mode=fill_mode, interpolation=interpolation, seed=seed,
+                         fill_value=fill_value, data_format=data_format, **kwargs)
+        self.factor = _factor(factor, (-1, 1))
+
+    def _matrices(self, n, height, width):
+        angle = self._uniform(self.factor[0] * 360.0, self.factor[1] * 360.0, n)
+        angle = angle * np.float32(np.pi / 180.0)
+        cos, sin = np.cos(angle), np.sin(angle)
+        cx = np.float32(0.5) * (np.float32(width) - np.float32(1))
+        cy = np.float32(0.5) * (np.float32(height) - np.float32(1))
+        return _matrices([cos, -sin, cx - cx * cos - cy * -sin,
+                          sin, cos, cy - cx * sin - cy * cos])
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+
+class RandomZoom(_AffineLayer):
+    """Zooms each image about its centre by 1 + a draw from height_factor (and width_factor,
+    else the same draw): a positive factor zooms out."""
+
+    _MESSAGE = ("The `height_factor` and `width_factor` arguments should be a number (or a "
+                "list of two numbers) in the range (-1.0, 1.0]. ")
+
+    def __init__(self, height_factor, width_factor=None, fill_mode="reflect",
+                 interpolation="bilinear", seed=None, fill_value=0.0, data_format=None,
+                 **kwargs):
+        super().__init__(fill_mode=fill_mode, interpolation=interpolation, seed=seed,
+                         fill_value=fill_value, data_format=data_format, **kwargs)
+        self.height_factor, self.width_factor = height_factor, width_factor
+        self._height = _axis_factor(height_factor, "height_factor", self._MESSAGE, True)
+        self._width = None if width_factor is None else \
+            _axis_factor(width_factor, "width_factor", self._MESSAGE, True)
+
+    def _matrices(self, n, height, width):
+        zoom_h = self._uniform(1.0 + self._height[0], 1.0 + self._height[1], n)
+        zoom_w = zoom_h if self._width is None else \
+            self._uniform(1.0 + self._width[0], 1.0 + self._width[1], n)
+        half_w = (np.float32(width) - np.float32(1)) / np.float32(2)
+        half_h = (np.float32(height) - np.float32(1)) / np.float32(2)
+        return _matrices([zoom_w, 0, half_w * (np.float32(1) - zoom_w),
+                          0, zoom_h, half_h * (np.float32(1) - zoom_h)])
+
+    def get_config(self):
+        return {**super().get_config(), "height_factor": self.height_factor,
+                "width_factor": self.width_factor}
+
+
+class RandomTranslation(_AffineLayer):
+    """Shifts each image by a draw from height_factor * height rows and width_factor * width
+    columns."""
+
+    _MESSAGE = ("The `factor` argument should be a number (or a list of two numbers) in the "
+                "range [-1.0, 1.0]. ")
+
+    def __init__(self, height_factor, width_factor, fill_mode="reflect",
+                 interpolation="bilinear", seed=None, fill_value=0.0, data_format=None,
+                 **kwargs):
+        super().__init__(fill_mode=fill_mode, interpolation=interpolation, seed=seed,
+                         fill_value=fill_value, data_format=data_format, **kwargs)
+        self.height_factor, self.width_factor = height_factor, width_factor
+        self._height = _axis_factor(height_factor, "height_factor", self._MESSAGE, False)
+        self._width = _axis_factor(width_factor, "width_factor", self._MESSAGE, False)
+
+    def _matrices(self, n, height, width):
+        shift_h = self._uniform(*self._height, n) * np.float32(height)
+        shift_w = self._uniform(*self._width, n) * np.float32(width)
+        return _matrices([1, 0, -shift_w, 0, 1, -shift_h])
+
+    def get_config(self):
+        return {**super().get_config(), "height_factor": self.height_factor,
+                "width_factor": self.width_factor}
+
+
+class RandomContrast(_RandomImageLayer):
+    """(x - mean) * c + mean per image and channel (mean over height and width), c drawn from
+    [1 - factor[0], 1 + factor[1]], clipped to value_range."""
+
+    def __init__(self, factor, value_range=(0, 255), seed=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self.factor = _factor(factor, (0, 1))
+        try:
+            low, high = (float(v) for v in value_range)
+        except (TypeError, ValueError):
+            low = high = None
+        if low is None or not low < high:
+            raise ValueError(f"{self.name}: value_range must be two numbers (low, high) with "
+                             f"low < high, got {value_range!r}")
+        self.value_range = tuple(value_range)
+
+    def _transform(self, x):
+        ha, wa = self._hw
+        c = self._uniform(1.0 - self.factor[0], 1.0 + self.factor[1], x.shape[0])
+        c = get_ops().asarray(c.reshape(-1, 1, 1, 1))
+        mean = array_ops.mean(array_ops.mean(x, axis=ha, keepdims=True), axis=wa,
+                              keepdims=True)
+        out = array_ops.add(array_ops.multiply(array_ops.subtract(x, mean), c), mean)
+        return array_ops.clip(out, self.value_range[0], self.value_range[1])
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor,
+                "value_range": self.value_range}
+
+
+_CLASSES.update({c.__name__: c for c in (
+    Rescaling, Normalization, Resizing, CenterCrop, RandomFlip, RandomRotation, RandomZoom,
+    RandomTranslation, RandomContrast)})

@@ -646,5 +646,22 @@ for _name in __all__:
     globals()[_name] = _graph_aware(globals()[_name])
 autodiff.OPS.update((name, globals()[name]) for name in __all__)
 
-# keras.ops.image: the image ops fastnn has (NumPy, on host arrays).
-image = types.SimpleNamespace(resize=_images.resize)
+# keras.ops.image: the image ops fastnn has, computed where the backend computes (a host NumPy
+# array stays on the host), differentiable for their images (fastnn.images has both passes).
+def _image_op(forward, backward):
+    @functools.wraps(forward)
+    def op(images, *args, **kwargs):
+        if graph.has_symbolic((images,)):
+            return graph.symbolic_op(op, (images,) + args, kwargs)
+        a = value_of(images)
+        out = forward(a, *args, **kwargs)
+        if np.dtype(out.dtype).kind != "f":
+            return record(out, (images,), lambda g: (None,))
+        return record(out, (images,), lambda g: (
+            backward(g, a.shape, *args, **kwargs).astype(a.dtype, copy=False),))
+    return op
+
+
+image = types.SimpleNamespace(
+    resize=_image_op(_images.resize, _images.resize_backward),
+    affine_transform=_image_op(_images.affine_transform, _images.affine_transform_backward))

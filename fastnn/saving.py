@@ -322,11 +322,22 @@ def _check_padding(value, path):
         C.expect_ints(value, path, 0)
 
 
+def _check_scale(value, path):
+    """BatchNormalization's scale (a bool) or Rescaling's (a number or a list of numbers)."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, list):
+        for i, v in enumerate(value):
+            C.expect_number(v, f"{path}[{i}]")
+        return
+    C.expect_number(value, path)
+
+
 _LAYER_KEYS = {
     "name": lambda v, p: C.expect_str(v, p), "trainable": C.expect_bool, "dtype": _check_dtype,
     "units": lambda v, p: C.expect_int(v, p, 1), "filters": lambda v, p: C.expect_int(v, p, 1),
     "activation": _check_activation, "use_bias": C.expect_bool, "center": C.expect_bool,
-    "scale": C.expect_bool, "keepdims": C.expect_bool, "sparse": _bool_or_none,
+    "scale": _check_scale, "keepdims": C.expect_bool, "sparse": _bool_or_none,
     "ragged": _bool_or_none, "optional": _bool_or_none,
     "kernel_size": lambda v, p: C.expect_ints(v, p, 1),
     "strides": lambda v, p: v is None or C.expect_ints(v, p, 1),
