@@ -241,3 +241,138 @@ def test_next_step_from_a_keras_file_is_keras_step(name):
     for i, w in enumerate(weights):     # atol: see the conv-bias note above
         np.testing.assert_allclose(w, stored[f"{name}/{i}"], rtol=1e-4, atol=5e-5,
                                    err_msg=f"{name} weight {i}")
+
+
+# ---- nested models: a model used as a layer -------------------------------------------------
+def _nested_models(K):
+    """The same two nested models in Keras or fastnn: a functional model using a Sequential
+    (with BatchNormalization and a frozen Dense) and a functional model as layers, and a
+    Sequential holding a Sequential (given no Input: the outer one builds it)."""
+    L = K.layers
+    # a frozen layer and moving statistics before trainable weights: the legacy .h5 order
+    # (all trainable weights of the inner model first) differs from the weights' order
+    inner = K.Sequential([K.Input(shape=(6,)),
+                          L.Dense(8, activation="relu", name="frozen", trainable=False),
+                          L.BatchNormalization(name="bn"), L.Dense(5, name="a")],
+                         name="inner_seq")
+    fi = K.Input(shape=(5,), name="fi")
+    inner_f = K.Model(fi, L.Dense(4, activation="tanh", name="fd")(fi), name="inner_fun")
+    x = K.Input(shape=(6,), name="x")
+    h = inner(x)
+    joined = L.Concatenate(name="cat")([inner_f(h), h])
+    outer = K.Model(x, L.Dense(3, activation="softmax", name="out")(joined), name="outer")
+    seq = K.Sequential([K.Input(shape=(6,)),
+                        K.Sequential([L.Dense(4, activation="relu", name="s1"),
+                                      L.BatchNormalization(name="sbn"),
+                                      L.Dense(4, name="s1b")], name="sub"),
+                        L.Dense(2, name="s2")], name="outer_seq")
+    return {"functional": outer, "sequential": seq}
+
+
+def _nested_data():
+    rng = np.random.default_rng(7)
+    return rng.standard_normal((16, 6)).astype(np.float32), rng.integers(0, 2, 16)
+
+
+def _keras_nested(keras, tmp_path, kind):
+    """Keras's nested model, trained one epoch (moving statistics, optimizer state), saved
+    in the three formats; returns the model and the paths."""
+    keras.utils.set_random_seed(3)
+    model = _nested_models(keras)[kind]
+    model.compile(keras.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    x, y = _nested_data()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    paths = {fmt: str(tmp_path / f"keras_{kind}{fmt}") for fmt in (".keras", ".h5",
+                                                                   ".weights.h5")}
+    model.save(paths[".keras"])
+    model.save(paths[".h5"])
+    model.save_weights(paths[".weights.h5"])
+    return model, paths
+
+
+@pytest.mark.parametrize("kind", ["functional", "sequential"])
+def test_nested_models_keras_writes_fastnn_reads(tmp_path, kind):
+    keras = pytest.importorskip("keras")
+    theirs, paths = _keras_nested(keras, tmp_path, kind)
+    x, _ = _nested_data()
+    expected = keras.ops.convert_to_numpy(theirs.predict(x, verbose=0))
+    inner_names = [layer.name for layer in theirs.layers]
+    for fmt in (".keras", ".h5"):
+        model = fastnn.models.load_model(paths[fmt])
+        assert [layer.name for layer in model.layers] == inner_names
+        assert model.optimizer.iterations == 2
+        np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-5,
+                                   err_msg=fmt)
+        for mine, var in zip(model.get_weights(), theirs.weights):
+            np.testing.assert_array_equal(mine, keras.ops.convert_to_numpy(var))
+    for fmt in (".weights.h5", ".h5", ".keras"):
+        model = _nested_models(fastnn)[kind]
+        model.load_weights(paths[fmt])
+        np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-5,
+                                   err_msg=f"load_weights {fmt}")
+
+
+@pytest.mark.parametrize("kind", ["functional", "sequential"])
+def test_nested_models_fastnn_writes_keras_reads(tmp_path, kind):
+    keras = pytest.importorskip("keras")
+    fastnn.utils.set_random_seed(5)
+    model = _nested_models(fastnn)[kind]
+    model.compile(fastnn.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    x, y = _nested_data()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    expected = model.predict(x, verbose=0)
+    for fmt in (".keras", ".h5"):
+        path = str(tmp_path / f"ours{fmt}")
+        model.save(path)
+        theirs = keras.models.load_model(path)
+        assert [layer.name for layer in theirs.layers] == [layer.name for layer in model.layers]
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(theirs.predict(x, verbose=0)),
+                                   expected, atol=1e-5, err_msg=fmt)
+        assert int(keras.ops.convert_to_numpy(theirs.optimizer.iterations)) == 2
+    path = str(tmp_path / "ours.weights.h5")
+    model.save_weights(path)
+    keras.utils.set_random_seed(9)
+    theirs = _nested_models(keras)[kind]
+    theirs.load_weights(path)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(theirs.predict(x, verbose=0)),
+                               expected, atol=1e-5)
+    # and one training step from the loaded .keras is the same step in both
+    path = str(tmp_path / "ours.keras")
+    theirs, again = keras.models.load_model(path), fastnn.models.load_model(path)
+    theirs.train_on_batch(x, y)
+    again.train_on_batch(x, y)
+    for a, b in zip(again.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(a, keras.ops.convert_to_numpy(b), rtol=1e-4, atol=1e-5)
+
+
+def test_nested_model_configs_in_keras_form(tmp_path):
+    """get_config / from_config / to_json of nested models: the entries Keras writes
+    (class, name, the inner model's layers, the calls), and a round trip that predicts the
+    same."""
+    keras = pytest.importorskip("keras")
+    ours, theirs = _nested_models(fastnn), _nested_models(keras)
+
+    def outline(config):
+        return [(e["class_name"], e["config"]["name"],
+                 [(i["class_name"], i["config"]["name"]) for i in e["config"].get("layers", [])
+                  if i["class_name"] != "InputLayer"],
+                 [[a["config"]["keras_history"] for a in (n["args"][0] if isinstance(
+                     n["args"][0], list) else [n["args"][0]])] for n in e.get("inbound_nodes",
+                                                                             [])])
+                for e in config["layers"] if e["class_name"] != "InputLayer"]
+    for kind in ("functional", "sequential"):
+        mine, keras_config = ours[kind].get_config(), theirs[kind].get_config()
+        assert outline(mine) == outline(keras_config), kind
+        for key in ("input_layers", "output_layers"):
+            assert mine.get(key) == keras_config.get(key)
+        clone = type(ours[kind]).from_config(mine)
+        assert clone.get_config() == mine
+        again = fastnn.models.model_from_json(ours[kind].to_json())
+        assert again.get_config() == mine
+        again.set_weights(ours[kind].get_weights())
+        x, _ = _nested_data()
+        np.testing.assert_array_equal(again.predict(x, verbose=0),
+                                      ours[kind].predict(x, verbose=0))
+        # Keras reads fastnn's config, and fastnn Keras's
+        keras.models.model_from_json(ours[kind].to_json())
+        fastnn.models.model_from_json(theirs[kind].to_json())

@@ -245,7 +245,9 @@ LEGACY_CASES = [
     ("class", lambda mc, tc: mc["config"]["layers"][1].__setitem__("class_name", "eval"),
      "'eval'"),
     ("optimizer", lambda mc, tc: tc["optimizer_config"]["config"].__setitem__("beta_1", "x"),
-     "training_config.optimizer.config.beta_1"),
+     "training_config.optimizer_config.config.beta_1"),     # the key as Keras writes it
+    ("no optimizer", lambda mc, tc: tc.pop("optimizer_config"),
+     "training_config: missing key 'optimizer_config'"),
     ("loss", lambda mc, tc: tc.__setitem__("loss", {"class_name": "eval"}), "'eval'"),
 ]
 
