@@ -376,3 +376,128 @@ def test_nested_model_configs_in_keras_form(tmp_path):
         # Keras reads fastnn's config, and fastnn Keras's
         keras.models.model_from_json(ours[kind].to_json())
         fastnn.models.model_from_json(theirs[kind].to_json())
+
+
+# ---- Lambda -----------------------------------------------------------------------------------
+@fastnn.saving.register_keras_serializable(package="fastnn_tests")
+def _cubed(x):
+    return x * x * x
+
+
+def _lambda_model(K, fn=None):
+    """Lambdas in a functional model: bytecode with arguments= and output_shape=, a lambda
+    closing over a value, and a named function."""
+    L = K.layers
+    scale = 0.5
+    x = K.Input(shape=(5,), name="x")
+    h = L.Dense(6, name="d1")(x)
+    h = L.Lambda(lambda t: t * t + 0.5 * t, name="poly")(h)
+    h = L.Lambda(lambda t, k: t * k - 1.0, arguments={"k": 0.5}, output_shape=(6,),
+                 name="affine")(h)
+    h = L.Lambda(lambda t: t * scale, name="closure")(h)
+    h = L.Lambda(fn or (lambda t: t), name="named")(h)
+    return K.Model(x, L.Dense(3, name="out")(h), name="with_lambdas")
+
+
+def _same_weights(keras, theirs, ours):
+    ours.set_weights([keras.ops.convert_to_numpy(w) for w in theirs.get_weights()])
+
+
+def test_lambda_files_from_keras_need_safe_mode_false(tmp_path):
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(1)
+    theirs = _lambda_model(keras)
+    x = 0.5 * np.random.default_rng(1).standard_normal((8, 5)).astype(np.float32)
+    expected = keras.ops.convert_to_numpy(theirs.predict(x, verbose=0))
+    for fmt in (".keras", ".h5"):
+        path = str(tmp_path / f"lambdas{fmt}")
+        theirs.save(path)
+        with pytest.raises(ValueError, match=r"layers\[2\].*Python lambda.*safe_mode=False"):
+            fastnn.models.load_model(path)
+        model = fastnn.models.load_model(path, safe_mode=False)
+        np.testing.assert_allclose(model.predict(x, verbose=0), expected, atol=1e-5,
+                                   err_msg=fmt)
+    config = model.get_config()
+    with pytest.raises(ValueError, match="safe_mode=False"):
+        fastnn.Model.from_config(config)
+    with pytest.raises(ValueError, match="safe_mode=False"):
+        fastnn.models.model_from_json(model.to_json())
+    again = fastnn.models.model_from_json(model.to_json(), safe_mode=False)
+    again.set_weights(model.get_weights())
+    np.testing.assert_allclose(again.predict(x, verbose=0), expected, atol=1e-5)
+    clone = fastnn.Model.from_config(config, safe_mode=False)
+    assert clone.get_config() == config
+
+
+def test_lambda_files_from_fastnn_load_in_keras(tmp_path):
+    keras = pytest.importorskip("keras")
+    fastnn.utils.set_random_seed(2)
+    ours = _lambda_model(fastnn, _cubed)
+    x = 0.5 * np.random.default_rng(2).standard_normal((8, 5)).astype(np.float32)
+    expected = ours.predict(x, verbose=0)
+    named = ours.get_layer("named").get_config()["function"]
+    assert named == {"module": "builtins", "class_name": "function",
+                     "config": "fastnn_tests>_cubed", "registered_name": "function"}
+    assert ours.get_layer("poly").get_config()["function"]["class_name"] == "__lambda__"
+    assert ours.get_layer("affine").get_config()["output_shape"] == [6]
+    assert ours.get_layer("closure").get_config()["function"]["config"]["closure"] == [0.5]
+    for fmt in (".keras", ".h5"):
+        path = str(tmp_path / f"ours{fmt}")
+        ours.save(path)
+        theirs = keras.models.load_model(path, safe_mode=False,
+                                         custom_objects={"fastnn_tests>_cubed": _keras_cubed})
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(theirs.predict(x, verbose=0)),
+                                   expected, atol=1e-5, err_msg=fmt)
+        again = fastnn.models.load_model(path, safe_mode=False)
+        assert again.get_layer("named").function is _cubed
+        np.testing.assert_array_equal(again.predict(x, verbose=0), expected)
+
+
+def _keras_cubed(x):
+    return x * x * x
+
+
+def test_a_model_with_lambdas_trains_as_in_keras():
+    """The lambdas run on fastnn's autodiff: two SGD steps move every weight as Keras's."""
+    keras = pytest.importorskip("keras")
+    keras.utils.set_random_seed(3)
+    theirs = _lambda_model(keras, _keras_cubed)
+    ours = _lambda_model(fastnn, _cubed)
+    _same_weights(keras, theirs, ours)
+    before = ours.get_layer("d1").get_weights()[0]
+    rng = np.random.default_rng(3)
+    x = 0.5 * rng.standard_normal((8, 5)).astype(np.float32)
+    y = rng.standard_normal((8, 3))
+    for model, K in ((theirs, keras), (ours, fastnn)):
+        model.compile(K.optimizers.SGD(0.01), "mse")
+        for _ in range(2):
+            model.train_on_batch(x, y)
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(a, keras.ops.convert_to_numpy(b), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(ours.get_layer("d1").get_weights()[0], before)   # it trained
+
+
+def test_lambda_named_functions_resolve_by_registered_name_only(tmp_path):
+    def unregistered(t):
+        return t + 1.0
+    inputs = fastnn.Input(shape=(3,))
+    model = fastnn.Model(inputs, fastnn.layers.Lambda(unregistered, name="u")(inputs))
+    path = tmp_path / "u.keras"
+    model.save(path)
+    for safe_mode in (True, False):     # never imported from a module, safe or not
+        with pytest.raises(ValueError, match=r"unknown function 'unregistered'.*"
+                           r"register_keras_serializable"):
+            fastnn.models.load_model(path, safe_mode=safe_mode)
+    loaded = fastnn.models.load_model(path, custom_objects={"unregistered": unregistered})
+    np.testing.assert_array_equal(loaded.predict(np.ones((2, 3)), verbose=0), 2.0)
+    # Keras's activations by name, as its builtins ("relu" -> the relu op, differentiable)
+    relu = fastnn.Model(inputs, fastnn.layers.Lambda(fastnn.ops.relu)(inputs))
+    relu.save(tmp_path / "relu.keras")
+    x = np.array([[-1.0, 0.5, 2.0]], np.float32)
+    np.testing.assert_array_equal(fastnn.models.load_model(tmp_path / "relu.keras").predict(
+        x, verbose=0), np.maximum(x, 0))
+    with pytest.raises(NotImplementedError, match="mask"):
+        fastnn.layers.Lambda(lambda t: t, mask=lambda t, m: m)
+    with pytest.raises(ValueError, match=r"closes over.*JSON"):
+        big = object()
+        fastnn.layers.Lambda(lambda t: t if big else t).get_config()
