@@ -711,21 +711,45 @@ class Activation(Layer):
 
 
 class ReLU(Activation):
-    def __init__(self, **kwargs):
-        super().__init__("relu", **kwargs)
+    """Keras's ReLU. negative_slope runs as the leaky ReLU kernel (as Keras computes it);
+    max_value and threshold other than their defaults are refused (no kernel computes them,
+    and a graph's schedule fuses an Activation into the layer before it)."""
+
+    def __init__(self, max_value=None, negative_slope=0.0, threshold=0.0, **kwargs):
+        slope = _finite(negative_slope, "negative_slope", "ReLU")
+        super().__init__("leaky_relu" if slope else "relu", **kwargs)
+        if slope < 0:
+            raise ValueError(f"{self.name}: negative_slope must be >= 0, got {negative_slope!r}")
+        if max_value is not None or threshold != 0:
+            raise NotImplementedError(
+                f"ReLU {self.name!r}: max_value={max_value!r}, threshold={threshold!r} are not "
+                "supported by fastnn yet (only max_value=None, threshold=0.0)")
+        self.negative_slope = self.act_alpha = slope
 
     def get_config(self):
-        return Layer.get_config(self)
+        return {**Layer.get_config(self), "max_value": None,
+                "negative_slope": self.negative_slope, "threshold": 0.0}
 
 
 class Softmax(Activation):
+    """Softmax over the last axis (the only one fastnn's kernel and fused losses read); axis
+    may name it by its index."""
+
     def __init__(self, axis=-1, **kwargs):
-        if axis != -1:
-            raise ValueError(f"Softmax: only axis=-1 is supported, got {axis}")
         super().__init__("softmax", **kwargs)
+        if not _is_int(axis):
+            raise ValueError(f"Softmax {self.name!r}: axis must be an int, got {axis!r}")
+        self.axis = int(axis)
+
+    def build(self, input_shape):
+        if self.axis not in (-1, len(input_shape) - 1):
+            raise NotImplementedError(
+                f"Softmax {self.name!r}: axis={self.axis} is not the last axis of inputs of "
+                f"shape {tuple(input_shape)}; fastnn computes softmax over the last axis only")
+        super().build(input_shape)
 
     def get_config(self):
-        return {**Layer.get_config(self), "axis": -1}
+        return {**Layer.get_config(self), "axis": self.axis}
 
 
 class LeakyReLU(Activation):
