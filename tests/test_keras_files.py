@@ -245,9 +245,10 @@ def test_next_step_from_a_keras_file_is_keras_step(name):
 
 # ---- nested models: a model used as a layer -------------------------------------------------
 def _nested_models(K):
-    """The same two nested models in Keras or fastnn: a functional model using a Sequential
-    (with BatchNormalization and a frozen Dense) and a functional model as layers, and a
-    Sequential holding a Sequential (given no Input: the outer one builds it)."""
+    """The same nested models in Keras or fastnn: a functional model using a Sequential (with
+    BatchNormalization and a frozen Dense) and a functional model as layers, a Sequential
+    holding a Sequential (given no Input: the outer one builds it), and a Sequential holding
+    a functional graph."""
     L = K.layers
     # a frozen layer and moving statistics before trainable weights: the legacy .h5 order
     # (all trainable weights of the inner model first) differs from the weights' order
@@ -266,7 +267,12 @@ def _nested_models(K):
                                       L.BatchNormalization(name="sbn"),
                                       L.Dense(4, name="s1b")], name="sub"),
                         L.Dense(2, name="s2")], name="outer_seq")
-    return {"functional": outer, "sequential": seq}
+    gi = K.Input(shape=(6,), name="gi")
+    # (no bias before the BatchNormalization: its gradient is float noise that Adam scales up)
+    g = L.BatchNormalization(name="gbn")(L.Dense(4, use_bias=False, name="g1")(gi))
+    branch = K.Model(gi, L.Add(name="gadd")([L.Dense(4, name="g2")(g), g]), name="branch")
+    mixed = K.Sequential([K.Input(shape=(6,)), branch, L.Dense(2, name="m2")], name="mixed")
+    return {"functional": outer, "sequential": seq, "mixed": mixed}
 
 
 def _nested_data():
@@ -290,7 +296,7 @@ def _keras_nested(keras, tmp_path, kind):
     return model, paths
 
 
-@pytest.mark.parametrize("kind", ["functional", "sequential"])
+@pytest.mark.parametrize("kind", ["functional", "sequential", "mixed"])
 def test_nested_models_keras_writes_fastnn_reads(tmp_path, kind):
     keras = pytest.importorskip("keras")
     theirs, paths = _keras_nested(keras, tmp_path, kind)
@@ -312,7 +318,7 @@ def test_nested_models_keras_writes_fastnn_reads(tmp_path, kind):
                                    err_msg=f"load_weights {fmt}")
 
 
-@pytest.mark.parametrize("kind", ["functional", "sequential"])
+@pytest.mark.parametrize("kind", ["functional", "sequential", "mixed"])
 def test_nested_models_fastnn_writes_keras_reads(tmp_path, kind):
     keras = pytest.importorskip("keras")
     fastnn.utils.set_random_seed(5)
@@ -360,7 +366,7 @@ def test_nested_model_configs_in_keras_form(tmp_path):
                      n["args"][0], list) else [n["args"][0]])] for n in e.get("inbound_nodes",
                                                                              [])])
                 for e in config["layers"] if e["class_name"] != "InputLayer"]
-    for kind in ("functional", "sequential"):
+    for kind in ("functional", "sequential", "mixed"):
         mine, keras_config = ours[kind].get_config(), theirs[kind].get_config()
         assert outline(mine) == outline(keras_config), kind
         for key in ("input_layers", "output_layers"):
