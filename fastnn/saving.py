@@ -788,6 +788,8 @@ def _load_keras_zip(path, compile):
             model = _model_from_config(config, compile)
         except (TypeError, ValueError) as exc:
             raise C.prefixed(exc, path) from None
+        except NotImplementedError as exc:     # a layer argument fastnn cannot compute
+            raise NotImplementedError(f"{path}: {exc}") from None
         spec = _expected(model, include_optimizer=compile)
         arrays = _read_weights_member(zf, info, path, spec)
     _restore(model, arrays, path, spec)
@@ -796,7 +798,8 @@ def _load_keras_zip(path, compile):
 
 # -- reading weights: only what the model expects, each shape checked before its data is read --
 def _expected(model, include_optimizer):
-    """{key: (shape, owner)} for the layer weights; optimizer variables as {key: size}."""
+    """{key: (shape, owner)} for the layer weights, (layer, its keys) for each layer, and the
+    optimizer variables' sizes."""
     layers, owners = {}, []
     for path, layer in _leaves(model):
         keys = [f"{path}/vars/{i}" for i in range(len(layer.weights))]
@@ -1013,6 +1016,8 @@ def _load_legacy_h5(path, compile, h5py):
                                        optimizer_key="optimizer_config")
         except (TypeError, ValueError) as exc:
             raise C.prefixed(exc, path) from None
+        except NotImplementedError as exc:     # (a RuntimeError, but no sign of damage)
+            raise NotImplementedError(f"{path}: {exc}") from None
         except (OSError, KeyError, RuntimeError) as exc:
             raise _corrupt(path, "HDF5 file", exc) from None
         spec = _expected(model, include_optimizer=compile)

@@ -154,14 +154,17 @@ def test_average_pooling_same_padding_is_tfs():
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-6, atol=1e-6)
 
 
-def test_keras_arguments_fastnn_cannot_compute_are_refused_by_name(tmp_path):
+@pytest.mark.parametrize("fmt", [".keras", ".h5"])
+def test_keras_arguments_fastnn_cannot_compute_are_refused_by_name(tmp_path, fmt):
     """Found by the cases above: Keras's ReLU writes max_value/negative_slope/threshold
-    (now read), and these values fastnn cannot compute raise, naming them."""
+    (now read), and these values fastnn cannot compute raise, naming them and the file (not
+    as a damaged file)."""
     keras = pytest.importorskip("keras")
     for layer, message in ((keras.layers.ReLU(max_value=6.0), "max_value=6.0"),
                            (keras.layers.Softmax(axis=1), "axis=1")):
         inputs = keras.Input(shape=(3, 4))
-        path = str(tmp_path / "refused.keras")
+        path = str(tmp_path / f"refused{fmt}")
         keras.Model(inputs, layer(inputs)).save(path)
-        with pytest.raises(NotImplementedError, match=message):
+        with pytest.raises(NotImplementedError, match=message) as err:
             fastnn.models.load_model(path)
+        assert str(err.value).startswith(path) and "corrupt" not in str(err.value)
