@@ -1874,9 +1874,9 @@ def _load_function(spec, where):
         raise ValueError(_UNSAFE_LAMBDA)
     if not isinstance(inner, dict):
         raise TypeError(f"{where}: a __lambda__'s config must be a JSON object, got {inner!r}")
-    code, defaults, closure = (inner["value"] if "value" in inner else
-                               (inner.get("code"), inner.get("defaults"), inner.get("closure")))
     try:
+        code, defaults, closure = inner["value"] if "value" in inner else \
+            (inner.get("code"), inner.get("defaults"), inner.get("closure"))
         code = marshal.loads(base64.decodebytes(code.encode("ascii")))
     except (AttributeError, ValueError, EOFError, TypeError, UnicodeError) as exc:
         raise ValueError(f"{where}: the lambda's bytecode cannot be read ({exc}; it is "

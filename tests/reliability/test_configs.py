@@ -473,6 +473,10 @@ def test_crafted_lambda_bytecode_is_refused_cleanly_even_unsafe(tmp_path):
         function["code"] = code
         with pytest.raises(ValueError, match=f"Lambda 'lam'.*{expected}"):
             fastnn.Model.from_config(config, safe_mode=False)
+    config["layers"][1]["config"]["function"]["config"] = {"value": 5}  # Keras's older form
+    with pytest.raises(ValueError, match="Lambda 'lam'.*cannot be read"):
+        fastnn.Model.from_config(config, safe_mode=False)
+    config["layers"][1]["config"]["function"]["config"] = function
     function["code"] = base64.encodebytes(__import__("marshal").dumps(
         (lambda t, k: t * k).__code__)).decode()
     function["closure"] = [1.0, 2.0]        # the code closes over nothing
