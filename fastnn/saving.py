@@ -747,8 +747,6 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     names. With safe_mode=True (the default) a Lambda layer whose function is Python bytecode
     (a lambda) is refused, as in Keras; safe_mode=False loads that bytecode, and the model runs
     it when called: code from the file, so only for files you trust."""
-    if not isinstance(safe_mode, bool):
-        raise TypeError(f"safe_mode must be True or False, got {safe_mode!r}")
     path = os.fspath(filepath)
     with registry.custom_object_scope(custom_objects), registry.safe_mode_scope(safe_mode), \
             _open_checked(path) as f:

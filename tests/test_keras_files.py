@@ -509,6 +509,8 @@ def test_lambda_named_functions_resolve_by_registered_name_only(tmp_path):
         with pytest.raises(ValueError, match=r"unknown function 'unregistered'.*"
                            r"register_keras_serializable"):
             fastnn.models.load_model(path, safe_mode=safe_mode)
+    with pytest.raises(TypeError, match="safe_mode must be True, False or None"):
+        fastnn.models.load_model(path, safe_mode="no")
     loaded = fastnn.models.load_model(path, custom_objects={"unregistered": unregistered})
     np.testing.assert_array_equal(loaded.predict(np.ones((2, 3)), verbose=0), 2.0)
     # Keras's activations by name, as its builtins ("relu" -> the relu op, differentiable)
