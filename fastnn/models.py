@@ -579,9 +579,10 @@ class Functional(Model):
                     "Lambda layer or a Layer subclass); save_weights() keeps the weights")
             entry = _layer_entry(layer)
             entry["name"] = layer.name
+            kwargs = {"mask": None} if isinstance(layer, Model) else {}   # as Keras writes
             entry["inbound_nodes"] = [
                 {"args": [[tensor(t) for t in node.inputs] if node.several
-                          else tensor(node.inputs[0])], "kwargs": {}}
+                          else tensor(node.inputs[0])], "kwargs": dict(kwargs)}
                 for node in layer._inbound_nodes if id(node) in mine and node.inputs]
             layers.append(entry)
 

@@ -291,8 +291,8 @@ def model_entry(model, compiled=True):
         entry = {"module": "keras.src.models.functional", "class_name": "Functional",
                  "config": model.get_config(), "registered_name": "Functional",
                  "build_config": {"input_shape": None}}
-    if compiled:
-        entry["compile_config"] = _compile_config(model)
+    if compiled:    # Keras writes {} for a model not compiled
+        entry["compile_config"] = _compile_config(model) or {}
     return entry
 
 
