@@ -451,6 +451,8 @@ def test_lambda_files_from_keras_need_safe_mode_false(tmp_path):
     assert clone.get_config() == config
 
 
+# torch's Tensor.__array_wrap__, when Keras on torch runs the lambda's tensor * ndarray
+@pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning")
 def test_lambda_files_from_fastnn_load_in_keras(tmp_path):
     keras = pytest.importorskip("keras")
     fastnn.utils.set_random_seed(2)
