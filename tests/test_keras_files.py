@@ -421,10 +421,16 @@ def _lambda_model(K, fn=None, weighted=True):
     return K.Model(x, L.Dense(3, name="out")(h), name="with_lambdas")
 
 
+# torch's Tensor.__array_wrap__ warns when Keras on torch runs the lambda's tensor * ndarray
+_KERAS_TORCH_NDARRAY = pytest.mark.filterwarnings(
+    "ignore:__array_wrap__ must accept context:DeprecationWarning")
+
+
 def _same_weights(keras, theirs, ours):
     ours.set_weights([keras.ops.convert_to_numpy(w) for w in theirs.get_weights()])
 
 
+@_KERAS_TORCH_NDARRAY
 def test_lambda_files_from_keras_need_safe_mode_false(tmp_path):
     keras = pytest.importorskip("keras")
     keras.utils.set_random_seed(1)
@@ -451,8 +457,7 @@ def test_lambda_files_from_keras_need_safe_mode_false(tmp_path):
     assert clone.get_config() == config
 
 
-# torch's Tensor.__array_wrap__, when Keras on torch runs the lambda's tensor * ndarray
-@pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning")
+@_KERAS_TORCH_NDARRAY
 def test_lambda_files_from_fastnn_load_in_keras(tmp_path):
     keras = pytest.importorskip("keras")
     fastnn.utils.set_random_seed(2)
