@@ -6,11 +6,15 @@ the calling thread's state (_state(): one model may be called from several threa
 backward(dy, need_dx) writes the weight gradients into self.grads and returns dx. backward may
 overwrite dy in place (it is the next layer's scratch buffer). Shapes exclude nothing: the batch
 axis is None in shapes given to build()."""
+import base64
 import contextlib
 import functools
 import inspect
+import json
+import marshal
 import re
 import threading
+import types
 
 import numpy as np
 
@@ -707,21 +711,45 @@ class Activation(Layer):
 
 
 class ReLU(Activation):
-    def __init__(self, **kwargs):
-        super().__init__("relu", **kwargs)
+    """Keras's ReLU. negative_slope runs as the leaky ReLU kernel (as Keras computes it);
+    max_value and threshold other than their defaults are refused (no kernel computes them,
+    and a graph's schedule fuses an Activation into the layer before it)."""
+
+    def __init__(self, max_value=None, negative_slope=0.0, threshold=0.0, **kwargs):
+        slope = _finite(negative_slope, "negative_slope", "ReLU")
+        super().__init__("leaky_relu" if slope else "relu", **kwargs)
+        if slope < 0:
+            raise ValueError(f"{self.name}: negative_slope must be >= 0, got {negative_slope!r}")
+        if max_value is not None or threshold != 0:
+            raise NotImplementedError(
+                f"ReLU {self.name!r}: max_value={max_value!r}, threshold={threshold!r} are not "
+                "supported by fastnn yet (only max_value=None, threshold=0.0)")
+        self.negative_slope = self.act_alpha = slope
 
     def get_config(self):
-        return Layer.get_config(self)
+        return {**Layer.get_config(self), "max_value": None,
+                "negative_slope": self.negative_slope, "threshold": 0.0}
 
 
 class Softmax(Activation):
+    """Softmax over the last axis (the only one fastnn's kernel and fused losses read); axis
+    may name it by its index."""
+
     def __init__(self, axis=-1, **kwargs):
-        if axis != -1:
-            raise ValueError(f"Softmax: only axis=-1 is supported, got {axis}")
         super().__init__("softmax", **kwargs)
+        if not _is_int(axis):
+            raise ValueError(f"Softmax {self.name!r}: axis must be an int, got {axis!r}")
+        self.axis = int(axis)
+
+    def build(self, input_shape):
+        if self.axis not in (-1, len(input_shape) - 1):
+            raise NotImplementedError(
+                f"Softmax {self.name!r}: axis={self.axis} is not the last axis of inputs of "
+                f"shape {tuple(input_shape)}; fastnn computes softmax over the last axis only")
+        super().build(input_shape)
 
     def get_config(self):
-        return {**Layer.get_config(self), "axis": -1}
+        return {**Layer.get_config(self), "axis": self.axis}
 
 
 class LeakyReLU(Activation):
@@ -1691,6 +1719,200 @@ class UpSampling2D(_ShapeLayer):
                 "interpolation": "nearest"}
 
 
+class Lambda(Layer):
+    """Keras's Lambda: `function(inputs, **arguments)` as a layer. Write the function with
+    fastnn.ops (or + - * / @ on tensors): it runs on the autodiff tape, so a model holding it
+    trains. output_shape (without the batch axis, or a function of the input shape) is
+    inferred by calling the function once when not given. mask: fastnn has no masking, so
+    only None.
+
+    Saved as Keras saves it: a lambda as its Python bytecode (Keras's "__lambda__" form: the
+    code, defaults and closure, which must be JSON values), a named function by its registered
+    name (@fastnn.saving.register_keras_serializable(), or custom_objects= when loading; the
+    activations relu, sigmoid, tanh, softmax, ... by their names). Loading bytecode runs code
+    from the file or config: it is refused, with Keras's error, unless safe_mode=False is
+    passed to load_model / Model.from_config / model_from_json. A loaded lambda sees the
+    globals fastnn, keras (fastnn too) and ops (fastnn.ops); Keras's own lambdas see none of
+    Keras's names, so they use operators only."""
+
+    def __init__(self, function, output_shape=None, mask=None, arguments=None, **kwargs):
+        super().__init__(**kwargs)
+        if not callable(function):
+            raise TypeError(f"Lambda {self.name!r}: function must be callable, got "
+                            f"{function!r}")
+        if mask is not None:
+            raise NotImplementedError(f"Lambda {self.name!r}: mask={mask!r} is not supported "
+                                      "by fastnn (it has no masking); only mask=None")
+        if arguments is not None and not isinstance(arguments, dict):
+            raise TypeError(f"Lambda {self.name!r}: arguments must be a dict of keyword "
+                            f"arguments, got {arguments!r}")
+        if output_shape is not None and not callable(output_shape):
+            output_shape = _shape_tuple(output_shape, f"Lambda {self.name!r}: output_shape")
+        self.function, self.arguments = function, dict(arguments or {})
+        self._lambda_output_shape = output_shape
+
+    def call(self, inputs, training=None):
+        kwargs = dict(self.arguments)
+        params = _parameters(self.function)
+        if "training" in params:
+            kwargs["training"] = training
+        if "mask" in params:
+            kwargs["mask"] = None
+        return self.function(inputs, **kwargs)
+
+    def compute_output_shape(self, input_shape):
+        shape = self._lambda_output_shape
+        if shape is None:
+            return super().compute_output_shape(input_shape)   # one call on zeros
+        if callable(shape):
+            return tuple(shape(input_shape))
+        first = input_shape[0] if input_shape and isinstance(input_shape[0], (tuple, list)) \
+            else input_shape
+        return (first[0],) + shape
+
+    def get_config(self):
+        config = {**super().get_config(), "function": self._serialize(self.function)}
+        shape = self._lambda_output_shape
+        if shape is not None:
+            config["output_shape"] = self._serialize(shape) if callable(shape) else list(shape)
+        config["arguments"] = {key: self._json_value(value, f"arguments[{key!r}]")
+                               for key, value in self.arguments.items()}
+        return config
+
+    def _json_value(self, value, what):
+        """A value of the config as JSON: a NumPy array as Keras's "__numpy__" entry."""
+        if isinstance(value, np.ndarray):
+            return {"class_name": "__numpy__",
+                    "config": {"value": value.tolist(), "dtype": value.dtype.name}}
+        try:
+            return json.loads(json.dumps(value, allow_nan=False))
+        except (TypeError, ValueError):
+            raise ValueError(f"Lambda {self.name!r}: {what} = {value!r} cannot be saved in a "
+                             "config (JSON values and NumPy arrays only)") from None
+
+    def _serialize(self, fn):
+        if isinstance(fn, types.FunctionType) and fn.__name__ == "<lambda>":
+            closure = None if fn.__closure__ is None else \
+                [self._json_value(c.cell_contents, "a value the lambda closes over")
+                 for c in fn.__closure__]
+            defaults = None if fn.__defaults__ is None else \
+                [self._json_value(v, "a default of the lambda") for v in fn.__defaults__]
+            return {"class_name": "__lambda__", "config": {
+                "code": base64.encodebytes(marshal.dumps(fn.__code__)).decode("ascii"),
+                "defaults": defaults, "closure": closure}}
+        if not isinstance(fn, types.FunctionType):
+            raise ValueError(f"Lambda {self.name!r}: {fn!r} cannot be saved: give a lambda or "
+                             "a named (registered) function")
+        return {"module": "builtins", "class_name": "function",
+                "config": registry.get_registered_name(fn), "registered_name": "function"}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        name = config.get("name")
+        if "function" not in config:
+            raise ValueError(f"Lambda {name!r}: missing key 'function'")
+        config["function"] = _load_function(config["function"], f"Lambda {name!r}: function")
+        if config.get("output_shape") is not None:
+            shape = config["output_shape"]
+            config["output_shape"] = _load_function(shape, f"Lambda {name!r}: output_shape") \
+                if isinstance(shape, dict) else shape
+        arguments = config.get("arguments")
+        if arguments is not None:
+            if not isinstance(arguments, dict):
+                raise TypeError(f"Lambda {name!r}: arguments must be a JSON object, got "
+                                f"{arguments!r}")
+            config["arguments"] = {k: _load_value(v, f"Lambda {name!r}: arguments[{k!r}]")
+                                   for k, v in arguments.items()}
+        return super().from_config(config)
+
+
+def _parameters(fn):
+    try:
+        return inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+
+
+# Functions Keras saves by name alone ("module": "builtins"), resolved as Keras resolves them
+# (its activations), here to the fastnn.ops op of the same math, which autodiff differentiates.
+_NAMED_FUNCTIONS = {name: getattr(array_ops, op) for name, op in (
+    ("relu", "relu"), ("sigmoid", "sigmoid"), ("tanh", "tanh"), ("softmax", "softmax"),
+    ("softplus", "softplus"), ("elu", "elu"), ("silu", "silu"), ("swish", "silu"),
+    ("leaky_relu", "leaky_relu"), ("exponential", "exp"))}
+
+_UNSAFE_LAMBDA = (
+    "Requested the deserialization of a `Lambda` layer whose `function` is a Python lambda. "
+    "This carries a potential risk of arbitrary code execution and thus it is disallowed by "
+    "default. If you trust the source of the artifact, you can override this error by passing "
+    "`safe_mode=False` to the loading function (fastnn.models.load_model, Model.from_config, "
+    "fastnn.models.model_from_json)")
+
+
+def _load_value(value, where):
+    """A config value; Keras's "__numpy__" entry as the NumPy array it holds."""
+    if isinstance(value, dict) and value.get("class_name") == "__numpy__":
+        inner = value.get("config")
+        if not isinstance(inner, dict) or "value" not in inner:
+            raise ValueError(f"{where}: a __numpy__ entry needs config.value")
+        try:
+            dtype = np.dtype(inner.get("dtype") or "float32")
+            if dtype.kind not in "biuf":
+                raise TypeError(f"dtype {dtype}")
+            return np.asarray(inner["value"], dtype=dtype)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}: not a numeric array ({exc})") from None
+    return value
+
+
+def _load_function(spec, where):
+    """A function from its saved form: a registered or built-in one by name; a lambda's
+    bytecode only outside safe mode (registry.safe_mode_scope(False))."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("class_name"), str):
+        raise TypeError(f"{where}: expected a serialized function (a JSON object with "
+                        f"class_name), got {spec!r}")
+    inner = spec.get("config")
+    if spec["class_name"] == "function":
+        if not isinstance(inner, str):
+            raise TypeError(f"{where}: a function's config is its name, got {inner!r}")
+        fn = registry.lookup(inner, inner) or _NAMED_FUNCTIONS.get(inner)
+        if fn is None:
+            raise ValueError(f"{where}: unknown function {inner!r}: not a registered custom "
+                             "object. Register it with "
+                             "@fastnn.saving.register_keras_serializable(), or pass "
+                             f"custom_objects={{{inner!r}: {inner.split('>')[-1]}}}")
+        return fn
+    if spec["class_name"] != "__lambda__":
+        raise ValueError(f"{where}: unknown function form {spec['class_name']!r} (fastnn "
+                         "reads '__lambda__' and 'function')")
+    if registry.in_safe_mode():
+        raise ValueError(_UNSAFE_LAMBDA)
+    if not isinstance(inner, dict):
+        raise TypeError(f"{where}: a __lambda__'s config must be a JSON object, got {inner!r}")
+    try:
+        code, defaults, closure = inner["value"] if "value" in inner else \
+            (inner.get("code"), inner.get("defaults"), inner.get("closure"))
+        code = marshal.loads(base64.decodebytes(code.encode("ascii")))
+    except (AttributeError, ValueError, EOFError, TypeError, UnicodeError) as exc:
+        raise ValueError(f"{where}: the lambda's bytecode cannot be read ({exc}; it is "
+                         "Python-version specific)") from None
+    if not isinstance(code, types.CodeType):
+        raise ValueError(f"{where}: the lambda's bytecode holds a {type(code).__name__}, not "
+                         "code")
+    cells = None if closure is None else tuple(types.CellType(v) for v in closure)
+    try:
+        return types.FunctionType(code, _lambda_globals(), code.co_name,
+                                  None if defaults is None else tuple(defaults), cells)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def _lambda_globals():
+    import builtins
+    import fastnn
+    return {"__builtins__": builtins, "fastnn": fastnn, "keras": fastnn, "ops": array_ops}
+
+
 class _OpLayer(Layer):
     """A fastnn.ops op called on symbolic tensors while building a functional model: one
     node of the graph, running the op on the tensors its call receives."""
@@ -1735,7 +1957,7 @@ _CLASSES = {c.__name__: c for c in (
     InputLayer, Dense, Activation, ReLU, Softmax, LeakyReLU, Flatten, Dropout, Conv2D,
     MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D,
     BatchNormalization, Add, Subtract, Multiply, Maximum, Minimum, Average, Concatenate, Dot,
-    Identity, Reshape, Permute, RepeatVector, ZeroPadding2D, Cropping2D, UpSampling2D)}
+    Identity, Reshape, Permute, RepeatVector, ZeroPadding2D, Cropping2D, UpSampling2D, Lambda)}
 
 
 def get_class(name, registered_name=None):

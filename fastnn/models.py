@@ -23,6 +23,9 @@ def _layer_entry(layer):
     """A layer as Keras serializes it in a model's config (a user's class by its module and
     registered name, which loading resolves through fastnn.registry)."""
     cls = type(layer)
+    if cls in (Sequential, Functional):     # a model used as a layer
+        from .saving import model_entry
+        return model_entry(layer)
     if cls.__module__ == Layer.__module__:
         entry = {"module": "keras.layers", "class_name": cls.__name__,
                  "config": layer.get_config(), "registered_name": None}
@@ -173,12 +176,22 @@ class Model(Trainer):
             node.several = False
             self._inbound_nodes.append(node)
             return node.outputs[0]
+        if not self.built:      # first called on a batch (inside a Sequential being built)
+            self.build((None,) + tuple(x.shape[1:]))
         if self._subclassed:
             kwargs = {"training": training} if _accepts_training(type(self).call) else {}
             return self.call(x, **kwargs)
         for layer in self._layers:
             x = layer(x, training=training)
         return x
+
+    def _maybe_build(self, input_shape):
+        """Built for this input shape (a model used as a layer of a Sequential)."""
+        if not self.built:
+            self.build(tuple(input_shape))
+
+    def compute_output_shape(self, input_shape):
+        return self._output_shape_for(input_shape)
 
     def build(self, input_shape=None):
         with self._build_lock:      # concurrent first calls build once, in turn
@@ -278,18 +291,21 @@ class Model(Trainer):
         return self._output_shape
 
     def get_layer(self, name=None, index=None):
+        """A layer of model.layers (the top level, as Keras: a model used as a layer is one)
+        by name or index."""
+        layers = self.layers
         if index is not None:
             if name is not None:
                 raise ValueError("Provide only a layer name or a layer index, not both")
-            if not -len(self._layers) <= index < len(self._layers):
+            if not -len(layers) <= index < len(layers):
                 raise ValueError(f"Was asked to retrieve layer at index {index} but model "
-                                 f"only has {len(self._layers)} layers")
-            return self._layers[index]
-        for layer in self._layers:
+                                 f"only has {len(layers)} layers")
+            return layers[index]
+        for layer in layers:
             if layer.name == name:
                 return layer
         raise ValueError(f"No such layer: {name}. Existing layers are: "
-                         f"{[layer.name for layer in self._layers]}")
+                         f"{[layer.name for layer in layers]}")
 
     # ---- weights ---------------------------------------------------------------------------
     @property
@@ -360,12 +376,13 @@ class Model(Trainer):
     def _summary_rows(self):
         """summary()'s rows, and whether they have a "Connected to" column."""
         rows, shape = [], self.input_shape
-        if self._subclassed:    # no chain to follow: shapes unknown, as Keras prints them
+        subclass = self._subclassed and not isinstance(self, Sequential)
+        if subclass:    # no chain to follow: shapes unknown, as Keras prints them
             shape = None
         for layer in self.layers:
             label = f"{layer.name} ({type(layer).__name__})"
             flag = layer.trainable if layer.weights else None
-            if self._subclassed:
+            if subclass:
                 rows.append((label, "?", layer.count_params() if layer.built else
                              "0 (unbuilt)", flag))
                 continue
@@ -377,31 +394,19 @@ class Model(Trainer):
         return rows, False
 
     def get_config(self):
-        if self._subclassed:
-            raise NotImplementedError(
-                f"Model {self.name!r} ({type(self).__name__}) is a subclass without "
-                "get_config(): it cannot be saved as a whole model; save_weights() and "
-                "load_weights() keep its weights")
-        layers = []
-        if self._input_shape is not None:
-            layers.append({"module": "keras.layers", "class_name": "InputLayer",
-                           "config": {"batch_shape": [None, *self._input_shape],
-                                      "dtype": self._input_dtype, "sparse": False,
-                                      "name": self._input_name or "input_layer"},
-                           "registered_name": None})
-        layers += [_layer_entry(layer) for layer in self._layers]
-        config = {"name": self.name, "trainable": self.trainable, "dtype": "float32",
-                  "layers": layers}
-        if self._input_shape is not None:
-            config["build_input_shape"] = [None, *self._input_shape]
-        return config
+        raise NotImplementedError(
+            f"Model {self.name!r} ({type(self).__name__}) is a subclass without "
+            "get_config(): it cannot be saved as a whole model; save_weights() and "
+            "load_weights() keep its weights")
 
     @classmethod
-    def from_config(cls, config, custom_objects=None):
+    def from_config(cls, config, custom_objects=None, safe_mode=None):
+        """The model a config describes. safe_mode=False allows a Lambda layer's Python
+        bytecode to be loaded (it runs code from the config: only for configs you trust)."""
         if "input_layers" in config and not issubclass(cls, Sequential):
             # keras.Model.from_config of a functional config builds one too
-            return Functional.from_config(config, custom_objects)
-        with registry.custom_object_scope(custom_objects):
+            return Functional.from_config(config, custom_objects, safe_mode)
+        with registry.custom_object_scope(custom_objects), registry.safe_mode_scope(safe_mode):
             return cls._sequential_from_config(config)
 
     @classmethod
@@ -410,8 +415,7 @@ class Model(Trainer):
         check_sequential_config(config)     # a malformed entry raises naming its key
         model = cls(name=config.get("name"), trainable=config.get("trainable", True))
         for entry in config["layers"]:
-            layer_cls = get_class(entry["class_name"], entry.get("registered_name"))
-            model.add(layer_cls.from_config(entry["config"]))
+            model.add(_layer_from_entry(entry))
         if not model.built and config.get("build_input_shape"):
             model.build(tuple(config["build_input_shape"]))
         return model
@@ -567,17 +571,18 @@ class Functional(Model):
                                "keras_history": history(t)}}
         layers = []
         for layer in self._tracked:
-            if isinstance(layer, Model) or (type(layer).__module__ == Layer.__module__ and
-                                            type(layer).__name__ not in _LAYER_CLASSES):
+            if type(layer).__module__ == Layer.__module__ and \
+                    type(layer).__name__ not in _LAYER_CLASSES:
                 raise NotImplementedError(
                     f"Model {self.name!r}: layer {layer.name!r} ({type(layer).__name__}) "
-                    "cannot be written to a config yet (nested models and ops on symbolic "
-                    "tensors); save_weights() keeps the weights")
+                    "cannot be written to a config yet (ops on symbolic tensors: use a "
+                    "Lambda layer or a Layer subclass); save_weights() keeps the weights")
             entry = _layer_entry(layer)
             entry["name"] = layer.name
+            kwargs = {"mask": None} if isinstance(layer, Model) else {}   # as Keras writes
             entry["inbound_nodes"] = [
                 {"args": [[tensor(t) for t in node.inputs] if node.several
-                          else tensor(node.inputs[0])], "kwargs": {}}
+                          else tensor(node.inputs[0])], "kwargs": dict(kwargs)}
                 for node in layer._inbound_nodes if id(node) in mine and node.inputs]
             layers.append(entry)
 
@@ -588,11 +593,11 @@ class Functional(Model):
                 "input_layers": ends(self.inputs), "output_layers": ends(self.outputs)}
 
     @classmethod
-    def from_config(cls, config, custom_objects=None):
+    def from_config(cls, config, custom_objects=None, safe_mode=None):
         """The model get_config describes: its layers made from their configs, then called
         on each other's outputs as the inbound_nodes say (in as many passes as a call on a
-        later layer's output needs)."""
-        with registry.custom_object_scope(custom_objects):
+        later layer's output needs). safe_mode=False: see Model.from_config."""
+        with registry.custom_object_scope(custom_objects), registry.safe_mode_scope(safe_mode):
             return cls._from_config(config)
 
     @classmethod
@@ -601,8 +606,7 @@ class Functional(Model):
         check_functional_config(config)
         made, outputs, pending = {}, {}, []
         for entry in config["layers"]:
-            layer = get_class(entry["class_name"],
-                              entry.get("registered_name")).from_config(entry["config"])
+            layer = _layer_from_entry(entry)
             made[entry["name"]] = layer
             if isinstance(layer, InputLayer):
                 outputs[entry["name"], 0] = [layer.output]
@@ -882,43 +886,96 @@ class Functional(Model):
 
 
 class Sequential(Model):
-    """A chain of layers: Keras's Sequential."""
+    """A chain of layers: Keras's Sequential. A model among its layers (a Sequential or a
+    functional model used as a layer) makes it run on the autodiff tape, as a functional
+    graph of such layers does."""
+    __setattr__ = object.__setattr__    # its layers are the ones add() takes, nothing else
 
     def __init__(self, layers=None, trainable=True, name=None):
         self._setup(name or unique_name("sequential"), trainable)
+        self._tracked = []      # the layers as added (model.layers); _layers: what computes
         for layer in layers or []:
             self.add(layer)
+
+    @property
+    def _subclassed(self):
+        return any(isinstance(layer, Model) for layer in self.__dict__.get("_tracked", ()))
+
+    @property
+    def layers(self):
+        return list(self._tracked)
+
+    def call(self, inputs, training=None):
+        for layer in self._tracked:
+            inputs = layer(inputs, training=training)
+        return inputs
 
     def add(self, layer):
         if isinstance(layer, KerasTensor) and isinstance(layer.node.layer, InputLayer):
             layer = layer.node.layer            # Sequential([fastnn.Input(shape), ...])
         if isinstance(layer, InputLayer):
-            if self._layers:
+            if self._tracked:
                 raise ValueError("An Input/InputLayer can only be the first item of Sequential")
             self._input_shape = layer.input_shape_arg
             self._input_name = layer.name
             self._input_dtype = layer.input_dtype
-        elif isinstance(layer, Layer):
-            if layer in self._layers:
+        elif isinstance(layer, (Layer, Model)):
+            if layer is self or layer in self._tracked:
                 raise ValueError(f"Layer {layer.name!r} is already in model {self.name!r}")
-            if not self._layers and self._input_shape is None and \
-                    layer.input_shape_arg is not None:
-                self._input_shape = layer.input_shape_arg
-            self._layers.append(layer)
+            shape = layer.input_shape_arg if isinstance(layer, Layer) else layer._input_shape
+            if not self._tracked and self._input_shape is None and shape is not None:
+                self._input_shape = shape
+            self._tracked.append(layer)
         else:
-            raise TypeError(f"Sequential.add expects a fastnn layer, got {type(layer).__name__}")
-        self.built = False
-        if self._input_shape is not None:
-            self.build()
+            raise TypeError(f"Sequential.add expects a fastnn layer or model, got "
+                            f"{type(layer).__name__}")
+        self._relayer()
 
     def pop(self):
-        if not self._layers:
+        if not self._tracked:
             raise IndexError("There are no layers in the model to pop")
-        layer = self._layers.pop()
-        self.built = False
-        if self._input_shape is not None and self._layers:
-            self.build()
+        layer = self._tracked.pop()
+        self._relayer()
         return layer
+
+    def _relayer(self):
+        """_layers (what computes and holds the weights): the layers, or with a model among
+        them, every layer at any depth; then built again when the input shape is known."""
+        self._layers = self._all_layers() if self._subclassed else list(self._tracked)
+        self.built = False
+        if self._input_shape is not None and self._tracked:
+            self.build()
+
+    def get_config(self):
+        layers = []
+        if self._input_shape is not None:
+            layers.append({"module": "keras.layers", "class_name": "InputLayer",
+                           "config": {"batch_shape": [None, *self._input_shape],
+                                      "dtype": self._input_dtype, "sparse": False,
+                                      "name": self._input_name or "input_layer"},
+                           "registered_name": None})
+        layers += [_layer_entry(layer) for layer in self._tracked]
+        config = {"name": self.name, "trainable": self.trainable, "dtype": "float32",
+                  "layers": layers}
+        if self._input_shape is not None:
+            config["build_input_shape"] = [None, *self._input_shape]
+        return config
+
+
+_MODEL_CLASSES = {"Sequential": Sequential, "Functional": Functional, "Model": Model}
+
+
+def _layer_from_entry(entry):
+    """A layer of a model's config made from its entry; a model used as a layer (a
+    Sequential or Functional entry) too, compiled when its entry says so, as in Keras."""
+    name, registered = entry["class_name"], entry.get("registered_name")
+    if registry.lookup(name, registered) is None and name in _MODEL_CLASSES:
+        model = _MODEL_CLASSES[name].from_config(entry["config"])
+        if entry.get("compile_config"):
+            from .saving import _compile_args
+            model.compile(**_compile_args(entry["compile_config"], "compile_config"))
+        return model
+    return get_class(name, registered).from_config(entry["config"])
 
 
 def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
@@ -941,10 +998,12 @@ def clone_model(model, input_tensors=None, clone_function=None, call_function=No
     return type(model).from_config(model.get_config())
 
 
-def model_from_json(json_string, custom_objects=None):
+def model_from_json(json_string, custom_objects=None, safe_mode=None):
     """The model a to_json() string describes (its layers, not its weights), as Keras's
-    keras.models.model_from_json. Class names resolve only against fastnn's own layers."""
+    keras.models.model_from_json. Class names resolve only against fastnn's own layers and
+    registered or given custom objects. safe_mode=False allows a Lambda layer's Python
+    bytecode (it runs code from the string: only for strings you trust)."""
     from .saving import model_from_config_entry
-    with registry.custom_object_scope(custom_objects):
+    with registry.custom_object_scope(custom_objects), registry.safe_mode_scope(safe_mode):
         return model_from_config_entry(json.loads(json_string), root="json")
 

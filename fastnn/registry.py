@@ -4,10 +4,11 @@ from_config / model_from_json (or inside `custom_object_scope`), is what a confi
 resolves to besides fastnn's own classes. Nothing else named in a file is ever imported or
 called."""
 import contextlib
+import inspect
 import threading
 
 _REGISTERED = {}            # "package>name" -> class
-_SCOPE = threading.local()  # the custom_objects in force in this thread
+_SCOPE = threading.local()  # the custom_objects (and safe_mode) in force in this thread
 
 
 def register_keras_serializable(package="Custom", name=None):
@@ -28,7 +29,10 @@ def register_keras_serializable(package="Custom", name=None):
 
 
 def get_registered_name(obj):
-    """The name a saved config gives obj's class: "package>name" when registered."""
+    """The name a saved config gives obj's class (or obj, a function): "package>name" when
+    registered, else its own name."""
+    if inspect.isfunction(obj):
+        return getattr(obj, "_registered_name", None) or obj.__name__
     cls = obj if isinstance(obj, type) else type(obj)
     return cls.__dict__.get("_registered_name") or cls.__name__
 
@@ -60,3 +64,24 @@ def lookup(class_name, registered_name=None):
         if key and key in scoped:
             return scoped[key]
     return _REGISTERED.get(registered_name) if registered_name else None
+
+
+@contextlib.contextmanager
+def safe_mode_scope(safe_mode=None):
+    """Within the block (in this thread), whether a config may hold Python bytecode to load
+    (a Lambda layer's lambda): safe_mode=False allows it; None keeps the enclosing scope's
+    (outside any scope: safe, as Keras's from_config fails closed)."""
+    if safe_mode is not None and not isinstance(safe_mode, bool):
+        raise TypeError(f"safe_mode must be True, False or None, got {safe_mode!r}")
+    previous = getattr(_SCOPE, "safe_mode", None)
+    if safe_mode is not None:
+        _SCOPE.safe_mode = safe_mode
+    try:
+        yield
+    finally:
+        _SCOPE.safe_mode = previous
+
+
+def in_safe_mode():
+    """False only inside safe_mode_scope(False): code in a config must not be loaded."""
+    return getattr(_SCOPE, "safe_mode", None) is not False

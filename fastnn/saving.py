@@ -46,6 +46,7 @@ from .registry import custom_object_scope, get_custom_objects, register_keras_se
 KERAS_VERSION = "3.15.1"   # the Keras format version these files follow
 MAX_JSON_BYTES = 64 << 20  # config.json / metadata.json / a legacy .h5's config attributes
 STALE_TEMP_AGE_S = 3600    # a temp file this old is stale whoever wrote it
+MAX_NESTING = 32           # models used as layers of models used as layers of ... in a config
 _COPY_CHUNK = 1 << 20
 
 
@@ -181,6 +182,41 @@ def _layer_keys(model):
     return keys
 
 
+def _leaves(model, prefix="layers/"):
+    """(path, layer) for every layer that holds weights' place in the file, at any depth: a
+    model used as a layer nests its layers under its own path, as Keras writes them
+    (layers/<model key>/layers/<layer key>)."""
+    from .models import Model
+    for key, layer in zip(_layer_keys(model), model.layers):
+        if isinstance(layer, Model):
+            yield from _leaves(layer, f"{prefix}{key}/layers/")
+        else:
+            yield prefix + key, layer
+
+
+def _legacy_weights(layer):
+    """[(name, array, i)] for a layer's weights (a model's: its layers', any depth) in the
+    order of Keras's legacy HDF5 files: the trainable ones first (Keras's _legacy_weights),
+    i its index in layer.weights (the order set_weights takes)."""
+    from .models import Model
+    leaves = layer._layers if isinstance(layer, Model) else [layer]
+    prefix = f"{layer.name}/" if isinstance(layer, Model) else ""
+    named = [(f"{prefix}{leaf.name}/{n}", w) for leaf in leaves
+             for n, w in zip(leaf.weight_names, leaf.weights)]
+    trainable = {id(w) for w in layer.trainable_weights}
+    order = [i for i, (_, w) in enumerate(named) if id(w) in trainable] + \
+        [i for i, (_, w) in enumerate(named) if id(w) not in trainable]
+    return [(named[i][0], named[i][1], i) for i in order]
+
+
+def _from_legacy_order(entries, values):
+    """Values read in _legacy_weights order, in layer.weights order."""
+    out = [None] * len(entries)
+    for (_, _, i), value in zip(entries, values):
+        out[i] = value
+    return out
+
+
 def _optimizer_variables(opt, shapes):
     """opt.variables() one at a time, each slot in the shape of its weight (`shapes`, in the
     order of the parameter buffer) as Keras keeps it, as views where the backend allows (no
@@ -207,9 +243,9 @@ def _iter_arrays(model, include_optimizer=True):
     """(key, array) for every weight, then every optimizer variable, one at a time."""
     from .backend import get_ops
     to_numpy = get_ops().to_numpy
-    for key, layer in zip(_layer_keys(model), model.layers):
+    for path, layer in _leaves(model):
         for i, w in enumerate(layer.weights):
-            yield f"layers/{key}/vars/{i}", to_numpy(w)
+            yield f"{path}/vars/{i}", to_numpy(w)
     opt = model.optimizer
     if include_optimizer and opt is not None and opt.built:
         model._pack_parameters()
@@ -255,8 +291,8 @@ def model_entry(model, compiled=True):
         entry = {"module": "keras.src.models.functional", "class_name": "Functional",
                  "config": model.get_config(), "registered_name": "Functional",
                  "build_config": {"input_shape": None}}
-    if compiled:
-        entry["compile_config"] = _compile_config(model)
+    if compiled:    # Keras writes {} for a model not compiled
+        entry["compile_config"] = _compile_config(model) or {}
     return entry
 
 
@@ -367,6 +403,15 @@ def _check_layer_entry(entry, path):
     for key in ("module", "registered_name"):
         if key in entry:
             C.expect_str(entry[key], f"{path}.{key}", none_ok=True)
+    if class_name in ("Sequential", "Functional", "Model") and \
+            registry.lookup(class_name, entry.get("registered_name")) is None:
+        if path.count(".layers[") > MAX_NESTING:
+            raise ValueError(f"{path}: models nested more than {MAX_NESTING} deep")
+        _check_model_config(entry, path)        # a model used as a layer
+        cc = entry.get("compile_config")
+        if cc is not None and C.expect_dict(cc, f"{path}.compile_config"):
+            _compile_args(cc, f"{path}.compile_config")
+        return
     try:
         cls = layers.get_class(class_name, entry.get("registered_name"))
     except ValueError as exc:
@@ -484,13 +529,13 @@ def _check_model_config(config, root):
         C.expect_dict(config["build_config"], f"{root}.build_config")
 
 
-def _compile_args(cc, path):
+def _compile_args(cc, path, optimizer_key="optimizer"):
     """compile_config -> the arguments of model.compile, each checked and resolved, with errors
-    naming the key."""
+    naming the key (the optimizer's: optimizer_key, as the file names it)."""
     from . import losses, optimizers
     C.expect_dict(cc, path)
-    optimizer = optimizers.deserialize(C.get_key(cc, "optimizer", path),
-                                       path=f"{path}.optimizer")
+    optimizer = optimizers.deserialize(C.get_key(cc, optimizer_key, path),
+                                       path=f"{path}.{optimizer_key}")
     spec, loss = cc.get("loss"), None
     if spec is not None:
         where = f"{path}.loss"
@@ -526,10 +571,11 @@ def model_from_config_entry(entry, root="config"):
     return _model_from_config(entry, compile=False, root=root)
 
 
-def _model_from_config(config, compile, root="config.json", cc_root=None):
+def _model_from_config(config, compile, root="config.json", cc_root=None,
+                       optimizer_key="optimizer"):
     """A model from config.json's content (root names it in errors; cc_root names where the
-    compile config sits, by default root.compile_config); every malformed entry raises, naming
-    its path, before anything is built."""
+    compile config sits, by default root.compile_config, and optimizer_key its optimizer's
+    key); every malformed entry raises, naming its path, before anything is built."""
     from .models import Functional, Sequential
     _check_model_config(config, root)
     cc_root = cc_root or f"{root}.compile_config"
@@ -538,7 +584,7 @@ def _model_from_config(config, compile, root="config.json", cc_root=None):
     if cc is not None and not isinstance(cc, dict):
         C.fail_type(cc_root, "a JSON object or null", cc)
     if compile and cc:
-        args = _compile_args(cc, cc_root)
+        args = _compile_args(cc, cc_root, optimizer_key)
     cls = Sequential if config["class_name"] == "Sequential" else Functional
     try:
         model = cls.from_config(config["config"])
@@ -629,9 +675,9 @@ def _write_legacy_h5(model, tmp, include_optimizer, h5py):
         to_numpy = get_ops().to_numpy
         for layer in model.layers:
             lg = g.create_group(layer.name)
-            names = [f"{layer.name}/{n}" for n in layer.weight_names]
-            lg.attrs["weight_names"] = [n.encode() for n in names]
-            for name, w in zip(names, layer.weights):
+            entries = _legacy_weights(layer)
+            lg.attrs["weight_names"] = [name.encode() for name, _, _ in entries]
+            for name, w, _ in entries:
                 lg.create_dataset(name, data=to_numpy(w))
         opt = model.optimizer
         if include_optimizer and opt is not None and opt.built:
@@ -708,10 +754,13 @@ def _parse_json(data, where):
 
 
 def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
-    """Load a .keras (zip) or legacy .h5 file. Never unpickles, imports or calls anything the
-    file names (safe_mode is always on: fastnn has no Lambda layers to unlock)."""
+    """Load a .keras (zip) or legacy .h5 file. Never unpickles or imports anything the file
+    names. With safe_mode=True (the default) a Lambda layer whose function is Python bytecode
+    (a lambda) is refused, as in Keras; safe_mode=False loads that bytecode, and the model runs
+    it when called: code from the file, so only for files you trust."""
     path = os.fspath(filepath)
-    with registry.custom_object_scope(custom_objects), _open_checked(path) as f:
+    with registry.custom_object_scope(custom_objects), registry.safe_mode_scope(safe_mode), \
+            _open_checked(path) as f:
         head = f.read(8)
         if head[:4] in _ZIP_MAGIC or path.endswith(".keras"):
             return _load_keras_zip(path, compile)
@@ -748,6 +797,8 @@ def _load_keras_zip(path, compile):
             model = _model_from_config(config, compile)
         except (TypeError, ValueError) as exc:
             raise C.prefixed(exc, path) from None
+        except NotImplementedError as exc:     # a layer argument fastnn cannot compute
+            raise NotImplementedError(f"{path}: {exc}") from None
         spec = _expected(model, include_optimizer=compile)
         arrays = _read_weights_member(zf, info, path, spec)
     _restore(model, arrays, path, spec)
@@ -756,11 +807,14 @@ def _load_keras_zip(path, compile):
 
 # -- reading weights: only what the model expects, each shape checked before its data is read --
 def _expected(model, include_optimizer):
-    """{key: (shape, owner)} for the layer weights; optimizer variables as {key: size}."""
-    layers = {}
-    for key, layer in zip(_layer_keys(model), model.layers):
-        for i, (name, w) in enumerate(zip(layer.weight_names, layer.weights)):
-            layers[f"layers/{key}/vars/{i}"] = (tuple(w.shape), f"{layer.name}/{name}")
+    """{key: (shape, owner)} for the layer weights, (layer, its keys) for each layer, and the
+    optimizer variables' sizes."""
+    layers, owners = {}, []
+    for path, layer in _leaves(model):
+        keys = [f"{path}/vars/{i}" for i in range(len(layer.weights))]
+        owners.append((layer, keys))
+        for key, name, w in zip(keys, layer.weight_names, layer.weights):
+            layers[key] = (tuple(w.shape), f"{layer.name}/{name}")
     opt_sizes = None
     opt = model.optimizer if include_optimizer else None
     if opt is not None:
@@ -769,7 +823,7 @@ def _expected(model, include_optimizer):
         # Keras's order (Optimizer._slot_order): per slot group, per weight, its slots.
         opt_sizes = [1, 1] + [s for group in opt.active_slot_groups() for s in sizes
                               for _ in group]
-    return {"layers": layers, "optimizer": opt_sizes}
+    return {"layers": layers, "owners": owners, "optimizer": opt_sizes}
 
 
 def _member_budget(spec):
@@ -908,29 +962,29 @@ def _read_npz_expected(file, where, spec):
 def _restore(model, arrays, source, spec):
     """Set the weights (every one checked first: a bad file leaves the model unchanged), then
     the optimizer's variables."""
-    weights, current = [], None
     skipped = spec.get("skipped", set())
     if spec.get("skip_mismatch"):     # a layer missing a weight is skipped whole
         skipped |= {_layer_group(k) for k in spec["layers"] if k not in arrays}
         skipped &= {_layer_group(k) for k in spec["layers"]}
-        current = model.get_weights()
         if skipped:
             names = sorted({spec["layers"][k][1].rsplit("/", 1)[0] for k in spec["layers"]
                             if _layer_group(k) in skipped})
             warnings.warn(f"load_weights({source}): skipped layers whose weights do not "
                           f"match the file (skip_mismatch=True): {names}", stacklevel=3)
-    for i, (key, (shape, owner)) in enumerate(spec["layers"].items()):
-        if current is not None and _layer_group(key) in skipped:
-            weights.append(current[i])
+    plan = []
+    for layer, keys in spec["owners"]:
+        if not keys or _layer_group(keys[0]) in skipped:
             continue
-        if key not in arrays:
-            raise _FileError(f"{source}: missing weight {key} ({owner})")
-        weights.append(np.asarray(arrays[key]))
+        for key in keys:
+            if key not in arrays:
+                raise _FileError(f"{source}: missing weight {key} ({spec['layers'][key][1]})")
+        plan.append((layer, [np.asarray(arrays[k]) for k in keys]))
     opt_keys = [k for k in arrays if k.startswith("optimizer/vars/")]
     if opt_keys and spec["optimizer"] is not None and len(opt_keys) != len(spec["optimizer"]):
         raise _FileError(f"{source}: {len(opt_keys)} optimizer variables, the optimizer "
                          f"expects {len(spec['optimizer'])}")
-    model.set_weights(weights)
+    for layer, values in plan:
+        layer.set_weights(values)
     if opt_keys and spec["optimizer"] is not None:
         model._pack_parameters()
         model.optimizer.build(model._sizes)
@@ -965,14 +1019,14 @@ def _load_legacy_h5(path, compile, h5py):
                 C.fail_type("model_config", "a JSON object", config)
             training = _json_attr(f.attrs, "training_config", path) \
                 if "training_config" in f.attrs else None
-            if isinstance(training, dict) and "optimizer_config" in training:
-                # the legacy layout's name for it (compile_config says "optimizer")
-                training = dict(training)
-                training["optimizer"] = training.pop("optimizer_config")
             config["compile_config"] = training
-            model = _model_from_config(config, compile, "model_config", "training_config")
+            # the legacy layout names the optimizer optimizer_config (compile_config: optimizer)
+            model = _model_from_config(config, compile, "model_config", "training_config",
+                                       optimizer_key="optimizer_config")
         except (TypeError, ValueError) as exc:
             raise C.prefixed(exc, path) from None
+        except NotImplementedError as exc:     # (a RuntimeError, but no sign of damage)
+            raise NotImplementedError(f"{path}: {exc}") from None
         except (OSError, KeyError, RuntimeError) as exc:
             raise _corrupt(path, "HDF5 file", exc) from None
         spec = _expected(model, include_optimizer=compile)
@@ -982,7 +1036,8 @@ def _load_legacy_h5(path, compile, h5py):
             raise
         except (OSError, KeyError, RuntimeError, ValueError, TypeError) as exc:
             raise _corrupt(path, "HDF5 file", exc) from None
-    model.set_weights(weights)
+    for layer, values in weights:
+        layer.set_weights(values)
     if opt_values is not None:
         model._pack_parameters()
         model.optimizer.build(model._sizes)
@@ -998,19 +1053,22 @@ def _read_legacy_weights(f, model, path, spec, compile):
     if len(names) != len(model.layers):
         raise _FileError(f"{path}: model_weights lists {len(names)} layers, the config "
                          f"{len(model.layers)}")
-    weights = []
+    weights = []        # (layer, its arrays): every one read and checked before any is set
     for layer, name in zip(model.layers, names):
         lg = g[name]
-        wnames = [_attr(n) for n in lg.attrs["weight_names"]]
-        if len(wnames) != len(layer.weights):
+        wnames = _string_list(lg.attrs, "weight_names")
+        entries = _legacy_weights(layer)
+        if len(wnames) != len(entries):
             raise _FileError(f"{path}: layer {name!r} has {len(wnames)} weights in the file, "
-                             f"the model expects {len(layer.weights)}")
-        for wname, w in zip(wnames, layer.weights):
+                             f"the model expects {len(entries)}")
+        values = []
+        for wname, (_, w, _) in zip(wnames, entries):
             ds = lg[wname]
             if ds.dtype.kind not in "fiu" or tuple(ds.shape) != tuple(w.shape):
                 raise _FileError(f"{path}: {name}/{wname} is {ds.dtype} {tuple(ds.shape)}, the "
                                  f"model expects float32 {tuple(w.shape)}")
-            weights.append(ds[()])
+            values.append(ds[()])
+        weights.append((layer, _from_legacy_order(entries, values)))
     opt_values = None
     if compile and "optimizer_weights" in f and spec["optimizer"] is not None:
         og = f["optimizer_weights"]
@@ -1079,7 +1137,8 @@ def _load_legacy_weights(model, path, h5py, by_name=False, skip_mismatch=False):
                                  f"found {len(saved)} saved layers.")
             pairs = list(zip(layers, saved))
         for k, (layer, (name, group, weight_names)) in enumerate(pairs):
-            expected = layer.weights
+            entries = _legacy_weights(layer)
+            expected = [w for _, w, _ in entries]
             if len(weight_names) != len(expected):
                 if skip_mismatch:
                     continue
@@ -1103,7 +1162,7 @@ def _load_legacy_weights(model, path, h5py, by_name=False, skip_mismatch=False):
                                      f"{tuple(ds.shape)} ({ds.dtype})")
                 arrays.append(np.asarray(ds[()], dtype=np.float32))
             if arrays is not None:
-                plan.append((layer, arrays))
+                plan.append((layer, _from_legacy_order(entries, arrays)))
     for layer, arrays in plan:
         layer.set_weights(arrays)
 

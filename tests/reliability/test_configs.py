@@ -245,7 +245,9 @@ LEGACY_CASES = [
     ("class", lambda mc, tc: mc["config"]["layers"][1].__setitem__("class_name", "eval"),
      "'eval'"),
     ("optimizer", lambda mc, tc: tc["optimizer_config"]["config"].__setitem__("beta_1", "x"),
-     "training_config.optimizer.config.beta_1"),
+     "training_config.optimizer_config.config.beta_1"),     # the key as Keras writes it
+    ("no optimizer", lambda mc, tc: tc.pop("optimizer_config"),
+     "training_config: missing key 'optimizer_config'"),
     ("loss", lambda mc, tc: tc.__setitem__("loss", {"class_name": "eval"}), "'eval'"),
 ]
 
@@ -347,3 +349,158 @@ def test_check_sequential_config_names_the_path():
     cfg["layers"][1]["config"]["units"] = "3"
     with pytest.raises(TypeError, match=r"^config\.layers\[1\]\.config\.units: "):
         check_sequential_config(cfg)
+
+
+# ---- nested models and Lambda layers (issue 17) ----------------------------------------------
+def nested_model():
+    import fastnn
+    inner = fastnn.Sequential([fastnn.Input(shape=(4,)), Dense(5, name="a"), Dense(3, name="b")],
+                              name="inner")
+    x = fastnn.Input(shape=(4,), name="x")
+    return fastnn.Model(x, Dense(2, name="out")(inner(x)), name="outer")
+
+
+@pytest.fixture(scope="module")
+def nested_saved(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("nested")
+    m = nested_model()
+    m.compile("adam", "mse")
+    m.fit(np.ones((8, 4), np.float32), np.ones((8, 2), np.float32), verbose=0)
+    m.save(folder / "nested.keras")
+    m.save(folder / "nested.h5")
+    with zipfile.ZipFile(folder / "nested.keras") as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    return folder, members
+
+
+def inner_layer(i):
+    return lambda c: c["config"]["layers"][1]["config"]["layers"][i]
+
+
+NESTED_CASES = [
+    ("unknown class", setter(inner_layer(1), "class_name", "NoSuchLayer"),
+     "config.json.config.layers[1].config.layers[1].class_name: Unknown layer class "
+     "'NoSuchLayer'"),
+    ("units", lambda c: inner_layer(1)(c)["config"].__setitem__("units", "5"),
+     "config.json.config.layers[1].config.layers[1].config.units: expected an integer"),
+    ("inner config", setter(layer(1), "config", [1, 2]),
+     "config.json.config.layers[1].config: expected a JSON object"),
+    ("inner layers", lambda c: c["config"]["layers"][1]["config"].__setitem__("layers", 7),
+     "config.json.config.layers[1].config.layers: expected a JSON array"),
+    ("inner compile", setter(layer(1), "compile_config", {"optimizer": "nope"}),
+     "config.json.config.layers[1].compile_config.optimizer"),
+    ("deep nesting", lambda c: deep(c, 40), "nested more than 32 deep"),
+]
+
+
+def deep(config, levels):
+    """A Sequential inside a Sequential ... `levels` deep, as the outer model's inner one."""
+    entry = config["config"]["layers"][1]
+    for _ in range(levels):
+        entry = {"module": "keras", "class_name": "Sequential", "registered_name": None,
+                 "config": {"name": None, "layers": [entry]}}
+    config["config"]["layers"][1] = {**entry, "name": "inner",
+                                     "inbound_nodes": config["config"]["layers"][1][
+                                         "inbound_nodes"]}
+
+
+@pytest.mark.parametrize("mutate, expected", [c[1:] for c in NESTED_CASES],
+                         ids=[c[0] for c in NESTED_CASES])
+def test_crafted_nested_config(nested_saved, tmp_path, mutate, expected):
+    folder, members = nested_saved
+    config = json.loads(members["config.json"])
+    mutate(config)
+    crafted = tmp_path / "crafted.keras"
+    write(crafted, members, json.dumps(config).encode())
+    with pytest.raises((TypeError, ValueError)) as err:
+        load_model(crafted)
+    assert expected in str(err.value) and str(crafted) in str(err.value), str(err.value)
+    if "class" in expected:
+        assert "register_keras_serializable" in str(err.value)
+
+
+def test_nothing_named_in_a_nested_model_or_a_lambda_is_executed(nested_saved, tmp_path):
+    """A class path, a function named by module, or a lambda's bytecode inside a nested
+    model: refused, and nothing runs (the marker file is never made)."""
+    import base64
+    import marshal
+    folder, members = nested_saved
+    marker = tmp_path / "pwned"
+    touch = f"lambda x: open({str(marker)!r}, 'w') and x"
+    code = base64.encodebytes(marshal.dumps(compile(touch, "<crafted>", "eval").co_consts[0]))
+    entries = [
+        {"module": "os", "class_name": "system", "config": {"command": f"touch {marker}"},
+         "registered_name": "os.system"},
+        {"module": "keras.layers", "class_name": "Lambda", "registered_name": None,
+         "config": {"name": "evil", "function": {"class_name": "__lambda__", "config": {
+             "code": code.decode(), "defaults": None, "closure": None}}, "arguments": {}}},
+        {"module": "keras.layers", "class_name": "Lambda", "registered_name": None,
+         "config": {"name": "evil", "function": {"module": "os", "class_name": "function",
+                                                 "config": "system",
+                                                 "registered_name": "os.system"},
+                    "arguments": {}}},
+    ]
+    for i, entry in enumerate(entries):
+        config = json.loads(members["config.json"])
+        inner_layers = config["config"]["layers"][1]["config"]["layers"]
+        inner_layers[2] = {**entry, "build_config": inner_layers[2].get("build_config")}
+        crafted = tmp_path / f"crafted{i}.keras"
+        write(crafted, members, json.dumps(config).encode())
+        with pytest.raises(ValueError) as err:
+            load_model(crafted)
+        assert "config.layers[1].config.layers[2]" in str(err.value)
+        if i == 1:
+            assert "safe_mode=False" in str(err.value)
+        if i == 2:      # a function is never imported, not even with safe_mode=False
+            with pytest.raises(ValueError, match="unknown function 'system'"):
+                load_model(crafted, safe_mode=False)
+        assert not marker.exists()
+
+
+def test_crafted_lambda_bytecode_is_refused_cleanly_even_unsafe(tmp_path):
+    """With safe_mode=False, bytecode that is not Python code of this version, or not code,
+    raises a ValueError naming the layer, not a crash or a SystemError."""
+    import base64
+    import fastnn
+    inputs = fastnn.Input(shape=(2,))
+    model = fastnn.Model(inputs, fastnn.layers.Lambda(lambda t: t + 1.0, name="lam")(inputs))
+    config = model.get_config()
+    function = config["layers"][1]["config"]["function"]["config"]
+    for code, expected in ((base64.encodebytes(b"\x00garbage").decode(), "cannot be read"),
+                           ("not base64 at all!", "cannot be read"),
+                           (base64.encodebytes(__import__("marshal").dumps(5)).decode(),
+                            "not code")):
+        function["code"] = code
+        with pytest.raises(ValueError, match=f"Lambda 'lam'.*{expected}"):
+            fastnn.Model.from_config(config, safe_mode=False)
+    config["layers"][1]["config"]["function"]["config"] = {"value": 5}  # Keras's older form
+    with pytest.raises(ValueError, match="Lambda 'lam'.*cannot be read"):
+        fastnn.Model.from_config(config, safe_mode=False)
+    config["layers"][1]["config"]["function"]["config"] = function
+    function["code"] = base64.encodebytes(__import__("marshal").dumps(
+        (lambda t, k: t * k).__code__)).decode()
+    function["closure"] = [1.0, 2.0]        # the code closes over nothing
+    with pytest.raises(ValueError, match="Lambda 'lam'"):
+        fastnn.Model.from_config(config, safe_mode=False)
+
+
+def test_crafted_nested_legacy_h5_weights(nested_saved, tmp_path):
+    """A nested model's legacy .h5 group with a weight missing or of another shape: an error
+    naming the layer, before anything is set."""
+    h5py = pytest.importorskip("h5py")
+    folder, _ = nested_saved
+    for change, expected in (("drop", "layer 'inner' has 3 weights in the file"),
+                             ("shape", "inner/.* the model expects float32 \\(5,\\)")):
+        crafted = tmp_path / f"{change}.h5"
+        crafted.write_bytes((folder / "nested.h5").read_bytes())
+        with h5py.File(crafted, "r+") as f:
+            g = f["model_weights"]["inner"]
+            names = list(g.attrs["weight_names"])
+            if change == "drop":
+                g.attrs["weight_names"] = names[1:]
+            else:
+                name = names[1].decode() if isinstance(names[1], bytes) else names[1]
+                del g[name]
+                g.create_dataset(name, data=np.zeros(7, np.float32))
+        with pytest.raises(ValueError, match=expected):
+            load_model(crafted)

@@ -458,3 +458,56 @@ def test_save_rejects_unknown_arguments(tmp_path):
     assert os.listdir(tmp_path) == []
     m.save(tmp_path / "m.keras", zipped=True, include_optimizer=False)
     assert load_model(tmp_path / "m.keras").optimizer.iterations == 0
+
+
+# ---- nested models (issue 17): the same guarantees at any depth ---------------------------------
+def nested(units=5):
+    import fastnn
+    inner = Sequential([fastnn.Input(shape=(4,)), Dense(units, name="a"), Dense(3, name="b")],
+                       name="inner")
+    x = fastnn.Input(shape=(4,), name="x")
+    return fastnn.Model(x, Dense(2, name="out")(inner(x)), name="outer")
+
+
+@pytest.mark.parametrize("suffix", SUFFIXES)
+@pytest.mark.parametrize("keep", [100, 0.5, 0.9])
+def test_truncated_nested_model_is_reported_as_truncated(tmp_path, suffix, keep):
+    path = tmp_path / f"m{suffix}"
+    nested().save(path)
+    body = path.read_bytes()
+    path.write_bytes(body[:keep if isinstance(keep, int) else int(len(body) * keep)])
+    with pytest.raises(ValueError, match="truncated or corrupt") as err:
+        load_model(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("fmt", [".keras", ".weights.h5", ".h5"])
+def test_nested_weights_with_wrong_shapes_change_nothing(tmp_path, fmt):
+    path = str(tmp_path / f"m{fmt}")
+    source = nested(units=5)
+    source.save_weights(path) if fmt == ".weights.h5" else source.save(path)
+    m = nested(units=6)
+    before = m.get_weights()
+    expected = r"named inner\) for weight inner/a/kernel" if fmt == ".h5" else \
+        r"layers/sequential/layers/dense/vars/0 \(a/kernel\) has shape \(4, 5\)"
+    with pytest.raises(ValueError, match=expected):
+        m.load_weights(path)
+    for a, b in zip(before, m.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_pickle_in_a_nested_models_weights_is_refused(tmp_path):
+    path = tmp_path / "m.keras"
+    nested().save(path)
+    payload = np.empty(1, object)
+    payload[0] = {"x": 1}
+    weights = tmp_path / "w.npz"
+    np.savez(weights, **{"layers/sequential/layers/dense/vars/0": payload})
+    with zipfile.ZipFile(path) as zf:
+        config = zf.read("config.json")
+    crafted = tmp_path / "crafted.keras"
+    with zipfile.ZipFile(crafted, "w") as zf:
+        zf.writestr("config.json", config)
+        zf.write(weights, "model.weights.npz")
+    with pytest.raises(ValueError, match="layers/sequential/layers/dense/vars/0.*dtype object"):
+        load_model(crafted)
