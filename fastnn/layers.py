@@ -140,6 +140,9 @@ class Layer:
     # Keys Keras 3 writes in this layer's config for features fastnn does not implement, at
     # the values that leave the math unchanged (from_config accepts those, refuses others).
     _KERAS_DEFAULTS = {}
+    # The default of Keras's call(..., training=): Keras writes it into a functional
+    # config's call of the layer when True (the image preprocessing layers).
+    keras_training_default = False
 
     def __init__(self, trainable=True, name=None, dtype=None, input_shape=None,
                  input_dim=None, batch_input_shape=None, batch_size=None, **kwargs):
@@ -2196,6 +2199,7 @@ class Normalization(Layer):
 
 class _ImageLayer(Layer):
     """A preprocessing layer on batches of images (rank 4), channels_last or channels_first."""
+    keras_training_default = True
 
     def __init__(self, data_format=None, **kwargs):
         super().__init__(**kwargs)

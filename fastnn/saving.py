@@ -483,8 +483,14 @@ def check_functional_config(cfg, path="config"):
         if name in names:
             C.fail_value(f"{path}.layers[{i}].name", "a name no other layer has", name)
         names.add(name)
+    from . import layers
     for i, entry in enumerate(entries):
         where = f"{path}.layers[{i}].inbound_nodes"
+        # Keras writes training=True into calls of the layers whose call() defaults to it
+        # (the image preprocessing layers); a model's fit/predict/evaluate decide it there.
+        cls = registry.lookup(entry["class_name"], entry.get("registered_name")) or \
+            vars(layers).get(entry["class_name"])
+        training_default = getattr(cls, "keras_training_default", False)
         for j, node in enumerate(C.expect_list(entry.get("inbound_nodes", []), where)):
             C.expect_dict(node, f"{where}[{j}]")
             args = C.expect_list(C.get_key(node, "args", f"{where}[{j}]"), f"{where}[{j}].args")
@@ -493,7 +499,7 @@ def check_functional_config(cfg, path="config"):
             kwargs = node.get("kwargs") or {}
             C.expect_dict(kwargs, f"{where}[{j}].kwargs")
             extra = {k: v for k, v in kwargs.items() if v is not None and
-                     not (k == "training" and v is False)}
+                     not (k == "training" and v in (False, training_default))}
             if extra:
                 C.fail_value(f"{where}[{j}].kwargs", "no call arguments fastnn would ignore "
                              "(mask, training=True, ...)", extra)

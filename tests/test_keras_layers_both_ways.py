@@ -63,6 +63,21 @@ CASES = {
     # test_keras_files.py for more; here the file round trip of each
     "Lambda": ([(4,)], dict(function=lambda t, k: t * k - 1.0, arguments={"k": 2.5},
                             output_shape=(4,))),
+    # preprocessing: the random ones are the identity at inference (predict), their
+    # arguments still make the round trip
+    "Rescaling": ([(4, 4, 3)], dict(scale=[0.5, 2.0, -1.0], offset=0.25)),
+    "Normalization": ([(4, 3)], dict(axis=-1, invert=True)),
+    "Resizing": ([(6, 4, 2)], dict(height=3, width=5, interpolation="nearest",
+                                   crop_to_aspect_ratio=True)),
+    "CenterCrop": ([(6, 5, 2)], dict(height=4, width=3)),
+    "RandomFlip": ([(4, 4, 2)], dict(mode="vertical", seed=3)),
+    "RandomRotation": ([(5, 5, 2)], dict(factor=(-0.2, 0.3), fill_mode="constant",
+                                         interpolation="nearest", seed=4, fill_value=1.5)),
+    "RandomZoom": ([(5, 5, 2)], dict(height_factor=(-0.2, 0.1), width_factor=0.3,
+                                     fill_mode="wrap", seed=5)),
+    "RandomTranslation": ([(5, 5, 2)], dict(height_factor=0.2, width_factor=(-0.1, 0.3),
+                                            fill_mode="nearest", seed=6)),
+    "RandomContrast": ([(5, 5, 2)], dict(factor=0.4, seed=7)),
 }
 
 
