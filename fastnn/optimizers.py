@@ -5,10 +5,15 @@ model's parameter arena), so a training step costs one fused kernel call whateve
 layers. Its slot variables (moments, accumulators) are flat buffers of the same length; for
 saving they are sliced per weight and interleaved in Keras's order (m_0, v_0, m_1, v_1, ...)."""
 import math
+import sys
 
 import numpy as np
 
+from . import lr_schedules as schedules
 from .backend import get_ops
+
+# `from fastnn.optimizers.schedules import ExponentialDecay`, as from keras.optimizers.schedules
+sys.modules[__name__ + ".schedules"] = schedules
 
 
 class Optimizer:
@@ -47,6 +52,12 @@ class Optimizer:
 
     @learning_rate.setter
     def learning_rate(self, value):
+        if isinstance(getattr(self, "_learning_rate", None), schedules.LearningRateSchedule):
+            raise TypeError("This optimizer was created with a `LearningRateSchedule` object "
+                            "as its `learning_rate` constructor argument, hence its learning "
+                            "rate is not settable. If you need the learning rate to be "
+                            "settable, you should instantiate the optimizer with a float "
+                            "`learning_rate` argument.")
         if not callable(value):
             value = float(value)
             if not value > 0 and value != 0:
@@ -178,9 +189,17 @@ class Optimizer:
         return (limit / xp.maximum(norm, limit)).astype("float32")
 
     # -- state, in Keras's variable order ------------------------------------------------------
+    def head_variables(self):
+        """How many variables come before the slots: iterations and, unless a schedule gives
+        it, the learning rate (Keras makes no variable of a schedule)."""
+        return 1 if callable(self._learning_rate) else 2
+
     def variables(self):
-        """[iterations, learning_rate, then per weight its slots interleaved], as NumPy arrays."""
-        out = [np.array(self.iterations, np.int64), np.array(self.learning_rate, np.float32)]
+        """[iterations, learning_rate (not with a schedule), then per weight its slots
+        interleaved], as NumPy arrays."""
+        out = [np.array(self.iterations, np.int64)]
+        if self.head_variables() == 2:
+            out.append(np.array(self.learning_rate, np.float32))
         for name, start, size in self._slot_order():
             out.append(get_ops().to_numpy(self.slots[name][start:start + size]).copy())
         return out
@@ -196,30 +215,35 @@ class Optimizer:
         return order
 
     def set_variables(self, values):
-        order = self._slot_order()
-        if len(values) != 2 + len(order):
-            raise ValueError(f"{self.name}: expected {2 + len(order)} optimizer variables, "
+        order, head = self._slot_order(), self.head_variables()
+        if len(values) != head + len(order):
+            raise ValueError(f"{self.name}: expected {head + len(order)} optimizer variables, "
                              f"got {len(values)}")
-        for (name, start, size), value in zip(order, values[2:]):
+        for (name, start, size), value in zip(order, values[head:]):
             if np.size(value) != size:
                 raise ValueError(f"{self.name}: slot {name!r} has {np.size(value)} values, "
                                  f"expected {size}")
         self.iterations = int(values[0])
         # The variable is float32; the exact rate comes from the config. Take the variable's only
         # where it disagrees (a rate changed during training and saved without a config).
-        if not callable(self._learning_rate) and \
-                np.float32(self._learning_rate) != np.float32(values[1]):
+        if head == 2 and np.float32(self._learning_rate) != np.float32(values[1]):
             self.learning_rate = float(values[1])
         ops = get_ops()
-        for (name, start, size), value in zip(order, values[2:]):
+        for (name, start, size), value in zip(order, values[head:]):
             self.slots[name][start:start + size] = ops.asarray(np.asarray(value).reshape(-1))
 
     def count_params(self):
-        return 2 + sum(s.size for s in self.slots.values())
+        return self.head_variables() + sum(s.size for s in self.slots.values())
 
     def get_config(self):
         lr = self._learning_rate
-        return {"name": self.name, "learning_rate": lr if not callable(lr) else None,
+        if isinstance(lr, schedules.LearningRateSchedule):
+            lr = schedules.serialize(lr)
+        elif callable(lr):
+            raise ValueError(f"{type(self).__name__}: learning_rate {lr!r} is a plain "
+                             "callable, which cannot be saved: use a "
+                             "fastnn.optimizers.schedules.LearningRateSchedule subclass")
+        return {"name": self.name, "learning_rate": lr,
                 "weight_decay": self.weight_decay, "clipnorm": self.clipnorm,
                 "global_clipnorm": self.global_clipnorm, "clipvalue": self.clipvalue,
                 "use_ema": False, "ema_momentum": 0.99, "ema_overwrite_frequency": None,
@@ -230,6 +254,8 @@ class Optimizer:
         # Keras writes these keys in every optimizer config; drop them only where they are at
         # a value that changes nothing, so that one fastnn does not implement still raises.
         config = dict(config)
+        if isinstance(config.get("learning_rate"), dict):
+            config["learning_rate"] = schedules.deserialize(config["learning_rate"])
         if not config.get("use_ema"):
             for key in ("use_ema", "ema_momentum", "ema_overwrite_frequency"):
                 config.pop(key, None)
@@ -525,10 +551,10 @@ def get(identifier):
 
 
 def _learning_rate(value, path):
-    from ._config import expect_number, fail_type
+    from ._config import expect_number
     if isinstance(value, dict):
-        fail_type(path, "a number (learning-rate schedules are not supported by fastnn's "
-                  "file loader yet)", value)
+        schedules.deserialize(value, path)      # checks it (names the key that is wrong)
+        return
     expect_number(value, path)
 
 

@@ -228,13 +228,15 @@ def _optimizer_variables(opt, shapes):
     shape_at = {int(start): shape for start, shape in zip(offsets, shapes)}
     if type(opt).variables is not Optimizer.variables or not hasattr(opt, "_slot_order"):
         values = opt.variables()        # iterations, learning rate, slots in _slot_order
+        head = opt.head_variables()
         order = opt._slot_order() if hasattr(opt, "_slot_order") else []
         shaped = [np.asarray(v).reshape(shape_at[start]) if np.size(v) == size else v
-                  for v, (_, start, size) in zip(values[2:], order)]
-        yield from values[:2] + shaped + values[2 + len(shaped):]
+                  for v, (_, start, size) in zip(values[head:], order)]
+        yield from values[:head] + shaped + values[head + len(shaped):]
         return
     yield np.array(opt.iterations, np.int64)
-    yield np.array(opt.learning_rate, np.float32)
+    if opt.head_variables() == 2:
+        yield np.array(opt.learning_rate, np.float32)
     for name, start, size in opt._slot_order():
         yield to_numpy(opt.slots[name][start:start + size]).reshape(shape_at[start])
 
@@ -688,8 +690,8 @@ def _write_legacy_h5(model, tmp, include_optimizer, h5py):
         opt = model.optimizer
         if include_optimizer and opt is not None and opt.built:
             og = f.create_group("optimizer_weights")
-            n = 2 + len(opt._slot_order()) if hasattr(opt, "_slot_order") else \
-                len(opt.variables())
+            n = opt.head_variables() + len(opt._slot_order()) \
+                if hasattr(opt, "_slot_order") else len(opt.variables())
             names = [f"optimizer/vars/{i}" for i in range(n)]
             og.attrs["weight_names"] = [n.encode() for n in names]
             model._pack_parameters()
@@ -827,8 +829,8 @@ def _expected(model, include_optimizer):
         model._pack_parameters()
         sizes = [int(s) for s in model._sizes]
         # Keras's order (Optimizer._slot_order): per slot group, per weight, its slots.
-        opt_sizes = [1, 1] + [s for group in opt.active_slot_groups() for s in sizes
-                              for _ in group]
+        opt_sizes = [1] * opt.head_variables() + [
+            s for group in opt.active_slot_groups() for s in sizes for _ in group]
     return {"layers": layers, "owners": owners, "optimizer": opt_sizes}
 
 
