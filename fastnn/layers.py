@@ -308,7 +308,9 @@ class Layer:
         key = tuple(tuple(s[1:]) for s in input_shape) if several else tuple(input_shape[1:])
         if key not in known:
             alloc = get_ops().alloc
-            probe = [alloc((1,) + k) for k in key] if several else alloc((1,) + key)
+            # (as Tensors, as call() gets them: their ops move a host array to the device)
+            probe = [Tensor(alloc((1,) + k)) for k in key] if several else \
+                Tensor(alloc((1,) + key))
             previous, _PASS.losses = getattr(_PASS, "losses", None), []   # a probe's go nowhere
             try:
                 with no_grad():
@@ -369,7 +371,7 @@ class Layer:
         first = x[0] if several else x
         if not training:
             with no_grad():
-                out = self._run_call(x, False)
+                out = self._run_call([Tensor(v) for v in x] if several else Tensor(x), False)
         else:
             for name in self._trainable_names:      # this step's gradients add up from zero
                 self.grads[name][...] = 0

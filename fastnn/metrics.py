@@ -4,6 +4,9 @@ resolved by shapes exactly as keras/src/trainers/compile_utils.py does.
 On a GPU the running total stays on the device (no sync per batch); result() reads it."""
 import numpy as np
 
+from . import registry
+from ._config import check_kwargs, expect_str, fail_value, object_spec, prefixed
+from .autodiff import value_of
 from .backend import get_ops
 
 
@@ -20,9 +23,16 @@ def _together(*arrays):
 class Metric:
     direction = "up"
 
-    def __init__(self, name=None):
+    def __init__(self, name=None, dtype=None):
+        if dtype not in (None, "float32", np.float32):
+            raise ValueError(f"{type(self).__name__}: dtype={dtype!r}: fastnn's metrics "
+                             "compute in float32 (and float64 sums)")
         self.name = name or self.default_name
         self.reset_state()
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
     def reset_state(self):
         self.total = 0.0
@@ -51,6 +61,14 @@ class Metric:
         if isinstance(self.count, (int, float)) and not self.count:     # host count: no wait
             return 0.0
         return self.total / (self.count + (self.count == 0))   # a device count of 0 gives 0
+
+    def snapshot(self):
+        """The accumulated state, for restore() (a validation pass inside fit keeps the
+        training metrics' state)."""
+        return self.total, self.count
+
+    def restore(self, state):
+        self.total, self.count = state
 
     def get_config(self):
         return {"name": self.name}
@@ -113,13 +131,571 @@ class MeanAbsoluteError(Metric):
         return abs(y_pred - y_true.reshape(y_pred.shape)).mean(axis=-1)
 
 
+# ---- stateful metrics over the whole epoch (Keras's keras/src/metrics), on the host --------
+_EPS = 1e-7     # keras.backend.epsilon()
+
+
+def _host(*arrays):
+    """float64 host arrays (these metrics keep float64 state on the host)."""
+    to_numpy = get_ops().to_numpy
+    return tuple(None if a is None else np.asarray(to_numpy(a), np.float64) for a in arrays)
+
+
+def _same_rank(y_true, y_pred):
+    """Keras's squeeze_or_expand_to_same_rank for metric inputs."""
+    if y_true.ndim == y_pred.ndim + 1 and y_true.shape[-1] == 1:
+        y_true = y_true[..., 0]
+    elif y_pred.ndim == y_true.ndim + 1 and y_pred.shape[-1] == 1:
+        y_pred = y_pred[..., 0]
+    return y_true, y_pred
+
+
+def _divide_no_nan(a, b):
+    b = np.asarray(b, np.float64)
+    return np.where(b == 0, 0.0, np.asarray(a, np.float64) / np.where(b == 0, 1.0, b))
+
+
+def _thresholds(value, default):
+    values = [default] if value is None else \
+        [value] if np.ndim(value) == 0 else list(value)
+    for t in values:
+        if not (isinstance(t, (int, float, np.floating, np.integer)) and
+                not isinstance(t, bool) and (0 <= t <= 1 or t == default)):
+            raise ValueError(f"Threshold values must be in [0, 1]. Received: {value}")
+    return np.asarray(values, np.float64), np.ndim(value) == 0 or value is None
+
+
+class _StateMetric(Metric):
+    """A metric whose result is computed from accumulated state (not a mean per sample)."""
+
+    def peek(self):
+        return self.result()
+
+    def snapshot(self):
+        return {k: v.copy() if isinstance(v, np.ndarray) else v
+                for k, v in vars(self).items()}
+
+    def restore(self, state):
+        vars(self).update(state)
+
+    def get_config(self):
+        return {"name": self.name, "dtype": "float32"}
+
+
+class _Confusion(_StateMetric):
+    """True/false positives/negatives above each threshold, accumulated over the batches as
+    keras.metrics's update_confusion_matrix_variables counts them: y_true nonzero is a
+    positive; y_pred > threshold a predicted positive; sample weights broadcast over y_pred."""
+    multi_label = False
+
+    def _counts(self, y_true, y_pred, sample_weight, thresholds, top_k=None, class_id=None):
+        y_true, y_pred, w = _host(y_true, y_pred, sample_weight)
+        y_pred, y_true = _same_rank(y_pred, y_true)
+        if w is not None:
+            w = np.broadcast_to(w.reshape(w.shape + (1,) * (y_pred.ndim - w.ndim)),
+                                y_pred.shape)
+        if top_k is not None:       # the others as -inf
+            keep = np.zeros(y_pred.shape, bool)
+            np.put_along_axis(keep, np.argsort(-y_pred, axis=-1, kind="stable")[..., :top_k],
+                              True, axis=-1)
+            y_pred = np.where(keep, y_pred, -np.inf)
+        if class_id is not None:
+            if y_pred.ndim == 1:
+                raise ValueError("When class_id is provided, y_pred must be a 2D array with "
+                                 "shape (num_samples, num_classes), found shape: "
+                                 f"{y_pred.shape}")
+            y_true, y_pred = y_true[..., class_id], y_pred[..., class_id]
+            w = None if w is None else w[..., class_id]
+        if self.multi_label:        # per label: the last axis
+            labels = y_pred.shape[-1] if y_pred.ndim > 1 else 1
+            y_true, y_pred = y_true.reshape(-1, labels), y_pred.reshape(-1, labels)
+            w = None if w is None else w.reshape(-1, labels)
+        else:
+            y_true, y_pred = y_true.reshape(-1, 1), y_pred.reshape(-1, 1)
+            w = None if w is None else w.reshape(-1, 1)
+        w = np.ones(y_pred.shape) if w is None else w
+        if self.label_weights is not None and not self.multi_label:
+            w = w * np.broadcast_to(self.label_weights, y_pred.shape)
+        positive = y_true != 0
+        # above[t, l]: weight of the predictions above threshold t, per label (sorting the
+        # thresholds once: each prediction counts for the thresholds below it)
+        order = np.argsort(thresholds)
+        rank = np.searchsorted(thresholds[order], y_pred, side="left")   # thresholds < pred
+        counts = {}
+        for key, mask in (("pos", positive), ("neg", ~positive)):
+            per = np.zeros((len(thresholds) + 1, y_pred.shape[1]))
+            np.add.at(per, (rank, np.broadcast_to(np.arange(y_pred.shape[1]), rank.shape)),
+                      np.where(mask, w, 0.0))
+            above_sorted = per[::-1].cumsum(axis=0)[::-1][1:]   # pred > thresholds[order[i]]
+            above = np.empty_like(above_sorted)
+            above[order] = above_sorted
+            counts[key] = (above, per.sum(axis=0))
+        (tp, pos), (fp, neg) = counts["pos"], counts["neg"]
+        tp, fp = tp, fp
+        fn, tn = pos - tp, neg - fp
+        if not self.multi_label:
+            tp, fp, fn, tn = tp[:, 0], fp[:, 0], fn[:, 0], tn[:, 0]
+        return tp, fp, fn, tn
+
+
+class Precision(_Confusion):
+    """tp / (tp + fp) at `thresholds` (default 0.5; with top_k, the top k predictions per
+    row count as positive), optionally of one class (class_id)."""
+    default_name = "precision"
+    label_weights = None
+
+    def __init__(self, thresholds=None, top_k=None, class_id=None, name=None, dtype=None):
+        self.init_thresholds, self.top_k, self.class_id = thresholds, top_k, class_id
+        self.thresholds, self._scalar = _thresholds(
+            thresholds, 0.5 if top_k is None else -np.inf)
+        super().__init__(name)
+
+    def reset_state(self):
+        n = len(self.thresholds)
+        self.true_positives, self.false_positives = np.zeros(n), np.zeros(n)
+        self.false_negatives = np.zeros(n)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        tp, fp, fn, _ = self._counts(y_true, y_pred, sample_weight, self.thresholds,
+                                     self.top_k, self.class_id)
+        self.true_positives += tp
+        self.false_positives += fp
+        self.false_negatives += fn
+
+    def result(self):
+        value = _divide_no_nan(self.true_positives, self.true_positives + self.false_positives)
+        return float(value[0]) if self._scalar else value
+
+    def get_config(self):
+        return {**super().get_config(), "thresholds": self.init_thresholds,
+                "top_k": self.top_k, "class_id": self.class_id}
+
+
+class Recall(Precision):
+    """tp / (tp + fn), with Precision's arguments."""
+    default_name = "recall"
+
+    def result(self):
+        value = _divide_no_nan(self.true_positives, self.true_positives + self.false_negatives)
+        return float(value[0]) if self._scalar else value
+
+
+class AUC(_Confusion):
+    """Area under the ROC or PR curve (or PRGAIN) from confusion counts at num_thresholds
+    evenly spaced thresholds (or the given ones), summed by trapezoids ("interpolation"; for
+    PR, Davis & Goadrich's interpolation), "minoring" or "majoring", as Keras computes it."""
+    default_name = "auc"
+
+    def __init__(self, num_thresholds=200, curve="ROC", summation_method="interpolation",
+                 name=None, dtype=None, thresholds=None, multi_label=False, num_labels=None,
+                 label_weights=None, from_logits=False):
+        curve, summation_method = str(curve).upper(), str(summation_method).lower()
+        if curve not in ("ROC", "PR", "PRGAIN"):
+            raise ValueError(f'Invalid AUCCurve value: "{curve}". Expected values are '
+                             '["PR", "ROC", "PRGAIN"]')
+        if summation_method not in ("interpolation", "minoring", "majoring"):
+            raise ValueError(f'Invalid AUC summation method value: "{summation_method}". '
+                             'Expected values are ["interpolation", "majoring", "minoring"]')
+        if thresholds is not None:
+            inner = sorted(float(t) for t in thresholds)
+            self.num_thresholds = len(inner) + 2
+        else:
+            if num_thresholds <= 1:
+                raise ValueError("Argument `num_thresholds` must be an integer > 1. "
+                                 f"Received: num_thresholds={num_thresholds}")
+            self.num_thresholds = num_thresholds
+            inner = [(i + 1) * 1.0 / (num_thresholds - 1) for i in range(num_thresholds - 2)]
+        if not multi_label and num_labels:
+            raise ValueError("`num_labels` is needed only when `multi_label` is True.")
+        self._init_thresholds = None if thresholds is None else list(thresholds)
+        self.thresholds = np.array([0.0 - _EPS] + inner + [1.0 + _EPS])
+        self.curve, self.summation_method = curve, summation_method
+        self.multi_label, self.num_labels = bool(multi_label), num_labels
+        self.label_weights = None if label_weights is None else \
+            np.asarray(label_weights, np.float64)
+        self._from_logits = from_logits
+        super().__init__(name)
+
+    def reset_state(self):
+        self.true_positives = self.false_positives = self.true_negatives = \
+            self.false_negatives = None
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        if self._from_logits:
+            (y_pred,) = _host(y_pred)
+            y_pred = 1.0 / (1.0 + np.exp(-y_pred))
+        tp, fp, fn, tn = self._counts(y_true, y_pred, sample_weight, self.thresholds)
+        if self.true_positives is None:
+            self.true_positives, self.false_positives = tp, fp
+            self.false_negatives, self.true_negatives = fn, tn
+        else:
+            if tp.shape != self.true_positives.shape:
+                raise ValueError(f"{self.name}: the number of labels changed from "
+                                 f"{self.true_positives.shape[1:]} to {tp.shape[1:]}")
+            self.true_positives = self.true_positives + tp
+            self.false_positives = self.false_positives + fp
+            self.false_negatives = self.false_negatives + fn
+            self.true_negatives = self.true_negatives + tn
+
+    def _by_label(self, terms):
+        if not self.multi_label:
+            return float(terms.sum())
+        by_label = terms.sum(axis=0)
+        if self.label_weights is None:
+            return float(by_label.mean())
+        return float(_divide_no_nan((by_label * self.label_weights).sum(),
+                                    self.label_weights.sum()))
+
+    def result(self):
+        tp, fp, fn, tn = self.true_positives, self.false_positives, self.false_negatives, \
+            self.true_negatives
+        if tp is None:
+            return 0.0
+        if self.curve == "PR" and self.summation_method == "interpolation":
+            dtp = tp[:-1] - tp[1:]
+            p = tp + fp
+            dp = p[:-1] - p[1:]
+            slope = _divide_no_nan(dtp, np.maximum(dp, 0))
+            intercept = tp[1:] - slope * p[1:]
+            ratio = np.where((p[:-1] > 0) & (p[1:] > 0),
+                             _divide_no_nan(p[:-1], np.maximum(p[1:], 0)), 1.0)
+            return self._by_label(_divide_no_nan(slope * (dtp + intercept * np.log(ratio)),
+                                                 np.maximum(tp[1:] + fn[1:], 0)))
+        recall = _divide_no_nan(tp, tp + fn)
+        if self.curve == "ROC":
+            x, y = _divide_no_nan(fp, fp + tn), recall
+        elif self.curve == "PR":
+            x, y = recall, _divide_no_nan(tp, tp + fp)
+        else:
+            scale = _divide_no_nan(tp + fn, tn + fp)
+            x = np.maximum(np.where(tp == 0, 0.0, 1.0 - scale * _divide_no_nan(fn, tp)), 0.0)
+            y = np.where(tp == 0, 1.0, 1.0 - scale * _divide_no_nan(fp, tp))
+        heights = (y[:-1] + y[1:]) / 2.0 if self.summation_method == "interpolation" else \
+            np.minimum(y[:-1], y[1:]) if self.summation_method == "minoring" else \
+            np.maximum(y[:-1], y[1:])
+        return self._by_label((x[:-1] - x[1:]) * heights)
+
+    def get_config(self):
+        return {**super().get_config(), "num_thresholds": self.num_thresholds,
+                "curve": self.curve, "summation_method": self.summation_method,
+                "multi_label": self.multi_label, "num_labels": self.num_labels,
+                "label_weights": None if self.label_weights is None else
+                self.label_weights.tolist(), "from_logits": self._from_logits,
+                **({"thresholds": self.thresholds[1:-1].tolist()}
+                   if self._init_thresholds is not None else {})}
+
+
+class TopKCategoricalAccuracy(Metric):
+    """Whether the true class (one-hot) is among the k highest predictions; ties at the k-th
+    place count as in the top k, as in_top_k has it."""
+    default_name = "top_k_categorical_accuracy"
+
+    def __init__(self, k=5, name=None, dtype=None):
+        self.k = int(k)
+        super().__init__(name)
+
+    def _true_class(self, y_true):
+        return y_true.reshape(-1, y_true.shape[-1]).argmax(axis=-1)
+
+    def per_sample(self, y_true, y_pred):
+        y_pred = y_pred.reshape(-1, y_pred.shape[-1])
+        truth = self._true_class(y_true).astype(np.int64)
+        picked = np.take_along_axis(y_pred, truth[:, None], axis=-1)
+        return ((y_pred > picked).sum(axis=-1) < self.k).astype(np.float64)
+
+    def get_config(self):
+        return {"name": self.name, "dtype": "float32", "k": self.k}
+
+
+class SparseTopKCategoricalAccuracy(TopKCategoricalAccuracy):
+    """TopKCategoricalAccuracy with integer labels (from_sorted_ids: y_pred holds the top
+    class ids, best first)."""
+    default_name = "sparse_top_k_categorical_accuracy"
+
+    def __init__(self, k=5, name=None, dtype=None, from_sorted_ids=False):
+        self.from_sorted_ids = bool(from_sorted_ids)
+        super().__init__(k, name)
+
+    def _true_class(self, y_true):
+        return y_true.reshape(-1)
+
+    def per_sample(self, y_true, y_pred):
+        if self.from_sorted_ids:
+            ids = y_pred.reshape(-1, y_pred.shape[-1])[:, :self.k]
+            return (ids == y_true.reshape(-1, 1)).any(axis=-1).astype(np.float64)
+        return super().per_sample(y_true, y_pred)
+
+class RootMeanSquaredError(_StateMetric):
+    """sqrt of the (sample-weighted) mean squared error over every element."""
+    default_name = "root_mean_squared_error"
+    direction = "down"
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true, y_pred, w = _host(y_true, y_pred, sample_weight)
+        y_true, y_pred = _same_rank(y_true.reshape(y_true.shape[0], -1)
+                                    if y_true.ndim > 1 else y_true, y_pred)
+        err = (y_pred - y_true.reshape(y_pred.shape)) ** 2
+        w = np.ones(err.shape) if w is None else \
+            np.broadcast_to(w.reshape(w.shape + (1,) * (err.ndim - w.ndim)), err.shape)
+        self.total += float((err * w).sum())
+        self.count += float(w.sum())
+
+    def result(self):
+        return float(np.sqrt(_divide_no_nan(self.total, self.count)))
+
+
+class FBetaScore(_StateMetric):
+    """F-beta per class from thresholded predictions (threshold None: each row's top
+    prediction), averaged as `average` says (None: one score per class)."""
+    default_name = "fbeta_score"
+
+    def __init__(self, average=None, beta=1.0, threshold=None, name=None, dtype=None):
+        if average not in (None, "micro", "macro", "weighted"):
+            raise ValueError("Invalid `average` argument value. Expected one of: {None, "
+                             f"'micro', 'macro', 'weighted'}}. Received: average={average}")
+        if not isinstance(beta, float):
+            raise ValueError("Invalid `beta` argument value. It should be a Python float. "
+                             f"Received: beta={beta} of type '{type(beta)}'")
+        if beta <= 0.0:
+            raise ValueError(f"Invalid `beta` argument value. It should be > 0. Received: "
+                             f"beta={beta}")
+        if threshold is not None:
+            if not isinstance(threshold, float):
+                raise ValueError("Invalid `threshold` argument value. It should be a Python "
+                                 f"float. Received: threshold={threshold} of type "
+                                 f"'{type(threshold)}'")
+            if threshold > 1.0 or threshold <= 0.0:
+                raise ValueError("Invalid `threshold` argument value. It should verify 0 < "
+                                 f"threshold <= 1. Received: threshold={threshold}")
+        self.average, self.beta, self.threshold = average, beta, threshold
+        super().__init__(name)
+
+    def reset_state(self):
+        self.true_positives = self.false_positives = self.false_negatives = 0.0
+        self.intermediate_weights = 0.0
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true, y_pred, w = _host(y_true, y_pred, sample_weight)
+        if y_pred.ndim != 2 or y_true.shape != y_pred.shape:
+            raise ValueError(f"{self.name}: y_true and y_pred must both have shape "
+                             f"(batch, classes); got {y_true.shape} and {y_pred.shape}")
+        if self.threshold is None:
+            pred = (y_pred >= y_pred.max(axis=-1, keepdims=True)) & (np.abs(y_pred) > 1e-9)
+        else:
+            pred = y_pred > self.threshold
+        pred = pred.astype(np.float64)
+        axis = None if self.average == "micro" else 0
+        w = 1.0 if w is None else w.reshape(-1, 1)
+        self.true_positives = self.true_positives + (pred * y_true * w).sum(axis=axis)
+        self.false_positives = self.false_positives + (pred * (1 - y_true) * w).sum(axis=axis)
+        self.false_negatives = self.false_negatives + ((1 - pred) * y_true * w).sum(axis=axis)
+        self.intermediate_weights = self.intermediate_weights + (y_true * w).sum(axis=axis)
+
+    def result(self):
+        tp, fp, fn = (np.asarray(v, np.float32) for v in
+                      (self.true_positives, self.false_positives, self.false_negatives))
+        eps, b2 = np.float32(_EPS), np.float32(self.beta ** 2)
+        precision, recall = tp / (tp + fp + eps), tp / (tp + fn + eps)
+        score = precision * recall / (b2 * precision + recall + eps) * (1 + b2)
+        if self.average == "weighted":
+            weights = np.asarray(self.intermediate_weights, np.float32)
+            score = (score * weights / (weights.sum() + eps)).sum()
+        elif self.average is not None:
+            score = score.mean()
+        return float(score) if np.ndim(score) == 0 else score
+
+    def get_config(self):
+        return {**super().get_config(), "average": self.average, "beta": self.beta,
+                "threshold": self.threshold}
+
+
+class F1Score(FBetaScore):
+    default_name = "f1_score"
+
+    def __init__(self, average=None, threshold=None, name=None, dtype=None):
+        super().__init__(average=average, beta=1.0, threshold=threshold, name=name)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["beta"]
+        return config
+
+
+class R2Score(_StateMetric):
+    """The coefficient of determination per output column, aggregated as class_aggregation
+    says; num_regressors > 0: the adjusted R^2."""
+    default_name = "r2_score"
+
+    def __init__(self, class_aggregation="uniform_average", num_regressors=0, name=None,
+                 dtype=None):
+        valid = (None, "uniform_average", "variance_weighted_average")
+        if class_aggregation not in valid:
+            raise ValueError("Invalid value for argument `class_aggregation`. Expected one of "
+                             f"{valid}. Received: class_aggregation={class_aggregation}")
+        if num_regressors < 0:
+            raise ValueError("Invalid value for argument `num_regressors`. Expected a value "
+                             f">= 0. Received: num_regressors={num_regressors}")
+        self.class_aggregation, self.num_regressors = class_aggregation, num_regressors
+        super().__init__(name)
+
+    def reset_state(self):
+        self.sum = self.squared_sum = self.total_mse = self.count = 0.0
+        self.num_samples = 0
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true, y_pred, w = _host(y_true, y_pred, sample_weight)
+        y_true, y_pred = _same_rank(y_true, y_pred)
+        if y_true.ndim == 1:
+            y_true, y_pred = y_true[:, None], y_pred[:, None]
+        w = np.ones(y_true.shape) if w is None else \
+            np.broadcast_to(w.reshape(-1, 1) if w.ndim == 1 else w, y_true.shape)
+        self.sum = self.sum + (y_true * w).sum(axis=0)
+        self.squared_sum = self.squared_sum + (y_true * y_true * w).sum(axis=0)
+        self.total_mse = self.total_mse + ((y_true - y_pred) ** 2 * w).sum(axis=0)
+        self.count = self.count + w.sum(axis=0)
+        self.num_samples += y_true.size
+
+    def result(self):
+        if not np.any(self.count):
+            return 0.0
+        mean = self.sum / self.count
+        total = self.squared_sum - self.sum * mean
+        with np.errstate(divide="ignore", invalid="ignore"):
+            raw = 1 - self.total_mse / total
+        raw = np.where(np.isinf(raw), 0.0, raw)
+        if self.class_aggregation == "uniform_average":
+            score = raw.mean()
+        elif self.class_aggregation == "variance_weighted_average":
+            score = (total * raw).sum() / total.sum()
+        else:
+            score = raw
+        n, p = self.num_samples, self.num_regressors
+        if p and p < n - 1:
+            score = 1 - (1 - score) * (n - 1) / (n - p - 1)
+        return float(score) if np.ndim(score) == 0 else score
+
+    def get_config(self):
+        return {**super().get_config(), "class_aggregation": self.class_aggregation,
+                "num_regressors": self.num_regressors}
+
+
+class MeanIoU(_StateMetric):
+    """Mean over classes of intersection over union, from a confusion matrix of the class
+    ids (sparse labels, or argmax along `axis` when not sparse)."""
+    default_name = "mean_io_u"
+
+    def __init__(self, num_classes, name=None, dtype=None, ignore_class=None,
+                 sparse_y_true=True, sparse_y_pred=True, axis=-1):
+        self.num_classes, self.ignore_class = int(num_classes), ignore_class
+        self.sparse_y_true, self.sparse_y_pred, self.axis = sparse_y_true, sparse_y_pred, axis
+        super().__init__(name)
+
+    def reset_state(self):
+        self.total_cm = np.zeros((self.num_classes, self.num_classes))
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true, y_pred, w = _host(y_true, y_pred, sample_weight)
+        if not self.sparse_y_true:
+            y_true = y_true.argmax(axis=self.axis)
+        if not self.sparse_y_pred:
+            y_pred = y_pred.argmax(axis=self.axis)
+        w = np.ones(y_true.shape) if w is None else \
+            np.broadcast_to(w.reshape(w.shape + (1,) * (y_true.ndim - w.ndim)), y_true.shape)
+        y_true, y_pred, w = y_true.reshape(-1), y_pred.reshape(-1), w.reshape(-1)
+        if self.ignore_class is not None:
+            keep = y_true != self.ignore_class
+            y_true, y_pred, w = y_true[keep], y_pred[keep], w[keep]
+        t, p = y_true.astype(np.int64), y_pred.astype(np.int64)
+        if ((t < 0) | (t >= self.num_classes) | (p < 0) | (p >= self.num_classes)).any():
+            raise ValueError(f"{self.name}: class ids must lie in [0, {self.num_classes}); got "
+                             f"y_true in [{t.min()}, {t.max()}], y_pred in [{p.min()}, "
+                             f"{p.max()}]")
+        np.add.at(self.total_cm, (t, p), w)
+
+    def result(self):
+        cm = self.total_cm
+        rows, cols, diag = cm.sum(axis=1), cm.sum(axis=0), np.diag(cm)
+        union = rows + cols - diag
+        present = (union != 0).sum()
+        return float(_divide_no_nan(_divide_no_nan(diag, union).sum(), present))
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes,
+                "ignore_class": self.ignore_class, "sparse_y_true": self.sparse_y_true,
+                "sparse_y_pred": self.sparse_y_pred, "axis": self.axis}
+
+
+class MeanMetricWrapper(Metric):
+    """A metric function fn(y_true, y_pred) -> one value per sample, as a running mean (a
+    Python function passed in metrics=, written with NumPy or fastnn.ops)."""
+
+    def __init__(self, fn, name=None, dtype=None, **kwargs):
+        if not callable(fn):
+            raise TypeError(f"MeanMetricWrapper: fn must be callable, got {fn!r}")
+        self.fn, self._fn_kwargs = fn, kwargs
+        super().__init__(name or getattr(fn, "__name__", None) or "metric")
+
+    def per_sample(self, y_true, y_pred):
+        values = np.asarray(get_ops().to_numpy(value_of(
+            self.fn(y_true, y_pred, **self._fn_kwargs))), np.float64)
+        rows = y_pred.shape[0]
+        if values.ndim == 0:
+            return np.full(rows, float(values))
+        return values.reshape(rows, -1).mean(axis=-1)
+
+
 _BY_NAME = {
     "sparse_categorical_accuracy": SparseCategoricalAccuracy,
     "categorical_accuracy": CategoricalAccuracy, "binary_accuracy": BinaryAccuracy,
     "mse": MeanSquaredError, "mean_squared_error": MeanSquaredError,
     "mae": MeanAbsoluteError, "mean_absolute_error": MeanAbsoluteError,
+    "precision": Precision, "recall": Recall, "auc": AUC,
+    "top_k_categorical_accuracy": TopKCategoricalAccuracy,
+    "sparse_top_k_categorical_accuracy": SparseTopKCategoricalAccuracy,
+    "root_mean_squared_error": RootMeanSquaredError, "f1_score": F1Score,
+    "fbeta_score": FBetaScore, "r2_score": R2Score,
 }
-_CLASSES = {c.__name__: c for c in set(_BY_NAME.values())}
+_CLASSES = {c.__name__: c for c in set(_BY_NAME.values()) | {MeanIoU}}
+
+
+def serialize(metric):
+    """Keras's form in a compile config: a name stays a name; a metric object is
+    {"module": "keras.metrics", "class_name": ..., "config": ...}; a function by its name."""
+    if isinstance(metric, str):
+        return metric
+    if isinstance(metric, MeanMetricWrapper) or callable(metric) and \
+            not isinstance(metric, (Metric, type)):
+        fn = getattr(metric, "fn", metric)
+        return {"module": getattr(fn, "__module__", None), "class_name": "function",
+                "config": getattr(fn, "__name__", "metric"),
+                "registered_name": getattr(fn, "_registered_name", None)}
+    builtin = type(metric).__name__ in _CLASSES and type(metric).__module__ == __name__
+    return {"module": "keras.metrics" if builtin else type(metric).__module__,
+            "class_name": type(metric).__name__, "config": metric.get_config(),
+            "registered_name": None if builtin else
+            getattr(type(metric), "_registered_name", type(metric).__name__)}
+
+
+def deserialize(spec, path="metric"):
+    """A metric from a compile config entry: a name (resolved at compile) or one of fastnn's
+    metric classes with its config; errors name `path`."""
+    if isinstance(spec, str):
+        return spec
+    class_name, cfg = object_spec(spec, path, "metric")
+    cls = registry.lookup(class_name, spec.get("registered_name")) or _CLASSES.get(class_name)
+    if cls is None:
+        fail_value(f"{path}.class_name", f"a metric name or one of the metric classes "
+                   f"{', '.join(sorted(_CLASSES))} (or a registered one)", class_name)
+    if cls in _CLASSES.values():
+        # float32, or MeanIoU's int32 (the type of Keras's counts): what fastnn computes in
+        cfg = {k: v for k, v in cfg.items()
+               if k != "dtype" or v not in (None, "float32", "int32" if cls is MeanIoU else 0)}
+        check_kwargs(cls, cfg, f"{path}.config")
+        expect_str(cfg.get("name", ""), f"{path}.config.name")
+    try:
+        return cls.from_config(cfg)
+    except (TypeError, ValueError) as exc:
+        raise prefixed(exc, f"{path}.config") from None
 
 
 def get(identifier, y_true_shape=None, y_pred_shape=None):
@@ -128,6 +704,8 @@ def get(identifier, y_true_shape=None, y_pred_shape=None):
         return identifier
     if isinstance(identifier, type) and issubclass(identifier, Metric):
         return identifier()
+    if callable(identifier) and not isinstance(identifier, type):
+        return MeanMetricWrapper(identifier)
     if not isinstance(identifier, str):
         raise ValueError(f"Unsupported metric {identifier!r}")
     if identifier.lower() in ("accuracy", "acc"):

@@ -273,8 +273,8 @@ def _write_npz(path, items):
 def _compile_config(model):
     if not model.compiled:
         return None
-    from . import losses, optimizers
-    metrics = [m if isinstance(m, str) else type(m).__name__ for m in model._metric_specs]
+    from . import losses, metrics as metrics_module, optimizers
+    metrics = [metrics_module.serialize(m) for m in model._metric_specs]
     return {"optimizer": optimizers.serialize(model.optimizer),
             "loss": None if model.loss is None else losses.serialize(model.loss),
             "loss_weights": None, "metrics": metrics or None, "weighted_metrics": None,
@@ -565,8 +565,9 @@ def _compile_args(cc, path, optimizer_key="optimizer"):
             raise C.prefixed(exc, where) from None
     metrics = cc.get("metrics")
     if metrics is not None:
-        for i, m in enumerate(C.expect_list(metrics, f"{path}.metrics")):
-            C.expect_str(m, f"{path}.metrics[{i}]")
+        from . import metrics as metrics_module
+        metrics = [metrics_module.deserialize(m, f"{path}.metrics[{i}]")
+                   for i, m in enumerate(C.expect_list(metrics, f"{path}.metrics"))]
     for key in ("loss_weights", "weighted_metrics"):
         if cc.get(key) not in (None, [], {}):
             C.fail_value(f"{path}.{key}", f"null ({key} are not supported by fastnn yet)",

@@ -629,7 +629,7 @@ class Trainer:
     def _evaluate_arrays(self, x, y, w, batch_size, steps, cbs, arg="x"):
         """Run the test loop and return its logs. Training metrics are saved and restored so a
         validation pass inside fit does not disturb them."""
-        saved = [(m.total, m.count) for m in self._trackers()]
+        saved = [m.snapshot() for m in self._trackers()]
         self.reset_metrics()
         n = x.shape[0]
         batch_size = min(batch_size, n)
@@ -654,8 +654,8 @@ class Trainer:
             if batch_logs:
                 cbs.on_test_batch_end(step, self._logs(wait=wait))
         logs = self._logs()
-        for m, (total, count) in zip(self._trackers(), saved):
-            m.total, m.count = total, count
+        for m, state in zip(self._trackers(), saved):
+            m.restore(state)
         return logs
 
     @_metered
