@@ -1,8 +1,10 @@
 """Keras's callbacks (keras/src/callbacks/): the hook protocol, History, the progress-bar
 logger and the common training-control callbacks, with Keras's defaults and messages."""
 import csv
+import json
 import math
 import os
+import shutil
 import warnings
 
 import numpy as np
@@ -433,6 +435,90 @@ class ModelCheckpoint(MonitorCallback):
             self.model.save_weights(path, overwrite=True)
         else:
             self.model.save(path, overwrite=True)
+
+
+class BackupAndRestore(Callback):
+    """Keras's BackupAndRestore: the model's weights with the optimizer state
+    (`latest.weights.h5`) and the epoch reached (`training_metadata.json`) saved in
+    backup_dir at every epoch end (or every save_freq batches); a fit that starts and finds
+    them restores them and resumes at that epoch, so an interrupted run continues where it
+    stopped. The backup is deleted when training ends (delete_checkpoint); double_checkpoint
+    keeps the previous one too (`.bkp`), used when the latest cannot be read."""
+
+    def __init__(self, backup_dir, save_freq="epoch", double_checkpoint=False,
+                 delete_checkpoint=True):
+        super().__init__()
+        if not backup_dir:
+            raise ValueError("Empty `backup_dir` argument passed")
+        if save_freq != "epoch" and (isinstance(save_freq, bool) or
+                                     not isinstance(save_freq, int)):
+            raise ValueError(f"Invalid value for argument `save_freq`. Received: "
+                             f"save_freq={save_freq}. Expected either 'epoch' or an integer "
+                             "value.")
+        self.backup_dir = os.fspath(backup_dir)
+        self.save_freq, self.double_checkpoint = save_freq, double_checkpoint
+        self.delete_checkpoint = delete_checkpoint
+        self._weights_path = os.path.join(self.backup_dir, "latest.weights.h5")
+        self._metadata_path = os.path.join(self.backup_dir, "training_metadata.json")
+        self._batches_since_save = self._last_batch = self._current_epoch = 0
+
+    def on_train_begin(self, logs=None):
+        try:
+            self._load()
+        except (OSError, ValueError):
+            previous = self._weights_path + ".bkp"
+            if not os.path.exists(previous):
+                raise
+            shutil.copyfile(previous, self._weights_path)
+            if os.path.exists(self._metadata_path + ".bkp"):
+                shutil.copyfile(self._metadata_path + ".bkp", self._metadata_path)
+            elif os.path.exists(self._metadata_path):
+                os.remove(self._metadata_path)
+            self._load()
+
+    def _load(self):
+        if os.path.exists(self._weights_path):
+            self.model.load_weights(self._weights_path)
+        if os.path.exists(self._metadata_path):
+            with open(self._metadata_path) as f:
+                metadata = json.load(f)
+            epoch = metadata.get("epoch") if isinstance(metadata, dict) else None
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+                raise ValueError(f"{self._metadata_path}: expected {{\"epoch\": <int >= 0>, "
+                                 f"...}}, got {metadata!r}")
+            self.model._initial_epoch = epoch
+            self._current_epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._current_epoch, self._last_batch = epoch + 1, 0
+        if self.save_freq == "epoch":
+            self._save()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.save_freq == "epoch":
+            return
+        self._batches_since_save += batch + 1 if batch <= self._last_batch else \
+            batch - self._last_batch
+        self._last_batch = batch
+        if self._batches_since_save >= self.save_freq:
+            self._batches_since_save = 0
+            self._save()
+
+    def _save(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        if self.double_checkpoint:
+            for path in (self._weights_path, self._metadata_path):
+                if os.path.exists(path):
+                    shutil.copyfile(path, path + ".bkp")
+        self.model.save_weights(self._weights_path, overwrite=True)     # atomic
+        tmp = self._metadata_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"epoch": self._current_epoch, "batch": self._last_batch}, f)
+        os.replace(tmp, self._metadata_path)
+
+    def on_train_end(self, logs=None):
+        if self.delete_checkpoint and os.path.exists(self.backup_dir):
+            shutil.rmtree(self.backup_dir)
 
 
 class TerminateOnNaN(Callback):

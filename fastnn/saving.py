@@ -705,8 +705,9 @@ def save_weights(model, filepath, overwrite=True):
     if not path.endswith(".weights.h5"):
         raise ValueError(f"The filename must end in `.weights.h5`. Received: filepath={path}")
     h5py = _h5py("save_weights")
+    # the optimizer's state too (when built), as Keras writes it: load_weights restores it
     _atomic_write(path, lambda tmp, folder: _write_h5(
-        tmp, _iter_arrays(model, include_optimizer=False), h5py), overwrite)
+        tmp, _iter_arrays(model, include_optimizer=True), h5py), overwrite)
 
 
 # ---- public API: loading -------------------------------------------------------------------------
@@ -895,6 +896,9 @@ def _check_array_header(shape, dtype, key, where, spec):
         if i >= len(sizes):
             raise _FileError(f"{where}: {key}: the optimizer has only {len(sizes)} variables")
         if math.prod(shape) != sizes[i]:
+            if spec.get("optimizer_optional"):
+                spec["optimizer_skipped"] = len(sizes)
+                return False
             raise _FileError(f"{where}: {key} has shape {tuple(shape)} ({math.prod(shape)} "
                              f"values), the optimizer expects {sizes[i]}")
 
@@ -920,6 +924,9 @@ def _wanted_keys(keys, where, spec):
     wanted = [k for k in keys if k in spec["layers"]]
     if spec["optimizer"] is not None:
         opt = [k for k in keys if _OPT_KEY.match(k)]
+        if spec.get("optimizer_optional") and len(opt) != len(spec["optimizer"]):
+            spec["optimizer_skipped"] = len(opt)        # load_weights: warn, as Keras
+            return wanted
         wanted += sorted(opt, key=lambda k: int(k.rsplit("/", 1)[1]))
     return wanted
 
@@ -989,6 +996,12 @@ def _restore(model, arrays, source, spec):
                 raise _FileError(f"{source}: missing weight {key} ({spec['layers'][key][1]})")
         plan.append((layer, [np.asarray(arrays[k]) for k in keys]))
     opt_keys = [k for k in arrays if k.startswith("optimizer/vars/")]
+    if "optimizer_skipped" in spec:
+        warnings.warn(f"load_weights({source}): skipping variable loading for optimizer "
+                      f"{model.optimizer.name!r}, because it has {len(spec['optimizer'])} "
+                      f"variables whereas the saved optimizer has {spec['optimizer_skipped']} "
+                      "variables (as Keras does)", stacklevel=3)
+        opt_keys = []
     if opt_keys and spec["optimizer"] is not None and len(opt_keys) != len(spec["optimizer"]):
         raise _FileError(f"{source}: {len(opt_keys)} optimizer variables, the optimizer "
                          f"expects {len(spec['optimizer'])}")
@@ -1194,7 +1207,10 @@ def load_weights(model, filepath, skip_mismatch=False, by_name=False):
     if by_name:
         raise ValueError(f"load_weights({path!r}): by_name is for legacy .h5 files only, as "
                          "in Keras")
-    spec = _expected(model, include_optimizer=False)
+    # As Keras: a built optimizer takes the file's state when it fits, else a warning
+    opt = model.__dict__.get("optimizer")
+    spec = _expected(model, include_optimizer=opt is not None and opt.built)
+    spec["optimizer_optional"] = True
     if skip_mismatch:
         spec.update(skip_mismatch=True, skipped=set())
     if path.endswith(".keras"):

@@ -558,6 +558,12 @@ class Trainer:
         from .utils import get_rng
         rng = get_rng()
         batch_logs = cbs.wants("on_train_batch_end")     # build per-step logs only if read
+        self.stop_training = False
+        self._initial_epoch = None
+        # before the fused path takes the weights: a callback may change them here, or resume
+        # an interrupted run (BackupAndRestore: weights, optimizer state, the epoch reached)
+        cbs.on_train_begin()
+        initial_epoch = self.__dict__.pop("_initial_epoch", None) or initial_epoch
         runner = DenseRunner.for_model(self, training=True)
         if runner is not None and not runner.accepts(x):
             runner = None
@@ -577,8 +583,6 @@ class Trainer:
         if val is not None:
             val = self._to_device(*val, arg="x_val")
         on_device = ops.is_device and isinstance(x, ops.xp.ndarray)
-        self.stop_training = False
-        cbs.on_train_begin()
         logs = {}
         for epoch in range(initial_epoch, epochs):
             self.reset_metrics()
@@ -616,8 +620,10 @@ class Trainer:
                     break
             logs = self._logs()
             if val is not None and _should_validate(epoch, validation_freq):
-                val_logs = self._evaluate_arrays(*val, val_batch_size, validation_steps, None,
+                cbs.on_test_begin()         # validation calls the test hooks, as in Keras
+                val_logs = self._evaluate_arrays(*val, val_batch_size, validation_steps, cbs,
                                                  arg="x_val")
+                cbs.on_test_end(val_logs)
                 logs.update({"val_" + k: v for k, v in val_logs.items()})
                 logs = dict(sorted(logs.items()))
             cbs.on_epoch_end(epoch, logs)

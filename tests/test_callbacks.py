@@ -52,12 +52,15 @@ def test_fit_hook_order_and_params(rng):
     rec = Recorder()
     m = model()
     m.fit(x, y, batch_size=16, epochs=2, validation_split=0.25, verbose=0, callbacks=[rec])
-    # 30 training samples -> 2 steps per epoch; validation runs silently inside fit.
+    # 30 training samples -> 2 steps per epoch; validation (10 samples, one batch) calls the
+    # test hooks before each epoch ends, as Keras does.
     expected = [("on_train_begin",)]
     for epoch in range(2):
         expected += [("on_epoch_begin", epoch)]
         for step in range(2):
             expected += [("on_train_batch_begin", step), ("on_train_batch_end", step)]
+        expected += [("on_test_begin",), ("on_test_batch_begin", 0), ("on_test_batch_end", 0),
+                     ("on_test_end",)]
         expected += [("on_epoch_end", epoch)]
     expected += [("on_train_end",)]
     assert rec.calls == expected
@@ -299,3 +302,94 @@ def test_evaluate_and_predict_callbacks(rng):
     assert rec.calls == [("on_predict_begin",), ("on_predict_batch_begin", 0),
                          ("on_predict_batch_end", 0), ("on_predict_batch_begin", 1),
                          ("on_predict_batch_end", 1), ("on_predict_end",)]
+
+
+def _keras_recorder(K):
+    class Hooks(K.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+    for name in [n for n in dir(callbacks.Callback) if n.startswith("on_")
+                 and n not in ("on_batch_begin", "on_batch_end")]:
+        def hook(self, *args, _name=name, **kwargs):
+            logs = kwargs.get("logs", next((a for a in args if isinstance(a, dict)), None))
+            self.calls.append((_name,) + tuple(a for a in args if isinstance(a, int)) +
+                              (tuple(sorted(logs or {})),))
+        setattr(Hooks, name, hook)
+    return Hooks()
+
+
+def test_every_hook_in_keras_s_order_with_keras_s_logs():
+    """fit with validation, evaluate and predict: the same hooks, in the same order, with
+    the same log keys as Keras's."""
+    real = pytest.importorskip("keras")
+    rng = np.random.default_rng(8)
+    x, y = rng.random((40, 4)).astype(np.float32), rng.integers(0, 3, 40)
+    seen = {}
+    for K in (real, keras):
+        m = K.Sequential([K.Input(shape=(4,)), K.layers.Dense(3, activation="softmax")])
+        m.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        rec = _keras_recorder(K)
+        m.fit(x, y, batch_size=16, epochs=2, validation_split=0.25, verbose=0, callbacks=[rec])
+        m.evaluate(x, y, batch_size=32, verbose=0, callbacks=[rec])
+        m.predict(x, batch_size=32, verbose=0, callbacks=[rec])
+        seen[K] = rec.calls
+    theirs, ours = seen[real], seen[keras]
+    assert [c[:-1] for c in ours] == [c[:-1] for c in theirs]
+    for mine, their in zip(ours, theirs):
+        if their[-1]:       # (Keras passes some hooks no logs at all, fastnn an empty dict)
+            assert mine[-1] == their[-1], mine
+
+
+def test_backup_and_restore_resumes_an_interrupted_fit(tmp_path, rng):
+    """A fit that dies in its third epoch and is run again with the same backup_dir resumes
+    at the third epoch from the saved weights and optimizer state: the same weights as an
+    uninterrupted fit; the backup is gone once training ends."""
+    x, y = blobs(rng, n=64)
+    backup = tmp_path / "backup"
+
+    class Crash(callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("power cut")
+
+    keras.utils.set_random_seed(3)
+    reference = model()
+    start = reference.get_weights()
+    reference.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0)
+
+    interrupted = model()
+    interrupted.set_weights(start)
+    with pytest.raises(RuntimeError, match="power cut"):
+        interrupted.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0,
+                        callbacks=[callbacks.BackupAndRestore(backup), Crash()])
+    assert sorted(os.listdir(backup)) == ["latest.weights.h5", "training_metadata.json"]
+    resumed = model()       # a new process would start from scratch
+    history = resumed.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0,
+                          callbacks=[callbacks.BackupAndRestore(backup)])
+    assert history.epoch == [2, 3]
+    for a, b in zip(resumed.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert resumed.optimizer.iterations == reference.optimizer.iterations
+    assert not backup.exists()
+
+
+def test_backup_and_restore_every_n_batches_and_double_checkpoint(tmp_path, rng):
+    x, y = blobs(rng, n=64)
+    backup = tmp_path / "b"
+    cb = callbacks.BackupAndRestore(backup, save_freq=3, double_checkpoint=True,
+                                    delete_checkpoint=False)
+    model().fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[cb])
+    assert sorted(os.listdir(backup)) == ["latest.weights.h5", "latest.weights.h5.bkp",
+                                          "training_metadata.json",
+                                          "training_metadata.json.bkp"]
+    import json
+    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 1
+    (backup / "latest.weights.h5").write_bytes(b"truncated")     # falls back to the .bkp
+    again = model()
+    again.fit(x, y, batch_size=16, epochs=2, verbose=0,
+              callbacks=[callbacks.BackupAndRestore(backup, delete_checkpoint=False)])
+    with pytest.raises(ValueError, match="save_freq"):
+        callbacks.BackupAndRestore(backup, save_freq="batch")
+    with pytest.raises(ValueError, match="Empty `backup_dir`"):
+        callbacks.BackupAndRestore("")

@@ -537,3 +537,34 @@ def test_lambda_named_functions_resolve_by_registered_name_only(tmp_path):
     with pytest.raises(ValueError, match=r"closes over.*JSON"):
         big = object()
         fastnn.layers.Lambda(lambda t: t if big else t).get_config()
+
+
+def test_weights_files_carry_the_optimizer_state_as_keras_s(tmp_path):
+    """save_weights writes the optimizer's variables (Keras's layout); load_weights restores
+    them into a built optimizer that fits, and warns and keeps its own (as Keras) when the
+    optimizer differs."""
+    rng = np.random.default_rng(11)
+    x, y = rng.standard_normal((32, 4)).astype(np.float32), rng.integers(0, 3, 32)
+
+    def make(opt):
+        m = fastnn.Sequential([fastnn.Input(shape=(4,)), fastnn.layers.Dense(3)])
+        m.compile(opt, "sparse_categorical_crossentropy")
+        return m
+
+    a = make(fastnn.optimizers.Adam(0.01))
+    a.fit(x, y, batch_size=8, verbose=0)
+    path = str(tmp_path / "a.weights.h5")
+    a.save_weights(path)
+    b = make(fastnn.optimizers.Adam(0.01))
+    b.fit(x[:8], y[:8], batch_size=8, verbose=0)            # built, another state
+    b.load_weights(path)
+    assert b.optimizer.iterations == a.optimizer.iterations == 4
+    for u, v in zip(b.optimizer.variables(), a.optimizer.variables()):
+        np.testing.assert_array_equal(u, v)
+    c = make(fastnn.optimizers.SGD(0.1, momentum=0.9))
+    c.fit(x[:8], y[:8], batch_size=8, verbose=0)
+    with pytest.warns(UserWarning, match="skipping variable loading for optimizer 'sgd'"):
+        c.load_weights(path)
+    for u, v in zip(c.get_weights(), a.get_weights()):
+        np.testing.assert_array_equal(u, v)
+    assert c.optimizer.iterations == 1
