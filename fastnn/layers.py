@@ -2746,6 +2746,9 @@ class LayerNormalization(_AffineNorm):
         rank = len(input_shape)
         axes = sorted([self.axis] if _is_int(self.axis) else self.axis)
         self._axes = _axes_of(self.axis, rank, self.name, input_shape)
+        if len(self._axes) != len(axes):
+            raise ValueError(f"{self.name}: axis={self.axis!r} names an axis twice (for "
+                             f"input shape {tuple(input_shape)})")
         shape = tuple(input_shape[a] for a in axes)
         if None in shape:
             raise ValueError(f"{self.name}: the normalized axes {axes} of input shape "

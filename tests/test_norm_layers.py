@@ -410,6 +410,7 @@ def test_bad_arguments_raise_keras_errors(name, kwargs, shape, error):
     (lambda: L.LayerNormalization(axis=3), (3, 4), "axis=3 is out of bounds"),
     (lambda: L.LayerNormalization(axis=0), (3, 4), "axis=0 is out of bounds"),
     (lambda: L.LayerNormalization(axis=1), (None, 4), "must be known"),
+    (lambda: L.LayerNormalization(axis=[2, -1]), (3, 4), "names an axis twice"),
     (lambda: L.GroupNormalization(groups=2, axis=-3), (3, 4), "out of bounds"),
     (lambda: L.LayerNormalization(gamma_regularizer="l2"), None, "gamma_regularizer"),
     (lambda: L.PReLU(alpha_constraint="non_neg"), None, "alpha_constraint"),
@@ -438,3 +439,15 @@ def test_unbuilt_and_built_configs_round_trip():
     assert L.SpatialDropout1D(0.2).get_config().keys() == {"name", "dtype", "rate", "seed"}
     with pytest.warns(UserWarning, match="rms_scaling=True"):
         L.LayerNormalization(rms_scaling=True)
+
+
+@pytest.mark.parametrize("name, kwargs, shape", NOISE, ids=[n[0] for n in NOISE])
+def test_noise_layer_configs_are_keras_s(name, kwargs, shape):
+    keras = _keras()
+    ours = getattr(L, name)(seed=5, **kwargs)
+    theirs = getattr(keras.layers, name)(seed=5, **kwargs)
+    _same_config(ours.get_config(), theirs.get_config())
+    clone = type(ours).from_config(ours.get_config())
+    assert clone.get_config() == ours.get_config()
+    assert ours.compute_output_shape((None,) + shape) == (None,) + shape
+    assert ours.weights == [] and theirs.weights == []
