@@ -372,8 +372,6 @@ class Layer:
             with no_grad():
                 out = self._run_call(x, False)
         else:
-            for name in self._trainable_names:      # this step's gradients add up from zero
-                self.grads[name][...] = 0
             inputs = [Tensor(v, requires_grad=True) for v in x] if several else \
                 Tensor(x, requires_grad=True)
             with tape() as recorded:
@@ -390,10 +388,13 @@ class Layer:
         return y if y.flags.c_contiguous else ops.xp.ascontiguousarray(y)
 
     def backward(self, dy, need_dx=True, **fused):
-        """The gradient of a user's call(): its weights' gradients are added to their buffers
-        (zeroed in forward); returns the input's (a list for a list of inputs; need_dx may
+        """The gradient of a user's call(): its weights' gradients are written into their
+        buffers (as the fused layers' kernels write theirs: a schedule adds up the calls of a
+        shared layer itself); returns the input's (a list for a list of inputs; need_dx may
         then be one flag per input). `fused` hints of fastnn's layers (the loss's
         pre-activation gradient) do not apply: dy is the gradient of call()'s output."""
+        for name in self._trainable_names:      # this call's gradients add up from zero
+            self.grads[name][...] = 0
         st = self._state()
         inputs, out, nodes = st.tape
         st.tape = None
@@ -2648,20 +2649,40 @@ _CLASSES.update({c.__name__: c for c in (
 # noise layers act only when training (fit, or training=True); their random numbers come from
 # `seed=` or fastnn.utils.set_random_seed's Generator, through the backend's random_uniform.
 # =============================================================================================
-def _normalized(x, axes, epsilon, center=True):
+def _normalized(x, axes, epsilon, center=True, gamma=None, beta=None, shape=None):
     """(x - mean) / sqrt(var + epsilon) over `axes` (center=False: x / sqrt(var + epsilon),
-    Keras's rms_scaling), one op on the tape with its analytic backward."""
+    Keras's rms_scaling), times gamma plus beta (each reshaped to `shape` to broadcast, where
+    given): one op on the tape, its backward written out, a few passes over x each way."""
+    xp = get_ops().xp
     a = value_of(_float32(x))
     xc = a - a.mean(axis=axes, keepdims=True)
-    inv = 1.0 / get_ops().xp.sqrt((xc * xc).mean(axis=axes, keepdims=True) + np.float32(epsilon))
-    base = xc if center else a
-    out = base * inv
+    scratch = xc * xc
+    inv = 1.0 / xp.sqrt(scratch.mean(axis=axes, keepdims=True) + np.float32(epsilon))
+    xc *= inv                                   # (x - mean) / sd
+    xhat = xc if center else xp.multiply(a, inv, out=scratch)
+    g_ = None if gamma is None else value_of(gamma).reshape(shape)
+    b_ = None if beta is None else value_of(beta).reshape(shape)
+    out = xhat
+    if g_ is not None:
+        out = xp.multiply(xhat, g_, out=scratch if center else None)
+    if b_ is not None:
+        out = out + b_ if out is xhat else xp.add(out, b_, out=out)
+    spread = tuple(i for i, d in enumerate(shape or ()) if d == 1)  # gamma's, beta's sums
 
-    def backward(g):
-        mean_g = g.mean(axis=axes, keepdims=True) if center else np.float32(0)
-        return (inv * (g - mean_g - xc * (inv * inv) *
-                       (g * base).mean(axis=axes, keepdims=True)),)
-    return record(out, (x,), backward)
+    def backward(g):                # (g may be another op's too: it stays as it is)
+        d = g * g_ if g_ is not None else g.copy()      # the gradient of xhat
+        tmp = d * xhat
+        project = tmp.mean(axis=axes, keepdims=True)
+        if center:
+            d -= d.mean(axis=axes, keepdims=True)
+        d -= xp.multiply(xc, project, out=tmp)
+        d *= inv
+        d_gamma = None if g_ is None else xp.multiply(g, xhat, out=tmp).sum(
+            axis=spread, keepdims=True).reshape(value_of(gamma).shape)
+        d_beta = None if b_ is None else \
+            g.sum(axis=spread, keepdims=True).reshape(value_of(beta).shape)
+        return d, d_gamma, d_beta
+    return record(out, (x, gamma, beta), backward)
 
 
 def _no_penalties(layer, **given):
@@ -2695,13 +2716,10 @@ class _AffineNorm(Layer):
         if beta:
             self.add_weight(name="beta", shape=shape, initializer=self.beta_initializer)
 
-    def _affine(self, y, shape):
-        """y * gamma + beta, each reshaped to `shape` (to broadcast), where they exist."""
-        if "gamma" in self._vars:
-            y = array_ops.multiply(y, array_ops.reshape(self.gamma, shape))
-        if "beta" in self._vars:
-            y = array_ops.add(y, array_ops.reshape(self.beta, shape))
-        return y
+    def _normalized(self, x, axes, shape, center=True):
+        """x normalized over `axes`, times gamma plus beta (reshaped to `shape`)."""
+        return _normalized(x, axes, self.epsilon, center, self._variables.get("gamma"),
+                           self._variables.get("beta"), shape)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -2762,8 +2780,8 @@ class LayerNormalization(_AffineNorm):
         super().build(input_shape)
 
     def call(self, inputs):
-        y = _normalized(inputs, self._axes, self.epsilon, center=not self.rms_scaling)
-        return self._affine(y, self._broadcast)
+        return self._normalized(inputs, self._axes, self._broadcast,
+                                center=not self.rms_scaling)
 
     def get_config(self):
         return {**super().get_config(), "rms_scaling": self.rms_scaling}
@@ -2812,8 +2830,9 @@ class GroupNormalization(_AffineNorm):
         shape, at, g = tuple(inputs.shape), self._at, self.groups
         grouped = array_ops.reshape(inputs, shape[:at] + (g, shape[at] // g) + shape[at + 1:])
         axes = tuple(i for i in range(1, len(shape) + 1) if i != at)
-        y = array_ops.reshape(_normalized(grouped, axes, self.epsilon), shape)
-        return self._affine(y, tuple(shape[at] if i == at else 1 for i in range(len(shape))))
+        per_channel = tuple(grouped.shape[i] if i in (at, at + 1) else 1
+                            for i in range(len(shape) + 1))
+        return array_ops.reshape(self._normalized(grouped, axes, per_channel), shape)
 
     def get_config(self):
         return {**super().get_config(), "groups": self.groups}

@@ -451,3 +451,30 @@ def test_noise_layer_configs_are_keras_s(name, kwargs, shape):
     assert clone.get_config() == ours.get_config()
     assert ours.compute_output_shape((None,) + shape) == (None,) + shape
     assert ours.weights == [] and theirs.weights == []
+
+
+def test_a_shared_layer_normalization_and_prelu_train_as_keras_s():
+    """One LayerNormalization and one PReLU called on two branches: their weights' gradients
+    add up over both calls."""
+    keras = _keras()
+
+    def build(m):
+        inputs = m.Input(shape=(5,))
+        norm, act = m.layers.LayerNormalization(), m.layers.PReLU()
+        a = act(norm(m.layers.Dense(4)(inputs)))
+        b = act(norm(m.layers.Dense(4)(inputs)))
+        return m.Model(inputs, m.layers.Dense(2)(m.layers.Concatenate()([a, b])))
+    ours, theirs = build(fastnn), build(keras)
+    rng = np.random.default_rng(8)
+    weights = [rng.uniform(-1, 1, np.shape(w)).astype(np.float32) for w in theirs.get_weights()]
+    ours.set_weights(weights)
+    theirs.set_weights(weights)
+    x = rng.standard_normal((8, 5)).astype(np.float32)
+    y = rng.standard_normal((8, 2)).astype(np.float32)
+    for m, model in ((fastnn, ours), (keras, theirs)):
+        model.compile(optimizer=m.optimizers.SGD(0.3), loss="mse")
+        model.train_on_batch(x, y)
+    for mine, their, before in zip(ours.get_weights(), theirs.get_weights(), weights):
+        np.testing.assert_allclose(mine, keras.ops.convert_to_numpy(their), rtol=1e-4,
+                                   atol=1e-5)
+        assert np.abs(mine - before).max() > 1e-4
