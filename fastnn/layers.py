@@ -2643,11 +2643,12 @@ _CLASSES.update({c.__name__: c for c in (
 
 # =============================================================================================
 # ---- normalization, noise and activation layers (Keras's; issue 18, item 5) ----------------
-# Written with fastnn.ops (differentiated by autodiff, run where the backend computes), but for
-# ELU, whose kernel is exact (an Activation). Layer and group normalization share one op,
-# _normalized, whose backward is written out (one pass each way, no tape of small ops). The
-# noise layers act only when training (fit, or training=True); their random numbers come from
-# `seed=` or fastnn.utils.set_random_seed's Generator, through the backend's random_uniform.
+# Written with fastnn.ops (differentiated by autodiff, run where the backend computes); ELU is
+# an activation layer like ReLU (its kernel where exact). Layer and group normalization share
+# one op, _normalized (gamma and beta folded in), whose backward is written out: a few
+# vectorized passes each way, one node on the tape. The noise layers act only when training
+# (fit, or training=True); their random numbers come from `seed=` or
+# fastnn.utils.set_random_seed's Generator, through the backend's random_uniform.
 # =============================================================================================
 def _normalized(x, axes, epsilon, center=True, gamma=None, beta=None, shape=None):
     """(x - mean) / sqrt(var + epsilon) over `axes` (center=False: x / sqrt(var + epsilon),
