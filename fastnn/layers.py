@@ -21,7 +21,8 @@ import numpy as np
 from . import activations, initializers, registry
 from ._config import without_defaults
 from . import ops as array_ops
-from .autodiff import Tensor, Variable, gradients, is_recording, no_grad, tape, value_of
+from .autodiff import Tensor, Variable, gradients, is_recording, no_grad, record, tape, \
+    value_of
 from .autodiff import node as autodiff_node
 from .backend import get_ops, unique_name
 from .backend.base import pointwise
@@ -373,8 +374,6 @@ class Layer:
             with no_grad():
                 out = self._run_call([Tensor(v) for v in x] if several else Tensor(x), False)
         else:
-            for name in self._trainable_names:      # this step's gradients add up from zero
-                self.grads[name][...] = 0
             inputs = [Tensor(v, requires_grad=True) for v in x] if several else \
                 Tensor(x, requires_grad=True)
             with tape() as recorded:
@@ -391,10 +390,13 @@ class Layer:
         return y if y.flags.c_contiguous else ops.xp.ascontiguousarray(y)
 
     def backward(self, dy, need_dx=True, **fused):
-        """The gradient of a user's call(): its weights' gradients are added to their buffers
-        (zeroed in forward); returns the input's (a list for a list of inputs; need_dx may
+        """The gradient of a user's call(): its weights' gradients are written into their
+        buffers (as the fused layers' kernels write theirs: a schedule adds up the calls of a
+        shared layer itself); returns the input's (a list for a list of inputs; need_dx may
         then be one flag per input). `fused` hints of fastnn's layers (the loss's
         pre-activation gradient) do not apply: dy is the gradient of call()'s output."""
+        for name in self._trainable_names:      # this call's gradients add up from zero
+            self.grads[name][...] = 0
         st = self._state()
         inputs, out, nodes = st.tape
         st.tape = None
@@ -715,43 +717,111 @@ class Activation(Layer):
         return config
 
 
-class ReLU(Activation):
-    """Keras's ReLU. negative_slope runs as the leaky ReLU kernel (as Keras computes it);
-    max_value and threshold other than their defaults are refused (no kernel computes them,
-    and a graph's schedule fuses an Activation into the layer before it)."""
+class _KernelOrOwn(Activation):
+    """An activation layer that runs the backend's kernel `act_id` when its arguments make it
+    exactly that kernel's function; otherwise (act_id None) its own forward/backward below.
+    With act_id None no schedule folds it into a GEMM's epilogue and no loss fuses with it."""
+
+    def forward(self, x, training=False):
+        if self.act_id is not None:
+            return super().forward(x, training)
+        st = self._state()
+        st._x = x
+        st._y = y = self._own_forward(get_ops().xp, x)
+        return y
+
+    def backward(self, dy, need_dx=True, preactivation=False):
+        if self.act_id is not None:
+            return super().backward(dy, need_dx, preactivation)
+        st = self._state()
+        return self._own_backward(get_ops().xp, st._x, st._y, dy)
+
+
+class ReLU(_KernelOrOwn):
+    """Keras's ReLU: max_value=None with threshold=0 is the relu kernel (the leaky one for a
+    negative_slope), fused after a linear layer; otherwise computed here as Keras computes
+    it: x where x > threshold else 0, clipped to max_value, minus negative_slope *
+    relu(threshold - x)."""
 
     def __init__(self, max_value=None, negative_slope=0.0, threshold=0.0, **kwargs):
-        slope = _finite(negative_slope, "negative_slope", "ReLU")
-        super().__init__("leaky_relu" if slope else "relu", **kwargs)
-        if slope < 0:
-            raise ValueError(f"{self.name}: negative_slope must be >= 0, got {negative_slope!r}")
-        if max_value is not None or threshold != 0:
-            raise NotImplementedError(
-                f"ReLU {self.name!r}: max_value={max_value!r}, threshold={threshold!r} are not "
-                "supported by fastnn yet (only max_value=None, threshold=0.0)")
-        self.negative_slope = self.act_alpha = slope
+        Layer.__init__(self, **kwargs)
+        if max_value is not None and _finite(max_value, "max_value", self.name) < 0.0:
+            raise ValueError("max_value of a ReLU layer cannot be a negative value. "
+                             f"Received: max_value={max_value}")
+        if negative_slope is None or _finite(negative_slope, "negative_slope", self.name) < 0:
+            raise ValueError("negative_slope of a ReLU layer cannot be None or a negative "
+                             f"value. Received: negative_slope={negative_slope}")
+        if threshold is None or _finite(threshold, "threshold", self.name) < 0:
+            raise ValueError("threshold of a ReLU layer cannot be None or a negative value. "
+                             f"Received: threshold={threshold}")
+        self.max_value = None if max_value is None else float(max_value)
+        self.negative_slope, self.threshold = float(negative_slope), float(threshold)
+        self.activation = activations.get("leaky_relu" if self.negative_slope else "relu")
+        self.act_id, self.act_alpha = activations.kernel_id(self.activation)
+        self.act_alpha = self.negative_slope
+        if self.max_value is not None or self.threshold != 0:
+            self.act_id = None
+
+    def _own_forward(self, xp, x):
+        t, top, slope = np.float32(self.threshold), self.max_value, np.float32(self.negative_slope)
+        y = xp.where(x > t, x, np.float32(0))
+        if top is not None:
+            y = xp.minimum(y, np.float32(top))
+        if slope:
+            y -= slope * xp.maximum(t - x, np.float32(0))
+        return y
+
+    def _own_backward(self, xp, x, y, dy):
+        t, top = np.float32(self.threshold), self.max_value
+        through = x > t
+        if top is not None:
+            through &= x <= np.float32(top)
+        dx = dy * through
+        if self.negative_slope:
+            dx += dy * (x < t) * np.float32(self.negative_slope)
+        return dx
 
     def get_config(self):
-        return {**Layer.get_config(self), "max_value": None,
-                "negative_slope": self.negative_slope, "threshold": 0.0}
+        return {**Layer.get_config(self), "max_value": self.max_value,
+                "negative_slope": self.negative_slope, "threshold": self.threshold}
 
 
-class Softmax(Activation):
-    """Softmax over the last axis (the only one fastnn's kernel and fused losses read); axis
-    may name it by its index."""
+def _axes_of(axis, rank, layer, input_shape):
+    """Keras's axis argument (an int or a list of ints) as sorted non-negative axes of an
+    input of `rank`; an axis outside the input raises (the batch axis 0 included)."""
+    axes = [axis] if _is_int(axis) else list(axis)
+    if any(not _is_int(a) or not -rank <= a < rank or a % rank == 0 for a in axes):
+        raise ValueError(f"{layer}: axis={axis!r} is out of bounds for input shape "
+                         f"{tuple(input_shape)} (an axis other than the batch axis 0)")
+    return tuple(sorted({int(a) % rank for a in axes}))
+
+
+class Softmax(_KernelOrOwn):
+    """Softmax over `axis` (an int or a list of ints). Over the last axis alone it is the
+    softmax kernel (which a crossentropy loss fuses with); over other axes it is computed here
+    (and fuses with nothing)."""
 
     def __init__(self, axis=-1, **kwargs):
         super().__init__("softmax", **kwargs)
-        if not _is_int(axis):
-            raise ValueError(f"Softmax {self.name!r}: axis must be an int, got {axis!r}")
-        self.axis = int(axis)
+        if not (_is_int(axis) or isinstance(axis, (list, tuple)) and axis and
+                all(_is_int(a) for a in axis)):
+            raise ValueError(f"Softmax {self.name!r}: axis must be an int or a list of ints, "
+                             f"got {axis!r}")
+        self.axis = int(axis) if _is_int(axis) else [int(a) for a in axis]
+        if self.axis not in (-1, [-1]):
+            self.act_id = None      # set by build, when the rank tells whether it is the last
 
     def build(self, input_shape):
-        if self.axis not in (-1, len(input_shape) - 1):
-            raise NotImplementedError(
-                f"Softmax {self.name!r}: axis={self.axis} is not the last axis of inputs of "
-                f"shape {tuple(input_shape)}; fastnn computes softmax over the last axis only")
+        self._axes = _axes_of(self.axis, len(input_shape), self.name, input_shape)
+        self.act_id = activations.SOFTMAX if self._axes == (len(input_shape) - 1,) else None
         super().build(input_shape)
+
+    def _own_forward(self, xp, x):
+        e = xp.exp(x - x.max(axis=self._axes, keepdims=True))
+        return e / e.sum(axis=self._axes, keepdims=True)
+
+    def _own_backward(self, xp, x, y, dy):
+        return y * (dy - (dy * y).sum(axis=self._axes, keepdims=True))
 
     def get_config(self):
         return {**Layer.get_config(self), "axis": self.axis}
@@ -2571,3 +2641,409 @@ class RandomContrast(_RandomImageLayer):
 _CLASSES.update({c.__name__: c for c in (
     Rescaling, Normalization, Resizing, CenterCrop, RandomFlip, RandomRotation, RandomZoom,
     RandomTranslation, RandomContrast)})
+
+
+# =============================================================================================
+# ---- normalization, noise and activation layers (Keras's; issue 18, item 5) ----------------
+# Written with fastnn.ops (differentiated by autodiff, run where the backend computes); ELU is
+# an activation layer like ReLU (its kernel where exact). Layer and group normalization share
+# one op, _normalized (gamma and beta folded in), whose backward is written out: a few
+# vectorized passes each way, one node on the tape. The noise layers act only when training
+# (fit, or training=True); their random numbers come from `seed=` or
+# fastnn.utils.set_random_seed's Generator, through the backend's random_uniform.
+# =============================================================================================
+def _normalized(x, axes, epsilon, center=True, gamma=None, beta=None, shape=None):
+    """(x - mean) / sqrt(var + epsilon) over `axes` (center=False: x / sqrt(var + epsilon),
+    Keras's rms_scaling), times gamma plus beta (each reshaped to `shape` to broadcast, where
+    given): one op on the tape, its backward written out, a few passes over x each way."""
+    xp = get_ops().xp
+    a = value_of(_float32(x))
+    xc = a - a.mean(axis=axes, keepdims=True)
+    scratch = xc * xc
+    inv = 1.0 / xp.sqrt(scratch.mean(axis=axes, keepdims=True) + np.float32(epsilon))
+    xc *= inv                                   # (x - mean) / sd
+    xhat = xc if center else xp.multiply(a, inv, out=scratch)
+    g_ = None if gamma is None else value_of(gamma).reshape(shape)
+    b_ = None if beta is None else value_of(beta).reshape(shape)
+    out = xhat
+    if g_ is not None:
+        out = xp.multiply(xhat, g_, out=scratch if center else None)
+    if b_ is not None:
+        out = out + b_ if out is xhat else xp.add(out, b_, out=out)
+    spread = tuple(i for i, d in enumerate(shape or ()) if d == 1)  # gamma's, beta's sums
+
+    def backward(g):                # (g may be another op's too: it stays as it is)
+        d = g * g_ if g_ is not None else g.copy()      # the gradient of xhat
+        tmp = d * xhat
+        project = tmp.mean(axis=axes, keepdims=True)
+        if center:
+            d -= d.mean(axis=axes, keepdims=True)
+        d -= xp.multiply(xc, project, out=tmp)
+        d *= inv
+        d_gamma = None if g_ is None else xp.multiply(g, xhat, out=tmp).sum(
+            axis=spread, keepdims=True).reshape(value_of(gamma).shape)
+        d_beta = None if b_ is None else \
+            g.sum(axis=spread, keepdims=True).reshape(value_of(beta).shape)
+        return d, d_gamma, d_beta
+    return record(out, (x, gamma, beta), backward)
+
+
+def _no_penalties(layer, **given):
+    """Regularizers and constraints are not in fastnn yet: any given one raises, by name."""
+    for arg, value in given.items():
+        if value is not None:
+            raise ValueError(f"{layer}: {arg} is not supported by fastnn yet (got "
+                             f"{value!r}); only None")
+
+
+class _AffineNorm(Layer):
+    """The arguments, weights (gamma, then beta) and config Layer- and GroupNormalization
+    share."""
+
+    def __init__(self, axis, epsilon, center, scale, beta_initializer, gamma_initializer,
+                 beta_regularizer, gamma_regularizer, beta_constraint, gamma_constraint,
+                 **kwargs):
+        super().__init__(**kwargs)
+        _no_penalties(self.name, beta_regularizer=beta_regularizer,
+                      gamma_regularizer=gamma_regularizer, beta_constraint=beta_constraint,
+                      gamma_constraint=gamma_constraint)
+        self.epsilon = _finite(epsilon, "epsilon", self.name, low=0)
+        self.center, self.scale = bool(center), bool(scale)
+        self.beta_initializer = initializers.get(beta_initializer)
+        self.gamma_initializer = initializers.get(gamma_initializer)
+        self.axis = axis
+
+    def _add_affine(self, shape, gamma, beta):
+        if gamma:
+            self.add_weight(name="gamma", shape=shape, initializer=self.gamma_initializer)
+        if beta:
+            self.add_weight(name="beta", shape=shape, initializer=self.beta_initializer)
+
+    def _normalized(self, x, axes, shape, center=True):
+        """x normalized over `axes`, times gamma plus beta (reshaped to `shape`)."""
+        return _normalized(x, axes, self.epsilon, center, self._variables.get("gamma"),
+                           self._variables.get("beta"), shape)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "axis": self.axis, "epsilon": self.epsilon,
+                "center": self.center, "scale": self.scale,
+                "beta_initializer": initializers.serialize(self.beta_initializer),
+                "gamma_initializer": initializers.serialize(self.gamma_initializer),
+                "beta_regularizer": None, "gamma_regularizer": None,
+                "beta_constraint": None, "gamma_constraint": None}
+
+
+class LayerNormalization(_AffineNorm):
+    """(x - mean) / sqrt(var + epsilon) * gamma + beta, mean and variance over `axis` (an int
+    or a list of ints) per sample; gamma and beta have the shape of those axes (in sorted
+    order, reshaped to broadcast, as Keras does). rms_scaling=True (deprecated in Keras):
+    x / sqrt(var + epsilon) * gamma, no beta, as Keras computes it."""
+
+    def __init__(self, axis=-1, epsilon=1e-3, center=True, scale=True, rms_scaling=False,
+                 beta_initializer="zeros", gamma_initializer="ones", beta_regularizer=None,
+                 gamma_regularizer=None, beta_constraint=None, gamma_constraint=None,
+                 **kwargs):
+        if isinstance(axis, (list, tuple)) and all(_is_int(a) for a in axis):
+            axis = [int(a) for a in axis]
+        elif _is_int(axis):
+            axis = int(axis)
+        else:
+            raise TypeError("Expected an int or a list/tuple of ints for the argument 'axis', "
+                            f"but received: {axis!r}")
+        if rms_scaling:
+            import warnings
+            warnings.warn("You passed `rms_scaling=True`, which is deprecated. This argument "
+                          "incorrectly scales the input by the variance, not the root mean "
+                          "square (as Keras 3 does; fastnn computes the same).")
+        super().__init__(axis, epsilon, center, scale, beta_initializer, gamma_initializer,
+                         beta_regularizer, gamma_regularizer, beta_constraint,
+                         gamma_constraint, **kwargs)
+        self.rms_scaling = bool(rms_scaling)
+
+    def build(self, input_shape):
+        rank = len(input_shape)
+        axes = sorted([self.axis] if _is_int(self.axis) else self.axis)
+        self._axes = _axes_of(self.axis, rank, self.name, input_shape)
+        if len(self._axes) != len(axes):
+            raise ValueError(f"{self.name}: axis={self.axis!r} names an axis twice (for "
+                             f"input shape {tuple(input_shape)})")
+        shape = tuple(input_shape[a] for a in axes)
+        if None in shape:
+            raise ValueError(f"{self.name}: the normalized axes {axes} of input shape "
+                             f"{tuple(input_shape)} must be known")
+        self._broadcast = [1] * rank
+        for a in axes:
+            self._broadcast[a] = input_shape[a]
+        self._add_affine(shape, self.scale or self.rms_scaling,
+                         self.center and not self.rms_scaling)
+        self.axis = axes                # as Keras: the sorted list once built
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return self._normalized(inputs, self._axes, self._broadcast,
+                                center=not self.rms_scaling)
+
+    def get_config(self):
+        return {**super().get_config(), "rms_scaling": self.rms_scaling}
+
+
+class GroupNormalization(_AffineNorm):
+    """The channels of `axis` split into `groups` groups (-1: one per channel); each sample's
+    group normalized over its channels and every other axis; then gamma and beta per
+    channel."""
+
+    def __init__(self, groups=32, axis=-1, epsilon=1e-3, center=True, scale=True,
+                 beta_initializer="zeros", gamma_initializer="ones", beta_regularizer=None,
+                 gamma_regularizer=None, beta_constraint=None, gamma_constraint=None,
+                 **kwargs):
+        if not _is_int(groups) or (groups <= 0 and groups != -1):
+            raise ValueError("Received an invalid value for argument `groups`, expected a "
+                             "positive integer (or `-1` for instance normalization). "
+                             f"Received: groups={groups}")
+        if not _is_int(axis):
+            raise ValueError(f"GroupNormalization: axis must be an int, got {axis!r}")
+        super().__init__(int(axis), epsilon, center, scale, beta_initializer,
+                         gamma_initializer, beta_regularizer, gamma_regularizer,
+                         beta_constraint, gamma_constraint, **kwargs)
+        self.groups = int(groups)
+
+    def build(self, input_shape):
+        rank = len(input_shape)
+        (self._at,) = _axes_of(self.axis, rank, self.name, input_shape)
+        dim = input_shape[self._at]
+        if dim is None:
+            raise ValueError(f"Axis {self.axis} of input tensor should have a defined "
+                             f"dimension but the layer received an input with shape "
+                             f"{tuple(input_shape)}.")
+        if self.groups == -1:
+            self.groups = dim
+        if dim < self.groups:
+            raise ValueError(f"Number of groups ({self.groups}) cannot be more than the "
+                             f"number of channels ({dim}).")
+        if dim % self.groups != 0:
+            raise ValueError(f"Number of groups ({self.groups}) must be a multiple of the "
+                             f"number of channels ({dim}).")
+        self._add_affine((dim,), self.scale, self.center)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        shape, at, g = tuple(inputs.shape), self._at, self.groups
+        grouped = array_ops.reshape(inputs, shape[:at] + (g, shape[at] // g) + shape[at + 1:])
+        axes = tuple(i for i in range(1, len(shape) + 1) if i != at)
+        per_channel = tuple(grouped.shape[i] if i in (at, at + 1) else 1
+                            for i in range(len(shape) + 1))
+        return array_ops.reshape(self._normalized(grouped, axes, per_channel), shape)
+
+    def get_config(self):
+        return {**super().get_config(), "groups": self.groups}
+
+
+def _rate(value, arg="rate"):
+    """Keras's check of a dropout rate or noise stddev: a number in [0, 1]."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and \
+        not isinstance(value, bool) and 0 <= value <= 1
+    if not ok:
+        raise ValueError(f"Invalid value received for argument `{arg}`. Expected a float "
+                         f"value between 0 and 1. Received: {arg}={value}")
+    return float(value)
+
+
+class _Noise(Layer):
+    """A layer that acts only when training, with its own Generator when given a seed."""
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if seed is not None and (not _is_int(seed) or seed < 0):
+            raise ValueError(f"{self.name}: seed must be a non-negative int or None, got "
+                             f"{seed!r}")
+        self.seed = seed
+        self._rng = None if seed is None else np.random.default_rng(seed)
+
+    def _uniform(self, shape):
+        """Uniform [0, 1) float32 draws where the backend computes."""
+        from .utils import get_rng
+        ops = get_ops()
+        return ops.random_uniform(self._rng or get_rng(), ops.empty(tuple(shape)))
+
+    def _normal(self, shape, mean, stddev):
+        """Normal float32 draws (Box-Muller on two uniform draws)."""
+        xp = get_ops().xp
+        u1, u2 = self._uniform(shape), self._uniform(shape)
+        z = xp.sqrt(np.float32(-2) * xp.log1p(-u1)) * xp.cos(np.float32(2 * np.pi) * u2)
+        return z * np.float32(stddev) + np.float32(mean)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "seed": self.seed}
+
+
+class _SpatialDropout(_Noise):
+    """Dropout of whole channels: one draw per sample and channel (kept with probability
+    1 - rate, then scaled by 1 / (1 - rate); rate 1 drops everything)."""
+    rank = None
+
+    def __init__(self, rate, seed=None, name=None, dtype=None, data_format=None):
+        super().__init__(seed=seed, name=name, dtype=dtype)
+        self.rate = _rate(rate)
+        if data_format not in (None, "channels_last", "channels_first"):
+            raise ValueError("The `data_format` argument must be one of {'channels_first', "
+                             f"'channels_last'}}. Received: data_format={data_format}")
+        self.data_format = data_format or "channels_last"
+
+    def build(self, input_shape):
+        if len(input_shape) != self.rank:
+            raise ValueError(f"Input 0 of layer {self.name!r} is incompatible with the layer: "
+                             f"expected ndim={self.rank}, found ndim={len(input_shape)}. "
+                             f"Full shape received: {tuple(input_shape)}")
+        super().build(input_shape)
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0:
+            return inputs
+        shape = tuple(inputs.shape)
+        channel = 1 if self.data_format == "channels_first" else len(shape) - 1
+        noise = tuple(d if i in (0, channel) else 1 for i, d in enumerate(shape))
+        if self.rate == 1:
+            return array_ops.multiply(_float32(inputs), np.float32(0))
+        keep = get_ops().xp.greater_equal(self._uniform(noise), np.float32(self.rate))
+        scale = keep.astype(np.float32) * np.float32(1.0 / (1.0 - self.rate))
+        return array_ops.multiply(_float32(inputs), scale)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["trainable"]         # Keras's spatial dropout config has none (nor takes it)
+        return {**config, "rate": self.rate}
+
+
+class SpatialDropout1D(_SpatialDropout):
+    """Inputs (batch, steps, channels): drops whole channels of each sample."""
+    rank = 3
+
+    def __init__(self, rate, seed=None, name=None, dtype=None):
+        super().__init__(rate, seed=seed, name=name, dtype=dtype)
+
+
+class SpatialDropout2D(_SpatialDropout):
+    """Inputs (batch, height, width, channels) (or channels first): drops whole channels."""
+    rank = 4
+
+    def __init__(self, rate, data_format=None, seed=None, name=None, dtype=None):
+        super().__init__(rate, seed=seed, name=name, dtype=dtype, data_format=data_format)
+
+    def get_config(self):
+        return {**super().get_config(), "data_format": self.data_format}
+
+
+class GaussianNoise(_Noise):
+    """Training only: x + a normal draw of mean 0 and standard deviation `stddev`."""
+
+    def __init__(self, stddev, seed=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self.stddev = _rate(stddev, "stddev")
+
+    def call(self, inputs, training=False):
+        if not training or self.stddev == 0:
+            return inputs
+        return array_ops.add(_float32(inputs), self._normal(inputs.shape, 0.0, self.stddev))
+
+    def get_config(self):
+        return {**super().get_config(), "stddev": self.stddev}
+
+
+class GaussianDropout(_Noise):
+    """Training only: x times a normal draw of mean 1 and variance rate / (1 - rate)."""
+
+    def __init__(self, rate, seed=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        self.rate = _rate(rate)
+
+    def call(self, inputs, training=False):
+        if not training or self.rate == 0:
+            return inputs
+        if self.rate == 1:
+            raise ValueError(f"{self.name}: rate=1.0 makes the noise's variance rate / "
+                             "(1 - rate) infinite (Keras divides by zero here); use a rate "
+                             "below 1 when training")
+        stddev = np.sqrt(self.rate / (1.0 - self.rate))
+        return array_ops.multiply(_float32(inputs), self._normal(inputs.shape, 1.0, stddev))
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate}
+
+
+class ELU(_KernelOrOwn):
+    """x if x > 0 else alpha * (exp(x) - 1): the elu kernel (fused after a linear layer) for
+    alpha >= 0; a negative alpha is computed here (the kernel's backward reads the sign of
+    the output, which a negative alpha flips)."""
+
+    def __init__(self, alpha=1.0, **kwargs):
+        super().__init__("elu", **kwargs)
+        self.alpha = self.act_alpha = _finite(alpha, "alpha", self.name)
+        if self.alpha < 0:
+            self.act_id = None
+
+    def _own_forward(self, xp, x):
+        return xp.where(x > 0, x, np.float32(self.alpha) * xp.expm1(xp.minimum(x, 0)))
+
+    def _own_backward(self, xp, x, y, dy):
+        return dy * xp.where(x > 0, np.float32(1), np.float32(self.alpha) *
+                             xp.exp(xp.minimum(x, 0)))
+
+    def get_config(self):
+        return {**Layer.get_config(self), "alpha": self.alpha}
+
+
+class PReLU(Layer):
+    """relu(x) - alpha * relu(-x) with a trainable alpha of the input's shape (without the
+    batch axis), of size 1 along `shared_axes`."""
+
+    def __init__(self, alpha_initializer="Zeros", alpha_regularizer=None,
+                 alpha_constraint=None, shared_axes=None, **kwargs):
+        super().__init__(**kwargs)
+        _no_penalties(self.name, alpha_regularizer=alpha_regularizer,
+                      alpha_constraint=alpha_constraint)
+        self.alpha_initializer = initializers.get(alpha_initializer)
+        if shared_axes is not None:
+            shared_axes = list(shared_axes) if isinstance(shared_axes, (list, tuple)) \
+                else [shared_axes]
+            if not all(_is_int(a) for a in shared_axes):
+                raise ValueError(f"{self.name}: shared_axes must be an int or a list of ints, "
+                                 f"got {shared_axes!r}")
+        self.shared_axes = shared_axes
+
+    def build(self, input_shape):
+        shape = list(input_shape[1:])
+        for a in self.shared_axes or ():
+            if not -len(shape) <= a - 1 < len(shape):
+                raise ValueError(f"{self.name}: shared_axes={self.shared_axes} names an axis "
+                                 f"outside the input shape {tuple(input_shape)}")
+            shape[a - 1] = 1
+        if None in shape:
+            raise ValueError(f"{self.name}: alpha needs known axes: input shape "
+                             f"{tuple(input_shape)} (share the unknown ones: shared_axes)")
+        self.add_weight(name="alpha", shape=tuple(shape), initializer=self.alpha_initializer)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        x = _float32(inputs)
+        negative = array_ops.relu(array_ops.negative(x))
+        return array_ops.subtract(array_ops.relu(x), array_ops.multiply(self.alpha, negative))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(),
+                "alpha_initializer": initializers.serialize(self.alpha_initializer),
+                "alpha_regularizer": None, "alpha_constraint": None,
+                "shared_axes": self.shared_axes}
+
+
+_CLASSES.update({c.__name__: c for c in (
+    LayerNormalization, GroupNormalization, SpatialDropout1D, SpatialDropout2D, GaussianNoise,
+    GaussianDropout, ELU, PReLU)})

@@ -173,7 +173,8 @@ class _Fused:
 def _fused(steps, outputs, shapes):
     """The inference steps: each chain
         [ZeroPadding2D ->] Conv2D or Dense (linear) -> [BatchNormalization] ->
-        [Add with one other input of the same shape] -> [Activation or a subclass, elementwise]
+        [Add with one other input of the same shape] -> [Activation or a subclass, elementwise,
+        with a kernel act_id]
     whose inner tensors have no other reader becomes one _Fused step, at the chain's last
     place (where all its inputs exist). Every other step runs as it is."""
     readers = {}
@@ -212,7 +213,7 @@ def _fused(steps, outputs, shapes):
                 residual, t = other[0], steps[j][2]
                 chain.append(j)
         j = sole_reader(t, Activation)
-        if j is not None and steps[j][0].act_id != activations.SOFTMAX:
+        if j is not None and steps[j][0].act_id not in (None, activations.SOFTMAX):
             act, t = (steps[j][0].act_id, steps[j][0].act_alpha), steps[j][2]
             chain.append(j)
         if len(chain) == 1:

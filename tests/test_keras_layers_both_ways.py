@@ -28,8 +28,8 @@ CASES = {
     "Dense": ([(4,)], dict(units=3, activation="tanh", use_bias=True,
                           kernel_initializer="he_normal", bias_initializer="ones")),
     "Activation": ([(5,)], dict(activation="softplus")),
-    "ReLU": ([(5,)], dict(negative_slope=0.2)),
-    "Softmax": ([(3, 4)], dict(axis=2)),       # the last axis by its index
+    "ReLU": ([(5,)], dict(max_value=1.5, negative_slope=0.2, threshold=0.1)),
+    "Softmax": ([(3, 4)], dict(axis=1)),       # not the last axis
     "LeakyReLU": ([(5,)], dict(negative_slope=0.1)),
     "Flatten": ([(3, 4, 2)], {}),
     "Dropout": ([(5,)], dict(rate=0.3, seed=5, noise_shape=None)),
@@ -78,6 +78,17 @@ CASES = {
     "RandomTranslation": ([(5, 5, 2)], dict(height_factor=0.2, width_factor=(-0.1, 0.3),
                                             fill_mode="nearest", seed=6)),
     "RandomContrast": ([(5, 5, 2)], dict(factor=0.4, seed=7)),
+    # normalization, noise and activation layers (the noise layers are the identity at
+    # inference; their arguments still make the round trip)
+    "LayerNormalization": ([(3, 4)], dict(axis=[1, 2], epsilon=1e-2,
+                                          gamma_initializer="he_normal")),
+    "GroupNormalization": ([(4, 6)], dict(groups=3, epsilon=1e-2, center=False)),
+    "SpatialDropout1D": ([(4, 3)], dict(rate=0.3, seed=2)),
+    "SpatialDropout2D": ([(4, 4, 3)], dict(rate=0.3, data_format="channels_first", seed=2)),
+    "GaussianNoise": ([(5,)], dict(stddev=0.4, seed=3)),
+    "GaussianDropout": ([(5,)], dict(rate=0.4, seed=3)),
+    "ELU": ([(5,)], dict(alpha=0.7)),
+    "PReLU": ([(3, 4)], dict(alpha_initializer="ones", shared_axes=[1])),
 }
 
 
@@ -171,15 +182,16 @@ def test_average_pooling_same_padding_is_tfs():
 
 @pytest.mark.parametrize("fmt", [".keras", ".h5"])
 def test_keras_arguments_fastnn_cannot_compute_are_refused_by_name(tmp_path, fmt):
-    """Found by the cases above: Keras's ReLU writes max_value/negative_slope/threshold
-    (now read), and these values fastnn cannot compute raise, naming them and the file (not
-    as a damaged file)."""
+    """Keras arguments fastnn cannot compute (regularizers, a noise_shape) raise, naming
+    them and the file (not as a damaged file)."""
     keras = pytest.importorskip("keras")
-    for layer, message in ((keras.layers.ReLU(max_value=6.0), "max_value=6.0"),
-                           (keras.layers.Softmax(axis=1), "axis=1")):
+    for layer, message in ((keras.layers.LayerNormalization(gamma_regularizer="l2"),
+                            "gamma_regularizer"),
+                           (keras.layers.Dropout(0.5, noise_shape=(None, 1, 4)),
+                            "noise_shape")):
         inputs = keras.Input(shape=(3, 4))
         path = str(tmp_path / f"refused{fmt}")
         keras.Model(inputs, layer(inputs)).save(path)
-        with pytest.raises(NotImplementedError, match=message) as err:
+        with pytest.raises(ValueError, match=message) as err:
             fastnn.models.load_model(path)
         assert str(err.value).startswith(path) and "corrupt" not in str(err.value)
