@@ -251,12 +251,11 @@ class Ops:
                        norm=None, residual=None, groups=1):
         """z = im2col(x) @ kernel(kh*kw*c, filters) + bias; y = act(z). Returns (cols, z, y)
         with z, y as (n*oh*ow, filters). A pointwise window's im2col is x itself: no copy.
-        norm, residual: as dense_forward's. groups > 1: kernel is (kh*kw*c/groups, filters)
-        and z the block-diagonal product (_grouped_gemm)."""
+        norm, residual: as dense_forward's. groups > 1: kernel is (kh*kw*c/groups, filters),
+        z the block-diagonal product and cols the groups' im2col blocks (_grouped_forward)."""
         if groups != 1:
-            cols = self.im2col(x, window, out=cols)
-            z = self._grouped_gemm(cols, kernel.reshape(-1, kernel.shape[-1]),
-                                   window[0] * window[1], groups, out=z)
+            cols, z = self._grouped_forward(x, kernel.reshape(-1, kernel.shape[-1]), window,
+                                            groups, cols=cols, z=z)
             y = self.bias_act_forward(act, alpha, z, y=self.xp.empty_like(z) if y is None else y,
                                       bias=bias, norm=norm, residual=residual)
             return cols, z, y
@@ -277,11 +276,9 @@ class Ops:
             dz = self.act_backward(act, alpha, z, y, dy, out=dy)
             if d_bias is not None:
                 self.column_sum(dz, out=d_bias)
-            dcols = self._grouped_gemm_backward(cols, kernel.reshape(-1, filters), dz,
-                                                window[0] * window[1], groups,
-                                                d_kernel.reshape(-1, filters),
-                                                dcols=False if dx is False else dcols)
-            return None if dx is False else self.col2im(dcols, window, x_shape, out=dx)
+            return self._grouped_backward(cols, kernel.reshape(-1, filters), dz, window,
+                                          groups, x_shape, d_kernel.reshape(-1, filters),
+                                          dx=dx, dcols=dcols)
         direct = pointwise(window) and dx is not False
         if direct:
             dx = self.empty(x_shape) if dx is None else dx
@@ -295,48 +292,63 @@ class Ops:
         return dcols.reshape(x_shape) if direct else self.col2im(dcols, window, x_shape,
                                                                  out=dx)
 
-    # A grouped convolution's GEMM: the columns of an im2col row run over (tap, channel) and
-    # the channels split into `groups` equal blocks, so the product is block-diagonal: group g
-    # multiplies its channels' columns (every tap) by its kernel block (taps*c/groups,
-    # filters/groups) into its filters. Done as one batched GEMM over the groups.
-    def _group_cols(self, cols, taps, groups):
-        """(rows, taps*c) -> (groups, rows, taps*c/groups): group g's columns, a copy."""
-        rows = cols.shape[0]
-        c_g = cols.shape[1] // (taps * groups)
+    # A grouped convolution: the channels split into `groups` equal blocks, each convolved
+    # with its own filters, so the GEMM is block-diagonal. It runs group by group on this
+    # backend's im2col/GEMM/col2im: the input's channels are regrouped once into
+    # (groups, n, h, w, c/groups), and cols (rows, taps*c) holds the groups' im2col blocks
+    # (rows, taps*c/groups) one after another, so every GEMM reads and writes whole matrices.
+    def _group_major(self, x, groups):
+        n, h, w, c = x.shape
         return self.xp.ascontiguousarray(
-            cols.reshape(rows, taps, groups, c_g).transpose(2, 0, 1, 3)).reshape(
-                groups, rows, taps * c_g)
+            x.reshape(n, h, w, groups, c // groups).transpose(3, 0, 1, 2, 4))
 
-    def _grouped_gemm(self, cols, kernel, taps, groups, out=None):
-        """z (rows, filters) = the block-diagonal product of cols (rows, taps*c) and kernel
-        (taps*c/groups, filters)."""
-        rows, filters = cols.shape[0], kernel.shape[1]
+    def _group_kernels(self, kernel, groups):
+        """(taps*c/groups, filters) -> (groups, taps*c/groups, filters/groups), a copy."""
+        f_g = kernel.shape[1] // groups
+        return self.xp.ascontiguousarray(kernel.reshape(-1, groups, f_g).transpose(1, 0, 2))
+
+    def _grouped_forward(self, x, kernel, window, groups, cols=None, z=None):
+        """Returns (cols, z) with z (rows, filters) = the block-diagonal product."""
+        n, c = x.shape[0], x.shape[3]
+        rows, filters = n * window[6] * window[7], kernel.shape[1]
+        taps_c_g = kernel.shape[0]
         f_g = filters // groups
-        k3 = kernel.reshape(-1, groups, f_g).transpose(1, 0, 2)        # (groups, taps*c_g, f_g)
-        z3 = self.xp.matmul(self._group_cols(cols, taps, groups), k3)  # (groups, rows, f_g)
-        out = self._out(out, cols, (rows, filters))
-        out.reshape(rows, groups, f_g)[...] = z3.transpose(1, 0, 2)
-        return out
+        xg, kg = self._group_major(x, groups), self._group_kernels(kernel, groups)
+        cols = self._out(cols, x, (rows, taps_c_g * groups))
+        c3 = cols.reshape(groups, rows, taps_c_g)
+        z3 = self.xp.empty((groups, rows, f_g), "float32")
+        for g in range(groups):
+            self.im2col(xg[g], window, out=c3[g])
+            self.gemm(c3[g], kg[g], out=z3[g])
+        z = self._out(z, x, (rows, filters))
+        z.reshape(rows, groups, f_g)[...] = z3.transpose(1, 0, 2)
+        return cols, z
 
-    def _grouped_gemm_backward(self, cols, kernel, dz, taps, groups, d_kernel, dcols=None):
-        """For z = _grouped_gemm(cols, kernel): writes d_kernel (taps*c/groups, filters) and
-        returns dcols (rows, taps*c), or None when dcols is False."""
+    def _grouped_backward(self, cols, kernel, dz, window, groups, x_shape, d_kernel, dx=None,
+                          dcols=None):
+        """For _grouped_forward: writes d_kernel (taps*c/groups, filters); returns dx, or None
+        when dx is False."""
         xp = self.xp
-        rows, filters = cols.shape[0], kernel.shape[1]
-        f_g = filters // groups
-        c_g = cols.shape[1] // (taps * groups)
-        dz3 = dz.reshape(rows, groups, f_g).transpose(1, 0, 2)         # (groups, rows, f_g)
-        c3 = self._group_cols(cols, taps, groups)
-        dk3 = xp.matmul(c3.transpose(0, 2, 1), dz3)                    # (groups, taps*c_g, f_g)
+        n, h, w, c = x_shape
+        rows, filters = dz.shape
+        taps_c_g, f_g, c_g = kernel.shape[0], filters // groups, c // groups
+        c3 = cols.reshape(groups, rows, taps_c_g)
+        dz3 = xp.ascontiguousarray(dz.reshape(rows, groups, f_g).transpose(1, 0, 2))
+        dk3 = xp.empty((groups, taps_c_g, f_g), "float32")
+        for g in range(groups):
+            self.gemm(c3[g], dz3[g], out=dk3[g], trans_a=True)
         d_kernel.reshape(-1, groups, f_g)[...] = dk3.transpose(1, 0, 2)
-        if dcols is False:
+        if dx is False:
             return None
-        k3 = kernel.reshape(-1, groups, f_g).transpose(1, 0, 2)
-        dc3 = xp.matmul(dz3, k3.transpose(0, 2, 1))                    # (groups, rows, taps*c_g)
-        dcols = self._out(dcols, cols, cols.shape)
-        dcols.reshape(rows, taps, groups, c_g)[...] = \
-            dc3.reshape(groups, rows, taps, c_g).transpose(1, 2, 0, 3)
-        return dcols
+        kg = self._group_kernels(kernel, groups)
+        dc3 = self._out(dcols, cols, cols.shape).reshape(groups, rows, taps_c_g)
+        dxg = xp.empty((groups, n, h, w, c_g), "float32")
+        for g in range(groups):
+            self.gemm(dz3[g], kg[g], out=dc3[g], trans_b=True)
+            self.col2im(dc3[g], window, (n, h, w, c_g), out=dxg[g])
+        dx = self._out(dx, cols, x_shape)
+        dx.reshape(n, h, w, groups, c_g)[...] = dxg.transpose(1, 2, 3, 0, 4)
+        return dx
 
     # A transposed convolution is the gradient of the convolution `window` from its output y
     # (n, oh, ow, filters) to its input x (n, h, w, c), the window's output size being (h, w):
