@@ -144,10 +144,14 @@ def model_cases(K):
          K.layers.Conv2DTranspose(3, 3, strides=2, padding="same", output_padding=1,
                                   activation="tanh"),
          K.layers.Flatten(), K.layers.Dense(3, activation="softmax")],
+        [K.layers.Conv2DTranspose(2, (2, 3), strides=(1, 2), dilation_rate=1,
+                                  activation="relu"),
+         K.layers.DepthwiseConv2D(2, strides=2, dilation_rate=2, use_bias=False),
+         K.layers.Flatten(), K.layers.Dense(3, activation="softmax")],
     ]
 
 
-@pytest.mark.parametrize("case", [0, 1])
+@pytest.mark.parametrize("case", [0, 1, 2])
 @pytest.mark.parametrize("kind", ["sequential", "functional"])
 def test_fit_matches_keras(case, kind):
     rng = np.random.default_rng(3)
@@ -182,9 +186,15 @@ def test_fit_matches_keras(case, kind):
                                rtol=1e-4, atol=1e-5)
 
 
-def test_grouped_conv_in_fused_inference_chain_equals_keras():
+def test_grouped_conv_in_fused_inference_chain_equals_keras(monkeypatch):
     """A linear grouped, dilated Conv2D with BatchNormalization, Add and ReLU after it:
     inference folds them into the convolution's epilogue (schedule), as for a plain one."""
+    fused = []
+    forward_fused = L.Conv2D.forward_fused
+    monkeypatch.setattr(L.Conv2D, "forward_fused",
+                        lambda self, x, **k: fused.append(sorted(
+                            n for n, v in k.items() if v is not None)) or
+                        forward_fused(self, x, **k))
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 7, 7, 4)).astype(np.float32)
     models = []
@@ -202,6 +212,35 @@ def test_grouped_conv_in_fused_inference_chain_equals_keras():
     np.testing.assert_allclose(ours.predict(x, verbose=0),
                                keras.ops.convert_to_numpy(theirs.predict(x, verbose=0)),
                                rtol=1e-4, atol=1e-4)
+    assert fused and fused[0] == ["act", "norm", "residual", "window"]
+
+
+def test_subclassed_model_trains_the_new_layers():
+    """A subclassed Model's call runs each layer as one node on the autodiff tape."""
+    class Net(fastnn.Model):
+        def __init__(self):
+            super().__init__()
+            self.a = L.SeparableConv2D(4, 3, padding="same", activation="relu")
+            self.b = L.Conv2D(4, 3, groups=2, dilation_rate=2)
+            self.c = L.Conv2DTranspose(2, 2, strides=2)
+            self.d = L.DepthwiseConv2D(3, depth_multiplier=2)
+            self.out = L.Dense(2)
+
+        def call(self, x):
+            t = self.d(self.c(self.b(self.a(x))))
+            return self.out(fastnn.ops.mean(t, axis=(1, 2)))
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((16, 8, 8, 3)).astype(np.float32)
+    y = rng.standard_normal((16, 2)).astype(np.float32)
+    model = Net()
+    model.compile(optimizer="sgd", loss="mse")
+    model.predict(x[:2], verbose=0)     # builds it
+    before = [w.copy() for w in model.get_weights()]
+    assert len(before) == 3 + 2 + 2 + 2 + 2
+    losses = model.fit(x, y, batch_size=8, epochs=4, verbose=0).history["loss"]
+    assert losses[-1] < losses[0]
+    assert all(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
 
 def test_any_image_size():
@@ -335,3 +374,30 @@ def test_pooling_kernels_refuse_a_dilated_window():
         _core.maxpool_forward(x, (2, 2, 2, 2, 0, 0, 3, 3, 1, 1), y, argmax)
     with pytest.raises(ValueError, match="dilations must be >= 1"):
         _core.im2col(x, (2, 2, 1, 1, 0, 0, 5, 5, 0, 1), np.zeros((25, 4), np.float32))
+
+
+def test_shared_layers_train_as_in_keras():
+    """Each new layer used twice in one functional model: gradients of both uses add up."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((16, 6, 6, 2)).astype(np.float32)
+    y = rng.standard_normal((16, 2)).astype(np.float32)
+    models = []
+    for K in (fastnn, keras):
+        inputs = K.Input((6, 6, 2))
+        sep = K.layers.SeparableConv2D(2, 3, padding="same", activation="tanh")
+        dw = K.layers.DepthwiseConv2D(3, padding="same", dilation_rate=2)
+        grouped = K.layers.Conv2D(2, 3, padding="same", groups=2)
+        up = K.layers.Conv2DTranspose(2, 3, padding="same")
+        t = up(up(grouped(grouped(dw(dw(sep(sep(inputs))))))))
+        t = K.layers.GlobalAveragePooling2D()(t)
+        models.append(K.Model(inputs, K.layers.Dense(2)(t)))
+    ours, theirs = models
+    theirs.set_weights(ours.get_weights())
+    histories = []
+    for model, K in ((ours, fastnn), (theirs, keras)):
+        model.compile(optimizer=K.optimizers.SGD(learning_rate=0.1), loss="mse")
+        histories.append(model.fit(x, y, batch_size=8, epochs=3, shuffle=False,
+                                   verbose=0).history["loss"])
+    np.testing.assert_allclose(histories[0], histories[1], rtol=1e-4, atol=1e-6)
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(a, keras.ops.convert_to_numpy(b), rtol=1e-3, atol=1e-5)
