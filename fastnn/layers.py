@@ -907,7 +907,7 @@ def _window_at(layer, x_shape, size, strides, padding, dilation=(1, 1)):
     return window
 
 
-def _positive_filters(filters, layer, keras_message=False):
+def _positive_filters(filters, layer):
     if not isinstance(filters, (int, np.integer)) or isinstance(filters, bool) or filters < 1:
         raise ValueError(f"{layer}: Invalid value for argument `filters`. Expected a strictly "
                          f"positive value. Received filters={filters!r}.")
