@@ -143,12 +143,15 @@ int fnn_dense_backward(const fnn_dense *layer, int act, const float *x, const fl
                        float kernel_step, const fnn_rows_done *kernel_done, int n_threads);
 
 /* conv.c, pool.c: NHWC geometry of a convolution or pooling window. pad_top/pad_left are the
- * leading pads; taps outside the image are skipped (zero for im2col). */
+ * leading pads; taps outside the image are skipped (zero for im2col). dh, dw: the dilation of
+ * a convolution window (tap (ky, kx) of output (oy, ox) reads padded pixel
+ * (oy*sh + ky*dh, ox*sw + kx*dw)), read by im2col/col2im only; pooling windows have 1, 1. */
 typedef struct {
     int n, h, w, c;        /* input batch, height, width, channels */
     int kh, kw, sh, sw;    /* window and strides */
     int pad_top, pad_left;
     int oh, ow;            /* output height and width */
+    int dh, dw;            /* dilation */
 } fnn_conv_geom;
 
 void fnn_im2col(const float *x, float *cols, const fnn_conv_geom *g, int n_threads);

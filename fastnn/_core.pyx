@@ -62,7 +62,7 @@ cdef extern from "fastnn.h" nogil:
                            float scale, float *row_loss, float *grad, size_t rows, size_t cols,
                            int n_threads)
     ctypedef struct fnn_conv_geom:
-        int n, h, w, c, kh, kw, sh, sw, pad_top, pad_left, oh, ow
+        int n, h, w, c, kh, kw, sh, sw, pad_top, pad_left, oh, ow, dh, dw
     void fnn_im2col(const float *x, float *cols, const fnn_conv_geom *g, int n_threads)
     void fnn_col2im(const float *cols, float *x, const fnn_conv_geom *g, int n_threads)
     void fnn_maxpool_forward(const float *x, float *y, int32_t *argmax, const fnn_conv_geom *g,
@@ -1038,37 +1038,42 @@ def ftrl_update(w, g, acc, lin, float lr, float lr_power, float l1, float l2,
 
 
 # ---- convolution, pooling, batch normalization -------------------------------------------------
-cdef fnn_conv_geom _geom(str fn, tuple x_shape, window) except *:
-    """window = (kh, kw, sh, sw, pad_top, pad_left, oh, ow), validated against x_shape in 64-bit
-    arithmetic: every window overlaps the image (at least one tap inside it), and every index
-    the kernels compute, (o - 1) * s + k, fits their int."""
+cdef fnn_conv_geom _geom(str fn, tuple x_shape, window, bint dilated=False) except *:
+    """window = (kh, kw, sh, sw, pad_top, pad_left, oh, ow), and where `dilated` (im2col,
+    col2im) optionally (..., dh, dw), validated against x_shape in 64-bit arithmetic: every
+    window's extent, (k - 1) * d + 1 per axis, overlaps the image, and every index the kernels
+    compute, (o - 1) * s + (k - 1) * d, fits their int."""
     cdef fnn_conv_geom g
-    if not isinstance(window, tuple) or len(window) != 8:
+    if not isinstance(window, tuple) or not (len(window) == 8 or dilated and len(window) == 10):
         raise ValueError(f"{fn}: window must be a tuple (kh, kw, sh, sw, pad_top, pad_left, "
-                         f"oh, ow), got {window!r}")
-    cdef long long kh, kw, sh, sw, pt, pl, oh, ow, n, h, w, c
+                         f"oh, ow{', [dh, dw]' if dilated else ''}), got {window!r}")
+    cdef long long kh, kw, sh, sw, pt, pl, oh, ow, n, h, w, c, dh = 1, dw = 1, eh, ew
     try:
-        kh, kw, sh, sw, pt, pl, oh, ow = window
+        kh, kw, sh, sw, pt, pl, oh, ow = window[:8]
+        if len(window) == 10:
+            dh, dw = window[8:]
     except (TypeError, OverflowError) as e:
         raise type(e)(f"{fn}: window {window!r}: {e}") from None
     n, h, w, c = x_shape
-    if min(kh, kw, sh, sw, oh, ow) < 1 or pt < 0 or pl < 0:
-        raise ValueError(f"{fn}: invalid window {window}: sizes and strides must be >= 1, "
-                         "pads >= 0")
-    if max(kh, kw, sh, sw, pt, pl, oh, ow, n, h, w, c) > INT_MAX:
+    if min(kh, kw, sh, sw, oh, ow, dh, dw) < 1 or pt < 0 or pl < 0:
+        raise ValueError(f"{fn}: invalid window {window}: sizes, strides and dilations must "
+                         "be >= 1, pads >= 0")
+    if max(kh, kw, sh, sw, pt, pl, oh, ow, n, h, w, c, dh, dw) > INT_MAX:
         raise ValueError(f"{fn}: window {window} or input shape {x_shape} exceeds {INT_MAX}")
     if h < 1 or w < 1:
         raise ValueError(f"{fn}: input shape {x_shape} has no pixels")
-    if pt >= kh or pl >= kw or (oh - 1) * sh - pt >= h or (ow - 1) * sw - pl >= w:
+    eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1      # the window's extent
+    if pt >= eh or pl >= ew or (oh - 1) * sh - pt >= h or (ow - 1) * sw - pl >= w:
         raise ValueError(f"{fn}: window {window} does not fit input shape {x_shape}: some "
                          "windows lie wholly outside the image (pads must be smaller than the "
                          "window, and the last window must start inside the image)")
-    if (oh - 1) * sh + kh > INT_MAX or (ow - 1) * sw + kw > INT_MAX:
-        raise ValueError(f"{fn}: window {window}: (oh - 1) * sh + kh or (ow - 1) * sw + kw "
-                         f"exceeds {INT_MAX}")
+    if (oh - 1) * sh + eh > INT_MAX or (ow - 1) * sw + ew > INT_MAX:
+        raise ValueError(f"{fn}: window {window}: (oh - 1) * sh + (kh - 1) * dh + 1 or "
+                         f"(ow - 1) * sw + (kw - 1) * dw + 1 exceeds {INT_MAX}")
     g.n, g.h, g.w, g.c = <int>n, <int>h, <int>w, <int>c
     g.kh, g.kw, g.sh, g.sw, g.pad_top, g.pad_left, g.oh, g.ow = \
         <int>kh, <int>kw, <int>sh, <int>sw, <int>pt, <int>pl, <int>oh, <int>ow
+    g.dh, g.dw = <int>dh, <int>dw
     return g
 
 
@@ -1083,7 +1088,7 @@ cdef int _pool_indices_fit(str fn, const fnn_conv_geom *g) except -1:
 def im2col(x, window, cols):
     cdef const float[:, :, :, ::1] X = _cf4("im2col: x", x, True)
     cdef float[:, ::1] C = _f2("im2col: cols", cols, True)
-    cdef fnn_conv_geom g = _geom("im2col", _shape4(X), window)
+    cdef fnn_conv_geom g = _geom("im2col", _shape4(X), window, True)
     _same_shape("im2col: cols", _shape2(C), (<Py_ssize_t>g.n * g.oh * g.ow,
                                              <Py_ssize_t>g.kh * g.kw * g.c))
     if C.shape[0] == 0 or C.shape[1] == 0:
@@ -1096,7 +1101,7 @@ def im2col(x, window, cols):
 def col2im(cols, window, x):
     cdef const float[:, ::1] C = _cf2("col2im: cols", cols, True)
     cdef float[:, :, :, ::1] X = _f4("col2im: x", x, True)
-    cdef fnn_conv_geom g = _geom("col2im", _shape4(X), window)
+    cdef fnn_conv_geom g = _geom("col2im", _shape4(X), window, True)
     _same_shape("col2im: cols", _shape2(C), (<Py_ssize_t>g.n * g.oh * g.ow,
                                              <Py_ssize_t>g.kh * g.kw * g.c))
     if X.shape[0] == 0 or C.shape[1] == 0:

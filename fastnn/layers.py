@@ -25,7 +25,7 @@ from .autodiff import Tensor, Variable, gradients, is_recording, no_grad, record
     value_of
 from .autodiff import node as autodiff_node
 from .backend import get_ops, unique_name
-from .backend.base import pointwise
+from .backend.base import dilation, pointwise
 from . import graph as graph_module
 from .graph import KerasTensor, Node, flatten, is_symbolic
 
@@ -925,8 +925,9 @@ def _padding(value, layer):
     return value.lower()
 
 
-def _window(layer, input_shape, size, strides, padding):
-    """TensorFlow's output size and leading pads: (kh, kw, sh, sw, pt, pl, oh, ow)."""
+def _window(layer, input_shape, size, strides, padding, dilation=(1, 1)):
+    """TensorFlow's output size and leading pads: (kh, kw, sh, sw, pt, pl, oh, ow), followed
+    by the dilation (dh, dw) when it is not (1, 1) (a window then spans (k - 1) * d + 1)."""
     if len(input_shape) != 4:
         hint = ""
         if len(input_shape) == 3:
@@ -940,17 +941,21 @@ def _window(layer, input_shape, size, strides, padding):
         raise ValueError(f"Layer {layer.name!r} needs a known number of channels, got "
                          f"{tuple(input_shape)}")
     (kh, kw), (sh, sw) = size, strides
+    dilated = tuple(dilation) != (1, 1)
+    tail = tuple(dilation) if dilated else ()
     if h is None or w is None:      # any image size: the window is set per batch (_window_at)
-        return (kh, kw, sh, sw, None, None, None, None)
+        return (kh, kw, sh, sw, None, None, None, None) + tail
+    eh, ew = (kh - 1) * dilation[0] + 1, (kw - 1) * dilation[1] + 1    # the window's extent
     if padding == "valid":
-        if kh > h or kw > w:
-            raise ValueError(f"Layer {layer.name!r}: window {size} is larger than its input "
-                             f"{(h, w)} with padding='valid'")
-        oh, ow = (h - kh) // sh + 1, (w - kw) // sw + 1
-        return (kh, kw, sh, sw, 0, 0, oh, ow)
+        if eh > h or ew > w:
+            extent = f" (dilated to {(eh, ew)})" if dilated else ""
+            raise ValueError(f"Layer {layer.name!r}: window {size}{extent} is larger than its "
+                             f"input {(h, w)} with padding='valid'")
+        oh, ow = (h - eh) // sh + 1, (w - ew) // sw + 1
+        return (kh, kw, sh, sw, 0, 0, oh, ow) + tail
     oh, ow = -(-h // sh), -(-w // sw)
-    pad_h, pad_w = max((oh - 1) * sh + kh - h, 0), max((ow - 1) * sw + kw - w, 0)
-    return (kh, kw, sh, sw, pad_h // 2, pad_w // 2, oh, ow)
+    pad_h, pad_w = max((oh - 1) * sh + eh - h, 0), max((ow - 1) * sw + ew - w, 0)
+    return (kh, kw, sh, sw, pad_h // 2, pad_w // 2, oh, ow) + tail
 
 
 class _Windowed:
@@ -962,23 +967,61 @@ class _Windowed:
         return self.window_at(self.input_shape)
 
 
-def _window_at(layer, x_shape, size, strides, padding):
+def _window_at(layer, x_shape, size, strides, padding, dilation=(1, 1)):
     """The window for a batch of this shape (a model built for any image size meets several
     sizes), cached on the layer."""
-    key = (x_shape[1], x_shape[2], size, strides)
+    key = (x_shape[1], x_shape[2], size, strides, dilation)
     cache = layer.__dict__.setdefault("_windows", {})
     window = cache.get(key)
     if window is None:
         window = cache[key] = _window(layer, (None,) + tuple(x_shape[1:]), size, strides,
-                                      padding)
+                                      padding, dilation)
     return window
+
+
+def _positive_filters(filters, layer):
+    if not isinstance(filters, (int, np.integer)) or isinstance(filters, bool) or filters < 1:
+        raise ValueError(f"{layer}: Invalid value for argument `filters`. Expected a strictly "
+                         f"positive value. Received filters={filters!r}.")
+    return int(filters)
+
+
+def _conv_args(layer, kernel_size, strides, padding, data_format, dilation_rate,
+               unsupported):
+    """The arguments every convolution shares, validated as Keras does."""
+    layer.kernel_size = _pair(kernel_size, "kernel_size", layer.name)
+    layer.strides = _pair(strides, "strides", layer.name)
+    layer.padding = _padding(padding, layer.name)
+    layer.dilation_rate = _pair(dilation_rate, "dilation_rate", layer.name)
+    if data_format not in (None, "channels_last"):
+        raise ValueError(f"{layer.name}: only data_format='channels_last' is supported")
+    for arg, val in unsupported:
+        if val is not None:
+            raise ValueError(f"{layer.name}: {arg} is not supported by fastnn yet")
+
+
+def _no_strided_dilation(layer):
+    if max(layer.strides) > 1 and max(layer.dilation_rate) > 1:
+        raise ValueError(f"{layer.name}: `strides > 1` not supported in conjunction with "
+                         f"`dilation_rate > 1`. Received: strides={layer.strides} and "
+                         f"dilation_rate={layer.dilation_rate}")
+
+
+def _depth_multiplier(value, layer):
+    if not _is_int(value) or value < 1:
+        raise ValueError(f"{layer}: Invalid value for argument `depth_multiplier`. Expected a "
+                         f"strictly positive value. Received depth_multiplier={value!r}.")
+    return int(value)
 
 
 class Conv2D(_Windowed, Layer):
     _KERAS_DEFAULTS = {"lora_rank": None, "lora_alpha": None}
 
-    """2-D convolution, channels_last, kernel (kh, kw, in, filters): im2col + one GEMM with the
-    bias and activation fused; backward is two GEMMs + col2im."""
+    """2-D convolution, channels_last, kernel (kh, kw, in/groups, filters): im2col + one GEMM
+    with the bias and activation fused; backward is two GEMMs + col2im. dilation_rate spaces
+    the window's taps (im2col reads them so); groups > 1 makes the GEMM block-diagonal (one
+    GEMM per group on its channels' columns, base.Ops._grouped_gemm). dilation 1 and groups 1
+    take the plain path."""
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None,
                  dilation_rate=(1, 1), groups=1, activation=None, use_bias=True,
@@ -990,31 +1033,46 @@ class Conv2D(_Windowed, Layer):
                 filters < 1:
             raise ValueError(f"{self.name}: filters must be a positive int, got {filters!r}")
         self.filters = int(filters)
-        self.kernel_size = _pair(kernel_size, "kernel_size", self.name)
-        self.strides = _pair(strides, "strides", self.name)
-        self.padding = _padding(padding, self.name)
-        if data_format not in (None, "channels_last"):
-            raise ValueError(f"{self.name}: only data_format='channels_last' is supported")
-        if _pair(dilation_rate, "dilation_rate", self.name) != (1, 1) or groups != 1:
-            raise ValueError(f"{self.name}: dilation_rate and groups other than 1 are not "
-                             "supported by fastnn yet")
-        for arg, val in (("kernel_regularizer", kernel_regularizer),
-                         ("bias_regularizer", bias_regularizer),
-                         ("activity_regularizer", activity_regularizer),
-                         ("kernel_constraint", kernel_constraint),
-                         ("bias_constraint", bias_constraint)):
-            if val is not None:
-                raise ValueError(f"{self.name}: {arg} is not supported by fastnn yet")
+        _conv_args(self, kernel_size, strides, padding, data_format, dilation_rate,
+                   (("kernel_regularizer", kernel_regularizer),
+                    ("bias_regularizer", bias_regularizer),
+                    ("activity_regularizer", activity_regularizer),
+                    ("kernel_constraint", kernel_constraint),
+                    ("bias_constraint", bias_constraint)))
+        if not _is_int(groups) or groups < 1:
+            raise ValueError(f"{self.name}: The number of groups must be a positive integer. "
+                             f"Received: groups={groups!r}.")
+        self.groups = int(groups)
+        if self.filters % self.groups:
+            raise ValueError(f"{self.name}: The number of filters must be evenly divisible by "
+                             f"the number of groups. Received: groups={self.groups}, "
+                             f"filters={self.filters}.")
+        _no_strided_dilation(self)
         self.activation = activations.get(activation)
         self.act_id, self.act_alpha = activations.kernel_id(self.activation)
         self.use_bias = use_bias
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
 
+    @property
+    def _group_kw(self):
+        """conv2d_forward/backward's groups argument: none at all for one group."""
+        return {} if self.groups == 1 else {"groups": self.groups}
+
+    def _kernel_and_grad(self):
+        return self.kernel, self.grads.get("kernel")
+
     def build(self, input_shape):
-        _window(self, input_shape, self.kernel_size, self.strides, self.padding)  # checks
+        _window(self, input_shape, self.kernel_size, self.strides, self.padding,
+                self.dilation_rate)  # checks
+        if input_shape[3] % self.groups:
+            raise ValueError(f"{self.name}: The number of input channels must be evenly "
+                             f"divisible by the number of groups. Received groups="
+                             f"{self.groups}, but the input has {input_shape[3]} channels "
+                             f"(full input shape is {tuple(input_shape)}).")
         kh, kw = self.kernel_size
-        self.add_weight(name="kernel", shape=(kh, kw, input_shape[3], self.filters),
+        self.add_weight(name="kernel",
+                        shape=(kh, kw, input_shape[3] // self.groups, self.filters),
                         initializer=self.kernel_initializer)
         if self.use_bias:
             self.add_weight(name="bias", shape=(self.filters,),
@@ -1022,25 +1080,34 @@ class Conv2D(_Windowed, Layer):
         super().build(input_shape)
 
     def compute_output_shape(self, input_shape):
-        w = _window(self, input_shape, self.kernel_size, self.strides, self.padding)
+        w = _window(self, input_shape, self.kernel_size, self.strides, self.padding,
+                    self.dilation_rate)
         return (input_shape[0], w[6], w[7], self.filters)
 
     def window_at(self, x_shape):
-        return _window_at(self, x_shape, self.kernel_size, self.strides, self.padding)
+        return _window_at(self, x_shape, self.kernel_size, self.strides, self.padding,
+                          self.dilation_rate)
+
+    def _cols(self, window, rows, c):
+        """im2col's buffer; None where the input is its own im2col (pointwise, one group)."""
+        kh, kw = window[0], window[1]
+        return None if pointwise(window) and self.groups == 1 else \
+            self._buffer("cols", (rows, kh * kw * c))
 
     def forward(self, x, training=False):
         st = self._state()
         window = self.window_at(x.shape)
-        kh, kw, _, _, _, _, oh, ow = window
+        oh, ow = window[6], window[7]
         n, c = x.shape[0], x.shape[3]
         rows = n * oh * ow
-        cols = None if pointwise(window) else self._buffer("cols", (rows, kh * kw * c))
+        cols = self._cols(window, rows, c)
         z = self._buffer("z", (rows, self.filters))
         y = self._buffer("y", (rows, self.filters)) \
             if self.act_id in activations.NEEDS_INPUT else z
-        cols, _, _ = get_ops().conv2d_forward(x, self.kernel, self._vars.get("bias"),
+        cols, _, _ = get_ops().conv2d_forward(x, self._kernel_and_grad()[0],
+                                              self._vars.get("bias"),
                                               self.act_id, self.act_alpha, window, cols=cols,
-                                              z=z, y=y)
+                                              z=z, y=y, **self._group_kw)
         st._x_shape, st._cols, st._z, st._y, st._window = x.shape, cols, z, y, window
         return y.reshape(n, oh, ow, self.filters)
 
@@ -1050,26 +1117,30 @@ class Conv2D(_Windowed, Layer):
         padding (the kernels refuse those)."""
         (top, bottom), (left, right) = pad
         n, h, w, c = x_shape
-        kh, kw, sh, sw, pt, pl, oh, ow = self.window_at((n, h + top + bottom,
-                                                          w + left + right, c))
+        window = self.window_at((n, h + top + bottom, w + left + right, c))
+        kh, kw, sh, sw, pt, pl, oh, ow = window[:8]
+        dh, dw = dilation(window)
         pt, pl = pt + top, pl + left
-        if pt >= kh or pl >= kw or (oh - 1) * sh - pt >= h or (ow - 1) * sw - pl >= w:
+        if pt >= (kh - 1) * dh + 1 or pl >= (kw - 1) * dw + 1 or (oh - 1) * sh - pt >= h or \
+                (ow - 1) * sw - pl >= w:
             return None
-        return (kh, kw, sh, sw, pt, pl, oh, ow)
+        return (kh, kw, sh, sw, pt, pl, oh, ow) + tuple(window[8:])
 
     def forward_fused(self, x, norm=None, residual=None, act=(activations.LINEAR, 0.0),
                       window=None):
         """Inference only (a linear Conv2D): as Dense.forward_fused; `window` may be a
         padded_window."""
         window = self.window_at(x.shape) if window is None else window
-        kh, kw, _, _, _, _, oh, ow = window
+        oh, ow = window[6], window[7]
         n, c = x.shape[0], x.shape[3]
         rows = n * oh * ow
-        cols = None if pointwise(window) else self._buffer("cols", (rows, kh * kw * c))
+        cols = self._cols(window, rows, c)
         z = self._buffer("z", (rows, self.filters))
-        get_ops().conv2d_forward(x, self.kernel, self._vars.get("bias"), act[0], act[1], window,
+        get_ops().conv2d_forward(x, self._kernel_and_grad()[0], self._vars.get("bias"), act[0],
+                                 act[1], window,
                                  cols=cols, z=z, y=z, norm=norm,
-                                 residual=None if residual is None else residual.reshape(z.shape))
+                                 residual=None if residual is None else residual.reshape(z.shape),
+                                 **self._group_kw)
         return z.reshape(n, oh, ow, self.filters)
 
     def backward(self, dy, need_dx=True, preactivation=False):
@@ -1078,17 +1149,356 @@ class Conv2D(_Windowed, Layer):
         act = activations.LINEAR if preactivation else self.act_id
         dx = self._buffer("dx", st._x_shape) if need_dx else False
         dcols = self._buffer("dcols", st._cols.shape) \
-            if need_dx and not pointwise(st._window) else None
-        return get_ops().conv2d_backward(st._cols, self.kernel, st._z, st._y, dy2, act,
+            if need_dx and (self.groups != 1 or not pointwise(st._window)) else None
+        kernel, d_kernel = self._kernel_and_grad()
+        return get_ops().conv2d_backward(st._cols, kernel, st._z, st._y, dy2, act,
                                          self.act_alpha, st._window, st._x_shape,
-                                         self.grads["kernel"], self.grads.get("bias"),
-                                         dx=dx, dcols=dcols)
+                                         d_kernel, self.grads.get("bias"),
+                                         dx=dx, dcols=dcols, **self._group_kw)
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters,
                 "kernel_size": self.kernel_size, "strides": self.strides,
                 "padding": self.padding, "data_format": "channels_last",
-                "dilation_rate": (1, 1), "groups": 1,
+                "dilation_rate": self.dilation_rate, "groups": self.groups,
+                "activation": activations.serialize(self.activation), "use_bias": self.use_bias,
+                "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "kernel_regularizer": None, "bias_regularizer": None,
+                "activity_regularizer": None, "kernel_constraint": None,
+                "bias_constraint": None}
+
+
+class DepthwiseConv2D(Conv2D):
+    """Keras's DepthwiseConv2D: each input channel convolved with its own depth_multiplier
+    filters, kernel (kh, kw, in, depth_multiplier), output channel c * depth_multiplier + m.
+    It is the grouped Conv2D with groups = in and filters = in * depth_multiplier, whose
+    kernel (kh, kw, 1, in * depth_multiplier) is this kernel's memory as it lies."""
+    _KERAS_DEFAULTS = {}
+
+    def __init__(self, kernel_size, strides=(1, 1), padding="valid", depth_multiplier=1,
+                 data_format=None, dilation_rate=(1, 1), activation=None, use_bias=True,
+                 depthwise_initializer="glorot_uniform", bias_initializer="zeros",
+                 depthwise_regularizer=None, bias_regularizer=None, activity_regularizer=None,
+                 depthwise_constraint=None, bias_constraint=None, **kwargs):
+        Layer.__init__(self, **kwargs)
+        self.depth_multiplier = _depth_multiplier(depth_multiplier, self.name)
+        _conv_args(self, kernel_size, strides, padding, data_format, dilation_rate,
+                   (("depthwise_regularizer", depthwise_regularizer),
+                    ("bias_regularizer", bias_regularizer),
+                    ("activity_regularizer", activity_regularizer),
+                    ("depthwise_constraint", depthwise_constraint),
+                    ("bias_constraint", bias_constraint)))
+        self.activation = activations.get(activation)
+        self.act_id, self.act_alpha = activations.kernel_id(self.activation)
+        self.use_bias = use_bias
+        self.depthwise_initializer = initializers.get(depthwise_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.groups = self.filters = None      # set by build: the input's channels
+
+    @property
+    def _group_kw(self):
+        return {"groups": self.groups}
+
+    def _channels(self, input_shape):
+        _window(self, input_shape, self.kernel_size, self.strides, self.padding,
+                self.dilation_rate)  # checks
+        self.groups = int(input_shape[3])
+        self.filters = self.groups * self.depth_multiplier
+
+    def build(self, input_shape):
+        self._channels(input_shape)
+        kh, kw = self.kernel_size
+        self.add_weight(name="kernel", shape=(kh, kw, self.groups, self.depth_multiplier),
+                        initializer=self.depthwise_initializer)
+        if self.use_bias:
+            self.add_weight(name="bias", shape=(self.filters,),
+                            initializer=self.bias_initializer)
+        Layer.build(self, input_shape)
+
+    def compute_output_shape(self, input_shape):
+        w = _window(self, input_shape, self.kernel_size, self.strides, self.padding,
+                    self.dilation_rate)
+        return (input_shape[0], w[6], w[7], input_shape[3] * self.depth_multiplier)
+
+    def forward(self, x, training=False):
+        if x.shape[3] != self.groups:
+            raise ValueError(f"Layer {self.name!r} was built for {self.groups} channels, got "
+                             f"input shape {tuple(x.shape)}")
+        return Conv2D.forward(self, x, training)
+
+    def _kernel_and_grad(self):
+        # the ops read a grouped kernel as (taps * in/groups, filters): this kernel's memory
+        return (self.kernel.reshape(-1, self.filters),
+                self.grads["kernel"].reshape(-1, self.filters))
+
+    def get_config(self):
+        return {**Layer.get_config(self), "depth_multiplier": self.depth_multiplier,
+                "kernel_size": self.kernel_size, "strides": self.strides,
+                "padding": self.padding, "data_format": "channels_last",
+                "dilation_rate": self.dilation_rate,
+                "activation": activations.serialize(self.activation), "use_bias": self.use_bias,
+                "depthwise_initializer": initializers.serialize(self.depthwise_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "depthwise_regularizer": None, "bias_regularizer": None,
+                "activity_regularizer": None, "depthwise_constraint": None,
+                "bias_constraint": None}
+
+
+class SeparableConv2D(_Windowed, Layer):
+    """Keras's SeparableConv2D: a DepthwiseConv2D (no bias, linear) then a 1x1 convolution to
+    `filters` with the bias and activation. Weights in Keras's order: depthwise_kernel
+    (kh, kw, in, depth_multiplier), pointwise_kernel (1, 1, in * depth_multiplier, filters),
+    bias. Forward is the grouped convolution then one GEMM; backward the reverse."""
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None,
+                 depth_multiplier=1, dilation_rate=(1, 1), activation=None, use_bias=True,
+                 depthwise_initializer="glorot_uniform", pointwise_initializer="glorot_uniform",
+                 bias_initializer="zeros", depthwise_regularizer=None,
+                 pointwise_regularizer=None, bias_regularizer=None, activity_regularizer=None,
+                 depthwise_constraint=None, pointwise_constraint=None, bias_constraint=None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.depth_multiplier = _depth_multiplier(depth_multiplier, self.name)
+        self.filters = _positive_filters(filters, self.name)
+        _conv_args(self, kernel_size, strides, padding, data_format, dilation_rate,
+                   (("depthwise_regularizer", depthwise_regularizer),
+                    ("pointwise_regularizer", pointwise_regularizer),
+                    ("bias_regularizer", bias_regularizer),
+                    ("activity_regularizer", activity_regularizer),
+                    ("depthwise_constraint", depthwise_constraint),
+                    ("pointwise_constraint", pointwise_constraint),
+                    ("bias_constraint", bias_constraint)))
+        self.activation = activations.get(activation)
+        self.act_id, self.act_alpha = activations.kernel_id(self.activation)
+        self.use_bias = use_bias
+        self.depthwise_initializer = initializers.get(depthwise_initializer)
+        self.pointwise_initializer = initializers.get(pointwise_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+
+    def build(self, input_shape):
+        _window(self, input_shape, self.kernel_size, self.strides, self.padding,
+                self.dilation_rate)  # checks
+        kh, kw = self.kernel_size
+        c, m = input_shape[3], self.depth_multiplier
+        self.add_weight(name="depthwise_kernel", shape=(kh, kw, c, m),
+                        initializer=self.depthwise_initializer)
+        self.add_weight(name="pointwise_kernel", shape=(1, 1, c * m, self.filters),
+                        initializer=self.pointwise_initializer)
+        if self.use_bias:
+            self.add_weight(name="bias", shape=(self.filters,),
+                            initializer=self.bias_initializer)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        w = _window(self, input_shape, self.kernel_size, self.strides, self.padding,
+                    self.dilation_rate)
+        return (input_shape[0], w[6], w[7], self.filters)
+
+    def window_at(self, x_shape):
+        return _window_at(self, x_shape, self.kernel_size, self.strides, self.padding,
+                          self.dilation_rate)
+
+    def _kernels(self, c):
+        m = c * self.depth_multiplier
+        dk, pk = self._vars["depthwise_kernel"], self._vars["pointwise_kernel"]
+        if dk.shape[2] != c:
+            raise ValueError(f"Layer {self.name!r} was built for {dk.shape[2]} channels, got "
+                             f"{c}")
+        return dk.reshape(-1, m), pk.reshape(m, self.filters), m
+
+    def forward(self, x, training=False):
+        st = self._state()
+        window = self.window_at(x.shape)
+        kh, kw, oh, ow = window[0], window[1], window[6], window[7]
+        n, c = x.shape[0], x.shape[3]
+        rows = n * oh * ow
+        dk, pk, m = self._kernels(c)
+        ops = get_ops()
+        cols = self._buffer("cols", (rows, kh * kw * c))
+        t = self._buffer("t", (rows, m))
+        cols, _, _ = ops.conv2d_forward(x, dk, None, activations.LINEAR, 0.0, window, cols=cols,
+                                        z=t, y=t, groups=c)
+        z = self._buffer("z", (rows, self.filters))
+        y = self._buffer("y", (rows, self.filters)) \
+            if self.act_id in activations.NEEDS_INPUT else z
+        ops.dense_forward(t, pk, self._vars.get("bias"), self.act_id, self.act_alpha, z=z, y=y)
+        st._x_shape, st._cols, st._t, st._z, st._y, st._window = \
+            x.shape, cols, t, z, y, window
+        return y.reshape(n, oh, ow, self.filters)
+
+    def backward(self, dy, need_dx=True, preactivation=False):
+        st = self._state()
+        c = st._x_shape[3]
+        dk, pk, m = self._kernels(c)
+        ops = get_ops()
+        dy2 = dy.reshape(-1, self.filters)
+        act = activations.LINEAR if preactivation else self.act_id
+        dt = self._buffer("dt", st._t.shape)
+        ops.dense_backward(st._t, pk, st._z, st._y, dy2, act, self.act_alpha,
+                           self.grads["pointwise_kernel"].reshape(m, self.filters),
+                           self.grads.get("bias"), dx=dt, dz=dy2)
+        dx = self._buffer("dx", st._x_shape) if need_dx else False
+        dcols = self._buffer("dcols", st._cols.shape) if need_dx else None
+        return ops.conv2d_backward(st._cols, dk, st._t, st._t, dt, activations.LINEAR, 0.0,
+                                   st._window, st._x_shape,
+                                   self.grads["depthwise_kernel"].reshape(-1, m), None, dx=dx,
+                                   dcols=dcols, groups=c)
+
+    def get_config(self):
+        return {**super().get_config(), "depth_multiplier": self.depth_multiplier,
+                "filters": self.filters, "kernel_size": self.kernel_size,
+                "strides": self.strides, "padding": self.padding,
+                "data_format": "channels_last", "dilation_rate": self.dilation_rate,
+                "activation": activations.serialize(self.activation), "use_bias": self.use_bias,
+                "depthwise_initializer": initializers.serialize(self.depthwise_initializer),
+                "pointwise_initializer": initializers.serialize(self.pointwise_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer),
+                "depthwise_regularizer": None, "pointwise_regularizer": None,
+                "bias_regularizer": None, "activity_regularizer": None,
+                "depthwise_constraint": None, "pointwise_constraint": None,
+                "bias_constraint": None}
+
+
+def _transpose_axis(size, k, s, d, padding, output_padding):
+    """One axis of Keras's transposed convolution: (output length, leading pad of the
+    convolution it is the gradient of). The full result, (size - 1) * s + the window's
+    extent long, loses `pad` entries in front and is cut (or zero-extended) behind to the
+    length of Keras's output-shape rule."""
+    e = (k - 1) * d + 1
+    if padding == "valid":
+        op = max(e, s) - e if output_padding is None else output_padding
+        return (size - 1) * s + e + op, 0
+    if output_padding is None:
+        length, pad_len = size * s, s + e - 2
+    else:
+        length, pad_len = (size - 1) * s + e % 2 + output_padding, \
+            e + e % 2 - 2 + output_padding
+    left = min(pad_len // 2 + pad_len % 2, e - 1)      # the zero padding of the input side
+    return length, e - 1 - left
+
+
+class Conv2DTranspose(_Windowed, Layer):
+    """Keras's Conv2DTranspose, kernel (kh, kw, filters, in): the gradient of the convolution
+    from its output (n, oh, ow, filters) to its input (n, h, w, in). Forward is one GEMM then
+    col2im, backward im2col then two GEMMs (base.Ops.conv2d_transpose_*). Output size and
+    placement follow Keras 3 (its output-shape rule and padding on every backend)."""
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid",
+                 output_padding=None, data_format=None, dilation_rate=(1, 1), activation=None,
+                 use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, activity_regularizer=None,
+                 kernel_constraint=None, bias_constraint=None, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = _positive_filters(filters, self.name)
+        _conv_args(self, kernel_size, strides, padding, data_format, dilation_rate,
+                   (("kernel_regularizer", kernel_regularizer),
+                    ("bias_regularizer", bias_regularizer),
+                    ("activity_regularizer", activity_regularizer),
+                    ("kernel_constraint", kernel_constraint),
+                    ("bias_constraint", bias_constraint)))
+        if output_padding is not None:
+            if _is_int(output_padding):
+                output_padding = (output_padding, output_padding)
+            try:
+                a, b = output_padding
+            except (TypeError, ValueError):
+                a = b = None
+            if not (_is_int(a) and _is_int(b)) or min(a, b) < 0:
+                raise ValueError(f"{self.name}: output_padding must be None, a non-negative "
+                                 f"int or a tuple of 2, got {output_padding!r}")
+            output_padding = (int(a), int(b))
+        self.output_padding = output_padding
+        _no_strided_dilation(self)
+        if output_padding is not None:
+            for i, (op, s) in enumerate(zip(output_padding, self.strides)):
+                if op >= s:
+                    raise ValueError(
+                        f"{self.name}: Invalid `output_padding` argument. Each value in "
+                        "`output_padding` must be strictly less than the corresponding "
+                        f"`strides` value.\nAt index {i}, `output_padding` is {op} and "
+                        f"`strides` is {s}.\nReceived: output_padding={output_padding}, "
+                        f"strides={self.strides}.")
+        self.activation = activations.get(activation)
+        self.act_id, self.act_alpha = activations.kernel_id(self.activation)
+        self.use_bias = use_bias
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+
+    def _geometry(self, input_shape):
+        """(window, output (height, width)): window is the convolution from the output to
+        the input (its output size is the input's)."""
+        if len(input_shape) != 4 or input_shape[3] is None:
+            raise ValueError(f"{type(self).__name__} layer {self.name!r} expects 4-D input "
+                             "(batch, height, width, channels) with known channels, got "
+                             f"shape {tuple(input_shape)}")
+        h, w = input_shape[1], input_shape[2]
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.strides, self.dilation_rate
+        op = self.output_padding or (None, None)
+        tail = (dh, dw) if (dh, dw) != (1, 1) else ()
+        if h is None or w is None:
+            return (kh, kw, sh, sw, None, None, h, w) + tail, (None, None)
+        oh, pt = _transpose_axis(h, kh, sh, dh, self.padding, op[0])
+        ow, pl = _transpose_axis(w, kw, sw, dw, self.padding, op[1])
+        if oh < 1 or ow < 1:
+            raise ValueError(f"Layer {self.name!r}: input {(h, w)} gives an empty output "
+                             f"{(oh, ow)}")
+        return (kh, kw, sh, sw, pt, pl, h, w) + tail, (oh, ow)
+
+    def build(self, input_shape):
+        self._geometry(input_shape)  # checks
+        kh, kw = self.kernel_size
+        self.add_weight(name="kernel", shape=(kh, kw, self.filters, input_shape[3]),
+                        initializer=self.kernel_initializer)
+        if self.use_bias:
+            self.add_weight(name="bias", shape=(self.filters,),
+                            initializer=self.bias_initializer)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        (oh, ow) = self._geometry(input_shape)[1]
+        return (input_shape[0], oh, ow, self.filters)
+
+    def window_at(self, x_shape):
+        key = ("transpose", x_shape[1], x_shape[2])
+        cache = self.__dict__.setdefault("_windows", {})
+        if key not in cache:
+            cache[key] = self._geometry((None,) + tuple(x_shape[1:]))
+        return cache[key][0]
+
+    def forward(self, x, training=False):
+        st = self._state()
+        window = self.window_at(x.shape)
+        oh, ow = self._windows[("transpose", x.shape[1], x.shape[2])][1]
+        n, c = x.shape[0], x.shape[3]
+        kh, kw, f = window[0], window[1], self.filters
+        y_shape = (n, oh, ow, f)
+        rows = n * oh * ow
+        cols = self._buffer("cols", (n * x.shape[1] * x.shape[2], kh * kw * f))
+        z = self._buffer("z", (rows, f))
+        y = self._buffer("y", (rows, f)) if self.act_id in activations.NEEDS_INPUT else z
+        get_ops().conv2d_transpose_forward(x, self.kernel.reshape(-1, c),
+                                           self._vars.get("bias"), self.act_id, self.act_alpha,
+                                           window, y_shape, cols=cols, z=z, y=y)
+        st._x, st._z, st._y, st._window, st._y_shape = x, z, y, window, y_shape
+        return y.reshape(y_shape)
+
+    def backward(self, dy, need_dx=True, preactivation=False):
+        st = self._state()
+        c = st._x.shape[3]
+        act = activations.LINEAR if preactivation else self.act_id
+        dx = self._buffer("dx", st._x.shape) if need_dx else False
+        dcols = self._buffer("dcols", (st._x.size // c, self.kernel.size // c))
+        return get_ops().conv2d_transpose_backward(
+            st._x, self.kernel.reshape(-1, c), st._z, st._y, dy.reshape(-1, self.filters), act,
+            self.act_alpha, st._window, st._y_shape, self.grads["kernel"].reshape(-1, c),
+            self.grads.get("bias"), dx=dx, dcols=dcols)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters,
+                "kernel_size": self.kernel_size, "strides": self.strides,
+                "padding": self.padding, "output_padding": self.output_padding,
+                "data_format": "channels_last", "dilation_rate": self.dilation_rate,
                 "activation": activations.serialize(self.activation), "use_bias": self.use_bias,
                 "kernel_initializer": initializers.serialize(self.kernel_initializer),
                 "bias_initializer": initializers.serialize(self.bias_initializer),
@@ -1152,7 +1562,7 @@ class ConvPool:
     Sequential runs such pairs through it; each layer keeps its weights, gradients and
     config. The activation must be non-decreasing (pooling then commutes with it) and its
     derivative readable off its output (the pooled value is the output at its argmax):
-    gelu, silu, softplus and softmax stay unfused."""
+    gelu, silu, softplus and softmax stay unfused, as do dilated and grouped convolutions."""
 
     def __init__(self, conv, pool):
         self.conv, self.pool = conv, pool
@@ -1163,9 +1573,9 @@ class ConvPool:
 
     @staticmethod
     def fuses(conv, pool):
-        return (type(conv) is Conv2D and type(pool) is MaxPooling2D and
-                conv.act_id in activations.MONOTONE and conv.act_alpha >= 0 and
-                conv.act_id not in activations.NEEDS_INPUT)
+        return (type(conv) is Conv2D and type(pool) is MaxPooling2D and conv.groups == 1 and
+                conv.dilation_rate == (1, 1) and conv.act_id in activations.MONOTONE and
+                conv.act_alpha >= 0 and conv.act_id not in activations.NEEDS_INPUT)
 
     def _plan(self, n, window):
         _, _, _, _, _, _, oh, ow = window
@@ -2030,7 +2440,8 @@ graph_module.symbolic_op = _symbolic_op
 
 _CLASSES = {c.__name__: c for c in (
     InputLayer, Dense, Activation, ReLU, Softmax, LeakyReLU, Flatten, Dropout, Conv2D,
-    MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D,
+    DepthwiseConv2D, SeparableConv2D, Conv2DTranspose, MaxPooling2D, AveragePooling2D,
+    GlobalAveragePooling2D, GlobalMaxPooling2D,
     BatchNormalization, Add, Subtract, Multiply, Maximum, Minimum, Average, Concatenate, Dot,
     Identity, Reshape, Permute, RepeatVector, ZeroPadding2D, Cropping2D, UpSampling2D, Lambda)}
 

@@ -202,6 +202,162 @@ def test_conv2d_gradients_match_finite_differences(cuda_ops, rng):
                                rtol=1e-3, atol=1e-3)
 
 
+# Dilated windows (kh, kw, sh, sw, pt, pl, oh, ow, dh, dw) as fastnn.layers computes them:
+# the extent (k - 1) * d + 1 in place of k, TensorFlow's pads.
+def dilated_window(h, w, size, strides, padding, dil):
+    (kh, kw), (dh, dw) = size, dil
+    extent = window(h, w, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), strides, padding)
+    return (kh, kw) + extent[2:] + (dh, dw)
+
+
+DILATED = [((7, 9), (3, 3), (1, 1), (2, 2)), ((8, 7), (2, 3), (1, 1), (3, 2)),
+           ((9, 9), (3, 2), (2, 3), (2, 1)), ((6, 10), (1, 3), (1, 2), (1, 4))]
+DILATED_IDS = [f"{hw[0]}x{hw[1]}-k{k[0]}{k[1]}-s{s[0]}{s[1]}-d{d[0]}{d[1]}"
+               for hw, k, s, d in DILATED]
+
+
+@pytest.mark.parametrize("padding", ["valid", "same"])
+@pytest.mark.parametrize("hw,k,s,d", DILATED, ids=DILATED_IDS)
+def test_dilated_im2col_col2im(ops, rng, hw, k, s, d, padding):
+    win = dilated_window(*hw, k, s, padding, d)
+    x = f32(rng, 2, *hw, 3)
+    cols_ref = REF.im2col(x, win)
+    # the reference itself, tap by tap: padded pixel (oy*sh + ky*dh, ox*sw + kx*dw)
+    kh, kw, sh, sw, pt, pl, oh, ow, dh, dw = win
+    want = np.zeros((2, oh, ow, kh, kw, 3), np.float32)
+    for oy in range(oh):
+        for ox in range(ow):
+            for ky in range(kh):
+                for kx in range(kw):
+                    iy, ix = oy * sh + ky * dh - pt, ox * sw + kx * dw - pl
+                    if 0 <= iy < hw[0] and 0 <= ix < hw[1]:
+                        want[:, oy, ox, ky, kx] = x[:, iy, ix]
+    np.testing.assert_array_equal(cols_ref, want.reshape(cols_ref.shape))
+    np.testing.assert_array_equal(get(ops, ops.im2col(put(ops, x), win)), cols_ref)
+    dcols = f32(rng, *cols_ref.shape)
+    # col2im is im2col's adjoint: <im2col(x), dcols> == <x, col2im(dcols)>
+    back = get(ops, ops.col2im(put(ops, dcols), win, x.shape))
+    np.testing.assert_allclose(back, REF.col2im(dcols, win, x.shape), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(float((cols_ref.astype(np.float64) * dcols).sum()),
+                               float((x.astype(np.float64) * back).sum()), rtol=1e-5)
+
+
+@pytest.mark.parametrize("groups,c,f", [(2, 4, 6), (3, 3, 6), (4, 4, 4)])
+@pytest.mark.parametrize("dil", [(1, 1), (2, 1)])
+def test_grouped_conv2d_forward_backward(ops, rng, groups, c, f, dil):
+    win = dilated_window(7, 8, (3, 2), (1, 1), "same", dil)
+    if dil == (1, 1):
+        win = win[:8]
+    x, bias = f32(rng, 2, 7, 8, c), f32(rng, f)
+    kern = f32(rng, 3, 2, c // groups, f)
+    cols_r, z_r, y_r = (a.copy() for a in REF.conv2d_forward(x, kern, bias, A.RELU, 0.0, win,
+                                                             groups=groups))
+    # the block-diagonal product, group by group, from plain (one-group) convolutions
+    fg, cg = f // groups, c // groups
+    for g in range(groups):
+        _, zg, _ = REF.conv2d_forward(np.ascontiguousarray(x[..., g * cg:(g + 1) * cg]),
+                                      kern[..., g * fg:(g + 1) * fg], bias[g * fg:(g + 1) * fg],
+                                      A.LINEAR, 0.0, win)
+        np.testing.assert_allclose(z_r[:, g * fg:(g + 1) * fg], zg, rtol=1e-5, atol=1e-5)
+    cols, z, y = ops.conv2d_forward(put(ops, x), put(ops, kern), put(ops, bias), A.RELU, 0.0,
+                                    win, z=ops.empty(z_r.shape), y=ops.empty(z_r.shape),
+                                    groups=groups)
+    np.testing.assert_allclose(get(ops, y), y_r, rtol=1e-4, atol=1e-5)
+    dy = f32(rng, *z_r.shape)
+    dk_r, db_r = np.empty_like(kern), np.empty_like(bias)
+    dx_r = REF.conv2d_backward(cols_r, kern, z_r, y_r, dy.copy(), A.RELU, 0.0, win, x.shape,
+                               dk_r, db_r, groups=groups)
+    dk, db = ops.empty(kern.shape), ops.empty(bias.shape)
+    dx = ops.conv2d_backward(cols, put(ops, kern), z, y, put(ops, dy), A.RELU, 0.0, win,
+                             x.shape, dk, db, dx=ops.empty(x.shape),
+                             dcols=ops.empty(cols_r.shape), groups=groups)
+    for got, want in ((dx, dx_r), (dk, dk_r), (db, db_r)):
+        np.testing.assert_allclose(get(ops, got), want, rtol=1e-4, atol=1e-4)
+
+
+def test_grouped_dilated_conv2d_gradients_match_finite_differences(cuda_ops, rng):
+    ops = cuda_ops
+    win = dilated_window(6, 7, (2, 3), (1, 1), "same", (2, 2))
+    x, kern = f32(rng, 2, 6, 7, 4), f32(rng, 2, 3, 2, 4)
+    r = f32(rng, 2 * win[6] * win[7], 4)
+
+    def loss(xx, kk):
+        _, _, y = ops.conv2d_forward(put(ops, xx.astype(np.float32)),
+                                     put(ops, kk.astype(np.float32)), None, A.LINEAR, 0.0, win,
+                                     groups=2)
+        return float((get(ops, y).astype(np.float64) * r).sum())
+
+    cols, z, y = ops.conv2d_forward(put(ops, x), put(ops, kern), None, A.LINEAR, 0.0, win,
+                                    groups=2)
+    dk = ops.empty(kern.shape)
+    dx = ops.conv2d_backward(cols, put(ops, kern), z, y, put(ops, r.copy()), A.LINEAR, 0.0,
+                             win, x.shape, dk, None, groups=2)
+    np.testing.assert_allclose(get(ops, dx), numeric_grad(lambda v: loss(v, kern), x, 0.25),
+                               rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(get(ops, dk), numeric_grad(lambda v: loss(x, v), kern, 0.25),
+                               rtol=1e-3, atol=1e-3)
+
+
+# (input h, w), kernel, strides, dilation, pads (pt, pl), output (oh, ow): the convolution
+# from the output back to the input is `window`, its output size the input's
+TRANSPOSE = [((4, 5), (3, 3), (2, 2), (1, 1), (1, 1), (8, 10)),
+             ((3, 4), (2, 3), (3, 1), (1, 1), (0, 0), (9, 6)),
+             ((4, 4), (3, 2), (1, 1), (2, 3), (2, 1), (4, 4))]
+
+
+@pytest.mark.parametrize("hw,k,s,d,pads,out", TRANSPOSE)
+def test_conv2d_transpose_forward_backward(ops, rng, hw, k, s, d, pads, out):
+    win = k + s + pads + hw + (d if d != (1, 1) else ())
+    x, bias = f32(rng, 2, *hw, 3), f32(rng, 4)
+    kern = f32(rng, *k, 4, 3).reshape(-1, 3)
+    y_shape = (2,) + out + (4,)
+    z_r, y_r = (a.copy() for a in REF.conv2d_transpose_forward(x, kern, bias, A.TANH, 0.0, win,
+                                                               y_shape))
+    # the definition: the gradient (adjoint) of the convolution `win` from y_shape to x
+    cols_t = x.reshape(-1, 3) @ kern.T
+    np.testing.assert_allclose(z_r - bias, REF.col2im(cols_t, win, y_shape).reshape(z_r.shape),
+                               rtol=1e-5, atol=1e-5)
+    z, y = ops.conv2d_transpose_forward(put(ops, x), put(ops, kern), put(ops, bias), A.TANH,
+                                        0.0, win, y_shape, cols=ops.empty(cols_t.shape),
+                                        z=ops.empty(z_r.shape), y=ops.empty(z_r.shape))
+    np.testing.assert_allclose(get(ops, y), y_r, rtol=1e-4, atol=1e-5)
+    dy = f32(rng, *z_r.shape)
+    dk_r, db_r = np.empty_like(kern), np.empty_like(bias)
+    dx_r = REF.conv2d_transpose_backward(x, kern, z_r, y_r, dy.copy(), A.TANH, 0.0, win,
+                                         y_shape, dk_r, db_r)
+    dk, db = ops.empty(kern.shape), ops.empty(bias.shape)
+    dx = ops.conv2d_transpose_backward(put(ops, x), put(ops, kern), z, y, put(ops, dy), A.TANH,
+                                       0.0, win, y_shape, dk, db, dx=ops.empty(x.shape),
+                                       dcols=ops.empty(cols_t.shape))
+    for got, want in ((dx, dx_r), (dk, dk_r), (db, db_r)):
+        np.testing.assert_allclose(get(ops, got), want, rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_transpose_gradients_match_finite_differences(cuda_ops, rng):
+    ops = cuda_ops
+    hw, k, s, d, pads, out = TRANSPOSE[0]
+    win = k + s + pads + hw
+    x, kern = f32(rng, 2, *hw, 3), f32(rng, k[0] * k[1] * 4, 3)
+    y_shape = (2,) + out + (4,)
+    r = f32(rng, 2 * out[0] * out[1], 4)
+
+    def loss(xx, kk):
+        _, y = ops.conv2d_transpose_forward(put(ops, xx.astype(np.float32)),
+                                            put(ops, kk.astype(np.float32)), None, A.LINEAR,
+                                            0.0, win, y_shape)
+        return float((get(ops, y).astype(np.float64) * r).sum())
+
+    z, y = ops.conv2d_transpose_forward(put(ops, x), put(ops, kern), None, A.LINEAR, 0.0, win,
+                                        y_shape)
+    dk = ops.empty(kern.shape)
+    dx = ops.conv2d_transpose_backward(put(ops, x), put(ops, kern), z, y, put(ops, r.copy()),
+                                       A.LINEAR, 0.0, win, y_shape, dk, None)
+    np.testing.assert_allclose(get(ops, dx), numeric_grad(lambda v: loss(v, kern), x, 0.25),
+                               rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(get(ops, dk), numeric_grad(lambda v: loss(x, v), kern, 0.25),
+                               rtol=1e-3, atol=1e-3)
+
+
 # ---- pooling ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("padding", ["valid", "same"])

@@ -19,8 +19,14 @@ EPSILON = 1e-7
 
 def pointwise(window):
     """Whether a convolution window is 1x1 with stride 1 and no padding: its im2col matrix
-    is the input itself."""
+    is the input itself (a 1x1 kernel's dilation does not matter)."""
     return tuple(window[:6]) == (1, 1, 1, 1, 0, 0)
+
+
+def dilation(window):
+    """A convolution window's dilation (dh, dw): a window of 10 entries ends with it, one of 8
+    (every pooling window, and an undilated convolution's) has none, i.e. (1, 1)."""
+    return (window[8], window[9]) if len(window) == 10 else (1, 1)
 
 
 class Ops:
@@ -193,24 +199,30 @@ class Ops:
         return dx
 
     # ---- convolution (im2col + the dense ops), pooling, batch normalization -----------------
-    # A window is (kh, kw, sh, sw, pad_top, pad_left, oh, ow); images are NHWC.
+    # A window is (kh, kw, sh, sw, pad_top, pad_left, oh, ow), for a dilated convolution
+    # followed by (dh, dw): tap (ky, kx) of output (oy, ox) reads padded pixel
+    # (oy * sh + ky * dh, ox * sw + kx * dw). Images are NHWC.
     def _padded(self, x, window, fill):
-        kh, kw, sh, sw, pt, pl, oh, ow = window
+        kh, kw, sh, sw, pt, pl, oh, ow = window[:8]
+        dh, dw = dilation(window)
         n, h, w, c = x.shape
-        ph, pw = (oh - 1) * sh + kh, (ow - 1) * sw + kw   # extent the windows reach
+        # extent the windows reach
+        ph, pw = (oh - 1) * sh + (kh - 1) * dh + 1, (ow - 1) * sw + (kw - 1) * dw + 1
         xp = self.xp.full((n, max(ph, h + pt), max(pw, w + pl), c), fill, dtype=x.dtype)
         xp[:, pt:pt + h, pl:pl + w] = x
         return xp
 
     def _taps(self, window):
-        kh, kw, sh, sw, pt, pl, oh, ow = window
+        kh, kw, sh, sw, pt, pl, oh, ow = window[:8]
+        dh, dw = dilation(window)
         for ky in range(kh):
             for kx in range(kw):
-                yield ky, kx, (slice(None), slice(ky, ky + (oh - 1) * sh + 1, sh),
-                               slice(kx, kx + (ow - 1) * sw + 1, sw))
+                y0, x0 = ky * dh, kx * dw
+                yield ky, kx, (slice(None), slice(y0, y0 + (oh - 1) * sh + 1, sh),
+                               slice(x0, x0 + (ow - 1) * sw + 1, sw))
 
     def im2col(self, x, window, out=None):
-        kh, kw, sh, sw, pt, pl, oh, ow = window
+        kh, kw, sh, sw, pt, pl, oh, ow = window[:8]
         n, c = x.shape[0], x.shape[3]
         xp = self._padded(x, window, 0.0)
         cols = self.xp.empty((n, oh, ow, kh, kw, c), x.dtype)
@@ -223,7 +235,7 @@ class Ops:
         return out
 
     def col2im(self, cols, window, x_shape, out=None):
-        kh, kw, sh, sw, pt, pl, oh, ow = window
+        kh, kw, sh, sw, pt, pl, oh, ow = window[:8]
         n, h, w, c = x_shape
         acc = self._padded(self.xp.zeros(x_shape, cols.dtype), window, 0.0)
         cols = cols.reshape(n, oh, ow, kh, kw, c)
@@ -236,10 +248,17 @@ class Ops:
         return out
 
     def conv2d_forward(self, x, kernel, bias, act, alpha, window, cols=None, z=None, y=None,
-                       norm=None, residual=None):
+                       norm=None, residual=None, groups=1):
         """z = im2col(x) @ kernel(kh*kw*c, filters) + bias; y = act(z). Returns (cols, z, y)
         with z, y as (n*oh*ow, filters). A pointwise window's im2col is x itself: no copy.
-        norm, residual: as dense_forward's."""
+        norm, residual: as dense_forward's. groups > 1: kernel is (kh*kw*c/groups, filters),
+        z the block-diagonal product and cols the groups' im2col blocks (_grouped_forward)."""
+        if groups != 1:
+            cols, z = self._grouped_forward(x, kernel.reshape(-1, kernel.shape[-1]), window,
+                                            groups, cols=cols, z=z)
+            y = self.bias_act_forward(act, alpha, z, y=self.xp.empty_like(z) if y is None else y,
+                                      bias=bias, norm=norm, residual=residual)
+            return cols, z, y
         if pointwise(window) and x.flags.c_contiguous:
             cols = x.reshape(-1, x.shape[-1])
         else:
@@ -249,10 +268,17 @@ class Ops:
         return cols, z, y
 
     def conv2d_backward(self, cols, kernel, z, y, dy, act, alpha, window, x_shape, d_kernel,
-                        d_bias, dx=None, dcols=None):
+                        d_bias, dx=None, dcols=None, groups=1):
         """dy is (n*oh*ow, filters) and may be overwritten. Writes d_kernel, d_bias; returns dx
         (None when dx=False). A pointwise window's gradient goes straight into dx."""
         filters = kernel.shape[-1]
+        if groups != 1:
+            dz = self.act_backward(act, alpha, z, y, dy, out=dy)
+            if d_bias is not None:
+                self.column_sum(dz, out=d_bias)
+            return self._grouped_backward(cols, kernel.reshape(-1, filters), dz, window,
+                                          groups, x_shape, d_kernel.reshape(-1, filters),
+                                          dx=dx, dcols=dcols)
         direct = pointwise(window) and dx is not False
         if direct:
             dx = self.empty(x_shape) if dx is None else dx
@@ -265,6 +291,98 @@ class Ops:
         # (a backend may return its own array rather than fill the one it was given)
         return dcols.reshape(x_shape) if direct else self.col2im(dcols, window, x_shape,
                                                                  out=dx)
+
+    # A grouped convolution: the channels split into `groups` equal blocks, each convolved
+    # with its own filters, so the GEMM is block-diagonal. It runs group by group on this
+    # backend's im2col/GEMM/col2im: the input's channels are regrouped once into
+    # (groups, n, h, w, c/groups), and cols (rows, taps*c) holds the groups' im2col blocks
+    # (rows, taps*c/groups) one after another, so every GEMM reads and writes whole matrices.
+    def _group_major(self, x, groups):
+        n, h, w, c = x.shape
+        return self.xp.ascontiguousarray(
+            x.reshape(n, h, w, groups, c // groups).transpose(3, 0, 1, 2, 4))
+
+    def _group_kernels(self, kernel, groups):
+        """(taps*c/groups, filters) -> (groups, taps*c/groups, filters/groups), a copy."""
+        f_g = kernel.shape[1] // groups
+        return self.xp.ascontiguousarray(kernel.reshape(-1, groups, f_g).transpose(1, 0, 2))
+
+    def _grouped_forward(self, x, kernel, window, groups, cols=None, z=None):
+        """Returns (cols, z) with z (rows, filters) = the block-diagonal product."""
+        n, c = x.shape[0], x.shape[3]
+        rows, filters = n * window[6] * window[7], kernel.shape[1]
+        taps_c_g = kernel.shape[0]
+        f_g = filters // groups
+        xg, kg = self._group_major(x, groups), self._group_kernels(kernel, groups)
+        cols = self._out(cols, x, (rows, taps_c_g * groups))
+        c3 = cols.reshape(groups, rows, taps_c_g)
+        z3 = self.xp.empty((groups, rows, f_g), "float32")
+        for g in range(groups):
+            self.im2col(xg[g], window, out=c3[g])
+            self.gemm(c3[g], kg[g], out=z3[g])
+        z = self._out(z, x, (rows, filters))
+        z.reshape(rows, groups, f_g)[...] = z3.transpose(1, 0, 2)
+        return cols, z
+
+    def _grouped_backward(self, cols, kernel, dz, window, groups, x_shape, d_kernel, dx=None,
+                          dcols=None):
+        """For _grouped_forward: writes d_kernel (taps*c/groups, filters); returns dx, or None
+        when dx is False."""
+        xp = self.xp
+        n, h, w, c = x_shape
+        rows, filters = dz.shape
+        taps_c_g, f_g, c_g = kernel.shape[0], filters // groups, c // groups
+        c3 = cols.reshape(groups, rows, taps_c_g)
+        dz3 = xp.ascontiguousarray(dz.reshape(rows, groups, f_g).transpose(1, 0, 2))
+        dk3 = xp.empty((groups, taps_c_g, f_g), "float32")
+        for g in range(groups):
+            self.gemm(c3[g], dz3[g], out=dk3[g], trans_a=True)
+        d_kernel.reshape(-1, groups, f_g)[...] = dk3.transpose(1, 0, 2)
+        if dx is False:
+            return None
+        kg = self._group_kernels(kernel, groups)
+        dc3 = self._out(dcols, cols, cols.shape).reshape(groups, rows, taps_c_g)
+        dxg = xp.empty((groups, n, h, w, c_g), "float32")
+        for g in range(groups):
+            self.gemm(dz3[g], kg[g], out=dc3[g], trans_b=True)
+            self.col2im(dc3[g], window, (n, h, w, c_g), out=dxg[g])
+        dx = self._out(dx, cols, x_shape)
+        dx.reshape(n, h, w, groups, c_g)[...] = dxg.transpose(1, 2, 3, 0, 4)
+        return dx
+
+    # A transposed convolution is the gradient of the convolution `window` from its output y
+    # (n, oh, ow, filters) to its input x (n, h, w, c), the window's output size being (h, w):
+    # forward is that convolution's backward pass (a GEMM, then col2im), backward its forward
+    # pass (im2col, then GEMMs). kernel is Keras's (kh, kw, filters, c) as (kh*kw*filters, c).
+    def conv2d_transpose_forward(self, x, kernel, bias, act, alpha, window, y_shape, cols=None,
+                                 z=None, y=None):
+        """z = col2im(x @ kernel^T) + bias, y = act(z), both (n*oh*ow, filters) for y_shape
+        (n, oh, ow, filters). Returns (z, y); cols (n*h*w, kh*kw*filters) is workspace."""
+        c = x.shape[-1]
+        cols = self.gemm(x.reshape(-1, c), kernel.reshape(-1, c), out=cols, trans_b=True)
+        z = self._out(z, cols, (y_shape[0] * y_shape[1] * y_shape[2], y_shape[3]))
+        self.col2im(cols, window, tuple(y_shape), out=z.reshape(y_shape))
+        y = self.bias_act_forward(act, alpha, z, y=self.xp.empty_like(z) if y is None else y,
+                                  bias=bias)
+        return z, y
+
+    def conv2d_transpose_backward(self, x, kernel, z, y, dy, act, alpha, window, y_shape,
+                                  d_kernel, d_bias, dx=None, dcols=None):
+        """dy (n*oh*ow, filters) may be overwritten. Writes d_kernel (kh*kw*filters, c) and
+        d_bias; returns dx (None when dx=False)."""
+        filters, c = dy.shape[-1], x.shape[-1]
+        dz = self.act_backward(act, alpha, z, y, dy, out=dy)
+        if d_bias is not None:
+            self.column_sum(dz, out=d_bias)
+        kh, kw = window[0], window[1]
+        dcols = self.im2col(dz.reshape(y_shape), window, out=dcols)
+        self.gemm(dcols, x.reshape(-1, c), out=d_kernel.reshape(kh * kw * filters, c),
+                  trans_a=True)
+        if dx is False:
+            return None
+        dx = self._out(dx, x)
+        self.gemm(dcols, kernel.reshape(-1, c), out=dx.reshape(-1, c))
+        return dx
 
     # A Conv2D and the MaxPooling2D after it as one step. A backend may run it a chunk of
     # images at a time (CpuOps: the convolution output stays in cache); conv_pool_plan says how

@@ -110,7 +110,7 @@ class CpuOps(Ops):
         return dx
 
     def im2col(self, x, window, out=None):
-        kh, kw, sh, sw, pt, pl, oh, ow = window
+        kh, kw, sh, sw, pt, pl, oh, ow = window[:8]
         x = _f32(x, "x")
         if out is None:
             out = np.empty((x.shape[0] * oh * ow, kh * kw * x.shape[3]), np.float32)

@@ -16,7 +16,7 @@ import os
 import numpy
 
 from .. import activations as A
-from .base import Ops
+from .base import Ops, dilation
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels.cu")
 _STAGING_BYTES = 64 << 20
@@ -45,6 +45,11 @@ def _geom(x_shape, window):
     kh, kw, sh, sw, pt, pl, oh, ow = window
     return tuple(i32(v) for v in (x_shape[1], x_shape[2], x_shape[3], kh, kw, sh, sw, pt, pl,
                                   oh, ow))
+
+
+def _conv_geom(x_shape, window):
+    """The arguments of im2col/col2im in kernels.cu: GEOM, then the dilation dh, dw."""
+    return _geom(x_shape, window[:8]) + tuple(i32(v) for v in dilation(window))
 
 
 class CupyOps(Ops):
@@ -233,12 +238,12 @@ class CupyOps(Ops):
 
     # ---- convolution and pooling ----------------------------------------------------------
     def im2col(self, x, window, out=None):
-        kh, kw, sh, sw, pt, pl, oh, ow = window
+        kh, kw, sh, sw, pt, pl, oh, ow = window[:8]
         x = self._f32(x)
         out = self._buf(out, (x.shape[0] * oh * ow, kh * kw * x.shape[3]), "out")
         if not self.kernels:
             return super().im2col(x, window, out=out)
-        self._launch("im2col", out.size, x, out, *_geom(x.shape, window))
+        self._launch("im2col", out.size, x, out, *_conv_geom(x.shape, window))
         return out
 
     def col2im(self, cols, window, x_shape, out=None):
@@ -246,7 +251,7 @@ class CupyOps(Ops):
         out = self._buf(out, x_shape, "out")
         if not self.kernels:
             return super().col2im(cols, window, x_shape, out=out)
-        self._launch("col2im", out.size, cols, out, *_geom(x_shape, window))
+        self._launch("col2im", out.size, cols, out, *_conv_geom(x_shape, window))
         return out
 
     def maxpool_forward(self, x, window, y=None, argmax=None):

@@ -32,11 +32,12 @@ __device__ __forceinline__ void covering(int i, int pad, int k, int s, int out, 
 }
 
 // ---- convolution: im2col / col2im ----------------------------------------------------------
-// A column row is one output pixel (b, oy, ox); its entries run over (ky, kx, ci).
+// A column row is one output pixel (b, oy, ox); its entries run over (ky, kx, ci). dh, dw: the
+// window's dilation, tap (ky, kx) reading padded pixel (oy*sh + ky*dh, ox*sw + kx*dw).
 
 // n = rows * kh*kw*c: one thread per column entry; out-of-image taps read as zero.
 extern "C" __global__ void im2col(int n, const float *__restrict__ x, float *__restrict__ cols,
-                                  GEOM) {
+                                  GEOM, int dh, int dw) {
     GRID_STRIDE_LOOP(i, n) {
         int ci = i % c, t = i / c;
         int kx = t % kw; t /= kw;
@@ -44,7 +45,7 @@ extern "C" __global__ void im2col(int n, const float *__restrict__ x, float *__r
         int ox = t % ow; t /= ow;
         int oy = t % oh;
         int b = t / oh;
-        int iy = oy * sh + ky - pt, ix = ox * sw + kx - pl;
+        int iy = oy * sh + ky * dh - pt, ix = ox * sw + kx * dw - pl;
         cols[i] = (iy >= 0 && iy < h && ix >= 0 && ix < w)
                       ? x[((b * h + iy) * w + ix) * c + ci] : 0.0f;
     }
@@ -52,23 +53,39 @@ extern "C" __global__ void im2col(int n, const float *__restrict__ x, float *__r
 
 // n = n_images * h*w*c: one thread per input element gathers the column entries that copied it
 // (the adjoint of im2col), so no two threads write the same place and no atomics are needed.
+// Undilated: the outputs whose window covers the pixel; dilated: each tap (ky, kx) whose
+// output position (iy + pt - ky*dh) / sh is whole and inside the output.
 extern "C" __global__ void col2im(int n, const float *__restrict__ cols, float *__restrict__ x,
-                                  GEOM) {
+                                  GEOM, int dh, int dw) {
     int row_len = kh * kw * c;
     GRID_STRIDE_LOOP(i, n) {
         int ci = i % c, t = i / c;
         int ix = t % w; t /= w;
         int iy = t % h;
         int b = t / h;
-        int oy0, oy1, ox0, ox1;
-        covering(iy, pt, kh, sh, oh, &oy0, &oy1);
-        covering(ix, pl, kw, sw, ow, &ox0, &ox1);
         float acc = 0.0f;
-        for (int oy = oy0; oy <= oy1; oy++) {
-            int ky = iy + pt - oy * sh;
-            for (int ox = ox0; ox <= ox1; ox++) {
-                int kx = ix + pl - ox * sw;
-                acc += cols[((b * oh + oy) * ow + ox) * row_len + (ky * kw + kx) * c + ci];
+        if (dh == 1 && dw == 1) {
+            int oy0, oy1, ox0, ox1;
+            covering(iy, pt, kh, sh, oh, &oy0, &oy1);
+            covering(ix, pl, kw, sw, ow, &ox0, &ox1);
+            for (int oy = oy0; oy <= oy1; oy++) {
+                int ky = iy + pt - oy * sh;
+                for (int ox = ox0; ox <= ox1; ox++) {
+                    int kx = ix + pl - ox * sw;
+                    acc += cols[((b * oh + oy) * ow + ox) * row_len + (ky * kw + kx) * c + ci];
+                }
+            }
+        } else {
+            for (int ky = 0; ky < kh; ky++) {
+                int py = iy + pt - ky * dh;
+                if (py < 0 || py % sh != 0 || py / sh >= oh) continue;
+                int oy = py / sh;
+                for (int kx = 0; kx < kw; kx++) {
+                    int px = ix + pl - kx * dw;
+                    if (px < 0 || px % sw != 0 || px / sw >= ow) continue;
+                    int ox = px / sw;
+                    acc += cols[((b * oh + oy) * ow + ox) * row_len + (ky * kw + kx) * c + ci];
+                }
             }
         }
         x[i] = acc;

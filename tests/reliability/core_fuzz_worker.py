@@ -116,14 +116,25 @@ def _pool_geom(rng, k=2, s=2):
     return n, h, w, c, (k, k, s, s, 0, 0, oh, ow)
 
 
-def spec_im2col(rng):
+def _conv_geom(rng):
+    """A 3x3 stride-1 convolution window, half the time dilated (dh, dw in 2..3): a window of
+    10 entries, its extent (3 - 1) * d + 1."""
     n, h, w, c, win = _pool_geom(rng, 3, 1)
+    if rng.random() < 0.5:
+        dh, dw = (int(v) for v in rng.integers(2, 4, 2))
+        h, w = win[6] - 1 + 2 * dh + 1, win[7] - 1 + 2 * dw + 1
+        win = win + (dh, dw)
+    return n, h, w, c, win
+
+
+def spec_im2col(rng):
+    n, h, w, c, win = _conv_geom(rng)
     return dict(x=f(rng, n, h, w, c), window=win, cols=f(rng, n * win[6] * win[7], 9 * c)), \
         dict(x="in", cols="out", window=True)
 
 
 def spec_col2im(rng):
-    n, h, w, c, win = _pool_geom(rng, 3, 1)
+    n, h, w, c, win = _conv_geom(rng)
     return dict(cols=f(rng, n * win[6] * win[7], 9 * c), window=win, x=f(rng, n, h, w, c)), \
         dict(cols="in", x="out", window=True)
 
@@ -320,7 +331,7 @@ def mutations(rng, name, d, meta):
         if kind == "window" and meta.get("window"):
             wk = [key for key in d if key.endswith("window")][int(rng.integers(0, 1 if "window" in d else 2))]
             win = list(d[wk])
-            i = int(rng.integers(0, 8))
+            i = int(rng.integers(0, len(win)))
             v = int(rng.choice([2**31 - 1, 2**31, 2**63 - 1, -1, -(2**31), 0, 2**40]))
             if i in (4, 5) and v == 0:
                 v = 2**31 - 1
