@@ -32,10 +32,22 @@ class Optimizer:
             learning_rate = lr
         if sum(v is not None for v in (clipnorm, clipvalue, global_clipnorm)) > 1:
             raise ValueError("Only one of clipnorm, clipvalue and global_clipnorm can be set")
-        for arg, val in (("use_ema", use_ema), ("loss_scale_factor", loss_scale_factor),
+        for arg, val in (("loss_scale_factor", loss_scale_factor),
                          ("gradient_accumulation_steps", gradient_accumulation_steps)):
             if val:
                 raise ValueError(f"{type(self).__name__}: {arg} is not supported by fastnn yet")
+        if use_ema and not 0 <= ema_momentum <= 1:
+            raise ValueError(f"`ema_momentum` must be in the range [0, 1]. Received: "
+                             f"ema_momentum={ema_momentum}")
+        if ema_overwrite_frequency is not None and (
+                isinstance(ema_overwrite_frequency, bool) or
+                not isinstance(ema_overwrite_frequency, int) or ema_overwrite_frequency < 1):
+            raise ValueError("`ema_overwrite_frequency` must be an integer >= 1 or None. "
+                             f"Received: ema_overwrite_frequency={ema_overwrite_frequency}")
+        # Keras's EMA of the weights: kept as the first slot group, written into the weights
+        # every ema_overwrite_frequency steps and when fit ends (finalize_variable_values)
+        self.use_ema, self.ema_momentum = bool(use_ema), ema_momentum
+        self.ema_overwrite_frequency = ema_overwrite_frequency
         self.name = name or _snake(type(self).__name__)
         self.learning_rate = learning_rate
         self.weight_decay, self.clipnorm, self.clipvalue = weight_decay, clipnorm, clipvalue
@@ -78,12 +90,17 @@ class Optimizer:
         n = sum(sizes)
         ops = get_ops()
         self.slots = {name: ops.alloc((n,)) + self._slot_init(name)
-                      for group in self.active_slot_groups() for name in group}
+                      for group in self.all_slot_groups() for name in group}
         self._sizes = sizes
         self.iterations = 0
 
     def active_slot_groups(self):
         return self.slot_groups
+
+    def all_slot_groups(self):
+        """The slot groups in Keras's order: the weights' moving average (use_ema) first, as
+        the base optimizer's build makes it, then the update rule's."""
+        return ((("average",),) if self.use_ema else ()) + tuple(self.active_slot_groups())
 
     def _slot_init(self, name):
         return 0.0
@@ -106,7 +123,20 @@ class Optimizer:
                                    "step (plain_step_lr)")
             for start, stop in ranges:
                 self._update(ops, params[start:stop], grads[start:stop], scalars)
+        if self.use_ema:
+            average = self.slots["average"]
+            momentum = np.float32(self.ema_momentum if self.iterations else 0.0)
+            average *= momentum
+            average += (np.float32(1) - momentum) * params
+            if self.ema_overwrite_frequency and \
+                    (self.iterations + 1) % self.ema_overwrite_frequency == 0:
+                params[...] = average
         self.iterations += 1
+
+    def finalize_variable_values(self, params):
+        """At the end of fit, as Keras: with use_ema, the weights become their average."""
+        if self.use_ema and "average" in self.slots:
+            params[...] = self.slots["average"]
 
     def snapshot(self):
         """A copy of the whole state (slots, iterations, step state), for restore()."""
@@ -207,7 +237,7 @@ class Optimizer:
     def _slot_order(self):
         """(slot name, offset, size) in Keras's variable order."""
         order = []
-        for group in self.active_slot_groups():
+        for group in self.all_slot_groups():
             start = 0
             for size in self._sizes or []:
                 order.extend((name, start, size) for name in group)
@@ -246,7 +276,8 @@ class Optimizer:
         return {"name": self.name, "learning_rate": lr,
                 "weight_decay": self.weight_decay, "clipnorm": self.clipnorm,
                 "global_clipnorm": self.global_clipnorm, "clipvalue": self.clipvalue,
-                "use_ema": False, "ema_momentum": 0.99, "ema_overwrite_frequency": None,
+                "use_ema": self.use_ema, "ema_momentum": self.ema_momentum,
+                "ema_overwrite_frequency": self.ema_overwrite_frequency,
                 "loss_scale_factor": None, "gradient_accumulation_steps": None}
 
     @classmethod

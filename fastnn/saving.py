@@ -832,7 +832,7 @@ def _expected(model, include_optimizer):
         sizes = [int(s) for s in model._sizes]
         # Keras's order (Optimizer._slot_order): per slot group, per weight, its slots.
         opt_sizes = [1] * opt.head_variables() + [
-            s for group in opt.active_slot_groups() for s in sizes for _ in group]
+            s for group in opt.all_slot_groups() for s in sizes for _ in group]
     return {"layers": layers, "owners": owners, "optimizer": opt_sizes}
 
 

@@ -98,7 +98,8 @@ class DenseRunner:
             if _metric_kind(model, type(loss) is L.SparseCategoricalCrossentropy) is None:
                 return None
             opt = model.optimizer
-            if training and (type(opt) not in _OPTIMIZER_KINDS or opt.clipnorm is not None or
+            if training and (type(opt) not in _OPTIMIZER_KINDS or opt.use_ema or
+                             opt.clipnorm is not None or
                              opt.clipvalue is not None or opt.global_clipnorm is not None):
                 return None
         runner = getattr(model, "_dense_runner", None)

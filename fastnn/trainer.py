@@ -629,6 +629,8 @@ class Trainer:
             cbs.on_epoch_end(epoch, logs)
             if self.stop_training:
                 break
+        if epochs > 0:      # as Keras: with use_ema the weights become their average
+            self.optimizer.finalize_variable_values(self._params)
         cbs.on_train_end(logs)
         return cbs.history
 

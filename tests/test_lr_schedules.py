@@ -152,3 +152,35 @@ def test_an_unknown_schedule_in_a_file_is_named():
     config["config"]["learning_rate"]["config"]["decay_rate"] = "fast"
     with pytest.raises((TypeError, ValueError), match="decay_rate"):
         fastnn.optimizers.deserialize(config)
+
+
+@pytest.mark.parametrize("make", [
+    lambda K: K.optimizers.Adam(0.01, use_ema=True, ema_momentum=0.9),
+    lambda K: K.optimizers.SGD(0.1, use_ema=True, ema_momentum=0.8,
+                               ema_overwrite_frequency=5),
+    lambda K: K.optimizers.RMSprop(K.optimizers.schedules.ExponentialDecay(0.01, 4, 0.5),
+                                   use_ema=True),
+], ids=["adam-ema", "sgd-ema-overwrite-5", "rmsprop-schedule-ema"])
+def test_use_ema_takes_keras_s_steps(make):
+    """use_ema: the weights' moving average (ema_momentum; the first step copies the weights),
+    written into the weights every ema_overwrite_frequency steps and when fit ends, and saved
+    as Keras saves it (the first slot group)."""
+    keras = pytest.importorskip("keras")
+    x, y = _data()
+    theirs, ours = _mlp(keras, keras.layers, make(keras)), _mlp(fastnn, L, make(fastnn))
+    ours.set_weights([np.asarray(w) for w in theirs.get_weights()])
+    kw = dict(batch_size=8, epochs=2, shuffle=False, verbose=0)
+    h_theirs, h_ours = theirs.fit(x, y, **kw).history, ours.fit(x, y, **kw).history
+    np.testing.assert_allclose(h_ours["loss"], h_theirs["loss"], rtol=1e-5)
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-4, atol=1e-6)
+    theirs_vars = [np.asarray(keras.ops.convert_to_numpy(v)) for v in theirs.optimizer.variables]
+    for a, b in zip(ours.optimizer.variables(), theirs_vars):
+        np.testing.assert_allclose(np.asarray(a).reshape(-1), b.reshape(-1), rtol=1e-4,
+                                   atol=1e-6)
+    assert ours.optimizer.get_config()["use_ema"] is True
+    again = fastnn.optimizers.deserialize(
+        {"class_name": type(ours.optimizer).__name__, "config": ours.optimizer.get_config()})
+    assert again.use_ema and again.ema_momentum == ours.optimizer.ema_momentum
+    with pytest.raises(ValueError, match="ema_momentum"):
+        fastnn.optimizers.Adam(use_ema=True, ema_momentum=1.5)
