@@ -17,6 +17,7 @@ from ._config import check_kwargs, expect_int, fail_value, object_spec, prefixed
 from .autodiff import Tensor, gradients, tape, value_of
 from .backend import get_ops
 from .backend.base import EPSILON
+from . import registry
 from .registry import get_registered_name
 
 _REDUCTIONS = ("sum_over_batch_size", "sum")
@@ -574,10 +575,21 @@ def deserialize(config, custom_objects=None, path="loss"):
             return get(config)
         except ValueError as exc:
             raise prefixed(exc, path) from None
+    if isinstance(config, dict) and config.get("class_name") == "function":
+        return LossFunctionWrapper(_function_named(config, path))
     class_name, cfg = object_spec(config, path, "loss")
+    registered = config.get("registered_name")
+    custom = registry.lookup(class_name, registered)
+    if isinstance(custom, type) and issubclass(custom, Loss):
+        try:
+            return custom.from_config(cfg)
+        except (TypeError, ValueError) as exc:
+            raise prefixed(exc, f"{path}.config") from None
     cls = _CLASSES.get(class_name) or _BY_NAME.get(class_name.lower())
     if cls is None:
-        fail_value(f"{path}.class_name", f"one of the losses {', '.join(sorted(_CLASSES))}",
+        fail_value(f"{path}.class_name", f"one of the losses {', '.join(sorted(_CLASSES))}, "
+                   "or a Loss subclass registered with "
+                   "@fastnn.saving.register_keras_serializable() (or in custom_objects)",
                    class_name)
     check_kwargs(cls, cfg, f"{path}.config",
                  checks={"ignore_class": lambda v, p: expect_int(v, p, none_ok=True),
@@ -588,6 +600,32 @@ def deserialize(config, custom_objects=None, path="loss"):
         raise prefixed(exc, f"{path}.config") from None
 
 
+_FUNCTIONS = {f.__name__: f for f in (
+    huber, log_cosh, kl_divergence, poisson, hinge, squared_hinge, categorical_hinge,
+    mean_absolute_percentage_error, mean_squared_logarithmic_error, cosine_similarity,
+    binary_focal_crossentropy, categorical_focal_crossentropy)}
+
+
+def _function_named(config, path):
+    """The loss function a config names ({"class_name": "function", "config": name, ...}):
+    a registered function or one in custom_objects, or one of fastnn's (Keras's names); never
+    anything imported by name."""
+    name = config.get("config")
+    if not isinstance(name, str):
+        fail_value(f"{path}.config", "the function's name (a string)", name)
+    fn = registry.lookup(name, config.get("registered_name"))
+    if fn is None and config.get("module") in ("builtins", "keras.losses",
+                                               "keras.src.losses.losses", __name__):
+        fn = _FUNCTIONS.get(name) or (lambda c: c and getattr(c, "loss_class", None))(
+            globals().get(name))
+    if fn is None or not callable(fn):
+        raise ValueError(f"{path}: Could not locate function {name!r}. Make sure custom "
+                         "functions are decorated with "
+                         "`@fastnn.saving.register_keras_serializable()` (or passed in "
+                         "custom_objects) before loading")
+    return fn
+
+
 def serialize(loss):
     """Keras's form: a fastnn loss as keras.losses' class; a function passed as the loss, or
     a user's Loss subclass, by its (registered) name, as Keras writes them (loading those
@@ -595,6 +633,9 @@ def serialize(loss):
     if type(loss) is LossFunctionWrapper:
         fn = loss.fn
         name = getattr(fn, "__name__", "loss")
+        if _FUNCTIONS.get(name) is fn:      # one of Keras's: written as Keras writes it
+            return {"module": "builtins", "class_name": "function", "config": name,
+                    "registered_name": "function"}
         return {"module": getattr(fn, "__module__", None), "class_name": "function",
                 "config": name, "registered_name": getattr(fn, "_registered_name", name)}
     if type(loss).__module__ != __name__:

@@ -547,22 +547,9 @@ def _compile_args(cc, path, optimizer_key="optimizer"):
     spec, loss = cc.get("loss"), None
     if spec is not None:
         where = f"{path}.loss"
-        if isinstance(spec, dict):
-            class_name, cfg = C.object_spec(spec, where, "loss")
-            cls = losses._CLASSES.get(class_name)
-            if cls is None:
-                C.fail_value(f"{where}.class_name",
-                             f"one of the losses {', '.join(sorted(losses._CLASSES))}",
-                             class_name)
-            C.check_kwargs(cls, cfg, f"{where}.config", checks={
-                "ignore_class": lambda v, p: C.expect_int(v, p, none_ok=True),
-                "axis": C.expect_int})
-        else:
+        if not isinstance(spec, dict):
             C.expect_str(spec, where)
-        try:
-            loss = losses.get(spec)
-        except (TypeError, ValueError) as exc:
-            raise C.prefixed(exc, where) from None
+        loss = losses.deserialize(spec, path=where)      # errors name the key
     metrics = cc.get("metrics")
     if metrics is not None:
         from . import metrics as metrics_module

@@ -213,3 +213,44 @@ def test_a_scalar_loss_with_sample_weights_is_refused():
     model.fit(x, y, verbose=0)      # a scalar alone is fine (Keras reduces it as it is)
     with pytest.raises(ValueError, match="one value per sample"):
         model.fit(x, y, sample_weight=np.ones(8), verbose=0)
+
+
+@fastnn.saving.register_keras_serializable(package="loss_tests")
+def _scaled_mse(y_true, y_pred):
+    return ops.mean(ops.square(y_true - y_pred), axis=-1) * 0.5
+
+
+@fastnn.saving.register_keras_serializable(package="loss_tests")
+class _Absolute(FL.Loss):
+    def call(self, y_true, y_pred):
+        return ops.mean(ops.abs(y_true - y_pred), axis=-1)
+
+
+def test_function_and_subclass_losses_are_saved_as_keras_saves_them(tmp_path):
+    """A registered function, a registered Loss subclass and one of fastnn's loss functions
+    survive a save and load (compiled again with them); Keras reads fastnn's form of its own
+    function (huber); an unregistered function is named with how to register it."""
+    x, y = _regression(16)
+    for loss, check in ((_scaled_mse, lambda l: l.fn is _scaled_mse),
+                        (_Absolute(), lambda l: type(l) is _Absolute),
+                        (FL.huber, lambda l: l.fn is FL.huber)):
+        model = _mlp(fastnn, L, loss)
+        model.fit(x, y, verbose=0)
+        path = str(tmp_path / "m.keras")
+        model.save(path)
+        loaded = fastnn.models.load_model(path)
+        assert check(loaded.loss)
+        np.testing.assert_allclose(loaded.evaluate(x, y, verbose=0),
+                                   model.evaluate(x, y, verbose=0), rtol=1e-6)
+    keras = pytest.importorskip("keras")
+    assert keras.models.load_model(path).loss is keras.losses.huber
+
+    def local(y_true, y_pred):
+        return ops.mean(ops.abs(y_true - y_pred), axis=-1)
+    model = _mlp(fastnn, L, local)
+    model.save(str(tmp_path / "local.keras"))
+    with pytest.raises(ValueError, match="Could not locate function 'local'.*"
+                                         "register_keras_serializable"):
+        fastnn.models.load_model(str(tmp_path / "local.keras"))
+    assert fastnn.models.load_model(str(tmp_path / "local.keras"),
+                                    custom_objects={"local": local}).loss.fn is local
