@@ -18,7 +18,7 @@ import types
 
 import numpy as np
 
-from . import activations, initializers, registry
+from . import activations, constraints, initializers, regularizers, registry
 from ._config import without_defaults
 from . import ops as array_ops
 from .autodiff import Tensor, Variable, gradients, is_recording, no_grad, record, tape, \
@@ -195,10 +195,9 @@ class Layer:
         if dtype not in (None, "float32", np.float32):
             raise ValueError(f"Layer {self.name!r}: add_weight(dtype={dtype!r}): fastnn keeps "
                              "weights in float32")
-        for arg, value in (("regularizer", regularizer), ("constraint", constraint)):
-            if value is not None:
-                raise ValueError(f"Layer {self.name!r}: add_weight({arg}=...) is not "
-                                 "supported by fastnn yet")
+        given = self.__dict__.get("_weight_opts", {}).get(name, {})
+        regularizer = regularizers.get(regularizer) or given.get("regularizer")
+        constraint = constraints.get(constraint) or given.get("constraint")
         if overwrite_with_gradient or aggregation not in ("none", "mean", None):
             raise ValueError(f"Layer {self.name!r}: add_weight(aggregation={aggregation!r}, "
                              f"overwrite_with_gradient={overwrite_with_gradient!r}) is not "
@@ -219,6 +218,12 @@ class Layer:
         if trainable:
             self.grads[name] = ops.alloc(shape)
         variable = self._variables[name] = Variable(self, name, bool(trainable))
+        # the model adds the penalty to its loss (and its gradient) every step, and projects
+        # the weight after every optimizer step (fastnn.trainer)
+        if regularizer is not None:
+            self.__dict__.setdefault("_penalties", {})[name] = regularizer
+        if constraint is not None:
+            self.__dict__.setdefault("_constraints", {})[name] = constraint
         return variable
 
     def add_loss(self, loss):
@@ -611,13 +616,12 @@ class Dense(Layer):
         super().__init__(**kwargs)
         if not isinstance(units, (int, np.integer)) or isinstance(units, bool) or units < 1:
             raise ValueError(f"Dense: units must be a positive int, got {units!r}")
-        for arg, val in (("kernel_regularizer", kernel_regularizer),
-                         ("bias_regularizer", bias_regularizer),
-                         ("activity_regularizer", activity_regularizer),
-                         ("kernel_constraint", kernel_constraint),
-                         ("bias_constraint", bias_constraint)):
-            if val is not None:
-                raise ValueError(f"Dense: {arg} is not supported by fastnn yet (got {val!r})")
+        if activity_regularizer is not None:
+            raise ValueError(f"Dense: activity_regularizer is not supported by fastnn yet (got "
+                             f"{activity_regularizer!r})")
+        _weight_options(self, kernel_regularizer=kernel_regularizer,
+                        bias_regularizer=bias_regularizer, kernel_constraint=kernel_constraint,
+                        bias_constraint=bias_constraint)
         self.units = int(units)
         self.activation = activations.get(activation)
         self.act_id, self.act_alpha = activations.kernel_id(self.activation)
@@ -685,8 +689,7 @@ class Dense(Layer):
             "use_bias": self.use_bias,
             "kernel_initializer": initializers.serialize(self.kernel_initializer),
             "bias_initializer": initializers.serialize(self.bias_initializer),
-            "kernel_regularizer": None, "bias_regularizer": None,
-            "activity_regularizer": None, "kernel_constraint": None, "bias_constraint": None,
+            "activity_regularizer": None, **_weight_options_config(self),
         })
         return config
 
@@ -986,6 +989,30 @@ def _positive_filters(filters, layer):
     return int(filters)
 
 
+def _weight_options(layer, **options):
+    """A layer's `<weight>_regularizer` / `<weight>_constraint` arguments, resolved (names,
+    objects or configs) and kept as Keras keeps them (layer.kernel_regularizer, ...);
+    add_weight then attaches them to the weight of that name."""
+    for arg, value in options.items():
+        weight, kind = arg.rsplit("_", 1)
+        module = regularizers if kind == "regularizer" else constraints
+        try:
+            resolved = module.deserialize(value, path=arg) if isinstance(value, dict) else \
+                module.get(value)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{layer.name}: {exc}" if arg in str(exc) else
+                            f"{layer.name}: {arg}: {exc}") from None
+        setattr(layer, arg, resolved)
+        layer.__dict__.setdefault("_weight_opts", {}).setdefault(weight, {})[kind] = resolved
+    layer.__dict__.setdefault("_weight_opt_args", []).extend(options)
+
+
+def _weight_options_config(layer):
+    """The config entries of _weight_options's arguments, serialized as Keras writes them."""
+    return {arg: (regularizers if arg.endswith("_regularizer") else constraints).serialize(
+        getattr(layer, arg)) for arg in layer.__dict__.get("_weight_opt_args", ())}
+
+
 def _conv_args(layer, kernel_size, strides, padding, data_format, dilation_rate,
                unsupported):
     """The arguments every convolution shares, validated as Keras does."""
@@ -1034,11 +1061,10 @@ class Conv2D(_Windowed, Layer):
             raise ValueError(f"{self.name}: filters must be a positive int, got {filters!r}")
         self.filters = int(filters)
         _conv_args(self, kernel_size, strides, padding, data_format, dilation_rate,
-                   (("kernel_regularizer", kernel_regularizer),
-                    ("bias_regularizer", bias_regularizer),
-                    ("activity_regularizer", activity_regularizer),
-                    ("kernel_constraint", kernel_constraint),
-                    ("bias_constraint", bias_constraint)))
+                   (("activity_regularizer", activity_regularizer),))
+        _weight_options(self, kernel_regularizer=kernel_regularizer,
+                        bias_regularizer=bias_regularizer, kernel_constraint=kernel_constraint,
+                        bias_constraint=bias_constraint)
         if not _is_int(groups) or groups < 1:
             raise ValueError(f"{self.name}: The number of groups must be a positive integer. "
                              f"Received: groups={groups!r}.")
@@ -1164,9 +1190,7 @@ class Conv2D(_Windowed, Layer):
                 "activation": activations.serialize(self.activation), "use_bias": self.use_bias,
                 "kernel_initializer": initializers.serialize(self.kernel_initializer),
                 "bias_initializer": initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": None, "bias_regularizer": None,
-                "activity_regularizer": None, "kernel_constraint": None,
-                "bias_constraint": None}
+                "activity_regularizer": None, **_weight_options_config(self)}
 
 
 class DepthwiseConv2D(Conv2D):
@@ -1718,10 +1742,9 @@ class BatchNormalization(Layer):
         if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
             raise ValueError(f"{self.name}: axis must be an int (the channel axis), got "
                              f"{axis!r}")
-        if any(v is not None for v in (beta_regularizer, gamma_regularizer, beta_constraint,
-                                       gamma_constraint)):
-            raise ValueError(f"{self.name}: regularizers and constraints are not supported "
-                             "by fastnn yet")
+        _weight_options(self, beta_regularizer=beta_regularizer,
+                        gamma_regularizer=gamma_regularizer, beta_constraint=beta_constraint,
+                        gamma_constraint=gamma_constraint)
         self.momentum = _finite(momentum, "momentum", self.name)
         if not 0 <= self.momentum <= 1:
             raise ValueError(f"{self.name}: momentum must be in [0, 1], got {momentum!r}")
@@ -1787,8 +1810,7 @@ class BatchNormalization(Layer):
                 "epsilon": self.epsilon, "center": self.center, "scale": self.scale,
                 **{f"{k}_initializer": initializers.serialize(v)
                    for k, v in self.initializers.items()},
-                "beta_regularizer": None, "gamma_regularizer": None, "beta_constraint": None,
-                "gamma_constraint": None, "synchronized": False}
+                **_weight_options_config(self), "synchronized": False}
 
     @classmethod
     def from_config(cls, config):

@@ -381,11 +381,8 @@ def mean_squared_logarithmic_error(y_true, y_pred):
 
 def cosine_similarity(y_true, y_pred, axis=-1):
     y_true, y_pred = _same_rank(y_true, y_pred)
-
-    def normalize(x):       # Keras's: x * min(rsqrt(sum(x^2)), 1 / epsilon)
-        return x * ops.minimum(1.0 / ops.sqrt(ops.sum(ops.square(x), axis=axis,
-                                                      keepdims=True)), 1.0 / EPSILON)
-    return -ops.sum(normalize(y_true) * normalize(y_pred), axis=axis)
+    return -ops.sum(ops.normalize(y_true, axis=axis) * ops.normalize(y_pred, axis=axis),
+                    axis=axis)
 
 
 def _bce(y_true, y_pred):

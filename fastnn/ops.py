@@ -609,6 +609,18 @@ def log_softmax(x, axis=-1):
         g - xp.exp(out) * g.sum(axis=axis, keepdims=True),))
 
 
+def normalize(x, axis=-1, order=2, epsilon=None):
+    """Keras's ops.normalize: x over its `order`-norm along `axis` (order 2: x times the
+    inverse norm, at most 1 / epsilon; epsilon defaults to 1e-7)."""
+    if isinstance(order, bool) or not isinstance(order, int) or order < 1:
+        raise ValueError(f"Argument `order` must be an int >= 1. Received: order={order}")
+    epsilon = 1e-7 if epsilon is None else epsilon
+    if order == 2:
+        return x * minimum(1.0 / sqrt(sum(square(x), axis=axis, keepdims=True)), 1.0 / epsilon)
+    norm = power(sum(power(abs(x), order), axis=axis, keepdims=True), 1.0 / order)
+    return divide(x, maximum(norm, epsilon))
+
+
 def logsumexp(x, axis=None, keepdims=False):
     a = _array(x)
     xp = _xp()

@@ -989,6 +989,9 @@ def _restore(model, arrays, source, spec):
                       f"variables whereas the saved optimizer has {spec['optimizer_skipped']} "
                       "variables (as Keras does)", stacklevel=3)
         opt_keys = []
+    if spec["optimizer"] is not None and 0 < len(opt_keys) < len(spec["optimizer"]) and \
+            len(opt_keys) <= model.optimizer.head_variables():
+        opt_keys = []       # a compiled optimizer that never stepped: nothing to restore
     if opt_keys and spec["optimizer"] is not None and len(opt_keys) != len(spec["optimizer"]):
         raise _FileError(f"{source}: {len(opt_keys)} optimizer variables, the optimizer "
                          f"expects {len(spec['optimizer'])}")
@@ -1083,6 +1086,8 @@ def _read_legacy_weights(f, model, path, spec, compile):
         og = f["optimizer_weights"]
         onames = [_attr(n) for n in og.attrs["weight_names"]]
         sizes = spec["optimizer"]
+        if 0 < len(onames) < len(sizes) and len(onames) <= model.optimizer.head_variables():
+            onames = sizes = []     # a compiled optimizer that never stepped: nothing to restore
         if len(onames) != len(sizes):
             raise _FileError(f"{path}: {len(onames)} optimizer variables, the optimizer "
                              f"expects {len(sizes)}")
@@ -1093,7 +1098,7 @@ def _read_legacy_weights(f, model, path, spec, compile):
                 raise _FileError(f"{path}: optimizer variable {oname} is {ds.dtype} "
                                  f"{tuple(ds.shape)}, the optimizer expects {size} values")
             opt_values.append(ds[()])
-    return weights, opt_values
+    return weights, opt_values or None
 
 
 def _attr(value):

@@ -87,8 +87,9 @@ class DenseRunner:
                 model._subclassed or model._input_dtype != "float32":
             return None
         layers = _dense_layers(model)
-        if layers is None:
-            return None
+        if layers is None or any(layer.__dict__.get("_penalties") or
+                                 layer.__dict__.get("_constraints") for layer in layers):
+            return None         # (regularizers and constraints run on the general path)
         if training is not None:
             loss = model.loss
             if type(loss) not in _LOSS_KINDS or loss.from_logits or \

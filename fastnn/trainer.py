@@ -15,6 +15,7 @@ import numpy as np
 from . import activations
 from . import callbacks as callbacks_module
 from . import losses as losses_module
+from . import regularizers
 from . import metrics as metrics_module
 from . import optimizers as optimizers_module
 from .autodiff import Tensor, gradients, no_grad, tape, value_of
@@ -443,9 +444,38 @@ class Trainer:
 
     @property
     def losses(self):
-        """The losses add_loss() added in this thread's last forward pass (floats)."""
-        return [float(get_ops().to_numpy(value_of(loss)).reshape(()))
-                for loss in _thread_state(self._thread).__dict__.get("added_losses") or ()]
+        """The weights' regularization penalties now, then the losses add_loss() added in this
+        thread's last forward pass (floats), as Keras's model.losses."""
+        return [regularizers.penalty_and_gradient(reg, layer._vars[name], False)[0]
+                for layer, name, reg in self._penalized()] + \
+            [float(get_ops().to_numpy(value_of(loss)).reshape(()))
+             for loss in _thread_state(self._thread).__dict__.get("added_losses") or ()]
+
+    def _penalized(self):
+        """(layer, weight name, regularizer) of every weight with a regularizer."""
+        return [(layer, name, reg) for layer in self._layers
+                for name, reg in layer.__dict__.get("_penalties", {}).items()]
+
+    def _regularization(self, n, want_grad):
+        """The weights' regularization penalties, as the loss tracker counts them (a batch's
+        value, n times); with want_grad, each penalty's gradient is added to its weight's
+        (after backward wrote them). Keras adds them to the loss it trains on and reports."""
+        total = 0.0
+        for layer, name, reg in self._penalized():
+            train = want_grad and layer.trainable and name in layer.grads
+            value, grad = regularizers.penalty_and_gradient(reg, layer._vars[name], train)
+            total += value
+            if grad is not None:
+                layer.grads[name] += grad
+        return n * total
+
+    def _constrain(self):
+        """Each constraint projects its weight after the optimizer's step, as in Keras."""
+        for layer in self._layers:
+            if layer.trainable:
+                for name, constraint in layer.__dict__.get("_constraints", {}).items():
+                    if name in layer._trainable_names:
+                        layer._vars[name][...] = constraint(layer._vars[name])
 
     def _train_step(self, x, y, w):
         out = self._forward(x, training=True)
@@ -458,7 +488,11 @@ class Trainer:
             return out
         lr = self.optimizer.plain_step_lr() if self._in_place_layers else None
         self._backward(grad, self._mode, lr)
+        if self.__dict__.get("_penalties"):
+            total = total + self._regularization(n, True)
         self.optimizer.apply(self._params, self._grads, self._apply_ranges if lr else None)
+        if self.__dict__.get("_constrained"):
+            self._constrain()
         self._track(total, n, y, out)
         return out
 
@@ -466,11 +500,15 @@ class Trainer:
         out = self._forward(x, training=False)
         total, _, n = self._loss_and_grad(out, y, w, False)
         total = total + self._added_loss(n)
+        if self._penalized():
+            total = total + self._regularization(n, False)
         self._track(total, n, y, out)
 
     def _prepare_training(self):
         self._pack_parameters()
         self.optimizer.build(self._sizes)
+        self._penalties = self._penalized()
+        self._constrained = any(layer.__dict__.get("_constraints") for layer in self._layers)
         self._mode = self._loss_mode()
         self._preactivation_grad = self._gradient_is_preactivation()
         self._plan_in_place()
@@ -490,8 +528,10 @@ class Trainer:
     def _plan_in_place(self):
         """The Dense layers whose kernel takes a plain SGD step in place, and the spans of the
         parameter buffer the optimizer then updates itself: all the rest."""
+        # (not a kernel with a regularizer: its penalty's gradient comes after backward)
         layers = [layer for layer in self._layers if type(layer) is Dense and layer.trainable
-                  and layer.kernel.size >= IN_PLACE_MIN_WEIGHTS and not self._subclassed]
+                  and layer.kernel.size >= IN_PLACE_MIN_WEIGHTS and not self._subclassed
+                  and "kernel" not in layer.__dict__.get("_penalties", {})]
         ranges, at = [], 0
         for start, stop in sorted(self._spans[id(layer), "kernel"] for layer in layers):
             if start > at:

@@ -188,8 +188,8 @@ def test_add_weight_keras_signature_and_errors():
         v.assign(np.ones(3))
     with pytest.raises(ValueError, match="already has a weight named 'variable'"):
         layer.add_weight(shape=(1,), name="variable")
-    with pytest.raises(ValueError, match="regularizer"):
-        layer.add_weight(shape=(1,), regularizer="l2")
+    with pytest.raises(ValueError, match="regularizer identifier: 'l7'"):
+        layer.add_weight(shape=(1,), regularizer="l7")
     with pytest.raises(ValueError, match="float32"):
         layer.add_weight(shape=(1,), dtype="float64")
 
