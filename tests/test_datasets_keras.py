@@ -402,15 +402,15 @@ def test_imdb_maxlen_keeping_nothing(imdb_file, keras_datasets):
 @pytest.fixture(params=["py3", "py2"])
 def reuters_file(home, pins, request):
     rng = np.random.default_rng(4)
-    path = save_npz(home / "datasets" / "reuters.npz", py2=request.param == "py2", x=sequences(rng, 50, 80),
-                    y=rng.integers(0, 46, 50))
+    path = save_npz(home / "datasets" / "reuters.npz", py2=request.param == "py2",
+                    x=sequences(rng, 50, 80), y=rng.integers(0, 46, 50))
     pins[0](reuters, "FILE_HASH", path)
     return path
 
 
 @pytest.mark.parametrize("kwargs", TEXT_ARGS + [
-    {"test_split": 0.3}, {"test_split": 0.25}, {"test_split": 0.5, "maxlen": 12}, {"test_split": 0.0},
-    {"test_split": 0.0, "maxlen": 20}], ids=str)
+    {"test_split": 0.3}, {"test_split": 0.25}, {"test_split": 0.5, "maxlen": 12},
+    {"test_split": 0.0}, {"test_split": 0.0, "maxlen": 20}], ids=str)
 def test_reuters(reuters_file, keras_datasets, kwargs):
     assert_same(reuters.load_data(**kwargs), keras_datasets("reuters").load_data(**kwargs))
 
@@ -588,3 +588,34 @@ def test_restricted_unpickler_reads_arrays_and_plain_data():
     assert b"numpy.core.multiarray\n_reconstruct" in raw
     out = _common.unpickle(io.BytesIO(raw), "test", encoding="bytes")
     assert out[b"labels"] == [3, 1] and out[b"data"].tolist() == [0, 1, 2, 3]
+
+
+def test_wrong_cached_hash_offline_says_so(home):
+    path = save_npz(home / "datasets" / "reuters.npz", x=object_array([[1]]), y=np.zeros(1, int))
+    with pytest.raises(downloads.DownloadError) as info:
+        reuters.load_data()
+    message = str(info.value)
+    assert reuters.URL in message and str(path) in message and reuters.FILE_HASH in message
+    assert hashlib.sha256(path.read_bytes()).hexdigest() in message     # what is there now
+
+
+def test_cifar_batch_of_the_wrong_form_is_named(home, pins):
+    target = home / "datasets" / "cifar-100-python-target_archive"
+    batch = py2_pickle({b"data": np.zeros((2, 3072), np.float32), b"fine_labels": [1, 2]})
+    write_tar_gz(target, {"cifar-100-python/train": batch, "cifar-100-python/test": batch})
+    pins[0](cifar100, "FILE_HASH", target)
+    with pytest.raises(ValueError, match=r"cifar-100-python/train: not a CIFAR batch"):
+        cifar100.load_data()
+
+
+def test_npy_pickle_that_disagrees_with_its_header(tmp_path):
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|O", "fortran_order": False,
+                                               "shape": (3,)})
+    buf.write(pickle.dumps(object_array([[1], [2]]), protocol=3))
+    path = tmp_path / "x.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("x.npy", buf.getvalue())
+    with pytest.raises(ValueError, match=r"x.npz:x.npy: the pickled data is not the object "
+                                         r"array of shape \(3,\)"):
+        _common.load_npz(path)

@@ -47,8 +47,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         except KeyError:
             raise UnsafePickleError(
                 f"{self.source}: refusing to unpickle {module}.{name}: this data file may only "
-                "hold plain data and NumPy arrays (the file is corrupt or malicious; "
-                "nothing in it was run)") from None
+                "hold plain data and NumPy arrays; it is corrupt or malicious (refused before "
+                "anything it names was called)") from None
 
     def persistent_load(self, pid):
         raise UnsafePickleError(f"{self.source}: refusing a pickle persistent id ({pid!r})")
