@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import pickle
+import shutil
 import struct
 import tarfile
 import zipfile
@@ -280,11 +281,14 @@ def cifar10_file(tmp_path_factory):
     return cifar10_archive(path, 10000, np.random.default_rng(5))
 
 
-def test_cifar10(home, keras_datasets, pins, cifar10_file):
+def test_cifar10(home, keras_datasets, pins, cifar10_file, request):
     archive, labels = cifar10_file
     target = home / "datasets" / "cifar-10-batches-py-target_archive"
     target.parent.mkdir(parents=True)
     os.symlink(archive, target)
+    # The extracted 184 MB are not left in pytest's kept temporary folders.
+    request.addfinalizer(lambda: shutil.rmtree(target.parent / "cifar-10-batches-py-target",
+                                               ignore_errors=True))
     pins[0](cifar10, "FILE_HASH", target)
     ours = cifar10.load_data()
     assert_same(ours, keras_datasets("cifar10").load_data())
