@@ -7,6 +7,12 @@ from .backend import get_ops
 _EPS = 1e-7
 
 
+def _on_backend(w):
+    """w where the backend computes (a host array given on a GPU backend is moved there)."""
+    ops = get_ops()
+    return w if isinstance(w, ops.xp.ndarray) else ops.asarray(w)
+
+
 def _norms(w, axis):
     xp = get_ops().xp
     return xp.sqrt(xp.sum(w * w, axis=axis, keepdims=True))
@@ -33,6 +39,7 @@ class MaxNorm(Constraint):
         self.max_value, self.axis = max_value, axis
 
     def __call__(self, w):
+        w = _on_backend(w)
         norms = _norms(w, self.axis)
         return w * (get_ops().xp.clip(norms, 0, self.max_value) / (_EPS + norms))
 
@@ -44,7 +51,7 @@ class NonNeg(Constraint):
     """Negative entries set to zero."""
 
     def __call__(self, w):
-        return get_ops().xp.maximum(w, 0)
+        return get_ops().xp.maximum(_on_backend(w), 0)
 
 
 class UnitNorm(Constraint):
@@ -54,6 +61,7 @@ class UnitNorm(Constraint):
         self.axis = axis
 
     def __call__(self, w):
+        w = _on_backend(w)
         return w / (_EPS + _norms(w, self.axis))
 
     def get_config(self):
@@ -67,6 +75,7 @@ class MinMaxNorm(Constraint):
         self.min_value, self.max_value, self.rate, self.axis = min_value, max_value, rate, axis
 
     def __call__(self, w):
+        w = _on_backend(w)
         norms = _norms(w, self.axis)
         desired = self.rate * get_ops().xp.clip(norms, self.min_value, self.max_value) + \
             (1 - self.rate) * norms
