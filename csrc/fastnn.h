@@ -223,6 +223,8 @@ void fnn_adagrad(float *w, const float *g, float *acc, size_t n, float lr, float
                  int n_threads);
 void fnn_adadelta(float *w, const float *g, float *acc_g, float *acc_dx, size_t n, float lr,
                   float rho, float eps, int n_threads);
+void fnn_lion(float *w, const float *g, float *m, size_t n, float lr, float beta1, float beta2,
+              int n_threads);
 void fnn_adamax(float *w, const float *g, float *m, float *u, size_t n, float alpha,
                 float beta1, float beta2, float eps, int n_threads);
 void fnn_nadam(float *w, const float *g, float *m, float *v, size_t n, float lr,
@@ -238,7 +240,7 @@ void fnn_ftrl(float *w, const float *g, float *acc, float *lin, size_t n, float 
 enum {
     FNN_OPT_SGD = 0, FNN_OPT_ADAM = 1, FNN_OPT_RMSPROP = 2, FNN_OPT_ADAGRAD = 3,
     FNN_OPT_ADADELTA = 4, FNN_OPT_ADAMAX = 5, FNN_OPT_NADAM = 6, FNN_OPT_FTRL = 7,
-    FNN_N_OPTIMIZERS = 8
+    FNN_OPT_LION = 8, FNN_N_OPTIMIZERS = 9
 };
 #define FNN_OPT_SLOTS 3
 #define FNN_OPT_SCALARS 10

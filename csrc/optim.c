@@ -168,8 +168,24 @@ void fnn_ftrl(float *w, const float *g, float *acc, float *lin, size_t n, float 
         });
 }
 
+/* Lion: the step is the sign of an interpolation of momentum and gradient (sign(0) = 0, as
+ * Keras's ops.sign), then the momentum moves with beta2. */
+FNN_DISPATCH
+void fnn_lion(float *w, const float *g, float *m, size_t n, float lr, float beta1, float beta2,
+              int n_threads) {
+    ptrdiff_t i, len = (ptrdiff_t)n;
+    int nt = fnn_threads(n, n_threads);
+    (void)nt;
+    FNN_PARALLEL_FOR(schedule(static),
+        for (i = 0; i < len; i++) {
+            float c = m[i] * beta1 + g[i] * (1.0f - beta1);
+            w[i] -= lr * (float)((c > 0.0f) - (c < 0.0f));
+            m[i] = flush(m[i] * beta2 + g[i] * (1.0f - beta2));
+        });
+}
+
 /* Scalars after the weight decay factor, per kind (see fnn_optimizer_step). */
-static const int kind_scalars[FNN_N_OPTIMIZERS] = {3, 4, 4, 2, 3, 4, 9, 6};
+static const int kind_scalars[FNN_N_OPTIMIZERS] = {3, 4, 4, 2, 3, 4, 9, 6, 3};
 
 int fnn_optimizer_scalars(int kind) {
     return kind >= 0 && kind < FNN_N_OPTIMIZERS ? 1 + kind_scalars[kind] : -1;
@@ -210,5 +226,7 @@ void fnn_optimizer_step(int kind, float *w, const float *g, float *const *slots,
     case FNN_OPT_FTRL:
         fnn_ftrl(w, g, slots[0], slots[1], n, s[0], s[1], s[2], s[3], s[4], s[5], n_threads);
         break;
+    case FNN_OPT_LION:
+        fnn_lion(w, g, slots[0], n, s[0], s[1], s[2], n_threads); break;
     }
 }

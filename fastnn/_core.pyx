@@ -105,6 +105,8 @@ cdef extern from "fastnn.h" nogil:
                       float lr, float rho, float eps, int n_threads)
     void fnn_adamax(float *w, const float *g, float *m, float *u, size_t n, float alpha,
                     float beta1, float beta2, float eps, int n_threads)
+    void fnn_lion(float *w, const float *g, float *m, size_t n, float lr, float beta1,
+                  float beta2, int n_threads)
     void fnn_nadam(float *w, const float *g, float *m, float *v, size_t n, float lr,
                    float beta1, float beta2, float eps, float mu_t, float mu_t1,
                    float u_prod, float u_prod_t1, float beta2_power, int n_threads)
@@ -1009,6 +1011,17 @@ def adamax_update(w, g, m, u, float alpha, float beta1, float beta2, float eps):
                    _n_threads)
 
 
+def lion_update(w, g, m, float lr, float beta1, float beta2):
+    cdef float[::1] W = _f1("lion_update: w", w, True)
+    cdef const float[::1] G = _cf1("lion_update: g", g, True)
+    cdef float[::1] M = _f1("lion_update: m", m, True)
+    _check_update("lion_update", W, G, ("m",), (M,), ())
+    if W.shape[0] == 0:
+        return
+    with nogil:
+        fnn_lion(&W[0], &G[0], &M[0], W.shape[0], lr, beta1, beta2, _n_threads)
+
+
 def nadam_update(w, g, m, v, float lr, float beta1, float beta2, float eps, float mu_t,
                  float mu_t1, float u_prod, float u_prod_t1, float beta2_power):
     cdef float[::1] W = _f1("nadam_update: w", w, True)
@@ -1448,7 +1461,7 @@ IN_PLACE_MIN_WEIGHTS = FNN_IN_PLACE_MIN_WEIGHTS
 
 # Optimizer slots each kind needs (the rest are optional, see fnn_optimizer_step): SGD's
 # momentum slot and RMSprop's second one are needed only with momentum, checked per step.
-cdef int[8] _REQUIRED_SLOTS = [0, 2, 1, 1, 2, 2, 2, 2]
+cdef int[9] _REQUIRED_SLOTS = [0, 2, 1, 1, 2, 2, 2, 2, 1]
 
 
 cdef inline float *_fptr(a) except? NULL:

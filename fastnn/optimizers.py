@@ -456,6 +456,31 @@ class Adamax(Optimizer):
                 "epsilon": self.epsilon}
 
 
+class Lion(Optimizer):
+    """Keras's Lion (Chen et al., 2023): the step is lr times the sign of an interpolation
+    of momentum and gradient, so every weight moves by exactly lr (or 0)."""
+    slot_groups = (("momentum",),)
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.99, **kwargs):
+        super().__init__(learning_rate=learning_rate, **kwargs)
+        if beta_1 <= 0 or beta_1 > 1:
+            raise ValueError("Argument `beta_1` must be in the [0, 1] range. Otherwise, the "
+                             f"optimizer degenerates to SignSGD. Received: beta_1={beta_1}.")
+        self.beta_1, self.beta_2 = beta_1, beta_2
+
+    def _scalars(self, lr, t):
+        return lr, self.beta_1, self.beta_2
+
+    def fused_slots(self):
+        return (self.slots["momentum"],)
+
+    def _update(self, ops, w, g, s):
+        ops.lion_update(w, g, *self.fused_slots(), *s)
+
+    def get_config(self):
+        return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2}
+
+
 class Nadam(Optimizer):
     scalars_vary = True
 
@@ -560,7 +585,8 @@ class Ftrl(Optimizer):
 
 
 _BY_NAME = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad,
-            "adadelta": Adadelta, "adamax": Adamax, "nadam": Nadam, "ftrl": Ftrl}
+            "adadelta": Adadelta, "adamax": Adamax, "nadam": Nadam, "ftrl": Ftrl,
+            "lion": Lion}
 _CLASSES = {c.__name__: c for c in _BY_NAME.values()}
 
 

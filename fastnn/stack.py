@@ -23,7 +23,7 @@ CHUNK_SECONDS = 0.05
 _LOSS_KINDS = {L.SparseCategoricalCrossentropy: 0, L.CategoricalCrossentropy: 1,
                L.BinaryCrossentropy: 2, L.MeanSquaredError: 3, L.MeanAbsoluteError: 4}
 _OPTIMIZER_KINDS = {O.SGD: 0, O.Adam: 1, O.AdamW: 1, O.RMSprop: 2, O.Adagrad: 3,
-                    O.Adadelta: 4, O.Adamax: 5, O.Nadam: 6, O.Ftrl: 7}
+                    O.Adadelta: 4, O.Adamax: 5, O.Nadam: 6, O.Ftrl: 7, O.Lion: 8}
 _CACHE_SIZE = 4
 
 

@@ -632,6 +632,7 @@ OPTIMIZERS = {
     "adamax": ("adamax_update", lambda n: [_zeros(n), _zeros(n), 0.01, 0.9, 0.999, 1e-7]),
     "nadam": ("nadam_update", lambda n: [_zeros(n), _zeros(n), 0.01, 0.9, 0.999, 1e-7, 0.468,
                                          0.485, 0.468, 0.227, 0.999]),
+    "lion": ("lion_update", lambda n: [_zeros(n), 0.01, 0.9, 0.99]),
     "ftrl": ("ftrl_update", lambda n: [np.full(n, 0.1, np.float32), _zeros(n), 0.1, -0.5, 0.01,
                                        0.01, 0.0, 0.0]),
 }

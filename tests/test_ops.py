@@ -282,6 +282,7 @@ OPTIMIZER_CASES = {
     "nadam": ("nadam_update", lambda n: [np.zeros(n, np.float32), np.zeros(n, np.float32),
                                          0.01, 0.9, 0.999, 1e-7, 0.9 * 0.52, 0.9 * 0.5392,
                                          0.9 * 0.52, 0.9 * 0.52 * 0.9 * 0.5392, 0.999]),
+    "lion": ("lion_update", lambda n: [np.zeros(n, np.float32), 0.01, 0.9, 0.99]),
     "ftrl": ("ftrl_update", lambda n: [np.full(n, 0.1, np.float32), np.zeros(n, np.float32),
                                        0.1, -0.5, 0.01, 0.01, 0.0, 0.0]),
 }

@@ -18,6 +18,8 @@ CASES = [
     ("Ftrl", {"l1_regularization_strength": 0.01, "l2_regularization_strength": 0.01}),
     ("Adam", {"clipnorm": 0.5}), ("SGD", {"clipvalue": 0.1}), ("Adam", {"global_clipnorm": 1.0}),
     ("SGD", {"weight_decay": 0.1}),
+    ("Lion", {}), ("Lion", {"learning_rate": 0.01, "beta_1": 0.5, "beta_2": 0.9,
+                            "weight_decay": 0.05}),
 ]
 CASE_IDS = [f"{n}-{'-'.join(map(str, k.items()))}" for n, k in CASES]
 
@@ -110,8 +112,27 @@ def test_keras_defaults():
     assert optimizers.Adagrad().initial_accumulator_value == 0.1
     assert optimizers.Adadelta().rho == 0.95
     assert optimizers.AdamW().weight_decay == 0.004
-    for name in ("sgd", "rmsprop", "adam", "adagrad", "adadelta", "adamax", "nadam", "ftrl"):
+    for name in ("sgd", "rmsprop", "adam", "adagrad", "adadelta", "adamax", "nadam", "ftrl",
+                 "lion"):
         assert optimizers.get(name).name == name
+    lion = optimizers.Lion().get_config()
+    assert (lion["learning_rate"], lion["beta_1"], lion["beta_2"]) == (0.001, 0.9, 0.99)
+
+
+def test_lion_formula_written_out():
+    """Every weight moves by exactly lr or 0: the sign of beta_1 m + (1 - beta_1) g, with m
+    from before the step; then m = beta_2 m + (1 - beta_2) g."""
+    w0, grads = _steps(n_steps=2, shapes=((6,),))
+    grads[0][0][:2] = 0.0          # sign(0) = 0: no move on the first step
+    ours, opt = run_fastnn("Lion", {"learning_rate": 0.1}, w0, grads)
+    w, m = w0[0].astype(np.float64), np.zeros(6)
+    for (g,) in grads:
+        w -= 0.1 * np.sign(0.9 * m + 0.1 * g)
+        m = 0.99 * m + 0.01 * g
+    np.testing.assert_allclose(ours[0], w, rtol=1e-6)
+    np.testing.assert_allclose(opt.slots["momentum"], m, rtol=1e-6)
+    with pytest.raises(ValueError, match="beta_1.*SignSGD"):
+        optimizers.Lion(beta_1=0.0)
 
 
 def test_lr_alias_and_errors():

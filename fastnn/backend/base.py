@@ -664,6 +664,10 @@ class Ops:
         self.xp.maximum(beta2 * u, self.xp.abs(g), out=u)
         w -= alpha * m / (u + eps)
 
+    def lion_update(self, w, g, m, lr, beta1, beta2):
+        w -= lr * self.xp.sign(m * beta1 + g * (1 - beta1))
+        m[...] = m * beta2 + g * (1 - beta2)
+
     def nadam_update(self, w, g, m, v, lr, beta1, beta2, eps, mu_t, mu_t1, u_prod, u_prod_t1,
                      beta2_power):
         m += (g - m) * (1 - beta1)

@@ -231,6 +231,9 @@ class CpuOps(Ops):
     def adamax_update(self, w, g, m, u, alpha, beta1, beta2, eps):
         _core.adamax_update(w, g, m, u, alpha, beta1, beta2, eps)
 
+    def lion_update(self, w, g, m, lr, beta1, beta2):
+        _core.lion_update(w, g, m, lr, beta1, beta2)
+
     def nadam_update(self, w, g, m, v, lr, beta1, beta2, eps, mu_t, mu_t1, u_prod, u_prod_t1,
                      beta2_power):
         _core.nadam_update(w, g, m, v, lr, beta1, beta2, eps, mu_t, mu_t1, u_prod, u_prod_t1,

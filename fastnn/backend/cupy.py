@@ -431,6 +431,13 @@ class CupyOps(Ops):
         self._launch("rmsprop_update", w.size, w, g, v, mom, mg, f32(lr), f32(rho),
                      f32(1 - rho), f32(momentum), f32(eps))
 
+    def lion_update(self, w, g, m, lr, beta1, beta2):
+        g = self._f32(g)
+        self._state(w, g=g, m=m)
+        if not self.kernels:
+            return super().lion_update(w, g, m, lr, beta1, beta2)
+        self._launch("lion_update", w.size, w, g, m, f32(lr), f32(beta1), f32(beta2))
+
 
 def _check_launch(kernel, n, args):
     """Refuse what a kernel would misread: sizes past int32, Python scalars, strided arrays."""

@@ -442,6 +442,18 @@ extern "C" __global__ void adam_update(int n, float *__restrict__ w, const float
     }
 }
 
+// Lion: the sign of the momentum/gradient interpolation (sign(0) = 0), then the momentum.
+extern "C" __global__ void lion_update(int n, float *__restrict__ w, const float *__restrict__ g,
+                                       float *__restrict__ m, float lr, float beta1,
+                                       float beta2) {
+    GRID_STRIDE_LOOP(i, n) {
+        float gi = g[i];
+        float c = m[i] * beta1 + gi * (1.0f - beta1);
+        w[i] -= lr * (float)((c > 0.0f) - (c < 0.0f));
+        m[i] = m[i] * beta2 + gi * (1.0f - beta2);
+    }
+}
+
 // mom (momentum) and mg (centered) may be null.
 extern "C" __global__ void rmsprop_update(int n, float *__restrict__ w,
                                           const float *__restrict__ g, float *__restrict__ v,
