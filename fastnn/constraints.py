@@ -1,7 +1,7 @@
 """Weight constraints as keras.constraints: a projection applied to a weight after every
 optimizer step (Keras's formulas; epsilon 1e-7)."""
 from . import registry
-from ._config import check_kwargs, fail_value, object_spec, prefixed
+from ._config import check_kwargs, expect_ints, fail_value, object_spec, prefixed
 from .backend import get_ops
 
 _EPS = 1e-7
@@ -15,6 +15,7 @@ def _on_backend(w):
 
 def _norms(w, axis):
     xp = get_ops().xp
+    axis = tuple(axis) if isinstance(axis, (list, tuple)) else axis    # (Keras takes lists)
     return xp.sqrt(xp.sum(w * w, axis=axis, keepdims=True))
 
 
@@ -124,7 +125,7 @@ def deserialize(config, path="constraint"):
         fail_value(f"{path}.class_name", f"one of the constraints {', '.join(sorted(_CLASSES))}"
                    " or a registered Constraint subclass", class_name)
     if cls in _CLASSES.values():
-        check_kwargs(cls, cfg, f"{path}.config")
+        check_kwargs(cls, cfg, f"{path}.config", {"axis": expect_ints})  # (axis: int or list)
     try:
         return cls.from_config(cfg)
     except (TypeError, ValueError) as exc:

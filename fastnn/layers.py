@@ -137,6 +137,57 @@ def added_losses():
     return list(getattr(_PASS, "losses", None) or [])
 
 
+_ACTIVITY = threading.local()   # the activity penalties of this thread's train or test step
+
+
+@contextlib.contextmanager
+def activity_penalties():
+    """Within the block, in this thread, the layers with an activity_regularizer that run
+    off the autodiff tape (a Sequential's steps, a schedule's) compute their penalty on their
+    output; their values collect in the list this yields, their gradients wait for backward
+    (with_activity_gradient). Layers on the tape add theirs as add_loss() losses."""
+    previous, _ACTIVITY.values = getattr(_ACTIVITY, "values", None), []
+    try:
+        yield _ACTIVITY.values
+    finally:
+        _ACTIVITY.values = previous
+
+
+def activity_loss(regularizer, y):
+    """Keras's activity penalty of an output: the regularizer's value divided by the batch
+    size (a Tensor on the tape, or a float array value off it)."""
+    value = regularizer(y)
+    rows = value_of(y).shape[0] if value_of(y).ndim else 0
+    return array_ops.divide(value, float(rows)) if rows else value
+
+
+def record_activity(layer, y, training):
+    """After `layer` ran forward off the tape: its activity penalty, when it has one and a
+    train or test step is collecting them."""
+    regularizer = getattr(layer, "activity_regularizer", None)
+    values = getattr(_ACTIVITY, "values", None)
+    if regularizer is None:
+        return
+    state = layer._state()
+    state.activity_grad = None
+    if values is None:
+        return
+    out = Tensor(y, requires_grad=bool(training))
+    with tape():
+        value = activity_loss(regularizer, out)
+    if training and isinstance(value, Tensor) and value.requires_grad:
+        state.activity_grad = gradients(value, [out])[0]
+    values.append(float(np.asarray(get_ops().to_numpy(value_of(value)), np.float64).reshape(())))
+
+
+def with_activity_gradient(layer, dy):
+    """dy plus the gradient of the layer's activity penalty (recorded by record_activity)."""
+    if getattr(layer, "activity_regularizer", None) is None:
+        return dy
+    grad = layer._state().__dict__.pop("activity_grad", None)
+    return dy if grad is None else dy + grad.reshape(dy.shape)
+
+
 class Layer:
     # Keys Keras 3 writes in this layer's config for features fastnn does not implement, at
     # the values that leave the math unchanged (from_config accepts those, refuses others).
@@ -146,7 +197,8 @@ class Layer:
     keras_training_default = False
 
     def __init__(self, trainable=True, name=None, dtype=None, input_shape=None,
-                 input_dim=None, batch_input_shape=None, batch_size=None, **kwargs):
+                 input_dim=None, batch_input_shape=None, batch_size=None,
+                 activity_regularizer=None, **kwargs):
         if kwargs:
             raise TypeError(f"{type(self).__name__}: unexpected keyword argument(s) "
                             f"{sorted(kwargs)}")
@@ -155,6 +207,15 @@ class Layer:
                              f"got {dtype!r}")
         self.name = name or unique_name(_snake_case(type(self).__name__))
         self.trainable = trainable
+        # Keras's penalty on the layer's output, added to the model's loss (divided by the
+        # batch size): record_activity off the tape, _call_on_tensor on it
+        try:
+            self.activity_regularizer = regularizers.deserialize(
+                activity_regularizer, path="activity_regularizer") \
+                if isinstance(activity_regularizer, dict) else \
+                regularizers.get(activity_regularizer)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{self.name}: activity_regularizer: {exc}") from None
         self.built = False
         self.input_shape_arg = None  # the legacy input_shape/input_dim, a shape without batch
         if batch_input_shape is not None:
@@ -485,7 +546,16 @@ class Layer:
 
     def _call_on_tensor(self, x, training):
         """A call inside a model's call() (or on any tensor): a user's layer runs inline on
-        the caller's tape; one of fastnn's is one node, its fused backward the node's."""
+        the caller's tape; one of fastnn's is one node, its fused backward the node's. An
+        activity_regularizer's penalty on the output joins the pass's add_loss() losses."""
+        out = self._node_on_tensor(x, training)
+        losses = getattr(_PASS, "losses", None)
+        if self.activity_regularizer is not None and losses is not None:
+            for o in out if isinstance(out, (list, tuple)) else [out]:
+                losses.append(activity_loss(self.activity_regularizer, o))
+        return out
+
+    def _node_on_tensor(self, x, training):
         self._maybe_build((None,) + tuple(x.shape[1:]))
         counts = getattr(_PASS, "counts", None)
         if counts is not None and id(self) not in _PASS.layers:
@@ -539,6 +609,8 @@ class Layer:
     # ---- config ----------------------------------------------------------------------------
     def get_config(self):
         config = {"name": self.name, "trainable": self.trainable, "dtype": "float32"}
+        if self.activity_regularizer is not None:
+            config["activity_regularizer"] = regularizers.serialize(self.activity_regularizer)
         return config
 
     @classmethod
@@ -613,12 +685,9 @@ class Dense(Layer):
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  kernel_regularizer=None, bias_regularizer=None, activity_regularizer=None,
                  kernel_constraint=None, bias_constraint=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         if not isinstance(units, (int, np.integer)) or isinstance(units, bool) or units < 1:
             raise ValueError(f"Dense: units must be a positive int, got {units!r}")
-        if activity_regularizer is not None:
-            raise ValueError(f"Dense: activity_regularizer is not supported by fastnn yet (got "
-                             f"{activity_regularizer!r})")
         _weight_options(self, kernel_regularizer=kernel_regularizer,
                         bias_regularizer=bias_regularizer, kernel_constraint=kernel_constraint,
                         bias_constraint=bias_constraint)
@@ -689,7 +758,7 @@ class Dense(Layer):
             "use_bias": self.use_bias,
             "kernel_initializer": initializers.serialize(self.kernel_initializer),
             "bias_initializer": initializers.serialize(self.bias_initializer),
-            "activity_regularizer": None, **_weight_options_config(self),
+            **_weight_options_config(self),
         })
         return config
 
@@ -989,12 +1058,14 @@ def _positive_filters(filters, layer):
     return int(filters)
 
 
-def _weight_options(layer, **options):
+def _weight_options(layer, weight_names=None, **options):
     """A layer's `<weight>_regularizer` / `<weight>_constraint` arguments, resolved (names,
     objects or configs) and kept as Keras keeps them (layer.kernel_regularizer, ...);
-    add_weight then attaches them to the weight of that name."""
+    add_weight then attaches them to the weight of that name (weight_names maps an argument's
+    prefix to another: DepthwiseConv2D's depthwise_* apply to its "kernel")."""
     for arg, value in options.items():
         weight, kind = arg.rsplit("_", 1)
+        weight = (weight_names or {}).get(weight, weight)
         module = regularizers if kind == "regularizer" else constraints
         try:
             resolved = module.deserialize(value, path=arg) if isinstance(value, dict) else \
@@ -1013,8 +1084,7 @@ def _weight_options_config(layer):
         getattr(layer, arg)) for arg in layer.__dict__.get("_weight_opt_args", ())}
 
 
-def _conv_args(layer, kernel_size, strides, padding, data_format, dilation_rate,
-               unsupported):
+def _conv_args(layer, kernel_size, strides, padding, data_format, dilation_rate):
     """The arguments every convolution shares, validated as Keras does."""
     layer.kernel_size = _pair(kernel_size, "kernel_size", layer.name)
     layer.strides = _pair(strides, "strides", layer.name)
@@ -1022,9 +1092,6 @@ def _conv_args(layer, kernel_size, strides, padding, data_format, dilation_rate,
     layer.dilation_rate = _pair(dilation_rate, "dilation_rate", layer.name)
     if data_format not in (None, "channels_last"):
         raise ValueError(f"{layer.name}: only data_format='channels_last' is supported")
-    for arg, val in unsupported:
-        if val is not None:
-            raise ValueError(f"{layer.name}: {arg} is not supported by fastnn yet")
 
 
 def _no_strided_dilation(layer):
@@ -1055,13 +1122,12 @@ class Conv2D(_Windowed, Layer):
                  kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  kernel_regularizer=None, bias_regularizer=None, activity_regularizer=None,
                  kernel_constraint=None, bias_constraint=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         if not isinstance(filters, (int, np.integer)) or isinstance(filters, bool) or \
                 filters < 1:
             raise ValueError(f"{self.name}: filters must be a positive int, got {filters!r}")
         self.filters = int(filters)
-        _conv_args(self, kernel_size, strides, padding, data_format, dilation_rate,
-                   (("activity_regularizer", activity_regularizer),))
+        _conv_args(self, kernel_size, strides, padding, data_format, dilation_rate)
         _weight_options(self, kernel_regularizer=kernel_regularizer,
                         bias_regularizer=bias_regularizer, kernel_constraint=kernel_constraint,
                         bias_constraint=bias_constraint)
@@ -1190,7 +1256,8 @@ class Conv2D(_Windowed, Layer):
                 "activation": activations.serialize(self.activation), "use_bias": self.use_bias,
                 "kernel_initializer": initializers.serialize(self.kernel_initializer),
                 "bias_initializer": initializers.serialize(self.bias_initializer),
-                "activity_regularizer": None, **_weight_options_config(self)}
+                "activity_regularizer": regularizers.serialize(self.activity_regularizer),
+                **_weight_options_config(self)}
 
 
 class DepthwiseConv2D(Conv2D):
@@ -1205,14 +1272,14 @@ class DepthwiseConv2D(Conv2D):
                  depthwise_initializer="glorot_uniform", bias_initializer="zeros",
                  depthwise_regularizer=None, bias_regularizer=None, activity_regularizer=None,
                  depthwise_constraint=None, bias_constraint=None, **kwargs):
-        Layer.__init__(self, **kwargs)
+        Layer.__init__(self, activity_regularizer=activity_regularizer, **kwargs)
         self.depth_multiplier = _depth_multiplier(depth_multiplier, self.name)
-        _conv_args(self, kernel_size, strides, padding, data_format, dilation_rate,
-                   (("depthwise_regularizer", depthwise_regularizer),
-                    ("bias_regularizer", bias_regularizer),
-                    ("activity_regularizer", activity_regularizer),
-                    ("depthwise_constraint", depthwise_constraint),
-                    ("bias_constraint", bias_constraint)))
+        _conv_args(self, kernel_size, strides, padding, data_format, dilation_rate)
+        _weight_options(self, {"depthwise": "kernel"},
+                        depthwise_regularizer=depthwise_regularizer,
+                        bias_regularizer=bias_regularizer,
+                        depthwise_constraint=depthwise_constraint,
+                        bias_constraint=bias_constraint)
         self.activation = activations.get(activation)
         self.act_id, self.act_alpha = activations.kernel_id(self.activation)
         self.use_bias = use_bias
@@ -1264,9 +1331,8 @@ class DepthwiseConv2D(Conv2D):
                 "activation": activations.serialize(self.activation), "use_bias": self.use_bias,
                 "depthwise_initializer": initializers.serialize(self.depthwise_initializer),
                 "bias_initializer": initializers.serialize(self.bias_initializer),
-                "depthwise_regularizer": None, "bias_regularizer": None,
-                "activity_regularizer": None, "depthwise_constraint": None,
-                "bias_constraint": None}
+                "activity_regularizer": regularizers.serialize(self.activity_regularizer),
+                **_weight_options_config(self)}
 
 
 class SeparableConv2D(_Windowed, Layer):
@@ -1282,17 +1348,17 @@ class SeparableConv2D(_Windowed, Layer):
                  pointwise_regularizer=None, bias_regularizer=None, activity_regularizer=None,
                  depthwise_constraint=None, pointwise_constraint=None, bias_constraint=None,
                  **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         self.depth_multiplier = _depth_multiplier(depth_multiplier, self.name)
         self.filters = _positive_filters(filters, self.name)
-        _conv_args(self, kernel_size, strides, padding, data_format, dilation_rate,
-                   (("depthwise_regularizer", depthwise_regularizer),
-                    ("pointwise_regularizer", pointwise_regularizer),
-                    ("bias_regularizer", bias_regularizer),
-                    ("activity_regularizer", activity_regularizer),
-                    ("depthwise_constraint", depthwise_constraint),
-                    ("pointwise_constraint", pointwise_constraint),
-                    ("bias_constraint", bias_constraint)))
+        _conv_args(self, kernel_size, strides, padding, data_format, dilation_rate)
+        _weight_options(self, {"depthwise": "depthwise_kernel", "pointwise": "pointwise_kernel"},
+                        depthwise_regularizer=depthwise_regularizer,
+                        pointwise_regularizer=pointwise_regularizer,
+                        bias_regularizer=bias_regularizer,
+                        depthwise_constraint=depthwise_constraint,
+                        pointwise_constraint=pointwise_constraint,
+                        bias_constraint=bias_constraint)
         self.activation = activations.get(activation)
         self.act_id, self.act_alpha = activations.kernel_id(self.activation)
         self.use_bias = use_bias
@@ -1378,10 +1444,8 @@ class SeparableConv2D(_Windowed, Layer):
                 "depthwise_initializer": initializers.serialize(self.depthwise_initializer),
                 "pointwise_initializer": initializers.serialize(self.pointwise_initializer),
                 "bias_initializer": initializers.serialize(self.bias_initializer),
-                "depthwise_regularizer": None, "pointwise_regularizer": None,
-                "bias_regularizer": None, "activity_regularizer": None,
-                "depthwise_constraint": None, "pointwise_constraint": None,
-                "bias_constraint": None}
+                "activity_regularizer": regularizers.serialize(self.activity_regularizer),
+                **_weight_options_config(self)}
 
 
 def _transpose_axis(size, k, s, d, padding, output_padding):
@@ -1413,14 +1477,12 @@ class Conv2DTranspose(_Windowed, Layer):
                  use_bias=True, kernel_initializer="glorot_uniform", bias_initializer="zeros",
                  kernel_regularizer=None, bias_regularizer=None, activity_regularizer=None,
                  kernel_constraint=None, bias_constraint=None, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         self.filters = _positive_filters(filters, self.name)
-        _conv_args(self, kernel_size, strides, padding, data_format, dilation_rate,
-                   (("kernel_regularizer", kernel_regularizer),
-                    ("bias_regularizer", bias_regularizer),
-                    ("activity_regularizer", activity_regularizer),
-                    ("kernel_constraint", kernel_constraint),
-                    ("bias_constraint", bias_constraint)))
+        _conv_args(self, kernel_size, strides, padding, data_format, dilation_rate)
+        _weight_options(self, kernel_regularizer=kernel_regularizer,
+                        bias_regularizer=bias_regularizer, kernel_constraint=kernel_constraint,
+                        bias_constraint=bias_constraint)
         if output_padding is not None:
             if _is_int(output_padding):
                 output_padding = (output_padding, output_padding)
@@ -1526,9 +1588,8 @@ class Conv2DTranspose(_Windowed, Layer):
                 "activation": activations.serialize(self.activation), "use_bias": self.use_bias,
                 "kernel_initializer": initializers.serialize(self.kernel_initializer),
                 "bias_initializer": initializers.serialize(self.bias_initializer),
-                "kernel_regularizer": None, "bias_regularizer": None,
-                "activity_regularizer": None, "kernel_constraint": None,
-                "bias_constraint": None}
+                "activity_regularizer": regularizers.serialize(self.activity_regularizer),
+                **_weight_options_config(self)}
 
 
 class _Pooling2D(_Windowed, Layer):
@@ -1598,6 +1659,7 @@ class ConvPool:
     @staticmethod
     def fuses(conv, pool):
         return (type(conv) is Conv2D and type(pool) is MaxPooling2D and conv.groups == 1 and
+                conv.activity_regularizer is None and pool.activity_regularizer is None and
                 conv.dilation_rate == (1, 1) and conv.act_id in activations.MONOTONE and
                 conv.act_alpha >= 0 and conv.act_id not in activations.NEEDS_INPUT)
 
@@ -3121,14 +3183,6 @@ def _normalized(x, axes, epsilon, center=True, gamma=None, beta=None, shape=None
     return record(out, (x, gamma, beta), backward)
 
 
-def _no_penalties(layer, **given):
-    """Regularizers and constraints are not in fastnn yet: any given one raises, by name."""
-    for arg, value in given.items():
-        if value is not None:
-            raise ValueError(f"{layer}: {arg} is not supported by fastnn yet (got "
-                             f"{value!r}); only None")
-
-
 class _AffineNorm(Layer):
     """The arguments, weights (gamma, then beta) and config Layer- and GroupNormalization
     share."""
@@ -3137,9 +3191,9 @@ class _AffineNorm(Layer):
                  beta_regularizer, gamma_regularizer, beta_constraint, gamma_constraint,
                  **kwargs):
         super().__init__(**kwargs)
-        _no_penalties(self.name, beta_regularizer=beta_regularizer,
-                      gamma_regularizer=gamma_regularizer, beta_constraint=beta_constraint,
-                      gamma_constraint=gamma_constraint)
+        _weight_options(self, beta_regularizer=beta_regularizer,
+                        gamma_regularizer=gamma_regularizer, beta_constraint=beta_constraint,
+                        gamma_constraint=gamma_constraint)
         self.epsilon = _finite(epsilon, "epsilon", self.name, low=0)
         self.center, self.scale = bool(center), bool(scale)
         self.beta_initializer = initializers.get(beta_initializer)
@@ -3165,8 +3219,7 @@ class _AffineNorm(Layer):
                 "center": self.center, "scale": self.scale,
                 "beta_initializer": initializers.serialize(self.beta_initializer),
                 "gamma_initializer": initializers.serialize(self.gamma_initializer),
-                "beta_regularizer": None, "gamma_regularizer": None,
-                "beta_constraint": None, "gamma_constraint": None}
+                **_weight_options_config(self)}
 
 
 class LayerNormalization(_AffineNorm):
@@ -3438,8 +3491,8 @@ class PReLU(Layer):
     def __init__(self, alpha_initializer="Zeros", alpha_regularizer=None,
                  alpha_constraint=None, shared_axes=None, **kwargs):
         super().__init__(**kwargs)
-        _no_penalties(self.name, alpha_regularizer=alpha_regularizer,
-                      alpha_constraint=alpha_constraint)
+        _weight_options(self, alpha_regularizer=alpha_regularizer,
+                        alpha_constraint=alpha_constraint)
         self.alpha_initializer = initializers.get(alpha_initializer)
         if shared_axes is not None:
             shared_axes = list(shared_axes) if isinstance(shared_axes, (list, tuple)) \
@@ -3473,7 +3526,7 @@ class PReLU(Layer):
     def get_config(self):
         return {**super().get_config(),
                 "alpha_initializer": initializers.serialize(self.alpha_initializer),
-                "alpha_regularizer": None, "alpha_constraint": None,
+                **_weight_options_config(self),
                 "shared_axes": self.shared_axes}
 
 

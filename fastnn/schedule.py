@@ -14,7 +14,7 @@ import numpy as np
 from . import activations
 from .backend import get_ops
 from .layers import Activation, Add, BatchNormalization, Conv2D, Dense, Layer, ZeroPadding2D, \
-    drawing_from
+    drawing_from, record_activity, with_activity_gradient
 
 
 class Schedule:
@@ -99,6 +99,7 @@ class Schedule:
         try:
             values[out] = layer.forward([values[t] for t in ins] if several
                                         else values[ins[0]], training)
+            record_activity(layer, values[out], training)
         finally:
             local.slot = 0
 
@@ -130,8 +131,8 @@ class Schedule:
                 # kernels write them).
                 saved = [layer.grads[n].copy() for n in layer._trainable_names] \
                     if id(layer) in written and id(layer) in self.shared else ()
-                dx = layer.backward(dy, need_dx=need_dx if several else need_dx[0],
-                                    **kwargs)
+                dx = layer.backward(with_activity_gradient(layer, dy),
+                                    need_dx=need_dx if several else need_dx[0], **kwargs)
                 for name, earlier in zip(layer._trainable_names, saved):
                     layer.grads[name] += earlier
             finally:
@@ -176,7 +177,8 @@ def _fused(steps, outputs, shapes):
         [Add with one other input of the same shape] -> [Activation or a subclass, elementwise,
         with a kernel act_id]
     whose inner tensors have no other reader becomes one _Fused step, at the chain's last
-    place (where all its inputs exist). Every other step runs as it is."""
+    place (where all its inputs exist). Every other step runs as it is, and so does a layer
+    with an activity_regularizer (its output is the penalty's input)."""
     readers = {}
     for k, (_, ins, _, _, _, _, _) in enumerate(steps):
         for t in ins:
@@ -186,7 +188,8 @@ def _fused(steps, outputs, shapes):
     def sole_reader(t, kind):
         at = readers.get(t, ())
         if len(at) != 1 or t in outputs or at[0] in absorbed or \
-                not isinstance(steps[at[0]][0], kind):
+                not isinstance(steps[at[0]][0], kind) or \
+                steps[at[0]][0].activity_regularizer is not None:
             return None
         return at[0]
 
@@ -194,12 +197,13 @@ def _fused(steps, outputs, shapes):
     placed, absorbed = {}, set()
     for k, (layer, ins, out, several, slot, need_dx, needed) in enumerate(steps):
         if type(layer) not in (Conv2D, Dense) or several or k in absorbed or \
-                layer.act_id != activations.LINEAR:
+                layer.act_id != activations.LINEAR or layer.activity_regularizer is not None:
             continue
         chain, t, norm, residual, act = [k], out, None, None, (activations.LINEAR, 0.0)
         pad, i = None, producer.get(ins[0])
         if type(layer) is Conv2D and i is not None and sole_reader(ins[0], Conv2D) == k and \
-                type(steps[i][0]) is ZeroPadding2D and i not in absorbed:
+                type(steps[i][0]) is ZeroPadding2D and i not in absorbed and \
+                steps[i][0].activity_regularizer is None:
             pad, ins = steps[i][0], steps[i][1]
             chain.insert(0, i)
         j = sole_reader(t, BatchNormalization)

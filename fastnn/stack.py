@@ -88,7 +88,8 @@ class DenseRunner:
             return None
         layers = _dense_layers(model)
         if layers is None or any(layer.__dict__.get("_penalties") or
-                                 layer.__dict__.get("_constraints") for layer in layers):
+                                 layer.__dict__.get("_constraints") or
+                                 layer.activity_regularizer is not None for layer in layers):
             return None         # (regularizers and constraints run on the general path)
         if training is not None:
             loss = model.loss

@@ -21,7 +21,8 @@ from . import optimizers as optimizers_module
 from .autodiff import Tensor, gradients, no_grad, tape, value_of
 from .backend import get_ops
 from .graph import is_symbolic
-from .layers import Dense, _accepts_training, _thread_state, added_losses, forward_pass
+from .layers import Dense, _accepts_training, _thread_state, activity_penalties, added_losses, \
+    forward_pass, record_activity, with_activity_gradient
 from .stack import DenseRunner, NonFiniteInput
 
 # A Dense kernel of at least this many weights takes a plain SGD step inside its weight-gradient
@@ -321,6 +322,7 @@ class Trainer:
             return self._run_call(x, training)
         for _, _, step in self._steps:
             x = step.forward(x, training)
+            record_activity(step, x, training)
         return x
 
     def _run_call(self, x, training):
@@ -371,7 +373,12 @@ class Trainer:
         return self._layers[-1] if self._layers and not self._subclassed else None
 
     def _loss_mode(self):
-        return self.loss.mode(getattr(self._output_layer(), "act_id", None))
+        # (an activity penalty on the output layer needs the gradient of its output, not of
+        # its pre-activation: no loss fused with its activation then)
+        layer = self._output_layer()
+        if getattr(layer, "activity_regularizer", None) is not None:
+            return self.loss.mode(None)
+        return self.loss.mode(getattr(layer, "act_id", None))
 
     def _gradient_is_preactivation(self):
         """Whether the loss's gradient is already that of the output layer's pre-activation:
@@ -410,7 +417,7 @@ class Trainer:
                 if kernel_step and step in self._in_place_layers else {}
             if end == last and self._preactivation_grad:
                 kwargs["preactivation"] = True
-            dy = step.backward(dy, need_dx=first > stop, **kwargs)
+            dy = step.backward(with_activity_gradient(step, dy), need_dx=first > stop, **kwargs)
 
     def _loss_and_grad(self, out, y, w, want_grad):
         out2 = out.reshape(-1, out.shape[-1])
@@ -435,21 +442,35 @@ class Trainer:
             m.update_state(y, out)
 
     def _added_loss(self, n):
-        """What add_loss() added in this thread's last forward pass, as the loss tracker
-        counts it (a batch's value, n times)."""
-        losses = _thread_state(self._thread).__dict__.get("added_losses") or ()
+        """What add_loss() and the activity regularizers added in this thread's last forward
+        pass, as the loss tracker counts it (a batch's value, n times)."""
+        state = _thread_state(self._thread).__dict__
+        losses = state.get("added_losses") or ()
+        activity = sum(state.get("activity_losses") or ())
         if not losses:
-            return 0.0
-        return n * sum(float(get_ops().to_numpy(value_of(loss)).reshape(())) for loss in losses)
+            return n * activity
+        return n * (activity + sum(float(get_ops().to_numpy(value_of(loss)).reshape(()))
+                                   for loss in losses))
+
+    def _forward_recording(self, x, training):
+        """_forward in a train or test step: the layers' activity penalties are computed and
+        kept (_added_loss, losses)."""
+        with activity_penalties() as activity:
+            out = self._forward(x, training)
+        _thread_state(self._thread).activity_losses = activity
+        return out
 
     @property
     def losses(self):
-        """The weights' regularization penalties now, then the losses add_loss() added in this
-        thread's last forward pass (floats), as Keras's model.losses."""
-        return [regularizers.penalty_and_gradient(reg, layer._vars[name], False)[0]
-                for layer, name, reg in self._penalized()] + \
+        """The activity penalties and add_loss() losses of this thread's last train or test
+        step, then the weights' regularization penalties now (floats), as Keras's
+        model.losses orders them."""
+        state = _thread_state(self._thread).__dict__
+        return list(state.get("activity_losses") or ()) + \
             [float(get_ops().to_numpy(value_of(loss)).reshape(()))
-             for loss in _thread_state(self._thread).__dict__.get("added_losses") or ()]
+             for loss in state.get("added_losses") or ()] + \
+            [regularizers.penalty_and_gradient(reg, layer._vars[name], False)[0]
+             for layer, name, reg in self._penalized()]
 
     def _penalized(self):
         """(layer, weight name, regularizer) of every weight with a regularizer."""
@@ -478,7 +499,7 @@ class Trainer:
                         layer._vars[name][...] = constraint(layer._vars[name])
 
     def _train_step(self, x, y, w):
-        out = self._forward(x, training=True)
+        out = self._forward_recording(x, training=True)
         total, grad, n = self._loss_and_grad(out, y, w, True)
         total = total + self._added_loss(n)
         # A non-finite loss skips the update. A device backend returns the total as a device
@@ -497,7 +518,7 @@ class Trainer:
         return out
 
     def _test_step(self, x, y, w):
-        out = self._forward(x, training=False)
+        out = self._forward_recording(x, training=False)
         total, _, n = self._loss_and_grad(out, y, w, False)
         total = total + self._added_loss(n)
         if self._penalized():

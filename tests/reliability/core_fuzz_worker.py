@@ -68,7 +68,7 @@ def spec_dense_backward(rng):
     return dict(x=f(rng, r, i), kernel=f(rng, i, o), z=f(rng, r, o), y=f(rng, r, o),
                 dy=f(rng, r, o), dz=f(rng, r, o), d_kernel=f(rng, i, o), d_bias=f(rng, o),
                 dx=f(rng, r, i), act=2, alpha=0.0, kernel_step=0.0), \
-        dict(x="in", kernel="in", z="in", y="in", dy="in", dz="out", d_kernel="out",
+        dict(x="in", kernel="in", z="in?", y="in", dy="in", dz="out", d_kernel="out",
              d_bias="out?", dx="out?", same={("dz", "dy"), ("dz", "y"), ("dz", "z")},
              ints={"act": True})
 
@@ -266,6 +266,7 @@ SPECS = {
     "adagrad_update": _update_spec(["acc"], ["acc"], dict(lr=1e-3, eps=1e-7)),
     "adadelta_update": _update_spec(["acc_g", "acc_dx"], ["acc_g", "acc_dx"],
                                     dict(lr=1.0, rho=0.95, eps=1e-7)),
+    "lion_update": _update_spec(["m"], ["m"], dict(lr=1e-3, beta1=0.9, beta2=0.99)),
     "adamax_update": _update_spec(["m", "u"], ["m", "u"],
                                   dict(alpha=1e-3, beta1=0.9, beta2=0.999, eps=1e-7)),
     "nadam_update": _update_spec(["m", "v"], ["m", "v"],

@@ -141,7 +141,7 @@ CASES = [
     ("optimizer-number", setter(lambda c: c["compile_config"], "optimizer", 3),
      "compile_config.optimizer"),
     ("optimizer-class-dict", setter(opt, "class_name", {"a": 1}), "optimizer.class_name"),
-    ("optimizer-class-unknown", setter(opt, "class_name", "Lion"), "'Lion'"),
+    ("optimizer-class-unknown", setter(opt, "class_name", "Muon"), "'Muon'"),
     ("optimizer-lr-string", setter(lambda c: opt(c)["config"], "learning_rate", "fast"),
      "optimizer.config.learning_rate"),
     ("optimizer-lr-schedule", setter(lambda c: opt(c)["config"], "learning_rate", {
