@@ -173,6 +173,29 @@ def test_model_checkpoint_best_only_and_formatting(tmp_path, rng):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("mode, monitor, threshold, saved", [
+    ("max", "val_loss", None, [1, 3]),           # max of a loss when told so
+    ("auto", "val_accuracy", None, [1, 3]),      # auto: an accuracy goes up
+    ("min", "val_accuracy", None, [1, 2, 4]),
+    ("auto", "val_accuracy", 0.85, [3]),         # initial_value_threshold: beat it first
+])
+def test_model_checkpoint_modes(tmp_path, rng, capsys, mode, monitor, threshold, saved):
+    """Keras's modes: which epochs save with save_best_only, and its verbose lines."""
+    x, y = blobs(rng)
+    m = model()
+    vals = iter([0.8, 0.7, 0.9, 0.6])
+    scripted = callbacks.LambdaCallback(
+        on_epoch_end=lambda e, logs: logs.__setitem__(monitor, next(vals)))
+    ck = callbacks.ModelCheckpoint(str(tmp_path / "m-{epoch}.keras"), monitor=monitor,
+                                   save_best_only=True, mode=mode, verbose=1,
+                                   initial_value_threshold=threshold)
+    m.fit(x, y, epochs=4, verbose=0, callbacks=[scripted, ck])
+    assert sorted(os.listdir(tmp_path)) == [f"m-{e}.keras" for e in saved]
+    out = capsys.readouterr().out
+    assert f"Epoch {saved[-1]}: {monitor} improved from" in out
+    assert f"{monitor} did not improve from" in out
+
+
 def test_model_checkpoint_weights_only_every_n_batches(tmp_path, rng):
     x, y = blobs(rng, n=64)
     m = model()
