@@ -8,7 +8,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = {
-    "activations", "applications", "autodiff", "backend", "callbacks", "datasets",
+    "activations", "applications", "autodiff", "backend", "callbacks", "datasets", "distribution",
     "initializers", "layers", "losses", "metrics", "models", "ops", "optimizers", "utils",
     "saving",
 }

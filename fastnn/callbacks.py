@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 
+from . import distribution
 from .progbar import Progbar
 
 _HOOKS = ("train", "test", "predict")
@@ -110,6 +111,14 @@ class CallbackList:
             self.callbacks.append(History())
         if add_progbar and not any(isinstance(cb, ProgbarLogger) for cb in self.callbacks):
             self.callbacks.append(ProgbarLogger())
+        if not distribution.is_chief():
+            # data-parallel ranks other than 0 print nothing and write no files (rank 0's
+            # weights, optimizer state and epoch are broadcast after on_train_begin)
+            self.callbacks = [cb for cb in self.callbacks if not isinstance(
+                cb, (ProgbarLogger, ModelCheckpoint, BackupAndRestore, CSVLogger))]
+            for cb in self.callbacks:
+                if getattr(cb, "verbose", 0):
+                    cb.verbose = 0
         for cb in self.callbacks:
             cb.set_model(model)
             cb.set_params(dict(params))

@@ -83,6 +83,22 @@ class Mean(Metric):
         self.total += total
         self.count += count
 
+    def update_state(self, values, sample_weight=None):
+        """Keras's Mean.update_state: add the values (any shape), weighted by sample_weight
+        (broadcast to their shape) when given."""
+        if sample_weight is None:
+            (values,) = _host(values)
+            values = np.asarray(values, np.float64)
+            self.total += values.sum()
+            self.count += values.size
+            return
+        values, w = _host(values, sample_weight)
+        values = np.asarray(values, np.float64)
+        w = np.broadcast_to(np.asarray(w, np.float64).reshape(
+            np.shape(w) + (1,) * (values.ndim - np.ndim(w))), values.shape)
+        self.total += (values * w).sum()
+        self.count += w.sum()
+
 
 class SparseCategoricalAccuracy(Metric):
     default_name = "sparse_categorical_accuracy"

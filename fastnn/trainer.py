@@ -14,6 +14,7 @@ import numpy as np
 
 from . import activations
 from . import callbacks as callbacks_module
+from . import distribution as distribution_module
 from . import losses as losses_module
 from . import regularizers
 from . import metrics as metrics_module
@@ -21,7 +22,7 @@ from . import optimizers as optimizers_module
 from .autodiff import Tensor, gradients, no_grad, tape, value_of
 from .backend import get_ops
 from .graph import is_symbolic
-from .layers import Dense, _accepts_training, _thread_state, activity_penalties, added_losses, \
+from .layers import BatchNormalization, Dense, _accepts_training, _thread_state, activity_penalties, added_losses, \
     forward_pass, record_activity, with_activity_gradient
 from .stack import DenseRunner, NonFiniteInput
 
@@ -160,6 +161,15 @@ class Trainer:
         later (0-d device arrays on a GPU), for a progress bar that redraws on a clock."""
         read = (lambda m: m.result()) if wait else (lambda m: m.peek())
         return dict(sorted((prefix + m.name, read(m)) for m in self._trackers()))
+
+    def _global_logs(self):
+        """The logs of a whole epoch or evaluation: under a DataParallel distribution, of
+        every rank's batches (their accumulators summed)."""
+        dist = distribution_module.active()
+        if dist is None:
+            return self._logs()
+        with dist.global_metrics(self._trackers()):
+            return self._logs()
 
     def _results(self, logs):
         """evaluate()'s list (or the loss alone), in Keras's order."""
@@ -498,24 +508,66 @@ class Trainer:
                     if name in layer._trainable_names:
                         layer._vars[name][...] = constraint(layer._vars[name])
 
-    def _train_step(self, x, y, w):
+    def _train_step(self, x, y, w, share=None):
+        """One step on the batch x, y, w. Under a DataParallel distribution (fastnn.
+        distribution), the batch is this rank's part of the global batch, `share` its fraction
+        of the global batch's rows (0: no rows here this step)."""
+        dist = distribution_module.active()
+        if share == 0.0:            # no rows on this rank: its part of the sum is zero
+            return self._rankless_step(dist)
         out = self._forward_recording(x, training=True)
         total, grad, n = self._loss_and_grad(out, y, w, True)
         total = total + self._added_loss(n)
-        # A non-finite loss skips the update. A device backend returns the total as a device
-        # scalar and is not checked here: reading it would stall every step on the GPU.
-        if isinstance(total, float) and not math.isfinite(total):
+        # A non-finite loss skips the update (on every rank when one rank's is). A device
+        # backend returns the total as a device scalar and is not checked here: reading it
+        # would stall every step on the GPU.
+        bad = isinstance(total, float) and not math.isfinite(total)
+        if dist is not None:
+            bad = dist.any(bad)
+        if bad:
             self._track(total, n, None, None)
             return out
         lr = self.optimizer.plain_step_lr() if self._in_place_layers else None
         self._backward(grad, self._mode, lr)
         if self.__dict__.get("_penalties"):
             total = total + self._regularization(n, True)
+        if dist is not None:
+            dist.reduce_gradients(self._grads, share if self._mean_loss() else 1.0)
         self.optimizer.apply(self._params, self._grads, self._apply_ranges if lr else None)
         if self.__dict__.get("_constrained"):
             self._constrain()
         self._track(total, n, y, out)
         return out
+
+    def _rankless_step(self, dist):
+        """A rank without rows in this global batch adds zero to the gradient sum and takes
+        the step the others take."""
+        if dist.any(False):
+            return None
+        self._grads[...] = 0
+        dist.reduce_gradients(self._grads, 1.0)
+        self.optimizer.apply(self._params, self._grads)
+        if self.__dict__.get("_constrained"):
+            self._constrain()
+        return None
+
+    def _check_distributable(self):
+        """What data-parallel training cannot yet do as one process would: raise, naming it."""
+        for layer in self._layers:
+            if isinstance(layer, BatchNormalization) and layer.trainable:
+                raise ValueError(
+                    f"Layer {layer.name!r}: BatchNormalization trains on each rank's part of the "
+                    "batch, so its statistics would differ from one process's (and between "
+                    "ranks); synchronized batch statistics are not supported by fastnn's "
+                    "DataParallel yet. Freeze it (layer.trainable = False) or train on one "
+                    "process")
+
+    def _mean_loss(self):
+        """Whether the loss is a mean over the batch (its gradient scales with a rank's
+        share of the global batch) rather than a sum."""
+        losses = self.__dict__.get("_output_losses") or [self.loss]
+        return all(getattr(loss, "reduction", "sum_over_batch_size") == "sum_over_batch_size"
+                   for loss in losses)
 
     def _test_step(self, x, y, w):
         out = self._forward_recording(x, training=False)
@@ -613,8 +665,13 @@ class Trainer:
             steps = min(steps, steps_per_epoch)
         self._build_metrics(y_shape)
         self._prepare_training()
+        dist = distribution_module.active()
+        if dist is not None:
+            self._check_distributable()
+            self._in_place_layers = frozenset()     # (each step waits for the allreduce)
         cbs = callbacks_module.CallbackList(callbacks, add_history=True,
-                                            add_progbar=verbose != 0, model=self,
+                                            add_progbar=verbose != 0 and
+                                            distribution_module.is_chief(), model=self,
                                             verbose=verbose, epochs=epochs, steps=steps)
         from .utils import get_rng
         rng = get_rng()
@@ -625,7 +682,10 @@ class Trainer:
         # an interrupted run (BackupAndRestore: weights, optimizer state, the epoch reached)
         cbs.on_train_begin()
         initial_epoch = self.__dict__.pop("_initial_epoch", None) or initial_epoch
-        runner = DenseRunner.for_model(self, training=True)
+        if dist is not None:        # rank 0's weights, optimizer state and epoch everywhere
+            initial_epoch = dist.broadcast(initial_epoch)
+            dist.broadcast_model(self)
+        runner = DenseRunner.for_model(self, training=True) if dist is None else None
         if runner is not None and not runner.accepts(x):
             runner = None
         per_step = cbs.per_batch("train")
@@ -655,6 +715,8 @@ class Trainer:
                 order = np.arange(n)
                 for s in range(0, n, batch_size):
                     rng.shuffle(order[s:s + batch_size])
+            if dist is not None:
+                order = dist.shared_order(order)
             if runner is not None:
                 try:
                     runner.run_epoch(x, y, w, order, steps, batch_size, True, cbs, per_step,
@@ -673,13 +735,17 @@ class Trainer:
             for step in range(steps_run):
                 cbs.on_train_batch_begin(step)
                 start, stop = step * batch_size, min(n, (step + 1) * batch_size)
+                share = None
+                if dist is not None:        # this rank's part of the global batch
+                    first, last = dist.local_rows(start, stop)
+                    share, start, stop = (last - first) / (stop - start), first, last
                 idx = slice(start, stop) if order is None else order[start:stop]
                 self._train_step(self._gather("x", x, idx), self._gather("y", y, idx),
-                                 None if w is None else self._gather("w", w, idx))
+                                 None if w is None else self._gather("w", w, idx), share)
                 cbs.on_train_batch_end(step, self._logs(wait=per_step) if batch_logs else None)
                 if self.stop_training:
                     break
-            logs = self._logs()
+            logs = self._global_logs()
             if val is not None and _should_validate(epoch, validation_freq):
                 cbs.on_test_begin()         # validation calls the test hooks, as in Keras
                 val_logs = self._evaluate_arrays(*val, val_batch_size, validation_steps, cbs,
@@ -706,7 +772,8 @@ class Trainer:
         if steps is not None:
             total_steps = min(total_steps, int(steps))
         batch_logs = cbs is not None and cbs.wants("on_test_batch_end")
-        runner = DenseRunner.for_model(self, training=False)
+        dist = distribution_module.active()
+        runner = DenseRunner.for_model(self, training=False) if dist is None else None
         if runner is not None and runner.accepts(x):
             runner.run_epoch(x, y, w, None, total_steps, batch_size, False, cbs,
                              cbs is not None and cbs.per_batch("test"), self._logs, arg)
@@ -717,12 +784,16 @@ class Trainer:
         for step in range(total_steps):
             if cbs:
                 cbs.on_test_batch_begin(step)
-            sl = slice(step * batch_size, min(n, (step + 1) * batch_size))
-            self._test_step(self._gather("x", x, sl), self._gather("y", y, sl),
-                            None if w is None else self._gather("w", w, sl))
+            start, stop = step * batch_size, min(n, (step + 1) * batch_size)
+            if dist is not None:        # this rank's part of the global batch
+                start, stop = dist.local_rows(start, stop)
+            sl = slice(start, stop)
+            if stop > start:
+                self._test_step(self._gather("x", x, sl), self._gather("y", y, sl),
+                                None if w is None else self._gather("w", w, sl))
             if batch_logs:
                 cbs.on_test_batch_end(step, self._logs(wait=wait))
-        logs = self._logs()
+        logs = self._global_logs()
         for m, state in zip(self._trackers(), saved):
             m.restore(state)
         return logs
@@ -742,7 +813,8 @@ class Trainer:
         n_steps = math.ceil(x.shape[0] / batch_size)
         if steps is not None:
             n_steps = min(n_steps, steps)
-        cbs = callbacks_module.CallbackList(callbacks, add_progbar=verbose != 0, model=self,
+        cbs = callbacks_module.CallbackList(callbacks, add_progbar=verbose != 0 and
+                                            distribution_module.is_chief(), model=self,
                                             verbose=verbose, epochs=1, steps=n_steps)
         cbs.on_test_begin()
         logs = self._evaluate_arrays(x, y, w, batch_size, steps, cbs)
@@ -756,6 +828,19 @@ class Trainer:
         batch_size = _check_batch_size(batch_size)
         steps = _check_steps(steps, "steps")
         x = self._prepare_x(x)
+        dist = distribution_module.active()
+        if dist is None:
+            return self._predict_rows(x, batch_size, verbose, steps, callbacks)
+        # each rank predicts its block of the rows; every rank gets them all, in order
+        n = x.shape[0] if steps is None else min(x.shape[0], steps * min(batch_size, len(x)))
+        first, last = dist.local_rows(0, n)
+        part = self._predict_rows(x[first:last], batch_size,
+                                  verbose if distribution_module.is_chief() else 0, None,
+                                  callbacks) if last > first else \
+            np.empty((0,) + tuple(self._output_shape_for(x.shape)[1:]), np.float32)
+        return dist.gather_rows(part)
+
+    def _predict_rows(self, x, batch_size, verbose, steps, callbacks):
         n = x.shape[0]
         batch_size = min(batch_size, n)
         n_steps = math.ceil(n / batch_size)

@@ -1,0 +1,237 @@
+"""Data-parallel training over MPI ranks, in the shape of Keras 3's keras.distribution:
+
+    fastnn.distribution.set_distribution(fastnn.distribution.DataParallel())
+
+at the top of a script, launched as `mpiexec -n 4 python train.py`, makes fit / evaluate /
+predict run over the ranks; run without mpiexec, the same script trains as one process.
+
+- batch_size stays the global batch (as Keras's DataParallel): every rank walks the same
+  shuffled order (rank 0's, broadcast each epoch) and takes its contiguous slice of each
+  global batch, so N ranks take the steps one process takes.
+- Each rank scales its gradients by its share of the global batch; one allreduce (sum) of the
+  whole flat gradient buffer (the trainer's arena: every trainable weight's gradient, back to
+  back) then gives the global batch's gradient on every rank, which takes the same optimizer
+  step. Initial weights and optimizer state come from rank 0.
+- Metrics and losses are reduced at the end of each epoch (their accumulators summed), so
+  History, callbacks and the epoch's progress-bar line show global values, and EarlyStopping
+  or ReduceLROnPlateau decide the same on every rank. Per-batch progress shows rank 0's running
+  values. Only rank 0 prints progress and writes checkpoint, backup and CSV files.
+- evaluate and predict shard the rows and gather the results in order.
+- An exception on any rank aborts the whole job (MPI_Abort), naming the rank: no rank hangs
+  in a collective waiting for it.
+
+mpi4py and an MPI library are optional (`pip install "fastnn[mpi]"`); nothing imports them
+until a DataParallel is made."""
+import contextlib
+import sys
+import traceback
+
+import numpy as np
+
+from ..backend import get_ops
+
+_DISTRIBUTION = None
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise ImportError(
+            "fastnn.distribution needs mpi4py and an MPI library: pip install "
+            f"'fastnn[mpi]' (mpi4py and mpich from PyPI); importing mpi4py failed: {exc}"
+        ) from None
+    return MPI
+
+
+class DataParallel:
+    """Keras's DataParallel over the processes of an MPI job (one process per rank). Each
+    process computes on its own CPU (or GPU) as usual; device_mesh and devices (Keras's way to
+    name the accelerators of one process) have no meaning here."""
+
+    def __init__(self, device_mesh=None, devices=None, auto_shard_dataset=True, comm=None):
+        if device_mesh is not None or devices is not None:
+            raise ValueError("DataParallel: fastnn distributes over MPI processes (mpiexec -n N "
+                             "python script.py), one per rank; device_mesh and devices are "
+                             f"not supported (got device_mesh={device_mesh!r}, "
+                             f"devices={devices!r})")
+        if auto_shard_dataset is not True:
+            raise ValueError("DataParallel: auto_shard_dataset=False (data already split per "
+                             "process) is not supported: pass every rank the whole data set; "
+                             "each takes its slice of every global batch")
+        mpi = _mpi()
+        self._mpi = mpi
+        self.comm = comm if comm is not None else mpi.COMM_WORLD
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.auto_shard_dataset = True
+
+    def __repr__(self):
+        return f"<DataParallel rank={self.rank} size={self.size}>"
+
+    # ---- what the trainer calls ------------------------------------------------------------
+    def broadcast_model(self, model):
+        """Rank 0's weights (trainable and not) and optimizer state on every rank."""
+        weights = self.comm.bcast(model.get_weights() if self.rank == 0 else None, root=0)
+        if self.rank != 0:
+            model.set_weights(weights)
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is not None and optimizer.built:
+            state = self.comm.bcast(optimizer.snapshot() if self.rank == 0 else None, root=0)
+            if self.rank != 0:
+                optimizer.restore(state)
+
+    def broadcast(self, value):
+        """A small Python value (an int, a flag) from rank 0."""
+        return self.comm.bcast(value, root=0)
+
+    def shared_order(self, order):
+        """Rank 0's shuffled order of the rows (every rank then slices the same batches)."""
+        if order is None:
+            return None
+        order = np.ascontiguousarray(order, np.int64)
+        self.comm.Bcast(order, root=0)
+        return order
+
+    def local_rows(self, start, stop):
+        """This rank's contiguous part [start, stop) of the global batch [start, stop)."""
+        n = stop - start
+        base, extra = divmod(n, self.size)
+        first = start + self.rank * base + min(self.rank, extra)
+        return first, first + base + (self.rank < extra)
+
+    def reduce_gradients(self, grads, share):
+        """grads (this rank's, for its rows) times its share of the global batch, summed over
+        the ranks in place: the global batch's gradient on every rank, in one allreduce."""
+        ops = get_ops()
+        if share != 1.0:
+            grads *= np.float32(share)
+        host = ops.to_numpy(grads) if ops.is_device else grads
+        host = np.ascontiguousarray(host, np.float32)
+        self.comm.Allreduce(self._mpi.IN_PLACE, host, op=self._mpi.SUM)
+        if host is not grads:
+            grads[...] = ops.asarray(host)
+
+    def any(self, flag):
+        """Whether `flag` is true on any rank (a decision every rank then takes alike)."""
+        return bool(self.comm.allreduce(bool(flag), op=self._mpi.LOR))
+
+    @contextlib.contextmanager
+    def global_metrics(self, metrics):
+        """Within the block, the metrics hold the sum of every rank's accumulators (their
+        results are the global ones); afterwards each holds its own again."""
+        saved = [m.snapshot() for m in metrics]
+        states = self.comm.allgather([_accumulators(m) for m in metrics])
+        for k, m in enumerate(metrics):
+            for name in states[0][k]:
+                parts = [s[k][name] for s in states if s[k][name] is not None]
+                if parts:
+                    setattr(m, name, _sum(parts))
+        try:
+            yield
+        finally:
+            for m, state in zip(metrics, saved):
+                m.restore(state)
+
+    def gather_rows(self, part):
+        """Every rank's rows (NumPy arrays), concatenated in rank order, on every rank."""
+        parts = self.comm.allgather(part)
+        return np.concatenate(parts, axis=0) if parts else part
+
+    def abort(self, exc):
+        """Stop every rank: this one raised (an unhandled exception)."""
+        sys.stderr.write(f"fastnn.distribution: rank {self.rank} of {self.size} raised; "
+                         "aborting all ranks\n")
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        sys.stderr.flush()
+        self.comm.Abort(1)
+
+
+class _Recorder:
+    """Records the attributes a metric's reset_state() assigns: its accumulators."""
+
+    def __init__(self, metric):
+        object.__setattr__(self, "_metric", metric)
+        object.__setattr__(self, "names", [])
+
+    def __getattr__(self, name):
+        return getattr(self._metric, name)
+
+    def __setattr__(self, name, value):
+        self.names.append(name)
+
+
+def _accumulators(metric):
+    """{name: value as NumPy/float} of the state reset_state() sets (Mean: total, count;
+    Precision: its confusion counts; ...): what adds up over ranks."""
+    names = metric.__dict__.get("_accumulator_names")
+    if names is None:
+        recorder = _Recorder(metric)
+        type(metric).reset_state(recorder)
+        names = metric.__dict__["_accumulator_names"] = tuple(dict.fromkeys(recorder.names))
+    to_numpy = get_ops().to_numpy
+    out = {}
+    for name in names:
+        value = getattr(metric, name)
+        if value is not None and not isinstance(value, (int, float, np.ndarray)):
+            value = np.asarray(to_numpy(value))
+        out[name] = value
+    return out
+
+
+def _sum(parts):
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total
+
+
+def set_distribution(value):
+    """Make `value` (a DataParallel, or None for one process) the distribution fit, evaluate
+    and predict use. With several ranks, an unhandled exception on any rank aborts the job."""
+    global _DISTRIBUTION
+    if value is not None and not isinstance(value, DataParallel):
+        raise TypeError(f"set_distribution takes a DataParallel or None, got {value!r}")
+    _DISTRIBUTION = value
+    if value is not None and value.size > 1 and \
+            getattr(sys.excepthook, "_fastnn_rank_abort", None) is None:
+        previous = sys.excepthook
+
+        def abort_all(kind, exc, tb):
+            if isinstance(_DISTRIBUTION, DataParallel) and _DISTRIBUTION.size > 1:
+                _DISTRIBUTION.abort(exc)
+            previous(kind, exc, tb)
+        abort_all._fastnn_rank_abort = True
+        sys.excepthook = abort_all
+
+
+def distribution():
+    """The distribution set by set_distribution (None: one process)."""
+    return _DISTRIBUTION
+
+
+def active():
+    """The distribution when it spans several ranks, else None (one process, nothing to do)."""
+    d = _DISTRIBUTION
+    return d if d is not None and d.size > 1 else None
+
+
+def rank():
+    return 0 if _DISTRIBUTION is None else _DISTRIBUTION.rank
+
+
+def size():
+    return 1 if _DISTRIBUTION is None else _DISTRIBUTION.size
+
+
+def is_chief():
+    """Whether this process prints and writes files: rank 0, or the only process."""
+    return rank() == 0
+
+
+def list_devices(device_type=None):
+    """The ranks of this job, as Keras lists a process's devices."""
+    if device_type not in (None, "cpu", "CPU"):
+        raise ValueError(f"list_devices: fastnn distributes over CPU processes; got "
+                         f"device_type={device_type!r}")
+    return [f"cpu:{r}" for r in range(size())]
+

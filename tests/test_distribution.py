@@ -1,0 +1,187 @@
+"""Data-parallel fit over MPI (fastnn.distribution): N ranks train as one process would,
+ranks end with bit-identical weights, a failing rank stops the job, and without mpi4py the
+request is a clear error. The multi-rank runs launch `mpiexec` (mpich from PyPI) on scripts
+written here; they run on the CPU backend, so other test backends skip them."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import fastnn
+from fastnn import distribution
+from fastnn import layers as L
+from conftest import TEST_BACKEND
+from onbackend import get, put
+
+MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep +
+                       os.environ.get("PATH", ""))
+needs_mpi = pytest.mark.skipif(
+    MPIEXEC is None or TEST_BACKEND != "", reason="needs mpiexec and mpi4py (pip install "
+    "'fastnn[mpi]'); the multi-rank runs use the CPU backend")
+
+# The user's script: unchanged between one process and N ranks but for the first lines.
+SCRIPT = textwrap.dedent('''
+    import os, sys
+    import numpy as np
+    import fastnn
+    from fastnn import layers as L
+    if os.environ.get("FASTNN_DP") == "1":
+        fastnn.distribution.set_distribution(fastnn.distribution.DataParallel())
+    fastnn.utils.set_random_seed(7)
+    kind, out = sys.argv[1], sys.argv[2]
+    rng = np.random.default_rng(0)
+    if kind == "mlp":
+        x = rng.standard_normal((203, 10)).astype(np.float32)
+        y = (x[:, 0] + x[:, 1] > 0).astype(np.float32)
+        model = fastnn.Sequential([fastnn.Input((10,)), L.Dense(16, activation="relu"),
+                                   L.Dense(1, activation="sigmoid")])
+        model.compile(fastnn.optimizers.Adam(0.01), "binary_crossentropy",
+                      metrics=["accuracy", fastnn.metrics.AUC(name="auc"),
+                               fastnn.metrics.Precision(name="precision")])
+        y_fit = y
+    else:
+        x = rng.standard_normal((70, 8, 8, 1)).astype(np.float32)
+        y = (x[:, :4].mean(axis=(1, 2, 3)) > 0).astype(np.int64)
+        inputs = fastnn.Input((8, 8, 1))
+        h = L.Conv2D(4, 3, activation="relu", kernel_regularizer="l2")(inputs)
+        h = L.MaxPooling2D()(h)
+        h = L.Dropout(0.0)(h)
+        h = L.Flatten()(h)
+        model = fastnn.Model(inputs, L.Dense(2, activation="softmax")(h))
+        model.compile(fastnn.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy",
+                      metrics=["accuracy"])
+        y_fit = np.eye(2, dtype=np.float32)[y]
+    if kind == "fail":
+        class Fail(fastnn.callbacks.Callback):
+            def on_train_batch_end(self, batch, logs=None):
+                if fastnn.distribution.rank() == 1 and batch == 2:
+                    raise RuntimeError("rank one fails here")
+        model.fit(x, y_fit, batch_size=16, epochs=50, verbose=0, callbacks=[Fail()])
+    h = model.fit(x, y_fit, batch_size=32, epochs=2, verbose=0, validation_split=0.2,
+                  shuffle=True)
+    ev = model.evaluate(x, y_fit, batch_size=16, verbose=0)
+    p = model.predict(x, batch_size=16, verbose=0)
+    np.savez(f"{out}-{fastnn.distribution.rank()}.npz", *model.get_weights(), predict=p,
+             evaluate=np.asarray(ev), **{k: np.asarray(v) for k, v in h.history.items()})
+''')
+
+
+def _run(tmp_path, kind, ranks, timeout=240):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    out = str(tmp_path / f"{kind}-{ranks}")
+    env = dict(os.environ, OMP_NUM_THREADS="1", FASTNN_DP="1" if ranks else "0")
+    cmd = [sys.executable, str(script), kind, out]
+    if ranks:
+        cmd = [MPIEXEC, "-n", str(ranks)] + cmd
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    return done, [dict(np.load(f"{out}-{r}.npz")) for r in range(max(ranks, 1))
+                  if os.path.exists(f"{out}-{r}.npz")]
+
+
+@needs_mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_ranks_train_as_one_process(tmp_path, kind, ranks):
+    done, (one,) = _run(tmp_path, kind, 0)
+    assert done.returncode == 0, done.stderr
+    done, results = _run(tmp_path, kind, ranks)
+    assert done.returncode == 0, done.stderr
+    assert len(results) == ranks
+    for other in results[1:]:               # every rank holds the same weights, bit for bit
+        for key in results[0]:
+            np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
+    for key, want in one.items():           # and those of one process, to rounding
+        np.testing.assert_allclose(results[0][key], want, rtol=2e-5, atol=2e-6, err_msg=key)
+    assert set(one) >= {"loss", "val_loss", "accuracy", "predict", "evaluate"}
+
+
+@needs_mpi
+def test_a_failing_rank_stops_every_rank(tmp_path):
+    done, _ = _run(tmp_path, "fail", 2, timeout=120)
+    assert done.returncode != 0
+    assert "rank 1 of 2 raised" in done.stderr and "rank one fails here" in done.stderr
+
+
+@needs_mpi
+def test_launcher_check(tmp_path):
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "fastnn.distribution",
+                           "--check"], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr
+    assert "ranks: 2" in done.stdout and "MPI library" in done.stdout
+    assert "GB/s" in done.stdout and done.stdout.count("allreduce") == 1   # rank 0 only
+
+
+def test_without_mpi4py_the_request_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    with pytest.raises(ImportError, match=r"fastnn\[mpi\]"):
+        distribution.DataParallel()
+    assert distribution.rank() == 0 and distribution.size() == 1      # one process
+
+
+def test_arguments_fastnn_cannot_honour_raise():
+    pytest.importorskip("mpi4py")
+    with pytest.raises(ValueError, match="devices"):
+        distribution.DataParallel(devices=["gpu:0", "gpu:1"])
+    with pytest.raises(ValueError, match="auto_shard_dataset"):
+        distribution.DataParallel(auto_shard_dataset=False)
+    with pytest.raises(TypeError, match="DataParallel"):
+        distribution.set_distribution("data_parallel")
+
+
+def _ranks(size):
+    """DataParallel objects standing for each rank of a job of `size` (no collectives)."""
+    out = []
+    for r in range(size):
+        d = object.__new__(distribution.DataParallel)
+        d.rank, d.size = r, size
+        out.append(d)
+    return out
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7])
+def test_global_batches_split_into_contiguous_parts(size):
+    for start, stop in [(0, 32), (32, 35), (0, 1), (96, 100)]:
+        parts = [d.local_rows(start, stop) for d in _ranks(size)]
+        assert parts[0][0] == start and parts[-1][1] == stop
+        assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+        sizes = [hi - lo for lo, hi in parts]
+        assert max(sizes) - min(sizes) <= 1
+
+
+def test_one_rank_job_reduces_gradients_and_metrics_on_the_active_backend():
+    """A job of one rank (COMM_SELF): the collectives run and change nothing, device arrays
+    included; the metric accumulators are found by what reset_state() sets."""
+    mpi = pytest.importorskip("mpi4py.MPI")
+    d = distribution.DataParallel(comm=mpi.COMM_SELF)
+    grads = put(np.arange(6, dtype=np.float32))
+    d.reduce_gradients(grads, 0.5)
+    np.testing.assert_array_equal(get(grads), np.arange(6) * 0.5)
+    auc = fastnn.metrics.AUC(num_thresholds=5)
+    auc.update_state(np.array([0, 1, 1, 0]), np.array([0.1, 0.8, 0.4, 0.3]))
+    mean = fastnn.metrics.Mean()
+    mean.update_state(np.array([1.0, 3.0]))
+    mean.update_state(np.array([[5.0], [7.0]]), sample_weight=np.array([0.0, 2.0]))
+    assert mean.result() == pytest.approx((1 + 3 + 14) / 4)
+    before = auc.result(), mean.result()
+    with d.global_metrics([auc, mean]):
+        assert (auc.result(), mean.result()) == before
+    assert set(distribution._accumulators(mean)) == {"total", "count"}
+    assert set(distribution._accumulators(auc)) == {"true_positives", "false_positives",
+                                                   "true_negatives", "false_negatives"}
+
+
+def test_batch_normalization_training_is_refused_by_name(monkeypatch):
+    model = fastnn.Sequential([fastnn.Input((4,)), L.Dense(3), L.BatchNormalization(name="bn"),
+                               L.Dense(2, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    fake = _ranks(2)[0]
+    monkeypatch.setattr(distribution, "_DISTRIBUTION", fake)
+    with pytest.raises(ValueError, match="'bn'.*BatchNormalization"):
+        model.fit(np.ones((8, 4), np.float32), np.zeros(8, np.int64), verbose=0)
