@@ -1,0 +1,159 @@
+"""Data-parallel training over MPI on one machine: the seed MLP and CNN, one process with
+T threads against T ranks with one thread each, in one run (issue 20).
+
+    PYTHONPATH=. python benchmarks/distributed.py [--threads 2] [--samples 60000] [--rounds 2]
+
+prints a markdown table: samples per second of each, their ratio, the share of the ranks'
+epoch spent in the gradient allreduce, and a model of that allreduce at 4-64 ranks from the
+bandwidth and latency measured here. Needs mpi4py and mpiexec (pip install ".[mpi]")."""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+WORKER = r'''
+import json, os, sys, time
+import numpy as np
+import fastnn
+from fastnn import distribution, layers as L
+if os.environ.get("FASTNN_DP") == "1":
+    distribution.set_distribution(distribution.DataParallel())
+kind, samples, rounds, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+(x, y), _ = fastnn.datasets.mnist.load_data()
+x, y = x[:samples].astype(np.float32) / 255, y[:samples]
+fastnn.utils.set_random_seed(0)
+if kind == "mlp_adam":      # benchmarks/README.md's workloads
+    x = x.reshape(-1, 784)
+    model = fastnn.Sequential([fastnn.Input((784,)), L.Dense(128, activation="relu"),
+                               L.Dense(64, activation="relu"), L.Dense(10, activation="softmax")])
+    model.compile(fastnn.optimizers.Adam(1e-3), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+else:                       # the seed tutorial's CNN, without its BatchNormalization
+    x = x.reshape(-1, 28, 28, 1)
+    model = fastnn.Sequential([fastnn.Input((28, 28, 1)), L.Conv2D(32, 3, activation="relu"),
+                               L.MaxPooling2D(), L.Flatten(), L.Dense(100, activation="relu"),
+                               L.Dense(10, activation="softmax")])
+    model.compile(fastnn.optimizers.SGD(0.05), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+reduce_seconds = [0.0]
+d = distribution.distribution()
+if d is not None:           # time the allreduce (the communication cost)
+    original = d.reduce_gradients
+    def timed(grads, share):
+        start = time.perf_counter()
+        original(grads, share)
+        reduce_seconds[0] += time.perf_counter() - start
+    d.reduce_gradients = timed
+model.fit(x[:2048], y[:2048], batch_size=32, epochs=1, verbose=0)       # warm up
+best = None
+for _ in range(rounds):
+    reduce_seconds[0] = 0.0
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    seconds = time.perf_counter() - start
+    if best is None or seconds < best[0]:
+        best = (seconds, reduce_seconds[0])
+if distribution.rank() == 0:
+    json.dump({"seconds": best[0], "allreduce": best[1], "samples": len(x),
+               "params": model.count_params()}, open(out, "w"))
+'''
+
+PROBE = r'''
+import json, sys, time
+import numpy as np
+from mpi4py import MPI
+comm = MPI.COMM_WORLD
+def per_call(nbytes, rounds):
+    buf = np.ones(max(nbytes // 4, 1), np.float32)
+    comm.Allreduce(MPI.IN_PLACE, buf)
+    comm.Barrier()
+    start = time.perf_counter()
+    for _ in range(rounds):
+        comm.Allreduce(MPI.IN_PLACE, buf)
+    return comm.allreduce(time.perf_counter() - start, op=MPI.MAX) / rounds
+latency = per_call(4, 2000)
+big = per_call(16 << 20, 10)
+if comm.rank == 0:
+    n = comm.size
+    bandwidth = (16 << 20) * 2 * (n - 1) / n / (big - 2 * (n - 1) * latency)
+    json.dump({"latency": latency, "bandwidth": bandwidth}, open(sys.argv[1], "w"))
+'''
+
+
+def run(cmd, env):
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr}")
+
+
+def ring_allreduce(nbytes, ranks, latency, bandwidth):
+    """Seconds for a ring allreduce: 2 (n - 1) steps, each a latency and 1/n of the data."""
+    return 2 * (ranks - 1) * latency + 2 * (ranks - 1) / ranks * nbytes / bandwidth
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--samples", type=int, default=60000)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--workloads", default="mlp_adam,cnn")
+    args = ap.parse_args(argv)
+    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep +
+                           os.environ.get("PATH", ""))
+    if mpiexec is None:
+        sys.exit("mpiexec not found: pip install '.[mpi]'")
+    env = dict(os.environ)
+    env.setdefault("FASTNN_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", "..",
+                                                   "shared", "data", "mnist"))
+    with tempfile.TemporaryDirectory() as tmp:
+        worker, probe = os.path.join(tmp, "worker.py"), os.path.join(tmp, "probe.py")
+        open(worker, "w").write(WORKER)
+        open(probe, "w").write(PROBE)
+        out = os.path.join(tmp, "net.json")
+        run([mpiexec, "-n", str(args.threads), sys.executable, probe, out],
+            dict(env, OMP_NUM_THREADS="1"))
+        net = json.load(open(out))
+        rows = []
+        for kind in args.workloads.split(","):
+            results = {}
+            for label, cmd, threads, dp in (
+                    ("one", [sys.executable], args.threads, "0"),
+                    ("ranks", [mpiexec, "-n", str(args.threads), sys.executable], 1, "1")):
+                out = os.path.join(tmp, f"{kind}-{label}.json")
+                run(cmd + [worker, kind, str(args.samples), str(args.rounds), out],
+                    dict(env, OMP_NUM_THREADS=str(threads), FASTNN_DP=dp))
+                results[label] = json.load(open(out))
+            rows.append((kind, results))
+    print(f"## Data-parallel fit on one machine ({os.cpu_count()} cores, "
+          f"{time.strftime('%Y-%m-%d')})\n")
+    print(f"| workload | 1 process × {args.threads} threads | {args.threads} ranks × 1 thread "
+          "| ranks / process | allreduce share of the ranks' epoch |")
+    print("|---|---:|---:|---:|---:|")
+    for kind, r in rows:
+        one = r["one"]["samples"] / r["one"]["seconds"]
+        ranks = r["ranks"]["samples"] / r["ranks"]["seconds"]
+        print(f"| {kind} | {one:,.0f} samples/s | {ranks:,.0f} samples/s | {ranks / one:.2f}× | "
+              f"{100 * r['ranks']['allreduce'] / r['ranks']['seconds']:.1f} % |")
+    print(f"\nMeasured allreduce: latency {net['latency'] * 1e6:.1f} µs, bus bandwidth "
+          f"{net['bandwidth'] / 1e9:.2f} GB/s ({args.threads} ranks, shared memory).\n")
+    print("Modelled ring allreduce per step (measured latency and bandwidth; across machines "
+          "the network's replace them):\n")
+    print("| workload | gradient | " + " | ".join(f"{n} ranks" for n in (4, 8, 16, 32, 64)) +
+          " |")
+    print("|---|---:|" + "---:|" * 5)
+    for kind, r in rows:
+        nbytes = 4 * r["ranks"]["params"]
+        cells = [f"{ring_allreduce(nbytes, n, net['latency'], net['bandwidth']) * 1e3:.3f} ms"
+                 for n in (4, 8, 16, 32, 64)]
+        print(f"| {kind} | {nbytes / 2**20:.2f} MiB | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
