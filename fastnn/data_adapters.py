@@ -175,6 +175,7 @@ class Batches:
         self.shuffle = bool(shuffle)
         self._it = None             # the pass in progress
         self._seen = 0              # batches taken from it
+        self._yielded = False       # any batch yet
         self.exhausted = False      # a single-pass source ran out
         self.interrupted = False    # ran out before `steps`: stop the fit after this epoch
 
@@ -229,11 +230,12 @@ class Batches:
                         self.exhausted = True
                         if self.num_batches is None:
                             self.num_batches = self._seen
-                    if self.steps is not None or step == 0:
-                        warnings.warn(RAN_OUT, stacklevel=4)
+                    if (self.steps is not None or step == 0) and self._yielded:
+                        warnings.warn(RAN_OUT, stacklevel=4)    # (empty: run_epoch raises)
                         self.interrupted = self.single_pass
                     break
                 self._seen += 1
+                self._yielded = True
                 step += 1
                 yield self._standardize(batch)
         finally:
