@@ -138,8 +138,9 @@ class Batches:
         self.x, self.steps, self.arg = x, steps, arg
         self.class_weight = class_weight
         self.pydataset = isinstance(x, PyDataset)
-        self.single_pass = not self.pydataset and (isinstance(x, types.GeneratorType) or
-                                                   iter(x) is x)
+        # an iterator (a generator) is read once; an iterable (a DataLoader) gives a new
+        # pass per epoch (not iter(x) is x: that would start a DataLoader's workers)
+        self.single_pass = not self.pydataset and hasattr(x, "__next__")
         if self.pydataset:
             self.num_batches = x.num_batches
             if self.num_batches is not None and (isinstance(self.num_batches, bool) or
@@ -243,6 +244,12 @@ class Batches:
                 if self.steps is None:
                     self._close()
                 self.x.on_epoch_end()
+
+    def reset(self):
+        """The next epoch starts a new pass (evaluate's rule in Keras: each validation reads
+        from the first batch). A single-pass iterator reads on."""
+        if not self.single_pass:
+            self._close()
 
     def close(self):
         """Stop a pass left open (steps_per_epoch reads on across epochs)."""
@@ -483,6 +490,7 @@ def _fit_epochs(model, train, cbs, epochs, initial_epoch, class_weight, validati
 def validate(model, val, batch_size, steps, cbs):
     """One validation pass: over a Batches source, or the trainer's arrays (x, y, w)."""
     if isinstance(val, Batches):
+        val.reset()
         return evaluate_batches(model, val, cbs, "x_val")
     return model._evaluate_arrays(*val, batch_size, steps, cbs, arg="x_val")
 

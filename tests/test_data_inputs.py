@@ -662,3 +662,81 @@ def test_image_dataset_errors(tmp_path, rng):
         image_dataset_from_directory(root, interpolation="bicubic")
     with pytest.raises(ValueError, match="No images found"):
         image_dataset_from_directory(root, class_names=[], verbose=False)
+
+
+def test_torch_dataloader(rng):
+    """A torch DataLoader (an iterable with __len__, torch tensors): a new pass per epoch."""
+    torch = pytest.importorskip("torch")
+    x, y = data(rng)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
+        batch_size=BATCH, shuffle=False)
+    a, b = model(), model()
+    ha = a.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+    hb = b.fit(loader, epochs=2, shuffle=False, verbose=0)
+    assert_same_history(ha, hb)
+    assert_same_weights(a, b)
+
+
+def test_predict_several_outputs_on_batches(rng):
+    x, _ = data(rng)
+    inp = keras.Input((D,))
+    h = layers.Dense(8, activation="relu")(inp)
+    m = keras.Model(inp, [layers.Dense(2)(h), layers.Dense(3, activation="softmax")(h)])
+    got = m.predict(iter([x[:40], x[40:]]), verbose=0)
+    expected = m.predict(x, verbose=0)
+    assert isinstance(got, list) and len(got) == 2
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-7)
+
+
+def test_matches_keras_on_pydataset_and_generator(rng):
+    """The same model, weights and batches in Keras 3 (its own keras.utils.PyDataset with
+    class_weight and validation_steps, a generator with steps_per_epoch): the same history
+    and weights. (Not a validation generator: Keras replays its first batches each pass.)"""
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    k = pytest.importorskip("keras")
+    x, y = data(rng)
+    xv, yv = data(rng, 40)
+    cw = {0: 1.0, 1: 2.0, 2: 0.5}
+    results = []
+    for K in (keras, k):
+        class Batches(K.utils.PyDataset):
+            def __init__(self, **kwargs):
+                super().__init__(**kwargs)
+
+            def __len__(self):
+                return 4
+
+            def __getitem__(self, i):
+                return x[i * BATCH:(i + 1) * BATCH], y[i * BATCH:(i + 1) * BATCH]
+
+        class Val(K.utils.PyDataset):
+            def __len__(self):
+                return 3
+
+            def __getitem__(self, i):
+                return xv[i * 16:(i + 1) * 16], yv[i * 16:(i + 1) * 16]
+
+        m = K.Sequential([K.Input((D,)), K.layers.Dense(8, activation="relu"),
+                          K.layers.Dense(CLASSES, activation="softmax")])
+        if results:
+            m.set_weights(results[0][0])
+        start = m.get_weights()
+        m.compile(K.optimizers.SGD(0.1), "sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+        h1 = m.fit(Batches(), epochs=2, shuffle=False, class_weight=cw, verbose=0,
+                   validation_data=Val(), validation_steps=2)
+        h2 = m.fit(batches(x, y, epochs=2), epochs=2, steps_per_epoch=4, verbose=0,
+                   shuffle=False)
+        results.append((start, h1.history, h2.history, m.get_weights(),
+                        m.evaluate(Batches(), verbose=0)))
+    (_, a1, a2, wa, ea), (_, b1, b2, wb, eb) = results
+    for ours, theirs in ((a1, b1), (a2, b2)):
+        assert sorted(ours) == sorted(theirs)
+        for key in theirs:
+            np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-4, atol=1e-5,
+                                       err_msg=key)
+    np.testing.assert_allclose(ea, eb, rtol=1e-4, atol=1e-5)
+    for p, q in zip(wa, wb):
+        np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-5)
