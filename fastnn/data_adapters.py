@@ -17,9 +17,7 @@ generator that is exhausted stops the fit with that warning (Keras replays its f
 """
 import collections
 import itertools
-import math
 import multiprocessing
-import threading
 import types
 import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -90,7 +88,7 @@ class PyDataset:
             yield self[index]
 
 
-# ---- what counts as batched data --------------------------------------------------------------
+# ---- what counts as batched data ----------------------------------------------------------
 def is_batched(x):
     """Whether x is data given as batches (not arrays, lists or dicts of arrays)."""
     if x is None or isinstance(x, (np.ndarray, list, tuple, dict, str, bytes, np.generic)):
@@ -129,7 +127,7 @@ def check_unused(x, y=None, sample_weight=None, batch_size=None, validation_spli
                          f"{kind}; pass validation_data instead")
 
 
-# ---- one source of batches, epoch after epoch ----------------------------------------------------
+# ---- one source of batches, epoch after epoch ---------------------------------------------
 class Batches:
     """x's batches, epoch after epoch, by Keras's EpochIterator rules. steps: steps_per_epoch
     (or evaluate/predict's steps), None for one whole pass."""
@@ -319,7 +317,7 @@ def source(data, steps, shuffle=False, class_weight=None, arg="x"):
                                                           arg)
 
 
-# ---- the loops ------------------------------------------------------------------------------------
+# ---- the loops ----------------------------------------------------------------------------
 def _prepared(model, batch, class_weight, arg):
     """A batch as the trainer's arrays: (x, targets, weights, y_shape)."""
     x, y, w = batch

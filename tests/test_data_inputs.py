@@ -562,9 +562,11 @@ def _expected_image(path, size, interpolation="bilinear", color_mode="rgb"):
     try:
         import torch
         t = torch.from_numpy(arr.transpose(2, 0, 1)[None].copy())
-        out = torch.nn.functional.interpolate(t, size=size, mode="nearest-exact" if interpolation == "nearest" else interpolation,
-                                              **({"align_corners": False}
-                                                 if interpolation == "bilinear" else {}))
+        # ("nearest-exact": tf.image.resize's half-pixel nearest)
+        mode = "nearest-exact" if interpolation == "nearest" else interpolation
+        out = torch.nn.functional.interpolate(
+            t, size=size, mode=mode,
+            **({"align_corners": False} if interpolation == "bilinear" else {}))
         return out[0].numpy().transpose(1, 2, 0)
     except ImportError:
         from fastnn.images import resize
