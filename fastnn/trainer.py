@@ -585,21 +585,16 @@ class Trainer:
             raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
         if shuffle not in (True, False, "batch"):
             raise ValueError(f"shuffle must be True, False or 'batch', got {shuffle!r}")
-        val = data_adapters.validation_source(validation_data, validation_steps,
-                                              validation_batch_size)
-        if val is None and validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or \
-                    len(validation_data) not in (2, 3):
-                raise ValueError("validation_data must be a tuple (x_val, y_val) or "
-                                 "(x_val, y_val, sample_weight_val)")
-            vw = validation_data[2] if len(validation_data) == 3 else None
-            val = self._prepare_xy(validation_data[0], validation_data[1], vw, arg="x_val")[:3]
         if batched:
+            val = self._prepare_validation(validation_data, validation_steps,
+                                           validation_batch_size)
             return data_adapters.fit(self, x, epochs, verbose, callbacks, val, shuffle,
                                      class_weight, initial_epoch, steps_per_epoch,
                                      validation_steps, validation_freq, val_batch_size)
         x, y, w, y_shape = self._prepare_xy(x, y, sample_weight, class_weight)
-        if validation_split:
+        val = self._prepare_validation(validation_data, validation_steps,
+                                       validation_batch_size)
+        if val is None and validation_split:
             n = x.shape[0]
             split_at = int(math.floor(n * (1.0 - validation_split)))
             if split_at == 0 or split_at == n:
@@ -699,6 +694,21 @@ class Trainer:
             self.optimizer.finalize_variable_values(self._params)
         cbs.on_train_end(logs)
         return cbs.history
+
+    def _prepare_validation(self, validation_data, validation_steps, validation_batch_size):
+        """validation_data as the trainer's arrays (x, y, w), as batches (a data_adapters
+        source), or None."""
+        if validation_data is None:
+            return None
+        val = data_adapters.validation_source(validation_data, validation_steps,
+                                              validation_batch_size)
+        if val is not None:
+            return val
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError("validation_data must be a tuple (x_val, y_val) or "
+                             "(x_val, y_val, sample_weight_val)")
+        vw = validation_data[2] if len(validation_data) == 3 else None
+        return self._prepare_xy(validation_data[0], validation_data[1], vw, arg="x_val")[:3]
 
     def _evaluate_arrays(self, x, y, w, batch_size, steps, cbs, arg="x"):
         """Run the test loop and return its logs. Training metrics are saved and restored so a
