@@ -356,20 +356,22 @@ def _joined(parts):
                                            writeable=False)
 
 
-def _run_chunk(model, runner, chunk, training, arg):
-    """Batches of one size (the last may be shorter) through the fused stack in one call."""
-    if len(chunk) == 1:
-        x, y, w = chunk[0][:3]
-    else:
-        x = _joined([c[0] for c in chunk])
-        y = _joined([c[1] for c in chunk])
-        w = None if chunk[0][2] is None else _joined([c[2] for c in chunk])
-    return runner.run_epoch(x, y, w, None, len(chunk), len(chunk[0][0]), training, None,
-                            False, model._logs, arg)
+def _raw(batch, runner, class_weight):
+    """Whether a batch can join a chunk as it is: arrays the fused stack reads, checked
+    (model._prepare_xy) once per chunk rather than once per batch."""
+    x, y, w = batch
+    if class_weight is not None and w is not None:
+        raise ValueError("You cannot specify `class_weight` and `sample_weight` at the same "
+                         "time.")
+    return isinstance(x, np.ndarray) and isinstance(y, np.ndarray) and x.ndim > 1 and \
+        y.ndim > 0 and len(x) == len(y) and (w is None or isinstance(w, np.ndarray)) and \
+        runner.accepts(x)
 
 
 def run_epoch(model, batches, training, cbs, class_weight=None, arg="x"):
-    """One epoch (training) or one evaluation pass over `batches`; returns the steps run."""
+    """One epoch (training) or one evaluation pass over `batches`; returns the steps run.
+    Where the fused C stack runs the model and no callback reads single batches, equal
+    batches go to it in chunks (one call, one check of the joined arrays)."""
     from .stack import DenseRunner
     kind = "train" if training else "test"
     begin, end = getattr(cbs, f"on_{kind}_batch_begin"), getattr(cbs, f"on_{kind}_batch_end")
@@ -378,17 +380,35 @@ def run_epoch(model, batches, training, cbs, class_weight=None, arg="x"):
     step_fn = model._train_step if training else model._test_step
     runner, chunk, step = False, [], 0
 
-    def flush():
+    def fused(x, y, w, batch, steps):
+        """steps batches of `batch` rows (the last may be shorter), checked, in one call."""
         nonlocal step
-        if not chunk:
-            return
-        _run_chunk(model, runner, chunk, training, arg)
-        step += len(chunk)
-        chunk.clear()
+        runner.run_epoch(x, y, w, None, steps, batch, training, None, False, model._logs, arg)
+        step += steps
         if wants_end:
-            end(step - 1, model._logs(wait=False))
+            end(step - 1, model._logs(wait=per_step))
+
+    def flush():
+        if chunk:
+            x, y, w = (None if chunk[0][i] is None else _joined([c[i] for c in chunk])
+                       for i in range(3))
+            x, y, w, _ = model._prepare_xy(x, y, w, class_weight, arg=arg)
+            fused(x, y, w, len(chunk[0][0]), len(chunk))
+            chunk.clear()
 
     for batch in batches.epoch():
+        if runner is not False and runner is not None and not per_step and \
+                _raw(batch, runner, class_weight):
+            # a chunk holds batches of one size; a shorter one ends it (the last batch)
+            if chunk and len(batch[0]) > len(chunk[0][0]):
+                flush()
+            chunk.append(batch)
+            if len(chunk) >= _CHUNK_BATCHES or len(batch[0]) < len(chunk[0][0]):
+                flush()
+                if training and model.stop_training:
+                    break
+            continue
+        flush()
         x, y, w, y_shape = _prepared(model, batch, class_weight, arg)
         if runner is False:      # the first batch: the metrics and the path
             model._build_metrics(y_shape)
@@ -398,19 +418,11 @@ def run_epoch(model, batches, training, cbs, class_weight=None, arg="x"):
                 model._pack_parameters()
                 model._mode = model._loss_mode()
             runner = DenseRunner.for_model(model, training=training)
+        if per_step:
+            begin(step)
         if runner is not None and runner.accepts(x):
-            # a chunk holds batches of one size; a shorter one ends it (the last batch)
-            if chunk and len(x) > len(chunk[0][0]):
-                flush()
-            if per_step:
-                begin(step)
-            chunk.append((x, y, w))
-            if per_step or len(chunk) >= _CHUNK_BATCHES or len(x) < len(chunk[0][0]):
-                flush()
+            fused(x, y, w, len(x), 1)
         else:
-            flush()
-            if per_step:
-                begin(step)
             dx, dy, dw = model._to_device(x, y, w, arg)
             step_fn(model._gather("x", dx, slice(None)), model._gather("y", dy, slice(None)),
                     None if dw is None else model._gather("w", dw, slice(None)))
