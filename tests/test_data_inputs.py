@@ -742,3 +742,32 @@ def test_matches_keras_on_pydataset_and_generator(rng):
     np.testing.assert_allclose(ea, eb, rtol=1e-4, atol=1e-5)
     for p, q in zip(wa, wb):
         np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-5)
+
+
+def test_per_batch_callback_and_bad_batches(rng):
+    """A callback reading every batch (one step per call) gives the same weights and sees
+    every batch; a bad label or a NaN in a later batch raises, naming the problem."""
+    x, y = data(rng)
+    seen = []
+
+    class Seen(callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append((batch, logs["loss"]))
+
+    a, b = model(), model()
+    ha = a.fit(x, y, batch_size=BATCH, epochs=2, shuffle=False, verbose=0)
+    hb = b.fit(ArrayDataset(x, y), epochs=2, shuffle=False, verbose=0, callbacks=[Seen()])
+    assert_same_history(ha, hb)
+    assert_same_weights(a, b)
+    assert [s for s, _ in seen] == [0, 1, 2, 3] * 2
+    assert seen[3][1] == pytest.approx(hb.history["loss"][0], rel=1e-6)
+    bad_y = y.copy()
+    bad_y[70] = CLASSES
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
+        model().fit(ArrayDataset(x, bad_y), epochs=1, shuffle=False, verbose=0)
+    bad_x = x.copy()
+    bad_x[90, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model().fit(ArrayDataset(bad_x, y), epochs=1, shuffle=False, verbose=0)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model(fused=False).fit(batches(bad_x, y), epochs=1, shuffle=False, verbose=0)
