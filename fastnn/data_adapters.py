@@ -18,6 +18,8 @@ generator that is exhausted stops the fit with that warning (Keras replays its f
 import collections
 import itertools
 import multiprocessing
+import os
+import sys
 import types
 import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -32,6 +34,15 @@ RAN_OUT = ("Your input ran out of data; interrupting training. Make sure that yo
 # Equal batches gathered into one fused call when no callback reads single batches: the C
 # stack then runs them back to back (the Python work per call is paid once per chunk).
 _CHUNK_BATCHES = 64
+
+
+def _warn(message):
+    """Warn at the user's line: the first frame outside fastnn."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_code.co_filename.startswith(here):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
 
 
 class PyDataset:
@@ -50,10 +61,10 @@ class PyDataset:
 
     def _setting(self, name, default):
         if not hasattr(self, "_" + name):
-            warnings.warn("Your `PyDataset` class should call `super().__init__(**kwargs)` in "
-                          "its constructor. `**kwargs` can include `workers`, "
-                          "`use_multiprocessing`, `max_queue_size`. Do not pass these "
-                          "arguments to `fit()`, as they will be ignored.", stacklevel=3)
+            _warn("Your `PyDataset` class should call `super().__init__(**kwargs)` in "
+                  "its constructor. `**kwargs` can include `workers`, "
+                  "`use_multiprocessing`, `max_queue_size`. Do not pass these "
+                  "arguments to `fit()`, as they will be ignored.")
             setattr(self, "_" + name, default)
         return getattr(self, "_" + name)
 
@@ -148,9 +159,9 @@ class Batches:
                 raise ValueError(f"{type(x).__name__}.num_batches (its __len__) must be a "
                                  f"non-negative int or None, got {self.num_batches!r}")
             if self.num_batches is None and shuffle:
-                warnings.warn("`shuffle=True` was passed, but will be ignored since the data "
-                              "`x` was provided as an infinite PyDataset. The PyDataset is "
-                              "expected to already be shuffled.", stacklevel=4)
+                _warn("`shuffle=True` was passed, but will be ignored since the data "
+                      "`x` was provided as an infinite PyDataset. The PyDataset is "
+                      "expected to already be shuffled.")
                 shuffle = False
             workers, procs = x.workers, x.use_multiprocessing
             if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or \
@@ -165,9 +176,9 @@ class Batches:
                                  "threads (use_multiprocessing=False)")
         else:
             if shuffle:
-                warnings.warn(f"`shuffle=True` was passed, but will be ignored since the data "
-                              f"`x` was provided as a {_kind(x)}. The {_kind(x)} is expected "
-                              f"to yield already-shuffled data.", stacklevel=4)
+                _warn(f"`shuffle=True` was passed, but will be ignored since the data "
+                      f"`x` was provided as a {_kind(x)}. The {_kind(x)} is expected "
+                      f"to yield already-shuffled data.")
             shuffle = False
             self.num_batches = len(x) if not self.single_pass and hasattr(x, "__len__") \
                 else None
@@ -219,7 +230,7 @@ class Batches:
             while self.steps is None or step < self.steps:
                 if self.num_batches is not None and self._seen >= self.num_batches:
                     if self.steps is not None:
-                        warnings.warn(RAN_OUT, stacklevel=4)
+                        _warn(RAN_OUT)
                     break
                 try:
                     batch = next(self._it)
@@ -230,7 +241,7 @@ class Batches:
                         if self.num_batches is None:
                             self.num_batches = self._seen
                     if (self.steps is not None or step == 0) and self._yielded:
-                        warnings.warn(RAN_OUT, stacklevel=4)    # (empty: run_epoch raises)
+                        _warn(RAN_OUT)    # (empty: run_epoch raises)
                         self.interrupted = self.single_pass
                     break
                 self._seen += 1
@@ -479,7 +490,7 @@ def _fit_epochs(model, train, cbs, epochs, initial_epoch, class_weight, validati
     logs = {}
     for epoch in range(initial_epoch, epochs):
         if train.exhausted and train.steps is None:
-            warnings.warn(RAN_OUT, stacklevel=3)   # a used-up generator: nothing for this epoch
+            _warn(RAN_OUT)   # a used-up generator: nothing for this epoch
             break
         model.reset_metrics()
         cbs.on_epoch_begin(epoch)

@@ -771,3 +771,13 @@ def test_per_batch_callback_and_bad_batches(rng):
         model().fit(ArrayDataset(bad_x, y), epochs=1, shuffle=False, verbose=0)
     with pytest.raises(ValueError, match="NaN or inf"):
         model(fused=False).fit(batches(bad_x, y), epochs=1, shuffle=False, verbose=0)
+
+
+def test_multiprocessing_refused_without_fork(rng, monkeypatch):
+    import multiprocessing
+    x, y = data(rng)
+    monkeypatch.setattr(multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    with pytest.raises(ValueError, match="needs the 'fork' start method"):
+        model().fit(ArrayDataset(x, y, workers=2, use_multiprocessing=True), verbose=0)
+    with pytest.raises(ValueError, match="workers must be a non-negative int"):
+        model().fit(ArrayDataset(x, y, workers=-1), verbose=0)
