@@ -236,6 +236,14 @@ class ProgbarLogger(Callback):
 
     def _reset(self):
         self.progbar = Progbar(self.target, verbose=self.verbose)
+        self._seen = 0
+
+    def _finalize(self, logs=None):
+        """The last update. With data of unknown length (a generator), the steps seen make
+        the target, known from the second epoch on (as Keras's)."""
+        if self.target is None:
+            self.target = self.progbar.target = self._seen
+        self.progbar.update(self.target, logs, finalize=True)
 
     def on_train_begin(self, logs=None):
         self._in_fit = True
@@ -246,33 +254,37 @@ class ProgbarLogger(Callback):
             print(f"Epoch {epoch + 1}/{self.epochs}", flush=True)
 
     def on_train_batch_end(self, batch, logs=None):
+        self._seen = batch + 1
         if self.verbose == 1:
             self.progbar.update(batch + 1, list((logs or {}).items()), finalize=False)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.progbar.update(self.target, list((logs or {}).items()), finalize=True)
+        self._finalize(list((logs or {}).items()))
 
     def on_test_begin(self, logs=None):
         if not self._in_fit:
             self._reset()
 
     def on_test_batch_end(self, batch, logs=None):
-        if not self._in_fit and self.verbose == 1:
-            self.progbar.update(batch + 1, list((logs or {}).items()), finalize=False)
+        if not self._in_fit:
+            self._seen = batch + 1
+            if self.verbose == 1:
+                self.progbar.update(batch + 1, list((logs or {}).items()), finalize=False)
 
     def on_test_end(self, logs=None):
         if not self._in_fit:
-            self.progbar.update(self.target, list((logs or {}).items()), finalize=True)
+            self._finalize(list((logs or {}).items()))
 
     def on_predict_begin(self, logs=None):
         self._reset()
 
     def on_predict_batch_end(self, batch, logs=None):
+        self._seen = batch + 1
         if self.verbose == 1:
             self.progbar.update(batch + 1, finalize=False)
 
     def on_predict_end(self, logs=None):
-        self.progbar.update(self.target, finalize=True)
+        self._finalize()
 
 
 class MonitorCallback(Callback):

@@ -857,7 +857,9 @@ class Functional(Model):
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         out = super().predict(x, batch_size, verbose, steps, callbacks)
-        return out if len(self.outputs) == 1 else self._split_outputs(out)
+        # (batched x: already split, batch by batch)
+        return out if len(self.outputs) == 1 or isinstance(out, list) else \
+            self._split_outputs(out)
 
     def __call__(self, x, training=False):
         if len(self.inputs) == 1 and len(self.outputs) == 1 or is_symbolic(x) or \

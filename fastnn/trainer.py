@@ -14,6 +14,7 @@ import numpy as np
 
 from . import activations
 from . import callbacks as callbacks_module
+from . import data_adapters
 from . import distribution as distribution_module
 from . import losses as losses_module
 from . import regularizers
@@ -176,8 +177,25 @@ class Trainer:
         names = [m.name for m in self._trackers()]
         return logs["loss"] if len(names) == 1 else [logs[name] for name in names]
 
+    def _one(self, data, names, what, arg):
+        """Data for a model's one input (output): an array, or as Keras also takes it, a list
+        of one array or a dict by the input's (output's) name."""
+        if isinstance(data, dict):
+            if not names:
+                raise ValueError(f"{arg}: model {self.name!r} has no named {what}s; pass an "
+                                 f"array, not a dict")
+            if set(data) != {names[0]}:
+                raise ValueError(f"{arg}: model {self.name!r} has one {what} {names[0]!r}; "
+                                 f"got a dict with keys {sorted(map(str, data))}")
+            return data[names[0]]
+        if isinstance(data, (list, tuple)) and len(data) == 1 and \
+                len(getattr(data[0], "shape", ())) > 0:
+            return data[0]          # [array] (a list of lists stays one array's rows)
+        return data
+
     def _prepare_targets(self, y, n, arg, y_arg):
         """(targets as the loss reads them, y's shape for the metrics)."""
+        y = self._one(y, getattr(self, "output_names", None), "output", y_arg)
         if np.shape(y)[:1] != (n,):
             raise ValueError(f"{arg} and {y_arg} must have the same number of samples, got "
                              f"{n} and {np.shape(y)[0] if np.ndim(y) else 'a scalar'}")
@@ -192,7 +210,7 @@ class Trainer:
     def _prepare_x(self, x, arg="x"):
         if x is None:
             raise ValueError(f"{arg} is required")
-        x = np.asarray(x)
+        x = np.asarray(self._one(x, getattr(self, "input_names", None), "input", arg))
         if x.dtype.kind not in "biuf":
             raise TypeError(f"{arg} must be a real numeric array (bool, int or float), got "
                             f"dtype {x.dtype}")
@@ -622,6 +640,11 @@ class Trainer:
             validation_batch_size=None, validation_freq=1):
         self._check_compiled("fit")
         verbose = _resolve_verbose(verbose)
+        batched = data_adapters.is_batched(x)     # generators, iterables, PyDataset
+        if batched:
+            data_adapters.check_unused(x, y, sample_weight, batch_size, validation_split)
+        if batched or data_adapters.is_batched(validation_data):
+            _arrays_across_ranks("fit")
         batch_size = _check_batch_size(batch_size)
         val_batch_size = _check_batch_size(validation_batch_size or batch_size,
                                            "validation_batch_size")
@@ -637,16 +660,16 @@ class Trainer:
             raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
         if shuffle not in (True, False, "batch"):
             raise ValueError(f"shuffle must be True, False or 'batch', got {shuffle!r}")
+        if batched:
+            val = self._prepare_validation(validation_data, validation_steps,
+                                           validation_batch_size)
+            return data_adapters.fit(self, x, epochs, verbose, callbacks, val, shuffle,
+                                     class_weight, initial_epoch, steps_per_epoch,
+                                     validation_steps, validation_freq, val_batch_size)
         x, y, w, y_shape = self._prepare_xy(x, y, sample_weight, class_weight)
-        val = None
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or \
-                    len(validation_data) not in (2, 3):
-                raise ValueError("validation_data must be a tuple (x_val, y_val) or "
-                                 "(x_val, y_val, sample_weight_val)")
-            vw = validation_data[2] if len(validation_data) == 3 else None
-            val = self._prepare_xy(validation_data[0], validation_data[1], vw, arg="x_val")[:3]
-        elif validation_split:
+        val = self._prepare_validation(validation_data, validation_steps,
+                                       validation_batch_size)
+        if val is None and validation_split:
             n = x.shape[0]
             split_at = int(math.floor(n * (1.0 - validation_split)))
             if split_at == 0 or split_at == n:
@@ -701,7 +724,7 @@ class Trainer:
             self._check_finite(x)
         else:
             rollback = self._training_state(rng)
-        if val is not None:
+        if isinstance(val, tuple):
             val = self._to_device(*val, arg="x_val")
         on_device = ops.is_device and isinstance(x, ops.xp.ndarray)
         logs = {}
@@ -748,8 +771,8 @@ class Trainer:
             logs = self._global_logs()
             if val is not None and _should_validate(epoch, validation_freq):
                 cbs.on_test_begin()         # validation calls the test hooks, as in Keras
-                val_logs = self._evaluate_arrays(*val, val_batch_size, validation_steps, cbs,
-                                                 arg="x_val")
+                val_logs = data_adapters.validate(self, val, val_batch_size, validation_steps,
+                                                  cbs)
                 cbs.on_test_end(val_logs)
                 logs.update({"val_" + k: v for k, v in val_logs.items()})
                 logs = dict(sorted(logs.items()))
@@ -760,6 +783,21 @@ class Trainer:
             self.optimizer.finalize_variable_values(self._params)
         cbs.on_train_end(logs)
         return cbs.history
+
+    def _prepare_validation(self, validation_data, validation_steps, validation_batch_size):
+        """validation_data as the trainer's arrays (x, y, w), as batches (a data_adapters
+        source), or None."""
+        if validation_data is None:
+            return None
+        val = data_adapters.validation_source(validation_data, validation_steps,
+                                              validation_batch_size)
+        if val is not None:
+            return val
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError("validation_data must be a tuple (x_val, y_val) or "
+                             "(x_val, y_val, sample_weight_val)")
+        vw = validation_data[2] if len(validation_data) == 3 else None
+        return self._prepare_xy(validation_data[0], validation_data[1], vw, arg="x_val")[:3]
 
     def _evaluate_arrays(self, x, y, w, batch_size, steps, cbs, arg="x"):
         """Run the test loop and return its logs. Training metrics are saved and restored so a
@@ -803,8 +841,13 @@ class Trainer:
                  steps=None, callbacks=None, return_dict=False):
         self._check_compiled("evaluate")
         verbose = _resolve_verbose(verbose)
-        batch_size = _check_batch_size(batch_size)
         steps = _check_steps(steps, "steps")
+        if data_adapters.is_batched(x):
+            data_adapters.check_unused(x, y, sample_weight, batch_size)
+            _arrays_across_ranks("evaluate")
+            logs = data_adapters.evaluate(self, x, verbose, steps, callbacks)
+            return logs if return_dict else self._results(logs)
+        batch_size = _check_batch_size(batch_size)
         x, y, w, y_shape = self._prepare_xy(x, y, sample_weight)
         batch_size = min(batch_size, x.shape[0])
         self._build_metrics(y_shape)
@@ -825,8 +868,12 @@ class Trainer:
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         verbose = _resolve_verbose(verbose)
-        batch_size = _check_batch_size(batch_size)
         steps = _check_steps(steps, "steps")
+        if data_adapters.is_batched(x):
+            data_adapters.check_unused(x, batch_size=batch_size)
+            _arrays_across_ranks("predict")
+            return data_adapters.predict(self, x, verbose, steps, callbacks)
+        batch_size = _check_batch_size(batch_size)
         x = self._prepare_x(x)
         dist = distribution_module.active()
         if dist is None:
@@ -919,6 +966,15 @@ class Trainer:
         if return_dict:
             return logs
         return self._results(logs)
+
+
+def _arrays_across_ranks(method):
+    """Batches from a generator, an iterable or a PyDataset are not split across the ranks of
+    a DataParallel job yet: refuse them there (each rank would train on every batch)."""
+    if distribution_module.active() is not None:
+        raise ValueError(f"{method}: under fastnn.distribution.DataParallel, pass NumPy arrays "
+                         "(each rank takes its slice of every global batch); generators, "
+                         "iterables and PyDataset are not split across ranks yet")
 
 
 def scale_back(loss, n):

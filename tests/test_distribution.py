@@ -185,3 +185,16 @@ def test_batch_normalization_training_is_refused_by_name(monkeypatch):
     monkeypatch.setattr(distribution, "_DISTRIBUTION", fake)
     with pytest.raises(ValueError, match="'bn'.*BatchNormalization"):
         model.fit(np.ones((8, 4), np.float32), np.zeros(8, np.int64), verbose=0)
+
+
+def test_batches_from_iterables_are_refused_across_ranks(monkeypatch):
+    model = fastnn.Sequential([fastnn.Input((4,)), L.Dense(2, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    monkeypatch.setattr(distribution, "_DISTRIBUTION", _ranks(2)[0])
+    batches = [(np.ones((4, 4), np.float32), np.zeros(4, np.int64))]
+    with pytest.raises(ValueError, match="fit: under fastnn.distribution.DataParallel"):
+        model.fit(iter(batches), verbose=0)
+    with pytest.raises(ValueError, match="evaluate: under"):
+        model.evaluate(iter(batches), verbose=0)
+    with pytest.raises(ValueError, match="predict: under"):
+        model.predict(iter([np.ones((4, 4), np.float32)]), verbose=0)
