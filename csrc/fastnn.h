@@ -300,6 +300,11 @@ typedef struct {
     int64_t target_len;
     const float *weights;              /* per-row sample weights, may be NULL */
     const int64_t *order;              /* row order (a permutation), NULL for 0, 1, 2, ... */
+    /* When not NULL: each batch's outputs (rows x d_out), for the metrics the stack does not
+     * compute itself; the batch starting at position `first` of the order writes its rows
+     * from row first - outputs_first on. */
+    float *outputs;
+    int64_t outputs_first;
 } fnn_stack_data;
 
 int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, int64_t start,

@@ -232,6 +232,9 @@ static int run_batch(const fnn_stack *s, const fnn_stack_data *d, const float *x
     }
     sums[0] += total * (s->mean_reduction ? 1.0 : (double)rows);
     sums[1] += rows;
+    if (d->outputs)
+        memcpy(d->outputs + (size_t)(first - d->outputs_first) * cols, out,
+               (size_t)rows * cols * sizeof(float));
     if (s->metric != FNN_METRIC_NONE) {
         sums[2] += count_correct(s, out, cols, rows, labels, targets);
         sums[3] += rows;

@@ -149,6 +149,8 @@ cdef extern from "fastnn.h" nogil:
         int64_t target_len
         const float *weights
         const int64_t *order
+        float *outputs
+        int64_t outputs_first
     int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, int64_t start,
                           int64_t n_steps, const float *scalars, double *sums, int *status,
                           int n_threads)
@@ -1718,6 +1720,7 @@ cdef class DenseStack:
         d.x, d.x_type, d.rows, d.x_len = <const void *><size_t>x.ctypes.data, kinds[x.dtype], n, \
             self.d_in
         d.labels, d.targets, d.weights, d.order, d.target_len = NULL, NULL, NULL, NULL, 0
+        d.outputs, d.outputs_first = NULL, 0
         cdef const int32_t[::1] lab
         cdef const float[:, ::1] tgt
         cdef const float[::1] wv
@@ -1750,9 +1753,10 @@ cdef class DenseStack:
         return 0
 
     def run(self, x, y, weights, order, int64_t start, int64_t n_steps, bint train,
-            scalars, sums):
+            scalars, sums, outputs=None):
         """Run batches start .. start + n_steps - 1 of the epoch (see fnn_stack_run); returns
-        (steps run, status)."""
+        (steps run, status). outputs (at least n_steps * batch rows of d_out, or None): each
+        batch's outputs, in the order's positions from start * batch on."""
         cdef fnn_stack_data d
         if not self.train:
             raise ValueError("DenseStack.run: this DenseStack was built for inference only")
@@ -1791,6 +1795,18 @@ cdef class DenseStack:
             if bad >= 0:
                 raise ValueError(f"DenseStack.run: order[{bad}] = {d.order[bad]} is not a row "
                                  "of x")
+        cdef float[:, ::1] O = _f2("DenseStack.run: outputs", outputs, False)
+        if O is not None:
+            if O.shape[0] < last - first or O.shape[1] != self.d_out:
+                raise ValueError(f"DenseStack.run: outputs: expected at least ({last - first}, "
+                                 f"{self.d_out}), got {_shape2(O)}")
+            _disjoint("DenseStack.run: outputs", _p2(O), _n2(O), "x", d.x, <size_t>x.nbytes)
+            _disjoint("DenseStack.run: outputs", _p2(O), _n2(O), "sums", &S[0], 32)
+            _disjoint("DenseStack.run: outputs", _p2(O), _n2(O), "the parameters",
+                      self.s.params, 4 * self.s.n_params)
+            _disjoint("DenseStack.run: outputs", _p2(O), _n2(O), "the gradients",
+                      self.s.grads, 4 * self.s.n_params)
+            d.outputs, d.outputs_first = &O[0, 0], first
         cdef int status = 0
         cdef int64_t done
         cdef const float *sp = &SC[0, 0] if train else NULL

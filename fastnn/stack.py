@@ -47,20 +47,23 @@ def _dense_layers(model):
 
 
 def _metric_kind(model, sparse_targets):
-    """C metric kind for the compiled metrics (at most one accuracy), or None."""
-    ms = model._metrics or []
-    if not ms:
-        return 0, 0.5
-    if len(ms) > 1:
-        return None
-    m, width = ms[0], model._output_shape[-1]
-    if type(m) is M.SparseCategoricalAccuracy and sparse_targets:
-        return 1, 0.5
-    if type(m) is M.CategoricalAccuracy and not sparse_targets:
-        return 2, 0.5
-    if type(m) is M.BinaryAccuracy and width == 1 and not sparse_targets:
-        return 3, float(m.threshold)
-    return None
+    """(C metric kind, threshold, the metric it computes or None, the other metrics): the
+    stack counts the first compiled accuracy it has a kernel for itself; the others update
+    from the outputs it keeps, once per chunk of batches (their state adds up over batches, so
+    one update with the chunk's rows is the per-batch updates' sum)."""
+    width = model._output_shape[-1]
+    ms = list(model._metrics or [])
+    for i, m in enumerate(ms):
+        if type(m) is M.SparseCategoricalAccuracy and sparse_targets:
+            kind, threshold = 1, 0.5
+        elif type(m) is M.CategoricalAccuracy and not sparse_targets:
+            kind, threshold = 2, 0.5
+        elif type(m) is M.BinaryAccuracy and width == 1 and not sparse_targets:
+            kind, threshold = 3, float(m.threshold)
+        else:
+            continue
+        return kind, threshold, m, ms[:i] + ms[i + 1:]
+    return 0, 0.5, None, ms
 
 
 class DenseRunner:
@@ -97,8 +100,6 @@ class DenseRunner:
                     model._loss_mode() not in ("fused", "outputs") or \
                     (model._loss_mode() == "outputs" and loss.partner is not None):
                 return None
-            if _metric_kind(model, type(loss) is L.SparseCategoricalCrossentropy) is None:
-                return None
             opt = model.optimizer
             if training and (type(opt) not in _OPTIMIZER_KINDS or opt.use_ema or
                              opt.clipnorm is not None or
@@ -121,7 +122,7 @@ class DenseRunner:
         if training is not None:
             loss = model.loss
             sparse = type(loss) is L.SparseCategoricalCrossentropy
-            metric, threshold = _metric_kind(model, sparse)
+            metric, threshold, _, _ = _metric_kind(model, sparse)
             kwargs = dict(loss=_LOSS_KINDS[type(loss)], fused=model._loss_mode() == "fused",
                           mean_reduction=loss.reduction == "sum_over_batch_size",
                           metric=metric, threshold=threshold, params=model._params,
@@ -178,7 +179,10 @@ class DenseRunner:
         model = self.model
         stack = self._stack(batch, bool(training))
         x2 = self._x2d(x)
-        trackers = [model._loss_tracker] + list(model._metrics)
+        _, _, counted, others = _metric_kind(
+            model, type(model.loss) is L.SparseCategoricalCrossentropy)
+        trackers = [model._loss_tracker] + ([counted] if counted is not None else [])
+        outputs = None
         hook = "on_train_batch_end" if training else "on_test_batch_end"
         wants_end = cbs is not None and cbs.wants(hook)
         begin = "on_train_batch_begin" if training else "on_test_batch_begin"
@@ -194,9 +198,18 @@ class DenseRunner:
             scalars = states = None
             if training:
                 scalars, states = opt.fused_scalars(n)
+            if others:
+                outputs = self._outputs(outputs, n * batch)
             start = time.perf_counter()
-            done, status = stack.run(x2, y, w, order, step, n, bool(training), scalars, sums)
+            done, status = stack.run(x2, y, w, order, step, n, bool(training), scalars, sums,
+                                     outputs)
             self._measured(training, done, time.perf_counter() - start)
+            if others:      # the batches that ran to their update (as _track counts them)
+                first = step * batch
+                last = min(len(x2), (step + done - (status == -1)) * batch)
+                rows = slice(first, last) if order is None else order[first:last]
+                for m in others:
+                    m.update_state(y[rows], outputs[:last - first])
             trackers[0].total, trackers[0].count = float(sums[0]), float(sums[1])
             if len(trackers) > 1:
                 trackers[1].total, trackers[1].count = float(sums[2]), float(sums[3])
@@ -211,6 +224,12 @@ class DenseRunner:
             if training and model.stop_training:
                 return False
         return True
+
+    def _outputs(self, buffer, rows):
+        """A buffer for `rows` rows of outputs (reused while large enough)."""
+        if buffer is None or len(buffer) < rows:
+            buffer = np.empty((rows, self.layers[-1].units), np.float32)
+        return buffer
 
     def predict(self, x, out, batch, cbs=None, per_step=False):
         """Outputs for every row of x into out (rows, units), chunk by chunk."""

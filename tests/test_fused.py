@@ -138,7 +138,7 @@ def test_unsupported_models_take_the_general_path(monkeypatch):
     clipped = _model()
     for model, kw in ((dropout, {}), (logits, dict(loss=losses.SparseCategoricalCrossentropy(
             from_logits=True))), (frozen, {}), (clipped, dict(optimizer=optimizers.Adam(
-                clipnorm=1.0))), (_model(), dict(metrics=["accuracy", "acc"]))):
+                clipnorm=1.0)))):
         model.compile(**{"optimizer": "adam", "loss": "sparse_categorical_crossentropy",
                          "metrics": ["accuracy"], **kw})
         model.fit(x, y, epochs=1, verbose=0)
@@ -147,6 +147,40 @@ def test_unsupported_models_take_the_general_path(monkeypatch):
     model.compile("adam", "sparse_categorical_crossentropy")
     monkeypatch.setenv("FASTNN_FUSED", "0")
     assert DenseRunner.for_model(model, training=True) is None
+
+
+@pytest.mark.parametrize("case", ["sparse", "onehot", "binary", "no_accuracy"])
+def test_several_metrics_stay_on_the_fused_path(monkeypatch, case):
+    """The stack counts one accuracy itself and keeps each batch's outputs for the other
+    metrics, updated once per chunk: the same results as per batch (their state adds up),
+    the same weights bit for bit."""
+    x, y = _data()
+    build = _model
+    metrics = ["accuracy", "sparse_top_k_categorical_accuracy",
+               fastnn.metrics.MeanMetricWrapper(lambda t, p: p.max(axis=-1), name="top")]
+    loss = "sparse_categorical_crossentropy"
+    if case == "onehot":
+        y = np.eye(3, dtype=np.float32)[y]
+        loss, metrics = "categorical_crossentropy", [
+            "mae", "accuracy", fastnn.metrics.Precision(name="p"), fastnn.metrics.AUC(name="a")]
+    elif case == "binary":
+        y = (y == 1).astype(np.float32)
+        build = lambda: _model(out=1, out_act="sigmoid")   # noqa: E731
+        loss, metrics = "binary_crossentropy", [fastnn.metrics.AUC(name="auc"), "accuracy",
+                                                fastnn.metrics.Recall(name="recall")]
+    elif case == "no_accuracy":
+        metrics = ["sparse_top_k_categorical_accuracy"]
+    kw = lambda: dict(optimizer="adam", loss=loss, metrics=list(metrics))  # noqa: E731
+    fit_kw = dict(validation_split=0.2)
+    fused = _train(monkeypatch, True, build, kw, x, y, fit_kw)
+    general = _train(monkeypatch, False, build, kw, x, y, fit_kw)
+    assert fused["history"].keys() == general["history"].keys()
+    assert len(fused["history"]) == 2 * (len(metrics) + 1)
+    for key, values in general["history"].items():
+        np.testing.assert_allclose(fused["history"][key], values, rtol=1e-12, err_msg=key)
+    np.testing.assert_allclose(fused["evaluate"], general["evaluate"], rtol=1e-12)
+    for p, q in zip(fused["weights"], general["weights"]):
+        np.testing.assert_array_equal(p, q)
 
 
 class _Recorder(callbacks.Callback):
