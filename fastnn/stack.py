@@ -27,6 +27,28 @@ _OPTIMIZER_KINDS = {O.SGD: 0, O.Adam: 1, O.AdamW: 1, O.RMSprop: 2, O.Adagrad: 3,
 _CACHE_SIZE = 4
 
 
+class _ScalarsAhead:
+    """The optimizer's scalars one step at a time (a callback reads every batch), computed
+    for AHEAD steps per call: fused_scalars costs about as much for 64 steps as for one.
+    Computed again when a callback changed the learning rate or weight decay, or the step
+    count is not where they continue."""
+    AHEAD = 64
+
+    def __init__(self, opt):
+        self.opt, self.rows, self.at = opt, None, 0
+
+    def next(self):
+        opt = self.opt
+        key = (opt._learning_rate, opt.weight_decay)
+        if self.rows is None or self.at >= len(self.rows) or key != self.key or \
+                opt.iterations != self.base + self.at:
+            self.rows, self.states = opt.fused_scalars(self.AHEAD)
+            self.key, self.base, self.at = key, opt.iterations, 0
+        at = self.at
+        self.at += 1
+        return self.rows[at:at + 1], self.states[at:at + 1]
+
+
 class NonFiniteInput(ValueError):
     """A batch held NaN or inf (found as it was gathered, before it was used)."""
 
@@ -187,6 +209,7 @@ class DenseRunner:
         wants_end = cbs is not None and cbs.wants(hook)
         begin = "on_train_batch_begin" if training else "on_test_batch_begin"
         opt = model.optimizer
+        ahead = _ScalarsAhead(opt) if training and per_step else None
         step = 0
         while step < steps:
             n = self._next_chunk(training, steps - step, per_step)
@@ -196,7 +219,9 @@ class DenseRunner:
                             ([trackers[1].total, trackers[1].count] if len(trackers) > 1
                              else [0.0, 0.0]))
             scalars = states = None
-            if training:
+            if ahead is not None:
+                scalars, states = ahead.next()
+            elif training:
                 scalars, states = opt.fused_scalars(n)
             if others:
                 outputs = self._outputs(outputs, n * batch)

@@ -194,6 +194,24 @@ class _Recorder(callbacks.Callback):
             self.model.stop_training = True
 
 
+class _Warmup(callbacks.Callback):
+    """Sets the learning rate at every batch (the fused path must not step with a stale one
+    it computed ahead)."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.model.optimizer.learning_rate = 0.001 * (1 + batch % 5)
+
+
+@pytest.mark.parametrize("make_opt", [lambda: "adam", lambda: "nadam",
+                                      lambda: optimizers.SGD(0.05, momentum=0.9)])
+def test_a_callback_setting_the_learning_rate_each_batch(monkeypatch, make_opt):
+    x, y = _data()
+    _both(monkeypatch, _model, lambda: dict(optimizer=make_opt(),
+                                            loss="sparse_categorical_crossentropy",
+                                            metrics=["accuracy"]), x, y,
+          dict(callbacks=[_Warmup()], epochs=3))
+
+
 @pytest.mark.parametrize("stop_at", [None, 4])
 def test_per_batch_callbacks_see_every_batch(monkeypatch, stop_at):
     x, y = _data()
