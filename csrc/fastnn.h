@@ -305,8 +305,17 @@ typedef struct {
      * from row first - outputs_first on. */
     float *outputs;
     int64_t outputs_first;
+    /* A preprocessing layer before the first Dense, applied to each gathered value c of a row
+     * (x_len values each): FNN_PRE_AFFINE x * pre_a[c] + pre_b[c] (Rescaling, Normalization's
+     * invert), FNN_PRE_STANDARDIZE (x - pre_a[c]) / pre_b[c] (Normalization), in float32 as
+     * the layers compute it; FNN_PRE_NONE without. */
+    int pre;
+    const float *pre_a, *pre_b;
 } fnn_stack_data;
 
+enum { FNN_PRE_NONE = 0, FNN_PRE_AFFINE = 1, FNN_PRE_STANDARDIZE = 2 };
+
+void fnn_preprocess_row(const fnn_stack_data *d, float *row, size_t len);
 int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, int64_t start,
                       int64_t n_steps, const float *scalars, double *sums, int *status,
                       int n_threads);

@@ -39,10 +39,21 @@ static int all_finite(const float *p, size_t n, int n_threads) {
  * it is still in cache. */
 #define GATHER_PARALLEL 16384
 
+/* A preprocessing layer's arithmetic on one gathered row (see fnn_stack_data.pre), at the
+ * CPU's vector width (a division per value). */
+FNN_DISPATCH
+void fnn_preprocess_row(const fnn_stack_data *d, float *row, size_t len) {
+    const float *a = d->pre_a, *b = d->pre_b;
+    if (d->pre == FNN_PRE_AFFINE)
+        for (size_t c = 0; c < len; c++) row[c] = row[c] * a[c] + b[c];
+    else if (d->pre == FNN_PRE_STANDARDIZE)
+        for (size_t c = 0; c < len; c++) row[c] = (row[c] - a[c]) / b[c];
+}
+
 static const float *gather_x(const fnn_stack_data *d, float *dst_buf, int64_t first, int rows,
                              int n_threads) {
     size_t len = (size_t)d->x_len;
-    if (!d->order && d->x_type == FNN_SRC_F32) {
+    if (!d->order && d->x_type == FNN_SRC_F32 && d->pre == FNN_PRE_NONE) {
         const float *x = (const float *)d->x + (size_t)first * len;
         return all_finite(x, (size_t)rows * len, n_threads) ? x : NULL;
     }
@@ -62,6 +73,7 @@ static const float *gather_x(const fnn_stack_data *d, float *dst_buf, int64_t fi
                 for (size_t c = 0; c < len; c++) dst[c] = (float)x[c];
             }
             if (d->x_type != FNN_SRC_U8) bad |= !all_finite(dst, len, 1);
+            fnn_preprocess_row(d, dst, len);
         });
     return bad ? NULL : dst_buf;
 }

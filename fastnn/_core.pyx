@@ -116,6 +116,7 @@ cdef extern from "fastnn.h" nogil:
     int FNN_OPT_SLOTS, FNN_N_OPTIMIZERS, FNN_N_LOSSES, FNN_LOSS_SPARSE_XENT
     int FNN_METRIC_NONE, FNN_METRIC_BINARY_ACC
     int FNN_SRC_F32, FNN_SRC_F64, FNN_SRC_U8
+    int FNN_PRE_NONE, FNN_PRE_AFFINE, FNN_PRE_STANDARDIZE
     int fnn_optimizer_scalars(int kind)
     ctypedef struct fnn_stack:
         int n_layers, batch
@@ -151,6 +152,9 @@ cdef extern from "fastnn.h" nogil:
         const int64_t *order
         float *outputs
         int64_t outputs_first
+        int pre
+        const float *pre_a
+        const float *pre_b
     int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, int64_t start,
                           int64_t n_steps, const float *scalars, double *sums, int *status,
                           int n_threads)
@@ -1460,6 +1464,8 @@ def bn_update_moving(moving_mean, moving_var, mean, var, float momentum):
 
 # ---- a whole Dense stack run in C (csrc/stack.c; built and driven by fastnn/stack.py) ----------
 IN_PLACE_MIN_WEIGHTS = FNN_IN_PLACE_MIN_WEIGHTS
+# The preprocessing arithmetic the Dense stack applies as it gathers a row (fnn_stack_data.pre).
+PRE_AFFINE, PRE_STANDARDIZE = FNN_PRE_AFFINE, FNN_PRE_STANDARDIZE
 
 # Optimizer slots each kind needs (the rest are optional, see fnn_optimizer_step): SGD's
 # momentum slot and RMSprop's second one are needed only with momentum, checked per step.
@@ -1704,8 +1710,10 @@ cdef class DenseStack:
         free(self.in_place_at)
         free(self.update_spans)
 
-    cdef int _data(self, fnn_stack_data *d, x, y, weights, order) except -1:
-        """Check the source arrays against the stack and point d at them."""
+    cdef int _data(self, fnn_stack_data *d, x, y, weights, order, pre=None) except -1:
+        """Check the source arrays against the stack and point d at them. pre: None, or
+        (kind, a, b) with FNN_PRE_AFFINE or FNN_PRE_STANDARDIZE and float32 arrays of the
+        row length (see fnn_stack_data.pre)."""
         import numpy as np
         if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != self.d_in or \
                 not x.flags.c_contiguous:
@@ -1721,6 +1729,20 @@ cdef class DenseStack:
             self.d_in
         d.labels, d.targets, d.weights, d.order, d.target_len = NULL, NULL, NULL, NULL, 0
         d.outputs, d.outputs_first = NULL, 0
+        d.pre, d.pre_a, d.pre_b = FNN_PRE_NONE, NULL, NULL
+        cdef const float[::1] pa
+        cdef const float[::1] pb
+        if pre is not None:
+            kind, a, b = pre
+            if kind not in (FNN_PRE_AFFINE, FNN_PRE_STANDARDIZE):
+                raise ValueError(f"DenseStack: pre: kind must be {FNN_PRE_AFFINE} (affine) or "
+                                 f"{FNN_PRE_STANDARDIZE} (standardize), got {kind!r}")
+            pa = _cf1("DenseStack: pre a", a, True)
+            pb = _cf1("DenseStack: pre b", b, True)
+            if pa.shape[0] != self.d_in or pb.shape[0] != self.d_in:
+                raise ValueError(f"DenseStack: pre: a and b must have shape ({self.d_in},), "
+                                 f"got ({pa.shape[0]},) and ({pb.shape[0]},)")
+            d.pre, d.pre_a, d.pre_b = kind, &pa[0], &pb[0]
         cdef const int32_t[::1] lab
         cdef const float[:, ::1] tgt
         cdef const float[::1] wv
@@ -1753,14 +1775,14 @@ cdef class DenseStack:
         return 0
 
     def run(self, x, y, weights, order, int64_t start, int64_t n_steps, bint train,
-            scalars, sums, outputs=None):
+            scalars, sums, outputs=None, pre=None):
         """Run batches start .. start + n_steps - 1 of the epoch (see fnn_stack_run); returns
         (steps run, status). outputs (at least n_steps * batch rows of d_out, or None): each
         batch's outputs, in the order's positions from start * batch on."""
         cdef fnn_stack_data d
         if not self.train:
             raise ValueError("DenseStack.run: this DenseStack was built for inference only")
-        self._data(&d, x, y, weights, order)
+        self._data(&d, x, y, weights, order, pre)
         # Python integers: start * batch cannot overflow here
         if start < 0 or n_steps < 1 or (start + n_steps - 1) * <object>self.batch >= d.rows:
             raise ValueError(f"DenseStack.run: steps {start}..{start + n_steps - 1} of batch "
@@ -1817,10 +1839,10 @@ cdef class DenseStack:
             raise ValueError(f"labels must be integers in [0, {self.d_out})")
         return done, status     # status -3: NaN or inf in the batch after the `done` run
 
-    def predict(self, x, out, int64_t start):
+    def predict(self, x, out, int64_t start, pre=None):
         """Outputs of rows start .. start + len(out) - 1 of x into out."""
         cdef fnn_stack_data d
-        self._data(&d, x, None, None, None)
+        self._data(&d, x, None, None, None, pre)
         cdef float[:, ::1] O = _f2("DenseStack.predict: out", out, True)
         if O.shape[1] != self.d_out or start < 0 or start + O.shape[0] > d.rows:
             raise ValueError(f"DenseStack.predict: out: expected (rows, {self.d_out}) within "

@@ -58,14 +58,56 @@ def enabled():
 
 
 def _dense_layers(model):
-    """The model's Dense layers when it is [Flatten], Dense, Dense, ... all trainable; else None."""
+    """(the preprocessing layer or None, the Dense layers) when the model is Dense, Dense, ...
+    (all trainable) after Flatten and at most one Rescaling or Normalization, whose arithmetic
+    the C gather applies to each row (_Preprocessing); else (None, None)."""
     from .layers import Dense, Flatten
-    layers = model._layers
-    if layers and type(layers[0]) is Flatten:
-        layers = layers[1:]
+    layers, pre = model._layers, None
+    at = 0
+    while at < len(layers) and type(layers[at]) is not Dense:
+        layer = layers[at]
+        if layer.activity_regularizer is not None:
+            return None, None
+        if pre is None and _Preprocessing.covers(layer):
+            pre = layer
+        elif type(layer) is not Flatten:
+            return None, None
+        at += 1
+    layers = layers[at:]
     if not layers or not all(type(layer) is Dense and layer.trainable for layer in layers):
-        return None
-    return layers
+        return None, None
+    return pre, layers
+
+
+class _Preprocessing:
+    """A Rescaling or Normalization layer before the Dense stack, as the C gather's per-value
+    arithmetic (fnn_stack_data.pre): x * a + b or (x - a) / b, with a and b the layer's own
+    float32 values broadcast to its input and flattened, so the results are the layer's."""
+
+    @staticmethod
+    def covers(layer):
+        from .layers import Normalization, Rescaling
+        return type(layer) in (Rescaling, Normalization)
+
+    @staticmethod
+    def arguments(layer):
+        from . import _core
+        from .layers import _EPSILON, Rescaling
+        shape = tuple(layer.input_shape[1:])
+        if type(layer) is Rescaling:
+            kind = _core.PRE_AFFINE
+            a, b = np.asarray(layer.scale, np.float32), np.asarray(layer.offset, np.float32)
+        else:
+            if layer._constants is not None:
+                mean, variance = layer._constants
+            else:
+                mean = layer._vars["mean"].reshape(layer._broadcast)
+                variance = layer._vars["variance"].reshape(layer._broadcast)
+            std = np.maximum(np.sqrt(variance), np.float32(_EPSILON))
+            kind, a, b = (_core.PRE_AFFINE, std, mean) if layer.invert else \
+                (_core.PRE_STANDARDIZE, mean, std)
+        return kind, *(np.ascontiguousarray(np.broadcast_to(v, (1,) + shape), np.float32).ravel()
+                       for v in (a, b))
 
 
 def _metric_kind(model, sparse_targets):
@@ -92,8 +134,8 @@ class DenseRunner:
     """Drives DenseStacks for one model: picks chunk sizes, keeps the Python-side state (loss
     tracker, metric, optimizer iterations) exactly where the per-step loop would leave it."""
 
-    def __init__(self, model, layers):
-        self.model, self.layers = model, layers
+    def __init__(self, model, layers, pre=None):
+        self.model, self.layers, self.pre = model, layers, pre
         self._thread = threading.local()    # each thread runs its own DenseStacks (workspaces)
         self._chunk = {}
 
@@ -111,7 +153,7 @@ class DenseRunner:
         if not enabled() or get_ops().name != "cpu" or not model.trainable or \
                 model._subclassed or model._input_dtype != "float32":
             return None
-        layers = _dense_layers(model)
+        pre, layers = _dense_layers(model)
         if layers is None or any(layer.__dict__.get("_penalties") or
                                  layer.__dict__.get("_constraints") or
                                  layer.activity_regularizer is not None for layer in layers):
@@ -128,8 +170,8 @@ class DenseRunner:
                              opt.clipvalue is not None or opt.global_clipnorm is not None):
                 return None
         runner = getattr(model, "_dense_runner", None)
-        if runner is None or runner.layers != layers:
-            runner = model._dense_runner = cls(model, layers)
+        if runner is None or runner.layers != layers or runner.pre is not pre:
+            runner = model._dense_runner = cls(model, layers, pre)
         return runner
 
     # ---- stacks ------------------------------------------------------------------------------
@@ -201,6 +243,7 @@ class DenseRunner:
         model = self.model
         stack = self._stack(batch, bool(training))
         x2 = self._x2d(x)
+        pre = None if self.pre is None else _Preprocessing.arguments(self.pre)
         _, _, counted, others = _metric_kind(
             model, type(model.loss) is L.SparseCategoricalCrossentropy)
         trackers = [model._loss_tracker] + ([counted] if counted is not None else [])
@@ -227,7 +270,7 @@ class DenseRunner:
                 outputs = self._outputs(outputs, n * batch)
             start = time.perf_counter()
             done, status = stack.run(x2, y, w, order, step, n, bool(training), scalars, sums,
-                                     outputs)
+                                     outputs, pre)
             self._measured(training, done, time.perf_counter() - start)
             if others:      # the batches that ran to their update (as _track counts them)
                 first = step * batch
@@ -260,6 +303,7 @@ class DenseRunner:
         """Outputs for every row of x into out (rows, units), chunk by chunk."""
         stack = self._stack(batch, None)
         x2, out2 = self._x2d(x), out.reshape(out.shape[0], -1)
+        pre = None if self.pre is None else _Preprocessing.arguments(self.pre)
         n = x2.shape[0]
         steps = -(-n // batch)
         wants_end = cbs is not None and cbs.wants("on_predict_batch_end")
@@ -270,7 +314,7 @@ class DenseRunner:
                 cbs.on_predict_batch_begin(step)
             lo, hi = step * batch, min(n, (step + k) * batch)
             start = time.perf_counter()
-            stack.predict(x2, out2[lo:hi], lo)
+            stack.predict(x2, out2[lo:hi], lo, pre)
             self._measured("predict", k, time.perf_counter() - start)
             step += k
             if wants_end:

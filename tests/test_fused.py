@@ -183,6 +183,48 @@ def test_several_metrics_stay_on_the_fused_path(monkeypatch, case):
         np.testing.assert_array_equal(p, q)
 
 
+@pytest.mark.parametrize("case", ["rescaling_uint8", "rescaling_per_channel",
+                                  "normalization", "normalization_invert",
+                                  "normalization_before_flatten"])
+def test_a_preprocessing_layer_stays_on_the_fused_path(monkeypatch, case):
+    """Rescaling or Normalization before the Dense stack: the C gather applies its arithmetic
+    to each row, with the layer's float32 values, so every result is bit-identical."""
+    x, y = _data()
+    rng = np.random.default_rng(3)
+    if case == "rescaling_uint8":
+        x = (np.abs(x) * 40).astype(np.uint8)
+        pre = lambda: [layers.Rescaling(1 / 255, offset=-0.25)]       # noqa: E731
+        shape = (20,)
+    elif case == "rescaling_per_channel":
+        x = x.reshape(-1, 4, 5)
+        pre = lambda: [layers.Rescaling([0.5, 2.0, -1.0, 0.1, 3.0]),  # noqa: E731
+                       layers.Flatten()]
+        shape = (4, 5)
+    elif case == "normalization_before_flatten":
+        x = (x.reshape(-1, 4, 5) * 3 + 1).astype(np.float64)
+        norm = layers.Normalization()
+        norm.adapt(x[:100])
+        pre = lambda: [norm, layers.Flatten()]                          # noqa: E731
+        shape = (4, 5)
+    else:
+        invert = case == "normalization_invert"
+        mean, var = rng.normal(size=20), rng.uniform(0.0, 4.0, size=20)
+        var[3] = 0.0                        # a constant feature: divides by epsilon
+        pre = lambda: [layers.Normalization(mean=mean, variance=var,  # noqa: E731
+                                            invert=invert)]
+        shape = (20,)
+
+    def build():
+        fastnn.utils.set_random_seed(7)
+        return fastnn.Sequential([fastnn.Input(shape)] + pre() + [
+            layers.Dense(16, activation="relu"), layers.Dense(3, activation="softmax")])
+
+    state = _both(monkeypatch, build, dict(optimizer="adam",
+                                           loss="sparse_categorical_crossentropy",
+                                           metrics=["accuracy"]), x, y)
+    assert np.isfinite(state["history"]["loss"]).all()
+
+
 class _Recorder(callbacks.Callback):
     def __init__(self, stop_at=None):
         super().__init__()
