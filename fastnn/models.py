@@ -13,7 +13,7 @@ from . import metrics as metrics_module
 from .autodiff import Tensor, no_grad, value_of
 from .backend import get_ops, unique_name
 from .graph import KerasTensor, Node, flatten, is_symbolic, nodes_between
-from .layers import (ConvPool, InputLayer, Layer, _CLASSES as _LAYER_CLASSES,
+from .layers import (ConvPool, Input, InputLayer, Layer, _CLASSES as _LAYER_CLASSES,
                      _accepts_training, _snake_case, forward_pass, get_class)
 from .schedule import Schedule
 from .trainer import Trainer, _scaled, _shape_str, fits, scale_back
@@ -947,6 +947,40 @@ class Sequential(Model):
         self.built = False
         if self._input_shape is not None and self._tracked:
             self.build()
+
+    # Keras's Sequential is a functional graph too: inputs, outputs, and each layer's output,
+    # for feature extraction: Model(model.inputs, model.get_layer("hidden").output).
+    def _symbolic(self):
+        """(input, output) of the chain called on an Input once (again when its layers
+        change); the layers' calls are graph nodes, as any functional model's."""
+        key = tuple(map(id, self._tracked))
+        graph = self.__dict__.get("_graph")
+        if graph is None or graph[0] != key:
+            if self._input_shape is None or not self._tracked:
+                raise AttributeError(f"Sequential model {self.name!r} has no defined input "
+                                     "yet: start it with Input(shape=...) or build it")
+            inputs = x = Input(shape=self._input_shape, dtype=self._input_dtype,
+                               name=self._input_name)
+            for layer in self._tracked:
+                x = layer(x)
+            graph = self._graph = (key, inputs, x)
+        return graph[1], graph[2]
+
+    @property
+    def inputs(self):
+        return [self._symbolic()[0]]
+
+    @property
+    def input(self):
+        return self._symbolic()[0]
+
+    @property
+    def outputs(self):
+        return [self._symbolic()[1]]
+
+    @property
+    def output(self):
+        return self._symbolic()[1]
 
     def get_config(self):
         layers = []

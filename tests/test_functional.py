@@ -647,3 +647,27 @@ def test_integer_inputs_reach_the_model_as_integers():
     assert model.get_config()["layers"][0]["config"]["dtype"] == "int32"
     with pytest.raises(ValueError, match="dtype must be float32 or an integer"):
         Input(shape=(3,), dtype="float64")
+
+
+def test_a_sequential_is_a_graph_for_feature_extraction(tmp_path):
+    layers = L
+    """Keras's Sequential has inputs/outputs and each layer an output: a functional model
+    over them shares the layers (and their weights), and keeps working after training."""
+    seq = fastnn.Sequential([fastnn.Input((8,)), layers.Dense(4, activation="relu", name="h"),
+                             layers.Dense(2, activation="softmax", name="o")])
+    features = fastnn.Model(inputs=seq.inputs, outputs=seq.get_layer("h").output)
+    x = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    seq.compile("sgd", "sparse_categorical_crossentropy")
+    seq.fit(x, np.array([0, 1, 0, 1, 1]), epochs=2, verbose=0)      # changes the shared weights
+    kernel, bias = seq.get_layer("h").get_weights()
+    np.testing.assert_allclose(features.predict(x, verbose=0),
+                               np.maximum(x @ kernel + bias, 0), rtol=1e-5, atol=1e-6)
+    assert seq.output.shape == (None, 2) and seq.input.shape == (None, 8)
+    whole = fastnn.Model(seq.input, seq.output)
+    np.testing.assert_array_equal(whole.predict(x, verbose=0), seq.predict(x, verbose=0))
+    seq.save(tmp_path / "seq.keras")        # still saved as a Sequential
+    loaded = fastnn.models.load_model(tmp_path / "seq.keras")
+    assert type(loaded).__name__ == "Sequential"
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), seq.predict(x, verbose=0))
+    with pytest.raises(AttributeError, match="no defined input"):
+        fastnn.Sequential([layers.Dense(3)]).output
