@@ -756,7 +756,11 @@ class Functional(Model):
                  for m in specs]
         super().compile(optimizer, next((x for x in losses if x is not None), None), None,
                         [spec for group in specs for spec in group], **kwargs)
+        self._loss_weights_spec = loss_weights      # (saved as given, as Keras saves it)
         self._output_losses = [None if x is None else losses_module.get(x) for x in losses]
+        # the loss per output as given (a list or a dict by name), for the compile config
+        self._loss_spec = loss if isinstance(loss, (list, tuple)) or \
+            (isinstance(loss, dict) and not serialized) else None
         self._loss_weights = [float(w if w is not None else 1.0) for w in weights]
         self._output_metric_specs = specs
 

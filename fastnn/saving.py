@@ -275,9 +275,16 @@ def _compile_config(model):
         return None
     from . import losses, metrics as metrics_module, optimizers
     metrics = [metrics_module.serialize(m) for m in model._metric_specs]
-    return {"optimizer": optimizers.serialize(model.optimizer),
-            "loss": None if model.loss is None else losses.serialize(model.loss),
-            "loss_weights": None, "metrics": metrics or None, "weighted_metrics": None,
+    loss = None if model.loss is None else losses.serialize(model.loss)
+    spec = model.__dict__.get("_loss_spec")       # one loss per output, as given
+    if isinstance(spec, dict):
+        loss = {name: None if x is None else losses.serialize(losses.get(x))
+                for name, x in spec.items()}
+    elif spec is not None:
+        loss = [None if x is None else losses.serialize(losses.get(x)) for x in spec]
+    return {"optimizer": optimizers.serialize(model.optimizer), "loss": loss,
+            "loss_weights": model.__dict__.get("_loss_weights_spec"),
+            "metrics": metrics or None, "weighted_metrics": None,
             "run_eagerly": False, "steps_per_execution": 1, "jit_compile": False}
 
 
@@ -545,21 +552,37 @@ def _compile_args(cc, path, optimizer_key="optimizer"):
     optimizer = optimizers.deserialize(C.get_key(cc, optimizer_key, path),
                                        path=f"{path}.{optimizer_key}")
     spec, loss = cc.get("loss"), None
-    if spec is not None:
-        where = f"{path}.loss"
-        if not isinstance(spec, dict):
-            C.expect_str(spec, where)
-        loss = losses.deserialize(spec, path=where)      # errors name the key
+
+    def one_loss(value, where):
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            C.expect_str(value, where)
+        return losses.deserialize(value, path=where)     # errors name the key
+
+    if isinstance(spec, list):          # one per output
+        loss = [one_loss(v, f"{path}.loss[{i}]") for i, v in enumerate(spec)]
+    elif isinstance(spec, dict) and "class_name" not in spec:       # by output name
+        loss = {k: one_loss(v, f"{path}.loss[{k!r}]") for k, v in spec.items()}
+    else:
+        loss = one_loss(spec, f"{path}.loss")
     metrics = cc.get("metrics")
     if metrics is not None:
         from . import metrics as metrics_module
         metrics = [metrics_module.deserialize(m, f"{path}.metrics[{i}]")
                    for i, m in enumerate(C.expect_list(metrics, f"{path}.metrics"))]
-    for key in ("loss_weights", "weighted_metrics"):
-        if cc.get(key) not in (None, [], {}):
-            C.fail_value(f"{path}.{key}", f"null ({key} are not supported by fastnn yet)",
-                         cc[key])
-    return {"optimizer": optimizer, "loss": loss, "metrics": metrics}
+    if cc.get("weighted_metrics") not in (None, [], {}):
+        C.fail_value(f"{path}.weighted_metrics", "null (weighted_metrics are not supported by "
+                     "fastnn yet)", cc["weighted_metrics"])
+    loss_weights = cc.get("loss_weights")
+    if loss_weights is not None:
+        where = f"{path}.loss_weights"
+        values = loss_weights.values() if isinstance(loss_weights, dict) else \
+            C.expect_list(loss_weights, where) if not C.is_number(loss_weights) else []
+        for value in values:
+            C.expect_number(value, where, none_ok=True)
+    return {"optimizer": optimizer, "loss": loss, "metrics": metrics,
+            "loss_weights": loss_weights}
 
 
 def model_from_config_entry(entry, root="config"):

@@ -161,6 +161,7 @@ class DenseRunner:
         if training is not None:
             loss = model.loss
             if type(loss) not in _LOSS_KINDS or loss.from_logits or \
+                    model.__dict__.get("_loss_weight", 1.0) != 1.0 or \
                     model._loss_mode() not in ("fused", "outputs") or \
                     (model._loss_mode() == "outputs" and loss.partner is not None):
                 return None

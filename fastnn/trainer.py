@@ -117,6 +117,8 @@ class Trainer:
                              "of metrics")
         self.optimizer = optimizers_module.get(optimizer)
         self.loss = None if loss is None else losses_module.get(loss)
+        self._loss_weights_spec = loss_weights      # (saved as given, as Keras saves it)
+        self._loss_weight = _single_loss_weight(loss_weights)
         if metrics is not None and not isinstance(metrics, (list, tuple)):
             metrics = [metrics]
         if weighted_metrics:
@@ -457,7 +459,10 @@ class Trainer:
             if grad is None or grad.shape != out2.shape:
                 grad = self._batch_buffers["grad"] = get_ops().empty(out2.shape)
         y2 = y.reshape(n, -1) if y.dtype != np.int32 else y.reshape(-1)
-        total = self.loss.value_and_grad(out2, y2, w, scale, grad, self._mode)
+        weight = self.__dict__.get("_loss_weight", 1.0)     # loss_weights of one output
+        total = self.loss.value_and_grad(out2, y2, w, scale * weight, grad, self._mode)
+        if weight != 1.0:
+            total = total * weight
         return _scaled(total, scale_back(self.loss, n)), \
             None if grad is None else grad.reshape(out.shape), n
 
@@ -966,6 +971,24 @@ class Trainer:
         if return_dict:
             return logs
         return self._results(logs)
+
+
+def _single_loss_weight(loss_weights):
+    """The weight of a one-output model's loss: Keras takes a number, a list of one or a dict
+    of one."""
+    if loss_weights is None:
+        return 1.0
+    value = loss_weights
+    if isinstance(loss_weights, (list, tuple, dict)):
+        if len(loss_weights) != 1:
+            raise ValueError(f"loss_weights: the model has one output, so give one weight (a "
+                             f"number, a list of one or a dict of one); got {loss_weights!r}")
+        value = next(iter(loss_weights.values() if isinstance(loss_weights, dict)
+                          else loss_weights))
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(value):
+        raise ValueError(f"loss_weights: expected a finite number, got {value!r}")
+    return float(value)
 
 
 def _arrays_across_ranks(method):

@@ -568,3 +568,43 @@ def test_weights_files_carry_the_optimizer_state_as_keras_s(tmp_path):
     for u, v in zip(c.get_weights(), a.get_weights()):
         np.testing.assert_array_equal(u, v)
     assert c.optimizer.iterations == 1
+
+
+@pytest.mark.parametrize("several", [False, True])
+def test_loss_weights_train_as_keras_and_are_saved_both_ways(tmp_path, several):
+    """loss_weights scale each output's loss (one output's too), in the loss Keras reports
+    and trains on; compile_config keeps them as given, and each side loads the other's."""
+    keras = pytest.importorskip("keras")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((24, 5)).astype(np.float32)
+    y = [(x[:, 0] > 0).astype(np.int64), x[:, 1:3] * 0.5]
+
+    def build(K):
+        inputs = K.Input((5,))
+        h = K.layers.Dense(4, activation="tanh", name="h")(inputs)
+        cls = K.layers.Dense(2, activation="softmax", name="cls")(h)
+        if not several:
+            model = K.Model(inputs, cls)
+            model.compile(K.optimizers.SGD(0.1), "sparse_categorical_crossentropy",
+                          loss_weights=0.25)
+            return model
+        reg = K.layers.Dense(2, name="reg")(h)
+        model = K.Model(inputs, [cls, reg])
+        model.compile(K.optimizers.SGD(0.1), ["sparse_categorical_crossentropy", "mse"],
+                      loss_weights={"cls": 0.3, "reg": 2.0})
+        return model
+
+    theirs, ours = build(keras), build(fastnn)
+    ours.set_weights([np.asarray(w) for w in theirs.get_weights()])
+    target = y if several else y[0]
+    kw = dict(batch_size=8, epochs=2, shuffle=False, verbose=0)
+    h_theirs, h_ours = theirs.fit(x, target, **kw).history, ours.fit(x, target, **kw).history
+    np.testing.assert_allclose(h_ours["loss"], h_theirs["loss"], rtol=1e-5)
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(a, np.asarray(b), rtol=1e-5, atol=1e-6)
+    for writer, reader in ((ours, keras), (theirs, fastnn)):
+        path = str(tmp_path / f"{type(writer).__module__.split('.')[0]}.keras")
+        writer.save(path)
+        loaded = reader.models.load_model(path)
+        np.testing.assert_allclose(loaded.evaluate(x, target, verbose=0),
+                                   writer.evaluate(x, target, verbose=0), rtol=1e-5)

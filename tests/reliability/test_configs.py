@@ -165,14 +165,16 @@ CASES = [
         "class_name": "MeanSquaredError", "config": {"evil": 1}}), "'evil'"),
     ("loss-number", setter(lambda c: c["compile_config"], "loss", 42), "compile_config.loss"),
     ("loss-dict-no-class", setter(lambda c: c["compile_config"], "loss", {"x": 1}),
-     "loss: missing key 'class_name'"),
+     "compile_config.loss['x']"),
     ("loss-name-unknown", setter(lambda c: c["compile_config"], "loss", "evil"), "'evil'"),
     ("metrics-string", setter(lambda c: c["compile_config"], "metrics", "accuracy"),
      "compile_config.metrics"),
     ("metrics-dict", setter(lambda c: c["compile_config"], "metrics", [{"a": 1}]),
      "compile_config.metrics[0]"),
     ("metrics-unknown", setter(lambda c: c["compile_config"], "metrics", ["evil"]), "evil"),
-    ("loss-weights", setter(lambda c: c["compile_config"], "loss_weights", [2.0]),
+    ("loss-weights", setter(lambda c: c["compile_config"], "loss_weights", "heavy"),
+     "compile_config.loss_weights"),
+    ("loss-weights-item", setter(lambda c: c["compile_config"], "loss_weights", [[2.0]]),
      "compile_config.loss_weights"),
 ]
 
