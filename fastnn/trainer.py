@@ -123,6 +123,17 @@ class Trainer:
             metrics = [metrics]
         if weighted_metrics:
             raise ValueError("weighted_metrics are not supported by fastnn yet")
+        # run_eagerly, jit_compile and auto_scale_loss (float16 loss scaling) choose how
+        # Keras executes; fastnn's kernels give the same results either way. Several steps per
+        # execution would change when batch callbacks run: not yet.
+        if isinstance(steps_per_execution, bool) or \
+                not isinstance(steps_per_execution, (int, np.integer)) or steps_per_execution < 1:
+            raise ValueError(f"steps_per_execution must be a positive int, got "
+                             f"{steps_per_execution!r}")
+        if steps_per_execution != 1:
+            raise ValueError(f"steps_per_execution={steps_per_execution}: fastnn runs one step "
+                             "per execution (batch callbacks see every step); only 1 is "
+                             "supported")
         self._metric_specs = list(metrics or [])
         for spec in self._metric_specs:   # fail now on unknown names, not after an epoch
             if not (isinstance(spec, str) and spec.lower() in ("accuracy", "acc")):

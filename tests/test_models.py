@@ -330,3 +330,17 @@ def test_training_is_bit_identical_for_any_thread_count():
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+def test_compile_arguments_fastnn_cannot_honour_raise():
+    model = Sequential([Input((3,)), Dense(2)])
+    with pytest.raises(ValueError, match="steps_per_execution=4"):
+        model.compile("sgd", "mse", steps_per_execution=4)
+    with pytest.raises(ValueError, match="steps_per_execution must be a positive int"):
+        model.compile("sgd", "mse", steps_per_execution=0)
+    with pytest.raises(ValueError, match="weighted_metrics"):
+        model.compile("sgd", "mse", weighted_metrics=["mae"])
+    with pytest.raises(ValueError, match="loss_weights: the model has one output"):
+        model.compile("sgd", "mse", loss_weights=[1.0, 2.0])
+    # execution modes only: the results are fastnn's either way
+    model.compile("sgd", "mse", run_eagerly=True, jit_compile=False, auto_scale_loss=False)
