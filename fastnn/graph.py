@@ -2,7 +2,8 @@
 symbolic tensors records a `Node` (the layer, its input tensors, its output tensors) and
 returns new symbolic tensors. `nodes_between(inputs, outputs)` orders the nodes of a model so
 that each node comes after the nodes producing its inputs; the functional Model runs them in
-that order on the autodiff tape (fastnn.models.Functional)."""
+that order, on a schedule of fused layer steps when every node is one of fastnn's layers
+(fastnn.schedule), else on the autodiff tape (fastnn.models.Functional)."""
 import numpy as np
 
 from .autodiff import OPS

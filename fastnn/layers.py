@@ -1,6 +1,6 @@
 """Layers with Keras 3's names, arguments, weight shapes and weight order.
 
-Contract (see shared/design/ARCHITECTURE.md): __init__ stores the config; build(input_shape)
+Contract (see docs/architecture.md): __init__ stores the config; build(input_shape)
 creates the weights; forward(x, training) returns the output and keeps what backward needs in
 the calling thread's state (_state(): one model may be called from several threads at once);
 backward(dy, need_dx) writes the weight gradients into self.grads and returns dx. backward may

@@ -1,6 +1,6 @@
 """Saving and loading whole models (.keras zip, legacy .h5) and weights (.weights.h5).
 
-Layouts follow Keras 3 (shared/design/KERAS_SEMANTICS.md §11): a .keras file is a zip holding
+Layouts follow Keras 3 (docs/keras-semantics.md §11): a .keras file is a zip holding
 metadata.json, config.json and model.weights.h5 (datasets at layers/<snake_class>[_k]/vars/<i>
 and optimizer/vars/<i>), members stored uncompressed as Keras stores them. Without h5py the
 weights go to model.weights.npz with the same keys (save, load_model and load_weights all read

@@ -1,4 +1,4 @@
-"""Callbacks (KERAS_SEMANTICS.md §8-§9): the hook order in fit, History, EarlyStopping,
+"""Callbacks (docs/keras-semantics.md §8-§9): the hook order in fit, History, EarlyStopping,
 ModelCheckpoint, CSVLogger, LambdaCallback, TerminateOnNaN, LearningRateScheduler and
 ReduceLROnPlateau, compared with Keras's own callbacks where it is installed."""
 import csv

@@ -1,4 +1,4 @@
-"""Console output (KERAS_SEMANTICS.md §10): the progress bar and summary() in Keras's formats,
+"""Console output (docs/keras-semantics.md §10): the progress bar and summary() in Keras's formats,
 checked against Keras's own output where Keras is installed."""
 import io
 import re

@@ -1,4 +1,4 @@
-"""Sequential API behaviours from KERAS_SEMANTICS.md §1, §8, §10, §11 and bad-input handling."""
+"""Sequential API behaviours from docs/keras-semantics.md §1, §8, §10, §11 and bad-input handling."""
 import os
 
 import numpy as np
