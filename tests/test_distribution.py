@@ -59,6 +59,8 @@ SCRIPT = textwrap.dedent('''
         class Fail(fastnn.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):
                 if fastnn.distribution.rank() == 1 and batch == 2:
+                    if os.environ.get("FASTNN_DIE") == "1":
+                        os._exit(3)         # a crash: no exception, no MPI_Finalize
                     raise RuntimeError("rank one fails here")
         model.fit(x, y_fit, batch_size=16, epochs=50, verbose=0, callbacks=[Fail()])
     h = model.fit(x, y_fit, batch_size=32, epochs=2, verbose=0, validation_split=0.2,
@@ -70,11 +72,11 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-def _run(tmp_path, kind, ranks, timeout=240):
+def _run(tmp_path, kind, ranks, timeout=240, **env_vars):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
     out = str(tmp_path / f"{kind}-{ranks}")
-    env = dict(os.environ, OMP_NUM_THREADS="1", FASTNN_DP="1" if ranks else "0")
+    env = dict(os.environ, OMP_NUM_THREADS="1", FASTNN_DP="1" if ranks else "0", **env_vars)
     cmd = [sys.executable, str(script), kind, out]
     if ranks:
         cmd = [MPIEXEC, "-n", str(ranks)] + cmd
@@ -106,6 +108,12 @@ def test_a_failing_rank_stops_every_rank(tmp_path):
     done, _ = _run(tmp_path, "fail", 2, timeout=120)
     assert done.returncode != 0
     assert "rank 1 of 2 raised" in done.stderr and "rank one fails here" in done.stderr
+
+
+@needs_mpi
+def test_a_dying_rank_stops_every_rank(tmp_path):
+    done, _ = _run(tmp_path, "fail", 2, timeout=120, FASTNN_DIE="1")
+    assert done.returncode != 0
 
 
 @needs_mpi
@@ -198,3 +206,56 @@ def test_batches_from_iterables_are_refused_across_ranks(monkeypatch):
         model.evaluate(iter(batches), verbose=0)
     with pytest.raises(ValueError, match="predict: under"):
         model.predict(iter([np.ones((4, 4), np.float32)]), verbose=0)
+
+
+RESUME = textwrap.dedent('''
+    import os, sys
+    import numpy as np
+    import fastnn
+    from fastnn import layers as L
+    if os.environ.get("FASTNN_DP") == "1":
+        fastnn.distribution.set_distribution(fastnn.distribution.DataParallel())
+    fastnn.utils.set_random_seed(1)
+    stage, folder = sys.argv[1], sys.argv[2]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((90, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    path = os.path.join(folder, "ckpt.keras")
+    if stage == "first":
+        model = fastnn.Sequential([fastnn.Input((6,)), L.Dense(8, activation="relu"),
+                                   L.Dense(2, activation="softmax")])
+        model.compile(fastnn.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+        model.fit(x, y, batch_size=16, epochs=2, verbose=0,
+                  callbacks=[fastnn.callbacks.ModelCheckpoint(path)])
+    else:
+        model = fastnn.models.load_model(path)
+        model.fit(x, y, batch_size=16, epochs=2, verbose=0, shuffle=False)
+        np.savez(os.path.join(folder, f"{stage}-{fastnn.distribution.rank()}.npz"),
+                 *model.get_weights())
+''')
+
+
+@needs_mpi
+def test_a_checkpoint_from_two_ranks_resumes_on_any_number(tmp_path):
+    """Rank 0 alone writes the checkpoint; one process and four ranks resume from it and
+    take the same steps."""
+    script = tmp_path / "resume.py"
+    script.write_text(RESUME)
+    env = dict(os.environ, OMP_NUM_THREADS="1", FASTNN_DP="1")
+
+    def run(stage, ranks):
+        cmd = [sys.executable, str(script), stage, str(tmp_path)]
+        if ranks:
+            cmd = [MPIEXEC, "-n", str(ranks)] + cmd
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, done.stderr
+
+    run("first", 2)
+    assert os.listdir(tmp_path).count("ckpt.keras") == 1
+    run("one", 0)
+    run("four", 4)
+    one = np.load(tmp_path / "one-0.npz")
+    for r in range(4):
+        four = np.load(tmp_path / f"four-{r}.npz")
+        for key in one.files:
+            np.testing.assert_allclose(four[key], one[key], rtol=2e-5, atol=2e-6)
