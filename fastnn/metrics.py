@@ -47,6 +47,8 @@ class Metric:
         else:
             y_true, y_pred, w = _together(y_true, y_pred, sample_weight)
             values = self.per_sample(y_true, y_pred)
+            if not isinstance(values, np.ndarray) and isinstance(w, np.ndarray):
+                w = get_ops().xp.asarray(w)     # the values were computed on the device
             w = w.astype(np.float64).reshape(-1)
             self.total += (values.astype(np.float64, copy=False) * w).sum()
             self.count += w.sum()
@@ -765,7 +767,9 @@ class _FunctionMetric(Metric):
             setattr(self, key, value)
         super().__init__(name, dtype)
 
-    def per_sample(self, y_true, y_pred):
+    def values(self, y_true, y_pred):
+        """The function's values (one per sample, or per pixel, ...) where the backend
+        computes."""
         ops_ = get_ops()
         y_true = ops_.asarray(np.asarray(y_true, np.float32) if isinstance(y_true, np.ndarray)
                               else y_true.astype(np.float32))
@@ -773,11 +777,40 @@ class _FunctionMetric(Metric):
                               else y_pred.astype(np.float32))
         with np.errstate(divide="ignore", invalid="ignore"):   # NaN as Keras gives, quietly
             values = value_of(type(self).function(y_true, y_pred, **self._arguments))
-        if values.ndim == 0:
-            return values.reshape(1).repeat(y_pred.shape[0])
-        # one value per entry of the first axis (per row; with axis=0, per column, as Keras's
-        # Mean counts them)
-        return values.reshape(values.shape[0], -1).mean(axis=-1)
+        return values.reshape(1).repeat(y_pred.shape[0]) if values.ndim == 0 else values
+
+    def mask(self, y_true):
+        """Which values count when weighted (Keras's mask on the values); None: all."""
+        return None
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        """Keras's Mean over the values: unweighted, one count per entry of their first axis
+        (a row; a column with axis=0); weighted (weights per row, or per value), the values
+        are averaged down to the weights' rank, weighted, and the weights averaged likewise
+        for the count, as keras's reduce_to_samplewise_values does."""
+        if sample_weight is None:
+            y_true, y_pred = _together(y_true, y_pred)
+            values = self.values(y_true, y_pred).astype(np.float64)
+            self.total += values.reshape(len(values), -1).mean(axis=-1).sum()
+            self.count += len(values)
+            return
+        y_true, y_pred, w = _together(y_true, y_pred, sample_weight)
+        values = self.values(y_true, y_pred).astype(np.float64)
+        xp = np if isinstance(values, np.ndarray) else get_ops().xp
+        w = xp.asarray(w).astype(np.float64)
+        if w.ndim == values.ndim + 1 and w.shape[-1] == 1:
+            w = w[..., 0]
+        if w.ndim > values.ndim:
+            raise ValueError(f"{self.name}: sample_weight of shape {tuple(w.shape)} has more "
+                             f"axes than the metric's values {tuple(values.shape)}")
+        mask = self.mask(y_true)
+        if mask is not None:    # weights per row spread over the row's values
+            w = w.reshape(w.shape + (1,) * (mask.ndim - w.ndim)) * xp.asarray(mask)
+        if values.ndim > w.ndim:
+            values = values.mean(axis=tuple(range(w.ndim, values.ndim)))
+        w = xp.broadcast_to(w.reshape(w.shape + (1,) * (values.ndim - w.ndim)), values.shape)
+        self.total += (values * w).reshape(len(values), -1).mean(axis=-1).sum()
+        self.count += w.reshape(len(w), -1).mean(axis=-1).sum()
 
     def get_config(self):
         return {"name": self.name, "dtype": "float32", **self._arguments}
@@ -838,7 +871,7 @@ def _sparse_crossentropy(y_true, y_pred, from_logits=False, ignore_class=None, a
 
 
 class SparseCategoricalCrossentropy(_FunctionMetric):
-    """Cross-entropy of integer labels; with ignore_class, those rows give 0 and (when
+    """Cross-entropy of integer labels; with ignore_class, those labels give 0 and (when
     sample_weight is given) weigh nothing, as in Keras."""
     default_name = "sparse_categorical_crossentropy"
     direction = "down"
@@ -848,14 +881,11 @@ class SparseCategoricalCrossentropy(_FunctionMetric):
         super().__init__(name, dtype, from_logits=bool(from_logits),
                          ignore_class=ignore_class, axis=_check_axis(axis))
 
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        if sample_weight is not None and self.ignore_class is not None:
-            y_true, sample_weight = _together(y_true, sample_weight)
-            labels = y_true.reshape(len(y_true), -1)
-            # Keras's mask: weights of ignored positions count 0 (one label per row here)
-            sample_weight = sample_weight.reshape(-1) * \
-                (labels != self.ignore_class).mean(axis=-1)
-        super().update_state(y_true, y_pred, sample_weight)
+    def mask(self, y_true):
+        if self.ignore_class is None:
+            return None
+        labels = y_true[..., 0] if y_true.ndim > 1 and y_true.shape[-1] == 1 else y_true
+        return labels != self.ignore_class
 
 
 class KLDivergence(_FunctionMetric):

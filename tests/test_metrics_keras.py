@@ -36,6 +36,9 @@ def _data(kind, rng):
     if kind == "sparse":
         p = rng.random((n, 5)).astype(np.float32) + 0.05
         return rng.integers(0, 5, n), p / p.sum(-1, keepdims=True)
+    if kind == "sparse_seg":        # a label per pixel
+        p = rng.random((n, 4, 5)).astype(np.float32) + 0.05
+        return rng.integers(0, 5, (n, 4)), p / p.sum(-1, keepdims=True)
     if kind == "sparse_logits":
         return rng.integers(0, 5, n), rng.standard_normal((n, 5)).astype(np.float32)
     if kind == "regression":        # positive values (poisson, msle, ...)
@@ -70,6 +73,7 @@ CASES = [
     ("SparseCategoricalCrossentropy", {}, "sparse"),
     ("SparseCategoricalCrossentropy", {"from_logits": True}, "sparse_logits"),
     ("SparseCategoricalCrossentropy", {"ignore_class": 1}, "sparse"),
+    ("SparseCategoricalCrossentropy", {"ignore_class": 3}, "sparse_seg"),
     ("KLDivergence", {}, "onehot"),
     ("Poisson", {}, "regression"),
     ("Hinge", {}, "binary"),
@@ -142,8 +146,10 @@ def test_equals_keras_over_batches(name, kwargs, kind, weighted):
     if weighted and kwargs.get("axis") == 0:
         pytest.skip("axis=0 gives a value per column: weights per row do not apply (Keras "
                     "raises too)")
-    # BinaryIoU: Keras takes only weights of y_true's shape (fastnn also one per row)
-    batches = _batches(kind, weighted, name in IOU, elementwise=name == "BinaryIoU")
+    # BinaryIoU, and ignore_class with a label per pixel: Keras takes only weights of
+    # y_true's shape (fastnn also one per row)
+    batches = _batches(kind, weighted, name in IOU,
+                       elementwise=name == "BinaryIoU" or kind == "sparse_seg")
     ours, theirs = getattr(M, name)(**kwargs), getattr(keras.metrics, name)(**kwargs)
     for y_true, y_pred, w in batches:
         ours.update_state(y_true, y_pred, sample_weight=w)
@@ -330,3 +336,24 @@ def test_keras_files_with_these_metrics_load_both_ways(tmp_path):
         for key in want:
             np.testing.assert_allclose(_result(got[key]), _result(want[key]), rtol=1e-4,
                                        atol=1e-4, err_msg=key)
+
+
+def test_weights_per_row_spread_over_a_rows_values():
+    """A weight per row for per-pixel values (Keras needs one per pixel) equals that weight
+    given for each of the row's pixels; labels of shape (n, 1) are labels."""
+    rng = np.random.default_rng(5)
+    ours, theirs = M.SparseCategoricalCrossentropy(ignore_class=2), \
+        keras.metrics.SparseCategoricalCrossentropy(ignore_class=2)
+    for _ in range(3):
+        y_true, y_pred = _data("sparse_seg", rng)
+        w = rng.random(ROWS).astype(np.float32)
+        ours.update_state(y_true, y_pred, sample_weight=w)
+        theirs.update_state(y_true, y_pred, sample_weight=np.repeat(w[:, None], 4, axis=1))
+    np.testing.assert_allclose(ours.result(), _result(theirs.result()), rtol=2e-5)
+    ours, theirs = M.SparseCategoricalCrossentropy(), keras.metrics.SparseCategoricalCrossentropy()
+    y_true, y_pred = _data("sparse", rng)
+    ours.update_state(y_true[:, None], y_pred)
+    theirs.update_state(y_true[:, None], y_pred)
+    np.testing.assert_allclose(ours.result(), _result(theirs.result()), rtol=2e-5)
+    with pytest.raises(ValueError, match="sample_weight"):
+        M.KLDivergence().update_state(y_pred, y_pred, sample_weight=np.ones((ROWS, 5, 2)))
