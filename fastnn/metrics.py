@@ -761,11 +761,15 @@ class _FunctionMetric(Metric):
     sample_weight. The values are computed where the backend computes."""
     function = None
 
-    def __init__(self, name=None, dtype=None, **arguments):
+    def __init__(self, name=None, dtype=None):
+        self._init(name, dtype)
+
+    def _init(self, name, dtype, **arguments):
+        """The subclasses' constructors: `arguments` go to the function."""
         self._arguments = arguments
         for key, value in arguments.items():
             setattr(self, key, value)
-        super().__init__(name, dtype)
+        Metric.__init__(self, name, dtype)
 
     def values(self, y_true, y_pred):
         """The function's values (one per sample, or per pixel, ...) where the backend
@@ -840,7 +844,7 @@ class BinaryCrossentropy(_FunctionMetric):
     function = staticmethod(losses.binary_crossentropy_values)
 
     def __init__(self, name=None, dtype=None, from_logits=False, label_smoothing=0):
-        super().__init__(name, dtype, from_logits=bool(from_logits),
+        self._init(name, dtype, from_logits=bool(from_logits),
                          label_smoothing=_check_smoothing(label_smoothing))
 
 
@@ -850,7 +854,7 @@ class CategoricalCrossentropy(_FunctionMetric):
     function = staticmethod(losses.categorical_crossentropy_values)
 
     def __init__(self, name=None, dtype=None, from_logits=False, label_smoothing=0, axis=-1):
-        super().__init__(name, dtype, from_logits=bool(from_logits),
+        self._init(name, dtype, from_logits=bool(from_logits),
                          label_smoothing=_check_smoothing(label_smoothing),
                          axis=_check_axis(axis))
 
@@ -878,7 +882,7 @@ class SparseCategoricalCrossentropy(_FunctionMetric):
     function = staticmethod(_sparse_crossentropy)
 
     def __init__(self, name=None, dtype=None, from_logits=False, ignore_class=None, axis=-1):
-        super().__init__(name, dtype, from_logits=bool(from_logits),
+        self._init(name, dtype, from_logits=bool(from_logits),
                          ignore_class=ignore_class, axis=_check_axis(axis))
 
     def mask(self, y_true):
@@ -942,7 +946,7 @@ class CosineSimilarity(_FunctionMetric):
     function = staticmethod(cosine_similarity)
 
     def __init__(self, name=None, dtype=None, axis=-1):
-        super().__init__(name, dtype, axis=_check_axis(axis))
+        self._init(name, dtype, axis=_check_axis(axis))
 
 
 class PearsonCorrelation(CosineSimilarity):

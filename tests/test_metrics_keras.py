@@ -234,6 +234,8 @@ def test_bad_arguments_raise_clearly():
         M.CosineSimilarity(axis=1.5)
     with pytest.raises(ValueError, match="dtype"):
         M.KLDivergence(dtype="float16")
+    with pytest.raises(TypeError):
+        M.KLDivergence(axis=0)          # Keras's KLDivergence takes no axis
     with pytest.raises(ValueError, match="class ids"):
         M.MeanIoU(3).update_state([0, 5], [0, 1])
     with pytest.raises((TypeError, ValueError), match=r"metric\.config"):
