@@ -1,5 +1,9 @@
-"""Metrics as running (sample-weighted) means over an epoch, with Keras's names; `accuracy` is
-resolved by shapes exactly as keras/src/trainers/compile_utils.py does.
+"""Keras 3's metrics, with Keras's names, arguments and configs; `accuracy` is resolved by
+shapes exactly as keras/src/trainers/compile_utils.py does.
+
+A metric's state is the attributes its reset_state() sets: sums and counts that add up over
+batches (one update with many batches' rows equals one update per batch: the fused Dense path
+relies on it) and over ranks (fastnn.distribution sums them at epoch end).
 
 On a GPU the running total stays on the device (no sync per batch); result() reads it."""
 import numpy as np

@@ -359,3 +359,25 @@ def test_weights_per_row_spread_over_a_rows_values():
     np.testing.assert_allclose(ours.result(), _result(theirs.result()), rtol=2e-5)
     with pytest.raises(ValueError, match="sample_weight"):
         M.KLDivergence().update_state(y_pred, y_pred, sample_weight=np.ones((ROWS, 5, 2)))
+
+
+@pytest.mark.parametrize("name,kwargs,kind", CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_state_sums_over_ranks(name, kwargs, kind):
+    """What DataParallel does at epoch end: each rank's accumulators (the attributes
+    reset_state sets) summed give the result of one metric over every rank's rows."""
+    if kwargs.get("axis") == 0:
+        pytest.skip("axis=0: a value per column of each batch")
+    from fastnn.distribution import _accumulators, _sum
+    batches = _batches(kind, True, name in IOU,
+                       elementwise=name == "BinaryIoU" or kind == "sparse_seg")
+    ranks = [getattr(M, name)(**kwargs) for _ in batches]
+    whole = getattr(M, name)(**kwargs)
+    for metric, (y_true, y_pred, w) in zip(ranks, batches):
+        metric.update_state(y_true, y_pred, sample_weight=w)
+        whole.update_state(y_true, y_pred, sample_weight=w)
+    states = [_accumulators(m) for m in ranks]
+    assert states[0].keys() and all(v is not None for v in states[0].values())
+    for key in states[0]:
+        setattr(ranks[0], key, _sum([s[key] for s in states]))
+    np.testing.assert_allclose(ranks[0].result(), whole.result(), rtol=1e-9, atol=1e-12)
