@@ -51,8 +51,6 @@ class Metric:
         else:
             y_true, y_pred, w = _together(y_true, y_pred, sample_weight)
             values = self.per_sample(y_true, y_pred)
-            if not isinstance(values, np.ndarray) and isinstance(w, np.ndarray):
-                w = get_ops().xp.asarray(w)     # the values were computed on the device
             w = w.astype(np.float64).reshape(-1)
             self.total += (values.astype(np.float64, copy=False) * w).sum()
             self.count += w.sum()
@@ -1222,6 +1220,8 @@ def get(identifier, y_true_shape=None, y_pred_shape=None):
         return identifier()
     if callable(identifier) and not isinstance(identifier, type):
         return MeanMetricWrapper(identifier)
+    if isinstance(identifier, dict):        # a config, as keras.metrics.get takes one
+        return deserialize(identifier)
     if not isinstance(identifier, str):
         raise ValueError(f"Unsupported metric {identifier!r}")
     if identifier.lower() in ("accuracy", "acc"):

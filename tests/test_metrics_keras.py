@@ -259,6 +259,8 @@ def test_names_resolve_as_keras_compile_resolves_them():
         ours, theirs = M.get(name, yt.shape, yp.shape), get_metric(name, yt, yp)
         assert type(ours).__name__ == type(theirs).__name__, name
         assert ours.name == theirs.name == name
+    spec = {"class_name": "BinaryCrossentropy", "config": {"from_logits": True}}
+    assert M.get(spec).from_logits and keras.metrics.get(spec).from_logits
     for name in ("io_u", "mean_io_u", "precision_at_recall"):   # need arguments, as in Keras
         with pytest.raises(TypeError):
             M.get(name)
