@@ -390,6 +390,35 @@ def _bce(y_true, y_pred):
     return -(y_true * ops.log(y_pred) + (1.0 - y_true) * ops.log(1.0 - y_pred))
 
 
+def binary_crossentropy_values(y_true, y_pred, from_logits=False, label_smoothing=0.0,
+                               axis=-1):
+    """Keras's binary_crossentropy per sample (the mean over `axis`): the losses' C kernels
+    compute the batch total; the metrics need the values."""
+    y_true, y_pred = _same_rank(y_true, y_pred)
+    if label_smoothing:
+        y_true = y_true * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    if from_logits:     # exact from the logits: max(z, 0) - z y + log(1 + e^-|z|)
+        values = ops.maximum(y_pred, 0.0) - y_pred * y_true + \
+            ops.log1p(ops.exp(-ops.abs(y_pred)))
+    else:
+        values = _bce(y_true, y_pred)
+    return ops.mean(values, axis=axis)
+
+
+def categorical_crossentropy_values(y_true, y_pred, from_logits=False, label_smoothing=0.0,
+                                    axis=-1):
+    """Keras's categorical_crossentropy per sample: from logits by log-softmax, else from the
+    outputs normalized to sum 1 and clipped to [1e-7, 1 - 1e-7]."""
+    if label_smoothing:
+        y_true = y_true * (1.0 - label_smoothing) + label_smoothing / y_true.shape[-1]
+    if from_logits:
+        log_p = ops.log_softmax(y_pred, axis=axis)
+    else:
+        log_p = ops.log(ops.clip(y_pred / ops.sum(y_pred, axis=axis, keepdims=True), EPSILON,
+                                 1.0 - EPSILON))
+    return -ops.sum(y_true * log_p, axis=axis)
+
+
 def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha=0.25,
                               gamma=2.0, from_logits=False, label_smoothing=0.0, axis=-1):
     if label_smoothing:

@@ -1,10 +1,14 @@
-"""Metrics as running (sample-weighted) means over an epoch, with Keras's names; `accuracy` is
-resolved by shapes exactly as keras/src/trainers/compile_utils.py does.
+"""Keras 3's metrics, with Keras's names, arguments and configs; `accuracy` is resolved by
+shapes exactly as keras/src/trainers/compile_utils.py does.
+
+A metric's state is the attributes its reset_state() sets: sums and counts that add up over
+batches (one update with many batches' rows equals one update per batch: the fused Dense path
+relies on it) and over ranks (fastnn.distribution sums them at epoch end).
 
 On a GPU the running total stays on the device (no sync per batch); result() reads it."""
 import numpy as np
 
-from . import registry
+from . import losses, ops, registry
 from ._config import check_kwargs, expect_str, fail_value, object_spec, prefixed
 from .autodiff import value_of
 from .backend import get_ops
@@ -595,14 +599,25 @@ class R2Score(_StateMetric):
                 "num_regressors": self.num_regressors}
 
 
-class MeanIoU(_StateMetric):
-    """Mean over classes of intersection over union, from a confusion matrix of the class
-    ids (sparse labels, or argmax along `axis` when not sparse)."""
-    default_name = "mean_io_u"
+class IoU(_StateMetric):
+    """Intersection over union of the classes `target_class_ids`, averaged over those present
+    (a nonzero union), from a confusion matrix of class ids (sparse labels, or argmax along
+    `axis` when not sparse), as Keras computes it (its epsilon included). Unlike Keras, sample
+    weights are not truncated to integers (Keras's default int dtype does) and class ids out
+    of [0, num_classes) raise instead of being dropped."""
+    default_name = "io_u"
 
-    def __init__(self, num_classes, name=None, dtype=None, ignore_class=None,
+    def __init__(self, num_classes, target_class_ids, name=None, dtype=None, ignore_class=None,
                  sparse_y_true=True, sparse_y_pred=True, axis=-1):
+        if dtype not in (None, "int", "int32", "float32"):
+            raise ValueError(f"{type(self).__name__}: dtype={dtype!r}: fastnn counts in "
+                             "float64 (Keras's int32 or float32 give the same counts for "
+                             "integer weights)")
         self.num_classes, self.ignore_class = int(num_classes), ignore_class
+        if max(target_class_ids) >= num_classes:
+            raise ValueError(f"Target class id {max(target_class_ids)} is out of range, which "
+                             f"is [0, {num_classes}).")
+        self.target_class_ids = [int(c) for c in target_class_ids]
         self.sparse_y_true, self.sparse_y_pred, self.axis = sparse_y_true, sparse_y_pred, axis
         super().__init__(name)
 
@@ -615,6 +630,7 @@ class MeanIoU(_StateMetric):
             y_true = y_true.argmax(axis=self.axis)
         if not self.sparse_y_pred:
             y_pred = y_pred.argmax(axis=self.axis)
+        # weights of y_true's shape, or one per row for all its entries
         w = np.ones(y_true.shape) if w is None else \
             np.broadcast_to(w.reshape(w.shape + (1,) * (y_true.ndim - w.ndim)), y_true.shape)
         y_true, y_pred, w = y_true.reshape(-1), y_pred.reshape(-1), w.reshape(-1)
@@ -630,15 +646,466 @@ class MeanIoU(_StateMetric):
 
     def result(self):
         cm = self.total_cm
-        rows, cols, diag = cm.sum(axis=1), cm.sum(axis=0), np.diag(cm)
-        union = rows + cols - diag
-        present = (union != 0).sum()
-        return float(_divide_no_nan(_divide_no_nan(diag, union).sum(), present))
+        diag = np.diag(cm)
+        union = (cm.sum(axis=0) + cm.sum(axis=1) - diag)[self.target_class_ids]
+        valid = union > 1e-9
+        iou = np.where(valid, diag[self.target_class_ids] / (union + _EPS), 0.0)
+        return float(iou.sum() / (valid.sum() + _EPS))
 
     def get_config(self):
-        return {**super().get_config(), "num_classes": self.num_classes,
-                "ignore_class": self.ignore_class, "sparse_y_true": self.sparse_y_true,
-                "sparse_y_pred": self.sparse_y_pred, "axis": self.axis}
+        return {"name": self.name, "dtype": "int32", "num_classes": self.num_classes,
+                "target_class_ids": self.target_class_ids, "ignore_class": self.ignore_class,
+                "sparse_y_true": self.sparse_y_true, "sparse_y_pred": self.sparse_y_pred,
+                "axis": self.axis}
+
+
+class BinaryIoU(IoU):
+    """IoU of the classes 0 and 1 (as target_class_ids picks) with y_pred >= threshold as
+    class 1; y_true's values truncated to integers, as Keras's int cast does."""
+    default_name = "binary_io_u"
+
+    def __init__(self, target_class_ids=(0, 1), threshold=0.5, name=None, dtype=None):
+        self.threshold = threshold
+        super().__init__(2, target_class_ids, name=name, dtype=dtype)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_true, y_pred = _host(y_true, y_pred)
+        super().update_state(np.trunc(y_true), (y_pred >= self.threshold).astype(np.float64),
+                             sample_weight)
+
+    def get_config(self):
+        return {"target_class_ids": self.target_class_ids, "threshold": self.threshold,
+                "name": self.name, "dtype": "int32"}
+
+
+class MeanIoU(IoU):
+    """IoU averaged over every class present."""
+    default_name = "mean_io_u"
+
+    def __init__(self, num_classes, name=None, dtype=None, ignore_class=None,
+                 sparse_y_true=True, sparse_y_pred=True, axis=-1):
+        super().__init__(num_classes, list(range(int(num_classes))), name, dtype,
+                         ignore_class, sparse_y_true, sparse_y_pred, axis)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["target_class_ids"]
+        return config
+
+
+class OneHotIoU(IoU):
+    """IoU with one-hot y_true (and y_pred scores unless sparse_y_pred)."""
+    default_name = "one_hot_io_u"
+
+    def __init__(self, num_classes, target_class_ids, name=None, dtype=None, ignore_class=None,
+                 sparse_y_pred=False, axis=-1):
+        super().__init__(num_classes, target_class_ids, name, dtype, ignore_class,
+                         sparse_y_true=False, sparse_y_pred=sparse_y_pred, axis=axis)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["sparse_y_true"]
+        return config
+
+
+class OneHotMeanIoU(MeanIoU):
+    """MeanIoU with one-hot y_true (and y_pred scores unless sparse_y_pred)."""
+    default_name = "one_hot_mean_io_u"
+
+    def __init__(self, num_classes, name=None, dtype=None, ignore_class=None,
+                 sparse_y_pred=False, axis=-1):
+        super().__init__(num_classes, name, dtype, ignore_class, sparse_y_true=False,
+                         sparse_y_pred=sparse_y_pred, axis=axis)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["sparse_y_true"]
+        return config
+
+
+# ---- Keras's MeanMetricWrapper metrics: the running mean of a function's values per sample.
+# The loss-like ones reuse fastnn/losses.py's per-sample functions (one formula each).
+def accuracy(y_true, y_pred):
+    """1 where y_pred equals y_true (Keras's accuracy), element by element."""
+    y_true, y_pred = losses._same_rank(y_true, y_pred)
+    return ops.cast(ops.equal(y_true, y_pred), "float32")
+
+
+def cosine_similarity(y_true, y_pred, axis=-1):
+    """The cosine of the angle along `axis` (the loss is its negative)."""
+    return -losses.cosine_similarity(y_true, y_pred, axis=axis)
+
+
+def pearson_correlation(y_true, y_pred, axis=-1):
+    y_true, y_pred = losses._same_rank(y_true, y_pred)
+    t = y_true - ops.mean(y_true, axis=axis, keepdims=True)
+    p = y_pred - ops.mean(y_pred, axis=axis, keepdims=True)
+    t = t / ops.std(t, axis=axis, keepdims=True)
+    p = p / ops.std(p, axis=axis, keepdims=True)
+    return ops.mean(t * p, axis=axis)
+
+
+def concordance_correlation(y_true, y_pred, axis=-1):
+    y_true, y_pred = losses._same_rank(y_true, y_pred)
+    t_mean = ops.mean(y_true, axis=axis, keepdims=True)
+    p_mean = ops.mean(y_pred, axis=axis, keepdims=True)
+    t_var = ops.var(y_true - t_mean, axis=axis, keepdims=True)
+    p_var = ops.var(y_pred - p_mean, axis=axis, keepdims=True)
+    # y_true - p_mean (not t_mean) is Keras 3's formula, kept for equal results
+    covar = (y_true - p_mean) * (y_pred - p_mean)
+    norm = t_var + p_var + ops.square(t_mean - p_mean)
+    return ops.mean(2.0 * covar / (norm + _EPS), axis=axis)
+
+
+class _FunctionMetric(Metric):
+    """A Keras metric class over a function's values (its `function`, called with the
+    arguments the constructor takes): their running mean per sample, weighted by
+    sample_weight. The values are computed where the backend computes."""
+    function = None
+
+    def __init__(self, name=None, dtype=None):
+        self._init(name, dtype)
+
+    def _init(self, name, dtype, **arguments):
+        """The subclasses' constructors: `arguments` go to the function."""
+        self._arguments = arguments
+        for key, value in arguments.items():
+            setattr(self, key, value)
+        Metric.__init__(self, name, dtype)
+
+    def values(self, y_true, y_pred):
+        """The function's values (one per sample, or per pixel, ...) where the backend
+        computes."""
+        ops_ = get_ops()
+        y_true = ops_.asarray(np.asarray(y_true, np.float32) if isinstance(y_true, np.ndarray)
+                              else y_true.astype(np.float32))
+        y_pred = ops_.asarray(np.asarray(y_pred, np.float32) if isinstance(y_pred, np.ndarray)
+                              else y_pred.astype(np.float32))
+        with np.errstate(divide="ignore", invalid="ignore"):   # NaN as Keras gives, quietly
+            values = value_of(type(self).function(y_true, y_pred, **self._arguments))
+        return values.reshape(1).repeat(y_pred.shape[0]) if values.ndim == 0 else values
+
+    def mask(self, y_true):
+        """Which values count when weighted (Keras's mask on the values); None: all."""
+        return None
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        """Keras's Mean over the values: unweighted, one count per entry of their first axis
+        (a row; a column with axis=0); weighted (weights per row, or per value), the values
+        are averaged down to the weights' rank, weighted, and the weights averaged likewise
+        for the count, as keras's reduce_to_samplewise_values does."""
+        if sample_weight is None:
+            y_true, y_pred = _together(y_true, y_pred)
+            values = self.values(y_true, y_pred).astype(np.float64)
+            self.total += values.reshape(len(values), -1).mean(axis=-1).sum()
+            self.count += len(values)
+            return
+        y_true, y_pred, w = _together(y_true, y_pred, sample_weight)
+        values = self.values(y_true, y_pred).astype(np.float64)
+        xp = np if isinstance(values, np.ndarray) else get_ops().xp
+        w = xp.asarray(w).astype(np.float64)
+        if w.ndim == values.ndim + 1 and w.shape[-1] == 1:
+            w = w[..., 0]
+        if w.ndim > values.ndim:
+            raise ValueError(f"{self.name}: sample_weight of shape {tuple(w.shape)} has more "
+                             f"axes than the metric's values {tuple(values.shape)}")
+        mask = self.mask(y_true)
+        if mask is not None:    # weights per row spread over the row's values
+            w = w.reshape(w.shape + (1,) * (mask.ndim - w.ndim)) * xp.asarray(mask)
+        if values.ndim > w.ndim:
+            values = values.mean(axis=tuple(range(w.ndim, values.ndim)))
+        w = xp.broadcast_to(w.reshape(w.shape + (1,) * (values.ndim - w.ndim)), values.shape)
+        self.total += (values * w).reshape(len(values), -1).mean(axis=-1).sum()
+        self.count += w.reshape(len(w), -1).mean(axis=-1).sum()
+
+    def get_config(self):
+        return {"name": self.name, "dtype": "float32", **self._arguments}
+
+
+def _check_axis(axis):
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
+        raise ValueError(f"`axis` must be of type `int`. Received: axis={axis}")
+    return int(axis)
+
+
+def _check_smoothing(label_smoothing):
+    if not 0 <= label_smoothing <= 1:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    return label_smoothing
+
+
+class Accuracy(_FunctionMetric):
+    """How often y_pred equals y_true exactly."""
+    default_name = "accuracy"
+    function = staticmethod(accuracy)
+
+
+class BinaryCrossentropy(_FunctionMetric):
+    default_name = "binary_crossentropy"
+    direction = "down"
+    function = staticmethod(losses.binary_crossentropy_values)
+
+    def __init__(self, name=None, dtype=None, from_logits=False, label_smoothing=0):
+        self._init(name, dtype, from_logits=bool(from_logits),
+                         label_smoothing=_check_smoothing(label_smoothing))
+
+
+class CategoricalCrossentropy(_FunctionMetric):
+    default_name = "categorical_crossentropy"
+    direction = "down"
+    function = staticmethod(losses.categorical_crossentropy_values)
+
+    def __init__(self, name=None, dtype=None, from_logits=False, label_smoothing=0, axis=-1):
+        self._init(name, dtype, from_logits=bool(from_logits),
+                         label_smoothing=_check_smoothing(label_smoothing),
+                         axis=_check_axis(axis))
+
+
+def _sparse_crossentropy(y_true, y_pred, from_logits=False, ignore_class=None, axis=-1):
+    """Keras's sparse_categorical_crossentropy per sample: the categorical one of the one-hot
+    labels (ignore_class's positions give 0)."""
+    labels = y_true
+    if labels.ndim == y_pred.ndim:
+        labels = labels.squeeze(axis)
+    labels = labels.astype(np.int64)
+    if ignore_class is not None:
+        valid = labels != ignore_class
+        labels = labels * valid
+    values = losses.categorical_crossentropy_values(
+        ops.one_hot(labels, y_pred.shape[axis], axis=axis), y_pred, from_logits, axis=axis)
+    return values if ignore_class is None else values * valid
+
+
+class SparseCategoricalCrossentropy(_FunctionMetric):
+    """Cross-entropy of integer labels; with ignore_class, those labels give 0 and (when
+    sample_weight is given) weigh nothing, as in Keras."""
+    default_name = "sparse_categorical_crossentropy"
+    direction = "down"
+    function = staticmethod(_sparse_crossentropy)
+
+    def __init__(self, name=None, dtype=None, from_logits=False, ignore_class=None, axis=-1):
+        self._init(name, dtype, from_logits=bool(from_logits),
+                         ignore_class=ignore_class, axis=_check_axis(axis))
+
+    def mask(self, y_true):
+        if self.ignore_class is None:
+            return None
+        labels = y_true[..., 0] if y_true.ndim > 1 and y_true.shape[-1] == 1 else y_true
+        return labels != self.ignore_class
+
+
+class KLDivergence(_FunctionMetric):
+    default_name = "kl_divergence"
+    direction = "down"
+    function = staticmethod(losses.kl_divergence)
+
+
+class Poisson(_FunctionMetric):
+    default_name = "poisson"
+    direction = "down"
+    function = staticmethod(losses.poisson)
+
+
+class Hinge(_FunctionMetric):
+    """Keras's hinge: 0/1 labels become -1/1 when a whole update_state call holds only 0s
+    and 1s (so a fused update of many batches converts as one batch would)."""
+    default_name = "hinge"
+    direction = "down"
+    function = staticmethod(losses.hinge)
+
+
+class SquaredHinge(Hinge):
+    default_name = "squared_hinge"
+    function = staticmethod(losses.squared_hinge)
+
+
+class CategoricalHinge(_FunctionMetric):
+    default_name = "categorical_hinge"
+    direction = "down"
+    function = staticmethod(losses.categorical_hinge)
+
+
+class LogCoshError(_FunctionMetric):
+    default_name = "logcosh"
+    direction = "down"
+    function = staticmethod(losses.log_cosh)
+
+
+class MeanAbsolutePercentageError(_FunctionMetric):
+    default_name = "mean_absolute_percentage_error"
+    direction = "down"
+    function = staticmethod(losses.mean_absolute_percentage_error)
+
+
+class MeanSquaredLogarithmicError(_FunctionMetric):
+    default_name = "mean_squared_logarithmic_error"
+    direction = "down"
+    function = staticmethod(losses.mean_squared_logarithmic_error)
+
+
+class CosineSimilarity(_FunctionMetric):
+    default_name = "cosine_similarity"
+    function = staticmethod(cosine_similarity)
+
+    def __init__(self, name=None, dtype=None, axis=-1):
+        self._init(name, dtype, axis=_check_axis(axis))
+
+
+class PearsonCorrelation(CosineSimilarity):
+    default_name = "pearson_correlation"
+    function = staticmethod(pearson_correlation)
+
+
+class ConcordanceCorrelation(CosineSimilarity):
+    default_name = "concordance_correlation"
+    function = staticmethod(concordance_correlation)
+
+
+class Sum(_StateMetric):
+    """The (sample-weighted) sum of the values given."""
+    default_name = "sum"
+
+    def reset_state(self):
+        self.total = 0.0
+
+    def update_state(self, values, sample_weight=None):
+        values, w = _host(values, sample_weight)
+        if w is not None:
+            w = np.broadcast_to(w.reshape(w.shape + (1,) * (values.ndim - w.ndim)),
+                                values.shape)
+            values = values * w
+        self.total += float(values.sum())
+
+    def result(self):
+        return float(self.total)
+
+
+# ---- confusion counts -------------------------------------------------------------------
+class _ConfusionCount(_Confusion):
+    """The weighted count of one confusion-matrix cell at each threshold (default 0.5): one
+    value for one threshold, an array for several."""
+    label_weights = None
+    cell = None         # 0..3: tp, fp, fn, tn (the order _counts returns them)
+
+    def __init__(self, thresholds=None, name=None, dtype=None):
+        self.init_thresholds = thresholds
+        self.thresholds, _ = _thresholds(thresholds, 0.5)
+        super().__init__(name)
+
+    def reset_state(self):
+        self.accumulator = np.zeros(len(self.thresholds))
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        self.accumulator = self.accumulator + \
+            self._counts(y_true, y_pred, sample_weight, self.thresholds)[self.cell]
+
+    def result(self):
+        return float(self.accumulator[0]) if len(self.thresholds) == 1 else \
+            self.accumulator.copy()
+
+    def get_config(self):
+        return {**super().get_config(), "thresholds": self.init_thresholds}
+
+
+class TruePositives(_ConfusionCount):
+    default_name, cell = "true_positives", 0
+
+
+class FalsePositives(_ConfusionCount):
+    default_name, cell = "false_positives", 1
+
+
+class FalseNegatives(_ConfusionCount):
+    default_name, cell = "false_negatives", 2
+
+
+class TrueNegatives(_ConfusionCount):
+    default_name, cell = "true_negatives", 3
+
+
+class _AtConstraint(_Confusion):
+    """Keras's SensitivitySpecificityBase: confusion counts at num_thresholds evenly spaced
+    thresholds in [0, 1]; the result is the largest `dependent` rate among the thresholds
+    whose `constrained` rate is >= the given value (0 when none is)."""
+    label_weights = None
+    value_name = None
+
+    def __init__(self, value, num_thresholds=200, class_id=None, name=None, dtype=None):
+        if value < 0 or value > 1:
+            raise ValueError(f"Argument `{self.value_name}` must be in the range [0, 1]. "
+                             f"Received: {self.value_name}={value}")
+        if num_thresholds <= 0:
+            raise ValueError("Argument `num_thresholds` must be an integer > 0. "
+                             f"Received: num_thresholds={num_thresholds}")
+        setattr(self, self.value_name, value)
+        self.value, self.num_thresholds, self.class_id = value, num_thresholds, class_id
+        self.thresholds = np.array([0.5] if num_thresholds == 1 else
+                                   [0.0] + [(i + 1) * 1.0 / (num_thresholds - 1)
+                                            for i in range(num_thresholds - 2)] + [1.0])
+        super().__init__(name)
+
+    def reset_state(self):
+        n = len(self.thresholds)
+        self.true_positives, self.false_positives = np.zeros(n), np.zeros(n)
+        self.true_negatives, self.false_negatives = np.zeros(n), np.zeros(n)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        tp, fp, fn, tn = self._counts(y_true, y_pred, sample_weight, self.thresholds,
+                                      class_id=self.class_id)
+        self.true_positives = self.true_positives + tp
+        self.false_positives = self.false_positives + fp
+        self.false_negatives = self.false_negatives + fn
+        self.true_negatives = self.true_negatives + tn
+
+    def _rates(self):
+        tp, fp, fn, tn = self.true_positives, self.false_positives, self.false_negatives, \
+            self.true_negatives
+        return {"sensitivity": _divide_no_nan(tp, tp + fn),
+                "specificity": _divide_no_nan(tn, tn + fp),
+                "precision": _divide_no_nan(tp, tp + fp)}
+
+    def result(self):
+        rates = self._rates()
+        constrained, dependent = rates[self.constrained], rates[self.dependent]
+        return float(np.max(np.where(constrained >= self.value, dependent, 0.0), initial=0.0))
+
+    def get_config(self):
+        return {**super().get_config(), "class_id": self.class_id,
+                "num_thresholds": self.num_thresholds, self.value_name: self.value}
+
+
+class SensitivityAtSpecificity(_AtConstraint):
+    default_name, value_name = "sensitivity_at_specificity", "specificity"
+    constrained, dependent = "specificity", "sensitivity"
+
+    def __init__(self, specificity, num_thresholds=200, class_id=None, name=None,
+                 dtype=None):
+        super().__init__(specificity, num_thresholds, class_id, name, dtype)
+
+
+class SpecificityAtSensitivity(_AtConstraint):
+    default_name, value_name = "specificity_at_sensitivity", "sensitivity"
+    constrained, dependent = "sensitivity", "specificity"
+
+    def __init__(self, sensitivity, num_thresholds=200, class_id=None, name=None,
+                 dtype=None):
+        super().__init__(sensitivity, num_thresholds, class_id, name, dtype)
+
+
+class PrecisionAtRecall(_AtConstraint):
+    default_name, value_name = "precision_at_recall", "recall"
+    constrained, dependent = "sensitivity", "precision"     # recall is sensitivity
+
+    def __init__(self, recall, num_thresholds=200, class_id=None, name=None, dtype=None):
+        super().__init__(recall, num_thresholds, class_id, name, dtype)
+
+
+class RecallAtPrecision(_AtConstraint):
+    default_name, value_name = "recall_at_precision", "precision"
+    constrained, dependent = "precision", "sensitivity"
+
+    def __init__(self, precision, num_thresholds=200, class_id=None, name=None, dtype=None):
+        super().__init__(precision, num_thresholds, class_id, name, dtype)
 
 
 class MeanMetricWrapper(Metric):
@@ -669,9 +1136,38 @@ _BY_NAME = {
     "top_k_categorical_accuracy": TopKCategoricalAccuracy,
     "sparse_top_k_categorical_accuracy": SparseTopKCategoricalAccuracy,
     "root_mean_squared_error": RootMeanSquaredError, "f1_score": F1Score,
-    "fbeta_score": FBetaScore, "r2_score": R2Score,
+    "fbeta_score": FBetaScore, "f_beta_score": FBetaScore, "r2_score": R2Score,
+    # the rest of keras/src/metrics/__init__.py's names (the class names in snake case and
+    # its aliases); "accuracy"/"acc" are resolved by shapes in get()
+    "binary_crossentropy": BinaryCrossentropy, "bce": BinaryCrossentropy,
+    "categorical_crossentropy": CategoricalCrossentropy,
+    "sparse_categorical_crossentropy": SparseCategoricalCrossentropy,
+    "kl_divergence": KLDivergence, "poisson": Poisson, "hinge": Hinge,
+    "squared_hinge": SquaredHinge, "categorical_hinge": CategoricalHinge,
+    "log_cosh_error": LogCoshError,
+    "mean_absolute_percentage_error": MeanAbsolutePercentageError,
+    "mape": MeanAbsolutePercentageError,
+    "mean_squared_logarithmic_error": MeanSquaredLogarithmicError,
+    "msle": MeanSquaredLogarithmicError, "cosine_similarity": CosineSimilarity,
+    "pearson_correlation": PearsonCorrelation,
+    "concordance_correlation": ConcordanceCorrelation, "sum": Sum,
+    "true_positives": TruePositives, "false_positives": FalsePositives,
+    "true_negatives": TrueNegatives, "false_negatives": FalseNegatives,
+    "precision_at_recall": PrecisionAtRecall, "recall_at_precision": RecallAtPrecision,
+    "sensitivity_at_specificity": SensitivityAtSpecificity,
+    "specificity_at_sensitivity": SpecificityAtSensitivity,
+    "io_u": IoU, "binary_io_u": BinaryIoU, "mean_io_u": MeanIoU,
+    "one_hot_io_u": OneHotIoU, "one_hot_mean_io_u": OneHotMeanIoU,
 }
-_CLASSES = {c.__name__: c for c in set(_BY_NAME.values()) | {MeanIoU}}
+_CLASSES = {c.__name__: c for c in set(_BY_NAME.values()) | {Accuracy}}
+_IOU = (IoU, BinaryIoU, MeanIoU, OneHotIoU, OneHotMeanIoU)
+
+
+def _number_list(value, path):
+    """thresholds / target_class_ids: a number, a list of numbers or null."""
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            fail_value(path, "a number, a list of numbers or null", value)
 
 
 def serialize(metric):
@@ -703,10 +1199,12 @@ def deserialize(spec, path="metric"):
         fail_value(f"{path}.class_name", f"a metric name or one of the metric classes "
                    f"{', '.join(sorted(_CLASSES))} (or a registered one)", class_name)
     if cls in _CLASSES.values():
-        # float32, or MeanIoU's int32 (the type of Keras's counts): what fastnn computes in
+        # float32, or the IoU metrics' int32 (Keras's counts): what fastnn computes in
         cfg = {k: v for k, v in cfg.items()
-               if k != "dtype" or v not in (None, "float32", "int32" if cls is MeanIoU else 0)}
-        check_kwargs(cls, cfg, f"{path}.config")
+               if k != "dtype" or v not in (None, "float32", "int32" if cls in _IOU else 0)}
+        check_kwargs(cls, cfg, f"{path}.config",
+                     checks={k: _number_list for k in ("thresholds", "target_class_ids",
+                                                       "label_weights")})
         expect_str(cfg.get("name", ""), f"{path}.config.name")
     try:
         return cls.from_config(cfg)
@@ -722,6 +1220,8 @@ def get(identifier, y_true_shape=None, y_pred_shape=None):
         return identifier()
     if callable(identifier) and not isinstance(identifier, type):
         return MeanMetricWrapper(identifier)
+    if isinstance(identifier, dict):        # a config, as keras.metrics.get takes one
+        return deserialize(identifier)
     if not isinstance(identifier, str):
         raise ValueError(f"Unsupported metric {identifier!r}")
     if identifier.lower() in ("accuracy", "acc"):

@@ -149,7 +149,7 @@ def test_unsupported_models_take_the_general_path(monkeypatch):
     assert DenseRunner.for_model(model, training=True) is None
 
 
-@pytest.mark.parametrize("case", ["sparse", "onehot", "binary", "no_accuracy"])
+@pytest.mark.parametrize("case", ["sparse", "onehot", "binary", "no_accuracy", "keras3"])
 def test_several_metrics_stay_on_the_fused_path(monkeypatch, case):
     """The stack counts one accuracy itself and keeps each batch's outputs for the other
     metrics, updated once per chunk: the same results as per batch (their state adds up),
@@ -170,6 +170,14 @@ def test_several_metrics_stay_on_the_fused_path(monkeypatch, case):
                                                 fastnn.metrics.Recall(name="recall")]
     elif case == "no_accuracy":
         metrics = ["sparse_top_k_categorical_accuracy"]
+    elif case == "keras3":      # issue 19's metric classes: their state adds up too
+        y = np.eye(3, dtype=np.float32)[y]
+        loss, metrics = "categorical_crossentropy", [
+            "accuracy", "kl_divergence", "categorical_hinge", "binary_crossentropy",
+            "cosine_similarity", "pearson_correlation", "true_positives",
+            fastnn.metrics.SensitivityAtSpecificity(0.6, name="s_at_s"),
+            fastnn.metrics.OneHotMeanIoU(3, name="iou"),
+            fastnn.metrics.CategoricalCrossentropy(label_smoothing=0.1, name="cce")]
     kw = lambda: dict(optimizer="adam", loss=loss, metrics=list(metrics))  # noqa: E731
     fit_kw = dict(validation_split=0.2)
     fused = _train(monkeypatch, True, build, kw, x, y, fit_kw)
