@@ -15,6 +15,7 @@ import marshal
 import re
 import threading
 import types
+import warnings
 
 import numpy as np
 
