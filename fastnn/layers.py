@@ -675,6 +675,10 @@ class InputLayer(Layer):
         return {"batch_shape": [None, *self.input_shape_arg], "dtype": self.input_dtype,
                 "sparse": False, "name": self.name}
 
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)        # its dtype may be an integer one (__init__ checks it)
+
 
 def Input(shape=None, batch_size=None, dtype=None, name=None, batch_shape=None):
     """A model's symbolic input: call layers on it to build a functional model, or put it

@@ -30,6 +30,8 @@ class Schedule:
             if not isinstance(layer, Layer) or type(layer).__module__ != Layer.__module__ \
                     or len(node.outputs) != 1:
                 return None
+            if layer.makes_masks:       # masks travel on the tape's tensors (keras_mask)
+                return None
         return cls(inputs, outputs, nodes)
 
     def __init__(self, inputs, outputs, nodes):

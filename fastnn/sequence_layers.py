@@ -374,6 +374,7 @@ class TimeDistributed(Layer):
     (batch * steps, ...) rows. Its weights are the inner layer's (shared, one set for every
     step). A mask passes through unchanged, as in Keras."""
     supports_masking = True
+    weights_subpath = "/layer"      # where Keras's .keras files keep the inner layer's weights
 
     def __init__(self, layer, **kwargs):
         if not isinstance(layer, Layer):
@@ -430,3 +431,10 @@ class TimeDistributed(Layer):
         inner = get_class(entry["class_name"], entry.get("registered_name")).from_config(
             entry["config"])
         return super().from_config({**config, "layer": inner})
+
+
+# fastnn's own layers, exported from fastnn.layers: saved as keras.layers classes, run by the
+# functional schedule like the others there (fastnn.models, fastnn.schedule read __module__).
+for _cls in (Embedding, Masking, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D,
+             GlobalMaxPooling1D, TimeDistributed):
+    _cls.__module__ = Layer.__module__
