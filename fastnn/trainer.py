@@ -450,10 +450,6 @@ class Trainer:
                 f"Model {self.name!r}: its output (shape {tuple(out.shape)}) carries a mask of "
                 f"shape {tuple(mask.shape)}; fastnn applies an output mask to the loss only "
                 "for (batch, timesteps, features) outputs")
-        if self._metrics:
-            raise NotImplementedError(
-                f"Model {self.name!r}: its output carries a mask (masked timesteps); compiled "
-                "metrics over masked timesteps are not supported by fastnn yet (the loss is)")
         xp = get_ops().xp
         keep = mask.astype(np.float32)
         kept = float(keep.sum())
@@ -467,6 +463,14 @@ class Trainer:
         """Add a batch's loss (as the tracker counts it) and, given y, its metrics."""
         self._loss_tracker.update_with_sum(total, n)
         if y is None:       # a skipped step (non-finite loss)
+            return
+        mask = _thread_state(self._thread).__dict__.get("output_mask")
+        if mask is not None:    # each timestep a row, the masked ones weighing 0 (as Keras)
+            rows = mask.size
+            y = y.reshape(rows, -1) if y.dtype != np.int32 else y.reshape(-1)
+            weights = mask.reshape(-1).astype(np.float32)
+            for m in self._metrics:
+                m.update_state(y, out.reshape(rows, -1), sample_weight=weights)
             return
         for m in self._metrics:
             m.update_state(y, out)

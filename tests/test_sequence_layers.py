@@ -358,6 +358,28 @@ def test_output_mask_weighs_the_loss_as_keras():
         np.testing.assert_allclose(a, keras.ops.convert_to_numpy(b), rtol=1e-4, atol=1e-6)
 
 
+def test_output_mask_weighs_loss_and_metrics_of_a_tagger_as_keras():
+    def build(K):
+        return K.Sequential([K.Input(shape=(6,), dtype="int32"),
+                             K.layers.Embedding(8, 4, mask_zero=True),
+                             K.layers.Dense(3, activation="softmax")])
+    ours, theirs = build(fastnn), build(keras)
+    theirs.set_weights(ours.get_weights())
+    rng = np.random.default_rng(3)
+    x = rng.integers(1, 8, (5, 6)).astype(np.int32)
+    x[0, 2:] = x[3, 4:] = 0
+    y = rng.integers(0, 3, (5, 6))
+    for m in (ours, theirs):
+        m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    np.testing.assert_allclose(ours.evaluate(x, y, verbose=0),
+                               theirs.evaluate(x, y, verbose=0), rtol=1e-5)
+    ours.fit(x, y, epochs=2, batch_size=5, verbose=0)
+    theirs.fit(x, y, epochs=2, batch_size=5, verbose=0)
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(a, keras.ops.convert_to_numpy(b), rtol=1e-4, atol=1e-6)
+
+
 # ---- TimeDistributed --------------------------------------------------------------------------
 def test_time_distributed_equals_keras_and_finite_differences():
     ours = L.TimeDistributed(L.Dense(3, activation="tanh"))
