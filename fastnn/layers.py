@@ -402,9 +402,15 @@ class Layer:
                           "Downstream layers will not see the mask.", stacklevel=3)
         return None
 
+    mask_source = False     # fastnn's layers that make masks (Embedding(mask_zero), Masking)
+
     @property
     def makes_masks(self):
-        """Whether this layer may give its output a mask its input did not carry."""
+        """Whether this layer may give its output a mask its input did not carry (then the
+        model's forward pass carries masks): fastnn's layers say so (mask_source), a user's
+        that computes masks may."""
+        if type(self).__module__ == Layer.__module__:
+            return bool(self.mask_source)
         return self.supports_masking and type(self).compute_mask is not Layer.compute_mask
 
     # ---- computation ---------------------------------------------------------------------
@@ -525,7 +531,11 @@ class Layer:
         if any(isinstance(t, Tensor) for t in xs):      # inside a model's call(): the tape
             if not self.built:
                 self._maybe_build([tuple(t.shape) for t in xs])
-            return self._run_call(list(xs), training)
+            masks = [t.keras_mask if isinstance(t, Tensor) else None for t in xs]
+            out = self._run_call(list(xs), training)
+            if isinstance(out, Tensor) and any(m is not None for m in masks):
+                out.keras_mask = self._output_mask([value_of(t) for t in xs], masks)
+            return out
         ops = get_ops()
         xs = [ops.asarray(t) for t in xs]
         self._maybe_build([(None,) + tuple(t.shape[1:]) for t in xs])
@@ -1912,6 +1922,17 @@ class _Merge(Layer):
     fastnn.ops: on the tape inside a model, so its gradients come from autodiff."""
     min_inputs = 2
 
+    supports_masking = True
+
+    def compute_mask(self, inputs, previous_mask):
+        """Keras's: the inputs' masks OR-ed, when every input has one."""
+        if previous_mask is None or any(m is None for m in previous_mask):
+            return None
+        out = previous_mask[0]
+        for m in previous_mask[1:]:
+            out = out | m
+        return out
+
     def build(self, input_shape):
         shapes = list(input_shape) if input_shape and isinstance(input_shape[0], (tuple, list)) \
             else None
@@ -2015,6 +2036,21 @@ class Concatenate(_Merge):
     def call(self, inputs):
         return array_ops.concatenate(list(inputs), axis=self.axis)
 
+
+    def compute_mask(self, inputs, previous_mask):
+        """Keras's: each input's mask spread over its features (all True where it has none),
+        concatenated along the axis, then any() over the last axis."""
+        if previous_mask is None or all(m is None for m in previous_mask):
+            return None
+        xp = get_ops().xp
+        masks = []
+        for x, m in zip(inputs, previous_mask):
+            if m is None:
+                m = xp.ones(x.shape, bool)
+            elif m.ndim < x.ndim:
+                m = xp.broadcast_to(m[..., None], x.shape)
+            masks.append(m)
+        return xp.concatenate(masks, axis=self.axis).any(axis=-1)
     def get_config(self):
         return {**super().get_config(), "axis": self.axis}
 

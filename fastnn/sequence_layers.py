@@ -70,7 +70,7 @@ class Embedding(Layer):
         _weight_options(self, embeddings_regularizer=embeddings_regularizer,
                         embeddings_constraint=embeddings_constraint)
         self.mask_zero = bool(mask_zero)
-        self.supports_masking = self.mask_zero
+        self.supports_masking = self.mask_source = self.mask_zero
         self._dirty = None      # (the gradient array, the rows backward wrote into it last)
         if weights is not None:
             self.build(None)
@@ -128,7 +128,7 @@ class Embedding(Layer):
 class Masking(Layer):
     """Keras's Masking: a timestep whose features all equal mask_value is masked (its mask
     False, its output zeros)."""
-    supports_masking = True
+    supports_masking = mask_source = True
 
     def __init__(self, mask_value=0.0, **kwargs):
         super().__init__(**kwargs)

@@ -332,6 +332,32 @@ def test_subclassed_model_and_user_layer_get_the_mask():
     np.testing.assert_allclose(out[0], (table[1] + table[2]) / 2, rtol=1e-6)
 
 
+@pytest.mark.parametrize("merge", ["Add", "Concatenate"])
+def test_merge_layers_combine_masks_as_keras(merge):
+    def build(K):
+        a = K.Input(shape=(5,), dtype="int32")
+        b = K.Input(shape=(5,), dtype="int32")
+        ea = K.layers.Embedding(6, 3, mask_zero=True)(a)
+        eb = K.layers.Embedding(6, 3, mask_zero=merge == "Add")(b)
+        h = getattr(K.layers, merge)()([ea, eb])
+        return K.Model([a, b], K.layers.GlobalAveragePooling1D()(h))
+    ours, theirs = build(fastnn), build(keras)
+    theirs.set_weights(ours.get_weights())
+    xa = np.array([[1, 2, 0, 0, 0], [3, 0, 0, 0, 0]], np.int32)
+    xb = np.array([[1, 0, 0, 0, 4], [2, 2, 2, 0, 0]], np.int32)
+    np.testing.assert_allclose(ours.predict([xa, xb], verbose=0),
+                               keras.ops.convert_to_numpy(theirs.predict([xa, xb], verbose=0)),
+                               rtol=1e-5, atol=1e-6)
+    assert ours._schedule is None       # masks travel on the tape
+
+
+def test_residual_graph_without_masks_keeps_the_schedule():
+    i = fastnn.Input(shape=(4,))
+    h = L.Dense(4)(i)
+    model = fastnn.Model(i, L.Add()([h, L.Dense(4)(h)]))
+    assert model._schedule is not None
+
+
 def test_a_layer_without_masking_drops_the_mask_with_keras_warning():
     model = fastnn.Sequential([fastnn.Input(shape=(4,), dtype="int32"),
                                L.Embedding(6, 3, mask_zero=True), L.Flatten(), L.Dense(1)])
