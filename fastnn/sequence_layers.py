@@ -222,12 +222,6 @@ class Conv1D(Conv2D):
         y = super().forward(_as_image(x), training)
         return y.reshape(y.shape[0], y.shape[2], y.shape[3])
 
-    def forward_fused(self, *args, **kwargs):
-        raise NotImplementedError("Conv1D has no fused inference path")
-
-    def padded_window(self, x_shape, pad):
-        return None
-
     def backward(self, dy, need_dx=True, preactivation=False):
         dx = super().backward(dy, need_dx, preactivation)
         return dx.reshape(dx.shape[0], dx.shape[2], dx.shape[3]) if need_dx else dx
