@@ -14,7 +14,7 @@ from .autodiff import Tensor, no_grad, value_of
 from .backend import get_ops, unique_name
 from .graph import KerasTensor, Node, flatten, is_symbolic, nodes_between
 from .layers import (ConvPool, InputLayer, Layer, _CLASSES as _LAYER_CLASSES,
-                     _accepts_training, _snake_case, forward_pass, get_class)
+                     _accepts_training, _snake_case, _thread_state, forward_pass, get_class)
 from .schedule import Schedule
 from .trainer import Trainer, _scaled, _shape_str, fits, scale_back
 
@@ -845,6 +845,11 @@ class Functional(Model):
     def _loss_and_grad(self, out, y, w, want_grad):
         if self.__dict__.get("_output_losses") is None:
             return super()._loss_and_grad(out, y, w, want_grad)
+        if any(m is not None for m in _thread_state(self._thread).__dict__.get(
+                "output_mask") or ()):
+            raise NotImplementedError(
+                f"Model {self.name!r}: an output of a model with several outputs carries a "
+                "mask; fastnn applies output masks to the loss of single-output models only")
         n, total, grads, totals = out.shape[0], 0.0, [], []
         for i, (o, t) in enumerate(zip(self._split_outputs(out), self._split_targets(y))):
             loss, weight = self._output_losses[i], self._loss_weights[i]

@@ -352,13 +352,17 @@ class Trainer:
                 with no_grad():
                     out = self.call(Tensor(x), **kwargs)
             state.added_losses = added_losses()
-        state.output_mask = getattr(out, "keras_mask", None)
+        state.output_mask = [getattr(o, "keras_mask", None) for o in out] \
+            if isinstance(out, (list, tuple)) else getattr(out, "keras_mask", None)
         return self._output_rows(out, x)
 
     def _run_schedule(self, x, training):
         """A functional graph of fastnn's own layers, on its schedule (no tape)."""
-        _thread_state(self._thread).added_losses = ()
+        state = _thread_state(self._thread)
+        state.added_losses = ()
         outs = self._schedule.forward(self._input_arrays(x), bool(training))
+        masks = self._schedule.output_masks()
+        state.output_mask = masks if len(outs) > 1 else masks[0]
         return self._output_rows(outs if len(outs) > 1 else outs[0], x)
 
     def _output_rows(self, out, x):

@@ -348,14 +348,39 @@ def test_merge_layers_combine_masks_as_keras(merge):
     np.testing.assert_allclose(ours.predict([xa, xb], verbose=0),
                                keras.ops.convert_to_numpy(theirs.predict([xa, xb], verbose=0)),
                                rtol=1e-5, atol=1e-6)
-    assert ours._schedule is None       # masks travel on the tape
+    assert ours._schedule is not None and ours._schedule.masking   # masks on the schedule
 
 
-def test_residual_graph_without_masks_keeps_the_schedule():
+def test_residual_graph_without_masks_keeps_the_fused_schedule():
     i = fastnn.Input(shape=(4,))
     h = L.Dense(4)(i)
     model = fastnn.Model(i, L.Add()([h, L.Dense(4)(h)]))
-    assert model._schedule is not None
+    assert model._schedule is not None and not model._schedule.masking
+
+
+def test_masked_graph_trains_on_the_schedule_as_keras():
+    """A graph (not a chain) with a mask: the schedule carries it, forward and loss."""
+    def build(K):
+        i = K.Input(shape=(5,), dtype="int32")
+        e = K.layers.Embedding(7, 3, mask_zero=True)(i)
+        h = K.layers.Add()([e, K.layers.Dense(3)(e)])
+        return K.Model(i, K.layers.Dense(2)(h))
+    ours, theirs = build(fastnn), build(keras)
+    assert ours._schedule is not None and ours._schedule.masking
+    theirs.set_weights(ours.get_weights())
+    x = np.array([[1, 2, 0, 0, 0], [3, 4, 5, 6, 0], [1, 0, 0, 0, 0]], np.int32)
+    y = np.random.default_rng(2).standard_normal((3, 5, 2)).astype(np.float32)
+    for m in (ours, theirs):
+        m.compile(optimizer="sgd", loss="mse", metrics=["mae"])
+    np.testing.assert_allclose(ours.predict(x, verbose=0),
+                               keras.ops.convert_to_numpy(theirs.predict(x, verbose=0)),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.evaluate(x, y, verbose=0),
+                               theirs.evaluate(x, y, verbose=0), rtol=1e-5)
+    ours.fit(x, y, epochs=2, batch_size=3, verbose=0)
+    theirs.fit(x, y, epochs=2, batch_size=3, verbose=0)
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(a, keras.ops.convert_to_numpy(b), rtol=1e-4, atol=1e-6)
 
 
 def test_a_layer_without_masking_drops_the_mask_with_keras_warning():
