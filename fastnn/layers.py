@@ -502,7 +502,10 @@ class Layer:
         if isinstance(x, (list, tuple)):        # several inputs: a merge layer, a user's
             return self._call_on_list(x, training)
         ops = get_ops()
-        x = ops.asarray(x, x.dtype if np.asarray(x).dtype.kind in "iub" and
+        if not isinstance(x, ops.xp.ndarray):
+            x = np.asarray(x)
+        # indices stay integers for a layer that reads them (Embedding); the rest is float32
+        x = ops.asarray(x, x.dtype if x.dtype.kind in "iu" and
                         getattr(self, "integer_input", False) else "float32")
         self._maybe_build((None,) + x.shape[1:])
         if mask is not None and _takes_mask(type(self).forward):

@@ -501,6 +501,7 @@ def test_bad_arguments_raise_keras_errors(name, kwargs, message):
 
 def test_shapes_and_rank_errors():
     assert L.Embedding(10, 4).compute_output_shape((None, 7)) == (None, 7, 4)
+    assert L.Embedding(10, 4)(np.array([[1, 9, 0]])).shape == (1, 3, 4)   # an eager call
     assert L.Conv1D(5, 3, padding="causal").compute_output_shape((None, None, 2)) == \
         (None, None, 5)
     with pytest.raises(ValueError, match="expects 3-D input"):
