@@ -584,3 +584,22 @@ def test_several_inputs_keep_their_dtypes():
     np.testing.assert_array_equal(seen["ids_probe"][1], x_ids)
     np.testing.assert_array_equal(seen["values_probe"][1], x_values)
     np.testing.assert_allclose(out[:, 3:], x_values)
+
+
+def test_integer_and_float_inputs_train_together():
+    fastnn.utils.set_random_seed(0)
+    x, y = text_data()
+    ids = fastnn.Input(shape=(x.shape[1],), dtype="int32")
+    extra = fastnn.Input(shape=(2,))
+    h = L.GlobalAveragePooling1D()(L.Embedding(60, 8, mask_zero=True)(ids))
+    model = fastnn.Model([ids, extra], L.Dense(1, activation="sigmoid")(
+        L.Concatenate()([h, L.Dense(2)(extra)])))
+    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+    noise = np.random.default_rng(0).standard_normal((len(x), 2)).astype(np.float32)
+    history = model.fit([x.astype(np.int32), noise], y, epochs=12, batch_size=32, verbose=0)
+    assert history.history["accuracy"][-1] > 0.8
+    loss, accuracy = model.evaluate({model.input_names[0]: x, model.input_names[1]: noise}, y,
+                                    verbose=0)
+    assert accuracy > 0.8
+    with pytest.raises(ValueError, match="index 60 is out of range for input_dim=60"):
+        model.predict([np.full_like(x, 60), noise], verbose=0)
