@@ -100,9 +100,12 @@ class Embedding(Layer):
         grad = self.grads.get("embeddings")
         if grad is not None:
             # Zero only the rows written last time, when this layer alone wrote into this
-            # gradient since (a regularizer adds a dense gradient: then all of it).
+            # gradient since: not after a regularizer's dense gradient, nor when the layer is
+            # called several times in a pass (the caller then adds the calls' gradients up,
+            # into rows this layer did not write last): then all of it.
             dirty = self._dirty
-            clear = dirty[1] if dirty is not None and dirty[0] is grad and \
+            shared = len(getattr(self._thread, "states", ())) > 1
+            clear = dirty[1] if dirty is not None and dirty[0] is grad and not shared and \
                 "embeddings" not in self.__dict__.get("_penalties", {}) else None
             get_ops().embedding_backward(st._ids, dy.reshape(-1, self.output_dim), grad,
                                          clear, where=f"Embedding {self.name!r}")

@@ -178,6 +178,33 @@ def test_embedding_sparse_gradient_matches_finite_differences_and_clears_old_row
     np.testing.assert_array_equal(g, expected)
 
 
+@pytest.mark.parametrize("regularized", [False, True])
+def test_shared_or_regularized_embedding_trains_as_keras(regularized):
+    """One Embedding called on two inputs (its calls' gradients add up), or with a
+    regularizer (a dense gradient): every step's gradient is still the whole one."""
+    def build(K):
+        a, b = K.Input(shape=(4,), dtype="int32"), K.Input(shape=(4,), dtype="int32")
+        embed = K.layers.Embedding(40, 3, embeddings_regularizer="l2" if regularized else None)
+        h = K.layers.Add()([embed(a), embed(b)])
+        return K.Model([a, b], K.layers.Dense(1)(K.layers.GlobalAveragePooling1D()(h)))
+    ours, theirs = build(fastnn), build(keras)
+    theirs.set_weights(ours.get_weights())
+    rng = np.random.default_rng(4)
+    for m in (ours, theirs):
+        m.compile(optimizer=keras.optimizers.Adam(0.05) if m is theirs else
+                  fastnn.optimizers.Adam(0.05), loss="mse")
+    for step in range(4):
+        # few rows per step, the two calls on different rows: a row one call wrote last
+        # step and no call writes this step must read zero
+        xa = rng.integers(0, 20, (2, 4)).astype(np.int32)
+        xb = rng.integers(20, 40, (2, 4)).astype(np.int32)
+        y = rng.standard_normal((2, 1)).astype(np.float32)
+        ours.train_on_batch([xa, xb], y)
+        theirs.train_on_batch([xa, xb], y)
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(a, keras.ops.convert_to_numpy(b), rtol=1e-4, atol=1e-5)
+
+
 def test_embedding_out_of_range_index_names_the_layer():
     layer = L.Embedding(5, 2, name="words")
     layer.build((None, 3))
