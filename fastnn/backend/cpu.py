@@ -37,8 +37,10 @@ def _required(a, name):
     return a
 
 
-def _index_array(a):
+def _index_array(a, name):
     """Indices as a flat C-contiguous int32 or int64 array (other integers widened)."""
+    if a is None:
+        raise TypeError(f"{name}: expected an integer index array, got None")
     a = a.reshape(-1)
     if a.dtype not in (np.int32, np.int64):
         a = a.astype(np.int64)
@@ -174,17 +176,18 @@ class CpuOps(Ops):
         return dx
 
     def embedding_forward(self, table, ids, out=None, where="Embedding"):
-        ids = _index_array(ids)
+        ids, table = _index_array(ids, "ids"), _f32(table, "table")
         out = np.empty((ids.size, table.shape[1]), np.float32) if out is None else out
-        bad = _core.embed_gather(_f32(table, "table"), ids, out.reshape(ids.size, -1))
+        bad = _core.embed_gather(table, ids, out.reshape(ids.size, -1))
         if bad >= 0:
             self._bad_index(ids, table.shape[0], where)
         return out
 
     def embedding_backward(self, ids, dy, d_table, clear=None, where="Embedding"):
-        ids = _index_array(ids)
+        ids = _index_array(ids, "ids")
+        _required(d_table, "d_table")
         bad = _core.embed_scatter_add(ids, _f32(dy, "dy").reshape(ids.size, -1), d_table,
-                                      None if clear is None else _index_array(clear))
+                                      None if clear is None else _index_array(clear, "clear"))
         if bad >= 0:
             self._bad_index(ids, d_table.shape[0], where)
         return d_table
