@@ -1838,19 +1838,6 @@ cdef const void *_ids(str name, ids, int *wide, size_t *n) except? NULL:
                     f"{_describe(ids)}")
 
 
-def embed_first_bad(ids, Py_ssize_t rows):
-    """The position of the first index of `ids` outside [0, rows), or -1."""
-    cdef int wide
-    cdef size_t n
-    cdef const void *p = _ids("embed_first_bad: ids", ids, &wide, &n)
-    cdef int64_t bad
-    if n == 0:
-        return -1
-    with nogil:
-        bad = fnn_embed_first_bad(p, wide, n, rows)
-    return bad
-
-
 def embed_gather(table, ids, out):
     """out[i] = table[ids[i]]; returns -1, or the position of the first index out of range
     (then nothing is written)."""
