@@ -9,6 +9,8 @@ of their (batch, steps, channels) input: the same kernels, no second implementat
 Masks (Keras's convention): a boolean backend array (batch, timesteps), True = keep. A layer
 that consumes one takes forward(x, training=False, mask=None); compute_mask(inputs,
 previous_mask) gives the mask its output carries (fastnn.layers.Layer)."""
+import warnings
+
 import numpy as np
 
 from . import activations, constraints, initializers, regularizers
@@ -62,6 +64,8 @@ class Embedding(Layer):
                  weights=None, lora_rank=None, lora_alpha=None, **kwargs):
         self.input_dim = _positive_int(input_dim, "input_dim", "Embedding")
         self.output_dim = _positive_int(output_dim, "output_dim", "Embedding")
+        if kwargs.pop("input_length", None) is not None:       # as Keras 3 does
+            warnings.warn("Argument `input_length` is deprecated. Just remove it.")
         super().__init__(**kwargs)
         if lora_rank is not None:
             raise ValueError(f"{self.name}: lora_rank={lora_rank!r}: LoRA is not supported by "

@@ -248,6 +248,8 @@ def test_embedding_arguments_and_config():
         L.Embedding(3, 2.5)
     with pytest.raises(ValueError, match="LoRA"):
         L.Embedding(3, 2, lora_rank=2)
+    with pytest.warns(UserWarning, match="`input_length` is deprecated"):
+        assert L.Embedding(3, 2, input_length=10).get_config()["input_dim"] == 3
     w = np.arange(6, dtype=np.float32).reshape(3, 2)
     layer = L.Embedding(3, 2, weights=w, mask_zero=True, embeddings_regularizer="l2")
     np.testing.assert_array_equal(layer.get_weights()[0], w)
