@@ -35,6 +35,9 @@ SYSTEMS = {
     "resnet-fastnn": (("test_bench_resnet.py",), "fastnn"),
     "resnet-torch": (("test_bench_resnet.py",), "torch"),
     "resnet-keras": (("test_bench_resnet.py",), "keras"),
+    "text-fastnn": (("test_bench_text.py",), "fastnn"),
+    "text-torch": (("test_bench_text.py",), "torch"),
+    "text-keras": (("test_bench_text.py",), "keras"),
 }
 LABEL = {"fastnn": "fastnn", "torch": "PyTorch", "keras": "Keras"}
 
@@ -43,15 +46,20 @@ LABEL = {"fastnn": "fastnn", "torch": "PyTorch", "keras": "Keras"}
 TRAINING = ("fastnn", "torch", "keras")
 # ResNet-50 predict (issue 16), one child per peer; the `resnet50` workload selects them
 RESNET = {"resnet-fastnn": "fastnn", "resnet-torch": "torch", "resnet-keras": "keras"}
+# the Conv1D text model (issue 18), one child per peer; the `text` workload selects them
+TEXT = {"text-fastnn": "fastnn", "text-torch": "torch", "text-keras": "keras"}
 
 
 def selected(system, workloads):
     """Whether a --workloads selection (None: all) leaves this system anything to run."""
-    if workloads is None or system not in TRAINING and system not in RESNET:
+    if workloads is None or system not in TRAINING and system not in RESNET and \
+            system not in TEXT:
         return True
     if system in RESNET:
         return "resnet50" in workloads
-    return any(w != "resnet50" for w in workloads)
+    if system in TEXT:
+        return "text" in workloads
+    return any(w not in ("resnet50", "text") for w in workloads)
 
 
 def run_system(name, rounds, tmp, workloads=None, samples=None):
@@ -60,7 +68,7 @@ def run_system(name, rounds, tmp, workloads=None, samples=None):
     `samples`: the smoke-test cap on each round's samples (--bench-samples)."""
     paths, expr = SYSTEMS[name]
     if workloads and name in TRAINING:
-        expr = f"({expr}) and ({' or '.join(w for w in workloads if w != 'resnet50')})"
+        expr = f"({expr}) and ({' or '.join(w for w in workloads if w not in ('resnet50', 'text'))})"
     out_json, log = os.path.join(tmp, f"{name}.json"), os.path.join(tmp, f"{name}.log")
     cmd = [sys.executable, "-m", "pytest", *(os.path.join(HERE, p) for p in paths), "-k", expr, "-q", "-rfEs",
            "-p", "no:cacheprovider", "--benchmark-only", f"--benchmark-json={out_json}",
@@ -118,6 +126,8 @@ def build_report(runs, rounds, workloads=None, samples=None):
     for system, run in runs.items():
         for b in run["benchmarks"]:
             e = b["extra_info"]
+            if system in TEXT:
+                continue        # its own table (_text_table)
             if e.get("workload"):
                 med[e["workload"], system] = b["stats"]["median"]
             if e.get("workload") or e.get("graph_workload"):
@@ -191,6 +201,8 @@ def build_report(runs, rounds, workloads=None, samples=None):
     lines += _inference_tables(runs)
     resnet_lines, resnet = _resnet_table(runs, peak)
     lines += resnet_lines
+    text_lines, text = _text_table(runs)
+    lines += text_lines
     lines += _gpu_table(runs)
 
     kinfo = info.get("keras", {})
@@ -220,7 +232,7 @@ def build_report(runs, rounds, workloads=None, samples=None):
     if notes:
         lines += ["", "### Skips and failures", ""] + notes
     data = dict(env=env, rounds=rounds, samples_cap=samples, train=results, graphs=graphs,
-                resnet50=resnet,
+                resnet50=resnet, text_conv1d=text,
                 sgemm_gflops={
         gemm[s]["extra_info"]["label"]: g for s, g in gflops.items()}, peak_gflops=peak,
         systems={s: {k: r[k] for k in ("rc", "rss_mib", "wall_s", "notes")} for s, r in runs.items()},
@@ -404,6 +416,39 @@ def _resnet_table(runs, peak):
     return lines, data
 
 
+def _text_table(runs):
+    """The Conv1D text model (issue 18): seconds per IMDB-sized epoch per system (the timed
+    300 steps scaled to 25,000 sequences) and fastnn's speed-ups, from one run of the three."""
+    med, samples, epoch = {}, {}, None
+    for system, peer in TEXT.items():
+        for b in runs.get(system, {}).get("benchmarks", []):
+            e = b["extra_info"]
+            med[peer], samples[peer], epoch = b["stats"]["median"], e["samples"], \
+                e["epoch_samples"]
+    if not any(s in runs for s in TEXT):
+        return [], {}
+    peers = tuple(TEXT.values())
+    secs = {p: med[p] * epoch / samples[p] if p in med else None for p in peers}
+
+    def status(peer):
+        run = runs.get(f"text-{peer}")
+        return "–" if run is None else "error" if run["rc"] not in (0, 5) else "skipped"
+    data = {f"{p}_epoch_s": secs[p] for p in peers}
+    data.update(fastnn_over_torch=ratio(secs["torch"], secs["fastnn"]),
+                fastnn_over_keras=ratio(secs["keras"], secs["fastnn"]))
+    cells = [fmt(secs[p], ".1f") if secs[p] else status(p) for p in peers]
+    cells += [f"{data[k]:.2f}×" if data[k] else "–"
+              for k in ("fastnn_over_torch", "fastnn_over_keras")]
+    lines = ["", "### Conv1D text model: Embedding(20000, 128) on 200 ids, Conv1D(128, 5, relu), "
+             "GlobalMaxPooling1D, Dense(1, sigmoid); Adam, batch 32", "",
+             "| fastnn s/epoch | PyTorch s/epoch | Keras s/epoch | fastnn/PyTorch | fastnn/Keras |",
+             "|---:|---:|---:|---:|---:|", "| " + " | ".join(cells) + " |", "",
+             "An epoch is 25,000 sequences (IMDB's training set): the median round of 9,600 "
+             "synthetic sequences (300 steps, `test_bench_text.py`) scaled by 25000/9600. "
+             "fastnn/peer = how many times faster fastnn is."]
+    return lines, data
+
+
 def _fastnn_version():
     try:
         import fastnn
@@ -418,7 +463,7 @@ def main(argv=None):
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--systems", default=",".join(SYSTEMS),
                     help=f"comma-separated subset of {','.join(SYSTEMS)}")
-    known = list(wl.WORKLOADS) + list(wl.GRAPH_WORKLOADS) + ["predict", "resnet50"]
+    known = list(wl.WORKLOADS) + list(wl.GRAPH_WORKLOADS) + ["predict", "resnet50", "text"]
     ap.add_argument("--workloads", help="comma-separated subset of " + ",".join(known) +
                     " (narrows the training systems; resnet50 selects the resnet-* systems; "
                     "default: all)")

@@ -322,4 +322,14 @@ int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, in
 int fnn_stack_predict(const fnn_stack *s, const fnn_stack_data *d, float *out, int64_t start,
                       int64_t rows, int n_threads);
 
+
+/* embed.c: Embedding's gather and sparse gradient; indices int32 (wide 0) or int64 (wide 1),
+ * range-checked by the caller with fnn_embed_first_bad (-1: all in [0, rows)). */
+int64_t fnn_embed_first_bad(const void *ids, int wide, size_t n, int64_t rows);
+void fnn_embed_gather(const float *table, const void *ids, int wide, size_t n, size_t dim,
+                      float *out, int n_threads);
+void fnn_embed_scatter_add(const void *ids, int wide, size_t n, const float *dy, size_t dim,
+                           float *d_table, size_t rows, const void *clear, int clear_wide,
+                           size_t n_clear, int n_threads);
+
 #endif

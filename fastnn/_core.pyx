@@ -70,6 +70,12 @@ cdef extern from "fastnn.h" nogil:
     void fnn_maxpool_backward(const float *dy, const int32_t *argmax, float *dx,
                               const fnn_conv_geom *g, int n_threads)
     int fnn_indices_in_range(const int32_t *idx, size_t n, int32_t limit, int n_threads)
+    int64_t fnn_embed_first_bad(const void *ids, int wide, size_t n, int64_t rows)
+    void fnn_embed_gather(const float *table, const void *ids, int wide, size_t n, size_t dim,
+                          float *out, int n_threads)
+    void fnn_embed_scatter_add(const void *ids, int wide, size_t n, const float *dy,
+                               size_t dim, float *d_table, size_t rows, const void *clear,
+                               int clear_wide, size_t n_clear, int n_threads)
     void fnn_avgpool_forward(const float *x, float *y, const fnn_conv_geom *g, int n_threads)
     void fnn_avgpool_backward(const float *dy, float *dx, const fnn_conv_geom *g, int n_threads)
     int fnn_activation_monotone(int act, float alpha)
@@ -1863,3 +1869,72 @@ cdef class DenseStack:
             status = fnn_stack_predict(&self.s, &d, &O[0, 0], start, O.shape[0], _n_threads)
         if status == -3:
             raise ValueError("x contains NaN or inf values")
+
+
+# ---- Embedding ---------------------------------------------------------------------------------
+cdef const void *_ids(str name, ids, int *wide, size_t *n) except? NULL:
+    """The data of a C-contiguous 1-D int32 or int64 index array (its width in `wide`)."""
+    cdef const int32_t[::1] I32
+    cdef const int64_t[::1] I64
+    dt = getattr(ids, "dtype", None)
+    if dt is not None and str(dt) == "int64":
+        I64 = ids
+        wide[0], n[0] = 1, I64.shape[0]
+        return &I64[0] if I64.shape[0] else NULL
+    if dt is not None and str(dt) == "int32":
+        I32 = ids
+        wide[0], n[0] = 0, I32.shape[0]
+        return &I32[0] if I32.shape[0] else NULL
+    raise TypeError(f"{name}: expected a C-contiguous 1-D int32 or int64 array, got "
+                    f"{_describe(ids)}")
+
+
+def embed_gather(table, ids, out):
+    """out[i] = table[ids[i]]; returns -1, or the position of the first index out of range
+    (then nothing is written)."""
+    cdef const float[:, ::1] T = _cf2("embed_gather: table", table, True)
+    cdef float[:, ::1] O = _f2("embed_gather: out", out, True)
+    cdef int wide
+    cdef size_t n
+    cdef const void *p = _ids("embed_gather: ids", ids, &wide, &n)
+    cdef int64_t bad
+    _same_shape("embed_gather: out", _shape2(O), (<Py_ssize_t>n, T.shape[1]))
+    if n == 0 or T.shape[1] == 0:
+        return -1
+    _disjoint("embed_gather: out", _p2(O), _n2(O), "table", _p2(T), _n2(T))
+    with nogil:
+        bad = fnn_embed_first_bad(p, wide, n, T.shape[0])
+        if bad < 0:
+            fnn_embed_gather(&T[0, 0], p, wide, n, T.shape[1], &O[0, 0], _n_threads)
+    return bad
+
+
+def embed_scatter_add(ids, dy, d_table, clear=None):
+    """d_table[ids[i]] += dy[i] after zeroing the rows in `clear` (all rows when None).
+    Returns -1, or the position of the first index of ids (then of clear) out of range
+    (then nothing is written)."""
+    cdef const float[:, ::1] DY = _cf2("embed_scatter_add: dy", dy, True)
+    cdef float[:, ::1] D = _f2("embed_scatter_add: d_table", d_table, True)
+    cdef int wide, cwide = 0
+    cdef size_t n, nc = 0
+    cdef const void *p = _ids("embed_scatter_add: ids", ids, &wide, &n)
+    cdef const void *c = NULL
+    cdef int64_t bad = -1, bad_clear = -1
+    if clear is not None:
+        c = _ids("embed_scatter_add: clear", clear, &cwide, &nc)
+    _same_shape("embed_scatter_add: dy", _shape2(DY), (<Py_ssize_t>n, D.shape[1]))
+    if D.shape[0] == 0 or D.shape[1] == 0:
+        return -1
+    _disjoint("embed_scatter_add: d_table", _p2(D), _n2(D), "dy", _p2(DY), _n2(DY))
+    with nogil:
+        if n:
+            bad = fnn_embed_first_bad(p, wide, n, D.shape[0])
+        if bad < 0 and nc:
+            bad_clear = fnn_embed_first_bad(c, cwide, nc, D.shape[0])
+        if bad < 0 and bad_clear < 0:
+            fnn_embed_scatter_add(p, wide, n, &DY[0, 0] if n else NULL, D.shape[1], &D[0, 0],
+                                  D.shape[0], c if clear is not None else NULL, cwide, nc,
+                                  _n_threads)
+    if bad_clear >= 0:
+        raise ValueError(f"embed_scatter_add: clear holds a row outside [0, {D.shape[0]})")
+    return bad

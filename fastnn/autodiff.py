@@ -74,7 +74,8 @@ class Tensor:
     Its operators (+, *, @, [], <, ...) are the fastnn.ops ops of the same meaning.
     A leaf that needs gradients (a weight, or an input whose gradient is wanted) has no
     backward; `gradients` returns its gradient, or adds it into `grad` when that is an array."""
-    __slots__ = ("value", "parents", "backward", "requires_grad", "grad", "name")
+    # keras_mask: the mask (batch, timesteps) a layer's output carries, as Keras's _keras_mask
+    __slots__ = ("value", "parents", "backward", "requires_grad", "grad", "name", "keras_mask")
     __array_priority__ = 1000        # NumPy's binary operators defer to the reflected ones here
 
     def __init__(self, value, requires_grad=False, grad=None, name=None, parents=(),
@@ -85,6 +86,7 @@ class Tensor:
         self.name = name
         self.parents = parents
         self.backward = backward
+        self.keras_mask = None
 
     # ---- array-like ------------------------------------------------------------------------
     shape = property(lambda self: self.value.shape)

@@ -15,6 +15,7 @@ import marshal
 import re
 import threading
 import types
+import warnings
 
 import numpy as np
 
@@ -77,6 +78,29 @@ def _accepts_training(call):
     except (TypeError, ValueError):
         return False
     return "training" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_mask(method):
+    """Whether a forward()/call() method has a `mask` argument (read once per method)."""
+    try:
+        return "mask" in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def masked_forward(steps, x, training):
+    """A chain's forward pass (a Sequential's steps) carrying masks as Keras does: each layer
+    that takes a mask gets the one its input carries, and compute_mask gives its output's.
+    Returns (output, the output's mask)."""
+    mask = None
+    for _, _, step in steps:
+        y = step.forward(x, training, mask=mask) if mask is not None and \
+            _takes_mask(type(step).forward) else step.forward(x, training)
+        record_activity(step, y, training)
+        mask = step._output_mask(x, mask) if isinstance(step, Layer) else None
+        x = y
+    return x, mask
 
 
 class _ThreadState:
@@ -413,6 +437,44 @@ class Layer:
             buf = workspace[key] = get_ops().empty(shape, dtype)
         return buf
 
+    # ---- masks (Keras's convention: boolean (batch, timesteps), True = keep) ----------------
+    @property
+    def supports_masking(self):
+        """Whether the layer passes on (or makes) a mask: as in Keras, True when it defines
+        compute_mask, or as set; a mask reaching a layer that does not is dropped."""
+        return self.__dict__.get("_supports_masking",
+                                 type(self).compute_mask is not Layer.compute_mask)
+
+    @supports_masking.setter
+    def supports_masking(self, value):
+        self.__dict__["_supports_masking"] = bool(value)
+
+    def compute_mask(self, inputs, previous_mask):
+        return previous_mask
+
+    def _output_mask(self, inputs, mask):
+        """The mask this layer's output carries (None: none), given its input's."""
+        if self.supports_masking:
+            return self.compute_mask(inputs, mask)
+        if mask is not None and not self.__dict__.get("_mask_warned"):
+            self._mask_warned = True
+            warnings.warn(f"Layer '{self.name}' (of type {type(self).__name__}) was passed an "
+                          "input with a mask attached to it. However, this layer does not "
+                          "support masking and will therefore destroy the mask information. "
+                          "Downstream layers will not see the mask.", stacklevel=3)
+        return None
+
+    mask_source = False     # fastnn's layers that make masks (Embedding(mask_zero), Masking)
+
+    @property
+    def makes_masks(self):
+        """Whether this layer may give its output a mask its input did not carry (then the
+        model's forward pass carries masks): fastnn's layers say so (mask_source), a user's
+        that computes masks may."""
+        if type(self).__module__ == Layer.__module__:
+            return bool(self.mask_source)
+        return self.supports_masking and type(self).compute_mask is not Layer.compute_mask
+
     # ---- computation ---------------------------------------------------------------------
     def call(self, inputs, training=None):
         """A user's layer computes here, with fastnn.ops (differentiated by fastnn.autodiff).
@@ -421,15 +483,18 @@ class Layer:
             f"Layer {self.name!r} ({type(self).__name__}) defines no call(): a Layer subclass "
             "computes its output in call(self, inputs) (written with fastnn.ops)")
 
-    def _run_call(self, x, training):
+    def _run_call(self, x, training, mask=None):
         kwargs = {}
         if _accepts_training(type(self).call):
             kwargs["training"] = bool(training)
+        if mask is not None and _takes_mask(type(self).call):
+            kwargs["mask"] = mask
         return self.call(x, **kwargs)
 
-    def forward(self, x, training=False):
+    def forward(self, x, training=False, mask=None):
         """A user's call() (fastnn's call()-based layers' too) on an array, or a list of
-        them; on its own tape when training (backward then needs it)."""
+        them; on its own tape when training (backward then needs it). `mask` reaches a
+        call() with a mask argument."""
         if not self._user_call:
             self.call(x)                    # raises: a layer that computes nothing
         st = self._state()
@@ -438,12 +503,13 @@ class Layer:
         first = x[0] if several else x
         if not training:
             with no_grad():
-                out = self._run_call([Tensor(v) for v in x] if several else Tensor(x), False)
+                out = self._run_call([Tensor(v) for v in x] if several else Tensor(x), False,
+                                     mask)
         else:
             inputs = [Tensor(v, requires_grad=True) for v in x] if several else \
                 Tensor(x, requires_grad=True)
             with tape() as recorded:
-                out = self._run_call(inputs, True)
+                out = self._run_call(inputs, True, mask)
             st.tape = (inputs, out, recorded.nodes)
         y = value_of(out)
         ops = get_ops()
@@ -480,10 +546,12 @@ class Layer:
                dx.astype(np.float32, copy=False) for t, dx, need in zip(tensors, dxs, needs)]
         return dxs if several else dxs[0]
 
-    def __call__(self, x, training=None):
+    def __call__(self, x, training=None, mask=None):
         if training is None:
             training = bool(getattr(_PASS, "training", None))
         if isinstance(x, Tensor):       # inside a model's forward pass: the common case
+            if mask is not None:    # Keras's explicit mask= (it replaces the carried one)
+                x.keras_mask = get_ops().asarray(value_of(mask), bool)
             return self._call_on_tensor(x, training)
         if getattr(_PASS, "counts", None) is not None and \
                 isinstance(x, (np.ndarray, get_ops().xp.ndarray)):
@@ -496,8 +564,15 @@ class Layer:
         if isinstance(x, (list, tuple)):        # several inputs: a merge layer, a user's
             return self._call_on_list(x, training)
         ops = get_ops()
-        x = ops.asarray(x)
+        if not isinstance(x, ops.xp.ndarray):
+            x = np.asarray(x)
+        # indices stay integers for a layer that reads them (Embedding); the rest is float32
+        x = ops.asarray(x, x.dtype if x.dtype.kind in "iu" and
+                        getattr(self, "integer_input", False) else "float32")
         self._maybe_build((None,) + x.shape[1:])
+        if mask is not None and _takes_mask(type(self).forward):
+            return np.array(ops.to_numpy(self.forward(
+                x, training, mask=ops.asarray(np.asarray(mask), bool))))
         return np.array(ops.to_numpy(self.forward(x, training)))
 
     def _call_symbolic(self, x):
@@ -521,7 +596,11 @@ class Layer:
         if any(isinstance(t, Tensor) for t in xs):      # inside a model's call(): the tape
             if not self.built:
                 self._maybe_build([tuple(t.shape) for t in xs])
-            return self._run_call(list(xs), training)
+            masks = [t.keras_mask if isinstance(t, Tensor) else None for t in xs]
+            out = self._run_call(list(xs), training)
+            if isinstance(out, Tensor) and any(m is not None for m in masks):
+                out.keras_mask = self._output_mask([value_of(t) for t in xs], masks)
+            return out
         ops = get_ops()
         xs = [ops.asarray(t) for t in xs]
         self._maybe_build([(None,) + tuple(t.shape[1:]) for t in xs])
@@ -563,8 +642,12 @@ class Layer:
                              "one of its layers: create layers in __init__ and keep them as "
                              "attributes (self.dense = Dense(...)), so that their weights "
                              "are trained")
+        mask = x.keras_mask
         if self._user_call:
-            return self._run_call(x, training)
+            out = self._run_call(x, training, mask)
+            if isinstance(out, Tensor) and (mask is not None or self.makes_masks):
+                out.keras_mask = self._output_mask(x.value, mask)
+            return out
         slot = 0
         if counts is not None:
             slot = counts.get(id(self), 0)
@@ -572,12 +655,18 @@ class Layer:
         local = self._thread
         local.slot = slot
         try:
-            y = self.forward(x.value, bool(training))
+            y = self.forward(x.value, bool(training), mask=mask) \
+                if mask is not None and _takes_mask(type(self).forward) else \
+                self.forward(x.value, bool(training))
         finally:
             local.slot = 0
+        out_mask = self._output_mask(x.value, mask) \
+            if mask is not None or self.makes_masks else None
         trains = bool(training) and self.trainable and bool(self._trainable_names)
         if not is_recording() or not (x.requires_grad or trains):
-            return Tensor(y)
+            out = Tensor(y)
+            out.keras_mask = out_mask
+            return out
         fused = {"preactivation": True} if getattr(_PASS, "preactivation", None) is self else {}
 
         def backward(g):
@@ -594,7 +683,9 @@ class Layer:
             finally:
                 local.slot = 0
             return (dx,)
-        return autodiff_node(y, (x,), backward)
+        out = autodiff_node(y, (x,), backward)
+        out.keras_mask = out_mask
+        return out
 
     def _sublayers(self):
         """The layers this layer holds as attributes (a user's composite layer), any depth."""
@@ -670,6 +761,10 @@ class InputLayer(Layer):
         return {"batch_shape": [None, *self.input_shape_arg], "dtype": self.input_dtype,
                 "sparse": False, "name": self.name}
 
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)        # its dtype may be an integer one (__init__ checks it)
+
 
 def Input(shape=None, batch_size=None, dtype=None, name=None, batch_shape=None):
     """A model's symbolic input: call layers on it to build a functional model, or put it
@@ -679,6 +774,7 @@ def Input(shape=None, batch_size=None, dtype=None, name=None, batch_shape=None):
 
 
 class Dense(Layer):
+    supports_masking = True     # passes its input's mask on, as in Keras
     _KERAS_DEFAULTS = {"quantization_config": None, "lora_rank": None, "lora_alpha": None}
 
     def __init__(self, units, activation=None, use_bias=True,
@@ -764,6 +860,7 @@ class Dense(Layer):
 
 
 class Activation(Layer):
+    supports_masking = True     # passes its input's mask on, as in Keras
     def __init__(self, activation, **kwargs):
         super().__init__(**kwargs)
         self.activation = activations.get(activation)
@@ -936,6 +1033,7 @@ class Flatten(Layer):
 
 
 class Dropout(Layer):
+    supports_masking = True     # passes its input's mask on, as in Keras
     def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
         super().__init__(**kwargs)
         if not 0 <= rate < 1:
@@ -1790,6 +1888,7 @@ class GlobalMaxPooling2D(_GlobalPooling2D):
 class BatchNormalization(Layer):
     """Normalizes over every axis but the last (2-D and 4-D NHWC inputs). Training uses batch
     statistics and updates the moving ones Keras's way; inference uses the moving ones."""
+    supports_masking = True     # passes its input's mask on, as in Keras
 
     _KERAS_DEFAULTS = {"renorm": False, "renorm_clipping": None, "renorm_momentum": 0.99}
 
@@ -1888,6 +1987,17 @@ class _Merge(Layer):
     """A layer of several inputs of one shape (Keras's merging layers), computed with
     fastnn.ops: on the tape inside a model, so its gradients come from autodiff."""
     min_inputs = 2
+
+    supports_masking = True
+
+    def compute_mask(self, inputs, previous_mask):
+        """Keras's: the inputs' masks OR-ed, when every input has one."""
+        if previous_mask is None or any(m is None for m in previous_mask):
+            return None
+        out = previous_mask[0]
+        for m in previous_mask[1:]:
+            out = out | m
+        return out
 
     def build(self, input_shape):
         shapes = list(input_shape) if input_shape and isinstance(input_shape[0], (tuple, list)) \
@@ -1992,6 +2102,21 @@ class Concatenate(_Merge):
     def call(self, inputs):
         return array_ops.concatenate(list(inputs), axis=self.axis)
 
+
+    def compute_mask(self, inputs, previous_mask):
+        """Keras's: each input's mask spread over its features (all True where it has none),
+        concatenated along the axis, then any() over the last axis."""
+        if previous_mask is None or all(m is None for m in previous_mask):
+            return None
+        xp = get_ops().xp
+        masks = []
+        for x, m in zip(inputs, previous_mask):
+            if m is None:
+                m = xp.ones(x.shape, bool)
+            elif m.ndim < x.ndim:
+                m = xp.broadcast_to(m[..., None], x.shape)
+            masks.append(m)
+        return xp.concatenate(masks, axis=self.axis).any(axis=-1)
     def get_config(self):
         return {**super().get_config(), "axis": self.axis}
 
@@ -2115,6 +2240,7 @@ class _ShapeLayer(Layer):
 
 
 class Identity(_ShapeLayer):
+    supports_masking = True     # passes its input's mask on, as in Keras
     def call(self, inputs):
         return inputs
 
@@ -2578,6 +2704,7 @@ def _number_or_numbers(value, arg, layer):
 
 class Rescaling(Layer):
     """y = x * scale + offset, in float32 (scale and offset may be per-channel lists)."""
+    supports_masking = True     # passes its input's mask on, as in Keras
 
     def __init__(self, scale, offset=0.0, **kwargs):
         super().__init__(**kwargs)
@@ -2630,6 +2757,7 @@ class Normalization(Layer):
     """(x - mean) / max(sqrt(variance), 1e-7) per index of the kept `axis` (invert=True: the
     inverse), with mean and variance given or learned by adapt(). Weights (adapted layers
     only, as Keras): mean, variance and count (int32; Keras's adapt leaves it 0)."""
+    supports_masking = True     # passes its input's mask on, as in Keras
 
     def __init__(self, axis=-1, mean=None, variance=None, invert=False, **kwargs):
         super().__init__(**kwargs)
@@ -3227,6 +3355,7 @@ class LayerNormalization(_AffineNorm):
     or a list of ints) per sample; gamma and beta have the shape of those axes (in sorted
     order, reshaped to broadcast, as Keras does). rms_scaling=True (deprecated in Keras):
     x / sqrt(var + epsilon) * gamma, no beta, as Keras computes it."""
+    supports_masking = True     # passes its input's mask on, as in Keras
 
     def __init__(self, axis=-1, epsilon=1e-3, center=True, scale=True, rms_scaling=False,
                  beta_initializer="zeros", gamma_initializer="ones", beta_regularizer=None,
@@ -3280,6 +3409,7 @@ class GroupNormalization(_AffineNorm):
     """The channels of `axis` split into `groups` groups (-1: one per channel); each sample's
     group normalized over its channels and every other axis; then gamma and beta per
     channel."""
+    supports_masking = True     # passes its input's mask on, as in Keras
 
     def __init__(self, groups=32, axis=-1, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones", beta_regularizer=None,
@@ -3427,6 +3557,7 @@ class SpatialDropout2D(_SpatialDropout):
 
 class GaussianNoise(_Noise):
     """Training only: x + a normal draw of mean 0 and standard deviation `stddev`."""
+    supports_masking = True     # passes its input's mask on, as in Keras
 
     def __init__(self, stddev, seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
@@ -3443,6 +3574,7 @@ class GaussianNoise(_Noise):
 
 class GaussianDropout(_Noise):
     """Training only: x times a normal draw of mean 1 and variance rate / (1 - rate)."""
+    supports_masking = True     # passes its input's mask on, as in Keras
 
     def __init__(self, rate, seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
@@ -3487,6 +3619,7 @@ class ELU(_KernelOrOwn):
 class PReLU(Layer):
     """relu(x) - alpha * relu(-x) with a trainable alpha of the input's shape (without the
     batch axis), of size 1 along `shared_axes`."""
+    supports_masking = True     # passes its input's mask on, as in Keras
 
     def __init__(self, alpha_initializer="Zeros", alpha_regularizer=None,
                  alpha_constraint=None, shared_axes=None, **kwargs):
@@ -3533,3 +3666,13 @@ class PReLU(Layer):
 _CLASSES.update({c.__name__: c for c in (
     LayerNormalization, GroupNormalization, SpatialDropout1D, SpatialDropout2D, GaussianNoise,
     GaussianDropout, ELU, PReLU)})
+
+
+# ---- sequence and text layers (fastnn/sequence_layers.py; issue 18, items 1-2) -------------
+from .sequence_layers import (AveragePooling1D, Conv1D, Embedding,  # noqa: E402
+                              GlobalAveragePooling1D, GlobalMaxPooling1D, Masking, MaxPooling1D,
+                              TimeDistributed)
+
+_CLASSES.update({c.__name__: c for c in (
+    Embedding, Masking, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D,
+    GlobalMaxPooling1D, TimeDistributed)})

@@ -14,7 +14,7 @@ from .autodiff import Tensor, no_grad, value_of
 from .backend import get_ops, unique_name
 from .graph import KerasTensor, Node, flatten, is_symbolic, nodes_between
 from .layers import (ConvPool, Input, InputLayer, Layer, _CLASSES as _LAYER_CLASSES,
-                     _accepts_training, _snake_case, forward_pass, get_class)
+                     _accepts_training, _snake_case, _thread_state, forward_pass, get_class)
 from .schedule import Schedule
 from .trainer import Trainer, _scaled, _shape_str, fits, scale_back
 
@@ -223,6 +223,9 @@ class Model(Trainer):
         self._output_shape = shape
         self.built = True
         self._steps = self._plan_steps()
+        # a layer makes masks: the forward pass carries them (layers.masked_forward)
+        self._masking = any(isinstance(layer, Layer) and layer.makes_masks
+                            for layer in self._layers)
         self._pack_parameters()
 
     def _plan_steps(self):
@@ -265,6 +268,17 @@ class Model(Trainer):
         self._first_trainable = next((i for i, layer in enumerate(self._layers)
                                       if layer.trainable and layer._trainable_names),
                                      len(self._layers))
+
+    @property
+    def _batch_dtype(self):
+        """The dtype x's batches are gathered in: the Input's (an integer Input's batches stay
+        integers); for a chain starting with an integer layer (Embedding) given float32, int64
+        (the layer takes indices; Keras casts them so too)."""
+        dtype = self._input_dtype
+        if dtype == "float32" and not self._subclassed and self._layers and \
+                getattr(self._layers[0], "integer_input", False):
+            return "int64"
+        return dtype
 
     def _output_shape_for(self, x_shape):
         """The output shape for inputs of this shape (a model open to any image size has
@@ -454,11 +468,12 @@ class Functional(Model):
                 raise ValueError(f"Model inputs must come from fastnn.Input(); {t.name} is "
                                  f"the output of layer {t.node.layer.name!r}")
         self.inputs, self.outputs = ins, outs
-        dtypes = {t.dtype for t in ins}
-        if len(ins) > 1 and dtypes != {"float32"}:
-            raise NotImplementedError(f"Model {self.name!r}: several inputs with integer "
-                                      f"dtypes ({sorted(dtypes)}) are not supported yet")
         self._input_dtype = ins[0].dtype
+        # Several inputs travel side by side in one array (below) of a dtype that holds each
+        # exactly (float64 for floats and integers together); each is cut out in its own.
+        dtypes = [np.dtype(t.dtype) for t in ins]
+        self._packed_dtype = "float32" if all(d == np.float32 for d in dtypes) else \
+            "float64" if any(d.kind == "f" for d in dtypes) else np.result_type(*dtypes).name
         nodes, self._tracked = nodes_between(ins, outs)
         self._nodes = [node for node in nodes if node.inputs]     # not the inputs' own
         self._chain = self._as_chain()
@@ -499,6 +514,10 @@ class Functional(Model):
     @property
     def _subclassed(self):
         return self.__dict__.get("_chain") is None
+
+    @property
+    def _batch_dtype(self):
+        return super()._batch_dtype if len(self.inputs) == 1 else self._packed_dtype
 
     def _output_shape_for(self, x_shape):
         if self._chain is not None or None not in self._output_shape[1:]:
@@ -679,7 +698,7 @@ class Functional(Model):
         xp, values, at = get_ops().xp, value_of(packed), 0
         parts = []
         for tensor, width in zip(self.inputs, self._input_widths):
-            part = xp.ascontiguousarray(values[:, at:at + width])
+            part = xp.ascontiguousarray(values[:, at:at + width], dtype=tensor.dtype)
             parts.append(Tensor(part.reshape((len(part),) + tuple(tensor.shape[1:]))))
             at += width
         return parts
@@ -726,8 +745,13 @@ class Functional(Model):
                 raise ValueError(f"{arg}: the inputs have different numbers of samples: "
                                  f"{[len(a) for a in arrays] + [len(value)]}")
             self._check_finite(value, name)
+            if self._packed_dtype == "float64" and value.dtype.kind in "iu" and \
+                    value.size and int(np.abs(value).max()) >= 2 ** 53:
+                raise ValueError(f"{name} holds integers of magnitude 2**53 or more, which "
+                                 "fastnn cannot carry next to float inputs")
             arrays.append(value.reshape(len(value), -1))
-        return super()._prepare_x(np.concatenate(arrays, axis=1).astype(np.float32), arg)
+        return super()._prepare_x(np.concatenate(arrays, axis=1).astype(self._packed_dtype),
+                                  arg)
 
     def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None,
                 **kwargs):
@@ -825,6 +849,11 @@ class Functional(Model):
     def _loss_and_grad(self, out, y, w, want_grad):
         if self.__dict__.get("_output_losses") is None:
             return super()._loss_and_grad(out, y, w, want_grad)
+        if any(m is not None for m in _thread_state(self._thread).__dict__.get(
+                "output_mask") or ()):
+            raise NotImplementedError(
+                f"Model {self.name!r}: an output of a model with several outputs carries a "
+                "mask; fastnn applies output masks to the loss of single-output models only")
         n, total, grads, totals = out.shape[0], 0.0, [], []
         for i, (o, t) in enumerate(zip(self._split_outputs(out), self._split_targets(y))):
             loss, weight = self._output_losses[i], self._loss_weights[i]
@@ -883,7 +912,7 @@ class Functional(Model):
                 raise ValueError(f"Input {tensor.name!r} expects shape {tensor.shape}, got "
                                  f"{value.shape}")
             self._check_finite(value, tensor.name)
-            arrays.append(Tensor(ops.asarray(value, np.float32)))
+            arrays.append(Tensor(ops.asarray(value, tensor.dtype)))
         with forward_pass(self._layers, bool(training)), no_grad():
             out = self.call(arrays if len(arrays) > 1 else arrays[0], training=bool(training))
         outs = out if isinstance(out, list) else [out]

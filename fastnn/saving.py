@@ -190,8 +190,8 @@ def _leaves(model, prefix="layers/"):
     for key, layer in zip(_layer_keys(model), model.layers):
         if isinstance(layer, Model):
             yield from _leaves(layer, f"{prefix}{key}/layers/")
-        else:
-            yield prefix + key, layer
+        else:     # (a wrapper keeps its inner layer's weights under its path: TimeDistributed)
+            yield prefix + key + getattr(layer, "weights_subpath", ""), layer
 
 
 def _legacy_weights(layer):
@@ -430,6 +430,8 @@ def _check_layer_entry(entry, path):
         C.expect_dict(entry["build_config"], f"{path}.build_config")
     for key, value in cfg.items():
         check = _LAYER_KEYS.get(key)
+        if key == "dtype" and cls is layers.InputLayer:
+            continue        # an input may be integer (InputLayer checks its dtype itself)
         if check is not None:
             check(value, f"{path}.config.{key}")
     trial = dict(cfg)

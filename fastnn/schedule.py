@@ -14,7 +14,7 @@ import numpy as np
 from . import activations
 from .backend import get_ops
 from .layers import Activation, Add, BatchNormalization, Conv2D, Dense, Layer, ZeroPadding2D, \
-    drawing_from, record_activity, with_activity_gradient
+    _takes_mask, drawing_from, record_activity, with_activity_gradient
 
 
 class Schedule:
@@ -58,7 +58,13 @@ class Schedule:
         for t in self.outputs:
             self.readers[t] = self.readers.get(t, 0) + 1
         shapes = {id(t): tuple(t.shape) for node in nodes for t in node.inputs + node.outputs}
-        self.inference_steps = _fused(self.steps, self.outputs, shapes)
+        # A layer makes masks (Embedding(mask_zero), Masking): every step carries its input's
+        # mask (layers.Layer._output_mask), and inference runs the plain steps (the fused ones
+        # take no mask).
+        self.masking = any(node.layer.makes_masks for node in nodes)
+        self._masks = threading.local()     # this thread's last pass's output masks
+        self.inference_steps = self.steps if self.masking else \
+            _fused(self.steps, self.outputs, shapes)
         self.inference_readers = {}
         for _, ins, _, _, _, _, _ in self.inference_steps:
             for t in ins:
@@ -72,10 +78,13 @@ class Schedule:
         keeps every layer's buffers for backward; inference runs the fused steps (_fused)
         and lends buffers from a pool, each back to it once the last step reading it has run,
         so memory is the largest set of tensors alive at once, not the sum of all of them."""
+        masks = {} if self.masking else None
         if training:
             values = dict(zip(self.inputs, xs))
             for step in self.steps:
-                self._run(step, values, training)
+                self._run(step, values, training, masks)
+            self._masks.outputs = [masks.get(t) for t in self.outputs] if masks is not None \
+                else None
             return [values[t] for t in self.outputs]
         pool = self._pools.__dict__.setdefault("pool", Pool())
         pool.reclaim()      # the last pass's outputs: the caller has read them
@@ -83,25 +92,43 @@ class Schedule:
         with drawing_from(pool):
             for step in self.inference_steps:
                 lent = pool.lent()
-                self._run(step, values, training)
+                self._run(step, values, training, masks)
                 pool.keep(values[step[2]], since=lent)     # scratch goes back at once
                 for t in step[1]:
                     left[t] -= 1
                     if not left[t]:
                         pool.give_back(values.pop(t))
+        self._masks.outputs = [masks.get(t) for t in self.outputs] if masks is not None \
+            else None
         return [values[t] for t in self.outputs]
 
+    def output_masks(self):
+        """The masks this thread's last forward pass's outputs carry (None each: none)."""
+        return getattr(self._masks, "outputs", None) or [None] * len(self.outputs)
+
     @staticmethod
-    def _run(step, values, training):
+    def _run(step, values, training, masks=None):
         layer, ins, out, several, slot, _, _ = step
         local = layer._thread
         local.slot = slot
+        x = [values[t] for t in ins] if several else values[ins[0]]
+        mask = None
+        if masks is not None:
+            mask = [masks.get(t) for t in ins] if several else masks.get(ins[0])
+            if several and all(m is None for m in mask):
+                mask = None
         try:
-            values[out] = layer.forward([values[t] for t in ins] if several
-                                        else values[ins[0]], training)
+            if mask is not None and not several and _takes_mask(type(layer).forward):
+                values[out] = layer.forward(x, training, mask=mask)
+            else:
+                values[out] = layer.forward(x, training)
             record_activity(layer, values[out], training)
         finally:
             local.slot = 0
+        if masks is not None and (mask is not None or layer.makes_masks):
+            out_mask = layer._output_mask(x, mask)
+            if out_mask is not None:
+                masks[out] = out_mask
 
     def backward(self, grads, preactivation=None):
         """Back-propagate the outputs' gradients (one array or None per output) through this

@@ -23,8 +23,9 @@ from . import optimizers as optimizers_module
 from .autodiff import Tensor, gradients, no_grad, tape, value_of
 from .backend import get_ops
 from .graph import is_symbolic
-from .layers import BatchNormalization, Dense, _accepts_training, _thread_state, activity_penalties, added_losses, \
-    forward_pass, record_activity, with_activity_gradient
+from .layers import BatchNormalization, Dense, _accepts_training, _thread_state, \
+    activity_penalties, added_losses, forward_pass, masked_forward, record_activity, \
+    with_activity_gradient
 from .stack import DenseRunner, NonFiniteInput
 
 # A Dense kernel of at least this many weights takes a plain SGD step inside its weight-gradient
@@ -273,8 +274,8 @@ class Trainer:
         if not ops.is_device or not arrays:
             return x, y, w
         batch_dtype = {id(a): np.int32 if a.dtype == np.int32 else np.float32 for a in arrays}
-        if isinstance(x, np.ndarray) and self._input_dtype != "float32":
-            batch_dtype[id(x)] = np.dtype(self._input_dtype)     # an integer Input
+        if isinstance(x, np.ndarray) and self._batch_dtype != "float32":
+            batch_dtype[id(x)] = np.dtype(self._batch_dtype)     # an integer Input
         size = sum(a.size * 4 for a in arrays)
         free = ops.free_memory()
         if free is not None and size > free // 2:
@@ -332,8 +333,8 @@ class Trainer:
 
     def _gather_host(self, key, source, idx):
         dtype = np.int32 if source.dtype == np.int32 else np.float32
-        if key in ("x", "call") and self._input_dtype != "float32":
-            dtype = np.dtype(self._input_dtype)         # an integer Input: no float cast
+        if key in ("x", "call") and self._batch_dtype != "float32":
+            dtype = np.dtype(self._batch_dtype)         # an integer Input: no float cast
         if isinstance(idx, slice):
             rows = source[idx]
             if rows.dtype == dtype and rows.flags.c_contiguous:
@@ -356,11 +357,21 @@ class Trainer:
     # ---- steps -----------------------------------------------------------------------------
     _schedule = None        # a functional graph of fastnn's layers runs on it (Functional)
 
+    @property
+    def _batch_dtype(self):
+        """The dtype of the batches of x (Model overrides: integer inputs stay integers)."""
+        return self._input_dtype
+
     def _forward(self, x, training):
+        state = _thread_state(self._thread)
+        state.output_mask = None        # the mask the output carries (Keras's output mask)
         if self._schedule is not None:
             return self._run_schedule(x, training)
         if self._subclassed:
             return self._run_call(x, training)
+        if self.__dict__.get("_masking"):
+            out, state.output_mask = masked_forward(self._steps, x, training)
+            return out
         for _, _, step in self._steps:
             x = step.forward(x, training)
             record_activity(step, x, training)
@@ -384,12 +395,17 @@ class Trainer:
                 with no_grad():
                     out = self.call(Tensor(x), **kwargs)
             state.added_losses = added_losses()
+        state.output_mask = [getattr(o, "keras_mask", None) for o in out] \
+            if isinstance(out, (list, tuple)) else getattr(out, "keras_mask", None)
         return self._output_rows(out, x)
 
     def _run_schedule(self, x, training):
         """A functional graph of fastnn's own layers, on its schedule (no tape)."""
-        _thread_state(self._thread).added_losses = ()
+        state = _thread_state(self._thread)
+        state.added_losses = ()
         outs = self._schedule.forward(self._input_arrays(x), bool(training))
+        masks = self._schedule.output_masks()
+        state.output_mask = masks if len(outs) > 1 else masks[0]
         return self._output_rows(outs if len(outs) > 1 else outs[0], x)
 
     def _output_rows(self, out, x):
@@ -470,6 +486,9 @@ class Trainer:
             if grad is None or grad.shape != out2.shape:
                 grad = self._batch_buffers["grad"] = get_ops().empty(out2.shape)
         y2 = y.reshape(n, -1) if y.dtype != np.int32 else y.reshape(-1)
+        mask = _thread_state(self._thread).__dict__.get("output_mask")
+        if mask is not None:
+            w = self._masked_weights(mask, w, out)
         weight = self.__dict__.get("_loss_weight", 1.0)     # loss_weights of one output
         total = self.loss.value_and_grad(out2, y2, w, scale * weight, grad, self._mode)
         if weight != 1.0:
@@ -477,10 +496,36 @@ class Trainer:
         return _scaled(total, scale_back(self.loss, n)), \
             None if grad is None else grad.reshape(out.shape), n
 
+    def _masked_weights(self, mask, w, out):
+        """The output's mask as weights of the loss's rows, as Keras applies it: masked
+        timesteps weigh 0, the others rows / kept (a mean over the kept timesteps only),
+        times the sample's weight."""
+        if out.ndim != 3 or tuple(mask.shape) != tuple(out.shape[:2]):
+            raise NotImplementedError(
+                f"Model {self.name!r}: its output (shape {tuple(out.shape)}) carries a mask of "
+                f"shape {tuple(mask.shape)}; fastnn applies an output mask to the loss only "
+                "for (batch, timesteps, features) outputs")
+        xp = get_ops().xp
+        keep = mask.astype(np.float32)
+        kept = float(keep.sum())
+        rows = keep.size
+        keep *= np.float32(rows / (kept + 1e-7))
+        if w is not None:
+            keep *= xp.asarray(w, np.float32).reshape(-1, 1)
+        return xp.ascontiguousarray(keep.reshape(-1))
+
     def _track(self, total, n, y, out):
         """Add a batch's loss (as the tracker counts it) and, given y, its metrics."""
         self._loss_tracker.update_with_sum(total, n)
         if y is None:       # a skipped step (non-finite loss)
+            return
+        mask = _thread_state(self._thread).__dict__.get("output_mask")
+        if mask is not None:    # each timestep a row, the masked ones weighing 0 (as Keras)
+            rows = mask.size
+            y = y.reshape(rows, -1) if y.dtype != np.int32 else y.reshape(-1)
+            weights = mask.reshape(-1).astype(np.float32)
+            for m in self._metrics:
+                m.update_state(y, out.reshape(rows, -1), sample_weight=weights)
             return
         for m in self._metrics:
             m.update_state(y, out)

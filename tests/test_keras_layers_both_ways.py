@@ -102,7 +102,21 @@ CASES = {
     "GaussianDropout": ([(5,)], dict(rate=0.4, seed=3)),
     "ELU": ([(5,)], dict(alpha=0.7)),
     "PReLU": ([(3, 4)], dict(alpha_initializer="ones", shared_axes=[1])),
+    # sequence and text layers (Embedding reads integer inputs: INTEGER_INPUTS)
+    "Embedding": ([(5,)], dict(input_dim=7, output_dim=3, mask_zero=True,
+                               embeddings_initializer="he_normal")),
+    "Masking": ([(4, 3)], dict(mask_value=0.5)),
+    "Conv1D": ([(7, 3)], dict(filters=4, kernel_size=3, strides=1, padding="causal",
+                              dilation_rate=2, activation="relu", bias_initializer="ones")),
+    "MaxPooling1D": ([(7, 2)], dict(pool_size=3, strides=2, padding="same")),
+    "AveragePooling1D": ([(7, 2)], dict(pool_size=2, strides=1, padding="valid")),
+    "GlobalAveragePooling1D": ([(5, 3)], dict(keepdims=True)),
+    "GlobalMaxPooling1D": ([(5, 3)], dict(keepdims=True)),
+    # the wrapped layer is made by each library (K: fastnn or keras)
+    "TimeDistributed": ([(4, 3)], lambda K: dict(layer=K.layers.Dense(
+        2, activation="tanh", bias_initializer="ones"))),
 }
+INTEGER_INPUTS = {"Embedding": 7}       # class name -> the indices' bound (input_dim)
 
 
 def exported_layers():
@@ -120,7 +134,9 @@ def test_every_layer_has_a_case():
 
 def build(K, name):
     shapes, kwargs = CASES[name]
-    inputs = [K.Input(shape=s, name=f"in{i}") for i, s in enumerate(shapes)]
+    kwargs = kwargs(K) if callable(kwargs) else kwargs
+    dtype = "int32" if name in INTEGER_INPUTS else "float32"
+    inputs = [K.Input(shape=s, name=f"in{i}", dtype=dtype) for i, s in enumerate(shapes)]
     layer = getattr(K.layers, name)(name="layer", **kwargs)
     out = layer(inputs if len(inputs) > 1 else inputs[0])
     return K.Model(inputs if len(inputs) > 1 else inputs[0], out, name=f"case_{name}")
@@ -128,6 +144,8 @@ def build(K, name):
 
 def data(name):
     rng = np.random.default_rng(sum(map(ord, name)))
+    if name in INTEGER_INPUTS:
+        return rng.integers(0, INTEGER_INPUTS[name], (3,) + CASES[name][0][0]).astype(np.int32)
     xs = [rng.standard_normal((3,) + s).astype(np.float32) for s in CASES[name][0]]
     return xs if len(xs) > 1 else xs[0]
 

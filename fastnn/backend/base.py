@@ -482,6 +482,34 @@ class Ops:
         res = acc[:, pt:pt + h, pl:pl + w]
         return self.xp.ascontiguousarray(res) if dx is None else self._assign(dx, res)
 
+    # ---- embedding ------------------------------------------------------------------------
+    def _bad_index(self, ids, rows, where):
+        """ValueError naming `where`, the table's rows and the first index outside [0, rows)."""
+        flat = ids.reshape(-1)
+        bad = (flat < 0) | (flat >= rows)
+        if flat.size and bool(bad.any()):
+            value = int(flat[int(self.xp.argmax(bad))])
+            raise ValueError(f"{where}: index {value} is out of range for input_dim={rows} "
+                             f"(indices must be in [0, {rows}))")
+
+    def embedding_forward(self, table, ids, out=None, where="Embedding"):
+        """out (n, dim) = the rows `ids` (n integers) of table; every index is checked first."""
+        self._bad_index(ids, table.shape[0], where)
+        res = self.xp.take(table, ids.reshape(-1), axis=0)
+        return res if out is None else self._assign(out, res)
+
+    def embedding_backward(self, ids, dy, d_table, clear=None, where="Embedding"):
+        """d_table = the gradient of embedding_forward: dy's rows added into the rows `ids`.
+        Only the rows in `clear` are zeroed first (the rest must already be zero), or the
+        whole table when clear is None."""
+        self._bad_index(ids, d_table.shape[0], where)
+        if clear is None:
+            d_table[...] = 0
+        else:
+            d_table[clear.reshape(-1)] = 0
+        self.xp.add.at(d_table, ids.reshape(-1), dy.reshape(len(ids.reshape(-1)), -1))
+        return d_table
+
     def batchnorm_stats(self, x, mean=None, var=None):
         """Per-channel mean and biased variance over the rows of a (rows, channels) array."""
         m = x.astype("float64").mean(axis=0)

@@ -37,6 +37,16 @@ def _required(a, name):
     return a
 
 
+def _index_array(a, name):
+    """Indices as a flat C-contiguous int32 or int64 array (other integers widened)."""
+    if a is None:
+        raise TypeError(f"{name}: expected an integer index array, got None")
+    a = a.reshape(-1)
+    if a.dtype not in (np.int32, np.int64):
+        a = a.astype(np.int64)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
 def _f32_or_none(a, name):
     return None if a is None else _f32(a, name)
 
@@ -164,6 +174,23 @@ class CpuOps(Ops):
         dx = np.empty(x_shape, np.float32) if dx is None else dx
         _core.avgpool_backward(_f32(dy, "dy"), tuple(window), dx)
         return dx
+
+    def embedding_forward(self, table, ids, out=None, where="Embedding"):
+        ids, table = _index_array(ids, "ids"), _f32(table, "table")
+        out = np.empty((ids.size, table.shape[1]), np.float32) if out is None else out
+        bad = _core.embed_gather(table, ids, out.reshape(ids.size, -1))
+        if bad >= 0:
+            self._bad_index(ids, table.shape[0], where)
+        return out
+
+    def embedding_backward(self, ids, dy, d_table, clear=None, where="Embedding"):
+        ids = _index_array(ids, "ids")
+        _required(d_table, "d_table")
+        bad = _core.embed_scatter_add(ids, _f32(dy, "dy").reshape(ids.size, -1), d_table,
+                                      None if clear is None else _index_array(clear, "clear"))
+        if bad >= 0:
+            self._bad_index(ids, d_table.shape[0], where)
+        return d_table
 
     def batchnorm_stats(self, x, mean=None, var=None):
         x = _f32(x, "x")

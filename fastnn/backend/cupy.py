@@ -273,6 +273,42 @@ class CupyOps(Ops):
         self._launch("maxpool_backward", dx.size, dy, argmax, dx, *_geom(x_shape, window))
         return dx
 
+    # ---- embedding ------------------------------------------------------------------------
+    def embedding_forward(self, table, ids, out=None, where="Embedding"):
+        table = self._f32(table)
+        flat = ids.reshape(-1)
+        out = self._buf(out, (flat.size, table.shape[1]), "out")
+        if not self.kernels:
+            return super().embedding_forward(table, flat, out, where)
+        self._bad_index(flat, table.shape[0], where)
+        self._launch("embed_gather", out.size, table, self._dev(flat, numpy.int32),
+                     i32(table.shape[1]), out)
+        return out
+
+    def embedding_backward(self, ids, dy, d_table, clear=None, where="Embedding"):
+        """Deterministic, without atomics: the indices sorted stably into one segment per row,
+        each (row, column) summed by one thread in the rows' order (kernels.cu)."""
+        if not self.kernels:
+            return super().embedding_backward(ids, dy, d_table, clear, where)
+        xp, flat = self.xp, self._dev(ids.reshape(-1), numpy.int32)
+        rows, dim = d_table.shape
+        self._bad_index(flat, rows, where)
+        if clear is None:
+            d_table.fill(0)
+        elif clear.size:
+            d_table[clear.reshape(-1)] = 0
+        if not flat.size:
+            return d_table
+        order = xp.argsort(flat, kind="stable").astype(numpy.int32)
+        ordered = flat[order]
+        starts = xp.flatnonzero(ordered[1:] != ordered[:-1]).astype(numpy.int32) + 1
+        bounds = xp.concatenate([xp.zeros(1, numpy.int32), starts,
+                                 xp.full(1, flat.size, numpy.int32)]).astype(numpy.int32)
+        seg_rows = xp.ascontiguousarray(ordered[bounds[:-1]])
+        self._launch("embed_segment_add", (len(bounds) - 1) * dim, order, bounds, seg_rows,
+                     self._f32(dy).reshape(flat.size, dim), i32(dim), d_table)
+        return d_table
+
     # ---- batch normalization --------------------------------------------------------------
     def _column_sums(self, x, dy, center, scale=1.0):
         """Per-channel (sum a, sum b) * scale of kernels.cu's bn_partials, reduced over its

@@ -150,6 +150,34 @@ extern "C" __global__ void maxpool_backward(int n, const float *__restrict__ dy,
     }
 }
 
+// ---- embedding -----------------------------------------------------------------------------
+// n = rows * dim: out[i, c] = table[ids[i], c] (ids range-checked by the caller).
+extern "C" __global__ void embed_gather(int n, const float *__restrict__ table,
+                                        const int *__restrict__ ids, int dim,
+                                        float *__restrict__ out) {
+    GRID_STRIDE_LOOP(i, n) {
+        int r = i / dim, c = i % dim;
+        out[i] = table[ids[r] * dim + c];
+    }
+}
+
+// The sparse gradient, without atomics: the indices sorted stably (order), cut into segments
+// of one row each (bounds[s] .. bounds[s + 1] in order, the row rows[s]). n = segments * dim:
+// one thread per (segment, column) adds its segment's dy rows in their original order, so the
+// sums do not depend on the launch shape, and each table entry has one writer.
+extern "C" __global__ void embed_segment_add(int n, const int *__restrict__ order,
+                                             const int *__restrict__ bounds,
+                                             const int *__restrict__ rows,
+                                             const float *__restrict__ dy, int dim,
+                                             float *__restrict__ d_table) {
+    GRID_STRIDE_LOOP(i, n) {
+        int s = i / dim, c = i % dim;
+        float acc = 0.0f;
+        for (int j = bounds[s]; j < bounds[s + 1]; j++) acc += dy[order[j] * dim + c];
+        d_table[rows[s] * dim + c] += acc;
+    }
+}
+
 // ---- activations (ids as in fastnn/activations.py), with the dense layer's bias fused in ------
 enum { LINEAR, RELU, SIGMOID, TANH, SOFTMAX, SOFTPLUS, SOFTSIGN, SELU, ELU, EXPONENTIAL,
        LEAKY_RELU, GELU, SILU };

@@ -250,7 +250,22 @@ def spec_activation_needs_input(rng):
     return dict(act=int(rng.integers(0, 13))), dict(ints={"act": True})
 
 
+def spec_embed_gather(rng):
+    rows, n, dim = rng.integers(1, 6, 3)
+    return dict(table=f(rng, rows, dim), ids=rng.integers(0, rows, n).astype(I32),
+                out=f(rng, n, dim)), \
+        dict(table="in", ids="in", out="out", free={"table"}, index={"ids"})
+
+
+def spec_embed_scatter_add(rng):
+    rows, n, dim = rng.integers(1, 6, 3)
+    return dict(ids=rng.integers(0, rows, n).astype(I32), dy=f(rng, n, dim),
+                d_table=f(rng, rows, dim)), \
+        dict(ids="in", dy="in", d_table="out", free={"d_table"}, index={"ids"})
+
+
 SPECS = {
+    "embed_gather": spec_embed_gather, "embed_scatter_add": spec_embed_scatter_add,
     "gemm": spec_gemm, "act_forward": spec_act_forward, "act_backward": spec_act_backward,
     "column_sum": spec_column_sum, "dense_forward": spec_dense_forward,
     "dense_backward": spec_dense_backward, "softmax_xent_sparse": spec_softmax_xent_sparse,
@@ -353,8 +368,9 @@ def mutations(rng, name, d, meta):
     if kind == "none":
         new[k] = None
         return f"{k} = None", new, not r.endswith("?")
-    if kind == "dtype":
-        new[k] = a.astype(np.float64 if a.dtype == F32 else np.int64)
+    if kind == "dtype":     # (index arrays take int32 and int64: float32 is the wrong one)
+        new[k] = a.astype(F32 if k in meta.get("index", ()) else
+                          np.float64 if a.dtype == F32 else np.int64)
         return f"{k} as {new[k].dtype}", new, True
     if kind == "ndim":
         new[k] = a.reshape(a.shape + (1,)) if rng.random() < 0.5 or a.ndim == 1 else a.reshape(-1)
