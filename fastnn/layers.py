@@ -3480,3 +3480,9 @@ class PReLU(Layer):
 _CLASSES.update({c.__name__: c for c in (
     LayerNormalization, GroupNormalization, SpatialDropout1D, SpatialDropout2D, GaussianNoise,
     GaussianDropout, ELU, PReLU)})
+
+
+# ---- recurrent layers (fastnn/recurrent.py; issue 18, item 3) -------------------------------
+from .recurrent import GRU, LSTM, SimpleRNN  # noqa: E402  (it builds on Layer above)
+
+_CLASSES.update({c.__name__: c for c in (SimpleRNN, LSTM, GRU)})

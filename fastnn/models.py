@@ -661,8 +661,11 @@ class Functional(Model):
         values = {id(tensor): value for tensor, value in zip(self.inputs, given)}
         for node in self._nodes:
             args = [values[id(t)] for t in node.inputs]
-            values[id(node.outputs[0])] = node.layer(args if node.several else args[0],
-                                                     training=training)
+            out = node.layer(args if node.several else args[0], training=training)
+            if len(node.outputs) > 1:       # a layer of several outputs (an RNN's states)
+                values.update((id(t), v) for t, v in zip(node.outputs, out))
+            else:
+                values[id(node.outputs[0])] = out
         outs = [values[id(t)] for t in self.outputs]
         return outs[0] if len(outs) == 1 else outs
 

@@ -1,0 +1,449 @@
+"""Recurrent layers with Keras 3's signatures, defaults and weight layout: SimpleRNN, LSTM,
+GRU and Bidirectional (keras/src/layers/rnn/). Each layer is one node of a model: its whole
+sequence runs forward and back through time in the backend's rnn_forward / rnn_backward (the
+C kernels of csrc/recurrent.c on the CPU backend), not step by step on the tape.
+
+Re-exported by fastnn.layers (as keras.layers.LSTM ...); the classes say they live there so
+that configs and saving treat them as fastnn's own layers."""
+import numpy as np
+
+from . import activations, initializers
+from .autodiff import Tensor, is_recording, node as autodiff_node, value_of
+from .backend import get_ops
+from .graph import KerasTensor, Node, is_symbolic
+from .layers import Layer, _PASS, _weight_options, _weight_options_config
+
+_KINDS = {"simple": 1, "gru": 3, "lstm": 4}
+
+
+def _as_bool_mask(mask, batch, steps, layer):
+    """The mask as the backend's bool array (batch, steps), checked."""
+    if mask is None:
+        return None
+    xp = get_ops().xp
+    mask = value_of(mask)
+    if not isinstance(mask, xp.ndarray):
+        mask = xp.asarray(np.asarray(mask))
+    if tuple(mask.shape) != (batch, steps):
+        raise ValueError(f"Layer {layer.name!r}: mask must have shape (batch, timesteps) = "
+                         f"{(batch, steps)}, got {tuple(mask.shape)}")
+    return mask.astype(bool, copy=False)
+
+
+class _RNN(Layer):
+    """The shared machinery: one cell kind ("simple", "lstm" or "gru")."""
+    kind = None
+    tape_only = True    # its calls take states and masks: the tape's nodes (fastnn.schedule)
+    _KERAS_DEFAULTS = {"zero_output_for_mask": False}
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+                 bias_initializer="zeros", kernel_regularizer=None, recurrent_regularizer=None,
+                 bias_regularizer=None, activity_regularizer=None, kernel_constraint=None,
+                 recurrent_constraint=None, bias_constraint=None, dropout=0.0,
+                 recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
+                 go_backwards=False, stateful=False, unroll=False, use_cudnn="auto",
+                 zero_output_for_mask=False, **kwargs):
+        kwargs.pop("implementation", None)      # Keras's two cell formulations: same math
+        super().__init__(**kwargs)
+        cls = type(self).__name__
+        if not isinstance(units, (int, np.integer)) or isinstance(units, bool) or units < 1:
+            raise ValueError(f"Received an invalid value for argument `units`, expected a "
+                             f"positive integer, got {units}.")
+        for arg, value in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
+            if not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"{cls}: {arg} must be a float in [0, 1), got {value!r}")
+        if recurrent_dropout:
+            raise ValueError(f"{cls}: recurrent_dropout={recurrent_dropout!r} is not supported "
+                             "by fastnn yet (use dropout=, which masks the inputs)")
+        if stateful:
+            raise ValueError(f"{cls}: stateful=True is not supported by fastnn yet")
+        if activity_regularizer is not None:
+            raise ValueError(f"{cls}: activity_regularizer is not supported by fastnn yet "
+                             f"(got {activity_regularizer!r})")
+        if use_cudnn not in ("auto", True, False):
+            raise ValueError("Invalid valid received for argument `use_cudnn`. Expected one of "
+                             f"{{'auto', True, False}}. Received: use_cudnn={use_cudnn}")
+        if use_cudnn is True:
+            raise ValueError(f"{cls}: use_cudnn=True, but fastnn has no cuDNN implementation: "
+                             "pass use_cudnn='auto' (or False)")
+        _weight_options(self, kernel_regularizer=kernel_regularizer,
+                        recurrent_kernel_regularizer=recurrent_regularizer,
+                        bias_regularizer=bias_regularizer, kernel_constraint=kernel_constraint,
+                        recurrent_kernel_constraint=recurrent_constraint,
+                        bias_constraint=bias_constraint)
+        self.units = int(units)
+        self.activation = activations.get(activation)
+        self.recurrent_activation = activations.get(recurrent_activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.recurrent_initializer = initializers.get(recurrent_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.dropout, self.recurrent_dropout, self.seed = float(dropout), 0.0, seed
+        self._rng = np.random.default_rng(seed) if seed is not None else None
+        self.return_sequences, self.return_state = bool(return_sequences), bool(return_state)
+        self.go_backwards, self.stateful, self.unroll = bool(go_backwards), False, bool(unroll)
+        self.use_cudnn = use_cudnn
+        self.zero_output_for_mask = bool(zero_output_for_mask)
+        self.reset_after = True
+
+    # (Keras's argument names for the recurrent kernel's regularizer and constraint)
+    @property
+    def recurrent_regularizer(self):
+        return self.recurrent_kernel_regularizer
+
+    @property
+    def recurrent_constraint(self):
+        return self.recurrent_kernel_constraint
+
+    @property
+    def n_states(self):
+        return 2 if self.kind == "lstm" else 1
+
+    def _bias_init(self, units):
+        return self.bias_initializer
+
+    def build(self, input_shape):
+        if len(input_shape) != 3 or input_shape[-1] is None:
+            raise ValueError(f"Layer {self.name!r} ({type(self).__name__}) expects input of "
+                             "shape (batch, timesteps, features) with known features, got "
+                             f"{tuple(input_shape)}")
+        gu = _KINDS[self.kind] * self.units
+        self.add_weight(name="kernel", shape=(input_shape[-1], gu),
+                        initializer=self.kernel_initializer)
+        self.add_weight(name="recurrent_kernel", shape=(self.units, gu),
+                        initializer=self.recurrent_initializer)
+        if self.use_bias:
+            shape = (2, gu) if self.kind == "gru" and self.reset_after else (gu,)
+            self.add_weight(name="bias", shape=shape, initializer=self._bias_init(self.units))
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        batch, steps = input_shape[0], input_shape[1]
+        out = (batch, steps, self.units) if self.return_sequences else (batch, self.units)
+        if self.return_state:
+            return [out] + [(batch, self.units)] * self.n_states
+        return out
+
+    # ---- computation -----------------------------------------------------------------------
+    def _acts(self):
+        act = activations.kernel_id(self.activation)
+        rec = activations.kernel_id(self.recurrent_activation) if self.kind != "simple" \
+            else act
+        return act, rec
+
+    def forward(self, x, training=False, mask=None, initial_state=None):
+        """x (batch, timesteps, features); mask (batch, timesteps) bool, True = the step
+        counts; initial_state: a list of n_states arrays (batch, units). Returns the output,
+        or with return_state the list [output, h (, c)]."""
+        ops = get_ops()
+        xp = ops.xp
+        st = self._state()
+        if x.ndim != 3:
+            raise ValueError(f"Layer {self.name!r}: expected input of shape (batch, timesteps, "
+                             f"features), got {tuple(x.shape)}")
+        batch, steps, d_in = x.shape
+        if steps == 0:
+            raise ValueError(f"Layer {self.name!r}: the input has no timesteps")
+        mask = _as_bool_mask(mask, batch, steps, self)
+        st.drop = None
+        if training and self.dropout:
+            from .utils import get_rng
+            u = ops.random_uniform(self._rng or get_rng(), ops.empty((batch, 1, d_in)))
+            st.drop = (u >= self.dropout).astype("float32") * np.float32(
+                1.0 / (1.0 - self.dropout))
+            x = x * st.drop
+        if self.go_backwards:
+            x = x[:, ::-1]
+            mask = None if mask is None else mask[:, ::-1]
+        xs = xp.ascontiguousarray(x.transpose(1, 0, 2), dtype="float32")
+        ms = None if mask is None else xp.ascontiguousarray(mask.T)
+        states = self._initial_states(initial_state, batch)
+        act, rec = self._acts()
+        ys, h, c, st.cache = ops.rnn_forward(
+            self.kind, xs, self.kernel, self.recurrent_kernel, self._vars.get("bias"),
+            states[0], states[1] if self.kind == "lstm" else None, ms, act, rec,
+            self.reset_after, self.zero_output_for_mask)
+        st.shape = (batch, steps, d_in)
+        out = xp.ascontiguousarray(ys.transpose(1, 0, 2)) if self.return_sequences else ys[-1]
+        if self.return_state:
+            return [out, h] + ([c] if self.kind == "lstm" else [])
+        return out
+
+    def _initial_states(self, initial_state, batch):
+        ops = get_ops()
+        if initial_state is None:
+            return [ops.alloc((batch, self.units)) for _ in range(self.n_states)]
+        states = list(initial_state) if isinstance(initial_state, (list, tuple)) else \
+            [initial_state]
+        if len(states) != self.n_states:
+            raise ValueError(f"Layer {self.name!r}: initial_state must be a list of "
+                             f"{self.n_states} tensor(s) of shape (batch, {self.units}), got "
+                             f"{len(states)}")
+        out = []
+        for i, s in enumerate(states):
+            s = ops.asarray(value_of(s))
+            if tuple(s.shape) != (batch, self.units):
+                raise ValueError(f"Layer {self.name!r}: initial_state[{i}] must have shape "
+                                 f"({batch}, {self.units}), got {tuple(s.shape)}")
+            out.append(s)
+        return out
+
+    def backward(self, dy, need_dx=True):
+        """dy: the output's gradient, or with return_state the list of the outputs' gradients
+        (None where an output gets none). Returns dx; the initial states' gradients are left
+        in this call's state (d_states)."""
+        ops = get_ops()
+        xp = ops.xp
+        st = self._state()
+        batch, steps, d_in = st.shape
+        grads = list(dy) if self.return_state else [dy]
+        d_out, d_h = grads[0], grads[1] if len(grads) > 1 else None
+        d_c = grads[2] if len(grads) > 2 else None
+        if d_out is None:
+            dys = ops.alloc((steps, batch, self.units))
+        elif self.return_sequences:
+            dys = xp.ascontiguousarray(d_out.transpose(1, 0, 2), dtype="float32")
+        else:       # only the last output has a gradient
+            dys = ops.alloc((steps, batch, self.units))
+            dys[-1] = d_out
+        act, rec = self._acts()
+        dx, dh0, dc0 = ops.rnn_backward(
+            self.kind, st.cache, dys, d_h, d_c, self.kernel, self.recurrent_kernel,
+            self.grads["kernel"], self.grads["recurrent_kernel"], self.grads.get("bias"),
+            act, rec, self.reset_after, self.zero_output_for_mask, need_dx=bool(need_dx))
+        st.d_states = [dh0] + ([dc0] if self.kind == "lstm" else [])
+        st.cache = None
+        if dx is None:
+            return None
+        dx = dx.transpose(1, 0, 2)
+        if self.go_backwards:
+            dx = dx[:, ::-1]
+        dx = xp.ascontiguousarray(dx)
+        if st.drop is not None:
+            dx *= st.drop
+        return dx
+
+    # ---- calls: eager, on the tape, symbolic -----------------------------------------------
+    def __call__(self, x, training=None, mask=None, initial_state=None):
+        if training is None:
+            training = bool(getattr(_PASS, "training", None))
+        if isinstance(x, (list, tuple)) and initial_state is None:
+            x, initial_state = x[0], (list(x[1:]) or None)     # a functional node's inputs
+        states = None if initial_state is None else (
+            list(initial_state) if isinstance(initial_state, (list, tuple))
+            else [initial_state])
+        if is_symbolic(x) or (states and is_symbolic(states)):
+            return self._call_symbolic_rnn(x, mask, states)
+        ops = get_ops()
+        in_pass = getattr(_PASS, "counts", None) is not None
+        if isinstance(x, Tensor) or in_pass or any(isinstance(s, Tensor) for s in states or ()):
+            return self._call_on_tape(x, training, mask, states)
+        x = ops.asarray(x)
+        self._maybe_build((None,) + tuple(x.shape[1:]))
+        out = self.forward(x, bool(training), mask=mask, initial_state=states)
+        to_np = ops.to_numpy
+        return [np.array(to_np(o)) for o in out] if self.return_state else \
+            np.array(to_np(out))
+
+    def _call_symbolic_rnn(self, x, mask, states):
+        if mask is not None and not isinstance(mask, KerasTensor):
+            raise ValueError(f"Layer {self.name!r}: in a functional model, a mask comes from "
+                             "the layer before (Masking, Embedding(mask_zero=True))")
+        inputs = [x] + list(states or [])
+        if not all(isinstance(t, KerasTensor) for t in inputs):
+            raise TypeError(f"Layer {self.name!r}: a functional call takes symbolic tensors "
+                            "(from fastnn.Input or other layers' calls) only")
+        self._maybe_build(x.shape)
+        shapes = self.compute_output_shape(x.shape)
+        node = Node(self, inputs, shapes if self.return_state else [shapes])
+        node.several = len(inputs) > 1
+        self._inbound_nodes.append(node)
+        return list(node.outputs) if self.return_state else node.outputs[0]
+
+    def _call_on_tape(self, x, training, mask, states):
+        """One node of the tape for the whole sequence: parents x and the initial states;
+        several outputs are slices of one packed node."""
+        from . import ops as fops
+        ops = get_ops()
+        x = x if isinstance(x, Tensor) else Tensor(ops.asarray(value_of(x)))
+        states = [s if isinstance(s, Tensor) else Tensor(ops.asarray(value_of(s)))
+                  for s in states or []]
+        self._maybe_build((None,) + tuple(x.shape[1:]))
+        counts = getattr(_PASS, "counts", None)
+        slot = 0
+        if counts is not None:
+            slot = counts.get(id(self), 0)
+            counts[id(self)] = slot + 1
+        local = self._thread
+        local.slot = slot
+        try:
+            out = self.forward(x.value, bool(training), mask=mask,
+                               initial_state=[s.value for s in states] or None)
+        finally:
+            local.slot = 0
+        outs = out if self.return_state else [out]
+        parents = (x, *states)
+        trains = bool(training) and self.trainable and bool(self._trainable_names)
+        if not is_recording() or not (any(p.requires_grad for p in parents) or trains):
+            tensors = [Tensor(o) for o in outs]
+            return tensors if self.return_state else tensors[0]
+        shapes = [tuple(o.shape) for o in outs]
+        sizes = [int(np.prod(s[1:])) for s in shapes]
+        xp = ops.xp
+        packed = outs[0] if len(outs) == 1 else \
+            xp.concatenate([o.reshape(o.shape[0], -1) for o in outs], axis=1)
+
+        def backward(g):
+            local.slot = slot
+            try:
+                pieces, at = [], 0
+                for shape, size in zip(shapes, sizes):
+                    pieces.append(xp.ascontiguousarray(
+                        g.reshape(g.shape[0], -1)[:, at:at + size]).reshape(shape))
+                    at += size
+                shared = counts is not None and counts.get(id(self), 1) > 1
+                saved = [self.grads[n].copy() for n in self._trainable_names] if shared \
+                    else ()
+                dx = self.backward(pieces if self.return_state else pieces[0],
+                                   need_dx=x.requires_grad)
+                for name, earlier in zip(self._trainable_names, saved):
+                    self.grads[name] += earlier
+                d_states = self._state().d_states
+            finally:
+                local.slot = 0
+            return (dx, *d_states[:len(states)])
+        node = autodiff_node(packed, parents, backward)
+        if len(outs) == 1:
+            return node
+        results, at = [], 0
+        for shape, size in zip(shapes, sizes):
+            piece = fops.get_item(node, (slice(None), slice(at, at + size)))
+            results.append(fops.reshape(piece, (-1,) + shape[1:]))
+            at += size
+        return results
+
+    # ---- config ----------------------------------------------------------------------------
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "return_sequences": self.return_sequences, "return_state": self.return_state,
+            "go_backwards": self.go_backwards, "stateful": False, "unroll": self.unroll,
+            "zero_output_for_mask": self.zero_output_for_mask,
+            "units": self.units, "activation": activations.serialize(self.activation),
+        })
+        if self.kind != "simple":
+            config["recurrent_activation"] = activations.serialize(self.recurrent_activation)
+        opts = _weight_options_config(self)
+        config.update({
+            "use_bias": self.use_bias,
+            "kernel_initializer": initializers.serialize(self.kernel_initializer),
+            "recurrent_initializer": initializers.serialize(self.recurrent_initializer),
+            "bias_initializer": initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": opts["kernel_regularizer"],
+            "recurrent_regularizer": opts["recurrent_kernel_regularizer"],
+            "bias_regularizer": opts["bias_regularizer"], "activity_regularizer": None,
+            "kernel_constraint": opts["kernel_constraint"],
+            "recurrent_constraint": opts["recurrent_kernel_constraint"],
+            "bias_constraint": opts["bias_constraint"],
+            "dropout": self.dropout, "recurrent_dropout": self.recurrent_dropout,
+            "seed": self.seed,
+        })
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config.pop("use_cudnn", None)
+        return super().from_config(config)
+
+
+class SimpleRNN(_RNN):
+    """Keras's SimpleRNN: h_t = activation(x_t kernel + h_{t-1} recurrent_kernel + bias)."""
+    kind = "simple"
+
+    def __init__(self, units, activation="tanh", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+                 bias_initializer="zeros", kernel_regularizer=None, recurrent_regularizer=None,
+                 bias_regularizer=None, activity_regularizer=None, kernel_constraint=None,
+                 recurrent_constraint=None, bias_constraint=None, dropout=0.0,
+                 recurrent_dropout=0.0, return_sequences=False, return_state=False,
+                 go_backwards=False, stateful=False, unroll=False, seed=None, **kwargs):
+        super().__init__(units, activation=activation, recurrent_activation=None,
+                         use_bias=use_bias, kernel_initializer=kernel_initializer,
+                         recurrent_initializer=recurrent_initializer,
+                         bias_initializer=bias_initializer,
+                         kernel_regularizer=kernel_regularizer,
+                         recurrent_regularizer=recurrent_regularizer,
+                         bias_regularizer=bias_regularizer,
+                         activity_regularizer=activity_regularizer,
+                         kernel_constraint=kernel_constraint,
+                         recurrent_constraint=recurrent_constraint,
+                         bias_constraint=bias_constraint, dropout=dropout,
+                         recurrent_dropout=recurrent_dropout, seed=seed,
+                         return_sequences=return_sequences, return_state=return_state,
+                         go_backwards=go_backwards, stateful=stateful, unroll=unroll, **kwargs)
+
+
+class LSTM(_RNN):
+    """Keras's LSTM: gates i, f, c, o in that order along the kernels' columns."""
+    kind = "lstm"
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+                 bias_initializer="zeros", unit_forget_bias=True, kernel_regularizer=None,
+                 recurrent_regularizer=None, bias_regularizer=None, activity_regularizer=None,
+                 kernel_constraint=None, recurrent_constraint=None, bias_constraint=None,
+                 dropout=0.0, recurrent_dropout=0.0, seed=None, return_sequences=False,
+                 return_state=False, go_backwards=False, stateful=False, unroll=False,
+                 use_cudnn="auto", **kwargs):
+        super().__init__(units, activation, recurrent_activation, use_bias, kernel_initializer,
+                         recurrent_initializer, bias_initializer, kernel_regularizer,
+                         recurrent_regularizer, bias_regularizer, activity_regularizer,
+                         kernel_constraint, recurrent_constraint, bias_constraint, dropout,
+                         recurrent_dropout, seed, return_sequences, return_state, go_backwards,
+                         stateful, unroll, use_cudnn, **kwargs)
+        self.unit_forget_bias = bool(unit_forget_bias)
+
+    def _bias_init(self, units):
+        if not self.unit_forget_bias:
+            return self.bias_initializer
+        init = self.bias_initializer
+
+        def forget_ones(shape, dtype="float32"):       # Keras: the forget gate's bias at 1
+            return np.concatenate([np.asarray(init((units,)), np.float32),
+                                   np.ones((units,), np.float32),
+                                   np.asarray(init((2 * units,)), np.float32)])
+        return forget_ones
+
+    def get_config(self):
+        return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
+
+
+class GRU(_RNN):
+    """Keras's GRU: gates z, r, h; reset_after=True (the default) has a (2, 3 units) bias,
+    the input's and the recurrent product's, and applies r after the recurrent product."""
+    kind = "gru"
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
+                 kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
+                 bias_initializer="zeros", kernel_regularizer=None, recurrent_regularizer=None,
+                 bias_regularizer=None, activity_regularizer=None, kernel_constraint=None,
+                 recurrent_constraint=None, bias_constraint=None, dropout=0.0,
+                 recurrent_dropout=0.0, seed=None, return_sequences=False, return_state=False,
+                 go_backwards=False, stateful=False, unroll=False, reset_after=True,
+                 use_cudnn="auto", **kwargs):
+        super().__init__(units, activation, recurrent_activation, use_bias, kernel_initializer,
+                         recurrent_initializer, bias_initializer, kernel_regularizer,
+                         recurrent_regularizer, bias_regularizer, activity_regularizer,
+                         kernel_constraint, recurrent_constraint, bias_constraint, dropout,
+                         recurrent_dropout, seed, return_sequences, return_state, go_backwards,
+                         stateful, unroll, use_cudnn, **kwargs)
+        self.reset_after = bool(reset_after)
+
+    def get_config(self):
+        return {**super().get_config(), "reset_after": self.reset_after}
+
+
+for _cls in (SimpleRNN, LSTM, GRU):
+    _cls.__module__ = Layer.__module__      # public as fastnn.layers.<name>
