@@ -306,4 +306,31 @@ int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, in
 int fnn_stack_predict(const fnn_stack *s, const fnn_stack_data *d, float *out, int64_t start,
                       int64_t rows, int n_threads);
 
+/* recurrent.c: SimpleRNN / LSTM / GRU over a whole time-major sequence (T steps of B rows).
+ * kernel (d_in, G*U), recurrent (U, G*U) in Keras's gate order (LSTM i f c o, GRU z r h);
+ * bias (G*U), or (2, G*U) for a GRU with reset_after (input, recurrent), or NULL. */
+enum { FNN_RNN_SIMPLE = 0, FNN_RNN_LSTM = 1, FNN_RNN_GRU = 2 };
+typedef struct {
+    int kind, steps, batch, d_in, units, act, rec_act, reset_after, zero_output;
+    const float *kernel, *recurrent, *bias;
+} fnn_rnn;
+/* Whether the kernels compute this activation (else: the reference path). */
+int fnn_rnn_act_supported(int act);
+/* x (T*B, d_in); mask (T*B) bytes, 1 = the step counts, or NULL. Writes ys (T*B, U) outputs,
+ * hs and cs ((T+1)*B*U, states; rows 0 given: the initial states; cs NULL but for an LSTM),
+ * gates (T*B, G*U) after activation, extra (T*B*U: LSTM act(c), GRU the recurrent candidate
+ * product (reset_after) or r h; NULL for SimpleRNN), using rec (B*G*U) as scratch.
+ * -1: no BLAS. */
+int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float *ys, float *hs,
+                    float *cs, float *gates, float *extra, float *rec, int n_threads);
+/* Back through time from dys (T*B*U, the outputs' gradients) and dh, dc (B*U, the last
+ * states' gradients: on return the initial states'); scratch carry, dht, drh (B*U each),
+ * dgx, dgr (T*B*G*U: the gates' gradients; dgr may be dgx but for a GRU with reset_after).
+ * Writes d_kernel, d_recurrent, d_bias (may be NULL), dx (T*B*d_in, may be NULL). */
+int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, const float *hs,
+                     const float *cs, const float *gates, const float *extra, const float *dys,
+                     float *dh, float *dc, float *carry, float *dht, float *drh, float *dgx,
+                     float *dgr, float *d_kernel, float *d_recurrent, float *d_bias, float *dx,
+                     int n_threads);
+
 #endif

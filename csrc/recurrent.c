@@ -1,0 +1,311 @@
+/* Recurrent layers (SimpleRNN, LSTM, GRU) over a whole sequence, time-major, forward and back
+ * through time. The math is fastnn/backend/base.py's rnn_forward / rnn_backward (the
+ * specification); the work is:
+ *   forward:  the input projection of every step as one GEMM, then per step one GEMM of the
+ *             previous state by the recurrent kernel (all gates at once) and one fused pass of
+ *             the gate nonlinearities and the state update;
+ *   backward: per step one fused pass giving the gates' gradients and one GEMM giving the
+ *             previous state's; then the kernel, recurrent kernel and input gradients as one
+ *             GEMM each over all steps, the bias gradient as column sums.
+ * Each step's elementwise pass is small (batch x gates), so it runs on one thread; the GEMMs
+ * split on fastnn's threads (fnn_gemm), with splits fixed by the shapes: results are the same
+ * for any thread count. Activations here: linear, relu, sigmoid, tanh (their derivatives read
+ * off the outputs); the caller takes the reference path for others. */
+#include <string.h>
+
+#include "fastnn.h"
+#include "vmath.h"
+
+/* v = act(v) over n floats; the switch outside the loops so each loop vectorizes. */
+FNN_INLINE void act_span(int act, float *v, int n) {
+    int i;
+    switch (act) {
+    case FNN_RELU:
+        for (i = 0; i < n; i++) v[i] = v[i] > 0.0f ? v[i] : 0.0f;
+        break;
+    case FNN_SIGMOID:
+        for (i = 0; i < n; i++) v[i] = sigmoidf(v[i]);
+        break;
+    case FNN_TANH:
+        for (i = 0; i < n; i++) v[i] = vtanhf(v[i]);
+        break;
+    default:    /* linear */
+        break;
+    }
+}
+
+/* d[i] *= act'(z) read off y = act(z). */
+FNN_INLINE void dact_span(int act, const float *y, float *d, int n) {
+    int i;
+    switch (act) {
+    case FNN_RELU:
+        for (i = 0; i < n; i++) d[i] = y[i] > 0.0f ? d[i] : 0.0f;
+        break;
+    case FNN_SIGMOID:
+        for (i = 0; i < n; i++) d[i] = d[i] * (y[i] * (1.0f - y[i]));
+        break;
+    case FNN_TANH:
+        for (i = 0; i < n; i++) d[i] = d[i] * (1.0f - y[i] * y[i]);
+        break;
+    default:
+        break;
+    }
+}
+
+int fnn_rnn_act_supported(int act) {
+    return act == FNN_LINEAR || act == FNN_RELU || act == FNN_SIGMOID || act == FNN_TANH;
+}
+
+static int gates_of(int kind) {
+    return kind == FNN_RNN_LSTM ? 4 : kind == FNN_RNN_GRU ? 3 : 1;
+}
+
+/* One step's elementwise pass after the recurrent GEMM (rec, batch x G*U): gates post
+ * activation into g (which held the input projection), the new states, the output. */
+FNN_DISPATCH
+static void step_forward(const fnn_rnn *r, int t, const uint8_t *mask, float *g, float *rec,
+                         const float *hp, float *h, const float *cp, float *c, float *ex,
+                         const float *y_prev, float *y) {
+    int u = r->units, gu = gates_of(r->kind) * u, j;
+    for (int b = 0; b < r->batch; b++) {
+        float *gb = g + (size_t)b * gu, *rb = rec + (size_t)b * gu;
+        const float *hpb = hp + (size_t)b * u;
+        float *hb = h + (size_t)b * u, *yb = y + (size_t)b * u;
+        float *exb = ex ? ex + (size_t)b * u : 0;
+        int keep = !mask || mask[(size_t)t * r->batch + b];
+        if (!keep) {    /* state carried over, output the previous one (or zeros) */
+            memcpy(hb, hpb, (size_t)u * sizeof(float));
+            if (c) memcpy(c + (size_t)b * u, cp + (size_t)b * u, (size_t)u * sizeof(float));
+            if (r->zero_output || !y_prev) memset(yb, 0, (size_t)u * sizeof(float));
+            else memcpy(yb, y_prev + (size_t)b * u, (size_t)u * sizeof(float));
+            continue;
+        }
+        if (r->kind == FNN_RNN_SIMPLE) {
+            for (j = 0; j < u; j++) gb[j] += rb[j];
+            act_span(r->act, gb, u);
+            memcpy(hb, gb, (size_t)u * sizeof(float));
+        } else if (r->kind == FNN_RNN_LSTM) {
+            const float *cpb = cp + (size_t)b * u;
+            float *cb = c + (size_t)b * u;
+            for (j = 0; j < gu; j++) gb[j] += rb[j];
+            act_span(r->rec_act, gb, 2 * u);            /* i, f */
+            act_span(r->act, gb + 2 * u, u);            /* c candidate */
+            act_span(r->rec_act, gb + 3 * u, u);        /* o */
+            for (j = 0; j < u; j++) {
+                float cj = gb[u + j] * cpb[j] + gb[j] * gb[2 * u + j];
+                cb[j] = cj;
+                exb[j] = cj;
+            }
+            act_span(r->act, exb, u);                   /* act(c), kept for backward */
+            for (j = 0; j < u; j++) hb[j] = gb[3 * u + j] * exb[j];
+        } else {
+            /* GRU: z, r from the input and recurrent parts; reset_after: r scales the
+             * recurrent product (bias included), kept in ex; else z, r are done (gru_zr) and
+             * rec's h part is (r h) R_h, from the second GEMM */
+            if (r->reset_after) {
+                for (j = 0; j < 2 * u; j++) gb[j] += rb[j];
+                act_span(r->rec_act, gb, 2 * u);
+                for (j = 0; j < u; j++) {
+                    exb[j] = rb[2 * u + j];
+                    gb[2 * u + j] += gb[u + j] * rb[2 * u + j];
+                }
+            } else {
+                for (j = 0; j < u; j++) gb[2 * u + j] += rb[2 * u + j];
+            }
+            act_span(r->act, gb + 2 * u, u);
+            for (j = 0; j < u; j++)
+                hb[j] = gb[j] * hpb[j] + (1.0f - gb[j]) * gb[2 * u + j];
+        }
+        memcpy(yb, hb, (size_t)u * sizeof(float));
+    }
+}
+
+/* GRU without reset_after: z, r first (the candidate's GEMM needs r h), ex = r h. */
+FNN_DISPATCH
+static void gru_zr(const fnn_rnn *r, float *g, const float *rec, const float *hp, float *ex) {
+    int u = r->units, gu = 3 * u, j;
+    for (int b = 0; b < r->batch; b++) {
+        float *gb = g + (size_t)b * gu;
+        const float *rb = rec + (size_t)b * gu, *hpb = hp + (size_t)b * u;
+        float *exb = ex + (size_t)b * u;
+        for (j = 0; j < 2 * u; j++) gb[j] += rb[j];
+        act_span(r->rec_act, gb, 2 * u);
+        for (j = 0; j < u; j++) exb[j] = gb[u + j] * hpb[j];
+    }
+}
+
+int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float *ys, float *hs,
+                    float *cs, float *gates, float *extra, float *rec, int n_threads) {
+    int T = r->steps, B = r->batch, D = r->d_in, u = r->units;
+    int gu = gates_of(r->kind) * u;
+    size_t su = (size_t)B * u, sg = (size_t)B * gu;
+    const float *in_bias = r->bias, *rec_bias = 0;
+    if (r->bias && r->kind == FNN_RNN_GRU && r->reset_after) rec_bias = r->bias + gu;
+    /* the input projection of all steps at once, its bias added */
+    if (fnn_gemm(0, 0, T * B, gu, D, 1.0f, x, D, r->kernel, gu, 0.0f, gates, gu, n_threads))
+        return -1;
+    if (in_bias) {
+        for (size_t row = 0; row < (size_t)T * B; row++) {
+            float *gr = gates + row * gu;
+            for (int j = 0; j < gu; j++) gr[j] += in_bias[j];
+        }
+    }
+    int gru_before = r->kind == FNN_RNN_GRU && !r->reset_after;
+    for (int t = 0; t < T; t++) {
+        const float *hp = hs + t * su;
+        float *g = gates + t * sg, *ex = extra ? extra + t * su : 0;
+        /* the recurrent product of all gates (GRU without reset_after: z and r only) */
+        fnn_gemm(0, 0, B, gru_before ? 2 * u : gu, u, 1.0f, hp, u, r->recurrent, gu, 0.0f,
+                 rec, gu, n_threads);
+        if (rec_bias) {
+            for (int b = 0; b < B; b++)
+                for (int j = 0; j < gu; j++) rec[(size_t)b * gu + j] += rec_bias[j];
+        }
+        if (gru_before) {
+            gru_zr(r, g, rec, hp, ex);
+            fnn_gemm(0, 0, B, u, u, 1.0f, ex, u, r->recurrent + 2 * u, gu, 0.0f, rec + 2 * u,
+                     gu, n_threads);
+        }
+        step_forward(r, t, mask, g, rec, hp, hs + (t + 1) * su, cs ? cs + t * su : 0,
+                     cs ? cs + (t + 1) * su : 0, ex, t ? ys + (t - 1) * su : 0, ys + t * su);
+    }
+    return 0;
+}
+
+/* One step back: from dy (the output's gradient) and dh, dc (the state's, from the step
+ * after), the gates' pre-activation gradients dgx (input side) and dgr (recurrent side: the
+ * same array but for a GRU with reset_after), and in dh the part of the previous state's
+ * gradient that does not go through the recurrent GEMM (the caller adds dgr R^T). A masked
+ * step's gates get no gradient, its state's passes on, its output's goes to the previous
+ * output (carry) unless zero_output. GRU without reset_after: this is its first half (dht
+ * kept for gru_r_backward, after the GEMM through r h). */
+FNN_DISPATCH
+static void step_backward(const fnn_rnn *r, int t, const uint8_t *mask, const float *dy,
+                          float *carry, float *dh, float *dc, float *dht, const float *g,
+                          const float *ex, const float *hp, const float *cp, float *dgx,
+                          float *dgr) {
+    int u = r->units, gu = gates_of(r->kind) * u, j;
+    for (int b = 0; b < r->batch; b++) {
+        const float *dyb = dy + (size_t)b * u, *gb = g + (size_t)b * gu;
+        const float *hpb = hp + (size_t)b * u;
+        float *cb = carry + (size_t)b * u, *dhb = dh + (size_t)b * u;
+        float *dtb = dht + (size_t)b * u, *xb = dgx + (size_t)b * gu;
+        int keep = !mask || mask[(size_t)t * r->batch + b];
+        if (!keep) {
+            for (j = 0; j < u; j++) cb[j] = r->zero_output ? 0.0f : dyb[j] + cb[j];
+            memset(xb, 0, (size_t)gu * sizeof(float));
+            if (dgr != dgx) memset(dgr + (size_t)b * gu, 0, (size_t)gu * sizeof(float));
+            continue;
+        }
+        for (j = 0; j < u; j++) {
+            dtb[j] = dhb[j] + dyb[j] + cb[j];
+            cb[j] = 0.0f;
+        }
+        if (r->kind == FNN_RNN_SIMPLE) {
+            for (j = 0; j < u; j++) xb[j] = dtb[j];
+            dact_span(r->act, gb, xb, u);
+            for (j = 0; j < u; j++) dhb[j] = 0.0f;
+        } else if (r->kind == FNN_RNN_LSTM) {
+            const float *tc = ex + (size_t)b * u, *cpb = cp + (size_t)b * u;
+            float *dcb = dc + (size_t)b * u;
+            for (j = 0; j < u; j++) {
+                xb[3 * u + j] = dtb[j] * tc[j];
+                dtb[j] = dtb[j] * gb[3 * u + j];
+            }
+            dact_span(r->act, tc, dtb, u);
+            for (j = 0; j < u; j++) {
+                float dct = dcb[j] + dtb[j];
+                xb[j] = dct * gb[2 * u + j];
+                xb[u + j] = dct * cpb[j];
+                xb[2 * u + j] = dct * gb[j];
+                dcb[j] = dct * gb[u + j];
+                dhb[j] = 0.0f;
+            }
+            dact_span(r->rec_act, gb, xb, 2 * u);
+            dact_span(r->act, gb + 2 * u, xb + 2 * u, u);
+            dact_span(r->rec_act, gb + 3 * u, xb + 3 * u, u);
+        } else {
+            for (j = 0; j < u; j++) {
+                xb[2 * u + j] = dtb[j] * (1.0f - gb[j]);
+                xb[j] = dtb[j] * (hpb[j] - gb[2 * u + j]);
+            }
+            dact_span(r->act, gb + 2 * u, xb + 2 * u, u);
+            dact_span(r->rec_act, gb, xb, u);
+            if (r->reset_after) {
+                const float *rh = ex + (size_t)b * u;
+                float *rb = dgr + (size_t)b * gu;
+                for (j = 0; j < u; j++) {
+                    xb[u + j] = xb[2 * u + j] * rh[j];
+                    rb[2 * u + j] = xb[2 * u + j] * gb[u + j];
+                    dhb[j] = dtb[j] * gb[j];
+                }
+                dact_span(r->rec_act, gb + u, xb + u, u);
+                memcpy(rb, xb, 2 * (size_t)u * sizeof(float));
+            }
+        }
+    }
+}
+
+/* GRU without reset_after, after drh = (candidate's gradient) R_h^T: the r gate's gradient
+ * (through r h) and the previous state's direct part, dht z + drh r. */
+FNN_DISPATCH
+static void gru_r_backward(const fnn_rnn *r, int t, const uint8_t *mask, const float *drh,
+                           const float *dht, const float *g, const float *hp, float *dgx,
+                           float *dh) {
+    int u = r->units, gu = 3 * u, j;
+    for (int b = 0; b < r->batch; b++) {
+        if (mask && !mask[(size_t)t * r->batch + b]) continue;
+        const float *gb = g + (size_t)b * gu, *hpb = hp + (size_t)b * u;
+        const float *db = drh + (size_t)b * u, *dtb = dht + (size_t)b * u;
+        float *xb = dgx + (size_t)b * gu, *dhb = dh + (size_t)b * u;
+        for (j = 0; j < u; j++) {
+            xb[u + j] = db[j] * hpb[j];
+            dhb[j] = dtb[j] * gb[j] + db[j] * gb[u + j];
+        }
+        dact_span(r->rec_act, gb + u, xb + u, u);
+    }
+}
+
+int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, const float *hs,
+                     const float *cs, const float *gates, const float *extra, const float *dys,
+                     float *dh, float *dc, float *carry, float *dht, float *drh, float *dgx,
+                     float *dgr, float *d_kernel, float *d_recurrent, float *d_bias, float *dx,
+                     int n_threads) {
+    int T = r->steps, B = r->batch, D = r->d_in, u = r->units;
+    int gu = gates_of(r->kind) * u, rows = T * B;
+    size_t su = (size_t)B * u, sg = (size_t)B * gu;
+    int gru_before = r->kind == FNN_RNN_GRU && !r->reset_after;
+    if (!fnn_blas_ready()) return -1;
+    memset(carry, 0, su * sizeof(float));
+    for (int t = T - 1; t >= 0; t--) {
+        const float *ex = extra ? extra + t * su : 0;
+        step_backward(r, t, mask, dys + t * su, carry, dh, dc, dht, gates + t * sg, ex,
+                      hs + t * su, cs ? cs + t * su : 0, dgx + t * sg, dgr + t * sg);
+        if (gru_before) {
+            fnn_gemm(0, 1, B, u, u, 1.0f, dgx + t * sg + 2 * u, gu, r->recurrent + 2 * u, gu,
+                     0.0f, drh, u, n_threads);
+            gru_r_backward(r, t, mask, drh, dht, gates + t * sg, hs + t * su, dgx + t * sg, dh);
+        }
+        /* the previous state's gradient through the recurrent kernel (masked rows: dgr is
+         * zero there, so their carried dh is unchanged) */
+        fnn_gemm(0, 1, B, u, gru_before ? 2 * u : gu, 1.0f, dgr + t * sg, gu, r->recurrent, gu,
+                 1.0f, dh, u, n_threads);
+    }
+    /* the weights' gradients over all steps at once */
+    if (gru_before) {
+        fnn_gemm(1, 0, u, 2 * u, rows, 1.0f, hs, u, dgx, gu, 0.0f, d_recurrent, gu, n_threads);
+        fnn_gemm(1, 0, u, u, rows, 1.0f, extra, u, dgx + 2 * u, gu, 0.0f, d_recurrent + 2 * u,
+                 gu, n_threads);
+    } else {
+        fnn_gemm(1, 0, u, gu, rows, 1.0f, hs, u, dgr, gu, 0.0f, d_recurrent, gu, n_threads);
+    }
+    fnn_gemm(1, 0, D, gu, rows, 1.0f, x, D, dgx, gu, 0.0f, d_kernel, gu, n_threads);
+    if (d_bias) {
+        fnn_column_sum(dgx, d_bias, (size_t)rows, (size_t)gu, n_threads);
+        if (r->kind == FNN_RNN_GRU && r->reset_after)
+            fnn_column_sum(dgr, d_bias + gu, (size_t)rows, (size_t)gu, n_threads);
+    }
+    if (dx)
+        fnn_gemm(0, 1, rows, D, gu, 1.0f, dgx, gu, r->kernel, gu, 0.0f, dx, D, n_threads);
+    return 0;
+}
