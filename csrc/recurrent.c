@@ -60,14 +60,34 @@ static int gates_of(int kind) {
     return kind == FNN_RNN_LSTM ? 4 : kind == FNN_RNN_GRU ? 3 : 1;
 }
 
+/* The batch's rows run their recurrences independently, so the sequence is cut into chunks of
+ * rows, each run through all its steps by one thread: a step's GEMM (batch x units x
+ * gates*units: 2M multiply-adds for LSTM(128) at batch 32) is too small to split on its own
+ * (waking a team T times a sequence cost 13x on two busy cores), while the chunks need no
+ * synchronisation until the sequence ends. The cut depends on the batch size only (about 16
+ * rows a chunk, at most RNN_MAX_CHUNKS), so results are the same for any thread count. */
+#define RNN_CHUNK_ROWS 16
+#define RNN_MAX_CHUNKS 8
+static int batch_chunks(int batch) {
+    int chunks = batch / RNN_CHUNK_ROWS;
+    return chunks < 1 ? 1 : chunks > RNN_MAX_CHUNKS ? RNN_MAX_CHUNKS : chunks;
+}
+
+static int chunk_threads(const fnn_rnn *r, int chunks, int n_threads) {
+    double work = (double)r->steps * r->batch * r->units * gates_of(r->kind) * r->units;
+    int nt = n_threads < chunks ? n_threads : chunks;
+    return work >= FNN_PARALLEL_MIN ? nt : 1;
+}
+
 /* One step's elementwise pass after the recurrent GEMM (rec, batch x G*U): gates post
  * activation into g (which held the input projection), the new states, the output. */
 FNN_DISPATCH
-static void step_forward(const fnn_rnn *r, int t, const uint8_t *mask, float *g, float *rec,
+static void step_forward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t *mask,
+                         float *g, float *rec,
                          const float *hp, float *h, const float *cp, float *c, float *ex,
                          const float *y_prev, float *y) {
     int u = r->units, gu = gates_of(r->kind) * u, j;
-    for (int b = 0; b < r->batch; b++) {
+    for (int b = b0; b < b1; b++) {
         float *gb = g + (size_t)b * gu, *rb = rec + (size_t)b * gu;
         const float *hpb = hp + (size_t)b * u;
         float *hb = h + (size_t)b * u, *yb = y + (size_t)b * u;
@@ -122,9 +142,10 @@ static void step_forward(const fnn_rnn *r, int t, const uint8_t *mask, float *g,
 
 /* GRU without reset_after: z, r first (the candidate's GEMM needs r h), ex = r h. */
 FNN_DISPATCH
-static void gru_zr(const fnn_rnn *r, float *g, const float *rec, const float *hp, float *ex) {
+static void gru_zr(const fnn_rnn *r, int b0, int b1, float *g, const float *rec, const float *hp,
+                   float *ex) {
     int u = r->units, gu = 3 * u, j;
-    for (int b = 0; b < r->batch; b++) {
+    for (int b = b0; b < b1; b++) {
         float *gb = g + (size_t)b * gu;
         const float *rb = rec + (size_t)b * gu, *hpb = hp + (size_t)b * u;
         float *exb = ex + (size_t)b * u;
@@ -151,24 +172,34 @@ int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float
         }
     }
     int gru_before = r->kind == FNN_RNN_GRU && !r->reset_after;
-    for (int t = 0; t < T; t++) {
-        const float *hp = hs + t * su;
-        float *g = gates + t * sg, *ex = extra ? extra + t * su : 0;
-        /* the recurrent product of all gates (GRU without reset_after: z and r only) */
-        fnn_gemm(0, 0, B, gru_before ? 2 * u : gu, u, 1.0f, hp, u, r->recurrent, gu, 0.0f,
-                 rec, gu, n_threads);
-        if (rec_bias) {
-            for (int b = 0; b < B; b++)
-                for (int j = 0; j < gu; j++) rec[(size_t)b * gu + j] += rec_bias[j];
-        }
-        if (gru_before) {
-            gru_zr(r, g, rec, hp, ex);
-            fnn_gemm(0, 0, B, u, u, 1.0f, ex, u, r->recurrent + 2 * u, gu, 0.0f, rec + 2 * u,
-                     gu, n_threads);
-        }
-        step_forward(r, t, mask, g, rec, hp, hs + (t + 1) * su, cs ? cs + t * su : 0,
-                     cs ? cs + (t + 1) * su : 0, ex, t ? ys + (t - 1) * su : 0, ys + t * su);
-    }
+    int chunks = batch_chunks(B), nt = chunk_threads(r, chunks, n_threads), ci;
+    int saved = fnn_blas_pin();     /* the chunks' GEMMs call the BLAS from several threads */
+    FNN_PARALLEL_FOR(schedule(static),
+        for (ci = 0; ci < chunks; ci++) {
+            int b0 = (int)((long)B * ci / chunks), b1 = (int)((long)B * (ci + 1) / chunks);
+            int nb = b1 - b0;
+            float *rc = rec + (size_t)b0 * gu;
+            for (int t = 0; t < T; t++) {
+                const float *hp = hs + t * su;
+                float *g = gates + t * sg, *ex = extra ? extra + t * su : 0;
+                /* the recurrent product of all gates (GRU without reset_after: z, r only) */
+                fnn_gemm(0, 0, nb, gru_before ? 2 * u : gu, u, 1.0f, hp + (size_t)b0 * u, u,
+                         r->recurrent, gu, 0.0f, rc, gu, 1);
+                if (rec_bias) {
+                    for (int b = 0; b < nb; b++)
+                        for (int j = 0; j < gu; j++) rc[(size_t)b * gu + j] += rec_bias[j];
+                }
+                if (gru_before) {
+                    gru_zr(r, b0, b1, g, rec, hp, ex);
+                    fnn_gemm(0, 0, nb, u, u, 1.0f, ex + (size_t)b0 * u, u, r->recurrent + 2 * u,
+                             gu, 0.0f, rc + 2 * u, gu, 1);
+                }
+                step_forward(r, b0, b1, t, mask, g, rec, hp, hs + (t + 1) * su,
+                             cs ? cs + t * su : 0, cs ? cs + (t + 1) * su : 0, ex,
+                             t ? ys + (t - 1) * su : 0, ys + t * su);
+            }
+        });
+    fnn_blas_restore(saved);
     return 0;
 }
 
@@ -180,12 +211,13 @@ int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float
  * output (carry) unless zero_output. GRU without reset_after: this is its first half (dht
  * kept for gru_r_backward, after the GEMM through r h). */
 FNN_DISPATCH
-static void step_backward(const fnn_rnn *r, int t, const uint8_t *mask, const float *dy,
+static void step_backward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t *mask,
+                          const float *dy,
                           float *carry, float *dh, float *dc, float *dht, const float *g,
                           const float *ex, const float *hp, const float *cp, float *dgx,
                           float *dgr) {
     int u = r->units, gu = gates_of(r->kind) * u, j;
-    for (int b = 0; b < r->batch; b++) {
+    for (int b = b0; b < b1; b++) {
         const float *dyb = dy + (size_t)b * u, *gb = g + (size_t)b * gu;
         const float *hpb = hp + (size_t)b * u;
         float *cb = carry + (size_t)b * u, *dhb = dh + (size_t)b * u;
@@ -249,11 +281,12 @@ static void step_backward(const fnn_rnn *r, int t, const uint8_t *mask, const fl
 /* GRU without reset_after, after drh = (candidate's gradient) R_h^T: the r gate's gradient
  * (through r h) and the previous state's direct part, dht z + drh r. */
 FNN_DISPATCH
-static void gru_r_backward(const fnn_rnn *r, int t, const uint8_t *mask, const float *drh,
+static void gru_r_backward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t *mask,
+                           const float *drh,
                            const float *dht, const float *g, const float *hp, float *dgx,
                            float *dh) {
     int u = r->units, gu = 3 * u, j;
-    for (int b = 0; b < r->batch; b++) {
+    for (int b = b0; b < b1; b++) {
         if (mask && !mask[(size_t)t * r->batch + b]) continue;
         const float *gb = g + (size_t)b * gu, *hpb = hp + (size_t)b * u;
         const float *db = drh + (size_t)b * u, *dtb = dht + (size_t)b * u;
@@ -277,20 +310,31 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
     int gru_before = r->kind == FNN_RNN_GRU && !r->reset_after;
     if (!fnn_blas_ready()) return -1;
     memset(carry, 0, su * sizeof(float));
-    for (int t = T - 1; t >= 0; t--) {
-        const float *ex = extra ? extra + t * su : 0;
-        step_backward(r, t, mask, dys + t * su, carry, dh, dc, dht, gates + t * sg, ex,
-                      hs + t * su, cs ? cs + t * su : 0, dgx + t * sg, dgr + t * sg);
-        if (gru_before) {
-            fnn_gemm(0, 1, B, u, u, 1.0f, dgx + t * sg + 2 * u, gu, r->recurrent + 2 * u, gu,
-                     0.0f, drh, u, n_threads);
-            gru_r_backward(r, t, mask, drh, dht, gates + t * sg, hs + t * su, dgx + t * sg, dh);
-        }
-        /* the previous state's gradient through the recurrent kernel (masked rows: dgr is
-         * zero there, so their carried dh is unchanged) */
-        fnn_gemm(0, 1, B, u, gru_before ? 2 * u : gu, 1.0f, dgr + t * sg, gu, r->recurrent, gu,
-                 1.0f, dh, u, n_threads);
-    }
+    int chunks = batch_chunks(B), nt = chunk_threads(r, chunks, n_threads), ci;
+    int saved = fnn_blas_pin();
+    FNN_PARALLEL_FOR(schedule(static),
+        for (ci = 0; ci < chunks; ci++) {
+            int b0 = (int)((long)B * ci / chunks), b1 = (int)((long)B * (ci + 1) / chunks);
+            int nb = b1 - b0;
+            float *dhc = dh + (size_t)b0 * u;
+            for (int t = T - 1; t >= 0; t--) {
+                const float *ex = extra ? extra + t * su : 0;
+                float *gx = dgx + t * sg, *gr = dgr + t * sg;
+                step_backward(r, b0, b1, t, mask, dys + t * su, carry, dh, dc, dht,
+                              gates + t * sg, ex, hs + t * su, cs ? cs + t * su : 0, gx, gr);
+                if (gru_before) {
+                    fnn_gemm(0, 1, nb, u, u, 1.0f, gx + (size_t)b0 * gu + 2 * u, gu,
+                             r->recurrent + 2 * u, gu, 0.0f, drh + (size_t)b0 * u, u, 1);
+                    gru_r_backward(r, b0, b1, t, mask, drh, dht, gates + t * sg, hs + t * su,
+                                   gx, dh);
+                }
+                /* the previous state's gradient through the recurrent kernel (masked rows:
+                 * dgr is zero there, so their carried dh is unchanged) */
+                fnn_gemm(0, 1, nb, u, gru_before ? 2 * u : gu, 1.0f, gr + (size_t)b0 * gu, gu,
+                         r->recurrent, gu, 1.0f, dhc, u, 1);
+            }
+        });
+    fnn_blas_restore(saved);
     /* the weights' gradients over all steps at once */
     if (gru_before) {
         fnn_gemm(1, 0, u, 2 * u, rows, 1.0f, hs, u, dgx, gu, 0.0f, d_recurrent, gu, n_threads);
