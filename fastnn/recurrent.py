@@ -96,6 +96,10 @@ class _RNN(Layer):
     def recurrent_constraint(self):
         return self.recurrent_kernel_constraint
 
+    def weight_leaves(self):
+        """Where Keras's files keep this layer's weights: in its cell (layers/<key>/cell)."""
+        return [("cell", self)]
+
     @property
     def n_states(self):
         return 2 if self.kind == "lstm" else 1

@@ -190,6 +190,9 @@ def _leaves(model, prefix="layers/"):
     for key, layer in zip(_layer_keys(model), model.layers):
         if isinstance(layer, Model):
             yield from _leaves(layer, f"{prefix}{key}/layers/")
+        elif hasattr(layer, "weight_leaves"):       # weights Keras keeps in sublayers
+            for sub, leaf in layer.weight_leaves():
+                yield f"{prefix}{key}/{sub}", leaf
         else:
             yield prefix + key, layer
 

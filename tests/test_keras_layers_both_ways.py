@@ -102,6 +102,13 @@ CASES = {
     "GaussianDropout": ([(5,)], dict(rate=0.4, seed=3)),
     "ELU": ([(5,)], dict(alpha=0.7)),
     "PReLU": ([(3, 4)], dict(alpha_initializer="ones", shared_axes=[1])),
+    # recurrent layers (weights under the cell in Keras's files)
+    "SimpleRNN": ([(5, 3)], dict(units=4, activation="relu", return_sequences=True,
+                                 go_backwards=True, bias_initializer="ones")),
+    "LSTM": ([(5, 3)], dict(units=4, recurrent_activation="tanh", unit_forget_bias=False,
+                            bias_initializer="random_normal", go_backwards=True)),
+    "GRU": ([(5, 3)], dict(units=4, reset_after=False, return_sequences=True,
+                           bias_initializer="random_uniform")),
 }
 
 
