@@ -1854,10 +1854,9 @@ cdef tuple _rnn_setup(str fn, fnn_rnn *r, str kind, int steps, int batch, int d_
                       const float[::1] K, const float[::1] R, const float[::1] Bv):
     if kind not in _RNN_KINDS:
         raise ValueError(f"{fn}: kind must be one of {sorted(_RNN_KINDS)}, got {kind!r}")
-    for a in (act, rec_act):
-        if not fnn_rnn_act_supported(a):
-            raise ValueError(f"{fn}: activation id {a} has no recurrent kernel (use the "
-                             "reference path)")
+    if not fnn_rnn_act_supported(act) or not fnn_rnn_act_supported(rec_act):
+        raise ValueError(f"{fn}: activation ids ({act}, {rec_act}): one has no recurrent "
+                         "kernel (use the reference path)")
     if steps < 1 or batch < 1 or d_in < 1 or units < 1:
         raise ValueError(f"{fn}: sizes must be positive, got steps={steps}, batch={batch}, "
                          f"d_in={d_in}, units={units}")

@@ -719,7 +719,7 @@ class Ops:
                 z = xw[t].copy()
                 z[:, :2 * u] += hp @ recurrent[:, :2 * u]
                 pre[t, :, :2 * u] = z[:, :2 * u]
-                self.act_forward(*rec_act, z[:, :2 * u], out=gates[t, :, :2 * u])
+                gates[t, :, :2 * u] = self.act_forward(*rec_act, z[:, :2 * u])
                 extra[t] = gates[t, :, u:2 * u] * hp
                 pre[t, :, 2 * u:] = z[:, 2 * u:] + extra[t] @ recurrent[:, 2 * u:]
             else:
@@ -729,22 +729,22 @@ class Ops:
                 pre[t] = xw[t] + rec
                 if cell == "gru":
                     extra[t] = rec[:, 2 * u:]
-                    self.act_forward(*rec_act, pre[t, :, :2 * u], out=gates[t, :, :2 * u])
+                    gates[t, :, :2 * u] = self.act_forward(*rec_act, pre[t, :, :2 * u])
                     pre[t, :, 2 * u:] = xw[t, :, 2 * u:] + gates[t, :, u:2 * u] * extra[t]
             if cell == "simple":
-                self.act_forward(*act, pre[t], out=gates[t])
+                gates[t] = self.act_forward(*act, pre[t])
                 h = gates[t]
             elif cell == "gru":
-                self.act_forward(*act, pre[t, :, 2 * u:], out=gates[t, :, 2 * u:])
+                gates[t, :, 2 * u:] = self.act_forward(*act, pre[t, :, 2 * u:])
                 zg, hh = gates[t, :, :u], gates[t, :, 2 * u:]
                 h = zg * hp + (1 - zg) * hh
             else:
                 for k, a in ((0, rec_act), (1, rec_act), (2, act), (3, rec_act)):
-                    self.act_forward(*a, pre[t, :, k * u:(k + 1) * u],
-                                     out=gates[t, :, k * u:(k + 1) * u])
+                    sl = slice(k * u, (k + 1) * u)
+                    gates[t, :, sl] = self.act_forward(*a, pre[t, :, sl])
                 i, f, g, o = (gates[t, :, k * u:(k + 1) * u] for k in range(4))
                 c = f * cs[t] + i * g
-                self.act_forward(*act, c, out=extra[t])
+                extra[t] = self.act_forward(*act, c)
                 h = o * extra[t]
             if mask is None:
                 hs[t + 1] = h
@@ -795,27 +795,25 @@ class Ops:
                 carry = xp.where(m, 0.0, 0.0 if zero_output else g_out)
             hp = hs[t]
             if cell == "simple":
-                self.act_backward(*act, pre[t], gates[t], dht, out=dgx[t])
+                dgx[t] = self.act_backward(*act, pre[t], gates[t], dht)
                 direct = None
             elif cell == "lstm":
                 i, f, g, o = (gates[t, :, k * u:(k + 1) * u] for k in range(4))
                 tc = extra[t]
-                self.act_backward(*rec_act, pre[t, :, 3 * u:], o, dht * tc,
-                                  out=dgx[t, :, 3 * u:])
+                dgx[t, :, 3 * u:] = self.act_backward(*rec_act, pre[t, :, 3 * u:], o, dht * tc)
                 dct = dc + self.act_backward(*act, cs[t + 1], tc, dht * o)
-                self.act_backward(*rec_act, pre[t, :, :u], i, dct * g, out=dgx[t, :, :u])
-                self.act_backward(*rec_act, pre[t, :, u:2 * u], f, dct * cs[t],
-                                  out=dgx[t, :, u:2 * u])
-                self.act_backward(*act, pre[t, :, 2 * u:3 * u], g, dct * i,
-                                  out=dgx[t, :, 2 * u:3 * u])
+                dgx[t, :, :u] = self.act_backward(*rec_act, pre[t, :, :u], i, dct * g)
+                dgx[t, :, u:2 * u] = self.act_backward(*rec_act, pre[t, :, u:2 * u], f,
+                                                       dct * cs[t])
+                dgx[t, :, 2 * u:3 * u] = self.act_backward(*act, pre[t, :, 2 * u:3 * u], g,
+                                                           dct * i)
                 dc_prev = dct * f
                 direct = None
             else:
                 zg, r, hh = gates[t, :, :u], gates[t, :, u:2 * u], gates[t, :, 2 * u:]
                 dah = self.act_backward(*act, pre[t, :, 2 * u:], hh, dht * (1 - zg))
                 dgx[t, :, 2 * u:] = dah
-                self.act_backward(*rec_act, pre[t, :, :u], zg, dht * (hp - hh),
-                                  out=dgx[t, :, :u])
+                dgx[t, :, :u] = self.act_backward(*rec_act, pre[t, :, :u], zg, dht * (hp - hh))
                 direct = dht * zg
                 if reset_after:
                     dr = dah * extra[t]
@@ -824,7 +822,7 @@ class Ops:
                     d_rh = dah @ recurrent[:, 2 * u:].T
                     dr = d_rh * hp
                     direct = direct + d_rh * r
-                self.act_backward(*rec_act, pre[t, :, u:2 * u], r, dr, out=dgx[t, :, u:2 * u])
+                dgx[t, :, u:2 * u] = self.act_backward(*rec_act, pre[t, :, u:2 * u], r, dr)
                 dgr[t, :, :2 * u] = dgx[t, :, :2 * u]
             if m is not None:
                 dgx[t] *= m
