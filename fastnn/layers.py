@@ -3483,6 +3483,6 @@ _CLASSES.update({c.__name__: c for c in (
 
 
 # ---- recurrent layers (fastnn/recurrent.py; issue 18, item 3) -------------------------------
-from .recurrent import GRU, LSTM, SimpleRNN  # noqa: E402  (it builds on Layer above)
+from .recurrent import GRU, LSTM, Bidirectional, SimpleRNN  # noqa: E402  (builds on Layer)
 
-_CLASSES.update({c.__name__: c for c in (SimpleRNN, LSTM, GRU)})
+_CLASSES.update({c.__name__: c for c in (SimpleRNN, LSTM, GRU, Bidirectional)})

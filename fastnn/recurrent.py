@@ -30,11 +30,119 @@ def _as_bool_mask(mask, batch, steps, layer):
     return mask.astype(bool, copy=False)
 
 
-class _RNN(Layer):
+class _Sequence(Layer):
+    """How a recurrent layer is called: on arrays (eagerly), on the tape (a model's pass, a
+    user's call()), or on symbolic tensors (the functional API), with a mask, initial states
+    as further inputs, and several outputs (return_state)."""
+    tape_only = True    # its calls take states and masks: the tape's nodes (fastnn.schedule)
+
+    def _several(self):
+        """Whether forward returns a list of outputs."""
+        return self.return_state
+
+    def __call__(self, x, training=None, mask=None, initial_state=None):
+        if training is None:
+            training = bool(getattr(_PASS, "training", None))
+        if isinstance(x, (list, tuple)) and initial_state is None:
+            x, initial_state = x[0], (list(x[1:]) or None)     # a functional node's inputs
+        states = None if initial_state is None else (
+            list(initial_state) if isinstance(initial_state, (list, tuple))
+            else [initial_state])
+        if is_symbolic(x) or (states and is_symbolic(states)):
+            return self._call_symbolic_rnn(x, mask, states)
+        ops = get_ops()
+        in_pass = getattr(_PASS, "counts", None) is not None
+        if isinstance(x, Tensor) or in_pass or any(isinstance(s, Tensor) for s in states or ()):
+            return self._call_on_tape(x, training, mask, states)
+        x = ops.asarray(x)
+        self._maybe_build((None,) + tuple(x.shape[1:]))
+        out = self.forward(x, bool(training), mask=mask, initial_state=states)
+        to_np = ops.to_numpy
+        return [np.array(to_np(o)) for o in out] if self._several() else \
+            np.array(to_np(out))
+
+    def _call_symbolic_rnn(self, x, mask, states):
+        if mask is not None:
+            raise ValueError(f"Layer {self.name!r}: in a functional model, a mask comes from "
+                             "the layer before (Masking, Embedding(mask_zero=True)), not "
+                             "from a mask= argument")
+        inputs = [x] + list(states or [])
+        if not all(isinstance(t, KerasTensor) for t in inputs):
+            raise TypeError(f"Layer {self.name!r}: a functional call takes symbolic tensors "
+                            "(from fastnn.Input or other layers' calls) only")
+        self._maybe_build(x.shape)
+        shapes = self.compute_output_shape(x.shape)
+        node = Node(self, inputs, shapes if self._several() else [shapes])
+        node.several = len(inputs) > 1
+        self._inbound_nodes.append(node)
+        return list(node.outputs) if self._several() else node.outputs[0]
+
+    def _call_on_tape(self, x, training, mask, states):
+        """One node of the tape for the whole sequence: parents x and the initial states;
+        several outputs are slices of one packed node."""
+        from . import ops as fops
+        ops = get_ops()
+        x = x if isinstance(x, Tensor) else Tensor(ops.asarray(value_of(x)))
+        states = [s if isinstance(s, Tensor) else Tensor(ops.asarray(value_of(s)))
+                  for s in states or []]
+        self._maybe_build((None,) + tuple(x.shape[1:]))
+        counts = getattr(_PASS, "counts", None)
+        slot = 0
+        if counts is not None:
+            slot = counts.get(id(self), 0)
+            counts[id(self)] = slot + 1
+        local = self._thread
+        local.slot = slot
+        try:
+            out = self.forward(x.value, bool(training), mask=mask,
+                               initial_state=[s.value for s in states] or None)
+        finally:
+            local.slot = 0
+        outs = out if self._several() else [out]
+        parents = (x, *states)
+        trains = bool(training) and self.trainable and bool(self._trainable_names)
+        if not is_recording() or not (any(p.requires_grad for p in parents) or trains):
+            tensors = [Tensor(o) for o in outs]
+            return tensors if self._several() else tensors[0]
+        shapes = [tuple(o.shape) for o in outs]
+        sizes = [int(np.prod(s[1:])) for s in shapes]
+        xp = ops.xp
+        packed = outs[0] if len(outs) == 1 else \
+            xp.concatenate([o.reshape(o.shape[0], -1) for o in outs], axis=1)
+
+        def backward(g):
+            local.slot = slot
+            try:
+                pieces, at = [], 0
+                for shape, size in zip(shapes, sizes):
+                    pieces.append(xp.ascontiguousarray(
+                        g.reshape(g.shape[0], -1)[:, at:at + size]).reshape(shape))
+                    at += size
+                shared = counts is not None and counts.get(id(self), 1) > 1
+                saved = [self.grads[n].copy() for n in self._trainable_names] if shared \
+                    else ()
+                dx = self.backward(pieces if self._several() else pieces[0],
+                                   need_dx=x.requires_grad)
+                for name, earlier in zip(self._trainable_names, saved):
+                    self.grads[name] += earlier
+                d_states = self._state().d_states
+            finally:
+                local.slot = 0
+            return (dx, *d_states[:len(states)])
+        node = autodiff_node(packed, parents, backward)
+        if len(outs) == 1:
+            return node
+        results, at = [], 0
+        for shape, size in zip(shapes, sizes):
+            piece = fops.get_item(node, (slice(None), slice(at, at + size)))
+            results.append(fops.reshape(piece, (-1,) + shape[1:]))
+            at += size
+        return results
+
+
+class _RNN(_Sequence):
     """The shared machinery: one cell kind ("simple", "lstm" or "gru")."""
     kind = None
-    tape_only = True    # its calls take states and masks: the tape's nodes (fastnn.schedule)
-    _KERAS_DEFAULTS = {"zero_output_for_mask": False}
 
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
                  kernel_initializer="glorot_uniform", recurrent_initializer="orthogonal",
@@ -228,105 +336,6 @@ class _RNN(Layer):
             dx *= st.drop
         return dx
 
-    # ---- calls: eager, on the tape, symbolic -----------------------------------------------
-    def __call__(self, x, training=None, mask=None, initial_state=None):
-        if training is None:
-            training = bool(getattr(_PASS, "training", None))
-        if isinstance(x, (list, tuple)) and initial_state is None:
-            x, initial_state = x[0], (list(x[1:]) or None)     # a functional node's inputs
-        states = None if initial_state is None else (
-            list(initial_state) if isinstance(initial_state, (list, tuple))
-            else [initial_state])
-        if is_symbolic(x) or (states and is_symbolic(states)):
-            return self._call_symbolic_rnn(x, mask, states)
-        ops = get_ops()
-        in_pass = getattr(_PASS, "counts", None) is not None
-        if isinstance(x, Tensor) or in_pass or any(isinstance(s, Tensor) for s in states or ()):
-            return self._call_on_tape(x, training, mask, states)
-        x = ops.asarray(x)
-        self._maybe_build((None,) + tuple(x.shape[1:]))
-        out = self.forward(x, bool(training), mask=mask, initial_state=states)
-        to_np = ops.to_numpy
-        return [np.array(to_np(o)) for o in out] if self.return_state else \
-            np.array(to_np(out))
-
-    def _call_symbolic_rnn(self, x, mask, states):
-        if mask is not None and not isinstance(mask, KerasTensor):
-            raise ValueError(f"Layer {self.name!r}: in a functional model, a mask comes from "
-                             "the layer before (Masking, Embedding(mask_zero=True))")
-        inputs = [x] + list(states or [])
-        if not all(isinstance(t, KerasTensor) for t in inputs):
-            raise TypeError(f"Layer {self.name!r}: a functional call takes symbolic tensors "
-                            "(from fastnn.Input or other layers' calls) only")
-        self._maybe_build(x.shape)
-        shapes = self.compute_output_shape(x.shape)
-        node = Node(self, inputs, shapes if self.return_state else [shapes])
-        node.several = len(inputs) > 1
-        self._inbound_nodes.append(node)
-        return list(node.outputs) if self.return_state else node.outputs[0]
-
-    def _call_on_tape(self, x, training, mask, states):
-        """One node of the tape for the whole sequence: parents x and the initial states;
-        several outputs are slices of one packed node."""
-        from . import ops as fops
-        ops = get_ops()
-        x = x if isinstance(x, Tensor) else Tensor(ops.asarray(value_of(x)))
-        states = [s if isinstance(s, Tensor) else Tensor(ops.asarray(value_of(s)))
-                  for s in states or []]
-        self._maybe_build((None,) + tuple(x.shape[1:]))
-        counts = getattr(_PASS, "counts", None)
-        slot = 0
-        if counts is not None:
-            slot = counts.get(id(self), 0)
-            counts[id(self)] = slot + 1
-        local = self._thread
-        local.slot = slot
-        try:
-            out = self.forward(x.value, bool(training), mask=mask,
-                               initial_state=[s.value for s in states] or None)
-        finally:
-            local.slot = 0
-        outs = out if self.return_state else [out]
-        parents = (x, *states)
-        trains = bool(training) and self.trainable and bool(self._trainable_names)
-        if not is_recording() or not (any(p.requires_grad for p in parents) or trains):
-            tensors = [Tensor(o) for o in outs]
-            return tensors if self.return_state else tensors[0]
-        shapes = [tuple(o.shape) for o in outs]
-        sizes = [int(np.prod(s[1:])) for s in shapes]
-        xp = ops.xp
-        packed = outs[0] if len(outs) == 1 else \
-            xp.concatenate([o.reshape(o.shape[0], -1) for o in outs], axis=1)
-
-        def backward(g):
-            local.slot = slot
-            try:
-                pieces, at = [], 0
-                for shape, size in zip(shapes, sizes):
-                    pieces.append(xp.ascontiguousarray(
-                        g.reshape(g.shape[0], -1)[:, at:at + size]).reshape(shape))
-                    at += size
-                shared = counts is not None and counts.get(id(self), 1) > 1
-                saved = [self.grads[n].copy() for n in self._trainable_names] if shared \
-                    else ()
-                dx = self.backward(pieces if self.return_state else pieces[0],
-                                   need_dx=x.requires_grad)
-                for name, earlier in zip(self._trainable_names, saved):
-                    self.grads[name] += earlier
-                d_states = self._state().d_states
-            finally:
-                local.slot = 0
-            return (dx, *d_states[:len(states)])
-        node = autodiff_node(packed, parents, backward)
-        if len(outs) == 1:
-            return node
-        results, at = [], 0
-        for shape, size in zip(shapes, sizes):
-            piece = fops.get_item(node, (slice(None), slice(at, at + size)))
-            results.append(fops.reshape(piece, (-1,) + shape[1:]))
-            at += size
-        return results
-
     # ---- config ----------------------------------------------------------------------------
     def get_config(self):
         config = super().get_config()
@@ -449,5 +458,208 @@ class GRU(_RNN):
         return {**super().get_config(), "reset_after": self.reset_after}
 
 
-for _cls in (SimpleRNN, LSTM, GRU):
+class Bidirectional(_Sequence):
+    """Keras's Bidirectional: a copy of `layer` reads the sequence forwards, another (or
+    backward_layer) backwards; their outputs merge (concat, sum, mul, ave, or None: both).
+    Its weights are the forward layer's then the backward layer's; with return_state its
+    outputs are the merged output(s), then the forward layer's states, then the backward's."""
+    _MERGES = ("sum", "mul", "ave", "concat", None)
+
+    def __init__(self, layer, merge_mode="concat", weights=None, backward_layer=None,
+                 **kwargs):
+        if not isinstance(layer, _RNN):
+            raise ValueError("Please initialize `Bidirectional` layer with a recurrent layer "
+                             f"(SimpleRNN, LSTM, GRU). Received: {layer}")
+        if backward_layer is not None and not isinstance(backward_layer, _RNN):
+            raise ValueError("`backward_layer` need to be a recurrent layer (SimpleRNN, LSTM, "
+                             f"GRU). Received: {backward_layer}")
+        if merge_mode not in self._MERGES:
+            raise ValueError(f"Invalid merge mode. Received: {merge_mode}. Merge mode should "
+                             'be one of {"sum", "mul", "ave", "concat", None}')
+        super().__init__(**kwargs)
+        config = layer.get_config()
+        config["name"] = "forward_" + layer.name.removeprefix("forward_")
+        self.forward_layer = type(layer).from_config(config)
+        if backward_layer is None:
+            config = layer.get_config()
+            config["go_backwards"] = not layer.go_backwards
+            config["name"] = "backward_" + layer.name.removeprefix("backward_")
+            backward_layer = type(layer).from_config(config)
+        self.backward_layer = backward_layer
+        fwd, bwd = self.forward_layer, self.backward_layer
+        if fwd.go_backwards == bwd.go_backwards:
+            raise ValueError("Forward layer and backward layer should have different "
+                             "`go_backwards` value. Received: forward_layer.go_backwards "
+                             f"{fwd.go_backwards}, backward_layer.go_backwards="
+                             f"{bwd.go_backwards}")
+        for a in ("return_sequences", "return_state"):
+            if getattr(fwd, a) != getattr(bwd, a):
+                raise ValueError("Forward layer and backward layer are expected to have the "
+                                 f'same value for attribute "{a}", got "{getattr(fwd, a)}" '
+                                 f'for forward layer and "{getattr(bwd, a)}" for backward '
+                                 "layer")
+        for sub in (fwd, bwd):      # as Keras: masked outputs of a sequence are zeros
+            sub.zero_output_for_mask = sub.return_sequences
+        self.merge_mode = merge_mode
+        self.return_sequences, self.return_state = fwd.return_sequences, fwd.return_state
+        self.stateful = False
+        self._initial_weights = weights
+
+    def _several(self):
+        return self.return_state or self.merge_mode is None
+
+    def _sublayers(self):
+        return []       # their weights are this layer's own (one copy in a model's arena)
+
+    def weight_leaves(self):
+        return [("forward_layer/cell", self.forward_layer),
+                ("backward_layer/cell", self.backward_layer)]
+
+    def build(self, input_shape):
+        self.forward_layer._maybe_build(input_shape)
+        self.backward_layer._maybe_build(input_shape)
+        # the sublayers' weights, adopted: the same arrays, named by direction
+        self._owner = {}
+        for prefix, sub in (("forward_", self.forward_layer), ("backward_", self.backward_layer)):
+            for name in sub.weight_names:
+                mine = prefix + name
+                self._vars[mine] = sub._vars[name]
+                self._variables[mine] = sub._variables[name]
+                self._owner[mine] = (sub, name)
+                self._trainable_names.append(mine)
+                self.grads[mine] = sub.grads[name]
+                for key in ("_penalties", "_constraints"):
+                    if name in sub.__dict__.get(key, {}):
+                        self.__dict__.setdefault(key, {})[mine] = sub.__dict__[key][name]
+        super().build(input_shape)
+        if self._initial_weights:
+            self.set_weights(self._initial_weights)
+            self._initial_weights = None
+
+    def _rebind(self, name, array, grad=None):
+        super()._rebind(name, array, grad)
+        sub, own = self._owner[name]
+        sub._vars[own] = array
+        if grad is not None:
+            sub.grads[own] = grad
+
+    def compute_output_shape(self, input_shape):
+        shape = self.forward_layer.compute_output_shape(input_shape)
+        states = []
+        if self.return_state:
+            shape, states = shape[0], list(shape[1:])
+        if self.merge_mode == "concat":
+            shape = tuple(shape[:-1]) + (2 * shape[-1],)
+        outs = [shape, shape] if self.merge_mode is None else [shape]
+        if not self._several():
+            return shape
+        return outs + states + states
+
+    def _slot(self, fn):
+        """Runs fn with the sublayers on this call's slot (a layer called twice in a pass)."""
+        slot = getattr(self._thread, "slot", 0)
+        subs = (self.forward_layer, self.backward_layer)
+        for sub in subs:
+            sub._thread.slot = slot
+        try:
+            return fn()
+        finally:
+            for sub in subs:
+                sub._thread.slot = 0
+
+    def forward(self, x, training=False, mask=None, initial_state=None):
+        return self._slot(lambda: self._forward(x, training, mask, initial_state))
+
+    def _forward(self, x, training, mask, initial_state):
+        xp = get_ops().xp
+        fs = bs = None
+        if initial_state is not None:
+            states = list(initial_state)
+            half = len(states) // 2
+            fs, bs = states[:half], states[half:]
+        y = self.forward_layer.forward(x, training, mask=mask, initial_state=fs)
+        yr = self.backward_layer.forward(x, training, mask=mask, initial_state=bs)
+        states = []
+        if self.return_state:
+            states = list(y[1:]) + list(yr[1:])
+            y, yr = y[0], yr[0]
+        if self.return_sequences:
+            yr = xp.ascontiguousarray(yr[:, ::-1])
+        st = self._state()
+        st.y, st.yr = y, yr
+        m = self.merge_mode
+        if m == "concat":
+            out = [xp.concatenate([y, yr], axis=-1)]
+        elif m == "sum":
+            out = [y + yr]
+        elif m == "ave":
+            out = [(y + yr) / np.float32(2)]
+        elif m == "mul":
+            out = [y * yr]
+        else:
+            out = [y, yr]
+        out += states
+        return out if self._several() else out[0]
+
+    def backward(self, dy, need_dx=True):
+        return self._slot(lambda: self._backward(dy, need_dx))
+
+    def _backward(self, dy, need_dx):
+        ops = get_ops()
+        xp = ops.xp
+        st = self._state()
+        grads = list(dy) if self._several() else [dy]
+        m = self.merge_mode
+        n_out = 2 if m is None else 1
+        outs, state_grads = grads[:n_out], grads[n_out:]
+
+        def zeros_like(a):
+            return xp.zeros(a.shape, "float32")
+        if m is None:
+            d_f = outs[0] if outs[0] is not None else zeros_like(st.y)
+            d_b = outs[1] if outs[1] is not None else zeros_like(st.yr)
+        else:
+            d = outs[0] if outs[0] is not None else zeros_like(
+                st.y if m != "concat" else xp.concatenate([st.y, st.yr], axis=-1))
+            units = st.y.shape[-1]
+            if m == "concat":
+                d_f, d_b = d[..., :units], d[..., units:]
+            elif m == "sum":
+                d_f, d_b = d, d
+            elif m == "ave":
+                d_f = d_b = d * np.float32(0.5)
+            else:
+                d_f, d_b = d * st.yr, d * st.y
+        if self.return_sequences:
+            d_b = d_b[:, ::-1]
+        d_f, d_b = xp.ascontiguousarray(d_f), xp.ascontiguousarray(d_b)
+        n = self.forward_layer.n_states
+        if self.return_state:
+            d_f = [d_f] + state_grads[:n]
+            d_b = [d_b] + state_grads[n:]
+        dx_f = self.forward_layer.backward(d_f, need_dx)
+        dx_b = self.backward_layer.backward(d_b, need_dx)
+        st.d_states = self.forward_layer._state().d_states + \
+            self.backward_layer._state().d_states
+        return None if dx_f is None else dx_f + dx_b
+
+    def get_config(self):
+        from .models import _layer_entry
+        config = super().get_config()
+        config.update({"merge_mode": self.merge_mode,
+                       "layer": _layer_entry(self.forward_layer),
+                       "backward_layer": _layer_entry(self.backward_layer)})
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        from .models import _layer_from_entry
+        config = dict(config)
+        config["layer"] = _layer_from_entry(config["layer"])
+        if config.get("backward_layer") is not None:
+            config["backward_layer"] = _layer_from_entry(config["backward_layer"])
+        return super().from_config(config)
+
+
+for _cls in (SimpleRNN, LSTM, GRU, Bidirectional):
     _cls.__module__ = Layer.__module__      # public as fastnn.layers.<name>

@@ -21,6 +21,14 @@ SKIP = {"Layer": "the abstract base class: it defines no computation",
         "InputLayer": "the input of every model below (fastnn.Input / keras.Input)"}
 
 
+class PerSystem:
+    """A keyword argument made with the system under test, fastnn or keras (the layer a
+    wrapper such as Bidirectional wraps)."""
+
+    def __init__(self, make):
+        self.make = make
+
+
 # class name -> (input shapes (without the batch axis), keyword arguments). Non-default
 # arguments throughout; where fastnn's layer takes none beyond Keras's defaults (Flatten,
 # Identity, the merging layers) the case is the layer itself.
@@ -109,6 +117,11 @@ CASES = {
                             bias_initializer="random_normal", go_backwards=True)),
     "GRU": ([(5, 3)], dict(units=4, reset_after=False, return_sequences=True,
                            bias_initializer="random_uniform")),
+    "Bidirectional": ([(5, 3)], dict(
+        layer=PerSystem(lambda K: K.layers.GRU(4, return_sequences=True, name="gru")),
+        backward_layer=PerSystem(lambda K: K.layers.GRU(
+            4, return_sequences=True, go_backwards=True, reset_after=False, name="gru_back")),
+        merge_mode="mul")),
 }
 
 
@@ -128,6 +141,7 @@ def test_every_layer_has_a_case():
 def build(K, name):
     shapes, kwargs = CASES[name]
     inputs = [K.Input(shape=s, name=f"in{i}") for i, s in enumerate(shapes)]
+    kwargs = {k: v.make(K) if isinstance(v, PerSystem) else v for k, v in kwargs.items()}
     layer = getattr(K.layers, name)(name="layer", **kwargs)
     out = layer(inputs if len(inputs) > 1 else inputs[0])
     return K.Model(inputs if len(inputs) > 1 else inputs[0], out, name=f"case_{name}")

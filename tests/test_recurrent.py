@@ -152,12 +152,11 @@ def test_gradients_match_finite_differences_over_50_masked_steps(name, opts):
 
 
 # ---- the C kernels against the reference -------------------------------------------------------
-@pytest.mark.cpu_backend
 @pytest.mark.parametrize("cell,reset_after", [("lstm", True), ("gru", True), ("gru", False),
                                               ("simple", True)])
 @pytest.mark.parametrize("acts", [(A.TANH, A.SIGMOID), (A.RELU, A.SIGMOID), (A.LINEAR, A.TANH)])
 @pytest.mark.parametrize("zero_output", [False, True])
-def test_c_kernels_equal_reference_and_any_thread_count(cell, reset_after, acts, zero_output):
+def test_backend_equals_reference_and_any_thread_count(cell, reset_after, acts, zero_output):
     from fastnn import _core
     rng = np.random.default_rng(5)
     t, b, d, u = 9, 37, 6, 5       # 37 rows: uneven chunks
@@ -173,24 +172,27 @@ def test_c_kernels_equal_reference_and_any_thread_count(cell, reset_after, acts,
     dh, dc = (rng.normal(size=(b, u)).astype(np.float32) for _ in range(2))
     act, rec = (acts[0], 0.0), (acts[1], 0.0)
 
-    def both(ops):
-        ys, h, c, cache = ops.rnn_forward(cell, x, k, r, bias, h0, c0, mask, act, rec,
+    def both(ops, move=lambda a, dtype=None: a, back=lambda a: a):
+        ys, h, c, cache = ops.rnn_forward(cell, move(x), move(k), move(r), move(bias),
+                                          move(h0), move(c0), move(mask, bool), act, rec,
                                           reset_after, zero_output)
-        grads = [np.zeros_like(k), np.zeros_like(r), np.zeros_like(bias)]
-        dx, dh0, dc0 = ops.rnn_backward(cell, cache, dy, dh, dc if cell == "lstm" else None,
-                                        k, r, *grads, act, rec, reset_after, zero_output)
-        return [a for a in (ys, h, c, dx, dh0, dc0, *grads) if a is not None]
+        grads = [move(np.zeros_like(a)) for a in (k, r, bias)]
+        dx, dh0, dc0 = ops.rnn_backward(cell, cache, move(dy), move(dh),
+                                        move(dc) if cell == "lstm" else None, move(k),
+                                        move(r), *grads, act, rec, reset_after, zero_output)
+        return [back(a) for a in (ys, h, c, dx, dh0, dc0, *grads) if a is not None]
     ref = both(Ops())
-    before = _core.get_num_threads()
-    try:
-        runs = []
-        for threads in (1, 2):
-            _core.set_num_threads(threads)
-            runs.append(both(get_ops()))
-    finally:
-        _core.set_num_threads(before)
-    for a, b_ in zip(runs[0], runs[1]):
-        np.testing.assert_array_equal(a, b_)    # bit-identical for 1 and 2 threads
+    runs = [both(get_ops(), put, get)]
+    if get_ops().name == "cpu":     # the C kernels: the same bits on 1 and 2 threads
+        before = _core.get_num_threads()
+        try:
+            for threads in (1, 2):
+                _core.set_num_threads(threads)
+                runs.append(both(get_ops()))
+        finally:
+            _core.set_num_threads(before)
+        for a, b_ in zip(runs[1], runs[2]):
+            np.testing.assert_array_equal(a, b_)
     for a, b_ in zip(runs[0], ref):
         _close(a, b_)
 
@@ -343,3 +345,77 @@ def test_bad_inputs_raise():
         layer(np.zeros((2, 4, 3), np.float32), initial_state=[np.zeros((2, 4), np.float32)])
     with pytest.raises(ValueError, match="initial_state"):
         LSTM(3)(np.zeros((2, 4, 3), np.float32), initial_state=[np.zeros((2, 3), np.float32)])
+
+
+# ---- Bidirectional -----------------------------------------------------------------------------
+@pytest.mark.parametrize("merge", ["concat", "sum", "mul", "ave", None])
+@pytest.mark.parametrize("name,opts", [("LSTM", {}), ("GRU", {"return_sequences": True}),
+                                       ("SimpleRNN", {"return_state": True}),
+                                       ("LSTM", {"return_sequences": True,
+                                                 "return_state": True})])
+@pytest.mark.parametrize("masked", [False, True])
+def test_bidirectional_equals_keras(merge, name, opts, masked):
+    keras = pytest.importorskip("keras")
+    torch = pytest.importorskip("torch")
+    from fastnn.layers import Bidirectional
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(B, T, D)).astype(np.float32)
+    mask = _mask() if masked else None
+    theirs = keras.layers.Bidirectional(getattr(keras.layers, name)(U, **opts),
+                                        merge_mode=merge)
+    xt = torch.tensor(x, requires_grad=True)
+    out = theirs(xt, mask=None if mask is None else torch.tensor(mask))
+    outs = list(out) if isinstance(out, (list, tuple)) else [out]
+    dys = [rng.normal(size=tuple(o.shape)).astype(np.float32) for o in outs]
+    sum((o * torch.tensor(g)).sum() for o, g in zip(outs, dys)).backward()
+    ours = Bidirectional(CLASSES[name](U, **opts), merge_mode=merge)
+    ours._maybe_build((None, T, D))
+    ours.set_weights([np.asarray(w) for w in theirs.get_weights()])
+    assert ours.weight_names[0] == "forward_kernel"
+    mine, grads, dx, _ = _run(ours, x, mask, dys)
+    assert len(mine) == len(outs)
+    for a, b in zip(mine, outs):
+        _close(a, b.detach().numpy())
+    for a, v in zip(grads, theirs.trainable_weights):
+        _close(a, v.value.grad.numpy())
+    _close(dx, xt.grad.numpy())
+
+
+def test_bidirectional_config_weights_argument_and_errors():
+    from fastnn.layers import Bidirectional
+    layer = Bidirectional(GRU(3, return_sequences=True), merge_mode="sum")
+    layer(np.zeros((2, 4, 5), np.float32))
+    again = Bidirectional.from_config(layer.get_config())
+    config = again.get_config()
+    assert config["layer"]["class_name"] == "GRU"
+    assert config["backward_layer"]["config"]["go_backwards"] is True
+    assert config["merge_mode"] == "sum"
+    weights = [np.full(w.shape, 0.1 * i, np.float32) for i, w in enumerate(layer.get_weights())]
+    given = Bidirectional(GRU(3, return_sequences=True), weights=weights)
+    given(np.zeros((2, 4, 5), np.float32))
+    for a, b in zip(given.get_weights(), weights):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="merge mode"):
+        Bidirectional(LSTM(2), merge_mode="max")
+    with pytest.raises(ValueError, match="go_backwards"):
+        Bidirectional(LSTM(2), backward_layer=LSTM(2))
+    with pytest.raises(ValueError, match="return_sequences"):
+        Bidirectional(LSTM(2), backward_layer=LSTM(2, go_backwards=True,
+                                                   return_sequences=True))
+    with pytest.raises(ValueError, match="recurrent layer"):
+        Bidirectional(fastnn.layers.Dense(2))
+
+
+def test_bidirectional_model_trains():
+    from fastnn.layers import Bidirectional
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(64, 6, 3)).astype(np.float32)
+    y = (x[:, 0, 0] + x[:, -1, 1] > 0).astype(np.float32)
+    model = fastnn.Sequential([fastnn.Input((6, 3)),
+                               Bidirectional(LSTM(8, kernel_regularizer="l2")),
+                               fastnn.layers.Dense(1, activation="sigmoid")])
+    model.compile(fastnn.optimizers.Adam(0.02), "binary_crossentropy", metrics=["accuracy"])
+    before = [w.copy() for w in model.get_weights()]
+    history = model.fit(x, y, epochs=30, batch_size=16, verbose=0)
+    assert history.history["accuracy"][-1] > 0.9
+    assert all(np.abs(a - b).max() > 0 for a, b in zip(model.get_weights(), before))
