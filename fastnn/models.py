@@ -581,6 +581,10 @@ class Functional(Model):
             entry["name"] = layer.name
             kwargs = {"mask": None} if isinstance(layer, Model) else {}   # as Keras writes
             entry["inbound_nodes"] = [
+                # a recurrent layer's initial states go in kwargs, as Keras writes them
+                {"args": [tensor(node.inputs[0])],
+                 "kwargs": {"initial_state": [tensor(t) for t in node.inputs[1:]]}}
+                if getattr(node, "n_states", 0) else
                 {"args": [[tensor(t) for t in node.inputs] if node.several
                           else tensor(node.inputs[0])], "kwargs": dict(kwargs)}
                 for node in layer._inbound_nodes if id(node) in mine and node.inputs]
@@ -617,15 +621,20 @@ class Functional(Model):
             for name, node in pending:
                 arg = node["args"][0]
                 specs = arg if isinstance(arg, list) else [arg]
-                keys = [tuple(spec["config"]["keras_history"]) for spec in specs]
+                states = (node.get("kwargs") or {}).get("initial_state") or []
+                states = states if isinstance(states, list) else [states]
+                keys = [tuple(spec["config"]["keras_history"]) for spec in specs + states]
                 index = calls.get(name, 0)
                 if any((k[0], k[1]) not in outputs for k in keys) or \
                         any(n == name for n, _ in waiting):
                     waiting.append((name, node))
                     continue
                 tensors = [outputs[k[0], k[1]][k[2]] for k in keys]
-                outputs[name, index] = [made[name](tensors if isinstance(arg, list)
-                                                   else tensors[0])]
+                main, kw = tensors[:len(specs)], {}
+                if states:
+                    kw["initial_state"] = tensors[len(specs):]
+                out = made[name](main if isinstance(arg, list) else main[0], **kw)
+                outputs[name, index] = list(out) if isinstance(out, (list, tuple)) else [out]
                 calls[name] = index + 1
             if len(waiting) == len(pending):
                 raise ValueError(f"config: the calls of {[n for n, _ in waiting]} read "

@@ -36,9 +36,23 @@ class _Sequence(Layer):
     as further inputs, and several outputs (return_state)."""
     tape_only = True    # its calls take states and masks: the tape's nodes (fastnn.schedule)
 
+    supports_masking = True
+
     def _several(self):
         """Whether forward returns a list of outputs."""
         return self.return_state
+
+    def compute_mask(self, inputs, mask=None):
+        """Keras's: the sequence output keeps the input's mask; a last output and the states
+        have none."""
+        if isinstance(mask, (list, tuple)):
+            mask = mask[0]
+        out = mask if self.return_sequences else None
+        if not self._several():
+            return out
+        n_out = 2 if getattr(self, "merge_mode", "concat") is None else 1
+        n_states = len(self.compute_output_shape((None, 1, 1))) - n_out
+        return [out] * n_out + [None] * n_states
 
     def __call__(self, x, training=None, mask=None, initial_state=None):
         if training is None:
@@ -74,6 +88,7 @@ class _Sequence(Layer):
         shapes = self.compute_output_shape(x.shape)
         node = Node(self, inputs, shapes if self._several() else [shapes])
         node.several = len(inputs) > 1
+        node.n_states = len(inputs) - 1     # written as Keras's initial_state= (get_config)
         self._inbound_nodes.append(node)
         return list(node.outputs) if self._several() else node.outputs[0]
 

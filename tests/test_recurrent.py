@@ -255,6 +255,31 @@ def test_functional_return_state_and_symbolic_initial_state_equal_keras(tmp_path
     ours.fit([x, h0, c0], [w * 0 for w in want], epochs=1, verbose=0)
 
 
+@pytest.mark.parametrize("ext", [".keras", ".h5"])
+def test_initial_state_and_return_state_models_load_both_ways(tmp_path, ext):
+    keras = pytest.importorskip("keras")
+    pytest.importorskip("h5py")
+    rng = np.random.default_rng(6)
+    data = [rng.normal(size=(3, 6, 3)).astype(np.float32),
+            rng.normal(size=(3, 5)).astype(np.float32)]
+
+    def build(K):
+        inp, hi = K.Input((6, 3)), K.Input((5,))
+        seq, h = K.layers.GRU(5, return_sequences=True, return_state=True)(
+            inp, initial_state=hi)
+        out = K.layers.Bidirectional(K.layers.LSTM(2), merge_mode="ave")(seq)
+        return K.Model([inp, hi], [out, h])
+    for writer, reader in ((fastnn, keras), (keras, fastnn)):
+        model = build(writer)
+        model.set_weights([rng.normal(scale=0.5, size=np.shape(w)).astype(np.float32)
+                           for w in model.get_weights()])
+        path = str(tmp_path / f"{writer.__name__}{ext}")
+        model.save(path)
+        loaded = reader.models.load_model(path)
+        for a, b in zip(model.predict(data, verbose=0), loaded.predict(data, verbose=0)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
 def test_training_through_initial_state_on_the_tape():
     """A subclassed model: gradients reach the initial state's producer."""
     class M(fastnn.Model):
