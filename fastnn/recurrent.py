@@ -42,6 +42,11 @@ class _Sequence(Layer):
         """Whether forward returns a list of outputs."""
         return self.return_state
 
+    def _build_shape_of(self, x):
+        """The shape to build for on a first call with x: a stateful layer keeps the batch
+        size (its states' rows), others leave it open."""
+        return (x.shape[0] if self.stateful else None,) + tuple(x.shape[1:])
+
     def compute_mask(self, inputs, mask=None):
         """Keras's: the sequence output keeps the input's mask; a last output and the states
         have none."""
@@ -69,7 +74,7 @@ class _Sequence(Layer):
         if isinstance(x, Tensor) or in_pass or any(isinstance(s, Tensor) for s in states or ()):
             return self._call_on_tape(x, training, mask, states)
         x = ops.asarray(x)
-        self._maybe_build((None,) + tuple(x.shape[1:]))
+        self._maybe_build(self._build_shape_of(x))
         out = self.forward(x, bool(training), mask=mask, initial_state=states)
         to_np = ops.to_numpy
         return [np.array(to_np(o)) for o in out] if self._several() else \
@@ -100,7 +105,7 @@ class _Sequence(Layer):
         x = x if isinstance(x, Tensor) else Tensor(ops.asarray(value_of(x)))
         states = [s if isinstance(s, Tensor) else Tensor(ops.asarray(value_of(s)))
                   for s in states or []]
-        self._maybe_build((None,) + tuple(x.shape[1:]))
+        self._maybe_build(self._build_shape_of(x))
         counts = getattr(_PASS, "counts", None)
         slot = 0
         if counts is not None:
@@ -179,8 +184,6 @@ class _RNN(_Sequence):
         if recurrent_dropout:
             raise ValueError(f"{cls}: recurrent_dropout={recurrent_dropout!r} is not supported "
                              "by fastnn yet (use dropout=, which masks the inputs)")
-        if stateful:
-            raise ValueError(f"{cls}: stateful=True is not supported by fastnn yet")
         if activity_regularizer is not None:
             raise ValueError(f"{cls}: activity_regularizer is not supported by fastnn yet "
                              f"(got {activity_regularizer!r})")
@@ -205,7 +208,9 @@ class _RNN(_Sequence):
         self.dropout, self.recurrent_dropout, self.seed = float(dropout), 0.0, seed
         self._rng = np.random.default_rng(seed) if seed is not None else None
         self.return_sequences, self.return_state = bool(return_sequences), bool(return_state)
-        self.go_backwards, self.stateful, self.unroll = bool(go_backwards), False, bool(unroll)
+        self.go_backwards, self.stateful, self.unroll = bool(go_backwards), bool(stateful), \
+            bool(unroll)
+        self.states = None      # a stateful layer's states, carried from call to call
         self.use_cudnn = use_cudnn
         self.zero_output_for_mask = bool(zero_output_for_mask)
         self.reset_after = True
@@ -235,6 +240,9 @@ class _RNN(_Sequence):
             raise ValueError(f"Layer {self.name!r} ({type(self).__name__}) expects input of "
                              "shape (batch, timesteps, features) with known features, got "
                              f"{tuple(input_shape)}")
+        if self.stateful and input_shape[0] is not None:
+            # the states' rows: the batch size of the Input, else of the first call
+            self.reset_states(int(input_shape[0]))
         gu = _KINDS[self.kind] * self.units
         self.add_weight(name="kernel", shape=(input_shape[-1], gu),
                         initializer=self.kernel_initializer)
@@ -292,13 +300,34 @@ class _RNN(_Sequence):
             states[0], states[1] if self.kind == "lstm" else None, ms, act, rec,
             self.reset_after, self.zero_output_for_mask)
         st.shape = (batch, steps, d_in)
+        if self.stateful:       # the next call starts where this one ended (no gradient)
+            self.states = [h.copy()] + ([c.copy()] if self.kind == "lstm" else [])
         out = xp.ascontiguousarray(ys.transpose(1, 0, 2)) if self.return_sequences else ys[-1]
         if self.return_state:
             return [out, h] + ([c] if self.kind == "lstm" else [])
         return out
 
+    def reset_states(self, batch=None):
+        """Zero a stateful layer's states (Keras's reset_state / reset_states)."""
+        if self.stateful:
+            batch = batch or (self.states[0].shape[0] if self.states else None)
+            if batch:
+                self.states = [get_ops().alloc((batch, self.units))
+                               for _ in range(self.n_states)]
+
+    reset_state = reset_states
+
     def _initial_states(self, initial_state, batch):
         ops = get_ops()
+        if initial_state is None and self.stateful:
+            if self.states is None:
+                self.reset_states(batch)
+            if self.states[0].shape[0] != batch:
+                raise ValueError("If an RNN is stateful, the batch size of the input sequences "
+                                 "must be the same as the batch size of the initial state. \n"
+                                 f"- Expected batch size: {self.states[0].shape[0]}\n"
+                                 f"- Received batch size: {batch}")
+            return list(self.states)
         if initial_state is None:
             return [ops.alloc((batch, self.units)) for _ in range(self.n_states)]
         states = list(initial_state) if isinstance(initial_state, (list, tuple)) else \
@@ -356,7 +385,7 @@ class _RNN(_Sequence):
         config = super().get_config()
         config.update({
             "return_sequences": self.return_sequences, "return_state": self.return_state,
-            "go_backwards": self.go_backwards, "stateful": False, "unroll": self.unroll,
+            "go_backwards": self.go_backwards, "stateful": self.stateful, "unroll": self.unroll,
             "zero_output_for_mask": self.zero_output_for_mask,
             "units": self.units, "activation": activations.serialize(self.activation),
         })
@@ -517,7 +546,7 @@ class Bidirectional(_Sequence):
             sub.zero_output_for_mask = sub.return_sequences
         self.merge_mode = merge_mode
         self.return_sequences, self.return_state = fwd.return_sequences, fwd.return_state
-        self.stateful = False
+        self.stateful = fwd.stateful
         self._initial_weights = weights
 
     def _several(self):
@@ -525,6 +554,12 @@ class Bidirectional(_Sequence):
 
     def _sublayers(self):
         return []       # their weights are this layer's own (one copy in a model's arena)
+
+    def reset_states(self):
+        self.forward_layer.reset_states()
+        self.backward_layer.reset_states()
+
+    reset_state = reset_states
 
     def weight_leaves(self):
         return [("forward_layer/cell", self.forward_layer),

@@ -345,9 +345,38 @@ def test_config_round_trips_and_reads_keras(name):
     assert set(ours.get_config()) >= set(theirs) - {"use_cudnn", "implementation"}
 
 
+@pytest.mark.parametrize("name", ["LSTM", "GRU"])
+def test_stateful_carries_states_across_calls_as_keras(name):
+    keras = pytest.importorskip("keras")
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(4, 5, 3)).astype(np.float32)
+    models = [K.Sequential([K.Input((5, 3), batch_size=4),
+                            getattr(K.layers, name)(2, stateful=True, return_sequences=True)])
+              for K in (fastnn, keras)]
+    ours, theirs = models
+    ours.set_weights(theirs.get_weights())
+    outs = []
+    for _ in range(3):      # each call starts from the last one's states
+        outs.append(ours.predict(x, verbose=0))
+        np.testing.assert_allclose(outs[-1], theirs.predict(x, verbose=0), rtol=1e-5,
+                                   atol=1e-6)
+    assert np.abs(outs[1] - outs[0]).max() > 1e-3
+    first = outs[0]
+    ours.layers[-1].reset_states()
+    np.testing.assert_allclose(ours.predict(x, verbose=0), first, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="Expected batch size: 4"):
+        ours.layers[-1](x[:2])
+    open_batch = LSTM(2, stateful=True)     # no static batch size: the first call's
+    open_batch(x)
+    with pytest.raises(ValueError, match="Expected batch size: 4"):
+        open_batch(x[:3])
+    ours.compile("adam", "mse")     # trains, batch by batch in order
+    ours.fit(np.concatenate([x, x]), np.zeros((8, 5, 2), np.float32), batch_size=4,
+             shuffle=False, verbose=0)
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(recurrent_dropout=0.2), "recurrent_dropout"),
-    (dict(stateful=True), "stateful"),
     (dict(use_cudnn=True), "cuDNN"),
     (dict(units=0), "units"),
     (dict(dropout=1.0), "dropout"),
