@@ -541,8 +541,10 @@ class Functional(Model):
         connected, rows = self._chain is None, []
         for layer in self.layers:
             nodes = layer._inbound_nodes
-            row = (f"{layer.name} ({type(layer).__name__})",
-                   _shape_str(nodes[-1].outputs[0].shape) if nodes else "?",
+            outs = nodes[-1].outputs if nodes else []
+            shape = "?" if not outs else _shape_str(outs[0].shape) if len(outs) == 1 else \
+                "[" + ", ".join(_shape_str(t.shape) for t in outs) + "]"     # as Keras
+            row = (f"{layer.name} ({type(layer).__name__})", shape,
                    layer.count_params() if layer.built else "0 (unbuilt)",
                    layer.trainable if layer.weights else None)
             if connected:
