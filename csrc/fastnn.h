@@ -320,17 +320,20 @@ int fnn_rnn_act_supported(int act);
  * hs and cs ((T+1)*B*U, states; rows 0 given: the initial states; cs NULL but for an LSTM),
  * gates (T*B, G*U) after activation, extra (T*B*U: LSTM act(c), GRU the recurrent candidate
  * product (reset_after) or r h; NULL for SimpleRNN), using rec (B*G*U) as scratch.
- * -1: no BLAS. */
+ * rec_mask (B*U, or NULL): recurrent dropout, the previous state times it where it meets the
+ * recurrent kernel; hd (T*B*U) then receives those states (backward reads them). -1: no BLAS.*/
 int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float *ys, float *hs,
-                    float *cs, float *gates, float *extra, float *rec, int n_threads);
+                    float *cs, float *gates, float *extra, float *rec, const float *rec_mask,
+                    float *hd, int n_threads);
 /* Back through time from dys (T*B*U, the outputs' gradients) and dh, dc (B*U, the last
  * states' gradients: on return the initial states'); scratch carry, dht, drh (B*U each),
  * dgx, dgr (T*B*G*U: the gates' gradients; dgr may be dgx but for a GRU with reset_after).
- * Writes d_kernel, d_recurrent, d_bias (may be NULL), dx (T*B*d_in, may be NULL). */
+ * Writes d_kernel, d_recurrent, d_bias (may be NULL), dx (T*B*d_in, may be NULL). rec_mask
+ * and hd: the forward pass's (NULL without recurrent dropout). */
 int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, const float *hs,
                      const float *cs, const float *gates, const float *extra, const float *dys,
                      float *dh, float *dc, float *carry, float *dht, float *drh, float *dgx,
                      float *dgr, float *d_kernel, float *d_recurrent, float *d_bias, float *dx,
-                     int n_threads);
+                     const float *rec_mask, const float *hd, int n_threads);
 
 #endif

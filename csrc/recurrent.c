@@ -156,7 +156,8 @@ static void gru_zr(const fnn_rnn *r, int b0, int b1, float *g, const float *rec,
 }
 
 int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float *ys, float *hs,
-                    float *cs, float *gates, float *extra, float *rec, int n_threads) {
+                    float *cs, float *gates, float *extra, float *rec, const float *rec_mask,
+                    float *hd, int n_threads) {
     int T = r->steps, B = r->batch, D = r->d_in, u = r->units;
     int gu = gates_of(r->kind) * u;
     size_t su = (size_t)B * u, sg = (size_t)B * gu;
@@ -180,17 +181,23 @@ int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float
             int nb = b1 - b0;
             float *rc = rec + (size_t)b0 * gu;
             for (int t = 0; t < T; t++) {
-                const float *hp = hs + t * su;
+                const float *hp = hs + t * su, *hk = hp;
                 float *g = gates + t * sg, *ex = extra ? extra + t * su : 0;
+                if (rec_mask) {     /* recurrent dropout: the state the kernel multiplies */
+                    float *hdt = hd + t * su;
+                    for (size_t i = (size_t)b0 * u; i < (size_t)b1 * u; i++)
+                        hdt[i] = hp[i] * rec_mask[i];
+                    hk = hdt;
+                }
                 /* the recurrent product of all gates (GRU without reset_after: z, r only) */
-                fnn_gemm(0, 0, nb, gru_before ? 2 * u : gu, u, 1.0f, hp + (size_t)b0 * u, u,
+                fnn_gemm(0, 0, nb, gru_before ? 2 * u : gu, u, 1.0f, hk + (size_t)b0 * u, u,
                          r->recurrent, gu, 0.0f, rc, gu, 1);
                 if (rec_bias) {
                     for (int b = 0; b < nb; b++)
                         for (int j = 0; j < gu; j++) rc[(size_t)b * gu + j] += rec_bias[j];
                 }
                 if (gru_before) {
-                    gru_zr(r, b0, b1, g, rec, hp, ex);
+                    gru_zr(r, b0, b1, g, rec, hk, ex);
                     fnn_gemm(0, 0, nb, u, u, 1.0f, ex + (size_t)b0 * u, u, r->recurrent + 2 * u,
                              gu, 0.0f, rc + 2 * u, gu, 1);
                 }
@@ -279,21 +286,22 @@ static void step_backward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t
 }
 
 /* GRU without reset_after, after drh = (candidate's gradient) R_h^T: the r gate's gradient
- * (through r h) and the previous state's direct part, dht z + drh r. */
+ * (through r hk, hk the state as the kernel saw it) and the previous state's direct part,
+ * dht z + drh r (times the recurrent dropout mask rm, if any). */
 FNN_DISPATCH
 static void gru_r_backward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t *mask,
-                           const float *drh,
-                           const float *dht, const float *g, const float *hp, float *dgx,
-                           float *dh) {
+                           const float *drh, const float *dht, const float *g, const float *hk,
+                           const float *rm, float *dgx, float *dh) {
     int u = r->units, gu = 3 * u, j;
     for (int b = b0; b < b1; b++) {
         if (mask && !mask[(size_t)t * r->batch + b]) continue;
-        const float *gb = g + (size_t)b * gu, *hpb = hp + (size_t)b * u;
+        const float *gb = g + (size_t)b * gu, *hkb = hk + (size_t)b * u;
         const float *db = drh + (size_t)b * u, *dtb = dht + (size_t)b * u;
         float *xb = dgx + (size_t)b * gu, *dhb = dh + (size_t)b * u;
         for (j = 0; j < u; j++) {
-            xb[u + j] = db[j] * hpb[j];
-            dhb[j] = dtb[j] * gb[j] + db[j] * gb[u + j];
+            float via_r = db[j] * gb[u + j];
+            xb[u + j] = db[j] * hkb[j];
+            dhb[j] = dtb[j] * gb[j] + (rm ? via_r * rm[(size_t)b * u + j] : via_r);
         }
         dact_span(r->rec_act, gb + u, xb + u, u);
     }
@@ -303,7 +311,7 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
                      const float *cs, const float *gates, const float *extra, const float *dys,
                      float *dh, float *dc, float *carry, float *dht, float *drh, float *dgx,
                      float *dgr, float *d_kernel, float *d_recurrent, float *d_bias, float *dx,
-                     int n_threads) {
+                     const float *rec_mask, const float *hd, int n_threads) {
     int T = r->steps, B = r->batch, D = r->d_in, u = r->units;
     int gu = gates_of(r->kind) * u, rows = T * B;
     size_t su = (size_t)B * u, sg = (size_t)B * gu;
@@ -325,23 +333,34 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
                 if (gru_before) {
                     fnn_gemm(0, 1, nb, u, u, 1.0f, gx + (size_t)b0 * gu + 2 * u, gu,
                              r->recurrent + 2 * u, gu, 0.0f, drh + (size_t)b0 * u, u, 1);
-                    gru_r_backward(r, b0, b1, t, mask, drh, dht, gates + t * sg, hs + t * su,
-                                   gx, dh);
+                    gru_r_backward(r, b0, b1, t, mask, drh, dht, gates + t * sg,
+                                   rec_mask ? hd + t * su : hs + t * su, rec_mask, gx, dh);
                 }
                 /* the previous state's gradient through the recurrent kernel (masked rows:
-                 * dgr is zero there, so their carried dh is unchanged) */
-                fnn_gemm(0, 1, nb, u, gru_before ? 2 * u : gu, 1.0f, gr + (size_t)b0 * gu, gu,
-                         r->recurrent, gu, 1.0f, dhc, u, 1);
+                 * dgr is zero there, so their carried dh is unchanged); with recurrent
+                 * dropout, through its mask (dht is free by now: the product goes there) */
+                int k = gru_before ? 2 * u : gu;
+                if (rec_mask) {
+                    float *tmp = dht + (size_t)b0 * u;
+                    const float *rmc = rec_mask + (size_t)b0 * u;
+                    fnn_gemm(0, 1, nb, u, k, 1.0f, gr + (size_t)b0 * gu, gu, r->recurrent, gu,
+                             0.0f, tmp, u, 1);
+                    for (size_t i = 0; i < (size_t)nb * u; i++) dhc[i] += tmp[i] * rmc[i];
+                } else {
+                    fnn_gemm(0, 1, nb, u, k, 1.0f, gr + (size_t)b0 * gu, gu, r->recurrent, gu,
+                             1.0f, dhc, u, 1);
+                }
             }
         });
     fnn_blas_restore(saved);
-    /* the weights' gradients over all steps at once */
+    /* the weights' gradients over all steps at once (the states as the kernel saw them) */
+    const float *hk = rec_mask ? hd : hs;
     if (gru_before) {
-        fnn_gemm(1, 0, u, 2 * u, rows, 1.0f, hs, u, dgx, gu, 0.0f, d_recurrent, gu, n_threads);
+        fnn_gemm(1, 0, u, 2 * u, rows, 1.0f, hk, u, dgx, gu, 0.0f, d_recurrent, gu, n_threads);
         fnn_gemm(1, 0, u, u, rows, 1.0f, extra, u, dgx + 2 * u, gu, 0.0f, d_recurrent + 2 * u,
                  gu, n_threads);
     } else {
-        fnn_gemm(1, 0, u, gu, rows, 1.0f, hs, u, dgr, gu, 0.0f, d_recurrent, gu, n_threads);
+        fnn_gemm(1, 0, u, gu, rows, 1.0f, hk, u, dgr, gu, 0.0f, d_recurrent, gu, n_threads);
     }
     fnn_gemm(1, 0, D, gu, rows, 1.0f, x, D, dgx, gu, 0.0f, d_kernel, gu, n_threads);
     if (d_bias) {

@@ -16,13 +16,13 @@ cdef extern from "fastnn.h" nogil:
     int fnn_rnn_act_supported(int act)
     int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float *ys,
                         float *hs, float *cs, float *gates, float *extra, float *rec,
-                        int n_threads)
+                        const float *rec_mask, float *hd, int n_threads)
     int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask,
                          const float *hs, const float *cs, const float *gates,
                          const float *extra, const float *dys, float *dh, float *dc,
                          float *carry, float *dht, float *drh, float *dgx, float *dgr,
                          float *d_kernel, float *d_recurrent, float *d_bias, float *dx,
-                         int n_threads)
+                         const float *rec_mask, const float *hd, int n_threads)
 
 
 cdef extern from "fastnn.h" nogil:
@@ -1894,9 +1894,10 @@ cdef const uint8_t *_rnn_mask(str fn, mask, Py_ssize_t n) except? NULL:
 
 def rnn_forward(str kind, int steps, int batch, int d_in, int units, x, kernel, recurrent,
                 bias, mask, ys, hs, cs, gates, extra, rec, int act, int rec_act,
-                bint reset_after=True, bint zero_output=False):
+                bint reset_after=True, bint zero_output=False, rec_mask=None, hd=None):
     """A recurrent layer forward over a time-major sequence (see fnn_rnn_forward): hs[0] (and
-    cs[0]) hold the initial states. mask: bool (steps, batch) or None. Flat float32 arrays."""
+    cs[0]) hold the initial states. mask: bool (steps, batch) or None. rec_mask (batch *
+    units) with hd (steps * batch * units): recurrent dropout. Flat float32 arrays."""
     fn = "rnn_forward"
     cdef fnn_rnn r
     cdef const float[::1] X = _cf1(f"{fn}: x", x, True)
@@ -1911,7 +1912,12 @@ def rnn_forward(str kind, int steps, int batch, int d_in, int units, x, kernel, 
     cdef float[::1] G = _f1(f"{fn}: gates", gates, True)
     cdef float[::1] E = _f1(f"{fn}: extra", extra, code != 0)
     cdef float[::1] RC = _f1(f"{fn}: rec", rec, True)
+    cdef const float[::1] RM = _cf1(f"{fn}: rec_mask", rec_mask, False)
+    cdef float[::1] HD = _f1(f"{fn}: hd", hd, RM is not None)
     cdef Py_ssize_t su = <Py_ssize_t>batch * units, n = <Py_ssize_t>steps * batch
+    if RM is not None:
+        _rnn_len(f"{fn}: rec_mask", RM.shape[0], su)
+        _rnn_len(f"{fn}: hd", HD.shape[0], n * units)
     _rnn_len(f"{fn}: x", X.shape[0], n * d_in)
     _rnn_len(f"{fn}: ys", Y.shape[0], n * units)
     _rnn_len(f"{fn}: hs", H.shape[0], (steps + 1) * su)
@@ -1923,15 +1929,20 @@ def rnn_forward(str kind, int steps, int batch, int d_in, int units, x, kernel, 
     _rnn_len(f"{fn}: rec", RC.shape[0], batch * gu)
     cdef const uint8_t *mp = _rnn_mask(fn, mask, n)
     outs = [(nm, <size_t>_p1(a), _n1(a)) for nm, a in
-            (("ys", Y), ("hs", H), ("cs", C), ("gates", G), ("extra", E), ("rec", RC))]
+            (("ys", Y), ("hs", H), ("cs", C), ("gates", G), ("extra", E), ("rec", RC),
+             ("hd", HD if RM is not None else None))]
     _all_disjoint(fn, outs, [(nm, <size_t>_p1(a), _n1(a)) for nm, a in
-                             (("x", X), ("kernel", K), ("recurrent", R), ("bias", Bv))])
+                             (("x", X), ("kernel", K), ("recurrent", R), ("bias", Bv),
+                              ("rec_mask", RM))])
     _need_blas()
     cdef float *cp = NULL if C is None else &C[0]
     cdef float *ep = NULL if E is None else &E[0]
+    cdef const float *rmp = NULL if RM is None else &RM[0]
+    cdef float *hdp = NULL if RM is None else &HD[0]
     cdef int rc
     with nogil:
-        rc = fnn_rnn_forward(&r, &X[0], mp, &Y[0], &H[0], cp, &G[0], ep, &RC[0], _n_threads)
+        rc = fnn_rnn_forward(&r, &X[0], mp, &Y[0], &H[0], cp, &G[0], ep, &RC[0], rmp, hdp,
+                             _n_threads)
     if rc:
         raise RuntimeError(f"{fn}: no BLAS")
 
@@ -1939,7 +1950,7 @@ def rnn_forward(str kind, int steps, int batch, int d_in, int units, x, kernel, 
 def rnn_backward(str kind, int steps, int batch, int d_in, int units, x, kernel, recurrent,
                  bias, mask, hs, cs, gates, extra, dys, dh, dc, carry, dht, drh, dgx, dgr,
                  d_kernel, d_recurrent, d_bias, dx, int act, int rec_act,
-                 bint reset_after=True, bint zero_output=False):
+                 bint reset_after=True, bint zero_output=False, rec_mask=None, hd=None):
     """Back through time (see fnn_rnn_backward): dh (and dc) hold the last states' gradients
     and receive the initial states'. dgr may be dgx itself but for a GRU with reset_after;
     dx may be None."""
@@ -1967,7 +1978,12 @@ def rnn_backward(str kind, int steps, int batch, int d_in, int units, x, kernel,
     cdef float[::1] DRK = _f1(f"{fn}: d_recurrent", d_recurrent, True)
     cdef float[::1] DB = _f1(f"{fn}: d_bias", d_bias, Bv is not None)
     cdef float[::1] DX = _f1(f"{fn}: dx", dx, False)
+    cdef const float[::1] RM = _cf1(f"{fn}: rec_mask", rec_mask, False)
+    cdef const float[::1] HD = _cf1(f"{fn}: hd", hd, RM is not None)
     cdef Py_ssize_t su = <Py_ssize_t>batch * units, n = <Py_ssize_t>steps * batch
+    if RM is not None:
+        _rnn_len(f"{fn}: rec_mask", RM.shape[0], su)
+        _rnn_len(f"{fn}: hd", HD.shape[0], n * units)
     _rnn_len(f"{fn}: x", X.shape[0], n * d_in)
     _rnn_len(f"{fn}: hs", H.shape[0], (steps + 1) * su)
     if code == 1:
@@ -1997,7 +2013,8 @@ def rnn_backward(str kind, int steps, int batch, int d_in, int units, x, kernel,
         raise ValueError(f"{fn}: a GRU with reset_after needs dgr separate from dgx")
     _all_disjoint(fn, outs, [(nm, <size_t>_p1(a), _n1(a)) for nm, a in
                              (("x", X), ("kernel", K), ("recurrent", R), ("bias", Bv),
-                              ("hs", H), ("cs", C), ("gates", G), ("extra", E), ("dys", DY))])
+                              ("hs", H), ("cs", C), ("gates", G), ("extra", E), ("dys", DY),
+                              ("rec_mask", RM), ("hd", HD if RM is not None else None))])
     cdef const uint8_t *mp = _rnn_mask(fn, mask, n)
     _need_blas()
     cdef const float *cp = NULL if C is None else &C[0]
@@ -2005,10 +2022,12 @@ def rnn_backward(str kind, int steps, int batch, int d_in, int units, x, kernel,
     cdef float *dcp = NULL if DC is None else &DC[0]
     cdef float *dbp = NULL if DB is None else &DB[0]
     cdef float *dxp = NULL if DX is None else &DX[0]
+    cdef const float *rmp = NULL if RM is None else &RM[0]
+    cdef const float *hdp = NULL if RM is None else &HD[0]
     cdef int rc
     with nogil:
         rc = fnn_rnn_backward(&r, &X[0], mp, &H[0], cp, &G[0], ep, &DY[0], &DH[0], dcp,
                               &CA[0], &DT[0], &DR[0], &DGX[0], &DGR[0], &DK[0], &DRK[0], dbp,
-                              dxp, _n_threads)
+                              dxp, rmp, hdp, _n_threads)
     if rc:
         raise RuntimeError(f"{fn}: no BLAS")

@@ -181,9 +181,6 @@ class _RNN(_Sequence):
         for arg, value in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
             if not isinstance(value, (int, float)) or not 0 <= value < 1:
                 raise ValueError(f"{cls}: {arg} must be a float in [0, 1), got {value!r}")
-        if recurrent_dropout:
-            raise ValueError(f"{cls}: recurrent_dropout={recurrent_dropout!r} is not supported "
-                             "by fastnn yet (use dropout=, which masks the inputs)")
         if activity_regularizer is not None:
             raise ValueError(f"{cls}: activity_regularizer is not supported by fastnn yet "
                              f"(got {activity_regularizer!r})")
@@ -205,7 +202,8 @@ class _RNN(_Sequence):
         self.kernel_initializer = initializers.get(kernel_initializer)
         self.recurrent_initializer = initializers.get(recurrent_initializer)
         self.bias_initializer = initializers.get(bias_initializer)
-        self.dropout, self.recurrent_dropout, self.seed = float(dropout), 0.0, seed
+        self.dropout, self.recurrent_dropout = float(dropout), float(recurrent_dropout)
+        self.seed = seed
         self._rng = np.random.default_rng(seed) if seed is not None else None
         self.return_sequences, self.return_state = bool(return_sequences), bool(return_state)
         self.go_backwards, self.stateful, self.unroll = bool(go_backwards), bool(stateful), \
@@ -288,6 +286,15 @@ class _RNN(_Sequence):
             st.drop = (u >= self.dropout).astype("float32") * np.float32(
                 1.0 / (1.0 - self.dropout))
             x = x * st.drop
+        rec_mask = None
+        if training and self.recurrent_dropout:
+            # one mask a sequence on the previous state where it meets the recurrent kernel
+            # (Keras's documented recurrent dropout; its LSTM and GRU skip it in their
+            # default implementation 2, its SimpleRNN applies it as here)
+            from .utils import get_rng
+            u = ops.random_uniform(self._rng or get_rng(), ops.empty((batch, self.units)))
+            rec_mask = (u >= self.recurrent_dropout).astype("float32") * np.float32(
+                1.0 / (1.0 - self.recurrent_dropout))
         if self.go_backwards:
             x = x[:, ::-1]
             mask = None if mask is None else mask[:, ::-1]
@@ -298,7 +305,7 @@ class _RNN(_Sequence):
         ys, h, c, st.cache = ops.rnn_forward(
             self.kind, xs, self.kernel, self.recurrent_kernel, self._vars.get("bias"),
             states[0], states[1] if self.kind == "lstm" else None, ms, act, rec,
-            self.reset_after, self.zero_output_for_mask)
+            self.reset_after, self.zero_output_for_mask, rec_mask)
         st.shape = (batch, steps, d_in)
         if self.stateful:       # the next call starts where this one ended (no gradient)
             self.states = [h.copy()] + ([c.copy()] if self.kind == "lstm" else [])

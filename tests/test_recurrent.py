@@ -155,8 +155,9 @@ def test_gradients_match_finite_differences_over_50_masked_steps(name, opts):
 @pytest.mark.parametrize("cell,reset_after", [("lstm", True), ("gru", True), ("gru", False),
                                               ("simple", True)])
 @pytest.mark.parametrize("acts", [(A.TANH, A.SIGMOID), (A.RELU, A.SIGMOID), (A.LINEAR, A.TANH)])
-@pytest.mark.parametrize("zero_output", [False, True])
-def test_backend_equals_reference_and_any_thread_count(cell, reset_after, acts, zero_output):
+@pytest.mark.parametrize("zero_output,dropped", [(False, False), (True, False), (False, True)])
+def test_backend_equals_reference_and_any_thread_count(cell, reset_after, acts, zero_output,
+                                                       dropped):
     from fastnn import _core
     rng = np.random.default_rng(5)
     t, b, d, u = 9, 37, 6, 5       # 37 rows: uneven chunks
@@ -171,11 +172,14 @@ def test_backend_equals_reference_and_any_thread_count(cell, reset_after, acts, 
     dy = rng.normal(size=(t, b, u)).astype(np.float32)
     dh, dc = (rng.normal(size=(b, u)).astype(np.float32) for _ in range(2))
     act, rec = (acts[0], 0.0), (acts[1], 0.0)
+    rec_mask = (rng.random((b, u)) > 0.4) / np.float32(0.6) if dropped else None
+    rec_mask = None if rec_mask is None else rec_mask.astype(np.float32)
 
     def both(ops, move=lambda a, dtype=None: a, back=lambda a: a):
         ys, h, c, cache = ops.rnn_forward(cell, move(x), move(k), move(r), move(bias),
                                           move(h0), move(c0), move(mask, bool), act, rec,
-                                          reset_after, zero_output)
+                                          reset_after, zero_output,
+                                          None if rec_mask is None else move(rec_mask))
         grads = [move(np.zeros_like(a)) for a in (k, r, bias)]
         dx, dh0, dc0 = ops.rnn_backward(cell, cache, move(dy), move(dh),
                                         move(dc) if cell == "lstm" else None, move(k),
@@ -322,12 +326,14 @@ def test_lstm_dense_learns_a_sequence_task():
     assert acc > 0.9
 
 
-def test_input_dropout_in_training_only():
+@pytest.mark.parametrize("kwargs", [dict(dropout=0.5), dict(recurrent_dropout=0.5)])
+def test_dropout_in_training_only(kwargs):
     x = np.ones((4, 3, 6), np.float32)
-    layer = SimpleRNN(2, dropout=0.5, seed=1, return_sequences=True)
-    a, b = layer(x, training=False), layer(x, training=False)
-    np.testing.assert_array_equal(a, b)
-    assert not np.allclose(layer(x, training=True), a)
+    for layer in (SimpleRNN(2, seed=1, return_sequences=True, **kwargs),
+                  LSTM(2, seed=1, return_sequences=True, **kwargs)):
+        a, b = layer(x, training=False), layer(x, training=False)
+        np.testing.assert_array_equal(a, b)
+        assert not np.allclose(layer(x, training=True), a)
 
 
 # ---- configs and errors --------------------------------------------------------------------------
@@ -375,8 +381,40 @@ def test_stateful_carries_states_across_calls_as_keras(name):
              shuffle=False, verbose=0)
 
 
+@pytest.mark.parametrize("cell,reset_after", [("lstm", True), ("gru", True), ("gru", False),
+                                              ("simple", True)])
+def test_recurrent_dropout_gradients_match_finite_differences(cell, reset_after):
+    """The ops with a fixed recurrent-dropout mask, through 30 masked steps."""
+    rng = np.random.default_rng(9)
+    t, b, d, u = 30, 2, 2, 3
+    g = {"lstm": 4, "gru": 3, "simple": 1}[cell]
+    x = rng.normal(size=(t, b, d))
+    k, r = rng.normal(scale=0.5, size=(d, g * u)), rng.normal(scale=0.5, size=(u, g * u))
+    bias = rng.normal(size=(2, g * u) if cell == "gru" and reset_after else (g * u,))
+    h0, c0 = rng.normal(size=(b, u)), rng.normal(size=(b, u))
+    mask = np.ones((t, b), bool)
+    mask[20:, 0] = False
+    rec_mask = np.array([[2.0, 0.0, 2.0], [0.0, 2.0, 2.0]], np.float32)
+    w_out = rng.normal(size=(t, b, u))
+    act, rec = (A.TANH, 0.0), (A.SIGMOID, 0.0)
+    ops = get_ops()
+    f32 = [put(np.asarray(a, np.float32)) for a in (x, k, r, bias, h0, c0)]
+
+    def loss(r_):
+        args = list(f32)
+        args[2] = put(r_.astype(np.float32))
+        ys = ops.rnn_forward(cell, *args, put(mask, bool), act, rec, reset_after, False,
+                             put(rec_mask))[0]
+        return float((get(ys).astype(np.float64) * w_out).sum())
+    ys, _, _, cache = ops.rnn_forward(cell, *f32, put(mask, bool), act, rec, reset_after,
+                                      False, put(rec_mask))
+    grads = [put(np.zeros(a.shape, np.float32)) for a in (k, r, bias)]
+    ops.rnn_backward(cell, cache, put(w_out.astype(np.float32)), None, None, f32[1], f32[2],
+                     *grads, act, rec, reset_after, False)
+    _close(get(grads[1]), numeric_grad(loss, r, 1e-2), tol=2e-3)
+
+
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(recurrent_dropout=0.2), "recurrent_dropout"),
     (dict(use_cudnn=True), "cuDNN"),
     (dict(units=0), "units"),
     (dict(dropout=1.0), "dropout"),
@@ -473,3 +511,25 @@ def test_bidirectional_model_trains():
     history = model.fit(x, y, epochs=30, batch_size=16, verbose=0)
     assert history.history["accuracy"][-1] > 0.9
     assert all(np.abs(a - b).max() > 0 for a, b in zip(model.get_weights(), before))
+
+
+def test_simple_rnn_recurrent_dropout_equals_keras_with_the_same_mask(monkeypatch):
+    keras = pytest.importorskip("keras")
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(10)
+    x = rng.normal(size=(B, T, D)).astype(np.float32)
+    rec_mask = ((rng.random((B, U)) > 0.5) * 2.0).astype(np.float32)
+    theirs = keras.layers.SimpleRNN(U, recurrent_dropout=0.5, return_sequences=True)
+    theirs.build((B, T, D))
+    theirs.cell._recurrent_dropout_mask = torch.tensor(rec_mask)   # what it would draw
+    xt = torch.tensor(x, requires_grad=True)
+    out = theirs(xt, training=True)
+    ours = SimpleRNN(U, recurrent_dropout=0.5, return_sequences=True)
+    ours._maybe_build((None, T, D))
+    ours.set_weights([np.asarray(w) for w in theirs.get_weights()])
+    # the same draw: uniforms that keep exactly rec_mask's units
+    monkeypatch.setattr(get_ops(), "random_uniform",
+                        lambda rng_, out: put(np.where(rec_mask > 0, 0.9, 0.1)
+                                              .astype(np.float32).reshape(out.shape)))
+    mine = get(ours.forward(put(x), training=True))
+    _close(mine, out.detach().numpy())

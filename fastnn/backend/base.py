@@ -688,9 +688,10 @@ class Ops:
     # SimpleRNN one gate); bias (G*U,), or for a GRU with reset_after (2, 3*U): input and
     # recurrent biases. act and rec_act are (id, alpha). At a masked step a sample's state is
     # carried over and its output is the previous output (zeros with zero_output), as Keras's
-    # backend rnn().
+    # backend rnn(). rec_mask (B, U) or None: recurrent dropout, the previous state times
+    # rec_mask where it meets the recurrent kernel (a GRU's z h_{t-1} mix takes it whole).
     def rnn_forward(self, cell, x, kernel, recurrent, bias, h0, c0, mask, act, rec_act,
-                    reset_after=True, zero_output=False):
+                    reset_after=True, zero_output=False, rec_mask=None):
         """Returns (y (T, B, U) outputs, h_T, c_T (None but for an LSTM), cache): the cache
         is what rnn_backward reads (opaque: each backend reads its own)."""
         xp = self.xp
@@ -715,15 +716,16 @@ class Ops:
         u = units
         for t in range(steps):
             hp = hs[t]
+            hd = hp if rec_mask is None else hp * rec_mask     # what the kernel multiplies
             if cell == "gru" and not reset_after:
                 z = xw[t].copy()
-                z[:, :2 * u] += hp @ recurrent[:, :2 * u]
+                z[:, :2 * u] += hd @ recurrent[:, :2 * u]
                 pre[t, :, :2 * u] = z[:, :2 * u]
                 gates[t, :, :2 * u] = self.act_forward(*rec_act, z[:, :2 * u])
-                extra[t] = gates[t, :, u:2 * u] * hp
+                extra[t] = gates[t, :, u:2 * u] * hd
                 pre[t, :, 2 * u:] = z[:, 2 * u:] + extra[t] @ recurrent[:, 2 * u:]
             else:
-                rec = hp @ recurrent
+                rec = hd @ recurrent
                 if two:
                     rec += bias[1]
                 pre[t] = xw[t] + rec
@@ -759,7 +761,7 @@ class Ops:
                 ys[t] = xp.where(m, h, 0.0 if zero_output else prev_out)
                 prev_out = ys[t]
         cache = {"x": x, "hs": hs, "cs": cs, "pre": pre, "gates": gates, "extra": extra,
-                 "mask": mask, "two": two}
+                 "mask": mask, "two": two, "rec_mask": rec_mask}
         return ys, hs[steps], None if cs is None else cs[steps], cache
 
     def rnn_backward(self, cell, cache, dy, dh_t, dc_t, kernel, recurrent, d_kernel,
@@ -773,7 +775,7 @@ class Ops:
         xp = self.xp
         x, hs, cs, pre, gates, extra = (cache[k] for k in
                                         ("x", "hs", "cs", "pre", "gates", "extra"))
-        mask = cache["mask"]
+        mask, rm = cache["mask"], cache["rec_mask"]
         steps, batch, d_in = x.shape
         u = recurrent.shape[0]
         gu = recurrent.shape[1]
@@ -820,8 +822,8 @@ class Ops:
                     dgr[t, :, 2 * u:] = dah * r
                 else:
                     d_rh = dah @ recurrent[:, 2 * u:].T
-                    dr = d_rh * hp
-                    direct = direct + d_rh * r
+                    dr = d_rh * (hp if rm is None else hp * rm)
+                    direct = direct + d_rh * r * (1 if rm is None else rm)
                 dgx[t, :, u:2 * u] = self.act_backward(*rec_act, pre[t, :, u:2 * u], r, dr)
                 dgr[t, :, :2 * u] = dgx[t, :, :2 * u]
             if m is not None:
@@ -834,6 +836,8 @@ class Ops:
                 dh_prev = dgr[t, :, :2 * u] @ recurrent[:, :2 * u].T
             else:
                 dh_prev = dgr[t] @ recurrent.T
+            if rm is not None:
+                dh_prev = dh_prev * rm
             if direct is not None:
                 dh_prev += direct
             dh = dh_prev if m is None else xp.where(m, dh_prev, dh)
@@ -841,7 +845,7 @@ class Ops:
                 dc = dc_prev if m is None else xp.where(m, dc_prev, dc)
         rows = steps * batch
         gx2, gr2 = dgx.reshape(rows, gu), dgr.reshape(rows, gu)
-        hp2 = hs[:steps].reshape(rows, u)
+        hp2 = (hs[:steps] if rm is None else hs[:steps] * rm).reshape(rows, u)
         if cell == "gru" and not reset_after:
             # the candidate's recurrent kernel multiplies r * h_{t-1}
             d_recurrent[:, :2 * u] = hp2.T @ gx2[:, :2 * u]

@@ -241,10 +241,10 @@ class CpuOps(Ops):
 
     # ---- recurrent layers: csrc/recurrent.c (the activations it has; else the reference) --
     def rnn_forward(self, cell, x, kernel, recurrent, bias, h0, c0, mask, act, rec_act,
-                    reset_after=True, zero_output=False):
+                    reset_after=True, zero_output=False, rec_mask=None):
         if not (_core.rnn_act_supported(act[0]) and _core.rnn_act_supported(rec_act[0])):
             return super().rnn_forward(cell, x, kernel, recurrent, bias, h0, c0, mask, act,
-                                       rec_act, reset_after, zero_output)
+                                       rec_act, reset_after, zero_output, rec_mask)
         x = _f32(x, "x")
         steps, batch, d_in = x.shape
         units, gu = recurrent.shape
@@ -258,14 +258,17 @@ class CpuOps(Ops):
         extra = None if cell == "simple" else np.empty((steps, batch, units), np.float32)
         ys = np.empty((steps, batch, units), np.float32)
         mask = None if mask is None else np.ascontiguousarray(mask, dtype=bool)
+        rec_mask = _f32_or_none(rec_mask, "rec_mask")
+        hd = None if rec_mask is None else np.empty((steps, batch, units), np.float32)
         flat = [None if a is None else a.reshape(-1) for a in
                 (x, _f32(kernel, "kernel"), _f32(recurrent, "recurrent"),
                  _f32_or_none(bias, "bias"), mask, ys, hs, cs, gates, extra)]
         _core.rnn_forward(cell, steps, batch, d_in, units, *flat,
                           np.empty(batch * gu, np.float32), act[0], rec_act[0], reset_after,
-                          zero_output)
+                          zero_output, None if rec_mask is None else rec_mask.reshape(-1),
+                          None if hd is None else hd.reshape(-1))
         cache = {"kernel": True, "x": x, "bias": flat[3], "mask": mask, "hs": hs, "cs": cs,
-                 "gates": gates, "extra": extra}
+                 "gates": gates, "extra": extra, "rec_mask": rec_mask, "hd": hd}
         return ys, hs[steps], None if cs is None else cs[steps], cache
 
     def rnn_backward(self, cell, cache, dy, dh_t, dc_t, kernel, recurrent, d_kernel,
@@ -300,5 +303,6 @@ class CpuOps(Ops):
             d_kernel.reshape(-1), d_recurrent.reshape(-1),
             None if d_bias is None else d_bias.reshape(-1),
             None if dx is None else dx.reshape(-1), act[0], rec_act[0], reset_after,
-            zero_output)
+            zero_output, *[None if a is None else a.reshape(-1)
+                           for a in (cache["rec_mask"], cache["hd"])])
         return dx, dh, dc
