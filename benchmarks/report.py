@@ -38,6 +38,9 @@ SYSTEMS = {
     "text-fastnn": (("test_bench_text.py",), "fastnn"),
     "text-torch": (("test_bench_text.py",), "torch"),
     "text-keras": (("test_bench_text.py",), "keras"),
+    "lstm-fastnn": (("test_bench_lstm.py",), "fastnn"),
+    "lstm-torch": (("test_bench_lstm.py",), "torch"),
+    "lstm-keras": (("test_bench_lstm.py",), "keras"),
 }
 LABEL = {"fastnn": "fastnn", "torch": "PyTorch", "keras": "Keras"}
 
@@ -48,18 +51,22 @@ TRAINING = ("fastnn", "torch", "keras")
 RESNET = {"resnet-fastnn": "fastnn", "resnet-torch": "torch", "resnet-keras": "keras"}
 # the Conv1D text model (issue 18), one child per peer; the `text` workload selects them
 TEXT = {"text-fastnn": "fastnn", "text-torch": "torch", "text-keras": "keras"}
+# LSTM(128) training (issue 18), one child per peer; the `lstm` workload selects them
+LSTM = {"lstm-fastnn": "fastnn", "lstm-torch": "torch", "lstm-keras": "keras"}
 
 
 def selected(system, workloads):
     """Whether a --workloads selection (None: all) leaves this system anything to run."""
     if workloads is None or system not in TRAINING and system not in RESNET and \
-            system not in TEXT:
+            system not in TEXT and system not in LSTM:
         return True
     if system in RESNET:
         return "resnet50" in workloads
     if system in TEXT:
         return "text" in workloads
-    return any(w not in ("resnet50", "text") for w in workloads)
+    if system in LSTM:
+        return "lstm" in workloads
+    return any(w not in ("resnet50", "text", "lstm") for w in workloads)
 
 
 def run_system(name, rounds, tmp, workloads=None, samples=None):
@@ -68,7 +75,8 @@ def run_system(name, rounds, tmp, workloads=None, samples=None):
     `samples`: the smoke-test cap on each round's samples (--bench-samples)."""
     paths, expr = SYSTEMS[name]
     if workloads and name in TRAINING:
-        expr = f"({expr}) and ({' or '.join(w for w in workloads if w not in ('resnet50', 'text'))})"
+        expr = f"({expr}) and " \
+            f"({' or '.join(w for w in workloads if w not in ('resnet50', 'text', 'lstm'))})"
     out_json, log = os.path.join(tmp, f"{name}.json"), os.path.join(tmp, f"{name}.log")
     cmd = [sys.executable, "-m", "pytest", *(os.path.join(HERE, p) for p in paths), "-k", expr, "-q", "-rfEs",
            "-p", "no:cacheprovider", "--benchmark-only", f"--benchmark-json={out_json}",
@@ -134,6 +142,8 @@ def build_report(runs, rounds, workloads=None, samples=None):
                 info[system] = e
             elif e.get("resnet_batch"):   # versions and threads when only ResNet-50 ran
                 info.setdefault(RESNET[system], e)
+            elif e.get("lstm"):
+                info.setdefault(LSTM[system], e)
     gemm = {tuple(b["extra_info"]["shape"]): b for b in runs.get("sgemm", {}).get("benchmarks", [])}
     gflops = {s: b["extra_info"]["flop"] / b["stats"]["median"] / 1e9 for s, b in gemm.items()}
     peak = max(gflops.values(), default=None)
@@ -203,6 +213,8 @@ def build_report(runs, rounds, workloads=None, samples=None):
     lines += resnet_lines
     text_lines, text = _text_table(runs)
     lines += text_lines
+    lstm_lines, lstm = _lstm_table(runs)
+    lines += lstm_lines
     lines += _gpu_table(runs)
 
     kinfo = info.get("keras", {})
@@ -232,7 +244,7 @@ def build_report(runs, rounds, workloads=None, samples=None):
     if notes:
         lines += ["", "### Skips and failures", ""] + notes
     data = dict(env=env, rounds=rounds, samples_cap=samples, train=results, graphs=graphs,
-                resnet50=resnet, text_conv1d=text,
+                resnet50=resnet, text_conv1d=text, lstm=lstm,
                 sgemm_gflops={
         gemm[s]["extra_info"]["label"]: g for s, g in gflops.items()}, peak_gflops=peak,
         systems={s: {k: r[k] for k in ("rc", "rss_mib", "wall_s", "notes")} for s, r in runs.items()},
@@ -365,6 +377,41 @@ def _inference_tables(runs):
     return lines
 
 
+def _lstm_table(runs):
+    """LSTM(128) training (issue 18): epoch seconds per system and fastnn's speed-ups."""
+    med, samples, threads = {}, None, {}
+    for system, peer in LSTM.items():
+        for b in runs.get(system, {}).get("benchmarks", []):
+            med[peer] = b["stats"]["median"]
+            samples = b["extra_info"]["samples"]
+            threads[peer] = b["extra_info"].get("threads")
+    if not any(s in runs for s in LSTM):
+        return [], {}
+
+    def cell(peer):
+        if peer in med:
+            return f"{med[peer]:.2f}"
+        run = runs.get(f"lstm-{peer}")
+        return "–" if run is None else "error" if run["rc"] not in (0, 5) else "skipped"
+    spec = wl.LSTM_SPEC
+    data = {f"{p}_epoch_s": med.get(p) for p in LSTM.values()}
+    data.update(fastnn_over_torch=ratio(med.get("torch"), med.get("fastnn")),
+                fastnn_over_keras=ratio(med.get("keras"), med.get("fastnn")), samples=samples,
+                threads=threads)
+    lines = ["", f"### LSTM({spec['units']}) training: epoch of {samples} sequences "
+             f"({spec['steps']} steps × {spec['features']} features), batch {wl.BATCH}", "",
+             "| fastnn s | PyTorch s | Keras s | fastnn/PyTorch | fastnn/Keras |",
+             "|---:|---:|---:|---:|---:|",
+             "| " + " | ".join(cell(p) for p in LSTM.values()) + " | " +
+             " | ".join(f"{data[k]:.2f}×" if data[k] else "–"
+                        for k in ("fastnn_over_torch", "fastnn_over_keras")) + " |",
+             "", "LSTM(128) → Dense(1, sigmoid), Adam lr 1e-3, binary crossentropy; fastnn and "
+             "Keras run the same script (`fit(epochs=1)`), PyTorch `torch.nn.LSTM` + `Linear` in "
+             "its usual loop. fastnn/peer = how many times faster fastnn is (threads: "
+             + ", ".join(f"{p} {t}" for p, t in threads.items()) + ")."]
+    return lines, data
+
+
 def _resnet_table(runs, peak):
     """ResNet-50 predict (issue 16): img/s per system and batch size, fastnn's speed-ups, each
     system's GFLOP/s and share of the peak sgemm rate, and each child's peak RSS."""
@@ -463,7 +510,8 @@ def main(argv=None):
     ap.add_argument("--json", help="also write the results here")
     ap.add_argument("--systems", default=",".join(SYSTEMS),
                     help=f"comma-separated subset of {','.join(SYSTEMS)}")
-    known = list(wl.WORKLOADS) + list(wl.GRAPH_WORKLOADS) + ["predict", "resnet50", "text"]
+    known = list(wl.WORKLOADS) + list(wl.GRAPH_WORKLOADS) + ["predict", "resnet50", "text",
+                                                              "lstm"]
     ap.add_argument("--workloads", help="comma-separated subset of " + ",".join(known) +
                     " (narrows the training systems; resnet50 selects the resnet-* systems; "
                     "default: all)")

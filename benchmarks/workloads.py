@@ -428,3 +428,70 @@ def keras_param_count(module):
     return sum(p.numel() for p in module.parameters()) + sum(
         m.running_mean.numel() + m.running_var.numel() for m in module.modules()
         if isinstance(m, nn.BatchNorm2d))
+
+
+# ---------------------------------------------------------------- sequences (issue 18)
+# LSTM(128) over float sequences: (batch 32, 200 steps, 128 features) -> LSTM(128) ->
+# Dense(1, sigmoid), Adam lr 1e-3, binary crossentropy; one timed round is one epoch of
+# LSTM_SAMPLES synthetic sequences (32 steps). The same Keras script runs on fastnn and Keras;
+# PyTorch runs torch.nn.LSTM(batch_first=True) + Linear with BCEWithLogitsLoss, the loop
+# torch_epoch runs for the MNIST workloads.
+LSTM_SPEC = dict(steps=200, features=128, units=128, samples=32 * BATCH)
+
+
+def lstm_data(samples=None):
+    """Float sequences and a label that needs the whole sequence (the sign of the mean of
+    feature 0), fixed seed."""
+    n = samples or LSTM_SPEC["samples"]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, LSTM_SPEC["steps"], LSTM_SPEC["features"]), np.float32)
+    y = (x[:, :, 0].mean(axis=1) > 0).astype(np.float32)
+    return x, y
+
+
+def lstm_keras_model(keras):
+    """The Keras script; `keras` is either `import keras` or `import fastnn as keras`."""
+    model = keras.Sequential([
+        keras.Input((LSTM_SPEC["steps"], LSTM_SPEC["features"])),
+        keras.layers.LSTM(LSTM_SPEC["units"]),
+        keras.layers.Dense(1, activation="sigmoid"),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def lstm_torch_epoch(model, opt, x, y, batch=BATCH):
+    """One epoch of the PyTorch loop: a randperm, manual batches, loss and accuracy summed."""
+    import torch
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    perm = torch.randperm(len(x))
+    total, correct = 0.0, 0
+    model.train()
+    for i in range(0, len(x), batch):
+        idx = perm[i:i + batch]
+        xb, yb = x[idx], y[idx]
+        opt.zero_grad()
+        logits = model(xb)
+        loss = loss_fn(logits, yb)
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(idx)
+        correct += int(((logits > 0).float() == yb).sum())
+    return total / len(x), correct / len(x)
+
+
+def lstm_torch_model():
+    import torch
+
+    class LSTMClassifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(LSTM_SPEC["features"], LSTM_SPEC["units"],
+                                      batch_first=True)
+            self.out = torch.nn.Linear(LSTM_SPEC["units"], 1)
+
+        def forward(self, x):
+            seq, _ = self.lstm(x)
+            return self.out(seq[:, -1])
+    return LSTMClassifier()

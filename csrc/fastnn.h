@@ -331,5 +331,34 @@ void fnn_embed_gather(const float *table, const void *ids, int wide, size_t n, s
 void fnn_embed_scatter_add(const void *ids, int wide, size_t n, const float *dy, size_t dim,
                            float *d_table, size_t rows, const void *clear, int clear_wide,
                            size_t n_clear, int n_threads);
+/* recurrent.c: SimpleRNN / LSTM / GRU over a whole time-major sequence (T steps of B rows).
+ * kernel (d_in, G*U), recurrent (U, G*U) in Keras's gate order (LSTM i f c o, GRU z r h);
+ * bias (G*U), or (2, G*U) for a GRU with reset_after (input, recurrent), or NULL. */
+enum { FNN_RNN_SIMPLE = 0, FNN_RNN_LSTM = 1, FNN_RNN_GRU = 2 };
+typedef struct {
+    int kind, steps, batch, d_in, units, act, rec_act, reset_after, zero_output;
+    const float *kernel, *recurrent, *bias;
+} fnn_rnn;
+/* Whether the kernels compute this activation (else: the reference path). */
+int fnn_rnn_act_supported(int act);
+/* x (T*B, d_in); mask (T*B) bytes, 1 = the step counts, or NULL. Writes ys (T*B, U) outputs,
+ * hs and cs ((T+1)*B*U, states; rows 0 given: the initial states; cs NULL but for an LSTM),
+ * gates (T*B, G*U) after activation, extra (T*B*U: LSTM act(c), GRU the recurrent candidate
+ * product (reset_after) or r h; NULL for SimpleRNN), using rec (B*G*U) as scratch.
+ * rec_mask (B*U, or NULL): recurrent dropout, the previous state times it where it meets the
+ * recurrent kernel; hd (T*B*U) then receives those states (backward reads them). -1: no BLAS.*/
+int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float *ys, float *hs,
+                    float *cs, float *gates, float *extra, float *rec, const float *rec_mask,
+                    float *hd, int n_threads);
+/* Back through time from dys (T*B*U, the outputs' gradients) and dh, dc (B*U, the last
+ * states' gradients: on return the initial states'); scratch carry, dht, drh (B*U each),
+ * dgx, dgr (T*B*G*U: the gates' gradients; dgr may be dgx but for a GRU with reset_after).
+ * Writes d_kernel, d_recurrent, d_bias (may be NULL), dx (T*B*d_in, may be NULL). rec_mask
+ * and hd: the forward pass's (NULL without recurrent dropout). */
+int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, const float *hs,
+                     const float *cs, const float *gates, const float *extra, const float *dys,
+                     float *dh, float *dc, float *carry, float *dht, float *drh, float *dgx,
+                     float *dgr, float *d_kernel, float *d_recurrent, float *d_bias, float *dx,
+                     const float *rec_mask, const float *hd, int n_threads);
 
 #endif

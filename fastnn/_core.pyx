@@ -8,6 +8,24 @@ from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport calloc, free
 
 cdef extern from "fastnn.h" nogil:
+    ctypedef struct fnn_rnn:
+        int kind, steps, batch, d_in, units, act, rec_act, reset_after, zero_output
+        const float *kernel
+        const float *recurrent
+        const float *bias
+    int fnn_rnn_act_supported(int act)
+    int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float *ys,
+                        float *hs, float *cs, float *gates, float *extra, float *rec,
+                        const float *rec_mask, float *hd, int n_threads)
+    int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask,
+                         const float *hs, const float *cs, const float *gates,
+                         const float *extra, const float *dys, float *dh, float *dc,
+                         float *carry, float *dht, float *drh, float *dgx, float *dgr,
+                         float *d_kernel, float *d_recurrent, float *d_bias, float *dx,
+                         const float *rec_mask, const float *hd, int n_threads)
+
+
+cdef extern from "fastnn.h" nogil:
     int FNN_N_ACTIVATIONS
     int FNN_IN_PLACE_MIN_WEIGHTS
     int FNN_OPT_SGD, FNN_OPT_RMSPROP
@@ -1938,3 +1956,202 @@ def embed_scatter_add(ids, dy, d_table, clear=None):
     if bad_clear >= 0:
         raise ValueError(f"embed_scatter_add: clear holds a row outside [0, {D.shape[0]})")
     return bad
+# ---- recurrent layers (csrc/recurrent.c) -------------------------------------------------------
+# Every array is passed flat (C-contiguous, any shape viewed 1-D) with the sequence's sizes
+# given: each length is checked against them before the kernel runs.
+_RNN_KINDS = {"simple": (0, 1), "lstm": (1, 4), "gru": (2, 3)}
+
+
+def rnn_act_supported(int act):
+    """Whether the recurrent kernels compute this activation id."""
+    return bool(fnn_rnn_act_supported(act))
+
+
+cdef int _rnn_len(str name, Py_ssize_t got, Py_ssize_t want) except -1:
+    if got != want:
+        raise ValueError(f"{name}: expected {want} floats for this sequence, got {got}")
+    return 0
+
+
+cdef tuple _rnn_setup(str fn, fnn_rnn *r, str kind, int steps, int batch, int d_in, int units,
+                      int act, int rec_act, bint reset_after, bint zero_output,
+                      const float[::1] K, const float[::1] R, const float[::1] Bv):
+    if kind not in _RNN_KINDS:
+        raise ValueError(f"{fn}: kind must be one of {sorted(_RNN_KINDS)}, got {kind!r}")
+    if not fnn_rnn_act_supported(act) or not fnn_rnn_act_supported(rec_act):
+        raise ValueError(f"{fn}: activation ids ({act}, {rec_act}): one has no recurrent "
+                         "kernel (use the reference path)")
+    if steps < 1 or batch < 1 or d_in < 1 or units < 1:
+        raise ValueError(f"{fn}: sizes must be positive, got steps={steps}, batch={batch}, "
+                         f"d_in={d_in}, units={units}")
+    code, gates = _RNN_KINDS[kind]
+    cdef Py_ssize_t gu = <Py_ssize_t>gates * units
+    _fits_int(f"{fn}: steps * batch * max(d_in, gates * units)",
+              <Py_ssize_t>steps * batch * max(d_in, gu))
+    _rnn_len(f"{fn}: kernel", K.shape[0], <Py_ssize_t>d_in * gu)
+    _rnn_len(f"{fn}: recurrent", R.shape[0], <Py_ssize_t>units * gu)
+    two = code == 2 and reset_after
+    if Bv is not None:
+        _rnn_len(f"{fn}: bias", Bv.shape[0], gu * (2 if two else 1))
+    r.kind, r.steps, r.batch, r.d_in, r.units = code, steps, batch, d_in, units
+    r.act, r.rec_act, r.reset_after, r.zero_output = act, rec_act, reset_after, zero_output
+    r.kernel, r.recurrent = &K[0], &R[0]
+    r.bias = NULL if Bv is None else &Bv[0]
+    return (code, gu)
+
+
+cdef const uint8_t *_rnn_mask(str fn, mask, Py_ssize_t n) except? NULL:
+    if mask is None:
+        return NULL
+    cdef const uint8_t[::1] M
+    if getattr(mask, "dtype", None) != bool or not mask.flags.c_contiguous:
+        raise TypeError(f"{fn}: mask must be a C-contiguous bool array, got "
+                        f"{_describe(mask)}")
+    try:
+        M = mask.view("uint8").reshape(-1)      # a view: the pointer lives as mask does
+    except Exception as e:
+        raise TypeError(f"{fn}: mask must be a C-contiguous bool array, got "
+                        f"{_describe(mask)}") from e
+    _rnn_len(f"{fn}: mask", M.shape[0], n)
+    return &M[0]
+
+
+def rnn_forward(str kind, int steps, int batch, int d_in, int units, x, kernel, recurrent,
+                bias, mask, ys, hs, cs, gates, extra, rec, int act, int rec_act,
+                bint reset_after=True, bint zero_output=False, rec_mask=None, hd=None):
+    """A recurrent layer forward over a time-major sequence (see fnn_rnn_forward): hs[0] (and
+    cs[0]) hold the initial states. mask: bool (steps, batch) or None. rec_mask (batch *
+    units) with hd (steps * batch * units): recurrent dropout. Flat float32 arrays."""
+    fn = "rnn_forward"
+    cdef fnn_rnn r
+    cdef const float[::1] X = _cf1(f"{fn}: x", x, True)
+    cdef const float[::1] K = _cf1(f"{fn}: kernel", kernel, True)
+    cdef const float[::1] R = _cf1(f"{fn}: recurrent", recurrent, True)
+    cdef const float[::1] Bv = _cf1(f"{fn}: bias", bias, False)
+    code, gu = _rnn_setup(fn, &r, kind, steps, batch, d_in, units, act, rec_act, reset_after,
+                          zero_output, K, R, Bv)
+    cdef float[::1] Y = _f1(f"{fn}: ys", ys, True)
+    cdef float[::1] H = _f1(f"{fn}: hs", hs, True)
+    cdef float[::1] C = _f1(f"{fn}: cs", cs, code == 1)
+    cdef float[::1] G = _f1(f"{fn}: gates", gates, True)
+    cdef float[::1] E = _f1(f"{fn}: extra", extra, code != 0)
+    cdef float[::1] RC = _f1(f"{fn}: rec", rec, True)
+    cdef const float[::1] RM = _cf1(f"{fn}: rec_mask", rec_mask, False)
+    cdef float[::1] HD = _f1(f"{fn}: hd", hd, RM is not None)
+    cdef Py_ssize_t su = <Py_ssize_t>batch * units, n = <Py_ssize_t>steps * batch
+    if RM is not None:
+        _rnn_len(f"{fn}: rec_mask", RM.shape[0], su)
+        _rnn_len(f"{fn}: hd", HD.shape[0], n * units)
+    _rnn_len(f"{fn}: x", X.shape[0], n * d_in)
+    _rnn_len(f"{fn}: ys", Y.shape[0], n * units)
+    _rnn_len(f"{fn}: hs", H.shape[0], (steps + 1) * su)
+    if code == 1:
+        _rnn_len(f"{fn}: cs", C.shape[0], (steps + 1) * su)
+    _rnn_len(f"{fn}: gates", G.shape[0], n * gu)
+    if E is not None:
+        _rnn_len(f"{fn}: extra", E.shape[0], n * units)
+    _rnn_len(f"{fn}: rec", RC.shape[0], batch * gu)
+    cdef const uint8_t *mp = _rnn_mask(fn, mask, n)
+    outs = [(nm, <size_t>_p1(a), _n1(a)) for nm, a in
+            (("ys", Y), ("hs", H), ("cs", C), ("gates", G), ("extra", E), ("rec", RC),
+             ("hd", HD if RM is not None else None))]
+    _all_disjoint(fn, outs, [(nm, <size_t>_p1(a), _n1(a)) for nm, a in
+                             (("x", X), ("kernel", K), ("recurrent", R), ("bias", Bv),
+                              ("rec_mask", RM))])
+    _need_blas()
+    cdef float *cp = NULL if C is None else &C[0]
+    cdef float *ep = NULL if E is None else &E[0]
+    cdef const float *rmp = NULL if RM is None else &RM[0]
+    cdef float *hdp = NULL if RM is None else &HD[0]
+    cdef int rc
+    with nogil:
+        rc = fnn_rnn_forward(&r, &X[0], mp, &Y[0], &H[0], cp, &G[0], ep, &RC[0], rmp, hdp,
+                             _n_threads)
+    if rc:
+        raise RuntimeError(f"{fn}: no BLAS")
+
+
+def rnn_backward(str kind, int steps, int batch, int d_in, int units, x, kernel, recurrent,
+                 bias, mask, hs, cs, gates, extra, dys, dh, dc, carry, dht, drh, dgx, dgr,
+                 d_kernel, d_recurrent, d_bias, dx, int act, int rec_act,
+                 bint reset_after=True, bint zero_output=False, rec_mask=None, hd=None):
+    """Back through time (see fnn_rnn_backward): dh (and dc) hold the last states' gradients
+    and receive the initial states'. dgr may be dgx itself but for a GRU with reset_after;
+    dx may be None."""
+    fn = "rnn_backward"
+    cdef fnn_rnn r
+    cdef const float[::1] X = _cf1(f"{fn}: x", x, True)
+    cdef const float[::1] K = _cf1(f"{fn}: kernel", kernel, True)
+    cdef const float[::1] R = _cf1(f"{fn}: recurrent", recurrent, True)
+    cdef const float[::1] Bv = _cf1(f"{fn}: bias", bias, False)
+    code, gu = _rnn_setup(fn, &r, kind, steps, batch, d_in, units, act, rec_act, reset_after,
+                          zero_output, K, R, Bv)
+    cdef const float[::1] H = _cf1(f"{fn}: hs", hs, True)
+    cdef const float[::1] C = _cf1(f"{fn}: cs", cs, code == 1)
+    cdef const float[::1] G = _cf1(f"{fn}: gates", gates, True)
+    cdef const float[::1] E = _cf1(f"{fn}: extra", extra, code != 0)
+    cdef const float[::1] DY = _cf1(f"{fn}: dys", dys, True)
+    cdef float[::1] DH = _f1(f"{fn}: dh", dh, True)
+    cdef float[::1] DC = _f1(f"{fn}: dc", dc, code == 1)
+    cdef float[::1] CA = _f1(f"{fn}: carry", carry, True)
+    cdef float[::1] DT = _f1(f"{fn}: dht", dht, True)
+    cdef float[::1] DR = _f1(f"{fn}: drh", drh, True)
+    cdef float[::1] DGX = _f1(f"{fn}: dgx", dgx, True)
+    cdef float[::1] DGR = _f1(f"{fn}: dgr", dgr, True)
+    cdef float[::1] DK = _f1(f"{fn}: d_kernel", d_kernel, True)
+    cdef float[::1] DRK = _f1(f"{fn}: d_recurrent", d_recurrent, True)
+    cdef float[::1] DB = _f1(f"{fn}: d_bias", d_bias, Bv is not None)
+    cdef float[::1] DX = _f1(f"{fn}: dx", dx, False)
+    cdef const float[::1] RM = _cf1(f"{fn}: rec_mask", rec_mask, False)
+    cdef const float[::1] HD = _cf1(f"{fn}: hd", hd, RM is not None)
+    cdef Py_ssize_t su = <Py_ssize_t>batch * units, n = <Py_ssize_t>steps * batch
+    if RM is not None:
+        _rnn_len(f"{fn}: rec_mask", RM.shape[0], su)
+        _rnn_len(f"{fn}: hd", HD.shape[0], n * units)
+    _rnn_len(f"{fn}: x", X.shape[0], n * d_in)
+    _rnn_len(f"{fn}: hs", H.shape[0], (steps + 1) * su)
+    if code == 1:
+        _rnn_len(f"{fn}: cs", C.shape[0], (steps + 1) * su)
+        _rnn_len(f"{fn}: dc", DC.shape[0], su)
+    _rnn_len(f"{fn}: gates", G.shape[0], n * gu)
+    if E is not None:
+        _rnn_len(f"{fn}: extra", E.shape[0], n * units)
+    _rnn_len(f"{fn}: dys", DY.shape[0], n * units)
+    for nm, a in (("dh", DH), ("carry", CA), ("dht", DT), ("drh", DR)):
+        _rnn_len(f"{fn}: {nm}", a.shape[0], su)
+    _rnn_len(f"{fn}: dgx", DGX.shape[0], n * gu)
+    _rnn_len(f"{fn}: dgr", DGR.shape[0], n * gu)
+    _rnn_len(f"{fn}: d_kernel", DK.shape[0], K.shape[0])
+    _rnn_len(f"{fn}: d_recurrent", DRK.shape[0], R.shape[0])
+    if Bv is not None:
+        _rnn_len(f"{fn}: d_bias", DB.shape[0], Bv.shape[0])
+    if DX is not None:
+        _rnn_len(f"{fn}: dx", DX.shape[0], n * d_in)
+    cdef bint separate = code == 2 and reset_after
+    outs = [(nm, <size_t>_p1(a), _n1(a)) for nm, a in
+            (("dh", DH), ("dc", DC), ("carry", CA), ("dht", DT), ("drh", DR), ("dgx", DGX),
+             ("d_kernel", DK), ("d_recurrent", DRK), ("d_bias", DB), ("dx", DX))]
+    if _p1(DGR) != _p1(DGX):
+        outs.append(("dgr", <size_t>_p1(DGR), _n1(DGR)))
+    elif separate:
+        raise ValueError(f"{fn}: a GRU with reset_after needs dgr separate from dgx")
+    _all_disjoint(fn, outs, [(nm, <size_t>_p1(a), _n1(a)) for nm, a in
+                             (("x", X), ("kernel", K), ("recurrent", R), ("bias", Bv),
+                              ("hs", H), ("cs", C), ("gates", G), ("extra", E), ("dys", DY),
+                              ("rec_mask", RM), ("hd", HD if RM is not None else None))])
+    cdef const uint8_t *mp = _rnn_mask(fn, mask, n)
+    _need_blas()
+    cdef const float *cp = NULL if C is None else &C[0]
+    cdef const float *ep = NULL if E is None else &E[0]
+    cdef float *dcp = NULL if DC is None else &DC[0]
+    cdef float *dbp = NULL if DB is None else &DB[0]
+    cdef float *dxp = NULL if DX is None else &DX[0]
+    cdef const float *rmp = NULL if RM is None else &RM[0]
+    cdef const float *hdp = NULL if RM is None else &HD[0]
+    cdef int rc
+    with nogil:
+        rc = fnn_rnn_backward(&r, &X[0], mp, &H[0], cp, &G[0], ep, &DY[0], &DH[0], dcp,
+                              &CA[0], &DT[0], &DR[0], &DGX[0], &DGR[0], &DK[0], &DRK[0], dbp,
+                              dxp, rmp, hdp, _n_threads)
+    if rc:
+        raise RuntimeError(f"{fn}: no BLAS")

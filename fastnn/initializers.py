@@ -139,6 +139,29 @@ class VarianceScaling(Initializer):
                 "seed": self.seed}
 
 
+class Orthogonal(Initializer):
+    """Keras's OrthogonalInitializer: the Q of a normal matrix's QR, signs fixed by R's
+    diagonal, times gain (a recurrent kernel's default)."""
+
+    def __init__(self, gain=1.0, seed=None):
+        self.gain, self.seed = gain, seed
+
+    def __call__(self, shape, dtype="float32"):
+        if len(shape) < 2:
+            raise ValueError(f"The tensor to initialize must be at least two-dimensional. "
+                             f"Received: shape={tuple(shape)} of rank {len(shape)}.")
+        rows, cols = math.prod(shape[:-1]), shape[-1]
+        a = _rng(self.seed).normal(0.0, 1.0, (max(rows, cols), min(rows, cols)))
+        q, r = np.linalg.qr(a)
+        q *= np.sign(np.diag(r))
+        if rows < cols:
+            q = q.T
+        return (self.gain * q.reshape(shape)).astype(dtype)
+
+    def get_config(self):
+        return {"gain": self.gain, "seed": self.seed}
+
+
 def _variance_scaling(name, scale, mode, distribution):
     def __init__(self, seed=None):
         VarianceScaling.__init__(self, scale, mode, distribution, seed)
@@ -162,9 +185,10 @@ _BY_NAME = {
     "variance_scaling": VarianceScaling, "glorot_uniform": GlorotUniform,
     "glorot_normal": GlorotNormal, "he_normal": HeNormal, "he_uniform": HeUniform,
     "lecun_normal": LecunNormal, "lecun_uniform": LecunUniform, "uniform": RandomUniform,
-    "normal": RandomNormal,
+    "normal": RandomNormal, "orthogonal": Orthogonal,
 }
 _CLASSES = {c.__name__: c for c in set(_BY_NAME.values())}
+_CLASSES["OrthogonalInitializer"] = Orthogonal      # Keras's class name
 
 
 def get(identifier):
@@ -221,5 +245,6 @@ def deserialize(config, custom_objects=None, path="initializer"):
 
 def serialize(init):
     cfg = init.get_config() if isinstance(init, Initializer) else {}
-    return {"module": "keras.initializers", "class_name": type(init).__name__, "config": cfg,
+    name = "OrthogonalInitializer" if type(init) is Orthogonal else type(init).__name__
+    return {"module": "keras.initializers", "class_name": name, "config": cfg,
             "registered_name": None}

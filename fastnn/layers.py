@@ -3676,3 +3676,7 @@ from .sequence_layers import (AveragePooling1D, Conv1D, Embedding,  # noqa: E402
 _CLASSES.update({c.__name__: c for c in (
     Embedding, Masking, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D,
     GlobalMaxPooling1D, TimeDistributed)})
+# ---- recurrent layers (fastnn/recurrent.py; issue 18, item 3) -------------------------------
+from .recurrent import GRU, LSTM, Bidirectional, SimpleRNN  # noqa: E402  (builds on Layer)
+
+_CLASSES.update({c.__name__: c for c in (SimpleRNN, LSTM, GRU, Bidirectional)})

@@ -560,8 +560,10 @@ class Functional(Model):
         connected, rows = self._chain is None, []
         for layer in self.layers:
             nodes = layer._inbound_nodes
-            row = (f"{layer.name} ({type(layer).__name__})",
-                   _shape_str(nodes[-1].outputs[0].shape) if nodes else "?",
+            outs = nodes[-1].outputs if nodes else []
+            shape = "?" if not outs else _shape_str(outs[0].shape) if len(outs) == 1 else \
+                "[" + ", ".join(_shape_str(t.shape) for t in outs) + "]"     # as Keras
+            row = (f"{layer.name} ({type(layer).__name__})", shape,
                    layer.count_params() if layer.built else "0 (unbuilt)",
                    layer.trainable if layer.weights else None)
             if connected:
@@ -600,6 +602,10 @@ class Functional(Model):
             entry["name"] = layer.name
             kwargs = {"mask": None} if isinstance(layer, Model) else {}   # as Keras writes
             entry["inbound_nodes"] = [
+                # a recurrent layer's initial states go in kwargs, as Keras writes them
+                {"args": [tensor(node.inputs[0])],
+                 "kwargs": {"initial_state": [tensor(t) for t in node.inputs[1:]]}}
+                if getattr(node, "n_states", 0) else
                 {"args": [[tensor(t) for t in node.inputs] if node.several
                           else tensor(node.inputs[0])], "kwargs": dict(kwargs)}
                 for node in layer._inbound_nodes if id(node) in mine and node.inputs]
@@ -636,15 +642,20 @@ class Functional(Model):
             for name, node in pending:
                 arg = node["args"][0]
                 specs = arg if isinstance(arg, list) else [arg]
-                keys = [tuple(spec["config"]["keras_history"]) for spec in specs]
+                states = (node.get("kwargs") or {}).get("initial_state") or []
+                states = states if isinstance(states, list) else [states]
+                keys = [tuple(spec["config"]["keras_history"]) for spec in specs + states]
                 index = calls.get(name, 0)
                 if any((k[0], k[1]) not in outputs for k in keys) or \
                         any(n == name for n, _ in waiting):
                     waiting.append((name, node))
                     continue
                 tensors = [outputs[k[0], k[1]][k[2]] for k in keys]
-                outputs[name, index] = [made[name](tensors if isinstance(arg, list)
-                                                   else tensors[0])]
+                main, kw = tensors[:len(specs)], {}
+                if states:
+                    kw["initial_state"] = tensors[len(specs):]
+                out = made[name](main if isinstance(arg, list) else main[0], **kw)
+                outputs[name, index] = list(out) if isinstance(out, (list, tuple)) else [out]
                 calls[name] = index + 1
             if len(waiting) == len(pending):
                 raise ValueError(f"config: the calls of {[n for n, _ in waiting]} read "
@@ -680,8 +691,11 @@ class Functional(Model):
         values = {id(tensor): value for tensor, value in zip(self.inputs, given)}
         for node in self._nodes:
             args = [values[id(t)] for t in node.inputs]
-            values[id(node.outputs[0])] = node.layer(args if node.several else args[0],
-                                                     training=training)
+            out = node.layer(args if node.several else args[0], training=training)
+            if len(node.outputs) > 1:       # a layer of several outputs (an RNN's states)
+                values.update((id(t), v) for t, v in zip(node.outputs, out))
+            else:
+                values[id(node.outputs[0])] = out
         outs = [values[id(t)] for t in self.outputs]
         return outs[0] if len(outs) == 1 else outs
 

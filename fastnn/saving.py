@@ -190,6 +190,9 @@ def _leaves(model, prefix="layers/"):
     for key, layer in zip(_layer_keys(model), model.layers):
         if isinstance(layer, Model):
             yield from _leaves(layer, f"{prefix}{key}/layers/")
+        elif hasattr(layer, "weight_leaves"):       # weights Keras keeps in sublayers
+            for sub, leaf in layer.weight_leaves():
+                yield f"{prefix}{key}/{sub}", leaf
         else:     # (a wrapper keeps its inner layer's weights under its path: TimeDistributed)
             yield prefix + key + getattr(layer, "weights_subpath", ""), layer
 
@@ -509,14 +512,20 @@ def check_functional_config(cfg, path="config"):
                 C.fail_value(f"{where}[{j}].args", "one argument (a tensor or a list)", args)
             kwargs = node.get("kwargs") or {}
             C.expect_dict(kwargs, f"{where}[{j}].kwargs")
+            # a recurrent layer's initial states: further tensors of the call
+            states = kwargs.get("initial_state") if getattr(cls, "tape_only", False) else None
+            states = [] if states is None else states if isinstance(states, list) else [states]
             extra = {k: v for k, v in kwargs.items() if v is not None and
-                     not (k == "training" and v in (False, training_default))}
+                     not (k == "training" and v in (False, training_default)) and
+                     not (k == "initial_state" and states)}
             if extra:
                 C.fail_value(f"{where}[{j}].kwargs", "no call arguments fastnn would ignore "
                              "(mask, training=True, ...)", extra)
             specs = args[0] if isinstance(args[0], list) else [args[0]]
-            for k, spec in enumerate(specs):
-                at = f"{where}[{j}].args[0]" + (f"[{k}]" if isinstance(args[0], list) else "")
+            places = [f"{where}[{j}].args[0]" + (f"[{k}]" if isinstance(args[0], list) else "")
+                      for k in range(len(specs))]
+            places += [f"{where}[{j}].kwargs.initial_state[{k}]" for k in range(len(states))]
+            for spec, at in zip(specs + states, places):
                 C.expect_dict(spec, at)
                 if spec.get("class_name") != "__keras_tensor__":
                     C.fail_value(f"{at}.class_name", '"__keras_tensor__"', spec.get("class_name"))

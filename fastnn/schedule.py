@@ -28,7 +28,7 @@ class Schedule:
         for node in nodes:
             layer = node.layer
             if not isinstance(layer, Layer) or type(layer).__module__ != Layer.__module__ \
-                    or len(node.outputs) != 1:
+                    or len(node.outputs) != 1 or getattr(layer, "tape_only", False):
                 return None
         return cls(inputs, outputs, nodes)
 

@@ -21,6 +21,14 @@ SKIP = {"Layer": "the abstract base class: it defines no computation",
         "InputLayer": "the input of every model below (fastnn.Input / keras.Input)"}
 
 
+class PerSystem:
+    """A keyword argument made with the system under test, fastnn or keras (the layer a
+    wrapper such as Bidirectional wraps)."""
+
+    def __init__(self, make):
+        self.make = make
+
+
 # class name -> (input shapes (without the batch axis), keyword arguments). Non-default
 # arguments throughout; where fastnn's layer takes none beyond Keras's defaults (Flatten,
 # Identity, the merging layers) the case is the layer itself.
@@ -115,6 +123,18 @@ CASES = {
     # the wrapped layer is made by each library (K: fastnn or keras)
     "TimeDistributed": ([(4, 3)], lambda K: dict(layer=K.layers.Dense(
         2, activation="tanh", bias_initializer="ones"))),
+    # recurrent layers (weights under the cell in Keras's files)
+    "SimpleRNN": ([(5, 3)], dict(units=4, activation="relu", return_sequences=True,
+                                 go_backwards=True, bias_initializer="ones")),
+    "LSTM": ([(5, 3)], dict(units=4, recurrent_activation="tanh", unit_forget_bias=False,
+                            bias_initializer="random_normal", go_backwards=True)),
+    "GRU": ([(5, 3)], dict(units=4, reset_after=False, return_sequences=True,
+                           bias_initializer="random_uniform")),
+    "Bidirectional": ([(5, 3)], dict(
+        layer=PerSystem(lambda K: K.layers.GRU(4, return_sequences=True, name="gru")),
+        backward_layer=PerSystem(lambda K: K.layers.GRU(
+            4, return_sequences=True, go_backwards=True, reset_after=False, name="gru_back")),
+        merge_mode="mul")),
 }
 INTEGER_INPUTS = {"Embedding": 7}       # class name -> the indices' bound (input_dim)
 
@@ -137,6 +157,7 @@ def build(K, name):
     kwargs = kwargs(K) if callable(kwargs) else kwargs
     dtype = "int32" if name in INTEGER_INPUTS else "float32"
     inputs = [K.Input(shape=s, name=f"in{i}", dtype=dtype) for i, s in enumerate(shapes)]
+    kwargs = {k: v.make(K) if isinstance(v, PerSystem) else v for k, v in kwargs.items()}
     layer = getattr(K.layers, name)(name="layer", **kwargs)
     out = layer(inputs if len(inputs) > 1 else inputs[0])
     return K.Model(inputs if len(inputs) > 1 else inputs[0], out, name=f"case_{name}")

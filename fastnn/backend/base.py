@@ -713,3 +713,184 @@ class Ops:
         quadratic = p_new / lr + 2 * l2_reg
         w[...] = (xp.clip(lin, -l1, l1) - lin) / quadratic
         acc[...] = new_acc
+
+    # ---- recurrent layers ----------------------------------------------------------------
+    # Time-major: x (T, B, D), mask (T, B) bool (True: the step counts) or None. kernel
+    # (D, G*U), recurrent (U, G*U) in Keras's gate order (LSTM i, f, c, o; GRU z, r, h;
+    # SimpleRNN one gate); bias (G*U,), or for a GRU with reset_after (2, 3*U): input and
+    # recurrent biases. act and rec_act are (id, alpha). At a masked step a sample's state is
+    # carried over and its output is the previous output (zeros with zero_output), as Keras's
+    # backend rnn(). rec_mask (B, U) or None: recurrent dropout, the previous state times
+    # rec_mask where it meets the recurrent kernel (a GRU's z h_{t-1} mix takes it whole).
+    def rnn_forward(self, cell, x, kernel, recurrent, bias, h0, c0, mask, act, rec_act,
+                    reset_after=True, zero_output=False, rec_mask=None):
+        """Returns (y (T, B, U) outputs, h_T, c_T (None but for an LSTM), cache): the cache
+        is what rnn_backward reads (opaque: each backend reads its own)."""
+        xp = self.xp
+        steps, batch, d_in = x.shape
+        units = recurrent.shape[0]
+        gu = recurrent.shape[1]
+        two = bias is not None and bias.ndim == 2
+        xw = self.gemm(x.reshape(steps * batch, d_in), kernel).reshape(steps, batch, gu)
+        if bias is not None:
+            xw += bias[0] if two else bias
+        hs = xp.empty((steps + 1, batch, units), "float32")
+        hs[0] = h0
+        cs = None
+        if cell == "lstm":
+            cs = xp.empty((steps + 1, batch, units), "float32")
+            cs[0] = c0
+        pre = xp.empty((steps, batch, gu), "float32")       # pre-activations of the gates
+        gates = xp.empty((steps, batch, gu), "float32")     # and after
+        extra = xp.empty((steps, batch, units), "float32")  # LSTM: act(c); GRU: rec_h or r*h
+        ys = xp.empty((steps, batch, units), "float32")
+        prev_out = xp.zeros((batch, units), "float32")
+        u = units
+        for t in range(steps):
+            hp = hs[t]
+            hd = hp if rec_mask is None else hp * rec_mask     # what the kernel multiplies
+            if cell == "gru" and not reset_after:
+                z = xw[t].copy()
+                z[:, :2 * u] += hd @ recurrent[:, :2 * u]
+                pre[t, :, :2 * u] = z[:, :2 * u]
+                gates[t, :, :2 * u] = self.act_forward(*rec_act, z[:, :2 * u])
+                extra[t] = gates[t, :, u:2 * u] * hd
+                pre[t, :, 2 * u:] = z[:, 2 * u:] + extra[t] @ recurrent[:, 2 * u:]
+            else:
+                rec = hd @ recurrent
+                if two:
+                    rec += bias[1]
+                pre[t] = xw[t] + rec
+                if cell == "gru":
+                    extra[t] = rec[:, 2 * u:]
+                    gates[t, :, :2 * u] = self.act_forward(*rec_act, pre[t, :, :2 * u])
+                    pre[t, :, 2 * u:] = xw[t, :, 2 * u:] + gates[t, :, u:2 * u] * extra[t]
+            if cell == "simple":
+                gates[t] = self.act_forward(*act, pre[t])
+                h = gates[t]
+            elif cell == "gru":
+                gates[t, :, 2 * u:] = self.act_forward(*act, pre[t, :, 2 * u:])
+                zg, hh = gates[t, :, :u], gates[t, :, 2 * u:]
+                h = zg * hp + (1 - zg) * hh
+            else:
+                for k, a in ((0, rec_act), (1, rec_act), (2, act), (3, rec_act)):
+                    sl = slice(k * u, (k + 1) * u)
+                    gates[t, :, sl] = self.act_forward(*a, pre[t, :, sl])
+                i, f, g, o = (gates[t, :, k * u:(k + 1) * u] for k in range(4))
+                c = f * cs[t] + i * g
+                extra[t] = self.act_forward(*act, c)
+                h = o * extra[t]
+            if mask is None:
+                hs[t + 1] = h
+                if cs is not None:
+                    cs[t + 1] = c
+                ys[t] = h
+            else:
+                m = mask[t][:, None]
+                hs[t + 1] = xp.where(m, h, hp)
+                if cs is not None:
+                    cs[t + 1] = xp.where(m, c, cs[t])
+                ys[t] = xp.where(m, h, 0.0 if zero_output else prev_out)
+                prev_out = ys[t]
+        cache = {"x": x, "hs": hs, "cs": cs, "pre": pre, "gates": gates, "extra": extra,
+                 "mask": mask, "two": two, "rec_mask": rec_mask}
+        return ys, hs[steps], None if cs is None else cs[steps], cache
+
+    def rnn_backward(self, cell, cache, dy, dh_t, dc_t, kernel, recurrent, d_kernel,
+                     d_recurrent, d_bias, act, rec_act, reset_after=True, zero_output=False,
+                     need_dx=True):
+        """Back through time from dy (T, B, U), the gradient of the outputs, and dh_t, dc_t
+        (B, U) (or None), the final states'. Writes d_kernel, d_recurrent, d_bias; returns
+        (dx (T, B, D) or None, dh0, dc0 (None but for an LSTM)). A masked step passes the
+        state's gradient to the step before, and its output's (unless zero_output) to the
+        previous output."""
+        xp = self.xp
+        x, hs, cs, pre, gates, extra = (cache[k] for k in
+                                        ("x", "hs", "cs", "pre", "gates", "extra"))
+        mask, rm = cache["mask"], cache["rec_mask"]
+        steps, batch, d_in = x.shape
+        u = recurrent.shape[0]
+        gu = recurrent.shape[1]
+        dh = xp.zeros((batch, u), "float32") if dh_t is None else dh_t.astype("float32")
+        dc = None
+        if cell == "lstm":
+            dc = xp.zeros((batch, u), "float32") if dc_t is None else dc_t.astype("float32")
+        carry = xp.zeros((batch, u), "float32")
+        dgx = xp.zeros((steps, batch, gu), "float32")      # d pre-activations, input side
+        dgr = xp.zeros((steps, batch, gu), "float32") if cell == "gru" else dgx
+        for t in range(steps - 1, -1, -1):
+            g_out = dy[t] + carry
+            if mask is None:
+                m = None
+                dht = dh + g_out
+            else:
+                m = mask[t][:, None]
+                dht = dh + xp.where(m, g_out, 0.0)
+                carry = xp.where(m, 0.0, 0.0 if zero_output else g_out)
+            hp = hs[t]
+            if cell == "simple":
+                dgx[t] = self.act_backward(*act, pre[t], gates[t], dht)
+                direct = None
+            elif cell == "lstm":
+                i, f, g, o = (gates[t, :, k * u:(k + 1) * u] for k in range(4))
+                tc = extra[t]
+                dgx[t, :, 3 * u:] = self.act_backward(*rec_act, pre[t, :, 3 * u:], o, dht * tc)
+                dct = dc + self.act_backward(*act, cs[t + 1], tc, dht * o)
+                dgx[t, :, :u] = self.act_backward(*rec_act, pre[t, :, :u], i, dct * g)
+                dgx[t, :, u:2 * u] = self.act_backward(*rec_act, pre[t, :, u:2 * u], f,
+                                                       dct * cs[t])
+                dgx[t, :, 2 * u:3 * u] = self.act_backward(*act, pre[t, :, 2 * u:3 * u], g,
+                                                           dct * i)
+                dc_prev = dct * f
+                direct = None
+            else:
+                zg, r, hh = gates[t, :, :u], gates[t, :, u:2 * u], gates[t, :, 2 * u:]
+                dah = self.act_backward(*act, pre[t, :, 2 * u:], hh, dht * (1 - zg))
+                dgx[t, :, 2 * u:] = dah
+                dgx[t, :, :u] = self.act_backward(*rec_act, pre[t, :, :u], zg, dht * (hp - hh))
+                direct = dht * zg
+                if reset_after:
+                    dr = dah * extra[t]
+                    dgr[t, :, 2 * u:] = dah * r
+                else:
+                    d_rh = dah @ recurrent[:, 2 * u:].T
+                    dr = d_rh * (hp if rm is None else hp * rm)
+                    direct = direct + d_rh * r * (1 if rm is None else rm)
+                dgx[t, :, u:2 * u] = self.act_backward(*rec_act, pre[t, :, u:2 * u], r, dr)
+                dgr[t, :, :2 * u] = dgx[t, :, :2 * u]
+            if m is not None:
+                dgx[t] *= m
+                if dgr is not dgx:
+                    dgr[t] *= m
+                if direct is not None:
+                    direct = direct * m
+            if cell == "gru" and not reset_after:
+                dh_prev = dgr[t, :, :2 * u] @ recurrent[:, :2 * u].T
+            else:
+                dh_prev = dgr[t] @ recurrent.T
+            if rm is not None:
+                dh_prev = dh_prev * rm
+            if direct is not None:
+                dh_prev += direct
+            dh = dh_prev if m is None else xp.where(m, dh_prev, dh)
+            if dc is not None:
+                dc = dc_prev if m is None else xp.where(m, dc_prev, dc)
+        rows = steps * batch
+        gx2, gr2 = dgx.reshape(rows, gu), dgr.reshape(rows, gu)
+        hp2 = (hs[:steps] if rm is None else hs[:steps] * rm).reshape(rows, u)
+        if cell == "gru" and not reset_after:
+            # the candidate's recurrent kernel multiplies r * h_{t-1}
+            d_recurrent[:, :2 * u] = hp2.T @ gx2[:, :2 * u]
+            d_recurrent[:, 2 * u:] = extra.reshape(rows, u).T @ gx2[:, 2 * u:]
+        else:
+            self.gemm(hp2, gr2, out=d_recurrent, trans_a=True)
+        self.gemm(x.reshape(rows, d_in), gx2, out=d_kernel, trans_a=True)
+        if d_bias is not None:
+            if d_bias.ndim == 2:
+                d_bias[0] = self.column_sum(gx2)
+                d_bias[1] = self.column_sum(gr2)
+            else:
+                self.column_sum(gx2, out=d_bias)
+        dx = self.gemm(gx2, kernel, trans_b=True).reshape(steps, batch, d_in) if need_dx \
+            else None
+        return dx, dh, dc

@@ -268,3 +268,71 @@ class CpuOps(Ops):
 
     def ftrl_update(self, w, g, acc, lin, lr, lr_power, l1, l2, l2_shrinkage, beta):
         _core.ftrl_update(w, g, acc, lin, lr, lr_power, l1, l2, l2_shrinkage, beta)
+
+    # ---- recurrent layers: csrc/recurrent.c (the activations it has; else the reference) --
+    def rnn_forward(self, cell, x, kernel, recurrent, bias, h0, c0, mask, act, rec_act,
+                    reset_after=True, zero_output=False, rec_mask=None):
+        if not (_core.rnn_act_supported(act[0]) and _core.rnn_act_supported(rec_act[0])):
+            return super().rnn_forward(cell, x, kernel, recurrent, bias, h0, c0, mask, act,
+                                       rec_act, reset_after, zero_output, rec_mask)
+        x = _f32(x, "x")
+        steps, batch, d_in = x.shape
+        units, gu = recurrent.shape
+        hs = np.empty((steps + 1, batch, units), np.float32)
+        hs[0] = h0
+        cs = None
+        if cell == "lstm":
+            cs = np.empty((steps + 1, batch, units), np.float32)
+            cs[0] = c0
+        gates = np.empty((steps, batch, gu), np.float32)
+        extra = None if cell == "simple" else np.empty((steps, batch, units), np.float32)
+        ys = np.empty((steps, batch, units), np.float32)
+        mask = None if mask is None else np.ascontiguousarray(mask, dtype=bool)
+        rec_mask = _f32_or_none(rec_mask, "rec_mask")
+        hd = None if rec_mask is None else np.empty((steps, batch, units), np.float32)
+        flat = [None if a is None else a.reshape(-1) for a in
+                (x, _f32(kernel, "kernel"), _f32(recurrent, "recurrent"),
+                 _f32_or_none(bias, "bias"), mask, ys, hs, cs, gates, extra)]
+        _core.rnn_forward(cell, steps, batch, d_in, units, *flat,
+                          np.empty(batch * gu, np.float32), act[0], rec_act[0], reset_after,
+                          zero_output, None if rec_mask is None else rec_mask.reshape(-1),
+                          None if hd is None else hd.reshape(-1))
+        cache = {"kernel": True, "x": x, "bias": flat[3], "mask": mask, "hs": hs, "cs": cs,
+                 "gates": gates, "extra": extra, "rec_mask": rec_mask, "hd": hd}
+        return ys, hs[steps], None if cs is None else cs[steps], cache
+
+    def rnn_backward(self, cell, cache, dy, dh_t, dc_t, kernel, recurrent, d_kernel,
+                     d_recurrent, d_bias, act, rec_act, reset_after=True, zero_output=False,
+                     need_dx=True):
+        if "kernel" not in cache:       # the reference's forward made it
+            return super().rnn_backward(cell, cache, dy, dh_t, dc_t, kernel, recurrent,
+                                        d_kernel, d_recurrent, d_bias, act, rec_act,
+                                        reset_after, zero_output, need_dx)
+        x = cache["x"]
+        steps, batch, d_in = x.shape
+        units, gu = recurrent.shape
+
+        def state(given):
+            return np.zeros((batch, units), np.float32) if given is None else \
+                np.array(given, np.float32, order="C")      # a copy: the kernel writes it
+        dh = state(dh_t)
+        dc = state(dc_t) if cell == "lstm" else None
+        scratch = np.empty((3, batch * units), np.float32)
+        dgx = np.empty((steps, batch, gu), np.float32)
+        dgr = np.empty_like(dgx) if cell == "gru" and reset_after else dgx
+        dx = np.empty((steps, batch, d_in), np.float32) if need_dx else None
+        flat = [None if a is None else a.reshape(-1) for a in
+                (x, _f32(kernel, "kernel"), _f32(recurrent, "recurrent"))]
+        _core.rnn_backward(
+            cell, steps, batch, d_in, units, *flat, cache["bias"], cache["mask"] if
+            cache["mask"] is None else cache["mask"].reshape(-1),
+            *[None if a is None else a.reshape(-1) for a in
+              (cache["hs"], cache["cs"], cache["gates"], cache["extra"],
+               _f32(dy, "dy"), dh, dc)],
+            scratch[0], scratch[1], scratch[2], dgx.reshape(-1), dgr.reshape(-1),
+            d_kernel.reshape(-1), d_recurrent.reshape(-1),
+            None if d_bias is None else d_bias.reshape(-1),
+            None if dx is None else dx.reshape(-1), act[0], rec_act[0], reset_after,
+            zero_output, *[None if a is None else a.reshape(-1)
+                           for a in (cache["rec_mask"], cache["hd"])])
+        return dx, dh, dc

@@ -1,0 +1,377 @@
+/* Recurrent layers (SimpleRNN, LSTM, GRU) over a whole sequence, time-major, forward and back
+ * through time. The math is fastnn/backend/base.py's rnn_forward / rnn_backward (the
+ * specification); the work is:
+ *   forward:  the input projection of every step as one GEMM, then per step one GEMM of the
+ *             previous state by the recurrent kernel (all gates at once) and one fused pass of
+ *             the gate nonlinearities and the state update;
+ *   backward: per step one fused pass giving the gates' gradients and one GEMM giving the
+ *             previous state's; then the kernel, recurrent kernel and input gradients as one
+ *             GEMM each over all steps, the bias gradient as column sums.
+ * Each step's elementwise pass is small (batch x gates), so it runs on one thread; the GEMMs
+ * split on fastnn's threads (fnn_gemm), with splits fixed by the shapes: results are the same
+ * for any thread count. Activations here: linear, relu, sigmoid, tanh (their derivatives read
+ * off the outputs); the caller takes the reference path for others. */
+#include <string.h>
+
+#include "fastnn.h"
+#include "vmath.h"
+
+/* v = act(v) over n floats; the switch outside the loops so each loop vectorizes. */
+FNN_INLINE void act_span(int act, float *v, int n) {
+    int i;
+    switch (act) {
+    case FNN_RELU:
+        for (i = 0; i < n; i++) v[i] = v[i] > 0.0f ? v[i] : 0.0f;
+        break;
+    case FNN_SIGMOID:
+        for (i = 0; i < n; i++) v[i] = sigmoidf(v[i]);
+        break;
+    case FNN_TANH:
+        for (i = 0; i < n; i++) v[i] = vtanhf(v[i]);
+        break;
+    default:    /* linear */
+        break;
+    }
+}
+
+/* d[i] *= act'(z) read off y = act(z). */
+FNN_INLINE void dact_span(int act, const float *y, float *d, int n) {
+    int i;
+    switch (act) {
+    case FNN_RELU:
+        for (i = 0; i < n; i++) d[i] = y[i] > 0.0f ? d[i] : 0.0f;
+        break;
+    case FNN_SIGMOID:
+        for (i = 0; i < n; i++) d[i] = d[i] * (y[i] * (1.0f - y[i]));
+        break;
+    case FNN_TANH:
+        for (i = 0; i < n; i++) d[i] = d[i] * (1.0f - y[i] * y[i]);
+        break;
+    default:
+        break;
+    }
+}
+
+int fnn_rnn_act_supported(int act) {
+    return act == FNN_LINEAR || act == FNN_RELU || act == FNN_SIGMOID || act == FNN_TANH;
+}
+
+static int gates_of(int kind) {
+    return kind == FNN_RNN_LSTM ? 4 : kind == FNN_RNN_GRU ? 3 : 1;
+}
+
+/* The batch's rows run their recurrences independently, so the sequence is cut into chunks of
+ * rows, each run through all its steps by one thread: a step's GEMM (batch x units x
+ * gates*units: 2M multiply-adds for LSTM(128) at batch 32) is too small to split on its own
+ * (waking a team T times a sequence cost 13x on two busy cores), while the chunks need no
+ * synchronisation until the sequence ends. The cut depends on the batch size only (about 16
+ * rows a chunk, at most RNN_MAX_CHUNKS), so results are the same for any thread count. */
+/* 16 rows keep an LSTM(128) step's GEMM (16 x 128 x 512) within OpenBLAS's unpacked
+ * small-matrix kernels: 32-row chunks made the whole forward and backward 2x slower on one
+ * thread, 8-row chunks were as fast as 16. */
+#define RNN_CHUNK_ROWS 16
+#define RNN_MAX_CHUNKS 8
+static int batch_chunks(int batch) {
+    int chunks = batch / RNN_CHUNK_ROWS;
+    return chunks < 1 ? 1 : chunks > RNN_MAX_CHUNKS ? RNN_MAX_CHUNKS : chunks;
+}
+
+static int chunk_threads(const fnn_rnn *r, int chunks, int n_threads) {
+    double work = (double)r->steps * r->batch * r->units * gates_of(r->kind) * r->units;
+    int nt = n_threads < chunks ? n_threads : chunks;
+    return work >= FNN_PARALLEL_MIN ? nt : 1;
+}
+
+/* One step's elementwise pass after the recurrent GEMM (rec, batch x G*U): gates post
+ * activation into g (which held the input projection), the new states, the output. */
+FNN_DISPATCH
+static void step_forward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t *mask,
+                         float *g, float *rec,
+                         const float *hp, float *h, const float *cp, float *c, float *ex,
+                         const float *y_prev, float *y) {
+    int u = r->units, gu = gates_of(r->kind) * u, j;
+    for (int b = b0; b < b1; b++) {
+        float *gb = g + (size_t)b * gu, *rb = rec + (size_t)b * gu;
+        const float *hpb = hp + (size_t)b * u;
+        float *hb = h + (size_t)b * u, *yb = y + (size_t)b * u;
+        float *exb = ex ? ex + (size_t)b * u : 0;
+        int keep = !mask || mask[(size_t)t * r->batch + b];
+        if (!keep) {    /* state carried over, output the previous one (or zeros) */
+            memcpy(hb, hpb, (size_t)u * sizeof(float));
+            if (c) memcpy(c + (size_t)b * u, cp + (size_t)b * u, (size_t)u * sizeof(float));
+            if (r->zero_output || !y_prev) memset(yb, 0, (size_t)u * sizeof(float));
+            else memcpy(yb, y_prev + (size_t)b * u, (size_t)u * sizeof(float));
+            continue;
+        }
+        if (r->kind == FNN_RNN_SIMPLE) {
+            for (j = 0; j < u; j++) gb[j] += rb[j];
+            act_span(r->act, gb, u);
+            memcpy(hb, gb, (size_t)u * sizeof(float));
+        } else if (r->kind == FNN_RNN_LSTM) {
+            const float *cpb = cp + (size_t)b * u;
+            float *cb = c + (size_t)b * u;
+            for (j = 0; j < gu; j++) gb[j] += rb[j];
+            act_span(r->rec_act, gb, 2 * u);            /* i, f */
+            act_span(r->act, gb + 2 * u, u);            /* c candidate */
+            act_span(r->rec_act, gb + 3 * u, u);        /* o */
+            for (j = 0; j < u; j++) {
+                float cj = gb[u + j] * cpb[j] + gb[j] * gb[2 * u + j];
+                cb[j] = cj;
+                exb[j] = cj;
+            }
+            act_span(r->act, exb, u);                   /* act(c), kept for backward */
+            for (j = 0; j < u; j++) hb[j] = gb[3 * u + j] * exb[j];
+        } else {
+            /* GRU: z, r from the input and recurrent parts; reset_after: r scales the
+             * recurrent product (bias included), kept in ex; else z, r are done (gru_zr) and
+             * rec's h part is (r h) R_h, from the second GEMM */
+            if (r->reset_after) {
+                for (j = 0; j < 2 * u; j++) gb[j] += rb[j];
+                act_span(r->rec_act, gb, 2 * u);
+                for (j = 0; j < u; j++) {
+                    exb[j] = rb[2 * u + j];
+                    gb[2 * u + j] += gb[u + j] * rb[2 * u + j];
+                }
+            } else {
+                for (j = 0; j < u; j++) gb[2 * u + j] += rb[2 * u + j];
+            }
+            act_span(r->act, gb + 2 * u, u);
+            for (j = 0; j < u; j++)
+                hb[j] = gb[j] * hpb[j] + (1.0f - gb[j]) * gb[2 * u + j];
+        }
+        memcpy(yb, hb, (size_t)u * sizeof(float));
+    }
+}
+
+/* GRU without reset_after: z, r first (the candidate's GEMM needs r h), ex = r h. */
+FNN_DISPATCH
+static void gru_zr(const fnn_rnn *r, int b0, int b1, float *g, const float *rec, const float *hp,
+                   float *ex) {
+    int u = r->units, gu = 3 * u, j;
+    for (int b = b0; b < b1; b++) {
+        float *gb = g + (size_t)b * gu;
+        const float *rb = rec + (size_t)b * gu, *hpb = hp + (size_t)b * u;
+        float *exb = ex + (size_t)b * u;
+        for (j = 0; j < 2 * u; j++) gb[j] += rb[j];
+        act_span(r->rec_act, gb, 2 * u);
+        for (j = 0; j < u; j++) exb[j] = gb[u + j] * hpb[j];
+    }
+}
+
+int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float *ys, float *hs,
+                    float *cs, float *gates, float *extra, float *rec, const float *rec_mask,
+                    float *hd, int n_threads) {
+    int T = r->steps, B = r->batch, D = r->d_in, u = r->units;
+    int gu = gates_of(r->kind) * u;
+    size_t su = (size_t)B * u, sg = (size_t)B * gu;
+    const float *in_bias = r->bias, *rec_bias = 0;
+    if (r->bias && r->kind == FNN_RNN_GRU && r->reset_after) rec_bias = r->bias + gu;
+    /* the input projection of all steps at once, its bias added */
+    if (fnn_gemm(0, 0, T * B, gu, D, 1.0f, x, D, r->kernel, gu, 0.0f, gates, gu, n_threads))
+        return -1;
+    if (in_bias) {
+        for (size_t row = 0; row < (size_t)T * B; row++) {
+            float *gr = gates + row * gu;
+            for (int j = 0; j < gu; j++) gr[j] += in_bias[j];
+        }
+    }
+    int gru_before = r->kind == FNN_RNN_GRU && !r->reset_after;
+    int chunks = batch_chunks(B), nt = chunk_threads(r, chunks, n_threads), ci;
+    int saved = fnn_blas_pin();     /* the chunks' GEMMs call the BLAS from several threads */
+    FNN_PARALLEL_FOR(schedule(static),
+        for (ci = 0; ci < chunks; ci++) {
+            int b0 = (int)((long)B * ci / chunks), b1 = (int)((long)B * (ci + 1) / chunks);
+            int nb = b1 - b0;
+            float *rc = rec + (size_t)b0 * gu;
+            for (int t = 0; t < T; t++) {
+                const float *hp = hs + t * su, *hk = hp;
+                float *g = gates + t * sg, *ex = extra ? extra + t * su : 0;
+                if (rec_mask) {     /* recurrent dropout: the state the kernel multiplies */
+                    float *hdt = hd + t * su;
+                    for (size_t i = (size_t)b0 * u; i < (size_t)b1 * u; i++)
+                        hdt[i] = hp[i] * rec_mask[i];
+                    hk = hdt;
+                }
+                /* the recurrent product of all gates (GRU without reset_after: z, r only) */
+                fnn_gemm(0, 0, nb, gru_before ? 2 * u : gu, u, 1.0f, hk + (size_t)b0 * u, u,
+                         r->recurrent, gu, 0.0f, rc, gu, 1);
+                if (rec_bias) {
+                    for (int b = 0; b < nb; b++)
+                        for (int j = 0; j < gu; j++) rc[(size_t)b * gu + j] += rec_bias[j];
+                }
+                if (gru_before) {
+                    gru_zr(r, b0, b1, g, rec, hk, ex);
+                    fnn_gemm(0, 0, nb, u, u, 1.0f, ex + (size_t)b0 * u, u, r->recurrent + 2 * u,
+                             gu, 0.0f, rc + 2 * u, gu, 1);
+                }
+                step_forward(r, b0, b1, t, mask, g, rec, hp, hs + (t + 1) * su,
+                             cs ? cs + t * su : 0, cs ? cs + (t + 1) * su : 0, ex,
+                             t ? ys + (t - 1) * su : 0, ys + t * su);
+            }
+        });
+    fnn_blas_restore(saved);
+    return 0;
+}
+
+/* One step back: from dy (the output's gradient) and dh, dc (the state's, from the step
+ * after), the gates' pre-activation gradients dgx (input side) and dgr (recurrent side: the
+ * same array but for a GRU with reset_after), and in dh the part of the previous state's
+ * gradient that does not go through the recurrent GEMM (the caller adds dgr R^T). A masked
+ * step's gates get no gradient, its state's passes on, its output's goes to the previous
+ * output (carry) unless zero_output. GRU without reset_after: this is its first half (dht
+ * kept for gru_r_backward, after the GEMM through r h). */
+FNN_DISPATCH
+static void step_backward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t *mask,
+                          const float *dy,
+                          float *carry, float *dh, float *dc, float *dht, const float *g,
+                          const float *ex, const float *hp, const float *cp, float *dgx,
+                          float *dgr) {
+    int u = r->units, gu = gates_of(r->kind) * u, j;
+    for (int b = b0; b < b1; b++) {
+        const float *dyb = dy + (size_t)b * u, *gb = g + (size_t)b * gu;
+        const float *hpb = hp + (size_t)b * u;
+        float *cb = carry + (size_t)b * u, *dhb = dh + (size_t)b * u;
+        float *dtb = dht + (size_t)b * u, *xb = dgx + (size_t)b * gu;
+        int keep = !mask || mask[(size_t)t * r->batch + b];
+        if (!keep) {
+            for (j = 0; j < u; j++) cb[j] = r->zero_output ? 0.0f : dyb[j] + cb[j];
+            memset(xb, 0, (size_t)gu * sizeof(float));
+            if (dgr != dgx) memset(dgr + (size_t)b * gu, 0, (size_t)gu * sizeof(float));
+            continue;
+        }
+        for (j = 0; j < u; j++) {
+            dtb[j] = dhb[j] + dyb[j] + cb[j];
+            cb[j] = 0.0f;
+        }
+        if (r->kind == FNN_RNN_SIMPLE) {
+            for (j = 0; j < u; j++) xb[j] = dtb[j];
+            dact_span(r->act, gb, xb, u);
+            for (j = 0; j < u; j++) dhb[j] = 0.0f;
+        } else if (r->kind == FNN_RNN_LSTM) {
+            const float *tc = ex + (size_t)b * u, *cpb = cp + (size_t)b * u;
+            float *dcb = dc + (size_t)b * u;
+            for (j = 0; j < u; j++) {
+                xb[3 * u + j] = dtb[j] * tc[j];
+                dtb[j] = dtb[j] * gb[3 * u + j];
+            }
+            dact_span(r->act, tc, dtb, u);
+            for (j = 0; j < u; j++) {
+                float dct = dcb[j] + dtb[j];
+                xb[j] = dct * gb[2 * u + j];
+                xb[u + j] = dct * cpb[j];
+                xb[2 * u + j] = dct * gb[j];
+                dcb[j] = dct * gb[u + j];
+                dhb[j] = 0.0f;
+            }
+            dact_span(r->rec_act, gb, xb, 2 * u);
+            dact_span(r->act, gb + 2 * u, xb + 2 * u, u);
+            dact_span(r->rec_act, gb + 3 * u, xb + 3 * u, u);
+        } else {
+            for (j = 0; j < u; j++) {
+                xb[2 * u + j] = dtb[j] * (1.0f - gb[j]);
+                xb[j] = dtb[j] * (hpb[j] - gb[2 * u + j]);
+            }
+            dact_span(r->act, gb + 2 * u, xb + 2 * u, u);
+            dact_span(r->rec_act, gb, xb, u);
+            if (r->reset_after) {
+                const float *rh = ex + (size_t)b * u;
+                float *rb = dgr + (size_t)b * gu;
+                for (j = 0; j < u; j++) {
+                    xb[u + j] = xb[2 * u + j] * rh[j];
+                    rb[2 * u + j] = xb[2 * u + j] * gb[u + j];
+                    dhb[j] = dtb[j] * gb[j];
+                }
+                dact_span(r->rec_act, gb + u, xb + u, u);
+                memcpy(rb, xb, 2 * (size_t)u * sizeof(float));
+            }
+        }
+    }
+}
+
+/* GRU without reset_after, after drh = (candidate's gradient) R_h^T: the r gate's gradient
+ * (through r hk, hk the state as the kernel saw it) and the previous state's direct part,
+ * dht z + drh r (times the recurrent dropout mask rm, if any). */
+FNN_DISPATCH
+static void gru_r_backward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t *mask,
+                           const float *drh, const float *dht, const float *g, const float *hk,
+                           const float *rm, float *dgx, float *dh) {
+    int u = r->units, gu = 3 * u, j;
+    for (int b = b0; b < b1; b++) {
+        if (mask && !mask[(size_t)t * r->batch + b]) continue;
+        const float *gb = g + (size_t)b * gu, *hkb = hk + (size_t)b * u;
+        const float *db = drh + (size_t)b * u, *dtb = dht + (size_t)b * u;
+        float *xb = dgx + (size_t)b * gu, *dhb = dh + (size_t)b * u;
+        for (j = 0; j < u; j++) {
+            float via_r = db[j] * gb[u + j];
+            xb[u + j] = db[j] * hkb[j];
+            dhb[j] = dtb[j] * gb[j] + (rm ? via_r * rm[(size_t)b * u + j] : via_r);
+        }
+        dact_span(r->rec_act, gb + u, xb + u, u);
+    }
+}
+
+int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, const float *hs,
+                     const float *cs, const float *gates, const float *extra, const float *dys,
+                     float *dh, float *dc, float *carry, float *dht, float *drh, float *dgx,
+                     float *dgr, float *d_kernel, float *d_recurrent, float *d_bias, float *dx,
+                     const float *rec_mask, const float *hd, int n_threads) {
+    int T = r->steps, B = r->batch, D = r->d_in, u = r->units;
+    int gu = gates_of(r->kind) * u, rows = T * B;
+    size_t su = (size_t)B * u, sg = (size_t)B * gu;
+    int gru_before = r->kind == FNN_RNN_GRU && !r->reset_after;
+    if (!fnn_blas_ready()) return -1;
+    memset(carry, 0, su * sizeof(float));
+    int chunks = batch_chunks(B), nt = chunk_threads(r, chunks, n_threads), ci;
+    int saved = fnn_blas_pin();
+    FNN_PARALLEL_FOR(schedule(static),
+        for (ci = 0; ci < chunks; ci++) {
+            int b0 = (int)((long)B * ci / chunks), b1 = (int)((long)B * (ci + 1) / chunks);
+            int nb = b1 - b0;
+            float *dhc = dh + (size_t)b0 * u;
+            for (int t = T - 1; t >= 0; t--) {
+                const float *ex = extra ? extra + t * su : 0;
+                float *gx = dgx + t * sg, *gr = dgr + t * sg;
+                step_backward(r, b0, b1, t, mask, dys + t * su, carry, dh, dc, dht,
+                              gates + t * sg, ex, hs + t * su, cs ? cs + t * su : 0, gx, gr);
+                if (gru_before) {
+                    fnn_gemm(0, 1, nb, u, u, 1.0f, gx + (size_t)b0 * gu + 2 * u, gu,
+                             r->recurrent + 2 * u, gu, 0.0f, drh + (size_t)b0 * u, u, 1);
+                    gru_r_backward(r, b0, b1, t, mask, drh, dht, gates + t * sg,
+                                   rec_mask ? hd + t * su : hs + t * su, rec_mask, gx, dh);
+                }
+                /* the previous state's gradient through the recurrent kernel (masked rows:
+                 * dgr is zero there, so their carried dh is unchanged); with recurrent
+                 * dropout, through its mask (dht is free by now: the product goes there) */
+                int k = gru_before ? 2 * u : gu;
+                if (rec_mask) {
+                    float *tmp = dht + (size_t)b0 * u;
+                    const float *rmc = rec_mask + (size_t)b0 * u;
+                    fnn_gemm(0, 1, nb, u, k, 1.0f, gr + (size_t)b0 * gu, gu, r->recurrent, gu,
+                             0.0f, tmp, u, 1);
+                    for (size_t i = 0; i < (size_t)nb * u; i++) dhc[i] += tmp[i] * rmc[i];
+                } else {
+                    fnn_gemm(0, 1, nb, u, k, 1.0f, gr + (size_t)b0 * gu, gu, r->recurrent, gu,
+                             1.0f, dhc, u, 1);
+                }
+            }
+        });
+    fnn_blas_restore(saved);
+    /* the weights' gradients over all steps at once (the states as the kernel saw them) */
+    const float *hk = rec_mask ? hd : hs;
+    if (gru_before) {
+        fnn_gemm(1, 0, u, 2 * u, rows, 1.0f, hk, u, dgx, gu, 0.0f, d_recurrent, gu, n_threads);
+        fnn_gemm(1, 0, u, u, rows, 1.0f, extra, u, dgx + 2 * u, gu, 0.0f, d_recurrent + 2 * u,
+                 gu, n_threads);
+    } else {
+        fnn_gemm(1, 0, u, gu, rows, 1.0f, hk, u, dgr, gu, 0.0f, d_recurrent, gu, n_threads);
+    }
+    fnn_gemm(1, 0, D, gu, rows, 1.0f, x, D, dgx, gu, 0.0f, d_kernel, gu, n_threads);
+    if (d_bias) {
+        fnn_column_sum(dgx, d_bias, (size_t)rows, (size_t)gu, n_threads);
+        if (r->kind == FNN_RNN_GRU && r->reset_after)
+            fnn_column_sum(dgr, d_bias + gu, (size_t)rows, (size_t)gu, n_threads);
+    }
+    if (dx)
+        fnn_gemm(0, 1, rows, D, gu, 1.0f, dgx, gu, r->kernel, gu, 0.0f, dx, D, n_threads);
+    return 0;
+}
