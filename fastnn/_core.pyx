@@ -1963,7 +1963,9 @@ _RNN_KINDS = {"simple": (0, 1), "lstm": (1, 4), "gru": (2, 3)}
 
 
 def rnn_act_supported(int act):
-    """Whether the recurrent kernels compute this activation id."""
+    """Whether the recurrent kernels compute this activation id (an unknown id is an error,
+    as in activation_needs_input, not "unsupported")."""
+    _check_act(act)
     return bool(fnn_rnn_act_supported(act))
 
 
@@ -2005,8 +2007,11 @@ cdef const uint8_t *_rnn_mask(str fn, mask, Py_ssize_t n) except? NULL:
         return NULL
     cdef const uint8_t[::1] M
     if getattr(mask, "dtype", None) != bool or not mask.flags.c_contiguous:
-        raise TypeError(f"{fn}: mask must be a C-contiguous bool array, got "
+        raise TypeError(f"{fn}: mask must be a C-contiguous 1-D bool array, got "
                         f"{_describe(mask)}")
+    if mask.ndim != 1:      # flat, as every other array here
+        raise ValueError(f"{fn}: mask must be a C-contiguous 1-D bool array, got "
+                         f"{_describe(mask)}")
     try:
         M = mask.view("uint8").reshape(-1)      # a view: the pointer lives as mask does
     except Exception as e:

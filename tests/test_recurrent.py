@@ -226,6 +226,38 @@ def test_kernel_checks_sizes_before_touching_memory():
         _core.rnn_forward(*args.values(), *bad, A.TANH, A.SIGMOID)
 
 
+
+@pytest.mark.parametrize("reference", [False, True])
+def test_ops_check_their_arguments_by_name(reference):
+    """rnn_forward / rnn_backward (the active backend's and the reference) reject a bad cell,
+    act pair, cache or shape with an error naming the argument, before any step runs."""
+    ops = Ops() if reference else get_ops()
+    mv = (lambda a: a) if reference else put      # the reference runs on NumPy
+    rng = np.random.default_rng(0)
+    x, k, r = (mv(rng.normal(size=s).astype(np.float32)) for s in ((2, 3, 4), (4, 6), (2, 6)))
+    h0, bias = mv(np.zeros((3, 2), np.float32)), mv(np.zeros(6, np.float32))
+    act, rec = (A.TANH, 0.0), (A.SIGMOID, 0.0)
+    fwd = [x, k, r, bias, h0, None, None, act, rec, False]
+    for i, value, exc, name in [(None, "rnn", ValueError, "cell"), (7, A.TANH, TypeError, "act"),
+                                (2, mv(np.zeros((2, 3), np.float32)), ValueError, "recurrent"),
+                                (3, mv(np.zeros((2, 6), np.float32)), ValueError, "bias"),
+                                (4, None, TypeError, "h0"),
+                                (6, mv(np.ones((3, 2), bool)), ValueError, "mask")]:
+        args = ["gru"] + list(fwd)
+        args[0 if i is None else i + 1] = value
+        with pytest.raises(exc, match=name):
+            ops.rnn_forward(*args)
+    ys, _, _, cache = ops.rnn_forward("gru", *fwd)
+    grads = [mv(np.zeros(s, np.float32)) for s in ((4, 6), (2, 6), (6,))]
+    with pytest.raises(TypeError, match="cache"):
+        ops.rnn_backward("gru", {"x": x}, ys, None, None, k, r, *grads, act, rec, False)
+    with pytest.raises(ValueError, match="dy"):
+        ops.rnn_backward("gru", cache, ys[:1], None, None, k, r, *grads, act, rec, False)
+    with pytest.raises(ValueError, match="d_bias"):
+        ops.rnn_backward("gru", cache, ys, None, None, k, r, *grads[:2],
+                         mv(np.zeros((2, 6), np.float32)), act, rec, False)
+    ops.rnn_backward("gru", cache, ys, None, None, k, r, *grads, act, rec, False)
+
 # ---- calls: eager, tape, functional --------------------------------------------------------------
 def test_eager_call_with_mask_initial_state_and_return_state():
     x = np.random.default_rng(0).normal(size=(2, 4, 3)).astype(np.float32)

@@ -8,6 +8,8 @@ Conventions: float32 arrays; `out=` arguments are written in place and returned;
 given by integer id (fastnn.activations.ID) plus a float parameter `alpha` (the negative slope of
 leaky_relu, the alpha of elu).
 """
+import numbers
+
 import numpy
 
 from .. import activations as A
@@ -15,6 +17,79 @@ from .. import activations as A
 _SELU_ALPHA = 1.6732632423543772848170429916717
 _SELU_SCALE = 1.0507009873554804934193349852946
 EPSILON = 1e-7
+
+
+# ---- the recurrent ops' boundary: checked once per sequence (cheap next to the steps) -------
+_RNN_GATES = {"simple": 1, "lstm": 4, "gru": 3}
+RNN_CACHE_KEYS = frozenset({"x", "hs", "cs", "pre", "gates", "extra", "mask", "two",
+                            "rec_mask"})
+
+
+def _rnn_array(a, name, shape, required=True, dtype_kind="f"):
+    if a is None:
+        if required:
+            raise TypeError(f"{name}: expected an array of shape {shape}, got None")
+        return
+    got = getattr(a, "shape", None)
+    if got is None or getattr(a, "dtype", None) is None:
+        raise TypeError(f"{name}: expected an array of shape {shape}, got {type(a).__name__}")
+    if a.dtype.kind != dtype_kind:
+        raise TypeError(f"{name}: expected a {'float32' if dtype_kind == 'f' else 'bool'} "
+                        f"array, got dtype {a.dtype}")
+    if tuple(got) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(got)}")
+
+
+def rnn_sizes(cell, x, kernel, recurrent, act, rec_act):
+    """Checks what rnn_forward and rnn_backward share; returns (steps, batch, d_in, units,
+    gates * units)."""
+    if not isinstance(cell, str) or cell not in _RNN_GATES:
+        raise ValueError(f"cell: expected one of {sorted(_RNN_GATES)}, got {cell!r}")
+    for name, a in (("act", act), ("rec_act", rec_act)):
+        if not isinstance(a, (tuple, list)) or len(a) != 2 or not isinstance(a[0], numbers.Integral):
+            raise TypeError(f"{name}: expected an (activation id, alpha) pair, got {a!r}")
+    if getattr(x, "ndim", None) != 3:
+        raise ValueError(f"x: expected a (steps, batch, features) array, got "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
+    units = getattr(recurrent, "shape", (0,))[0]
+    gu = _RNN_GATES[cell] * units
+    _rnn_array(recurrent, "recurrent", (units, gu))
+    steps, batch, d_in = x.shape
+    _rnn_array(x, "x", x.shape)
+    _rnn_array(kernel, "kernel", (d_in, gu))
+    return steps, batch, d_in, units, gu
+
+
+def rnn_bias_shape(cell, gu, reset_after):
+    return (2, gu) if cell == "gru" and reset_after else (gu,)
+
+
+def rnn_check_forward(cell, x, kernel, recurrent, bias, h0, c0, mask, act, rec_act,
+                      reset_after, rec_mask):
+    steps, batch, d_in, units, gu = rnn_sizes(cell, x, kernel, recurrent, act, rec_act)
+    _rnn_array(bias, "bias", rnn_bias_shape(cell, gu, reset_after), False)
+    _rnn_array(h0, "h0", (batch, units))
+    if cell == "lstm":
+        _rnn_array(c0, "c0", (batch, units))
+    _rnn_array(mask, "mask", (steps, batch), False, "b")
+    _rnn_array(rec_mask, "rec_mask", (batch, units), False)
+
+
+def rnn_check_backward(cell, cache, keys, dy, dh_t, dc_t, kernel, recurrent, d_kernel,
+                       d_recurrent, d_bias, act, rec_act, reset_after):
+    if not isinstance(cache, dict) or not keys <= cache.keys():
+        raise TypeError(f"cache: expected the dict rnn_forward returned (keys "
+                        f"{sorted(keys)}), got {type(cache).__name__}"
+                        + (f" with keys {sorted(cache)}" if isinstance(cache, dict) else ""))
+    steps, batch, d_in, units, gu = rnn_sizes(cell, cache["x"], kernel, recurrent, act,
+                                              rec_act)
+    _rnn_array(dy, "dy", (steps, batch, units))
+    _rnn_array(dh_t, "dh_t", (batch, units), False)
+    if cell == "lstm":
+        _rnn_array(dc_t, "dc_t", (batch, units), False)
+    _rnn_array(d_kernel, "d_kernel", (d_in, gu))
+    _rnn_array(d_recurrent, "d_recurrent", (units, gu))
+    _rnn_array(d_bias, "d_bias", rnn_bias_shape(cell, gu, reset_after), False)
 
 
 def pointwise(window):
@@ -726,6 +801,8 @@ class Ops:
                     reset_after=True, zero_output=False, rec_mask=None):
         """Returns (y (T, B, U) outputs, h_T, c_T (None but for an LSTM), cache): the cache
         is what rnn_backward reads (opaque: each backend reads its own)."""
+        rnn_check_forward(cell, x, kernel, recurrent, bias, h0, c0, mask, act, rec_act,
+                          reset_after, rec_mask)
         xp = self.xp
         steps, batch, d_in = x.shape
         units = recurrent.shape[0]
@@ -804,6 +881,8 @@ class Ops:
         (dx (T, B, D) or None, dh0, dc0 (None but for an LSTM)). A masked step passes the
         state's gradient to the step before, and its output's (unless zero_output) to the
         previous output."""
+        rnn_check_backward(cell, cache, RNN_CACHE_KEYS, dy, dh_t, dc_t, kernel, recurrent,
+                           d_kernel, d_recurrent, d_bias, act, rec_act, reset_after)
         xp = self.xp
         x, hs, cs, pre, gates, extra = (cache[k] for k in
                                         ("x", "hs", "cs", "pre", "gates", "extra"))

@@ -14,7 +14,7 @@ except ImportError as exc:    # a source checkout without its extension, most li
         "checkout shadowing the installed fastnn (Python puts the current folder first on "
         "sys.path). Run from another folder, or build the checkout in place with "
         f"`pip install -e .` ({exc})") from exc
-from .base import Ops
+from .base import Ops, rnn_check_backward, rnn_check_forward
 from . import blas
 
 
@@ -45,6 +45,11 @@ def _index_array(a, name):
     if a.dtype not in (np.int32, np.int64):
         a = a.astype(np.int64)
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+# what CpuOps.rnn_forward's cache holds (the reference's differs: it has no "kernel")
+_RNN_CACHE_KEYS = frozenset({"kernel", "x", "bias", "mask", "hs", "cs", "gates", "extra",
+                             "rec_mask", "hd"})
 
 
 def _f32_or_none(a, name):
@@ -272,6 +277,8 @@ class CpuOps(Ops):
     # ---- recurrent layers: csrc/recurrent.c (the activations it has; else the reference) --
     def rnn_forward(self, cell, x, kernel, recurrent, bias, h0, c0, mask, act, rec_act,
                     reset_after=True, zero_output=False, rec_mask=None):
+        rnn_check_forward(cell, x, kernel, recurrent, bias, h0, c0, mask, act, rec_act,
+                          reset_after, rec_mask)
         if not (_core.rnn_act_supported(act[0]) and _core.rnn_act_supported(rec_act[0])):
             return super().rnn_forward(cell, x, kernel, recurrent, bias, h0, c0, mask, act,
                                        rec_act, reset_after, zero_output, rec_mask)
@@ -304,10 +311,17 @@ class CpuOps(Ops):
     def rnn_backward(self, cell, cache, dy, dh_t, dc_t, kernel, recurrent, d_kernel,
                      d_recurrent, d_bias, act, rec_act, reset_after=True, zero_output=False,
                      need_dx=True):
-        if "kernel" not in cache:       # the reference's forward made it
+        if not isinstance(cache, dict) or "kernel" not in cache:   # the reference's forward
             return super().rnn_backward(cell, cache, dy, dh_t, dc_t, kernel, recurrent,
                                         d_kernel, d_recurrent, d_bias, act, rec_act,
                                         reset_after, zero_output, need_dx)
+        rnn_check_backward(cell, cache, _RNN_CACHE_KEYS, dy, dh_t, dc_t, kernel, recurrent,
+                           d_kernel, d_recurrent, d_bias, act, rec_act, reset_after)
+        for name, a in (("d_kernel", d_kernel), ("d_recurrent", d_recurrent),
+                        ("d_bias", d_bias)):    # the kernel writes them in place, flat
+            if a is not None and not (a.dtype == np.float32 and a.flags.c_contiguous):
+                raise TypeError(f"{name}: expected a C-contiguous float32 array, got "
+                                f"{a.dtype}{'' if a.flags.c_contiguous else ' non-contiguous'}")
         x = cache["x"]
         steps, batch, d_in = x.shape
         units, gu = recurrent.shape

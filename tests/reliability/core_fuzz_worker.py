@@ -264,6 +264,66 @@ def spec_embed_scatter_add(rng):
         dict(ids="in", dy="in", d_table="out", free={"d_table"}, index={"ids"})
 
 
+def _rnn(rng):
+    """A small recurrent sequence: its sizes, flat weights and optional pieces (bias, mask,
+    recurrent dropout), and the metadata the forward and backward specs share."""
+    kind = str(rng.choice(["simple", "lstm", "gru"]))
+    steps, batch, d_in, units = (int(v) for v in rng.integers(1, 4, 4))
+    gu = {"simple": 1, "lstm": 4, "gru": 3}[kind] * units
+    reset_after = bool(rng.integers(0, 2))
+    two = kind == "gru" and reset_after        # a GRU with reset_after has two bias rows
+    n, su = steps * batch, batch * units
+    bias = f(rng, gu * (2 if two else 1)) if rng.random() < 0.8 else None
+    mask = rng.random(n) < 0.7 if rng.random() < 0.5 else None
+    rec_mask = pos(rng, su) if rng.random() < 0.5 else None
+    sizes = dict(kind=kind, steps=steps, batch=batch, d_in=d_in, units=units,
+                 x=f(rng, n * d_in), kernel=f(rng, d_in * gu), recurrent=f(rng, units * gu),
+                 bias=bias, mask=mask)
+    # act ids: linear, relu, sigmoid, tanh have recurrent kernels
+    acts = dict(act=int(rng.choice([0, 1, 2, 3])), rec_act=int(rng.choice([0, 1, 2, 3])),
+                reset_after=reset_after, zero_output=bool(rng.integers(0, 2)))
+    meta = dict(x="in", kernel="in", recurrent="in", bias="in?", mask="in?",
+                ints={"steps": True, "batch": True, "d_in": True, "units": True, "act": True,
+                      "rec_act": True})
+    return kind, n, su, gu, two, sizes, acts, rec_mask, meta
+
+
+def spec_rnn_forward(rng):
+    kind, n, su, gu, two, d, acts, rec_mask, meta = _rnn(rng)
+    units = d["units"]
+    d.update(ys=f(rng, n * units), hs=f(rng, su + n * units),
+             cs=f(rng, su + n * units) if kind == "lstm" else None, gates=f(rng, n * gu),
+             extra=None if kind == "simple" else f(rng, n * units), rec=f(rng, d["batch"] * gu))
+    d.update(acts, rec_mask=rec_mask, hd=None if rec_mask is None else f(rng, n * units))
+    meta.update(ys="out", hs="out", cs="out", gates="out", extra="out", rec="out",
+                rec_mask="in?", hd="out")
+    return d, meta
+
+
+def spec_rnn_backward(rng):
+    kind, n, su, gu, two, d, acts, rec_mask, meta = _rnn(rng)
+    units, lstm = d["units"], kind == "lstm"
+    d.update(hs=f(rng, su + n * units), cs=f(rng, su + n * units) if lstm else None,
+             gates=f(rng, n * gu), extra=None if kind == "simple" else f(rng, n * units),
+             dys=f(rng, n * units), dh=f(rng, su), dc=f(rng, su) if lstm else None,
+             carry=f(rng, su), dht=f(rng, su), drh=f(rng, su), dgx=f(rng, n * gu))
+    # dgr may be dgx itself (one buffer for both gate gradients) but for a GRU with reset_after
+    d.update(dgr=f(rng, n * gu), d_kernel=f(rng, d["kernel"].size),
+             d_recurrent=f(rng, units * gu),
+             d_bias=None if d["bias"] is None else f(rng, d["bias"].size),
+             dx=f(rng, d["x"].size) if rng.random() < 0.8 else None)
+    d.update(acts, rec_mask=rec_mask, hd=None if rec_mask is None else f(rng, n * units))
+    meta.update(hs="in", cs="in", gates="in", extra="in", dys="in", dh="out", dc="out",
+                carry="out", dht="out", drh="out", dgx="out", dgr="out", d_kernel="out",
+                d_recurrent="out", d_bias="out", dx="out?", rec_mask="in?", hd="in",
+                same=set() if two else {("dgr", "dgx")})
+    return d, meta
+
+
+def spec_rnn_act_supported(rng):
+    return dict(act=int(rng.integers(0, 13))), dict(ints={"act": True})
+
+
 SPECS = {
     "embed_gather": spec_embed_gather, "embed_scatter_add": spec_embed_scatter_add,
     "gemm": spec_gemm, "act_forward": spec_act_forward, "act_backward": spec_act_backward,
@@ -298,6 +358,8 @@ SPECS = {
     "bn_apply": spec_bn_apply, "bias_act_forward": spec_bias_act_forward, "bn_backward": spec_bn_backward,
     "bn_update_moving": spec_bn_update_moving, "gemm_row_blocks": spec_gemm_row_blocks,
     "conv_pool_plan": spec_conv_pool_plan, "activation_needs_input": spec_activation_needs_input,
+    "rnn_forward": spec_rnn_forward, "rnn_backward": spec_rnn_backward,
+    "rnn_act_supported": spec_rnn_act_supported,
 }
 # _core's callables that are not kernels over buffers (configuration), and DenseStack, which
 # has cases of its own below.
@@ -360,7 +422,7 @@ def mutations(rng, name, d, meta):
         v = int(rng.choice(HUGE))
         new[key] = v
         must = ints[key] and v != 0 or v < 0
-        if key == "act" and v == 0:
+        if key in ("act", "rec_act") and v == 0:     # activation id 0 (linear) exists
             must = False
         return f"{key} = {v}", new, must
     a = d[k]
