@@ -399,14 +399,16 @@ def _lstm_table(runs):
                 fastnn_over_keras=ratio(med.get("keras"), med.get("fastnn")), samples=samples,
                 threads=threads)
     lines = ["", f"### LSTM({spec['units']}) training: epoch of {samples} sequences "
-             f"({spec['steps']} steps × {spec['features']} features), batch {wl.BATCH}", "",
+             f"({spec['steps']} word ids, Embedding {spec['vocab']:,} × {spec['features']}), "
+             f"batch {wl.BATCH}", "",
              "| fastnn s | PyTorch s | Keras s | fastnn/PyTorch | fastnn/Keras |",
              "|---:|---:|---:|---:|---:|",
              "| " + " | ".join(cell(p) for p in LSTM.values()) + " | " +
              " | ".join(f"{data[k]:.2f}×" if data[k] else "–"
                         for k in ("fastnn_over_torch", "fastnn_over_keras")) + " |",
-             "", "LSTM(128) → Dense(1, sigmoid), Adam lr 1e-3, binary crossentropy; fastnn and "
-             "Keras run the same script (`fit(epochs=1)`), PyTorch `torch.nn.LSTM` + `Linear` in "
+             "", "Embedding → LSTM(128) → Dense(1, sigmoid), Adam lr 1e-3, binary crossentropy; "
+             "fastnn and Keras run the same script (`fit(epochs=1)`), PyTorch `nn.Embedding` + "
+             "`nn.LSTM` + `Linear` in "
              "its usual loop. fastnn/peer = how many times faster fastnn is (threads: "
              + ", ".join(f"{p} {t}" for p, t in threads.items()) + ")."]
     return lines, data

@@ -1,5 +1,6 @@
-"""LSTM(128) training (issue 18): one epoch of workloads.LSTM_SPEC's float sequences per round
-(batch 32, 200 steps, 128 features -> LSTM(128) -> Dense(1, sigmoid), Adam), per system. fastnn
+"""LSTM(128) text classifier training (issue 18): one epoch of workloads.LSTM_SPEC's sequences
+per round (batch 32, 200 int32 word ids -> Embedding(20,000, 128) -> LSTM(128) -> Dense(1,
+sigmoid), Adam), per system. fastnn
 and Keras run the same script (workloads.lstm_keras_model); PyTorch torch.nn.LSTM in its usual
 loop (workloads.lstm_torch_epoch), at its default thread count. Ids read `system`, e.g.
 `-k fastnn`."""
@@ -44,7 +45,7 @@ def _torch(x, y, info):
     torch.manual_seed(0)
     model = wl.lstm_torch_model()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    X, Y = torch.from_numpy(x), torch.from_numpy(y)[:, None]
+    X, Y = torch.from_numpy(x.astype(np.int64)), torch.from_numpy(y)[:, None]
     info.update(version=torch.__version__, threads=torch.get_num_threads())
     return lambda: wl.lstm_torch_epoch(model, opt, X, Y)[0]
 
@@ -56,7 +57,8 @@ SYSTEMS = {"fastnn": _fastnn, "torch": _torch, "keras": _keras}
 def test_lstm_epoch(benchmark, rounds, samples_cap, system):
     x, y = wl.lstm_data(min(wl.LSTM_SPEC["samples"], samples_cap or wl.LSTM_SPEC["samples"]))
     benchmark.group = (f"LSTM({wl.LSTM_SPEC['units']}) epoch of {len(x)} sequences "
-                       f"({wl.LSTM_SPEC['steps']} x {wl.LSTM_SPEC['features']}), batch {wl.BATCH}")
+                       f"(Embedding {wl.LSTM_SPEC['vocab']} x {wl.LSTM_SPEC['features']}, "
+                       f"{wl.LSTM_SPEC['steps']} steps), batch {wl.BATCH}")
     benchmark.extra_info.update(lstm=True, system=system, samples=len(x))
     fn = SYSTEMS[system](x, y, benchmark.extra_info)
     loss = benchmark.pedantic(fn, rounds=rounds, warmup_rounds=1, iterations=1)

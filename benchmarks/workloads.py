@@ -431,28 +431,29 @@ def keras_param_count(module):
 
 
 # ---------------------------------------------------------------- sequences (issue 18)
-# LSTM(128) over float sequences: (batch 32, 200 steps, 128 features) -> LSTM(128) ->
-# Dense(1, sigmoid), Adam lr 1e-3, binary crossentropy; one timed round is one epoch of
-# LSTM_SAMPLES synthetic sequences (32 steps). The same Keras script runs on fastnn and Keras;
-# PyTorch runs torch.nn.LSTM(batch_first=True) + Linear with BCEWithLogitsLoss, the loop
-# torch_epoch runs for the MNIST workloads.
-LSTM_SPEC = dict(steps=200, features=128, units=128, samples=32 * BATCH)
+# The issue's LSTM text classifier: int32 word ids (batch 32, 200 steps) -> Embedding(20,000,
+# 128) -> LSTM(128) -> Dense(1, sigmoid), Adam lr 1e-3, binary crossentropy; one timed round is
+# one epoch of LSTM_SAMPLES synthetic sequences (32 steps). The same Keras script runs on
+# fastnn and Keras; PyTorch runs nn.Embedding + nn.LSTM(batch_first=True) + Linear with
+# BCEWithLogitsLoss, the loop torch_epoch runs for the MNIST workloads.
+LSTM_SPEC = dict(steps=200, features=128, units=128, vocab=20000, samples=32 * BATCH)
 
 
 def lstm_data(samples=None):
-    """Float sequences and a label that needs the whole sequence (the sign of the mean of
-    feature 0), fixed seed."""
+    """Word ids and a label that needs the whole sequence (whether most ids lie in the lower
+    half of the vocabulary), fixed seed."""
     n = samples or LSTM_SPEC["samples"]
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, LSTM_SPEC["steps"], LSTM_SPEC["features"]), np.float32)
-    y = (x[:, :, 0].mean(axis=1) > 0).astype(np.float32)
+    x = rng.integers(1, LSTM_SPEC["vocab"], (n, LSTM_SPEC["steps"])).astype(np.int32)
+    y = ((x < LSTM_SPEC["vocab"] // 2).mean(axis=1) > 0.5).astype(np.float32)
     return x, y
 
 
 def lstm_keras_model(keras):
     """The Keras script; `keras` is either `import keras` or `import fastnn as keras`."""
     model = keras.Sequential([
-        keras.Input((LSTM_SPEC["steps"], LSTM_SPEC["features"])),
+        keras.Input((LSTM_SPEC["steps"],), dtype="int32"),
+        keras.layers.Embedding(LSTM_SPEC["vocab"], LSTM_SPEC["features"]),
         keras.layers.LSTM(LSTM_SPEC["units"]),
         keras.layers.Dense(1, activation="sigmoid"),
     ])
@@ -487,11 +488,12 @@ def lstm_torch_model():
     class LSTMClassifier(torch.nn.Module):
         def __init__(self):
             super().__init__()
+            self.embed = torch.nn.Embedding(LSTM_SPEC["vocab"], LSTM_SPEC["features"])
             self.lstm = torch.nn.LSTM(LSTM_SPEC["features"], LSTM_SPEC["units"],
                                       batch_first=True)
             self.out = torch.nn.Linear(LSTM_SPEC["units"], 1)
 
         def forward(self, x):
-            seq, _ = self.lstm(x)
+            seq, _ = self.lstm(self.embed(x))
             return self.out(seq[:, -1])
     return LSTMClassifier()
