@@ -1,0 +1,89 @@
+"""The code's shape: no import cycle among fastnn's modules (each module's top-level imports of
+fastnn's own modules), and a README short enough to be a product page (issue 21)."""
+import ast
+import os
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+SOURCE = os.path.join(ROOT, "fastnn")
+pytestmark = pytest.mark.skipif(not os.path.isdir(SOURCE), reason="needs the source tree")
+
+
+def _modules():
+    """{module name: path} of every module and package in fastnn/."""
+    found = {}
+    for folder, _, files in os.walk(SOURCE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                module = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+                found[module[:-len(".__init__")] if module.endswith(".__init__") else module] = \
+                    path
+    return found
+
+
+def _imports(module, path, modules):
+    """The fastnn modules `module` imports at its top level (not inside functions)."""
+    tree = ast.parse(open(path).read())
+    package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
+    out = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name in modules)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parts = parts[:len(parts) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            for alias in node.names:
+                target = f"{base}.{alias.name}"
+                out.add(target if target in modules else base)
+    return {m for m in out if m in modules and m != module}
+
+
+# Cycles left to break (issue 21): fastnn.layers re-exports the sequence and recurrent layers,
+# which build on its Layer. A new cycle fails; when these are gone, so must this list be.
+KNOWN_CYCLES = {("fastnn.layers", "fastnn.recurrent", "fastnn.layers"),
+                ("fastnn.layers", "fastnn.sequence_layers", "fastnn.layers")}
+
+
+def test_no_new_import_cycles():
+    modules = _modules()
+    graph = {m: _imports(m, p, modules) for m, p in modules.items()}
+    state, cycles = {}, []
+
+    def visit(m, path):
+        state[m] = "open"
+        for d in sorted(graph[m]):
+            if state.get(d) == "open":
+                cycles.append(path[path.index(d):] + [d])
+            elif d not in state:
+                visit(d, path + [d])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    found = {tuple(c) for c in cycles}
+    assert found <= KNOWN_CYCLES, "import cycles: " + "; ".join(
+        " -> ".join(c) for c in sorted(found - KNOWN_CYCLES))
+    assert found == KNOWN_CYCLES, "cycles gone, remove them from KNOWN_CYCLES: " \
+        f"{sorted(KNOWN_CYCLES - found)}"
+
+
+def test_the_import_graph_is_found():
+    """(The cycle test sees the real imports: layers imports the backend, say.)"""
+    modules = _modules()
+    assert "fastnn.backend" in _imports("fastnn.layers", modules["fastnn.layers"], modules)
+    assert "fastnn.layers" in _imports("fastnn.trainer", modules["fastnn.trainer"], modules)
+
+
+def test_readme_is_a_product_page():
+    with open(os.path.join(ROOT, "README.md")) as f:
+        lines = f.read().splitlines()
+    assert len(lines) <= 150, f"README.md has {len(lines)} lines (at most 150)"
+    text = "\n".join(lines)
+    assert 'pip install ".[plot]" && fastnn-demo' in text
+    assert 'pip install ".[test]" && FASTNN_DATA_DIR=../shared/data/mnist pytest' in text
