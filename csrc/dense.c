@@ -16,7 +16,51 @@
  * memory for the folded normalization factors. */
 #define BIAS_ACT_CHUNK 16384
 
+/* The normalization folded into per-column factors, as fnn_bn_apply computes them: the
+ * epilogue's scale and shift (2 * cols floats). NULL when out of memory. */
+float *fnn_epilogue_norm(const fnn_norm *norm, size_t cols) {
+    float *scale = (float *)malloc(2 * cols * sizeof(float));
+    if (!scale) return NULL;
+    for (size_t c = 0; c < cols; c++) {
+        scale[c] = (norm->gamma ? norm->gamma[c] : 1.0f) / sqrtf(norm->var[c] + norm->eps);
+        scale[cols + c] = norm->beta ? norm->beta[c] : 0.0f;
+    }
+    return scale;
+}
+
+/* The epilogue on rows [r0, r1) and columns [c0, c1) of z, on the calling thread, in runs of
+ * rows of ~64 KB, so a run is still in L1/L2 when its activation runs. A softmax needs whole
+ * rows (c0 = 0, c1 = cols). */
 FNN_DISPATCH
+void fnn_epilogue_block(const fnn_epilogue *e, size_t r0, size_t r1, size_t c0, size_t c1) {
+    size_t cols = e->cols, width = c1 - c0;
+    size_t run = width >= BIAS_ACT_CHUNK ? 1 : BIAS_ACT_CHUNK / width;
+    const float *shift = e->scale ? e->scale + cols : NULL;
+    for (size_t lo = r0; lo < r1; lo += run) {
+        size_t hi = lo + run < r1 ? lo + run : r1;
+        for (size_t r = lo; r < hi; r++) {
+            float *zr = e->z + r * cols;
+            if (e->bias)
+                for (size_t c = c0; c < c1; c++) zr[c] += e->bias[c];
+            if (e->scale) {
+                const float *mean = e->mean, *scale = e->scale;
+                for (size_t c = c0; c < c1; c++) zr[c] = (zr[c] - mean[c]) * scale[c] + shift[c];
+            }
+            if (e->residual) {
+                const float *rr = e->residual + r * cols;
+                for (size_t c = c0; c < c1; c++) zr[c] += rr[c];
+            }
+        }
+        if (width == cols)
+            fnn_act_forward(e->act, e->alpha, e->z + lo * cols, e->y + lo * cols, hi - lo, cols,
+                            1);
+        else
+            for (size_t r = lo; r < hi; r++)
+                fnn_act_forward(e->act, e->alpha, e->z + r * cols + c0, e->y + r * cols + c0,
+                                1, width, 1);
+    }
+}
+
 int fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, const fnn_norm *norm,
                          const float *residual, float *y, size_t rows, size_t cols,
                          int n_threads) {
@@ -24,16 +68,8 @@ int fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, cons
         fnn_act_forward(act, alpha, z, y, rows, cols, n_threads);
         return 0;
     }
-    float *scale = NULL, *shift = NULL;
-    if (norm) {
-        scale = (float *)malloc(2 * cols * sizeof(float));
-        if (!scale) return -1;
-        shift = scale + cols;
-        for (size_t c = 0; c < cols; c++) {     /* as fnn_bn_apply computes them */
-            scale[c] = (norm->gamma ? norm->gamma[c] : 1.0f) / sqrtf(norm->var[c] + norm->eps);
-            shift[c] = norm->beta ? norm->beta[c] : 0.0f;
-        }
-    }
+    fnn_epilogue e = {act, alpha, z, y, cols, bias, norm ? norm->mean : NULL, NULL, residual};
+    if (norm && !(e.scale = fnn_epilogue_norm(norm, cols))) return -1;
     size_t chunk = cols >= BIAS_ACT_CHUNK ? 1 : BIAS_ACT_CHUNK / cols;
     ptrdiff_t chunks = (ptrdiff_t)((rows + chunk - 1) / chunk), i;
     int nt = chunks > 1 ? fnn_threads(rows * cols, n_threads) : 1;
@@ -41,24 +77,9 @@ int fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, cons
     FNN_PARALLEL_FOR(schedule(static),
         for (i = 0; i < chunks; i++) {
             size_t r0 = (size_t)i * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
-            for (size_t r = r0; r < r1; r++) {
-                float *zr = z + r * cols;
-                if (bias)
-                    for (size_t c = 0; c < cols; c++) zr[c] += bias[c];
-                if (norm) {
-                    const float *mean = norm->mean;
-                    for (size_t c = 0; c < cols; c++)
-                        zr[c] = (zr[c] - mean[c]) * scale[c] + shift[c];
-                }
-                if (residual) {
-                    const float *rr = residual + r * cols;
-                    for (size_t c = 0; c < cols; c++) zr[c] += rr[c];
-                }
-            }
-            fnn_act_forward(act, alpha, z + r0 * cols, y + r0 * cols, r1 - r0, cols,
-                            nt > 1 ? 1 : n_threads);
+            fnn_epilogue_block(&e, r0, r1, 0, cols);
         });
-    free(scale);
+    free(e.scale);
     return 0;
 }
 

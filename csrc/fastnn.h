@@ -96,6 +96,20 @@ int fnn_gemm_ex(int trans_a, int trans_b, int m, int n, int k, float alpha,
                 const float *a, int lda, const float *b, int ldb, float beta,
                 float *c, int ldc, int split, int blocks, const fnn_rows_done *done,
                 int n_threads);
+/* How fnn_gemm splits an m x n x k product by itself (its shape only): FNN_PLAN_K into `blocks`
+ * partial products along K, or FNN_PLAN_GRID into pm x pn blocks of rows and columns (block i:
+ * row block i / pn, column block i % pn; one block when blocks is 1). fnn_gemm_block: one
+ * block, C = A B, single-threaded. Callers that fuse work around each block (a convolution's
+ * im2col and epilogue) run the blocks themselves and get fnn_gemm's exact results. */
+enum { FNN_PLAN_GRID = 0, FNN_PLAN_K = 1 };
+typedef struct {
+    int kind, blocks, pm, pn;
+} fnn_gemm_plan;
+void fnn_gemm_plan_of(int m, int n, int k, fnn_gemm_plan *plan);
+void fnn_gemm_plan_block(const fnn_gemm_plan *plan, int m, int n, int i, int *m0, int *m1,
+                         int *n0, int *n1);
+void fnn_gemm_block(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                    float *c, int ldc);
 /* Blocks for a Dense layer's training GEMMs split along its input rows: the forward pass
  * along K, the kernel gradient along M, at the same boundaries, so each thread keeps its rows
  * of the kernel (and its gradient and optimizer state) in its own cache. 0: no split. */
@@ -122,6 +136,20 @@ typedef struct {
     const float *mean, *var, *gamma, *beta;
     float eps;
 } fnn_norm;
+/* fnn_bias_act_forward's work on one block of z (rows x cols, y likewise), for callers that
+ * run it block by block (fnn_conv2d_forward): scale holds the folded normalization (scale,
+ * then shift; fnn_epilogue_norm, freed by the caller) or is NULL. */
+typedef struct {
+    int act;
+    float alpha;
+    float *z, *y;
+    size_t cols;
+    const float *bias, *mean;
+    float *scale;
+    const float *residual;
+} fnn_epilogue;
+float *fnn_epilogue_norm(const fnn_norm *norm, size_t cols);
+void fnn_epilogue_block(const fnn_epilogue *e, size_t r0, size_t r1, size_t c0, size_t c1);
 /* y = act(((z + bias) - mean) * gamma / sqrt(var + eps) + beta + residual), each part optional
  * (NULL); z holds the value before the activation on return. -1: out of memory. */
 int fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, const fnn_norm *norm,
@@ -156,6 +184,14 @@ typedef struct {
 
 void fnn_im2col(const float *x, float *cols, const fnn_conv_geom *g, int n_threads);
 void fnn_col2im(const float *cols, float *x, const fnn_conv_geom *g, int n_threads);
+/* z = im2col(x) kernel (k x filters), then the epilogue of fnn_bias_act_forward into y, with
+ * cols (n*oh*ow x kh*kw*c) written on the way, or NULL where x is its own im2col (a pointwise
+ * window). Bit-identical to fnn_im2col + fnn_gemm + fnn_bias_act_forward. Returns -1 without a
+ * BLAS, -2 when out of memory. */
+int fnn_conv2d_forward(const float *x, const fnn_conv_geom *g, const float *kernel,
+                       int filters, float *cols, int act, float alpha, const float *bias,
+                       const fnn_norm *norm, const float *residual, float *z, float *y,
+                       int n_threads);
 void fnn_maxpool_forward(const float *x, float *y, int32_t *argmax, const fnn_conv_geom *g,
                          int n_threads);
 void fnn_maxpool_backward(const float *dy, const int32_t *argmax, float *dx,

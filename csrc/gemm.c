@@ -230,35 +230,56 @@ static void grid_split(int m, int n, int blocks, double sa, double sb, int *pm, 
  * beat any K-split, which the float count does not see. At batch 32 K is picked for a wide
  * first layer (32x10816x200: 0.86 -> 0.75 ms on two cores) and a convolution's weight gradient
  * (9x21632x64: 0.39 -> 0.29 ms). It depends on the shape only, never on the thread count. */
+void fnn_gemm_plan_of(int m, int n, int k, fnn_gemm_plan *plan) {
+    int blocks = work_blocks(m, n, k);
+    plan->kind = FNN_PLAN_GRID;
+    plan->blocks = plan->pm = plan->pn = 1;
+    if (blocks <= 1 || k <= 0) return;
+    double sa = (double)m * k, sb = (double)k * n, sc = (double)m * n;
+    int split_rows = m >= n;
+    int mn_blocks = panel_blocks(split_rows ? m : n, blocks, GEMM_MIN_BLOCK);
+    double mn_cost = (split_rows ? sa + mn_blocks * sb : mn_blocks * sa + sb) + sc;
+    int k_blocks = k_split_blocks(m, n, k, blocks);
+    double k_cost = sa + sb + (2.0 * k_blocks - 1) * sc;
+    int small_blocks = mn_blocks > 1 && (double)m * n * k / mn_blocks <= GEMM_SMALL_WORK;
+    if (k_blocks > 1 && (mn_blocks <= 1 || (!small_blocks && k_cost < mn_cost))) {
+        plan->kind = FNN_PLAN_K;
+        plan->blocks = k_blocks;
+    } else if (mn_blocks > 1) {
+        plan->pm = split_rows ? mn_blocks : 1;
+        plan->pn = split_rows ? 1 : mn_blocks;
+        if (!small_blocks && mn_blocks >= 4) grid_split(m, n, mn_blocks, sa, sb, &plan->pm,
+                                                        &plan->pn);
+        plan->blocks = plan->pm * plan->pn;
+    }
+}
+
+void fnn_gemm_plan_block(const fnn_gemm_plan *plan, int m, int n, int i, int *m0, int *m1,
+                         int *n0, int *n1) {
+    panel_range(m, plan->pm, i / plan->pn, m0, m1);
+    panel_range(n, plan->pn, i % plan->pn, n0, n1);
+}
+
+void fnn_gemm_block(int m, int n, int k, const float *a, int lda, const float *b, int ldb,
+                    float *c, int ldc) {
+    gemm_block(0, 0, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
+}
+
 static void gemm_auto(int trans_a, int trans_b, int m, int n, int k, float alpha,
                       const float *a, int lda, const float *b, int ldb, float beta,
                       float *c, int ldc, const fnn_rows_done *done, int n_threads) {
-    int blocks = work_blocks(m, n, k);
-    if (blocks > 1 && k > 0) {
-        double sa = (double)m * k, sb = (double)k * n, sc = (double)m * n;
-        int split_rows = m >= n;
-        int mn_blocks = panel_blocks(split_rows ? m : n, blocks, GEMM_MIN_BLOCK);
-        double mn_cost = (split_rows ? sa + mn_blocks * sb : mn_blocks * sa + sb) + sc;
-        int k_blocks = k_split_blocks(m, n, k, blocks);
-        double k_cost = sa + sb + (2.0 * k_blocks - 1) * sc;
-        int small_blocks = mn_blocks > 1 && (double)m * n * k / mn_blocks <= GEMM_SMALL_WORK;
-        if (k_blocks > 1 && (mn_blocks <= 1 || (!small_blocks && k_cost < mn_cost))) {
-            gemm_split_k(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                         k_blocks, n_threads);
-        } else if (mn_blocks > 1) {
-            int pm = split_rows ? mn_blocks : 1, pn = split_rows ? 1 : mn_blocks;
-            if (!small_blocks && mn_blocks >= 4) grid_split(m, n, mn_blocks, sa, sb, &pm, &pn);
-            if (pm > 1 && pn > 1) {
-                gemm_split_2d(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                              pm, pn, n_threads);
-            } else {
-                gemm_split_mn(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                              pn == 1, pm * pn, done, n_threads);
-                if (pn == 1) return;      /* done ran block by block */
-            }
-        } else {
-            gemm_block(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-        }
+    fnn_gemm_plan plan;
+    fnn_gemm_plan_of(m, n, k, &plan);
+    if (plan.kind == FNN_PLAN_K) {
+        gemm_split_k(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                     plan.blocks, n_threads);
+    } else if (plan.pm > 1 && plan.pn > 1) {
+        gemm_split_2d(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, plan.pm,
+                      plan.pn, n_threads);
+    } else if (plan.blocks > 1) {
+        gemm_split_mn(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                      plan.pn == 1, plan.blocks, done, n_threads);
+        if (plan.pn == 1) return;      /* done ran block by block */
     } else {
         gemm_block(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     }

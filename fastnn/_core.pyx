@@ -83,6 +83,10 @@ cdef extern from "fastnn.h" nogil:
         int n, h, w, c, kh, kw, sh, sw, pad_top, pad_left, oh, ow, dh, dw
     void fnn_im2col(const float *x, float *cols, const fnn_conv_geom *g, int n_threads)
     void fnn_col2im(const float *cols, float *x, const fnn_conv_geom *g, int n_threads)
+    int fnn_conv2d_forward(const float *x, const fnn_conv_geom *g, const float *kernel,
+                           int filters, float *cols, int act, float alpha, const float *bias,
+                           const fnn_norm *norm, const float *residual, float *z, float *y,
+                           int n_threads)
     void fnn_maxpool_forward(const float *x, float *y, int32_t *argmax, const fnn_conv_geom *g,
                              int n_threads)
     void fnn_maxpool_backward(const float *dy, const int32_t *argmax, float *dx,
@@ -1139,6 +1143,83 @@ def im2col(x, window, cols):
     _disjoint("im2col: cols", _p2(C), _n2(C), "x", _p4(X), _n4(X))
     with nogil:
         fnn_im2col(&X[0, 0, 0, 0], &C[0, 0], &g, _n_threads)
+
+
+def conv2d_forward(x, kernel, bias, int act, float alpha, window, cols, z, y, mean=None,
+                   var=None, gamma=None, beta=None, float eps=0.0, residual=None):
+    """z = im2col(x) @ kernel (kh*kw*c, filters), then bias_act_forward's epilogue into y (y
+    may be z), in one parallel region. cols (n*oh*ow, kh*kw*c) receives im2col(x); None only
+    for a pointwise window (1x1, stride 1, no padding), where x is its own im2col."""
+    _check_act(act)
+    cdef const float[:, :, :, ::1] X = _cf4("conv2d_forward: x", x, True)
+    cdef const float[:, ::1] K = _cf2("conv2d_forward: kernel", kernel, True)
+    cdef fnn_conv_geom g = _geom("conv2d_forward", _shape4(X), window, True)
+    cdef Py_ssize_t rows = <Py_ssize_t>g.n * g.oh * g.ow, taps = <Py_ssize_t>g.kh * g.kw * g.c
+    cdef Py_ssize_t filters = K.shape[1]
+    cdef float[:, ::1] C = _f2("conv2d_forward: cols", cols, False)
+    cdef float[:, ::1] Z = _f2("conv2d_forward: z", z, True)
+    cdef float[:, ::1] Y = _f2("conv2d_forward: y", y, True)
+    cdef const float[:, ::1] R = _cf2("conv2d_forward: residual", residual, False)
+    cdef bint norm = mean is not None or var is not None
+    cdef const float[::1] B = _cf1("conv2d_forward: bias", bias, False)
+    cdef const float[::1] M = _cf1("conv2d_forward: mean", mean, norm)
+    cdef const float[::1] V = _cf1("conv2d_forward: var", var, norm)
+    cdef const float[::1] G = _cf1("conv2d_forward: gamma", gamma, False)
+    cdef const float[::1] BE = _cf1("conv2d_forward: beta", beta, False)
+    if K.shape[0] != taps:
+        raise ValueError(f"conv2d_forward: kernel: expected {taps} rows (kh*kw*c for window "
+                         f"{window} on input shape {_shape4(X)}), got shape {_shape2(K)}")
+    if C is None:
+        if (g.kh, g.kw, g.sh, g.sw, g.pad_top, g.pad_left) != (1, 1, 1, 1, 0, 0):
+            raise ValueError("conv2d_forward: cols is required unless the window is pointwise "
+                             f"(1x1, stride 1, no padding), got window {window}")
+    else:
+        _same_shape("conv2d_forward: cols", _shape2(C), (rows, taps))
+    _same_shape("conv2d_forward: z", _shape2(Z), (rows, filters))
+    _same_shape("conv2d_forward: y", _shape2(Y), (rows, filters))
+    if R is not None:
+        _same_shape("conv2d_forward: residual", _shape2(R), (rows, filters))
+    for name, vec in (("bias", B), ("mean", M), ("var", V), ("gamma", G), ("beta", BE)):
+        if vec is not None and vec.shape[0] != filters:
+            raise ValueError(f"conv2d_forward: {name}: expected shape ({filters},), got "
+                             f"({vec.shape[0]},)")
+    if not eps >= 0:
+        raise ValueError(f"conv2d_forward: eps must be >= 0, got {eps}")
+    for name, v in (("rows (n*oh*ow)", rows), ("kernel rows", taps), ("filters", filters)):
+        _fits_int(f"conv2d_forward: {name}", v)
+    if rows == 0 or filters == 0:
+        return
+    if taps == 0:
+        raise ValueError("conv2d_forward: x has no channels")
+    cdef size_t nz = _n2(Z)
+    _same_or_disjoint("conv2d_forward: y", _p2(Y), _n2(Y), "z", _p2(Z), nz)
+    outs = [("z", <size_t>_p2(Z), nz)] + \
+        ([("y", <size_t>_p2(Y), nz)] if _p2(Y) != _p2(Z) else []) + \
+        ([("cols", <size_t>_p2(C), _n2(C))] if C is not None else [])
+    ins = [("x", <size_t>_p4(X), _n4(X)), ("kernel", <size_t>_p2(K), _n2(K)),
+           ("residual", <size_t>_p2(R), _n2(R)), ("bias", <size_t>_p1(B), _n1(B)),
+           ("mean", <size_t>_p1(M), _n1(M)), ("var", <size_t>_p1(V), _n1(V)),
+           ("gamma", <size_t>_p1(G), _n1(G)), ("beta", <size_t>_p1(BE), _n1(BE))]
+    _all_disjoint("conv2d_forward", outs, ins)
+    _need_blas()
+    cdef fnn_norm nm
+    nm.mean, nm.var, nm.gamma, nm.beta, nm.eps = NULL, NULL, NULL, NULL, eps
+    if norm:
+        nm.mean, nm.var = &M[0], &V[0]
+        nm.gamma = NULL if G is None else &G[0]
+        nm.beta = NULL if BE is None else &BE[0]
+    cdef const float *bp = NULL if B is None else &B[0]
+    cdef const float *rp = NULL if R is None else &R[0, 0]
+    cdef const fnn_norm *np_ = &nm if norm else NULL
+    cdef float *cp = NULL if C is None else &C[0, 0]
+    cdef int rc
+    with nogil:
+        rc = fnn_conv2d_forward(&X[0, 0, 0, 0], &g, &K[0, 0], <int>filters, cp, act, alpha, bp,
+                                np_, rp, &Z[0, 0], &Y[0, 0], _n_threads)
+    if rc == -2:
+        raise MemoryError("conv2d_forward: out of memory")
+    if rc != 0:
+        raise RuntimeError("conv2d_forward: no BLAS sgemm is set (fastnn.backend.blas)")
 
 
 def col2im(cols, window, x):

@@ -456,6 +456,58 @@ def test_bias_act_forward_checks_its_arguments(rng):
         ops.bias_act_forward(A.RELU, 0.0, z, residual=z)
 
 
+@pytest.mark.parametrize("shape", [(1, 9, 9, 5, 3, 1, "same"), (2, 8, 7, 3, 3, 2, "valid"),
+                                   (1, 7, 7, 96, 1, 1, "valid"), (1, 12, 12, 40, 3, 1, "same"),
+                                   (3, 6, 6, 4, 1, 2, "valid"), (1, 30, 30, 16, 3, 1, "same")])
+@pytest.mark.parametrize("act", [A.RELU, A.TANH, A.SOFTMAX])
+def test_conv2d_forward_with_epilogue(ops, rng, shape, act):
+    """One call: im2col, the GEMM and the epilogue (bias, inference BatchNormalization,
+    residual, activation), against the reference backend's separate passes; on the C backend,
+    bit-identical to im2col + gemm + bias_act_forward run one after another."""
+    n, h, w, c, k, s, padding = shape
+    filters = 64 if c > 20 else 6
+    win = window(h, w, (k, k), (s, s), padding)
+    x, kernel = f32(rng, n, h, w, c), f32(rng, k * k * c, filters, scale=0.3)
+    bias, mean, gamma, beta = (f32(rng, filters) for _ in range(4))
+    norm = (mean, np.abs(f32(rng, filters)) + 0.5, gamma, beta, 1e-3)
+    residual = f32(rng, n * win[6] * win[7], filters)
+    _, z_ref, y_ref = REF.conv2d_forward(x, kernel, bias, act, 0.0, win, norm=norm,
+                                         residual=residual)
+    dev_norm = tuple(put(ops, a) for a in norm[:4]) + (1e-3,)
+    cols, z, y = ops.conv2d_forward(put(ops, x), put(ops, kernel), put(ops, bias), act, 0.0, win,
+                                    norm=dev_norm, residual=put(ops, residual))
+    np.testing.assert_allclose(get(ops, y), y_ref, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(get(ops, z), z_ref, rtol=2e-5, atol=2e-5)
+    np.testing.assert_array_equal(get(ops, cols), REF.im2col(x, win) if k > 1 or s > 1 else
+                                  x.reshape(-1, c))
+    if isinstance(ops, CpuOps):
+        z2 = ops.gemm(ops.im2col(x, win), kernel)
+        y2 = ops.bias_act_forward(act, 0.0, z2, y=np.empty_like(z2), bias=bias, norm=norm,
+                                  residual=residual)
+        np.testing.assert_array_equal(z, z2)
+        np.testing.assert_array_equal(y, y2)
+
+
+def test_conv2d_forward_checks_its_arguments(rng):
+    from fastnn import _core
+    x, win = f32(rng, 1, 5, 5, 2), window(5, 5, (3, 3), (1, 1), "same")
+    kernel, z = f32(rng, 18, 4), np.empty((25, 4), np.float32)
+    with pytest.raises(ValueError, match="conv2d_forward: kernel: expected 18 rows"):
+        _core.conv2d_forward(x, f32(rng, 9, 4), None, A.RELU, 0.0, win,
+                             np.empty((25, 18), np.float32), z, z)
+    with pytest.raises(ValueError, match="cols is required unless the window is pointwise"):
+        _core.conv2d_forward(x, kernel, None, A.RELU, 0.0, win, None, z, z)
+    with pytest.raises(ValueError, match="conv2d_forward: z: expected shape \\(25, 4\\)"):
+        _core.conv2d_forward(x, kernel, None, A.RELU, 0.0, win, np.empty((25, 18), np.float32),
+                             np.empty((24, 4), np.float32), z)
+    shared = f32(rng, 25 * 18)
+    with pytest.raises(ValueError, match="cols shares memory with x"):
+        _core.conv2d_forward(shared[:50].reshape(1, 5, 5, 2), kernel, None, A.RELU, 0.0, win,
+                             shared.reshape(25, 18), z, z)
+    with pytest.raises(TypeError, match="x"):
+        CpuOps().conv2d_forward(None, kernel, None, A.RELU, 0.0, win)
+
+
 # ---- batch normalization ----------------------------------------------------------------------
 @pytest.mark.parametrize("affine", [True, False])
 def test_batchnorm(ops, rng, affine):

@@ -14,7 +14,7 @@ except ImportError as exc:    # a source checkout without its extension, most li
         "checkout shadowing the installed fastnn (Python puts the current folder first on "
         "sys.path). Run from another folder, or build the checkout in place with "
         f"`pip install -e .` ({exc})") from exc
-from .base import Ops, rnn_check_backward, rnn_check_forward
+from .base import Ops, pointwise, rnn_check_backward, rnn_check_forward
 from . import blas
 
 
@@ -131,6 +131,32 @@ class CpuOps(Ops):
             out = np.empty((x.shape[0] * oh * ow, kh * kw * x.shape[3]), np.float32)
         _core.im2col(x, tuple(window), out)
         return out
+
+    def conv2d_forward(self, x, kernel, bias, act, alpha, window, cols=None, z=None, y=None,
+                       norm=None, residual=None, groups=1):
+        if groups != 1:
+            return super().conv2d_forward(x, kernel, bias, act, alpha, window, cols=cols, z=z,
+                                          y=y, norm=norm, residual=residual, groups=groups)
+        x, kernel = _f32(x, "x"), _f32(kernel, "kernel")
+        kernel = kernel.reshape(-1, kernel.shape[-1])
+        window = tuple(window)
+        if len(window) not in (8, 10) or x.ndim != 4:
+            raise ValueError("conv2d_forward: expected x (n, h, w, c) and window (kh, kw, sh, "
+                             f"sw, pad_top, pad_left, oh, ow[, dh, dw]), got x shape "
+                             f"{x.shape} and window {window!r}")
+        rows = x.shape[0] * window[6] * window[7]
+        direct = pointwise(window)
+        if direct:
+            cols = None
+        elif cols is None:
+            cols = np.empty((rows, window[0] * window[1] * x.shape[3]), np.float32)
+        z = np.empty((rows, kernel.shape[1]), np.float32) if z is None else z
+        y = np.empty_like(z) if y is None else y
+        mean, var, gamma, beta, eps = (None,) * 4 + (0.0,) if norm is None else norm
+        _core.conv2d_forward(x, kernel, bias, act, alpha, window, cols, z, y, mean, var,
+                             gamma, beta, eps,
+                             None if residual is None else _as2d(_f32(residual, "residual")))
+        return (x.reshape(-1, x.shape[3]) if direct else cols), z, y
 
     def col2im(self, cols, window, x_shape, out=None):
         out = np.empty(x_shape, np.float32) if out is None else out

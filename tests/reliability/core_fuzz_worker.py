@@ -133,6 +133,19 @@ def spec_im2col(rng):
         dict(x="in", cols="out", window=True)
 
 
+def spec_conv2d_forward(rng):
+    n, h, w, c, win = _conv_geom(rng)
+    rows, filters = n * win[6] * win[7], int(rng.integers(1, 5))
+    return dict(x=f(rng, n, h, w, c), kernel=f(rng, 9 * c, filters), bias=f(rng, filters),
+                act=int(rng.integers(0, 13)), alpha=0.1, window=win,
+                cols=f(rng, rows, 9 * c), z=f(rng, rows, filters), y=f(rng, rows, filters),
+                mean=f(rng, filters), var=pos(rng, filters), gamma=f(rng, filters),
+                beta=f(rng, filters), eps=1e-3, residual=f(rng, rows, filters)), \
+        dict(x="in", kernel="in", bias="in?", cols="out", z="out", y="out", mean="in",
+             var="in", gamma="in?", beta="in?", residual="in?", same={("y", "z")},
+             window=True, ints={"act": True})
+
+
 def spec_col2im(rng):
     n, h, w, c, win = _conv_geom(rng)
     return dict(cols=f(rng, n * win[6] * win[7], 9 * c), window=win, x=f(rng, n, h, w, c)), \
@@ -351,7 +364,7 @@ SPECS = {
     "ftrl_update": _update_spec(["acc", "lin"], ["acc", "lin"],
                                 dict(lr=1e-3, lr_power=-0.5, l1=0.0, l2=0.0, l2_shrinkage=0.0,
                                      beta=0.0)),
-    "im2col": spec_im2col, "col2im": spec_col2im, "maxpool_forward": spec_maxpool_forward,
+    "im2col": spec_im2col, "conv2d_forward": spec_conv2d_forward, "col2im": spec_col2im, "maxpool_forward": spec_maxpool_forward,
     "maxpool_backward": spec_maxpool_backward, "avgpool_forward": spec_avgpool_forward,
     "avgpool_backward": spec_avgpool_backward, "conv_pool_forward": spec_conv_pool_forward,
     "conv_pool_backward": spec_conv_pool_backward, "bn_stats": spec_bn_stats,
