@@ -16,7 +16,7 @@ import numpy as np
 from . import activations, constraints, initializers, regularizers
 from .backend import get_ops
 from .layers import (AveragePooling2D, Conv2D, GlobalMaxPooling2D, Layer, MaxPooling2D,
-                     _is_int, _weight_options, _weight_options_config, get_class)
+                     _is_int, _takes_mask, _weight_options, _weight_options_config, get_class)
 
 
 def _positive_int(value, arg, layer):
@@ -373,7 +373,8 @@ class GlobalMaxPooling1D(_GlobalPooling1D):
 class TimeDistributed(Layer):
     """Keras's TimeDistributed(layer): the inner layer on every step, run once on the
     (batch * steps, ...) rows. Its weights are the inner layer's (shared, one set for every
-    step). A mask passes through unchanged, as in Keras."""
+    step). The inner layer, where its forward takes a mask, gets each step's part of the mask
+    (batch, steps, ...) as Keras gives it; the mask passes on unchanged, as in Keras."""
     supports_masking = True
     weights_subpath = "/layer"      # where Keras's .keras files keep the inner layer's weights
 
@@ -402,10 +403,21 @@ class TimeDistributed(Layer):
         inner = self.layer.compute_output_shape(self._inner_shape(input_shape))
         return (input_shape[0], input_shape[1]) + tuple(inner[1:])
 
-    def forward(self, x, training=False):
+    def forward(self, x, training=False, mask=None):
         n, t = x.shape[:2]
         self.layer._thread = self._thread
-        y = self.layer.forward(x.reshape((n * t,) + tuple(x.shape[2:])), training)
+        rows = x.reshape((n * t,) + tuple(x.shape[2:]))
+        if mask is not None and _takes_mask(type(self.layer).forward):
+            # Keras gives step i's inner call mask[:, i]: here all steps' rows at once
+            if mask.ndim < 2 or tuple(mask.shape[:2]) != (n, t):
+                raise ValueError(f"The `mask` passed to the `TimeDistributed` layer {self.name!r} "
+                                 f"has a shape {tuple(mask.shape)} that is incompatible with "
+                                 f"the input shape {tuple(x.shape)}: its first two dimensions "
+                                 f"(batch size and timesteps) must be ({n}, {t})")
+            y = self.layer.forward(rows, training,
+                                   mask=mask.reshape((n * t,) + tuple(mask.shape[2:])))
+        else:
+            y = self.layer.forward(rows, training)
         return y.reshape((n, t) + tuple(y.shape[1:]))
 
     def backward(self, dy, need_dx=True, **fused):

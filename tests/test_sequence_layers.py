@@ -492,6 +492,37 @@ def test_time_distributed_equals_keras_and_finite_differences():
         L.TimeDistributed("dense")
 
 
+def test_time_distributed_gives_the_inner_layer_each_steps_mask():
+    """Sentences of words: Embedding(mask_zero) makes a (batch, sentences, words) mask, and
+    TimeDistributed(LSTM) hands each sentence's word mask to the LSTM (Keras: mask[:, i] to
+    step i's call), so padded words change nothing; outputs equal Keras's, in a model that
+    trains (the backward pass through the masked steps)."""
+    ids = np.array([[[3, 5, 0, 0], [7, 0, 0, 0], [2, 4, 6, 1]],
+                    [[1, 1, 1, 1], [9, 8, 0, 0], [0, 0, 0, 0]]], np.int32)
+
+    def build(lib, mask_zero=True):
+        inputs = lib.Input((3, 4), dtype="int32")
+        h = lib.layers.Embedding(10, 5, mask_zero=mask_zero)(inputs)
+        h = lib.layers.TimeDistributed(lib.layers.LSTM(6))(h)
+        return lib.Model(inputs, lib.layers.Dense(2)(lib.layers.Flatten()(h)))
+
+    theirs, ours, unmasked = build(keras), build(fastnn), build(fastnn, mask_zero=False)
+    ours.set_weights(theirs.get_weights())
+    unmasked.set_weights(theirs.get_weights())
+    want = keras.ops.convert_to_numpy(theirs(ids))
+    np.testing.assert_allclose(ours.predict(ids, verbose=0), want, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(unmasked.predict(ids, verbose=0), want, atol=1e-3)  # mask used
+    inner = L.TimeDistributed(L.LSTM(3))
+    inner.build((None, 2, 4, 5))
+    x = np.ones((1, 2, 4, 5), np.float32)
+    with pytest.raises(ValueError, match="first two dimensions"):
+        inner.forward(put(x), mask=put(np.ones((1, 3, 4), bool)))
+    ours.compile("adam", "mse")
+    history = ours.fit(ids, np.ones((2, 2), np.float32), epochs=3, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert history.history["loss"][-1] < history.history["loss"][0]
+
+
 # ---- configs and errors -------------------------------------------------------------------------
 @pytest.mark.parametrize("name,kwargs,shape", CASES, ids=IDS)
 def test_config_round_trips_and_keras_reads_it(name, kwargs, shape):
