@@ -863,11 +863,7 @@ class Functional(Model):
     def _loss_and_grad(self, out, y, w, want_grad):
         if self.__dict__.get("_output_losses") is None:
             return super()._loss_and_grad(out, y, w, want_grad)
-        if any(m is not None for m in _thread_state(self._thread).__dict__.get(
-                "output_mask") or ()):
-            raise NotImplementedError(
-                f"Model {self.name!r}: an output of a model with several outputs carries a "
-                "mask; fastnn applies output masks to the loss of single-output models only")
+        masks = self._output_masks()
         n, total, grads, totals = out.shape[0], 0.0, [], []
         for i, (o, t) in enumerate(zip(self._split_outputs(out), self._split_targets(y))):
             loss, weight = self._output_losses[i], self._loss_weights[i]
@@ -876,14 +872,19 @@ class Functional(Model):
                 continue
             o2 = o.reshape(-1, o.shape[-1])
             rows = o2.shape[0]
-            if w is not None and rows != n:
+            # an output's mask weighs its timesteps, as in a single-output model
+            w_i = w if masks[i] is None else self._masked_weights(masks[i], w, o)
+            if w_i is not None and rows != len(w_i):
                 raise ValueError(f"sample_weight: output {self.output_names[i]!r} has "
                                  f"{rows // n} values per sample; weights apply to one")
             scale = (1.0 / rows if loss.reduction == "sum_over_batch_size" else 1.0) * weight
             grad = get_ops().empty(o2.shape) if want_grad else None
             t2 = t.reshape(-1) if t.dtype == np.int32 else t.reshape(rows, -1)
-            value = _scaled(loss.value_and_grad(o2, t2, w, scale, grad, loss.mode(None)),
-                            scale_back(loss, rows))
+            # the trackers count samples (n); an output of several rows per sample (a
+            # sequence) adds its mean over rows per sample, as Keras reports it
+            value = _scaled(loss.value_and_grad(o2, t2, w_i, scale, grad, loss.mode(None)),
+                            scale_back(loss, n) * (n / rows if loss.reduction ==
+                                                   "sum_over_batch_size" else 1.0))
             totals.append(value)
             total = total + weight * value
             grads.append(None if grad is None else grad.reshape(o.shape))
@@ -898,9 +899,21 @@ class Functional(Model):
             tracker.update_with_sum(value, n)
         if y is None:
             return
-        outs, targets = self._split_outputs(out), self._split_targets(y)
+        outs, targets, masks = self._split_outputs(out), self._split_targets(y), \
+            self._output_masks()
         for metric, i in zip(self._metrics, self._metric_outputs):
-            metric.update_state(targets[i], outs[i])
+            if masks[i] is None:
+                metric.update_state(targets[i], outs[i])
+                continue
+            rows = masks[i].size        # each timestep a row, the masked ones weighing 0
+            metric.update_state(targets[i].reshape(rows, -1) if targets[i].dtype != np.int32
+                                else targets[i].reshape(-1), outs[i].reshape(rows, -1),
+                                sample_weight=masks[i].reshape(-1).astype(np.float32))
+
+    def _output_masks(self):
+        """The mask each output carries in this thread's last forward pass (None: none)."""
+        masks = _thread_state(self._thread).__dict__.get("output_mask")
+        return list(masks) if masks else [None] * len(self.outputs)
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         out = super().predict(x, batch_size, verbose, steps, callbacks)

@@ -72,7 +72,15 @@ class _Sequence(Layer):
         ops = get_ops()
         in_pass = getattr(_PASS, "counts", None) is not None
         if isinstance(x, Tensor) or in_pass or any(isinstance(s, Tensor) for s in states or ()):
-            return self._call_on_tape(x, training, mask, states)
+            if mask is None and isinstance(x, Tensor):
+                mask = x.keras_mask         # the mask the input carries, as Keras passes it
+            outs = self._call_on_tape(x, training, mask, states)
+            if mask is not None:
+                masks = self.compute_mask(x, mask)
+                for out, out_mask in zip(outs if self._several() else [outs],
+                                         masks if self._several() else [masks]):
+                    out.keras_mask = out_mask
+            return outs
         x = ops.asarray(x)
         self._maybe_build(self._build_shape_of(x))
         out = self.forward(x, bool(training), mask=mask, initial_state=states)

@@ -189,6 +189,11 @@ class Trainer:
     def _results(self, logs):
         """evaluate()'s list (or the loss alone), in Keras's order."""
         names = [m.name for m in self._trackers()]
+        if self.__dict__.get("_output_losses") is not None:
+            # several outputs: Keras lists the losses, then the metrics (named after their
+            # outputs, so not among its compiled metrics' own names) sorted by name
+            losses = 1 + len(self._output_loss_trackers)
+            names = names[:losses] + sorted(names[losses:])
         return logs["loss"] if len(names) == 1 else [logs[name] for name in names]
 
     def _one(self, data, names, what, arg):

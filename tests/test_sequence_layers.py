@@ -438,6 +438,33 @@ def test_output_mask_weighs_the_loss_as_keras():
         np.testing.assert_allclose(a, keras.ops.convert_to_numpy(b), rtol=1e-4, atol=1e-6)
 
 
+def test_each_outputs_mask_weighs_its_loss_and_metrics_as_keras():
+    """Two outputs: a tagger's per-word softmax carrying the Embedding's mask, and a masked
+    LSTM's sentence output (no mask): the losses, the per-output losses and the metrics as
+    Keras 3 computes them, and one step of training to the same weights."""
+    def build(K):
+        inputs = K.Input(shape=(6,), dtype="int32")
+        h = K.layers.Embedding(8, 4, mask_zero=True)(inputs)
+        tags = K.layers.Dense(3, activation="softmax", name="tags")(h)
+        sentence = K.layers.Dense(1, name="sentence")(K.layers.LSTM(5)(h))
+        return K.Model(inputs, [tags, sentence])
+    ours, theirs = build(fastnn), build(keras)
+    theirs.set_weights(ours.get_weights())
+    rng = np.random.default_rng(5)
+    x = rng.integers(1, 8, (5, 6)).astype(np.int32)
+    x[0, 2:] = x[3, 4:] = 0
+    y = [rng.integers(0, 3, (5, 6)), rng.standard_normal((5, 1)).astype(np.float32)]
+    for m in (ours, theirs):
+        m.compile(optimizer="sgd", loss=["sparse_categorical_crossentropy", "mse"],
+                  metrics=[["accuracy"], ["mae"]])
+    np.testing.assert_allclose(ours.evaluate(x, y, verbose=0),
+                               theirs.evaluate(x, y, verbose=0), rtol=1e-5)
+    ours.fit(x, y, epochs=1, batch_size=5, verbose=0)
+    theirs.fit(x, y, epochs=1, batch_size=5, verbose=0)
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(a, keras.ops.convert_to_numpy(b), rtol=1e-4, atol=1e-6)
+
+
 def test_output_mask_weighs_loss_and_metrics_of_a_tagger_as_keras():
     def build(K):
         return K.Sequential([K.Input(shape=(6,), dtype="int32"),
