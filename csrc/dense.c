@@ -29,7 +29,7 @@ int fnn_bias_act_forward(int act, float alpha, float *z, const float *bias, cons
         scale = (float *)malloc(2 * cols * sizeof(float));
         if (!scale) return -1;
         shift = scale + cols;
-        for (size_t c = 0; c < cols; c++) {     /* as fnn_bn_apply computes them */
+        for (size_t c = 0; c < cols; c++) {     /* as fnn_batchnorm_apply computes them */
             scale[c] = (norm->gamma ? norm->gamma[c] : 1.0f) / sqrtf(norm->var[c] + norm->eps);
             shift[c] = norm->beta ? norm->beta[c] : 0.0f;
         }

@@ -1763,7 +1763,7 @@ class ConvPool:
 
     def _plan(self, n, window):
         _, _, _, _, _, _, oh, ow = window
-        groups, chunk = get_ops().conv_pool_plan(n, oh, ow, self.conv.filters)
+        groups, chunk = get_ops().conv2d_maxpool_plan(n, oh, ow, self.conv.filters)
         return groups, groups * chunk * oh * ow
 
     def forward(self, x, training=False):

@@ -460,10 +460,10 @@ class Ops:
         return dx
 
     # A Conv2D and the MaxPooling2D after it as one step. A backend may run it a chunk of
-    # images at a time (CpuOps: the convolution output stays in cache); conv_pool_plan says how
+    # images at a time (CpuOps: the convolution output stays in cache); conv2d_maxpool_plan says how
     # the workspaces are sized: `work` holds groups x chunk convolution outputs, `dcols_work`
     # as many im2col blocks, `partials` (groups - 1) kernel gradients. Here: one chunk.
-    def conv_pool_plan(self, n, oh, ow, filters):
+    def conv2d_maxpool_plan(self, n, oh, ow, filters):
         """(groups, images per chunk) of conv2d_maxpool_forward/backward over n images."""
         return 1, n
 
