@@ -124,7 +124,15 @@ def nodes_between(inputs, outputs):
     the layers, both in Keras's order: by depth from the outputs, deepest first, ties in the
     order a walk from the outputs (each node's inputs left to right) first meets them. Each
     node comes after the nodes it reads from. Raises as Keras does ("Graph disconnected")
-    when an output needs a tensor that the inputs do not compute."""
+    when an output needs a tensor that the inputs do not compute.
+
+    Args:
+        inputs: The input tensors.
+        outputs: The output tensors.
+
+    Returns:
+        The nodes and the layers, each a list in Keras's order.
+    """
     input_ids = {id(t) for t in inputs}
     first_seen, post_order, finished, in_progress = {}, [], set(), set()
     for output in outputs:

@@ -13,7 +13,23 @@ _SCOPE = threading.local()  # the custom_objects (and safe_mode) in force in thi
 
 def register_keras_serializable(package="Custom", name=None):
     """Class decorator: register a Layer subclass (or other object) under "package>name" (name
-    defaults to the class name), the registered_name Keras writes for it."""
+    defaults to the class name), the registered_name Keras writes for it.
+
+    Args:
+        package: The package part of the registered name. Defaults to `"Custom"`.
+        name: The name part; `None`: the class or function name. Defaults to `None`.
+
+    Returns:
+        The decorator.
+
+    Example:
+
+    ```python
+    @fastnn.saving.register_keras_serializable(package="my_package")
+    class MyLayer(fastnn.layers.Layer):
+        ...
+    ```
+    """
     if not isinstance(package, str) or ">" in package:
         raise ValueError(f"register_keras_serializable: package must be a string without '>', "
                          f"got {package!r}")
@@ -45,7 +61,18 @@ def get_custom_objects():
 @contextlib.contextmanager
 def custom_object_scope(custom_objects):
     """Within the block (in this thread), class names in configs also resolve against
-    `custom_objects` (name -> class)."""
+    `custom_objects` (name -> class).
+
+    Args:
+        custom_objects: A dict `{name: class or function}`.
+
+    Example:
+
+    ```python
+    with fastnn.saving.custom_object_scope({"MyLayer": MyLayer}):
+        model = fastnn.models.load_model("model.keras")
+    ```
+    """
     if custom_objects is not None and not isinstance(custom_objects, dict):
         raise TypeError(f"custom_objects must be a dict or None, got {custom_objects!r}")
     previous = getattr(_SCOPE, "objects", {})

@@ -70,8 +70,9 @@ def api():
     for path in METHODS_OF:
         module_name, _, cls_name = path.rpartition(".")
         cls = getattr(importlib.import_module(module_name), cls_name)
-        for name, member in sorted(vars(cls).items()):
-            if not name.startswith("_") and inspect.isfunction(member):
+        for name in dir(cls):      # its own methods and those it inherits (fit, ...)
+            member = inspect.getattr_static(cls, name)
+            if not name.startswith("_") and _is_fastnn(member):
                 add(f"{path}.{name}", member)
     return found
 
