@@ -46,7 +46,14 @@ def register_keras_serializable(package="Custom", name=None):
 
 def get_registered_name(obj):
     """The name a saved config gives obj's class (or obj, a function): "package>name" when
-    registered, else its own name."""
+    registered, else its own name.
+
+    Args:
+        obj: A class or function.
+
+    Returns:
+        A string.
+    """
     if inspect.isfunction(obj):
         return getattr(obj, "_registered_name", None) or obj.__name__
     cls = obj if isinstance(obj, type) else type(obj)
