@@ -275,7 +275,7 @@ class Layer:
         batch_size: Legacy fixed batch size, used with `input_shape`. Defaults to `None`.
         activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
             batch size, is added to the loss. `None`: none. Defaults to `None`.
-        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+        **kwargs: No other keyword argument is accepted (an error names it).
 
     Example:
 
@@ -4256,8 +4256,8 @@ class LayerNormalization(_AffineNorm):
         epsilon: Small float added to the variance to avoid dividing by zero. Defaults to `0.001`.
         center: Whether to add the learned offset `beta`. Defaults to `True`.
         scale: Whether to multiply by the learned scale `gamma`. Defaults to `True`.
-        rms_scaling: Whether to scale by the root mean square only (no centring, no `beta`).
-            Defaults to `False`.
+        rms_scaling: Deprecated in Keras: divide by `sqrt(var + epsilon)` without centring and
+            without `beta`, as Keras 3 computes it. Defaults to `False`.
         beta_initializer: Initializer for the offset `beta` (a name such as `"zeros"`, a config
             dict, or an initializer object). Defaults to `"zeros"`.
         gamma_initializer: Initializer for the scale `gamma` (a name such as `"zeros"`, a config

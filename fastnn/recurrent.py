@@ -635,8 +635,8 @@ class GRU(_RNN):
             continues sample i); reset with `reset_states()`. Defaults to `False`.
         unroll: Accepted for Keras compatibility; the computation is the same either way. Defaults
             to `False`.
-        reset_after: Only `True` is supported (the reset gate is applied after the recurrent
-            transformation, Keras 3's default).
+        reset_after: Whether the reset gate is applied after the recurrent transformation
+            (Keras 3's default; the bias then has shape `(2, 3 * units)`) or before it.
         use_cudnn: `"auto"` or `False`; `True` is refused (fastnn has no cuDNN path). Defaults to
             `"auto"`.
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
