@@ -82,7 +82,6 @@ class Tensor:
         name: A name, for messages. Defaults to `None`.
         parents: The tensors it was computed from. Defaults to `()`.
         backward: A function from its gradient to its parents' gradients, or `None` for a leaf.
-            Defaults to `None`.
     """
     # keras_mask: the mask (batch, timesteps) a layer's output carries, as Keras's _keras_mask
     __slots__ = ("value", "parents", "backward", "requires_grad", "grad", "name", "keras_mask")
@@ -326,7 +325,7 @@ def gradients(output, leaves=(), seed=None, order=None):
     Args:
         output: A tensor, or a list of tensors, to differentiate.
         leaves: The tensors whose gradients to return. Defaults to `()`.
-        seed: The gradient of `output` (or one per output); `None`: ones. Defaults to `None`.
+        seed: The gradient of `output` (or one per output); `None`: ones.
         order: A precomputed topological order of the tape, or `None`. Defaults to `None`.
 
     Returns:

@@ -22,7 +22,7 @@ class KerasTensor:
         shape: The tensor's shape, batch axis first (`None` for unknown sizes).
         dtype: The tensor's data type. Defaults to `"float32"`.
         name: Its name. Defaults to `None`.
-        node: The layer call that produced it (`None` for a model input). Defaults to `None`.
+        node: The layer call that produced it (`None` for a model input).
         index: Which of that call's outputs it is. Defaults to `0`.
     """
 

@@ -274,7 +274,7 @@ class Layer:
         batch_input_shape: Legacy input shape including the batch axis. Defaults to `None`.
         batch_size: Legacy fixed batch size, used with `input_shape`. Defaults to `None`.
         activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
-            batch size, is added to the loss. `None`: none. Defaults to `None`.
+            batch size, is added to the loss. `None`: none.
         **kwargs: No other keyword argument is accepted (an error names it).
 
     Example:
@@ -354,7 +354,7 @@ class Layer:
         backend) and kept where the backend computes. Returns it as a Variable.
 
         Args:
-            shape: Shape of the weight, a tuple; `None`: a scalar. Defaults to `None`.
+            shape: Shape of the weight, a tuple; `None`: a scalar.
             initializer: Initializer (a name, dict or object); `None`: `"glorot_uniform"`. Defaults
                 to `None`.
             dtype: Only `"float32"` (or `None`) is supported. Defaults to `None`.
@@ -953,7 +953,7 @@ def Input(shape=None, batch_size=None, dtype=None, name=None, batch_shape=None):
 
     Args:
         shape: Shape of one sample, without the batch axis (e.g. `(784,)`; `None` for an axis of any
-            size). Defaults to `None`.
+            size).
         batch_size: Fixed batch size, or `None`. Defaults to `None`.
         dtype: Data type of the input (float32 by default; integer types for `Embedding` inputs).
         name: Name of the input (a unique one is made when `None`). Defaults to `None`.
@@ -983,15 +983,13 @@ class Dense(Layer):
         bias_initializer: Initializer for the bias vector (a name such as `"zeros"`, a config dict,
             or an initializer object). Defaults to `"zeros"`.
         kernel_regularizer: Regularizer for the kernel: its penalty is added to the model's loss.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         bias_regularizer: Regularizer for the bias: its penalty is added to the model's loss.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
-            batch size, is added to the loss. `None`: none. Defaults to `None`.
+            batch size, is added to the loss. `None`: none.
         kernel_constraint: Constraint applied to the kernel after each optimizer step. `None`: none.
-            Defaults to `None`.
         bias_constraint: Constraint applied to the bias after each optimizer step. `None`: none.
-            Defaults to `None`.
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
 
     Example:
@@ -1153,7 +1151,7 @@ class ReLU(_KernelOrOwn):
     relu(threshold - x).
 
     Args:
-        max_value: Upper bound of the output, or `None` for none. Defaults to `None`.
+        max_value: Upper bound of the output, or `None` for none.
         negative_slope: Slope for inputs below `threshold`. Defaults to `0.0`.
         threshold: Inputs below it take the negative slope (or 0). Defaults to `0.0`.
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
@@ -1307,7 +1305,7 @@ class Dropout(Layer):
         rate: Fraction of the input units to drop, in [0, 1).
         noise_shape: Only `None` is supported (one draw per unit). Defaults to `None`.
         seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
-            from the global generator (see `fastnn.utils.set_random_seed`). Defaults to `None`.
+            from the global generator (see `fastnn.utils.set_random_seed`).
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
     """
     supports_masking = True     # passes its input's mask on, as in Keras
@@ -1497,7 +1495,7 @@ class Conv2D(_Windowed, Layer):
         padding: `"valid"` (no padding) or `"same"` (zero padding so that the output size is the
             input size divided by the stride, rounded up); case-insensitive. Defaults to `"valid"`.
         data_format: Only `"channels_last"` (inputs `(batch, ..., channels)`) or `None` (the same)
-            is supported. Defaults to `None`.
+            is supported.
         dilation_rate: Spacing between the kernel's taps: an int or a tuple. Cannot be combined with
             strides > 1. Defaults to `(1, 1)`.
         groups: Number of groups the input channels are split into, each convolved with `filters /
@@ -1511,15 +1509,13 @@ class Conv2D(_Windowed, Layer):
         bias_initializer: Initializer for the bias vector (a name such as `"zeros"`, a config dict,
             or an initializer object). Defaults to `"zeros"`.
         kernel_regularizer: Regularizer for the kernel: its penalty is added to the model's loss.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         bias_regularizer: Regularizer for the bias: its penalty is added to the model's loss.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
-            batch size, is added to the loss. `None`: none. Defaults to `None`.
+            batch size, is added to the loss. `None`: none.
         kernel_constraint: Constraint applied to the kernel after each optimizer step. `None`: none.
-            Defaults to `None`.
         bias_constraint: Constraint applied to the bias after each optimizer step. `None`: none.
-            Defaults to `None`.
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
 
     Example:
@@ -1698,7 +1694,7 @@ class DepthwiseConv2D(Conv2D):
         depth_multiplier: Number of depthwise output channels for each input channel. Defaults to
             `1`.
         data_format: Only `"channels_last"` (inputs `(batch, ..., channels)`) or `None` (the same)
-            is supported. Defaults to `None`.
+            is supported.
         dilation_rate: Spacing between the kernel's taps: an int or a tuple. Cannot be combined with
             strides > 1. Defaults to `(1, 1)`.
         activation: Activation applied to the output: a name such as `"relu"`, a callable, or `None`
@@ -1709,15 +1705,14 @@ class DepthwiseConv2D(Conv2D):
         bias_initializer: Initializer for the bias vector (a name such as `"zeros"`, a config dict,
             or an initializer object). Defaults to `"zeros"`.
         depthwise_regularizer: Regularizer for the depthwise kernel: its penalty is added to the
-            model's loss. `None`: none. Defaults to `None`.
+            model's loss. `None`: none.
         bias_regularizer: Regularizer for the bias: its penalty is added to the model's loss.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
-            batch size, is added to the loss. `None`: none. Defaults to `None`.
+            batch size, is added to the loss. `None`: none.
         depthwise_constraint: Constraint applied to the depthwise kernel after each optimizer step.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         bias_constraint: Constraint applied to the bias after each optimizer step. `None`: none.
-            Defaults to `None`.
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
     """
     _KERAS_DEFAULTS = {}
@@ -1804,7 +1799,7 @@ class SeparableConv2D(_Windowed, Layer):
         padding: `"valid"` (no padding) or `"same"` (zero padding so that the output size is the
             input size divided by the stride, rounded up); case-insensitive. Defaults to `"valid"`.
         data_format: Only `"channels_last"` (inputs `(batch, ..., channels)`) or `None` (the same)
-            is supported. Defaults to `None`.
+            is supported.
         depth_multiplier: Number of depthwise output channels for each input channel. Defaults to
             `1`.
         dilation_rate: Spacing between the kernel's taps: an int or a tuple. Cannot be combined with
@@ -1819,19 +1814,18 @@ class SeparableConv2D(_Windowed, Layer):
         bias_initializer: Initializer for the bias vector (a name such as `"zeros"`, a config dict,
             or an initializer object). Defaults to `"zeros"`.
         depthwise_regularizer: Regularizer for the depthwise kernel: its penalty is added to the
-            model's loss. `None`: none. Defaults to `None`.
+            model's loss. `None`: none.
         pointwise_regularizer: Regularizer for the pointwise kernel: its penalty is added to the
-            model's loss. `None`: none. Defaults to `None`.
+            model's loss. `None`: none.
         bias_regularizer: Regularizer for the bias: its penalty is added to the model's loss.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
-            batch size, is added to the loss. `None`: none. Defaults to `None`.
+            batch size, is added to the loss. `None`: none.
         depthwise_constraint: Constraint applied to the depthwise kernel after each optimizer step.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         pointwise_constraint: Constraint applied to the pointwise kernel after each optimizer step.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         bias_constraint: Constraint applied to the bias after each optimizer step. `None`: none.
-            Defaults to `None`.
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
     """
 
@@ -1971,12 +1965,13 @@ class Conv2DTranspose(_Windowed, Layer):
         kernel_size: Size of the convolution window: an int or a tuple of one int per spatial axis.
         strides: Step of the window along each spatial axis: an int or a tuple. Defaults to `(1,
             1)`.
-        padding: `"valid"` (no padding) or `"same"` (zero padding so that the output size is the
-            input size divided by the stride, rounded up); case-insensitive. Defaults to `"valid"`.
+        padding: `"valid"` or `"same"` (case-insensitive): with `"same"` and no `output_padding`,
+            the output size is the input size times the stride; with `"valid"` it is
+            `(input - 1) * stride + max(kernel_size, stride)` (undilated). Defaults to `"valid"`.
         output_padding: Extra rows/columns added to one side of the output (an int or a pair, each
             smaller than the stride), or `None` to infer the output size. Defaults to `None`.
         data_format: Only `"channels_last"` (inputs `(batch, ..., channels)`) or `None` (the same)
-            is supported. Defaults to `None`.
+            is supported.
         dilation_rate: Spacing between the kernel's taps: an int or a tuple. Cannot be combined with
             strides > 1. Defaults to `(1, 1)`.
         activation: Activation applied to the output: a name such as `"relu"`, a callable, or `None`
@@ -1987,15 +1982,13 @@ class Conv2DTranspose(_Windowed, Layer):
         bias_initializer: Initializer for the bias vector (a name such as `"zeros"`, a config dict,
             or an initializer object). Defaults to `"zeros"`.
         kernel_regularizer: Regularizer for the kernel: its penalty is added to the model's loss.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         bias_regularizer: Regularizer for the bias: its penalty is added to the model's loss.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
-            batch size, is added to the loss. `None`: none. Defaults to `None`.
+            batch size, is added to the loss. `None`: none.
         kernel_constraint: Constraint applied to the kernel after each optimizer step. `None`: none.
-            Defaults to `None`.
         bias_constraint: Constraint applied to the bias after each optimizer step. `None`: none.
-            Defaults to `None`.
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
     """
 
@@ -2154,7 +2147,7 @@ class MaxPooling2D(_Pooling2D):
 
     Args:
         pool_size: Size of the pooling window: an int or a tuple. Defaults to `(2, 2)`.
-        strides: Step of the window: an int or a pair; `None`: `pool_size`. Defaults to `None`.
+        strides: Step of the window: an int or a pair; `None`: `pool_size`.
         padding: `"valid"` (windows inside the image) or `"same"` (padded so that the output size is
             the input size divided by the stride, rounded up). Defaults to `"valid"`.
         data_format: Only `"channels_last"` (inputs `(batch, height, width, channels)`) or `None` is
@@ -2255,7 +2248,7 @@ class AveragePooling2D(_Pooling2D):
 
     Args:
         pool_size: Size of the pooling window: an int or a tuple. Defaults to `(2, 2)`.
-        strides: Step of the window: an int or a pair; `None`: `pool_size`. Defaults to `None`.
+        strides: Step of the window: an int or a pair; `None`: `pool_size`.
         padding: `"valid"` or `"same"`. Defaults to `"valid"`.
         data_format: Only `"channels_last"` (inputs `(batch, height, width, channels)`) or `None` is
             supported. Defaults to `None`.
@@ -2377,13 +2370,13 @@ class BatchNormalization(Layer):
         moving_variance_initializer: Initializer for the moving variance (a name such as `"zeros"`,
             a config dict, or an initializer object). Defaults to `"ones"`.
         beta_regularizer: Regularizer for the offset `beta`: its penalty is added to the model's
-            loss. `None`: none. Defaults to `None`.
+            loss. `None`: none.
         gamma_regularizer: Regularizer for the scale `gamma`: its penalty is added to the model's
-            loss. `None`: none. Defaults to `None`.
+            loss. `None`: none.
         beta_constraint: Constraint applied to the offset `beta` after each optimizer step. `None`:
-            none. Defaults to `None`.
+            none.
         gamma_constraint: Constraint applied to the scale `gamma` after each optimizer step. `None`:
-            none. Defaults to `None`.
+            none.
         synchronized: Accepted for Keras compatibility (one process holds the whole batch). Defaults
             to `False`.
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
@@ -2541,7 +2534,7 @@ class Add(_Merge):
         batch_input_shape: Legacy input shape including the batch axis. Defaults to `None`.
         batch_size: Legacy fixed batch size, used with `input_shape`. Defaults to `None`.
         activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
-            batch size, is added to the loss. `None`: none. Defaults to `None`.
+            batch size, is added to the loss. `None`: none.
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
 
     Example:
@@ -2589,7 +2582,7 @@ class Subtract(_Merge):
         batch_input_shape: Legacy input shape including the batch axis. Defaults to `None`.
         batch_size: Legacy fixed batch size, used with `input_shape`. Defaults to `None`.
         activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
-            batch size, is added to the loss. `None`: none. Defaults to `None`.
+            batch size, is added to the loss. `None`: none.
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
 
     Example:
@@ -2628,7 +2621,7 @@ class Multiply(_Merge):
         batch_input_shape: Legacy input shape including the batch axis. Defaults to `None`.
         batch_size: Legacy fixed batch size, used with `input_shape`. Defaults to `None`.
         activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
-            batch size, is added to the loss. `None`: none. Defaults to `None`.
+            batch size, is added to the loss. `None`: none.
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
 
     Example:
@@ -2661,7 +2654,7 @@ class Maximum(_Merge):
         batch_input_shape: Legacy input shape including the batch axis. Defaults to `None`.
         batch_size: Legacy fixed batch size, used with `input_shape`. Defaults to `None`.
         activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
-            batch size, is added to the loss. `None`: none. Defaults to `None`.
+            batch size, is added to the loss. `None`: none.
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
 
     Example:
@@ -2694,7 +2687,7 @@ class Minimum(_Merge):
         batch_input_shape: Legacy input shape including the batch axis. Defaults to `None`.
         batch_size: Legacy fixed batch size, used with `input_shape`. Defaults to `None`.
         activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
-            batch size, is added to the loss. `None`: none. Defaults to `None`.
+            batch size, is added to the loss. `None`: none.
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
 
     Example:
@@ -2727,7 +2720,7 @@ class Average(_Merge):
         batch_input_shape: Legacy input shape including the batch axis. Defaults to `None`.
         batch_size: Legacy fixed batch size, used with `input_shape`. Defaults to `None`.
         activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
-            batch size, is added to the loss. `None`: none. Defaults to `None`.
+            batch size, is added to the loss. `None`: none.
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
 
     Example:
@@ -2950,7 +2943,7 @@ class Identity(_ShapeLayer):
         batch_input_shape: Legacy input shape including the batch axis. Defaults to `None`.
         batch_size: Legacy fixed batch size, used with `input_shape`. Defaults to `None`.
         activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
-            batch size, is added to the loss. `None`: none. Defaults to `None`.
+            batch size, is added to the loss. `None`: none.
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
     """
     supports_masking = True     # passes its input's mask on, as in Keras
@@ -3193,7 +3186,7 @@ class Lambda(Layer):
     Args:
         function: The function, called as `function(inputs, **arguments)`.
         output_shape: Output shape without the batch axis, or a function of the input shape; `None`:
-            inferred by calling `function`. Defaults to `None`.
+            inferred by calling `function`.
         mask: Only `None` is supported. Defaults to `None`.
         arguments: A dict of keyword arguments passed to `function`, or `None`. Defaults to `None`.
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
@@ -3915,7 +3908,7 @@ class RandomFlip(_RandomImageLayer):
         mode: `"horizontal"`, `"vertical"` or `"horizontal_and_vertical"`. Defaults to
             `"horizontal_and_vertical"`.
         seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
-            from the global generator (see `fastnn.utils.set_random_seed`). Defaults to `None`.
+            from the global generator (see `fastnn.utils.set_random_seed`).
         data_format: `"channels_last"` (images `(batch, height, width, channels)`) or
             `"channels_first"`; `None` uses `fastnn.backend.image_data_format()`. Defaults to
             `None`.
@@ -3994,7 +3987,7 @@ class RandomRotation(_AffineLayer):
         interpolation: Interpolation used to sample the image: `"bilinear"` or `"nearest"`. Defaults
             to `"bilinear"`.
         seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
-            from the global generator (see `fastnn.utils.set_random_seed`). Defaults to `None`.
+            from the global generator (see `fastnn.utils.set_random_seed`).
         fill_value: The value of points outside the image with `fill_mode="constant"`. Defaults to
             `0.0`.
         data_format: `"channels_last"` (images `(batch, height, width, channels)`) or
@@ -4030,13 +4023,13 @@ class RandomZoom(_AffineLayer):
         height_factor: A float or a pair `(lower, upper)`: the vertical zoom is `1 +` a draw from it
             (negative values zoom in).
         width_factor: The same for the horizontal zoom; `None`: the vertical zoom is used for both
-            (the aspect ratio is kept). Defaults to `None`.
+            (the aspect ratio is kept).
         fill_mode: How points outside the image are filled: `"reflect"`, `"wrap"`, `"constant"`
             (with `fill_value`) or `"nearest"`. Defaults to `"reflect"`.
         interpolation: Interpolation used to sample the image: `"bilinear"` or `"nearest"`. Defaults
             to `"bilinear"`.
         seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
-            from the global generator (see `fastnn.utils.set_random_seed`). Defaults to `None`.
+            from the global generator (see `fastnn.utils.set_random_seed`).
         fill_value: The value of points outside the image with `fill_mode="constant"`. Defaults to
             `0.0`.
         data_format: `"channels_last"` (images `(batch, height, width, channels)`) or
@@ -4085,7 +4078,7 @@ class RandomTranslation(_AffineLayer):
         interpolation: Interpolation used to sample the image: `"bilinear"` or `"nearest"`. Defaults
             to `"bilinear"`.
         seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
-            from the global generator (see `fastnn.utils.set_random_seed`). Defaults to `None`.
+            from the global generator (see `fastnn.utils.set_random_seed`).
         fill_value: The value of points outside the image with `fill_mode="constant"`. Defaults to
             `0.0`.
         data_format: `"channels_last"` (images `(batch, height, width, channels)`) or
@@ -4126,7 +4119,7 @@ class RandomContrast(_RandomImageLayer):
         value_range: The range of the pixel values, `(low, high)`; outputs are clipped to it.
             Defaults to `(0, 255)`.
         seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
-            from the global generator (see `fastnn.utils.set_random_seed`). Defaults to `None`.
+            from the global generator (see `fastnn.utils.set_random_seed`).
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
     """
 
@@ -4263,13 +4256,13 @@ class LayerNormalization(_AffineNorm):
         gamma_initializer: Initializer for the scale `gamma` (a name such as `"zeros"`, a config
             dict, or an initializer object). Defaults to `"ones"`.
         beta_regularizer: Regularizer for the offset `beta`: its penalty is added to the model's
-            loss. `None`: none. Defaults to `None`.
+            loss. `None`: none.
         gamma_regularizer: Regularizer for the scale `gamma`: its penalty is added to the model's
-            loss. `None`: none. Defaults to `None`.
+            loss. `None`: none.
         beta_constraint: Constraint applied to the offset `beta` after each optimizer step. `None`:
-            none. Defaults to `None`.
+            none.
         gamma_constraint: Constraint applied to the scale `gamma` after each optimizer step. `None`:
-            none. Defaults to `None`.
+            none.
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
     """
     supports_masking = True     # passes its input's mask on, as in Keras
@@ -4339,13 +4332,13 @@ class GroupNormalization(_AffineNorm):
         gamma_initializer: Initializer for the scale `gamma` (a name such as `"zeros"`, a config
             dict, or an initializer object). Defaults to `"ones"`.
         beta_regularizer: Regularizer for the offset `beta`: its penalty is added to the model's
-            loss. `None`: none. Defaults to `None`.
+            loss. `None`: none.
         gamma_regularizer: Regularizer for the scale `gamma`: its penalty is added to the model's
-            loss. `None`: none. Defaults to `None`.
+            loss. `None`: none.
         beta_constraint: Constraint applied to the offset `beta` after each optimizer step. `None`:
-            none. Defaults to `None`.
+            none.
         gamma_constraint: Constraint applied to the scale `gamma` after each optimizer step. `None`:
-            none. Defaults to `None`.
+            none.
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
     """
     supports_masking = True     # passes its input's mask on, as in Keras
@@ -4481,7 +4474,7 @@ class SpatialDropout1D(_SpatialDropout):
     Args:
         rate: Fraction of the channels to drop, in [0, 1).
         seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
-            from the global generator (see `fastnn.utils.set_random_seed`). Defaults to `None`.
+            from the global generator (see `fastnn.utils.set_random_seed`).
         name: Name of the layer. Defaults to `None`.
         dtype: Only `"float32"` (or `None`). Defaults to `None`.
     """
@@ -4500,7 +4493,7 @@ class SpatialDropout2D(_SpatialDropout):
             `"channels_first"`; `None` uses `fastnn.backend.image_data_format()`. Defaults to
             `None`.
         seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
-            from the global generator (see `fastnn.utils.set_random_seed`). Defaults to `None`.
+            from the global generator (see `fastnn.utils.set_random_seed`).
         name: Name of the layer. Defaults to `None`.
         dtype: Only `"float32"` (or `None`). Defaults to `None`.
     """
@@ -4519,7 +4512,7 @@ class GaussianNoise(_Noise):
     Args:
         stddev: Standard deviation of the noise.
         seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
-            from the global generator (see `fastnn.utils.set_random_seed`). Defaults to `None`.
+            from the global generator (see `fastnn.utils.set_random_seed`).
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
     """
     supports_masking = True     # passes its input's mask on, as in Keras
@@ -4543,7 +4536,7 @@ class GaussianDropout(_Noise):
     Args:
         rate: Drop probability in [0, 1): the noise's variance is `rate / (1 - rate)`.
         seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
-            from the global generator (see `fastnn.utils.set_random_seed`). Defaults to `None`.
+            from the global generator (see `fastnn.utils.set_random_seed`).
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
     """
     supports_masking = True     # passes its input's mask on, as in Keras
@@ -4601,9 +4594,9 @@ class PReLU(Layer):
         alpha_initializer: Initializer for the learned slopes `alpha` (a name such as `"zeros"`, a
             config dict, or an initializer object). Defaults to `"Zeros"`.
         alpha_regularizer: Regularizer for the slopes `alpha`: its penalty is added to the model's
-            loss. `None`: none. Defaults to `None`.
+            loss. `None`: none.
         alpha_constraint: Constraint applied to the slopes `alpha` after each optimizer step.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         shared_axes: Axes (1-based, after the batch axis) along which one `alpha` is shared, e.g.
             `[1, 2]` for one per channel of an image; `None`: one per input unit. Defaults to
             `None`.

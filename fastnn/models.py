@@ -233,7 +233,7 @@ class Model(Trainer):
 
         Args:
             input_shape: Shape of the input with the batch axis first; `None`: the shape given to
-                the first layer or `Input`. Defaults to `None`.
+                the first layer or `Input`.
         """
         with self._build_lock:      # concurrent first calls build once, in turn
             self._build(input_shape)
@@ -443,7 +443,7 @@ class Model(Trainer):
             line_length: Total width of the table; `None`: a default.
             positions: Column boundaries (fractions of the width or absolute positions); `None`: a
                 default.
-            print_fn: The function called with each line; `None`: `print`. Defaults to `None`.
+            print_fn: The function called with each line; `None`: `print`.
             expand_nested: Accepted for Keras compatibility; a nested model is shown as one row.
                 Defaults to `False`.
             show_trainable: Whether to add a column saying whether each layer is trainable. Defaults

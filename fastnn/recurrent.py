@@ -438,19 +438,17 @@ class SimpleRNN(_RNN):
         bias_initializer: Initializer for the bias vector (a name such as `"zeros"`, a config dict,
             or an initializer object). Defaults to `"zeros"`.
         kernel_regularizer: Regularizer for the kernel: its penalty is added to the model's loss.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         recurrent_regularizer: Regularizer for the recurrent kernel: its penalty is added to the
-            model's loss. `None`: none. Defaults to `None`.
+            model's loss. `None`: none.
         bias_regularizer: Regularizer for the bias: its penalty is added to the model's loss.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
-            batch size, is added to the loss. `None`: none. Defaults to `None`.
+            batch size, is added to the loss. `None`: none.
         kernel_constraint: Constraint applied to the kernel after each optimizer step. `None`: none.
-            Defaults to `None`.
         recurrent_constraint: Constraint applied to the recurrent kernel after each optimizer step.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         bias_constraint: Constraint applied to the bias after each optimizer step. `None`: none.
-            Defaults to `None`.
         dropout: Fraction in [0, 1) of the inputs' units dropped at each step during training.
             Defaults to `0.0`.
         recurrent_dropout: Fraction in [0, 1) of the state's units dropped in the recurrent
@@ -466,7 +464,7 @@ class SimpleRNN(_RNN):
         unroll: Accepted for Keras compatibility; the computation is the same either way. Defaults
             to `False`.
         seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
-            from the global generator (see `fastnn.utils.set_random_seed`). Defaults to `None`.
+            from the global generator (see `fastnn.utils.set_random_seed`).
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
     """
     kind = "simple"
@@ -514,25 +512,23 @@ class LSTM(_RNN):
         unit_forget_bias: Whether the forget gate's bias starts at 1 (the rest of the bias from
             `bias_initializer`). Defaults to `True`.
         kernel_regularizer: Regularizer for the kernel: its penalty is added to the model's loss.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         recurrent_regularizer: Regularizer for the recurrent kernel: its penalty is added to the
-            model's loss. `None`: none. Defaults to `None`.
+            model's loss. `None`: none.
         bias_regularizer: Regularizer for the bias: its penalty is added to the model's loss.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
-            batch size, is added to the loss. `None`: none. Defaults to `None`.
+            batch size, is added to the loss. `None`: none.
         kernel_constraint: Constraint applied to the kernel after each optimizer step. `None`: none.
-            Defaults to `None`.
         recurrent_constraint: Constraint applied to the recurrent kernel after each optimizer step.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         bias_constraint: Constraint applied to the bias after each optimizer step. `None`: none.
-            Defaults to `None`.
         dropout: Fraction in [0, 1) of the inputs' units dropped at each step during training.
             Defaults to `0.0`.
         recurrent_dropout: Fraction in [0, 1) of the state's units dropped in the recurrent
             transformation during training. Defaults to `0.0`.
         seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
-            from the global generator (see `fastnn.utils.set_random_seed`). Defaults to `None`.
+            from the global generator (see `fastnn.utils.set_random_seed`).
         return_sequences: Whether to return the whole output sequence `(batch, steps, units)` or
             only the last output `(batch, units)`. Defaults to `False`.
         return_state: Whether to return the final state(s) as well, after the output. Defaults to
@@ -606,25 +602,23 @@ class GRU(_RNN):
         bias_initializer: Initializer for the bias vector (a name such as `"zeros"`, a config dict,
             or an initializer object). Defaults to `"zeros"`.
         kernel_regularizer: Regularizer for the kernel: its penalty is added to the model's loss.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         recurrent_regularizer: Regularizer for the recurrent kernel: its penalty is added to the
-            model's loss. `None`: none. Defaults to `None`.
+            model's loss. `None`: none.
         bias_regularizer: Regularizer for the bias: its penalty is added to the model's loss.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
-            batch size, is added to the loss. `None`: none. Defaults to `None`.
+            batch size, is added to the loss. `None`: none.
         kernel_constraint: Constraint applied to the kernel after each optimizer step. `None`: none.
-            Defaults to `None`.
         recurrent_constraint: Constraint applied to the recurrent kernel after each optimizer step.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         bias_constraint: Constraint applied to the bias after each optimizer step. `None`: none.
-            Defaults to `None`.
         dropout: Fraction in [0, 1) of the inputs' units dropped at each step during training.
             Defaults to `0.0`.
         recurrent_dropout: Fraction in [0, 1) of the state's units dropped in the recurrent
             transformation during training. Defaults to `0.0`.
         seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
-            from the global generator (see `fastnn.utils.set_random_seed`). Defaults to `None`.
+            from the global generator (see `fastnn.utils.set_random_seed`).
         return_sequences: Whether to return the whole output sequence `(batch, steps, units)` or
             only the last output `(batch, units)`. Defaults to `False`.
         return_state: Whether to return the final state(s) as well, after the output. Defaults to

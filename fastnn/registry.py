@@ -17,7 +17,7 @@ def register_keras_serializable(package="Custom", name=None):
 
     Args:
         package: The package part of the registered name. Defaults to `"Custom"`.
-        name: The name part; `None`: the class or function name. Defaults to `None`.
+        name: The name part; `None`: the class or function name.
 
     Returns:
         The decorator.

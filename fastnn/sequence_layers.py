@@ -62,14 +62,14 @@ class Embedding(Layer):
         embeddings_initializer: Initializer for the embedding table (a name such as `"zeros"`, a
             config dict, or an initializer object). Defaults to `"uniform"`.
         embeddings_regularizer: Regularizer for the embedding table: its penalty is added to the
-            model's loss. `None`: none. Defaults to `None`.
+            model's loss. `None`: none.
         embeddings_constraint: Constraint applied to the embedding table after each optimizer step.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         mask_zero: Whether index 0 is padding: it is masked out for the layers after (then
             `input_dim` should count it). Defaults to `False`.
         weights: Initial embedding table, a list holding one `(input_dim, output_dim)` array, or
             `None`. Defaults to `None`.
-        lora_rank: Only `None` (LoRA is not supported). Defaults to `None`.
+        lora_rank: Only `None` (LoRA is not supported).
         lora_alpha: Accepted for Keras compatibility (LoRA is not supported). Defaults to `None`.
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
 
@@ -209,7 +209,7 @@ class Conv1D(Conv2D):
         padding: `"valid"`, `"same"` or `"causal"` (zero padding on the left only, so that output t
             sees inputs up to t). Defaults to `"valid"`.
         data_format: Only `"channels_last"` (inputs `(batch, ..., channels)`) or `None` (the same)
-            is supported. Defaults to `None`.
+            is supported.
         dilation_rate: Spacing between the kernel's taps: an int or a tuple. Cannot be combined with
             strides > 1. Defaults to `1`.
         groups: Number of groups the input channels are split into, each convolved with `filters /
@@ -223,15 +223,13 @@ class Conv1D(Conv2D):
         bias_initializer: Initializer for the bias vector (a name such as `"zeros"`, a config dict,
             or an initializer object). Defaults to `"zeros"`.
         kernel_regularizer: Regularizer for the kernel: its penalty is added to the model's loss.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         bias_regularizer: Regularizer for the bias: its penalty is added to the model's loss.
-            `None`: none. Defaults to `None`.
+            `None`: none.
         activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
-            batch size, is added to the loss. `None`: none. Defaults to `None`.
+            batch size, is added to the loss. `None`: none.
         kernel_constraint: Constraint applied to the kernel after each optimizer step. `None`: none.
-            Defaults to `None`.
         bias_constraint: Constraint applied to the bias after each optimizer step. `None`: none.
-            Defaults to `None`.
         **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
     """
 
@@ -349,7 +347,7 @@ class MaxPooling1D(_Pooling1D, MaxPooling2D):
 
     Args:
         pool_size: Length of the window. Defaults to `2`.
-        strides: Step of the window; `None`: `pool_size`. Defaults to `None`.
+        strides: Step of the window; `None`: `pool_size`.
         padding: `"valid"` or `"same"`. Defaults to `"valid"`.
         data_format: Only `"channels_last"` (inputs `(batch, steps, channels)`) or `None` is
             supported. Defaults to `None`.
@@ -364,7 +362,7 @@ class AveragePooling1D(_Pooling1D, AveragePooling2D):
 
     Args:
         pool_size: Length of the window. Defaults to `2`.
-        strides: Step of the window; `None`: `pool_size`. Defaults to `None`.
+        strides: Step of the window; `None`: `pool_size`.
         padding: `"valid"` or `"same"`. Defaults to `"valid"`.
         data_format: Only `"channels_last"` (inputs `(batch, steps, channels)`) or `None` is
             supported. Defaults to `None`.

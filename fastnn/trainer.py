@@ -739,7 +739,7 @@ class Trainer:
             y: Target data, arrays matching `x` (a list or dict for several outputs); `None` when
                 `x` yields batches. Defaults to `None`.
             batch_size: Number of samples per batch; `None`: 32. Not allowed when `x` yields
-                batches. Defaults to `None`.
+                batches.
             epochs: Number of epochs to train for (up to `epochs`, counting from `initial_epoch`).
                 Defaults to `1`.
             verbose: `"auto"` (the same as 1), 0 (silent), 1 (a progress bar) or 2 (one line per
@@ -986,12 +986,12 @@ class Trainer:
             y: Target data, arrays matching `x` (a list or dict for several outputs); `None` when
                 `x` yields batches. Defaults to `None`.
             batch_size: Number of samples per batch; `None`: 32. Not allowed when `x` yields
-                batches. Defaults to `None`.
+                batches.
             verbose: `"auto"` (the same as 1), 0 (silent), 1 (a progress bar) or 2 (one line per
                 epoch). Defaults to `"auto"`.
             sample_weight: Per-sample weights of the loss, a 1-D array with one entry per sample, or
                 `None`. Defaults to `None`.
-            steps: Number of batches to evaluate; `None`: all. Defaults to `None`.
+            steps: Number of batches to evaluate; `None`: all.
             callbacks: A list of `fastnn.callbacks.Callback` objects called during the run. Defaults
                 to `None`.
             return_dict: Whether to return a dict `{name: value}` instead of a list (or a scalar
@@ -1034,10 +1034,10 @@ class Trainer:
         Args:
             x: Input data: arrays as for `fit`, or batches (a generator or `PyDataset`).
             batch_size: Number of samples per batch; `None`: 32. Not allowed when `x` yields
-                batches. Defaults to `None`.
+                batches.
             verbose: `"auto"` (the same as 1), 0 (silent), 1 (a progress bar) or 2 (one line per
                 epoch). Defaults to `"auto"`.
-            steps: Number of batches to predict; `None`: all. Defaults to `None`.
+            steps: Number of batches to predict; `None`: all.
             callbacks: A list of `fastnn.callbacks.Callback` objects called during the run. Defaults
                 to `None`.
 
