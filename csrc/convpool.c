@@ -23,7 +23,7 @@
 /* Convolution output per chunk: 256 KB, well inside a core's L2. */
 #define CONVPOOL_CHUNK_FLOATS 65536
 
-void fnn_conv_pool_plan(int n, size_t image_floats, int *groups, int *chunk) {
+void fnn_conv2d_maxpool_plan(int n, size_t image_floats, int *groups, int *chunk) {
     int g = n < CONVPOOL_MAX_GROUPS ? n : CONVPOOL_MAX_GROUPS;
     if (g < 1) g = 1;
     int per_group = (n + g - 1) / g;
@@ -57,15 +57,15 @@ static fnn_conv_geom with_images(const fnn_conv_geom *g, int n) {
     return out;
 }
 
-int fnn_conv_pool_forward(const float *x, const float *kernel, const float *bias, int act,
-                          float alpha, const fnn_conv_geom *conv, const fnn_conv_geom *pool,
-                          float *cols, float *work, float *y, int32_t *argmax, int n_threads) {
+int fnn_conv2d_maxpool_forward(const float *x, const float *kernel, const float *bias, int act,
+                               float alpha, const fnn_conv_geom *conv, const fnn_conv_geom *pool,
+                               float *cols, float *work, float *y, int32_t *argmax, int n_threads) {
     if (!fnn_blas_ready()) return -1;
     const sizes sz = sizes_of(conv, pool);
     const int n = sz.n, filters = sz.filters;
     const size_t pixels = sz.pixels, kdim = sz.kdim, in_img = sz.in_img, out_img = sz.out_img;
     int groups, chunk;
-    fnn_conv_pool_plan(n, pixels * filters, &groups, &chunk);
+    fnn_conv2d_maxpool_plan(n, pixels * filters, &groups, &chunk);
     int nt = fnn_threads((size_t)n * pixels * filters, n_threads), i;
     if (nt > groups) nt = groups;
     int saved = fnn_blas_pin();
@@ -91,18 +91,18 @@ int fnn_conv_pool_forward(const float *x, const float *kernel, const float *bias
     return 0;
 }
 
-int fnn_conv_pool_backward(const float *cols, const float *kernel, const float *y,
-                           const int32_t *argmax, float *dy, int act, float alpha,
-                           const fnn_conv_geom *conv, const fnn_conv_geom *pool,
-                           float *d_kernel, float *d_bias, float *dx, float *work,
-                           float *dcols_work, float *partials, int n_threads) {
+int fnn_conv2d_maxpool_backward(const float *cols, const float *kernel, const float *y,
+                                const int32_t *argmax, float *dy, int act, float alpha,
+                                const fnn_conv_geom *conv, const fnn_conv_geom *pool,
+                                float *d_kernel, float *d_bias, float *dx, float *work,
+                                float *dcols_work, float *partials, int n_threads) {
     if (!fnn_blas_ready()) return -1;
     const sizes sz = sizes_of(conv, pool);
     const int n = sz.n, filters = sz.filters;
     const size_t pixels = sz.pixels, kdim = sz.kdim, in_img = sz.in_img, out_img = sz.out_img;
     const size_t k_len = kdim * filters;
     int groups, chunk;
-    fnn_conv_pool_plan(n, pixels * filters, &groups, &chunk);
+    fnn_conv2d_maxpool_plan(n, pixels * filters, &groups, &chunk);
     if ((d_kernel && groups > 1 && !partials) || (dx && !dcols_work)) return -2;
     if (act != FNN_LINEAR)
         fnn_act_backward(act, alpha, NULL, y, dy, dy, (size_t)n * pool->oh * pool->ow,

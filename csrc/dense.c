@@ -16,7 +16,7 @@
  * memory for the folded normalization factors. */
 #define BIAS_ACT_CHUNK 16384
 
-/* The normalization folded into per-column factors, as fnn_bn_apply computes them: the
+/* The normalization folded into per-column factors, as fnn_batchnorm_apply computes them: the
  * epilogue's scale and shift (2 * cols floats). NULL when out of memory. */
 float *fnn_epilogue_norm(const fnn_norm *norm, size_t cols) {
     float *scale = (float *)malloc(2 * cols * sizeof(float));

@@ -1,5 +1,6 @@
 /* Embedding: the row gather (forward) and its sparse gradient (backward). Indices are int32 or
- * int64 (`wide`), read through one accessor. Callers check the range first (fnn_embed_first_bad):
+ * int64 (`wide`), read through one accessor. Callers check the range first
+ * (fnn_embedding_first_bad):
  * nothing here reads or writes outside the table. */
 #include <string.h>
 #include "fastnn.h"
@@ -10,7 +11,7 @@ static inline int64_t id_at(const void *ids, int wide, size_t i) {
 
 /* The position of the first index outside [0, rows), or -1 when all are in range. A plain
  * scan: it is a few thousand indices per batch, and the first bad one is reported. */
-int64_t fnn_embed_first_bad(const void *ids, int wide, size_t n, int64_t rows) {
+int64_t fnn_embedding_first_bad(const void *ids, int wide, size_t n, int64_t rows) {
     for (size_t i = 0; i < n; i++) {
         int64_t r = id_at(ids, wide, i);
         if (r < 0 || r >= rows) return (int64_t)i;
@@ -19,8 +20,8 @@ int64_t fnn_embed_first_bad(const void *ids, int wide, size_t n, int64_t rows) {
 }
 
 /* out[i, :] = table[ids[i], :], parallel over the rows gathered. */
-void fnn_embed_gather(const float *table, const void *ids, int wide, size_t n, size_t dim,
-                      float *out, int n_threads) {
+void fnn_embedding_forward(const float *table, const void *ids, int wide, size_t n, size_t dim,
+                           float *out, int n_threads) {
     int nt = fnn_threads(n * dim, n_threads);
     ptrdiff_t i, len = (ptrdiff_t)n;
     (void)nt;
@@ -34,9 +35,9 @@ void fnn_embed_gather(const float *table, const void *ids, int wide, size_t n, s
  * whole table when clear is NULL). Thread t owns the rows r with r % nt == t and adds its rows'
  * gradients in the order of i, so every row's sum is the same for any thread count, and no two
  * threads write one row. Only the rows used (and the ones cleared) are touched. */
-void fnn_embed_scatter_add(const void *ids, int wide, size_t n, const float *dy, size_t dim,
-                           float *d_table, size_t rows, const void *clear, int clear_wide,
-                           size_t n_clear, int n_threads) {
+void fnn_embedding_backward(const void *ids, int wide, size_t n, const float *dy, size_t dim,
+                            float *d_table, size_t rows, const void *clear, int clear_wide,
+                            size_t n_clear, int n_threads) {
     int nt = fnn_threads((n + (clear ? n_clear : rows)) * dim, n_threads);
     ptrdiff_t t;
     FNN_PARALLEL_FOR(schedule(static),

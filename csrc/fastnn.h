@@ -207,27 +207,27 @@ void fnn_avgpool_backward(const float *dy, float *dx, const fnn_conv_geom *g, in
  * (groups - 1) weight gradients. cols (n*oh*ow x kh*kw*c) is written forward and read
  * backward; dy (the pooled gradient) is overwritten. bias, d_bias, d_kernel, dx may be NULL.
  * Return -1 without a BLAS, -2 when a needed workspace is NULL. */
-void fnn_conv_pool_plan(int n, size_t image_floats, int *groups, int *chunk);
-int fnn_conv_pool_forward(const float *x, const float *kernel, const float *bias, int act,
-                          float alpha, const fnn_conv_geom *conv, const fnn_conv_geom *pool,
-                          float *cols, float *work, float *y, int32_t *argmax, int n_threads);
-int fnn_conv_pool_backward(const float *cols, const float *kernel, const float *y,
-                           const int32_t *argmax, float *dy, int act, float alpha,
-                           const fnn_conv_geom *conv, const fnn_conv_geom *pool,
-                           float *d_kernel, float *d_bias, float *dx, float *work,
-                           float *dcols_work, float *partials, int n_threads);
+void fnn_conv2d_maxpool_plan(int n, size_t image_floats, int *groups, int *chunk);
+int fnn_conv2d_maxpool_forward(const float *x, const float *kernel, const float *bias, int act,
+                               float alpha, const fnn_conv_geom *conv, const fnn_conv_geom *pool,
+                               float *cols, float *work, float *y, int32_t *argmax, int n_threads);
+int fnn_conv2d_maxpool_backward(const float *cols, const float *kernel, const float *y,
+                                const int32_t *argmax, float *dy, int act, float alpha,
+                                const fnn_conv_geom *conv, const fnn_conv_geom *pool,
+                                float *d_kernel, float *d_bias, float *dx, float *work,
+                                float *dcols_work, float *partials, int n_threads);
 
 /* norm.c */
-void fnn_bn_stats(const float *x, float *mean, float *var, size_t rows, size_t cols,
-                  int n_threads);
-void fnn_bn_apply(const float *x, const float *mean, const float *var, const float *gamma,
-                  const float *beta, float eps, float *y, size_t rows, size_t cols,
-                  int n_threads);
-void fnn_bn_backward(const float *x, const float *dy, const float *mean, const float *var,
-                     const float *gamma, float eps, float *dx, float *d_gamma, float *d_beta,
-                     size_t rows, size_t cols, int n_threads);
-void fnn_bn_update_moving(float *moving_mean, float *moving_var, const float *mean,
-                          const float *var, float momentum, size_t cols);
+void fnn_batchnorm_stats(const float *x, float *mean, float *var, size_t rows, size_t cols,
+                         int n_threads);
+void fnn_batchnorm_apply(const float *x, const float *mean, const float *var, const float *gamma,
+                         const float *beta, float eps, float *y, size_t rows, size_t cols,
+                         int n_threads);
+void fnn_batchnorm_backward(const float *x, const float *dy, const float *mean, const float *var,
+                            const float *gamma, float eps, float *dx, float *d_gamma, float *d_beta,
+                            size_t rows, size_t cols, int n_threads);
+void fnn_batchnorm_update_moving(float *moving_mean, float *moving_var, const float *mean,
+                                 const float *var, float momentum, size_t cols);
 
 /* loss.c: each fills per-row losses (row_loss) and the gradient with respect to the logits or
  * predictions, scaled per row by scale * (weights ? weights[r] : 1). Returns 0, or -1 when a
@@ -249,26 +249,26 @@ int fnn_absolute_error(const float *pred, const float *targets, const float *wei
                        size_t rows, size_t cols, int n_threads);
 
 /* optim.c: in-place updates of one flat parameter buffer. */
-void fnn_sgd(float *w, const float *g, float *m, size_t n, float lr, float momentum,
-             int nesterov, int n_threads);
-void fnn_adam(float *w, const float *g, float *m, float *v, float *vmax, size_t n,
-              float alpha, float beta1, float beta2, float eps, int n_threads);
-void fnn_rmsprop(float *w, const float *g, float *v, float *mom, float *mg, size_t n,
-                 float lr, float rho, float momentum, float eps, int n_threads);
-void fnn_adagrad(float *w, const float *g, float *acc, size_t n, float lr, float eps,
-                 int n_threads);
-void fnn_adadelta(float *w, const float *g, float *acc_g, float *acc_dx, size_t n, float lr,
-                  float rho, float eps, int n_threads);
-void fnn_lion(float *w, const float *g, float *m, size_t n, float lr, float beta1, float beta2,
-              int n_threads);
-void fnn_adamax(float *w, const float *g, float *m, float *u, size_t n, float alpha,
-                float beta1, float beta2, float eps, int n_threads);
-void fnn_nadam(float *w, const float *g, float *m, float *v, size_t n, float lr,
-               float beta1, float beta2, float eps, float mu_t, float mu_t1,
-               float u_prod, float u_prod_t1, float beta2_power, int n_threads);
-void fnn_ftrl(float *w, const float *g, float *acc, float *lin, size_t n, float lr,
-              float lr_power, float l1, float l2, float l2_shrinkage, float beta,
-              int n_threads);
+void fnn_sgd_update(float *w, const float *g, float *m, size_t n, float lr, float momentum,
+                    int nesterov, int n_threads);
+void fnn_adam_update(float *w, const float *g, float *m, float *v, float *vmax, size_t n,
+                     float alpha, float beta1, float beta2, float eps, int n_threads);
+void fnn_rmsprop_update(float *w, const float *g, float *v, float *mom, float *mg, size_t n,
+                        float lr, float rho, float momentum, float eps, int n_threads);
+void fnn_adagrad_update(float *w, const float *g, float *acc, size_t n, float lr, float eps,
+                        int n_threads);
+void fnn_adadelta_update(float *w, const float *g, float *acc_g, float *acc_dx, size_t n, float lr,
+                         float rho, float eps, int n_threads);
+void fnn_lion_update(float *w, const float *g, float *m, size_t n, float lr, float beta1,
+                     float beta2, int n_threads);
+void fnn_adamax_update(float *w, const float *g, float *m, float *u, size_t n, float alpha,
+                       float beta1, float beta2, float eps, int n_threads);
+void fnn_nadam_update(float *w, const float *g, float *m, float *v, size_t n, float lr,
+                      float beta1, float beta2, float eps, float mu_t, float mu_t1,
+                      float u_prod, float u_prod_t1, float beta2_power, int n_threads);
+void fnn_ftrl_update(float *w, const float *g, float *acc, float *lin, size_t n, float lr,
+                     float lr_power, float l1, float l2, float l2_shrinkage, float beta,
+                     int n_threads);
 
 /* One optimizer step by kind: scalars[0] is the decoupled weight decay factor (lr * decay, 0
  * for none), then the kind's own scalars in the order of its kernel's arguments above (SGD's
@@ -360,13 +360,13 @@ int fnn_stack_predict(const fnn_stack *s, const fnn_stack_data *d, float *out, i
 
 
 /* embed.c: Embedding's gather and sparse gradient; indices int32 (wide 0) or int64 (wide 1),
- * range-checked by the caller with fnn_embed_first_bad (-1: all in [0, rows)). */
-int64_t fnn_embed_first_bad(const void *ids, int wide, size_t n, int64_t rows);
-void fnn_embed_gather(const float *table, const void *ids, int wide, size_t n, size_t dim,
-                      float *out, int n_threads);
-void fnn_embed_scatter_add(const void *ids, int wide, size_t n, const float *dy, size_t dim,
-                           float *d_table, size_t rows, const void *clear, int clear_wide,
-                           size_t n_clear, int n_threads);
+ * range-checked by the caller with fnn_embedding_first_bad (-1: all in [0, rows)). */
+int64_t fnn_embedding_first_bad(const void *ids, int wide, size_t n, int64_t rows);
+void fnn_embedding_forward(const float *table, const void *ids, int wide, size_t n, size_t dim,
+                           float *out, int n_threads);
+void fnn_embedding_backward(const void *ids, int wide, size_t n, const float *dy, size_t dim,
+                            float *d_table, size_t rows, const void *clear, int clear_wide,
+                            size_t n_clear, int n_threads);
 /* recurrent.c: SimpleRNN / LSTM / GRU over a whole time-major sequence (T steps of B rows).
  * kernel (d_in, G*U), recurrent (U, G*U) in Keras's gate order (LSTM i f c o, GRU z r h);
  * bias (G*U), or (2, G*U) for a GRU with reset_after (input, recurrent), or NULL. */

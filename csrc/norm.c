@@ -83,8 +83,8 @@ FNN_INLINE int all_finite(const double *s, size_t n) {
 /* mean[c] and biased var[c] over rows, two-pass: mean = x[0] + sum(x - x[0]) / rows, then
  * var = sum((x - mean)^2) / rows. */
 FNN_DISPATCH
-void fnn_bn_stats(const float *x, float *mean, float *var, size_t rows, size_t cols,
-                  int n_threads) {
+void fnn_batchnorm_stats(const float *x, float *mean, float *var, size_t rows, size_t cols,
+                         int n_threads) {
     ptrdiff_t blk, n_blk = (ptrdiff_t)((cols + BN_BLOCK - 1) / BN_BLOCK);
     ptrdiff_t runs = row_runs(rows, cols);
     int nt = fnn_threads(rows * cols, n_threads);
@@ -138,9 +138,9 @@ void fnn_bn_stats(const float *x, float *mean, float *var, size_t rows, size_t c
 #define BN_CHUNK 512
 
 FNN_DISPATCH
-void fnn_bn_apply(const float *x, const float *mean, const float *var, const float *gamma,
-                  const float *beta, float eps, float *y, size_t rows, size_t cols,
-                  int n_threads) {
+void fnn_batchnorm_apply(const float *x, const float *mean, const float *var, const float *gamma,
+                         const float *beta, float eps, float *y, size_t rows, size_t cols,
+                         int n_threads) {
     int nt = fnn_threads(rows * cols, n_threads);
     (void)nt;
     #pragma omp parallel num_threads(nt) if(nt > 1)
@@ -220,9 +220,9 @@ FNN_INLINE void grad_factors(const double *sd, const double *sdx, const float *g
  * d_beta = sum dy, d_gamma = sum dy * xhat,
  * dx = gamma * inv_std / M * (M dy - d_beta - xhat * d_gamma). dx may alias dy. */
 FNN_DISPATCH
-void fnn_bn_backward(const float *x, const float *dy, const float *mean, const float *var,
-                     const float *gamma, float eps, float *dx, float *d_gamma, float *d_beta,
-                     size_t rows, size_t cols, int n_threads) {
+void fnn_batchnorm_backward(const float *x, const float *dy, const float *mean, const float *var,
+                            const float *gamma, float eps, float *dx, float *d_gamma, float *d_beta,
+                            size_t rows, size_t cols, int n_threads) {
     ptrdiff_t blk, n_blk = (ptrdiff_t)((cols + BN_BLOCK - 1) / BN_BLOCK);
     ptrdiff_t runs = row_runs(rows, cols);
     int nt = fnn_threads(rows * cols, n_threads);
@@ -262,8 +262,8 @@ void fnn_bn_backward(const float *x, const float *dy, const float *mean, const f
 }
 
 /* moving = moving * momentum + batch * (1 - momentum), Keras's update. */
-void fnn_bn_update_moving(float *moving_mean, float *moving_var, const float *mean,
-                          const float *var, float momentum, size_t cols) {
+void fnn_batchnorm_update_moving(float *moving_mean, float *moving_var, const float *mean,
+                                 const float *var, float momentum, size_t cols) {
     for (size_t c = 0; c < cols; c++) {
         moving_mean[c] = moving_mean[c] * momentum + mean[c] * (1.0f - momentum);
         moving_var[c] = moving_var[c] * momentum + var[c] * (1.0f - momentum);

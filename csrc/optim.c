@@ -10,8 +10,8 @@
 static inline float flush(float x) { return fabsf(x) < FLT_MIN ? 0.0f : x; }
 
 FNN_DISPATCH
-void fnn_sgd(float *w, const float *g, float *m, size_t n, float lr, float momentum,
-             int nesterov, int n_threads) {
+void fnn_sgd_update(float *w, const float *g, float *m, size_t n, float lr, float momentum,
+                    int nesterov, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
@@ -35,8 +35,8 @@ void fnn_sgd(float *w, const float *g, float *m, size_t n, float lr, float momen
 
 /* alpha = lr * sqrt(1 - beta2^t) / (1 - beta1^t); vmax (AMSGrad) may be NULL. */
 FNN_DISPATCH
-void fnn_adam(float *w, const float *g, float *m, float *v, float *vmax, size_t n,
-              float alpha, float beta1, float beta2, float eps, int n_threads) {
+void fnn_adam_update(float *w, const float *g, float *m, float *v, float *vmax, size_t n,
+                     float alpha, float beta1, float beta2, float eps, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     float c1 = 1.0f - beta1, c2 = 1.0f - beta2;
@@ -61,8 +61,8 @@ void fnn_adam(float *w, const float *g, float *m, float *v, float *vmax, size_t 
 
 /* mom (momentum > 0) and mg (centered) may be NULL. Epsilon sits inside the square root. */
 FNN_DISPATCH
-void fnn_rmsprop(float *w, const float *g, float *v, float *mom, float *mg, size_t n,
-                 float lr, float rho, float momentum, float eps, int n_threads) {
+void fnn_rmsprop_update(float *w, const float *g, float *v, float *mom, float *mg, size_t n,
+                        float lr, float rho, float momentum, float eps, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
@@ -85,8 +85,8 @@ void fnn_rmsprop(float *w, const float *g, float *v, float *mom, float *mg, size
 }
 
 FNN_DISPATCH
-void fnn_adagrad(float *w, const float *g, float *acc, size_t n, float lr, float eps,
-                 int n_threads) {
+void fnn_adagrad_update(float *w, const float *g, float *acc, size_t n, float lr, float eps,
+                        int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
@@ -98,8 +98,8 @@ void fnn_adagrad(float *w, const float *g, float *acc, size_t n, float lr, float
 }
 
 FNN_DISPATCH
-void fnn_adadelta(float *w, const float *g, float *acc_g, float *acc_dx, size_t n, float lr,
-                  float rho, float eps, int n_threads) {
+void fnn_adadelta_update(float *w, const float *g, float *acc_g, float *acc_dx, size_t n, float lr,
+                         float rho, float eps, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
@@ -114,8 +114,8 @@ void fnn_adadelta(float *w, const float *g, float *acc_g, float *acc_dx, size_t 
 
 /* alpha = lr / (1 - beta1^t). */
 FNN_DISPATCH
-void fnn_adamax(float *w, const float *g, float *m, float *u, size_t n, float alpha,
-                float beta1, float beta2, float eps, int n_threads) {
+void fnn_adamax_update(float *w, const float *g, float *m, float *u, size_t n, float alpha,
+                       float beta1, float beta2, float eps, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
@@ -130,9 +130,9 @@ void fnn_adamax(float *w, const float *g, float *m, float *u, size_t n, float al
 /* mu_t, mu_t1: momentum schedule at steps t and t+1; u_prod = prod of mu up to t, u_prod_t1 =
  * u_prod * mu_t1; beta2_power = beta2^t. */
 FNN_DISPATCH
-void fnn_nadam(float *w, const float *g, float *m, float *v, size_t n, float lr,
-               float beta1, float beta2, float eps, float mu_t, float mu_t1,
-               float u_prod, float u_prod_t1, float beta2_power, int n_threads) {
+void fnn_nadam_update(float *w, const float *g, float *m, float *v, size_t n, float lr,
+                      float beta1, float beta2, float eps, float mu_t, float mu_t1,
+                      float u_prod, float u_prod_t1, float beta2_power, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     float a = mu_t1 / (1.0f - u_prod_t1), b = (1.0f - mu_t) / (1.0f - u_prod);
@@ -148,9 +148,9 @@ void fnn_nadam(float *w, const float *g, float *m, float *v, size_t n, float lr,
 }
 
 FNN_DISPATCH
-void fnn_ftrl(float *w, const float *g, float *acc, float *lin, size_t n, float lr,
-              float lr_power, float l1, float l2, float l2_shrinkage, float beta,
-              int n_threads) {
+void fnn_ftrl_update(float *w, const float *g, float *acc, float *lin, size_t n, float lr,
+                     float lr_power, float l1, float l2, float l2_shrinkage, float beta,
+                     int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     float l2_reg = l2 + beta / (2.0f * lr);
@@ -171,8 +171,8 @@ void fnn_ftrl(float *w, const float *g, float *acc, float *lin, size_t n, float 
 /* Lion: the step is the sign of an interpolation of momentum and gradient (sign(0) = 0, as
  * Keras's ops.sign), then the momentum moves with beta2. */
 FNN_DISPATCH
-void fnn_lion(float *w, const float *g, float *m, size_t n, float lr, float beta1, float beta2,
-              int n_threads) {
+void fnn_lion_update(float *w, const float *g, float *m, size_t n, float lr, float beta1,
+                     float beta2, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
@@ -206,27 +206,28 @@ void fnn_optimizer_step(int kind, float *w, const float *g, float *const *slots,
     s++;
     switch (kind) {
     case FNN_OPT_SGD:
-        fnn_sgd(w, g, slots[0], n, s[0], s[1], s[2] != 0.0f, n_threads); break;
+        fnn_sgd_update(w, g, slots[0], n, s[0], s[1], s[2] != 0.0f, n_threads); break;
     case FNN_OPT_ADAM:
-        fnn_adam(w, g, slots[0], slots[1], slots[2], n, s[0], s[1], s[2], s[3], n_threads);
+        fnn_adam_update(w, g, slots[0], slots[1], slots[2], n, s[0], s[1], s[2], s[3], n_threads);
         break;
     case FNN_OPT_RMSPROP:
-        fnn_rmsprop(w, g, slots[0], slots[1], slots[2], n, s[0], s[1], s[2], s[3], n_threads);
+        fnn_rmsprop_update(w, g, slots[0], slots[1], slots[2], n, s[0], s[1], s[2], s[3],
+                           n_threads);
         break;
     case FNN_OPT_ADAGRAD:
-        fnn_adagrad(w, g, slots[0], n, s[0], s[1], n_threads); break;
+        fnn_adagrad_update(w, g, slots[0], n, s[0], s[1], n_threads); break;
     case FNN_OPT_ADADELTA:
-        fnn_adadelta(w, g, slots[0], slots[1], n, s[0], s[1], s[2], n_threads); break;
+        fnn_adadelta_update(w, g, slots[0], slots[1], n, s[0], s[1], s[2], n_threads); break;
     case FNN_OPT_ADAMAX:
-        fnn_adamax(w, g, slots[0], slots[1], n, s[0], s[1], s[2], s[3], n_threads); break;
+        fnn_adamax_update(w, g, slots[0], slots[1], n, s[0], s[1], s[2], s[3], n_threads); break;
     case FNN_OPT_NADAM:
-        fnn_nadam(w, g, slots[0], slots[1], n, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
-                  s[8], n_threads);
+        fnn_nadam_update(w, g, slots[0], slots[1], n, s[0], s[1], s[2], s[3], s[4], s[5], s[6],
+                         s[7], s[8], n_threads);
         break;
     case FNN_OPT_FTRL:
-        fnn_ftrl(w, g, slots[0], slots[1], n, s[0], s[1], s[2], s[3], s[4], s[5], n_threads);
+        fnn_ftrl_update(w, g, slots[0], slots[1], n, s[0], s[1], s[2], s[3], s[4], s[5], n_threads);
         break;
     case FNN_OPT_LION:
-        fnn_lion(w, g, slots[0], n, s[0], s[1], s[2], n_threads); break;
+        fnn_lion_update(w, g, slots[0], n, s[0], s[1], s[2], n_threads); break;
     }
 }

@@ -92,55 +92,56 @@ cdef extern from "fastnn.h" nogil:
     void fnn_maxpool_backward(const float *dy, const int32_t *argmax, float *dx,
                               const fnn_conv_geom *g, int n_threads)
     int fnn_indices_in_range(const int32_t *idx, size_t n, int32_t limit, int n_threads)
-    int64_t fnn_embed_first_bad(const void *ids, int wide, size_t n, int64_t rows)
-    void fnn_embed_gather(const float *table, const void *ids, int wide, size_t n, size_t dim,
-                          float *out, int n_threads)
-    void fnn_embed_scatter_add(const void *ids, int wide, size_t n, const float *dy,
-                               size_t dim, float *d_table, size_t rows, const void *clear,
-                               int clear_wide, size_t n_clear, int n_threads)
+    int64_t fnn_embedding_first_bad(const void *ids, int wide, size_t n, int64_t rows)
+    void fnn_embedding_forward(const float *table, const void *ids, int wide, size_t n, size_t dim,
+                               float *out, int n_threads)
+    void fnn_embedding_backward(const void *ids, int wide, size_t n, const float *dy,
+                                size_t dim, float *d_table, size_t rows, const void *clear,
+                                int clear_wide, size_t n_clear, int n_threads)
     void fnn_avgpool_forward(const float *x, float *y, const fnn_conv_geom *g, int n_threads)
     void fnn_avgpool_backward(const float *dy, float *dx, const fnn_conv_geom *g, int n_threads)
     int fnn_activation_monotone(int act, float alpha)
-    void fnn_conv_pool_plan(int n, size_t image_floats, int *groups, int *chunk)
-    int fnn_conv_pool_forward(const float *x, const float *kernel, const float *bias, int act,
-                              float alpha, const fnn_conv_geom *conv, const fnn_conv_geom *pool,
-                              float *cols, float *work, float *y, int32_t *argmax,
-                              int n_threads)
-    int fnn_conv_pool_backward(const float *cols, const float *kernel, const float *y,
-                               const int32_t *argmax, float *dy, int act, float alpha,
-                               const fnn_conv_geom *conv, const fnn_conv_geom *pool,
-                               float *d_kernel, float *d_bias, float *dx, float *work,
-                               float *dcols_work, float *partials, int n_threads)
-    void fnn_bn_stats(const float *x, float *mean, float *var, size_t rows, size_t cols,
-                      int n_threads)
-    void fnn_bn_apply(const float *x, const float *mean, const float *var, const float *gamma,
-                      const float *beta, float eps, float *y, size_t rows, size_t cols,
-                      int n_threads)
-    void fnn_bn_backward(const float *x, const float *dy, const float *mean, const float *var,
-                         const float *gamma, float eps, float *dx, float *d_gamma,
-                         float *d_beta, size_t rows, size_t cols, int n_threads)
-    void fnn_bn_update_moving(float *moving_mean, float *moving_var, const float *mean,
-                              const float *var, float momentum, size_t cols)
-    void fnn_sgd(float *w, const float *g, float *m, size_t n, float lr, float momentum,
-                 int nesterov, int n_threads)
-    void fnn_adam(float *w, const float *g, float *m, float *v, float *vmax, size_t n,
-                  float alpha, float beta1, float beta2, float eps, int n_threads)
-    void fnn_rmsprop(float *w, const float *g, float *v, float *mom, float *mg, size_t n,
-                     float lr, float rho, float momentum, float eps, int n_threads)
-    void fnn_adagrad(float *w, const float *g, float *acc, size_t n, float lr, float eps,
-                     int n_threads)
-    void fnn_adadelta(float *w, const float *g, float *acc_g, float *acc_dx, size_t n,
-                      float lr, float rho, float eps, int n_threads)
-    void fnn_adamax(float *w, const float *g, float *m, float *u, size_t n, float alpha,
-                    float beta1, float beta2, float eps, int n_threads)
-    void fnn_lion(float *w, const float *g, float *m, size_t n, float lr, float beta1,
-                  float beta2, int n_threads)
-    void fnn_nadam(float *w, const float *g, float *m, float *v, size_t n, float lr,
-                   float beta1, float beta2, float eps, float mu_t, float mu_t1,
-                   float u_prod, float u_prod_t1, float beta2_power, int n_threads)
-    void fnn_ftrl(float *w, const float *g, float *acc, float *lin, size_t n, float lr,
-                  float lr_power, float l1, float l2, float l2_shrinkage, float beta,
-                  int n_threads)
+    void fnn_conv2d_maxpool_plan(int n, size_t image_floats, int *groups, int *chunk)
+    int fnn_conv2d_maxpool_forward(const float *x, const float *kernel, const float *bias, int act,
+                                   float alpha, const fnn_conv_geom *conv,
+                                   const fnn_conv_geom *pool, float *cols, float *work, float *y,
+                                   int32_t *argmax, int n_threads)
+    int fnn_conv2d_maxpool_backward(const float *cols, const float *kernel, const float *y,
+                                    const int32_t *argmax, float *dy, int act, float alpha,
+                                    const fnn_conv_geom *conv, const fnn_conv_geom *pool,
+                                    float *d_kernel, float *d_bias, float *dx, float *work,
+                                    float *dcols_work, float *partials, int n_threads)
+    void fnn_batchnorm_stats(const float *x, float *mean, float *var, size_t rows, size_t cols,
+                             int n_threads)
+    void fnn_batchnorm_apply(const float *x, const float *mean, const float *var,
+                             const float *gamma, const float *beta, float eps, float *y,
+                             size_t rows, size_t cols, int n_threads)
+    void fnn_batchnorm_backward(const float *x, const float *dy, const float *mean,
+                                const float *var, const float *gamma, float eps, float *dx,
+                                float *d_gamma, float *d_beta, size_t rows, size_t cols,
+                                int n_threads)
+    void fnn_batchnorm_update_moving(float *moving_mean, float *moving_var, const float *mean,
+                                     const float *var, float momentum, size_t cols)
+    void fnn_sgd_update(float *w, const float *g, float *m, size_t n, float lr, float momentum,
+                        int nesterov, int n_threads)
+    void fnn_adam_update(float *w, const float *g, float *m, float *v, float *vmax, size_t n,
+                         float alpha, float beta1, float beta2, float eps, int n_threads)
+    void fnn_rmsprop_update(float *w, const float *g, float *v, float *mom, float *mg, size_t n,
+                            float lr, float rho, float momentum, float eps, int n_threads)
+    void fnn_adagrad_update(float *w, const float *g, float *acc, size_t n, float lr, float eps,
+                            int n_threads)
+    void fnn_adadelta_update(float *w, const float *g, float *acc_g, float *acc_dx, size_t n,
+                             float lr, float rho, float eps, int n_threads)
+    void fnn_adamax_update(float *w, const float *g, float *m, float *u, size_t n, float alpha,
+                           float beta1, float beta2, float eps, int n_threads)
+    void fnn_lion_update(float *w, const float *g, float *m, size_t n, float lr, float beta1,
+                         float beta2, int n_threads)
+    void fnn_nadam_update(float *w, const float *g, float *m, float *v, size_t n, float lr,
+                          float beta1, float beta2, float eps, float mu_t, float mu_t1,
+                          float u_prod, float u_prod_t1, float beta2_power, int n_threads)
+    void fnn_ftrl_update(float *w, const float *g, float *acc, float *lin, size_t n, float lr,
+                         float lr_power, float l1, float l2, float l2_shrinkage, float beta,
+                         int n_threads)
     int FNN_OPT_SLOTS, FNN_N_OPTIMIZERS, FNN_N_LOSSES, FNN_LOSS_SPARSE_XENT
     int FNN_METRIC_NONE, FNN_METRIC_BINARY_ACC
     int FNN_SRC_F32, FNN_SRC_F64, FNN_SRC_U8
@@ -973,7 +974,7 @@ def sgd_update(w, g, m, float lr, float momentum, bint nesterov):
         return
     cdef float *mp = _ptr(M)
     with nogil:
-        fnn_sgd(&W[0], &G[0], mp, W.shape[0], lr, momentum, nesterov, _n_threads)
+        fnn_sgd_update(&W[0], &G[0], mp, W.shape[0], lr, momentum, nesterov, _n_threads)
 
 
 def adam_update(w, g, m, v, vmax, float alpha, float beta1, float beta2, float eps):
@@ -988,8 +989,8 @@ def adam_update(w, g, m, v, vmax, float alpha, float beta1, float beta2, float e
         return
     cdef float *vmp = _ptr(VM)
     with nogil:
-        fnn_adam(&W[0], &G[0], &M[0], &V[0], vmp, W.shape[0], alpha, beta1, beta2, eps,
-                 _n_threads)
+        fnn_adam_update(&W[0], &G[0], &M[0], &V[0], vmp, W.shape[0], alpha, beta1, beta2, eps,
+                        _n_threads)
 
 
 def rmsprop_update(w, g, v, mom, mg, float lr, float rho, float momentum, float eps):
@@ -1005,8 +1006,8 @@ def rmsprop_update(w, g, v, mom, mg, float lr, float rho, float momentum, float 
     cdef float *momp = _ptr(MOM)
     cdef float *mgp = _ptr(MG)
     with nogil:
-        fnn_rmsprop(&W[0], &G[0], &V[0], momp, mgp, W.shape[0], lr, rho, momentum,
-                    eps, _n_threads)
+        fnn_rmsprop_update(&W[0], &G[0], &V[0], momp, mgp, W.shape[0], lr, rho, momentum,
+                           eps, _n_threads)
 
 
 def adagrad_update(w, g, acc, float lr, float eps):
@@ -1017,7 +1018,7 @@ def adagrad_update(w, g, acc, float lr, float eps):
     if W.shape[0] == 0:
         return
     with nogil:
-        fnn_adagrad(&W[0], &G[0], &A[0], W.shape[0], lr, eps, _n_threads)
+        fnn_adagrad_update(&W[0], &G[0], &A[0], W.shape[0], lr, eps, _n_threads)
 
 
 def adadelta_update(w, g, acc_g, acc_dx, float lr, float rho, float eps):
@@ -1029,7 +1030,7 @@ def adadelta_update(w, g, acc_g, acc_dx, float lr, float rho, float eps):
     if W.shape[0] == 0:
         return
     with nogil:
-        fnn_adadelta(&W[0], &G[0], &AG[0], &AD[0], W.shape[0], lr, rho, eps, _n_threads)
+        fnn_adadelta_update(&W[0], &G[0], &AG[0], &AD[0], W.shape[0], lr, rho, eps, _n_threads)
 
 
 def adamax_update(w, g, m, u, float alpha, float beta1, float beta2, float eps):
@@ -1041,8 +1042,8 @@ def adamax_update(w, g, m, u, float alpha, float beta1, float beta2, float eps):
     if W.shape[0] == 0:
         return
     with nogil:
-        fnn_adamax(&W[0], &G[0], &M[0], &U[0], W.shape[0], alpha, beta1, beta2, eps,
-                   _n_threads)
+        fnn_adamax_update(&W[0], &G[0], &M[0], &U[0], W.shape[0], alpha, beta1, beta2, eps,
+                          _n_threads)
 
 
 def lion_update(w, g, m, float lr, float beta1, float beta2):
@@ -1053,7 +1054,7 @@ def lion_update(w, g, m, float lr, float beta1, float beta2):
     if W.shape[0] == 0:
         return
     with nogil:
-        fnn_lion(&W[0], &G[0], &M[0], W.shape[0], lr, beta1, beta2, _n_threads)
+        fnn_lion_update(&W[0], &G[0], &M[0], W.shape[0], lr, beta1, beta2, _n_threads)
 
 
 def nadam_update(w, g, m, v, float lr, float beta1, float beta2, float eps, float mu_t,
@@ -1066,8 +1067,8 @@ def nadam_update(w, g, m, v, float lr, float beta1, float beta2, float eps, floa
     if W.shape[0] == 0:
         return
     with nogil:
-        fnn_nadam(&W[0], &G[0], &M[0], &V[0], W.shape[0], lr, beta1, beta2, eps, mu_t, mu_t1,
-                  u_prod, u_prod_t1, beta2_power, _n_threads)
+        fnn_nadam_update(&W[0], &G[0], &M[0], &V[0], W.shape[0], lr, beta1, beta2, eps, mu_t, mu_t1,
+                         u_prod, u_prod_t1, beta2_power, _n_threads)
 
 
 def ftrl_update(w, g, acc, lin, float lr, float lr_power, float l1, float l2,
@@ -1080,8 +1081,8 @@ def ftrl_update(w, g, acc, lin, float lr, float lr_power, float l1, float l2,
     if W.shape[0] == 0:
         return
     with nogil:
-        fnn_ftrl(&W[0], &G[0], &A[0], &L[0], W.shape[0], lr, lr_power, l1, l2,
-                 l2_shrinkage, beta, _n_threads)
+        fnn_ftrl_update(&W[0], &G[0], &A[0], &L[0], W.shape[0], lr, lr_power, l1, l2,
+                        l2_shrinkage, beta, _n_threads)
 
 
 # ---- convolution, pooling, batch normalization -------------------------------------------------
@@ -1310,19 +1311,19 @@ def avgpool_backward(dy, window, dx):
 
 
 # ---- convolution + max pooling, fused ------------------------------------------------------
-def conv_pool_plan(int n, int oh, int ow, int filters):
-    """(groups, images per chunk) of conv_pool_forward/backward over n images whose
+def conv2d_maxpool_plan(int n, int oh, int ow, int filters):
+    """(groups, images per chunk) of conv2d_maxpool_forward/backward over n images whose
     convolution output is oh x ow x filters: the workspaces hold groups x chunk images."""
     if n < 0 or oh < 0 or ow < 0 or filters < 0:
-        raise ValueError(f"conv_pool_plan: sizes must be >= 0, got ({n}, {oh}, {ow}, "
+        raise ValueError(f"conv2d_maxpool_plan: sizes must be >= 0, got ({n}, {oh}, {ow}, "
                          f"{filters})")
     cdef int groups, chunk
-    fnn_conv_pool_plan(n, <size_t>oh * ow * filters, &groups, &chunk)
+    fnn_conv2d_maxpool_plan(n, <size_t>oh * ow * filters, &groups, &chunk)
     return groups, chunk
 
 
-cdef int _conv_pool_geoms(str fn, tuple x_shape, conv_window, pool_window, Py_ssize_t filters,
-                          fnn_conv_geom *conv, fnn_conv_geom *pool) except -1:
+cdef int _conv2d_maxpool_geoms(str fn, tuple x_shape, conv_window, pool_window, Py_ssize_t filters,
+                               fnn_conv_geom *conv, fnn_conv_geom *pool) except -1:
     conv[0] = _geom(fn, x_shape, conv_window)
     _fits_int(f"{fn}: filters", filters)
     pool[0] = _geom(fn + " (pooling)", (conv.n, conv.oh, conv.ow, filters), pool_window)
@@ -1334,7 +1335,7 @@ cdef int _conv_pool_geoms(str fn, tuple x_shape, conv_window, pool_window, Py_ss
     return 0
 
 
-cdef int _check_conv_pool_act(str fn, int act, float alpha, bint backward) except -1:
+cdef int _check_conv2d_maxpool_act(str fn, int act, float alpha, bint backward) except -1:
     _check_act(act)
     if not fnn_activation_monotone(act, alpha):
         raise ValueError(f"{fn}: activation id {act} (alpha {alpha}) is not "
@@ -1349,104 +1350,104 @@ cdef int _check_conv_pool_act(str fn, int act, float alpha, bint backward) excep
 cdef int _check_work(name, const float[:, ::1] a, Py_ssize_t rows, Py_ssize_t cols) except -1:
     if a is None or a.shape[0] < rows or a.shape[1] != cols:
         got = None if a is None else _shape2(a)
-        raise ValueError(f"{name}: expected at least ({rows}, {cols}) (see conv_pool_plan), "
+        raise ValueError(f"{name}: expected at least ({rows}, {cols}) (see conv2d_maxpool_plan), "
                          f"got {got}")
     return 0
 
 
-def conv_pool_forward(x, kernel, bias, int act, float alpha, conv_window, pool_window, cols,
-                      work, y, argmax):
+def conv2d_maxpool_forward(x, kernel, bias, int act, float alpha, conv_window, pool_window, cols,
+                           work, y, argmax):
     """y, argmax = maxpool(act(im2col(x) @ kernel + bias)), a cache-sized chunk of images at a
     time; cols (n*oh*ow, kh*kw*c) keeps the columns for backward, work is scratch."""
-    cdef str fn = "conv_pool_forward"
-    cdef const float[:, :, :, ::1] X = _cf4("conv_pool_forward: x", x, True)
-    cdef const float[:, ::1] K = _cf2("conv_pool_forward: kernel", kernel, True)
-    cdef const float[::1] B = _cf1("conv_pool_forward: bias", bias, False)
-    cdef float[:, ::1] C = _f2("conv_pool_forward: cols", cols, True)
-    cdef float[:, ::1] WK = _f2("conv_pool_forward: work", work, True)
-    cdef float[:, :, :, ::1] Y = _f4("conv_pool_forward: y", y, True)
-    cdef int32_t[:, :, :, ::1] A = _i4("conv_pool_forward: argmax", argmax, True)
+    cdef str fn = "conv2d_maxpool_forward"
+    cdef const float[:, :, :, ::1] X = _cf4("conv2d_maxpool_forward: x", x, True)
+    cdef const float[:, ::1] K = _cf2("conv2d_maxpool_forward: kernel", kernel, True)
+    cdef const float[::1] B = _cf1("conv2d_maxpool_forward: bias", bias, False)
+    cdef float[:, ::1] C = _f2("conv2d_maxpool_forward: cols", cols, True)
+    cdef float[:, ::1] WK = _f2("conv2d_maxpool_forward: work", work, True)
+    cdef float[:, :, :, ::1] Y = _f4("conv2d_maxpool_forward: y", y, True)
+    cdef int32_t[:, :, :, ::1] A = _i4("conv2d_maxpool_forward: argmax", argmax, True)
     _need_blas()
-    _check_conv_pool_act(fn, act, alpha, False)
+    _check_conv2d_maxpool_act(fn, act, alpha, False)
     cdef fnn_conv_geom conv, pool
     cdef Py_ssize_t filters = K.shape[1]
-    _conv_pool_geoms(fn, _shape4(X), conv_window, pool_window, filters, &conv, &pool)
+    _conv2d_maxpool_geoms(fn, _shape4(X), conv_window, pool_window, filters, &conv, &pool)
     cdef Py_ssize_t kdim = <Py_ssize_t>conv.kh * conv.kw * conv.c
     cdef Py_ssize_t pixels = <Py_ssize_t>conv.oh * conv.ow
     cdef int groups, chunk
-    groups, chunk = conv_pool_plan(conv.n, conv.oh, conv.ow, <int>filters)
-    _same_shape("conv_pool_forward: kernel", _shape2(K), (kdim, filters))
+    groups, chunk = conv2d_maxpool_plan(conv.n, conv.oh, conv.ow, <int>filters)
+    _same_shape("conv2d_maxpool_forward: kernel", _shape2(K), (kdim, filters))
     if B is not None and B.shape[0] != filters:
-        raise ValueError(f"conv_pool_forward: bias: expected shape ({filters},), got "
+        raise ValueError(f"conv2d_maxpool_forward: bias: expected shape ({filters},), got "
                          f"({B.shape[0]},)")
-    _same_shape("conv_pool_forward: cols", _shape2(C), (conv.n * pixels, kdim))
-    _check_work("conv_pool_forward: work", WK, <Py_ssize_t>groups * chunk * pixels, filters)
+    _same_shape("conv2d_maxpool_forward: cols", _shape2(C), (conv.n * pixels, kdim))
+    _check_work("conv2d_maxpool_forward: work", WK, <Py_ssize_t>groups * chunk * pixels, filters)
     cdef tuple out = (pool.n, pool.oh, pool.ow, filters)
-    _same_shape("conv_pool_forward: y", _shape4(Y), out)
-    _same_shape("conv_pool_forward: argmax", _ishape4(A), out)
+    _same_shape("conv2d_maxpool_forward: y", _shape4(Y), out)
+    _same_shape("conv2d_maxpool_forward: argmax", _ishape4(A), out)
     _all_disjoint(fn, [("cols", <size_t>_p2(C), _n2(C)), ("work", <size_t>_p2(WK), _n2(WK)),
                        ("y", <size_t>_p4(Y), _n4(Y)), ("argmax", <size_t>_pi4(A), _ni4(A))],
                   [("x", <size_t>_p4(X), _n4(X)), ("kernel", <size_t>_p2(K), _n2(K)),
                    ("bias", <size_t>_p1(B), _n1(B))])
     cdef const float *bp = NULL if B is None else &B[0]
     with nogil:
-        fnn_conv_pool_forward(&X[0, 0, 0, 0], &K[0, 0], bp, act, alpha, &conv, &pool,
-                              &C[0, 0], &WK[0, 0], &Y[0, 0, 0, 0], &A[0, 0, 0, 0],
-                              _n_threads)
+        fnn_conv2d_maxpool_forward(&X[0, 0, 0, 0], &K[0, 0], bp, act, alpha, &conv, &pool,
+                                   &C[0, 0], &WK[0, 0], &Y[0, 0, 0, 0], &A[0, 0, 0, 0],
+                                   _n_threads)
 
 
-def conv_pool_backward(cols, kernel, y, argmax, dy, int act, float alpha, conv_window,
-                       pool_window, x_shape, d_kernel, d_bias, dx, work, dcols_work,
-                       partials):
+def conv2d_maxpool_backward(cols, kernel, y, argmax, dy, int act, float alpha, conv_window,
+                            pool_window, x_shape, d_kernel, d_bias, dx, work, dcols_work,
+                            partials):
     """From dy (the pooled gradient, overwritten with its gradient through act): d_kernel,
-    d_bias and dx (each skipped when None) of conv_pool_forward. act's derivative must be
+    d_bias and dx (each skipped when None) of conv2d_maxpool_forward. act's derivative must be
     readable off its output (not softplus, gelu, silu or softmax)."""
-    cdef str fn = "conv_pool_backward"
-    cdef const float[:, ::1] C = _cf2("conv_pool_backward: cols", cols, True)
-    cdef const float[:, ::1] K = _cf2("conv_pool_backward: kernel", kernel, True)
-    cdef const float[:, :, :, ::1] Y = _cf4("conv_pool_backward: y", y, True)
-    cdef const int32_t[:, :, :, ::1] A = _ci4("conv_pool_backward: argmax", argmax, True)
-    cdef float[:, :, :, ::1] DY = _f4("conv_pool_backward: dy", dy, True)
-    cdef float[:, ::1] DK = _f2("conv_pool_backward: d_kernel", d_kernel, False)
-    cdef float[::1] DB = _f1("conv_pool_backward: d_bias", d_bias, False)
-    cdef float[:, :, :, ::1] DX = _f4("conv_pool_backward: dx", dx, False)
-    cdef float[:, ::1] WK = _f2("conv_pool_backward: work", work, False)
-    cdef float[:, ::1] DCW = _f2("conv_pool_backward: dcols_work", dcols_work, False)
-    cdef float[:, ::1] PT = _f2("conv_pool_backward: partials", partials, False)
+    cdef str fn = "conv2d_maxpool_backward"
+    cdef const float[:, ::1] C = _cf2("conv2d_maxpool_backward: cols", cols, True)
+    cdef const float[:, ::1] K = _cf2("conv2d_maxpool_backward: kernel", kernel, True)
+    cdef const float[:, :, :, ::1] Y = _cf4("conv2d_maxpool_backward: y", y, True)
+    cdef const int32_t[:, :, :, ::1] A = _ci4("conv2d_maxpool_backward: argmax", argmax, True)
+    cdef float[:, :, :, ::1] DY = _f4("conv2d_maxpool_backward: dy", dy, True)
+    cdef float[:, ::1] DK = _f2("conv2d_maxpool_backward: d_kernel", d_kernel, False)
+    cdef float[::1] DB = _f1("conv2d_maxpool_backward: d_bias", d_bias, False)
+    cdef float[:, :, :, ::1] DX = _f4("conv2d_maxpool_backward: dx", dx, False)
+    cdef float[:, ::1] WK = _f2("conv2d_maxpool_backward: work", work, False)
+    cdef float[:, ::1] DCW = _f2("conv2d_maxpool_backward: dcols_work", dcols_work, False)
+    cdef float[:, ::1] PT = _f2("conv2d_maxpool_backward: partials", partials, False)
     _need_blas()
-    _check_conv_pool_act(fn, act, alpha, True)
+    _check_conv2d_maxpool_act(fn, act, alpha, True)
     if not isinstance(x_shape, tuple) or len(x_shape) != 4:
-        raise ValueError(f"conv_pool_backward: x_shape must be a 4-tuple, got {x_shape!r}")
+        raise ValueError(f"conv2d_maxpool_backward: x_shape must be a 4-tuple, got {x_shape!r}")
     for v in x_shape:
         if not isinstance(v, int) or v < 0:
-            raise ValueError(f"conv_pool_backward: x_shape must hold sizes >= 0, got "
+            raise ValueError(f"conv2d_maxpool_backward: x_shape must hold sizes >= 0, got "
                              f"{x_shape!r}")
     cdef fnn_conv_geom conv, pool
     cdef Py_ssize_t filters = K.shape[1]
-    _conv_pool_geoms(fn, x_shape, conv_window, pool_window, filters, &conv, &pool)
+    _conv2d_maxpool_geoms(fn, x_shape, conv_window, pool_window, filters, &conv, &pool)
     cdef Py_ssize_t kdim = <Py_ssize_t>conv.kh * conv.kw * conv.c
     cdef Py_ssize_t pixels = <Py_ssize_t>conv.oh * conv.ow
     cdef int groups, chunk
-    groups, chunk = conv_pool_plan(conv.n, conv.oh, conv.ow, <int>filters)
-    _same_shape("conv_pool_backward: kernel", _shape2(K), (kdim, filters))
-    _same_shape("conv_pool_backward: cols", _shape2(C), (conv.n * pixels, kdim))
+    groups, chunk = conv2d_maxpool_plan(conv.n, conv.oh, conv.ow, <int>filters)
+    _same_shape("conv2d_maxpool_backward: kernel", _shape2(K), (kdim, filters))
+    _same_shape("conv2d_maxpool_backward: cols", _shape2(C), (conv.n * pixels, kdim))
     cdef tuple out = (pool.n, pool.oh, pool.ow, filters)
-    _same_shape("conv_pool_backward: y", _shape4(Y), out)
-    _same_shape("conv_pool_backward: dy", _shape4(DY), out)
-    _same_shape("conv_pool_backward: argmax", _ishape4(A), out)
+    _same_shape("conv2d_maxpool_backward: y", _shape4(Y), out)
+    _same_shape("conv2d_maxpool_backward: dy", _shape4(DY), out)
+    _same_shape("conv2d_maxpool_backward: argmax", _ishape4(A), out)
     if DB is not None and DB.shape[0] != filters:
-        raise ValueError(f"conv_pool_backward: d_bias: expected shape ({filters},), got "
+        raise ValueError(f"conv2d_maxpool_backward: d_bias: expected shape ({filters},), got "
                          f"({DB.shape[0]},)")
     cdef Py_ssize_t work_rows = <Py_ssize_t>groups * chunk * pixels
     if DK is not None:
-        _same_shape("conv_pool_backward: d_kernel", _shape2(DK), (kdim, filters))
+        _same_shape("conv2d_maxpool_backward: d_kernel", _shape2(DK), (kdim, filters))
         if groups > 1:
-            _check_work("conv_pool_backward: partials", PT, (groups - 1) * kdim, filters)
+            _check_work("conv2d_maxpool_backward: partials", PT, (groups - 1) * kdim, filters)
     if DX is not None:
-        _same_shape("conv_pool_backward: dx", _shape4(DX), x_shape)
-        _check_work("conv_pool_backward: dcols_work", DCW, work_rows, kdim)
+        _same_shape("conv2d_maxpool_backward: dx", _shape4(DX), x_shape)
+        _check_work("conv2d_maxpool_backward: dcols_work", DCW, work_rows, kdim)
     if DK is not None or DX is not None:
-        _check_work("conv_pool_backward: work", WK, work_rows, filters)
+        _check_work("conv2d_maxpool_backward: work", WK, work_rows, filters)
     _all_disjoint(fn, [("dy", <size_t>_p4(DY), _n4(DY)),
                        ("d_kernel", <size_t>_p2(DK), _n2(DK)),
                        ("d_bias", <size_t>_p1(DB), _n1(DB)), ("dx", <size_t>_p4(DX), _n4(DX)),
@@ -1465,8 +1466,9 @@ def conv_pool_backward(cols, kernel, y, argmax, dy, int act, float alpha, conv_w
     cdef float *dcp = NULL if DCW is None else &DCW[0, 0]
     cdef float *pp = NULL if PT is None else &PT[0, 0]
     with nogil:
-        fnn_conv_pool_backward(&C[0, 0], &K[0, 0], &Y[0, 0, 0, 0], a, &DY[0, 0, 0, 0],
-                               act, alpha, &conv, &pool, dkp, dbp, dxp, wp, dcp, pp, _n_threads)
+        fnn_conv2d_maxpool_backward(&C[0, 0], &K[0, 0], &Y[0, 0, 0, 0], a, &DY[0, 0, 0, 0],
+                                    act, alpha, &conv, &pool, dkp, dbp, dxp, wp, dcp, pp,
+                                    _n_threads)
 
 
 cdef int _check_channels(name, const float[::1] v, Py_ssize_t cols) except -1:
@@ -1475,96 +1477,101 @@ cdef int _check_channels(name, const float[::1] v, Py_ssize_t cols) except -1:
     return 0
 
 
-def bn_stats(x, mean, var):
-    cdef const float[:, ::1] X = _cf2("bn_stats: x", x, True)
-    cdef float[::1] M = _f1("bn_stats: mean", mean, True)
-    cdef float[::1] V = _f1("bn_stats: var", var, True)
-    _check_channels("bn_stats: mean", M, X.shape[1])
-    _check_channels("bn_stats: var", V, X.shape[1])
+def batchnorm_stats(x, mean, var):
+    cdef const float[:, ::1] X = _cf2("batchnorm_stats: x", x, True)
+    cdef float[::1] M = _f1("batchnorm_stats: mean", mean, True)
+    cdef float[::1] V = _f1("batchnorm_stats: var", var, True)
+    _check_channels("batchnorm_stats: mean", M, X.shape[1])
+    _check_channels("batchnorm_stats: var", V, X.shape[1])
     if X.shape[0] == 0 or X.shape[1] == 0:
-        raise ValueError(f"bn_stats: batch normalization of an empty batch (x {_shape2(X)})")
-    _all_disjoint("bn_stats", [("mean", <size_t>_p1(M), _n1(M)), ("var", <size_t>_p1(V), _n1(V))],
+        raise ValueError(f"batchnorm_stats: batch normalization of an empty batch (x {_shape2(X)})")
+    _all_disjoint("batchnorm_stats",
+                  [("mean", <size_t>_p1(M), _n1(M)), ("var", <size_t>_p1(V), _n1(V))],
                   [("x", <size_t>_p2(X), _n2(X))])
     with nogil:
-        fnn_bn_stats(&X[0, 0], &M[0], &V[0], X.shape[0], X.shape[1], _n_threads)
+        fnn_batchnorm_stats(&X[0, 0], &M[0], &V[0], X.shape[0], X.shape[1], _n_threads)
 
 
-def bn_apply(x, mean, var, gamma, beta, float eps, y):
+def batchnorm_apply(x, mean, var, gamma, beta, float eps, y):
     """y = gamma (x - mean) / sqrt(var + eps) + beta; y may be x itself (in place)."""
-    cdef const float[:, ::1] X = _cf2("bn_apply: x", x, True)
-    cdef const float[::1] M = _cf1("bn_apply: mean", mean, True)
-    cdef const float[::1] V = _cf1("bn_apply: var", var, True)
-    cdef const float[::1] GA = _cf1("bn_apply: gamma", gamma, False)
-    cdef const float[::1] BE = _cf1("bn_apply: beta", beta, False)
-    cdef float[:, ::1] Y = _f2("bn_apply: y", y, True)
+    cdef const float[:, ::1] X = _cf2("batchnorm_apply: x", x, True)
+    cdef const float[::1] M = _cf1("batchnorm_apply: mean", mean, True)
+    cdef const float[::1] V = _cf1("batchnorm_apply: var", var, True)
+    cdef const float[::1] GA = _cf1("batchnorm_apply: gamma", gamma, False)
+    cdef const float[::1] BE = _cf1("batchnorm_apply: beta", beta, False)
+    cdef float[:, ::1] Y = _f2("batchnorm_apply: y", y, True)
     cdef Py_ssize_t c = X.shape[1]
-    _check_channels("bn_apply: mean", M, c); _check_channels("bn_apply: var", V, c)
-    _check_channels("bn_apply: gamma", GA, c); _check_channels("bn_apply: beta", BE, c)
-    _same_shape("bn_apply: y", _shape2(Y), _shape2(X))
+    _check_channels("batchnorm_apply: mean", M, c)
+    _check_channels("batchnorm_apply: var", V, c)
+    _check_channels("batchnorm_apply: gamma", GA, c)
+    _check_channels("batchnorm_apply: beta", BE, c)
+    _same_shape("batchnorm_apply: y", _shape2(Y), _shape2(X))
     if X.shape[0] == 0 or c == 0:
         return
-    _same_or_disjoint("bn_apply: y", _p2(Y), _n2(Y), "x", _p2(X), _n2(X))
+    _same_or_disjoint("batchnorm_apply: y", _p2(Y), _n2(Y), "x", _p2(X), _n2(X))
     for other, p, nb in (("mean", <size_t>_p1(M), _n1(M)), ("var", <size_t>_p1(V), _n1(V)),
                          ("gamma", <size_t>_p1(GA), _n1(GA)), ("beta", <size_t>_p1(BE), _n1(BE))):
-        _disjoint("bn_apply: y", _p2(Y), _n2(Y), other, <const void *><size_t>p, nb)
+        _disjoint("batchnorm_apply: y", _p2(Y), _n2(Y), other, <const void *><size_t>p, nb)
     cdef const float *gp = NULL if GA is None else &GA[0]
     cdef const float *bp = NULL if BE is None else &BE[0]
     with nogil:
-        fnn_bn_apply(&X[0, 0], &M[0], &V[0], gp, bp, eps, &Y[0, 0], X.shape[0], c,
-                     _n_threads)
+        fnn_batchnorm_apply(&X[0, 0], &M[0], &V[0], gp, bp, eps, &Y[0, 0], X.shape[0], c,
+                            _n_threads)
 
 
-def bn_backward(x, dy, mean, var, gamma, float eps, dx, d_gamma, d_beta):
+def batchnorm_backward(x, dy, mean, var, gamma, float eps, dx, d_gamma, d_beta):
     """Training-mode backward; dx may be dy itself (in place)."""
-    cdef const float[:, ::1] X = _cf2("bn_backward: x", x, True)
-    cdef const float[:, ::1] DY = _cf2("bn_backward: dy", dy, True)
-    cdef const float[::1] M = _cf1("bn_backward: mean", mean, True)
-    cdef const float[::1] V = _cf1("bn_backward: var", var, True)
-    cdef const float[::1] GA = _cf1("bn_backward: gamma", gamma, False)
-    cdef float[:, ::1] DX = _f2("bn_backward: dx", dx, True)
-    cdef float[::1] DG = _f1("bn_backward: d_gamma", d_gamma, False)
-    cdef float[::1] DB = _f1("bn_backward: d_beta", d_beta, False)
+    cdef const float[:, ::1] X = _cf2("batchnorm_backward: x", x, True)
+    cdef const float[:, ::1] DY = _cf2("batchnorm_backward: dy", dy, True)
+    cdef const float[::1] M = _cf1("batchnorm_backward: mean", mean, True)
+    cdef const float[::1] V = _cf1("batchnorm_backward: var", var, True)
+    cdef const float[::1] GA = _cf1("batchnorm_backward: gamma", gamma, False)
+    cdef float[:, ::1] DX = _f2("batchnorm_backward: dx", dx, True)
+    cdef float[::1] DG = _f1("batchnorm_backward: d_gamma", d_gamma, False)
+    cdef float[::1] DB = _f1("batchnorm_backward: d_beta", d_beta, False)
     cdef Py_ssize_t c = X.shape[1]
-    _check_channels("bn_backward: mean", M, c); _check_channels("bn_backward: var", V, c)
-    _check_channels("bn_backward: gamma", GA, c)
-    _check_channels("bn_backward: d_gamma", DG, c)
-    _check_channels("bn_backward: d_beta", DB, c)
-    _same_shape("bn_backward: dy", _shape2(DY), _shape2(X))
-    _same_shape("bn_backward: dx", _shape2(DX), _shape2(X))
+    _check_channels("batchnorm_backward: mean", M, c)
+    _check_channels("batchnorm_backward: var", V, c)
+    _check_channels("batchnorm_backward: gamma", GA, c)
+    _check_channels("batchnorm_backward: d_gamma", DG, c)
+    _check_channels("batchnorm_backward: d_beta", DB, c)
+    _same_shape("batchnorm_backward: dy", _shape2(DY), _shape2(X))
+    _same_shape("batchnorm_backward: dx", _shape2(DX), _shape2(X))
     if X.shape[0] == 0 or c == 0:
-        raise ValueError(f"bn_backward: batch normalization of an empty batch (x {_shape2(X)})")
-    _same_or_disjoint("bn_backward: dx", _p2(DX), _n2(DX), "dy", _p2(DY), _n2(DY))
-    _all_disjoint("bn_backward", [("dx", <size_t>_p2(DX), _n2(DX)),
-                                  ("d_gamma", <size_t>_p1(DG), _n1(DG)),
-                                  ("d_beta", <size_t>_p1(DB), _n1(DB))],
+        raise ValueError("batchnorm_backward: batch normalization of an empty batch "
+                         f"(x {_shape2(X)})")
+    _same_or_disjoint("batchnorm_backward: dx", _p2(DX), _n2(DX), "dy", _p2(DY), _n2(DY))
+    _all_disjoint("batchnorm_backward", [("dx", <size_t>_p2(DX), _n2(DX)),
+                                         ("d_gamma", <size_t>_p1(DG), _n1(DG)),
+                                         ("d_beta", <size_t>_p1(DB), _n1(DB))],
                   [("x", <size_t>_p2(X), _n2(X)), ("mean", <size_t>_p1(M), _n1(M)),
                    ("var", <size_t>_p1(V), _n1(V)), ("gamma", <size_t>_p1(GA), _n1(GA))])
-    _disjoint("bn_backward: d_gamma", _p1(DG), _n1(DG), "dy", _p2(DY), _n2(DY))
-    _disjoint("bn_backward: d_beta", _p1(DB), _n1(DB), "dy", _p2(DY), _n2(DY))
+    _disjoint("batchnorm_backward: d_gamma", _p1(DG), _n1(DG), "dy", _p2(DY), _n2(DY))
+    _disjoint("batchnorm_backward: d_beta", _p1(DB), _n1(DB), "dy", _p2(DY), _n2(DY))
     cdef const float *gp = NULL if GA is None else &GA[0]
     cdef float *dgp = NULL if DG is None else &DG[0]
     cdef float *dbp = NULL if DB is None else &DB[0]
     with nogil:
-        fnn_bn_backward(&X[0, 0], &DY[0, 0], &M[0], &V[0], gp, eps, &DX[0, 0], dgp, dbp,
-                        X.shape[0], c, _n_threads)
+        fnn_batchnorm_backward(&X[0, 0], &DY[0, 0], &M[0], &V[0], gp, eps, &DX[0, 0], dgp, dbp,
+                               X.shape[0], c, _n_threads)
 
 
-def bn_update_moving(moving_mean, moving_var, mean, var, float momentum):
-    cdef float[::1] MM = _f1("bn_update_moving: moving_mean", moving_mean, True)
-    cdef float[::1] MV = _f1("bn_update_moving: moving_var", moving_var, True)
-    cdef const float[::1] M = _cf1("bn_update_moving: mean", mean, True)
-    cdef const float[::1] V = _cf1("bn_update_moving: var", var, True)
+def batchnorm_update_moving(moving_mean, moving_var, mean, var, float momentum):
+    cdef float[::1] MM = _f1("batchnorm_update_moving: moving_mean", moving_mean, True)
+    cdef float[::1] MV = _f1("batchnorm_update_moving: moving_var", moving_var, True)
+    cdef const float[::1] M = _cf1("batchnorm_update_moving: mean", mean, True)
+    cdef const float[::1] V = _cf1("batchnorm_update_moving: var", var, True)
     cdef Py_ssize_t c = MM.shape[0]
-    _check_channels("bn_update_moving: moving_var", MV, c)
-    _check_channels("bn_update_moving: mean", M, c)
-    _check_channels("bn_update_moving: var", V, c)
+    _check_channels("batchnorm_update_moving: moving_var", MV, c)
+    _check_channels("batchnorm_update_moving: mean", M, c)
+    _check_channels("batchnorm_update_moving: var", V, c)
     if c == 0:
         return
-    _all_disjoint("bn_update_moving", [("moving_mean", <size_t>_p1(MM), _n1(MM)),
-                                       ("moving_var", <size_t>_p1(MV), _n1(MV))],
+    _all_disjoint("batchnorm_update_moving", [("moving_mean", <size_t>_p1(MM), _n1(MM)),
+                                              ("moving_var", <size_t>_p1(MV), _n1(MV))],
                   [("mean", <size_t>_p1(M), _n1(M)), ("var", <size_t>_p1(V), _n1(V))])
     with nogil:
-        fnn_bn_update_moving(&MM[0], &MV[0], &M[0], &V[0], momentum, c)
+        fnn_batchnorm_update_moving(&MM[0], &MV[0], &M[0], &V[0], momentum, c)
 
 
 # ---- a whole Dense stack run in C (csrc/stack.c; built and driven by fastnn/stack.py) ----------
@@ -1988,54 +1995,54 @@ cdef const void *_ids(str name, ids, int *wide, size_t *n) except? NULL:
                     f"{_describe(ids)}")
 
 
-def embed_gather(table, ids, out):
+def embedding_forward(table, ids, out):
     """out[i] = table[ids[i]]; returns -1, or the position of the first index out of range
     (then nothing is written)."""
-    cdef const float[:, ::1] T = _cf2("embed_gather: table", table, True)
-    cdef float[:, ::1] O = _f2("embed_gather: out", out, True)
+    cdef const float[:, ::1] T = _cf2("embedding_forward: table", table, True)
+    cdef float[:, ::1] O = _f2("embedding_forward: out", out, True)
     cdef int wide
     cdef size_t n
-    cdef const void *p = _ids("embed_gather: ids", ids, &wide, &n)
+    cdef const void *p = _ids("embedding_forward: ids", ids, &wide, &n)
     cdef int64_t bad
-    _same_shape("embed_gather: out", _shape2(O), (<Py_ssize_t>n, T.shape[1]))
+    _same_shape("embedding_forward: out", _shape2(O), (<Py_ssize_t>n, T.shape[1]))
     if n == 0 or T.shape[1] == 0:
         return -1
-    _disjoint("embed_gather: out", _p2(O), _n2(O), "table", _p2(T), _n2(T))
+    _disjoint("embedding_forward: out", _p2(O), _n2(O), "table", _p2(T), _n2(T))
     with nogil:
-        bad = fnn_embed_first_bad(p, wide, n, T.shape[0])
+        bad = fnn_embedding_first_bad(p, wide, n, T.shape[0])
         if bad < 0:
-            fnn_embed_gather(&T[0, 0], p, wide, n, T.shape[1], &O[0, 0], _n_threads)
+            fnn_embedding_forward(&T[0, 0], p, wide, n, T.shape[1], &O[0, 0], _n_threads)
     return bad
 
 
-def embed_scatter_add(ids, dy, d_table, clear=None):
+def embedding_backward(ids, dy, d_table, clear=None):
     """d_table[ids[i]] += dy[i] after zeroing the rows in `clear` (all rows when None).
     Returns -1, or the position of the first index of ids (then of clear) out of range
     (then nothing is written)."""
-    cdef const float[:, ::1] DY = _cf2("embed_scatter_add: dy", dy, True)
-    cdef float[:, ::1] D = _f2("embed_scatter_add: d_table", d_table, True)
+    cdef const float[:, ::1] DY = _cf2("embedding_backward: dy", dy, True)
+    cdef float[:, ::1] D = _f2("embedding_backward: d_table", d_table, True)
     cdef int wide, cwide = 0
     cdef size_t n, nc = 0
-    cdef const void *p = _ids("embed_scatter_add: ids", ids, &wide, &n)
+    cdef const void *p = _ids("embedding_backward: ids", ids, &wide, &n)
     cdef const void *c = NULL
     cdef int64_t bad = -1, bad_clear = -1
     if clear is not None:
-        c = _ids("embed_scatter_add: clear", clear, &cwide, &nc)
-    _same_shape("embed_scatter_add: dy", _shape2(DY), (<Py_ssize_t>n, D.shape[1]))
+        c = _ids("embedding_backward: clear", clear, &cwide, &nc)
+    _same_shape("embedding_backward: dy", _shape2(DY), (<Py_ssize_t>n, D.shape[1]))
     if D.shape[0] == 0 or D.shape[1] == 0:
         return -1
-    _disjoint("embed_scatter_add: d_table", _p2(D), _n2(D), "dy", _p2(DY), _n2(DY))
+    _disjoint("embedding_backward: d_table", _p2(D), _n2(D), "dy", _p2(DY), _n2(DY))
     with nogil:
         if n:
-            bad = fnn_embed_first_bad(p, wide, n, D.shape[0])
+            bad = fnn_embedding_first_bad(p, wide, n, D.shape[0])
         if bad < 0 and nc:
-            bad_clear = fnn_embed_first_bad(c, cwide, nc, D.shape[0])
+            bad_clear = fnn_embedding_first_bad(c, cwide, nc, D.shape[0])
         if bad < 0 and bad_clear < 0:
-            fnn_embed_scatter_add(p, wide, n, &DY[0, 0] if n else NULL, D.shape[1], &D[0, 0],
-                                  D.shape[0], c if clear is not None else NULL, cwide, nc,
-                                  _n_threads)
+            fnn_embedding_backward(p, wide, n, &DY[0, 0] if n else NULL, D.shape[1], &D[0, 0],
+                                   D.shape[0], c if clear is not None else NULL, cwide, nc,
+                                   _n_threads)
     if bad_clear >= 0:
-        raise ValueError(f"embed_scatter_add: clear holds a row outside [0, {D.shape[0]})")
+        raise ValueError(f"embedding_backward: clear holds a row outside [0, {D.shape[0]})")
     return bad
 # ---- recurrent layers (csrc/recurrent.c) -------------------------------------------------------
 # Every array is passed flat (C-contiguous, any shape viewed 1-D) with the sequence's sizes

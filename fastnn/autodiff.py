@@ -73,7 +73,16 @@ class Tensor:
     """An array and, when it needs gradients, how it was computed (`parents`, `backward`).
     Its operators (+, *, @, [], <, ...) are the fastnn.ops ops of the same meaning.
     A leaf that needs gradients (a weight, or an input whose gradient is wanted) has no
-    backward; `gradients` returns its gradient, or adds it into `grad` when that is an array."""
+    backward; `gradients` returns its gradient, or adds it into `grad` when that is an array.
+
+    Args:
+        value: The array.
+        requires_grad: Whether gradients are computed for it. Defaults to `False`.
+        grad: Its gradient, once computed (or `None`). Defaults to `None`.
+        name: A name, for messages. Defaults to `None`.
+        parents: The tensors it was computed from. Defaults to `()`.
+        backward: A function from its gradient to its parents' gradients, or `None` for a leaf.
+    """
     # keras_mask: the mask (batch, timesteps) a layer's output carries, as Keras's _keras_mask
     __slots__ = ("value", "parents", "backward", "requires_grad", "grad", "name", "keras_mask")
     __array_priority__ = 1000        # NumPy's binary operators defer to the reflected ones here
@@ -223,13 +232,29 @@ def _untracked(name, args, run):
 
 
 def value_of(x):
-    """The array inside a Tensor, or x itself."""
+    """The array inside a Tensor, or x itself.
+
+    Args:
+        x: A `Tensor` or an array.
+
+    Returns:
+        An array.
+    """
     return x.value if isinstance(x, Tensor) else x
 
 
 def node(value, parents, backward):
     """A recorded result: a Tensor computed from `parents` whose gradients `backward` gives
-    (the gradient of this tensor -> one gradient or None per parent), on the open tape."""
+    (the gradient of this tensor -> one gradient or None per parent), on the open tape.
+
+    Args:
+        value: The result array.
+        parents: The input tensors.
+        backward: A function from the result's gradient to the parents' gradients.
+
+    Returns:
+        A `Tensor`.
+    """
     out = Tensor(value, requires_grad=True, parents=tuple(parents), backward=backward)
     active = getattr(_state, "tape", None)
     if active is not None:
@@ -240,7 +265,16 @@ def node(value, parents, backward):
 def record(value, inputs, backward):
     """The result of an op: a Tensor that remembers `backward` (gradient of the output ->
     one gradient or None per input) when some input needs gradients and recording is on;
-    else a Tensor without history when some input was a Tensor; else the plain array."""
+    else a Tensor without history when some input was a Tensor; else the plain array.
+
+    Args:
+        value: The op's result array.
+        inputs: The op's input tensors.
+        backward: A function from the result's gradient to the inputs' gradients.
+
+    Returns:
+        A `Tensor` (or the plain array when no input needs a gradient).
+    """
     tensors = False
     for t in inputs:
         if isinstance(t, Tensor):
@@ -286,7 +320,17 @@ def gradients(output, leaves=(), seed=None, order=None):
     per output; ones by default). Returns the gradients of `leaves` (None for a leaf the
     outputs do not depend on); a leaf whose `grad` is an array also gets its gradient added
     there (+=), as weights shared by several calls accumulate. `order`: the nodes of the
-    tape that made the outputs (Tape.nodes), walked back instead of searching the graph."""
+    tape that made the outputs (Tape.nodes), walked back instead of searching the graph.
+
+    Args:
+        output: A tensor, or a list of tensors, to differentiate.
+        leaves: The tensors whose gradients to return. Defaults to `()`.
+        seed: The gradient of `output` (or one per output); `None`: ones.
+        order: A precomputed topological order of the tape, or `None`. Defaults to `None`.
+
+    Returns:
+        The gradients of `leaves`, in order.
+    """
     outputs = list(output) if isinstance(output, (list, tuple)) else [output]
     seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed] * len(outputs)
     if len(seeds) != len(outputs):
@@ -372,7 +416,13 @@ def _backpropagate(nodes, grads, wanted, xp, pending=None):
 class Variable(Tensor):
     """A layer's weight as `add_weight` returns it: a leaf tensor that reads the layer's
     current array (weights move into the model's parameter buffer when it is built) and adds
-    its gradient into the layer's gradient buffer. Keras's Variable API: numpy(), assign()."""
+    its gradient into the layer's gradient buffer. Keras's Variable API: numpy(), assign().
+
+    Args:
+        layer: The layer that owns the weight.
+        key: The weight's name in that layer.
+        trainable: Whether the weight is trainable.
+    """
     __slots__ = ("_layer", "_key", "trainable")
 
     def __init__(self, layer, key, trainable):

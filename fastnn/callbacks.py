@@ -16,6 +16,20 @@ _HOOKS = ("train", "test", "predict")
 
 
 class Callback:
+    """The base class of callbacks: hooks called during `fit`, `evaluate` and `predict`.
+
+    Override any of `on_train_begin/end`, `on_epoch_begin/end(epoch, logs)`,
+    `on_train_batch_begin/end(batch, logs)`, and their `test`/`predict` counterparts;
+    `self.model` is the model being run and `logs` a dict of the current metric values.
+
+    Example:
+
+    ```python
+    class PrintLoss(fastnn.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            print(epoch, logs["loss"])
+    ```
+    """
     def __init__(self):
         self.params = {}
         self._model = None
@@ -96,7 +110,15 @@ def _overrides(cb, hook):
 class CallbackList:
     """The callbacks of one fit/evaluate/predict call. Batch hooks are dispatched only to the
     callbacks that define them, and `wants(hook)` tells the training loop whether it needs to
-    build batch logs at all."""
+    build batch logs at all.
+
+    Args:
+        callbacks: A list of `Callback` objects, or `None`.
+        add_history: Whether to add a `History` callback when there is none. Defaults to `False`.
+        add_progbar: Whether to add a progress bar. Defaults to `False`.
+        model: The model the callbacks run on. Defaults to `None`.
+        **params: Run parameters given to each callback (`epochs`, `steps`, `verbose`).
+    """
 
     def __init__(self, callbacks=None, add_history=False, add_progbar=False, model=None,
                  **params):
@@ -288,7 +310,17 @@ class ProgbarLogger(Callback):
 
 
 class MonitorCallback(Callback):
-    """Shared by EarlyStopping, ModelCheckpoint and ReduceLROnPlateau: which way is better."""
+    """Shared by EarlyStopping, ModelCheckpoint and ReduceLROnPlateau: which way is better.
+
+    Args:
+        monitor: The quantity watched, a key of the epoch logs (e.g. `"val_loss"`,
+            `"val_accuracy"`). Defaults to `"val_loss"`.
+        mode: `"min"` (lower is better), `"max"`, or `"auto"` (from the name: max for accuracy-like
+            metrics, else min). Defaults to `"auto"`.
+        baseline: A value the monitored quantity must improve on, or `None`.
+        min_delta: The smallest change of the monitored value that counts as an improvement.
+            Defaults to `0`.
+    """
 
     def __init__(self, monitor="val_loss", mode="auto", baseline=None, min_delta=0):
         super().__init__()
@@ -325,6 +357,29 @@ class MonitorCallback(Callback):
 
 
 class EarlyStopping(MonitorCallback):
+    """Stop training when a monitored quantity has stopped improving.
+
+    Args:
+        monitor: The quantity watched, a key of the epoch logs (e.g. `"val_loss"`,
+            `"val_accuracy"`). Defaults to `"val_loss"`.
+        min_delta: The smallest change of the monitored value that counts as an improvement.
+            Defaults to `0`.
+        patience: Number of epochs without improvement before acting. Defaults to `0`.
+        verbose: 0: silent; 1: print a message when training stops. Defaults to `0`.
+        mode: `"min"` (lower is better), `"max"`, or `"auto"` (from the name: max for accuracy-like
+            metrics, else min). Defaults to `"auto"`.
+        baseline: A value the monitored quantity must improve on, or `None`.
+        restore_best_weights: Whether to restore the weights of the best epoch when training stops.
+            Defaults to `False`.
+        start_from_epoch: Number of epochs before improvements are watched. Defaults to `0`.
+
+    Example:
+
+    ```python
+    stop = fastnn.callbacks.EarlyStopping(monitor="val_loss", patience=3)
+    model.fit(x, y, validation_split=0.1, epochs=100, callbacks=[stop])
+    ```
+    """
     def __init__(self, monitor="val_loss", min_delta=0, patience=0, verbose=0, mode="auto",
                  baseline=None, restore_best_weights=False, start_from_epoch=0):
         super().__init__(monitor, mode, min_delta=min_delta)
@@ -374,6 +429,27 @@ class EarlyStopping(MonitorCallback):
 
 
 class ModelCheckpoint(MonitorCallback):
+    """Save the model (or its weights) during training, at each epoch end or every `save_freq`
+    batches.
+
+    Args:
+        filepath: Where to save: a path ending in `.keras` (or `.weights.h5` with
+            `save_weights_only`); it may hold format fields such as `{epoch:02d}` or
+            `{val_loss:.2f}` filled from the logs.
+        monitor: The quantity watched, a key of the epoch logs (e.g. `"val_loss"`,
+            `"val_accuracy"`). Defaults to `"val_loss"`.
+        verbose: 0: silent; 1: print a message when the callback acts. Defaults to `0`.
+        save_best_only: Whether to save only when the monitored quantity improves. Defaults to
+            `False`.
+        save_weights_only: Whether to save only the weights (`model.save_weights`) instead of the
+            whole model. Defaults to `False`.
+        mode: `"min"` (lower is better), `"max"`, or `"auto"` (from the name: max for accuracy-like
+            metrics, else min). Defaults to `"auto"`.
+        save_freq: `"epoch"` (at each epoch end), or an int: every that many batches. Defaults to
+            `"epoch"`.
+        initial_value_threshold: With `save_best_only`, the value the first save must improve on, or
+            `None`.
+    """
     def __init__(self, filepath, monitor="val_loss", verbose=0, save_best_only=False,
                  save_weights_only=False, mode="auto", save_freq="epoch",
                  initial_value_threshold=None):
@@ -464,7 +540,15 @@ class BackupAndRestore(Callback):
     backup_dir at every epoch end (or every save_freq batches); a fit that starts and finds
     them restores them and resumes at that epoch, so an interrupted run continues where it
     stopped. The backup is deleted when training ends (delete_checkpoint); double_checkpoint
-    keeps the previous one too (`.bkp`), used when the latest cannot be read."""
+    keeps the previous one too (`.bkp`), used when the latest cannot be read.
+
+    Args:
+        backup_dir: The directory holding the backup.
+        save_freq: `"epoch"` (at each epoch end), or an int: every that many batches. Defaults to
+            `"epoch"`.
+        double_checkpoint: Whether to keep the previous backup too. Defaults to `False`.
+        delete_checkpoint: Whether to delete the backup when training ends. Defaults to `True`.
+    """
 
     def __init__(self, backup_dir, save_freq="epoch", double_checkpoint=False,
                  delete_checkpoint=True):
@@ -543,6 +627,7 @@ class BackupAndRestore(Callback):
 
 
 class TerminateOnNaN(Callback):
+    """Stop training as soon as a batch's loss is NaN or infinite."""
     def on_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(loss):
@@ -551,7 +636,17 @@ class TerminateOnNaN(Callback):
 
 
 class LambdaCallback(Callback):
-    """Callback from plain functions: LambdaCallback(on_epoch_end=lambda epoch, logs: ...)."""
+    """Callback from plain functions: LambdaCallback(on_epoch_end=lambda epoch, logs: ...).
+
+    Args:
+        on_epoch_begin: `f(epoch, logs)`, or `None`.
+        on_epoch_end: `f(epoch, logs)`, or `None`.
+        on_train_begin: `f(logs)`, or `None`.
+        on_train_end: `f(logs)`, or `None`.
+        on_train_batch_begin: `f(batch, logs)`, or `None`.
+        on_train_batch_end: `f(batch, logs)`, or `None`.
+        **kwargs: Other hooks by name, such as `on_test_end=f`.
+    """
 
     def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_train_begin=None,
                  on_train_end=None, on_train_batch_begin=None, on_train_batch_end=None,
@@ -572,7 +667,13 @@ class LambdaCallback(Callback):
 
 
 class CSVLogger(Callback):
-    """Streams the epoch logs to a CSV file: a header `epoch,<keys>` then one row per epoch."""
+    """Streams the epoch logs to a CSV file: a header `epoch,<keys>` then one row per epoch.
+
+    Args:
+        filename: Path of the CSV file.
+        separator: The column separator. Defaults to `","`.
+        append: Whether to append to an existing file (else it is overwritten). Defaults to `False`.
+    """
 
     def __init__(self, filename, separator=",", append=False):
         super().__init__()
@@ -612,7 +713,12 @@ def _csv_value(v):
 
 
 class LearningRateScheduler(Callback):
-    """Sets the optimizer's learning rate at each epoch start to schedule(epoch, lr)."""
+    """Sets the optimizer's learning rate at each epoch start to schedule(epoch, lr).
+
+    Args:
+        schedule: A function `schedule(epoch, lr)` returning the new learning rate (a float).
+        verbose: 0: silent; 1: print the rate when it is set. Defaults to `0`.
+    """
 
     def __init__(self, schedule, verbose=0):
         super().__init__()
@@ -638,6 +744,22 @@ class LearningRateScheduler(Callback):
 
 
 class ReduceLROnPlateau(MonitorCallback):
+    """Reduce the learning rate when a monitored quantity has stopped improving.
+
+    Args:
+        monitor: The quantity watched, a key of the epoch logs (e.g. `"val_loss"`,
+            `"val_accuracy"`). Defaults to `"val_loss"`.
+        factor: The factor the learning rate is multiplied by (< 1). Defaults to `0.1`.
+        patience: Number of epochs without improvement before acting. Defaults to `10`.
+        verbose: 0: silent; 1: print a message when the callback acts. Defaults to `0`.
+        mode: `"min"` (lower is better), `"max"`, or `"auto"` (from the name: max for accuracy-like
+            metrics, else min). Defaults to `"auto"`.
+        min_delta: The smallest change of the monitored value that counts as an improvement.
+            Defaults to `0.0001`.
+        cooldown: Number of epochs to wait after a reduction before watching again. Defaults to `0`.
+        min_lr: The lower bound of the learning rate. Defaults to `0.0`.
+        **kwargs: No other argument is accepted (an error names it).
+    """
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, verbose=0, mode="auto",
                  min_delta=1e-4, cooldown=0, min_lr=0.0, **kwargs):
         super().__init__(monitor, mode, min_delta=min_delta)

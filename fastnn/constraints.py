@@ -34,7 +34,19 @@ class Constraint:
 
 
 class MaxNorm(Constraint):
-    """Each slice along `axis` rescaled to a norm of at most max_value."""
+    """Each slice along `axis` rescaled to a norm of at most max_value.
+
+    Args:
+        max_value: The largest norm allowed. Defaults to `2`.
+        axis: The axis along which norms are taken (0 for a Dense kernel's columns, `[0, 1, 2]` for
+            a Conv2D kernel's filters). Defaults to `0`.
+
+    Example:
+
+    ```python
+    layer = fastnn.layers.Dense(64, kernel_constraint=fastnn.constraints.MaxNorm(3))
+    ```
+    """
 
     def __init__(self, max_value=2, axis=0):
         self.max_value, self.axis = max_value, axis
@@ -56,7 +68,12 @@ class NonNeg(Constraint):
 
 
 class UnitNorm(Constraint):
-    """Each slice along `axis` rescaled to unit norm."""
+    """Each slice along `axis` rescaled to unit norm.
+
+    Args:
+        axis: The axis along which norms are taken (0 for a Dense kernel's columns, `[0, 1, 2]` for
+            a Conv2D kernel's filters). Defaults to `0`.
+    """
 
     def __init__(self, axis=0):
         self.axis = axis
@@ -70,7 +87,16 @@ class UnitNorm(Constraint):
 
 
 class MinMaxNorm(Constraint):
-    """Each slice's norm moved (by `rate`) into [min_value, max_value]."""
+    """Each slice's norm moved (by `rate`) into [min_value, max_value].
+
+    Args:
+        min_value: The smallest norm allowed. Defaults to `0.0`.
+        max_value: The largest norm allowed. Defaults to `1.0`.
+        rate: How far each norm moves into the range at each step (1: all the way). Defaults to
+            `1.0`.
+        axis: The axis along which norms are taken (0 for a Dense kernel's columns, `[0, 1, 2]` for
+            a Conv2D kernel's filters). Defaults to `0`.
+    """
 
     def __init__(self, min_value=0.0, max_value=1.0, rate=1.0, axis=0):
         self.min_value, self.max_value, self.rate, self.axis = min_value, max_value, rate, axis
@@ -94,6 +120,14 @@ _BY_NAME = {**_CLASSES, "max_norm": MaxNorm, "non_neg": NonNeg, "unit_norm": Uni
 
 
 def get(identifier):
+    """The constraint an identifier names.
+
+    Args:
+        identifier: A constraint, its name or config dict, a callable, or `None`.
+
+    Returns:
+        A constraint, or `None`.
+    """
     if identifier is None or isinstance(identifier, Constraint):
         return identifier
     if isinstance(identifier, str):
@@ -110,6 +144,14 @@ def get(identifier):
 
 
 def serialize(constraint):
+    """A constraint's config as Keras writes it.
+
+    Args:
+        constraint: The constraint.
+
+    Returns:
+        A dict.
+    """
     if constraint is None:
         return None
     builtin = type(constraint).__name__ in _CLASSES and type(constraint).__module__ == __name__
@@ -119,6 +161,15 @@ def serialize(constraint):
 
 
 def deserialize(config, path="constraint"):
+    """The constraint a name or config dict describes.
+
+    Args:
+        config: A name or a config dict.
+        path: Where the config is, for error messages. Defaults to `"constraint"`.
+
+    Returns:
+        A constraint.
+    """
     class_name, cfg = object_spec(config, path, "constraint")
     cls = registry.lookup(class_name, config.get("registered_name")) or _BY_NAME.get(class_name)
     if cls is None:

@@ -46,14 +46,37 @@ def _warn(message):
 
 
 class PyDataset:
-    """Keras 3's keras.utils.PyDataset: subclass it with `__len__` (or the `num_batches`
-    property; None: infinite) and `__getitem__(index)` returning a batch `(x, y)`,
-    `(x, y, sample_weight)` or `x`. Call `super().__init__(**kwargs)`.
+    """A dataset that yields batches by index, as Keras 3's `keras.utils.PyDataset`.
 
-    workers: how many threads (or processes, with use_multiprocessing=True) fetch batches
-    ahead of the training step, in order, at most max_queue_size ahead. With processes, the
-    dataset is inherited by forked workers (Linux/macOS "fork"), and on_epoch_end's changes
-    reach them at the next epoch (the pool starts per epoch)."""
+    Subclass it with `__len__` (the number of batches; or the `num_batches` property, `None` for
+    an infinite dataset) and `__getitem__(index)` returning a batch `(x, y)`,
+    `(x, y, sample_weight)` or `x`, and call `super().__init__(**kwargs)`. `fit`, `evaluate` and
+    `predict` take it in place of arrays. With processes, the dataset is inherited by forked
+    workers (Linux/macOS "fork"), and `on_epoch_end`'s changes reach them at the next epoch.
+
+    Args:
+        workers: How many threads (or processes) fetch batches ahead of the training step, in order.
+            Defaults to `1`.
+        use_multiprocessing: Whether the workers are processes instead of threads. Defaults to
+            `False`.
+        max_queue_size: How many batches may be fetched ahead at most. Defaults to `10`.
+
+    Example:
+
+    ```python
+    class Batches(fastnn.utils.PyDataset):
+        def __init__(self, x, y, batch_size, **kwargs):
+            super().__init__(**kwargs)
+            self.x, self.y, self.batch_size = x, y, batch_size
+
+        def __len__(self):
+            return -(-len(self.x) // self.batch_size)
+
+        def __getitem__(self, i):
+            s = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            return self.x[s], self.y[s]
+    ```
+    """
 
     def __init__(self, workers=1, use_multiprocessing=False, max_queue_size=10):
         self._workers, self._use_multiprocessing = workers, use_multiprocessing

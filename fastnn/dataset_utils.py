@@ -82,7 +82,18 @@ def split_dataset(dataset, left_size=None, right_size=None, shuffle=False, seed=
     left_size samples, the right part the last right_size (floats: fractions of the data; one
     None: the rest). shuffle permutes the samples first (the same permutation as Keras's for
     the same seed). Returns (left, right) in the input's structure, as NumPy arrays (Keras
-    returns tf.data.Datasets)."""
+    returns tf.data.Datasets).
+
+    Args:
+        dataset: An array, or a tuple, list or dict of arrays of one length.
+        left_size: Size of the left part: an int (samples) or a float (fraction); `None`: the rest.
+        right_size: Size of the right part, likewise. Defaults to `None`.
+        shuffle: Whether to shuffle the samples first. Defaults to `False`.
+        seed: Seed of the shuffle. Defaults to `None`.
+
+    Returns:
+        A pair `(left, right)`.
+    """
     arrays, rebuild = _flat_arrays(dataset)
     if left_size is None and right_size is None:
         raise ValueError("At least one of the `left_size` or `right_size` must be specified. "
@@ -212,7 +223,38 @@ def image_dataset_from_directory(directory, labels="inferred", label_mode="int",
     """keras.utils.image_dataset_from_directory: the images in `directory` (one subfolder per
     class with labels="inferred") as a PyDataset of (images, labels) batches; a list of two
     with subset="both". Needs Pillow (pip install "fastnn[image]"). Interpolation: "bilinear"
-    or "nearest" (fastnn's resize)."""
+    or "nearest" (fastnn's resize).
+
+    Args:
+        directory: The folder holding the images (one subfolder per class with `labels="inferred"`).
+        labels: `"inferred"` (from the subfolder names), a list of integer labels in the sorted
+            order of the files, or `None` (images only). Defaults to `"inferred"`.
+        label_mode: `"int"`, `"categorical"` (one-hot), `"binary"` (float 0/1), or `None` (no
+            labels). Defaults to `"int"`.
+        class_names: The subfolder names to use, in the order of their labels (with
+            `labels="inferred"`); `None`: all, sorted.
+        color_mode: `"rgb"`, `"rgba"` or `"grayscale"`. Defaults to `"rgb"`.
+        batch_size: Images per batch, or `None` for single images. Defaults to `32`.
+        image_size: `(height, width)` every image is resized to. Defaults to `(256, 256)`.
+        shuffle: Whether to shuffle the images. Defaults to `True`.
+        seed: Seed of the shuffle and of the validation split. Defaults to `None`.
+        validation_split: Fraction in (0, 1) of the images held out, or `None`.
+        subset: `"training"`, `"validation"` or `"both"` (with `validation_split`). Defaults to
+            `None`.
+        interpolation: `"bilinear"` or `"nearest"`. Defaults to `"bilinear"`.
+        follow_links: Whether to follow symbolic links to subfolders. Defaults to `False`.
+        crop_to_aspect_ratio: Whether to crop to the target aspect ratio before resizing. Defaults
+            to `False`.
+        pad_to_aspect_ratio: Whether to pad to the target aspect ratio before resizing. Defaults to
+            `False`.
+        data_format: `"channels_last"` (height, width, channels) or `"channels_first"`; `None`:
+            `fastnn.backend.image_data_format()`.
+        verbose: Whether to print how many files and classes were found. Defaults to `True`.
+
+    Returns:
+        A `PyDataset` of `(images, labels)` batches (or images only), or a list of two with
+        `subset="both"`.
+    """
     from .images import RESIZE_INTERPOLATIONS, _data_format
     if labels not in ("inferred", None):
         if not isinstance(labels, (list, tuple)):

@@ -56,6 +56,22 @@ def get_file(fname=None, origin=None, untar=False, md5_hash=None, file_hash=None
     Raises DownloadError (an OSError) when the file cannot be fetched, naming the URL and the
     path to place it at by hand; ValueError when the downloaded file's hash is wrong (nothing
     is left in the cache).
+
+    Args:
+        fname: Name of the file in the cache; `None`: from `origin`.
+        origin: The URL to download from. Defaults to `None`.
+        untar: Legacy: extract a tar archive (use `extract`). Defaults to `False`.
+        md5_hash: Legacy: the file's MD5 hash (use `file_hash`). Defaults to `None`.
+        file_hash: The expected hash (SHA-256 or MD5) of the file, or `None`.
+        cache_subdir: Subfolder of the cache. Defaults to `"datasets"`.
+        hash_algorithm: `"auto"`, `"sha256"` or `"md5"`. Defaults to `"auto"`.
+        extract: Whether to extract the archive. Defaults to `False`.
+        archive_format: `"auto"`, `"tar"`, `"zip"`, or a list of them. Defaults to `"auto"`.
+        cache_dir: The cache folder; `None`: `$KERAS_HOME` or `~/.keras`.
+        force_download: Whether to download even when a cached copy exists. Defaults to `False`.
+
+    Returns:
+        The path of the file (or of the extracted folder).
     """
     if origin is None:
         raise ValueError('Please specify the "origin" argument (URL of the file to download).')

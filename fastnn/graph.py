@@ -16,7 +16,15 @@ symbolic_op = None
 
 class KerasTensor:
     """A symbolic tensor: a shape (batch axis None), a dtype, a name, and the node that
-    produces it. It holds no values; layers called on it build the graph."""
+    produces it. It holds no values; layers called on it build the graph.
+
+    Args:
+        shape: The tensor's shape, batch axis first (`None` for unknown sizes).
+        dtype: The tensor's data type. Defaults to `"float32"`.
+        name: Its name. Defaults to `None`.
+        node: The layer call that produced it (`None` for a model input).
+        index: Which of that call's outputs it is. Defaults to `0`.
+    """
 
     def __init__(self, shape, dtype="float32", name=None, node=None, index=0):
         self.shape = tuple(shape)
@@ -68,7 +76,13 @@ def has_symbolic(args):
 
 
 class Node:
-    """One call of a layer while building a functional model."""
+    """One call of a layer while building a functional model.
+
+    Args:
+        layer: The layer called.
+        inputs: The symbolic input tensors of the call.
+        output_shapes: The shapes of the call's outputs.
+    """
 
     def __init__(self, layer, inputs, output_shapes):
         self.layer, self.inputs = layer, list(inputs)
@@ -77,7 +91,14 @@ class Node:
 
 
 def flatten(structure):
-    """KerasTensors (or arrays) of a tensor, a list/tuple of them, or a dict of them."""
+    """KerasTensors (or arrays) of a tensor, a list/tuple of them, or a dict of them.
+
+    Args:
+        structure: A tensor, or a list, tuple or dict of tensors.
+
+    Returns:
+        A list.
+    """
     if isinstance(structure, dict):
         return [v for value in structure.values() for v in flatten(value)]
     if isinstance(structure, (list, tuple)):
@@ -86,6 +107,15 @@ def flatten(structure):
 
 
 def is_symbolic(structure):
+    """Whether `structure` (a tensor, or a list, tuple or dict of them) holds a symbolic tensor
+    (`KerasTensor`).
+
+    Args:
+        structure: A tensor, or a list, tuple or dict of tensors.
+
+    Returns:
+        A bool.
+    """
     return any(isinstance(t, KerasTensor) for t in flatten(structure))
 
 
@@ -94,7 +124,15 @@ def nodes_between(inputs, outputs):
     the layers, both in Keras's order: by depth from the outputs, deepest first, ties in the
     order a walk from the outputs (each node's inputs left to right) first meets them. Each
     node comes after the nodes it reads from. Raises as Keras does ("Graph disconnected")
-    when an output needs a tensor that the inputs do not compute."""
+    when an output needs a tensor that the inputs do not compute.
+
+    Args:
+        inputs: The input tensors.
+        outputs: The output tensors.
+
+    Returns:
+        The nodes and the layers, each a list in Keras's order.
+    """
     input_ids = {id(t) for t in inputs}
     first_seen, post_order, finished, in_progress = {}, [], set(), set()
     for output in outputs:

@@ -46,11 +46,26 @@ def _data_format(data_format):
 # ---------------------------------------------------------------- files (Pillow)
 def load_img(path, color_mode="rgb", target_size=None, interpolation="nearest",
              keep_aspect_ratio=False):
-    """Load an image file (a path or an io.BytesIO) as a PIL Image.
+    """Load an image file (a path or an `io.BytesIO`) as a PIL image. Needs Pillow.
 
-    color_mode: "rgb", "rgba" or "grayscale". target_size: (height, width) to resize to with
-    Pillow's `interpolation` ("nearest", "bilinear", "bicubic", "hamming", "box", "lanczos");
-    keep_aspect_ratio crops the centre to the target's aspect ratio first.
+    Args:
+        path: Path of the image file, or a file-like object.
+        color_mode: `"rgb"`, `"rgba"` or `"grayscale"`. Defaults to `"rgb"`.
+        target_size: `(height, width)` to resize to, or `None` to keep the size.
+        interpolation: Pillow's resampling filter: `"nearest"`, `"bilinear"`, `"bicubic"`,
+            `"hamming"`, `"box"` or `"lanczos"`. Defaults to `"nearest"`.
+        keep_aspect_ratio: Whether to crop the centre to the target's aspect ratio before resizing.
+            Defaults to `False`.
+
+    Returns:
+        A `PIL.Image.Image`.
+
+    Example:
+
+    ```python
+    img = fastnn.utils.load_img("cat.jpg", target_size=(224, 224))
+    x = fastnn.utils.img_to_array(img)[None]   # (1, 224, 224, 3)
+    ```
     """
     if color_mode not in ("grayscale", "rgb", "rgba"):
         raise ValueError('color_mode must be "grayscale", "rgb", or "rgba"')
@@ -95,7 +110,17 @@ def load_img(path, color_mode="rgb", target_size=None, interpolation="nearest",
 
 def img_to_array(img, data_format=None, dtype=None):
     """A PIL Image (or anything np.asarray takes) as a 3-D array, float32 by default:
-    (height, width, channels), or (channels, height, width) for channels_first."""
+    (height, width, channels), or (channels, height, width) for channels_first.
+
+    Args:
+        img: A PIL image (or anything `np.asarray` takes).
+        data_format: `"channels_last"` (height, width, channels) or `"channels_first"`; `None`:
+            `fastnn.backend.image_data_format()`.
+        dtype: Data type of the array; `None`: float32.
+
+    Returns:
+        A 3-D NumPy array.
+    """
     data_format = _data_format(data_format)
     x = np.asarray(img, dtype=dtype or "float32")
     if x.ndim == 2:     # grayscale: add the channel axis
@@ -111,7 +136,18 @@ def img_to_array(img, data_format=None, dtype=None):
 def array_to_img(x, data_format=None, scale=True, dtype=None):
     """A 3-D array as a PIL Image: 3 channels RGB, 4 RGBA, 1 grayscale ("L", or 32-bit "I"
     when values exceed 255). scale=True maps the array's min..max to 0..255 first; values are
-    then truncated to integers, as Keras does."""
+    then truncated to integers, as Keras does.
+
+    Args:
+        x: A 3-D array.
+        data_format: `"channels_last"` (height, width, channels) or `"channels_first"`; `None`:
+            `fastnn.backend.image_data_format()`.
+        scale: Whether to map the array's range to 0..255 first. Defaults to `True`.
+        dtype: Accepted for Keras compatibility; `None` or a NumPy dtype name.
+
+    Returns:
+        A `PIL.Image.Image`.
+    """
     data_format = _data_format(data_format)
     Image = _pil_image()
     x = np.asarray(x, dtype=dtype or "float32")
@@ -138,7 +174,17 @@ def array_to_img(x, data_format=None, scale=True, dtype=None):
 
 def save_img(path, x, data_format=None, file_format=None, scale=True, **kwargs):
     """Save a 3-D array as an image file (array_to_img, then PIL's save; the format comes from
-    the file name unless `file_format` is given, which a file object needs)."""
+    the file name unless `file_format` is given, which a file object needs).
+
+    Args:
+        path: Path of the file, or a file object.
+        x: A 3-D array.
+        data_format: `"channels_last"` (height, width, channels) or `"channels_first"`; `None`:
+            `fastnn.backend.image_data_format()`.
+        file_format: The image format (e.g. `"png"`); `None`: from the file name.
+        scale: Whether to map the array's range to 0..255 first. Defaults to `True`.
+        **kwargs: Passed to PIL's `Image.save`.
+    """
     if file_format is None and isinstance(path, (str, os.PathLike)):
         file_format = os.path.splitext(os.fspath(path))[1][1:].lower() or None
     if file_format and file_format.lower() == "jpg":

@@ -14,7 +14,14 @@ def _rng(seed):
 
 
 def compute_fans(shape):
-    """Keras's rule: 2-D (in, out); conv kernels (..., in, out) multiply in the receptive field."""
+    """Keras's rule: 2-D (in, out); conv kernels (..., in, out) multiply in the receptive field.
+
+    Args:
+        shape: The weight's shape.
+
+    Returns:
+        A pair `(fan_in, fan_out)`.
+    """
     shape = tuple(shape)
     if len(shape) == 0:
         return 1, 1
@@ -27,6 +34,18 @@ def compute_fans(shape):
 
 
 class Initializer:
+    """The base class of initializers: called with a shape, it returns the initial weights.
+
+    A subclass defines `__call__(shape, dtype)` (and `get_config` when it has arguments).
+
+    Example:
+
+    ```python
+    class Halves(fastnn.initializers.Initializer):
+        def __call__(self, shape, dtype="float32"):
+            return np.full(shape, 0.5, dtype)
+    ```
+    """
     def __call__(self, shape, dtype="float32"):
         raise TypeError(f"{type(self).__name__} does not define __call__")
 
@@ -39,6 +58,11 @@ class Initializer:
 
 
 class Constant(Initializer):
+    """Fills the weights with a constant.
+
+    Args:
+        value: The constant. Defaults to `0.0`.
+    """
     def __init__(self, value=0.0):
         self.value = value
 
@@ -50,6 +74,7 @@ class Constant(Initializer):
 
 
 class Zeros(Constant):
+    """Fills the weights with zeros."""
     def __init__(self):
         super().__init__(0.0)
 
@@ -58,6 +83,7 @@ class Zeros(Constant):
 
 
 class Ones(Constant):
+    """Fills the weights with ones."""
     def __init__(self):
         super().__init__(1.0)
 
@@ -66,6 +92,14 @@ class Ones(Constant):
 
 
 class RandomNormal(Initializer):
+    """Draws the weights from a normal distribution.
+
+    Args:
+        mean: Mean of the distribution. Defaults to `0.0`.
+        stddev: Its standard deviation. Defaults to `0.05`.
+        seed: An int for reproducible draws, or `None` for the global generator (see
+            `fastnn.utils.set_random_seed`).
+    """
     def __init__(self, mean=0.0, stddev=0.05, seed=None):
         self.mean, self.stddev, self.seed = mean, stddev, seed
 
@@ -77,6 +111,14 @@ class RandomNormal(Initializer):
 
 
 class RandomUniform(Initializer):
+    """Draws the weights from a uniform distribution in `[minval, maxval)`.
+
+    Args:
+        minval: Lower bound. Defaults to `-0.05`.
+        maxval: Upper bound. Defaults to `0.05`.
+        seed: An int for reproducible draws, or `None` for the global generator (see
+            `fastnn.utils.set_random_seed`).
+    """
     def __init__(self, minval=-0.05, maxval=0.05, seed=None):
         self.minval, self.maxval, self.seed = minval, maxval, seed
 
@@ -98,6 +140,15 @@ def _truncated_normal(rng, mean, stddev, shape):
 
 
 class TruncatedNormal(Initializer):
+    """Draws the weights from a normal distribution, redrawing values more than two standard
+    deviations from the mean.
+
+    Args:
+        mean: Mean of the distribution. Defaults to `0.0`.
+        stddev: Standard deviation before truncation. Defaults to `0.05`.
+        seed: An int for reproducible draws, or `None` for the global generator (see
+            `fastnn.utils.set_random_seed`).
+    """
     def __init__(self, mean=0.0, stddev=0.05, seed=None):
         self.mean, self.stddev, self.seed = mean, stddev, seed
 
@@ -109,6 +160,18 @@ class TruncatedNormal(Initializer):
 
 
 class VarianceScaling(Initializer):
+    """Draws the weights with a variance scaled to the kernel's size: `scale / n`, where `n` is the
+    number of input units (`"fan_in"`), output units (`"fan_out"`) or their mean (`"fan_avg"`),
+    counted over the receptive field for convolution kernels.
+
+    Args:
+        scale: The scale factor (> 0). Defaults to `1.0`.
+        mode: `"fan_in"`, `"fan_out"` or `"fan_avg"`. Defaults to `"fan_in"`.
+        distribution: `"truncated_normal"`, `"untruncated_normal"` or `"uniform"`. Defaults to
+            `"truncated_normal"`.
+        seed: An int for reproducible draws, or `None` for the global generator (see
+            `fastnn.utils.set_random_seed`).
+    """
     def __init__(self, scale=1.0, mode="fan_in", distribution="truncated_normal", seed=None):
         if not scale > 0:   # NaN too
             raise ValueError(f"scale must be positive, got {scale}")
@@ -141,7 +204,13 @@ class VarianceScaling(Initializer):
 
 class Orthogonal(Initializer):
     """Keras's OrthogonalInitializer: the Q of a normal matrix's QR, signs fixed by R's
-    diagonal, times gain (a recurrent kernel's default)."""
+    diagonal, times gain (a recurrent kernel's default).
+
+    Args:
+        gain: Factor the orthogonal matrix is multiplied by. Defaults to `1.0`.
+        seed: An int for reproducible draws, or `None` for the global generator (see
+            `fastnn.utils.set_random_seed`).
+    """
 
     def __init__(self, gain=1.0, seed=None):
         self.gain, self.seed = gain, seed
@@ -169,7 +238,17 @@ def _variance_scaling(name, scale, mode, distribution):
     def get_config(self):
         return {"seed": self.seed}
 
-    return type(name, (VarianceScaling,), {"__init__": __init__, "get_config": get_config})
+    draw = {"uniform": "a uniform distribution in [-limit, limit], limit = sqrt(3 * v)",
+            "truncated_normal": "a normal distribution truncated to two standard deviations, "
+                                "with variance v"}[distribution]
+    fan = {"fan_in": "fan_in (the input units)", "fan_avg": "((fan_in + fan_out) / 2)"}[mode]
+    doc = (f"Draws weights from {draw},\nwhere v = {scale:g} / {fan}.\n\n"
+           f'The same as `VarianceScaling(scale={scale:g}, mode="{mode}", '
+           f'distribution="{distribution}")`.\n\n'
+           "Args:\n    seed: An int for reproducible draws, or `None` for the global generator "
+           "(see\n        `fastnn.utils.set_random_seed`). Defaults to `None`.")
+    return type(name, (VarianceScaling,), {"__init__": __init__, "get_config": get_config,
+                                           "__doc__": doc})
 
 
 GlorotUniform = _variance_scaling("GlorotUniform", 1.0, "fan_avg", "uniform")
@@ -192,6 +271,15 @@ _CLASSES["OrthogonalInitializer"] = Orthogonal      # Keras's class name
 
 
 def get(identifier):
+    """The initializer an identifier names.
+
+    Args:
+        identifier: A name such as `"glorot_uniform"`, an `Initializer`, a config dict, or a
+            callable `f(shape, dtype)`.
+
+    Returns:
+        An initializer.
+    """
     if isinstance(identifier, Initializer):
         return identifier
     if isinstance(identifier, str):
@@ -219,7 +307,16 @@ def deserialize(config, custom_objects=None, path="initializer"):
     """Keras's serialized initializer {"class_name": "GlorotUniform", "config": {"seed": null},
     ...} -> the initializer. Every key of its config must be an argument of that class, of the
     right type; errors name the key (as `path`.config.key) and the value. Only fastnn's own
-    classes resolve; nothing named in `config` is imported."""
+    classes resolve; nothing named in `config` is imported.
+
+    Args:
+        config: A name or a config dict.
+        custom_objects: A dict `{name: class}` for custom initializers. Defaults to `None`.
+        path: Where the config is, for error messages. Defaults to `"initializer"`.
+
+    Returns:
+        An initializer.
+    """
     from ._config import (check_kwargs, expect_str, fail_value, object_spec, prefixed,
                           without_defaults)
     if isinstance(config, str):
@@ -244,6 +341,14 @@ def deserialize(config, custom_objects=None, path="initializer"):
 
 
 def serialize(init):
+    """An initializer's config as Keras writes it.
+
+    Args:
+        init: The initializer.
+
+    Returns:
+        A dict.
+    """
     cfg = init.get_config() if isinstance(init, Initializer) else {}
     name = "OrthogonalInitializer" if type(init) is Orthogonal else type(init).__name__
     return {"module": "keras.initializers", "class_name": name, "config": cfg,

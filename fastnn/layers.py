@@ -92,7 +92,16 @@ def _takes_mask(method):
 def masked_forward(steps, x, training):
     """A chain's forward pass (a Sequential's steps) carrying masks as Keras does: each layer
     that takes a mask gets the one its input carries, and compute_mask gives its output's.
-    Returns (output, the output's mask)."""
+    Returns (output, the output's mask).
+
+    Args:
+        steps: The chain's steps (layers).
+        x: The input.
+        training: Whether the pass is for training.
+
+    Returns:
+        The output of the last step.
+    """
     mask = None
     for _, _, step in steps:
         y = step.forward(x, training, mask=mask) if mask is not None and \
@@ -134,7 +143,11 @@ _LENDER = threading.local()     # the buffer pool layers draw from in this threa
 @contextlib.contextmanager
 def drawing_from(pool):
     """Within the block, in this thread, layers take their buffers from `pool` (pool.take)
-    instead of keeping their own: an inference schedule's memory plan (fastnn.schedule)."""
+    instead of keeping their own: an inference schedule's memory plan (fastnn.schedule).
+
+    Args:
+        pool: The buffer pool (an object with `take`).
+    """
     previous, _LENDER.pool = getattr(_LENDER, "pool", None), pool
     try:
         yield
@@ -146,7 +159,14 @@ def drawing_from(pool):
 def forward_pass(layers, training, preactivation=None):
     """A model's forward pass over `layers` (its layers and theirs, at any depth); layers
     called in it without training= take the pass's, as in Keras. `preactivation`: the output
-    layer, whose backward then gets the gradient of its pre-activation (a fused loss)."""
+    layer, whose backward then gets the gradient of its pre-activation (a fused loss).
+
+    Args:
+        layers: The layers, in order.
+        training: Whether the pass is for training.
+        preactivation: Where to keep pre-activations for the fused backward pass, or `None`.
+            Defaults to `None`.
+    """
     _PASS.counts, _PASS.layers, _PASS.training = {}, {id(layer) for layer in layers}, training
     _PASS.preactivation, _PASS.losses = preactivation, []
     try:
@@ -179,7 +199,15 @@ def activity_penalties():
 
 def activity_loss(regularizer, y):
     """Keras's activity penalty of an output: the regularizer's value divided by the batch
-    size (a Tensor on the tape, or a float array value off it)."""
+    size (a Tensor on the tape, or a float array value off it).
+
+    Args:
+        regularizer: The activity regularizer.
+        y: The layer's output.
+
+    Returns:
+        The penalty, a float.
+    """
     value = regularizer(y)
     rows = value_of(y).shape[0] if value_of(y).ndim else 0
     return array_ops.divide(value, float(rows)) if rows else value
@@ -187,7 +215,13 @@ def activity_loss(regularizer, y):
 
 def record_activity(layer, y, training):
     """After `layer` ran forward off the tape: its activity penalty, when it has one and a
-    train or test step is collecting them."""
+    train or test step is collecting them.
+
+    Args:
+        layer: The layer.
+        y: Its output.
+        training: Whether the call is for training.
+    """
     regularizer = getattr(layer, "activity_regularizer", None)
     values = getattr(_ACTIVITY, "values", None)
     if regularizer is None:
@@ -205,7 +239,15 @@ def record_activity(layer, y, training):
 
 
 def with_activity_gradient(layer, dy):
-    """dy plus the gradient of the layer's activity penalty (recorded by record_activity)."""
+    """dy plus the gradient of the layer's activity penalty (recorded by record_activity).
+
+    Args:
+        layer: The layer.
+        dy: The gradient of the loss with respect to its output.
+
+    Returns:
+        The gradient including the penalty's.
+    """
     if getattr(layer, "activity_regularizer", None) is None:
         return dy
     grad = layer._state().__dict__.pop("activity_grad", None)
@@ -213,6 +255,39 @@ def with_activity_gradient(layer, dy):
 
 
 class Layer:
+    """The base class of every layer: weights, building, calling, configs.
+
+    A custom layer subclasses it: create weights in `build(input_shape)` with `add_weight`,
+    compute in `call(inputs)` with `fastnn.ops` (its gradient comes from fastnn's autodiff), and
+    return its constructor arguments from `get_config` so that it can be saved and loaded.
+
+    Args:
+        trainable: Whether the layer's weights are updated by training. Defaults to `True`.
+        name: Name of the layer (a unique one is made from the class name when `None`). Defaults to
+            `None`.
+        dtype: Data type of the weights and computation; only `"float32"` (or `None`) is supported.
+            Defaults to `None`.
+        input_shape: Legacy shape of one input sample (without the batch axis); an `Input` is made
+            from it when the layer starts a Sequential model. Defaults to `None`.
+        input_dim: Legacy size of a 1-D input sample, the same as `input_shape=(input_dim,)`.
+            Defaults to `None`.
+        batch_input_shape: Legacy input shape including the batch axis. Defaults to `None`.
+        batch_size: Legacy fixed batch size, used with `input_shape`. Defaults to `None`.
+        activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
+            batch size, is added to the loss. `None`: none.
+        **kwargs: No other keyword argument is accepted (an error names it).
+
+    Example:
+
+    ```python
+    class Scale(fastnn.layers.Layer):
+        def build(self, input_shape):
+            self.w = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+
+        def call(self, inputs):
+            return inputs * self.w
+    ```
+    """
     # Keys Keras 3 writes in this layer's config for features fastnn does not implement, at
     # the values that leave the math unchanged (from_config accepts those, refuses others).
     _KERAS_DEFAULTS = {}
@@ -276,7 +351,29 @@ class Layer:
                    autocast=True, regularizer=None, constraint=None, aggregation="none",
                    overwrite_with_gradient=False, name=None):
         """Keras's add_weight: a weight initialized on the host (one random stream on every
-        backend) and kept where the backend computes. Returns it as a Variable."""
+        backend) and kept where the backend computes. Returns it as a Variable.
+
+        Args:
+            shape: Shape of the weight, a tuple; `None`: a scalar.
+            initializer: Initializer (a name, dict or object); `None`: `"glorot_uniform"`. Defaults
+                to `None`.
+            dtype: Only `"float32"` (or `None`) is supported. Defaults to `None`.
+            trainable: Whether the optimizer updates the weight. Defaults to `True`.
+            autocast: Accepted for Keras compatibility (no effect: float32 only). Defaults to
+                `True`.
+            regularizer: Regularizer whose penalty on the weight is added to the loss. Defaults to
+                `None`.
+            constraint: Constraint applied to the weight after each optimizer step. Defaults to
+                `None`.
+            aggregation: `"none"` or `"mean"` only (other Keras values are refused). Defaults to
+                `"none"`.
+            overwrite_with_gradient: Only `False` is supported. Defaults to `False`.
+            name: Name of the weight; `None`: `"variable"` (numbered when taken). Defaults to
+                `None`.
+
+        Returns:
+            The weight, a `Variable` (usable in `call` like a tensor).
+        """
         if dtype not in (None, "float32", np.float32):
             raise ValueError(f"Layer {self.name!r}: add_weight(dtype={dtype!r}): fastnn keeps "
                              "weights in float32")
@@ -313,7 +410,11 @@ class Layer:
 
     def add_loss(self, loss):
         """Add a scalar (a tensor computed with fastnn.ops, or a number) to the loss of the
-        model this layer runs in, as Keras's add_loss (an activity penalty, say)."""
+        model this layer runs in, as Keras's add_loss (an activity penalty, say).
+
+        Args:
+            loss: A scalar tensor computed with `fastnn.ops`, or a number.
+        """
         losses = getattr(_PASS, "losses", None)
         if losses is None:
             raise RuntimeError(
@@ -356,6 +457,11 @@ class Layer:
         return [np.array(to_numpy(w)) for w in self.weights]
 
     def set_weights(self, weights):
+        """Set the layer's weights from a list of arrays, in the order of `get_weights()`.
+
+        Args:
+            weights: A list of arrays with the shapes of the layer's weights.
+        """
         weights = list(weights)
         current = self.weights
         if len(weights) != len(current):
@@ -374,10 +480,21 @@ class Layer:
             old[...] = ops.asarray(new)
 
     def count_params(self):
+        """The number of scalars in the layer's weights (the layer must be built).
+
+        Returns:
+            An int.
+        """
         return int(sum(w.size for w in self.weights))
 
     # ---- shapes and building -------------------------------------------------------------
     def build(self, input_shape):
+        """Create the layer's weights for inputs of `input_shape` (called once, on the first call).
+
+        Args:
+            input_shape: Shape of the input, a tuple with the batch axis first (`None` when
+                unknown); a list of shapes for several inputs.
+        """
         self._build_shape = tuple(input_shape)
         self.built = True
 
@@ -391,7 +508,14 @@ class Layer:
 
     def compute_output_shape(self, input_shape):
         """The output shape for an input shape: the same, or for a user's layer, as its
-        call() computes it on one sample of zeros (Keras traces it symbolically)."""
+        call() computes it on one sample of zeros (Keras traces it symbolically).
+
+        Args:
+            input_shape: Shape of the input, batch axis first (a list of shapes for several inputs).
+
+        Returns:
+            The output shape, a tuple (a list of tuples for several outputs).
+        """
         if not self._user_call:
             return tuple(input_shape)
         known = self.__dict__.setdefault("_probed_shapes", {})     # call() runs once a shape
@@ -450,6 +574,15 @@ class Layer:
         self.__dict__["_supports_masking"] = bool(value)
 
     def compute_mask(self, inputs, previous_mask):
+        """The mask of the layer's output for `inputs` whose mask is `previous_mask`.
+
+        Args:
+            inputs: The layer's input.
+            previous_mask: The input's boolean mask `(batch, steps)`, or `None`.
+
+        Returns:
+            The output's mask: `previous_mask` for a layer that supports masking, else `None`.
+        """
         return previous_mask
 
     def _output_mask(self, inputs, mask):
@@ -478,7 +611,16 @@ class Layer:
     # ---- computation ---------------------------------------------------------------------
     def call(self, inputs, training=None):
         """A user's layer computes here, with fastnn.ops (differentiated by fastnn.autodiff).
-        fastnn's own layers implement forward/backward with fused kernels instead."""
+        fastnn's own layers implement forward/backward with fused kernels instead.
+
+        Args:
+            inputs: The input tensor (or a list of them).
+            training: Whether the call is for training (dropout and the like act only then); `None`
+                lets the caller decide. Defaults to `None`.
+
+        Returns:
+            The output tensor(s).
+        """
         raise NotImplementedError(
             f"Layer {self.name!r} ({type(self).__name__}) defines no call(): a Layer subclass "
             "computes its output in call(self, inputs) (written with fastnn.ops)")
@@ -494,7 +636,16 @@ class Layer:
     def forward(self, x, training=False, mask=None):
         """A user's call() (fastnn's call()-based layers' too) on an array, or a list of
         them; on its own tape when training (backward then needs it). `mask` reaches a
-        call() with a mask argument."""
+        call() with a mask argument.
+
+        Args:
+            x: The input array (or a list of arrays).
+            training: Whether the call is for training. Defaults to `False`.
+            mask: The input's mask, or `None`. Defaults to `None`.
+
+        Returns:
+            The output array(s).
+        """
         if not self._user_call:
             self.call(x)                    # raises: a layer that computes nothing
         st = self._state()
@@ -526,7 +677,16 @@ class Layer:
         buffers (as the fused layers' kernels write theirs: a schedule adds up the calls of a
         shared layer itself); returns the input's (a list for a list of inputs; need_dx may
         then be one flag per input). `fused` hints of fastnn's layers (the loss's
-        pre-activation gradient) do not apply: dy is the gradient of call()'s output."""
+        pre-activation gradient) do not apply: dy is the gradient of call()'s output.
+
+        Args:
+            dy: Gradient of the loss with respect to the layer's output.
+            need_dx: Whether to compute the gradient with respect to the input. Defaults to `True`.
+            **fused: Extra arguments of fastnn's fused paths (ignored here).
+
+        Returns:
+            The gradient with respect to the input (`None` when `need_dx` is false).
+        """
         for name in self._trainable_names:      # this call's gradients add up from zero
             self.grads[name][...] = 0
         st = self._state()
@@ -699,6 +859,13 @@ class Layer:
 
     # ---- config ----------------------------------------------------------------------------
     def get_config(self):
+        """The layer's configuration: its constructor arguments as a JSON-compatible dict.
+
+        `type(layer).from_config(config)` makes the same layer again (without its weights).
+
+        Returns:
+            A dict.
+        """
         config = {"name": self.name, "trainable": self.trainable, "dtype": "float32"}
         if self.activity_regularizer is not None:
             config["activity_regularizer"] = regularizers.serialize(self.activity_regularizer)
@@ -724,6 +891,20 @@ class Layer:
 
 
 class InputLayer(Layer):
+    """The layer holding a model's input: `Input(shape)` makes one.
+
+    Args:
+        shape: Shape of one sample, without the batch axis. Defaults to `None`.
+        batch_size: Fixed batch size, or `None`. Defaults to `None`.
+        dtype: Data type of the input (float32 by default).
+        name: Name of the layer. Defaults to `None`.
+        batch_shape: Shape including the batch axis, instead of `shape`. Defaults to `None`.
+        input_shape: Legacy name of `shape`. Defaults to `None`.
+        sparse: Only `None`/`False` (sparse inputs are not supported). Defaults to `None`.
+        ragged: Only `None`/`False` (ragged inputs are not supported). Defaults to `None`.
+        optional: Only `False` (optional inputs are not supported). Defaults to `False`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     def __init__(self, shape=None, batch_size=None, dtype=None, name=None, batch_shape=None,
                  input_shape=None, sparse=None, ragged=None, optional=False, **kwargs):
         for arg, val in (("sparse", sparse), ("ragged", ragged), ("optional", optional)):
@@ -768,12 +949,57 @@ class InputLayer(Layer):
 
 def Input(shape=None, batch_size=None, dtype=None, name=None, batch_shape=None):
     """A model's symbolic input: call layers on it to build a functional model, or put it
-    first in a Sequential. Its shape has the batch axis first (None unless batch_size)."""
+    first in a Sequential. Its shape has the batch axis first (None unless batch_size).
+
+    Args:
+        shape: Shape of one sample, without the batch axis (e.g. `(784,)`; `None` for an axis of any
+            size).
+        batch_size: Fixed batch size, or `None`. Defaults to `None`.
+        dtype: Data type of the input (float32 by default; integer types for `Embedding` inputs).
+        name: Name of the input (a unique one is made when `None`). Defaults to `None`.
+        batch_shape: Shape including the batch axis, instead of `shape` and `batch_size`. Defaults
+            to `None`.
+
+    Returns:
+        A symbolic tensor (`KerasTensor`) to call layers on.
+    """
     return InputLayer(shape=shape, batch_size=batch_size, dtype=dtype, name=name,
                       batch_shape=batch_shape).output
 
 
 class Dense(Layer):
+    """A densely-connected layer: `output = activation(dot(input, kernel) + bias)`.
+
+    The kernel has shape `(input_dim, units)` and acts on the last axis of the input, so an
+    input `(batch, ..., input_dim)` gives an output `(batch, ..., units)`.
+
+    Args:
+        units: Dimensionality of the output space (the size of the last axis).
+        activation: Activation applied to the output: a name such as `"relu"`, a callable, or `None`
+            for none (linear). Defaults to `None`.
+        use_bias: Whether the layer adds a bias vector. Defaults to `True`.
+        kernel_initializer: Initializer for the kernel weights (a name such as `"zeros"`, a config
+            dict, or an initializer object). Defaults to `"glorot_uniform"`.
+        bias_initializer: Initializer for the bias vector (a name such as `"zeros"`, a config dict,
+            or an initializer object). Defaults to `"zeros"`.
+        kernel_regularizer: Regularizer for the kernel: its penalty is added to the model's loss.
+            `None`: none.
+        bias_regularizer: Regularizer for the bias: its penalty is added to the model's loss.
+            `None`: none.
+        activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
+            batch size, is added to the loss. `None`: none.
+        kernel_constraint: Constraint applied to the kernel after each optimizer step. `None`: none.
+        bias_constraint: Constraint applied to the bias after each optimizer step. `None`: none.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+
+    Example:
+
+    ```python
+    model = fastnn.Sequential([fastnn.Input(shape=(784,)),
+                               fastnn.layers.Dense(128, activation="relu"),
+                               fastnn.layers.Dense(10, activation="softmax")])
+    ```
+    """
     supports_masking = True     # passes its input's mask on, as in Keras
     _KERAS_DEFAULTS = {"quantization_config": None, "lora_rank": None, "lora_alpha": None}
 
@@ -860,6 +1086,18 @@ class Dense(Layer):
 
 
 class Activation(Layer):
+    """Applies an activation function to its input.
+
+    Args:
+        activation: The activation: a name such as `"relu"` or a callable.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+
+    Example:
+
+    ```python
+    layer = fastnn.layers.Activation("relu")
+    ```
+    """
     supports_masking = True     # passes its input's mask on, as in Keras
     def __init__(self, activation, **kwargs):
         super().__init__(**kwargs)
@@ -910,7 +1148,14 @@ class ReLU(_KernelOrOwn):
     """Keras's ReLU: max_value=None with threshold=0 is the relu kernel (the leaky one for a
     negative_slope), fused after a linear layer; otherwise computed here as Keras computes
     it: x where x > threshold else 0, clipped to max_value, minus negative_slope *
-    relu(threshold - x)."""
+    relu(threshold - x).
+
+    Args:
+        max_value: Upper bound of the output, or `None` for none.
+        negative_slope: Slope for inputs below `threshold`. Defaults to `0.0`.
+        threshold: Inputs below it take the negative slope (or 0). Defaults to `0.0`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
 
     def __init__(self, max_value=None, negative_slope=0.0, threshold=0.0, **kwargs):
         Layer.__init__(self, **kwargs)
@@ -968,7 +1213,12 @@ def _axes_of(axis, rank, layer, input_shape):
 class Softmax(_KernelOrOwn):
     """Softmax over `axis` (an int or a list of ints). Over the last axis alone it is the
     softmax kernel (which a crossentropy loss fuses with); over other axes it is computed here
-    (and fuses with nothing)."""
+    (and fuses with nothing).
+
+    Args:
+        axis: The axis (or list of axes) the probabilities sum to 1 over. Defaults to `-1`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
 
     def __init__(self, axis=-1, **kwargs):
         super().__init__("softmax", **kwargs)
@@ -997,6 +1247,12 @@ class Softmax(_KernelOrOwn):
 
 
 class LeakyReLU(Activation):
+    """Leaky ReLU: `x` where `x >= 0`, else `negative_slope * x`.
+
+    Args:
+        negative_slope: Slope for negative inputs (>= 0). Defaults to `0.3`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     def __init__(self, negative_slope=0.3, **kwargs):
         super().__init__("leaky_relu", **kwargs)
         self.negative_slope = self.act_alpha = _finite(negative_slope, "negative_slope",
@@ -1007,6 +1263,13 @@ class LeakyReLU(Activation):
 
 
 class Flatten(Layer):
+    """Flattens each sample to one axis: `(batch, d1, d2, ...)` becomes `(batch, d1 * d2 * ...)`.
+
+    Args:
+        data_format: Only `"channels_last"` (inputs `(batch, height, width, channels)`) or `None` is
+            supported. Defaults to `None`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     def __init__(self, data_format=None, **kwargs):
         super().__init__(**kwargs)
         if data_format not in (None, "channels_last"):
@@ -1033,6 +1296,18 @@ class Flatten(Layer):
 
 
 class Dropout(Layer):
+    """Sets a fraction `rate` of its input's units to 0 during training and scales the others by `1
+    / (1 - rate)`.
+
+    Outside training the input passes unchanged.
+
+    Args:
+        rate: Fraction of the input units to drop, in [0, 1).
+        noise_shape: Only `None` is supported (one draw per unit). Defaults to `None`.
+        seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
+            from the global generator (see `fastnn.utils.set_random_seed`).
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     supports_masking = True     # passes its input's mask on, as in Keras
     def __init__(self, rate, noise_shape=None, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -1207,6 +1482,52 @@ def _depth_multiplier(value, layer):
 
 
 class Conv2D(_Windowed, Layer):
+    """2-D convolution over images: `activation(conv2d(input, kernel) + bias)`.
+
+    Inputs `(batch, height, width, channels)`; the kernel has shape
+    `(kernel_h, kernel_w, channels / groups, filters)`; outputs `(batch, new_h, new_w, filters)`.
+
+    Args:
+        filters: Number of output channels (convolution filters).
+        kernel_size: Size of the convolution window: an int or a tuple of one int per spatial axis.
+        strides: Step of the window along each spatial axis: an int or a tuple. Defaults to `(1,
+            1)`.
+        padding: `"valid"` (no padding) or `"same"` (zero padding so that the output size is the
+            input size divided by the stride, rounded up); case-insensitive. Defaults to `"valid"`.
+        data_format: Only `"channels_last"` (inputs `(batch, ..., channels)`) or `None` (the same)
+            is supported.
+        dilation_rate: Spacing between the kernel's taps: an int or a tuple. Cannot be combined with
+            strides > 1. Defaults to `(1, 1)`.
+        groups: Number of groups the input channels are split into, each convolved with `filters /
+            groups` filters of its own; `filters` and the input channels must be divisible by it.
+            Defaults to `1`.
+        activation: Activation applied to the output: a name such as `"relu"`, a callable, or `None`
+            for none (linear). Defaults to `None`.
+        use_bias: Whether the layer adds a bias vector. Defaults to `True`.
+        kernel_initializer: Initializer for the kernel weights (a name such as `"zeros"`, a config
+            dict, or an initializer object). Defaults to `"glorot_uniform"`.
+        bias_initializer: Initializer for the bias vector (a name such as `"zeros"`, a config dict,
+            or an initializer object). Defaults to `"zeros"`.
+        kernel_regularizer: Regularizer for the kernel: its penalty is added to the model's loss.
+            `None`: none.
+        bias_regularizer: Regularizer for the bias: its penalty is added to the model's loss.
+            `None`: none.
+        activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
+            batch size, is added to the loss. `None`: none.
+        kernel_constraint: Constraint applied to the kernel after each optimizer step. `None`: none.
+        bias_constraint: Constraint applied to the bias after each optimizer step. `None`: none.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+
+    Example:
+
+    ```python
+    model = fastnn.Sequential([fastnn.Input(shape=(28, 28, 1)),
+                               fastnn.layers.Conv2D(32, 3, activation="relu"),
+                               fastnn.layers.MaxPooling2D(),
+                               fastnn.layers.Flatten(),
+                               fastnn.layers.Dense(10, activation="softmax")])
+    ```
+    """
     _KERAS_DEFAULTS = {"lora_rank": None, "lora_alpha": None}
 
     """2-D convolution, channels_last, kernel (kh, kw, in/groups, filters): im2col + one GEMM
@@ -1362,7 +1683,38 @@ class DepthwiseConv2D(Conv2D):
     """Keras's DepthwiseConv2D: each input channel convolved with its own depth_multiplier
     filters, kernel (kh, kw, in, depth_multiplier), output channel c * depth_multiplier + m.
     It is the grouped Conv2D with groups = in and filters = in * depth_multiplier, whose
-    kernel (kh, kw, 1, in * depth_multiplier) is this kernel's memory as it lies."""
+    kernel (kh, kw, 1, in * depth_multiplier) is this kernel's memory as it lies.
+
+    Args:
+        kernel_size: Size of the convolution window: an int or a tuple of one int per spatial axis.
+        strides: Step of the window along each spatial axis: an int or a tuple. Defaults to `(1,
+            1)`.
+        padding: `"valid"` (no padding) or `"same"` (zero padding so that the output size is the
+            input size divided by the stride, rounded up); case-insensitive. Defaults to `"valid"`.
+        depth_multiplier: Number of depthwise output channels for each input channel. Defaults to
+            `1`.
+        data_format: Only `"channels_last"` (inputs `(batch, ..., channels)`) or `None` (the same)
+            is supported.
+        dilation_rate: Spacing between the kernel's taps: an int or a tuple. Cannot be combined with
+            strides > 1. Defaults to `(1, 1)`.
+        activation: Activation applied to the output: a name such as `"relu"`, a callable, or `None`
+            for none (linear). Defaults to `None`.
+        use_bias: Whether the layer adds a bias vector. Defaults to `True`.
+        depthwise_initializer: Initializer for the depthwise kernel (a name such as `"zeros"`, a
+            config dict, or an initializer object). Defaults to `"glorot_uniform"`.
+        bias_initializer: Initializer for the bias vector (a name such as `"zeros"`, a config dict,
+            or an initializer object). Defaults to `"zeros"`.
+        depthwise_regularizer: Regularizer for the depthwise kernel: its penalty is added to the
+            model's loss. `None`: none.
+        bias_regularizer: Regularizer for the bias: its penalty is added to the model's loss.
+            `None`: none.
+        activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
+            batch size, is added to the loss. `None`: none.
+        depthwise_constraint: Constraint applied to the depthwise kernel after each optimizer step.
+            `None`: none.
+        bias_constraint: Constraint applied to the bias after each optimizer step. `None`: none.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     _KERAS_DEFAULTS = {}
 
     def __init__(self, kernel_size, strides=(1, 1), padding="valid", depth_multiplier=1,
@@ -1437,7 +1789,45 @@ class SeparableConv2D(_Windowed, Layer):
     """Keras's SeparableConv2D: a DepthwiseConv2D (no bias, linear) then a 1x1 convolution to
     `filters` with the bias and activation. Weights in Keras's order: depthwise_kernel
     (kh, kw, in, depth_multiplier), pointwise_kernel (1, 1, in * depth_multiplier, filters),
-    bias. Forward is the grouped convolution then one GEMM; backward the reverse."""
+    bias. Forward is the grouped convolution then one GEMM; backward the reverse.
+
+    Args:
+        filters: Number of output channels (convolution filters).
+        kernel_size: Size of the convolution window: an int or a tuple of one int per spatial axis.
+        strides: Step of the window along each spatial axis: an int or a tuple. Defaults to `(1,
+            1)`.
+        padding: `"valid"` (no padding) or `"same"` (zero padding so that the output size is the
+            input size divided by the stride, rounded up); case-insensitive. Defaults to `"valid"`.
+        data_format: Only `"channels_last"` (inputs `(batch, ..., channels)`) or `None` (the same)
+            is supported.
+        depth_multiplier: Number of depthwise output channels for each input channel. Defaults to
+            `1`.
+        dilation_rate: Spacing between the kernel's taps: an int or a tuple. Cannot be combined with
+            strides > 1. Defaults to `(1, 1)`.
+        activation: Activation applied to the output: a name such as `"relu"`, a callable, or `None`
+            for none (linear). Defaults to `None`.
+        use_bias: Whether the layer adds a bias vector. Defaults to `True`.
+        depthwise_initializer: Initializer for the depthwise kernel (a name such as `"zeros"`, a
+            config dict, or an initializer object). Defaults to `"glorot_uniform"`.
+        pointwise_initializer: Initializer for the pointwise (1x1) kernel (a name such as `"zeros"`,
+            a config dict, or an initializer object). Defaults to `"glorot_uniform"`.
+        bias_initializer: Initializer for the bias vector (a name such as `"zeros"`, a config dict,
+            or an initializer object). Defaults to `"zeros"`.
+        depthwise_regularizer: Regularizer for the depthwise kernel: its penalty is added to the
+            model's loss. `None`: none.
+        pointwise_regularizer: Regularizer for the pointwise kernel: its penalty is added to the
+            model's loss. `None`: none.
+        bias_regularizer: Regularizer for the bias: its penalty is added to the model's loss.
+            `None`: none.
+        activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
+            batch size, is added to the loss. `None`: none.
+        depthwise_constraint: Constraint applied to the depthwise kernel after each optimizer step.
+            `None`: none.
+        pointwise_constraint: Constraint applied to the pointwise kernel after each optimizer step.
+            `None`: none.
+        bias_constraint: Constraint applied to the bias after each optimizer step. `None`: none.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", data_format=None,
                  depth_multiplier=1, dilation_rate=(1, 1), activation=None, use_bias=True,
@@ -1568,7 +1958,39 @@ class Conv2DTranspose(_Windowed, Layer):
     """Keras's Conv2DTranspose, kernel (kh, kw, filters, in): the gradient of the convolution
     from its output (n, oh, ow, filters) to its input (n, h, w, in). Forward is one GEMM then
     col2im, backward im2col then two GEMMs (base.Ops.conv2d_transpose_*). Output size and
-    placement follow Keras 3 (its output-shape rule and padding on every backend)."""
+    placement follow Keras 3 (its output-shape rule and padding on every backend).
+
+    Args:
+        filters: Number of output channels (convolution filters).
+        kernel_size: Size of the convolution window: an int or a tuple of one int per spatial axis.
+        strides: Step of the window along each spatial axis: an int or a tuple. Defaults to `(1,
+            1)`.
+        padding: `"valid"` or `"same"` (case-insensitive): with `"same"` and no `output_padding`,
+            the output size is the input size times the stride; with `"valid"` it is
+            `(input - 1) * stride + max(kernel_size, stride)` (undilated). Defaults to `"valid"`.
+        output_padding: Extra rows/columns added to one side of the output (an int or a pair, each
+            smaller than the stride), or `None` to infer the output size. Defaults to `None`.
+        data_format: Only `"channels_last"` (inputs `(batch, ..., channels)`) or `None` (the same)
+            is supported.
+        dilation_rate: Spacing between the kernel's taps: an int or a tuple. Cannot be combined with
+            strides > 1. Defaults to `(1, 1)`.
+        activation: Activation applied to the output: a name such as `"relu"`, a callable, or `None`
+            for none (linear). Defaults to `None`.
+        use_bias: Whether the layer adds a bias vector. Defaults to `True`.
+        kernel_initializer: Initializer for the kernel weights (a name such as `"zeros"`, a config
+            dict, or an initializer object). Defaults to `"glorot_uniform"`.
+        bias_initializer: Initializer for the bias vector (a name such as `"zeros"`, a config dict,
+            or an initializer object). Defaults to `"zeros"`.
+        kernel_regularizer: Regularizer for the kernel: its penalty is added to the model's loss.
+            `None`: none.
+        bias_regularizer: Regularizer for the bias: its penalty is added to the model's loss.
+            `None`: none.
+        activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
+            batch size, is added to the loss. `None`: none.
+        kernel_constraint: Constraint applied to the kernel after each optimizer step. `None`: none.
+        bias_constraint: Constraint applied to the bias after each optimizer step. `None`: none.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
 
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid",
                  output_padding=None, data_format=None, dilation_rate=(1, 1), activation=None,
@@ -1721,6 +2143,17 @@ class _Pooling2D(_Windowed, Layer):
 
 
 class MaxPooling2D(_Pooling2D):
+    """Max pooling over 2-D windows: the maximum of each `pool_size` window of each channel.
+
+    Args:
+        pool_size: Size of the pooling window: an int or a tuple. Defaults to `(2, 2)`.
+        strides: Step of the window: an int or a pair; `None`: `pool_size`.
+        padding: `"valid"` (windows inside the image) or `"same"` (padded so that the output size is
+            the input size divided by the stride, rounded up). Defaults to `"valid"`.
+        data_format: Only `"channels_last"` (inputs `(batch, height, width, channels)`) or `None` is
+            supported. Defaults to `None`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     def forward(self, x, training=False):
         st = self._state()
         window = self.window_at(x.shape)
@@ -1745,7 +2178,12 @@ class ConvPool:
     Sequential runs such pairs through it; each layer keeps its weights, gradients and
     config. The activation must be non-decreasing (pooling then commutes with it) and its
     derivative readable off its output (the pooled value is the output at its argmax):
-    gelu, silu, softplus and softmax stay unfused, as do dilated and grouped convolutions."""
+    gelu, silu, softplus and softmax stay unfused, as do dilated and grouped convolutions.
+
+    Args:
+        conv: The `Conv2D` layer.
+        pool: The `MaxPooling2D` layer that follows it.
+    """
 
     def __init__(self, conv, pool):
         self.conv, self.pool = conv, pool
@@ -1763,7 +2201,7 @@ class ConvPool:
 
     def _plan(self, n, window):
         _, _, _, _, _, _, oh, ow = window
-        groups, chunk = get_ops().conv_pool_plan(n, oh, ow, self.conv.filters)
+        groups, chunk = get_ops().conv2d_maxpool_plan(n, oh, ow, self.conv.filters)
         return groups, groups * chunk * oh * ow
 
     def forward(self, x, training=False):
@@ -1805,6 +2243,17 @@ class ConvPool:
 
 
 class AveragePooling2D(_Pooling2D):
+    """Average pooling over 2-D windows: the mean of each `pool_size` window of each channel (with
+    `"same"` padding, over the window's pixels inside the image).
+
+    Args:
+        pool_size: Size of the pooling window: an int or a tuple. Defaults to `(2, 2)`.
+        strides: Step of the window: an int or a pair; `None`: `pool_size`.
+        padding: `"valid"` or `"same"`. Defaults to `"valid"`.
+        data_format: Only `"channels_last"` (inputs `(batch, height, width, channels)`) or `None` is
+            supported. Defaults to `None`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     def forward(self, x, training=False):
         st = self._state()
         window = self.window_at(x.shape)
@@ -1849,6 +2298,14 @@ class _GlobalPooling2D(_Windowed, Layer):
 
 
 class GlobalAveragePooling2D(_GlobalPooling2D):
+    """The mean over height and width of each channel: `(batch, h, w, c)` becomes `(batch, c)`.
+
+    Args:
+        data_format: Only `"channels_last"` (inputs `(batch, height, width, channels)`) or `None` is
+            supported. Defaults to `None`.
+        keepdims: Whether to keep height and width as axes of size 1. Defaults to `False`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     def forward(self, x, training=False):
         st = self._state()
         st._x_shape, st._window = x.shape, self.window_at(x.shape)
@@ -1866,6 +2323,14 @@ class GlobalAveragePooling2D(_GlobalPooling2D):
 
 
 class GlobalMaxPooling2D(_GlobalPooling2D):
+    """The maximum over height and width of each channel: `(batch, h, w, c)` becomes `(batch, c)`.
+
+    Args:
+        data_format: Only `"channels_last"` (inputs `(batch, height, width, channels)`) or `None` is
+            supported. Defaults to `None`.
+        keepdims: Whether to keep height and width as axes of size 1. Defaults to `False`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     def forward(self, x, training=False):
         st = self._state()
         shape = (x.shape[0], 1, 1, x.shape[3])
@@ -1887,7 +2352,35 @@ class GlobalMaxPooling2D(_GlobalPooling2D):
 
 class BatchNormalization(Layer):
     """Normalizes over every axis but the last (2-D and 4-D NHWC inputs). Training uses batch
-    statistics and updates the moving ones Keras's way; inference uses the moving ones."""
+    statistics and updates the moving ones Keras's way; inference uses the moving ones.
+
+    Args:
+        axis: The channel axis; only the last axis (-1) is supported. Defaults to `-1`.
+        momentum: Momentum of the moving averages: `moving = moving * momentum + batch_value * (1 -
+            momentum)`. Defaults to `0.99`.
+        epsilon: Small float added to the variance to avoid dividing by zero. Defaults to `0.001`.
+        center: Whether to add the learned offset `beta`. Defaults to `True`.
+        scale: Whether to multiply by the learned scale `gamma`. Defaults to `True`.
+        beta_initializer: Initializer for the offset `beta` (a name such as `"zeros"`, a config
+            dict, or an initializer object). Defaults to `"zeros"`.
+        gamma_initializer: Initializer for the scale `gamma` (a name such as `"zeros"`, a config
+            dict, or an initializer object). Defaults to `"ones"`.
+        moving_mean_initializer: Initializer for the moving mean (a name such as `"zeros"`, a config
+            dict, or an initializer object). Defaults to `"zeros"`.
+        moving_variance_initializer: Initializer for the moving variance (a name such as `"zeros"`,
+            a config dict, or an initializer object). Defaults to `"ones"`.
+        beta_regularizer: Regularizer for the offset `beta`: its penalty is added to the model's
+            loss. `None`: none.
+        gamma_regularizer: Regularizer for the scale `gamma`: its penalty is added to the model's
+            loss. `None`: none.
+        beta_constraint: Constraint applied to the offset `beta` after each optimizer step. `None`:
+            none.
+        gamma_constraint: Constraint applied to the scale `gamma` after each optimizer step. `None`:
+            none.
+        synchronized: Accepted for Keras compatibility (one process holds the whole batch). Defaults
+            to `False`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     supports_masking = True     # passes its input's mask on, as in Keras
 
     _KERAS_DEFAULTS = {"renorm": False, "renorm_clipping": None, "renorm_momentum": 0.99}
@@ -2024,6 +2517,34 @@ class _Merge(Layer):
 
 
 class Add(_Merge):
+    """Adds its inputs element-wise.
+
+    Called on a list of tensors of the same shape, it returns one tensor of that shape.
+
+    Args:
+        trainable: Whether the layer's weights are updated by training. Defaults to `True`.
+        name: Name of the layer (a unique one is made from the class name when `None`). Defaults to
+            `None`.
+        dtype: Data type of the weights and computation; only `"float32"` (or `None`) is supported.
+            Defaults to `None`.
+        input_shape: Legacy shape of one input sample (without the batch axis); an `Input` is made
+            from it when the layer starts a Sequential model. Defaults to `None`.
+        input_dim: Legacy size of a 1-D input sample, the same as `input_shape=(input_dim,)`.
+            Defaults to `None`.
+        batch_input_shape: Legacy input shape including the batch axis. Defaults to `None`.
+        batch_size: Legacy fixed batch size, used with `input_shape`. Defaults to `None`.
+        activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
+            batch size, is added to the loss. `None`: none.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+
+    Example:
+
+    ```python
+    a = fastnn.Input(shape=(16,))
+    b = fastnn.Input(shape=(16,))
+    y = fastnn.layers.Add()([a, b])
+    ```
+    """
     def _merge(self, a, b):
         return array_ops.add(a, b)
 
@@ -2044,6 +2565,34 @@ class Add(_Merge):
 
 
 class Subtract(_Merge):
+    """Subtracts its second input from its first, element-wise (exactly two inputs).
+
+    Called on a list of tensors of the same shape, it returns one tensor of that shape.
+
+    Args:
+        trainable: Whether the layer's weights are updated by training. Defaults to `True`.
+        name: Name of the layer (a unique one is made from the class name when `None`). Defaults to
+            `None`.
+        dtype: Data type of the weights and computation; only `"float32"` (or `None`) is supported.
+            Defaults to `None`.
+        input_shape: Legacy shape of one input sample (without the batch axis); an `Input` is made
+            from it when the layer starts a Sequential model. Defaults to `None`.
+        input_dim: Legacy size of a 1-D input sample, the same as `input_shape=(input_dim,)`.
+            Defaults to `None`.
+        batch_input_shape: Legacy input shape including the batch axis. Defaults to `None`.
+        batch_size: Legacy fixed batch size, used with `input_shape`. Defaults to `None`.
+        activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
+            batch size, is added to the loss. `None`: none.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+
+    Example:
+
+    ```python
+    a = fastnn.Input(shape=(16,))
+    b = fastnn.Input(shape=(16,))
+    y = fastnn.layers.Subtract()([a, b])
+    ```
+    """
     def build(self, input_shape):
         if len(input_shape) != 2:
             raise ValueError(f"Subtract layer {self.name!r} takes exactly 2 inputs, got "
@@ -2055,26 +2604,144 @@ class Subtract(_Merge):
 
 
 class Multiply(_Merge):
+    """Multiplies its inputs element-wise.
+
+    Called on a list of tensors of the same shape, it returns one tensor of that shape.
+
+    Args:
+        trainable: Whether the layer's weights are updated by training. Defaults to `True`.
+        name: Name of the layer (a unique one is made from the class name when `None`). Defaults to
+            `None`.
+        dtype: Data type of the weights and computation; only `"float32"` (or `None`) is supported.
+            Defaults to `None`.
+        input_shape: Legacy shape of one input sample (without the batch axis); an `Input` is made
+            from it when the layer starts a Sequential model. Defaults to `None`.
+        input_dim: Legacy size of a 1-D input sample, the same as `input_shape=(input_dim,)`.
+            Defaults to `None`.
+        batch_input_shape: Legacy input shape including the batch axis. Defaults to `None`.
+        batch_size: Legacy fixed batch size, used with `input_shape`. Defaults to `None`.
+        activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
+            batch size, is added to the loss. `None`: none.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+
+    Example:
+
+    ```python
+    a = fastnn.Input(shape=(16,))
+    b = fastnn.Input(shape=(16,))
+    y = fastnn.layers.Multiply()([a, b])
+    ```
+    """
     def _merge(self, a, b):
         return array_ops.multiply(a, b)
 
 
 class Maximum(_Merge):
+    """The element-wise maximum of its inputs.
+
+    Called on a list of tensors of the same shape, it returns one tensor of that shape.
+
+    Args:
+        trainable: Whether the layer's weights are updated by training. Defaults to `True`.
+        name: Name of the layer (a unique one is made from the class name when `None`). Defaults to
+            `None`.
+        dtype: Data type of the weights and computation; only `"float32"` (or `None`) is supported.
+            Defaults to `None`.
+        input_shape: Legacy shape of one input sample (without the batch axis); an `Input` is made
+            from it when the layer starts a Sequential model. Defaults to `None`.
+        input_dim: Legacy size of a 1-D input sample, the same as `input_shape=(input_dim,)`.
+            Defaults to `None`.
+        batch_input_shape: Legacy input shape including the batch axis. Defaults to `None`.
+        batch_size: Legacy fixed batch size, used with `input_shape`. Defaults to `None`.
+        activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
+            batch size, is added to the loss. `None`: none.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+
+    Example:
+
+    ```python
+    a = fastnn.Input(shape=(16,))
+    b = fastnn.Input(shape=(16,))
+    y = fastnn.layers.Maximum()([a, b])
+    ```
+    """
     def _merge(self, a, b):
         return array_ops.maximum(a, b)
 
 
 class Minimum(_Merge):
+    """The element-wise minimum of its inputs.
+
+    Called on a list of tensors of the same shape, it returns one tensor of that shape.
+
+    Args:
+        trainable: Whether the layer's weights are updated by training. Defaults to `True`.
+        name: Name of the layer (a unique one is made from the class name when `None`). Defaults to
+            `None`.
+        dtype: Data type of the weights and computation; only `"float32"` (or `None`) is supported.
+            Defaults to `None`.
+        input_shape: Legacy shape of one input sample (without the batch axis); an `Input` is made
+            from it when the layer starts a Sequential model. Defaults to `None`.
+        input_dim: Legacy size of a 1-D input sample, the same as `input_shape=(input_dim,)`.
+            Defaults to `None`.
+        batch_input_shape: Legacy input shape including the batch axis. Defaults to `None`.
+        batch_size: Legacy fixed batch size, used with `input_shape`. Defaults to `None`.
+        activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
+            batch size, is added to the loss. `None`: none.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+
+    Example:
+
+    ```python
+    a = fastnn.Input(shape=(16,))
+    b = fastnn.Input(shape=(16,))
+    y = fastnn.layers.Minimum()([a, b])
+    ```
+    """
     def _merge(self, a, b):
         return array_ops.minimum(a, b)
 
 
 class Average(_Merge):
+    """The element-wise mean of its inputs.
+
+    Called on a list of tensors of the same shape, it returns one tensor of that shape.
+
+    Args:
+        trainable: Whether the layer's weights are updated by training. Defaults to `True`.
+        name: Name of the layer (a unique one is made from the class name when `None`). Defaults to
+            `None`.
+        dtype: Data type of the weights and computation; only `"float32"` (or `None`) is supported.
+            Defaults to `None`.
+        input_shape: Legacy shape of one input sample (without the batch axis); an `Input` is made
+            from it when the layer starts a Sequential model. Defaults to `None`.
+        input_dim: Legacy size of a 1-D input sample, the same as `input_shape=(input_dim,)`.
+            Defaults to `None`.
+        batch_input_shape: Legacy input shape including the batch axis. Defaults to `None`.
+        batch_size: Legacy fixed batch size, used with `input_shape`. Defaults to `None`.
+        activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
+            batch size, is added to the loss. `None`: none.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+
+    Example:
+
+    ```python
+    a = fastnn.Input(shape=(16,))
+    b = fastnn.Input(shape=(16,))
+    y = fastnn.layers.Average()([a, b])
+    ```
+    """
     def call(self, inputs):
         return array_ops.multiply(_sum(inputs), 1.0 / len(inputs))
 
 
 class Concatenate(_Merge):
+    """Concatenates its inputs along `axis` (the other axes must match).
+
+    Args:
+        axis: The axis to concatenate along. Defaults to `-1`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     def __init__(self, axis=-1, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
@@ -2125,7 +2792,15 @@ class Dot(_Merge):
     """The dot product of two inputs along an axis of each (batch by batch), as Keras's Dot:
     the output keeps the other axes of the first input, then those of the second; a result
     with no axis left is (batch, 1). normalize=True takes the cosine (each input scaled to
-    unit L2 norm along its dot axis first)."""
+    unit L2 norm along its dot axis first).
+
+    Args:
+        axes: The axis of each input to reduce (an int for both, or a pair), counted with the batch
+            axis as 0.
+        normalize: Whether to L2-normalize both inputs along `axes` first (the result is then the
+            cosine similarity). Defaults to `False`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
 
     def __init__(self, axes, normalize=False, **kwargs):
         super().__init__(**kwargs)
@@ -2186,7 +2861,11 @@ def _merge_function(cls):
     def merge(inputs, **kwargs):
         return cls(**kwargs)(inputs)
     merge.__name__ = cls.__name__.lower()
-    merge.__doc__ = f"The {cls.__name__} layer as a function: {cls.__name__}(**kwargs)(inputs)."
+    merge.__doc__ = (f"The {cls.__name__} layer as a function: {cls.__name__}(**kwargs)(inputs)."
+                     "\n\nArgs:\n    inputs: A list of tensors.\n"
+                     f"    **kwargs: Arguments of the `{cls.__name__}` layer (`name`, ...).\n\n"
+                     f"Returns:\n    The output of a new `{cls.__name__}` layer called on "
+                     "`inputs`.")
     return merge
 
 
@@ -2200,7 +2879,16 @@ concatenate = _merge_function(Concatenate)
 
 
 def dot(inputs, axes=-1, **kwargs):
-    """The Dot layer as a function: Dot(axes, **kwargs)(inputs)."""
+    """The Dot layer as a function: Dot(axes, **kwargs)(inputs).
+
+    Args:
+        inputs: A list of two tensors.
+        axes: The axis of each input to reduce. Defaults to `-1`.
+        **kwargs: Arguments of the `Dot` layer (`normalize`, `name`, ...).
+
+    Returns:
+        The output of a new `Dot` layer called on `inputs`.
+    """
     return Dot(axes=axes, **kwargs)(inputs)
 
 
@@ -2240,6 +2928,24 @@ class _ShapeLayer(Layer):
 
 
 class Identity(_ShapeLayer):
+    """Returns its input unchanged (a placeholder layer).
+
+    Args:
+        trainable: Whether the layer's weights are updated by training. Defaults to `True`.
+        name: Name of the layer (a unique one is made from the class name when `None`). Defaults to
+            `None`.
+        dtype: Data type of the weights and computation; only `"float32"` (or `None`) is supported.
+            Defaults to `None`.
+        input_shape: Legacy shape of one input sample (without the batch axis); an `Input` is made
+            from it when the layer starts a Sequential model. Defaults to `None`.
+        input_dim: Legacy size of a 1-D input sample, the same as `input_shape=(input_dim,)`.
+            Defaults to `None`.
+        batch_input_shape: Legacy input shape including the batch axis. Defaults to `None`.
+        batch_size: Legacy fixed batch size, used with `input_shape`. Defaults to `None`.
+        activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
+            batch size, is added to the loss. `None`: none.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     supports_masking = True     # passes its input's mask on, as in Keras
     def call(self, inputs):
         return inputs
@@ -2249,6 +2955,12 @@ class Identity(_ShapeLayer):
 
 
 class Reshape(_ShapeLayer):
+    """Reshapes each sample to `target_shape` (the batch axis stays).
+
+    Args:
+        target_shape: The new shape without the batch axis; one entry may be -1 (inferred).
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     def __init__(self, target_shape, **kwargs):
         super().__init__(**kwargs)
         target = tuple(target_shape) if not _is_int(target_shape) else (target_shape,)
@@ -2282,6 +2994,13 @@ class Reshape(_ShapeLayer):
 
 
 class Permute(_ShapeLayer):
+    """Permutes the axes of each sample (the batch axis stays first).
+
+    Args:
+        dims: The new order of the axes, numbered from 1 (e.g. `(2, 1)` swaps the two axes of
+            `(batch, a, b)`).
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     def __init__(self, dims, **kwargs):
         super().__init__(**kwargs)
         dims = tuple(dims)
@@ -2302,6 +3021,12 @@ class Permute(_ShapeLayer):
 
 
 class RepeatVector(_ShapeLayer):
+    """Repeats its input `n` times: `(batch, features)` becomes `(batch, n, features)`.
+
+    Args:
+        n: Number of repetitions.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     def __init__(self, n, **kwargs):
         super().__init__(**kwargs)
         if not _is_int(n) or n < 1:
@@ -2320,6 +3045,15 @@ class RepeatVector(_ShapeLayer):
 
 
 class ZeroPadding2D(_ShapeLayer):
+    """Pads images with rows and columns of zeros on their sides.
+
+    Args:
+        padding: An int (the same on every side), a pair `(rows, cols)` (symmetric), or `((top,
+            bottom), (left, right))`. Defaults to `(1, 1)`.
+        data_format: Only `"channels_last"` (inputs `(batch, height, width, channels)`) or `None` is
+            supported. Defaults to `None`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     def __init__(self, padding=(1, 1), data_format=None, **kwargs):
         super().__init__(**kwargs)
         if data_format not in (None, "channels_last"):
@@ -2364,6 +3098,15 @@ class ZeroPadding2D(_ShapeLayer):
 
 
 class Cropping2D(_ShapeLayer):
+    """Crops rows and columns off the sides of images.
+
+    Args:
+        cropping: An int (the same on every side), a pair `(rows, cols)` (symmetric), or `((top,
+            bottom), (left, right))`. Defaults to `((0, 0), (0, 0))`.
+        data_format: Only `"channels_last"` (inputs `(batch, height, width, channels)`) or `None` is
+            supported. Defaults to `None`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     def __init__(self, cropping=((0, 0), (0, 0)), data_format=None, **kwargs):
         super().__init__(**kwargs)
         if data_format not in (None, "channels_last"):
@@ -2390,6 +3133,16 @@ class Cropping2D(_ShapeLayer):
 
 
 class UpSampling2D(_ShapeLayer):
+    """Repeats each row and column of images: `(batch, h, w, c)` becomes `(batch, h * size[0], w *
+    size[1], c)`.
+
+    Args:
+        size: Repetitions of rows and columns: an int or a pair. Defaults to `(2, 2)`.
+        data_format: Only `"channels_last"` (inputs `(batch, height, width, channels)`) or `None` is
+            supported. Defaults to `None`.
+        interpolation: Only `"nearest"` is supported. Defaults to `"nearest"`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     def __init__(self, size=(2, 2), data_format=None, interpolation="nearest", **kwargs):
         super().__init__(**kwargs)
         if data_format not in (None, "channels_last"):
@@ -2428,7 +3181,16 @@ class Lambda(Layer):
     from the file or config: it is refused, with Keras's error, unless safe_mode=False is
     passed to load_model / Model.from_config / model_from_json. A loaded lambda sees the
     globals fastnn, keras (fastnn too) and ops (fastnn.ops); Keras's own lambdas see none of
-    Keras's names, so they use operators only."""
+    Keras's names, so they use operators only.
+
+    Args:
+        function: The function, called as `function(inputs, **arguments)`.
+        output_shape: Output shape without the batch axis, or a function of the input shape; `None`:
+            inferred by calling `function`.
+        mask: Only `None` is supported. Defaults to `None`.
+        arguments: A dict of keyword arguments passed to `function`, or `None`. Defaults to `None`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
 
     def __init__(self, function, output_shape=None, mask=None, arguments=None, **kwargs):
         super().__init__(**kwargs)
@@ -2658,7 +3420,16 @@ _CLASSES = {c.__name__: c for c in (
 
 def get_class(name, registered_name=None):
     """The layer class a config names: a custom class registered or passed as custom_objects
-    (fastnn.registry), else one of fastnn's own. Nothing else is imported."""
+    (fastnn.registry), else one of fastnn's own. Nothing else is imported.
+
+    Args:
+        name: The class name in the config.
+        registered_name: The registered name of a custom class (`package>Name`), or `None`. Defaults
+            to `None`.
+
+    Returns:
+        The layer class.
+    """
     custom = registry.lookup(name, registered_name)
     if custom is not None:
         return custom
@@ -2703,7 +3474,13 @@ def _number_or_numbers(value, arg, layer):
 
 
 class Rescaling(Layer):
-    """y = x * scale + offset, in float32 (scale and offset may be per-channel lists)."""
+    """y = x * scale + offset, in float32 (scale and offset may be per-channel lists).
+
+    Args:
+        scale: The factor (a number, or a list with one per channel).
+        offset: The value added after scaling (a number or a per-channel list). Defaults to `0.0`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     supports_masking = True     # passes its input's mask on, as in Keras
 
     def __init__(self, scale, offset=0.0, **kwargs):
@@ -2756,7 +3533,16 @@ def _batches(data):
 class Normalization(Layer):
     """(x - mean) / max(sqrt(variance), 1e-7) per index of the kept `axis` (invert=True: the
     inverse), with mean and variance given or learned by adapt(). Weights (adapted layers
-    only, as Keras): mean, variance and count (int32; Keras's adapt leaves it 0)."""
+    only, as Keras): mean, variance and count (int32; Keras's adapt leaves it 0).
+
+    Args:
+        axis: The axis (or tuple of axes) with a mean and variance of their own; `None`: one over
+            everything. Defaults to `-1`.
+        mean: The mean to use, or `None` to learn it with `adapt()`. Defaults to `None`.
+        variance: The variance to use, or `None` to learn it with `adapt()`. Defaults to `None`.
+        invert: Whether to apply the inverse, `x * sqrt(variance) + mean`. Defaults to `False`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     supports_masking = True     # passes its input's mask on, as in Keras
 
     def __init__(self, axis=-1, mean=None, variance=None, invert=False, **kwargs):
@@ -2945,7 +3731,25 @@ def _positive_int(value, arg, layer):
 
 
 class Resizing(_ImageLayer):
-    """ops.image.resize to (height, width), as keras.layers.Resizing."""
+    """ops.image.resize to (height, width), as keras.layers.Resizing.
+
+    Args:
+        height: Height of the output images.
+        width: Width of the output images.
+        interpolation: `"bilinear"`, `"nearest"` or another of fastnn's resize methods (not
+            `"bicubic"` or `"lanczos*"`). Defaults to `"bilinear"`.
+        crop_to_aspect_ratio: Whether to crop the largest centred window of the target aspect ratio
+            first. Defaults to `False`.
+        pad_to_aspect_ratio: Whether to pad to the target aspect ratio first (with `fill_value`).
+            Defaults to `False`.
+        fill_mode: Only `"constant"` is supported. Defaults to `"constant"`.
+        fill_value: Value of the padding with `pad_to_aspect_ratio`. Defaults to `0.0`.
+        antialias: Whether to filter when downsampling, to avoid aliasing. Defaults to `False`.
+        data_format: `"channels_last"` (images `(batch, height, width, channels)`) or
+            `"channels_first"`; `None` uses `fastnn.backend.image_data_format()`. Defaults to
+            `None`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
 
     def __init__(self, height, width, interpolation="bilinear", crop_to_aspect_ratio=False,
                  pad_to_aspect_ratio=False, fill_mode="constant", fill_value=0.0,
@@ -2993,7 +3797,16 @@ class Resizing(_ImageLayer):
 
 class CenterCrop(_ImageLayer):
     """The central (height, width) window; an image smaller than that on a side is cropped to
-    the target's aspect ratio and resized (bilinear) instead, as Keras does."""
+    the target's aspect ratio and resized (bilinear) instead, as Keras does.
+
+    Args:
+        height: Height of the output.
+        width: Width of the output.
+        data_format: `"channels_last"` (images `(batch, height, width, channels)`) or
+            `"channels_first"`; `None` uses `fastnn.backend.image_data_format()`. Defaults to
+            `None`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
 
     def __init__(self, height, width, data_format=None, **kwargs):
         super().__init__(data_format=data_format, **kwargs)
@@ -3089,7 +3902,18 @@ class _RandomImageLayer(_ImageLayer):
 
 class RandomFlip(_RandomImageLayer):
     """Flips each image (probability 1/2) left-right ("horizontal"), top-bottom ("vertical"),
-    or both at once ("horizontal_and_vertical": one draw, as Keras)."""
+    or both at once ("horizontal_and_vertical": one draw, as Keras).
+
+    Args:
+        mode: `"horizontal"`, `"vertical"` or `"horizontal_and_vertical"`. Defaults to
+            `"horizontal_and_vertical"`.
+        seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
+            from the global generator (see `fastnn.utils.set_random_seed`).
+        data_format: `"channels_last"` (images `(batch, height, width, channels)`) or
+            `"channels_first"`; `None` uses `fastnn.backend.image_data_format()`. Defaults to
+            `None`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
 
     MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 
@@ -3153,7 +3977,24 @@ def _matrices(columns):
 
 
 class RandomRotation(_AffineLayer):
-    """Rotates each image about its centre by an angle drawn from factor * 360 degrees."""
+    """Rotates each image about its centre by an angle drawn from factor * 360 degrees.
+
+    Args:
+        factor: A float or a pair `(lower, upper)`, as fractions of a full turn: the angle is drawn
+            from `[lower, upper] * 360` degrees (a float f means `(-f, f)`).
+        fill_mode: How points outside the image are filled: `"reflect"`, `"wrap"`, `"constant"`
+            (with `fill_value`) or `"nearest"`. Defaults to `"reflect"`.
+        interpolation: Interpolation used to sample the image: `"bilinear"` or `"nearest"`. Defaults
+            to `"bilinear"`.
+        seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
+            from the global generator (see `fastnn.utils.set_random_seed`).
+        fill_value: The value of points outside the image with `fill_mode="constant"`. Defaults to
+            `0.0`.
+        data_format: `"channels_last"` (images `(batch, height, width, channels)`) or
+            `"channels_first"`; `None` uses `fastnn.backend.image_data_format()`. Defaults to
+            `None`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
 
     def __init__(self, factor, fill_mode="reflect", interpolation="bilinear", seed=None,
                  fill_value=0.0, data_format=None, **kwargs):
@@ -3176,7 +4017,26 @@ class RandomRotation(_AffineLayer):
 
 class RandomZoom(_AffineLayer):
     """Zooms each image about its centre by 1 + a draw from height_factor (and width_factor,
-    else the same draw): a positive factor zooms out."""
+    else the same draw): a positive factor zooms out.
+
+    Args:
+        height_factor: A float or a pair `(lower, upper)`: the vertical zoom is `1 +` a draw from it
+            (negative values zoom in).
+        width_factor: The same for the horizontal zoom; `None`: the vertical zoom is used for both
+            (the aspect ratio is kept).
+        fill_mode: How points outside the image are filled: `"reflect"`, `"wrap"`, `"constant"`
+            (with `fill_value`) or `"nearest"`. Defaults to `"reflect"`.
+        interpolation: Interpolation used to sample the image: `"bilinear"` or `"nearest"`. Defaults
+            to `"bilinear"`.
+        seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
+            from the global generator (see `fastnn.utils.set_random_seed`).
+        fill_value: The value of points outside the image with `fill_mode="constant"`. Defaults to
+            `0.0`.
+        data_format: `"channels_last"` (images `(batch, height, width, channels)`) or
+            `"channels_first"`; `None` uses `fastnn.backend.image_data_format()`. Defaults to
+            `None`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
 
     _MESSAGE = ("The `height_factor` and `width_factor` arguments should be a number (or a "
                 "list of two numbers) in the range (-1.0, 1.0]. ")
@@ -3207,7 +4067,25 @@ class RandomZoom(_AffineLayer):
 
 class RandomTranslation(_AffineLayer):
     """Shifts each image by a draw from height_factor * height rows and width_factor * width
-    columns."""
+    columns.
+
+    Args:
+        height_factor: A float or a pair `(lower, upper)`: the vertical shift is drawn from that
+            fraction of the height (a float f means `(-f, f)`).
+        width_factor: The same for the horizontal shift, as a fraction of the width.
+        fill_mode: How points outside the image are filled: `"reflect"`, `"wrap"`, `"constant"`
+            (with `fill_value`) or `"nearest"`. Defaults to `"reflect"`.
+        interpolation: Interpolation used to sample the image: `"bilinear"` or `"nearest"`. Defaults
+            to `"bilinear"`.
+        seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
+            from the global generator (see `fastnn.utils.set_random_seed`).
+        fill_value: The value of points outside the image with `fill_mode="constant"`. Defaults to
+            `0.0`.
+        data_format: `"channels_last"` (images `(batch, height, width, channels)`) or
+            `"channels_first"`; `None` uses `fastnn.backend.image_data_format()`. Defaults to
+            `None`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
 
     _MESSAGE = ("The `factor` argument should be a number (or a list of two numbers) in the "
                 "range [-1.0, 1.0]. ")
@@ -3233,7 +4111,17 @@ class RandomTranslation(_AffineLayer):
 
 class RandomContrast(_RandomImageLayer):
     """(x - mean) * c + mean per image and channel (mean over height and width), c drawn from
-    [1 - factor[0], 1 + factor[1]], clipped to value_range."""
+    [1 - factor[0], 1 + factor[1]], clipped to value_range.
+
+    Args:
+        factor: A float or a pair `(lower, upper)`: the contrast factor is drawn from `[1 - lower, 1
+            + upper]`.
+        value_range: The range of the pixel values, `(low, high)`; outputs are clipped to it.
+            Defaults to `(0, 255)`.
+        seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
+            from the global generator (see `fastnn.utils.set_random_seed`).
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
 
     def __init__(self, factor, value_range=(0, 255), seed=None, **kwargs):
         super().__init__(seed=seed, **kwargs)
@@ -3354,7 +4242,29 @@ class LayerNormalization(_AffineNorm):
     """(x - mean) / sqrt(var + epsilon) * gamma + beta, mean and variance over `axis` (an int
     or a list of ints) per sample; gamma and beta have the shape of those axes (in sorted
     order, reshaped to broadcast, as Keras does). rms_scaling=True (deprecated in Keras):
-    x / sqrt(var + epsilon) * gamma, no beta, as Keras computes it."""
+    x / sqrt(var + epsilon) * gamma, no beta, as Keras computes it.
+
+    Args:
+        axis: The axis (or axes) to act on; negative values count from the end. Defaults to `-1`.
+        epsilon: Small float added to the variance to avoid dividing by zero. Defaults to `0.001`.
+        center: Whether to add the learned offset `beta`. Defaults to `True`.
+        scale: Whether to multiply by the learned scale `gamma`. Defaults to `True`.
+        rms_scaling: Deprecated in Keras: divide by `sqrt(var + epsilon)` without centring and
+            without `beta`, as Keras 3 computes it. Defaults to `False`.
+        beta_initializer: Initializer for the offset `beta` (a name such as `"zeros"`, a config
+            dict, or an initializer object). Defaults to `"zeros"`.
+        gamma_initializer: Initializer for the scale `gamma` (a name such as `"zeros"`, a config
+            dict, or an initializer object). Defaults to `"ones"`.
+        beta_regularizer: Regularizer for the offset `beta`: its penalty is added to the model's
+            loss. `None`: none.
+        gamma_regularizer: Regularizer for the scale `gamma`: its penalty is added to the model's
+            loss. `None`: none.
+        beta_constraint: Constraint applied to the offset `beta` after each optimizer step. `None`:
+            none.
+        gamma_constraint: Constraint applied to the scale `gamma` after each optimizer step. `None`:
+            none.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     supports_masking = True     # passes its input's mask on, as in Keras
 
     def __init__(self, axis=-1, epsilon=1e-3, center=True, scale=True, rms_scaling=False,
@@ -3408,7 +4318,29 @@ class LayerNormalization(_AffineNorm):
 class GroupNormalization(_AffineNorm):
     """The channels of `axis` split into `groups` groups (-1: one per channel); each sample's
     group normalized over its channels and every other axis; then gamma and beta per
-    channel."""
+    channel.
+
+    Args:
+        groups: Number of groups the channels are split into (-1: one per channel); must divide the
+            channels. Defaults to `32`.
+        axis: The channel axis. Defaults to `-1`.
+        epsilon: Small float added to the variance to avoid dividing by zero. Defaults to `0.001`.
+        center: Whether to add the learned offset `beta`. Defaults to `True`.
+        scale: Whether to multiply by the learned scale `gamma`. Defaults to `True`.
+        beta_initializer: Initializer for the offset `beta` (a name such as `"zeros"`, a config
+            dict, or an initializer object). Defaults to `"zeros"`.
+        gamma_initializer: Initializer for the scale `gamma` (a name such as `"zeros"`, a config
+            dict, or an initializer object). Defaults to `"ones"`.
+        beta_regularizer: Regularizer for the offset `beta`: its penalty is added to the model's
+            loss. `None`: none.
+        gamma_regularizer: Regularizer for the scale `gamma`: its penalty is added to the model's
+            loss. `None`: none.
+        beta_constraint: Constraint applied to the offset `beta` after each optimizer step. `None`:
+            none.
+        gamma_constraint: Constraint applied to the scale `gamma` after each optimizer step. `None`:
+            none.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     supports_masking = True     # passes its input's mask on, as in Keras
 
     def __init__(self, groups=32, axis=-1, epsilon=1e-3, center=True, scale=True,
@@ -3537,7 +4469,15 @@ class _SpatialDropout(_Noise):
 
 
 class SpatialDropout1D(_SpatialDropout):
-    """Inputs (batch, steps, channels): drops whole channels of each sample."""
+    """Inputs (batch, steps, channels): drops whole channels of each sample.
+
+    Args:
+        rate: Fraction of the channels to drop, in [0, 1).
+        seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
+            from the global generator (see `fastnn.utils.set_random_seed`).
+        name: Name of the layer. Defaults to `None`.
+        dtype: Only `"float32"` (or `None`). Defaults to `None`.
+    """
     rank = 3
 
     def __init__(self, rate, seed=None, name=None, dtype=None):
@@ -3545,7 +4485,18 @@ class SpatialDropout1D(_SpatialDropout):
 
 
 class SpatialDropout2D(_SpatialDropout):
-    """Inputs (batch, height, width, channels) (or channels first): drops whole channels."""
+    """Inputs (batch, height, width, channels) (or channels first): drops whole channels.
+
+    Args:
+        rate: Fraction of the channels to drop, in [0, 1).
+        data_format: `"channels_last"` (images `(batch, height, width, channels)`) or
+            `"channels_first"`; `None` uses `fastnn.backend.image_data_format()`. Defaults to
+            `None`.
+        seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
+            from the global generator (see `fastnn.utils.set_random_seed`).
+        name: Name of the layer. Defaults to `None`.
+        dtype: Only `"float32"` (or `None`). Defaults to `None`.
+    """
     rank = 4
 
     def __init__(self, rate, data_format=None, seed=None, name=None, dtype=None):
@@ -3556,7 +4507,14 @@ class SpatialDropout2D(_SpatialDropout):
 
 
 class GaussianNoise(_Noise):
-    """Training only: x + a normal draw of mean 0 and standard deviation `stddev`."""
+    """Training only: x + a normal draw of mean 0 and standard deviation `stddev`.
+
+    Args:
+        stddev: Standard deviation of the noise.
+        seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
+            from the global generator (see `fastnn.utils.set_random_seed`).
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     supports_masking = True     # passes its input's mask on, as in Keras
 
     def __init__(self, stddev, seed=None, **kwargs):
@@ -3573,7 +4531,14 @@ class GaussianNoise(_Noise):
 
 
 class GaussianDropout(_Noise):
-    """Training only: x times a normal draw of mean 1 and variance rate / (1 - rate)."""
+    """Training only: x times a normal draw of mean 1 and variance rate / (1 - rate).
+
+    Args:
+        rate: Drop probability in [0, 1): the noise's variance is `rate / (1 - rate)`.
+        seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
+            from the global generator (see `fastnn.utils.set_random_seed`).
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     supports_masking = True     # passes its input's mask on, as in Keras
 
     def __init__(self, rate, seed=None, **kwargs):
@@ -3597,7 +4562,12 @@ class GaussianDropout(_Noise):
 class ELU(_KernelOrOwn):
     """x if x > 0 else alpha * (exp(x) - 1): the elu kernel (fused after a linear layer) for
     alpha >= 0; a negative alpha is computed here (the kernel's backward reads the sign of
-    the output, which a negative alpha flips)."""
+    the output, which a negative alpha flips).
+
+    Args:
+        alpha: Scale of the negative part. Defaults to `1.0`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
 
     def __init__(self, alpha=1.0, **kwargs):
         super().__init__("elu", **kwargs)
@@ -3618,7 +4588,20 @@ class ELU(_KernelOrOwn):
 
 class PReLU(Layer):
     """relu(x) - alpha * relu(-x) with a trainable alpha of the input's shape (without the
-    batch axis), of size 1 along `shared_axes`."""
+    batch axis), of size 1 along `shared_axes`.
+
+    Args:
+        alpha_initializer: Initializer for the learned slopes `alpha` (a name such as `"zeros"`, a
+            config dict, or an initializer object). Defaults to `"Zeros"`.
+        alpha_regularizer: Regularizer for the slopes `alpha`: its penalty is added to the model's
+            loss. `None`: none.
+        alpha_constraint: Constraint applied to the slopes `alpha` after each optimizer step.
+            `None`: none.
+        shared_axes: Axes (1-based, after the batch axis) along which one `alpha` is shared, e.g.
+            `[1, 2]` for one per channel of an image; `None`: one per input unit. Defaults to
+            `None`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     supports_masking = True     # passes its input's mask on, as in Keras
 
     def __init__(self, alpha_initializer="Zeros", alpha_regularizer=None,

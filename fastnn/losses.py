@@ -37,7 +37,24 @@ def _float_targets(y, name="y"):
 class Loss:
     """A loss. fastnn's own compute value and gradient in one backend call (_kernel). A
     subclass that defines call(y_true, y_pred), as a Keras user writes one, returning the loss
-    per sample with fastnn.ops, is differentiated by fastnn's autodiff."""
+    per sample with fastnn.ops, is differentiated by fastnn's autodiff.
+
+    Args:
+        name: Name of the loss; `None`: made from the class name.
+        reduction: How the per-sample losses are reduced: `"sum_over_batch_size"` (their mean over
+            the batch) or `"sum"`. Defaults to `"sum_over_batch_size"`.
+        from_logits: Whether predictions are logits (for subclasses that read it). Defaults to
+            `False`.
+        dtype: Only `None` or `"float32"` (losses are computed in float32).
+
+    Example:
+
+    ```python
+    class MyMSE(fastnn.losses.Loss):
+        def call(self, y_true, y_pred):
+            return fastnn.ops.mean(fastnn.ops.square(y_pred - y_true), axis=-1)
+    ```
+    """
     partner = None  # the activation id this loss fuses with
 
     def __init__(self, name=None, reduction="sum_over_batch_size", from_logits=False,
@@ -155,6 +172,27 @@ class Loss:
 
 
 class CategoricalCrossentropy(Loss):
+    """Cross-entropy between one-hot (or probability) targets and predicted class probabilities.
+
+    Per sample: `-sum(y_true * log(y_pred))` over the classes, the predictions normalized to sum 1
+    and clipped to `[1e-7, 1 - 1e-7]` (computed from the logits with `from_logits=True`).
+
+    Args:
+        from_logits: Whether `y_pred` holds logits (raw scores) instead of probabilities. Defaults
+            to `False`.
+        label_smoothing: In [0, 1]: the targets are moved that fraction of the way towards the
+            uniform distribution (0.5 for binary targets). Defaults to `0.0`.
+        axis: Only -1 (the classes on the last axis) is supported. Defaults to `-1`.
+        reduction: How the per-sample losses are reduced: `"sum_over_batch_size"` (their mean over
+            the batch) or `"sum"`. Defaults to `"sum_over_batch_size"`.
+        name: Name of the loss (shown in logs); `None`: the loss's default name.
+
+    Example:
+
+    ```python
+    model.compile(optimizer="adam", loss=fastnn.losses.CategoricalCrossentropy())
+    ```
+    """
     default_name = "categorical_crossentropy"
     partner = A.SOFTMAX
 
@@ -202,6 +240,24 @@ class CategoricalCrossentropy(Loss):
 
 
 class SparseCategoricalCrossentropy(Loss):
+    """Cross-entropy between integer class labels and predicted class probabilities.
+
+    Per sample: `-log(y_pred[label])`; targets are class indices, shape `(batch,)` or `(batch, 1)`.
+
+    Args:
+        from_logits: Whether `y_pred` holds logits (raw scores) instead of probabilities. Defaults
+            to `False`.
+        ignore_class: Only `None` (ignoring a class is not supported yet).
+        reduction: How the per-sample losses are reduced: `"sum_over_batch_size"` (their mean over
+            the batch) or `"sum"`. Defaults to `"sum_over_batch_size"`.
+        name: Name of the loss (shown in logs); `None`: the loss's default name.
+
+    Example:
+
+    ```python
+    model.compile(optimizer="adam", loss=fastnn.losses.SparseCategoricalCrossentropy())
+    ```
+    """
     default_name = "sparse_categorical_crossentropy"
     partner = A.SOFTMAX
 
@@ -254,6 +310,21 @@ class SparseCategoricalCrossentropy(Loss):
 
 
 class BinaryCrossentropy(Loss):
+    """Binary cross-entropy between 0/1 targets and predicted probabilities.
+
+    Per sample: the mean over the last axis of `-(y log(p) + (1 - y) log(1 - p))`, with `p` clipped
+    to `[1e-7, 1 - 1e-7]` (computed exactly from logits with `from_logits=True`).
+
+    Args:
+        from_logits: Whether `y_pred` holds logits (raw scores) instead of probabilities. Defaults
+            to `False`.
+        label_smoothing: In [0, 1]: the targets are moved that fraction of the way towards the
+            uniform distribution (0.5 for binary targets). Defaults to `0.0`.
+        axis: The axis the values are averaged over (the last). Defaults to `-1`.
+        reduction: How the per-sample losses are reduced: `"sum_over_batch_size"` (their mean over
+            the batch) or `"sum"`. Defaults to `"sum_over_batch_size"`.
+        name: Name of the loss (shown in logs); `None`: the loss's default name.
+    """
     default_name = "binary_crossentropy"
     partner = A.SIGMOID
 
@@ -296,6 +367,15 @@ class BinaryCrossentropy(Loss):
 
 
 class MeanSquaredError(Loss):
+    """Mean of the squared errors: `mean((y_true - y_pred) ** 2)` over the last axis, per sample.
+
+    Args:
+        name: Name of the loss; `None`: `"mean_squared_error"`.
+        reduction: How the per-sample losses are reduced: `"sum_over_batch_size"` (their mean over
+            the batch) or `"sum"`. Defaults to `"sum_over_batch_size"`.
+        from_logits: Not used by this loss. Defaults to `False`.
+        dtype: Only `None` or `"float32"` (losses are computed in float32).
+    """
     default_name = "mean_squared_error"
 
     def _kernel(self, ops, p, t, w, scale, grad):
@@ -303,6 +383,15 @@ class MeanSquaredError(Loss):
 
 
 class MeanAbsoluteError(Loss):
+    """Mean of the absolute errors: `mean(abs(y_true - y_pred))` over the last axis, per sample.
+
+    Args:
+        name: Name of the loss; `None`: `"mean_absolute_error"`.
+        reduction: How the per-sample losses are reduced: `"sum_over_batch_size"` (their mean over
+            the batch) or `"sum"`. Defaults to `"sum_over_batch_size"`.
+        from_logits: Not used by this loss. Defaults to `False`.
+        dtype: Only `None` or `"float32"` (losses are computed in float32).
+    """
     default_name = "mean_absolute_error"
 
     def _kernel(self, ops, p, t, w, scale, grad):
@@ -322,6 +411,17 @@ def _same_rank(y_true, y_pred):
 
 
 def huber(y_true, y_pred, delta=1.0):
+    """Huber loss per sample: the mean over the last axis of `0.5 * e**2` where `|e| <= delta`, else
+    `delta * |e| - 0.5 * delta**2` (`e = y_pred - y_true`).
+
+    Args:
+        y_true: Targets, a tensor or array.
+        y_pred: Predictions, of the shape of `y_true`.
+        delta: Where the loss changes from quadratic to linear. Defaults to `1.0`.
+
+    Returns:
+        The loss of each sample, a tensor with the last axis reduced.
+    """
     y_true, y_pred = _same_rank(y_true, y_pred)
     error = y_pred - y_true
     abs_error = ops.abs(error)
@@ -330,18 +430,47 @@ def huber(y_true, y_pred, delta=1.0):
 
 
 def log_cosh(y_true, y_pred):
+    """Log-cosh loss per sample: the mean over the last axis of `log(cosh(y_pred - y_true))`.
+
+    Args:
+        y_true: Targets, a tensor or array.
+        y_pred: Predictions, of the shape of `y_true`.
+
+    Returns:
+        The loss of each sample, a tensor with the last axis reduced.
+    """
     y_true, y_pred = _same_rank(y_true, y_pred)
     x = y_pred - y_true
     return ops.mean(x + ops.softplus(x * -2.0) - float(np.log(2.0)), axis=-1)
 
 
 def kl_divergence(y_true, y_pred):
+    """Kullback-Leibler divergence per sample: `sum(y_true * log(y_true / y_pred))` over the last
+    axis, both clipped to `[1e-7, 1]`.
+
+    Args:
+        y_true: Targets, a tensor or array.
+        y_pred: Predictions, of the shape of `y_true`.
+
+    Returns:
+        The loss of each sample, a tensor with the last axis reduced.
+    """
     y_true = ops.clip(y_true, EPSILON, 1.0)
     y_pred = ops.clip(y_pred, EPSILON, 1.0)
     return ops.sum(y_true * ops.log(y_true / y_pred), axis=-1)
 
 
 def poisson(y_true, y_pred):
+    """Poisson loss per sample: the mean over the last axis of `y_pred - y_true * log(y_pred +
+    1e-7)`.
+
+    Args:
+        y_true: Targets, a tensor or array.
+        y_pred: Predictions, of the shape of `y_true`.
+
+    Returns:
+        The loss of each sample, a tensor with the last axis reduced.
+    """
     return ops.mean(y_pred - y_true * ops.log(y_pred + EPSILON), axis=-1)
 
 
@@ -353,26 +482,76 @@ def _hinge_labels(y_true):
 
 
 def hinge(y_true, y_pred):
+    """Hinge loss per sample: the mean over the last axis of `max(1 - y_true * y_pred, 0)`; 0/1
+    targets are read as -1/1.
+
+    Args:
+        y_true: Targets, a tensor or array.
+        y_pred: Predictions, of the shape of `y_true`.
+
+    Returns:
+        The loss of each sample, a tensor with the last axis reduced.
+    """
     return ops.mean(ops.maximum(1.0 - _hinge_labels(y_true) * y_pred, 0.0), axis=-1)
 
 
 def squared_hinge(y_true, y_pred):
+    """Squared hinge loss per sample: the mean over the last axis of `max(1 - y_true * y_pred, 0) **
+    2`; 0/1 targets are read as -1/1.
+
+    Args:
+        y_true: Targets, a tensor or array.
+        y_pred: Predictions, of the shape of `y_true`.
+
+    Returns:
+        The loss of each sample, a tensor with the last axis reduced.
+    """
     return ops.mean(ops.square(ops.maximum(1.0 - _hinge_labels(y_true) * y_pred, 0.0)), axis=-1)
 
 
 def categorical_hinge(y_true, y_pred):
+    """Categorical hinge loss per sample: `max(neg - pos + 1, 0)`, `pos = sum(y_true * y_pred)`,
+    `neg = max((1 - y_true) * y_pred)`.
+
+    Args:
+        y_true: Targets, a tensor or array.
+        y_pred: Predictions, of the shape of `y_true`.
+
+    Returns:
+        The loss of each sample, a tensor with the last axis reduced.
+    """
     pos = ops.sum(y_true * y_pred, axis=-1)
     neg = ops.max((1.0 - y_true) * y_pred, axis=-1)
     return ops.maximum(neg - pos + 1.0, 0.0)
 
 
 def mean_absolute_percentage_error(y_true, y_pred):
+    """Mean absolute percentage error per sample: `100 * mean(abs((y_true - y_pred) /
+    max(abs(y_true), 1e-7)))` over the last axis.
+
+    Args:
+        y_true: Targets, a tensor or array.
+        y_pred: Predictions, of the shape of `y_true`.
+
+    Returns:
+        The loss of each sample, a tensor with the last axis reduced.
+    """
     y_true, y_pred = _same_rank(y_true, y_pred)
     diff = ops.abs((y_true - y_pred) / ops.maximum(ops.abs(y_true), EPSILON))
     return 100.0 * ops.mean(diff, axis=-1)
 
 
 def mean_squared_logarithmic_error(y_true, y_pred):
+    """Mean squared logarithmic error per sample: the mean over the last axis of `(log(max(y_pred,
+    1e-7) + 1) - log(max(y_true, 1e-7) + 1)) ** 2`.
+
+    Args:
+        y_true: Targets, a tensor or array.
+        y_pred: Predictions, of the shape of `y_true`.
+
+    Returns:
+        The loss of each sample, a tensor with the last axis reduced.
+    """
     y_true, y_pred = _same_rank(y_true, y_pred)
     first = ops.log(ops.maximum(y_pred, EPSILON) + 1.0)
     second = ops.log(ops.maximum(y_true, EPSILON) + 1.0)
@@ -380,6 +559,17 @@ def mean_squared_logarithmic_error(y_true, y_pred):
 
 
 def cosine_similarity(y_true, y_pred, axis=-1):
+    """Negative cosine similarity per sample: `-sum(l2_normalize(y_true) * l2_normalize(y_pred))`
+    along `axis` (-1 for identical directions).
+
+    Args:
+        y_true: Targets, a tensor or array.
+        y_pred: Predictions, of the shape of `y_true`.
+        axis: The axis the vectors lie along. Defaults to `-1`.
+
+    Returns:
+        The loss of each sample, a tensor with the last axis reduced.
+    """
     y_true, y_pred = _same_rank(y_true, y_pred)
     return -ops.sum(ops.normalize(y_true, axis=axis) * ops.normalize(y_pred, axis=axis),
                     axis=axis)
@@ -393,7 +583,20 @@ def _bce(y_true, y_pred):
 def binary_crossentropy_values(y_true, y_pred, from_logits=False, label_smoothing=0.0,
                                axis=-1):
     """Keras's binary_crossentropy per sample (the mean over `axis`): the losses' C kernels
-    compute the batch total; the metrics need the values."""
+    compute the batch total; the metrics need the values.
+
+    Args:
+        y_true: Targets, a tensor or array.
+        y_pred: Predictions, of the shape of `y_true`.
+        from_logits: Whether `y_pred` holds logits (raw scores) instead of probabilities. Defaults
+            to `False`.
+        label_smoothing: In [0, 1]: the targets are moved that fraction of the way towards the
+            uniform distribution (0.5 for binary targets). Defaults to `0.0`.
+        axis: The axis averaged over. Defaults to `-1`.
+
+    Returns:
+        The loss of each sample, a tensor with the last axis reduced.
+    """
     y_true, y_pred = _same_rank(y_true, y_pred)
     if label_smoothing:
         y_true = y_true * (1.0 - label_smoothing) + 0.5 * label_smoothing
@@ -408,7 +611,20 @@ def binary_crossentropy_values(y_true, y_pred, from_logits=False, label_smoothin
 def categorical_crossentropy_values(y_true, y_pred, from_logits=False, label_smoothing=0.0,
                                     axis=-1):
     """Keras's categorical_crossentropy per sample: from logits by log-softmax, else from the
-    outputs normalized to sum 1 and clipped to [1e-7, 1 - 1e-7]."""
+    outputs normalized to sum 1 and clipped to [1e-7, 1 - 1e-7].
+
+    Args:
+        y_true: Targets, a tensor or array.
+        y_pred: Predictions, of the shape of `y_true`.
+        from_logits: Whether `y_pred` holds logits (raw scores) instead of probabilities. Defaults
+            to `False`.
+        label_smoothing: In [0, 1]: the targets are moved that fraction of the way towards the
+            uniform distribution (0.5 for binary targets). Defaults to `0.0`.
+        axis: The axis of the classes. Defaults to `-1`.
+
+    Returns:
+        The loss of each sample, a tensor with the last axis reduced.
+    """
     if label_smoothing:
         y_true = y_true * (1.0 - label_smoothing) + label_smoothing / y_true.shape[-1]
     if from_logits:
@@ -421,6 +637,25 @@ def categorical_crossentropy_values(y_true, y_pred, from_logits=False, label_smo
 
 def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha=0.25,
                               gamma=2.0, from_logits=False, label_smoothing=0.0, axis=-1):
+    """Binary focal cross-entropy per sample: the binary cross-entropy weighted by `(1 - p_t) **
+    gamma` (`p_t`: the probability given to the true label), averaged along `axis`.
+
+    Args:
+        y_true: Targets, a tensor or array.
+        y_pred: Predictions, of the shape of `y_true`.
+        apply_class_balancing: Whether to weight positives by `alpha` and negatives by `1 - alpha`.
+            Defaults to `False`.
+        alpha: The class-balancing weight of the positives. Defaults to `0.25`.
+        gamma: The focusing exponent (0: plain binary cross-entropy). Defaults to `2.0`.
+        from_logits: Whether `y_pred` holds logits (raw scores) instead of probabilities. Defaults
+            to `False`.
+        label_smoothing: In [0, 1]: the targets are moved that fraction of the way towards the
+            uniform distribution (0.5 for binary targets). Defaults to `0.0`.
+        axis: The axis averaged over. Defaults to `-1`.
+
+    Returns:
+        The loss of each sample, a tensor with the last axis reduced.
+    """
     if label_smoothing:
         y_true = y_true * (1.0 - label_smoothing) + 0.5 * label_smoothing
     if from_logits:
@@ -434,6 +669,23 @@ def binary_focal_crossentropy(y_true, y_pred, apply_class_balancing=False, alpha
 
 def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_logits=False,
                                    label_smoothing=0.0, axis=-1):
+    """Categorical focal cross-entropy per sample: `sum(alpha * (1 - p) ** gamma * -y_true *
+    log(p))` along `axis`, `p` the normalized, clipped predictions.
+
+    Args:
+        y_true: Targets, a tensor or array.
+        y_pred: Predictions, of the shape of `y_true`.
+        alpha: The weight of the loss. Defaults to `0.25`.
+        gamma: The focusing exponent (0: plain categorical cross-entropy). Defaults to `2.0`.
+        from_logits: Whether `y_pred` holds logits (raw scores) instead of probabilities. Defaults
+            to `False`.
+        label_smoothing: In [0, 1]: the targets are moved that fraction of the way towards the
+            uniform distribution (0.5 for binary targets). Defaults to `0.0`.
+        axis: The axis of the classes. Defaults to `-1`.
+
+    Returns:
+        The loss of each sample, a tensor with the last axis reduced.
+    """
     if label_smoothing:
         y_true = y_true * (1.0 - label_smoothing) + label_smoothing / y_true.shape[-1]
     if from_logits:
@@ -447,7 +699,16 @@ def categorical_focal_crossentropy(y_true, y_pred, alpha=0.25, gamma=2.0, from_l
 class LossFunctionWrapper(Loss):
     """A loss given as a function fn(y_true, y_pred, **kwargs) of tensors, written with
     fastnn.ops, returning the loss per sample (Keras's LossFunctionWrapper): its value and
-    gradient come from fastnn's autodiff. A Python function passed as `loss=` becomes one."""
+    gradient come from fastnn's autodiff. A Python function passed as `loss=` becomes one.
+
+    Args:
+        fn: The function `fn(y_true, y_pred, **kwargs)` returning the loss per sample.
+        reduction: How the per-sample losses are reduced: `"sum_over_batch_size"` (their mean over
+            the batch) or `"sum"`. Defaults to `"sum_over_batch_size"`.
+        name: Name of the loss; `None`: the function's name.
+        dtype: Only `None` or `"float32"` (losses are computed in float32).
+        **kwargs: Extra keyword arguments passed to `fn`.
+    """
 
     def __init__(self, fn, reduction="sum_over_batch_size", name=None, dtype=None, **kwargs):
         if not callable(fn):
@@ -530,12 +791,37 @@ CategoricalFocalCrossentropy = type(
     "CategoricalFocalCrossentropy", (LossFunctionWrapper,),
     _wrapper(categorical_focal_crossentropy, "categorical_focal_crossentropy", keep=_FOCAL,
              alpha=0.25, gamma=2.0, from_logits=False, label_smoothing=0.0, axis=-1))
-for _cls in (Huber, LogCosh, KLDivergence, Poisson, Hinge, SquaredHinge, CategoricalHinge,
-             MeanAbsolutePercentageError, MeanSquaredLogarithmicError, CosineSimilarity,
-             BinaryFocalCrossentropy, CategoricalFocalCrossentropy):
+
+
+def _class_doc(cls, fn):
+    """A wrapper class's docstring from its function's: the formula, then the function's own
+    arguments (y_true and y_pred left out) and the class's."""
+    summary, _, rest = inspect.getdoc(fn).partition("\n\nArgs:\n")
+    own, skip = [], False
+    for line in rest.split("\n\nReturns:")[0].split("\n"):
+        if not line.startswith("        "):         # an argument's first line
+            skip = line.split(":")[0].strip() in ("y_true", "y_pred")
+        if not skip:
+            own.append(line)
+    return (f"{summary}\n\nKeras's {cls.__name__}: the loss function `{cls.default_name}` as a "
+            "loss object.\n\nArgs:\n" + "".join(line + "\n" for line in own) +
+            '    reduction: How the per-sample losses are reduced: `"sum_over_batch_size"` '
+            '(their\n        mean over the batch) or `"sum"`. Defaults to '
+            '`"sum_over_batch_size"`.\n'
+            f'    name: Name of the loss. Defaults to `"{cls.default_name}"`.\n'
+            '    dtype: Only `None` or `"float32"`. Defaults to `None`.')
+
+
+for _cls, _fn in ((Huber, huber), (LogCosh, log_cosh), (KLDivergence, kl_divergence),
+                  (Poisson, poisson), (Hinge, hinge), (SquaredHinge, squared_hinge),
+                  (CategoricalHinge, categorical_hinge),
+                  (MeanAbsolutePercentageError, mean_absolute_percentage_error),
+                  (MeanSquaredLogarithmicError, mean_squared_logarithmic_error),
+                  (CosineSimilarity, cosine_similarity),
+                  (BinaryFocalCrossentropy, binary_focal_crossentropy),
+                  (CategoricalFocalCrossentropy, categorical_focal_crossentropy)):
     _cls.__module__ = __name__
-    _cls.__doc__ = f"Keras's {_cls.__name__}: the loss function {_cls.default_name!r} " \
-        "as a class (its arguments, defaults and reduction)."
+    _cls.__doc__ = _class_doc(_cls, _fn)
 
 
 _BY_NAME = {
@@ -561,6 +847,10 @@ def _function(cls):
     def loss_fn(y_true, y_pred):
         return cls()(y_true, y_pred)
     loss_fn.__name__ = cls.default_name
+    loss_fn.__doc__ = (f"The {cls.__name__} loss with its default arguments, reduced over the "
+                       "batch.\n\nArgs:\n    y_true: Targets.\n    y_pred: Predictions.\n\n"
+                       "Returns:\n    The loss, a float (Keras's function returns the loss per "
+                       "sample).")
     loss_fn.loss_class = cls
     return loss_fn
 
@@ -573,6 +863,21 @@ mean_absolute_error = mae = _function(MeanAbsoluteError)
 
 
 def get(identifier):
+    """The loss object an identifier names.
+
+    Args:
+        identifier: A name such as `"mse"`, a `Loss` object or class, a config dict, or a function
+            `fn(y_true, y_pred)` (wrapped in a `LossFunctionWrapper`).
+
+    Returns:
+        A `Loss` object.
+
+    Example:
+
+    ```python
+    loss = fastnn.losses.get("categorical_crossentropy")
+    ```
+    """
     if isinstance(identifier, Loss):
         return identifier
     if isinstance(identifier, str):
@@ -595,7 +900,16 @@ def get(identifier):
 
 def deserialize(config, custom_objects=None, path="loss"):
     """A loss from its serialized form (a name, or {"class_name": ..., "config": {...}}):
-    every malformed entry raises naming its path under `path` and the value."""
+    every malformed entry raises naming its path under `path` and the value.
+
+    Args:
+        config: A loss name or a config dict.
+        custom_objects: A dict `{name: class or function}` for custom losses. Defaults to `None`.
+        path: Where the config is, for error messages. Defaults to `"loss"`.
+
+    Returns:
+        A `Loss` object.
+    """
     if isinstance(config, str):
         try:
             return get(config)
@@ -655,7 +969,14 @@ def _function_named(config, path):
 def serialize(loss):
     """Keras's form: a fastnn loss as keras.losses' class; a function passed as the loss, or
     a user's Loss subclass, by its (registered) name, as Keras writes them (loading those
-    needs them registered, as in Keras)."""
+    needs them registered, as in Keras).
+
+    Args:
+        loss: A `Loss` object or a loss function.
+
+    Returns:
+        A config dict (or the function's name).
+    """
     if type(loss) is LossFunctionWrapper:
         fn = loss.fn
         name = getattr(fn, "__name__", "loss")

@@ -37,7 +37,23 @@ def _positive_steps(value, arg):
 
 class ExponentialDecay(LearningRateSchedule):
     """initial_learning_rate * decay_rate ** (step / decay_steps) (the exponent floored with
-    staircase=True)."""
+    staircase=True).
+
+    Args:
+        initial_learning_rate: The learning rate at step 0.
+        decay_steps: Number of steps the decay spans (> 0).
+        decay_rate: The decay factor.
+        staircase: Whether to floor `step / decay_steps` (the rate then changes in steps). Defaults
+            to `False`.
+        name: Name of the schedule. Defaults to `"ExponentialDecay"`.
+
+    Example:
+
+    ```python
+    lr = fastnn.optimizers.schedules.ExponentialDecay(0.1, decay_steps=1000, decay_rate=0.9)
+    optimizer = fastnn.optimizers.SGD(learning_rate=lr)
+    ```
+    """
 
     def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False,
                  name="ExponentialDecay"):
@@ -59,7 +75,13 @@ class ExponentialDecay(LearningRateSchedule):
 
 class PiecewiseConstantDecay(LearningRateSchedule):
     """values[0] up to boundaries[0] (inclusive), values[i] up to boundaries[i], values[-1]
-    after the last boundary."""
+    after the last boundary.
+
+    Args:
+        boundaries: Increasing step numbers where the rate changes.
+        values: The rates: one more than `boundaries`.
+        name: Name of the schedule. Defaults to `"PiecewiseConstant"`.
+    """
 
     def __init__(self, boundaries, values, name="PiecewiseConstant"):
         if len(boundaries) != len(values) - 1:
@@ -81,7 +103,16 @@ class PiecewiseConstantDecay(LearningRateSchedule):
 
 class PolynomialDecay(LearningRateSchedule):
     """From initial_learning_rate to end_learning_rate over decay_steps along (1 - p) ** power;
-    cycle=True starts again with decay_steps stretched to the next multiple."""
+    cycle=True starts again with decay_steps stretched to the next multiple.
+
+    Args:
+        initial_learning_rate: The learning rate at step 0.
+        decay_steps: Number of steps the decay spans (> 0).
+        end_learning_rate: The rate reached at `decay_steps`. Defaults to `0.0001`.
+        power: The exponent of the polynomial. Defaults to `1.0`.
+        cycle: Whether to start again after `decay_steps`. Defaults to `False`.
+        name: Name of the schedule. Defaults to `"PolynomialDecay"`.
+    """
 
     def __init__(self, initial_learning_rate, decay_steps, end_learning_rate=0.0001, power=1.0,
                  cycle=False, name="PolynomialDecay"):
@@ -107,7 +138,16 @@ class PolynomialDecay(LearningRateSchedule):
 
 class InverseTimeDecay(LearningRateSchedule):
     """initial_learning_rate / (1 + decay_rate * step / decay_steps) (floored with
-    staircase=True)."""
+    staircase=True).
+
+    Args:
+        initial_learning_rate: The learning rate at step 0.
+        decay_steps: Number of steps the decay spans (> 0).
+        decay_rate: The decay factor.
+        staircase: Whether to floor `step / decay_steps` (the rate then changes in steps). Defaults
+            to `False`.
+        name: Name of the schedule. Defaults to `"InverseTimeDecay"`.
+    """
 
     def __init__(self, initial_learning_rate, decay_steps, decay_rate, staircase=False,
                  name="InverseTimeDecay"):
@@ -135,7 +175,16 @@ def _cosine(fraction, alpha):
 class CosineDecay(LearningRateSchedule):
     """Half a cosine from the rate down to alpha times it over decay_steps; with
     warmup_target, first a linear warmup from initial_learning_rate to it over warmup_steps,
-    then the cosine from warmup_target."""
+    then the cosine from warmup_target.
+
+    Args:
+        initial_learning_rate: The learning rate at step 0.
+        decay_steps: Number of steps the decay spans (> 0).
+        alpha: The final rate as a fraction of the initial one. Defaults to `0.0`.
+        name: Name of the schedule. Defaults to `"CosineDecay"`.
+        warmup_target: The rate reached at the end of the warmup, or `None` for no warmup.
+        warmup_steps: Number of warmup steps. Defaults to `0`.
+    """
 
     def __init__(self, initial_learning_rate, decay_steps, alpha=0.0, name="CosineDecay",
                  warmup_target=None, warmup_steps=0):
@@ -162,7 +211,16 @@ class CosineDecay(LearningRateSchedule):
 
 class CosineDecayRestarts(LearningRateSchedule):
     """SGDR: cosine decays restarting after first_decay_steps, each period t_mul times the
-    last and each start m_mul times the last."""
+    last and each start m_mul times the last.
+
+    Args:
+        initial_learning_rate: The learning rate at step 0.
+        first_decay_steps: Number of steps of the first period.
+        t_mul: Each period's length as a multiple of the previous one's. Defaults to `2.0`.
+        m_mul: Each period's initial rate as a multiple of the previous one's. Defaults to `1.0`.
+        alpha: The final rate as a fraction of the initial one. Defaults to `0.0`.
+        name: Name of the schedule. Defaults to `"SGDRDecay"`.
+    """
 
     def __init__(self, initial_learning_rate, first_decay_steps, t_mul=2.0, m_mul=1.0,
                  alpha=0.0, name="SGDRDecay"):
@@ -197,7 +255,14 @@ _CLASSES = {cls.__name__: cls for cls in (
 
 
 def serialize(schedule):
-    """Keras's form of a schedule inside an optimizer's config."""
+    """Keras's form of a schedule inside an optimizer's config.
+
+    Args:
+        schedule: The schedule.
+
+    Returns:
+        A dict.
+    """
     builtin = type(schedule).__module__ == __name__
     return {"module": "keras.optimizers.schedules" if builtin else type(schedule).__module__,
             "class_name": type(schedule).__name__, "config": schedule.get_config(),
@@ -206,7 +271,15 @@ def serialize(schedule):
 
 def deserialize(config, path="learning_rate"):
     """A schedule from Keras's form: fastnn's classes, or a registered / custom_objects one
-    (nothing named in a file is imported). Errors name `path` and the value."""
+    (nothing named in a file is imported). Errors name `path` and the value.
+
+    Args:
+        config: The config dict.
+        path: Where it is, for error messages. Defaults to `"learning_rate"`.
+
+    Returns:
+        A `LearningRateSchedule`.
+    """
     class_name, cfg = object_spec(config, path, "learning-rate schedule")
     cls = registry.lookup(class_name, config.get("registered_name")) or \
         _CLASSES.get(class_name)

@@ -25,6 +25,24 @@ def _together(*arrays):
 
 
 class Metric:
+    """The base class of metrics: a state updated batch by batch and a result.
+
+    `update_state(y_true, y_pred, sample_weight=None)` adds a batch, `result()` reads the value,
+    `reset_state()` starts again. A subclass of the running-mean kind defines
+    `per_sample(y_true, y_pred)` returning one value per sample.
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+
+    Example:
+
+    ```python
+    m = fastnn.metrics.MeanSquaredError()
+    m.update_state([[1.0], [2.0]], [[1.0], [3.0]])
+    m.result()   # 0.5
+    ```
+    """
     direction = "up"
 
     def __init__(self, name=None, dtype=None):
@@ -39,10 +57,18 @@ class Metric:
         return cls(**config)
 
     def reset_state(self):
+        """Forget every batch seen so far."""
         self.total = 0.0
         self.count = 0.0
 
     def update_state(self, y_true, y_pred, sample_weight=None):
+        """Add a batch to the metric's state.
+
+        Args:
+            y_true: Targets.
+            y_pred: Predictions.
+            sample_weight: Per-sample weights, or `None` for 1 each.
+        """
         if sample_weight is None:
             y_true, y_pred = _together(y_true, y_pred)
             values = self.per_sample(y_true, y_pred)
@@ -79,7 +105,20 @@ class Metric:
 
 
 class Mean(Metric):
-    """Running mean of given values (the loss tracker)."""
+    """Running mean of given values (the loss tracker).
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+
+    Example:
+
+    ```python
+    m = fastnn.metrics.Mean()
+    m.update_state([1.0, 2.0, 3.0])
+    m.result()   # 2.0
+    ```
+    """
     default_name = "mean"
     direction = "down"
 
@@ -105,6 +144,13 @@ class Mean(Metric):
 
 
 class SparseCategoricalAccuracy(Metric):
+    """The running mean of `argmax(y_pred) == y_true` (integer class labels) over the samples seen
+    (weighted by `sample_weight` when given).
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "sparse_categorical_accuracy"
 
     def per_sample(self, y_true, y_pred):
@@ -113,6 +159,13 @@ class SparseCategoricalAccuracy(Metric):
 
 
 class CategoricalAccuracy(Metric):
+    """The running mean of `argmax(y_pred) == argmax(y_true)` (one-hot targets) over the samples
+    seen (weighted by `sample_weight` when given).
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "categorical_accuracy"
 
     def per_sample(self, y_true, y_pred):
@@ -121,6 +174,13 @@ class CategoricalAccuracy(Metric):
 
 
 class BinaryAccuracy(Metric):
+    """The running mean of `(y_pred > threshold) == (y_true > 0.5)`, averaged over the last axis per
+    sample.
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        threshold: Predictions above it count as 1. Defaults to `0.5`.
+    """
     default_name = "binary_accuracy"
 
     def __init__(self, name=None, threshold=0.5):
@@ -134,6 +194,13 @@ class BinaryAccuracy(Metric):
 
 
 class MeanSquaredError(Metric):
+    """The running mean of the squared error `(y_true - y_pred) ** 2` (averaged over the last axis
+    per sample) over the samples seen (weighted by `sample_weight` when given).
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "mean_squared_error"
     direction = "down"
 
@@ -143,6 +210,13 @@ class MeanSquaredError(Metric):
 
 
 class MeanAbsoluteError(Metric):
+    """The running mean of the absolute error `abs(y_true - y_pred)` (averaged over the last axis
+    per sample) over the samples seen (weighted by `sample_weight` when given).
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "mean_absolute_error"
     direction = "down"
 
@@ -260,7 +334,17 @@ class _Confusion(_StateMetric):
 
 class Precision(_Confusion):
     """tp / (tp + fp) at `thresholds` (default 0.5; with top_k, the top k predictions per
-    row count as positive), optionally of one class (class_id)."""
+    row count as positive), optionally of one class (class_id).
+
+    Args:
+        thresholds: A float threshold in [0, 1] or a list of them: a prediction above it counts as
+            positive; `None`: 0.5.
+        top_k: With it, the `top_k` highest predictions of each row count as positive (instead of
+            thresholds). Defaults to `None`.
+        class_id: Compute the metric for this class (a column of `y_pred`) only; `None`: over all.
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "precision"
     label_weights = None
 
@@ -292,7 +376,17 @@ class Precision(_Confusion):
 
 
 class Recall(Precision):
-    """tp / (tp + fn), with Precision's arguments."""
+    """tp / (tp + fn), with Precision's arguments.
+
+    Args:
+        thresholds: A float threshold in [0, 1] or a list of them: a prediction above it counts as
+            positive; `None`: 0.5.
+        top_k: With it, the `top_k` highest predictions of each row count as positive (instead of
+            thresholds). Defaults to `None`.
+        class_id: Compute the metric for this class (a column of `y_pred`) only; `None`: over all.
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "recall"
 
     def result(self):
@@ -303,7 +397,23 @@ class Recall(Precision):
 class AUC(_Confusion):
     """Area under the ROC or PR curve (or PRGAIN) from confusion counts at num_thresholds
     evenly spaced thresholds (or the given ones), summed by trapezoids ("interpolation"; for
-    PR, Davis & Goadrich's interpolation), "minoring" or "majoring", as Keras computes it."""
+    PR, Davis & Goadrich's interpolation), "minoring" or "majoring", as Keras computes it.
+
+    Args:
+        num_thresholds: Number of evenly spaced thresholds in [0, 1] the counts are taken at.
+            Defaults to `200`.
+        curve: `"ROC"`, `"PR"` (precision-recall) or `"PRGAIN"`. Defaults to `"ROC"`.
+        summation_method: `"interpolation"`, `"minoring"` or `"majoring"`. Defaults to
+            `"interpolation"`.
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+        thresholds: Explicit thresholds (instead of `num_thresholds` evenly spaced ones), or `None`.
+        multi_label: Whether each column of `y_pred` is a separate label with its own curve (then
+            averaged). Defaults to `False`.
+        num_labels: Number of labels with `multi_label=True`, or `None` to infer it.
+        label_weights: Weights of the labels in the average (with `multi_label`), or `None`.
+        from_logits: Whether `y_pred` holds logits instead of probabilities. Defaults to `False`.
+    """
     default_name = "auc"
 
     def __init__(self, num_thresholds=200, curve="ROC", summation_method="interpolation",
@@ -407,7 +517,13 @@ class AUC(_Confusion):
 
 class TopKCategoricalAccuracy(Metric):
     """Whether the true class (one-hot) is among the k highest predictions; ties at the k-th
-    place count as in the top k, as in_top_k has it."""
+    place count as in the top k, as in_top_k has it.
+
+    Args:
+        k: How many of the highest predictions count. Defaults to `5`.
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "top_k_categorical_accuracy"
 
     def __init__(self, k=5, name=None, dtype=None):
@@ -429,7 +545,15 @@ class TopKCategoricalAccuracy(Metric):
 
 class SparseTopKCategoricalAccuracy(TopKCategoricalAccuracy):
     """TopKCategoricalAccuracy with integer labels (from_sorted_ids: y_pred holds the top
-    class ids, best first)."""
+    class ids, best first).
+
+    Args:
+        k: How many of the highest predictions count. Defaults to `5`.
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+        from_sorted_ids: Whether `y_pred` holds the top class ids, best first, instead of scores.
+            Defaults to `False`.
+    """
     default_name = "sparse_top_k_categorical_accuracy"
 
     def __init__(self, k=5, name=None, dtype=None, from_sorted_ids=False):
@@ -446,7 +570,12 @@ class SparseTopKCategoricalAccuracy(TopKCategoricalAccuracy):
         return super().per_sample(y_true, y_pred)
 
 class RootMeanSquaredError(_StateMetric):
-    """sqrt of the (sample-weighted) mean squared error over every element."""
+    """sqrt of the (sample-weighted) mean squared error over every element.
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "root_mean_squared_error"
     direction = "down"
 
@@ -466,7 +595,15 @@ class RootMeanSquaredError(_StateMetric):
 
 class FBetaScore(_StateMetric):
     """F-beta per class from thresholded predictions (threshold None: each row's top
-    prediction), averaged as `average` says (None: one score per class)."""
+    prediction), averaged as `average` says (None: one score per class).
+
+    Args:
+        average: `None` (one score per class), `"micro"`, `"macro"` or `"weighted"`.
+        beta: Weight of recall against precision (> 0). Defaults to `1.0`.
+        threshold: Predictions above it are positive; `None`: each row's highest prediction.
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "fbeta_score"
 
     def __init__(self, average=None, beta=1.0, threshold=None, name=None, dtype=None):
@@ -530,6 +667,15 @@ class FBetaScore(_StateMetric):
 
 
 class F1Score(FBetaScore):
+    """The F1 score per class (`FBetaScore` with `beta=1`): `2 * precision * recall / (precision +
+    recall)`.
+
+    Args:
+        average: `None` (one score per class), `"micro"`, `"macro"` or `"weighted"`.
+        threshold: Predictions above it are positive; `None`: each row's highest prediction.
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "f1_score"
 
     def __init__(self, average=None, threshold=None, name=None, dtype=None):
@@ -543,7 +689,15 @@ class F1Score(FBetaScore):
 
 class R2Score(_StateMetric):
     """The coefficient of determination per output column, aggregated as class_aggregation
-    says; num_regressors > 0: the adjusted R^2."""
+    says; num_regressors > 0: the adjusted R^2.
+
+    Args:
+        class_aggregation: `"uniform_average"`, `"variance_weighted_average"`, or `None` (one score
+            per column). Defaults to `"uniform_average"`.
+        num_regressors: Number of regressors, for the adjusted R^2 (0: plain R^2). Defaults to `0`.
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "r2_score"
 
     def __init__(self, class_aggregation="uniform_average", num_regressors=0, name=None,
@@ -604,7 +758,20 @@ class IoU(_StateMetric):
     (a nonzero union), from a confusion matrix of class ids (sparse labels, or argmax along
     `axis` when not sparse), as Keras computes it (its epsilon included). Unlike Keras, sample
     weights are not truncated to integers (Keras's default int dtype does) and class ids out
-    of [0, num_classes) raise instead of being dropped."""
+    of [0, num_classes) raise instead of being dropped.
+
+    Args:
+        num_classes: Number of classes (the size of the confusion matrix).
+        target_class_ids: The class ids whose IoU is averaged.
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: `None`, `"float32"`, `"int"` or `"int32"` (counts are kept in float64).
+        ignore_class: A class id whose samples are left out, or `None`.
+        sparse_y_true: Whether `y_true` holds class ids (else one-hot/scores, reduced by argmax
+            along `axis`). Defaults to `True`.
+        sparse_y_pred: Whether `y_pred` holds class ids (else scores, reduced by argmax along
+            `axis`). Defaults to `True`.
+        axis: The axis the values are computed along. Defaults to `-1`.
+    """
     default_name = "io_u"
 
     def __init__(self, num_classes, target_class_ids, name=None, dtype=None, ignore_class=None,
@@ -661,7 +828,14 @@ class IoU(_StateMetric):
 
 class BinaryIoU(IoU):
     """IoU of the classes 0 and 1 (as target_class_ids picks) with y_pred >= threshold as
-    class 1; y_true's values truncated to integers, as Keras's int cast does."""
+    class 1; y_true's values truncated to integers, as Keras's int cast does.
+
+    Args:
+        target_class_ids: Which of the classes 0 and 1 are averaged. Defaults to `(0, 1)`.
+        threshold: Predictions at or above it are class 1. Defaults to `0.5`.
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "binary_io_u"
 
     def __init__(self, target_class_ids=(0, 1), threshold=0.5, name=None, dtype=None):
@@ -679,7 +853,19 @@ class BinaryIoU(IoU):
 
 
 class MeanIoU(IoU):
-    """IoU averaged over every class present."""
+    """IoU averaged over every class present.
+
+    Args:
+        num_classes: Number of classes (the size of the confusion matrix).
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: `None`, `"float32"`, `"int"` or `"int32"`.
+        ignore_class: A class id whose samples are left out, or `None`.
+        sparse_y_true: Whether `y_true` holds class ids (else one-hot/scores, reduced by argmax
+            along `axis`). Defaults to `True`.
+        sparse_y_pred: Whether `y_pred` holds class ids (else scores, reduced by argmax along
+            `axis`). Defaults to `True`.
+        axis: The axis the values are computed along. Defaults to `-1`.
+    """
     default_name = "mean_io_u"
 
     def __init__(self, num_classes, name=None, dtype=None, ignore_class=None,
@@ -694,7 +880,18 @@ class MeanIoU(IoU):
 
 
 class OneHotIoU(IoU):
-    """IoU with one-hot y_true (and y_pred scores unless sparse_y_pred)."""
+    """IoU with one-hot y_true (and y_pred scores unless sparse_y_pred).
+
+    Args:
+        num_classes: Number of classes (the size of the confusion matrix).
+        target_class_ids: The class ids whose IoU is averaged.
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: `None`, `"float32"`, `"int"` or `"int32"`.
+        ignore_class: A class id whose samples are left out, or `None`.
+        sparse_y_pred: Whether `y_pred` holds class ids (else scores, reduced by argmax along
+            `axis`). Defaults to `False`.
+        axis: The axis the values are computed along. Defaults to `-1`.
+    """
     default_name = "one_hot_io_u"
 
     def __init__(self, num_classes, target_class_ids, name=None, dtype=None, ignore_class=None,
@@ -709,7 +906,17 @@ class OneHotIoU(IoU):
 
 
 class OneHotMeanIoU(MeanIoU):
-    """MeanIoU with one-hot y_true (and y_pred scores unless sparse_y_pred)."""
+    """MeanIoU with one-hot y_true (and y_pred scores unless sparse_y_pred).
+
+    Args:
+        num_classes: Number of classes (the size of the confusion matrix).
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: `None`, `"float32"`, `"int"` or `"int32"`.
+        ignore_class: A class id whose samples are left out, or `None`.
+        sparse_y_pred: Whether `y_pred` holds class ids (else scores, reduced by argmax along
+            `axis`). Defaults to `False`.
+        axis: The axis the values are computed along. Defaults to `-1`.
+    """
     default_name = "one_hot_mean_io_u"
 
     def __init__(self, num_classes, name=None, dtype=None, ignore_class=None,
@@ -726,17 +933,44 @@ class OneHotMeanIoU(MeanIoU):
 # ---- Keras's MeanMetricWrapper metrics: the running mean of a function's values per sample.
 # The loss-like ones reuse fastnn/losses.py's per-sample functions (one formula each).
 def accuracy(y_true, y_pred):
-    """1 where y_pred equals y_true (Keras's accuracy), element by element."""
+    """1 where y_pred equals y_true (Keras's accuracy), element by element.
+
+    Args:
+        y_true: Targets.
+        y_pred: Predictions.
+
+    Returns:
+        A float array of 0s and 1s.
+    """
     y_true, y_pred = losses._same_rank(y_true, y_pred)
     return ops.cast(ops.equal(y_true, y_pred), "float32")
 
 
 def cosine_similarity(y_true, y_pred, axis=-1):
-    """The cosine of the angle along `axis` (the loss is its negative)."""
+    """The cosine of the angle along `axis` (the loss is its negative).
+
+    Args:
+        y_true: Targets.
+        y_pred: Predictions.
+        axis: The axis the values are computed along. Defaults to `-1`.
+
+    Returns:
+        One value per sample, a tensor (the last axis reduced).
+    """
     return -losses.cosine_similarity(y_true, y_pred, axis=axis)
 
 
 def pearson_correlation(y_true, y_pred, axis=-1):
+    """The Pearson correlation coefficient of `y_true` and `y_pred` along `axis`, per sample.
+
+    Args:
+        y_true: Targets.
+        y_pred: Predictions.
+        axis: The axis the values are computed along. Defaults to `-1`.
+
+    Returns:
+        One value per sample, a tensor (the last axis reduced).
+    """
     y_true, y_pred = losses._same_rank(y_true, y_pred)
     t = y_true - ops.mean(y_true, axis=axis, keepdims=True)
     p = y_pred - ops.mean(y_pred, axis=axis, keepdims=True)
@@ -746,6 +980,17 @@ def pearson_correlation(y_true, y_pred, axis=-1):
 
 
 def concordance_correlation(y_true, y_pred, axis=-1):
+    """The concordance correlation coefficient of `y_true` and `y_pred` along `axis`, per sample: `2
+    cov / (var_true + var_pred + (mean_true - mean_pred) ** 2)`.
+
+    Args:
+        y_true: Targets.
+        y_pred: Predictions.
+        axis: The axis the values are computed along. Defaults to `-1`.
+
+    Returns:
+        One value per sample, a tensor (the last axis reduced).
+    """
     y_true, y_pred = losses._same_rank(y_true, y_pred)
     t_mean = ops.mean(y_true, axis=axis, keepdims=True)
     p_mean = ops.mean(y_pred, axis=axis, keepdims=True)
@@ -835,12 +1080,27 @@ def _check_smoothing(label_smoothing):
 
 
 class Accuracy(_FunctionMetric):
-    """How often y_pred equals y_true exactly."""
+    """How often y_pred equals y_true exactly.
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "accuracy"
     function = staticmethod(accuracy)
 
 
 class BinaryCrossentropy(_FunctionMetric):
+    """The running mean of the binary cross-entropy per sample (see
+    `fastnn.losses.BinaryCrossentropy`).
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+        from_logits: Whether `y_pred` holds logits instead of probabilities. Defaults to `False`.
+        label_smoothing: In [0, 1]: how far the targets are moved towards the uniform distribution.
+            Defaults to `0`.
+    """
     default_name = "binary_crossentropy"
     direction = "down"
     function = staticmethod(losses.binary_crossentropy_values)
@@ -851,6 +1111,17 @@ class BinaryCrossentropy(_FunctionMetric):
 
 
 class CategoricalCrossentropy(_FunctionMetric):
+    """The running mean of the categorical cross-entropy per sample (see
+    `fastnn.losses.CategoricalCrossentropy`).
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+        from_logits: Whether `y_pred` holds logits instead of probabilities. Defaults to `False`.
+        label_smoothing: In [0, 1]: how far the targets are moved towards the uniform distribution.
+            Defaults to `0`.
+        axis: The axis the values are computed along. Defaults to `-1`.
+    """
     default_name = "categorical_crossentropy"
     direction = "down"
     function = staticmethod(losses.categorical_crossentropy_values)
@@ -878,7 +1149,15 @@ def _sparse_crossentropy(y_true, y_pred, from_logits=False, ignore_class=None, a
 
 class SparseCategoricalCrossentropy(_FunctionMetric):
     """Cross-entropy of integer labels; with ignore_class, those labels give 0 and (when
-    sample_weight is given) weigh nothing, as in Keras."""
+    sample_weight is given) weigh nothing, as in Keras.
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+        from_logits: Whether `y_pred` holds logits instead of probabilities. Defaults to `False`.
+        ignore_class: A class id whose samples are left out, or `None`.
+        axis: The axis the values are computed along. Defaults to `-1`.
+    """
     default_name = "sparse_categorical_crossentropy"
     direction = "down"
     function = staticmethod(_sparse_crossentropy)
@@ -895,12 +1174,26 @@ class SparseCategoricalCrossentropy(_FunctionMetric):
 
 
 class KLDivergence(_FunctionMetric):
+    """The running mean of the Kullback-Leibler divergence `sum(y_true * log(y_true / y_pred))` per
+    sample over the samples seen (weighted by `sample_weight` when given).
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "kl_divergence"
     direction = "down"
     function = staticmethod(losses.kl_divergence)
 
 
 class Poisson(_FunctionMetric):
+    """The running mean of the Poisson loss `mean(y_pred - y_true * log(y_pred + 1e-7))` per sample
+    over the samples seen (weighted by `sample_weight` when given).
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "poisson"
     direction = "down"
     function = staticmethod(losses.poisson)
@@ -908,42 +1201,91 @@ class Poisson(_FunctionMetric):
 
 class Hinge(_FunctionMetric):
     """Keras's hinge: 0/1 labels become -1/1 when a whole update_state call holds only 0s
-    and 1s (so a fused update of many batches converts as one batch would)."""
+    and 1s (so a fused update of many batches converts as one batch would).
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "hinge"
     direction = "down"
     function = staticmethod(losses.hinge)
 
 
 class SquaredHinge(Hinge):
+    """The running mean of the squared hinge loss `mean(max(1 - y_true * y_pred, 0) ** 2)` per
+    sample (0/1 labels read as -1/1) over the samples seen (weighted by `sample_weight` when given).
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "squared_hinge"
     function = staticmethod(losses.squared_hinge)
 
 
 class CategoricalHinge(_FunctionMetric):
+    """The running mean of the categorical hinge loss `max(neg - pos + 1, 0)` per sample (see
+    `fastnn.losses.categorical_hinge`) over the samples seen (weighted by `sample_weight` when
+    given).
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "categorical_hinge"
     direction = "down"
     function = staticmethod(losses.categorical_hinge)
 
 
 class LogCoshError(_FunctionMetric):
+    """The running mean of `log(cosh(y_pred - y_true))` (averaged over the last axis per sample)
+    over the samples seen (weighted by `sample_weight` when given).
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "logcosh"
     direction = "down"
     function = staticmethod(losses.log_cosh)
 
 
 class MeanAbsolutePercentageError(_FunctionMetric):
+    """The running mean of `100 * abs((y_true - y_pred) / y_true)` (averaged over the last axis per
+    sample) over the samples seen (weighted by `sample_weight` when given).
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "mean_absolute_percentage_error"
     direction = "down"
     function = staticmethod(losses.mean_absolute_percentage_error)
 
 
 class MeanSquaredLogarithmicError(_FunctionMetric):
+    """The running mean of `(log(y_pred + 1) - log(y_true + 1)) ** 2` (averaged over the last axis
+    per sample) over the samples seen (weighted by `sample_weight` when given).
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "mean_squared_logarithmic_error"
     direction = "down"
     function = staticmethod(losses.mean_squared_logarithmic_error)
 
 
 class CosineSimilarity(_FunctionMetric):
+    """The running mean of the cosine similarity of `y_true` and `y_pred` along `axis` over the
+    samples seen (weighted by `sample_weight` when given).
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+        axis: The axis the values are computed along. Defaults to `-1`.
+    """
     default_name = "cosine_similarity"
     function = staticmethod(cosine_similarity)
 
@@ -952,17 +1294,38 @@ class CosineSimilarity(_FunctionMetric):
 
 
 class PearsonCorrelation(CosineSimilarity):
+    """The running mean of the Pearson correlation of `y_true` and `y_pred` along `axis` over the
+    samples seen (weighted by `sample_weight` when given).
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+        axis: The axis the values are computed along. Defaults to `-1`.
+    """
     default_name = "pearson_correlation"
     function = staticmethod(pearson_correlation)
 
 
 class ConcordanceCorrelation(CosineSimilarity):
+    """The running mean of the concordance correlation coefficient of `y_true` and `y_pred` along
+    `axis` over the samples seen (weighted by `sample_weight` when given).
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+        axis: The axis the values are computed along. Defaults to `-1`.
+    """
     default_name = "concordance_correlation"
     function = staticmethod(concordance_correlation)
 
 
 class Sum(_StateMetric):
-    """The (sample-weighted) sum of the values given."""
+    """The (sample-weighted) sum of the values given.
+
+    Args:
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name = "sum"
 
     def reset_state(self):
@@ -1008,18 +1371,54 @@ class _ConfusionCount(_Confusion):
 
 
 class TruePositives(_ConfusionCount):
+    """The number of true positives: predictions above the threshold whose target is 1 (one count
+    per threshold when several).
+
+    Args:
+        thresholds: A float threshold in [0, 1] or a list of them: a prediction above it counts as
+            positive; `None`: 0.5.
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name, cell = "true_positives", 0
 
 
 class FalsePositives(_ConfusionCount):
+    """The number of false positives: predictions above the threshold whose target is 0 (one count
+    per threshold when several).
+
+    Args:
+        thresholds: A float threshold in [0, 1] or a list of them: a prediction above it counts as
+            positive; `None`: 0.5.
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name, cell = "false_positives", 1
 
 
 class FalseNegatives(_ConfusionCount):
+    """The number of false negatives: predictions at or below the threshold whose target is 1 (one
+    count per threshold when several).
+
+    Args:
+        thresholds: A float threshold in [0, 1] or a list of them: a prediction above it counts as
+            positive; `None`: 0.5.
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name, cell = "false_negatives", 2
 
 
 class TrueNegatives(_ConfusionCount):
+    """The number of true negatives: predictions at or below the threshold whose target is 0 (one
+    count per threshold when several).
+
+    Args:
+        thresholds: A float threshold in [0, 1] or a list of them: a prediction above it counts as
+            positive; `None`: 0.5.
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name, cell = "true_negatives", 3
 
 
@@ -1075,6 +1474,17 @@ class _AtConstraint(_Confusion):
 
 
 class SensitivityAtSpecificity(_AtConstraint):
+    """The best sensitivity (recall) among the thresholds whose specificity is at least
+    `specificity`.
+
+    Args:
+        specificity: The required specificity, in [0, 1].
+        num_thresholds: Number of evenly spaced thresholds in [0, 1] the counts are taken at.
+            Defaults to `200`.
+        class_id: Compute the metric for this class (a column of `y_pred`) only; `None`: over all.
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name, value_name = "sensitivity_at_specificity", "specificity"
     constrained, dependent = "specificity", "sensitivity"
 
@@ -1084,6 +1494,17 @@ class SensitivityAtSpecificity(_AtConstraint):
 
 
 class SpecificityAtSensitivity(_AtConstraint):
+    """The best specificity among the thresholds whose sensitivity (recall) is at least
+    `sensitivity`.
+
+    Args:
+        sensitivity: The required sensitivity, in [0, 1].
+        num_thresholds: Number of evenly spaced thresholds in [0, 1] the counts are taken at.
+            Defaults to `200`.
+        class_id: Compute the metric for this class (a column of `y_pred`) only; `None`: over all.
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name, value_name = "specificity_at_sensitivity", "sensitivity"
     constrained, dependent = "sensitivity", "specificity"
 
@@ -1093,6 +1514,16 @@ class SpecificityAtSensitivity(_AtConstraint):
 
 
 class PrecisionAtRecall(_AtConstraint):
+    """The best precision among the thresholds whose recall is at least `recall`.
+
+    Args:
+        recall: The required recall, in [0, 1].
+        num_thresholds: Number of evenly spaced thresholds in [0, 1] the counts are taken at.
+            Defaults to `200`.
+        class_id: Compute the metric for this class (a column of `y_pred`) only; `None`: over all.
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name, value_name = "precision_at_recall", "recall"
     constrained, dependent = "sensitivity", "precision"     # recall is sensitivity
 
@@ -1101,6 +1532,16 @@ class PrecisionAtRecall(_AtConstraint):
 
 
 class RecallAtPrecision(_AtConstraint):
+    """The best recall among the thresholds whose precision is at least `precision`.
+
+    Args:
+        precision: The required precision, in [0, 1].
+        num_thresholds: Number of evenly spaced thresholds in [0, 1] the counts are taken at.
+            Defaults to `200`.
+        class_id: Compute the metric for this class (a column of `y_pred`) only; `None`: over all.
+        name: Name of the metric (shown in logs); `None`: its default name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+    """
     default_name, value_name = "recall_at_precision", "precision"
     constrained, dependent = "precision", "sensitivity"
 
@@ -1110,7 +1551,14 @@ class RecallAtPrecision(_AtConstraint):
 
 class MeanMetricWrapper(Metric):
     """A metric function fn(y_true, y_pred) -> one value per sample, as a running mean (a
-    Python function passed in metrics=, written with NumPy or fastnn.ops)."""
+    Python function passed in metrics=, written with NumPy or fastnn.ops).
+
+    Args:
+        fn: The function `fn(y_true, y_pred, **kwargs)` returning one value per sample.
+        name: Name of the metric; `None`: the function's name.
+        dtype: Only `None` or `"float32"` (metrics accumulate in float64).
+        **kwargs: Extra keyword arguments passed to `fn`.
+    """
 
     def __init__(self, fn, name=None, dtype=None, **kwargs):
         if not callable(fn):
@@ -1172,7 +1620,14 @@ def _number_list(value, path):
 
 def serialize(metric):
     """Keras's form in a compile config: a name stays a name; a metric object is
-    {"module": "keras.metrics", "class_name": ..., "config": ...}; a function by its name."""
+    {"module": "keras.metrics", "class_name": ..., "config": ...}; a function by its name.
+
+    Args:
+        metric: A metric name, object or function.
+
+    Returns:
+        A name or a config dict.
+    """
     if isinstance(metric, str):
         return metric
     if isinstance(metric, MeanMetricWrapper) or callable(metric) and \
@@ -1190,7 +1645,15 @@ def serialize(metric):
 
 def deserialize(spec, path="metric"):
     """A metric from a compile config entry: a name (resolved at compile) or one of fastnn's
-    metric classes with its config; errors name `path`."""
+    metric classes with its config; errors name `path`.
+
+    Args:
+        spec: A name or a config dict.
+        path: Where it is, for error messages. Defaults to `"metric"`.
+
+    Returns:
+        A `Metric` object, or the name.
+    """
     if isinstance(spec, str):
         return spec
     class_name, cfg = object_spec(spec, path, "metric")
@@ -1213,7 +1676,17 @@ def deserialize(spec, path="metric"):
 
 
 def get(identifier, y_true_shape=None, y_pred_shape=None):
-    """Resolve a metric; 'accuracy'/'acc' need the target and output shapes (Keras's rule)."""
+    """Resolve a metric; 'accuracy'/'acc' need the target and output shapes (Keras's rule).
+
+    Args:
+        identifier: A metric name (e.g. `"accuracy"`), a `Metric` object or class, or a function.
+        y_true_shape: Shape of the targets (decides which accuracy `"accuracy"` means). Defaults to
+            `None`.
+        y_pred_shape: Shape of the model's output. Defaults to `None`.
+
+    Returns:
+        A `Metric` object.
+    """
     if isinstance(identifier, Metric):
         return identifier
     if isinstance(identifier, type) and issubclass(identifier, Metric):

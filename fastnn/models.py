@@ -65,7 +65,25 @@ class Model(Trainer):
     training=None) written with them and fastnn.ops: the call runs on the autodiff tape
     (fastnn's layers are one node each, with their fused backward). Sequential is the chain
     of layers built on the same trainer. Model(inputs, outputs) makes a functional model
-    (Functional) from symbolic tensors."""
+    (Functional) from symbolic tensors.
+
+    Args:
+        *args: For a functional model: `inputs` and `outputs` (the `Input` tensor(s) and the output
+            tensor(s)).
+        **kwargs: `inputs` and `outputs` by keyword; `name` (the model's name, made from the class
+            name when `None`) and `trainable` (whether its weights are trained, default `True`).
+
+    Example:
+
+    ```python
+    inputs = fastnn.Input(shape=(784,))
+    x = fastnn.layers.Dense(64, activation="relu")(inputs)
+    outputs = fastnn.layers.Dense(10, activation="softmax")(x)
+    model = fastnn.Model(inputs, outputs)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    ```
+    """
 
     def __new__(cls, *args, **kwargs):
         if cls is Model and (args or "inputs" in kwargs or "outputs" in kwargs):
@@ -85,6 +103,15 @@ class Model(Trainer):
         return type(self).call is not Model.call
 
     def call(self, inputs, training=None):
+        """The model's forward computation; a subclassed model defines it.
+
+        Args:
+            inputs: The input tensor(s).
+            training: Whether the call is for training. Defaults to `None`.
+
+        Returns:
+            The output tensor(s).
+        """
         raise NotImplementedError(f"Model {self.name!r} ({type(self).__name__}) defines no "
                                   "call(self, inputs)")
 
@@ -191,9 +218,23 @@ class Model(Trainer):
             self.build(tuple(input_shape))
 
     def compute_output_shape(self, input_shape):
+        """The output shape for an input shape.
+
+        Args:
+            input_shape: Shape of the input, batch axis first.
+
+        Returns:
+            The output shape, a tuple.
+        """
         return self._output_shape_for(input_shape)
 
     def build(self, input_shape=None):
+        """Create the model's weights for inputs of `input_shape` (called on the first call or fit).
+
+        Args:
+            input_shape: Shape of the input with the batch axis first; `None`: the shape given to
+                the first layer or `Input`.
+        """
         with self._build_lock:      # concurrent first calls build once, in turn
             self._build(input_shape)
 
@@ -306,7 +347,15 @@ class Model(Trainer):
 
     def get_layer(self, name=None, index=None):
         """A layer of model.layers (the top level, as Keras: a model used as a layer is one)
-        by name or index."""
+        by name or index.
+
+        Args:
+            name: The layer's name. Defaults to `None`.
+            index: The layer's index in `model.layers`. Defaults to `None`.
+
+        Returns:
+            The layer.
+        """
         layers = self.layers
         if index is not None:
             if name is not None:
@@ -339,9 +388,21 @@ class Model(Trainer):
         return [w for layer in self._layers for w in layer.non_trainable_weights]
 
     def get_weights(self):
+        """The model's weights, as a list of NumPy arrays (the layers' weights in order).
+
+        Returns:
+            A list of arrays.
+        """
         return [w for layer in self._layers for w in layer.get_weights()]
 
     def set_weights(self, weights):
+        """Set the model's weights from a list of arrays in the order of `get_weights()`.
+
+        Every shape is checked before any weight is written.
+
+        Args:
+            weights: A list of arrays, one per weight.
+        """
         weights = list(weights)
         expected = sum(len(layer.weights) for layer in self._layers)
         if len(weights) != expected:
@@ -363,6 +424,11 @@ class Model(Trainer):
             start += n
 
     def count_params(self):
+        """The number of scalars in the model's weights (the model must be built).
+
+        Returns:
+            An int.
+        """
         if not self.built:
             raise ValueError(f"You tried to call count_params on model {self.name!r}, but the "
                              "model has not been built yet")
@@ -371,6 +437,20 @@ class Model(Trainer):
     # ---- summary, config, saving -------------------------------------------------------------
     def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False,
                 show_trainable=False, layer_range=None):
+        """Print a table of the model's layers, their output shapes and parameter counts.
+
+        Args:
+            line_length: Total width of the table; `None`: a default.
+            positions: Column boundaries (fractions of the width or absolute positions); `None`: a
+                default.
+            print_fn: The function called with each line; `None`: `print`.
+            expand_nested: Accepted for Keras compatibility; a nested model is shown as one row.
+                Defaults to `False`.
+            show_trainable: Whether to add a column saying whether each layer is trainable. Defaults
+                to `False`.
+            layer_range: A pair of layer names: print only the layers from the first to the second.
+                Defaults to `None`.
+        """
         from .summary import print_summary
         rows, connected = self._summary_rows()
         if layer_range is not None:
@@ -408,6 +488,14 @@ class Model(Trainer):
         return rows, False
 
     def get_config(self):
+        """The model's configuration (its layers and how they connect), a JSON-compatible dict.
+
+        A subclassed model without its own `get_config` raises `NotImplementedError`: save its
+        weights instead.
+
+        Returns:
+            A dict.
+        """
         raise NotImplementedError(
             f"Model {self.name!r} ({type(self).__name__}) is a subclass without "
             "get_config(): it cannot be saved as a whole model; save_weights() and "
@@ -435,25 +523,73 @@ class Model(Trainer):
         return model
 
     def to_json(self, **kwargs):
+        """The model's architecture (without its weights) as a JSON string, as Keras writes it.
+
+        Args:
+            **kwargs: Arguments passed to `json.dumps` (e.g. `indent`).
+
+        Returns:
+            A string; `fastnn.models.model_from_json` makes the model again.
+        """
         from .saving import model_entry
         return json.dumps(model_entry(self, compiled=False), **kwargs)
 
     def save(self, filepath, overwrite=True, **kwargs):
+        """Save the model (architecture, weights, and the optimizer's state) to a `.keras` file (or
+        a legacy `.h5` file).
+
+        Args:
+            filepath: Path ending in `.keras` (or `.h5`).
+            overwrite: Whether to replace an existing file (else it is an error). Defaults to
+                `True`.
+            **kwargs: `include_optimizer` (default `True`), `zipped` and `save_format` as in
+                `fastnn.saving.save_model`.
+
+        Example:
+
+        ```python
+        model.save("model.keras")
+        model = fastnn.models.load_model("model.keras")
+        ```
+        """
         from .saving import save_model
         save_model(self, filepath, overwrite=overwrite, **kwargs)
 
     def save_weights(self, filepath, overwrite=True):
+        """Save the model's weights to a `.weights.h5` file.
+
+        Args:
+            filepath: Path ending in `.weights.h5`.
+            overwrite: Whether to replace an existing file. Defaults to `True`.
+        """
         from .saving import save_weights
         save_weights(self, filepath, overwrite=overwrite)
 
     def load_weights(self, filepath, skip_mismatch=False, by_name=False):
+        """Load weights saved by `save_weights` (or from a `.keras` or legacy `.h5` file) into the
+        model.
+
+        Args:
+            filepath: The file to read.
+            skip_mismatch: Whether to skip layers whose weights do not match in count or shape (else
+                it is an error). Defaults to `False`.
+            by_name: Whether to match layers by name (legacy `.h5` files) instead of by order.
+                Defaults to `False`.
+        """
         from .saving import load_weights
         load_weights(self, filepath, skip_mismatch=skip_mismatch, by_name=by_name)
 
 
 class Functional(Model):
     """Model(inputs, outputs): the layers called between fastnn.Input tensors and the
-    outputs, run in graph order on the autodiff tape (shared layers and fan-out included)."""
+    outputs, run in graph order on the autodiff tape (shared layers and fan-out included).
+
+    Args:
+        inputs: The model's `fastnn.Input` tensor(s) (a tensor, a list, or a dict by name).
+        outputs: The output tensor(s) computed from them by calling layers.
+        name: Name of the model. Defaults to `None`.
+        trainable: Whether the model's weights are trained. Defaults to `True`.
+    """
 
     def __init__(self, inputs, outputs, name=None, trainable=True):
         self._setup(name or unique_name("functional"), trainable)
@@ -950,7 +1086,22 @@ class Functional(Model):
 class Sequential(Model):
     """A chain of layers: Keras's Sequential. A model among its layers (a Sequential or a
     functional model used as a layer) makes it run on the autodiff tape, as a functional
-    graph of such layers does."""
+    graph of such layers does.
+
+    Args:
+        layers: The layers, in order (the first may be a `fastnn.Input`), or `None` to add them
+            later. Defaults to `None`.
+        trainable: Whether the model's weights are trained. Defaults to `True`.
+        name: Name of the model. Defaults to `None`.
+
+    Example:
+
+    ```python
+    model = fastnn.Sequential([fastnn.Input(shape=(784,)),
+                               fastnn.layers.Dense(64, activation="relu"),
+                               fastnn.layers.Dense(10, activation="softmax")])
+    ```
+    """
     __setattr__ = object.__setattr__    # its layers are the ones add() takes, nothing else
 
     def __init__(self, layers=None, trainable=True, name=None):
@@ -968,11 +1119,25 @@ class Sequential(Model):
         return list(self._tracked)
 
     def call(self, inputs, training=None):
+        """Run the layers in order on `inputs`.
+
+        Args:
+            inputs: The input tensor.
+            training: Whether the call is for training. Defaults to `None`.
+
+        Returns:
+            The output tensor.
+        """
         for layer in self._tracked:
             inputs = layer(inputs, training=training)
         return inputs
 
     def add(self, layer):
+        """Append a layer (or an `Input`, as the first item) to the model.
+
+        Args:
+            layer: A layer, a model, or a `fastnn.Input` tensor.
+        """
         if isinstance(layer, KerasTensor) and isinstance(layer.node.layer, InputLayer):
             layer = layer.node.layer            # Sequential([fastnn.Input(shape), ...])
         if isinstance(layer, InputLayer):
@@ -994,6 +1159,11 @@ class Sequential(Model):
         self._relayer()
 
     def pop(self):
+        """Remove the model's last layer.
+
+        Returns:
+            The removed layer.
+        """
         if not self._tracked:
             raise IndexError("There are no layers in the model to pop")
         layer = self._tracked.pop()
@@ -1043,6 +1213,11 @@ class Sequential(Model):
         return self._symbolic()[1]
 
     def get_config(self):
+        """The model's configuration: its input and each layer's config, as Keras writes it.
+
+        Returns:
+            A dict.
+        """
         layers = []
         if self._input_shape is not None:
             layers.append({"module": "keras.layers", "class_name": "InputLayer",
@@ -1076,7 +1251,26 @@ def _layer_from_entry(entry):
 
 def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     """Load a model (Sequential or functional) from a .keras or legacy .h5 file, Keras's or
-    fastnn's."""
+    fastnn's.
+
+    Args:
+        filepath: Path of a `.keras` or `.h5` file.
+        custom_objects: A dict `{name: class or function}` for the custom layers, losses, ... the
+            file names. Defaults to `None`.
+        compile: Whether to compile the model as it was saved (optimizer, loss, metrics). Defaults
+            to `True`.
+        safe_mode: Whether to refuse a `Lambda` layer stored as Python bytecode (loading it runs
+            code from the file). Defaults to `True`.
+
+    Returns:
+        The model.
+
+    Example:
+
+    ```python
+    model = fastnn.models.load_model("model.keras")
+    ```
+    """
     from .saving import load_model as _load
     return _load(filepath, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
 
@@ -1084,7 +1278,22 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
 def clone_model(model, input_tensors=None, clone_function=None, call_function=None,
                 recursive=False):
     """A new model of the same architecture with new layers (weights initialised afresh, as
-    Keras does: copy them with set_weights(model.get_weights())), from the model's config."""
+    Keras does: copy them with set_weights(model.get_weights())), from the model's config.
+
+    Args:
+        model: The model to clone.
+        input_tensors: Input tensor(s) to build the clone on, or `None` for new ones. Defaults to
+            `None`.
+        clone_function: A function from a layer to its clone, or `None` for
+            `layer.__class__.from_config(layer.get_config())`. Defaults to `None`.
+        call_function: A function `(layer, *args, **kwargs)` that calls each cloned layer, or
+            `None`. Defaults to `None`.
+        recursive: Whether to clone the layers of nested models with `clone_function` too. Defaults
+            to `False`.
+
+    Returns:
+        The new model.
+    """
     for arg, value in (("input_tensors", input_tensors), ("clone_function", clone_function),
                        ("call_function", call_function)):
         if value is not None:
@@ -1098,7 +1307,17 @@ def model_from_json(json_string, custom_objects=None, safe_mode=None):
     """The model a to_json() string describes (its layers, not its weights), as Keras's
     keras.models.model_from_json. Class names resolve only against fastnn's own layers and
     registered or given custom objects. safe_mode=False allows a Lambda layer's Python
-    bytecode (it runs code from the string: only for strings you trust)."""
+    bytecode (it runs code from the string: only for strings you trust).
+
+    Args:
+        json_string: A string from `Model.to_json()`.
+        custom_objects: A dict `{name: class or function}` for custom objects. Defaults to `None`.
+        safe_mode: `False` allows a `Lambda` layer's Python bytecode; `None` or `True` refuses it.
+            Defaults to `None`.
+
+    Returns:
+        The model (new weights, uncompiled).
+    """
     from .saving import model_from_config_entry
     with registry.custom_object_scope(custom_objects), registry.safe_mode_scope(safe_mode):
         return model_from_config_entry(json.loads(json_string), root="json")

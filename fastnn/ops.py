@@ -49,7 +49,15 @@ def _shape(x):
 
 # ---- conversion ----------------------------------------------------------------------------
 def convert_to_tensor(x, dtype=None):
-    """x as a backend array (a Tensor is returned as it is, cast when dtype differs)."""
+    """x as a backend array (a Tensor is returned as it is, cast when dtype differs).
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        dtype: Data type to cast to; `None`: keep it.
+
+    Returns:
+        A backend array, or the `Tensor`.
+    """
     if isinstance(x, Tensor):
         return x if dtype is None or x.dtype == dtype else cast(x, dtype)
     value = _array(x, dtype)
@@ -58,15 +66,39 @@ def convert_to_tensor(x, dtype=None):
 
 
 def convert_to_numpy(x):
-    """x's value as a NumPy array (detached: no gradient flows through it)."""
+    """x's value as a NumPy array (detached: no gradient flows through it).
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+
+    Returns:
+        A NumPy array.
+    """
     return np.asarray(get_ops().to_numpy(value_of(x)))
 
 
 def stop_gradient(x):
+    """`x` cut from the autodiff tape: no gradient flows back through the result.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+
+    Returns:
+        A tensor.
+    """
     return Tensor(value_of(x)) if isinstance(x, Tensor) else x
 
 
 def cast(x, dtype):
+    """`x` converted to `dtype`; the gradient flows back only for float types.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        dtype: Data type of the result.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     out = a.astype(dtype)
     floating = np.dtype(dtype).kind == "f"
@@ -74,37 +106,98 @@ def cast(x, dtype):
 
 
 def shape(x):
+    """The shape of `x`.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+
+    Returns:
+        A tuple of ints.
+    """
     return tuple(_shape(x))
 
 
 # ---- elementwise arithmetic ------------------------------------------------------------------
 def add(x1, x2):
+    """Element-wise `x1 + x2`.
+
+    Args:
+        x1: First operand.
+        x2: Second operand (broadcast against `x1`).
+
+    Returns:
+        A tensor.
+    """
     a, b = _array(x1), _array(x2)
     return record(a + b, (x1, x2), lambda g: (g, g))
 
 
 def subtract(x1, x2):
+    """Element-wise `x1 - x2`.
+
+    Args:
+        x1: First operand.
+        x2: Second operand (broadcast against `x1`).
+
+    Returns:
+        A tensor.
+    """
     a, b = _array(x1), _array(x2)
     return record(a - b, (x1, x2), lambda g: (g, -g))
 
 
 def multiply(x1, x2):
+    """Element-wise `x1 * x2`.
+
+    Args:
+        x1: First operand.
+        x2: Second operand (broadcast against `x1`).
+
+    Returns:
+        A tensor.
+    """
     a, b = _array(x1), _array(x2)
     return record(a * b, (x1, x2), lambda g: (g * b, g * a))
 
 
 def divide(x1, x2):
+    """Element-wise `x1 / x2`.
+
+    Args:
+        x1: First operand.
+        x2: Second operand (broadcast against `x1`).
+
+    Returns:
+        A tensor.
+    """
     a, b = _array(x1), _array(x2)
     out = a / b
     return record(out, (x1, x2), lambda g: (g / b, -g * out / b))
 
 
 def negative(x):
+    """Element-wise `-x`.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     return record(-a, (x,), lambda g: (-g,))
 
 
 def power(x1, x2):
+    """Element-wise `x1 ** x2`.
+
+    Args:
+        x1: First operand.
+        x2: Second operand (broadcast against `x1`).
+
+    Returns:
+        A tensor.
+    """
     a, b = _array(x1), _array(x2)
     xp = _xp()
     out = a ** b
@@ -114,37 +207,93 @@ def power(x1, x2):
 
 
 def square(x):
+    """Element-wise `x ** 2`.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     return record(a * a, (x,), lambda g: (2 * g * a,))
 
 
 def sqrt(x):
+    """Element-wise square root.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+
+    Returns:
+        A tensor.
+    """
     out = _xp().sqrt(_array(x))
     return record(out, (x,), lambda g: (g / (2 * out),))
 
 
 def exp(x):
+    """Element-wise `e ** x`.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+
+    Returns:
+        A tensor.
+    """
     out = _xp().exp(_array(x))
     return record(out, (x,), lambda g: (g * out,))
 
 
 def expm1(x):
+    """Element-wise `exp(x) - 1`, accurate near 0.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     out = _xp().expm1(a)
     return record(out, (x,), lambda g: (g * (out + 1),))
 
 
 def log(x):
+    """Element-wise natural logarithm.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     return record(_xp().log(a), (x,), lambda g: (g / a,))
 
 
 def log1p(x):
+    """Element-wise `log(1 + x)`, accurate near 0.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     return record(_xp().log1p(a), (x,), lambda g: (g / (1 + a),))
 
 
 def abs(x):
+    """Element-wise absolute value (also `absolute`).
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     return record(_xp().abs(a), (x,), lambda g: (g * _xp().sign(a),))
 
@@ -153,11 +302,27 @@ absolute = abs
 
 
 def sin(x):
+    """Element-wise sine.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     return record(_xp().sin(a), (x,), lambda g: (g * _xp().cos(a),))
 
 
 def cos(x):
+    """Element-wise cosine.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     return record(_xp().cos(a), (x,), lambda g: (-g * _xp().sin(a),))
 
@@ -169,16 +334,44 @@ def _select(x1, x2, take_first, out):
 
 
 def maximum(x1, x2):
+    """Element-wise maximum of `x1` and `x2`.
+
+    Args:
+        x1: First operand.
+        x2: Second operand (broadcast against `x1`).
+
+    Returns:
+        A tensor.
+    """
     a, b = _array(x1), _array(x2)
     return _select(x1, x2, _xp().asarray(a >= b), _xp().maximum(a, b))
 
 
 def minimum(x1, x2):
+    """Element-wise minimum of `x1` and `x2`.
+
+    Args:
+        x1: First operand.
+        x2: Second operand (broadcast against `x1`).
+
+    Returns:
+        A tensor.
+    """
     a, b = _array(x1), _array(x2)
     return _select(x1, x2, _xp().asarray(a <= b), _xp().minimum(a, b))
 
 
 def clip(x, x_min, x_max):
+    """`x` with its values limited to `[x_min, x_max]`; the gradient passes only inside the range.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        x_min: The lower bound.
+        x_max: The upper bound.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     inside = (a >= value_of(x_min)) & (a <= value_of(x_max))
     return record(_xp().clip(a, value_of(x_min), value_of(x_max)), (x,),
@@ -186,6 +379,17 @@ def clip(x, x_min, x_max):
 
 
 def where(condition, x1=None, x2=None):
+    """Element-wise `x1` where `condition` is true, else `x2`; with `x1` and `x2` both `None`, the
+    indices where `condition` is true.
+
+    Args:
+        condition: A boolean tensor.
+        x1: The values where it is true. Defaults to `None`.
+        x2: The values where it is false. Defaults to `None`.
+
+    Returns:
+        A tensor, or a tuple of index arrays.
+    """
     c = _array(condition)
     xp = _xp()
     if x1 is None and x2 is None:
@@ -197,14 +401,39 @@ def where(condition, x1=None, x2=None):
 
 
 def sign(x):
+    """Element-wise sign (-1, 0 or 1); no gradient.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+
+    Returns:
+        A tensor.
+    """
     return record(_xp().sign(_array(x)), (x,), lambda g: (None,))
 
 
 def floor(x):
+    """Element-wise floor; no gradient.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+
+    Returns:
+        A tensor.
+    """
     return record(_xp().floor(_array(x)), (x,), lambda g: (None,))
 
 
 def round(x, decimals=0):
+    """Element-wise rounding to `decimals` decimals; no gradient.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        decimals: Number of decimals. Defaults to `0`.
+
+    Returns:
+        A tensor.
+    """
     return record(_xp().round(_array(x), decimals), (x,), lambda g: (None,))
 
 
@@ -223,21 +452,50 @@ less = _compare(lambda a, b: a < b)
 less_equal = _compare(lambda a, b: a <= b)
 greater = _compare(lambda a, b: a > b)
 greater_equal = _compare(lambda a, b: a >= b)
-for _op, _name in ((equal, "equal"), (not_equal, "not_equal"), (less, "less"),
-                   (less_equal, "less_equal"), (greater, "greater"),
-                   (greater_equal, "greater_equal")):
+for _op, _name, _sign in ((equal, "equal", "=="), (not_equal, "not_equal", "!="),
+                          (less, "less", "<"), (less_equal, "less_equal", "<="),
+                          (greater, "greater", ">"), (greater_equal, "greater_equal", ">=")):
     _op.__name__ = _name
+    _op.__doc__ = (f"Element-wise `x1 {_sign} x2` (broadcast together); no gradient.\n\n"
+                   "Args:\n    x1: First operand.\n    x2: Second operand.\n\n"
+                   "Returns:\n    A boolean tensor.")
 
 
 def logical_and(x1, x2):
+    """Element-wise logical AND.
+
+    Args:
+        x1: First operand.
+        x2: Second operand (broadcast against `x1`).
+
+    Returns:
+        A boolean array.
+    """
     return _xp().logical_and(_array(x1), _array(x2))
 
 
 def logical_or(x1, x2):
+    """Element-wise logical OR.
+
+    Args:
+        x1: First operand.
+        x2: Second operand (broadcast against `x1`).
+
+    Returns:
+        A boolean array.
+    """
     return _xp().logical_or(_array(x1), _array(x2))
 
 
 def logical_not(x):
+    """Element-wise logical NOT.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+
+    Returns:
+        A boolean array.
+    """
     return _xp().logical_not(_array(x))
 
 
@@ -259,6 +517,16 @@ def _expand(g, axes, keepdims):
 
 
 def sum(x, axis=None, keepdims=False):
+    """Sum of the elements along `axis`.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        axis: The axis (or tuple of axes) to act on; `None`: all.
+        keepdims: Whether to keep the reduced axes with size 1. Defaults to `False`.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     axes = _axes(axis, a.ndim)
     return record(a.sum(axis=axes, keepdims=keepdims), (x,),
@@ -266,6 +534,16 @@ def sum(x, axis=None, keepdims=False):
 
 
 def mean(x, axis=None, keepdims=False):
+    """Mean of the elements along `axis`.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        axis: The axis (or tuple of axes) to act on; `None`: all.
+        keepdims: Whether to keep the reduced axes with size 1. Defaults to `False`.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     axes = _axes(axis, a.ndim)
     count = int(np.prod([a.shape[i] for i in axes], dtype=np.int64))
@@ -277,11 +555,31 @@ def mean(x, axis=None, keepdims=False):
 
 
 def var(x, axis=None, keepdims=False):
+    """Variance of the elements along `axis`.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        axis: The axis (or tuple of axes) to act on; `None`: all.
+        keepdims: Whether to keep the reduced axes with size 1. Defaults to `False`.
+
+    Returns:
+        A tensor.
+    """
     centered = subtract(x, mean(x, axis=axis, keepdims=True))
     return mean(square(centered), axis=axis, keepdims=keepdims)
 
 
 def std(x, axis=None, keepdims=False):
+    """Standard deviation of the elements along `axis`.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        axis: The axis (or tuple of axes) to act on; `None`: all.
+        keepdims: Whether to keep the reduced axes with size 1. Defaults to `False`.
+
+    Returns:
+        A tensor.
+    """
     return sqrt(var(x, axis=axis, keepdims=keepdims))
 
 
@@ -303,25 +601,76 @@ def _extreme(reduce):
 
 
 def max(x, axis=None, keepdims=False, initial=None):
+    """Maximum along `axis` (tied maxima share the gradient equally).
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        axis: The axis (or tuple of axes) to act on; `None`: all.
+        keepdims: Whether to keep the reduced axes with size 1. Defaults to `False`.
+        initial: A lower bound of the result, or `None`.
+
+    Returns:
+        A tensor.
+    """
     return _extreme(_xp().max)(x, axis, keepdims, initial)
 
 
 def min(x, axis=None, keepdims=False, initial=None):
+    """Minimum along `axis` (tied minima share the gradient equally).
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        axis: The axis (or tuple of axes) to act on; `None`: all.
+        keepdims: Whether to keep the reduced axes with size 1. Defaults to `False`.
+        initial: An upper bound of the result, or `None`.
+
+    Returns:
+        A tensor.
+    """
     return _extreme(_xp().min)(x, axis, keepdims, initial)
 
 
 def argmax(x, axis=None, keepdims=False):
+    """Indices of the maxima along `axis`; no gradient.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        axis: The axis; `None`: the flattened array.
+        keepdims: Whether to keep the reduced axes with size 1. Defaults to `False`.
+
+    Returns:
+        An integer tensor.
+    """
     out = _xp().argmax(_array(x), axis=axis, keepdims=keepdims)
     return Tensor(out) if isinstance(x, Tensor) else out
 
 
 def argmin(x, axis=None, keepdims=False):
+    """Indices of the minima along `axis`; no gradient.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        axis: The axis; `None`: the flattened array.
+        keepdims: Whether to keep the reduced axes with size 1. Defaults to `False`.
+
+    Returns:
+        An integer tensor.
+    """
     out = _xp().argmin(_array(x), axis=axis, keepdims=keepdims)
     return Tensor(out) if isinstance(x, Tensor) else out
 
 
 # ---- linear algebra -----------------------------------------------------------------------
 def matmul(x1, x2):
+    """Matrix product of `x1` and `x2` (batched over the leading axes, as `numpy.matmul`).
+
+    Args:
+        x1: First operand.
+        x2: Second operand (broadcast against `x1`).
+
+    Returns:
+        A tensor.
+    """
     a, b = _array(x1), _array(x2)
     if _on_kernels(a) and _on_kernels(b) and b.ndim == 2 and a.ndim >= 2 and \
             a.shape[-1] == b.shape[0]:
@@ -376,6 +725,15 @@ def _gemm_matmul(x1, x2, a, b):
 
 
 def dot(x1, x2):
+    """Dot product of two 1-D or 2-D tensors (use `matmul` for batches).
+
+    Args:
+        x1: First operand.
+        x2: Second operand (broadcast against `x1`).
+
+    Returns:
+        A tensor.
+    """
     if _array(x1).ndim <= 2 and _array(x2).ndim <= 2:
         return matmul(x1, x2)
     raise ValueError("dot: fastnn supports 1-D and 2-D operands; use matmul for batches")
@@ -383,11 +741,29 @@ def dot(x1, x2):
 
 # ---- shapes ----------------------------------------------------------------------------------
 def reshape(x, newshape):
+    """`x` with a new shape.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        newshape: The new shape; one entry may be -1.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     return record(a.reshape(newshape), (x,), lambda g: (g.reshape(a.shape),))
 
 
 def transpose(x, axes=None):
+    """`x` with its axes permuted.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        axes: The new order of the axes; `None`: reversed.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     out = a.transpose(axes)
     inverse = None if axes is None else tuple(np.argsort(axes))
@@ -395,16 +771,43 @@ def transpose(x, axes=None):
 
 
 def expand_dims(x, axis):
+    """`x` with a new axis of size 1 at `axis`.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        axis: Where the new axis goes.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     return record(_xp().expand_dims(a, axis), (x,), lambda g: (g.reshape(a.shape),))
 
 
 def squeeze(x, axis=None):
+    """`x` without its axes of size 1.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        axis: The axis (or axes) to remove; `None`: every axis of size 1.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     return record(a.squeeze(axis=axis), (x,), lambda g: (g.reshape(a.shape),))
 
 
 def concatenate(xs, axis=0):
+    """The tensors joined along an existing axis.
+
+    Args:
+        xs: A list of tensors.
+        axis: The axis to join along. Defaults to `0`.
+
+    Returns:
+        A tensor.
+    """
     arrays = [_array(x) for x in xs]
     out = _xp().concatenate(arrays, axis=axis)
     ax = axis % out.ndim
@@ -415,6 +818,15 @@ def concatenate(xs, axis=0):
 
 
 def stack(xs, axis=0):
+    """The tensors stacked along a new axis.
+
+    Args:
+        xs: A list of tensors.
+        axis: Where the new axis goes. Defaults to `0`.
+
+    Returns:
+        A tensor.
+    """
     arrays = [_array(x) for x in xs]
     out = _xp().stack(arrays, axis=axis)
     ax = axis % out.ndim
@@ -423,6 +835,17 @@ def stack(xs, axis=0):
 
 
 def pad(x, pad_width, mode="constant", constant_values=0):
+    """`x` padded with a constant.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        pad_width: `(before, after)` for every axis, or one pair for all.
+        mode: Only `"constant"` is supported. Defaults to `"constant"`.
+        constant_values: The padding value. Defaults to `0`.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     if mode != "constant":
         raise ValueError(f"pad: only mode='constant' is supported, got {mode!r}")
@@ -436,6 +859,16 @@ def pad(x, pad_width, mode="constant", constant_values=0):
 
 
 def repeat(x, repeats, axis=None):
+    """Each element of `x` repeated `repeats` times along `axis`.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        repeats: The number of repetitions (one count for every element).
+        axis: The axis; `None`: the flattened array.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     if not isinstance(repeats, (int, np.integer)):
         raise ValueError("repeat: fastnn supports one repeat count for every element")
@@ -452,6 +885,15 @@ def repeat(x, repeats, axis=None):
 
 
 def tile(x, repeats):
+    """`x` repeated as a whole along each axis.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        repeats: Repetitions per axis (an int or a tuple).
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     reps = (repeats,) if isinstance(repeats, (int, np.integer)) else tuple(repeats)
     reps = (1,) * (a.ndim - len(reps)) + reps
@@ -466,6 +908,15 @@ def tile(x, repeats):
 
 
 def broadcast_to(x, shape):
+    """`x` broadcast to `shape`.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        shape: The shape, a tuple of ints.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     return record(_xp().broadcast_to(a, shape), (x,), lambda g: (unbroadcast(g, a.shape),))
 
@@ -476,6 +927,15 @@ def _index(i):
 
 
 def get_item(x, index):
+    """`x[index]`; repeated indices add up in the gradient.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        index: An index: an int, a slice, an array or a tuple of them.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     # index arrays go where the data is (a GPU array takes device indices)
     index = tuple(map(_index, index)) if isinstance(index, tuple) else _index(index)
@@ -489,26 +949,84 @@ def get_item(x, index):
 
 # ---- construction (no gradient) ---------------------------------------------------------------
 def zeros(shape, dtype="float32"):
+    """A tensor of zeros.
+
+    Args:
+        shape: The shape, a tuple of ints.
+        dtype: Data type of the result. Defaults to `"float32"`.
+
+    Returns:
+        A tensor.
+    """
     return _xp().zeros(shape, dtype)
 
 
 def ones(shape, dtype="float32"):
+    """A tensor of ones.
+
+    Args:
+        shape: The shape, a tuple of ints.
+        dtype: Data type of the result. Defaults to `"float32"`.
+
+    Returns:
+        A tensor.
+    """
     return _xp().ones(shape, dtype)
 
 
 def zeros_like(x, dtype=None):
+    """Zeros of the shape of `x`.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        dtype: Data type; `None`: `x`'s.
+
+    Returns:
+        A tensor.
+    """
     return _xp().zeros_like(_array(x), dtype=dtype)
 
 
 def ones_like(x, dtype=None):
+    """Ones of the shape of `x`.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        dtype: Data type; `None`: `x`'s.
+
+    Returns:
+        A tensor.
+    """
     return _xp().ones_like(_array(x), dtype=dtype)
 
 
 def arange(start, stop=None, step=1, dtype=None):
+    """Evenly spaced values in `[start, stop)`.
+
+    Args:
+        start: The first value (or the end, when `stop` is `None`).
+        stop: The end (excluded). Defaults to `None`.
+        step: The spacing. Defaults to `1`.
+        dtype: Data type; `None`: inferred.
+
+    Returns:
+        A tensor.
+    """
     return _xp().arange(start, stop, step, dtype=dtype)
 
 
 def one_hot(x, num_classes, axis=-1, dtype="float32"):
+    """One-hot encoding of integer labels: a new axis of size `num_classes` with 1 at each label.
+
+    Args:
+        x: Integer labels.
+        num_classes: Number of classes.
+        axis: Where the new axis goes. Defaults to `-1`.
+        dtype: Data type of the result. Defaults to `"float32"`.
+
+    Returns:
+        A tensor.
+    """
     labels = _array(x)
     xp = _xp()
     out = (xp.expand_dims(labels, -1) == xp.arange(num_classes)).astype(dtype)
@@ -527,6 +1045,14 @@ def _kernel_activation(x, a, act, alpha=0.0):
 
 
 def relu(x):
+    """Rectified linear unit: `max(x, 0)`.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     if _on_kernels(a):
         return _kernel_activation(x, a, A.RELU)
@@ -534,6 +1060,15 @@ def relu(x):
 
 
 def leaky_relu(x, negative_slope=0.2):
+    """Leaky ReLU: `x` for `x >= 0`, else `negative_slope * x`.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        negative_slope: Slope of the negative part. Defaults to `0.2`.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     if _on_kernels(a):
         return _kernel_activation(x, a, A.LEAKY_RELU, negative_slope)
@@ -542,6 +1077,14 @@ def leaky_relu(x, negative_slope=0.2):
 
 
 def sigmoid(x):
+    """Sigmoid: `1 / (1 + exp(-x))`.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     if _on_kernels(a):
         return _kernel_activation(x, a, A.SIGMOID)
@@ -553,6 +1096,14 @@ def sigmoid(x):
 
 
 def tanh(x):
+    """Hyperbolic tangent.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     if _on_kernels(a):
         return _kernel_activation(x, a, A.TANH)
@@ -561,6 +1112,14 @@ def tanh(x):
 
 
 def softplus(x):
+    """Softplus: `log(1 + exp(x))`.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     if _on_kernels(a):
         return _kernel_activation(x, a, A.SOFTPLUS)
@@ -570,6 +1129,14 @@ def softplus(x):
 
 
 def silu(x):
+    """SiLU (swish): `x * sigmoid(x)` (also `swish`).
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     if _on_kernels(a):
         return _kernel_activation(x, a, A.SILU)
@@ -580,6 +1147,15 @@ swish = silu
 
 
 def elu(x, alpha=1.0):
+    """Exponential linear unit: `x` for `x > 0`, else `alpha * (exp(x) - 1)`.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        alpha: Scale of the negative part. Defaults to `1.0`.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     if _on_kernels(a):
         return _kernel_activation(x, a, A.ELU, float(alpha))
@@ -590,6 +1166,15 @@ def elu(x, alpha=1.0):
 
 
 def softmax(x, axis=-1):
+    """Softmax along `axis`: `exp(x) / sum(exp(x))`.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        axis: The axis the values are normalized over. Defaults to `-1`.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     if _on_kernels(a) and axis in (-1, a.ndim - 1):
         return _kernel_activation(x, a, A.SOFTMAX)
@@ -601,6 +1186,15 @@ def softmax(x, axis=-1):
 
 
 def log_softmax(x, axis=-1):
+    """Logarithm of the softmax along `axis`, computed stably.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        axis: The axis the values are normalized over. Defaults to `-1`.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     xp = _xp()
     shifted = a - a.max(axis=axis, keepdims=True)
@@ -611,7 +1205,17 @@ def log_softmax(x, axis=-1):
 
 def normalize(x, axis=-1, order=2, epsilon=None):
     """Keras's ops.normalize: x over its `order`-norm along `axis` (order 2: x times the
-    inverse norm, at most 1 / epsilon; epsilon defaults to 1e-7)."""
+    inverse norm, at most 1 / epsilon; epsilon defaults to 1e-7).
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        axis: The axis along which norms are taken. Defaults to `-1`.
+        order: The order of the norm (2: Euclidean). Defaults to `2`.
+        epsilon: Lower bound of the norm; `None`: 1e-7 (Keras's epsilon).
+
+    Returns:
+        A tensor.
+    """
     if isinstance(order, bool) or not isinstance(order, int) or order < 1:
         raise ValueError(f"Argument `order` must be an int >= 1. Received: order={order}")
     epsilon = 1e-7 if epsilon is None else epsilon
@@ -622,6 +1226,16 @@ def normalize(x, axis=-1, order=2, epsilon=None):
 
 
 def logsumexp(x, axis=None, keepdims=False):
+    """`log(sum(exp(x)))` along `axis`, computed stably.
+
+    Args:
+        x: Input tensor: an array, a `Tensor` (on the autodiff tape) or a symbolic tensor.
+        axis: The axis (or tuple of axes) to act on; `None`: all.
+        keepdims: Whether to keep the reduced axes with size 1. Defaults to `False`.
+
+    Returns:
+        A tensor.
+    """
     a = _array(x)
     xp = _xp()
     axes = _axes(axis, a.ndim)

@@ -17,6 +17,33 @@ sys.modules[__name__ + ".schedules"] = schedules
 
 
 class Optimizer:
+    """The base class of optimizers: the learning rate, weight decay, gradient clipping and the
+    weights' moving average.
+
+    Each subclass applies its update rule to every trainable weight after each batch.
+
+    Args:
+        learning_rate: The learning rate: a float, or a
+            `fastnn.optimizers.schedules.LearningRateSchedule` (or callable) of the step count.
+            Defaults to `0.001`.
+        weight_decay: If set, each weight is also decayed by `learning_rate * weight_decay * weight`
+            each step (decoupled weight decay). Defaults to `None`.
+        clipnorm: If set, each weight's gradient is rescaled so that its L2 norm is at most this.
+            Defaults to `None`.
+        clipvalue: If set, gradients are clipped to `[-clipvalue, clipvalue]`. Defaults to `None`.
+        global_clipnorm: If set, all gradients are rescaled together so that their joint L2 norm is
+            at most this (only one of the three clipping options may be set). Defaults to `None`.
+        use_ema: Whether to keep an exponential moving average of the weights and write it into them
+            every `ema_overwrite_frequency` steps and at the end of `fit`. Defaults to `False`.
+        ema_momentum: Momentum of that moving average, in [0, 1]. Defaults to `0.99`.
+        ema_overwrite_frequency: Steps between writes of the average into the weights; `None`: only
+            at the end of training.
+        loss_scale_factor: Only `None` (loss scaling is not supported yet).
+        gradient_accumulation_steps: Only `None` (gradient accumulation is not supported yet).
+        name: Name of the optimizer; `None`: made from the class name.
+        lr: Legacy name of `learning_rate` (overrides it when given). Defaults to `None`.
+        **kwargs: No other argument is accepted (an error names it).
+    """
     # Slot variables as Keras creates them: each group is one add_optimizer_variables call,
     # whose variables Keras interleaves per weight (m_0, v_0, m_1, v_1); groups follow in turn.
     slot_groups = ()
@@ -302,6 +329,26 @@ def _snake(name):
 
 
 class SGD(Optimizer):
+    """Stochastic gradient descent, with optional momentum and Nesterov momentum.
+
+    Without momentum: `w -= learning_rate * g`. With it: `v = momentum * v - learning_rate * g`,
+    then `w += v` (Nesterov: `w += momentum * v - learning_rate * g`).
+
+    Args:
+        learning_rate: The learning rate: a float, or a
+            `fastnn.optimizers.schedules.LearningRateSchedule` (or callable) of the step count.
+            Defaults to `0.01`.
+        momentum: Momentum in [0, 1] (0: plain gradient descent). Defaults to `0.0`.
+        nesterov: Whether to apply Nesterov momentum. Defaults to `False`.
+        **kwargs: Base optimizer arguments: `weight_decay`, `clipnorm`, `clipvalue`,
+            `global_clipnorm`, `use_ema`, `ema_momentum`, `ema_overwrite_frequency`, `name`.
+
+    Example:
+
+    ```python
+    model.compile(optimizer=fastnn.optimizers.SGD(learning_rate=0.1, momentum=0.9), loss="mse")
+    ```
+    """
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
         if not 0 <= momentum <= 1:
@@ -331,6 +378,29 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
+    """Adam: gradient steps scaled by running estimates of the gradients' first and second moments.
+
+    Args:
+        learning_rate: The learning rate: a float, or a
+            `fastnn.optimizers.schedules.LearningRateSchedule` (or callable) of the step count.
+            Defaults to `0.001`.
+        beta_1: Decay rate of the first moment (the running mean of the gradients). Defaults to
+            `0.9`.
+        beta_2: Decay rate of the second moment (the running mean of the squared gradients).
+            Defaults to `0.999`.
+        epsilon: Small constant added to the denominator for numerical stability. Defaults to
+            `1e-07`.
+        amsgrad: Whether to use the AMSGrad variant (the maximum of the past second moments).
+            Defaults to `False`.
+        **kwargs: Base optimizer arguments: `weight_decay`, `clipnorm`, `clipvalue`,
+            `global_clipnorm`, `use_ema`, `ema_momentum`, `ema_overwrite_frequency`, `name`.
+
+    Example:
+
+    ```python
+    model.compile(optimizer=fastnn.optimizers.Adam(learning_rate=1e-3), loss="mse")
+    ```
+    """
     scalars_vary = True
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
@@ -357,6 +427,25 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
+    """Adam with decoupled weight decay: each step also subtracts `learning_rate * weight_decay *
+    w`.
+
+    Args:
+        learning_rate: The learning rate: a float, or a
+            `fastnn.optimizers.schedules.LearningRateSchedule` (or callable) of the step count.
+            Defaults to `0.001`.
+        weight_decay: The decay rate of the weights. Defaults to `0.004`.
+        beta_1: Decay rate of the first moment (the running mean of the gradients). Defaults to
+            `0.9`.
+        beta_2: Decay rate of the second moment (the running mean of the squared gradients).
+            Defaults to `0.999`.
+        epsilon: Small constant added to the denominator for numerical stability. Defaults to
+            `1e-07`.
+        amsgrad: Whether to use the AMSGrad variant (the maximum of the past second moments).
+            Defaults to `False`.
+        **kwargs: Base optimizer arguments: `weight_decay`, `clipnorm`, `clipvalue`,
+            `global_clipnorm`, `use_ema`, `ema_momentum`, `ema_overwrite_frequency`, `name`.
+    """
     def __init__(self, learning_rate=0.001, weight_decay=0.004, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-7, amsgrad=False, **kwargs):
         super().__init__(learning_rate=learning_rate, beta_1=beta_1, beta_2=beta_2,
@@ -364,6 +453,21 @@ class AdamW(Adam):
 
 
 class RMSprop(Optimizer):
+    """RMSprop: gradient steps divided by the root of a running average of the squared gradients.
+
+    Args:
+        learning_rate: The learning rate: a float, or a
+            `fastnn.optimizers.schedules.LearningRateSchedule` (or callable) of the step count.
+            Defaults to `0.001`.
+        rho: Decay rate of the running average of the squared gradients. Defaults to `0.9`.
+        momentum: Momentum of the steps (0: none). Defaults to `0.0`.
+        epsilon: Small constant added to the denominator for numerical stability. Defaults to
+            `1e-07`.
+        centered: Whether to divide by the estimated variance (subtracting the running mean of the
+            gradients) instead of the raw second moment. Defaults to `False`.
+        **kwargs: Base optimizer arguments: `weight_decay`, `clipnorm`, `clipvalue`,
+            `global_clipnorm`, `use_ema`, `ema_momentum`, `ema_overwrite_frequency`, `name`.
+    """
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7,
                  centered=False, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
@@ -389,6 +493,20 @@ class RMSprop(Optimizer):
 
 
 class Adagrad(Optimizer):
+    """Adagrad: per-weight learning rates that shrink with the sum of that weight's squared
+    gradients.
+
+    Args:
+        learning_rate: The learning rate: a float, or a
+            `fastnn.optimizers.schedules.LearningRateSchedule` (or callable) of the step count.
+            Defaults to `0.001`.
+        initial_accumulator_value: Starting value of the accumulated squared gradients. Defaults to
+            `0.1`.
+        epsilon: Small constant added to the denominator for numerical stability. Defaults to
+            `1e-07`.
+        **kwargs: Base optimizer arguments: `weight_decay`, `clipnorm`, `clipvalue`,
+            `global_clipnorm`, `use_ema`, `ema_momentum`, `ema_overwrite_frequency`, `name`.
+    """
     slot_groups = (("accumulator",),)
 
     def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7,
@@ -414,6 +532,19 @@ class Adagrad(Optimizer):
 
 
 class Adadelta(Optimizer):
+    """Adadelta: steps scaled by the ratio of running averages of past updates and of squared
+    gradients.
+
+    Args:
+        learning_rate: The learning rate: a float, or a
+            `fastnn.optimizers.schedules.LearningRateSchedule` (or callable) of the step count.
+            Defaults to `0.001`.
+        rho: Decay rate of the running averages. Defaults to `0.95`.
+        epsilon: Small constant added to the denominator for numerical stability. Defaults to
+            `1e-07`.
+        **kwargs: Base optimizer arguments: `weight_decay`, `clipnorm`, `clipvalue`,
+            `global_clipnorm`, `use_ema`, `ema_momentum`, `ema_overwrite_frequency`, `name`.
+    """
     slot_groups = (("accumulated_grad", "accumulated_delta_var"),)
 
     def __init__(self, learning_rate=0.001, rho=0.95, epsilon=1e-7, **kwargs):
@@ -434,6 +565,21 @@ class Adadelta(Optimizer):
 
 
 class Adamax(Optimizer):
+    """Adamax: Adam with the infinity norm (a running maximum of the gradients' magnitudes) instead
+    of the second moment.
+
+    Args:
+        learning_rate: The learning rate: a float, or a
+            `fastnn.optimizers.schedules.LearningRateSchedule` (or callable) of the step count.
+            Defaults to `0.001`.
+        beta_1: Decay rate of the first moment (the running mean of the gradients). Defaults to
+            `0.9`.
+        beta_2: Decay rate of the running maximum. Defaults to `0.999`.
+        epsilon: Small constant added to the denominator for numerical stability. Defaults to
+            `1e-07`.
+        **kwargs: Base optimizer arguments: `weight_decay`, `clipnorm`, `clipvalue`,
+            `global_clipnorm`, `use_ema`, `ema_momentum`, `ema_overwrite_frequency`, `name`.
+    """
     scalars_vary = True
 
     slot_groups = (("momentum", "norm"),)
@@ -458,7 +604,18 @@ class Adamax(Optimizer):
 
 class Lion(Optimizer):
     """Keras's Lion (Chen et al., 2023): the step is lr times the sign of an interpolation
-    of momentum and gradient, so every weight moves by exactly lr (or 0)."""
+    of momentum and gradient, so every weight moves by exactly lr (or 0).
+
+    Args:
+        learning_rate: The learning rate: a float, or a
+            `fastnn.optimizers.schedules.LearningRateSchedule` (or callable) of the step count.
+            Defaults to `0.001`.
+        beta_1: Interpolation factor between the momentum and the gradient for the step's sign.
+            Defaults to `0.9`.
+        beta_2: Decay rate of the momentum. Defaults to `0.99`.
+        **kwargs: Base optimizer arguments: `weight_decay`, `clipnorm`, `clipvalue`,
+            `global_clipnorm`, `use_ema`, `ema_momentum`, `ema_overwrite_frequency`, `name`.
+    """
     slot_groups = (("momentum",),)
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.99, **kwargs):
@@ -482,6 +639,21 @@ class Lion(Optimizer):
 
 
 class Nadam(Optimizer):
+    """Nadam: Adam with Nesterov momentum.
+
+    Args:
+        learning_rate: The learning rate: a float, or a
+            `fastnn.optimizers.schedules.LearningRateSchedule` (or callable) of the step count.
+            Defaults to `0.001`.
+        beta_1: Decay rate of the first moment (the running mean of the gradients). Defaults to
+            `0.9`.
+        beta_2: Decay rate of the second moment (the running mean of the squared gradients).
+            Defaults to `0.999`.
+        epsilon: Small constant added to the denominator for numerical stability. Defaults to
+            `1e-07`.
+        **kwargs: Base optimizer arguments: `weight_decay`, `clipnorm`, `clipvalue`,
+            `global_clipnorm`, `use_ema`, `ema_momentum`, `ema_overwrite_frequency`, `name`.
+    """
     scalars_vary = True
 
     slot_groups = (("momentum", "velocity"),)
@@ -536,6 +708,24 @@ class Nadam(Optimizer):
 
 
 class Ftrl(Optimizer):
+    """FTRL-Proximal (Follow The Regularized Leader), with L1, L2 and L2-shrinkage regularization.
+
+    Args:
+        learning_rate: The learning rate: a float, or a
+            `fastnn.optimizers.schedules.LearningRateSchedule` (or callable) of the step count.
+            Defaults to `0.001`.
+        learning_rate_power: Exponent of the learning rate's decay (<= 0; 0: a fixed rate). Defaults
+            to `-0.5`.
+        initial_accumulator_value: Starting value of the accumulators (>= 0). Defaults to `0.1`.
+        l1_regularization_strength: L1 regularization strength (>= 0). Defaults to `0.0`.
+        l2_regularization_strength: L2 regularization strength (>= 0). Defaults to `0.0`.
+        l2_shrinkage_regularization_strength: L2 shrinkage strength (>= 0): an L2 penalty on the
+            weights applied to the gradient, unlike the stabilization penalty above. Defaults to
+            `0.0`.
+        beta: The `beta` of FTRL's learning-rate denominator. Defaults to `0.0`.
+        **kwargs: Base optimizer arguments: `weight_decay`, `clipnorm`, `clipvalue`,
+            `global_clipnorm`, `use_ema`, `ema_momentum`, `ema_overwrite_frequency`, `name`.
+    """
     slot_groups = (("accumulator", "linear"),)
 
     def __init__(self, learning_rate=0.001, learning_rate_power=-0.5,
@@ -591,6 +781,14 @@ _CLASSES = {c.__name__: c for c in _BY_NAME.values()}
 
 
 def get(identifier):
+    """The optimizer an identifier names.
+
+    Args:
+        identifier: A name such as `"adam"`, an `Optimizer`, or a config dict.
+
+    Returns:
+        An `Optimizer` (a new one, with default arguments, for a name).
+    """
     if isinstance(identifier, Optimizer):
         return identifier
     if isinstance(identifier, str):
@@ -619,7 +817,17 @@ def deserialize(config, custom_objects=None, path="optimizer"):
     """Keras's serialized optimizer {"class_name": "Adam", "config": {...}, ...} (or a name)
     -> the optimizer. Every key of its config must be an argument of that class, of the right
     type; errors name the key (as `path`.config.key) and the value. Only fastnn's own classes
-    resolve; nothing named in `config` is imported."""
+    resolve; nothing named in `config` is imported.
+
+    Args:
+        config: A name or a config dict.
+        custom_objects: A dict `{name: class}` for custom optimizers or schedules. Defaults to
+            `None`.
+        path: Where the config is, for error messages. Defaults to `"optimizer"`.
+
+    Returns:
+        An `Optimizer`.
+    """
     from ._config import check_kwargs, expect_int, fail_value, object_spec, prefixed
     if isinstance(config, str):
         try:
@@ -643,5 +851,14 @@ def deserialize(config, custom_objects=None, path="optimizer"):
 
 
 def serialize(opt):
+    """An optimizer's config as Keras writes it: `{"module", "class_name", "config",
+    "registered_name"}`.
+
+    Args:
+        opt: The optimizer.
+
+    Returns:
+        A dict.
+    """
     return {"module": "keras.optimizers", "class_name": type(opt).__name__,
             "config": opt.get_config(), "registered_name": None}

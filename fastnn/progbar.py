@@ -41,7 +41,16 @@ def format_eta(seconds):
 
 class Progbar:
     """target: total steps (None if unknown); values passed to update() are shown as given
-    (fastnn's logs are already running averages)."""
+    (fastnn's logs are already running averages).
+
+    Args:
+        target: The total number of steps, or `None` when unknown.
+        width: Width of the bar in characters. Defaults to `20`.
+        verbose: 1: a bar redrawn in place; 2: one line at the end. Defaults to `1`.
+        interval: Minimum seconds between redraws. Defaults to `0.05`.
+        unit_name: What a step is called in the display. Defaults to `"step"`.
+        stream: The file written to; `None`: standard output.
+    """
 
     def __init__(self, target, width=20, verbose=1, interval=0.05, unit_name="step",
                  stream=None):

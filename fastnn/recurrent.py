@@ -431,7 +431,50 @@ class _RNN(_Sequence):
 
 
 class SimpleRNN(_RNN):
-    """Keras's SimpleRNN: h_t = activation(x_t kernel + h_{t-1} recurrent_kernel + bias)."""
+    """Keras's SimpleRNN: h_t = activation(x_t kernel + h_{t-1} recurrent_kernel + bias).
+
+    Args:
+        units: Size of the state and of each output step.
+        activation: Activation of the state (a name or callable); `None`: linear. Defaults to
+            `"tanh"`.
+        use_bias: Whether the layer adds a bias vector. Defaults to `True`.
+        kernel_initializer: Initializer for the kernel weights (a name such as `"zeros"`, a config
+            dict, or an initializer object). Defaults to `"glorot_uniform"`.
+        recurrent_initializer: Initializer for the recurrent kernel (the state-to-state weights) (a
+            name such as `"zeros"`, a config dict, or an initializer object). Defaults to
+            `"orthogonal"`.
+        bias_initializer: Initializer for the bias vector (a name such as `"zeros"`, a config dict,
+            or an initializer object). Defaults to `"zeros"`.
+        kernel_regularizer: Regularizer for the kernel: its penalty is added to the model's loss.
+            `None`: none.
+        recurrent_regularizer: Regularizer for the recurrent kernel: its penalty is added to the
+            model's loss. `None`: none.
+        bias_regularizer: Regularizer for the bias: its penalty is added to the model's loss.
+            `None`: none.
+        activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
+            batch size, is added to the loss. `None`: none.
+        kernel_constraint: Constraint applied to the kernel after each optimizer step. `None`: none.
+        recurrent_constraint: Constraint applied to the recurrent kernel after each optimizer step.
+            `None`: none.
+        bias_constraint: Constraint applied to the bias after each optimizer step. `None`: none.
+        dropout: Fraction in [0, 1) of the inputs' units dropped at each step during training.
+            Defaults to `0.0`.
+        recurrent_dropout: Fraction in [0, 1) of the state's units dropped in the recurrent
+            transformation during training. Defaults to `0.0`.
+        return_sequences: Whether to return the whole output sequence `(batch, steps, units)` or
+            only the last output `(batch, units)`. Defaults to `False`.
+        return_state: Whether to return the final state(s) as well, after the output. Defaults to
+            `False`.
+        go_backwards: Whether to read the input sequence backwards (and return the reversed
+            sequence). Defaults to `False`.
+        stateful: Whether each batch starts from the final states of the previous batch (sample i
+            continues sample i); reset with `reset_states()`. Defaults to `False`.
+        unroll: Accepted for Keras compatibility; the computation is the same either way. Defaults
+            to `False`.
+        seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
+            from the global generator (see `fastnn.utils.set_random_seed`).
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     kind = "simple"
 
     def __init__(self, units, activation="tanh", use_bias=True,
@@ -458,7 +501,63 @@ class SimpleRNN(_RNN):
 
 
 class LSTM(_RNN):
-    """Keras's LSTM: gates i, f, c, o in that order along the kernels' columns."""
+    """Keras's LSTM: gates i, f, c, o in that order along the kernels' columns.
+
+    Args:
+        units: Size of the state and of each output step.
+        activation: Activation of the cell input and the output (a name or callable); `None`:
+            linear. Defaults to `"tanh"`.
+        recurrent_activation: Activation of the gates (a name, a callable or `None`). Defaults to
+            `"sigmoid"`.
+        use_bias: Whether the layer adds a bias vector. Defaults to `True`.
+        kernel_initializer: Initializer for the kernel weights (a name such as `"zeros"`, a config
+            dict, or an initializer object). Defaults to `"glorot_uniform"`.
+        recurrent_initializer: Initializer for the recurrent kernel (the state-to-state weights) (a
+            name such as `"zeros"`, a config dict, or an initializer object). Defaults to
+            `"orthogonal"`.
+        bias_initializer: Initializer for the bias vector (a name such as `"zeros"`, a config dict,
+            or an initializer object). Defaults to `"zeros"`.
+        unit_forget_bias: Whether the forget gate's bias starts at 1 (the rest of the bias from
+            `bias_initializer`). Defaults to `True`.
+        kernel_regularizer: Regularizer for the kernel: its penalty is added to the model's loss.
+            `None`: none.
+        recurrent_regularizer: Regularizer for the recurrent kernel: its penalty is added to the
+            model's loss. `None`: none.
+        bias_regularizer: Regularizer for the bias: its penalty is added to the model's loss.
+            `None`: none.
+        activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
+            batch size, is added to the loss. `None`: none.
+        kernel_constraint: Constraint applied to the kernel after each optimizer step. `None`: none.
+        recurrent_constraint: Constraint applied to the recurrent kernel after each optimizer step.
+            `None`: none.
+        bias_constraint: Constraint applied to the bias after each optimizer step. `None`: none.
+        dropout: Fraction in [0, 1) of the inputs' units dropped at each step during training.
+            Defaults to `0.0`.
+        recurrent_dropout: Fraction in [0, 1) of the state's units dropped in the recurrent
+            transformation during training. Defaults to `0.0`.
+        seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
+            from the global generator (see `fastnn.utils.set_random_seed`).
+        return_sequences: Whether to return the whole output sequence `(batch, steps, units)` or
+            only the last output `(batch, units)`. Defaults to `False`.
+        return_state: Whether to return the final state(s) as well, after the output. Defaults to
+            `False`.
+        go_backwards: Whether to read the input sequence backwards (and return the reversed
+            sequence). Defaults to `False`.
+        stateful: Whether each batch starts from the final states of the previous batch (sample i
+            continues sample i); reset with `reset_states()`. Defaults to `False`.
+        unroll: Accepted for Keras compatibility; the computation is the same either way. Defaults
+            to `False`.
+        use_cudnn: `"auto"` or `False`; `True` is refused (fastnn has no cuDNN path). Defaults to
+            `"auto"`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+
+    Example:
+
+    ```python
+    layer = fastnn.layers.LSTM(64, return_sequences=True)
+    y = layer(fastnn.ops.ones((32, 10, 8)))   # (32, 10, 64)
+    ```
+    """
     kind = "lstm"
 
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
@@ -494,7 +593,56 @@ class LSTM(_RNN):
 
 class GRU(_RNN):
     """Keras's GRU: gates z, r, h; reset_after=True (the default) has a (2, 3 units) bias,
-    the input's and the recurrent product's, and applies r after the recurrent product."""
+    the input's and the recurrent product's, and applies r after the recurrent product.
+
+    Args:
+        units: Size of the state and of each output step.
+        activation: Activation of the candidate state (a name or callable); `None`: linear. Defaults
+            to `"tanh"`.
+        recurrent_activation: Activation of the gates (a name, a callable or `None`). Defaults to
+            `"sigmoid"`.
+        use_bias: Whether the layer adds a bias vector. Defaults to `True`.
+        kernel_initializer: Initializer for the kernel weights (a name such as `"zeros"`, a config
+            dict, or an initializer object). Defaults to `"glorot_uniform"`.
+        recurrent_initializer: Initializer for the recurrent kernel (the state-to-state weights) (a
+            name such as `"zeros"`, a config dict, or an initializer object). Defaults to
+            `"orthogonal"`.
+        bias_initializer: Initializer for the bias vector (a name such as `"zeros"`, a config dict,
+            or an initializer object). Defaults to `"zeros"`.
+        kernel_regularizer: Regularizer for the kernel: its penalty is added to the model's loss.
+            `None`: none.
+        recurrent_regularizer: Regularizer for the recurrent kernel: its penalty is added to the
+            model's loss. `None`: none.
+        bias_regularizer: Regularizer for the bias: its penalty is added to the model's loss.
+            `None`: none.
+        activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
+            batch size, is added to the loss. `None`: none.
+        kernel_constraint: Constraint applied to the kernel after each optimizer step. `None`: none.
+        recurrent_constraint: Constraint applied to the recurrent kernel after each optimizer step.
+            `None`: none.
+        bias_constraint: Constraint applied to the bias after each optimizer step. `None`: none.
+        dropout: Fraction in [0, 1) of the inputs' units dropped at each step during training.
+            Defaults to `0.0`.
+        recurrent_dropout: Fraction in [0, 1) of the state's units dropped in the recurrent
+            transformation during training. Defaults to `0.0`.
+        seed: Seed of the layer's random draws (an int), for reproducible results; `None`: drawn
+            from the global generator (see `fastnn.utils.set_random_seed`).
+        return_sequences: Whether to return the whole output sequence `(batch, steps, units)` or
+            only the last output `(batch, units)`. Defaults to `False`.
+        return_state: Whether to return the final state(s) as well, after the output. Defaults to
+            `False`.
+        go_backwards: Whether to read the input sequence backwards (and return the reversed
+            sequence). Defaults to `False`.
+        stateful: Whether each batch starts from the final states of the previous batch (sample i
+            continues sample i); reset with `reset_states()`. Defaults to `False`.
+        unroll: Accepted for Keras compatibility; the computation is the same either way. Defaults
+            to `False`.
+        reset_after: Whether the reset gate is applied after the recurrent transformation
+            (Keras 3's default; the bias then has shape `(2, 3 * units)`) or before it.
+        use_cudnn: `"auto"` or `False`; `True` is refused (fastnn has no cuDNN path). Defaults to
+            `"auto"`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     kind = "gru"
 
     def __init__(self, units, activation="tanh", recurrent_activation="sigmoid", use_bias=True,
@@ -521,7 +669,19 @@ class Bidirectional(_Sequence):
     """Keras's Bidirectional: a copy of `layer` reads the sequence forwards, another (or
     backward_layer) backwards; their outputs merge (concat, sum, mul, ave, or None: both).
     Its weights are the forward layer's then the backward layer's; with return_state its
-    outputs are the merged output(s), then the forward layer's states, then the backward's."""
+    outputs are the merged output(s), then the forward layer's states, then the backward's.
+
+    Args:
+        layer: The recurrent layer (`SimpleRNN`, `LSTM` or `GRU`) that reads the sequence forwards;
+            a copy reads it backwards.
+        merge_mode: How the two directions' outputs are combined: `"concat"`, `"sum"`, `"mul"`,
+            `"ave"`, or `None` for a list of both. Defaults to `"concat"`.
+        weights: Initial weights (the forward layer's, then the backward layer's), or `None`.
+            Defaults to `None`.
+        backward_layer: The recurrent layer for the backward direction (with `go_backwards=True`),
+            or `None` to copy `layer`. Defaults to `None`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     _MERGES = ("sum", "mul", "ave", "concat", None)
 
     def __init__(self, layer, merge_mode="concat", weights=None, backward_layer=None,

@@ -13,7 +13,23 @@ _SCOPE = threading.local()  # the custom_objects (and safe_mode) in force in thi
 
 def register_keras_serializable(package="Custom", name=None):
     """Class decorator: register a Layer subclass (or other object) under "package>name" (name
-    defaults to the class name), the registered_name Keras writes for it."""
+    defaults to the class name), the registered_name Keras writes for it.
+
+    Args:
+        package: The package part of the registered name. Defaults to `"Custom"`.
+        name: The name part; `None`: the class or function name.
+
+    Returns:
+        The decorator.
+
+    Example:
+
+    ```python
+    @fastnn.saving.register_keras_serializable(package="my_package")
+    class MyLayer(fastnn.layers.Layer):
+        ...
+    ```
+    """
     if not isinstance(package, str) or ">" in package:
         raise ValueError(f"register_keras_serializable: package must be a string without '>', "
                          f"got {package!r}")
@@ -30,7 +46,14 @@ def register_keras_serializable(package="Custom", name=None):
 
 def get_registered_name(obj):
     """The name a saved config gives obj's class (or obj, a function): "package>name" when
-    registered, else its own name."""
+    registered, else its own name.
+
+    Args:
+        obj: A class or function.
+
+    Returns:
+        A string.
+    """
     if inspect.isfunction(obj):
         return getattr(obj, "_registered_name", None) or obj.__name__
     cls = obj if isinstance(obj, type) else type(obj)
@@ -45,7 +68,18 @@ def get_custom_objects():
 @contextlib.contextmanager
 def custom_object_scope(custom_objects):
     """Within the block (in this thread), class names in configs also resolve against
-    `custom_objects` (name -> class)."""
+    `custom_objects` (name -> class).
+
+    Args:
+        custom_objects: A dict `{name: class or function}`.
+
+    Example:
+
+    ```python
+    with fastnn.saving.custom_object_scope({"MyLayer": MyLayer}):
+        model = fastnn.models.load_model("model.keras")
+    ```
+    """
     if custom_objects is not None and not isinstance(custom_objects, dict):
         raise TypeError(f"custom_objects must be a dict or None, got {custom_objects!r}")
     previous = getattr(_SCOPE, "objects", {})

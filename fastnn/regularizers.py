@@ -34,7 +34,18 @@ class Regularizer:
 
 
 class L1L2(Regularizer):
-    """l1 * sum(|x|) + l2 * sum(x^2)."""
+    """l1 * sum(|x|) + l2 * sum(x^2).
+
+    Args:
+        l1: The L1 factor. Defaults to `0.0`.
+        l2: The L2 factor. Defaults to `0.0`.
+
+    Example:
+
+    ```python
+    layer = fastnn.layers.Dense(64, kernel_regularizer=fastnn.regularizers.L1L2(l1=1e-5, l2=1e-4))
+    ```
+    """
 
     def __init__(self, l1=0.0, l2=0.0):
         self.l1 = _factor(0.0 if l1 is None else l1, "l1")
@@ -53,7 +64,11 @@ class L1L2(Regularizer):
 
 
 class L1(Regularizer):
-    """l1 * sum(|x|)."""
+    """l1 * sum(|x|).
+
+    Args:
+        l1: The L1 factor. Defaults to `0.01`.
+    """
 
     def __init__(self, l1=0.01):
         # (Keras keeps this factor as a float32 tensor: its config holds the float32 value)
@@ -67,7 +82,11 @@ class L1(Regularizer):
 
 
 class L2(Regularizer):
-    """l2 * sum(x^2)."""
+    """l2 * sum(x^2).
+
+    Args:
+        l2: The L2 factor. Defaults to `0.01`.
+    """
 
     def __init__(self, l2=0.01):
         self.l2 = _factor(0.01 if l2 is None else l2, "l2")
@@ -80,7 +99,12 @@ class L2(Regularizer):
 
 
 class OrthogonalRegularizer(Regularizer):
-    """factor * mean |cosine| between distinct rows (or columns) of a rank-2 weight."""
+    """factor * mean |cosine| between distinct rows (or columns) of a rank-2 weight.
+
+    Args:
+        factor: The factor of the penalty. Defaults to `0.01`.
+        mode: `"rows"` or `"columns"`: which vectors should be orthogonal. Defaults to `"rows"`.
+    """
 
     def __init__(self, factor=0.01, mode="rows"):
         self.factor = float(np.float32(_factor(factor, "factor")))     # (as L1's)
@@ -113,7 +137,16 @@ _BY_NAME = {**_CLASSES, "l1": L1, "l2": L2, "l1_l2": L1L2,
 
 
 def penalty_and_gradient(regularizer, weight, want_gradient=True):
-    """(the penalty as a float, its gradient with respect to the weight or None)."""
+    """(the penalty as a float, its gradient with respect to the weight or None).
+
+    Args:
+        regularizer: The regularizer.
+        weight: The weight array.
+        want_gradient: Whether to compute the gradient. Defaults to `True`.
+
+    Returns:
+        A pair `(penalty, gradient)`; the gradient is `None` when not wanted.
+    """
     w = Tensor(weight, requires_grad=want_gradient)
     with tape():
         value = regularizer(w)
@@ -124,7 +157,14 @@ def penalty_and_gradient(regularizer, weight, want_gradient=True):
 
 
 def get(identifier):
-    """None, a Regularizer, a name ("l2", "L1L2", ...), a config dict, or a callable."""
+    """None, a Regularizer, a name ("l2", "L1L2", ...), a config dict, or a callable.
+
+    Args:
+        identifier: The regularizer, its name or config, a callable, or `None`.
+
+    Returns:
+        A regularizer, or `None`.
+    """
     if identifier is None or isinstance(identifier, Regularizer):
         return identifier
     if isinstance(identifier, str):
@@ -141,6 +181,14 @@ def get(identifier):
 
 
 def serialize(regularizer):
+    """A regularizer's config as Keras writes it.
+
+    Args:
+        regularizer: The regularizer.
+
+    Returns:
+        A dict.
+    """
     if regularizer is None:
         return None
     builtin = type(regularizer).__name__ in _CLASSES and type(regularizer).__module__ == __name__
@@ -150,6 +198,15 @@ def serialize(regularizer):
 
 
 def deserialize(config, path="regularizer"):
+    """The regularizer a name or config dict describes.
+
+    Args:
+        config: A name or a config dict.
+        path: Where the config is, for error messages. Defaults to `"regularizer"`.
+
+    Returns:
+        A regularizer.
+    """
     class_name, cfg = object_spec(config, path, "regularizer")
     cls = registry.lookup(class_name, config.get("registered_name")) or _BY_NAME.get(class_name)
     if cls is None:

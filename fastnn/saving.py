@@ -293,7 +293,15 @@ def _compile_config(model):
 
 def model_entry(model, compiled=True):
     """A model as Keras serializes it (config.json, to_json): its class, config, build
-    config and (compiled=True) compile config."""
+    config and (compiled=True) compile config.
+
+    Args:
+        model: The model.
+        compiled: Whether to include its compile config. Defaults to `True`.
+
+    Returns:
+        A dict.
+    """
     from .models import Sequential
     if isinstance(model, Sequential):
         entry = {"module": "keras", "class_name": "Sequential", "config": model.get_config(),
@@ -450,7 +458,12 @@ def check_sequential_config(cfg, path="config"):
     """Check a Sequential config (what Sequential.get_config returns; Sequential.from_config's
     argument) without building anything: every malformed entry raises TypeError / ValueError
     naming its path under `path` and the value; class names resolve only against fastnn's own
-    layers."""
+    layers.
+
+    Args:
+        cfg: The config dict.
+        path: Where the config is, for error messages. Defaults to `"config"`.
+    """
     C.expect_dict(cfg, path)
     if "name" in cfg:
         C.expect_str(cfg["name"], f"{path}.name", none_ok=True)
@@ -482,7 +495,12 @@ def _history(value, path, layers):
 def check_functional_config(cfg, path="config"):
     """Check a Functional config (get_config's form; from_config's argument) without building
     anything: layer entries as for Sequential, plus each call's input tensors and the model's
-    input and output tensors naming layers of the config."""
+    input and output tensors naming layers of the config.
+
+    Args:
+        cfg: The config dict.
+        path: Where the config is, for error messages. Defaults to `"config"`.
+    """
     C.expect_dict(cfg, path)
     if "name" in cfg:
         C.expect_str(cfg["name"], f"{path}.name", none_ok=True)
@@ -597,7 +615,15 @@ def _compile_args(cc, path, optimizer_key="optimizer"):
 
 
 def model_from_config_entry(entry, root="config"):
-    """A model (uncompiled) from its serialized entry ({"class_name": ..., "config": ...})."""
+    """A model (uncompiled) from its serialized entry ({"class_name": ..., "config": ...}).
+
+    Args:
+        entry: The serialized model, a dict.
+        root: Where it is, for error messages. Defaults to `"config"`.
+
+    Returns:
+        The model.
+    """
     return _model_from_config(entry, compile=False, root=root)
 
 
@@ -631,6 +657,23 @@ def _model_from_config(config, compile, root="config.json", cc_root=None,
 # ---- public API: saving --------------------------------------------------------------------------
 def save_model(model, filepath, overwrite=True, include_optimizer=True, zipped=None,
                save_format=None, **kwargs):
+    """Save a model (architecture, weights, optimizer state) to a `.keras` file, or a legacy `.h5`
+    file.
+
+    The file is written next to its destination and renamed into place, so a failed save leaves no
+    partial file.
+
+    Args:
+        model: The model to save.
+        filepath: Path ending in `.keras` (or `.h5`/`.hdf5`, which needs h5py).
+        overwrite: Whether to replace an existing file. Defaults to `True`.
+        include_optimizer: Whether to save the optimizer's state too. Defaults to `True`.
+        zipped: `None` or `True` (a zip archive); `False` (a folder) is not supported. Defaults to
+            `None`.
+        save_format: `None`, or the format matching the extension (`"keras"` or `"h5"`). Defaults to
+            `None`.
+        **kwargs: No other argument is supported (an error names it).
+    """
     if kwargs:
         raise ValueError("The following argument(s) are not supported: "
                          f"{sorted(kwargs)}")
@@ -722,6 +765,13 @@ def _write_legacy_h5(model, tmp, include_optimizer, h5py):
 
 
 def save_weights(model, filepath, overwrite=True):
+    """Save a model's weights to a `.weights.h5` file (Keras's layout).
+
+    Args:
+        model: The model.
+        filepath: Path ending in `.weights.h5`.
+        overwrite: Whether to replace an existing file. Defaults to `True`.
+    """
     path = os.fspath(filepath)
     if not path.endswith(".weights.h5"):
         raise ValueError(f"The filename must end in `.weights.h5`. Received: filepath={path}")
@@ -788,7 +838,18 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     """Load a .keras (zip) or legacy .h5 file. Never unpickles or imports anything the file
     names. With safe_mode=True (the default) a Lambda layer whose function is Python bytecode
     (a lambda) is refused, as in Keras; safe_mode=False loads that bytecode, and the model runs
-    it when called: code from the file, so only for files you trust."""
+    it when called: code from the file, so only for files you trust.
+
+    Args:
+        filepath: Path of the file.
+        custom_objects: A dict `{name: class or function}` for the custom objects the file names.
+            Defaults to `None`.
+        compile: Whether to compile the model as it was saved. Defaults to `True`.
+        safe_mode: Whether to refuse a `Lambda` layer stored as Python bytecode. Defaults to `True`.
+
+    Returns:
+        The model.
+    """
     path = os.fspath(filepath)
     with registry.custom_object_scope(custom_objects), registry.safe_mode_scope(safe_mode), \
             _open_checked(path) as f:
@@ -1219,7 +1280,16 @@ def load_weights(model, filepath, skip_mismatch=False, by_name=False):
     """Weights from a .weights.h5 file, a .keras archive (its model.weights.h5, or the
     model.weights.npz fastnn writes without h5py), or Keras's legacy HDF5 layout (any other
     .h5/.hdf5: the format of Keras's ImageNet weight files). Every array is checked before any
-    is set."""
+    is set.
+
+    Args:
+        model: The model to load into.
+        filepath: The file to read.
+        skip_mismatch: Whether to skip layers whose weights do not match (else it is an error).
+            Defaults to `False`.
+        by_name: Whether to match layers by name (legacy `.h5` files) instead of by order. Defaults
+            to `False`.
+    """
     path = os.fspath(filepath)
     legacy = path.endswith((".h5", ".hdf5")) and not path.endswith(".weights.h5")
     if not legacy and not path.endswith((".keras", ".weights.h5")):

@@ -19,7 +19,13 @@ from .layers import Activation, Add, BatchNormalization, Conv2D, Dense, Layer, Z
 
 class Schedule:
     """The steps of a graph: (layer, input tensor ids, output tensor id, several inputs, slot,
-    which inputs need a gradient, whether the output needs one)."""
+    which inputs need a gradient, whether the output needs one).
+
+    Args:
+        inputs: The graph's input tensors.
+        outputs: Its output tensors.
+        nodes: The layer calls, in an order that computes each before it is read.
+    """
 
     @classmethod
     def for_graph(cls, inputs, outputs, nodes):

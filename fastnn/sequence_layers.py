@@ -54,7 +54,34 @@ class Embedding(Layer):
     checked against input_dim before any memory is read. Backward adds each output row's
     gradient into its index's row only (ops.embedding_backward): the rows used last step are
     zeroed, not the whole table, and the optimizer then updates the whole table as Keras's
-    dense update does (Adam's moments decay on unused rows too)."""
+    dense update does (Adam's moments decay on unused rows too).
+
+    Args:
+        input_dim: Size of the vocabulary: indices are in `[0, input_dim)`.
+        output_dim: Size of each embedding vector.
+        embeddings_initializer: Initializer for the embedding table (a name such as `"zeros"`, a
+            config dict, or an initializer object). Defaults to `"uniform"`.
+        embeddings_regularizer: Regularizer for the embedding table: its penalty is added to the
+            model's loss. `None`: none.
+        embeddings_constraint: Constraint applied to the embedding table after each optimizer step.
+            `None`: none.
+        mask_zero: Whether index 0 is padding: it is masked out for the layers after (then
+            `input_dim` should count it). Defaults to `False`.
+        weights: Initial embedding table, a list holding one `(input_dim, output_dim)` array, or
+            `None`. Defaults to `None`.
+        lora_rank: Only `None` (LoRA is not supported).
+        lora_alpha: Accepted for Keras compatibility (LoRA is not supported). Defaults to `None`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+
+    Example:
+
+    ```python
+    model = fastnn.Sequential([fastnn.Input(shape=(100,), dtype="int32"),
+                               fastnn.layers.Embedding(20000, 128),
+                               fastnn.layers.LSTM(64),
+                               fastnn.layers.Dense(1, activation="sigmoid")])
+    ```
+    """
     _KERAS_DEFAULTS = {"quantization_config": None, "activity_regularizer": None,
                        "lora_alpha": None, "input_length": None}
     integer_input = True        # a Sequential starting with it batches its data as integers
@@ -134,7 +161,12 @@ class Embedding(Layer):
 # ---- Masking --------------------------------------------------------------------------------
 class Masking(Layer):
     """Keras's Masking: a timestep whose features all equal mask_value is masked (its mask
-    False, its output zeros)."""
+    False, its output zeros).
+
+    Args:
+        mask_value: Value of the features that marks a step as padding. Defaults to `0.0`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     supports_masking = mask_source = True
 
     def __init__(self, mask_value=0.0, **kwargs):
@@ -168,7 +200,38 @@ class Masking(Layer):
 class Conv1D(Conv2D):
     """Keras's Conv1D, kernel (kernel_size, in/groups, filters): Conv2D's kernels with height 1
     (its kernel (1, k, in/groups, filters) is this kernel's memory as it lies). padding="causal"
-    pads (kernel_size - 1) * dilation_rate steps on the left only."""
+    pads (kernel_size - 1) * dilation_rate steps on the left only.
+
+    Args:
+        filters: Number of output channels (convolution filters).
+        kernel_size: Size of the convolution window: an int or a tuple of one int per spatial axis.
+        strides: Step of the window along each spatial axis: an int or a tuple. Defaults to `1`.
+        padding: `"valid"`, `"same"` or `"causal"` (zero padding on the left only, so that output t
+            sees inputs up to t). Defaults to `"valid"`.
+        data_format: Only `"channels_last"` (inputs `(batch, ..., channels)`) or `None` (the same)
+            is supported.
+        dilation_rate: Spacing between the kernel's taps: an int or a tuple. Cannot be combined with
+            strides > 1. Defaults to `1`.
+        groups: Number of groups the input channels are split into, each convolved with `filters /
+            groups` filters of its own; `filters` and the input channels must be divisible by it.
+            Defaults to `1`.
+        activation: Activation applied to the output: a name such as `"relu"`, a callable, or `None`
+            for none (linear). Defaults to `None`.
+        use_bias: Whether the layer adds a bias vector. Defaults to `True`.
+        kernel_initializer: Initializer for the kernel weights (a name such as `"zeros"`, a config
+            dict, or an initializer object). Defaults to `"glorot_uniform"`.
+        bias_initializer: Initializer for the bias vector (a name such as `"zeros"`, a config dict,
+            or an initializer object). Defaults to `"zeros"`.
+        kernel_regularizer: Regularizer for the kernel: its penalty is added to the model's loss.
+            `None`: none.
+        bias_regularizer: Regularizer for the bias: its penalty is added to the model's loss.
+            `None`: none.
+        activity_regularizer: Regularizer applied to the layer's output; its penalty, divided by the
+            batch size, is added to the loss. `None`: none.
+        kernel_constraint: Constraint applied to the kernel after each optimizer step. `None`: none.
+        bias_constraint: Constraint applied to the bias after each optimizer step. `None`: none.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", data_format=None,
                  dilation_rate=1, groups=1, activation=None, use_bias=True,
@@ -279,10 +342,32 @@ class _Pooling1D:
 
 
 class MaxPooling1D(_Pooling1D, MaxPooling2D):
+    """Max pooling over steps: the maximum of each window of `pool_size` steps, inputs `(batch,
+    steps, channels)`.
+
+    Args:
+        pool_size: Length of the window. Defaults to `2`.
+        strides: Step of the window; `None`: `pool_size`.
+        padding: `"valid"` or `"same"`. Defaults to `"valid"`.
+        data_format: Only `"channels_last"` (inputs `(batch, steps, channels)`) or `None` is
+            supported. Defaults to `None`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     pass
 
 
 class AveragePooling1D(_Pooling1D, AveragePooling2D):
+    """Average pooling over steps: the mean of each window of `pool_size` steps, inputs `(batch,
+    steps, channels)`.
+
+    Args:
+        pool_size: Length of the window. Defaults to `2`.
+        strides: Step of the window; `None`: `pool_size`.
+        padding: `"valid"` or `"same"`. Defaults to `"valid"`.
+        data_format: Only `"channels_last"` (inputs `(batch, steps, channels)`) or `None` is
+            supported. Defaults to `None`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     pass
 
 
@@ -312,7 +397,14 @@ class _GlobalPooling1D(Layer):
 
 class GlobalAveragePooling1D(_GlobalPooling1D):
     """The mean over the steps; with a mask, over the kept steps only (Keras's formula:
-    sum(x * mask) / sum(mask), so a row with every step masked gives nan, as in Keras)."""
+    sum(x * mask) / sum(mask), so a row with every step masked gives nan, as in Keras).
+
+    Args:
+        data_format: Only `"channels_last"` (inputs `(batch, steps, channels)`) or `None` is
+            supported. Defaults to `None`.
+        keepdims: Whether to keep the steps axis with size 1. Defaults to `False`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     supports_masking = True
 
     def forward(self, x, training=False, mask=None):
@@ -348,7 +440,14 @@ class GlobalAveragePooling1D(_GlobalPooling1D):
 
 class GlobalMaxPooling1D(_GlobalPooling1D):
     """The maximum over the steps: GlobalMaxPooling2D's kernel on a 1-step-high image. As in
-    Keras 3, it does not take a mask (a mask reaching it is dropped, with Keras's warning)."""
+    Keras 3, it does not take a mask (a mask reaching it is dropped, with Keras's warning).
+
+    Args:
+        data_format: Only `"channels_last"` (inputs `(batch, steps, channels)`) or `None` is
+            supported. Defaults to `None`.
+        keepdims: Whether to keep the steps axis with size 1. Defaults to `False`.
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
 
     def __init__(self, data_format=None, keepdims=False, **kwargs):
         super().__init__(data_format, keepdims, **kwargs)
@@ -374,7 +473,12 @@ class TimeDistributed(Layer):
     """Keras's TimeDistributed(layer): the inner layer on every step, run once on the
     (batch * steps, ...) rows. Its weights are the inner layer's (shared, one set for every
     step). The inner layer, where its forward takes a mask, gets each step's part of the mask
-    (batch, steps, ...) as Keras gives it; the mask passes on unchanged, as in Keras."""
+    (batch, steps, ...) as Keras gives it; the mask passes on unchanged, as in Keras.
+
+    Args:
+        layer: The layer applied to each step (input `(batch, steps, ...)`).
+        **kwargs: Base layer arguments: `name`, `trainable`, `dtype`, `input_shape`, ...
+    """
     supports_masking = True
     weights_subpath = "/layer"      # where Keras's .keras files keep the inner layer's weights
 

@@ -111,6 +111,35 @@ class Trainer:
     def compile(self, optimizer="rmsprop", loss=None, loss_weights=None, metrics=None,
                 weighted_metrics=None, run_eagerly=False, steps_per_execution=1,
                 jit_compile="auto", auto_scale_loss=True):
+        """Configure the model for training: the optimizer, the loss and the metrics.
+
+        Args:
+            optimizer: An optimizer name such as `"adam"` or a `fastnn.optimizers.Optimizer`.
+                Defaults to `"rmsprop"`.
+            loss: A loss name such as `"mse"`, a `fastnn.losses.Loss`, or a function `loss(y_true,
+                y_pred)`; for a model with several outputs, a list or a dict by output name.
+                Defaults to `None`.
+            loss_weights: Factors of the losses of several outputs (a list or dict), or of the
+                single loss. Defaults to `None`.
+            metrics: A list of metric names (e.g. `"accuracy"`) or `fastnn.metrics.Metric` objects;
+                for several outputs, a dict by output name or a list of lists. Defaults to `None`.
+            weighted_metrics: Only `None` (weighted metrics are not supported yet). Defaults to
+                `None`.
+            run_eagerly: Accepted for Keras compatibility; fastnn computes the same either way.
+                Defaults to `False`.
+            steps_per_execution: Only 1 is supported (batch callbacks see every step). Defaults to
+                `1`.
+            jit_compile: Accepted for Keras compatibility; fastnn computes the same either way.
+                Defaults to `"auto"`.
+            auto_scale_loss: Accepted for Keras compatibility (float32 only: no loss scaling).
+                Defaults to `True`.
+
+        Example:
+
+        ```python
+        model.compile(optimizer="adam", loss="mse", metrics=["mae"])
+        ```
+        """
         serialized = isinstance(loss, dict) and "class_name" in loss     # from a saved file
         if isinstance(loss, list) or (isinstance(loss, dict) and not serialized) or \
                 isinstance(metrics, dict):
@@ -168,6 +197,7 @@ class Trainer:
         return [m.name for m in self._trackers()] or ["loss"]
 
     def reset_metrics(self):
+        """Reset the state of the model's metrics (and its loss tracker)."""
         for m in self._trackers():
             m.reset_state()
 
@@ -704,6 +734,52 @@ class Trainer:
             validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
             sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
             validation_batch_size=None, validation_freq=1):
+        """Train the model for a number of epochs.
+
+        Args:
+            x: Input data: a NumPy array (a list of arrays, or a dict by input name, for several
+                inputs), or a Python generator/iterable or `fastnn.utils.PyDataset` yielding batches
+                `(x, y)` or `(x, y, sample_weight)` (then `y`, `batch_size` and `sample_weight` must
+                not be given). Defaults to `None`.
+            y: Target data, arrays matching `x` (a list or dict for several outputs); `None` when
+                `x` yields batches. Defaults to `None`.
+            batch_size: Number of samples per batch; `None`: 32. Not allowed when `x` yields
+                batches.
+            epochs: Number of epochs to train for (up to `epochs`, counting from `initial_epoch`).
+                Defaults to `1`.
+            verbose: `"auto"` (the same as 1), 0 (silent), 1 (a progress bar) or 2 (one line per
+                epoch). Defaults to `"auto"`.
+            callbacks: A list of `fastnn.callbacks.Callback` objects called during the run. Defaults
+                to `None`.
+            validation_split: Fraction in [0, 1) of the data (the last samples, before shuffling)
+                held out for validation. Defaults to `0.0`.
+            validation_data: Data to validate on at the end of each epoch: `(x_val, y_val)`,
+                `(x_val, y_val, sample_weight)`, or batches as for `x`. Defaults to `None`.
+            shuffle: Whether to shuffle the samples before each epoch (`"batch"`: shuffle in batch-
+                sized chunks). Defaults to `True`.
+            class_weight: A dict `{class index: weight}` that weights each sample's loss by its
+                class. Defaults to `None`.
+            sample_weight: Per-sample weights of the loss, a 1-D array with one entry per sample, or
+                `None`. Defaults to `None`.
+            initial_epoch: The epoch to start at (to resume a previous training). Defaults to `0`.
+            steps_per_epoch: Number of batches per epoch; `None`: the whole data. Defaults to
+                `None`.
+            validation_steps: Number of validation batches per validation; `None`: all. Defaults to
+                `None`.
+            validation_batch_size: Batch size of the validation; `None`: `batch_size`. Defaults to
+                `None`.
+            validation_freq: Validate every `validation_freq` epochs (an int), or at the epochs
+                listed. Defaults to `1`.
+
+        Returns:
+            A `fastnn.callbacks.History` whose `history` dict holds each metric's value per epoch.
+
+        Example:
+
+        ```python
+        history = model.fit(x_train, y_train, batch_size=32, epochs=5, validation_split=0.1)
+        ```
+        """
         self._check_compiled("fit")
         verbose = _resolve_verbose(verbose)
         batched = data_adapters.is_batched(x)     # generators, iterables, PyDataset
@@ -905,6 +981,31 @@ class Trainer:
     @_metered
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
                  steps=None, callbacks=None, return_dict=False):
+        """The loss and metrics of the model on test data.
+
+        Args:
+            x: Input data: a NumPy array (a list of arrays, or a dict by input name, for several
+                inputs), or a Python generator/iterable or `fastnn.utils.PyDataset` yielding batches
+                `(x, y)` or `(x, y, sample_weight)` (then `y`, `batch_size` and `sample_weight` must
+                not be given). Defaults to `None`.
+            y: Target data, arrays matching `x` (a list or dict for several outputs); `None` when
+                `x` yields batches. Defaults to `None`.
+            batch_size: Number of samples per batch; `None`: 32. Not allowed when `x` yields
+                batches.
+            verbose: `"auto"` (the same as 1), 0 (silent), 1 (a progress bar) or 2 (one line per
+                epoch). Defaults to `"auto"`.
+            sample_weight: Per-sample weights of the loss, a 1-D array with one entry per sample, or
+                `None`. Defaults to `None`.
+            steps: Number of batches to evaluate; `None`: all.
+            callbacks: A list of `fastnn.callbacks.Callback` objects called during the run. Defaults
+                to `None`.
+            return_dict: Whether to return a dict `{name: value}` instead of a list (or a scalar
+                when there is only the loss). Defaults to `False`.
+
+        Returns:
+            The loss (a float) when there are no metrics, else a list `[loss, metric, ...]`, or a
+            dict with `return_dict=True`.
+        """
         self._check_compiled("evaluate")
         verbose = _resolve_verbose(verbose)
         steps = _check_steps(steps, "steps")
@@ -933,6 +1034,21 @@ class Trainer:
         return self._results(logs)
 
     def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
+        """The model's outputs for input samples, computed batch by batch.
+
+        Args:
+            x: Input data: arrays as for `fit`, or batches (a generator or `PyDataset`).
+            batch_size: Number of samples per batch; `None`: 32. Not allowed when `x` yields
+                batches.
+            verbose: `"auto"` (the same as 1), 0 (silent), 1 (a progress bar) or 2 (one line per
+                epoch). Defaults to `"auto"`.
+            steps: Number of batches to predict; `None`: all.
+            callbacks: A list of `fastnn.callbacks.Callback` objects called during the run. Defaults
+                to `None`.
+
+        Returns:
+            A NumPy array (a list of arrays for several outputs).
+        """
         verbose = _resolve_verbose(verbose)
         steps = _check_steps(steps, "steps")
         if data_adapters.is_batched(x):
@@ -1003,6 +1119,20 @@ class Trainer:
     @_training
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None,
                        return_dict=False):
+        """One training step (a gradient update) on one batch.
+
+        Args:
+            x: Input data of the batch.
+            y: Its targets. Defaults to `None`.
+            sample_weight: Per-sample weights of the loss, a 1-D array with one entry per sample, or
+                `None`. Defaults to `None`.
+            class_weight: A dict `{class index: weight}`, or `None`. Defaults to `None`.
+            return_dict: Whether to return a dict `{name: value}` instead of a list (or a scalar
+                when there is only the loss). Defaults to `False`.
+
+        Returns:
+            The loss and metrics after the step, as `evaluate` returns them.
+        """
         self._check_compiled("train_on_batch")
         x, y, w, y_shape = self._prepare_xy(x, y, sample_weight, class_weight)
         self._build_metrics(y_shape)
@@ -1014,6 +1144,19 @@ class Trainer:
 
     @_metered
     def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
+        """The loss and metrics on one batch (no update).
+
+        Args:
+            x: Input data of the batch.
+            y: Its targets. Defaults to `None`.
+            sample_weight: Per-sample weights of the loss, a 1-D array with one entry per sample, or
+                `None`. Defaults to `None`.
+            return_dict: Whether to return a dict `{name: value}` instead of a list (or a scalar
+                when there is only the loss). Defaults to `False`.
+
+        Returns:
+            The loss and metrics, as `evaluate` returns them.
+        """
         self._check_compiled("test_on_batch")
         x, y, w, y_shape = self._prepare_xy(x, y, sample_weight)
         self._build_metrics(y_shape)
@@ -1025,6 +1168,14 @@ class Trainer:
         return self._batch_result(return_dict)
 
     def predict_on_batch(self, x):
+        """The model's outputs for one batch.
+
+        Args:
+            x: Input data of one batch.
+
+        Returns:
+            A NumPy array (a list for several outputs).
+        """
         return self(x)
 
     def _batch_result(self, return_dict):
@@ -1063,13 +1214,29 @@ def _arrays_across_ranks(method):
 
 def scale_back(loss, n):
     """Factor from a batch's loss sum to its tracker contribution: Keras tracks the reduced batch
-    loss weighted by the batch size (mean: sum/n * n; sum: sum * n)."""
+    loss weighted by the batch size (mean: sum/n * n; sum: sum * n).
+
+    Args:
+        loss: The loss object (its reduction decides the factor).
+        n: The batch size.
+
+    Returns:
+        A float.
+    """
     return 1.0 if loss.reduction == "sum_over_batch_size" else float(n)
 
 
 def fits(shape, expected):
     """Whether an array shape matches a model's (batch, ...) shape, where None (the batch
-    axis, an image size left open) matches any size."""
+    axis, an image size left open) matches any size.
+
+    Args:
+        shape: An array's shape.
+        expected: A model's shape with `None` for any size.
+
+    Returns:
+        A bool.
+    """
     return len(shape) == len(expected) and all(
         e is None or d == e for d, e in zip(shape[1:], expected[1:]))
 

@@ -17,7 +17,17 @@ def get_rng():
 
 def set_random_seed(seed):
     """Fix every source of randomness fastnn uses (and Python's and NumPy's global ones, as
-    keras.utils.set_random_seed does), so a script gives identical results run to run."""
+    keras.utils.set_random_seed does), so a script gives identical results run to run.
+
+    Args:
+        seed: An int.
+
+    Example:
+
+    ```python
+    fastnn.utils.set_random_seed(42)
+    ```
+    """
     global _rng
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -29,7 +39,21 @@ def set_random_seed(seed):
 
 def to_categorical(x, num_classes=None):
     """Integer class vector -> one-hot float matrix, keras.utils.to_categorical's rules: a
-    trailing axis of size 1 is dropped, num_classes defaults to max(x) + 1."""
+    trailing axis of size 1 is dropped, num_classes defaults to max(x) + 1.
+
+    Args:
+        x: Class indices, an integer array.
+        num_classes: Number of classes; `None`: `max(x) + 1`.
+
+    Returns:
+        A float one-hot array whose last axis has size `num_classes`.
+
+    Example:
+
+    ```python
+    fastnn.utils.to_categorical([0, 2], num_classes=3)   # [[1, 0, 0], [0, 0, 1]]
+    ```
+    """
     arr = np.asarray(x)
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
@@ -57,7 +81,16 @@ def to_categorical(x, num_classes=None):
 
 def plot_history(history, path=None, title=None):
     """Plot loss (and every metric, with its val_ twin) per epoch from a History or its dict.
-    Saves a PNG when `path` is given; returns the matplotlib Figure."""
+    Saves a PNG when `path` is given; returns the matplotlib Figure.
+
+    Args:
+        history: A `History` (from `fit`) or its `history` dict.
+        path: Where to save the PNG, or `None`.
+        title: The figure's title, or `None`.
+
+    Returns:
+        The matplotlib `Figure`.
+    """
     logs = getattr(history, "history", history)
     if not isinstance(logs, dict) or not logs:
         raise ValueError("plot_history expects a History (or its .history dict) with at least "

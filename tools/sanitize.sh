@@ -31,6 +31,6 @@ export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:allocator_m
 cd "$WORK/src/tests"
 "$PY" -c "import fastnn._core as c; print('fastnn sanitize: testing', c.__file__)"
 "$PY" -m pytest -q -p no:cacheprovider --import-mode=importlib \
-    test_ops.py test_conv.py test_convpool.py test_fused.py test_layers.py test_optimizers.py \
+    test_ops.py test_conv.py test_conv2d_maxpool.py test_fused.py test_layers.py test_optimizers.py \
     reliability -k "not torch and not keras and not Keras" "$@"
 echo "fastnn sanitize: no AddressSanitizer errors" >&2

@@ -27,10 +27,19 @@ _TORCH_STD = (0.229, 0.224, 0.225)
 def preprocess_input(x, data_format=None, mode="caffe"):
     """Prepare a batch of images (values 0..255, 3 color channels) for an ImageNet model.
 
-    mode "caffe" (ResNet50, VGG): RGB -> BGR, then subtract the ImageNet mean of each channel,
-    no scaling. "tf": scale to -1..1. "torch": scale to 0..1, then normalise each channel by
-    ImageNet's mean and std. A float array is preprocessed in place (pass a copy to keep it);
-    uint8 or other non-float input returns a new float32 array.
+    A float array is preprocessed in place (pass a copy to keep it); uint8 or other non-float input
+    returns a new float32 array.
+
+    Args:
+        x: Images, an array `(..., height, width, 3)` (channels last) with values in 0..255.
+        data_format: `"channels_last"` or `"channels_first"`; `None`:
+            `fastnn.backend.image_data_format()`.
+        mode: `"caffe"` (ResNet50, VGG: RGB to BGR, then the ImageNet mean of each channel
+            subtracted, no scaling), `"tf"` (scaled to -1..1) or `"torch"` (scaled to 0..1, then
+            each channel normalized by ImageNet's mean and std). Defaults to `"caffe"`.
+
+    Returns:
+        The preprocessed float32 array.
     """
     if mode not in ("caffe", "tf", "torch"):
         raise ValueError("Expected mode to be one of `caffe`, `tf` or `torch`. "
@@ -69,7 +78,15 @@ def preprocess_input(x, data_format=None, mode="caffe"):
 def decode_predictions(preds, top=5):
     """ImageNet class probabilities (samples, 1000) -> per sample, the `top` classes as
     (class_name, class_description, score) tuples, best first, e.g.
-    [[("n02437616", "llama", 0.92), ...], ...]."""
+    [[("n02437616", "llama", 0.92), ...], ...].
+
+    Args:
+        preds: Class probabilities, shape `(samples, 1000)`.
+        top: How many classes to return per sample. Defaults to `5`.
+
+    Returns:
+        A list (one per sample) of lists of `(class_name, class_description, score)`.
+    """
     preds = np.asarray(preds)
     if preds.ndim != 2 or preds.shape[1] != 1000:
         raise ValueError("`decode_predictions` expects a batch of predictions (i.e. a 2D array "
@@ -100,7 +117,18 @@ def obtain_input_shape(input_shape, default_size, min_size, require_flatten, wei
     """The model's input shape (channels-last), checked as Keras checks it: ImageNet weights
     with the classifier need exactly (default_size, default_size, 3); otherwise any shape of
     three axes, at least min_size on each side, 3 channels for ImageNet weights; no shape
-    gives (None, None, 3), any image size (or the default size with the classifier)."""
+    gives (None, None, 3), any image size (or the default size with the classifier).
+
+    Args:
+        input_shape: The shape asked for, or `None`.
+        default_size: The model's default image size.
+        min_size: The smallest image size allowed.
+        require_flatten: Whether the classifier is included (then the size is fixed).
+        weights: The `weights` argument of the model. Defaults to `None`.
+
+    Returns:
+        The input shape, a tuple.
+    """
     default_shape = (default_size, default_size, 3)
     if weights != "imagenet" and input_shape and len(input_shape) == 3:
         default_shape = (default_size, default_size, input_shape[-1])
@@ -128,7 +156,12 @@ def obtain_input_shape(input_shape, default_size, min_size, require_flatten, wei
 
 
 def validate_activation(classifier_activation, weights):
-    """Pretrained weights go with a softmax or a linear classifier only (as Keras checks)."""
+    """Pretrained weights go with a softmax or a linear classifier only (as Keras checks).
+
+    Args:
+        classifier_activation: The classifier's activation.
+        weights: The `weights` argument.
+    """
     if weights is None:
         return
     fn = activations.get(classifier_activation)

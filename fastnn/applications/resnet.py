@@ -107,20 +107,88 @@ def ResNet50(include_top=True, weights="imagenet", input_tensor=None, input_shap
              pooling=None, classes=1000, classifier_activation="softmax", name="resnet50"):
     """ResNet-50 (Deep Residual Learning for Image Recognition, He et al. 2015), as Keras
     builds it: 25,636,712 parameters with the classifier. `weights="imagenet"` downloads
-    Keras's ImageNet weights (cached in ~/.keras/models); a path loads a local file."""
+    Keras's ImageNet weights (cached in ~/.keras/models); a path loads a local file.
+
+    Args:
+        include_top: Whether to include the classifier (global average pooling and a Dense layer of
+            `classes`). Defaults to `True`.
+        weights: `"imagenet"` (Keras's ImageNet weights, downloaded and cached), `None` (random
+            initialization), or the path of a weights file. Defaults to `"imagenet"`.
+        input_tensor: A `fastnn.Input` tensor to build the model on, or `None`.
+        input_shape: The input shape `(height, width, 3)` when `include_top` is false (at least
+            32x32); `None`: (224, 224, 3).
+        pooling: Without the classifier: `None` (4-D output), `"avg"` or `"max"` (global pooling to
+            2-D).
+        classes: Number of classes of the classifier (1000 with ImageNet weights). Defaults to
+            `1000`.
+        classifier_activation: Activation of the classifier: `"softmax"`, `None` or another
+            activation (only softmax or linear with pretrained weights). Defaults to `"softmax"`.
+        name: Name of the model. Defaults to `"resnet50"`.
+
+    Returns:
+        A functional `Model`.
+
+    Example:
+
+    ```python
+    model = fastnn.applications.ResNet50(weights="imagenet")
+    x = fastnn.applications.resnet50.preprocess_input(images)   # (n, 224, 224, 3), 0..255
+    fastnn.applications.resnet50.decode_predictions(model.predict(x), top=3)
+    ```
+    """
     return ResNet(_stages((3, 4, 6, 3)), include_top, weights, input_tensor, input_shape,
                   pooling, classes, classifier_activation, name, "resnet50")
 
 
 def ResNet101(include_top=True, weights="imagenet", input_tensor=None, input_shape=None,
               pooling=None, classes=1000, classifier_activation="softmax", name="resnet101"):
-    """ResNet-101, as Keras builds it (see ResNet50)."""
+    """ResNet-101, as Keras builds it (see ResNet50).
+
+    Args:
+        include_top: Whether to include the classifier (global average pooling and a Dense layer of
+            `classes`). Defaults to `True`.
+        weights: `"imagenet"` (Keras's ImageNet weights, downloaded and cached), `None` (random
+            initialization), or the path of a weights file. Defaults to `"imagenet"`.
+        input_tensor: A `fastnn.Input` tensor to build the model on, or `None`.
+        input_shape: The input shape `(height, width, 3)` when `include_top` is false (at least
+            32x32); `None`: (224, 224, 3).
+        pooling: Without the classifier: `None` (4-D output), `"avg"` or `"max"` (global pooling to
+            2-D).
+        classes: Number of classes of the classifier (1000 with ImageNet weights). Defaults to
+            `1000`.
+        classifier_activation: Activation of the classifier: `"softmax"`, `None` or another
+            activation (only softmax or linear with pretrained weights). Defaults to `"softmax"`.
+        name: Name of the model. Defaults to `"resnet101"`.
+
+    Returns:
+        A functional `Model`.
+    """
     return ResNet(_stages((3, 4, 23, 3)), include_top, weights, input_tensor, input_shape,
                   pooling, classes, classifier_activation, name, "resnet101")
 
 
 def ResNet152(include_top=True, weights="imagenet", input_tensor=None, input_shape=None,
               pooling=None, classes=1000, classifier_activation="softmax", name="resnet152"):
-    """ResNet-152, as Keras builds it (see ResNet50)."""
+    """ResNet-152, as Keras builds it (see ResNet50).
+
+    Args:
+        include_top: Whether to include the classifier (global average pooling and a Dense layer of
+            `classes`). Defaults to `True`.
+        weights: `"imagenet"` (Keras's ImageNet weights, downloaded and cached), `None` (random
+            initialization), or the path of a weights file. Defaults to `"imagenet"`.
+        input_tensor: A `fastnn.Input` tensor to build the model on, or `None`.
+        input_shape: The input shape `(height, width, 3)` when `include_top` is false (at least
+            32x32); `None`: (224, 224, 3).
+        pooling: Without the classifier: `None` (4-D output), `"avg"` or `"max"` (global pooling to
+            2-D).
+        classes: Number of classes of the classifier (1000 with ImageNet weights). Defaults to
+            `1000`.
+        classifier_activation: Activation of the classifier: `"softmax"`, `None` or another
+            activation (only softmax or linear with pretrained weights). Defaults to `"softmax"`.
+        name: Name of the model. Defaults to `"resnet152"`.
+
+    Returns:
+        A functional `Model`.
+    """
     return ResNet(_stages((3, 8, 36, 3)), include_top, weights, input_tensor, input_shape,
                   pooling, classes, classifier_activation, name, "resnet152")

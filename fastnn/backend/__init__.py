@@ -49,6 +49,12 @@ def _make_ops(name):
 
 
 def get_ops():
+    """The active backend's operations object (the NumPy reference, the C backend or the CuPy one),
+    chosen by `set_backend` or `$FASTNN_BACKEND` (default `"auto"`).
+
+    Returns:
+        An `Ops` object.
+    """
     global _ops
     if _ops is None:
         _ops = _make_ops(os.environ.get("FASTNN_BACKEND", "auto"))
@@ -60,7 +66,11 @@ def set_backend(name):
     NVIDIA GPU; RuntimeError saying what is missing when there is none), 'numpy' (the
     reference) or 'auto' (cuda when usable, else cpu), the default; or an Ops instance.
     Select it before building
-    models: a model's weights stay on the backend they were created on."""
+    models: a model's weights stay on the backend they were created on.
+
+    Args:
+        name: `"cpu"`, `"cuda"`, `"numpy"` or `"auto"`.
+    """
     global _ops
     _ops = _make_ops(name)
     return _ops
@@ -68,6 +78,19 @@ def set_backend(name):
 
 @contextlib.contextmanager
 def use_backend(name):
+    """A context manager that selects a backend inside its block and restores the previous one
+    after.
+
+    Args:
+        name: `"cpu"`, `"cuda"`, `"numpy"` or `"auto"`, as for `set_backend`.
+
+    Example:
+
+    ```python
+    with fastnn.backend.use_backend("numpy"):
+        y = model.predict(x)
+    ```
+    """
     global _ops
     previous = _ops
     set_backend(name)
@@ -78,7 +101,11 @@ def use_backend(name):
 
 
 def set_num_threads(n):
-    """Threads used by fastnn's own OpenMP kernels (default: OMP_NUM_THREADS or all cores)."""
+    """Threads used by fastnn's own OpenMP kernels (default: OMP_NUM_THREADS or all cores).
+
+    Args:
+        n: Number of threads (>= 1).
+    """
     from .. import _core
     if not isinstance(n, int) or isinstance(n, bool):
         raise TypeError(f"n must be an int, got {type(n).__name__}")
@@ -86,12 +113,24 @@ def set_num_threads(n):
 
 
 def get_num_threads():
+    """The number of threads fastnn's OpenMP kernels use.
+
+    Returns:
+        An int.
+    """
     from .. import _core
     return _core.get_num_threads()
 
 
 def unique_name(base):
-    """Keras-style auto names: dense, dense_1, dense_2, ..."""
+    """Keras-style auto names: dense, dense_1, dense_2, ...
+
+    Args:
+        base: The name's base, e.g. `"dense"`.
+
+    Returns:
+        A string.
+    """
     k = _name_counters.get(base, 0)
     _name_counters[base] = k + 1
     return base if k == 0 else f"{base}_{k}"
@@ -103,10 +142,20 @@ def clear_session():
 
 
 def floatx():
+    """The default float type: always `"float32"` in fastnn.
+
+    Returns:
+        A string.
+    """
     return "float32"
 
 
 def image_data_format():
+    """The default image layout: `"channels_last"` (NHWC), the one fastnn's layers use.
+
+    Returns:
+        A string.
+    """
     return "channels_last"
 
 
@@ -133,7 +182,11 @@ _OPENMP_VERSIONS = {200203: "2.0", 200505: "2.5", 200805: "3.0", 201107: "3.1", 
 
 def show_config(file=None):
     """Print what fastnn is and how it was built: version, compiler and flags, OpenMP and its
-    threads, the BLAS behind the GEMMs, the backend, NumPy, and whether a GPU is usable."""
+    threads, the BLAS behind the GEMMs, the backend, NumPy, and whether a GPU is usable.
+
+    Args:
+        file: Where to print; `None`: standard output.
+    """
     import sys
     import numpy as np
     from .. import __version__, _core

@@ -94,13 +94,27 @@ def rnn_check_backward(cell, cache, keys, dy, dh_t, dc_t, kernel, recurrent, d_k
 
 def pointwise(window):
     """Whether a convolution window is 1x1 with stride 1 and no padding: its im2col matrix
-    is the input itself (a 1x1 kernel's dilation does not matter)."""
+    is the input itself (a 1x1 kernel's dilation does not matter).
+
+    Args:
+        window: A convolution window tuple.
+
+    Returns:
+        A bool.
+    """
     return tuple(window[:6]) == (1, 1, 1, 1, 0, 0)
 
 
 def dilation(window):
     """A convolution window's dilation (dh, dw): a window of 10 entries ends with it, one of 8
-    (every pooling window, and an undilated convolution's) has none, i.e. (1, 1)."""
+    (every pooling window, and an undilated convolution's) has none, i.e. (1, 1).
+
+    Args:
+        window: A convolution window tuple (8 or 10 entries).
+
+    Returns:
+        A pair `(dh, dw)`.
+    """
     return (window[8], window[9]) if len(window) == 10 else (1, 1)
 
 
@@ -460,10 +474,10 @@ class Ops:
         return dx
 
     # A Conv2D and the MaxPooling2D after it as one step. A backend may run it a chunk of
-    # images at a time (CpuOps: the convolution output stays in cache); conv_pool_plan says how
+    # images at a time (CpuOps: the convolution output stays in cache); conv2d_maxpool_plan says how
     # the workspaces are sized: `work` holds groups x chunk convolution outputs, `dcols_work`
     # as many im2col blocks, `partials` (groups - 1) kernel gradients. Here: one chunk.
-    def conv_pool_plan(self, n, oh, ow, filters):
+    def conv2d_maxpool_plan(self, n, oh, ow, filters):
         """(groups, images per chunk) of conv2d_maxpool_forward/backward over n images."""
         return 1, n
 

@@ -163,22 +163,22 @@ class CpuOps(Ops):
         _core.col2im(_f32(cols, "cols"), tuple(window), out)
         return out
 
-    def conv_pool_plan(self, n, oh, ow, filters):
-        return _core.conv_pool_plan(n, oh, ow, filters)
+    def conv2d_maxpool_plan(self, n, oh, ow, filters):
+        return _core.conv2d_maxpool_plan(n, oh, ow, filters)
 
     def conv2d_maxpool_forward(self, x, kernel, bias, act, alpha, conv_window, pool_window,
                                cols, work, y, argmax):
-        _core.conv_pool_forward(_f32(x, "x"), _f32(kernel, "kernel"),
-                                _f32_or_none(bias, "bias"), act, alpha, tuple(conv_window),
-                                tuple(pool_window), cols, work, y, argmax)
+        _core.conv2d_maxpool_forward(_f32(x, "x"), _f32(kernel, "kernel"),
+                                     _f32_or_none(bias, "bias"), act, alpha, tuple(conv_window),
+                                     tuple(pool_window), cols, work, y, argmax)
         return y, argmax
 
     def conv2d_maxpool_backward(self, cols, kernel, y, argmax, dy, act, alpha, conv_window,
                                 pool_window, x_shape, d_kernel, d_bias, dx=None, work=None,
                                 dcols_work=None, partials=None):
-        _core.conv_pool_backward(cols, _f32(kernel, "kernel"), y, argmax, dy, act, alpha,
-                                 tuple(conv_window), tuple(pool_window), tuple(x_shape),
-                                 d_kernel, d_bias, dx, work, dcols_work, partials)
+        _core.conv2d_maxpool_backward(cols, _f32(kernel, "kernel"), y, argmax, dy, act, alpha,
+                                      tuple(conv_window), tuple(pool_window), tuple(x_shape),
+                                      d_kernel, d_bias, dx, work, dcols_work, partials)
         return dx
 
     def maxpool_forward(self, x, window, y=None, argmax=None):
@@ -209,7 +209,7 @@ class CpuOps(Ops):
     def embedding_forward(self, table, ids, out=None, where="Embedding"):
         ids, table = _index_array(ids, "ids"), _f32(table, "table")
         out = np.empty((ids.size, table.shape[1]), np.float32) if out is None else out
-        bad = _core.embed_gather(table, ids, out.reshape(ids.size, -1))
+        bad = _core.embedding_forward(table, ids, out.reshape(ids.size, -1))
         if bad >= 0:
             self._bad_index(ids, table.shape[0], where)
         return out
@@ -217,8 +217,8 @@ class CpuOps(Ops):
     def embedding_backward(self, ids, dy, d_table, clear=None, where="Embedding"):
         ids = _index_array(ids, "ids")
         _required(d_table, "d_table")
-        bad = _core.embed_scatter_add(ids, _f32(dy, "dy").reshape(ids.size, -1), d_table,
-                                      None if clear is None else _index_array(clear, "clear"))
+        bad = _core.embedding_backward(ids, _f32(dy, "dy").reshape(ids.size, -1), d_table,
+                                       None if clear is None else _index_array(clear, "clear"))
         if bad >= 0:
             self._bad_index(ids, d_table.shape[0], where)
         return d_table
@@ -227,24 +227,24 @@ class CpuOps(Ops):
         x = _f32(x, "x")
         mean = np.empty(x.shape[1], np.float32) if mean is None else mean
         var = np.empty(x.shape[1], np.float32) if var is None else var
-        _core.bn_stats(x, mean, var)
+        _core.batchnorm_stats(x, mean, var)
         return mean, var
 
     def batchnorm_apply(self, x, mean, var, gamma, beta, eps, out=None):
         x = _f32(x, "x")
         out = np.empty_like(x) if out is None else out
-        _core.bn_apply(x, mean, var, gamma, beta, eps, out)
+        _core.batchnorm_apply(x, mean, var, gamma, beta, eps, out)
         return out
 
     def batchnorm_backward(self, x, dy, mean, var, gamma, eps, dx=None, d_gamma=None,
                            d_beta=None):
         x, dy = _f32(x, "x"), _f32(dy, "dy")
         dx = np.empty_like(x) if dx is None else dx
-        _core.bn_backward(x, dy, mean, var, gamma, eps, dx, d_gamma, d_beta)
+        _core.batchnorm_backward(x, dy, mean, var, gamma, eps, dx, d_gamma, d_beta)
         return dx
 
     def batchnorm_update_moving(self, moving_mean, moving_var, mean, var, momentum):
-        _core.bn_update_moving(moving_mean, moving_var, mean, var, momentum)
+        _core.batchnorm_update_moving(moving_mean, moving_var, mean, var, momentum)
 
     def softmax_xent_sparse(self, probs, labels, weights, scale, grad=None):
         probs = _f32(probs, "probs")

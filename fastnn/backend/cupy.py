@@ -180,7 +180,7 @@ class CupyOps(Ops):
             raise ValueError(f"unknown activation id {act}")
         cols = z.shape[-1] if z.ndim else 1
         if act == A.SOFTMAX:
-            self._launch("softmax_rows", z.size // max(cols, 1), z, bias, i32(cols), y)
+            self._launch("bias_act_forward_softmax", z.size // max(cols, 1), z, bias, i32(cols), y)
         else:
             self._launch("bias_act_forward", z.size, z, bias, i32(cols), i32(act), f32(alpha), y,
                          None, None, None, None, f32(0.0), None)
@@ -221,9 +221,9 @@ class CupyOps(Ops):
             raise ValueError(f"unknown activation id {act}")
         if act == A.SOFTMAX:
             cols = dy.shape[-1]
-            self._launch("softmax_grad_rows", dy.size // max(cols, 1), y, dy, i32(cols), dz)
+            self._launch("act_backward_softmax", dy.size // max(cols, 1), y, dy, i32(cols), dz)
         else:
-            self._launch("act_grad", dy.size, z, y, dy, i32(act), f32(alpha), dz)
+            self._launch("act_backward", dy.size, z, y, dy, i32(act), f32(alpha), dz)
         return dz
 
     def dense_forward(self, x, kernel, bias, act, alpha, z=None, y=None, training=False,
@@ -281,7 +281,7 @@ class CupyOps(Ops):
         if not self.kernels:
             return super().embedding_forward(table, flat, out, where)
         self._bad_index(flat, table.shape[0], where)
-        self._launch("embed_gather", out.size, table, self._dev(flat, numpy.int32),
+        self._launch("embedding_forward", out.size, table, self._dev(flat, numpy.int32),
                      i32(table.shape[1]), out)
         return out
 
@@ -305,18 +305,18 @@ class CupyOps(Ops):
         bounds = xp.concatenate([xp.zeros(1, numpy.int32), starts,
                                  xp.full(1, flat.size, numpy.int32)]).astype(numpy.int32)
         seg_rows = xp.ascontiguousarray(ordered[bounds[:-1]])
-        self._launch("embed_segment_add", (len(bounds) - 1) * dim, order, bounds, seg_rows,
+        self._launch("embedding_backward", (len(bounds) - 1) * dim, order, bounds, seg_rows,
                      self._f32(dy).reshape(flat.size, dim), i32(dim), d_table)
         return d_table
 
     # ---- batch normalization --------------------------------------------------------------
     def _column_sums(self, x, dy, center, scale=1.0):
-        """Per-channel (sum a, sum b) * scale of kernels.cu's bn_partials, reduced over its
+        """Per-channel (sum a, sum b) * scale of kernels.cu's batchnorm_partials, reduced over its
         chunks."""
         rows, c = x.shape
         chunks = max(1, min(rows, 1024, 65536 // max(c, 1)))    # fixed by shape: deterministic
         part = self.xp.empty((2, chunks, c), numpy.float32)
-        self._launch("bn_partials", chunks * c, x, dy, center, i32(rows), i32(c), f32(scale),
+        self._launch("batchnorm_partials", chunks * c, x, dy, center, i32(rows), i32(c), f32(scale),
                      part[0], part[1])
         return part.sum(axis=1)
 
@@ -339,7 +339,7 @@ class CupyOps(Ops):
         if not self.kernels:
             return super().batchnorm_apply(x, mean, var, gamma, beta, eps, out=out)
         f = self._f32
-        self._launch("bn_apply", x.size, x, f(mean), f(var), f(gamma), f(beta), f32(eps),
+        self._launch("batchnorm_apply", x.size, x, f(mean), f(var), f(gamma), f(beta), f32(eps),
                      i32(x.shape[1]), out)
         return out
 
@@ -356,7 +356,7 @@ class CupyOps(Ops):
             d_gamma[...] = sum_dy_xc / self.xp.sqrt(var + f32(eps))
         if d_beta is not None:
             d_beta[...] = sum_dy
-        self._launch("bn_backward", x.size, x, dy, mean, var, self._f32(gamma), sum_dy,
+        self._launch("batchnorm_backward", x.size, x, dy, mean, var, self._f32(gamma), sum_dy,
                      sum_dy_xc, f32(eps), i32(x.shape[0]), i32(x.shape[1]), dx)
         return dx
 
@@ -392,9 +392,9 @@ class CupyOps(Ops):
         if not self.kernels:
             return super().softmax_xent_sparse(probs, labels, weights, scale, grad)
         row_loss = xp.empty(rows, numpy.float32)
-        self._launch("xent_sparse_rows", rows, probs, labels, weights, i32(cols), row_loss)
+        self._launch("softmax_xent_sparse_rows", rows, probs, labels, weights, i32(cols), row_loss)
         if grad is not None:
-            self._launch("xent_sparse_grad", probs.size, probs, labels, weights, f32(scale),
+            self._launch("softmax_xent_sparse_grad", probs.size, probs, labels, weights, f32(scale),
                          i32(cols), grad)
         return self._total(row_loss)
 
@@ -405,10 +405,10 @@ class CupyOps(Ops):
         rows, cols = probs.shape
         per_row = self.xp.empty((2, rows), numpy.float32)
         row_loss, row_tsum = per_row[0], per_row[1]
-        self._launch("xent_dense_rows", rows, probs, targets, weights, i32(cols), row_loss,
+        self._launch("softmax_xent_dense_rows", rows, probs, targets, weights, i32(cols), row_loss,
                      row_tsum)
         if grad is not None:
-            self._launch("xent_dense_grad", probs.size, probs, targets, row_tsum, weights,
+            self._launch("softmax_xent_dense_grad", probs.size, probs, targets, row_tsum, weights,
                          f32(scale), i32(cols), grad)
         return self._total(row_loss)
 
@@ -418,9 +418,9 @@ class CupyOps(Ops):
             return super().sigmoid_bxent(probs, targets, weights, scale, grad)
         rows, cols = probs.shape
         row_loss = self.xp.empty(rows, numpy.float32)
-        self._launch("bxent_rows", rows, probs, targets, weights, i32(cols), row_loss)
+        self._launch("sigmoid_bxent_rows", rows, probs, targets, weights, i32(cols), row_loss)
         if grad is not None:
-            self._launch("bxent_grad", probs.size, probs, targets, weights,
+            self._launch("sigmoid_bxent_grad", probs.size, probs, targets, weights,
                          f32(scale / cols), i32(cols), grad)
         return self._total(row_loss)
 

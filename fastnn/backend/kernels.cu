@@ -6,6 +6,8 @@
 // arrive as null pointers. No shared memory, atomics or block synchronisation: each work item
 // writes its own outputs only, so results do not depend on the launch shape or on scheduling
 // (tests/host_kernels.py also builds this file for the CPU and runs it as a grid of threads).
+// A kernel is named after the Ops method it implements (X, or X_part when the op takes several
+// launches); batchnorm_partials serves both batchnorm_stats and batchnorm_backward.
 //
 // Images are NHWC. A window geometry is (h, w, c) of the input, then kh, kw (window), sh, sw
 // (strides), pt, pl (leading padding) and oh, ow (output size), as in fastnn/backend/base.py.
@@ -152,9 +154,9 @@ extern "C" __global__ void maxpool_backward(int n, const float *__restrict__ dy,
 
 // ---- embedding -----------------------------------------------------------------------------
 // n = rows * dim: out[i, c] = table[ids[i], c] (ids range-checked by the caller).
-extern "C" __global__ void embed_gather(int n, const float *__restrict__ table,
-                                        const int *__restrict__ ids, int dim,
-                                        float *__restrict__ out) {
+extern "C" __global__ void embedding_forward(int n, const float *__restrict__ table,
+                                             const int *__restrict__ ids, int dim,
+                                             float *__restrict__ out) {
     GRID_STRIDE_LOOP(i, n) {
         int r = i / dim, c = i % dim;
         out[i] = table[ids[r] * dim + c];
@@ -165,11 +167,11 @@ extern "C" __global__ void embed_gather(int n, const float *__restrict__ table,
 // of one row each (bounds[s] .. bounds[s + 1] in order, the row rows[s]). n = segments * dim:
 // one thread per (segment, column) adds its segment's dy rows in their original order, so the
 // sums do not depend on the launch shape, and each table entry has one writer.
-extern "C" __global__ void embed_segment_add(int n, const int *__restrict__ order,
-                                             const int *__restrict__ bounds,
-                                             const int *__restrict__ rows,
-                                             const float *__restrict__ dy, int dim,
-                                             float *__restrict__ d_table) {
+extern "C" __global__ void embedding_backward(int n, const int *__restrict__ order,
+                                              const int *__restrict__ bounds,
+                                              const int *__restrict__ rows,
+                                              const float *__restrict__ dy, int dim,
+                                              float *__restrict__ d_table) {
     GRID_STRIDE_LOOP(i, n) {
         int s = i / dim, c = i % dim;
         float acc = 0.0f;
@@ -242,7 +244,8 @@ extern "C" __global__ void bias_act_forward(int n, float *z, const float *bias, 
 }
 
 // One thread per row: z += bias (when given), y = softmax(z); y may be z.
-extern "C" __global__ void softmax_rows(int n, float *z, const float *bias, int cols, float *y) {
+extern "C" __global__ void bias_act_forward_softmax(int n, float *z, const float *bias,
+                                                    int cols, float *y) {
     GRID_STRIDE_LOOP(r, n) {
         float *zr = z + r * cols, *yr = y + r * cols;
         float top = -__int_as_float(0x7f800000);       // -inf
@@ -257,8 +260,8 @@ extern "C" __global__ void softmax_rows(int n, float *z, const float *bias, int 
 }
 
 // dz = dy * act'(z); dz may be dy. ReLU passes dy where y > 0 (an inf gradient stays inf).
-extern "C" __global__ void act_grad(int n, const float *z, const float *y, const float *dy,
-                                    int act, float alpha, float *dz) {
+extern "C" __global__ void act_backward(int n, const float *z, const float *y, const float *dy,
+                                        int act, float alpha, float *dz) {
     GRID_STRIDE_LOOP(i, n) {
         float zi = z ? z[i] : 0.0f;
         dz[i] = act == RELU ? (y[i] > 0.0f ? dy[i] : 0.0f) : dy[i] * act_slope(act, zi, y[i], alpha);
@@ -266,8 +269,8 @@ extern "C" __global__ void act_grad(int n, const float *z, const float *y, const
 }
 
 // One thread per row: dz = y * (dy - sum(dy * y)); dz may be dy.
-extern "C" __global__ void softmax_grad_rows(int n, const float *y, const float *dy, int cols,
-                                             float *dz) {
+extern "C" __global__ void act_backward_softmax(int n, const float *y, const float *dy, int cols,
+                                                float *dz) {
     GRID_STRIDE_LOOP(r, n) {
         const float *yr = y + r * cols, *dyr = dy + r * cols;
         float dot = 0.0f;
@@ -282,11 +285,11 @@ extern "C" __global__ void softmax_grad_rows(int n, const float *y, const float 
 // dy it sums dy and dy*d, where d = x - center[ch] (center null: 0); each partial is stored times
 // `scale` (1/rows for means: a variance near float's limit has float partial sums). The caller
 // adds the chunks, so the reduction order is fixed by the shapes alone.
-extern "C" __global__ void bn_partials(int n, const float *__restrict__ x,
-                                       const float *__restrict__ dy,
-                                       const float *__restrict__ center, int rows, int c,
-                                       float scale, float *__restrict__ part_a,
-                                       float *__restrict__ part_b) {
+extern "C" __global__ void batchnorm_partials(int n, const float *__restrict__ x,
+                                              const float *__restrict__ dy,
+                                              const float *__restrict__ center, int rows, int c,
+                                              float scale, float *__restrict__ part_a,
+                                              float *__restrict__ part_b) {
     int chunks = n / c;
     GRID_STRIDE_LOOP(i, n) {
         int ch = i % c, k = i / c;
@@ -304,12 +307,12 @@ extern "C" __global__ void bn_partials(int n, const float *__restrict__ x,
 }
 
 // out = (x - mean) * (gamma / sqrt(var + eps)) + beta, per channel; gamma, beta may be null.
-extern "C" __global__ void bn_apply(int n, const float *__restrict__ x,
-                                    const float *__restrict__ mean,
-                                    const float *__restrict__ var,
-                                    const float *__restrict__ gamma,
-                                    const float *__restrict__ beta, float eps, int c,
-                                    float *__restrict__ out) {
+extern "C" __global__ void batchnorm_apply(int n, const float *__restrict__ x,
+                                           const float *__restrict__ mean,
+                                           const float *__restrict__ var,
+                                           const float *__restrict__ gamma,
+                                           const float *__restrict__ beta, float eps, int c,
+                                           float *__restrict__ out) {
     GRID_STRIDE_LOOP(i, n) {
         int ch = i % c;
         float scale = 1.0f / sqrtf(var[ch] + eps);
@@ -320,13 +323,13 @@ extern "C" __global__ void bn_apply(int n, const float *__restrict__ x,
 
 // Training-mode gradient through the batch statistics, given the per-channel sums of dy and of
 // dy*(x - mean). dx may be dy itself: each element reads its own dy before writing.
-extern "C" __global__ void bn_backward(int n, const float *x, const float *dy,
-                                       const float *__restrict__ mean,
-                                       const float *__restrict__ var,
-                                       const float *__restrict__ gamma,
-                                       const float *__restrict__ sum_dy,
-                                       const float *__restrict__ sum_dy_xc, float eps, int rows,
-                                       int c, float *dx) {
+extern "C" __global__ void batchnorm_backward(int n, const float *x, const float *dy,
+                                              const float *__restrict__ mean,
+                                              const float *__restrict__ var,
+                                              const float *__restrict__ gamma,
+                                              const float *__restrict__ sum_dy,
+                                              const float *__restrict__ sum_dy_xc, float eps,
+                                              int rows, int c, float *dx) {
     GRID_STRIDE_LOOP(i, n) {
         int ch = i % c;
         float inv = 1.0f / sqrtf(var[ch] + eps);
@@ -341,10 +344,10 @@ extern "C" __global__ void bn_backward(int n, const float *x, const float *dy,
 // weights (per row) may be null. Gradients are those of scale * sum_r weight_r * loss_r.
 
 // row_loss = -w * log(clip(p[label] / sum(p))).
-extern "C" __global__ void xent_sparse_rows(int n, const float *__restrict__ probs,
-                                            const int *__restrict__ labels,
-                                            const float *__restrict__ weights, int cols,
-                                            float *__restrict__ row_loss) {
+extern "C" __global__ void softmax_xent_sparse_rows(int n, const float *__restrict__ probs,
+                                                    const int *__restrict__ labels,
+                                                    const float *__restrict__ weights, int cols,
+                                                    float *__restrict__ row_loss) {
     GRID_STRIDE_LOOP(r, n) {
         const float *p = probs + r * cols;
         float s = 0.0f;
@@ -359,10 +362,10 @@ extern "C" __global__ void xent_sparse_rows(int n, const float *__restrict__ pro
 }
 
 // grad = k * (p - onehot(label)), k = scale * w: the fused softmax + cross-entropy gradient.
-extern "C" __global__ void xent_sparse_grad(int n, const float *__restrict__ probs,
-                                            const int *__restrict__ labels,
-                                            const float *__restrict__ weights, float scale,
-                                            int cols, float *__restrict__ grad) {
+extern "C" __global__ void softmax_xent_sparse_grad(int n, const float *__restrict__ probs,
+                                                    const int *__restrict__ labels,
+                                                    const float *__restrict__ weights, float scale,
+                                                    int cols, float *__restrict__ grad) {
     GRID_STRIDE_LOOP(i, n) {
         int r = i / cols, j = i - r * cols;
         float k = weights ? scale * weights[r] : scale;
@@ -371,11 +374,11 @@ extern "C" __global__ void xent_sparse_grad(int n, const float *__restrict__ pro
 }
 
 // row_loss = -w * sum(t * log(clip(p / sum(p)))); row_tsum = sum(t), which the gradient needs.
-extern "C" __global__ void xent_dense_rows(int n, const float *__restrict__ probs,
-                                           const float *__restrict__ targets,
-                                           const float *__restrict__ weights, int cols,
-                                           float *__restrict__ row_loss,
-                                           float *__restrict__ row_tsum) {
+extern "C" __global__ void softmax_xent_dense_rows(int n, const float *__restrict__ probs,
+                                                   const float *__restrict__ targets,
+                                                   const float *__restrict__ weights, int cols,
+                                                   float *__restrict__ row_loss,
+                                                   float *__restrict__ row_tsum) {
     GRID_STRIDE_LOOP(r, n) {
         const float *p = probs + r * cols, *t = targets + r * cols;
         float s = 0.0f;
@@ -391,11 +394,11 @@ extern "C" __global__ void xent_dense_rows(int n, const float *__restrict__ prob
 }
 
 // grad = k * (p * sum(t) - t), k = scale * w (p - t for one-hot targets).
-extern "C" __global__ void xent_dense_grad(int n, const float *__restrict__ probs,
-                                           const float *__restrict__ targets,
-                                           const float *__restrict__ row_tsum,
-                                           const float *__restrict__ weights, float scale,
-                                           int cols, float *__restrict__ grad) {
+extern "C" __global__ void softmax_xent_dense_grad(int n, const float *__restrict__ probs,
+                                                   const float *__restrict__ targets,
+                                                   const float *__restrict__ row_tsum,
+                                                   const float *__restrict__ weights, float scale,
+                                                   int cols, float *__restrict__ grad) {
     GRID_STRIDE_LOOP(i, n) {
         int r = i / cols;
         float k = weights ? scale * weights[r] : scale;
@@ -404,10 +407,10 @@ extern "C" __global__ void xent_dense_grad(int n, const float *__restrict__ prob
 }
 
 // row_loss = w * mean_j(-(t log q + (1 - t) log(1 - q))), q = clip(p).
-extern "C" __global__ void bxent_rows(int n, const float *__restrict__ probs,
-                                      const float *__restrict__ targets,
-                                      const float *__restrict__ weights, int cols,
-                                      float *__restrict__ row_loss) {
+extern "C" __global__ void sigmoid_bxent_rows(int n, const float *__restrict__ probs,
+                                              const float *__restrict__ targets,
+                                              const float *__restrict__ weights, int cols,
+                                              float *__restrict__ row_loss) {
     GRID_STRIDE_LOOP(r, n) {
         const float *p = probs + r * cols, *t = targets + r * cols;
         float acc = 0.0f;
@@ -422,10 +425,11 @@ extern "C" __global__ void bxent_rows(int n, const float *__restrict__ probs,
 
 // grad = k * (p - t), k = scale_per_col * w: the fused sigmoid + binary cross-entropy gradient
 // (the caller passes scale / cols, the mean over the last axis).
-extern "C" __global__ void bxent_grad(int n, const float *__restrict__ probs,
-                                      const float *__restrict__ targets,
-                                      const float *__restrict__ weights, float scale_per_col,
-                                      int cols, float *__restrict__ grad) {
+extern "C" __global__ void sigmoid_bxent_grad(int n, const float *__restrict__ probs,
+                                              const float *__restrict__ targets,
+                                              const float *__restrict__ weights,
+                                              float scale_per_col, int cols,
+                                              float *__restrict__ grad) {
     GRID_STRIDE_LOOP(i, n) {
         int r = i / cols;
         float k = weights ? scale_per_col * weights[r] : scale_per_col;

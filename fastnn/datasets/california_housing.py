@@ -12,7 +12,19 @@ def load_data(version="large", path="california_housing.npz", test_split=0.2, se
     """`(x_train, y_train), (x_test, y_test)`: features (n, 8) and median house values
     (n,), all 20,640 block groups (version="large") or the first 600 ("small"), shuffled by
     `np.random.RandomState(seed)`, the last `test_split` of them the test set. `path` is the
-    file's name in Keras's cache folder (~/.keras/datasets, or $KERAS_HOME)."""
+    file's name in Keras's cache folder (~/.keras/datasets, or $KERAS_HOME).
+
+    Args:
+        version: `"large"` (all 20,640 block groups) or `"small"` (the first 600). Defaults to
+            `"large"`.
+        path: Name of the cached file (under Keras's cache, `~/.keras/datasets`). Defaults to
+            `"california_housing.npz"`.
+        test_split: Fraction of the data kept as the test set. Defaults to `0.2`.
+        seed: Seed of the shuffle before the split. Defaults to `113`.
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)`, NumPy arrays.
+    """
     check_test_split(test_split)
     if version not in ("large", "small"):
         raise ValueError("Argument `version` must be one of 'small', 'large'. "

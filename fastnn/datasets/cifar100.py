@@ -13,7 +13,14 @@ FILE_HASH = "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7"  
 def load_data(label_mode="fine"):
     """`(x_train, y_train), (x_test, y_test)`: uint8 images (50000, 32, 32, 3) and
     (10000, 32, 32, 3) (channels last), int64 labels of shapes (50000, 1) and (10000, 1): the
-    100 fine classes (label_mode="fine") or the 20 coarse superclasses ("coarse")."""
+    100 fine classes (label_mode="fine") or the 20 coarse superclasses ("coarse").
+
+    Args:
+        label_mode: `"fine"` (100 classes) or `"coarse"` (20 super-classes). Defaults to `"fine"`.
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)`, NumPy arrays.
+    """
     if label_mode not in ("fine", "coarse"):
         raise ValueError('`label_mode` must be one of `"fine"`, `"coarse"`. '
                          f"Received: label_mode={label_mode}.")

@@ -22,7 +22,30 @@ def load_data(path="imdb.npz", num_words=None, skip_top=0, maxlen=None, seed=113
     Each review becomes `[start_char] + [id + index_from ...]` (no start mark when start_char
     is None); with `maxlen`, reviews of maxlen ids or more are dropped; ids below `skip_top` or
     not below `num_words` (default: the largest id present) become `oov_char`, or are removed
-    when oov_char is None. `path` is the file's name in Keras's cache folder."""
+    when oov_char is None. `path` is the file's name in Keras's cache folder.
+
+    Args:
+        path: Name of the cached file (under Keras's cache, `~/.keras/datasets`). Defaults to
+            `"imdb.npz"`.
+        num_words: Keep only the `num_words` most frequent words (others become `oov_char`); `None`:
+            all.
+        skip_top: Skip that many of the most frequent words (they become `oov_char`). Defaults to
+            `0`.
+        maxlen: Drop sequences longer than this; `None`: keep all.
+        seed: Seed of the shuffle before the split. Defaults to `113`.
+        start_char: The id marking the start of each sequence. Defaults to `1`.
+        oov_char: The id replacing words left out by `num_words` or `skip_top`. Defaults to `2`.
+        index_from: Word ids start at this offset (ranks shifted by it). Defaults to `3`.
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)`, NumPy arrays.
+
+    Example:
+
+    ```python
+    (x_train, y_train), (x_test, y_test) = fastnn.datasets.imdb.load_data(num_words=20000)
+    ```
+    """
     arrays = load_npz(get_file(path, origin=URL, file_hash=FILE_HASH))
     rng = np.random.RandomState(seed)
     sets = []
@@ -43,5 +66,12 @@ def load_data(path="imdb.npz", num_words=None, skip_top=0, maxlen=None, seed=113
 
 def get_word_index(path="imdb_word_index.json"):
     """The dict word -> rank (1 = most frequent); a review's id i is the word of rank
-    i - index_from."""
+    i - index_from.
+
+    Args:
+        path: Name of the cached file. Defaults to `"imdb_word_index.json"`.
+
+    Returns:
+        A dict `{word: rank}`.
+    """
     return word_index(path, WORD_INDEX_URL, WORD_INDEX_HASH)

@@ -82,15 +82,27 @@ def cache_dir():
 
 
 def load_data(path="mnist.npz", download=True, timeout=None):
-    """The full MNIST set as `(x_train, y_train), (x_test, y_test)`: uint8 arrays of shapes
-    (60000, 28, 28), (60000,), (10000, 28, 28), (10000,), like `keras.datasets.mnist.load_data()`.
+    """The full MNIST set, like `keras.datasets.mnist.load_data()`.
 
-    path: the file name of the .npz form, looked for in $FASTNN_DATA_DIR and in the cache, and
-        the name a downloaded copy is cached under (an absolute path is used as it is).
-    download: whether to download the data when no local copy is found.
-    timeout: seconds each download source may take in all (None: no total limit).
-    Raises DataNotFoundError (a FileNotFoundError) when there is no local copy and no download
-    worked, and ValueError when a local file is corrupt or truncated.
+    Raises `DataNotFoundError` (a `FileNotFoundError`) when there is no local copy and no download
+    worked, and `ValueError` when a local file is corrupt or truncated.
+
+    Args:
+        path: File name of the .npz form, looked for in `$FASTNN_DATA_DIR` and in the cache, and the
+            name a downloaded copy is cached under (an absolute path is used as it is). Defaults to
+            `"mnist.npz"`.
+        download: Whether to download the data when no local copy is found. Defaults to `True`.
+        timeout: Seconds each download source may take in all; `None`: no limit.
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)`: uint8 arrays of shapes (60000, 28, 28), (60000,),
+        (10000, 28, 28), (10000,).
+
+    Example:
+
+    ```python
+    (x_train, y_train), (x_test, y_test) = fastnn.datasets.mnist.load_data()
+    ```
     """
     data_dir = os.environ.get("FASTNN_DATA_DIR")
     cache = cache_dir()
@@ -147,7 +159,15 @@ def load_sample():
 def load_data_or_sample(download=True, timeout=15.0):
     """`(data, source)`: `(load_data(), "full")` when the full set is here or can be downloaded
     within `timeout` seconds per source, else `(load_sample(), "sample")`. A corrupt local file
-    still raises: it is something to fix, not a reason to train on less data."""
+    still raises: it is something to fix, not a reason to train on less data.
+
+    Args:
+        download: Whether to try downloading the full set. Defaults to `True`.
+        timeout: Seconds each download source may take. Defaults to `15.0`.
+
+    Returns:
+        A pair `(data, source)`, `source` being `"full"` or `"sample"`.
+    """
     try:
         return load_data(download=download, timeout=timeout), "full"
     except DataNotFoundError:

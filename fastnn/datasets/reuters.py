@@ -26,7 +26,25 @@ def load_data(path="reuters.npz", num_words=None, skip_top=0, maxlen=None, test_
     `test_split` of the wires kept after `maxlen` the test set.
 
     The word-id arguments mean what they mean for `imdb.load_data`. `path` is the file's name
-    in Keras's cache folder."""
+    in Keras's cache folder.
+
+    Args:
+        path: Name of the cached file (under Keras's cache, `~/.keras/datasets`). Defaults to
+            `"reuters.npz"`.
+        num_words: Keep only the `num_words` most frequent words (others become `oov_char`); `None`:
+            all.
+        skip_top: Skip that many of the most frequent words (they become `oov_char`). Defaults to
+            `0`.
+        maxlen: Drop sequences longer than this; `None`: keep all.
+        test_split: Fraction of the data kept as the test set. Defaults to `0.2`.
+        seed: Seed of the shuffle before the split. Defaults to `113`.
+        start_char: The id marking the start of each sequence. Defaults to `1`.
+        oov_char: The id replacing words left out by `num_words` or `skip_top`. Defaults to `2`.
+        index_from: Word ids start at this offset (ranks shifted by it). Defaults to `3`.
+
+    Returns:
+        `(x_train, y_train), (x_test, y_test)`, NumPy arrays.
+    """
     arrays = load_npz(get_file(path, origin=URL, file_hash=FILE_HASH))
     xs, labels = arrays["x"], arrays["y"]
     order = shuffled_indices(np.random.RandomState(seed), len(xs))
@@ -39,7 +57,14 @@ def load_data(path="reuters.npz", num_words=None, skip_top=0, maxlen=None, test_
 
 def get_word_index(path="reuters_word_index.json"):
     """The dict word -> rank (1 = most frequent); a wire's id i is the word of rank
-    i - index_from."""
+    i - index_from.
+
+    Args:
+        path: Name of the cached file. Defaults to `"reuters_word_index.json"`.
+
+    Returns:
+        A dict `{word: rank}`.
+    """
     return word_index(path, WORD_INDEX_URL, WORD_INDEX_HASH)
 
 

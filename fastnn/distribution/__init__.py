@@ -47,7 +47,24 @@ def _mpi():
 class DataParallel:
     """Keras's DataParallel over the processes of an MPI job (one process per rank). Each
     process computes on its own CPU (or GPU) as usual; device_mesh and devices (Keras's way to
-    name the accelerators of one process) have no meaning here."""
+    name the accelerators of one process) have no meaning here.
+
+    Args:
+        device_mesh: Accepted for Keras compatibility (no meaning across MPI processes). Defaults to
+            `None`.
+        devices: Accepted for Keras compatibility (no meaning across MPI processes). Defaults to
+            `None`.
+        auto_shard_dataset: Whether each rank takes its slice of every global batch (Keras's
+            default).
+        comm: The MPI communicator (an `mpi4py` one); `None`: `MPI.COMM_WORLD`.
+
+    Example:
+
+    ```python
+    fastnn.distribution.set_distribution(fastnn.distribution.DataParallel())
+    model.fit(x, y, batch_size=256)   # run with: mpiexec -n 4 python train.py
+    ```
+    """
 
     def __init__(self, device_mesh=None, devices=None, auto_shard_dataset=True, comm=None):
         if device_mesh is not None or devices is not None:
@@ -187,7 +204,11 @@ def _sum(parts):
 
 def set_distribution(value):
     """Make `value` (a DataParallel, or None for one process) the distribution fit, evaluate
-    and predict use. With several ranks, an unhandled exception on any rank aborts the job."""
+    and predict use. With several ranks, an unhandled exception on any rank aborts the job.
+
+    Args:
+        value: A `DataParallel`, or `None` for one process.
+    """
     global _DISTRIBUTION
     if value is not None and not isinstance(value, DataParallel):
         raise TypeError(f"set_distribution takes a DataParallel or None, got {value!r}")
@@ -216,10 +237,20 @@ def active():
 
 
 def rank():
+    """This process's rank in the distribution (0 without one).
+
+    Returns:
+        An int.
+    """
     return 0 if _DISTRIBUTION is None else _DISTRIBUTION.rank
 
 
 def size():
+    """The number of processes in the distribution (1 without one).
+
+    Returns:
+        An int.
+    """
     return 1 if _DISTRIBUTION is None else _DISTRIBUTION.size
 
 
@@ -229,7 +260,14 @@ def is_chief():
 
 
 def list_devices(device_type=None):
-    """The ranks of this job, as Keras lists a process's devices."""
+    """The ranks of this job, as Keras lists a process's devices.
+
+    Args:
+        device_type: `None` or `"cpu"` (fastnn distributes over CPU processes).
+
+    Returns:
+        A list of device names, `"cpu:<rank>"` for each rank.
+    """
     if device_type not in (None, "cpu", "CPU"):
         raise ValueError(f"list_devices: fastnn distributes over CPU processes; got "
                          f"device_type={device_type!r}")

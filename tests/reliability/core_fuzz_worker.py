@@ -178,18 +178,18 @@ def spec_avgpool_backward(rng):
         dict(dy="in", dx="out", window=True)
 
 
-def _conv_pool(rng):
+def _conv2d_maxpool(rng):
     n, filters, c = (int(v) for v in rng.integers(1, 4, 3))
     oh = ow = 4
     conv = (3, 3, 1, 1, 0, 0, oh, ow)
     pool = (2, 2, 2, 2, 0, 0, 2, 2)
-    groups, chunk = _core.conv_pool_plan(n, oh, ow, filters)
+    groups, chunk = _core.conv2d_maxpool_plan(n, oh, ow, filters)
     rows = groups * chunk * oh * ow
     return n, c, filters, conv, pool, groups, rows
 
 
-def spec_conv_pool_forward(rng):
-    n, c, filters, conv, pool, groups, rows = _conv_pool(rng)
+def spec_conv2d_maxpool_forward(rng):
+    n, c, filters, conv, pool, groups, rows = _conv2d_maxpool(rng)
     return dict(x=f(rng, n, 6, 6, c), kernel=f(rng, 9 * c, filters), bias=f(rng, filters),
                 act=1, alpha=0.0, conv_window=conv, pool_window=pool,
                 cols=f(rng, n * 16, 9 * c), work=f(rng, rows, filters),
@@ -198,8 +198,8 @@ def spec_conv_pool_forward(rng):
              free={"work"}, window=True, ints={"act": True})
 
 
-def spec_conv_pool_backward(rng):
-    n, c, filters, conv, pool, groups, rows = _conv_pool(rng)
+def spec_conv2d_maxpool_backward(rng):
+    n, c, filters, conv, pool, groups, rows = _conv2d_maxpool(rng)
     partials = f(rng, (groups - 1) * 9 * c, filters) if groups > 1 else None
     return dict(cols=f(rng, n * 16, 9 * c), kernel=f(rng, 9 * c, filters),
                 y=f(rng, n, 2, 2, filters), argmax=np.zeros((n, 2, 2, filters), I32),
@@ -212,13 +212,13 @@ def spec_conv_pool_backward(rng):
              free={"work", "dcols_work", "partials"}, window=True, ints={"act": True})
 
 
-def spec_bn_stats(rng):
+def spec_batchnorm_stats(rng):
     r, c = rng.integers(1, 6, 2)
     return dict(x=f(rng, r, c), mean=f(rng, c), var=f(rng, c)), \
         dict(x="in", mean="out", var="out", free={"x"})
 
 
-def spec_bn_apply(rng):
+def spec_batchnorm_apply(rng):
     r, c = rng.integers(1, 6, 2)
     return dict(x=f(rng, r, c), mean=f(rng, c), var=pos(rng, c), gamma=f(rng, c),
                 beta=f(rng, c), eps=1e-3, y=f(rng, r, c)), \
@@ -234,7 +234,7 @@ def spec_bias_act_forward(rng):
              residual="in?", same={("y", "z")}, ints={"act": True})
 
 
-def spec_bn_backward(rng):
+def spec_batchnorm_backward(rng):
     r, c = rng.integers(1, 6, 2)
     return dict(x=f(rng, r, c), dy=f(rng, r, c), mean=f(rng, c), var=pos(rng, c),
                 gamma=f(rng, c), eps=1e-3, dx=f(rng, r, c), d_gamma=f(rng, c),
@@ -243,7 +243,7 @@ def spec_bn_backward(rng):
              d_beta="out?", same={("dx", "dy")})
 
 
-def spec_bn_update_moving(rng):
+def spec_batchnorm_update_moving(rng):
     c = int(rng.integers(1, 6))
     return dict(moving_mean=f(rng, c), moving_var=pos(rng, c), mean=f(rng, c), var=pos(rng, c),
                 momentum=0.9), dict(moving_mean="out", moving_var="out", mean="in", var="in")
@@ -254,7 +254,7 @@ def spec_gemm_row_blocks(rng):
                                                          "d_out": False})
 
 
-def spec_conv_pool_plan(rng):
+def spec_conv2d_maxpool_plan(rng):
     return dict(n=8, oh=26, ow=26, filters=32), dict(ints={"n": False, "oh": False,
                                                            "ow": False, "filters": False})
 
@@ -263,14 +263,14 @@ def spec_activation_needs_input(rng):
     return dict(act=int(rng.integers(0, 13))), dict(ints={"act": True})
 
 
-def spec_embed_gather(rng):
+def spec_embedding_forward(rng):
     rows, n, dim = rng.integers(1, 6, 3)
     return dict(table=f(rng, rows, dim), ids=rng.integers(0, rows, n).astype(I32),
                 out=f(rng, n, dim)), \
         dict(table="in", ids="in", out="out", free={"table"}, index={"ids"})
 
 
-def spec_embed_scatter_add(rng):
+def spec_embedding_backward(rng):
     rows, n, dim = rng.integers(1, 6, 3)
     return dict(ids=rng.integers(0, rows, n).astype(I32), dy=f(rng, n, dim),
                 d_table=f(rng, rows, dim)), \
@@ -338,7 +338,7 @@ def spec_rnn_act_supported(rng):
 
 
 SPECS = {
-    "embed_gather": spec_embed_gather, "embed_scatter_add": spec_embed_scatter_add,
+    "embedding_forward": spec_embedding_forward, "embedding_backward": spec_embedding_backward,
     "gemm": spec_gemm, "act_forward": spec_act_forward, "act_backward": spec_act_backward,
     "column_sum": spec_column_sum, "dense_forward": spec_dense_forward,
     "dense_backward": spec_dense_backward, "softmax_xent_sparse": spec_softmax_xent_sparse,
@@ -366,11 +366,15 @@ SPECS = {
                                      beta=0.0)),
     "im2col": spec_im2col, "conv2d_forward": spec_conv2d_forward, "col2im": spec_col2im, "maxpool_forward": spec_maxpool_forward,
     "maxpool_backward": spec_maxpool_backward, "avgpool_forward": spec_avgpool_forward,
-    "avgpool_backward": spec_avgpool_backward, "conv_pool_forward": spec_conv_pool_forward,
-    "conv_pool_backward": spec_conv_pool_backward, "bn_stats": spec_bn_stats,
-    "bn_apply": spec_bn_apply, "bias_act_forward": spec_bias_act_forward, "bn_backward": spec_bn_backward,
-    "bn_update_moving": spec_bn_update_moving, "gemm_row_blocks": spec_gemm_row_blocks,
-    "conv_pool_plan": spec_conv_pool_plan, "activation_needs_input": spec_activation_needs_input,
+    "avgpool_backward": spec_avgpool_backward,
+    "conv2d_maxpool_forward": spec_conv2d_maxpool_forward,
+    "conv2d_maxpool_backward": spec_conv2d_maxpool_backward,
+    "conv2d_maxpool_plan": spec_conv2d_maxpool_plan,
+    "batchnorm_stats": spec_batchnorm_stats, "batchnorm_apply": spec_batchnorm_apply,
+    "batchnorm_backward": spec_batchnorm_backward,
+    "batchnorm_update_moving": spec_batchnorm_update_moving,
+    "bias_act_forward": spec_bias_act_forward, "gemm_row_blocks": spec_gemm_row_blocks,
+    "activation_needs_input": spec_activation_needs_input,
     "rnn_forward": spec_rnn_forward, "rnn_backward": spec_rnn_backward,
     "rnn_act_supported": spec_rnn_act_supported,
 }

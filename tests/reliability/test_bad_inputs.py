@@ -259,7 +259,7 @@ def test_cpu_ops_name_a_missing_array():
     ops = CpuOps()
     checked = 0
     for name, fn in vars(CpuOps).items():
-        if name.startswith("_") or not callable(fn) or name in ("conv_pool_plan",):
+        if name.startswith("_") or not callable(fn) or name in ("conv2d_maxpool_plan",):
             continue
         params = [p for p in inspect.signature(fn).parameters.values()
                   if p.name != "self" and p.default is p.empty]

@@ -94,10 +94,10 @@ def test_optimizer_update_none_grad():
 
 
 @pytest.mark.parametrize("call", [
-    "_core.bn_stats(x, None, None)",
-    "_core.bn_stats(x, np.zeros(4, f32), None)",
-    "_core.bn_update_moving(np.zeros(4, f32), None, np.zeros(4, f32), None, 0.9)",
-    "_core.bn_update_moving(None, None, None, None, 0.9)",
+    "_core.batchnorm_stats(x, None, None)",
+    "_core.batchnorm_stats(x, np.zeros(4, f32), None)",
+    "_core.batchnorm_update_moving(np.zeros(4, f32), None, np.zeros(4, f32), None, 0.9)",
+    "_core.batchnorm_update_moving(None, None, None, None, 0.9)",
 ])
 def test_batchnorm_none_buffers(call):
     """Was a NULL pointer and a segfault."""
@@ -165,7 +165,7 @@ else:
     "_core.dense_forward(a, b, None, z, b, 0, 0.0)",           # y is the kernel
     "_core.column_sum(a, a[0])",
     "_core.act_forward(1, 0.0, buf[:16].reshape(4, 4), buf[1:17].reshape(4, 4))",
-    "_core.bn_stats(a, a[0], np.zeros(4, f32))",
+    "_core.batchnorm_stats(a, a[0], np.zeros(4, f32))",
     "_core.adam_update(w, w, m, v, None, 1e-3, .9, .999, 1e-7)",
     "_core.adam_update(w, g, m, m, None, 1e-3, .9, .999, 1e-7)",
 ])
@@ -192,10 +192,10 @@ _core.act_backward(2, 0.0, None, z, dy, dy)                # dz is dy
 _core.dense_backward(x, k, None, z, dy, dy, k, None, None, 0, 0.0, 0.01)  # d_kernel is kernel
 _core.act_forward(1, 0.0, x, x)                            # y is z
 m, v = np.zeros(5, f32), np.ones(5, f32)
-_core.bn_apply(x, m, v, None, None, 1e-3, x)              # y is x
-_core.bn_backward(x, dy[:, :1].copy().repeat(5, 1), m, v, None, 1e-3, x.copy(), None, None)
+_core.batchnorm_apply(x, m, v, None, None, 1e-3, x)              # y is x
+_core.batchnorm_backward(x, dy[:, :1].copy().repeat(5, 1), m, v, None, 1e-3, x.copy(), None, None)
 d = np.ones((6, 5), f32)
-_core.bn_backward(x, d, m, v, None, 1e-3, d, None, None)    # dx is dy
+_core.batchnorm_backward(x, d, m, v, None, 1e-3, d, None, None)    # dx is dy
 print("OK")
 """)
     assert out.strip() == "OK"
@@ -207,8 +207,8 @@ print("OK")
      ["dense_forward: z", "C-contiguous"]),
     ("_core.softmax_xent_sparse(a, np.zeros(4, np.int64), None, 1.0, np.zeros(4, f32), None)",
      ["labels", "int32", "int64"]),
-    ("_core.bn_apply(a, np.zeros(3, f32), np.ones(4, f32), None, None, 1e-3, a.copy())",
-     ["bn_apply: mean", "(4,)", "(3,)"]),
+    ("_core.batchnorm_apply(a, np.zeros(3, f32), np.ones(4, f32), None, None, 1e-3, a.copy())",
+     ["batchnorm_apply: mean", "(4,)", "(3,)"]),
     ("_core.maxpool_forward(np.zeros((1, 4, 4, 1), f32), (2, 2, 2, 2, 0, 0, 2, 2), "
      "np.zeros((1, 2, 2, 1), f32), np.zeros((1, 2, 2, 1), np.float32))",
      ["maxpool_forward: argmax", "int32"]),

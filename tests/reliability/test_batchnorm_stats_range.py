@@ -16,7 +16,7 @@ def _stats(x, threads):
     _core.set_num_threads(threads)
     try:
         mean, var = np.empty(x.shape[1], np.float32), np.empty(x.shape[1], np.float32)
-        _core.bn_stats(x, mean, var)
+        _core.batchnorm_stats(x, mean, var)
     finally:
         _core.set_num_threads(saved)
     return mean, var
@@ -30,7 +30,7 @@ def _data(shape, scale, rng):
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("scale", [1.0, 1e-20, 1e19, 3e19, 1e37])
-def test_bn_stats_match_float64(shape, scale):
+def test_batchnorm_stats_match_float64(shape, scale):
     rng = np.random.default_rng(1)
     x = _data(shape, scale, rng)
     x64 = x.astype(np.float64)
@@ -48,7 +48,7 @@ def test_bn_stats_match_float64(shape, scale):
     assert np.all(np.isinf(var[~fits]))
 
 
-def test_bn_stats_keeps_nan_and_inf():
+def test_batchnorm_stats_keeps_nan_and_inf():
     x = np.ones((64, 3), np.float32)
     x[5, 0], x[7, 1] = np.nan, np.inf
     mean, var = _stats(x, 1)

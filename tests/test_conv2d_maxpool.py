@@ -38,7 +38,7 @@ def _fused(ops, conv, pool, x, kernel, bias, dy, need_dx=True):
     """Forward and backward through ops.conv2d_maxpool_*: (y, argmax, dk, db, dx)."""
     _, _, _, _, _, _, oh, ow = conv.window
     n, kdim, f = x.shape[0], kernel.shape[0], kernel.shape[1]
-    groups, chunk = ops.conv_pool_plan(n, oh, ow, f)
+    groups, chunk = ops.conv2d_maxpool_plan(n, oh, ow, f)
     rows = groups * chunk * oh * ow
     shape = (n, pool.window[6], pool.window[7], f)
     cols = np.empty((n * oh * ow, kdim), x.dtype)
@@ -105,7 +105,7 @@ def test_chunks_within_a_group_accumulate(rng):
     hw, c = (40, 40), 1
     conv, pool = _layers(hw, c, (3, 1, "valid"), (2, 2, "valid"), "relu", filters=48)
     n = 40
-    groups, chunk = CPU.conv_pool_plan(n, 38, 38, 48)
+    groups, chunk = CPU.conv2d_maxpool_plan(n, 38, 38, 48)
     assert chunk == 1 and n > groups      # 38*38*48 floats per image: over 256 KB
     x, kernel, bias, dy = _data(rng, conv, pool, n, hw, c)
     want = _unfused(conv, pool, x, kernel, bias, dy)
@@ -206,11 +206,11 @@ def test_fused_training_matches_unfused(rng, monkeypatch, trainable_first):
 
 
 @pytest.mark.cpu_backend
-def test_conv_pool_rejects_bad_input(rng):
+def test_conv2d_maxpool_rejects_bad_input(rng):
     conv, pool = _layers((8, 8), 1, (3, 1, "valid"), (2, 2, "valid"), "relu")
     x, kernel, bias, dy = _data(rng, conv, pool, 3, (8, 8), 1)
     n, (oh, ow), f = 3, conv.window[6:], conv.filters
-    groups, chunk = CPU.conv_pool_plan(n, oh, ow, f)
+    groups, chunk = CPU.conv2d_maxpool_plan(n, oh, ow, f)
     cols = np.empty((n * oh * ow, kernel.shape[0]), np.float32)
     work = np.empty((groups * chunk * oh * ow, f), np.float32)
     shape = (n, 3, 3, f)
