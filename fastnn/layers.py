@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from . import activations, constraints, initializers, regularizers, registry
+from . import activations, constraints, distribution, initializers, regularizers, registry
 from ._config import without_defaults
 from . import ops as array_ops
 from .autodiff import Tensor, Variable, gradients, is_recording, no_grad, record, tape, \
@@ -2432,12 +2432,19 @@ class BatchNormalization(Layer):
         x2 = x.reshape(-1, x.shape[-1])
         gamma, beta = self._vars.get("gamma"), self._vars.get("beta")
         st._batch_stats = bool(training) and self.trainable
+        st._rows = None
         if st._batch_stats:
             c = x2.shape[1]
             mean, var = ops.batchnorm_stats(x2, self._buffer("mean", (c,)),
                                             self._buffer("var", (c,)))
-            ops.batchnorm_update_moving(self.moving_mean, self.moving_variance, mean, var,
-                                        self.momentum)
+            dist = distribution.active()
+            if dist is not None:        # the global batch's statistics, as one process's
+                st._rows, g_mean, g_var = dist.batch_moments(
+                    self, x2.shape[0], ops.to_numpy(mean).astype(np.float64),
+                    ops.to_numpy(var).astype(np.float64))
+                mean[...] = ops.asarray(g_mean.astype(np.float32))
+                var[...] = ops.asarray(g_var.astype(np.float32))
+            self.update_moving_statistics(mean, var)
         else:
             mean, var = self.moving_mean, self.moving_variance
         y = ops.batchnorm_apply(x2, mean, var, gamma, beta, self.epsilon,
@@ -2450,7 +2457,9 @@ class BatchNormalization(Layer):
         ops = get_ops()
         dy2 = dy.reshape(st._x2.shape)
         gamma = self._vars.get("gamma")
-        if st._batch_stats:
+        if st._rows is not None:
+            dx = self._global_batch_backward(st, dy2, gamma)
+        elif st._batch_stats:
             dx = ops.batchnorm_backward(st._x2, dy2, st._mean, st._var, gamma,
                                         self.epsilon, dx=dy2, d_gamma=self.grads.get("gamma"),
                                         d_beta=self.grads.get("beta"))
@@ -2458,6 +2467,46 @@ class BatchNormalization(Layer):
             dx = ops.batchnorm_apply(dy2, ops.xp.zeros_like(st._mean), st._var, gamma, None,
                                      self.epsilon, out=dy2)
         return dx.reshape(dy.shape)
+
+    @property
+    def _synchronizes(self):
+        """Whether training under a DataParallel distribution combines its statistics over
+        the ranks (fastnn.distribution)."""
+        return self.trainable
+
+    def update_moving_statistics(self, mean, var):
+        """Move the moving mean and variance towards a batch's (Keras's momentum rule).
+
+        Args:
+            mean: The batch's per-channel mean.
+            var: The batch's per-channel (biased) variance.
+        """
+        get_ops().batchnorm_update_moving(self.moving_mean, self.moving_variance, mean, var,
+                                          self.momentum)
+
+    def _global_batch_backward(self, st, dy, gamma):
+        """The backward pass through statistics of the global batch (st._rows rows over the
+        data-parallel ranks). This rank's dy is the gradient of its own loss; its gradients
+        are scaled by f (its share) before the ranks sum them, so the global batch's dy is
+        f * dy, and dx is returned in this rank's units again (divided by f)."""
+        ops = get_ops()
+        dist = distribution.active()
+        f = float(dist.grad_scale)
+        x = ops.to_numpy(st._x2).astype(np.float64)
+        g = ops.to_numpy(dy).astype(np.float64)
+        inv = 1.0 / np.sqrt(ops.to_numpy(st._var).astype(np.float64) + self.epsilon)
+        xhat = (x - ops.to_numpy(st._mean).astype(np.float64)) * inv
+        sum_dy, sum_dy_xhat = g.sum(axis=0), (g * xhat).sum(axis=0)
+        c = sum_dy.shape[0]
+        total = dist.batch_sums(self, np.concatenate([f * sum_dy, f * sum_dy_xhat]))
+        if "gamma" in self.grads:       # this rank's part: the ranks' scaled sum is the whole
+            self.grads["gamma"][...] = ops.asarray(sum_dy_xhat.astype(np.float32))
+        if "beta" in self.grads:
+            self.grads["beta"][...] = ops.asarray(sum_dy.astype(np.float32))
+        scale = inv * (1.0 if gamma is None else ops.to_numpy(gamma).astype(np.float64))
+        dx = scale * (g - (total[:c] + xhat * total[c:]) / (st._rows * f))
+        dy[...] = ops.asarray(dx.astype(np.float32))
+        return dy
 
     def get_config(self):
         return {**super().get_config(), "axis": self.axis, "momentum": self.momentum,

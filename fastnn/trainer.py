@@ -23,7 +23,7 @@ from . import optimizers as optimizers_module
 from .autodiff import Tensor, gradients, no_grad, tape, value_of
 from .backend import get_ops
 from .graph import is_symbolic
-from .layers import BatchNormalization, Dense, _accepts_training, _thread_state, \
+from .layers import Dense, _accepts_training, _thread_state, \
     activity_penalties, added_losses, forward_pass, masked_forward, record_activity, \
     with_activity_gradient
 from .stack import DenseRunner, NonFiniteInput
@@ -627,6 +627,8 @@ class Trainer:
         distribution), the batch is this rank's part of the global batch, `share` its fraction
         of the global batch's rows (0: no rows here this step)."""
         dist = distribution_module.active()
+        if dist is not None:
+            dist.begin_step(share if self._mean_loss() else 1.0)
         if share == 0.0:            # no rows on this rank: its part of the sum is zero
             return self._rankless_step(dist)
         out = self._forward_recording(x, training=True)
@@ -656,25 +658,16 @@ class Trainer:
     def _rankless_step(self, dist):
         """A rank without rows in this global batch adds zero to the gradient sum and takes
         the step the others take."""
+        dist.rankless_batchnorm(False, self)
         if dist.any(False):
             return None
+        dist.rankless_batchnorm(True, self)
         self._grads[...] = 0
         dist.reduce_gradients(self._grads, 1.0)
         self.optimizer.apply(self._params, self._grads)
         if self.__dict__.get("_constrained"):
             self._constrain()
         return None
-
-    def _check_distributable(self):
-        """What data-parallel training cannot yet do as one process would: raise, naming it."""
-        for layer in self._layers:
-            if isinstance(layer, BatchNormalization) and layer.trainable:
-                raise ValueError(
-                    f"Layer {layer.name!r}: BatchNormalization trains on each rank's part of the "
-                    "batch, so its statistics would differ from one process's (and between "
-                    "ranks); synchronized batch statistics are not supported by fastnn's "
-                    "DataParallel yet. Freeze it (layer.trainable = False) or train on one "
-                    "process")
 
     def _mean_loss(self):
         """Whether the loss is a mean over the batch (its gradient scales with a rank's
@@ -832,7 +825,6 @@ class Trainer:
         self._prepare_training()
         dist = distribution_module.active()
         if dist is not None:
-            self._check_distributable()
             self._in_place_layers = frozenset()     # (each step waits for the allreduce)
         cbs = callbacks_module.CallbackList(callbacks, add_history=True,
                                             add_progbar=verbose != 0 and

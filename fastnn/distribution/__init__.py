@@ -128,6 +128,73 @@ class DataParallel:
         if host is not grads:
             grads[...] = ops.asarray(host)
 
+    # ---- BatchNormalization over the global batch ------------------------------------------
+    # One process normalizes each global batch by its own statistics; so do the ranks: each
+    # layer's moments, and in the backward pass its two gradient sums, are combined over the
+    # ranks (in rank order, so every rank gets the same bits). The trainer tells each step the
+    # factor its gradients are scaled by before they are summed (begin_step), and a rank with
+    # no rows in a global batch takes part with nothing (rankless_batchnorm).
+    def begin_step(self, grad_scale):
+        """A training step starts; this rank's gradients will be scaled by grad_scale."""
+        self.grad_scale = grad_scale
+        if getattr(self, "_bn_now", None):
+            self._bn_last = self._bn_now
+        self._bn_now = ([], [])
+
+    def batch_moments(self, layer, count, mean, var):
+        """(rows, mean, biased variance) of the global batch at a BatchNormalization layer
+        from this rank's `count` rows' mean and var (float64 arrays)."""
+        self._bn_trace(0).append((layer, mean.shape))
+        parts = self._gather_checked(layer, (int(count), mean, var))
+        total = sum(p[0] for p in parts)
+        if total == 0:
+            return 0, mean * 0, var * 0
+        g_mean = _sum([p[0] * p[1] for p in parts]) / total
+        g_var = _sum([p[0] * (p[2] + (p[1] - g_mean) ** 2) for p in parts]) / total
+        return total, g_mean, g_var
+
+    def batch_sums(self, layer, sums):
+        """The sum over the ranks of a BatchNormalization layer's backward sums (float64)."""
+        self._bn_trace(1).append((layer, sums.shape))
+        return _sum(self._gather_checked(layer, sums))
+
+    def rankless_batchnorm(self, backward, model):
+        """On a rank without rows in this global batch: the BatchNormalization layers' part
+        in the collectives the others run, forward (backward=False) or backward, in the
+        order this rank's last step ran them."""
+        last = getattr(self, "_bn_last", None)
+        if last is None and any(getattr(layer, "_synchronizes", False)
+                                for layer in model._layers):
+            raise RuntimeError(
+                f"fastnn.distribution: rank {self.rank} has no rows in a global batch before "
+                "any step with rows, and its BatchNormalization layers must take part in the "
+                "others' statistics: use a batch_size of at least the number of ranks "
+                f"({self.size})")
+        forward_trace, backward_trace = last or ([], [])
+        for layer, shape in backward_trace if backward else forward_trace:
+            zeros = np.zeros(shape, np.float64)
+            if backward:
+                self.batch_sums(layer, zeros)
+            else:
+                _, mean, var = self.batch_moments(layer, 0, zeros, zeros)
+                ops = get_ops()
+                layer.update_moving_statistics(ops.asarray(mean.astype(np.float32)),
+                                               ops.asarray(var.astype(np.float32)))
+
+    def _bn_trace(self, which):
+        if getattr(self, "_bn_now", None) is None:
+            self._bn_now = ([], [])
+        return self._bn_now[which]
+
+    def _gather_checked(self, layer, payload):
+        parts = self.comm.allgather((layer.name, payload))
+        names = {name for name, _ in parts}
+        if len(names) != 1:
+            raise RuntimeError(f"fastnn.distribution: the ranks reached different "
+                               f"BatchNormalization layers in one step ({sorted(names)}): "
+                               "every rank must run the same layers in the same order")
+        return [p for _, p in parts]
+
     def any(self, flag):
         """Whether `flag` is true on any rank (a decision every rank then takes alike)."""
         return bool(self.comm.allreduce(bool(flag), op=self._mpi.LOR))
