@@ -13,8 +13,9 @@ from . import metrics as metrics_module
 from .autodiff import Tensor, no_grad, value_of
 from .backend import get_ops, unique_name
 from .graph import KerasTensor, Node, flatten, is_symbolic, nodes_between
-from .layers import (ConvPool, Input, InputLayer, Layer, _CLASSES as _LAYER_CLASSES,
-                     _accepts_training, _snake_case, _thread_state, forward_pass, get_class)
+from .layers.core import (ConvPool, Input, InputLayer, Layer, _CLASSES as _LAYER_CLASSES,
+                          _accepts_training, _is_builtin, _snake_case, _thread_state, forward_pass,
+                          get_class)
 from .schedule import Schedule
 from .trainer import Trainer, _scaled, _shape_str, fits, scale_back
 
@@ -26,7 +27,7 @@ def _layer_entry(layer):
     if cls in (Sequential, Functional):     # a model used as a layer
         from .saving import model_entry
         return model_entry(layer)
-    if cls.__module__ == Layer.__module__:
+    if _is_builtin(cls):
         entry = {"module": "keras.layers", "class_name": cls.__name__,
                  "config": layer.get_config(), "registered_name": None}
     else:
@@ -592,8 +593,7 @@ class Functional(Model):
                                "keras_history": history(t)}}
         layers = []
         for layer in self._tracked:
-            if type(layer).__module__ == Layer.__module__ and \
-                    type(layer).__name__ not in _LAYER_CLASSES:
+            if _is_builtin(type(layer)) and type(layer).__name__ not in _LAYER_CLASSES:
                 raise NotImplementedError(
                     f"Model {self.name!r}: layer {layer.name!r} ({type(layer).__name__}) "
                     "cannot be written to a config yet (ops on symbolic tensors: use a "

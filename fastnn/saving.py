@@ -172,7 +172,7 @@ def _atomic_write(filepath, write, overwrite):
 # ---- a model's state, one array at a time, in Keras's layout ----------------------------------
 def _layer_keys(model):
     """Keras names layer groups by class (dense, dense_1, ...), not by layer.name."""
-    from .layers import _snake_case
+    from .layers.core import _snake_case
     counts, keys = {}, []
     for layer in model.layers:
         base = _snake_case(type(layer).__name__)

@@ -13,8 +13,8 @@ import numpy as np
 
 from . import activations
 from .backend import get_ops
-from .layers import Activation, Add, BatchNormalization, Conv2D, Dense, Layer, ZeroPadding2D, \
-    _takes_mask, drawing_from, record_activity, with_activity_gradient
+from .layers.core import Activation, Add, BatchNormalization, Conv2D, Dense, Layer, ZeroPadding2D, \
+    _is_builtin, _takes_mask, drawing_from, record_activity, with_activity_gradient
 
 
 class Schedule:
@@ -27,7 +27,7 @@ class Schedule:
         model used as a layer), or a node with several outputs."""
         for node in nodes:
             layer = node.layer
-            if not isinstance(layer, Layer) or type(layer).__module__ != Layer.__module__ \
+            if not isinstance(layer, Layer) or not _is_builtin(type(layer)) \
                     or len(node.outputs) != 1 or getattr(layer, "tape_only", False):
                 return None
         return cls(inputs, outputs, nodes)

@@ -92,7 +92,7 @@ class _Preprocessing:
     @staticmethod
     def arguments(layer):
         from . import _core
-        from .layers import _EPSILON, Rescaling
+        from .layers.core import _EPSILON, Rescaling
         shape = tuple(layer.input_shape[1:])
         if type(layer) is Rescaling:
             kind = _core.PRE_AFFINE

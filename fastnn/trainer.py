@@ -23,7 +23,7 @@ from . import optimizers as optimizers_module
 from .autodiff import Tensor, gradients, no_grad, tape, value_of
 from .backend import get_ops
 from .graph import is_symbolic
-from .layers import BatchNormalization, Dense, _accepts_training, _thread_state, \
+from .layers.core import BatchNormalization, Dense, _accepts_training, _thread_state, \
     activity_penalties, added_losses, forward_pass, masked_forward, record_activity, \
     with_activity_gradient
 from .stack import DenseRunner, NonFiniteInput

@@ -1,4 +1,4 @@
-"""SimpleRNN, LSTM, GRU (fastnn/recurrent.py): outputs and gradients equal to Keras 3's with the
+"""SimpleRNN, LSTM, GRU (fastnn/layers/recurrent.py): outputs and gradients equal to Keras 3's with the
 same weights for every option, finite-difference gradients through 50 masked steps, the C
 kernels against the NumPy reference (and across thread counts), the tape and functional
 paths (return_state, initial_state), configs, errors, and an end-to-end training run."""

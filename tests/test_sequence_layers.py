@@ -1,4 +1,4 @@
-"""Sequence and text layers (fastnn/sequence_layers.py): outputs and gradients against real
+"""Sequence and text layers (fastnn/layers/sequence.py): outputs and gradients against real
 Keras 3 with the same weights, gradients against finite differences (Embedding's sparse
 gradient and masked pooling included), configs both ways, shapes, errors, masks carried
 through models, integer inputs through fit/evaluate/predict, and a text model that learns.

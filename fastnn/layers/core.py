@@ -19,16 +19,16 @@ import warnings
 
 import numpy as np
 
-from . import activations, constraints, initializers, regularizers, registry
-from ._config import without_defaults
-from . import ops as array_ops
-from .autodiff import Tensor, Variable, gradients, is_recording, no_grad, record, tape, \
+from .. import activations, constraints, initializers, regularizers, registry
+from .._config import without_defaults
+from .. import ops as array_ops
+from ..autodiff import Tensor, Variable, gradients, is_recording, no_grad, record, tape, \
     value_of
-from .autodiff import node as autodiff_node
-from .backend import get_ops, unique_name
-from .backend.base import dilation, pointwise
-from . import graph as graph_module
-from .graph import KerasTensor, Node, flatten, is_symbolic
+from ..autodiff import node as autodiff_node
+from ..backend import get_ops, unique_name
+from ..backend.base import dilation, pointwise
+from .. import graph as graph_module
+from ..graph import KerasTensor, Node, flatten, is_symbolic
 
 
 def _finite(value, arg, layer, low=None):
@@ -41,6 +41,12 @@ def _finite(value, arg, layer, low=None):
         bound = "" if low is None else f" greater than {low}"
         raise ValueError(f"{layer}: {arg} must be a finite number{bound}, got {value!r}")
     return value
+
+
+def _is_builtin(cls):
+    """Whether a layer class is one of fastnn's own (defined in the fastnn.layers package:
+    saved as keras.layers.<name>, run by the functional schedule) rather than a user's."""
+    return cls.__module__.startswith(__package__ + ".")
 
 
 def _snake_case(name):
@@ -471,7 +477,7 @@ class Layer:
         """Whether this layer may give its output a mask its input did not carry (then the
         model's forward pass carries masks): fastnn's layers say so (mask_source), a user's
         that computes masks may."""
-        if type(self).__module__ == Layer.__module__:
+        if _is_builtin(type(self)):
             return bool(self.mask_source)
         return self.supports_masking and type(self).compute_mask is not Layer.compute_mask
 
@@ -1048,7 +1054,7 @@ class Dropout(Layer):
         st._mask = None
         if not training or self.rate == 0:
             return x
-        from .utils import get_rng
+        from ..utils import get_rng
         ops = get_ops()
         u = ops.random_uniform(self._rng or get_rng(), self._buffer("u", x.shape))
         # Inverted dropout: keep where u >= rate, scaled by 1/(1-rate).
@@ -2898,7 +2904,7 @@ class _ImageLayer(Layer):
 
     def __init__(self, data_format=None, **kwargs):
         super().__init__(**kwargs)
-        from .images import _data_format
+        from ..images import _data_format
         self.data_format = _data_format(data_format)
 
     def __call__(self, x, training=None):
@@ -2951,7 +2957,7 @@ class Resizing(_ImageLayer):
                  pad_to_aspect_ratio=False, fill_mode="constant", fill_value=0.0,
                  antialias=False, data_format=None, **kwargs):
         super().__init__(data_format=data_format, **kwargs)
-        from .images import _check_resize
+        from ..images import _check_resize
         self.height = _positive_int(height, "height", self.name)
         self.width = _positive_int(width, "width", self.name)
         _check_resize((self.height, self.width), interpolation, crop_to_aspect_ratio,
@@ -3074,7 +3080,7 @@ class _RandomImageLayer(_ImageLayer):
 
     def _uniform(self, low, high, n):
         """n float32 draws in [low, high) (exactly low when high == low), as Keras draws."""
-        from .utils import get_rng
+        from ..utils import get_rng
         u = (self._rng or get_rng()).random(n, dtype=np.float32)
         return u * np.float32(high - low) + np.float32(low)
 
@@ -3480,7 +3486,7 @@ class _Noise(Layer):
 
     def _uniform(self, shape):
         """Uniform [0, 1) float32 draws where the backend computes."""
-        from .utils import get_rng
+        from ..utils import get_rng
         ops = get_ops()
         return ops.random_uniform(self._rng or get_rng(), ops.empty(tuple(shape)))
 
@@ -3667,16 +3673,3 @@ _CLASSES.update({c.__name__: c for c in (
     LayerNormalization, GroupNormalization, SpatialDropout1D, SpatialDropout2D, GaussianNoise,
     GaussianDropout, ELU, PReLU)})
 
-
-# ---- sequence and text layers (fastnn/sequence_layers.py; issue 18, items 1-2) -------------
-from .sequence_layers import (AveragePooling1D, Conv1D, Embedding,  # noqa: E402
-                              GlobalAveragePooling1D, GlobalMaxPooling1D, Masking, MaxPooling1D,
-                              TimeDistributed)
-
-_CLASSES.update({c.__name__: c for c in (
-    Embedding, Masking, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D,
-    GlobalMaxPooling1D, TimeDistributed)})
-# ---- recurrent layers (fastnn/recurrent.py; issue 18, item 3) -------------------------------
-from .recurrent import GRU, LSTM, Bidirectional, SimpleRNN  # noqa: E402  (builds on Layer)
-
-_CLASSES.update({c.__name__: c for c in (SimpleRNN, LSTM, GRU, Bidirectional)})

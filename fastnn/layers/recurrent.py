@@ -7,11 +7,11 @@ Re-exported by fastnn.layers (as keras.layers.LSTM ...); the classes say they li
 that configs and saving treat them as fastnn's own layers."""
 import numpy as np
 
-from . import activations, initializers
-from .autodiff import Tensor, is_recording, node as autodiff_node, value_of
-from .backend import get_ops
-from .graph import KerasTensor, Node, is_symbolic
-from .layers import Layer, _PASS, _weight_options, _weight_options_config
+from .. import activations, initializers
+from ..autodiff import Tensor, is_recording, node as autodiff_node, value_of
+from ..backend import get_ops
+from ..graph import KerasTensor, Node, is_symbolic
+from .core import _CLASSES, _PASS, Layer, _weight_options, _weight_options_config
 
 _KINDS = {"simple": 1, "gru": 3, "lstm": 4}
 
@@ -100,7 +100,7 @@ class _Sequence(Layer):
     def _call_on_tape(self, x, training, mask, states):
         """One node of the tape for the whole sequence: parents x and the initial states;
         several outputs are slices of one packed node."""
-        from . import ops as fops
+        from .. import ops as fops
         ops = get_ops()
         x = x if isinstance(x, Tensor) else Tensor(ops.asarray(value_of(x)))
         states = [s if isinstance(s, Tensor) else Tensor(ops.asarray(value_of(s)))
@@ -281,7 +281,7 @@ class _RNN(_Sequence):
         mask = _as_bool_mask(mask, batch, steps, self)
         st.drop = None
         if training and self.dropout:
-            from .utils import get_rng
+            from ..utils import get_rng
             u = ops.random_uniform(self._rng or get_rng(), ops.empty((batch, 1, d_in)))
             st.drop = (u >= self.dropout).astype("float32") * np.float32(
                 1.0 / (1.0 - self.dropout))
@@ -291,7 +291,7 @@ class _RNN(_Sequence):
             # one mask a sequence on the previous state where it meets the recurrent kernel
             # (Keras's documented recurrent dropout; its LSTM and GRU skip it in their
             # default implementation 2, its SimpleRNN applies it as here)
-            from .utils import get_rng
+            from ..utils import get_rng
             u = ops.random_uniform(self._rng or get_rng(), ops.empty((batch, self.units)))
             rec_mask = (u >= self.recurrent_dropout).astype("float32") * np.float32(
                 1.0 / (1.0 - self.recurrent_dropout))
@@ -701,7 +701,7 @@ class Bidirectional(_Sequence):
         return None if dx_f is None else dx_f + dx_b
 
     def get_config(self):
-        from .models import _layer_entry
+        from ..models import _layer_entry
         config = super().get_config()
         config.update({"merge_mode": self.merge_mode,
                        "layer": _layer_entry(self.forward_layer),
@@ -710,7 +710,7 @@ class Bidirectional(_Sequence):
 
     @classmethod
     def from_config(cls, config):
-        from .models import _layer_from_entry
+        from ..models import _layer_from_entry
         config = dict(config)
         config["layer"] = _layer_from_entry(config["layer"])
         if config.get("backward_layer") is not None:
@@ -718,5 +718,5 @@ class Bidirectional(_Sequence):
         return super().from_config(config)
 
 
-for _cls in (SimpleRNN, LSTM, GRU, Bidirectional):
-    _cls.__module__ = Layer.__module__      # public as fastnn.layers.<name>
+# Exported from fastnn.layers: get_class finds them by name (loading).
+_CLASSES.update({c.__name__: c for c in (SimpleRNN, LSTM, GRU, Bidirectional)})

@@ -13,10 +13,10 @@ import warnings
 
 import numpy as np
 
-from . import activations, constraints, initializers, regularizers
-from .backend import get_ops
-from .layers import (AveragePooling2D, Conv2D, GlobalMaxPooling2D, Layer, MaxPooling2D,
-                     _is_int, _weight_options, _weight_options_config, get_class)
+from .. import activations, constraints, initializers, regularizers
+from ..backend import get_ops
+from .core import (AveragePooling2D, Conv2D, GlobalMaxPooling2D, Layer, MaxPooling2D,
+                     _CLASSES, _is_int, _weight_options, _weight_options_config, get_class)
 
 
 def _positive_int(value, arg, layer):
@@ -422,7 +422,7 @@ class TimeDistributed(Layer):
         return []       # its weights are its own (the inner layer's, shared)
 
     def get_config(self):
-        from .models import _layer_entry
+        from ..models import _layer_entry
         return {**super().get_config(), "layer": _layer_entry(self.layer)}
 
     @classmethod
@@ -434,8 +434,7 @@ class TimeDistributed(Layer):
         return super().from_config({**config, "layer": inner})
 
 
-# fastnn's own layers, exported from fastnn.layers: saved as keras.layers classes, run by the
-# functional schedule like the others there (fastnn.models, fastnn.schedule read __module__).
-for _cls in (Embedding, Masking, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D,
-             GlobalMaxPooling1D, TimeDistributed):
-    _cls.__module__ = Layer.__module__
+# fastnn's own layers, exported from fastnn.layers: get_class finds them by name (loading).
+_CLASSES.update({c.__name__: c for c in (
+    Embedding, Masking, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D,
+    GlobalMaxPooling1D, TimeDistributed)})
