@@ -3,6 +3,8 @@ layers run them through the backend's fused kernels using the integer ids below.
 import types
 
 import numpy as np
+from ._config import expect_str, fail_type, fail_value, object_spec, short
+from .backend import get_ops
 
 # Ids shared with csrc/fastnn.h (keep in sync).
 LINEAR, RELU, SIGMOID, TANH, SOFTMAX, SOFTPLUS, SOFTSIGN, SELU, ELU, EXPONENTIAL, \
@@ -14,7 +16,6 @@ MONOTONE = frozenset({LINEAR, RELU, SIGMOID, TANH, SOFTPLUS, SOFTSIGN, SELU, ELU
 
 
 def _apply(act, x, alpha=0.0):
-    from .backend import get_ops
     ops = get_ops()
     return ops.act_forward(act, alpha, ops.asarray(x))
 
@@ -104,7 +105,6 @@ def get(identifier):
         return deserialize(identifier)
     if isinstance(identifier, types.FunctionType) and identifier in _IDS:
         return identifier
-    from ._config import short
     raise ValueError(f"Unsupported activation {short(identifier)}: pass one of the names "
                      f"{', '.join(sorted(_BY_NAME))} (custom callables have no fused kernel)")
 
@@ -113,11 +113,9 @@ def deserialize(config, custom_objects=None, path="activation"):
     """Keras's serialized activation: {"module": "keras.activations", "class_name": "function",
     "config": "relu", "registered_name": "relu"} (or just the name) -> the function. Only
     fastnn's own activations resolve; nothing named in `config` is imported."""
-    from ._config import expect_str, fail_value, object_spec
     if isinstance(config, str):
         return get(config)
     if not isinstance(config, dict):
-        from ._config import fail_type
         fail_type(path, "an activation name or its serialized form", config)
     if "class_name" in config and config["class_name"] == "function":
         expect_str(config.get("config"), f"{path}.config")

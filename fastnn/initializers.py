@@ -4,12 +4,13 @@ Generator (fastnn.utils.get_rng), unless a seed is given."""
 import math
 
 import numpy as np
+from ._config import check_kwargs, expect_int, expect_str, fail_value, object_spec, prefixed, short, without_defaults
+from ._random import get_rng
 
 
 def _rng(seed):
     if seed is not None:
         return np.random.default_rng(seed)
-    from .utils import get_rng
     return get_rng()
 
 
@@ -206,12 +207,10 @@ def get(identifier):
         return identifier()
     if callable(identifier):
         return identifier
-    from ._config import short
     raise ValueError(f"Could not interpret initializer {short(identifier)}")
 
 
 def _seed(value, path):
-    from ._config import expect_int
     expect_int(value, path, minimum=0, none_ok=True)
 
 
@@ -220,8 +219,6 @@ def deserialize(config, custom_objects=None, path="initializer"):
     ...} -> the initializer. Every key of its config must be an argument of that class, of the
     right type; errors name the key (as `path`.config.key) and the value. Only fastnn's own
     classes resolve; nothing named in `config` is imported."""
-    from ._config import (check_kwargs, expect_str, fail_value, object_spec, prefixed,
-                          without_defaults)
     if isinstance(config, str):
         try:
             return get(config)

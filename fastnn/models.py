@@ -18,6 +18,7 @@ from .layers.core import (ConvPool, Input, InputLayer, Layer, _CLASSES as _LAYER
                           get_class)
 from .schedule import Schedule
 from .trainer import Trainer, _scaled, _shape_str, fits, scale_back
+from .summary import print_summary
 
 
 def _layer_entry(layer):
@@ -372,7 +373,6 @@ class Model(Trainer):
     # ---- summary, config, saving -------------------------------------------------------------
     def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False,
                 show_trainable=False, layer_range=None):
-        from .summary import print_summary
         rows, connected = self._summary_rows()
         if layer_range is not None:
             names = [layer.name for layer in self.layers]

@@ -11,6 +11,8 @@ import numpy as np
 
 from . import lr_schedules as schedules
 from .backend import get_ops
+import re
+from ._config import check_kwargs, expect_int, expect_number, fail_value, object_spec, prefixed, short
 
 # `from fastnn.optimizers.schedules import ExponentialDecay`, as from keras.optimizers.schedules
 sys.modules[__name__ + ".schedules"] = schedules
@@ -297,7 +299,6 @@ class Optimizer:
 
 
 def _snake(name):
-    import re
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
@@ -603,12 +604,10 @@ def get(identifier):
         return identifier()
     if isinstance(identifier, dict):
         return deserialize(identifier)
-    from ._config import short
     raise ValueError(f"Could not interpret optimizer {short(identifier)}")
 
 
 def _learning_rate(value, path):
-    from ._config import expect_number
     if isinstance(value, dict):
         schedules.deserialize(value, path)      # checks it (names the key that is wrong)
         return
@@ -620,7 +619,6 @@ def deserialize(config, custom_objects=None, path="optimizer"):
     -> the optimizer. Every key of its config must be an argument of that class, of the right
     type; errors name the key (as `path`.config.key) and the value. Only fastnn's own classes
     resolve; nothing named in `config` is imported."""
-    from ._config import check_kwargs, expect_int, fail_value, object_spec, prefixed
     if isinstance(config, str):
         try:
             return get(config)

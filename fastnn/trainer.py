@@ -26,7 +26,10 @@ from .graph import is_symbolic
 from .layers.core import BatchNormalization, Dense, _accepts_training, _thread_state, \
     activity_penalties, added_losses, forward_pass, masked_forward, record_activity, \
     with_activity_gradient
+from .data_adapters import _should_validate
 from .stack import DenseRunner, NonFiniteInput
+import warnings
+from ._random import get_rng
 
 # A Dense kernel of at least this many weights takes a plain SGD step inside its weight-gradient
 # GEMM (Optimizer.plain_step_lr): no gradient written, no second pass of the optimizer over a
@@ -757,7 +760,6 @@ class Trainer:
                                             add_progbar=verbose != 0 and
                                             distribution_module.is_chief(), model=self,
                                             verbose=verbose, epochs=epochs, steps=steps)
-        from .utils import get_rng
         rng = get_rng()
         batch_logs = cbs.wants("on_train_batch_end")     # build per-step logs only if read
         self.stop_training = False
@@ -1086,15 +1088,8 @@ def _check_class_weight(class_weight):
             raise ValueError(f"class_weight[{label}] must be a finite number, got {weight!r}")
 
 
-def _should_validate(epoch, freq):
-    if isinstance(freq, int):
-        return (epoch + 1) % freq == 0
-    return (epoch + 1) in freq
-
-
 def _warn_single_class(y_val):
     """validation_split takes the last fraction unshuffled; warn when that slice is one class."""
-    import warnings
     labels = y_val.reshape(len(y_val), -1)
     labels = labels[:, 0] if labels.shape[1] == 1 else labels.argmax(axis=1)
     if len(y_val) > 1 and np.unique(labels).size == 1:

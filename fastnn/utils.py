@@ -1,30 +1,8 @@
 """Keras's utilities: to_categorical, set_random_seed, get_file, load_img / img_to_array /
 array_to_img / save_img; plus fastnn's one random Generator and a history plot."""
-import random
-
 import numpy as np
 
-_rng = None
-
-
-def get_rng():
-    """The Generator behind initialisation, shuffling and dropout (seeded by set_random_seed)."""
-    global _rng
-    if _rng is None:
-        _rng = np.random.default_rng()
-    return _rng
-
-
-def set_random_seed(seed):
-    """Fix every source of randomness fastnn uses (and Python's and NumPy's global ones, as
-    keras.utils.set_random_seed does), so a script gives identical results run to run."""
-    global _rng
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    seed = int(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    _rng = np.random.default_rng(seed)
+from ._random import get_rng, set_random_seed  # noqa: F401  (keras.utils names)
 
 
 def to_categorical(x, num_classes=None):

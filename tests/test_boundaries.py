@@ -109,3 +109,73 @@ def test_layers_package_exports_its_layers():
             assert _is_builtin(obj), name
     assert {"Dense", "Embedding", "LSTM", "Bidirectional"} <= set(_CLASSES)
     assert not _is_builtin(type("Mine", (layers.Layer,), {"__module__": "user_code"}))
+
+
+# What a function may import in its body. An optional dependency, imported when the feature that
+# needs it runs, so that fastnn imports without it: CuPy (the GPU backend), h5py (.h5 files),
+# Pillow (image files), mpi4py (data-parallel), matplotlib (plot_history); SciPy, a dependency
+# but a 0.1-0.15 s import, for one op (exact GELU's erf) and a BLAS fallback; and the compiled
+# fastnn._core, since fastnn imports without it (a source checkout: CpuOps says what is missing).
+OPTIONAL = {"cupy", "cupyx", "h5py", "PIL", "mpi4py", "matplotlib", "scipy", "fastnn._core"}
+# Function-local imports of fastnn's own modules still there, each (module, imported module) and
+# why; a new one fails, and one gone must leave this list (issue 21).
+KNOWN_LOCAL = {
+    # The backend loads only the implementation chosen at run time: cpu.py needs the compiled
+    # core; base.py needs fastnn.activations, which needs get_ops from fastnn.backend.
+    ("fastnn.backend", "fastnn.backend.base"), ("fastnn.backend", "fastnn.backend.cpu"),
+    ("fastnn.backend", "fastnn.backend.cupy"),
+    # To break: saving builds models (imports fastnn.models), and Model.save / to_json /
+    # from_config, keras.models.load_model call into saving.
+    ("fastnn.models", "fastnn.saving"),
+    # To break: the wrappers (TimeDistributed, Bidirectional) serialize their inner layer, which
+    # may be a model, through fastnn.models, which imports fastnn.layers.
+    ("fastnn.layers.sequence", "fastnn.models"), ("fastnn.layers.recurrent", "fastnn.models"),
+}
+
+
+def _local_imports(module, path, modules):
+    """(line, imported module) of each import inside a function of `module`."""
+    tree = ast.parse(open(path).read())
+    package = module if path.endswith("__init__.py") else module.rpartition(".")[0]
+    out = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        for node in ast.walk(fn):
+            if isinstance(node, ast.Import):
+                out += [(node.lineno, a.name) for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    parts = parts[:len(parts) - node.level + 1]
+                    base = ".".join(parts + ([node.module] if node.module else []))
+                for alias in node.names:
+                    target = f"{base}.{alias.name}"
+                    out.append((node.lineno, target if target in modules or
+                                target == "fastnn._core" else base))
+    return out
+
+
+def test_function_local_imports_only_for_optional_dependencies():
+    modules = _modules()
+    bad, known = [], set()
+    for module, path in sorted(modules.items()):
+        for line, target in _local_imports(module, path, modules):
+            if target in OPTIONAL or target.split(".")[0] in OPTIONAL:
+                continue
+            if (module, target) in KNOWN_LOCAL:
+                known.add((module, target))
+                continue
+            bad.append(f"{os.path.relpath(path, ROOT)}:{line} imports {target}")
+    assert not bad, "function-local imports (move them to the top of the module):\n" + \
+        "\n".join(bad)
+    assert known == KNOWN_LOCAL, f"gone, remove them from KNOWN_LOCAL: {KNOWN_LOCAL - known}"
+
+
+def test_the_local_import_check_sees_them():
+    modules = _modules()
+    found = {t for _, t in _local_imports("fastnn.saving", modules["fastnn.saving"], modules)}
+    assert "h5py" in found
+    found = {t for _, t in _local_imports("fastnn.backend", modules["fastnn.backend"], modules)}
+    assert {"fastnn._core", "fastnn.backend.cpu", "cupy"} <= found

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import activations
 from ..downloads import get_file
+from ..backend import image_data_format
 
 CLASS_INDEX_PATH = ("https://storage.googleapis.com/download.tensorflow.org/"
                     "data/imagenet_class_index.json")
@@ -36,7 +37,6 @@ def preprocess_input(x, data_format=None, mode="caffe"):
         raise ValueError("Expected mode to be one of `caffe`, `tf` or `torch`. "
                          f"Received: mode={mode}")
     if data_format is None:
-        from ..backend import image_data_format
         data_format = image_data_format()
     elif data_format not in ("channels_first", "channels_last"):
         raise ValueError("Expected data_format to be one of `channels_first` or "

@@ -29,6 +29,11 @@ from ..backend import get_ops, unique_name
 from ..backend.base import dilation, pointwise
 from .. import graph as graph_module
 from ..graph import KerasTensor, Node, flatten, is_symbolic
+import builtins
+import itertools
+import fastnn
+from ..images import _check_resize, _data_format
+from .._random import get_rng
 
 
 def _finite(value, arg, layer, low=None):
@@ -1054,7 +1059,6 @@ class Dropout(Layer):
         st._mask = None
         if not training or self.rate == 0:
             return x
-        from ..utils import get_rng
         ops = get_ops()
         u = ops.random_uniform(self._rng or get_rng(), self._buffer("u", x.shape))
         # Inverted dropout: keep where u >= rate, scaled by 1/(1-rate).
@@ -2609,8 +2613,6 @@ def _load_function(spec, where):
 
 
 def _lambda_globals():
-    import builtins
-    import fastnn
     return {"__builtins__": builtins, "fastnn": fastnn, "keras": fastnn, "ops": array_ops}
 
 
@@ -2837,7 +2839,6 @@ class Normalization(Layer):
     def adapt(self, data):
         """Learn the mean and variance of `data`: an array, or an iterable of batches (Keras's
         streaming combination of each batch's mean and variance)."""
-        import itertools
         shape, rest, first = _batches(data)
         shape = tuple(shape)
         if not self.built:
@@ -2904,7 +2905,6 @@ class _ImageLayer(Layer):
 
     def __init__(self, data_format=None, **kwargs):
         super().__init__(**kwargs)
-        from ..images import _data_format
         self.data_format = _data_format(data_format)
 
     def __call__(self, x, training=None):
@@ -2957,7 +2957,6 @@ class Resizing(_ImageLayer):
                  pad_to_aspect_ratio=False, fill_mode="constant", fill_value=0.0,
                  antialias=False, data_format=None, **kwargs):
         super().__init__(data_format=data_format, **kwargs)
-        from ..images import _check_resize
         self.height = _positive_int(height, "height", self.name)
         self.width = _positive_int(width, "width", self.name)
         _check_resize((self.height, self.width), interpolation, crop_to_aspect_ratio,
@@ -3080,7 +3079,6 @@ class _RandomImageLayer(_ImageLayer):
 
     def _uniform(self, low, high, n):
         """n float32 draws in [low, high) (exactly low when high == low), as Keras draws."""
-        from ..utils import get_rng
         u = (self._rng or get_rng()).random(n, dtype=np.float32)
         return u * np.float32(high - low) + np.float32(low)
 
@@ -3375,7 +3373,6 @@ class LayerNormalization(_AffineNorm):
             raise TypeError("Expected an int or a list/tuple of ints for the argument 'axis', "
                             f"but received: {axis!r}")
         if rms_scaling:
-            import warnings
             warnings.warn("You passed `rms_scaling=True`, which is deprecated. This argument "
                           "incorrectly scales the input by the variance, not the root mean "
                           "square (as Keras 3 does; fastnn computes the same).")
@@ -3486,7 +3483,6 @@ class _Noise(Layer):
 
     def _uniform(self, shape):
         """Uniform [0, 1) float32 draws where the backend computes."""
-        from ..utils import get_rng
         ops = get_ops()
         return ops.random_uniform(self._rng or get_rng(), ops.empty(tuple(shape)))
 

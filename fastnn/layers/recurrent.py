@@ -12,6 +12,8 @@ from ..autodiff import Tensor, is_recording, node as autodiff_node, value_of
 from ..backend import get_ops
 from ..graph import KerasTensor, Node, is_symbolic
 from .core import _CLASSES, _PASS, Layer, _weight_options, _weight_options_config
+from .. import ops as fops
+from .._random import get_rng
 
 _KINDS = {"simple": 1, "gru": 3, "lstm": 4}
 
@@ -100,7 +102,6 @@ class _Sequence(Layer):
     def _call_on_tape(self, x, training, mask, states):
         """One node of the tape for the whole sequence: parents x and the initial states;
         several outputs are slices of one packed node."""
-        from .. import ops as fops
         ops = get_ops()
         x = x if isinstance(x, Tensor) else Tensor(ops.asarray(value_of(x)))
         states = [s if isinstance(s, Tensor) else Tensor(ops.asarray(value_of(s)))
@@ -281,7 +282,6 @@ class _RNN(_Sequence):
         mask = _as_bool_mask(mask, batch, steps, self)
         st.drop = None
         if training and self.dropout:
-            from ..utils import get_rng
             u = ops.random_uniform(self._rng or get_rng(), ops.empty((batch, 1, d_in)))
             st.drop = (u >= self.dropout).astype("float32") * np.float32(
                 1.0 / (1.0 - self.dropout))
@@ -291,7 +291,6 @@ class _RNN(_Sequence):
             # one mask a sequence on the previous state where it meets the recurrent kernel
             # (Keras's documented recurrent dropout; its LSTM and GRU skip it in their
             # default implementation 2, its SimpleRNN applies it as here)
-            from ..utils import get_rng
             u = ops.random_uniform(self._rng or get_rng(), ops.empty((batch, self.units)))
             rec_mask = (u >= self.recurrent_dropout).astype("float32") * np.float32(
                 1.0 / (1.0 - self.recurrent_dropout))
