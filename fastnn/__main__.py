@@ -4,6 +4,7 @@ Uses the full MNIST set when it can be found ($FASTNN_DATA_DIR, the cache, or a 
 sample bundled with fastnn otherwise, and says which."""
 import argparse
 import time
+
 import fastnn as keras
 from fastnn.datasets import mnist
 from fastnn.layers import Dense, Input

@@ -3,6 +3,7 @@ layers run them through the backend's fused kernels using the integer ids below.
 import types
 
 import numpy as np
+
 from ._config import expect_str, fail_type, fail_value, object_spec, short
 from .backend import get_ops
 

@@ -4,7 +4,17 @@ Generator (fastnn.utils.get_rng), unless a seed is given."""
 import math
 
 import numpy as np
-from ._config import check_kwargs, expect_int, expect_str, fail_value, object_spec, prefixed, short, without_defaults
+
+from ._config import (
+    check_kwargs,
+    expect_int,
+    expect_str,
+    fail_value,
+    object_spec,
+    prefixed,
+    short,
+    without_defaults,
+)
 from ._random import get_rng
 
 

@@ -12,12 +12,11 @@ import re
 import numpy as np
 
 from . import activations as A
-from . import ops
+from . import ops, registry
 from ._config import check_kwargs, expect_int, fail_value, object_spec, prefixed
 from .autodiff import Tensor, gradients, tape, value_of
 from .backend import get_ops
 from .backend.base import EPSILON
-from . import registry
 from .registry import get_registered_name
 
 _REDUCTIONS = ("sum_over_batch_size", "sum")

@@ -8,17 +8,27 @@ import threading
 import numpy as np
 
 from . import losses as losses_module
-from . import registry
 from . import metrics as metrics_module
+from . import registry
 from .autodiff import Tensor, no_grad, value_of
 from .backend import get_ops, unique_name
 from .graph import KerasTensor, Node, flatten, is_symbolic, nodes_between
-from .layers.core import (ConvPool, Input, InputLayer, Layer, _CLASSES as _LAYER_CLASSES,
-                          _accepts_training, _is_builtin, _snake_case, _thread_state, forward_pass,
-                          get_class)
+from .layers.core import _CLASSES as _LAYER_CLASSES
+from .layers.core import (
+    ConvPool,
+    Input,
+    InputLayer,
+    Layer,
+    _accepts_training,
+    _is_builtin,
+    _snake_case,
+    _thread_state,
+    forward_pass,
+    get_class,
+)
 from .schedule import Schedule
-from .trainer import Trainer, _scaled, _shape_str, fits, scale_back
 from .summary import print_summary
+from .trainer import Trainer, _scaled, _shape_str, fits, scale_back
 
 
 def _layer_entry(layer):

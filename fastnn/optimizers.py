@@ -5,14 +5,22 @@ model's parameter arena), so a training step costs one fused kernel call whateve
 layers. Its slot variables (moments, accumulators) are flat buffers of the same length; for
 saving they are sliced per weight and interleaved in Keras's order (m_0, v_0, m_1, v_1, ...)."""
 import math
+import re
 import sys
 
 import numpy as np
 
 from . import lr_schedules as schedules
+from ._config import (
+    check_kwargs,
+    expect_int,
+    expect_number,
+    fail_value,
+    object_spec,
+    prefixed,
+    short,
+)
 from .backend import get_ops
-import re
-from ._config import check_kwargs, expect_int, expect_number, fail_value, object_spec, prefixed, short
 
 # `from fastnn.optimizers.schedules import ExponentialDecay`, as from keras.optimizers.schedules
 sys.modules[__name__ + ".schedules"] = schedules
@@ -251,7 +259,7 @@ class Optimizer:
         if len(values) != head + len(order):
             raise ValueError(f"{self.name}: expected {head + len(order)} optimizer variables, "
                              f"got {len(values)}")
-        for (name, start, size), value in zip(order, values[head:]):
+        for (name, _start, size), value in zip(order, values[head:]):
             if np.size(value) != size:
                 raise ValueError(f"{self.name}: slot {name!r} has {np.size(value)} values, "
                                  f"expected {size}")

@@ -38,16 +38,14 @@ import zlib
 
 import numpy as np
 
-from . import __version__
+from . import __version__, activations, initializers, layers, losses, optimizers, registry
 from . import _config as C
-from . import registry
-from .registry import custom_object_scope, get_custom_objects, register_keras_serializable  # noqa: F401,E501
-from . import activations, initializers, layers, losses, optimizers
 from . import metrics as metrics_module
 from .backend import get_ops
 from .layers.core import _snake_case
 from .models import Functional, Model, Sequential
 from .optimizers import Optimizer
+from .registry import custom_object_scope, get_custom_objects, register_keras_serializable  # noqa: F401,E501
 
 KERAS_VERSION = "3.15.1"   # the Keras format version these files follow
 MAX_JSON_BYTES = 64 << 20  # config.json / metadata.json / a legacy .h5's config attributes

@@ -9,27 +9,34 @@ fused kernel call per step, and a steady-state step allocates nothing large: bat
 into reused buffers and layers keep their activations in per-shape workspaces."""
 import functools
 import math
+import warnings
 
 import numpy as np
 
-from . import activations
+from . import activations, data_adapters, regularizers
 from . import callbacks as callbacks_module
-from . import data_adapters
 from . import distribution as distribution_module
 from . import losses as losses_module
-from . import regularizers
 from . import metrics as metrics_module
 from . import optimizers as optimizers_module
+from ._random import get_rng
 from .autodiff import Tensor, gradients, no_grad, tape, value_of
 from .backend import get_ops
-from .graph import is_symbolic
-from .layers.core import BatchNormalization, Dense, _accepts_training, _thread_state, \
-    activity_penalties, added_losses, forward_pass, masked_forward, record_activity, \
-    with_activity_gradient
 from .data_adapters import _should_validate
+from .graph import is_symbolic
+from .layers.core import (
+    BatchNormalization,
+    Dense,
+    _accepts_training,
+    _thread_state,
+    activity_penalties,
+    added_losses,
+    forward_pass,
+    masked_forward,
+    record_activity,
+    with_activity_gradient,
+)
 from .stack import DenseRunner, NonFiniteInput
-import warnings
-from ._random import get_rng
 
 # A Dense kernel of at least this many weights takes a plain SGD step inside its weight-gradient
 # GEMM (Optimizer.plain_step_lr): no gradient written, no second pass of the optimizer over a

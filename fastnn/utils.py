@@ -72,12 +72,11 @@ def plot_history(history, path=None, title=None):
 
 
 # Keras's keras.utils file and image helpers (Pillow is imported only when an image function runs).
-from .downloads import get_file  # noqa: E402,F401
-from .images import array_to_img, img_to_array, load_img, save_img  # noqa: E402,F401
-from .registry import custom_object_scope, get_custom_objects, register_keras_serializable  # noqa: E402,F401,E501
-
 # Data given as batches (fit / evaluate / predict take them) and Keras's dataset helpers.
 from .data_adapters import PyDataset  # noqa: E402,F401
 from .dataset_utils import image_dataset_from_directory, split_dataset  # noqa: E402,F401
+from .downloads import get_file  # noqa: E402,F401
+from .images import array_to_img, img_to_array, load_img, save_img  # noqa: E402,F401
+from .registry import custom_object_scope, get_custom_objects, register_keras_serializable  # noqa: E402,F401,E501
 
 Sequence = PyDataset    # Keras's older name, kept as an alias in keras.utils

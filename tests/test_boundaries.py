@@ -2,6 +2,8 @@
 fastnn's own modules), and a README short enough to be a product page (issue 21)."""
 import ast
 import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -179,3 +181,13 @@ def test_the_local_import_check_sees_them():
     assert "h5py" in found
     found = {t for _, t in _local_imports("fastnn.backend", modules["fastnn.backend"], modules)}
     assert {"fastnn._core", "fastnn.backend.cpu", "cupy"} <= found
+
+
+def test_ruff_is_clean():
+    """pyproject.toml's [tool.ruff] rules hold over the code (.ci/run runs the same check)."""
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (pip install '.[test]')")
+    run = subprocess.run([ruff, "check", "--no-cache", "fastnn", "tests", "benchmarks",
+                          "setup.py"], cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr

@@ -4,11 +4,11 @@ import os
 
 import numpy as np
 import pytest
+from gradcheck import numeric_grad
+from onbackend import get, put
 
 from fastnn import activations as A
 from fastnn import losses, metrics
-from gradcheck import numeric_grad
-from onbackend import get, put
 
 
 @pytest.fixture(scope="module")

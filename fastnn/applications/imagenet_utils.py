@@ -10,8 +10,8 @@ import json
 import numpy as np
 
 from .. import activations
-from ..downloads import get_file
 from ..backend import image_data_format
+from ..downloads import get_file
 
 CLASS_INDEX_PATH = ("https://storage.googleapis.com/download.tensorflow.org/"
                     "data/imagenet_class_index.json")

@@ -5,12 +5,14 @@ sees a GPU, else CpuOps (the compiled core); FASTNN_BACKEND=cpu|cuda|numpy|auto 
 set_backend(...) choose explicitly. Layers and optimizers call only these ops, and keep their
 arrays where the ops compute (on the GPU: weights, gradients, optimizer state, batches)."""
 import contextlib
-import os
 import importlib.util
+import os
 import sys
+
 import numpy as np
+
 from .. import __version__
-from .blas import blas_info
+from . import blas as _blas
 
 _ops = None
 _name_counters = {}
@@ -146,7 +148,7 @@ def show_config(file=None):
         flags += info.get(var, "").split()
     link = " ".join([info.get("ldflags", ""), info.get("env_LDFLAGS", "")]).strip()
     try:
-        blas = blas_info()
+        blas = _blas.blas_info()
     except Exception as exc:
         blas = f"unavailable ({exc})"
     try:

@@ -46,7 +46,8 @@ def rnn_sizes(cell, x, kernel, recurrent, act, rec_act):
     if not isinstance(cell, str) or cell not in _RNN_GATES:
         raise ValueError(f"cell: expected one of {sorted(_RNN_GATES)}, got {cell!r}")
     for name, a in (("act", act), ("rec_act", rec_act)):
-        if not isinstance(a, (tuple, list)) or len(a) != 2 or not isinstance(a[0], numbers.Integral):
+        if not isinstance(a, (tuple, list)) or len(a) != 2 or \
+                not isinstance(a[0], numbers.Integral):
             raise TypeError(f"{name}: expected an (activation id, alpha) pair, got {a!r}")
     if getattr(x, "ndim", None) != 3:
         raise ValueError(f"x: expected a (steps, batch, features) array, got "
@@ -384,7 +385,7 @@ class Ops:
 
     def _grouped_forward(self, x, kernel, window, groups, cols=None, z=None):
         """Returns (cols, z) with z (rows, filters) = the block-diagonal product."""
-        n, c = x.shape[0], x.shape[3]
+        n = x.shape[0]
         rows, filters = n * window[6] * window[7], kernel.shape[1]
         taps_c_g = kernel.shape[0]
         f_g = filters // groups

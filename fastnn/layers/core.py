@@ -7,9 +7,11 @@ backward(dy, need_dx) writes the weight gradients into self.grads and returns dx
 overwrite dy in place (it is the next layer's scratch buffer). Shapes exclude nothing: the batch
 axis is None in shapes given to build()."""
 import base64
+import builtins
 import contextlib
 import functools
 import inspect
+import itertools
 import json
 import marshal
 import re
@@ -19,21 +21,19 @@ import warnings
 
 import numpy as np
 
-from .. import activations, constraints, initializers, regularizers, registry
-from .._config import without_defaults
+import fastnn
+
+from .. import activations, constraints, initializers, registry, regularizers
+from .. import graph as graph_module
 from .. import ops as array_ops
-from ..autodiff import Tensor, Variable, gradients, is_recording, no_grad, record, tape, \
-    value_of
+from .._config import without_defaults
+from .._random import get_rng
+from ..autodiff import Tensor, Variable, gradients, is_recording, no_grad, record, tape, value_of
 from ..autodiff import node as autodiff_node
 from ..backend import get_ops, unique_name
 from ..backend.base import dilation, pointwise
-from .. import graph as graph_module
 from ..graph import KerasTensor, Node, flatten, is_symbolic
-import builtins
-import itertools
-import fastnn
 from ..images import _check_resize, _data_format
-from .._random import get_rng
 
 
 def _finite(value, arg, layer, low=None):
@@ -81,7 +81,7 @@ def _shape_tuple(shape, arg="input_shape"):
 _BUILD_LOCK = threading.RLock()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _accepts_training(call):
     """Whether a call() method takes training= (read once per method)."""
     try:
@@ -91,7 +91,7 @@ def _accepts_training(call):
     return "training" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _takes_mask(method):
     """Whether a forward()/call() method has a `mask` argument (read once per method)."""
     try:
@@ -2639,7 +2639,7 @@ class _OpLayer(Layer):
         return self._fn(*args, **{k: fill(v) for k, v in self._kwargs.items()})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _op_layer_class(op_name):
     """The op layer class for one op, named as Keras names its Operation (add -> Add)."""
     camel = "".join(part.title() for part in op_name.split("_"))
@@ -3375,7 +3375,7 @@ class LayerNormalization(_AffineNorm):
         if rms_scaling:
             warnings.warn("You passed `rms_scaling=True`, which is deprecated. This argument "
                           "incorrectly scales the input by the variance, not the root mean "
-                          "square (as Keras 3 does; fastnn computes the same).")
+                          "square (as Keras 3 does; fastnn computes the same).", stacklevel=2)
         super().__init__(axis, epsilon, center, scale, beta_initializer, gamma_initializer,
                          beta_regularizer, gamma_regularizer, beta_constraint,
                          gamma_constraint, **kwargs)

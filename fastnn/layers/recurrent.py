@@ -8,12 +8,13 @@ that configs and saving treat them as fastnn's own layers."""
 import numpy as np
 
 from .. import activations, initializers
-from ..autodiff import Tensor, is_recording, node as autodiff_node, value_of
+from .. import ops as fops
+from .._random import get_rng
+from ..autodiff import Tensor, is_recording, value_of
+from ..autodiff import node as autodiff_node
 from ..backend import get_ops
 from ..graph import KerasTensor, Node, is_symbolic
 from .core import _CLASSES, _PASS, Layer, _weight_options, _weight_options_config
-from .. import ops as fops
-from .._random import get_rng
 
 _KINDS = {"simple": 1, "gru": 3, "lstm": 4}
 

@@ -13,10 +13,20 @@ import warnings
 
 import numpy as np
 
-from .. import activations, constraints, initializers, regularizers
+from .. import initializers
 from ..backend import get_ops
-from .core import (AveragePooling2D, Conv2D, GlobalMaxPooling2D, Layer, MaxPooling2D,
-                     _CLASSES, _is_int, _weight_options, _weight_options_config, get_class)
+from .core import (
+    _CLASSES,
+    AveragePooling2D,
+    Conv2D,
+    GlobalMaxPooling2D,
+    Layer,
+    MaxPooling2D,
+    _is_int,
+    _weight_options,
+    _weight_options_config,
+    get_class,
+)
 
 
 def _positive_int(value, arg, layer):
@@ -65,7 +75,7 @@ class Embedding(Layer):
         self.input_dim = _positive_int(input_dim, "input_dim", "Embedding")
         self.output_dim = _positive_int(output_dim, "output_dim", "Embedding")
         if kwargs.pop("input_length", None) is not None:       # as Keras 3 does
-            warnings.warn("Argument `input_length` is deprecated. Just remove it.")
+            warnings.warn("Argument `input_length` is deprecated. Just remove it.", stacklevel=2)
         super().__init__(**kwargs)
         if lora_rank is not None:
             raise ValueError(f"{self.name}: lora_rank={lora_rank!r}: LoRA is not supported by "

@@ -355,7 +355,8 @@ SPECS = {
     "maxpool_backward": spec_maxpool_backward, "avgpool_forward": spec_avgpool_forward,
     "avgpool_backward": spec_avgpool_backward, "conv_pool_forward": spec_conv_pool_forward,
     "conv_pool_backward": spec_conv_pool_backward, "bn_stats": spec_bn_stats,
-    "bn_apply": spec_bn_apply, "bias_act_forward": spec_bias_act_forward, "bn_backward": spec_bn_backward,
+    "bn_apply": spec_bn_apply, "bias_act_forward": spec_bias_act_forward,
+    "bn_backward": spec_bn_backward,
     "bn_update_moving": spec_bn_update_moving, "gemm_row_blocks": spec_gemm_row_blocks,
     "conv_pool_plan": spec_conv_pool_plan, "activation_needs_input": spec_activation_needs_input,
     "rnn_forward": spec_rnn_forward, "rnn_backward": spec_rnn_backward,
@@ -407,7 +408,8 @@ def mutations(rng, name, d, meta):
     if kind in ("ints", "window") or k is None:
         ints = meta.get("ints", {})
         if kind == "window" and meta.get("window"):
-            wk = [key for key in d if key.endswith("window")][int(rng.integers(0, 1 if "window" in d else 2))]
+            windows = [key for key in d if key.endswith("window")]
+            wk = windows[int(rng.integers(0, 1 if "window" in d else 2))]
             win = list(d[wk])
             i = int(rng.integers(0, len(win)))
             v = int(rng.choice([2**31 - 1, 2**31, 2**63 - 1, -1, -(2**31), 0, 2**40]))
@@ -509,7 +511,7 @@ def dense_stack_cases(rng):
     bad = []
     for opt, n_req in enumerate([0, 2, 1, 1, 2, 2, 2, 2]):
         for n in range(n_req):
-            bad.append(("opt %d with %d slots" % (opt, n), dict(base, opt=opt,
+            bad.append((f"opt {opt} with {n} slots", dict(base, opt=opt,
                                                                slots=(np.zeros_like(params),) * 0
                                                                + tuple(np.zeros_like(params)
                                                                        for _ in range(n)))))
@@ -611,7 +613,7 @@ def main(seed, n_cases):
         report["per_kernel"][name] = report["per_kernel"].get(name, 0) + 1
         try:
             new() if callable(new) else call(name, new)
-        except OK_ERRORS as e:
+        except OK_ERRORS:
             continue
         except Exception as e:
             report["wrong_error"].append(f"{name}: {desc}: {type(e).__name__}: {e}")
