@@ -701,6 +701,42 @@ class Ops:
             xp.log1p(xp.exp(-xp.abs(logits)))
         return self._total(self._weighted(per_elem.mean(axis=-1), weights))
 
+    # Outputs that are probabilities but did not come from the activation the loss fuses with
+    # (Keras's from_logits=False after any other activation): the clipped losses, their
+    # gradients with respect to the outputs themselves (zero where the clip holds).
+    def categorical_xent_outputs(self, outputs, targets, weights, scale, grad=None,
+                                 sparse=False):
+        """Sum over rows of weight * -sum(targets * log(clip(outputs / their row sum)));
+        sparse: targets are integer labels."""
+        xp = self.xp
+        if sparse:
+            onehot = xp.zeros(outputs.shape, "float32")
+            onehot[xp.arange(len(targets)), targets.reshape(-1)] = 1
+            targets = onehot
+        s = outputs.sum(axis=-1, keepdims=True)
+        p = outputs / s
+        inside = (p > EPSILON) & (p < 1 - EPSILON)
+        pc = xp.clip(p, EPSILON, 1 - EPSILON)
+        per_row = -(targets * xp.log(pc)).sum(axis=-1)
+        if grad is not None:
+            dp = -targets / pc * inside
+            k = scale * (1.0 if weights is None else weights[:, None])
+            # d p_j / d outputs_k = (delta_jk - p_j) / s
+            grad[...] = (dp - (dp * p).sum(axis=-1, keepdims=True)) / s * k
+        return self._total(self._weighted(per_row, weights))
+
+    def binary_xent_outputs(self, outputs, targets, weights, scale, grad=None):
+        """Sum over rows of weight * the mean over the last axis of the binary cross-entropy
+        of clip(outputs)."""
+        xp = self.xp
+        q = xp.clip(outputs, EPSILON, 1 - EPSILON)
+        inside = (outputs > EPSILON) & (outputs < 1 - EPSILON)
+        per_row = -(targets * xp.log(q) + (1 - targets) * xp.log(1 - q)).mean(axis=-1)
+        if grad is not None:
+            k = scale / outputs.shape[-1] * (1.0 if weights is None else weights[:, None])
+            grad[...] = k * inside * (q - targets) / (q * (1 - q))
+        return self._total(self._weighted(per_row, weights))
+
     def squared_error(self, pred, targets, weights, scale, grad=None):
         d = pred - targets
         per_row = self._weighted((d * d).mean(axis=-1), weights)
