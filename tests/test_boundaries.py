@@ -191,3 +191,37 @@ def test_ruff_is_clean():
     run = subprocess.run([ruff, "check", "--no-cache", "fastnn", "tests", "benchmarks",
                           "setup.py"], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_layers_never_reach_into_another_layers_private_names():
+    """A layer class in fastnn/layers/ touches only its own private names (self._x); what it
+    needs of the layers it runs (TimeDistributed, Bidirectional, the 1-D pooling layers) goes
+    through the Layer methods meant for that (_build_inner, _lend_thread_state, ...)."""
+    import importlib
+
+    from fastnn.layers.core import Layer
+
+    layer_src = ast.parse(open(os.path.join(SOURCE, "layers", "core.py")).read())
+    base = next(n for n in layer_src.body if isinstance(n, ast.ClassDef) and n.name == "Layer")
+    private = {n.name for n in ast.walk(base) if isinstance(n, ast.FunctionDef)} | \
+        {n.attr for n in ast.walk(base) if isinstance(n, ast.Attribute) and
+         isinstance(n.value, ast.Name) and n.value.id == "self"}
+    private = {p for p in private if p.startswith("_") and not p.startswith("__")}
+    assert {"_vars", "_thread", "_maybe_build", "_state"} <= private
+    bad = []
+    for name in ("core", "sequence", "recurrent"):
+        module = importlib.import_module(f"fastnn.layers.{name}")
+        tree = ast.parse(open(module.__file__).read())
+        for cls in tree.body:
+            if not isinstance(cls, ast.ClassDef) or cls.name == "Layer" or \
+                    not issubclass(getattr(module, cls.name), Layer):
+                continue
+            for node in ast.walk(cls):
+                if not (isinstance(node, ast.Attribute) and node.attr in private):
+                    continue
+                owner = node.value
+                if isinstance(owner, ast.Name) and owner.id in ("self", "cls") or \
+                        isinstance(owner, ast.Call) and ast.unparse(owner.func) == "super":
+                    continue
+                bad.append(f"{name}.py:{node.lineno} {cls.name}: {ast.unparse(node)}")
+    assert not bad, "a layer reaching into another's private names:\n" + "\n".join(bad)

@@ -436,6 +436,46 @@ class Layer:
         threads may run one layer at once, each with its own."""
         return _thread_state(self._thread)
 
+    # ---- a layer that runs other layers (TimeDistributed, Bidirectional, the 1-D pooling
+    # layers) does it through these, on itself: no layer touches another's private names ----
+    def _build_inner(self, inner, input_shape):
+        inner._maybe_build(input_shape)
+
+    def _lend_thread_state(self, inner):
+        """Run `inner` on this layer's per-thread state (its slot, its forward state)."""
+        inner._thread = self._thread
+
+    def _set_inner_slot(self, inner, slot):
+        inner._thread.slot = slot
+
+    def _inner_state(self, inner):
+        return inner._state()
+
+    def _share_weights_of(self, inner):
+        """This layer's weights are `inner`'s: the same dicts, so the weights `inner` makes
+        when it builds are this layer's too."""
+        self._vars, self.grads = inner._vars, inner.grads
+        self._trainable_names = inner._trainable_names
+        self._non_trainable_names = inner._non_trainable_names
+
+    def _adopt_weight(self, mine, inner, name):
+        """`inner`'s built weight `name` as this layer's trainable weight `mine`: the same
+        array, variable and gradient, with its regularizer and constraint."""
+        self._vars[mine] = inner._vars[name]
+        self._variables[mine] = inner._variables[name]
+        self._trainable_names.append(mine)
+        self.grads[mine] = inner.grads[name]
+        for key in ("_penalties", "_constraints"):
+            if name in inner.__dict__.get(key, {}):
+                self.__dict__.setdefault(key, {})[mine] = inner.__dict__[key][name]
+
+    def _rebind_inner(self, inner, name, array, grad=None):
+        """Point `inner`'s weight `name` at `array` (the adopted weight, already moved there
+        with its value by this layer's _rebind)."""
+        inner._vars[name] = array
+        if grad is not None:
+            inner.grads[name] = grad
+
     def _buffer(self, key, shape, dtype="float32"):
         """A scratch array reused across steps of the same shape (kernels never allocate);
         inside `drawing_from(pool)`, one the pool lends (shared with other layers)."""

@@ -573,21 +573,15 @@ class Bidirectional(_Sequence):
                 ("backward_layer/cell", self.backward_layer)]
 
     def build(self, input_shape):
-        self.forward_layer._maybe_build(input_shape)
-        self.backward_layer._maybe_build(input_shape)
+        self._build_inner(self.forward_layer, input_shape)
+        self._build_inner(self.backward_layer, input_shape)
         # the sublayers' weights, adopted: the same arrays, named by direction
         self._owner = {}
         for prefix, sub in (("forward_", self.forward_layer), ("backward_", self.backward_layer)):
             for name in sub.weight_names:
                 mine = prefix + name
-                self._vars[mine] = sub._vars[name]
-                self._variables[mine] = sub._variables[name]
+                self._adopt_weight(mine, sub, name)
                 self._owner[mine] = (sub, name)
-                self._trainable_names.append(mine)
-                self.grads[mine] = sub.grads[name]
-                for key in ("_penalties", "_constraints"):
-                    if name in sub.__dict__.get(key, {}):
-                        self.__dict__.setdefault(key, {})[mine] = sub.__dict__[key][name]
         super().build(input_shape)
         if self._initial_weights:
             self.set_weights(self._initial_weights)
@@ -596,9 +590,7 @@ class Bidirectional(_Sequence):
     def _rebind(self, name, array, grad=None):
         super()._rebind(name, array, grad)
         sub, own = self._owner[name]
-        sub._vars[own] = array
-        if grad is not None:
-            sub.grads[own] = grad
+        self._rebind_inner(sub, own, array, grad)
 
     def compute_output_shape(self, input_shape):
         shape = self.forward_layer.compute_output_shape(input_shape)
@@ -617,12 +609,12 @@ class Bidirectional(_Sequence):
         slot = getattr(self._thread, "slot", 0)
         subs = (self.forward_layer, self.backward_layer)
         for sub in subs:
-            sub._thread.slot = slot
+            self._set_inner_slot(sub, slot)
         try:
             return fn()
         finally:
             for sub in subs:
-                sub._thread.slot = 0
+                self._set_inner_slot(sub, 0)
 
     def forward(self, x, training=False, mask=None, initial_state=None):
         return self._slot(lambda: self._forward(x, training, mask, initial_state))
@@ -696,8 +688,8 @@ class Bidirectional(_Sequence):
             d_b = [d_b] + state_grads[n:]
         dx_f = self.forward_layer.backward(d_f, need_dx)
         dx_b = self.backward_layer.backward(d_b, need_dx)
-        st.d_states = self.forward_layer._state().d_states + \
-            self.backward_layer._state().d_states
+        st.d_states = self._inner_state(self.forward_layer).d_states + \
+            self._inner_state(self.backward_layer).d_states
         return None if dx_f is None else dx_f + dx_b
 
     def get_config(self):

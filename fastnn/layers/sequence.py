@@ -369,12 +369,12 @@ class GlobalMaxPooling1D(_GlobalPooling1D):
 
     def forward(self, x, training=False):
         pool = self._pool
-        pool._thread = self._thread     # its state lives in this layer's per-thread slot
+        self._lend_thread_state(pool)   # its state lives in this layer's per-thread slot
         return self._finish(pool.forward(_as_image(x), training))
 
     def backward(self, dy, need_dx=True):
         pool = self._pool
-        pool._thread = self._thread
+        self._lend_thread_state(pool)
         dx = pool.backward(dy.reshape(dy.shape[0], 1, 1, -1), need_dx)
         return None if dx is None else dx.reshape(dx.shape[0], dx.shape[2], dx.shape[3])
 
@@ -394,9 +394,7 @@ class TimeDistributed(Layer):
         super().__init__(**kwargs)
         self.layer = layer
         # one set of weights: the inner layer's, seen through this layer
-        self._vars, self.grads = layer._vars, layer.grads
-        self._trainable_names = layer._trainable_names
-        self._non_trainable_names = layer._non_trainable_names
+        self._share_weights_of(layer)
 
     def _inner_shape(self, input_shape):
         if len(input_shape) < 3:
@@ -405,7 +403,7 @@ class TimeDistributed(Layer):
         return (None,) + tuple(input_shape[2:])
 
     def build(self, input_shape):
-        self.layer._maybe_build(self._inner_shape(input_shape))
+        self._build_inner(self.layer, self._inner_shape(input_shape))
         super().build(input_shape)
 
     def compute_output_shape(self, input_shape):
@@ -414,13 +412,13 @@ class TimeDistributed(Layer):
 
     def forward(self, x, training=False):
         n, t = x.shape[:2]
-        self.layer._thread = self._thread
+        self._lend_thread_state(self.layer)
         y = self.layer.forward(x.reshape((n * t,) + tuple(x.shape[2:])), training)
         return y.reshape((n, t) + tuple(y.shape[1:]))
 
     def backward(self, dy, need_dx=True, **fused):
         n, t = dy.shape[:2]
-        self.layer._thread = self._thread
+        self._lend_thread_state(self.layer)
         dx = self.layer.backward(dy.reshape((n * t,) + tuple(dy.shape[2:])), need_dx, **fused)
         return None if dx is None else dx.reshape((n, t) + tuple(dx.shape[1:]))
 
