@@ -27,7 +27,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 import numpy as np
 
 from . import callbacks as callbacks_module
-from ._random import get_rng
+from .rng import get_rng
 from .stack import DenseRunner
 
 RAN_OUT = ("Your input ran out of data; interrupting training. Make sure that your dataset or "

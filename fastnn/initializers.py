@@ -15,7 +15,7 @@ from ._config import (
     short,
     without_defaults,
 )
-from ._random import get_rng
+from .rng import get_rng
 
 
 def _rng(seed):

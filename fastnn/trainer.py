@@ -19,7 +19,6 @@ from . import distribution as distribution_module
 from . import losses as losses_module
 from . import metrics as metrics_module
 from . import optimizers as optimizers_module
-from ._random import get_rng
 from .autodiff import Tensor, gradients, no_grad, tape, value_of
 from .backend import get_ops
 from .data_adapters import _should_validate
@@ -36,6 +35,7 @@ from .layers.core import (
     record_activity,
     with_activity_gradient,
 )
+from .rng import get_rng
 from .stack import DenseRunner, NonFiniteInput
 
 # A Dense kernel of at least this many weights takes a plain SGD step inside its weight-gradient

@@ -2,7 +2,7 @@
 array_to_img / save_img; plus fastnn's one random Generator and a history plot."""
 import numpy as np
 
-from ._random import get_rng, set_random_seed  # noqa: F401  (keras.utils names)
+from .rng import get_rng, set_random_seed  # noqa: F401  (keras.utils names)
 
 
 def to_categorical(x, num_classes=None):

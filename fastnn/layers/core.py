@@ -27,13 +27,13 @@ from .. import activations, constraints, initializers, registry, regularizers
 from .. import graph as graph_module
 from .. import ops as array_ops
 from .._config import without_defaults
-from .._random import get_rng
 from ..autodiff import Tensor, Variable, gradients, is_recording, no_grad, record, tape, value_of
 from ..autodiff import node as autodiff_node
 from ..backend import get_ops, unique_name
 from ..backend.base import dilation, pointwise
 from ..graph import KerasTensor, Node, flatten, is_symbolic
 from ..images import _check_resize, _data_format
+from ..rng import get_rng
 
 
 def _finite(value, arg, layer, low=None):

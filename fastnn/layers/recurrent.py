@@ -9,11 +9,11 @@ import numpy as np
 
 from .. import activations, initializers
 from .. import ops as fops
-from .._random import get_rng
 from ..autodiff import Tensor, is_recording, value_of
 from ..autodiff import node as autodiff_node
 from ..backend import get_ops
 from ..graph import KerasTensor, Node, is_symbolic
+from ..rng import get_rng
 from .core import _CLASSES, _PASS, Layer, _weight_options, _weight_options_config
 
 _KINDS = {"simple": 1, "gru": 3, "lstm": 4}
