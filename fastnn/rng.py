@@ -18,7 +18,17 @@ def get_rng():
 
 def set_random_seed(seed):
     """Fix every source of randomness fastnn uses (and Python's and NumPy's global ones, as
-    keras.utils.set_random_seed does), so a script gives identical results run to run."""
+    keras.utils.set_random_seed does), so a script gives identical results run to run.
+
+    Args:
+        seed: An int.
+
+    Example:
+
+    ```python
+    fastnn.utils.set_random_seed(42)
+    ```
+    """
     global _rng
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
