@@ -6,7 +6,6 @@ FASTNN_NO_OPENMP=1 is set. No -march=native: wheels must run on any x86-64/aarch
 import glob
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import sysconfig

@@ -1,6 +1,7 @@
 """pytest-benchmark settings for benchmarks/ (not part of the test suite: testpaths is tests/).
 
-    PYTHONPATH=. python -m pytest benchmarks -q -p no:cacheprovider --benchmark-only [--bench-rounds N]
+    PYTHONPATH=. python -m pytest benchmarks -q -p no:cacheprovider --benchmark-only \\
+        [--bench-rounds N]
 
 The Keras peer runs on TensorFlow when it is installed (the stack of Keras' own published
 numbers), else on torch; KERAS_BACKEND set by the caller wins."""

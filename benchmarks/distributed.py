@@ -15,8 +15,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 WORKER = r'''
 import json, os, sys, time
 import numpy as np

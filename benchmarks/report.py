@@ -78,8 +78,9 @@ def run_system(name, rounds, tmp, workloads=None, samples=None):
         expr = f"({expr}) and " \
             f"({' or '.join(w for w in workloads if w not in ('resnet50', 'text', 'lstm'))})"
     out_json, log = os.path.join(tmp, f"{name}.json"), os.path.join(tmp, f"{name}.log")
-    cmd = [sys.executable, "-m", "pytest", *(os.path.join(HERE, p) for p in paths), "-k", expr, "-q", "-rfEs",
-           "-p", "no:cacheprovider", "--benchmark-only", f"--benchmark-json={out_json}",
+    cmd = [sys.executable, "-m", "pytest", *(os.path.join(HERE, p) for p in paths), "-k", expr,
+           "-q", "-rfEs", "-p", "no:cacheprovider", "--benchmark-only",
+           f"--benchmark-json={out_json}",
            f"--bench-rounds={rounds}"] + ([f"--bench-samples={samples}"] if samples else [])
     print(f"[report] {name}: running ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
@@ -172,7 +173,8 @@ def build_report(runs, rounds, workloads=None, samples=None):
         # one row for the timed round; a workload timed on fewer steps also gets a 60k-epoch row
         scales = [(w, wl.timed(w), 1.0)]
         if wl.epoch_scale(w) != 1:
-            scales.append((f"{w}_60k_epoch", f"×{wl.epoch_scale(w):g} = 60k epoch", wl.epoch_scale(w)))
+            scales.append((f"{w}_60k_epoch", f"×{wl.epoch_scale(w):g} = 60k epoch",
+                           wl.epoch_scale(w)))
         for key, timed, scale in scales:
             f, t, k = (cell(w, s, scale) for s in ("fastnn", "torch", "keras"))
             flops = wl.train_gemm_flops(w, wl.WORKLOADS[w]["samples"] * scale)
@@ -236,8 +238,10 @@ def build_report(runs, rounds, workloads=None, samples=None):
     lines += ["", "### Peak RSS per system (whole pytest child; the training systems' include "
               "the 60k MNIST arrays)", "",
               "| system | peak RSS MiB | child wall s | status |", "|---|---:|---:|---|"]
-    lines += [f"| {s} | {r['rss_mib']:.0f} | {r['wall_s']:.0f} | "
-              f"{'ok' if r['rc'] == 0 and r['benchmarks'] else 'skipped' if r['rc'] in (0, 5) else 'error'} |"
+    def status(r):
+        return "ok" if r["rc"] == 0 and r["benchmarks"] else \
+            "skipped" if r["rc"] in (0, 5) else "error"
+    lines += [f"| {s} | {r['rss_mib']:.0f} | {r['wall_s']:.0f} | {status(r)} |"
               for s, r in runs.items()]
     lines += ["", "### Environment", ""] + [f"- {k}: {fmt(v)}" for k, v in env.items()]
     notes = [f"- {s}: {n}" for s, r in runs.items() for n in r["notes"]]
@@ -247,9 +251,11 @@ def build_report(runs, rounds, workloads=None, samples=None):
                 resnet50=resnet, text_conv1d=text, lstm=lstm,
                 sgemm_gflops={
         gemm[s]["extra_info"]["label"]: g for s, g in gflops.items()}, peak_gflops=peak,
-        systems={s: {k: r[k] for k in ("rc", "rss_mib", "wall_s", "notes")} for s, r in runs.items()},
+        systems={s: {k: r[k] for k in ("rc", "rss_mib", "wall_s", "notes")}
+                 for s, r in runs.items()},
         benchmarks=[dict(name=b["name"], group=b["group"], extra_info=b["extra_info"],
-                         stats={k: b["stats"][k] for k in ("min", "median", "mean", "stddev", "rounds")})
+                         stats={k: b["stats"][k]
+                                for k in ("min", "median", "mean", "stddev", "rounds")})
                     for r in runs.values() for b in r["benchmarks"]])
     return "\n".join(lines), data
 

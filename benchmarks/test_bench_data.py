@@ -8,7 +8,8 @@
 - `arrays-callback`: arrays plus a no-op per-batch callback (on_train_batch_end), and
   `arrays-metrics`: arrays with a second metric (goal for both: < 2 % over arrays).
 
-    PYTHONPATH=. python -m pytest benchmarks/test_bench_data.py -q -p no:cacheprovider --benchmark-only
+    PYTHONPATH=. python -m pytest benchmarks/test_bench_data.py -q -p no:cacheprovider \\
+        --benchmark-only
 
 `python benchmarks/test_bench_data.py [rounds]` prints each variant's best round and its ratio
 to arrays, the variants timed in turn (round by round) in one process."""

@@ -3,7 +3,6 @@ same workloads and rounds as test_bench_train.py (the MLP's 60k epoch, the CNN's
 Both keep the model and the whole training set on the device and read the loss back once per
 epoch, so a round ends when the GPU is done. Skipped without a usable GPU."""
 import pytest
-
 import workloads as wl
 
 GPU_WORKLOADS = ("mlp_adam", "cnn")

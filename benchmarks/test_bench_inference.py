@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-
 import workloads as wl
 
 N_PREDICT = 10_000

@@ -12,7 +12,6 @@ import os
 
 import numpy as np
 import pytest
-
 import workloads as wl
 
 IMAGES = 16

@@ -3,7 +3,6 @@ backend initialised so the BLAS/OpenMP thread setup is the one a fit() sees), at
 shape of the training workloads (two MLPs, the CNN) and at 2048^3."""
 import numpy as np
 import pytest
-
 import workloads as wl
 
 
@@ -24,7 +23,8 @@ def blas(core):
         return f"unknown ({type(e).__name__})"
 
 
-@pytest.mark.parametrize("shape", wl.sgemm_shapes(), ids=lambda s: wl.gemm_label(*s).replace(" ", ""))
+@pytest.mark.parametrize("shape", wl.sgemm_shapes(),
+                         ids=lambda s: wl.gemm_label(*s).replace(" ", ""))
 def test_sgemm(benchmark, core, blas, shape):
     m, k, n, ta, tb = shape
     rng = np.random.default_rng(0)

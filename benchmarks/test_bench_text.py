@@ -16,7 +16,6 @@ import importlib
 
 import numpy as np
 import pytest
-
 import workloads as wl
 
 VOCAB, STEPS, DIM, FILTERS, KERNEL = 20000, 200, 128, 128, 5

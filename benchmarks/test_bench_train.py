@@ -11,7 +11,6 @@ warm-up round absorbs tracing / first-touch costs). Peers that are not installed
 import importlib
 
 import pytest
-
 import workloads as wl
 
 

@@ -85,7 +85,8 @@ def epoch_scale(name):
 # ---------------------------------------------------------------- data
 def data_dir():
     """FASTNN_DATA_DIR, else the project's shared/ checkout beside the repository."""
-    for d in (os.environ.get("FASTNN_DATA_DIR"), os.path.join(REPO, "..", "shared", "data", "mnist")):
+    for d in (os.environ.get("FASTNN_DATA_DIR"),
+              os.path.join(REPO, "..", "shared", "data", "mnist")):
         if d and os.path.exists(os.path.join(d, "train-images-idx3-ubyte.gz")):
             return os.path.abspath(d)
     return None
@@ -138,7 +139,8 @@ def keras_model(keras, name, variant=None):
     else:
         model = keras.Sequential([keras.Input(shape=w["input"])] + [
             layers.Dense(units, activation=act) for units, act in zip(w["sizes"][1:], w["acts"])])
-    opt = (keras.optimizers.Adam if w["opt"] == "adam" else keras.optimizers.SGD)(learning_rate=w["lr"])
+    opt_class = keras.optimizers.Adam if w["opt"] == "adam" else keras.optimizers.SGD
+    opt = opt_class(learning_rate=w["lr"])
     model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
@@ -282,7 +284,8 @@ def torch_epoch(name, x, y, device="cpu", variant=None):
     from torch import nn
     w = spec(name)
     model = torch_model(name, variant).to(device)
-    opt = (torch.optim.Adam if w["opt"] == "adam" else torch.optim.SGD)(model.parameters(), lr=w["lr"])
+    opt_class = torch.optim.Adam if w["opt"] == "adam" else torch.optim.SGD
+    opt = opt_class(model.parameters(), lr=w["lr"])
     loss_fn = nn.CrossEntropyLoss()
     if x.ndim == 4:
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))

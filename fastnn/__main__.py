@@ -5,6 +5,11 @@ sample bundled with fastnn otherwise, and says which."""
 import argparse
 import time
 
+import fastnn as keras
+from fastnn.datasets import mnist
+from fastnn.layers import Dense, Input
+from fastnn.utils import plot_history
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m fastnn", description=__doc__)
@@ -14,10 +19,6 @@ def main(argv=None):
     parser.add_argument("--sample", action="store_true", help="use the bundled sample only")
     args = parser.parse_args(argv)
 
-    import fastnn as keras
-    from fastnn.datasets import mnist
-    from fastnn.layers import Dense, Input
-    from fastnn.utils import plot_history
 
     if args.sample:
         data, source = mnist.load_sample(), "sample"

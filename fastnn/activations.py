@@ -4,6 +4,9 @@ import types
 
 import numpy as np
 
+from ._config import expect_str, fail_type, fail_value, object_spec, short
+from .backend import get_ops
+
 # Ids shared with csrc/fastnn.h (keep in sync).
 LINEAR, RELU, SIGMOID, TANH, SOFTMAX, SOFTPLUS, SOFTSIGN, SELU, ELU, EXPONENTIAL, \
     LEAKY_RELU, GELU, SILU = range(13)
@@ -14,7 +17,6 @@ MONOTONE = frozenset({LINEAR, RELU, SIGMOID, TANH, SOFTPLUS, SOFTSIGN, SELU, ELU
 
 
 def _apply(act, x, alpha=0.0):
-    from .backend import get_ops
     ops = get_ops()
     return ops.act_forward(act, alpha, ops.asarray(x))
 
@@ -221,7 +223,6 @@ def get(identifier):
         return deserialize(identifier)
     if isinstance(identifier, types.FunctionType) and identifier in _IDS:
         return identifier
-    from ._config import short
     raise ValueError(f"Unsupported activation {short(identifier)}: pass one of the names "
                      f"{', '.join(sorted(_BY_NAME))} (custom callables have no fused kernel)")
 
@@ -239,11 +240,9 @@ def deserialize(config, custom_objects=None, path="activation"):
     Returns:
         The activation function.
     """
-    from ._config import expect_str, fail_value, object_spec
     if isinstance(config, str):
         return get(config)
     if not isinstance(config, dict):
-        from ._config import fail_type
         fail_type(path, "an activation name or its serialized form", config)
     if "class_name" in config and config["class_name"] == "function":
         expect_str(config.get("config"), f"{path}.config")

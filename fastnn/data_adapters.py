@@ -27,6 +27,8 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 import numpy as np
 
 from . import callbacks as callbacks_module
+from .rng import get_rng
+from .stack import DenseRunner
 
 RAN_OUT = ("Your input ran out of data; interrupting training. Make sure that your dataset or "
            "generator can generate at least `steps_per_epoch * epochs` batches.")
@@ -34,6 +36,12 @@ RAN_OUT = ("Your input ran out of data; interrupting training. Make sure that yo
 # Equal batches gathered into one fused call when no callback reads single batches: the C
 # stack then runs them back to back (the Python work per call is paid once per chunk).
 _CHUNK_BATCHES = 64
+
+
+def _should_validate(epoch, freq):
+    if isinstance(freq, int):
+        return (epoch + 1) % freq == 0
+    return (epoch + 1) in freq
 
 
 def _warn(message):
@@ -230,7 +238,6 @@ class Batches:
         return iter(self.x)
 
     def _pydataset_pass(self):
-        from .utils import get_rng
         ds, n = self.x, self.num_batches
         indices = range(n) if n is not None else itertools.count()
         if self.shuffle:
@@ -406,7 +413,6 @@ def run_epoch(model, batches, training, cbs, class_weight=None, arg="x"):
     """One epoch (training) or one evaluation pass over `batches`; returns the steps run.
     Where the fused C stack runs the model and no callback reads single batches, equal
     batches go to it in chunks (one call, one check of the joined arrays)."""
-    from .stack import DenseRunner
     kind = "train" if training else "test"
     begin, end = getattr(cbs, f"on_{kind}_batch_begin"), getattr(cbs, f"on_{kind}_batch_end")
     per_step = cbs.per_batch(kind)
@@ -509,7 +515,6 @@ def fit(model, x, epochs, verbose, callbacks, validation_data, shuffle, class_we
 
 def _fit_epochs(model, train, cbs, epochs, initial_epoch, class_weight, validation_data,
                 validation_steps, validation_freq, val_batch_size):
-    from .trainer import _should_validate
     logs = {}
     for epoch in range(initial_epoch, epochs):
         if train.exhausted and train.steps is None:

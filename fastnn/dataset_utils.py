@@ -9,6 +9,7 @@ import random
 import numpy as np
 
 from .data_adapters import PyDataset
+from .images import RESIZE_INTERPOLATIONS, _data_format, img_to_array, load_img, resize
 
 ALLOWLIST_FORMATS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
 
@@ -183,7 +184,6 @@ class ImageDataset(PyDataset):
         return -(-len(self.file_paths) // self.batch_size)
 
     def _image(self, path):
-        from .images import img_to_array, load_img, resize
         x = img_to_array(load_img(path, color_mode=self.color_mode),
                          data_format="channels_last")
         return resize(x, self.image_size, interpolation=self.interpolation,
@@ -255,7 +255,6 @@ def image_dataset_from_directory(directory, labels="inferred", label_mode="int",
         A `PyDataset` of `(images, labels)` batches (or images only), or a list of two with
         `subset="both"`.
     """
-    from .images import RESIZE_INTERPOLATIONS, _data_format
     if labels not in ("inferred", None):
         if not isinstance(labels, (list, tuple)):
             raise ValueError("`labels` argument should be a list/tuple of integer labels, of "

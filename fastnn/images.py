@@ -19,6 +19,8 @@ import warnings
 
 import numpy as np
 
+from .backend import get_ops, image_data_format
+
 RESIZE_INTERPOLATIONS = ("nearest", "bilinear")
 PIL_INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "hamming", "box", "lanczos")
 
@@ -34,7 +36,6 @@ def _pil_image():
 
 def _data_format(data_format):
     if data_format is None:
-        from .backend import image_data_format
         return image_data_format()
     value = str(data_format).lower()
     if value not in ("channels_first", "channels_last"):
@@ -191,7 +192,8 @@ def save_img(path, x, data_format=None, file_format=None, scale=True, **kwargs):
         file_format = "jpeg"
     img = array_to_img(x, data_format=data_format, scale=scale)
     if img.mode == "RGBA" and file_format == "jpeg":
-        warnings.warn("The JPEG format does not support RGBA images, converting to RGB.")
+        warnings.warn("The JPEG format does not support RGBA images, converting to RGB.",
+                      stacklevel=2)
         img = img.convert("RGB")
     img.save(path, format=file_format, **kwargs)
 
@@ -200,7 +202,6 @@ def save_img(path, x, data_format=None, file_format=None, scale=True, **kwargs):
 def _array_module(x):
     """NumPy for host data; the backend's array module (CuPy) for its device arrays. The
     small index and weight tables are computed on the host and uploaded."""
-    from .backend import get_ops
     xp = get_ops().xp
     return xp if xp is not np and isinstance(x, xp.ndarray) else np
 
@@ -392,7 +393,6 @@ def _check_affine(transform, interpolation, fill_mode, batch):
     if fill_mode not in AFFINE_FILL_MODES:
         raise ValueError("Invalid value for argument `fill_mode`. Expected of one "
                          f"{set(AFFINE_FILL_MODES)}. Received: fill_mode={fill_mode}")
-    from .backend import get_ops
     t = np.asarray(get_ops().to_numpy(transform), np.float32)
     if t.ndim not in (1, 2) or t.shape[-1] != 8:
         raise ValueError("Invalid transform rank: expected rank 1 (single transform) or rank 2 "

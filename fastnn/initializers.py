@@ -5,11 +5,22 @@ import math
 
 import numpy as np
 
+from ._config import (
+    check_kwargs,
+    expect_int,
+    expect_str,
+    fail_value,
+    object_spec,
+    prefixed,
+    short,
+    without_defaults,
+)
+from .rng import get_rng
+
 
 def _rng(seed):
     if seed is not None:
         return np.random.default_rng(seed)
-    from .utils import get_rng
     return get_rng()
 
 
@@ -294,12 +305,10 @@ def get(identifier):
         return identifier()
     if callable(identifier):
         return identifier
-    from ._config import short
     raise ValueError(f"Could not interpret initializer {short(identifier)}")
 
 
 def _seed(value, path):
-    from ._config import expect_int
     expect_int(value, path, minimum=0, none_ok=True)
 
 
@@ -317,8 +326,6 @@ def deserialize(config, custom_objects=None, path="initializer"):
     Returns:
         An initializer.
     """
-    from ._config import (check_kwargs, expect_str, fail_value, object_spec, prefixed,
-                          without_defaults)
     if isinstance(config, str):
         try:
             return get(config)

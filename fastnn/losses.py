@@ -12,12 +12,11 @@ import re
 import numpy as np
 
 from . import activations as A
-from . import ops
+from . import ops, registry
 from ._config import check_kwargs, expect_int, fail_value, object_spec, prefixed
 from .autodiff import Tensor, gradients, tape, value_of
 from .backend import get_ops
 from .backend.base import EPSILON
-from . import registry
 from .registry import get_registered_name
 
 _REDUCTIONS = ("sum_over_batch_size", "sum")
@@ -218,21 +217,8 @@ class CategoricalCrossentropy(Loss):
         return ops.softmax_xent_logits_total(z, t, w, sparse=False)
 
     def _outputs_value_and_grad(self, ops, y_pred, y_true, weights, scale, grad):
-        # Outputs are probabilities that did not come from softmax: differentiate the clipped
-        # normalized log directly.
-        xp = ops.xp
-        s = y_pred.sum(axis=-1, keepdims=True)
-        p = y_pred / s
-        inside = (p > EPSILON) & (p < 1 - EPSILON)
-        pc = xp.clip(p, EPSILON, 1 - EPSILON)
-        per_row = -(y_true * xp.log(pc)).sum(axis=-1)
-        w = 1.0 if weights is None else weights
-        if grad is not None:
-            dp = -y_true / pc * inside
-            # d p_j / d y_k = (delta_jk - p_j) / s
-            grad[...] = (dp - (dp * p).sum(axis=-1, keepdims=True)) / s * \
-                (scale * (w if weights is None else w[:, None]))
-        return ops._total(per_row * w)
+        # Outputs are probabilities that did not come from softmax.
+        return ops.categorical_xent_outputs(y_pred, y_true, weights, scale, grad)
 
     def get_config(self):
         return {**super().get_config(), "from_logits": self.from_logits,
@@ -299,11 +285,7 @@ class SparseCategoricalCrossentropy(Loss):
         return ops.softmax_xent_logits_total(z, t, w, sparse=True)
 
     def _outputs_value_and_grad(self, ops, y_pred, y_true, weights, scale, grad):
-        xp = ops.xp
-        onehot = xp.zeros(y_pred.shape, np.float32)
-        onehot[xp.arange(len(y_true)), y_true.reshape(-1)] = 1
-        return CategoricalCrossentropy._outputs_value_and_grad(
-            self, ops, y_pred, onehot, weights, scale, grad)
+        return ops.categorical_xent_outputs(y_pred, y_true, weights, scale, grad, sparse=True)
 
     def get_config(self):
         return {**super().get_config(), "from_logits": self.from_logits, "ignore_class": None}
@@ -351,15 +333,8 @@ class BinaryCrossentropy(Loss):
         return ops.sigmoid_bxent_logits_total(z, t, w)
 
     def _outputs_value_and_grad(self, ops, y_pred, y_true, weights, scale, grad):
-        xp = ops.xp
-        q = xp.clip(y_pred, EPSILON, 1 - EPSILON)
-        inside = (y_pred > EPSILON) & (y_pred < 1 - EPSILON)
-        per_row = -(y_true * xp.log(q) + (1 - y_true) * xp.log(1 - q)).mean(axis=-1)
-        w = 1.0 if weights is None else weights
-        if grad is not None:
-            k = scale / y_pred.shape[-1] * (w if weights is None else w[:, None])
-            grad[...] = k * inside * (q - y_true) / (q * (1 - q))
-        return ops._total(per_row * w)
+        # Outputs are probabilities that did not come from sigmoid.
+        return ops.binary_xent_outputs(y_pred, y_true, weights, scale, grad)
 
     def get_config(self):
         return {**super().get_config(), "from_logits": self.from_logits,

@@ -8,8 +8,16 @@ import math
 import numpy as np
 
 from . import registry
-from ._config import (check_kwargs, expect_bool, expect_list, expect_number, expect_str,
-                      fail_value, object_spec, prefixed)
+from ._config import (
+    check_kwargs,
+    expect_bool,
+    expect_list,
+    expect_number,
+    expect_str,
+    fail_value,
+    object_spec,
+    prefixed,
+)
 
 _F = np.float32
 

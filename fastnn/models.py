@@ -8,14 +8,26 @@ import threading
 import numpy as np
 
 from . import losses as losses_module
-from . import registry
 from . import metrics as metrics_module
+from . import registry
 from .autodiff import Tensor, no_grad, value_of
 from .backend import get_ops, unique_name
 from .graph import KerasTensor, Node, flatten, is_symbolic, nodes_between
-from .layers import (ConvPool, Input, InputLayer, Layer, _CLASSES as _LAYER_CLASSES,
-                     _accepts_training, _snake_case, _thread_state, forward_pass, get_class)
+from .layers.core import _CLASSES as _LAYER_CLASSES
+from .layers.core import (
+    ConvPool,
+    Input,
+    InputLayer,
+    Layer,
+    _accepts_training,
+    _is_builtin,
+    _snake_case,
+    _thread_state,
+    forward_pass,
+    get_class,
+)
 from .schedule import Schedule
+from .summary import print_summary
 from .trainer import Trainer, _scaled, _shape_str, fits, scale_back
 
 
@@ -26,7 +38,7 @@ def _layer_entry(layer):
     if cls in (Sequential, Functional):     # a model used as a layer
         from .saving import model_entry
         return model_entry(layer)
-    if cls.__module__ == Layer.__module__:
+    if _is_builtin(cls):
         entry = {"module": "keras.layers", "class_name": cls.__name__,
                  "config": layer.get_config(), "registered_name": None}
     else:
@@ -451,7 +463,6 @@ class Model(Trainer):
             layer_range: A pair of layer names: print only the layers from the first to the second.
                 Defaults to `None`.
         """
-        from .summary import print_summary
         rows, connected = self._summary_rows()
         if layer_range is not None:
             names = [layer.name for layer in self.layers]
@@ -728,8 +739,7 @@ class Functional(Model):
                                "keras_history": history(t)}}
         layers = []
         for layer in self._tracked:
-            if type(layer).__module__ == Layer.__module__ and \
-                    type(layer).__name__ not in _LAYER_CLASSES:
+            if _is_builtin(type(layer)) and type(layer).__name__ not in _LAYER_CLASSES:
                 raise NotImplementedError(
                     f"Model {self.name!r}: layer {layer.name!r} ({type(layer).__name__}) "
                     "cannot be written to a config yet (ops on symbolic tensors: use a "

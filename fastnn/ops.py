@@ -9,7 +9,8 @@ import types
 
 import numpy as np
 
-from . import activations as A, autodiff, graph
+from . import activations as A
+from . import autodiff, graph
 from . import images as _images
 from .autodiff import Tensor, record, unbroadcast, value_of
 from .backend import get_ops

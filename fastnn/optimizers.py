@@ -5,11 +5,21 @@ model's parameter arena), so a training step costs one fused kernel call whateve
 layers. Its slot variables (moments, accumulators) are flat buffers of the same length; for
 saving they are sliced per weight and interleaved in Keras's order (m_0, v_0, m_1, v_1, ...)."""
 import math
+import re
 import sys
 
 import numpy as np
 
 from . import lr_schedules as schedules
+from ._config import (
+    check_kwargs,
+    expect_int,
+    expect_number,
+    fail_value,
+    object_spec,
+    prefixed,
+    short,
+)
 from .backend import get_ops
 
 # `from fastnn.optimizers.schedules import ExponentialDecay`, as from keras.optimizers.schedules
@@ -276,7 +286,7 @@ class Optimizer:
         if len(values) != head + len(order):
             raise ValueError(f"{self.name}: expected {head + len(order)} optimizer variables, "
                              f"got {len(values)}")
-        for (name, start, size), value in zip(order, values[head:]):
+        for (name, _start, size), value in zip(order, values[head:]):
             if np.size(value) != size:
                 raise ValueError(f"{self.name}: slot {name!r} has {np.size(value)} values, "
                                  f"expected {size}")
@@ -324,7 +334,6 @@ class Optimizer:
 
 
 def _snake(name):
-    import re
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
@@ -801,12 +810,10 @@ def get(identifier):
         return identifier()
     if isinstance(identifier, dict):
         return deserialize(identifier)
-    from ._config import short
     raise ValueError(f"Could not interpret optimizer {short(identifier)}")
 
 
 def _learning_rate(value, path):
-    from ._config import expect_number
     if isinstance(value, dict):
         schedules.deserialize(value, path)      # checks it (names the key that is wrong)
         return
@@ -828,7 +835,6 @@ def deserialize(config, custom_objects=None, path="optimizer"):
     Returns:
         An `Optimizer`.
     """
-    from ._config import check_kwargs, expect_int, fail_value, object_spec, prefixed
     if isinstance(config, str):
         try:
             return get(config)

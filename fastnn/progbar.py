@@ -32,11 +32,12 @@ def format_step_time(seconds, unit_name="step"):
 
 
 def format_eta(seconds):
+    seconds = int(seconds)      # whole seconds, as Keras's %d formats them
     if seconds > 3600:
-        return "%d:%02d:%02d" % (seconds // 3600, (seconds % 3600) // 60, seconds % 60)
+        return f"{seconds // 3600:d}:{(seconds % 3600) // 60:02d}:{seconds % 60:02d}"
     if seconds > 60:
-        return "%d:%02d" % (seconds // 60, seconds % 60)
-    return "%ds" % seconds
+        return f"{seconds // 60:d}:{seconds % 60:02d}"
+    return f"{seconds:d}s"
 
 
 class Progbar:
@@ -114,7 +115,7 @@ class Progbar:
             bar += f"{_WHITE}{'━' * (self.width - done)}{_RESET}"
             plain = len(count) + 1 + self.width
         else:
-            bar = "%7d/Unknown" % current
+            bar = f"{int(current):7d}/Unknown"
             plain = len(bar)
         if self.target and not finalize:
             clock = format_eta(per_step * (self.target - current))

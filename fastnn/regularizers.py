@@ -5,8 +5,7 @@ import math
 
 import numpy as np
 
-from . import ops
-from . import registry
+from . import ops, registry
 from ._config import check_kwargs, fail_value, object_spec, prefixed
 from .autodiff import Tensor, gradients, tape, value_of
 

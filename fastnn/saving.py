@@ -38,9 +38,13 @@ import zlib
 
 import numpy as np
 
-from . import __version__
+from . import __version__, activations, initializers, layers, losses, optimizers, registry
 from . import _config as C
-from . import registry
+from . import metrics as metrics_module
+from .backend import get_ops
+from .layers.core import _snake_case
+from .models import Functional, Model, Sequential
+from .optimizers import Optimizer
 from .registry import custom_object_scope, get_custom_objects, register_keras_serializable  # noqa: F401,E501
 
 KERAS_VERSION = "3.15.1"   # the Keras format version these files follow
@@ -172,7 +176,6 @@ def _atomic_write(filepath, write, overwrite):
 # ---- a model's state, one array at a time, in Keras's layout ----------------------------------
 def _layer_keys(model):
     """Keras names layer groups by class (dense, dense_1, ...), not by layer.name."""
-    from .layers import _snake_case
     counts, keys = {}, []
     for layer in model.layers:
         base = _snake_case(type(layer).__name__)
@@ -186,7 +189,6 @@ def _leaves(model, prefix="layers/"):
     """(path, layer) for every layer that holds weights' place in the file, at any depth: a
     model used as a layer nests its layers under its own path, as Keras writes them
     (layers/<model key>/layers/<layer key>)."""
-    from .models import Model
     for key, layer in zip(_layer_keys(model), model.layers):
         if isinstance(layer, Model):
             yield from _leaves(layer, f"{prefix}{key}/layers/")
@@ -201,7 +203,6 @@ def _legacy_weights(layer):
     """[(name, array, i)] for a layer's weights (a model's: its layers', any depth) in the
     order of Keras's legacy HDF5 files: the trainable ones first (Keras's _legacy_weights),
     i its index in layer.weights (the order set_weights takes)."""
-    from .models import Model
     leaves = layer._layers if isinstance(layer, Model) else [layer]
     prefix = f"{layer.name}/" if isinstance(layer, Model) else ""
     named = [(f"{prefix}{leaf.name}/{n}", w) for leaf in leaves
@@ -224,8 +225,6 @@ def _optimizer_variables(opt, shapes):
     """opt.variables() one at a time, each slot in the shape of its weight (`shapes`, in the
     order of the parameter buffer) as Keras keeps it, as views where the backend allows (no
     copy of all the slots at once)."""
-    from .optimizers import Optimizer
-    from .backend import get_ops
     to_numpy = get_ops().to_numpy
     offsets = np.cumsum([0] + [math.prod(shape) for shape in shapes])
     shape_at = {int(start): shape for start, shape in zip(offsets, shapes)}
@@ -246,7 +245,6 @@ def _optimizer_variables(opt, shapes):
 
 def _iter_arrays(model, include_optimizer=True):
     """(key, array) for every weight, then every optimizer variable, one at a time."""
-    from .backend import get_ops
     to_numpy = get_ops().to_numpy
     for path, layer in _leaves(model):
         for i, w in enumerate(layer.weights):
@@ -276,7 +274,6 @@ def _write_npz(path, items):
 def _compile_config(model):
     if not model.compiled:
         return None
-    from . import losses, metrics as metrics_module, optimizers
     metrics = [metrics_module.serialize(m) for m in model._metric_specs]
     loss = None if model.loss is None else losses.serialize(model.loss)
     spec = model.__dict__.get("_loss_spec")       # one loss per output, as given
@@ -302,7 +299,6 @@ def model_entry(model, compiled=True):
     Returns:
         A dict.
     """
-    from .models import Sequential
     if isinstance(model, Sequential):
         entry = {"module": "keras", "class_name": "Sequential", "config": model.get_config(),
                  "registered_name": None,
@@ -332,7 +328,6 @@ def _check_dtype(value, path):
 
 
 def _check_activation(value, path):
-    from . import activations
     if isinstance(value, dict):
         activations.deserialize(value, path=path)
         return
@@ -343,7 +338,6 @@ def _check_activation(value, path):
 
 
 def _check_initializer(value, path):
-    from . import initializers
     if isinstance(value, dict):
         initializers.deserialize(value, path=path)
         return
@@ -417,7 +411,6 @@ _LAYER_KEYS = {
 def _check_layer_entry(entry, path):
     """One entry of config.layers: its class resolves against fastnn's layers only, every key
     has the right type, and its constructor accepts it (a dry run: building nothing)."""
-    from . import layers
     C.expect_dict(entry, path)
     class_name = C.expect_str(C.get_key(entry, "class_name", path), f"{path}.class_name")
     for key in ("module", "registered_name"):
@@ -515,7 +508,6 @@ def check_functional_config(cfg, path="config"):
         if name in names:
             C.fail_value(f"{path}.layers[{i}].name", "a name no other layer has", name)
         names.add(name)
-    from . import layers
     for i, entry in enumerate(entries):
         where = f"{path}.layers[{i}].inbound_nodes"
         # Keras writes training=True into calls of the layers whose call() defaults to it
@@ -576,7 +568,6 @@ def _check_model_config(config, root):
 def _compile_args(cc, path, optimizer_key="optimizer"):
     """compile_config -> the arguments of model.compile, each checked and resolved, with errors
     naming the key (the optimizer's: optimizer_key, as the file names it)."""
-    from . import losses, optimizers
     C.expect_dict(cc, path)
     optimizer = optimizers.deserialize(C.get_key(cc, optimizer_key, path),
                                        path=f"{path}.{optimizer_key}")
@@ -597,7 +588,6 @@ def _compile_args(cc, path, optimizer_key="optimizer"):
         loss = one_loss(spec, f"{path}.loss")
     metrics = cc.get("metrics")
     if metrics is not None:
-        from . import metrics as metrics_module
         metrics = [metrics_module.deserialize(m, f"{path}.metrics[{i}]")
                    for i, m in enumerate(C.expect_list(metrics, f"{path}.metrics"))]
     if cc.get("weighted_metrics") not in (None, [], {}):
@@ -632,7 +622,6 @@ def _model_from_config(config, compile, root="config.json", cc_root=None,
     """A model from config.json's content (root names it in errors; cc_root names where the
     compile config sits, by default root.compile_config, and optimizer_key its optimizer's
     key); every malformed entry raises, naming its path, before anything is built."""
-    from .models import Functional, Sequential
     _check_model_config(config, root)
     cc_root = cc_root or f"{root}.compile_config"
     args = None
@@ -744,7 +733,6 @@ def _write_legacy_h5(model, tmp, include_optimizer, h5py):
         g.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
         g.attrs["backend"] = "fastnn"
         g.attrs["keras_version"] = KERAS_VERSION
-        from .backend import get_ops
         to_numpy = get_ops().to_numpy
         for layer in model.layers:
             lg = g.create_group(layer.name)

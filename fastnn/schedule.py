@@ -13,8 +13,20 @@ import numpy as np
 
 from . import activations
 from .backend import get_ops
-from .layers import Activation, Add, BatchNormalization, Conv2D, Dense, Layer, ZeroPadding2D, \
-    _takes_mask, drawing_from, record_activity, with_activity_gradient
+from .layers.core import (
+    Activation,
+    Add,
+    BatchNormalization,
+    Conv2D,
+    Dense,
+    Layer,
+    ZeroPadding2D,
+    _is_builtin,
+    _takes_mask,
+    drawing_from,
+    record_activity,
+    with_activity_gradient,
+)
 
 
 class Schedule:
@@ -33,7 +45,7 @@ class Schedule:
         model used as a layer), or a node with several outputs."""
         for node in nodes:
             layer = node.layer
-            if not isinstance(layer, Layer) or type(layer).__module__ != Layer.__module__ \
+            if not isinstance(layer, Layer) or not _is_builtin(type(layer)) \
                     or len(node.outputs) != 1 or getattr(layer, "tape_only", False):
                 return None
         return cls(inputs, outputs, nodes)
@@ -228,7 +240,7 @@ def _fused(steps, outputs, shapes):
 
     producer = {step[2]: k for k, step in enumerate(steps)}
     placed, absorbed = {}, set()
-    for k, (layer, ins, out, several, slot, need_dx, needed) in enumerate(steps):
+    for k, (layer, ins, out, several, slot, _need_dx, _needed) in enumerate(steps):
         if type(layer) not in (Conv2D, Dense) or several or k in absorbed or \
                 layer.act_id != activations.LINEAR or layer.activity_regularizer is not None:
             continue

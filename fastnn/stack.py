@@ -16,6 +16,7 @@ from . import losses as L
 from . import metrics as M
 from . import optimizers as O
 from .backend import get_ops
+from .layers.core import _EPSILON, Dense, Flatten, Normalization, Rescaling
 
 # How long one chunk of batches runs before Python gets control back (progress bar, Ctrl-C).
 CHUNK_SECONDS = 0.05
@@ -61,7 +62,6 @@ def _dense_layers(model):
     """(the preprocessing layer or None, the Dense layers) when the model is Dense, Dense, ...
     (all trainable) after Flatten and at most one Rescaling or Normalization, whose arithmetic
     the C gather applies to each row (_Preprocessing); else (None, None)."""
-    from .layers import Dense, Flatten
     layers, pre = model._layers, None
     at = 0
     while at < len(layers) and type(layers[at]) is not Dense:
@@ -86,13 +86,11 @@ class _Preprocessing:
 
     @staticmethod
     def covers(layer):
-        from .layers import Normalization, Rescaling
         return type(layer) in (Rescaling, Normalization)
 
     @staticmethod
     def arguments(layer):
         from . import _core
-        from .layers import _EPSILON, Rescaling
         shape = tuple(layer.input_shape[1:])
         if type(layer) is Rescaling:
             kind = _core.PRE_AFFINE

@@ -9,23 +9,32 @@ fused kernel call per step, and a steady-state step allocates nothing large: bat
 into reused buffers and layers keep their activations in per-shape workspaces."""
 import functools
 import math
+import warnings
 
 import numpy as np
 
-from . import activations
+from . import activations, data_adapters, regularizers
 from . import callbacks as callbacks_module
-from . import data_adapters
 from . import distribution as distribution_module
 from . import losses as losses_module
-from . import regularizers
 from . import metrics as metrics_module
 from . import optimizers as optimizers_module
 from .autodiff import Tensor, gradients, no_grad, tape, value_of
 from .backend import get_ops
+from .data_adapters import _should_validate
 from .graph import is_symbolic
-from .layers import Dense, _accepts_training, _thread_state, \
-    activity_penalties, added_losses, forward_pass, masked_forward, record_activity, \
-    with_activity_gradient
+from .layers.core import (
+    Dense,
+    _accepts_training,
+    _thread_state,
+    activity_penalties,
+    added_losses,
+    forward_pass,
+    masked_forward,
+    record_activity,
+    with_activity_gradient,
+)
+from .rng import get_rng
 from .stack import DenseRunner, NonFiniteInput
 
 # A Dense kernel of at least this many weights takes a plain SGD step inside its weight-gradient
@@ -830,7 +839,6 @@ class Trainer:
                                             add_progbar=verbose != 0 and
                                             distribution_module.is_chief(), model=self,
                                             verbose=verbose, epochs=epochs, steps=steps)
-        from .utils import get_rng
         rng = get_rng()
         batch_logs = cbs.wants("on_train_batch_end")     # build per-step logs only if read
         self.stop_training = False
@@ -1250,15 +1258,8 @@ def _check_class_weight(class_weight):
             raise ValueError(f"class_weight[{label}] must be a finite number, got {weight!r}")
 
 
-def _should_validate(epoch, freq):
-    if isinstance(freq, int):
-        return (epoch + 1) % freq == 0
-    return (epoch + 1) in freq
-
-
 def _warn_single_class(y_val):
     """validation_split takes the last fraction unshuffled; warn when that slice is one class."""
-    import warnings
     labels = y_val.reshape(len(y_val), -1)
     labels = labels[:, 0] if labels.shape[1] == 1 else labels.argmax(axis=1)
     if len(y_val) > 1 and np.unique(labels).size == 1:

@@ -1,40 +1,8 @@
 """Keras's utilities: to_categorical, set_random_seed, get_file, load_img / img_to_array /
 array_to_img / save_img; plus fastnn's one random Generator and a history plot."""
-import random
-
 import numpy as np
 
-_rng = None
-
-
-def get_rng():
-    """The Generator behind initialisation, shuffling and dropout (seeded by set_random_seed)."""
-    global _rng
-    if _rng is None:
-        _rng = np.random.default_rng()
-    return _rng
-
-
-def set_random_seed(seed):
-    """Fix every source of randomness fastnn uses (and Python's and NumPy's global ones, as
-    keras.utils.set_random_seed does), so a script gives identical results run to run.
-
-    Args:
-        seed: An int.
-
-    Example:
-
-    ```python
-    fastnn.utils.set_random_seed(42)
-    ```
-    """
-    global _rng
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    seed = int(seed)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    _rng = np.random.default_rng(seed)
+from .rng import get_rng, set_random_seed  # noqa: F401  (keras.utils names)
 
 
 def to_categorical(x, num_classes=None):
@@ -127,12 +95,11 @@ def plot_history(history, path=None, title=None):
 
 
 # Keras's keras.utils file and image helpers (Pillow is imported only when an image function runs).
-from .downloads import get_file  # noqa: E402,F401
-from .images import array_to_img, img_to_array, load_img, save_img  # noqa: E402,F401
-from .registry import custom_object_scope, get_custom_objects, register_keras_serializable  # noqa: E402,F401,E501
-
 # Data given as batches (fit / evaluate / predict take them) and Keras's dataset helpers.
 from .data_adapters import PyDataset  # noqa: E402,F401
 from .dataset_utils import image_dataset_from_directory, split_dataset  # noqa: E402,F401
+from .downloads import get_file  # noqa: E402,F401
+from .images import array_to_img, img_to_array, load_img, save_img  # noqa: E402,F401
+from .registry import custom_object_scope, get_custom_objects, register_keras_serializable  # noqa: E402,F401,E501
 
 Sequence = PyDataset    # Keras's older name, kept as an alias in keras.utils

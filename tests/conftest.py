@@ -15,6 +15,7 @@ TEST_BACKEND = os.environ.get("FASTNN_TEST_BACKEND", "")
 def fake_cuda_ops():
     """CupyOps over the strict fake device module, computing through the reference."""
     import fake_cupy
+
     from fastnn.backend.cupy import CupyOps
     return CupyOps(xp=fake_cupy, kernels=False)
 

@@ -3,11 +3,11 @@ central finite differences (float64, so the differences are exact to ~1e-9); fan
 leaves, broadcasting; NumPy calls on tensors routed to the ops or refused."""
 import numpy as np
 import pytest
+from gradcheck import numeric_grad
 
 from fastnn import ops
 from fastnn.autodiff import Tensor, gradients, no_grad, tape
 from fastnn.backend import get_ops
-from gradcheck import numeric_grad
 
 RNG = np.random.default_rng(0)
 

@@ -16,15 +16,15 @@ import types
 
 import numpy as np
 import pytest
+from gradcheck import numeric_grad
+from host_kernels import HostKernelOps
 
 import fastnn.backend as backend
 from fastnn import activations as A
+from fastnn.backend import cupy as cupy_backend
 from fastnn.backend.base import Ops
 from fastnn.backend.cpu import CpuOps
-from fastnn.backend import cupy as cupy_backend
 from fastnn.backend.cupy import CupyOps
-from gradcheck import numeric_grad
-from host_kernels import HostKernelOps
 
 REF = Ops()
 KERNELS_CU = cupy_backend._SOURCE

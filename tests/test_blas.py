@@ -34,8 +34,8 @@ def test_numpy_openblas_is_preferred_and_keeps_its_threads():
     info = blas.install()
     assert info["ilp64"] and "openblas" in info["path"].lower()
     lib = ctypes.CDLL(info["path"])
-    set_threads = getattr(lib, "scipy_openblas_set_num_threads64_")
-    get_threads = getattr(lib, "scipy_openblas_get_num_threads64_")
+    set_threads = lib.scipy_openblas_set_num_threads64_
+    get_threads = lib.scipy_openblas_get_num_threads64_
     before = get_threads()
     try:
         set_threads(2)

@@ -6,8 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from fastnn.layers import (BatchNormalization, Conv2D, Dense, Dropout, Flatten, Input,
-                           MaxPooling2D)
+from fastnn.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, Input, MaxPooling2D
 from fastnn.models import Sequential
 from fastnn.progbar import Progbar
 from fastnn.summary import column_widths, readable_size

@@ -2,16 +2,23 @@
 reference against finite differences, and both against PyTorch (NCHW <-> NHWC)."""
 import numpy as np
 import pytest
+from gradcheck import numeric_grad
+from onbackend import get, put
 
 from fastnn import activations as A
-from fastnn import layers
 from fastnn.backend.base import Ops
 from fastnn.backend.cpu import CpuOps
-from fastnn.layers import (AveragePooling2D, BatchNormalization, Conv2D, Dense, Flatten,
-                           GlobalAveragePooling2D, GlobalMaxPooling2D, MaxPooling2D)
+from fastnn.layers import (
+    AveragePooling2D,
+    BatchNormalization,
+    Conv2D,
+    Dense,
+    Flatten,
+    GlobalAveragePooling2D,
+    GlobalMaxPooling2D,
+    MaxPooling2D,
+)
 from fastnn.models import Sequential
-from onbackend import get, put
-from gradcheck import numeric_grad
 
 REF, CPU = Ops(), CpuOps()
 
@@ -227,7 +234,7 @@ def test_tutorial_cnn_shapes_params_and_summary():
         BatchNormalization(), Dense(100, activation="selu", kernel_initializer="lecun_normal"),
         BatchNormalization(), Dense(10, activation="softmax")])
     assert model.count_params() == 2_229_614
-    assert [l.name for l in model.layers[:4]] == ["conv2d", "max_pooling2d", "flatten",
+    assert [layer.name for layer in model.layers[:4]] == ["conv2d", "max_pooling2d", "flatten",
                                                   "batch_normalization"]
     assert model.layers[0].kernel.shape == (3, 3, 1, 64)
     lines = []

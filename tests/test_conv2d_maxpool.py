@@ -3,16 +3,23 @@ chunked kernel against the unfused reference ops, the fused reference against fi
 differences, thread-count determinism, and whole models trained fused and unfused."""
 import numpy as np
 import pytest
+from gradcheck import numeric_grad
 
 import fastnn
 from fastnn import activations as A
 from fastnn.backend.base import Ops
 from fastnn.backend.cpu import CpuOps
-from fastnn.layers import (AveragePooling2D, BatchNormalization, Conv2D, ConvPool, Dense,
-                           Flatten, MaxPooling2D)
+from fastnn.layers import (
+    AveragePooling2D,
+    BatchNormalization,
+    Conv2D,
+    ConvPool,
+    Dense,
+    Flatten,
+    MaxPooling2D,
+)
 from fastnn.models import Sequential
 from fastnn.utils import set_random_seed
-from gradcheck import numeric_grad
 
 REF, CPU = Ops(), CpuOps()
 

@@ -4,13 +4,12 @@ differences, training in Sequential and functional models step for step with Ker
 and Keras's argument errors. Runs on the active test backend (FASTNN_TEST_BACKEND)."""
 import numpy as np
 import pytest
-
-import fastnn
-from fastnn import activations
-from fastnn import layers as L
-from fastnn.backend import get_ops
 from gradcheck import numeric_grad
 from onbackend import get, put
+
+import fastnn
+from fastnn import layers as L
+from fastnn.backend import get_ops
 
 keras = pytest.importorskip("keras")
 torch = pytest.importorskip("torch")
@@ -128,7 +127,7 @@ def test_gradients_match_finite_differences(name, kwargs, shape):
     np.testing.assert_allclose(dx, numeric_grad(lambda v: loss(xx=v), x, 0.25),
                                rtol=1e-3, atol=1e-3)
     for i, n in enumerate(names):
-        np.testing.assert_allclose(grads[n], numeric_grad(lambda v: loss(which=i, value=v),
+        np.testing.assert_allclose(grads[n], numeric_grad(lambda v, i=i: loss(which=i, value=v),
                                                           base[i], 0.25),
                                    rtol=1e-3, atol=1e-3, err_msg=n)
     assert any(np.abs(g).max() > 0.1 for g in grads.values())

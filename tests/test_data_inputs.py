@@ -347,7 +347,7 @@ def test_pydataset_api():
     assert ds.num_batches == 2 and len(list(ds)) == 2
     assert Sequence is PyDataset
     with pytest.raises(NotImplementedError, match="num_batches"):
-        PyDataset().num_batches
+        _ = PyDataset().num_batches
     with pytest.raises(NotImplementedError):
         PyDataset()[0]
 
@@ -574,7 +574,7 @@ def _expected_image(path, size, interpolation="bilinear", color_mode="rgb"):
 
 
 def test_image_dataset_from_directory(tmp_path, rng, capsys):
-    files = _write_images(str(tmp_path), rng)
+    _write_images(str(tmp_path), rng)
     ds = image_dataset_from_directory(str(tmp_path), image_size=(6, 5), batch_size=4,
                                       shuffle=False)
     assert capsys.readouterr().out.strip() == "Found 6 files belonging to 2 classes."

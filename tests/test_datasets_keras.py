@@ -24,8 +24,16 @@ import numpy as np
 import pytest
 
 from fastnn import downloads
-from fastnn.datasets import (_common, boston_housing, california_housing, cifar10, cifar100,
-                             fashion_mnist, imdb, reuters)
+from fastnn.datasets import (
+    _common,
+    boston_housing,
+    california_housing,
+    cifar10,
+    cifar100,
+    fashion_mnist,
+    imdb,
+    reuters,
+)
 
 LOADERS = {  # fastnn module -> the name of Keras's module under keras.src.datasets
     fashion_mnist: "fashion_mnist", cifar10: "cifar10", cifar100: "cifar100", imdb: "imdb",
@@ -84,6 +92,7 @@ def keras_datasets(home, pins, monkeypatch):
     network and with `pins`' translation of its pinned hashes."""
     pytest.importorskip("keras")
     import importlib
+
     from keras.src.backend import config
     from keras.src.utils import file_utils
     monkeypatch.setattr(config, "_KERAS_DIR", str(home))

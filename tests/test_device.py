@@ -6,16 +6,16 @@ Without a GPU, CupyOps runs over tests/fake_cupy.py, whose arrays NumPy cannot r
 counts every host/device crossing, two ways: "fake-logic" (CupyOps computing through the
 reference) and "fake-kernels" (its CUDA kernels, kernels.cu compiled for the CPU). "cuda" is
 CuPy on a real GPU (marked gpu; skipped without one)."""
+import fake_cupy
 import numpy as np
 import pytest
+from host_kernels import HostKernelOps
 
-import fake_cupy
 import fastnn as keras
 import fastnn.backend as backend
 from fastnn import layers
 from fastnn.backend.cpu import CpuOps
 from fastnn.backend.cupy import CupyOps
-from host_kernels import HostKernelOps
 
 DEVICES = ["fake-logic", "fake-kernels", pytest.param("cuda", marks=pytest.mark.gpu)]
 

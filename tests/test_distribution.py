@@ -10,12 +10,12 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import TEST_BACKEND
+from onbackend import get, put
 
 import fastnn
 from fastnn import distribution
 from fastnn import layers as L
-from conftest import TEST_BACKEND
-from onbackend import get, put
 
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep +
                        os.environ.get("PATH", ""))

@@ -3,11 +3,11 @@ Checked against the same chain as a Sequential, and against finite differences f
 (fan-out) and shared-layer graphs."""
 import numpy as np
 import pytest
+from test_subclassing import _fd_check
 
 import fastnn
 from fastnn import layers as L
 from fastnn.layers import Dense, Input
-from test_subclassing import _fd_check
 
 
 def _data(n=48, d=6, seed=0):
@@ -254,7 +254,7 @@ def test_ops_on_symbolic_tensors_become_nodes(monkeypatch):
     keras.backend.clear_session()
     for m in (_with_ops(fastnn, L, fastnn.ops), _with_ops(keras, keras.layers, keras.ops)):
         lines = []
-        m.summary(print_fn=lambda line, **kw: lines.append(line))
+        m.summary(print_fn=lambda line, lines=lines, **kw: lines.append(line))
         texts.append("\n".join(lines))
     assert texts[0] == texts[1]
 
@@ -670,4 +670,4 @@ def test_a_sequential_is_a_graph_for_feature_extraction(tmp_path):
     assert type(loaded).__name__ == "Sequential"
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), seq.predict(x, verbose=0))
     with pytest.raises(AttributeError, match="no defined input"):
-        fastnn.Sequential([layers.Dense(3)]).output
+        _ = fastnn.Sequential([layers.Dense(3)]).output

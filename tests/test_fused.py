@@ -60,7 +60,8 @@ def _both(monkeypatch, build, compile_kw, x, y, fit_kw=None):
 
 OPTIMIZERS = [
     lambda: "adam", lambda: "sgd", lambda: "rmsprop", lambda: "nadam", lambda: "adamax",
-    lambda: "adagrad", lambda: "adadelta", lambda: optimizers.Ftrl(0.1, l1_regularization_strength=0.01),
+    lambda: "adagrad", lambda: "adadelta",
+    lambda: optimizers.Ftrl(0.1, l1_regularization_strength=0.01),
     lambda: optimizers.Lion(0.001, weight_decay=0.01),
     lambda: optimizers.SGD(0.05, momentum=0.9, nesterov=True),
     lambda: optimizers.SGD(0.05, momentum=0.5),

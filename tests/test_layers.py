@@ -3,10 +3,10 @@ import math
 
 import numpy as np
 import pytest
+from onbackend import get, put
 
 from fastnn import initializers, layers
 from fastnn.backend import clear_session
-from onbackend import get, put
 
 
 def test_auto_names_follow_keras():

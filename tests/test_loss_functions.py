@@ -5,12 +5,12 @@ values and gradients against finite differences and against Keras 3, training st
 Keras's."""
 import numpy as np
 import pytest
+from gradcheck import numeric_grad
 
 import fastnn
 from fastnn import layers as L
 from fastnn import losses as FL
 from fastnn import ops
-from gradcheck import numeric_grad
 
 N, C = 12, 5
 
@@ -59,7 +59,8 @@ def test_gradient_matches_finite_differences(name, kwargs, kind):
     assert np.isfinite(value) and value != 0
     numeric = numeric_grad(total, p.astype(np.float64), 1e-3)
     # (the loss is evaluated in float32: its rounding scales with the gradients' size)
-    np.testing.assert_allclose(grad, numeric, rtol=2e-2, atol=5e-3 * max(1.0, np.abs(numeric).max()))
+    np.testing.assert_allclose(grad, numeric, rtol=2e-2,
+                               atol=5e-3 * max(1.0, np.abs(numeric).max()))
 
 
 @pytest.mark.parametrize("name, kwargs, kind", CASES, ids=IDS)
@@ -231,9 +232,9 @@ def test_function_and_subclass_losses_are_saved_as_keras_saves_them(tmp_path):
     survive a save and load (compiled again with them); Keras reads fastnn's form of its own
     function (huber); an unregistered function is named with how to register it."""
     x, y = _regression(16)
-    for loss, check in ((_scaled_mse, lambda l: l.fn is _scaled_mse),
-                        (_Absolute(), lambda l: type(l) is _Absolute),
-                        (FL.huber, lambda l: l.fn is FL.huber)):
+    for loss, check in ((_scaled_mse, lambda lo: lo.fn is _scaled_mse),
+                        (_Absolute(), lambda lo: type(lo) is _Absolute),
+                        (FL.huber, lambda lo: lo.fn is FL.huber)):
         model = _mlp(fastnn, L, loss)
         model.fit(x, y, verbose=0)
         path = str(tmp_path / "m.keras")

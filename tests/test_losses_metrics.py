@@ -4,11 +4,11 @@ import os
 
 import numpy as np
 import pytest
+from gradcheck import numeric_grad
+from onbackend import get, put
 
 from fastnn import activations as A
 from fastnn import losses, metrics
-from gradcheck import numeric_grad
-from onbackend import get, put
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +107,27 @@ def test_output_gradients_match_finite_differences(rng, loss_cls):
                                          "outputs")) / 4
 
     np.testing.assert_allclose(get(g), _fd(value, p, 1e-3), rtol=5e-3, atol=1e-4)
+
+
+def test_sparse_output_loss_is_the_categorical_one_on_one_hot_rows(rng):
+    """Ops.categorical_xent_outputs(sparse=True), with sample weights: the value and gradient
+    of the one-hot rows' loss, and that gradient the finite differences'."""
+    p = rng.uniform(0.1, 0.9, (5, 3)).astype(np.float32)
+    labels = np.array([0, 2, 1, 1, 0], np.int32)
+    w = rng.uniform(0.5, 2.0, 5).astype(np.float32)
+    dense, sparse = losses.CategoricalCrossentropy(), losses.SparseCategoricalCrossentropy()
+    g_dense, g_sparse = put(np.empty_like(p)), put(np.empty_like(p))
+    v_dense = dense.value_and_grad(put(p), put(np.eye(3, dtype=np.float32)[labels]), put(w),
+                                   0.2, g_dense, "outputs")
+    v_sparse = sparse.value_and_grad(put(p), put(labels), put(w), 0.2, g_sparse, "outputs")
+    np.testing.assert_allclose(float(v_sparse), float(v_dense), rtol=1e-6)
+    np.testing.assert_allclose(get(g_sparse), get(g_dense), rtol=1e-6, atol=1e-7)
+
+    def value(pp):
+        return float(sparse.value_and_grad(put(pp, np.float32), put(labels), put(w), 1.0,
+                                           None, "outputs")) / 5
+
+    np.testing.assert_allclose(get(g_sparse), _fd(value, p, 1e-3), rtol=5e-3, atol=1e-4)
 
 
 def test_get_names_aliases_and_errors():

@@ -1,4 +1,5 @@
-"""Sequential API behaviours from docs/keras-semantics.md §1, §8, §10, §11 and bad-input handling."""
+"""Sequential API behaviours from docs/keras-semantics.md §1, §8, §10, §11 and bad-input
+handling."""
 import os
 
 import numpy as np
@@ -238,7 +239,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, rng, suffix):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(m.optimizer.variables(), m2.optimizer.variables()):
         np.testing.assert_array_equal(a, b)
-    assert [l.name for l in m2.layers] == [l.name for l in m.layers]
+    assert [layer.name for layer in m2.layers] == [layer.name for layer in m.layers]
     np.testing.assert_array_equal(m.predict(x, verbose=0), m2.predict(x, verbose=0))
     # Continued training from the loaded state is identical to continuing the original.
     from fastnn.utils import set_random_seed

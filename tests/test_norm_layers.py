@@ -8,12 +8,12 @@ import warnings
 
 import numpy as np
 import pytest
+from gradcheck import numeric_grad
+from onbackend import get, put
 
 import fastnn
 from fastnn import activations
 from fastnn import layers as L
-from gradcheck import numeric_grad
-from onbackend import get, put
 
 # Keras 3 deprecates rms_scaling=True with a warning; fastnn warns as it does (tested below)
 pytestmark = pytest.mark.filterwarnings("ignore:You passed `rms_scaling=True`:UserWarning")

@@ -4,12 +4,12 @@ import inspect
 
 import numpy as np
 import pytest
+from gradcheck import numeric_grad
 
 from fastnn import _core
 from fastnn import activations as A
 from fastnn.backend.base import Ops
 from fastnn.backend.cpu import CpuOps
-from gradcheck import numeric_grad
 
 REF, CPU = Ops(), CpuOps()
 ACTS = [(A.LINEAR, 0.0), (A.RELU, 0.0), (A.SIGMOID, 0.0), (A.TANH, 0.0), (A.SOFTMAX, 0.0),
@@ -409,6 +409,7 @@ def test_kernel_softplus_and_gelu_accuracy():
     1e-30, the lower tail included (where 1 + erf(x / sqrt 2) in float32 would cancel to
     nothing), and IEEE edges as x * Phi(x) gives them."""
     from scipy.special import ndtr
+
     from fastnn import activations as A
     rng = np.random.default_rng(0)
     x = np.concatenate([np.linspace(-100, 100, 400_001), -np.logspace(-30, 2, 40_001),

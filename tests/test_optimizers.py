@@ -5,10 +5,10 @@ import os
 
 import numpy as np
 import pytest
+from onbackend import get, put
 
 from fastnn import optimizers
 from fastnn.backend import use_backend
-from onbackend import get, put
 
 CASES = [
     ("SGD", {}), ("SGD", {"momentum": 0.9}), ("SGD", {"momentum": 0.9, "nesterov": True}),
@@ -174,9 +174,9 @@ def test_plain_step_lr_only_for_stateless_unclipped_sgd():
 
 @pytest.mark.parametrize("ops_name", ["reference", "cpu"])
 def test_dense_backward_kernel_step_is_the_sgd_step(rng, ops_name):
+    from fastnn import activations as A
     from fastnn.backend.base import Ops
     from fastnn.backend.cpu import CpuOps
-    from fastnn import activations as A
     ops = Ops() if ops_name == "reference" else CpuOps()
     x = rng.standard_normal((32, 300)).astype(np.float32)
     kernel = rng.standard_normal((300, 250)).astype(np.float32)

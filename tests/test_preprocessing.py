@@ -4,12 +4,12 @@ same input, configs, weights and files both ways, adapt against NumPy, the rando
 training/inference behaviour, seeds and invariants, gradients, argument errors."""
 import numpy as np
 import pytest
+from test_subclassing import _fd_check
 
 import fastnn
 from fastnn import layers as L
 from fastnn import ops
 from fastnn.autodiff import Tensor, gradients, tape
-from test_subclassing import _fd_check
 
 RNG = np.random.default_rng(7)
 IMAGES = RNG.uniform(0, 255, (3, 7, 9, 2)).astype(np.float32)

@@ -1,17 +1,17 @@
-"""SimpleRNN, LSTM, GRU (fastnn/recurrent.py): outputs and gradients equal to Keras 3's with the
-same weights for every option, finite-difference gradients through 50 masked steps, the C
+"""SimpleRNN, LSTM, GRU (fastnn/layers/recurrent.py): outputs and gradients equal to Keras 3's
+with the same weights for every option, finite-difference gradients through 50 masked steps, the C
 kernels against the NumPy reference (and across thread counts), the tape and functional
 paths (return_state, initial_state), configs, errors, and an end-to-end training run."""
 import numpy as np
 import pytest
+from gradcheck import numeric_grad
+from onbackend import get, put
 
 import fastnn
 from fastnn import activations as A
 from fastnn.backend import get_ops
 from fastnn.backend.base import Ops
 from fastnn.layers import GRU, LSTM, SimpleRNN
-from gradcheck import numeric_grad
-from onbackend import get, put
 
 CLASSES = {"SimpleRNN": SimpleRNN, "LSTM": LSTM, "GRU": GRU}
 B, T, D, U = 3, 7, 5, 4

@@ -3,12 +3,12 @@ projections against Keras 3, penalty gradients against finite differences, train
 against Keras's steps (the penalty in the reported loss, model.losses), and configs both ways."""
 import numpy as np
 import pytest
+from gradcheck import numeric_grad
 
 import fastnn
 from fastnn import constraints as FC
 from fastnn import layers as L
 from fastnn import regularizers as FR
-from gradcheck import numeric_grad
 
 REGULARIZERS = [("L1", {}), ("L2", {"l2": 0.3}), ("L1L2", {"l1": 0.02, "l2": 0.05}),
                 ("OrthogonalRegularizer", {"factor": 0.2}),

@@ -1,18 +1,17 @@
-"""Sequence and text layers (fastnn/sequence_layers.py): outputs and gradients against real
+"""Sequence and text layers (fastnn/layers/sequence.py): outputs and gradients against real
 Keras 3 with the same weights, gradients against finite differences (Embedding's sparse
 gradient and masked pooling included), configs both ways, shapes, errors, masks carried
 through models, integer inputs through fit/evaluate/predict, and a text model that learns.
 Runs on the active test backend (FASTNN_TEST_BACKEND)."""
-import warnings
 
 import numpy as np
 import pytest
+from gradcheck import numeric_grad
+from onbackend import get, put
 
 import fastnn
 from fastnn import layers as L
 from fastnn.backend import get_ops
-from gradcheck import numeric_grad
-from onbackend import get, put
 
 keras = pytest.importorskip("keras")
 torch = pytest.importorskip("torch")
@@ -101,7 +100,7 @@ def finite_difference_check(ours, x, r, mask=None, check_dx=True):
         np.testing.assert_allclose(get(dx), numeric_grad(lambda v: loss(xx=v), x, 0.25),
                                    rtol=1e-3, atol=1e-3)
     for i, n in enumerate(names):
-        np.testing.assert_allclose(grads[n], numeric_grad(lambda v: loss(which=i, value=v),
+        np.testing.assert_allclose(grads[n], numeric_grad(lambda v, i=i: loss(which=i, value=v),
                                                           base[i], 0.25),
                                    rtol=1e-3, atol=1e-3, err_msg=n)
     return grads
@@ -193,7 +192,7 @@ def test_shared_or_regularized_embedding_trains_as_keras(regularized):
     for m in (ours, theirs):
         m.compile(optimizer=keras.optimizers.Adam(0.05) if m is theirs else
                   fastnn.optimizers.Adam(0.05), loss="mse")
-    for step in range(4):
+    for _step in range(4):
         # few rows per step, the two calls on different rows: a row one call wrote last
         # step and no call writes this step must read zero
         xa = rng.integers(0, 20, (2, 4)).astype(np.int32)
@@ -597,7 +596,7 @@ def test_shapes_and_rank_errors():
         L.GlobalAveragePooling1D().build((None, 4, 3, 2))
 
 
-# ---- integer inputs end to end --------------------------------------------------------------------
+# ---- integer inputs end to end -------------------------------------------------------------
 def text_data(n=1200, steps=24, vocab=60, seed=0):
     """Sequences of varying length padded with 0; the label says whether "good" words
     (1..10) outnumber "bad" ones (11..20): a task an average of embeddings can learn."""

@@ -3,10 +3,10 @@ Identity): outputs against NumPy (and Keras 3 where installed), output shapes, g
 through a model against finite differences, argument errors."""
 import numpy as np
 import pytest
+from test_subclassing import _fd_check
 
 import fastnn
 from fastnn import layers as L
-from test_subclassing import _fd_check
 
 RNG = np.random.default_rng(0)
 IMAGES = RNG.standard_normal((2, 4, 5, 3)).astype(np.float32)

@@ -10,6 +10,7 @@ import json
 import numpy as np
 
 from .. import activations
+from ..backend import image_data_format
 from ..downloads import get_file
 
 CLASS_INDEX_PATH = ("https://storage.googleapis.com/download.tensorflow.org/"
@@ -45,7 +46,6 @@ def preprocess_input(x, data_format=None, mode="caffe"):
         raise ValueError("Expected mode to be one of `caffe`, `tf` or `torch`. "
                          f"Received: mode={mode}")
     if data_format is None:
-        from ..backend import image_data_format
         data_format = image_data_format()
     elif data_format not in ("channels_first", "channels_last"):
         raise ValueError("Expected data_format to be one of `channels_first` or "

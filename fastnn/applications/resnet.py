@@ -3,11 +3,25 @@ names, order and weights layout, so Keras's ImageNet weight files load as they a
 import os
 
 from ..downloads import get_file
-from ..layers import (Activation, Add, BatchNormalization, Conv2D, Dense, GlobalAveragePooling2D,
-                      GlobalMaxPooling2D, Input, MaxPooling2D, ZeroPadding2D)
+from ..layers import (
+    Activation,
+    Add,
+    BatchNormalization,
+    Conv2D,
+    Dense,
+    GlobalAveragePooling2D,
+    GlobalMaxPooling2D,
+    Input,
+    MaxPooling2D,
+    ZeroPadding2D,
+)
 from ..models import Model
-from .imagenet_utils import decode_predictions, obtain_input_shape, preprocess_input, \
-    validate_activation
+from .imagenet_utils import (
+    decode_predictions,
+    obtain_input_shape,
+    preprocess_input,
+    validate_activation,
+)
 
 __all__ = ["ResNet50", "ResNet101", "ResNet152", "decode_predictions", "preprocess_input"]
 

@@ -5,7 +5,14 @@ sees a GPU, else CpuOps (the compiled core); FASTNN_BACKEND=cpu|cuda|numpy|auto 
 set_backend(...) choose explicitly. Layers and optimizers call only these ops, and keep their
 arrays where the ops compute (on the GPU: weights, gradients, optimizer state, batches)."""
 import contextlib
+import importlib.util
 import os
+import sys
+
+import numpy as np
+
+from .. import __version__
+from . import blas as _blas
 
 _ops = None
 _name_counters = {}
@@ -14,7 +21,6 @@ _name_counters = {}
 def _cuda_missing():
     """None when CuPy is installed and sees a CUDA GPU, else what is missing. CuPy is imported
     only once find_spec has found it, and nothing here raises (a broken install is 'missing')."""
-    import importlib.util
     try:
         if importlib.util.find_spec("cupy") is None:
             return "CuPy is not installed (pip install 'fastnn[gpu]', or fastnn[gpu-cuda13])"
@@ -27,6 +33,8 @@ def _cuda_missing():
 
 
 def _make_ops(name):
+    # Only the chosen implementation loads: cpu.py needs the compiled core (fastnn imports
+    # without it), and base.py needs fastnn.activations, which needs get_ops from here.
     from .base import Ops
     if isinstance(name, Ops):           # an instance, made by the caller
         return name
@@ -37,7 +45,6 @@ def _make_ops(name):
         from .cpu import CpuOps
         return CpuOps()
     if name in ("numpy", "reference"):
-        from .base import Ops
         return Ops()
     if name in ("cuda", "gpu"):
         missing = _cuda_missing()
@@ -161,7 +168,6 @@ def image_data_format():
 
 def _gpu_status():
     """CuPy and a CUDA GPU, as one phrase; imports CuPy only when it is installed, never fails."""
-    import importlib.util
     try:
         if importlib.util.find_spec("cupy") is None:
             return "none (CuPy not installed)"
@@ -187,9 +193,7 @@ def show_config(file=None):
     Args:
         file: Where to print; `None`: standard output.
     """
-    import sys
-    import numpy as np
-    from .. import __version__, _core
+    from .. import _core
     info = getattr(_core, "BUILD_INFO", {})     # {}: an extension built before BUILD_INFO
     omp = info.get("openmp_version", 0)
     flags = [f for f in info.get("cflags", "").split() if not f.startswith(("-W", "/W"))]
@@ -197,8 +201,7 @@ def show_config(file=None):
         flags += info.get(var, "").split()
     link = " ".join([info.get("ldflags", ""), info.get("env_LDFLAGS", "")]).strip()
     try:
-        from .blas import blas_info
-        blas = blas_info()
+        blas = _blas.blas_info()
     except Exception as exc:
         blas = f"unavailable ({exc})"
     try:

@@ -46,7 +46,8 @@ def rnn_sizes(cell, x, kernel, recurrent, act, rec_act):
     if not isinstance(cell, str) or cell not in _RNN_GATES:
         raise ValueError(f"cell: expected one of {sorted(_RNN_GATES)}, got {cell!r}")
     for name, a in (("act", act), ("rec_act", rec_act)):
-        if not isinstance(a, (tuple, list)) or len(a) != 2 or not isinstance(a[0], numbers.Integral):
+        if not isinstance(a, (tuple, list)) or len(a) != 2 or \
+                not isinstance(a[0], numbers.Integral):
             raise TypeError(f"{name}: expected an (activation id, alpha) pair, got {a!r}")
     if getattr(x, "ndim", None) != 3:
         raise ValueError(f"x: expected a (steps, batch, features) array, got "
@@ -398,7 +399,7 @@ class Ops:
 
     def _grouped_forward(self, x, kernel, window, groups, cols=None, z=None):
         """Returns (cols, z) with z (rows, filters) = the block-diagonal product."""
-        n, c = x.shape[0], x.shape[3]
+        n = x.shape[0]
         rows, filters = n * window[6] * window[7], kernel.shape[1]
         taps_c_g = kernel.shape[0]
         f_g = filters // groups
@@ -713,6 +714,42 @@ class Ops:
         per_elem = xp.maximum(logits, 0) - logits * targets + \
             xp.log1p(xp.exp(-xp.abs(logits)))
         return self._total(self._weighted(per_elem.mean(axis=-1), weights))
+
+    # Outputs that are probabilities but did not come from the activation the loss fuses with
+    # (Keras's from_logits=False after any other activation): the clipped losses, their
+    # gradients with respect to the outputs themselves (zero where the clip holds).
+    def categorical_xent_outputs(self, outputs, targets, weights, scale, grad=None,
+                                 sparse=False):
+        """Sum over rows of weight * -sum(targets * log(clip(outputs / their row sum)));
+        sparse: targets are integer labels."""
+        xp = self.xp
+        if sparse:
+            onehot = xp.zeros(outputs.shape, "float32")
+            onehot[xp.arange(len(targets)), targets.reshape(-1)] = 1
+            targets = onehot
+        s = outputs.sum(axis=-1, keepdims=True)
+        p = outputs / s
+        inside = (p > EPSILON) & (p < 1 - EPSILON)
+        pc = xp.clip(p, EPSILON, 1 - EPSILON)
+        per_row = -(targets * xp.log(pc)).sum(axis=-1)
+        if grad is not None:
+            dp = -targets / pc * inside
+            k = scale * (1.0 if weights is None else weights[:, None])
+            # d p_j / d outputs_k = (delta_jk - p_j) / s
+            grad[...] = (dp - (dp * p).sum(axis=-1, keepdims=True)) / s * k
+        return self._total(self._weighted(per_row, weights))
+
+    def binary_xent_outputs(self, outputs, targets, weights, scale, grad=None):
+        """Sum over rows of weight * the mean over the last axis of the binary cross-entropy
+        of clip(outputs)."""
+        xp = self.xp
+        q = xp.clip(outputs, EPSILON, 1 - EPSILON)
+        inside = (outputs > EPSILON) & (outputs < 1 - EPSILON)
+        per_row = -(targets * xp.log(q) + (1 - targets) * xp.log(1 - q)).mean(axis=-1)
+        if grad is not None:
+            k = scale / outputs.shape[-1] * (1.0 if weights is None else weights[:, None])
+            grad[...] = k * inside * (q - targets) / (q * (1 - q))
+        return self._total(self._weighted(per_row, weights))
 
     def squared_error(self, pred, targets, weights, scale, grad=None):
         d = pred - targets

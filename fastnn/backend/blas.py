@@ -11,6 +11,7 @@ for the duration of each of its GEMMs and restores the previous count, so the tw
 never compete and the user's own NumPy keeps its threads."""
 import ctypes
 import glob
+import importlib.util
 import os
 
 # (symbol, ILP64?) in order of preference; thread setters/getters to match.
@@ -28,7 +29,6 @@ _installed = None     # a dict describing the BLAS in use, once installed
 
 def _bundled_libraries(package):
     """Shared libraries named *openblas* that a wheel of `package` ships beside it."""
-    import importlib.util
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return []

@@ -14,8 +14,8 @@ except ImportError as exc:    # a source checkout without its extension, most li
         "checkout shadowing the installed fastnn (Python puts the current folder first on "
         "sys.path). Run from another folder, or build the checkout in place with "
         f"`pip install -e .` ({exc})") from exc
-from .base import Ops, pointwise, rnn_check_backward, rnn_check_forward
 from . import blas
+from .base import Ops, pointwise, rnn_check_backward, rnn_check_forward
 
 
 def _as2d(a):

@@ -28,14 +28,14 @@ MAX_ELEMENTS = 2**31 - 1 - _BLOCK * _MAX_BLOCKS
 i32, f32 = numpy.int32, numpy.float32
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _module():
     import cupy
     with open(_SOURCE, encoding="utf-8") as f:
         return cupy.RawModule(code=f.read(), options=("-std=c++14",))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _function(name, device_id):       # a loaded kernel belongs to one device
     return _module().get_function(name)
 

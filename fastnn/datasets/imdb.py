@@ -4,8 +4,15 @@ through the restricted unpickler."""
 import numpy as np
 
 from ..downloads import get_file
-from ._common import (KERAS_ORIGIN, drop_long, limit_words, load_npz, offset_ids,
-                      shuffled_indices, word_index)
+from ._common import (
+    KERAS_ORIGIN,
+    drop_long,
+    limit_words,
+    load_npz,
+    offset_ids,
+    shuffled_indices,
+    word_index,
+)
 
 URL = KERAS_ORIGIN + "imdb.npz"
 FILE_HASH = "69664113be75683a8fe16e3ed0ab59fda8886cb3cd7ada244f7d9544e4676b9f"   # Keras's pin

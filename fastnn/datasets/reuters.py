@@ -4,8 +4,15 @@ through the restricted unpickler."""
 import numpy as np
 
 from ..downloads import get_file
-from ._common import (KERAS_ORIGIN, drop_long, limit_words, load_npz, offset_ids,
-                      shuffled_indices, word_index)
+from ._common import (
+    KERAS_ORIGIN,
+    drop_long,
+    limit_words,
+    load_npz,
+    offset_ids,
+    shuffled_indices,
+    word_index,
+)
 
 URL = KERAS_ORIGIN + "reuters.npz"
 FILE_HASH = "d6586e694ee56d7a4e65172e12b3e987c03096cb01eab99753921ef915959916"   # Keras's pin

@@ -364,7 +364,8 @@ SPECS = {
     "ftrl_update": _update_spec(["acc", "lin"], ["acc", "lin"],
                                 dict(lr=1e-3, lr_power=-0.5, l1=0.0, l2=0.0, l2_shrinkage=0.0,
                                      beta=0.0)),
-    "im2col": spec_im2col, "conv2d_forward": spec_conv2d_forward, "col2im": spec_col2im, "maxpool_forward": spec_maxpool_forward,
+    "im2col": spec_im2col, "conv2d_forward": spec_conv2d_forward, "col2im": spec_col2im,
+    "maxpool_forward": spec_maxpool_forward,
     "maxpool_backward": spec_maxpool_backward, "avgpool_forward": spec_avgpool_forward,
     "avgpool_backward": spec_avgpool_backward,
     "conv2d_maxpool_forward": spec_conv2d_maxpool_forward,
@@ -424,7 +425,8 @@ def mutations(rng, name, d, meta):
     if kind in ("ints", "window") or k is None:
         ints = meta.get("ints", {})
         if kind == "window" and meta.get("window"):
-            wk = [key for key in d if key.endswith("window")][int(rng.integers(0, 1 if "window" in d else 2))]
+            windows = [key for key in d if key.endswith("window")]
+            wk = windows[int(rng.integers(0, 1 if "window" in d else 2))]
             win = list(d[wk])
             i = int(rng.integers(0, len(win)))
             v = int(rng.choice([2**31 - 1, 2**31, 2**63 - 1, -1, -(2**31), 0, 2**40]))
@@ -526,7 +528,7 @@ def dense_stack_cases(rng):
     bad = []
     for opt, n_req in enumerate([0, 2, 1, 1, 2, 2, 2, 2]):
         for n in range(n_req):
-            bad.append(("opt %d with %d slots" % (opt, n), dict(base, opt=opt,
+            bad.append((f"opt {opt} with {n} slots", dict(base, opt=opt,
                                                                slots=(np.zeros_like(params),) * 0
                                                                + tuple(np.zeros_like(params)
                                                                        for _ in range(n)))))
@@ -628,7 +630,7 @@ def main(seed, n_cases):
         report["per_kernel"][name] = report["per_kernel"].get(name, 0) + 1
         try:
             new() if callable(new) else call(name, new)
-        except OK_ERRORS as e:
+        except OK_ERRORS:
             continue
         except Exception as e:
             report["wrong_error"].append(f"{name}: {desc}: {type(e).__name__}: {e}")

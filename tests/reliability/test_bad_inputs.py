@@ -255,6 +255,7 @@ def test_cpu_ops_name_a_missing_array():
     """Every method CpuOps defines (the compiled core's Python side) raises TypeError or
     ValueError naming the argument when a required array is None, never AttributeError."""
     import inspect
+
     from fastnn.backend.cpu import CpuOps
     ops = CpuOps()
     checked = 0

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 import fastnn
-from fastnn.layers import (BatchNormalization, Conv2D, Dense, Dropout, Flatten, Input,
-                           MaxPooling2D)
+from fastnn.layers import BatchNormalization, Conv2D, Dense, Dropout, Flatten, Input, MaxPooling2D
 
 
 def _models():

@@ -468,6 +468,7 @@ def test_crafted_lambda_bytecode_is_refused_cleanly_even_unsafe(tmp_path):
     """With safe_mode=False, bytecode that is not Python code of this version, or not code,
     raises a ValueError naming the layer, not a crash or a SystemError."""
     import base64
+
     import fastnn
     inputs = fastnn.Input(shape=(2,))
     model = fastnn.Model(inputs, fastnn.layers.Lambda(lambda t: t + 1.0, name="lam")(inputs))

@@ -72,7 +72,8 @@ OPTIMIZER_NONE = {
     "adagrad_update": "_core.adagrad_update(w, g, None, 1e-3, 1e-7)",
     "adadelta_update": "_core.adadelta_update(w, g, None, None, 1.0, 0.95, 1e-7)",
     "adamax_update": "_core.adamax_update(w, g, None, None, 1e-3, 0.9, 0.999, 1e-7)",
-    "nadam_update": "_core.nadam_update(w, g, None, None, 1e-3, .9, .999, 1e-7, .9, .9, .9, .81, .999)",
+    "nadam_update":
+        "_core.nadam_update(w, g, None, None, 1e-3, .9, .999, 1e-7, .9, .9, .9, .81, .999)",
     "ftrl_update": "_core.ftrl_update(w, g, None, None, 1e-3, -0.5, 0., 0., 0., 0.)",
 }
 

@@ -310,7 +310,7 @@ def test_killed_save_is_atomic_and_its_temps_are_cleaned(tmp_path):
     path = tmp_path / "big.keras"
     env = dict(os.environ)
     seen_temp = 0
-    for attempt in range(3):
+    for _attempt in range(3):
         proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(KILL_SCRIPT), str(path)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env=env, cwd=tmp_path)

@@ -8,10 +8,20 @@ import time
 
 import numpy as np
 import pytest
+from test_datasets import (
+    DATA_DIR,
+    IDX_NAMES,
+    OSSCI,
+    FakeNet,
+    assert_same_data,
+    idx_bytes,
+    npz_bytes,
+    pin_to,
+    real_gz,
+    write_idx_set,
+)
 
 from fastnn.datasets import mnist
-from test_datasets import (DATA_DIR, IDX_NAMES, OSSCI, FakeNet, assert_same_data, idx_bytes,
-                           npz_bytes, pin_to, real_gz, write_idx_set)
 
 
 @pytest.fixture(autouse=True)

@@ -7,9 +7,11 @@ backward(dy, need_dx) writes the weight gradients into self.grads and returns dx
 overwrite dy in place (it is the next layer's scratch buffer). Shapes exclude nothing: the batch
 axis is None in shapes given to build()."""
 import base64
+import builtins
 import contextlib
 import functools
 import inspect
+import itertools
 import json
 import marshal
 import re
@@ -19,16 +21,19 @@ import warnings
 
 import numpy as np
 
-from . import activations, constraints, distribution, initializers, regularizers, registry
-from ._config import without_defaults
-from . import ops as array_ops
-from .autodiff import Tensor, Variable, gradients, is_recording, no_grad, record, tape, \
-    value_of
-from .autodiff import node as autodiff_node
-from .backend import get_ops, unique_name
-from .backend.base import dilation, pointwise
-from . import graph as graph_module
-from .graph import KerasTensor, Node, flatten, is_symbolic
+import fastnn
+
+from .. import activations, constraints, distribution, initializers, registry, regularizers
+from .. import graph as graph_module
+from .. import ops as array_ops
+from .._config import without_defaults
+from ..autodiff import Tensor, Variable, gradients, is_recording, no_grad, record, tape, value_of
+from ..autodiff import node as autodiff_node
+from ..backend import get_ops, unique_name
+from ..backend.base import dilation, pointwise
+from ..graph import KerasTensor, Node, flatten, is_symbolic
+from ..images import _check_resize, _data_format
+from ..rng import get_rng
 
 
 def _finite(value, arg, layer, low=None):
@@ -41,6 +46,12 @@ def _finite(value, arg, layer, low=None):
         bound = "" if low is None else f" greater than {low}"
         raise ValueError(f"{layer}: {arg} must be a finite number{bound}, got {value!r}")
     return value
+
+
+def _is_builtin(cls):
+    """Whether a layer class is one of fastnn's own (defined in the fastnn.layers package:
+    saved as keras.layers.<name>, run by the functional schedule) rather than a user's."""
+    return cls.__module__.startswith(__package__ + ".")
 
 
 def _snake_case(name):
@@ -70,7 +81,7 @@ def _shape_tuple(shape, arg="input_shape"):
 _BUILD_LOCK = threading.RLock()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _accepts_training(call):
     """Whether a call() method takes training= (read once per method)."""
     try:
@@ -80,7 +91,7 @@ def _accepts_training(call):
     return "training" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _takes_mask(method):
     """Whether a forward()/call() method has a `mask` argument (read once per method)."""
     try:
@@ -549,6 +560,46 @@ class Layer:
         threads may run one layer at once, each with its own."""
         return _thread_state(self._thread)
 
+    # ---- a layer that runs other layers (TimeDistributed, Bidirectional, the 1-D pooling
+    # layers) does it through these, on itself: no layer touches another's private names ----
+    def _build_inner(self, inner, input_shape):
+        inner._maybe_build(input_shape)
+
+    def _lend_thread_state(self, inner):
+        """Run `inner` on this layer's per-thread state (its slot, its forward state)."""
+        inner._thread = self._thread
+
+    def _set_inner_slot(self, inner, slot):
+        inner._thread.slot = slot
+
+    def _inner_state(self, inner):
+        return inner._state()
+
+    def _share_weights_of(self, inner):
+        """This layer's weights are `inner`'s: the same dicts, so the weights `inner` makes
+        when it builds are this layer's too."""
+        self._vars, self.grads = inner._vars, inner.grads
+        self._trainable_names = inner._trainable_names
+        self._non_trainable_names = inner._non_trainable_names
+
+    def _adopt_weight(self, mine, inner, name):
+        """`inner`'s built weight `name` as this layer's trainable weight `mine`: the same
+        array, variable and gradient, with its regularizer and constraint."""
+        self._vars[mine] = inner._vars[name]
+        self._variables[mine] = inner._variables[name]
+        self._trainable_names.append(mine)
+        self.grads[mine] = inner.grads[name]
+        for key in ("_penalties", "_constraints"):
+            if name in inner.__dict__.get(key, {}):
+                self.__dict__.setdefault(key, {})[mine] = inner.__dict__[key][name]
+
+    def _rebind_inner(self, inner, name, array, grad=None):
+        """Point `inner`'s weight `name` at `array` (the adopted weight, already moved there
+        with its value by this layer's _rebind)."""
+        inner._vars[name] = array
+        if grad is not None:
+            inner.grads[name] = grad
+
     def _buffer(self, key, shape, dtype="float32"):
         """A scratch array reused across steps of the same shape (kernels never allocate);
         inside `drawing_from(pool)`, one the pool lends (shared with other layers)."""
@@ -604,7 +655,7 @@ class Layer:
         """Whether this layer may give its output a mask its input did not carry (then the
         model's forward pass carries masks): fastnn's layers say so (mask_source), a user's
         that computes masks may."""
-        if type(self).__module__ == Layer.__module__:
+        if _is_builtin(type(self)):
             return bool(self.mask_source)
         return self.supports_masking and type(self).compute_mask is not Layer.compute_mask
 
@@ -1323,7 +1374,6 @@ class Dropout(Layer):
         st._mask = None
         if not training or self.rate == 0:
             return x
-        from .utils import get_rng
         ops = get_ops()
         u = ops.random_uniform(self._rng or get_rng(), self._buffer("u", x.shape))
         # Inverted dropout: keep where u >= rate, scaled by 1/(1-rate).
@@ -3414,8 +3464,6 @@ def _load_function(spec, where):
 
 
 def _lambda_globals():
-    import builtins
-    import fastnn
     return {"__builtins__": builtins, "fastnn": fastnn, "keras": fastnn, "ops": array_ops}
 
 
@@ -3442,7 +3490,7 @@ class _OpLayer(Layer):
         return self._fn(*args, **{k: fill(v) for k, v in self._kwargs.items()})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _op_layer_class(op_name):
     """The op layer class for one op, named as Keras names its Operation (add -> Add)."""
     camel = "".join(part.title() for part in op_name.split("_"))
@@ -3666,7 +3714,6 @@ class Normalization(Layer):
     def adapt(self, data):
         """Learn the mean and variance of `data`: an array, or an iterable of batches (Keras's
         streaming combination of each batch's mean and variance)."""
-        import itertools
         shape, rest, first = _batches(data)
         shape = tuple(shape)
         if not self.built:
@@ -3733,7 +3780,6 @@ class _ImageLayer(Layer):
 
     def __init__(self, data_format=None, **kwargs):
         super().__init__(**kwargs)
-        from .images import _data_format
         self.data_format = _data_format(data_format)
 
     def __call__(self, x, training=None):
@@ -3804,7 +3850,6 @@ class Resizing(_ImageLayer):
                  pad_to_aspect_ratio=False, fill_mode="constant", fill_value=0.0,
                  antialias=False, data_format=None, **kwargs):
         super().__init__(data_format=data_format, **kwargs)
-        from .images import _check_resize
         self.height = _positive_int(height, "height", self.name)
         self.width = _positive_int(width, "width", self.name)
         _check_resize((self.height, self.width), interpolation, crop_to_aspect_ratio,
@@ -3936,7 +3981,6 @@ class _RandomImageLayer(_ImageLayer):
 
     def _uniform(self, low, high, n):
         """n float32 draws in [low, high) (exactly low when high == low), as Keras draws."""
-        from .utils import get_rng
         u = (self._rng or get_rng()).random(n, dtype=np.float32)
         return u * np.float32(high - low) + np.float32(low)
 
@@ -4328,10 +4372,9 @@ class LayerNormalization(_AffineNorm):
             raise TypeError("Expected an int or a list/tuple of ints for the argument 'axis', "
                             f"but received: {axis!r}")
         if rms_scaling:
-            import warnings
             warnings.warn("You passed `rms_scaling=True`, which is deprecated. This argument "
                           "incorrectly scales the input by the variance, not the root mean "
-                          "square (as Keras 3 does; fastnn computes the same).")
+                          "square (as Keras 3 does; fastnn computes the same).", stacklevel=2)
         super().__init__(axis, epsilon, center, scale, beta_initializer, gamma_initializer,
                          beta_regularizer, gamma_regularizer, beta_constraint,
                          gamma_constraint, **kwargs)
@@ -4461,7 +4504,6 @@ class _Noise(Layer):
 
     def _uniform(self, shape):
         """Uniform [0, 1) float32 draws where the backend computes."""
-        from .utils import get_rng
         ops = get_ops()
         return ops.random_uniform(self._rng or get_rng(), ops.empty(tuple(shape)))
 
@@ -4699,16 +4741,3 @@ _CLASSES.update({c.__name__: c for c in (
     LayerNormalization, GroupNormalization, SpatialDropout1D, SpatialDropout2D, GaussianNoise,
     GaussianDropout, ELU, PReLU)})
 
-
-# ---- sequence and text layers (fastnn/sequence_layers.py; issue 18, items 1-2) -------------
-from .sequence_layers import (AveragePooling1D, Conv1D, Embedding,  # noqa: E402
-                              GlobalAveragePooling1D, GlobalMaxPooling1D, Masking, MaxPooling1D,
-                              TimeDistributed)
-
-_CLASSES.update({c.__name__: c for c in (
-    Embedding, Masking, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D,
-    GlobalMaxPooling1D, TimeDistributed)})
-# ---- recurrent layers (fastnn/recurrent.py; issue 18, item 3) -------------------------------
-from .recurrent import GRU, LSTM, Bidirectional, SimpleRNN  # noqa: E402  (builds on Layer)
-
-_CLASSES.update({c.__name__: c for c in (SimpleRNN, LSTM, GRU, Bidirectional)})

@@ -13,10 +13,21 @@ import warnings
 
 import numpy as np
 
-from . import activations, constraints, initializers, regularizers
-from .backend import get_ops
-from .layers import (AveragePooling2D, Conv2D, GlobalMaxPooling2D, Layer, MaxPooling2D,
-                     _is_int, _takes_mask, _weight_options, _weight_options_config, get_class)
+from .. import initializers
+from ..backend import get_ops
+from .core import (
+    _CLASSES,
+    AveragePooling2D,
+    Conv2D,
+    GlobalMaxPooling2D,
+    Layer,
+    MaxPooling2D,
+    _is_int,
+    _takes_mask,
+    _weight_options,
+    _weight_options_config,
+    get_class,
+)
 
 
 def _positive_int(value, arg, layer):
@@ -92,7 +103,7 @@ class Embedding(Layer):
         self.input_dim = _positive_int(input_dim, "input_dim", "Embedding")
         self.output_dim = _positive_int(output_dim, "output_dim", "Embedding")
         if kwargs.pop("input_length", None) is not None:       # as Keras 3 does
-            warnings.warn("Argument `input_length` is deprecated. Just remove it.")
+            warnings.warn("Argument `input_length` is deprecated. Just remove it.", stacklevel=2)
         super().__init__(**kwargs)
         if lora_rank is not None:
             raise ValueError(f"{self.name}: lora_rank={lora_rank!r}: LoRA is not supported by "
@@ -458,12 +469,12 @@ class GlobalMaxPooling1D(_GlobalPooling1D):
 
     def forward(self, x, training=False):
         pool = self._pool
-        pool._thread = self._thread     # its state lives in this layer's per-thread slot
+        self._lend_thread_state(pool)   # its state lives in this layer's per-thread slot
         return self._finish(pool.forward(_as_image(x), training))
 
     def backward(self, dy, need_dx=True):
         pool = self._pool
-        pool._thread = self._thread
+        self._lend_thread_state(pool)
         dx = pool.backward(dy.reshape(dy.shape[0], 1, 1, -1), need_dx)
         return None if dx is None else dx.reshape(dx.shape[0], dx.shape[2], dx.shape[3])
 
@@ -489,9 +500,7 @@ class TimeDistributed(Layer):
         super().__init__(**kwargs)
         self.layer = layer
         # one set of weights: the inner layer's, seen through this layer
-        self._vars, self.grads = layer._vars, layer.grads
-        self._trainable_names = layer._trainable_names
-        self._non_trainable_names = layer._non_trainable_names
+        self._share_weights_of(layer)
 
     def _inner_shape(self, input_shape):
         if len(input_shape) < 3:
@@ -500,7 +509,7 @@ class TimeDistributed(Layer):
         return (None,) + tuple(input_shape[2:])
 
     def build(self, input_shape):
-        self.layer._maybe_build(self._inner_shape(input_shape))
+        self._build_inner(self.layer, self._inner_shape(input_shape))
         super().build(input_shape)
 
     def compute_output_shape(self, input_shape):
@@ -509,7 +518,7 @@ class TimeDistributed(Layer):
 
     def forward(self, x, training=False, mask=None):
         n, t = x.shape[:2]
-        self.layer._thread = self._thread
+        self._lend_thread_state(self.layer)
         rows = x.reshape((n * t,) + tuple(x.shape[2:]))
         if mask is not None and _takes_mask(type(self.layer).forward):
             # Keras gives step i's inner call mask[:, i]: here all steps' rows at once
@@ -526,7 +535,7 @@ class TimeDistributed(Layer):
 
     def backward(self, dy, need_dx=True, **fused):
         n, t = dy.shape[:2]
-        self.layer._thread = self._thread
+        self._lend_thread_state(self.layer)
         dx = self.layer.backward(dy.reshape((n * t,) + tuple(dy.shape[2:])), need_dx, **fused)
         return None if dx is None else dx.reshape((n, t) + tuple(dx.shape[1:]))
 
@@ -538,7 +547,7 @@ class TimeDistributed(Layer):
         return []       # its weights are its own (the inner layer's, shared)
 
     def get_config(self):
-        from .models import _layer_entry
+        from ..models import _layer_entry
         return {**super().get_config(), "layer": _layer_entry(self.layer)}
 
     @classmethod
@@ -550,8 +559,7 @@ class TimeDistributed(Layer):
         return super().from_config({**config, "layer": inner})
 
 
-# fastnn's own layers, exported from fastnn.layers: saved as keras.layers classes, run by the
-# functional schedule like the others there (fastnn.models, fastnn.schedule read __module__).
-for _cls in (Embedding, Masking, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D,
-             GlobalMaxPooling1D, TimeDistributed):
-    _cls.__module__ = Layer.__module__
+# fastnn's own layers, exported from fastnn.layers: get_class finds them by name (loading).
+_CLASSES.update({c.__name__: c for c in (
+    Embedding, Masking, Conv1D, MaxPooling1D, AveragePooling1D, GlobalAveragePooling1D,
+    GlobalMaxPooling1D, TimeDistributed)})

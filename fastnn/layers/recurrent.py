@@ -7,11 +7,14 @@ Re-exported by fastnn.layers (as keras.layers.LSTM ...); the classes say they li
 that configs and saving treat them as fastnn's own layers."""
 import numpy as np
 
-from . import activations, initializers
-from .autodiff import Tensor, is_recording, node as autodiff_node, value_of
-from .backend import get_ops
-from .graph import KerasTensor, Node, is_symbolic
-from .layers import Layer, _PASS, _weight_options, _weight_options_config
+from .. import activations, initializers
+from .. import ops as fops
+from ..autodiff import Tensor, is_recording, value_of
+from ..autodiff import node as autodiff_node
+from ..backend import get_ops
+from ..graph import KerasTensor, Node, is_symbolic
+from ..rng import get_rng
+from .core import _CLASSES, _PASS, Layer, _weight_options, _weight_options_config
 
 _KINDS = {"simple": 1, "gru": 3, "lstm": 4}
 
@@ -108,7 +111,6 @@ class _Sequence(Layer):
     def _call_on_tape(self, x, training, mask, states):
         """One node of the tape for the whole sequence: parents x and the initial states;
         several outputs are slices of one packed node."""
-        from . import ops as fops
         ops = get_ops()
         x = x if isinstance(x, Tensor) else Tensor(ops.asarray(value_of(x)))
         states = [s if isinstance(s, Tensor) else Tensor(ops.asarray(value_of(s)))
@@ -289,7 +291,6 @@ class _RNN(_Sequence):
         mask = _as_bool_mask(mask, batch, steps, self)
         st.drop = None
         if training and self.dropout:
-            from .utils import get_rng
             u = ops.random_uniform(self._rng or get_rng(), ops.empty((batch, 1, d_in)))
             st.drop = (u >= self.dropout).astype("float32") * np.float32(
                 1.0 / (1.0 - self.dropout))
@@ -299,7 +300,6 @@ class _RNN(_Sequence):
             # one mask a sequence on the previous state where it meets the recurrent kernel
             # (Keras's documented recurrent dropout; its LSTM and GRU skip it in their
             # default implementation 2, its SimpleRNN applies it as here)
-            from .utils import get_rng
             u = ops.random_uniform(self._rng or get_rng(), ops.empty((batch, self.units)))
             rec_mask = (u >= self.recurrent_dropout).astype("float32") * np.float32(
                 1.0 / (1.0 - self.recurrent_dropout))
@@ -741,21 +741,15 @@ class Bidirectional(_Sequence):
                 ("backward_layer/cell", self.backward_layer)]
 
     def build(self, input_shape):
-        self.forward_layer._maybe_build(input_shape)
-        self.backward_layer._maybe_build(input_shape)
+        self._build_inner(self.forward_layer, input_shape)
+        self._build_inner(self.backward_layer, input_shape)
         # the sublayers' weights, adopted: the same arrays, named by direction
         self._owner = {}
         for prefix, sub in (("forward_", self.forward_layer), ("backward_", self.backward_layer)):
             for name in sub.weight_names:
                 mine = prefix + name
-                self._vars[mine] = sub._vars[name]
-                self._variables[mine] = sub._variables[name]
+                self._adopt_weight(mine, sub, name)
                 self._owner[mine] = (sub, name)
-                self._trainable_names.append(mine)
-                self.grads[mine] = sub.grads[name]
-                for key in ("_penalties", "_constraints"):
-                    if name in sub.__dict__.get(key, {}):
-                        self.__dict__.setdefault(key, {})[mine] = sub.__dict__[key][name]
         super().build(input_shape)
         if self._initial_weights:
             self.set_weights(self._initial_weights)
@@ -764,9 +758,7 @@ class Bidirectional(_Sequence):
     def _rebind(self, name, array, grad=None):
         super()._rebind(name, array, grad)
         sub, own = self._owner[name]
-        sub._vars[own] = array
-        if grad is not None:
-            sub.grads[own] = grad
+        self._rebind_inner(sub, own, array, grad)
 
     def compute_output_shape(self, input_shape):
         shape = self.forward_layer.compute_output_shape(input_shape)
@@ -785,12 +777,12 @@ class Bidirectional(_Sequence):
         slot = getattr(self._thread, "slot", 0)
         subs = (self.forward_layer, self.backward_layer)
         for sub in subs:
-            sub._thread.slot = slot
+            self._set_inner_slot(sub, slot)
         try:
             return fn()
         finally:
             for sub in subs:
-                sub._thread.slot = 0
+                self._set_inner_slot(sub, 0)
 
     def forward(self, x, training=False, mask=None, initial_state=None):
         return self._slot(lambda: self._forward(x, training, mask, initial_state))
@@ -864,12 +856,12 @@ class Bidirectional(_Sequence):
             d_b = [d_b] + state_grads[n:]
         dx_f = self.forward_layer.backward(d_f, need_dx)
         dx_b = self.backward_layer.backward(d_b, need_dx)
-        st.d_states = self.forward_layer._state().d_states + \
-            self.backward_layer._state().d_states
+        st.d_states = self._inner_state(self.forward_layer).d_states + \
+            self._inner_state(self.backward_layer).d_states
         return None if dx_f is None else dx_f + dx_b
 
     def get_config(self):
-        from .models import _layer_entry
+        from ..models import _layer_entry
         config = super().get_config()
         config.update({"merge_mode": self.merge_mode,
                        "layer": _layer_entry(self.forward_layer),
@@ -878,7 +870,7 @@ class Bidirectional(_Sequence):
 
     @classmethod
     def from_config(cls, config):
-        from .models import _layer_from_entry
+        from ..models import _layer_from_entry
         config = dict(config)
         config["layer"] = _layer_from_entry(config["layer"])
         if config.get("backward_layer") is not None:
@@ -886,5 +878,5 @@ class Bidirectional(_Sequence):
         return super().from_config(config)
 
 
-for _cls in (SimpleRNN, LSTM, GRU, Bidirectional):
-    _cls.__module__ = Layer.__module__      # public as fastnn.layers.<name>
+# Exported from fastnn.layers: get_class finds them by name (loading).
+_CLASSES.update({c.__name__: c for c in (SimpleRNN, LSTM, GRU, Bidirectional)})
