@@ -27,7 +27,7 @@ from .layers.core import (
     get_class,
 )
 from .schedule import Schedule
-from .summary import print_summary
+from .summary import print_summary as _print_summary
 from .trainer import Trainer, _scaled, _shape_str, fits, scale_back
 
 
@@ -474,7 +474,7 @@ class Model(Trainer):
         non_trainable = sum(w.size for w in self.non_trainable_weights)
         optimizer_params = self.optimizer.count_params() if self.optimizer is not None and \
             self.optimizer.built else None
-        print_summary(self.name, rows, trainable, non_trainable, optimizer_params,
+        _print_summary(self.name, rows, trainable, non_trainable, optimizer_params,
                       line_length=line_length, positions=positions, print_fn=print_fn,
                       show_trainable=show_trainable, connected=connected)
 
