@@ -168,9 +168,10 @@ def test_one_rank_job_reduces_gradients_and_metrics_on_the_active_backend():
     included; the metric accumulators are found by what reset_state() sets."""
     mpi = pytest.importorskip("mpi4py.MPI")
     d = distribution.DataParallel(comm=mpi.COMM_SELF)
-    grads = put(np.arange(6, dtype=np.float32))
-    d.reduce_gradients(grads, 0.5)
-    np.testing.assert_array_equal(get(grads), np.arange(6) * 0.5)
+    grads = put(np.arange(7, dtype=np.float32))      # 6 gradients and the flag slot
+    assert d.reduce_gradients(grads, 0.5) is False
+    np.testing.assert_array_equal(get(grads), list(np.arange(6) * 0.5) + [0])
+    assert d.reduce_gradients(grads, 0.5, bad=True) is True     # the step is skipped
     auc = fastnn.metrics.AUC(num_thresholds=5)
     auc.update_state(np.array([0, 1, 1, 0]), np.array([0.1, 0.8, 0.4, 0.3]))
     mean = fastnn.metrics.Mean()

@@ -10,8 +10,10 @@ predict run over the ranks; run without mpiexec, the same script trains as one p
   global batch, so N ranks take the steps one process takes.
 - Each rank scales its gradients by its share of the global batch; one allreduce (sum) of the
   whole flat gradient buffer (the trainer's arena: every trainable weight's gradient, back to
-  back) then gives the global batch's gradient on every rank, which takes the same optimizer
-  step. Initial weights and optimizer state come from rank 0.
+  back, and one slot after it for whether a rank's loss was not finite) then gives the global
+  batch's gradient on every rank, which takes the same optimizer step, or every rank skips it.
+  Initial weights and optimizer state come from rank 0. A Dense stack keeps the fused C path
+  (fastnn/stack.py): it calls the allreduce between each step's backward pass and update.
 - Metrics and losses are reduced at the end of each epoch (their accumulators summed), so
   History, callbacks and the epoch's progress-bar line show global values, and EarlyStopping
   or ReduceLROnPlateau decide the same on every rank. Per-batch progress shows rank 0's running
@@ -99,17 +101,33 @@ class DataParallel:
         first = start + self.rank * base + min(self.rank, extra)
         return first, first + base + (self.rank < extra)
 
-    def reduce_gradients(self, grads, share):
-        """grads (this rank's, for its rows) times its share of the global batch, summed over
-        the ranks in place: the global batch's gradient on every rank, in one allreduce."""
+    def reduce_gradients(self, buffer, share, bad=False):
+        """buffer: the gradient arena (this rank's gradients, for its rows) and one slot after
+        it. The gradients times this rank's share of the global batch, and in the slot whether
+        this rank's loss was not finite (`bad`), are summed over the ranks in place in one
+        allreduce: the global batch's gradient on every rank. Returns whether any rank's loss
+        was not finite (then no rank takes the step)."""
         ops = get_ops()
-        if share != 1.0:
-            grads *= np.float32(share)
-        host = ops.to_numpy(grads) if ops.is_device else grads
+        if share != 1.0 and not bad:
+            buffer[:-1] *= np.float32(share)
+        buffer[-1] = 1.0 if bad else 0.0
+        host = ops.to_numpy(buffer) if ops.is_device else buffer
         host = np.ascontiguousarray(host, np.float32)
+        self.allreduce_sum(host)
+        if host is not buffer:
+            buffer[...] = ops.asarray(host)
+        return bool(host[-1] != 0)
+
+    def allreduce_sum(self, host):
+        """The float32 NumPy array `host` summed over the ranks, in place (MPI releases the
+        GIL meanwhile)."""
         self.comm.Allreduce(self._mpi.IN_PLACE, host, op=self._mpi.SUM)
-        if host is not grads:
-            grads[...] = ops.asarray(host)
+
+    def step_reducer(self, buffer):
+        """What the fused Dense stack calls between each step's backward pass and its update
+        (fastnn/stack.py, fnn_stack_data.reduce): buffer (the gradient arena, already this
+        rank's share, and its flag slot) summed over the ranks in place."""
+        return lambda: self.allreduce_sum(buffer)
 
     def any(self, flag):
         """Whether `flag` is true on any rank (a decision every rank then takes alike)."""
