@@ -300,8 +300,8 @@ class DenseRunner:
                 last = min(len(x2) if order is None else len(order),
                            (step + done - (status == -1)) * batch)
                 rows = slice(first, last) if order is None else order[first:last]
-                for m in others:
-                    m.update_state(y[rows], outputs[:last - first])
+                for m in others if last > first else ():   # (none: a rank's empty batch,
+                    m.update_state(y[rows], outputs[:last - first])   # a skipped step)
             trackers[0].total, trackers[0].count = float(sums[0]), float(sums[1])
             if len(trackers) > 1:
                 trackers[1].total, trackers[1].count = float(sums[2]), float(sums[3])

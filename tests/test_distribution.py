@@ -55,6 +55,36 @@ SCRIPT = textwrap.dedent('''
         model.compile(fastnn.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy",
                       metrics=["accuracy"])
         y_fit = np.eye(2, dtype=np.float32)[y]
+    fit_kw, calls = {}, {"fused_epochs": 0, "general_steps": 0}
+    if kind in ("dense", "nonfinite"):      # a Dense stack: the fused C path (fastnn/stack.py)
+        # 123 rows: 98 train after the split, 4 global batches of 32, the last of 2 rows (on
+        # 4 ranks two of them have none)
+        x = rng.standard_normal((123, 12)).astype(np.float32)
+        y = (x[:, :3].sum(axis=1) > 0).astype(np.int64) + (x[:, 3] > 1)
+        model = fastnn.Sequential([fastnn.Input((12,)), L.Dense(16, activation="relu"),
+                                   L.Dense(8, activation="tanh"),
+                                   L.Dense(3, activation="softmax")])
+        if kind == "dense":
+            model.compile(fastnn.optimizers.Adam(0.01), "sparse_categorical_crossentropy",
+                          metrics=["accuracy", fastnn.metrics.SparseTopKCategoricalAccuracy(
+                              k=2, name="top2")])
+            y_fit = y
+            fit_kw = {"sample_weight": rng.uniform(0.5, 2.0, len(x)).astype(np.float32)}
+        else:       # one row's loss overflows: that step is skipped, on every rank
+            model.compile(fastnn.optimizers.SGD(0.01, momentum=0.5), "mse", metrics=["mae"])
+            y_fit = np.eye(3, dtype=np.float32)[y]
+            y_fit[5] = 3e19
+        run_epoch, train_step = fastnn.stack.DenseRunner.run_epoch, model._train_step
+
+        def fused(self, *args, **kwargs):
+            calls["fused_epochs"] += args[6] is True and (     # (training, not evaluating)
+                kwargs.get("dist") is not None or fastnn.distribution.size() == 1)
+            return run_epoch(self, *args, **kwargs)
+
+        def general(*args):
+            calls["general_steps"] += 1
+            return train_step(*args)
+        fastnn.stack.DenseRunner.run_epoch, model._train_step = fused, general
     if kind == "fail":
         class Fail(fastnn.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):
@@ -64,11 +94,12 @@ SCRIPT = textwrap.dedent('''
                     raise RuntimeError("rank one fails here")
         model.fit(x, y_fit, batch_size=16, epochs=50, verbose=0, callbacks=[Fail()])
     h = model.fit(x, y_fit, batch_size=32, epochs=2, verbose=0, validation_split=0.2,
-                  shuffle=True)
+                  shuffle=True, **fit_kw)
     ev = model.evaluate(x, y_fit, batch_size=16, verbose=0)
     p = model.predict(x, batch_size=16, verbose=0)
     np.savez(f"{out}-{fastnn.distribution.rank()}.npz", *model.get_weights(), predict=p,
-             evaluate=np.asarray(ev), **{k: np.asarray(v) for k, v in h.history.items()})
+             evaluate=np.asarray(ev), **{k: np.asarray(v) for k, v in h.history.items()},
+             **calls, iterations=model.optimizer.iterations)
 ''')
 
 
@@ -101,6 +132,47 @@ def test_ranks_train_as_one_process(tmp_path, kind, ranks):
     for key, want in one.items():           # and those of one process, to rounding
         np.testing.assert_allclose(results[0][key], want, rtol=2e-5, atol=2e-6, err_msg=key)
     assert set(one) >= {"loss", "val_loss", "accuracy", "predict", "evaluate"}
+
+
+@needs_mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_the_fused_dense_stack_trains_across_ranks(tmp_path, ranks):
+    """A Dense stack keeps the fused C path under DataParallel (the stack sums the gradients
+    between its backward pass and its update): sample weights, a last global batch of 2 rows
+    (on 4 ranks, two ranks have none), a metric the stack counts and one it does not."""
+    done, (one,) = _run(tmp_path, "dense", 0)
+    assert done.returncode == 0, done.stderr
+    done, results = _run(tmp_path, "dense", ranks)
+    assert done.returncode == 0, done.stderr
+    assert len(results) == ranks
+    for result in results + [one]:
+        assert result["fused_epochs"] == 2 and result["general_steps"] == 0
+    for other in results[1:]:
+        for key in results[0]:
+            np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
+    for key, want in one.items():
+        np.testing.assert_allclose(results[0][key], want, rtol=2e-5, atol=2e-6, err_msg=key)
+    assert int(one["iterations"]) == 8 and {"top2", "val_accuracy"} <= set(one)
+
+
+@needs_mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("fused", ["1", "0"])
+def test_a_non_finite_loss_on_one_rank_skips_the_step_everywhere(tmp_path, fused):
+    """One row's loss overflows: whichever rank holds it, no rank takes that step (the flag
+    rides in the gradients' allreduce), on the fused path and the general one alike."""
+    done, (one,) = _run(tmp_path, "nonfinite", 0, FASTNN_FUSED=fused)
+    assert done.returncode == 0, done.stderr
+    done, results = _run(tmp_path, "nonfinite", 2, FASTNN_FUSED=fused)
+    assert done.returncode == 0, done.stderr
+    assert int(one["iterations"]) == 6 and not np.isfinite(one["loss"]).any()
+    assert (one["fused_epochs"] > 0) == (fused == "1")
+    for other in results[1:]:
+        for key in results[0]:
+            np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
+    for key, want in one.items():
+        np.testing.assert_allclose(results[0][key], want, rtol=2e-5, atol=2e-6, err_msg=key)
 
 
 @needs_mpi
