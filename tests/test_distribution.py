@@ -332,3 +332,40 @@ def test_a_checkpoint_from_two_ranks_resumes_on_any_number(tmp_path):
         four = np.load(tmp_path / f"four-{r}.npz")
         for key in one.files:
             np.testing.assert_allclose(four[key], one[key], rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.skipif(TEST_BACKEND != "", reason="the fused Dense stack runs on the CPU backend")
+def test_the_fused_stack_checks_and_propagates_its_reduction():
+    """DenseStack.run(reduce=...) takes only the gradient arena with its flag slot, and an
+    exception in the reduction (a failed allreduce) stops the run and reaches the caller."""
+    model = fastnn.Sequential([fastnn.Input((6,)), L.Dense(4, activation="relu"),
+                               L.Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
+    y = np.arange(40, dtype=np.int32) % 3
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    runner = fastnn.stack.DenseRunner.for_model(model, training=True)
+    assert runner is not None
+    dist = _ranks(2)[1]
+
+    def broken(buffer):
+        def reduce():
+            raise RuntimeError("the link went down")
+        return reduce
+    dist.step_reducer = broken
+    before = model.get_weights()
+    with pytest.raises(RuntimeError, match="link went down"):
+        runner.run_epoch(x, y, None, None, 5, 8, True, None, False, model._logs, dist=dist)
+    for got, want in zip(model.get_weights(), before):      # no update before the sum
+        np.testing.assert_array_equal(got, want)
+    stack = runner._stack(4, True)
+    sums = np.zeros(4)
+    scalars, _ = model.optimizer.fused_scalars(1)
+    order = np.arange(1, 40, 2, dtype=np.int64)
+    for bad in (model._grads, np.zeros(model._grads.size + 1, np.float32)):
+        with pytest.raises(ValueError, match="reduce buffer"):
+            stack.run(x, y, None, order, 0, 1, True, scalars, sums,
+                      reduce=(lambda: None, bad, 40, 8))
+    with pytest.raises(ValueError, match="global batches"):
+        stack.run(x, y, None, order, 0, 1, True, scalars, sums,
+                  reduce=(lambda: None, model._grads_and_flag, 40, 4))
