@@ -61,7 +61,8 @@ SCRIPT = textwrap.dedent('''
         # 4 ranks two of them have none)
         x = rng.standard_normal((123, 12)).astype(np.float32)
         y = (x[:, :3].sum(axis=1) > 0).astype(np.int64) + (x[:, 3] > 1)
-        model = fastnn.Sequential([fastnn.Input((12,)), L.Dense(16, activation="relu"),
+        # (24,651 weights: the gradients' sum goes through shared memory, _NodeSum)
+        model = fastnn.Sequential([fastnn.Input((12,)), L.Dense(1200, activation="relu"),
                                    L.Dense(8, activation="tanh"),
                                    L.Dense(3, activation="softmax")])
         if kind == "dense":
@@ -173,6 +174,42 @@ def test_a_non_finite_loss_on_one_rank_skips_the_step_everywhere(tmp_path, fused
             np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
     for key, want in one.items():
         np.testing.assert_allclose(results[0][key], want, rtol=2e-5, atol=2e-6, err_msg=key)
+
+
+SUMS = textwrap.dedent('''
+    import sys
+    import numpy as np
+    from mpi4py import MPI
+    import fastnn
+    d = fastnn.distribution.DataParallel()
+    assert (d._node_sum is not None) == (sys.argv[2] == "1")
+    comm = MPI.COMM_WORLD
+    out = {}
+    for n in (10, 16384, 50001):        # MPI's allreduce below _NodeSum.MIN_SIZE, shared above
+        for round in range(3):          # (the window is reused)
+            x = np.random.default_rng(100 * d.rank + round).standard_normal(n).astype(np.float32)
+            want = x.copy()
+            comm.Allreduce(MPI.IN_PLACE, want)
+            d.allreduce_sum(x)
+            np.testing.assert_allclose(x, want, rtol=1e-5, atol=1e-5)
+            every = comm.allgather(x)
+            assert all(np.array_equal(e, every[0]) for e in every)   # the same bits on all
+    print("sums ok", d.rank)
+''')
+
+
+@needs_mpi
+@pytest.mark.parametrize("ranks", [2, 3])
+@pytest.mark.parametrize("shared", ["1", "0"])
+def test_the_shared_memory_sum_equals_mpi_allreduce(tmp_path, ranks, shared):
+    script = tmp_path / "sums.py"
+    script.write_text(SUMS)
+    done = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, str(script), "x", shared],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1",
+                                   FASTNN_MPI_SHARED_MEMORY=shared))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("sums ok") == ranks
 
 
 @needs_mpi
