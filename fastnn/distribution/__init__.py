@@ -111,24 +111,25 @@ class DataParallel:
         allreduce: the global batch's gradient on every rank. Returns whether any rank's loss
         was not finite (then no rank takes the step)."""
         ops = get_ops()
-        if share != 1.0 and not bad:
-            buffer[:-1] *= np.float32(share)
         buffer[-1] = 1.0 if bad else 0.0
         host = ops.to_numpy(buffer) if ops.is_device else buffer
         host = np.ascontiguousarray(host, np.float32)
-        self.allreduce_sum(host)
+        # (the flag times a share > 0 stays nonzero; a rank without rows passes 1.0)
+        self.allreduce_sum(host, share)
         if host is not buffer:
             buffer[...] = ops.asarray(host)
         return bool(host[-1] != 0)
 
-    def allreduce_sum(self, host):
-        """The float32 NumPy array `host` summed over the ranks, in place (MPI releases the
-        GIL meanwhile). When every rank runs on this machine, a large buffer goes through
-        shared memory instead (_NodeSum)."""
+    def allreduce_sum(self, host, scale=1.0):
+        """The float32 NumPy array `host` (times `scale`) summed over the ranks, in place (MPI
+        releases the GIL meanwhile). When every rank runs on this machine, a large buffer goes
+        through shared memory instead (_NodeSum), scaled as it is copied there."""
         if self._node_sum is not None and host.size >= _NodeSum.MIN_SIZE:
-            self._node_sum(host)
-        else:
-            self.comm.Allreduce(self._mpi.IN_PLACE, host, op=self._mpi.SUM)
+            self._node_sum(host, scale)
+            return
+        if scale != 1.0:
+            host *= np.float32(scale)
+        self.comm.Allreduce(self._mpi.IN_PLACE, host, op=self._mpi.SUM)
 
     def step_reducer(self, buffer):
         """What the fused Dense stack calls between each step's backward pass and its update
@@ -212,10 +213,13 @@ class _NodeSum:
         self.node.Barrier()
         win.Sync()
 
-    def __call__(self, host):
+    def __call__(self, host, scale=1.0):
         n, ranks, rank = host.size, self.node.Get_size(), self.node.rank
         win, rows = self._window(n)
-        rows[rank] = host.reshape(-1)
+        if scale != 1.0:
+            np.multiply(host.reshape(-1), np.float32(scale), out=rows[rank])
+        else:
+            rows[rank] = host.reshape(-1)
         self._sync(win)         # every rank's row is written
         lo, hi = n * rank // ranks, n * (rank + 1) // ranks
         out = rows[ranks, lo:hi]
