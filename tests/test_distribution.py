@@ -182,7 +182,11 @@ SUMS = textwrap.dedent('''
     from mpi4py import MPI
     import fastnn
     d = fastnn.distribution.DataParallel()
-    assert (d._node_sum is not None) == (sys.argv[2] == "1")
+    assert (d._node_sum is not None) == (sys.argv[2] != "0")
+    if sys.argv[2] == "noroom":         # /dev/shm without room: MPI's allreduce sums
+        def statvfs(path):
+            raise OSError("no /dev/shm")
+        fastnn.distribution.os.statvfs = statvfs
     comm = MPI.COMM_WORLD
     out = {}
     for n in (10, 16384, 50001):        # MPI's allreduce below _NodeSum.MIN_SIZE, shared above
@@ -195,20 +199,24 @@ SUMS = textwrap.dedent('''
             np.testing.assert_allclose(x, want, rtol=1e-5, atol=1e-5)
             every = comm.allgather(x)
             assert all(np.array_equal(e, every[0]) for e in every)   # the same bits on all
+    if d._node_sum is not None:
+        windows = d._node_sum.windows
+        assert sorted(windows) == [16384, 50001]
+        assert all((w is None) == (sys.argv[2] == "noroom") for w in windows.values())
     print("sums ok", d.rank)
 ''')
 
 
 @needs_mpi
 @pytest.mark.parametrize("ranks", [2, 3])
-@pytest.mark.parametrize("shared", ["1", "0"])
+@pytest.mark.parametrize("shared", ["1", "0", "noroom"])
 def test_the_shared_memory_sum_equals_mpi_allreduce(tmp_path, ranks, shared):
     script = tmp_path / "sums.py"
     script.write_text(SUMS)
     done = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, str(script), "x", shared],
                           capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, OMP_NUM_THREADS="1",
-                                   FASTNN_MPI_SHARED_MEMORY=shared))
+                                   FASTNN_MPI_SHARED_MEMORY="0" if shared == "0" else "1"))
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("sums ok") == ranks
 

@@ -124,8 +124,8 @@ class DataParallel:
         """The float32 NumPy array `host` (times `scale`) summed over the ranks, in place (MPI
         releases the GIL meanwhile). When every rank runs on this machine, a large buffer goes
         through shared memory instead (_NodeSum), scaled as it is copied there."""
-        if self._node_sum is not None and host.size >= _NodeSum.MIN_SIZE:
-            self._node_sum(host, scale)
+        if self._node_sum is not None and host.size >= _NodeSum.MIN_SIZE and \
+                self._node_sum(host, scale):
             return
         if scale != 1.0:
             host *= np.float32(scale)
@@ -197,15 +197,27 @@ class _NodeSum:
         return cls(node, mpi)
 
     def _window(self, n):
-        got = self.windows.get(n)
-        if got is None:         # (collective: every rank sums buffers of the same sizes)
-            ranks = self.node.Get_size()
-            win = self.mpi.Win.Allocate_shared(4 * n * (ranks + 1) if self.node.rank == 0
-                                               else 0, 4, comm=self.node)
+        """(window, its rows as a NumPy array) for buffers of n floats, or None when the
+        machine's shared memory (/dev/shm) lacks room for it on some rank."""
+        if n in self.windows:
+            return self.windows[n]
+        # (collective: every rank sums buffers of the same sizes, in the same order)
+        ranks = self.node.Get_size()
+        need = 4 * n * (ranks + 1)
+        try:
+            stat = os.statvfs("/dev/shm")
+            room = stat.f_bavail * stat.f_frsize >= 2 * need
+        except OSError:
+            room = False
+        got = None
+        if self.node.allreduce(room, op=self.mpi.LAND):
+            win = self.mpi.Win.Allocate_shared(need if self.node.rank == 0 else 0, 4,
+                                               comm=self.node)
             memory, _ = win.Shared_query(0)
             rows = np.ndarray(buffer=memory, dtype=np.float32, shape=(ranks + 1, n))
             win.Lock_all(self.mpi.MODE_NOCHECK)
-            got = self.windows[n] = (win, rows)
+            got = (win, rows)
+        self.windows[n] = got
         return got
 
     def _sync(self, win):
@@ -214,8 +226,13 @@ class _NodeSum:
         win.Sync()
 
     def __call__(self, host, scale=1.0):
+        """Sum host (times scale) over the ranks in place; False (host untouched) when there
+        is no shared window for its size: MPI's allreduce then sums it."""
         n, ranks, rank = host.size, self.node.Get_size(), self.node.rank
-        win, rows = self._window(n)
+        window = self._window(n)
+        if window is None:
+            return False
+        win, rows = window
         if scale != 1.0:
             np.multiply(host.reshape(-1), np.float32(scale), out=rows[rank])
         else:
@@ -228,11 +245,13 @@ class _NodeSum:
             out += rows[k, lo:hi]
         self._sync(win)         # every part of the result row is written
         host.reshape(-1)[...] = rows[ranks]
+        return True
 
     def free(self):
-        for win, _ in self.windows.values():
-            win.Unlock_all()
-            win.Free()
+        for window in self.windows.values():
+            if window is not None:
+                window[0].Unlock_all()
+                window[0].Free()
         self.windows = {}
 
 
