@@ -15,8 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-
-import numpy as np
 from statistics import median
 
 WORKER = r'''
