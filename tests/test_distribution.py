@@ -189,7 +189,8 @@ SUMS = textwrap.dedent('''
         fastnn.distribution.os.statvfs = statvfs
     comm = MPI.COMM_WORLD
     out = {}
-    for n in (10, 16384, 50001):        # MPI's allreduce below _NodeSum.MIN_SIZE, shared above
+    # MPI's allreduce below _NodeSum.MIN_SIZE; shared above, in one phase, then in two
+    for n in (10, 16384, 50001, 140001):
         for round in range(3):          # (the window is reused)
             x = np.random.default_rng(100 * d.rank + round).standard_normal(n).astype(np.float32)
             scale = 0.375 if round == 1 else 1.0     # (a rank's share of the batch)
@@ -201,8 +202,10 @@ SUMS = textwrap.dedent('''
             assert all(np.array_equal(e, every[0]) for e in every)   # the same bits on all
     if d._node_sum is not None:
         windows = d._node_sum.windows
-        assert sorted(windows) == [16384, 50001]
+        assert sorted(windows) == [16384, 50001, 140001]
         assert all((w is None) == (sys.argv[2] == "noroom") for w in windows.values())
+        if sys.argv[2] == "1":          # rows: two sets of N (one phase) or N + 1 (two)
+            assert [len(windows[n][1]) for n in (16384, 140001)] == [2 * d.size, d.size + 1]
     print("sums ok", d.rank)
 ''')
 

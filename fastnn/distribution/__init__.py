@@ -178,11 +178,16 @@ class _NodeSum:
     its 1/N of the columns over the rows in rank order into the result row, and copies the
     result row back. About half the memory traffic of MPI's own shared-memory allreduce at
     the gradient sizes of small models (2 ranks, 2 MiB: 183 against 252 us at best, 0.4 MiB:
-    66 against 131 us), and every rank reads the same sums (bit-identical weights)."""
+    66 against 131 us), and every rank reads the same sums (bit-identical weights). When the
+    rows are small (N x n <= ONE_PHASE), each rank instead sums all the rows, in the same
+    order, straight into its buffer: one barrier instead of two, no copy back (0.4 MiB on 2
+    ranks: about 55 against 75 us at best); its rows alternate between two sets, so a rank
+    that starts the next sum cannot overwrite rows another is still reading."""
     MIN_SIZE = 16384        # floats; below, MPI's allreduce (a few us) is faster
+    ONE_PHASE = 1 << 18     # floats read by each rank's full sum; above, the two phases
 
     def __init__(self, node, mpi):
-        self.node, self.mpi, self.windows = node, mpi, {}
+        self.node, self.mpi, self.windows, self.calls = node, mpi, {}, 0
         atexit.register(self.free)
 
     @classmethod
@@ -203,7 +208,7 @@ class _NodeSum:
             return self.windows[n]
         # (collective: every rank sums buffers of the same sizes, in the same order)
         ranks = self.node.Get_size()
-        need = 4 * n * (ranks + 1)
+        need = 4 * n * (2 * ranks if n * ranks <= self.ONE_PHASE else ranks + 1)
         try:
             stat = os.statvfs("/dev/shm")
             room = stat.f_bavail * stat.f_frsize >= 2 * need
@@ -214,7 +219,7 @@ class _NodeSum:
             win = self.mpi.Win.Allocate_shared(need if self.node.rank == 0 else 0, 4,
                                                comm=self.node)
             memory, _ = win.Shared_query(0)
-            rows = np.ndarray(buffer=memory, dtype=np.float32, shape=(ranks + 1, n))
+            rows = np.ndarray(buffer=memory, dtype=np.float32, shape=(need // (4 * n), n))
             win.Lock_all(self.mpi.MODE_NOCHECK)
             got = (win, rows)
         self.windows[n] = got
@@ -233,18 +238,28 @@ class _NodeSum:
         if window is None:
             return False
         win, rows = window
+        flat = host.reshape(-1)
+        one_phase = len(rows) == 2 * ranks
+        mine = rank + ranks * (self.calls & 1) if one_phase else rank
+        self.calls += 1
         if scale != 1.0:
-            np.multiply(host.reshape(-1), np.float32(scale), out=rows[rank])
+            np.multiply(flat, np.float32(scale), out=rows[mine])
         else:
-            rows[rank] = host.reshape(-1)
+            rows[mine] = flat
         self._sync(win)         # every rank's row is written
+        if one_phase:
+            part = rows[mine - rank:mine - rank + ranks]
+            np.add(part[0], part[1], out=flat)
+            for k in range(2, ranks):
+                flat += part[k]
+            return True
         lo, hi = n * rank // ranks, n * (rank + 1) // ranks
         out = rows[ranks, lo:hi]
         np.add(rows[0, lo:hi], rows[1, lo:hi], out=out)
         for k in range(2, ranks):
             out += rows[k, lo:hi]
         self._sync(win)         # every part of the result row is written
-        host.reshape(-1)[...] = rows[ranks]
+        flat[...] = rows[ranks]
         return True
 
     def free(self):
