@@ -2,9 +2,10 @@
 T threads against T ranks with one thread each, in one run (issue 20).
 
     PYTHONPATH=. python benchmarks/distributed.py [--threads 2] [--samples 60000] [--rounds 2]
+        [--repeats 3]
 
-prints a markdown table: samples per second of each, their ratio, the share of the ranks'
-epoch spent in the gradient allreduce, and a model of that allreduce at 4-64 ranks from the
+prints a markdown table: epoch seconds of each (min and median over the interleaved runs),
+their ratio, the share of the ranks' epoch spent in the gradient allreduce, and a model of that allreduce at 4-64 ranks from the
 bandwidth and latency measured here. Needs mpi4py and mpiexec (pip install ".[mpi]")."""
 import argparse
 import json
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from statistics import median
 
 WORKER = r'''
 import json, os, sys, time
@@ -41,25 +43,24 @@ else:                       # the seed tutorial's CNN, without its BatchNormaliz
                   metrics=["accuracy"])
 reduce_seconds = [0.0]
 d = distribution.distribution()
-if d is not None:           # time the allreduce (the communication cost)
-    original = d.reduce_gradients
-    def timed(grads, share):
+if d is not None:           # time the allreduce (the communication cost), both paths
+    original = d.allreduce_sum
+    def timed(host, scale=1.0):
         start = time.perf_counter()
-        original(grads, share)
+        original(host, scale)
         reduce_seconds[0] += time.perf_counter() - start
-    d.reduce_gradients = timed
+    d.allreduce_sum = timed
 model.fit(x[:2048], y[:2048], batch_size=32, epochs=1, verbose=0)       # warm up
-best = None
+runs = []
 for _ in range(rounds):
     reduce_seconds[0] = 0.0
     start = time.perf_counter()
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)
-    seconds = time.perf_counter() - start
-    if best is None or seconds < best[0]:
-        best = (seconds, reduce_seconds[0])
+    runs.append((time.perf_counter() - start, reduce_seconds[0]))
 if distribution.rank() == 0:
-    json.dump({"seconds": best[0], "allreduce": best[1], "samples": len(x),
-               "params": model.count_params()}, open(out, "w"))
+    json.dump({"runs": runs, "samples": len(x), "params": model.count_params(),
+               "fused": getattr(model, "_dense_runner", None) is not None},
+              open(out, "w"))
 '''
 
 PROBE = r'''
@@ -99,7 +100,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--samples", type=int, default=60000)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2, help="epochs timed in each process")
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved process pairs")
     ap.add_argument("--workloads", default="mlp_adam,cnn")
     args = ap.parse_args(argv)
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep +
@@ -109,6 +111,7 @@ def main(argv=None):
     env = dict(os.environ)
     env.setdefault("FASTNN_DATA_DIR", os.path.join(os.path.dirname(__file__), "..", "..",
                                                    "shared", "data", "mnist"))
+    load = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         worker, probe = os.path.join(tmp, "worker.py"), os.path.join(tmp, "probe.py")
         open(worker, "w").write(WORKER)
@@ -119,25 +122,38 @@ def main(argv=None):
         net = json.load(open(out))
         rows = []
         for kind in args.workloads.split(","):
-            results = {}
-            for label, cmd, threads, dp in (
-                    ("one", [sys.executable], args.threads, "0"),
-                    ("ranks", [mpiexec, "-n", str(args.threads), sys.executable], 1, "1")):
-                out = os.path.join(tmp, f"{kind}-{label}.json")
-                run(cmd + [worker, kind, str(args.samples), str(args.rounds), out],
-                    dict(env, OMP_NUM_THREADS=str(threads), FASTNN_DP=dp))
-                results[label] = json.load(open(out))
+            results = {"one": [], "one1": [], "ranks": []}
+            for _ in range(args.repeats):       # interleaved: load changes hit all alike
+                for label, cmd, threads, dp in (
+                        ("one", [sys.executable], args.threads, "0"),
+                        ("one1", [sys.executable], 1, "0"),
+                        ("ranks", [mpiexec, "-n", str(args.threads), sys.executable], 1, "1")):
+                    out = os.path.join(tmp, f"{kind}-{label}.json")
+                    run(cmd + [worker, kind, str(args.samples), str(args.rounds), out],
+                        dict(env, OMP_NUM_THREADS=str(threads), FASTNN_DP=dp))
+                    got = json.load(open(out))
+                    results[label] += got.pop("runs")
+                    results[label + "_info"] = got
             rows.append((kind, results))
     print(f"## Data-parallel fit on one machine ({os.cpu_count()} cores, "
-          f"{time.strftime('%Y-%m-%d')})\n")
-    print(f"| workload | 1 process × {args.threads} threads | {args.threads} ranks × 1 thread "
-          "| ranks / process | allreduce share of the ranks' epoch |")
-    print("|---|---:|---:|---:|---:|")
+          f"{time.strftime('%Y-%m-%d')}, {args.repeats} x {args.rounds} epochs each, "
+          "interleaved)\n")
+    print(f"| workload | 1 process × {args.threads} threads (min / median s) | 1 process × 1 "
+          f"thread | {args.threads} ranks × 1 thread | ranks / process × {args.threads} "
+          "threads (best, median) | allreduce share of the ranks' epoch | fused Dense stack |")
+    print("|---|---:|---:|---:|---:|---:|---|")
     for kind, r in rows:
-        one = r["one"]["samples"] / r["one"]["seconds"]
-        ranks = r["ranks"]["samples"] / r["ranks"]["seconds"]
-        print(f"| {kind} | {one:,.0f} samples/s | {ranks:,.0f} samples/s | {ranks / one:.2f}× | "
-              f"{100 * r['ranks']['allreduce'] / r['ranks']['seconds']:.1f} % |")
+        one, one1 = sorted(t for t, _ in r["one"]), sorted(t for t, _ in r["one1"])
+        ranks = sorted(r["ranks"])
+        best, mid = one[0] / ranks[0][0], median(one) / median(t for t, _ in ranks)
+        share = median(a / t for t, a in ranks)
+        print(f"| {kind} | {one[0]:.2f} / {median(one):.2f} | {one1[0]:.2f} / "
+              f"{median(one1):.2f} | {ranks[0][0]:.2f} / {median(t for t, _ in ranks):.2f} | "
+              f"{best:.2f}×, {mid:.2f}× | {100 * share:.1f} % | "
+              f"{'yes' if r['ranks_info']['fused'] else 'no'} |")
+    print(f"\nLoad average (other jobs on the machine): {load[0]:.1f} at the start, "
+          f"{os.getloadavg()[0]:.1f} at the end.")
+    print(f"\n({rows[0][1]['one_info']['samples']:,} samples an epoch: samples/s = samples / s)")
     print(f"\nMeasured allreduce: latency {net['latency'] * 1e6:.1f} µs, bus bandwidth "
           f"{net['bandwidth'] / 1e9:.2f} GB/s ({args.threads} ranks, shared memory).\n")
     print("Modelled ring allreduce per step (measured latency and bandwidth; across machines "
@@ -146,7 +162,7 @@ def main(argv=None):
           " |")
     print("|---|---:|" + "---:|" * 5)
     for kind, r in rows:
-        nbytes = 4 * r["ranks"]["params"]
+        nbytes = 4 * r["ranks_info"]["params"]
         cells = [f"{ring_allreduce(nbytes, n, net['latency'], net['bandwidth']) * 1e3:.3f} ms"
                  for n in (4, 8, 16, 32, 64)]
         print(f"| {kind} | {nbytes / 2**20:.2f} MiB | " + " | ".join(cells) + " |")

@@ -328,9 +328,9 @@ typedef struct {
 } fnn_stack;
 
 typedef struct {
-    const void *x;                     /* rows x x_len, FNN_SRC_* */
+    const void *x;                     /* x_len values a row, FNN_SRC_* */
     int x_type;
-    int64_t rows, x_len;
+    int64_t rows, x_len;               /* rows: of the run (the order's length, or x's) */
     const int32_t *labels;             /* sparse targets, or */
     const float *targets;              /* rows x target_len */
     int64_t target_len;
@@ -347,6 +347,17 @@ typedef struct {
      * the layers compute it; FNN_PRE_NONE without. */
     int pre;
     const float *pre_a, *pre_b;
+    /* Data-parallel training (fastnn.distribution), else reduce is NULL. This rank's rows of
+     * each global batch of global_batch rows (of global_rows in all) are its batch of the
+     * order (the last may be empty). Each step's loss gradient is scaled by 1 / the global
+     * batch's rows (mean reduction), so the arena holds this rank's share of the global
+     * gradient; reduce(reduce_ctx) then sums grads[0 .. n_params] over the ranks in place,
+     * between the backward pass and the optimizer step (which updates the whole arena after
+     * it): grads[n_params], one slot past the arena, carries whether any rank's loss was not
+     * finite, so one collective decides both. reduce returns nonzero when it failed. */
+    int (*reduce)(void *ctx);
+    void *reduce_ctx;
+    int64_t global_rows, global_batch;
 } fnn_stack_data;
 
 enum { FNN_PRE_NONE = 0, FNN_PRE_AFFINE = 1, FNN_PRE_STANDARDIZE = 2 };

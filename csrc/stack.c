@@ -267,12 +267,61 @@ static int run_batch(const fnn_stack *s, const fnn_stack_data *d, const float *x
     return 0;
 }
 
+/* run_batch under data parallelism (d->reduce, see fnn_stack_data): the same forward pass,
+ * loss and backward pass on this rank's rows, then the sum of the gradient arena over the
+ * ranks, then one optimizer step over the whole arena, the same on every rank (no update
+ * inside the backward pass: no gradient is final before the sum). A rank without rows in the
+ * last global batch adds zeros. Returns as run_batch does, and -4 when the reduction failed
+ * (nothing updated). */
+static int run_batch_reduced(const fnn_stack *s, const fnn_stack_data *d, const float *x,
+                             int64_t first, int rows, const float *scalars, double *sums,
+                             int n_threads) {
+    const int32_t *labels;
+    const float *targets, *weights;
+    size_t cols = (size_t)s->layers[s->n_layers - 1].d_out;
+    int64_t global = d->global_rows - (first / s->batch) * d->global_batch;
+    if (global > d->global_batch) global = d->global_batch;
+    double total = 0, correct = 0;
+    int bad = 0;
+    if (rows > 0) {
+        gather_targets(s, d, first, rows, &labels, &targets, &weights);
+        const float *out = forward(s, x, rows, 1, n_threads);
+        float scale = s->mean_reduction ? (float)(1.0 / (double)global) : 1.0f;
+        if (loss_value_and_grad(s, out, rows, cols, labels, targets, weights, scale, s->grad,
+                                n_threads) != 0)
+            return -2;
+        for (int r = 0; r < rows; r++) total += s->row_loss[r];
+        bad = !isfinite(total);
+        if (!bad) {
+            if (d->outputs)
+                memcpy(d->outputs + (size_t)(first - d->outputs_first) * cols, out,
+                       (size_t)rows * cols * sizeof(float));
+            if (s->metric != FNN_METRIC_NONE)
+                correct = count_correct(s, out, cols, rows, labels, targets);
+            backward(s, x, rows, NULL, 0.0f, n_threads);
+        }
+    } else {
+        memset(s->grads, 0, s->n_params * sizeof(float));
+    }
+    s->grads[s->n_params] = (float)bad;
+    if (d->reduce(d->reduce_ctx) != 0) return -4;
+    sums[0] += total * (s->mean_reduction ? 1.0 : (double)rows);
+    sums[1] += rows;
+    if (s->grads[s->n_params] != 0.0f) return -1;      /* a rank's loss was not finite */
+    if (s->metric != FNN_METRIC_NONE) {
+        sums[2] += correct;
+        sums[3] += rows;
+    }
+    fnn_optimizer_step(s->opt, s->params, s->grads, s->slots, s->n_params, scalars, n_threads);
+    return 0;
+}
+
 /* Gathering a batch means reading its rows from memory, at one core's share of the bandwidth
  * (a random 100 KB batch of MNIST takes as long as a small model's whole step). When every
  * kernel of a step runs on one thread anyway (small layers), a second thread gathers the next
  * batch meanwhile. */
 static int overlap_gather(const fnn_stack *s, const fnn_stack_data *d, int n_threads) {
-    if (n_threads < 2 || (!d->order && d->x_type == FNN_SRC_F32)) return 0;
+    if (n_threads < 2 || d->reduce || (!d->order && d->x_type == FNN_SRC_F32)) return 0;
     for (int i = 0; i < s->n_layers; i++) {
         const fnn_dense *layer = &s->layers[i];
         if ((double)s->batch * layer->d_in * layer->d_out >= 2.0 * FNN_GEMM_BLOCK_WORK ||
@@ -288,7 +337,7 @@ static int overlap_gather(const fnn_stack *s, const fnn_stack_data *d, int n_thr
  * reduction), [1] += n, [2] += correct, [3] += n. Returns the steps run: a batch whose loss is
  * not finite ends the run after adding its raw loss to sums[0..1], before its update; *status
  * is -1 then, -2 for a label out of range and -3 for a NaN or infinite input (both before the
- * batch touches anything), else 0. */
+ * batch touches anything), -4 when d->reduce failed, else 0. */
 int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, int64_t start,
                       int64_t n_steps, const float *scalars, double *sums, int *status,
                       int n_threads) {
@@ -319,7 +368,8 @@ int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, in
                 next = gather_x(d, next_buf, next_first, next_rows, 1);
             }
         } else {
-            rc = run_batch(s, d, x, first, rows, train, sc, sums, n_threads);
+            rc = train && d->reduce ? run_batch_reduced(s, d, x, first, rows, sc, sums, n_threads)
+                                    : run_batch(s, d, x, first, rows, train, sc, sums, n_threads);
             if (has_next && rc == 0)
                 next = gather_x(d, next_buf, next_first, next_rows, n_threads);
         }

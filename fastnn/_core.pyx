@@ -184,6 +184,9 @@ cdef extern from "fastnn.h" nogil:
         int pre
         const float *pre_a
         const float *pre_b
+        int (*reduce)(void *ctx) noexcept nogil
+        void *reduce_ctx
+        int64_t global_rows, global_batch
     int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, int64_t start,
                           int64_t n_steps, const float *scalars, double *sums, int *status,
                           int n_threads)
@@ -1597,6 +1600,19 @@ cdef inline size_t _addr(a):
     return 0 if a is None else <size_t>a.ctypes.data
 
 
+cdef int _stack_reduce(void *ctx) noexcept nogil:
+    """fnn_stack_data.reduce: calls the DenseStack's Python reduction (an allreduce, which
+    releases the GIL itself); an exception is kept for DenseStack.run to raise."""
+    with gil:
+        stack = <DenseStack>ctx
+        try:
+            stack._reduce()
+        except BaseException as exc:
+            stack._reduce_error = exc
+            return -1
+    return 0
+
+
 cdef class DenseStack:
     """A Sequential of Dense layers with its workspaces, for `batch` rows. layers: tuples
     (kernel, bias, d_kernel, d_bias, act, alpha) of float32 arrays (bias/d_bias may be None,
@@ -1611,6 +1627,7 @@ cdef class DenseStack:
     cdef list keep                    # every array the pointers above point into
     cdef public int d_in, d_out, n_scalars, batch, loss
     cdef public bint train
+    cdef object _reduce, _reduce_error     # run(reduce=...): the data-parallel step's sum
 
     def __cinit__(self, list layers, int batch, bint train=False, int loss=0, bint fused=False,
                   bint mean_reduction=True, int metric=0, float threshold=0.5, int opt=0,
@@ -1822,10 +1839,12 @@ cdef class DenseStack:
         free(self.in_place_at)
         free(self.update_spans)
 
-    cdef int _data(self, fnn_stack_data *d, x, y, weights, order, pre=None) except -1:
+    cdef int _data(self, fnn_stack_data *d, x, y, weights, order, pre=None,
+                   bint subset=False) except -1:
         """Check the source arrays against the stack and point d at them. pre: None, or
         (kind, a, b) with FNN_PRE_AFFINE or FNN_PRE_STANDARDIZE and float32 arrays of the
-        row length (see fnn_stack_data.pre)."""
+        row length (see fnn_stack_data.pre). subset: the order may name fewer rows than x has
+        (a rank's rows, see run); the run then covers the order's rows."""
         import numpy as np
         if not isinstance(x, np.ndarray) or x.ndim != 2 or x.shape[1] != self.d_in or \
                 not x.flags.c_contiguous:
@@ -1842,6 +1861,7 @@ cdef class DenseStack:
         d.labels, d.targets, d.weights, d.order, d.target_len = NULL, NULL, NULL, NULL, 0
         d.outputs, d.outputs_first = NULL, 0
         d.pre, d.pre_a, d.pre_b = FNN_PRE_NONE, NULL, NULL
+        d.reduce, d.reduce_ctx, d.global_rows, d.global_batch = NULL, NULL, 0, 0
         cdef const float[::1] pa
         cdef const float[::1] pb
         if pre is not None:
@@ -1880,23 +1900,56 @@ cdef class DenseStack:
                 d.weights = &wv[0] if n else NULL
         if order is not None:
             ov = _ci64("DenseStack: order", order, True)
-            if ov.shape[0] != n:
+            if ov.shape[0] != n and not (subset and ov.shape[0] <= n):
                 raise ValueError(f"DenseStack: order: expected shape ({n},), got "
                                  f"({ov.shape[0]},)")
-            d.order = &ov[0] if n else NULL
+            d.order = &ov[0] if ov.shape[0] else NULL
+            d.rows = ov.shape[0]
         return 0
 
     def run(self, x, y, weights, order, int64_t start, int64_t n_steps, bint train,
-            scalars, sums, outputs=None, pre=None):
+            scalars, sums, outputs=None, pre=None, reduce=None):
         """Run batches start .. start + n_steps - 1 of the epoch (see fnn_stack_run); returns
         (steps run, status). outputs (at least n_steps * batch rows of d_out, or None): each
-        batch's outputs, in the order's positions from start * batch on."""
+        batch's outputs, in the order's positions from start * batch on.
+
+        reduce (data-parallel training, see fnn_stack_data.reduce): (fn, buffer, global_rows,
+        global_batch), with buffer the gradient arena and one float32 slot after it (the
+        arena a view of its start) and fn() summing buffer over the ranks in place. The order
+        is then this rank's rows of each global batch, batch rows a step; its last step may
+        have none."""
         cdef fnn_stack_data d
+        cdef float[::1] RB
         if not self.train:
             raise ValueError("DenseStack.run: this DenseStack was built for inference only")
-        self._data(&d, x, y, weights, order, pre)
-        # Python integers: start * batch cannot overflow here
-        if start < 0 or n_steps < 1 or (start + n_steps - 1) * <object>self.batch >= d.rows:
+        self._data(&d, x, y, weights, order, pre, reduce is not None)
+        cdef int64_t x_rows = x.shape[0]
+        if reduce is not None:
+            if not train:
+                raise ValueError("DenseStack.run: reduce is for training")
+            if order is None:
+                raise ValueError("DenseStack.run: reduce needs the order of this rank's rows")
+            fn, buffer, global_rows, global_batch = reduce
+            RB = _f1("DenseStack.run: reduce buffer", buffer, True)
+            if RB.shape[0] != self.s.n_params + 1 or &RB[0] != self.s.grads:
+                raise ValueError(f"DenseStack.run: reduce buffer: expected the gradient arena "
+                                 f"and one slot after it ({self.s.n_params + 1} float32 from "
+                                 f"the arena's start), got {_describe(buffer)}")
+            global_steps = -(-global_rows // global_batch) if global_batch > 0 else -1
+            if not callable(fn) or global_batch < self.batch or global_rows < d.rows or \
+                    not (global_steps - 1) * self.batch <= d.rows <= global_steps * self.batch \
+                    or start + n_steps > global_steps:
+                raise ValueError(f"DenseStack.run: reduce: expected (callable, buffer, global "
+                                 f"rows, global batch) whose global batches match this rank's "
+                                 f"{d.rows} rows in batches of {self.batch}, got "
+                                 f"{fn!r}, {global_rows}, {global_batch}")
+            self._reduce, self._reduce_error = fn, None
+            d.reduce, d.reduce_ctx = _stack_reduce, <void *>self
+            d.global_rows, d.global_batch = global_rows, global_batch
+        # Python integers: start * batch cannot overflow here. Under reduce the last step may
+        # have no rows on this rank.
+        if start < 0 or n_steps < 1 or \
+                (start + n_steps - 1) * <object>self.batch >= d.rows + (reduce is not None):
             raise ValueError(f"DenseStack.run: steps {start}..{start + n_steps - 1} of batch "
                              f"{self.batch} lie outside {d.rows} rows")
         cdef double[::1] S = _d1("DenseStack.run: sums", sums, True)
@@ -1923,7 +1976,7 @@ cdef class DenseStack:
         if d.order != NULL:
             with nogil:
                 for i in range(first, last):
-                    if d.order[i] < 0 or d.order[i] >= d.rows:
+                    if d.order[i] < 0 or d.order[i] >= x_rows:
                         bad = i
                         break
             if bad >= 0:
@@ -1947,6 +2000,10 @@ cdef class DenseStack:
         with nogil:
             done = fnn_stack_run(&self.s, &d, train, start, n_steps, sp, &S[0], &status,
                                  _n_threads)
+        self._reduce = None
+        if status == -4:
+            error, self._reduce_error = self._reduce_error, None
+            raise error
         if status == -2:
             raise ValueError(f"labels must be integers in [0, {self.d_out})")
         return done, status     # status -3: NaN or inf in the batch after the `done` run

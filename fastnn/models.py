@@ -305,7 +305,9 @@ class Model(Trainer):
             return
         ops = get_ops()
         sizes = [layer._vars[name].size for layer, name in entries]
-        params, grads = ops.empty((sum(sizes),)), ops.alloc((sum(sizes),))
+        # (one slot after the gradients: fastnn.distribution sums a flag with them)
+        params, flagged = ops.empty((sum(sizes),)), ops.alloc((sum(sizes) + 1,))
+        grads = flagged[:sum(sizes)]
         start, self._spans = 0, {}
         for (layer, name), size in zip(entries, sizes):
             shape = layer._vars[name].shape
@@ -314,6 +316,7 @@ class Model(Trainer):
             self._spans[id(layer), name] = (start, start + size)
             start += size
         self._params, self._grads, self._sizes = params, grads, sizes
+        self._grads_and_flag = flagged
         self._shapes = [layer._vars[name].shape for layer, name in entries]
         # the arrays now in the buffer (the key above named the ones before the move)
         self._arena_key = tuple((id(layer), name, id(layer._vars[name]))

@@ -128,6 +128,21 @@ def _metric_kind(model, sparse_targets):
     return 0, 0.5, None, ms
 
 
+def _rank_rows(dist, order, n, steps, batch):
+    """(this rank's rows of each of the `steps` global batches of `batch` rows of the order,
+    back to back, as int64; its rows of a full global batch): its order and batch size for
+    the fused stack, whose step k then runs its part of global batch k. Its part of the last
+    batch may be smaller, or empty."""
+    first, last = dist.local_rows(0, batch)
+    full = steps if steps * batch <= n else steps - 1
+    at = (np.arange(full, dtype=np.int64)[:, None] * batch + first +
+          np.arange(last - first, dtype=np.int64)).ravel()
+    if full < steps:
+        lo, hi = dist.local_rows(full * batch, n)
+        at = np.concatenate([at, np.arange(lo, hi, dtype=np.int64)])
+    return (at if order is None else np.ascontiguousarray(order[at], np.int64)), last - first
+
+
 class DenseRunner:
     """Drives DenseStacks for one model: picks chunk sizes, keeps the Python-side state (loss
     tracker, metric, optimizer iterations) exactly where the per-step loop would leave it."""
@@ -236,10 +251,17 @@ class DenseRunner:
 
     # ---- training and evaluation -----------------------------------------------------------
     def run_epoch(self, x, y, w, order, steps, batch, training, cbs, per_step, logs_fn,
-                  arg="x"):
+                  arg="x", dist=None):
         """Steps 0 .. steps-1 of one epoch (training) or one evaluation pass, calling the
-        batch-end hook after each chunk. Returns False when a callback stopped training."""
+        batch-end hook after each chunk. Returns False when a callback stopped training.
+        dist (a DataParallel of several ranks, training): this rank runs its rows of each
+        global batch, and the stack sums the gradients over the ranks before each update."""
         model = self.model
+        reduce = None
+        if dist is not None:
+            buffer = model._grads_and_flag
+            reduce = (dist.step_reducer(buffer), buffer, min(len(x), steps * batch), batch)
+            order, batch = _rank_rows(dist, order, len(x), steps, batch)
         stack = self._stack(batch, bool(training))
         x2 = self._x2d(x)
         pre = None if self.pre is None else _Preprocessing.arguments(self.pre)
@@ -269,14 +291,15 @@ class DenseRunner:
                 outputs = self._outputs(outputs, n * batch)
             start = time.perf_counter()
             done, status = stack.run(x2, y, w, order, step, n, bool(training), scalars, sums,
-                                     outputs, pre)
+                                     outputs, pre, reduce)
             self._measured(training, done, time.perf_counter() - start)
             if others:      # the batches that ran to their update (as _track counts them)
                 first = step * batch
-                last = min(len(x2), (step + done - (status == -1)) * batch)
+                last = min(len(x2) if order is None else len(order),
+                           (step + done - (status == -1)) * batch)
                 rows = slice(first, last) if order is None else order[first:last]
-                for m in others:
-                    m.update_state(y[rows], outputs[:last - first])
+                for m in others if last > first else ():   # (none: a rank's empty batch,
+                    m.update_state(y[rows], outputs[:last - first])   # a skipped step)
             trackers[0].total, trackers[0].count = float(sums[0]), float(sums[1])
             if len(trackers) > 1:
                 trackers[1].total, trackers[1].count = float(sums[2]), float(sums[3])

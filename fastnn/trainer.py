@@ -643,21 +643,24 @@ class Trainer:
         out = self._forward_recording(x, training=True)
         total, grad, n = self._loss_and_grad(out, y, w, True)
         total = total + self._added_loss(n)
-        # A non-finite loss skips the update (on every rank when one rank's is). A device
-        # backend returns the total as a device scalar and is not checked here: reading it
-        # would stall every step on the GPU.
+        # A non-finite loss skips the update (on every rank when one rank's is: the flag rides
+        # in the gradients' allreduce). A device backend returns the total as a device scalar
+        # and is not checked here: reading it would stall every step on the GPU.
         bad = isinstance(total, float) and not math.isfinite(total)
-        if dist is not None:
-            bad = dist.any(bad)
-        if bad:
+        if bad and dist is None:
             self._track(total, n, None, None)
             return out
-        lr = self.optimizer.plain_step_lr() if self._in_place_layers else None
-        self._backward(grad, self._mode, lr)
-        if self.__dict__.get("_penalties"):
+        lr = self.optimizer.plain_step_lr() if self._in_place_layers and not bad else None
+        if not bad or dist is not None:
+            # (under DataParallel every rank runs its backward pass: BatchNormalization
+            # layers sum over the ranks there; the flag then skips the update everywhere)
+            self._backward(grad, self._mode, lr)
+        if not bad and self.__dict__.get("_penalties"):
             total = total + self._regularization(n, True)
-        if dist is not None:
-            dist.reduce_gradients(self._grads, share if self._mean_loss() else 1.0)
+        if dist is not None and dist.reduce_gradients(
+                self._grads_and_flag, share if self._mean_loss() else 1.0, bad):
+            self._track(total, n, None, None)
+            return out
         self.optimizer.apply(self._params, self._grads, self._apply_ranges if lr else None)
         if self.__dict__.get("_constrained"):
             self._constrain()
@@ -668,11 +671,10 @@ class Trainer:
         """A rank without rows in this global batch adds zero to the gradient sum and takes
         the step the others take."""
         dist.rankless_batchnorm(False, self)
-        if dist.any(False):
-            return None
         dist.rankless_batchnorm(True, self)
         self._grads[...] = 0
-        dist.reduce_gradients(self._grads, 1.0)
+        if dist.reduce_gradients(self._grads_and_flag, 1.0):
+            return None
         self.optimizer.apply(self._params, self._grads)
         if self.__dict__.get("_constrained"):
             self._constrain()
@@ -850,9 +852,10 @@ class Trainer:
         if dist is not None:        # rank 0's weights, optimizer state and epoch everywhere
             initial_epoch = dist.broadcast(initial_epoch)
             dist.broadcast_model(self)
-        runner = DenseRunner.for_model(self, training=True) if dist is None else None
-        if runner is not None and not runner.accepts(x):
-            runner = None
+        runner = DenseRunner.for_model(self, training=True)
+        if runner is not None and (not runner.accepts(x) or
+                                   dist is not None and batch_size < dist.size):
+            runner = None       # (under DataParallel each rank needs rows in a full batch)
         per_step = cbs.per_batch("train")
         ops = get_ops()
         # Every input is checked before anything changes. The fused path checks each batch as
@@ -885,7 +888,7 @@ class Trainer:
             if runner is not None:
                 try:
                     runner.run_epoch(x, y, w, order, steps, batch_size, True, cbs, per_step,
-                                     self._logs)
+                                     self._logs, dist=dist)
                 except NonFiniteInput as exc:
                     if rollback is None:
                         raise

@@ -70,6 +70,37 @@ SCRIPT = textwrap.dedent('''
         model.compile(fastnn.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy",
                       metrics=["accuracy"])
         y_fit = np.eye(2, dtype=np.float32)[y]
+    fit_kw, calls = {}, {"fused_epochs": 0, "general_steps": 0}
+    if kind in ("dense", "nonfinite"):      # a Dense stack: the fused C path (fastnn/stack.py)
+        # 123 rows: 98 train after the split, 4 global batches of 32, the last of 2 rows (on
+        # 4 ranks two of them have none)
+        x = rng.standard_normal((123, 12)).astype(np.float32)
+        y = (x[:, :3].sum(axis=1) > 0).astype(np.int64) + (x[:, 3] > 1)
+        # (24,651 weights: the gradients' sum goes through shared memory, _NodeSum)
+        model = fastnn.Sequential([fastnn.Input((12,)), L.Dense(1200, activation="relu"),
+                                   L.Dense(8, activation="tanh"),
+                                   L.Dense(3, activation="softmax")])
+        if kind == "dense":
+            model.compile(fastnn.optimizers.Adam(0.01), "sparse_categorical_crossentropy",
+                          metrics=["accuracy", fastnn.metrics.SparseTopKCategoricalAccuracy(
+                              k=2, name="top2")])
+            y_fit = y
+            fit_kw = {"sample_weight": rng.uniform(0.5, 2.0, len(x)).astype(np.float32)}
+        else:       # one row's loss overflows: that step is skipped, on every rank
+            model.compile(fastnn.optimizers.SGD(0.01, momentum=0.5), "mse", metrics=["mae"])
+            y_fit = np.eye(3, dtype=np.float32)[y]
+            y_fit[5] = 3e19
+        run_epoch, train_step = fastnn.stack.DenseRunner.run_epoch, model._train_step
+
+        def fused(self, *args, **kwargs):
+            calls["fused_epochs"] += args[6] is True and (     # (training, not evaluating)
+                kwargs.get("dist") is not None or fastnn.distribution.size() == 1)
+            return run_epoch(self, *args, **kwargs)
+
+        def general(*args):
+            calls["general_steps"] += 1
+            return train_step(*args)
+        fastnn.stack.DenseRunner.run_epoch, model._train_step = fused, general
     if kind == "fail":
         class Fail(fastnn.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):
@@ -79,11 +110,12 @@ SCRIPT = textwrap.dedent('''
                     raise RuntimeError("rank one fails here")
         model.fit(x, y_fit, batch_size=16, epochs=50, verbose=0, callbacks=[Fail()])
     h = model.fit(x, y_fit, batch_size=32, epochs=2, verbose=0, validation_split=0.2,
-                  shuffle=True)
+                  shuffle=True, **fit_kw)
     ev = model.evaluate(x, y_fit, batch_size=16, verbose=0)
     p = model.predict(x, batch_size=16, verbose=0)
     np.savez(f"{out}-{fastnn.distribution.rank()}.npz", *model.get_weights(), predict=p,
-             evaluate=np.asarray(ev), **{k: np.asarray(v) for k, v in h.history.items()})
+             evaluate=np.asarray(ev), **{k: np.asarray(v) for k, v in h.history.items()},
+             **calls, iterations=model.optimizer.iterations)
 ''')
 
 
@@ -119,6 +151,95 @@ def test_ranks_train_as_one_process(tmp_path, kind, ranks):
     for key, want in one.items():           # and those of one process, to rounding
         np.testing.assert_allclose(results[0][key], want, rtol=2e-5, atol=2e-6, err_msg=key)
     assert set(one) >= {"loss", "val_loss", "accuracy", "predict", "evaluate"}
+
+
+@needs_mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [2, 4])
+def test_the_fused_dense_stack_trains_across_ranks(tmp_path, ranks):
+    """A Dense stack keeps the fused C path under DataParallel (the stack sums the gradients
+    between its backward pass and its update): sample weights, a last global batch of 2 rows
+    (on 4 ranks, two ranks have none), a metric the stack counts and one it does not."""
+    done, (one,) = _run(tmp_path, "dense", 0)
+    assert done.returncode == 0, done.stderr
+    done, results = _run(tmp_path, "dense", ranks)
+    assert done.returncode == 0, done.stderr
+    assert len(results) == ranks
+    for result in results + [one]:
+        assert result["fused_epochs"] == 2 and result["general_steps"] == 0
+    for other in results[1:]:
+        for key in results[0]:
+            np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
+    for key, want in one.items():
+        np.testing.assert_allclose(results[0][key], want, rtol=2e-5, atol=2e-6, err_msg=key)
+    assert int(one["iterations"]) == 8 and {"top2", "val_accuracy"} <= set(one)
+
+
+@needs_mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("fused", ["1", "0"])
+def test_a_non_finite_loss_on_one_rank_skips_the_step_everywhere(tmp_path, fused):
+    """One row's loss overflows: whichever rank holds it, no rank takes that step (the flag
+    rides in the gradients' allreduce), on the fused path and the general one alike."""
+    done, (one,) = _run(tmp_path, "nonfinite", 0, FASTNN_FUSED=fused)
+    assert done.returncode == 0, done.stderr
+    done, results = _run(tmp_path, "nonfinite", 2, FASTNN_FUSED=fused)
+    assert done.returncode == 0, done.stderr
+    assert int(one["iterations"]) == 6 and not np.isfinite(one["loss"]).any()
+    assert (one["fused_epochs"] > 0) == (fused == "1")
+    for other in results[1:]:
+        for key in results[0]:
+            np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
+    for key, want in one.items():
+        np.testing.assert_allclose(results[0][key], want, rtol=2e-5, atol=2e-6, err_msg=key)
+
+
+SUMS = textwrap.dedent('''
+    import sys
+    import numpy as np
+    from mpi4py import MPI
+    import fastnn
+    d = fastnn.distribution.DataParallel()
+    assert (d._node_sum is not None) == (sys.argv[2] != "0")
+    if sys.argv[2] == "noroom":         # /dev/shm without room: MPI's allreduce sums
+        def statvfs(path):
+            raise OSError("no /dev/shm")
+        fastnn.distribution.os.statvfs = statvfs
+    comm = MPI.COMM_WORLD
+    out = {}
+    # MPI's allreduce below _NodeSum.MIN_SIZE; shared above, in one phase, then in two
+    for n in (10, 16384, 50001, 140001):
+        for round in range(3):          # (the window is reused)
+            x = np.random.default_rng(100 * d.rank + round).standard_normal(n).astype(np.float32)
+            scale = 0.375 if round == 1 else 1.0     # (a rank's share of the batch)
+            want = x * np.float32(scale)
+            comm.Allreduce(MPI.IN_PLACE, want)
+            d.allreduce_sum(x, scale)
+            np.testing.assert_allclose(x, want, rtol=1e-5, atol=1e-5)
+            every = comm.allgather(x)
+            assert all(np.array_equal(e, every[0]) for e in every)   # the same bits on all
+    if d._node_sum is not None:
+        windows = d._node_sum.windows
+        assert sorted(windows) == [16384, 50001, 140001]
+        assert all((w is None) == (sys.argv[2] == "noroom") for w in windows.values())
+        if sys.argv[2] == "1":          # rows: two sets of N (one phase) or N + 1 (two)
+            assert [len(windows[n][1]) for n in (16384, 140001)] == [2 * d.size, d.size + 1]
+    print("sums ok", d.rank)
+''')
+
+
+@needs_mpi
+@pytest.mark.parametrize("ranks", [2, 3])
+@pytest.mark.parametrize("shared", ["1", "0", "noroom"])
+def test_the_shared_memory_sum_equals_mpi_allreduce(tmp_path, ranks, shared):
+    script = tmp_path / "sums.py"
+    script.write_text(SUMS)
+    done = subprocess.run([MPIEXEC, "-n", str(ranks), sys.executable, str(script), "x", shared],
+                          capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1",
+                                   FASTNN_MPI_SHARED_MEMORY="0" if shared == "0" else "1"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("sums ok") == ranks
 
 
 @needs_mpi
@@ -186,9 +307,10 @@ def test_one_rank_job_reduces_gradients_and_metrics_on_the_active_backend():
     included; the metric accumulators are found by what reset_state() sets."""
     mpi = pytest.importorskip("mpi4py.MPI")
     d = distribution.DataParallel(comm=mpi.COMM_SELF)
-    grads = put(np.arange(6, dtype=np.float32))
-    d.reduce_gradients(grads, 0.5)
-    np.testing.assert_array_equal(get(grads), np.arange(6) * 0.5)
+    grads = put(np.arange(7, dtype=np.float32))      # 6 gradients and the flag slot
+    assert d.reduce_gradients(grads, 0.5) is False
+    np.testing.assert_array_equal(get(grads), list(np.arange(6) * 0.5) + [0])
+    assert d.reduce_gradients(grads, 0.5, bad=True) is True     # the step is skipped
     auc = fastnn.metrics.AUC(num_thresholds=5)
     auc.update_state(np.array([0, 1, 1, 0]), np.array([0.1, 0.8, 0.4, 0.3]))
     mean = fastnn.metrics.Mean()
@@ -276,3 +398,40 @@ def test_a_checkpoint_from_two_ranks_resumes_on_any_number(tmp_path):
         four = np.load(tmp_path / f"four-{r}.npz")
         for key in one.files:
             np.testing.assert_allclose(four[key], one[key], rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.skipif(TEST_BACKEND != "", reason="the fused Dense stack runs on the CPU backend")
+def test_the_fused_stack_checks_and_propagates_its_reduction():
+    """DenseStack.run(reduce=...) takes only the gradient arena with its flag slot, and an
+    exception in the reduction (a failed allreduce) stops the run and reaches the caller."""
+    model = fastnn.Sequential([fastnn.Input((6,)), L.Dense(4, activation="relu"),
+                               L.Dense(3, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    x = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
+    y = np.arange(40, dtype=np.int32) % 3
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    runner = fastnn.stack.DenseRunner.for_model(model, training=True)
+    assert runner is not None
+    dist = _ranks(2)[1]
+
+    def broken(buffer):
+        def reduce():
+            raise RuntimeError("the link went down")
+        return reduce
+    dist.step_reducer = broken
+    before = model.get_weights()
+    with pytest.raises(RuntimeError, match="link went down"):
+        runner.run_epoch(x, y, None, None, 5, 8, True, None, False, model._logs, dist=dist)
+    for got, want in zip(model.get_weights(), before):      # no update before the sum
+        np.testing.assert_array_equal(got, want)
+    stack = runner._stack(4, True)
+    sums = np.zeros(4)
+    scalars, _ = model.optimizer.fused_scalars(1)
+    order = np.arange(1, 40, 2, dtype=np.int64)
+    for bad in (model._grads, np.zeros(model._grads.size + 1, np.float32)):
+        with pytest.raises(ValueError, match="reduce buffer"):
+            stack.run(x, y, None, order, 0, 1, True, scalars, sums,
+                      reduce=(lambda: None, bad, 40, 8))
+    with pytest.raises(ValueError, match="global batches"):
+        stack.run(x, y, None, order, 0, 1, True, scalars, sums,
+                  reduce=(lambda: None, model._grads_and_flag, 40, 4))
