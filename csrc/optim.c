@@ -9,25 +9,36 @@
  * flush-to-zero CPU mode does. */
 static inline float flush(float x) { return fabsf(x) < FLT_MIN ? 0.0f : x; }
 
+/* The gradient as an update reads it, clipped as Keras's base optimizer clips it before the
+ * update (_clip_gradients): times gscale (clipnorm, global_clipnorm: limit / norm; else 1),
+ * then clamped to [-gclip, gclip] (clipvalue; else inf). Read inside the update's one pass,
+ * so clipping costs no pass of its own. NaN stays NaN, as in ops.clip. */
+FNN_INLINE float clip_grad(float g, float gscale, float gclip) {
+    g *= gscale;
+    return g > gclip ? gclip : (g < -gclip ? -gclip : g);
+}
+#define G(i) clip_grad(g[i], gscale, gclip)
+
 FNN_DISPATCH
 void fnn_sgd(float *w, const float *g, float *m, size_t n, float lr, float momentum,
-             int nesterov, int n_threads) {
+             int nesterov, float gscale, float gclip, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
     if (!m) {
         FNN_PARALLEL_FOR(schedule(static),
-            for (i = 0; i < len; i++) w[i] -= lr * g[i];);
+            for (i = 0; i < len; i++) w[i] -= lr * G(i););
     } else if (nesterov) {
         FNN_PARALLEL_FOR(schedule(static),
             for (i = 0; i < len; i++) {
-                m[i] = flush(momentum * m[i] - lr * g[i]);
-                w[i] += momentum * m[i] - lr * g[i];
+                float gi = G(i);
+                m[i] = flush(momentum * m[i] - lr * gi);
+                w[i] += momentum * m[i] - lr * gi;
             });
     } else {
         FNN_PARALLEL_FOR(schedule(static),
             for (i = 0; i < len; i++) {
-                m[i] = flush(momentum * m[i] - lr * g[i]);
+                m[i] = flush(momentum * m[i] - lr * G(i));
                 w[i] += m[i];
             });
     }
@@ -36,7 +47,7 @@ void fnn_sgd(float *w, const float *g, float *m, size_t n, float lr, float momen
 /* alpha = lr * sqrt(1 - beta2^t) / (1 - beta1^t); vmax (AMSGrad) may be NULL. */
 FNN_DISPATCH
 void fnn_adam(float *w, const float *g, float *m, float *v, float *vmax, size_t n,
-              float alpha, float beta1, float beta2, float eps, int n_threads) {
+              float alpha, float beta1, float beta2, float eps, float gscale, float gclip, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     float c1 = 1.0f - beta1, c2 = 1.0f - beta2;
@@ -44,16 +55,18 @@ void fnn_adam(float *w, const float *g, float *m, float *v, float *vmax, size_t 
     if (vmax) {
         FNN_PARALLEL_FOR(schedule(static),
             for (i = 0; i < len; i++) {
-                m[i] = flush(m[i] + (g[i] - m[i]) * c1);
-                v[i] = flush(v[i] + (g[i] * g[i] - v[i]) * c2);
+                float gi = G(i);
+                m[i] = flush(m[i] + (gi - m[i]) * c1);
+                v[i] = flush(v[i] + (gi * gi - v[i]) * c2);
                 vmax[i] = fmaxf(vmax[i], v[i]);
                 w[i] -= alpha * m[i] / (sqrtf(vmax[i]) + eps);
             });
     } else {
         FNN_PARALLEL_FOR(schedule(static),
             for (i = 0; i < len; i++) {
-                m[i] = flush(m[i] + (g[i] - m[i]) * c1);
-                v[i] = flush(v[i] + (g[i] * g[i] - v[i]) * c2);
+                float gi = G(i);
+                m[i] = flush(m[i] + (gi - m[i]) * c1);
+                v[i] = flush(v[i] + (gi * gi - v[i]) * c2);
                 w[i] -= alpha * m[i] / (sqrtf(v[i]) + eps);
             });
     }
@@ -62,19 +75,20 @@ void fnn_adam(float *w, const float *g, float *m, float *v, float *vmax, size_t 
 /* mom (momentum > 0) and mg (centered) may be NULL. Epsilon sits inside the square root. */
 FNN_DISPATCH
 void fnn_rmsprop(float *w, const float *g, float *v, float *mom, float *mg, size_t n,
-                 float lr, float rho, float momentum, float eps, int n_threads) {
+                 float lr, float rho, float momentum, float eps, float gscale, float gclip, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
     FNN_PARALLEL_FOR(schedule(static),
         for (i = 0; i < len; i++) {
-            v[i] = flush(rho * v[i] + (1.0f - rho) * g[i] * g[i]);
+            float gi = G(i);
+            v[i] = flush(rho * v[i] + (1.0f - rho) * gi * gi);
             float denom = v[i] + eps;
             if (mg) {
-                mg[i] = rho * mg[i] + (1.0f - rho) * g[i];
+                mg[i] = rho * mg[i] + (1.0f - rho) * gi;
                 denom -= mg[i] * mg[i];
             }
-            float step = lr * g[i] / sqrtf(denom);
+            float step = lr * gi / sqrtf(denom);
             if (mom) {
                 mom[i] = flush(momentum * mom[i] + step);
                 w[i] -= mom[i];
@@ -86,27 +100,29 @@ void fnn_rmsprop(float *w, const float *g, float *v, float *mom, float *mg, size
 
 FNN_DISPATCH
 void fnn_adagrad(float *w, const float *g, float *acc, size_t n, float lr, float eps,
-                 int n_threads) {
+                 float gscale, float gclip, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
     FNN_PARALLEL_FOR(schedule(static),
         for (i = 0; i < len; i++) {
-            acc[i] += g[i] * g[i];
-            w[i] -= lr * g[i] / sqrtf(acc[i] + eps);
+            float gi = G(i);
+            acc[i] += gi * gi;
+            w[i] -= lr * gi / sqrtf(acc[i] + eps);
         });
 }
 
 FNN_DISPATCH
 void fnn_adadelta(float *w, const float *g, float *acc_g, float *acc_dx, size_t n, float lr,
-                  float rho, float eps, int n_threads) {
+                  float rho, float eps, float gscale, float gclip, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
     FNN_PARALLEL_FOR(schedule(static),
         for (i = 0; i < len; i++) {
-            acc_g[i] = flush(rho * acc_g[i] + (1.0f - rho) * g[i] * g[i]);
-            float dx = -sqrtf(acc_dx[i] + eps) * g[i] / sqrtf(acc_g[i] + eps);
+            float gi = G(i);
+            acc_g[i] = flush(rho * acc_g[i] + (1.0f - rho) * gi * gi);
+            float dx = -sqrtf(acc_dx[i] + eps) * gi / sqrtf(acc_g[i] + eps);
             acc_dx[i] = flush(rho * acc_dx[i] + (1.0f - rho) * dx * dx);
             w[i] += lr * dx;
         });
@@ -115,14 +131,15 @@ void fnn_adadelta(float *w, const float *g, float *acc_g, float *acc_dx, size_t 
 /* alpha = lr / (1 - beta1^t). */
 FNN_DISPATCH
 void fnn_adamax(float *w, const float *g, float *m, float *u, size_t n, float alpha,
-                float beta1, float beta2, float eps, int n_threads) {
+                float beta1, float beta2, float eps, float gscale, float gclip, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
     FNN_PARALLEL_FOR(schedule(static),
         for (i = 0; i < len; i++) {
-            m[i] = flush(m[i] + (g[i] - m[i]) * (1.0f - beta1));
-            u[i] = flush(fmaxf(beta2 * u[i], fabsf(g[i])));
+            float gi = G(i);
+            m[i] = flush(m[i] + (gi - m[i]) * (1.0f - beta1));
+            u[i] = flush(fmaxf(beta2 * u[i], fabsf(gi)));
             w[i] -= alpha * m[i] / (u[i] + eps);
         });
 }
@@ -132,7 +149,7 @@ void fnn_adamax(float *w, const float *g, float *m, float *u, size_t n, float al
 FNN_DISPATCH
 void fnn_nadam(float *w, const float *g, float *m, float *v, size_t n, float lr,
                float beta1, float beta2, float eps, float mu_t, float mu_t1,
-               float u_prod, float u_prod_t1, float beta2_power, int n_threads) {
+               float u_prod, float u_prod_t1, float beta2_power, float gscale, float gclip, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     float a = mu_t1 / (1.0f - u_prod_t1), b = (1.0f - mu_t) / (1.0f - u_prod);
@@ -140,9 +157,10 @@ void fnn_nadam(float *w, const float *g, float *m, float *v, size_t n, float lr,
     (void)nt;
     FNN_PARALLEL_FOR(schedule(static),
         for (i = 0; i < len; i++) {
-            m[i] = flush(m[i] + (g[i] - m[i]) * (1.0f - beta1));
-            v[i] = flush(v[i] + (g[i] * g[i] - v[i]) * (1.0f - beta2));
-            float m_hat = a * m[i] + b * g[i];
+            float gi = G(i);
+            m[i] = flush(m[i] + (gi - m[i]) * (1.0f - beta1));
+            v[i] = flush(v[i] + (gi * gi - v[i]) * (1.0f - beta2));
+            float m_hat = a * m[i] + b * gi;
             w[i] -= lr * m_hat / (sqrtf(v[i] * vc) + eps);
         });
 }
@@ -150,15 +168,15 @@ void fnn_nadam(float *w, const float *g, float *m, float *v, size_t n, float lr,
 FNN_DISPATCH
 void fnn_ftrl(float *w, const float *g, float *acc, float *lin, size_t n, float lr,
               float lr_power, float l1, float l2, float l2_shrinkage, float beta,
-              int n_threads) {
+              float gscale, float gclip, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     float l2_reg = l2 + beta / (2.0f * lr);
     (void)nt;
     FNN_PARALLEL_FOR(schedule(static),
         for (i = 0; i < len; i++) {
-            float gi = g[i] + 2.0f * l2_shrinkage * w[i];
-            float new_acc = acc[i] + g[i] * g[i];
+            float gc = G(i), gi = gc + 2.0f * l2_shrinkage * w[i];
+            float new_acc = acc[i] + gc * gc;
             float p_new = powf(new_acc, -lr_power), p_old = powf(acc[i], -lr_power);
             lin[i] += gi - (p_new - p_old) / lr * w[i];
             float quadratic = p_new / lr + 2.0f * l2_reg;
@@ -172,15 +190,15 @@ void fnn_ftrl(float *w, const float *g, float *acc, float *lin, size_t n, float 
  * Keras's ops.sign), then the momentum moves with beta2. */
 FNN_DISPATCH
 void fnn_lion(float *w, const float *g, float *m, size_t n, float lr, float beta1, float beta2,
-              int n_threads) {
+              float gscale, float gclip, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
     FNN_PARALLEL_FOR(schedule(static),
         for (i = 0; i < len; i++) {
-            float c = m[i] * beta1 + g[i] * (1.0f - beta1);
+            float gi = G(i), c = m[i] * beta1 + gi * (1.0f - beta1);
             w[i] -= lr * (float)((c > 0.0f) - (c < 0.0f));
-            m[i] = flush(m[i] * beta2 + g[i] * (1.0f - beta2));
+            m[i] = flush(m[i] * beta2 + gi * (1.0f - beta2));
         });
 }
 
@@ -201,32 +219,108 @@ static void weight_decay(float *w, size_t n, float factor, int n_threads) {
 }
 
 void fnn_optimizer_step(int kind, float *w, const float *g, float *const *slots, size_t n,
-                        const float *s, int n_threads) {
+                        const float *s, float gscale, float gclip, int n_threads) {
     if (s[0] != 0.0f) weight_decay(w, n, s[0], n_threads);
     s++;
     switch (kind) {
     case FNN_OPT_SGD:
-        fnn_sgd(w, g, slots[0], n, s[0], s[1], s[2] != 0.0f, n_threads); break;
+        fnn_sgd(w, g, slots[0], n, s[0], s[1], s[2] != 0.0f, gscale, gclip, n_threads); break;
     case FNN_OPT_ADAM:
-        fnn_adam(w, g, slots[0], slots[1], slots[2], n, s[0], s[1], s[2], s[3], n_threads);
+        fnn_adam(w, g, slots[0], slots[1], slots[2], n, s[0], s[1], s[2], s[3], gscale, gclip, n_threads);
         break;
     case FNN_OPT_RMSPROP:
-        fnn_rmsprop(w, g, slots[0], slots[1], slots[2], n, s[0], s[1], s[2], s[3], n_threads);
+        fnn_rmsprop(w, g, slots[0], slots[1], slots[2], n, s[0], s[1], s[2], s[3], gscale, gclip, n_threads);
         break;
     case FNN_OPT_ADAGRAD:
-        fnn_adagrad(w, g, slots[0], n, s[0], s[1], n_threads); break;
+        fnn_adagrad(w, g, slots[0], n, s[0], s[1], gscale, gclip, n_threads); break;
     case FNN_OPT_ADADELTA:
-        fnn_adadelta(w, g, slots[0], slots[1], n, s[0], s[1], s[2], n_threads); break;
+        fnn_adadelta(w, g, slots[0], slots[1], n, s[0], s[1], s[2], gscale, gclip, n_threads); break;
     case FNN_OPT_ADAMAX:
-        fnn_adamax(w, g, slots[0], slots[1], n, s[0], s[1], s[2], s[3], n_threads); break;
+        fnn_adamax(w, g, slots[0], slots[1], n, s[0], s[1], s[2], s[3], gscale, gclip, n_threads); break;
     case FNN_OPT_NADAM:
         fnn_nadam(w, g, slots[0], slots[1], n, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
-                  s[8], n_threads);
+                  s[8], gscale, gclip, n_threads);
         break;
     case FNN_OPT_FTRL:
-        fnn_ftrl(w, g, slots[0], slots[1], n, s[0], s[1], s[2], s[3], s[4], s[5], n_threads);
+        fnn_ftrl(w, g, slots[0], slots[1], n, s[0], s[1], s[2], s[3], s[4], s[5], gscale, gclip, n_threads);
         break;
     case FNN_OPT_LION:
-        fnn_lion(w, g, slots[0], n, s[0], s[1], s[2], n_threads); break;
+        fnn_lion(w, g, slots[0], n, s[0], s[1], s[2], gscale, gclip, n_threads); break;
     }
+}
+
+/* The sum of squares of n gradients, in double (a norm for Keras's clipnorm and
+ * global_clipnorm: one reading pass). */
+FNN_DISPATCH
+double fnn_sum_squares(const float *g, size_t n, int n_threads) {
+    double sum = 0.0;
+    ptrdiff_t i, len = (ptrdiff_t)n;
+    int nt = fnn_threads(n, n_threads);
+    (void)nt;
+    FNN_PARALLEL_FOR(schedule(static) reduction(+:sum),
+        for (i = 0; i < len; i++) sum += (double)g[i] * g[i];);
+    return sum;
+}
+
+/* The factor Keras scales a gradient of this sum of squares by: limit / norm above the limit,
+ * exactly 1 at or below it. A NaN norm gives NaN, as Keras's (both modes), and so does an
+ * infinite global norm (clip_by_global_norm adds norm - norm); clipnorm's factor for an
+ * infinite norm is 0, as Keras's g * limit / max(norm, limit). */
+static float clip_scale(double sum_squares, float limit, int global) {
+    double norm = sqrt(sum_squares);
+    if (isnan(norm) || (global && isinf(norm))) return NAN;
+    return norm > limit ? (float)(limit / norm) : 1.0f;
+}
+
+void fnn_optimizer_apply(int kind, float *w, const float *g, float *const *slots,
+                         const size_t *sizes, int n_vars, const float *scalars, int clip_mode,
+                         float limit, int n_threads) {
+    size_t n = 0;
+    for (int v = 0; v < n_vars; v++) n += sizes[v];
+    if (clip_mode == FNN_CLIP_NORM) {     /* each variable by its own norm (Keras's clipnorm) */
+        float *at[FNN_OPT_SLOTS];
+        size_t start = 0;
+        for (int v = 0; v < n_vars; v++) {
+            for (int j = 0; j < FNN_OPT_SLOTS; j++) at[j] = slots[j] ? slots[j] + start : NULL;
+            float scale = clip_scale(fnn_sum_squares(g + start, sizes[v], n_threads), limit, 0);
+            fnn_optimizer_step(kind, w + start, g + start, at, sizes[v], scalars, scale,
+                               INFINITY, n_threads);
+            start += sizes[v];
+        }
+    } else if (clip_mode == FNN_CLIP_GLOBAL_NORM) {
+        float scale = clip_scale(fnn_sum_squares(g, n, n_threads), limit, 1);
+        fnn_optimizer_step(kind, w, g, slots, n, scalars, scale, INFINITY, n_threads);
+    } else {
+        fnn_optimizer_step(kind, w, g, slots, n, scalars, 1.0f,
+                           clip_mode == FNN_CLIP_VALUE ? limit : INFINITY, n_threads);
+    }
+}
+
+/* Keras's l1/l2 weight penalty (regularizers.L1, L2, L1L2) on a rows x cols weight, row by
+ * row: row_value[r] = l1 * sum |w| + l2 * sum w^2 over row r (in double), and, when g is not
+ * NULL, the penalty's gradient added to the weight's, g += l1 * sign(w) + 2 * l2 * w. The
+ * caller sums row_value in order, so a weight penalized in blocks of rows (the fused stack,
+ * as each block's gradient is final) sums to the value of the whole. */
+FNN_DISPATCH
+void fnn_l1l2_rows(const float *w, float *g, size_t rows, size_t cols, float l1, float l2,
+                   double *row_value, int n_threads) {
+    ptrdiff_t r, n_rows = (ptrdiff_t)rows;
+    int nt = fnn_threads(rows * cols, n_threads);
+    float l2x2 = 2.0f * l2;
+    (void)nt;
+    FNN_PARALLEL_FOR(schedule(static),
+        for (r = 0; r < n_rows; r++) {
+            const float *wr = w + (size_t)r * cols;
+            double a1 = 0.0, a2 = 0.0;
+            for (size_t c = 0; c < cols; c++) {
+                a1 += fabsf(wr[c]);
+                a2 += (double)wr[c] * wr[c];
+            }
+            row_value[r] = (double)l1 * a1 + (double)l2 * a2;
+            if (g) {
+                float *gr = g + (size_t)r * cols;
+                for (size_t c = 0; c < cols; c++)
+                    gr[c] += l1 * (float)((wr[c] > 0.0f) - (wr[c] < 0.0f)) + l2x2 * wr[c];
+            }
+        });
 }
