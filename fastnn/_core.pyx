@@ -1137,6 +1137,10 @@ def optimizer_update(int kind, w, g, slots, scalars, int clip_mode, float limit,
     cdef float[::1] S2 = _f1(f"{fn}: slots[2]", slots[2] if len(slots) > 2 else None,
                              _REQUIRED_SLOTS[kind] > 2)
     _check_update(fn, W, G, ("slots[0]", "slots[1]", "slots[2]"), (S0, S1, S2), ())
+    _all_disjoint(fn, [("w", <size_t>_p1(W), _n1(W)), ("slots[0]", <size_t>_p1(S0), _n1(S0)),
+                       ("slots[1]", <size_t>_p1(S1), _n1(S1)),
+                       ("slots[2]", <size_t>_p1(S2), _n1(S2))],
+                  [("scalars", <size_t>&SC[0], 4 * <size_t>SC.shape[0])])
     import numpy as np
     try:
         sz = np.asarray(sizes)
