@@ -217,9 +217,11 @@ int fnn_absolute_error(const float *pred, const float *targets, const float *wei
 void fnn_sgd(float *w, const float *g, float *m, size_t n, float lr, float momentum,
              int nesterov, float gscale, float gclip, int n_threads);
 void fnn_adam(float *w, const float *g, float *m, float *v, float *vmax, size_t n,
-              float alpha, float beta1, float beta2, float eps, float gscale, float gclip, int n_threads);
+              float alpha, float beta1, float beta2, float eps,
+              float gscale, float gclip, int n_threads);
 void fnn_rmsprop(float *w, const float *g, float *v, float *mom, float *mg, size_t n,
-                 float lr, float rho, float momentum, float eps, float gscale, float gclip, int n_threads);
+                 float lr, float rho, float momentum, float eps,
+                 float gscale, float gclip, int n_threads);
 void fnn_adagrad(float *w, const float *g, float *acc, size_t n, float lr, float eps,
                  float gscale, float gclip, int n_threads);
 void fnn_adadelta(float *w, const float *g, float *acc_g, float *acc_dx, size_t n, float lr,
@@ -230,7 +232,8 @@ void fnn_adamax(float *w, const float *g, float *m, float *u, size_t n, float al
                 float beta1, float beta2, float eps, float gscale, float gclip, int n_threads);
 void fnn_nadam(float *w, const float *g, float *m, float *v, size_t n, float lr,
                float beta1, float beta2, float eps, float mu_t, float mu_t1,
-               float u_prod, float u_prod_t1, float beta2_power, float gscale, float gclip, int n_threads);
+               float u_prod, float u_prod_t1, float beta2_power,
+               float gscale, float gclip, int n_threads);
 void fnn_ftrl(float *w, const float *g, float *acc, float *lin, size_t n, float lr,
               float lr_power, float l1, float l2, float l2_shrinkage, float beta,
               float gscale, float gclip, int n_threads);

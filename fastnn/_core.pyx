@@ -4,8 +4,10 @@ a BLAS found at run time (NumPy's or SciPy's bundled OpenBLAS, see fastnn/backen
 nothing links against a BLAS. Every wrapper checks sizes before any memory is touched and
 releases the GIL around the work. Arrays are float32 and C-contiguous; the Python backend
 (fastnn/backend/cpu.py) guarantees that."""
-from libc.stdint cimport int32_t, int64_t, uint8_t
+import operator
+
 from libc.math cimport INFINITY, isfinite
+from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport calloc, free
 
 cdef extern from "fastnn.h" nogil:
@@ -121,9 +123,11 @@ cdef extern from "fastnn.h" nogil:
     void fnn_sgd(float *w, const float *g, float *m, size_t n, float lr, float momentum,
                  int nesterov, float gscale, float gclip, int n_threads)
     void fnn_adam(float *w, const float *g, float *m, float *v, float *vmax, size_t n,
-                  float alpha, float beta1, float beta2, float eps, float gscale, float gclip, int n_threads)
+                  float alpha, float beta1, float beta2, float eps,
+                  float gscale, float gclip, int n_threads)
     void fnn_rmsprop(float *w, const float *g, float *v, float *mom, float *mg, size_t n,
-                     float lr, float rho, float momentum, float eps, float gscale, float gclip, int n_threads)
+                     float lr, float rho, float momentum, float eps,
+                     float gscale, float gclip, int n_threads)
     void fnn_adagrad(float *w, const float *g, float *acc, size_t n, float lr, float eps,
                      float gscale, float gclip, int n_threads)
     void fnn_adadelta(float *w, const float *g, float *acc_g, float *acc_dx, size_t n,
@@ -134,7 +138,8 @@ cdef extern from "fastnn.h" nogil:
                   float beta2, float gscale, float gclip, int n_threads)
     void fnn_nadam(float *w, const float *g, float *m, float *v, size_t n, float lr,
                    float beta1, float beta2, float eps, float mu_t, float mu_t1,
-                   float u_prod, float u_prod_t1, float beta2_power, float gscale, float gclip, int n_threads)
+                   float u_prod, float u_prod_t1, float beta2_power,
+                   float gscale, float gclip, int n_threads)
     void fnn_ftrl(float *w, const float *g, float *acc, float *lin, size_t n, float lr,
                   float lr_power, float l1, float l2, float l2_shrinkage, float beta,
                   float gscale, float gclip, int n_threads)
@@ -1038,7 +1043,8 @@ def adadelta_update(w, g, acc_g, acc_dx, float lr, float rho, float eps):
     if W.shape[0] == 0:
         return
     with nogil:
-        fnn_adadelta(&W[0], &G[0], &AG[0], &AD[0], W.shape[0], lr, rho, eps, 1.0, INFINITY, _n_threads)
+        fnn_adadelta(&W[0], &G[0], &AG[0], &AD[0], W.shape[0], lr, rho, eps,
+                     1.0, INFINITY, _n_threads)
 
 
 def adamax_update(w, g, m, u, float alpha, float beta1, float beta2, float eps):
@@ -1141,31 +1147,34 @@ def optimizer_update(int kind, w, g, slots, scalars, int clip_mode, float limit,
                        ("slots[1]", <size_t>_p1(S1), _n1(S1)),
                        ("slots[2]", <size_t>_p1(S2), _n1(S2))],
                   [("scalars", <size_t>&SC[0], 4 * <size_t>SC.shape[0])])
-    import numpy as np
     try:
-        sz = np.asarray(sizes)
-    except Exception:
-        sz = None
-    if sz is None or sz.ndim != 1 or sz.dtype.kind not in "iu":
-        raise TypeError(f"{fn}: sizes: expected a 1-D sequence of ints, got {_describe(sizes)}")
-    if (sz < 0).any() or int(sz.sum(dtype=object)) != W.shape[0]:
-        raise ValueError(f"{fn}: sizes: expected non-negative sizes adding up to len(w) = "
-                         f"{W.shape[0]}, got {sz.tolist()[:8]}")
-    _fits_int(f"{fn}: sizes (variables)", sz.shape[0])
-    if W.shape[0] == 0:
-        return
-    cdef size_t *sp = <size_t *>calloc(max(1, sz.shape[0]), sizeof(size_t))
+        n_vars = len(sizes)
+    except TypeError:
+        raise TypeError(f"{fn}: sizes: expected a sequence of ints, got "
+                        f"{_describe(sizes)}") from None
+    _fits_int(f"{fn}: sizes (variables)", n_vars)
+    cdef size_t *sp = <size_t *>calloc(max(1, n_vars), sizeof(size_t))
     if sp == NULL:
         raise MemoryError()
-    cdef int v, n_vars = <int>sz.shape[0]
-    for v in range(n_vars):
-        sp[v] = <size_t>int(sz[v])
+    cdef Py_ssize_t v, size, total = 0
     cdef float *ptrs[3]
     ptrs[0], ptrs[1], ptrs[2] = _ptr(S0), _ptr(S1), _ptr(S2)
     try:
+        for v in range(n_vars):
+            size = operator.index(sizes[v])     # (a float or a string is a TypeError)
+            if size < 0 or size > W.shape[0] - total:
+                raise ValueError(f"{fn}: sizes: expected sizes >= 0 adding up to len(w) = "
+                                 f"{W.shape[0]}, got {list(sizes)[:8]}")
+            sp[v] = <size_t>size
+            total += size
+        if total != W.shape[0]:
+            raise ValueError(f"{fn}: sizes: expected sizes >= 0 adding up to len(w) = "
+                             f"{W.shape[0]}, got {list(sizes)[:8]}")
+        if total == 0:
+            return
         with nogil:
-            fnn_optimizer_apply(kind, &W[0], &G[0], ptrs, sp, n_vars, &SC[0], clip_mode, limit,
-                                _n_threads)
+            fnn_optimizer_apply(kind, &W[0], &G[0], ptrs, sp, <int>n_vars, &SC[0], clip_mode,
+                                limit, _n_threads)
     finally:
         free(sp)
 

@@ -110,7 +110,8 @@ def _update_spec(slots, required, scalars):
 
 
 # (slots, required slots) and scalars (after the weight decay factor) of each optimizer kind
-_OPT_KINDS = [(1, 0, [1e-2, 0.0, 0.0]), (3, 2, [1e-3, .9, .999, 1e-7]), (3, 1, [1e-3, .9, 0., 1e-7]),
+_OPT_KINDS = [(1, 0, [1e-2, 0.0, 0.0]), (3, 2, [1e-3, .9, .999, 1e-7]),
+              (3, 1, [1e-3, .9, 0., 1e-7]),
               (1, 1, [1e-3, 1e-7]), (2, 2, [1.0, .95, 1e-7]), (2, 2, [1e-3, .9, .999, 1e-7]),
               (2, 2, [1e-3, .9, .999, 1e-7, .9, .9, .9, .81, .999]),
               (2, 2, [1e-3, -0.5, 0., 0., 0., 0.]), (1, 1, [1e-3, .9, .99])]
