@@ -261,8 +261,7 @@ void fnn_optimizer_apply(int kind, float *w, const float *g, float *const *slots
                          const size_t *sizes, int n_vars, const float *scalars, int clip_mode,
                          float limit, int n_threads);
 double fnn_sum_squares(const float *g, size_t n, int n_threads);
-void fnn_l1l2_rows(const float *w, float *g, size_t rows, size_t cols, float l1, float l2,
-                   double *row_value, int n_threads);
+double fnn_l1l2(const float *w, float *g, size_t n, float l1, float l2, int n_threads);
 
 /* A Dense kernel of at least this many weights takes a plain SGD step inside its weight-gradient
  * GEMM (C = -lr x^T dz + C): no gradient written, no second pass over a kernel that no longer
@@ -305,11 +304,12 @@ typedef struct {
     const int64_t *in_place_at;
     const size_t *update_spans;
     int n_update_spans;
-    /* Keras's l1/l2 weight penalties (fnn_l1l2_rows), NULL for none: reg[4 i ..] = layer i's
+    /* Keras's l1/l2 weight penalties (fnn_l1l2), NULL for none: reg[4 i ..] = layer i's
      * kernel l1, kernel l2, bias l1, bias l2. Each training step adds their gradient to the
      * weights' before the update and their value on the weights before the step, times the
      * batch's rows, to sums[0]; evaluation adds the value. pen_rows: a workspace of one double
-     * per kernel row and one per bias, layer after layer. */
+     * per kernel row and one per bias, layer after layer (a block of rows penalized at once
+     * keeps its value at its first row, zeros after it). */
     const float *reg;
     double *pen_rows;
     /* Gradient clipping (FNN_CLIP_*, see fnn_optimizer_apply) with its limit; the optimizer's

@@ -259,9 +259,8 @@ void fnn_optimizer_step(int kind, float *w, const float *g, float *const *slots,
 
 /* Sums over p[0..n) in FLOAT_LANES independent float lanes, which the compiler vectorizes
  * (a single double accumulator would be one serial chain of adds, ~130 us for a 784 x 128
- * kernel), the lanes added as a tree, the tail and the total in double: n is at most a chunk
- * or a kernel row, so each lane adds few terms. s1 += sum |p|, s2 += sum p^2 (s1 may be
- * NULL). */
+ * kernel), the lanes added as a tree, the tail and the total in double: n is at most a chunk,
+ * so each lane adds few terms. s1 += sum |p|, s2 += sum p^2 (s1 may be NULL). */
 #define FLOAT_LANES 32
 FNN_INLINE void lane_sums(const float *p, size_t n, double *s1, double *s2) {
     float a1[FLOAT_LANES] = {0}, a2[FLOAT_LANES] = {0};
@@ -344,33 +343,29 @@ void fnn_optimizer_apply(int kind, float *w, const float *g, float *const *slots
     }
 }
 
-/* Keras's l1/l2 weight penalty (regularizers.L1, L2, L1L2) on a rows x cols weight, row by
- * row: row_value[r] = l1 * sum |w| + l2 * sum w^2 over row r (in double), and, when g is not
- * NULL, the penalty's gradient added to the weight's, g += l1 * sign(w) + 2 * l2 * w. The
- * caller sums row_value in order, so a weight penalized in blocks of rows (the fused stack,
- * as each block's gradient is final) sums to the value of the whole. */
+/* Keras's l1/l2 weight penalty (regularizers.L1, L2, L1L2) on n weights: returns
+ * l1 * sum |w| + l2 * sum w^2 and, when g is not NULL, adds the penalty's gradient to the
+ * weights', g += l1 * sign(w) + 2 * l2 * w, chunk by chunk (each chunk's gradient while it is
+ * in L1; each chunk's sums in float lanes, added in double). */
 FNN_DISPATCH
-void fnn_l1l2_rows(const float *w, float *g, size_t rows, size_t cols, float l1, float l2,
-                   double *row_value, int n_threads) {
-    ptrdiff_t r, n_rows = (ptrdiff_t)rows;
-    int nt = fnn_threads(rows * cols, n_threads);
+double fnn_l1l2(const float *w, float *g, size_t n, float l1, float l2, int n_threads) {
+    double s1 = 0.0, s2 = 0.0;
     float l2x2 = 2.0f * l2;
+    ptrdiff_t k, chunks = (ptrdiff_t)((n + SUM_CHUNK - 1) / SUM_CHUNK);
+    int nt = fnn_threads(n, n_threads);
     (void)nt;
-    FNN_PARALLEL_FOR(schedule(static),
-        for (r = 0; r < n_rows; r++) {
-            const float *wr = w + (size_t)r * cols;
-            float *gr = g ? g + (size_t)r * cols : NULL;
+    FNN_PARALLEL_FOR(schedule(static) reduction(+:s1, s2),
+        for (k = 0; k < chunks; k++) {
+            size_t at = (size_t)k * SUM_CHUNK, len = n - at < SUM_CHUNK ? n - at : SUM_CHUNK;
             double a1 = 0.0, a2 = 0.0;
-            for (size_t at = 0; at < cols; at += SUM_CHUNK) {
-                size_t len = cols - at < SUM_CHUNK ? cols - at : SUM_CHUNK;
-                lane_sums(wr + at, len, l1 != 0.0f ? &a1 : NULL, &a2);
-                /* the gradient while the chunk is in L1 (l2 alone: no sign) */
-                if (gr && l1 != 0.0f)
-                    for (size_t c = at; c < at + len; c++)
-                        gr[c] += l1 * (float)((wr[c] > 0.0f) - (wr[c] < 0.0f)) + l2x2 * wr[c];
-                else if (gr)
-                    for (size_t c = at; c < at + len; c++) gr[c] += l2x2 * wr[c];
-            }
-            row_value[r] = (double)l1 * a1 + (double)l2 * a2;
+            lane_sums(w + at, len, l1 != 0.0f ? &a1 : NULL, &a2);
+            s1 += a1;
+            s2 += a2;
+            if (g && l1 != 0.0f)
+                for (size_t c = at; c < at + len; c++)
+                    g[c] += l1 * (float)((w[c] > 0.0f) - (w[c] < 0.0f)) + l2x2 * w[c];
+            else if (g)         /* (l2 alone: no sign) */
+                for (size_t c = at; c < at + len; c++) g[c] += l2x2 * w[c];
         });
+    return (double)l1 * s1 + (double)l2 * s2;
 }

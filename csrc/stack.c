@@ -185,18 +185,21 @@ static void penalize_kernel(const fnn_stack *s, int i, int lo, int hi, int train
     const fnn_dense *layer = &s->layers[i];
     const float *r = s->reg + 4 * i;
     size_t cols = (size_t)layer->d_out;
-    if (penalized(r))
-        fnn_l1l2_rows(layer->kernel + (size_t)lo * cols,
-                      train ? layer->d_kernel + (size_t)lo * cols : NULL, (size_t)(hi - lo),
-                      cols, r[0], r[1], s->pen_rows + pen_at(s, i) + lo, n_threads);
+    double *value = s->pen_rows + pen_at(s, i) + lo;
+    if (!penalized(r) || hi <= lo) return;
+    value[0] = fnn_l1l2(layer->kernel + (size_t)lo * cols,
+                        train ? layer->d_kernel + (size_t)lo * cols : NULL,
+                        (size_t)(hi - lo) * cols, r[0], r[1], n_threads);
+    memset(value + 1, 0, (size_t)(hi - lo - 1) * sizeof(double));
 }
 
 static void penalize_bias(const fnn_stack *s, int i, int train, int n_threads) {
     const fnn_dense *layer = &s->layers[i];
     const float *r = s->reg + 4 * i + 2;
     if (layer->bias && penalized(r))
-        fnn_l1l2_rows(layer->bias, train ? layer->d_bias : NULL, 1, (size_t)layer->d_out,
-                      r[0], r[1], s->pen_rows + pen_at(s, i) + layer->d_in, n_threads);
+        s->pen_rows[pen_at(s, i) + layer->d_in] =
+            fnn_l1l2(layer->bias, train ? layer->d_bias : NULL, (size_t)layer->d_out, r[0], r[1],
+                     n_threads);
 }
 
 static void penalize_all(const fnn_stack *s, int train, int n_threads) {
@@ -206,8 +209,8 @@ static void penalize_all(const fnn_stack *s, int train, int n_threads) {
     }
 }
 
-/* The penalties' value: each weight's rows summed in order, then the weights layer by layer,
- * kernel then bias, as the layer-by-layer path sums them (Model._regularization). */
+/* The penalties' value: each weight's blocks of rows summed in order, then the weights layer
+ * by layer, kernel then bias, as the layer-by-layer path sums them (Model._regularization). */
 static double penalty_total(const fnn_stack *s) {
     double total = 0.0;
     size_t at = 0;

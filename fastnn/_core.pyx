@@ -147,8 +147,7 @@ cdef extern from "fastnn.h" nogil:
     void fnn_optimizer_apply(int kind, float *w, const float *g, float **slots,
                              const size_t *sizes, int n_vars, const float *scalars,
                              int clip_mode, float limit, int n_threads)
-    void fnn_l1l2_rows(const float *w, float *g, size_t rows, size_t cols, float l1, float l2,
-                       double *row_value, int n_threads)
+    double fnn_l1l2(const float *w, float *g, size_t n, float l1, float l2, int n_threads)
     int FNN_OPT_SLOTS, FNN_N_OPTIMIZERS, FNN_N_LOSSES, FNN_LOSS_SPARSE_XENT
     int FNN_METRIC_NONE, FNN_METRIC_BINARY_ACC
     int FNN_SRC_F32, FNN_SRC_F64, FNN_SRC_U8
@@ -1180,18 +1179,15 @@ def optimizer_update(int kind, w, g, slots, scalars, int clip_mode, float limit,
 
 
 def l1l2_penalty(w, g, float l1, float l2):
-    """Keras's l1/l2 weight penalty l1 * sum|w| + l2 * sum w^2 (as a float, summed in double
-    row by row over w's last axis, then the rows in order); with g (w's shape, writable), its
-    gradient l1 * sign(w) + 2 * l2 * w is added to g (fnn_l1l2_rows)."""
+    """Keras's l1/l2 weight penalty l1 * sum|w| + l2 * sum w^2 (as a float, summed in double);
+    with g (w's shape, writable), its gradient l1 * sign(w) + 2 * l2 * w is added to g
+    (fnn_l1l2)."""
     fn = "l1l2_penalty"
     import numpy as np
     for name, a, writable in (("w", w, False), ("g", g, True)):
         if a is None and name == "g":
             continue
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"{fn}: {name}: expected a C-contiguous float32 array, got "
-                            f"{_describe(a)}")
-        if a.dtype != np.float32:
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32:
             raise TypeError(f"{fn}: {name}: expected a C-contiguous float32 array, got "
                             f"{_describe(a)}")
         if not a.flags.c_contiguous or (writable and not a.flags.writeable):
@@ -1204,20 +1200,15 @@ def l1l2_penalty(w, g, float l1, float l2):
         raise ValueError(f"{fn}: l1, l2: expected finite floats >= 0, got {l1}, {l2}")
     if w.size == 0:
         return 0.0
-    cdef size_t cols = w.shape[w.ndim - 1] if w.ndim else 1
-    cdef size_t rows = w.size // cols
     cdef const float[::1] WV = w.reshape(-1)
     cdef float[::1] GV = None if g is None else g.reshape(-1)
+    cdef size_t n = WV.shape[0]
     if GV is not None:
-        _disjoint(f"{fn}: g", &GV[0], 4 * <size_t>w.size, "w", &WV[0], 4 * <size_t>w.size)
-    cdef double[::1] R = np.empty(rows, np.float64)
+        _disjoint(f"{fn}: g", &GV[0], 4 * n, "w", &WV[0], 4 * n)
     cdef float *gp = NULL if GV is None else &GV[0]
-    cdef double total = 0.0
-    cdef size_t r
+    cdef double total
     with nogil:
-        fnn_l1l2_rows(&WV[0], gp, rows, cols, l1, l2, &R[0], _n_threads)
-        for r in range(rows):
-            total += R[r]
+        total = fnn_l1l2(&WV[0], gp, n, l1, l2, _n_threads)
     return total
 
 
