@@ -295,6 +295,7 @@ def _snake(name):
 
 class SGD(Optimizer):
     kind = 0
+
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
         if not 0 <= momentum <= 1:
@@ -358,6 +359,7 @@ class AdamW(Adam):
 
 class RMSprop(Optimizer):
     kind = 2
+
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7,
                  centered=False, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
