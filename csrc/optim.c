@@ -325,22 +325,31 @@ FNN_INLINE void lane_sums(const float *p, size_t n, double *s1, double *s2) {
     *s2 += d2;
 }
 
+/* n values split into SUM_PARTS equal parts whatever the thread count, each summed chunk by
+ * chunk in order, the parts then added in order: the same sum on any number of threads. */
+#define SUM_PARTS 64
+#define SUM_CHUNK 1024       /* summed in float lanes, then added in double */
+static size_t part_len(size_t n) { return (n + SUM_PARTS - 1) / SUM_PARTS; }
+
 /* The sum of squares of n gradients (a norm for Keras's clipnorm and global_clipnorm: one
- * reading pass), chunk by chunk, each chunk's sum added in double. */
-#define SUM_CHUNK 1024
+ * reading pass). */
 FNN_DISPATCH
 double fnn_sum_squares(const float *g, size_t n, int n_threads) {
-    double sum = 0.0;
-    ptrdiff_t k, chunks = (ptrdiff_t)((n + SUM_CHUNK - 1) / SUM_CHUNK);
+    double parts[SUM_PARTS], sum = 0.0;
+    size_t per = part_len(n);
+    ptrdiff_t k;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
-    FTZ_PARALLEL_FOR(schedule(static) reduction(+:sum),
-        for (k = 0; k < chunks; k++) {
-            size_t at = (size_t)k * SUM_CHUNK, len = n - at < SUM_CHUNK ? n - at : SUM_CHUNK;
+    FTZ_PARALLEL_FOR(schedule(static),
+        for (k = 0; k < SUM_PARTS; k++) {
+            size_t lo = (size_t)k * per < n ? (size_t)k * per : n;
+            size_t hi = lo + per < n ? lo + per : n;
             double part = 0.0;
-            lane_sums(g + at, len, NULL, &part);
-            sum += part;
+            for (size_t at = lo; at < hi; at += SUM_CHUNK)
+                lane_sums(g + at, hi - at < SUM_CHUNK ? hi - at : SUM_CHUNK, NULL, &part);
+            parts[k] = part;
         });
+    for (k = 0; k < SUM_PARTS; k++) sum += parts[k];
     return sum;
 }
 
@@ -381,26 +390,35 @@ void fnn_optimizer_apply(int kind, float *w, const float *g, float *const *slots
 /* Keras's l1/l2 weight penalty (regularizers.L1, L2, L1L2) on n weights: returns
  * l1 * sum |w| + l2 * sum w^2 and, when g is not NULL, adds the penalty's gradient to the
  * weights', g += l1 * sign(w) + 2 * l2 * w, chunk by chunk (each chunk's gradient while it is
- * in L1; each chunk's sums in float lanes, added in double). */
+ * in L1; each chunk's sums in float lanes, added in double, by SUM_PARTS parts). */
 FNN_DISPATCH
 double fnn_l1l2(const float *w, float *g, size_t n, float l1, float l2, int n_threads) {
-    double s1 = 0.0, s2 = 0.0;
+    double parts1[SUM_PARTS], parts2[SUM_PARTS], s1 = 0.0, s2 = 0.0;
     float l2x2 = 2.0f * l2;
-    ptrdiff_t k, chunks = (ptrdiff_t)((n + SUM_CHUNK - 1) / SUM_CHUNK);
+    size_t per = part_len(n);
+    ptrdiff_t k;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
-    FTZ_PARALLEL_FOR(schedule(static) reduction(+:s1, s2),
-        for (k = 0; k < chunks; k++) {
-            size_t at = (size_t)k * SUM_CHUNK, len = n - at < SUM_CHUNK ? n - at : SUM_CHUNK;
+    FTZ_PARALLEL_FOR(schedule(static),
+        for (k = 0; k < SUM_PARTS; k++) {
+            size_t lo = (size_t)k * per < n ? (size_t)k * per : n;
+            size_t hi = lo + per < n ? lo + per : n;
             double a1 = 0.0, a2 = 0.0;
-            lane_sums(w + at, len, l1 != 0.0f ? &a1 : NULL, &a2);
-            s1 += a1;
-            s2 += a2;
-            if (g && l1 != 0.0f)
-                for (size_t c = at; c < at + len; c++)
-                    g[c] += l1 * (float)((w[c] > 0.0f) - (w[c] < 0.0f)) + l2x2 * w[c];
-            else if (g)         /* (l2 alone: no sign) */
-                for (size_t c = at; c < at + len; c++) g[c] += l2x2 * w[c];
+            for (size_t at = lo; at < hi; at += SUM_CHUNK) {
+                size_t end = hi - at < SUM_CHUNK ? hi : at + SUM_CHUNK;
+                lane_sums(w + at, end - at, l1 != 0.0f ? &a1 : NULL, &a2);
+                if (g && l1 != 0.0f)    /* the chunk's gradient while it is in L1 */
+                    for (size_t c = at; c < end; c++)
+                        g[c] += l1 * (float)((w[c] > 0.0f) - (w[c] < 0.0f)) + l2x2 * w[c];
+                else if (g)             /* (l2 alone: no sign) */
+                    for (size_t c = at; c < end; c++) g[c] += l2x2 * w[c];
+            }
+            parts1[k] = a1;
+            parts2[k] = a2;
         });
+    for (k = 0; k < SUM_PARTS; k++) {
+        s1 += parts1[k];
+        s2 += parts2[k];
+    }
     return (double)l1 * s1 + (double)l2 * s2;
 }
