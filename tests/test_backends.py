@@ -719,6 +719,26 @@ def test_l1l2_penalty(ops, rng, l1, l2, shape):
     assert ops.l1l2_penalty(put(ops, w), None, l1, l2) == pytest.approx(want, rel=1e-6)
 
 
+def test_norms_and_penalties_do_not_depend_on_the_thread_count(rng):
+    """The C sums split their input into fixed parts: the same norm (so the same clipped
+    step) and penalty on one thread as on two."""
+    from fastnn import _core
+    w, g = f32(rng, 300_001), f32(rng, 300_001)
+    results = []
+    saved = _core.get_num_threads()
+    try:
+        for threads in (1, 2):
+            _core.set_num_threads(threads)
+            step = np.zeros_like(g)
+            CpuOps().optimizer_update(0, step, g, (None,), np.float32([0, 1, 0, 0]), 3, 1.0,
+                                      [g.size])
+            results.append((CpuOps().l1l2_penalty(w, None, 0.01, 0.02), step))
+    finally:
+        _core.set_num_threads(saved)
+    assert results[0][0] == results[1][0]
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
 def test_optimizer_update_and_penalty_refuse_bad_arguments(ops):
     w, g = put(ops, np.zeros(4, np.float32)), put(ops, np.zeros(4, np.float32))
     row = np.float32([0, 0.1, 0, 0])
