@@ -5,8 +5,9 @@ T threads against T ranks with one thread each, in one run (issue 20).
         [--repeats 3]
 
 prints a markdown table: epoch seconds of each (min and median over the interleaved runs),
-their ratio, the share of the ranks' epoch spent in the gradient allreduce, and a model of that allreduce at 4-64 ranks from the
-bandwidth and latency measured here. Needs mpi4py and mpiexec (pip install ".[mpi]")."""
+their ratio, the share of the ranks' epoch spent in the gradient allreduce, and a model of
+that allreduce at 4-64 ranks from the bandwidth and latency measured here. Needs mpi4py and
+mpiexec (pip install ".[mpi]")."""
 import argparse
 import json
 import os

@@ -6,13 +6,16 @@
   of arrays); `pydataset-workers2`: the same with 2 prefetching threads; `generator`: a Python
   generator of the same batches;
 - `arrays-callback`: arrays plus a no-op per-batch callback (on_train_batch_end), and
-  `arrays-metrics`: arrays with a second metric (goal for both: < 2 % over arrays).
+  `arrays-metrics`: arrays with a second metric (goal for both: < 2 % over arrays);
+- `arrays-l2`: arrays with `kernel_regularizer="l2"` on both Dense layers, `arrays-clipnorm`:
+  arrays with Adam(clipnorm=1.0) (goal for both: < 2 %; both run in the fused Dense stack).
 
     PYTHONPATH=. python -m pytest benchmarks/test_bench_data.py -q -p no:cacheprovider \\
         --benchmark-only
 
-`python benchmarks/test_bench_data.py [rounds]` prints each variant's best round and its ratio
-to arrays, the variants timed in turn (round by round) in one process."""
+`python benchmarks/test_bench_data.py [rounds] [variant ...]` prints each variant's best and
+median round and their ratios to arrays', the variants timed in turn (round by round,
+interleaved) in one process."""
 import os
 import sys
 import time
@@ -23,14 +26,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workloads as wl  # noqa: E402
 
 VARIANTS = ("arrays", "pydataset", "pydataset-workers2", "generator", "arrays-callback",
-            "arrays-metrics")
+            "arrays-metrics", "arrays-l2", "arrays-clipnorm")
 
 
-def seed_mlp(keras, metrics=("accuracy",)):
+def seed_mlp(keras, metrics=("accuracy",), regularizer=None, **optimizer):
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((784,)), keras.layers.Dense(128, activation="relu"),
-                              keras.layers.Dense(10, activation="softmax")])
-    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy",
+    model = keras.Sequential([
+        keras.Input((784,)),
+        keras.layers.Dense(128, activation="relu", kernel_regularizer=regularizer),
+        keras.layers.Dense(10, activation="softmax", kernel_regularizer=regularizer)])
+    model.compile(keras.optimizers.Adam(1e-3, **optimizer), "sparse_categorical_crossentropy",
                   metrics=list(metrics))
     return model
 
@@ -59,7 +64,9 @@ def epoch(variant, x, y):
             yield x[i:i + wl.BATCH], y[i:i + wl.BATCH]
 
     model = seed_mlp(keras, ("accuracy", "sparse_top_k_categorical_accuracy")
-                     if variant == "arrays-metrics" else ("accuracy",))
+                     if variant == "arrays-metrics" else ("accuracy",),
+                     "l2" if variant == "arrays-l2" else None,
+                     **({"clipnorm": 1.0} if variant == "arrays-clipnorm" else {}))
     if variant == "pydataset":
         return lambda: model.fit(Batches(), epochs=1, verbose=0, shuffle=False)
     if variant == "pydataset-workers2":
@@ -80,20 +87,24 @@ def test_data_inputs(benchmark, mnist, rounds, samples_cap, variant):
     benchmark.pedantic(epoch(variant, x, y), rounds=rounds, warmup_rounds=1, iterations=1)
 
 
-def main(rounds=5):
+def main(rounds=5, variants=VARIANTS):
     os.environ.setdefault("FASTNN_BACKEND", "cpu")
     x, y = wl.load_mnist_train(wl.data_dir())
-    runs = {v: epoch(v, x, y) for v in VARIANTS}
-    best = {v: float("inf") for v in VARIANTS}
+    variants = ("arrays",) + tuple(v for v in variants if v != "arrays")
+    runs = {v: epoch(v, x, y) for v in variants}
+    times = {v: [] for v in variants}
     for r in range(rounds + 1):         # round 0 warms up
         for v, run in runs.items():
             start = time.perf_counter()
             run()
             if r:
-                best[v] = min(best[v], time.perf_counter() - start)
-    for v in VARIANTS:
-        print(f"{v:20s} {best[v]:.3f} s  x{best[v] / best['arrays']:.3f}")
+                times[v].append(time.perf_counter() - start)
+    best = {v: min(t) for v, t in times.items()}
+    median = {v: sorted(t)[len(t) // 2] for v, t in times.items()}
+    for v in variants:
+        print(f"{v:20s} min {best[v]:.3f} s x{best[v] / best['arrays']:.3f}   median "
+              f"{median[v]:.3f} s x{median[v] / median['arrays']:.3f}")
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5)
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 5, sys.argv[2:] or VARIANTS)

@@ -248,27 +248,31 @@ int fnn_absolute_error(const float *pred, const float *targets, const float *wei
                        float scale, float *row_loss, float *grad,
                        size_t rows, size_t cols, int n_threads);
 
-/* optim.c: in-place updates of one flat parameter buffer. */
+/* optim.c: in-place updates of one flat parameter buffer. Each reads the gradient clipped
+ * as Keras clips it: g * gscale clamped to [-gclip, gclip] (1 and INFINITY: unclipped). */
 void fnn_sgd_update(float *w, const float *g, float *m, size_t n, float lr, float momentum,
-                    int nesterov, int n_threads);
+             int nesterov, float gscale, float gclip, int n_threads);
 void fnn_adam_update(float *w, const float *g, float *m, float *v, float *vmax, size_t n,
-                     float alpha, float beta1, float beta2, float eps, int n_threads);
+              float alpha, float beta1, float beta2, float eps,
+              float gscale, float gclip, int n_threads);
 void fnn_rmsprop_update(float *w, const float *g, float *v, float *mom, float *mg, size_t n,
-                        float lr, float rho, float momentum, float eps, int n_threads);
+                 float lr, float rho, float momentum, float eps,
+                 float gscale, float gclip, int n_threads);
 void fnn_adagrad_update(float *w, const float *g, float *acc, size_t n, float lr, float eps,
-                        int n_threads);
+                 float gscale, float gclip, int n_threads);
 void fnn_adadelta_update(float *w, const float *g, float *acc_g, float *acc_dx, size_t n, float lr,
-                         float rho, float eps, int n_threads);
-void fnn_lion_update(float *w, const float *g, float *m, size_t n, float lr, float beta1,
-                     float beta2, int n_threads);
+                  float rho, float eps, float gscale, float gclip, int n_threads);
+void fnn_lion_update(float *w, const float *g, float *m, size_t n, float lr, float beta1, float beta2,
+              float gscale, float gclip, int n_threads);
 void fnn_adamax_update(float *w, const float *g, float *m, float *u, size_t n, float alpha,
-                       float beta1, float beta2, float eps, int n_threads);
+                float beta1, float beta2, float eps, float gscale, float gclip, int n_threads);
 void fnn_nadam_update(float *w, const float *g, float *m, float *v, size_t n, float lr,
-                      float beta1, float beta2, float eps, float mu_t, float mu_t1,
-                      float u_prod, float u_prod_t1, float beta2_power, int n_threads);
+               float beta1, float beta2, float eps, float mu_t, float mu_t1,
+               float u_prod, float u_prod_t1, float beta2_power,
+               float gscale, float gclip, int n_threads);
 void fnn_ftrl_update(float *w, const float *g, float *acc, float *lin, size_t n, float lr,
-                     float lr_power, float l1, float l2, float l2_shrinkage, float beta,
-                     int n_threads);
+              float lr_power, float l1, float l2, float l2_shrinkage, float beta,
+              float gscale, float gclip, int n_threads);
 
 /* One optimizer step by kind: scalars[0] is the decoupled weight decay factor (lr * decay, 0
  * for none), then the kind's own scalars in the order of its kernel's arguments above (SGD's
@@ -282,7 +286,18 @@ enum {
 #define FNN_OPT_SCALARS 10
 int fnn_optimizer_scalars(int kind);
 void fnn_optimizer_step(int kind, float *w, const float *g, float *const *slots, size_t n,
-                        const float *scalars, int n_threads);
+                        const float *scalars, float gscale, float gclip, int n_threads);
+/* Keras's gradient clipping (one at most): clipvalue, clipnorm (each variable by its own
+ * norm), global_clipnorm (one norm over them all). */
+enum { FNN_CLIP_NONE = 0, FNN_CLIP_VALUE = 1, FNN_CLIP_NORM = 2, FNN_CLIP_GLOBAL_NORM = 3 };
+/* One step over n_vars variables of sizes[] laid out back to back in w, g and the slots,
+ * clipped by clip_mode with `limit`: a norm is one reading pass (in double) before the
+ * update, clipvalue none. */
+void fnn_optimizer_update(int kind, float *w, const float *g, float *const *slots,
+                         const size_t *sizes, int n_vars, const float *scalars, int clip_mode,
+                         float limit, int n_threads);
+double fnn_sum_squares(const float *g, size_t n, int n_threads);
+double fnn_l1l2_penalty(const float *w, float *g, size_t n, float l1, float l2, int n_threads);
 
 /* A Dense kernel of at least this many weights takes a plain SGD step inside its weight-gradient
  * GEMM (C = -lr x^T dz + C): no gradient written, no second pass over a kernel that no longer
@@ -325,6 +340,20 @@ typedef struct {
     const int64_t *in_place_at;
     const size_t *update_spans;
     int n_update_spans;
+    /* Keras's l1/l2 weight penalties (fnn_l1l2_penalty), NULL for none: reg[4 i ..] = layer i's
+     * kernel l1, kernel l2, bias l1, bias l2. Each training step adds their gradient to the
+     * weights' before the update and their value on the weights before the step, times the
+     * batch's rows, to sums[0]; evaluation adds the value. pen_rows: a workspace of one double
+     * per kernel row and one per bias, layer after layer (a block of rows penalized at once
+     * keeps its value at its first row, zeros after it). */
+    const float *reg;
+    double *pen_rows;
+    /* Gradient clipping (FNN_CLIP_*, see fnn_optimizer_update) with its limit; the optimizer's
+     * n_vars variable sizes, which tile the arena in order (for clipnorm). */
+    int clip_mode;
+    float clip_limit;
+    const size_t *var_sizes;
+    int n_vars;
 } fnn_stack;
 
 typedef struct {

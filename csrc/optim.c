@@ -9,25 +9,71 @@
  * flush-to-zero CPU mode does. */
 static inline float flush(float x) { return fabsf(x) < FLT_MIN ? 0.0f : x; }
 
+/* The update loops also run with the CPU's flush-to-zero and denormals-are-zero modes (each
+ * thread's MXCSR, restored after the loop): a moment update whose result would be subnormal
+ * (g * g of a tiny gradient, e.g. the l2 penalty's 2 l2 w of a weight near zero whose input is
+ * always 0) takes a ~100-cycle microcode assist per vector, which made Adam's pass 2.5x slower
+ * with an l2 regularizer on MNIST's dead pixels. Only values below FLT_MIN change (to 0). */
+#if defined(__SSE__) || defined(_M_X64)
+#include <xmmintrin.h>
+static inline unsigned ftz_on(void) {
+    unsigned csr = _mm_getcsr();
+    _mm_setcsr(csr | 0x8040);
+    return csr;
+}
+static inline void ftz_off(unsigned csr) { _mm_setcsr(csr); }
+#else
+static inline unsigned ftz_on(void) { return 0; }
+static inline void ftz_off(unsigned csr) { (void)csr; }
+#endif
+
+/* FNN_PARALLEL_FOR with flush-to-zero on every thread that runs the loop. */
+#define FTZ_PARALLEL_FOR(clauses, ...) do {                               \
+        if (nt > 1) {                                                     \
+            FNN_PRAGMA(omp parallel num_threads(nt))                      \
+            {                                                             \
+                unsigned csr_ = ftz_on();                                 \
+                FNN_PRAGMA(omp for clauses)                               \
+                __VA_ARGS__                                               \
+                ftz_off(csr_);                                            \
+            }                                                             \
+        } else {                                                          \
+            unsigned csr_ = ftz_on();                                     \
+            __VA_ARGS__                                                   \
+            ftz_off(csr_);                                                \
+        }                                                                 \
+    } while (0)
+
+/* The gradient as an update reads it, clipped as Keras's base optimizer clips it before the
+ * update (_clip_gradients): times gscale (clipnorm, global_clipnorm: limit / norm; else 1),
+ * then clamped to [-gclip, gclip] (clipvalue; else inf). Read inside the update's one pass,
+ * so clipping costs no pass of its own. NaN stays NaN, as in ops.clip. */
+FNN_INLINE float clip_grad(float g, float gscale, float gclip) {
+    g *= gscale;
+    return g > gclip ? gclip : (g < -gclip ? -gclip : g);
+}
+#define G(i) clip_grad(g[i], gscale, gclip)
+
 FNN_DISPATCH
 void fnn_sgd_update(float *w, const float *g, float *m, size_t n, float lr, float momentum,
-                    int nesterov, int n_threads) {
+             int nesterov, float gscale, float gclip, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
     if (!m) {
-        FNN_PARALLEL_FOR(schedule(static),
-            for (i = 0; i < len; i++) w[i] -= lr * g[i];);
+        FTZ_PARALLEL_FOR(schedule(static),
+            for (i = 0; i < len; i++) w[i] -= lr * G(i););
     } else if (nesterov) {
-        FNN_PARALLEL_FOR(schedule(static),
+        FTZ_PARALLEL_FOR(schedule(static),
             for (i = 0; i < len; i++) {
-                m[i] = flush(momentum * m[i] - lr * g[i]);
-                w[i] += momentum * m[i] - lr * g[i];
+                float gi = G(i);
+                m[i] = flush(momentum * m[i] - lr * gi);
+                w[i] += momentum * m[i] - lr * gi;
             });
     } else {
-        FNN_PARALLEL_FOR(schedule(static),
+        FTZ_PARALLEL_FOR(schedule(static),
             for (i = 0; i < len; i++) {
-                m[i] = flush(momentum * m[i] - lr * g[i]);
+                m[i] = flush(momentum * m[i] - lr * G(i));
                 w[i] += m[i];
             });
     }
@@ -36,24 +82,27 @@ void fnn_sgd_update(float *w, const float *g, float *m, size_t n, float lr, floa
 /* alpha = lr * sqrt(1 - beta2^t) / (1 - beta1^t); vmax (AMSGrad) may be NULL. */
 FNN_DISPATCH
 void fnn_adam_update(float *w, const float *g, float *m, float *v, float *vmax, size_t n,
-                     float alpha, float beta1, float beta2, float eps, int n_threads) {
+              float alpha, float beta1, float beta2, float eps,
+              float gscale, float gclip, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     float c1 = 1.0f - beta1, c2 = 1.0f - beta2;
     (void)nt;
     if (vmax) {
-        FNN_PARALLEL_FOR(schedule(static),
+        FTZ_PARALLEL_FOR(schedule(static),
             for (i = 0; i < len; i++) {
-                m[i] = flush(m[i] + (g[i] - m[i]) * c1);
-                v[i] = flush(v[i] + (g[i] * g[i] - v[i]) * c2);
+                float gi = G(i);
+                m[i] = flush(m[i] + (gi - m[i]) * c1);
+                v[i] = flush(v[i] + (gi * gi - v[i]) * c2);
                 vmax[i] = fmaxf(vmax[i], v[i]);
                 w[i] -= alpha * m[i] / (sqrtf(vmax[i]) + eps);
             });
     } else {
-        FNN_PARALLEL_FOR(schedule(static),
+        FTZ_PARALLEL_FOR(schedule(static),
             for (i = 0; i < len; i++) {
-                m[i] = flush(m[i] + (g[i] - m[i]) * c1);
-                v[i] = flush(v[i] + (g[i] * g[i] - v[i]) * c2);
+                float gi = G(i);
+                m[i] = flush(m[i] + (gi - m[i]) * c1);
+                v[i] = flush(v[i] + (gi * gi - v[i]) * c2);
                 w[i] -= alpha * m[i] / (sqrtf(v[i]) + eps);
             });
     }
@@ -62,19 +111,21 @@ void fnn_adam_update(float *w, const float *g, float *m, float *v, float *vmax, 
 /* mom (momentum > 0) and mg (centered) may be NULL. Epsilon sits inside the square root. */
 FNN_DISPATCH
 void fnn_rmsprop_update(float *w, const float *g, float *v, float *mom, float *mg, size_t n,
-                        float lr, float rho, float momentum, float eps, int n_threads) {
+                 float lr, float rho, float momentum, float eps,
+                 float gscale, float gclip, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
-    FNN_PARALLEL_FOR(schedule(static),
+    FTZ_PARALLEL_FOR(schedule(static),
         for (i = 0; i < len; i++) {
-            v[i] = flush(rho * v[i] + (1.0f - rho) * g[i] * g[i]);
+            float gi = G(i);
+            v[i] = flush(rho * v[i] + (1.0f - rho) * gi * gi);
             float denom = v[i] + eps;
             if (mg) {
-                mg[i] = rho * mg[i] + (1.0f - rho) * g[i];
+                mg[i] = rho * mg[i] + (1.0f - rho) * gi;
                 denom -= mg[i] * mg[i];
             }
-            float step = lr * g[i] / sqrtf(denom);
+            float step = lr * gi / sqrtf(denom);
             if (mom) {
                 mom[i] = flush(momentum * mom[i] + step);
                 w[i] -= mom[i];
@@ -86,27 +137,29 @@ void fnn_rmsprop_update(float *w, const float *g, float *v, float *mom, float *m
 
 FNN_DISPATCH
 void fnn_adagrad_update(float *w, const float *g, float *acc, size_t n, float lr, float eps,
-                        int n_threads) {
+                 float gscale, float gclip, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
-    FNN_PARALLEL_FOR(schedule(static),
+    FTZ_PARALLEL_FOR(schedule(static),
         for (i = 0; i < len; i++) {
-            acc[i] += g[i] * g[i];
-            w[i] -= lr * g[i] / sqrtf(acc[i] + eps);
+            float gi = G(i);
+            acc[i] += gi * gi;
+            w[i] -= lr * gi / sqrtf(acc[i] + eps);
         });
 }
 
 FNN_DISPATCH
 void fnn_adadelta_update(float *w, const float *g, float *acc_g, float *acc_dx, size_t n, float lr,
-                         float rho, float eps, int n_threads) {
+                  float rho, float eps, float gscale, float gclip, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
-    FNN_PARALLEL_FOR(schedule(static),
+    FTZ_PARALLEL_FOR(schedule(static),
         for (i = 0; i < len; i++) {
-            acc_g[i] = flush(rho * acc_g[i] + (1.0f - rho) * g[i] * g[i]);
-            float dx = -sqrtf(acc_dx[i] + eps) * g[i] / sqrtf(acc_g[i] + eps);
+            float gi = G(i);
+            acc_g[i] = flush(rho * acc_g[i] + (1.0f - rho) * gi * gi);
+            float dx = -sqrtf(acc_dx[i] + eps) * gi / sqrtf(acc_g[i] + eps);
             acc_dx[i] = flush(rho * acc_dx[i] + (1.0f - rho) * dx * dx);
             w[i] += lr * dx;
         });
@@ -115,14 +168,15 @@ void fnn_adadelta_update(float *w, const float *g, float *acc_g, float *acc_dx, 
 /* alpha = lr / (1 - beta1^t). */
 FNN_DISPATCH
 void fnn_adamax_update(float *w, const float *g, float *m, float *u, size_t n, float alpha,
-                       float beta1, float beta2, float eps, int n_threads) {
+                float beta1, float beta2, float eps, float gscale, float gclip, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
-    FNN_PARALLEL_FOR(schedule(static),
+    FTZ_PARALLEL_FOR(schedule(static),
         for (i = 0; i < len; i++) {
-            m[i] = flush(m[i] + (g[i] - m[i]) * (1.0f - beta1));
-            u[i] = flush(fmaxf(beta2 * u[i], fabsf(g[i])));
+            float gi = G(i);
+            m[i] = flush(m[i] + (gi - m[i]) * (1.0f - beta1));
+            u[i] = flush(fmaxf(beta2 * u[i], fabsf(gi)));
             w[i] -= alpha * m[i] / (u[i] + eps);
         });
 }
@@ -131,34 +185,36 @@ void fnn_adamax_update(float *w, const float *g, float *m, float *u, size_t n, f
  * u_prod * mu_t1; beta2_power = beta2^t. */
 FNN_DISPATCH
 void fnn_nadam_update(float *w, const float *g, float *m, float *v, size_t n, float lr,
-                      float beta1, float beta2, float eps, float mu_t, float mu_t1,
-                      float u_prod, float u_prod_t1, float beta2_power, int n_threads) {
+               float beta1, float beta2, float eps, float mu_t, float mu_t1,
+               float u_prod, float u_prod_t1, float beta2_power,
+               float gscale, float gclip, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     float a = mu_t1 / (1.0f - u_prod_t1), b = (1.0f - mu_t) / (1.0f - u_prod);
     float vc = 1.0f / (1.0f - beta2_power);
     (void)nt;
-    FNN_PARALLEL_FOR(schedule(static),
+    FTZ_PARALLEL_FOR(schedule(static),
         for (i = 0; i < len; i++) {
-            m[i] = flush(m[i] + (g[i] - m[i]) * (1.0f - beta1));
-            v[i] = flush(v[i] + (g[i] * g[i] - v[i]) * (1.0f - beta2));
-            float m_hat = a * m[i] + b * g[i];
+            float gi = G(i);
+            m[i] = flush(m[i] + (gi - m[i]) * (1.0f - beta1));
+            v[i] = flush(v[i] + (gi * gi - v[i]) * (1.0f - beta2));
+            float m_hat = a * m[i] + b * gi;
             w[i] -= lr * m_hat / (sqrtf(v[i] * vc) + eps);
         });
 }
 
 FNN_DISPATCH
 void fnn_ftrl_update(float *w, const float *g, float *acc, float *lin, size_t n, float lr,
-                     float lr_power, float l1, float l2, float l2_shrinkage, float beta,
-                     int n_threads) {
+              float lr_power, float l1, float l2, float l2_shrinkage, float beta,
+              float gscale, float gclip, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     float l2_reg = l2 + beta / (2.0f * lr);
     (void)nt;
-    FNN_PARALLEL_FOR(schedule(static),
+    FTZ_PARALLEL_FOR(schedule(static),
         for (i = 0; i < len; i++) {
-            float gi = g[i] + 2.0f * l2_shrinkage * w[i];
-            float new_acc = acc[i] + g[i] * g[i];
+            float gc = G(i), gi = gc + 2.0f * l2_shrinkage * w[i];
+            float new_acc = acc[i] + gc * gc;
             float p_new = powf(new_acc, -lr_power), p_old = powf(acc[i], -lr_power);
             lin[i] += gi - (p_new - p_old) / lr * w[i];
             float quadratic = p_new / lr + 2.0f * l2_reg;
@@ -171,16 +227,16 @@ void fnn_ftrl_update(float *w, const float *g, float *acc, float *lin, size_t n,
 /* Lion: the step is the sign of an interpolation of momentum and gradient (sign(0) = 0, as
  * Keras's ops.sign), then the momentum moves with beta2. */
 FNN_DISPATCH
-void fnn_lion_update(float *w, const float *g, float *m, size_t n, float lr, float beta1,
-                     float beta2, int n_threads) {
+void fnn_lion_update(float *w, const float *g, float *m, size_t n, float lr, float beta1, float beta2,
+              float gscale, float gclip, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
-    FNN_PARALLEL_FOR(schedule(static),
+    FTZ_PARALLEL_FOR(schedule(static),
         for (i = 0; i < len; i++) {
-            float c = m[i] * beta1 + g[i] * (1.0f - beta1);
+            float gi = G(i), c = m[i] * beta1 + gi * (1.0f - beta1);
             w[i] -= lr * (float)((c > 0.0f) - (c < 0.0f));
-            m[i] = flush(m[i] * beta2 + g[i] * (1.0f - beta2));
+            m[i] = flush(m[i] * beta2 + gi * (1.0f - beta2));
         });
 }
 
@@ -196,38 +252,173 @@ static void weight_decay(float *w, size_t n, float factor, int n_threads) {
     ptrdiff_t i, len = (ptrdiff_t)n;
     int nt = fnn_threads(n, n_threads);
     (void)nt;
-    FNN_PARALLEL_FOR(schedule(static),
+    FTZ_PARALLEL_FOR(schedule(static),
         for (i = 0; i < len; i++) w[i] -= w[i] * factor;);
 }
 
 void fnn_optimizer_step(int kind, float *w, const float *g, float *const *slots, size_t n,
-                        const float *s, int n_threads) {
+                        const float *s, float gscale, float gclip, int n_threads) {
     if (s[0] != 0.0f) weight_decay(w, n, s[0], n_threads);
     s++;
     switch (kind) {
     case FNN_OPT_SGD:
-        fnn_sgd_update(w, g, slots[0], n, s[0], s[1], s[2] != 0.0f, n_threads); break;
+        fnn_sgd_update(w, g, slots[0], n, s[0], s[1], s[2] != 0.0f, gscale, gclip, n_threads); break;
     case FNN_OPT_ADAM:
-        fnn_adam_update(w, g, slots[0], slots[1], slots[2], n, s[0], s[1], s[2], s[3], n_threads);
+        fnn_adam_update(w, g, slots[0], slots[1], slots[2], n, s[0], s[1], s[2], s[3],
+                 gscale, gclip, n_threads);
         break;
     case FNN_OPT_RMSPROP:
         fnn_rmsprop_update(w, g, slots[0], slots[1], slots[2], n, s[0], s[1], s[2], s[3],
-                           n_threads);
+                    gscale, gclip, n_threads);
         break;
     case FNN_OPT_ADAGRAD:
-        fnn_adagrad_update(w, g, slots[0], n, s[0], s[1], n_threads); break;
+        fnn_adagrad_update(w, g, slots[0], n, s[0], s[1], gscale, gclip, n_threads); break;
     case FNN_OPT_ADADELTA:
-        fnn_adadelta_update(w, g, slots[0], slots[1], n, s[0], s[1], s[2], n_threads); break;
+        fnn_adadelta_update(w, g, slots[0], slots[1], n, s[0], s[1], s[2],
+                     gscale, gclip, n_threads); break;
     case FNN_OPT_ADAMAX:
-        fnn_adamax_update(w, g, slots[0], slots[1], n, s[0], s[1], s[2], s[3], n_threads); break;
+        fnn_adamax_update(w, g, slots[0], slots[1], n, s[0], s[1], s[2], s[3],
+                   gscale, gclip, n_threads); break;
     case FNN_OPT_NADAM:
-        fnn_nadam_update(w, g, slots[0], slots[1], n, s[0], s[1], s[2], s[3], s[4], s[5], s[6],
-                         s[7], s[8], n_threads);
+        fnn_nadam_update(w, g, slots[0], slots[1], n, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
+                  s[8], gscale, gclip, n_threads);
         break;
     case FNN_OPT_FTRL:
-        fnn_ftrl_update(w, g, slots[0], slots[1], n, s[0], s[1], s[2], s[3], s[4], s[5], n_threads);
+        fnn_ftrl_update(w, g, slots[0], slots[1], n, s[0], s[1], s[2], s[3], s[4], s[5],
+                 gscale, gclip, n_threads);
         break;
     case FNN_OPT_LION:
-        fnn_lion_update(w, g, slots[0], n, s[0], s[1], s[2], n_threads); break;
+        fnn_lion_update(w, g, slots[0], n, s[0], s[1], s[2], gscale, gclip, n_threads); break;
     }
+}
+
+/* Sums over p[0..n) in FLOAT_LANES independent float lanes, which the compiler vectorizes
+ * (a single double accumulator would be one serial chain of adds, ~130 us for a 784 x 128
+ * kernel), the lanes added as a tree, the tail and the total in double: n is at most a chunk,
+ * so each lane adds few terms. s1 += sum |p|, s2 += sum p^2 (s1 may be NULL). */
+#define FLOAT_LANES 32
+FNN_INLINE void lane_sums(const float *p, size_t n, double *s1, double *s2) {
+    float a1[FLOAT_LANES] = {0}, a2[FLOAT_LANES] = {0};
+    size_t c = 0;
+    double d1 = 0.0, d2 = 0.0;
+    if (s1)
+        for (; c + FLOAT_LANES <= n; c += FLOAT_LANES)
+            for (int j = 0; j < FLOAT_LANES; j++) {
+                a1[j] += fabsf(p[c + j]);
+                a2[j] += p[c + j] * p[c + j];
+            }
+    else
+        for (; c + FLOAT_LANES <= n; c += FLOAT_LANES)
+            for (int j = 0; j < FLOAT_LANES; j++) a2[j] += p[c + j] * p[c + j];
+    for (int half = FLOAT_LANES / 2; half > 0; half /= 2)     /* a tree: short chains */
+        for (int j = 0; j < half; j++) {
+            a1[j] += a1[j + half];
+            a2[j] += a2[j + half];
+        }
+    d1 = a1[0];
+    d2 = a2[0];
+    for (; c < n; c++) {
+        d1 += fabsf(p[c]);
+        d2 += (double)p[c] * p[c];
+    }
+    if (s1) *s1 += d1;
+    *s2 += d2;
+}
+
+/* n values split into SUM_PARTS equal parts whatever the thread count, each summed chunk by
+ * chunk in order, the parts then added in order: the same sum on any number of threads. */
+#define SUM_PARTS 64
+#define SUM_CHUNK 1024       /* summed in float lanes, then added in double */
+static size_t part_len(size_t n) { return (n + SUM_PARTS - 1) / SUM_PARTS; }
+
+/* The sum of squares of n gradients (a norm for Keras's clipnorm and global_clipnorm: one
+ * reading pass). */
+FNN_DISPATCH
+double fnn_sum_squares(const float *g, size_t n, int n_threads) {
+    double parts[SUM_PARTS], sum = 0.0;
+    size_t per = part_len(n);
+    ptrdiff_t k;
+    int nt = fnn_threads(n, n_threads);
+    (void)nt;
+    FTZ_PARALLEL_FOR(schedule(static),
+        for (k = 0; k < SUM_PARTS; k++) {
+            size_t lo = (size_t)k * per < n ? (size_t)k * per : n;
+            size_t hi = lo + per < n ? lo + per : n;
+            double part = 0.0;
+            for (size_t at = lo; at < hi; at += SUM_CHUNK)
+                lane_sums(g + at, hi - at < SUM_CHUNK ? hi - at : SUM_CHUNK, NULL, &part);
+            parts[k] = part;
+        });
+    for (k = 0; k < SUM_PARTS; k++) sum += parts[k];
+    return sum;
+}
+
+/* The factor Keras scales a gradient of this sum of squares by: limit / norm above the limit,
+ * exactly 1 at or below it. A NaN norm gives NaN, as Keras's (both modes), and so does an
+ * infinite global norm (clip_by_global_norm adds norm - norm); clipnorm's factor for an
+ * infinite norm is 0, as Keras's g * limit / max(norm, limit). */
+static float clip_scale(double sum_squares, float limit, int global) {
+    double norm = sqrt(sum_squares);
+    if (isnan(norm) || (global && isinf(norm))) return NAN;
+    return norm > limit ? (float)(limit / norm) : 1.0f;
+}
+
+void fnn_optimizer_update(int kind, float *w, const float *g, float *const *slots,
+                         const size_t *sizes, int n_vars, const float *scalars, int clip_mode,
+                         float limit, int n_threads) {
+    size_t n = 0;
+    for (int v = 0; v < n_vars; v++) n += sizes[v];
+    if (clip_mode == FNN_CLIP_NORM) {     /* each variable by its own norm (Keras's clipnorm) */
+        float *at[FNN_OPT_SLOTS];
+        size_t start = 0;
+        for (int v = 0; v < n_vars; v++) {
+            for (int j = 0; j < FNN_OPT_SLOTS; j++) at[j] = slots[j] ? slots[j] + start : NULL;
+            float scale = clip_scale(fnn_sum_squares(g + start, sizes[v], n_threads), limit, 0);
+            fnn_optimizer_step(kind, w + start, g + start, at, sizes[v], scalars, scale,
+                               INFINITY, n_threads);
+            start += sizes[v];
+        }
+    } else if (clip_mode == FNN_CLIP_GLOBAL_NORM) {
+        float scale = clip_scale(fnn_sum_squares(g, n, n_threads), limit, 1);
+        fnn_optimizer_step(kind, w, g, slots, n, scalars, scale, INFINITY, n_threads);
+    } else {
+        fnn_optimizer_step(kind, w, g, slots, n, scalars, 1.0f,
+                           clip_mode == FNN_CLIP_VALUE ? limit : INFINITY, n_threads);
+    }
+}
+
+/* Keras's l1/l2 weight penalty (regularizers.L1, L2, L1L2) on n weights: returns
+ * l1 * sum |w| + l2 * sum w^2 and, when g is not NULL, adds the penalty's gradient to the
+ * weights', g += l1 * sign(w) + 2 * l2 * w, chunk by chunk (each chunk's gradient while it is
+ * in L1; each chunk's sums in float lanes, added in double, by SUM_PARTS parts). */
+FNN_DISPATCH
+double fnn_l1l2_penalty(const float *w, float *g, size_t n, float l1, float l2, int n_threads) {
+    double parts1[SUM_PARTS], parts2[SUM_PARTS], s1 = 0.0, s2 = 0.0;
+    float l2x2 = 2.0f * l2;
+    size_t per = part_len(n);
+    ptrdiff_t k;
+    int nt = fnn_threads(n, n_threads);
+    (void)nt;
+    FTZ_PARALLEL_FOR(schedule(static),
+        for (k = 0; k < SUM_PARTS; k++) {
+            size_t lo = (size_t)k * per < n ? (size_t)k * per : n;
+            size_t hi = lo + per < n ? lo + per : n;
+            double a1 = 0.0, a2 = 0.0;
+            for (size_t at = lo; at < hi; at += SUM_CHUNK) {
+                size_t end = hi - at < SUM_CHUNK ? hi : at + SUM_CHUNK;
+                lane_sums(w + at, end - at, l1 != 0.0f ? &a1 : NULL, &a2);
+                if (g && l1 != 0.0f)    /* the chunk's gradient while it is in L1 */
+                    for (size_t c = at; c < end; c++)
+                        g[c] += l1 * (float)((w[c] > 0.0f) - (w[c] < 0.0f)) + l2x2 * w[c];
+                else if (g)             /* (l2 alone: no sign) */
+                    for (size_t c = at; c < end; c++) g[c] += l2x2 * w[c];
+            }
+            parts1[k] = a1;
+            parts2[k] = a2;
+        });
+    for (k = 0; k < SUM_PARTS; k++) {
+        s1 += parts1[k];
+        s2 += parts2[k];
+    }
+    return (double)l1 * s1 + (double)l2 * s2;
 }

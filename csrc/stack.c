@@ -157,23 +157,88 @@ static const float *forward(const fnn_stack *s, const float *x, int rows, int tr
     return x;
 }
 
-/* The optimizer step, with this step's scalars, on params [at, at + len) of the arena. */
+/* The optimizer step, with this step's scalars, on params [at, at + len) of the arena; an
+ * elementwise clip (clipvalue) only: a norm needs every gradient first (run_batch). */
 static void update_range(const fnn_stack *s, const float *scalars, size_t at, size_t len,
                          int n_threads) {
     float *slots[FNN_OPT_SLOTS];
+    float clip = s->clip_mode == FNN_CLIP_VALUE ? s->clip_limit : INFINITY;
     for (int j = 0; j < FNN_OPT_SLOTS; j++) slots[j] = s->slots[j] ? s->slots[j] + at : NULL;
-    fnn_optimizer_step(s->opt, s->params + at, s->grads + at, slots, len, scalars, n_threads);
+    fnn_optimizer_step(s->opt, s->params + at, s->grads + at, slots, len, scalars, 1.0f, clip,
+                       n_threads);
+}
+
+/* ---- weight penalties (s->reg) ---- */
+static int penalized(const float *factors) { return factors[0] != 0.0f || factors[1] != 0.0f; }
+
+/* Where layer i's kernel rows start in s->pen_rows (its bias's value follows them). */
+static size_t pen_at(const fnn_stack *s, int i) {
+    size_t at = 0;
+    for (int j = 0; j < i; j++) at += (size_t)s->layers[j].d_in + 1;
+    return at;
+}
+
+/* Rows [lo, hi) of layer i's kernel: their penalty values into pen_rows and, training, the
+ * penalty's gradient added to theirs. */
+static void penalize_kernel(const fnn_stack *s, int i, int lo, int hi, int train,
+                            int n_threads) {
+    const fnn_dense *layer = &s->layers[i];
+    const float *r = s->reg + 4 * i;
+    size_t cols = (size_t)layer->d_out;
+    double *value = s->pen_rows + pen_at(s, i) + lo;
+    if (!penalized(r) || hi <= lo) return;
+    value[0] = fnn_l1l2_penalty(layer->kernel + (size_t)lo * cols,
+                        train ? layer->d_kernel + (size_t)lo * cols : NULL,
+                        (size_t)(hi - lo) * cols, r[0], r[1], n_threads);
+    memset(value + 1, 0, (size_t)(hi - lo - 1) * sizeof(double));
+}
+
+static void penalize_bias(const fnn_stack *s, int i, int train, int n_threads) {
+    const fnn_dense *layer = &s->layers[i];
+    const float *r = s->reg + 4 * i + 2;
+    if (layer->bias && penalized(r))
+        s->pen_rows[pen_at(s, i) + layer->d_in] =
+            fnn_l1l2_penalty(layer->bias, train ? layer->d_bias : NULL, (size_t)layer->d_out, r[0], r[1],
+                     n_threads);
+}
+
+static void penalize_all(const fnn_stack *s, int train, int n_threads) {
+    for (int i = 0; i < s->n_layers; i++) {
+        penalize_kernel(s, i, 0, s->layers[i].d_in, train, n_threads);
+        penalize_bias(s, i, train, n_threads);
+    }
+}
+
+/* The penalties' value: each weight's blocks of rows summed in order, then the weights layer
+ * by layer, kernel then bias, as the layer-by-layer path sums them (Model._regularization). */
+static double penalty_total(const fnn_stack *s) {
+    double total = 0.0;
+    size_t at = 0;
+    for (int i = 0; i < s->n_layers; i++) {
+        const fnn_dense *layer = &s->layers[i];
+        if (penalized(s->reg + 4 * i)) {
+            double value = 0.0;
+            for (int r = 0; r < layer->d_in; r++) value += s->pen_rows[at + r];
+            total += value;
+        }
+        at += (size_t)layer->d_in;
+        if (layer->bias && penalized(s->reg + 4 * i + 2)) total += s->pen_rows[at];
+        at += 1;
+    }
+    return total;
 }
 
 typedef struct {
     const fnn_stack *s;
     const float *scalars;
     size_t kernel_at;
-    int cols;
+    int cols, layer;
 } kernel_update;
 
+/* Rows [lo, hi) of a layer's kernel gradient are final: their penalty, then their step. */
 static void update_kernel_rows(void *ctx, int lo, int hi, int n_threads) {
     const kernel_update *u = (const kernel_update *)ctx;
+    if (u->s->reg) penalize_kernel(u->s, u->layer, lo, hi, 1, n_threads);
     update_range(u->s, u->scalars, u->kernel_at + (size_t)lo * u->cols,
                  (size_t)(hi - lo) * u->cols, n_threads);
 }
@@ -195,7 +260,7 @@ static void backward(const fnn_stack *s, const float *x, int rows, const float *
         const float *z = fnn_activation_needs_input(act) ? s->z[i] : NULL;
         float *dx = i > 0 ? s->dx[i] : NULL;
         int in_place = kernel_step > 0 && s->in_place_at && s->in_place_at[i] >= 0;
-        kernel_update u = {s, scalars, scalars ? s->kernel_at[i] : 0, layer->d_out};
+        kernel_update u = {s, scalars, scalars ? s->kernel_at[i] : 0, layer->d_out, i};
         fnn_rows_done done = {update_kernel_rows, &u};
         fnn_dense own;
         if (in_place) {     /* the kernel lies in the arena, which the stack may write */
@@ -206,6 +271,7 @@ static void backward(const fnn_stack *s, const float *x, int rows, const float *
         fnn_dense_backward(layer, act, i > 0 ? s->y[i - 1] : x, z, s->y[i], dy, dy, dx, rows,
                            in_place ? kernel_step : 0.0f,
                            scalars && !in_place ? &done : NULL, n_threads);
+        if (scalars && layer->d_bias && s->reg) penalize_bias(s, i, 1, n_threads);
         if (scalars && layer->d_bias)
             update_range(s, scalars, u.kernel_at + (size_t)layer->d_in * layer->d_out,
                          (size_t)layer->d_out, n_threads);
@@ -214,18 +280,32 @@ static void backward(const fnn_stack *s, const float *x, int rows, const float *
 }
 
 /* The plain SGD learning rate of this step's scalars when the step is exactly w -= lr * g
- * (SGD, no weight decay, no momentum) and some kernel takes it in place; else 0. */
+ * (SGD, no weight decay, no momentum, no clipping) and some kernel takes it in place; else 0. */
 static float plain_step(const fnn_stack *s, const float *scalars) {
-    if (!s->in_place_at || s->opt != FNN_OPT_SGD || scalars[0] != 0.0f || scalars[2] != 0.0f)
+    if (!s->in_place_at || s->opt != FNN_OPT_SGD || scalars[0] != 0.0f || scalars[2] != 0.0f ||
+            s->clip_mode != FNN_CLIP_NONE)
         return 0.0f;
     return scalars[1] > 0.0f ? scalars[1] : 0.0f;
 }
 
+/* The optimizer step over the whole arena, clipped as the optimizer asks (a norm clip reads
+ * every gradient first). */
+static void apply_step(const fnn_stack *s, const float *scalars, int n_threads) {
+    if (s->var_sizes)
+        fnn_optimizer_update(s->opt, s->params, s->grads, s->slots, s->var_sizes, s->n_vars,
+                            scalars, s->clip_mode, s->clip_limit, n_threads);
+    else
+        fnn_optimizer_update(s->opt, s->params, s->grads, s->slots, &s->n_params, 1, scalars,
+                            s->clip_mode, s->clip_limit, n_threads);
+}
+
 /* One batch: forward, loss, metric counts and, training, backward and the optimizer step with
  * this step's scalars. Returns 0; -1 when the loss is not finite (its raw value is added to
- * sums[0..1] and nothing else happens); -2 for a label out of range (nothing happens). */
+ * sums[0..1] and nothing else happens); -2 for a label out of range (nothing happens).
+ * penalty: evaluating, the weight penalties' value (training computes it in the step). */
 static int run_batch(const fnn_stack *s, const fnn_stack_data *d, const float *x, int64_t first,
-                     int rows, int train, const float *scalars, double *sums, int n_threads) {
+                     int rows, int train, const float *scalars, double penalty, double *sums,
+                     int n_threads) {
     const int32_t *labels;
     const float *targets, *weights;
     size_t cols = (size_t)s->layers[s->n_layers - 1].d_out;
@@ -242,8 +322,7 @@ static int run_batch(const fnn_stack *s, const fnn_stack_data *d, const float *x
         sums[1] += rows;
         return -1;
     }
-    sums[0] += total * (s->mean_reduction ? 1.0 : (double)rows);
-    sums[1] += rows;
+    double counted = total * (s->mean_reduction ? 1.0 : (double)rows);
     if (d->outputs)
         memcpy(d->outputs + (size_t)(first - d->outputs_first) * cols, out,
                (size_t)rows * cols * sizeof(float));
@@ -252,18 +331,23 @@ static int run_batch(const fnn_stack *s, const fnn_stack_data *d, const float *x
         sums[3] += rows;
     }
     float step = train ? plain_step(s, scalars) : 0.0f;
-    if (train && s->kernel_at) {
+    int norm_clip = s->clip_mode == FNN_CLIP_NORM || s->clip_mode == FNN_CLIP_GLOBAL_NORM;
+    if (train && s->kernel_at && !norm_clip) {
         backward(s, x, rows, scalars, step, n_threads);
     } else if (train && step > 0) {     /* the rest of the arena, around the in-place kernels */
         backward(s, x, rows, NULL, step, n_threads);
+        if (s->reg) penalize_all(s, 1, n_threads);
         for (int j = 0; j < s->n_update_spans; j++)
             update_range(s, scalars, s->update_spans[2 * j],
                          s->update_spans[2 * j + 1] - s->update_spans[2 * j], n_threads);
     } else if (train) {
         backward(s, x, rows, NULL, 0.0f, n_threads);
-        fnn_optimizer_step(s->opt, s->params, s->grads, s->slots, s->n_params, scalars,
-                           n_threads);
+        if (s->reg) penalize_all(s, 1, n_threads);
+        apply_step(s, scalars, n_threads);
     }
+    if (train && s->reg) penalty = penalty_total(s);
+    sums[0] += counted + (double)rows * penalty;     /* as Model._train_step counts it */
+    sums[1] += rows;
     return 0;
 }
 
@@ -312,7 +396,11 @@ static int run_batch_reduced(const fnn_stack *s, const fnn_stack_data *d, const 
         sums[2] += correct;
         sums[3] += rows;
     }
-    fnn_optimizer_step(s->opt, s->params, s->grads, s->slots, s->n_params, scalars, n_threads);
+    if (s->reg) {       /* the penalties once, on the summed gradients, as the rows count them */
+        penalize_all(s, 1, n_threads);
+        sums[0] += (double)rows * penalty_total(s);
+    }
+    apply_step(s, scalars, n_threads);
     return 0;
 }
 
@@ -342,6 +430,11 @@ int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, in
                       int64_t n_steps, const float *scalars, double *sums, int *status,
                       int n_threads) {
     int n_scalars = fnn_optimizer_scalars(s->opt), rc = 0, buf = 0;
+    double penalty = 0.0;       /* evaluating: the weights do not change during the run */
+    if (!train && s->reg) {
+        penalize_all(s, 0, n_threads);
+        penalty = penalty_total(s);
+    }
     int overlap = overlap_gather(s, d, n_threads);
     size_t buf_len = (size_t)s->batch * (size_t)s->layers[0].d_in;
     int saved = fnn_blas_pin();
@@ -363,13 +456,14 @@ int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, in
             #pragma omp parallel sections num_threads(2)
             {
                 #pragma omp section
-                rc = run_batch(s, d, x, first, rows, train, sc, sums, 1);
+                rc = run_batch(s, d, x, first, rows, train, sc, penalty, sums, 1);
                 #pragma omp section
                 next = gather_x(d, next_buf, next_first, next_rows, 1);
             }
         } else {
-            rc = train && d->reduce ? run_batch_reduced(s, d, x, first, rows, sc, sums, n_threads)
-                                    : run_batch(s, d, x, first, rows, train, sc, sums, n_threads);
+            rc = train && d->reduce
+                     ? run_batch_reduced(s, d, x, first, rows, sc, sums, n_threads)
+                     : run_batch(s, d, x, first, rows, train, sc, penalty, sums, n_threads);
             if (has_next && rc == 0)
                 next = gather_x(d, next_buf, next_first, next_rows, n_threads);
         }

@@ -4,6 +4,9 @@ a BLAS found at run time (NumPy's or SciPy's bundled OpenBLAS, see fastnn/backen
 nothing links against a BLAS. Every wrapper checks sizes before any memory is touched and
 releases the GIL around the work. Arrays are float32 and C-contiguous; the Python backend
 (fastnn/backend/cpu.py) guarantees that."""
+import operator
+
+from libc.math cimport INFINITY, isfinite
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport calloc, free
 
@@ -123,25 +126,33 @@ cdef extern from "fastnn.h" nogil:
     void fnn_batchnorm_update_moving(float *moving_mean, float *moving_var, const float *mean,
                                      const float *var, float momentum, size_t cols)
     void fnn_sgd_update(float *w, const float *g, float *m, size_t n, float lr, float momentum,
-                        int nesterov, int n_threads)
+                 int nesterov, float gscale, float gclip, int n_threads)
     void fnn_adam_update(float *w, const float *g, float *m, float *v, float *vmax, size_t n,
-                         float alpha, float beta1, float beta2, float eps, int n_threads)
+                  float alpha, float beta1, float beta2, float eps,
+                  float gscale, float gclip, int n_threads)
     void fnn_rmsprop_update(float *w, const float *g, float *v, float *mom, float *mg, size_t n,
-                            float lr, float rho, float momentum, float eps, int n_threads)
+                     float lr, float rho, float momentum, float eps,
+                     float gscale, float gclip, int n_threads)
     void fnn_adagrad_update(float *w, const float *g, float *acc, size_t n, float lr, float eps,
-                            int n_threads)
+                     float gscale, float gclip, int n_threads)
     void fnn_adadelta_update(float *w, const float *g, float *acc_g, float *acc_dx, size_t n,
-                             float lr, float rho, float eps, int n_threads)
+                      float lr, float rho, float eps, float gscale, float gclip, int n_threads)
     void fnn_adamax_update(float *w, const float *g, float *m, float *u, size_t n, float alpha,
-                           float beta1, float beta2, float eps, int n_threads)
+                    float beta1, float beta2, float eps, float gscale, float gclip, int n_threads)
     void fnn_lion_update(float *w, const float *g, float *m, size_t n, float lr, float beta1,
-                         float beta2, int n_threads)
+                  float beta2, float gscale, float gclip, int n_threads)
     void fnn_nadam_update(float *w, const float *g, float *m, float *v, size_t n, float lr,
-                          float beta1, float beta2, float eps, float mu_t, float mu_t1,
-                          float u_prod, float u_prod_t1, float beta2_power, int n_threads)
+                   float beta1, float beta2, float eps, float mu_t, float mu_t1,
+                   float u_prod, float u_prod_t1, float beta2_power,
+                   float gscale, float gclip, int n_threads)
     void fnn_ftrl_update(float *w, const float *g, float *acc, float *lin, size_t n, float lr,
-                         float lr_power, float l1, float l2, float l2_shrinkage, float beta,
-                         int n_threads)
+                  float lr_power, float l1, float l2, float l2_shrinkage, float beta,
+                  float gscale, float gclip, int n_threads)
+    int FNN_CLIP_NONE, FNN_CLIP_VALUE, FNN_CLIP_NORM, FNN_CLIP_GLOBAL_NORM
+    void fnn_optimizer_update(int kind, float *w, const float *g, float **slots,
+                             const size_t *sizes, int n_vars, const float *scalars,
+                             int clip_mode, float limit, int n_threads)
+    double fnn_l1l2_penalty(const float *w, float *g, size_t n, float l1, float l2, int n_threads)
     int FNN_OPT_SLOTS, FNN_N_OPTIMIZERS, FNN_N_LOSSES, FNN_LOSS_SPARSE_XENT
     int FNN_METRIC_NONE, FNN_METRIC_BINARY_ACC
     int FNN_SRC_F32, FNN_SRC_F64, FNN_SRC_U8
@@ -170,6 +181,12 @@ cdef extern from "fastnn.h" nogil:
         const int64_t *in_place_at
         const size_t *update_spans
         int n_update_spans
+        const float *reg
+        double *pen_rows
+        int clip_mode
+        float clip_limit
+        const size_t *var_sizes
+        int n_vars
     ctypedef struct fnn_stack_data:
         const void *x
         int x_type
@@ -977,7 +994,7 @@ def sgd_update(w, g, m, float lr, float momentum, bint nesterov):
         return
     cdef float *mp = _ptr(M)
     with nogil:
-        fnn_sgd_update(&W[0], &G[0], mp, W.shape[0], lr, momentum, nesterov, _n_threads)
+        fnn_sgd_update(&W[0], &G[0], mp, W.shape[0], lr, momentum, nesterov, 1.0, INFINITY, _n_threads)
 
 
 def adam_update(w, g, m, v, vmax, float alpha, float beta1, float beta2, float eps):
@@ -993,7 +1010,7 @@ def adam_update(w, g, m, v, vmax, float alpha, float beta1, float beta2, float e
     cdef float *vmp = _ptr(VM)
     with nogil:
         fnn_adam_update(&W[0], &G[0], &M[0], &V[0], vmp, W.shape[0], alpha, beta1, beta2, eps,
-                        _n_threads)
+                 1.0, INFINITY, _n_threads)
 
 
 def rmsprop_update(w, g, v, mom, mg, float lr, float rho, float momentum, float eps):
@@ -1010,7 +1027,7 @@ def rmsprop_update(w, g, v, mom, mg, float lr, float rho, float momentum, float 
     cdef float *mgp = _ptr(MG)
     with nogil:
         fnn_rmsprop_update(&W[0], &G[0], &V[0], momp, mgp, W.shape[0], lr, rho, momentum,
-                           eps, _n_threads)
+                    eps, 1.0, INFINITY, _n_threads)
 
 
 def adagrad_update(w, g, acc, float lr, float eps):
@@ -1021,7 +1038,7 @@ def adagrad_update(w, g, acc, float lr, float eps):
     if W.shape[0] == 0:
         return
     with nogil:
-        fnn_adagrad_update(&W[0], &G[0], &A[0], W.shape[0], lr, eps, _n_threads)
+        fnn_adagrad_update(&W[0], &G[0], &A[0], W.shape[0], lr, eps, 1.0, INFINITY, _n_threads)
 
 
 def adadelta_update(w, g, acc_g, acc_dx, float lr, float rho, float eps):
@@ -1033,7 +1050,8 @@ def adadelta_update(w, g, acc_g, acc_dx, float lr, float rho, float eps):
     if W.shape[0] == 0:
         return
     with nogil:
-        fnn_adadelta_update(&W[0], &G[0], &AG[0], &AD[0], W.shape[0], lr, rho, eps, _n_threads)
+        fnn_adadelta_update(&W[0], &G[0], &AG[0], &AD[0], W.shape[0], lr, rho, eps,
+                     1.0, INFINITY, _n_threads)
 
 
 def adamax_update(w, g, m, u, float alpha, float beta1, float beta2, float eps):
@@ -1046,7 +1064,7 @@ def adamax_update(w, g, m, u, float alpha, float beta1, float beta2, float eps):
         return
     with nogil:
         fnn_adamax_update(&W[0], &G[0], &M[0], &U[0], W.shape[0], alpha, beta1, beta2, eps,
-                          _n_threads)
+                   1.0, INFINITY, _n_threads)
 
 
 def lion_update(w, g, m, float lr, float beta1, float beta2):
@@ -1057,7 +1075,7 @@ def lion_update(w, g, m, float lr, float beta1, float beta2):
     if W.shape[0] == 0:
         return
     with nogil:
-        fnn_lion_update(&W[0], &G[0], &M[0], W.shape[0], lr, beta1, beta2, _n_threads)
+        fnn_lion_update(&W[0], &G[0], &M[0], W.shape[0], lr, beta1, beta2, 1.0, INFINITY, _n_threads)
 
 
 def nadam_update(w, g, m, v, float lr, float beta1, float beta2, float eps, float mu_t,
@@ -1071,7 +1089,7 @@ def nadam_update(w, g, m, v, float lr, float beta1, float beta2, float eps, floa
         return
     with nogil:
         fnn_nadam_update(&W[0], &G[0], &M[0], &V[0], W.shape[0], lr, beta1, beta2, eps, mu_t, mu_t1,
-                         u_prod, u_prod_t1, beta2_power, _n_threads)
+                  u_prod, u_prod_t1, beta2_power, 1.0, INFINITY, _n_threads)
 
 
 def ftrl_update(w, g, acc, lin, float lr, float lr_power, float l1, float l2,
@@ -1085,7 +1103,121 @@ def ftrl_update(w, g, acc, lin, float lr, float lr_power, float l1, float l2,
         return
     with nogil:
         fnn_ftrl_update(&W[0], &G[0], &A[0], &L[0], W.shape[0], lr, lr_power, l1, l2,
-                        l2_shrinkage, beta, _n_threads)
+                 l2_shrinkage, beta, 1.0, INFINITY, _n_threads)
+
+
+# Optimizer slots each kind needs (the rest are optional, see fnn_optimizer_step): SGD's
+# momentum slot and RMSprop's second one are needed only with momentum, checked per step.
+cdef int[9] _REQUIRED_SLOTS = [0, 2, 1, 1, 2, 2, 2, 2, 1]
+
+
+CLIP_NONE, CLIP_VALUE, CLIP_NORM, CLIP_GLOBAL_NORM = (FNN_CLIP_NONE, FNN_CLIP_VALUE,
+                                                     FNN_CLIP_NORM, FNN_CLIP_GLOBAL_NORM)
+
+
+def optimizer_update(int kind, w, g, slots, scalars, int clip_mode, float limit, sizes):
+    """One step of optimizer `kind` (fnn_optimizer_step's ids) over the variables of `sizes`
+    laid out back to back in w, g and the slots (a tuple in the kernel's order, None for
+    unused ones), with scalars (float32: the weight decay factor, then the kind's own) and
+    Keras's clipping (CLIP_*, limit > 0): clipnorm and global_clipnorm read the gradient once
+    for their norms, clipvalue clamps it as the update reads it (fnn_optimizer_update)."""
+    fn = "optimizer_update"
+    n_scalars = fnn_optimizer_scalars(kind)
+    if n_scalars < 0:
+        raise ValueError(f"{fn}: kind: unknown optimizer kind {kind}")
+    if not FNN_CLIP_NONE <= clip_mode <= FNN_CLIP_GLOBAL_NORM:
+        raise ValueError(f"{fn}: clip_mode: expected one of 0-3 (CLIP_*), got {clip_mode}")
+    if clip_mode != FNN_CLIP_NONE and not (limit > 0 and isfinite(limit)):
+        raise ValueError(f"{fn}: limit: expected a finite float > 0 with clip_mode "
+                         f"{clip_mode}, got {limit}")
+    cdef float[::1] W = _f1(f"{fn}: w", w, True)
+    cdef const float[::1] G = _cf1(f"{fn}: g", g, True)
+    cdef const float[::1] SC = _cf1(f"{fn}: scalars", scalars, True)
+    if SC.shape[0] != n_scalars:
+        raise ValueError(f"{fn}: scalars: expected shape ({n_scalars},) for optimizer kind "
+                         f"{kind}, got ({SC.shape[0]},)")
+    if not isinstance(slots, (tuple, list)):
+        raise TypeError(f"{fn}: slots: expected a tuple of float32 arrays or None, got "
+                        f"{_describe(slots)}")
+    if len(slots) > FNN_OPT_SLOTS:
+        raise ValueError(f"{fn}: slots: expected at most {FNN_OPT_SLOTS}, got {len(slots)}")
+    cdef float[::1] S0 = _f1(f"{fn}: slots[0]", slots[0] if len(slots) > 0 else None,
+                             _REQUIRED_SLOTS[kind] > 0 or
+                             kind == FNN_OPT_SGD and SC[2] != 0)
+    cdef float[::1] S1 = _f1(f"{fn}: slots[1]", slots[1] if len(slots) > 1 else None,
+                             _REQUIRED_SLOTS[kind] > 1 or
+                             kind == FNN_OPT_RMSPROP and SC[3] > 0)
+    cdef float[::1] S2 = _f1(f"{fn}: slots[2]", slots[2] if len(slots) > 2 else None,
+                             _REQUIRED_SLOTS[kind] > 2)
+    _check_update(fn, W, G, ("slots[0]", "slots[1]", "slots[2]"), (S0, S1, S2), ())
+    _all_disjoint(fn, [("w", <size_t>_p1(W), _n1(W)), ("slots[0]", <size_t>_p1(S0), _n1(S0)),
+                       ("slots[1]", <size_t>_p1(S1), _n1(S1)),
+                       ("slots[2]", <size_t>_p1(S2), _n1(S2))],
+                  [("scalars", <size_t>&SC[0], 4 * <size_t>SC.shape[0])])
+    try:
+        n_vars = len(sizes)
+    except TypeError:
+        raise TypeError(f"{fn}: sizes: expected a sequence of ints, got "
+                        f"{_describe(sizes)}") from None
+    _fits_int(f"{fn}: sizes (variables)", n_vars)
+    cdef size_t *sp = <size_t *>calloc(max(1, n_vars), sizeof(size_t))
+    if sp == NULL:
+        raise MemoryError()
+    cdef Py_ssize_t v, size, total = 0
+    cdef float *ptrs[3]
+    ptrs[0], ptrs[1], ptrs[2] = _ptr(S0), _ptr(S1), _ptr(S2)
+    try:
+        for v in range(n_vars):
+            size = operator.index(sizes[v])     # (a float or a string is a TypeError)
+            if size < 0 or size > W.shape[0] - total:
+                raise ValueError(f"{fn}: sizes: expected sizes >= 0 adding up to len(w) = "
+                                 f"{W.shape[0]}, got {list(sizes)[:8]}")
+            sp[v] = <size_t>size
+            total += size
+        if total != W.shape[0]:
+            raise ValueError(f"{fn}: sizes: expected sizes >= 0 adding up to len(w) = "
+                             f"{W.shape[0]}, got {list(sizes)[:8]}")
+        if total == 0:
+            return
+        with nogil:
+            fnn_optimizer_update(kind, &W[0], &G[0], ptrs, sp, <int>n_vars, &SC[0], clip_mode,
+                                limit, _n_threads)
+    finally:
+        free(sp)
+
+
+def l1l2_penalty(w, g, float l1, float l2):
+    """Keras's l1/l2 weight penalty l1 * sum|w| + l2 * sum w^2 (as a float, summed in double);
+    with g (w's shape, writable), its gradient l1 * sign(w) + 2 * l2 * w is added to g
+    (fnn_l1l2_penalty)."""
+    fn = "l1l2_penalty"
+    import numpy as np
+    for name, a, writable in (("w", w, False), ("g", g, True)):
+        if a is None and name == "g":
+            continue
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+            raise TypeError(f"{fn}: {name}: expected a C-contiguous float32 array, got "
+                            f"{_describe(a)}")
+        if not a.flags.c_contiguous or (writable and not a.flags.writeable):
+            raise ValueError(f"{fn}: {name}: expected a C-contiguous"
+                             f"{' writable' if writable else ''} float32 array, got "
+                             f"{_describe(a)}")
+    if g is not None and g.shape != w.shape:
+        raise ValueError(f"{fn}: g: expected shape {w.shape} like w, got {g.shape}")
+    if not (l1 >= 0 and isfinite(l1) and l2 >= 0 and isfinite(l2)):
+        raise ValueError(f"{fn}: l1, l2: expected finite floats >= 0, got {l1}, {l2}")
+    if w.size == 0:
+        return 0.0
+    cdef const float[::1] WV = w.reshape(-1)
+    cdef float[::1] GV = None if g is None else g.reshape(-1)
+    cdef size_t n = WV.shape[0]
+    if GV is not None:
+        _disjoint(f"{fn}: g", &GV[0], 4 * n, "w", &WV[0], 4 * n)
+    cdef float *gp = NULL if GV is None else &GV[0]
+    cdef double total
+    with nogil:
+        total = fnn_l1l2_penalty(&WV[0], gp, n, l1, l2, _n_threads)
+    return total
 
 
 # ---- convolution, pooling, batch normalization -------------------------------------------------
@@ -1582,9 +1714,6 @@ IN_PLACE_MIN_WEIGHTS = FNN_IN_PLACE_MIN_WEIGHTS
 # The preprocessing arithmetic the Dense stack applies as it gathers a row (fnn_stack_data.pre).
 PRE_AFFINE, PRE_STANDARDIZE = FNN_PRE_AFFINE, FNN_PRE_STANDARDIZE
 
-# Optimizer slots each kind needs (the rest are optional, see fnn_optimizer_step): SGD's
-# momentum slot and RMSprop's second one are needed only with momentum, checked per step.
-cdef int[9] _REQUIRED_SLOTS = [0, 2, 1, 1, 2, 2, 2, 2, 1]
 
 
 cdef inline float *_fptr(a) except? NULL:
@@ -1624,6 +1753,7 @@ cdef class DenseStack:
     cdef size_t *kernel_at            # each layer's kernel offset in the arena, or NULL
     cdef int64_t *in_place_at         # see fnn_stack.in_place_at
     cdef size_t *update_spans
+    cdef size_t *var_sizes            # the optimizer's variable sizes (clipnorm), or NULL
     cdef list keep                    # every array the pointers above point into
     cdef public int d_in, d_out, n_scalars, batch, loss
     cdef public bint train
@@ -1631,7 +1761,8 @@ cdef class DenseStack:
 
     def __cinit__(self, list layers, int batch, bint train=False, int loss=0, bint fused=False,
                   bint mean_reduction=True, int metric=0, float threshold=0.5, int opt=0,
-                  params=None, grads=None, slots=()):
+                  params=None, grads=None, slots=(), reg=None, int clip_mode=0,
+                  float clip_limit=0.0, var_sizes=None):
         import numpy as np
         cdef int n = len(layers), i
         cdef const float[:, ::1] kv
@@ -1750,9 +1881,61 @@ cdef class DenseStack:
         self.s.metric, self.s.threshold, self.s.opt = metric, threshold, opt
         self.s.params, self.s.grads, self.s.slots = _fptr(params), _fptr(grads), self.slot_ptrs
         self.s.n_params = pv.shape[0]
+        self._penalties(reg)
+        self._clipping(clip_mode, clip_limit, var_sizes)
         self._find_kernels(layers, params, grads)
         if opt == FNN_OPT_SGD:
             self._find_in_place(layers, params)
+
+    cdef _penalties(self, reg):
+        """reg: None, or float32 (n_layers, 4): per layer Keras's l1 and l2 factors of its
+        kernel's regularizer, then of its bias's (0, 0: none), see fnn_stack.reg."""
+        import numpy as np
+        if reg is None:
+            return
+        cdef int n = self.s.n_layers, i
+        cdef const float[:, ::1] R = _cf2("DenseStack: reg", reg, True)
+        if R.shape[0] != n or R.shape[1] != 4:
+            raise ValueError(f"DenseStack: reg: expected shape ({n}, 4), got {_shape2(R)}")
+        for i in range(n):
+            for j in range(4):
+                if not (R[i, j] >= 0 and isfinite(R[i, j])):
+                    raise ValueError(f"DenseStack: reg[{i}, {j}]: expected a finite factor "
+                                     f">= 0, got {R[i, j]}")
+            if self.dense[i].bias == NULL and (R[i, 2] != 0 or R[i, 3] != 0):
+                raise ValueError(f"DenseStack: reg[{i}]: a bias penalty for a layer without "
+                                 "a bias")
+        cdef Py_ssize_t n_rows = 0
+        for i in range(n):
+            n_rows += self.dense[i].d_in + 1
+        pen_rows = np.zeros(n_rows, np.float64)
+        cdef double[::1] P = pen_rows
+        self.keep += [reg, pen_rows]
+        self.s.reg, self.s.pen_rows = &R[0, 0], &P[0]
+
+    cdef _clipping(self, int clip_mode, float clip_limit, var_sizes):
+        """Keras's gradient clipping (CLIP_*, limit > 0); var_sizes (ints adding up to the
+        arena's size): the optimizer's variables, which clipnorm clips one by one."""
+        if not FNN_CLIP_NONE <= clip_mode <= FNN_CLIP_GLOBAL_NORM:
+            raise ValueError(f"DenseStack: clip_mode: expected one of 0-3 (CLIP_*), got "
+                             f"{clip_mode}")
+        if clip_mode != FNN_CLIP_NONE and not (clip_limit > 0 and isfinite(clip_limit)):
+            raise ValueError(f"DenseStack: clip_limit: expected a finite float > 0, got "
+                             f"{clip_limit}")
+        self.s.clip_mode, self.s.clip_limit = clip_mode, clip_limit
+        if var_sizes is None:
+            return
+        sizes = [int(v) for v in var_sizes]
+        if any(v < 0 for v in sizes) or sum(sizes) != self.s.n_params:
+            raise ValueError(f"DenseStack: var_sizes: expected sizes >= 0 adding up to the "
+                             f"{self.s.n_params} parameters, got {sizes[:8]}")
+        _fits_int("DenseStack: var_sizes (variables)", len(sizes))
+        self.var_sizes = <size_t *>calloc(max(1, len(sizes)), sizeof(size_t))
+        if self.var_sizes == NULL:
+            raise MemoryError()
+        for i in range(len(sizes)):
+            self.var_sizes[i] = sizes[i]
+        self.s.var_sizes, self.s.n_vars = self.var_sizes, len(sizes)
 
     cdef _find_kernels(self, list layers, params, grads):
         """Point s.kernel_at at each layer's kernel offset when the layers' parameters tile the
@@ -1790,9 +1973,13 @@ cdef class DenseStack:
         cdef size_t n = len(layers), i, base = _addr(params), size = 4 * <size_t>params.shape[0]
         spans = []
         at = []
-        for kernel, *_ in layers:
+        for i in range(n):
+            kernel = layers[i][0]
             a = _addr(kernel)
-            if kernel.size >= FNN_IN_PLACE_MIN_WEIGHTS and base <= a and \
+            # (not a kernel with a penalty: its gradient must be written, as on the general path)
+            if self.s.reg != NULL and (self.s.reg[4 * i] != 0 or self.s.reg[4 * i + 1] != 0):
+                at.append(-1)
+            elif kernel.size >= FNN_IN_PLACE_MIN_WEIGHTS and base <= a and \
                     a + 4 * kernel.size <= base + size and (a - base) % 4 == 0:
                 at.append((a - base) // 4)
                 spans.append(((a - base) // 4, (a - base) // 4 + kernel.size))
@@ -1838,6 +2025,7 @@ cdef class DenseStack:
         free(self.kernel_at)
         free(self.in_place_at)
         free(self.update_spans)
+        free(self.var_sizes)
 
     cdef int _data(self, fnn_stack_data *d, x, y, weights, order, pre=None,
                    bint subset=False) except -1:

@@ -57,6 +57,7 @@ class Optimizer:
     # Slot variables as Keras creates them: each group is one add_optimizer_variables call,
     # whose variables Keras interleaves per weight (m_0, v_0, m_1, v_1); groups follow in turn.
     slot_groups = ()
+    kind = None     # each optimizer's id of its update kernel (csrc/fastnn.h FNN_OPT_*)
 
     def __init__(self, learning_rate=0.001, weight_decay=None, clipnorm=None, clipvalue=None,
                  global_clipnorm=None, use_ema=False, ema_momentum=0.99,
@@ -150,10 +151,11 @@ class Optimizer:
         lr = self.learning_rate
         scalars = self._scalars(lr, self.iterations + 1)
         if ranges is None:
-            self._transform_gradients(grads)
-            if self.weight_decay:
-                params -= params * np.float32(lr * self.weight_decay)
-            self._update(ops, params, grads, scalars)
+            # clipping, weight decay and the update: one C call (csrc/optim.c)
+            decay = np.float32(lr * self.weight_decay) if self.weight_decay else 0.0
+            ops.optimizer_update(self.kind, params, grads, self.fused_slots(),
+                                 np.array((decay,) + tuple(scalars), np.float32),
+                                 *self.clipping(), self._sizes or [params.size])
         else:
             if self.plain_step_lr() is None:
                 raise RuntimeError(f"{type(self).__name__}: a step by ranges needs a plain SGD "
@@ -235,25 +237,15 @@ class Optimizer:
             self._set_step_state(states[updates - 1])
             self.iterations += updates
 
-    def _transform_gradients(self, grads):
-        """Keras's clipping, computed where the gradients are (no device-to-host read): a norm
-        above the limit scales by limit / norm, one at or below it by exactly 1."""
-        xp = get_ops().xp
-        if self.clipvalue is not None:
-            xp.clip(grads, -self.clipvalue, self.clipvalue, out=grads)
-        elif self.global_clipnorm is not None:
-            grads *= self._clip_factor(xp, grads, self.global_clipnorm)
-        elif self.clipnorm is not None:
-            start = 0
-            for size in self._sizes:
-                g = grads[start:start + size]
-                g *= self._clip_factor(xp, g, self.clipnorm)
-                start += size
-
-    @staticmethod
-    def _clip_factor(xp, g, limit):
-        norm = xp.sqrt((g.astype("float64") ** 2).sum())
-        return (limit / xp.maximum(norm, limit)).astype("float32")
+    def clipping(self):
+        """(clip mode, limit) for the update kernels (Ops.CLIP_*): Keras clips only by a
+        limit > 0 (base_optimizer._clip_gradients), clipnorm before global_clipnorm before
+        clipvalue (at most one is set)."""
+        for mode, limit in ((2, self.clipnorm), (3, self.global_clipnorm),
+                            (1, self.clipvalue)):
+            if limit is not None and limit > 0:
+                return mode, float(limit)
+        return 0, 0.0
 
     # -- state, in Keras's variable order ------------------------------------------------------
     def head_variables(self):
@@ -358,6 +350,9 @@ class SGD(Optimizer):
     model.compile(optimizer=fastnn.optimizers.SGD(learning_rate=0.1, momentum=0.9), loss="mse")
     ```
     """
+
+    kind = 0
+
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
         if not 0 <= momentum <= 1:
@@ -377,8 +372,7 @@ class SGD(Optimizer):
         ops.sgd_update(w, g, self.slots.get("momentum"), s[0], s[1], bool(s[2]))
 
     def plain_step_lr(self):
-        if self.momentum or self.weight_decay or self.clipnorm is not None or \
-                self.clipvalue is not None or self.global_clipnorm is not None:
+        if self.momentum or self.weight_decay or self.clipping()[0]:
             return None
         return self.learning_rate
 
@@ -410,6 +404,8 @@ class Adam(Optimizer):
     model.compile(optimizer=fastnn.optimizers.Adam(learning_rate=1e-3), loss="mse")
     ```
     """
+
+    kind = 1
     scalars_vary = True
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
@@ -477,6 +473,9 @@ class RMSprop(Optimizer):
         **kwargs: Base optimizer arguments: `weight_decay`, `clipnorm`, `clipvalue`,
             `global_clipnorm`, `use_ema`, `ema_momentum`, `ema_overwrite_frequency`, `name`.
     """
+
+    kind = 2
+
     def __init__(self, learning_rate=0.001, rho=0.9, momentum=0.0, epsilon=1e-7,
                  centered=False, **kwargs):
         super().__init__(learning_rate=learning_rate, **kwargs)
@@ -516,6 +515,8 @@ class Adagrad(Optimizer):
         **kwargs: Base optimizer arguments: `weight_decay`, `clipnorm`, `clipvalue`,
             `global_clipnorm`, `use_ema`, `ema_momentum`, `ema_overwrite_frequency`, `name`.
     """
+
+    kind = 3
     slot_groups = (("accumulator",),)
 
     def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7,
@@ -554,6 +555,8 @@ class Adadelta(Optimizer):
         **kwargs: Base optimizer arguments: `weight_decay`, `clipnorm`, `clipvalue`,
             `global_clipnorm`, `use_ema`, `ema_momentum`, `ema_overwrite_frequency`, `name`.
     """
+
+    kind = 4
     slot_groups = (("accumulated_grad", "accumulated_delta_var"),)
 
     def __init__(self, learning_rate=0.001, rho=0.95, epsilon=1e-7, **kwargs):
@@ -589,6 +592,8 @@ class Adamax(Optimizer):
         **kwargs: Base optimizer arguments: `weight_decay`, `clipnorm`, `clipvalue`,
             `global_clipnorm`, `use_ema`, `ema_momentum`, `ema_overwrite_frequency`, `name`.
     """
+
+    kind = 5
     scalars_vary = True
 
     slot_groups = (("momentum", "norm"),)
@@ -625,6 +630,8 @@ class Lion(Optimizer):
         **kwargs: Base optimizer arguments: `weight_decay`, `clipnorm`, `clipvalue`,
             `global_clipnorm`, `use_ema`, `ema_momentum`, `ema_overwrite_frequency`, `name`.
     """
+
+    kind = 8
     slot_groups = (("momentum",),)
 
     def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.99, **kwargs):
@@ -663,6 +670,8 @@ class Nadam(Optimizer):
         **kwargs: Base optimizer arguments: `weight_decay`, `clipnorm`, `clipvalue`,
             `global_clipnorm`, `use_ema`, `ema_momentum`, `ema_overwrite_frequency`, `name`.
     """
+
+    kind = 6
     scalars_vary = True
 
     slot_groups = (("momentum", "velocity"),)
@@ -735,6 +744,8 @@ class Ftrl(Optimizer):
         **kwargs: Base optimizer arguments: `weight_decay`, `clipnorm`, `clipvalue`,
             `global_clipnorm`, `use_ema`, `ema_momentum`, `ema_overwrite_frequency`, `name`.
     """
+
+    kind = 7
     slot_groups = (("accumulator", "linear"),)
 
     def __init__(self, learning_rate=0.001, learning_rate_power=-0.5,

@@ -8,6 +8,7 @@ import numpy as np
 from . import ops, registry
 from ._config import check_kwargs, fail_value, object_spec, prefixed
 from .autodiff import Tensor, gradients, tape, value_of
+from .backend import get_ops
 
 
 def _factor(value, name):
@@ -133,6 +134,49 @@ l1, l2, l1_l2, orthogonal_regularizer = L1, L2, L1L2, OrthogonalRegularizer
 _CLASSES = {cls.__name__: cls for cls in (L1, L2, L1L2, OrthogonalRegularizer)}
 _BY_NAME = {**_CLASSES, "l1": L1, "l2": L2, "l1_l2": L1L2,
             "orthogonal_regularizer": OrthogonalRegularizer}
+
+
+def l1l2_factors(regularizer):
+    """(l1, l2) of exactly Keras's L1, L2 or L1L2 (a subclass may redefine __call__), whose
+    penalty and gradient one kernel computes (Ops.l1l2_penalty, also inside the fused Dense
+    stack); None for any other regularizer.
+
+    Args:
+        regularizer: A regularizer (or None).
+
+    Returns:
+        `(l1, l2)` as floats, or `None`.
+    """
+    kind = type(regularizer)
+    if kind is L1:
+        return regularizer.l1, 0.0
+    if kind is L2:
+        return 0.0, regularizer.l2
+    if kind is L1L2:
+        return regularizer.l1, regularizer.l2
+    return None
+
+
+def penalty(regularizer, weight, grad=None):
+    """The penalty on a weight as a float; with grad (the weight's gradient, written by
+    backward), the penalty's gradient is added to it. L1, L2 and L1L2 by Ops.l1l2_penalty,
+    any other through autodiff.
+
+    Args:
+        regularizer: The regularizer.
+        weight: The weight array.
+        grad: The weight's gradient array, or `None` for the value only.
+
+    Returns:
+        The penalty as a float.
+    """
+    factors = l1l2_factors(regularizer)
+    if factors is not None:
+        return get_ops().l1l2_penalty(weight, grad, *factors)
+    value, g = penalty_and_gradient(regularizer, weight, grad is not None)
+    if g is not None:
+        grad += g
+    return value
 
 
 def penalty_and_gradient(regularizer, weight, want_gradient=True):

@@ -4,8 +4,9 @@ several times per layer per batch.
 
 It runs the same kernels in the same order as the layer-by-layer path, so results are
 bit-identical; `DenseRunner.for_model` returns None (and fit/evaluate/predict take the general
-path) for anything it does not cover: other layers, frozen layers, the GPU backend, gradient
-clipping, losses or metrics without a C kernel. Set FASTNN_FUSED=0 to turn it off."""
+path) for anything it does not cover: other layers, frozen layers, the GPU backend, weight
+regularizers other than l1/l2, constraints, losses or metrics without a C kernel. Set
+FASTNN_FUSED=0 to turn it off."""
 import os
 import threading
 import time
@@ -15,6 +16,7 @@ import numpy as np
 from . import losses as L
 from . import metrics as M
 from . import optimizers as O
+from . import regularizers as R
 from .backend import get_ops
 from .layers.core import _EPSILON, Dense, Flatten, Normalization, Rescaling
 
@@ -23,8 +25,8 @@ CHUNK_SECONDS = 0.05
 
 _LOSS_KINDS = {L.SparseCategoricalCrossentropy: 0, L.CategoricalCrossentropy: 1,
                L.BinaryCrossentropy: 2, L.MeanSquaredError: 3, L.MeanAbsoluteError: 4}
-_OPTIMIZER_KINDS = {O.SGD: 0, O.Adam: 1, O.AdamW: 1, O.RMSprop: 2, O.Adagrad: 3,
-                    O.Adadelta: 4, O.Adamax: 5, O.Nadam: 6, O.Ftrl: 7, O.Lion: 8}
+_OPTIMIZER_KINDS = {cls: cls.kind for cls in (O.SGD, O.Adam, O.AdamW, O.RMSprop, O.Adagrad,
+                                               O.Adadelta, O.Adamax, O.Nadam, O.Ftrl, O.Lion)}
 _CACHE_SIZE = 4
 
 
@@ -108,6 +110,21 @@ class _Preprocessing:
                        for v in (a, b))
 
 
+def _penalty_factors(layers):
+    """float32 (layers, 4): each Dense's kernel l1, l2 and bias l1, l2 factors (Keras's L1, L2
+    and L1L2, whose penalty the stack adds in C; 0 without), or None when a layer has another
+    regularizer (the general path computes it by autodiff)."""
+    factors = np.zeros((len(layers), 4), np.float32)
+    for i, layer in enumerate(layers):
+        for name, reg in layer.__dict__.get("_penalties", {}).items():
+            pair = R.l1l2_factors(reg)
+            if pair is None or name not in ("kernel", "bias"):
+                return None
+            at = 0 if name == "kernel" else 2
+            factors[i, at:at + 2] = pair
+    return factors
+
+
 def _metric_kind(model, sparse_targets):
     """(C metric kind, threshold, the metric it computes or None, the other metrics): the
     stack counts the first compiled accuracy it has a kernel for itself; the others update
@@ -167,10 +184,10 @@ class DenseRunner:
                 model._subclassed or model._input_dtype != "float32":
             return None
         pre, layers = _dense_layers(model)
-        if layers is None or any(layer.__dict__.get("_penalties") or
-                                 layer.__dict__.get("_constraints") or
-                                 layer.activity_regularizer is not None for layer in layers):
-            return None         # (regularizers and constraints run on the general path)
+        if layers is None or _penalty_factors(layers) is None or \
+                any(layer.__dict__.get("_constraints") or
+                    layer.activity_regularizer is not None for layer in layers):
+            return None         # (other regularizers and constraints: the general path)
         if training is not None:
             loss = model.loss
             if type(loss) not in _LOSS_KINDS or loss.from_logits or \
@@ -179,9 +196,7 @@ class DenseRunner:
                     (model._loss_mode() == "outputs" and loss.partner is not None):
                 return None
             opt = model.optimizer
-            if training and (type(opt) not in _OPTIMIZER_KINDS or opt.use_ema or
-                             opt.clipnorm is not None or
-                             opt.clipvalue is not None or opt.global_clipnorm is not None):
+            if training and (type(opt) not in _OPTIMIZER_KINDS or opt.use_ema):
                 return None
         runner = getattr(model, "_dense_runner", None)
         if runner is None or runner.layers != layers or runner.pre is not pre:
@@ -201,15 +216,20 @@ class DenseRunner:
             loss = model.loss
             sparse = type(loss) is L.SparseCategoricalCrossentropy
             metric, threshold, _, _ = _metric_kind(model, sparse)
+            reg = _penalty_factors(self.layers)
             kwargs = dict(loss=_LOSS_KINDS[type(loss)], fused=model._loss_mode() == "fused",
                           mean_reduction=loss.reduction == "sum_over_batch_size",
                           metric=metric, threshold=threshold, params=model._params,
-                          grads=model._grads)
+                          grads=model._grads, reg=reg if reg.any() else None)
             if training:
                 opt = model.optimizer
-                kwargs.update(opt=_OPTIMIZER_KINDS[type(opt)], slots=opt.fused_slots())
+                clip_mode, clip_limit = opt.clipping()
+                kwargs.update(opt=_OPTIMIZER_KINDS[type(opt)], slots=opt.fused_slots(),
+                              clip_mode=clip_mode, clip_limit=clip_limit,
+                              var_sizes=opt._sizes)
             key += [id(loss), metric, threshold, id(model._params), kwargs.get("opt"),
-                    tuple(map(id, kwargs.get("slots", ())))]
+                    tuple(map(id, kwargs.get("slots", ()))), reg.tobytes(),
+                    kwargs.get("clip_mode"), kwargs.get("clip_limit")]
         key = tuple(key)
         stack = self._stacks.get(key)
         if stack is None:

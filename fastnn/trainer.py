@@ -602,7 +602,7 @@ class Trainer:
         return list(state.get("activity_losses") or ()) + \
             [float(get_ops().to_numpy(value_of(loss)).reshape(()))
              for loss in state.get("added_losses") or ()] + \
-            [regularizers.penalty_and_gradient(reg, layer._vars[name], False)[0]
+            [regularizers.penalty(reg, layer._vars[name])
              for layer, name, reg in self._penalized()]
 
     def _penalized(self):
@@ -617,10 +617,8 @@ class Trainer:
         total = 0.0
         for layer, name, reg in self._penalized():
             train = want_grad and layer.trainable and name in layer.grads
-            value, grad = regularizers.penalty_and_gradient(reg, layer._vars[name], train)
-            total += value
-            if grad is not None:
-                layer.grads[name] += grad
+            total += regularizers.penalty(reg, layer._vars[name],
+                                          layer.grads[name] if train else None)
         return n * total
 
     def _constrain(self):

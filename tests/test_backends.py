@@ -708,6 +708,111 @@ def test_optimizer_updates(ops, rng, case):
             np.testing.assert_allclose(get(ops, got), want, rtol=1e-5, atol=1e-6)
 
 
+# (kind, slots, required slots, scalars after the weight decay factor) per optimizer kind
+_KINDS = [(0, 1, 1, [0.1, 0.9, 1.0]), (1, 3, 3, [0.01, 0.9, 0.999, 1e-7]),
+          (2, 3, 3, [0.01, 0.9, 0.5, 1e-7]), (3, 1, 1, [0.01, 1e-7]), (4, 2, 2, [1.0, 0.95, 1e-7]),
+          (5, 2, 2, [0.01, 0.9, 0.999, 1e-7]),
+          (6, 2, 2, [0.01, 0.9, 0.999, 1e-7, 0.468, 0.485, 0.468, 0.227, 0.999]),
+          (7, 2, 2, [0.1, -0.5, 0.01, 0.01, 0.0, 0.0]), (8, 1, 1, [0.01, 0.9, 0.99])]
+
+
+@pytest.mark.parametrize("clip", [(0, 0.0), (1, 0.3), (2, 1.5), (3, 2.5), (2, 1e6)],
+                         ids=["none", "value", "norm", "global", "norm_below"])
+@pytest.mark.parametrize("kind", range(9))
+def test_optimizer_update_with_clipping(ops, rng, kind, clip):
+    """Ops.optimizer_update (Keras's clipping, weight decay and the update in one call) equals
+    the reference on every backend, over three variables of different norms."""
+    _, n_slots, _, scalars = _KINDS[kind]
+    sizes = [5, 40, 11]
+    n = sum(sizes)
+    w0 = f32(rng, n)
+    slots_ref = [np.full(n, 0.1, np.float32) for _ in range(n_slots)]
+    slots = [put(ops, s.copy()) for s in slots_ref]
+    row = np.array([0.004] + scalars, np.float32)
+    w_ref, w = w0.copy(), put(ops, w0.copy())
+    for _ in range(3):
+        g = f32(rng, n) * np.repeat(np.float32([0.1, 1.0, 3.0]), sizes)
+        g_ref = g.copy()
+        REF.optimizer_update(kind, w_ref, g_ref, tuple(slots_ref), row, *clip, sizes)
+        ops.optimizer_update(kind, w, put(ops, g), tuple(slots), row, *clip, sizes)
+        np.testing.assert_array_equal(g_ref, g)     # the gradient is read, not written
+    np.testing.assert_allclose(get(ops, w), w_ref, rtol=2e-5, atol=2e-6)
+    for want, got in zip(slots_ref, slots):
+        np.testing.assert_allclose(get(ops, got), want, rtol=2e-5, atol=2e-6)
+
+
+def test_optimizer_update_clipping_formulas():
+    """The clip written out (Keras's base_optimizer._clip_gradients) on plain SGD."""
+    g = np.array([3.0, 4.0, 0.5, -0.5, 0.1], np.float32)
+    for mode, limit, want in (
+            (1, 0.4, np.clip(g, -0.4, 0.4)),
+            (2, 1.0, np.concatenate([g[:2] / 5.0, g[2:] * 1.0])),   # norms 5 and 0.71
+            (3, 2.5, g * 2.5 / np.sqrt((g.astype(np.float64) ** 2).sum()))):
+        for ops in (REF, CpuOps()):
+            w = np.zeros(5, np.float32)
+            ops.optimizer_update(0, w, g.copy(), (None,), np.float32([0, 1.0, 0, 0]), mode,
+                                 limit, [2, 3])
+            np.testing.assert_allclose(-w, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("l1,l2", [(0.01, 0.0), (0.0, 0.02), (0.01, 0.02)])
+@pytest.mark.parametrize("shape", [(7,), (6, 5), (2, 3, 4)])
+def test_l1l2_penalty(ops, rng, l1, l2, shape):
+    """Keras's l1/l2 penalty value and its gradient added to the weight's gradient."""
+    w = f32(rng, *shape)
+    w.flat[0] = 0.0                 # sign(0) = 0
+    g = f32(rng, *shape)
+    want = l1 * np.abs(w.astype(np.float64)).sum() + l2 * (w.astype(np.float64) ** 2).sum()
+    g_want = g + np.float32(l1) * np.sign(w) + np.float32(2 * l2) * w
+    gd = put(ops, g)
+    value = ops.l1l2_penalty(put(ops, w), gd, l1, l2)
+    assert value == pytest.approx(want, rel=1e-6)
+    np.testing.assert_allclose(get(ops, gd), g_want, rtol=1e-6, atol=1e-7)
+    assert ops.l1l2_penalty(put(ops, w), None, l1, l2) == pytest.approx(want, rel=1e-6)
+
+
+def test_norms_and_penalties_do_not_depend_on_the_thread_count(rng):
+    """The C sums split their input into fixed parts: the same norm (so the same clipped
+    step) and penalty on one thread as on two."""
+    from fastnn import _core
+    w, g = f32(rng, 300_001), f32(rng, 300_001)
+    results = []
+    saved = _core.get_num_threads()
+    try:
+        for threads in (1, 2):
+            _core.set_num_threads(threads)
+            step = np.zeros_like(g)
+            CpuOps().optimizer_update(0, step, g, (None,), np.float32([0, 1, 0, 0]), 3, 1.0,
+                                      [g.size])
+            results.append((CpuOps().l1l2_penalty(w, None, 0.01, 0.02), step))
+    finally:
+        _core.set_num_threads(saved)
+    assert results[0][0] == results[1][0]
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+def test_optimizer_update_and_penalty_refuse_bad_arguments(ops):
+    w, g = put(ops, np.zeros(4, np.float32)), put(ops, np.zeros(4, np.float32))
+    row = np.float32([0, 0.1, 0, 0])
+    for args, match in (((99, w, g, (None,), row, 0, 0.0, [4]), "kind"),
+                        ((0, w, g, (None,), row, 7, 1.0, [4]), "clip_mode"),
+                        ((0, w, g, (None,), row, 2, 0.0, [4]), "limit"),
+                        ((0, w, g, (None,), row, 2, float("nan"), [4]), "limit"),
+                        ((0, w, g, (None,), row, 0, 0.0, [3]), "sizes"),
+                        ((0, w, g, (None,), row[:3], 0, 0.0, [4]), "scalars"),
+                        ((0, w, g, None, row, 0, 0.0, [4]), "slots"),
+                        ((0, w, g, (None,), np.float32([0, 0.1, 0.9, 0]), 0, 0.0, [4]),
+                         "slot")):
+        with pytest.raises((TypeError, ValueError), match=match):
+            ops.optimizer_update(*args)
+    with pytest.raises((TypeError, ValueError), match="w"):
+        ops.l1l2_penalty(None, None, 0.1, 0.1)
+    with pytest.raises(ValueError, match="g"):
+        ops.l1l2_penalty(w, put(ops, np.zeros(5, np.float32)), 0.1, 0.1)
+    with pytest.raises(ValueError, match="l1"):
+        ops.l1l2_penalty(w, None, -0.1, 0.1)
+
+
 def test_cuda_optimizer_checks_buffers(cuda_ops):
     w = cuda_ops.alloc((4,))
     with pytest.raises(ValueError, match="g:"):

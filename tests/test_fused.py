@@ -136,10 +136,14 @@ def test_unsupported_models_take_the_general_path(monkeypatch):
     logits = _model(out_act=None)
     frozen = _model()
     frozen.layers[0].trainable = False
-    clipped = _model()
+    # (l1/l2 regularizers and clipping run fused: tests/test_fused_penalties.py)
+    orthogonal = fastnn.Sequential([fastnn.Input((20,)), layers.Dense(
+        8, activation="relu", kernel_regularizer=fastnn.regularizers.OrthogonalRegularizer()),
+        layers.Dense(3, activation="softmax", bias_regularizer="l2")])
+    constrained = fastnn.Sequential([fastnn.Input((20,)), layers.Dense(
+        8, activation="relu", kernel_constraint="non_neg"), layers.Dense(3, activation="softmax")])
     for model, kw in ((dropout, {}), (logits, dict(loss=losses.SparseCategoricalCrossentropy(
-            from_logits=True))), (frozen, {}), (clipped, dict(optimizer=optimizers.Adam(
-                clipnorm=1.0)))):
+            from_logits=True))), (frozen, {}), (orthogonal, {}), (constrained, {})):
         model.compile(**{"optimizer": "adam", "loss": "sparse_categorical_crossentropy",
                          "metrics": ["accuracy"], **kw})
         model.fit(x, y, epochs=1, verbose=0)

@@ -21,6 +21,17 @@ CASES = [
     ("Lion", {}), ("Lion", {"learning_rate": 0.01, "beta_1": 0.5, "beta_2": 0.9,
                             "weight_decay": 0.05}),
 ]
+# Every optimizer with each of Keras's clips, engaged (the test gradients' norms are ~2-4)
+# and not (a limit above the norm; a limit of 0, which Keras ignores), and with weight decay.
+CASES += [(name, {**kw, **clip}) for name, kw in (
+    ("SGD", {"momentum": 0.9}), ("Adam", {}), ("AdamW", {}),
+    ("RMSprop", {"momentum": 0.5, "centered": True}), ("Adagrad", {}),
+    ("Adadelta", {"learning_rate": 1.0}), ("Adamax", {}), ("Nadam", {}),
+    ("Ftrl", {"l1_regularization_strength": 0.01}), ("Lion", {}))
+    for clip in ({"clipnorm": 0.5}, {"clipvalue": 0.1}, {"global_clipnorm": 1.0})]
+CASES += [("SGD", {"clipnorm": 100.0}), ("Adam", {"global_clipnorm": 100.0}),
+          ("Adam", {"clipvalue": 0.0}), ("SGD", {"clipnorm": 0.0}),
+          ("Adam", {"clipnorm": 0.5, "weight_decay": 0.1})]
 CASE_IDS = [f"{n}-{'-'.join(map(str, k.items()))}" for n, k in CASES]
 
 

@@ -8,6 +8,7 @@ Conventions: float32 arrays; `out=` arguments are written in place and returned;
 given by integer id (fastnn.activations.ID) plus a float parameter `alpha` (the negative slope of
 leaky_relu, the alpha of elu).
 """
+import math
 import numbers
 
 import numpy
@@ -774,6 +775,69 @@ class Ops:
         return out
 
     # ---- optimizer updates (in place on flat float32 buffers; Keras 3 rules) ----------------
+    # The update of each optimizer kind (csrc/fastnn.h FNN_OPT_*): (method, slots, scalars).
+    _UPDATES = (("sgd_update", 1, 3), ("adam_update", 3, 4), ("rmsprop_update", 3, 4),
+                ("adagrad_update", 1, 2), ("adadelta_update", 2, 3), ("adamax_update", 2, 4),
+                ("nadam_update", 2, 9), ("ftrl_update", 2, 6), ("lion_update", 1, 3))
+    CLIP_NONE, CLIP_VALUE, CLIP_NORM, CLIP_GLOBAL_NORM = 0, 1, 2, 3
+
+    def optimizer_update(self, kind, w, g, slots, scalars, clip_mode, limit, sizes):
+        """One step of optimizer `kind` over the variables of `sizes` (back to back in w, g
+        and each slot): Keras's clipping of g (CLIP_VALUE: clamp to [-limit, limit];
+        CLIP_NORM: each variable's gradient times limit / its norm where that is above
+        limit; CLIP_GLOBAL_NORM: all of them by one norm), then the decoupled weight decay
+        w -= w * scalars[0], then the kind's update with slots (in its argument order, None
+        for unused) and scalars[1:]."""
+        check_optimizer_update(kind, clip_mode, limit, sizes, w.size, scalars, slots)
+        xp = self.xp
+        method, n_slots, _ = self._UPDATES[kind]
+        limit = float(numpy.float32(limit))
+        if clip_mode == self.CLIP_VALUE:
+            g = xp.clip(g, -limit, limit)
+        elif clip_mode == self.CLIP_GLOBAL_NORM:
+            g = g * self._clip_scale(g, limit, True)
+        elif clip_mode == self.CLIP_NORM:
+            g, start = g.copy(), 0
+            for size in sizes:
+                part = g[start:start + size]
+                part *= self._clip_scale(part, limit, False)
+                start += size
+        s = [float(v) for v in numpy.asarray(scalars, numpy.float32)]
+        if s[0]:
+            w -= w * numpy.float32(s[0])
+        slots = (tuple(slots) + (None,) * 3)[:n_slots]
+        if kind == 0:
+            s[3] = bool(s[3])       # SGD's nesterov
+        if (kind == 0 and s[2] != 0 and slots[0] is None) or \
+                (kind == 2 and s[3] > 0 and slots[1] is None):
+            raise TypeError("optimizer_update: slots: the momentum slot is required with "
+                            "momentum, got None")
+        getattr(self, method)(w, g, *slots, *s[1:])
+
+    def _clip_scale(self, g, limit, global_norm):
+        """Keras's factor for a gradient of this norm (in float64): limit / norm above the
+        limit, exactly 1 at or below it, NaN for a NaN norm and (global_clipnorm) an infinite
+        one. A device array: no host read."""
+        xp = self.xp
+        norm = xp.sqrt(xp.sum(xp.square(g.astype(xp.float64))))
+        scale = limit / xp.maximum(norm, limit)
+        if global_norm:
+            scale = scale + (norm - norm)
+        return scale.astype(xp.float32)
+
+    def l1l2_penalty(self, w, g, l1, l2):
+        """Keras's l1/l2 weight penalty l1 * sum|w| + l2 * sum w^2 as a float (summed in
+        float64, row by row over w's last axis); with g (w's shape), its gradient
+        l1 * sign(w) + 2 * l2 * w is added to g."""
+        check_l1l2(w, g, l1, l2)
+        xp = self.xp
+        l1, l2 = numpy.float32(l1), numpy.float32(l2)
+        rows = w.reshape(-1, w.shape[-1] if w.ndim else 1).astype(xp.float64)
+        value = float(l1) * xp.abs(rows).sum(axis=1) + float(l2) * xp.square(rows).sum(axis=1)
+        if g is not None:
+            g += l1 * xp.sign(w) + (numpy.float32(2) * l2) * w
+        return float(value.sum())
+
     def sgd_update(self, w, g, m, lr, momentum, nesterov):
         if m is None:
             w -= lr * g
@@ -1024,3 +1088,41 @@ class Ops:
         dx = self.gemm(gx2, kernel, trans_b=True).reshape(steps, batch, d_in) if need_dx \
             else None
         return dx, dh, dc
+
+
+def check_optimizer_update(kind, clip_mode, limit, sizes, n, scalars, slots):
+    """optimizer_update's arguments, as the C core checks them (every backend)."""
+    if isinstance(kind, bool) or not isinstance(kind, (int, numpy.integer)) or \
+            not 0 <= kind < len(Ops._UPDATES):
+        raise ValueError(f"optimizer_update: kind: unknown optimizer kind {kind!r}")
+    if isinstance(clip_mode, bool) or not isinstance(clip_mode, (int, numpy.integer)) or \
+            not 0 <= clip_mode <= 3:
+        raise ValueError(f"optimizer_update: clip_mode: expected one of 0-3 (CLIP_*), got "
+                         f"{clip_mode!r}")
+    if clip_mode and not (isinstance(limit, (int, float, numpy.floating)) and
+                          math.isfinite(limit) and limit > 0):
+        raise ValueError(f"optimizer_update: limit: expected a finite float > 0 with "
+                         f"clip_mode {clip_mode}, got {limit!r}")
+    if scalars is None or numpy.size(scalars) != Ops._UPDATES[kind][2] + 1:
+        raise ValueError(f"optimizer_update: scalars: expected {Ops._UPDATES[kind][2] + 1} "
+                         f"values for optimizer kind {kind}, got {scalars!r}")
+    if not isinstance(slots, (tuple, list)) or len(slots) > 3:
+        raise TypeError(f"optimizer_update: slots: expected a tuple of at most 3 arrays or "
+                        f"None, got {type(slots).__name__}")
+    sizes = numpy.asarray(sizes) if sizes is not None else None
+    if sizes is None or sizes.ndim != 1 or sizes.dtype.kind not in "iu" or \
+            (sizes < 0).any() or int(sizes.sum()) != n:
+        raise ValueError(f"optimizer_update: sizes: expected non-negative ints adding up to "
+                         f"len(w) = {n}, got {sizes!r}")
+
+
+def check_l1l2(w, g, l1, l2):
+    if w is None or not hasattr(w, "shape"):
+        raise TypeError(f"l1l2_penalty: w: expected a float32 array, got {type(w).__name__}")
+    if g is not None and tuple(g.shape) != tuple(w.shape):
+        raise ValueError(f"l1l2_penalty: g: expected shape {tuple(w.shape)} like w, got "
+                         f"{tuple(g.shape)}")
+    for name, v in (("l1", l1), ("l2", l2)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, numpy.floating)) or \
+                not math.isfinite(v) or v < 0:
+            raise ValueError(f"l1l2_penalty: {name}: expected a finite float >= 0, got {v!r}")

@@ -271,6 +271,16 @@ class CpuOps(Ops):
     def absolute_error(self, pred, targets, weights, scale, grad=None):
         return self._dense_loss(_core.absolute_error, pred, targets, weights, scale, grad)
 
+    def optimizer_update(self, kind, w, g, slots, scalars, clip_mode, limit, sizes):
+        _required(w, "optimizer_update: w")
+        _required(g, "optimizer_update: g")
+        _core.optimizer_update(kind, w, g, tuple(slots) if isinstance(slots, list) else slots,
+                               np.asarray(scalars, np.float32), clip_mode, limit, sizes)
+
+    def l1l2_penalty(self, w, g, l1, l2):
+        _required(w, "l1l2_penalty: w")
+        return _core.l1l2_penalty(w, g, l1, l2)
+
     def sgd_update(self, w, g, m, lr, momentum, nesterov):
         _core.sgd_update(w, g, m, lr, momentum, nesterov)
 

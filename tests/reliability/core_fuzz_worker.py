@@ -109,6 +109,32 @@ def _update_spec(slots, required, scalars):
     return spec
 
 
+# (slots, required slots) and scalars (after the weight decay factor) of each optimizer kind
+_OPT_KINDS = [(1, 0, [1e-2, 0.0, 0.0]), (3, 2, [1e-3, .9, .999, 1e-7]),
+              (3, 1, [1e-3, .9, 0., 1e-7]),
+              (1, 1, [1e-3, 1e-7]), (2, 2, [1.0, .95, 1e-7]), (2, 2, [1e-3, .9, .999, 1e-7]),
+              (2, 2, [1e-3, .9, .999, 1e-7, .9, .9, .9, .81, .999]),
+              (2, 2, [1e-3, -0.5, 0., 0., 0., 0.]), (1, 1, [1e-3, .9, .99])]
+
+
+def spec_optimizer_update(rng):
+    kind = int(rng.integers(0, len(_OPT_KINDS)))
+    n_slots, n_req, scalars = _OPT_KINDS[kind]
+    n = int(rng.integers(1, 40))
+    cut = sorted(int(v) for v in rng.integers(0, n + 1, 2))
+    slots = tuple(pos(rng, n) if i < n_req or rng.random() < 0.5 else None
+                  for i in range(n_slots))
+    return dict(kind=kind, w=f(rng, n), g=f(rng, n), slots=slots,
+                scalars=np.array([0.01] + scalars, F32), clip_mode=int(rng.integers(0, 4)),
+                limit=0.5, sizes=[cut[0], cut[1] - cut[0], n - cut[1]]), \
+        dict(w="out", g="in", scalars="in", ints={"kind": True, "clip_mode": True})
+
+
+def spec_l1l2_penalty(rng):
+    r, c = (int(v) for v in rng.integers(1, 6, 2))
+    return dict(w=f(rng, r, c), g=f(rng, r, c), l1=0.01, l2=0.02), dict(w="in", g="out?")
+
+
 def _pool_geom(rng, k=2, s=2):
     n, c = (int(v) for v in rng.integers(1, 4, 2))
     oh, ow = (int(v) for v in rng.integers(2, 4, 2))
@@ -355,6 +381,7 @@ SPECS = {
     "adadelta_update": _update_spec(["acc_g", "acc_dx"], ["acc_g", "acc_dx"],
                                     dict(lr=1.0, rho=0.95, eps=1e-7)),
     "lion_update": _update_spec(["m"], ["m"], dict(lr=1e-3, beta1=0.9, beta2=0.99)),
+    "optimizer_update": spec_optimizer_update, "l1l2_penalty": spec_l1l2_penalty,
     "adamax_update": _update_spec(["m", "u"], ["m", "u"],
                                   dict(alpha=1e-3, beta1=0.9, beta2=0.999, eps=1e-7)),
     "nadam_update": _update_spec(["m", "v"], ["m", "v"],
@@ -553,7 +580,18 @@ def dense_stack_cases(rng):
             ("act 99", dict(base, layers=[layers[0][:4] + (99, 0.0), layers[1]])),
             ("loss 99", dict(base, loss=99)), ("opt 99", dict(base, opt=99)),
             ("opt -1", dict(base, opt=-1)), ("metric 99", dict(base, metric=99)),
-            ("slots 4", dict(base, slots=(np.zeros_like(params),) * 4))]
+            ("slots 4", dict(base, slots=(np.zeros_like(params),) * 4)),
+            ("reg 1-D", dict(base, reg=np.zeros(8, F32))),
+            ("reg (2, 3)", dict(base, reg=np.zeros((2, 3), F32))),
+            ("reg float64", dict(base, reg=np.zeros((2, 4)))),
+            ("reg negative", dict(base, reg=np.full((2, 4), -0.1, F32))),
+            ("reg NaN", dict(base, reg=np.full((2, 4), np.nan, F32))),
+            ("clip_mode 9", dict(base, clip_mode=9)), ("clip_mode -1", dict(base, clip_mode=-1)),
+            ("clip_limit 0", dict(base, clip_mode=2, clip_limit=0.0)),
+            ("clip_limit inf", dict(base, clip_mode=1, clip_limit=np.inf)),
+            ("var_sizes short", dict(base, var_sizes=[3, 4])),
+            ("var_sizes negative", dict(base, var_sizes=[-1, params.size + 1])),
+            ("var_sizes strings", dict(base, var_sizes="ab"))]
     results = []
     for desc, kw in bad:
         results.append(("DenseStack(" + desc + ")", lambda kw=kw: _core.DenseStack(**kw), True))
