@@ -37,9 +37,10 @@ SCRIPT = textwrap.dedent('''
     if kind == "mlp":
         x = rng.standard_normal((203, 10)).astype(np.float32)
         y = (x[:, 0] + x[:, 1] > 0).astype(np.float32)
-        model = fastnn.Sequential([fastnn.Input((10,)), L.Dense(16, activation="relu"),
+        model = fastnn.Sequential([fastnn.Input((10,)),
+                                   L.Dense(16, activation="relu", kernel_regularizer="l2"),
                                    L.Dense(1, activation="sigmoid")])
-        model.compile(fastnn.optimizers.Adam(0.01), "binary_crossentropy",
+        model.compile(fastnn.optimizers.Adam(0.01, clipnorm=0.5), "binary_crossentropy",
                       metrics=["accuracy", fastnn.metrics.AUC(name="auc"),
                                fastnn.metrics.Precision(name="precision")])
         y_fit = y
@@ -77,11 +78,14 @@ SCRIPT = textwrap.dedent('''
         x = rng.standard_normal((123, 12)).astype(np.float32)
         y = (x[:, :3].sum(axis=1) > 0).astype(np.int64) + (x[:, 3] > 1)
         # (24,651 weights: the gradients' sum goes through shared memory, _NodeSum)
-        model = fastnn.Sequential([fastnn.Input((12,)), L.Dense(1200, activation="relu"),
+        # (an l2 penalty and clipnorm, fused too: once each on the summed gradients)
+        model = fastnn.Sequential([fastnn.Input((12,)),
+                                   L.Dense(1200, activation="relu", kernel_regularizer="l2"),
                                    L.Dense(8, activation="tanh"),
                                    L.Dense(3, activation="softmax")])
         if kind == "dense":
-            model.compile(fastnn.optimizers.Adam(0.01), "sparse_categorical_crossentropy",
+            model.compile(fastnn.optimizers.Adam(0.01, clipnorm=1.0),
+                          "sparse_categorical_crossentropy",
                           metrics=["accuracy", fastnn.metrics.SparseTopKCategoricalAccuracy(
                               k=2, name="top2")])
             y_fit = y
