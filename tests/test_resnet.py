@@ -158,7 +158,7 @@ def test_trains_from_scratch_on_small_images():
     model.compile(fastnn.optimizers.Adam(1e-3), "sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     mean_before = model.get_layer("conv1_bn").get_weights()[2].copy()
-    history = model.fit(x, y, batch_size=8, epochs=6, verbose=0)
+    history = model.fit(x, y, batch_size=8, epochs=8, verbose=0)
     # Batch statistics of 8 images make these steps ill-conditioned (the GPU kernels' sums
     # take another path from the 2nd step on): the fit is judged on its best epoch.
     losses = history.history["loss"]
