@@ -115,14 +115,18 @@ void fnn_im2col(const float *x, float *cols, const fnn_conv_geom *g, int n_threa
  * by the epilogue of its block and, in a split by rows, preceded by the im2col of its rows.
  * A split by columns first builds all of cols (one barrier). At batch 1 the separate passes
  * had cost a fork and join each, around work too small to split well (im2col split images
- * only), and waited on a thread that a busy neighbour core had delayed. */
+ * only), and waited on a thread that a busy neighbour core had delayed. With `work`, the
+ * Winograd path instead (winograd.c). */
 int fnn_conv2d_forward(const float *x, const fnn_conv_geom *g, const float *kernel,
-                       int filters, float *cols, int act, float alpha, const float *bias,
-                       const fnn_norm *norm, const float *residual, float *z, float *y,
-                       int n_threads) {
+                       int filters, float *cols, float *work, int act, float alpha,
+                       const float *bias, const fnn_norm *norm, const float *residual, float *z,
+                       float *y, int n_threads) {
     int m = g->n * g->oh * g->ow, k = g->kh * g->kw * g->c, f = filters;
     const float *a = cols ? cols : x;
     fnn_gemm_plan plan;
+    if (work)
+        return fnn_conv2d_winograd(x, g, kernel, filters, work, act, alpha, bias, norm,
+                                   residual, z, y, n_threads);
     if (!fnn_blas_ready()) return -1;
     if (m <= 0 || f <= 0) return 0;
     fnn_gemm_plan_of(m, f, k, &plan);

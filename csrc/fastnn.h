@@ -186,12 +186,22 @@ void fnn_im2col(const float *x, float *cols, const fnn_conv_geom *g, int n_threa
 void fnn_col2im(const float *cols, float *x, const fnn_conv_geom *g, int n_threads);
 /* z = im2col(x) kernel (k x filters), then the epilogue of fnn_bias_act_forward into y, with
  * cols (n*oh*ow x kh*kw*c) written on the way, or NULL where x is its own im2col (a pointwise
- * window). Bit-identical to fnn_im2col + fnn_gemm + fnn_bias_act_forward. Returns -1 without a
- * BLAS, -2 when out of memory. */
+ * window). Bit-identical to fnn_im2col + fnn_gemm + fnn_bias_act_forward. With work (not
+ * NULL; cols unused) by Winograd's F(2x2, 3x3) instead (fnn_conv2d_winograd), equal to
+ * rounding. Returns -1 without a BLAS, -2 when out of memory. */
 int fnn_conv2d_forward(const float *x, const fnn_conv_geom *g, const float *kernel,
-                       int filters, float *cols, int act, float alpha, const float *bias,
+                       int filters, float *cols, float *work, int act, float alpha,
+                       const float *bias,
                        const fnn_norm *norm, const float *residual, float *z, float *y,
                        int n_threads);
+/* winograd.c: fnn_conv2d_forward's path for a 3x3, stride-1, undilated window at inference,
+ * by Winograd's F(2x2, 3x3), with the same epilogue. work: fnn_winograd_work(g, filters)
+ * floats, 0 where the window is another or Winograd would not pay. */
+size_t fnn_winograd_work(const fnn_conv_geom *g, int filters);
+int fnn_conv2d_winograd(const float *x, const fnn_conv_geom *g, const float *kernel,
+                        int filters, float *work, int act, float alpha, const float *bias,
+                        const fnn_norm *norm, const float *residual, float *z, float *y,
+                        int n_threads);
 void fnn_maxpool_forward(const float *x, float *y, int32_t *argmax, const fnn_conv_geom *g,
                          int n_threads);
 void fnn_maxpool_backward(const float *dy, const int32_t *argmax, float *dx,

@@ -87,9 +87,10 @@ cdef extern from "fastnn.h" nogil:
     void fnn_im2col(const float *x, float *cols, const fnn_conv_geom *g, int n_threads)
     void fnn_col2im(const float *cols, float *x, const fnn_conv_geom *g, int n_threads)
     int fnn_conv2d_forward(const float *x, const fnn_conv_geom *g, const float *kernel,
-                           int filters, float *cols, int act, float alpha, const float *bias,
-                           const fnn_norm *norm, const float *residual, float *z, float *y,
-                           int n_threads)
+                           int filters, float *cols, float *work, int act, float alpha,
+                           const float *bias, const fnn_norm *norm, const float *residual,
+                           float *z, float *y, int n_threads)
+    size_t fnn_winograd_work(const fnn_conv_geom *g, int filters)
     void fnn_maxpool_forward(const float *x, float *y, int32_t *argmax, const fnn_conv_geom *g,
                              int n_threads)
     void fnn_maxpool_backward(const float *dy, const int32_t *argmax, float *dx,
@@ -1281,11 +1282,28 @@ def im2col(x, window, cols):
         fnn_im2col(&X[0, 0, 0, 0], &C[0, 0], &g, _n_threads)
 
 
+def winograd_work(tuple x_shape, window, Py_ssize_t filters):
+    """Floats of the workspace conv2d_forward's Winograd F(2x2, 3x3) path needs for input
+    x_shape (n, h, w, c), window and filters; 0 where it does not apply (not a 3x3, stride-1,
+    undilated window) or would not pay (under 16 channels or 32 output tiles of 2x2)."""
+    if len(x_shape) != 4 or not all(isinstance(v, int) and v >= 0 for v in x_shape):
+        raise ValueError(f"winograd_work: x_shape must be 4 sizes >= 0 (n, h, w, c), got "
+                         f"{x_shape!r}")
+    cdef fnn_conv_geom g = _geom("winograd_work", x_shape, window, True)
+    _fits_int("winograd_work: filters", filters)
+    if filters < 0:
+        raise ValueError(f"winograd_work: filters must be >= 0, got {filters}")
+    return fnn_winograd_work(&g, <int>filters) if filters > 0 else 0
+
+
 def conv2d_forward(x, kernel, bias, int act, float alpha, window, cols, z, y, mean=None,
-                   var=None, gamma=None, beta=None, float eps=0.0, residual=None):
+                   var=None, gamma=None, beta=None, float eps=0.0, residual=None, work=None):
     """z = im2col(x) @ kernel (kh*kw*c, filters), then bias_act_forward's epilogue into y (y
     may be z), in one parallel region. cols (n*oh*ow, kh*kw*c) receives im2col(x); None only
-    for a pointwise window (1x1, stride 1, no padding), where x is its own im2col."""
+    for a pointwise window (1x1, stride 1, no padding), where x is its own im2col. With `work`
+    (winograd_work floats; a 3x3, stride-1 window) the convolution runs by Winograd's F(2x2,
+    3x3) instead, 2.25x fewer multiplications, equal to rounding (cols is not written: for
+    inference)."""
     _check_act(act)
     cdef const float[:, :, :, ::1] X = _cf4("conv2d_forward: x", x, True)
     cdef const float[:, ::1] K = _cf2("conv2d_forward: kernel", kernel, True)
@@ -1302,14 +1320,23 @@ def conv2d_forward(x, kernel, bias, int act, float alpha, window, cols, z, y, me
     cdef const float[::1] V = _cf1("conv2d_forward: var", var, norm)
     cdef const float[::1] G = _cf1("conv2d_forward: gamma", gamma, False)
     cdef const float[::1] BE = _cf1("conv2d_forward: beta", beta, False)
+    cdef float[::1] W = _f1("conv2d_forward: work", work, False)
+    cdef size_t need
+    if W is not None:
+        need = fnn_winograd_work(&g, <int>min(K.shape[1], INT_MAX))
+        if need == 0 or <size_t>W.shape[0] != need:
+            raise ValueError(f"conv2d_forward: work: expected shape ({need},) (winograd_work; "
+                             f"0: Winograd does not apply to window {window} on input shape "
+                             f"{_shape4(X)}), got ({W.shape[0]},)")
+        C = None
     if K.shape[0] != taps:
         raise ValueError(f"conv2d_forward: kernel: expected {taps} rows (kh*kw*c for window "
                          f"{window} on input shape {_shape4(X)}), got shape {_shape2(K)}")
-    if C is None:
+    if C is None and W is None:
         if (g.kh, g.kw, g.sh, g.sw, g.pad_top, g.pad_left) != (1, 1, 1, 1, 0, 0):
             raise ValueError("conv2d_forward: cols is required unless the window is pointwise "
                              f"(1x1, stride 1, no padding), got window {window}")
-    else:
+    elif C is not None:
         _same_shape("conv2d_forward: cols", _shape2(C), (rows, taps))
     _same_shape("conv2d_forward: z", _shape2(Z), (rows, filters))
     _same_shape("conv2d_forward: y", _shape2(Y), (rows, filters))
@@ -1331,7 +1358,8 @@ def conv2d_forward(x, kernel, bias, int act, float alpha, window, cols, z, y, me
     _same_or_disjoint("conv2d_forward: y", _p2(Y), _n2(Y), "z", _p2(Z), nz)
     outs = [("z", <size_t>_p2(Z), nz)] + \
         ([("y", <size_t>_p2(Y), nz)] if _p2(Y) != _p2(Z) else []) + \
-        ([("cols", <size_t>_p2(C), _n2(C))] if C is not None else [])
+        ([("cols", <size_t>_p2(C), _n2(C))] if C is not None else []) + \
+        ([("work", <size_t>_p1(W), _n1(W))] if W is not None else [])
     ins = [("x", <size_t>_p4(X), _n4(X)), ("kernel", <size_t>_p2(K), _n2(K)),
            ("residual", <size_t>_p2(R), _n2(R)), ("bias", <size_t>_p1(B), _n1(B)),
            ("mean", <size_t>_p1(M), _n1(M)), ("var", <size_t>_p1(V), _n1(V)),
@@ -1349,9 +1377,10 @@ def conv2d_forward(x, kernel, bias, int act, float alpha, window, cols, z, y, me
     cdef const fnn_norm *np_ = &nm if norm else NULL
     cdef float *cp = NULL if C is None else &C[0, 0]
     cdef int rc
+    cdef float *wp = NULL if W is None else &W[0]
     with nogil:
-        rc = fnn_conv2d_forward(&X[0, 0, 0, 0], &g, &K[0, 0], <int>filters, cp, act, alpha, bp,
-                                np_, rp, &Z[0, 0], &Y[0, 0], _n_threads)
+        rc = fnn_conv2d_forward(&X[0, 0, 0, 0], &g, &K[0, 0], <int>filters, cp, wp, act, alpha,
+                                bp, np_, rp, &Z[0, 0], &Y[0, 0], _n_threads)
     if rc == -2:
         raise MemoryError("conv2d_forward: out of memory")
     if rc != 0:

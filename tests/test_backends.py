@@ -488,6 +488,79 @@ def test_conv2d_forward_with_epilogue(ops, rng, shape, act):
         np.testing.assert_array_equal(y, y2)
 
 
+@pytest.mark.parametrize("shape", [(1, 12, 12, 16, 8, "same"), (2, 11, 13, 24, 40, "same"),
+                                   (1, 15, 14, 32, 16, "valid"), (3, 7, 7, 64, 64, "same"),
+                                   (1, 40, 9, 17, 3, "valid")])
+@pytest.mark.parametrize("act", [A.LINEAR, A.RELU, A.SOFTMAX])
+def test_winograd_conv2d_forward(rng, shape, act):
+    """A 3x3 stride-1 convolution by Winograd's F(2x2, 3x3) (CpuOps, work=): the direct
+    convolution to rounding, with the epilogue, on odd and even output sizes (partial tiles),
+    padded or not, and the same bits on one thread as on two."""
+    from fastnn import _core
+    n, h, w, c, filters, padding = shape
+    win = window(h, w, (3, 3), (1, 1), padding)
+    x, kernel = f32(rng, n, h, w, c), f32(rng, 9 * c, filters, scale=(9 * c) ** -0.5)
+    bias, mean, gamma, beta = (f32(rng, filters) for _ in range(4))
+    norm = (mean, np.abs(f32(rng, filters)) + 0.5, gamma, beta, 1e-3)
+    residual = f32(rng, n * win[6] * win[7], filters)
+    ops = CpuOps()
+    floats = ops.winograd_work(x.shape, win, filters)
+    assert floats > 0
+    _, z_ref, y_ref = REF.conv2d_forward(x, kernel, bias, act, 0.0, win, norm=norm,
+                                         residual=residual)
+    results = []
+    saved = _core.get_num_threads()
+    try:
+        for threads in (1, 2):
+            _core.set_num_threads(threads)
+            work = np.full(floats, np.nan, np.float32)      # scratch: never read before written
+            cols, z, y = ops.conv2d_forward(x, kernel, bias, act, 0.0, win, norm=norm,
+                                            residual=residual, work=work)
+            assert cols is None
+            results.append((z.copy(), y.copy()))
+    finally:
+        _core.set_num_threads(saved)
+    np.testing.assert_allclose(results[0][1], y_ref, rtol=1e-5, atol=2e-5)
+    np.testing.assert_allclose(results[0][0], z_ref, rtol=1e-5, atol=2e-5)
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+def test_winograd_work_is_offered_only_where_it_pays(rng):
+    """Winograd takes 3x3, stride-1, undilated windows over 16+ channels and 32+ tiles of 2x2
+    output pixels; the reference (and CUDA) backends have none; a wrong work is refused."""
+    from fastnn import _core
+    ops = CpuOps()
+    same = window(12, 12, (3, 3), (1, 1), "same")
+    assert ops.winograd_work((1, 12, 12, 16), same, 8) > 0
+    assert ops.winograd_work((1, 12, 12, 15), same, 8) == 0         # too few channels
+    assert ops.winograd_work((1, 7, 7, 512), window(7, 7, (3, 3), (1, 1), "same"), 512) == 0
+    assert ops.winograd_work((2, 7, 7, 512), window(7, 7, (3, 3), (1, 1), "same"), 512) > 0
+    assert ops.winograd_work((1, 12, 12, 16), window(12, 12, (3, 3), (2, 2), "same"), 8) == 0
+    assert ops.winograd_work((1, 12, 12, 16), window(12, 12, (5, 5), (1, 1), "same"), 8) == 0
+    assert ops.winograd_work((1, 16, 16, 16), (3, 3, 1, 1, 2, 2, 12, 12, 2, 2), 8) == 0
+    assert REF.winograd_work((1, 12, 12, 16), same, 8) == 0
+    x, kernel = f32(rng, 1, 12, 12, 16), f32(rng, 144, 8)
+    z = np.empty((144, 8), np.float32)
+    need = ops.winograd_work(x.shape, same, 8)
+    with pytest.raises(ValueError, match=f"work: expected shape \\({need},\\)"):
+        _core.conv2d_forward(x, kernel, None, A.RELU, 0.0, same, None, z, z,
+                             work=np.empty(need + 1, np.float32))
+    with pytest.raises(ValueError, match="Winograd does not apply"):
+        _core.conv2d_forward(x, kernel[:16 * 1], None, A.RELU, 0.0, (1, 1, 1, 1, 0, 0, 12, 12),
+                             None, z, z, work=np.empty(need, np.float32))
+    with pytest.raises(ValueError, match="z shares memory with work"):
+        buf = np.empty(need + z.size, np.float32)
+        _core.conv2d_forward(x, kernel, None, A.RELU, 0.0, same, None,
+                             buf[:z.size].reshape(z.shape), z, work=buf[z.size - 1:][:need])
+    with pytest.raises(ValueError, match="no Winograd convolution"):
+        REF.conv2d_forward(x, kernel, None, A.RELU, 0.0, same, work=np.empty(need, np.float32))
+    with pytest.raises(ValueError, match="x_shape must be 4 sizes"):
+        _core.winograd_work((1, 12, -12, 16), same, 8)
+    with pytest.raises(ValueError, match="filters must be >= 0"):
+        _core.winograd_work((1, 12, 12, 16), same, -1)
+
+
 def test_conv2d_forward_checks_its_arguments(rng):
     from fastnn import _core
     x, win = f32(rng, 1, 5, 5, 2), window(5, 5, (3, 3), (1, 1), "same")

@@ -214,6 +214,40 @@ def test_grouped_conv_in_fused_inference_chain_equals_keras(monkeypatch):
     assert fused and fused[0] == ["act", "norm", "residual", "window"]
 
 
+def test_winograd_inference_chain_equals_keras(monkeypatch):
+    """A ResNet-style 3x3 stride-1 convolution (padding by a ZeroPadding2D, then
+    BatchNormalization, Add and ReLU): on the CPU backend predict runs it by Winograd's
+    F(2x2, 3x3) with the chain in its epilogue, equal to Keras to rounding; training runs
+    the direct convolution, and both agree."""
+    calls = []
+    ops = get_ops()
+    conv2d_forward = type(ops).conv2d_forward
+    monkeypatch.setattr(type(ops), "conv2d_forward", lambda self, *a, **k: calls.append(
+        k.get("work") is not None) or conv2d_forward(self, *a, **k))
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 11, 13, 16)).astype(np.float32)
+    models = []
+    for K in (fastnn, keras):
+        inputs = K.Input((11, 13, 16))
+        t = K.layers.ZeroPadding2D(1)(inputs)
+        t = K.layers.Conv2D(16, 3)(t)
+        t = K.layers.BatchNormalization()(t)
+        t = K.layers.Add()([t, inputs])
+        models.append(K.Model(inputs, K.layers.Activation("relu")(t)))
+    ours, theirs = models
+    weights = [rng.uniform(0.5, 1.5, w.shape).astype(np.float32) * (0.1 if w.ndim == 4 else 1)
+               for w in ours.get_weights()]
+    ours.set_weights(weights)
+    theirs.set_weights(weights)
+    want = keras.ops.convert_to_numpy(theirs.predict(x, verbose=0))
+    np.testing.assert_allclose(ours.predict(x, verbose=0), want, rtol=1e-5, atol=1e-5)
+    assert calls == [ops.winograd_work((2, 11, 13, 16), (3, 3, 1, 1, 1, 1, 11, 13), 16) > 0]
+    calls.clear()
+    np.testing.assert_allclose(get(ours(put(x), training=True)), keras.ops.convert_to_numpy(
+        theirs(x, training=True)), rtol=1e-4, atol=1e-4)
+    assert calls == [False]
+
+
 def test_subclassed_model_trains_the_new_layers():
     """A subclassed Model's call runs each layer as one node on the autodiff tape."""
     class Net(fastnn.Model):

@@ -21,7 +21,8 @@ CORE_PYX = os.path.join(os.path.dirname(os.path.abspath(fastnn.__file__)), "_cor
 SHARED_CORE = {"rnn_act_supported"}          # CpuOps.rnn_forward: does C have this activation?
 SHARED_C = {"activation_needs_input",        # act_backward, dense_backward: keep z or not
             "embedding_first_bad",           # both embedding ops: the first out-of-range id
-            "optimizer_scalars"}             # optimizer_update, DenseStack: scalars per kind
+            "optimizer_scalars",             # optimizer_update, DenseStack: scalars per kind
+            "winograd_work"}                 # conv2d_forward: the size of its Winograd work
 SHARED_CUDA = {"batchnorm_partials"}         # batchnorm_stats and batchnorm_backward's sums
 OPS_METHODS = {name for name, _ in inspect.getmembers(Ops, inspect.isfunction)}
 

@@ -338,12 +338,22 @@ class Ops:
         out[...] = res
         return out
 
+    def winograd_work(self, x_shape, window, filters):
+        """Floats of scratch with which conv2d_forward(work=...) runs this convolution (one
+        group) by Winograd's F(2x2, 3x3), for inference; 0 where this backend does not or it
+        would not pay."""
+        return 0
+
     def conv2d_forward(self, x, kernel, bias, act, alpha, window, cols=None, z=None, y=None,
-                       norm=None, residual=None, groups=1):
+                       norm=None, residual=None, groups=1, work=None):
         """z = im2col(x) @ kernel(kh*kw*c, filters) + bias; y = act(z). Returns (cols, z, y)
         with z, y as (n*oh*ow, filters). A pointwise window's im2col is x itself: no copy.
         norm, residual: as dense_forward's. groups > 1: kernel is (kh*kw*c/groups, filters),
-        z the block-diagonal product and cols the groups' im2col blocks (_grouped_forward)."""
+        z the block-diagonal product and cols the groups' im2col blocks (_grouped_forward).
+        work: winograd_work's scratch (cols is then not written)."""
+        if work is not None:
+            raise ValueError("conv2d_forward: work: this backend has no Winograd convolution "
+                             "(its winograd_work is 0)")
         if groups != 1:
             cols, z = self._grouped_forward(x, kernel.reshape(-1, kernel.shape[-1]), window,
                                             groups, cols=cols, z=z)

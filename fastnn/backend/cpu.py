@@ -132,11 +132,15 @@ class CpuOps(Ops):
         _core.im2col(x, tuple(window), out)
         return out
 
+    def winograd_work(self, x_shape, window, filters):
+        return _core.winograd_work(tuple(x_shape), tuple(window), filters)
+
     def conv2d_forward(self, x, kernel, bias, act, alpha, window, cols=None, z=None, y=None,
-                       norm=None, residual=None, groups=1):
+                       norm=None, residual=None, groups=1, work=None):
         if groups != 1:
             return super().conv2d_forward(x, kernel, bias, act, alpha, window, cols=cols, z=z,
-                                          y=y, norm=norm, residual=residual, groups=groups)
+                                          y=y, norm=norm, residual=residual, groups=groups,
+                                          work=work)
         x, kernel = _f32(x, "x"), _f32(kernel, "kernel")
         kernel = kernel.reshape(-1, kernel.shape[-1])
         window = tuple(window)
@@ -146,7 +150,7 @@ class CpuOps(Ops):
                              f"{x.shape} and window {window!r}")
         rows = x.shape[0] * window[6] * window[7]
         direct = pointwise(window)
-        if direct:
+        if direct or work is not None:
             cols = None
         elif cols is None:
             cols = np.empty((rows, window[0] * window[1] * x.shape[3]), np.float32)
@@ -155,7 +159,8 @@ class CpuOps(Ops):
         mean, var, gamma, beta, eps = (None,) * 4 + (0.0,) if norm is None else norm
         _core.conv2d_forward(x, kernel, bias, act, alpha, window, cols, z, y, mean, var,
                              gamma, beta, eps,
-                             None if residual is None else _as2d(_f32(residual, "residual")))
+                             None if residual is None else _as2d(_f32(residual, "residual")),
+                             work)
         return (x.reshape(-1, x.shape[3]) if direct else cols), z, y
 
     def col2im(self, cols, window, x_shape, out=None):

@@ -1695,13 +1695,17 @@ class Conv2D(_Windowed, Layer):
         oh, ow = window[6], window[7]
         n, c = x.shape[0], x.shape[3]
         rows = n * oh * ow
-        cols = self._cols(window, rows, c)
+        ops = get_ops()
+        # a 3x3 stride-1 convolution by Winograd's F(2x2, 3x3) where the backend has it and it
+        # pays: 2.25x fewer multiplications, equal to rounding, no cols to write
+        floats = ops.winograd_work(x.shape, window, self.filters) if self.groups == 1 else 0
+        work = self._buffer("winograd", (floats,)) if floats else None
+        cols = None if floats else self._cols(window, rows, c)
         z = self._buffer("z", (rows, self.filters))
-        get_ops().conv2d_forward(x, self._kernel_and_grad()[0], self._vars.get("bias"), act[0],
-                                 act[1], window,
-                                 cols=cols, z=z, y=z, norm=norm,
-                                 residual=None if residual is None else residual.reshape(z.shape),
-                                 **self._group_kw)
+        ops.conv2d_forward(x, self._kernel_and_grad()[0], self._vars.get("bias"), act[0],
+                           act[1], window, cols=cols, z=z, y=z, norm=norm,
+                           residual=None if residual is None else residual.reshape(z.shape),
+                           work=work, **self._group_kw)
         return z.reshape(n, oh, ow, self.filters)
 
     def backward(self, dy, need_dx=True, preactivation=False):

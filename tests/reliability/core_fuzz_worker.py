@@ -159,7 +159,33 @@ def spec_im2col(rng):
         dict(x="in", cols="out", window=True)
 
 
+def _winograd_geom(rng):
+    """A 3x3 stride-1 window Winograd takes (16+ channels, 32+ output tiles of 2x2), "same" or
+    "valid" padding and odd or even output sizes."""
+    c, oh, ow = int(rng.integers(16, 19)), int(rng.integers(11, 14)), int(rng.integers(11, 14))
+    pad = int(rng.integers(0, 2))
+    return 1, oh + 2 - 2 * pad, ow + 2 - 2 * pad, c, (3, 3, 1, 1, pad, pad, oh, ow)
+
+
+def spec_winograd_work(rng):
+    n, h, w, c, win = _winograd_geom(rng)
+    return dict(x_shape=(n, h, w, c), window=win, filters=int(rng.integers(1, 5))), \
+        dict(window=True, ints={"filters": False})
+
+
 def spec_conv2d_forward(rng):
+    if rng.random() < 0.3:      # by Winograd: work instead of cols
+        n, h, w, c, win = _winograd_geom(rng)
+        rows, filters = n * win[6] * win[7], int(rng.integers(1, 5))
+        work = f(rng, _core.winograd_work((n, h, w, c), win, filters))
+        return dict(x=f(rng, n, h, w, c), kernel=f(rng, 9 * c, filters), bias=f(rng, filters),
+                    act=int(rng.integers(0, 13)), alpha=0.1, window=win, cols=None,
+                    z=f(rng, rows, filters), y=f(rng, rows, filters), mean=f(rng, filters),
+                    var=pos(rng, filters), gamma=f(rng, filters), beta=f(rng, filters),
+                    eps=1e-3, residual=f(rng, rows, filters), work=work), \
+            dict(x="in", kernel="in", bias="in?", z="out", y="out", mean="in", var="in",
+                 gamma="in?", beta="in?", residual="in?", work="out?", same={("y", "z")},
+                 window=True, ints={"act": True})
     n, h, w, c, win = _conv_geom(rng)
     rows, filters = n * win[6] * win[7], int(rng.integers(1, 5))
     return dict(x=f(rng, n, h, w, c), kernel=f(rng, 9 * c, filters), bias=f(rng, filters),
@@ -392,6 +418,7 @@ SPECS = {
                                 dict(lr=1e-3, lr_power=-0.5, l1=0.0, l2=0.0, l2_shrinkage=0.0,
                                      beta=0.0)),
     "im2col": spec_im2col, "conv2d_forward": spec_conv2d_forward, "col2im": spec_col2im,
+    "winograd_work": spec_winograd_work,
     "maxpool_forward": spec_maxpool_forward,
     "maxpool_backward": spec_maxpool_backward, "avgpool_forward": spec_avgpool_forward,
     "avgpool_backward": spec_avgpool_backward,
