@@ -3,7 +3,9 @@ Keras's keras.saving: the public names, gathered from where they live. The files
 fastnn.model_files (their layouts and guarantees: atomic writes, bounded reads, docs/
 reliability.md "Files"); the checks of a model's config are fastnn.model_config; building a
 model from its config is fastnn.models; the custom classes a file may name are fastnn.registry.
-This module imports those and nothing imports it, so that none of them imports another back."""
+This module imports those and nothing imports it, so that none of them imports another back.
+Its constants are copies: the code reads them where they live (fastnn.model_files,
+fastnn.model_config)."""
 from .model_config import MAX_NESTING, check_functional_config, check_sequential_config  # noqa: F401,E501
 from .model_files import (  # noqa: F401
     KERAS_VERSION,

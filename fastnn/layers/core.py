@@ -576,7 +576,7 @@ class Layer:
         return inner._state()
 
     def _inner_entry(self, inner):
-        """`inner` as this layer's config nests it (a wrapper's layer; a model, say)."""
+        """`inner` (a wrapper's layer) as this layer's config nests it."""
         return inner._config_entry()
 
     def _share_weights_of(self, inner):
