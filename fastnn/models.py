@@ -1,20 +1,21 @@
 """Keras's models: Model (subclass it with layers and a call()), Functional (Model(inputs,
 outputs): a graph of layer calls), Sequential (a chain of layers). Their structure, weights,
 summary and config live here; compile / fit / evaluate / predict in fastnn.trainer."""
-import inspect
 import json
 import threading
 
 import numpy as np
 
+from . import _config as C
 from . import losses as losses_module
 from . import metrics as metrics_module
-from . import registry
+from . import model_config, model_files, registry
 from .autodiff import Tensor, no_grad, value_of
 from .backend import get_ops, unique_name
 from .graph import KerasTensor, Node, flatten, is_symbolic, nodes_between
 from .layers.core import _CLASSES as _LAYER_CLASSES
 from .layers.core import (
+    _MODEL_CLASSES,
     ConvPool,
     Input,
     InputLayer,
@@ -24,47 +25,12 @@ from .layers.core import (
     _snake_case,
     _thread_state,
     forward_pass,
-    get_class,
+    layer_entry,
+    layer_from_entry,
 )
 from .schedule import Schedule
 from .summary import print_summary as _print_summary
 from .trainer import Trainer, _scaled, _shape_str, fits, scale_back
-
-
-def _layer_entry(layer):
-    """A layer as Keras serializes it in a model's config (a user's class by its module and
-    registered name, which loading resolves through fastnn.registry)."""
-    cls = type(layer)
-    if cls in (Sequential, Functional):     # a model used as a layer
-        from .saving import model_entry
-        return model_entry(layer)
-    if _is_builtin(cls):
-        entry = {"module": "keras.layers", "class_name": cls.__name__,
-                 "config": layer.get_config(), "registered_name": None}
-    else:
-        if cls.get_config is Layer.get_config and _init_args(cls):
-            raise NotImplementedError(
-                f"Layer {layer.name!r} ({cls.__name__}) takes arguments "
-                f"{_init_args(cls)} but defines no get_config() returning them: define it "
-                "(as in Keras) so that the layer can be saved")
-        entry = {"module": cls.__module__, "class_name": cls.__name__,
-                 "config": layer.get_config(),
-                 "registered_name": registry.get_registered_name(cls)}
-    if layer.built and not isinstance(layer, InputLayer):
-        entry["build_config"] = {"input_shape": _as_lists(layer.input_shape)}
-    return entry
-
-
-def _init_args(cls):
-    """The arguments a Layer subclass's constructor takes beyond Layer's own."""
-    base = set(inspect.signature(Layer.__init__).parameters)
-    return [name for name, p in inspect.signature(cls.__init__).parameters.items()
-            if name not in base and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
-
-
-def _as_lists(shape):
-    """A shape, or a list of shapes, as JSON lists."""
-    return [_as_lists(s) if isinstance(s, (list, tuple)) else s for s in shape]
 
 
 def _width(shape):
@@ -527,11 +493,10 @@ class Model(Trainer):
 
     @classmethod
     def _sequential_from_config(cls, config):
-        from .saving import check_sequential_config
-        check_sequential_config(config)     # a malformed entry raises naming its key
+        model_config.check_sequential_config(config)     # a malformed entry raises naming its key
         model = cls(name=config.get("name"), trainable=config.get("trainable", True))
         for entry in config["layers"]:
-            model.add(_layer_from_entry(entry))
+            model.add(layer_from_entry(entry))
         if not model.built and config.get("build_input_shape"):
             model.build(tuple(config["build_input_shape"]))
         return model
@@ -545,8 +510,29 @@ class Model(Trainer):
         Returns:
             A string; `fastnn.models.model_from_json` makes the model again.
         """
-        from .saving import model_entry
         return json.dumps(model_entry(self, compiled=False), **kwargs)
+
+    def _model_entry(self, compiled=True):
+        """model_entry(self): what a model's file holds (fastnn.model_files knows no model
+        class and asks the model)."""
+        return model_entry(self, compiled)
+
+    def _config_entry(self):
+        """The model as the config of a model it is a layer of lists it: a Sequential or
+        Functional nests its model entry, as Keras writes it; a user's subclass is a user's
+        layer (fastnn.layers.core.layer_entry)."""
+        if type(self) in (Sequential, Functional):
+            return model_entry(self)
+        return layer_entry(self)
+
+    @classmethod
+    def _from_entry(cls, entry):
+        """The model a config nests as a layer (layer_from_entry), compiled when its entry
+        says so, as in Keras."""
+        model = cls.from_config(entry["config"])
+        if entry.get("compile_config"):
+            model.compile(**model_config.compile_args(entry["compile_config"], "compile_config"))
+        return model
 
     def save(self, filepath, overwrite=True, **kwargs):
         """Save the model (architecture, weights, and the optimizer's state) to a `.keras` file (or
@@ -566,8 +552,7 @@ class Model(Trainer):
         model = fastnn.models.load_model("model.keras")
         ```
         """
-        from .saving import save_model
-        save_model(self, filepath, overwrite=overwrite, **kwargs)
+        model_files.save_model(self, filepath, overwrite=overwrite, **kwargs)
 
     def save_weights(self, filepath, overwrite=True):
         """Save the model's weights to a `.weights.h5` file.
@@ -576,8 +561,7 @@ class Model(Trainer):
             filepath: Path ending in `.weights.h5`.
             overwrite: Whether to replace an existing file. Defaults to `True`.
         """
-        from .saving import save_weights
-        save_weights(self, filepath, overwrite=overwrite)
+        model_files.save_weights(self, filepath, overwrite=overwrite)
 
     def load_weights(self, filepath, skip_mismatch=False, by_name=False):
         """Load weights saved by `save_weights` (or from a `.keras` or legacy `.h5` file) into the
@@ -590,8 +574,7 @@ class Model(Trainer):
             by_name: Whether to match layers by name (legacy `.h5` files) instead of by order.
                 Defaults to `False`.
         """
-        from .saving import load_weights
-        load_weights(self, filepath, skip_mismatch=skip_mismatch, by_name=by_name)
+        model_files.load_weights(self, filepath, skip_mismatch=skip_mismatch, by_name=by_name)
 
 
 class Functional(Model):
@@ -747,7 +730,7 @@ class Functional(Model):
                     f"Model {self.name!r}: layer {layer.name!r} ({type(layer).__name__}) "
                     "cannot be written to a config yet (ops on symbolic tensors: use a "
                     "Lambda layer or a Layer subclass); save_weights() keeps the weights")
-            entry = _layer_entry(layer)
+            entry = layer._config_entry()
             entry["name"] = layer.name
             kwargs = {"mask": None} if isinstance(layer, Model) else {}   # as Keras writes
             entry["inbound_nodes"] = [
@@ -776,11 +759,10 @@ class Functional(Model):
 
     @classmethod
     def _from_config(cls, config):
-        from .saving import check_functional_config
-        check_functional_config(config)
+        model_config.check_functional_config(config)
         made, outputs, pending = {}, {}, []
         for entry in config["layers"]:
-            layer = _layer_from_entry(entry)
+            layer = layer_from_entry(entry)
             made[entry["name"]] = layer
             if isinstance(layer, InputLayer):
                 outputs[entry["name"], 0] = [layer.output]
@@ -819,7 +801,6 @@ class Functional(Model):
                    name=config.get("name"), trainable=config.get("trainable", True))
 
     def to_json(self, **kwargs):
-        from .saving import model_entry
         return json.dumps(model_entry(self, compiled=False), **kwargs)
 
     @property
@@ -1238,7 +1219,7 @@ class Sequential(Model):
                                       "dtype": self._input_dtype, "sparse": False,
                                       "name": self._input_name or "input_layer"},
                            "registered_name": None})
-        layers += [_layer_entry(layer) for layer in self._tracked]
+        layers += [layer._config_entry() for layer in self._tracked]
         config = {"name": self.name, "trainable": self.trainable, "dtype": "float32",
                   "layers": layers}
         if self._input_shape is not None:
@@ -1246,20 +1227,71 @@ class Sequential(Model):
         return config
 
 
-_MODEL_CLASSES = {"Sequential": Sequential, "Functional": Functional, "Model": Model}
+# The model classes a config may nest as a layer (fastnn.layers.core.layer_from_entry).
+_MODEL_CLASSES.update(Sequential=Sequential, Functional=Functional, Model=Model)
 
 
-def _layer_from_entry(entry):
-    """A layer of a model's config made from its entry; a model used as a layer (a
-    Sequential or Functional entry) too, compiled when its entry says so, as in Keras."""
-    name, registered = entry["class_name"], entry.get("registered_name")
-    if registry.lookup(name, registered) is None and name in _MODEL_CLASSES:
-        model = _MODEL_CLASSES[name].from_config(entry["config"])
-        if entry.get("compile_config"):
-            from .saving import _compile_args
-            model.compile(**_compile_args(entry["compile_config"], "compile_config"))
-        return model
-    return get_class(name, registered).from_config(entry["config"])
+def model_entry(model, compiled=True):
+    """A model as Keras serializes it (config.json, to_json): its class, config, build
+    config and (compiled=True) compile config.
+
+    Args:
+        model: The model.
+        compiled: Whether to include its compile config. Defaults to `True`.
+
+    Returns:
+        A dict.
+    """
+    if isinstance(model, Sequential):
+        entry = {"module": "keras", "class_name": "Sequential", "config": model.get_config(),
+                 "registered_name": None,
+                 "build_config": {"input_shape": list(model.input_shape or []) or None}}
+    else:
+        entry = {"module": "keras.src.models.functional", "class_name": "Functional",
+                 "config": model.get_config(), "registered_name": "Functional",
+                 "build_config": {"input_shape": None}}
+    if compiled:    # Keras writes {} for a model not compiled
+        entry["compile_config"] = model_config.compile_config(model) or {}
+    return entry
+
+
+def model_from_config_entry(entry, root="config"):
+    """A model (uncompiled) from its serialized entry ({"class_name": ..., "config": ...}).
+
+    Args:
+        entry: The serialized model, a dict.
+        root: Where it is, for error messages. Defaults to `"config"`.
+
+    Returns:
+        The model.
+    """
+    return _model_from_config(entry, compile=False, root=root)
+
+
+def _model_from_config(config, compile, root="config.json", cc_root=None,
+                       optimizer_key="optimizer"):
+    """A model from config.json's content (root names it in errors; cc_root names where the
+    compile config sits, by default root.compile_config, and optimizer_key its optimizer's
+    key); every malformed entry raises, naming its path, before anything is built."""
+    model_config.check_model_config(config, root)
+    cc_root = cc_root or f"{root}.compile_config"
+    args = None
+    cc = config.get("compile_config")
+    if cc is not None and not isinstance(cc, dict):
+        C.fail_type(cc_root, "a JSON object or null", cc)
+    if compile and cc:
+        args = model_config.compile_args(cc, cc_root, optimizer_key)
+    cls = Sequential if config["class_name"] == "Sequential" else Functional
+    try:
+        model = cls.from_config(config["config"])
+    except (TypeError, ValueError) as exc:
+        raise C.prefixed(exc, f"{root}.config") from None
+    if args is not None:
+        try:
+            model.compile(**args)
+        except (TypeError, ValueError) as exc:
+            raise C.prefixed(exc, cc_root) from None
+    return model
 
 
 def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
@@ -1284,8 +1316,8 @@ def load_model(filepath, custom_objects=None, compile=True, safe_mode=True):
     model = fastnn.models.load_model("model.keras")
     ```
     """
-    from .saving import load_model as _load
-    return _load(filepath, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode)
+    return model_files.read_model(filepath, _model_from_config, custom_objects=custom_objects,
+                                  compile=compile, safe_mode=safe_mode)
 
 
 def clone_model(model, input_tensors=None, clone_function=None, call_function=None,
@@ -1331,7 +1363,6 @@ def model_from_json(json_string, custom_objects=None, safe_mode=None):
     Returns:
         The model (new weights, uncompiled).
     """
-    from .saving import model_from_config_entry
     with registry.custom_object_scope(custom_objects), registry.safe_mode_scope(safe_mode):
         return model_from_config_entry(json.loads(json_string), root="json")
 

@@ -4,6 +4,7 @@ import ast
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -119,19 +120,16 @@ def test_layers_package_exports_its_layers():
 # but a 0.1-0.15 s import, for one op (exact GELU's erf) and a BLAS fallback; and the compiled
 # fastnn._core, since fastnn imports without it (a source checkout: CpuOps says what is missing).
 OPTIONAL = {"cupy", "cupyx", "h5py", "PIL", "mpi4py", "matplotlib", "scipy", "fastnn._core"}
-# Function-local imports of fastnn's own modules still there, each (module, imported module) and
-# why; a new one fails, and one gone must leave this list (issue 21).
+# Function-local imports of fastnn's own modules, each (module, imported module) and why; a new
+# one fails, and one gone must leave this list (issue 21). Only the backend's are left: it loads
+# only the implementation chosen at run time (cpu.py needs the compiled core; base.py needs
+# fastnn.activations, which needs get_ops from fastnn.backend). (models <-> saving went when the
+# files moved to fastnn.model_files, which knows no model class and which models imports;
+# the wrappers -> models when a layer serialized itself: Layer._config_entry, which Model
+# overrides, and layer_from_entry, which finds the model classes models registers in core.)
 KNOWN_LOCAL = {
-    # The backend loads only the implementation chosen at run time: cpu.py needs the compiled
-    # core; base.py needs fastnn.activations, which needs get_ops from fastnn.backend.
     ("fastnn.backend", "fastnn.backend.base"), ("fastnn.backend", "fastnn.backend.cpu"),
     ("fastnn.backend", "fastnn.backend.cupy"),
-    # To break: saving builds models (imports fastnn.models), and Model.save / to_json /
-    # from_config, keras.models.load_model call into saving.
-    ("fastnn.models", "fastnn.saving"),
-    # To break: the wrappers (TimeDistributed, Bidirectional) serialize their inner layer, which
-    # may be a model, through fastnn.models, which imports fastnn.layers.
-    ("fastnn.layers.sequence", "fastnn.models"), ("fastnn.layers.recurrent", "fastnn.models"),
 }
 
 
@@ -177,10 +175,46 @@ def test_function_local_imports_only_for_optional_dependencies():
 
 def test_the_local_import_check_sees_them():
     modules = _modules()
-    found = {t for _, t in _local_imports("fastnn.saving", modules["fastnn.saving"], modules)}
+    found = {t for _, t in _local_imports("fastnn.model_files", modules["fastnn.model_files"],
+                                          modules)}
     assert "h5py" in found
     found = {t for _, t in _local_imports("fastnn.backend", modules["fastnn.backend"], modules)}
     assert {"fastnn._core", "fastnn.backend.cpu", "cupy"} <= found
+
+
+# Modules whose import pulls in the saving, models or layers modules: each is imported first in
+# a fresh interpreter, then the rest (a module importing one that imports it back fails there,
+# even where the static graph above has no cycle: a package's __init__, say).
+FIRST_IMPORTS = ["fastnn", "fastnn.models", "fastnn.saving", "fastnn.layers", "fastnn.layers.core",
+                 "fastnn.layers.sequence", "fastnn.layers.recurrent", "fastnn.model_files",
+                 "fastnn.model_config", "fastnn.trainer"]
+
+
+def test_imports_in_any_order_in_a_fresh_interpreter():
+    script = """
+import importlib, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+import fastnn
+from fastnn.layers import LSTM, Bidirectional, Dense, Input, TimeDistributed
+inner = fastnn.Sequential([Input((6,)), Dense(2)])
+model = fastnn.models.model_from_json(fastnn.Sequential(
+    [Input((5, 3)), TimeDistributed(Dense(3)), Bidirectional(LSTM(3)), inner]).to_json())
+assert [type(x).__name__ for x in model.layers] == \
+    ["TimeDistributed", "Bidirectional", "Sequential"], model.layers
+assert fastnn.saving.load_model is fastnn.models.load_model
+"""
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    runs = [(first, subprocess.Popen(
+        [sys.executable, "-c", script, first, *[m for m in FIRST_IMPORTS if m != first]],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        for first in FIRST_IMPORTS]
+    failed = []
+    for first, run in runs:
+        out = run.communicate(timeout=300)[0]
+        if run.returncode:
+            failed.append(f"{first} first:\n{out}")
+    assert not failed, "\n".join(failed)
 
 
 def test_ruff_is_clean():

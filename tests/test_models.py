@@ -256,12 +256,12 @@ def test_save_is_atomic(tmp_path, rng, monkeypatch):
     path = tmp_path / "m.keras"
     m.save(path)
     good = path.read_bytes()
-    import fastnn.saving as saving
+    import fastnn.model_files as model_files
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(saving, "_model_config", boom)
+    monkeypatch.setattr(model_files, "_model_config", boom)
     with pytest.raises(RuntimeError):
         m.save(path)
     assert path.read_bytes() == good

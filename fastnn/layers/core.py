@@ -575,6 +575,10 @@ class Layer:
     def _inner_state(self, inner):
         return inner._state()
 
+    def _inner_entry(self, inner):
+        """`inner` (a wrapper's layer) as this layer's config nests it."""
+        return inner._config_entry()
+
     def _share_weights_of(self, inner):
         """This layer's weights are `inner`'s: the same dicts, so the weights `inner` makes
         when it builds are this layer's too."""
@@ -937,8 +941,54 @@ class Layer:
                                   f"{cls.__name__} {config.get('name')!r}")
         return cls(**config)
 
+    def _config_entry(self):
+        """The layer as a model's config lists it (layer_entry; a model used as a layer
+        writes its model entry: fastnn.models.Model has this method too)."""
+        return layer_entry(self)
+
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name}, built={self.built}>"
+
+
+def layer_entry(layer):
+    """A layer as Keras serializes it in a model's config (serialize_keras_object): fastnn's own
+    class by its keras.layers name, a user's by its module and registered name (loading
+    resolves it through fastnn.registry).
+
+    Args:
+        layer: The layer (or a user's model used as a layer).
+
+    Returns:
+        A dict.
+    """
+    cls = type(layer)
+    if _is_builtin(cls):
+        entry = {"module": "keras.layers", "class_name": cls.__name__,
+                 "config": layer.get_config(), "registered_name": None}
+    else:
+        if cls.get_config is Layer.get_config and _init_args(cls):
+            raise NotImplementedError(
+                f"Layer {layer.name!r} ({cls.__name__}) takes arguments "
+                f"{_init_args(cls)} but defines no get_config() returning them: define it "
+                "(as in Keras) so that the layer can be saved")
+        entry = {"module": cls.__module__, "class_name": cls.__name__,
+                 "config": layer.get_config(),
+                 "registered_name": registry.get_registered_name(cls)}
+    if layer.built and not isinstance(layer, InputLayer):
+        entry["build_config"] = {"input_shape": _as_lists(layer.input_shape)}
+    return entry
+
+
+def _init_args(cls):
+    """The arguments a Layer subclass's constructor takes beyond Layer's own."""
+    base = set(inspect.signature(Layer.__init__).parameters)
+    return [name for name, p in inspect.signature(cls.__init__).parameters.items()
+            if name not in base and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+
+
+def _as_lists(shape):
+    """A shape, or a list of shapes, as JSON lists."""
+    return [_as_lists(s) if isinstance(s, (list, tuple)) else s for s in shape]
 
 
 class InputLayer(Layer):
@@ -3517,6 +3567,29 @@ _CLASSES = {c.__name__: c for c in (
     GlobalAveragePooling2D, GlobalMaxPooling2D,
     BatchNormalization, Add, Subtract, Multiply, Maximum, Minimum, Average, Concatenate, Dot,
     Identity, Reshape, Permute, RepeatVector, ZeroPadding2D, Cropping2D, UpSampling2D, Lambda)}
+
+
+# The model classes a config may nest as a layer (Sequential, Functional, Model): fastnn.models
+# registers them here, as sequence.py and recurrent.py register their layers in _CLASSES, so
+# that layers never import models.
+_MODEL_CLASSES = {}
+
+
+def layer_from_entry(entry):
+    """The layer an entry of a model's config describes (what Layer._config_entry writes); a
+    model used as a layer (a Sequential or Functional entry) too, compiled when its entry says
+    so, as in Keras.
+
+    Args:
+        entry: A dict `{"class_name": ..., "config": ..., ...}`.
+
+    Returns:
+        The layer.
+    """
+    name, registered = entry["class_name"], entry.get("registered_name")
+    if registry.lookup(name, registered) is None and name in _MODEL_CLASSES:
+        return _MODEL_CLASSES[name]._from_entry(entry)
+    return get_class(name, registered).from_config(entry["config"])
 
 
 def get_class(name, registered_name=None):

@@ -14,7 +14,7 @@ from ..autodiff import node as autodiff_node
 from ..backend import get_ops
 from ..graph import KerasTensor, Node, is_symbolic
 from ..rng import get_rng
-from .core import _CLASSES, _PASS, Layer, _weight_options, _weight_options_config
+from .core import _CLASSES, _PASS, Layer, _weight_options, _weight_options_config, layer_from_entry
 
 _KINDS = {"simple": 1, "gru": 3, "lstm": 4}
 
@@ -861,20 +861,18 @@ class Bidirectional(_Sequence):
         return None if dx_f is None else dx_f + dx_b
 
     def get_config(self):
-        from ..models import _layer_entry
         config = super().get_config()
         config.update({"merge_mode": self.merge_mode,
-                       "layer": _layer_entry(self.forward_layer),
-                       "backward_layer": _layer_entry(self.backward_layer)})
+                       "layer": self._inner_entry(self.forward_layer),
+                       "backward_layer": self._inner_entry(self.backward_layer)})
         return config
 
     @classmethod
     def from_config(cls, config):
-        from ..models import _layer_from_entry
         config = dict(config)
-        config["layer"] = _layer_from_entry(config["layer"])
+        config["layer"] = layer_from_entry(config["layer"])
         if config.get("backward_layer") is not None:
-            config["backward_layer"] = _layer_from_entry(config["backward_layer"])
+            config["backward_layer"] = layer_from_entry(config["backward_layer"])
         return super().from_config(config)
 
 

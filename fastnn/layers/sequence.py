@@ -547,8 +547,7 @@ class TimeDistributed(Layer):
         return []       # its weights are its own (the inner layer's, shared)
 
     def get_config(self):
-        from ..models import _layer_entry
-        return {**super().get_config(), "layer": _layer_entry(self.layer)}
+        return {**super().get_config(), "layer": self._inner_entry(self.layer)}
 
     @classmethod
     def from_config(cls, config):

@@ -15,7 +15,7 @@ import zipfile
 import numpy as np
 import pytest
 
-import fastnn.saving as saving
+import fastnn.model_files as model_files
 from fastnn.layers import Dense
 from fastnn.models import Sequential, load_model
 
@@ -88,7 +88,7 @@ def test_permission_denied_is_reported_as_such(tmp_path, monkeypatch):
 
     def denied(p, *a, **k):
         raise PermissionError(errno.EACCES, "Permission denied", str(p))
-    monkeypatch.setattr(saving, "open", denied, raising=False)
+    monkeypatch.setattr(model_files, "open", denied, raising=False)
     with pytest.raises(PermissionError) as err:
         load_model(path)
     assert str(path) in str(err.value)
@@ -211,7 +211,7 @@ def dead_pid():
 
 
 def our_temp(folder, pid, host=None, age=0.0):
-    path = folder / f".fastnn-{host or saving._HOST}-{pid}-abcdef.tmp"
+    path = folder / f".fastnn-{host or model_files._HOST}-{pid}-abcdef.tmp"
     path.write_bytes(b"x" * 100)
     if age:
         t = time.time() - age
@@ -227,7 +227,7 @@ def test_stale_temps_are_removed_live_ones_kept(tmp_path):
     other_host = our_temp(tmp_path, dead_pid(), host="0badf00d")
     old_other_host = tmp_path / ".fastnn-0badf00d-1-aa.tmp"
     old_other_host.write_bytes(b"x")
-    t = time.time() - saving.STALE_TEMP_AGE_S - 10
+    t = time.time() - model_files.STALE_TEMP_AGE_S - 10
     os.utime(old_other_host, (t, t))
     mkstemp_old = tmp_path / ".fastnn-a1b2c3d4.tmp"     # the name pattern of earlier versions
     mkstemp_old.write_bytes(b"x")
@@ -238,7 +238,7 @@ def test_stale_temps_are_removed_live_ones_kept(tmp_path):
     for p in not_ours:
         p.write_bytes(b"keep")
         os.utime(p, (t, t))
-    link = tmp_path / f".fastnn-{saving._HOST}-{dead_pid()}-ffff.tmp"
+    link = tmp_path / f".fastnn-{model_files._HOST}-{dead_pid()}-ffff.tmp"
     link.symlink_to(tmp_path / "model.tmp")
 
     small_model().save(tmp_path / "m.keras")
@@ -265,7 +265,7 @@ def test_failed_save_leaves_nothing_and_keeps_the_old_file(tmp_path, monkeypatch
 
     def boom(*a, **k):
         raise RuntimeError("disk full (simulated)")
-    monkeypatch.setattr(saving.zipfile.ZipFile, "write", boom)
+    monkeypatch.setattr(model_files.zipfile.ZipFile, "write", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         m.save(path)
     assert path.read_bytes() == before
@@ -390,7 +390,7 @@ def test_config_json_bomb_is_refused_without_inflating_it(tmp_path, monkeypatch)
     config["padding"] = " " * (2 << 20)
     rewrite(path, {"config.json": json.dumps(config).encode()})
     assert os.path.getsize(path) < 100_000       # compresses to next to nothing
-    monkeypatch.setattr(saving, "MAX_JSON_BYTES", 1 << 20)
+    monkeypatch.setattr(model_files, "MAX_JSON_BYTES", 1 << 20)
     with pytest.raises(ValueError, match="config.json inflates to") as err:
         load_model(path)
     assert str(path) in str(err.value)
@@ -408,7 +408,7 @@ def test_lying_zip_header_cannot_bypass_the_cap(tmp_path, monkeypatch):
     assert body.count(real) >= 2
     body = body.replace(real, (100).to_bytes(4, "little"))
     path.write_bytes(bytes(body))
-    monkeypatch.setattr(saving, "MAX_JSON_BYTES", 1 << 20)
+    monkeypatch.setattr(model_files, "MAX_JSON_BYTES", 1 << 20)
     with pytest.raises(ValueError) as err:
         load_model(path)
     assert str(path) in str(err.value)
