@@ -7,6 +7,7 @@ tape's per-node cost is gone, and nothing about the math changes (the same kerne
 A node's state lives in its layer's per-thread slot (a layer called twice, two slots), so
 several threads may run one schedule at once. Graphs with a user's layer (its call() may
 add_loss or call other layers) or a nested model keep the tape (Functional.call)."""
+import math
 import threading
 
 import numpy as np
@@ -286,7 +287,7 @@ class Pool:
         self.order = []         # start addresses of the buffers lent in the step running now
 
     def take(self, shape, dtype="float32"):
-        dtype, size = np.dtype(dtype), int(np.prod(shape, dtype=np.int64))
+        dtype, size = np.dtype(dtype), math.prod(shape)
         fits = [(b.size, i) for i, b in enumerate(self.free)
                 if b.dtype == dtype and size <= b.size <= 2 * size + 4096]
         if fits:
@@ -306,6 +307,8 @@ class Pool:
         if not isinstance(tensor, get_ops().xp.ndarray):
             return None
         at = get_ops().address(tensor)
+        if at in self.busy:     # most tensors start where their buffer does
+            return at
         return next((start for start, (_, _, end) in self.busy.items() if start <= at < end),
                     None)
 
