@@ -465,7 +465,9 @@ def _resnet_table(runs, peak):
               "at batch 1 (fastnn and Keras `model.predict(x, batch_size=b, verbose=0)`, PyTorch "
               "the module under `torch.no_grad()`, NCHW prepared untimed); img/s = 16 / median "
               "round. fastnn/peer = how many times faster fastnn is. GFLOP/s counts the convs' "
-              "and the Dense's multiply-adds ×2; % peak is of the peak sgemm rate above "
+              "and the Dense's multiply-adds ×2 (the direct convolution's count: fastnn runs "
+              "its 3x3 convolutions by Winograd's F(2x2, 3x3), with 2.25x fewer, so its figure "
+              "is an effective rate); % peak is of the peak sgemm rate above "
               + ("(sgemm not run: –)" if not peak else f"({peak:.1f} GFLOP/s)") + ". Peak RSS: "
               "the whole child (interpreter, framework, model, batch 1 and 16), from os.wait4."]
     return lines, data
