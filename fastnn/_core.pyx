@@ -513,13 +513,19 @@ cdef int _all_disjoint(str fn, list outs, list ins=[]) except -1:
     """outs, ins: (name, address, bytes). No output may overlap another output or an input
     (inputs may overlap each other: they are only read)."""
     cdef Py_ssize_t i, j
+    cdef const void *p
+    cdef size_t pn
     for i in range(len(outs)):
+        p, pn = <const void *><size_t>outs[i][1], outs[i][2]
+        # (the message is formatted only for an overlap: this runs on every kernel call)
         for j in range(i + 1, len(outs)):
-            _disjoint(f"{fn}: {outs[i][0]}", <const void *><size_t>outs[i][1], outs[i][2],
-                      outs[j][0], <const void *><size_t>outs[j][1], outs[j][2])
+            if _overlaps(p, pn, <const void *><size_t>outs[j][1], outs[j][2]):
+                _disjoint(f"{fn}: {outs[i][0]}", p, pn, outs[j][0],
+                          <const void *><size_t>outs[j][1], outs[j][2])
         for j in range(len(ins)):
-            _disjoint(f"{fn}: {outs[i][0]}", <const void *><size_t>outs[i][1], outs[i][2],
-                      ins[j][0], <const void *><size_t>ins[j][1], ins[j][2])
+            if _overlaps(p, pn, <const void *><size_t>ins[j][1], ins[j][2]):
+                _disjoint(f"{fn}: {outs[i][0]}", p, pn, ins[j][0],
+                          <const void *><size_t>ins[j][1], ins[j][2])
     return 0
 
 
