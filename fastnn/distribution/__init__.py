@@ -428,7 +428,7 @@ class _SharedArena:
         params, optimizer = model._params, model.optimizer
         n = params.size
         names = sorted(optimizer.slots)
-        per = n * (1 + len(names)) + ranks * (n + 1)
+        per = n * (1 + len(names)) + ranks * (n + 2)   # (a row: gradients, flag, scale)
         self.win = mpi.Win.Allocate_shared(4 * per if rank == 0 else 0, 4, comm=node)
         memory, _ = self.win.Shared_query(0)
         flat = np.ndarray(buffer=memory, dtype=np.float32, shape=(per,))
@@ -436,11 +436,11 @@ class _SharedArena:
         atexit.register(self.free)
         shared = flat[:n]
         slots = {name: flat[n * (1 + k):n * (2 + k)] for k, name in enumerate(names)}
-        self.rows = flat[n * (1 + len(names)):].reshape(ranks, n + 1)
+        self.rows = flat[n * (1 + len(names)):].reshape(ranks, n + 2)
         # every rank: its layers' weights and gradients, and the optimizer's slots, become
         # views of the window (each rank writes the same values: broadcast_model made them
         # rank 0's; the barrier below ends the writes before any step reads them)
-        row = self.rows[rank]
+        row = self.rows[rank, :n + 1]
         for layer in model._layers:
             if layer.trainable:
                 for name in layer._trainable_names:
@@ -451,7 +451,7 @@ class _SharedArena:
         if rank == 0:
             for name in names:
                 slots[name][...] = optimizer.slots[name]
-        row[:] = 0
+        self.rows[rank] = 0
         self.sync()
         model._params, model._grads, model._grads_and_flag = shared, row[:n], row
         model._arena_key = tuple((id(layer), name, id(layer._vars[name]))
@@ -484,32 +484,41 @@ class _SharedArena:
         self.win.Sync()
 
     def reduce(self, scale, bad):
-        """This rank's row (times scale) and flag are written: sum its shard over the rows
-        into the row's shard (no other rank reads that part of this row); with norm
-        clipping, every rank sums the whole gradient (the norms need it). Returns whether
-        any rank's loss was not finite (then no rank steps, after a second barrier)."""
-        row, n = self.row, self.row.size - 1
-        if scale != 1.0:
-            np.multiply(row[:n], np.float32(scale), out=row[:n])
-        row[n] = 1.0 if bad else 0.0
+        """This rank's row and flag are written, its gradients to be scaled by `scale` (its
+        share of the global batch): sum its shard of the scaled rows into the row's shard (no
+        other rank reads that part of this row); with norm clipping, every rank sums the
+        whole gradient (the norms need it). Returns whether any rank's loss was not finite
+        (then no rank steps, after a second barrier)."""
+        rows, rank, n = self.rows, self.node.rank, self.row.size - 1
+        self.row[n] = 1.0 if bad else 0.0
+        rows[rank, n + 1] = scale
         self.sync()
-        if self.rows[:, n].any():
+        if rows[:, n].any():
             self.sync()     # (no rank writes its row again before every rank has read these)
             return True
-        rows, lo, hi = self.rows, self.lo, self.hi
         if self.optimizer.clipping()[0] in (2, 3):
             if self.sums is None:
-                self.sums = np.empty(n + 1, np.float32)
-            np.add(rows[0], rows[1], out=self.sums)
-            for k in range(2, len(rows)):
-                self.sums += rows[k]
-            self.sums[n] = 0.0
-            return False
-        out = row[lo:hi]        # (this rank's row first, then the others in rank order)
-        for k in range(len(rows)):
-            if k != self.node.rank:
-                out += rows[k, lo:hi]
+                self.sums = np.empty(n, np.float32)
+            self.sums[...] = rows[rank, :n]
+            self._add_others(self.sums, 0, n)
+        else:
+            self._add_others(self.row[self.lo:self.hi], self.lo, self.hi)
         return False
+
+    def _add_others(self, out, lo, hi):
+        """out (this rank's row over [lo, hi)) becomes the sum of every rank's row times its
+        scale there: this rank's first, then the others in rank order. With one scale for all
+        (every full global batch), one multiply of the sum."""
+        rows, rank, n = self.rows, self.node.rank, self.row.size - 1
+        scales = rows[:, n + 1]
+        same = bool((scales == scales[0]).all())
+        if not same and scales[rank] != 1.0:
+            out *= scales[rank]
+        for k in range(len(rows)):
+            if k != rank:
+                out += rows[k, lo:hi] if same else rows[k, lo:hi] * scales[k]
+        if same and scales[0] != 1.0:
+            out *= scales[0]
 
     def step(self, optimizer, scalars):
         """This rank's shard of the optimizer step with scalars (float32: the decay factor,
@@ -519,7 +528,7 @@ class _SharedArena:
         mode, limit = optimizer.clipping()
         grads = self.row[lo:hi]
         if mode in (2, 3):      # the norms of the whole summed gradient, then clip by value 0
-            sums = self.sums[:-1]
+            sums = self.sums
             grads = sums[lo:hi] * _clip_scales(sums, optimizer._sizes, mode, limit)[lo:hi]
             mode, limit = 0, 0.0
         slots = tuple(None if s is None else s[lo:hi] for s in optimizer.fused_slots())
