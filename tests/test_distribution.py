@@ -90,7 +90,8 @@ SCRIPT = textwrap.dedent('''
         # (24,651 weights: the gradients' sum goes through shared memory, _NodeSum)
         # (an l2 penalty and clipnorm, fused too: once each on the summed gradients)
         model = fastnn.Sequential([fastnn.Input((12,)),
-                                   L.Dense(1200, activation="relu", kernel_regularizer="l2"),
+                                   L.Dense(1200, activation="relu", kernel_regularizer=None
+                                           if os.environ.get("FASTNN_NO_L2") else "l2"),
                                    L.Dense(8, activation="tanh"),
                                    L.Dense(3, activation="softmax")])
         if kind in ("adam", "resume"):  # no penalty: each rank updates its shard
@@ -243,15 +244,18 @@ def test_the_fused_dense_stack_trains_across_ranks(tmp_path, ranks):
 @needs_mpi
 @pytest.mark.slow
 @pytest.mark.parametrize("fused", ["1", "0"])
-def test_a_non_finite_loss_on_one_rank_skips_the_step_everywhere(tmp_path, fused):
+@pytest.mark.parametrize("no_l2", ["", "1"])
+def test_a_non_finite_loss_on_one_rank_skips_the_step_everywhere(tmp_path, fused, no_l2):
     """One row's loss overflows: whichever rank holds it, no rank takes that step (the flag
-    rides in the gradients' allreduce), on the fused path and the general one alike."""
-    done, (one,) = _run(tmp_path, "nonfinite", 0, FASTNN_FUSED=fused)
+    rides in the gradients' allreduce), on the fused path and the general one alike, and
+    with each rank updating its shard of a shared arena (no_l2)."""
+    done, (one,) = _run(tmp_path, "nonfinite", 0, FASTNN_FUSED=fused, FASTNN_NO_L2=no_l2)
     assert done.returncode == 0, done.stderr
-    done, results = _run(tmp_path, "nonfinite", 2, FASTNN_FUSED=fused)
+    done, results = _run(tmp_path, "nonfinite", 2, FASTNN_FUSED=fused, FASTNN_NO_L2=no_l2)
     assert done.returncode == 0, done.stderr
     assert int(one["iterations"]) == 6 and not np.isfinite(one["loss"]).any()
     assert (one["fused_epochs"] > 0) == (fused == "1")
+    assert bool(results[0].pop("sharded")) == (no_l2 == "1") and not one.pop("sharded")
     for other in results[1:]:
         for key in results[0]:
             np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)

@@ -14,6 +14,10 @@ predict run over the ranks; run without mpiexec, the same script trains as one p
   batch's gradient on every rank, which takes the same optimizer step, or every rank skips it.
   Initial weights and optimizer state come from rank 0. A Dense stack keeps the fused C path
   (fastnn/stack.py): it calls the allreduce between each step's backward pass and update.
+- When every rank runs on one machine, the parameters and optimizer state live in shared
+  memory (_SharedArena) and each rank's backward pass writes its own row of a shared
+  gradient window: each rank sums and updates only its 1/N of the weights, and all read the
+  same parameters (FASTNN_MPI_SHARDED=0: every rank updates all of them, as across machines).
 - Metrics and losses are reduced at the end of each epoch (their accumulators summed), so
   History, callbacks and the epoch's progress-bar line show global values, and EarlyStopping
   or ReduceLROnPlateau decide the same on every rank. Per-batch progress shows rank 0's running
@@ -188,6 +192,13 @@ class DataParallel:
             return True
         if self._node_sum is None or os.environ.get("FASTNN_MPI_SHARDED", "1") == "0" or \
                 not _SharedArena.fits(model):
+            return False
+        try:        # (collective: no rank allocates unless /dev/shm has room on every one)
+            stat = os.statvfs("/dev/shm")
+            room = stat.f_bavail * stat.f_frsize >= 2 * _SharedArena.bytes(model, self.size)
+        except OSError:
+            room = False
+        if not self.comm.allreduce(room, op=self._mpi.LAND):
             return False
         self._arenas[id(model)] = _SharedArena(self._node_sum.node, self._mpi, model)
         return True
@@ -428,7 +439,7 @@ class _SharedArena:
         params, optimizer = model._params, model.optimizer
         n = params.size
         names = sorted(optimizer.slots)
-        per = n * (1 + len(names)) + ranks * (n + 2)   # (a row: gradients, flag, scale)
+        per = self.bytes(model, ranks) // 4
         self.win = mpi.Win.Allocate_shared(4 * per if rank == 0 else 0, 4, comm=node)
         memory, _ = self.win.Shared_query(0)
         flat = np.ndarray(buffer=memory, dtype=np.float32, shape=(per,))
@@ -461,6 +472,12 @@ class _SharedArena:
         self.params, self.row, self.optimizer, self.slots = shared, row, optimizer, slots
         self.lo, self.hi = n * rank // ranks, n * (rank + 1) // ranks
         self.sums = None        # the whole summed gradient (norm clipping)
+
+    @staticmethod
+    def bytes(model, ranks):
+        """The window's size: parameters, slots, and a row per rank (gradients, flag, scale)."""
+        n = model._params.size
+        return 4 * (n * (1 + len(model.optimizer.slots)) + ranks * (n + 2))
 
     @staticmethod
     def fits(model):
