@@ -5,7 +5,8 @@ T threads against T ranks with one thread each, in one run (issue 20).
         [--repeats 3]
 
 prints a markdown table: epoch seconds of each (min and median over the interleaved runs),
-their ratio, the share of the ranks' epoch spent in the gradient allreduce, and a model of
+their ratio, the share of the ranks' epoch spent in the gradient allreduce (with a shared arena:
+the sums, the barriers and the shard's update), and a model of
 that allreduce at 4-64 ranks from the bandwidth and latency measured here. Needs mpi4py and
 mpiexec (pip install ".[mpi]")."""
 import argparse
@@ -51,6 +52,15 @@ if d is not None:           # time the allreduce (the communication cost), both 
         original(host, scale)
         reduce_seconds[0] += time.perf_counter() - start
     d.allreduce_sum = timed
+    for name in ("reduce", "step"):     # a shared arena: the sums, barriers and shard step
+        def wrap(method):
+            def timed_method(self, *args):
+                start = time.perf_counter()
+                got = method(self, *args)
+                reduce_seconds[0] += time.perf_counter() - start
+                return got
+            return timed_method
+        setattr(distribution._SharedArena, name, wrap(getattr(distribution._SharedArena, name)))
 model.fit(x[:2048], y[:2048], batch_size=32, epochs=1, verbose=0)       # warm up
 runs = []
 for _ in range(rounds):
@@ -104,6 +114,9 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=2, help="epochs timed in each process")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved process pairs")
     ap.add_argument("--workloads", default="mlp_adam,cnn")
+    ap.add_argument("--unsharded", action="store_true",
+                    help="also time the ranks with FASTNN_MPI_SHARDED=0 (each rank updating "
+                         "every weight), interleaved with the rest")
     args = ap.parse_args(argv)
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep +
                            os.environ.get("PATH", ""))
@@ -123,15 +136,19 @@ def main(argv=None):
         net = json.load(open(out))
         rows = []
         for kind in args.workloads.split(","):
-            results = {"one": [], "one1": [], "ranks": []}
+            results = {"one": [], "one1": [], "ranks": [], "ranks0": []}
+            ranks = [mpiexec, "-n", str(args.threads), sys.executable]
+            setups = [("one", [sys.executable], 1, args.threads, "0"),
+                      ("one1", [sys.executable], 1, 1, "0"),
+                      ("ranks", ranks, 1, 1, "1")]
+            if args.unsharded:
+                setups.append(("ranks0", ranks, 0, 1, "1"))
             for _ in range(args.repeats):       # interleaved: load changes hit all alike
-                for label, cmd, threads, dp in (
-                        ("one", [sys.executable], args.threads, "0"),
-                        ("one1", [sys.executable], 1, "0"),
-                        ("ranks", [mpiexec, "-n", str(args.threads), sys.executable], 1, "1")):
+                for label, cmd, sharded, threads, dp in setups:
                     out = os.path.join(tmp, f"{kind}-{label}.json")
                     run(cmd + [worker, kind, str(args.samples), str(args.rounds), out],
-                        dict(env, OMP_NUM_THREADS=str(threads), FASTNN_DP=dp))
+                        dict(env, OMP_NUM_THREADS=str(threads), FASTNN_DP=dp,
+                             FASTNN_MPI_SHARDED=str(sharded)))
                     got = json.load(open(out))
                     results[label] += got.pop("runs")
                     results[label + "_info"] = got
@@ -152,6 +169,14 @@ def main(argv=None):
               f"{median(one1):.2f} | {ranks[0][0]:.2f} / {median(t for t, _ in ranks):.2f} | "
               f"{best:.2f}×, {mid:.2f}× | {100 * share:.1f} % | "
               f"{'yes' if r['ranks_info']['fused'] else 'no'} |")
+    if args.unsharded:
+        print(f"\n{args.threads} ranks with FASTNN_MPI_SHARDED=0 (every rank updates every "
+              "weight), same runs (min / median s; ratio to 1 process as above):\n")
+        for kind, r in rows:
+            old = sorted(t for t, _ in r["ranks0"])
+            one = sorted(t for t, _ in r["one"])
+            print(f"- {kind}: {old[0]:.2f} / {median(old):.2f} s, {one[0] / old[0]:.2f}×, "
+                  f"{median(one) / median(old):.2f}×")
     print(f"\nLoad average (other jobs on the machine): {load[0]:.1f} at the start, "
           f"{os.getloadavg()[0]:.1f} at the end.")
     print(f"\n({rows[0][1]['one_info']['samples']:,} samples an epoch: samples/s = samples / s)")

@@ -393,8 +393,10 @@ typedef struct {
      * gradient; reduce(reduce_ctx) then sums grads[0 .. n_params] over the ranks in place,
      * between the backward pass and the optimizer step (which updates the whole arena after
      * it): grads[n_params], one slot past the arena, carries whether any rank's loss was not
-     * finite, so one collective decides both. reduce returns nonzero when it failed. */
-    int (*reduce)(void *ctx);
+     * finite, so one collective decides both. reduce gets the step's optimizer scalars and
+     * returns < 0 when it failed, 1 when it also took the step (the ranks of one machine each
+     * update their shard of a shared arena: no update here), else 0. */
+    int (*reduce)(void *ctx, const float *scalars);
     void *reduce_ctx;
     int64_t global_rows, global_batch;
 } fnn_stack_data;

@@ -388,7 +388,8 @@ static int run_batch_reduced(const fnn_stack *s, const fnn_stack_data *d, const 
         memset(s->grads, 0, s->n_params * sizeof(float));
     }
     s->grads[s->n_params] = (float)bad;
-    if (d->reduce(d->reduce_ctx) != 0) return -4;
+    int stepped = d->reduce(d->reduce_ctx, scalars);
+    if (stepped < 0) return -4;
     sums[0] += total * (s->mean_reduction ? 1.0 : (double)rows);
     sums[1] += rows;
     if (s->grads[s->n_params] != 0.0f) return -1;      /* a rank's loss was not finite */
@@ -396,6 +397,7 @@ static int run_batch_reduced(const fnn_stack *s, const fnn_stack_data *d, const 
         sums[2] += correct;
         sums[3] += rows;
     }
+    if (stepped) return 0;      /* (a shared arena: each rank updated its shard) */
     if (s->reg) {       /* the penalties once, on the summed gradients, as the rows count them */
         penalize_all(s, 1, n_threads);
         sums[0] += (double)rows * penalty_total(s);

@@ -9,6 +9,7 @@ import operator
 from libc.math cimport INFINITY, isfinite
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy
 
 cdef extern from "fastnn.h" nogil:
     ctypedef struct fnn_rnn:
@@ -202,7 +203,7 @@ cdef extern from "fastnn.h" nogil:
         int pre
         const float *pre_a
         const float *pre_b
-        int (*reduce)(void *ctx) noexcept nogil
+        int (*reduce)(void *ctx, const float *scalars) noexcept nogil
         void *reduce_ctx
         int64_t global_rows, global_batch
     int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, int64_t start,
@@ -1764,17 +1765,20 @@ cdef inline size_t _addr(a):
     return 0 if a is None else <size_t>a.ctypes.data
 
 
-cdef int _stack_reduce(void *ctx) noexcept nogil:
+cdef int _stack_reduce(void *ctx, const float *scalars) noexcept nogil:
     """fnn_stack_data.reduce: calls the DenseStack's Python reduction (an allreduce, which
-    releases the GIL itself); an exception is kept for DenseStack.run to raise."""
+    releases the GIL itself) with a copy of the step's optimizer scalars; returns 1 when it
+    took the step, 0 when not, -1 with the exception kept for DenseStack.run to raise."""
     with gil:
         stack = <DenseStack>ctx
         try:
-            stack._reduce()
+            import numpy as np
+            row = np.empty(stack.n_scalars, np.float32)
+            memcpy(<void *><size_t>row.ctypes.data, scalars, 4 * <size_t>stack.n_scalars)
+            return 1 if stack._reduce(row) else 0
         except BaseException as exc:
             stack._reduce_error = exc
             return -1
-    return 0
 
 
 cdef class DenseStack:
@@ -2138,7 +2142,9 @@ cdef class DenseStack:
 
         reduce (data-parallel training, see fnn_stack_data.reduce): (fn, buffer, global_rows,
         global_batch), with buffer the gradient arena and one float32 slot after it (the
-        arena a view of its start) and fn() summing buffer over the ranks in place. The order
+        arena a view of its start) and fn(scalars) summing buffer over the ranks in place, given
+        a copy of the step's optimizer scalars; fn returns true when it also took the step
+        (each rank updating its shard of a shared arena: the stack then updates nothing). The order
         is then this rank's rows of each global batch, batch rows a step; its last step may
         have none."""
         cdef fnn_stack_data d

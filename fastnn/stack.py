@@ -280,7 +280,8 @@ class DenseRunner:
         reduce = None
         if dist is not None:
             buffer = model._grads_and_flag
-            reduce = (dist.step_reducer(buffer), buffer, min(len(x), steps * batch), batch)
+            reduce = (dist.step_reducer(buffer, model.optimizer), buffer,
+                      min(len(x), steps * batch), batch)
             order, batch = _rank_rows(dist, order, len(x), steps, batch)
         stack = self._stack(batch, bool(training))
         x2 = self._x2d(x)

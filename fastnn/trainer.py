@@ -659,7 +659,8 @@ class Trainer:
                 self._grads_and_flag, share if self._mean_loss() else 1.0, bad):
             self._track(total, n, None, None)
             return out
-        self.optimizer.apply(self._params, self._grads, self._apply_ranges if lr else None)
+        if dist is None or not dist.apply_shard(self):
+            self.optimizer.apply(self._params, self._grads, self._apply_ranges if lr else None)
         if self.__dict__.get("_constrained"):
             self._constrain()
         self._track(total, n, y, out)
@@ -673,7 +674,8 @@ class Trainer:
         self._grads[...] = 0
         if dist.reduce_gradients(self._grads_and_flag, 1.0):
             return None
-        self.optimizer.apply(self._params, self._grads)
+        if not dist.apply_shard(self):
+            self.optimizer.apply(self._params, self._grads)
         if self.__dict__.get("_constrained"):
             self._constrain()
         return None
@@ -850,6 +852,7 @@ class Trainer:
         if dist is not None:        # rank 0's weights, optimizer state and epoch everywhere
             initial_epoch = dist.broadcast(initial_epoch)
             dist.broadcast_model(self)
+            dist.share_arena(self)      # (one machine: each rank then updates its shard)
         runner = DenseRunner.for_model(self, training=True)
         if runner is not None and (not runner.accepts(x) or
                                    dist is not None and batch_size < dist.size):

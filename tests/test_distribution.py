@@ -63,7 +63,8 @@ SCRIPT = textwrap.dedent('''
         x = rng.standard_normal((70, 8, 8, 1)).astype(np.float32)
         y = (x[:, :4].mean(axis=(1, 2, 3)) > 0).astype(np.int64)
         inputs = fastnn.Input((8, 8, 1))
-        h = L.Conv2D(4, 3, activation="relu", kernel_regularizer="l2")(inputs)
+        h = L.Conv2D(4, 3, activation="relu",       # (FASTNN_NO_L2: a shared arena)
+                     kernel_regularizer=None if os.environ.get("FASTNN_NO_L2") else "l2")(inputs)
         h = L.MaxPooling2D()(h)
         h = L.Dropout(0.0)(h)
         h = L.Flatten()(h)
@@ -71,8 +72,17 @@ SCRIPT = textwrap.dedent('''
         model.compile(fastnn.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy",
                       metrics=["accuracy"])
         y_fit = np.eye(2, dtype=np.float32)[y]
+    if kind == "adam_cnn":       # the general path, each rank updating its shard (no l2)
+        x = rng.standard_normal((70, 8, 8, 1)).astype(np.float32)
+        y = (x[:, :4].mean(axis=(1, 2, 3)) > 0).astype(np.int64)
+        model = fastnn.Sequential([fastnn.Input((8, 8, 1)), L.Conv2D(4, 3, activation="relu"),
+                                   L.MaxPooling2D(), L.Flatten(),
+                                   L.Dense(2, activation="softmax")])
+        model.compile(fastnn.optimizers.Adam(0.01, amsgrad=True, global_clipnorm=0.3),
+                      "sparse_categorical_crossentropy", metrics=["accuracy"])
+        y_fit = y
     fit_kw, calls = {}, {"fused_epochs": 0, "general_steps": 0}
-    if kind in ("dense", "nonfinite"):      # a Dense stack: the fused C path (fastnn/stack.py)
+    if kind in ("dense", "nonfinite", "adam", "resume"):    # a Dense stack: the fused C path
         # 123 rows: 98 train after the split, 4 global batches of 32, the last of 2 rows (on
         # 4 ranks two of them have none)
         x = rng.standard_normal((123, 12)).astype(np.float32)
@@ -80,10 +90,21 @@ SCRIPT = textwrap.dedent('''
         # (24,651 weights: the gradients' sum goes through shared memory, _NodeSum)
         # (an l2 penalty and clipnorm, fused too: once each on the summed gradients)
         model = fastnn.Sequential([fastnn.Input((12,)),
-                                   L.Dense(1200, activation="relu", kernel_regularizer="l2"),
+                                   L.Dense(1200, activation="relu", kernel_regularizer=None
+                                           if os.environ.get("FASTNN_NO_L2") else "l2"),
                                    L.Dense(8, activation="tanh"),
                                    L.Dense(3, activation="softmax")])
-        if kind == "dense":
+        if kind in ("adam", "resume"):  # no penalty: each rank updates its shard
+            model = fastnn.Sequential([fastnn.Input((12,)),
+                                       L.Dense(1200, activation="relu"),
+                                       L.Dense(8, activation="tanh"),
+                                       L.Dense(3, activation="softmax")])
+            model.compile(fastnn.optimizers.Adam(0.01, clipnorm=0.2),
+                          "sparse_categorical_crossentropy", metrics=["accuracy"])
+            y_fit = y
+            if kind == "resume" and os.environ.get("FASTNN_PHASE") == "b":
+                model = fastnn.models.load_model(out + "-saved.keras")
+        elif kind == "dense":
             model.compile(fastnn.optimizers.Adam(0.01, clipnorm=1.0),
                           "sparse_categorical_crossentropy",
                           metrics=["accuracy", fastnn.metrics.SparseTopKCategoricalAccuracy(
@@ -115,18 +136,25 @@ SCRIPT = textwrap.dedent('''
         model.fit(x, y_fit, batch_size=16, epochs=50, verbose=0, callbacks=[Fail()])
     h = model.fit(x, y_fit, batch_size=32, epochs=2, verbose=0, validation_split=0.2,
                   shuffle=True, **fit_kw)
+    d = fastnn.distribution.distribution()
+    calls["sharded"] = bool(d is not None and d.size > 1 and d._arenas)
+    if kind == "resume" and os.environ.get("FASTNN_PHASE") == "a":
+        if fastnn.distribution.is_chief():
+            model.save(out + "-saved.keras")
+        sys.exit(0)
     ev = model.evaluate(x, y_fit, batch_size=16, verbose=0)
     p = model.predict(x, batch_size=16, verbose=0)
     np.savez(f"{out}-{fastnn.distribution.rank()}.npz", *model.get_weights(), predict=p,
              evaluate=np.asarray(ev), **{k: np.asarray(v) for k, v in h.history.items()},
-             **calls, iterations=model.optimizer.iterations)
+             **calls, iterations=model.optimizer.iterations,
+             **{f"opt_{i}": v for i, v in enumerate(model.optimizer.variables())})
 ''')
 
 
-def _run(tmp_path, kind, ranks, timeout=240, **env_vars):
+def _run(tmp_path, kind, ranks, timeout=240, out=None, **env_vars):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
-    out = str(tmp_path / f"{kind}-{ranks}")
+    out = out or str(tmp_path / f"{kind}-{ranks}")
     env = dict(os.environ, OMP_NUM_THREADS="1", FASTNN_DP="1" if ranks else "0", **env_vars)
     cmd = [sys.executable, str(script), kind, out]
     if ranks:
@@ -138,12 +166,15 @@ def _run(tmp_path, kind, ranks, timeout=240, **env_vars):
 
 @needs_mpi
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["mlp", "cnn", "bn"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "bn", "adam", "adam_cnn"])
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_ranks_train_as_one_process(tmp_path, kind, ranks):
     """bn: BatchNormalization normalizes by the global batch's statistics, as one process
     does, through a residual graph; with 4 ranks the last global batch (3 rows) leaves one
-    rank without rows, which still takes part."""
+    rank without rows, which still takes part. bn, adam (the fused Dense stack, Adam with
+    clipnorm) and adam_cnn (the general path, AMSGrad with global_clipnorm) keep their
+    parameters and optimizer state in memory the ranks share, each rank updating its
+    shard; mlp and cnn (weight penalties) each update all of it."""
     done, (one,) = _run(tmp_path, kind, 0)
     assert done.returncode == 0, done.stderr
     done, results = _run(tmp_path, kind, ranks)
@@ -152,9 +183,40 @@ def test_ranks_train_as_one_process(tmp_path, kind, ranks):
     for other in results[1:]:               # every rank holds the same weights, bit for bit
         for key in results[0]:
             np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
+    assert bool(results[0].pop("sharded")) == (kind in ("bn", "adam", "adam_cnn"))
+    assert not one.pop("sharded")
     for key, want in one.items():           # and those of one process, to rounding
         np.testing.assert_allclose(results[0][key], want, rtol=2e-5, atol=2e-6, err_msg=key)
     assert set(one) >= {"loss", "val_loss", "accuracy", "predict", "evaluate"}
+    assert int(results[0]["iterations"]) == int(one["iterations"]) > 0
+
+
+@needs_mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("first, then", [(2, 4), (4, 2), (0, 3)])
+def test_a_checkpoint_resumes_on_another_rank_count(tmp_path, first, then):
+    """A model saved (weights and Adam state, read from the shared shards) after a fit on
+    `first` ranks and loaded for a fit on `then` ranks trains as one process does through
+    both fits (0: one process)."""
+    base = str(tmp_path / "one")
+    for phase in ("a", "b"):
+        done, _ = _run(tmp_path, "resume", 0, out=base, FASTNN_PHASE=phase)
+        assert done.returncode == 0, done.stderr
+    (one,) = [dict(np.load(base + "-0.npz"))]
+    out = str(tmp_path / "ranks")
+    done, _ = _run(tmp_path, "resume", first, out=out, FASTNN_PHASE="a")
+    assert done.returncode == 0, done.stderr
+    done, results = _run(tmp_path, "resume", then, out=out, FASTNN_PHASE="b")
+    assert done.returncode == 0, done.stderr
+    assert len(results) == max(then, 1) and bool(results[0].pop("sharded")) == (then > 1)
+    assert not one.pop("sharded")
+    for other in results[1:]:
+        for key in results[0]:
+            np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
+    assert int(results[0]["iterations"]) == int(one["iterations"]) == 16
+    assert len([key for key in one if key.startswith("opt_")]) == 2 + 2 * 6  # Adam m, v
+    for key, want in one.items():
+        np.testing.assert_allclose(results[0][key], want, rtol=2e-5, atol=2e-6, err_msg=key)
 
 
 @needs_mpi
@@ -182,15 +244,18 @@ def test_the_fused_dense_stack_trains_across_ranks(tmp_path, ranks):
 @needs_mpi
 @pytest.mark.slow
 @pytest.mark.parametrize("fused", ["1", "0"])
-def test_a_non_finite_loss_on_one_rank_skips_the_step_everywhere(tmp_path, fused):
+@pytest.mark.parametrize("no_l2", ["", "1"])
+def test_a_non_finite_loss_on_one_rank_skips_the_step_everywhere(tmp_path, fused, no_l2):
     """One row's loss overflows: whichever rank holds it, no rank takes that step (the flag
-    rides in the gradients' allreduce), on the fused path and the general one alike."""
-    done, (one,) = _run(tmp_path, "nonfinite", 0, FASTNN_FUSED=fused)
+    rides in the gradients' allreduce), on the fused path and the general one alike, and
+    with each rank updating its shard of a shared arena (no_l2)."""
+    done, (one,) = _run(tmp_path, "nonfinite", 0, FASTNN_FUSED=fused, FASTNN_NO_L2=no_l2)
     assert done.returncode == 0, done.stderr
-    done, results = _run(tmp_path, "nonfinite", 2, FASTNN_FUSED=fused)
+    done, results = _run(tmp_path, "nonfinite", 2, FASTNN_FUSED=fused, FASTNN_NO_L2=no_l2)
     assert done.returncode == 0, done.stderr
     assert int(one["iterations"]) == 6 and not np.isfinite(one["loss"]).any()
     assert (one["fused_epochs"] > 0) == (fused == "1")
+    assert bool(results[0].pop("sharded")) == (no_l2 == "1") and not one.pop("sharded")
     for other in results[1:]:
         for key in results[0]:
             np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
@@ -247,15 +312,18 @@ def test_the_shared_memory_sum_equals_mpi_allreduce(tmp_path, ranks, shared):
 
 
 @needs_mpi
-def test_a_failing_rank_stops_every_rank(tmp_path):
-    done, _ = _run(tmp_path, "fail", 2, timeout=120)
+@pytest.mark.parametrize("no_l2", ["", "1"])
+def test_a_failing_rank_stops_every_rank(tmp_path, no_l2):
+    """Also while the other rank waits at a barrier of a shared arena (no_l2)."""
+    done, _ = _run(tmp_path, "fail", 2, timeout=120, FASTNN_NO_L2=no_l2)
     assert done.returncode != 0
     assert "rank 1 of 2 raised" in done.stderr and "rank one fails here" in done.stderr
 
 
 @needs_mpi
-def test_a_dying_rank_stops_every_rank(tmp_path):
-    done, _ = _run(tmp_path, "fail", 2, timeout=120, FASTNN_DIE="1")
+@pytest.mark.parametrize("no_l2", ["", "1"])
+def test_a_dying_rank_stops_every_rank(tmp_path, no_l2):
+    done, _ = _run(tmp_path, "fail", 2, timeout=120, FASTNN_DIE="1", FASTNN_NO_L2=no_l2)
     assert done.returncode != 0
 
 
@@ -418,8 +486,8 @@ def test_the_fused_stack_checks_and_propagates_its_reduction():
     assert runner is not None
     dist = _ranks(2)[1]
 
-    def broken(buffer):
-        def reduce():
+    def broken(buffer, optimizer):
+        def reduce(scalars):
             raise RuntimeError("the link went down")
         return reduce
     dist.step_reducer = broken
@@ -435,7 +503,7 @@ def test_the_fused_stack_checks_and_propagates_its_reduction():
     for bad in (model._grads, np.zeros(model._grads.size + 1, np.float32)):
         with pytest.raises(ValueError, match="reduce buffer"):
             stack.run(x, y, None, order, 0, 1, True, scalars, sums,
-                      reduce=(lambda: None, bad, 40, 8))
+                      reduce=(lambda scalars: None, bad, 40, 8))
     with pytest.raises(ValueError, match="global batches"):
         stack.run(x, y, None, order, 0, 1, True, scalars, sums,
-                  reduce=(lambda: None, model._grads_and_flag, 40, 4))
+                  reduce=(lambda scalars: None, model._grads_and_flag, 40, 4))

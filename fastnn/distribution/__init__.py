@@ -14,6 +14,10 @@ predict run over the ranks; run without mpiexec, the same script trains as one p
   batch's gradient on every rank, which takes the same optimizer step, or every rank skips it.
   Initial weights and optimizer state come from rank 0. A Dense stack keeps the fused C path
   (fastnn/stack.py): it calls the allreduce between each step's backward pass and update.
+- When every rank runs on one machine, the parameters and optimizer state live in shared
+  memory (_SharedArena) and each rank's backward pass writes its own row of a shared
+  gradient window: each rank sums and updates only its 1/N of the weights, and all read the
+  same parameters (FASTNN_MPI_SHARDED=0: every rank updates all of them, as across machines).
 - Metrics and losses are reduced at the end of each epoch (their accumulators summed), so
   History, callbacks and the epoch's progress-bar line show global values, and EarlyStopping
   or ReduceLROnPlateau decide the same on every rank. Per-batch progress shows rank 0's running
@@ -86,6 +90,7 @@ class DataParallel:
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self.auto_shard_dataset = True
         self._node_sum = _NodeSum.for_comm(self.comm, mpi) if self.size > 1 else None
+        self._arenas = {}       # id(model): its _SharedArena
 
     def __repr__(self):
         return f"<DataParallel rank={self.rank} size={self.size}>"
@@ -126,7 +131,12 @@ class DataParallel:
         it. The gradients times this rank's share of the global batch, and in the slot whether
         this rank's loss was not finite (`bad`), are summed over the ranks in place in one
         allreduce: the global batch's gradient on every rank. Returns whether any rank's loss
-        was not finite (then no rank takes the step)."""
+        was not finite (then no rank takes the step). When buffer is the gradient row of a
+        shared arena (share_arena), this rank then holds the sum of its shard only, and
+        apply_shard takes the step."""
+        arena = self._arena_of(buffer)
+        if arena is not None:
+            return arena.reduce(share, bad)
         ops = get_ops()
         buffer[-1] = 1.0 if bad else 0.0
         host = ops.to_numpy(buffer) if ops.is_device else buffer
@@ -148,11 +158,71 @@ class DataParallel:
             host *= np.float32(scale)
         self.comm.Allreduce(self._mpi.IN_PLACE, host, op=self._mpi.SUM)
 
-    def step_reducer(self, buffer):
+    def step_reducer(self, buffer, optimizer):
         """What the fused Dense stack calls between each step's backward pass and its update
-        (fastnn/stack.py, fnn_stack_data.reduce): buffer (the gradient arena, already this
-        rank's share, and its flag slot) summed over the ranks in place."""
-        return lambda: self.allreduce_sum(buffer)
+        (fastnn/stack.py, fnn_stack_data.reduce) with the step's optimizer scalars: buffer
+        (the gradient arena, already this rank's share, and its flag slot) summed over the
+        ranks in place (returns 0, the stack updates the arena); with a shared arena, this
+        rank's shard summed and stepped (returns 1, or 0 with the flag set: skip the step)."""
+        arena = self._arena_of(buffer)
+        if arena is None:
+            return lambda scalars: self.allreduce_sum(buffer)
+
+        def reduce_and_step(scalars):
+            if arena.reduce(1.0, bool(buffer[-1])):
+                buffer[-1] = 1.0
+                return 0
+            arena.step(optimizer, scalars)
+            return 1
+        return reduce_and_step
+
+    # ---- parameters and optimizer state shared by the ranks of one machine -----------------
+    def share_arena(self, model):
+        """Collective, at the start of fit: on one machine, the model's parameters and its
+        optimizer's state move into memory the ranks share (rank 0's values), and each rank's
+        gradients into its row of a shared window. Each step, each rank sums its 1/N of the
+        gradients over the rows and updates that 1/N of the parameters and state (the update
+        is split, not repeated, and no rank copies a sum back: every rank reads the same
+        parameters). Returns whether the model's arena is shared; not when the ranks span
+        machines, FASTNN_MPI_SHARDED=0, or the step needs the whole arena on each rank (the
+        optimizer's weight average, constraints, weight penalties, a device backend)."""
+        arena = self._arenas.get(id(model))
+        if arena is not None and arena.holds(model):
+            arena.node.Barrier()    # (broadcast_model may just have written the same values)
+            return True
+        if self._node_sum is None or os.environ.get("FASTNN_MPI_SHARDED", "1") == "0" or \
+                not _SharedArena.fits(model):
+            return False
+        try:        # (collective: no rank allocates unless /dev/shm has room on every one)
+            stat = os.statvfs("/dev/shm")
+            room = stat.f_bavail * stat.f_frsize >= 2 * _SharedArena.bytes(model, self.size)
+        except OSError:
+            room = False
+        if not self.comm.allreduce(room, op=self._mpi.LAND):
+            return False
+        self._arenas[id(model)] = _SharedArena(self._node_sum.node, self._mpi, model)
+        return True
+
+    def apply_shard(self, model):
+        """The optimizer step of this rank's shard of a shared arena (after reduce_gradients
+        summed it); returns False (nothing done) when the model's arena is not shared."""
+        arena = self._arenas.get(id(model))
+        if arena is None or not arena.holds(model):
+            return False
+        optimizer = model.optimizer
+        lr = optimizer.learning_rate
+        decay = np.float32(lr * optimizer.weight_decay) if optimizer.weight_decay else 0.0
+        scalars = (decay,) + tuple(optimizer._scalars(lr, optimizer.iterations + 1))
+        arena.step(optimizer, np.array(scalars, np.float32))
+        optimizer.iterations += 1
+        return True
+
+    def _arena_of(self, buffer):
+        for arena in self._arenas.values():
+            if arena.row is buffer or (arena.row.ctypes.data == buffer.ctypes.data and
+                                       arena.row.size == buffer.size):
+                return arena
+        return None
 
     # ---- BatchNormalization over the global batch ------------------------------------------
     # One process normalizes each global batch by its own statistics; so do the ranks: each
@@ -352,6 +422,157 @@ class _NodeSum:
                 window[0].Unlock_all()
                 window[0].Free()
         self.windows = {}
+
+
+class _SharedArena:
+    """A model's parameters, its optimizer's slots and every rank's gradient row (and flag)
+    in one MPI-3 shared-memory window of the ranks of one machine (DataParallel.share_arena).
+    Each step: each rank's backward pass writes its row; a barrier; each rank sums its shard
+    [lo, hi) of the columns over the rows (in rank order) and updates that shard of the
+    parameters and slots; a barrier. Both barriers stand between a write and the reads of
+    another rank: the gradient rows before the sums, the updated parameters before the next
+    forward pass."""
+
+    def __init__(self, node, mpi, model):
+        self.node, self.mpi = node, mpi
+        ranks, rank = node.Get_size(), node.rank
+        params, optimizer = model._params, model.optimizer
+        n = params.size
+        names = sorted(optimizer.slots)
+        per = self.bytes(model, ranks) // 4
+        self.win = mpi.Win.Allocate_shared(4 * per if rank == 0 else 0, 4, comm=node)
+        memory, _ = self.win.Shared_query(0)
+        flat = np.ndarray(buffer=memory, dtype=np.float32, shape=(per,))
+        self.win.Lock_all(mpi.MODE_NOCHECK)
+        atexit.register(self.free)
+        shared = flat[:n]
+        slots = {name: flat[n * (1 + k):n * (2 + k)] for k, name in enumerate(names)}
+        self.rows = flat[n * (1 + len(names)):].reshape(ranks, n + 2)
+        # every rank: its layers' weights and gradients, and the optimizer's slots, become
+        # views of the window (each rank writes the same values: broadcast_model made them
+        # rank 0's; the barrier below ends the writes before any step reads them)
+        row = self.rows[rank, :n + 1]
+        for layer in model._layers:
+            if layer.trainable:
+                for name in layer._trainable_names:
+                    start, stop = model._spans[id(layer), name]
+                    shape = layer._vars[name].shape
+                    layer._rebind(name, shared[start:stop].reshape(shape),
+                                  row[start:stop].reshape(shape))
+        if rank == 0:
+            for name in names:
+                slots[name][...] = optimizer.slots[name]
+        self.rows[rank] = 0
+        self.sync()
+        model._params, model._grads, model._grads_and_flag = shared, row[:n], row
+        model._arena_key = tuple((id(layer), name, id(layer._vars[name]))
+                                 for layer in model._layers if layer.trainable
+                                 for name in layer._trainable_names)
+        optimizer.slots.update(slots)
+        self.params, self.row, self.optimizer, self.slots = shared, row, optimizer, slots
+        self.lo, self.hi = n * rank // ranks, n * (rank + 1) // ranks
+        self.sums = None        # the whole summed gradient (norm clipping)
+
+    @staticmethod
+    def bytes(model, ranks):
+        """The window's size: parameters, slots, and a row per rank (gradients, flag, scale)."""
+        n = model._params.size
+        return 4 * (n * (1 + len(model.optimizer.slots)) + ranks * (n + 2))
+
+    @staticmethod
+    def fits(model):
+        """Whether a step of this model can run on shards of its arena (the same answer on
+        every rank: it depends on the model and optimizer only)."""
+        optimizer = getattr(model, "optimizer", None)
+        n = model._params.size
+        return not get_ops().is_device and optimizer is not None and \
+            optimizer.kind is not None and not optimizer.use_ema and \
+            all(slot.size == n for slot in optimizer.slots.values()) and \
+            not model.__dict__.get("_penalties") and \
+            not model.__dict__.get("_constrained")
+
+    def holds(self, model):
+        return model._params is self.params and model.optimizer is self.optimizer and \
+            all(model.optimizer.slots.get(name) is slot for name, slot in self.slots.items())
+
+    def sync(self):
+        self.win.Sync()
+        self.node.Barrier()
+        self.win.Sync()
+
+    def reduce(self, scale, bad):
+        """This rank's row and flag are written, its gradients to be scaled by `scale` (its
+        share of the global batch): sum its shard of the scaled rows into the row's shard (no
+        other rank reads that part of this row); with norm clipping, every rank sums the
+        whole gradient (the norms need it). Returns whether any rank's loss was not finite
+        (then no rank steps, after a second barrier)."""
+        rows, rank, n = self.rows, self.node.rank, self.row.size - 1
+        self.row[n] = 1.0 if bad else 0.0
+        rows[rank, n + 1] = scale
+        self.sync()
+        if rows[:, n].any():
+            self.sync()     # (no rank writes its row again before every rank has read these)
+            return True
+        if self.optimizer.clipping()[0] in (2, 3):
+            if self.sums is None:
+                self.sums = np.empty(n, np.float32)
+            self.sums[...] = rows[rank, :n]
+            self._add_others(self.sums, 0, n)
+        else:
+            self._add_others(self.row[self.lo:self.hi], self.lo, self.hi)
+        return False
+
+    def _add_others(self, out, lo, hi):
+        """out (this rank's row over [lo, hi)) becomes the sum of every rank's row times its
+        scale there: this rank's first, then the others in rank order. With one scale for all
+        (every full global batch), one multiply of the sum."""
+        rows, rank, n = self.rows, self.node.rank, self.row.size - 1
+        scales = rows[:, n + 1]
+        same = bool((scales == scales[0]).all())
+        if not same and scales[rank] != 1.0:
+            out *= scales[rank]
+        for k in range(len(rows)):
+            if k != rank:
+                out += rows[k, lo:hi] if same else rows[k, lo:hi] * scales[k]
+        if same and scales[0] != 1.0:
+            out *= scales[0]
+
+    def step(self, optimizer, scalars):
+        """This rank's shard of the optimizer step with scalars (float32: the decay factor,
+        then the kind's own), as apply() over the whole arena would take it; then a barrier
+        (every shard updated before any rank's next forward pass)."""
+        lo, hi = self.lo, self.hi
+        mode, limit = optimizer.clipping()
+        grads = self.row[lo:hi]
+        if mode in (2, 3):      # the norms of the whole summed gradient, then clip by value 0
+            sums = self.sums
+            grads = sums[lo:hi] * _clip_scales(sums, optimizer._sizes, mode, limit)[lo:hi]
+            mode, limit = 0, 0.0
+        slots = tuple(None if s is None else s[lo:hi] for s in optimizer.fused_slots())
+        get_ops().optimizer_update(optimizer.kind, self.params[lo:hi], grads, slots, scalars,
+                                   mode, limit, [hi - lo])
+        self.sync()
+
+    def free(self):
+        if self.win is not None:
+            self.win.Unlock_all()
+            self.win.Free()
+            self.win = None
+
+
+def _clip_scales(sums, sizes, mode, limit):
+    """Each weight's factor under Keras's clipnorm (mode 2: by its variable's norm) or
+    global_clipnorm (3: by the whole gradient's), as fnn_optimizer_update's clip_scale."""
+    def factor(part, global_norm):
+        norm = np.sqrt(np.dot(part.astype(np.float64), part.astype(np.float64)))
+        if np.isnan(norm) or (global_norm and np.isinf(norm)):
+            return np.float32(np.nan)
+        return np.float32(limit / norm) if norm > limit else np.float32(1.0)
+    if mode == 3:
+        return np.full(sums.size, factor(sums, True), np.float32)
+    return np.repeat(np.array([factor(sums[a:a + size], False) for a, size in
+                               zip(np.cumsum([0] + list(sizes[:-1])), sizes)], np.float32),
+                     sizes)
 
 
 class _Recorder:
