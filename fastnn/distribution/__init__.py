@@ -32,6 +32,7 @@ import atexit
 import contextlib
 import os
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -319,10 +320,13 @@ class DataParallel:
 
     def abort(self, exc):
         """Stop every rank: this one raised (an unhandled exception)."""
-        sys.stderr.write(f"fastnn.distribution: rank {self.rank} of {self.size} raised; "
-                         "aborting all ranks\n")
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        # The error itself first, in one write: mpiexec may drop the rest of a rank's output
+        # once the abort tears the job down.
+        sys.stderr.write(f"fastnn.distribution: rank {self.rank} of {self.size} raised "
+                         f"{type(exc).__name__}: {exc}; aborting all ranks\n" +
+                         "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
         sys.stderr.flush()
+        time.sleep(0.2)     # time for mpiexec to forward it
         self.comm.Abort(1)
 
 
