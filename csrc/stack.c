@@ -425,7 +425,8 @@ static int overlap_gather(const fnn_stack *s, const fnn_stack_data *d, int n_thr
  * reduction), [1] += n, [2] += correct, [3] += n. Returns the steps run: a batch whose loss is
  * not finite ends the run after adding its raw loss to sums[0..1], before its update; *status
  * is -1 then, -2 for a label out of range and -3 for a NaN or infinite input (both before the
- * batch touches anything), -4 when d->reduce failed, else 0. */
+ * batch touches anything), -4 when d->reduce failed, else 0. d->step_end (when set) runs after
+ * each step that counted its loss and may end the run there. */
 int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, int64_t start,
                       int64_t n_steps, const float *scalars, double *sums, int *status,
                       int n_threads) {
@@ -467,9 +468,14 @@ int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, in
             if (has_next && rc == 0)
                 next = gather_x(d, next_buf, next_first, next_rows, n_threads);
         }
+        int stop = d->step_end && rc >= -1 && d->step_end(d->step_ctx, start + step, rc);
         if (rc != 0) {
             *status = rc;
             step += rc == -1;
+            break;
+        }
+        if (stop) {
+            step++;
             break;
         }
         x = next;

@@ -204,6 +204,8 @@ cdef extern from "fastnn.h" nogil:
         int (*reduce)(void *ctx) noexcept nogil
         void *reduce_ctx
         int64_t global_rows, global_batch
+        int (*step_end)(void *ctx, int64_t step, int status) noexcept nogil
+        void *step_ctx
     int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, int64_t start,
                           int64_t n_steps, const float *scalars, double *sums, int *status,
                           int n_threads)
@@ -1742,6 +1744,18 @@ cdef int _stack_reduce(void *ctx) noexcept nogil:
     return 0
 
 
+cdef int _stack_step_end(void *ctx, int64_t step, int status) noexcept nogil:
+    """fnn_stack_data.step_end: calls run()'s step_end(step, status), which returns whether
+    the run goes on; an exception ends the run and is kept for DenseStack.run to raise."""
+    with gil:
+        stack = <DenseStack>ctx
+        try:
+            return 0 if stack._step_end(step, status) else 1
+        except BaseException as exc:
+            stack._step_error = exc
+            return 1
+
+
 cdef class DenseStack:
     """A Sequential of Dense layers with its workspaces, for `batch` rows. layers: tuples
     (kernel, bias, d_kernel, d_bias, act, alpha) of float32 arrays (bias/d_bias may be None,
@@ -1758,6 +1772,7 @@ cdef class DenseStack:
     cdef public int d_in, d_out, n_scalars, batch, loss
     cdef public bint train
     cdef object _reduce, _reduce_error     # run(reduce=...): the data-parallel step's sum
+    cdef object _step_end, _step_error     # run(step_end=...): the per-step callback
 
     def __cinit__(self, list layers, int batch, bint train=False, int loss=0, bint fused=False,
                   bint mean_reduction=True, int metric=0, float threshold=0.5, int opt=0,
@@ -2050,6 +2065,7 @@ cdef class DenseStack:
         d.outputs, d.outputs_first = NULL, 0
         d.pre, d.pre_a, d.pre_b = FNN_PRE_NONE, NULL, NULL
         d.reduce, d.reduce_ctx, d.global_rows, d.global_batch = NULL, NULL, 0, 0
+        d.step_end, d.step_ctx = NULL, NULL
         cdef const float[::1] pa
         cdef const float[::1] pb
         if pre is not None:
@@ -2096,7 +2112,7 @@ cdef class DenseStack:
         return 0
 
     def run(self, x, y, weights, order, int64_t start, int64_t n_steps, bint train,
-            scalars, sums, outputs=None, pre=None, reduce=None):
+            scalars, sums, outputs=None, pre=None, reduce=None, step_end=None):
         """Run batches start .. start + n_steps - 1 of the epoch (see fnn_stack_run); returns
         (steps run, status). outputs (at least n_steps * batch rows of d_out, or None): each
         batch's outputs, in the order's positions from start * batch on.
@@ -2105,7 +2121,12 @@ cdef class DenseStack:
         global_batch), with buffer the gradient arena and one float32 slot after it (the
         arena a view of its start) and fn() summing buffer over the ranks in place. The order
         is then this rank's rows of each global batch, batch rows a step; its last step may
-        have none."""
+        have none.
+
+        step_end (a callback reads every batch): called as step_end(step, status) with the
+        GIL after each step whose loss sums holds (status 0, or -1: not finite), step being its
+        index in the epoch; the run ends after it unless it returns True. An exception it
+        raises ends the run and is raised here."""
         cdef fnn_stack_data d
         cdef float[::1] RB
         if not self.train:
@@ -2182,13 +2203,22 @@ cdef class DenseStack:
             _disjoint("DenseStack.run: outputs", _p2(O), _n2(O), "the gradients",
                       self.s.grads, 4 * self.s.n_params)
             d.outputs, d.outputs_first = &O[0, 0], first
+        if step_end is not None:
+            if not callable(step_end):
+                raise TypeError(f"DenseStack.run: step_end: expected a callable, got "
+                                f"{type(step_end).__name__}")
+            self._step_end, self._step_error = step_end, None
+            d.step_end, d.step_ctx = _stack_step_end, <void *>self
         cdef int status = 0
         cdef int64_t done
         cdef const float *sp = &SC[0, 0] if train else NULL
         with nogil:
             done = fnn_stack_run(&self.s, &d, train, start, n_steps, sp, &S[0], &status,
                                  _n_threads)
-        self._reduce = None
+        self._reduce = self._step_end = None
+        if self._step_error is not None:
+            error, self._step_error = self._step_error, None
+            raise error
         if status == -4:
             error, self._reduce_error = self._reduce_error, None
             raise error
