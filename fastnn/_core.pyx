@@ -9,6 +9,8 @@ import operator
 from libc.math cimport INFINITY, isfinite
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport calloc, free
+from libc.string cimport strcmp
+from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBuffer_Release, PyObject_GetBuffer
 
 cdef extern from "fastnn.h" nogil:
     ctypedef struct fnn_rnn:
@@ -1742,6 +1744,35 @@ cdef int _stack_reduce(void *ctx) noexcept nogil:
             stack._reduce_error = exc
             return -1
     return 0
+
+
+def consecutive(list parts):
+    """Whether the arrays in parts (at least one) are C-contiguous with one item format and
+    row shape, each starting where the one before ends (slices of one array, in order, which a
+    view can join). Raises BufferError or ValueError for an array without a C-contiguous
+    buffer."""
+    cdef Py_buffer first, view
+    cdef Py_ssize_t i, j
+    cdef bint ok = True
+    cdef char *end
+    if not parts:
+        raise ValueError("consecutive: no arrays")
+    PyObject_GetBuffer(parts[0], &first, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+    try:
+        end = <char *>first.buf + first.len
+        for i in range(1, len(parts)):
+            PyObject_GetBuffer(parts[i], &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+            ok = view.buf == end and view.ndim == first.ndim and first.ndim > 0 and \
+                view.itemsize == first.itemsize and strcmp(view.format, first.format) == 0
+            for j in range(1, view.ndim if ok else 0):
+                ok = ok and view.shape[j] == first.shape[j]
+            end = <char *>view.buf + view.len
+            PyBuffer_Release(&view)
+            if not ok:
+                return False
+        return first.ndim > 0
+    finally:
+        PyBuffer_Release(&first)
 
 
 cdef int _stack_step_end(void *ctx, int64_t step, int status) noexcept nogil:
