@@ -301,24 +301,30 @@ class DenseRunner:
             sums = np.array([loss_tracker.total, loss_tracker.count] +
                             ([counted.total, counted.count] if counted is not None
                              else [0.0, 0.0]))
-            scalars = states = key = None
+            scalars = states = lr = decay = None
             if training:
                 scalars, states = opt.fused_scalars(n)
-                key = (opt._learning_rate, opt.weight_decay)
+                lr, decay = opt._learning_rate, opt.weight_decay
             if others:
                 outputs = self._outputs(outputs, n * batch)
             step_end = None
             if per_step:
-                def step_end(k, status, first=step, n=n, states=states, sums=sums, key=key,
-                             iterations=opt.iterations if training else 0):
+                def step_end(k, status, first=step, n=n, states=states, sums=sums, lr=lr,
+                             decay=decay, iterations=opt.iterations if training else 0):
                     """After step k: the state and hooks the per-step loop would give; whether
-                    the run goes on with the scalars computed for it."""
+                    the run goes on with the scalars computed for it. (Called after every
+                    step: kept to the work a step needs.)"""
                     nonlocal begun
                     j = k - first
-                    track(sums, k * batch, min(rows_in, (k + 1) * batch) if status == 0 else 0,
-                          j * batch)
-                    if training and status == 0:
-                        opt.fused_commit((states[j],), 1)
+                    loss_tracker.total, loss_tracker.count, total, count = sums.tolist()
+                    if counted is not None:
+                        counted.total, counted.count = total, count
+                    if status == 0:
+                        if others:
+                            track(sums, k * batch, min(rows_in, (k + 1) * batch), j * batch)
+                        if training:
+                            opt._set_step_state(states[j])     # as fused_commit, one step
+                            opt.iterations += 1
                     if ends:
                         logs = logs_fn()
                         for fn in ends:
@@ -329,7 +335,8 @@ class DenseRunner:
                     for fn in begins:
                         fn(k + 1, None)
                         begun = True
-                    return not training or ((opt._learning_rate, opt.weight_decay) == key and
+                    return not training or (opt._learning_rate == lr and
+                                            opt.weight_decay == decay and
                                             opt.iterations == iterations + j + 1)
             start = time.perf_counter()
             done, status = stack.run(x2, y, w, order, step, n, bool(training), scalars, sums,

@@ -219,8 +219,8 @@ class Trainer:
     def _logs_reader(self):
         """A function giving _logs() for the trackers as they are now, their order fixed once
         (a callback reading every batch calls it after each step)."""
-        named = sorted(((m.name, m) for m in self._trackers()), key=lambda pair: pair[0])
-        return lambda: {name: m.result() for name, m in named}
+        named = sorted(((m.name, m.result) for m in self._trackers()), key=lambda pair: pair[0])
+        return lambda: {name: result() for name, result in named}
 
     def _global_logs(self):
         """The logs of a whole epoch or evaluation: under a DataParallel distribution, of
