@@ -808,3 +808,10 @@ def test_consecutive_slices_join_as_a_view_and_anything_else_as_a_copy():
     assert not _core.consecutive([x[0:8], x.reshape(100, 3, 4)[8:16]])     # rows (3, 4)
     with pytest.raises((BufferError, ValueError)):
         _core.consecutive([x[0:8, :, :2]])
+    with pytest.raises((BufferError, ValueError)):
+        _core.consecutive([x[0:8], x[8:16, :, :2]])
+    with pytest.raises(ValueError, match="no arrays"):
+        _core.consecutive([])
+    for bad in ((x[0:8],), [x[0:8], None], [x[0:8], [1.0]]):
+        with pytest.raises(TypeError):
+            _core.consecutive(bad)
