@@ -608,3 +608,20 @@ def test_non_finite_loss_with_a_per_batch_callback_matches_the_general_path(monk
     # NaN logs compare unequal to themselves: compare their text
     assert repr(runs[0]) == repr(runs[1])
     assert runs[0][1] == 93     # 7 steps skipped their update (their loss was not finite)
+
+
+class _EvaluateMidRun(_AllHooks):
+    """Evaluates and predicts from inside a training batch hook (the C run is paused there)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, logs)
+        if batch in (30, 70):
+            x, y = _data(40, seed=1)
+            self.seen.append(("evaluate", self.model.evaluate(x, y, batch_size=8, verbose=0),
+                              self.model.predict(x, batch_size=16, verbose=0).tolist()))
+
+
+def test_evaluate_and_predict_inside_a_batch_hook_match_the_general_path(monkeypatch):
+    runs = [_per_step_run(monkeypatch, fused, _EvaluateMidRun()) for fused in (True, False)]
+    _assert_same_runs(*runs)
+    assert sum(s[0] == "evaluate" for s in runs[0][0]) == 4
