@@ -398,6 +398,7 @@ typedef struct {
 enum { FNN_PRE_NONE = 0, FNN_PRE_AFFINE = 1, FNN_PRE_STANDARDIZE = 2 };
 
 void fnn_preprocess_row(const fnn_stack_data *d, float *row, size_t len);
+int fnn_all_finite(const float *p, size_t n, int n_threads);
 int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, int64_t start,
                       int64_t n_steps, const float *scalars, double *sums, int *status,
                       int n_threads);

@@ -30,6 +30,12 @@ static int all_finite(const float *p, size_t n, int n_threads) {
     return !bad;
 }
 
+/* Whether n float32 values are all finite: the check of a whole array before a run whose
+ * callbacks see single batches (one parallel pass, no temporary). */
+int fnn_all_finite(const float *p, size_t n, int n_threads) {
+    return all_finite(p, n, n_threads);
+}
+
 /* Rows [first, first + rows) of the order, converted to float32 into x_buf (the C cast, as
  * NumPy's astype). A contiguous float32 run is used where it lies, without a copy. NULL when a
  * value is NaN or infinite (after the cast: a double too big for float32 counts); checking

@@ -211,6 +211,7 @@ cdef extern from "fastnn.h" nogil:
     int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, int64_t start,
                           int64_t n_steps, const float *scalars, double *sums, int *status,
                           int n_threads)
+    int fnn_all_finite(const float *p, size_t n, int n_threads)
     int fnn_stack_predict(const fnn_stack *s, const fnn_stack_data *d, float *out,
                           int64_t start, int64_t rows, int n_threads)
 
@@ -1744,6 +1745,20 @@ cdef int _stack_reduce(void *ctx) noexcept nogil:
             stack._reduce_error = exc
             return -1
     return 0
+
+
+def all_finite(x):
+    """Whether every value of x, a C-contiguous float32 array, is finite (one pass over the
+    threads, without a temporary)."""
+    if not hasattr(x, "flags") or not x.flags.c_contiguous:
+        raise ValueError(f"all_finite: x: expected a C-contiguous float32 array, got "
+                         f"{_describe(x)}")
+    cdef const float[::1] v = _cf1("all_finite: x", x.reshape(-1), True)
+    cdef int ok = 1
+    if v.shape[0]:
+        with nogil:
+            ok = fnn_all_finite(&v[0], v.shape[0], _n_threads)
+    return bool(ok)
 
 
 def consecutive(list parts):

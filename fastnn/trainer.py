@@ -870,7 +870,7 @@ class Trainer:
         if runner is None:
             x, y, w = self._to_device(x, y, w)
         elif per_step or steps * batch_size < n:
-            self._check_finite(x)
+            runner.check_finite(x)
         else:
             rollback = self._training_state(rng)
         if isinstance(val, tuple):

@@ -625,3 +625,34 @@ def test_evaluate_and_predict_inside_a_batch_hook_match_the_general_path(monkeyp
     runs = [_per_step_run(monkeypatch, fused, _EvaluateMidRun()) for fused in (True, False)]
     _assert_same_runs(*runs)
     assert sum(s[0] == "evaluate" for s in runs[0][0]) == 4
+
+
+def test_all_finite_finds_any_bad_value():
+    x = np.random.default_rng(0).normal(size=(3001, 37)).astype(np.float32)
+    assert _core.all_finite(x) and _core.all_finite(x[:0])
+    for at in (0, 1, 55_000, x.size - 1):
+        for bad in (np.nan, np.inf, -np.inf):
+            y = x.copy()
+            y.flat[at] = bad
+            assert not _core.all_finite(y), (at, bad)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _core.all_finite(x[:, ::2])
+    with pytest.raises((TypeError, ValueError)):
+        _core.all_finite(x.astype(np.float64))
+    with pytest.raises(ValueError):
+        _core.all_finite([1.0, 2.0])
+
+
+def test_nan_input_with_a_per_batch_callback_raises_before_any_hook(monkeypatch):
+    monkeypatch.setenv("FASTNN_FUSED", "1")
+    x, y = _data()
+    x[150, 3] = np.nan
+    model = _model()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    rec = _AllHooks()
+    before = model.get_weights()
+    with pytest.raises(ValueError, match="x contains NaN or inf values"):
+        model.fit(x, y, batch_size=16, verbose=0, callbacks=[rec])
+    assert rec.seen == []
+    for p, q in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(p, q)
