@@ -399,11 +399,18 @@ typedef struct {
     int (*reduce)(void *ctx, const float *scalars);
     void *reduce_ctx;
     int64_t global_rows, global_batch;
+    /* When not NULL (a callback reads every batch): called after each step whose loss was
+     * counted (status 0, or -1: not finite, which ends the run) with the step's index in the
+     * epoch, so one run covers many steps; the run ends after a step for which it returns
+     * nonzero (training stopped, the learning rate changed, an exception). */
+    int (*step_end)(void *ctx, int64_t step, int status);
+    void *step_ctx;
 } fnn_stack_data;
 
 enum { FNN_PRE_NONE = 0, FNN_PRE_AFFINE = 1, FNN_PRE_STANDARDIZE = 2 };
 
 void fnn_preprocess_row(const fnn_stack_data *d, float *row, size_t len);
+int fnn_all_finite(const float *p, size_t n, int n_threads);
 int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, int64_t start,
                       int64_t n_steps, const float *scalars, double *sums, int *status,
                       int n_threads);

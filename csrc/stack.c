@@ -30,6 +30,12 @@ static int all_finite(const float *p, size_t n, int n_threads) {
     return !bad;
 }
 
+/* Whether n float32 values are all finite: the check of a whole array before a run whose
+ * callbacks see single batches (one parallel pass, no temporary). */
+int fnn_all_finite(const float *p, size_t n, int n_threads) {
+    return all_finite(p, n, n_threads);
+}
+
 /* Rows [first, first + rows) of the order, converted to float32 into x_buf (the C cast, as
  * NumPy's astype). A contiguous float32 run is used where it lies, without a copy. NULL when a
  * value is NaN or infinite (after the cast: a double too big for float32 counts); checking
@@ -427,7 +433,8 @@ static int overlap_gather(const fnn_stack *s, const fnn_stack_data *d, int n_thr
  * reduction), [1] += n, [2] += correct, [3] += n. Returns the steps run: a batch whose loss is
  * not finite ends the run after adding its raw loss to sums[0..1], before its update; *status
  * is -1 then, -2 for a label out of range and -3 for a NaN or infinite input (both before the
- * batch touches anything), -4 when d->reduce failed, else 0. */
+ * batch touches anything), -4 when d->reduce failed, else 0. d->step_end (when set) runs after
+ * each step that counted its loss and may end the run there. */
 int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, int64_t start,
                       int64_t n_steps, const float *scalars, double *sums, int *status,
                       int n_threads) {
@@ -469,9 +476,14 @@ int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, in
             if (has_next && rc == 0)
                 next = gather_x(d, next_buf, next_first, next_rows, n_threads);
         }
+        int stop = d->step_end && rc >= -1 && d->step_end(d->step_ctx, start + step, rc);
         if (rc != 0) {
             *status = rc;
             step += rc == -1;
+            break;
+        }
+        if (stop) {
+            step++;
             break;
         }
         x = next;

@@ -9,7 +9,8 @@ import operator
 from libc.math cimport INFINITY, isfinite
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcpy, strcmp
+from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBuffer_Release, PyObject_GetBuffer
 
 cdef extern from "fastnn.h" nogil:
     ctypedef struct fnn_rnn:
@@ -206,9 +207,12 @@ cdef extern from "fastnn.h" nogil:
         int (*reduce)(void *ctx, const float *scalars) noexcept nogil
         void *reduce_ctx
         int64_t global_rows, global_batch
+        int (*step_end)(void *ctx, int64_t step, int status) noexcept nogil
+        void *step_ctx
     int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, int64_t start,
                           int64_t n_steps, const float *scalars, double *sums, int *status,
                           int n_threads)
+    int fnn_all_finite(const float *p, size_t n, int n_threads)
     int fnn_stack_predict(const fnn_stack *s, const fnn_stack_data *d, float *out,
                           int64_t start, int64_t rows, int n_threads)
 
@@ -1781,6 +1785,61 @@ cdef int _stack_reduce(void *ctx, const float *scalars) noexcept nogil:
             return -1
 
 
+def all_finite(x):
+    """Whether every value of x, a C-contiguous float32 array, is finite (one pass over the
+    threads, without a temporary)."""
+    if not hasattr(x, "flags") or not x.flags.c_contiguous:
+        raise ValueError(f"all_finite: x: expected a C-contiguous float32 array, got "
+                         f"{_describe(x)}")
+    cdef const float[::1] v = _cf1("all_finite: x", x.reshape(-1), True)
+    cdef int ok = 1
+    if v.shape[0]:
+        with nogil:
+            ok = fnn_all_finite(&v[0], v.shape[0], _n_threads)
+    return bool(ok)
+
+
+def consecutive(list parts):
+    """Whether the arrays in parts (at least one) are C-contiguous with one item format and
+    row shape, each starting where the one before ends (slices of one array, in order, which a
+    view can join). Raises BufferError or ValueError for an array without a C-contiguous
+    buffer."""
+    cdef Py_buffer first, view
+    cdef Py_ssize_t i, j
+    cdef bint ok = True
+    cdef char *end
+    if not parts:
+        raise ValueError("consecutive: no arrays")
+    PyObject_GetBuffer(parts[0], &first, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+    try:
+        end = <char *>first.buf + first.len
+        for i in range(1, len(parts)):
+            PyObject_GetBuffer(parts[i], &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+            ok = view.buf == end and view.ndim == first.ndim and first.ndim > 0 and \
+                view.itemsize == first.itemsize and strcmp(view.format, first.format) == 0
+            for j in range(1, view.ndim if ok else 0):
+                ok = ok and view.shape[j] == first.shape[j]
+            end = <char *>view.buf + view.len
+            PyBuffer_Release(&view)
+            if not ok:
+                return False
+        return first.ndim > 0
+    finally:
+        PyBuffer_Release(&first)
+
+
+cdef int _stack_step_end(void *ctx, int64_t step, int status) noexcept nogil:
+    """fnn_stack_data.step_end: calls run()'s step_end(step, status), which returns whether
+    the run goes on; an exception ends the run and is kept for DenseStack.run to raise."""
+    with gil:
+        stack = <DenseStack>ctx
+        try:
+            return 0 if stack._step_end(step, status) else 1
+        except BaseException as exc:
+            stack._step_error = exc
+            return 1
+
+
 cdef class DenseStack:
     """A Sequential of Dense layers with its workspaces, for `batch` rows. layers: tuples
     (kernel, bias, d_kernel, d_bias, act, alpha) of float32 arrays (bias/d_bias may be None,
@@ -1797,6 +1856,7 @@ cdef class DenseStack:
     cdef public int d_in, d_out, n_scalars, batch, loss
     cdef public bint train
     cdef object _reduce, _reduce_error     # run(reduce=...): the data-parallel step's sum
+    cdef object _step_end, _step_error     # run(step_end=...): the per-step callback
 
     def __cinit__(self, list layers, int batch, bint train=False, int loss=0, bint fused=False,
                   bint mean_reduction=True, int metric=0, float threshold=0.5, int opt=0,
@@ -2089,6 +2149,7 @@ cdef class DenseStack:
         d.outputs, d.outputs_first = NULL, 0
         d.pre, d.pre_a, d.pre_b = FNN_PRE_NONE, NULL, NULL
         d.reduce, d.reduce_ctx, d.global_rows, d.global_batch = NULL, NULL, 0, 0
+        d.step_end, d.step_ctx = NULL, NULL
         cdef const float[::1] pa
         cdef const float[::1] pb
         if pre is not None:
@@ -2135,7 +2196,7 @@ cdef class DenseStack:
         return 0
 
     def run(self, x, y, weights, order, int64_t start, int64_t n_steps, bint train,
-            scalars, sums, outputs=None, pre=None, reduce=None):
+            scalars, sums, outputs=None, pre=None, reduce=None, step_end=None):
         """Run batches start .. start + n_steps - 1 of the epoch (see fnn_stack_run); returns
         (steps run, status). outputs (at least n_steps * batch rows of d_out, or None): each
         batch's outputs, in the order's positions from start * batch on.
@@ -2146,7 +2207,12 @@ cdef class DenseStack:
         a copy of the step's optimizer scalars; fn returns true when it also took the step
         (each rank updating its shard of a shared arena: the stack then updates nothing). The order
         is then this rank's rows of each global batch, batch rows a step; its last step may
-        have none."""
+        have none.
+
+        step_end (a callback reads every batch): called as step_end(step, status) with the
+        GIL after each step whose loss sums holds (status 0, or -1: not finite), step being its
+        index in the epoch; the run ends after it unless it returns True. An exception it
+        raises ends the run and is raised here."""
         cdef fnn_stack_data d
         cdef float[::1] RB
         if not self.train:
@@ -2223,13 +2289,22 @@ cdef class DenseStack:
             _disjoint("DenseStack.run: outputs", _p2(O), _n2(O), "the gradients",
                       self.s.grads, 4 * self.s.n_params)
             d.outputs, d.outputs_first = &O[0, 0], first
+        if step_end is not None:
+            if not callable(step_end):
+                raise TypeError(f"DenseStack.run: step_end: expected a callable, got "
+                                f"{type(step_end).__name__}")
+            self._step_end, self._step_error = step_end, None
+            d.step_end, d.step_ctx = _stack_step_end, <void *>self
         cdef int status = 0
         cdef int64_t done
         cdef const float *sp = &SC[0, 0] if train else NULL
         with nogil:
             done = fnn_stack_run(&self.s, &d, train, start, n_steps, sp, &S[0], &status,
                                  _n_threads)
-        self._reduce = None
+        self._reduce = self._step_end = None
+        if self._step_error is not None:
+            error, self._step_error = self._step_error, None
+            raise error
         if status == -4:
             error, self._reduce_error = self._reduce_error, None
             raise error

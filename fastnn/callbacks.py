@@ -166,6 +166,10 @@ class CallbackList:
                    for when in ("begin", "end")
                    for fn in self._batch_hooks[f"on_{kind}_batch_{when}"])
 
+    def batch_hooks(self, hook):
+        """The callbacks' methods for a batch hook, each called as fn(batch, logs)."""
+        return self._batch_hooks[hook]
+
     def _batch(self, hook, batch, logs):
         for fn in self._batch_hooks[hook]:
             fn(batch, logs)

@@ -17,6 +17,7 @@ generator that is exhausted stops the fit with that warning (Keras replays its f
 """
 import collections
 import itertools
+import math
 import multiprocessing
 import os
 import sys
@@ -380,21 +381,23 @@ def _root(a):
 def _joined(parts):
     """The arrays of parts one after another: a view when they are consecutive slices of one
     array (a PyDataset slicing arrays in memory: no copy of the data), else a copy."""
-    first = parts[0]
+    from . import _core  # (the fused path calls this)
+    first, last = parts[0], parts[-1]
     root = _root(first)
-    at = first.__array_interface__["data"][0]
-    start = root.__array_interface__["data"][0]
-    for p in parts:
-        if not p.flags.c_contiguous or p.dtype != first.dtype or \
-                p.shape[1:] != first.shape[1:] or _root(p) is not root or \
-                p.__array_interface__["data"][0] != at:
-            return np.concatenate(parts)
-        at += p.nbytes
-    if not root.flags.c_contiguous or at > start + root.nbytes:
-        return np.concatenate(parts)
-    rows = sum(len(p) for p in parts)
-    return np.lib.stride_tricks.as_strided(first, (rows,) + first.shape[1:], first.strides,
-                                           writeable=False)
+    try:
+        together = _core.consecutive(parts)
+    except (BufferError, TypeError, ValueError):    # (no C-contiguous buffer)
+        together = False
+    if together and _root(last) is root and root.flags.c_contiguous:
+        start = root.ctypes.data
+        # the parts lie end to end from first to last, so inside root's memory
+        if start <= first.ctypes.data and last.ctypes.data + last.nbytes <= start + root.nbytes:
+            rows, row_bytes = sum(len(p) for p in parts), first.itemsize * \
+                math.prod(first.shape[1:])
+            return np.lib.stride_tricks.as_strided(first, (rows,) + first.shape[1:],
+                                                   (row_bytes,) + first.strides[1:],
+                                                   writeable=False)
+    return np.concatenate(parts)
 
 
 def _raw(batch, runner, class_weight):

@@ -28,28 +28,10 @@ _LOSS_KINDS = {L.SparseCategoricalCrossentropy: 0, L.CategoricalCrossentropy: 1,
 _OPTIMIZER_KINDS = {cls: cls.kind for cls in (O.SGD, O.Adam, O.AdamW, O.RMSprop, O.Adagrad,
                                                O.Adadelta, O.Adamax, O.Nadam, O.Ftrl, O.Lion)}
 _CACHE_SIZE = 4
-
-
-class _ScalarsAhead:
-    """The optimizer's scalars one step at a time (a callback reads every batch), computed
-    for AHEAD steps per call: fused_scalars costs about as much for 64 steps as for one.
-    Computed again when a callback changed the learning rate or weight decay, or the step
-    count is not where they continue."""
-    AHEAD = 64
-
-    def __init__(self, opt):
-        self.opt, self.rows, self.at = opt, None, 0
-
-    def next(self):
-        opt = self.opt
-        key = (opt._learning_rate, opt.weight_decay)
-        if self.rows is None or self.at >= len(self.rows) or key != self.key or \
-                opt.iterations != self.base + self.at:
-            self.rows, self.states = opt.fused_scalars(self.AHEAD)
-            self.key, self.base, self.at = key, opt.iterations, 0
-        at = self.at
-        self.at += 1
-        return self.rows[at:at + 1], self.states[at:at + 1]
+# Steps of one run while a callback reads every batch (it is called from inside the run, after
+# each step): the optimizer's scalars are computed for them at once, and again after a
+# callback changed the learning rate.
+STEPS_AHEAD = 64
 
 
 class NonFiniteInput(ValueError):
@@ -254,12 +236,23 @@ class DenseRunner:
     def accepts(self, x):
         return self._x2d(x) is not None
 
+    def check_finite(self, x, arg="x"):
+        """Model._check_finite of an array this runner accepts, in one parallel C pass for
+        float32 (x.min() and x.max() are two passes on one thread: ~10 % of the seed MLP's
+        epoch)."""
+        from . import _core
+        if x.dtype != np.float32 or not x.flags.c_contiguous:
+            return self.model._check_finite(x, arg)
+        if not _core.all_finite(x):
+            raise ValueError(f"{arg} contains NaN or inf values")
+
     # ---- chunks ------------------------------------------------------------------------------
     def _next_chunk(self, kind, remaining, per_step):
-        """Steps for the next chunk: one when a callback reads every batch, else as many as
-        fit in CHUNK_SECONDS at the last measured speed, growing from one."""
+        """Steps for the next chunk: with a callback reading every batch (called after each
+        step from inside the run) up to STEPS_AHEAD, else as many as fit in CHUNK_SECONDS at
+        the last measured speed, growing from one."""
         if per_step:
-            return 1
+            return min(remaining, STEPS_AHEAD)
         n = self._chunk.get(kind, 1)
         return max(1, min(n, remaining))
 
@@ -273,7 +266,8 @@ class DenseRunner:
     def run_epoch(self, x, y, w, order, steps, batch, training, cbs, per_step, logs_fn,
                   arg="x", dist=None):
         """Steps 0 .. steps-1 of one epoch (training) or one evaluation pass, calling the
-        batch-end hook after each chunk. Returns False when a callback stopped training.
+        batch-end hook after each chunk, or (per_step) the batch hooks around each step from
+        inside the run. Returns False when a callback stopped training.
         dist (a DataParallel of several ranks, training): this rank runs its rows of each
         global batch, and the stack sums the gradients over the ranks before each update."""
         model = self.model
@@ -288,50 +282,90 @@ class DenseRunner:
         pre = None if self.pre is None else _Preprocessing.arguments(self.pre)
         _, _, counted, others = _metric_kind(
             model, type(model.loss) is L.SparseCategoricalCrossentropy)
-        trackers = [model._loss_tracker] + ([counted] if counted is not None else [])
+        loss_tracker = model._loss_tracker
         outputs = None
-        hook = "on_train_batch_end" if training else "on_test_batch_end"
-        wants_end = cbs is not None and cbs.wants(hook)
-        begin = "on_train_batch_begin" if training else "on_test_batch_begin"
+        kind = "train" if training else "test"
+        per_step = per_step and cbs is not None
+        ends = cbs.batch_hooks(f"on_{kind}_batch_end") if cbs is not None else ()
+        begins = cbs.batch_hooks(f"on_{kind}_batch_begin") if per_step else ()
         opt = model.optimizer
-        ahead = _ScalarsAhead(opt) if training and per_step else None
-        step = 0
+        rows_in = len(x2) if order is None else len(order)
+        step, begun = 0, False
+
+        def track(sums, lo, hi, at):
+            """The loss tracker and metrics as the run's sums leave them, the other metrics
+            updated with rows [lo, hi) of the order (the batches that ran to their update,
+            as _track counts them), whose outputs start at row `at` of the buffer."""
+            loss_tracker.total, loss_tracker.count, total, count = sums.tolist()
+            if counted is not None:
+                counted.total, counted.count = total, count
+            if others and hi > lo:      # (not: a rank's empty batch, a skipped step)
+                rows = slice(lo, hi) if order is None else order[lo:hi]
+                for m in others:
+                    m.update_state(y[rows], outputs[at:at + hi - lo])
+
         while step < steps:
             n = self._next_chunk(training, steps - step, per_step)
-            if per_step and cbs is not None:
-                getattr(cbs, begin)(step)
-            sums = np.array([trackers[0].total, trackers[0].count] +
-                            ([trackers[1].total, trackers[1].count] if len(trackers) > 1
+            if not begun:
+                for fn in begins:
+                    fn(step, None)
+            sums = np.array([loss_tracker.total, loss_tracker.count] +
+                            ([counted.total, counted.count] if counted is not None
                              else [0.0, 0.0]))
-            scalars = states = None
-            if ahead is not None:
-                scalars, states = ahead.next()
-            elif training:
+            scalars = states = lr = decay = None
+            if training:
                 scalars, states = opt.fused_scalars(n)
+                lr, decay = opt._learning_rate, opt.weight_decay
             if others:
                 outputs = self._outputs(outputs, n * batch)
+            step_end = None
+            if per_step:
+                def step_end(k, status, first=step, n=n, states=states, sums=sums, lr=lr,
+                             decay=decay, iterations=opt.iterations if training else 0):
+                    """After step k: the state and hooks the per-step loop would give; whether
+                    the run goes on with the scalars computed for it. (Called after every
+                    step: kept to the work a step needs.)"""
+                    nonlocal begun
+                    j = k - first
+                    loss_tracker.total, loss_tracker.count, total, count = sums.tolist()
+                    if counted is not None:
+                        counted.total, counted.count = total, count
+                    if status == 0:
+                        if others:
+                            track(sums, k * batch, min(rows_in, (k + 1) * batch), j * batch)
+                        if training:
+                            opt._set_step_state(states[j])     # as fused_commit, one step
+                            opt.iterations += 1
+                    if ends:
+                        logs = logs_fn()
+                        for fn in ends:
+                            fn(k, logs)
+                    begun = False
+                    if training and model.stop_training or j + 1 == n:
+                        return False
+                    for fn in begins:
+                        fn(k + 1, None)
+                        begun = True
+                    return not training or (opt._learning_rate == lr and
+                                            opt.weight_decay == decay and
+                                            opt.iterations == iterations + j + 1)
             start = time.perf_counter()
             done, status = stack.run(x2, y, w, order, step, n, bool(training), scalars, sums,
-                                     outputs, pre, reduce)
-            self._measured(training, done, time.perf_counter() - start)
-            if others:      # the batches that ran to their update (as _track counts them)
-                first = step * batch
-                last = min(len(x2) if order is None else len(order),
-                           (step + done - (status == -1)) * batch)
-                rows = slice(first, last) if order is None else order[first:last]
-                for m in others if last > first else ():   # (none: a rank's empty batch,
-                    m.update_state(y[rows], outputs[:last - first])   # a skipped step)
-            trackers[0].total, trackers[0].count = float(sums[0]), float(sums[1])
-            if len(trackers) > 1:
-                trackers[1].total, trackers[1].count = float(sums[2]), float(sums[3])
-            if training:
-                opt.fused_commit(states, done - (status == -1))
+                                     outputs, pre, reduce, step_end)
+            if not per_step:
+                self._measured(training, done, time.perf_counter() - start)
+                track(sums, step * batch, min(rows_in, (step + done - (status == -1)) * batch),
+                      0)
+                if training:
+                    opt.fused_commit(states, done - (status == -1))
             step += done
             if status == -3:
                 raise NonFiniteInput(f"{arg} contains NaN or inf values (in batch {step + 1} "
                                      f"of {steps})")
-            if wants_end:
-                getattr(cbs, hook)(step - 1, logs_fn())
+            if ends and not per_step:
+                logs = logs_fn()
+                for fn in ends:
+                    fn(step - 1, logs)
             if training and model.stop_training:
                 return False
         return True
@@ -352,7 +386,7 @@ class DenseRunner:
         wants_end = cbs is not None and cbs.wants("on_predict_batch_end")
         step = 0
         while step < steps:
-            k = self._next_chunk("predict", steps - step, per_step)
+            k = 1 if per_step else self._next_chunk("predict", steps - step, False)
             if per_step and cbs is not None:
                 cbs.on_predict_batch_begin(step)
             lo, hi = step * batch, min(n, (step + k) * batch)

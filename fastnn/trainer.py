@@ -216,6 +216,12 @@ class Trainer:
         read = (lambda m: m.result()) if wait else (lambda m: m.peek())
         return dict(sorted((prefix + m.name, read(m)) for m in self._trackers()))
 
+    def _logs_reader(self):
+        """A function giving _logs() for the trackers as they are now, their order fixed once
+        (a callback reading every batch calls it after each step)."""
+        named = sorted(((m.name, m.result) for m in self._trackers()), key=lambda pair: pair[0])
+        return lambda: {name: result() for name, result in named}
+
     def _global_logs(self):
         """The logs of a whole epoch or evaluation: under a DataParallel distribution, of
         every rank's batches (their accumulators summed)."""
@@ -867,7 +873,7 @@ class Trainer:
         if runner is None:
             x, y, w = self._to_device(x, y, w)
         elif per_step or steps * batch_size < n:
-            self._check_finite(x)
+            runner.check_finite(x)
         else:
             rollback = self._training_state(rng)
         if isinstance(val, tuple):
@@ -889,7 +895,7 @@ class Trainer:
             if runner is not None:
                 try:
                     runner.run_epoch(x, y, w, order, steps, batch_size, True, cbs, per_step,
-                                     self._logs, dist=dist)
+                                     self._logs_reader(), dist=dist)
                 except NonFiniteInput as exc:
                     if rollback is None:
                         raise
@@ -960,7 +966,8 @@ class Trainer:
         runner = DenseRunner.for_model(self, training=False) if dist is None else None
         if runner is not None and runner.accepts(x):
             runner.run_epoch(x, y, w, None, total_steps, batch_size, False, cbs,
-                             cbs is not None and cbs.per_batch("test"), self._logs, arg)
+                             cbs is not None and cbs.per_batch("test"), self._logs_reader(),
+                             arg)
             total_steps = 0         # the loop below is the general path
         else:
             x, y, w = self._to_device(x, y, w, arg)

@@ -781,3 +781,37 @@ def test_multiprocessing_refused_without_fork(rng, monkeypatch):
         model().fit(ArrayDataset(x, y, workers=2, use_multiprocessing=True), verbose=0)
     with pytest.raises(ValueError, match="workers must be a non-negative int"):
         model().fit(ArrayDataset(x, y, workers=-1), verbose=0)
+
+
+@pytest.mark.cpu_backend
+def test_consecutive_slices_join_as_a_view_and_anything_else_as_a_copy():
+    from fastnn import _core, data_adapters
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(100, 4, 3)).astype(np.float32)
+    y = np.arange(100, dtype=np.uint8)
+    cases = {
+        "slices": ([x[i:i + 8] for i in range(0, 100, 8)], True),
+        "labels": ([y[i:i + 8] for i in range(8, 100, 8)], True),
+        "one": ([x[3:9]], True),
+        "swapped": ([x[0:8], x[16:24], x[8:16]], False),
+        "gap": ([x[0:8], x[9:17]], False),
+        "strided": ([x[0:8, :, :2], x[8:16, :, :2]], False),
+        "other dtype": ([x[0:8], x[8:16].view(np.int32)], False),
+        "other array": ([x[0:8], x.copy()[8:16]], False),
+    }
+    for name, (parts, view) in cases.items():
+        joined = data_adapters._joined(parts)
+        np.testing.assert_array_equal(joined, np.concatenate(parts), err_msg=name)
+        assert np.shares_memory(joined, parts[0]) == view, name
+        assert joined.flags.c_contiguous, name
+    assert _core.consecutive([x[0:8], x[8:16]]) and not _core.consecutive([x[8:16], x[0:8]])
+    assert not _core.consecutive([x[0:8], x.reshape(100, 3, 4)[8:16]])     # rows (3, 4)
+    with pytest.raises((BufferError, ValueError)):
+        _core.consecutive([x[0:8, :, :2]])
+    with pytest.raises((BufferError, ValueError)):
+        _core.consecutive([x[0:8], x[8:16, :, :2]])
+    with pytest.raises(ValueError, match="no arrays"):
+        _core.consecutive([])
+    for bad in ((x[0:8],), [x[0:8], None], [x[0:8], [1.0]]):
+        with pytest.raises(TypeError):
+            _core.consecutive(bad)

@@ -468,3 +468,191 @@ def test_bad_value_in_a_large_shuffled_batch_raises(monkeypatch, dtype):
     bad[201, 599] = np.nan if dtype == np.float32 else 1e300   # 1e300: inf as float32
     with pytest.raises(ValueError, match=r"^x contains NaN or inf"):
         model.fit(bad, y, batch_size=32, epochs=1, verbose=0, shuffle=True)
+
+
+class _AllHooks(callbacks.Callback):
+    """Records every batch hook with a copy of its logs and the optimizer's step count; can set
+    the learning rate, stop training or raise at given (hook, batch)."""
+
+    def __init__(self, lr_at=(), stop_at=None, raise_at=None):
+        super().__init__()
+        self.seen, self.lr_at, self.stop_at, self.raise_at = [], dict(lr_at), stop_at, raise_at
+
+    def _hook(self, hook, batch, logs):
+        self.seen.append((hook, batch, None if logs is None else dict(logs),
+                          int(self.model.optimizer.iterations)))
+        if (hook, batch) in self.lr_at:
+            self.model.optimizer.learning_rate = self.lr_at[hook, batch]
+        if (hook, batch) == self.stop_at:
+            self.model.stop_training = True
+        if (hook, batch) == self.raise_at:
+            raise RuntimeError(f"raised at {hook} {batch}")
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._hook("train_begin", batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._hook("train_end", batch, logs)
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self._hook("test_begin", batch, logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._hook("test_end", batch, logs)
+
+
+def _per_step_run(monkeypatch, fused, rec, metrics=("accuracy",), rows=16 * 150 - 5, **fit_kw):
+    """fit on 150 batches (over two runs of STEPS_AHEAD steps inside one C call each) with
+    validation; the callback's record, the history and the final state."""
+    monkeypatch.setenv("FASTNN_FUSED", "1" if fused else "0")
+    x, y = _data(rows)
+    model = _model()
+    model.compile(optimizers.Adam(0.01), "sparse_categorical_crossentropy",
+                  metrics=list(metrics))
+    assert (DenseRunner.for_model(model, training=True) is not None) == fused
+    hist = model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[rec],
+                     validation_data=(x[:100], y[:100]), validation_batch_size=8, **fit_kw)
+    return rec.seen, hist.history, model.get_weights(), model.optimizer.iterations
+
+
+def _assert_same_runs(a, b):
+    assert a[0] == b[0] and a[1] == b[1] and a[3] == b[3]
+    for p, q in zip(a[2], b[2]):
+        np.testing.assert_array_equal(p, q)
+
+
+@pytest.mark.parametrize("metrics", [("accuracy",),
+                                     ("accuracy", "sparse_top_k_categorical_accuracy")])
+def test_per_step_hooks_come_in_order_with_the_general_paths_logs(monkeypatch, metrics):
+    """The hooks run from inside the C loop: each batch's begin and end in Keras's order, the
+    end with the running loss and metrics after that batch and the optimizer's step count
+    after its update, as the layer-by-layer path gives them (validation's test hooks too)."""
+    runs = [_per_step_run(monkeypatch, fused, _AllHooks(), metrics, shuffle=True)
+            for fused in (True, False)]
+    _assert_same_runs(*runs)
+    seen = runs[0][0]
+    train = [(h, b) for h, b, _, _ in seen if h.startswith("train")]
+    assert train == [(h, b) for b in range(150) for h in ("train_begin", "train_end")] * 2
+    assert [it for h, _, _, it in seen if h == "train_end"][:150] == list(range(1, 151))
+    assert len([h for h, *_ in seen if h == "test_end"]) == 2 * 13
+    ends = [logs for h, _, logs, _ in seen if h == "train_end"]
+    assert sorted(ends[0]) == sorted(["loss", *metrics])
+    assert ends[0] != ends[1]       # a running mean, updated each batch
+
+
+def test_a_per_batch_callback_leaves_the_weights_bit_identical(monkeypatch):
+    monkeypatch.setenv("FASTNN_FUSED", "1")
+    x, y = _data(16 * 150 - 5)
+    states = []
+    for cbs in (None, [_Recorder()]):
+        model = _model()
+        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+        hist = model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=cbs)
+        states.append((hist.history, model.get_weights(),
+                       [np.asarray(v) for v in model.optimizer.variables()]))
+    assert states[0][0] == states[1][0]
+    for p, q in zip(states[0][1] + states[0][2], states[1][1] + states[1][2]):
+        np.testing.assert_array_equal(p, q)
+
+
+@pytest.mark.parametrize("stop_at", [("train_end", 70), ("train_begin", 100),
+                                     ("train_end", 149)])
+def test_stop_training_mid_run_takes_effect_after_that_batch(monkeypatch, stop_at):
+    runs = [_per_step_run(monkeypatch, fused, _AllHooks(stop_at=stop_at))
+            for fused in (True, False)]
+    _assert_same_runs(*runs)
+    assert runs[0][3] == stop_at[1] + 1     # (Keras runs a batch whose begin hook stopped)
+    assert [s[:2] for s in runs[0][0] if s[0].startswith("train")][-1] == \
+        ("train_end", stop_at[1])
+
+
+def test_a_learning_rate_set_mid_run_takes_effect_at_the_next_step(monkeypatch):
+    lr_at = {("train_end", 10): 0.05, ("train_begin", 100): 0.002, ("train_end", 63): 0.03}
+    runs = [_per_step_run(monkeypatch, fused, _AllHooks(lr_at)) for fused in (True, False)]
+    _assert_same_runs(*runs)
+    plain = _per_step_run(monkeypatch, True, _AllHooks())
+    assert not np.array_equal(plain[2][0], runs[0][2][0])
+    # one batch later gives other weights: the change is not taken a step late
+    late = _per_step_run(monkeypatch, True, _AllHooks({("train_end", 11): 0.05,
+                                                       ("train_begin", 100): 0.002,
+                                                       ("train_end", 63): 0.03}))
+    assert not np.array_equal(late[2][0], runs[0][2][0])
+
+
+def test_an_exception_in_a_batch_hook_mid_run_leaves_the_general_paths_state(monkeypatch):
+    runs = []
+    for fused in (True, False):
+        rec = _AllHooks(raise_at=("train_end", 30))
+        with pytest.raises(RuntimeError, match="raised at train_end 30"):
+            _per_step_run(monkeypatch, fused, rec)
+        model = rec.model
+        runs.append((rec.seen, model.optimizer.iterations, model.get_weights()))
+    assert runs[0][:2] == runs[1][:2] and runs[0][1] == 31
+    for p, q in zip(runs[0][2], runs[1][2]):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_non_finite_loss_with_a_per_batch_callback_matches_the_general_path(monkeypatch):
+    x, y = _data(16 * 100)
+    x[1000:1100] *= 1e30    # the squared error overflows: these batches skip their update
+    runs = []
+    for fused in (True, False):
+        monkeypatch.setenv("FASTNN_FUSED", "1" if fused else "0")
+        model = _model(out=1, out_act="linear", hidden=("linear",))
+        model.compile(optimizers.SGD(1e-3), "mse")
+        assert (DenseRunner.for_model(model, training=True) is not None) == fused
+        rec = _AllHooks()
+        model.fit(x, y.astype(np.float32)[:, None], batch_size=16, epochs=1, verbose=0,
+                  shuffle=False, callbacks=[rec])
+        runs.append((rec.seen, model.optimizer.iterations))
+    # NaN logs compare unequal to themselves: compare their text
+    assert repr(runs[0]) == repr(runs[1])
+    assert runs[0][1] == 93     # 7 steps skipped their update (their loss was not finite)
+
+
+class _EvaluateMidRun(_AllHooks):
+    """Evaluates and predicts from inside a training batch hook (the C run is paused there)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, logs)
+        if batch in (30, 70):
+            x, y = _data(40, seed=1)
+            self.seen.append(("evaluate", self.model.evaluate(x, y, batch_size=8, verbose=0),
+                              self.model.predict(x, batch_size=16, verbose=0).tolist()))
+
+
+def test_evaluate_and_predict_inside_a_batch_hook_match_the_general_path(monkeypatch):
+    runs = [_per_step_run(monkeypatch, fused, _EvaluateMidRun()) for fused in (True, False)]
+    _assert_same_runs(*runs)
+    assert sum(s[0] == "evaluate" for s in runs[0][0]) == 4
+
+
+def test_all_finite_finds_any_bad_value():
+    x = np.random.default_rng(0).normal(size=(3001, 37)).astype(np.float32)
+    assert _core.all_finite(x) and _core.all_finite(x[:0])
+    for at in (0, 1, 55_000, x.size - 1):
+        for bad in (np.nan, np.inf, -np.inf):
+            y = x.copy()
+            y.flat[at] = bad
+            assert not _core.all_finite(y), (at, bad)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _core.all_finite(x[:, ::2])
+    with pytest.raises((TypeError, ValueError)):
+        _core.all_finite(x.astype(np.float64))
+    with pytest.raises(ValueError):
+        _core.all_finite([1.0, 2.0])
+
+
+def test_nan_input_with_a_per_batch_callback_raises_before_any_hook(monkeypatch):
+    monkeypatch.setenv("FASTNN_FUSED", "1")
+    x, y = _data()
+    x[150, 3] = np.nan
+    model = _model()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    rec = _AllHooks()
+    before = model.get_weights()
+    with pytest.raises(ValueError, match="x contains NaN or inf values"):
+        model.fit(x, y, batch_size=16, verbose=0, callbacks=[rec])
+    assert rec.seen == []
+    for p, q in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(p, q)

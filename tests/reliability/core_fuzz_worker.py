@@ -433,9 +433,12 @@ SPECS = {
     "rnn_forward": spec_rnn_forward, "rnn_backward": spec_rnn_backward,
     "rnn_act_supported": spec_rnn_act_supported,
 }
-# _core's callables that are not kernels over buffers (configuration), and DenseStack, which
-# has cases of its own below.
-NOT_KERNELS = {"set_blas", "get_num_threads", "set_num_threads", "DenseStack"}
+# _core's callables that are not kernels over buffers (configuration; consecutive, a check
+# over a list of arrays, whose bad inputs test_data_inputs.py tries; all_finite, which takes
+# an array of any shape, tried in test_fused.py), and DenseStack, which has cases of its own
+# below.
+NOT_KERNELS = {"set_blas", "get_num_threads", "set_num_threads", "consecutive", "all_finite",
+               "DenseStack"}
 
 
 def kernels():
