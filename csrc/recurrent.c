@@ -215,15 +215,10 @@ int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float
     size_t su = (size_t)B * u, sg = (size_t)B * gu;
     const float *in_bias = r->bias, *rec_bias = 0;
     if (r->bias && r->kind == FNN_RNN_GRU && r->reset_after) rec_bias = r->bias + gu;
-    /* the input projection of all steps at once, its bias added */
+    /* the input projection of all steps at once (its bias added step by step below, in the
+     * chunks' threads, while the rows are in cache: not a serial pass over all of them) */
     if (fnn_gemm(0, 0, T * B, gu, D, 1.0f, x, D, r->kernel, gu, 0.0f, gates, gu, n_threads))
         return -1;
-    if (in_bias) {
-        for (size_t row = 0; row < (size_t)T * B; row++) {
-            float *gr = gates + row * gu;
-            for (int j = 0; j < gu; j++) gr[j] += in_bias[j];
-        }
-    }
     int gru_before = r->kind == FNN_RNN_GRU && !r->reset_after;
     int chunks = batch_chunks(B), nt = chunk_threads(r, chunks, n_threads), ci;
     int saved = fnn_blas_pin();     /* the chunks' GEMMs call the BLAS from several threads */
@@ -235,6 +230,10 @@ int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float
             for (int t = 0; t < T; t++) {
                 const float *hp = hs + t * su, *hk = hp;
                 float *g = gates + t * sg, *ex = extra ? extra + t * su : 0;
+                if (in_bias) {
+                    for (int b = b0; b < b1; b++)
+                        for (int j = 0; j < gu; j++) g[(size_t)b * gu + j] += in_bias[j];
+                }
                 if (rec_mask) {     /* recurrent dropout: the state the kernel multiplies */
                     float *hdt = hd + t * su;
                     for (size_t i = (size_t)b0 * u; i < (size_t)b1 * u; i++)
@@ -375,6 +374,14 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
         for (int j = 0; j < gu; j++) rt[(size_t)j * u + i] = r->recurrent[(size_t)i * gu + j];
     memset(carry, 0, su * sizeof(float));
     int chunks = batch_chunks(B), nt = chunk_threads(r, chunks, n_threads), ci;
+    /* the bias gradient summed per chunk as its steps go (the rows in cache), then over the
+     * chunks in order: no pass over all of dgx after; GRU with reset_after: dgr's too */
+    int nbias = !d_bias ? 0 : r->kind == FNN_RNN_GRU && r->reset_after ? 2 : 1;
+    float *bacc = nbias ? calloc((size_t)chunks * nbias * gu, sizeof(float)) : 0;
+    if (nbias && !bacc) {
+        free(rt);
+        return -2;
+    }
     int saved = fnn_blas_pin();
     FNN_PARALLEL_FOR(schedule(static),
         for (ci = 0; ci < chunks; ci++) {
@@ -391,6 +398,15 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
                              rt + (size_t)2 * u * u, u, 0.0f, drh + (size_t)b0 * u, u, 1);
                     gru_r_backward(r, b0, b1, t, mask, drh, dht, gates + t * sg,
                                    rec_mask ? hd + t * su : hs + t * su, rec_mask, gx, dh);
+                }
+                if (nbias) {
+                    float *acc = bacc + (size_t)ci * nbias * gu;
+                    for (int b = b0; b < b1; b++) {
+                        const float *xr = gx + (size_t)b * gu, *rr = gr + (size_t)b * gu;
+                        for (int j = 0; j < gu; j++) acc[j] += xr[j];
+                        if (nbias == 2)
+                            for (int j = 0; j < gu; j++) acc[gu + j] += rr[j];
+                    }
                 }
                 /* the previous state's gradient through the recurrent kernel (masked rows:
                  * dgr is zero there, so their carried dh is unchanged); with recurrent
@@ -410,6 +426,12 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
         });
     fnn_blas_restore(saved);
     free(rt);
+    if (nbias) {
+        memset(d_bias, 0, (size_t)nbias * gu * sizeof(float));
+        for (ci = 0; ci < chunks; ci++)
+            for (int j = 0; j < nbias * gu; j++) d_bias[j] += bacc[(size_t)ci * nbias * gu + j];
+        free(bacc);
+    }
     /* the weights' gradients over all steps at once (the states as the kernel saw them) */
     const float *hk = rec_mask ? hd : hs;
     int kb = wgrad_blocks(rows), bad = 0;
@@ -422,11 +444,6 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
     }
     bad |= wgrad(D, gu, rows, kb, x, D, dgx, gu, d_kernel, gu, n_threads);
     if (bad) return -2;
-    if (d_bias) {
-        fnn_column_sum(dgx, d_bias, (size_t)rows, (size_t)gu, n_threads);
-        if (r->kind == FNN_RNN_GRU && r->reset_after)
-            fnn_column_sum(dgr, d_bias + gu, (size_t)rows, (size_t)gu, n_threads);
-    }
     if (dx)
         fnn_gemm(0, 1, rows, D, gu, 1.0f, dgx, gu, r->kernel, gu, 0.0f, dx, D, n_threads);
     return 0;
