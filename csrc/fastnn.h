@@ -88,7 +88,8 @@ typedef struct {
 } fnn_rows_done;
 /* fnn_gemm with the split chosen by the caller: FNN_SPLIT_K or FNN_SPLIT_ROWS in `blocks`
  * blocks (the same 16-panel boundaries along K or M, the same blocks to the same thread), or
- * FNN_SPLIT_AUTO (blocks ignored; a forced split that does not fit falls back to it). Then
+ * FNN_SPLIT_AUTO (blocks ignored; a forced split that does not fit falls back to it; a K
+ * split's partials go on the heap when they do not fit on the stack: -1 if malloc fails). Then
  * `done` (may be NULL) on every row of C: block by block, on the thread that computed the
  * block, for a row split; else once at the end. */
 enum { FNN_SPLIT_AUTO = 0, FNN_SPLIT_K = 1, FNN_SPLIT_ROWS = 2 };
@@ -449,7 +450,7 @@ int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float
  * states' gradients: on return the initial states'); scratch carry, dht, drh (B*U each),
  * dgx, dgr (T*B*G*U: the gates' gradients; dgr may be dgx but for a GRU with reset_after).
  * Writes d_kernel, d_recurrent, d_bias (may be NULL), dx (T*B*d_in, may be NULL). rec_mask
- * and hd: the forward pass's (NULL without recurrent dropout). */
+ * and hd: the forward pass's (NULL without recurrent dropout). -1: no BLAS, -2: out of memory. */
 int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, const float *hs,
                      const float *cs, const float *gates, const float *extra, const float *dys,
                      float *dh, float *dc, float *carry, float *dht, float *drh, float *dgx,

@@ -5,6 +5,8 @@
  * two thread pools never compete and the user's own NumPy keeps its threads.
  * The block split depends only on the shapes, never on the thread count, so results are
  * bit-identical for any number of threads. */
+#include <stdlib.h>
+
 #include "fastnn.h"
 
 static fnn_sgemm_t sgemm32 = 0;
@@ -125,11 +127,11 @@ static void gemm_k_runs(int trans_a, int trans_b, int m, int n, int k, float alp
     }
 }
 
-/* C summed from `blocks` partial products over K ranges, added in block order. */
+/* C summed from `blocks` partial products over K ranges, added in block order; the partials
+ * in `partial` ((blocks - 1) m n floats). */
 static void gemm_split_k(int trans_a, int trans_b, int m, int n, int k, float alpha,
                          const float *a, int lda, const float *b, int ldb, float beta,
-                         float *c, int ldc, int blocks, int n_threads) {
-    float partial[GEMM_SPLIT_SCRATCH];
+                         float *c, int ldc, int blocks, float *partial, int n_threads) {
     int nt = n_threads < blocks ? n_threads : blocks, i;
     size_t len = (size_t)m * n;
     (void)nt;
@@ -271,8 +273,9 @@ static void gemm_auto(int trans_a, int trans_b, int m, int n, int k, float alpha
     fnn_gemm_plan plan;
     fnn_gemm_plan_of(m, n, k, &plan);
     if (plan.kind == FNN_PLAN_K) {
+        float partial[GEMM_SPLIT_SCRATCH];
         gemm_split_k(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
-                     plan.blocks, n_threads);
+                     plan.blocks, partial, n_threads);
     } else if (plan.pm > 1 && plan.pn > 1) {
         gemm_split_2d(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, plan.pm,
                       plan.pn, n_threads);
@@ -342,10 +345,18 @@ int fnn_gemm_ex(int trans_a, int trans_b, int m, int n, int k, float alpha,
     if (m <= 0 || n <= 0) return 0;
     int saved = blas_get_threads ? blas_get_threads() : 1;
     if (blas_set_threads && saved != 1) blas_set_threads(1);
-    if (split == FNN_SPLIT_K && k > 0 && blocks > 1 && blocks <= k &&
-        (double)(blocks - 1) * m * n <= GEMM_SPLIT_SCRATCH) {
+    if (split == FNN_SPLIT_K && k > 0 && blocks > 1 && blocks <= k) {
+        /* partials on the stack when they fit, else on the heap (a long-K weight gradient
+         * with a big output: the recurrent layers' over all steps) */
+        float stack[GEMM_SPLIT_SCRATCH], *partial = stack;
+        size_t need = (size_t)(blocks - 1) * m * n;
+        if (need > GEMM_SPLIT_SCRATCH && !(partial = malloc(need * sizeof(float)))) {
+            if (blas_set_threads && saved != 1) blas_set_threads(saved);
+            return -1;
+        }
         gemm_split_k(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, blocks,
-                     n_threads);
+                     partial, n_threads);
+        if (partial != stack) free(partial);
         if (done) done->fn(done->ctx, 0, m, n_threads);
     } else if (split == FNN_SPLIT_ROWS && k > 0 && blocks > 1 && blocks <= (m + 15) / 16) {
         gemm_split_mn(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, 1,

@@ -11,6 +11,7 @@
  * split on fastnn's threads (fnn_gemm), with splits fixed by the shapes: results are the same
  * for any thread count. Activations here: linear, relu, sigmoid, tanh (their derivatives read
  * off the outputs); the caller takes the reference path for others. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "fastnn.h"
@@ -49,6 +50,62 @@ FNN_INLINE void dact_span(int act, const float *y, float *d, int n) {
         break;
     default:
         break;
+    }
+}
+
+/* An LSTM row's new state from its activated gates gb (i, f, candidate, o): c = f cp + i cand,
+ * ex = act(c), h = o ex. restrict (the arrays never overlap) lets the loops vectorize: without
+ * it they ran scalar. */
+FNN_INLINE void lstm_state(int act, int u, const float *restrict gb, const float *restrict cp,
+                           float *restrict c, float *restrict ex, float *restrict h) {
+    const float *gi = gb, *gf = gb + u, *gc = gb + 2 * u, *go = gb + 3 * u;
+    int j;
+    for (j = 0; j < u; j++) {
+        float cj = gf[j] * cp[j] + gi[j] * gc[j];
+        c[j] = cj;
+        ex[j] = cj;
+    }
+    act_span(act, ex, u);
+    for (j = 0; j < u; j++) h[j] = go[j] * ex[j];
+}
+
+/* An LSTM row back one step: from dt (the state h's whole gradient; on return the part through
+ * act(c)) and dc (c's, from the step after; on return the previous c's), the gates'
+ * pre-activation gradients xb; tc = act(c), cp the previous c. */
+FNN_INLINE void lstm_back(int act, int rec_act, int u, const float *restrict gb,
+                          const float *restrict tc, const float *restrict cp,
+                          float *restrict dt, float *restrict dc, float *restrict xb) {
+    /* each gate's row its own pointer: xb[j] and xb[u + j] never meet, which xb alone does
+     * not tell the compiler, and int offsets (gb[2 * u + j]) became emulated gathers: the
+     * loop ran scalar */
+    float *restrict xi = xb, *restrict xf = xb + u, *restrict xc = xb + 2 * u;
+    float *restrict xo = xb + 3 * u;
+    const float *gi = gb, *gf = gb + u, *gc = gb + 2 * u, *go = gb + 3 * u;
+    int j;
+    for (j = 0; j < u; j++) {
+        xo[j] = dt[j] * tc[j];
+        dt[j] = dt[j] * go[j];
+    }
+    dact_span(act, tc, dt, u);
+    for (j = 0; j < u; j++) {
+        float dct = dc[j] + dt[j];
+        xi[j] = dct * gc[j];
+        xf[j] = dct * cp[j];
+        xc[j] = dct * gi[j];
+        dc[j] = dct * gf[j];
+    }
+    dact_span(rec_act, gb, xb, 2 * u);
+    dact_span(act, gb + 2 * u, xb + 2 * u, u);
+    dact_span(rec_act, gb + 3 * u, xb + 3 * u, u);
+}
+
+/* dt = dh + dy + carry (a row's state gradient: from the step after, its output, an output
+ * carried over masked steps), carry then cleared. */
+FNN_INLINE void state_grad(int u, const float *restrict dh, const float *restrict dy,
+                           float *restrict carry, float *restrict dt) {
+    for (int j = 0; j < u; j++) {
+        dt[j] = dh[j] + dy[j] + carry[j];
+        carry[j] = 0.0f;
     }
 }
 
@@ -108,19 +165,11 @@ static void step_forward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t 
             act_span(r->act, gb, u);
             memcpy(hb, gb, (size_t)u * sizeof(float));
         } else if (r->kind == FNN_RNN_LSTM) {
-            const float *cpb = cp + (size_t)b * u;
-            float *cb = c + (size_t)b * u;
             for (j = 0; j < gu; j++) gb[j] += rb[j];
             act_span(r->rec_act, gb, 2 * u);            /* i, f */
             act_span(r->act, gb + 2 * u, u);            /* c candidate */
             act_span(r->rec_act, gb + 3 * u, u);        /* o */
-            for (j = 0; j < u; j++) {
-                float cj = gb[u + j] * cpb[j] + gb[j] * gb[2 * u + j];
-                cb[j] = cj;
-                exb[j] = cj;
-            }
-            act_span(r->act, exb, u);                   /* act(c), kept for backward */
-            for (j = 0; j < u; j++) hb[j] = gb[3 * u + j] * exb[j];
+            lstm_state(r->act, u, gb, cp + (size_t)b * u, c + (size_t)b * u, exb, hb);
         } else {
             /* GRU: z, r from the input and recurrent parts; reset_after: r scales the
              * recurrent product (bias included), kept in ex; else z, r are done (gru_zr) and
@@ -166,15 +215,10 @@ int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float
     size_t su = (size_t)B * u, sg = (size_t)B * gu;
     const float *in_bias = r->bias, *rec_bias = 0;
     if (r->bias && r->kind == FNN_RNN_GRU && r->reset_after) rec_bias = r->bias + gu;
-    /* the input projection of all steps at once, its bias added */
+    /* the input projection of all steps at once (its bias added step by step below, in the
+     * chunks' threads, while the rows are in cache: not a serial pass over all of them) */
     if (fnn_gemm(0, 0, T * B, gu, D, 1.0f, x, D, r->kernel, gu, 0.0f, gates, gu, n_threads))
         return -1;
-    if (in_bias) {
-        for (size_t row = 0; row < (size_t)T * B; row++) {
-            float *gr = gates + row * gu;
-            for (int j = 0; j < gu; j++) gr[j] += in_bias[j];
-        }
-    }
     int gru_before = r->kind == FNN_RNN_GRU && !r->reset_after;
     int chunks = batch_chunks(B), nt = chunk_threads(r, chunks, n_threads), ci;
     int saved = fnn_blas_pin();     /* the chunks' GEMMs call the BLAS from several threads */
@@ -186,6 +230,10 @@ int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float
             for (int t = 0; t < T; t++) {
                 const float *hp = hs + t * su, *hk = hp;
                 float *g = gates + t * sg, *ex = extra ? extra + t * su : 0;
+                if (in_bias) {
+                    for (int b = b0; b < b1; b++)
+                        for (int j = 0; j < gu; j++) g[(size_t)b * gu + j] += in_bias[j];
+                }
                 if (rec_mask) {     /* recurrent dropout: the state the kernel multiplies */
                     float *hdt = hd + t * su;
                     for (size_t i = (size_t)b0 * u; i < (size_t)b1 * u; i++)
@@ -239,33 +287,15 @@ static void step_backward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t
             if (dgr != dgx) memset(dgr + (size_t)b * gu, 0, (size_t)gu * sizeof(float));
             continue;
         }
-        for (j = 0; j < u; j++) {
-            dtb[j] = dhb[j] + dyb[j] + cb[j];
-            cb[j] = 0.0f;
-        }
+        state_grad(u, dhb, dyb, cb, dtb);
         if (r->kind == FNN_RNN_SIMPLE) {
             for (j = 0; j < u; j++) xb[j] = dtb[j];
             dact_span(r->act, gb, xb, u);
             for (j = 0; j < u; j++) dhb[j] = 0.0f;
         } else if (r->kind == FNN_RNN_LSTM) {
-            const float *tc = ex + (size_t)b * u, *cpb = cp + (size_t)b * u;
-            float *dcb = dc + (size_t)b * u;
-            for (j = 0; j < u; j++) {
-                xb[3 * u + j] = dtb[j] * tc[j];
-                dtb[j] = dtb[j] * gb[3 * u + j];
-            }
-            dact_span(r->act, tc, dtb, u);
-            for (j = 0; j < u; j++) {
-                float dct = dcb[j] + dtb[j];
-                xb[j] = dct * gb[2 * u + j];
-                xb[u + j] = dct * cpb[j];
-                xb[2 * u + j] = dct * gb[j];
-                dcb[j] = dct * gb[u + j];
-                dhb[j] = 0.0f;
-            }
-            dact_span(r->rec_act, gb, xb, 2 * u);
-            dact_span(r->act, gb + 2 * u, xb + 2 * u, u);
-            dact_span(r->rec_act, gb + 3 * u, xb + 3 * u, u);
+            lstm_back(r->act, r->rec_act, u, gb, ex + (size_t)b * u, cp + (size_t)b * u, dtb,
+                      dc + (size_t)b * u, xb);
+            memset(dhb, 0, (size_t)u * sizeof(float));
         } else {
             for (j = 0; j < u; j++) {
                 xb[2 * u + j] = dtb[j] * (1.0f - gb[j]);
@@ -310,6 +340,23 @@ static void gru_r_backward(const fnn_rnn *r, int b0, int b1, int t, const uint8_
     }
 }
 
+/* A weight gradient a^T b (m x n) over all T*B rows: K (the rows) split into blocks fixed by
+ * the row count, their partial products summed in order. fnn_gemm's own plan for this shape
+ * (128 x 512 x 6400) is a 2 x 8 grid of blocks that each re-pack a share of both operands
+ * (50 GFLOP/s on one EPYC core, where one BLAS call runs at 86); the K blocks pack each
+ * operand once (4-8 blocks: 10.3-10.7 ms against 16-19 ms) and still split on threads. */
+#define RNN_WGRAD_ROWS 1024
+static int wgrad_blocks(int rows) {
+    int b = rows / RNN_WGRAD_ROWS;
+    return b < 2 ? 2 : b > 8 ? 8 : b;
+}
+
+static int wgrad(int m, int n, int rows, int blocks, const float *a, int lda, const float *b,
+                 int ldb, float *c, int ldc, int n_threads) {
+    return fnn_gemm_ex(1, 0, m, n, rows, 1.0f, a, lda, b, ldb, 0.0f, c, ldc, FNN_SPLIT_K,
+                       blocks, NULL, n_threads);
+}
+
 int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, const float *hs,
                      const float *cs, const float *gates, const float *extra, const float *dys,
                      float *dh, float *dc, float *carry, float *dht, float *drh, float *dgx,
@@ -320,8 +367,21 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
     size_t su = (size_t)B * u, sg = (size_t)B * gu;
     int gru_before = r->kind == FNN_RNN_GRU && !r->reset_after;
     if (!fnn_blas_ready()) return -1;
+    /* R^T, so each step's product through it is a plain A B (7 % faster than A R^T) */
+    float *rt = malloc((size_t)gu * u * sizeof(float));
+    if (!rt) return -2;
+    for (int i = 0; i < u; i++)
+        for (int j = 0; j < gu; j++) rt[(size_t)j * u + i] = r->recurrent[(size_t)i * gu + j];
     memset(carry, 0, su * sizeof(float));
     int chunks = batch_chunks(B), nt = chunk_threads(r, chunks, n_threads), ci;
+    /* the bias gradient summed per chunk as its steps go (the rows in cache), then over the
+     * chunks in order: no pass over all of dgx after; GRU with reset_after: dgr's too */
+    int nbias = !d_bias ? 0 : r->kind == FNN_RNN_GRU && r->reset_after ? 2 : 1;
+    float *bacc = nbias ? calloc((size_t)chunks * nbias * gu, sizeof(float)) : 0;
+    if (nbias && !bacc) {
+        free(rt);
+        return -2;
+    }
     int saved = fnn_blas_pin();
     FNN_PARALLEL_FOR(schedule(static),
         for (ci = 0; ci < chunks; ci++) {
@@ -334,10 +394,19 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
                 step_backward(r, b0, b1, t, mask, dys + t * su, carry, dh, dc, dht,
                               gates + t * sg, ex, hs + t * su, cs ? cs + t * su : 0, gx, gr);
                 if (gru_before) {
-                    fnn_gemm(0, 1, nb, u, u, 1.0f, gx + (size_t)b0 * gu + 2 * u, gu,
-                             r->recurrent + 2 * u, gu, 0.0f, drh + (size_t)b0 * u, u, 1);
+                    fnn_gemm(0, 0, nb, u, u, 1.0f, gx + (size_t)b0 * gu + 2 * u, gu,
+                             rt + (size_t)2 * u * u, u, 0.0f, drh + (size_t)b0 * u, u, 1);
                     gru_r_backward(r, b0, b1, t, mask, drh, dht, gates + t * sg,
                                    rec_mask ? hd + t * su : hs + t * su, rec_mask, gx, dh);
+                }
+                if (nbias) {
+                    float *acc = bacc + (size_t)ci * nbias * gu;
+                    for (int b = b0; b < b1; b++) {
+                        const float *xr = gx + (size_t)b * gu, *rr = gr + (size_t)b * gu;
+                        for (int j = 0; j < gu; j++) acc[j] += xr[j];
+                        if (nbias == 2)
+                            for (int j = 0; j < gu; j++) acc[gu + j] += rr[j];
+                    }
                 }
                 /* the previous state's gradient through the recurrent kernel (masked rows:
                  * dgr is zero there, so their carried dh is unchanged); with recurrent
@@ -346,31 +415,35 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
                 if (rec_mask) {
                     float *tmp = dht + (size_t)b0 * u;
                     const float *rmc = rec_mask + (size_t)b0 * u;
-                    fnn_gemm(0, 1, nb, u, k, 1.0f, gr + (size_t)b0 * gu, gu, r->recurrent, gu,
-                             0.0f, tmp, u, 1);
+                    fnn_gemm(0, 0, nb, u, k, 1.0f, gr + (size_t)b0 * gu, gu, rt, u, 0.0f, tmp,
+                             u, 1);
                     for (size_t i = 0; i < (size_t)nb * u; i++) dhc[i] += tmp[i] * rmc[i];
                 } else {
-                    fnn_gemm(0, 1, nb, u, k, 1.0f, gr + (size_t)b0 * gu, gu, r->recurrent, gu,
-                             1.0f, dhc, u, 1);
+                    fnn_gemm(0, 0, nb, u, k, 1.0f, gr + (size_t)b0 * gu, gu, rt, u, 1.0f, dhc,
+                             u, 1);
                 }
             }
         });
     fnn_blas_restore(saved);
+    free(rt);
+    if (nbias) {
+        memset(d_bias, 0, (size_t)nbias * gu * sizeof(float));
+        for (ci = 0; ci < chunks; ci++)
+            for (int j = 0; j < nbias * gu; j++) d_bias[j] += bacc[(size_t)ci * nbias * gu + j];
+        free(bacc);
+    }
     /* the weights' gradients over all steps at once (the states as the kernel saw them) */
     const float *hk = rec_mask ? hd : hs;
+    int kb = wgrad_blocks(rows), bad = 0;
     if (gru_before) {
-        fnn_gemm(1, 0, u, 2 * u, rows, 1.0f, hk, u, dgx, gu, 0.0f, d_recurrent, gu, n_threads);
-        fnn_gemm(1, 0, u, u, rows, 1.0f, extra, u, dgx + 2 * u, gu, 0.0f, d_recurrent + 2 * u,
-                 gu, n_threads);
+        bad |= wgrad(u, 2 * u, rows, kb, hk, u, dgx, gu, d_recurrent, gu, n_threads);
+        bad |= wgrad(u, u, rows, kb, extra, u, dgx + 2 * u, gu, d_recurrent + 2 * u, gu,
+                     n_threads);
     } else {
-        fnn_gemm(1, 0, u, gu, rows, 1.0f, hk, u, dgr, gu, 0.0f, d_recurrent, gu, n_threads);
+        bad |= wgrad(u, gu, rows, kb, hk, u, dgr, gu, d_recurrent, gu, n_threads);
     }
-    fnn_gemm(1, 0, D, gu, rows, 1.0f, x, D, dgx, gu, 0.0f, d_kernel, gu, n_threads);
-    if (d_bias) {
-        fnn_column_sum(dgx, d_bias, (size_t)rows, (size_t)gu, n_threads);
-        if (r->kind == FNN_RNN_GRU && r->reset_after)
-            fnn_column_sum(dgr, d_bias + gu, (size_t)rows, (size_t)gu, n_threads);
-    }
+    bad |= wgrad(D, gu, rows, kb, x, D, dgx, gu, d_kernel, gu, n_threads);
+    if (bad) return -2;
     if (dx)
         fnn_gemm(0, 1, rows, D, gu, 1.0f, dgx, gu, r->kernel, gu, 0.0f, dx, D, n_threads);
     return 0;

@@ -2607,5 +2607,7 @@ def rnn_backward(str kind, int steps, int batch, int d_in, int units, x, kernel,
         rc = fnn_rnn_backward(&r, &X[0], mp, &H[0], cp, &G[0], ep, &DY[0], &DH[0], dcp,
                               &CA[0], &DT[0], &DR[0], &DGX[0], &DGR[0], &DK[0], &DRK[0], dbp,
                               dxp, rmp, hdp, _n_threads)
+    if rc == -2:
+        raise MemoryError(f"{fn}: out of memory")
     if rc:
         raise RuntimeError(f"{fn}: no BLAS")

@@ -156,15 +156,18 @@ def test_gradients_match_finite_differences_over_50_masked_steps(name, opts):
                                               ("simple", True)])
 @pytest.mark.parametrize("acts", [(A.TANH, A.SIGMOID), (A.RELU, A.SIGMOID), (A.LINEAR, A.TANH)])
 @pytest.mark.parametrize("zero_output,dropped", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("big", [False, True])
 def test_backend_equals_reference_and_any_thread_count(cell, reset_after, acts, zero_output,
-                                                       dropped):
+                                                       dropped, big):
     from fastnn import _core
     rng = np.random.default_rng(5)
-    t, b, d, u = 9, 37, 6, 5       # 37 rows: uneven chunks
+    # 37 rows: uneven chunks; big: weight gradients of over 16384 floats, their K blocks'
+    # partial products on the heap
+    t, b, d, u = (9, 37, 80, 72) if big else (9, 37, 6, 5)
     g = {"lstm": 4, "gru": 3, "simple": 1}[cell]
     x = rng.normal(size=(t, b, d)).astype(np.float32)
-    k = rng.normal(scale=0.2, size=(d, g * u)).astype(np.float32)
-    r = rng.normal(scale=0.2, size=(u, g * u)).astype(np.float32)
+    k = rng.normal(scale=0.5 / np.sqrt(d), size=(d, g * u)).astype(np.float32)
+    r = rng.normal(scale=0.45 / np.sqrt(u), size=(u, g * u)).astype(np.float32)
     bias = rng.normal(size=(2, g * u) if cell == "gru" and reset_after else (g * u,))
     bias = bias.astype(np.float32)
     h0, c0 = (rng.normal(size=(b, u)).astype(np.float32) for _ in range(2))
