@@ -190,7 +190,7 @@ FIRST_IMPORTS = ["fastnn", "fastnn.models", "fastnn.saving", "fastnn.layers", "f
                  "fastnn.model_config", "fastnn.trainer"]
 
 
-def test_imports_in_any_order_in_a_fresh_interpreter():
+def test_imports_in_any_order_in_a_fresh_interpreter(tmp_path):
     script = """
 import importlib, sys
 for name in sys.argv[1:]:
@@ -204,10 +204,14 @@ assert [type(x).__name__ for x in model.layers] == \
     ["TimeDistributed", "Bidirectional", "Sequential"], model.layers
 assert fastnn.saving.load_model is fastnn.models.load_model
 """
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    # the fastnn this test runs (installed, or a checkout built in place), from a folder
+    # where no source checkout can shadow it
+    import fastnn
+    home = os.path.dirname(os.path.dirname(os.path.abspath(fastnn.__file__)))
+    env = {**os.environ, "PYTHONPATH": home + os.pathsep + os.environ.get("PYTHONPATH", "")}
     runs = [(first, subprocess.Popen(
         [sys.executable, "-c", script, first, *[m for m in FIRST_IMPORTS if m != first]],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         for first in FIRST_IMPORTS]
     failed = []
     for first, run in runs:
