@@ -260,34 +260,45 @@ int fnn_absolute_error(const float *pred, const float *targets, const float *wei
                        size_t rows, size_t cols, int n_threads);
 
 /* optim.c: in-place updates of one flat parameter buffer. Each reads the gradient clipped
- * as Keras clips it: g * gscale clamped to [-gclip, gclip] (1 and INFINITY: unclipped). */
+ * as Keras clips it: g * gscale clamped to [-gclip, gclip] (1 and INFINITY: unclipped), the
+ * penalty's gradient added before the clip when pen is not NULL (below).
+ * Keras's l1/l2 weight penalty (regularizers.L1, L2, L1L2) read inside an update's pass: the
+ * update reads the gradient plus the penalty's gradient at the weights before the step, and
+ * puts in `value` the penalty of those weights, l1 * sum |w| + l2 * sum w^2, summed as
+ * fnn_l1l2_penalty sums it. The update kernels take NULL for none. */
+typedef struct {
+    float l1, l2;
+    double value;
+} fnn_penalty;
 void fnn_sgd_update(float *w, const float *g, float *m, size_t n, float lr, float momentum,
-             int nesterov, float gscale, float gclip, int n_threads);
+             int nesterov, float gscale, float gclip, fnn_penalty *pen, int n_threads);
 void fnn_adam_update(float *w, const float *g, float *m, float *v, float *vmax, size_t n,
               float alpha, float beta1, float beta2, float eps,
-              float gscale, float gclip, int n_threads);
+              float gscale, float gclip, fnn_penalty *pen, int n_threads);
 void fnn_rmsprop_update(float *w, const float *g, float *v, float *mom, float *mg, size_t n,
                  float lr, float rho, float momentum, float eps,
-                 float gscale, float gclip, int n_threads);
+                 float gscale, float gclip, fnn_penalty *pen, int n_threads);
 void fnn_adagrad_update(float *w, const float *g, float *acc, size_t n, float lr, float eps,
-                 float gscale, float gclip, int n_threads);
+                 float gscale, float gclip, fnn_penalty *pen, int n_threads);
 void fnn_adadelta_update(float *w, const float *g, float *acc_g, float *acc_dx, size_t n, float lr,
-                  float rho, float eps, float gscale, float gclip, int n_threads);
+                  float rho, float eps, float gscale, float gclip, fnn_penalty *pen, int n_threads);
 void fnn_lion_update(float *w, const float *g, float *m, size_t n, float lr, float beta1, float beta2,
-              float gscale, float gclip, int n_threads);
+              float gscale, float gclip, fnn_penalty *pen, int n_threads);
 void fnn_adamax_update(float *w, const float *g, float *m, float *u, size_t n, float alpha,
-                float beta1, float beta2, float eps, float gscale, float gclip, int n_threads);
+                float beta1, float beta2, float eps, float gscale, float gclip, fnn_penalty *pen, int n_threads);
 void fnn_nadam_update(float *w, const float *g, float *m, float *v, size_t n, float lr,
                float beta1, float beta2, float eps, float mu_t, float mu_t1,
                float u_prod, float u_prod_t1, float beta2_power,
-               float gscale, float gclip, int n_threads);
+               float gscale, float gclip, fnn_penalty *pen, int n_threads);
 void fnn_ftrl_update(float *w, const float *g, float *acc, float *lin, size_t n, float lr,
               float lr_power, float l1, float l2, float l2_shrinkage, float beta,
-              float gscale, float gclip, int n_threads);
+              float gscale, float gclip, fnn_penalty *pen, int n_threads);
 
 /* One optimizer step by kind: scalars[0] is the decoupled weight decay factor (lr * decay, 0
  * for none), then the kind's own scalars in the order of its kernel's arguments above (SGD's
- * nesterov as 0/1); slots in the same order, unused ones NULL. */
+ * nesterov as 0/1); slots in the same order, unused ones NULL. pen (NULL for none): a weight
+ * penalty read in the update's pass, at the weights after the decay (with a decay, a caller
+ * penalizing the weights before it adds the penalty first: fnn_l1l2_penalty). */
 enum {
     FNN_OPT_SGD = 0, FNN_OPT_ADAM = 1, FNN_OPT_RMSPROP = 2, FNN_OPT_ADAGRAD = 3,
     FNN_OPT_ADADELTA = 4, FNN_OPT_ADAMAX = 5, FNN_OPT_NADAM = 6, FNN_OPT_FTRL = 7,
@@ -297,7 +308,8 @@ enum {
 #define FNN_OPT_SCALARS 10
 int fnn_optimizer_scalars(int kind);
 void fnn_optimizer_step(int kind, float *w, const float *g, float *const *slots, size_t n,
-                        const float *scalars, float gscale, float gclip, int n_threads);
+                        const float *scalars, float gscale, float gclip, fnn_penalty *pen,
+                        int n_threads);
 /* Keras's gradient clipping (one at most): clipvalue, clipnorm (each variable by its own
  * norm), global_clipnorm (one norm over them all). */
 enum { FNN_CLIP_NONE = 0, FNN_CLIP_VALUE = 1, FNN_CLIP_NORM = 2, FNN_CLIP_GLOBAL_NORM = 3 };

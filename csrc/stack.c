@@ -163,15 +163,16 @@ static const float *forward(const fnn_stack *s, const float *x, int rows, int tr
     return x;
 }
 
-/* The optimizer step, with this step's scalars, on params [at, at + len) of the arena; an
- * elementwise clip (clipvalue) only: a norm needs every gradient first (run_batch). */
+/* The optimizer step, with this step's scalars, on params [at, at + len) of the arena, with
+ * the weight penalty pen read in its pass (NULL for none); an elementwise clip (clipvalue)
+ * only: a norm needs every gradient first (run_batch). */
 static void update_range(const fnn_stack *s, const float *scalars, size_t at, size_t len,
-                         int n_threads) {
+                         fnn_penalty *pen, int n_threads) {
     float *slots[FNN_OPT_SLOTS];
     float clip = s->clip_mode == FNN_CLIP_VALUE ? s->clip_limit : INFINITY;
     for (int j = 0; j < FNN_OPT_SLOTS; j++) slots[j] = s->slots[j] ? s->slots[j] + at : NULL;
     fnn_optimizer_step(s->opt, s->params + at, s->grads + at, slots, len, scalars, 1.0f, clip,
-                       n_threads);
+                       pen, n_threads);
 }
 
 /* ---- weight penalties (s->reg) ---- */
@@ -241,12 +242,25 @@ typedef struct {
     int cols, layer;
 } kernel_update;
 
-/* Rows [lo, hi) of a layer's kernel gradient are final: their penalty, then their step. */
+/* Rows [lo, hi) of a layer's kernel gradient are final: their step, with their penalty read
+ * in the update's pass (its value to pen_rows, as penalize_kernel puts it). A weight decay
+ * comes before the update's pass, and the penalty is of the weights before it: then the
+ * penalty takes a pass of its own first. */
 static void update_kernel_rows(void *ctx, int lo, int hi, int n_threads) {
     const kernel_update *u = (const kernel_update *)ctx;
-    if (u->s->reg) penalize_kernel(u->s, u->layer, lo, hi, 1, n_threads);
-    update_range(u->s, u->scalars, u->kernel_at + (size_t)lo * u->cols,
-                 (size_t)(hi - lo) * u->cols, n_threads);
+    const fnn_stack *s = u->s;
+    const float *r = s->reg ? s->reg + 4 * u->layer : NULL;
+    size_t at = u->kernel_at + (size_t)lo * u->cols, len = (size_t)(hi - lo) * u->cols;
+    if (r && penalized(r) && u->scalars[0] == 0.0f && hi > lo) {
+        fnn_penalty pen = {r[0], r[1], 0.0};
+        double *value = s->pen_rows + pen_at(s, u->layer) + lo;
+        update_range(s, u->scalars, at, len, &pen, n_threads);
+        value[0] = pen.value;
+        memset(value + 1, 0, (size_t)(hi - lo - 1) * sizeof(double));
+        return;
+    }
+    if (r) penalize_kernel(s, u->layer, lo, hi, 1, n_threads);
+    update_range(s, u->scalars, at, len, NULL, n_threads);
 }
 
 /* Backward through every layer. With scalars (the layers tiling the arena), each layer's
@@ -280,7 +294,7 @@ static void backward(const fnn_stack *s, const float *x, int rows, const float *
         if (scalars && layer->d_bias && s->reg) penalize_bias(s, i, 1, n_threads);
         if (scalars && layer->d_bias)
             update_range(s, scalars, u.kernel_at + (size_t)layer->d_in * layer->d_out,
-                         (size_t)layer->d_out, n_threads);
+                         (size_t)layer->d_out, NULL, n_threads);
         dy = dx;
     }
 }
@@ -345,7 +359,7 @@ static int run_batch(const fnn_stack *s, const fnn_stack_data *d, const float *x
         if (s->reg) penalize_all(s, 1, n_threads);
         for (int j = 0; j < s->n_update_spans; j++)
             update_range(s, scalars, s->update_spans[2 * j],
-                         s->update_spans[2 * j + 1] - s->update_spans[2 * j], n_threads);
+                         s->update_spans[2 * j + 1] - s->update_spans[2 * j], NULL, n_threads);
     } else if (train) {
         backward(s, x, rows, NULL, 0.0f, n_threads);
         if (s->reg) penalize_all(s, 1, n_threads);

@@ -128,29 +128,34 @@ cdef extern from "fastnn.h" nogil:
                                 int n_threads)
     void fnn_batchnorm_update_moving(float *moving_mean, float *moving_var, const float *mean,
                                      const float *var, float momentum, size_t cols)
+    ctypedef struct fnn_penalty:
+        float l1, l2
+        double value
     void fnn_sgd_update(float *w, const float *g, float *m, size_t n, float lr, float momentum,
-                 int nesterov, float gscale, float gclip, int n_threads)
+                 int nesterov, float gscale, float gclip, fnn_penalty *pen, int n_threads)
     void fnn_adam_update(float *w, const float *g, float *m, float *v, float *vmax, size_t n,
                   float alpha, float beta1, float beta2, float eps,
-                  float gscale, float gclip, int n_threads)
+                  float gscale, float gclip, fnn_penalty *pen, int n_threads)
     void fnn_rmsprop_update(float *w, const float *g, float *v, float *mom, float *mg, size_t n,
                      float lr, float rho, float momentum, float eps,
-                     float gscale, float gclip, int n_threads)
+                     float gscale, float gclip, fnn_penalty *pen, int n_threads)
     void fnn_adagrad_update(float *w, const float *g, float *acc, size_t n, float lr, float eps,
-                     float gscale, float gclip, int n_threads)
+                     float gscale, float gclip, fnn_penalty *pen, int n_threads)
     void fnn_adadelta_update(float *w, const float *g, float *acc_g, float *acc_dx, size_t n,
-                      float lr, float rho, float eps, float gscale, float gclip, int n_threads)
+                      float lr, float rho, float eps, float gscale, float gclip, fnn_penalty *pen,
+                      int n_threads)
     void fnn_adamax_update(float *w, const float *g, float *m, float *u, size_t n, float alpha,
-                    float beta1, float beta2, float eps, float gscale, float gclip, int n_threads)
+                    float beta1, float beta2, float eps, float gscale, float gclip,
+                    fnn_penalty *pen, int n_threads)
     void fnn_lion_update(float *w, const float *g, float *m, size_t n, float lr, float beta1,
-                  float beta2, float gscale, float gclip, int n_threads)
+                  float beta2, float gscale, float gclip, fnn_penalty *pen, int n_threads)
     void fnn_nadam_update(float *w, const float *g, float *m, float *v, size_t n, float lr,
                    float beta1, float beta2, float eps, float mu_t, float mu_t1,
                    float u_prod, float u_prod_t1, float beta2_power,
-                   float gscale, float gclip, int n_threads)
+                   float gscale, float gclip, fnn_penalty *pen, int n_threads)
     void fnn_ftrl_update(float *w, const float *g, float *acc, float *lin, size_t n, float lr,
                   float lr_power, float l1, float l2, float l2_shrinkage, float beta,
-                  float gscale, float gclip, int n_threads)
+                  float gscale, float gclip, fnn_penalty *pen, int n_threads)
     int FNN_CLIP_NONE, FNN_CLIP_VALUE, FNN_CLIP_NORM, FNN_CLIP_GLOBAL_NORM
     void fnn_optimizer_update(int kind, float *w, const float *g, float **slots,
                              const size_t *sizes, int n_vars, const float *scalars,
@@ -1006,7 +1011,8 @@ def sgd_update(w, g, m, float lr, float momentum, bint nesterov):
         return
     cdef float *mp = _ptr(M)
     with nogil:
-        fnn_sgd_update(&W[0], &G[0], mp, W.shape[0], lr, momentum, nesterov, 1.0, INFINITY, _n_threads)
+        fnn_sgd_update(&W[0], &G[0], mp, W.shape[0], lr, momentum, nesterov, 1.0, INFINITY, NULL,
+                       _n_threads)
 
 
 def adam_update(w, g, m, v, vmax, float alpha, float beta1, float beta2, float eps):
@@ -1022,7 +1028,7 @@ def adam_update(w, g, m, v, vmax, float alpha, float beta1, float beta2, float e
     cdef float *vmp = _ptr(VM)
     with nogil:
         fnn_adam_update(&W[0], &G[0], &M[0], &V[0], vmp, W.shape[0], alpha, beta1, beta2, eps,
-                 1.0, INFINITY, _n_threads)
+                 1.0, INFINITY, NULL, _n_threads)
 
 
 def rmsprop_update(w, g, v, mom, mg, float lr, float rho, float momentum, float eps):
@@ -1039,7 +1045,7 @@ def rmsprop_update(w, g, v, mom, mg, float lr, float rho, float momentum, float 
     cdef float *mgp = _ptr(MG)
     with nogil:
         fnn_rmsprop_update(&W[0], &G[0], &V[0], momp, mgp, W.shape[0], lr, rho, momentum,
-                    eps, 1.0, INFINITY, _n_threads)
+                    eps, 1.0, INFINITY, NULL, _n_threads)
 
 
 def adagrad_update(w, g, acc, float lr, float eps):
@@ -1050,7 +1056,8 @@ def adagrad_update(w, g, acc, float lr, float eps):
     if W.shape[0] == 0:
         return
     with nogil:
-        fnn_adagrad_update(&W[0], &G[0], &A[0], W.shape[0], lr, eps, 1.0, INFINITY, _n_threads)
+        fnn_adagrad_update(&W[0], &G[0], &A[0], W.shape[0], lr, eps, 1.0, INFINITY, NULL,
+                           _n_threads)
 
 
 def adadelta_update(w, g, acc_g, acc_dx, float lr, float rho, float eps):
@@ -1063,7 +1070,7 @@ def adadelta_update(w, g, acc_g, acc_dx, float lr, float rho, float eps):
         return
     with nogil:
         fnn_adadelta_update(&W[0], &G[0], &AG[0], &AD[0], W.shape[0], lr, rho, eps,
-                     1.0, INFINITY, _n_threads)
+                     1.0, INFINITY, NULL, _n_threads)
 
 
 def adamax_update(w, g, m, u, float alpha, float beta1, float beta2, float eps):
@@ -1076,7 +1083,7 @@ def adamax_update(w, g, m, u, float alpha, float beta1, float beta2, float eps):
         return
     with nogil:
         fnn_adamax_update(&W[0], &G[0], &M[0], &U[0], W.shape[0], alpha, beta1, beta2, eps,
-                   1.0, INFINITY, _n_threads)
+                   1.0, INFINITY, NULL, _n_threads)
 
 
 def lion_update(w, g, m, float lr, float beta1, float beta2):
@@ -1087,7 +1094,8 @@ def lion_update(w, g, m, float lr, float beta1, float beta2):
     if W.shape[0] == 0:
         return
     with nogil:
-        fnn_lion_update(&W[0], &G[0], &M[0], W.shape[0], lr, beta1, beta2, 1.0, INFINITY, _n_threads)
+        fnn_lion_update(&W[0], &G[0], &M[0], W.shape[0], lr, beta1, beta2, 1.0, INFINITY, NULL,
+                        _n_threads)
 
 
 def nadam_update(w, g, m, v, float lr, float beta1, float beta2, float eps, float mu_t,
@@ -1101,7 +1109,7 @@ def nadam_update(w, g, m, v, float lr, float beta1, float beta2, float eps, floa
         return
     with nogil:
         fnn_nadam_update(&W[0], &G[0], &M[0], &V[0], W.shape[0], lr, beta1, beta2, eps, mu_t, mu_t1,
-                  u_prod, u_prod_t1, beta2_power, 1.0, INFINITY, _n_threads)
+                  u_prod, u_prod_t1, beta2_power, 1.0, INFINITY, NULL, _n_threads)
 
 
 def ftrl_update(w, g, acc, lin, float lr, float lr_power, float l1, float l2,
@@ -1115,7 +1123,7 @@ def ftrl_update(w, g, acc, lin, float lr, float lr_power, float l1, float l2,
         return
     with nogil:
         fnn_ftrl_update(&W[0], &G[0], &A[0], &L[0], W.shape[0], lr, lr_power, l1, l2,
-                 l2_shrinkage, beta, 1.0, INFINITY, _n_threads)
+                 l2_shrinkage, beta, 1.0, INFINITY, NULL, _n_threads)
 
 
 # Optimizer slots each kind needs (the rest are optional, see fnn_optimizer_step): SGD's

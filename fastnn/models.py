@@ -272,7 +272,7 @@ class Model(Trainer):
         ops = get_ops()
         sizes = [layer._vars[name].size for layer, name in entries]
         # (one slot after the gradients: fastnn.distribution sums a flag with them)
-        params, flagged = ops.empty((sum(sizes),)), ops.alloc((sum(sizes) + 1,))
+        params, flagged = ops.arena(sum(sizes)), ops.arena(sum(sizes) + 1)
         grads = flagged[:sum(sizes)]
         start, self._spans = 0, {}
         for (layer, name), size in zip(entries, sizes):

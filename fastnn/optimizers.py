@@ -127,7 +127,7 @@ class Optimizer:
             return
         n = sum(sizes)
         ops = get_ops()
-        self.slots = {name: ops.alloc((n,)) + self._slot_init(name)
+        self.slots = {name: ops.arena(n, self._slot_init(name))
                       for group in self.all_slot_groups() for name in group}
         self._sizes = sizes
         self.iterations = 0

@@ -579,6 +579,42 @@ def test_a_learning_rate_set_mid_run_takes_effect_at_the_next_step(monkeypatch):
     assert not np.array_equal(late[2][0], runs[0][2][0])
 
 
+def test_runs_with_a_per_batch_callback_grow_and_follow_learning_rate_changes(monkeypatch):
+    """Runs inside one C call grow 64 -> 256 -> 1024 steps while each runs all its steps
+    (64 with metrics that keep the outputs), and after a callback changed the learning rate
+    take as many steps as that run did (a rate changed after every step: one step a run)."""
+    import fastnn.stack as stack
+    runner = DenseRunner(None, [])
+    sizes = []
+    for _ in range(4):
+        n = runner._next_chunk(True, 5000, True)
+        sizes.append(n)
+        runner._ran_ahead(True, n, n, False, True)
+    assert sizes == [stack.STEPS_AHEAD, 4 * stack.STEPS_AHEAD, stack.MAX_STEPS_AHEAD,
+                     stack.MAX_STEPS_AHEAD]
+    assert runner._next_chunk(True, 100, True) == 100       # (the epoch's last steps)
+    runner._ran_ahead(True, 100, 100, False, True)          # a short last run: kept
+    assert runner._next_chunk(True, 5000, True) == stack.MAX_STEPS_AHEAD
+    runner._ran_ahead(True, stack.MAX_STEPS_AHEAD, 3, True, True)     # rate changed at 3
+    assert runner._next_chunk(True, 5000, True) == 3
+    runner._ran_ahead(True, 3, 1, True, True)
+    assert runner._next_chunk(True, 5000, True) == 1
+    runner._ran_ahead(True, 1, 1, False, True)
+    assert runner._next_chunk(True, 5000, True) == 4
+    assert runner._next_chunk(False, 5000, True) == stack.STEPS_AHEAD    # evaluation apart
+    other = DenseRunner(None, [])
+    for _ in range(3):
+        other._ran_ahead(True, other._next_chunk(True, 5000, True), stack.STEPS_AHEAD, False,
+                         False)
+    assert other._next_chunk(True, 5000, True) == stack.STEPS_AHEAD
+
+
+def test_a_learning_rate_changed_every_step_matches_the_general_path(monkeypatch):
+    lr_at = {("train_end", b): 0.01 + 0.0005 * b for b in range(150)}
+    runs = [_per_step_run(monkeypatch, fused, _AllHooks(lr_at)) for fused in (True, False)]
+    _assert_same_runs(*runs)
+
+
 def test_an_exception_in_a_batch_hook_mid_run_leaves_the_general_paths_state(monkeypatch):
     runs = []
     for fused in (True, False):

@@ -132,6 +132,12 @@ class Ops:
     def empty(self, shape, dtype="float32"):
         return self.xp.empty(shape, dtype=dtype)
 
+    def arena(self, n, fill=0.0):
+        """A flat float32 buffer of n values (all `fill`) that the optimizer's update streams
+        through together with others of its kind: the parameters, their gradients, the
+        optimizer's slots."""
+        return self.xp.full((n,), fill, dtype="float32")
+
     def address(self, a):
         """Where an array's data starts in memory (a view of a buffer's start shares it)."""
         return a.__array_interface__["data"][0]

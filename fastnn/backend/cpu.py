@@ -61,6 +61,21 @@ class CpuOps(Ops):
 
     def __init__(self):
         blas.install()
+        self._arenas = 0
+
+    def arena(self, n, fill=0.0):
+        """Ops.arena, 64-byte aligned (no vector load of the update splits a cache line) and
+        each buffer at another offset in its 4 KB page than the last 15 (the update's loads
+        and stores do not alias: 4K aliasing). Adam's update of 101,770 floats on one core
+        (AVX-512): 39-44 us so placed, 58-92 us at the 16-byte alignments and page offsets
+        malloc happened to give, which made one model of the seed MLP 27 % slower than an
+        identical one."""
+        self._arenas = (self._arenas + 1) % 16
+        raw = np.empty(4 * n + 8192, np.uint8)
+        at = -raw.ctypes.data % 4096 + 256 * self._arenas
+        out = raw[at:at + 4 * n].view(np.float32)
+        out[...] = fill
+        return out
 
     def gemm(self, a, b, out=None, trans_a=False, trans_b=False, alpha=1.0, beta=0.0):
         a, b = _f32(a, "a"), _f32(b, "b")
