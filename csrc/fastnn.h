@@ -323,6 +323,7 @@ typedef struct {
     int watch;          /* whether a waiting rank checks that its peers' processes live */
     int dead;           /* after a failed barrier: the rank whose process is gone */
     double seconds;     /* time spent in fnn_shard_reduce and fnn_shard_update */
+    double waited;      /* of which waiting at barriers for the last rank to arrive */
 } fnn_shard;
 /* Whether this build has them (GCC/Clang atomics: not MSVC); the others return -2 without. */
 int fnn_shard_supported(void);

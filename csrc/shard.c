@@ -71,6 +71,7 @@ int fnn_shard_barrier(fnn_shard *sh) {
         return 0;
     }
     int64_t start = now_ns(), check = start + CHECK_NS;
+    int rc = 0;
     unsigned spins = 0;
     while (__atomic_load_n(generation, __ATOMIC_ACQUIRE) == g) {
         if ((++spins & 63) != 0) {
@@ -83,7 +84,8 @@ int fnn_shard_barrier(fnn_shard *sh) {
             int k = dead_peer(sh);
             if (k >= 0) {
                 sh->dead = k;
-                return -1;
+                rc = -1;
+                break;
             }
             check = t + CHECK_NS;
         }
@@ -94,7 +96,8 @@ int fnn_shard_barrier(fnn_shard *sh) {
             nanosleep(&pause, NULL);
         }
     }
-    return 0;
+    sh->waited += (double)(now_ns() - start) * 1e-9;
+    return rc;
 }
 
 /* out (this rank's row over the shard) becomes the sum of every rank's row times its scale

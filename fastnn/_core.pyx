@@ -170,7 +170,7 @@ cdef extern from "fastnn.h" nogil:
         int ranks, rank, kind, clip_mode
         float clip_limit
         int watch, dead
-        double seconds
+        double seconds, waited
     int fnn_shard_supported()
     int fnn_shard_barrier(fnn_shard *sh)
     int fnn_shard_reduce(fnn_shard *sh, float scale, int bad)
@@ -1302,7 +1302,7 @@ cdef class SharedStep:
         self.s.n, self.s.ranks, self.s.rank = n, ranks, rank
         self.s.lo, self.s.hi = n * rank // ranks, n * (rank + 1) // ranks
         self.s.kind, self.s.clip_mode, self.s.clip_limit = kind, clip_mode, limit
-        self.s.watch, self.s.dead, self.s.seconds = watch, -1, 0.0
+        self.s.watch, self.s.dead, self.s.seconds, self.s.waited = watch, -1, 0.0, 0.0
         self._keep = (params, tuple(slots), rows, control)
 
     @property
@@ -1319,6 +1319,17 @@ cdef class SharedStep:
     @seconds.setter
     def seconds(self, double value):
         self.s.seconds = value
+
+    @property
+    def waited(self):
+        """Of `seconds`, those spent waiting at barriers for the last rank (0 for the rank
+        that arrives last): the rest is this rank's sums and update, and the barriers' own
+        cost."""
+        return self.s.waited
+
+    @waited.setter
+    def waited(self, double value):
+        self.s.waited = value
 
     cdef _gone(self):
         k = self.s.dead
