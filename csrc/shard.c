@@ -29,10 +29,13 @@ int fnn_shard_supported(void) { return SHARD_SUPPORTED; }
 #if SHARD_SUPPORTED
 
 /* How a waiting rank waits: it spins while its peers are likely a few microseconds away,
- * then yields the core (ranks may outnumber cores), then sleeps (a peer in a long callback
- * must not cost a core); it checks its peers' processes every CHECK_NS. */
-#define SPIN_NS 50000LL
-#define YIELD_NS 2000000LL
+ * then yields the core (ranks may outnumber cores, other jobs share them), then sleeps (a peer
+ * in a long callback must not cost a core); it checks its peers' processes every CHECK_NS.
+ * (On 2 cores busy with a third process, the MLP of benchmarks/distributed.py took 0.098 s an
+ * epoch spinning 5 us before yielding, 0.122 s spinning 50 us, 0.138 s with MPI's barrier;
+ * sleeping after 1 ms rather than 2 ms or 200 us was as fast or faster.) */
+#define SPIN_NS 5000LL
+#define YIELD_NS 1000000LL
 #define SLEEP_NS 50000L
 #define CHECK_NS 100000000LL
 
