@@ -1223,7 +1223,7 @@ cdef int _check_momentum_slots(str fn, int kind, bint slot0, bint slot1,
     return 0
 
 
-def shared_steps_supported():
+def shard_supported():
     """Whether this build has SharedStep's barrier (GCC/Clang atomics; not MSVC builds)."""
     return bool(fnn_shard_supported())
 

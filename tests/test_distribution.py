@@ -552,7 +552,7 @@ def _shared_arena(n, ranks, slots):
 
 
 needs_shared_steps = pytest.mark.skipif(
-    TEST_BACKEND != "" or not _core.shared_steps_supported(),
+    TEST_BACKEND != "" or not _core.shard_supported(),
     reason="SharedStep: the CPU backend of a build with atomics")
 
 

@@ -535,7 +535,7 @@ class _SharedArena:
         if key != self.native_key:
             self.native_key, self.native_step = key, None
             if mode in (0, 1) and os.environ.get("FASTNN_MPI_SPIN", "1") != "0" and \
-                    _core.shared_steps_supported():
+                    _core.shard_supported():
                 self.native_step = _core.SharedStep(
                     optimizer.kind, self.params, slots, self.rows, self.control,
                     self.node.rank, mode, limit, self.watch)
