@@ -528,11 +528,11 @@ class _SharedArena:
         """The _core.SharedStep that takes this arena's steps for `optimizer`, or None (the
         step stays in Python: norm clipping, FASTNN_MPI_SPIN=0, a build without atomics). The
         same answer on every rank (it depends on the optimizer and the environment only)."""
-        from .. import _core
         mode, limit = optimizer.clipping()
-        slots = tuple(optimizer.fused_slots())
-        key = (optimizer.kind, mode, limit, tuple(map(id, slots)))
+        key = (optimizer.kind, mode, limit)     # (holds(): the slots are the arena's)
         if key != self.native_key:
+            from .. import _core
+            slots = tuple(optimizer.fused_slots())
             self.native_key, self.native_step = key, None
             if mode in (0, 1) and os.environ.get("FASTNN_MPI_SPIN", "1") != "0" and \
                     _core.shard_supported():
@@ -585,7 +585,7 @@ class _SharedArena:
         """This rank's shard of the optimizer step with scalars (float32: the decay factor,
         then the kind's own), as apply() over the whole arena would take it; then a barrier
         (every shard updated before any rank's next forward pass)."""
-        native = self.native(optimizer)
+        native = self.native_step       # (as reduce(), just before, chose it)
         if native is not None:
             native.update(scalars)
             return
