@@ -106,7 +106,8 @@ int fnn_shard_barrier(fnn_shard *sh) {
 /* out (this rank's row over the shard) becomes the sum of every rank's row times its scale
  * there, in _SharedArena._add_others's order and roundings (the ranks' bits, and those of the
  * Python path): this rank's first, then the others in rank order; with one scale for all,
- * one multiply of the sum. */
+ * one multiply of the sum. (At the vector width NumPy's sums run: each value is the same.) */
+FNN_DISPATCH
 static void add_others(const fnn_shard *sh, float *restrict out) {
     size_t width = sh->n + 2, len = sh->hi - sh->lo;
     const float *rows = sh->rows;
