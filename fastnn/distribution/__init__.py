@@ -18,6 +18,8 @@ predict run over the ranks; run without mpiexec, the same script trains as one p
   memory (_SharedArena) and each rank's backward pass writes its own row of a shared
   gradient window: each rank sums and updates only its 1/N of the weights, and all read the
   same parameters (FASTNN_MPI_SHARDED=0: every rank updates all of them, as across machines).
+  That step runs in C (_core.SharedStep) with barriers of its own in the window; a rank
+  waiting there for a rank whose process ended raises an error naming it.
 - Metrics and losses are reduced at the end of each epoch (their accumulators summed), so
   History, callbacks and the epoch's progress-bar line show global values, and EarlyStopping
   or ReduceLROnPlateau decide the same on every rank. Per-batch progress shows rank 0's running
