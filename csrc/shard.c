@@ -10,6 +10,7 @@
 #include "fastnn.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 #ifndef _WIN32
@@ -53,13 +54,34 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+/* Whether process pid has ended but not been reaped (a zombie answers kill(pid, 0) as a
+ * live process does; mpiexec may reap its ranks late or, its clean-up off, never). */
+static int ended(pid_t pid) {
+#ifdef __linux__
+    char path[48], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *state = strrchr(buf, ')');      /* (the command's name may hold any byte) */
+    return state && state[1] == ' ' && (state[2] == 'Z' || state[2] == 'X');
+#else
+    (void)pid;
+    return 0;
+#endif
+}
+
 /* The first peer whose process is gone, or -1. (A process of another pid namespace is not
  * visible: the caller then passes watch = 0.) */
 static int dead_peer(const fnn_shard *sh) {
     const int32_t *pids = (const int32_t *)(sh->control + 2);
     for (int k = 0; k < sh->ranks; k++) {
         pid_t pid = (pid_t)__atomic_load_n(&pids[k], __ATOMIC_RELAXED);
-        if (k != sh->rank && pid > 0 && kill(pid, 0) != 0 && errno == ESRCH) return k;
+        if (k != sh->rank && pid > 0 &&
+                ((kill(pid, 0) != 0 && errno == ESRCH) || ended(pid)))
+            return k;
     }
     return -1;
 }

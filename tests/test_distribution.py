@@ -29,6 +29,8 @@ SCRIPT = textwrap.dedent('''
     import numpy as np
     import fastnn
     from fastnn import layers as L
+    if os.environ.get("FASTNN_ERR_FILES"):    # (each rank's errors in a file of its own)
+        sys.stderr = open(f"{sys.argv[2]}-{os.environ['PMI_RANK']}.err", "w", buffering=1)
     if os.environ.get("FASTNN_DP") == "1":
         fastnn.distribution.set_distribution(fastnn.distribution.DataParallel())
     fastnn.utils.set_random_seed(7)
@@ -83,7 +85,7 @@ SCRIPT = textwrap.dedent('''
                       "sparse_categorical_crossentropy", metrics=["accuracy"])
         y_fit = y
     fit_kw, calls = {}, {"fused_epochs": 0, "general_steps": 0}
-    if kind in ("dense", "nonfinite", "adam", "adam_plain", "resume"):  # the fused C path
+    if kind in ("dense", "nonfinite", "adam", "adam_plain", "resume", "fail_dense"):  # fused
         # 123 rows: 98 train after the split, 4 global batches of 32, the last of 2 rows (on
         # 4 ranks two of them have none)
         x = rng.standard_normal((123, 12)).astype(np.float32)
@@ -95,13 +97,13 @@ SCRIPT = textwrap.dedent('''
                                            if os.environ.get("FASTNN_NO_L2") else "l2"),
                                    L.Dense(8, activation="tanh"),
                                    L.Dense(3, activation="softmax")])
-        if kind in ("adam", "adam_plain", "resume"):    # no penalty: each rank its shard
+        if kind in ("adam", "adam_plain", "resume", "fail_dense"):  # each rank its shard
             model = fastnn.Sequential([fastnn.Input((12,)),
                                        L.Dense(1200, activation="relu"),
                                        L.Dense(8, activation="tanh"),
                                        L.Dense(3, activation="softmax")])
-            model.compile(fastnn.optimizers.Adam(0.01, **({} if kind == "adam_plain" else
-                                                         {"clipnorm": 0.2})),
+            model.compile(fastnn.optimizers.Adam(0.01, **({"clipnorm": 0.2} if kind in
+                                                         ("adam", "resume") else {})),
                           "sparse_categorical_crossentropy", metrics=["accuracy"])
             y_fit = y
             if kind == "resume" and os.environ.get("FASTNN_PHASE") == "b":
@@ -128,7 +130,7 @@ SCRIPT = textwrap.dedent('''
             calls["general_steps"] += 1
             return train_step(*args)
         fastnn.stack.DenseRunner.run_epoch, model._train_step = fused, general
-    if kind == "fail":
+    if kind in ("fail", "fail_dense"):     # (fail_dense: the other waits in SharedStep's C)
         class Fail(fastnn.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):
                 if fastnn.distribution.rank() == 1 and batch == 2:
@@ -343,19 +345,51 @@ def test_the_shared_memory_sum_equals_mpi_allreduce(tmp_path, ranks, shared):
 
 
 @needs_mpi
-@pytest.mark.parametrize("no_l2", ["", "1"])
-def test_a_failing_rank_stops_every_rank(tmp_path, no_l2):
-    """Also while the other rank waits at a barrier of a shared arena (no_l2)."""
-    done, _ = _run(tmp_path, "fail", 2, timeout=120, FASTNN_NO_L2=no_l2)
+@pytest.mark.parametrize("kind, no_l2", [("fail", ""), ("fail", "1"), ("fail_dense", "")])
+def test_a_failing_rank_stops_every_rank(tmp_path, kind, no_l2):
+    """Also while the other rank waits at a barrier of a shared arena (no_l2: the general
+    path's; fail_dense: inside the fused Dense stack's C loop)."""
+    done, _ = _run(tmp_path, kind, 2, timeout=120, FASTNN_NO_L2=no_l2)
     assert done.returncode != 0
     assert "rank 1 of 2 raised" in done.stderr and "rank one fails here" in done.stderr
 
 
 @needs_mpi
-@pytest.mark.parametrize("no_l2", ["", "1"])
-def test_a_dying_rank_stops_every_rank(tmp_path, no_l2):
-    done, _ = _run(tmp_path, "fail", 2, timeout=120, FASTNN_DIE="1", FASTNN_NO_L2=no_l2)
+@pytest.mark.parametrize("kind, no_l2", [("fail", ""), ("fail", "1"), ("fail_dense", "")])
+def test_a_dying_rank_stops_every_rank(tmp_path, kind, no_l2):
+    done, _ = _run(tmp_path, kind, 2, timeout=120, FASTNN_DIE="1", FASTNN_NO_L2=no_l2)
     assert done.returncode != 0
+
+
+@needs_mpi
+def test_a_dead_rank_is_named_by_the_rank_waiting_for_it(tmp_path):
+    """With mpiexec's own clean-up off (hydra's -disable-auto-cleanup), rank 0, waiting in
+    the fused stack's C step for rank 1 whose process ended, finds it gone and stops with an
+    error naming it (its pid check, every 100 ms), then aborts."""
+    import signal
+    import time
+    version = subprocess.run([MPIEXEC, "--version"], capture_output=True, text=True).stdout
+    if "HYDRA" not in version:
+        pytest.skip("needs MPICH's mpiexec (hydra) for -disable-auto-cleanup")
+    script, log = tmp_path / "train.py", tmp_path / "out-0.err"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", FASTNN_DP="1", FASTNN_DIE="1",
+               FASTNN_ERR_FILES="1")
+    job = subprocess.Popen([MPIEXEC, "-disable-auto-cleanup", "-n", "2", sys.executable,
+                            str(script), "fail_dense", str(tmp_path / "out")],
+                           env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    try:        # (with its clean-up off, mpiexec itself may outlive its ranks)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (log.exists() and
+                                                   "aborting" in log.read_text()):
+            time.sleep(0.2)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    text = log.read_text()
+    assert "rank 0 of 2 raised RuntimeError" in text and "rank 1 of 2 is gone" in text, text
 
 
 @needs_mpi
@@ -656,3 +690,25 @@ def test_a_shared_step_stops_when_a_peer_process_is_gone():
     control[:2] = 0
     with pytest.raises(RuntimeError, match="rank 1 of 2 is gone"):
         step.barrier()
+
+
+@needs_shared_steps
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/stat")
+def test_a_shared_step_stops_when_a_peer_is_an_unreaped_zombie():
+    """A peer that ended but was not reaped yet still answers kill(pid, 0): its state in
+    /proc says it is gone."""
+    import time
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    stat = f"/proc/{zombie.pid}/stat"
+    deadline = time.monotonic() + 10
+    while open(stat).read().rsplit(")", 1)[1].split()[0] != "Z":    # (not reaped: no wait)
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        params, slots, rows, control = _shared_arena(8, 2, 2)
+        control[2:] = [os.getpid(), zombie.pid]
+        step = _core.SharedStep(1, params, slots, rows, control, 0)
+        with pytest.raises(RuntimeError, match=f"rank 1 of 2 is gone .*process {zombie.pid}"):
+            step.barrier()
+    finally:
+        zombie.wait()
