@@ -6,8 +6,11 @@ T threads against T ranks with one thread each, in one run (issue 20).
 
 prints a markdown table: epoch seconds of each (min and median over the interleaved runs),
 their ratio, the share of the ranks' epoch spent in the gradient allreduce (with a shared arena:
-the sums, the barriers and the shard's update), and a model of
-that allreduce at 4-64 ranks from the bandwidth and latency measured here. Needs mpi4py and
+the sums, the barriers and the shard's update) with its time per step, and the least of it
+spent not waiting at the barriers for the other rank (the step's C part counts its waits:
+what remains is the sums, the update and the barriers' own cost, which depend little on
+other jobs on the machine), and a model of that allreduce at 4-64 ranks from the bandwidth
+and latency measured here. Needs mpi4py and
 mpiexec (pip install ".[mpi]")."""
 import argparse
 import json
@@ -57,17 +60,36 @@ if d is not None:           # time the allreduce (the communication cost), both 
             def timed_method(self, *args):
                 start = time.perf_counter()
                 got = method(self, *args)
-                reduce_seconds[0] += time.perf_counter() - start
+                if getattr(self, "native_step", None) is None:  # (else counted in C)
+                    reduce_seconds[0] += time.perf_counter() - start
                 return got
             return timed_method
         setattr(distribution._SharedArena, name, wrap(getattr(distribution._SharedArena, name)))
+
+
+def native_seconds(reset=False):
+    """(seconds in the shared arena's C steps (SharedStep, also called by the fused stack),
+    of which waiting at its barriers for the other ranks)."""
+    total = waited = 0.0
+    for arena in getattr(d, "_arenas", {}).values():
+        step = getattr(arena, "native_step", None)
+        if step is not None:
+            total, waited = total + step.seconds, waited + step.waited
+            if reset:
+                step.seconds = step.waited = 0.0
+    return total, waited
+
+
 model.fit(x[:2048], y[:2048], batch_size=32, epochs=1, verbose=0)       # warm up
 runs = []
 for _ in range(rounds):
     reduce_seconds[0] = 0.0
-    start = time.perf_counter()
+    native_seconds(reset=True)
+    start, cpu = time.perf_counter(), time.process_time()
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)
-    runs.append((time.perf_counter() - start, reduce_seconds[0]))
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    native, waited = native_seconds()
+    runs.append((wall, reduce_seconds[0] + native, cpu, waited))
 if distribution.rank() == 0:
     json.dump({"runs": runs, "samples": len(x), "params": model.count_params(),
                "fused": getattr(model, "_dense_runner", None) is not None},
@@ -158,23 +180,28 @@ def main(argv=None):
           "interleaved)\n")
     print(f"| workload | 1 process × {args.threads} threads (min / median s) | 1 process × 1 "
           f"thread | {args.threads} ranks × 1 thread | ranks / process × {args.threads} "
-          "threads (best, median) | allreduce share of the ranks' epoch | fused Dense stack |")
+          "threads (best, median) | allreduce share of the ranks' epoch (per step; least not "
+          "waiting) | fused Dense stack |")
     print("|---|---:|---:|---:|---:|---:|---|")
     for kind, r in rows:
-        one, one1 = sorted(t for t, _ in r["one"]), sorted(t for t, _ in r["one1"])
+        one, one1 = sorted(t for t, *_ in r["one"]), sorted(t for t, *_ in r["one1"])
         ranks = sorted(r["ranks"])
-        best, mid = one[0] / ranks[0][0], median(one) / median(t for t, _ in ranks)
-        share = median(a / t for t, a in ranks)
+        best, mid = one[0] / ranks[0][0], median(one) / median(t for t, *_ in ranks)
+        share = median(a / t for t, a, *_ in ranks)
+        steps = -(-r["ranks_info"]["samples"] // 32)
+        per_step = median(a for _, a, *_ in ranks) / steps
+        work = min(a - w for _, a, _, w in ranks) / steps
         print(f"| {kind} | {one[0]:.2f} / {median(one):.2f} | {one1[0]:.2f} / "
-              f"{median(one1):.2f} | {ranks[0][0]:.2f} / {median(t for t, _ in ranks):.2f} | "
-              f"{best:.2f}×, {mid:.2f}× | {100 * share:.1f} % | "
+              f"{median(one1):.2f} | {ranks[0][0]:.2f} / {median(t for t, *_ in ranks):.2f} | "
+              f"{best:.2f}×, {mid:.2f}× | {100 * share:.1f} % ({per_step * 1e6:.0f} µs; "
+              f"{work * 1e6:.0f} µs) | "
               f"{'yes' if r['ranks_info']['fused'] else 'no'} |")
     if args.unsharded:
         print(f"\n{args.threads} ranks with FASTNN_MPI_SHARDED=0 (every rank updates every "
               "weight), same runs (min / median s; ratio to 1 process as above):\n")
         for kind, r in rows:
-            old = sorted(t for t, _ in r["ranks0"])
-            one = sorted(t for t, _ in r["one"])
+            old = sorted(t for t, *_ in r["ranks0"])
+            one = sorted(t for t, *_ in r["one"])
             print(f"- {kind}: {old[0]:.2f} / {median(old):.2f} s, {one[0] / old[0]:.2f}×, "
                   f"{median(one) / median(old):.2f}×")
     print(f"\nLoad average (other jobs on the machine): {load[0]:.1f} at the start, "

@@ -320,6 +320,37 @@ void fnn_optimizer_update(int kind, float *w, const float *g, float *const *slot
                          const size_t *sizes, int n_vars, const float *scalars, int clip_mode,
                          float limit, int n_threads);
 double fnn_sum_squares(const float *g, size_t n, int n_threads);
+
+/* One step of a data-parallel shared arena (csrc/shard.c, fastnn.distribution._SharedArena):
+ * in one shared-memory window, the parameters and optimizer slots (n floats each) and `ranks`
+ * rows of n + 2 floats (each rank's gradients, its flag: loss not finite, its scale: the
+ * factor of its rows), and control: a barrier's arrival count and generation, then each
+ * rank's process id (int32, 0: unknown). This rank sums and updates columns [lo, hi). */
+typedef struct {
+    float *params, *slots[FNN_OPT_SLOTS], *rows;
+    uint32_t *control;
+    size_t n, lo, hi;
+    int ranks, rank, kind, clip_mode;   /* clip_mode: FNN_CLIP_NONE or FNN_CLIP_VALUE */
+    float clip_limit;
+    int watch;          /* whether a waiting rank checks that its peers' processes live */
+    int dead;           /* after a failed barrier: the rank whose process is gone */
+    double seconds;     /* time spent in fnn_shard_reduce and fnn_shard_update */
+    double waited;      /* of which waiting at barriers for the last rank to arrive */
+} fnn_shard;
+/* Whether this build has them (GCC/Clang atomics: not MSVC); the others return -2 without. */
+int fnn_shard_supported(void);
+/* A barrier of all ranks: 0, or -1 when a peer's process is gone (its rank in sh->dead). */
+int fnn_shard_barrier(fnn_shard *sh);
+/* This rank's row is written: sets its flag (bad) and scale; a barrier; 1 (after a second
+ * barrier) when any rank's flag is set, else 0 with the scaled sum of every rank's row over
+ * [lo, hi) in this rank's row there; -1 when a peer died. */
+int fnn_shard_reduce(fnn_shard *sh, float scale, int bad);
+/* The optimizer step (scalars as fnn_optimizer_update takes them) of [lo, hi) from the
+ * summed gradients, then a barrier: 0, or -1 when a peer died. */
+int fnn_shard_update(fnn_shard *sh, const float *scalars, int n_threads);
+/* fnn_stack_data.reduce for a shared arena: reduce (scale 1, the flag as the stack left it)
+ * then update; 1 when it stepped, 0 when a flag was set (this rank's flag set too), -1. */
+int fnn_shard_step(fnn_shard *sh, const float *scalars, int n_threads);
 double fnn_l1l2_penalty(const float *w, float *g, size_t n, float l1, float l2, int n_threads);
 
 /* A Dense kernel of at least this many weights takes a plain SGD step inside its weight-gradient

@@ -7,7 +7,7 @@ releases the GIL around the work. Arrays are float32 and C-contiguous; the Pytho
 import operator
 
 from libc.math cimport INFINITY, isfinite
-from libc.stdint cimport int32_t, int64_t, uint8_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, strcmp
 from cpython.buffer cimport PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBuffer_Release, PyObject_GetBuffer
@@ -166,6 +166,21 @@ cdef extern from "fastnn.h" nogil:
     int FNN_SRC_F32, FNN_SRC_F64, FNN_SRC_U8
     int FNN_PRE_NONE, FNN_PRE_AFFINE, FNN_PRE_STANDARDIZE
     int fnn_optimizer_scalars(int kind)
+    ctypedef struct fnn_shard:
+        float *params
+        float *slots[3]
+        float *rows
+        uint32_t *control
+        size_t n, lo, hi
+        int ranks, rank, kind, clip_mode
+        float clip_limit
+        int watch, dead
+        double seconds, waited
+    int fnn_shard_supported()
+    int fnn_shard_barrier(fnn_shard *sh)
+    int fnn_shard_reduce(fnn_shard *sh, float scale, int bad)
+    int fnn_shard_update(fnn_shard *sh, const float *scalars, int n_threads)
+    int fnn_shard_step(fnn_shard *sh, const float *scalars, int n_threads)
     ctypedef struct fnn_stack:
         int n_layers, batch
         const fnn_dense *layers
@@ -1206,6 +1221,189 @@ def optimizer_update(int kind, w, g, slots, scalars, int clip_mode, float limit,
         free(sp)
 
 
+cdef int _check_momentum_slots(str fn, int kind, bint slot0, bint slot1,
+                               const float *sc) except -1:
+    """The slots a step's scalars need beyond the kind's own (as optimizer_update checks)."""
+    if kind == FNN_OPT_SGD and not slot0 and sc[2] != 0:
+        raise ValueError(f"{fn}: SGD with momentum needs its momentum slot (slots[0])")
+    if kind == FNN_OPT_RMSPROP and not slot1 and sc[3] > 0:
+        raise ValueError(f"{fn}: RMSprop with momentum needs its momentum slot (slots[1])")
+    return 0
+
+
+def shard_supported():
+    """Whether this build has SharedStep's barrier (GCC/Clang atomics; not MSVC builds)."""
+    return bool(fnn_shard_supported())
+
+
+cdef class SharedStep:
+    """One rank's step of a data-parallel shared arena (csrc/shard.c: fastnn.distribution's
+    _SharedArena), without Python: the sums of its shard [lo, hi) of the columns over the
+    ranks' gradient rows and the optimizer update of that shard, between barriers that spin
+    on `control` (in the shared window) and check that the peers' processes live.
+
+    SharedStep(kind, params, slots, rows, control, rank, clip_mode=0, limit=0.0, watch=True):
+    params (n float32: the shared parameters), slots (a tuple of up to 3, None or n float32,
+    in optimizer_update's order), rows (ranks x (n + 2) float32, C order: each rank's
+    gradients, flag and scale), control (2 + ranks uint32: zeroed by one rank before any
+    barrier, then each rank's process id at 2 + rank), clip_mode CLIP_NONE or CLIP_VALUE (the
+    norms need the whole gradient); watch: check the peers' processes while waiting (False
+    when their ids are not visible here: another pid namespace). Every argument must stay
+    alive and in place for the SharedStep's life (it keeps references)."""
+    cdef fnn_shard s
+    cdef object _keep
+    cdef bint _slot0, _slot1
+
+    def __init__(self, int kind, params, slots, rows, control, int rank, int clip_mode=0,
+                 float limit=0.0, bint watch=True):
+        fn = "SharedStep"
+        if not fnn_shard_supported():
+            raise RuntimeError(f"{fn}: this build has no atomics for the barrier (MSVC)")
+        if fnn_optimizer_scalars(kind) < 0:
+            raise ValueError(f"{fn}: kind: unknown optimizer kind {kind}")
+        if clip_mode not in (FNN_CLIP_NONE, FNN_CLIP_VALUE):
+            raise ValueError(f"{fn}: clip_mode: expected CLIP_NONE or CLIP_VALUE (norms need "
+                             f"the whole gradient), got {clip_mode}")
+        if clip_mode == FNN_CLIP_VALUE and not (limit > 0 and isfinite(limit)):
+            raise ValueError(f"{fn}: limit: expected a finite float > 0 with CLIP_VALUE, got "
+                             f"{limit}")
+        cdef float[::1] P = _f1(f"{fn}: params", params, True)
+        cdef float[:, ::1] R = _f2(f"{fn}: rows", rows, True)
+        cdef Py_ssize_t n = P.shape[0]
+        if R.shape[0] < 1 or R.shape[1] != n + 2:
+            raise ValueError(f"{fn}: rows: expected (ranks >= 1, {n + 2}) for {n} parameters, "
+                             f"got {_shape2(R)}")
+        cdef int ranks = <int>R.shape[0]
+        if not 0 <= rank < ranks:
+            raise ValueError(f"{fn}: rank: expected 0 <= rank < {ranks}, got {rank}")
+        cdef unsigned int[::1] C
+        try:
+            C = control
+        except Exception:
+            raise TypeError(f"{fn}: control: expected a writable C-contiguous uint32 array, "
+                            f"got {_describe(control)}") from None
+        if C.shape[0] != 2 + ranks:
+            raise ValueError(f"{fn}: control: expected shape ({2 + ranks},) for {ranks} "
+                             f"ranks, got ({C.shape[0]},)")
+        if not isinstance(slots, (tuple, list)) or len(slots) > FNN_OPT_SLOTS:
+            raise TypeError(f"{fn}: slots: expected a tuple of at most {FNN_OPT_SLOTS} float32 "
+                            f"arrays or None, got {_describe(slots)}")
+        outs = [("params", <size_t>_p1(P), 4 * <size_t>n),
+                ("rows", <size_t>&R[0, 0], 4 * <size_t>R.shape[0] * <size_t>R.shape[1]),
+                ("control", <size_t>&C[0], 4 * <size_t>C.shape[0])]
+        cdef float[::1] S
+        cdef int j
+        self.s.params = &P[0] if n else NULL
+        for j in range(FNN_OPT_SLOTS):
+            S = _f1(f"{fn}: slots[{j}]", slots[j] if j < len(slots) else None,
+                    _REQUIRED_SLOTS[kind] > j)
+            if S is not None and S.shape[0] != n:
+                raise ValueError(f"{fn}: slots[{j}]: expected shape ({n},), got "
+                                 f"({S.shape[0]},)")
+            self.s.slots[j] = NULL if S is None or n == 0 else &S[0]
+            if S is not None:
+                outs.append((f"slots[{j}]", <size_t>_p1(S), 4 * <size_t>n))
+        _all_disjoint(fn, outs)
+        self._slot0 = self.s.slots[0] != NULL
+        self._slot1 = self.s.slots[1] != NULL
+        self.s.rows, self.s.control = &R[0, 0], <uint32_t *>&C[0]
+        self.s.n, self.s.ranks, self.s.rank = n, ranks, rank
+        self.s.lo, self.s.hi = n * rank // ranks, n * (rank + 1) // ranks
+        self.s.kind, self.s.clip_mode, self.s.clip_limit = kind, clip_mode, limit
+        self.s.watch, self.s.dead, self.s.seconds, self.s.waited = watch, -1, 0.0, 0.0
+        self._keep = (params, tuple(slots), rows, control)
+
+    @property
+    def shard(self):
+        """This rank's columns (lo, hi)."""
+        return self.s.lo, self.s.hi
+
+    @property
+    def seconds(self):
+        """Seconds spent in reduce and update (with the steps of a DenseStack.run), since
+        made or last set."""
+        return self.s.seconds
+
+    @seconds.setter
+    def seconds(self, double value):
+        self.s.seconds = value
+
+    @property
+    def waited(self):
+        """Of `seconds`, those spent waiting at barriers for the last rank (0 for the rank
+        that arrives last): the rest is this rank's sums and update, and the barriers' own
+        cost."""
+        return self.s.waited
+
+    @waited.setter
+    def waited(self, double value):
+        self.s.waited = value
+
+    cdef _gone(self):
+        k = self.s.dead
+        pid = (<int32_t *>self.s.control)[2 + k]
+        return RuntimeError(f"fastnn.distribution: rank {k} of {self.s.ranks} is gone (its "
+                            f"process {pid} ended) while rank {self.s.rank} waited for it at "
+                            "a barrier of the shared arena")
+
+    def barrier(self):
+        """Wait for every rank (RuntimeError naming a rank whose process is gone)."""
+        cdef int rc
+        with nogil:
+            rc = fnn_shard_barrier(&self.s)
+        if rc != 0:
+            raise self._gone()
+
+    def reduce(self, float scale, bint bad):
+        """This rank's row is written (its gradients, to be multiplied by `scale`; bad: its
+        loss was not finite): after a barrier, the scaled sum of every rank's row over this
+        rank's shard, in its row there. Returns True (nothing summed, after a second
+        barrier) when any rank's loss was not finite."""
+        cdef int rc
+        with nogil:
+            rc = fnn_shard_reduce(&self.s, scale, bad)
+        if rc < 0:
+            raise self._gone()
+        return rc == 1
+
+    def update(self, scalars):
+        """The optimizer step of this rank's shard from its summed gradients (scalars:
+        float32, the weight decay factor then the kind's own), then a barrier."""
+        cdef const float[::1] SC = _cf1("SharedStep.update: scalars", scalars, True)
+        if SC.shape[0] != fnn_optimizer_scalars(self.s.kind):
+            raise ValueError(f"SharedStep.update: scalars: expected shape "
+                             f"({fnn_optimizer_scalars(self.s.kind)},) for optimizer kind "
+                             f"{self.s.kind}, got ({SC.shape[0]},)")
+        _check_momentum_slots("SharedStep.update", self.s.kind, self._slot0, self._slot1,
+                              &SC[0])
+        cdef int rc
+        with nogil:
+            rc = fnn_shard_update(&self.s, &SC[0], _n_threads)
+        if rc != 0:
+            raise self._gone()
+
+    def __call__(self, scalars):
+        """A DenseStack.run reduction step (fnn_shard_step; the stack calls it in C): reduce
+        with scale 1 and this rank's flag as its row holds it, then update. Returns True
+        when it stepped; False when a rank's loss was not finite (this rank's flag set)."""
+        cdef const float[::1] SC = _cf1("SharedStep: scalars", scalars, True)
+        if SC.shape[0] != fnn_optimizer_scalars(self.s.kind):
+            raise ValueError(f"SharedStep: scalars: expected shape "
+                             f"({fnn_optimizer_scalars(self.s.kind)},), got ({SC.shape[0]},)")
+        _check_momentum_slots("SharedStep", self.s.kind, self._slot0, self._slot1, &SC[0])
+        cdef int rc
+        with nogil:
+            rc = fnn_shard_step(&self.s, &SC[0], _n_threads)
+        if rc < 0:
+            raise self._gone()
+        return rc == 1
+
+
+cdef int _shard_stack_reduce(void *ctx, const float *scalars) noexcept nogil:
+    """fnn_stack_data.reduce with a SharedStep: the whole step in C, without the GIL."""
+    return fnn_shard_step(<fnn_shard *>ctx, scalars, _n_threads)
+
+
 def l1l2_penalty(w, g, float l1, float l2):
     """Keras's l1/l2 weight penalty l1 * sum|w| + l2 * sum w^2 (as a float, summed in double);
     with g (w's shape, writable), its gradient l1 * sign(w) + 2 * l2 * w is added to g
@@ -2223,6 +2421,7 @@ cdef class DenseStack:
         raises ends the run and is raised here."""
         cdef fnn_stack_data d
         cdef float[::1] RB
+        cdef SharedStep shared = None
         if not self.train:
             raise ValueError("DenseStack.run: this DenseStack was built for inference only")
         self._data(&d, x, y, weights, order, pre, reduce is not None)
@@ -2248,6 +2447,13 @@ cdef class DenseStack:
                                  f"{fn!r}, {global_rows}, {global_batch}")
             self._reduce, self._reduce_error = fn, None
             d.reduce, d.reduce_ctx = _stack_reduce, <void *>self
+            if isinstance(fn, SharedStep):      # the whole step in C (csrc/shard.c)
+                shared = <SharedStep>fn
+                if shared.s.n != <size_t>self.s.n_params or \
+                        shared.s.rows + <size_t>shared.s.rank * (shared.s.n + 2) != self.s.grads:
+                    raise ValueError("DenseStack.run: reduce: a SharedStep whose rank's row is "
+                                     "not this stack's gradient arena")
+                d.reduce, d.reduce_ctx = _shard_stack_reduce, <void *>&shared.s
             d.global_rows, d.global_batch = global_rows, global_batch
         # Python integers: start * batch cannot overflow here. Under reduce the last step may
         # have no rows on this rank.
@@ -2263,6 +2469,10 @@ cdef class DenseStack:
             raise ValueError(f"DenseStack.run: scalars: expected ({n_steps}, {self.n_scalars}), "
                              f"got {_shape2(SC)}")
         cdef int64_t j
+        if shared is not None:
+            for j in range(n_steps):
+                _check_momentum_slots("DenseStack.run: reduce", shared.s.kind, shared._slot0,
+                                      shared._slot1, &SC[j, 0])
         if train and self.s.opt == FNN_OPT_SGD and self.slot_ptrs[0] == NULL:
             for j in range(n_steps):
                 if SC[j, 2] != 0:
@@ -2315,7 +2525,7 @@ cdef class DenseStack:
             raise error
         if status == -4:
             error, self._reduce_error = self._reduce_error, None
-            raise error
+            raise error if shared is None else shared._gone()
         if status == -2:
             raise ValueError(f"labels must be integers in [0, {self.d_out})")
         return done, status     # status -3: NaN or inf in the batch after the `done` run

@@ -14,7 +14,7 @@ from conftest import TEST_BACKEND
 from onbackend import get, put
 
 import fastnn
-from fastnn import distribution
+from fastnn import _core, distribution
 from fastnn import layers as L
 
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable) + os.pathsep +
@@ -29,6 +29,8 @@ SCRIPT = textwrap.dedent('''
     import numpy as np
     import fastnn
     from fastnn import layers as L
+    if os.environ.get("FASTNN_ERR_FILES"):    # (each rank's errors in a file of its own)
+        sys.stderr = open(f"{sys.argv[2]}-{os.environ['PMI_RANK']}.err", "w", buffering=1)
     if os.environ.get("FASTNN_DP") == "1":
         fastnn.distribution.set_distribution(fastnn.distribution.DataParallel())
     fastnn.utils.set_random_seed(7)
@@ -72,17 +74,18 @@ SCRIPT = textwrap.dedent('''
         model.compile(fastnn.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy",
                       metrics=["accuracy"])
         y_fit = np.eye(2, dtype=np.float32)[y]
-    if kind == "adam_cnn":       # the general path, each rank updating its shard (no l2)
+    if kind in ("adam_cnn", "value_cnn"):   # the general path, each rank updating its shard
+        clip = {"global_clipnorm": 0.3} if kind == "adam_cnn" else {"clipvalue": 0.02}
         x = rng.standard_normal((70, 8, 8, 1)).astype(np.float32)
         y = (x[:, :4].mean(axis=(1, 2, 3)) > 0).astype(np.int64)
         model = fastnn.Sequential([fastnn.Input((8, 8, 1)), L.Conv2D(4, 3, activation="relu"),
                                    L.MaxPooling2D(), L.Flatten(),
                                    L.Dense(2, activation="softmax")])
-        model.compile(fastnn.optimizers.Adam(0.01, amsgrad=True, global_clipnorm=0.3),
+        model.compile(fastnn.optimizers.Adam(0.01, amsgrad=True, **clip),
                       "sparse_categorical_crossentropy", metrics=["accuracy"])
         y_fit = y
     fit_kw, calls = {}, {"fused_epochs": 0, "general_steps": 0}
-    if kind in ("dense", "nonfinite", "adam", "resume"):    # a Dense stack: the fused C path
+    if kind in ("dense", "nonfinite", "adam", "adam_plain", "resume", "fail_dense"):  # fused
         # 123 rows: 98 train after the split, 4 global batches of 32, the last of 2 rows (on
         # 4 ranks two of them have none)
         x = rng.standard_normal((123, 12)).astype(np.float32)
@@ -94,12 +97,13 @@ SCRIPT = textwrap.dedent('''
                                            if os.environ.get("FASTNN_NO_L2") else "l2"),
                                    L.Dense(8, activation="tanh"),
                                    L.Dense(3, activation="softmax")])
-        if kind in ("adam", "resume"):  # no penalty: each rank updates its shard
+        if kind in ("adam", "adam_plain", "resume", "fail_dense"):  # each rank its shard
             model = fastnn.Sequential([fastnn.Input((12,)),
                                        L.Dense(1200, activation="relu"),
                                        L.Dense(8, activation="tanh"),
                                        L.Dense(3, activation="softmax")])
-            model.compile(fastnn.optimizers.Adam(0.01, clipnorm=0.2),
+            model.compile(fastnn.optimizers.Adam(0.01, **({"clipnorm": 0.2} if kind in
+                                                         ("adam", "resume") else {})),
                           "sparse_categorical_crossentropy", metrics=["accuracy"])
             y_fit = y
             if kind == "resume" and os.environ.get("FASTNN_PHASE") == "b":
@@ -126,7 +130,7 @@ SCRIPT = textwrap.dedent('''
             calls["general_steps"] += 1
             return train_step(*args)
         fastnn.stack.DenseRunner.run_epoch, model._train_step = fused, general
-    if kind == "fail":
+    if kind in ("fail", "fail_dense"):     # (fail_dense: the other waits in SharedStep's C)
         class Fail(fastnn.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):
                 if fastnn.distribution.rank() == 1 and batch == 2:
@@ -138,6 +142,9 @@ SCRIPT = textwrap.dedent('''
                   shuffle=True, **fit_kw)
     d = fastnn.distribution.distribution()
     calls["sharded"] = bool(d is not None and d.size > 1 and d._arenas)
+    # (the step in C: _core.SharedStep)
+    calls["native"] = calls["sharded"] and all(a.native_step is not None
+                                               for a in d._arenas.values())
     if kind == "resume" and os.environ.get("FASTNN_PHASE") == "a":
         if fastnn.distribution.is_chief():
             model.save(out + "-saved.keras")
@@ -160,13 +167,16 @@ def _run(tmp_path, kind, ranks, timeout=240, out=None, **env_vars):
     if ranks:
         cmd = [MPIEXEC, "-n", str(ranks)] + cmd
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    return done, [dict(np.load(f"{out}-{r}.npz")) for r in range(max(ranks, 1))
-                  if os.path.exists(f"{out}-{r}.npz")]
+    results = [dict(np.load(f"{out}-{r}.npz")) for r in range(max(ranks, 1))
+               if os.path.exists(f"{out}-{r}.npz")]
+    done.native = [bool(r.pop("native")) for r in results]     # (not compared with one's)
+    return done, results
 
 
 @needs_mpi
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["mlp", "cnn", "bn", "adam", "adam_cnn"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn", "bn", "adam", "adam_cnn", "adam_plain",
+                                  "value_cnn"])
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_ranks_train_as_one_process(tmp_path, kind, ranks):
     """bn: BatchNormalization normalizes by the global batch's statistics, as one process
@@ -174,7 +184,9 @@ def test_ranks_train_as_one_process(tmp_path, kind, ranks):
     rank without rows, which still takes part. bn, adam (the fused Dense stack, Adam with
     clipnorm) and adam_cnn (the general path, AMSGrad with global_clipnorm) keep their
     parameters and optimizer state in memory the ranks share, each rank updating its
-    shard; mlp and cnn (weight penalties) each update all of it."""
+    shard, and so do adam_plain (the fused stack, Adam unclipped) and value_cnn (AMSGrad
+    with clipvalue), whose steps run in C (SharedStep); mlp and cnn (weight penalties) each
+    update all of it."""
     done, (one,) = _run(tmp_path, kind, 0)
     assert done.returncode == 0, done.stderr
     done, results = _run(tmp_path, kind, ranks)
@@ -183,7 +195,9 @@ def test_ranks_train_as_one_process(tmp_path, kind, ranks):
     for other in results[1:]:               # every rank holds the same weights, bit for bit
         for key in results[0]:
             np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
-    assert bool(results[0].pop("sharded")) == (kind in ("bn", "adam", "adam_cnn"))
+    sharded = kind in ("bn", "adam", "adam_cnn", "adam_plain", "value_cnn")
+    assert bool(results[0].pop("sharded")) == sharded
+    assert done.native == [kind in ("bn", "adam_plain", "value_cnn")] * ranks
     assert not one.pop("sharded")
     for key, want in one.items():           # and those of one process, to rounding
         np.testing.assert_allclose(results[0][key], want, rtol=2e-5, atol=2e-6, err_msg=key)
@@ -209,7 +223,7 @@ def test_a_checkpoint_resumes_on_another_rank_count(tmp_path, first, then):
     done, results = _run(tmp_path, "resume", then, out=out, FASTNN_PHASE="b")
     assert done.returncode == 0, done.stderr
     assert len(results) == max(then, 1) and bool(results[0].pop("sharded")) == (then > 1)
-    assert not one.pop("sharded")
+    assert not one.pop("sharded") and not one.pop("native")
     for other in results[1:]:
         for key in results[0]:
             np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
@@ -256,11 +270,30 @@ def test_a_non_finite_loss_on_one_rank_skips_the_step_everywhere(tmp_path, fused
     assert int(one["iterations"]) == 6 and not np.isfinite(one["loss"]).any()
     assert (one["fused_epochs"] > 0) == (fused == "1")
     assert bool(results[0].pop("sharded")) == (no_l2 == "1") and not one.pop("sharded")
+    assert done.native == [no_l2 == "1"] * 2       # (SGD: the step in C)
     for other in results[1:]:
         for key in results[0]:
             np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
     for key, want in one.items():
         np.testing.assert_allclose(results[0][key], want, rtol=2e-5, atol=2e-6, err_msg=key)
+
+
+@needs_mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["adam_plain", "value_cnn", "nonfinite"])
+def test_the_step_in_c_equals_the_step_in_python(tmp_path, kind):
+    """SharedStep (csrc/shard.c) sums and updates in _SharedArena's order and roundings: the
+    same bits as its Python step with MPI's barriers (FASTNN_MPI_SPIN=0), on the fused Dense
+    stack (adam_plain, nonfinite: a skipped step) and the general path (value_cnn)."""
+    got = {}
+    for spin in ("1", "0"):
+        done, results = _run(tmp_path, kind, 2, out=str(tmp_path / f"spin{spin}"),
+                             FASTNN_MPI_SPIN=spin, FASTNN_NO_L2="1")
+        assert done.returncode == 0, done.stderr
+        assert done.native == [spin == "1"] * 2 and results[0]["sharded"]
+        got[spin] = results[0]
+    for key in got["0"]:
+        np.testing.assert_array_equal(got["1"][key], got["0"][key], err_msg=key)
 
 
 SUMS = textwrap.dedent('''
@@ -312,19 +345,51 @@ def test_the_shared_memory_sum_equals_mpi_allreduce(tmp_path, ranks, shared):
 
 
 @needs_mpi
-@pytest.mark.parametrize("no_l2", ["", "1"])
-def test_a_failing_rank_stops_every_rank(tmp_path, no_l2):
-    """Also while the other rank waits at a barrier of a shared arena (no_l2)."""
-    done, _ = _run(tmp_path, "fail", 2, timeout=120, FASTNN_NO_L2=no_l2)
+@pytest.mark.parametrize("kind, no_l2", [("fail", ""), ("fail", "1"), ("fail_dense", "")])
+def test_a_failing_rank_stops_every_rank(tmp_path, kind, no_l2):
+    """Also while the other rank waits at a barrier of a shared arena (no_l2: the general
+    path's; fail_dense: inside the fused Dense stack's C loop)."""
+    done, _ = _run(tmp_path, kind, 2, timeout=120, FASTNN_NO_L2=no_l2)
     assert done.returncode != 0
     assert "rank 1 of 2 raised" in done.stderr and "rank one fails here" in done.stderr
 
 
 @needs_mpi
-@pytest.mark.parametrize("no_l2", ["", "1"])
-def test_a_dying_rank_stops_every_rank(tmp_path, no_l2):
-    done, _ = _run(tmp_path, "fail", 2, timeout=120, FASTNN_DIE="1", FASTNN_NO_L2=no_l2)
+@pytest.mark.parametrize("kind, no_l2", [("fail", ""), ("fail", "1"), ("fail_dense", "")])
+def test_a_dying_rank_stops_every_rank(tmp_path, kind, no_l2):
+    done, _ = _run(tmp_path, kind, 2, timeout=120, FASTNN_DIE="1", FASTNN_NO_L2=no_l2)
     assert done.returncode != 0
+
+
+@needs_mpi
+def test_a_dead_rank_is_named_by_the_rank_waiting_for_it(tmp_path):
+    """With mpiexec's own clean-up off (hydra's -disable-auto-cleanup), rank 0, waiting in
+    the fused stack's C step for rank 1 whose process ended, finds it gone and stops with an
+    error naming it (its pid check, every 100 ms), then aborts."""
+    import signal
+    import time
+    version = subprocess.run([MPIEXEC, "--version"], capture_output=True, text=True).stdout
+    if "HYDRA" not in version:
+        pytest.skip("needs MPICH's mpiexec (hydra) for -disable-auto-cleanup")
+    script, log = tmp_path / "train.py", tmp_path / "out-0.err"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1", FASTNN_DP="1", FASTNN_DIE="1",
+               FASTNN_ERR_FILES="1")
+    job = subprocess.Popen([MPIEXEC, "-disable-auto-cleanup", "-n", "2", sys.executable,
+                            str(script), "fail_dense", str(tmp_path / "out")],
+                           env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, start_new_session=True)
+    try:        # (with its clean-up off, mpiexec itself may outlive its ranks)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (log.exists() and
+                                                   "aborting" in log.read_text()):
+            time.sleep(0.2)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    text = log.read_text()
+    assert "rank 0 of 2 raised RuntimeError" in text and "rank 1 of 2 is gone" in text, text
 
 
 @needs_mpi
@@ -507,3 +572,143 @@ def test_the_fused_stack_checks_and_propagates_its_reduction():
     with pytest.raises(ValueError, match="global batches"):
         stack.run(x, y, None, order, 0, 1, True, scalars, sums,
                   reduce=(lambda scalars: None, model._grads_and_flag, 40, 4))
+
+
+def _shared_arena(n, ranks, slots):
+    """Arrays as a shared arena lays them out (in one process): parameters, slots, gradient
+    rows (with flag and scale) and the barrier's control words."""
+    rng = np.random.default_rng(3)
+    params = rng.standard_normal(n).astype(np.float32)
+    rows = np.zeros((ranks, n + 2), np.float32)
+    rows[:, :n] = rng.standard_normal((ranks, n))
+    return params, tuple(np.abs(rng.standard_normal(n)).astype(np.float32)
+                         for _ in range(slots)), rows, np.zeros(2 + ranks, np.uint32)
+
+
+needs_shared_steps = pytest.mark.skipif(
+    TEST_BACKEND != "" or not _core.shard_supported(),
+    reason="SharedStep: the CPU backend of a build with atomics")
+
+
+@needs_shared_steps
+def test_a_shared_step_checks_its_arguments():
+    SharedStep, ADAM, SGD = _core.SharedStep, 1, 0
+    params, (m, v), rows, control = _shared_arena(10, 2, 2)
+    with pytest.raises(ValueError, match="kind"):
+        SharedStep(99, params, (m, v), rows, control, 0)
+    with pytest.raises(ValueError, match="clip_mode"):          # norms: the Python path
+        SharedStep(ADAM, params, (m, v), rows, control, 0, 2, 1.0)
+    with pytest.raises(ValueError, match="limit"):
+        SharedStep(ADAM, params, (m, v), rows, control, 0, 1, 0.0)
+    with pytest.raises(ValueError, match="rows"):
+        SharedStep(ADAM, params, (m, v), rows[:, :11].copy(), control, 0)
+    with pytest.raises(ValueError, match="rank"):
+        SharedStep(ADAM, params, (m, v), rows, control, 2)
+    with pytest.raises(ValueError, match="control"):
+        SharedStep(ADAM, params, (m, v), rows, control[:3].copy(), 0)
+    with pytest.raises(TypeError, match="control"):
+        SharedStep(ADAM, params, (m, v), rows, control.astype(np.float32), 0)
+    with pytest.raises(TypeError, match=r"slots\[1\]"):         # Adam: m and v
+        SharedStep(ADAM, params, (m,), rows, control, 0)
+    with pytest.raises(ValueError, match=r"slots\[1\]"):
+        SharedStep(ADAM, params, (m, v[:5].copy()), rows, control, 0)
+    with pytest.raises(ValueError, match="shares memory"):
+        SharedStep(ADAM, params, (m, rows[0, :10]), rows, control, 0)
+    step = SharedStep(ADAM, params, (m, v), rows, control, 1)
+    assert step.shard == (5, 10) and step.seconds == 0.0
+    with pytest.raises(ValueError, match="scalars"):
+        step.update(np.zeros(3, np.float32))
+    plain = SharedStep(SGD, params, (None,), rows, control, 0)
+    with pytest.raises(ValueError, match="momentum"):
+        plain.update(np.array([0.0, 0.1, 0.9, 0.0], np.float32))
+
+
+@needs_shared_steps
+@pytest.mark.parametrize("scales", [(0.5, 0.5), (0.25, 0.75)])
+def test_shared_steps_of_two_ranks_sum_and_update_their_shards(scales):
+    """Two SharedSteps (ranks 0 and 1, one thread each, their barriers between the threads)
+    take the step optimizer_update takes on the scaled sum of the two rows."""
+    import threading
+    n, ADAM = 1001, 1
+    params, slots, rows, control = _shared_arena(n, 2, 2)
+    control[2:] = os.getpid()
+    want_p, want_s = params.copy(), tuple(s.copy() for s in slots)
+    if scales[0] == scales[1]:      # (one scale: one multiply of the sum)
+        total = (rows[0, :n] + rows[1, :n]) * np.float32(scales[0])
+    else:
+        total = rows[0, :n] * np.float32(scales[0]) + rows[1, :n] * np.float32(scales[1])
+    scalars = np.array([0.0, 0.01, 0.9, 0.999, 1e-7], np.float32)
+    _core.optimizer_update(ADAM, want_p, total, want_s, scalars, 0, 0.0, [n])
+    steps = [_core.SharedStep(ADAM, params, slots, rows, control, r) for r in (0, 1)]
+    skipped, errors = [], []
+
+    def rank(r):
+        try:
+            skipped.append(steps[r].reduce(scales[r], False))
+            steps[r].update(scalars)
+        except BaseException as exc:        # (reported by the test below)
+            errors.append(exc)
+    threads = [threading.Thread(target=rank, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors and skipped == [False, False]
+    np.testing.assert_array_equal(params, want_p)
+    for got, want in zip(slots, want_s):
+        np.testing.assert_array_equal(got, want)
+    assert all(step.seconds > step.waited >= 0 for step in steps)
+    rows[1, n] = 1.0            # a rank's loss was not finite: nothing summed, no step
+    before = params.copy(), rows.copy()
+    threads = [threading.Thread(target=lambda r=r: skipped.append(steps[r].reduce(1.0, r == 1)))
+               for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert skipped[2:] == [True, True]
+    np.testing.assert_array_equal(params, before[0])
+    np.testing.assert_array_equal(rows[:, :n], before[1][:, :n])
+
+
+@needs_shared_steps
+def test_a_shared_step_stops_when_a_peer_process_is_gone():
+    """A rank waiting at the barrier for a rank whose process ended raises an error naming
+    it, within a second (set_distribution's abort then stops the job), and sums nothing."""
+    import time
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()                 # (reaped: its pid names no process)
+    params, slots, rows, control = _shared_arena(8, 2, 2)
+    control[2:] = [os.getpid(), gone.pid]
+    step = _core.SharedStep(1, params, slots, rows, control, 0)
+    before = rows.copy()
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=f"rank 1 of 2 is gone .*process {gone.pid}"):
+        step.reduce(1.0, False)
+    assert time.monotonic() - start < 2
+    np.testing.assert_array_equal(rows[:, :8], before[:, :8])
+    control[:2] = 0
+    with pytest.raises(RuntimeError, match="rank 1 of 2 is gone"):
+        step.barrier()
+
+
+@needs_shared_steps
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/<pid>/stat")
+def test_a_shared_step_stops_when_a_peer_is_an_unreaped_zombie():
+    """A peer that ended but was not reaped yet still answers kill(pid, 0): its state in
+    /proc says it is gone."""
+    import time
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])
+    stat = f"/proc/{zombie.pid}/stat"
+    deadline = time.monotonic() + 10
+    while open(stat).read().rsplit(")", 1)[1].split()[0] != "Z":    # (not reaped: no wait)
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        params, slots, rows, control = _shared_arena(8, 2, 2)
+        control[2:] = [os.getpid(), zombie.pid]
+        step = _core.SharedStep(1, params, slots, rows, control, 0)
+        with pytest.raises(RuntimeError, match=f"rank 1 of 2 is gone .*process {zombie.pid}"):
+            step.barrier()
+    finally:
+        zombie.wait()

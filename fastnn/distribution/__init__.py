@@ -18,6 +18,8 @@ predict run over the ranks; run without mpiexec, the same script trains as one p
   memory (_SharedArena) and each rank's backward pass writes its own row of a shared
   gradient window: each rank sums and updates only its 1/N of the weights, and all read the
   same parameters (FASTNN_MPI_SHARDED=0: every rank updates all of them, as across machines).
+  That step runs in C (_core.SharedStep) with barriers of its own in the window; a rank
+  waiting there for a rank whose process ended raises an error naming it.
 - Metrics and losses are reduced at the end of each epoch (their accumulators summed), so
   History, callbacks and the epoch's progress-bar line show global values, and EarlyStopping
   or ReduceLROnPlateau decide the same on every rank. Per-batch progress shows rank 0's running
@@ -164,10 +166,14 @@ class DataParallel:
         (fastnn/stack.py, fnn_stack_data.reduce) with the step's optimizer scalars: buffer
         (the gradient arena, already this rank's share, and its flag slot) summed over the
         ranks in place (returns 0, the stack updates the arena); with a shared arena, this
-        rank's shard summed and stepped (returns 1, or 0 with the flag set: skip the step)."""
+        rank's shard summed and stepped (returns 1, or 0 with the flag set: skip the step),
+        by the arena's _core.SharedStep itself when it has one (the stack then calls C)."""
         arena = self._arena_of(buffer)
         if arena is None:
             return lambda scalars: self.allreduce_sum(buffer)
+        native = arena.native(optimizer)
+        if native is not None:      # (the stack runs it without returning to Python)
+            return native
 
         def reduce_and_step(scalars):
             if arena.reduce(1.0, bool(buffer[-1])):
@@ -435,7 +441,14 @@ class _SharedArena:
     [lo, hi) of the columns over the rows (in rank order) and updates that shard of the
     parameters and slots; a barrier. Both barriers stand between a write and the reads of
     another rank: the gradient rows before the sums, the updated parameters before the next
-    forward pass."""
+    forward pass.
+    A step of a small model takes ~50-100 us, as long as MPI's barriers and the Python around
+    them: unless the optimizer clips by norms (the norms need the whole gradient), the step
+    runs in C (_core.SharedStep, csrc/shard.c; the fused Dense stack calls it without
+    returning to Python), its barriers a spin on counters at the window's end, where each rank
+    also writes its process id: a rank waiting there for one whose process ended raises an
+    error naming it (then the abort of set_distribution) instead of waiting forever.
+    FASTNN_MPI_SPIN=0 keeps the step in Python, with MPI's barriers."""
 
     def __init__(self, node, mpi, model):
         self.node, self.mpi = node, mpi
@@ -451,7 +464,13 @@ class _SharedArena:
         atexit.register(self.free)
         shared = flat[:n]
         slots = {name: flat[n * (1 + k):n * (2 + k)] for k, name in enumerate(names)}
-        self.rows = flat[n * (1 + len(names)):].reshape(ranks, n + 2)
+        start = n * (1 + len(names))
+        self.rows = flat[start:start + ranks * (n + 2)].reshape(ranks, n + 2)
+        # the C barrier's arrival count and generation, then each rank's process id
+        self.control = flat[start + ranks * (n + 2):].view(np.uint32)
+        if rank == 0:
+            self.control[:2] = 0
+        self.control[2 + rank] = os.getpid()
         # every rank: its layers' weights and gradients, and the optimizer's slots, become
         # views of the window (each rank writes the same values: broadcast_model made them
         # rank 0's; the barrier below ends the writes before any step reads them)
@@ -468,6 +487,9 @@ class _SharedArena:
                 slots[name][...] = optimizer.slots[name]
         self.rows[rank] = 0
         self.sync()
+        self.watch = all(_visible(int(pid)) for k, pid in enumerate(self.control[2:])
+                         if k != rank)
+        self.native_step, self.native_key = None, None
         model._params, model._grads, model._grads_and_flag = shared, row[:n], row
         model._arena_key = tuple((id(layer), name, id(layer._vars[name]))
                                  for layer in model._layers if layer.trainable
@@ -481,7 +503,7 @@ class _SharedArena:
     def bytes(model, ranks):
         """The window's size: parameters, slots, and a row per rank (gradients, flag, scale)."""
         n = model._params.size
-        return 4 * (n * (1 + len(model.optimizer.slots)) + ranks * (n + 2))
+        return 4 * (n * (1 + len(model.optimizer.slots)) + ranks * (n + 2) + 2 + ranks)
 
     @staticmethod
     def fits(model):
@@ -504,12 +526,32 @@ class _SharedArena:
         self.node.Barrier()
         self.win.Sync()
 
+    def native(self, optimizer):
+        """The _core.SharedStep that takes this arena's steps for `optimizer`, or None (the
+        step stays in Python: norm clipping, FASTNN_MPI_SPIN=0, a build without atomics). The
+        same answer on every rank (it depends on the optimizer and the environment only)."""
+        mode, limit = optimizer.clipping()
+        key = (optimizer.kind, mode, limit)     # (holds(): the slots are the arena's)
+        if key != self.native_key:
+            from .. import _core
+            slots = tuple(optimizer.fused_slots())
+            self.native_key, self.native_step = key, None
+            if mode in (0, 1) and os.environ.get("FASTNN_MPI_SPIN", "1") != "0" and \
+                    _core.shard_supported():
+                self.native_step = _core.SharedStep(
+                    optimizer.kind, self.params, slots, self.rows, self.control,
+                    self.node.rank, mode, limit, self.watch)
+        return self.native_step
+
     def reduce(self, scale, bad):
         """This rank's row and flag are written, its gradients to be scaled by `scale` (its
         share of the global batch): sum its shard of the scaled rows into the row's shard (no
         other rank reads that part of this row); with norm clipping, every rank sums the
         whole gradient (the norms need it). Returns whether any rank's loss was not finite
         (then no rank steps, after a second barrier)."""
+        native = self.native(self.optimizer)
+        if native is not None:
+            return native.reduce(scale, bool(bad))
         rows, rank, n = self.rows, self.node.rank, self.row.size - 1
         self.row[n] = 1.0 if bad else 0.0
         rows[rank, n + 1] = scale
@@ -545,6 +587,10 @@ class _SharedArena:
         """This rank's shard of the optimizer step with scalars (float32: the decay factor,
         then the kind's own), as apply() over the whole arena would take it; then a barrier
         (every shard updated before any rank's next forward pass)."""
+        native = self.native_step       # (as reduce(), just before, chose it)
+        if native is not None:
+            native.update(scalars)
+            return
         lo, hi = self.lo, self.hi
         mode, limit = optimizer.clipping()
         grads = self.row[lo:hi]
@@ -562,6 +608,20 @@ class _SharedArena:
             self.win.Unlock_all()
             self.win.Free()
             self.win = None
+
+
+def _visible(pid):
+    """Whether the process `pid` is visible from here (a peer in another pid namespace is not:
+    then no rank is checked for being alive)."""
+    if os.name == "nt":     # (os.kill would end the process there)
+        return False
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True
+    except (OSError, AttributeError, ValueError):
+        return False
+    return pid > 0
 
 
 def _clip_scales(sums, sizes, mode, limit):

@@ -1,0 +1,223 @@
+/* One step of a shared arena (fastnn/distribution, _SharedArena) without Python: the ranks of
+ * one machine keep the parameters and optimizer slots in one shared-memory window, each with
+ * its row of gradients (then a not-finite flag and its scale). A step: each rank writes its
+ * row; a barrier; each sums its shard [lo, hi) of the columns over the rows and updates that
+ * shard (fnn_optimizer_update); a barrier. A step of a small model takes ~50-100 us, so the
+ * barriers are a spin on counters in the window (MPI's barrier and the Python around it cost
+ * as much as the step), and a rank that waits checks now and then that its peers are alive:
+ * a peer that died ends the wait with an error, never a hang. */
+#define _POSIX_C_SOURCE 200809L
+#include "fastnn.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#ifndef _WIN32
+#include <sched.h>
+#include <signal.h>
+#include <sys/types.h>
+#endif
+
+#if defined(__GNUC__) && !defined(_WIN32)
+#define SHARD_SUPPORTED 1
+#else
+#define SHARD_SUPPORTED 0   /* (no __atomic builtins: the Python path and MPI's barrier) */
+#endif
+
+int fnn_shard_supported(void) { return SHARD_SUPPORTED; }
+
+#if SHARD_SUPPORTED
+
+/* How a waiting rank waits: it spins while its peers are likely a few microseconds away,
+ * then yields the core (ranks may outnumber cores, other jobs share them), then sleeps (a peer
+ * in a long callback must not cost a core); it checks its peers' processes every CHECK_NS.
+ * (On 2 cores busy with a third process, the MLP of benchmarks/distributed.py took 0.098 s an
+ * epoch spinning 5 us before yielding, 0.122 s spinning 50 us, 0.138 s with MPI's barrier;
+ * sleeping after 1 ms rather than 2 ms or 200 us was as fast or faster.) */
+#define SPIN_NS 5000LL
+#define YIELD_NS 1000000LL
+#define SLEEP_NS 50000L
+#define CHECK_NS 100000000LL
+
+static int64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+/* Whether process pid has ended but not been reaped (a zombie answers kill(pid, 0) as a
+ * live process does; mpiexec may reap its ranks late or, its clean-up off, never). */
+static int ended(pid_t pid) {
+#ifdef __linux__
+    char path[48], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    const char *state = strrchr(buf, ')');      /* (the command's name may hold any byte) */
+    return state && state[1] == ' ' && (state[2] == 'Z' || state[2] == 'X');
+#else
+    (void)pid;
+    return 0;
+#endif
+}
+
+/* The first peer whose process is gone, or -1. (A process of another pid namespace is not
+ * visible: the caller then passes watch = 0.) */
+static int dead_peer(const fnn_shard *sh) {
+    const int32_t *pids = (const int32_t *)(sh->control + 2);
+    for (int k = 0; k < sh->ranks; k++) {
+        pid_t pid = (pid_t)__atomic_load_n(&pids[k], __ATOMIC_RELAXED);
+        if (k != sh->rank && pid > 0 &&
+                ((kill(pid, 0) != 0 && errno == ESRCH) || ended(pid)))
+            return k;
+    }
+    return -1;
+}
+
+int fnn_shard_barrier(fnn_shard *sh) {
+    uint32_t *count = sh->control, *generation = sh->control + 1;
+    uint32_t g = __atomic_load_n(generation, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(count, 1, __ATOMIC_ACQ_REL) == (uint32_t)sh->ranks) {
+        /* the last to arrive: (the reset is ordered before the release of the others) */
+        __atomic_store_n(count, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(generation, g + 1, __ATOMIC_RELEASE);
+        return 0;
+    }
+    int64_t start = now_ns(), check = start + CHECK_NS;
+    int rc = 0;
+    unsigned spins = 0;
+    while (__atomic_load_n(generation, __ATOMIC_ACQUIRE) == g) {
+        if ((++spins & 63) != 0) {
+            cpu_relax();
+            continue;
+        }
+        int64_t t = now_ns();
+        if (t - start < SPIN_NS) continue;
+        if (sh->watch && t >= check) {
+            int k = dead_peer(sh);
+            if (k >= 0) {
+                sh->dead = k;
+                rc = -1;
+                break;
+            }
+            check = t + CHECK_NS;
+        }
+        if (t - start < YIELD_NS) {
+            sched_yield();
+        } else {
+            struct timespec pause = {0, SLEEP_NS};
+            nanosleep(&pause, NULL);
+        }
+    }
+    sh->waited += (double)(now_ns() - start) * 1e-9;
+    return rc;
+}
+
+/* out (this rank's row over the shard) becomes the sum of every rank's row times its scale
+ * there, in _SharedArena._add_others's order and roundings (the ranks' bits, and those of the
+ * Python path): this rank's first, then the others in rank order; with one scale for all,
+ * one multiply of the sum. (At the vector width NumPy's sums run: each value is the same.) */
+FNN_DISPATCH
+static void add_others(const fnn_shard *sh, float *restrict out) {
+    size_t width = sh->n + 2, len = sh->hi - sh->lo;
+    const float *rows = sh->rows;
+    float first = rows[sh->n + 1];
+    int same = 1;
+    for (int k = 1; k < sh->ranks; k++) same &= rows[k * width + sh->n + 1] == first;
+    float mine = rows[sh->rank * width + sh->n + 1];
+    if (!same && mine != 1.0f)
+        for (size_t i = 0; i < len; i++) out[i] *= mine;
+    for (int k = 0; k < sh->ranks; k++) {
+        if (k == sh->rank) continue;
+        const float *restrict other = rows + k * width + sh->lo;
+        float scale = rows[k * width + sh->n + 1];
+        if (same) {
+            for (size_t i = 0; i < len; i++) out[i] += other[i];
+        } else {
+            for (size_t i = 0; i < len; i++) out[i] += other[i] * scale;
+        }
+    }
+    if (same && first != 1.0f)
+        for (size_t i = 0; i < len; i++) out[i] *= first;
+}
+
+static int reduce(fnn_shard *sh, float scale, int bad);
+
+int fnn_shard_reduce(fnn_shard *sh, float scale, int bad) {
+    int64_t start = now_ns();
+    int rc = reduce(sh, scale, bad);
+    sh->seconds += (double)(now_ns() - start) * 1e-9;
+    return rc;
+}
+
+static int reduce(fnn_shard *sh, float scale, int bad) {
+    float *row = sh->rows + (size_t)sh->rank * (sh->n + 2);
+    row[sh->n] = bad ? 1.0f : 0.0f;
+    row[sh->n + 1] = scale;
+    if (fnn_shard_barrier(sh) != 0) return -1;      /* every rank's row is written */
+    for (int k = 0; k < sh->ranks; k++) {
+        if (sh->rows[(size_t)k * (sh->n + 2) + sh->n] != 0.0f) {
+            /* (no rank writes its row again before every rank has read the flags) */
+            return fnn_shard_barrier(sh) != 0 ? -1 : 1;
+        }
+    }
+    add_others(sh, row + sh->lo);
+    return 0;
+}
+
+int fnn_shard_update(fnn_shard *sh, const float *scalars, int n_threads) {
+    int64_t start = now_ns();
+    size_t len = sh->hi - sh->lo;
+    if (len > 0) {
+        float *slots[FNN_OPT_SLOTS];
+        for (int j = 0; j < FNN_OPT_SLOTS; j++)
+            slots[j] = sh->slots[j] ? sh->slots[j] + sh->lo : NULL;
+        fnn_optimizer_update(sh->kind, sh->params + sh->lo,
+                             sh->rows + (size_t)sh->rank * (sh->n + 2) + sh->lo, slots, &len, 1,
+                             scalars, sh->clip_mode, sh->clip_limit, n_threads);
+    }
+    int rc = fnn_shard_barrier(sh);     /* every shard updated before the next forward pass */
+    sh->seconds += (double)(now_ns() - start) * 1e-9;
+    return rc;
+}
+
+int fnn_shard_step(fnn_shard *sh, const float *scalars, int n_threads) {
+    float *flag = sh->rows + (size_t)sh->rank * (sh->n + 2) + sh->n;
+    int rc = fnn_shard_reduce(sh, 1.0f, *flag != 0.0f);
+    if (rc < 0) return -1;
+    if (rc == 1) {      /* a rank's loss was not finite: the stack sees the flag, no step */
+        *flag = 1.0f;
+        return 0;
+    }
+    return fnn_shard_update(sh, scalars, n_threads) != 0 ? -1 : 1;
+}
+
+#else   /* the Python path (fnn_shard_supported() is 0): never called */
+
+int fnn_shard_barrier(fnn_shard *sh) { (void)sh; return -2; }
+int fnn_shard_reduce(fnn_shard *sh, float scale, int bad) {
+    (void)sh; (void)scale; (void)bad;
+    return -2;
+}
+int fnn_shard_update(fnn_shard *sh, const float *scalars, int n_threads) {
+    (void)sh; (void)scalars; (void)n_threads;
+    return -2;
+}
+int fnn_shard_step(fnn_shard *sh, const float *scalars, int n_threads) {
+    (void)sh; (void)scalars; (void)n_threads;
+    return -2;
+}
+
+#endif
