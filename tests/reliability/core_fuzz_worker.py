@@ -435,10 +435,12 @@ SPECS = {
 }
 # _core's callables that are not kernels over buffers (configuration; consecutive, a check
 # over a list of arrays, whose bad inputs test_data_inputs.py tries; all_finite, which takes
-# an array of any shape, tried in test_fused.py), and DenseStack, which has cases of its own
-# below.
+# an array of any shape, tried in test_fused.py; shard_supported, a build fact), DenseStack,
+# which has cases of its own below, and SharedStep, a step over a shared window whose bad
+# arguments test_distribution.py tries one by one (a bad control block would make a fuzzed
+# step wait for peers that do not exist).
 NOT_KERNELS = {"set_blas", "get_num_threads", "set_num_threads", "consecutive", "all_finite",
-               "DenseStack"}
+               "shard_supported", "DenseStack", "SharedStep"}
 
 
 def kernels():
