@@ -323,22 +323,27 @@ double fnn_sum_squares(const float *g, size_t n, int n_threads);
 
 /* One step of a data-parallel shared arena (csrc/shard.c, fastnn.distribution._SharedArena):
  * in one shared-memory window, the parameters and optimizer slots (n floats each) and `ranks`
- * rows of n + 2 floats (each rank's gradients, its flag: loss not finite, its scale: the
- * factor of its rows), and control: a barrier's arrival count and generation, then each
+ * rows of n + 2 floats, `stride` apart (each rank's gradients, its flag: loss not finite, its
+ * scale: the factor of its rows), and control: a barrier's arrival count and generation, then each
  * rank's process id (int32, 0: unknown). This rank sums and updates columns [lo, hi). */
 typedef struct {
     float *params, *slots[FNN_OPT_SLOTS], *rows;
     uint32_t *control;
     size_t n, lo, hi;
+    size_t stride;      /* floats from a rank's row to the next: n + 2, or more to align them */
     int ranks, rank, kind, clip_mode;   /* clip_mode: FNN_CLIP_NONE or FNN_CLIP_VALUE */
     float clip_limit;
     int watch;          /* whether a waiting rank checks that its peers' processes live */
     int dead;           /* after a failed barrier: the rank whose process is gone */
     double seconds;     /* time spent in fnn_shard_reduce and fnn_shard_update */
     double waited;      /* of which waiting at barriers for the last rank to arrive */
+    int next_bad;       /* fnn_stack_data.exchange: the rows this rank gathered for its next
+                         * step hold a NaN or infinite value */
 } fnn_shard;
 /* Whether this build has them (GCC/Clang atomics: not MSVC); the others return -2 without. */
 int fnn_shard_supported(void);
+/* A monotonic clock in nanoseconds (for fnn_shard.seconds). */
+int64_t fnn_shard_clock(void);
 /* A barrier of all ranks: 0, or -1 when a peer's process is gone (its rank in sh->dead). */
 int fnn_shard_barrier(fnn_shard *sh);
 /* This rank's row is written: sets its flag (bad) and scale; a barrier; 1 (after a second
@@ -385,6 +390,7 @@ typedef struct {
      * the arena in order; NULL otherwise. Then each layer's parameters are updated as soon as
      * their gradient is final, in the backward pass, instead of in one pass at the end. */
     const size_t *kernel_at;
+    const size_t *layer_at;     /* the same offsets whenever the layers tile the arena */
     /* Plain SGD (no momentum, no weight decay) takes its step inside the weight-gradient GEMM
      * for each kernel of at least FNN_IN_PLACE_MIN_WEIGHTS weights, as the layer-by-layer path
      * does (fastnn/models.py): in_place_at[i] is layer i's kernel offset in the arena, or -1
@@ -443,6 +449,16 @@ typedef struct {
     int (*reduce)(void *ctx, const float *scalars);
     void *reduce_ctx;
     int64_t global_rows, global_batch;
+    /* With a shared arena (shard: its step's state, see fnn_shard; stack.kernel_at set), the
+     * ranks exchange activations instead of gradients when exchange is not NULL: a buffer
+     * the ranks share of fnn_stack_exchange_floats(stack, global_batch) floats, holding each
+     * layer's input and output gradient for every row of the global batch, each rank's rows at
+     * its place in it. Each rank runs its rows forward and backward (no weight gradient), then
+     * computes the weight gradient of its shard of every layer's kernel rows (and bias
+     * columns) over the whole global batch and updates them: no partial gradients are written
+     * or summed, and only activations cross between the ranks. reduce is then unused. */
+    fnn_shard *shard;
+    float *exchange;
     /* When not NULL (a callback reads every batch): called after each step whose loss was
      * counted (status 0, or -1: not finite, which ends the run) with the step's index in the
      * epoch, so one run covers many steps; the run ends after a step for which it returns
@@ -460,6 +476,8 @@ int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, in
                       int n_threads);
 int fnn_stack_predict(const fnn_stack *s, const fnn_stack_data *d, float *out, int64_t start,
                       int64_t rows, int n_threads);
+/* The floats of fnn_stack_data.exchange for global batches of global_batch rows over `ranks`. */
+size_t fnn_stack_exchange_floats(const fnn_stack *s, int64_t global_batch, int ranks);
 
 
 /* embed.c: Embedding's gather and sparse gradient; indices int32 (wide 0) or int64 (wide 1),

@@ -46,6 +46,8 @@ static int64_t now_ns(void) {
     return (int64_t)t.tv_sec * 1000000000LL + t.tv_nsec;
 }
 
+int64_t fnn_shard_clock(void) { return now_ns(); }
+
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
@@ -131,7 +133,7 @@ int fnn_shard_barrier(fnn_shard *sh) {
  * one multiply of the sum. (At the vector width NumPy's sums run: each value is the same.) */
 FNN_DISPATCH
 static void add_others(const fnn_shard *sh, float *restrict out) {
-    size_t width = sh->n + 2, len = sh->hi - sh->lo;
+    size_t width = sh->stride, len = sh->hi - sh->lo;
     const float *rows = sh->rows;
     float first = rows[sh->n + 1];
     int same = 1;
@@ -163,12 +165,12 @@ int fnn_shard_reduce(fnn_shard *sh, float scale, int bad) {
 }
 
 static int reduce(fnn_shard *sh, float scale, int bad) {
-    float *row = sh->rows + (size_t)sh->rank * (sh->n + 2);
+    float *row = sh->rows + (size_t)sh->rank * sh->stride;
     row[sh->n] = bad ? 1.0f : 0.0f;
     row[sh->n + 1] = scale;
     if (fnn_shard_barrier(sh) != 0) return -1;      /* every rank's row is written */
     for (int k = 0; k < sh->ranks; k++) {
-        if (sh->rows[(size_t)k * (sh->n + 2) + sh->n] != 0.0f) {
+        if (sh->rows[(size_t)k * sh->stride + sh->n] != 0.0f) {
             /* (no rank writes its row again before every rank has read the flags) */
             return fnn_shard_barrier(sh) != 0 ? -1 : 1;
         }
@@ -185,7 +187,7 @@ int fnn_shard_update(fnn_shard *sh, const float *scalars, int n_threads) {
         for (int j = 0; j < FNN_OPT_SLOTS; j++)
             slots[j] = sh->slots[j] ? sh->slots[j] + sh->lo : NULL;
         fnn_optimizer_update(sh->kind, sh->params + sh->lo,
-                             sh->rows + (size_t)sh->rank * (sh->n + 2) + sh->lo, slots, &len, 1,
+                             sh->rows + (size_t)sh->rank * sh->stride + sh->lo, slots, &len, 1,
                              scalars, sh->clip_mode, sh->clip_limit, n_threads);
     }
     int rc = fnn_shard_barrier(sh);     /* every shard updated before the next forward pass */
@@ -194,7 +196,7 @@ int fnn_shard_update(fnn_shard *sh, const float *scalars, int n_threads) {
 }
 
 int fnn_shard_step(fnn_shard *sh, const float *scalars, int n_threads) {
-    float *flag = sh->rows + (size_t)sh->rank * (sh->n + 2) + sh->n;
+    float *flag = sh->rows + (size_t)sh->rank * sh->stride + sh->n;
     int rc = fnn_shard_reduce(sh, 1.0f, *flag != 0.0f);
     if (rc < 0) return -1;
     if (rc == 1) {      /* a rank's loss was not finite: the stack sees the flag, no step */
@@ -206,6 +208,7 @@ int fnn_shard_step(fnn_shard *sh, const float *scalars, int n_threads) {
 
 #else   /* the Python path (fnn_shard_supported() is 0): never called */
 
+int64_t fnn_shard_clock(void) { return 0; }
 int fnn_shard_barrier(fnn_shard *sh) { (void)sh; return -2; }
 int fnn_shard_reduce(fnn_shard *sh, float scale, int bad) {
     (void)sh; (void)scale; (void)bad;

@@ -426,6 +426,316 @@ static int run_batch_reduced(const fnn_stack *s, const fnn_stack_data *d, const 
     return 0;
 }
 
+/* ---- data parallelism exchanging activations (fnn_stack_data.exchange) ----
+ * Ranks that each sum the others' partial weight gradients move parameter-sized data between
+ * their cores every step (a 784 x 128 kernel's: 401 KB a rank), which costs a small model as
+ * much as its step. A weight gradient x^T dz is a sum over the batch's rows, so the ranks
+ * share their rows' layer inputs x and output gradients dz instead (16 x 784 floats and less
+ * a layer at batch 32), and each computes its shard of every kernel's rows over the whole
+ * global batch in one GEMM, as one process would, and updates that shard.
+ * The first layer's kernel (the big one of an MLP) then still crosses between the cores: each
+ * rank reads all of it forward and updates its rows, which the others read next. So its
+ * forward product is split as its gradient is: each rank multiplies its columns of the whole
+ * global batch's inputs by its rows of the kernel, and sums the ranks' partial products for
+ * its rows; a rank only ever touches its own rows of that kernel. Its inputs need no
+ * gradient, and each rank gathers its rows of the next batch into the buffer during a step.
+ * A step: (first step of an epoch: gather, barrier) partial product, barrier; forward and
+ * backward of this rank's rows, the next batch gathered, barrier; the shards' gradients and
+ * updates, barrier (every shard updated before anything reads the parameters again). */
+
+/* The buffer, each part at a 64-byte boundary: layer by layer, the global batch's inputs then
+ * output gradients; a second input buffer of the first layer (a step gathers the next batch
+ * while the others may still read this one); the ranks' partial products of the first layer
+ * (ranks x global batch x its outputs). */
+static size_t exchange_part(int64_t rows, int width) {
+    return ((size_t)rows * (size_t)width + 15) / 16 * 16;
+}
+
+size_t fnn_stack_exchange_floats(const fnn_stack *s, int64_t global_batch, int ranks) {
+    size_t n = exchange_part(global_batch, s->layers[0].d_in) +
+               exchange_part(global_batch * ranks, s->layers[0].d_out);
+    for (int i = 0; i < s->n_layers; i++)
+        n += exchange_part(global_batch, s->layers[i].d_in) +
+             exchange_part(global_batch, s->layers[i].d_out);
+    return n;
+}
+
+/* Layer i's inputs (the first layer's of step `step`) and output gradients of the global
+ * batch in the buffer. */
+static void exchanged(const fnn_stack *s, const fnn_stack_data *d, int i, int64_t step,
+                      float **x, float **dz) {
+    float *at = d->exchange;
+    int64_t g = d->global_batch;
+    for (int j = 0; j < i; j++)
+        at += exchange_part(g, s->layers[j].d_in) + exchange_part(g, s->layers[j].d_out);
+    *x = at;
+    *dz = at + exchange_part(g, s->layers[i].d_in);
+    if (i == 0 && step % 2)
+        *x = d->exchange + fnn_stack_exchange_floats(s, g, d->shard->ranks) -
+             exchange_part(g * d->shard->ranks, s->layers[0].d_out) -
+             exchange_part(g, s->layers[0].d_in);
+}
+
+/* Rank k's partial product of the first layer (global batch x its outputs). */
+static float *partial_product(const fnn_stack *s, const fnn_stack_data *d, int k) {
+    int64_t g = d->global_batch;
+    return d->exchange + fnn_stack_exchange_floats(s, g, d->shard->ranks) -
+           exchange_part(g * d->shard->ranks, s->layers[0].d_out) +
+           (size_t)k * (size_t)g * (size_t)s->layers[0].d_out;
+}
+
+/* This rank's part [lo, hi) of n rows or columns. */
+static void shard_of(const fnn_shard *sh, int n, int *lo, int *hi) {
+    *lo = (int)((int64_t)n * sh->rank / sh->ranks);
+    *hi = (int)((int64_t)n * (sh->rank + 1) / sh->ranks);
+}
+
+/* Step `step`'s rows: global batch rows of the `global` and this rank's offset there and rows
+ * (as DataParallel.local_rows cuts a global batch). */
+typedef struct {
+    int64_t step, first, global;
+    int off, rows;
+} exchange_step;
+
+static exchange_step step_at(const fnn_stack *s, const fnn_stack_data *d, int64_t step) {
+    const fnn_shard *sh = d->shard;
+    exchange_step e = {step, step * s->batch, 0, 0, 0};
+    e.global = d->global_rows - step * d->global_batch;
+    if (e.global > d->global_batch) e.global = d->global_batch;
+    if (e.global < 0) e.global = 0;
+    int64_t base = e.global / sh->ranks, extra = e.global % sh->ranks;
+    e.off = (int)(sh->rank * base + (sh->rank < extra ? sh->rank : extra));
+    e.rows = (int)(base + (sh->rank < extra));
+    return e;
+}
+
+/* This rank's rows of step e into the first layer's input buffer: 0, or -3 for a value that is
+ * NaN or infinite. */
+static int gather_exchanged(const fnn_stack *s, const fnn_stack_data *d, exchange_step e,
+                            int n_threads) {
+    float *x, *dz;
+    if (e.rows == 0) return 0;
+    exchanged(s, d, 0, e.step, &x, &dz);
+    float *dst = x + (size_t)e.off * (size_t)d->x_len;
+    const float *got = gather_x(d, dst, e.first, e.rows, n_threads);
+    if (!got) return -3;
+    if (got != dst) memcpy(dst, got, (size_t)e.rows * (size_t)d->x_len * sizeof(float));
+    return 0;
+}
+
+/* This rank's partial product of the first layer for step e: its columns of every rank's
+ * inputs times its rows of the kernel. */
+static void first_partial(const fnn_stack *s, const fnn_stack_data *d, exchange_step e,
+                          int n_threads) {
+    const fnn_dense *layer = &s->layers[0];
+    float *x, *dz, *p = partial_product(s, d, d->shard->rank);
+    int lo, hi;
+    shard_of(d->shard, layer->d_in, &lo, &hi);
+    exchanged(s, d, 0, e.step, &x, &dz);
+    if (hi > lo && e.global > 0)
+        fnn_gemm(0, 0, (int)e.global, layer->d_out, hi - lo, 1.0f, x + lo, layer->d_in,
+                 layer->kernel + (size_t)lo * layer->d_out, layer->d_out, 0.0f, p,
+                 layer->d_out, n_threads);
+    else
+        memset(p, 0, (size_t)e.global * (size_t)layer->d_out * sizeof(float));
+}
+
+/* Forward through every layer for this rank's rows, each layer's output (the next one's
+ * input) in the buffer; the first layer's product is the sum of the ranks' partials. */
+static const float *forward_exchanged(const fnn_stack *s, const fnn_stack_data *d,
+                                      exchange_step e, int n_threads) {
+    const fnn_dense *first = &s->layers[0];
+    size_t cols = (size_t)first->d_out, n = (size_t)e.rows * cols;
+    float *z = s->z[0];
+    memcpy(z, partial_product(s, d, 0) + (size_t)e.off * cols, n * sizeof(float));
+    for (int k = 1; k < d->shard->ranks; k++) {
+        const float *p = partial_product(s, d, k) + (size_t)e.off * cols;
+        for (size_t j = 0; j < n; j++) z[j] += p[j];
+    }
+    const float *x = NULL;
+    for (int i = 0; i < s->n_layers; i++) {
+        float *y = s->y[i], *next_dz;
+        if (i + 1 < s->n_layers) {
+            float *in;
+            exchanged(s, d, i + 1, e.step, &in, &next_dz);
+            y = in + (size_t)e.off * s->layers[i].d_out;
+        }
+        if (i == 0)
+            fnn_bias_act_forward(first->act, first->alpha, z, first->bias, NULL, NULL, y,
+                                 (size_t)e.rows, cols, n_threads);
+        else
+            fnn_dense_forward(&s->layers[i], x, s->z[i], y, e.rows, 1, n_threads);
+        x = y;
+    }
+    return x;
+}
+
+/* Backward for this rank's rows: each layer's dz into the buffer, and its dx (from the kernel
+ * as it was: no rank updates before every rank is past this); not the first layer's dx. */
+static void backward_exchanged(const fnn_stack *s, const fnn_stack_data *d, exchange_step e,
+                               int n_threads) {
+    const float *dy = s->grad;
+    for (int i = s->n_layers - 1; i >= 0; i--) {
+        const fnn_dense *layer = &s->layers[i];
+        int act = (i == s->n_layers - 1 && s->fused) ? FNN_LINEAR : layer->act;
+        const float *z = fnn_activation_needs_input(act) ? s->z[i] : NULL;
+        const float *y = s->y[i];
+        float *x, *dz;
+        if (i + 1 < s->n_layers) {
+            exchanged(s, d, i + 1, e.step, &x, &dz);
+            y = x + (size_t)e.off * layer->d_out;
+        }
+        exchanged(s, d, i, e.step, &x, &dz);
+        dz += (size_t)e.off * layer->d_out;
+        fnn_act_backward(act, layer->alpha, z, y, dy, dz, (size_t)e.rows,
+                         (size_t)layer->d_out, n_threads);
+        if (i > 0)
+            fnn_gemm(0, 1, e.rows, layer->d_in, layer->d_out, 1.0f, dz, layer->d_out,
+                     layer->kernel, layer->d_out, 0.0f, s->dx[i], layer->d_in, n_threads);
+        dy = s->dx[i];
+    }
+}
+
+/* The optimizer step of params [at, at + len) from this rank's gradient row there. */
+static void update_part(const fnn_stack *s, const float *scalars, size_t at, size_t len,
+                        int n_threads) {
+    float *slots[FNN_OPT_SLOTS];
+    if (len == 0) return;
+    for (int j = 0; j < FNN_OPT_SLOTS; j++) slots[j] = s->slots[j] ? s->slots[j] + at : NULL;
+    fnn_optimizer_update(s->opt, s->params + at, s->grads + at, slots, &len, 1, scalars,
+                         s->clip_mode, s->clip_limit, n_threads);
+}
+
+/* Every rank's rows are in the buffer: this rank's shard of each layer (kernel rows, bias
+ * columns) - its gradient over the global batch into this rank's gradient row - and its
+ * step. */
+static void update_shards(const fnn_stack *s, const fnn_stack_data *d, exchange_step e,
+                          const float *scalars, int n_threads) {
+    for (int i = 0; i < s->n_layers; i++) {
+        const fnn_dense *layer = &s->layers[i];
+        size_t cols = (size_t)layer->d_out, at = s->layer_at[i];
+        int lo, hi, c0, c1;
+        float *x, *dz;
+        shard_of(d->shard, layer->d_in, &lo, &hi);
+        exchanged(s, d, i, e.step, &x, &dz);
+        if (hi > lo) {
+            fnn_gemm(1, 0, hi - lo, layer->d_out, (int)e.global, 1.0f, x + lo, layer->d_in,
+                     dz, layer->d_out, 0.0f, s->grads + at + (size_t)lo * cols,
+                     layer->d_out, n_threads);
+            update_part(s, scalars, at + (size_t)lo * cols, (size_t)(hi - lo) * cols,
+                        n_threads);
+        }
+        if (layer->d_bias) {
+            size_t bias_at = at + (size_t)layer->d_in * cols;
+            shard_of(d->shard, layer->d_out, &c0, &c1);
+            fnn_column_sum(dz, s->grads + bias_at, (size_t)e.global, cols, n_threads);
+            update_part(s, scalars, bias_at + (size_t)c0, (size_t)(c1 - c0), n_threads);
+        }
+    }
+}
+
+/* A barrier, its time (waiting included) added to sh->seconds: what the ranks' exchange
+ * costs beyond the arithmetic one process would do. */
+static int timed_barrier(fnn_shard *sh) {
+    int64_t start = fnn_shard_clock();
+    int rc = fnn_shard_barrier(sh);
+    sh->seconds += (double)(fnn_shard_clock() - start) * 1e-9;
+    return rc;
+}
+
+/* Step e of the epoch (run_batch_reduced's contract; -4: a peer died), this rank's rows
+ * already in the buffer; has_next: whether the epoch has a step after it, whose rows this
+ * step gathers (a bad value there is the next step's -3, before its first barrier: in
+ * shard->next_bad, as the next step may be the next run's). */
+static int run_batch_exchanged(const fnn_stack *s, const fnn_stack_data *d, exchange_step e,
+                               int has_next, const float *scalars, double *sums,
+                               int n_threads) {
+    fnn_shard *sh = d->shard;
+    const int32_t *labels;
+    const float *targets, *weights;
+    size_t cols = (size_t)s->layers[s->n_layers - 1].d_out;
+    float *flags = sh->rows + sh->n;        /* each rank's flag in its row, as fnn_shard_reduce */
+    double total = 0, correct = 0;
+    int bad = 0;
+    first_partial(s, d, e, n_threads);
+    if (timed_barrier(sh) != 0) return -4;      /* every rank's partial product */
+    if (e.rows > 0) {
+        gather_targets(s, d, e.first, e.rows, &labels, &targets, &weights);
+        const float *out = forward_exchanged(s, d, e, n_threads);
+        float scale = s->mean_reduction ? (float)(1.0 / (double)e.global) : 1.0f;
+        if (loss_value_and_grad(s, out, e.rows, cols, labels, targets, weights, scale,
+                                s->grad, n_threads) != 0)
+            return -2;
+        for (int r = 0; r < e.rows; r++) total += s->row_loss[r];
+        bad = !isfinite(total);
+        if (!bad) {
+            if (d->outputs)
+                memcpy(d->outputs + (size_t)(e.first - d->outputs_first) * cols, out,
+                       (size_t)e.rows * cols * sizeof(float));
+            if (s->metric != FNN_METRIC_NONE)
+                correct = count_correct(s, out, cols, e.rows, labels, targets);
+            backward_exchanged(s, d, e, n_threads);
+        }
+    }
+    if (has_next) sh->next_bad = gather_exchanged(s, d, step_at(s, d, e.step + 1), n_threads);
+    flags[(size_t)sh->rank * sh->stride] = bad ? 1.0f : 0.0f;
+    int any_bad = 0;
+    if (timed_barrier(sh) != 0) return -4;      /* every rank's rows are in the buffer */
+    for (int k = 0; k < sh->ranks; k++) any_bad |= flags[(size_t)k * sh->stride] != 0.0f;
+    if (!any_bad) update_shards(s, d, e, scalars, n_threads);
+    /* every flag read and shard updated before any rank's next step writes or reads them */
+    if (timed_barrier(sh) != 0) return -4;
+    sums[0] += total * (s->mean_reduction ? 1.0 : (double)e.rows);
+    sums[1] += e.rows;
+    if (any_bad) {
+        s->grads[s->n_params] = 1.0f;
+        return -1;
+    }
+    if (s->metric != FNN_METRIC_NONE) {
+        sums[2] += correct;
+        sums[3] += e.rows;
+    }
+    return 0;
+}
+
+/* fnn_stack_run's training loop with an exchange buffer: steps start .. start + n_steps - 1.
+ * The first step of an epoch gathers its rows first; each step then gathers the next one's
+ * (the epoch's steps run in order, run after run, on every rank alike). */
+static int64_t run_exchanged(const fnn_stack *s, const fnn_stack_data *d, int64_t start,
+                             int64_t n_steps, const float *scalars, double *sums, int *status,
+                             int n_threads) {
+    int n_scalars = fnn_optimizer_scalars(s->opt);
+    int64_t epoch_steps = (d->global_rows + d->global_batch - 1) / d->global_batch, step;
+    *status = 0;
+    if (start == 0) {
+        d->shard->next_bad = gather_exchanged(s, d, step_at(s, d, 0), n_threads);
+        if (!d->shard->next_bad && timed_barrier(d->shard) != 0) {
+            *status = -4;
+            return 0;
+        }
+    }
+    for (step = 0; step < n_steps; step++) {
+        int64_t k = start + step;
+        if (d->shard->next_bad) {
+            *status = -3;
+            break;
+        }
+        int rc = run_batch_exchanged(s, d, step_at(s, d, k), k + 1 < epoch_steps,
+                                     scalars + step * n_scalars, sums, n_threads);
+        int stop = d->step_end && rc >= -1 && d->step_end(d->step_ctx, k, rc);
+        if (rc != 0) {
+            *status = rc;
+            step += rc == -1;
+            break;
+        }
+        if (stop) {
+            step++;
+            break;
+        }
+    }
+    return step;
+}
+
 /* Gathering a batch means reading its rows from memory, at one core's share of the bandwidth
  * (a random 100 KB batch of MNIST takes as long as a small model's whole step). When every
  * kernel of a step runs on one thread anyway (small layers), a second thread gathers the next
@@ -457,6 +767,12 @@ int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, in
     if (!train && s->reg) {
         penalize_all(s, 0, n_threads);
         penalty = penalty_total(s);
+    }
+    if (train && d->exchange) {
+        int saved = fnn_blas_pin();
+        int64_t done = run_exchanged(s, d, start, n_steps, scalars, sums, status, n_threads);
+        fnn_blas_restore(saved);
+        return done;
     }
     int overlap = overlap_gather(s, d, n_threads);
     size_t buf_len = (size_t)s->batch * (size_t)s->layers[0].d_in;

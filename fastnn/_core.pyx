@@ -171,11 +171,12 @@ cdef extern from "fastnn.h" nogil:
         float *slots[3]
         float *rows
         uint32_t *control
-        size_t n, lo, hi
+        size_t n, lo, hi, stride
         int ranks, rank, kind, clip_mode
         float clip_limit
         int watch, dead
         double seconds, waited
+        int next_bad
     int fnn_shard_supported()
     int fnn_shard_barrier(fnn_shard *sh)
     int fnn_shard_reduce(fnn_shard *sh, float scale, int bad)
@@ -201,6 +202,7 @@ cdef extern from "fastnn.h" nogil:
         float **slots
         size_t n_params
         const size_t *kernel_at
+        const size_t *layer_at
         const int64_t *in_place_at
         const size_t *update_spans
         int n_update_spans
@@ -227,6 +229,8 @@ cdef extern from "fastnn.h" nogil:
         int (*reduce)(void *ctx, const float *scalars) noexcept nogil
         void *reduce_ctx
         int64_t global_rows, global_batch
+        fnn_shard *shard
+        float *exchange
         int (*step_end)(void *ctx, int64_t step, int status) noexcept nogil
         void *step_ctx
     int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, int64_t start,
@@ -235,6 +239,7 @@ cdef extern from "fastnn.h" nogil:
     int fnn_all_finite(const float *p, size_t n, int n_threads)
     int fnn_stack_predict(const fnn_stack *s, const fnn_stack_data *d, float *out,
                           int64_t start, int64_t rows, int n_threads)
+    size_t fnn_stack_exchange_floats(const fnn_stack *s, int64_t global_batch, int ranks)
 
 cdef extern from *:
     """
@@ -1244,8 +1249,8 @@ cdef class SharedStep:
 
     SharedStep(kind, params, slots, rows, control, rank, clip_mode=0, limit=0.0, watch=True):
     params (n float32: the shared parameters), slots (a tuple of up to 3, None or n float32,
-    in optimizer_update's order), rows (ranks x (n + 2) float32, C order: each rank's
-    gradients, flag and scale), control (2 + ranks uint32: zeroed by one rank before any
+    in optimizer_update's order), rows (ranks x (n + 2 or more) float32, C order: each rank's
+    gradients, flag and scale, then any padding), control (2 + ranks uint32: zeroed by one rank before any
     barrier, then each rank's process id at 2 + rank), clip_mode CLIP_NONE or CLIP_VALUE (the
     norms need the whole gradient); watch: check the peers' processes while waiting (False
     when their ids are not visible here: another pid namespace). Every argument must stay
@@ -1270,8 +1275,8 @@ cdef class SharedStep:
         cdef float[::1] P = _f1(f"{fn}: params", params, True)
         cdef float[:, ::1] R = _f2(f"{fn}: rows", rows, True)
         cdef Py_ssize_t n = P.shape[0]
-        if R.shape[0] < 1 or R.shape[1] != n + 2:
-            raise ValueError(f"{fn}: rows: expected (ranks >= 1, {n + 2}) for {n} parameters, "
+        if R.shape[0] < 1 or R.shape[1] < n + 2:
+            raise ValueError(f"{fn}: rows: expected (ranks >= 1, >= {n + 2}) for {n} parameters, "
                              f"got {_shape2(R)}")
         cdef int ranks = <int>R.shape[0]
         if not 0 <= rank < ranks:
@@ -1307,7 +1312,7 @@ cdef class SharedStep:
         self._slot0 = self.s.slots[0] != NULL
         self._slot1 = self.s.slots[1] != NULL
         self.s.rows, self.s.control = &R[0, 0], <uint32_t *>&C[0]
-        self.s.n, self.s.ranks, self.s.rank = n, ranks, rank
+        self.s.n, self.s.ranks, self.s.rank, self.s.stride = n, ranks, rank, R.shape[1]
         self.s.lo, self.s.hi = n * rank // ranks, n * (rank + 1) // ranks
         self.s.kind, self.s.clip_mode, self.s.clip_limit = kind, clip_mode, limit
         self.s.watch, self.s.dead, self.s.seconds, self.s.waited = watch, -1, 0.0, 0.0
@@ -1320,8 +1325,9 @@ cdef class SharedStep:
 
     @property
     def seconds(self):
-        """Seconds spent in reduce and update (with the steps of a DenseStack.run), since
-        made or last set."""
+        """Seconds spent in reduce and update (with the steps of a DenseStack.run; when the
+        stack exchanges activations, in its barriers: what the exchange costs beyond the
+        arithmetic), since made or last set."""
         return self.s.seconds
 
     @seconds.setter
@@ -2063,6 +2069,7 @@ cdef class DenseStack:
     cdef public bint train
     cdef object _reduce, _reduce_error     # run(reduce=...): the data-parallel step's sum
     cdef object _step_end, _step_error     # run(step_end=...): the per-step callback
+    cdef object _keep_exchange             # run(reduce=...)'s exchange buffer, while it runs
 
     def __cinit__(self, list layers, int batch, bint train=False, int loss=0, bint fused=False,
                   bint mean_reduction=True, int metric=0, float threshold=0.5, int opt=0,
@@ -2243,15 +2250,12 @@ cdef class DenseStack:
         self.s.var_sizes, self.s.n_vars = self.var_sizes, len(sizes)
 
     cdef _find_kernels(self, list layers, params, grads):
-        """Point s.kernel_at at each layer's kernel offset when the layers' parameters tile the
-        arena in order (kernel, bias, next kernel, ...) and their gradients tile grads alike:
-        then fnn_stack_run updates each layer during the backward pass. Only worth it when a
-        layer's training GEMMs split along its rows (its blocks are then updated where they
-        are cached); small stacks keep one update pass over the arena."""
+        """Point s.layer_at at each layer's kernel offset when the layers' parameters tile the
+        arena in order (kernel, bias, next kernel, ...) and their gradients tile grads alike,
+        and s.kernel_at too when a layer's training GEMMs split along its rows: then
+        fnn_stack_run updates each layer during the backward pass (its blocks are updated
+        where they are cached); small stacks keep one update pass over the arena."""
         cdef size_t at = 0, n = len(layers), i
-        if not any(fnn_gemm_row_blocks(self.batch, k.shape[0], k.shape[1]) > 1
-                   for k, *_ in layers):
-            return
         offsets = []
         base, gbase = params.ctypes.data, grads.ctypes.data
         for kernel, bias, d_kernel, d_bias, _, _ in layers:
@@ -2269,7 +2273,10 @@ cdef class DenseStack:
             raise MemoryError()
         for i in range(n):
             self.kernel_at[i] = offsets[i]
-        self.s.kernel_at = self.kernel_at
+        self.s.layer_at = self.kernel_at
+        if any(fnn_gemm_row_blocks(self.batch, k.shape[0], k.shape[1]) > 1
+               for k, *_ in layers):
+            self.s.kernel_at = self.kernel_at
 
     cdef _find_in_place(self, list layers, params):
         """The kernels of at least IN_PLACE_MIN_WEIGHTS weights, which lie in the arena: with
@@ -2355,6 +2362,7 @@ cdef class DenseStack:
         d.outputs, d.outputs_first = NULL, 0
         d.pre, d.pre_a, d.pre_b = FNN_PRE_NONE, NULL, NULL
         d.reduce, d.reduce_ctx, d.global_rows, d.global_batch = NULL, NULL, 0, 0
+        d.shard, d.exchange = NULL, NULL
         d.step_end, d.step_ctx = NULL, NULL
         cdef const float[::1] pa
         cdef const float[::1] pb
@@ -2401,6 +2409,42 @@ cdef class DenseStack:
             d.rows = ov.shape[0]
         return 0
 
+    @property
+    def kernels_tile_arena(self):
+        """Whether the layers' kernels and biases tile the parameter arena in order (then run
+        may exchange activations)."""
+        return self.s.layer_at != NULL
+
+    def exchange_floats(self, int64_t global_batch, int ranks):
+        """The float32 values of run's exchange buffer for global batches of global_batch
+        rows over `ranks` ranks."""
+        if global_batch < 1:
+            raise ValueError(f"DenseStack.exchange_floats: global_batch: expected >= 1, got "
+                             f"{global_batch}")
+        if ranks < 1:
+            raise ValueError(f"DenseStack.exchange_floats: ranks: expected >= 1, got {ranks}")
+        return fnn_stack_exchange_floats(&self.s, global_batch, ranks)
+
+    cdef _exchange(self, fnn_stack_data *d, SharedStep shared, exchange, int64_t global_batch):
+        """d's exchange buffer (run's reduce[4]) after its checks."""
+        fn = "DenseStack.run: reduce exchange buffer"
+        cdef float[::1] E = _f1(fn, exchange, True)
+        cdef size_t need = fnn_stack_exchange_floats(&self.s, global_batch, shared.s.ranks)
+        if <size_t>E.shape[0] < need:
+            raise ValueError(f"{fn}: expected at least ({need},) float32 for global batches of "
+                             f"{global_batch}, got ({E.shape[0]},)")
+        if self.s.layer_at == NULL:
+            raise ValueError(f"{fn}: the layers do not tile the arena in order")
+        if shared.s.kind != self.s.opt or shared.s.clip_mode != self.s.clip_mode or \
+                shared.s.clip_limit != self.s.clip_limit or shared.s.params != self.s.params:
+            raise ValueError(f"{fn}: the SharedStep's parameters, optimizer or clipping are not "
+                             "this stack's")
+        _disjoint(fn, &E[0], 4 * need, "the parameters", self.s.params, 4 * self.s.n_params)
+        _disjoint(fn, &E[0], 4 * need, "the reduce buffer", self.s.grads,
+                  4 * (self.s.n_params + 1))
+        d.shard, d.exchange = &shared.s, &E[0]
+        self._keep_exchange = exchange
+
     def run(self, x, y, weights, order, int64_t start, int64_t n_steps, bint train,
             scalars, sums, outputs=None, pre=None, reduce=None, step_end=None):
         """Run batches start .. start + n_steps - 1 of the epoch (see fnn_stack_run); returns
@@ -2413,7 +2457,9 @@ cdef class DenseStack:
         a copy of the step's optimizer scalars; fn returns true when it also took the step
         (each rank updating its shard of a shared arena: the stack then updates nothing). The order
         is then this rank's rows of each global batch, batch rows a step; its last step may
-        have none.
+        have none. With fn a SharedStep, a fifth item (None or a float32 array of at least
+        exchange_floats(global_batch) values that the ranks share) makes the ranks exchange
+        activations instead of gradients (see fnn_stack_data.exchange).
 
         step_end (a callback reads every batch): called as step_end(step, status) with the
         GIL after each step whose loss sums holds (status 0, or -1: not finite), step being its
@@ -2431,7 +2477,11 @@ cdef class DenseStack:
                 raise ValueError("DenseStack.run: reduce is for training")
             if order is None:
                 raise ValueError("DenseStack.run: reduce needs the order of this rank's rows")
-            fn, buffer, global_rows, global_batch = reduce
+            fn, buffer, global_rows, global_batch, *rest = reduce
+            exchange = rest[0] if len(rest) == 1 else None
+            if len(rest) > 1:
+                raise ValueError(f"DenseStack.run: reduce: expected 4 or 5 items, got "
+                                 f"{len(reduce)}")
             RB = _f1("DenseStack.run: reduce buffer", buffer, True)
             if RB.shape[0] != self.s.n_params + 1 or &RB[0] != self.s.grads:
                 raise ValueError(f"DenseStack.run: reduce buffer: expected the gradient arena "
@@ -2450,10 +2500,14 @@ cdef class DenseStack:
             if isinstance(fn, SharedStep):      # the whole step in C (csrc/shard.c)
                 shared = <SharedStep>fn
                 if shared.s.n != <size_t>self.s.n_params or \
-                        shared.s.rows + <size_t>shared.s.rank * (shared.s.n + 2) != self.s.grads:
+                        shared.s.rows + <size_t>shared.s.rank * shared.s.stride != self.s.grads:
                     raise ValueError("DenseStack.run: reduce: a SharedStep whose rank's row is "
                                      "not this stack's gradient arena")
                 d.reduce, d.reduce_ctx = _shard_stack_reduce, <void *>&shared.s
+                if exchange is not None:
+                    self._exchange(&d, shared, exchange, global_batch)
+            elif exchange is not None:
+                raise ValueError("DenseStack.run: reduce: an exchange buffer needs a SharedStep")
             d.global_rows, d.global_batch = global_rows, global_batch
         # Python integers: start * batch cannot overflow here. Under reduce the last step may
         # have no rows on this rank.
@@ -2519,7 +2573,7 @@ cdef class DenseStack:
         with nogil:
             done = fnn_stack_run(&self.s, &d, train, start, n_steps, sp, &S[0], &status,
                                  _n_threads)
-        self._reduce = self._step_end = None
+        self._reduce = self._step_end = self._keep_exchange = None
         if self._step_error is not None:
             error, self._step_error = self._step_error, None
             raise error

@@ -292,7 +292,12 @@ class DenseRunner:
             buffer = model._grads_and_flag
             reduce = (dist.step_reducer(buffer, model.optimizer), buffer,
                       min(len(x), steps * batch), batch)
-            order, batch = _rank_rows(dist, order, len(x), steps, batch)
+            order, local = _rank_rows(dist, order, len(x), steps, batch)
+            stack = self._stack(local, bool(training))
+            if stack.kernels_tile_arena:    # (collective: the same answer on every rank)
+                reduce += (dist.exchange_buffer(buffer, reduce[0],
+                                                stack.exchange_floats(batch, dist.size)),)
+            batch = local
         stack = self._stack(batch, bool(training))
         x2 = self._x2d(x)
         pre = None if self.pre is None else _Preprocessing.arguments(self.pre)

@@ -145,6 +145,9 @@ SCRIPT = textwrap.dedent('''
     # (the step in C: _core.SharedStep)
     calls["native"] = calls["sharded"] and all(a.native_step is not None
                                                for a in d._arenas.values())
+    # (the fused stack's ranks exchanging activations: fnn_stack_data.exchange)
+    calls["exchanged"] = calls["sharded"] and all(a.xbuf is not None
+                                                  for a in d._arenas.values())
     if kind == "resume" and os.environ.get("FASTNN_PHASE") == "a":
         if fastnn.distribution.is_chief():
             model.save(out + "-saved.keras")
@@ -170,6 +173,7 @@ def _run(tmp_path, kind, ranks, timeout=240, out=None, **env_vars):
     results = [dict(np.load(f"{out}-{r}.npz")) for r in range(max(ranks, 1))
                if os.path.exists(f"{out}-{r}.npz")]
     done.native = [bool(r.pop("native")) for r in results]     # (not compared with one's)
+    done.exchanged = [bool(r.pop("exchanged")) for r in results]
     return done, results
 
 
@@ -198,6 +202,7 @@ def test_ranks_train_as_one_process(tmp_path, kind, ranks):
     sharded = kind in ("bn", "adam", "adam_cnn", "adam_plain", "value_cnn")
     assert bool(results[0].pop("sharded")) == sharded
     assert done.native == [kind in ("bn", "adam_plain", "value_cnn")] * ranks
+    assert done.exchanged == [kind == "adam_plain"] * ranks
     assert not one.pop("sharded")
     for key, want in one.items():           # and those of one process, to rounding
         np.testing.assert_allclose(results[0][key], want, rtol=2e-5, atol=2e-6, err_msg=key)
@@ -223,7 +228,7 @@ def test_a_checkpoint_resumes_on_another_rank_count(tmp_path, first, then):
     done, results = _run(tmp_path, "resume", then, out=out, FASTNN_PHASE="b")
     assert done.returncode == 0, done.stderr
     assert len(results) == max(then, 1) and bool(results[0].pop("sharded")) == (then > 1)
-    assert not one.pop("sharded") and not one.pop("native")
+    assert not one.pop("sharded") and not one.pop("native") and not one.pop("exchanged")
     for other in results[1:]:
         for key in results[0]:
             np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
@@ -271,6 +276,7 @@ def test_a_non_finite_loss_on_one_rank_skips_the_step_everywhere(tmp_path, fused
     assert (one["fused_epochs"] > 0) == (fused == "1")
     assert bool(results[0].pop("sharded")) == (no_l2 == "1") and not one.pop("sharded")
     assert done.native == [no_l2 == "1"] * 2       # (SGD: the step in C)
+    assert done.exchanged == [no_l2 == "1" and fused == "1"] * 2
     for other in results[1:]:
         for key in results[0]:
             np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
@@ -284,13 +290,15 @@ def test_a_non_finite_loss_on_one_rank_skips_the_step_everywhere(tmp_path, fused
 def test_the_step_in_c_equals_the_step_in_python(tmp_path, kind):
     """SharedStep (csrc/shard.c) sums and updates in _SharedArena's order and roundings: the
     same bits as its Python step with MPI's barriers (FASTNN_MPI_SPIN=0), on the fused Dense
-    stack (adam_plain, nonfinite: a skipped step) and the general path (value_cnn)."""
+    stack (adam_plain, nonfinite: a skipped step; its ranks summing gradients:
+    FASTNN_MPI_EXCHANGE=0) and the general path (value_cnn)."""
     got = {}
     for spin in ("1", "0"):
         done, results = _run(tmp_path, kind, 2, out=str(tmp_path / f"spin{spin}"),
-                             FASTNN_MPI_SPIN=spin, FASTNN_NO_L2="1")
+                             FASTNN_MPI_SPIN=spin, FASTNN_NO_L2="1", FASTNN_MPI_EXCHANGE="0")
         assert done.returncode == 0, done.stderr
         assert done.native == [spin == "1"] * 2 and results[0]["sharded"]
+        assert done.exchanged == [False] * 2
         got[spin] = results[0]
     for key in got["0"]:
         np.testing.assert_array_equal(got["1"][key], got["0"][key], err_msg=key)
@@ -712,3 +720,129 @@ def test_a_shared_step_stops_when_a_peer_is_an_unreaped_zombie():
             step.barrier()
     finally:
         zombie.wait()
+
+
+def _rank_stack(model, batch, grads):
+    """A training DenseStack of model's Dense layers (its parameters and optimizer slots) whose
+    gradient arena is `grads` (a rank's row of a shared arena), as DenseRunner builds it."""
+    opt, layers = model.optimizer, model._layers[1:] if model._layers[0].__class__.__name__ \
+        == "InputLayer" else model._layers
+    specs = []
+    for layer in layers:
+        views = []
+        for name in ("kernel", "bias"):
+            start, stop = model._spans[id(layer), name]
+            views.append(grads[start:stop].reshape(layer._vars[name].shape))
+        specs.append((layer.kernel, layer._vars["bias"], views[0], views[1], layer.act_id,
+                      layer.act_alpha))
+    return _core.DenseStack(specs, batch, True, loss=0, fused=True, metric=1,
+                            opt=fastnn.stack._OPTIMIZER_KINDS[type(opt)],
+                            slots=opt.fused_slots(), params=model._params,
+                            grads=grads[:model._params.size], var_sizes=opt._sizes)
+
+
+@needs_shared_steps
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_ranks_exchanging_activations_take_the_steps_of_one_process(ranks):
+    """DenseStack.run with an exchange buffer (fnn_stack_data.exchange), ranks as threads: each
+    runs its rows of every global batch forward and backward, then its shard of each layer's
+    weight gradient over the whole global batch and its update (the first layer's forward
+    product split the same way), and together they take one process's steps over the global
+    batches, to float32 rounding - the last global batch short (at 3 ranks, 2 rows each), the
+    epoch split over two runs of each rank (the second run finds its rows gathered)."""
+    import threading
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((70, 9)).astype(np.float32)
+    y = (np.arange(70) % 3).astype(np.int32)
+    model = fastnn.Sequential([fastnn.Input((9,)), L.Dense(20, activation="relu"),
+                               L.Dense(6, activation="tanh"),
+                               L.Dense(3, activation="softmax")])
+    model.compile(fastnn.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    model.fit(x[:16], y[:16], batch_size=16, epochs=1, verbose=0)   # (Adam's slots in use)
+    g, steps, n = 16, 5, model._params.size     # 70 rows: 4 global batches of 16 and one of 6
+    order = rng.permutation(70).astype(np.int64)
+    scalars, _ = model.optimizer.fused_scalars(steps)
+    slots = [s for s in model.optimizer.fused_slots() if s is not None]
+    start = model._params.copy(), [s.copy() for s in slots]
+    one = _rank_stack(model, g, np.zeros(n + 1, np.float32))
+    want_sums = np.zeros(4)
+    assert one.run(x, y, None, order, 0, steps, True, scalars, want_sums) == (steps, 0)
+    want = model._params.copy(), [s.copy() for s in slots]
+    model._params[...] = start[0]
+    for s, s0 in zip(slots, start[1]):
+        s[...] = s0
+    rows = np.zeros((ranks, n + 2 + 14), np.float32)        # (rows wider than n + 2)
+    control = np.zeros(2 + ranks, np.uint32)
+    control[2:] = os.getpid()
+    shared, sums, errors = [], [np.zeros(4) for _ in range(ranks)], []
+    for r in range(ranks):
+        shared.append(_core.SharedStep(1, model._params, tuple(model.optimizer.fused_slots()),
+                                       rows, control, r))
+    dists = _ranks(ranks)
+    stacks, orders = [], []
+    for d in dists:
+        rank_order, batch = fastnn.stack._rank_rows(d, order, 70, steps, g)
+        stacks.append(_rank_stack(model, batch, rows[d.rank]))
+        orders.append(rank_order)
+    exchange = np.full(stacks[0].exchange_floats(g, ranks), np.nan, np.float32)
+    assert stacks[0].kernels_tile_arena
+
+    def rank(r):
+        try:
+            reduce = (shared[r], rows[r, :n + 1], 70, g, exchange)
+            for first, count in ((0, 2), (2, steps - 2)):
+                got = stacks[r].run(x, y, None, orders[r], first, count, True,
+                                    scalars[first:], sums[r], reduce=reduce)
+                assert got == (count, 0), got
+        except BaseException as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(ranks)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    np.testing.assert_allclose(model._params, want[0], rtol=1e-5, atol=1e-6)
+    for got, w in zip(slots, want[1]):
+        np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-7)
+    # each rank's share of the loss sums and accuracy counts (DenseRunner sums the ranks')
+    np.testing.assert_allclose(np.sum(sums, axis=0), want_sums, rtol=1e-5)
+    assert all(step.seconds >= step.waited >= 0 for step in shared)
+
+
+@needs_shared_steps
+def test_an_exchange_buffer_is_checked():
+    """DenseStack.run's exchange buffer: only with a SharedStep of this stack's parameters and
+    optimizer, and at least exchange_floats(global batch, ranks) float32 values."""
+    x = np.random.default_rng(0).standard_normal((40, 6)).astype(np.float32)
+    y = np.arange(40, dtype=np.int32) % 3
+    model = fastnn.Sequential([fastnn.Input((6,)), L.Dense(4, activation="relu"),
+                               L.Dense(3, activation="softmax")])
+    model.compile(fastnn.optimizers.Adam(0.01), "sparse_categorical_crossentropy")
+    model.fit(x[:8], y[:8], batch_size=8, epochs=1, verbose=0)
+    n = model._params.size
+    rows, control = np.zeros((2, n + 2), np.float32), np.zeros(4, np.uint32)
+    stack = _rank_stack(model, 4, rows[0])
+    need = stack.exchange_floats(8, 2)
+    # (each layer's inputs and output gradients of 8 rows, 16-float aligned; the first
+    # layer's inputs twice; the 2 ranks' partial products of its outputs)
+    assert need == 2 * 8 * 6 + 8 * 4 + 8 * 4 + 16 * 2 + 2 * 8 * 4
+    for bad in ((0, 2), (8, 0)):
+        with pytest.raises(ValueError, match="global_batch|ranks"):
+            stack.exchange_floats(*bad)
+    slots = tuple(model.optimizer.fused_slots())
+    step = _core.SharedStep(1, model._params, slots, rows, control, 0)
+    order = np.arange(0, 40, 2, dtype=np.int64)
+    scalars, _ = model.optimizer.fused_scalars(1)
+    sums, buffer = np.zeros(4), rows[0, :n + 1]
+    before = model._params.copy()
+    cases = [((lambda scalars: None, buffer, 40, 8, np.zeros(need, np.float32)), "SharedStep"),
+             ((step, buffer, 40, 8, np.zeros(need - 1, np.float32)), f"at least \\({need},\\)"),
+             ((step, buffer, 40, 8, np.zeros(need, np.float64)), "float32"),
+             ((step, buffer, 40, 8, None, None), "4 or 5 items")]
+    other = _core.SharedStep(0, model._params, (None,), rows, control, 0)   # (SGD)
+    cases.append(((other, buffer, 40, 8, np.zeros(need, np.float32)), "optimizer"))
+    for reduce, message in cases:
+        with pytest.raises((ValueError, TypeError), match=message):
+            stack.run(x, y, None, order, 0, 1, True, scalars, sums, reduce=reduce)
+    np.testing.assert_array_equal(model._params, before)

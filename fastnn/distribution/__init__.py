@@ -183,6 +183,19 @@ class DataParallel:
             return 1
         return reduce_and_step
 
+    def exchange_buffer(self, buffer, reducer, floats):
+        """Collective, before a fused Dense stack's run: with a shared arena whose step is in
+        C (`reducer`, from step_reducer, a _core.SharedStep), a float32 buffer of `floats`
+        values the ranks share, in which they exchange each layer's inputs and output
+        gradients instead of summing gradients (fnn_stack_data.exchange); None otherwise, or
+        with FASTNN_MPI_EXCHANGE=0."""
+        from .. import _core
+        if not isinstance(reducer, _core.SharedStep) or \
+                os.environ.get("FASTNN_MPI_EXCHANGE", "1") == "0":
+            return None
+        arena = self._arena_of(buffer)
+        return None if arena is None else arena.exchange(floats)
+
     # ---- parameters and optimizer state shared by the ranks of one machine -----------------
     def share_arena(self, model):
         """Collective, at the start of fit: on one machine, the model's parameters and its
@@ -448,7 +461,10 @@ class _SharedArena:
     returning to Python), its barriers a spin on counters at the window's end, where each rank
     also writes its process id: a rank waiting there for one whose process ended raises an
     error naming it (then the abort of set_distribution) instead of waiting forever.
-    FASTNN_MPI_SPIN=0 keeps the step in Python, with MPI's barriers."""
+    FASTNN_MPI_SPIN=0 keeps the step in Python, with MPI's barriers.
+    The fused Dense stack goes further with such a step: its ranks exchange activations in a
+    window of their own (exchange(); see fnn_stack_data.exchange in csrc/fastnn.h), each
+    computing its shard's gradient over the whole global batch: no gradient rows are summed."""
 
     def __init__(self, node, mpi, model):
         self.node, self.mpi = node, mpi
@@ -456,18 +472,18 @@ class _SharedArena:
         params, optimizer = model._params, model.optimizer
         n = params.size
         names = sorted(optimizer.slots)
-        per = self.bytes(model, ranks) // 4
+        at, stride, per = self.layout(n, len(names), ranks)
         self.win = mpi.Win.Allocate_shared(4 * per if rank == 0 else 0, 4, comm=node)
         memory, _ = self.win.Shared_query(0)
         flat = np.ndarray(buffer=memory, dtype=np.float32, shape=(per,))
         self.win.Lock_all(mpi.MODE_NOCHECK)
         atexit.register(self.free)
-        shared = flat[:n]
-        slots = {name: flat[n * (1 + k):n * (2 + k)] for k, name in enumerate(names)}
-        start = n * (1 + len(names))
-        self.rows = flat[start:start + ranks * (n + 2)].reshape(ranks, n + 2)
+        shared = flat[at[0]:at[0] + n]
+        slots = {name: flat[at[1 + k]:at[1 + k] + n] for k, name in enumerate(names)}
+        start = at[-2]
+        self.rows = flat[start:start + ranks * stride].reshape(ranks, stride)
         # the C barrier's arrival count and generation, then each rank's process id
-        self.control = flat[start + ranks * (n + 2):].view(np.uint32)
+        self.control = flat[at[-1]:at[-1] + 2 + ranks].view(np.uint32)
         if rank == 0:
             self.control[:2] = 0
         self.control[2 + rank] = os.getpid()
@@ -498,12 +514,30 @@ class _SharedArena:
         self.params, self.row, self.optimizer, self.slots = shared, row, optimizer, slots
         self.lo, self.hi = n * rank // ranks, n * (rank + 1) // ranks
         self.sums = None        # the whole summed gradient (norm clipping)
+        self.xwin = self.xbuf = None    # the fused stack's exchange buffer (exchange())
+
+    @staticmethod
+    def layout(n, n_slots, ranks):
+        """Where the window's parts start (float offsets: the parameters, each slot, the rows,
+        the control words), the rows' stride and the window's floats. Each part and row is
+        64-byte aligned at its own offset in a 4 KB page (256 B apart), as Ops.arena places
+        a model's buffers: Adam's update over a rank's shard took 48 us a step with the parts
+        back to back (vector loads split over cache lines, 4K aliasing), ~25 us so placed."""
+        page, at, end = 1024, [], 0
+        for k in range(n_slots + 3):
+            start = -(-end // page) * page + 64 * k
+            at.append(start)
+            end = start + (n if k <= n_slots else 0)
+        stride = -(-(n + 2) // page) * page + 64
+        at[-1] = -(-(at[-2] + ranks * stride) // 16) * 16
+        return at, stride, at[-1] + 2 + ranks
 
     @staticmethod
     def bytes(model, ranks):
-        """The window's size: parameters, slots, and a row per rank (gradients, flag, scale)."""
-        n = model._params.size
-        return 4 * (n * (1 + len(model.optimizer.slots)) + ranks * (n + 2) + 2 + ranks)
+        """The window's size: parameters, slots, a row per rank (gradients, flag, scale) and
+        the control words."""
+        return 4 * _SharedArena.layout(model._params.size, len(model.optimizer.slots),
+                                       ranks)[2]
 
     @staticmethod
     def fits(model):
@@ -603,7 +637,28 @@ class _SharedArena:
                                    mode, limit, [hi - lo])
         self.sync()
 
+    def exchange(self, floats):
+        """Collective: a float32 buffer of at least `floats` values in a window of its own
+        that the ranks share (kept for the next runs; every rank asks for the same size)."""
+        if self.xwin is None or self.xbuf.size < floats:
+            self._free_exchange()
+            self.xwin = self.mpi.Win.Allocate_shared(
+                4 * floats if self.node.rank == 0 else 0, 4, comm=self.node)
+            memory, _ = self.xwin.Shared_query(0)
+            self.xbuf = np.ndarray(buffer=memory, dtype=np.float32, shape=(floats,))
+            self.xwin.Lock_all(self.mpi.MODE_NOCHECK)
+            self.node.Barrier()
+        return self.xbuf
+
+    def _free_exchange(self):
+        if self.xwin is not None:
+            self.xbuf = None
+            self.xwin.Unlock_all()
+            self.xwin.Free()
+            self.xwin = None
+
     def free(self):
+        self._free_exchange()
         if self.win is not None:
             self.win.Unlock_all()
             self.win.Free()
