@@ -151,7 +151,8 @@ int fnn_dense_backward(const fnn_dense *layer, int act, const float *x, const fl
         fnn_gemm(0, 1, rows, d_in, d_out, 1.0f, dz, d_out, layer->kernel, d_out, 0.0f, dx, d_in,
                  n_threads);
     /* kernel_step: d_kernel -= kernel_step x^T dz, the SGD step in the GEMM's output pass */
-    fnn_gemm_ex(1, 0, d_in, d_out, rows, kernel_step > 0 ? -kernel_step : 1.0f, x, d_in, dz,
+    if (layer->d_kernel)
+        fnn_gemm_ex(1, 0, d_in, d_out, rows, kernel_step > 0 ? -kernel_step : 1.0f, x, d_in, dz,
                 d_out, kernel_step > 0 ? 1.0f : 0.0f, layer->d_kernel, d_out,
                 blocks ? FNN_SPLIT_ROWS : FNN_SPLIT_AUTO, blocks, kernel_done, n_threads);
     if (layer->d_bias) fnn_column_sum(dz, layer->d_bias, (size_t)rows, (size_t)d_out, n_threads);

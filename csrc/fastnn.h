@@ -162,7 +162,7 @@ void fnn_column_sum(const float *a, float *out, size_t rows, size_t cols, int n_
 int fnn_dense_forward(const fnn_dense *layer, const float *x, float *z, float *y, int rows,
                       int training, int n_threads);
 /* From dy: dz = dy act'(z) (act may differ from layer->act: LINEAR when a loss already gave
- * dL/dz; dz may be dy), dx = dz kernel^T (dx may be NULL), d_kernel = x^T dz, then
+ * dL/dz; dz may be dy), dx = dz kernel^T (dx may be NULL), d_kernel = x^T dz (unless NULL), then
  * kernel_done (may be NULL) on its finished rows, d_bias = column sums. z may be NULL when
  * act's derivative is read off y. kernel_step > 0 makes it d_kernel -= kernel_step x^T dz
  * instead: with d_kernel pointing at the kernel itself, the plain SGD step in place (dx has
@@ -326,9 +326,23 @@ double fnn_sum_squares(const float *g, size_t n, int n_threads);
  * rows of n + 2 floats, `stride` apart (each rank's gradients, its flag: loss not finite, its
  * scale: the factor of its rows), and control: a barrier's arrival count and generation, then each
  * rank's process id (int32, 0: unknown). This rank sums and updates columns [lo, hi). */
+/* A kernel whose gradient the ranks do not sum (fnn_shard.outer): each rank writes its rows'
+ * layer inputs x and output gradients dz in its region, and each computes the kernel's part in
+ * its shard from every rank's rows (sum over ranks k of scale_k x_k^T dz_k), after the first
+ * barrier of a reduce. */
+typedef struct {
+    size_t at;                  /* the kernel's first weight in the arena (d_in x d_out) */
+    int d_in, d_out, max_rows;
+    const float *count;         /* ranks floats: each rank's rows this step */
+    const float *x, *dz;        /* per rank, max_rows x d_in and max_rows x d_out */
+    float *part;                /* d_out floats: a row cut by the shard's edge */
+} fnn_shard_outer;
+
 typedef struct {
     float *params, *slots[FNN_OPT_SLOTS], *rows;
     uint32_t *control;
+    const fnn_shard_outer *outer;   /* n_outer kernels in arena order, or NULL */
+    int n_outer;
     size_t n, lo, hi;
     size_t stride;      /* floats from a rank's row to the next: n + 2, or more to align them */
     int ranks, rank, kind, clip_mode;   /* clip_mode: FNN_CLIP_NONE or FNN_CLIP_VALUE */
@@ -348,8 +362,9 @@ int64_t fnn_shard_clock(void);
 int fnn_shard_barrier(fnn_shard *sh);
 /* This rank's row is written: sets its flag (bad) and scale; a barrier; 1 (after a second
  * barrier) when any rank's flag is set, else 0 with the scaled sum of every rank's row over
- * [lo, hi) in this rank's row there; -1 when a peer died. */
-int fnn_shard_reduce(fnn_shard *sh, float scale, int bad);
+ * [lo, hi) in this rank's row there (the outer kernels' parts from the ranks' rows instead);
+ * -1 when a peer died. */
+int fnn_shard_reduce(fnn_shard *sh, float scale, int bad, int n_threads);
 /* The optimizer step (scalars as fnn_optimizer_update takes them) of [lo, hi) from the
  * summed gradients, then a barrier: 0, or -1 when a peer died. */
 int fnn_shard_update(fnn_shard *sh, const float *scalars, int n_threads);

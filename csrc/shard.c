@@ -132,9 +132,10 @@ int fnn_shard_barrier(fnn_shard *sh) {
  * Python path): this rank's first, then the others in rank order; with one scale for all,
  * one multiply of the sum. (At the vector width NumPy's sums run: each value is the same.) */
 FNN_DISPATCH
-static void add_others(const fnn_shard *sh, float *restrict out) {
-    size_t width = sh->stride, len = sh->hi - sh->lo;
+static void add_others(const fnn_shard *sh, size_t lo, size_t hi) {
+    size_t width = sh->stride, len = hi - lo;
     const float *rows = sh->rows;
+    float *restrict out = sh->rows + (size_t)sh->rank * width + lo;
     float first = rows[sh->n + 1];
     int same = 1;
     for (int k = 1; k < sh->ranks; k++) same &= rows[k * width + sh->n + 1] == first;
@@ -143,7 +144,7 @@ static void add_others(const fnn_shard *sh, float *restrict out) {
         for (size_t i = 0; i < len; i++) out[i] *= mine;
     for (int k = 0; k < sh->ranks; k++) {
         if (k == sh->rank) continue;
-        const float *restrict other = rows + k * width + sh->lo;
+        const float *restrict other = rows + k * width + lo;
         float scale = rows[k * width + sh->n + 1];
         if (same) {
             for (size_t i = 0; i < len; i++) out[i] += other[i];
@@ -155,16 +156,67 @@ static void add_others(const fnn_shard *sh, float *restrict out) {
         for (size_t i = 0; i < len; i++) out[i] *= first;
 }
 
-static int reduce(fnn_shard *sh, float scale, int bad);
+/* Rows [r0, r1) of an outer kernel's gradient (d_out wide, ldc apart from c on), from the
+ * ranks' rows in rank order. */
+static void outer_rows(const fnn_shard *sh, const fnn_shard_outer *o, int r0, int r1, float *c,
+                       int n_threads) {
+    float beta = 0.0f;
+    for (int k = 0; k < sh->ranks; k++) {
+        int rows = (int)o->count[k];
+        if (rows <= 0) continue;
+        float scale = sh->rows[(size_t)k * sh->stride + sh->n + 1];
+        const float *x = o->x + (size_t)k * o->max_rows * o->d_in;
+        const float *dz = o->dz + (size_t)k * o->max_rows * o->d_out;
+        fnn_gemm(1, 0, r1 - r0, o->d_out, rows, scale, x + r0, o->d_in, dz, o->d_out, beta, c,
+                 o->d_out, n_threads);
+        beta = 1.0f;
+    }
+    if (beta == 0.0f) memset(c, 0, (size_t)(r1 - r0) * o->d_out * sizeof(float));
+}
 
-int fnn_shard_reduce(fnn_shard *sh, float scale, int bad) {
+/* The outer kernel's weights [a, b) of the arena (in this rank's shard) into this rank's row:
+ * whole rows straight there, a row cut by the shard's edge through o->part. */
+static void outer_part(const fnn_shard *sh, const fnn_shard_outer *o, size_t a, size_t b,
+                       int n_threads) {
+    float *row = sh->rows + (size_t)sh->rank * sh->stride;
+    size_t cols = (size_t)o->d_out, first = (a - o->at) / cols, last = (b - o->at - 1) / cols;
+    size_t full0 = (a - o->at + cols - 1) / cols, full1 = (b - o->at) / cols;
+    if (full1 > full0)
+        outer_rows(sh, o, (int)full0, (int)full1, row + o->at + full0 * cols, n_threads);
+    for (size_t r = first; r <= last; r++) {
+        if (r >= full0 && r < full1) continue;
+        size_t r_at = o->at + r * cols;
+        size_t c0 = a > r_at ? a - r_at : 0, c1 = b < r_at + cols ? b - r_at : cols;
+        outer_rows(sh, o, (int)r, (int)r + 1, o->part, 1);
+        memcpy(row + r_at + c0, o->part + c0, (c1 - c0) * sizeof(float));
+    }
+}
+
+/* This rank's shard summed over the ranks' rows, the outer kernels' parts computed instead. */
+static void sum_shard(fnn_shard *sh, int n_threads) {
+    size_t at = sh->lo;
+    for (int i = 0; i < sh->n_outer; i++) {
+        const fnn_shard_outer *o = &sh->outer[i];
+        size_t a = o->at > at ? o->at : at;
+        size_t end = o->at + (size_t)o->d_in * o->d_out, b = end < sh->hi ? end : sh->hi;
+        if (a >= b) continue;
+        if (a > at) add_others(sh, at, a);
+        outer_part(sh, o, a, b, n_threads);
+        at = b;
+    }
+    if (sh->hi > at) add_others(sh, at, sh->hi);
+}
+
+static int reduce(fnn_shard *sh, float scale, int bad, int n_threads);
+
+int fnn_shard_reduce(fnn_shard *sh, float scale, int bad, int n_threads) {
     int64_t start = now_ns();
-    int rc = reduce(sh, scale, bad);
+    int rc = reduce(sh, scale, bad, n_threads);
     sh->seconds += (double)(now_ns() - start) * 1e-9;
     return rc;
 }
 
-static int reduce(fnn_shard *sh, float scale, int bad) {
+static int reduce(fnn_shard *sh, float scale, int bad, int n_threads) {
     float *row = sh->rows + (size_t)sh->rank * sh->stride;
     row[sh->n] = bad ? 1.0f : 0.0f;
     row[sh->n + 1] = scale;
@@ -175,7 +227,7 @@ static int reduce(fnn_shard *sh, float scale, int bad) {
             return fnn_shard_barrier(sh) != 0 ? -1 : 1;
         }
     }
-    add_others(sh, row + sh->lo);
+    sum_shard(sh, n_threads);
     return 0;
 }
 
@@ -197,7 +249,7 @@ int fnn_shard_update(fnn_shard *sh, const float *scalars, int n_threads) {
 
 int fnn_shard_step(fnn_shard *sh, const float *scalars, int n_threads) {
     float *flag = sh->rows + (size_t)sh->rank * sh->stride + sh->n;
-    int rc = fnn_shard_reduce(sh, 1.0f, *flag != 0.0f);
+    int rc = fnn_shard_reduce(sh, 1.0f, *flag != 0.0f, n_threads);
     if (rc < 0) return -1;
     if (rc == 1) {      /* a rank's loss was not finite: the stack sees the flag, no step */
         *flag = 1.0f;
@@ -210,8 +262,8 @@ int fnn_shard_step(fnn_shard *sh, const float *scalars, int n_threads) {
 
 int64_t fnn_shard_clock(void) { return 0; }
 int fnn_shard_barrier(fnn_shard *sh) { (void)sh; return -2; }
-int fnn_shard_reduce(fnn_shard *sh, float scale, int bad) {
-    (void)sh; (void)scale; (void)bad;
+int fnn_shard_reduce(fnn_shard *sh, float scale, int bad, int n_threads) {
+    (void)sh; (void)scale; (void)bad; (void)n_threads;
     return -2;
 }
 int fnn_shard_update(fnn_shard *sh, const float *scalars, int n_threads) {

@@ -166,11 +166,20 @@ cdef extern from "fastnn.h" nogil:
     int FNN_SRC_F32, FNN_SRC_F64, FNN_SRC_U8
     int FNN_PRE_NONE, FNN_PRE_AFFINE, FNN_PRE_STANDARDIZE
     int fnn_optimizer_scalars(int kind)
+    ctypedef struct fnn_shard_outer:
+        size_t at
+        int d_in, d_out, max_rows
+        const float *count
+        const float *x
+        const float *dz
+        float *part
     ctypedef struct fnn_shard:
         float *params
         float *slots[3]
         float *rows
         uint32_t *control
+        const fnn_shard_outer *outer
+        int n_outer
         size_t n, lo, hi, stride
         int ranks, rank, kind, clip_mode
         float clip_limit
@@ -179,7 +188,7 @@ cdef extern from "fastnn.h" nogil:
         int next_bad
     int fnn_shard_supported()
     int fnn_shard_barrier(fnn_shard *sh)
-    int fnn_shard_reduce(fnn_shard *sh, float scale, int bad)
+    int fnn_shard_reduce(fnn_shard *sh, float scale, int bad, int n_threads)
     int fnn_shard_update(fnn_shard *sh, const float *scalars, int n_threads)
     int fnn_shard_step(fnn_shard *sh, const float *scalars, int n_threads)
     ctypedef struct fnn_stack:
@@ -800,7 +809,8 @@ def dense_forward(x, kernel, bias, z, y, int act, float alpha, bint training=Fal
 def dense_backward(x, kernel, z, y, dy, dz, d_kernel, d_bias, dx, int act, float alpha,
                    float kernel_step=0.0):
     """From dy = dL/dy: dz = dy * act'(z) (dz may be dy, y or z itself), d_kernel = x^T dz,
-    d_bias = column sums of dz, dx = dz kernel^T (skipped when dx is None). kernel_step > 0:
+    d_bias = column sums of dz, dx = dz kernel^T (skipped when dx is None; d_kernel too, when
+    None: a data-parallel rank whose shard's gradient comes later, SharedStep.defer). kernel_step > 0:
     d_kernel -= kernel_step * x^T dz instead (pass the kernel as d_kernel for the plain SGD
     step in place; dx is computed from the kernel before it changes)."""
     _check_act(act)
@@ -811,7 +821,7 @@ def dense_backward(x, kernel, z, y, dy, dz, d_kernel, d_bias, dx, int act, float
     cdef const float[:, ::1] Y = _cf2("dense_backward: y", y, True)
     cdef const float[:, ::1] DY = _cf2("dense_backward: dy", dy, True)
     cdef float[:, ::1] DZ = _f2("dense_backward: dz", dz, True)
-    cdef float[:, ::1] DK = _f2("dense_backward: d_kernel", d_kernel, True)
+    cdef float[:, ::1] DK = _f2("dense_backward: d_kernel", d_kernel, False)
     cdef float[::1] DB = _f1("dense_backward: d_bias", d_bias, False)
     cdef float[:, ::1] DX = _f2("dense_backward: dx", dx, False)
     _need_blas()
@@ -821,7 +831,10 @@ def dense_backward(x, kernel, z, y, dy, dz, d_kernel, d_bias, dx, int act, float
     _same_shape("dense_backward: y", _shape2(Y), out_shape)
     _same_shape("dense_backward: dy", _shape2(DY), out_shape)
     _same_shape("dense_backward: dz", _shape2(DZ), out_shape)
-    _same_shape("dense_backward: d_kernel", _shape2(DK), (d_in, d_out))
+    if DK is not None:
+        _same_shape("dense_backward: d_kernel", _shape2(DK), (d_in, d_out))
+    elif kernel_step > 0:
+        raise ValueError("dense_backward: kernel_step needs d_kernel (the kernel)")
     if DB is not None and DB.shape[0] != d_out:
         raise ValueError(f"dense_backward: d_bias: expected shape ({d_out},), got "
                          f"({DB.shape[0]},)")
@@ -877,7 +890,8 @@ def dense_backward(x, kernel, z, y, dy, dz, d_kernel, d_bias, dx, int act, float
         _disjoint("dense_backward: dx", dxp_, nx, "z", _p2(Z), _n2(Z))
     cdef fnn_dense layer
     layer.d_in, layer.d_out, layer.act, layer.alpha = <int>d_in, <int>d_out, act, alpha
-    layer.kernel, layer.bias, layer.d_kernel, layer.d_bias = &K[0, 0], NULL, &DK[0, 0], NULL
+    layer.kernel, layer.bias, layer.d_kernel, layer.d_bias = &K[0, 0], NULL, \
+        (&DK[0, 0] if DK is not None else NULL), NULL
     if DB is not None:
         layer.d_bias = &DB[0]
     cdef const float *zp = NULL if Z is None else &Z[0, 0]
@@ -1256,8 +1270,62 @@ cdef class SharedStep:
     when their ids are not visible here: another pid namespace). Every argument must stay
     alive and in place for the SharedStep's life (it keeps references)."""
     cdef fnn_shard s
-    cdef object _keep
+    cdef object _keep, _keep_outer
     cdef bint _slot0, _slot1
+    cdef fnn_shard_outer *_outer
+
+    def __dealloc__(self):
+        free(self._outer)
+
+    def defer(self, kernels):
+        """The kernels whose gradients the ranks do not sum (fnn_shard_outer): a list, in
+        arena order, of (at, max_rows, count, x, dz) - the kernel's first weight in the arena,
+        the rows each rank's region holds, and float32 arrays: count (ranks: each rank's rows
+        this step), x (ranks, max_rows, d_in), dz (ranks, max_rows, d_out), which every rank
+        fills for its rows before reduce. Each rank's shard of such a kernel is then computed
+        from the ranks' rows instead of summed. An empty list: none."""
+        import numpy as np
+        fn = "SharedStep.defer"
+        cdef Py_ssize_t i, n = len(kernels)
+        cdef float[::1] P
+        cdef fnn_shard_outer *out = <fnn_shard_outer *>calloc(max(n, 1),
+                                                             sizeof(fnn_shard_outer))
+        cdef float[::1] C
+        cdef float[:, :, ::1] X
+        cdef float[:, :, ::1] DZ
+        cdef size_t end = 0
+        if out == NULL:
+            raise MemoryError()
+        keep = []
+        try:
+            for i in range(n):
+                at, max_rows, count, x, dz = kernels[i]
+                C = _f1(f"{fn}: count", count, True)
+                X, DZ = x, dz
+                if C.shape[0] != self.s.ranks or X.shape[0] != self.s.ranks or \
+                        DZ.shape[0] != self.s.ranks or X.shape[1] != max_rows or \
+                        DZ.shape[1] != max_rows or max_rows < 1:
+                    raise ValueError(f"{fn}: kernel {i}: expected count ({self.s.ranks},), x "
+                                     f"({self.s.ranks}, {max_rows}, d_in) and dz "
+                                     f"({self.s.ranks}, {max_rows}, d_out)")
+                if at < end or at + X.shape[2] * DZ.shape[2] > self.s.n or X.shape[2] < 1 or \
+                        DZ.shape[2] < 1:
+                    raise ValueError(f"{fn}: kernel {i}: its {X.shape[2]} x {DZ.shape[2]} "
+                                     f"weights from {at} are not in the arena after the last")
+                part = np.empty(DZ.shape[2], np.float32)
+                P = part
+                out[i].at, out[i].d_in, out[i].d_out = at, X.shape[2], DZ.shape[2]
+                out[i].max_rows, out[i].count = max_rows, &C[0]
+                out[i].x, out[i].dz = &X[0, 0, 0], &DZ[0, 0, 0]
+                out[i].part = &P[0]
+                end = at + X.shape[2] * DZ.shape[2]
+                keep.append((count, x, dz, part))
+        except BaseException:
+            free(out)
+            raise
+        free(self._outer)
+        self._outer, self._keep_outer = out, keep
+        self.s.outer, self.s.n_outer = (out if n else NULL), n
 
     def __init__(self, int kind, params, slots, rows, control, int rank, int clip_mode=0,
                  float limit=0.0, bint watch=True):
@@ -1367,7 +1435,7 @@ cdef class SharedStep:
         barrier) when any rank's loss was not finite."""
         cdef int rc
         with nogil:
-            rc = fnn_shard_reduce(&self.s, scale, bad)
+            rc = fnn_shard_reduce(&self.s, scale, bad, _n_threads)
         if rc < 0:
             raise self._gone()
         return rc == 1

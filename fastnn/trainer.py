@@ -863,6 +863,8 @@ class Trainer:
         if runner is not None and (not runner.accepts(x) or
                                    dist is not None and batch_size < dist.size):
             runner = None       # (under DataParallel each rank needs rows in a full batch)
+        if dist is not None and runner is None:
+            dist.defer_weight_gradients(self, batch_size)
         per_step = cbs.per_batch("train")
         ops = get_ops()
         # Every input is checked before anything changes. The fused path checks each batch as

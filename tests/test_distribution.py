@@ -74,6 +74,15 @@ SCRIPT = textwrap.dedent('''
         model.compile(fastnn.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy",
                       metrics=["accuracy"])
         y_fit = np.eye(2, dtype=np.float32)[y]
+    if kind == "wide_cnn":  # the general path; a Dense kernel of 69,120 weights (deferred)
+        x = rng.standard_normal((70, 8, 8, 1)).astype(np.float32)
+        y = (x[:, :4].mean(axis=(1, 2, 3)) > 0).astype(np.int64)
+        model = fastnn.Sequential([fastnn.Input((8, 8, 1)), L.Conv2D(16, 3, activation="relu"),
+                                   L.Flatten(), L.Dense(120, activation="relu"),
+                                   L.Dense(2, activation="softmax")])
+        model.compile(fastnn.optimizers.Adam(0.005), "sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        y_fit = y
     if kind in ("adam_cnn", "value_cnn"):   # the general path, each rank updating its shard
         clip = {"global_clipnorm": 0.3} if kind == "adam_cnn" else {"clipvalue": 0.02}
         x = rng.standard_normal((70, 8, 8, 1)).astype(np.float32)
@@ -148,6 +157,8 @@ SCRIPT = textwrap.dedent('''
     # (the fused stack's ranks exchanging activations: fnn_stack_data.exchange)
     calls["exchanged"] = calls["sharded"] and all(a.xbuf is not None
                                                   for a in d._arenas.values())
+    # (the general path's big Dense kernels computed by shards from the ranks' rows)
+    calls["deferred"] = calls["sharded"] and sum(len(a.deferred) for a in d._arenas.values())
     if kind == "resume" and os.environ.get("FASTNN_PHASE") == "a":
         if fastnn.distribution.is_chief():
             model.save(out + "-saved.keras")
@@ -174,13 +185,14 @@ def _run(tmp_path, kind, ranks, timeout=240, out=None, **env_vars):
                if os.path.exists(f"{out}-{r}.npz")]
     done.native = [bool(r.pop("native")) for r in results]     # (not compared with one's)
     done.exchanged = [bool(r.pop("exchanged")) for r in results]
+    done.deferred = [int(r.pop("deferred")) for r in results]
     return done, results
 
 
 @needs_mpi
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "bn", "adam", "adam_cnn", "adam_plain",
-                                  "value_cnn"])
+                                  "value_cnn", "wide_cnn"])
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_ranks_train_as_one_process(tmp_path, kind, ranks):
     """bn: BatchNormalization normalizes by the global batch's statistics, as one process
@@ -188,9 +200,10 @@ def test_ranks_train_as_one_process(tmp_path, kind, ranks):
     rank without rows, which still takes part. bn, adam (the fused Dense stack, Adam with
     clipnorm) and adam_cnn (the general path, AMSGrad with global_clipnorm) keep their
     parameters and optimizer state in memory the ranks share, each rank updating its
-    shard, and so do adam_plain (the fused stack, Adam unclipped) and value_cnn (AMSGrad
-    with clipvalue), whose steps run in C (SharedStep); mlp and cnn (weight penalties) each
-    update all of it."""
+    shard, and so do adam_plain (the fused stack, Adam unclipped: its ranks exchange
+    activations), value_cnn (AMSGrad with clipvalue) and wide_cnn (Adam; its big Dense kernel's
+    gradient computed by shards from the ranks' rows), whose steps run in C (SharedStep); mlp
+    and cnn (weight penalties) each update all of it."""
     done, (one,) = _run(tmp_path, kind, 0)
     assert done.returncode == 0, done.stderr
     done, results = _run(tmp_path, kind, ranks)
@@ -199,10 +212,11 @@ def test_ranks_train_as_one_process(tmp_path, kind, ranks):
     for other in results[1:]:               # every rank holds the same weights, bit for bit
         for key in results[0]:
             np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
-    sharded = kind in ("bn", "adam", "adam_cnn", "adam_plain", "value_cnn")
+    sharded = kind in ("bn", "adam", "adam_cnn", "adam_plain", "value_cnn", "wide_cnn")
     assert bool(results[0].pop("sharded")) == sharded
-    assert done.native == [kind in ("bn", "adam_plain", "value_cnn")] * ranks
-    assert done.exchanged == [kind == "adam_plain"] * ranks
+    assert done.native == [kind in ("bn", "adam_plain", "value_cnn", "wide_cnn")] * ranks
+    assert done.exchanged == [kind in ("adam_plain", "wide_cnn")] * ranks
+    assert done.deferred == [kind == "wide_cnn"] * ranks
     assert not one.pop("sharded")
     for key, want in one.items():           # and those of one process, to rounding
         np.testing.assert_allclose(results[0][key], want, rtol=2e-5, atol=2e-6, err_msg=key)
@@ -229,6 +243,7 @@ def test_a_checkpoint_resumes_on_another_rank_count(tmp_path, first, then):
     assert done.returncode == 0, done.stderr
     assert len(results) == max(then, 1) and bool(results[0].pop("sharded")) == (then > 1)
     assert not one.pop("sharded") and not one.pop("native") and not one.pop("exchanged")
+    assert not one.pop("deferred")
     for other in results[1:]:
         for key in results[0]:
             np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
@@ -302,6 +317,22 @@ def test_the_step_in_c_equals_the_step_in_python(tmp_path, kind):
         got[spin] = results[0]
     for key in got["0"]:
         np.testing.assert_array_equal(got["1"][key], got["0"][key], err_msg=key)
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_deferred_kernels_sum_as_usual_when_the_step_is_in_python(tmp_path):
+    """With the shared arena's step in Python (FASTNN_MPI_SPIN=0: MPI's barriers, the sums in
+    Python), the big Dense kernel's gradient is summed as every other one is; the ranks still
+    train as one process does."""
+    done, (one,) = _run(tmp_path, "wide_cnn", 0)
+    assert done.returncode == 0, done.stderr
+    done, results = _run(tmp_path, "wide_cnn", 2, FASTNN_MPI_SPIN="0")
+    assert done.returncode == 0, done.stderr
+    assert done.native == [False, False] and done.deferred == [1, 1]
+    assert results[0].pop("sharded") and not one.pop("sharded")
+    for key, want in one.items():
+        np.testing.assert_allclose(results[0][key], want, rtol=2e-5, atol=2e-6, err_msg=key)
 
 
 SUMS = textwrap.dedent('''
@@ -846,3 +877,25 @@ def test_an_exchange_buffer_is_checked():
         with pytest.raises((ValueError, TypeError), match=message):
             stack.run(x, y, None, order, 0, 1, True, scalars, sums, reduce=reduce)
     np.testing.assert_array_equal(model._params, before)
+
+
+@needs_shared_steps
+def test_deferred_kernels_are_checked():
+    """SharedStep.defer takes kernels in arena order, inside the arena, with each rank's
+    count and regions of the same rows."""
+    params, slots, rows, control = _shared_arena(100, 2, 2)
+    step = _core.SharedStep(1, params, slots, rows, control, 0)
+    count = np.zeros(2, np.float32)
+    x, dz = np.zeros((2, 4, 6), np.float32), np.zeros((2, 4, 5), np.float32)
+    step.defer([(10, 4, count, x, dz)])         # weights 10 .. 40
+    step.defer([])
+    bad = [([(80, 4, count, x, dz)], "not in the arena"),
+           ([(10, 4, count, x, dz), (30, 4, count, x, dz)], "not in the arena"),
+           ([(10, 3, count, x, dz)], "expected count"),
+           ([(10, 4, np.zeros(3, np.float32), x, dz)], "expected count"),
+           ([(10, 4, count, x, dz[:1])], "expected count")]
+    for kernels, message in bad:
+        with pytest.raises(ValueError, match=message):
+            step.defer(kernels)
+    with pytest.raises((ValueError, TypeError)):
+        step.defer([(10, 4, count, x.astype(np.float64), dz)])

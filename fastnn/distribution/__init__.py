@@ -196,6 +196,17 @@ class DataParallel:
         arena = self._arena_of(buffer)
         return None if arena is None else arena.exchange(floats)
 
+    def defer_weight_gradients(self, model, batch_size):
+        """Collective, at the start of a fit that takes the general path (not the fused Dense
+        stack) with a shared arena: its big Dense kernels' gradients are not summed over the
+        ranks; each rank writes its rows' inputs and output gradients of such a layer into a
+        window the ranks share, and computes its shard of the kernel's gradient from every
+        rank's rows (_DeferredKernel, SharedStep.defer). Not with FASTNN_MPI_EXCHANGE=0."""
+        arena = self._arenas.get(id(model))
+        if arena is not None and arena.holds(model) and \
+                os.environ.get("FASTNN_MPI_EXCHANGE", "1") != "0":
+            arena.defer(model, batch_size)
+
     # ---- parameters and optimizer state shared by the ranks of one machine -----------------
     def share_arena(self, model):
         """Collective, at the start of fit: on one machine, the model's parameters and its
@@ -253,6 +264,8 @@ class DataParallel:
     def begin_step(self, grad_scale):
         """A training step starts; this rank's gradients will be scaled by grad_scale."""
         self.grad_scale = grad_scale
+        for arena in self.__dict__.get("_arenas", {}).values():
+            arena.begin_step()
         if getattr(self, "_bn_now", None):
             self._bn_last = self._bn_now
         self._bn_now = ([], [])
@@ -515,6 +528,7 @@ class _SharedArena:
         self.lo, self.hi = n * rank // ranks, n * (rank + 1) // ranks
         self.sums = None        # the whole summed gradient (norm clipping)
         self.xwin = self.xbuf = None    # the fused stack's exchange buffer (exchange())
+        self.deferred, self.outer = [], []  # Dense layers whose kernels defer (defer())
 
     @staticmethod
     def layout(n, n_slots, ranks):
@@ -575,6 +589,7 @@ class _SharedArena:
                 self.native_step = _core.SharedStep(
                     optimizer.kind, self.params, slots, self.rows, self.control,
                     self.node.rank, mode, limit, self.watch)
+                self.native_step.defer(self.outer)
         return self.native_step
 
     def reduce(self, scale, bad):
@@ -637,6 +652,53 @@ class _SharedArena:
                                    mode, limit, [hi - lo])
         self.sync()
 
+    # a Dense kernel of at least this many weights has its gradient computed by shards from
+    # the ranks' rows (defer): the CNN's 5408 x 100 kernel's partial gradients were 2.2 MB a
+    # rank a step to write and sum
+    DEFER_MIN = 65536
+
+    def defer(self, model, batch_size):
+        """Collective: the model's big Dense kernels (2-D inputs, one call a step) get their
+        gradient by shards from every rank's rows (_DeferredKernel) while this arena's step is
+        in C; their regions in the exchange window hold ceil(batch / ranks) rows a rank."""
+        from ..layers.core import Dense
+        ranks, rank = self.node.Get_size(), self.node.rank
+        rows = -(-batch_size // ranks)
+        layers = [layer for layer in model._layers
+                  if type(layer) is Dense and layer.trainable and
+                  layer.kernel.size >= self.DEFER_MIN and len(layer._build_shape or ()) == 2
+                  and len(layer._inbound_nodes) <= 1]
+        for layer in self.deferred:
+            layer.__dict__.pop("_deferred", None)
+        self.deferred, self.outer = [], []
+        if not layers:
+            return
+        sizes = [ranks + ranks * rows * (layer.kernel.shape[0] + layer.kernel.shape[1])
+                 for layer in layers]
+        flat = self.exchange(sum(-(-size // 16) * 16 for size in sizes))
+        at = 0
+        for layer, size in zip(layers, sizes):
+            d_in, d_out = layer.kernel.shape
+            block = flat[at:at + size]
+            count = block[:ranks]
+            x = block[ranks:ranks + ranks * rows * d_in].reshape(ranks, rows, d_in)
+            dz = block[ranks + ranks * rows * d_in:].reshape(ranks, rows, d_out)
+            count[rank] = 0
+            layer._deferred = _DeferredKernel(x[rank], dz[rank], count, rank)
+            self.deferred.append(layer)
+            self.outer.append((model._spans[id(layer), "kernel"][0], rows, count, x, dz))
+            at += -(-size // 16) * 16
+        self.outer.sort(key=lambda kernel: kernel[0])
+        self.native_key = None      # (the next native() applies them)
+        self.node.Barrier()
+
+    def begin_step(self):
+        """Before a training step: the deferred kernels defer while the step is in C."""
+        if self.deferred:
+            active = self.native(self.optimizer) is not None
+            for layer in self.deferred:
+                layer._deferred.begin(active)
+
     def exchange(self, floats):
         """Collective: a float32 buffer of at least `floats` values in a window of its own
         that the ranks share (kept for the next runs; every rank asks for the same size)."""
@@ -663,6 +725,30 @@ class _SharedArena:
             self.win.Unlock_all()
             self.win.Free()
             self.win = None
+
+
+class _DeferredKernel:
+    """A Dense layer's part in SharedStep.defer: this rank's regions of the exchange window
+    for its rows' inputs (x) and output gradients (dz), and every rank's row count. While
+    `active` (the arena's step is in C), the layer's backward pass fills them instead of
+    computing its kernel's gradient."""
+
+    def __init__(self, x, dz, count, rank):
+        self.x, self.dz, self.count, self.rank, self.active = x, dz, count, rank, False
+
+    def begin(self, active):
+        self.active = active
+        self.count[self.rank] = 0       # (a rank without rows this step adds none)
+
+    def rows(self, x):
+        """x's rows into this rank's region (a view of it returned, for dz alike)."""
+        n = x.shape[0]
+        if n > self.x.shape[0]:
+            raise RuntimeError(f"fastnn.distribution: a deferred Dense kernel got {n} rows, "
+                               f"more than the {self.x.shape[0]} its region holds")
+        self.x[:n] = x
+        self.count[self.rank] = n
+        return self.x[:n], self.dz[:n]
 
 
 def _visible(pid):

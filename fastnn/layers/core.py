@@ -1168,9 +1168,16 @@ class Dense(Layer):
         dy2 = dy.reshape(-1, self.units)
         act = activations.LINEAR if preactivation else self.act_id
         dx = self._buffer("dx", st._x.shape) if need_dx else False
-        dx = get_ops().dense_backward(st._x, self.kernel, st._z, st._y, dy2, act,
-                                      self.act_alpha, self.grads["kernel"],
-                                      self.grads.get("bias"), dx=dx, dz=dy2,
+        x, dz, d_kernel = st._x, dy2, self.grads["kernel"]
+        deferred = self.__dict__.get("_deferred")
+        if deferred is not None and deferred.active and not kernel_step:
+            # (data-parallel: the ranks' rows go to a shared window, and each rank computes
+            # its shard of the kernel's gradient from all of them: fastnn.distribution)
+            x, dz = deferred.rows(x)
+            d_kernel = None
+        dx = get_ops().dense_backward(x, self.kernel, st._z, st._y, dy2, act,
+                                      self.act_alpha, d_kernel,
+                                      self.grads.get("bias"), dx=dx, dz=dz,
                                       kernel_step=kernel_step)
         return None if dx is None else dx.reshape(dy.shape[:-1] + (st._x.shape[1],))
 
