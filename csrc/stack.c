@@ -426,6 +426,23 @@ static int run_batch_reduced(const fnn_stack *s, const fnn_stack_data *d, const 
     return 0;
 }
 
+/* After step k of the epoch, the run's `step`-th, ended with status rc: whether the run ends
+ * there, then with *status and the steps run in *step (a step whose loss was not finite
+ * counts; so does a step after which d->step_end stops the run). */
+static int run_ends(const fnn_stack_data *d, int64_t k, int rc, int *status, int64_t *step) {
+    int stop = d->step_end && rc >= -1 && d->step_end(d->step_ctx, k, rc);
+    if (rc != 0) {
+        *status = rc;
+        *step += rc == -1;
+        return 1;
+    }
+    if (stop) {
+        ++*step;
+        return 1;
+    }
+    return 0;
+}
+
 /* ---- data parallelism exchanging activations (fnn_stack_data.exchange) ----
  * Ranks that each sum the others' partial weight gradients move parameter-sized data between
  * their cores every step (a 784 x 128 kernel's: 401 KB a rank), which costs a small model as
@@ -596,16 +613,6 @@ static void backward_exchanged(const fnn_stack *s, const fnn_stack_data *d, exch
     }
 }
 
-/* The optimizer step of params [at, at + len) from this rank's gradient row there. */
-static void update_part(const fnn_stack *s, const float *scalars, size_t at, size_t len,
-                        int n_threads) {
-    float *slots[FNN_OPT_SLOTS];
-    if (len == 0) return;
-    for (int j = 0; j < FNN_OPT_SLOTS; j++) slots[j] = s->slots[j] ? s->slots[j] + at : NULL;
-    fnn_optimizer_update(s->opt, s->params + at, s->grads + at, slots, &len, 1, scalars,
-                         s->clip_mode, s->clip_limit, n_threads);
-}
-
 /* Every rank's rows are in the buffer: this rank's shard of each layer (kernel rows, bias
  * columns) - its gradient over the global batch into this rank's gradient row - and its
  * step. */
@@ -622,14 +629,16 @@ static void update_shards(const fnn_stack *s, const fnn_stack_data *d, exchange_
             fnn_gemm(1, 0, hi - lo, layer->d_out, (int)e.global, 1.0f, x + lo, layer->d_in,
                      dz, layer->d_out, 0.0f, s->grads + at + (size_t)lo * cols,
                      layer->d_out, n_threads);
-            update_part(s, scalars, at + (size_t)lo * cols, (size_t)(hi - lo) * cols,
-                        n_threads);
+            update_range(s, scalars, at + (size_t)lo * cols, (size_t)(hi - lo) * cols, NULL,
+                         n_threads);
         }
         if (layer->d_bias) {
             size_t bias_at = at + (size_t)layer->d_in * cols;
             shard_of(d->shard, layer->d_out, &c0, &c1);
             fnn_column_sum(dz, s->grads + bias_at, (size_t)e.global, cols, n_threads);
-            update_part(s, scalars, bias_at + (size_t)c0, (size_t)(c1 - c0), n_threads);
+            if (c1 > c0)
+                update_range(s, scalars, bias_at + (size_t)c0, (size_t)(c1 - c0), NULL,
+                             n_threads);
         }
     }
 }
@@ -722,16 +731,7 @@ static int64_t run_exchanged(const fnn_stack *s, const fnn_stack_data *d, int64_
         }
         int rc = run_batch_exchanged(s, d, step_at(s, d, k), k + 1 < epoch_steps,
                                      scalars + step * n_scalars, sums, n_threads);
-        int stop = d->step_end && rc >= -1 && d->step_end(d->step_ctx, k, rc);
-        if (rc != 0) {
-            *status = rc;
-            step += rc == -1;
-            break;
-        }
-        if (stop) {
-            step++;
-            break;
-        }
+        if (run_ends(d, k, rc, status, &step)) break;
     }
     return step;
 }
@@ -806,16 +806,7 @@ int64_t fnn_stack_run(const fnn_stack *s, const fnn_stack_data *d, int train, in
             if (has_next && rc == 0)
                 next = gather_x(d, next_buf, next_first, next_rows, n_threads);
         }
-        int stop = d->step_end && rc >= -1 && d->step_end(d->step_ctx, start + step, rc);
-        if (rc != 0) {
-            *status = rc;
-            step += rc == -1;
-            break;
-        }
-        if (stop) {
-            step++;
-            break;
-        }
+        if (run_ends(d, start + step, rc, status, &step)) break;
         x = next;
         first = next_first;
         rows = next_rows;

@@ -661,11 +661,10 @@ class _SharedArena:
         """Collective: the model's big Dense kernels (2-D inputs, one call a step) get their
         gradient by shards from every rank's rows (_DeferredKernel) while this arena's step is
         in C; their regions in the exchange window hold ceil(batch / ranks) rows a rank."""
-        from ..layers.core import Dense
         ranks, rank = self.node.Get_size(), self.node.rank
         rows = -(-batch_size // ranks)
-        layers = [layer for layer in model._layers
-                  if type(layer) is Dense and layer.trainable and
+        layers = [layer for layer in model._layers   # (a Dense, not a subclass of it)
+                  if type(layer).__dict__.get("_defers_kernel_gradient") and layer.trainable and
                   layer.kernel.size >= self.DEFER_MIN and len(layer._build_shape or ()) == 2
                   and len(layer._inbound_nodes) <= 1]
         for layer in self.deferred:

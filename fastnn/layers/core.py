@@ -1101,6 +1101,10 @@ class Dense(Layer):
                                fastnn.layers.Dense(10, activation="softmax")])
     ```
     """
+    # its backward pass may leave the kernel's gradient to data-parallel ranks' shards
+    # (fastnn.distribution._SharedArena.defer)
+    _defers_kernel_gradient = True
+
     supports_masking = True     # passes its input's mask on, as in Keras
     _KERAS_DEFAULTS = {"quantization_config": None, "lora_rank": None, "lora_alpha": None}
 

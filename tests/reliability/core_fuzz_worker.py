@@ -68,7 +68,7 @@ def spec_dense_backward(rng):
     return dict(x=f(rng, r, i), kernel=f(rng, i, o), z=f(rng, r, o), y=f(rng, r, o),
                 dy=f(rng, r, o), dz=f(rng, r, o), d_kernel=f(rng, i, o), d_bias=f(rng, o),
                 dx=f(rng, r, i), act=2, alpha=0.0, kernel_step=0.0), \
-        dict(x="in", kernel="in", z="in?", y="in", dy="in", dz="out", d_kernel="out",
+        dict(x="in", kernel="in", z="in?", y="in", dy="in", dz="out", d_kernel="out?",
              d_bias="out?", dx="out?", same={("dz", "dy"), ("dz", "y"), ("dz", "z")},
              ints={"act": True})
 
