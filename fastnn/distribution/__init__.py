@@ -667,9 +667,7 @@ class _SharedArena:
                   if type(layer).__dict__.get("_defers_kernel_gradient") and layer.trainable and
                   layer.kernel.size >= self.DEFER_MIN and len(layer._build_shape or ()) == 2
                   and len(layer._inbound_nodes) <= 1]
-        for layer in self.deferred:
-            layer.__dict__.pop("_deferred", None)
-        self.deferred, self.outer = [], []
+        self._undefer()
         if not layers:
             return
         sizes = [ranks + ranks * rows * (layer.kernel.shape[0] + layer.kernel.shape[1])
@@ -691,6 +689,14 @@ class _SharedArena:
         self.native_key = None      # (the next native() applies them)
         self.node.Barrier()
 
+    def _undefer(self):
+        """No kernel defers any more (its regions are about to go)."""
+        for layer in self.deferred:
+            layer.__dict__.pop("_deferred", None)
+        if self.outer:
+            self.native_key = None  # (the next native() is a SharedStep without them)
+        self.deferred, self.outer = [], []
+
     def begin_step(self):
         """Before a training step: the deferred kernels defer while the step is in C."""
         if self.deferred:
@@ -702,6 +708,7 @@ class _SharedArena:
         """Collective: a float32 buffer of at least `floats` values in a window of its own
         that the ranks share (kept for the next runs; every rank asks for the same size)."""
         if self.xwin is None or self.xbuf.size < floats:
+            self._undefer()
             self._free_exchange()
             self.xwin = self.mpi.Win.Allocate_shared(
                 4 * floats if self.node.rank == 0 else 0, 4, comm=self.node)
