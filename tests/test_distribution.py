@@ -139,6 +139,17 @@ SCRIPT = textwrap.dedent('''
             calls["general_steps"] += 1
             return train_step(*args)
         fastnn.stack.DenseRunner.run_epoch, model._train_step = fused, general
+    if kind == "switch":    # the general path (a deferred kernel), the fused one, again
+        x = rng.standard_normal((123, 12)).astype(np.float32)
+        y_fit = (x[:, :3].sum(axis=1) > 0).astype(np.int64) + (x[:, 3] > 1)
+        # (tanh: no unit of 6000 on relu's kink, where rounding may flip which rows pass)
+        model = fastnn.Sequential([fastnn.Input((12,)), L.Dense(6000, activation="tanh"),
+                                   L.Dense(3, activation="softmax")])
+        model.compile(fastnn.optimizers.Adam(0.002), "sparse_categorical_crossentropy")
+        for fused, batch in (("0", 16), ("1", 64), ("0", 16)):
+            os.environ["FASTNN_FUSED"] = fused  # (a bigger exchange window for the fused
+            model.fit(x, y_fit, batch_size=batch, epochs=1, verbose=0)    # stack's rows)
+        os.environ["FASTNN_FUSED"] = "1"
     if kind in ("fail", "fail_dense"):     # (fail_dense: the other waits in SharedStep's C)
         class Fail(fastnn.callbacks.Callback):
             def on_train_batch_end(self, batch, logs=None):
@@ -317,6 +328,24 @@ def test_the_step_in_c_equals_the_step_in_python(tmp_path, kind):
         got[spin] = results[0]
     for key in got["0"]:
         np.testing.assert_array_equal(got["1"][key], got["0"][key], err_msg=key)
+
+
+@needs_mpi
+@pytest.mark.slow
+def test_a_model_switching_paths_keeps_its_exchange_windows_straight(tmp_path):
+    """Fits on the general path (a deferred kernel), the fused stack (a bigger exchange window:
+    the deferred kernel's regions go) and the general path again train as one process."""
+    done, (one,) = _run(tmp_path, "switch", 0)
+    assert done.returncode == 0, done.stderr
+    done, results = _run(tmp_path, "switch", 2)
+    assert done.returncode == 0, done.stderr
+    assert done.native == [True, True] and done.exchanged == [True, True]
+    assert results[0].pop("sharded") and not one.pop("sharded")
+    for other in results[1:]:
+        for key in results[0]:
+            np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
+    for key, want in one.items():
+        np.testing.assert_allclose(results[0][key], want, rtol=2e-5, atol=2e-6, err_msg=key)
 
 
 @needs_mpi
