@@ -6,7 +6,9 @@ T threads against T ranks with one thread each, in one run (issue 20).
 
 prints a markdown table: epoch seconds of each (min and median over the interleaved runs),
 their ratio, the share of the ranks' epoch spent in the gradient allreduce (with a shared arena:
-the sums, the barriers and the shard's update) with its time per step, and the least of it
+the sums, the barriers and the shard's update; the fused Dense stack's ranks exchanging
+activations: its barriers only, the shards' gradients and updates being the arithmetic one
+process does too) with its time per step, and the least of it
 spent not waiting at the barriers for the other rank (the step's C part counts its waits:
 what remains is the sums, the update and the barriers' own cost, which depend little on
 other jobs on the machine), and a model of that allreduce at 4-64 ranks from the bandwidth
