@@ -187,13 +187,14 @@ FNN_INLINE float with_penalty(float g, float w, float l1, float l2x2, int has_l1
                 parts1_[k_] = a1_;                                                        \
                 parts2_[k_] = a2_;                                                        \
             });                                                                           \
-        pen->value = penalty_value(parts1_, parts2_, pen->l1, pen->l2);                   \
+        pen->value = penalty_value(parts1_, parts2_, n_parts_, pen->l1, pen->l2);         \
     } while (0)
 
-/* l1 * sum |w| + l2 * sum w^2 from the parts' sums, added in order. */
-static double penalty_value(const double *parts1, const double *parts2, float l1, float l2) {
+/* l1 * sum |w| + l2 * sum w^2 from the n_parts parts' sums, added in order. */
+static double penalty_value(const double *parts1, const double *parts2, ptrdiff_t n_parts,
+                            float l1, float l2) {
     double s1 = 0.0, s2 = 0.0;
-    for (int k = 0; k < SUM_PARTS; k++) {
+    for (ptrdiff_t k = 0; k < n_parts; k++) {
         s1 += parts1[k];
         s2 += parts2[k];
     }
