@@ -5,15 +5,18 @@
 #include "fastnn.h"
 
 /* Moments of weights whose gradient is zero (dead units) decay geometrically into the subnormal
- * range, where float arithmetic is ~100x slower. Flush them to zero, as TensorFlow's
- * flush-to-zero CPU mode does. */
-static inline float flush(float x) { return fabsf(x) < FLT_MIN ? 0.0f : x; }
-
-/* The update loops also run with the CPU's flush-to-zero and denormals-are-zero modes (each
- * thread's MXCSR, restored after the loop): a moment update whose result would be subnormal
- * (g * g of a tiny gradient, e.g. the l2 penalty's 2 l2 w of a weight near zero whose input is
- * always 0) takes a ~100-cycle microcode assist per vector, which made Adam's pass 2.5x slower
- * with an l2 regularizer on MNIST's dead pixels. Only values below FLT_MIN change (to 0). */
+ * range, where float arithmetic is ~100x slower: the update loops flush values below FLT_MIN
+ * to zero, as TensorFlow's flush-to-zero CPU mode does.
+ *
+ * On x86 they run with the CPU's flush-to-zero and denormals-are-zero modes (each thread's
+ * MXCSR, restored after the loop): a moment update whose result would be subnormal (g * g of a
+ * tiny gradient, e.g. the l2 penalty's 2 l2 w of a weight near zero whose input is always 0)
+ * takes a ~100-cycle microcode assist per vector, which made Adam's pass 2.5x slower with an
+ * l2 regularizer on MNIST's dead pixels. The mode already gives 0 for every result below
+ * FLT_MIN, so flush() there is nothing (its compare and select, two per value in Adam, took
+ * ~15 % of Adam's pass, and made a penalty's two extra operations cost ~4 us a step of the
+ * seed MLP instead of ~1 us in a loop then bound by the divide and square root). Elsewhere
+ * flush() zeroes them. */
 #if defined(__SSE__) || defined(_M_X64)
 #include <xmmintrin.h>
 static inline unsigned ftz_on(void) {
@@ -22,9 +25,11 @@ static inline unsigned ftz_on(void) {
     return csr;
 }
 static inline void ftz_off(unsigned csr) { _mm_setcsr(csr); }
+static inline float flush(float x) { return x; }
 #else
 static inline unsigned ftz_on(void) { return 0; }
 static inline void ftz_off(unsigned csr) { (void)csr; }
+static inline float flush(float x) { return fabsf(x) < FLT_MIN ? 0.0f : x; }
 #endif
 
 /* FNN_PARALLEL_FOR with flush-to-zero on every thread that runs the loop. */
@@ -47,10 +52,13 @@ static inline void ftz_off(unsigned csr) { (void)csr; }
 /* The gradient as an update reads it, clipped as Keras's base optimizer clips it before the
  * update (_clip_gradients): times gscale (clipnorm, global_clipnorm: limit / norm; else 1),
  * then clamped to [-gclip, gclip] (clipvalue; else inf). Read inside the update's one pass,
- * so clipping costs no pass of its own. NaN stays NaN, as in ops.clip. */
+ * so clipping costs no pass of its own. NaN stays NaN, as in ops.clip: each select keeps g
+ * when a comparison with NaN is false, the form of one vector min and one max (a nested
+ * select took six operations a vector). */
 FNN_INLINE float clip_grad(float g, float gscale, float gclip) {
     g *= gscale;
-    return g > gclip ? gclip : (g < -gclip ? -gclip : g);
+    g = gclip < g ? gclip : g;
+    return -gclip > g ? -gclip : g;
 }
 #define G(i) clip_grad(g[i], gscale, gclip)
 
@@ -70,6 +78,9 @@ static size_t part_len(size_t n) { return (n + SUM_PARTS - 1) / SUM_PARTS; }
  * and a multiple of FLOAT_LANES long, so that each part's update starts 64 bytes after the
  * last's (an update at unaligned starts took twice as long). */
 #define PENALTY_PART 4096
+/* A penalty's float lanes add at most PENALTY_CHUNK / FLOAT_LANES = 128 terms each, between
+ * two trees of the lanes (a tree every 1024 values: ~1 us a step more on the seed MLP). */
+#define PENALTY_CHUNK 4096
 static size_t penalty_part_len(size_t n) {
     size_t per = (part_len(n) + FLOAT_LANES - 1) / FLOAT_LANES * FLOAT_LANES;
     return per > PENALTY_PART ? per : PENALTY_PART;
@@ -86,40 +97,28 @@ FNN_INLINE void lane_totals(float *a1, float *a2, double *d1, double *d2) {
     *d2 = a2[0];
 }
 
-/* s1 += sum |p|, s2 += sum p^2 over a chunk p[0..n) (s1 may be NULL), in the lanes above. */
-FNN_INLINE void lane_sums(const float *p, size_t n, double *s1, double *s2) {
+/* *s2 += sum p^2 over a chunk p[0..n), in the lanes above. */
+FNN_INLINE void lane_squares(const float *p, size_t n, double *s2) {
     float a1[FLOAT_LANES] = {0}, a2[FLOAT_LANES] = {0};
     size_t c = 0;
     double d1, d2;
-    if (s1)
-        for (; c + FLOAT_LANES <= n; c += FLOAT_LANES)
-            for (int j = 0; j < FLOAT_LANES; j++) {
-                a1[j] += fabsf(p[c + j]);
-                a2[j] += p[c + j] * p[c + j];
-            }
-    else
-        for (; c + FLOAT_LANES <= n; c += FLOAT_LANES)
-            for (int j = 0; j < FLOAT_LANES; j++) a2[j] += p[c + j] * p[c + j];
+    for (; c + FLOAT_LANES <= n; c += FLOAT_LANES)
+        for (int j = 0; j < FLOAT_LANES; j++) a2[j] += p[c + j] * p[c + j];
     lane_totals(a1, a2, &d1, &d2);
-    for (; c < n; c++) {
-        d1 += fabsf(p[c]);
-        d2 += (double)p[c] * p[c];
-    }
-    if (s1) *s1 += d1;
+    for (; c < n; c++) d2 += (double)p[c] * p[c];
     *s2 += d2;
 }
 
-/* Keras's l1/l2 penalty's gradient at weight w: l1 sign(w) + 2 l2 w (l2 alone: no sign). */
-FNN_INLINE float penalty_grad(float w, float l1, float l2x2, int has_l1) {
-    return has_l1 ? l1 * (float)((w > 0.0f) - (w < 0.0f)) + l2x2 * w : l2x2 * w;
+/* Gradient g plus Keras's l1/l2 penalty's gradient at weight w: l1 sign(w) + 2 l2 w (l2
+ * alone: no sign). */
+FNN_INLINE float with_penalty(float g, float w, float l1, float l2x2, int has_l1) {
+    return has_l1 ? g + (l1 * (float)((w > 0.0f) - (w < 0.0f)) + l2x2 * w) : g + l2x2 * w;
 }
 
 /* The update's loop: the statements run for each i with gi, the gradient as the update reads
  * it (G). With a weight penalty (pen, see fnn_penalty) the gradient read is g plus the
- * penalty's gradient at the weight before the step, and the penalty's value is summed in the
- * parts and chunks above, each chunk just before its update (PENALIZED_LOOP): no pass of its
- * own over the weights and gradients (which took ~24 us a step of the seed MLP with l2, on
- * one core). */
+ * penalty's gradient at the weight before the step, and the penalty's value is summed from
+ * the same weights in the same loop (PENALIZED_LOOP). */
 #define UPDATE_LOOP(...) do {                                                             \
         if (!pen) {                                                                       \
             FTZ_PARALLEL_FOR(schedule(static),                                            \
@@ -134,38 +133,78 @@ FNN_INLINE float penalty_grad(float w, float l1, float l2x2, int has_l1) {
         }                                                                                 \
     } while (0)
 
-/* Part by part (penalty_part_len: the same parts on any number of threads): the part's sums,
- * chunk by chunk, then its update, which reads the weights again from L1 or L2. The update's
- * loop vectorizes as it would alone (one loop doing both, lane by lane, checked its arrays for
- * overlap every FLOAT_LANES values: ~14 us a step slower than the plain update on the seed
- * MLP). */
-#define PENALIZED_LOOP(has_l1, ...) do {                                                  \
+#define PENALIZED_LOOP(has_l1, ...)                                                       \
+    PENALTY_SUMS(has_l1,                                                                  \
+                 float gi = clip_grad(with_penalty(g[i], w_, l1_, l2x2_, has_l1), gscale, \
+                                      gclip);                                             \
+                 __VA_ARGS__)
+
+/* The pragma for a penalized loop's 32 lanes: no overlap among w, g and the slots (omp simd;
+ * GCC's ivdep where OpenMP is off: its check of overlap every 32 values took ~3 us a step of
+ * the seed MLP with l2 instead of ~1 us). */
+#if defined(_OPENMP)
+#define LANES_SIMD FNN_PRAGMA(omp simd)
+#elif defined(__GNUC__) && !defined(__clang__)
+#define LANES_SIMD FNN_PRAGMA(GCC ivdep)
+#else
+#define LANES_SIMD
+#endif
+
+/* pen->value = l1 * sum |w| + l2 * sum w^2 over w[0..n), the statements run for each i with
+ * w_ = w[i], in the loop that sums it: a penalized update's sums and gradient cost it four
+ * operations a vector, not a pass of their own (a sum over each part just before its update
+ * took ~9 us a step of the seed MLP with l2; in the update's loop, ~1 us). Part by part
+ * (penalty_part_len: the same parts on any number of threads), each in chunks of at most
+ * PENALTY_CHUNK values summed in FLOAT_LANES float lanes: the statements' vector code for
+ * values c..c+31 (LANES_SIMD: w, g and the slots do not overlap, as the kernels' callers
+ * guarantee), each chunk's lanes added as a tree, its tail and total in double. */
+#define PENALTY_SUMS(has_l1, ...) do {                                                    \
         double parts1_[SUM_PARTS] = {0}, parts2_[SUM_PARTS] = {0};                        \
         size_t per_ = penalty_part_len(n);                                                \
         float l1_ = pen->l1, l2x2_ = 2.0f * pen->l2;                                      \
         ptrdiff_t k_, n_parts_ = (ptrdiff_t)((n + per_ - 1) / per_);                      \
+        (void)l1_, (void)l2x2_;                                                           \
         FTZ_PARALLEL_FOR(schedule(static),                                                \
             for (k_ = 0; k_ < n_parts_; k_++) {                                           \
                 size_t lo_ = (size_t)k_ * per_, hi_ = lo_ + per_ < n ? lo_ + per_ : n;    \
                 double a1_ = 0.0, a2_ = 0.0;                                              \
-                for (size_t at_ = lo_; at_ < hi_; at_ += SUM_CHUNK)                       \
-                    lane_sums(w + at_, hi_ - at_ < SUM_CHUNK ? hi_ - at_ : SUM_CHUNK,     \
-                              has_l1 ? &a1_ : NULL, &a2_);                                \
+                for (size_t at_ = lo_; at_ < hi_; at_ += PENALTY_CHUNK) {                 \
+                    size_t end_ = hi_ - at_ < PENALTY_CHUNK ? hi_ : at_ + PENALTY_CHUNK;  \
+                    size_t c_ = at_;                                                      \
+                    float s1_[FLOAT_LANES] = {0}, s2_[FLOAT_LANES] = {0};                 \
+                    double d1_, d2_;                                                      \
+                    for (; c_ + FLOAT_LANES <= end_; c_ += FLOAT_LANES) {                 \
+                        LANES_SIMD                                                        \
+                        for (int j_ = 0; j_ < FLOAT_LANES; j_++) {                        \
+                            ptrdiff_t i = (ptrdiff_t)(c_ + (size_t)j_);                   \
+                            float w_ = w[i];                                              \
+                            if (has_l1) s1_[j_] += fabsf(w_);                             \
+                            s2_[j_] += w_ * w_;                              \
+                            __VA_ARGS__                                                   \
+                        }                                                                 \
+                    }                                                                     \
+                    lane_totals(s1_, s2_, &d1_, &d2_);                                    \
+                    for (; c_ < end_; c_++) {                                             \
+                        ptrdiff_t i = (ptrdiff_t)c_;                                      \
+                        float w_ = w[i];                                                  \
+                        d1_ += fabsf(w_);                                                 \
+                        d2_ += (double)w_ * w_;                                           \
+                        __VA_ARGS__                                                       \
+                    }                                                                     \
+                    a1_ += d1_;                                                           \
+                    a2_ += d2_;                                                           \
+                }                                                                         \
                 parts1_[k_] = a1_;                                                        \
                 parts2_[k_] = a2_;                                                        \
-                for (ptrdiff_t i = (ptrdiff_t)lo_; i < (ptrdiff_t)hi_; i++) {             \
-                    float gi = clip_grad(g[i] + penalty_grad(w[i], l1_, l2x2_, has_l1),   \
-                                         gscale, gclip);                                  \
-                    __VA_ARGS__                                                           \
-                }                                                                         \
             });                                                                           \
-        pen->value = penalty_value(parts1_, parts2_, pen->l1, pen->l2);                   \
+        pen->value = penalty_value(parts1_, parts2_, n_parts_, pen->l1, pen->l2);         \
     } while (0)
 
-/* l1 * sum |w| + l2 * sum w^2 from the parts' sums, added in order. */
-static double penalty_value(const double *parts1, const double *parts2, float l1, float l2) {
+/* l1 * sum |w| + l2 * sum w^2 from the n_parts parts' sums, added in order. */
+static double penalty_value(const double *parts1, const double *parts2, ptrdiff_t n_parts,
+                            float l1, float l2) {
     double s1 = 0.0, s2 = 0.0;
-    for (int k = 0; k < SUM_PARTS; k++) {
+    for (ptrdiff_t k = 0; k < n_parts; k++) {
         s1 += parts1[k];
         s2 += parts2[k];
     }
@@ -399,7 +438,7 @@ double fnn_sum_squares(const float *g, size_t n, int n_threads) {
             size_t hi = lo + per < n ? lo + per : n;
             double part = 0.0;
             for (size_t at = lo; at < hi; at += SUM_CHUNK)
-                lane_sums(g + at, hi - at < SUM_CHUNK ? hi - at : SUM_CHUNK, NULL, &part);
+                lane_squares(g + at, hi - at < SUM_CHUNK ? hi - at : SUM_CHUNK, &part);
             parts[k] = part;
         });
     for (k = 0; k < SUM_PARTS; k++) sum += parts[k];
@@ -447,26 +486,12 @@ void fnn_optimizer_update(int kind, float *w, const float *g, float *const *slot
 FNN_DISPATCH
 double fnn_l1l2_penalty(const float *w, float *g, size_t n, float l1, float l2, int n_threads) {
     fnn_penalty value = {l1, l2, 0.0}, *pen = &value;
+    float gscale = 1.0f, gclip = INFINITY;     /* (clip_grad then leaves g + penalty) */
     int nt = fnn_threads(n, n_threads);
     (void)nt;
-    if (g) {
-        float gscale = 1.0f, gclip = INFINITY;     /* (clip_grad then leaves g + penalty) */
-        if (l1 != 0.0f) PENALIZED_LOOP(1, g[i] = gi;);
-        else PENALIZED_LOOP(0, g[i] = gi;);
-        return value.value;
-    }
-    double parts1[SUM_PARTS] = {0}, parts2[SUM_PARTS] = {0};
-    size_t per = penalty_part_len(n);
-    ptrdiff_t k, n_parts = (ptrdiff_t)((n + per - 1) / per);
-    FTZ_PARALLEL_FOR(schedule(static),
-        for (k = 0; k < n_parts; k++) {
-            size_t lo = (size_t)k * per, hi = lo + per < n ? lo + per : n;
-            double a1 = 0.0, a2 = 0.0;
-            for (size_t at = lo; at < hi; at += SUM_CHUNK)
-                lane_sums(w + at, hi - at < SUM_CHUNK ? hi - at : SUM_CHUNK,
-                          l1 != 0.0f ? &a1 : NULL, &a2);
-            parts1[k] = a1;
-            parts2[k] = a2;
-        });
-    return penalty_value(parts1, parts2, l1, l2);
+    if (g && l1 != 0.0f) PENALIZED_LOOP(1, g[i] = gi;);
+    else if (g) PENALIZED_LOOP(0, g[i] = gi;);
+    else if (l1 != 0.0f) PENALTY_SUMS(1, ;);
+    else PENALTY_SUMS(0, ;);
+    return value.value;
 }

@@ -216,16 +216,34 @@ static void penalize_all(const fnn_stack *s, int train, int n_threads) {
     }
 }
 
+/* x's bits (0 exactly for +0.0). */
+static uint64_t bits_of(double x) {
+    uint64_t u;
+    memcpy(&u, &x, sizeof u);
+    return u;
+}
+
 /* The penalties' value: each weight's blocks of rows summed in order, then the weights layer
- * by layer, kernel then bias, as the layer-by-layer path sums them (Model._regularization). */
+ * by layer, kernel then bias, as the layer-by-layer path sums them (Model._regularization).
+ * A block's value sits at its first row, its other rows +0.0: only the runs of 8 rows with a
+ * nonzero bit are added (the same values in the same order, x + 0.0 == x for x >= 0), not
+ * a chain of d_in dependent adds (784 rows: 640 -> 120 ns). */
 static double penalty_total(const fnn_stack *s) {
     double total = 0.0;
     size_t at = 0;
     for (int i = 0; i < s->n_layers; i++) {
         const fnn_dense *layer = &s->layers[i];
         if (penalized(s->reg + 4 * i)) {
+            const double *rows = s->pen_rows + at;
             double value = 0.0;
-            for (int r = 0; r < layer->d_in; r++) value += s->pen_rows[at + r];
+            int r = 0;
+            for (; r + 8 <= layer->d_in; r += 8) {
+                uint64_t any = 0;
+                for (int j = 0; j < 8; j++) any |= bits_of(rows[r + j]);
+                if (any)
+                    for (int j = 0; j < 8; j++) value += rows[r + j];
+            }
+            for (; r < layer->d_in; r++) value += rows[r];
             total += value;
         }
         at += (size_t)layer->d_in;

@@ -829,9 +829,11 @@ def test_optimizer_update_clipping_formulas():
 
 
 @pytest.mark.parametrize("l1,l2", [(0.01, 0.0), (0.0, 0.02), (0.01, 0.02)])
-@pytest.mark.parametrize("shape", [(7,), (6, 5), (2, 3, 4)])
+@pytest.mark.parametrize("shape", [(7,), (6, 5), (2, 3, 4), (130, 77)])
 def test_l1l2_penalty(ops, rng, l1, l2, shape):
-    """Keras's l1/l2 penalty value and its gradient added to the weight's gradient."""
+    """Keras's l1/l2 penalty value and its gradient added to the weight's gradient (130 x 77:
+    the C sums' vector lanes, several parts and a tail); the value is the same with the
+    gradient as without."""
     w = f32(rng, *shape)
     w.flat[0] = 0.0                 # sign(0) = 0
     g = f32(rng, *shape)
@@ -841,7 +843,20 @@ def test_l1l2_penalty(ops, rng, l1, l2, shape):
     value = ops.l1l2_penalty(put(ops, w), gd, l1, l2)
     assert value == pytest.approx(want, rel=1e-6)
     np.testing.assert_allclose(get(ops, gd), g_want, rtol=1e-6, atol=1e-7)
-    assert ops.l1l2_penalty(put(ops, w), None, l1, l2) == pytest.approx(want, rel=1e-6)
+    assert ops.l1l2_penalty(put(ops, w), None, l1, l2) == value
+
+
+def test_moments_below_the_smallest_normal_float_are_flushed_to_zero():
+    """An Adam moment whose update falls below FLT_MIN is stored as 0, as TensorFlow's
+    flush-to-zero mode does (a subnormal one would slow each later update of it ~100x), in
+    the vector loop and its tail."""
+    n = 101
+    w = np.ones(n, np.float32)
+    g = np.full(n, 2e-38, np.float32)      # normal; (1 - beta1) g and (1 - beta2) g^2 are not
+    m, v = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    CpuOps().adam_update(w, g, m, v, None, 0.01, 0.9, 0.999, 1e-7)
+    assert not m.any() and not v.any()
+    np.testing.assert_array_equal(w, 1.0)
 
 
 def test_norms_and_penalties_do_not_depend_on_the_thread_count(rng):
@@ -857,11 +872,14 @@ def test_norms_and_penalties_do_not_depend_on_the_thread_count(rng):
             step = np.zeros_like(g)
             CpuOps().optimizer_update(0, step, g, (None,), np.float32([0, 1, 0, 0]), 3, 1.0,
                                       [g.size])
-            results.append((CpuOps().l1l2_penalty(w, None, 0.01, 0.02), step))
+            grad = g.copy()
+            results.append((CpuOps().l1l2_penalty(w, None, 0.01, 0.02), step,
+                            CpuOps().l1l2_penalty(w, grad, 0.01, 0.02), grad))
     finally:
         _core.set_num_threads(saved)
-    assert results[0][0] == results[1][0]
+    assert results[0][0] == results[1][0] == results[0][2] == results[1][2]
     np.testing.assert_array_equal(results[0][1], results[1][1])
+    np.testing.assert_array_equal(results[0][3], results[1][3])
 
 
 def test_optimizer_update_and_penalty_refuse_bad_arguments(ops):
