@@ -100,12 +100,20 @@ FNN_INLINE void lstm_back(int act, int rec_act, int u, const float *restrict gb,
 }
 
 /* dt = dh + dy + carry (a row's state gradient: from the step after, its output, an output
- * carried over masked steps), carry then cleared. */
+ * carried over masked steps), carry then cleared. Without a mask there is no carry, and dy may
+ * be NULL (no output gradients): the same sums without the zeros. */
 FNN_INLINE void state_grad(int u, const float *restrict dh, const float *restrict dy,
                            float *restrict carry, float *restrict dt) {
-    for (int j = 0; j < u; j++) {
-        dt[j] = dh[j] + dy[j] + carry[j];
-        carry[j] = 0.0f;
+    int j;
+    if (carry) {
+        for (j = 0; j < u; j++) {
+            dt[j] = dh[j] + dy[j] + carry[j];
+            carry[j] = 0.0f;
+        }
+    } else if (dy) {
+        for (j = 0; j < u; j++) dt[j] = dh[j] + dy[j];
+    } else {
+        for (j = 0; j < u; j++) dt[j] = dh[j];
     }
 }
 
@@ -143,14 +151,14 @@ static int chunk_threads(const fnn_rnn *r, int chunks, int n_threads) {
  * activation into g (which held the input projection), the new states, the output. */
 FNN_DISPATCH
 static void step_forward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t *mask,
-                         float *g, float *rec,
+                         const float *bias, float *g, float *rec,
                          const float *hp, float *h, const float *cp, float *c, float *ex,
                          const float *y_prev, float *y) {
     int u = r->units, gu = gates_of(r->kind) * u, j;
     for (int b = b0; b < b1; b++) {
         float *gb = g + (size_t)b * gu, *rb = rec + (size_t)b * gu;
         const float *hpb = hp + (size_t)b * u;
-        float *hb = h + (size_t)b * u, *yb = y + (size_t)b * u;
+        float *hb = h + (size_t)b * u, *yb = y ? y + (size_t)b * u : 0;
         float *exb = ex ? ex + (size_t)b * u : 0;
         int keep = !mask || mask[(size_t)t * r->batch + b];
         if (!keep) {    /* state carried over, output the previous one (or zeros) */
@@ -165,7 +173,12 @@ static void step_forward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t 
             act_span(r->act, gb, u);
             memcpy(hb, gb, (size_t)u * sizeof(float));
         } else if (r->kind == FNN_RNN_LSTM) {
-            for (j = 0; j < gu; j++) gb[j] += rb[j];
+            /* the input bias added here, in the same order as a pass of its own before the
+             * recurrent GEMM would: one pass over the row, not two */
+            if (bias)
+                for (j = 0; j < gu; j++) gb[j] = (gb[j] + bias[j]) + rb[j];
+            else
+                for (j = 0; j < gu; j++) gb[j] += rb[j];
             act_span(r->rec_act, gb, 2 * u);            /* i, f */
             act_span(r->act, gb + 2 * u, u);            /* c candidate */
             act_span(r->rec_act, gb + 3 * u, u);        /* o */
@@ -188,7 +201,7 @@ static void step_forward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t 
             for (j = 0; j < u; j++)
                 hb[j] = gb[j] * hpb[j] + (1.0f - gb[j]) * gb[2 * u + j];
         }
-        memcpy(yb, hb, (size_t)u * sizeof(float));
+        if (yb) memcpy(yb, hb, (size_t)u * sizeof(float));
     }
 }
 
@@ -230,7 +243,7 @@ int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float
             for (int t = 0; t < T; t++) {
                 const float *hp = hs + t * su, *hk = hp;
                 float *g = gates + t * sg, *ex = extra ? extra + t * su : 0;
-                if (in_bias) {
+                if (in_bias && r->kind != FNN_RNN_LSTM) {     /* LSTM: in step_forward */
                     for (int b = b0; b < b1; b++)
                         for (int j = 0; j < gu; j++) g[(size_t)b * gu + j] += in_bias[j];
                 }
@@ -252,9 +265,10 @@ int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float
                     fnn_gemm(0, 0, nb, u, u, 1.0f, ex + (size_t)b0 * u, u, r->recurrent + 2 * u,
                              gu, 0.0f, rc + 2 * u, gu, 1);
                 }
-                step_forward(r, b0, b1, t, mask, g, rec, hp, hs + (t + 1) * su,
-                             cs ? cs + t * su : 0, cs ? cs + (t + 1) * su : 0, ex,
-                             t ? ys + (t - 1) * su : 0, ys + t * su);
+                step_forward(r, b0, b1, t, mask, r->kind == FNN_RNN_LSTM ? in_bias : 0, g,
+                             rec, hp, hs + (t + 1) * su, cs ? cs + t * su : 0,
+                             cs ? cs + (t + 1) * su : 0, ex,
+                             ys && t ? ys + (t - 1) * su : 0, ys ? ys + t * su : 0);
             }
         });
     fnn_blas_restore(saved);
@@ -267,22 +281,24 @@ int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float
  * gradient that does not go through the recurrent GEMM (the caller adds dgr R^T). A masked
  * step's gates get no gradient, its state's passes on, its output's goes to the previous
  * output (carry) unless zero_output. GRU without reset_after: this is its first half (dht
- * kept for gru_r_backward, after the GEMM through r h). */
+ * kept for gru_r_backward, after the GEMM through r h). keep_dh: LSTM and SimpleRNN leave dh
+ * as it is (the recurrent GEMM overwrites it), else zero it for the GEMM to add to. */
 FNN_DISPATCH
 static void step_backward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t *mask,
                           const float *dy,
                           float *carry, float *dh, float *dc, float *dht, const float *g,
                           const float *ex, const float *hp, const float *cp, float *dgx,
-                          float *dgr) {
+                          float *dgr, int keep_dh) {
     int u = r->units, gu = gates_of(r->kind) * u, j;
     for (int b = b0; b < b1; b++) {
-        const float *dyb = dy + (size_t)b * u, *gb = g + (size_t)b * gu;
+        const float *dyb = dy ? dy + (size_t)b * u : 0, *gb = g + (size_t)b * gu;
         const float *hpb = hp + (size_t)b * u;
-        float *cb = carry + (size_t)b * u, *dhb = dh + (size_t)b * u;
+        float *cb = mask ? carry + (size_t)b * u : 0, *dhb = dh + (size_t)b * u;
         float *dtb = dht + (size_t)b * u, *xb = dgx + (size_t)b * gu;
         int keep = !mask || mask[(size_t)t * r->batch + b];
         if (!keep) {
-            for (j = 0; j < u; j++) cb[j] = r->zero_output ? 0.0f : dyb[j] + cb[j];
+            for (j = 0; j < u; j++)
+                cb[j] = r->zero_output ? 0.0f : (dyb ? dyb[j] : 0.0f) + cb[j];
             memset(xb, 0, (size_t)gu * sizeof(float));
             if (dgr != dgx) memset(dgr + (size_t)b * gu, 0, (size_t)gu * sizeof(float));
             continue;
@@ -291,11 +307,11 @@ static void step_backward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t
         if (r->kind == FNN_RNN_SIMPLE) {
             for (j = 0; j < u; j++) xb[j] = dtb[j];
             dact_span(r->act, gb, xb, u);
-            for (j = 0; j < u; j++) dhb[j] = 0.0f;
+            if (!keep_dh) memset(dhb, 0, (size_t)u * sizeof(float));
         } else if (r->kind == FNN_RNN_LSTM) {
             lstm_back(r->act, r->rec_act, u, gb, ex + (size_t)b * u, cp + (size_t)b * u, dtb,
                       dc + (size_t)b * u, xb);
-            memset(dhb, 0, (size_t)u * sizeof(float));
+            if (!keep_dh) memset(dhb, 0, (size_t)u * sizeof(float));
         } else {
             for (j = 0; j < u; j++) {
                 xb[2 * u + j] = dtb[j] * (1.0f - gb[j]);
@@ -372,7 +388,10 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
     if (!rt) return -2;
     for (int i = 0; i < u; i++)
         for (int j = 0; j < gu; j++) rt[(size_t)j * u + i] = r->recurrent[(size_t)i * gu + j];
-    memset(carry, 0, su * sizeof(float));
+    if (mask) memset(carry, 0, su * sizeof(float));
+    /* LSTM and SimpleRNN without a mask: dh is all the recurrent GEMM's (step_backward left
+     * what it read there), so the GEMM writes it rather than adding to zeros */
+    int dh_overwritten = !mask && !rec_mask && r->kind != FNN_RNN_GRU;
     int chunks = batch_chunks(B), nt = chunk_threads(r, chunks, n_threads), ci;
     /* the bias gradient summed per chunk as its steps go (the rows in cache), then over the
      * chunks in order: no pass over all of dgx after; GRU with reset_after: dgr's too */
@@ -391,8 +410,9 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
             for (int t = T - 1; t >= 0; t--) {
                 const float *ex = extra ? extra + t * su : 0;
                 float *gx = dgx + t * sg, *gr = dgr + t * sg;
-                step_backward(r, b0, b1, t, mask, dys + t * su, carry, dh, dc, dht,
-                              gates + t * sg, ex, hs + t * su, cs ? cs + t * su : 0, gx, gr);
+                step_backward(r, b0, b1, t, mask, dys ? dys + t * su : 0, carry, dh, dc, dht,
+                              gates + t * sg, ex, hs + t * su, cs ? cs + t * su : 0, gx, gr,
+                              dh_overwritten);
                 if (gru_before) {
                     fnn_gemm(0, 0, nb, u, u, 1.0f, gx + (size_t)b0 * gu + 2 * u, gu,
                              rt + (size_t)2 * u * u, u, 0.0f, drh + (size_t)b0 * u, u, 1);
@@ -419,8 +439,8 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
                              u, 1);
                     for (size_t i = 0; i < (size_t)nb * u; i++) dhc[i] += tmp[i] * rmc[i];
                 } else {
-                    fnn_gemm(0, 0, nb, u, k, 1.0f, gr + (size_t)b0 * gu, gu, rt, u, 1.0f, dhc,
-                             u, 1);
+                    fnn_gemm(0, 0, nb, u, k, 1.0f, gr + (size_t)b0 * gu, gu, rt, u,
+                             dh_overwritten ? 0.0f : 1.0f, dhc, u, 1);
                 }
             }
         });

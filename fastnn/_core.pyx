@@ -2693,7 +2693,8 @@ def rnn_forward(str kind, int steps, int batch, int d_in, int units, x, kernel, 
                 bint reset_after=True, bint zero_output=False, rec_mask=None, hd=None):
     """A recurrent layer forward over a time-major sequence (see fnn_rnn_forward): hs[0] (and
     cs[0]) hold the initial states. mask: bool (steps, batch) or None. rec_mask (batch *
-    units) with hd (steps * batch * units): recurrent dropout. Flat float32 arrays."""
+    units) with hd (steps * batch * units): recurrent dropout. ys may be None without a mask
+    (the outputs are then hs[1:]). Flat float32 arrays."""
     fn = "rnn_forward"
     cdef fnn_rnn r
     cdef const float[::1] X = _cf1(f"{fn}: x", x, True)
@@ -2702,7 +2703,7 @@ def rnn_forward(str kind, int steps, int batch, int d_in, int units, x, kernel, 
     cdef const float[::1] Bv = _cf1(f"{fn}: bias", bias, False)
     code, gu = _rnn_setup(fn, &r, kind, steps, batch, d_in, units, act, rec_act, reset_after,
                           zero_output, K, R, Bv)
-    cdef float[::1] Y = _f1(f"{fn}: ys", ys, True)
+    cdef float[::1] Y = _f1(f"{fn}: ys", ys, False)
     cdef float[::1] H = _f1(f"{fn}: hs", hs, True)
     cdef float[::1] C = _f1(f"{fn}: cs", cs, code == 1)
     cdef float[::1] G = _f1(f"{fn}: gates", gates, True)
@@ -2715,7 +2716,10 @@ def rnn_forward(str kind, int steps, int batch, int d_in, int units, x, kernel, 
         _rnn_len(f"{fn}: rec_mask", RM.shape[0], su)
         _rnn_len(f"{fn}: hd", HD.shape[0], n * units)
     _rnn_len(f"{fn}: x", X.shape[0], n * d_in)
-    _rnn_len(f"{fn}: ys", Y.shape[0], n * units)
+    if Y is not None:
+        _rnn_len(f"{fn}: ys", Y.shape[0], n * units)
+    elif mask is not None:
+        raise ValueError(f"{fn}: ys may be None only without a mask")
     _rnn_len(f"{fn}: hs", H.shape[0], (steps + 1) * su)
     if code == 1:
         _rnn_len(f"{fn}: cs", C.shape[0], (steps + 1) * su)
@@ -2735,9 +2739,10 @@ def rnn_forward(str kind, int steps, int batch, int d_in, int units, x, kernel, 
     cdef float *ep = NULL if E is None else &E[0]
     cdef const float *rmp = NULL if RM is None else &RM[0]
     cdef float *hdp = NULL if RM is None else &HD[0]
+    cdef float *yp = NULL if Y is None else &Y[0]
     cdef int rc
     with nogil:
-        rc = fnn_rnn_forward(&r, &X[0], mp, &Y[0], &H[0], cp, &G[0], ep, &RC[0], rmp, hdp,
+        rc = fnn_rnn_forward(&r, &X[0], mp, yp, &H[0], cp, &G[0], ep, &RC[0], rmp, hdp,
                              _n_threads)
     if rc:
         raise RuntimeError(f"{fn}: no BLAS")
@@ -2749,7 +2754,7 @@ def rnn_backward(str kind, int steps, int batch, int d_in, int units, x, kernel,
                  bint reset_after=True, bint zero_output=False, rec_mask=None, hd=None):
     """Back through time (see fnn_rnn_backward): dh (and dc) hold the last states' gradients
     and receive the initial states'. dgr may be dgx itself but for a GRU with reset_after;
-    dx may be None."""
+    dx may be None; dys may be None (no output has a gradient)."""
     fn = "rnn_backward"
     cdef fnn_rnn r
     cdef const float[::1] X = _cf1(f"{fn}: x", x, True)
@@ -2762,7 +2767,7 @@ def rnn_backward(str kind, int steps, int batch, int d_in, int units, x, kernel,
     cdef const float[::1] C = _cf1(f"{fn}: cs", cs, code == 1)
     cdef const float[::1] G = _cf1(f"{fn}: gates", gates, True)
     cdef const float[::1] E = _cf1(f"{fn}: extra", extra, code != 0)
-    cdef const float[::1] DY = _cf1(f"{fn}: dys", dys, True)
+    cdef const float[::1] DY = _cf1(f"{fn}: dys", dys, False)
     cdef float[::1] DH = _f1(f"{fn}: dh", dh, True)
     cdef float[::1] DC = _f1(f"{fn}: dc", dc, code == 1)
     cdef float[::1] CA = _f1(f"{fn}: carry", carry, True)
@@ -2788,7 +2793,8 @@ def rnn_backward(str kind, int steps, int batch, int d_in, int units, x, kernel,
     _rnn_len(f"{fn}: gates", G.shape[0], n * gu)
     if E is not None:
         _rnn_len(f"{fn}: extra", E.shape[0], n * units)
-    _rnn_len(f"{fn}: dys", DY.shape[0], n * units)
+    if DY is not None:
+        _rnn_len(f"{fn}: dys", DY.shape[0], n * units)
     for nm, a in (("dh", DH), ("carry", CA), ("dht", DT), ("drh", DR)):
         _rnn_len(f"{fn}: {nm}", a.shape[0], su)
     _rnn_len(f"{fn}: dgx", DGX.shape[0], n * gu)
@@ -2820,9 +2826,10 @@ def rnn_backward(str kind, int steps, int batch, int d_in, int units, x, kernel,
     cdef float *dxp = NULL if DX is None else &DX[0]
     cdef const float *rmp = NULL if RM is None else &RM[0]
     cdef const float *hdp = NULL if RM is None else &HD[0]
+    cdef const float *dyp = NULL if DY is None else &DY[0]
     cdef int rc
     with nogil:
-        rc = fnn_rnn_backward(&r, &X[0], mp, &H[0], cp, &G[0], ep, &DY[0], &DH[0], dcp,
+        rc = fnn_rnn_backward(&r, &X[0], mp, &H[0], cp, &G[0], ep, dyp, &DH[0], dcp,
                               &CA[0], &DT[0], &DR[0], &DGX[0], &DGR[0], &DK[0], &DRK[0], dbp,
                               dxp, rmp, hdp, _n_threads)
     if rc == -2:
