@@ -18,6 +18,7 @@ cdef extern from "fastnn.h" nogil:
         const float *kernel
         const float *recurrent
         const float *bias
+        int x_ld, h_ld
     int fnn_rnn_act_supported(int act)
     int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float *ys,
                         float *hs, float *cs, float *gates, float *extra, float *rec,
@@ -2666,7 +2667,21 @@ cdef tuple _rnn_setup(str fn, fnn_rnn *r, str kind, int steps, int batch, int d_
     r.act, r.rec_act, r.reset_after, r.zero_output = act, rec_act, reset_after, zero_output
     r.kernel, r.recurrent = &K[0], &R[0]
     r.bias = NULL if Bv is None else &Bv[0]
+    r.x_ld = r.h_ld = 0
     return (code, gu)
+
+
+cdef Py_ssize_t _rnn_packed(str fn, fnn_rnn *r, int code, bint packed, hs,
+                            rec_mask) except -1:
+    """x's length: with packed, x holds rows [x_t | h_{t-1}] ((steps + 1) * batch rows of
+    d_in + units floats) and hs is None (it lives there)."""
+    if not packed:
+        return <Py_ssize_t>r.steps * r.batch * r.d_in
+    if code == 2 or rec_mask is not None or hs is not None:
+        raise ValueError(f"{fn}: packed x holds hs (pass hs=None); SimpleRNN and LSTM "
+                         "without recurrent dropout only")
+    r.x_ld = r.h_ld = r.d_in + r.units
+    return (<Py_ssize_t>r.steps + 1) * r.batch * (r.d_in + r.units)
 
 
 cdef const uint8_t *_rnn_mask(str fn, mask, Py_ssize_t n) except? NULL:
@@ -2690,21 +2705,26 @@ cdef const uint8_t *_rnn_mask(str fn, mask, Py_ssize_t n) except? NULL:
 
 def rnn_forward(str kind, int steps, int batch, int d_in, int units, x, kernel, recurrent,
                 bias, mask, ys, hs, cs, gates, extra, rec, int act, int rec_act,
-                bint reset_after=True, bint zero_output=False, rec_mask=None, hd=None):
+                bint reset_after=True, bint zero_output=False, rec_mask=None, hd=None,
+                bint packed=False):
     """A recurrent layer forward over a time-major sequence (see fnn_rnn_forward): hs[0] (and
     cs[0]) hold the initial states. mask: bool (steps, batch) or None. rec_mask (batch *
     units) with hd (steps * batch * units): recurrent dropout. ys may be None without a mask
-    (the outputs are then hs[1:]). Flat float32 arrays."""
+    (the outputs are then hs[1:]). packed: x is ((steps + 1) * batch, d_in + units), row
+    t * batch + b holding [x_t | h_{t-1}] (the initial states in rows 0's last units
+    columns), and hs is None. Flat float32 arrays."""
     fn = "rnn_forward"
     cdef fnn_rnn r
     cdef const float[::1] X = _cf1(f"{fn}: x", x, True)
+    cdef float[::1] XH = _f1(f"{fn}: x", x, True) if packed else None
     cdef const float[::1] K = _cf1(f"{fn}: kernel", kernel, True)
     cdef const float[::1] R = _cf1(f"{fn}: recurrent", recurrent, True)
     cdef const float[::1] Bv = _cf1(f"{fn}: bias", bias, False)
     code, gu = _rnn_setup(fn, &r, kind, steps, batch, d_in, units, act, rec_act, reset_after,
                           zero_output, K, R, Bv)
     cdef float[::1] Y = _f1(f"{fn}: ys", ys, False)
-    cdef float[::1] H = _f1(f"{fn}: hs", hs, True)
+    cdef Py_ssize_t nx = _rnn_packed(fn, &r, code, packed, hs, rec_mask)
+    cdef float[::1] H = _f1(f"{fn}: hs", hs, not packed)
     cdef float[::1] C = _f1(f"{fn}: cs", cs, code == 1)
     cdef float[::1] G = _f1(f"{fn}: gates", gates, True)
     cdef float[::1] E = _f1(f"{fn}: extra", extra, code != 0)
@@ -2715,12 +2735,13 @@ def rnn_forward(str kind, int steps, int batch, int d_in, int units, x, kernel, 
     if RM is not None:
         _rnn_len(f"{fn}: rec_mask", RM.shape[0], su)
         _rnn_len(f"{fn}: hd", HD.shape[0], n * units)
-    _rnn_len(f"{fn}: x", X.shape[0], n * d_in)
+    _rnn_len(f"{fn}: x", X.shape[0], nx)
     if Y is not None:
         _rnn_len(f"{fn}: ys", Y.shape[0], n * units)
     elif mask is not None:
         raise ValueError(f"{fn}: ys may be None only without a mask")
-    _rnn_len(f"{fn}: hs", H.shape[0], (steps + 1) * su)
+    if not packed:
+        _rnn_len(f"{fn}: hs", H.shape[0], (steps + 1) * su)
     if code == 1:
         _rnn_len(f"{fn}: cs", C.shape[0], (steps + 1) * su)
     _rnn_len(f"{fn}: gates", G.shape[0], n * gu)
@@ -2729,20 +2750,22 @@ def rnn_forward(str kind, int steps, int batch, int d_in, int units, x, kernel, 
     _rnn_len(f"{fn}: rec", RC.shape[0], batch * gu)
     cdef const uint8_t *mp = _rnn_mask(fn, mask, n)
     outs = [(nm, <size_t>_p1(a), _n1(a)) for nm, a in
-            (("ys", Y), ("hs", H), ("cs", C), ("gates", G), ("extra", E), ("rec", RC),
+            (("ys", Y), ("x (packed with hs)" if packed else "hs", XH if packed else H),
+             ("cs", C), ("gates", G), ("extra", E), ("rec", RC),
              ("hd", HD if RM is not None else None))]
     _all_disjoint(fn, outs, [(nm, <size_t>_p1(a), _n1(a)) for nm, a in
-                             (("x", X), ("kernel", K), ("recurrent", R), ("bias", Bv),
-                              ("rec_mask", RM))])
+                             (("x", None if packed else X), ("kernel", K), ("recurrent", R),
+                              ("bias", Bv), ("rec_mask", RM))])
     _need_blas()
     cdef float *cp = NULL if C is None else &C[0]
     cdef float *ep = NULL if E is None else &E[0]
     cdef const float *rmp = NULL if RM is None else &RM[0]
     cdef float *hdp = NULL if RM is None else &HD[0]
     cdef float *yp = NULL if Y is None else &Y[0]
+    cdef float *hp = &XH[d_in] if packed else &H[0]
     cdef int rc
     with nogil:
-        rc = fnn_rnn_forward(&r, &X[0], mp, yp, &H[0], cp, &G[0], ep, &RC[0], rmp, hdp,
+        rc = fnn_rnn_forward(&r, &X[0], mp, yp, hp, cp, &G[0], ep, &RC[0], rmp, hdp,
                              _n_threads)
     if rc:
         raise RuntimeError(f"{fn}: no BLAS")
@@ -2751,10 +2774,12 @@ def rnn_forward(str kind, int steps, int batch, int d_in, int units, x, kernel, 
 def rnn_backward(str kind, int steps, int batch, int d_in, int units, x, kernel, recurrent,
                  bias, mask, hs, cs, gates, extra, dys, dh, dc, carry, dht, drh, dgx, dgr,
                  d_kernel, d_recurrent, d_bias, dx, int act, int rec_act,
-                 bint reset_after=True, bint zero_output=False, rec_mask=None, hd=None):
+                 bint reset_after=True, bint zero_output=False, rec_mask=None, hd=None,
+                 bint packed=False):
     """Back through time (see fnn_rnn_backward): dh (and dc) hold the last states' gradients
     and receive the initial states'. dgr may be dgx itself but for a GRU with reset_after;
-    dx may be None; dys may be None (no output has a gradient)."""
+    dx may be None; dys may be None (no output has a gradient). packed: x and hs as
+    rnn_forward's (hs None)."""
     fn = "rnn_backward"
     cdef fnn_rnn r
     cdef const float[::1] X = _cf1(f"{fn}: x", x, True)
@@ -2763,7 +2788,8 @@ def rnn_backward(str kind, int steps, int batch, int d_in, int units, x, kernel,
     cdef const float[::1] Bv = _cf1(f"{fn}: bias", bias, False)
     code, gu = _rnn_setup(fn, &r, kind, steps, batch, d_in, units, act, rec_act, reset_after,
                           zero_output, K, R, Bv)
-    cdef const float[::1] H = _cf1(f"{fn}: hs", hs, True)
+    cdef Py_ssize_t nx = _rnn_packed(fn, &r, code, packed, hs, rec_mask)
+    cdef const float[::1] H = _cf1(f"{fn}: hs", hs, not packed)
     cdef const float[::1] C = _cf1(f"{fn}: cs", cs, code == 1)
     cdef const float[::1] G = _cf1(f"{fn}: gates", gates, True)
     cdef const float[::1] E = _cf1(f"{fn}: extra", extra, code != 0)
@@ -2785,8 +2811,9 @@ def rnn_backward(str kind, int steps, int batch, int d_in, int units, x, kernel,
     if RM is not None:
         _rnn_len(f"{fn}: rec_mask", RM.shape[0], su)
         _rnn_len(f"{fn}: hd", HD.shape[0], n * units)
-    _rnn_len(f"{fn}: x", X.shape[0], n * d_in)
-    _rnn_len(f"{fn}: hs", H.shape[0], (steps + 1) * su)
+    _rnn_len(f"{fn}: x", X.shape[0], nx)
+    if not packed:
+        _rnn_len(f"{fn}: hs", H.shape[0], (steps + 1) * su)
     if code == 1:
         _rnn_len(f"{fn}: cs", C.shape[0], (steps + 1) * su)
         _rnn_len(f"{fn}: dc", DC.shape[0], su)
@@ -2827,9 +2854,10 @@ def rnn_backward(str kind, int steps, int batch, int d_in, int units, x, kernel,
     cdef const float *rmp = NULL if RM is None else &RM[0]
     cdef const float *hdp = NULL if RM is None else &HD[0]
     cdef const float *dyp = NULL if DY is None else &DY[0]
+    cdef const float *hp = &X[d_in] if packed else &H[0]
     cdef int rc
     with nogil:
-        rc = fnn_rnn_backward(&r, &X[0], mp, &H[0], cp, &G[0], ep, dyp, &DH[0], dcp,
+        rc = fnn_rnn_backward(&r, &X[0], mp, hp, cp, &G[0], ep, dyp, &DH[0], dcp,
                               &CA[0], &DT[0], &DR[0], &DGX[0], &DGR[0], &DK[0], &DRK[0], dbp,
                               dxp, rmp, hdp, _n_threads)
     if rc == -2:

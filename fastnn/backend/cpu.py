@@ -346,11 +346,19 @@ class CpuOps(Ops):
         if not (_core.rnn_act_supported(act[0]) and _core.rnn_act_supported(rec_act[0])):
             return super().rnn_forward(cell, x, kernel, recurrent, bias, h0, c0, mask, act,
                                        rec_act, reset_after, zero_output, rec_mask)
-        x = _f32(x, "x")
         steps, batch, d_in = x.shape
         units, gu = recurrent.shape
         new = _rnn_arrays(work)
-        hs = new("rnn_hs", (steps + 1, batch, units))
+        # SimpleRNN and LSTM without recurrent dropout: x and the states packed as rows
+        # [x_t | h_{t-1}], so the two weight gradients are one GEMM (csrc/recurrent.c)
+        packed = cell != "gru" and rec_mask is None
+        if packed:
+            xh = new("rnn_xh", (steps + 1, batch, d_in + units))
+            xh[:steps, :, :d_in] = x       # (any layout: x is copied in anyway)
+            x, hs = xh[:steps, :, :d_in], xh[:, :, d_in:]
+        else:
+            x = _f32(x, "x")
+            hs = new("rnn_hs", (steps + 1, batch, units))
         hs[0] = h0
         cs = None
         if cell == "lstm":
@@ -364,14 +372,16 @@ class CpuOps(Ops):
         rec_mask = _f32_or_none(rec_mask, "rec_mask")
         hd = None if rec_mask is None else new("rnn_hd", (steps, batch, units))
         flat = [None if a is None else a.reshape(-1) for a in
-                (x, _f32(kernel, "kernel"), _f32(recurrent, "recurrent"),
-                 _f32_or_none(bias, "bias"), mask, ys, hs, cs, gates, extra)]
+                (xh if packed else x, _f32(kernel, "kernel"), _f32(recurrent, "recurrent"),
+                 _f32_or_none(bias, "bias"), mask, ys, None if packed else hs, cs, gates,
+                 extra)]
         _core.rnn_forward(cell, steps, batch, d_in, units, *flat,
                           new("rnn_rec", (batch * gu,)), act[0], rec_act[0], reset_after,
                           zero_output, None if rec_mask is None else rec_mask.reshape(-1),
-                          None if hd is None else hd.reshape(-1))
+                          None if hd is None else hd.reshape(-1), packed)
         cache = {"kernel": True, "x": x, "bias": flat[3], "mask": mask, "hs": hs, "cs": cs,
-                 "gates": gates, "extra": extra, "rec_mask": rec_mask, "hd": hd}
+                 "gates": gates, "extra": extra, "rec_mask": rec_mask, "hd": hd,
+                 "xh": xh if packed else None}
         return hs[1:] if ys is None else ys, hs[steps], None if cs is None else cs[steps], \
             cache
 
@@ -403,18 +413,20 @@ class CpuOps(Ops):
         dgx = new("rnn_dgx", (steps, batch, gu))
         dgr = new("rnn_dgr", (steps, batch, gu)) if cell == "gru" and reset_after else dgx
         dx = new("rnn_dx", (steps, batch, d_in)) if need_dx else None
+        packed = cache.get("xh") is not None
         flat = [None if a is None else a.reshape(-1) for a in
-                (x, _f32(kernel, "kernel"), _f32(recurrent, "recurrent"))]
+                (cache["xh"] if packed else x, _f32(kernel, "kernel"),
+                 _f32(recurrent, "recurrent"))]
         _core.rnn_backward(
             cell, steps, batch, d_in, units, *flat, cache["bias"], cache["mask"] if
             cache["mask"] is None else cache["mask"].reshape(-1),
             *[None if a is None else a.reshape(-1) for a in
-              (cache["hs"], cache["cs"], cache["gates"], cache["extra"],
+              (None if packed else cache["hs"], cache["cs"], cache["gates"], cache["extra"],
                _f32_or_none(dy, "dy"), dh, dc)],
             scratch[0], scratch[1], scratch[2], dgx.reshape(-1), dgr.reshape(-1),
             d_kernel.reshape(-1), d_recurrent.reshape(-1),
             None if d_bias is None else d_bias.reshape(-1),
             None if dx is None else dx.reshape(-1), act[0], rec_act[0], reset_after,
             zero_output, *[None if a is None else a.reshape(-1)
-                           for a in (cache["rec_mask"], cache["hd"])])
+                           for a in (cache["rec_mask"], cache["hd"])], packed)
         return dx, dh, dc

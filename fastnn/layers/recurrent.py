@@ -306,8 +306,9 @@ class _RNN(_Sequence):
         if self.go_backwards:
             x = x[:, ::-1]
             mask = None if mask is None else mask[:, ::-1]
-        xs = self._work("rnn_x", (steps, batch, d_in))
-        xs[...] = x.transpose(1, 0, 2)
+        xs = x.transpose(1, 0, 2)      # time-major: the backend copies it where it wants it
+        if xs.dtype != np.float32:
+            xs = xs.astype(np.float32)
         ms = None if mask is None else xp.ascontiguousarray(mask.T)
         states = self._initial_states(initial_state, batch)
         act, rec = self._acts()
@@ -381,7 +382,6 @@ class _RNN(_Sequence):
         (None where an output gets none). Returns dx; the initial states' gradients are left
         in this call's state (d_states)."""
         ops = get_ops()
-        xp = ops.xp
         st = self._state()
         batch, steps, d_in = st.shape
         grads = list(dy) if self.return_state else [dy]
@@ -412,10 +412,11 @@ class _RNN(_Sequence):
         dx = dx.transpose(1, 0, 2)
         if self.go_backwards:
             dx = dx[:, ::-1]
-        dx = xp.ascontiguousarray(dx)
+        out = self._work("dx", (batch, steps, d_in))    # as Dense's dx: reused a batch
+        out[...] = dx
         if st.drop is not None:
-            dx *= st.drop
-        return dx
+            out *= st.drop
+        return out
 
     # ---- config ----------------------------------------------------------------------------
     def get_config(self):
