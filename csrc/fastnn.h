@@ -482,6 +482,10 @@ typedef struct {
      * are one GEMM over all steps (not for a GRU, nor with recurrent dropout). */
     int x_ld, h_ld;
 } fnn_rnn;
+/* dst[i][j][:n] = src[i][j][:n] (i < n0, j < n1; strides in floats, the last axis
+ * contiguous; the two must not overlap), split over i on the threads. */
+void fnn_copy_steps(const float *src, ptrdiff_t s0, ptrdiff_t s1, float *dst, ptrdiff_t d0,
+                    ptrdiff_t d1, int n0, int n1, int n, int n_threads);
 /* Whether the kernels compute this activation (else: the reference path). */
 int fnn_rnn_act_supported(int act);
 /* x (T*B, d_in); mask (T*B) bytes, 1 = the step counts, or NULL. Writes ys (T*B, U) outputs,

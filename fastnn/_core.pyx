@@ -7,6 +7,7 @@ releases the GIL around the work. Arrays are float32 and C-contiguous; the Pytho
 import operator
 
 from libc.math cimport INFINITY, isfinite
+from libc.stddef cimport ptrdiff_t
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, strcmp
@@ -20,6 +21,8 @@ cdef extern from "fastnn.h" nogil:
         const float *bias
         int x_ld, h_ld
     int fnn_rnn_act_supported(int act)
+    void fnn_copy_steps(const float *src, ptrdiff_t s0, ptrdiff_t s1, float *dst, ptrdiff_t d0,
+                        ptrdiff_t d1, int n0, int n1, int n, int n_threads)
     int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float *ys,
                         float *hs, float *cs, float *gates, float *extra, float *rec,
                         const float *rec_mask, float *hd, int n_threads)
@@ -2701,6 +2704,56 @@ cdef const uint8_t *_rnn_mask(str fn, mask, Py_ssize_t n) except? NULL:
                         f"{_describe(mask)}") from e
     _rnn_len(f"{fn}: mask", M.shape[0], n)
     return &M[0]
+
+
+cdef tuple _extent3(const float[:, :, :] a):
+    """The lowest address a 3-D view touches and its span in bytes (strides may be negative)."""
+    cdef const char *p = <const char *>&a[0, 0, 0]
+    cdef Py_ssize_t lo = 0, hi = 4 * a.shape[2], k
+    for k in range(2):
+        if a.strides[k] < 0:
+            lo += (a.shape[k] - 1) * a.strides[k]
+        else:
+            hi += (a.shape[k] - 1) * a.strides[k]
+    return <size_t>(p + lo), <size_t>(hi - lo)
+
+
+def copy_steps(src, dst):
+    """dst[...] = src for two 3-D float32 arrays of one shape, each with a contiguous last
+    axis and any strides on the first two (a batch-major sequence into a time-major one or
+    back), on fastnn's threads. They must not overlap."""
+    fn = "copy_steps"
+    cdef const float[:, :, :] S
+    cdef float[:, :, :] D
+    try:
+        S = src
+    except Exception as e:
+        raise (TypeError if str(getattr(src, "dtype", "")) != "float32" else ValueError)(
+            f"{fn}: src: expected a 3-D float32 array with a contiguous last axis, got "
+            f"{_describe(src)} ({e})") from None
+    try:
+        D = dst
+    except Exception as e:
+        raise (TypeError if str(getattr(dst, "dtype", "")) != "float32" else ValueError)(
+            f"{fn}: dst: expected a writable 3-D float32 array with a contiguous last axis, "
+            f"got {_describe(dst)} ({e})") from None
+    if S.strides[2] != 4 or D.strides[2] != 4:
+        raise ValueError(f"{fn}: {'src' if S.strides[2] != 4 else 'dst'}: expected a "
+                         "contiguous last axis")
+    _same_shape(f"{fn}: dst", (D.shape[0], D.shape[1], D.shape[2]),
+                (S.shape[0], S.shape[1], S.shape[2]))
+    if S.shape[0] == 0 or S.shape[1] == 0 or S.shape[2] == 0:
+        return
+    _fits_int(f"{fn}: src's first axis", S.shape[0])
+    _fits_int(f"{fn}: src's second axis", S.shape[1])
+    _fits_int(f"{fn}: src's last axis", S.shape[2])
+    sp, sn = _extent3(S)
+    dp, dn = _extent3(D)
+    _disjoint(f"{fn}: dst", <const void *><size_t>dp, dn, "src", <const void *><size_t>sp, sn)
+    with nogil:
+        fnn_copy_steps(&S[0, 0, 0], S.strides[0] // 4, S.strides[1] // 4, &D[0, 0, 0],
+                       D.strides[0] // 4, D.strides[1] // 4, <int>S.shape[0], <int>S.shape[1],
+                       <int>S.shape[2], _n_threads)
 
 
 def rnn_forward(str kind, int steps, int batch, int d_in, int units, x, kernel, recurrent,

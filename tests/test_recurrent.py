@@ -259,6 +259,29 @@ def test_backend_unmasked_outputs_in_work_arrays_equal_reference(cell, reset_aft
 
 
 @pytest.mark.cpu_backend
+def test_copy_steps_between_layouts_equals_numpy():
+    """Ops.copy_steps: batch-major into time-major (a packed view's columns), back, and
+    reversed in time (go_backwards), on 1 and 2 threads."""
+    from fastnn import _core
+    x = np.random.default_rng(3).normal(size=(37, 11, 24)).astype(np.float32)
+    before = _core.get_num_threads()
+    try:
+        for threads in (1, 2):
+            _core.set_num_threads(threads)
+            packed = np.zeros((12, 37, 30), np.float32)
+            get_ops().copy_steps(x.transpose(1, 0, 2), packed[:11, :, :24])
+            np.testing.assert_array_equal(packed[:11, :, :24], x.transpose(1, 0, 2))
+            assert not packed[:, :, 24:].any() and not packed[11].any()
+            back = get_ops().copy_steps(packed[:11, :, :24].transpose(1, 0, 2)[:, ::-1],
+                                        np.empty_like(x))
+            np.testing.assert_array_equal(back, x[:, ::-1])
+    finally:
+        _core.set_num_threads(before)
+    with pytest.raises(ValueError, match="shares memory"):
+        _core.copy_steps(x, x[::-1])
+
+
+@pytest.mark.cpu_backend
 def test_kernel_checks_sizes_before_touching_memory():
     from fastnn import _core
     f = np.zeros

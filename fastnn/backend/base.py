@@ -932,6 +932,12 @@ class Ops:
     # shape, kept by the caller across calls (contents arbitrary), where a backend may put its
     # scratch and cache arrays instead of allocating them each call; the outputs it returns
     # may then be views of them, valid until the caller's next call with the same work.
+    def copy_steps(self, src, dst):
+        """dst[...] = src, for a 3-D sequence between the layers' batch-major layout and the
+        recurrent kernels' time-major one (views of each other's axes); returns dst."""
+        dst[...] = src
+        return dst
+
     def rnn_forward(self, cell, x, kernel, recurrent, bias, h0, c0, mask, act, rec_act,
                     reset_after=True, zero_output=False, rec_mask=None, work=None):
         """Returns (y (T, B, U) outputs, h_T, c_T (None but for an LSTM), cache): the cache

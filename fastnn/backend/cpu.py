@@ -339,6 +339,14 @@ class CpuOps(Ops):
         _core.ftrl_update(w, g, acc, lin, lr, lr_power, l1, l2, l2_shrinkage, beta)
 
     # ---- recurrent layers: csrc/recurrent.c (the activations it has; else the reference) --
+    def copy_steps(self, src, dst):
+        if src.dtype == np.float32 and dst.dtype == np.float32 and src.ndim == 3 and \
+                src.strides[2] == 4 and dst.strides[2] == 4 and dst.flags.writeable:
+            _core.copy_steps(src, dst)          # on the threads
+        else:
+            dst[...] = src
+        return dst
+
     def rnn_forward(self, cell, x, kernel, recurrent, bias, h0, c0, mask, act, rec_act,
                     reset_after=True, zero_output=False, rec_mask=None, work=None):
         rnn_check_forward(cell, x, kernel, recurrent, bias, h0, c0, mask, act, rec_act,
@@ -354,7 +362,7 @@ class CpuOps(Ops):
         packed = cell != "gru" and rec_mask is None
         if packed:
             xh = new("rnn_xh", (steps + 1, batch, d_in + units))
-            xh[:steps, :, :d_in] = x       # (any layout: x is copied in anyway)
+            self.copy_steps(x, xh[:steps, :, :d_in])     # (any layout: copied anyway)
             x, hs = xh[:steps, :, :d_in], xh[:, :, d_in:]
         else:
             x = _f32(x, "x")

@@ -390,8 +390,8 @@ class _RNN(_Sequence):
         if d_out is None:
             dys = None
         elif self.return_sequences:
-            dys = self._work("rnn_dys", (steps, batch, self.units))
-            dys[...] = d_out.transpose(1, 0, 2)
+            dys = ops.copy_steps(d_out.transpose(1, 0, 2),
+                                 self._work("rnn_dys", (steps, batch, self.units)))
         elif not st.masked:     # the last output is the last state: its gradient joins d_h
             dys = None
             d_h = d_out if d_h is None else d_h + d_out
@@ -412,8 +412,7 @@ class _RNN(_Sequence):
         dx = dx.transpose(1, 0, 2)
         if self.go_backwards:
             dx = dx[:, ::-1]
-        out = self._work("dx", (batch, steps, d_in))    # as Dense's dx: reused a batch
-        out[...] = dx
+        out = ops.copy_steps(dx, self._work("dx", (batch, steps, d_in)))  # (as Dense's dx)
         if st.drop is not None:
             out *= st.drop
         return out

@@ -399,6 +399,13 @@ def spec_rnn_backward(rng):
     return d, meta
 
 
+def spec_copy_steps(rng):
+    """A sequence between layouts: src sometimes a view with its first two axes swapped."""
+    a, b, n = (int(v) for v in rng.integers(1, 5, 3))
+    src = f(rng, b, a, n).transpose(1, 0, 2) if rng.random() < 0.5 else f(rng, a, b, n)
+    return dict(src=src, dst=f(rng, a, b, n)), dict(src="in", dst="out")
+
+
 def spec_rnn_act_supported(rng):
     return dict(act=int(rng.integers(0, 13))), dict(ints={"act": True})
 
@@ -445,7 +452,7 @@ SPECS = {
     "bias_act_forward": spec_bias_act_forward, "gemm_row_blocks": spec_gemm_row_blocks,
     "activation_needs_input": spec_activation_needs_input,
     "rnn_forward": spec_rnn_forward, "rnn_backward": spec_rnn_backward,
-    "rnn_act_supported": spec_rnn_act_supported,
+    "rnn_act_supported": spec_rnn_act_supported, "copy_steps": spec_copy_steps,
 }
 # _core's callables that are not kernels over buffers (configuration; consecutive, a check
 # over a list of arrays, whose bad inputs test_data_inputs.py tries; all_finite, which takes
