@@ -340,6 +340,7 @@ class CpuOps(Ops):
 
     # ---- recurrent layers: csrc/recurrent.c (the activations it has; else the reference) --
     def copy_steps(self, src, dst):
+        _required(src, "src"), _required(dst, "dst")
         if src.dtype == np.float32 and dst.dtype == np.float32 and src.ndim == 3 and \
                 src.strides[2] == 4 and dst.strides[2] == 4 and dst.flags.writeable:
             _core.copy_steps(src, dst)          # on the threads
