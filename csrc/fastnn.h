@@ -510,7 +510,15 @@ enum { FNN_RNN_SIMPLE = 0, FNN_RNN_LSTM = 1, FNN_RNN_GRU = 2 };
 typedef struct {
     int kind, steps, batch, d_in, units, act, rec_act, reset_after, zero_output;
     const float *kernel, *recurrent, *bias;
+    /* row strides (floats) of x and of hs, 0 for d_in and units. Packed (x_ld = h_ld = d_in +
+     * units, hs = x + d_in): row t*B + b holds [x_t | h_{t-1}], and the two weight gradients
+     * are one GEMM over all steps (not for a GRU, nor with recurrent dropout). */
+    int x_ld, h_ld;
 } fnn_rnn;
+/* dst[i][j][:n] = src[i][j][:n] (i < n0, j < n1; strides in floats, the last axis
+ * contiguous; the two must not overlap), split over i on the threads. */
+void fnn_copy_steps(const float *src, ptrdiff_t s0, ptrdiff_t s1, float *dst, ptrdiff_t d0,
+                    ptrdiff_t d1, int n0, int n1, int n, int n_threads);
 /* Whether the kernels compute this activation (else: the reference path). */
 int fnn_rnn_act_supported(int act);
 /* x (T*B, d_in); mask (T*B) bytes, 1 = the step counts, or NULL. Writes ys (T*B, U) outputs,

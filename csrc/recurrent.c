@@ -100,13 +100,36 @@ FNN_INLINE void lstm_back(int act, int rec_act, int u, const float *restrict gb,
 }
 
 /* dt = dh + dy + carry (a row's state gradient: from the step after, its output, an output
- * carried over masked steps), carry then cleared. */
+ * carried over masked steps), carry then cleared. Without a mask there is no carry, and dy may
+ * be NULL (no output gradients): the same sums without the zeros. */
 FNN_INLINE void state_grad(int u, const float *restrict dh, const float *restrict dy,
                            float *restrict carry, float *restrict dt) {
-    for (int j = 0; j < u; j++) {
-        dt[j] = dh[j] + dy[j] + carry[j];
-        carry[j] = 0.0f;
+    int j;
+    if (carry) {
+        for (j = 0; j < u; j++) {
+            dt[j] = dh[j] + dy[j] + carry[j];
+            carry[j] = 0.0f;
+        }
+    } else if (dy) {
+        for (j = 0; j < u; j++) dt[j] = dh[j] + dy[j];
+    } else {
+        for (j = 0; j < u; j++) dt[j] = dh[j];
     }
+}
+
+/* dst[i][j][:n] = src[i][j][:n] for i < n0, j < n1, the first two axes at any strides (in
+ * floats): a sequence between a layer's batch-major layout and the kernels' time-major (or
+ * packed) one, split over i on the threads. As a NumPy assignment it ran on one thread, twice
+ * a batch (x in, dx out: 3.2 MB each at LSTM(128), T=200, B=32: 0.2-0.4 ms). */
+void fnn_copy_steps(const float *src, ptrdiff_t s0, ptrdiff_t s1, float *dst, ptrdiff_t d0,
+                    ptrdiff_t d1, int n0, int n1, int n, int n_threads) {
+    int nt = fnn_threads((size_t)n0 * n1 * n, n_threads);
+    ptrdiff_t i;
+    (void)nt;
+    FNN_PARALLEL_FOR(schedule(static),
+        for (i = 0; i < n0; i++)
+            for (int j = 0; j < n1; j++)
+                memcpy(dst + i * d0 + j * d1, src + i * s0 + j * s1, (size_t)n * sizeof(float)););
 }
 
 int fnn_rnn_act_supported(int act) {
@@ -116,6 +139,10 @@ int fnn_rnn_act_supported(int act) {
 static int gates_of(int kind) {
     return kind == FNN_RNN_LSTM ? 4 : kind == FNN_RNN_GRU ? 3 : 1;
 }
+
+/* Row strides of x and hs (see fnn_rnn). */
+static int x_ld(const fnn_rnn *r) { return r->x_ld ? r->x_ld : r->d_in; }
+static int h_ld(const fnn_rnn *r) { return r->h_ld ? r->h_ld : r->units; }
 
 /* The batch's rows run their recurrences independently, so the sequence is cut into chunks of
  * rows, each run through all its steps by one thread: a step's GEMM (batch x units x
@@ -143,14 +170,14 @@ static int chunk_threads(const fnn_rnn *r, int chunks, int n_threads) {
  * activation into g (which held the input projection), the new states, the output. */
 FNN_DISPATCH
 static void step_forward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t *mask,
-                         float *g, float *rec,
+                         const float *bias, float *g, float *rec,
                          const float *hp, float *h, const float *cp, float *c, float *ex,
                          const float *y_prev, float *y) {
-    int u = r->units, gu = gates_of(r->kind) * u, j;
+    int u = r->units, gu = gates_of(r->kind) * u, hl = h_ld(r), j;
     for (int b = b0; b < b1; b++) {
         float *gb = g + (size_t)b * gu, *rb = rec + (size_t)b * gu;
-        const float *hpb = hp + (size_t)b * u;
-        float *hb = h + (size_t)b * u, *yb = y + (size_t)b * u;
+        const float *hpb = hp + (size_t)b * hl;
+        float *hb = h + (size_t)b * hl, *yb = y ? y + (size_t)b * u : 0;
         float *exb = ex ? ex + (size_t)b * u : 0;
         int keep = !mask || mask[(size_t)t * r->batch + b];
         if (!keep) {    /* state carried over, output the previous one (or zeros) */
@@ -165,7 +192,12 @@ static void step_forward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t 
             act_span(r->act, gb, u);
             memcpy(hb, gb, (size_t)u * sizeof(float));
         } else if (r->kind == FNN_RNN_LSTM) {
-            for (j = 0; j < gu; j++) gb[j] += rb[j];
+            /* the input bias added here, in the same order as a pass of its own before the
+             * recurrent GEMM would: one pass over the row, not two */
+            if (bias)
+                for (j = 0; j < gu; j++) gb[j] = (gb[j] + bias[j]) + rb[j];
+            else
+                for (j = 0; j < gu; j++) gb[j] += rb[j];
             act_span(r->rec_act, gb, 2 * u);            /* i, f */
             act_span(r->act, gb + 2 * u, u);            /* c candidate */
             act_span(r->rec_act, gb + 3 * u, u);        /* o */
@@ -188,18 +220,18 @@ static void step_forward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t 
             for (j = 0; j < u; j++)
                 hb[j] = gb[j] * hpb[j] + (1.0f - gb[j]) * gb[2 * u + j];
         }
-        memcpy(yb, hb, (size_t)u * sizeof(float));
+        if (yb) memcpy(yb, hb, (size_t)u * sizeof(float));
     }
 }
 
 /* GRU without reset_after: z, r first (the candidate's GEMM needs r h), ex = r h. */
 FNN_DISPATCH
 static void gru_zr(const fnn_rnn *r, int b0, int b1, float *g, const float *rec, const float *hp,
-                   float *ex) {
+                   int hl, float *ex) {
     int u = r->units, gu = 3 * u, j;
     for (int b = b0; b < b1; b++) {
         float *gb = g + (size_t)b * gu;
-        const float *rb = rec + (size_t)b * gu, *hpb = hp + (size_t)b * u;
+        const float *rb = rec + (size_t)b * gu, *hpb = hp + (size_t)b * hl;
         float *exb = ex + (size_t)b * u;
         for (j = 0; j < 2 * u; j++) gb[j] += rb[j];
         act_span(r->rec_act, gb, 2 * u);
@@ -211,13 +243,14 @@ int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float
                     float *cs, float *gates, float *extra, float *rec, const float *rec_mask,
                     float *hd, int n_threads) {
     int T = r->steps, B = r->batch, D = r->d_in, u = r->units;
-    int gu = gates_of(r->kind) * u;
-    size_t su = (size_t)B * u, sg = (size_t)B * gu;
+    int gu = gates_of(r->kind) * u, hl = h_ld(r);
+    size_t su = (size_t)B * u, sg = (size_t)B * gu, sh = (size_t)B * hl;
     const float *in_bias = r->bias, *rec_bias = 0;
     if (r->bias && r->kind == FNN_RNN_GRU && r->reset_after) rec_bias = r->bias + gu;
     /* the input projection of all steps at once (its bias added step by step below, in the
      * chunks' threads, while the rows are in cache: not a serial pass over all of them) */
-    if (fnn_gemm(0, 0, T * B, gu, D, 1.0f, x, D, r->kernel, gu, 0.0f, gates, gu, n_threads))
+    if (fnn_gemm(0, 0, T * B, gu, D, 1.0f, x, x_ld(r), r->kernel, gu, 0.0f, gates, gu,
+                 n_threads))
         return -1;
     int gru_before = r->kind == FNN_RNN_GRU && !r->reset_after;
     int chunks = batch_chunks(B), nt = chunk_threads(r, chunks, n_threads), ci;
@@ -228,33 +261,38 @@ int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float
             int nb = b1 - b0;
             float *rc = rec + (size_t)b0 * gu;
             for (int t = 0; t < T; t++) {
-                const float *hp = hs + t * su, *hk = hp;
+                const float *hp = hs + t * sh, *hk = hp;
+                int kl = hl;    /* hk's row stride */
                 float *g = gates + t * sg, *ex = extra ? extra + t * su : 0;
-                if (in_bias) {
+                if (in_bias && r->kind != FNN_RNN_LSTM) {     /* LSTM: in step_forward */
                     for (int b = b0; b < b1; b++)
                         for (int j = 0; j < gu; j++) g[(size_t)b * gu + j] += in_bias[j];
                 }
                 if (rec_mask) {     /* recurrent dropout: the state the kernel multiplies */
                     float *hdt = hd + t * su;
-                    for (size_t i = (size_t)b0 * u; i < (size_t)b1 * u; i++)
-                        hdt[i] = hp[i] * rec_mask[i];
+                    for (int b = b0; b < b1; b++)
+                        for (int j = 0; j < u; j++)
+                            hdt[(size_t)b * u + j] = hp[(size_t)b * hl + j] *
+                                                     rec_mask[(size_t)b * u + j];
                     hk = hdt;
+                    kl = u;
                 }
                 /* the recurrent product of all gates (GRU without reset_after: z, r only) */
-                fnn_gemm(0, 0, nb, gru_before ? 2 * u : gu, u, 1.0f, hk + (size_t)b0 * u, u,
+                fnn_gemm(0, 0, nb, gru_before ? 2 * u : gu, u, 1.0f, hk + (size_t)b0 * kl, kl,
                          r->recurrent, gu, 0.0f, rc, gu, 1);
                 if (rec_bias) {
                     for (int b = 0; b < nb; b++)
                         for (int j = 0; j < gu; j++) rc[(size_t)b * gu + j] += rec_bias[j];
                 }
                 if (gru_before) {
-                    gru_zr(r, b0, b1, g, rec, hk, ex);
+                    gru_zr(r, b0, b1, g, rec, hk, kl, ex);
                     fnn_gemm(0, 0, nb, u, u, 1.0f, ex + (size_t)b0 * u, u, r->recurrent + 2 * u,
                              gu, 0.0f, rc + 2 * u, gu, 1);
                 }
-                step_forward(r, b0, b1, t, mask, g, rec, hp, hs + (t + 1) * su,
-                             cs ? cs + t * su : 0, cs ? cs + (t + 1) * su : 0, ex,
-                             t ? ys + (t - 1) * su : 0, ys + t * su);
+                step_forward(r, b0, b1, t, mask, r->kind == FNN_RNN_LSTM ? in_bias : 0, g,
+                             rec, hp, hs + (t + 1) * sh, cs ? cs + t * su : 0,
+                             cs ? cs + (t + 1) * su : 0, ex,
+                             ys && t ? ys + (t - 1) * su : 0, ys ? ys + t * su : 0);
             }
         });
     fnn_blas_restore(saved);
@@ -267,22 +305,24 @@ int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float
  * gradient that does not go through the recurrent GEMM (the caller adds dgr R^T). A masked
  * step's gates get no gradient, its state's passes on, its output's goes to the previous
  * output (carry) unless zero_output. GRU without reset_after: this is its first half (dht
- * kept for gru_r_backward, after the GEMM through r h). */
+ * kept for gru_r_backward, after the GEMM through r h). keep_dh: LSTM and SimpleRNN leave dh
+ * as it is (the recurrent GEMM overwrites it), else zero it for the GEMM to add to. */
 FNN_DISPATCH
 static void step_backward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t *mask,
                           const float *dy,
                           float *carry, float *dh, float *dc, float *dht, const float *g,
                           const float *ex, const float *hp, const float *cp, float *dgx,
-                          float *dgr) {
+                          float *dgr, int keep_dh) {
     int u = r->units, gu = gates_of(r->kind) * u, j;
     for (int b = b0; b < b1; b++) {
-        const float *dyb = dy + (size_t)b * u, *gb = g + (size_t)b * gu;
-        const float *hpb = hp + (size_t)b * u;
-        float *cb = carry + (size_t)b * u, *dhb = dh + (size_t)b * u;
+        const float *dyb = dy ? dy + (size_t)b * u : 0, *gb = g + (size_t)b * gu;
+        const float *hpb = hp + (size_t)b * h_ld(r);
+        float *cb = mask ? carry + (size_t)b * u : 0, *dhb = dh + (size_t)b * u;
         float *dtb = dht + (size_t)b * u, *xb = dgx + (size_t)b * gu;
         int keep = !mask || mask[(size_t)t * r->batch + b];
         if (!keep) {
-            for (j = 0; j < u; j++) cb[j] = r->zero_output ? 0.0f : dyb[j] + cb[j];
+            for (j = 0; j < u; j++)
+                cb[j] = r->zero_output ? 0.0f : (dyb ? dyb[j] : 0.0f) + cb[j];
             memset(xb, 0, (size_t)gu * sizeof(float));
             if (dgr != dgx) memset(dgr + (size_t)b * gu, 0, (size_t)gu * sizeof(float));
             continue;
@@ -291,11 +331,11 @@ static void step_backward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t
         if (r->kind == FNN_RNN_SIMPLE) {
             for (j = 0; j < u; j++) xb[j] = dtb[j];
             dact_span(r->act, gb, xb, u);
-            for (j = 0; j < u; j++) dhb[j] = 0.0f;
+            if (!keep_dh) memset(dhb, 0, (size_t)u * sizeof(float));
         } else if (r->kind == FNN_RNN_LSTM) {
             lstm_back(r->act, r->rec_act, u, gb, ex + (size_t)b * u, cp + (size_t)b * u, dtb,
                       dc + (size_t)b * u, xb);
-            memset(dhb, 0, (size_t)u * sizeof(float));
+            if (!keep_dh) memset(dhb, 0, (size_t)u * sizeof(float));
         } else {
             for (j = 0; j < u; j++) {
                 xb[2 * u + j] = dtb[j] * (1.0f - gb[j]);
@@ -324,11 +364,11 @@ static void step_backward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t
 FNN_DISPATCH
 static void gru_r_backward(const fnn_rnn *r, int b0, int b1, int t, const uint8_t *mask,
                            const float *drh, const float *dht, const float *g, const float *hk,
-                           const float *rm, float *dgx, float *dh) {
+                           int kl, const float *rm, float *dgx, float *dh) {
     int u = r->units, gu = 3 * u, j;
     for (int b = b0; b < b1; b++) {
         if (mask && !mask[(size_t)t * r->batch + b]) continue;
-        const float *gb = g + (size_t)b * gu, *hkb = hk + (size_t)b * u;
+        const float *gb = g + (size_t)b * gu, *hkb = hk + (size_t)b * kl;
         const float *db = drh + (size_t)b * u, *dtb = dht + (size_t)b * u;
         float *xb = dgx + (size_t)b * gu, *dhb = dh + (size_t)b * u;
         for (j = 0; j < u; j++) {
@@ -363,8 +403,8 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
                      float *dgr, float *d_kernel, float *d_recurrent, float *d_bias, float *dx,
                      const float *rec_mask, const float *hd, int n_threads) {
     int T = r->steps, B = r->batch, D = r->d_in, u = r->units;
-    int gu = gates_of(r->kind) * u, rows = T * B;
-    size_t su = (size_t)B * u, sg = (size_t)B * gu;
+    int gu = gates_of(r->kind) * u, rows = T * B, xl = x_ld(r), hl = h_ld(r);
+    size_t su = (size_t)B * u, sg = (size_t)B * gu, sh = (size_t)B * hl;
     int gru_before = r->kind == FNN_RNN_GRU && !r->reset_after;
     if (!fnn_blas_ready()) return -1;
     /* R^T, so each step's product through it is a plain A B (7 % faster than A R^T) */
@@ -372,7 +412,10 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
     if (!rt) return -2;
     for (int i = 0; i < u; i++)
         for (int j = 0; j < gu; j++) rt[(size_t)j * u + i] = r->recurrent[(size_t)i * gu + j];
-    memset(carry, 0, su * sizeof(float));
+    if (mask) memset(carry, 0, su * sizeof(float));
+    /* LSTM and SimpleRNN without a mask: dh is all the recurrent GEMM's (step_backward left
+     * what it read there), so the GEMM writes it rather than adding to zeros */
+    int dh_overwritten = !mask && !rec_mask && r->kind != FNN_RNN_GRU;
     int chunks = batch_chunks(B), nt = chunk_threads(r, chunks, n_threads), ci;
     /* the bias gradient summed per chunk as its steps go (the rows in cache), then over the
      * chunks in order: no pass over all of dgx after; GRU with reset_after: dgr's too */
@@ -391,13 +434,15 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
             for (int t = T - 1; t >= 0; t--) {
                 const float *ex = extra ? extra + t * su : 0;
                 float *gx = dgx + t * sg, *gr = dgr + t * sg;
-                step_backward(r, b0, b1, t, mask, dys + t * su, carry, dh, dc, dht,
-                              gates + t * sg, ex, hs + t * su, cs ? cs + t * su : 0, gx, gr);
+                step_backward(r, b0, b1, t, mask, dys ? dys + t * su : 0, carry, dh, dc, dht,
+                              gates + t * sg, ex, hs + t * sh, cs ? cs + t * su : 0, gx, gr,
+                              dh_overwritten);
                 if (gru_before) {
                     fnn_gemm(0, 0, nb, u, u, 1.0f, gx + (size_t)b0 * gu + 2 * u, gu,
                              rt + (size_t)2 * u * u, u, 0.0f, drh + (size_t)b0 * u, u, 1);
                     gru_r_backward(r, b0, b1, t, mask, drh, dht, gates + t * sg,
-                                   rec_mask ? hd + t * su : hs + t * su, rec_mask, gx, dh);
+                                   rec_mask ? hd + t * su : hs + t * sh, rec_mask ? u : hl,
+                                   rec_mask, gx, dh);
                 }
                 if (nbias) {
                     float *acc = bacc + (size_t)ci * nbias * gu;
@@ -419,8 +464,8 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
                              u, 1);
                     for (size_t i = 0; i < (size_t)nb * u; i++) dhc[i] += tmp[i] * rmc[i];
                 } else {
-                    fnn_gemm(0, 0, nb, u, k, 1.0f, gr + (size_t)b0 * gu, gu, rt, u, 1.0f, dhc,
-                             u, 1);
+                    fnn_gemm(0, 0, nb, u, k, 1.0f, gr + (size_t)b0 * gu, gu, rt, u,
+                             dh_overwritten ? 0.0f : 1.0f, dhc, u, 1);
                 }
             }
         });
@@ -434,15 +479,30 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
     }
     /* the weights' gradients over all steps at once (the states as the kernel saw them) */
     const float *hk = rec_mask ? hd : hs;
-    int kb = wgrad_blocks(rows), bad = 0;
-    if (gru_before) {
-        bad |= wgrad(u, 2 * u, rows, kb, hk, u, dgx, gu, d_recurrent, gu, n_threads);
-        bad |= wgrad(u, u, rows, kb, extra, u, dgx + 2 * u, gu, d_recurrent + 2 * u, gu,
-                     n_threads);
+    int kl = rec_mask ? u : hl, kb = wgrad_blocks(rows), bad = 0;
+    if (hs == x + D && hl == xl && !rec_mask && dgr == dgx && !gru_before) {
+        /* packed [x_t | h_{t-1}] rows: [d_kernel; d_recurrent] = [x | h]^T dgx, one GEMM
+         * that packs dgx (the big operand) once, not twice (17.6 against 18.7 ms a batch at
+         * LSTM(128), one core); straight into the gradients when they are adjacent */
+        float *both = d_recurrent == d_kernel + (size_t)D * gu ? d_kernel
+                      : malloc((size_t)(D + u) * gu * sizeof(float));
+        if (!both) return -2;
+        bad |= wgrad(D + u, gu, rows, kb, x, xl, dgx, gu, both, gu, n_threads);
+        if (both != d_kernel) {
+            memcpy(d_kernel, both, (size_t)D * gu * sizeof(float));
+            memcpy(d_recurrent, both + (size_t)D * gu, (size_t)u * gu * sizeof(float));
+            free(both);
+        }
     } else {
-        bad |= wgrad(u, gu, rows, kb, hk, u, dgr, gu, d_recurrent, gu, n_threads);
+        if (gru_before) {
+            bad |= wgrad(u, 2 * u, rows, kb, hk, kl, dgx, gu, d_recurrent, gu, n_threads);
+            bad |= wgrad(u, u, rows, kb, extra, u, dgx + 2 * u, gu, d_recurrent + 2 * u, gu,
+                         n_threads);
+        } else {
+            bad |= wgrad(u, gu, rows, kb, hk, kl, dgr, gu, d_recurrent, gu, n_threads);
+        }
+        bad |= wgrad(D, gu, rows, kb, x, xl, dgx, gu, d_kernel, gu, n_threads);
     }
-    bad |= wgrad(D, gu, rows, kb, x, D, dgx, gu, d_kernel, gu, n_threads);
     if (bad) return -2;
     if (dx)
         fnn_gemm(0, 1, rows, D, gu, 1.0f, dgx, gu, r->kernel, gu, 0.0f, dx, D, n_threads);

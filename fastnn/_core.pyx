@@ -7,6 +7,7 @@ releases the GIL around the work. Arrays are float32 and C-contiguous; the Pytho
 import operator
 
 from libc.math cimport INFINITY, isfinite
+from libc.stddef cimport ptrdiff_t
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, strcmp
@@ -18,7 +19,10 @@ cdef extern from "fastnn.h" nogil:
         const float *kernel
         const float *recurrent
         const float *bias
+        int x_ld, h_ld
     int fnn_rnn_act_supported(int act)
+    void fnn_copy_steps(const float *src, ptrdiff_t s0, ptrdiff_t s1, float *dst, ptrdiff_t d0,
+                        ptrdiff_t d1, int n0, int n1, int n, int n_threads)
     int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float *ys,
                         float *hs, float *cs, float *gates, float *extra, float *rec,
                         const float *rec_mask, float *hd, int n_threads)
@@ -2788,7 +2792,21 @@ cdef tuple _rnn_setup(str fn, fnn_rnn *r, str kind, int steps, int batch, int d_
     r.act, r.rec_act, r.reset_after, r.zero_output = act, rec_act, reset_after, zero_output
     r.kernel, r.recurrent = &K[0], &R[0]
     r.bias = NULL if Bv is None else &Bv[0]
+    r.x_ld = r.h_ld = 0
     return (code, gu)
+
+
+cdef Py_ssize_t _rnn_packed(str fn, fnn_rnn *r, int code, bint packed, hs,
+                            rec_mask) except -1:
+    """x's length: with packed, x holds rows [x_t | h_{t-1}] ((steps + 1) * batch rows of
+    d_in + units floats) and hs is None (it lives there)."""
+    if not packed:
+        return <Py_ssize_t>r.steps * r.batch * r.d_in
+    if code == 2 or rec_mask is not None or hs is not None:
+        raise ValueError(f"{fn}: packed x holds hs (pass hs=None); SimpleRNN and LSTM "
+                         "without recurrent dropout only")
+    r.x_ld = r.h_ld = r.d_in + r.units
+    return (<Py_ssize_t>r.steps + 1) * r.batch * (r.d_in + r.units)
 
 
 cdef const uint8_t *_rnn_mask(str fn, mask, Py_ssize_t n) except? NULL:
@@ -2810,22 +2828,78 @@ cdef const uint8_t *_rnn_mask(str fn, mask, Py_ssize_t n) except? NULL:
     return &M[0]
 
 
+cdef tuple _extent3(const float[:, :, :] a):
+    """The lowest address a 3-D view touches and its span in bytes (strides may be negative)."""
+    cdef const char *p = <const char *>&a[0, 0, 0]
+    cdef Py_ssize_t lo = 0, hi = 4 * a.shape[2], k
+    for k in range(2):
+        if a.strides[k] < 0:
+            lo += (a.shape[k] - 1) * a.strides[k]
+        else:
+            hi += (a.shape[k] - 1) * a.strides[k]
+    return <size_t>(p + lo), <size_t>(hi - lo)
+
+
+def copy_steps(src, dst):
+    """dst[...] = src for two 3-D float32 arrays of one shape, each with a contiguous last
+    axis and any strides on the first two (a batch-major sequence into a time-major one or
+    back), on fastnn's threads. They must not overlap."""
+    fn = "copy_steps"
+    cdef const float[:, :, :] S
+    cdef float[:, :, :] D
+    try:
+        S = src
+    except Exception as e:
+        raise (TypeError if str(getattr(src, "dtype", "")) != "float32" else ValueError)(
+            f"{fn}: src: expected a 3-D float32 array with a contiguous last axis, got "
+            f"{_describe(src)} ({e})") from None
+    try:
+        D = dst
+    except Exception as e:
+        raise (TypeError if str(getattr(dst, "dtype", "")) != "float32" else ValueError)(
+            f"{fn}: dst: expected a writable 3-D float32 array with a contiguous last axis, "
+            f"got {_describe(dst)} ({e})") from None
+    if S.strides[2] != 4 or D.strides[2] != 4:
+        raise ValueError(f"{fn}: {'src' if S.strides[2] != 4 else 'dst'}: expected a "
+                         "contiguous last axis")
+    _same_shape(f"{fn}: dst", (D.shape[0], D.shape[1], D.shape[2]),
+                (S.shape[0], S.shape[1], S.shape[2]))
+    if S.shape[0] == 0 or S.shape[1] == 0 or S.shape[2] == 0:
+        return
+    _fits_int(f"{fn}: src's first axis", S.shape[0])
+    _fits_int(f"{fn}: src's second axis", S.shape[1])
+    _fits_int(f"{fn}: src's last axis", S.shape[2])
+    sp, sn = _extent3(S)
+    dp, dn = _extent3(D)
+    _disjoint(f"{fn}: dst", <const void *><size_t>dp, dn, "src", <const void *><size_t>sp, sn)
+    with nogil:
+        fnn_copy_steps(&S[0, 0, 0], S.strides[0] // 4, S.strides[1] // 4, &D[0, 0, 0],
+                       D.strides[0] // 4, D.strides[1] // 4, <int>S.shape[0], <int>S.shape[1],
+                       <int>S.shape[2], _n_threads)
+
+
 def rnn_forward(str kind, int steps, int batch, int d_in, int units, x, kernel, recurrent,
                 bias, mask, ys, hs, cs, gates, extra, rec, int act, int rec_act,
-                bint reset_after=True, bint zero_output=False, rec_mask=None, hd=None):
+                bint reset_after=True, bint zero_output=False, rec_mask=None, hd=None,
+                bint packed=False):
     """A recurrent layer forward over a time-major sequence (see fnn_rnn_forward): hs[0] (and
     cs[0]) hold the initial states. mask: bool (steps, batch) or None. rec_mask (batch *
-    units) with hd (steps * batch * units): recurrent dropout. Flat float32 arrays."""
+    units) with hd (steps * batch * units): recurrent dropout. ys may be None without a mask
+    (the outputs are then hs[1:]). packed: x is ((steps + 1) * batch, d_in + units), row
+    t * batch + b holding [x_t | h_{t-1}] (the initial states in rows 0's last units
+    columns), and hs is None. Flat float32 arrays."""
     fn = "rnn_forward"
     cdef fnn_rnn r
     cdef const float[::1] X = _cf1(f"{fn}: x", x, True)
+    cdef float[::1] XH = _f1(f"{fn}: x", x, True) if packed else None
     cdef const float[::1] K = _cf1(f"{fn}: kernel", kernel, True)
     cdef const float[::1] R = _cf1(f"{fn}: recurrent", recurrent, True)
     cdef const float[::1] Bv = _cf1(f"{fn}: bias", bias, False)
     code, gu = _rnn_setup(fn, &r, kind, steps, batch, d_in, units, act, rec_act, reset_after,
                           zero_output, K, R, Bv)
-    cdef float[::1] Y = _f1(f"{fn}: ys", ys, True)
-    cdef float[::1] H = _f1(f"{fn}: hs", hs, True)
+    cdef float[::1] Y = _f1(f"{fn}: ys", ys, False)
+    cdef Py_ssize_t nx = _rnn_packed(fn, &r, code, packed, hs, rec_mask)
+    cdef float[::1] H = _f1(f"{fn}: hs", hs, not packed)
     cdef float[::1] C = _f1(f"{fn}: cs", cs, code == 1)
     cdef float[::1] G = _f1(f"{fn}: gates", gates, True)
     cdef float[::1] E = _f1(f"{fn}: extra", extra, code != 0)
@@ -2836,9 +2910,13 @@ def rnn_forward(str kind, int steps, int batch, int d_in, int units, x, kernel, 
     if RM is not None:
         _rnn_len(f"{fn}: rec_mask", RM.shape[0], su)
         _rnn_len(f"{fn}: hd", HD.shape[0], n * units)
-    _rnn_len(f"{fn}: x", X.shape[0], n * d_in)
-    _rnn_len(f"{fn}: ys", Y.shape[0], n * units)
-    _rnn_len(f"{fn}: hs", H.shape[0], (steps + 1) * su)
+    _rnn_len(f"{fn}: x", X.shape[0], nx)
+    if Y is not None:
+        _rnn_len(f"{fn}: ys", Y.shape[0], n * units)
+    elif mask is not None:
+        raise ValueError(f"{fn}: ys may be None only without a mask")
+    if not packed:
+        _rnn_len(f"{fn}: hs", H.shape[0], (steps + 1) * su)
     if code == 1:
         _rnn_len(f"{fn}: cs", C.shape[0], (steps + 1) * su)
     _rnn_len(f"{fn}: gates", G.shape[0], n * gu)
@@ -2847,19 +2925,22 @@ def rnn_forward(str kind, int steps, int batch, int d_in, int units, x, kernel, 
     _rnn_len(f"{fn}: rec", RC.shape[0], batch * gu)
     cdef const uint8_t *mp = _rnn_mask(fn, mask, n)
     outs = [(nm, <size_t>_p1(a), _n1(a)) for nm, a in
-            (("ys", Y), ("hs", H), ("cs", C), ("gates", G), ("extra", E), ("rec", RC),
+            (("ys", Y), ("x (packed with hs)" if packed else "hs", XH if packed else H),
+             ("cs", C), ("gates", G), ("extra", E), ("rec", RC),
              ("hd", HD if RM is not None else None))]
     _all_disjoint(fn, outs, [(nm, <size_t>_p1(a), _n1(a)) for nm, a in
-                             (("x", X), ("kernel", K), ("recurrent", R), ("bias", Bv),
-                              ("rec_mask", RM))])
+                             (("x", None if packed else X), ("kernel", K), ("recurrent", R),
+                              ("bias", Bv), ("rec_mask", RM))])
     _need_blas()
     cdef float *cp = NULL if C is None else &C[0]
     cdef float *ep = NULL if E is None else &E[0]
     cdef const float *rmp = NULL if RM is None else &RM[0]
     cdef float *hdp = NULL if RM is None else &HD[0]
+    cdef float *yp = NULL if Y is None else &Y[0]
+    cdef float *hp = &XH[d_in] if packed else &H[0]
     cdef int rc
     with nogil:
-        rc = fnn_rnn_forward(&r, &X[0], mp, &Y[0], &H[0], cp, &G[0], ep, &RC[0], rmp, hdp,
+        rc = fnn_rnn_forward(&r, &X[0], mp, yp, hp, cp, &G[0], ep, &RC[0], rmp, hdp,
                              _n_threads)
     if rc:
         raise RuntimeError(f"{fn}: no BLAS")
@@ -2868,10 +2949,12 @@ def rnn_forward(str kind, int steps, int batch, int d_in, int units, x, kernel, 
 def rnn_backward(str kind, int steps, int batch, int d_in, int units, x, kernel, recurrent,
                  bias, mask, hs, cs, gates, extra, dys, dh, dc, carry, dht, drh, dgx, dgr,
                  d_kernel, d_recurrent, d_bias, dx, int act, int rec_act,
-                 bint reset_after=True, bint zero_output=False, rec_mask=None, hd=None):
+                 bint reset_after=True, bint zero_output=False, rec_mask=None, hd=None,
+                 bint packed=False):
     """Back through time (see fnn_rnn_backward): dh (and dc) hold the last states' gradients
     and receive the initial states'. dgr may be dgx itself but for a GRU with reset_after;
-    dx may be None."""
+    dx may be None; dys may be None (no output has a gradient). packed: x and hs as
+    rnn_forward's (hs None)."""
     fn = "rnn_backward"
     cdef fnn_rnn r
     cdef const float[::1] X = _cf1(f"{fn}: x", x, True)
@@ -2880,11 +2963,12 @@ def rnn_backward(str kind, int steps, int batch, int d_in, int units, x, kernel,
     cdef const float[::1] Bv = _cf1(f"{fn}: bias", bias, False)
     code, gu = _rnn_setup(fn, &r, kind, steps, batch, d_in, units, act, rec_act, reset_after,
                           zero_output, K, R, Bv)
-    cdef const float[::1] H = _cf1(f"{fn}: hs", hs, True)
+    cdef Py_ssize_t nx = _rnn_packed(fn, &r, code, packed, hs, rec_mask)
+    cdef const float[::1] H = _cf1(f"{fn}: hs", hs, not packed)
     cdef const float[::1] C = _cf1(f"{fn}: cs", cs, code == 1)
     cdef const float[::1] G = _cf1(f"{fn}: gates", gates, True)
     cdef const float[::1] E = _cf1(f"{fn}: extra", extra, code != 0)
-    cdef const float[::1] DY = _cf1(f"{fn}: dys", dys, True)
+    cdef const float[::1] DY = _cf1(f"{fn}: dys", dys, False)
     cdef float[::1] DH = _f1(f"{fn}: dh", dh, True)
     cdef float[::1] DC = _f1(f"{fn}: dc", dc, code == 1)
     cdef float[::1] CA = _f1(f"{fn}: carry", carry, True)
@@ -2902,15 +2986,17 @@ def rnn_backward(str kind, int steps, int batch, int d_in, int units, x, kernel,
     if RM is not None:
         _rnn_len(f"{fn}: rec_mask", RM.shape[0], su)
         _rnn_len(f"{fn}: hd", HD.shape[0], n * units)
-    _rnn_len(f"{fn}: x", X.shape[0], n * d_in)
-    _rnn_len(f"{fn}: hs", H.shape[0], (steps + 1) * su)
+    _rnn_len(f"{fn}: x", X.shape[0], nx)
+    if not packed:
+        _rnn_len(f"{fn}: hs", H.shape[0], (steps + 1) * su)
     if code == 1:
         _rnn_len(f"{fn}: cs", C.shape[0], (steps + 1) * su)
         _rnn_len(f"{fn}: dc", DC.shape[0], su)
     _rnn_len(f"{fn}: gates", G.shape[0], n * gu)
     if E is not None:
         _rnn_len(f"{fn}: extra", E.shape[0], n * units)
-    _rnn_len(f"{fn}: dys", DY.shape[0], n * units)
+    if DY is not None:
+        _rnn_len(f"{fn}: dys", DY.shape[0], n * units)
     for nm, a in (("dh", DH), ("carry", CA), ("dht", DT), ("drh", DR)):
         _rnn_len(f"{fn}: {nm}", a.shape[0], su)
     _rnn_len(f"{fn}: dgx", DGX.shape[0], n * gu)
@@ -2942,9 +3028,11 @@ def rnn_backward(str kind, int steps, int batch, int d_in, int units, x, kernel,
     cdef float *dxp = NULL if DX is None else &DX[0]
     cdef const float *rmp = NULL if RM is None else &RM[0]
     cdef const float *hdp = NULL if RM is None else &HD[0]
+    cdef const float *dyp = NULL if DY is None else &DY[0]
+    cdef const float *hp = &X[d_in] if packed else &H[0]
     cdef int rc
     with nogil:
-        rc = fnn_rnn_backward(&r, &X[0], mp, &H[0], cp, &G[0], ep, &DY[0], &DH[0], dcp,
+        rc = fnn_rnn_backward(&r, &X[0], mp, hp, cp, &G[0], ep, dyp, &DH[0], dcp,
                               &CA[0], &DT[0], &DR[0], &DGX[0], &DGR[0], &DK[0], &DRK[0], dbp,
                               dxp, rmp, hdp, _n_threads)
     if rc == -2:

@@ -204,6 +204,83 @@ def test_backend_equals_reference_and_any_thread_count(cell, reset_after, acts, 
         _close(a, b_)
 
 
+@pytest.mark.parametrize("cell,reset_after", [("lstm", True), ("simple", True), ("gru", True),
+                                              ("gru", False)])
+def test_backend_unmasked_outputs_in_work_arrays_equal_reference(cell, reset_after):
+    """Without a mask the backend may return the outputs as its states (hs[1:]), take dy=None
+    (no output has a gradient, as the layer passes when only the last output has one, joined
+    to dh), and keep its arrays in the caller's work (the C kernels: SimpleRNN and LSTM then
+    pack x and the states as [x_t | h_{t-1}] rows); reused by a second call, equal to the
+    reference, and the same bits on 1 and 2 threads."""
+    from fastnn import _core
+    rng = np.random.default_rng(7)
+    t, b, d, u = 11, 37, 24, 20
+    g = {"lstm": 4, "gru": 3, "simple": 1}[cell]
+    k = rng.normal(scale=0.5 / np.sqrt(d), size=(d, g * u)).astype(np.float32)
+    r = rng.normal(scale=0.45 / np.sqrt(u), size=(u, g * u)).astype(np.float32)
+    bias = rng.normal(size=(2, g * u) if cell == "gru" and reset_after else (g * u,))
+    bias = bias.astype(np.float32)
+    h0, c0, dh, dc = (rng.normal(size=(b, u)).astype(np.float32) for _ in range(4))
+    act, rec = (A.TANH, 0.0), (A.SIGMOID, 0.0)
+    arrays = {}
+
+    def work(name, shape):
+        if name not in arrays or arrays[name].shape != shape:
+            arrays[name] = get_ops().empty(shape, "float32")
+        return arrays[name]
+
+    def both(ops, x, move=lambda a, dtype=None: a, back=lambda a: a, **kw):
+        ys, h, c, cache = ops.rnn_forward(cell, move(x), move(k), move(r), move(bias),
+                                          move(h0), move(c0), None, act, rec, reset_after,
+                                          **kw)
+        out = [back(a).copy() for a in (ys, h, c) if a is not None]
+        grads = [move(np.zeros_like(a)) for a in (k, r, bias)]
+        dx, dh0, dc0 = ops.rnn_backward(cell, cache, None, move(dh),
+                                        move(dc) if cell == "lstm" else None, move(k),
+                                        move(r), *grads, act, rec, reset_after, **kw)
+        return out + [back(a).copy() for a in (dx, dh0, dc0, *grads) if a is not None]
+    for seed in (1, 2):         # the second call reuses the first's work arrays
+        x = np.random.default_rng(seed).normal(size=(t, b, d)).astype(np.float32)
+        ref = both(Ops(), x)
+        mine = both(get_ops(), x, put, get, work=work)
+        for a, b_ in zip(mine, ref):
+            _close(a, b_)
+    if get_ops().name == "cpu":
+        before = _core.get_num_threads()
+        try:
+            runs = []
+            for threads in (1, 2):
+                _core.set_num_threads(threads)
+                runs.append(both(get_ops(), x, work=work))
+        finally:
+            _core.set_num_threads(before)
+        for a, b_ in zip(*runs):
+            np.testing.assert_array_equal(a, b_)
+
+
+@pytest.mark.cpu_backend
+def test_copy_steps_between_layouts_equals_numpy():
+    """Ops.copy_steps: batch-major into time-major (a packed view's columns), back, and
+    reversed in time (go_backwards), on 1 and 2 threads."""
+    from fastnn import _core
+    x = np.random.default_rng(3).normal(size=(37, 11, 24)).astype(np.float32)
+    before = _core.get_num_threads()
+    try:
+        for threads in (1, 2):
+            _core.set_num_threads(threads)
+            packed = np.zeros((12, 37, 30), np.float32)
+            get_ops().copy_steps(x.transpose(1, 0, 2), packed[:11, :, :24])
+            np.testing.assert_array_equal(packed[:11, :, :24], x.transpose(1, 0, 2))
+            assert not packed[:, :, 24:].any() and not packed[11].any()
+            back = get_ops().copy_steps(packed[:11, :, :24].transpose(1, 0, 2)[:, ::-1],
+                                        np.empty_like(x))
+            np.testing.assert_array_equal(back, x[:, ::-1])
+    finally:
+        _core.set_num_threads(before)
+    with pytest.raises(ValueError, match="shares memory"):
+        _core.copy_steps(x, x[::-1])
+
+
 @pytest.mark.cpu_backend
 def test_kernel_checks_sizes_before_touching_memory():
     from fastnn import _core

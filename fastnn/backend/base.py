@@ -85,7 +85,7 @@ def rnn_check_backward(cell, cache, keys, dy, dh_t, dc_t, kernel, recurrent, d_k
                         + (f" with keys {sorted(cache)}" if isinstance(cache, dict) else ""))
     steps, batch, d_in, units, gu = rnn_sizes(cell, cache["x"], kernel, recurrent, act,
                                               rec_act)
-    _rnn_array(dy, "dy", (steps, batch, units))
+    _rnn_array(dy, "dy", (steps, batch, units), False)
     _rnn_array(dh_t, "dh_t", (batch, units), False)
     if cell == "lstm":
         _rnn_array(dc_t, "dc_t", (batch, units), False)
@@ -928,8 +928,18 @@ class Ops:
     # carried over and its output is the previous output (zeros with zero_output), as Keras's
     # backend rnn(). rec_mask (B, U) or None: recurrent dropout, the previous state times
     # rec_mask where it meets the recurrent kernel (a GRU's z h_{t-1} mix takes it whole).
+    # work (rnn_forward, rnn_backward): None, or work(name, shape) -> a float32 array of that
+    # shape, kept by the caller across calls (contents arbitrary), where a backend may put its
+    # scratch and cache arrays instead of allocating them each call; the outputs it returns
+    # may then be views of them, valid until the caller's next call with the same work.
+    def copy_steps(self, src, dst):
+        """dst[...] = src, for a 3-D sequence between the layers' batch-major layout and the
+        recurrent kernels' time-major one (views of each other's axes); returns dst."""
+        dst[...] = src
+        return dst
+
     def rnn_forward(self, cell, x, kernel, recurrent, bias, h0, c0, mask, act, rec_act,
-                    reset_after=True, zero_output=False, rec_mask=None):
+                    reset_after=True, zero_output=False, rec_mask=None, work=None):
         """Returns (y (T, B, U) outputs, h_T, c_T (None but for an LSTM), cache): the cache
         is what rnn_backward reads (opaque: each backend reads its own)."""
         rnn_check_forward(cell, x, kernel, recurrent, bias, h0, c0, mask, act, rec_act,
@@ -1006,12 +1016,12 @@ class Ops:
 
     def rnn_backward(self, cell, cache, dy, dh_t, dc_t, kernel, recurrent, d_kernel,
                      d_recurrent, d_bias, act, rec_act, reset_after=True, zero_output=False,
-                     need_dx=True):
-        """Back through time from dy (T, B, U), the gradient of the outputs, and dh_t, dc_t
-        (B, U) (or None), the final states'. Writes d_kernel, d_recurrent, d_bias; returns
-        (dx (T, B, D) or None, dh0, dc0 (None but for an LSTM)). A masked step passes the
-        state's gradient to the step before, and its output's (unless zero_output) to the
-        previous output."""
+                     need_dx=True, work=None):
+        """Back through time from dy (T, B, U), the gradient of the outputs (None: zero),
+        and dh_t, dc_t (B, U) (or None), the final states'. Writes d_kernel, d_recurrent,
+        d_bias; returns (dx (T, B, D) or None, dh0, dc0 (None but for an LSTM)). A masked
+        step passes the state's gradient to the step before, and its output's (unless
+        zero_output) to the previous output."""
         rnn_check_backward(cell, cache, RNN_CACHE_KEYS, dy, dh_t, dc_t, kernel, recurrent,
                            d_kernel, d_recurrent, d_bias, act, rec_act, reset_after)
         xp = self.xp
@@ -1029,7 +1039,7 @@ class Ops:
         dgx = xp.zeros((steps, batch, gu), "float32")      # d pre-activations, input side
         dgr = xp.zeros((steps, batch, gu), "float32") if cell == "gru" else dgx
         for t in range(steps - 1, -1, -1):
-            g_out = dy[t] + carry
+            g_out = carry if dy is None else dy[t] + carry
             if mask is None:
                 m = None
                 dht = dh + g_out

@@ -56,6 +56,14 @@ def _f32_or_none(a, name):
     return None if a is None else _f32(a, name)
 
 
+def _rnn_arrays(work):
+    """The recurrent kernels' arrays: from the caller's `work` (kept across calls: no 13 MB
+    of fresh pages to fault in and zero every batch of an LSTM(128) at 200 steps), else new."""
+    if work is None:
+        return lambda name, shape: np.empty(shape, np.float32)
+    return work
+
+
 class CpuOps(Ops):
     name = "cpu"
 
@@ -331,42 +339,64 @@ class CpuOps(Ops):
         _core.ftrl_update(w, g, acc, lin, lr, lr_power, l1, l2, l2_shrinkage, beta)
 
     # ---- recurrent layers: csrc/recurrent.c (the activations it has; else the reference) --
+    def copy_steps(self, src, dst):
+        _required(src, "src"), _required(dst, "dst")
+        if src.dtype == np.float32 and dst.dtype == np.float32 and src.ndim == 3 and \
+                src.strides[2] == 4 and dst.strides[2] == 4 and dst.flags.writeable:
+            _core.copy_steps(src, dst)          # on the threads
+        else:
+            dst[...] = src
+        return dst
+
     def rnn_forward(self, cell, x, kernel, recurrent, bias, h0, c0, mask, act, rec_act,
-                    reset_after=True, zero_output=False, rec_mask=None):
+                    reset_after=True, zero_output=False, rec_mask=None, work=None):
         rnn_check_forward(cell, x, kernel, recurrent, bias, h0, c0, mask, act, rec_act,
                           reset_after, rec_mask)
         if not (_core.rnn_act_supported(act[0]) and _core.rnn_act_supported(rec_act[0])):
             return super().rnn_forward(cell, x, kernel, recurrent, bias, h0, c0, mask, act,
                                        rec_act, reset_after, zero_output, rec_mask)
-        x = _f32(x, "x")
         steps, batch, d_in = x.shape
         units, gu = recurrent.shape
-        hs = np.empty((steps + 1, batch, units), np.float32)
+        new = _rnn_arrays(work)
+        # SimpleRNN and LSTM without recurrent dropout: x and the states packed as rows
+        # [x_t | h_{t-1}], so the two weight gradients are one GEMM (csrc/recurrent.c)
+        packed = cell != "gru" and rec_mask is None
+        if packed:
+            xh = new("rnn_xh", (steps + 1, batch, d_in + units))
+            self.copy_steps(x, xh[:steps, :, :d_in])     # (any layout: copied anyway)
+            x, hs = xh[:steps, :, :d_in], xh[:, :, d_in:]
+        else:
+            x = _f32(x, "x")
+            hs = new("rnn_hs", (steps + 1, batch, units))
         hs[0] = h0
         cs = None
         if cell == "lstm":
-            cs = np.empty((steps + 1, batch, units), np.float32)
+            cs = new("rnn_cs", (steps + 1, batch, units))
             cs[0] = c0
-        gates = np.empty((steps, batch, gu), np.float32)
-        extra = None if cell == "simple" else np.empty((steps, batch, units), np.float32)
-        ys = np.empty((steps, batch, units), np.float32)
+        gates = new("rnn_gates", (steps, batch, gu))
+        extra = None if cell == "simple" else new("rnn_extra", (steps, batch, units))
+        # without a mask every output is its step's state: the outputs are hs[1:], not a copy
+        ys = None if mask is None else new("rnn_ys", (steps, batch, units))
         mask = None if mask is None else np.ascontiguousarray(mask, dtype=bool)
         rec_mask = _f32_or_none(rec_mask, "rec_mask")
-        hd = None if rec_mask is None else np.empty((steps, batch, units), np.float32)
+        hd = None if rec_mask is None else new("rnn_hd", (steps, batch, units))
         flat = [None if a is None else a.reshape(-1) for a in
-                (x, _f32(kernel, "kernel"), _f32(recurrent, "recurrent"),
-                 _f32_or_none(bias, "bias"), mask, ys, hs, cs, gates, extra)]
+                (xh if packed else x, _f32(kernel, "kernel"), _f32(recurrent, "recurrent"),
+                 _f32_or_none(bias, "bias"), mask, ys, None if packed else hs, cs, gates,
+                 extra)]
         _core.rnn_forward(cell, steps, batch, d_in, units, *flat,
-                          np.empty(batch * gu, np.float32), act[0], rec_act[0], reset_after,
+                          new("rnn_rec", (batch * gu,)), act[0], rec_act[0], reset_after,
                           zero_output, None if rec_mask is None else rec_mask.reshape(-1),
-                          None if hd is None else hd.reshape(-1))
+                          None if hd is None else hd.reshape(-1), packed)
         cache = {"kernel": True, "x": x, "bias": flat[3], "mask": mask, "hs": hs, "cs": cs,
-                 "gates": gates, "extra": extra, "rec_mask": rec_mask, "hd": hd}
-        return ys, hs[steps], None if cs is None else cs[steps], cache
+                 "gates": gates, "extra": extra, "rec_mask": rec_mask, "hd": hd,
+                 "xh": xh if packed else None}
+        return hs[1:] if ys is None else ys, hs[steps], None if cs is None else cs[steps], \
+            cache
 
     def rnn_backward(self, cell, cache, dy, dh_t, dc_t, kernel, recurrent, d_kernel,
                      d_recurrent, d_bias, act, rec_act, reset_after=True, zero_output=False,
-                     need_dx=True):
+                     need_dx=True, work=None):
         if not isinstance(cache, dict) or "kernel" not in cache:   # the reference's forward
             return super().rnn_backward(cell, cache, dy, dh_t, dc_t, kernel, recurrent,
                                         d_kernel, d_recurrent, d_bias, act, rec_act,
@@ -387,22 +417,25 @@ class CpuOps(Ops):
                 np.array(given, np.float32, order="C")      # a copy: the kernel writes it
         dh = state(dh_t)
         dc = state(dc_t) if cell == "lstm" else None
-        scratch = np.empty((3, batch * units), np.float32)
-        dgx = np.empty((steps, batch, gu), np.float32)
-        dgr = np.empty_like(dgx) if cell == "gru" and reset_after else dgx
-        dx = np.empty((steps, batch, d_in), np.float32) if need_dx else None
+        new = _rnn_arrays(work)
+        scratch = new("rnn_scratch", (3, batch * units))
+        dgx = new("rnn_dgx", (steps, batch, gu))
+        dgr = new("rnn_dgr", (steps, batch, gu)) if cell == "gru" and reset_after else dgx
+        dx = new("rnn_dx", (steps, batch, d_in)) if need_dx else None
+        packed = cache.get("xh") is not None
         flat = [None if a is None else a.reshape(-1) for a in
-                (x, _f32(kernel, "kernel"), _f32(recurrent, "recurrent"))]
+                (cache["xh"] if packed else x, _f32(kernel, "kernel"),
+                 _f32(recurrent, "recurrent"))]
         _core.rnn_backward(
             cell, steps, batch, d_in, units, *flat, cache["bias"], cache["mask"] if
             cache["mask"] is None else cache["mask"].reshape(-1),
             *[None if a is None else a.reshape(-1) for a in
-              (cache["hs"], cache["cs"], cache["gates"], cache["extra"],
-               _f32(dy, "dy"), dh, dc)],
+              (None if packed else cache["hs"], cache["cs"], cache["gates"], cache["extra"],
+               _f32_or_none(dy, "dy"), dh, dc)],
             scratch[0], scratch[1], scratch[2], dgx.reshape(-1), dgr.reshape(-1),
             d_kernel.reshape(-1), d_recurrent.reshape(-1),
             None if d_bias is None else d_bias.reshape(-1),
             None if dx is None else dx.reshape(-1), act[0], rec_act[0], reset_after,
             zero_output, *[None if a is None else a.reshape(-1)
-                           for a in (cache["rec_mask"], cache["hd"])])
+                           for a in (cache["rec_mask"], cache["hd"])], packed)
         return dx, dh, dc

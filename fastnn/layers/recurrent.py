@@ -306,21 +306,38 @@ class _RNN(_Sequence):
         if self.go_backwards:
             x = x[:, ::-1]
             mask = None if mask is None else mask[:, ::-1]
-        xs = xp.ascontiguousarray(x.transpose(1, 0, 2), dtype="float32")
+        xs = x.transpose(1, 0, 2)      # time-major: the backend copies it where it wants it
+        if xs.dtype != np.float32:
+            xs = xs.astype(np.float32)
         ms = None if mask is None else xp.ascontiguousarray(mask.T)
         states = self._initial_states(initial_state, batch)
         act, rec = self._acts()
         ys, h, c, st.cache = ops.rnn_forward(
             self.kind, xs, self.kernel, self.recurrent_kernel, self._vars.get("bias"),
             states[0], states[1] if self.kind == "lstm" else None, ms, act, rec,
-            self.reset_after, self.zero_output_for_mask, rec_mask)
+            self.reset_after, self.zero_output_for_mask, rec_mask, work=self._work)
         st.shape = (batch, steps, d_in)
+        st.masked = mask is not None
+        # what leaves the layer is copied out of the work arrays the next call reuses
+        h = h.copy()
+        c = c.copy() if self.kind == "lstm" else None
         if self.stateful:       # the next call starts where this one ended (no gradient)
             self.states = [h.copy()] + ([c.copy()] if self.kind == "lstm" else [])
-        out = xp.ascontiguousarray(ys.transpose(1, 0, 2)) if self.return_sequences else ys[-1]
+        out = xp.ascontiguousarray(ys.transpose(1, 0, 2)) if self.return_sequences else \
+            ys[-1].copy()
         if self.return_state:
             return [out, h] + ([c] if self.kind == "lstm" else [])
         return out
+
+    def _work(self, name, shape):
+        """An array kept in this call's state for the backend's recurrent kernels (its scratch
+        and what backward reads), reused by the next call of the same shape: no fresh pages a
+        batch. Never an inference pool's buffer: those go to other layers after this one."""
+        workspace = self._state().workspace
+        buf = workspace.get(name)
+        if buf is None or buf.shape != shape:
+            buf = workspace[name] = get_ops().empty(shape, "float32")
+        return buf
 
     def reset_states(self, batch=None):
         """Zero a stateful layer's states (Keras's reset_state / reset_states)."""
@@ -365,24 +382,29 @@ class _RNN(_Sequence):
         (None where an output gets none). Returns dx; the initial states' gradients are left
         in this call's state (d_states)."""
         ops = get_ops()
-        xp = ops.xp
         st = self._state()
         batch, steps, d_in = st.shape
         grads = list(dy) if self.return_state else [dy]
         d_out, d_h = grads[0], grads[1] if len(grads) > 1 else None
         d_c = grads[2] if len(grads) > 2 else None
         if d_out is None:
-            dys = ops.alloc((steps, batch, self.units))
+            dys = None
         elif self.return_sequences:
-            dys = xp.ascontiguousarray(d_out.transpose(1, 0, 2), dtype="float32")
+            dys = ops.copy_steps(d_out.transpose(1, 0, 2),
+                                 self._work("rnn_dys", (steps, batch, self.units)))
+        elif not st.masked:     # the last output is the last state: its gradient joins d_h
+            dys = None
+            d_h = d_out if d_h is None else d_h + d_out
         else:       # only the last output has a gradient
-            dys = ops.alloc((steps, batch, self.units))
+            dys = self._work("rnn_dys", (steps, batch, self.units))
+            dys[:-1] = 0.0
             dys[-1] = d_out
         act, rec = self._acts()
         dx, dh0, dc0 = ops.rnn_backward(
             self.kind, st.cache, dys, d_h, d_c, self.kernel, self.recurrent_kernel,
             self.grads["kernel"], self.grads["recurrent_kernel"], self.grads.get("bias"),
-            act, rec, self.reset_after, self.zero_output_for_mask, need_dx=bool(need_dx))
+            act, rec, self.reset_after, self.zero_output_for_mask, need_dx=bool(need_dx),
+            work=self._work)
         st.d_states = [dh0] + ([dc0] if self.kind == "lstm" else [])
         st.cache = None
         if dx is None:
@@ -390,10 +412,10 @@ class _RNN(_Sequence):
         dx = dx.transpose(1, 0, 2)
         if self.go_backwards:
             dx = dx[:, ::-1]
-        dx = xp.ascontiguousarray(dx)
+        out = ops.copy_steps(dx, self._work("dx", (batch, steps, d_in)))  # (as Dense's dx)
         if st.drop is not None:
-            dx *= st.drop
-        return dx
+            out *= st.drop
+        return out
 
     # ---- config ----------------------------------------------------------------------------
     def get_config(self):

@@ -353,6 +353,17 @@ def _rnn(rng):
     return kind, n, su, gu, two, sizes, acts, rec_mask, meta
 
 
+def _rnn_packed(rng, kind, d, rec_mask, meta, written):
+    """Half the SimpleRNN/LSTM sequences without recurrent dropout packed: x holds the rows
+    [x_t | h_{t-1}] ((steps + 1) * batch of d_in + units floats) and hs is None."""
+    if kind == "gru" or rec_mask is not None or rng.random() < 0.5:
+        return False
+    rows = (d["steps"] + 1) * d["batch"]
+    d.update(x=f(rng, rows * (d["d_in"] + d["units"])), hs=None)
+    meta.update(x="out" if written else "in")
+    return True
+
+
 def spec_rnn_forward(rng):
     kind, n, su, gu, two, d, acts, rec_mask, meta = _rnn(rng)
     units = d["units"]
@@ -360,8 +371,10 @@ def spec_rnn_forward(rng):
              cs=f(rng, su + n * units) if kind == "lstm" else None, gates=f(rng, n * gu),
              extra=None if kind == "simple" else f(rng, n * units), rec=f(rng, d["batch"] * gu))
     d.update(acts, rec_mask=rec_mask, hd=None if rec_mask is None else f(rng, n * units))
-    meta.update(ys="out", hs="out", cs="out", gates="out", extra="out", rec="out",
+    # ys may be None without a mask (the outputs are then hs[1:])
+    meta.update(ys="out?", hs="out", cs="out", gates="out", extra="out", rec="out",
                 rec_mask="in?", hd="out")
+    d.update(packed=_rnn_packed(rng, kind, d, rec_mask, meta, True))
     return d, meta
 
 
@@ -378,11 +391,19 @@ def spec_rnn_backward(rng):
              d_bias=None if d["bias"] is None else f(rng, d["bias"].size),
              dx=f(rng, d["x"].size) if rng.random() < 0.8 else None)
     d.update(acts, rec_mask=rec_mask, hd=None if rec_mask is None else f(rng, n * units))
-    meta.update(hs="in", cs="in", gates="in", extra="in", dys="in", dh="out", dc="out",
+    meta.update(hs="in", cs="in", gates="in", extra="in", dys="in?", dh="out", dc="out",
                 carry="out", dht="out", drh="out", dgx="out", dgr="out", d_kernel="out",
                 d_recurrent="out", d_bias="out", dx="out?", rec_mask="in?", hd="in",
                 same=set() if two else {("dgr", "dgx")})
+    d.update(packed=_rnn_packed(rng, kind, d, rec_mask, meta, False))
     return d, meta
+
+
+def spec_copy_steps(rng):
+    """A sequence between layouts: src sometimes a view with its first two axes swapped."""
+    a, b, n = (int(v) for v in rng.integers(1, 5, 3))
+    src = f(rng, b, a, n).transpose(1, 0, 2) if rng.random() < 0.5 else f(rng, a, b, n)
+    return dict(src=src, dst=f(rng, a, b, n)), dict(src="in", dst="out")
 
 
 def spec_rnn_act_supported(rng):
@@ -431,7 +452,7 @@ SPECS = {
     "bias_act_forward": spec_bias_act_forward, "gemm_row_blocks": spec_gemm_row_blocks,
     "activation_needs_input": spec_activation_needs_input,
     "rnn_forward": spec_rnn_forward, "rnn_backward": spec_rnn_backward,
-    "rnn_act_supported": spec_rnn_act_supported,
+    "rnn_act_supported": spec_rnn_act_supported, "copy_steps": spec_copy_steps,
 }
 # _core's callables that are not kernels over buffers (configuration; consecutive, a check
 # over a list of arrays, whose bad inputs test_data_inputs.py tries; all_finite, which takes
