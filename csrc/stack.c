@@ -525,8 +525,9 @@ static void shard_of(const fnn_shard *sh, int n, int *lo, int *hi) {
     *hi = (int)((int64_t)n * (sh->rank + 1) / sh->ranks);
 }
 
-/* Step `step`'s rows: global batch rows of the `global` and this rank's offset there and rows
- * (as DataParallel.local_rows cuts a global batch). */
+/* Step `step` of the epoch: where its rows start in this rank's order (first), the global
+ * batch's rows (global), and this rank's offset (off) and rows there, as
+ * DataParallel.local_rows cuts a global batch. */
 typedef struct {
     int64_t step, first, global;
     int off, rows;
