@@ -112,13 +112,16 @@ def main(rounds=5, variants=VARIANTS, cpu=False):
     os.environ.setdefault("FASTNN_BACKEND", "cpu")
     x, y = wl.load_mnist_train(wl.data_dir())
     variants = ("arrays",) + tuple(v for v in variants if v != "arrays")
-    runs = {v: epoch(v, x, y) for v in variants}
     clock = time.process_time if cpu else time.perf_counter
     times = {v: [] for v in variants}
     order = list(variants)
     shuffle = random.Random(0).shuffle
     for r in range(rounds + 1):         # round 0 warms up
         shuffle(order)
+        # each round's models built anew (untimed): a model's buffers land at other
+        # addresses each time, which moved one model's epochs by ~3 % for a whole run when
+        # each variant kept one model
+        runs = {v: epoch(v, x, y) for v in order}
         for v in order:
             start = clock()
             runs[v]()
