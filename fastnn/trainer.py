@@ -868,13 +868,14 @@ class Trainer:
         per_step = cbs.per_batch("train")
         ops = get_ops()
         # Every input is checked before anything changes. The fused path checks each batch as
-        # it gathers it; when its first epoch reads every row and no callback sees single
-        # batches, a bad value is found there and the fit rolls back to this state instead
-        # (a separate scan would cost as much as a small model's epoch).
+        # it gathers it; when its first epoch reads every row, a bad value is found there and
+        # the fit rolls the model back to this state instead (a separate scan would cost as
+        # much as a small model's epoch). Callbacks that see single batches have then seen
+        # the batches before the bad one, as they would have seen them in Keras.
         rollback = None
         if runner is None:
             x, y, w = self._to_device(x, y, w)
-        elif per_step or steps * batch_size < n:
+        elif steps * batch_size < n:
             runner.check_finite(x)
         else:
             rollback = self._training_state(rng)

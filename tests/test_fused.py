@@ -318,12 +318,9 @@ def test_nan_input_raises_with_the_argument_name(monkeypatch):
         for name, slot in model.optimizer.snapshot()[0].items():
             np.testing.assert_array_equal(slot, slots[name])
         assert fastnn.utils.get_rng().bit_generator.state == rng_state
-    # An epoch that does not read every row, or a callback that sees single batches: the
-    # whole array is checked first.
+    # An epoch that does not read every row: the whole array is checked first.
     with pytest.raises(ValueError, match=r"^x contains NaN or inf values$"):
         model.fit(bad, y, batch_size=16, epochs=1, verbose=0, steps_per_epoch=3)
-    with pytest.raises(ValueError, match=r"^x contains NaN or inf values$"):
-        model.fit(bad, y, batch_size=16, verbose=0, callbacks=[_Recorder()])
     assert model.optimizer.iterations == 2
     with pytest.raises(ValueError, match="x_val contains NaN or inf"):
         model.fit(x, y, epochs=1, verbose=0, validation_data=(bad, y))
@@ -679,7 +676,10 @@ def test_all_finite_finds_any_bad_value():
         _core.all_finite([1.0, 2.0])
 
 
-def test_nan_input_with_a_per_batch_callback_raises_before_any_hook(monkeypatch):
+def test_nan_input_with_a_per_batch_callback_rolls_the_model_back(monkeypatch):
+    """A callback that sees single batches sees those before the bad one (row 150: batch 10 of
+    13, unshuffled) and the bad one begin, as in Keras; the model, its optimizer and the generator roll back to where
+    the fit started, as without the callback."""
     monkeypatch.setenv("FASTNN_FUSED", "1")
     x, y = _data()
     x[150, 3] = np.nan
@@ -687,8 +687,13 @@ def test_nan_input_with_a_per_batch_callback_raises_before_any_hook(monkeypatch)
     model.compile("adam", "sparse_categorical_crossentropy")
     rec = _AllHooks()
     before = model.get_weights()
-    with pytest.raises(ValueError, match="x contains NaN or inf values"):
-        model.fit(x, y, batch_size=16, verbose=0, callbacks=[rec])
-    assert rec.seen == []
+    rng_state = fastnn.utils.get_rng().bit_generator.state
+    with pytest.raises(ValueError, match=r"^x contains NaN or inf values \(in batch 10 of 13\)"
+                                         r"; the model is unchanged$"):
+        model.fit(x, y, batch_size=16, verbose=0, callbacks=[rec], shuffle=False)
+    ends = [batch for hook, batch, _, _ in rec.seen if hook == "train_end"]
+    assert ends == list(range(9)) and rec.seen[-1][:2] == ("train_begin", 9)
+    assert model.optimizer.iterations == 0
+    assert fastnn.utils.get_rng().bit_generator.state == rng_state
     for p, q in zip(before, model.get_weights()):
         np.testing.assert_array_equal(p, q)
