@@ -2118,10 +2118,87 @@ cdef int _stack_step_end(void *ctx, int64_t step, int status) noexcept nogil:
     with gil:
         stack = <DenseStack>ctx
         try:
+            if type(stack._step_end) is StepHooks:     # (no Python frame a step)
+                return 0 if (<StepHooks>stack._step_end).step(step, status) else 1
             return 0 if stack._step_end(step, status) else 1
         except BaseException as exc:
             stack._step_error = exc
             return 1
+
+
+cdef class StepHooks:
+    """DenseStack.run's step_end when callbacks read every batch of a run of steps first ..
+    first + n - 1: after each step, the loss tracker and the stack's counted metric as the
+    run's sums leave them (sums: float64 [loss total, loss count, metric total, metric
+    count]); after an update (status 0, training: opt not None) extra(k, j) when given (the
+    other metrics, the optimizer's step state) and one more optimizer iteration; then the
+    batch-end hooks with the logs, then (unless the run ends) the next batch's begin hooks.
+    The logs: logs_fn() when log_names is None, else a dict of (name, 0: the mean loss /
+    1: the counted metric) pairs in that order. Ends the run after its last step, when
+    training stopped, or when a hook changed the optimizer's learning rate, weight decay or
+    iterations (the run computed its scalars ahead). Written in Cython because a hook after
+    every step of a small model costs in Python as much as a few percent of its epoch.
+    After the run: begun (the next batch's begin hooks ran), changed."""
+    cdef double[::1] sums
+    cdef object loss_tracker, counted, opt, model, ends, begins, logs_fn, log_names, extra
+    cdef object lr, decay
+    cdef int64_t first, n, iterations
+    cdef public bint begun, changed
+
+    def __init__(self, sums, loss_tracker, counted, opt, model, ends, begins, int64_t first,
+                 int64_t n, logs_fn=None, log_names=None, extra=None):
+        if len(sums) < 4:
+            raise ValueError(f"StepHooks: sums: expected 4 float64 values, got {len(sums)}")
+        self.sums = sums
+        self.loss_tracker, self.counted, self.opt, self.model = loss_tracker, counted, opt, model
+        self.ends, self.begins = tuple(ends), tuple(begins)
+        self.logs_fn, self.log_names, self.extra = logs_fn, log_names, extra
+        self.first, self.n = first, n
+        if log_names is None and self.ends and logs_fn is None:
+            raise ValueError("StepHooks: logs_fn or log_names is needed for batch-end hooks")
+        if opt is not None:
+            self.lr, self.decay, self.iterations = opt._learning_rate, opt.weight_decay, \
+                opt.iterations
+        self.begun = self.changed = False
+
+    def __call__(self, int64_t k, int status):
+        return self.step(k, status)
+
+    cdef bint step(self, int64_t k, int status) except -1:
+        cdef int64_t j = k - self.first
+        cdef double loss_total = self.sums[0], loss_count = self.sums[1]
+        cdef double total = self.sums[2], count = self.sums[3]
+        self.loss_tracker.total, self.loss_tracker.count = loss_total, loss_count
+        if self.counted is not None:
+            self.counted.total, self.counted.count = total, count
+        if status == 0:
+            if self.extra is not None:
+                self.extra(k, j)
+            if self.opt is not None:
+                self.opt.iterations += 1
+        if self.ends:
+            if self.log_names is None:
+                logs = self.logs_fn()
+            else:
+                loss = loss_total / loss_count if loss_count else 0.0
+                metric = total / count if count else 0.0
+                logs = {}
+                for name, which in self.log_names:
+                    logs[name] = metric if which else loss
+            for fn in self.ends:
+                fn(k, logs)
+        self.begun = False
+        if self.opt is not None and self.model.stop_training or j + 1 == self.n:
+            return False
+        for fn in self.begins:
+            fn(k + 1, None)
+            self.begun = True
+        if self.opt is None:
+            return True
+        opt = self.opt
+        self.changed = opt._learning_rate != self.lr or opt.weight_decay != self.decay or \
+            opt.iterations != self.iterations + j + 1
+        return not self.changed
 
 
 cdef class DenseStack:

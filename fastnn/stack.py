@@ -286,6 +286,7 @@ class DenseRunner:
         inside the run. Returns False when a callback stopped training.
         dist (a DataParallel of several ranks, training): this rank runs its rows of each
         global batch, and the stack sums the gradients over the ranks before each update."""
+        from . import _core
         model = self.model
         reduce = None
         if dist is not None:
@@ -313,7 +314,7 @@ class DenseRunner:
         rows_in = len(x2) if order is None else len(order)
         step, begun = 0, False
         sets_state = training and type(opt)._set_step_state is not O.Optimizer._set_step_state
-        direct_logs = self._direct_logs(counted, others) if per_step and ends else None
+        log_names = self._log_names(counted, others) if per_step and ends else None
 
         def track(sums, lo, hi, at):
             """The loss tracker and metrics as the run's sums leave them, the other metrics
@@ -335,53 +336,29 @@ class DenseRunner:
             sums = np.array([loss_tracker.total, loss_tracker.count] +
                             ([counted.total, counted.count] if counted is not None
                              else [0.0, 0.0]))
-            scalars = states = lr = decay = None
+            scalars = states = None
             if training:
                 scalars, states = opt.fused_scalars(n)
-                lr, decay = opt._learning_rate, opt.weight_decay
             if others:
                 outputs = self._outputs(outputs, n * batch)
             step_end = None
             if per_step:
-                def step_end(k, status, first=step, n=n, states=states, sums=sums, lr=lr,
-                             decay=decay, iterations=opt.iterations if training else 0):
-                    """After step k: the state and hooks the per-step loop would give; whether
-                    the run goes on with the scalars computed for it. (Called after every
-                    step: kept to the work a step needs.)"""
-                    nonlocal begun, changed
-                    j = k - first
-                    loss_total, loss_count, total, count = sums.tolist()
-                    loss_tracker.total, loss_tracker.count = loss_total, loss_count
-                    if counted is not None:
-                        counted.total, counted.count = total, count
-                    if status == 0:
+                extra = None
+                if others or sets_state:
+                    def extra(k, j, states=states, sums=sums):
                         if others:
                             track(sums, k * batch, min(rows_in, (k + 1) * batch), j * batch)
-                        if training:
-                            if sets_state:
-                                opt._set_step_state(states[j])     # as fused_commit
-                            opt.iterations += 1
-                    if ends:
-                        logs = logs_fn() if direct_logs is None else \
-                            direct_logs(loss_total / loss_count if loss_count else 0.0,
-                                        total / count if count else 0.0)
-                        for fn in ends:
-                            fn(k, logs)
-                    begun = False
-                    if training and model.stop_training or j + 1 == n:
-                        return False
-                    for fn in begins:
-                        fn(k + 1, None)
-                        begun = True
-                    changed = training and (opt._learning_rate != lr or
-                                            opt.weight_decay != decay or
-                                            opt.iterations != iterations + j + 1)
-                    return not changed
-            start, changed = time.perf_counter(), False
+                        if sets_state:
+                            opt._set_step_state(states[j])     # as fused_commit
+                step_end = _core.StepHooks(sums, loss_tracker, counted,
+                                           opt if training else None, model, ends, begins,
+                                           step, n, logs_fn, log_names, extra)
+            start = time.perf_counter()
             done, status = stack.run(x2, y, w, order, step, n, bool(training), scalars, sums,
                                      outputs, pre, reduce, step_end)
             if per_step:
-                self._ran_ahead(training, n, done, changed, not others)
+                begun = step_end.begun
+                self._ran_ahead(training, n, done, step_end.changed, not others)
             else:
                 self._measured(training, done, time.perf_counter() - start)
                 track(sums, step * batch, min(rows_in, (step + done - (status == -1)) * batch),
@@ -400,28 +377,24 @@ class DenseRunner:
                 return False
         return True
 
-    def _direct_logs(self, counted, others):
-        """A function (loss, metric) -> the logs, the trackers' results by name as the model's
-        logs reader gives them, when the run's sums hold every tracker: the loss and the
-        accuracy the stack counts (Metric.result of total / count, 0 for no count), no other
-        metric or output loss. Else None (the reader then calls each tracker's result). A
-        hook after every step otherwise calls result() and peek() of each tracker, objects the
-        step's pass over the weights has evicted from the caches (~2 us a step, seed MLP)."""
-        model = self.model
-        trackers = model._trackers()
+    def _log_names(self, counted, others):
+        """The logs as StepHooks builds them from the run's sums, ((name, 0: the mean loss /
+        1: the counted metric), ...) in the order the model's logs reader gives them, when
+        the sums hold every tracker: the loss and the accuracy the stack counts
+        (Metric.result of total / count, 0 for no count), no other metric or output loss.
+        Else None (the reader then calls each tracker's result). A hook after every step
+        otherwise calls result() and peek() of each tracker, objects the step's pass over the
+        weights has evicted from the caches (~2 us a step, seed MLP)."""
+        trackers = self.model._trackers()
         if others or trackers[1:] != ([counted] if counted is not None else []) or \
                 any(type(m).result is not M.Metric.result or type(m).peek is not M.Metric.peek
                     for m in trackers):
             return None
         if counted is None:
-            name = trackers[0].name
-            return lambda loss, _: {name: loss}
+            return ((trackers[0].name, 0),)
         if trackers[0].name == counted.name:
             return None
-        loss_name, metric_name = trackers[0].name, counted.name
-        if loss_name < metric_name:
-            return lambda loss, metric: {loss_name: loss, metric_name: metric}
-        return lambda loss, metric: {metric_name: metric, loss_name: loss}
+        return tuple(sorted(((trackers[0].name, 0), (counted.name, 1))))
 
     def _outputs(self, buffer, rows):
         """A buffer for `rows` rows of outputs (reused while large enough)."""

@@ -678,8 +678,8 @@ def test_all_finite_finds_any_bad_value():
 
 def test_nan_input_with_a_per_batch_callback_rolls_the_model_back(monkeypatch):
     """A callback that sees single batches sees those before the bad one (row 150: batch 10 of
-    13, unshuffled) and the bad one begin, as in Keras; the model, its optimizer and the generator roll back to where
-    the fit started, as without the callback."""
+    13, unshuffled) and the bad one begin, as in Keras; the model, its optimizer and the
+    generator roll back to where the fit started, as without the callback."""
     monkeypatch.setenv("FASTNN_FUSED", "1")
     x, y = _data()
     x[150, 3] = np.nan

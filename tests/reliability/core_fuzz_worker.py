@@ -461,7 +461,7 @@ SPECS = {
 # arguments test_distribution.py tries one by one (a bad control block would make a fuzzed
 # step wait for peers that do not exist).
 NOT_KERNELS = {"set_blas", "get_num_threads", "set_num_threads", "consecutive", "all_finite",
-               "shard_supported", "DenseStack", "SharedStep"}
+               "shard_supported", "DenseStack", "SharedStep", "StepHooks"}
 
 
 def kernels():
