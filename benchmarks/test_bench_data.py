@@ -1,7 +1,8 @@
 """Data inputs and training extras (issue 19): one fit(epochs=1) of the seed MLP
 (784-128(relu)-10(softmax), Adam lr 1e-3, batch 32, 60k MNIST, shuffle=False) fed
 
-- `arrays`: the NumPy arrays (the baseline);
+- `arrays`: the NumPy arrays (the baseline); `arrays-control`: the same again, another model
+  built the same way (the method's own floor: its ratio to arrays would be 1 without noise);
 - `pydataset`: a fastnn.utils.PyDataset slicing the same arrays in memory (goal: within 10 %
   of arrays); `pydataset-workers2`: the same with 2 prefetching threads; `generator`: a Python
   generator of the same batches;
@@ -33,8 +34,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import workloads as wl  # noqa: E402
 
-VARIANTS = ("arrays", "pydataset", "pydataset-workers2", "generator", "arrays-callback",
-            "arrays-metrics", "arrays-l2", "arrays-clipnorm", "arrays-schedule")
+VARIANTS = ("arrays", "arrays-control", "pydataset", "pydataset-workers2", "generator",
+            "arrays-callback", "arrays-metrics", "arrays-l2", "arrays-clipnorm", "arrays-schedule")
 
 
 def seed_mlp(keras, metrics=("accuracy",), regularizer=None, schedule=False, **optimizer):
