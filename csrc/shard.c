@@ -258,6 +258,83 @@ int fnn_shard_step(fnn_shard *sh, const float *scalars, int n_threads) {
     return fnn_shard_update(sh, scalars, n_threads) != 0 ? -1 : 1;
 }
 
+/* Kernel rows [*r0, *r1) of this rank in the split passes: those whose first weight lies in
+ * its shard [lo, hi) (the next rank's lo is this one's hi: the ranks' rows tile the kernel). */
+static void split_rows(const fnn_shard *sh, const fnn_shard_outer *o, size_t *r0, size_t *r1) {
+    size_t cols = (size_t)o->d_out, rows = (size_t)o->d_in;
+    size_t a = sh->lo > o->at ? sh->lo - o->at : 0, b = sh->hi > o->at ? sh->hi - o->at : 0;
+    a = (a + cols - 1) / cols;
+    b = (b + cols - 1) / cols;
+    *r0 = a < rows ? a : rows;
+    *r1 = b < rows ? b : rows;
+}
+
+/* Whether every rank's count is a row count of its region (every rank reads the same counts
+ * after the barrier, so all return alike). */
+static int counts_fit(const fnn_shard *sh, const fnn_shard_outer *o) {
+    for (int k = 0; k < sh->ranks; k++)
+        if (!(o->count[k] >= 0.0f && o->count[k] <= (float)o->max_rows)) return 0;
+    return 1;
+}
+
+/* A barrier whose time counts in `seconds` (the split passes' communication). */
+static int split_barrier(fnn_shard *sh) {
+    int64_t start = now_ns();
+    int rc = fnn_shard_barrier(sh);
+    sh->seconds += (double)(now_ns() - start) * 1e-9;
+    return rc;
+}
+
+int fnn_shard_split_forward(fnn_shard *sh, int i, float *z, int n_threads) {
+    const fnn_shard_outer *o = &sh->outer[i];
+    size_t cols = (size_t)o->d_out, rows = (size_t)o->max_rows, r0, r1;
+    size_t block = rows * cols, part = (size_t)sh->ranks * block;
+    const float *w = sh->params + o->at;
+    if (split_barrier(sh) != 0) return -1;      /* every rank's rows and count are written */
+    if (!counts_fit(sh, o)) return -3;
+    split_rows(sh, o, &r0, &r1);
+    float *mine = o->z_parts + (size_t)sh->rank * part;
+    for (int k = 0; k < sh->ranks; k++) {
+        int n = (int)o->count[k];
+        if (n <= 0) continue;
+        float *c = mine + (size_t)k * block;
+        if (r1 > r0)
+            fnn_gemm(0, 0, n, (int)cols, (int)(r1 - r0), 1.0f,
+                     o->x + (size_t)k * rows * o->d_in + r0, o->d_in, w + r0 * cols, (int)cols,
+                     0.0f, c, (int)cols, n_threads);
+        else
+            memset(c, 0, (size_t)n * cols * sizeof(float));
+    }
+    if (split_barrier(sh) != 0) return -1;      /* every rank's partial products are written */
+    size_t len = (size_t)o->count[sh->rank] * cols;
+    for (int p = 0; p < sh->ranks; p++) {
+        const float *restrict from = o->z_parts + (size_t)p * part + (size_t)sh->rank * block;
+        if (p == 0) {
+            memcpy(z, from, len * sizeof(float));
+        } else {
+            for (size_t j = 0; j < len; j++) z[j] += from[j];
+        }
+    }
+    return 0;
+}
+
+int fnn_shard_split_backward(fnn_shard *sh, int i, int n_threads) {
+    const fnn_shard_outer *o = &sh->outer[i];
+    size_t cols = (size_t)o->d_out, rows = (size_t)o->max_rows, r0, r1;
+    const float *w = sh->params + o->at;
+    if (split_barrier(sh) != 0) return -1;      /* every rank's output gradients are written */
+    if (!counts_fit(sh, o)) return -3;
+    split_rows(sh, o, &r0, &r1);
+    for (int k = 0; k < sh->ranks && r1 > r0; k++) {
+        int n = (int)o->count[k];
+        if (n <= 0) continue;
+        fnn_gemm(0, 1, n, (int)(r1 - r0), (int)cols, 1.0f, o->dz + (size_t)k * rows * cols,
+                 (int)cols, w + r0 * cols, (int)cols, 0.0f,
+                 o->dx_all + (size_t)k * rows * o->d_in + r0, o->d_in, n_threads);
+    }
+    return split_barrier(sh) != 0 ? -1 : 0;     /* every rank's columns are written */
+}
+
 #else   /* the Python path (fnn_shard_supported() is 0): never called */
 
 int64_t fnn_shard_clock(void) { return 0; }
@@ -272,6 +349,14 @@ int fnn_shard_update(fnn_shard *sh, const float *scalars, int n_threads) {
 }
 int fnn_shard_step(fnn_shard *sh, const float *scalars, int n_threads) {
     (void)sh; (void)scalars; (void)n_threads;
+    return -2;
+}
+int fnn_shard_split_forward(fnn_shard *sh, int i, float *z, int n_threads) {
+    (void)sh; (void)i; (void)z; (void)n_threads;
+    return -2;
+}
+int fnn_shard_split_backward(fnn_shard *sh, int i, int n_threads) {
+    (void)sh; (void)i; (void)n_threads;
     return -2;
 }
 

@@ -177,6 +177,8 @@ cdef extern from "fastnn.h" nogil:
         const float *x
         const float *dz
         float *part
+        float *z_parts
+        float *dx_all
     ctypedef struct fnn_shard:
         float *params
         float *slots[3]
@@ -195,6 +197,8 @@ cdef extern from "fastnn.h" nogil:
     int fnn_shard_reduce(fnn_shard *sh, float scale, int bad, int n_threads)
     int fnn_shard_update(fnn_shard *sh, const float *scalars, int n_threads)
     int fnn_shard_step(fnn_shard *sh, const float *scalars, int n_threads)
+    int fnn_shard_split_forward(fnn_shard *sh, int i, float *z, int n_threads)
+    int fnn_shard_split_backward(fnn_shard *sh, int i, int n_threads)
     ctypedef struct fnn_stack:
         int n_layers, batch
         const fnn_dense *layers
@@ -1283,11 +1287,13 @@ cdef class SharedStep:
 
     def defer(self, kernels):
         """The kernels whose gradients the ranks do not sum (fnn_shard_outer): a list, in
-        arena order, of (at, max_rows, count, x, dz) - the kernel's first weight in the arena,
-        the rows each rank's region holds, and float32 arrays: count (ranks: each rank's rows
-        this step), x (ranks, max_rows, d_in), dz (ranks, max_rows, d_out), which every rank
-        fills for its rows before reduce. Each rank's shard of such a kernel is then computed
-        from the ranks' rows instead of summed. An empty list: none."""
+        arena order, of (at, max_rows, count, x, dz[, z_parts, dx_all]) - the kernel's first
+        weight in the arena, the rows each rank's region holds, and float32 arrays: count
+        (ranks: each rank's rows this step), x (ranks, max_rows, d_in), dz (ranks, max_rows,
+        d_out), which every rank fills for its rows before reduce. Each rank's shard of such a
+        kernel is then computed from the ranks' rows instead of summed. With z_parts (ranks,
+        ranks, max_rows, d_out) and dx_all (ranks, max_rows, d_in), split_forward and
+        split_backward run for it. An empty list: none."""
         import numpy as np
         fn = "SharedStep.defer"
         cdef Py_ssize_t i, n = len(kernels)
@@ -1297,13 +1303,16 @@ cdef class SharedStep:
         cdef float[::1] C
         cdef float[:, :, ::1] X
         cdef float[:, :, ::1] DZ
+        cdef float[:, :, :, ::1] ZP
+        cdef float[:, :, ::1] DX
         cdef size_t end = 0
         if out == NULL:
             raise MemoryError()
         keep = []
         try:
             for i in range(n):
-                at, max_rows, count, x, dz = kernels[i]
+                at, max_rows, count, x, dz = kernels[i][:5]
+                z_parts, dx_all = (tuple(kernels[i][5:]) + (None, None))[:2]
                 C = _f1(f"{fn}: count", count, True)
                 X, DZ = x, dz
                 if C.shape[0] != self.s.ranks or X.shape[0] != self.s.ranks or \
@@ -1316,14 +1325,28 @@ cdef class SharedStep:
                         DZ.shape[2] < 1:
                     raise ValueError(f"{fn}: kernel {i}: its {X.shape[2]} x {DZ.shape[2]} "
                                      f"weights from {at} are not in the arena after the last")
+                if (z_parts is None) != (dx_all is None):
+                    raise ValueError(f"{fn}: kernel {i}: z_parts and dx_all go together")
                 part = np.empty(DZ.shape[2], np.float32)
                 P = part
                 out[i].at, out[i].d_in, out[i].d_out = at, X.shape[2], DZ.shape[2]
                 out[i].max_rows, out[i].count = max_rows, &C[0]
                 out[i].x, out[i].dz = &X[0, 0, 0], &DZ[0, 0, 0]
                 out[i].part = &P[0]
+                out[i].z_parts = out[i].dx_all = NULL
+                if z_parts is not None:
+                    ZP, DX = z_parts, dx_all
+                    if tuple(z_parts.shape) != (self.s.ranks, self.s.ranks, max_rows,
+                                                DZ.shape[2]) or \
+                            tuple(dx_all.shape) != (self.s.ranks, max_rows, X.shape[2]):
+                        raise ValueError(
+                            f"{fn}: kernel {i}: expected z_parts ({self.s.ranks}, "
+                            f"{self.s.ranks}, {max_rows}, {DZ.shape[2]}) and dx_all "
+                            f"({self.s.ranks}, {max_rows}, {X.shape[2]}), got "
+                            f"{tuple(z_parts.shape)} and {tuple(dx_all.shape)}")
+                    out[i].z_parts, out[i].dx_all = &ZP[0, 0, 0, 0], &DX[0, 0, 0]
                 end = at + X.shape[2] * DZ.shape[2]
-                keep.append((count, x, dz, part))
+                keep.append((count, x, dz, part, z_parts, dx_all))
         except BaseException:
             free(out)
             raise
@@ -1431,6 +1454,51 @@ cdef class SharedStep:
             rc = fnn_shard_barrier(&self.s)
         if rc != 0:
             raise self._gone()
+
+    def split_forward(self, int i, z):
+        """Deferred kernel i's forward product split by kernel rows (fnn_shard_split_forward):
+        every rank calls it for each step, in the same order; z: float32 (this rank's rows
+        this step, d_out), the layer's pre-activation without its bias."""
+        cdef const fnn_shard_outer *o = self._split("SharedStep.split_forward", i)
+        cdef float[:, ::1] Z = _f2("SharedStep.split_forward: z", z, True)
+        cdef int rows = <int>o.count[self.s.rank]
+        if Z.shape[0] != rows or Z.shape[1] != o.d_out:
+            raise ValueError(f"SharedStep.split_forward: z: expected ({rows}, {o.d_out}), "
+                             f"got {_shape2(Z)}")
+        cdef int rc
+        cdef float *zp = &Z[0, 0] if rows > 0 else NULL
+        with nogil:
+            rc = fnn_shard_split_forward(&self.s, i, zp, _n_threads)
+        self._split_done("SharedStep.split_forward", i, rc)
+
+    def split_backward(self, int i):
+        """Deferred kernel i's input gradient split by kernel rows (fnn_shard_split_backward):
+        after it, this rank's rows of its dx_all are every column's."""
+        self._split("SharedStep.split_backward", i)
+        cdef int rc
+        with nogil:
+            rc = fnn_shard_split_backward(&self.s, i, _n_threads)
+        self._split_done("SharedStep.split_backward", i, rc)
+
+    cdef _split_done(self, str fn, int i, int rc):
+        if rc == -3:
+            raise ValueError(f"{fn}: kernel {i}: a rank's count is not in [0, "
+                             f"{self.s.outer[i].max_rows}]")
+        if rc != 0:
+            raise self._gone()
+
+    cdef const fnn_shard_outer *_split(self, str fn, int i) except NULL:
+        if i < 0 or i >= self.s.n_outer:
+            raise ValueError(f"{fn}: i: expected a deferred kernel in [0, {self.s.n_outer}), "
+                             f"got {i}")
+        cdef const fnn_shard_outer *o = &self.s.outer[i]
+        if o.z_parts == NULL:
+            raise ValueError(f"{fn}: kernel {i} was deferred without z_parts and dx_all")
+        cdef float rows = o.count[self.s.rank]
+        if not 0 <= rows <= o.max_rows:
+            raise ValueError(f"{fn}: kernel {i}: this rank's count {rows} is not in "
+                             f"[0, {o.max_rows}]")
+        return o
 
     def reduce(self, float scale, bint bad):
         """This rank's row is written (its gradients, to be multiplied by `scale`; bad: its

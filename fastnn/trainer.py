@@ -675,8 +675,8 @@ class Trainer:
     def _rankless_step(self, dist):
         """A rank without rows in this global batch adds zero to the gradient sum and takes
         the step the others take."""
-        dist.rankless_batchnorm(False, self)
-        dist.rankless_batchnorm(True, self)
+        dist.rankless_layers(False, self)
+        dist.rankless_layers(True, self)
         self._grads[...] = 0
         if dist.reduce_gradients(self._grads_and_flag, 1.0):
             return None

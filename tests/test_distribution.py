@@ -74,8 +74,10 @@ SCRIPT = textwrap.dedent('''
         model.compile(fastnn.optimizers.SGD(0.05, momentum=0.9), "categorical_crossentropy",
                       metrics=["accuracy"])
         y_fit = np.eye(2, dtype=np.float32)[y]
-    if kind == "wide_cnn":  # the general path; a Dense kernel of 69,120 weights (deferred)
-        x = rng.standard_normal((70, 8, 8, 1)).astype(np.float32)
+    if kind in ("wide_cnn", "wide_short"):  # the general path; a Dense kernel of 69,120
+        # weights (deferred, split by kernel rows); wide_short: 82 rows, 65 train after the
+        # split, the last global batch of 1 row (ranks without rows take part)
+        x = rng.standard_normal((70 if kind == "wide_cnn" else 82, 8, 8, 1)).astype(np.float32)
         y = (x[:, :4].mean(axis=(1, 2, 3)) > 0).astype(np.int64)
         model = fastnn.Sequential([fastnn.Input((8, 8, 1)), L.Conv2D(16, 3, activation="relu"),
                                    L.Flatten(), L.Dense(120, activation="relu"),
@@ -170,6 +172,11 @@ SCRIPT = textwrap.dedent('''
                                                   for a in d._arenas.values())
     # (the general path's big Dense kernels computed by shards from the ranks' rows)
     calls["deferred"] = calls["sharded"] and sum(len(a.deferred) for a in d._arenas.values())
+    # (and their forward products and input gradients split by kernel rows)
+    calls["split"] = calls["sharded"] and sum(layer._deferred.dx_all is not None
+                                              for a in d._arenas.values() for layer in a.deferred)
+    if kind in ("wide_cnn", "wide_short") and fastnn.distribution.rank() == 0:
+        model(x[:3], training=True)     # (alone: outside a step nothing waits for the others)
     if kind == "resume" and os.environ.get("FASTNN_PHASE") == "a":
         if fastnn.distribution.is_chief():
             model.save(out + "-saved.keras")
@@ -197,13 +204,14 @@ def _run(tmp_path, kind, ranks, timeout=240, out=None, **env_vars):
     done.native = [bool(r.pop("native")) for r in results]     # (not compared with one's)
     done.exchanged = [bool(r.pop("exchanged")) for r in results]
     done.deferred = [int(r.pop("deferred")) for r in results]
+    done.split = [int(r.pop("split")) for r in results]
     return done, results
 
 
 @needs_mpi
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "bn", "adam", "adam_cnn", "adam_plain",
-                                  "value_cnn", "wide_cnn"])
+                                  "value_cnn", "wide_cnn", "wide_short"])
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_ranks_train_as_one_process(tmp_path, kind, ranks):
     """bn: BatchNormalization normalizes by the global batch's statistics, as one process
@@ -213,8 +221,9 @@ def test_ranks_train_as_one_process(tmp_path, kind, ranks):
     parameters and optimizer state in memory the ranks share, each rank updating its
     shard, and so do adam_plain (the fused stack, Adam unclipped: its ranks exchange
     activations), value_cnn (AMSGrad with clipvalue) and wide_cnn (Adam; its big Dense kernel's
-    gradient computed by shards from the ranks' rows), whose steps run in C (SharedStep); mlp
-    and cnn (weight penalties) each update all of it."""
+    gradient computed by shards from the ranks' rows, its forward product and input gradient
+    by kernel rows; wide_short: ranks without rows in the last global batch take part),
+    whose steps run in C (SharedStep); mlp and cnn (weight penalties) each update all of it."""
     done, (one,) = _run(tmp_path, kind, 0)
     assert done.returncode == 0, done.stderr
     done, results = _run(tmp_path, kind, ranks)
@@ -223,11 +232,12 @@ def test_ranks_train_as_one_process(tmp_path, kind, ranks):
     for other in results[1:]:               # every rank holds the same weights, bit for bit
         for key in results[0]:
             np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
-    sharded = kind in ("bn", "adam", "adam_cnn", "adam_plain", "value_cnn", "wide_cnn")
+    wide = kind in ("wide_cnn", "wide_short")
+    sharded = kind in ("bn", "adam", "adam_cnn", "adam_plain", "value_cnn") or wide
     assert bool(results[0].pop("sharded")) == sharded
-    assert done.native == [kind in ("bn", "adam_plain", "value_cnn", "wide_cnn")] * ranks
-    assert done.exchanged == [kind in ("adam_plain", "wide_cnn")] * ranks
-    assert done.deferred == [kind == "wide_cnn"] * ranks
+    assert done.native == [kind in ("bn", "adam_plain", "value_cnn") or wide] * ranks
+    assert done.exchanged == [kind == "adam_plain" or wide] * ranks
+    assert done.deferred == [wide] * ranks and done.split == [wide] * ranks
     assert not one.pop("sharded")
     for key, want in one.items():           # and those of one process, to rounding
         np.testing.assert_allclose(results[0][key], want, rtol=2e-5, atol=2e-6, err_msg=key)
@@ -254,7 +264,7 @@ def test_a_checkpoint_resumes_on_another_rank_count(tmp_path, first, then):
     assert done.returncode == 0, done.stderr
     assert len(results) == max(then, 1) and bool(results[0].pop("sharded")) == (then > 1)
     assert not one.pop("sharded") and not one.pop("native") and not one.pop("exchanged")
-    assert not one.pop("deferred")
+    assert not one.pop("deferred") and not one.pop("split")
     for other in results[1:]:
         for key in results[0]:
             np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
@@ -536,7 +546,7 @@ def test_batch_normalization_needs_a_row_per_rank_before_a_rankless_batch():
     fake = _ranks(4)[3]     # its first step has no rows: it cannot know the layers' order
     fake.begin_step(1.0)
     with pytest.raises(RuntimeError, match="batch_size of at least the number of ranks"):
-        fake.rankless_batchnorm(False, model)
+        fake.rankless_layers(False, model)
 
 
 def test_batches_from_iterables_are_refused_across_ranks(monkeypatch):
@@ -928,3 +938,23 @@ def test_deferred_kernels_are_checked():
             step.defer(kernels)
     with pytest.raises((ValueError, TypeError)):
         step.defer([(10, 4, count, x.astype(np.float64), dz)])
+    # the split passes' regions: rank p's partial products of every rank's rows, and every
+    # rank's rows' input gradients
+    z_parts, dx_all = np.zeros((2, 2, 4, 5), np.float32), np.zeros((2, 4, 6), np.float32)
+    for kernels, message in [([(10, 4, count, x, dz, z_parts, None)], "go together"),
+                             ([(10, 4, count, x, dz, z_parts[:1], dx_all)], "z_parts"),
+                             ([(10, 4, count, x, dz, z_parts, dx_all[:1])], "dx_all")]:
+        with pytest.raises(ValueError, match=message):
+            step.defer(kernels)
+    step.defer([(10, 4, count, x, dz)])
+    with pytest.raises(ValueError, match="without z_parts"):
+        step.split_backward(0)
+    step.defer([(10, 4, count, x, dz, z_parts, dx_all)])
+    with pytest.raises(ValueError, match=r"i: expected a deferred kernel in \[0, 1\)"):
+        step.split_forward(1, np.zeros((0, 5), np.float32))
+    count[0] = 3        # (z must hold this rank's rows)
+    with pytest.raises(ValueError, match=r"z: expected \(3, 5\)"):
+        step.split_forward(0, np.zeros((4, 5), np.float32))
+    count[0] = 5        # (more than its region's 4)
+    with pytest.raises(ValueError, match=r"count 5.0 is not in \[0, 4\]"):
+        step.split_backward(0)

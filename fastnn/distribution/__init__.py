@@ -205,7 +205,7 @@ class DataParallel:
         arena = self._arenas.get(id(model))
         if arena is not None and arena.holds(model) and \
                 os.environ.get("FASTNN_MPI_EXCHANGE", "1") != "0":
-            arena.defer(model, batch_size)
+            arena.defer(model, batch_size, self._trace)
 
     # ---- parameters and optimizer state shared by the ranks of one machine -----------------
     def share_arena(self, model):
@@ -260,7 +260,7 @@ class DataParallel:
     # layer's moments, and in the backward pass its two gradient sums, are combined over the
     # ranks (in rank order, so every rank gets the same bits). The trainer tells each step the
     # factor its gradients are scaled by before they are summed (begin_step), and a rank with
-    # no rows in a global batch takes part with nothing (rankless_batchnorm).
+    # no rows in a global batch takes part with nothing (rankless_layers).
     def begin_step(self, grad_scale):
         """A training step starts; this rank's gradients will be scaled by grad_scale."""
         self.grad_scale = grad_scale
@@ -273,7 +273,7 @@ class DataParallel:
     def batch_moments(self, layer, count, mean, var):
         """(rows, mean, biased variance) of the global batch at a BatchNormalization layer
         from this rank's `count` rows' mean and var (float64 arrays)."""
-        self._bn_trace(0).append((layer, mean.shape))
+        self._trace(0).append((layer, mean.shape))
         parts = self._gather_checked(layer, (int(count), mean, var))
         total = sum(p[0] for p in parts)
         if total == 0:
@@ -284,13 +284,14 @@ class DataParallel:
 
     def batch_sums(self, layer, sums):
         """The sum over the ranks of a BatchNormalization layer's backward sums (float64)."""
-        self._bn_trace(1).append((layer, sums.shape))
+        self._trace(1).append((layer, sums.shape))
         return _sum(self._gather_checked(layer, sums))
 
-    def rankless_batchnorm(self, backward, model):
-        """On a rank without rows in this global batch: the BatchNormalization layers' part
-        in the collectives the others run, forward (backward=False) or backward, in the
-        order this rank's last step ran them."""
+    def rankless_layers(self, backward, model):
+        """On a rank without rows in this global batch: its part in what the others' layers
+        run together, forward (backward=False) or backward, in the order this rank's last
+        step ran it: the BatchNormalization layers' collectives, the split passes of the
+        deferred Dense kernels (_DeferredKernel)."""
         last = getattr(self, "_bn_last", None)
         if last is None and any(getattr(layer, "_synchronizes", False)
                                 for layer in model._layers):
@@ -301,6 +302,9 @@ class DataParallel:
                 f"({self.size})")
         forward_trace, backward_trace = last or ([], [])
         for layer, shape in backward_trace if backward else forward_trace:
+            if isinstance(layer, _DeferredKernel):
+                layer.rankless(backward)
+                continue
             zeros = np.zeros(shape, np.float64)
             if backward:
                 self.batch_sums(layer, zeros)
@@ -310,7 +314,10 @@ class DataParallel:
                 layer.update_moving_statistics(ops.asarray(mean.astype(np.float32)),
                                                ops.asarray(var.astype(np.float32)))
 
-    def _bn_trace(self, which):
+    def _trace(self, which):
+        """This step's list of what its layers ran together with the other ranks, forward
+        (which=0) or backward (1): (BatchNormalization layer, shape) or (_DeferredKernel,
+        None)."""
         if getattr(self, "_bn_now", None) is None:
             self._bn_now = ([], [])
         return self._bn_now[which]
@@ -598,6 +605,8 @@ class _SharedArena:
         other rank reads that part of this row); with norm clipping, every rank sums the
         whole gradient (the norms need it). Returns whether any rank's loss was not finite
         (then no rank steps, after a second barrier)."""
+        for layer in self.deferred:
+            layer._deferred.end()
         native = self.native(self.optimizer)
         if native is not None:
             return native.reduce(scale, bool(bad))
@@ -657,10 +666,14 @@ class _SharedArena:
     # rank a step to write and sum
     DEFER_MIN = 65536
 
-    def defer(self, model, batch_size):
+    def defer(self, model, batch_size, trace):
         """Collective: the model's big Dense kernels (2-D inputs, one call a step) get their
         gradient by shards from every rank's rows (_DeferredKernel) while this arena's step is
-        in C; their regions in the exchange window hold ceil(batch / ranks) rows a rank."""
+        in C; their regions in the exchange window hold ceil(batch / ranks) rows a rank. When
+        a full global batch gives every rank rows, their forward products and input gradients
+        are split by kernel rows too (SharedStep.split_forward/_backward), each rank reading
+        only the kernel rows it updates; trace(0 / 1) is this step's list of what the layers
+        run with the other ranks, forward / backward (DataParallel._trace)."""
         ranks, rank = self.node.Get_size(), self.node.rank
         rows = -(-batch_size // ranks)
         layers = [layer for layer in model._layers   # (a Dense, not a subclass of it)
@@ -670,21 +683,26 @@ class _SharedArena:
         self._undefer()
         if not layers:
             return
-        sizes = [ranks + ranks * rows * (layer.kernel.shape[0] + layer.kernel.shape[1])
-                 for layer in layers]
-        flat = self.exchange(sum(-(-size // 16) * 16 for size in sizes))
+        split = batch_size >= ranks and os.environ.get("FASTNN_MPI_SPLIT", "1") != "0"
+        regions = [(("count", (ranks,)), ("x", (ranks, rows, d_in)), ("dz", (ranks, rows, d_out)))
+                   + ((("z_parts", (ranks, ranks, rows, d_out)), ("dx_all", (ranks, rows, d_in)))
+                      if split else ())
+                   for d_in, d_out in (layer.kernel.shape for layer in layers)]
+        aligned = [-(-int(np.prod(shape)) // 16) * 16 for parts in regions for _, shape in parts]
+        flat = self.exchange(sum(aligned))
         at = 0
-        for layer, size in zip(layers, sizes):
-            d_in, d_out = layer.kernel.shape
-            block = flat[at:at + size]
-            count = block[:ranks]
-            x = block[ranks:ranks + ranks * rows * d_in].reshape(ranks, rows, d_in)
-            dz = block[ranks + ranks * rows * d_in:].reshape(ranks, rows, d_out)
-            count[rank] = 0
-            layer._deferred = _DeferredKernel(x[rank], dz[rank], count, rank)
+        for layer, parts in zip(layers, regions):
+            views = {}
+            for name, shape in parts:      # (each region 64-byte aligned)
+                size = int(np.prod(shape))
+                views[name] = flat[at:at + size].reshape(shape)
+                at += -(-size // 16) * 16
+            views["count"][rank] = 0
+            kernel_at = model._spans[id(layer), "kernel"][0]
+            layer._deferred = _DeferredKernel(views, rank, kernel_at, self, trace)
             self.deferred.append(layer)
-            self.outer.append((model._spans[id(layer), "kernel"][0], rows, count, x, dz))
-            at += -(-size // 16) * 16
+            self.outer.append((kernel_at, rows, views["count"], views["x"], views["dz"]) +
+                              ((views["z_parts"], views["dx_all"]) if split else ()))
         self.outer.sort(key=lambda kernel: kernel[0])
         self.native_key = None      # (the next native() applies them)
         self.node.Barrier()
@@ -700,9 +718,13 @@ class _SharedArena:
     def begin_step(self):
         """Before a training step: the deferred kernels defer while the step is in C."""
         if self.deferred:
-            active = self.native(self.optimizer) is not None
+            native = self.native(self.optimizer)
             for layer in self.deferred:
-                layer._deferred.begin(active)
+                layer._deferred.begin(native)
+
+    def split_index(self, kernel_at):
+        """The native step's index of the deferred kernel at `kernel_at` (arena order)."""
+        return [kernel[0] for kernel in self.outer].index(kernel_at)
 
     def exchange(self, floats):
         """Collective: a float32 buffer of at least `floats` values in a window of its own
@@ -737,13 +759,20 @@ class _DeferredKernel:
     """A Dense layer's part in SharedStep.defer: this rank's regions of the exchange window
     for its rows' inputs (x) and output gradients (dz), and every rank's row count. While
     `active` (the arena's step is in C), the layer's backward pass fills them instead of
-    computing its kernel's gradient."""
+    computing its kernel's gradient. With the split passes (z_parts, dx_all), its forward
+    product and input gradient are computed by kernel rows across the ranks too."""
 
-    def __init__(self, x, dz, count, rank):
-        self.x, self.dz, self.count, self.rank, self.active = x, dz, count, rank, False
+    def __init__(self, views, rank, kernel_at, arena, trace):
+        self.x, self.dz, self.count = views["x"][rank], views["dz"][rank], views["count"]
+        self.dx_all = views["dx_all"][rank] if "dx_all" in views else None
+        self.rank, self.kernel_at, self.arena, self.trace = rank, kernel_at, arena, trace
+        self.active, self.native, self.forward_split = False, None, False
 
-    def begin(self, active):
-        self.active = active
+    def begin(self, native):
+        """A training step starts; native: the arena's SharedStep, or None (the step in
+        Python: the kernel's gradient is computed and summed as any other)."""
+        self.active, self.forward_split = native is not None, False
+        self.native = native if self.dx_all is not None else None
         self.count[self.rank] = 0       # (a rank without rows this step adds none)
 
     def rows(self, x):
@@ -752,9 +781,45 @@ class _DeferredKernel:
         if n > self.x.shape[0]:
             raise RuntimeError(f"fastnn.distribution: a deferred Dense kernel got {n} rows, "
                                f"more than the {self.x.shape[0]} its region holds")
-        self.x[:n] = x
-        self.count[self.rank] = n
+        if not (self.forward_split and n == self.count[self.rank]):
+            self.x[:n] = x
+            self.count[self.rank] = n
         return self.x[:n], self.dz[:n]
+
+    def split_forward(self, x, z):
+        """Under the split passes (else False): x's rows into this rank's region and z (rows x
+        d_out) their product with the kernel, each rank computing its kernel rows' part."""
+        if self.native is None:
+            return False
+        self.rows(x)
+        self.trace(0).append((self, None))
+        self.native.split_forward(self.arena.split_index(self.kernel_at), z)
+        self.forward_split = True
+        return True
+
+    def split_backward(self, n):
+        """After the backward pass wrote this rank's n rows of dz (forward split): their
+        input gradients (a view of dx_all), each rank computing its kernel rows' columns."""
+        self.trace(1).append((self, None))
+        self.native.split_backward(self.arena.split_index(self.kernel_at))
+        return self.dx_all[:n]
+
+    def end(self):
+        """The step's backward pass is over: no split pass outside a step (a forward pass
+        in training mode on one rank alone must not wait for the others)."""
+        self.active, self.native = False, None
+
+    def rankless(self, backward):
+        """A step without rows here: this rank's kernel rows' part of the others' rows."""
+        if self.native is None:     # (no rank splits this step)
+            return
+        self.count[self.rank] = 0
+        if backward:
+            self.split_backward(0)
+        else:
+            self.trace(0).append((self, None))
+            self.native.split_forward(self.arena.split_index(self.kernel_at),
+                                      np.empty((0, self.dz.shape[1]), np.float32))
 
 
 def _visible(pid):

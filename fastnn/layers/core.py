@@ -1147,8 +1147,14 @@ class Dense(Layer):
         # Keep the pre-activation only when the activation's derivative needs it.
         y = self._buffer("y", (rows, self.units)) if self.act_id in activations.NEEDS_INPUT \
             else z
-        get_ops().dense_forward(x2, self.kernel, self._vars.get("bias"), self.act_id,
-                                self.act_alpha, z=z, y=y, training=bool(training))
+        deferred = self.__dict__.get("_deferred") if training else None
+        if deferred is not None and deferred.split_forward(x2, z):
+            # (data-parallel: each rank multiplied the kernel rows it updates: z lacks the bias)
+            get_ops().bias_act_forward(self.act_id, self.act_alpha, z, y,
+                                       bias=self._vars.get("bias"))
+        else:
+            get_ops().dense_forward(x2, self.kernel, self._vars.get("bias"), self.act_id,
+                                    self.act_alpha, z=z, y=y, training=bool(training))
         st._x, st._z, st._y = x2, z, y
         return y.reshape(lead + (self.units,))
 
@@ -1174,15 +1180,19 @@ class Dense(Layer):
         dx = self._buffer("dx", st._x.shape) if need_dx else False
         x, dz, d_kernel = st._x, dy2, self.grads["kernel"]
         deferred = self.__dict__.get("_deferred")
+        split = False
         if deferred is not None and deferred.active and not kernel_step:
             # (data-parallel: the ranks' rows go to a shared window, and each rank computes
             # its shard of the kernel's gradient from all of them: fastnn.distribution)
             x, dz = deferred.rows(x)
             d_kernel = None
+            split = deferred.forward_split
         dx = get_ops().dense_backward(x, self.kernel, st._z, st._y, dy2, act,
                                       self.act_alpha, d_kernel,
-                                      self.grads.get("bias"), dx=dx, dz=dz,
-                                      kernel_step=kernel_step)
+                                      self.grads.get("bias"), dx=False if split else dx,
+                                      dz=dz, kernel_step=kernel_step)
+        if split and need_dx:       # (each rank's kernel rows' columns of every rank's rows)
+            dx = deferred.split_backward(x.shape[0])
         return None if dx is None else dx.reshape(dy.shape[:-1] + (st._x.shape[1],))
 
     def get_config(self):
