@@ -370,7 +370,8 @@ int fnn_shard_barrier(fnn_shard *sh);
 /* This rank's row is written: sets its flag (bad) and scale; a barrier; 1 (after a second
  * barrier) when any rank's flag is set, else 0 with the scaled sum of every rank's row over
  * [lo, hi) in this rank's row there (the outer kernels' parts from the ranks' rows instead);
- * -1 when a peer died. */
+ * -1 when a peer died, -3 when an outer kernel's count is not in [0, max_rows] (every rank
+ * alike; sh->dead stays -1). */
 int fnn_shard_reduce(fnn_shard *sh, float scale, int bad, int n_threads);
 /* The optimizer step (scalars as fnn_optimizer_update takes them) of [lo, hi) from the
  * summed gradients, then a barrier: 0, or -1 when a peer died. */

@@ -156,19 +156,47 @@ static void add_others(const fnn_shard *sh, size_t lo, size_t hi) {
         for (size_t i = 0; i < len; i++) out[i] *= first;
 }
 
+/* Whether every rank's count is a row count of its region (every rank reads the same counts
+ * after the barrier, so all return alike). */
+static int counts_fit(const fnn_shard *sh, const fnn_shard_outer *o) {
+    for (int k = 0; k < sh->ranks; k++)
+        if (!(o->count[k] >= 0.0f && o->count[k] <= (float)o->max_rows)) return 0;
+    return 1;
+}
+
+static float scale_of(const fnn_shard *sh, int k) {
+    return sh->rows[(size_t)k * sh->stride + sh->n + 1];
+}
+
+/* The ranks [k, *end) whose rows lie back to back in an outer kernel's regions (each before
+ * the last holds its region's max_rows) and, with by_scale, share one scale: one GEMM takes
+ * them all (one packing of the kernel's operand instead of one a rank). Returns their rows. */
+static int next_run(const fnn_shard *sh, const fnn_shard_outer *o, int k, int by_scale,
+                    int *end) {
+    int rows = 0, j = k;
+    while (j < sh->ranks) {
+        int n = (int)o->count[j];
+        if (by_scale && j > k && scale_of(sh, j) != scale_of(sh, k)) break;
+        rows += n;
+        j++;
+        if (n < o->max_rows) break;     /* the next rank's rows do not follow on */
+    }
+    *end = j;
+    return rows;
+}
+
 /* Rows [r0, r1) of an outer kernel's gradient (d_out wide, ldc apart from c on), from the
  * ranks' rows in rank order. */
 static void outer_rows(const fnn_shard *sh, const fnn_shard_outer *o, int r0, int r1, float *c,
                        int n_threads) {
     float beta = 0.0f;
-    for (int k = 0; k < sh->ranks; k++) {
-        int rows = (int)o->count[k];
+    for (int k = 0, end; k < sh->ranks; k = end) {
+        int rows = next_run(sh, o, k, 1, &end);
         if (rows <= 0) continue;
-        float scale = sh->rows[(size_t)k * sh->stride + sh->n + 1];
         const float *x = o->x + (size_t)k * o->max_rows * o->d_in;
         const float *dz = o->dz + (size_t)k * o->max_rows * o->d_out;
-        fnn_gemm(1, 0, r1 - r0, o->d_out, rows, scale, x + r0, o->d_in, dz, o->d_out, beta, c,
-                 o->d_out, n_threads);
+        fnn_gemm(1, 0, r1 - r0, o->d_out, rows, scale_of(sh, k), x + r0, o->d_in, dz, o->d_out,
+                 beta, c, o->d_out, n_threads);
         beta = 1.0f;
     }
     if (beta == 0.0f) memset(c, 0, (size_t)(r1 - r0) * o->d_out * sizeof(float));
@@ -221,6 +249,8 @@ static int reduce(fnn_shard *sh, float scale, int bad, int n_threads) {
     row[sh->n] = bad ? 1.0f : 0.0f;
     row[sh->n + 1] = scale;
     if (fnn_shard_barrier(sh) != 0) return -1;      /* every rank's row is written */
+    for (int i = 0; i < sh->n_outer; i++)
+        if (!counts_fit(sh, &sh->outer[i])) return -3;
     for (int k = 0; k < sh->ranks; k++) {
         if (sh->rows[(size_t)k * sh->stride + sh->n] != 0.0f) {
             /* (no rank writes its row again before every rank has read the flags) */
@@ -269,14 +299,6 @@ static void split_rows(const fnn_shard *sh, const fnn_shard_outer *o, size_t *r0
     *r1 = b < rows ? b : rows;
 }
 
-/* Whether every rank's count is a row count of its region (every rank reads the same counts
- * after the barrier, so all return alike). */
-static int counts_fit(const fnn_shard *sh, const fnn_shard_outer *o) {
-    for (int k = 0; k < sh->ranks; k++)
-        if (!(o->count[k] >= 0.0f && o->count[k] <= (float)o->max_rows)) return 0;
-    return 1;
-}
-
 /* A barrier whose time counts in `seconds` (the split passes' communication). */
 static int split_barrier(fnn_shard *sh) {
     int64_t start = now_ns();
@@ -294,8 +316,8 @@ int fnn_shard_split_forward(fnn_shard *sh, int i, float *z, int n_threads) {
     if (!counts_fit(sh, o)) return -3;
     split_rows(sh, o, &r0, &r1);
     float *mine = o->z_parts + (size_t)sh->rank * part;
-    for (int k = 0; k < sh->ranks; k++) {
-        int n = (int)o->count[k];
+    for (int k = 0, end; k < sh->ranks; k = end) {
+        int n = next_run(sh, o, k, 0, &end);
         if (n <= 0) continue;
         float *c = mine + (size_t)k * block;
         if (r1 > r0)
@@ -325,8 +347,8 @@ int fnn_shard_split_backward(fnn_shard *sh, int i, int n_threads) {
     if (split_barrier(sh) != 0) return -1;      /* every rank's output gradients are written */
     if (!counts_fit(sh, o)) return -3;
     split_rows(sh, o, &r0, &r1);
-    for (int k = 0; k < sh->ranks && r1 > r0; k++) {
-        int n = (int)o->count[k];
+    for (int k = 0, end; k < sh->ranks && r1 > r0; k = end) {
+        int n = next_run(sh, o, k, 0, &end);
         if (n <= 0) continue;
         fnn_gemm(0, 1, n, (int)(r1 - r0), (int)cols, 1.0f, o->dz + (size_t)k * rows * cols,
                  (int)cols, w + r0 * cols, (int)cols, 0.0f,

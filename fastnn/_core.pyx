@@ -1441,7 +1441,12 @@ cdef class SharedStep:
         self.s.waited = value
 
     cdef _gone(self):
+        """The error of a failed step: a peer's process gone (s.dead), or else (-3 of the C
+        calls, every rank alike) a deferred kernel's row counts outside its regions."""
         k = self.s.dead
+        if k < 0:
+            return ValueError("fastnn.distribution: a deferred Dense kernel's row counts are "
+                              "not within its regions' rows")
         pid = (<int32_t *>self.s.control)[2 + k]
         return RuntimeError(f"fastnn.distribution: rank {k} of {self.s.ranks} is gone (its "
                             f"process {pid} ended) while rank {self.s.rank} waited for it at "
