@@ -937,6 +937,8 @@ class Trainer:
         if epochs > 0:      # as Keras: with use_ema the weights become their average
             self.optimizer.finalize_variable_values(self._params)
         cbs.on_train_end(logs)
+        if dist is not None:
+            dist.undefer_weight_gradients(self)
         return cbs.history
 
     def _prepare_validation(self, validation_data, validation_steps, validation_batch_size):

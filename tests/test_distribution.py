@@ -160,9 +160,20 @@ SCRIPT = textwrap.dedent('''
                         os._exit(3)         # a crash: no exception, no MPI_Finalize
                     raise RuntimeError("rank one fails here")
         model.fit(x, y_fit, batch_size=16, epochs=50, verbose=0, callbacks=[Fail()])
-    h = model.fit(x, y_fit, batch_size=32, epochs=2, verbose=0, validation_split=0.2,
-                  shuffle=True, **fit_kw)
     d = fastnn.distribution.distribution()
+
+    class Deferred(fastnn.callbacks.Callback):
+        """How many big Dense kernels defer their gradients, and split their products by
+        kernel rows, during the fit (the fit's end drops the deferral)."""
+        def on_epoch_end(self, epoch, logs=None):
+            arenas = d._arenas.values() if d is not None and d.size > 1 else ()
+            calls["deferred"] = sum(len(a.deferred) for a in arenas)
+            calls["split"] = sum(layer._deferred.dx_all is not None
+                                 for a in arenas for layer in a.deferred)
+    h = model.fit(x, y_fit, batch_size=32, epochs=2, verbose=0, validation_split=0.2,
+                  shuffle=True, callbacks=[Deferred()], **fit_kw)
+    if d is not None and d.size > 1:    # (the fit's end drops the deferral)
+        assert not any(a.deferred for a in d._arenas.values())
     calls["sharded"] = bool(d is not None and d.size > 1 and d._arenas)
     # (the step in C: _core.SharedStep)
     calls["native"] = calls["sharded"] and all(a.native_step is not None
@@ -170,11 +181,6 @@ SCRIPT = textwrap.dedent('''
     # (the fused stack's ranks exchanging activations: fnn_stack_data.exchange)
     calls["exchanged"] = calls["sharded"] and all(a.xbuf is not None
                                                   for a in d._arenas.values())
-    # (the general path's big Dense kernels computed by shards from the ranks' rows)
-    calls["deferred"] = calls["sharded"] and sum(len(a.deferred) for a in d._arenas.values())
-    # (and their forward products and input gradients split by kernel rows)
-    calls["split"] = calls["sharded"] and sum(layer._deferred.dx_all is not None
-                                              for a in d._arenas.values() for layer in a.deferred)
     if kind in ("wide_cnn", "wide_short") and fastnn.distribution.rank() == 0:
         model(x[:3], training=True)     # (alone: outside a step nothing waits for the others)
     if kind == "resume" and os.environ.get("FASTNN_PHASE") == "a":

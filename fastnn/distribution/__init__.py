@@ -207,6 +207,13 @@ class DataParallel:
                 os.environ.get("FASTNN_MPI_EXCHANGE", "1") != "0":
             arena.defer(model, batch_size, self._trace)
 
+    def undefer_weight_gradients(self, model):
+        """At the end of a fit: the model's kernels sum their gradients again (a later
+        train_on_batch may hold more rows than the fit's regions)."""
+        arena = self._arenas.get(id(model))
+        if arena is not None:
+            arena.undefer()
+
     # ---- parameters and optimizer state shared by the ranks of one machine -----------------
     def share_arena(self, model):
         """Collective, at the start of fit: on one machine, the model's parameters and its
@@ -680,7 +687,7 @@ class _SharedArena:
                   if type(layer).__dict__.get("_defers_kernel_gradient") and layer.trainable and
                   layer.kernel.size >= self.DEFER_MIN and len(layer._build_shape or ()) == 2
                   and len(layer._inbound_nodes) <= 1]
-        self._undefer()
+        self.undefer()
         if not layers:
             return
         split = batch_size >= ranks and os.environ.get("FASTNN_MPI_SPLIT", "1") != "0"
@@ -707,8 +714,8 @@ class _SharedArena:
         self.native_key = None      # (the next native() applies them)
         self.node.Barrier()
 
-    def _undefer(self):
-        """No kernel defers any more (its regions are about to go)."""
+    def undefer(self):
+        """No kernel defers any more (the fit is over, or its regions are about to go)."""
         for layer in self.deferred:
             layer.__dict__.pop("_deferred", None)
         if self.outer:
@@ -730,7 +737,7 @@ class _SharedArena:
         """Collective: a float32 buffer of at least `floats` values in a window of its own
         that the ranks share (kept for the next runs; every rank asks for the same size)."""
         if self.xwin is None or self.xbuf.size < floats:
-            self._undefer()
+            self.undefer()
             self._free_exchange()
             self.xwin = self.mpi.Win.Allocate_shared(
                 4 * floats if self.node.rank == 0 else 0, 4, comm=self.node)
