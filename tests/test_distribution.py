@@ -253,6 +253,25 @@ def test_ranks_train_as_one_process(tmp_path, kind, ranks):
 
 @needs_mpi
 @pytest.mark.slow
+@pytest.mark.parametrize("kind", ["wide_cnn", "wide_short"])
+def test_split_kernel_passes_on_three_ranks(tmp_path, kind):
+    """Three ranks: rows 11, 11 and 10 of each global batch of 32 (the last rank's rows and
+    scale differ from the others'), the kernel's rows cut unevenly by the shards."""
+    done, (one,) = _run(tmp_path, kind, 0)
+    assert done.returncode == 0, done.stderr
+    done, results = _run(tmp_path, kind, 3)
+    assert done.returncode == 0, done.stderr
+    assert done.split == [1, 1, 1] and len(results) == 3
+    for other in results[1:]:
+        for key in results[0]:
+            np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
+    results[0].pop("sharded"), one.pop("sharded")
+    for key, want in one.items():
+        np.testing.assert_allclose(results[0][key], want, rtol=2e-5, atol=2e-6, err_msg=key)
+
+
+@needs_mpi
+@pytest.mark.slow
 @pytest.mark.parametrize("first, then", [(2, 4), (4, 2), (0, 3)])
 def test_a_checkpoint_resumes_on_another_rank_count(tmp_path, first, then):
     """A model saved (weights and Adam state, read from the shared shards) after a fit on
