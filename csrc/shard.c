@@ -329,7 +329,7 @@ int fnn_shard_split_forward(fnn_shard *sh, int i, float *z, int n_threads) {
     }
     if (split_barrier(sh) != 0) return -1;      /* every rank's partial products are written */
     size_t len = (size_t)o->count[sh->rank] * cols;
-    for (int p = 0; p < sh->ranks; p++) {
+    for (int p = 0; p < sh->ranks && len > 0; p++) {
         const float *restrict from = o->z_parts + (size_t)p * part + (size_t)sh->rank * block;
         if (p == 0) {
             memcpy(z, from, len * sizeof(float));
