@@ -1,12 +1,15 @@
 /* Recurrent layers (SimpleRNN, LSTM, GRU) over a whole sequence, time-major, forward and back
  * through time. The math is fastnn/backend/base.py's rnn_forward / rnn_backward (the
  * specification); the work is:
- *   forward:  the input projection of every step as one GEMM, then per step one GEMM of the
- *             previous state by the recurrent kernel (all gates at once) and one fused pass of
- *             the gate nonlinearities and the state update;
+ *   forward:  the input projection of every step as one GEMM (or, batch >= 32, each chunk of
+ *             rows its own step by step: step_inputs), then per step one GEMM of the previous
+ *             state by the recurrent kernel (all gates at once) and one fused pass of the gate
+ *             nonlinearities and the state update;
  *   backward: per step one fused pass giving the gates' gradients and one GEMM giving the
- *             previous state's; then the kernel, recurrent kernel and input gradients as one
- *             GEMM each over all steps, the bias gradient as column sums.
+ *             previous state's; then the kernel and recurrent kernel gradients as one GEMM
+ *             each over all steps (one for both with packed [x_t | h_{t-1}] rows), the input
+ *             gradient likewise or per step as the forward's projection, the bias gradient
+ *             as sums per chunk.
  * Each step's elementwise pass is small (batch x gates), so it runs on one thread; the GEMMs
  * split on fastnn's threads (fnn_gemm), with splits fixed by the shapes: results are the same
  * for any thread count. Activations here: linear, relu, sigmoid, tanh (their derivatives read
