@@ -73,6 +73,11 @@ def main(argv=None):
                 print(f"[paired] pair {i + 1}/{args.pairs}: {spec}", file=sys.stderr, flush=True)
                 for k, data in run_side(spec, args.rounds, tmp, workloads, args.samples).items():
                     times[spec].setdefault(k, []).append(data)
+            for k in times[args.a]:     # this pair's ratios as they come (a run may be cut)
+                if k in times[args.b]:
+                    a, b = (statistics.median(times[s][k][-1]) for s in (args.a, args.b))
+                    print(f"[paired] pair {i + 1} {k}: {args.a} {a:.3f} s, {args.b} {b:.3f} s, "
+                          f"ratio {b / a:.2f}", file=sys.stderr, flush=True)
     keys = [k for k in times[args.a] if k in times[args.b]]
     if not keys:
         sys.exit(f"paired: {args.a} and {args.b} share no benchmark")
