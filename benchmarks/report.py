@@ -69,25 +69,33 @@ def selected(system, workloads):
     return any(w not in ("resnet50", "text", "lstm") for w in workloads)
 
 
-def run_system(name, rounds, tmp, workloads=None, samples=None):
+def run_system(name, rounds, tmp, workloads=None, samples=None, root=None):
     """Run one system's benchmarks; returns dict(rc, benchmarks, notes, rss_mib, wall_s).
     `workloads`: only the tests whose ids name one of these (training systems only);
-    `samples`: the smoke-test cap on each round's samples (--bench-samples)."""
+    `samples`: the smoke-test cap on each round's samples (--bench-samples); `root`: another
+    checkout to run (its benchmarks/ and its fastnn; paired.py's SYSTEM@DIR), else this one.
+    Each benchmark's stats keep every round's time ("data")."""
     paths, expr = SYSTEMS[name]
+    here, env = HERE, dict(os.environ, COLUMNS="400")
+    if root:
+        root = os.path.abspath(root)
+        here, env["PYTHONPATH"] = os.path.join(root, "benchmarks"), root
     if workloads and name in TRAINING:
         expr = f"({expr}) and " \
             f"({' or '.join(w for w in workloads if w not in ('resnet50', 'text', 'lstm'))})"
     out_json, log = os.path.join(tmp, f"{name}.json"), os.path.join(tmp, f"{name}.log")
-    cmd = [sys.executable, "-m", "pytest", *(os.path.join(HERE, p) for p in paths), "-k", expr,
+    if os.path.exists(out_json):
+        os.remove(out_json)     # (a paired run's earlier child)
+    cmd = [sys.executable, "-m", "pytest", *(os.path.join(here, p) for p in paths), "-k", expr,
            "-q", "-rfEs", "-p", "no:cacheprovider", "--benchmark-only",
-           f"--benchmark-json={out_json}",
+           f"--benchmark-json={out_json}", "--benchmark-save-data",
            f"--bench-rounds={rounds}"] + ([f"--bench-samples={samples}"] if samples else [])
     print(f"[report] {name}: running ...", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     with open(log, "wb") as f:
         # wide COLUMNS: pytest cuts the one-line failure reasons to the terminal width
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT,
-                                env=dict(os.environ, COLUMNS="400"))
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env,
+                                cwd=root)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0

@@ -1,12 +1,15 @@
 /* Recurrent layers (SimpleRNN, LSTM, GRU) over a whole sequence, time-major, forward and back
  * through time. The math is fastnn/backend/base.py's rnn_forward / rnn_backward (the
  * specification); the work is:
- *   forward:  the input projection of every step as one GEMM, then per step one GEMM of the
- *             previous state by the recurrent kernel (all gates at once) and one fused pass of
- *             the gate nonlinearities and the state update;
+ *   forward:  the input projection of every step as one GEMM (or, batch >= 32, each chunk of
+ *             rows its own step by step: step_inputs), then per step one GEMM of the previous
+ *             state by the recurrent kernel (all gates at once) and one fused pass of the gate
+ *             nonlinearities and the state update;
  *   backward: per step one fused pass giving the gates' gradients and one GEMM giving the
- *             previous state's; then the kernel, recurrent kernel and input gradients as one
- *             GEMM each over all steps, the bias gradient as column sums.
+ *             previous state's; then the kernel and recurrent kernel gradients as one GEMM
+ *             each over all steps (one for both with packed [x_t | h_{t-1}] rows), the input
+ *             gradient likewise or per step as the forward's projection, the bias gradient
+ *             as sums per chunk.
  * Each step's elementwise pass is small (batch x gates), so it runs on one thread; the GEMMs
  * split on fastnn's threads (fnn_gemm), with splits fixed by the shapes: results are the same
  * for any thread count. Activations here: linear, relu, sigmoid, tanh (their derivatives read
@@ -166,6 +169,21 @@ static int chunk_threads(const fnn_rnn *r, int chunks, int n_threads) {
     return work >= FNN_PARALLEL_MIN ? nt : 1;
 }
 
+/* Whether each chunk multiplies its rows' inputs by the kernel step by step (forward x_t W,
+ * backward dx_t = dg_t W^T through a transposed copy) rather than one GEMM over all steps
+ * doing it: a step's product small enough for OpenBLAS's unpacked kernels (LSTM(128), 16 x
+ * 128 x 512: ~120 GFLOP/s on one core, where the all-steps 6400 x 128 x 512 GEMMs pack and
+ * run at 90-95) on rows in cache (the gate pass right after reads them, the step's dg rows
+ * were just written). One thread, per batch of LSTM(128) at T=200, B=32: forward 22.1-22.5 ->
+ * 20.7-20.8 ms, backward 37.8 -> 36.1-36.3 ms. Not with one chunk (it would run on one thread
+ * what the all-steps GEMM splits on all of them) nor beyond the small kernels' size; by the
+ * shapes only, so results are the same for any thread count. */
+#define RNN_STEP_INPUT_WORK 1048576.0
+static int step_inputs(const fnn_rnn *r, int chunks) {
+    double rows = (r->batch + chunks - 1) / chunks;
+    return chunks > 1 && rows * gates_of(r->kind) * r->units * r->d_in <= RNN_STEP_INPUT_WORK;
+}
+
 /* One step's elementwise pass after the recurrent GEMM (rec, batch x G*U): gates post
  * activation into g (which held the input projection), the new states, the output. */
 FNN_DISPATCH
@@ -247,13 +265,16 @@ int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float
     size_t su = (size_t)B * u, sg = (size_t)B * gu, sh = (size_t)B * hl;
     const float *in_bias = r->bias, *rec_bias = 0;
     if (r->bias && r->kind == FNN_RNN_GRU && r->reset_after) rec_bias = r->bias + gu;
-    /* the input projection of all steps at once (its bias added step by step below, in the
-     * chunks' threads, while the rows are in cache: not a serial pass over all of them) */
-    if (fnn_gemm(0, 0, T * B, gu, D, 1.0f, x, x_ld(r), r->kernel, gu, 0.0f, gates, gu,
-                 n_threads))
-        return -1;
     int gru_before = r->kind == FNN_RNN_GRU && !r->reset_after;
     int chunks = batch_chunks(B), nt = chunk_threads(r, chunks, n_threads), ci;
+    int per_step = step_inputs(r, chunks);
+    if (!fnn_blas_ready()) return -1;
+    /* the input projection: by each chunk step by step, or of all steps at once (its bias
+     * added step by step below, in the chunks' threads, while the rows are in cache: not a
+     * serial pass over all of them) */
+    if (!per_step)
+        fnn_gemm(0, 0, T * B, gu, D, 1.0f, x, x_ld(r), r->kernel, gu, 0.0f, gates, gu,
+                 n_threads);
     int saved = fnn_blas_pin();     /* the chunks' GEMMs call the BLAS from several threads */
     FNN_PARALLEL_FOR(schedule(static),
         for (ci = 0; ci < chunks; ci++) {
@@ -264,6 +285,9 @@ int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float
                 const float *hp = hs + t * sh, *hk = hp;
                 int kl = hl;    /* hk's row stride */
                 float *g = gates + t * sg, *ex = extra ? extra + t * su : 0;
+                if (per_step)       /* this step's x_t W */
+                    fnn_gemm(0, 0, nb, gu, D, 1.0f, x + ((size_t)t * B + b0) * x_ld(r),
+                             x_ld(r), r->kernel, gu, 0.0f, g + (size_t)b0 * gu, gu, 1);
                 if (in_bias && r->kind != FNN_RNN_LSTM) {     /* LSTM: in step_forward */
                     for (int b = b0; b < b1; b++)
                         for (int j = 0; j < gu; j++) g[(size_t)b * gu + j] += in_bias[j];
@@ -407,16 +431,21 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
     size_t su = (size_t)B * u, sg = (size_t)B * gu, sh = (size_t)B * hl;
     int gru_before = r->kind == FNN_RNN_GRU && !r->reset_after;
     if (!fnn_blas_ready()) return -1;
-    /* R^T, so each step's product through it is a plain A B (7 % faster than A R^T) */
-    float *rt = malloc((size_t)gu * u * sizeof(float));
+    int chunks = batch_chunks(B), nt = chunk_threads(r, chunks, n_threads), ci;
+    int step_dx = dx && step_inputs(r, chunks);
+    /* R^T, so each step's product through it is a plain A B (7 % faster than A R^T); W^T
+     * after it when each chunk takes dx_t = dg_t W^T step by step (likewise) */
+    float *rt = malloc(((size_t)gu * u + (step_dx ? (size_t)gu * D : 0)) * sizeof(float));
     if (!rt) return -2;
+    float *wt = step_dx ? rt + (size_t)gu * u : 0;
     for (int i = 0; i < u; i++)
         for (int j = 0; j < gu; j++) rt[(size_t)j * u + i] = r->recurrent[(size_t)i * gu + j];
+    for (int i = 0; wt && i < D; i++)
+        for (int j = 0; j < gu; j++) wt[(size_t)j * D + i] = r->kernel[(size_t)i * gu + j];
     if (mask) memset(carry, 0, su * sizeof(float));
     /* LSTM and SimpleRNN without a mask: dh is all the recurrent GEMM's (step_backward left
      * what it read there), so the GEMM writes it rather than adding to zeros */
     int dh_overwritten = !mask && !rec_mask && r->kind != FNN_RNN_GRU;
-    int chunks = batch_chunks(B), nt = chunk_threads(r, chunks, n_threads), ci;
     /* the bias gradient summed per chunk as its steps go (the rows in cache), then over the
      * chunks in order: no pass over all of dgx after; GRU with reset_after: dgr's too */
     int nbias = !d_bias ? 0 : r->kind == FNN_RNN_GRU && r->reset_after ? 2 : 1;
@@ -457,6 +486,9 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
                  * dgr is zero there, so their carried dh is unchanged); with recurrent
                  * dropout, through its mask (dht is free by now: the product goes there) */
                 int k = gru_before ? 2 * u : gu;
+                if (step_dx)        /* this step's input gradient, while gx is in cache */
+                    fnn_gemm(0, 0, nb, D, gu, 1.0f, gx + (size_t)b0 * gu, gu, wt, D, 0.0f,
+                             dx + ((size_t)t * B + b0) * D, D, 1);
                 if (rec_mask) {
                     float *tmp = dht + (size_t)b0 * u;
                     const float *rmc = rec_mask + (size_t)b0 * u;
@@ -504,7 +536,7 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
         bad |= wgrad(D, gu, rows, kb, x, xl, dgx, gu, d_kernel, gu, n_threads);
     }
     if (bad) return -2;
-    if (dx)
+    if (dx && !step_dx)
         fnn_gemm(0, 1, rows, D, gu, 1.0f, dgx, gu, r->kernel, gu, 0.0f, dx, D, n_threads);
     return 0;
 }
