@@ -217,27 +217,35 @@ def test_embedding_out_of_range_index_names_the_layer():
                                      layer.grads["embeddings"], where="Embedding 'words'")
 
 
-def test_embedding_kernel_is_deterministic_across_thread_counts():
+@pytest.mark.parametrize("rows", [50, 700])
+def test_embedding_kernel_is_deterministic_across_thread_counts(rows):
+    """The gradient rows go to the threads in blocks (64 rows of 64 floats): 700 rows are 11
+    blocks dealt to 2, 3 or 4 threads; a second call zeroes only the rows the first wrote."""
     if get_ops().name != "cpu":
         pytest.skip("the C kernel's thread counts")
     from fastnn import _core
     rng = np.random.default_rng(0)
-    ids = rng.integers(0, 50, 5000).astype(np.int64)
+    ids = rng.integers(0, rows, 5000).astype(np.int64)
+    ids2 = rng.integers(0, rows, 300).astype(np.int32)
     dy = rng.standard_normal((5000, 64)).astype(np.float32)
     results = []
     for threads in (1, 2, 3, 4):
         fastnn.set_num_threads(threads)
         try:
-            d = np.full((50, 64), 7.0, np.float32)
+            d = np.full((rows, 64), 7.0, np.float32)
             _core.embedding_backward(ids, dy, d)
-            results.append(d)
+            first = d.copy()
+            _core.embedding_backward(ids2, dy[:300], d, ids)
+            results.append((first, d))
         finally:
             fastnn.set_num_threads(1)
-    for d in results[1:]:
-        np.testing.assert_array_equal(d, results[0])
-    want = np.zeros((50, 64))
-    np.add.at(want, ids, dy.astype(np.float64))
-    np.testing.assert_allclose(results[0], want, rtol=1e-4, atol=1e-4)
+    for first, d in results[1:]:
+        np.testing.assert_array_equal(first, results[0][0])
+        np.testing.assert_array_equal(d, results[0][1])
+    for got, i, g in ((results[0][0], ids, dy), (results[0][1], ids2, dy[:300])):
+        want = np.zeros((rows, 64))
+        np.add.at(want, i, g.astype(np.float64))
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_embedding_arguments_and_config():
