@@ -551,7 +551,8 @@ int fnn_rnn_forward(const fnn_rnn *r, const float *x, const uint8_t *mask, float
 /* Back through time from dys (T*B*U, the outputs' gradients) and dh, dc (B*U, the last
  * states' gradients: on return the initial states'); scratch carry, dht, drh (B*U each),
  * dgx, dgr (T*B*G*U: the gates' gradients; dgr may be dgx but for a GRU with reset_after).
- * Writes d_kernel, d_recurrent, d_bias (may be NULL), dx (T*B*d_in, may be NULL). rec_mask
+ * Writes d_kernel, d_recurrent, d_bias (may be NULL), dx (B*T*d_in, batch-major: row b*T + t
+ * is step t of row b; may be NULL). rec_mask
  * and hd: the forward pass's (NULL without recurrent dropout). -1: no BLAS, -2: out of memory. */
 int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, const float *hs,
                      const float *cs, const float *gates, const float *extra, const float *dys,

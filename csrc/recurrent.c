@@ -8,8 +8,9 @@
  *   backward: per step one fused pass giving the gates' gradients and one GEMM giving the
  *             previous state's; then the kernel and recurrent kernel gradients as one GEMM
  *             each over all steps (one for both with packed [x_t | h_{t-1}] rows), the input
- *             gradient likewise or per step as the forward's projection, the bias gradient
- *             as sums per chunk.
+ *             gradient per step (in the chunks, or after them), each step's rows written
+ *             straight into the batch-major layout the layer returns (no copy after), the
+ *             bias gradient as sums per chunk.
  * Each step's elementwise pass is small (batch x gates), so it runs on one thread; the GEMMs
  * split on fastnn's threads (fnn_gemm), with splits fixed by the shapes: results are the same
  * for any thread count. Activations here: linear, relu, sigmoid, tanh (their derivatives read
@@ -488,7 +489,7 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
                 int k = gru_before ? 2 * u : gu;
                 if (step_dx)        /* this step's input gradient, while gx is in cache */
                     fnn_gemm(0, 0, nb, D, gu, 1.0f, gx + (size_t)b0 * gu, gu, wt, D, 0.0f,
-                             dx + ((size_t)t * B + b0) * D, D, 1);
+                             dx + ((size_t)b0 * T + t) * D, T * D, 1);
                 if (rec_mask) {
                     float *tmp = dht + (size_t)b0 * u;
                     const float *rmc = rec_mask + (size_t)b0 * u;
@@ -536,7 +537,15 @@ int fnn_rnn_backward(const fnn_rnn *r, const float *x, const uint8_t *mask, cons
         bad |= wgrad(D, gu, rows, kb, x, xl, dgx, gu, d_kernel, gu, n_threads);
     }
     if (bad) return -2;
-    if (dx && !step_dx)
-        fnn_gemm(0, 1, rows, D, gu, 1.0f, dgx, gu, r->kernel, gu, 0.0f, dx, D, n_threads);
+    if (dx && !step_dx) {   /* step by step, each step's rows straight into their places */
+        ptrdiff_t t;
+        nt = fnn_threads((size_t)rows * D * gu, n_threads);
+        saved = fnn_blas_pin();
+        FNN_PARALLEL_FOR(schedule(static),
+            for (t = 0; t < T; t++)
+                fnn_gemm(0, 1, B, D, gu, 1.0f, dgx + t * sg, gu, r->kernel, gu, 0.0f, dx + t * D,
+                         T * D, 1););
+        fnn_blas_restore(saved);
+    }
     return 0;
 }

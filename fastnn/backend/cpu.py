@@ -421,7 +421,8 @@ class CpuOps(Ops):
         scratch = new("rnn_scratch", (3, batch * units))
         dgx = new("rnn_dgx", (steps, batch, gu))
         dgr = new("rnn_dgr", (steps, batch, gu)) if cell == "gru" and reset_after else dgx
-        dx = new("rnn_dx", (steps, batch, d_in)) if need_dx else None
+        # the kernel writes dx batch-major (the layer's layout): returned as its time-major view
+        dx = new("rnn_dx", (batch, steps, d_in)) if need_dx else None
         packed = cache.get("xh") is not None
         flat = [None if a is None else a.reshape(-1) for a in
                 (cache["xh"] if packed else x, _f32(kernel, "kernel"),
@@ -438,4 +439,4 @@ class CpuOps(Ops):
             None if dx is None else dx.reshape(-1), act[0], rec_act[0], reset_after,
             zero_output, *[None if a is None else a.reshape(-1)
                            for a in (cache["rec_mask"], cache["hd"])], packed)
-        return dx, dh, dc
+        return None if dx is None else dx.transpose(1, 0, 2), dh, dc

@@ -412,7 +412,10 @@ class _RNN(_Sequence):
         dx = dx.transpose(1, 0, 2)
         if self.go_backwards:
             dx = dx[:, ::-1]
-        out = ops.copy_steps(dx, self._work("dx", (batch, steps, d_in)))  # (as Dense's dx)
+        # batch-major already (the C kernels write it so, into this call's work arrays): as
+        # it is; else copied into a work array of this layer's (as Dense's dx)
+        out = dx if dx.flags.c_contiguous else \
+            ops.copy_steps(dx, self._work("dx", (batch, steps, d_in)))
         if st.drop is not None:
             out *= st.drop
         return out
